@@ -1,0 +1,57 @@
+"""Test configuration: the device under test, output poisoning, and the GPU marker.
+
+Without a CUDA device, Triton kernels run in the interpreter on CPU tensors (``TRITON_INTERPRET=1``
+must be set before any kernel is defined, so it is set here, first).
+"""
+
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ["UNIMIXER_POISON_OUTPUTS"] = "1"
+
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    reason = "needs a CUDA GPU: no CUDA device on this machine (run `pytest -m gpu` on one)"
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def device() -> str:
+    return DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed(request):
+    # a different seed per test, but reproducible from the test id
+    torch.manual_seed(hash(request.node.nodeid) % (2**31))
+
+
+_BF16_INTERPRETER = (
+    "the Triton CPU interpreter converts fp32 to bf16 by truncation, not round-to-nearest-even, "
+    "so bf16 kernels are checked on the GPU (-m gpu) only"
+)
+
+
+@pytest.fixture(
+    params=[
+        torch.float32,
+        torch.float16,
+        pytest.param(torch.bfloat16, marks=pytest.mark.skipif(not HAS_CUDA, reason=_BF16_INTERPRETER)),
+    ],
+    ids=["fp32", "fp16", "bf16"],
+)
+def kernel_dtype(request) -> torch.dtype:
+    """The dtypes every kernel is tested in."""
+    return request.param

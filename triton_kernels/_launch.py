@@ -1,0 +1,54 @@
+"""Launch helpers shared by the kernels: 2-d row views, grid sizing, autotune-key bucketing."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+POISON_ENV = "UNIMIXER_POISON_OUTPUTS"
+
+
+def new_output(shape, *, like: torch.Tensor | None = None, device=None, dtype=None) -> torch.Tensor:
+    """Allocate a kernel output. With ``UNIMIXER_POISON_OUTPUTS=1`` (set by the tests) it is
+    filled with NaN first, so an element the kernel forgets to write fails every check."""
+    device = like.device if device is None else device
+    dtype = like.dtype if dtype is None else dtype
+    if os.environ.get(POISON_ENV, "0") == "1":
+        return torch.full(shape, float("nan"), device=device, dtype=dtype)
+    return torch.empty(shape, device=device, dtype=dtype)
+
+
+def rows_2d(t: torch.Tensor) -> torch.Tensor:
+    """``t [..., D]`` as ``[M, D]`` with unit stride along ``D``.
+
+    A view when the strides allow one (any row stride); otherwise one documented copy.
+    """
+    d = t.shape[-1]
+    if t.stride(-1) != 1:
+        t = t.contiguous()
+    try:
+        return t.view(-1, d)
+    except RuntimeError:
+        return t.contiguous().view(-1, d)
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_programs_for(rows: int, device: torch.device, per_sm: int = 4) -> int:
+    """A persistent grid: a few programs per SM on a GPU, a handful in the CPU interpreter."""
+    if device.type == "cuda":
+        cap = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        cap *= per_sm
+    else:
+        cap = 4
+    return max(1, min(rows, cap))
+
+
+def bucket(n: int) -> int:
+    """Round a batch-like size up to a power of two, so autotune keys do not change every step."""
+    return 1 << max(0, (int(n) - 1).bit_length())

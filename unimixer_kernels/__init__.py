@@ -1,0 +1,41 @@
+"""unimixer-kernels: fast, exact kernels for UniMixer, RankMixer, Wukong and attention rankers.
+
+Functional ops take ``backend=`` ("auto", "reference", "triton", "cuda"); see
+``python -m unimixer_kernels.info`` for what runs here.
+"""
+
+from . import nn, reference
+from ._registry import BACKENDS, OPS, backend_status, use_backend
+from ._version import __version__
+from .ops import (
+    add_rms_norm,
+    dot_interaction,
+    fm_interaction,
+    lite_weights,
+    pswiglu,
+    rms_norm,
+    sinkhorn,
+    token_mixer,
+    unimixing,
+    unimixing_rmsnorm,
+)
+
+__all__ = [
+    "BACKENDS",
+    "OPS",
+    "__version__",
+    "add_rms_norm",
+    "backend_status",
+    "dot_interaction",
+    "fm_interaction",
+    "lite_weights",
+    "nn",
+    "pswiglu",
+    "reference",
+    "rms_norm",
+    "sinkhorn",
+    "token_mixer",
+    "unimixing",
+    "unimixing_rmsnorm",
+    "use_backend",
+]

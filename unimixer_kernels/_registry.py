@@ -1,0 +1,187 @@
+"""Backend registry: which op has which backend, whether it can run here, and which one runs.
+
+Every public op is an :class:`Op`. A backend registers an implementation with
+``op.register("triton")``; the public function calls ``op.dispatch(backend, *tensors)`` to get the
+callable. The choice is made in this order:
+
+1. the ``backend=`` argument of the call, if it is not ``"auto"``;
+2. the innermost :func:`use_backend` context;
+3. the environment variable ``UNIMIXER_BACKEND``;
+4. ``"auto"``: on CUDA tensors the op's ``cuda_auto`` list (fastest first, as measured in
+   ``bench/results``), else ``"reference"``.
+
+An explicit backend that cannot run the call raises; there is no silent fallback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+BACKENDS = ("reference", "triton", "cuda")
+_ENV_VAR = "UNIMIXER_BACKEND"
+_context_stack: list[str] = []
+
+
+def _check_backend_name(name: str, argument: str = "backend") -> str:
+    if not isinstance(name, str) or name not in ("auto", *BACKENDS):
+        raise ValueError(
+            f"{argument}: expected one of {('auto', *BACKENDS)}, got {name!r}. "
+            "Run `python -m unimixer_kernels.info` to see what is available here."
+        )
+    return name
+
+
+def triton_interpreter_on() -> bool:
+    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def _triton_import_status() -> tuple[bool, str]:
+    if importlib.util.find_spec("triton") is None:
+        return False, "the `triton` package is not installed (pip install triton)"
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # an installed but broken triton must say why
+        return False, f"`import triton` failed: {exc}"
+    return True, ""
+
+
+def _cuda_extension_status() -> tuple[bool, str]:
+    from . import _cuda_ext
+
+    return _cuda_ext.status()
+
+
+def backend_status(name: str) -> tuple[bool, str]:
+    """Whether a backend can run anything on this machine, and if not, why."""
+    _check_backend_name(name)
+    if name == "reference":
+        return True, "pure PyTorch, any device"
+    if name == "triton":
+        ok, why = _triton_import_status()
+        if not ok:
+            return False, why
+        if torch.cuda.is_available():
+            return True, f"Triton on {torch.cuda.get_device_name()}"
+        if triton_interpreter_on():
+            return True, "Triton interpreter on CPU tensors (TRITON_INTERPRET=1; slow, for tests)"
+        return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels in the CPU interpreter)"
+    if name == "cuda":
+        ok, why = _cuda_extension_status()
+        if not ok:
+            return False, why
+        if not torch.cuda.is_available():
+            return False, "the extension is built, but there is no CUDA device"
+        return True, f"compiled extension on {torch.cuda.get_device_name()}"
+    raise AssertionError(name)
+
+
+def _device_supported(backend: str, device: torch.device) -> tuple[bool, str]:
+    if backend == "reference":
+        return True, ""
+    if backend == "triton":
+        if device.type == "cuda":
+            return True, ""
+        if device.type == "cpu" and triton_interpreter_on():
+            return True, ""
+        return False, (
+            f"the Triton backend runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1); "
+            f"got tensors on {device}"
+        )
+    if backend == "cuda":
+        if device.type == "cuda":
+            return True, ""
+        return False, f"the CUDA backend needs CUDA tensors; got tensors on {device}"
+    raise AssertionError(backend)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run every op inside the block on ``name`` unless a call passes its own ``backend=``."""
+    _context_stack.append(_check_backend_name(name, "use_backend(name)"))
+    try:
+        yield
+    finally:
+        _context_stack.pop()
+
+
+def requested_backend(backend: str = "auto") -> str:
+    """The backend asked for, after the argument, the context and the environment variable."""
+    _check_backend_name(backend)
+    if backend != "auto":
+        return backend
+    if _context_stack and _context_stack[-1] != "auto":
+        return _context_stack[-1]
+    env = os.environ.get(_ENV_VAR, "auto").strip() or "auto"
+    return _check_backend_name(env, f"environment variable {_ENV_VAR}")
+
+
+@dataclass
+class Op:
+    """One public op and its backends.
+
+    ``cuda_auto`` lists, fastest first, the backends ``"auto"`` tries on CUDA tensors; the
+    reference is always the last resort for ``"auto"`` and never for an explicit request.
+    """
+
+    name: str
+    cuda_auto: tuple[str, ...] = ()
+    impls: dict[str, Callable] = field(default_factory=dict)
+
+    def register(self, backend: str) -> Callable[[Callable], Callable]:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+
+        def decorator(fn: Callable) -> Callable:
+            if backend in self.impls:
+                raise RuntimeError(f"op {self.name!r} already has a {backend!r} backend")
+            self.impls[backend] = fn
+            return fn
+
+        return decorator
+
+    def status(self, backend: str) -> tuple[bool, str]:
+        if backend not in self.impls:
+            return False, f"{self.name} has no {backend} implementation"
+        return backend_status(backend)
+
+    def select(self, backend: str, device: torch.device) -> str:
+        """The backend that runs a call on ``device``; raises if an explicit one cannot."""
+        name = requested_backend(backend)
+        if name == "auto":
+            candidates = self.cuda_auto if device.type == "cuda" else ()
+            for cand in candidates:
+                if cand in self.impls and backend_status(cand)[0]:
+                    return cand
+            return "reference"
+        ok, why = self.status(name)
+        if ok:
+            ok, why = _device_supported(name, device)
+        if not ok:
+            raise ValueError(
+                f"backend={name!r} cannot run {self.name}: {why}. "
+                "Use backend='auto' or 'reference', or see `python -m unimixer_kernels.info`."
+            )
+        return name
+
+    def dispatch(self, backend: str, device: torch.device) -> Callable:
+        return self.impls[self.select(backend, device)]
+
+
+OPS: dict[str, Op] = {}
+
+
+def define_op(name: str, cuda_auto: tuple[str, ...] = ()) -> Op:
+    """Create and record an op; ``info`` and the benchmarks read the records."""
+    if name in OPS:
+        raise RuntimeError(f"op {name!r} is defined twice")
+    OPS[name] = Op(name, cuda_auto)
+    return OPS[name]

@@ -1,0 +1,1 @@
+"""Rankers assembled from unimixer_kernels.nn."""

@@ -1,0 +1,138 @@
+"""The tolerance contract of SPEC §8, as reusable test utilities.
+
+For an op ``f`` with a kernel backend and the reference:
+
+* ``ref``: the reference in fp64 on the same (upcast) inputs;
+* ``pt``: the reference maths in the test dtype, with PyTorch;
+* pass when ``max|kernel - ref| <= 2 * max|pt - ref| + tiny`` for outputs and ``5x`` for
+  gradients; in fp32 also ``rtol = 1e-4`` against ``ref``; never a NaN.
+
+:func:`check_against_reference` runs both forward and backward through one public op with two
+``backend=`` values and applies the rule to every output and every gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+OUTPUT_FACTOR = 2.0
+GRAD_FACTOR = 5.0
+
+
+def _tiny(ref: Tensor, dtype: torch.dtype) -> float:
+    """One rounding of the largest output to ``dtype``: on a handful of elements the torch
+    baseline can round luckily, and the rule must not fail an equally exact kernel for it."""
+    scale = max(ref.abs().max().item() if ref.numel() else 0.0, 1.0)
+    return max(1e-6, 0.5 * torch.finfo(dtype).eps) * scale
+
+
+def assert_close_to_reference(
+    out: Tensor,
+    ref: Tensor,
+    pt: Tensor,
+    *,
+    factor: float = OUTPUT_FACTOR,
+    name: str = "output",
+    test_dtype: torch.dtype | None = None,
+) -> None:
+    """``max|out - ref| <= factor * max|pt - ref| + tiny``; ``ref`` is fp64, ``pt`` in the test dtype.
+
+    ``test_dtype`` (default ``out.dtype``) is the dtype of the activations: the extra fp32
+    ``rtol=1e-4`` check applies only when the whole computation is fp32.
+    """
+    if out.shape != ref.shape:
+        raise AssertionError(f"{name}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
+    if out.numel() == 0:
+        return
+    if not torch.isfinite(out).all():
+        bad = (~torch.isfinite(out)).sum().item()
+        raise AssertionError(f"{name}: {bad} non-finite elements (unwritten or overflowed)")
+    ref = ref.double().cpu()
+    err = (out.double().cpu() - ref).abs().max().item()
+    base = (pt.double().cpu() - ref).abs().max().item()
+    bound = factor * base + _tiny(ref, out.dtype)
+    if err > bound:
+        raise AssertionError(
+            f"{name}: max|kernel - fp64 ref| = {err:.3e} > {factor} * max|torch-{out.dtype} - fp64 ref| "
+            f"({base:.3e}) + tiny = {bound:.3e}"
+        )
+    if (test_dtype or out.dtype) == torch.float32:
+        torch.testing.assert_close(
+            out.double().cpu(), ref, rtol=1e-4, atol=1e-4 * max(ref.abs().max().item(), 1e-6),
+            msg=lambda m: f"{name} (fp32 rtol=1e-4): {m}",
+        )
+
+
+def _as_tuple(x) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _upcast(t, dtype=torch.float64):
+    if isinstance(t, Tensor) and t.is_floating_point():
+        return t.detach().to(dtype).requires_grad_(t.requires_grad)
+    return t
+
+
+def check_against_reference(
+    fn: Callable[..., Tensor | tuple[Tensor, ...]],
+    inputs: Sequence[object],
+    *,
+    backend: str,
+    grads: bool = True,
+    kwargs: dict | None = None,
+    reference_backend: str = "reference",
+) -> None:
+    """Run ``fn(*inputs, backend=...)`` on ``backend`` and check it by the SPEC §8 rule.
+
+    Floating inputs with ``requires_grad`` get gradients checked against the fp64 reference with
+    one fresh random ``grad_output`` per output. The reference runs on the CPU in fp64 and in
+    the inputs' own dtypes (``pt``).
+    """
+    kwargs = dict(kwargs or {})
+    diff = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
+
+    def run(args, be):
+        outs = _as_tuple(fn(*args, backend=be, **kwargs))
+        return outs
+
+    out = run(inputs, backend)
+    ref_inputs = [_upcast(t).cpu() if isinstance(t, Tensor) else t for t in inputs]
+    ref_inputs = [t.detach().requires_grad_(inputs[i].requires_grad) if isinstance(t, Tensor) else t
+                  for i, t in enumerate(ref_inputs)]
+    pt_inputs = [t.detach().cpu().requires_grad_(t.requires_grad) if isinstance(t, Tensor) else t
+                 for t in inputs]
+    ref = run(ref_inputs, reference_backend)
+    pt = run(pt_inputs, reference_backend)
+    test_dtype = next(t.dtype for t in inputs if isinstance(t, Tensor) and t.is_floating_point())
+    for k, (o, r, p) in enumerate(zip(out, ref, pt)):
+        assert_close_to_reference(o, r, p, name=f"output {k}", test_dtype=test_dtype)
+    if not grads or not diff:
+        return
+    gouts = [torch.randn(o.shape, dtype=o.dtype, device=o.device) for o in out]
+    g_out = torch.autograd.grad(out, [inputs[i] for i in diff], gouts, allow_unused=True)
+    g_ref = torch.autograd.grad(ref, [ref_inputs[i] for i in diff],
+                                [g.detach().cpu().double() for g in gouts], allow_unused=True)
+    g_pt = torch.autograd.grad(pt, [pt_inputs[i] for i in diff],
+                               [g.detach().cpu().to(p.dtype) for g, p in zip(gouts, pt)], allow_unused=True)
+    for i, a, r, p in zip(diff, g_out, g_ref, g_pt):
+        if r is None:
+            continue
+        if a is None:
+            raise AssertionError(f"grad of input {i}: the kernel returned none, the reference did")
+        assert_close_to_reference(
+            a, r, p, factor=GRAD_FACTOR, name=f"grad of input {i}", test_dtype=test_dtype
+        )
+
+
+def random_input(shape, dtype: torch.dtype, device: str | torch.device = "cpu", *,
+                 requires_grad: bool = False, noncontiguous: bool = False, scale: float = 1.0) -> Tensor:
+    """Fresh normal data; ``noncontiguous`` returns a strided view of a larger buffer (same values layout)."""
+    if noncontiguous:
+        big = torch.randn(*shape[:-1], 2 * shape[-1] + 1, device=device, dtype=torch.float32) * scale
+        t = big.to(dtype)[..., 1 : 2 * shape[-1] + 1 : 2]
+    else:
+        t = (torch.randn(*shape, device=device, dtype=torch.float32) * scale).to(dtype)
+    return t.requires_grad_(requires_grad)
