@@ -173,7 +173,19 @@ class Op:
         return name
 
     def dispatch(self, backend: str, device: torch.device) -> Callable:
-        return self.impls[self.select(backend, device)]
+        return self.impls[_select_constant(self.name, backend, device.type)]
+
+
+def _assume_constant(fn: Callable) -> Callable:
+    # torch.compile evaluates the decision once at trace time and bakes in the answer, so the
+    # status checks (imports, device queries, environment) never enter the graph.
+    marker = getattr(getattr(torch, "_dynamo", None), "assume_constant_result", None)
+    return marker(fn) if marker is not None else fn
+
+
+@_assume_constant
+def _select_constant(op_name: str, backend: str, device_type: str) -> str:
+    return OPS[op_name].select(backend, torch.device(device_type))
 
 
 OPS: dict[str, Op] = {}
