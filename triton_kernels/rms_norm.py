@@ -42,7 +42,8 @@ def rms_norm_fwd_kernel(
         x = (x.to(tl.float32) + r.to(tl.float32)).to(S.dtype.element_ty)
         tl.store(S + row * stride_s + cols, x, mask=mask)
     xf = x.to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / D + eps)
+    # IEEE-rounded sqrt and divide: the fast ones cost a few ulps that fp32 tests would see
+    rstd = tl.math.div_rn(1.0, tl.sqrt_rn(tl.sum(xf * xf, axis=0) / D + eps))
     w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(RSTD + row, rstd)
     tl.store(Y + row * stride_y + cols, (xf * rstd * w).to(Y.dtype.element_ty), mask=mask)
