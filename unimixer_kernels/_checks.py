@@ -87,3 +87,35 @@ def check_divides(name: str, divisor: int, total: int, total_name: str) -> None:
 def check_sinkhorn_args(tau: object, iters: object) -> None:
     check_positive("tau", tau)
     check_positive("iters", iters, integer=True)
+
+
+# --- helpers for modules and models (appended) -----------------------------------------------------
+
+
+def check_tokens(name: str, x: object, tokens: int, dim: int) -> torch.Tensor:
+    """A floating ``[bs, T, D]`` tensor with the ``T`` and ``D`` a module was built for."""
+    check_tensor(name, x, ndim=3)
+    if x.shape[1] != tokens or x.shape[2] != dim:
+        raise ValueError(
+            f"{name}: expected shape (bs, T={tokens}, D={dim}), got {tuple(x.shape)}"
+        )
+    return x
+
+
+def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
+    if value not in tuple(choices):
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
+
+
+def check_on_device_of(name: str, x: torch.Tensor, reference: torch.Tensor | None, owner: str) -> None:
+    """``x`` is on the device of ``reference`` (a parameter of ``owner``)."""
+    if reference is not None and x.device != reference.device:
+        raise ValueError(
+            f"{name}: expected a tensor on {reference.device} (the device of the {owner} parameters), "
+            f"got one on {x.device}; move the input or the module"
+        )
+
+
+def check_positive_ints(**values: object) -> None:
+    for name, value in values.items():
+        check_positive(name, value, integer=True)

@@ -1,0 +1,232 @@
+"""UniMixing and UniMixing-Lite as a module (SPEC §2, §3): Sinkhorn-constrained token mixing."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops, reference
+from .._checks import check_choice, check_divides, check_positive, check_positive_ints, check_sinkhorn_args
+from ._common import check_backend, check_module_input
+
+INITS = ("tokenmixer", "identity", "random")
+RANDOM_STD = 0.02
+
+
+def unimixing_num_parameters(
+    tokens: int, dim: int, block: int, *, lite: bool = False, rank: int | None = None, bases: int = 4
+) -> int:
+    """SPEC's count per mixing layer: ``N^2 + N*B^2`` (full) or ``2*N*r + b*B^2 + N*b`` (Lite)."""
+    n = tokens * dim // block
+    if not lite:
+        return n * n + n * block * block
+    r = default_rank(n) if rank is None else rank
+    return 2 * n * r + bases * block * block + n * bases
+
+
+def default_rank(num_blocks: int) -> int:
+    """Lite's default ``r = N / 8`` **(choice)**: the SPEC §10 presets all have ``r = N/8``."""
+    return max(1, num_blocks // 8)
+
+
+def tokenmixer_compatible(tokens: int, dim: int, block: int, heads: int) -> bool:
+    """Whether ``W_G`` can be TokenMixer's permutation: ``H | D`` and ``B | D/H``."""
+    return dim % heads == 0 and (dim // heads) % block == 0
+
+
+def _low_rank_factors(target: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """``A [N, r]``, ``B [r, N]`` with ``A @ B`` the best rank-``r`` approximation of ``target``
+    (exact when ``r >= N``); a randomized SVD keeps it ``O(N^2 r)`` for large ``N``."""
+    n = target.shape[0]
+    if rank >= n:
+        a = torch.zeros(n, rank)
+        a[:, :n] = target
+        b = torch.zeros(rank, n)
+        b[:n] = torch.eye(n)
+        return a, b
+    if n <= 512:
+        u, s, vh = torch.linalg.svd(target)
+        u, s, vh = u[:, :rank], s[:rank], vh[:rank]
+    else:
+        u, s, v = torch.svd_lowrank(target, q=rank, niter=4)
+        vh = v.T
+    root = s.sqrt()
+    return u * root, root[:, None] * vh
+
+
+class UniMixing(nn.Module):
+    """Parameterized token mixing ``[bs, T, D] -> [bs, T, D]`` (SPEC §2, §3).
+
+    The token-major flatten (``t*D + d``) is cut into ``N = T*D/B`` blocks ``x_n``;
+    ``y_m = sum_n W_G[m, n] (x_n @ W_B[n])``, computed by ``uk.unimixing``.
+
+    Weights, both Sinkhorn-normalised (``uk.sinkhorn``, ``uk.lite_weights``):
+
+    - full (``lite=False``): ``W_B = SK(theta_local [N, B, B])``, ``W_G = SK(theta_global [N, N])``,
+      ``N^2 + N*B^2`` parameters, ``iters`` defaults to 20;
+    - Lite (``lite=True``): ``W_B[n] = SK(sum_l omega[n, l] Z[l])``, ``W_G = SK(A_G @ B_G)`` with
+      ``omega [N, b]``, ``basis Z [b, B, B]``, ``a_g [N, r]``, ``b_g [r, N]``;
+      ``2*N*r + b*B^2 + N*b`` parameters, ``iters`` defaults to 1, ``rank`` to ``N/8``.
+
+    Initialisation (SPEC §2.3, **choice**), ``c0 = init_scale`` (default ``log(N) + 3`` for the
+    global logits and ``log(B) + 3`` for the local ones, so that one Sinkhorn pass at ``tau = 1``
+    puts about 95% of each row on the target entry):
+
+    - ``"tokenmixer"`` (default when ``B`` divides ``D/H``): global logits ``c0 (P - 1/N)`` with
+      ``P`` TokenMixer's permutation for ``heads`` (default ``T``); local logits ``c0 I``. A
+      non-symmetric permutation (``heads != T``) needs ``symmetric=False``.
+    - ``"identity"`` (default otherwise): global logits ``c0 (I - 1/N)``, local ``c0 I``.
+    - ``"random"``: every logit parameter normal with std 0.02.
+
+    Lite stores the rank-``r`` truncated SVD of the target global logits as ``A_G``, ``B_G``
+    (exact only for ``r >= N``), and the target local logits as ``Z[0]`` with ``omega[:, 0] = 1``;
+    the other bases and mixing coefficients start normal with std 0.02.
+
+    Temperature: ``tau`` at construction, ``set_temperature(tau)`` later (or a scheduler from
+    :mod:`unimixer_kernels.nn.schedules`).
+
+    Sinkhorn runs once per forward in training mode. In eval mode the normalised weights are
+    computed once, without autograd, and cached: they are constants there, so no gradient
+    reaches the logits in eval mode. The cache is dropped by ``train()``/``eval()`` and whenever
+    the temperature, a logit parameter's storage (``data_ptr``), its version counter (in-place
+    updates, as optimizers and ``load_state_dict`` make), device or dtype changes. Eval output
+    equals train output at the same temperature.
+    """
+
+    def __init__(
+        self,
+        tokens: int,
+        dim: int,
+        block: int,
+        *,
+        lite: bool = False,
+        rank: int | None = None,
+        bases: int = 4,
+        heads: int | None = None,
+        init: str | None = None,
+        init_scale: float | None = None,
+        tau: float = 1.0,
+        iters: int | None = None,
+        symmetric: bool = True,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        check_positive_ints(tokens=tokens, dim=dim, block=block)
+        length = tokens * dim
+        check_divides("block", block, length, "L = T*D")
+        n = length // block
+        heads = tokens if heads is None else heads
+        check_positive("heads", heads, integer=True)
+        iters = (1 if lite else 20) if iters is None else iters
+        check_sinkhorn_args(tau, iters)
+        if init is None:
+            init = "tokenmixer" if tokenmixer_compatible(tokens, dim, block, heads) else "identity"
+        check_choice("init", init, INITS)
+        if init == "tokenmixer":
+            check_divides("heads", heads, dim, "D")
+            check_divides("block", block, dim // heads, "c = D/H")
+            if heads != tokens and symmetric:
+                raise ValueError(
+                    f"init: 'tokenmixer' with heads={heads} != tokens={tokens} is a non-symmetric "
+                    "permutation, which symmetric Sinkhorn cannot produce; pass symmetric=False"
+                )
+        if init_scale is not None:
+            check_positive("init_scale", init_scale)
+        self.tokens, self.dim, self.block, self.num_blocks, self.heads = tokens, dim, block, n, heads
+        self.lite, self.init, self.iters, self.symmetric = bool(lite), init, int(iters), bool(symmetric)
+        self.tau = float(tau)
+        self.backend = check_backend(backend)
+        self._cache: tuple[tuple, tuple[Tensor, Tensor]] | None = None
+
+        c_global = math.log(n) + 3.0 if init_scale is None else float(init_scale)
+        c_local = math.log(block) + 3.0 if init_scale is None else float(init_scale)
+        if init == "random":
+            target_global = target_local = None
+        else:
+            if init == "tokenmixer":
+                perm = reference.tokenmixer_global(tokens, heads, dim, block)
+            else:
+                perm = torch.eye(n)
+            target_global = c_global * (perm - 1.0 / n)
+            target_local = c_local * torch.eye(block)
+
+        if not lite:
+            self.rank, self.bases = None, None
+            if target_global is None:
+                self.theta_local = nn.Parameter(torch.randn(n, block, block) * RANDOM_STD)
+                self.theta_global = nn.Parameter(torch.randn(n, n) * RANDOM_STD)
+            else:
+                self.theta_local = nn.Parameter(target_local.expand(n, block, block).clone())
+                self.theta_global = nn.Parameter(target_global)
+        else:
+            rank = default_rank(n) if rank is None else rank
+            check_positive_ints(rank=rank, bases=bases)
+            self.rank, self.bases = rank, bases
+            omega = torch.randn(n, bases) * RANDOM_STD
+            basis = torch.randn(bases, block, block) * RANDOM_STD
+            if target_global is None:
+                a_g, b_g = torch.randn(n, rank) * RANDOM_STD, torch.randn(rank, n) * RANDOM_STD
+            else:
+                a_g, b_g = _low_rank_factors(target_global, rank)
+                omega[:, 0] = 1.0
+                basis[0] = target_local
+            self.omega, self.basis = nn.Parameter(omega), nn.Parameter(basis)
+            self.a_g, self.b_g = nn.Parameter(a_g.contiguous()), nn.Parameter(b_g.contiguous())
+
+    # --- temperature and weights ----------------------------------------------------------------
+
+    def set_temperature(self, tau: float) -> None:
+        """Set the Sinkhorn temperature (``tau > 0``); the eval cache follows it."""
+        check_positive("tau", tau)
+        self.tau = float(tau)
+
+    def logit_parameters(self) -> tuple[Tensor, ...]:
+        if self.lite:
+            return (self.omega, self.basis, self.a_g, self.b_g)
+        return (self.theta_local, self.theta_global)
+
+    def compute_weights(self) -> tuple[Tensor, Tensor]:
+        """``(W_B [N, B, B], W_G [N, N])`` from the logits, with autograd, no cache."""
+        if self.lite:
+            return ops.lite_weights(
+                self.omega, self.basis, self.a_g, self.b_g, self.tau, self.iters, self.symmetric,
+                backend=self.backend,
+            )
+        w_local = ops.sinkhorn(self.theta_local, self.tau, self.iters, self.symmetric, backend=self.backend)
+        w_global = ops.sinkhorn(self.theta_global, self.tau, self.iters, self.symmetric, backend=self.backend)
+        return w_local, w_global
+
+    def _cache_key(self) -> tuple:
+        params = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.logit_parameters())
+        return (self.tau, self.iters, self.symmetric, self.backend, torch.is_inference_mode_enabled(), params)
+
+    def weights(self) -> tuple[Tensor, Tensor]:
+        """The normalised weights: recomputed in training, cached in eval mode (see the class doc)."""
+        if self.training:
+            self._cache = None
+            return self.compute_weights()
+        key = self._cache_key()
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, self.compute_weights())
+        return self._cache[1]
+
+    def train(self, mode: bool = True) -> UniMixing:
+        self._cache = None
+        return super().train(mode)
+
+    # --- forward -------------------------------------------------------------------------------
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_module_input(self, x, self.tokens, self.dim)
+        w_local, w_global = self.weights()
+        return ops.unimixing(x, w_local, w_global, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        lite = f", lite=True, rank={self.rank}, bases={self.bases}" if self.lite else ""
+        return (
+            f"tokens={self.tokens}, dim={self.dim}, block={self.block}, N={self.num_blocks}{lite}, "
+            f"init={self.init!r}, tau={self.tau}, iters={self.iters}, symmetric={self.symmetric}"
+        )
