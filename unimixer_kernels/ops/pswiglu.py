@@ -1,15 +1,140 @@
-"""``pswiglu``: the per-token SwiGLU, validation and backends (SPEC §4)."""
+"""``pswiglu``: the per-token SwiGLU, validation and backends (SPEC §4).
+
+The Triton backend is a token-major batched GEMM (``triton_kernels/pswiglu.py``): gate and up in
+one pass with the ``SiLU(g) * v`` epilogue feeding the down projection, and a backward that
+reduces the weight gradients deterministically. ``recompute=True`` (the default) saves nothing
+but the inputs and recomputes the hidden pre-activations ``g = u W_gate + b_g`` and
+``v = u W_up + b_u`` in the backward (two of the five GEMMs again); ``recompute=False`` saves
+them (``2 * bs * T * h`` elements in the compute dtype, the largest activations of the op).
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .. import reference
 from .._checks import check_optional_tensor, check_same_device, check_shape, check_tensor
 from .._registry import define_op
 
-PSWIGLU = define_op("pswiglu")
-PSWIGLU.register("reference")(reference.pswiglu)
+PSWIGLU = define_op("pswiglu", cuda_auto=("triton",))
+
+
+@PSWIGLU.register("reference")
+def _pswiglu_reference(u, w_gate, w_up, w_down, b_gate, b_up, b_down, recompute: bool = True) -> Tensor:
+    return reference.pswiglu(u, w_gate, w_up, w_down, b_gate, b_up, b_down)
+
+
+def _kernels():
+    from ..triton_kernels import pswiglu as kernels
+
+    return kernels
+
+
+def _empty(like: Tensor) -> Tensor:
+    return like.new_empty((0,))
+
+
+# --- Triton: forward and backward custom ops -------------------------------------------------
+
+
+@torch.library.custom_op("unimixer::pswiglu_fwd", mutates_args=())
+def pswiglu_fwd(
+    u: Tensor,
+    w_gate: Tensor,
+    w_up: Tensor,
+    w_down: Tensor,
+    b_gate: Tensor | None,
+    b_up: Tensor | None,
+    b_down: Tensor | None,
+    save: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(o, g, v)``: ``g``/``v`` are ``[T, bs, h]`` when ``save``, else empty."""
+    o, g, v = _kernels().ffn_fwd(u, w_gate, w_up, w_down, b_gate, b_up, b_down, save)
+    return o, (g if g is not None else _empty(u)), (v if v is not None else _empty(u))
+
+
+def _hidden_dtype(u: Tensor, *weights: Tensor) -> torch.dtype:
+    same = all(w.dtype == u.dtype for w in weights)
+    return u.dtype if same else torch.float32
+
+
+@pswiglu_fwd.register_fake
+def _(u, w_gate, w_up, w_down, b_gate, b_up, b_down, save):
+    bs, t, _ = u.shape
+    h = w_gate.shape[-1]
+    if save:
+        dt = _hidden_dtype(u, w_gate, w_up, w_down)
+        return u.new_empty(u.shape), u.new_empty((t, bs, h), dtype=dt), u.new_empty((t, bs, h), dtype=dt)
+    return u.new_empty(u.shape), _empty(u), _empty(u)
+
+
+@torch.library.custom_op("unimixer::pswiglu_bwd", mutates_args=())
+def pswiglu_bwd(
+    do: Tensor,
+    u: Tensor,
+    w_gate: Tensor,
+    w_up: Tensor,
+    w_down: Tensor,
+    b_gate: Tensor | None,
+    b_up: Tensor | None,
+    b_down: Tensor | None,
+    g: Tensor | None,
+    v: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(du, dw_gate, dw_up, dw_down, db_gate, db_up, db_down)``; the bias gradients have the
+    bias dtype (the weight dtype when the bias is absent)."""
+    du, dwg, dwu, dwd, dbg, dbu, dbd = _kernels().ffn_bwd(do, u, w_gate, w_up, w_down, b_gate, b_up, g, v)
+    dbg = dbg.to(b_gate.dtype if b_gate is not None else w_gate.dtype)
+    dbu = dbu.to(b_up.dtype if b_up is not None else w_up.dtype)
+    dbd = dbd.to(b_down.dtype if b_down is not None else w_down.dtype)
+    return du, dwg, dwu, dwd, dbg, dbu, dbd
+
+
+@pswiglu_bwd.register_fake
+def _(do, u, w_gate, w_up, w_down, b_gate, b_up, b_down, g, v):
+    t, _, h = w_gate.shape
+    d = u.shape[-1]
+    return (
+        u.new_empty(u.shape),
+        w_gate.new_empty(w_gate.shape),
+        w_up.new_empty(w_up.shape),
+        w_down.new_empty(w_down.shape),
+        u.new_empty((t, h), dtype=b_gate.dtype if b_gate is not None else w_gate.dtype),
+        u.new_empty((t, h), dtype=b_up.dtype if b_up is not None else w_up.dtype),
+        u.new_empty((t, d), dtype=b_down.dtype if b_down is not None else w_down.dtype),
+    )
+
+
+def _pswiglu_setup(ctx, inputs, output) -> None:
+    u, w_gate, w_up, w_down, b_gate, b_up, b_down, save = inputs
+    _, g, v = output
+    ctx.save = save
+    ctx.has_bias = (b_gate is not None, b_up is not None, b_down is not None)
+    ctx.save_for_backward(u, w_gate, w_up, w_down, b_gate, b_up, b_down, g, v)
+    ctx.mark_non_differentiable(g, v)
+
+
+def _pswiglu_backward(ctx, do: Tensor, _dg: Tensor | None, _dv: Tensor | None):
+    u, w_gate, w_up, w_down, b_gate, b_up, b_down, g, v = ctx.saved_tensors
+    du, dwg, dwu, dwd, dbg, dbu, dbd = pswiglu_bwd(
+        do, u, w_gate, w_up, w_down, b_gate, b_up, b_down,
+        g if ctx.save else None, v if ctx.save else None,
+    )
+    has_bg, has_bu, has_bd = ctx.has_bias
+    return (du, dwg, dwu, dwd, dbg if has_bg else None, dbu if has_bu else None,
+            dbd if has_bd else None, None)
+
+
+pswiglu_fwd.register_autograd(_pswiglu_backward, setup_context=_pswiglu_setup)
+
+
+@PSWIGLU.register("triton")
+def _pswiglu_triton(u, w_gate, w_up, w_down, b_gate, b_up, b_down, recompute: bool = True) -> Tensor:
+    return pswiglu_fwd(u, w_gate, w_up, w_down, b_gate, b_up, b_down, not recompute)[0]
+
+
+# --- public function ---------------------------------------------------------------------------
 
 
 def pswiglu(
@@ -21,9 +146,19 @@ def pswiglu(
     b_up: Tensor | None = None,
     b_down: Tensor | None = None,
     *,
+    recompute: bool = True,
     backend: str = "auto",
 ) -> Tensor:
-    """``o_t = W_down[t] (SiLU(W_gate[t] u_t + b_g) * (W_up[t] u_t + b_u)) + b_d`` per token."""
+    """``o_t = W_down[t] (SiLU(W_gate[t] u_t + b_g) * (W_up[t] u_t + b_u)) + b_d`` per token.
+
+    ``u [bs, T, D]`` (any strides: the Triton kernels read it in place), ``w_gate, w_up [T, D, h]``,
+    ``w_down [T, h, D]``, ``b_gate, b_up [T, h]`` and ``b_down [T, D]`` optional.
+
+    ``recompute`` (Triton backend; default ``True``): recompute the gate and up pre-activations in
+    the backward instead of saving them, trading two of the five GEMMs of the backward for
+    ``2 * bs * T * h`` saved elements. ``False`` saves them. Both give the same function; the
+    reference ignores the option.
+    """
     check_tensor("u", u, ndim=3)
     check_tensor("w_gate", w_gate, ndim=3)
     _, t, d = u.shape
@@ -36,5 +171,7 @@ def pswiglu(
     for name, bias, width in (("b_gate", b_gate, h), ("b_up", b_up, h), ("b_down", b_down, d)):
         if check_optional_tensor(name, bias, ndim=2) is not None:
             check_shape(name, bias, (t, width), f"(T, {'h' if width == h else 'D'})")
+    if not isinstance(recompute, bool):
+        raise TypeError(f"recompute: expected a bool, got {recompute!r}")
     check_same_device(u=u, w_gate=w_gate, w_up=w_up, w_down=w_down, b_gate=b_gate, b_up=b_up, b_down=b_down)
-    return PSWIGLU.dispatch(backend, u.device)(u, w_gate, w_up, w_down, b_gate, b_up, b_down)
+    return PSWIGLU.dispatch(backend, u.device)(u, w_gate, w_up, w_down, b_gate, b_up, b_down, recompute)

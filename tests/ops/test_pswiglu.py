@@ -1,0 +1,149 @@
+"""pswiglu: the Triton kernels against the fp64 reference (SPEC §4, §8), forward and every gradient."""
+
+import math
+
+import pytest
+import torch
+
+import unimixer_kernels as uk
+from unimixer_kernels.ops.pswiglu import pswiglu_bwd, pswiglu_fwd
+from unimixer_kernels.testing import check_against_reference, random_input
+
+# (bs, T, D, h): h and D not powers of two, bs = 1, a single token
+SHAPES = [(1, 1, 8, 8), (3, 2, 24, 20), (5, 3, 16, 40)]
+
+
+def _weights(t, d, h, dtype, device, bias):
+    wg = random_input((t, d, h), dtype, device, requires_grad=True, scale=1 / math.sqrt(d))
+    wu = random_input((t, d, h), dtype, device, requires_grad=True, scale=1 / math.sqrt(d))
+    wd = random_input((t, h, d), dtype, device, requires_grad=True, scale=1 / math.sqrt(h))
+    if not bias:
+        return [wg, wu, wd, None, None, None]
+    bg = random_input((t, h), dtype, device, requires_grad=True)
+    bu = random_input((t, h), dtype, device, requires_grad=True)
+    bd = random_input((t, d), dtype, device, requires_grad=True)
+    return [wg, wu, wd, bg, bu, bd]
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
+def test_pswiglu_triton(device, kernel_dtype, shape, bias, recompute):
+    bs, t, d, h = shape
+    u = random_input((bs, t, d), kernel_dtype, device, requires_grad=True)
+    check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, kernel_dtype, device, bias)),
+                            backend="triton", kwargs={"recompute": recompute})
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("layout", ["strided", "token_major"])
+def test_pswiglu_triton_noncontiguous(device, kernel_dtype, layout):
+    bs, t, d, h = 4, 3, 24, 20
+    if layout == "strided":
+        u = random_input((bs, t, d), kernel_dtype, device, requires_grad=True, noncontiguous=True)
+    else:  # a [T, bs, D] buffer seen as [bs, T, D]: read in place through strides
+        u = random_input((t, bs, d), kernel_dtype, device).transpose(0, 1).requires_grad_()
+    assert not u.is_contiguous()
+    check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, kernel_dtype, device, True)),
+                            backend="triton")
+
+
+@pytest.mark.triton
+def test_pswiglu_triton_some_biases(device):
+    bs, t, d, h = 3, 2, 16, 24
+    u = random_input((bs, t, d), torch.float32, device, requires_grad=True)
+    wg, wu, wd, bg, bu, bd = _weights(t, d, h, torch.float32, device, True)
+    check_against_reference(uk.pswiglu, (u, wg, wu, wd, None, bu, None), backend="triton")
+    check_against_reference(uk.pswiglu, (u, wg, wu, wd, bg, None, bd), backend="triton",
+                            kwargs={"recompute": False})
+
+
+@pytest.mark.triton
+def test_pswiglu_triton_mixed_dtypes(device):
+    """fp16 activations with fp32 weights: computed in fp32, output fp16."""
+    bs, t, d, h = 3, 2, 16, 20
+    u = random_input((bs, t, d), torch.float16, device, requires_grad=True)
+    check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, torch.float32, device, True)),
+                            backend="triton")
+
+
+@pytest.mark.triton
+def test_pswiglu_triton_stride0_grad_and_modes_agree(device):
+    bs, t, d, h = 4, 2, 16, 20
+    u = random_input((bs, t, d), torch.float32, device, requires_grad=True)
+    ws = _weights(t, d, h, torch.float32, device, True)
+    g = torch.randn(d, device=device).expand(bs, t, d)  # stride-0 grad_output
+    diff = [u, *ws]
+    res = {}
+    for recompute in (True, False):
+        o = uk.pswiglu(u, *ws, recompute=recompute, backend="triton")
+        res[recompute] = (o, *torch.autograd.grad(o, diff, g))
+    ur = [x.detach().double().requires_grad_() for x in diff]
+    o_ref = uk.pswiglu(*ur, backend="reference")
+    expect = (o_ref, *torch.autograd.grad(o_ref, ur, g.double()))
+    for recompute in (True, False):
+        for a, e in zip(res[recompute], expect):
+            torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.triton
+def test_pswiglu_triton_deterministic(device):
+    bs, t, d, h = 6, 2, 16, 20
+    u = random_input((bs, t, d), torch.float32, device, requires_grad=True)
+    ws = _weights(t, d, h, torch.float32, device, True)
+    g = torch.randn(bs, t, d, device=device)
+    runs = [torch.autograd.grad(uk.pswiglu(u, *ws, backend="triton"), [u, *ws], g) for _ in range(2)]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("save", [False, True])
+def test_pswiglu_opcheck(device, save):
+    bs, t, d, h = 2, 2, 16, 16
+    u = random_input((bs, t, d), torch.float32, device, requires_grad=True)
+    wg, wu, wd, bg, bu, bd = _weights(t, d, h, torch.float32, device, True)
+    torch.library.opcheck(pswiglu_fwd, (u, wg, wu, wd, bg, bu, bd, save))
+    torch.library.opcheck(pswiglu_fwd, (u, wg, wu, wd, None, None, None, save))
+    do = torch.randn(bs, t, d, device=device)
+    g = torch.randn(t, bs, h, device=device) if save else None
+    v = torch.randn(t, bs, h, device=device) if save else None
+    args = (do, u.detach(), wg.detach(), wu.detach(), wd.detach(), bg.detach(), None, bd.detach(), g, v)
+    torch.library.opcheck(pswiglu_bwd, args)
+
+
+def test_pswiglu_bad_input():
+    u = torch.randn(2, 3, 8)
+    wg, wu, wd = torch.randn(3, 8, 4), torch.randn(3, 8, 4), torch.randn(3, 4, 8)
+    with pytest.raises(TypeError, match="recompute"):
+        uk.pswiglu(u, wg, wu, wd, recompute="yes")
+    with pytest.raises(ValueError, match="w_down"):
+        uk.pswiglu(u, wg, wu, torch.randn(3, 8, 8))
+    with pytest.raises(ValueError, match="b_down"):
+        uk.pswiglu(u, wg, wu, wd, b_down=torch.randn(3, 4))
+    with pytest.raises(ValueError, match="u"):
+        uk.pswiglu(u[0], wg, wu, wd)
+    with pytest.raises(TypeError, match="u"):
+        uk.pswiglu(u.long(), wg, wu, wd)
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("recompute", [True, False])
+def test_pswiglu_paper_small_gpu(kernel_dtype, recompute):
+    """SPEC §10 paper-small (T=32, D=128, h=176) with a smaller batch for the fp64 reference."""
+    bs, t, d, h = 256, 32, 128, 176
+    u = random_input((bs, t, d), kernel_dtype, "cuda", requires_grad=True)
+    check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, kernel_dtype, "cuda", True)),
+                            backend="triton", kwargs={"recompute": recompute})
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+def test_pswiglu_paper_100m_gpu(kernel_dtype):
+    """SPEC §10 paper-100m widths (D=512, h=688), small batch."""
+    bs, t, d, h = 64, 4, 512, 688
+    u = random_input((bs, t, d), kernel_dtype, "cuda", requires_grad=True)
+    check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, kernel_dtype, "cuda", True)),
+                            backend="triton")
