@@ -1,18 +1,202 @@
-"""``sinkhorn`` and ``lite_weights``: validation and backends (SPEC §2.1, §3)."""
+"""``sinkhorn`` and ``lite_weights``: validation, backends, and the Triton custom ops (SPEC §2.1, §3).
+
+The Triton backend saves only the per-iteration potentials (``2*K*n`` fp32 per matrix) plus
+references to the inputs, and recomputes the iterates in backward; see
+``triton_kernels/sinkhorn.py`` for the maths, the layouts and the launches.
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .. import reference
 from .._checks import check_same_device, check_shape, check_sinkhorn_args, check_tensor
 from .._registry import define_op
 
-SINKHORN = define_op("sinkhorn")
-LITE_WEIGHTS = define_op("lite_weights")
+SINKHORN = define_op("sinkhorn", cuda_auto=("triton",))
+LITE_WEIGHTS = define_op("lite_weights", cuda_auto=("triton",))
 
 SINKHORN.register("reference")(reference.sinkhorn)
 LITE_WEIGHTS.register("reference")(reference.lite_weights)
+
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _kernels():
+    from ..triton_kernels import sinkhorn as kernels
+
+    return kernels
+
+
+def _potentials_like(t: Tensor, lead: tuple[int, ...], iters: int, n: int) -> Tensor:
+    return t.new_empty((*lead, iters, n), dtype=torch.float32)
+
+
+# --- Triton: sinkhorn ----------------------------------------------------------------------------
+
+
+@torch.library.custom_op("unimixer::sinkhorn_fwd", mutates_args=())
+def sinkhorn_fwd(logits: Tensor, tau: float, iters: int, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``(P, U, V)``: the fp32 doubly stochastic matrix and the row / column potentials."""
+    return _kernels().sinkhorn_fwd(logits, tau, iters, symmetric)
+
+
+@sinkhorn_fwd.register_fake
+def _(logits: Tensor, tau: float, iters: int, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+    lead, n = tuple(logits.shape[:-2]), logits.shape[-1]
+    return (logits.new_empty(logits.shape, dtype=torch.float32),
+            _potentials_like(logits, lead, iters, n), _potentials_like(logits, lead, iters, n))
+
+
+@torch.library.custom_op("unimixer::sinkhorn_bwd", mutates_args=())
+def sinkhorn_bwd(
+    dp: Tensor, logits: Tensor, u: Tensor, v: Tensor, tau: float, iters: int, symmetric: bool
+) -> Tensor:
+    return _kernels().sinkhorn_bwd(dp, logits, u, v, tau, iters, symmetric)
+
+
+@sinkhorn_bwd.register_fake
+def _(dp: Tensor, logits: Tensor, u: Tensor, v: Tensor, tau: float, iters: int, symmetric: bool) -> Tensor:
+    return logits.new_empty(logits.shape)
+
+
+def _sinkhorn_setup(ctx, inputs, output) -> None:
+    logits, tau, iters, symmetric = inputs
+    _, u, v = output
+    ctx.save_for_backward(logits, u, v)
+    ctx.args = (tau, iters, symmetric)
+    ctx.mark_non_differentiable(u, v)
+
+
+def _sinkhorn_backward(ctx, dp: Tensor | None, _du, _dv):
+    logits, u, v = ctx.saved_tensors
+    if dp is None:
+        return None, None, None, None
+    return sinkhorn_bwd(dp, logits, u, v, *ctx.args), None, None, None
+
+
+sinkhorn_fwd.register_autograd(_sinkhorn_backward, setup_context=_sinkhorn_setup)
+
+
+def _check_triton_dtype(**tensors: Tensor) -> None:
+    for name, t in tensors.items():
+        if t.dtype not in _TRITON_DTYPES:
+            raise TypeError(
+                f"{name}: the triton backend takes dtype in {_TRITON_DTYPES}, got {t.dtype} "
+                "(use backend='reference' for float64)"
+            )
+
+
+@SINKHORN.register("triton")
+def _sinkhorn_triton(logits: Tensor, tau: float, iters: int, symmetric: bool) -> Tensor:
+    _check_triton_dtype(logits=logits)
+    return sinkhorn_fwd(logits, tau, iters, symmetric)[0]
+
+
+# --- Triton: lite_weights ------------------------------------------------------------------------
+
+
+@torch.library.custom_op("unimixer::lite_local_fwd", mutates_args=())
+def lite_local_fwd(
+    omega: Tensor, basis: Tensor, tau: float, iters: int, symmetric: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``SK(sum_l omega[n, l] Z[l])`` with the basis composition fused into the batched Sinkhorn."""
+    return _kernels().lite_local_fwd(omega, basis, tau, iters, symmetric)
+
+
+@lite_local_fwd.register_fake
+def _(omega: Tensor, basis: Tensor, tau: float, iters: int, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+    n, bsz = omega.shape[0], basis.shape[-1]
+    return (omega.new_empty((n, bsz, bsz), dtype=torch.float32),
+            _potentials_like(omega, (n,), iters, bsz), _potentials_like(omega, (n,), iters, bsz))
+
+
+@torch.library.custom_op("unimixer::lite_local_bwd", mutates_args=())
+def lite_local_bwd(
+    dw: Tensor, omega: Tensor, basis: Tensor, u: Tensor, v: Tensor, tau: float, iters: int, symmetric: bool
+) -> tuple[Tensor, Tensor]:
+    return _kernels().lite_local_bwd(dw, omega, basis, u, v, tau, iters, symmetric)
+
+
+@lite_local_bwd.register_fake
+def _(dw, omega, basis, u, v, tau, iters, symmetric) -> tuple[Tensor, Tensor]:
+    return omega.new_empty(omega.shape), basis.new_empty(basis.shape)
+
+
+def _lite_setup(ctx, inputs, output) -> None:
+    x, y, tau, iters, symmetric = inputs
+    _, u, v = output
+    ctx.save_for_backward(x, y, u, v)
+    ctx.args = (tau, iters, symmetric)
+    ctx.mark_non_differentiable(u, v)
+
+
+def _lite_local_backward(ctx, dw: Tensor | None, _du, _dv):
+    omega, basis, u, v = ctx.saved_tensors
+    if dw is None:
+        return None, None, None, None, None
+    domega, dbasis = lite_local_bwd(dw, omega, basis, u, v, *ctx.args)
+    return domega, dbasis, None, None, None
+
+
+lite_local_fwd.register_autograd(_lite_local_backward, setup_context=_lite_setup)
+
+
+@torch.library.custom_op("unimixer::lite_global_fwd", mutates_args=())
+def lite_global_fwd(
+    a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``SK(A_G @ B_G)`` matrix free: no ``N x N`` logits are read or written, only ``W_G``."""
+    return _kernels().lite_global_fwd(a_g, b_g, tau, iters, symmetric)
+
+
+@lite_global_fwd.register_fake
+def _(a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+    n = a_g.shape[0]
+    return (a_g.new_empty((n, n), dtype=torch.float32),
+            _potentials_like(a_g, (), iters, n), _potentials_like(a_g, (), iters, n))
+
+
+@torch.library.custom_op("unimixer::lite_global_bwd", mutates_args=())
+def lite_global_bwd(
+    dw: Tensor, a_g: Tensor, b_g: Tensor, u: Tensor, v: Tensor, tau: float, iters: int, symmetric: bool
+) -> tuple[Tensor, Tensor]:
+    return _kernels().lite_global_bwd(dw, a_g, b_g, u, v, tau, iters, symmetric)
+
+
+@lite_global_bwd.register_fake
+def _(dw, a_g, b_g, u, v, tau, iters, symmetric) -> tuple[Tensor, Tensor]:
+    return a_g.new_empty(a_g.shape), b_g.new_empty(b_g.shape)
+
+
+def _lite_global_backward(ctx, dw: Tensor | None, _du, _dv):
+    a_g, b_g, u, v = ctx.saved_tensors
+    if dw is None:
+        return None, None, None, None, None
+    da, db = lite_global_bwd(dw, a_g, b_g, u, v, *ctx.args)
+    return da, db, None, None, None
+
+
+lite_global_fwd.register_autograd(_lite_global_backward, setup_context=_lite_setup)
+
+
+@LITE_WEIGHTS.register("triton")
+def _lite_weights_triton(
+    omega: Tensor, basis: Tensor, a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool
+) -> tuple[Tensor, Tensor]:
+    _check_triton_dtype(omega=omega, basis=basis, a_g=a_g, b_g=b_g)
+    if basis.shape[-1] <= _kernels().SMALL_MAX_N:
+        w_local = lite_local_fwd(omega, basis, tau, iters, symmetric)[0]
+    else:
+        # blocks too large for one program's registers: compose with torch, then the tiled kernels
+        logits = reference.lite_local_logits(omega, basis)
+        w_local = sinkhorn_fwd(logits, tau, iters, symmetric)[0]
+    w_global = lite_global_fwd(a_g, b_g, tau, iters, symmetric)[0]
+    return w_local, w_global
+
+
+# --- public functions --------------------------------------------------------------------------
 
 
 def sinkhorn(
@@ -25,7 +209,8 @@ def sinkhorn(
 ) -> Tensor:
     """Unrolled log-domain Sinkhorn of ``logits [..., n, n]``; returns fp32 (fp64 for fp64 input).
 
-    Gradients are those of the unrolled ``iters``-step map.
+    Gradients are those of the unrolled ``iters``-step map. The Triton backend takes fp32, fp16
+    and bf16, reads any strides, and saves ``2 * iters * n`` floats per matrix for backward.
     """
     check_tensor("logits", logits)
     if logits.dim() < 2 or logits.shape[-1] != logits.shape[-2]:
@@ -45,7 +230,11 @@ def lite_weights(
     *,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
-    """UniMixing-Lite weights: ``(SK(omega @ Z) [N, B, B], SK(A_G @ B_G) [N, N])``."""
+    """UniMixing-Lite weights: ``(SK(omega @ Z) [N, B, B], SK(A_G @ B_G) [N, N])``.
+
+    The Triton backend fuses the basis composition into the batched local Sinkhorn and forms the
+    global logits tile by tile from ``A_G`` and ``B_G`` (never an ``N x N`` logits matrix).
+    """
     check_tensor("omega", omega, ndim=2)
     check_tensor("basis", basis, ndim=3)
     check_tensor("a_g", a_g, ndim=2)

@@ -1,0 +1,641 @@
+"""Unrolled log-domain Sinkhorn (SPEC §2.1, §3): Triton kernels and launchers (no autograd here).
+
+Maths
+-----
+With ``S0 = sym(M) / tau`` (``sym(M) = (M + M^T)/2`` if symmetric, else ``M``), the reference
+iterates ``S <- S - lse_row(S)``, ``S <- S - lse_col(S)`` ``K`` times. Every iterate has the form
+``S0[i, j] - u[i] - v[j]``, so the kernels carry only the potentials::
+
+    u_k[i] = lse_j(S0[i, j] - v_{k-1}[j])          (row step k, v_0 = 0)
+    v_k[j] = lse_i(S0[i, j] - u_k[i])              (column step k)
+    P      = exp(S0 - u_K[i] - v_K[j])
+
+``lse`` subtracts the running maximum before ``exp``, all in fp32. Saved for backward: ``u_k`` and
+``v_k`` for ``k = 1..K`` (``2*K*n`` fp32 per matrix), nothing of size ``n^2``.
+
+Backward (the gradient of the unrolled map, as autograd gives on the reference) walks the
+iterations in reverse with one working gradient ``G`` (fp32, ``n x n``) and recomputes the
+iterates from ``S0`` and the potentials::
+
+    G = dP * P
+    for k = K .. 1:
+        E = exp(S0 - u_k - v_k);      G -= E * colsum(G)[None, :]     (column step k)
+        E = exp(S0 - u_k - v_{k-1});  G -= E * rowsum(G)[:, None]     (row step k)
+    dS0 = G;   dM = sym(G) / tau
+
+Two layouts
+-----------
+* **Small matrices, batched** (``n <= SMALL_MAX_N``, e.g. the local weights ``[N, B, B]``): one
+  program holds ``MB`` whole matrices ``[MB, NP, NP]`` in registers and runs all ``K``
+  iterations there. One launch forward, one backward. For Lite the program also forms the logits
+  ``sum_l omega[m, l] Z[l]`` itself, and its backward returns ``d omega`` directly and per-program
+  partials of ``d Z`` (summed by a second pass, no atomics).
+* **Large matrices, tiled** (``n > SMALL_MAX_N``, e.g. the global weights): a grid of
+  ``BM x BN`` tiles (times the batch). Every half-step is one launch and one streaming pass over
+  the tiles: a program first combines the per-tile partial reductions of the previous launch into
+  the exact potential of its own rows (or columns), then reduces its tile along the other axis
+  into a partial for the next launch. Forward: ``1 + 2K`` launches; backward ``2 + 2K`` (``1 +
+  2K`` when not symmetric). The partials are ``[tiles along an axis, n]`` fp32.
+
+  ``S0`` comes from one of: the logits (first pass only; it writes ``S0`` once to an fp32
+  ``n x n`` workspace, freed at the end of the call, never saved), that workspace, or, for Lite
+  (matrix free), ``A' @ B'`` formed per tile with ``tl.dot`` (``r`` MACs per entry; symmetric uses
+  the rank-``2r`` factors ``[A | B^T]``, ``[B ; A^T]``), so no ``n x n`` logits are ever read. The
+  backward keeps ``G`` in an fp32 ``n x n`` workspace (in L2 for n = 1024). For Lite the
+  backward materialises ``dM`` (fp32 ``n x n``) once; ``dA = dM B^T`` and ``dB = A^T dM`` are two
+  GEMMs done by the caller.
+
+Rows and matrices are indexed in int64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._launch import new_output
+
+# matrices up to this size run the batched in-register kernels; larger ones the tiled kernels
+SMALL_MAX_N = 64
+# elements of one program's register block in the batched kernels (MB * NP * NP)
+SMALL_BLOCK_ELEMS = 2048
+# tile shape of the tiled kernels; None picks from n (the tests shrink them to hit many tiles)
+TILE_OVERRIDE: tuple[int, int] | None = None
+
+_DENSE, _WORKSPACE, _LOWRANK = 0, 1, 2
+_INIT, _ROW, _COL, _COL_LAST = 0, 1, 2, 3
+_NEG_INF = float("-inf")
+
+
+@triton.jit
+def _lse(x, AXIS: tl.constexpr):
+    """logsumexp along AXIS of an ``-inf``-masked block; a fully masked slice gives 0, not NaN."""
+    m = tl.max(x, axis=AXIS)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    s = tl.sum(tl.exp(x - tl.expand_dims(m, AXIS)), axis=AXIS)
+    s = tl.where(s == 0.0, 1.0, s)
+    return m + tl.log(s)
+
+
+# --- batched small matrices, one program per MB matrices, all in registers -------------------
+
+
+@triton.jit
+def _small_logits(
+    X, OMEGA, mats, rows, cols, mvalid, n, nb,
+    sx0, sx1, sx2, so0, so1, scale,
+    SYMMETRIC: tl.constexpr, LITE: tl.constexpr, MB: tl.constexpr, NP: tl.constexpr,
+):
+    """``S0 [MB, NP, NP]`` fp32: ``sym(M)/tau`` (or ``sym(sum_l omega[m,l] Z[l])/tau`` for Lite).
+
+    Padding is 0 here; callers mask it with ``-inf`` where it matters."""
+    rmask = rows < n
+    cmask = cols < n
+    if LITE:
+        # X is the basis Z [b, B, B] (strides sx0, sx1, sx2), OMEGA is [N, b]
+        m2 = rmask[:, None] & cmask[None, :]
+        s0 = tl.zeros([MB, NP, NP], dtype=tl.float32)
+        for bi in range(nb):
+            z = tl.load(X + bi * sx0 + rows[:, None] * sx1 + cols[None, :] * sx2, mask=m2, other=0.0)
+            z = z.to(tl.float32)
+            if SYMMETRIC:
+                zt = tl.load(X + bi * sx0 + cols[None, :] * sx1 + rows[:, None] * sx2, mask=m2, other=0.0)
+                z = z + zt.to(tl.float32)
+            w = tl.load(OMEGA + mats * so0 + bi * so1, mask=mvalid, other=0.0).to(tl.float32)
+            s0 += w[:, None, None] * z[None, :, :]
+    else:
+        m3 = mvalid[:, None, None] & rmask[None, :, None] & cmask[None, None, :]
+        base = X + mats[:, None, None] * sx0
+        s0 = tl.load(base + rows[None, :, None] * sx1 + cols[None, None, :] * sx2, mask=m3, other=0.0)
+        s0 = s0.to(tl.float32)
+        if SYMMETRIC:
+            st = tl.load(base + cols[None, None, :] * sx1 + rows[None, :, None] * sx2, mask=m3, other=0.0)
+            s0 = s0 + st.to(tl.float32)
+    return s0 * scale
+
+
+@triton.jit
+def sinkhorn_small_fwd_kernel(
+    X, OMEGA, P, U, V,
+    n_mat, n, nb, K,
+    sx0, sx1, sx2, so0, so1,
+    scale,
+    SYMMETRIC: tl.constexpr, LITE: tl.constexpr, MB: tl.constexpr, NP: tl.constexpr,
+):
+    """Forward of ``MB`` matrices per program: writes ``P [n_mat, n, n]`` and the potentials
+    ``U, V [n_mat, K, n]`` (``u_k``, ``v_k`` after each half-step)."""
+    pid = tl.program_id(0).to(tl.int64)
+    mats = pid * MB + tl.arange(0, MB).to(tl.int64)
+    rows = tl.arange(0, NP)
+    cols = tl.arange(0, NP)
+    mvalid = mats < n_mat
+    mask = mvalid[:, None, None] & (rows < n)[None, :, None] & (cols < n)[None, None, :]
+    vmask = mvalid[:, None] & (rows < n)[None, :]
+    s0 = _small_logits(X, OMEGA, mats, rows, cols, mvalid, n, nb, sx0, sx1, sx2, so0, so1, scale,
+                       SYMMETRIC, LITE, MB, NP)
+    pot = mats[:, None] * K * n + rows[None, :]
+    u = tl.zeros([MB, NP], dtype=tl.float32)
+    v = tl.zeros([MB, NP], dtype=tl.float32)
+    for k in range(K):
+        u = _lse(tl.where(mask, s0 - v[:, None, :], float("-inf")), 2)
+        tl.store(U + pot + k * n, u, mask=vmask)
+        v = _lse(tl.where(mask, s0 - u[:, :, None], float("-inf")), 1)
+        tl.store(V + pot + k * n, v, mask=vmask)
+    p = tl.exp(tl.where(mask, s0 - u[:, :, None] - v[:, None, :], float("-inf")))
+    out = mats[:, None, None] * n * n + rows[None, :, None] * n + cols[None, None, :]
+    tl.store(P + out, p, mask=mask)
+
+
+@triton.jit
+def sinkhorn_small_bwd_kernel(
+    X, OMEGA, DP, U, V, DX, DOMEGA, DZ_PARTIAL,
+    n_mat, n, nb, K,
+    sx0, sx1, sx2, so0, so1, sd0, sd1, sd2,
+    scale, grad_scale,
+    SYMMETRIC: tl.constexpr, LITE: tl.constexpr, MB: tl.constexpr, NP: tl.constexpr,
+):
+    """Backward of ``MB`` matrices per program, ``G`` in registers.
+
+    Dense: writes ``dM [n_mat, n, n]`` (input dtype). Lite: writes ``d omega [N, b]`` and this
+    program's partial ``d Z [b, n, n]`` (fp32) into ``DZ_PARTIAL[pid]``."""
+    pid = tl.program_id(0).to(tl.int64)
+    mats = pid * MB + tl.arange(0, MB).to(tl.int64)
+    rows = tl.arange(0, NP)
+    cols = tl.arange(0, NP)
+    mvalid = mats < n_mat
+    mask = mvalid[:, None, None] & (rows < n)[None, :, None] & (cols < n)[None, None, :]
+    vmask = mvalid[:, None] & (rows < n)[None, :]
+    s0 = _small_logits(X, OMEGA, mats, rows, cols, mvalid, n, nb, sx0, sx1, sx2, so0, so1, scale,
+                       SYMMETRIC, LITE, MB, NP)
+    pot = mats[:, None] * K * n + rows[None, :]
+    u = tl.load(U + pot + (K - 1) * n, mask=vmask, other=0.0)
+    v = tl.load(V + pot + (K - 1) * n, mask=vmask, other=0.0)
+    p = tl.exp(tl.where(mask, s0 - u[:, :, None] - v[:, None, :], float("-inf")))
+    dp = tl.load(DP + mats[:, None, None] * sd0 + rows[None, :, None] * sd1 + cols[None, None, :] * sd2,
+                 mask=mask, other=0.0).to(tl.float32)
+    g = dp * p
+    for t in range(K):
+        k = K - 1 - t
+        u = tl.load(U + pot + k * n, mask=vmask, other=0.0)
+        v = tl.load(V + pot + k * n, mask=vmask, other=0.0)
+        e = tl.exp(tl.where(mask, s0 - u[:, :, None] - v[:, None, :], float("-inf")))
+        g = g - e * tl.sum(g, axis=1)[:, None, :]
+        v = tl.load(V + pot + (k - 1) * n, mask=vmask & (k > 0), other=0.0)
+        e = tl.exp(tl.where(mask, s0 - u[:, :, None] - v[:, None, :], float("-inf")))
+        g = g - e * tl.sum(g, axis=2)[:, :, None]
+    dm = g * grad_scale
+    if SYMMETRIC:
+        dm = dm + tl.permute(dm, (0, 2, 1))
+    if LITE:
+        m2 = (rows < n)[:, None] & (cols < n)[None, :]
+        for bi in range(nb):
+            z = tl.load(X + bi * sx0 + rows[:, None] * sx1 + cols[None, :] * sx2, mask=m2, other=0.0)
+            dw = tl.sum(tl.sum(dm * z.to(tl.float32)[None, :, :], axis=2), axis=1)
+            tl.store(DOMEGA + mats * nb + bi, dw.to(DOMEGA.dtype.element_ty), mask=mvalid)
+            w = tl.load(OMEGA + mats * so0 + bi * so1, mask=mvalid, other=0.0).to(tl.float32)
+            dz = tl.sum(w[:, None, None] * dm, axis=0)
+            tl.store(DZ_PARTIAL + (pid * nb + bi) * n * n + rows[:, None] * n + cols[None, :], dz, mask=m2)
+    else:
+        out = mats[:, None, None] * n * n + rows[None, :, None] * n + cols[None, None, :]
+        tl.store(DX + out, dm.to(DX.dtype.element_ty), mask=mask)
+
+
+# --- large matrices: tiled, one launch per half-step -------------------------------------------
+
+
+@triton.jit
+def _tile_logits(
+    SRC, A, B, WS, mat, rows, cols, n, rank,
+    s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+    MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
+):
+    """The ``S0`` tile ``[BM, BN]`` (fp32, 0 outside the matrix) of matrix ``mat``.
+
+    MODE 0: from the logits ``SRC`` (strided, any float dtype), symmetrised and scaled.
+    MODE 1: from the contiguous fp32 workspace ``WS`` written by MODE 0.
+    MODE 2: ``(A @ B) * scale`` with ``A [n, rank]``, ``B [rank, n]`` (matrix free)."""
+    rmask = rows < n
+    cmask = cols < n
+    m2 = rmask[:, None] & cmask[None, :]
+    if MODE == 0:
+        base = SRC + mat * s0
+        x = tl.load(base + rows[:, None] * s1 + cols[None, :] * s2, mask=m2, other=0.0).to(tl.float32)
+        if SYMMETRIC:
+            # the transposed tile, loaded along its own rows, then transposed in registers
+            xt = tl.load(base + cols[:, None] * s1 + rows[None, :] * s2, mask=cmask[:, None] & rmask[None, :],
+                         other=0.0)
+            x = x + tl.trans(xt.to(tl.float32))
+        x = x * scale
+    elif MODE == 1:
+        x = tl.load(WS + mat * n * n + rows[:, None] * n + cols[None, :], mask=m2, other=0.0)
+    else:
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+        for k0 in range(0, rank, BK):
+            ks = k0 + tl.arange(0, BK)
+            kmask = ks < rank
+            a = tl.load(A + rows[:, None] * sa0 + ks[None, :] * sa1, mask=rmask[:, None] & kmask[None, :],
+                        other=0.0)
+            b = tl.load(B + ks[:, None] * sb0 + cols[None, :] * sb1, mask=kmask[:, None] & cmask[None, :],
+                        other=0.0)
+            if DOT_IEEE:
+                acc = tl.dot(a, b, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc)
+        x = acc * scale
+    return x
+
+
+@triton.jit
+def sinkhorn_tile_fwd_kernel(
+    SRC, A, B, WS, P, U, V, PR, PC,
+    n, rank, K, k, n_rt, n_ct,
+    s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+    PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr,
+):
+    """One forward half-step over tile ``(p, q)`` of matrix ``program_id(1)``.
+
+    PR ``[n_mat, n_ct, n]``: per column-tile partial ``lse_j`` for the next row potential.
+    PC ``[n_mat, n_rt, n]``: per row-tile partial ``lse_i`` for the next column potential.
+    PHASE 0 (init, v_0 = 0): S0 -> workspace (MODE 0); PR from S0.
+    PHASE 1 (row step k): u_k = lse over PR; store U[k]; PC from S0 - u_k.
+    PHASE 2 (column step k < K): v_k = lse over PC; store V[k]; PR from S0 - v_k.
+    PHASE 3 (column step K): v_K as in 2, then P = exp(S0 - u_K - v_K)."""
+    tile = tl.program_id(0)
+    mat = tl.program_id(1).to(tl.int64)
+    p = tile // n_ct
+    q = tile % n_ct
+    rows = p * BM + tl.arange(0, BM)
+    cols = q * BN + tl.arange(0, BN)
+    rmask = rows < n
+    cmask = cols < n
+    m2 = rmask[:, None] & cmask[None, :]
+    x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+                     MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE)
+    if PHASE == 0:
+        if MODE == 0:
+            tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
+        part = _lse(tl.where(m2, x, float("-inf")), 1)
+        tl.store(PR + (mat * n_ct + q) * n + rows, part, mask=rmask)
+    elif PHASE == 1:
+        ts = tl.arange(0, CT_P)
+        parts = tl.load(PR + (mat * n_ct + ts[:, None]) * n + rows[None, :],
+                        mask=(ts < n_ct)[:, None] & rmask[None, :], other=float("-inf"))
+        u = _lse(parts, 0)
+        tl.store(U + (mat * K + k) * n + rows, u, mask=rmask & (q == 0))
+        part = _lse(tl.where(m2, x - u[:, None], float("-inf")), 0)
+        tl.store(PC + (mat * n_rt + p) * n + cols, part, mask=cmask)
+    else:
+        ts = tl.arange(0, RT_P)
+        parts = tl.load(PC + (mat * n_rt + ts[:, None]) * n + cols[None, :],
+                        mask=(ts < n_rt)[:, None] & cmask[None, :], other=float("-inf"))
+        v = _lse(parts, 0)
+        tl.store(V + (mat * K + k) * n + cols, v, mask=cmask & (p == 0))
+        if PHASE == 2:
+            part = _lse(tl.where(m2, x - v[None, :], float("-inf")), 1)
+            tl.store(PR + (mat * n_ct + q) * n + rows, part, mask=rmask)
+        else:
+            u = tl.load(U + (mat * K + k) * n + rows, mask=rmask, other=0.0)
+            pv = tl.exp(tl.where(m2, x - u[:, None] - v[None, :], float("-inf")))
+            tl.store(P + mat * n * n + rows[:, None] * n + cols[None, :], pv, mask=m2)
+
+
+@triton.jit
+def sinkhorn_tile_bwd_kernel(
+    SRC, A, B, WS, DP, U, V, G, DX, PR, PC,
+    n, rank, K, k, n_rt, n_ct,
+    s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
+    PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr,
+):
+    """One backward half-step over tile ``(p, q)``; ``G [n_mat, n, n]`` fp32 is the working gradient.
+
+    PC ``[n_mat, n_rt, n]``: per row-tile partial column sums of G; PR ``[n_mat, n_ct, n]``: per
+    column-tile partial row sums.
+    PHASE 0 (init): S0 -> workspace (MODE 0); G = dP * P; PC.
+    PHASE 1 (column step k): c = sum of PC; G -= exp(S0 - u_k - v_k) * c; PR.
+    PHASE 2 (row step k): r = sum of PR; G -= exp(S0 - u_k - v_{k-1}) * r; then PC (k > 1), or,
+    with LAST (k = 1): dM = G * grad_scale into DX when not symmetric, else G stays for
+    ``sinkhorn_tile_sym_kernel``."""
+    tile = tl.program_id(0)
+    mat = tl.program_id(1).to(tl.int64)
+    p = tile // n_ct
+    q = tile % n_ct
+    rows = p * BM + tl.arange(0, BM)
+    cols = q * BN + tl.arange(0, BN)
+    rmask = rows < n
+    cmask = cols < n
+    m2 = rmask[:, None] & cmask[None, :]
+    x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+                     MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE)
+    gptr = G + mat * n * n + rows[:, None] * n + cols[None, :]
+    u = tl.load(U + (mat * K + k) * n + rows, mask=rmask, other=0.0)
+    if PHASE == 0:
+        if MODE == 0:
+            tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
+        v = tl.load(V + (mat * K + k) * n + cols, mask=cmask, other=0.0)
+        pv = tl.exp(tl.where(m2, x - u[:, None] - v[None, :], float("-inf")))
+        dp = tl.load(DP + mat * sd0 + rows[:, None] * sd1 + cols[None, :] * sd2, mask=m2, other=0.0)
+        g = dp.to(tl.float32) * pv
+        tl.store(gptr, g, mask=m2)
+        tl.store(PC + (mat * n_rt + p) * n + cols, tl.sum(g, axis=0), mask=cmask)
+    elif PHASE == 1:
+        ts = tl.arange(0, RT_P)
+        c = tl.sum(tl.load(PC + (mat * n_rt + ts[:, None]) * n + cols[None, :],
+                           mask=(ts < n_rt)[:, None] & cmask[None, :], other=0.0), axis=0)
+        v = tl.load(V + (mat * K + k) * n + cols, mask=cmask, other=0.0)
+        e = tl.exp(tl.where(m2, x - u[:, None] - v[None, :], float("-inf")))
+        g = tl.load(gptr, mask=m2, other=0.0) - e * c[None, :]
+        tl.store(gptr, g, mask=m2)
+        tl.store(PR + (mat * n_ct + q) * n + rows, tl.sum(g, axis=1), mask=rmask)
+    else:
+        ts = tl.arange(0, CT_P)
+        r = tl.sum(tl.load(PR + (mat * n_ct + ts[:, None]) * n + rows[None, :],
+                           mask=(ts < n_ct)[:, None] & rmask[None, :], other=0.0), axis=0)
+        v = tl.load(V + (mat * K + k - 1) * n + cols, mask=cmask & (k > 0), other=0.0)
+        e = tl.exp(tl.where(m2, x - u[:, None] - v[None, :], float("-inf")))
+        g = tl.load(gptr, mask=m2, other=0.0) - e * r[:, None]
+        if LAST and not SYMMETRIC:
+            tl.store(DX + mat * n * n + rows[:, None] * n + cols[None, :],
+                     (g * grad_scale).to(DX.dtype.element_ty), mask=m2)
+        else:
+            tl.store(gptr, g, mask=m2)
+            if not LAST:
+                tl.store(PC + (mat * n_rt + p) * n + cols, tl.sum(g, axis=0), mask=cmask)
+
+
+@triton.jit
+def sinkhorn_tile_sym_kernel(G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.constexpr):
+    """``dM = (G + G^T) * grad_scale`` (``grad_scale = 0.5 / tau``), tile by tile."""
+    tile = tl.program_id(0)
+    mat = tl.program_id(1).to(tl.int64)
+    rows = (tile // n_ct) * BM + tl.arange(0, BM)
+    cols = (tile % n_ct) * BN + tl.arange(0, BN)
+    rmask = rows < n
+    cmask = cols < n
+    base = G + mat * n * n
+    g = tl.load(base + rows[:, None] * n + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+    gt = tl.load(base + cols[:, None] * n + rows[None, :], mask=cmask[:, None] & rmask[None, :], other=0.0)
+    dm = (g + tl.trans(gt)) * grad_scale
+    tl.store(DX + mat * n * n + rows[:, None] * n + cols[None, :], dm.to(DX.dtype.element_ty),
+             mask=rmask[:, None] & cmask[None, :])
+
+
+# --- launchers ---------------------------------------------------------------------------------
+
+
+def _small_block(n: int, n_mat: int) -> tuple[int, int]:
+    npad = triton.next_power_of_2(max(n, 1))
+    mb = max(1, SMALL_BLOCK_ELEMS // (npad * npad))
+    # keep enough programs to fill a GPU when the batch is moderate
+    mb = min(mb, triton.next_power_of_2(max(1, triton.cdiv(n_mat, 128))))
+    return mb, npad
+
+
+def _small_warps(mb: int, npad: int) -> int:
+    return 4 if mb * npad * npad >= 1024 else (2 if mb * npad * npad >= 256 else 1)
+
+
+def _tiles(n: int) -> tuple[int, int]:
+    if TILE_OVERRIDE is not None:
+        return TILE_OVERRIDE
+    npad = triton.next_power_of_2(n)
+    return min(64, max(16, npad)), min(128, max(16, npad))
+
+
+def _as_batch(t: torch.Tensor) -> torch.Tensor:
+    """``[..., n, n]`` as ``[n_mat, n, n]``: a view when the leading dims allow it (any strides of
+    the last two dims are read as they are), else one copy."""
+    return t.reshape(math.prod(t.shape[:-2]), t.shape[-2], t.shape[-1])
+
+
+def _check_compute_dtype(name: str, t: torch.Tensor) -> None:
+    if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"{name}: the Triton Sinkhorn takes float32, float16 or bfloat16, got {t.dtype}")
+
+
+def small_fwd(x, omega, n_mat, n, iters, tau, symmetric):
+    """Batched in-register forward. Dense: ``x [n_mat, n, n]``, ``omega None``. Lite: ``x`` is the
+    basis ``[b, n, n]`` and ``omega [n_mat, b]``. Returns ``(P, U, V)``, all fp32."""
+    lite = omega is not None
+    p = new_output((n_mat, n, n), like=x, dtype=torch.float32)
+    u = new_output((n_mat, iters, n), like=x, dtype=torch.float32)
+    v = new_output((n_mat, iters, n), like=x, dtype=torch.float32)
+    if n_mat == 0:
+        return p, u, v
+    mb, npad = _small_block(n, n_mat)
+    om = omega if lite else x
+    sinkhorn_small_fwd_kernel[(triton.cdiv(n_mat, mb),)](
+        x, om, p, u, v,
+        n_mat, n, omega.shape[1] if lite else 0, iters,
+        x.stride(0), x.stride(1), x.stride(2), om.stride(0), om.stride(1) if lite else 0,
+        (0.5 if symmetric else 1.0) / tau,
+        SYMMETRIC=symmetric, LITE=lite, MB=mb, NP=npad, num_warps=_small_warps(mb, npad),
+    )
+    return p, u, v
+
+
+def small_bwd(dp, x, omega, u, v, n_mat, n, iters, tau, symmetric):
+    """Batched in-register backward: ``dM [n_mat, n, n]`` (dtype of ``x``), or for Lite
+    ``(d omega, d Z)``."""
+    lite = omega is not None
+    mb, npad = _small_block(n, n_mat)
+    programs = triton.cdiv(n_mat, mb) if n_mat else 0
+    if lite:
+        nb = omega.shape[1]
+        dx = x  # unused
+        domega = new_output(omega.shape, like=omega)
+        dz_partial = new_output((max(programs, 1), nb, n, n), like=x, dtype=torch.float32)
+        if programs == 0:
+            dz_partial.zero_()
+            domega.zero_()
+    else:
+        nb = 0
+        dx = new_output((n_mat, n, n), like=x)
+        domega = dz_partial = dx
+    if programs:
+        om = omega if lite else x
+        sinkhorn_small_bwd_kernel[(programs,)](
+            x, om, dp, u, v, dx, domega, dz_partial,
+            n_mat, n, nb, iters,
+            x.stride(0), x.stride(1), x.stride(2), om.stride(0), om.stride(1) if lite else 0,
+            dp.stride(0), dp.stride(1), dp.stride(2),
+            (0.5 if symmetric else 1.0) / tau, (0.5 if symmetric else 1.0) / tau,
+            SYMMETRIC=symmetric, LITE=lite, MB=mb, NP=npad, num_warps=_small_warps(mb, npad),
+        )
+    if lite:
+        return domega, dz_partial.sum(0).to(x.dtype)
+    return dx
+
+
+def _tile_args(n, src, a, b):
+    bm, bn = _tiles(n)
+    n_rt, n_ct = triton.cdiv(n, bm), triton.cdiv(n, bn)
+    if a is not None:
+        mode, rank = _LOWRANK, a.shape[1]
+        strides = (0, 0, 0, a.stride(0), a.stride(1), b.stride(0), b.stride(1))
+        dot_ieee = a.dtype == torch.float32
+    else:
+        mode, rank = _DENSE, 0
+        strides = (src.stride(0), src.stride(1), src.stride(2), 0, 0, 0, 0)
+        dot_ieee = True
+    meta = dict(BM=bm, BN=bn, BK=32, DOT_IEEE=dot_ieee, RT_P=triton.next_power_of_2(n_rt),
+                CT_P=triton.next_power_of_2(n_ct), num_warps=8 if bm * bn >= 8192 else 4)
+    return bm, bn, n_rt, n_ct, mode, rank, strides, meta
+
+
+def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
+    """Tiled forward of ``src [n_mat, n, n]`` (dense) or of ``a @ b`` (``a [n, R]``, ``b [R, n]``,
+    already the symmetric rank-2r factors if symmetric; ``n_mat == 1``). Returns ``(P, U, V)``."""
+    like = src if src is not None else a
+    p = new_output((n_mat, n, n), like=like, dtype=torch.float32)
+    u = new_output((n_mat, iters, n), like=like, dtype=torch.float32)
+    v = new_output((n_mat, iters, n), like=like, dtype=torch.float32)
+    if n_mat == 0 or n == 0:
+        return p, u, v
+    bm, bn, n_rt, n_ct, mode, rank, strides, meta = _tile_args(n, src, a, b)
+    ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode == _DENSE else p
+    pr = torch.empty((n_mat, n_ct, n), device=like.device, dtype=torch.float32)
+    pc = torch.empty((n_mat, n_rt, n), device=like.device, dtype=torch.float32)
+    grid = (n_rt * n_ct, n_mat)
+    if mode == _LOWRANK:
+        scale = 1.0 / tau  # the symmetric factors carry the 1/2 already
+        s_src, s_a, s_b = a, a, b
+    else:
+        scale = (0.5 if symmetric else 1.0) / tau
+        s_src, s_a, s_b = src, src, src
+
+    def launch(phase, k, m):
+        sinkhorn_tile_fwd_kernel[grid](
+            s_src, s_a, s_b, ws, p, u, v, pr, pc,
+            n, rank, iters, k, n_rt, n_ct, *strides, scale,
+            PHASE=phase, MODE=m, SYMMETRIC=symmetric, **meta,
+        )
+
+    later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
+    launch(_INIT, 0, mode)
+    for k in range(iters):
+        launch(_ROW, k, later)
+        launch(_COL_LAST if k == iters - 1 else _COL, k, later)
+    return p, u, v
+
+
+def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
+    """Tiled backward: ``dM [n_mat, n, n]`` in ``out_dtype``, the gradient with respect to the
+    (pre-symmetrisation) logits ``src``, or to ``a @ b`` in the low-rank mode."""
+    like = src if src is not None else a
+    dx = new_output((n_mat, n, n), like=like, dtype=out_dtype)
+    if n_mat == 0 or n == 0:
+        return dx
+    bm, bn, n_rt, n_ct, mode, rank, strides, meta = _tile_args(n, src, a, b)
+    ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode == _DENSE else dx
+    g = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32)
+    pr = torch.empty((n_mat, n_ct, n), device=like.device, dtype=torch.float32)
+    pc = torch.empty((n_mat, n_rt, n), device=like.device, dtype=torch.float32)
+    grid = (n_rt * n_ct, n_mat)
+    if mode == _LOWRANK:
+        scale = 1.0 / tau
+        s_src, s_a, s_b = a, a, b
+    else:
+        scale = (0.5 if symmetric else 1.0) / tau
+        s_src, s_a, s_b = src, src, src
+    grad_scale = (0.5 if symmetric else 1.0) / tau
+
+    def launch(phase, k, m, last=False):
+        sinkhorn_tile_bwd_kernel[grid](
+            s_src, s_a, s_b, ws, dp, u, v, g, dx, pr, pc,
+            n, rank, iters, k, n_rt, n_ct, *strides, dp.stride(0), dp.stride(1), dp.stride(2),
+            scale, grad_scale,
+            PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, **meta,
+        )
+
+    later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
+    launch(_INIT, iters - 1, mode)
+    for k in range(iters - 1, -1, -1):
+        launch(1, k, later)
+        launch(2, k, later, last=k == 0)
+    if symmetric:
+        sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, BM=bm, BN=bn, num_warps=meta["num_warps"])
+    return dx
+
+
+# --- entry points used by the ops ----------------------------------------------------------------
+
+
+def sinkhorn_fwd(logits: torch.Tensor, tau: float, iters: int, symmetric: bool):
+    """``logits [..., n, n]`` -> ``(P [..., n, n], U [..., K, n], V [..., K, n])``, fp32."""
+    _check_compute_dtype("logits", logits)
+    n = logits.shape[-1]
+    lead = logits.shape[:-2]
+    x = _as_batch(logits)
+    n_mat = x.shape[0]
+    if n <= SMALL_MAX_N:
+        p, u, v = small_fwd(x, None, n_mat, n, iters, tau, symmetric)
+    else:
+        p, u, v = tiled_fwd(x, None, None, n_mat, n, iters, tau, symmetric)
+    return p.view(*lead, n, n), u.view(*lead, iters, n), v.view(*lead, iters, n)
+
+
+def sinkhorn_bwd(dp, logits, u, v, tau: float, iters: int, symmetric: bool) -> torch.Tensor:
+    """Gradient of the unrolled map with respect to ``logits`` (dtype of ``logits``)."""
+    n = logits.shape[-1]
+    x = _as_batch(logits)
+    n_mat = x.shape[0]
+    dp3 = _as_batch(dp)
+    u3 = u.reshape(n_mat, iters, n)
+    v3 = v.reshape(n_mat, iters, n)
+    if n <= SMALL_MAX_N:
+        dx = small_bwd(dp3, x, None, u3, v3, n_mat, n, iters, tau, symmetric)
+    else:
+        dx = tiled_bwd(dp3, x, None, None, u3, v3, n_mat, n, iters, tau, symmetric, logits.dtype)
+    return dx.view(logits.shape)
+
+
+def lite_local_fwd(omega: torch.Tensor, basis: torch.Tensor, tau: float, iters: int, symmetric: bool):
+    """``SK(sum_l omega[m, l] Z[l])`` for ``omega [N, b]``, ``basis [b, B, B]`` (B <= SMALL_MAX_N)."""
+    _check_compute_dtype("omega", omega)
+    _check_compute_dtype("basis", basis)
+    n = basis.shape[-1]
+    return small_fwd(basis, omega, omega.shape[0], n, iters, tau, symmetric)
+
+
+def lite_local_bwd(dp, omega, basis, u, v, tau: float, iters: int, symmetric: bool):
+    """``(d omega, d basis)`` of the fused local Lite weights."""
+    n = basis.shape[-1]
+    return small_bwd(dp, basis, omega, u, v, omega.shape[0], n, iters, tau, symmetric)
+
+
+def _lowrank_factors(a_g: torch.Tensor, b_g: torch.Tensor, symmetric: bool):
+    dtype = torch.promote_types(a_g.dtype, b_g.dtype)
+    a, b = a_g.to(dtype), b_g.to(dtype)
+    if symmetric:
+        # (A B + B^T A^T) / 2 = [A | B^T] [B ; A^T] / 2: the 1/2 goes into the factors' scale
+        a, b = torch.cat([a, b.t()], 1) * 0.5, torch.cat([b, a.t()], 0)
+    return a, b
+
+
+def lite_global_fwd(a_g: torch.Tensor, b_g: torch.Tensor, tau: float, iters: int, symmetric: bool):
+    """``SK(A_G @ B_G)`` matrix free: logits tiles are formed from the factors in every pass."""
+    _check_compute_dtype("a_g", a_g)
+    _check_compute_dtype("b_g", b_g)
+    n = a_g.shape[0]
+    a, b = _lowrank_factors(a_g, b_g, symmetric)
+    p, u, v = tiled_fwd(None, a, b, 1, n, iters, tau, symmetric)
+    return p.view(n, n), u.view(iters, n), v.view(iters, n)
+
+
+def lite_global_bwd(dp, a_g, b_g, u, v, tau: float, iters: int, symmetric: bool):
+    """``(dA_G, dB_G) = (dM B_G^T, A_G^T dM)``, with ``dM`` (fp32 ``n x n``) materialised once."""
+    n = a_g.shape[0]
+    a, b = _lowrank_factors(a_g, b_g, symmetric)
+    dm = tiled_bwd(dp.view(1, n, n), None, a, b, u.view(1, iters, n), v.view(1, iters, n), 1, n, iters,
+                   tau, symmetric, torch.float32).view(n, n)
+    da = (dm @ b_g.t().float()).to(a_g.dtype)
+    db = (a_g.t().float() @ dm).to(b_g.dtype)
+    return da, db
