@@ -1,21 +1,188 @@
-"""``token_mixer``: validation and backends (SPEC §1)."""
+"""``token_mixer`` and ``token_mixer_residual_norm``: validation and backends (SPEC §1).
+
+Triton backends (``triton_kernels/token_mixer.py``): TokenMixer is one gather kernel in both
+directions (its backward is the inverse permutation); ``Norm(TokenMixer(x) + x)`` is one pass
+that never stores the mixed tensor or the sum, saving only ``mean``/``rstd`` per row.
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .. import reference
-from .._checks import check_divides, check_tensor
+from .._checks import check_divides, check_optional_tensor, check_same_device, check_shape, check_tensor
 from .._registry import define_op
+from ..reference.token_mixer_norm import token_mixer_residual_norm as _token_mixer_residual_norm_reference
 
-TOKEN_MIXER = define_op("token_mixer")
+TOKEN_MIXER = define_op("token_mixer", cuda_auto=("triton",))
 TOKEN_MIXER.register("reference")(reference.token_mixer)
 
+TOKEN_MIXER_RESIDUAL_NORM = define_op("token_mixer_residual_norm", cuda_auto=("triton",))
+TOKEN_MIXER_RESIDUAL_NORM.register("reference")(_token_mixer_residual_norm_reference)
 
-def token_mixer(x: Tensor, heads: int, *, backend: str = "auto") -> Tensor:
-    """RankMixer's rule-based mixing: ``[bs, T, D] -> [bs, H, T*D/H]`` (a permutation)."""
-    check_tensor("x", x, ndim=3)
+NORMS = ("layer", "rms")
+
+
+def _kernels():
+    from ..triton_kernels import token_mixer as kernels
+
+    return kernels
+
+
+# --- Triton: TokenMixer forward and backward custom ops --------------------------------------
+
+
+@torch.library.custom_op("unimixer::token_mixer_fwd", mutates_args=())
+def token_mixer_fwd(x: Tensor, heads: int) -> Tensor:
+    return _kernels().token_mix(x, heads, x.shape[-1] // heads)
+
+
+@token_mixer_fwd.register_fake
+def _(x: Tensor, heads: int) -> Tensor:
+    bs, t, d = x.shape
+    return x.new_empty((bs, heads, t * (d // heads)))
+
+
+@torch.library.custom_op("unimixer::token_mixer_bwd", mutates_args=())
+def token_mixer_bwd(dout: Tensor, tokens: int) -> Tensor:
+    """The inverse permutation: ``dx [bs, T, D]`` from ``dout [bs, H, T*D/H]``."""
+    return _kernels().token_mix(dout, tokens, dout.shape[-1] // tokens)
+
+
+@token_mixer_bwd.register_fake
+def _(dout: Tensor, tokens: int) -> Tensor:
+    bs, heads, width = dout.shape
+    return dout.new_empty((bs, tokens, heads * (width // tokens)))
+
+
+def _token_mixer_setup(ctx, inputs, output) -> None:
+    x, _ = inputs
+    ctx.tokens = x.shape[1]
+
+
+def _token_mixer_backward(ctx, dout: Tensor):
+    return token_mixer_bwd(dout, ctx.tokens), None
+
+
+token_mixer_fwd.register_autograd(_token_mixer_backward, setup_context=_token_mixer_setup)
+
+
+@TOKEN_MIXER.register("triton")
+def _token_mixer_triton(x: Tensor, heads: int) -> Tensor:
+    return token_mixer_fwd(x, heads)
+
+
+# --- Triton: Norm(TokenMixer(x) + x) forward and backward custom ops -------------------------
+
+
+@torch.library.custom_op("unimixer::token_mixer_residual_norm_fwd", mutates_args=())
+def token_mixer_residual_norm_fwd(
+    x: Tensor, heads: int, weight: Tensor, bias: Tensor | None, eps: float, rms: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y, mean, rstd)``: ``mean``/``rstd`` are fp32 ``[bs, T]`` (``mean`` is 0 for RMSNorm)."""
+    y, mean, rstd = _kernels().tm_norm_fwd(x, heads, weight, bias, eps, rms)
+    return y, mean.view(x.shape[:-1]), rstd.view(x.shape[:-1])
+
+
+@token_mixer_residual_norm_fwd.register_fake
+def _(x, heads, weight, bias, eps, rms):
+    stats = x.shape[:-1]
+    return (x.new_empty(x.shape), x.new_empty(stats, dtype=torch.float32),
+            x.new_empty(stats, dtype=torch.float32))
+
+
+@torch.library.custom_op("unimixer::token_mixer_residual_norm_bwd", mutates_args=())
+def token_mixer_residual_norm_bwd(
+    dy: Tensor, x: Tensor, heads: int, weight: Tensor, mean: Tensor, rstd: Tensor, rms: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dx, dweight, dbias)``."""
+    return _kernels().tm_norm_bwd(dy, x, heads, weight, mean.reshape(-1), rstd.reshape(-1), rms)
+
+
+@token_mixer_residual_norm_bwd.register_fake
+def _(dy, x, heads, weight, mean, rstd, rms):
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+
+
+def _tm_norm_setup(ctx, inputs, output) -> None:
+    x, heads, weight, bias, _, rms = inputs
+    _, mean, rstd = output
+    ctx.heads, ctx.rms = heads, rms
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.save_for_backward(x, weight, mean, rstd)
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _tm_norm_backward(ctx, dy: Tensor, _dmean: Tensor | None, _drstd: Tensor | None):
+    x, weight, mean, rstd = ctx.saved_tensors
+    dx, dw, db = token_mixer_residual_norm_bwd(dy, x, ctx.heads, weight, mean, rstd, ctx.rms)
+    db = None if ctx.bias_dtype is None else db.to(ctx.bias_dtype)
+    return dx, None, dw, db, None, None
+
+
+token_mixer_residual_norm_fwd.register_autograd(_tm_norm_backward, setup_context=_tm_norm_setup)
+
+
+@TOKEN_MIXER_RESIDUAL_NORM.register("triton")
+def _token_mixer_residual_norm_triton(
+    x: Tensor, heads: int, weight: Tensor, bias: Tensor | None, eps: float, norm: str
+) -> Tensor:
+    return token_mixer_residual_norm_fwd(x, heads, weight, bias, eps, norm == "rms")[0]
+
+
+# --- public functions --------------------------------------------------------------------------
+
+
+def _check_heads(x: Tensor, heads: object) -> None:
     if isinstance(heads, bool) or not isinstance(heads, int):
         raise TypeError(f"heads: expected an int, got {heads!r}")
     check_divides("heads", heads, x.shape[-1], "D")
+
+
+def token_mixer(x: Tensor, heads: int, *, backend: str = "auto") -> Tensor:
+    """RankMixer's rule-based mixing: ``[bs, T, D] -> [bs, H, T*D/H]`` (a permutation).
+
+    ``out[h, t*c:(t+1)*c] = x[t, h*c:(h+1)*c]`` with ``c = D/H``. ``x`` may have any strides
+    (the Triton kernel gathers through them); the output is contiguous.
+    """
+    check_tensor("x", x, ndim=3)
+    _check_heads(x, heads)
     return TOKEN_MIXER.dispatch(backend, x.device)(x, heads)
+
+
+def token_mixer_residual_norm(
+    x: Tensor,
+    heads: int,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    eps: float = 1e-6,
+    norm: str = "layer",
+    *,
+    backend: str = "auto",
+) -> Tensor:
+    """``Norm(TokenMixer(x) + x)`` over ``D``: RankMixer's ``S = LN(TokenMixer(X) + X)``.
+
+    ``x [bs, T, D]`` (any strides), ``heads`` must equal ``T`` (so the mixed tensor has the shape
+    of ``x``) and divide ``D``. ``norm="layer"`` (default): LayerNorm with ``weight [D]`` and an
+    optional ``bias [D]``; ``norm="rms"``: RMSNorm with ``weight`` and no bias. The residual sum
+    and the statistics are fp32; the output has the dtype of ``x``.
+    """
+    check_tensor("x", x, ndim=3)
+    _check_heads(x, heads)
+    if heads != x.shape[1]:
+        raise ValueError(
+            f"heads: expected {x.shape[1]} (= T, so TokenMixer(x) + x is defined), got {heads}"
+        )
+    if norm not in NORMS:
+        raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
+    check_tensor("weight", weight, ndim=1)
+    check_shape("weight", weight, (x.shape[-1],), "the last dim of x")
+    if check_optional_tensor("bias", bias, ndim=1) is not None:
+        if norm == "rms":
+            raise ValueError("bias: expected None with norm='rms' (RMSNorm has no bias), got a tensor")
+        check_shape("bias", bias, (x.shape[-1],), "the last dim of x")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps < 0:
+        raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
+    check_same_device(x=x, weight=weight, bias=bias)
+    return TOKEN_MIXER_RESIDUAL_NORM.dispatch(backend, x.device)(x, heads, weight, bias, float(eps), norm)

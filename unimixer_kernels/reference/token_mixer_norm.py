@@ -1,0 +1,28 @@
+"""``Norm(TokenMixer(x) + x)``: RankMixer's first sub-block (SPEC §1), composed from the references."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .mixing import token_mixer
+from .norms import layer_norm, rms_norm
+
+
+def token_mixer_residual_norm(
+    x: Tensor,
+    heads: int,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    eps: float = 1e-6,
+    norm: str = "layer",
+) -> Tensor:
+    """``LayerNorm(TokenMixer(x) + x)`` (or RMSNorm with ``norm="rms"``); needs ``heads == T``.
+
+    The residual sum is kept in fp32 (fp64 for fp64 input), the statistics too; the output has
+    the input dtype.
+    """
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    s = token_mixer(x, heads).to(acc) + x.to(acc)
+    y = rms_norm(s, weight, eps) if norm == "rms" else layer_norm(s, weight, bias, eps)
+    return y.to(x.dtype)
