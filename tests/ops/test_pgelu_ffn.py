@@ -1,0 +1,97 @@
+"""pgelu_ffn: the Triton kernels against the fp64 reference (SPEC §1, §8), forward and every gradient."""
+
+import math
+
+import pytest
+import torch
+
+from unimixer_kernels.ops.pgelu_ffn import pgelu_ffn, pgelu_ffn_bwd, pgelu_ffn_fwd
+from unimixer_kernels.testing import check_against_reference, random_input
+
+# (bs, T, D, kD): non-powers of two, bs = 1, a single token
+SHAPES = [(1, 1, 8, 8), (3, 2, 24, 20), (5, 3, 16, 48)]
+
+
+def _params(t, d, kd, dtype, device, bias):
+    w1 = random_input((t, d, kd), dtype, device, requires_grad=True, scale=1 / math.sqrt(d))
+    w2 = random_input((t, kd, d), dtype, device, requires_grad=True, scale=1 / math.sqrt(kd))
+    b1 = random_input((t, kd), dtype, device, requires_grad=True) if bias else None
+    b2 = random_input((t, d), dtype, device, requires_grad=True) if bias else None
+    return [w1, b1, w2, b2]
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
+def test_pgelu_ffn_triton(device, kernel_dtype, shape, bias, recompute):
+    bs, t, d, kd = shape
+    u = random_input((bs, t, d), kernel_dtype, device, requires_grad=True)
+    check_against_reference(pgelu_ffn, (u, *_params(t, d, kd, kernel_dtype, device, bias)),
+                            backend="triton", kwargs={"recompute": recompute})
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("layout", ["strided", "token_major"])
+def test_pgelu_ffn_triton_noncontiguous(device, kernel_dtype, layout):
+    bs, t, d, kd = 4, 3, 24, 40
+    if layout == "strided":
+        u = random_input((bs, t, d), kernel_dtype, device, requires_grad=True, noncontiguous=True)
+    else:
+        u = random_input((t, bs, d), kernel_dtype, device).transpose(0, 1).requires_grad_()
+    check_against_reference(pgelu_ffn, (u, *_params(t, d, kd, kernel_dtype, device, True)), backend="triton")
+
+
+@pytest.mark.triton
+def test_pgelu_ffn_triton_one_bias_and_stride0_grad(device):
+    bs, t, d, kd = 3, 2, 16, 24
+    u = random_input((bs, t, d), torch.float32, device, requires_grad=True)
+    w1, b1, w2, b2 = _params(t, d, kd, torch.float32, device, True)
+    check_against_reference(pgelu_ffn, (u, w1, None, w2, b2), backend="triton")
+    check_against_reference(pgelu_ffn, (u, w1, b1, w2, None), backend="triton", kwargs={"recompute": False})
+    o = pgelu_ffn(u, w1, b1, w2, b2, backend="triton")
+    g = torch.randn(d, device=device).expand_as(o)
+    got = torch.autograd.grad(o, (u, w1, b1, w2, b2), g)
+    ref_in = [x.detach().double().requires_grad_() for x in (u, w1, b1, w2, b2)]
+    expect = torch.autograd.grad(pgelu_ffn(*ref_in, backend="reference"), ref_in, g.double())
+    for a, e in zip(got, expect):
+        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("save", [False, True])
+def test_pgelu_ffn_opcheck(device, save):
+    bs, t, d, kd = 2, 2, 16, 16
+    u = random_input((bs, t, d), torch.float32, device, requires_grad=True)
+    w1, b1, w2, b2 = _params(t, d, kd, torch.float32, device, True)
+    torch.library.opcheck(pgelu_ffn_fwd, (u, w1, b1, w2, b2, save))
+    torch.library.opcheck(pgelu_ffn_fwd, (u, w1, None, w2, None, save))
+    g = torch.randn(t, bs, kd, device=device) if save else None
+    args = (torch.randn(bs, t, d, device=device), u.detach(), w1.detach(), b1.detach(), w2.detach(), None, g)
+    torch.library.opcheck(pgelu_ffn_bwd, args)
+
+
+def test_pgelu_ffn_bad_input():
+    u = torch.randn(2, 3, 8)
+    w1, w2 = torch.randn(3, 8, 16), torch.randn(3, 16, 8)
+    with pytest.raises(ValueError, match="w2"):
+        pgelu_ffn(u, w1, None, torch.randn(3, 8, 16))
+    with pytest.raises(ValueError, match="b1"):
+        pgelu_ffn(u, w1, torch.randn(3, 8), w2)
+    with pytest.raises(ValueError, match="b2"):
+        pgelu_ffn(u, w1, None, w2, torch.randn(2, 8))
+    with pytest.raises(TypeError, match="recompute"):
+        pgelu_ffn(u, w1, None, w2, recompute=1)
+    with pytest.raises(ValueError, match="u"):
+        pgelu_ffn(u[0], w1, None, w2)
+    with pytest.raises(TypeError, match="w1"):
+        pgelu_ffn(u, w1.int(), None, w2)
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+def test_pgelu_ffn_rankmixer_100m_gpu(kernel_dtype):
+    """SPEC §10 rankmixer-100m widths (T=16, D=768, k=4), small batch for the fp64 reference."""
+    bs, t, d, kd = 32, 16, 768, 3072
+    u = random_input((bs, t, d), kernel_dtype, "cuda", requires_grad=True)
+    check_against_reference(pgelu_ffn, (u, *_params(t, d, kd, kernel_dtype, "cuda", True)), backend="triton")
