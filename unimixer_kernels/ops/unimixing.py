@@ -1,19 +1,147 @@
-"""``unimixing`` and ``unimixing_rmsnorm``: validation and backends (SPEC §2)."""
+"""``unimixing`` and ``unimixing_rmsnorm``: validation and backends (SPEC §2).
+
+The Triton backend (``triton_kernels/unimixing.py``) fuses the local and the global mixing in one
+kernel (the intermediate ``h`` never goes to memory; the ``N x N`` global product runs on tensor
+cores in the activation dtype) and, for ``unimixing_rmsnorm``, the residual add and the RMSNorm as
+its epilogue. The fused forward saves ``s = z + UniMixing(z)`` (input dtype) and the fp32 ``rstd``;
+the backward recomputes ``h`` from the inputs. Non-contiguous inputs are copied once.
+
+Precision: with fp16/bf16 activations the global product rounds ``w_global`` and the ``h`` chunk
+to the activation dtype before the fp32-accumulated dot, so the weight gradients carry that
+dtype's precision even when the weights are fp32. fp32 activations run in full fp32 (``ieee``).
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .. import reference
 from .._checks import check_same_device, check_shape, check_tensor
 from .._registry import define_op
 
-UNIMIXING = define_op("unimixing")
-UNIMIXING_RMSNORM = define_op("unimixing_rmsnorm")
+UNIMIXING = define_op("unimixing", cuda_auto=("triton",))
+UNIMIXING_RMSNORM = define_op("unimixing_rmsnorm", cuda_auto=("triton",))
 
 UNIMIXING.register("reference")(reference.unimixing)
 UNIMIXING_RMSNORM.register("reference")(reference.unimixing_rmsnorm)
 
+
+def _kernels():
+    from ..triton_kernels import unimixing as kernels
+
+    return kernels
+
+
+# --- Triton: forward and backward custom ops -------------------------------------------------
+
+
+@torch.library.custom_op("unimixer::unimixing_fwd", mutates_args=())
+def unimixing_fwd(x: Tensor, w_local: Tensor, w_global: Tensor) -> Tensor:
+    return _kernels().unimixing_fwd(x, w_local, w_global)[0]
+
+
+@unimixing_fwd.register_fake
+def _(x: Tensor, w_local: Tensor, w_global: Tensor) -> Tensor:
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("unimixer::unimixing_bwd", mutates_args=())
+def unimixing_bwd(dy: Tensor, x: Tensor, w_local: Tensor, w_global: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return _kernels().unimixing_bwd(dy, x, w_local, w_global)
+
+
+@unimixing_bwd.register_fake
+def _(dy: Tensor, x: Tensor, w_local: Tensor, w_global: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return x.new_empty(x.shape), w_local.new_empty(w_local.shape), w_global.new_empty(w_global.shape)
+
+
+def _unimixing_setup(ctx, inputs, output) -> None:
+    x, w_local, w_global = inputs
+    ctx.save_for_backward(x, w_local, w_global)
+
+
+def _unimixing_backward(ctx, dy: Tensor):
+    x, w_local, w_global = ctx.saved_tensors
+    return unimixing_bwd(dy, x, w_local, w_global)
+
+
+unimixing_fwd.register_autograd(_unimixing_backward, setup_context=_unimixing_setup)
+
+
+@torch.library.custom_op("unimixer::unimixing_rmsnorm_fwd", mutates_args=())
+def unimixing_rmsnorm_fwd(
+    z: Tensor, w_local: Tensor, w_global: Tensor, norm_weight: Tensor, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(u, s, rstd)``: ``u = RMSNorm(s)``, ``s = z + UniMixing(z)``, ``rstd [bs, T]`` fp32."""
+    return _kernels().unimixing_fwd(z, w_local, w_global, norm_weight, eps)
+
+
+@unimixing_rmsnorm_fwd.register_fake
+def _(z: Tensor, w_local: Tensor, w_global: Tensor, norm_weight: Tensor, eps: float):
+    return z.new_empty(z.shape), z.new_empty(z.shape), z.new_empty(z.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("unimixer::unimixing_rmsnorm_bwd", mutates_args=())
+def unimixing_rmsnorm_bwd(
+    du: Tensor, z: Tensor, s: Tensor, w_local: Tensor, w_global: Tensor, norm_weight: Tensor, rstd: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _kernels().unimixing_rmsnorm_bwd(du, z, s, w_local, w_global, norm_weight, rstd)
+
+
+@unimixing_rmsnorm_bwd.register_fake
+def _(du, z, s, w_local, w_global, norm_weight, rstd):
+    return (z.new_empty(z.shape), w_local.new_empty(w_local.shape), w_global.new_empty(w_global.shape),
+            norm_weight.new_empty(norm_weight.shape))
+
+
+def _unimixing_rmsnorm_setup(ctx, inputs, output) -> None:
+    z, w_local, w_global, norm_weight, _ = inputs
+    _, s, rstd = output
+    ctx.save_for_backward(z, s, w_local, w_global, norm_weight, rstd)
+    ctx.mark_non_differentiable(s, rstd)
+
+
+def _unimixing_rmsnorm_backward(ctx, du: Tensor, _ds: Tensor | None, _drstd: Tensor | None):
+    z, s, w_local, w_global, norm_weight, rstd = ctx.saved_tensors
+    dz, dwl, dwg, dnw = unimixing_rmsnorm_bwd(du, z, s, w_local, w_global, norm_weight, rstd)
+    return dz, dwl, dwg, dnw, None
+
+
+unimixing_rmsnorm_fwd.register_autograd(_unimixing_rmsnorm_backward, setup_context=_unimixing_rmsnorm_setup)
+
+
+def _check_triton_dtypes(**tensors: Tensor) -> None:
+    for name, t in tensors.items():
+        if t.dtype == torch.float64:
+            raise TypeError(
+                f"{name}: the Triton backend takes fp32, fp16 or bf16, got {t.dtype}; use backend='reference'"
+            )
+
+
+@UNIMIXING.register("triton")
+def _unimixing_triton(x: Tensor, w_local: Tensor, w_global: Tensor) -> Tensor:
+    _check_triton_dtypes(x=x, w_local=w_local, w_global=w_global)
+    return unimixing_fwd(x, w_local, w_global)
+
+
+@UNIMIXING_RMSNORM.register("triton")
+def _unimixing_rmsnorm_triton(
+    z: Tensor, w_local: Tensor, w_global: Tensor, norm_weight: Tensor, eps: float
+) -> Tensor:
+    _check_triton_dtypes(z=z, w_local=w_local, w_global=w_global, norm_weight=norm_weight)
+    if _kernels().fused_norm_rows(w_local.shape[-1], z.shape[-1], z.device) is None:
+        # whole tokens do not fit one tile (lcm(B, D)/B > 256 blocks): compose the ops instead,
+        # with the residual sum in fp32 as in the reference
+        from .rms_norm import rms_norm_fwd
+
+        zf = z.float()
+        s = zf + unimixing_fwd(zf, w_local, w_global)
+        return rms_norm_fwd(s, norm_weight, eps)[0].to(z.dtype)
+    return unimixing_rmsnorm_fwd(z, w_local, w_global, norm_weight, eps)[0]
+
+
+# --- public functions --------------------------------------------------------------------------
 
 def check_mixing_args(x_name: str, x: object, w_local: object, w_global: object) -> None:
     """``x [bs, T, D]``, ``w_local [N, B, B]``, ``w_global [N, N]`` with ``N * B == T * D``."""

@@ -1,0 +1,474 @@
+"""UniMixing (SPEC §2) forward and backward: Triton kernels and their launchers (no autograd here).
+
+Layout. ``x [bs, T, D]`` is read as ``[bs, L]`` (token-major flatten, ``L = T*D = N*B``); block ``n``
+of sample ``s`` is ``x[s, n*B:(n+1)*B]``. Blocks may straddle tokens: only ``L % B == 0`` is needed.
+
+Forward, for each sample::
+
+    h_n = x_n @ W_B[n]                         local,  W_B [N, B, B]
+    y_m = sum_n W_G[m, n] h_n                  global, W_G [N, N]
+
+A tile of samples turns the global step into a GEMM ``Y = W_G @ H`` with ``H`` viewed as
+``[N, (sample, c)]`` columns. ``unimixing_fwd_kernel`` owns a ``[BM blocks m] x [BC columns]`` tile
+of ``Y`` (``BC = samples * BP``, ``BP = next_pow2(B)``, padded columns masked). Its K loop walks
+``BK`` blocks ``n`` at a time: the ``[BK, samples, BP]`` chunk of ``H`` is built in registers from
+the ``x`` chunk and ``W_B`` (``B`` fp32 FMAs per element) and fed straight to ``tl.dot`` with the
+``W_G`` tile, so ``h`` never goes to memory. The dot runs in the activation dtype (tensor cores;
+``w_global`` and the ``H`` chunk are rounded to it) with an fp32 accumulator; fp32 activations use
+``input_precision="ieee"``.
+
+Optional epilogue (``unimixing_rmsnorm``): ``s = z + y`` in fp32 and ``u = s * rstd * w`` with
+``rstd = rsqrt(mean_D(s^2) + eps)`` per token. The tile then spans ``BM_EFF`` blocks, a multiple of
+``lcm(B, D) / B``, so it always holds whole tokens (``TPT`` tokens of every sample in the tile).
+It writes ``u``, ``s`` (in the input dtype) and the fp32 ``rstd [bs, T]`` for backward.
+
+Backward, with ``g = dy`` (or, for the fused op, ``g = ds``, the gradient through the norm, from the
+RMSNorm backward kernel of ``rms_norm.py``)::
+
+    G_n      = sum_m W_G[m, n] g_m             GEMM ``W_G^T @ dY``
+    dx_n     = G_n @ W_B[n]^T (+ g_n for the fused op's residual)
+    dW_B[n]  = sum_s x_n^T G_n
+    dW_G[m,n]= sum_s g_m . h_n                 (h recomputed from x and W_B)
+
+``unimixing_bwd_dx_kernel`` owns ``BN`` blocks ``n`` and a contiguous range of samples; per tile of
+samples it computes ``G`` (K loop over ``m`` on tensor cores), applies the local transpose and the
+residual in the epilogue, and accumulates its fp32 ``dW_B`` partial. ``unimixing_bwd_dwg_kernel``
+owns a ``[BM, BN]`` tile of ``dW_G`` and a range of samples (K loop over ``(sample, c)``), with the
+``H^T`` chunk rebuilt in registers. Weight gradients are reduced deterministically: each program
+writes its own fp32 partial, and a second pass sums the partials (no atomics).
+
+Launches: forward 1 kernel (plus a cast of ``w_global`` when it is fp32 and the activations are
+half precision); backward 2 kernels + 2 partial sums (+ 1 RMSNorm backward kernel for the fused op).
+
+Non-contiguous inputs are copied once to contiguous memory by the launchers.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ._launch import bucket, new_output
+from .rms_norm import rms_norm_bwd
+
+_DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+# --- kernels -----------------------------------------------------------------------------------
+
+
+@triton.jit
+def unimixing_fwd_kernel(
+    X, WL, WG, Y, S_OUT, NW, RSTD,
+    BS, N, L, D, T,
+    eps,
+    BS_BUCKET,
+    B: tl.constexpr,
+    BP: tl.constexpr,
+    BM: tl.constexpr,
+    BM_EFF: tl.constexpr,
+    BK: tl.constexpr,
+    BC: tl.constexpr,
+    GROUP: tl.constexpr,
+    FUSE_NORM: tl.constexpr,
+    TPT: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """``Y[s, m*B + c] = sum_n W_G[m, n] sum_b X[s, n*B + b] W_B[n, b, c]`` (+ residual RMSNorm)."""
+    SPT: tl.constexpr = BC // BP  # samples per column tile
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(N, BM_EFF)
+    num_s = tl.cdiv(BS, SPT)
+    # grouped order: GROUP row tiles walk the sample tiles together, so W_G rows and x stay in L2
+    per_group = GROUP * num_s
+    first_m = (pid // per_group) * GROUP
+    group_m = tl.minimum(num_m - first_m, GROUP)
+    pid_m = first_m + (pid % per_group) % group_m
+    pid_s = (pid % per_group) // group_m
+
+    m0 = pid_m * BM_EFF
+    s0 = pid_s.to(tl.int64) * SPT
+    rows = tl.arange(0, BM)
+    rm = m0 + rows
+    m_ok = (rows < BM_EFF) & (rm < N)
+    cols = tl.arange(0, BC)
+    js = cols // BP
+    jc = cols % BP
+    samp = s0 + js
+    col_ok = (samp < BS) & (jc < B)
+    ks = s0 + tl.arange(0, SPT)
+    ks_ok = ks < BS
+    kc = tl.arange(0, BP)
+    kc_ok = kc < B
+
+    acc = tl.zeros([BM, BC], dtype=tl.float32)
+    for k0 in range(0, N, BK):
+        rn = k0 + tl.arange(0, BK)
+        n_ok = rn < N
+        wg = tl.load(WG + rm[:, None] * N + rn[None, :], mask=m_ok[:, None] & n_ok[None, :], other=0.0)
+        h = tl.zeros([BK, SPT, BP], dtype=tl.float32)
+        for b in range(B):
+            xb = tl.load(X + ks[None, :] * L + rn[:, None] * B + b,
+                         mask=n_ok[:, None] & ks_ok[None, :], other=0.0).to(tl.float32)
+            wb = tl.load(WL + rn[:, None] * (B * B) + b * B + kc[None, :],
+                         mask=n_ok[:, None] & kc_ok[None, :], other=0.0).to(tl.float32)
+            h += xb[:, :, None] * wb[:, None, :]
+        h2 = tl.reshape(h, [BK, BC]).to(DOT_DTYPE)
+        acc = tl.dot(wg.to(DOT_DTYPE), h2, acc, input_precision=PRECISION)
+
+    offs = samp[None, :] * L + rm[:, None] * B + jc[None, :]
+    mask = m_ok[:, None] & col_ok[None, :]
+    if FUSE_NORM:
+        z = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        v = z + acc
+        flat = rm[:, None] * B + jc[None, :]  # position inside the sample
+        tok = (flat - m0 * B) // D  # token inside the tile: 0 .. TPT-1 where valid
+        rstd = tl.zeros([BM, BC], dtype=tl.float32)
+        t_first = (m0 * B) // D
+        for k in tl.static_range(TPT):
+            in_k = mask & (tok == k)
+            col_sq = tl.sum(tl.where(in_k, v * v, 0.0), axis=0)
+            per_sample = tl.sum(tl.reshape(col_sq, [SPT, BP]), axis=1)
+            r = 1.0 / tl.sqrt(per_sample / D + eps)
+            tl.store(RSTD + ks * T + t_first + k, r, mask=ks_ok & (t_first + k < T))
+            r_cols = tl.reshape(tl.broadcast_to(r[:, None], [SPT, BP]), [BC])
+            rstd = tl.where(in_k, r_cols[None, :], rstd)
+        w = tl.load(NW + flat % D, mask=mask, other=0.0).to(tl.float32)
+        tl.store(S_OUT + offs, v.to(S_OUT.dtype.element_ty), mask=mask)
+        tl.store(Y + offs, (v * rstd * w).to(Y.dtype.element_ty), mask=mask)
+    else:
+        tl.store(Y + offs, acc.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def unimixing_bwd_dx_kernel(
+    DY, X, WL, WG, DX, DWL_PART,
+    BS, N, L, samples_per_split,
+    BS_BUCKET,
+    B: tl.constexpr,
+    BP: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    BC: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """``G = W_G^T dY``; ``dX[s, n*B + b] = sum_c G[s, n, c] W_B[n, b, c]`` (+ ``dY`` itself when
+    ``HAS_RESIDUAL``); ``DWL_PART[p, n, b, c] = sum_{s in split p} X[s, n*B + b] G[s, n, c]``."""
+    SPT: tl.constexpr = BC // BP
+    pid_n = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    rn = pid_n * BN + tl.arange(0, BN)
+    n_ok = rn < N
+    cols = tl.arange(0, BC)
+    js = cols // BP
+    jc = cols % BP
+    kb = tl.arange(0, BP)
+    kb_ok = kb < B
+    s_begin = pid_p.to(tl.int64) * samples_per_split
+    s_end = tl.minimum(s_begin + samples_per_split, BS)
+    part = DWL_PART + pid_p.to(tl.int64) * (N * B * B) + rn[:, None] * (B * B) + kb[None, :]
+    part_mask = n_ok[:, None] & kb_ok[None, :]
+    for st in range(s_begin, s_end, SPT):
+        samp = st + js
+        col_ok = (samp < s_end) & (jc < B)
+        acc = tl.zeros([BN, BC], dtype=tl.float32)
+        for k0 in range(0, N, BK):
+            rm = k0 + tl.arange(0, BK)
+            m_ok = rm < N
+            wgt = tl.load(WG + rm[None, :] * N + rn[:, None], mask=n_ok[:, None] & m_ok[None, :], other=0.0)
+            dy = tl.load(DY + samp[None, :] * L + rm[:, None] * B + jc[None, :],
+                         mask=m_ok[:, None] & col_ok[None, :], other=0.0)
+            acc = tl.dot(wgt.to(DOT_DTYPE), dy.to(DOT_DTYPE), acc, input_precision=PRECISION)
+        g3 = tl.reshape(acc, [BN, SPT, BP])
+        ss = st + tl.arange(0, SPT)
+        ss_ok = ss < s_end
+        out3 = tl.zeros([BN, SPT, BP], dtype=tl.float32)
+        for b in range(B):
+            wb = tl.load(WL + rn[:, None] * (B * B) + b * B + kb[None, :], mask=part_mask, other=0.0)
+            r = tl.sum(g3 * wb.to(tl.float32)[:, None, :], axis=2)
+            out3 = tl.where((kb == b)[None, None, :], r[:, :, None], out3)
+            xb = tl.load(X + ss[None, :] * L + rn[:, None] * B + b,
+                         mask=n_ok[:, None] & ss_ok[None, :], other=0.0).to(tl.float32)
+            contrib = tl.sum(xb[:, :, None] * g3, axis=1)
+            # this program owns its partial slice: plain read-modify-write, no atomics
+            prev = tl.load(part + b * B, mask=part_mask & (st > s_begin), other=0.0)
+            tl.store(part + b * B, prev + contrib, mask=part_mask)
+        # the next sample tile reads the partial back, possibly from other threads
+        tl.debug_barrier()
+        out = tl.reshape(out3, [BN, BC])
+        offs = samp[None, :] * L + rn[:, None] * B + jc[None, :]
+        mask = n_ok[:, None] & col_ok[None, :]
+        if HAS_RESIDUAL:
+            out += tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + offs, out.to(DX.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def unimixing_bwd_dwg_kernel(
+    DY, X, WL, DWG_PART,
+    BS, N, L, samples_per_split,
+    BS_BUCKET,
+    B: tl.constexpr,
+    BP: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BC: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """``DWG_PART[p, m, n] = sum_{s in split p} sum_c DY[s, m*B + c] H[s, n, c]``, with
+    ``H[s, n, c] = sum_b X[s, n*B + b] W_B[n, b, c]`` rebuilt in registers."""
+    SPT: tl.constexpr = BC // BP
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_p = tl.program_id(2)
+    rm = pid_m * BM + tl.arange(0, BM)
+    m_ok = rm < N
+    rn = pid_n * BN + tl.arange(0, BN)
+    n_ok = rn < N
+    cols = tl.arange(0, BC)
+    js = cols // BP
+    jc = cols % BP
+    kc = tl.arange(0, BP)
+    kc_ok = kc < B
+    s_begin = pid_p.to(tl.int64) * samples_per_split
+    s_end = tl.minimum(s_begin + samples_per_split, BS)
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for st in range(s_begin, s_end, SPT):
+        samp = st + js
+        col_ok = (samp < s_end) & (jc < B)
+        dy = tl.load(DY + samp[None, :] * L + rm[:, None] * B + jc[None, :],
+                     mask=m_ok[:, None] & col_ok[None, :], other=0.0)
+        ss = st + tl.arange(0, SPT)
+        ss_ok = ss < s_end
+        h = tl.zeros([SPT, BP, BN], dtype=tl.float32)
+        for b in range(B):
+            xb = tl.load(X + ss[:, None] * L + rn[None, :] * B + b,
+                         mask=ss_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
+            wb = tl.load(WL + rn[None, :] * (B * B) + b * B + kc[:, None],
+                         mask=kc_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
+            h += xb[:, None, :] * wb[None, :, :]
+        h2 = tl.reshape(h, [BC, BN]).to(DOT_DTYPE)
+        acc = tl.dot(dy.to(DOT_DTYPE), h2, acc, input_precision=PRECISION)
+    part = DWG_PART + pid_p.to(tl.int64) * N * N + rm[:, None] * N + rn[None, :]
+    tl.store(part, acc, mask=m_ok[:, None] & n_ok[None, :])
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _dot_setup(x: torch.Tensor):
+    if x.dtype not in _DOT_DTYPES:
+        raise TypeError(f"x: the Triton UniMixing kernels take fp32, fp16 or bf16, got {x.dtype}")
+    return _DOT_DTYPES[x.dtype], ("ieee" if x.dtype == torch.float32 else "tf32")
+
+
+def _global_for_dot(w_global: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    # half-precision activations run the global product in their dtype: cast W_G once (it is
+    # re-read by every column tile, so half the bytes matter) instead of in every program
+    w = w_global.contiguous()
+    if x.dtype != torch.float32 and w.dtype != x.dtype:
+        w = w.to(x.dtype)
+    return w
+
+
+def fused_norm_rows(block: int, dim: int, device: torch.device) -> tuple[int, int, int] | None:
+    """``(BM, BM_EFF, TPT)`` for the fused RMSNorm epilogue, or ``None`` when whole tokens do not
+    fit one tile (then the op composes mixing and RMSNorm instead)."""
+    group = math.lcm(block, dim) // block  # blocks per run of whole tokens
+    floor = 16 if (_interpreting() or device.type != "cuda") else 64
+    bm = max(triton.next_power_of_2(group), floor)
+    if bm > 256:
+        return None
+    bm_eff = (bm // group) * group
+    return bm, bm_eff, bm_eff * block // dim
+
+
+def _cfg(num_warps: int, num_stages: int, **kw) -> triton.Config:
+    return triton.Config(kw, num_warps=num_warps, num_stages=num_stages)
+
+
+@functools.cache
+def _tuned(kernel_name: str, configs: tuple, key: tuple):
+    kernel = globals()[kernel_name]
+    return triton.autotune(configs=[_cfg(w, s, **dict(kw)) for kw, w, s in configs], key=list(key))(kernel)
+
+
+def _fwd_configs(bp: int, fused: tuple[int, int, int] | None) -> tuple:
+    if fused is not None:
+        bm, bm_eff, _ = fused
+        tiles = [(bm, 32, 128, 8, 3), (bm, 64, 64, 4, 3), (bm, 32, 64, 4, 4)]
+    else:
+        tiles = [(128, 32, 128, 8, 3), (128, 64, 128, 8, 3), (128, 32, 256, 8, 3), (64, 32, 128, 4, 4)]
+    out = []
+    for bm, bk, bc, w, s in tiles:
+        bc = max(bc, bp)
+        eff = fused[1] if fused is not None else bm
+        out.append(((("BM", bm), ("BM_EFF", eff), ("BK", bk), ("BC", bc)), w, s))
+    return tuple(dict.fromkeys(out))
+
+
+def _dx_configs(bp: int) -> tuple:
+    tiles = [(128, 32, 128, 8, 3), (64, 32, 128, 4, 3), (128, 64, 64, 8, 3)]
+    return tuple(dict.fromkeys(
+        ((("BN", bn), ("BK", bk), ("BC", max(bc, bp))), w, s) for bn, bk, bc, w, s in tiles
+    ))
+
+
+def _dwg_configs(bp: int) -> tuple:
+    tiles = [(128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (64, 128, 64, 4, 3)]
+    return tuple(dict.fromkeys(
+        ((("BM", bm), ("BN", bn), ("BC", max(bc, bp))), w, s) for bm, bn, bc, w, s in tiles
+    ))
+
+
+def _splits(bs: int, tiles: int, device: torch.device, per_split_floats: int) -> tuple[int, int]:
+    """Sample splits for a weight-gradient kernel: enough programs to fill the GPU, a partial
+    buffer of at most 2^24 fp32 values. Returns ``(splits, samples_per_split)``."""
+    if device.type == "cuda" and not _interpreting():
+        want = triton.cdiv(2 * _sm_count(device), max(tiles, 1))
+    else:
+        want = 2
+    cap = max(1, (1 << 24) // max(per_split_floats, 1))
+    splits = max(1, min(want, cap, bs))
+    per = triton.cdiv(bs, splits)
+    return triton.cdiv(bs, per), per
+
+
+# --- launchers -----------------------------------------------------------------------------------
+
+
+def unimixing_fwd(
+    x: torch.Tensor,
+    w_local: torch.Tensor,
+    w_global: torch.Tensor,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Forward. Returns ``(y, None, None)``, or with ``norm_weight`` ``(u, s, rstd [bs, T] fp32)``
+    where ``s = x + UniMixing(x)`` (input dtype) and ``u = RMSNorm(s)`` computed from the fp32 sum.
+    A non-contiguous ``x`` is copied once."""
+    bs, t, d = x.shape
+    n, b, _ = w_local.shape
+    length = t * d
+    dot_dtype, precision = _dot_setup(x)
+    xc = x.contiguous()
+    wl = w_local.contiguous()
+    wg = _global_for_dot(w_global, x)
+    y = new_output((bs, t, d), like=x)
+    fuse = norm_weight is not None
+    fused = fused_norm_rows(b, d, x.device) if fuse else None
+    if fuse and fused is None:
+        raise ValueError(f"norm_weight: the fused epilogue needs lcm(B, D)/B <= 256 blocks, got B={b}, D={d}")
+    s_out = new_output((bs, t, d), like=x) if fuse else y
+    rstd = new_output((bs, t), like=x, dtype=torch.float32) if fuse else y
+    nw = norm_weight.contiguous() if fuse else wl
+    if bs == 0:
+        return y, (s_out if fuse else None), (rstd if fuse else None)
+    bp = triton.next_power_of_2(b)
+    tpt = fused[2] if fused is not None else 1
+    args = (xc, wl, wg, y, s_out, nw, rstd, bs, n, length, d, t, float(eps), bucket(bs))
+    consts = dict(B=b, BP=bp, GROUP=8, FUSE_NORM=fuse, TPT=tpt, DOT_DTYPE=dot_dtype, PRECISION=precision)
+
+    def grid(meta):
+        return (triton.cdiv(n, meta["BM_EFF"]) * triton.cdiv(bs, meta["BC"] // bp),)
+
+    if _interpreting():
+        bm, bm_eff = (fused[0], fused[1]) if fused is not None else (16, 16)
+        meta = dict(BM=bm, BM_EFF=bm_eff, BK=16, BC=max(16, bp))
+        unimixing_fwd_kernel[grid(meta)](*args, **consts, **meta)
+    else:
+        kernel = _tuned("unimixing_fwd_kernel", _fwd_configs(bp, fused), ("N", "BS_BUCKET", "B", "FUSE_NORM"))
+        kernel[grid](*args, **consts)
+    if fuse:
+        return y, s_out, rstd
+    return y, None, None
+
+
+def unimixing_bwd(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    w_local: torch.Tensor,
+    w_global: torch.Tensor,
+    residual: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dx, dw_local, dw_global)`` for ``y = UniMixing(x)`` given ``dy``; with ``residual`` the
+    output is ``x + UniMixing(x)`` and ``dy`` is also added to ``dx``. Non-contiguous ``dy`` or
+    ``x`` (e.g. a stride-0 ``dy`` from ``expand``) are copied once."""
+    bs, t, d = x.shape
+    n, b, _ = w_local.shape
+    length = t * d
+    dot_dtype, precision = _dot_setup(x)
+    xc = x.contiguous()
+    dyc = dy.contiguous()
+    wl = w_local.contiguous()
+    wg = _global_for_dot(w_global, x)
+    dx = new_output((bs, t, d), like=x)
+    if bs == 0:
+        return dx, torch.zeros_like(w_local), torch.zeros_like(w_global)
+    bp = triton.next_power_of_2(b)
+    interp = _interpreting()
+
+    # dX and dW_B
+    p1, per1 = _splits(bs, triton.cdiv(n, 64), x.device, n * b * b)
+    dwl_part = new_output((p1, n, b, b), like=x, dtype=torch.float32)
+    args = (dyc, xc, wl, wg, dx, dwl_part, bs, n, length, per1, bucket(bs))
+    consts = dict(B=b, BP=bp, HAS_RESIDUAL=residual, DOT_DTYPE=dot_dtype, PRECISION=precision)
+    if interp:
+        meta = dict(BN=16, BK=16, BC=max(16, bp))
+        unimixing_bwd_dx_kernel[(triton.cdiv(n, meta["BN"]), p1)](*args, **consts, **meta)
+    else:
+        kernel = _tuned("unimixing_bwd_dx_kernel", _dx_configs(bp), ("N", "BS_BUCKET", "B"))
+        kernel[lambda meta: (triton.cdiv(n, meta["BN"]), p1)](*args, **consts)
+
+    # dW_G
+    p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, x.device, n * n)
+    dwg_part = new_output((p2, n, n), like=x, dtype=torch.float32)
+    args = (dyc, xc, wl, dwg_part, bs, n, length, per2, bucket(bs))
+    consts = dict(B=b, BP=bp, DOT_DTYPE=dot_dtype, PRECISION=precision)
+    if interp:
+        meta = dict(BM=16, BN=16, BC=max(16, bp))
+        unimixing_bwd_dwg_kernel[(triton.cdiv(n, 16), triton.cdiv(n, 16), p2)](*args, **consts, **meta)
+    else:
+        kernel = _tuned("unimixing_bwd_dwg_kernel", _dwg_configs(bp), ("N", "BS_BUCKET", "B"))
+        kernel[lambda meta: (triton.cdiv(n, meta["BM"]), triton.cdiv(n, meta["BN"]), p2)](*args, **consts)
+
+    # second pass of the deterministic reductions
+    dwl = dwl_part.sum(0).to(w_local.dtype)
+    dwg = (dwg_part[0] if p2 == 1 else dwg_part.sum(0)).to(w_global.dtype)
+    return dx, dwl, dwg
+
+
+def unimixing_rmsnorm_bwd(
+    du: torch.Tensor,
+    z: torch.Tensor,
+    s: torch.Tensor,
+    w_local: torch.Tensor,
+    w_global: torch.Tensor,
+    norm_weight: torch.Tensor,
+    rstd: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``u = RMSNorm(z + UniMixing(z))``: the RMSNorm backward kernel turns ``du`` into
+    ``ds`` (and the norm-weight gradient), then the mixing backward adds the residual path."""
+    ds, dnw = rms_norm_bwd(du.contiguous(), None, s, norm_weight, rstd.reshape(-1))
+    dz, dwl, dwg = unimixing_bwd(ds, z, w_local, w_global, residual=True)
+    return dz, dwl, dwg, dnw
