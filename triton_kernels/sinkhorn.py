@@ -126,7 +126,7 @@ def sinkhorn_small_fwd_kernel(
     SYMMETRIC: tl.constexpr, LITE: tl.constexpr, MB: tl.constexpr, NP: tl.constexpr,
 ):
     """Forward of ``MB`` matrices per program: writes ``P [n_mat, n, n]`` and the potentials
-    ``U, V [n_mat, K, n]`` (``u_k``, ``v_k`` after each half-step)."""
+    ``U, V [n_mat, K, n]`` (``u_1``, ``v_1``, then ``u_k - u_1``, ``v_k - v_1``)."""
     pid = tl.program_id(0).to(tl.int64)
     mats = pid * MB + tl.arange(0, MB).to(tl.int64)
     rows = tl.arange(0, NP)
@@ -137,14 +137,20 @@ def sinkhorn_small_fwd_kernel(
     s0 = _small_logits(X, OMEGA, mats, rows, cols, mvalid, n, nb, sx0, sx1, sx2, so0, so1, scale,
                        SYMMETRIC, LITE, MB, NP)
     pot = mats[:, None] * K * n + rows[None, :]
+    u = _lse(tl.where(mask, s0, float("-inf")), 2)
+    tl.store(U + pot, u, mask=vmask)
+    r1 = s0 - u[:, :, None]
+    v = _lse(tl.where(mask, r1, float("-inf")), 1)
+    tl.store(V + pot, v, mask=vmask)
+    t1 = r1 - v[:, None, :]
     u = tl.zeros([MB, NP], dtype=tl.float32)
     v = tl.zeros([MB, NP], dtype=tl.float32)
-    for k in range(K):
-        u = _lse(tl.where(mask, s0 - v[:, None, :], float("-inf")), 2)
+    for k in range(1, K):
+        u = _lse(tl.where(mask, t1 - v[:, None, :], float("-inf")), 2)
         tl.store(U + pot + k * n, u, mask=vmask)
-        v = _lse(tl.where(mask, s0 - u[:, :, None], float("-inf")), 1)
+        v = _lse(tl.where(mask, t1 - u[:, :, None], float("-inf")), 1)
         tl.store(V + pot + k * n, v, mask=vmask)
-    p = tl.exp(tl.where(mask, s0 - u[:, :, None] - v[:, None, :], float("-inf")))
+    p = tl.exp(tl.where(mask, t1 - u[:, :, None] - v[:, None, :], float("-inf")))
     out = mats[:, None, None] * n * n + rows[None, :, None] * n + cols[None, None, :]
     tl.store(P + out, p, mask=mask)
 
@@ -171,21 +177,26 @@ def sinkhorn_small_bwd_kernel(
     s0 = _small_logits(X, OMEGA, mats, rows, cols, mvalid, n, nb, sx0, sx1, sx2, so0, so1, scale,
                        SYMMETRIC, LITE, MB, NP)
     pot = mats[:, None] * K * n + rows[None, :]
-    u = tl.load(U + pot + (K - 1) * n, mask=vmask, other=0.0)
-    v = tl.load(V + pot + (K - 1) * n, mask=vmask, other=0.0)
-    p = tl.exp(tl.where(mask, s0 - u[:, :, None] - v[:, None, :], float("-inf")))
+    r1 = s0 - tl.load(U + pot, mask=vmask, other=0.0)[:, :, None]
+    t1 = r1 - tl.load(V + pot, mask=vmask, other=0.0)[:, None, :]
+    u = tl.load(U + pot + (K - 1) * n, mask=vmask & (K > 1), other=0.0)
+    v = tl.load(V + pot + (K - 1) * n, mask=vmask & (K > 1), other=0.0)
+    p = tl.exp(tl.where(mask, t1 - u[:, :, None] - v[:, None, :], float("-inf")))
     dp = tl.load(DP + mats[:, None, None] * sd0 + rows[None, :, None] * sd1 + cols[None, None, :] * sd2,
                  mask=mask, other=0.0).to(tl.float32)
     g = dp * p
-    for t in range(K):
-        k = K - 1 - t
+    for t in range(1, K):
+        k = K - t
         u = tl.load(U + pot + k * n, mask=vmask, other=0.0)
         v = tl.load(V + pot + k * n, mask=vmask, other=0.0)
-        e = tl.exp(tl.where(mask, s0 - u[:, :, None] - v[:, None, :], float("-inf")))
+        e = tl.exp(tl.where(mask, t1 - u[:, :, None] - v[:, None, :], float("-inf")))
         g = g - e * tl.sum(g, axis=1)[:, None, :]
-        v = tl.load(V + pot + (k - 1) * n, mask=vmask & (k > 0), other=0.0)
-        e = tl.exp(tl.where(mask, s0 - u[:, :, None] - v[:, None, :], float("-inf")))
+        v = tl.load(V + pot + (k - 1) * n, mask=vmask & (k > 1), other=0.0)
+        e = tl.exp(tl.where(mask, t1 - u[:, :, None] - v[:, None, :], float("-inf")))
         g = g - e * tl.sum(g, axis=2)[:, :, None]
+    # the first iteration, whose iterates are t1 (after its column step) and r1 (after its row step)
+    g = g - tl.exp(tl.where(mask, t1, float("-inf"))) * tl.sum(g, axis=1)[:, None, :]
+    g = g - tl.exp(tl.where(mask, r1, float("-inf"))) * tl.sum(g, axis=2)[:, :, None]
     dm = g * grad_scale
     if SYMMETRIC:
         dm = dm + tl.permute(dm, (0, 2, 1))
@@ -262,10 +273,11 @@ def sinkhorn_tile_fwd_kernel(
 
     PR ``[n_mat, n_ct, n]``: per column-tile partial ``lse_j`` for the next row potential.
     PC ``[n_mat, n_rt, n]``: per row-tile partial ``lse_i`` for the next column potential.
-    PHASE 0 (init, v_0 = 0): S0 -> workspace (MODE 0); PR from S0.
-    PHASE 1 (row step k): u_k = lse over PR; store U[k]; PC from S0 - u_k.
-    PHASE 2 (column step k < K): v_k = lse over PC; store V[k]; PR from S0 - v_k.
-    PHASE 3 (column step K): v_K as in 2, then P = exp(S0 - u_K - v_K)."""
+    ``base`` is ``S0`` in iteration 1 and ``T1 = S0 - u_1 - v_1`` after it.
+    PHASE 0 (init): S0 -> workspace (MODE 0); PR = lse_j(S0).
+    PHASE 1 (row step k): u = lse over PR; store U[k]; PC from base - u.
+    PHASE 2 (column step k < K): v = lse over PC; store V[k]; PR from T1 - (v if k > 1 else 0).
+    PHASE 3 (column step K): v as in 2, then P = exp(T1 - u - v) (relative potentials)."""
     tile = tl.program_id(0)
     mat = tl.program_id(1).to(tl.int64)
     p = tile // n_ct
@@ -277,6 +289,8 @@ def sinkhorn_tile_fwd_kernel(
     m2 = rmask[:, None] & cmask[None, :]
     x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
                      MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE)
+    urow = U + mat * K * n + rows
+    vcol = V + mat * K * n + cols
     if PHASE == 0:
         if MODE == 0:
             tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
@@ -287,21 +301,27 @@ def sinkhorn_tile_fwd_kernel(
         parts = tl.load(PR + (mat * n_ct + ts[:, None]) * n + rows[None, :],
                         mask=(ts < n_ct)[:, None] & rmask[None, :], other=float("-inf"))
         u = _lse(parts, 0)
-        tl.store(U + (mat * K + k) * n + rows, u, mask=rmask & (q == 0))
-        part = _lse(tl.where(m2, x - u[:, None], float("-inf")), 0)
+        tl.store(urow + k * n, u, mask=rmask & (q == 0))
+        # k = 0: the masked loads give u_1 = v_1 = 0, so base = S0
+        base = x - tl.load(urow, mask=rmask & (k > 0), other=0.0)[:, None]
+        base = base - tl.load(vcol, mask=cmask & (k > 0), other=0.0)[None, :]
+        part = _lse(tl.where(m2, base - u[:, None], float("-inf")), 0)
         tl.store(PC + (mat * n_rt + p) * n + cols, part, mask=cmask)
     else:
         ts = tl.arange(0, RT_P)
         parts = tl.load(PC + (mat * n_rt + ts[:, None]) * n + cols[None, :],
                         mask=(ts < n_rt)[:, None] & cmask[None, :], other=float("-inf"))
         v = _lse(parts, 0)
-        tl.store(V + (mat * K + k) * n + cols, v, mask=cmask & (p == 0))
+        tl.store(vcol + k * n, v, mask=cmask & (p == 0))
+        v1 = tl.where(k > 0, tl.load(vcol, mask=cmask & (k > 0), other=0.0), v)
+        t1 = (x - tl.load(urow, mask=rmask, other=0.0)[:, None]) - v1[None, :]
+        v = tl.where(k > 0, v, 0.0)
         if PHASE == 2:
-            part = _lse(tl.where(m2, x - v[None, :], float("-inf")), 1)
+            part = _lse(tl.where(m2, t1 - v[None, :], float("-inf")), 1)
             tl.store(PR + (mat * n_ct + q) * n + rows, part, mask=rmask)
         else:
-            u = tl.load(U + (mat * K + k) * n + rows, mask=rmask, other=0.0)
-            pv = tl.exp(tl.where(m2, x - u[:, None] - v[None, :], float("-inf")))
+            u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0)
+            pv = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
             tl.store(P + mat * n * n + rows[:, None] * n + cols[None, :], pv, mask=m2)
 
 
@@ -317,12 +337,13 @@ def sinkhorn_tile_bwd_kernel(
     """One backward half-step over tile ``(p, q)``; ``G [n_mat, n, n]`` fp32 is the working gradient.
 
     PC ``[n_mat, n_rt, n]``: per row-tile partial column sums of G; PR ``[n_mat, n_ct, n]``: per
-    column-tile partial row sums.
+    column-tile partial row sums. Iterates: ``T1 - u_k - v_k`` after column step ``k`` (u, v
+    relative, 0 for k = 1) and ``T1 - u_k - v_{k-1}`` after row step ``k > 1``, ``S0 - u_1``
+    after row step 1 (0-based ``k`` below).
     PHASE 0 (init): S0 -> workspace (MODE 0); G = dP * P; PC.
-    PHASE 1 (column step k): c = sum of PC; G -= exp(S0 - u_k - v_k) * c; PR.
-    PHASE 2 (row step k): r = sum of PR; G -= exp(S0 - u_k - v_{k-1}) * r; then PC (k > 1), or,
-    with LAST (k = 1): dM = G * grad_scale into DX when not symmetric, else G stays for
-    ``sinkhorn_tile_sym_kernel``."""
+    PHASE 1 (column step k): c = sum of PC; G -= E * c; PR.
+    PHASE 2 (row step k): r = sum of PR; G -= E * r; then PC (k > 0), or, with LAST (k = 0):
+    dM = G * grad_scale into DX when not symmetric, else G stays for ``sinkhorn_tile_sym_kernel``."""
     tile = tl.program_id(0)
     mat = tl.program_id(1).to(tl.int64)
     p = tile // n_ct
@@ -334,13 +355,17 @@ def sinkhorn_tile_bwd_kernel(
     m2 = rmask[:, None] & cmask[None, :]
     x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
                      MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE)
+    urow = U + mat * K * n + rows
+    vcol = V + mat * K * n + cols
+    r1 = x - tl.load(urow, mask=rmask, other=0.0)[:, None]
+    t1 = r1 - tl.load(vcol, mask=cmask, other=0.0)[None, :]
+    u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0)
     gptr = G + mat * n * n + rows[:, None] * n + cols[None, :]
-    u = tl.load(U + (mat * K + k) * n + rows, mask=rmask, other=0.0)
     if PHASE == 0:
         if MODE == 0:
             tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
-        v = tl.load(V + (mat * K + k) * n + cols, mask=cmask, other=0.0)
-        pv = tl.exp(tl.where(m2, x - u[:, None] - v[None, :], float("-inf")))
+        v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0)
+        pv = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
         dp = tl.load(DP + mat * sd0 + rows[:, None] * sd1 + cols[None, :] * sd2, mask=m2, other=0.0)
         g = dp.to(tl.float32) * pv
         tl.store(gptr, g, mask=m2)
@@ -349,8 +374,8 @@ def sinkhorn_tile_bwd_kernel(
         ts = tl.arange(0, RT_P)
         c = tl.sum(tl.load(PC + (mat * n_rt + ts[:, None]) * n + cols[None, :],
                            mask=(ts < n_rt)[:, None] & cmask[None, :], other=0.0), axis=0)
-        v = tl.load(V + (mat * K + k) * n + cols, mask=cmask, other=0.0)
-        e = tl.exp(tl.where(m2, x - u[:, None] - v[None, :], float("-inf")))
+        v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0)
+        e = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
         g = tl.load(gptr, mask=m2, other=0.0) - e * c[None, :]
         tl.store(gptr, g, mask=m2)
         tl.store(PR + (mat * n_ct + q) * n + rows, tl.sum(g, axis=1), mask=rmask)
@@ -358,8 +383,9 @@ def sinkhorn_tile_bwd_kernel(
         ts = tl.arange(0, CT_P)
         r = tl.sum(tl.load(PR + (mat * n_ct + ts[:, None]) * n + rows[None, :],
                            mask=(ts < n_ct)[:, None] & rmask[None, :], other=0.0), axis=0)
-        v = tl.load(V + (mat * K + k - 1) * n + cols, mask=cmask & (k > 0), other=0.0)
-        e = tl.exp(tl.where(m2, x - u[:, None] - v[None, :], float("-inf")))
+        v = tl.load(vcol + (k - 1) * n, mask=cmask & (k > 1), other=0.0)
+        it = tl.where(k > 0, t1 - u[:, None] - v[None, :], r1)
+        e = tl.exp(tl.where(m2, it, float("-inf")))
         g = tl.load(gptr, mask=m2, other=0.0) - e * r[:, None]
         if LAST and not SYMMETRIC:
             tl.store(DX + mat * n * n + rows[:, None] * n + cols[None, :],

@@ -1,0 +1,308 @@
+"""sinkhorn: the Triton kernels against the fp64 reference (SPEC §2.1, §8), forward and backward.
+
+On the CPU the kernels run in the Triton interpreter, so shapes stay small. The tiled path (the
+one large matrices take on a GPU) is forced on small matrices by shrinking the small-matrix limit
+and the tile shape.
+"""
+
+import pytest
+import torch
+from unimixer_kernels.triton_kernels import sinkhorn as sk_kernels
+
+import unimixer_kernels as uk
+from unimixer_kernels.ops.sinkhorn import sinkhorn_bwd, sinkhorn_fwd
+from unimixer_kernels.testing import check_against_reference, random_input
+
+TAU_ITERS = [(0.05, 20), (1.0, 1), (1.0, 20), (0.05, 1)]
+
+
+@pytest.fixture
+def tiled(monkeypatch):
+    """Route every matrix through the tiled kernels, with 16 x 16 tiles (many tiles per matrix)."""
+    monkeypatch.setattr(sk_kernels, "SMALL_MAX_N", 8)
+    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
+
+
+def _logits(shape, dtype, device, noncontiguous=False, transposed=False):
+    if transposed:
+        return random_input(shape, dtype, device).mT.requires_grad_(True)
+    return random_input(shape, dtype, device, requires_grad=True, noncontiguous=noncontiguous)
+
+
+# --- small matrices, batched in registers -------------------------------------------------------
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("shape", [(5, 5), (3, 7, 7), (2, 2, 4, 4)])
+@pytest.mark.parametrize("tau,iters", TAU_ITERS)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_small_triton(device, kernel_dtype, shape, tau, iters, symmetric):
+    x = _logits(shape, kernel_dtype, device)
+    check_against_reference(uk.sinkhorn, (x, tau, iters, symmetric), backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("layout", ["strided", "transposed"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_small_noncontiguous(device, kernel_dtype, layout, symmetric):
+    x = _logits((3, 9, 9), kernel_dtype, device, noncontiguous=layout == "strided",
+                transposed=layout == "transposed")
+    assert not x.is_contiguous()
+    check_against_reference(uk.sinkhorn, (x, 0.3, 5, symmetric), backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_small_largest_block(device, symmetric):
+    # n = 40: a 64 x 64 padded block, one matrix per program
+    x = _logits((2, 40, 40), torch.float32, device)
+    check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
+
+
+@pytest.mark.triton
+def test_sinkhorn_many_small_matrices(device):
+    # several programs, each with many matrices, and a ragged last program
+    x = _logits((301, 4, 4), torch.float32, device)
+    check_against_reference(uk.sinkhorn, (x, 0.5, 3, True), backend="triton")
+
+
+# --- large matrices: tiled streaming passes ------------------------------------------------------
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("shape", [(37, 37), (2, 21, 21)])
+@pytest.mark.parametrize("tau,iters", [(0.05, 3), (1.0, 1)])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_tiled_triton(device, kernel_dtype, tiled, shape, tau, iters, symmetric):
+    x = _logits(shape, kernel_dtype, device)
+    check_against_reference(uk.sinkhorn, (x, tau, iters, symmetric), backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("tau,symmetric", [(0.05, True), (1.0, False)])
+def test_sinkhorn_tiled_k20(device, tiled, tau, symmetric):
+    x = _logits((20, 20), torch.float32, device)
+    check_against_reference(uk.sinkhorn, (x, tau, 20, symmetric), backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("layout", ["strided", "transposed"])
+def test_sinkhorn_tiled_noncontiguous(device, tiled, layout):
+    x = _logits((35, 35), torch.float32, device, noncontiguous=layout == "strided",
+                transposed=layout == "transposed")
+    check_against_reference(uk.sinkhorn, (x, 0.2, 2, True), backend="triton")
+
+
+@pytest.mark.triton
+def test_sinkhorn_default_tiles(device, monkeypatch):
+    # the tile shape a GPU uses for n = 65..127: two 64 x 128 tiles
+    monkeypatch.setattr(sk_kernels, "SMALL_MAX_N", 64)
+    x = _logits((70, 70), torch.float32, device)
+    check_against_reference(uk.sinkhorn, (x, 0.5, 2, True), backend="triton")
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("path", ["small", "tiled"])
+def test_sinkhorn_doubly_stochastic(device, monkeypatch, path):
+    if path == "tiled":
+        monkeypatch.setattr(sk_kernels, "SMALL_MAX_N", 8)
+        monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
+    x = random_input((2, 19, 19), torch.float32, device)
+    p = uk.sinkhorn(x, tau=1.0, iters=20, symmetric=True, backend="triton")
+    assert p.dtype == torch.float32 and (p >= 0).all()
+    ones = torch.ones(2, 19, dtype=torch.float64)
+    # the last half-step normalises columns: they sum to 1 to rounding
+    torch.testing.assert_close(p.double().sum(-2).cpu(), ones, rtol=0, atol=1e-5)
+    # rows converge with K
+    torch.testing.assert_close(p.double().sum(-1).cpu(), ones, rtol=0, atol=1e-3)
+
+
+@pytest.mark.triton
+def test_sinkhorn_temperature_sharpens(device):
+    # at tau = 0.05 and K = 20 the output of a symmetric matrix is close to a permutation-like
+    # doubly stochastic matrix: its largest entries dominate every row
+    x = random_input((12, 12), torch.float32, device)
+    p = uk.sinkhorn(x, tau=0.05, iters=20, backend="triton")
+    assert torch.isfinite(p).all()
+    assert (p.amax(-1) > 0.5).float().mean() > 0.5
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("path", ["small", "tiled"])
+def test_sinkhorn_saves_only_potentials(device, monkeypatch, path):
+    """What autograd keeps for backward is the input (by reference) and O(K * n) floats."""
+    if path == "tiled":
+        monkeypatch.setattr(sk_kernels, "SMALL_MAX_N", 8)
+        monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
+    n_mat, n, k = 2, 24, 6
+    x = random_input((n_mat, n, n), torch.float32, device, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        p = uk.sinkhorn(x, tau=0.5, iters=k, backend="triton")
+    new = [t for t in saved if t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()]
+    assert sum(t.numel() for t in new) <= 2 * k * n * n_mat
+    p.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+    saved.clear()
+    xr = x.detach().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        uk.sinkhorn(xr, tau=0.5, iters=k, backend="reference")
+    # the reference keeps every iterate: at least K * n^2 floats per matrix
+    assert sum(t.numel() for t in saved) >= k * n * n * n_mat
+
+
+@pytest.mark.triton
+def test_sinkhorn_stride0_grad(device):
+    x = random_input((11, 11), torch.float32, device, requires_grad=True)
+    p = uk.sinkhorn(x, tau=0.5, iters=4, backend="triton")
+    g = torch.randn(11, device=device).expand_as(p)  # stride-0 grad_output
+    (dx,) = torch.autograd.grad(p, x, g)
+    xr = x.detach().double().requires_grad_()
+    (ex,) = torch.autograd.grad(uk.sinkhorn(xr, tau=0.5, iters=4, backend="reference"), xr, g.double())
+    torch.testing.assert_close(dx.double(), ex, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.triton
+def test_sinkhorn_empty_batch(device):
+    x = torch.randn(0, 5, 5, device=device, requires_grad=True)
+    p = uk.sinkhorn(x, backend="triton")
+    assert p.shape == (0, 5, 5)
+    p.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.triton
+def test_sinkhorn_rejects_float64_on_triton(device):
+    with pytest.raises(TypeError, match="logits"):
+        uk.sinkhorn(torch.randn(4, 4, dtype=torch.float64, device=device), backend="triton")
+
+
+@pytest.mark.parametrize(
+    "kwargs,err,match",
+    [
+        (dict(tau=0.0), ValueError, "tau"),
+        (dict(tau=-1.0), ValueError, "tau"),
+        (dict(iters=0), ValueError, "iters"),
+        (dict(iters=2.5), TypeError, "iters"),
+    ],
+)
+def test_sinkhorn_bad_args(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        uk.sinkhorn(torch.randn(4, 4), **kwargs)
+
+
+def test_sinkhorn_bad_shape():
+    with pytest.raises(ValueError, match="logits"):
+        uk.sinkhorn(torch.randn(3, 4))
+    with pytest.raises(TypeError, match="logits"):
+        uk.sinkhorn(torch.ones(3, 3, dtype=torch.int64))
+
+
+# --- PT2 conformance ----------------------------------------------------------------------------
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_opcheck(device, symmetric):
+    x = random_input((2, 5, 5), torch.float32, device, requires_grad=True)
+    torch.library.opcheck(sinkhorn_fwd, (x, 0.5, 3, symmetric))
+    p, u, v = sinkhorn_fwd(x.detach(), 0.5, 3, symmetric)
+    dp = torch.randn_like(p)
+    torch.library.opcheck(sinkhorn_bwd, (dp, x.detach(), u, v, 0.5, 3, symmetric))
+
+
+@pytest.mark.triton
+def test_sinkhorn_opcheck_tiled(device, tiled):
+    x = random_input((20, 20), torch.float32, device, requires_grad=True)
+    torch.library.opcheck(sinkhorn_fwd, (x, 0.5, 2, True))
+
+
+def _compile_backend() -> str:
+    # inductor needs a C compiler on the CPU; aot_eager still traces the custom ops, fake
+    # implementations and autograd registration
+    if torch.cuda.is_available():
+        return "inductor"
+    try:
+        torch.compile(lambda t: t * 2, backend="inductor", fullgraph=True)(torch.ones(2))
+        return "inductor"
+    except Exception:
+        return "aot_eager"
+
+
+@pytest.mark.triton
+def test_sinkhorn_compile_fullgraph(device):
+    torch._dynamo.reset()
+    fn = torch.compile(lambda t: uk.sinkhorn(t, 0.3, 4, True, backend="triton"),
+                       backend=_compile_backend(), fullgraph=True)
+    x = random_input((3, 6, 6), torch.float32, device, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    out = fn(x)
+    expect = uk.sinkhorn(x2, 0.3, 4, True, backend="triton")
+    torch.testing.assert_close(out, expect, rtol=1e-6, atol=1e-7)
+    g = torch.randn_like(out)
+    (dx,) = torch.autograd.grad(out, x, g)
+    (ex,) = torch.autograd.grad(expect, x2, g)
+    torch.testing.assert_close(dx, ex, rtol=1e-6, atol=1e-6)
+
+
+# --- GPU: SPEC §10 presets and sweeps -----------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("n", [1024, 4096])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_preset_gpu(kernel_dtype, n, symmetric):
+    x = random_input((n, n), kernel_dtype, "cuda", requires_grad=True)
+    check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+def test_sinkhorn_local_preset_gpu(kernel_dtype):
+    # paper-small local weights: N = 1024 matrices of B = 4
+    x = random_input((1024, 4, 4), kernel_dtype, "cuda", requires_grad=True)
+    check_against_reference(uk.sinkhorn, (x, 0.05, 20, True), backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+def test_sinkhorn_saved_memory_gpu():
+    n, k = 1024, 20
+    x = random_input((n, n), torch.float32, "cuda", requires_grad=True)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    p = uk.sinkhorn(x, 0.05, k, backend="triton")
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated() - before - p.numel() * 4
+    assert held <= 4 * 2 * k * n + (1 << 20)
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+def test_sinkhorn_hypothesis_gpu():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(deadline=None, max_examples=40)
+    @hypothesis.given(
+        n=st.integers(1, 300),
+        batch=st.integers(1, 3),
+        iters=st.integers(1, 25),
+        tau=st.sampled_from([0.05, 0.1, 0.5, 1.0, 2.0]),
+        symmetric=st.booleans(),
+    )
+    def run(n, batch, iters, tau, symmetric):
+        x = random_input((batch, n, n), torch.float32, "cuda", requires_grad=True)
+        check_against_reference(uk.sinkhorn, (x, tau, iters, symmetric), backend="triton")
+
+    run()
