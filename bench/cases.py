@@ -1,0 +1,365 @@
+"""Cases: a setup factory per op and block, and the case lists (GPU, CPU, quick).
+
+A factory ``setup(preset, device, dtype) -> Setup`` makes *fresh random inputs* on every
+``make_inputs()`` call (activations in ``dtype``, parameters in fp32, differentiable tensors with
+``requires_grad``) and one :class:`Impl` builder per source: ``"reference"`` (the reference
+functions, eager) and one per kernel backend. Providers are derived from those in
+:mod:`bench.runner`: ``compiled`` / ``compiled-cg`` compile the reference, ``<backend>-cg``
+replays the backend under a CUDA graph.
+
+Kernel backends of an op are read from ``uk.OPS[op].impls``, so a backend that registers itself
+shows up here without an edit. Blocks are timed through their ``uk.nn`` module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+import unimixer_kernels as uk
+from unimixer_kernels import reference as R
+
+from . import blocks
+from .blocks import Unavailable
+from .model import MODES
+from .presets import PRESETS, Preset
+
+FP32 = torch.float32
+
+
+@dataclass
+class Impl:
+    """One runnable implementation of a case.
+
+    ``fwd(*inputs)`` is the training forward; ``infer(*inputs)`` the inference forward (run under
+    ``no_grad``; defaults to ``fwd``); ``params`` are differentiable leaves that are not inputs
+    (block weights); ``prepare(mode)`` is called before a mode is timed (e.g. ``module.eval()``).
+    """
+
+    fwd: Callable
+    params: tuple = ()
+    infer: Callable | None = None
+    prepare: Callable[[str], None] | None = None
+
+
+@dataclass
+class Setup:
+    make_inputs: Callable[[], tuple]
+    impls: dict[str, Callable[[], Impl]]
+    kernel_backends: tuple[str, ...]
+    public: Callable | None = None  # the public uk op (correctness checks)
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    title: str
+    needs: tuple[str, ...]
+    modes: tuple[str, ...]
+    factory: Callable[[Preset, torch.device, torch.dtype], Setup]
+    op: str | None = None  # the uk op whose kernel backends are the providers
+    module: str | None = None  # the uk.nn module the kernel providers time
+
+    def applies_to(self, preset: Preset) -> bool:
+        return preset.has(self.needs)
+
+    def kernel_backends(self) -> tuple[str, ...]:
+        return kernel_backends_of(self.op)
+
+
+def kernel_backends_of(op: str | None) -> tuple[str, ...]:
+    """Kernel backends of an op (registry order), or for a block: triton, plus cuda once any op has one."""
+    if op is not None:
+        return tuple(b for b in uk.OPS[op].impls if b != "reference")
+    has_cuda = any("cuda" in o.impls for o in uk.OPS.values())
+    return ("triton", "cuda") if has_cuda else ("triton",)
+
+
+def _rand(shape, dtype, device, grad=True, scale=1.0):
+    t = torch.randn(*shape, device=device, dtype=FP32) * scale
+    return t.to(dtype).requires_grad_(grad)
+
+
+def _op_setup(op: str, reference: Callable, public: Callable, make_inputs: Callable[[], tuple],
+              **kwargs) -> Setup:
+    backends = kernel_backends_of(op)
+
+    def ref_impl() -> Impl:
+        def fwd(*a):
+            return reference(*a, **kwargs)
+        return Impl(fwd)
+
+    def kernel_impl(backend: str) -> Callable[[], Impl]:
+        def build() -> Impl:
+            ok, why = uk.OPS[op].status(backend)
+            if not ok:
+                raise Unavailable(why)
+
+            def fwd(*a):
+                return public(*a, backend=backend, **kwargs)
+            return Impl(fwd)
+        return build
+
+    impls = {"reference": ref_impl, **{b: kernel_impl(b) for b in backends}}
+    return Setup(make_inputs, impls, backends, public, kwargs)
+
+
+# --- ops -----------------------------------------------------------------------------------------
+
+
+def setup_unimixing(p: Preset, device, dtype) -> Setup:
+    bs, t, d, n, b = p["bs"], p["T"], p["D"], p["N"], p["B"]
+    return _op_setup("unimixing", R.unimixing, uk.unimixing, lambda: (
+        _rand((bs, t, d), dtype, device), _rand((n, b, b), FP32, device, scale=b ** -0.5),
+        _rand((n, n), FP32, device, scale=n ** -0.5)))
+
+
+def setup_unimixing_rmsnorm(p: Preset, device, dtype) -> Setup:
+    bs, t, d, n, b = p["bs"], p["T"], p["D"], p["N"], p["B"]
+    return _op_setup("unimixing_rmsnorm", R.unimixing_rmsnorm, uk.unimixing_rmsnorm, lambda: (
+        _rand((bs, t, d), dtype, device), _rand((n, b, b), FP32, device, scale=b ** -0.5),
+        _rand((n, n), FP32, device, scale=n ** -0.5), _rand((d,), FP32, device)))
+
+
+def setup_sinkhorn(p: Preset, device, dtype) -> Setup:
+    n = p["N"]
+    return _op_setup("sinkhorn", R.sinkhorn, uk.sinkhorn, lambda: (_rand((n, n), FP32, device),),
+                     tau=p["tau"], iters=p["iters"], symmetric=True)
+
+
+def setup_lite_weights(p: Preset, device, dtype) -> Setup:
+    n, b, r, nb = p["N"], p["B"], p["r"], p["nb"]
+    return _op_setup("lite_weights", R.lite_weights, uk.lite_weights, lambda: (
+        _rand((n, nb), FP32, device), _rand((nb, b, b), FP32, device),
+        _rand((n, r), FP32, device, scale=r ** -0.5),
+        _rand((r, n), FP32, device)), tau=p["tau"], iters=p["iters"], symmetric=True)
+
+
+def setup_rms_norm(p: Preset, device, dtype) -> Setup:
+    bs, t, d = p["bs"], p["T"], p["D"]
+    return _op_setup("rms_norm", R.rms_norm, uk.rms_norm, lambda: (
+        _rand((bs, t, d), dtype, device), _rand((d,), FP32, device)))
+
+
+def setup_add_rms_norm(p: Preset, device, dtype) -> Setup:
+    bs, t, d = p["bs"], p["T"], p["D"]
+    return _op_setup("add_rms_norm", R.add_rms_norm, uk.add_rms_norm, lambda: (
+        _rand((bs, t, d), dtype, device), _rand((bs, t, d), dtype, device), _rand((d,), FP32, device)))
+
+
+def setup_pswiglu(p: Preset, device, dtype) -> Setup:
+    bs, t, d, h = p["bs"], p["T"], p["D"], p["h"]
+    return _op_setup("pswiglu", R.pswiglu, uk.pswiglu, lambda: (
+        _rand((bs, t, d), dtype, device), _rand((t, d, h), FP32, device, scale=d ** -0.5),
+        _rand((t, d, h), FP32, device, scale=d ** -0.5), _rand((t, h, d), FP32, device, scale=h ** -0.5)))
+
+
+def setup_fm_interaction(p: Preset, device, dtype) -> Setup:
+    bs, n, d, k = p["bs"], p["n"], p["d"], p["fm_k"]
+    return _op_setup("fm_interaction", R.fm_interaction, uk.fm_interaction, lambda: (
+        _rand((bs, n, d), dtype, device), _rand((n, k), FP32, device, scale=n ** -0.5)))
+
+
+def setup_dot_interaction(p: Preset, device, dtype) -> Setup:
+    bs, n, d = p["bs"], p["n"], p["d"]
+    return _op_setup("dot_interaction", R.dot_interaction, uk.dot_interaction,
+                     lambda: (_rand((bs, n, d), dtype, device),), order="triu")
+
+
+def setup_token_mixer(p: Preset, device, dtype) -> Setup:
+    bs, t, d = p["bs"], p["T"], p["D"]
+    return _op_setup("token_mixer", R.token_mixer, uk.token_mixer,
+                     lambda: (_rand((bs, t, d), dtype, device),), heads=t)
+
+
+# --- blocks --------------------------------------------------------------------------------------
+
+
+def _module_impls(cls_name: str, p: Preset, device, backends, lite: bool | None = None) -> dict:
+    def build(backend: str) -> Callable[[], Impl]:
+        def make() -> Impl:
+            ok, why = uk.backend_status(backend)
+            if not ok:
+                raise Unavailable(why)
+            module, call = blocks.build_module(cls_name, p, backend, device, lite=lite)
+            return Impl(call, blocks.params_of(module), call, lambda mode: module.train(mode != "infer"))
+        return make
+    return {b: build(b) for b in backends}
+
+
+def _unimixer_params(p: Preset, device, lite: bool) -> tuple:
+    t, d, n, b, h = p["T"], p["D"], p["N"], p["B"], p["h"]
+    if lite:
+        r, nb = p["r"], p["nb"]
+        mixing = (_rand((n, nb), FP32, device), _rand((nb, b, b), FP32, device),
+                  _rand((n, r), FP32, device, scale=r ** -0.5), _rand((r, n), FP32, device))
+    else:
+        mixing = (_rand((n, b, b), FP32, device), _rand((n, n), FP32, device))
+    norms = tuple(_rand((d,), FP32, device) for _ in range(3))
+    ffn = (_rand((t, d, h), FP32, device, scale=d ** -0.5), _rand((t, d, h), FP32, device, scale=d ** -0.5),
+           _rand((t, h, d), FP32, device, scale=h ** -0.5))
+    return mixing, norms + ffn
+
+
+def _setup_unimixer(p: Preset, device, dtype, lite: bool) -> Setup:
+    bs, t, d, tau, iters = p["bs"], p["T"], p["D"], p["tau"], p["iters"]
+    backends = kernel_backends_of(None)
+
+    def ref_impl() -> Impl:
+        mixing, rest = _unimixer_params(p, device, lite)
+        block = blocks.unimixer_block_lite if lite else blocks.unimixer_block
+        with torch.no_grad():  # inference: SK weights computed once and cached (eval mode)
+            if lite:
+                cached = R.lite_weights(*mixing, tau, iters)
+            else:
+                cached = (R.sinkhorn(mixing[0], tau, iters), R.sinkhorn(mixing[1], tau, iters))
+
+        def fwd(x):
+            return block(x, *mixing, *rest, tau, iters)
+
+        def infer(x):
+            return blocks.unimixer_mix(x, x, *cached, *rest)
+        return Impl(fwd, mixing + rest, infer)
+
+    impls = {"reference": ref_impl, **_module_impls("UniMixerBlock", p, device, backends, lite=lite)}
+    return Setup(lambda: (_rand((bs, t, d), dtype, device),), impls, backends)
+
+
+def setup_unimixer_block(p: Preset, device, dtype) -> Setup:
+    return _setup_unimixer(p, device, dtype, lite=False)
+
+
+def setup_unimixer_block_lite(p: Preset, device, dtype) -> Setup:
+    return _setup_unimixer(p, device, dtype, lite=True)
+
+
+def setup_rankmixer_block(p: Preset, device, dtype) -> Setup:
+    bs, t, d = p["bs"], p["T"], p["D"]
+    kd = p["ffn_mult"] * d
+    backends = kernel_backends_of(None)
+
+    def ref_impl() -> Impl:
+        params = (_rand((d,), FP32, device), _rand((d,), FP32, device), _rand((d,), FP32, device),
+                  _rand((d,), FP32, device), _rand((t, d, kd), FP32, device, scale=d ** -0.5),
+                  _rand((t, kd), FP32, device), _rand((t, kd, d), FP32, device, scale=kd ** -0.5),
+                  _rand((t, d), FP32, device))
+
+        def fwd(x):
+            return blocks.rankmixer_block(x, *params)
+        return Impl(fwd, params)
+
+    impls = {"reference": ref_impl, **_module_impls("RankMixerBlock", p, device, backends)}
+    return Setup(lambda: (_rand((bs, t, d), dtype, device),), impls, backends)
+
+
+TRAIN = ("fwd", "bwd", "fwd+bwd")
+ALL = TRAIN + ("infer",)
+MIX = ("bs", "T", "D", "B")
+CASES: dict[str, Case] = {c.name: c for c in [
+    Case("unimixing", "UniMixing op", MIX, ALL, setup_unimixing, op="unimixing"),
+    Case("unimixing_rmsnorm", "RMSNorm(z + UniMixing(z))", MIX, ALL, setup_unimixing_rmsnorm,
+         op="unimixing_rmsnorm"),
+    Case("sinkhorn", "Sinkhorn N x N", ("T", "D", "B"), TRAIN, setup_sinkhorn, op="sinkhorn"),
+    Case("lite_weights", "Lite weights SK(omega Z), SK(A_G B_G)", ("T", "D", "B", "r", "nb"), TRAIN,
+         setup_lite_weights, op="lite_weights"),
+    Case("rms_norm", "RMSNorm", ("bs", "T", "D"), ALL, setup_rms_norm, op="rms_norm"),
+    Case("add_rms_norm", "add + RMSNorm", ("bs", "T", "D"), ALL, setup_add_rms_norm, op="add_rms_norm"),
+    Case("pswiglu", "per-token SwiGLU", ("bs", "T", "D", "h"), ALL, setup_pswiglu, op="pswiglu"),
+    Case("fm_interaction", "Wukong FM X(X^T Y)", ("bs", "n", "d", "fm_k"), ALL, setup_fm_interaction,
+         op="fm_interaction"),
+    Case("dot_interaction", "DLRM dot interaction", ("bs", "n", "d"), ALL, setup_dot_interaction,
+         op="dot_interaction"),
+    Case("token_mixer", "TokenMixer", ("bs", "T", "D"), ALL, setup_token_mixer, op="token_mixer"),
+    Case("unimixer-block", "UniMixer block (full, SiameseNorm)", MIX + ("h",), ALL, setup_unimixer_block,
+         module="UniMixerBlock"),
+    Case("unimixer-block-lite", "UniMixer block (Lite)", MIX + ("h", "r", "nb"), ALL,
+         setup_unimixer_block_lite, module="UniMixerBlock"),
+    Case("rankmixer-block", "RankMixer block", ("bs", "T", "D", "ffn_mult"), ALL, setup_rankmixer_block,
+         module="RankMixerBlock"),
+]}
+assert all(set(c.modes) <= set(MODES) for c in CASES.values())
+
+# (case, preset, modes), most important first: a run that hits its time budget keeps these.
+GPU_PLAN: list[tuple[str, str, tuple[str, ...]]] = [
+    ("unimixer-block", "paper-small", ("fwd+bwd", "infer")),
+    ("unimixer-block-lite", "paper-small", ("fwd+bwd", "infer")),
+    ("unimixing", "paper-small", ("fwd", "bwd", "fwd+bwd")),
+    ("sinkhorn", "paper-small", ("fwd", "fwd+bwd")),
+    ("lite_weights", "paper-small", ("fwd", "fwd+bwd")),
+    ("unimixer-block-lite", "paper-100m", ("fwd+bwd", "infer")),
+    ("sinkhorn", "paper-100m", ("fwd", "fwd+bwd")),
+    ("lite_weights", "paper-100m", ("fwd", "fwd+bwd")),
+    ("unimixing", "paper-100m", ("fwd", "fwd+bwd")),
+    ("unimixing", "rankmixer-100m", ("fwd", "fwd+bwd")),
+    ("rankmixer-block", "rankmixer-100m", ("fwd+bwd", "infer")),
+    ("fm_interaction", "wukong", ("fwd", "fwd+bwd")),
+    ("pswiglu", "paper-small", ("fwd", "fwd+bwd")),
+    ("rms_norm", "paper-small", ("fwd", "fwd+bwd")),
+    ("unimixing_rmsnorm", "paper-small", ("fwd", "fwd+bwd")),
+    ("add_rms_norm", "paper-small", ("fwd", "fwd+bwd")),
+    ("pswiglu", "paper-100m", ("fwd+bwd",)),
+    ("rms_norm", "paper-100m", ("fwd+bwd",)),
+    ("unimixer-block", "lite-2.5m", ("fwd+bwd",)),
+    ("dot_interaction", "dlrm-criteo", ("fwd+bwd",)),
+    ("token_mixer", "rankmixer-100m", ("fwd+bwd",)),
+    ("rankmixer-block", "rankmixer-1b", ("fwd+bwd",)),
+]
+GPU_QUICK: list[tuple[str, str, tuple[str, ...]]] = [
+    ("unimixer-block", "paper-small", ("fwd+bwd",)),
+    ("unimixing", "paper-small", ("fwd+bwd",)),
+    ("sinkhorn", "paper-small", ("fwd+bwd",)),
+    ("rms_norm", "paper-small", ("fwd+bwd",)),
+]
+CPU_PLAN: list[tuple[str, str, tuple[str, ...]]] = [
+    ("unimixer-block-lite", "cpu-tiny", ("fwd+bwd", "infer")),
+    ("unimixer-block", "cpu-tiny", ("fwd+bwd",)),
+    ("unimixing", "cpu-tiny", ("fwd", "bwd", "fwd+bwd")),
+    ("sinkhorn", "cpu-tiny", ("fwd", "fwd+bwd")),
+    ("lite_weights", "cpu-tiny", ("fwd+bwd",)),
+    ("rms_norm", "cpu-tiny", ("fwd", "fwd+bwd")),
+    ("pswiglu", "cpu-tiny", ("fwd+bwd",)),
+    ("rankmixer-block", "cpu-tiny-rankmixer", ("fwd+bwd",)),
+    ("fm_interaction", "cpu-tiny-wukong", ("fwd+bwd",)),
+    ("dot_interaction", "cpu-tiny-dlrm", ("fwd+bwd",)),
+]
+CPU_QUICK: list[tuple[str, str, tuple[str, ...]]] = [
+    ("unimixer-block-lite", "cpu-tiny", ("fwd+bwd", "infer")),
+    ("unimixing", "cpu-tiny", ("fwd+bwd",)),
+    ("sinkhorn", "cpu-tiny", ("fwd+bwd",)),
+    ("rms_norm", "cpu-tiny", ("fwd+bwd",)),
+    ("pswiglu", "cpu-tiny", ("fwd+bwd",)),
+    ("fm_interaction", "cpu-tiny-wukong", ("fwd+bwd",)),
+]
+
+
+def plan_for(device_type: str, quick: bool, cases: list[str] | None = None, presets: list[str] | None = None,
+             modes: list[str] | None = None) -> list[tuple[Case, Preset, tuple[str, ...]]]:
+    """The (case, preset, modes) to run. With ``cases``/``presets`` given: every applicable pair of them
+    (a case's default modes from the device plan, else all its modes); else the device's plan."""
+    gpu = device_type == "cuda"
+    base = (GPU_QUICK if quick else GPU_PLAN) if gpu else (CPU_QUICK if quick else CPU_PLAN)
+    for name in cases or ():
+        if name not in CASES:
+            raise SystemExit(f"--case: expected one of {sorted(CASES)}, got {name!r}")
+    for name in presets or ():
+        if name not in PRESETS:
+            raise SystemExit(f"--preset: expected one of {sorted(PRESETS)}, got {name!r}")
+    if cases or presets:
+        from .presets import CPU_PRESETS, GPU_PRESETS
+        preset_names = presets or (GPU_PRESETS if gpu else CPU_PRESETS)
+        defaults = {(c, p): m for c, p, m in GPU_PLAN + CPU_PLAN}
+        out = []
+        for cname in cases or CASES:
+            for pname in preset_names:
+                case, preset = CASES[cname], PRESETS[pname]
+                if case.applies_to(preset):
+                    out.append((case, preset, defaults.get((cname, pname), ("fwd", "fwd+bwd"))))
+    else:
+        out = [(CASES[c], PRESETS[p], m) for c, p, m in base]
+    if modes:
+        out = [(c, p, tuple(x for x in modes if x in c.modes)) for c, p, m in out]
+        out = [e for e in out if e[2]]
+    return out

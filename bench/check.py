@@ -1,0 +1,99 @@
+"""Correctness of every op x every kernel backend against the reference, on small random inputs,
+by SPEC §8's rule (``unimixer_kernels.testing.check_against_reference``: forward and every gradient).
+
+Shapes are small and deliberately not powers of two (``N = 12``, ``D = 12``). A backend that cannot
+run here is reported with the reason (on a CPU the Triton backend runs only in the interpreter,
+``TRITON_INTERPRET=1``, which must be set before the process starts).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+import unimixer_kernels as uk
+from unimixer_kernels.testing import check_against_reference
+
+from .cases import CASES
+from .presets import Preset
+
+CHECK_PRESET = Preset("check", dict(bs=3, T=4, D=12, B=4, r=5, nb=3, h=20, ffn_mult=2, n=7, d=12, fm_k=5))
+
+
+@dataclass
+class CheckResult:
+    op: str
+    backend: str
+    dtype: str
+    status: str  # PASS, FAIL, ERROR, skipped
+    detail: str = ""
+    seconds: float = 0.0
+
+
+def check_dtypes(device: torch.device) -> list[torch.dtype]:
+    # the CPU interpreter truncates fp32 -> bf16, so bf16 is checked on a GPU only (tests/conftest.py)
+    return [torch.float32, torch.bfloat16] if device.type == "cuda" else [torch.float32]
+
+
+def run_checks(device: torch.device, progress=None) -> list[CheckResult]:
+    results: list[CheckResult] = []
+    op_cases = {c.op: c for c in CASES.values() if c.op}
+    old = os.environ.get("UNIMIXER_POISON_OUTPUTS")
+    os.environ["UNIMIXER_POISON_OUTPUTS"] = "1"  # an unwritten output element fails the check
+    try:
+        for name in sorted(uk.OPS):
+            op = uk.OPS[name]
+            for backend in (b for b in op.impls if b != "reference"):
+                ok, why = op.status(backend)
+                if ok and device.type == "cpu" and backend != "triton":
+                    ok, why = False, f"the {backend} backend needs CUDA tensors"
+                for dtype in check_dtypes(device):
+                    label = str(dtype).replace("torch.", "")
+                    if not ok:
+                        results.append(CheckResult(name, backend, label, "skipped", why))
+                    elif name not in op_cases:
+                        results.append(CheckResult(name, backend, label, "skipped",
+                                                   "no check inputs for this op in bench/cases.py"))
+                    else:
+                        results.append(_check_one(op_cases[name], name, backend, dtype, device))
+                    if progress:
+                        progress.update(f"check {name} {backend} {label}: {results[-1].status}")
+    finally:
+        if old is None:
+            os.environ.pop("UNIMIXER_POISON_OUTPUTS", None)
+        else:
+            os.environ["UNIMIXER_POISON_OUTPUTS"] = old
+    return results
+
+
+def count_checks() -> int:
+    return sum(len([b for b in op.impls if b != "reference"]) for op in uk.OPS.values())
+
+
+def _check_one(case, name: str, backend: str, dtype: torch.dtype, device: torch.device) -> CheckResult:
+    label = str(dtype).replace("torch.", "")
+    t0 = time.perf_counter()
+    try:
+        setup = case.factory(CHECK_PRESET, device, dtype)
+        check_against_reference(setup.public, setup.make_inputs(), backend=backend, kwargs=setup.kwargs)
+        return CheckResult(name, backend, label, "PASS", seconds=time.perf_counter() - t0)
+    except AssertionError as exc:
+        return CheckResult(name, backend, label, "FAIL", str(exc).splitlines()[0][:300],
+                           time.perf_counter() - t0)
+    except Exception as exc:
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        return CheckResult(name, backend, label, "ERROR", detail, time.perf_counter() - t0)
+
+
+def format_checks(results: list[CheckResult]) -> str:
+    lines = ["| op | backend | dtype | result | s |", "|---|---|---|---|---|"]
+    for r in results:
+        res = r.status if not r.detail else f"{r.status}: {r.detail}"
+        lines.append(f"| {r.op} | {r.backend} | {r.dtype} | {res} | {r.seconds:.1f} |")
+    n = {s: sum(r.status == s for r in results) for s in ("PASS", "FAIL", "ERROR", "skipped")}
+    lines.append("")
+    lines.append(f"{n['PASS']} passed, {n['FAIL']} failed, {n['ERROR']} errors, {n['skipped']} skipped")
+    return "\n".join(lines)

@@ -1,0 +1,328 @@
+"""Run cases: build each provider, time each mode, attach the floor, write JSON + CSV.
+
+Providers of a case, in order:
+
+* ``reference``: the reference functions, eager;
+* ``compiled``: ``torch.compile`` of the reference (default mode, ``dynamic=False``);
+* ``compiled-cg``: ``torch.compile(mode="reduce-overhead")`` (CUDA graphs; GPU only), with
+  ``torch.compiler.cudagraph_mark_step_begin()`` before every call;
+* one per kernel backend of the op (``triton``, ``cuda``; blocks: their ``uk.nn`` module);
+* ``<backend>-cg``: that backend's whole step captured once in a ``torch.cuda.CUDAGraph`` and
+  replayed (GPU only), for launch-bound cases.
+
+Modes: ``fwd`` (training forward, autograd recording), ``bwd`` (``autograd.grad`` of a retained
+graph), ``fwd+bwd``, ``infer`` (``no_grad``; modules in eval mode, cached mixing weights).
+On a GPU, activations are bf16 and every provider runs under ``torch.autocast(bfloat16)`` (the
+PERF.md baseline); the reference then runs its GEMMs in bf16 like the kernels.
+
+When one input set fits in L2, several fresh sets are cycled (``do_bench`` also clears L2 before
+every call). Every failure becomes a row: ``unavailable: why`` or ``error: why``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gc
+import itertools
+import json
+import math
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import model, timing
+from .blocks import Unavailable
+from .cases import Case, Impl, Setup
+from .presets import Preset
+
+COMPILE_PROVIDERS = ("compiled", "compiled-cg")
+ROW_FIELDS = ("case", "preset", "bs", "mode", "provider", "status", "ms", "floor_ms", "ratio_to_floor",
+              "speedup_vs_best_compile", "peak_mib", "bytes", "flops", "bound", "floor_note", "dtype",
+              "first_call_s", "input_sets", "note")
+
+
+def providers_for(case: Case) -> list[str]:
+    backends = case.kernel_backends()
+    return ["reference", *COMPILE_PROVIDERS, *backends, *(f"{b}-cg" for b in backends)]
+
+
+def _tensors(out) -> list[Tensor]:
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    return []
+
+
+def _leaves(inputs: tuple, params: tuple) -> list[Tensor]:
+    return [t for t in inputs if isinstance(t, Tensor) and t.requires_grad] + list(params)
+
+
+def _grad_outputs(out) -> tuple[list[Tensor], list[Tensor]]:
+    outs = [t for t in _tensors(out) if t.requires_grad]
+    return outs, [torch.randn_like(t) for t in outs]
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext()
+
+
+class ModeCalls:
+    """One zero-argument call per input set that runs ``mode`` once (what is timed and captured)."""
+
+    def __init__(self, impl: Impl, sets: list[tuple], mode: str, device: torch.device, autocast: bool,
+                 mark_step: Callable[[], None] | None = None):
+        self.calls: list[Callable[[], object]] = []
+        self.keep: list = []
+        mark = mark_step or (lambda: None)
+        fwd = impl.fwd
+        infer = impl.infer or impl.fwd
+        for inputs in sets:
+            leaves = _leaves(inputs, impl.params)
+            if mode == "infer":
+                def call(inputs=inputs):
+                    with torch.no_grad(), _autocast(device, autocast):
+                        mark()
+                        return infer(*inputs)
+            elif mode == "fwd":
+                def call(inputs=inputs):
+                    with _autocast(device, autocast):
+                        mark()
+                        return fwd(*inputs)
+            elif mode == "fwd+bwd":
+                with _autocast(device, autocast):
+                    mark()
+                    _, gouts = _grad_outputs(fwd(*inputs))
+
+                def call(inputs=inputs, leaves=leaves, gouts=gouts):
+                    with _autocast(device, autocast):
+                        mark()
+                        outs = [t for t in _tensors(fwd(*inputs)) if t.requires_grad]
+                    return torch.autograd.grad(outs, leaves, gouts, allow_unused=True)
+            elif mode == "bwd":
+                with _autocast(device, autocast):
+                    mark()
+                    outs, gouts = _grad_outputs(fwd(*inputs))
+                self.keep.append(outs)
+
+                def call(outs=outs, leaves=leaves, gouts=gouts):
+                    return torch.autograd.grad(outs, leaves, gouts, retain_graph=True, allow_unused=True)
+            else:
+                raise ValueError(mode)
+            self.calls.append(call)
+        self._cycle = itertools.cycle(self.calls)
+
+    def __call__(self):
+        return next(self._cycle)()
+
+
+class CaseRunner:
+    def __init__(self, device: torch.device, dtype: torch.dtype, ceilings, warmup_ms: float, rep_ms: float,
+                 autocast: bool = True, rotate: bool = True):
+        self.device = device
+        self.dtype = dtype
+        self.ceilings = ceilings
+        self.warmup_ms = warmup_ms
+        self.rep_ms = rep_ms
+        self.autocast = autocast
+        self.rotate = rotate
+
+    # --- providers ---------------------------------------------------------------------------
+
+    def impl_for(self, provider: str, setup: Setup, cache: dict) -> tuple[Impl, Callable | None]:
+        """The implementation a provider runs, and its per-call step marker (compiled-cg)."""
+        gpu = self.device.type == "cuda"
+        if provider in cache:
+            return cache[provider]
+        if provider == "reference":
+            result = (setup.impls["reference"](), None)
+        elif provider in COMPILE_PROVIDERS:
+            cg = provider == "compiled-cg"
+            if cg and not gpu:
+                raise Unavailable("CUDA graphs need a CUDA device")
+            ref = self.impl_for("reference", setup, cache)[0]
+            mode = "reduce-overhead" if cg else None
+            fwd = torch.compile(ref.fwd, mode=mode, dynamic=False)
+            infer = torch.compile(ref.infer, mode=mode, dynamic=False) if ref.infer else None
+            mark = torch.compiler.cudagraph_mark_step_begin if cg else None
+            result = (Impl(fwd, ref.params, infer, ref.prepare), mark)
+        elif provider.endswith("-cg"):
+            if not gpu:
+                raise Unavailable("CUDA graphs need a CUDA device")
+            result = self.impl_for(provider[:-3], setup, cache)
+        else:
+            if provider not in setup.impls:
+                raise Unavailable(f"no {provider} backend")
+            if not gpu and provider == "triton":
+                from unimixer_kernels._registry import triton_interpreter_on
+
+                if triton_interpreter_on():
+                    raise Unavailable("TRITON_INTERPRET=1: interpreter timings mean nothing (checked only)")
+            result = (setup.impls[provider](), None)
+        cache[provider] = result
+        return result
+
+    # --- one case ----------------------------------------------------------------------------
+
+    def input_sets(self, setup: Setup) -> list[tuple]:
+        first = setup.make_inputs()
+        n = 1
+        if self.rotate and self.device.type == "cuda":
+            l2 = getattr(torch.cuda.get_device_properties(self.device), "L2_cache_size", 50 << 20)
+            size = sum(t.numel() * t.element_size() for t in first if isinstance(t, Tensor))
+            if size < l2:
+                n = min(4, 1 + l2 // max(size, 1))
+        return [first] + [setup.make_inputs() for _ in range(n - 1)]
+
+    def floor(self, case: Case, preset: Preset, mode: str) -> dict:
+        elem = torch.tensor([], dtype=self.dtype).element_size()
+        alts = model.traffic(case.name, preset, mode, elem)
+        seconds, best = model.floor_of(alts, self.ceilings.copy_bytes_per_s, self.ceilings.matmul_flops_per_s)
+        mem = best.bytes / self.ceilings.copy_bytes_per_s >= best.flops / self.ceilings.matmul_flops_per_s
+        return {"floor_ms": seconds * 1e3, "bytes": best.bytes, "flops": best.flops,
+                "bound": "memory" if mem else "compute", "floor_note": best.note}
+
+    def run_case(self, case: Case, preset: Preset, modes: tuple[str, ...], providers: list[str],
+                 progress=None) -> list[dict]:
+        self._reset()
+        rows: list[dict] = []
+        base = {"case": case.name, "preset": preset.name, "bs": preset.sizes.get("bs"),
+                "dtype": str(self.dtype).replace("torch.", "")}
+        floors = {m: self.floor(case, preset, m) for m in modes}
+        try:
+            setup = case.factory(preset, self.device, self.dtype)
+            sets = self.input_sets(setup)
+        except Exception as exc:
+            for provider in providers:
+                for mode in modes:
+                    rows.append({**base, **floors[mode], "mode": mode, "provider": provider,
+                                 "status": f"error: setup: {_short(exc)}"})
+                    _tick(progress, case, preset, mode, provider)
+            return rows
+        cache: dict = {}
+        for provider in providers:
+            for mode in modes:
+                row = {**base, **floors[mode], "mode": mode, "provider": provider, "input_sets": len(sets)}
+                row.update(self._measure(provider, setup, sets, mode, cache))
+                if row.get("ms") and row.get("floor_ms"):
+                    row["ratio_to_floor"] = row["ms"] / row["floor_ms"]
+                rows.append(row)
+                _tick(progress, case, preset, mode, provider, row)
+        del cache, sets, setup
+        self._reset()
+        return rows
+
+    def _measure(self, provider: str, setup: Setup, sets: list[tuple], mode: str, cache: dict) -> dict:
+        try:
+            impl, mark = self.impl_for(provider, setup, cache)
+        except Unavailable as exc:
+            return {"status": f"unavailable: {exc}"}
+        except Exception as exc:
+            return {"status": f"error: {_short(exc)}"}
+        try:
+            if impl.prepare:
+                impl.prepare(mode)
+            use_sets = sets[:1] if (mode == "bwd" and provider == "compiled-cg") else sets
+            t0 = time.perf_counter()
+            calls = ModeCalls(impl, use_sets, mode, self.device, self.autocast, mark)
+            out = calls()
+            timing.sync(self.device)
+            first = time.perf_counter() - t0
+            del out
+            note = ""
+            step: Callable[[], object] = calls
+            if provider.endswith("-cg") and provider != "compiled-cg":
+                graphs = [timing.capture_graph(c) for c in calls.calls]
+                cycle = itertools.cycle([g for g, _ in graphs])
+                step = lambda: next(cycle).replay()  # noqa: E731
+                note = "CUDA-graph replay; peak memory of the replay only (graph pool not comparable)"
+            elif provider == "compiled-cg":
+                note = "cudagraph trees; peak memory not comparable (private pool)"
+            ms = timing.time_ms(step, self.device, self.warmup_ms, self.rep_ms)
+            peak = timing.peak_mib(step, self.device)
+            result = {"status": "ok", "ms": ms, "peak_mib": peak, "first_call_s": first,
+                      "input_sets": len(use_sets), "note": note}
+            del step, calls
+            return result
+        except Unavailable as exc:
+            return {"status": f"unavailable: {exc}"}
+        except Exception as exc:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return {"status": f"error: {_short(exc)}", "note": _where(exc)}
+
+    def _reset(self) -> None:
+        torch._dynamo.reset()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return msg[:limit] + ("..." if len(msg) > limit else "")
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+
+
+def _tick(progress, case, preset, mode, provider, row=None) -> None:
+    if progress is None:
+        return
+    tail = ""
+    if row is not None:
+        tail = f" {row['ms']:.3f} ms" if row.get("status") == "ok" else f" {row.get('status', '')[:40]}"
+    progress.update(f"{case.name} {preset.name} {mode} {provider}{tail}")
+
+
+def add_speedups(rows: list[dict]) -> list[dict]:
+    """``speedup_vs_best_compile``: the fastest of compiled and compiled-cg (same case, preset, bs and
+    mode) divided by this row's ms."""
+    best: dict[tuple, float] = {}
+    for r in rows:
+        if r.get("provider") in COMPILE_PROVIDERS and r.get("status") == "ok":
+            key = (r["case"], r["preset"], r["bs"], r["mode"])
+            best[key] = min(best.get(key, math.inf), r["ms"])
+    for r in rows:
+        b = best.get((r["case"], r["preset"], r["bs"], r["mode"]))
+        r["speedup_vs_best_compile"] = b / r["ms"] if (b and r.get("status") == "ok") else None
+    return rows
+
+
+def write_results(out_dir: Path, name: str, header: dict, rows: list[dict]) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = add_speedups(rows)
+    jpath = out_dir / f"{name}.json"
+    cpath = out_dir / f"{name}.csv"
+    tmp = jpath.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"header": header, "rows": rows}, indent=1, default=str))
+    tmp.replace(jpath)
+    with cpath.open("w", newline="") as f:
+        for key, value in header.items():
+            f.write(f"# {key}: {json.dumps(value, default=str)}\n")
+        writer = csv.DictWriter(f, fieldnames=ROW_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: _fmt(r.get(k)) for k in ROW_FIELDS})
+    return jpath, cpath
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else v
+
+
+def load_results(path: str | Path) -> tuple[dict, list[dict]]:
+    data = json.loads(Path(path).read_text())
+    return data.get("header", {}), data.get("rows", [])
