@@ -70,21 +70,28 @@ def unimixing_fwd_kernel(
     BS_BUCKET,
     B: tl.constexpr,
     BP: tl.constexpr,
+    CW: tl.constexpr,
     BM: tl.constexpr,
     BM_EFF: tl.constexpr,
     BK: tl.constexpr,
     BC: tl.constexpr,
     GROUP: tl.constexpr,
+    LOCAL_DOT: tl.constexpr,
     FUSE_NORM: tl.constexpr,
     TPT: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """``Y[s, m*B + c] = sum_n W_G[m, n] sum_b X[s, n*B + b] W_B[n, b, c]`` (+ residual RMSNorm)."""
-    SPT: tl.constexpr = BC // BP  # samples per column tile
+    """``Y[s, m*B + c] = sum_n W_G[m, n] sum_b X[s, n*B + b] W_B[n, b, c]`` (+ residual RMSNorm).
+
+    A column tile holds ``BC // CW`` samples times ``CW`` output columns ``c`` (from ``c0``).
+    ``LOCAL_DOT`` builds the ``H`` chunk with a batched ``tl.dot`` over the ``BK`` blocks (large
+    ``B``; ``CW`` is then a slice of ``B``), otherwise with ``B`` fp32 FMAs (``CW = BP``)."""
+    SPT: tl.constexpr = BC // CW  # samples per column tile
+    NC: tl.constexpr = (B + CW - 1) // CW  # column slices per sample
     pid = tl.program_id(0)
     num_m = tl.cdiv(N, BM_EFF)
-    num_s = tl.cdiv(BS, SPT)
+    num_s = tl.cdiv(BS, SPT) * NC
     # grouped order: GROUP row tiles walk the sample tiles together, so W_G rows and x stay in L2
     per_group = GROUP * num_s
     first_m = (pid // per_group) * GROUP
@@ -93,38 +100,49 @@ def unimixing_fwd_kernel(
     pid_s = (pid % per_group) // group_m
 
     m0 = pid_m * BM_EFF
-    s0 = pid_s.to(tl.int64) * SPT
+    s0 = (pid_s // NC).to(tl.int64) * SPT
+    c0 = (pid_s % NC) * CW
     rows = tl.arange(0, BM)
     rm = m0 + rows
     m_ok = (rows < BM_EFF) & (rm < N)
     cols = tl.arange(0, BC)
-    js = cols // BP
-    jc = cols % BP
+    js = cols // CW
+    jc = c0 + cols % CW
     samp = s0 + js
     col_ok = (samp < BS) & (jc < B)
     ks = s0 + tl.arange(0, SPT)
     ks_ok = ks < BS
-    kc = tl.arange(0, BP)
+    kc = c0 + tl.arange(0, CW)
     kc_ok = kc < B
+    kb = tl.arange(0, BP)
+    kb_ok = kb < B
 
     acc = tl.zeros([BM, BC], dtype=tl.float32)
     for k0 in range(0, N, BK):
         rn = k0 + tl.arange(0, BK)
         n_ok = rn < N
         wg = tl.load(WG + rm[:, None] * N + rn[None, :], mask=m_ok[:, None] & n_ok[None, :], other=0.0)
-        h = tl.zeros([BK, SPT, BP], dtype=tl.float32)
-        for b in range(B):
-            xb = tl.load(X + ks[None, :] * L + rn[:, None] * B + b,
-                         mask=n_ok[:, None] & ks_ok[None, :], other=0.0).to(tl.float32)
-            wb = tl.load(WL + rn[:, None] * (B * B) + b * B + kc[None, :],
-                         mask=n_ok[:, None] & kc_ok[None, :], other=0.0).to(tl.float32)
-            h += xb[:, :, None] * wb[:, None, :]
+        if LOCAL_DOT:
+            x3 = tl.load(X + ks[None, :, None] * L + rn[:, None, None] * B + kb[None, None, :],
+                         mask=n_ok[:, None, None] & ks_ok[None, :, None] & kb_ok[None, None, :], other=0.0)
+            w3 = tl.load(WL + rn[:, None, None] * (B * B) + kb[None, :, None] * B + kc[None, None, :],
+                         mask=n_ok[:, None, None] & kb_ok[None, :, None] & kc_ok[None, None, :], other=0.0)
+            h = tl.dot(x3.to(DOT_DTYPE), w3.to(DOT_DTYPE), input_precision=PRECISION)
+        else:
+            h = tl.zeros([BK, SPT, CW], dtype=tl.float32)
+            for b in range(B):
+                xb = tl.load(X + ks[None, :] * L + rn[:, None] * B + b,
+                             mask=n_ok[:, None] & ks_ok[None, :], other=0.0).to(tl.float32)
+                wb = tl.load(WL + rn[:, None] * (B * B) + b * B + kc[None, :],
+                             mask=n_ok[:, None] & kc_ok[None, :], other=0.0).to(tl.float32)
+                h += xb[:, :, None] * wb[:, None, :]
         h2 = tl.reshape(h, [BK, BC]).to(DOT_DTYPE)
         acc = tl.dot(wg.to(DOT_DTYPE), h2, acc, input_precision=PRECISION)
 
     offs = samp[None, :] * L + rm[:, None] * B + jc[None, :]
     mask = m_ok[:, None] & col_ok[None, :]
     if FUSE_NORM:
+        # here CW == BP: a column tile holds every c of its samples
         z = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
         v = z + acc
         flat = rm[:, None] * B + jc[None, :]  # position inside the sample
@@ -134,10 +152,10 @@ def unimixing_fwd_kernel(
         for k in tl.static_range(TPT):
             in_k = mask & (tok == k)
             col_sq = tl.sum(tl.where(in_k, v * v, 0.0), axis=0)
-            per_sample = tl.sum(tl.reshape(col_sq, [SPT, BP]), axis=1)
+            per_sample = tl.sum(tl.reshape(col_sq, [SPT, CW]), axis=1)
             r = 1.0 / tl.sqrt(per_sample / D + eps)
             tl.store(RSTD + ks * T + t_first + k, r, mask=ks_ok & (t_first + k < T))
-            r_cols = tl.reshape(tl.broadcast_to(r[:, None], [SPT, BP]), [BC])
+            r_cols = tl.reshape(tl.broadcast_to(r[:, None], [SPT, CW]), [BC])
             rstd = tl.where(in_k, r_cols[None, :], rstd)
         w = tl.load(NW + flat % D, mask=mask, other=0.0).to(tl.float32)
         tl.store(S_OUT + offs, v.to(S_OUT.dtype.element_ty), mask=mask)
@@ -262,6 +280,128 @@ def unimixing_bwd_dwg_kernel(
     tl.store(part, acc, mask=m_ok[:, None] & n_ok[None, :])
 
 
+@triton.jit
+def unimixing_bwd_global_kernel(
+    WG, DY, G,
+    BS, N, L,
+    BS_BUCKET,
+    B: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    BC: tl.constexpr,
+    GROUP: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """``G[s, n*B + c] = sum_m W_G[m, n] DY[s, m*B + c]``: a plain GEMM over the flat columns
+    ``k = s*B + c`` (no padding of ``B``). Large-``B`` backward, step 1."""
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BN)
+    num_k = tl.cdiv(BS * B, BC)
+    per_group = GROUP * num_k
+    first_n = (pid // per_group) * GROUP
+    group_n = tl.minimum(num_n - first_n, GROUP)
+    pid_n = first_n + (pid % per_group) % group_n
+    pid_k = (pid % per_group) // group_n
+    rn = pid_n * BN + tl.arange(0, BN)
+    n_ok = rn < N
+    kk = pid_k.to(tl.int64) * BC + tl.arange(0, BC)
+    samp = kk // B
+    c = kk % B
+    k_ok = samp < BS
+    acc = tl.zeros([BN, BC], dtype=tl.float32)
+    for m0 in range(0, N, BK):
+        rm = m0 + tl.arange(0, BK)
+        m_ok = rm < N
+        wgt = tl.load(WG + rm[None, :] * N + rn[:, None], mask=n_ok[:, None] & m_ok[None, :], other=0.0)
+        dy = tl.load(DY + samp[None, :] * L + rm[:, None] * B + c[None, :],
+                     mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(wgt.to(DOT_DTYPE), dy.to(DOT_DTYPE), acc, input_precision=PRECISION)
+    tl.store(G + samp[None, :] * L + rn[:, None] * B + c[None, :], acc.to(G.dtype.element_ty),
+             mask=n_ok[:, None] & k_ok[None, :])
+
+
+@triton.jit
+def unimixing_bwd_local_kernel(
+    G, X, WL, DY, DX, H, DWL_PART,
+    BS, N, L, samples_per_split,
+    B: tl.constexpr,
+    BP: tl.constexpr,
+    SB: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Per block ``n`` and a range of samples (large-``B`` backward, step 2), with tensor-core dots::
+
+        DX[s, n]  = G[s, n] @ W_B[n]^T (+ DY[s, n])      H[s, n] = X[s, n] @ W_B[n]
+        DWL_PART[p, n] = sum_{s in split p} X[s, n]^T G[s, n]
+    """
+    n = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    kb = tl.arange(0, BP)
+    kb_ok = kb < B
+    wmask = kb_ok[:, None] & kb_ok[None, :]
+    w = tl.load(WL + n * (B * B) + kb[:, None] * B + kb[None, :], mask=wmask, other=0.0).to(DOT_DTYPE)
+    wt = tl.trans(w)
+    dwb = tl.zeros([BP, BP], dtype=tl.float32)
+    s_begin = pid_p.to(tl.int64) * samples_per_split
+    s_end = tl.minimum(s_begin + samples_per_split, BS)
+    for st in range(s_begin, s_end, SB):
+        rs = st + tl.arange(0, SB)
+        offs = rs[:, None] * L + n * B + kb[None, :]
+        mask = (rs < s_end)[:, None] & kb_ok[None, :]
+        g = tl.load(G + offs, mask=mask, other=0.0).to(DOT_DTYPE)
+        x = tl.load(X + offs, mask=mask, other=0.0).to(DOT_DTYPE)
+        dx = tl.dot(g, wt, input_precision=PRECISION)
+        if HAS_RESIDUAL:
+            dx += tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+        h = tl.dot(x, w, input_precision=PRECISION)
+        tl.store(H + offs, h.to(H.dtype.element_ty), mask=mask)
+        dwb = tl.dot(tl.trans(x), g, dwb, input_precision=PRECISION)
+    tl.store(DWL_PART + pid_p.to(tl.int64) * (N * B * B) + n * (B * B) + kb[:, None] * B + kb[None, :],
+             dwb, mask=wmask)
+
+
+@triton.jit
+def unimixing_bwd_dwg_gemm_kernel(
+    DY, H, DWG_PART,
+    BS, N, L, samples_per_split,
+    BS_BUCKET,
+    B: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """``DWG_PART[p, m, n] = sum_{k = s*B + c, s in split p} DY[s, m*B + c] H[s, n*B + c]``
+    (large-``B`` backward, step 3: both operands from memory, flat K over ``(s, c)``)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_p = tl.program_id(2)
+    rm = pid_m * BM + tl.arange(0, BM)
+    m_ok = rm < N
+    rn = pid_n * BN + tl.arange(0, BN)
+    n_ok = rn < N
+    s_begin = pid_p.to(tl.int64) * samples_per_split
+    s_end = tl.minimum(s_begin + samples_per_split, BS)
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in range(s_begin * B, s_end * B, BK):
+        kk = k0 + tl.arange(0, BK)
+        samp = kk // B
+        c = kk % B
+        k_ok = samp < s_end
+        dy = tl.load(DY + samp[None, :] * L + rm[:, None] * B + c[None, :],
+                     mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        h = tl.load(H + samp[:, None] * L + rn[None, :] * B + c[:, None],
+                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(dy.to(DOT_DTYPE), h.to(DOT_DTYPE), acc, input_precision=PRECISION)
+    part = DWG_PART + pid_p.to(tl.int64) * N * N + rm[:, None] * N + rn[None, :]
+    tl.store(part, acc, mask=m_ok[:, None] & n_ok[None, :])
+
+
 # --- configuration -------------------------------------------------------------------------------
 
 
@@ -313,12 +453,27 @@ def _tuned(kernel_name: str, configs: tuple, key: tuple):
     return triton.autotune(configs=[_cfg(w, s, **dict(kw)) for kw, w, s in configs], key=list(key))(kernel)
 
 
-def _fwd_configs(bp: int, fused: tuple[int, int, int] | None) -> tuple:
-    if fused is not None:
-        bm, bm_eff, _ = fused
-        tiles = [(bm, 32, 128, 8, 3), (bm, 64, 64, 4, 3), (bm, 32, 64, 4, 4)]
+# B at or above this (padded to a power of two) runs the local products as tensor-core dots:
+# the forward builds H with a batched dot, the backward materialises G = W_G^T dY and H.
+LOCAL_DOT_MIN_BP = 16
+# the slice of output columns c per sample in a local-dot forward tile (a dot's minimum width)
+LOCAL_DOT_CW = 16
+
+
+def uses_local_dot(block: int, fused: bool) -> bool:
+    """Whether the tensor-core local path runs. The fused epilogue needs every column of a
+    sample in its tile, so it always builds H with FMAs."""
+    return triton.next_power_of_2(block) >= LOCAL_DOT_MIN_BP and not fused
+
+
+def _fwd_configs(bp: int, fused: tuple[int, int, int] | None, local_dot: bool) -> tuple:
+    if local_dot:
+        tiles = [(64, 16, 16 * LOCAL_DOT_CW, 8, 2), (128, 16, 16 * LOCAL_DOT_CW, 8, 2)]
+    elif fused is not None:
+        tiles = [(fused[0], 32, 128, 8, 3), (fused[0], 64, 64, 4, 3), (fused[0], 32, 64, 4, 4)]
     else:
-        tiles = [(128, 32, 128, 8, 3), (128, 64, 128, 8, 3), (128, 32, 256, 8, 3), (64, 32, 128, 4, 4)]
+        tiles = [(128, 32, 128, 8, 3), (128, 64, 128, 8, 3), (128, 32, 256, 8, 3), (256, 32, 128, 8, 3),
+                 (64, 32, 128, 4, 4)]
     out = []
     for bm, bk, bc, w, s in tiles:
         bc = max(bc, bp)
@@ -339,6 +494,16 @@ def _dwg_configs(bp: int) -> tuple:
     return tuple(dict.fromkeys(
         ((("BM", bm), ("BN", bn), ("BC", max(bc, bp))), w, s) for bm, bn, bc, w, s in tiles
     ))
+
+
+_GLOBAL_CONFIGS = tuple(
+    ((("BN", bn), ("BK", bk), ("BC", bc)), w, s)
+    for bn, bk, bc, w, s in [(128, 64, 128, 8, 3), (128, 32, 256, 8, 3), (64, 64, 128, 4, 4)]
+)
+_DWG_GEMM_CONFIGS = tuple(
+    ((("BM", bm), ("BN", bn), ("BK", bk)), w, s)
+    for bm, bn, bk, w, s in [(128, 128, 64, 8, 3), (128, 128, 32, 8, 4), (64, 128, 64, 4, 3)]
+)
 
 
 def _splits(bs: int, tiles: int, device: torch.device, per_split_floats: int) -> tuple[int, int]:
@@ -386,18 +551,22 @@ def unimixing_fwd(
         return y, (s_out if fuse else None), (rstd if fuse else None)
     bp = triton.next_power_of_2(b)
     tpt = fused[2] if fused is not None else 1
+    local_dot = uses_local_dot(b, fuse)
+    cw = LOCAL_DOT_CW if local_dot else bp
     args = (xc, wl, wg, y, s_out, nw, rstd, bs, n, length, d, t, float(eps), bucket(bs))
-    consts = dict(B=b, BP=bp, GROUP=8, FUSE_NORM=fuse, TPT=tpt, DOT_DTYPE=dot_dtype, PRECISION=precision)
+    consts = dict(B=b, BP=bp, CW=cw, GROUP=8, LOCAL_DOT=local_dot, FUSE_NORM=fuse, TPT=tpt,
+                  DOT_DTYPE=dot_dtype, PRECISION=precision)
 
     def grid(meta):
-        return (triton.cdiv(n, meta["BM_EFF"]) * triton.cdiv(bs, meta["BC"] // bp),)
+        return (triton.cdiv(n, meta["BM_EFF"]) * triton.cdiv(bs, meta["BC"] // cw) * triton.cdiv(b, cw),)
 
     if _interpreting():
         bm, bm_eff = (fused[0], fused[1]) if fused is not None else (16, 16)
-        meta = dict(BM=bm, BM_EFF=bm_eff, BK=16, BC=max(16, bp))
+        meta = dict(BM=bm, BM_EFF=bm_eff, BK=16, BC=max(16, 2 * cw))
         unimixing_fwd_kernel[grid(meta)](*args, **consts, **meta)
     else:
-        kernel = _tuned("unimixing_fwd_kernel", _fwd_configs(bp, fused), ("N", "BS_BUCKET", "B", "FUSE_NORM"))
+        kernel = _tuned("unimixing_fwd_kernel", _fwd_configs(bp, fused, local_dot),
+                        ("N", "BS_BUCKET", "B", "FUSE_NORM"))
         kernel[grid](*args, **consts)
     if fuse:
         return y, s_out, rstd
@@ -427,6 +596,8 @@ def unimixing_bwd(
         return dx, torch.zeros_like(w_local), torch.zeros_like(w_global)
     bp = triton.next_power_of_2(b)
     interp = _interpreting()
+    if uses_local_dot(b, False):
+        return _unimixing_bwd_local_dot(dyc, xc, wl, wg, dx, w_local.dtype, w_global.dtype, residual)
 
     # dX and dW_B
     p1, per1 = _splits(bs, triton.cdiv(n, 64), x.device, n * b * b)
@@ -455,6 +626,64 @@ def unimixing_bwd(
     # second pass of the deterministic reductions
     dwl = dwl_part.sum(0).to(w_local.dtype)
     dwg = (dwg_part[0] if p2 == 1 else dwg_part.sum(0)).to(w_global.dtype)
+    return dx, dwl, dwg
+
+
+def _unimixing_bwd_local_dot(
+    dyc: torch.Tensor,
+    xc: torch.Tensor,
+    wl: torch.Tensor,
+    wg: torch.Tensor,
+    dx: torch.Tensor,
+    dwl_dtype: torch.dtype,
+    dwg_dtype: torch.dtype,
+    residual: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Large-``B`` backward: ``G = W_G^T dY`` (GEMM), then per block ``dX``, ``H`` and the ``dW_B``
+    partials (three small tensor-core dots), then ``dW_G = dY H^T`` (GEMM). ``G`` and ``H`` go
+    through memory in the activation dtype (``2 * bs * L`` elements each way): the in-register
+    local transpose would cost ``O(B)`` CUDA-core work per element."""
+    bs, t, d = xc.shape
+    n, b, _ = wl.shape
+    length = t * d
+    dot_dtype, precision = _dot_setup(xc)
+    bp = triton.next_power_of_2(b)
+    interp = _interpreting()
+    g = torch.empty_like(xc)
+    h = torch.empty_like(xc)
+
+    args = (wg, dyc, g, bs, n, length, bucket(bs))
+    consts = dict(B=b, GROUP=8, DOT_DTYPE=dot_dtype, PRECISION=precision)
+    if interp:
+        meta = dict(BN=16, BK=16, BC=16)
+        grid = (triton.cdiv(n, 16) * triton.cdiv(bs * b, 16),)
+        unimixing_bwd_global_kernel[grid](*args, **consts, **meta)
+    else:
+        kernel = _tuned("unimixing_bwd_global_kernel", _GLOBAL_CONFIGS, ("N", "BS_BUCKET", "B"))
+        kernel[lambda meta: (triton.cdiv(n, meta["BN"]) * triton.cdiv(bs * b, meta["BC"]),)](*args, **consts)
+
+    p1, per1 = _splits(bs, n, xc.device, n * b * b)
+    dwl_part = new_output((p1, n, b, b), like=xc, dtype=torch.float32)
+    sb = 16 if interp else 64
+    unimixing_bwd_local_kernel[(n, p1)](
+        g, xc, wl, dyc, dx, h, dwl_part, bs, n, length, per1,
+        B=b, BP=bp, SB=sb, HAS_RESIDUAL=residual, DOT_DTYPE=dot_dtype, PRECISION=precision,
+        **({} if interp else dict(num_warps=4)),
+    )
+
+    p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n)
+    dwg_part = new_output((p2, n, n), like=xc, dtype=torch.float32)
+    args = (dyc, h, dwg_part, bs, n, length, per2, bucket(bs))
+    consts = dict(B=b, DOT_DTYPE=dot_dtype, PRECISION=precision)
+    if interp:
+        meta = dict(BM=16, BN=16, BK=16)
+        unimixing_bwd_dwg_gemm_kernel[(triton.cdiv(n, 16), triton.cdiv(n, 16), p2)](*args, **consts, **meta)
+    else:
+        kernel = _tuned("unimixing_bwd_dwg_gemm_kernel", _DWG_GEMM_CONFIGS, ("N", "BS_BUCKET", "B"))
+        kernel[lambda meta: (triton.cdiv(n, meta["BM"]), triton.cdiv(n, meta["BN"]), p2)](*args, **consts)
+
+    dwl = dwl_part.sum(0).to(dwl_dtype)
+    dwg = (dwg_part[0] if p2 == 1 else dwg_part.sum(0)).to(dwg_dtype)
     return dx, dwl, dwg
 
 

@@ -29,12 +29,15 @@ SHAPES = [
     (5, 4, 24, 4),  # N=24: two row tiles, two K chunks, two sample tiles, two weight-gradient splits
     (2, 2, 6, 4),  # D=6, B=4: straddling blocks, N=3
     (4, 3, 20, 3),  # B=3, N=20
+    (3, 4, 36, 48),  # large B (tensor-core local path), straddling blocks, N=3
+    (5, 4, 80, 16),  # large B, N=20: two row tiles
 ]
 NORM_SHAPES = [
     (3, 4, 8, 4),  # several tokens per tile
     (1, 3, 10, 6),  # straddling blocks: tiles of lcm(B, D)/B = 5 blocks
     (5, 4, 24, 4),  # 12-block tiles, two per sample
     (2, 4, 12, 8),  # B > D/2: a block spans up to two tokens
+    (3, 2, 48, 24),  # large B with the norm epilogue (local product by FMAs)
 ]
 
 
@@ -88,6 +91,20 @@ def test_unimixing_rmsnorm_unfused_fallback(device, monkeypatch):
     wl, wg = _weights(3, 4, torch.float16, device)
     nw = random_input((6,), torch.float16, device, requires_grad=True)
     check_against_reference(uk.unimixing_rmsnorm, (z, wl, wg, nw), backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("min_bp", [4, 1 << 30], ids=["local-dot", "local-fma"])
+def test_unimixing_local_paths(device, monkeypatch, min_bp):
+    # both ways of building the local products, on shapes that would normally take the other one
+    from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    monkeypatch.setattr(kernels, "LOCAL_DOT_MIN_BP", min_bp)
+    shape = (3, 2, 10, 4) if min_bp == 4 else (2, 2, 20, 20)
+    bs, t, d, b = shape
+    x = random_input((bs, t, d), torch.float16, device, requires_grad=True)
+    wl, wg = _weights(t * d // b, b, torch.float16, device)
+    check_against_reference(uk.unimixing, (x, wl, wg), backend="triton")
 
 
 @pytest.mark.triton
