@@ -1,18 +1,94 @@
-"""Loading the compiled CUDA extension ``unimixer_kernels._C``, and why it is not there."""
+"""Loading the compiled CUDA extension ``unimixer_kernels._C``, and why it is not there.
+
+The library registers the operator namespace ``torch.ops.unimixer_C``. Before it is loaded,
+``_build_info.py`` (written by ``setup.py``) is compared with the running torch: a library built
+for another torch or another CUDA major version would fail with unreadable symbol errors, or
+worse, so loading it raises a message that names both versions instead.
+"""
 
 from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
+from types import ModuleType
+
+import torch
+
+EXTENSION = "unimixer_kernels._C"
+REBUILD_HINT = "rebuild it: pip install -e . --no-build-isolation (or set UNIMIXER_SKIP_CUDA_BUILD=1)"
+
+
+class ExtensionMismatchError(RuntimeError):
+    """The compiled extension was built for a different torch or CUDA than the running one."""
+
+
+def _base_version(version: str) -> str:
+    """``"2.11.0+cu130"`` -> ``"2.11.0"``: the C++ ABI follows the release, not the local tag."""
+    return version.split("+")[0]
+
+
+def build_info() -> ModuleType | None:
+    """The build record written by ``setup.py``, or None when the package was not built by it."""
+    try:
+        return importlib.import_module("unimixer_kernels._build_info")
+    except ImportError:
+        return None
+
+
+def library_path() -> str | None:
+    """Where the compiled library is, or None when there is none."""
+    try:
+        spec = importlib.util.find_spec(EXTENSION)
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec is not None else None
+
+
+def check_build_matches(info: ModuleType, torch_version: str, torch_cuda: str | None) -> None:
+    """Raise :class:`ExtensionMismatchError` naming both versions when the build does not fit."""
+    built_torch = getattr(info, "TORCH_VERSION", "unknown")
+    built_cuda = getattr(info, "TORCH_CUDA_VERSION", None) or "unknown"
+    if _base_version(built_torch) != _base_version(torch_version):
+        raise ExtensionMismatchError(
+            f"{EXTENSION} was built for torch {built_torch} (CUDA {built_cuda}), but torch {torch_version} "
+            f"(CUDA {torch_cuda}) is installed; {REBUILD_HINT}"
+        )
+    if torch_cuda is None or built_cuda.split(".")[0] != torch_cuda.split(".")[0]:
+        raise ExtensionMismatchError(
+            f"{EXTENSION} was built for CUDA {built_cuda} (torch {built_torch}), but the installed torch "
+            f"{torch_version} uses CUDA {torch_cuda}; {REBUILD_HINT}"
+        )
+
+
+@functools.cache
+def load() -> str:
+    """Load the library once (registering ``torch.ops.unimixer_C``) and return its path.
+
+    Raises ``ImportError`` when it was not built, :class:`ExtensionMismatchError` when it was
+    built for another torch or CUDA.
+    """
+    info = build_info()
+    path = library_path()
+    if info is not None and not info.BUILT:
+        raise ImportError(f"{EXTENSION} is not built: {info.REASON}")
+    if path is None:
+        raise ImportError(
+            f"{EXTENSION} is not built (install with a CUDA toolkit and a CUDA build of torch, with "
+            "--no-build-isolation and without UNIMIXER_SKIP_CUDA_BUILD=1)"
+        )
+    if info is None:
+        raise ImportError(f"{EXTENSION} at {path} has no build record (_build_info.py); {REBUILD_HINT}")
+    check_build_matches(info, torch.__version__, torch.version.cuda)
+    torch.ops.load_library(path)
+    return path
 
 
 @functools.cache
 def status() -> tuple[bool, str]:
+    """Whether the extension is loaded (loading it if needed), and if not, why."""
     try:
-        importlib.import_module("unimixer_kernels._C")
-    except ImportError as exc:
-        return False, (
-            "the CUDA extension is not built (install with a CUDA toolkit and without "
-            f"UNIMIXER_SKIP_CUDA_BUILD=1): {exc}"
-        )
+        load()
+    except (ImportError, OSError, RuntimeError) as exc:
+        return False, str(exc)
     return True, ""

@@ -1,0 +1,95 @@
+// Pieces shared by the CUDA kernels: packed vector loads, row reductions, output allocation and
+// launch sizing. Header-only; every op file includes it.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+namespace unimixer {
+
+constexpr int kWarpSize = 32;
+
+// N consecutive elements moved as one aligned load or store (16 bytes for the activations).
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+template <typename T, int N>
+__device__ __forceinline__ void load_as_float(const T* p, float (&out)[N]) {
+  const Pack<T, N> pack = *reinterpret_cast<const Pack<T, N>*>(p);
+#pragma unroll
+  for (int k = 0; k < N; ++k) out[k] = static_cast<float>(pack.v[k]);
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_from_float(T* p, const float (&in)[N]) {
+  Pack<T, N> pack;
+#pragma unroll
+  for (int k = 0; k < N; ++k) pack.v[k] = static_cast<T>(in[k]);
+  *reinterpret_cast<Pack<T, N>*>(p) = pack;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Sum over the blockDim.x threads that share threadIdx.y (one row). blockDim.x is a multiple of
+// 32 and the block has at most 1024 threads, so `scratch` needs 32 floats per row. Every thread
+// of the block must call it: a row wider than a warp synchronises the block.
+__device__ __forceinline__ float row_sum(float v, float* scratch) {
+  v = warp_sum(v);
+  if (blockDim.x == kWarpSize) return v;
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  float* row_scratch = scratch + threadIdx.y * kWarpSize;
+  __syncthreads();  // readers of the previous call are done with the scratch
+  if (lane == 0) row_scratch[warp] = v;
+  __syncthreads();
+  v = lane < static_cast<int>(blockDim.x / kWarpSize) ? row_scratch[lane] : 0.f;
+  return warp_sum(v);
+}
+
+// Kernel outputs. With UNIMIXER_POISON_OUTPUTS=1 (set by the tests) they start as NaN, so an
+// element a kernel forgets to write fails every check.
+inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  const char* poison = std::getenv("UNIMIXER_POISON_OUTPUTS");
+  if (poison != nullptr && std::strcmp(poison, "1") == 0) {
+    return at::full(sizes, std::numeric_limits<float>::quiet_NaN(), options);
+  }
+  return at::empty(sizes, options);
+}
+
+// `t [..., D]` as `[M, D]` with unit stride along D: a view when the strides allow (any row
+// stride, including 0 from `expand`), otherwise one copy.
+inline at::Tensor rows_2d(const at::Tensor& t) {
+  const int64_t d = t.size(-1);
+  at::Tensor u = (t.stride(-1) == 1 || d == 1) ? t : t.contiguous();
+  at::Tensor v = u.reshape({-1, d});
+  if (d > 1 && v.stride(1) != 1) v = v.contiguous();
+  return v;
+}
+
+inline bool is_aligned(const void* p, int bytes) {
+  return reinterpret_cast<std::uintptr_t>(p) % static_cast<std::uintptr_t>(bytes) == 0;
+}
+
+inline int sm_count(int device) {
+  int n = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+  return n;
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace unimixer

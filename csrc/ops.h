@@ -1,0 +1,24 @@
+// Host entry points of the CUDA kernels, one block per op. registration.cpp binds them to the
+// TORCH_LIBRARY schemas; nothing else calls them.
+#pragma once
+
+#include <optional>
+#include <tuple>
+
+#include <ATen/core/Tensor.h>
+
+namespace unimixer {
+
+// rms_norm.cu: y = x * rsqrt(mean(x^2) + eps) * w over the last dim; rstd is fp32 [...].
+std::tuple<at::Tensor, at::Tensor> rms_norm_fwd(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// s = x + residual (input dtype), y = RMSNorm(s); returns (y, s, rstd).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_fwd(
+    const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight, double eps);
+
+// Gradients of y (and, if given, of the sum output) w.r.t. the normalised input s and w.
+std::tuple<at::Tensor, at::Tensor> rms_norm_bwd(
+    const at::Tensor& dy, const std::optional<at::Tensor>& dsum, const at::Tensor& s,
+    const at::Tensor& weight, const at::Tensor& rstd);
+
+}  // namespace unimixer
