@@ -1,0 +1,179 @@
+"""Backend selection (SPEC §12): argument, ``use_backend`` context, ``UNIMIXER_BACKEND``, "auto".
+
+A probe :class:`Op` (in ``OPS`` only during a test) whose implementations return their own name shows
+which backend a call picks; backend availability is patched, so no GPU or Triton is needed.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import unimixer_kernels as uk
+from unimixer_kernels import _registry
+from unimixer_kernels._registry import Op
+
+CPU = torch.device("cpu")
+CUDA = torch.device("cuda")  # only a device object: nothing is allocated on it
+
+
+@pytest.fixture
+def available(monkeypatch):
+    """Which backends count as usable here (all, by default); tests edit the dict."""
+    state = {"reference": True, "triton": True, "cuda": True}
+    monkeypatch.setattr(
+        _registry, "backend_status", lambda name: (state[name], "usable" if state[name] else "patched off")
+    )
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the Triton backend accepts CPU tensors
+    monkeypatch.delenv("UNIMIXER_BACKEND", raising=False)
+    return state
+
+
+@pytest.fixture
+def op(monkeypatch) -> Op:
+    o = Op("probe", cuda_auto=("cuda", "triton"))
+    for name in ("reference", "triton", "cuda"):
+        o.register(name)(lambda name=name: name)
+    monkeypatch.setitem(_registry.OPS, "probe", o)  # dispatch looks ops up by name; removed after
+    return o
+
+
+def test_argument_selects(available, op):
+    for name in ("reference", "triton"):
+        assert op.select(name, CPU) == name
+        assert op.dispatch(name, CPU)() == name
+    assert op.select("cuda", CUDA) == "cuda"
+
+
+def test_context_manager_selects_and_nests(available, op):
+    with uk.use_backend("triton"):
+        assert op.select("auto", CPU) == "triton"
+        with uk.use_backend("reference"):
+            assert op.select("auto", CPU) == "reference"
+        assert op.select("auto", CPU) == "triton"
+    assert op.select("auto", CPU) == "reference"
+
+
+def test_argument_beats_context(available, op):
+    with uk.use_backend("triton"):
+        assert op.select("reference", CPU) == "reference"
+
+
+def test_context_auto_defers_to_the_environment(available, op, monkeypatch):
+    monkeypatch.setenv("UNIMIXER_BACKEND", "triton")
+    with uk.use_backend("auto"):
+        assert op.select("auto", CPU) == "triton"
+
+
+def test_environment_variable_selects(available, op, monkeypatch):
+    monkeypatch.setenv("UNIMIXER_BACKEND", "triton")
+    assert op.select("auto", CPU) == "triton"
+    with uk.use_backend("reference"):  # the context beats the environment
+        assert op.select("auto", CPU) == "reference"
+    assert op.select("reference", CPU) == "reference"  # and so does the argument
+
+
+def test_empty_environment_variable_means_auto(available, op, monkeypatch):
+    monkeypatch.setenv("UNIMIXER_BACKEND", "")
+    assert op.select("auto", CPU) == "reference"
+
+
+@pytest.mark.parametrize("bad", ["cudnn", "Triton", "", None, 3])
+def test_invalid_argument_names_the_argument(available, op, bad):
+    with pytest.raises(ValueError, match=r"^backend: expected one of"):
+        op.select(bad, CPU)
+
+
+def test_invalid_context_name_names_the_argument(available):
+    with pytest.raises(ValueError, match=r"use_backend\(name\): expected one of .* got 'fast'"):
+        with uk.use_backend("fast"):
+            pass
+
+
+def test_invalid_environment_value_names_the_variable(available, op, monkeypatch):
+    monkeypatch.setenv("UNIMIXER_BACKEND", "gpu")
+    expected = r"environment variable UNIMIXER_BACKEND: expected one of .* got 'gpu'"
+    with pytest.raises(ValueError, match=expected):
+        op.select("auto", CPU)
+
+
+def test_public_op_rejects_an_invalid_backend():
+    x, w = torch.randn(2, 8), torch.randn(8)
+    with pytest.raises(ValueError, match=r"^backend: expected one of .* got 'fastest'"):
+        uk.rms_norm(x, w, backend="fastest")
+
+
+def test_explicit_unavailable_backend_raises(available, op):
+    available["triton"] = False
+    with pytest.raises(ValueError, match=r"backend='triton' cannot run probe: patched off"):
+        op.select("triton", CPU)
+    with uk.use_backend("triton"), pytest.raises(ValueError, match="cannot run probe"):
+        op.select("auto", CPU)
+
+
+def test_explicit_backend_on_the_wrong_device_raises(available, op):
+    with pytest.raises(ValueError, match=r"backend='cuda' cannot run probe: .*CUDA tensors.*cpu"):
+        op.select("cuda", CPU)
+
+
+def test_explicit_missing_implementation_raises(available):
+    o = Op("reference_only")
+    o.register("reference")(lambda: "reference")
+    with pytest.raises(ValueError, match="reference_only has no triton implementation"):
+        o.select("triton", CPU)
+
+
+def test_public_op_explicit_cuda_on_cpu_tensors_raises():
+    x, w = torch.randn(2, 8), torch.randn(8)
+    with pytest.raises(ValueError, match=r"backend='cuda' cannot run rms_norm"):
+        uk.rms_norm(x, w, backend="cuda")
+
+
+def test_auto_picks_reference_on_cpu(available, op):
+    assert op.select("auto", CPU) == "reference"
+
+
+def test_auto_picks_reference_on_cpu_for_every_public_op(monkeypatch):
+    monkeypatch.delenv("UNIMIXER_BACKEND", raising=False)
+    for name, o in uk.OPS.items():
+        assert o.select("auto", CPU) == "reference", name
+
+
+def test_auto_on_cuda_follows_the_preference_and_skips_unusable(available, op):
+    assert op.select("auto", CUDA) == "cuda"
+    available["cuda"] = False
+    assert op.select("auto", CUDA) == "triton"
+    available["triton"] = False
+    assert op.select("auto", CUDA) == "reference"
+
+
+def test_auto_skips_preferences_without_an_implementation(available):
+    o = Op("partial", cuda_auto=("cuda", "triton"))
+    o.register("reference")(lambda: "reference")
+    o.register("triton")(lambda: "triton")
+    assert o.select("auto", CUDA) == "triton"
+
+
+def test_registering_a_backend_twice_raises(op):
+    with pytest.raises(RuntimeError, match="already has a 'triton' backend"):
+        op.register("triton")(lambda: None)
+
+
+def test_registering_an_unknown_backend_raises(op):
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        op.register("cublas")
+
+
+def test_backend_status_of_an_unknown_name_raises():
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        uk.backend_status("cutlass")
+
+
+def test_reference_is_always_available():
+    assert uk.backend_status("reference")[0]
+
+
+def test_unavailable_backends_say_why():
+    for name in uk.BACKENDS:
+        ok, why = uk.backend_status(name)
+        assert isinstance(why, str) and (ok or why), name
