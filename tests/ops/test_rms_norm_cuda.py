@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import unimixer_kernels as uk
+import unimixer_kernels.ops.rms_norm_cuda  # noqa: F401  (registers the backend whatever ops/ imports)
 from unimixer_kernels import _cuda_ext
 from unimixer_kernels.testing import check_against_reference, random_input
 
