@@ -277,7 +277,7 @@ def unimixing_bwd_dwg_kernel(
         h2 = tl.reshape(h, [BC, BN]).to(DOT_DTYPE)
         acc = tl.dot(dy.to(DOT_DTYPE), h2, acc, input_precision=PRECISION)
     part = DWG_PART + pid_p.to(tl.int64) * N * N + rm[:, None] * N + rn[None, :]
-    tl.store(part, acc, mask=m_ok[:, None] & n_ok[None, :])
+    tl.store(part, acc.to(DWG_PART.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -399,7 +399,7 @@ def unimixing_bwd_dwg_gemm_kernel(
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = tl.dot(dy.to(DOT_DTYPE), h.to(DOT_DTYPE), acc, input_precision=PRECISION)
     part = DWG_PART + pid_p.to(tl.int64) * N * N + rm[:, None] * N + rn[None, :]
-    tl.store(part, acc, mask=m_ok[:, None] & n_ok[None, :])
+    tl.store(part, acc.to(DWG_PART.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 # --- configuration -------------------------------------------------------------------------------
@@ -510,13 +510,19 @@ def _splits(bs: int, tiles: int, device: torch.device, per_split_floats: int) ->
     """Sample splits for a weight-gradient kernel: enough programs to fill the GPU, a partial
     buffer of at most 2^24 fp32 values. Returns ``(splits, samples_per_split)``."""
     if device.type == "cuda" and not _interpreting():
-        want = triton.cdiv(2 * _sm_count(device), max(tiles, 1))
+        want = triton.cdiv(4 * _sm_count(device), max(tiles, 1))
     else:
         want = 2
     cap = max(1, (1 << 24) // max(per_split_floats, 1))
     splits = max(1, min(want, cap, bs))
     per = triton.cdiv(bs, splits)
     return triton.cdiv(bs, per), per
+
+
+def _dwg_buffer(splits: int, n: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # one split (large N fills the GPU without splitting): the kernel writes dW_G in its dtype
+    # directly, with no fp32 round trip through memory
+    return new_output((splits, n, n), like=like, dtype=torch.float32 if splits > 1 else dtype)
 
 
 # --- launchers -----------------------------------------------------------------------------------
@@ -613,7 +619,7 @@ def unimixing_bwd(
 
     # dW_G
     p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, x.device, n * n)
-    dwg_part = new_output((p2, n, n), like=x, dtype=torch.float32)
+    dwg_part = _dwg_buffer(p2, n, x, w_global.dtype)
     args = (dyc, xc, wl, dwg_part, bs, n, length, per2, bucket(bs))
     consts = dict(B=b, BP=bp, DOT_DTYPE=dot_dtype, PRECISION=precision)
     if interp:
@@ -625,7 +631,7 @@ def unimixing_bwd(
 
     # second pass of the deterministic reductions
     dwl = dwl_part.sum(0).to(w_local.dtype)
-    dwg = (dwg_part[0] if p2 == 1 else dwg_part.sum(0)).to(w_global.dtype)
+    dwg = dwg_part[0] if p2 == 1 else dwg_part.sum(0).to(w_global.dtype)
     return dx, dwl, dwg
 
 
@@ -672,7 +678,7 @@ def _unimixing_bwd_local_dot(
     )
 
     p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n)
-    dwg_part = new_output((p2, n, n), like=xc, dtype=torch.float32)
+    dwg_part = _dwg_buffer(p2, n, xc, dwg_dtype)
     args = (dyc, h, dwg_part, bs, n, length, per2, bucket(bs))
     consts = dict(B=b, DOT_DTYPE=dot_dtype, PRECISION=precision)
     if interp:
@@ -683,7 +689,7 @@ def _unimixing_bwd_local_dot(
         kernel[lambda meta: (triton.cdiv(n, meta["BM"]), triton.cdiv(n, meta["BN"]), p2)](*args, **consts)
 
     dwl = dwl_part.sum(0).to(dwl_dtype)
-    dwg = (dwg_part[0] if p2 == 1 else dwg_part.sum(0)).to(dwg_dtype)
+    dwg = dwg_part[0] if p2 == 1 else dwg_part.sum(0).to(dwg_dtype)
     return dx, dwl, dwg
 
 

@@ -288,6 +288,7 @@ def test_unimixing_hypothesis_gpu():
     )
     def run(bs, t, d, b, fused, dtype):
         hypothesis.assume((t * d) % b == 0 and t * d // b <= 600)
+        hypothesis.assume(d > 1 or not fused)  # RMSNorm over one element: its gradient is all cancellation
         n = t * d // b
         z = random_input((bs, t, d), dtype, "cuda", requires_grad=True, noncontiguous=bs % 3 == 0)
         wl, wg = _weights(n, b, dtype, "cuda")
