@@ -1,0 +1,238 @@
+"""UniMixing as a module: forward/backward, initialisation, the eval cache, temperature, counts."""
+
+import math
+
+import pytest
+import torch
+
+import unimixer_kernels as uk
+from unimixer_kernels import reference
+from unimixer_kernels.nn import UniMixing, num_parameters, unimixing_num_parameters
+
+F64 = torch.float64
+SHAPES = [(4, 8, 2), (3, 4, 6), (2, 6, 4)]  # (T, D, B): B | D, B straddling tokens, B > D
+
+
+@pytest.mark.parametrize("lite", [False, True])
+@pytest.mark.parametrize("tokens,dim,block", SHAPES)
+def test_forward_backward(lite, tokens, dim, block):
+    m = UniMixing(tokens, dim, block, lite=lite, init="random")
+    x = torch.randn(3, tokens, dim, requires_grad=True)
+    y = m(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    y.square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("lite", [False, True])
+def test_forward_matches_reference_with_module_weights(lite):
+    m = UniMixing(3, 4, 2, lite=lite, init="random", tau=0.6).double()
+    x = torch.randn(2, 3, 4, dtype=F64)
+    if lite:
+        w_local, w_global = reference.lite_weights(m.omega, m.basis, m.a_g, m.b_g, 0.6, m.iters)
+    else:
+        w_local = reference.sinkhorn(m.theta_local, 0.6, 20)
+        w_global = reference.sinkhorn(m.theta_global, 0.6, 20)
+    torch.testing.assert_close(m(x), reference.unimixing(x, w_local, w_global))
+
+
+def test_default_iterations():
+    assert UniMixing(2, 4, 2).iters == 20
+    assert UniMixing(2, 4, 2, lite=True).iters == 1
+
+
+# --- initialisation (SPEC §2.3) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tokens,dim,block", [(4, 8, 2), (4, 16, 4), (2, 4, 1)])
+def test_tokenmixer_init_starts_at_tokenmixer(tokens, dim, block):
+    m = UniMixing(tokens, dim, block, tau=0.05)
+    assert m.init == "tokenmixer"
+    x = torch.randn(2, tokens, dim)
+    expected = reference.token_mixer(x, tokens).reshape(x.shape)
+    torch.testing.assert_close(m(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_tokenmixer_init_close_at_tau_one():
+    # c0 = log(N) + 3: about 95% of each row of W_G on the permutation at tau = 1
+    m = UniMixing(4, 8, 2)
+    _, w_global = m.weights()
+    perm = reference.tokenmixer_global(4, 4, 8, 2)
+    on_perm = (w_global * perm).sum(-1)
+    assert on_perm.min() > 0.9
+
+
+def test_tokenmixer_init_heads_not_tokens():
+    with pytest.raises(ValueError, match="symmetric"):
+        UniMixing(4, 8, 2, heads=2, init="tokenmixer")
+    m = UniMixing(4, 8, 2, heads=2, init="tokenmixer", symmetric=False, tau=0.05)
+    x = torch.randn(2, 4, 8)
+    expected = reference.token_mixer(x, 2).reshape(x.shape)
+    torch.testing.assert_close(m(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_lite_tokenmixer_init_exact_when_rank_covers_n():
+    m = UniMixing(4, 8, 2, lite=True, rank=16, tau=0.05, iters=20)  # N = 16
+    assert m.init == "tokenmixer"
+    x = torch.randn(2, 4, 8)
+    expected = reference.token_mixer(x, 4).reshape(x.shape)
+    torch.testing.assert_close(m(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_identity_init_and_default_when_tokenmixer_impossible():
+    m = UniMixing(3, 4, 6, tau=0.05)  # B = 6 does not divide D/T: no TokenMixer start
+    assert m.init == "identity"
+    x = torch.randn(2, 3, 4)
+    torch.testing.assert_close(m(x), x, rtol=1e-5, atol=1e-5)
+
+
+def test_random_init_is_near_uniform():
+    m = UniMixing(4, 8, 2, init="random")
+    _, w_global = m.weights()
+    n = m.num_blocks
+    torch.testing.assert_close(w_global, torch.full((n, n), 1.0 / n), rtol=0, atol=0.02)
+    assert m.theta_global.std() < 0.05
+
+
+# --- the eval cache ------------------------------------------------------------------------------
+
+
+def _count_sinkhorn(monkeypatch):
+    calls = {"n": 0}
+    real_sk, real_lite = uk.ops.sinkhorn, uk.ops.lite_weights
+
+    def sk(*a, **k):
+        calls["n"] += 1
+        return real_sk(*a, **k)
+
+    def lite(*a, **k):
+        calls["n"] += 1
+        return real_lite(*a, **k)
+
+    monkeypatch.setattr(uk.ops, "sinkhorn", sk)
+    monkeypatch.setattr(uk.ops, "lite_weights", lite)
+    return calls
+
+
+@pytest.mark.parametrize("lite", [False, True])
+def test_sinkhorn_runs_once_per_training_forward_and_once_in_eval(lite, monkeypatch):
+    calls = _count_sinkhorn(monkeypatch)
+    m = UniMixing(4, 8, 2, lite=lite)
+    x = torch.randn(2, 4, 8)
+    per_forward = 1 if lite else 2  # lite_weights makes both; full: one sinkhorn per weight
+    m(x)
+    m(x)
+    assert calls["n"] == 2 * per_forward
+    m.eval()
+    for _ in range(3):
+        m(x)
+    assert calls["n"] == 3 * per_forward
+
+
+@pytest.mark.parametrize("lite", [False, True])
+def test_eval_output_equals_train_output(lite):
+    m = UniMixing(4, 8, 2, lite=lite, init="random", tau=0.3)
+    x = torch.randn(3, 4, 8)
+    y_train = m(x)
+    m.eval()
+    y_eval = m(x)
+    assert torch.equal(y_eval, y_train.detach())
+    with torch.no_grad():
+        assert torch.equal(m(x), y_train.detach())
+    with torch.inference_mode():
+        assert torch.equal(m(x), y_train.detach())
+
+
+def test_eval_cache_is_reused_then_invalidated_by_train():
+    m = UniMixing(4, 8, 2).eval()
+    w1 = m.weights()
+    assert m.weights()[0] is w1[0]
+    m.train()
+    assert m._cache is None
+    m.eval()
+    assert m.weights()[0] is not w1[0]
+
+
+@pytest.mark.parametrize("lite", [False, True])
+def test_eval_cache_invalidated_by_optimizer_step(lite):
+    m = UniMixing(4, 8, 2, lite=lite, init="random")
+    opt = torch.optim.SGD(m.parameters(), lr=10.0)
+    x = torch.randn(3, 4, 8)
+    m.eval()
+    before = m(x)
+    m.train()
+    m(x).square().sum().backward()
+    m.eval()  # stepping in eval mode: only the parameter versions can tell the cache is stale
+    before_cached = m(x)
+    assert torch.equal(before_cached, before)
+    opt.step()
+    after = m(x)
+    assert not torch.allclose(after, before)
+    fresh = uk.unimixing(x, *m.compute_weights())
+    torch.testing.assert_close(after, fresh.detach())
+
+
+def test_eval_cache_invalidated_by_load_state_dict_and_in_place_edit():
+    m = UniMixing(4, 8, 2, init="random").eval()
+    other = UniMixing(4, 8, 2, init="random")
+    x = torch.randn(2, 4, 8)
+    m(x)
+    m.load_state_dict(other.state_dict())
+    other.eval()
+    torch.testing.assert_close(m(x), other(x))
+    with torch.no_grad():
+        m.theta_global.mul_(3.0)
+    torch.testing.assert_close(m(x), uk.unimixing(x, *m.compute_weights()).detach())
+
+
+def test_eval_mode_weights_are_constants():
+    m = UniMixing(4, 8, 2).eval()
+    w_local, w_global = m.weights()
+    assert not w_local.requires_grad and not w_global.requires_grad
+
+
+# --- temperature -------------------------------------------------------------------------------
+
+
+def test_set_temperature_changes_weights_and_cache():
+    m = UniMixing(4, 8, 2, init="random").eval()
+    x = torch.randn(2, 4, 8)
+    y1 = m(x)
+    m.set_temperature(0.05)
+    assert m.tau == 0.05
+    y2 = m(x)
+    assert not torch.allclose(y1, y2)
+    w = reference.sinkhorn(m.theta_global.detach(), 0.05, 20)
+    torch.testing.assert_close(m.weights()[1], w)
+
+
+@pytest.mark.parametrize("tau", [0, -1.0])
+def test_set_temperature_rejects_non_positive(tau):
+    m = UniMixing(4, 8, 2)
+    with pytest.raises(ValueError, match="tau"):
+        m.set_temperature(tau)
+
+
+# --- parameter counts (SPEC §3) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "tokens,dim,block,rank,bases", [(4, 8, 2, 3, 4), (16, 96, 4, 48, 4), (3, 4, 6, 1, 2)]
+)
+def test_parameter_counts(tokens, dim, block, rank, bases):
+    n = tokens * dim // block
+    full = UniMixing(tokens, dim, block, init="random")
+    assert num_parameters(full) == n * n + n * block**2 == unimixing_num_parameters(tokens, dim, block)
+    lite = UniMixing(tokens, dim, block, lite=True, rank=rank, bases=bases, init="random")
+    expected = 2 * n * rank + bases * block**2 + n * bases
+    assert num_parameters(lite) == expected
+    assert unimixing_num_parameters(tokens, dim, block, lite=True, rank=rank, bases=bases) == expected
+
+
+def test_lite_default_rank_is_n_over_8():
+    m = UniMixing(16, 96, 4, lite=True, init="random")  # SPEC lite-2.5m: N = 384, r = 48
+    assert m.num_blocks == 384 and m.rank == 48
+    assert math.isclose(m.a_g.std().item(), 0.02, rel_tol=0.2)
