@@ -175,16 +175,69 @@ def setup_token_mixer(p: Preset, device, dtype) -> Setup:
                      lambda: (_rand((bs, t, d), dtype, device),), heads=t)
 
 
+def _public(name: str) -> Callable:
+    """The public op ``name``: ``uk.<name>``, else the function of that name in its ops module."""
+    import inspect
+    import sys
+
+    fn = getattr(uk, name, None)
+    if inspect.isfunction(fn):
+        return fn
+    for mod_name, mod in list(sys.modules.items()):
+        if mod_name.startswith("unimixer_kernels.ops.") and inspect.isfunction(getattr(mod, name, None)):
+            return getattr(mod, name)
+    raise Unavailable(f"no public function {name} in unimixer_kernels.ops")
+
+
+def _reference(name: str, module: str | None = None) -> Callable:
+    import importlib
+
+    fn = getattr(R, name, None)
+    if fn is None and module is not None:
+        fn = getattr(importlib.import_module(f"unimixer_kernels.reference.{module}"), name, None)
+    if fn is None:
+        raise Unavailable(f"no reference function {name}")
+    return fn
+
+
+def setup_pgelu_ffn(p: Preset, device, dtype) -> Setup:
+    bs, t, d = p["bs"], p["T"], p["D"]
+    kd = p["ffn_mult"] * d
+    return _op_setup("pgelu_ffn", _reference("pgelu_ffn"), _public("pgelu_ffn"), lambda: (
+        _rand((bs, t, d), dtype, device), _rand((t, d, kd), FP32, device, scale=d ** -0.5),
+        _rand((t, kd), FP32, device), _rand((t, kd, d), FP32, device, scale=kd ** -0.5),
+        _rand((t, d), FP32, device)))
+
+
+def setup_token_mixer_residual_norm(p: Preset, device, dtype) -> Setup:
+    bs, t, d = p["bs"], p["T"], p["D"]
+    ref = _reference("token_mixer_residual_norm", "token_mixer_norm")
+    pub = _public("token_mixer_residual_norm")
+
+    def reference(x, weight, bias):  # heads = T sits between x and the weights in the signature
+        return ref(x, t, weight, bias)
+
+    def public(x, weight, bias, *, backend="auto"):
+        return pub(x, t, weight, bias, backend=backend)
+
+    return _op_setup("token_mixer_residual_norm", reference, public, lambda: (
+        _rand((bs, t, d), dtype, device), _rand((d,), FP32, device), _rand((d,), FP32, device)))
+
+
 # --- blocks --------------------------------------------------------------------------------------
 
 
-def _module_impls(cls_name: str, p: Preset, device, backends, lite: bool | None = None) -> dict:
+def _module_impls(make_module: Callable, backends) -> dict:
+    """One builder per kernel backend: ``make_module(backend)`` -> the ``uk.nn`` module timed."""
     def build(backend: str) -> Callable[[], Impl]:
         def make() -> Impl:
             ok, why = uk.backend_status(backend)
             if not ok:
                 raise Unavailable(why)
-            module, call = blocks.build_module(cls_name, p, backend, device, lite=lite)
+            module = make_module(backend)
+
+            def call(x):
+                return module(x)
             return Impl(call, blocks.params_of(module), call, lambda mode: module.train(mode != "infer"))
         return make
     return {b: build(b) for b in backends}
@@ -218,13 +271,14 @@ def _setup_unimixer(p: Preset, device, dtype, lite: bool) -> Setup:
                 cached = (R.sinkhorn(mixing[0], tau, iters), R.sinkhorn(mixing[1], tau, iters))
 
         def fwd(x):
-            return block(x, *mixing, *rest, tau, iters)
+            return block(x, *mixing, *rest, tau=tau, iters=iters)
 
         def infer(x):
-            return blocks.unimixer_mix(x, x, *cached, *rest)
+            return blocks.unimixer_mix(x, *cached, *rest)
         return Impl(fwd, mixing + rest, infer)
 
-    impls = {"reference": ref_impl, **_module_impls("UniMixerBlock", p, device, backends, lite=lite)}
+    impls = {"reference": ref_impl,
+             **_module_impls(lambda be: blocks.unimixer_module(p, be, device, lite), backends)}
     return Setup(lambda: (_rand((bs, t, d), dtype, device),), impls, backends)
 
 
@@ -242,16 +296,17 @@ def setup_rankmixer_block(p: Preset, device, dtype) -> Setup:
     backends = kernel_backends_of(None)
 
     def ref_impl() -> Impl:
-        params = (_rand((d,), FP32, device), _rand((d,), FP32, device), _rand((d,), FP32, device),
-                  _rand((d,), FP32, device), _rand((t, d, kd), FP32, device, scale=d ** -0.5),
-                  _rand((t, kd), FP32, device), _rand((t, kd, d), FP32, device, scale=kd ** -0.5),
-                  _rand((t, d), FP32, device))
+        params = (_rand((d,), FP32, device), _rand((d,), FP32, device),
+                  _rand((t, d, kd), FP32, device, scale=d ** -0.5), _rand((t, kd), FP32, device),
+                  _rand((t, kd, d), FP32, device, scale=kd ** -0.5), _rand((t, d), FP32, device),
+                  _rand((d,), FP32, device), _rand((d,), FP32, device))
 
         def fwd(x):
             return blocks.rankmixer_block(x, *params)
         return Impl(fwd, params)
 
-    impls = {"reference": ref_impl, **_module_impls("RankMixerBlock", p, device, backends)}
+    modules = _module_impls(lambda be: blocks.rankmixer_module(p, be, device), backends)
+    impls = {"reference": ref_impl, **modules}
     return Setup(lambda: (_rand((bs, t, d), dtype, device),), impls, backends)
 
 
@@ -273,6 +328,10 @@ CASES: dict[str, Case] = {c.name: c for c in [
     Case("dot_interaction", "DLRM dot interaction", ("bs", "n", "d"), ALL, setup_dot_interaction,
          op="dot_interaction"),
     Case("token_mixer", "TokenMixer", ("bs", "T", "D"), ALL, setup_token_mixer, op="token_mixer"),
+    Case("token_mixer_residual_norm", "LN(TokenMixer(x) + x)", ("bs", "T", "D"), ALL,
+         setup_token_mixer_residual_norm, op="token_mixer_residual_norm"),
+    Case("pgelu_ffn", "RankMixer per-token GELU FFN", ("bs", "T", "D", "ffn_mult"), ALL, setup_pgelu_ffn,
+         op="pgelu_ffn"),
     Case("unimixer-block", "UniMixer block (full, SiameseNorm)", MIX + ("h",), ALL, setup_unimixer_block,
          module="UniMixerBlock"),
     Case("unimixer-block-lite", "UniMixer block (Lite)", MIX + ("h", "r", "nb"), ALL,

@@ -17,6 +17,7 @@ import torch
 import unimixer_kernels as uk
 from unimixer_kernels.testing import check_against_reference
 
+from .blocks import Unavailable
 from .cases import CASES
 from .presets import Preset
 
@@ -80,6 +81,8 @@ def _check_one(case, name: str, backend: str, dtype: torch.dtype, device: torch.
         setup = case.factory(CHECK_PRESET, device, dtype)
         check_against_reference(setup.public, setup.make_inputs(), backend=backend, kwargs=setup.kwargs)
         return CheckResult(name, backend, label, "PASS", seconds=time.perf_counter() - t0)
+    except Unavailable as exc:
+        return CheckResult(name, backend, label, "skipped", str(exc))
     except AssertionError as exc:
         return CheckResult(name, backend, label, "FAIL", str(exc).splitlines()[0][:300],
                            time.perf_counter() - t0)

@@ -183,6 +183,17 @@ def m_token_mixer(p: Preset, mode: str, e: int) -> list[Traffic]:
     return [io_traffic(mode, [a], [True], [a], 0.0)]
 
 
+def m_token_mixer_residual_norm(p: Preset, mode: str, e: int) -> list[Traffic]:
+    a = _act(p, e)
+    return [io_traffic(mode, [a, p["D"] * FP32, p["D"] * FP32], [True] * 3, [a], 8.0 * a / e)]
+
+
+def m_pgelu_ffn(p: Preset, mode: str, e: int) -> list[Traffic]:
+    t, d, kd = p["T"], p["D"], p["ffn_mult"] * p["D"]
+    ins = [_act(p, e), t * d * kd * FP32, t * kd * FP32, t * kd * d * FP32, t * d * FP32]
+    return [io_traffic(mode, ins, [True] * 5, [_act(p, e)], pffn_flops(p))]
+
+
 def _block_params_full(p: Preset) -> list[float]:
     n, b, d = p["N"], p["B"], p["D"]
     return [n * b * b * FP32, n * n * FP32, 3 * d * FP32, *_pswiglu_weights(p)]
@@ -230,6 +241,8 @@ MODELS: dict[str, Callable[[Preset, str, int], list[Traffic]]] = {
     "fm_interaction": m_fm_interaction,
     "dot_interaction": m_dot_interaction,
     "token_mixer": m_token_mixer,
+    "token_mixer_residual_norm": m_token_mixer_residual_norm,
+    "pgelu_ffn": m_pgelu_ffn,
     "unimixer-block": m_unimixer_block,
     "unimixer-block-lite": m_unimixer_block_lite,
     "rankmixer-block": m_rankmixer_block,

@@ -136,11 +136,17 @@ class CaseRunner:
 
     # --- providers ---------------------------------------------------------------------------
 
-    def impl_for(self, provider: str, setup: Setup, cache: dict) -> tuple[Impl, Callable | None]:
-        """The implementation a provider runs, and its per-call step marker (compiled-cg)."""
+    def impl_for(self, provider: str, setup: Setup, cache: dict,
+                 mode: str = "") -> tuple[Impl, Callable | None]:
+        """The implementation a provider runs, and its per-call step marker (compiled-cg).
+
+        ``bwd`` of a compiled provider gets its own compile (a separate code object, so no cache entry
+        is shared) without donated buffers: a retained-graph backward cannot run on donated buffers.
+        """
         gpu = self.device.type == "cuda"
-        if provider in cache:
-            return cache[provider]
+        key = f"{provider}:bwd" if (provider in COMPILE_PROVIDERS and mode == "bwd") else provider
+        if key in cache:
+            return cache[key]
         if provider == "reference":
             result = (setup.impls["reference"](), None)
         elif provider in COMPILE_PROVIDERS:
@@ -148,9 +154,10 @@ class CaseRunner:
             if cg and not gpu:
                 raise Unavailable("CUDA graphs need a CUDA device")
             ref = self.impl_for("reference", setup, cache)[0]
-            mode = "reduce-overhead" if cg else None
-            fwd = torch.compile(ref.fwd, mode=mode, dynamic=False)
-            infer = torch.compile(ref.infer, mode=mode, dynamic=False) if ref.infer else None
+            cmode = "reduce-overhead" if cg else None
+            fwd = torch.compile(_retained_graph_twin(ref.fwd) if mode == "bwd" else ref.fwd, mode=cmode,
+                                dynamic=False)
+            infer = torch.compile(ref.infer, mode=cmode, dynamic=False) if ref.infer else None
             mark = torch.compiler.cudagraph_mark_step_begin if cg else None
             result = (Impl(fwd, ref.params, infer, ref.prepare), mark)
         elif provider.endswith("-cg"):
@@ -166,7 +173,7 @@ class CaseRunner:
                 if triton_interpreter_on():
                     raise Unavailable("TRITON_INTERPRET=1: interpreter timings mean nothing (checked only)")
             result = (setup.impls[provider](), None)
-        cache[provider] = result
+        cache[key] = result
         return result
 
     # --- one case ----------------------------------------------------------------------------
@@ -221,7 +228,7 @@ class CaseRunner:
 
     def _measure(self, provider: str, setup: Setup, sets: list[tuple], mode: str, cache: dict) -> dict:
         try:
-            impl, mark = self.impl_for(provider, setup, cache)
+            impl, mark = self.impl_for(provider, setup, cache, mode)
         except Unavailable as exc:
             return {"status": f"unavailable: {exc}"}
         except Exception as exc:
@@ -230,9 +237,11 @@ class CaseRunner:
             if impl.prepare:
                 impl.prepare(mode)
             use_sets = sets[:1] if (mode == "bwd" and provider == "compiled-cg") else sets
+            no_donation = provider in COMPILE_PROVIDERS and mode == "bwd"
             t0 = time.perf_counter()
-            calls = ModeCalls(impl, use_sets, mode, self.device, self.autocast, mark)
-            out = calls()
+            with _no_donated_buffers() if no_donation else contextlib.nullcontext():
+                calls = ModeCalls(impl, use_sets, mode, self.device, self.autocast, mark)
+                out = calls()
             timing.sync(self.device)
             first = time.perf_counter() - t0
             del out
@@ -264,6 +273,20 @@ class CaseRunner:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
+
+
+def _retained_graph_twin(fn: Callable) -> Callable:
+    def retained_graph_twin(*args):
+        return fn(*args)
+    return retained_graph_twin
+
+
+def _no_donated_buffers():
+    import torch._functorch.config as fconfig
+
+    if hasattr(fconfig, "donated_buffer"):
+        return fconfig.patch(donated_buffer=False)
+    return contextlib.nullcontext()
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
