@@ -10,7 +10,7 @@ Forward, for each sample::
 
 A tile of samples turns the global step into a GEMM ``Y = W_G @ H`` with ``H`` viewed as
 ``[N, (sample, c)]`` columns. ``unimixing_fwd_kernel`` owns a ``[BM blocks m] x [BC columns]`` tile
-of ``Y`` (``BC = samples * BP``, ``BP = next_pow2(B)``, padded columns masked). Its K loop walks
+of ``Y`` (here ``BC = samples * BP``, ``BP = next_pow2(B)``, padded columns masked). Its K loop walks
 ``BK`` blocks ``n`` at a time: the ``[BK, samples, BP]`` chunk of ``H`` is built in registers from
 the ``x`` chunk and ``W_B`` (``B`` fp32 FMAs per element) and fed straight to ``tl.dot`` with the
 ``W_G`` tile, so ``h`` never goes to memory. The dot runs in the activation dtype (tensor cores;
@@ -30,15 +30,31 @@ RMSNorm backward kernel of ``rms_norm.py``)::
     dW_B[n]  = sum_s x_n^T G_n
     dW_G[m,n]= sum_s g_m . h_n                 (h recomputed from x and W_B)
 
-``unimixing_bwd_dx_kernel`` owns ``BN`` blocks ``n`` and a contiguous range of samples; per tile of
-samples it computes ``G`` (K loop over ``m`` on tensor cores), applies the local transpose and the
-residual in the epilogue, and accumulates its fp32 ``dW_B`` partial. ``unimixing_bwd_dwg_kernel``
-owns a ``[BM, BN]`` tile of ``dW_G`` and a range of samples (K loop over ``(sample, c)``), with the
-``H^T`` chunk rebuilt in registers. Weight gradients are reduced deterministically: each program
-writes its own fp32 partial, and a second pass sums the partials (no atomics).
+Small ``B`` (``next_pow2(B) < 16``): ``unimixing_bwd_dx_kernel`` owns ``BN`` blocks ``n`` and a
+contiguous range of samples; per tile of samples it computes ``G`` (K loop over ``m`` on tensor
+cores), applies the local transpose and the residual in the epilogue (``B`` FMAs per element), and
+accumulates its fp32 ``dW_B`` partial. ``unimixing_bwd_dwg_kernel`` owns a ``[BM, BN]`` tile of
+``dW_G`` and a range of samples (K loop over ``(sample, c)``), rebuilding the ``H^T`` chunk in
+registers. ``G`` and ``H`` never go to memory.
 
-Launches: forward 1 kernel (plus a cast of ``w_global`` when it is fp32 and the activations are
-half precision); backward 2 kernels + 2 partial sums (+ 1 RMSNorm backward kernel for the fused op).
+Large ``B`` (``next_pow2(B) >= 16``, e.g. ``rankmixer-100m``'s 48): the per-element local work
+(``O(B)`` FMAs) would dwarf the tensor-core GEMM, so the local products become dots. The forward
+builds each ``H`` chunk with a batched ``tl.dot`` over the ``BK`` blocks, for 16 samples times a
+16-column slice of ``c`` (the column tile; the ``x`` chunk is re-read once per slice). The backward
+goes through memory in the activation dtype: ``unimixing_bwd_global_kernel`` writes ``G`` (a plain
+GEMM over flat ``(s, c)`` columns, no padding of ``B``); ``unimixing_bwd_local_kernel`` does, per
+block ``n``, ``dx_n = G_n W_B[n]^T``, ``h_n = x_n W_B[n]`` (written) and the ``dW_B`` partial as
+three dots; ``unimixing_bwd_dwg_gemm_kernel`` is the GEMM ``dY H^T`` with both operands from memory.
+The fused RMSNorm epilogue needs all of ``c`` in its tile, so with it the forward keeps the FMA
+path at any ``B``.
+
+Weight gradients are reduced deterministically: each program writes its own fp32 partial, and a
+second pass sums the partials (no atomics; with a single split, ``dW_G`` is written directly).
+
+Launches per call: forward 1 kernel (plus a cast of ``w_global`` when it is fp32 and the
+activations are half precision). Backward, small ``B``: 2 kernels + the ``dW_B`` partial sum
+(+ the ``dW_G`` partial sum when it is split); large ``B``: 3 kernels + the same sums. The fused op
+adds the RMSNorm backward kernel (and its ``dw`` sum).
 
 Non-contiguous inputs are copied once to contiguous memory by the launchers.
 """
@@ -136,7 +152,8 @@ def unimixing_fwd_kernel(
                 wb = tl.load(WL + rn[:, None] * (B * B) + b * B + kc[None, :],
                              mask=n_ok[:, None] & kc_ok[None, :], other=0.0).to(tl.float32)
                 h += xb[:, :, None] * wb[:, None, :]
-        h2 = tl.reshape(h, [BK, BC]).to(DOT_DTYPE)
+        # round before the reshape: a layout change moves half the bytes
+        h2 = tl.reshape(h.to(DOT_DTYPE), [BK, BC])
         acc = tl.dot(wg.to(DOT_DTYPE), h2, acc, input_precision=PRECISION)
 
     offs = samp[None, :] * L + rm[:, None] * B + jc[None, :]
@@ -274,7 +291,7 @@ def unimixing_bwd_dwg_kernel(
             wb = tl.load(WL + rn[None, :] * (B * B) + b * B + kc[:, None],
                          mask=kc_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
             h += xb[:, None, :] * wb[None, :, :]
-        h2 = tl.reshape(h, [BC, BN]).to(DOT_DTYPE)
+        h2 = tl.reshape(h.to(DOT_DTYPE), [BC, BN])
         acc = tl.dot(dy.to(DOT_DTYPE), h2, acc, input_precision=PRECISION)
     part = DWG_PART + pid_p.to(tl.int64) * N * N + rm[:, None] * N + rn[None, :]
     tl.store(part, acc.to(DWG_PART.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
@@ -412,7 +429,11 @@ def _interpreting() -> bool:
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 1
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _sm_count_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _sm_count_of(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
