@@ -8,8 +8,8 @@
 //   ds_i = rstd_i * (g_i - xhat_i * mean(g_i * xhat_i))  (+ dsum_i, the gradient of the sum output)
 //   dw   = sum_i dy_i * xhat_i
 //
-// Layout: a row is held in registers by blockDim.x threads (one warp for narrow rows, up to 1024
-// threads for wide ones); blockDim.y rows share a block. Thread t of a row owns the chunks
+// Layout: a row is held in registers by blockDim.x threads (one warp for narrow rows, up to 512
+// threads for wide ones; D <= 16384); blockDim.y rows share a block. Thread t of a row owns the chunks
 // c = k * blockDim.x + t (k < ITEMS) of VEC consecutive columns, so every load is coalesced and,
 // when pointers and row strides allow, a 16-byte vector. Statistics are fp32 whatever the dtype;
 // w is read as fp32.
@@ -32,16 +32,20 @@
 namespace unimixer {
 namespace {
 
-constexpr int kMaxItems = 8;
-constexpr int kMaxThreadsPerRow = 1024;
+// A thread holds at most kMaxPerThread elements of a row (ITEMS * VEC), and a row at most
+// kMaxThreadsPerRow threads: rows up to 16384 wide. 512-thread blocks leave the compiler 128
+// registers per thread, enough for the backward's four row fragments without spilling.
+constexpr int kMaxPerThread = 32;
+constexpr int kMaxThreadsPerRow = 512;
 constexpr int kThreadsPerBlock = 256;
+constexpr int kMaxRowWidth = kMaxPerThread * kMaxThreadsPerRow;
 
 template <typename T, int VEC, int ITEMS, bool RESIDUAL>
-__global__ void __launch_bounds__(1024) rms_norm_fwd_kernel(
+__global__ void __launch_bounds__(kMaxThreadsPerRow) rms_norm_fwd_kernel(
     const T* __restrict__ x, const T* __restrict__ r, const float* __restrict__ w, T* __restrict__ y,
     T* __restrict__ s, float* __restrict__ rstd_out, int64_t rows, int d, int64_t stride_x,
     int64_t stride_r, float eps) {
-  __shared__ float scratch[kMaxThreadsPerRow];
+  __shared__ float scratch[kThreadsPerBlock / kWarpSize * kWarpSize];
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
   const bool active = row < rows;
   float v[ITEMS][VEC];
@@ -81,12 +85,12 @@ __global__ void __launch_bounds__(1024) rms_norm_fwd_kernel(
 }
 
 template <typename T, int VEC, int ITEMS, bool DSUM>
-__global__ void __launch_bounds__(1024) rms_norm_bwd_kernel(
+__global__ void __launch_bounds__(kMaxThreadsPerRow) rms_norm_bwd_kernel(
     const T* __restrict__ dy, const T* __restrict__ dsum, const T* __restrict__ s,
     const float* __restrict__ w, const float* __restrict__ rstd, T* __restrict__ ds,
     float* __restrict__ dw_partial, int64_t rows, int d, int64_t stride_dy, int64_t stride_dsum,
     int64_t stride_s) {
-  __shared__ float scratch[kMaxThreadsPerRow];
+  __shared__ float scratch[kThreadsPerBlock / kWarpSize * kWarpSize];
   float wv[ITEMS][VEC];
   float dw[ITEMS][VEC];
 #pragma unroll
@@ -180,20 +184,21 @@ __global__ void __launch_bounds__(1024) column_sum_kernel(
 
 struct RowLayout {
   int vec;          // elements per chunk (16 bytes when aligned, else 1)
-  int items;        // chunks per thread (a power of two up to kMaxItems)
+  int items;        // chunks per thread: a power of two, items * vec <= kMaxPerThread
   int threads_row;  // blockDim.x
   int rows_block;   // blockDim.y
 };
 
+// Narrow rows: one warp per row, several rows per block. Wider rows: more threads per row (up to
+// 4 chunks each) until kMaxThreadsPerRow, then more chunks per thread.
 RowLayout choose_layout(int64_t d, int vec) {
+  TORCH_CHECK(d <= kMaxRowWidth, "rms_norm (cuda backend): the last dim D=", d, " is wider than the ",
+              kMaxRowWidth, " this kernel holds in registers; use backend='triton' or 'reference'");
   const int64_t chunks = ceil_div(d, vec);
   int threads_row = kWarpSize;
   while (threads_row < kMaxThreadsPerRow && static_cast<int64_t>(threads_row) * 4 < chunks) threads_row *= 2;
   int items = 1;
   while (static_cast<int64_t>(items) * threads_row < chunks) items *= 2;
-  TORCH_CHECK(items <= kMaxItems, "rms_norm (cuda backend): the last dim D=", d,
-              " is wider than this kernel holds in registers (", kMaxThreadsPerRow * kMaxItems * vec,
-              " for this dtype and alignment); use backend='triton' or 'reference'");
   const int rows_block = std::max(1, kThreadsPerBlock / threads_row);
   return {vec, items, threads_row, rows_block};
 }
@@ -209,15 +214,27 @@ int choose_vec(int64_t d, std::initializer_list<std::pair<const void*, int64_t>>
   return kVec;
 }
 
-// Calls f(std::integral_constant<int, VEC>, std::integral_constant<int, ITEMS>).
+// Calls f(std::integral_constant<int, VEC>, std::integral_constant<int, ITEMS>); only the
+// (VEC, ITEMS) pairs within kMaxPerThread are instantiated.
+template <int V, int I, typename F>
+void call_within_budget(F&& f) {
+  if constexpr (V * I <= kMaxPerThread) {
+    f(std::integral_constant<int, V>{}, std::integral_constant<int, I>{});
+  } else {
+    TORCH_CHECK(false, "rms_norm (cuda backend): ", I, " chunks of ", V, " per thread exceed the register budget");
+  }
+}
+
 template <int V, typename F>
 void with_items(int items, F&& f) {
   switch (items) {
-    case 1: f(std::integral_constant<int, V>{}, std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, V>{}, std::integral_constant<int, 2>{}); break;
-    case 4: f(std::integral_constant<int, V>{}, std::integral_constant<int, 4>{}); break;
-    case 8: f(std::integral_constant<int, V>{}, std::integral_constant<int, 8>{}); break;
-    default: TORCH_CHECK(false, "rms_norm (cuda backend): unexpected items per thread ", items);
+    case 1: call_within_budget<V, 1>(f); break;
+    case 2: call_within_budget<V, 2>(f); break;
+    case 4: call_within_budget<V, 4>(f); break;
+    case 8: call_within_budget<V, 8>(f); break;
+    case 16: call_within_budget<V, 16>(f); break;
+    case 32: call_within_budget<V, 32>(f); break;
+    default: TORCH_CHECK(false, "rms_norm (cuda backend): unexpected chunks per thread ", items);
   }
 }
 
