@@ -72,7 +72,10 @@ def markdown_table(header: dict, rows: list[dict], with_reasons: bool = True) ->
 
 def describe_header(header: dict) -> str:
     keys = ("device", "torch", "triton", "cuda", "date_utc", "git_commit", "dtype", "autocast")
-    return ", ".join(f"{k} {header[k]}" for k in keys if k in header)
+    text = ", ".join(f"{k} {header[k]}" for k in keys if k in header)
+    if header.get("stopped"):
+        text += f"\n\nNote: {header['stopped']}."
+    return text
 
 
 def compare(old: list[dict], new: list[dict], fail_above: float) -> tuple[str, int]:

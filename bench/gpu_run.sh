@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# One GPU run, from the repo root:   OUT=/some/folder bash bench/gpu_run.sh
+#
+# Stages (each under `timeout`, so one cannot eat the others; total about 9 minutes):
+#   install   pip install -e . --no-build-isolation --no-deps
+#   info      nvidia-smi, versions, python -m unimixer_kernels.info
+#   pytest    pytest -m gpu -q
+#   sanitize  bench/sanitize.py (every Triton op fwd+bwd once, small) plain, then under
+#             compute-sanitizer memcheck and racecheck
+#   bench     python -m bench run: the GPU case plan, all providers (results.json / .csv)
+#   sweep     the UniMixer Lite block at bs 256..2048 (sweep.json / .csv) and its plot (.png)
+#   table     the markdown table of results.json (table.md), printed last
+# Choose stages with STAGES="bench table" (default: all); stage limits with T_<STAGE>=seconds.
+#
+# Everything lands in $OUT, flat, in at most 7 files: gpu_run.log (install, info, pytest,
+# sanitizers, benchmark progress), results.json, results.csv, sweep.json, sweep.csv,
+# sweep_<case>_<preset>.png, table.md.
+set -u
+OUT="${OUT:-$PWD/gpu_out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+export TRITON_CACHE_AUTOTUNING=1
+PY="${PYTHON:-python}"
+LOG="$OUT/gpu_run.log"
+STAGES="${STAGES:-install info pytest sanitize bench sweep table}"
+T_INSTALL="${T_INSTALL:-60}"
+T_PYTEST="${T_PYTEST:-100}"
+T_SANITIZE="${T_SANITIZE:-40}"     # per run: plain, memcheck, racecheck
+T_BENCH="${T_BENCH:-180}"
+T_SWEEP="${T_SWEEP:-90}"
+SWEEP_BS="${SWEEP_BS:-256,512,1024,2048}"
+SWEEP_CASE="${SWEEP_CASE:-unimixer-block-lite}"
+SWEEP_PRESET="${SWEEP_PRESET:-paper-small}"
+START=$(date +%s)
+: >"$LOG"
+
+want() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+# stage NAME SECONDS CMD...: run under timeout, output appended to the log, one status line on stdout
+stage() {
+    local name=$1 secs=$2 t0 rc
+    shift 2
+    t0=$(date +%s)
+    printf '\n===== %s (limit %ss) : %s\n' "$name" "$secs" "$*" >>"$LOG"
+    timeout -k 10 "$secs" "$@" >>"$LOG" 2>&1
+    rc=$?
+    printf '===== %s: rc=%s in %ss%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" \
+        "$([ "$rc" = 124 ] && echo ' (TIMED OUT)')" | tee -a "$LOG"
+    return $rc
+}
+
+echo "gpu_run: OUT=$OUT stages: $STAGES"
+
+if want install; then
+    stage install "$T_INSTALL" "$PY" -m pip install -e . --no-build-isolation --no-deps
+fi
+
+if want info; then
+    stage nvidia-smi 20 nvidia-smi
+    stage versions 60 "$PY" -c "import torch, triton, unimixer_kernels as uk; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'uk', uk.__version__); print(torch.cuda.get_device_name()); print({k: sorted(v.impls) for k, v in uk.OPS.items()})"
+    stage info 60 "$PY" -m unimixer_kernels.info
+fi
+
+if want pytest; then
+    stage pytest "$T_PYTEST" "$PY" -m pytest -m gpu -q -p no:cacheprovider tests
+    sed -n '/^===== pytest /,$p' "$LOG" | grep -E '^(FAILED|ERROR)|passed|failed|no tests ran' | tail -n 15
+fi
+
+if want sanitize; then
+    # plain first: compiles and caches every kernel, so the sanitizer runs start from warm caches
+    stage sanitize-plain "$T_SANITIZE" "$PY" bench/sanitize.py
+    SAN="$(command -v compute-sanitizer || true)"
+    [ -z "$SAN" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SAN=/usr/local/cuda/bin/compute-sanitizer
+    if [ -n "$SAN" ]; then
+        stage memcheck "$T_SANITIZE" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool memcheck \
+            --error-exitcode 3 --print-limit 20 "$PY" bench/sanitize.py
+        stage racecheck "$T_SANITIZE" "$SAN" --tool racecheck --error-exitcode 3 --print-limit 20 \
+            "$PY" bench/sanitize.py
+        sed -n '/^===== sanitize-plain /,$p' "$LOG" | grep -E ': (ok|ERROR)|ERROR SUMMARY|RACECHECK SUMMARY' \
+            | sort | uniq -c | head -n 40
+    else
+        echo "compute-sanitizer not found (PATH, /usr/local/cuda/bin): sanitizer stages skipped" | tee -a "$LOG"
+    fi
+fi
+
+if want bench; then
+    # no new case after T_BENCH-60 s (a case with a K=20 compile takes up to a minute); the results
+    # file is rewritten after every case, so a timeout keeps everything measured before it
+    stage bench "$T_BENCH" "$PY" -m bench run --out "$OUT" --name results --warmup 10 --rep 60 \
+        --budget-s $(( T_BENCH - 60 ))
+fi
+
+if want sweep; then
+    stage sweep "$T_SWEEP" "$PY" -m bench run --out "$OUT" --name sweep --case "$SWEEP_CASE" \
+        --preset "$SWEEP_PRESET" --mode fwd+bwd --sweep-bs "$SWEEP_BS" \
+        --provider reference,compiled,triton,triton-cg --warmup 10 --rep 40 --budget-s $(( T_SWEEP - 40 ))
+    [ -f "$OUT/sweep.json" ] && stage plot 60 "$PY" -m bench plot "$OUT/sweep.json" --mode fwd+bwd
+fi
+
+if want table; then
+    if [ -f "$OUT/results.json" ]; then
+        "$PY" -m bench table "$OUT/results.json" >"$OUT/table.md" 2>>"$LOG"
+    fi
+    echo
+    echo "gpu_run: done in $(( $(date +%s) - START ))s; files in $OUT:"
+    ls -1 "$OUT"
+    echo
+    [ -f "$OUT/table.md" ] && cat "$OUT/table.md"
+fi

@@ -1,0 +1,81 @@
+"""Run every Triton op once, forward and backward, at a small size: the script that
+``compute-sanitizer --tool memcheck|racecheck`` wraps in ``bench/gpu_run.sh``.
+
+    python bench/sanitize.py [--op NAME ...] [--dtype bf16|fp32|fp16]
+
+Shapes are small and not powers of two (masks, tails and more than one program are exercised)
+and bounded so that a run under the sanitizer stays short. Prints one line per op; exits non-zero
+when any op raises. Set ``PYTORCH_NO_CUDA_MEMORY_CACHING=1`` under memcheck so that an
+out-of-bounds access cannot land in a cached block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+SANITIZE_SIZES = dict(bs=5, T=5, D=40, B=4, r=7, nb=3, h=24, ffn_mult=2, n=11, d=40, fm_k=6, iters=3,
+                      tau=0.05)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import unimixer_kernels as uk
+    from bench.cases import CASES
+    from bench.presets import Preset
+
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--op", action="append", help="only these ops (repeatable)")
+    parser.add_argument("--backend", default="triton")
+    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    args = parser.parse_args(argv)
+    from unimixer_kernels._registry import triton_interpreter_on
+
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+    elif triton_interpreter_on():  # a dry run of this script on a CPU
+        device = torch.device("cpu")
+    else:
+        print("sanitize: no CUDA device (and TRITON_INTERPRET is not 1); nothing to run")
+        return 0
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    preset = Preset("sanitize", SANITIZE_SIZES)
+    by_op = {c.op: c for c in CASES.values() if c.op}
+    failures = 0
+    for name in sorted(uk.OPS):
+        if args.op and name not in args.op:
+            continue
+        if args.backend not in uk.OPS[name].impls:
+            continue
+        case = by_op.get(name)
+        if case is None:
+            print(f"{name}: no inputs in bench/cases.py, not run")
+            continue
+        t0 = time.perf_counter()
+        try:
+            setup = case.factory(preset, device, dtype)
+            impl = setup.impls[args.backend]()
+            inputs = setup.make_inputs()
+            out = impl.fwd(*inputs)
+            outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,))
+                    if isinstance(o, torch.Tensor) and o.requires_grad]
+            leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+            torch.autograd.grad(outs, leaves, [torch.randn_like(o) for o in outs], allow_unused=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            print(f"{name}: ok fwd+bwd ({time.perf_counter() - t0:.1f}s)", flush=True)
+        except Exception as exc:
+            failures += 1
+            print(f"{name}: ERROR {type(exc).__name__}: {exc}".splitlines()[0][:400], flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
