@@ -4,23 +4,28 @@ Maths
 -----
 With ``S0 = sym(M) / tau`` (``sym(M) = (M + M^T)/2`` if symmetric, else ``M``), the reference
 iterates ``S <- S - lse_row(S)``, ``S <- S - lse_col(S)`` ``K`` times. Every iterate has the form
-``S0[i, j] - u[i] - v[j]``, so the kernels carry only the potentials::
+``S0[i, j] - u[i] - v[j]``, so the kernels carry only the potentials. The first iteration is
+done as the reference does it, giving ``R1 = S0 - u_1`` (rows) and ``T1 = R1 - v_1``; later
+potentials are kept *relative* to it (small numbers, so the fp32 iterates keep the reference's
+precision even at tau = 0.05, where ``S0`` reaches hundreds)::
 
-    u_k[i] = lse_j(S0[i, j] - v_{k-1}[j])          (row step k, v_0 = 0)
-    v_k[j] = lse_i(S0[i, j] - u_k[i])              (column step k)
-    P      = exp(S0 - u_K[i] - v_K[j])
+    u_1[i] = lse_j S0[i, j]             v_1[j] = lse_i R1[i, j]
+    u_k[i] = lse_j(T1[i, j] - v_{k-1}[j])   (k >= 2, v_1 := 0 here: relative)
+    v_k[j] = lse_i(T1[i, j] - u_k[i])
+    P      = exp(T1 - u_K[i] - v_K[j])      (u_K = v_K = 0 if K = 1)
 
-``lse`` subtracts the running maximum before ``exp``, all in fp32. Saved for backward: ``u_k`` and
-``v_k`` for ``k = 1..K`` (``2*K*n`` fp32 per matrix), nothing of size ``n^2``.
+``lse`` subtracts the running maximum before ``exp``; everything is fp32. **Saved for backward:**
+``U, V [n_mat, K, n]`` fp32 (``U[:, 0] = u_1``, ``U[:, k] = u_{k+1}`` relative, same for V):
+``2*K*n`` floats per matrix, nothing of size ``n^2``.
 
 Backward (the gradient of the unrolled map, as autograd gives on the reference) walks the
-iterations in reverse with one working gradient ``G`` (fp32, ``n x n``) and recomputes the
-iterates from ``S0`` and the potentials::
+iterations in reverse with one working gradient ``G`` (fp32, ``n x n``) and recomputes each
+iterate ``E = exp(S)`` from ``S0`` and the potentials::
 
     G = dP * P
     for k = K .. 1:
-        E = exp(S0 - u_k - v_k);      G -= E * colsum(G)[None, :]     (column step k)
-        E = exp(S0 - u_k - v_{k-1});  G -= E * rowsum(G)[:, None]     (row step k)
+        G -= E_col(k) * colsum(G)[None, :]    E_col(k) = exp(T1 - u_k - v_k)   (exp(T1) for k = 1)
+        G -= E_row(k) * rowsum(G)[:, None]    E_row(k) = exp(T1 - u_k - v_{k-1}) (exp(R1) for k = 1)
     dS0 = G;   dM = sym(G) / tau
 
 Two layouts
@@ -39,11 +44,12 @@ Two layouts
 
   ``S0`` comes from one of: the logits (first pass only; it writes ``S0`` once to an fp32
   ``n x n`` workspace, freed at the end of the call, never saved), that workspace, or, for Lite
-  (matrix free), ``A' @ B'`` formed per tile with ``tl.dot`` (``r`` MACs per entry; symmetric uses
-  the rank-``2r`` factors ``[A | B^T]``, ``[B ; A^T]``), so no ``n x n`` logits are ever read. The
-  backward keeps ``G`` in an fp32 ``n x n`` workspace (in L2 for n = 1024). For Lite the
-  backward materialises ``dM`` (fp32 ``n x n``) once; ``dA = dM B^T`` and ``dB = A^T dM`` are two
-  GEMMs done by the caller.
+  (matrix free), ``A @ B`` formed per tile with ``tl.dot`` (``r`` MACs per entry, fp32 IEEE
+  for fp32 factors; symmetric adds the product of the transposed tile, so ``S0`` is exactly
+  symmetric as in the reference), so no ``n x n`` logits are ever read. The backward keeps ``G``
+  in an fp32 ``n x n`` workspace (in L2 for n = 1024). For Lite the backward materialises
+  ``dM`` (fp32 ``n x n``) once; ``dA = dM B^T`` and ``dB = A^T dM`` are two GEMMs done by the
+  caller with torch (cuBLAS).
 
 Rows and matrices are indexed in int64.
 """
@@ -228,7 +234,8 @@ def _tile_logits(
 
     MODE 0: from the logits ``SRC`` (strided, any float dtype), symmetrised and scaled.
     MODE 1: from the contiguous fp32 workspace ``WS`` written by MODE 0.
-    MODE 2: ``(A @ B) * scale`` with ``A [n, rank]``, ``B [rank, n]`` (matrix free)."""
+    MODE 2: ``(A @ B) * scale`` (plus its transpose if symmetric) with ``A [n, rank]``,
+    ``B [rank, n]`` (matrix free)."""
     rmask = rows < n
     cmask = cols < n
     m2 = rmask[:, None] & cmask[None, :]
@@ -244,20 +251,32 @@ def _tile_logits(
     elif MODE == 1:
         x = tl.load(WS + mat * n * n + rows[:, None] * n + cols[None, :], mask=m2, other=0.0)
     else:
-        acc = tl.zeros([BM, BN], dtype=tl.float32)
-        for k0 in range(0, rank, BK):
-            ks = k0 + tl.arange(0, BK)
-            kmask = ks < rank
-            a = tl.load(A + rows[:, None] * sa0 + ks[None, :] * sa1, mask=rmask[:, None] & kmask[None, :],
-                        other=0.0)
-            b = tl.load(B + ks[:, None] * sb0 + cols[None, :] * sb1, mask=kmask[:, None] & cmask[None, :],
-                        other=0.0)
-            if DOT_IEEE:
-                acc = tl.dot(a, b, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, b, acc)
-        x = acc * scale
+        x = _lowrank_tile(A, B, rows, cols, rmask, cmask, rank, sa0, sa1, sb0, sb1, BM, BN, BK, DOT_IEEE)
+        if SYMMETRIC:
+            # (A B)^T tile from its own product, so S0 is exactly symmetric, as in the reference
+            xt = _lowrank_tile(A, B, cols, rows, cmask, rmask, rank, sa0, sa1, sb0, sb1, BN, BM, BK, DOT_IEEE)
+            x = x + tl.trans(xt)
+        x = x * scale
     return x
+
+
+@triton.jit
+def _lowrank_tile(A, B, rows, cols, rmask, cmask, rank, sa0, sa1, sb0, sb1,
+                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr):
+    """``(A @ B)[rows, cols]`` in fp32, ``rank`` MACs per entry."""
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in range(0, rank, BK):
+        ks = k0 + tl.arange(0, BK)
+        kmask = ks < rank
+        a = tl.load(A + rows[:, None] * sa0 + ks[None, :] * sa1, mask=rmask[:, None] & kmask[None, :],
+                    other=0.0)
+        b = tl.load(B + ks[:, None] * sb0 + cols[None, :] * sb1, mask=kmask[:, None] & cmask[None, :],
+                    other=0.0)
+        if DOT_IEEE:
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
+    return acc
 
 
 @triton.jit
@@ -416,11 +435,12 @@ def sinkhorn_tile_sym_kernel(G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: t
 # --- launchers ---------------------------------------------------------------------------------
 
 
-def _small_block(n: int, n_mat: int) -> tuple[int, int]:
+def _small_block(n: int, n_mat: int, device: torch.device) -> tuple[int, int]:
     npad = triton.next_power_of_2(max(n, 1))
     mb = max(1, SMALL_BLOCK_ELEMS // (npad * npad))
-    # keep enough programs to fill a GPU when the batch is moderate
-    mb = min(mb, triton.next_power_of_2(max(1, triton.cdiv(n_mat, 128))))
+    if device.type == "cuda":
+        # keep enough programs to fill the GPU when the batch is moderate
+        mb = min(mb, triton.next_power_of_2(max(1, triton.cdiv(n_mat, 128))))
     return mb, npad
 
 
@@ -455,7 +475,7 @@ def small_fwd(x, omega, n_mat, n, iters, tau, symmetric):
     v = new_output((n_mat, iters, n), like=x, dtype=torch.float32)
     if n_mat == 0:
         return p, u, v
-    mb, npad = _small_block(n, n_mat)
+    mb, npad = _small_block(n, n_mat, x.device)
     om = omega if lite else x
     sinkhorn_small_fwd_kernel[(triton.cdiv(n_mat, mb),)](
         x, om, p, u, v,
@@ -471,7 +491,7 @@ def small_bwd(dp, x, omega, u, v, n_mat, n, iters, tau, symmetric):
     """Batched in-register backward: ``dM [n_mat, n, n]`` (dtype of ``x``), or for Lite
     ``(d omega, d Z)``."""
     lite = omega is not None
-    mb, npad = _small_block(n, n_mat)
+    mb, npad = _small_block(n, n_mat, x.device)
     programs = triton.cdiv(n_mat, mb) if n_mat else 0
     if lite:
         nb = omega.shape[1]
@@ -517,8 +537,8 @@ def _tile_args(n, src, a, b):
 
 
 def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
-    """Tiled forward of ``src [n_mat, n, n]`` (dense) or of ``a @ b`` (``a [n, R]``, ``b [R, n]``,
-    already the symmetric rank-2r factors if symmetric; ``n_mat == 1``). Returns ``(P, U, V)``."""
+    """Tiled forward of ``src [n_mat, n, n]`` (dense) or of ``a @ b`` (``a [n, r]``, ``b [r, n]``,
+    ``n_mat == 1``). Returns ``(P, U, V)``."""
     like = src if src is not None else a
     p = new_output((n_mat, n, n), like=like, dtype=torch.float32)
     u = new_output((n_mat, iters, n), like=like, dtype=torch.float32)
@@ -530,12 +550,8 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
     pr = torch.empty((n_mat, n_ct, n), device=like.device, dtype=torch.float32)
     pc = torch.empty((n_mat, n_rt, n), device=like.device, dtype=torch.float32)
     grid = (n_rt * n_ct, n_mat)
-    if mode == _LOWRANK:
-        scale = 1.0 / tau  # the symmetric factors carry the 1/2 already
-        s_src, s_a, s_b = a, a, b
-    else:
-        scale = (0.5 if symmetric else 1.0) / tau
-        s_src, s_a, s_b = src, src, src
+    scale = (0.5 if symmetric else 1.0) / tau
+    s_src, s_a, s_b = (a, a, b) if mode == _LOWRANK else (src, src, src)
 
     def launch(phase, k, m):
         sinkhorn_tile_fwd_kernel[grid](
@@ -565,13 +581,8 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     pr = torch.empty((n_mat, n_ct, n), device=like.device, dtype=torch.float32)
     pc = torch.empty((n_mat, n_rt, n), device=like.device, dtype=torch.float32)
     grid = (n_rt * n_ct, n_mat)
-    if mode == _LOWRANK:
-        scale = 1.0 / tau
-        s_src, s_a, s_b = a, a, b
-    else:
-        scale = (0.5 if symmetric else 1.0) / tau
-        s_src, s_a, s_b = src, src, src
-    grad_scale = (0.5 if symmetric else 1.0) / tau
+    scale = grad_scale = (0.5 if symmetric else 1.0) / tau
+    s_src, s_a, s_b = (a, a, b) if mode == _LOWRANK else (src, src, src)
 
     def launch(phase, k, m, last=False):
         sinkhorn_tile_bwd_kernel[grid](
@@ -639,11 +650,7 @@ def lite_local_bwd(dp, omega, basis, u, v, tau: float, iters: int, symmetric: bo
 
 def _lowrank_factors(a_g: torch.Tensor, b_g: torch.Tensor, symmetric: bool):
     dtype = torch.promote_types(a_g.dtype, b_g.dtype)
-    a, b = a_g.to(dtype), b_g.to(dtype)
-    if symmetric:
-        # (A B + B^T A^T) / 2 = [A | B^T] [B ; A^T] / 2: the 1/2 goes into the factors' scale
-        a, b = torch.cat([a, b.t()], 1) * 0.5, torch.cat([b, a.t()], 0)
-    return a, b
+    return a_g.to(dtype), b_g.to(dtype)
 
 
 def lite_global_fwd(a_g: torch.Tensor, b_g: torch.Tensor, tau: float, iters: int, symmetric: bool):

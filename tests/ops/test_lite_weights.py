@@ -1,0 +1,181 @@
+"""lite_weights: the fused local and matrix-free global Triton kernels against the fp64 reference
+(SPEC §3, §8): both outputs, and the gradients to omega, the basis, A_G and B_G."""
+
+import pytest
+import torch
+from unimixer_kernels.triton_kernels import sinkhorn as sk_kernels
+
+import unimixer_kernels as uk
+from unimixer_kernels.ops.sinkhorn import lite_global_bwd, lite_global_fwd, lite_local_bwd, lite_local_fwd
+from unimixer_kernels.testing import check_against_reference, random_input
+
+
+def _inputs(n, nb, bsz, r, dtype, device, noncontiguous=False):
+    """Factors scaled so that both logits have unit variance (as trained weights have, roughly).
+
+    Much larger logits at tau = 0.05 make the output hinge on the last bit of each fp32 logit:
+    the kernel and the fp32 reference then round the rank-r sums differently, and the SPEC §8
+    ratio compares two equally valid roundings."""
+
+    def mk(shape, scale):
+        return random_input(shape, dtype, device, requires_grad=True, noncontiguous=noncontiguous,
+                            scale=scale)
+
+    return mk((n, nb), nb**-0.25), mk((nb, bsz, bsz), nb**-0.25), mk((n, r), r**-0.25), mk((r, n), r**-0.25)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("n,nb,bsz,r", [(5, 2, 3, 3), (21, 4, 4, 6)])
+@pytest.mark.parametrize("tau", [0.05, 1.0])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_lite_weights_triton(device, kernel_dtype, n, nb, bsz, r, tau, symmetric):
+    args = _inputs(n, nb, bsz, r, kernel_dtype, device)
+    check_against_reference(uk.lite_weights, (*args, tau, 1, symmetric), backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("tau,symmetric", [(0.05, True), (1.0, False)])
+def test_lite_weights_triton_k20(device, kernel_dtype, tau, symmetric):
+    args = _inputs(5, 2, 3, 3, kernel_dtype, device)
+    check_against_reference(uk.lite_weights, (*args, tau, 20, symmetric), backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_lite_weights_noncontiguous(device, kernel_dtype, symmetric):
+    args = _inputs(7, 3, 5, 4, kernel_dtype, device, noncontiguous=True)
+    assert not any(t.is_contiguous() for t in args)
+    check_against_reference(uk.lite_weights, (*args, 0.3, 3, symmetric), backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_lite_weights_global_many_tiles(device, monkeypatch, symmetric):
+    # 16 x 16 tiles: the global matrix (N = 37) spans 3 x 3 tiles; rank 40 spans two BK chunks
+    # (symmetric: rank 80 in the stacked factors)
+    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
+    args = _inputs(37, 2, 4, 40, torch.float32, device)
+    check_against_reference(uk.lite_weights, (*args, 0.05, 2, symmetric), backend="triton")
+
+
+@pytest.mark.triton
+def test_lite_weights_large_blocks(device, monkeypatch):
+    # blocks above the in-register limit go through torch composition + the tiled kernels
+    monkeypatch.setattr(sk_kernels, "SMALL_MAX_N", 4)
+    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
+    args = _inputs(3, 2, 18, 3, torch.float32, device)
+    check_against_reference(uk.lite_weights, (*args, 0.5, 2, True), backend="triton")
+
+
+@pytest.mark.triton
+def test_lite_weights_many_blocks(device):
+    # paper-like local shape (B = 4, b = 4), several programs and a ragged last one
+    args = _inputs(300, 4, 4, 3, torch.float32, device)
+    check_against_reference(uk.lite_weights, (*args, 0.05, 1, True), backend="triton")
+
+
+@pytest.mark.triton
+def test_lite_weights_doubly_stochastic(device):
+    args = [t.detach() for t in _inputs(9, 3, 4, 5, torch.float32, device)]
+    w_local, w_global = uk.lite_weights(*args, tau=1.0, iters=20, backend="triton")
+    assert w_local.dtype == w_global.dtype == torch.float32
+    for w in (w_local, w_global):
+        torch.testing.assert_close(w.double().sum(-2).cpu(), torch.ones(w.shape[:-2] + w.shape[-1:],
+                                   dtype=torch.float64), rtol=0, atol=1e-5)
+        torch.testing.assert_close(w.double().sum(-1).cpu(), torch.ones(w.shape[:-1], dtype=torch.float64),
+                                   rtol=0, atol=1e-3)
+
+
+@pytest.mark.triton
+def test_lite_weights_saves_only_potentials(device):
+    """Autograd keeps the (small) inputs by reference and O(K * N * (B + 1)) potentials; no N x N."""
+    n, nb, bsz, r, k = 24, 3, 4, 3, 5
+    args = _inputs(n, nb, bsz, r, torch.float32, device)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        w_local, w_global = uk.lite_weights(*args, tau=0.5, iters=k, backend="triton")
+    ptrs = {t.untyped_storage().data_ptr() for t in args}
+    new = [t for t in saved if t.untyped_storage().data_ptr() not in ptrs]
+    assert sum(t.numel() for t in new) <= 2 * k * n * bsz + 2 * k * n
+    assert all(t.numel() < n * n for t in saved)
+    (w_local.sum() + (w_global * torch.randn_like(w_global)).sum()).backward()
+    assert all(torch.isfinite(t.grad).all() for t in args)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_lite_opcheck(device, symmetric):
+    omega, basis, a_g, b_g = _inputs(6, 2, 3, 4, torch.float32, device)
+    torch.library.opcheck(lite_local_fwd, (omega, basis, 0.5, 2, symmetric))
+    torch.library.opcheck(lite_global_fwd, (a_g, b_g, 0.5, 2, symmetric))
+    w, u, v = lite_local_fwd(omega.detach(), basis.detach(), 0.5, 2, symmetric)
+    torch.library.opcheck(lite_local_bwd, (torch.randn_like(w), omega.detach(), basis.detach(), u, v,
+                                           0.5, 2, symmetric))
+    w, u, v = lite_global_fwd(a_g.detach(), b_g.detach(), 0.5, 2, symmetric)
+    torch.library.opcheck(lite_global_bwd, (torch.randn_like(w), a_g.detach(), b_g.detach(), u, v,
+                                            0.5, 2, symmetric))
+
+
+@pytest.mark.triton
+def test_lite_weights_rejects_float64_on_triton(device):
+    args = [t.detach().double() for t in _inputs(4, 2, 3, 2, torch.float32, device)]
+    with pytest.raises(TypeError, match="omega"):
+        uk.lite_weights(*args, backend="triton")
+
+
+def test_lite_weights_bad_shapes():
+    omega, basis, a_g, b_g = torch.randn(4, 2), torch.randn(2, 3, 3), torch.randn(4, 2), torch.randn(2, 4)
+    with pytest.raises(ValueError, match="basis"):
+        uk.lite_weights(omega, torch.randn(3, 3, 3), a_g, b_g)
+    with pytest.raises(ValueError, match="a_g"):
+        uk.lite_weights(omega, basis, torch.randn(5, 2), b_g)
+    with pytest.raises(ValueError, match="b_g"):
+        uk.lite_weights(omega, basis, a_g, torch.randn(3, 4))
+    with pytest.raises(ValueError, match="tau"):
+        uk.lite_weights(omega, basis, a_g, b_g, tau=0)
+    with pytest.raises(ValueError, match="iters"):
+        uk.lite_weights(omega, basis, a_g, b_g, iters=0)
+
+
+# --- GPU: SPEC §10 presets ----------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize(
+    "n,nb,bsz,r",
+    [(1024, 4, 4, 128), (384, 4, 4, 48), (4096, 4, 4, 256)],
+    ids=["paper-small", "lite-2.5m", "paper-100m"],
+)
+@pytest.mark.parametrize("iters", [1, 20])
+def test_lite_weights_preset_gpu(kernel_dtype, n, nb, bsz, r, iters):
+    args = _inputs(n, nb, bsz, r, kernel_dtype, "cuda")
+    check_against_reference(uk.lite_weights, (*args, 0.05, iters, True), backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+def test_lite_weights_hypothesis_gpu():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(deadline=None, max_examples=30)
+    @hypothesis.given(
+        n=st.integers(1, 300),
+        nb=st.integers(1, 6),
+        bsz=st.integers(1, 48),
+        r=st.integers(1, 70),
+        iters=st.integers(1, 22),
+        tau=st.sampled_from([0.05, 0.2, 1.0]),
+        symmetric=st.booleans(),
+    )
+    def run(n, nb, bsz, r, iters, tau, symmetric):
+        args = _inputs(n, nb, bsz, r, torch.float32, "cuda")
+        check_against_reference(uk.lite_weights, (*args, tau, iters, symmetric), backend="triton")
+
+    run()
