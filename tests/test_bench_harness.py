@@ -1,0 +1,199 @@
+"""The benchmark harness (bench/), on the CPU in seconds: the floor model's arithmetic against
+PERF.md's floors, the SPEC §10 presets, the case plans, the results files and their header, the
+table, the regression comparison and the progress bar."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # bench/ is a top-level folder, run from the repo root, not installed
+    sys.path.insert(0, str(ROOT))
+
+from bench import model  # noqa: E402
+from bench.cases import CASES, CPU_PLAN, CPU_QUICK, GPU_PLAN, GPU_QUICK, plan_for  # noqa: E402
+from bench.ceilings import Ceilings, reference_h200  # noqa: E402
+from bench.presets import PRESETS  # noqa: E402
+from bench.progress import Progress  # noqa: E402
+from bench.report import compare, markdown_table  # noqa: E402
+from bench.runner import CaseRunner, add_speedups, load_results, providers_for, write_results  # noqa: E402
+
+H200 = reference_h200()
+
+
+def floor_ms(case: str, preset: str, mode: str, elem: int = 2) -> float:
+    seconds, _ = model.floor_of(model.traffic(case, PRESETS[preset], mode, elem), H200.copy_bytes_per_s,
+                                H200.matmul_flops_per_s)
+    return seconds * 1e3
+
+
+@pytest.mark.parametrize("case,preset,mode,perf_ms,rel", [
+    # PERF.md's floor column (fwd+bwd unless noted), at copy 4.14 TB/s and matmul 680 TFLOP/s
+    ("unimixer-block", "paper-small", "fwd+bwd", 0.114, 0.02),
+    # Lite also counts the A_G @ B_G GEMM and its two gradient GEMMs (PERF.md leaves them out): +2..3%
+    ("unimixer-block-lite", "paper-small", "fwd+bwd", 0.114, 0.04),
+    ("unimixer-block-lite", "paper-100m", "fwd+bwd", 1.82, 0.04),
+    ("unimixer-block", "paper-small", "infer", 0.04, 0.1),
+    ("unimixing", "paper-small", "fwd+bwd", 0.076, 0.02),
+    ("unimixing", "paper-100m", "fwd+bwd", 1.21, 0.02),
+    ("unimixing", "rankmixer-100m", "fwd+bwd", 0.068, 0.02),
+    ("rankmixer-block", "rankmixer-100m", "fwd+bwd", 1.36, 0.02),
+    ("fm_interaction", "wukong", "fwd+bwd", 0.10, 0.1),
+])
+def test_floors_match_perf_md(case, preset, mode, perf_ms, rel):
+    assert floor_ms(case, preset, mode) == pytest.approx(perf_ms, rel=rel)
+
+
+def test_unimixing_flops_formula():
+    p = PRESETS["paper-small"]
+    n, b, bs = 1024, 4, 2048
+    assert p["N"] == n
+    assert model.unimixing_flops(p) == 2 * bs * (n * n * b + n * b * b)
+    fwd = model.traffic("unimixing", p, "fwd", 2)[0]
+    both = model.traffic("unimixing", p, "fwd+bwd", 2)[0]
+    assert both.flops == 3 * fwd.flops
+
+
+def test_io_rule_counts_each_tensor_once():
+    t = model.io_traffic("fwd", [10, 20], [True, False], [5], 7)
+    assert (t.bytes, t.flops) == (35, 7)
+    t = model.io_traffic("bwd", [10, 20], [True, False], [5], 7)
+    assert (t.bytes, t.flops) == (5 + 30 + 10, 14)  # grad_out + inputs + grad of input 0
+    t = model.io_traffic("fwd+bwd", [10, 20], [True, False], [5], 7)
+    assert (t.bytes, t.flops) == (35 + 45, 21)
+    with pytest.raises(ValueError, match="mode"):
+        model.io_traffic("sideways", [1], [True], [1], 1)
+
+
+def test_floor_is_max_of_bytes_and_flops_and_min_over_strategies():
+    copy, mm = 1e12, 1e15
+    mem, comp = model.Traffic(2e12, 0.0), model.Traffic(0.0, 3e15)
+    assert mem.floor_s(copy, mm) == pytest.approx(2.0)
+    assert model.Traffic(2e12, 3e15).floor_s(copy, mm) == pytest.approx(3.0)
+    seconds, best = model.floor_of([mem, comp], copy, mm)
+    assert seconds == pytest.approx(2.0) and best is mem
+
+
+def test_sinkhorn_floor_counts_2k_passes():
+    p = PRESETS["paper-100m"]  # N = 4096
+    t = model.traffic("sinkhorn", p, "fwd", 2)[0]
+    mat = 4096 * 4096 * 4
+    assert t.bytes == pytest.approx(2 * 20 * mat + 2 * mat)
+
+
+def test_lite_global_floor_takes_the_cheaper_strategy():
+    p = PRESETS["paper-100m"]
+    alts = model.traffic("lite_weights", p, "fwd", 2)
+    assert len(alts) == 2
+    seconds, best = model.floor_of(alts, H200.copy_bytes_per_s, H200.matmul_flops_per_s)
+    assert seconds == min(a.floor_s(H200.copy_bytes_per_s, H200.matmul_flops_per_s) for a in alts)
+
+
+def test_presets_are_spec_table_10():
+    spec = {
+        "paper-small": (2048, 32, 128, 4, 1024),
+        "lite-2.5m": (2048, 16, 96, 4, 384),
+        "paper-100m": (2048, 32, 512, 4, 4096),
+        "rankmixer-100m": (2048, 16, 768, 48, 256),
+        "rankmixer-1b": (512, 32, 1536, 48, 1024),
+    }
+    for name, (bs, t, d, b, n) in spec.items():
+        p = PRESETS[name]
+        assert (p["bs"], p["T"], p["D"], p["B"], p["N"]) == (bs, t, d, b, n)
+    assert (PRESETS["paper-small"]["r"], PRESETS["paper-small"]["h"]) == (128, 176)
+    wk, dl = PRESETS["wukong"], PRESETS["dlrm-criteo"]
+    assert (wk["bs"], wk["n"], wk["d"], wk["fm_k"]) == (4096, 64, 256, 32)
+    assert (dl["bs"], dl["n"], dl["d"]) == (8192, 27, 128)
+    assert PRESETS["paper-small"]["iters"] == 20 and PRESETS["paper-small"]["tau"] == 0.05
+    assert PRESETS["paper-small"].with_bs(256)["bs"] == 256 and PRESETS["paper-small"]["bs"] == 2048
+    with pytest.raises(KeyError, match="no size"):
+        PRESETS["wukong"]["h"]
+
+
+def test_plans_name_real_cases_that_apply():
+    for plan in (GPU_PLAN, GPU_QUICK, CPU_PLAN, CPU_QUICK):
+        for case, preset, modes in plan:
+            assert CASES[case].applies_to(PRESETS[preset]), (case, preset)
+            assert set(modes) <= set(CASES[case].modes)
+    required = {("unimixing", "paper-small"), ("sinkhorn", "paper-small"), ("sinkhorn", "paper-100m"),
+                ("lite_weights", "paper-100m"), ("unimixer-block", "paper-small"),
+                ("unimixer-block-lite", "paper-100m"), ("rankmixer-block", "rankmixer-100m"),
+                ("fm_interaction", "wukong"), ("pswiglu", "paper-small"), ("rms_norm", "paper-small")}
+    assert required <= {(c, p) for c, p, _ in GPU_PLAN}
+    assert all("infer" in m for c, p, m in GPU_PLAN if c.startswith("unimixer-block") and p == "paper-small")
+    sel = plan_for("cpu", quick=False, cases=["unimixing"], presets=["cpu-tiny", "cpu-tiny-wukong"])
+    assert [(c.name, p.name) for c, p, _ in sel] == [("unimixing", "cpu-tiny")]
+
+
+def test_providers_come_from_the_registry():
+    import unimixer_kernels as uk
+
+    provs = providers_for(CASES["rms_norm"])
+    assert provs[:3] == ["reference", "compiled", "compiled-cg"]
+    for backend in uk.OPS["rms_norm"].impls:
+        if backend != "reference":
+            assert backend in provs and f"{backend}-cg" in provs
+
+
+def _tiny_run(tmp_path):
+    fake = Ceilings(1e10, 1e11, "fake copy", "fake matmul")
+    runner = CaseRunner(torch.device("cpu"), torch.float32, fake, warmup_ms=0, rep_ms=1)
+    preset = PRESETS["cpu-tiny"].with_bs(4)
+    rows = runner.run_case(CASES["rms_norm"], preset, ("fwd", "fwd+bwd"),
+                           ["reference", "compiled-cg", "triton-cg"])
+    from bench.env import header
+
+    head = header(torch.device("cpu"), fake, dtype="float32")
+    return head, rows, write_results(tmp_path, "results", head, rows)
+
+
+def test_results_files_carry_the_header(tmp_path):
+    head, rows, (jpath, cpath) = _tiny_run(tmp_path)
+    loaded_head, loaded_rows = load_results(jpath)
+    for key in ("device", "torch", "triton", "cuda", "date_utc", "git_commit", "ceilings"):
+        assert key in loaded_head, key
+    assert loaded_head["ceilings"]["copy_bytes_per_s"] == 1e10
+    ok = [r for r in loaded_rows if r["status"] == "ok"]
+    assert {(r["mode"], r["provider"]) for r in ok} == {("fwd", "reference"), ("fwd+bwd", "reference")}
+    for r in ok:
+        assert r["ms"] > 0 and r["floor_ms"] > 0
+        assert r["ratio_to_floor"] == pytest.approx(r["ms"] / r["floor_ms"])
+    cg = [r for r in loaded_rows if r["provider"] == "compiled-cg"]
+    assert cg and all(r["status"].startswith("unavailable: CUDA graphs") for r in cg)
+    text = cpath.read_text()
+    assert text.startswith("# device:") and "case,preset,bs,mode,provider,status,ms" in text
+    assert json.loads(jpath.read_text())["rows"]
+
+
+def test_table_and_compare():
+    def row(provider, ms, mode="fwd+bwd", status="ok"):
+        return dict(case="unimixing", preset="paper-small", bs=2048, mode=mode, provider=provider,
+                    status=status, ms=ms, floor_ms=0.076, bound="compute")
+
+    old = add_speedups([row("reference", 2.0), row("compiled", 1.0), row("compiled-cg", 0.8),
+                        row("triton", 0.2)])
+    assert old[3]["speedup_vs_best_compile"] == pytest.approx(4.0)
+    table = markdown_table({"ceilings": {"copy_TBps": 4.14, "matmul_TFLOPs": 680}}, old)
+    assert "| unimixing | paper-small | fwd+bwd |" in table and "4.00×" in table and "2.63× (triton)" in table
+    new = [row("reference", 2.05), row("compiled", 1.0), row("compiled-cg", 0.8), row("triton", 0.3)]
+    text, bad = compare(old, new, 1.1)
+    assert bad == 1 and "regression" in text
+    assert compare(old, old, 1.1)[1] == 0
+    gone = [row("triton", None, status="error: boom")]
+    assert compare(old, gone, 1.1)[1] == 1
+
+
+def test_progress_bar(capsys):
+    import io
+
+    buf = io.StringIO()
+    bar = Progress(4, width=8, stream=buf)
+    bar.update("a")
+    bar.update("b", advance=3)
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("[##......] 1/4") and lines[1].startswith("[########] 4/4")
