@@ -166,9 +166,12 @@ def cmd_compare(args) -> int:
 
 
 def cmd_floors(args) -> int:
-    from .notes import floors_table
+    from .notes import floors_table, notes_sections
 
-    print(floors_table(_csv(args.preset), args.copy_tbps, args.matmul_tflops, args.dtype or "bf16"))
+    if args.notes:
+        print(notes_sections(args.copy_tbps, args.matmul_tflops, args.dtype or "bf16"))
+    else:
+        print(floors_table(_csv(args.preset), args.copy_tbps, args.matmul_tflops, args.dtype or "bf16"))
     return 0
 
 
@@ -223,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--copy-tbps", type=float, default=4.14)
     p.add_argument("--matmul-tflops", type=float, default=680.0)
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--notes", action="store_true", help="per-case sections, as in bench/NOTES.md")
     p.set_defaults(fn=cmd_floors)
     args = parser.parse_args(argv)
     if args.cmd is None:

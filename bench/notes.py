@@ -28,3 +28,54 @@ def floors_table(presets: list[str] | None, copy_tbps: float, matmul_tflops: flo
                 lines.append(f"| {case.name} | {pname} | {mode} | {t.bytes / 1e6:.1f} | "
                              f"{t.flops / 1e9:.2f} | {seconds * 1e3:.4f} | {bound} | {t.note} |")
     return "\n".join(lines)
+
+
+FORMULAS = {
+    "unimixing": "bytes: x, W_B (N·B²·4), W_G (N²·4) read, y written; bwd adds dy, dx, dW_B, dW_G. "
+                 "FLOPs 2·bs·(N²·B + N·B²) fwd, ×3 fwd+bwd.",
+    "unimixing_rmsnorm": "as UniMixing plus the norm weight; the norm's FLOPs are negligible.",
+    "sinkhorn": "2K passes over the N×N fp32 matrix in each direction (K=20: 40 fwd, 40 bwd) plus the "
+                "logits read and P written; ~4 element-wise FLOPs per entry per pass (never the bound).",
+    "lite_weights": "the cheaper of: materialised (A_G@B_G once, 2N²r FLOPs; passes over HBM as for "
+                    "Sinkhorn) and matrix-free (only A_G, B_G, omega, Z read and W_B, W_G written; "
+                    "every pass recomputes its logits tiles, 2K·2N²r FLOPs each way; dA, dB GEMMs in bwd).",
+    "rms_norm": "x and weight read, y written (bwd: dy, x, weight read; dx, dw written).",
+    "add_rms_norm": "x, residual, weight read; y and the sum written.",
+    "pswiglu": "u and W_gate, W_up, W_down (fp32) read, o written. FLOPs 2·bs·T·3·D·h fwd.",
+    "pgelu_ffn": "u, W1, b1, W2, b2 read, v written. FLOPs 2·bs·T·2·D·kD fwd.",
+    "fm_interaction": "x [bs,n,d] and y [n,k] read, out [bs,n,k] written. FLOPs 4·bs·n·d·k (X^T Y, then X·).",
+    "dot_interaction": "x read, the n(n-1)/2 pairs written. FLOPs 2·bs·d per pair.",
+    "token_mixer": "a permutation: x read, out written, no FLOPs.",
+    "token_mixer_residual_norm": "x, LN weight and bias read, out written.",
+    "unimixer-block": "activations: x read, (Xbar', Ybar') written; parameters (theta_B, theta_G, 3 norms, "
+                      "pSwiGLU) read once, their gradients written once. FLOPs: UniMixing + pSwiGLU, ×3 "
+                      "fwd+bwd. Sinkhorn counts only its parameters and result (passes stay in L2 at "
+                      "N=1024). infer: cached W_B, W_G, no gradients.",
+    "unimixer-block-lite": "as the full block with Lite parameters (omega, Z, A_G, B_G) and the A_G@B_G GEMM "
+                           "(2N²r, plus its two gradient GEMMs).",
+    "rankmixer-block": "x and parameters read, x' written; FLOPs of the PFFN, 2·bs·T·2·D·kD fwd "
+                       "(TokenMixer and LayerNorms are free next to it).",
+}
+
+
+def notes_sections(copy_tbps: float = 4.14, matmul_tflops: float = 680.0, dtype: str = "bf16") -> str:
+    """Per case: its floor model in words and its floor at each SPEC §10 preset it applies to."""
+    copy, mm = copy_tbps * 1e12, matmul_tflops * 1e12
+    out = []
+    for case in CASES.values():
+        presets = [p for p in GPU_PRESETS if case.applies_to(PRESETS[p])]
+        if not presets:
+            continue
+        modes = [m for m in ("fwd", "fwd+bwd", "infer") if m in case.modes]
+        out.append(f"### {case.name}: {case.title}\n\n{FORMULAS.get(case.name, '')}\n")
+        out.append("| preset | " + " | ".join(f"{m} floor ms (MB, GFLOP)" for m in modes) + " |")
+        out.append("|---|" + "---|" * len(modes))
+        for pname in presets:
+            cells = []
+            for m in modes:
+                seconds, t = floor_of(traffic(case.name, PRESETS[pname], m, ELEM[dtype]), copy, mm)
+                tag = "mem" if t.bytes / copy >= t.flops / mm else "com"
+                cells.append(f"{seconds * 1e3:.4g} {tag} ({t.bytes / 1e6:.0f}, {t.flops / 1e9:.3g})")
+            out.append(f"| {pname} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
