@@ -27,9 +27,14 @@ Backward, with ``dA = dO W2^T``::
 
 ``ffn_bwd_act_kernel`` (grid ``(T, cdiv(bs, BLOCK_S))``) recomputes or loads ``G, V``, forms
 ``dG, dV, A`` chunk by chunk, accumulates ``du`` in registers, and writes ``dG, dV, A``
-(``[T, bs, h]``, compute dtype) for ``ffn_bwd_weight_kernel`` (grid ``(T, D tiles, h tiles)``),
-which reduces over all samples in one program loop: weight and bias gradients are
-deterministic, with no atomics and no partial buffers.
+(``[T, bs, h]``, compute dtype) for ``ffn_bwd_weight_kernel`` (grid
+``(T * NSPLIT, D tiles, h tiles)``): each program reduces one contiguous range of samples in its
+loop into an fp32 partial, and the ``NSPLIT`` partials are summed in a second pass (``NSPLIT`` is
+sized so the grid fills the GPU; 1 when ``T`` alone does). Weight and bias gradients are
+deterministic: no atomics.
+
+Tiles (sample tile, hidden chunk, warps, stages) are autotuned on the GPU, keyed on ``D``, ``h``
+and the batch rounded up to a power of two; the interpreter uses one small configuration.
 
 Precision: fp32 inputs use ``input_precision="ieee"``; bf16/fp16 run the tensor cores with fp32
 accumulation, the hidden activation rounded to the input dtype before the second GEMM. When the
@@ -38,11 +43,49 @@ weights' dtype differs from ``u``'s, everything is computed in fp32.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import new_output
+from ._launch import bucket, new_output, num_programs_for
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _tile_configs() -> list:
+    """(token, sample tile) kernels: sample tile, hidden chunk, warps, pipeline stages. Configs
+    that do not fit in shared memory for a given ``D`` are skipped by the autotuner."""
+    if _interpreting():
+        return [triton.Config({"BLOCK_S": 32, "BLOCK_H": 32}, num_warps=4, num_stages=1)]
+    shapes = [(64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 4, 3), (128, 32, 8, 2), (128, 64, 8, 2),
+              (64, 64, 8, 2), (32, 32, 4, 2), (32, 64, 4, 1), (16, 32, 4, 1)]
+    return [triton.Config({"BLOCK_S": s, "BLOCK_H": h}, num_warps=w, num_stages=st) for s, h, w, st in shapes]
+
+
+def _prune_tiles(configs, named_args, **kwargs) -> list:
+    """Small batches (tests, tiny models) take one configuration that fits any ``D`` instead of
+    tuning: the tuning would cost more than it saves."""
+    if named_args["BS_KEY"] >= 1024 or len(configs) == 1:
+        return configs
+    s, h = (16, 32) if named_args["D"] > 256 else (32, 32)
+    return [c for c in configs if c.kwargs["BLOCK_S"] == s and c.kwargs["BLOCK_H"] == h][:1] or configs[-1:]
+
+
+def _prune_weight(configs, named_args, **kwargs) -> list:
+    if named_args["BS_KEY"] >= 1024 or len(configs) == 1:
+        return configs
+    return configs[-1:]
+
+
+def _weight_configs() -> list:
+    if _interpreting():
+        return [triton.Config({"BLOCK_S": 16}, num_warps=4, num_stages=1)]
+    shapes = [(32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 8, 2), (32, 4, 1)]
+    return [triton.Config({"BLOCK_S": s}, num_warps=w, num_stages=st) for s, w, st in shapes]
 
 
 @triton.jit
@@ -64,10 +107,12 @@ def _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
     return g, v
 
 
+@triton.autotune(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVE"],
+                 prune_configs_by={"early_config_prune": _prune_tiles})
 @triton.jit
 def ffn_fwd_kernel(
     U, W1, W3, W2, B1, B3, B2, OUT, G, V,
-    BS, D, H,
+    BS, D, H, BS_KEY,
     stride_us, stride_ut, stride_ud,
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr, HAS_B2: tl.constexpr,
     SAVE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
@@ -106,10 +151,12 @@ def ffn_fwd_kernel(
              acc.to(OUT.dtype.element_ty), mask=io_mask)
 
 
+@triton.autotune(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVED"],
+                 prune_configs_by={"early_config_prune": _prune_tiles})
 @triton.jit
 def ffn_bwd_act_kernel(
     DO, U, W1, W3, W2, B1, B3, G, V, DU, A, DG, DV,
-    BS, D, H,
+    BS, D, H, BS_KEY,
     stride_dos, stride_dot, stride_dod,
     stride_us, stride_ut, stride_ud,
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr,
@@ -169,18 +216,28 @@ def ffn_bwd_act_kernel(
              du.to(DU.dtype.element_ty), mask=io_mask)
 
 
+@triton.autotune(configs=_weight_configs(), key=["D", "H", "BS_KEY", "GATED", "NSPLIT"],
+                 prune_configs_by={"early_config_prune": _prune_weight})
 @triton.jit
 def ffn_bwd_weight_kernel(
     DO, U, A, DG, DV, DW1, DW3, DW2, DB1, DB3, DB2,
-    BS, D, H,
+    BS, D, H, BS_KEY, NSPLIT,
     stride_dos, stride_dot, stride_dod,
     stride_us, stride_ut, stride_ud,
     GATED: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    t = tl.program_id(0).to(tl.int64)
+    """Program ``(t * NSPLIT + split, d tile, h tile)`` reduces one contiguous range of samples
+    into its fp32 partial ``[NSPLIT, T, ...]`` slot; the caller sums the ``NSPLIT`` axis."""
+    pid0 = tl.program_id(0)
+    t = (pid0 // NSPLIT).to(tl.int64)
+    split = pid0 % NSPLIT
+    n_tokens = tl.num_programs(0) // NSPLIT
     pid_d = tl.program_id(1)
     pid_h = tl.program_id(2)
+    per_split = tl.cdiv(tl.cdiv(BS, NSPLIT), BLOCK_S) * BLOCK_S
+    s_begin = split * per_split
+    s_end = tl.minimum(s_begin + per_split, BS)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     mask_d = offs_d < D
@@ -191,9 +248,9 @@ def ffn_bwd_weight_kernel(
     acc_b1 = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc_b3 = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc_b2 = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for s0 in range(0, BS, BLOCK_S):
+    for s0 in range(s_begin, s_end, BLOCK_S):
         offs_s = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
-        mask_s = offs_s < BS
+        mask_s = offs_s < s_end
         ut = tl.load(U + offs_s[None, :] * stride_us + t * stride_ut + offs_d[:, None] * stride_ud,
                      mask=mask_d[:, None] & mask_s[None, :], other=0.0).to(CDT)
         do = tl.load(DO + offs_s[:, None] * stride_dos + t * stride_dot + offs_d[None, :] * stride_dod,
@@ -211,20 +268,21 @@ def ffn_bwd_weight_kernel(
                      mask=mask_h[:, None] & mask_s[None, :], other=0.0)
         acc_w2 = tl.dot(at, do, acc_w2, input_precision=PREC)
         acc_b2 += tl.sum(do.to(tl.float32), axis=0)
+    slot = split * n_tokens + t
     wmask = mask_d[:, None] & mask_h[None, :]
-    wid = t * D * H + offs_d[:, None] * H + offs_h[None, :]
-    tl.store(DW1 + wid, acc_w1.to(DW1.dtype.element_ty), mask=wmask)
+    wid = slot * D * H + offs_d[:, None] * H + offs_h[None, :]
+    tl.store(DW1 + wid, acc_w1, mask=wmask)
     if GATED:
-        tl.store(DW3 + wid, acc_w3.to(DW3.dtype.element_ty), mask=wmask)
-    tl.store(DW2 + t * H * D + offs_h[:, None] * D + offs_d[None, :], acc_w2.to(DW2.dtype.element_ty),
+        tl.store(DW3 + wid, acc_w3, mask=wmask)
+    tl.store(DW2 + slot * H * D + offs_h[:, None] * D + offs_d[None, :], acc_w2,
              mask=mask_h[:, None] & mask_d[None, :])
     # one program column writes each bias gradient, so every element is written exactly once
     if pid_d == 0:
-        tl.store(DB1 + t * H + offs_h, acc_b1, mask=mask_h)
+        tl.store(DB1 + slot * H + offs_h, acc_b1, mask=mask_h)
         if GATED:
-            tl.store(DB3 + t * H + offs_h, acc_b3, mask=mask_h)
+            tl.store(DB3 + slot * H + offs_h, acc_b3, mask=mask_h)
     if pid_h == 0:
-        tl.store(DB2 + t * D + offs_d, acc_b2, mask=mask_d)
+        tl.store(DB2 + slot * D + offs_d, acc_b2, mask=mask_d)
 
 
 # --- launchers -------------------------------------------------------------------------------
@@ -245,15 +303,17 @@ def _prec(cdt: torch.dtype) -> str:
     return "ieee" if cdt in (torch.float32, torch.float64) else "tf32"
 
 
-def _tiles(d: int, h: int, cdt: torch.dtype) -> tuple[int, int, int, int]:
-    """``(BLOCK_S, BLOCK_D, BLOCK_H, num_warps)`` for the (token, sample tile) kernels: the whole
-    width ``D`` stays in registers, so the sample tile shrinks as ``D`` grows."""
-    block_d = max(16, triton.next_power_of_2(d))
-    block_s = 64 if block_d <= 128 else (32 if block_d <= 256 else 16)
-    block_h = 64 if block_d <= 256 else 32
-    block_h = min(block_h, max(16, triton.next_power_of_2(h)))
-    num_warps = 4 if block_d <= 128 else 8
-    return block_s, block_d, block_h, num_warps
+def _block_d(d: int) -> int:
+    """The whole width ``D`` stays in registers in the (token, sample tile) kernels."""
+    return max(16, triton.next_power_of_2(d))
+
+
+def _num_splits(bs: int, tiles: int, device: torch.device) -> int:
+    """Sample ranges per token in the weight-gradient pass: enough programs to fill the GPU,
+    each range at least 256 samples (a few in the interpreter)."""
+    target = num_programs_for(1 << 30, device, per_sm=2)
+    min_range = 256 if device.type == "cuda" else 16
+    return max(1, min(triton.cdiv(target, tiles), triton.cdiv(bs, min_range)))
 
 
 def _contig(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -285,17 +345,15 @@ def ffn_fwd(
     v = new_output((t, bs, h), like=u, dtype=cdt) if save and gated else None
     if bs == 0 or t == 0:
         return o, g, v
-    block_s, block_d, block_h, num_warps = _tiles(d, h, cdt)
     dummy = w1
-    ffn_fwd_kernel[(t, triton.cdiv(bs, block_s))](
+    ffn_fwd_kernel[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
         u, w1, w3 if gated else dummy, w2,
         b1 if b1 is not None else dummy, b3 if b3 is not None else dummy, b2 if b2 is not None else dummy,
         o, g if save else o, v if v is not None else o,
-        bs, d, h,
+        bs, d, h, bucket(bs),
         u.stride(0), u.stride(1), u.stride(2),
         GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None, HAS_B2=b2 is not None,
-        SAVE=save, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt),
-        BLOCK_S=block_s, BLOCK_D=block_d, BLOCK_H=block_h, num_warps=num_warps,
+        SAVE=save, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
     )
     return o, g, v
 
@@ -310,10 +368,13 @@ def ffn_bwd(
     b3: torch.Tensor | None,
     g: torch.Tensor | None,
     v: torch.Tensor | None,
+    n_split: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Backward of :func:`ffn_fwd`. ``g``/``v`` are the saved hidden pre-activations, or ``None``
-    to recompute them. Returns ``(du, dw1, dw3 or None, dw2, db1, db3 or None, db2)``; the bias
-    gradients are fp32 ``[T, h]`` / ``[T, D]`` (cast by the caller)."""
+    to recompute them. ``n_split`` (default: sized to the GPU) is the number of sample ranges
+    per token whose fp32 weight-gradient partials are summed in a second pass. Returns
+    ``(du, dw1, dw3 or None, dw2, db1, db3 or None, db2)``; the bias gradients are fp32
+    ``[T, h]`` / ``[T, D]`` (cast by the caller)."""
     bs, t, d = u.shape
     h = w1.shape[-1]
     gated = w3 is not None
@@ -321,46 +382,53 @@ def ffn_bwd(
     cdt = _compute_dtype(u, [w for w in (w1, w3, w2) if w is not None])
     tdt = _TL_DTYPES[cdt]
     du = new_output((bs, t, d), like=u)
-    dw1 = new_output(w1.shape, like=w1)
-    dw3 = new_output(w3.shape, like=w3) if gated else None
-    dw2 = new_output(w2.shape, like=w2)
-    db1 = new_output((t, h), like=u, dtype=torch.float32)
-    db3 = new_output((t, h), like=u, dtype=torch.float32) if gated else None
-    db2 = new_output((t, d), like=u, dtype=torch.float32)
-    if t == 0:
-        return du, dw1, dw3, dw2, db1, db3, db2
-    if bs == 0:
-        for x in (dw1, dw3, dw2, db1, db3, db2):
-            if x is not None:
-                x.zero_()
-        return du, dw1, dw3, dw2, db1, db3, db2
+    if t == 0 or bs == 0:
+        zeros = [torch.zeros(x.shape, device=u.device, dtype=x.dtype) if x is not None else None
+                 for x in (w1, w3, w2)]
+        fz = [torch.zeros(shape, device=u.device, dtype=torch.float32) for shape in ((t, h), (t, h), (t, d))]
+        return du, zeros[0], zeros[1], zeros[2], fz[0], (fz[1] if gated else None), fz[2]
     a = torch.empty((t, bs, h), device=u.device, dtype=cdt)
     dg = torch.empty((t, bs, h), device=u.device, dtype=cdt)
     dv = torch.empty((t, bs, h), device=u.device, dtype=cdt) if gated else dg
     saved = g is not None
-    block_s, block_d, block_h, num_warps = _tiles(d, h, cdt)
     dummy = w1
-    ffn_bwd_act_kernel[(t, triton.cdiv(bs, block_s))](
+    ffn_bwd_act_kernel[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
         do, u, w1, w3 if gated else dummy, w2,
         b1 if b1 is not None else dummy, b3 if b3 is not None else dummy,
         g if saved else dummy, v if (saved and gated) else dummy,
         du, a, dg, dv,
-        bs, d, h,
+        bs, d, h, bucket(bs),
         do.stride(0), do.stride(1), do.stride(2),
         u.stride(0), u.stride(1), u.stride(2),
         GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None,
-        SAVED=saved, CDT=tdt, PREC=_prec(cdt),
-        BLOCK_S=block_s, BLOCK_D=block_d, BLOCK_H=block_h, num_warps=num_warps,
+        SAVED=saved, CDT=tdt, PREC=_prec(cdt), BLOCK_D=_block_d(d),
     )
     bd = min(64, max(16, triton.next_power_of_2(d)))
     bh = min(64, max(16, triton.next_power_of_2(h)))
-    ffn_bwd_weight_kernel[(t, triton.cdiv(d, bd), triton.cdiv(h, bh))](
+    d_tiles, h_tiles = triton.cdiv(d, bd), triton.cdiv(h, bh)
+    if n_split is None:
+        n_split = _num_splits(bs, t * d_tiles * h_tiles, u.device)
+    f32 = dict(device=u.device, dtype=torch.float32)
+    dw1_p = new_output((n_split, t, d, h), **f32)
+    dw3_p = new_output((n_split, t, d, h), **f32) if gated else dw1_p
+    dw2_p = new_output((n_split, t, h, d), **f32)
+    db1_p = new_output((n_split, t, h), **f32)
+    db3_p = new_output((n_split, t, h), **f32) if gated else db1_p
+    db2_p = new_output((n_split, t, d), **f32)
+    ffn_bwd_weight_kernel[(t * n_split, d_tiles, h_tiles)](
         do, u, a, dg, dv,
-        dw1, dw3 if gated else dw1, dw2, db1, db3 if gated else db1, db2,
-        bs, d, h,
+        dw1_p, dw3_p, dw2_p, db1_p, db3_p, db2_p,
+        bs, d, h, bucket(bs), n_split,
         do.stride(0), do.stride(1), do.stride(2),
         u.stride(0), u.stride(1), u.stride(2),
-        GATED=gated, CDT=tdt, PREC=_prec(cdt),
-        BLOCK_S=64, BLOCK_D=bd, BLOCK_H=bh, num_warps=4,
+        GATED=gated, CDT=tdt, PREC=_prec(cdt), BLOCK_D=bd, BLOCK_H=bh,
     )
-    return du, dw1, dw3, dw2, db1, db3, db2
+    return (
+        du,
+        dw1_p.sum(0).to(w1.dtype),
+        dw3_p.sum(0).to(w3.dtype) if gated else None,
+        dw2_p.sum(0).to(w2.dtype),
+        db1_p.sum(0),
+        db3_p.sum(0) if gated else None,
+        db2_p.sum(0),
+    )

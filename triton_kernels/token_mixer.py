@@ -13,10 +13,10 @@ backward of the residual form ``TokenMixer(x) + x``, whose permutation is then s
 
 ``Norm(TokenMixer(x) + x)`` with ``H == T`` (RankMixer's first sub-block, post-norm):
 
-- forward (``tm_norm_fwd_kernel``, one row ``(s, t)`` per program): gathers the mixed row,
+- forward (``tm_norm_fwd_kernel``, a tile of ``ROWS`` rows ``(s, t)`` per program): gathers the mixed rows,
   adds the residual row in fp32, normalises (LayerNorm with optional bias, or RMSNorm), writes
   ``y`` and saves only ``mean`` and ``rstd`` (fp32, one each per row). The sum is never stored.
-- backward (``tm_norm_bwd_kernel``, persistent grid): recomputes the sum row from ``x``, forms
+- backward (``tm_norm_bwd_kernel``, persistent grid over row tiles): recomputes the sum rows from ``x``, forms
   ``ds = rstd * (g - mean(g) - xhat * mean(g * xhat))`` with ``g = dy * w`` (no ``mean(g)``
   term for RMSNorm) into an fp32 ``[bs, T, D]`` buffer, and reduces ``dw`` / ``db`` through
   per-program fp32 partials (deterministic). Then ``dx = ds + TokenMixer^T(ds)`` is the gather
@@ -56,8 +56,9 @@ def token_mix_gather_kernel(
 
 
 @triton.jit
-def _mixed_sum_row(X, s, t, offs, mask, C, stride_xs, stride_xt, stride_xd):
-    """``TokenMixer(x)[s, t, :] + x[s, t, :]`` in fp32 (``H == T``)."""
+def _mixed_sum_rows(X, s, t, offs, mask, C, stride_xs, stride_xt, stride_xd):
+    """``TokenMixer(x)[s, t, :] + x[s, t, :]`` in fp32 for a tile of rows (``H == T``):
+    ``s, t`` are ``[ROWS, 1]``, ``offs`` is ``[1, BLOCK_D]``."""
     base = X + s * stride_xs
     mixed = tl.load(base + (offs // C) * stride_xt + (t * C + offs % C) * stride_xd, mask=mask, other=0.0)
     own = tl.load(base + t * stride_xt + offs * stride_xd, mask=mask, other=0.0)
@@ -67,31 +68,34 @@ def _mixed_sum_row(X, s, t, offs, mask, C, stride_xs, stride_xt, stride_xd):
 @triton.jit
 def tm_norm_fwd_kernel(
     X, W, B, Y, MEAN, RSTD,
-    T, D, C,
+    M, T, D, C,
     stride_xs, stride_xt, stride_xd,
     eps,
     RMS: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    s = row // T
-    t = row % T
-    offs = tl.arange(0, BLOCK_D)
-    mask = offs < D
-    z = _mixed_sum_row(X, s, t, offs, mask, C, stride_xs, stride_xt, stride_xd)
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_mask = rows < M
+    s = (rows // T)[:, None]
+    t = (rows % T)[:, None]
+    cols = tl.arange(0, BLOCK_D)
+    offs = cols[None, :]
+    mask = row_mask[:, None] & (offs < D)
+    z = _mixed_sum_rows(X, s, t, offs, mask, C, stride_xs, stride_xt, stride_xd)
     if RMS:
-        mean = 0.0
+        mean = tl.zeros([ROWS], dtype=tl.float32)
         zc = z
     else:
-        mean = tl.sum(z, axis=0) / D
-        zc = tl.where(mask, z - mean, 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(zc * zc, axis=0) / D + eps)
-    y = zc * rstd * tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(z, axis=1) / D
+        zc = tl.where(mask, z - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(zc * zc, axis=1) / D + eps)
+    w = tl.load(W + cols, mask=cols < D, other=0.0).to(tl.float32)
+    y = zc * rstd[:, None] * w[None, :]
     if HAS_BIAS:
-        y += tl.load(B + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(MEAN + row, mean)
-    tl.store(RSTD + row, rstd)
-    tl.store(Y + row * D + offs, y.to(Y.dtype.element_ty), mask=mask)
+        y += tl.load(B + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+    tl.store(MEAN + rows, mean, mask=row_mask)
+    tl.store(RSTD + rows, rstd, mask=row_mask)
+    tl.store(Y + rows[:, None] * D + offs, y.to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -100,37 +104,38 @@ def tm_norm_bwd_kernel(
     M, T, D, C,
     stride_dys, stride_dyt, stride_dyd,
     stride_xs, stride_xt, stride_xd,
-    rows_per_program,
+    tiles_per_program,
     RMS: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    offs = tl.arange(0, BLOCK_D)
-    mask = offs < D
-    w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
-    dw = tl.zeros([BLOCK_D], dtype=tl.float32)
-    db = tl.zeros([BLOCK_D], dtype=tl.float32)
-    first = pid.to(tl.int64) * rows_per_program
-    for i in range(0, rows_per_program):
-        row = first + i
-        if row < M:
-            s = row // T
-            t = row % T
-            z = _mixed_sum_row(X, s, t, offs, mask, C, stride_xs, stride_xt, stride_xd)
-            mean = tl.load(MEAN + row)
-            rstd = tl.load(RSTD + row)
-            xhat = tl.where(mask, (z - mean) * rstd, 0.0)
-            dy = tl.load(DY + s * stride_dys + t * stride_dyt + offs * stride_dyd, mask=mask,
-                         other=0.0).to(tl.float32)
-            g = dy * w
-            ds = g - xhat * (tl.sum(g * xhat, axis=0) / D)
-            if not RMS:
-                ds -= tl.sum(g, axis=0) / D
-            tl.store(DS + row * D + offs, ds * rstd, mask=mask)
-            dw += dy * xhat
-            db += dy
-    tl.store(DW_PARTIAL + pid * D + offs, dw, mask=mask)
-    tl.store(DB_PARTIAL + pid * D + offs, db, mask=mask)
+    cols = tl.arange(0, BLOCK_D)
+    offs = cols[None, :]
+    w = tl.load(W + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+    dw = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    db = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    first = pid.to(tl.int64) * tiles_per_program * ROWS
+    for i in range(0, tiles_per_program):
+        rows = first + i * ROWS + tl.arange(0, ROWS)
+        row_mask = rows < M
+        s = (rows // T)[:, None]
+        t = (rows % T)[:, None]
+        mask = row_mask[:, None] & (offs < D)
+        z = _mixed_sum_rows(X, s, t, offs, mask, C, stride_xs, stride_xt, stride_xd)
+        mean = tl.load(MEAN + rows, mask=row_mask, other=0.0)
+        rstd = tl.load(RSTD + rows, mask=row_mask, other=0.0)
+        xhat = tl.where(mask, (z - mean[:, None]) * rstd[:, None], 0.0)
+        dy = tl.load(DY + s * stride_dys + t * stride_dyt + offs * stride_dyd, mask=mask,
+                     other=0.0).to(tl.float32)
+        g = dy * w
+        ds = g - xhat * (tl.sum(g * xhat, axis=1) / D)[:, None]
+        if not RMS:
+            ds -= (tl.sum(g, axis=1) / D)[:, None]
+        tl.store(DS + rows[:, None] * D + offs, ds * rstd[:, None], mask=mask)
+        dw += dy * xhat
+        db += dy
+    tl.store(DW_PARTIAL + pid * D + cols, tl.sum(dw, axis=0), mask=cols < D)
+    tl.store(DB_PARTIAL + pid * D + cols, tl.sum(db, axis=0), mask=cols < D)
 
 
 def _block(n: int) -> tuple[int, int]:
@@ -156,8 +161,19 @@ def token_mix(src: torch.Tensor, rows: int, c: int, add_self: bool = False, out_
     return out
 
 
+# Launch settings for the norm kernels: rows per tile, warps, programs per SM (backward).
+NORM_META = dict(rows=4, num_warps=4, per_sm=8)
+
+
+def _rows(d: int, rows: int | None) -> int:
+    rows = rows or NORM_META["rows"]
+    # keep a tile at about 4K fp32 elements or fewer
+    return max(1, min(rows, 4096 // triton.next_power_of_2(max(d, 1))))
+
+
 def tm_norm_fwd(
-    x: torch.Tensor, heads: int, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, rms: bool
+    x: torch.Tensor, heads: int, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, rms: bool,
+    *, rows: int | None = None, num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``Norm(TokenMixer(x) + x)`` for ``x [bs, T, D]`` (any strides), ``heads == T``.
     Returns ``(y, mean [bs*T] fp32, rstd [bs*T] fp32)``; ``mean`` is zero for RMSNorm."""
@@ -167,15 +183,17 @@ def tm_norm_fwd(
     mean = new_output((m,), like=x, dtype=torch.float32)
     rstd = new_output((m,), like=x, dtype=torch.float32)
     if m > 0:
-        block, num_warps = _block(d)
+        block = triton.next_power_of_2(d)
+        rows = _rows(d, rows)
         weight = weight.contiguous()
         bias = bias.contiguous() if bias is not None else None
-        tm_norm_fwd_kernel[(m,)](
+        tm_norm_fwd_kernel[(triton.cdiv(m, rows),)](
             x, weight, bias if bias is not None else weight, y, mean, rstd,
-            t, d, d // heads,
+            m, t, d, d // heads,
             x.stride(0), x.stride(1), x.stride(2),
             eps,
-            RMS=rms, HAS_BIAS=bias is not None, BLOCK_D=block, num_warps=num_warps,
+            RMS=rms, HAS_BIAS=bias is not None, ROWS=rows, BLOCK_D=block,
+            num_warps=num_warps or NORM_META["num_warps"],
         )
     return y, mean, rstd
 
@@ -183,25 +201,28 @@ def tm_norm_fwd(
 def tm_norm_bwd(
     dy: torch.Tensor, x: torch.Tensor, heads: int, weight: torch.Tensor,
     mean: torch.Tensor, rstd: torch.Tensor, rms: bool,
+    *, rows: int | None = None, num_warps: int | None = None, per_sm: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dx, dw, db)``; ``dw``/``db`` in the weight dtype (``db`` is meaningless for RMSNorm)."""
     bs, t, d = x.shape
     m = bs * t
     c = d // heads
     weight = weight.contiguous()
-    programs = num_programs_for(max(m, 1), x.device)
-    rows_per_program = triton.cdiv(max(m, 1), programs)
+    rows = _rows(d, rows)
+    tiles = triton.cdiv(max(m, 1), rows)
+    programs = num_programs_for(tiles, x.device, per_sm=per_sm or NORM_META["per_sm"])
+    tiles_per_program = triton.cdiv(tiles, programs)
     ds = new_output((bs, t, d), like=x, dtype=torch.float32)
     dw_partial = new_output((programs, d), like=x, dtype=torch.float32)
     db_partial = new_output((programs, d), like=x, dtype=torch.float32)
-    block, num_warps = _block(d)
     tm_norm_bwd_kernel[(programs,)](
         dy, x, weight, mean, rstd, ds, dw_partial, db_partial,
         m, t, d, c,
         dy.stride(0), dy.stride(1), dy.stride(2),
         x.stride(0), x.stride(1), x.stride(2),
-        rows_per_program,
-        RMS=rms, BLOCK_D=block, num_warps=num_warps,
+        tiles_per_program,
+        RMS=rms, ROWS=rows, BLOCK_D=triton.next_power_of_2(max(d, 1)),
+        num_warps=num_warps or NORM_META["num_warps"],
     )
     dx = token_mix(ds, t, c, add_self=True, out_dtype=x.dtype)
     return dx, dw_partial.sum(0).to(weight.dtype), db_partial.sum(0).to(weight.dtype)
