@@ -33,7 +33,7 @@ def markdown_table(header: dict, rows: list[dict], with_reasons: bool = True) ->
     for case, preset, bs, _ in groups:
         bss.setdefault((case, preset), set()).add(bs)
     cols = ["case", "preset", "mode", *[f"{p} ms" for p in providers], "floor ms", "best kernel / floor",
-            "kernel vs best compile"]
+            "kernel vs best compile", "peak MiB compiled → kernel"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     reasons: OrderedDict[str, set] = OrderedDict()
     for (case, preset, bs, mode), by in groups.items():
@@ -56,7 +56,8 @@ def markdown_table(header: dict, rows: list[dict], with_reasons: bool = True) ->
         speed_s = f"{speed:.2f}×" if speed else "–"
         label = preset if len(bss[(case, preset)]) == 1 else f"{preset} bs={bs}"
         floor_s = f"{_ms(floor)} ({bound[:3]})" if floor else "–"
-        lines.append("| " + " | ".join([case, label, mode, *cells, floor_s, ratio, speed_s]) + " |")
+        cells = [case, label, mode, *cells, floor_s, ratio, speed_s, _peaks(by)]
+        lines.append("| " + " | ".join(cells) + " |")
     out = "\n".join(lines)
     c = header.get("ceilings") or {}
     if c:
@@ -68,6 +69,18 @@ def markdown_table(header: dict, rows: list[dict], with_reasons: bool = True) ->
             f"- {p}: " + "; ".join(sorted(s)[:3]) + (f" (+{len(s) - 3} more)" if len(s) > 3 else "")
             for p, s in reasons.items())
     return out
+
+
+def _peaks(by: dict) -> str:
+    """Peak memory of default compile against the fastest kernel timed outside a CUDA graph (graph
+    pools are not comparable)."""
+    comp = by.get("compiled", {}).get("peak_mib")
+    kernels = [r for p, r in by.items() if _is_kernel(p) and not p.endswith("-cg") and r.get("status") == "ok"
+               and r.get("peak_mib") is not None]
+    kern = min(kernels, key=lambda r: r["ms"])["peak_mib"] if kernels else None
+    if comp is None and kern is None:
+        return "–"
+    return f"{'–' if comp is None else f'{comp:.0f}'} → {'–' if kern is None else f'{kern:.0f}'}"
 
 
 def describe_header(header: dict) -> str:
