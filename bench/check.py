@@ -92,10 +92,18 @@ def _check_one(case, name: str, backend: str, dtype: torch.dtype, device: torch.
 
 
 def format_checks(results: list[CheckResult]) -> str:
+    """One line per check; skips that share backend, dtype and reason are folded into one line."""
     lines = ["| op | backend | dtype | result | s |", "|---|---|---|---|---|"]
+    skipped: dict[tuple, list[str]] = {}
     for r in results:
+        if r.status == "skipped":
+            skipped.setdefault((r.backend, r.dtype, r.detail), []).append(r.op)
+            continue
         res = r.status if not r.detail else f"{r.status}: {r.detail}"
         lines.append(f"| {r.op} | {r.backend} | {r.dtype} | {res} | {r.seconds:.1f} |")
+    for (backend, dtype, why), ops in skipped.items():
+        names = ", ".join(ops) if len(ops) <= 3 else f"{len(ops)} ops ({', '.join(ops)})"
+        lines.append(f"| {names} | {backend} | {dtype} | skipped: {why} | |")
     n = {s: sum(r.status == s for r in results) for s in ("PASS", "FAIL", "ERROR", "skipped")}
     lines.append("")
     lines.append(f"{n['PASS']} passed, {n['FAIL']} failed, {n['ERROR']} errors, {n['skipped']} skipped")
