@@ -166,10 +166,15 @@ def cmd_compare(args) -> int:
 
 
 def cmd_floors(args) -> int:
-    from .notes import floors_table, notes_sections
+    from .notes import floors_table, notes_sections, write_notes
 
     if args.notes:
-        print(notes_sections(args.copy_tbps, args.matmul_tflops, args.dtype or "bf16"))
+        text = notes_sections(args.copy_tbps, args.matmul_tflops, args.dtype or "bf16")
+        if args.write:
+            write_notes(args.write, text)
+            print(f"updated the floor tables in {args.write}")
+        else:
+            print(text)
     else:
         print(floors_table(_csv(args.preset), args.copy_tbps, args.matmul_tflops, args.dtype or "bf16"))
     return 0
@@ -227,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--matmul-tflops", type=float, default=680.0)
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"))
     p.add_argument("--notes", action="store_true", help="per-case sections, as in bench/NOTES.md")
+    p.add_argument("--write", help="with --notes: replace the floor tables in this NOTES.md")
     p.set_defaults(fn=cmd_floors)
     args = parser.parse_args(argv)
     if args.cmd is None:

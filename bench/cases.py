@@ -138,6 +138,22 @@ def setup_lite_weights(p: Preset, device, dtype) -> Setup:
         _rand((r, n), FP32, device)), tau=p["tau"], iters=p["iters"], symmetric=True)
 
 
+def setup_lite_global_materialised(p: Preset, device, dtype) -> Setup:
+    """``SK(A_G @ B_G)`` with the logits materialised, through the Sinkhorn op's backends: the
+    baseline that ``lite_weights``' matrix-free global weight is compared with."""
+    n, r, tau, iters = p["N"], p["r"], p["tau"], p["iters"]
+
+    def reference(a_g, b_g):
+        return R.sinkhorn(a_g @ b_g, tau, iters)
+
+    def public(a_g, b_g, *, backend="auto"):
+        return uk.sinkhorn(a_g @ b_g, tau, iters, backend=backend)
+
+    setup = _op_setup("sinkhorn", reference, public, lambda: (
+        _rand((n, r), FP32, device, scale=r ** -0.5), _rand((r, n), FP32, device)))
+    return setup
+
+
 def setup_rms_norm(p: Preset, device, dtype) -> Setup:
     bs, t, d = p["bs"], p["T"], p["D"]
     return _op_setup("rms_norm", R.rms_norm, uk.rms_norm, lambda: (
@@ -320,6 +336,8 @@ CASES: dict[str, Case] = {c.name: c for c in [
     Case("sinkhorn", "Sinkhorn N x N", ("T", "D", "B"), TRAIN, setup_sinkhorn, op="sinkhorn"),
     Case("lite_weights", "Lite weights SK(omega Z), SK(A_G B_G)", ("T", "D", "B", "r", "nb"), TRAIN,
          setup_lite_weights, op="lite_weights"),
+    Case("lite_global_materialised", "Lite global SK(A_G @ B_G), logits materialised", ("T", "D", "B", "r"),
+         TRAIN, setup_lite_global_materialised, op="sinkhorn"),
     Case("rms_norm", "RMSNorm", ("bs", "T", "D"), ALL, setup_rms_norm, op="rms_norm"),
     Case("add_rms_norm", "add + RMSNorm", ("bs", "T", "D"), ALL, setup_add_rms_norm, op="add_rms_norm"),
     Case("pswiglu", "per-token SwiGLU", ("bs", "T", "D", "h"), ALL, setup_pswiglu, op="pswiglu"),
@@ -348,9 +366,11 @@ GPU_PLAN: list[tuple[str, str, tuple[str, ...]]] = [
     ("unimixing", "paper-small", ("fwd", "bwd", "fwd+bwd")),
     ("sinkhorn", "paper-small", ("fwd", "fwd+bwd")),
     ("lite_weights", "paper-small", ("fwd", "fwd+bwd")),
+    ("lite_global_materialised", "paper-small", ("fwd", "fwd+bwd")),
     ("unimixer-block-lite", "paper-100m", ("fwd+bwd", "infer")),
     ("sinkhorn", "paper-100m", ("fwd", "fwd+bwd")),
     ("lite_weights", "paper-100m", ("fwd", "fwd+bwd")),
+    ("lite_global_materialised", "paper-100m", ("fwd", "fwd+bwd")),
     ("unimixing", "paper-100m", ("fwd", "fwd+bwd")),
     ("unimixing", "rankmixer-100m", ("fwd", "fwd+bwd")),
     ("rankmixer-block", "rankmixer-100m", ("fwd+bwd", "infer")),
@@ -392,6 +412,13 @@ CPU_QUICK: list[tuple[str, str, tuple[str, ...]]] = [
     ("pswiglu", "cpu-tiny", ("fwd+bwd",)),
     ("fm_interaction", "cpu-tiny-wukong", ("fwd+bwd",)),
 ]
+
+
+def case_of_op(op: str) -> Case | None:
+    """The case that exercises public op ``op`` on its own (its check and sanitizer inputs)."""
+    if op in CASES and CASES[op].op == op:
+        return CASES[op]
+    return next((c for c in CASES.values() if c.op == op), None)
 
 
 def plan_for(device_type: str, quick: bool, cases: list[str] | None = None, presets: list[str] | None = None,

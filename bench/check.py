@@ -18,7 +18,7 @@ import unimixer_kernels as uk
 from unimixer_kernels.testing import check_against_reference
 
 from .blocks import Unavailable
-from .cases import CASES
+from .cases import case_of_op
 from .presets import Preset
 
 CHECK_PRESET = Preset("check", dict(bs=3, T=4, D=12, B=4, r=5, nb=3, h=20, ffn_mult=2, n=7, d=12, fm_k=5))
@@ -41,7 +41,6 @@ def check_dtypes(device: torch.device) -> list[torch.dtype]:
 
 def run_checks(device: torch.device, progress=None) -> list[CheckResult]:
     results: list[CheckResult] = []
-    op_cases = {c.op: c for c in CASES.values() if c.op}
     old = os.environ.get("UNIMIXER_POISON_OUTPUTS")
     os.environ["UNIMIXER_POISON_OUTPUTS"] = "1"  # an unwritten output element fails the check
     try:
@@ -55,11 +54,11 @@ def run_checks(device: torch.device, progress=None) -> list[CheckResult]:
                     label = str(dtype).replace("torch.", "")
                     if not ok:
                         results.append(CheckResult(name, backend, label, "skipped", why))
-                    elif name not in op_cases:
+                    elif case_of_op(name) is None:
                         results.append(CheckResult(name, backend, label, "skipped",
                                                    "no check inputs for this op in bench/cases.py"))
                     else:
-                        results.append(_check_one(op_cases[name], name, backend, dtype, device))
+                        results.append(_check_one(case_of_op(name), name, backend, dtype, device))
                     if progress:
                         progress.update(f"check {name} {backend} {label}: {results[-1].status}")
     finally:

@@ -151,6 +151,18 @@ def m_lite_weights(p: Preset, mode: str, e: int) -> list[Traffic]:
     return [mat, free]
 
 
+def m_lite_global_materialised(p: Preset, mode: str, e: int) -> list[Traffic]:
+    """``SK(A_G @ B_G)`` the materialised way only: the logits written and read back, the passes over HBM."""
+    n, r, k = p["N"], p["r"], p["iters"]
+    mat = float(n * n * FP32)
+    base = io_traffic(mode, [n * r * FP32, r * n * FP32], [True, True], [mat], 0.0)
+    fwd_f = {"fwd": 1, "infer": 1, "bwd": 0, "fwd+bwd": 1}[mode]
+    bwd_f = {"fwd": 0, "infer": 0, "bwd": 1, "fwd+bwd": 1}[mode]
+    passes = sinkhorn_pass_bytes(n, k)
+    return [Traffic(base.bytes + 2 * mat * (fwd_f + bwd_f) + passes * (fwd_f + bwd_f),
+                    2.0 * n * n * r * (fwd_f + 2 * bwd_f), "materialised logits, passes over HBM")]
+
+
 def m_rms_norm(p: Preset, mode: str, e: int) -> list[Traffic]:
     a = _act(p, e)
     return [io_traffic(mode, [a, p["D"] * FP32], [True, True], [a], 4.0 * a / e)]
@@ -235,6 +247,7 @@ MODELS: dict[str, Callable[[Preset, str, int], list[Traffic]]] = {
     "unimixing_rmsnorm": m_unimixing_rmsnorm,
     "sinkhorn": m_sinkhorn,
     "lite_weights": m_lite_weights,
+    "lite_global_materialised": m_lite_global_materialised,
     "rms_norm": m_rms_norm,
     "add_rms_norm": m_add_rms_norm,
     "pswiglu": m_pswiglu,

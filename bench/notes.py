@@ -39,6 +39,8 @@ FORMULAS = {
     "lite_weights": "the cheaper of: materialised (A_G@B_G once, 2N²r FLOPs; passes over HBM as for "
                     "Sinkhorn) and matrix-free (only A_G, B_G, omega, Z read and W_B, W_G written; "
                     "every pass recomputes its logits tiles, 2K·2N²r FLOPs each way; dA, dB GEMMs in bwd).",
+    "lite_global_materialised": "SK(A_G @ B_G) with the N×N logits written, read back and passed over "
+                                "2K times each way (the baseline for the matrix-free Lite global weight).",
     "rms_norm": "x and weight read, y written (bwd: dy, x, weight read; dx, dw written).",
     "add_rms_norm": "x, residual, weight read; y and the sum written.",
     "pswiglu": "u and W_gate, W_up, W_down (fp32) read, o written. FLOPs 2·bs·T·3·D·h fwd.",
@@ -79,3 +81,17 @@ def notes_sections(copy_tbps: float = 4.14, matmul_tflops: float = 680.0, dtype:
             out.append(f"| {pname} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
+
+
+BEGIN, END = "<!-- floors:begin", "<!-- floors:end -->"
+
+
+def write_notes(path, sections: str) -> None:
+    """Replace the text between the floors markers of NOTES.md with ``sections``."""
+    from pathlib import Path
+
+    text = Path(path).read_text()
+    start = text.index(BEGIN)
+    start = text.index("-->", start) + 3
+    end = text.index(END)
+    Path(path).write_text(text[:start] + "\n\n" + sections.strip() + "\n\n" + text[end:])

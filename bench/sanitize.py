@@ -27,7 +27,7 @@ SANITIZE_SIZES = dict(bs=5, T=5, D=40, B=4, r=7, nb=3, h=24, ffn_mult=2, n=11, d
 
 def main(argv: list[str] | None = None) -> int:
     import unimixer_kernels as uk
-    from bench.cases import CASES
+    from bench.cases import case_of_op
     from bench.presets import Preset
 
     parser = argparse.ArgumentParser(description=__doc__,
@@ -47,14 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     preset = Preset("sanitize", SANITIZE_SIZES)
-    by_op = {c.op: c for c in CASES.values() if c.op}
     failures = 0
     for name in sorted(uk.OPS):
         if args.op and name not in args.op:
             continue
         if args.backend not in uk.OPS[name].impls:
             continue
-        case = by_op.get(name)
+        case = case_of_op(name)
         if case is None:
             print(f"{name}: no inputs in bench/cases.py, not run")
             continue
