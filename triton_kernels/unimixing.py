@@ -146,12 +146,22 @@ def unimixing_fwd_kernel(
             h = tl.dot(x3.to(DOT_DTYPE), w3.to(DOT_DTYPE), input_precision=PRECISION)
         else:
             h = tl.zeros([BK, SPT, CW], dtype=tl.float32)
-            for b in range(B):
-                xb = tl.load(X + ks[None, :] * L + rn[:, None] * B + b,
-                             mask=n_ok[:, None] & ks_ok[None, :], other=0.0).to(tl.float32)
-                wb = tl.load(WL + rn[:, None] * (B * B) + b * B + kc[None, :],
-                             mask=n_ok[:, None] & kc_ok[None, :], other=0.0).to(tl.float32)
-                h += xb[:, :, None] * wb[:, None, :]
+            if B <= 16:
+                # unrolled: a nested loop would stop the software pipelining of the K loop
+                for b in tl.static_range(B):
+                    xb = tl.load(X + ks[None, :] * L + rn[:, None] * B + b,
+                                 mask=n_ok[:, None] & ks_ok[None, :], other=0.0).to(tl.float32)
+                    wb = tl.load(WL + rn[:, None] * (B * B) + b * B + kc[None, :],
+                                 mask=n_ok[:, None] & kc_ok[None, :], other=0.0).to(tl.float32)
+                    h += xb[:, :, None] * wb[:, None, :]
+            else:
+                # large B (fused epilogue only): unrolling would multiply the pipelined buffers
+                for b in range(B):
+                    xb = tl.load(X + ks[None, :] * L + rn[:, None] * B + b,
+                                 mask=n_ok[:, None] & ks_ok[None, :], other=0.0).to(tl.float32)
+                    wb = tl.load(WL + rn[:, None] * (B * B) + b * B + kc[None, :],
+                                 mask=n_ok[:, None] & kc_ok[None, :], other=0.0).to(tl.float32)
+                    h += xb[:, :, None] * wb[:, None, :]
         # round before the reshape: a layout change moves half the bytes
         h2 = tl.reshape(h.to(DOT_DTYPE), [BK, BC])
         acc = tl.dot(wg.to(DOT_DTYPE), h2, acc, input_precision=PRECISION)
@@ -285,7 +295,7 @@ def unimixing_bwd_dwg_kernel(
         ss = st + tl.arange(0, SPT)
         ss_ok = ss < s_end
         h = tl.zeros([SPT, BP, BN], dtype=tl.float32)
-        for b in range(B):
+        for b in tl.static_range(B):  # unrolled: keeps the K loop innermost (pipelined)
             xb = tl.load(X + ss[:, None] * L + rn[None, :] * B + b,
                          mask=ss_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
             wb = tl.load(WL + rn[None, :] * (B * B) + b * B + kc[:, None],
