@@ -187,7 +187,8 @@ class BuildPyWithInfo(build_py):
 
     def run(self) -> None:
         super().run()
-        target = ROOT if self.editable_mode else Path(self.build_lib)
+        editable = getattr(self, "editable_mode", False)  # setuptools < 64 has no PEP 660 mode
+        target = ROOT if editable else Path(self.build_lib)
         write_build_info(target / "unimixer_kernels", build_info)
 
 
