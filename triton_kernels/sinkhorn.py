@@ -56,7 +56,9 @@ Rows and matrices are indexed in int64.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import torch
 import triton
@@ -66,6 +68,13 @@ from ._launch import new_output
 
 # matrices up to this size run the batched in-register kernels; larger ones the tiled kernels
 SMALL_MAX_N = 64
+# tiled path: one persistent launch per direction (grid barriers) instead of one launch per
+# half-step. Off by default until measured on the GPU; UNIMIXER_SINKHORN_PERSISTENT=1 turns it on.
+PERSISTENT = os.environ.get("UNIMIXER_SINKHORN_PERSISTENT", "0") == "1"
+# polls before a grid barrier gives up (and counts a failure) instead of hanging
+PERSISTENT_MAX_SPINS = 1 << 20
+# after each persistent launch, synchronise and raise if a barrier gave up (tests)
+PERSISTENT_CHECK = False
 # elements of one program's register block in the batched kernels (MB * NP * NP)
 SMALL_BLOCK_ELEMS = 2048
 # tile shape of the tiled kernels; None picks from n (the tests shrink them to hit many tiles)
@@ -249,7 +258,8 @@ def _tile_logits(
             x = x + tl.trans(xt.to(tl.float32))
         x = x * scale
     elif MODE == 1:
-        x = tl.load(WS + mat * n * n + rows[:, None] * n + cols[None, :], mask=m2, other=0.0)
+        x = tl.load(WS + mat * n * n + rows[:, None] * n + cols[None, :], mask=m2, other=0.0,
+                    cache_modifier=".cg")
     else:
         x = _lowrank_tile(A, B, rows, cols, rmask, cmask, rank, sa0, sa1, sb0, sb1, BM, BN, BK, DOT_IEEE)
         if SYMMETRIC:
@@ -280,15 +290,15 @@ def _lowrank_tile(A, B, rows, cols, rmask, cmask, rank, sa0, sa1, sb0, sb1,
 
 
 @triton.jit
-def sinkhorn_tile_fwd_kernel(
-    SRC, A, B, WS, P, U, V, PR, PC,
+def _fwd_tile(
+    tile, mat, SRC, A, B, WS, P, U, V, PR, PC,
     n, rank, K, k, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr,
 ):
-    """One forward half-step over tile ``(p, q)`` of matrix ``program_id(1)``.
+    """One forward half-step over tile ``tile = (p, q)`` of matrix ``mat``.
 
     PR ``[n_mat, n_ct, n]``: per column-tile partial ``lse_j`` for the next row potential.
     PC ``[n_mat, n_rt, n]``: per row-tile partial ``lse_i`` for the next column potential.
@@ -297,8 +307,6 @@ def sinkhorn_tile_fwd_kernel(
     PHASE 1 (row step k): u = lse over PR; store U[k]; PC from base - u.
     PHASE 2 (column step k < K): v = lse over PC; store V[k]; PR from T1 - (v if k > 1 else 0).
     PHASE 3 (column step K): v as in 2, then P = exp(T1 - u - v) (relative potentials)."""
-    tile = tl.program_id(0)
-    mat = tl.program_id(1).to(tl.int64)
     p = tile // n_ct
     q = tile % n_ct
     rows = p * BM + tl.arange(0, BM)
@@ -318,35 +326,35 @@ def sinkhorn_tile_fwd_kernel(
     elif PHASE == 1:
         ts = tl.arange(0, CT_P)
         parts = tl.load(PR + (mat * n_ct + ts[:, None]) * n + rows[None, :],
-                        mask=(ts < n_ct)[:, None] & rmask[None, :], other=float("-inf"))
+                        mask=(ts < n_ct)[:, None] & rmask[None, :], other=float("-inf"), cache_modifier=".cg")
         u = _lse(parts, 0)
         tl.store(urow + k * n, u, mask=rmask & (q == 0))
         # k = 0: the masked loads give u_1 = v_1 = 0, so base = S0
-        base = x - tl.load(urow, mask=rmask & (k > 0), other=0.0)[:, None]
-        base = base - tl.load(vcol, mask=cmask & (k > 0), other=0.0)[None, :]
+        base = x - tl.load(urow, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")[:, None]
+        base = base - tl.load(vcol, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")[None, :]
         part = _lse(tl.where(m2, base - u[:, None], float("-inf")), 0)
         tl.store(PC + (mat * n_rt + p) * n + cols, part, mask=cmask)
     else:
         ts = tl.arange(0, RT_P)
         parts = tl.load(PC + (mat * n_rt + ts[:, None]) * n + cols[None, :],
-                        mask=(ts < n_rt)[:, None] & cmask[None, :], other=float("-inf"))
+                        mask=(ts < n_rt)[:, None] & cmask[None, :], other=float("-inf"), cache_modifier=".cg")
         v = _lse(parts, 0)
         tl.store(vcol + k * n, v, mask=cmask & (p == 0))
-        v1 = tl.where(k > 0, tl.load(vcol, mask=cmask & (k > 0), other=0.0), v)
-        t1 = (x - tl.load(urow, mask=rmask, other=0.0)[:, None]) - v1[None, :]
+        v1 = tl.where(k > 0, tl.load(vcol, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg"), v)
+        t1 = (x - tl.load(urow, mask=rmask, other=0.0, cache_modifier=".cg")[:, None]) - v1[None, :]
         v = tl.where(k > 0, v, 0.0)
         if PHASE == 2:
             part = _lse(tl.where(m2, t1 - v[None, :], float("-inf")), 1)
             tl.store(PR + (mat * n_ct + q) * n + rows, part, mask=rmask)
         else:
-            u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0)
+            u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")
             pv = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
             tl.store(P + mat * n * n + rows[:, None] * n + cols[None, :], pv, mask=m2)
 
 
 @triton.jit
-def sinkhorn_tile_bwd_kernel(
-    SRC, A, B, WS, DP, U, V, G, DX, PR, PC,
+def _bwd_tile(
+    tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC,
     n, rank, K, k, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
@@ -363,8 +371,6 @@ def sinkhorn_tile_bwd_kernel(
     PHASE 1 (column step k): c = sum of PC; G -= E * c; PR.
     PHASE 2 (row step k): r = sum of PR; G -= E * r; then PC (k > 0), or, with LAST (k = 0):
     dM = G * grad_scale into DX when not symmetric, else G stays for ``sinkhorn_tile_sym_kernel``."""
-    tile = tl.program_id(0)
-    mat = tl.program_id(1).to(tl.int64)
     p = tile // n_ct
     q = tile % n_ct
     rows = p * BM + tl.arange(0, BM)
@@ -376,14 +382,14 @@ def sinkhorn_tile_bwd_kernel(
                      MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE)
     urow = U + mat * K * n + rows
     vcol = V + mat * K * n + cols
-    r1 = x - tl.load(urow, mask=rmask, other=0.0)[:, None]
-    t1 = r1 - tl.load(vcol, mask=cmask, other=0.0)[None, :]
-    u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0)
+    r1 = x - tl.load(urow, mask=rmask, other=0.0, cache_modifier=".cg")[:, None]
+    t1 = r1 - tl.load(vcol, mask=cmask, other=0.0, cache_modifier=".cg")[None, :]
+    u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")
     gptr = G + mat * n * n + rows[:, None] * n + cols[None, :]
     if PHASE == 0:
         if MODE == 0:
             tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
-        v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0)
+        v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
         pv = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
         dp = tl.load(DP + mat * sd0 + rows[:, None] * sd1 + cols[None, :] * sd2, mask=m2, other=0.0)
         g = dp.to(tl.float32) * pv
@@ -392,20 +398,22 @@ def sinkhorn_tile_bwd_kernel(
     elif PHASE == 1:
         ts = tl.arange(0, RT_P)
         c = tl.sum(tl.load(PC + (mat * n_rt + ts[:, None]) * n + cols[None, :],
-                           mask=(ts < n_rt)[:, None] & cmask[None, :], other=0.0), axis=0)
-        v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0)
+                           mask=(ts < n_rt)[:, None] & cmask[None, :], other=0.0, cache_modifier=".cg"),
+                   axis=0)
+        v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
         e = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
-        g = tl.load(gptr, mask=m2, other=0.0) - e * c[None, :]
+        g = tl.load(gptr, mask=m2, other=0.0, cache_modifier=".cg") - e * c[None, :]
         tl.store(gptr, g, mask=m2)
         tl.store(PR + (mat * n_ct + q) * n + rows, tl.sum(g, axis=1), mask=rmask)
     else:
         ts = tl.arange(0, CT_P)
         r = tl.sum(tl.load(PR + (mat * n_ct + ts[:, None]) * n + rows[None, :],
-                           mask=(ts < n_ct)[:, None] & rmask[None, :], other=0.0), axis=0)
-        v = tl.load(vcol + (k - 1) * n, mask=cmask & (k > 1), other=0.0)
+                           mask=(ts < n_ct)[:, None] & rmask[None, :], other=0.0, cache_modifier=".cg"),
+                   axis=0)
+        v = tl.load(vcol + (k - 1) * n, mask=cmask & (k > 1), other=0.0, cache_modifier=".cg")
         it = tl.where(k > 0, t1 - u[:, None] - v[None, :], r1)
         e = tl.exp(tl.where(m2, it, float("-inf")))
-        g = tl.load(gptr, mask=m2, other=0.0) - e * r[:, None]
+        g = tl.load(gptr, mask=m2, other=0.0, cache_modifier=".cg") - e * r[:, None]
         if LAST and not SYMMETRIC:
             tl.store(DX + mat * n * n + rows[:, None] * n + cols[None, :],
                      (g * grad_scale).to(DX.dtype.element_ty), mask=m2)
@@ -416,20 +424,157 @@ def sinkhorn_tile_bwd_kernel(
 
 
 @triton.jit
-def sinkhorn_tile_sym_kernel(G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.constexpr):
-    """``dM = (G + G^T) * grad_scale`` (``grad_scale = 0.5 / tau``), tile by tile."""
-    tile = tl.program_id(0)
-    mat = tl.program_id(1).to(tl.int64)
+def sinkhorn_tile_fwd_kernel(
+    SRC, A, B, WS, P, U, V, PR, PC,
+    n, rank, K, k, n_rt, n_ct,
+    s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+    PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr,
+):
+    """One forward half-step (``_fwd_tile``); grid ``(n_rt * n_ct, n_mat)``."""
+    _fwd_tile(tl.program_id(0), tl.program_id(1).to(tl.int64), SRC, A, B, WS, P, U, V, PR, PC,
+              n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+              PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P)
+
+
+@triton.jit
+def sinkhorn_tile_bwd_kernel(
+    SRC, A, B, WS, DP, U, V, G, DX, PR, PC,
+    n, rank, K, k, n_rt, n_ct,
+    s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
+    PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr,
+):
+    """One backward half-step (``_bwd_tile``); grid ``(n_rt * n_ct, n_mat)``."""
+    _bwd_tile(tl.program_id(0), tl.program_id(1).to(tl.int64), SRC, A, B, WS, DP, U, V, G, DX, PR, PC,
+              n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
+              PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P)
+
+
+@triton.jit
+def _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.constexpr):
+    """``dM = (G + G^T) * grad_scale`` (``grad_scale = 0.5 / tau``) on one tile."""
     rows = (tile // n_ct) * BM + tl.arange(0, BM)
     cols = (tile % n_ct) * BN + tl.arange(0, BN)
     rmask = rows < n
     cmask = cols < n
     base = G + mat * n * n
-    g = tl.load(base + rows[:, None] * n + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
-    gt = tl.load(base + cols[:, None] * n + rows[None, :], mask=cmask[:, None] & rmask[None, :], other=0.0)
+    g = tl.load(base + rows[:, None] * n + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0,
+                cache_modifier=".cg")
+    gt = tl.load(base + cols[:, None] * n + rows[None, :], mask=cmask[:, None] & rmask[None, :], other=0.0,
+                 cache_modifier=".cg")
     dm = (g + tl.trans(gt)) * grad_scale
     tl.store(DX + mat * n * n + rows[:, None] * n + cols[None, :], dm.to(DX.dtype.element_ty),
              mask=rmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def sinkhorn_tile_sym_kernel(G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.constexpr):
+    """``dM = (G + G^T) * grad_scale``, tile by tile; grid ``(n_rt * n_ct, n_mat)``."""
+    _sym_tile(tl.program_id(0), tl.program_id(1).to(tl.int64), G, DX, n, n_ct, grad_scale, BM, BN)
+
+
+# --- persistent variant: every half-step in one launch, programs meet at a grid barrier ---------
+
+
+@triton.jit
+def _grid_barrier(BAR, target, MAX_SPINS: tl.constexpr):
+    """Wait until the counter ``BAR`` reaches ``target`` (programs add 1 each per barrier).
+
+    Needs every program of the grid resident at once (the launcher keeps the grid within the
+    SM count). The wait is bounded: after ``MAX_SPINS`` polls it gives up and counts the failure
+    in ``BAR[1]`` rather than hang, and the launcher can check it."""
+    tl.debug_barrier()
+    tl.atomic_add(BAR, 1, sem="release", scope="gpu")
+    seen = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
+    spins = 0
+    while (seen < target) & (spins < MAX_SPINS):
+        seen = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
+        spins += 1
+    if seen < target:
+        tl.atomic_add(BAR + 1, 1)
+    tl.debug_barrier()
+
+
+@triton.jit
+def sinkhorn_persistent_fwd_kernel(
+    SRC, A, B, WS, P, U, V, PR, PC, BAR,
+    n, rank, K, n_rt, n_ct, n_prog,
+    s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+    MODE: tl.constexpr, LATER: tl.constexpr, SYMMETRIC: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr,
+):
+    """The whole tiled forward in one launch: ``n_prog`` programs per matrix stride over the
+    tiles, the ``1 + 2K`` half-steps are separated by grid barriers (``BAR [n_mat, 2]`` int32,
+    zeroed). Same arithmetic as the one-launch-per-half-step kernels."""
+    pid = tl.program_id(0)
+    mat = tl.program_id(1).to(tl.int64)
+    bar = BAR + mat * 2
+    n_tiles = n_rt * n_ct
+    for tile in range(pid, n_tiles, n_prog):
+        _fwd_tile(tile, mat, SRC, A, B, WS, P, U, V, PR, PC, n, rank, K, 0, n_rt, n_ct,
+                  s0, s1, s2, sa0, sa1, sb0, sb1, scale, 0, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P)
+    _grid_barrier(bar, n_prog, MAX_SPINS)
+    for k in range(K):
+        for tile in range(pid, n_tiles, n_prog):
+            _fwd_tile(tile, mat, SRC, A, B, WS, P, U, V, PR, PC, n, rank, K, k, n_rt, n_ct,
+                      s0, s1, s2, sa0, sa1, sb0, sb1, scale, 1, LATER, SYMMETRIC, BM, BN, BK, DOT_IEEE,
+                      RT_P, CT_P)
+        _grid_barrier(bar, (2 * k + 2) * n_prog, MAX_SPINS)
+        for tile in range(pid, n_tiles, n_prog):
+            if k == K - 1:
+                _fwd_tile(tile, mat, SRC, A, B, WS, P, U, V, PR, PC, n, rank, K, k, n_rt, n_ct,
+                          s0, s1, s2, sa0, sa1, sb0, sb1, scale, 3, LATER, SYMMETRIC, BM, BN, BK, DOT_IEEE,
+                          RT_P, CT_P)
+            else:
+                _fwd_tile(tile, mat, SRC, A, B, WS, P, U, V, PR, PC, n, rank, K, k, n_rt, n_ct,
+                          s0, s1, s2, sa0, sa1, sb0, sb1, scale, 2, LATER, SYMMETRIC, BM, BN, BK, DOT_IEEE,
+                          RT_P, CT_P)
+        _grid_barrier(bar, (2 * k + 3) * n_prog, MAX_SPINS)
+
+
+@triton.jit
+def sinkhorn_persistent_bwd_kernel(
+    SRC, A, B, WS, DP, U, V, G, DX, PR, PC, BAR,
+    n, rank, K, n_rt, n_ct, n_prog,
+    s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
+    MODE: tl.constexpr, LATER: tl.constexpr, SYMMETRIC: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr,
+):
+    """The whole tiled backward in one launch (see ``sinkhorn_persistent_fwd_kernel``)."""
+    pid = tl.program_id(0)
+    mat = tl.program_id(1).to(tl.int64)
+    bar = BAR + mat * 2
+    n_tiles = n_rt * n_ct
+    for tile in range(pid, n_tiles, n_prog):
+        _bwd_tile(tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, K - 1, n_rt, n_ct,
+                  s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
+                  0, MODE, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P)
+    _grid_barrier(bar, n_prog, MAX_SPINS)
+    for t in range(K):
+        k = K - 1 - t
+        for tile in range(pid, n_tiles, n_prog):
+            _bwd_tile(tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, k, n_rt, n_ct,
+                      s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
+                      1, LATER, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P)
+        _grid_barrier(bar, (2 * t + 2) * n_prog, MAX_SPINS)
+        for tile in range(pid, n_tiles, n_prog):
+            if k == 0:
+                _bwd_tile(tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, k, n_rt, n_ct,
+                          s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
+                          2, LATER, SYMMETRIC, True, BM, BN, BK, DOT_IEEE, RT_P, CT_P)
+            else:
+                _bwd_tile(tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, k, n_rt, n_ct,
+                          s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
+                          2, LATER, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P)
+        _grid_barrier(bar, (2 * t + 3) * n_prog, MAX_SPINS)
+    if SYMMETRIC:
+        for tile in range(pid, n_tiles, n_prog):
+            _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM, BN)
 
 
 # --- launchers ---------------------------------------------------------------------------------
@@ -453,6 +598,26 @@ def _tiles(n: int) -> tuple[int, int]:
         return TILE_OVERRIDE
     npad = triton.next_power_of_2(n)
     return min(64, max(16, npad)), min(128, max(16, npad))
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _persistent_programs(n_tiles: int, n_mat: int, device: torch.device) -> int:
+    """Programs per matrix of the persistent kernels, 0 when they cannot all be resident.
+
+    The interpreter runs programs one after another, so there it must be 1."""
+    if device.type != "cuda":
+        return 1
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return 0 if n_mat > sms else max(1, min(n_tiles, sms // n_mat))
+
+
+def _check_barriers(bar: torch.Tensor) -> None:
+    if PERSISTENT_CHECK and int(bar[:, 1].sum().item()) != 0:
+        raise RuntimeError("sinkhorn persistent kernel: a grid barrier timed out (programs not co-resident)")
 
 
 def _as_batch(t: torch.Tensor) -> torch.Tensor:
@@ -561,6 +726,16 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
+    n_prog = _persistent_programs(n_rt * n_ct, n_mat, like.device) if PERSISTENT else 0
+    if n_prog:
+        bar = torch.zeros((n_mat, 2), device=like.device, dtype=torch.int32)
+        sinkhorn_persistent_fwd_kernel[(n_prog, n_mat)](
+            s_src, s_a, s_b, ws, p, u, v, pr, pc, bar,
+            n, rank, iters, n_rt, n_ct, n_prog, *strides, scale,
+            MODE=mode, LATER=later, SYMMETRIC=symmetric, MAX_SPINS=PERSISTENT_MAX_SPINS, **meta,
+        )
+        _check_barriers(bar)
+        return p, u, v
     launch(_INIT, 0, mode)
     for k in range(iters):
         launch(_ROW, k, later)
@@ -593,6 +768,17 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
+    n_prog = _persistent_programs(n_rt * n_ct, n_mat, like.device) if PERSISTENT else 0
+    if n_prog:
+        bar = torch.zeros((n_mat, 2), device=like.device, dtype=torch.int32)
+        sinkhorn_persistent_bwd_kernel[(n_prog, n_mat)](
+            s_src, s_a, s_b, ws, dp, u, v, g, dx, pr, pc, bar,
+            n, rank, iters, n_rt, n_ct, n_prog, *strides, dp.stride(0), dp.stride(1), dp.stride(2),
+            scale, grad_scale,
+            MODE=mode, LATER=later, SYMMETRIC=symmetric, MAX_SPINS=PERSISTENT_MAX_SPINS, **meta,
+        )
+        _check_barriers(bar)
+        return dx
     launch(_INIT, iters - 1, mode)
     for k in range(iters - 1, -1, -1):
         launch(1, k, later)

@@ -59,6 +59,16 @@ def test_lite_weights_global_many_tiles(device, monkeypatch, symmetric):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_lite_weights_global_persistent(device, monkeypatch, symmetric):
+    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
+    monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
+    monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
+    args = _inputs(37, 2, 4, 20, torch.float32, device)
+    check_against_reference(uk.lite_weights, (*args, 0.05, 2, symmetric), backend="triton")
+
+
+@pytest.mark.triton
 def test_lite_weights_large_blocks(device, monkeypatch):
     # blocks above the in-register limit go through torch composition + the tiled kernels
     monkeypatch.setattr(sk_kernels, "SMALL_MAX_N", 4)
@@ -156,6 +166,16 @@ def test_lite_weights_bad_shapes():
 def test_lite_weights_preset_gpu(kernel_dtype, n, nb, bsz, r, iters):
     args = _inputs(n, nb, bsz, r, kernel_dtype, "cuda")
     check_against_reference(uk.lite_weights, (*args, 0.05, iters, True), backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("n,r", [(1024, 128), (4096, 256)], ids=["paper-small", "paper-100m"])
+def test_lite_weights_persistent_preset_gpu(monkeypatch, kernel_dtype, n, r):
+    monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
+    monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
+    args = _inputs(n, 4, 4, r, kernel_dtype, "cuda")
+    check_against_reference(uk.lite_weights, (*args, 0.05, 20, True), backend="triton")
 
 
 @pytest.mark.gpu

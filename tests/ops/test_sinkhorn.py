@@ -101,6 +101,27 @@ def test_sinkhorn_default_tiles(device, monkeypatch):
     check_against_reference(uk.sinkhorn, (x, 0.5, 2, True), backend="triton")
 
 
+@pytest.fixture
+def persistent(monkeypatch, tiled):
+    """The tiled kernels as one persistent launch per direction (one program in the interpreter)."""
+    monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
+    monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("shape", [(37, 37), (2, 21, 21)])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_persistent_triton(device, persistent, shape, symmetric):
+    x = _logits(shape, torch.float32, device)
+    check_against_reference(uk.sinkhorn, (x, 0.05, 3, symmetric), backend="triton")
+
+
+@pytest.mark.triton
+def test_sinkhorn_persistent_k1_fp16(device, persistent):
+    x = _logits((20, 20), torch.float16, device, noncontiguous=True)
+    check_against_reference(uk.sinkhorn, (x, 1.0, 1, True), backend="triton")
+
+
 # --- properties ---------------------------------------------------------------------------------
 
 
@@ -264,6 +285,26 @@ def test_sinkhorn_compile_fullgraph(device):
 def test_sinkhorn_preset_gpu(kernel_dtype, n, symmetric):
     x = random_input((n, n), kernel_dtype, "cuda", requires_grad=True)
     check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("n", [200, 1024, 4096])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_persistent_preset_gpu(monkeypatch, kernel_dtype, n, symmetric):
+    monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
+    monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
+    x = random_input((n, n), kernel_dtype, "cuda", requires_grad=True)
+    check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+def test_sinkhorn_persistent_batch_gpu(monkeypatch):
+    monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
+    monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
+    x = random_input((3, 300, 300), torch.float32, "cuda", requires_grad=True)
+    check_against_reference(uk.sinkhorn, (x, 0.1, 7, True), backend="triton")
 
 
 @pytest.mark.gpu
