@@ -62,20 +62,23 @@ class Case:
     factory: Callable[[Preset, torch.device, torch.dtype], Setup]
     op: str | None = None  # the uk op whose kernel backends are the providers
     module: str | None = None  # the uk.nn module the kernel providers time
+    block_ops: tuple[str, ...] = ()  # the ops that module calls
 
     def applies_to(self, preset: Preset) -> bool:
         return preset.has(self.needs)
 
     def kernel_backends(self) -> tuple[str, ...]:
-        return kernel_backends_of(self.op)
+        return kernel_backends_of(self.op, self.block_ops)
 
 
-def kernel_backends_of(op: str | None) -> tuple[str, ...]:
-    """Kernel backends of an op (registry order), or for a block: triton, plus cuda once any op has one."""
+def kernel_backends_of(op: str | None, block_ops: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Kernel backends of an op (registry order). A block: ``triton`` always (a missing Triton op
+    then shows as an error row), and any other backend that every op of the block has."""
     if op is not None:
         return tuple(b for b in uk.OPS[op].impls if b != "reference")
-    has_cuda = any("cuda" in o.impls for o in uk.OPS.values())
-    return ("triton", "cuda") if has_cuda else ("triton",)
+    known = [o for o in block_ops if o in uk.OPS]
+    others = [b for b in ("cuda",) if known and all(b in uk.OPS[o].impls for o in known)]
+    return ("triton", *others)
 
 
 def _rand(shape, dtype, device, grad=True, scale=1.0):
@@ -275,7 +278,7 @@ def _unimixer_params(p: Preset, device, lite: bool) -> tuple:
 
 def _setup_unimixer(p: Preset, device, dtype, lite: bool) -> Setup:
     bs, t, d, tau, iters = p["bs"], p["T"], p["D"], p["tau"], p["iters"]
-    backends = kernel_backends_of(None)
+    backends = CASES["unimixer-block-lite" if lite else "unimixer-block"].kernel_backends()
 
     def ref_impl() -> Impl:
         mixing, rest = _unimixer_params(p, device, lite)
@@ -309,7 +312,7 @@ def setup_unimixer_block_lite(p: Preset, device, dtype) -> Setup:
 def setup_rankmixer_block(p: Preset, device, dtype) -> Setup:
     bs, t, d = p["bs"], p["T"], p["D"]
     kd = p["ffn_mult"] * d
-    backends = kernel_backends_of(None)
+    backends = CASES["rankmixer-block"].kernel_backends()
 
     def ref_impl() -> Impl:
         params = (_rand((d,), FP32, device), _rand((d,), FP32, device),
@@ -329,6 +332,7 @@ def setup_rankmixer_block(p: Preset, device, dtype) -> Setup:
 TRAIN = ("fwd", "bwd", "fwd+bwd")
 ALL = TRAIN + ("infer",)
 MIX = ("bs", "T", "D", "B")
+UNIMIXER_OPS = ("rms_norm", "unimixing_rmsnorm", "pswiglu", "add_rms_norm")
 CASES: dict[str, Case] = {c.name: c for c in [
     Case("unimixing", "UniMixing op", MIX, ALL, setup_unimixing, op="unimixing"),
     Case("unimixing_rmsnorm", "RMSNorm(z + UniMixing(z))", MIX, ALL, setup_unimixing_rmsnorm,
@@ -351,11 +355,11 @@ CASES: dict[str, Case] = {c.name: c for c in [
     Case("pgelu_ffn", "RankMixer per-token GELU FFN", ("bs", "T", "D", "ffn_mult"), ALL, setup_pgelu_ffn,
          op="pgelu_ffn"),
     Case("unimixer-block", "UniMixer block (full, SiameseNorm)", MIX + ("h",), ALL, setup_unimixer_block,
-         module="UniMixerBlock"),
+         module="UniMixerBlock", block_ops=UNIMIXER_OPS + ("sinkhorn",)),
     Case("unimixer-block-lite", "UniMixer block (Lite)", MIX + ("h", "r", "nb"), ALL,
-         setup_unimixer_block_lite, module="UniMixerBlock"),
+         setup_unimixer_block_lite, module="UniMixerBlock", block_ops=UNIMIXER_OPS + ("lite_weights",)),
     Case("rankmixer-block", "RankMixer block", ("bs", "T", "D", "ffn_mult"), ALL, setup_rankmixer_block,
-         module="RankMixerBlock"),
+         module="RankMixerBlock", block_ops=("token_mixer_residual_norm", "pgelu_ffn")),
 ]}
 assert all(set(c.modes) <= set(MODES) for c in CASES.values())
 

@@ -16,7 +16,7 @@
 # sanitizers, benchmark progress), results.json, results.csv, sweep.json, sweep.csv,
 # sweep_<case>_<preset>.png, table.md.
 set -u
-OUT="${OUT:-$PWD/gpu_out}"
+OUT="${OUT:-/tmp/unimixer_gpu_out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 export TRITON_CACHE_AUTOTUNING=1
