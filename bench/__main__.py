@@ -1,4 +1,4 @@
-"""``python -m bench [check|run|table|plot|compare|floors] ...`` (from the repo root).
+"""``python -m bench [check|run|table|plot|compare|cases|floors] ...`` (from the repo root).
 
 With no command: ``check`` = correctness of every op x backend, then the quick benchmark table.
 """
@@ -180,6 +180,27 @@ def cmd_floors(args) -> int:
     return 0
 
 
+def cmd_cases(args) -> int:
+    from .cases import CASES, CPU_PLAN, GPU_PLAN
+    from .presets import PRESETS
+    from .runner import providers_for
+
+    print("| case | what | presets it applies to | providers here |\n|---|---|---|---|")
+    for c in CASES.values():
+        presets = ", ".join(p for p in PRESETS if c.applies_to(PRESETS[p]))
+        print(f"| {c.name} | {c.title} | {presets} | {', '.join(providers_for(c))} |")
+    print("\nGPU plan (python -m bench run on a GPU):")
+    for c, p, m in GPU_PLAN:
+        print(f"  {c} @ {p}: {', '.join(m)}")
+    print("CPU plan:")
+    for c, p, m in CPU_PLAN:
+        print(f"  {c} @ {p}: {', '.join(m)}")
+    print("\nPresets:")
+    for p in PRESETS.values():
+        print(f"  {p.name}: {p.describe()}")
+    return 0
+
+
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="comma-separated preset names (default: the device's case plan)")
     p.add_argument("--case", help="comma-separated case names")
@@ -226,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("new")
     p.add_argument("--fail-above", type=float, default=1.1)
     p.set_defaults(fn=cmd_compare)
+    p = sub.add_parser("cases", help="list the cases, the presets they apply to, the plans and the presets")
+    p.set_defaults(fn=cmd_cases)
     p = sub.add_parser("floors", help="the floor model at the presets, as markdown (for NOTES.md)")
     p.add_argument("--preset", help="comma-separated presets (default: the SPEC §10 ones)")
     p.add_argument("--copy-tbps", type=float, default=4.14)

@@ -379,6 +379,8 @@ GPU_PLAN: list[tuple[str, str, tuple[str, ...]]] = [
     ("unimixing", "rankmixer-100m", ("fwd", "fwd+bwd")),
     ("rankmixer-block", "rankmixer-100m", ("fwd+bwd", "infer")),
     ("fm_interaction", "wukong", ("fwd", "fwd+bwd")),
+    ("pgelu_ffn", "rankmixer-100m", ("fwd+bwd",)),
+    ("token_mixer_residual_norm", "rankmixer-100m", ("fwd+bwd",)),
     ("pswiglu", "paper-small", ("fwd", "fwd+bwd")),
     ("rms_norm", "paper-small", ("fwd", "fwd+bwd")),
     ("unimixing_rmsnorm", "paper-small", ("fwd", "fwd+bwd")),

@@ -10,7 +10,9 @@
 #   bench     python -m bench run: the GPU case plan, all providers (results.json / .csv)
 #   sweep     the UniMixer Lite block at bs 256..2048 (sweep.json / .csv) and its plot (.png)
 #   table     the markdown table of results.json (table.md), printed last
-# Choose stages with STAGES="bench table" (default: all); stage limits with T_<STAGE>=seconds.
+# Choose stages with STAGES="bench table" (default: all); stage limits with T_<STAGE>=seconds;
+# BENCH_ARGS="--case sinkhorn --preset paper-100m" narrows the bench stage. Without a .git folder,
+# set BENCH_GIT_COMMIT=<sha> so the results files name their commit.
 #
 # Everything lands in $OUT, flat, in at most 7 files: gpu_run.log (install, info, pytest,
 # sanitizers, benchmark progress), results.json, results.csv, sweep.json, sweep.csv,
@@ -87,7 +89,7 @@ if want bench; then
     # no new case after T_BENCH-60 s (a case with a K=20 compile takes up to a minute); the results
     # file is rewritten after every case, so a timeout keeps everything measured before it
     stage bench "$T_BENCH" "$PY" -m bench run --out "$OUT" --name results --warmup 10 --rep 60 \
-        --budget-s $(( T_BENCH - 60 ))
+        --budget-s $(( T_BENCH - 60 )) ${BENCH_ARGS:-}
 fi
 
 if want sweep; then
