@@ -108,8 +108,9 @@ def cmd_check(args) -> int:
     print(f"# unimixer-kernels check on {describe_device(device)}\n")
     from .check import check_dtypes
 
-    progress = Progress(count_checks() * len(check_dtypes(device)))
-    results = run_checks(device, progress)
+    ops = _csv(args.op)
+    progress = Progress(count_checks(ops) * len(check_dtypes(device)))
+    results = run_checks(device, progress, ops)
     progress.close()
     print("## Correctness (every op x backend against the fp64 reference, SPEC §8)\n")
     print(format_checks(results))
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check", help="correctness of every op x backend, then the quick benchmark table")
     _add_bench_args(p)
     p.add_argument("--no-bench", action="store_true", help="correctness only")
+    p.add_argument("--op", help="comma-separated ops to check (default: all)")
     p.set_defaults(fn=cmd_check)
     p = sub.add_parser("run", help="benchmark the case plan and write DIR/NAME.json and .csv")
     _add_bench_args(p)

@@ -39,12 +39,14 @@ def check_dtypes(device: torch.device) -> list[torch.dtype]:
     return [torch.float32, torch.bfloat16] if device.type == "cuda" else [torch.float32]
 
 
-def run_checks(device: torch.device, progress=None) -> list[CheckResult]:
+def run_checks(device: torch.device, progress=None, ops: list[str] | None = None) -> list[CheckResult]:
     results: list[CheckResult] = []
     old = os.environ.get("UNIMIXER_POISON_OUTPUTS")
     os.environ["UNIMIXER_POISON_OUTPUTS"] = "1"  # an unwritten output element fails the check
     try:
         for name in sorted(uk.OPS):
+            if ops and name not in ops:
+                continue
             op = uk.OPS[name]
             for backend in (b for b in op.impls if b != "reference"):
                 ok, why = op.status(backend)
@@ -69,8 +71,9 @@ def run_checks(device: torch.device, progress=None) -> list[CheckResult]:
     return results
 
 
-def count_checks() -> int:
-    return sum(len([b for b in op.impls if b != "reference"]) for op in uk.OPS.values())
+def count_checks(ops: list[str] | None = None) -> int:
+    return sum(len([b for b in op.impls if b != "reference"]) for name, op in uk.OPS.items()
+               if not ops or name in ops)
 
 
 def _check_one(case, name: str, backend: str, dtype: torch.dtype, device: torch.device) -> CheckResult:

@@ -197,3 +197,19 @@ def test_progress_bar(capsys):
     bar.update("b", advance=3)
     lines = buf.getvalue().splitlines()
     assert lines[0].startswith("[##......] 1/4") and lines[1].startswith("[########] 4/4")
+
+
+def test_check_runs_every_available_backend_of_an_op():
+    import unimixer_kernels as uk
+    from bench.check import format_checks, run_checks
+
+    results = run_checks(torch.device("cpu"), ops=["rms_norm"])
+    backends = [b for b in uk.OPS["rms_norm"].impls if b != "reference"]
+    assert sorted({r.backend for r in results}) == sorted(backends)
+    for r in results:
+        ok, why = uk.OPS["rms_norm"].status(r.backend)
+        if ok and r.backend == "triton":  # the interpreter on this CPU (tests/conftest.py)
+            assert r.status == "PASS", r.detail
+        else:
+            assert r.status == "skipped" and r.detail
+    assert "passed" in format_checks(results)
