@@ -491,19 +491,23 @@ LOCAL_DOT_MIN_BP = 16
 LOCAL_DOT_CW = 16
 
 
-def uses_local_dot(block: int, fused: bool) -> bool:
-    """Whether the tensor-core local path runs. The fused epilogue needs every column of a
-    sample in its tile, so it always builds H with FMAs."""
-    return triton.next_power_of_2(block) >= LOCAL_DOT_MIN_BP and not fused
+def uses_local_dot(block: int, fused: bool, half: bool = True) -> bool:
+    """Whether the forward builds H with a batched dot. The fused epilogue needs every column of a
+    sample in its tile, and fp32 dots run on CUDA cores anyway, so both keep the FMA build."""
+    return triton.next_power_of_2(block) >= LOCAL_DOT_MIN_BP and not fused and half
 
 
-def _fwd_configs(bp: int, fused: tuple[int, int, int] | None, local_dot: bool) -> tuple:
+# Tile lists (BM or BN, BK, BC, warps, stages), checked for register spills in sm_90 compiles.
+# fp32 (``ieee``) dots run on CUDA cores: small tiles only, fp32 is there for exactness.
+def _fwd_configs(bp: int, fused: tuple[int, int, int] | None, local_dot: bool, half: bool) -> tuple:
     if local_dot:
         tiles = [(64, 16, 16 * LOCAL_DOT_CW, 8, 2), (128, 16, 16 * LOCAL_DOT_CW, 8, 2)]
+    elif not half:
+        tiles = [(fused[0] if fused else 64, 16, 64, 8 if fused and fused[0] > 64 else 4, 2)]
     elif fused is not None:
         tiles = [(fused[0], 32, 128, 8, 3), (fused[0], 64, 64, 4, 3), (fused[0], 32, 64, 4, 4)]
     else:
-        tiles = [(128, 32, 128, 8, 3), (128, 64, 128, 8, 3), (128, 32, 256, 8, 3), (256, 32, 128, 8, 3),
+        tiles = [(128, 32, 128, 8, 3), (128, 64, 128, 8, 3), (256, 32, 128, 8, 3), (256, 32, 64, 8, 3),
                  (64, 32, 128, 4, 4)]
     out = []
     for bm, bk, bc, w, s in tiles:
@@ -513,28 +517,32 @@ def _fwd_configs(bp: int, fused: tuple[int, int, int] | None, local_dot: bool) -
     return tuple(dict.fromkeys(out))
 
 
-def _dx_configs(bp: int) -> tuple:
+def _dx_configs(bp: int, half: bool) -> tuple:
     tiles = [(128, 32, 128, 8, 3), (64, 32, 128, 4, 3), (128, 64, 64, 8, 3)]
+    tiles = tiles if half else [(64, 16, 64, 4, 2)]
     return tuple(dict.fromkeys(
         ((("BN", bn), ("BK", bk), ("BC", max(bc, bp))), w, s) for bn, bk, bc, w, s in tiles
     ))
 
 
-def _dwg_configs(bp: int) -> tuple:
+def _dwg_configs(bp: int, half: bool) -> tuple:
     tiles = [(128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (64, 128, 64, 4, 3)]
+    tiles = tiles if half else [(64, 64, 16, 4, 2)]
     return tuple(dict.fromkeys(
         ((("BM", bm), ("BN", bn), ("BC", max(bc, bp))), w, s) for bm, bn, bc, w, s in tiles
     ))
 
 
-_GLOBAL_CONFIGS = tuple(
-    ((("BN", bn), ("BK", bk), ("BC", bc)), w, s)
-    for bn, bk, bc, w, s in [(128, 64, 128, 8, 3), (128, 32, 256, 8, 3), (64, 64, 128, 4, 4)]
-)
-_DWG_GEMM_CONFIGS = tuple(
-    ((("BM", bm), ("BN", bn), ("BK", bk)), w, s)
-    for bm, bn, bk, w, s in [(128, 128, 64, 8, 3), (128, 128, 32, 8, 4), (64, 128, 64, 4, 3)]
-)
+def _global_configs(half: bool) -> tuple:
+    tiles = [(128, 64, 128, 8, 3), (128, 32, 256, 8, 3), (64, 64, 128, 4, 4)]
+    tiles = tiles if half else [(64, 32, 64, 4, 2)]
+    return tuple(((("BN", bn), ("BK", bk), ("BC", bc)), w, s) for bn, bk, bc, w, s in tiles)
+
+
+def _dwg_gemm_configs(half: bool) -> tuple:
+    tiles = [(128, 128, 64, 8, 3), (128, 128, 32, 8, 4), (64, 128, 64, 4, 3)]
+    tiles = tiles if half else [(64, 64, 32, 4, 2)]
+    return tuple(((("BM", bm), ("BN", bn), ("BK", bk)), w, s) for bm, bn, bk, w, s in tiles)
 
 
 def _splits(bs: int, tiles: int, device: torch.device, per_split_floats: int) -> tuple[int, int]:
@@ -588,7 +596,8 @@ def unimixing_fwd(
         return y, (s_out if fuse else None), (rstd if fuse else None)
     bp = triton.next_power_of_2(b)
     tpt = fused[2] if fused is not None else 1
-    local_dot = uses_local_dot(b, fuse)
+    half = x.dtype != torch.float32
+    local_dot = uses_local_dot(b, fuse, half)
     cw = LOCAL_DOT_CW if local_dot else bp
     args = (xc, wl, wg, y, s_out, nw, rstd, bs, n, length, d, t, float(eps), bucket(bs))
     consts = dict(B=b, BP=bp, CW=cw, GROUP=8, LOCAL_DOT=local_dot, FUSE_NORM=fuse, TPT=tpt,
@@ -602,7 +611,7 @@ def unimixing_fwd(
         meta = dict(BM=bm, BM_EFF=bm_eff, BK=16, BC=max(16, 2 * cw))
         unimixing_fwd_kernel[grid(meta)](*args, **consts, **meta)
     else:
-        kernel = _tuned("unimixing_fwd_kernel", _fwd_configs(bp, fused, local_dot),
+        kernel = _tuned("unimixing_fwd_kernel", _fwd_configs(bp, fused, local_dot, half),
                         ("N", "BS_BUCKET", "B", "FUSE_NORM"))
         kernel[grid](*args, **consts)
     if fuse:
@@ -633,6 +642,7 @@ def unimixing_bwd(
         return dx, torch.zeros_like(w_local), torch.zeros_like(w_global)
     bp = triton.next_power_of_2(b)
     interp = _interpreting()
+    half = x.dtype != torch.float32
     if uses_local_dot(b, False):
         return _unimixing_bwd_local_dot(dyc, xc, wl, wg, dx, w_local.dtype, w_global.dtype, residual)
 
@@ -645,7 +655,7 @@ def unimixing_bwd(
         meta = dict(BN=16, BK=16, BC=max(16, bp))
         unimixing_bwd_dx_kernel[(triton.cdiv(n, meta["BN"]), p1)](*args, **consts, **meta)
     else:
-        kernel = _tuned("unimixing_bwd_dx_kernel", _dx_configs(bp), ("N", "BS_BUCKET", "B"))
+        kernel = _tuned("unimixing_bwd_dx_kernel", _dx_configs(bp, half), ("N", "BS_BUCKET", "B"))
         kernel[lambda meta: (triton.cdiv(n, meta["BN"]), p1)](*args, **consts)
 
     # dW_G
@@ -657,7 +667,7 @@ def unimixing_bwd(
         meta = dict(BM=16, BN=16, BC=max(16, bp))
         unimixing_bwd_dwg_kernel[(triton.cdiv(n, 16), triton.cdiv(n, 16), p2)](*args, **consts, **meta)
     else:
-        kernel = _tuned("unimixing_bwd_dwg_kernel", _dwg_configs(bp), ("N", "BS_BUCKET", "B"))
+        kernel = _tuned("unimixing_bwd_dwg_kernel", _dwg_configs(bp, half), ("N", "BS_BUCKET", "B"))
         kernel[lambda meta: (triton.cdiv(n, meta["BM"]), triton.cdiv(n, meta["BN"]), p2)](*args, **consts)
 
     # second pass of the deterministic reductions
@@ -686,6 +696,7 @@ def _unimixing_bwd_local_dot(
     dot_dtype, precision = _dot_setup(xc)
     bp = triton.next_power_of_2(b)
     interp = _interpreting()
+    half = xc.dtype != torch.float32
     g = torch.empty_like(xc)
     h = torch.empty_like(xc)
 
@@ -696,12 +707,12 @@ def _unimixing_bwd_local_dot(
         grid = (triton.cdiv(n, 16) * triton.cdiv(bs * b, 16),)
         unimixing_bwd_global_kernel[grid](*args, **consts, **meta)
     else:
-        kernel = _tuned("unimixing_bwd_global_kernel", _GLOBAL_CONFIGS, ("N", "BS_BUCKET", "B"))
+        kernel = _tuned("unimixing_bwd_global_kernel", _global_configs(half), ("N", "BS_BUCKET", "B"))
         kernel[lambda meta: (triton.cdiv(n, meta["BN"]) * triton.cdiv(bs * b, meta["BC"]),)](*args, **consts)
 
     p1, per1 = _splits(bs, n, xc.device, n * b * b)
     dwl_part = new_output((p1, n, b, b), like=xc, dtype=torch.float32)
-    sb = 16 if interp else 64
+    sb = 64 if half and not interp else 16
     unimixing_bwd_local_kernel[(n, p1)](
         g, xc, wl, dyc, dx, h, dwl_part, bs, n, length, per1,
         B=b, BP=bp, SB=sb, HAS_RESIDUAL=residual, DOT_DTYPE=dot_dtype, PRECISION=precision,
@@ -716,7 +727,7 @@ def _unimixing_bwd_local_dot(
         meta = dict(BM=16, BN=16, BK=16)
         unimixing_bwd_dwg_gemm_kernel[(triton.cdiv(n, 16), triton.cdiv(n, 16), p2)](*args, **consts, **meta)
     else:
-        kernel = _tuned("unimixing_bwd_dwg_gemm_kernel", _DWG_GEMM_CONFIGS, ("N", "BS_BUCKET", "B"))
+        kernel = _tuned("unimixing_bwd_dwg_gemm_kernel", _dwg_gemm_configs(half), ("N", "BS_BUCKET", "B"))
         kernel[lambda meta: (triton.cdiv(n, meta["BM"]), triton.cdiv(n, meta["BN"]), p2)](*args, **consts)
 
     dwl = dwl_part.sum(0).to(dwl_dtype)
