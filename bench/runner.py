@@ -202,7 +202,12 @@ class CaseRunner:
         rows: list[dict] = []
         base = {"case": case.name, "preset": preset.name, "bs": preset.sizes.get("bs"),
                 "dtype": str(self.dtype).replace("torch.", "")}
-        floors = {m: self.floor(case, preset, m) for m in modes}
+        floors = {}
+        for m in modes:
+            try:
+                floors[m] = self.floor(case, preset, m)
+            except Exception as exc:  # a model bug must not cost the measurement
+                floors[m] = {"floor_note": f"no floor: {_short(exc)}"}
         try:
             setup = case.factory(preset, self.device, self.dtype)
             sets = self.input_sets(setup)

@@ -49,6 +49,18 @@ def test_floors_match_perf_md(case, preset, mode, perf_ms, rel):
     assert floor_ms(case, preset, mode) == pytest.approx(perf_ms, rel=rel)
 
 
+def test_every_case_has_a_floor_at_every_preset_it_applies_to():
+    for case in CASES.values():
+        assert case.name in model.MODELS, case.name
+        for preset in PRESETS.values():
+            if case.applies_to(preset):
+                for mode in case.modes:
+                    for elem in (2, 4):
+                        alts = model.traffic(case.name, preset, mode, elem)
+                        assert alts, (case.name, preset.name)
+                        assert all(t.bytes > 0 and t.flops >= 0 for t in alts), (case.name, preset.name)
+
+
 def test_unimixing_flops_formula():
     p = PRESETS["paper-small"]
     n, b, bs = 1024, 4, 2048
