@@ -60,6 +60,20 @@ def test_sinkhorn_small_largest_block(device, symmetric):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("n", [1, 2])
+def test_sinkhorn_tiny_n(device, n):
+    x = _logits((4, n, n), torch.float32, device)
+    check_against_reference(uk.sinkhorn, (x, 0.1, 3, True), backend="triton")
+
+
+@pytest.mark.triton
+def test_sinkhorn_tiled_ragged_edge(device, tiled):
+    # n = 17: the last row and column tiles hold a single row / column
+    x = _logits((17, 17), torch.float32, device)
+    check_against_reference(uk.sinkhorn, (x, 0.1, 2, False), backend="triton")
+
+
+@pytest.mark.triton
 def test_sinkhorn_many_small_matrices(device):
     # several programs, each with many matrices, and a ragged last program
     x = _logits((301, 4, 4), torch.float32, device)
