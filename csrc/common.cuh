@@ -38,18 +38,22 @@ __device__ __forceinline__ void store_from_float(T* p, const float (&in)[N]) {
   *reinterpret_cast<Pack<T, N>*>(p) = pack;
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
+// Sum over aligned groups of `width` lanes (a power of two up to 32); every lane gets its sum.
+__device__ __forceinline__ float warp_sum(float v, int width = kWarpSize) {
 #pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) {
+    if (offset < width) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  }
   return v;
 }
 
-// Sum over the blockDim.x threads that share threadIdx.y (one row). blockDim.x is a multiple of
-// 32 and the block has at most 1024 threads, so `scratch` needs 32 floats per row. Every thread
-// of the block must call it: a row wider than a warp synchronises the block.
+// Sum over the blockDim.x threads that share threadIdx.y (one row). blockDim.x is a power of two;
+// a row narrower than a warp is an aligned group of lanes, a wider one spans whole warps (at most
+// 32), so `scratch` needs 32 floats per row. Every thread of the block must call it: a row wider
+// than a warp synchronises the block.
 __device__ __forceinline__ float row_sum(float v, float* scratch) {
+  if (blockDim.x <= kWarpSize) return warp_sum(v, blockDim.x);
   v = warp_sum(v);
-  if (blockDim.x == kWarpSize) return v;
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
   float* row_scratch = scratch + threadIdx.y * kWarpSize;

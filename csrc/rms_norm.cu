@@ -14,9 +14,9 @@
 // when pointers and row strides allow, a 16-byte vector. Statistics are fp32 whatever the dtype;
 // w is read as fp32.
 //
-// dw is deterministic: each (block, row slot) of the persistent backward grid accumulates its
-// rows in registers and writes one fp32 partial row; a second kernel sums the partials in a fixed
-// order. No atomics.
+// dw is deterministic: each thread of the persistent backward grid accumulates its rows in
+// registers, each block folds its rows in a fixed order and writes one fp32 partial row, and a
+// second kernel sums the partials in a fixed order. No atomics.
 
 #include <algorithm>
 #include <cmath>
@@ -91,17 +91,21 @@ __global__ void __launch_bounds__(kMaxThreadsPerRow) rms_norm_bwd_kernel(
     float* __restrict__ dw_partial, int64_t rows, int d, int64_t stride_dy, int64_t stride_dsum,
     int64_t stride_s) {
   __shared__ float scratch[kThreadsPerBlock / kWarpSize * kWarpSize];
-  float wv[ITEMS][VEC];
+  // w stays in registers unless the row fragment is large; then it is re-read (L1) every row,
+  // so the four fragments of the widest rows do not spill
+  constexpr bool kWeightInRegisters = ITEMS * VEC <= kMaxPerThread / 2;
+  float wv[kWeightInRegisters ? ITEMS : 1][VEC];
   float dw[ITEMS][VEC];
 #pragma unroll
   for (int k = 0; k < ITEMS; ++k) {
     const int col = (k * blockDim.x + threadIdx.x) * VEC;
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      wv[k][j] = 0.f;
-      dw[k][j] = 0.f;
+    for (int j = 0; j < VEC; ++j) dw[k][j] = 0.f;
+    if constexpr (kWeightInRegisters) {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) wv[k][j] = 0.f;
+      if (col < d) load_as_float<float, VEC>(w + col, wv[k]);
     }
-    if (col < d) load_as_float<float, VEC>(w + col, wv[k]);
   }
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.y;
   // the loop bound is the same for the whole block, so row_sum's barriers line up
@@ -116,19 +120,27 @@ __global__ void __launch_bounds__(kMaxThreadsPerRow) rms_norm_bwd_kernel(
     for (int k = 0; k < ITEMS; ++k) {
       const int col = (k * blockDim.x + threadIdx.x) * VEC;
       float dyv[VEC];
+      float wk[VEC];
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
         xhat[k][j] = 0.f;
         dyv[j] = 0.f;
+        wk[j] = 0.f;
       }
       if (active && col < d) {
         load_as_float<T, VEC>(s + row * stride_s + col, xhat[k]);
         load_as_float<T, VEC>(dy + row * stride_dy + col, dyv);
+        if constexpr (kWeightInRegisters) {
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) wk[j] = wv[k][j];
+        } else {
+          load_as_float<float, VEC>(w + col, wk);
+        }
       }
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
         xhat[k][j] *= r;
-        g[k][j] = dyv[j] * wv[k][j];
+        g[k][j] = dyv[j] * wk[j];
         dot += g[k][j] * xhat[k][j];
         dw[k][j] += dyv[j] * xhat[k][j];
       }
@@ -152,11 +164,31 @@ __global__ void __launch_bounds__(kMaxThreadsPerRow) rms_norm_bwd_kernel(
       }
     }
   }
-  const int64_t slot = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
+  // Fold the block's rows into threadIdx.y == 0, one element at a time through a tree over y
+  // (blockDim.y is a power of two): a fixed order, so the partial is the same bits every run.
+  if (blockDim.y > 1) {
+    __shared__ float fold[kThreadsPerBlock];
+    const int at = threadIdx.y * blockDim.x + threadIdx.x;
+#pragma unroll
+    for (int k = 0; k < ITEMS; ++k) {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        fold[at] = dw[k][j];
+        __syncthreads();
+        for (int half = blockDim.y / 2; half > 0; half >>= 1) {
+          if (static_cast<int>(threadIdx.y) < half) fold[at] += fold[at + half * blockDim.x];
+          __syncthreads();
+        }
+        dw[k][j] = fold[threadIdx.x];
+        __syncthreads();
+      }
+    }
+  }
+  if (threadIdx.y != 0) return;
 #pragma unroll
   for (int k = 0; k < ITEMS; ++k) {
     const int col = (k * blockDim.x + threadIdx.x) * VEC;
-    if (col < d) store_from_float<float, VEC>(dw_partial + slot * d + col, dw[k]);
+    if (col < d) store_from_float<float, VEC>(dw_partial + static_cast<int64_t>(blockIdx.x) * d + col, dw[k]);
   }
 }
 
@@ -189,13 +221,15 @@ struct RowLayout {
   int rows_block;   // blockDim.y
 };
 
-// Narrow rows: one warp per row, several rows per block. Wider rows: more threads per row (up to
-// 4 chunks each) until kMaxThreadsPerRow, then more chunks per thread.
+// Narrow rows: the fewest lanes (a power of two up to a warp) with one chunk each, several rows
+// per block. Wider rows: more threads per row (up to 4 chunks each) until kMaxThreadsPerRow, then
+// more chunks per thread.
 RowLayout choose_layout(int64_t d, int vec) {
   TORCH_CHECK(d <= kMaxRowWidth, "rms_norm (cuda backend): the last dim D=", d, " is wider than the ",
               kMaxRowWidth, " this kernel holds in registers; use backend='triton' or 'reference'");
   const int64_t chunks = ceil_div(d, vec);
-  int threads_row = kWarpSize;
+  int threads_row = 1;
+  while (threads_row < kWarpSize && threads_row < chunks) threads_row *= 2;
   while (threads_row < kMaxThreadsPerRow && static_cast<int64_t>(threads_row) * 4 < chunks) threads_row *= 2;
   int items = 1;
   while (static_cast<int64_t>(items) * threads_row < chunks) items *= 2;
@@ -385,8 +419,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd(
           const int64_t wanted = ceil_div(rows, layout.rows_block);
           const int64_t persistent = static_cast<int64_t>(std::max(per_sm, 1)) * sm_count(s.get_device());
           const dim3 grid(static_cast<unsigned>(std::min(wanted, persistent)));
-          partial = new_output({static_cast<int64_t>(grid.x) * layout.rows_block, d},
-                               s.options().dtype(at::kFloat));
+          partial = new_output({static_cast<int64_t>(grid.x), d}, s.options().dtype(at::kFloat));
           kernel<<<grid, block, 0, stream>>>(
               static_cast<const T*>(dy2.data_ptr()), dsum_ptr, static_cast<const T*>(s2.data_ptr()),
               w.data_ptr<float>(), r.data_ptr<float>(), static_cast<T*>(ds.data_ptr()), partial.data_ptr<float>(),
