@@ -36,6 +36,12 @@ deterministic: no atomics.
 Tiles (sample tile, hidden chunk, warps, stages) are autotuned on the GPU, keyed on ``D``, ``h``
 and the batch rounded up to a power of two; the interpreter uses one small configuration.
 
+Wide tokens (``next_power_of_2(D) > FUSED_MAX_D``, e.g. RankMixer's ``D = 768``) would not fit
+whole rows in shared memory; they take ``ffn_token_gemm_kernel``, a tiled per-token GEMM with a
+K loop (grid ``(T, bs tiles, n tiles)``), in four modes: hidden (``act(G, V)`` to memory as
+``[T, bs, h]``), down, ``dA`` with the activation backward as epilogue, and ``du``. The weight
+gradients use the same reduction kernel on both paths.
+
 Precision: fp32 inputs use ``input_precision="ieee"``; bf16/fp16 run the tensor cores with fp32
 accumulation, the hidden activation rounded to the input dtype before the second GEMM. When the
 weights' dtype differs from ``u``'s, everything is computed in fp32.
@@ -287,6 +293,98 @@ def ffn_bwd_weight_kernel(
 
 # --- launchers -------------------------------------------------------------------------------
 
+# Modes of the tiled per-token GEMM (wide tokens, ``D`` above ``FUSED_MAX_D``).
+MODE_HIDDEN, MODE_DOWN, MODE_DACT, MODE_DU = 0, 1, 2, 3
+
+
+@triton.jit
+def ffn_token_gemm_kernel(
+    A, B, A2, B2, BIAS, BIAS2, C, G, V, DG, DV,
+    M, N, K,
+    stride_am, stride_at, stride_ak,
+    stride_bt, stride_bk, stride_bn,
+    stride_cm, stride_ct, stride_cn,
+    MODE: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_BIAS2: tl.constexpr,
+    SAVE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """``C[t] = A[t] @ B[t]`` over tiles ``(t, m tile, n tile)`` with a K loop, for tokens too wide
+    to keep a whole row of ``u`` in registers. ``m`` is the sample. The mode picks the operands'
+    meaning and the epilogue:
+
+    - ``MODE_HIDDEN``: ``G = u W1 + b1`` (and ``V = u W3 + b3``), writes ``act(G, V)`` to ``C``
+      (``[T, bs, h]``), and ``G``/``V`` when ``SAVE``;
+    - ``MODE_DOWN``: ``o = act @ W2 + b2`` into ``C`` (``[bs, T, D]`` through strides);
+    - ``MODE_DACT``: ``dA = dO W2^T``, then ``A``, ``dG``, ``dV`` from the stored ``G``/``V``;
+    - ``MODE_DU``: ``du = dG W1^T (+ dV W3^T)``.
+    """
+    t = tl.program_id(0).to(tl.int64)
+    offs_m = tl.program_id(1).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        a_off = offs_m[:, None] * stride_am + t * stride_at + offs_k[None, :] * stride_ak
+        b_off = t * stride_bt + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
+        a_mask = mask_m[:, None] & mask_k[None, :]
+        b_mask = mask_k[:, None] & mask_n[None, :]
+        a = tl.load(A + a_off, mask=a_mask, other=0.0).to(CDT)
+        b = tl.load(B + b_off, mask=b_mask, other=0.0).to(CDT)
+        acc = tl.dot(a, b, acc, input_precision=PREC)
+        if GATED:
+            b2 = tl.load(B2 + b_off, mask=b_mask, other=0.0).to(CDT)
+            if MODE == 0:
+                acc2 = tl.dot(a, b2, acc2, input_precision=PREC)
+            if MODE == 3:
+                a2 = tl.load(A2 + a_off, mask=a_mask, other=0.0).to(CDT)
+                acc = tl.dot(a2, b2, acc, input_precision=PREC)
+    cmask = mask_m[:, None] & mask_n[None, :]
+    hid = t * M * N + offs_m[:, None] * N + offs_n[None, :]
+    out = C + offs_m[:, None] * stride_cm + t * stride_ct + offs_n[None, :] * stride_cn
+    if MODE == 0:
+        g = acc
+        if HAS_BIAS:
+            g += tl.load(BIAS + t * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        if GATED:
+            v = acc2
+            if HAS_BIAS2:
+                v += tl.load(BIAS2 + t * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            act = g * tl.sigmoid(g) * v
+        else:
+            act = 0.5 * g * (1.0 + tl.math.erf(g * 0.7071067811865476))
+        if SAVE:
+            tl.store(G + hid, g.to(G.dtype.element_ty), mask=cmask)
+            if GATED:
+                tl.store(V + hid, v.to(V.dtype.element_ty), mask=cmask)
+        tl.store(out, act.to(C.dtype.element_ty), mask=cmask)
+    if MODE == 1:
+        if HAS_BIAS:
+            acc += tl.load(BIAS + t * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(out, acc.to(C.dtype.element_ty), mask=cmask)
+    if MODE == 2:
+        da = acc
+        g = tl.load(G + hid, mask=cmask, other=0.0).to(tl.float32)
+        if GATED:
+            v = tl.load(V + hid, mask=cmask, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(g)
+            sg = g * sig
+            act = sg * v
+            tl.store(DV + hid, (da * sg).to(DV.dtype.element_ty), mask=cmask)
+            dg = da * v * (sig + sg * (1.0 - sig))
+        else:
+            cdf = 0.5 * (1.0 + tl.math.erf(g * 0.7071067811865476))
+            act = g * cdf
+            dg = da * (cdf + g * tl.exp(-0.5 * g * g) * 0.3989422804014327)
+        tl.store(out, act.to(C.dtype.element_ty), mask=cmask)
+        tl.store(DG + hid, dg.to(DG.dtype.element_ty), mask=cmask)
+    if MODE == 3:
+        tl.store(out, acc.to(C.dtype.element_ty), mask=cmask)
+
+
 _TL_DTYPES = {
     torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
     torch.float64: tl.float64,
@@ -320,6 +418,48 @@ def _contig(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.contiguous()
 
 
+# Tokens wider than this (``next_power_of_2(D)``) take the tiled per-token GEMMs instead of the
+# fused (token, sample tile) kernels, whose whole-row tiles would not fit in shared memory.
+FUSED_MAX_D = 256
+
+
+def _gemm_tiles(cdt: torch.dtype) -> dict:
+    if _interpreting():
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
+    if cdt in (torch.float32, torch.float64):
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=2)
+    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
+
+
+def _token_gemm(mode, a, b, c, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=None, bias2=None,
+                g=None, v=None, dg=None, dv=None, gated=False, save=False) -> None:
+    """Launch :func:`ffn_token_gemm_kernel` over ``(T, m tiles, n tiles)``; ``sa``/``sb``/``sc``
+    are the ``(m, t, k)``, ``(t, k, n)`` and ``(m, t, n)`` strides."""
+    tiles = _gemm_tiles(cdt)
+    t = b.shape[0]
+    ffn_token_gemm_kernel[(t, triton.cdiv(m, tiles["BLOCK_M"]), triton.cdiv(n, tiles["BLOCK_N"]))](
+        a, b, a2 if a2 is not None else a, b2 if b2 is not None else b,
+        bias if bias is not None else b, bias2 if bias2 is not None else b, c,
+        g if g is not None else c, v if v is not None else c, dg if dg is not None else c,
+        dv if dv is not None else c,
+        m, n, k, *sa, *sb, *sc,
+        MODE=mode, GATED=gated, HAS_BIAS=bias is not None, HAS_BIAS2=bias2 is not None, SAVE=save,
+        CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), **tiles,
+    )
+
+
+def _hidden_tiled(u, w1, w3, b1, b3, cdt, save, g=None, v=None) -> torch.Tensor:
+    """``act(u W1 + b1, u W3 + b3)`` as ``[T, bs, h]`` (compute dtype); ``G``/``V`` saved into
+    ``g``/``v`` when ``save``."""
+    bs, t, d = u.shape
+    h = w1.shape[-1]
+    act = torch.empty((t, bs, h), device=u.device, dtype=cdt)
+    _token_gemm(MODE_HIDDEN, u, w1, act, bs, h, d, (u.stride(0), u.stride(1), u.stride(2)),
+                (d * h, h, 1), (h, bs * h, 1), cdt, b2=w3, bias=b1, bias2=b3, g=g, v=v,
+                gated=w3 is not None, save=save)
+    return act
+
+
 def ffn_fwd(
     u: torch.Tensor,
     w1: torch.Tensor,
@@ -345,6 +485,11 @@ def ffn_fwd(
     v = new_output((t, bs, h), like=u, dtype=cdt) if save and gated else None
     if bs == 0 or t == 0:
         return o, g, v
+    if _block_d(d) > FUSED_MAX_D:
+        act = _hidden_tiled(u, w1, w3, b1, b3, cdt, save, g, v)
+        _token_gemm(MODE_DOWN, act, w2, o, bs, d, h, (h, bs * h, 1), (h * d, d, 1), (t * d, d, 1), cdt,
+                    bias=b2)
+        return o, g, v
     dummy = w1
     ffn_fwd_kernel[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
         u, w1, w3 if gated else dummy, w2,
@@ -356,6 +501,25 @@ def ffn_fwd(
         SAVE=save, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
     )
     return o, g, v
+
+
+def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt) -> None:
+    bs, t, d = u.shape
+    h = w1.shape[-1]
+    gated = w3 is not None
+    saved = g is not None
+    dummy = w1
+    ffn_bwd_act_kernel[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
+        do, u, w1, w3 if gated else dummy, w2,
+        b1 if b1 is not None else dummy, b3 if b3 is not None else dummy,
+        g if saved else dummy, v if (saved and gated) else dummy,
+        du, a, dg, dv,
+        bs, d, h, bucket(bs),
+        do.stride(0), do.stride(1), do.stride(2),
+        u.stride(0), u.stride(1), u.stride(2),
+        GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None,
+        SAVED=saved, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
+    )
 
 
 def ffn_bwd(
@@ -391,18 +555,18 @@ def ffn_bwd(
     dg = torch.empty((t, bs, h), device=u.device, dtype=cdt)
     dv = torch.empty((t, bs, h), device=u.device, dtype=cdt) if gated else dg
     saved = g is not None
-    dummy = w1
-    ffn_bwd_act_kernel[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
-        do, u, w1, w3 if gated else dummy, w2,
-        b1 if b1 is not None else dummy, b3 if b3 is not None else dummy,
-        g if saved else dummy, v if (saved and gated) else dummy,
-        du, a, dg, dv,
-        bs, d, h, bucket(bs),
-        do.stride(0), do.stride(1), do.stride(2),
-        u.stride(0), u.stride(1), u.stride(2),
-        GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None,
-        SAVED=saved, CDT=tdt, PREC=_prec(cdt), BLOCK_D=_block_d(d),
-    )
+    if _block_d(d) > FUSED_MAX_D:
+        if not saved:
+            g = torch.empty((t, bs, h), device=u.device, dtype=cdt)
+            v = torch.empty((t, bs, h), device=u.device, dtype=cdt) if gated else None
+            _hidden_tiled(u, w1, w3, b1, b3, cdt, True, g, v)
+        sdo = (do.stride(0), do.stride(1), do.stride(2))
+        _token_gemm(MODE_DACT, do, w2, a, bs, h, d, sdo, (h * d, 1, d), (h, bs * h, 1), cdt,
+                    g=g, v=v, dg=dg, dv=dv, gated=gated)
+        _token_gemm(MODE_DU, dg, w1, du, bs, d, h, (h, bs * h, 1), (d * h, 1, h), (t * d, d, 1), cdt,
+                    a2=dv if gated else None, b2=w3, gated=gated)
+    else:
+        _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt)
     bd = min(64, max(16, triton.next_power_of_2(d)))
     bh = min(64, max(16, triton.next_power_of_2(h)))
     d_tiles, h_tiles = triton.cdiv(d, bd), triton.cdiv(h, bh)

@@ -95,3 +95,16 @@ def test_pgelu_ffn_rankmixer_100m_gpu(kernel_dtype):
     bs, t, d, kd = 32, 16, 768, 3072
     u = random_input((bs, t, d), kernel_dtype, "cuda", requires_grad=True)
     check_against_reference(pgelu_ffn, (u, *_params(t, d, kd, kernel_dtype, "cuda", True)), backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
+def test_pgelu_ffn_triton_tiled_path(device, kernel_dtype, monkeypatch, recompute):
+    """The tiled per-token GEMMs that wide tokens (D > FUSED_MAX_D) take."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    monkeypatch.setattr(kernels, "FUSED_MAX_D", 0)
+    bs, t, d, kd = 5, 2, 24, 40
+    u = random_input((bs, t, d), kernel_dtype, device, requires_grad=True, noncontiguous=True)
+    check_against_reference(pgelu_ffn, (u, *_params(t, d, kd, kernel_dtype, device, True)),
+                            backend="triton", kwargs={"recompute": recompute})

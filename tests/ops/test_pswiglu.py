@@ -163,3 +163,22 @@ def test_pswiglu_weight_grad_split_matches_single_pass(device):
     three = ffn_bwd(do, u, wg, wu, wd, bg, bu, None, None, n_split=3)
     for a, b in zip(one, three):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def tiled_path(monkeypatch):
+    """Force the tiled per-token GEMMs that wide tokens (D > FUSED_MAX_D) take."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    monkeypatch.setattr(kernels, "FUSED_MAX_D", 0)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("shape", [(3, 2, 24, 20), (5, 1, 40, 36)])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
+def test_pswiglu_triton_tiled_path(device, kernel_dtype, tiled_path, shape, bias, recompute):
+    bs, t, d, h = shape
+    u = random_input((bs, t, d), kernel_dtype, device, requires_grad=True, noncontiguous=True)
+    check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, kernel_dtype, device, bias)),
+                            backend="triton", kwargs={"recompute": recompute})
