@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import re
 from types import ModuleType
 
 import torch
@@ -84,11 +85,41 @@ def load() -> str:
     return path
 
 
+def arch_runs_on(arch_list: str, capability: tuple[int, int]) -> bool:
+    """Whether code built for ``arch_list`` (``UNIMIXER_CUDA_ARCH`` syntax) runs on ``capability``.
+
+    Machine code for ``X.Y`` runs on ``X.Z`` with ``Z >= Y`` (``X.Ya`` only on ``X.Y``); with
+    ``+PTX`` it is also compiled just in time for any newer device.
+    """
+    for item in re.split(r"[;,\s]+", arch_list.strip()):
+        m = re.fullmatch(r"(\d+)\.(\d+)([af]?)(\+PTX)?", item)
+        if m is None:
+            continue
+        built = (int(m.group(1)), int(m.group(2)))
+        if m.group(3):
+            if built == capability:
+                return True
+        elif built[0] == capability[0] and built[1] <= capability[1]:
+            return True
+        if m.group(4) and built <= capability:
+            return True
+    return False
+
+
 @functools.cache
 def status() -> tuple[bool, str]:
-    """Whether the extension is loaded (loading it if needed), and if not, why."""
+    """Whether the extension is loaded (loading it if needed) and can run here, and if not, why."""
     try:
         load()
     except (ImportError, OSError, RuntimeError) as exc:
         return False, str(exc)
+    info = build_info()
+    if torch.cuda.is_available() and info is not None:
+        capability = torch.cuda.get_device_capability()
+        if not arch_runs_on(info.CUDA_ARCH, capability):
+            cap = f"{capability[0]}.{capability[1]}"
+            return False, (
+                f"{EXTENSION} was built for compute capability {info.CUDA_ARCH}, but the device is {cap}; "
+                f"rebuild with UNIMIXER_CUDA_ARCH={cap}"
+            )
     return True, ""

@@ -132,3 +132,22 @@ def test_a_skipped_build_says_why(monkeypatch):
             _cuda_ext.load()
     finally:
         _cuda_ext.load.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "arch, capability, runs",
+    [
+        ("9.0", (9, 0), True),
+        ("9.0", (8, 0), False),
+        ("9.0", (10, 0), False),
+        ("8.0", (8, 6), True),
+        ("8.6", (8, 0), False),
+        ("9.0a", (9, 0), True),
+        ("9.0a", (9, 1), False),
+        ("8.0;9.0+PTX", (10, 0), True),
+        ("8.0 9.0", (9, 0), True),
+        ("9.0+PTX", (8, 9), False),
+    ],
+)
+def test_arch_runs_on(arch, capability, runs):
+    assert _cuda_ext.arch_runs_on(arch, capability) is runs
