@@ -72,19 +72,48 @@ def _tile_configs() -> list:
     return [triton.Config({"BLOCK_S": s, "BLOCK_H": h}, num_warps=w, num_stages=st) for s, h, w, st in shapes]
 
 
+_SMEM_BUDGET = 160 * 1024  # bytes: an H100/H200 SM has 227 KiB; leave room for layout scratch
+
+
+def _tile_smem_bytes(cfg, block_d: int, elem: int, gated: bool) -> int:
+    """A rough shared-memory estimate of the (token, sample tile) kernels: the activation rows,
+    the hidden chunk, and one set of weight tiles per pipeline stage."""
+    bs, bh = cfg.kwargs["BLOCK_S"], cfg.kwargs["BLOCK_H"]
+    weights = (3 if gated else 2) * block_d * bh
+    return elem * (2 * bs * block_d + bs * bh + max(cfg.num_stages, 1) * weights)
+
+
 def _prune_tiles(configs, named_args, **kwargs) -> list:
-    """Small batches (tests, tiny models) take one configuration that fits any ``D`` instead of
-    tuning: the tuning would cost more than it saves."""
-    if named_args["BS_KEY"] >= 1024 or len(configs) == 1:
+    """Drop configurations whose tiles would overflow shared memory for this ``D`` and dtype.
+    Small batches (tests, tiny models) take the smallest remaining one instead of tuning: the
+    tuning would cost more than it saves."""
+    if len(configs) == 1:
         return configs
-    s, h = (16, 32) if named_args["D"] > 256 else (32, 32)
-    return [c for c in configs if c.kwargs["BLOCK_S"] == s and c.kwargs["BLOCK_H"] == h][:1] or configs[-1:]
+    block_d = kwargs.get("BLOCK_D", 128)
+    cdt = kwargs.get("CDT", tl.float16)
+    elem = max(cdt.primitive_bitwidth // 8, 1) if hasattr(cdt, "primitive_bitwidth") else 4
+    gated = bool(kwargs.get("GATED", True))
+    fits = [c for c in configs if _tile_smem_bytes(c, block_d, elem, gated) <= _SMEM_BUDGET]
+    if not fits:
+        fits = [min(configs, key=lambda c: _tile_smem_bytes(c, block_d, elem, gated))]
+    if named_args["BS_KEY"] >= 1024:
+        return fits
+    return [min(fits, key=lambda c: abs(c.kwargs["BLOCK_S"] - 32) + abs(c.kwargs["BLOCK_H"] - 32)
+                + 8 * abs(c.num_stages - 2))]
 
 
 def _prune_weight(configs, named_args, **kwargs) -> list:
-    if named_args["BS_KEY"] >= 1024 or len(configs) == 1:
+    """As :func:`_prune_tiles` for the weight-gradient kernel: five ``[64, BLOCK_S]`` operand
+    tiles per pipeline stage."""
+    if len(configs) == 1:
         return configs
-    return configs[-1:]
+    cdt = kwargs.get("CDT", tl.float16)
+    elem = max(cdt.primitive_bitwidth // 8, 1) if hasattr(cdt, "primitive_bitwidth") else 4
+    size = lambda c: elem * max(c.num_stages, 1) * 5 * 64 * c.kwargs["BLOCK_S"]  # noqa: E731
+    fits = [c for c in configs if size(c) <= _SMEM_BUDGET] or [min(configs, key=size)]
+    if named_args["BS_KEY"] >= 1024:
+        return fits
+    return [min(fits, key=size)]
 
 
 def _weight_configs() -> list:
@@ -418,9 +447,15 @@ def _contig(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.contiguous()
 
 
-# Tokens wider than this (``next_power_of_2(D)``) take the tiled per-token GEMMs instead of the
-# fused (token, sample tile) kernels, whose whole-row tiles would not fit in shared memory.
+# Tokens wider than this (``next_power_of_2(D)``; half for 32/64-bit dtypes) take the tiled
+# per-token GEMMs instead of the fused (token, sample tile) kernels, whose whole-row tiles would
+# not fit in shared memory.
 FUSED_MAX_D = 256
+
+
+def _fused(d: int, cdt: torch.dtype) -> bool:
+    limit = FUSED_MAX_D if cdt in (torch.float16, torch.bfloat16) else FUSED_MAX_D // 2
+    return _block_d(d) <= limit
 
 
 def _gemm_tiles(cdt: torch.dtype) -> dict:
@@ -485,7 +520,7 @@ def ffn_fwd(
     v = new_output((t, bs, h), like=u, dtype=cdt) if save and gated else None
     if bs == 0 or t == 0:
         return o, g, v
-    if _block_d(d) > FUSED_MAX_D:
+    if not _fused(d, cdt):
         act = _hidden_tiled(u, w1, w3, b1, b3, cdt, save, g, v)
         _token_gemm(MODE_DOWN, act, w2, o, bs, d, h, (h, bs * h, 1), (h * d, d, 1), (t * d, d, 1), cdt,
                     bias=b2)
@@ -555,7 +590,7 @@ def ffn_bwd(
     dg = torch.empty((t, bs, h), device=u.device, dtype=cdt)
     dv = torch.empty((t, bs, h), device=u.device, dtype=cdt) if gated else dg
     saved = g is not None
-    if _block_d(d) > FUSED_MAX_D:
+    if not _fused(d, cdt):
         if not saved:
             g = torch.empty((t, bs, h), device=u.device, dtype=cdt)
             v = torch.empty((t, bs, h), device=u.device, dtype=cdt) if gated else None

@@ -182,3 +182,22 @@ def test_pswiglu_triton_tiled_path(device, kernel_dtype, tiled_path, shape, bias
     u = random_input((bs, t, d), kernel_dtype, device, requires_grad=True, noncontiguous=True)
     check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, kernel_dtype, device, bias)),
                             backend="triton", kwargs={"recompute": recompute})
+
+
+def test_pswiglu_tile_pruning_always_leaves_a_config():
+    """The autotuner's shared-memory pruning keeps at least one configuration for every width,
+    dtype and batch, and the small-batch choice is a single configuration."""
+    import triton
+    import triton.language as tl
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    tiles = [triton.Config({"BLOCK_S": s, "BLOCK_H": h}, num_warps=4, num_stages=st)
+             for s, h, st in [(128, 64, 3), (64, 64, 2), (32, 32, 2), (16, 32, 1)]]
+    weights = [triton.Config({"BLOCK_S": s}, num_warps=4, num_stages=st) for s, st in [(128, 3), (32, 1)]]
+    for block_d in (16, 128, 256, 1024, 2048):
+        for cdt in (tl.float16, tl.bfloat16, tl.float32):
+            for bs_key in (1, 256, 4096):
+                args = {"BS_KEY": bs_key}
+                kept = kernels._prune_tiles(tiles, args, BLOCK_D=block_d, CDT=cdt, GATED=True)
+                assert kept and (bs_key >= 1024 or len(kept) == 1)
+                assert kernels._prune_weight(weights, args, CDT=cdt)
