@@ -119,7 +119,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tau-start", type=float, default=1.0)
     parser.add_argument("--tau-end", type=float, default=0.05)
     parser.add_argument("--log-every", type=int, default=20)
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="CPU threads for torch (default 1: the default model is too small to gain from more, "
+        "and on a busy machine extra threads slow it down many times); 0 keeps torch's choice",
+    )
     a = parser.parse_args(argv)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
     return train(
         a.family, a.steps, backend=a.backend, device=a.device, seed=a.seed, batch_size=a.batch_size,
         lr=a.lr, tokens=a.tokens, dim=a.dim, num_blocks=a.blocks, block=a.block_size, num_samples=a.samples,

@@ -106,7 +106,7 @@ def test_ranker_overfits_one_batch(family):
 def test_train_entry_point_runs_and_anneals(capsys):
     result = train_module.main(
         ["--family", "unimixer-lite", "--steps", "12", "--samples", "1500", "--batch-size", "64",
-         "--log-every", "4", "--dim", "16", "--tokens", "4"]
+         "--log-every", "4", "--dim", "16", "--tokens", "4", "--threads", "0"]
     )
     out = capsys.readouterr().out
     assert "loss" in out and "AUC" in out and "UAUC" in out
