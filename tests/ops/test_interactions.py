@@ -140,3 +140,32 @@ def test_dot_interaction_dlrm_criteo_gpu(kernel_dtype, order):
     """SPEC §10 dlrm-criteo (n=27, d=128) with a smaller batch."""
     x = random_input((512, 27, 128), kernel_dtype, "cuda", requires_grad=True)
     check_against_reference(uk.dot_interaction, (x, order), backend="triton")
+
+
+@pytest.mark.triton
+def test_interactions_compile_fullgraph(device):
+    x = random_input((3, 7, 20), torch.float32, device, requires_grad=True)
+    y = random_input((7, 5), torch.float32, device, requires_grad=True)
+    fm = torch.compile(lambda a, b: uk.fm_interaction(a, b, backend="triton"), fullgraph=True,
+                       backend="aot_eager")
+    check_against_reference(lambda a, b, backend: fm(a, b) if backend == "triton"
+                            else uk.fm_interaction(a, b, backend=backend), (x, y), backend="triton")
+    dot = torch.compile(lambda a: uk.dot_interaction(a, "tril", backend="triton"), fullgraph=True,
+                        backend="aot_eager")
+    check_against_reference(lambda a, backend: dot(a) if backend == "triton"
+                            else uk.dot_interaction(a, "tril", backend=backend), (x,), backend="triton")
+
+
+@pytest.mark.triton
+def test_interactions_triton_empty_batch(device):
+    x = random_input((0, 7, 20), torch.float32, device, requires_grad=True)
+    y = random_input((7, 5), torch.float32, device, requires_grad=True)
+    o = uk.fm_interaction(x, y, backend="triton")
+    assert o.shape == (0, 7, 5)
+    dx, dy = torch.autograd.grad(o.sum(), (x, y))
+    assert dx.shape == x.shape and torch.equal(dy, torch.zeros_like(dy))
+    for order, width in (("triu", 21), ("tril", 22)):
+        z = uk.dot_interaction(x, order, backend="triton")
+        assert z.shape == (0, width)
+        (dx,) = torch.autograd.grad(z.sum(), x)
+        assert dx.shape == x.shape

@@ -108,3 +108,18 @@ def test_pgelu_ffn_triton_tiled_path(device, kernel_dtype, monkeypatch, recomput
     u = random_input((bs, t, d), kernel_dtype, device, requires_grad=True, noncontiguous=True)
     check_against_reference(pgelu_ffn, (u, *_params(t, d, kd, kernel_dtype, device, True)),
                             backend="triton", kwargs={"recompute": recompute})
+
+
+@pytest.mark.triton
+def test_pgelu_ffn_compile_fullgraph_and_empty_batch(device):
+    bs, t, d, kd = 3, 2, 16, 24
+    u = random_input((bs, t, d), torch.float32, device, requires_grad=True)
+    ps = _params(t, d, kd, torch.float32, device, True)
+    fn = torch.compile(lambda *a: pgelu_ffn(*a, backend="triton"), fullgraph=True, backend="aot_eager")
+    check_against_reference(lambda *a, backend: fn(*a) if backend == "triton"
+                            else pgelu_ffn(*a, backend=backend), (u, *ps), backend="triton")
+    empty = random_input((0, t, d), torch.float32, device, requires_grad=True)
+    o = pgelu_ffn(empty, *ps, backend="triton")
+    assert o.shape == (0, t, d)
+    grads = torch.autograd.grad(o.sum(), [empty, *ps])
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads[1:])

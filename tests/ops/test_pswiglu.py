@@ -201,3 +201,26 @@ def test_pswiglu_tile_pruning_always_leaves_a_config():
                 kept = kernels._prune_tiles(tiles, args, BLOCK_D=block_d, CDT=cdt, GATED=True)
                 assert kept and (bs_key >= 1024 or len(kept) == 1)
                 assert kernels._prune_weight(weights, args, CDT=cdt)
+
+
+@pytest.mark.triton
+def test_pswiglu_compile_fullgraph(device):
+    """The custom ops trace into one graph (fake kernels, autograd) with no graph break."""
+    bs, t, d, h = 3, 2, 16, 20
+    u = random_input((bs, t, d), torch.float32, device, requires_grad=True)
+    ws = _weights(t, d, h, torch.float32, device, True)
+    fn = torch.compile(lambda *a: uk.pswiglu(*a, recompute=False, backend="triton"),
+                       fullgraph=True, backend="aot_eager")
+    check_against_reference(lambda *a, backend: fn(*a) if backend == "triton"
+                            else uk.pswiglu(*a, backend=backend), (u, *ws), backend="triton")
+
+
+@pytest.mark.triton
+def test_pswiglu_triton_empty_batch(device):
+    u = random_input((0, 2, 16), torch.float32, device, requires_grad=True)
+    ws = _weights(2, 16, 20, torch.float32, device, True)
+    o = uk.pswiglu(u, *ws, backend="triton")
+    assert o.shape == (0, 2, 16)
+    grads = torch.autograd.grad(o.sum(), [u, *ws])
+    assert grads[0].shape == u.shape
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads[1:])

@@ -199,3 +199,33 @@ def test_token_mixer_presets_gpu(kernel_dtype, t, d):
     w = random_input((d,), kernel_dtype, "cuda", requires_grad=True)
     b = random_input((d,), kernel_dtype, "cuda", requires_grad=True)
     check_against_reference(token_mixer_residual_norm, (x, t, w, b, 1e-6, "layer"), backend="triton")
+
+
+@pytest.mark.triton
+def test_token_mixer_compile_fullgraph(device):
+    x = random_input((2, 4, 12), torch.float32, device, requires_grad=True)
+    w = random_input((12,), torch.float32, device, requires_grad=True)
+    b = random_input((12,), torch.float32, device, requires_grad=True)
+    tm = torch.compile(lambda a: uk.token_mixer(a, 3, backend="triton"), fullgraph=True, backend="aot_eager")
+    check_against_reference(lambda a, backend: tm(a) if backend == "triton"
+                            else uk.token_mixer(a, 3, backend=backend), (x,), backend="triton")
+    tmn = torch.compile(lambda a, ww, bb: token_mixer_residual_norm(a, 4, ww, bb, backend="triton"),
+                        fullgraph=True, backend="aot_eager")
+    check_against_reference(lambda a, ww, bb, backend: tmn(a, ww, bb) if backend == "triton"
+                            else token_mixer_residual_norm(a, 4, ww, bb, backend=backend),
+                            (x, w, b), backend="triton")
+
+
+@pytest.mark.triton
+def test_token_mixer_triton_empty_batch(device):
+    x = random_input((0, 4, 12), torch.float32, device, requires_grad=True)
+    w = random_input((12,), torch.float32, device, requires_grad=True)
+    b = random_input((12,), torch.float32, device, requires_grad=True)
+    o = uk.token_mixer(x, 3, backend="triton")
+    assert o.shape == (0, 3, 16)
+    assert torch.autograd.grad(o.sum(), x)[0].shape == x.shape
+    y = token_mixer_residual_norm(x, 4, w, b, backend="triton")
+    assert y.shape == x.shape
+    dx, dw, db = torch.autograd.grad(y.sum(), (x, w, b))
+    assert dx.shape == x.shape
+    assert torch.equal(dw, torch.zeros_like(dw)) and torch.equal(db, torch.zeros_like(db))
