@@ -69,6 +69,17 @@ def test_lite_weights_global_persistent(device, monkeypatch, symmetric):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_lite_weights_global_persistent_resident(device, monkeypatch, symmetric):
+    # one tile: the low-rank logits tile is formed once and stays in registers
+    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (32, 32))
+    monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
+    monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
+    args = _inputs(29, 2, 4, 20, torch.float32, device)
+    check_against_reference(uk.lite_weights, (*args, 0.05, 3, symmetric), backend="triton")
+
+
+@pytest.mark.triton
 def test_lite_weights_large_blocks(device, monkeypatch):
     # blocks above the in-register limit go through torch composition + the tiled kernels
     monkeypatch.setattr(sk_kernels, "SMALL_MAX_N", 4)

@@ -131,6 +131,16 @@ def test_sinkhorn_persistent_triton(device, persistent, shape, symmetric):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("shape", [(27, 27), (2, 19, 19)])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_persistent_resident(device, monkeypatch, persistent, shape, symmetric):
+    # one 32 x 32 tile per matrix: the program keeps its S0 and gradient tiles in registers
+    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (32, 32))
+    x = _logits(shape, torch.float32, device)
+    check_against_reference(uk.sinkhorn, (x, 0.05, 4, symmetric), backend="triton")
+
+
+@pytest.mark.triton
 def test_sinkhorn_persistent_k1_fp16(device, persistent):
     x = _logits((20, 20), torch.float16, device, noncontiguous=True)
     check_against_reference(uk.sinkhorn, (x, 1.0, 1, True), backend="triton")
