@@ -23,12 +23,13 @@ from .ranker import FAMILIES, Ranker
 
 @torch.no_grad()
 def evaluate(model: Ranker, data, device: torch.device | str, batch_size: int = 2048) -> dict[str, float]:
+    was_training = model.training
     model.eval()
     logits = torch.cat([
         model(data.features[i : i + batch_size].to(device)).float().cpu()
         for i in range(0, len(data), batch_size)
     ])
-    model.train()
+    model.train(was_training)
     return {
         "auc": auc(logits, data.labels),
         "uauc": uauc(logits, data.labels, data.users),
