@@ -133,7 +133,7 @@ def unimixing_fwd_kernel(
     kb = tl.arange(0, BP)
     kb_ok = kb < B
 
-    acc = tl.zeros([BM, BC], dtype=tl.float32)
+    acc_t = tl.zeros([BC, BM], dtype=tl.float32)
     for k0 in range(0, N, BK):
         rn = k0 + tl.arange(0, BK)
         n_ok = rn < N
@@ -147,10 +147,14 @@ def unimixing_fwd_kernel(
         else:
             h = tl.zeros([BK, SPT, CW], dtype=tl.float32)
             if B <= 16:
-                # unrolled: a nested loop would stop the software pipelining of the K loop
+                # one coalesced load of the x chunk; column b is picked out in registers (the b
+                # axis is held by one thread), and the loop is unrolled so that the K loop stays
+                # innermost and software-pipelined
+                x3 = tl.load(X + ks[None, :, None] * L + rn[:, None, None] * B + kb[None, None, :],
+                             mask=n_ok[:, None, None] & ks_ok[None, :, None] & kb_ok[None, None, :],
+                             other=0.0).to(tl.float32)
                 for b in tl.static_range(B):
-                    xb = tl.load(X + ks[None, :] * L + rn[:, None] * B + b,
-                                 mask=n_ok[:, None] & ks_ok[None, :], other=0.0).to(tl.float32)
+                    xb = tl.sum(tl.where(kb[None, None, :] == b, x3, 0.0), axis=2)
                     wb = tl.load(WL + rn[:, None] * (B * B) + b * B + kc[None, :],
                                  mask=n_ok[:, None] & kc_ok[None, :], other=0.0).to(tl.float32)
                     h += xb[:, :, None] * wb[:, None, :]
@@ -162,9 +166,11 @@ def unimixing_fwd_kernel(
                     wb = tl.load(WL + rn[:, None] * (B * B) + b * B + kc[None, :],
                                  mask=n_ok[:, None] & kc_ok[None, :], other=0.0).to(tl.float32)
                     h += xb[:, :, None] * wb[:, None, :]
-        # round before the reshape: a layout change moves half the bytes
-        h2 = tl.reshape(h.to(DOT_DTYPE), [BK, BC])
-        acc = tl.dot(wg.to(DOT_DTYPE), h2, acc, input_precision=PRECISION)
+        # transposed product, acc^T[(s, c), m] += H^T W_G^T: the H chunk is the register operand,
+        # so the tensor-core dot can run asynchronously while the next chunk is built
+        h2t = tl.reshape(tl.permute(h.to(DOT_DTYPE), (1, 2, 0)), [BC, BK])
+        acc_t = tl.dot(h2t, tl.trans(wg.to(DOT_DTYPE)), acc_t, input_precision=PRECISION)
+    acc = tl.trans(acc_t)
 
     offs = samp[None, :] * L + rm[:, None] * B + jc[None, :]
     mask = m_ok[:, None] & col_ok[None, :]
@@ -270,7 +276,11 @@ def unimixing_bwd_dwg_kernel(
     PRECISION: tl.constexpr,
 ):
     """``DWG_PART[p, m, n] = sum_{s in split p} sum_c DY[s, m*B + c] H[s, n, c]``, with
-    ``H[s, n, c] = sum_b X[s, n*B + b] W_B[n, b, c]`` rebuilt in registers."""
+    ``H[s, n, c] = sum_b X[s, n*B + b] W_B[n, b, c]`` rebuilt in registers.
+
+    Computed transposed, ``acc[n, m] = sum_(s,c) H[n, (s,c)] DY^T[(s,c), m]``: the ``H`` chunk is
+    built as ``[BN, samples, c]`` (the forward's layout, no layout change) and is the register
+    operand of the dot."""
     SPT: tl.constexpr = BC // BP
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -284,27 +294,32 @@ def unimixing_bwd_dwg_kernel(
     jc = cols % BP
     kc = tl.arange(0, BP)
     kc_ok = kc < B
+    ks = tl.arange(0, SPT)
     s_begin = pid_p.to(tl.int64) * samples_per_split
     s_end = tl.minimum(s_begin + samples_per_split, BS)
-    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    acc = tl.zeros([BN, BM], dtype=tl.float32)
     for st in range(s_begin, s_end, SPT):
         samp = st + js
         col_ok = (samp < s_end) & (jc < B)
-        dy = tl.load(DY + samp[None, :] * L + rm[:, None] * B + jc[None, :],
-                     mask=m_ok[:, None] & col_ok[None, :], other=0.0)
-        ss = st + tl.arange(0, SPT)
+        dyt = tl.load(DY + samp[:, None] * L + rm[None, :] * B + jc[:, None],
+                      mask=col_ok[:, None] & m_ok[None, :], other=0.0)
+        ss = st + ks
         ss_ok = ss < s_end
-        h = tl.zeros([SPT, BP, BN], dtype=tl.float32)
-        for b in tl.static_range(B):  # unrolled: keeps the K loop innermost (pipelined)
-            xb = tl.load(X + ss[:, None] * L + rn[None, :] * B + b,
-                         mask=ss_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
-            wb = tl.load(WL + rn[None, :] * (B * B) + b * B + kc[:, None],
-                         mask=kc_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
-            h += xb[:, None, :] * wb[None, :, :]
-        h2 = tl.reshape(h.to(DOT_DTYPE), [BC, BN])
-        acc = tl.dot(dy.to(DOT_DTYPE), h2, acc, input_precision=PRECISION)
-    part = DWG_PART + pid_p.to(tl.int64) * N * N + rm[:, None] * N + rn[None, :]
-    tl.store(part, acc.to(DWG_PART.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+        # one load of the x chunk as [n, samples, b]; column b is picked out in registers, and the
+        # loop is unrolled so that the K loop stays innermost (software-pipelined)
+        x3 = tl.load(X + ss[None, :, None] * L + rn[:, None, None] * B + kc[None, None, :],
+                     mask=n_ok[:, None, None] & ss_ok[None, :, None] & kc_ok[None, None, :],
+                     other=0.0).to(tl.float32)
+        h = tl.zeros([BN, SPT, BP], dtype=tl.float32)
+        for b in tl.static_range(B):
+            xb = tl.sum(tl.where(kc[None, None, :] == b, x3, 0.0), axis=2)
+            wb = tl.load(WL + rn[:, None] * (B * B) + b * B + kc[None, :],
+                         mask=n_ok[:, None] & kc_ok[None, :], other=0.0).to(tl.float32)
+            h += xb[:, :, None] * wb[:, None, :]
+        h2 = tl.reshape(h.to(DOT_DTYPE), [BN, BC])
+        acc = tl.dot(h2, dyt.to(DOT_DTYPE), acc, input_precision=PRECISION)
+    part = DWG_PART + pid_p.to(tl.int64) * N * N + rm[None, :] * N + rn[:, None]
+    tl.store(part, acc.to(DWG_PART.dtype.element_ty), mask=n_ok[:, None] & m_ok[None, :])
 
 
 @triton.jit
@@ -526,7 +541,7 @@ def _dx_configs(bp: int, half: bool) -> tuple:
 
 
 def _dwg_configs(bp: int, half: bool) -> tuple:
-    tiles = [(128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (64, 128, 64, 4, 3)]
+    tiles = [(128, 128, 32, 8, 3), (256, 64, 32, 8, 3), (128, 128, 32, 8, 4)]
     tiles = tiles if half else [(64, 64, 16, 4, 2)]
     return tuple(dict.fromkeys(
         ((("BM", bm), ("BN", bn), ("BC", max(bc, bp))), w, s) for bm, bn, bc, w, s in tiles
