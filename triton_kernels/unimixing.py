@@ -11,11 +11,13 @@ Forward, for each sample::
 A tile of samples turns the global step into a GEMM ``Y = W_G @ H`` with ``H`` viewed as
 ``[N, (sample, c)]`` columns. ``unimixing_fwd_kernel`` owns a ``[BM blocks m] x [BC columns]`` tile
 of ``Y`` (here ``BC = samples * BP``, ``BP = next_pow2(B)``, padded columns masked). Its K loop walks
-``BK`` blocks ``n`` at a time: the ``[BK, samples, BP]`` chunk of ``H`` is built in registers from
-the ``x`` chunk and ``W_B`` (``B`` fp32 FMAs per element) and fed straight to ``tl.dot`` with the
-``W_G`` tile, so ``h`` never goes to memory. The dot runs in the activation dtype (tensor cores;
-``w_global`` and the ``H`` chunk are rounded to it) with an fp32 accumulator; fp32 activations use
-``input_precision="ieee"``.
+``BK`` blocks ``n`` at a time: one coalesced load brings the ``[BK, samples, BP]`` chunk of ``x``,
+each column ``b`` is picked out in registers (a thread holds the whole ``b`` axis), and ``B`` fp32
+FMAs per element build the ``H`` chunk, which feeds ``tl.dot`` directly, so ``h`` never goes to
+memory. The product is computed transposed (``Y^T += H^T W_G^T``) so that the ``H`` chunk is the
+register operand and the tensor-core dot runs asynchronously while the next chunk is built. The dot
+runs in the activation dtype (``w_global`` and the ``H`` chunk are rounded to it) with an fp32
+accumulator; fp32 activations use ``input_precision="ieee"``.
 
 Optional epilogue (``unimixing_rmsnorm``): ``s = z + y`` in fp32 and ``u = s * rstd * w`` with
 ``rstd = rsqrt(mean_D(s^2) + eps)`` per token. The tile then spans ``BM_EFF`` blocks, a multiple of
@@ -34,8 +36,9 @@ Small ``B`` (``next_pow2(B) < 16``): ``unimixing_bwd_dx_kernel`` owns ``BN`` blo
 contiguous range of samples; per tile of samples it computes ``G`` (K loop over ``m`` on tensor
 cores), applies the local transpose and the residual in the epilogue (``B`` FMAs per element), and
 accumulates its fp32 ``dW_B`` partial. ``unimixing_bwd_dwg_kernel`` owns a ``[BM, BN]`` tile of
-``dW_G`` and a range of samples (K loop over ``(sample, c)``), rebuilding the ``H^T`` chunk in
-registers. ``G`` and ``H`` never go to memory.
+``dW_G`` and a range of samples (K loop over ``(sample, c)``), rebuilding the ``H`` chunk in
+registers as the forward does (and, as there, as the register operand of a transposed dot). ``G``
+and ``H`` never go to memory.
 
 Large ``B`` (``next_pow2(B) >= 16``, e.g. ``rankmixer-100m``'s 48): the per-element local work
 (``O(B)`` FMAs) would dwarf the tensor-core GEMM, so the local products become dots. The forward
