@@ -169,3 +169,15 @@ def test_interactions_triton_empty_batch(device):
         assert z.shape == (0, width)
         (dx,) = torch.autograd.grad(z.sum(), x)
         assert dx.shape == x.shape
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("split", [False, True], ids=["rounded", "split"])
+def test_fm_interaction_triton_backward_modes(device, kernel_dtype, split, monkeypatch):
+    """Both precisions of the backward (W/dW rounded to the input dtype, or hi/lo split) pass."""
+    from unimixer_kernels.triton_kernels import fm_interaction as kernels
+
+    monkeypatch.setitem(kernels.BWD_META, "split", split)
+    x = random_input((5, 33, 80), kernel_dtype, device, requires_grad=True)
+    y = random_input((33, 16), kernel_dtype, device, requires_grad=True, scale=0.5)
+    check_against_reference(uk.fm_interaction, (x, y), backend="triton")
