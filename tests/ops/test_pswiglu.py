@@ -131,9 +131,12 @@ def test_pswiglu_bad_input():
 @pytest.mark.gpu
 @pytest.mark.triton
 @pytest.mark.parametrize("recompute", [True, False])
-def test_pswiglu_paper_small_gpu(kernel_dtype, recompute):
-    """SPEC §10 paper-small (T=32, D=128, h=176) with a smaller batch for the fp64 reference."""
-    bs, t, d, h = 256, 32, 128, 176
+@pytest.mark.parametrize("preset", [(32, 128, 176), (16, 96, 128)], ids=["paper-small", "lite-2.5m"])
+def test_pswiglu_presets_gpu(kernel_dtype, recompute, preset):
+    """SPEC §10 paper-small (T=32, D=128, h=176) and lite-2.5m (T=16, D=96, h=128), with a
+    smaller batch for the fp64 reference."""
+    t, d, h = preset
+    bs = 256
     u = random_input((bs, t, d), kernel_dtype, "cuda", requires_grad=True)
     check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, kernel_dtype, "cuda", True)),
                             backend="triton", kwargs={"recompute": recompute})
