@@ -563,11 +563,13 @@ def _dwg_gemm_configs(half: bool) -> tuple:
     return tuple(((("BM", bm), ("BN", bn), ("BK", bk)), w, s) for bm, bn, bk, w, s in tiles)
 
 
-def _splits(bs: int, tiles: int, device: torch.device, per_split_floats: int) -> tuple[int, int]:
-    """Sample splits for a weight-gradient kernel: enough programs to fill the GPU, a partial
+def _splits(
+    bs: int, tiles: int, device: torch.device, per_split_floats: int, per_sm: int = 4
+) -> tuple[int, int]:
+    """Sample splits for a weight-gradient kernel: about ``per_sm`` programs per SM, a partial
     buffer of at most 2^24 fp32 values. Returns ``(splits, samples_per_split)``."""
     if device.type == "cuda" and not _interpreting():
-        want = triton.cdiv(4 * _sm_count(device), max(tiles, 1))
+        want = triton.cdiv(per_sm * _sm_count(device), max(tiles, 1))
     else:
         want = 2
     cap = max(1, (1 << 24) // max(per_split_floats, 1))
@@ -677,7 +679,7 @@ def unimixing_bwd(
         kernel[lambda meta: (triton.cdiv(n, meta["BN"]), p1)](*args, **consts)
 
     # dW_G
-    p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, x.device, n * n)
+    p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, x.device, n * n, per_sm=2)
     dwg_part = _dwg_buffer(p2, n, x, w_global.dtype)
     args = (dyc, xc, wl, dwg_part, bs, n, length, per2, bucket(bs))
     consts = dict(B=b, BP=bp, DOT_DTYPE=dot_dtype, PRECISION=precision)
@@ -737,7 +739,7 @@ def _unimixing_bwd_local_dot(
         **({} if interp else dict(num_warps=4)),
     )
 
-    p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n)
+    p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=2)
     dwg_part = _dwg_buffer(p2, n, xc, dwg_dtype)
     args = (dyc, h, dwg_part, bs, n, length, per2, bucket(bs))
     consts = dict(B=b, DOT_DTYPE=dot_dtype, PRECISION=precision)
