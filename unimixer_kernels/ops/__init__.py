@@ -1,10 +1,12 @@
 """Public functional ops: validation, then dispatch to reference / Triton / CUDA (one file per op)."""
 
+from . import rms_norm_cuda  # noqa: F401  (registers the "cuda" backend of rms_norm / add_rms_norm)
 from .interactions import dot_interaction, fm_interaction
+from .pgelu_ffn import pgelu_ffn
 from .pswiglu import pswiglu
 from .rms_norm import add_rms_norm, rms_norm
 from .sinkhorn import lite_weights, sinkhorn
-from .token_mixer import token_mixer
+from .token_mixer import token_mixer, token_mixer_residual_norm
 from .unimixing import unimixing, unimixing_rmsnorm
 
 __all__ = [
@@ -12,10 +14,12 @@ __all__ = [
     "dot_interaction",
     "fm_interaction",
     "lite_weights",
+    "pgelu_ffn",
     "pswiglu",
     "rms_norm",
     "sinkhorn",
     "token_mixer",
+    "token_mixer_residual_norm",
     "unimixing",
     "unimixing_rmsnorm",
 ]

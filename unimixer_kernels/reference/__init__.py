@@ -14,6 +14,7 @@ from .mixing import (
 )
 from .norms import add_rms_norm, layer_norm, rms_norm
 from .sinkhorn import lite_local_logits, lite_weights, sinkhorn
+from .token_mixer_norm import token_mixer_residual_norm
 
 __all__ = [
     "add_rms_norm",
@@ -27,6 +28,7 @@ __all__ = [
     "rms_norm",
     "sinkhorn",
     "token_mixer",
+    "token_mixer_residual_norm",
     "tokenmixer_global",
     "unimixing",
     "unimixing_operator",
