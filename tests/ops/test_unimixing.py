@@ -140,6 +140,11 @@ def test_unimixing_empty_batch(device):
     assert y.shape == (0, 4, 8)
     dx, dwl, dwg = torch.autograd.grad(y, (x, wl, wg), torch.ones_like(y))
     assert dx.shape == x.shape and not dwl.any() and not dwg.any()
+    nw = torch.randn(8, device=device, requires_grad=True)
+    u = uk.unimixing_rmsnorm(x, wl, wg, nw, backend="triton")
+    assert u.shape == (0, 4, 8)
+    grads = torch.autograd.grad(u, (x, wl, wg, nw), torch.ones_like(u))
+    assert all(not g.any() for g in grads[1:])
 
 
 @pytest.mark.triton
