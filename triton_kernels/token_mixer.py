@@ -161,14 +161,17 @@ def token_mix(src: torch.Tensor, rows: int, c: int, add_self: bool = False, out_
     return out
 
 
-# Launch settings for the norm kernels: rows per tile, warps, programs per SM (backward).
-NORM_META = dict(rows=4, num_warps=4, per_sm=8)
+# Launch settings for the norm kernels (defaults, not yet swept on hardware): a row tile of about
+# TILE_ELEMENTS fp32 values (16 per thread with 4 warps, so the backward's half-dozen live tiles
+# stay in registers), warps, and programs per SM for the persistent backward.
+NORM_META = dict(tile_elements=2048, max_rows=16, num_warps=4, per_sm=8)
 
 
 def _rows(d: int, rows: int | None) -> int:
-    rows = rows or NORM_META["rows"]
-    # keep a tile at about 4K fp32 elements or fewer
-    return max(1, min(rows, 4096 // triton.next_power_of_2(max(d, 1))))
+    if rows:
+        return rows
+    block = triton.next_power_of_2(max(d, 1))
+    return max(1, min(NORM_META["max_rows"], NORM_META["tile_elements"] // block))
 
 
 def tm_norm_fwd(
