@@ -88,8 +88,8 @@ def test_token_mixer_opcheck(device):
 
 # --- Norm(TokenMixer(x) + x) ----------------------------------------------------------------
 
-NORM_SHAPES = [(1, 1, 8), (3, 4, 12), (2, 6, 30), (2, 8, 64), (9, 8, 16)]  # (bs, T, D), heads = T; the last
-# spans several row tiles per program of the persistent backward
+# (bs, T, D) with heads = T; the last spans several row tiles per program of the persistent backward
+NORM_SHAPES = [(1, 1, 8), (3, 4, 12), (2, 6, 30), (2, 8, 64), (9, 8, 16)]
 
 
 def _norm_params(d, dtype, device, norm, bias):
