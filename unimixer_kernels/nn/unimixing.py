@@ -92,7 +92,8 @@ class UniMixing(nn.Module):
     reaches the logits in eval mode. The cache is dropped by ``train()``/``eval()`` and whenever
     the temperature, a logit parameter's storage (``data_ptr``), its version counter (in-place
     updates, as optimizers and ``load_state_dict`` make), device or dtype changes. Eval output
-    equals train output at the same temperature.
+    equals train output at the same temperature. Under ``torch.compile`` the cache is bypassed
+    (its key cannot be traced): the compiled eval graph recomputes the weights once per call.
     """
 
     def __init__(
@@ -207,6 +208,11 @@ class UniMixing(nn.Module):
         if self.training:
             self._cache = None
             return self.compute_weights()
+        if torch.compiler.is_compiling():
+            # the cache key (version counters, inference mode) cannot be traced: inside a
+            # compiled graph the eval weights are recomputed, still once per call
+            with torch.no_grad():
+                return self.compute_weights()
         key = self._cache_key()
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
