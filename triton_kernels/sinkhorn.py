@@ -50,6 +50,14 @@ Two layouts
   in an fp32 ``n x n`` workspace (in L2 for n = 1024). For Lite the backward materialises
   ``dM`` (fp32 ``n x n``) once; ``dA = dM B^T`` and ``dB = A^T dM`` are two GEMMs done by the
   caller with torch (cuBLAS).
+* **Tiled, persistent** (``PERSISTENT``, opt-in with ``UNIMIXER_SINKHORN_PERSISTENT=1``): the
+  same tile steps in one launch per direction. At most one program per SM (per matrix) strides
+  over the tiles, and the half-steps are separated by grid barriers (a release/acquire counter;
+  a bounded wait that records a failure instead of hanging). When every program owns exactly one
+  tile (``n = 1024`` with 64 x 128 tiles: 128 programs), the program keeps its ``S0`` tile, and
+  in backward its ``G`` tile, in registers for the whole call (``RESIDENT``): a half-step then
+  moves only the partials and potentials, and Lite forms its low-rank tile once, not ``2K+1``
+  times. The interpreter runs one program per matrix (programs run one after another there).
 
 Rows and matrices are indexed in int64.
 """

@@ -143,6 +143,21 @@ def test_lite_opcheck(device, symmetric):
 
 
 @pytest.mark.triton
+def test_lite_weights_compile_fullgraph(device):
+    torch._dynamo.reset()
+    fn = torch.compile(lambda *a: uk.lite_weights(*a, tau=0.3, iters=2, backend="triton"), fullgraph=True)
+    args = _inputs(6, 2, 3, 4, torch.float32, device)
+    twins = [t.detach().clone().requires_grad_() for t in args]
+    out = fn(*args)
+    expect = uk.lite_weights(*twins, tau=0.3, iters=2, backend="triton")
+    for o, e in zip(out, expect):
+        torch.testing.assert_close(o, e, rtol=1e-6, atol=1e-7)
+    gs = [torch.randn_like(o) for o in out]
+    for a, b in zip(torch.autograd.grad(out, args, gs), torch.autograd.grad(expect, twins, gs)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.triton
 def test_lite_weights_rejects_float64_on_triton(device):
     args = [t.detach().double() for t in _inputs(4, 2, 3, 2, torch.float32, device)]
     with pytest.raises(TypeError, match="omega"):
