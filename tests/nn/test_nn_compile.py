@@ -12,10 +12,8 @@ MODULES = {
     "UniMixer": lambda: uknn.UniMixer(4, 8, 2, 2, iters=3),  # few iterations: a smaller graph
     "UniMixer-lite": lambda: uknn.UniMixer(4, 8, 2, 1, lite=True),
     "RankMixerBlock": lambda: uknn.RankMixerBlock(4, 8),
-    "TokenMixerLargeBlock": lambda: uknn.TokenMixerLargeBlock(4, 8, 2),
     "WukongLayer": lambda: uknn.WukongLayer(4, 8),
     "HeterogeneousAttention": lambda: uknn.HeterogeneousAttention(4, 8, 2),
-    "UnifiedMixing-unimixing": lambda: uknn.UnifiedMixing(4, 8, "unimixing", block=2, iters=3),
 }
 
 
