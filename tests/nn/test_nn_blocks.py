@@ -1,7 +1,11 @@
 """Every module against its reference (fp64, the module's own weights), plus shapes and gradients."""
 
+import math
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from unimixer_kernels import nn as uknn
 from unimixer_kernels import reference
@@ -218,3 +222,17 @@ def test_half_precision_inputs_keep_their_dtype(dtype):
     for m in (uknn.UniMixer(4, 8, 2, 1), uknn.RankMixerBlock(4, 8), uknn.TokenMixerLargeBlock(4, 8, 2)):
         out = m(x)
         assert out.dtype == dtype and torch.isfinite(out.float()).all()
+
+
+@settings(max_examples=20, deadline=None)
+@given(tokens=st.integers(1, 4), dim=st.integers(1, 6), block=st.integers(1, 8), lite=st.booleans(),
+       bs=st.integers(1, 3))
+def test_sweep_unimixer_block_matches_reference(tokens, dim, block, lite, bs):
+    block = math.gcd(tokens * dim, block)  # any divisor of L, straddling tokens or not
+    blk = _perturb_(uknn.UniMixerBlock(tokens, dim, block, lite=lite, hidden=8, tau=0.5)).double()
+    x, y = torch.randn(bs, tokens, dim, dtype=F64), torch.randn(bs, tokens, dim, dtype=F64)
+    p = _block_params(blk)
+    expected = ref_blocks.unimixer_block(x, y, *(p[k] for k in ref_blocks.UNIMIXER_BLOCK_KEYS),
+                                         p["b_gate"], p["b_up"], p["b_down"])
+    for g, e in zip(blk(x, y), expected):
+        torch.testing.assert_close(g, e)
