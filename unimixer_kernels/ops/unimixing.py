@@ -4,7 +4,9 @@ The Triton backend (``triton_kernels/unimixing.py``) fuses the local and the glo
 kernel (the intermediate ``h`` never goes to memory; the ``N x N`` global product runs on tensor
 cores in the activation dtype) and, for ``unimixing_rmsnorm``, the residual add and the RMSNorm as
 its epilogue. The fused forward saves ``s = z + UniMixing(z)`` (input dtype) and the fp32 ``rstd``;
-the backward recomputes ``h`` from the inputs. Non-contiguous inputs are copied once.
+the backward recomputes ``h`` from the inputs (in registers for small ``B``; for ``B > 8`` the
+backward writes ``W_G^T dY`` and the recomputed ``h`` to scratch buffers so that the per-block
+products run on tensor cores). Non-contiguous inputs are copied once.
 
 Precision: with fp16/bf16 activations the global product rounds ``w_global`` and the ``h`` chunk
 to the activation dtype before the fp32-accumulated dot, so the weight gradients carry that
@@ -142,6 +144,7 @@ def _unimixing_rmsnorm_triton(
 
 
 # --- public functions --------------------------------------------------------------------------
+
 
 def check_mixing_args(x_name: str, x: object, w_local: object, w_global: object) -> None:
     """``x [bs, T, D]``, ``w_local [N, B, B]``, ``w_global [N, N]`` with ``N * B == T * D``."""
