@@ -9,7 +9,6 @@ from torch import Tensor, nn
 
 from .. import ops
 from .._checks import check_choice, check_positive_ints
-from ..ops.pgelu_ffn import pgelu_ffn
 from ._common import check_backend, check_module_input, uniform_fan_in_
 
 ACTIVATIONS = ("swiglu", "gelu")
@@ -27,7 +26,7 @@ class PerTokenFFN(nn.Module):
       ``o_t = W_down[t] (SiLU(W_gate[t] u_t + b_g) * (W_up[t] u_t + b_u)) + b_d`` through
       ``uk.pswiglu``; ``hidden`` defaults to :func:`swiglu_hidden`.
     - ``activation="gelu"`` (RankMixer's PFFN, SPEC §1): ``v_t = W2_t GELU(W1_t s_t + b1_t) + b2_t``,
-      through ``pgelu_ffn``; ``hidden`` defaults to ``4 * D``.
+      through ``uk.pgelu_ffn``; ``hidden`` defaults to ``4 * D``.
 
     Parameters: ``w_gate, w_up [T, D, h]``, ``w_down [T, h, D]`` (SwiGLU) or ``w1 [T, D, h]``,
     ``w2 [T, h, D]`` (GELU); biases ``[T, h]`` / ``[T, D]`` when ``bias=True``.
@@ -73,7 +72,7 @@ class PerTokenFFN(nn.Module):
                 x, self.w_gate, self.w_up, self.w_down, self.b_gate, self.b_up, self.b_down,
                 backend=self.backend,
             )
-        return pgelu_ffn(x, self.w1, self.b1, self.w2, self.b2, backend=self.backend)
+        return ops.pgelu_ffn(x, self.w1, self.b1, self.w2, self.b2, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"tokens={self.tokens}, dim={self.dim}, hidden={self.hidden}, activation={self.activation!r}"

@@ -7,7 +7,6 @@ from torch import Tensor, nn
 
 from .. import ops
 from .._checks import check_divides, check_positive, check_positive_ints
-from ..ops.token_mixer import token_mixer_residual_norm
 from ._common import check_backend, check_module_input, layer_norm
 from .ffn import PerTokenFFN, swiglu_hidden
 
@@ -41,8 +40,8 @@ class TokenMixer(nn.Module):
 class RankMixerBlock(nn.Module):
     """RankMixer block, post-LayerNorm, ``H = T`` (SPEC §1)::
 
-        S  = LN(TokenMixer(X) + X)     token_mixer_residual_norm (one fused op)
-        X' = LN(PFFN(S) + S)           PFFN: per-token GELU FFN (pgelu_ffn), hidden k*D
+        S  = LN(TokenMixer(X) + X)     uk.token_mixer_residual_norm (one op)
+        X' = LN(PFFN(S) + S)           PFFN: per-token GELU FFN (uk.pgelu_ffn), hidden k*D
 
     About ``2kTD^2`` parameters per block (plus biases and norms).
     """
@@ -63,7 +62,7 @@ class RankMixerBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_module_input(self, x, self.tokens, self.dim)
-        s = token_mixer_residual_norm(
+        s = ops.token_mixer_residual_norm(
             x, self.tokens, self.ln1_weight, self.ln1_bias, self.eps, "layer", backend=self.backend
         )
         return layer_norm(self.ffn(s) + s, self.ln2_weight, self.ln2_bias, self.eps)
