@@ -81,8 +81,9 @@ SMALL_MAX_N = 64
 PERSISTENT = os.environ.get("UNIMIXER_SINKHORN_PERSISTENT", "0") == "1"
 # persistent, one tile per program: keep the S0 (and gradient) tile in registers for the whole call
 PERSISTENT_RESIDENT = True
-# polls before a grid barrier gives up (and counts a failure) instead of hanging
-PERSISTENT_MAX_SPINS = 1 << 20
+# polls (~1 us each) before a grid barrier gives up and counts a failure instead of hanging; a
+# legitimate wait is microseconds, so only programs that are not co-resident ever reach it
+PERSISTENT_MAX_SPINS = 1 << 24
 # after each persistent launch, synchronise and raise if a barrier gave up (tests)
 PERSISTENT_CHECK = False
 # elements of one program's register block in the batched kernels (MB * NP * NP)
@@ -92,7 +93,6 @@ TILE_OVERRIDE: tuple[int, int] | None = None
 
 _DENSE, _WORKSPACE, _LOWRANK = 0, 1, 2
 _INIT, _ROW, _COL, _COL_LAST = 0, 1, 2, 3
-_NEG_INF = float("-inf")
 
 
 @triton.jit
