@@ -126,9 +126,10 @@ def _dot_interaction_triton(x: Tensor, order: str = "triu") -> Tensor:
 def fm_interaction(x: Tensor, y: Tensor, *, backend: str = "auto") -> Tensor:
     """Wukong's optimised FM ``X (X^T Y)``: ``[bs, n, d]``, ``[n, k]`` -> ``[bs, n, k]``.
 
-    ``x`` may have any strides (read in place). The Triton backend computes ``X^T Y`` in registers,
-    ``d`` chunk by chunk, so ``X`` is read once; its backward recomputes ``X^T Y`` rather than
-    saving it, and reduces ``dY`` through per-program fp32 partials (deterministic).
+    ``x`` may have any strides (read in place; a non-contiguous ``y`` is copied once). The Triton
+    backend computes ``X^T Y`` in registers, ``d`` chunk by chunk, so ``X`` is read once; its
+    backward recomputes ``X^T Y`` rather than saving it, and reduces ``dY`` through per-program
+    fp32 partials (deterministic).
     """
     check_tensor("x", x, ndim=3)
     check_tensor("y", y, ndim=2)

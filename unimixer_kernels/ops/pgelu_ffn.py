@@ -113,7 +113,8 @@ def pgelu_ffn(
 
     ``u [bs, T, D]`` (any strides), ``w1 [T, D, kD]``, ``b1 [T, kD]`` or ``None``,
     ``w2 [T, kD, D]``, ``b2 [T, D]`` or ``None``. The positional order follows
-    ``reference.pgelu_ffn``.
+    ``reference.pgelu_ffn``. Non-contiguous weights or biases are copied once per call by the
+    Triton backend.
 
     ``recompute`` (Triton backend; default ``True``): recompute the hidden pre-activation in the
     backward instead of saving it. ``False`` saves it. The reference ignores the option.

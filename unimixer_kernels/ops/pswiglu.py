@@ -152,7 +152,8 @@ def pswiglu(
     """``o_t = W_down[t] (SiLU(W_gate[t] u_t + b_g) * (W_up[t] u_t + b_u)) + b_d`` per token.
 
     ``u [bs, T, D]`` (any strides: the Triton kernels read it in place), ``w_gate, w_up [T, D, h]``,
-    ``w_down [T, h, D]``, ``b_gate, b_up [T, h]`` and ``b_down [T, D]`` optional.
+    ``w_down [T, h, D]``, ``b_gate, b_up [T, h]`` and ``b_down [T, D]`` optional. Non-contiguous
+    weights or biases are copied once per call by the Triton backend.
 
     ``recompute`` (Triton backend; default ``True``): recompute the gate and up pre-activations in
     the backward instead of saving them, trading two of the five GEMMs of the backward for
