@@ -3,6 +3,18 @@
 These are the ground truth every kernel is tested against. They know nothing of kernels.
 """
 
+from .attention import heterogeneous_attention, self_attention
+from .blocks import (
+    mlp,
+    rankmixer_block,
+    token_unmixer,
+    tokenmixer_large_block,
+    unimixer_block,
+    unimixer_stack,
+    wukong_fmb,
+    wukong_layer,
+    wukong_lcb,
+)
 from .ffn import pgelu_ffn, pswiglu
 from .interactions import dot_interaction, fm_interaction
 from .mixing import (
@@ -15,22 +27,37 @@ from .mixing import (
 from .norms import add_rms_norm, layer_norm, rms_norm
 from .sinkhorn import lite_local_logits, lite_weights, sinkhorn
 from .token_mixer_norm import token_mixer_residual_norm
+from .unified import ROWS, unified_mixing, unified_row
 
 __all__ = [
+    "ROWS",
     "add_rms_norm",
     "dot_interaction",
     "fm_interaction",
+    "heterogeneous_attention",
     "layer_norm",
     "lite_local_logits",
     "lite_weights",
+    "mlp",
     "pgelu_ffn",
     "pswiglu",
+    "rankmixer_block",
     "rms_norm",
+    "self_attention",
     "sinkhorn",
     "token_mixer",
     "token_mixer_residual_norm",
+    "token_unmixer",
     "tokenmixer_global",
+    "tokenmixer_large_block",
+    "unified_mixing",
+    "unified_row",
+    "unimixer_block",
+    "unimixer_stack",
     "unimixing",
     "unimixing_operator",
     "unimixing_rmsnorm",
+    "wukong_fmb",
+    "wukong_layer",
+    "wukong_lcb",
 ]
