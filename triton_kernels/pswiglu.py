@@ -34,9 +34,12 @@ sized so the grid fills the GPU; 1 when ``T`` alone does). Weight and bias gradi
 deterministic: no atomics.
 
 Tiles (sample tile, hidden chunk, warps, stages) are autotuned on the GPU, keyed on ``D``, ``h``
-and the batch rounded up to a power of two; the interpreter uses one small configuration.
+and the batch rounded up to a power of two, among configurations first pruned by a
+shared-memory estimate; batches under 1024 take one configuration untuned, and the interpreter
+one small configuration.
 
-Wide tokens (``next_power_of_2(D) > FUSED_MAX_D``, e.g. RankMixer's ``D = 768``) would not fit
+Wide tokens (``next_power_of_2(D) > FUSED_MAX_D = 256`` for 16-bit dtypes, ``> 128`` for fp32;
+e.g. RankMixer's ``D = 768``) would not fit
 whole rows in shared memory; they take ``ffn_token_gemm_kernel``, a tiled per-token GEMM with a
 K loop (grid ``(T, bs tiles, n tiles)``), in four modes: hidden (``act(G, V)`` to memory as
 ``[T, bs, h]``), down, ``dA`` with the activation backward as epilogue, and ``du``. The weight
