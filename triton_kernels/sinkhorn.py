@@ -46,7 +46,12 @@ Two layouts
   ``n x n`` workspace, freed at the end of the call, never saved), that workspace, or, for Lite
   (matrix free), ``A @ B`` formed per tile with ``tl.dot`` (``r`` MACs per entry, fp32 IEEE
   for fp32 factors; symmetric adds the product of the transposed tile, so ``S0`` is exactly
-  symmetric as in the reference), so no ``n x n`` logits are ever read. The backward keeps ``G``
+  symmetric as in the reference), so no ``n x n`` logits are ever read. Exception, by cost:
+  fp32 factors run ``tl.dot`` on FMA units (IEEE fp32, as the tolerance needs), where forming an
+  entry costs ``r`` FMAs, far more than reading 4 bytes once ``r > LOWRANK_CACHE_MIN_RANK``
+  (32); then the first pass writes the formed ``S0`` to the workspace and later passes read it
+  (still never an input ``n x n`` matrix; bf16/fp16 factors use tensor cores and stay matrix
+  free; the persistent resident mode forms each tile once anyway). The backward keeps ``G``
   in an fp32 ``n x n`` workspace (in L2 for n = 1024). For Lite the backward materialises
   ``dM`` (fp32 ``n x n``) once; ``dA = dM B^T`` and ``dB = A^T dM`` are two GEMMs done by the
   caller with torch (cuBLAS).
@@ -86,12 +91,16 @@ PERSISTENT_RESIDENT = True
 PERSISTENT_MAX_SPINS = 1 << 24
 # after each persistent launch, synchronise and raise if a barrier gave up (tests)
 PERSISTENT_CHECK = False
+# Lite global with fp32 factors of a larger rank: the first pass caches S0 (fp32 n x n workspace)
+# and later passes read it, instead of re-forming every tile from the factors in each pass
+LOWRANK_CACHE_MIN_RANK = 32
 # elements of one program's register block in the batched kernels (MB * NP * NP)
 SMALL_BLOCK_ELEMS = 2048
 # tile shape of the tiled kernels; None picks from n (the tests shrink them to hit many tiles)
 TILE_OVERRIDE: tuple[int, int] | None = None
 
-_DENSE, _WORKSPACE, _LOWRANK = 0, 1, 2
+# where S0 comes from: the logits (and cache it), the cache, the factors, the factors (and cache it)
+_DENSE, _WORKSPACE, _LOWRANK, _LOWRANK_CACHED = 0, 1, 2, 3
 _INIT, _ROW, _COL, _COL_LAST = 0, 1, 2, 3
 
 
@@ -253,8 +262,8 @@ def _tile_logits(
 
     MODE 0: from the logits ``SRC`` (strided, any float dtype), symmetrised and scaled.
     MODE 1: from the contiguous fp32 workspace ``WS`` written by MODE 0.
-    MODE 2: ``(A @ B) * scale`` (plus its transpose if symmetric) with ``A [n, rank]``,
-    ``B [rank, n]`` (matrix free)."""
+    MODE 2, 3: ``(A @ B) * scale`` (plus its transpose if symmetric) with ``A [n, rank]``,
+    ``B [rank, n]`` (matrix free; MODE 3 also has the first pass cache it in ``WS``)."""
     rmask = rows < n
     cmask = cols < n
     m2 = rmask[:, None] & cmask[None, :]
@@ -333,7 +342,7 @@ def _fwd_tile(
     urow = U + mat * K * n + rows
     vcol = V + mat * K * n + cols
     if PHASE == 0:
-        if MODE == 0 and not RESIDENT:
+        if (MODE == 0 or MODE == 3) and not RESIDENT:
             tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
         part = _lse(tl.where(m2, x, float("-inf")), 1)
         tl.store(PR + (mat * n_ct + q) * n + rows, part, mask=rmask)
@@ -406,7 +415,7 @@ def _bwd_tile(
     u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")
     gptr = G + mat * n * n + rows[:, None] * n + cols[None, :]
     if PHASE == 0:
-        if MODE == 0 and not RESIDENT:
+        if (MODE == 0 or MODE == 3) and not RESIDENT:
             tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
         v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
         pv = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
@@ -761,7 +770,11 @@ def _tile_args(n, src, a, b):
     bm, bn = _tiles(n)
     n_rt, n_ct = triton.cdiv(n, bm), triton.cdiv(n, bn)
     if a is not None:
-        mode, rank = _LOWRANK, a.shape[1]
+        rank = a.shape[1]
+        # fp32 factors run tl.dot on FMA units: past a small rank, forming a tile costs more than
+        # reading it back, so the first pass caches S0 (the persistent resident mode forms it once)
+        cache = a.dtype == torch.float32 and rank > LOWRANK_CACHE_MIN_RANK
+        mode = _LOWRANK_CACHED if cache else _LOWRANK
         strides = (0, 0, 0, a.stride(0), a.stride(1), b.stride(0), b.stride(1))
         dot_ieee = a.dtype == torch.float32
     else:
@@ -783,12 +796,12 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
     if n_mat == 0 or n == 0:
         return p, u, v
     bm, bn, n_rt, n_ct, mode, rank, strides, meta = _tile_args(n, src, a, b)
-    ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode == _DENSE else p
+    ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode != _LOWRANK else p
     pr = torch.empty((n_mat, n_ct, n), device=like.device, dtype=torch.float32)
     pc = torch.empty((n_mat, n_rt, n), device=like.device, dtype=torch.float32)
     grid = (n_rt * n_ct, n_mat)
     scale = (0.5 if symmetric else 1.0) / tau
-    s_src, s_a, s_b = (a, a, b) if mode == _LOWRANK else (src, src, src)
+    s_src, s_a, s_b = (a, a, b) if a is not None else (src, src, src)
 
     def launch(phase, k, m):
         sinkhorn_tile_fwd_kernel[grid](
@@ -824,13 +837,13 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     if n_mat == 0 or n == 0:
         return dx
     bm, bn, n_rt, n_ct, mode, rank, strides, meta = _tile_args(n, src, a, b)
-    ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode == _DENSE else dx
+    ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode != _LOWRANK else dx
     g = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32)
     pr = torch.empty((n_mat, n_ct, n), device=like.device, dtype=torch.float32)
     pc = torch.empty((n_mat, n_rt, n), device=like.device, dtype=torch.float32)
     grid = (n_rt * n_ct, n_mat)
     scale = grad_scale = (0.5 if symmetric else 1.0) / tau
-    s_src, s_a, s_b = (a, a, b) if mode == _LOWRANK else (src, src, src)
+    s_src, s_a, s_b = (a, a, b) if a is not None else (src, src, src)
 
     def launch(phase, k, m, last=False):
         sinkhorn_tile_bwd_kernel[grid](

@@ -50,18 +50,22 @@ def test_lite_weights_noncontiguous(device, kernel_dtype, symmetric):
 
 @pytest.mark.triton
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_lite_weights_global_many_tiles(device, monkeypatch, symmetric):
-    # 16 x 16 tiles: the global matrix (N = 37) spans 3 x 3 tiles; rank 40 spans two BK chunks
-    # (symmetric: rank 80 in the stacked factors)
+@pytest.mark.parametrize("cache", [False, True], ids=["matrix-free", "cached"])
+def test_lite_weights_global_many_tiles(device, monkeypatch, symmetric, cache):
+    # 16 x 16 tiles: the global matrix (N = 37) spans 3 x 3 tiles; rank 40 spans two BK chunks.
+    # "cached": the first pass keeps S0 in the workspace (what fp32 factors of rank > 32 do)
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
+    monkeypatch.setattr(sk_kernels, "LOWRANK_CACHE_MIN_RANK", 0 if cache else 10**9)
     args = _inputs(37, 2, 4, 40, torch.float32, device)
     check_against_reference(uk.lite_weights, (*args, 0.05, 2, symmetric), backend="triton")
 
 
 @pytest.mark.triton
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_lite_weights_global_persistent(device, monkeypatch, symmetric):
+@pytest.mark.parametrize("cache", [False, True], ids=["matrix-free", "cached"])
+def test_lite_weights_global_persistent(device, monkeypatch, symmetric, cache):
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
+    monkeypatch.setattr(sk_kernels, "LOWRANK_CACHE_MIN_RANK", 0 if cache else 10**9)
     monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
     monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
     args = _inputs(37, 2, 4, 20, torch.float32, device)
