@@ -186,6 +186,9 @@ def cmd_cases(args) -> int:
     from .presets import PRESETS
     from .runner import providers_for
 
+    if args.names:  # the GPU plan's case names, in plan order, one per line (for scripts)
+        print("\n".join(dict.fromkeys(c for c, _, _ in GPU_PLAN)))
+        return 0
     print("| case | what | presets it applies to | providers here |\n|---|---|---|---|")
     for c in CASES.values():
         presets = ", ".join(p for p in PRESETS if c.applies_to(PRESETS[p]))
@@ -250,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fail-above", type=float, default=1.1)
     p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("cases", help="list the cases, the presets they apply to, the plans and the presets")
+    p.add_argument("--names", action="store_true", help="only the GPU plan's case names, one per line")
     p.set_defaults(fn=cmd_cases)
     p = sub.add_parser("floors", help="the floor model at the presets, as markdown (for NOTES.md)")
     p.add_argument("--preset", help="comma-separated presets (default: the SPEC §10 ones)")

@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
 # One GPU run, from the repo root:   OUT=/some/folder bash bench/gpu_run.sh
 #
-# Stages (each under `timeout`, so one cannot eat the others; total about 9 minutes):
+# Stages (each under `timeout`, so one cannot eat the others):
 #   install   pip install -e . --no-build-isolation --no-deps
 #   info      nvidia-smi, versions, python -m unimixer_kernels.info
-#   pytest    pytest -m gpu -q
-#   sanitize  bench/sanitize.py (every Triton op fwd+bwd once, small) plain, then under
-#             compute-sanitizer memcheck and racecheck
-#   bench     python -m bench run: the GPU case plan, all providers (results.json / .csv)
+#   prepare   in parallel, since all of it is compile-bound (CPU) rather than timed:
+#               pytest -m gpu; bench/sanitize.py under compute-sanitizer memcheck and racecheck;
+#               and WARM_JOBS benchmark processes that run every case once at minimal repetitions
+#               so that torch.compile's and Triton's on-disk caches are filled
+#   bench     python -m bench run, alone on the GPU (the timed numbers), from warm caches
 #   sweep     the UniMixer Lite block at bs 256..2048 (sweep.json / .csv) and its plot (.png)
 #   table     the markdown table of results.json (table.md), printed last
 # Choose stages with STAGES="bench table" (default: all); stage limits with T_<STAGE>=seconds;
 # BENCH_ARGS="--case sinkhorn --preset paper-100m" narrows the bench stage. Without a .git folder,
 # set BENCH_GIT_COMMIT=<sha> so the results files name their commit.
 #
-# Everything lands in $OUT, flat, in at most 7 files: gpu_run.log (install, info, pytest,
-# sanitizers, benchmark progress), results.json, results.csv, sweep.json, sweep.csv,
-# sweep_<case>_<preset>.png, table.md.
+# Everything lands in $OUT, flat, in at most 8 files: gpu_run.log (install, info, benchmark
+# progress), tests.log (pytest -m gpu), sanitizer.log (memcheck and racecheck), results.json,
+# results.csv, sweep.json or its plot, table.md.
 set -u
 OUT="${OUT:-/tmp/unimixer_gpu_out}"
 mkdir -p "$OUT"
@@ -24,7 +25,9 @@ export PYTHONUNBUFFERED=1
 export TRITON_CACHE_AUTOTUNING=1
 PY="${PYTHON:-python}"
 LOG="$OUT/gpu_run.log"
-STAGES="${STAGES:-install info pytest sanitize bench sweep table}"
+STAGES="${STAGES:-install info prepare bench sweep table}"
+T_PREPARE="${T_PREPARE:-200}"
+WARM_JOBS="${WARM_JOBS:-6}"
 T_INSTALL="${T_INSTALL:-60}"
 T_PYTEST="${T_PYTEST:-100}"
 T_SANITIZE="${T_SANITIZE:-40}"     # per run: plain, memcheck, racecheck
@@ -63,26 +66,40 @@ if want info; then
     stage info 60 "$PY" -m unimixer_kernels.info
 fi
 
-if want pytest; then
-    stage pytest "$T_PYTEST" "$PY" -m pytest -m gpu -q -p no:cacheprovider tests
-    sed -n '/^===== pytest /,$p' "$LOG" | grep -E '^(FAILED|ERROR)|passed|failed|no tests ran' | tail -n 15
-fi
-
-if want sanitize; then
-    # plain first: compiles and caches every kernel, so the sanitizer runs start from warm caches
-    stage sanitize-plain "$T_SANITIZE" "$PY" bench/sanitize.py
+if want prepare; then
+    # compile-bound work in parallel; none of it is timed
+    t0=$(date +%s)
     SAN="$(command -v compute-sanitizer || true)"
     [ -z "$SAN" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SAN=/usr/local/cuda/bin/compute-sanitizer
+    timeout -k 10 "$T_PREPARE" "$PY" -m pytest -m gpu -q -p no:cacheprovider tests >"$OUT/tests.log" 2>&1 &
     if [ -n "$SAN" ]; then
-        stage memcheck "$T_SANITIZE" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool memcheck \
-            --error-exitcode 3 --print-limit 20 "$PY" bench/sanitize.py
-        stage racecheck "$T_SANITIZE" "$SAN" --tool racecheck --error-exitcode 3 --print-limit 20 \
-            "$PY" bench/sanitize.py
-        sed -n '/^===== sanitize-plain /,$p' "$LOG" | grep -E ': (ok|ERROR)|ERROR SUMMARY|RACECHECK SUMMARY' \
-            | sort | uniq -c | head -n 40
-    else
-        echo "compute-sanitizer not found (PATH, /usr/local/cuda/bin): sanitizer stages skipped" | tee -a "$LOG"
+        ( timeout -k 10 "$T_PREPARE" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool memcheck \
+              --error-exitcode 3 --print-limit 20 "$PY" bench/sanitize.py >/tmp/memcheck.log 2>&1
+          echo "memcheck rc=$?" >>/tmp/memcheck.log ) &
+        ( timeout -k 10 "$T_PREPARE" "$SAN" --tool racecheck --error-exitcode 3 --print-limit 20 \
+              "$PY" bench/sanitize.py >/tmp/racecheck.log 2>&1
+          echo "racecheck rc=$?" >>/tmp/racecheck.log ) &
     fi
+    mapfile -t CASES < <("$PY" -m bench cases --names 2>/dev/null)
+    for ((j = 0; j < WARM_JOBS; j++)); do
+        group=""
+        for ((i = j; i < ${#CASES[@]}; i += WARM_JOBS)); do group="$group${group:+,}${CASES[$i]}"; done
+        [ -z "$group" ] && continue
+        TORCHINDUCTOR_COMPILE_THREADS=2 timeout -k 10 "$T_PREPARE" "$PY" -m bench run --out /tmp/warm$j \
+            --name warm --case "$group" --warmup 1 --rep 1 --budget-s $(( T_PREPARE - 30 )) \
+            ${BENCH_ARGS:-} >/tmp/warm$j.log 2>&1 &
+    done
+    wait
+    {
+        echo "===== memcheck"; cat /tmp/memcheck.log 2>/dev/null
+        echo "===== racecheck"; cat /tmp/racecheck.log 2>/dev/null
+    } >"$OUT/sanitizer.log"
+    for ((j = 0; j < WARM_JOBS; j++)); do
+        printf '\n===== warm %s\n' "$j" >>"$LOG"; tail -n 5 /tmp/warm$j.log >>"$LOG" 2>/dev/null
+    done
+    echo "===== prepare: done in $(( $(date +%s) - t0 ))s" | tee -a "$LOG"
+    grep -E '^(FAILED|ERROR)|passed|failed|no tests ran' "$OUT/tests.log" | tail -n 25
+    grep -E ': (ok|ERROR)|ERROR SUMMARY|RACECHECK SUMMARY|rc=' "$OUT/sanitizer.log" | sort | uniq -c | head -n 40
 fi
 
 if want bench; then
