@@ -80,6 +80,11 @@ if want prepare; then
               "$PY" bench/sanitize.py >/tmp/racecheck.log 2>&1
           echo "racecheck rc=$?" >>/tmp/racecheck.log ) &
     fi
+    if [ "${BUILD_EXT:-0}" = 1 ]; then
+        # the CUDA extension compiles beside the rest (install ran with UNIMIXER_SKIP_CUDA_BUILD=1)
+        ( timeout -k 10 "$T_PREPARE" "$PY" setup.py build_ext --inplace >/tmp/ext.log 2>&1
+          echo "build_ext rc=$?" >>/tmp/ext.log ) &
+    fi
     mapfile -t CASES < <("$PY" -m bench cases --names 2>/dev/null)
     for ((j = 0; j < WARM_JOBS; j++)); do
         group=""
@@ -97,6 +102,12 @@ if want prepare; then
     for ((j = 0; j < WARM_JOBS; j++)); do
         printf '\n===== warm %s\n' "$j" >>"$LOG"; tail -n 5 /tmp/warm$j.log >>"$LOG" 2>/dev/null
     done
+    if [ "${BUILD_EXT:-0}" = 1 ]; then
+        { echo "===== build_ext"; tail -n 5 /tmp/ext.log; } >>"$OUT/tests.log"
+        echo "===== pytest: CUDA extension" >>"$OUT/tests.log"
+        UNIMIXER_REQUIRE_CUDA_EXT=1 timeout -k 5 60 "$PY" -m pytest -m gpu -q -p no:cacheprovider \
+            tests/ops/test_rms_norm_cuda.py tests/build >>"$OUT/tests.log" 2>&1
+    fi
     echo "===== prepare: done in $(( $(date +%s) - t0 ))s" | tee -a "$LOG"
     grep -E '^(FAILED|ERROR)|passed|failed|no tests ran' "$OUT/tests.log" | tail -n 25
     grep -E ': (ok|ERROR)|ERROR SUMMARY|RACECHECK SUMMARY|rc=' "$OUT/sanitizer.log" | sort | uniq -c | head -n 40
