@@ -28,19 +28,20 @@ iterate ``E = exp(S)`` from ``S0`` and the potentials::
         G -= E_row(k) * rowsum(G)[:, None]    E_row(k) = exp(T1 - u_k - v_{k-1}) (exp(R1) for k = 1)
     dS0 = G;   dM = sym(G) / tau
 
-Two layouts
------------
+Layouts
+-------
 * **Small matrices, batched** (``n <= SMALL_MAX_N``, e.g. the local weights ``[N, B, B]``): one
   program holds ``MB`` whole matrices ``[MB, NP, NP]`` in registers and runs all ``K``
   iterations there. One launch forward, one backward. For Lite the program also forms the logits
   ``sum_l omega[m, l] Z[l]`` itself, and its backward returns ``d omega`` directly and per-program
   partials of ``d Z`` (summed by a second pass, no atomics).
 * **Large matrices, tiled** (``n > SMALL_MAX_N``, e.g. the global weights): a grid of
-  ``BM x BN`` tiles (times the batch). Every half-step is one launch and one streaming pass over
-  the tiles: a program first combines the per-tile partial reductions of the previous launch into
-  the exact potential of its own rows (or columns), then reduces its tile along the other axis
-  into a partial for the next launch. Forward: ``1 + 2K`` launches; backward ``2 + 2K`` (``1 +
-  2K`` when not symmetric). The partials are ``[tiles along an axis, n]`` fp32.
+  ``BM x BN`` tiles (64 x 128 from n = 128 on, 8 warps), times the batch. Every half-step is
+  one launch and one streaming pass over the tiles: a program first combines the per-tile
+  partial reductions of the previous launch into the exact potential of its own rows (or
+  columns), then reduces its tile along the other axis into a partial for the next launch.
+  Forward: ``1 + 2K`` launches; backward ``2 + 2K`` (``1 + 2K`` when not symmetric). The
+  partials are ``[tiles along an axis, n]`` fp32.
 
   ``S0`` comes from one of: the logits (first pass only; it writes ``S0`` once to an fp32
   ``n x n`` workspace, freed at the end of the call, never saved), that workspace, or, for Lite
@@ -64,7 +65,8 @@ Two layouts
   moves only the partials and potentials, and Lite forms its low-rank tile once, not ``2K+1``
   times. The interpreter runs one program per matrix (programs run one after another there).
 
-Rows and matrices are indexed in int64.
+Matrices and partial rows are indexed in int64; offsets inside one matrix are int32
+(``n <= 46340``).
 """
 
 from __future__ import annotations
