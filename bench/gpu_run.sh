@@ -71,7 +71,9 @@ if want prepare; then
     t0=$(date +%s)
     SAN="$(command -v compute-sanitizer || true)"
     [ -z "$SAN" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SAN=/usr/local/cuda/bin/compute-sanitizer
-    timeout -k 10 "$T_PREPARE" "$PY" -m pytest -m gpu -q -p no:cacheprovider tests >"$OUT/tests.log" 2>&1 &
+    # GPU_TESTS: test paths, most important first; GPU_TEST_ARGS: extra pytest arguments
+    timeout -k 10 "$T_PREPARE" "$PY" -m pytest -m gpu -q -p no:cacheprovider ${GPU_TEST_ARGS:-} \
+        ${GPU_TESTS:-tests} >"$OUT/tests.log" 2>&1 &
     if [ -n "$SAN" ]; then
         ( timeout -k 10 "$T_PREPARE" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool memcheck \
               --error-exitcode 3 --print-limit 20 "$PY" bench/sanitize.py >/tmp/memcheck.log 2>&1
@@ -125,6 +127,13 @@ if want sweep; then
         --preset "$SWEEP_PRESET" --mode fwd+bwd --sweep-bs "$SWEEP_BS" \
         --provider reference,compiled,triton,triton-cg --warmup 10 --rep 40 --budget-s $(( T_SWEEP - 40 ))
     [ -f "$OUT/sweep.json" ] && stage plot 60 "$PY" -m bench plot "$OUT/sweep.json" --mode fwd+bwd
+fi
+
+if want persistent; then
+    # the opt-in persistent Sinkhorn kernels (grid barrier), timed beside the default ones
+    stage persistent "${T_PERSISTENT:-40}" env UNIMIXER_SINKHORN_PERSISTENT=1 "$PY" -m bench run --out "$OUT" \
+        --name persistent --case sinkhorn,lite_weights --provider triton,triton-cg --mode fwd+bwd \
+        --warmup 10 --rep 40 --budget-s $(( ${T_PERSISTENT:-40} - 15 ))
 fi
 
 if want table; then
