@@ -4,6 +4,11 @@ Functional ops take ``backend=`` ("auto", "reference", "triton", "cuda"); see
 ``python -m unimixer_kernels.info`` for what runs here.
 """
 
+# first, so that every module below sees the kernels under their installed name
+from ._source_tree import map_triton_kernels
+
+map_triton_kernels()
+
 from . import nn, reference
 from ._registry import BACKENDS, OPS, backend_status, use_backend
 from ._version import __version__
