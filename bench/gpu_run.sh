@@ -71,9 +71,10 @@ if want prepare; then
     t0=$(date +%s)
     SAN="$(command -v compute-sanitizer || true)"
     [ -z "$SAN" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SAN=/usr/local/cuda/bin/compute-sanitizer
-    # GPU_TESTS: test paths, most important first; GPU_TEST_ARGS: extra pytest arguments
+    # GPU_TESTS: test paths, most important first; GPU_TEST_ARGS: extra pytest arguments (split on
+    # spaces); GPU_TEST_K: a -k expression (may contain spaces)
     timeout -k 10 "$T_PREPARE" "$PY" -m pytest -m gpu -q -p no:cacheprovider ${GPU_TEST_ARGS:-} \
-        ${GPU_TESTS:-tests} >"$OUT/tests.log" 2>&1 &
+        ${GPU_TEST_K:+-k "$GPU_TEST_K"} ${GPU_TESTS:-tests} >"$OUT/tests.log" 2>&1 &
     if [ -n "$SAN" ]; then
         ( timeout -k 10 "$T_PREPARE" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool memcheck \
               --error-exitcode 3 --print-limit 20 "$PY" bench/sanitize.py >/tmp/memcheck.log 2>&1
