@@ -32,6 +32,59 @@ def _kernels():
     return kernels
 
 
+# --- shapes and autograd, shared by every kernel backend (Triton here, CUDA in rms_norm_cuda) ---
+# Forward ops: (x, weight, eps) -> (y, rstd) and (x, residual, weight, eps) -> (y, x + residual,
+# rstd); backward op: (dy, dsum?, s, weight, rstd) -> (ds, dw). rstd is fp32 [...], one per row.
+
+
+def rms_norm_fwd_fake(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    return x.new_empty(x.shape), x.new_empty(x.shape[:-1], dtype=torch.float32)
+
+
+def add_rms_norm_fwd_fake(
+    x: Tensor, residual: Tensor, weight: Tensor, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    return x.new_empty(x.shape), x.new_empty(x.shape), x.new_empty(x.shape[:-1], dtype=torch.float32)
+
+
+def rms_norm_bwd_fake(
+    dy: Tensor, dsum: Tensor | None, s: Tensor, weight: Tensor, rstd: Tensor
+) -> tuple[Tensor, Tensor]:
+    return s.new_empty(s.shape), weight.new_empty(weight.shape)
+
+
+def rms_norm_setup(ctx, inputs, output) -> None:
+    x, weight, _ = inputs
+    _, rstd = output
+    ctx.save_for_backward(x, weight, rstd)
+    ctx.mark_non_differentiable(rstd)
+
+
+def add_rms_norm_setup(ctx, inputs, output) -> None:
+    _, _, weight, _ = inputs
+    _, s, rstd = output
+    ctx.save_for_backward(s, weight, rstd)
+    ctx.mark_non_differentiable(rstd)
+
+
+def make_backwards(bwd_op):
+    """The autograd formulas of both forward ops, given a backend's backward op."""
+
+    def rms_norm_backward(ctx, dy: Tensor, _drstd: Tensor | None):
+        x, weight, rstd = ctx.saved_tensors
+        dx, dw = bwd_op(dy, None, x, weight, rstd)
+        return dx, dw, None
+
+    def add_rms_norm_backward(ctx, dy: Tensor | None, dsum: Tensor | None, _drstd: Tensor | None):
+        s, weight, rstd = ctx.saved_tensors
+        if dy is None:  # only the sum output was used
+            dy = torch.zeros_like(s)
+        ds, dw = bwd_op(dy, dsum, s, weight, rstd)
+        return ds, ds, dw, None
+
+    return rms_norm_backward, add_rms_norm_backward
+
+
 # --- Triton: forward and backward custom ops -------------------------------------------------
 
 
@@ -39,11 +92,6 @@ def _kernels():
 def rms_norm_fwd(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     y, _, rstd = _kernels().rms_norm_fwd(x, None, weight, eps)
     return y, rstd.view(x.shape[:-1])
-
-
-@rms_norm_fwd.register_fake
-def _(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    return x.new_empty(x.shape), x.new_empty(x.shape[:-1], dtype=torch.float32)
 
 
 @torch.library.custom_op("unimixer::add_rms_norm_fwd", mutates_args=())
@@ -54,11 +102,6 @@ def add_rms_norm_fwd(
     return y, s, rstd.view(x.shape[:-1])
 
 
-@add_rms_norm_fwd.register_fake
-def _(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    return x.new_empty(x.shape), x.new_empty(x.shape), x.new_empty(x.shape[:-1], dtype=torch.float32)
-
-
 @torch.library.custom_op("unimixer::rms_norm_bwd", mutates_args=())
 def rms_norm_bwd(
     dy: Tensor, dsum: Tensor | None, s: Tensor, weight: Tensor, rstd: Tensor
@@ -66,41 +109,12 @@ def rms_norm_bwd(
     return _kernels().rms_norm_bwd(dy, dsum, s, weight, rstd.reshape(-1))
 
 
-@rms_norm_bwd.register_fake
-def _(dy: Tensor, dsum: Tensor | None, s: Tensor, weight: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
-    return s.new_empty(s.shape), weight.new_empty(weight.shape)
-
-
-def _rms_norm_setup(ctx, inputs, output) -> None:
-    x, weight, _ = inputs
-    _, rstd = output
-    ctx.save_for_backward(x, weight, rstd)
-    ctx.mark_non_differentiable(rstd)
-
-
-def _rms_norm_backward(ctx, dy: Tensor, _drstd: Tensor | None):
-    x, weight, rstd = ctx.saved_tensors
-    dx, dw = rms_norm_bwd(dy, None, x, weight, rstd)
-    return dx, dw, None
-
-
-rms_norm_fwd.register_autograd(_rms_norm_backward, setup_context=_rms_norm_setup)
-
-
-def _add_rms_norm_setup(ctx, inputs, output) -> None:
-    _, _, weight, _ = inputs
-    _, s, rstd = output
-    ctx.save_for_backward(s, weight, rstd)
-    ctx.mark_non_differentiable(rstd)
-
-
-def _add_rms_norm_backward(ctx, dy: Tensor, dsum: Tensor | None, _drstd: Tensor | None):
-    s, weight, rstd = ctx.saved_tensors
-    ds, dw = rms_norm_bwd(dy, dsum, s, weight, rstd)
-    return ds, ds, dw, None
-
-
-add_rms_norm_fwd.register_autograd(_add_rms_norm_backward, setup_context=_add_rms_norm_setup)
+rms_norm_fwd.register_fake(rms_norm_fwd_fake)
+add_rms_norm_fwd.register_fake(add_rms_norm_fwd_fake)
+rms_norm_bwd.register_fake(rms_norm_bwd_fake)
+_rms_norm_backward, _add_rms_norm_backward = make_backwards(rms_norm_bwd)
+rms_norm_fwd.register_autograd(_rms_norm_backward, setup_context=rms_norm_setup)
+add_rms_norm_fwd.register_autograd(_add_rms_norm_backward, setup_context=add_rms_norm_setup)
 
 
 @RMS_NORM.register("triton")
