@@ -151,3 +151,14 @@ def test_a_skipped_build_says_why(monkeypatch):
 )
 def test_arch_runs_on(arch, capability, runs):
     assert _cuda_ext.arch_runs_on(arch, capability) is runs
+
+
+def test_cuda_backend_checks_its_limits_before_calling_the_library():
+    # no library call happens: the Python side rejects what the kernels cannot hold
+    from unimixer_kernels.ops import rms_norm_cuda
+
+    w = torch.empty(16385, device="meta")
+    with pytest.raises(ValueError, match=r"last dim must be <= 16384; got 16385.*backend='triton'"):
+        rms_norm_cuda._rms_norm_cuda(torch.empty(2, 16385, device="meta"), w, 1e-6)
+    with pytest.raises(TypeError, match="x: the cuda backend supports dtypes"):
+        rms_norm_cuda._rms_norm_cuda(torch.empty(2, 8, device="meta", dtype=torch.float64), w[:8], 1e-6)

@@ -32,6 +32,7 @@ from .rms_norm import (
 )
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_ROW_WIDTH = 16384  # kMaxRowWidth in csrc/rms_norm.cu: a row is held in registers
 _NAMES = ("rms_norm_fwd", "add_rms_norm_fwd", "rms_norm_bwd")
 
 
@@ -72,8 +73,14 @@ if _library_loaded():
 
 
 def _check_cuda_dtype(x: Tensor) -> None:
+    # checked here, before the library is called: its own checks are a second line of defence
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"x: the cuda backend supports dtypes {SUPPORTED_DTYPES}, got {x.dtype}")
+    if x.shape[-1] > MAX_ROW_WIDTH:
+        raise ValueError(
+            f"x: the cuda backend holds a row in registers, so the last dim must be <= {MAX_ROW_WIDTH}; "
+            f"got {x.shape[-1]}. Use backend='triton' or 'reference'"
+        )
 
 
 @RMS_NORM.register("cuda")
