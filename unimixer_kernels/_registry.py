@@ -8,7 +8,9 @@ callable. The choice is made in this order:
 2. the innermost :func:`use_backend` context;
 3. the environment variable ``UNIMIXER_BACKEND``;
 4. ``"auto"``: on CUDA tensors the op's ``cuda_auto`` list (fastest first, as measured in
-   ``bench/results``), else ``"reference"``.
+   ``bench/results``), else ``"reference"``. A kernel enters an op's list only once a GPU run
+   has shown it correct and faster than the best ``torch.compile`` of the reference; until then
+   it runs only when asked for by name.
 
 An explicit backend that cannot run the call raises; there is no silent fallback.
 """

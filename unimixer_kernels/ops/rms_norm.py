@@ -19,8 +19,8 @@ from .. import reference
 from .._checks import check_same_device, check_shape, check_tensor
 from .._registry import define_op
 
-RMS_NORM = define_op("rms_norm", cuda_auto=("triton",))
-ADD_RMS_NORM = define_op("add_rms_norm", cuda_auto=("triton",))
+RMS_NORM = define_op("rms_norm")
+ADD_RMS_NORM = define_op("add_rms_norm")
 
 RMS_NORM.register("reference")(reference.rms_norm)
 ADD_RMS_NORM.register("reference")(reference.add_rms_norm)

@@ -14,8 +14,8 @@ from .. import reference
 from .._checks import check_same_device, check_shape, check_sinkhorn_args, check_tensor
 from .._registry import define_op
 
-SINKHORN = define_op("sinkhorn", cuda_auto=("triton",))
-LITE_WEIGHTS = define_op("lite_weights", cuda_auto=("triton",))
+SINKHORN = define_op("sinkhorn")
+LITE_WEIGHTS = define_op("lite_weights")
 
 SINKHORN.register("reference")(reference.sinkhorn)
 LITE_WEIGHTS.register("reference")(reference.lite_weights)

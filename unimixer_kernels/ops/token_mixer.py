@@ -15,10 +15,10 @@ from .._checks import check_divides, check_optional_tensor, check_same_device, c
 from .._registry import define_op
 from ..reference.token_mixer_norm import token_mixer_residual_norm as _token_mixer_residual_norm_reference
 
-TOKEN_MIXER = define_op("token_mixer", cuda_auto=("triton",))
+TOKEN_MIXER = define_op("token_mixer")
 TOKEN_MIXER.register("reference")(reference.token_mixer)
 
-TOKEN_MIXER_RESIDUAL_NORM = define_op("token_mixer_residual_norm", cuda_auto=("triton",))
+TOKEN_MIXER_RESIDUAL_NORM = define_op("token_mixer_residual_norm")
 TOKEN_MIXER_RESIDUAL_NORM.register("reference")(_token_mixer_residual_norm_reference)
 
 NORMS = ("layer", "rms")

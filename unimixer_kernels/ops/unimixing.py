@@ -22,8 +22,8 @@ from .. import reference
 from .._checks import check_same_device, check_shape, check_tensor
 from .._registry import define_op
 
-UNIMIXING = define_op("unimixing", cuda_auto=("triton",))
-UNIMIXING_RMSNORM = define_op("unimixing_rmsnorm", cuda_auto=("triton",))
+UNIMIXING = define_op("unimixing")
+UNIMIXING_RMSNORM = define_op("unimixing_rmsnorm")
 
 UNIMIXING.register("reference")(reference.unimixing)
 UNIMIXING_RMSNORM.register("reference")(reference.unimixing_rmsnorm)
