@@ -35,17 +35,20 @@ def rows_2d(t: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _sm_count(index: int) -> int:
+def _sm_count_of(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Multiprocessors of a CUDA device; 1 elsewhere (the interpreter runs programs in turn)."""
+    if device.type != "cuda":
+        return 1
+    return _sm_count_of(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def num_programs_for(rows: int, device: torch.device, per_sm: int = 4) -> int:
     """A persistent grid: a few programs per SM on a GPU, a handful in the CPU interpreter."""
-    if device.type == "cuda":
-        cap = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-        cap *= per_sm
-    else:
-        cap = 4
+    cap = sm_count(device) * per_sm if device.type == "cuda" else 4
     return max(1, min(rows, cap))
 
 

@@ -71,7 +71,6 @@ Matrices and partial rows are indexed in int64; offsets inside one matrix are in
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 
@@ -79,7 +78,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import new_output
+from ._launch import new_output, sm_count
 
 # matrices up to this size run the batched in-register kernels; larger ones the tiled kernels
 SMALL_MAX_N = 64
@@ -675,18 +674,13 @@ def _tiles(n: int) -> tuple[int, int]:
     return min(64, max(16, npad)), min(128, max(16, npad))
 
 
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _persistent_programs(n_tiles: int, n_mat: int, device: torch.device) -> int:
     """Programs per matrix of the persistent kernels, 0 when they cannot all be resident.
 
     The interpreter runs programs one after another, so there it must be 1."""
     if device.type != "cuda":
         return 1
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    sms = sm_count(device)
     return 0 if n_mat > sms else max(1, min(n_tiles, sms // n_mat))
 
 

@@ -72,7 +72,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import bucket, new_output
+from ._launch import bucket, new_output, sm_count
 from .rms_norm import rms_norm_bwd
 
 _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
@@ -454,17 +454,6 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    return _sm_count_of(device.index if device.index is not None else torch.cuda.current_device())
-
-
-@functools.cache
-def _sm_count_of(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _dot_setup(x: torch.Tensor):
     if x.dtype not in _DOT_DTYPES:
         raise TypeError(f"x: the Triton UniMixing kernels take fp32, fp16 or bf16, got {x.dtype}")
@@ -569,7 +558,7 @@ def _splits(
     """Sample splits for a weight-gradient kernel: about ``per_sm`` programs per SM, a partial
     buffer of at most 2^24 fp32 values. Returns ``(splits, samples_per_split)``."""
     if device.type == "cuda" and not _interpreting():
-        want = triton.cdiv(per_sm * _sm_count(device), max(tiles, 1))
+        want = triton.cdiv(per_sm * sm_count(device), max(tiles, 1))
     else:
         want = 2
     cap = max(1, (1 << 24) // max(per_split_floats, 1))
