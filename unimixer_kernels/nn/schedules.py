@@ -31,7 +31,34 @@ def _count_or_raise(module: nn.Module, tau: float, strict: bool) -> None:
         )
 
 
-class LinearAnnealing:
+class _Schedule:
+    """Stepping and checkpoint state shared by the schedules; each defines ``tau_at(j)``."""
+
+    module: nn.Module
+    step_count: int
+
+    def tau_at(self, j: int) -> float:
+        raise NotImplementedError
+
+    @property
+    def tau(self) -> float:
+        return self.tau_at(self.step_count)
+
+    def step(self) -> float:
+        """Advance one step and set the new temperature; returns it."""
+        self.step_count += 1
+        set_temperature(self.module, self.tau)
+        return self.tau
+
+    def state_dict(self) -> dict:
+        return {"step_count": self.step_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step_count"])
+        set_temperature(self.module, self.tau)
+
+
+class LinearAnnealing(_Schedule):
     """``tau_j = max(tau_start - (tau_start - tau_end) * j / J, tau_end)`` after ``j`` calls to
     :meth:`step` (``J = steps``); the module starts at ``tau_start``."""
 
@@ -53,25 +80,9 @@ class LinearAnnealing:
         t = self.tau_start - (self.tau_start - self.tau_end) * j / self.steps
         return max(t, self.tau_end)
 
-    @property
-    def tau(self) -> float:
-        return self.tau_at(self.step_count)
-
-    def step(self) -> float:
-        """Advance one step and set the new temperature; returns it."""
-        self.step_count += 1
-        set_temperature(self.module, self.tau)
-        return self.tau
-
-    def state_dict(self) -> dict:
-        return {"step_count": self.step_count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step_count = int(state["step_count"])
-        set_temperature(self.module, self.tau)
 
 
-class TwoStageWarmup:
+class TwoStageWarmup(_Schedule):
     """``tau_warm`` (default 1.0) for the first ``warmup_steps`` steps, then ``tau_final``
     (default 0.05), continuing from the weights trained so far."""
 
@@ -90,18 +101,3 @@ class TwoStageWarmup:
     def tau_at(self, j: int) -> float:
         return self.tau_warm if j < self.warmup_steps else self.tau_final
 
-    @property
-    def tau(self) -> float:
-        return self.tau_at(self.step_count)
-
-    def step(self) -> float:
-        self.step_count += 1
-        set_temperature(self.module, self.tau)
-        return self.tau
-
-    def state_dict(self) -> dict:
-        return {"step_count": self.step_count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step_count = int(state["step_count"])
-        set_temperature(self.module, self.tau)
