@@ -1,4 +1,4 @@
-"""``python -m bench [check|run|table|plot|compare|cases|floors] ...`` (from the repo root).
+"""``python -m bench [check|run|table|plot|compare|cases|floors|train] ...`` (from the repo root).
 
 With no command: ``check`` = correctness of every op x backend, then the quick benchmark table.
 """
@@ -192,6 +192,16 @@ def cmd_floors(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .train_compare import main as train_main
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    backends = tuple(_csv(args.backends))
+    if len(backends) != 2:
+        raise SystemExit(f"--backends takes two backends, e.g. reference,triton; got {args.backends!r}")
+    return train_main(args.out, _csv(args.family), backends, args.steps, device)
+
+
 def cmd_cases(args) -> int:
     from .cases import CASES, CPU_PLAN, GPU_PLAN
     from .presets import PRESETS
@@ -274,6 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--notes", action="store_true", help="per-case sections, as in bench/NOTES.md")
     p.add_argument("--write", help="with --notes: replace the floor tables in this NOTES.md")
     p.set_defaults(fn=cmd_floors)
+    p = sub.add_parser("train", help="train one ranker per family with two backends from one seed; "
+                       "compare the loss curves (DIR/train_compare.json and .png)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--family", default="unimixer,unimixer-lite,rankmixer", help="comma-separated families")
+    p.add_argument("--backends", default="reference,triton", help="the two backends to compare")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    p.set_defaults(fn=cmd_train)
     args = parser.parse_args(argv)
     if args.cmd is None:
         args = parser.parse_args(["check", *(argv or [])])

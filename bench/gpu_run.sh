@@ -9,15 +9,19 @@
 #               and WARM_JOBS benchmark processes that run every case once at minimal repetitions
 #               so that torch.compile's and Triton's on-disk caches are filled
 #   bench     python -m bench run, alone on the GPU (the timed numbers), from warm caches
-#   sweep     the UniMixer Lite block at bs 256..2048 (sweep.json / .csv) and its plot (.png)
+#   persistent the opt-in persistent Sinkhorn kernels beside the default ones (persistent.json)
+#   sweep     the full UniMixer block at bs 256..2048 (sweep.json / .csv) and its plot (.png)
+#   train     two-block rankers trained 200 steps with backend reference and triton from one seed
+#             (train_compare.json / .png)
 #   table     the markdown table of results.json (table.md), printed last
 # Choose stages with STAGES="bench table" (default: all); stage limits with T_<STAGE>=seconds;
 # BENCH_ARGS="--case sinkhorn --preset paper-100m" narrows the bench stage. Without a .git folder,
 # set BENCH_GIT_COMMIT=<sha> so the results files name their commit.
 #
-# Everything lands in $OUT, flat, in at most 8 files: gpu_run.log (install, info, benchmark
-# progress), tests.log (pytest -m gpu), sanitizer.log (memcheck and racecheck), results.json,
-# results.csv, sweep.json or its plot, table.md.
+# Everything lands in $OUT, flat: gpu_run.log (install, info, benchmark progress), tests.log
+# (pytest -m gpu), sanitizer.log (memcheck and racecheck), the results files, the plots and
+# table.md. Where that would be more than 8 files, the .json and .csv files are packed into
+# results.tar.gz at the end.
 set -u
 OUT="${OUT:-/tmp/unimixer_gpu_out}"
 mkdir -p "$OUT"
@@ -25,7 +29,7 @@ export PYTHONUNBUFFERED=1
 export TRITON_CACHE_AUTOTUNING=1
 PY="${PYTHON:-python}"
 LOG="$OUT/gpu_run.log"
-STAGES="${STAGES:-install info prepare bench sweep table}"
+STAGES="${STAGES:-install info prepare bench persistent sweep train table}"
 T_PREPARE="${T_PREPARE:-200}"
 WARM_JOBS="${WARM_JOBS:-6}"
 T_INSTALL="${T_INSTALL:-60}"
@@ -34,7 +38,8 @@ T_SANITIZE="${T_SANITIZE:-40}"     # per run: plain, memcheck, racecheck
 T_BENCH="${T_BENCH:-180}"
 T_SWEEP="${T_SWEEP:-90}"
 SWEEP_BS="${SWEEP_BS:-256,512,1024,2048}"
-SWEEP_CASE="${SWEEP_CASE:-unimixer-block-lite}"
+SWEEP_CASE="${SWEEP_CASE:-unimixer-block}"
+T_TRAIN="${T_TRAIN:-120}"
 SWEEP_PRESET="${SWEEP_PRESET:-paper-small}"
 START=$(date +%s)
 : >"$LOG"
@@ -97,6 +102,11 @@ if want prepare; then
             --name warm --case "$group" --warmup 1 --rep 1 --budget-s $(( T_PREPARE - 30 )) \
             ${BENCH_ARGS:-} >/tmp/warm$j.log 2>&1 &
     done
+    if [ "${WARM_SWEEP:-1}" = 1 ]; then  # the sweep's batch sizes are shapes of their own: compile them here too
+        TORCHINDUCTOR_COMPILE_THREADS=2 timeout -k 10 "$T_PREPARE" "$PY" -m bench run --out /tmp/warmsweep \
+            --name warm --case "$SWEEP_CASE" --preset "$SWEEP_PRESET" --mode fwd+bwd --sweep-bs "$SWEEP_BS" \
+            --provider reference,compiled,triton,triton-cg --warmup 1 --rep 1 >/tmp/warmsweep.log 2>&1 &
+    fi
     wait
     {
         echo "===== memcheck"; cat /tmp/memcheck.log 2>/dev/null
@@ -137,9 +147,16 @@ if want persistent; then
         --warmup 10 --rep 40 --budget-s $(( ${T_PERSISTENT:-40} - 15 ))
 fi
 
+if want train; then
+    stage train "$T_TRAIN" "$PY" -m bench train --out "$OUT" --steps 200
+fi
+
 if want table; then
     if [ -f "$OUT/results.json" ]; then
         "$PY" -m bench table "$OUT/results.json" >"$OUT/table.md" 2>>"$LOG"
+    fi
+    if [ "$(find "$OUT" -type f | wc -l)" -gt 8 ]; then
+        ( cd "$OUT" && tar czf results.tar.gz --remove-files -- *.json *.csv )
     fi
     echo
     echo "gpu_run: done in $(( $(date +%s) - START ))s; files in $OUT:"
