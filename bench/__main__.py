@@ -1,4 +1,4 @@
-"""``python -m bench [check|run|table|plot|compare|cases|floors|train] ...`` (from the repo root).
+"""``python -m bench [check|run|table|plot|compare|cases|floors|train|profile] ...`` (from the repo root).
 
 With no command: ``check`` = correctness of every op x backend, then the quick benchmark table.
 """
@@ -202,6 +202,20 @@ def cmd_train(args) -> int:
     return train_main(args.out, _csv(args.family), backends, args.steps, device)
 
 
+def cmd_profile(args) -> int:
+    from .profile import profile_case
+
+    device = _device(args.device)
+    dtype = _dtype(args.dtype, device)
+    _quiet_compile_logs()
+    for case in _csv(args.case):
+        for preset in _csv(args.preset):
+            for mode in _csv(args.mode):
+                print(profile_case(case, preset, mode, _csv(args.provider), device, dtype, steps=args.steps,
+                                   top=args.top, autocast=not args.no_autocast), flush=True)
+    return 0
+
+
 def cmd_cases(args) -> int:
     from .cases import CASES, CPU_PLAN, GPU_PLAN
     from .presets import PRESETS
@@ -292,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("profile", help="kernels by device time for cases under torch.profiler (GPU)")
+    _add_bench_args(p)
+    p.set_defaults(mode="fwd+bwd", provider="triton")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--top", type=int, default=20, help="kernels listed per provider")
+    p.set_defaults(fn=cmd_profile)
     args = parser.parse_args(argv)
     if args.cmd is None:
         args = parser.parse_args(["check", *(argv or [])])

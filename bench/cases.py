@@ -82,8 +82,10 @@ def kernel_backends_of(op: str | None, block_ops: tuple[str, ...] = ()) -> tuple
 
 
 def _rand(shape, dtype, device, grad=True, scale=1.0):
-    t = torch.randn(*shape, device=device, dtype=FP32) * scale
-    return t.to(dtype).requires_grad_(grad)
+    # drawn on the CPU: the CUDA generator is left unusable in a process where a CUDA-graph
+    # capture failed, and one provider's failed capture must not cost every later case its inputs
+    t = torch.randn(*shape, dtype=FP32).mul_(scale)
+    return t.to(device=device, dtype=dtype).requires_grad_(grad)
 
 
 def _op_setup(op: str, reference: Callable, public: Callable, make_inputs: Callable[[], tuple],

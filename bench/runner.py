@@ -65,7 +65,8 @@ def _leaves(inputs: tuple, params: tuple) -> list[Tensor]:
 
 def _grad_outputs(out) -> tuple[list[Tensor], list[Tensor]]:
     outs = [t for t in _tensors(out) if t.requires_grad]
-    return outs, [torch.randn_like(t) for t in outs]
+    # CPU draws, as in cases._rand
+    return outs, [torch.randn(t.shape, dtype=torch.float32).to(device=t.device, dtype=t.dtype) for t in outs]
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -144,6 +145,11 @@ class CaseRunner:
         is shared) without donated buffers: a retained-graph backward cannot run on donated buffers.
         """
         gpu = self.device.type == "cuda"
+        if mode == "bwd" and provider.endswith("-cg") and provider != "compiled-cg":
+            # autograd runs a backward on the streams its forward ran on; a forward run before the
+            # capture ran outside the capture stream, so the backward cannot be captured
+            raise Unavailable("a backward alone cannot be captured (its forward ran outside the graph); "
+                              "see fwd+bwd")
         key = f"{provider}:bwd" if (provider in COMPILE_PROVIDERS and mode == "bwd") else provider
         if key in cache:
             return cache[key]

@@ -1,0 +1,68 @@
+"""Where the time of one case goes: ``python -m bench profile --case C --preset P [--mode M]
+[--provider X]`` runs the case under ``torch.profiler`` and prints, per provider, the kernels by
+total device time (launches per step, microseconds per step), the sum of kernel time per step
+and the wall time per step. Kernel time far below wall time means launch- or host-bound. On a CPU
+it lists the ``aten`` operators by self time instead.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .cases import CASES
+from .presets import PRESETS
+from .runner import CaseRunner, ModeCalls
+from .timing import sync
+
+
+def profile_case(case: str, preset: str, mode: str, providers: list[str], device: torch.device,
+                 dtype: torch.dtype, steps: int = 10, top: int = 20, autocast: bool = True) -> str:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from . import ceilings
+
+    runner = CaseRunner(device, dtype, ceilings.reference_h200(), 0, 0, autocast=autocast, rotate=False)
+    setup = CASES[case].factory(PRESETS[preset], device, dtype)
+    inputs = [setup.make_inputs()]
+    lines = [f"## {case} @ {preset}, {mode}, {str(dtype).replace('torch.', '')}, {steps} steps"]
+    cache: dict = {}
+    for provider in providers:
+        impl, mark = runner.impl_for(provider, setup, cache, mode)
+        if impl.prepare:
+            impl.prepare(mode)
+        calls = ModeCalls(impl, inputs, mode, device, autocast, mark)
+        for _ in range(3):
+            calls()
+        gpu = device.type == "cuda"
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+        sync(device)
+        with torch_profile(activities=activities) as prof:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                calls()
+            sync(device)
+            wall_us = (time.perf_counter() - t0) * 1e6 / steps
+        kernels: dict[str, list[float]] = {}
+        for ev in prof.events():
+            if gpu and ev.device_type == torch.autograd.DeviceType.CUDA:
+                us = ev.device_time
+            elif not gpu and ev.name.startswith("aten::"):
+                us = ev.self_cpu_time_total
+            else:
+                continue
+            k = kernels.setdefault(ev.name, [0, 0.0])
+            k[0] += 1
+            k[1] += us
+        total = sum(v[1] for v in kernels.values()) / steps
+        launches = sum(v[0] for v in kernels.values()) / steps
+        lines.append(f"\n### {provider}: wall {wall_us:.0f} us/step, device {total:.0f} us/step "
+                     f"in {launches:.0f} kernels/step\n")
+        lines.append("| us/step | % | launches/step | kernel |\n|---:|---:|---:|---|")
+        for name, (n, us) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:top]:
+            lines.append(f"| {us / steps:.1f} | {100 * us / steps / max(total, 1e-9):.0f} | {n / steps:g} | "
+                         f"{name[:110]} |")
+        del calls
+    return "\n".join(lines)
