@@ -203,7 +203,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from .profile import profile_case
+    from .profiling import profile_case
 
     device = _device(args.device)
     dtype = _dtype(args.dtype, device)

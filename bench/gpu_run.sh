@@ -5,7 +5,8 @@
 #   install   pip install -e . --no-build-isolation --no-deps
 #   info      nvidia-smi, versions, python -m unimixer_kernels.info
 #   prepare   in parallel, since all of it is compile-bound (CPU) rather than timed:
-#               pytest -m gpu; bench/sanitize.py under compute-sanitizer memcheck and racecheck;
+#               pytest -m gpu; bench/sanitize.py under compute-sanitizer memcheck and racecheck
+#               (SANITIZE=0 leaves them out; SANITIZE_ARGS=--autocast takes the 16-bit GEMM paths);
 #               and WARM_JOBS benchmark processes that run every case once at minimal repetitions
 #               so that torch.compile's and Triton's on-disk caches are filled
 #   bench     python -m bench run, alone on the GPU (the timed numbers), from warm caches
@@ -78,14 +79,15 @@ if want prepare; then
     [ -z "$SAN" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SAN=/usr/local/cuda/bin/compute-sanitizer
     # GPU_TESTS: test paths, most important first; GPU_TEST_ARGS: extra pytest arguments (split on
     # spaces); GPU_TEST_K: a -k expression (may contain spaces)
-    timeout -k 10 "$T_PREPARE" "$PY" -m pytest -m gpu -q -p no:cacheprovider ${GPU_TEST_ARGS:-} \
-        ${GPU_TEST_K:+-k "$GPU_TEST_K"} ${GPU_TESTS:-tests} >"$OUT/tests.log" 2>&1 &
-    if [ -n "$SAN" ]; then
+    # SIGINT at the limit: pytest then stops and still prints its summary (skip reasons included)
+    timeout -s INT -k 30 "$(( T_PREPARE - 30 ))" "$PY" -m pytest -m gpu -q -r fEs -p no:cacheprovider \
+        ${GPU_TEST_ARGS:-} ${GPU_TEST_K:+-k "$GPU_TEST_K"} ${GPU_TESTS:-tests} >"$OUT/tests.log" 2>&1 &
+    if [ -n "$SAN" ] && [ "${SANITIZE:-1}" = 1 ]; then
         ( timeout -k 10 "$T_PREPARE" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool memcheck \
-              --error-exitcode 3 --print-limit 20 "$PY" bench/sanitize.py >/tmp/memcheck.log 2>&1
+              --error-exitcode 3 --print-limit 20 "$PY" bench/sanitize.py ${SANITIZE_ARGS:-} >/tmp/memcheck.log 2>&1
           echo "memcheck rc=$?" >>/tmp/memcheck.log ) &
         ( timeout -k 10 "$T_PREPARE" "$SAN" --tool racecheck --error-exitcode 3 --print-limit 20 \
-              "$PY" bench/sanitize.py >/tmp/racecheck.log 2>&1
+              "$PY" bench/sanitize.py ${SANITIZE_ARGS:-} >/tmp/racecheck.log 2>&1
           echo "racecheck rc=$?" >>/tmp/racecheck.log ) &
     fi
     if [ "${BUILD_EXT:-0}" = 1 ]; then
@@ -108,10 +110,12 @@ if want prepare; then
             --provider reference,compiled,triton,triton-cg --warmup 1 --rep 1 >/tmp/warmsweep.log 2>&1 &
     fi
     wait
-    {
-        echo "===== memcheck"; cat /tmp/memcheck.log 2>/dev/null
-        echo "===== racecheck"; cat /tmp/racecheck.log 2>/dev/null
-    } >"$OUT/sanitizer.log"
+    if [ "${SANITIZE:-1}" = 1 ]; then
+        {
+            echo "===== memcheck"; cat /tmp/memcheck.log 2>/dev/null
+            echo "===== racecheck"; cat /tmp/racecheck.log 2>/dev/null
+        } >"$OUT/sanitizer.log"
+    fi
     for ((j = 0; j < WARM_JOBS; j++)); do
         printf '\n===== warm %s\n' "$j" >>"$LOG"; tail -n 5 /tmp/warm$j.log >>"$LOG" 2>/dev/null
     done
@@ -123,7 +127,8 @@ if want prepare; then
     fi
     echo "===== prepare: done in $(( $(date +%s) - t0 ))s" | tee -a "$LOG"
     grep -E '^(FAILED|ERROR)|passed|failed|no tests ran' "$OUT/tests.log" | tail -n 25
-    grep -E ': (ok|ERROR)|ERROR SUMMARY|RACECHECK SUMMARY|rc=' "$OUT/sanitizer.log" | sort | uniq -c | head -n 40
+    [ -f "$OUT/sanitizer.log" ] && grep -E ': (ok|ERROR)|ERROR SUMMARY|RACECHECK SUMMARY|rc=' "$OUT/sanitizer.log" \
+        | sort | uniq -c | head -n 40
 fi
 
 if want bench; then

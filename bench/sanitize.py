@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--op", action="append", help="only these ops (repeatable)")
     parser.add_argument("--backend", default="triton")
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    parser.add_argument("--autocast", action="store_true",
+                        help="run under torch.autocast(--dtype), as the benchmarks do: the GEMM-like ops "
+                        "then get 16-bit weights too and take their tensor-core paths (without it, "
+                        "16-bit activations with fp32 weights take the fp32 paths)")
     args = parser.parse_args(argv)
     from unimixer_kernels._registry import triton_interpreter_on
 
@@ -62,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             setup = case.factory(preset, device, dtype)
             impl = setup.impls[args.backend]()
             inputs = setup.make_inputs()
-            out = impl.fwd(*inputs)
+            with torch.autocast(device.type, dtype=dtype, enabled=args.autocast and dtype != torch.float32):
+                out = impl.fwd(*inputs)
             outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,))
                     if isinstance(o, torch.Tensor) and o.requires_grad]
             leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]

@@ -177,3 +177,88 @@ def test_unavailable_backends_say_why():
     for name in uk.BACKENDS:
         ok, why = uk.backend_status(name)
         assert isinstance(why, str) and (ok or why), name
+
+
+# --- autocast policies -------------------------------------------------------------------------
+
+
+def _dtypes_seen(policy, keep=()):
+    o = Op("probe_autocast", autocast=policy, autocast_keep=keep)
+    o.register("reference")(lambda *args: ([a.dtype for a in args], torch.is_autocast_enabled("cpu")))
+    return o
+
+
+@pytest.mark.parametrize("policy, expected", [
+    ("lower", [torch.bfloat16, torch.bfloat16, torch.float32, torch.int64]),
+    ("fp32", [torch.float32, torch.float32, torch.float32, torch.int64]),
+    (None, [torch.bfloat16, torch.float32, torch.float32, torch.int64]),
+])
+def test_autocast_policy_casts_floating_arguments(available, monkeypatch, policy, expected):
+    o = _dtypes_seen(policy, keep=(2,))
+    monkeypatch.setitem(_registry.OPS, o.name, o)
+    args = (torch.ones(2, dtype=torch.bfloat16), torch.ones(2), torch.ones(2),
+            torch.ones(2, dtype=torch.int64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dtypes, inside = o.dispatch("reference", CPU)(*args)
+    assert dtypes == expected
+    assert inside == (policy is None)  # a policy runs the op with autocast off
+    # without autocast nothing is cast
+    dtypes, _ = o.dispatch("reference", CPU)(*args)
+    assert dtypes == [a.dtype for a in args]
+
+
+def test_unknown_autocast_policy_raises():
+    with pytest.raises(ValueError, match="autocast"):
+        Op("bad", autocast="bf16")
+
+
+@pytest.mark.parametrize("name, policy", [
+    ("unimixing", "lower"), ("unimixing_rmsnorm", "lower"), ("pswiglu", "lower"), ("pgelu_ffn", "lower"),
+    ("fm_interaction", "lower"), ("dot_interaction", "lower"), ("sinkhorn", "fp32"), ("lite_weights", "fp32"),
+    ("rms_norm", None), ("add_rms_norm", None), ("token_mixer", None), ("token_mixer_residual_norm", None),
+])
+def test_every_public_op_states_its_autocast_policy(name, policy):
+    assert uk.OPS[name].autocast == policy
+
+
+def test_autocast_gemm_op_matches_explicit_casts_and_keeps_fp32_weight_grads():
+    from unimixer_kernels.testing import random_input
+
+    u = random_input((3, 4, 8), torch.float32, "cpu", requires_grad=True)
+    shapes = ((4, 8, 6), (4, 8, 6), (4, 6, 8))
+    ws = [random_input(s, torch.float32, "cpu", requires_grad=True) for s in shapes]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = uk.pswiglu(u, *ws, backend="reference")
+    expected = uk.pswiglu(u.bfloat16(), *(w.bfloat16() for w in ws), backend="reference")
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    out.float().sum().backward()
+    assert u.grad.dtype == torch.float32 and all(w.grad.dtype == torch.float32 for w in ws)
+
+
+def test_autocast_sinkhorn_stays_fp32():
+    from unimixer_kernels.testing import random_input
+
+    x = random_input((6, 6), torch.float32, "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        p = uk.sinkhorn(x.bfloat16(), 0.5, 5, backend="reference")
+    assert p.dtype == torch.float32
+    expected = uk.sinkhorn(x.bfloat16().float(), 0.5, 5, backend="reference")
+    torch.testing.assert_close(p, expected, rtol=0, atol=0)
+
+
+def test_autocast_policy_compiles_without_graph_breaks():
+    from unimixer_kernels.testing import random_input
+
+    x = random_input((2, 4, 8), torch.float32, "cpu")
+    wl = random_input((8, 4, 4), torch.float32, "cpu")
+    wg = random_input((8, 8), torch.float32, "cpu")
+
+    def f(x, wl, wg):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return uk.unimixing(x, wl, wg, backend="reference")
+
+    torch._dynamo.reset()
+    out = torch.compile(f, fullgraph=True, backend="eager")(x, wl, wg)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, f(x, wl, wg))

@@ -13,6 +13,17 @@ callable. The choice is made in this order:
    it runs only when asked for by name.
 
 An explicit backend that cannot run the call raises; there is no silent fallback.
+
+Autocast. A custom op is opaque to ``torch.autocast``, so each op states its own policy, applied
+by ``dispatch`` the same way for every backend when autocast is on for the tensors' device:
+
+- ``"lower"`` (the GEMM-like ops): floating-point tensor arguments are cast to the autocast dtype,
+  as autocast casts ``matmul``'s (except the positions in ``autocast_keep``, e.g. a norm weight);
+- ``"fp32"`` (Sinkhorn, which SPEC keeps in fp32): floating-point arguments are cast to fp32;
+- ``None``: arguments pass unchanged (norms and permutations, which keep their input dtype).
+
+The op then runs with autocast off, so a reference backend cannot re-cast inside. Without
+autocast, arguments of mixed dtypes are not cast: the kernels then compute in fp32.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 BACKENDS = ("reference", "triton", "cuda")
+AUTOCAST_POLICIES = (None, "lower", "fp32")
 _ENV_VAR = "UNIMIXER_BACKEND"
 _context_stack: list[str] = []
 
@@ -136,7 +148,13 @@ class Op:
 
     name: str
     cuda_auto: tuple[str, ...] = ()
+    autocast: str | None = None
+    autocast_keep: tuple[int, ...] = ()
     impls: dict[str, Callable] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.autocast not in AUTOCAST_POLICIES:
+            raise ValueError(f"autocast: expected one of {AUTOCAST_POLICIES}, got {self.autocast!r}")
 
     def register(self, backend: str) -> Callable[[Callable], Callable]:
         if backend not in BACKENDS:
@@ -175,7 +193,21 @@ class Op:
         return name
 
     def dispatch(self, backend: str, device: torch.device) -> Callable:
-        return self.impls[_select_constant(self.name, backend, device.type)]
+        fn = self.impls[_select_constant(self.name, backend, device.type)]
+        if self.autocast is None or not torch.is_autocast_enabled(device.type):
+            return fn
+        dtype = torch.get_autocast_dtype(device.type) if self.autocast == "lower" else torch.float32
+        return functools.partial(_with_autocast_policy, fn, device.type, dtype, self.autocast_keep)
+
+
+def _with_autocast_policy(fn: Callable, device_type: str, dtype: torch.dtype, keep: tuple[int, ...],
+                          *args):
+    cast = tuple(
+        a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() and i not in keep else a
+        for i, a in enumerate(args)
+    )
+    with torch.autocast(device_type, enabled=False):
+        return fn(*cast)
 
 
 def _assume_constant(fn: Callable) -> Callable:
@@ -193,9 +225,11 @@ def _select_constant(op_name: str, backend: str, device_type: str) -> str:
 OPS: dict[str, Op] = {}
 
 
-def define_op(name: str, cuda_auto: tuple[str, ...] = ()) -> Op:
-    """Create and record an op; ``info`` and the benchmarks read the records."""
+def define_op(name: str, cuda_auto: tuple[str, ...] = (), autocast: str | None = None,
+              autocast_keep: tuple[int, ...] = ()) -> Op:
+    """Create and record an op; ``info`` and the benchmarks read the records. ``autocast`` and
+    ``autocast_keep``: the op's autocast policy (module docstring)."""
     if name in OPS:
         raise RuntimeError(f"op {name!r} is defined twice")
-    OPS[name] = Op(name, cuda_auto)
+    OPS[name] = Op(name, cuda_auto, autocast, autocast_keep)
     return OPS[name]

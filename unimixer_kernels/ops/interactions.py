@@ -13,8 +13,8 @@ from .. import reference
 from .._checks import check_same_device, check_tensor
 from .._registry import define_op
 
-FM_INTERACTION = define_op("fm_interaction")
-DOT_INTERACTION = define_op("dot_interaction")
+FM_INTERACTION = define_op("fm_interaction", autocast="lower")
+DOT_INTERACTION = define_op("dot_interaction", autocast="lower")
 
 FM_INTERACTION.register("reference")(reference.fm_interaction)
 DOT_INTERACTION.register("reference")(reference.dot_interaction)

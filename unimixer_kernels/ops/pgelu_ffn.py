@@ -14,7 +14,7 @@ from .. import reference
 from .._checks import check_optional_tensor, check_same_device, check_shape, check_tensor
 from .._registry import define_op
 
-PGELU_FFN = define_op("pgelu_ffn")
+PGELU_FFN = define_op("pgelu_ffn", autocast="lower")
 
 
 @PGELU_FFN.register("reference")

@@ -17,7 +17,7 @@ from .. import reference
 from .._checks import check_optional_tensor, check_same_device, check_shape, check_tensor
 from .._registry import define_op
 
-PSWIGLU = define_op("pswiglu")
+PSWIGLU = define_op("pswiglu", autocast="lower")
 
 
 @PSWIGLU.register("reference")

@@ -14,8 +14,8 @@ from .. import reference
 from .._checks import check_same_device, check_shape, check_sinkhorn_args, check_tensor
 from .._registry import define_op
 
-SINKHORN = define_op("sinkhorn")
-LITE_WEIGHTS = define_op("lite_weights")
+SINKHORN = define_op("sinkhorn", autocast="fp32")
+LITE_WEIGHTS = define_op("lite_weights", autocast="fp32")
 
 SINKHORN.register("reference")(reference.sinkhorn)
 LITE_WEIGHTS.register("reference")(reference.lite_weights)

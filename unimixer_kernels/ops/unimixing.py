@@ -22,8 +22,8 @@ from .. import reference
 from .._checks import check_same_device, check_shape, check_tensor
 from .._registry import define_op
 
-UNIMIXING = define_op("unimixing")
-UNIMIXING_RMSNORM = define_op("unimixing_rmsnorm")
+UNIMIXING = define_op("unimixing", autocast="lower")
+UNIMIXING_RMSNORM = define_op("unimixing_rmsnorm", autocast="lower", autocast_keep=(3,))
 
 UNIMIXING.register("reference")(reference.unimixing)
 UNIMIXING_RMSNORM.register("reference")(reference.unimixing_rmsnorm)
