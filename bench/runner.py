@@ -225,7 +225,9 @@ class CaseRunner:
                     _tick(progress, case, preset, mode, provider)
             return rows
         cache: dict = {}
-        for provider in providers:
+        # the kernel providers first: in one H200 run, a kernel's CUDA-graph capture of a backward
+        # failed only after compiled-cg (cudagraph trees) had run in the same case (2026-11-28)
+        for provider in sorted(providers, key=lambda p: p in COMPILE_PROVIDERS):
             for mode in modes:
                 row = {**base, **floors[mode], "mode": mode, "provider": provider, "input_sets": len(sets)}
                 row.update(self._measure(provider, setup, sets, mode, cache))
@@ -233,6 +235,8 @@ class CaseRunner:
                     row["ratio_to_floor"] = row["ms"] / row["floor_ms"]
                 rows.append(row)
                 _tick(progress, case, preset, mode, provider, row)
+            if provider == "compiled-cg":
+                _reset_cudagraph_trees()
         del cache, sets, setup
         self._reset()
         return rows
@@ -284,6 +288,15 @@ class CaseRunner:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
+
+
+def _reset_cudagraph_trees() -> None:
+    # free the trees' private pools and state before anything else captures in this process
+    try:
+        from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+    except ImportError:
+        return
+    reset_cudagraph_trees()
 
 
 def _retained_graph_twin(fn: Callable) -> Callable:
