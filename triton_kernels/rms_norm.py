@@ -11,8 +11,10 @@ Backward, with ``g_i = dy_i * w`` and ``xhat_i = s_i * rstd_i``::
     ds_i = rstd_i * (g_i - xhat_i * mean(g_i * xhat_i)) (+ dsum_i, the gradient of the sum output)
     dw   = sum_i dy_i * xhat_i
 
-``dw`` is reduced deterministically: each program writes its fp32 partial row, and a second pass
-sums the ``[programs, D]`` partials. Rows are indexed in int64 so ``M * D`` may exceed 2^31.
+Each program handles a tile of ``BLOCK_M`` rows (about 4096 values), so narrow rows still give
+each program enough bytes in flight. ``dw`` is reduced deterministically: each program writes its
+fp32 partial row, and a second pass sums the ``[programs, D]`` partials. Rows are indexed in
+int64 so ``M * D`` may exceed 2^31.
 """
 
 from __future__ import annotations
@@ -30,23 +32,27 @@ def rms_norm_fwd_kernel(
     M, D, stride_x, stride_r, stride_y, stride_s,
     eps,
     HAS_RESIDUAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
-    mask = cols < D
-    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
+    rmask = rows < M
+    cmask = cols < D
+    mask = rmask[:, None] & cmask[None, :]
+    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
     if HAS_RESIDUAL:
-        r = tl.load(R + row * stride_r + cols, mask=mask, other=0.0)
+        r = tl.load(R + rows[:, None] * stride_r + cols[None, :], mask=mask, other=0.0)
         # round the sum to the storage dtype first, so forward and backward see the same value
         x = (x.to(tl.float32) + r.to(tl.float32)).to(S.dtype.element_ty)
-        tl.store(S + row * stride_s + cols, x, mask=mask)
+        tl.store(S + rows[:, None] * stride_s + cols[None, :], x, mask=mask)
     xf = x.to(tl.float32)
     # IEEE-rounded sqrt and divide: the fast ones cost a few ulps that fp32 tests would see
-    rstd = tl.math.div_rn(1.0, tl.sqrt_rn(tl.sum(xf * xf, axis=0) / D + eps))
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(RSTD + row, rstd)
-    tl.store(Y + row * stride_y + cols, (xf * rstd * w).to(Y.dtype.element_ty), mask=mask)
+    rstd = tl.math.div_rn(1.0, tl.sqrt_rn(tl.sum(xf * xf, axis=1) / D + eps))
+    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    tl.store(RSTD + rows, rstd, mask=rmask)
+    y = xf * rstd[:, None] * w[None, :]
+    tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -55,28 +61,45 @@ def rms_norm_bwd_kernel(
     M, D, stride_dy, stride_dsum, stride_s, stride_ds,
     rows_per_program,
     HAS_DSUM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
+    # rows_per_program is a multiple of BLOCK_M (the launcher rounds it up)
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)
-    mask = cols < D
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    dw = tl.zeros([BLOCK_D], dtype=tl.float32)
+    cmask = cols < D
+    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     row_start = pid.to(tl.int64) * rows_per_program
-    for i in range(0, rows_per_program):
-        row = row_start + i
-        if row < M:
-            s = tl.load(S + row * stride_s + cols, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-            rstd = tl.load(RSTD + row)
-            xhat = s * rstd
-            g = dy * w
-            ds = rstd * (g - xhat * (tl.sum(g * xhat, axis=0) / D))
-            if HAS_DSUM:
-                ds += tl.load(DSUM + row * stride_dsum + cols, mask=mask, other=0.0).to(tl.float32)
-            tl.store(DS + row * stride_ds + cols, ds.to(DS.dtype.element_ty), mask=mask)
-            dw += dy * xhat
-    tl.store(DW_PARTIAL + pid * D + cols, dw, mask=mask)
+    for i in range(0, rows_per_program, BLOCK_M):
+        rows = row_start + i + tl.arange(0, BLOCK_M)
+        rmask = rows < M
+        mask = rmask[:, None] & cmask[None, :]
+        # masked rows load zeros (rstd 0 too): they contribute nothing and store nothing
+        s = tl.load(S + rows[:, None] * stride_s + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
+        xhat = s * rstd[:, None]
+        g = dy * w[None, :]
+        ds = rstd[:, None] * (g - xhat * (tl.sum(g * xhat, axis=1) / D)[:, None])
+        if HAS_DSUM:
+            dsum = tl.load(DSUM + rows[:, None] * stride_dsum + cols[None, :], mask=mask, other=0.0)
+            ds += dsum.to(tl.float32)
+        tl.store(DS + rows[:, None] * stride_ds + cols[None, :], ds.to(DS.dtype.element_ty), mask=mask)
+        dw += dy * xhat
+    tl.store(DW_PARTIAL + pid * D + cols, tl.sum(dw, axis=0), mask=cmask)
+
+
+# Rows per program: a tile of about TILE_ELEMENTS values, so narrow rows (D = 128 at the presets)
+# are not one 256-byte row per program, which leaves the memory system mostly idle.
+TILE_ELEMENTS = 4096
+
+
+def _tile(d: int) -> tuple[int, int, int]:
+    """``(BLOCK_M, BLOCK_D, num_warps)`` for rows of width ``d``."""
+    block_d = triton.next_power_of_2(d)
+    block_m = max(1, TILE_ELEMENTS // block_d)
+    return block_m, block_d, min(max(block_m * block_d // 1024, 1), 8)
 
 
 def rms_norm_fwd(
@@ -91,14 +114,15 @@ def rms_norm_fwd(
     s = new_output((m, d), like=x) if residual is not None else y
     rstd = new_output((m,), like=x, dtype=torch.float32)
     if m > 0:
-        block_d = triton.next_power_of_2(d)
-        rms_norm_fwd_kernel[(m,)](
+        block_m, block_d, warps = _tile(d)
+        rms_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
             x2, r2, weight, y, s, rstd,
             m, d, x2.stride(0), r2.stride(0), y.stride(0), s.stride(0),
             eps,
             HAS_RESIDUAL=residual is not None,
+            BLOCK_M=block_m,
             BLOCK_D=block_d,
-            num_warps=min(max(block_d // 256, 1), 8),
+            num_warps=warps,
         )
     shape = x.shape
     return y.view(shape), (s.view(shape) if residual is not None else None), rstd
@@ -118,16 +142,18 @@ def rms_norm_bwd(
     dsum2 = rows_2d(dsum) if dsum is not None else dy2
     m = s2.shape[0]
     ds = new_output((m, d), like=s)
-    programs = num_programs_for(m, s.device)
-    rows_per_program = triton.cdiv(max(m, 1), programs)
+    block_m, block_d, warps = _tile(d)
+    tiles = triton.cdiv(max(m, 1), block_m)
+    rows_per_program = triton.cdiv(tiles, num_programs_for(tiles, s.device)) * block_m
+    programs = triton.cdiv(max(m, 1), rows_per_program)
     partial = new_output((programs, d), like=s, dtype=torch.float32)
-    block_d = triton.next_power_of_2(d)
     rms_norm_bwd_kernel[(programs,)](
         dy2, dsum2, s2, weight, rstd, ds, partial,
         m, d, dy2.stride(0), dsum2.stride(0), s2.stride(0), ds.stride(0),
         rows_per_program,
         HAS_DSUM=dsum is not None,
+        BLOCK_M=block_m,
         BLOCK_D=block_d,
-        num_warps=min(max(block_d // 256, 1), 8),
+        num_warps=warps,
     )
     return ds.view(s.shape), partial.sum(0).to(weight.dtype)

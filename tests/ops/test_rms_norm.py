@@ -6,7 +6,10 @@ import torch
 import unimixer_kernels as uk
 from unimixer_kernels.testing import check_against_reference, random_input
 
-SHAPES = [(1, 1, 8), (3, 5, 37), (2, 7, 128), (4, 300)]
+# the kernels take tiles of about 4096 values (32 rows at D = 128, 512 rows at D = 8): the last
+# two shapes span several tiles, the last one partial, and (180 rows) several tiles per program
+# in the backward
+SHAPES = [(1, 1, 8), (3, 5, 37), (2, 7, 128), (4, 300), (9, 20, 128), (600, 8)]
 
 
 @pytest.mark.triton
