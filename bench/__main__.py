@@ -208,11 +208,15 @@ def cmd_profile(args) -> int:
     device = _device(args.device)
     dtype = _dtype(args.dtype, device)
     _quiet_compile_logs()
+    parts = []
     for case in _csv(args.case):
         for preset in _csv(args.preset):
             for mode in _csv(args.mode):
-                print(profile_case(case, preset, mode, _csv(args.provider), device, dtype, steps=args.steps,
-                                   top=args.top, autocast=not args.no_autocast), flush=True)
+                parts.append(profile_case(case, preset, mode, _csv(args.provider), device, dtype,
+                                          steps=args.steps, top=args.top, autocast=not args.no_autocast))
+                print(parts[-1], flush=True)
+                if args.out:  # rewritten after each profile: a run cut short keeps what it has
+                    Path(args.out).write_text("\n\n".join(parts) + "\n")
     return 0
 
 
@@ -311,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(mode="fwd+bwd", provider="triton")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--top", type=int, default=20, help="kernels listed per provider")
+    p.add_argument("--out", help="also write the markdown to this file")
     p.set_defaults(fn=cmd_profile)
     args = parser.parse_args(argv)
     if args.cmd is None:

@@ -12,10 +12,13 @@
 #   bench     python -m bench run, alone on the GPU (the timed numbers), from warm caches
 #   persistent the opt-in persistent Sinkhorn kernels beside the default ones (persistent.json)
 #   sweep     the full UniMixer block at bs 256..2048 (sweep.json / .csv) and its plot (.png)
+#   profile   python -m bench profile of the UniMixer block's Triton path (profile.md)
 #   train     two-block rankers trained 200 steps with backend reference and triton from one seed
 #             (train_compare.json / .png)
 #   table     the markdown table of results.json (table.md), printed last
-# Choose stages with STAGES="bench table" (default: all); stage limits with T_<STAGE>=seconds;
+# Choose stages with STAGES="bench table" (default: all but profile); stage limits with
+# T_<STAGE>=seconds; GPU_TESTS=none leaves the GPU tests out of prepare, WARM_JOBS=0 and WARM_SWEEP=0
+# the cache warm-up;
 # BENCH_ARGS="--case sinkhorn --preset paper-100m" narrows the bench stage. Without a .git folder,
 # set BENCH_GIT_COMMIT=<sha> so the results files name their commit.
 #
@@ -80,8 +83,10 @@ if want prepare; then
     # GPU_TESTS: test paths, most important first; GPU_TEST_ARGS: extra pytest arguments (split on
     # spaces); GPU_TEST_K: a -k expression (may contain spaces)
     # SIGINT at the limit: pytest then stops and still prints its summary (skip reasons included)
-    timeout -s INT -k 30 "$(( T_PREPARE - 30 ))" "$PY" -m pytest -m gpu -q -r fEs -p no:cacheprovider \
-        ${GPU_TEST_ARGS:-} ${GPU_TEST_K:+-k "$GPU_TEST_K"} ${GPU_TESTS:-tests} >"$OUT/tests.log" 2>&1 &
+    if [ "${GPU_TESTS:-tests}" != none ]; then
+        timeout -s INT -k 30 "$(( T_PREPARE - 30 ))" "$PY" -m pytest -m gpu -q -r fEs -p no:cacheprovider \
+            ${GPU_TEST_ARGS:-} ${GPU_TEST_K:+-k "$GPU_TEST_K"} ${GPU_TESTS:-tests} >"$OUT/tests.log" 2>&1 &
+    fi
     if [ -n "$SAN" ] && [ "${SANITIZE:-1}" = 1 ]; then
         ( timeout -k 10 "$T_PREPARE" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool memcheck \
               --error-exitcode 3 --print-limit 20 "$PY" bench/sanitize.py ${SANITIZE_ARGS:-} >/tmp/memcheck.log 2>&1
@@ -126,7 +131,7 @@ if want prepare; then
             tests/ops/test_rms_norm_cuda.py tests/build >>"$OUT/tests.log" 2>&1
     fi
     echo "===== prepare: done in $(( $(date +%s) - t0 ))s" | tee -a "$LOG"
-    grep -E '^(FAILED|ERROR)|passed|failed|no tests ran' "$OUT/tests.log" | tail -n 25
+    [ -f "$OUT/tests.log" ] && grep -E '^(FAILED|ERROR)|passed|failed|no tests ran' "$OUT/tests.log" | tail -n 25
     [ -f "$OUT/sanitizer.log" ] && grep -E ': (ok|ERROR)|ERROR SUMMARY|RACECHECK SUMMARY|rc=' "$OUT/sanitizer.log" \
         | sort | uniq -c | head -n 40
 fi
@@ -150,6 +155,13 @@ if want persistent; then
     stage persistent "${T_PERSISTENT:-40}" env UNIMIXER_SINKHORN_PERSISTENT=1 "$PY" -m bench run --out "$OUT" \
         --name persistent --case sinkhorn,lite_weights --provider triton,triton-cg --mode fwd+bwd \
         --warmup 10 --rep 40 --budget-s $(( ${T_PERSISTENT:-40} - 15 ))
+fi
+
+if want profile; then
+    # kernels by device time per step: where the block's time goes
+    stage profile "${T_PROFILE:-90}" "$PY" -m bench profile --case "${PROFILE_CASE:-unimixer-block}" \
+        --preset "${PROFILE_PRESET:-paper-small}" --mode fwd+bwd,infer --provider triton --top 25 \
+        --out "$OUT/profile.md"
 fi
 
 if want train; then

@@ -58,9 +58,10 @@ def profile_case(case: str, preset: str, mode: str, providers: list[str], device
             k[1] += us
         total = sum(v[1] for v in kernels.values()) / steps
         launches = sum(v[0] for v in kernels.values()) / steps
-        lines.append(f"\n### {provider}: wall {wall_us:.0f} us/step, device {total:.0f} us/step "
-                     f"in {launches:.0f} kernels/step\n")
-        lines.append("| us/step | % | launches/step | kernel |\n|---:|---:|---:|---|")
+        what, unit = ("device", "kernels") if gpu else ("aten self-CPU", "aten calls")
+        lines.append(f"\n### {provider}: wall {wall_us:.0f} us/step, {what} {total:.0f} us/step "
+                     f"in {launches:.0f} {unit}/step\n")
+        lines.append(f"| us/step | % | calls/step | {unit[:-1]} |\n|---:|---:|---:|---|")
         for name, (n, us) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:top]:
             lines.append(f"| {us / steps:.1f} | {100 * us / steps / max(total, 1e-9):.0f} | {n / steps:g} | "
                          f"{name[:110]} |")

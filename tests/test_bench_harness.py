@@ -225,3 +225,28 @@ def test_check_runs_every_available_backend_of_an_op():
         else:
             assert r.status == "skipped" and r.detail
     assert "passed" in format_checks(results)
+
+
+def test_profile_lists_what_takes_the_time(tmp_path):
+    from bench.__main__ import main
+
+    out = tmp_path / "profile.md"
+    assert main(["profile", "--case", "rms_norm", "--preset", "cpu-tiny", "--provider", "reference",
+                 "--steps", "2", "--top", "3", "--device", "cpu", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("## rms_norm @ cpu-tiny, fwd+bwd") and "### reference: wall" in text
+    assert text.count("\n| ") >= 2  # at least one row under the header
+
+
+def test_train_comparison_writes_both_curves(tmp_path):
+    from bench.__main__ import main
+
+    assert main(["train", "--out", str(tmp_path), "--family", "rankmixer", "--steps", "3",
+                 "--backends", "reference,reference", "--device", "cpu"]) == 0
+    result = json.loads((tmp_path / "train_compare.json").read_text())
+    fam = result["families"]["rankmixer"]
+    assert len(fam["runs"]["reference"]["losses"]) == 3
+    assert fam["max_abs_gap"] == {"steps 1-3": 0.0}  # same backend, same seed: identical
+    assert (tmp_path / "train_compare.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="two backends"):
+        main(["train", "--out", str(tmp_path), "--backends", "reference"])
