@@ -225,9 +225,9 @@ class CaseRunner:
                     _tick(progress, case, preset, mode, provider)
             return rows
         cache: dict = {}
-        # the kernel providers first: in one H200 run, a kernel's CUDA-graph capture of a backward
-        # failed only after compiled-cg (cudagraph trees) had run in the same case (2026-11-28)
-        for provider in sorted(providers, key=lambda p: p in COMPILE_PROVIDERS):
+        # providers in their listed order, the kernels' CUDA-graph rows last: a failed capture leaves
+        # the process's CUDA generator unusable, and a later fresh torch.compile draws from it
+        for provider in providers:
             for mode in modes:
                 row = {**base, **floors[mode], "mode": mode, "provider": provider, "input_sets": len(sets)}
                 row.update(self._measure(provider, setup, sets, mode, cache))

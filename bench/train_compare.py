@@ -75,5 +75,9 @@ def main(out: str, families: list[str], backends: tuple[str, str], steps: int, d
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "train_compare.json").write_text(json.dumps(result, indent=1))
-    print(f"wrote {folder / 'train_compare.json'} and {plot(result, folder / 'train_compare.png')}")
+    print(f"wrote {folder / 'train_compare.json'}")
+    try:
+        print(f"wrote {plot(result, folder / 'train_compare.png')}")
+    except ImportError:
+        print("no plot: matplotlib is missing (pip install -e '.[bench]')")
     return 0
