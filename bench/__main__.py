@@ -160,7 +160,10 @@ def cmd_table(args) -> int:
 def cmd_plot(args) -> int:
     from .plot import plot_sweep
 
-    paths = plot_sweep(args.results, case=args.case, mode=args.mode, out=args.out)
+    try:
+        paths = plot_sweep(args.results, case=args.case, mode=args.mode, out=args.out)
+    except ImportError as exc:
+        raise SystemExit(f"plot: needs matplotlib ({exc}); pip install -e '.[bench]'") from None
     for p in paths:
         print(f"wrote {p}")
     return 0 if paths else 1
