@@ -112,7 +112,7 @@ if want prepare; then
     if [ "${WARM_SWEEP:-1}" = 1 ]; then  # the sweep's batch sizes are shapes of their own: compile them here too
         TORCHINDUCTOR_COMPILE_THREADS=2 timeout -k 10 "$T_PREPARE" "$PY" -m bench run --out /tmp/warmsweep \
             --name warm --case "$SWEEP_CASE" --preset "$SWEEP_PRESET" --mode fwd+bwd --sweep-bs "$SWEEP_BS" \
-            --provider reference,compiled,triton,triton-cg --warmup 1 --rep 1 >/tmp/warmsweep.log 2>&1 &
+            --provider reference,compiled,compiled-cg,triton,triton-cg --warmup 1 --rep 1 >/tmp/warmsweep.log 2>&1 &
     fi
     wait
     if [ "${SANITIZE:-1}" = 1 ]; then
@@ -146,7 +146,7 @@ fi
 if want sweep; then
     stage sweep "$T_SWEEP" "$PY" -m bench run --out "$OUT" --name sweep --case "$SWEEP_CASE" \
         --preset "$SWEEP_PRESET" --mode fwd+bwd --sweep-bs "$SWEEP_BS" \
-        --provider reference,compiled,triton,triton-cg --warmup 10 --rep 40 --budget-s $(( T_SWEEP - 40 ))
+        --provider reference,compiled,compiled-cg,triton,triton-cg --warmup 10 --rep 40 --budget-s $(( T_SWEEP - 40 ))
     [ -f "$OUT/sweep.json" ] && stage plot 60 "$PY" -m bench plot "$OUT/sweep.json" --mode fwd+bwd
 fi
 
