@@ -31,6 +31,7 @@ def test_module_runs_and_prints_every_section():
         "backends:",
         "ops x backends",
         "auto on CUDA",
+        "under autocast",
     ):
         assert needle in text, needle
     for name in uk.BACKENDS:
@@ -81,3 +82,13 @@ def test_auto_choice_on_cuda():
 
 def test_versions_name_every_component():
     assert set(info.versions()) == {"unimixer-kernels", "torch", "CUDA (torch)", "triton", "python"}
+
+
+def test_report_states_each_ops_autocast_policy():
+    from unimixer_kernels.info import report
+
+    rows = [line for line in report().splitlines() if line.startswith("  ") and line.split()]
+    lines = {line.split()[0]: line for line in rows}
+    assert lines["unimixing"].rstrip().endswith("autocast dtype")
+    assert lines["sinkhorn"].rstrip().endswith("fp32")
+    assert lines["rms_norm"].rstrip().endswith("input dtypes")

@@ -115,7 +115,7 @@ def report() -> str:
     env = os.environ.get(_ENV_VAR)
     lines.append(f"  {_ENV_VAR}: {env!r}" if env else f"  {_ENV_VAR}: not set (auto)")
     auto_header = "auto on CUDA" if torch.cuda.is_available() else "auto on CUDA (order; no device here)"
-    rows = [["op", *BACKENDS, auto_header]]
+    rows = [["op", *BACKENDS, auto_header, "under autocast"]]
     reasons: list[str] = []  # long reasons become numbered notes under the table
     for name in sorted(OPS):
         op = OPS[name]
@@ -127,11 +127,15 @@ def report() -> str:
                     reasons.append(text[4:])
                 text = f"no [{reasons.index(text[4:]) + 1}]"
             row.append(text)
-        rows.append([*row, auto_choice_on_cuda(op)])
+        rows.append([*row, auto_choice_on_cuda(op), AUTOCAST_WORDS[op.autocast]])
     lines += ["", "ops x backends (yes / no [reason] / '-' not implemented):"]
     lines += [f"  {line}" for line in _table(rows)]
     lines += [f"  [{k}] {why}" for k, why in enumerate(reasons, 1)]
     return "\n".join(lines)
+
+
+# how each autocast policy (unimixer_kernels._registry) treats an op's inputs, in the table's words
+AUTOCAST_WORDS = {"lower": "autocast dtype", "fp32": "fp32", None: "input dtypes"}
 
 
 def main() -> None:
