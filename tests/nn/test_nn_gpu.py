@@ -36,7 +36,7 @@ ALL_TOL = 2e-2
 
 
 @pytest.mark.parametrize("family", ["unimixer", "unimixer-lite", "rankmixer"])
-def test_two_block_unimixer_training_triton_matches_reference(family):
+def test_two_block_training_triton_matches_reference(family):
     kw = dict(steps=200, device="cuda", num_blocks=2, seed=0, verbose=False, evaluate_at_end=False)
     ref = train_module.train(family, backend="reference", **kw)["losses"]
     tri = train_module.train(family, backend="triton", **kw)["losses"]
