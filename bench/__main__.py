@@ -198,7 +198,7 @@ def cmd_floors(args) -> int:
 def cmd_train(args) -> int:
     from .train_compare import main as train_main
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args.device).type
     backends = tuple(_csv(args.backends))
     if len(backends) != 2:
         raise SystemExit(f"--backends takes two backends, e.g. reference,triton; got {args.backends!r}")

@@ -81,11 +81,15 @@ def kernel_backends_of(op: str | None, block_ops: tuple[str, ...] = ()) -> tuple
     return ("triton", *others)
 
 
+def randn_cpu(shape, device, dtype, scale: float = 1.0) -> torch.Tensor:
+    """Standard normal values drawn on the CPU (fp32), then moved: the CUDA generator is left
+    unusable in a process where a CUDA-graph capture failed, and one provider's failed capture
+    must not cost every later case its inputs."""
+    return torch.randn(*shape, dtype=FP32).mul_(scale).to(device=device, dtype=dtype)
+
+
 def _rand(shape, dtype, device, grad=True, scale=1.0):
-    # drawn on the CPU: the CUDA generator is left unusable in a process where a CUDA-graph
-    # capture failed, and one provider's failed capture must not cost every later case its inputs
-    t = torch.randn(*shape, dtype=FP32).mul_(scale)
-    return t.to(device=device, dtype=dtype).requires_grad_(grad)
+    return randn_cpu(shape, device, dtype, scale).requires_grad_(grad)
 
 
 def _op_setup(op: str, reference: Callable, public: Callable, make_inputs: Callable[[], tuple],

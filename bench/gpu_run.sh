@@ -37,14 +37,15 @@ STAGES="${STAGES:-install info prepare bench persistent sweep train table}"
 T_PREPARE="${T_PREPARE:-200}"
 WARM_JOBS="${WARM_JOBS:-6}"
 T_INSTALL="${T_INSTALL:-60}"
-T_PYTEST="${T_PYTEST:-100}"
-T_SANITIZE="${T_SANITIZE:-40}"     # per run: plain, memcheck, racecheck
 T_BENCH="${T_BENCH:-180}"
 T_SWEEP="${T_SWEEP:-90}"
 SWEEP_BS="${SWEEP_BS:-256,512,1024,2048}"
 SWEEP_CASE="${SWEEP_CASE:-unimixer-block}"
 T_TRAIN="${T_TRAIN:-120}"
 SWEEP_PRESET="${SWEEP_PRESET:-paper-small}"
+# what the sweep times: the warm-up in prepare and the sweep stage run the same list
+SWEEP_ARGS=(--case "$SWEEP_CASE" --preset "$SWEEP_PRESET" --mode fwd+bwd --sweep-bs "$SWEEP_BS"
+            --provider reference,compiled,compiled-cg,triton,triton-cg)
 START=$(date +%s)
 : >"$LOG"
 
@@ -111,8 +112,7 @@ if want prepare; then
     done
     if [ "${WARM_SWEEP:-1}" = 1 ]; then  # the sweep's batch sizes are shapes of their own: compile them here too
         TORCHINDUCTOR_COMPILE_THREADS=2 timeout -k 10 "$T_PREPARE" "$PY" -m bench run --out /tmp/warmsweep \
-            --name warm --case "$SWEEP_CASE" --preset "$SWEEP_PRESET" --mode fwd+bwd --sweep-bs "$SWEEP_BS" \
-            --provider reference,compiled,compiled-cg,triton,triton-cg --warmup 1 --rep 1 >/tmp/warmsweep.log 2>&1 &
+            --name warm "${SWEEP_ARGS[@]}" --warmup 1 --rep 1 >/tmp/warmsweep.log 2>&1 &
     fi
     wait
     if [ "${SANITIZE:-1}" = 1 ]; then
@@ -144,9 +144,8 @@ if want bench; then
 fi
 
 if want sweep; then
-    stage sweep "$T_SWEEP" "$PY" -m bench run --out "$OUT" --name sweep --case "$SWEEP_CASE" \
-        --preset "$SWEEP_PRESET" --mode fwd+bwd --sweep-bs "$SWEEP_BS" \
-        --provider reference,compiled,compiled-cg,triton,triton-cg --warmup 10 --rep 40 --budget-s $(( T_SWEEP - 40 ))
+    stage sweep "$T_SWEEP" "$PY" -m bench run --out "$OUT" --name sweep "${SWEEP_ARGS[@]}" \
+        --warmup 10 --rep 40 --budget-s $(( T_SWEEP - 40 ))
     [ -f "$OUT/sweep.json" ] && stage plot 60 "$PY" -m bench plot "$OUT/sweep.json" --mode fwd+bwd
 fi
 

@@ -29,6 +29,9 @@ def profile_case(case: str, preset: str, mode: str, providers: list[str], device
     inputs = [setup.make_inputs()]
     lines = [f"## {case} @ {preset}, {mode}, {str(dtype).replace('torch.', '')}, {steps} steps"]
     cache: dict = {}
+    gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    what, unit = ("device", "kernels") if gpu else ("aten self-CPU", "aten calls")
     for provider in providers:
         impl, mark = runner.impl_for(provider, setup, cache, mode)
         if impl.prepare:
@@ -36,8 +39,6 @@ def profile_case(case: str, preset: str, mode: str, providers: list[str], device
         calls = ModeCalls(impl, inputs, mode, device, autocast, mark)
         for _ in range(3):
             calls()
-        gpu = device.type == "cuda"
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
         sync(device)
         with torch_profile(activities=activities) as prof:
             t0 = time.perf_counter()
@@ -58,7 +59,6 @@ def profile_case(case: str, preset: str, mode: str, providers: list[str], device
             k[1] += us
         total = sum(v[1] for v in kernels.values()) / steps
         launches = sum(v[0] for v in kernels.values()) / steps
-        what, unit = ("device", "kernels") if gpu else ("aten self-CPU", "aten calls")
         lines.append(f"\n### {provider}: wall {wall_us:.0f} us/step, {what} {total:.0f} us/step "
                      f"in {launches:.0f} {unit}/step\n")
         lines.append(f"| us/step | % | calls/step | {unit[:-1]} |\n|---:|---:|---:|---|")

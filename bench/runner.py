@@ -37,7 +37,7 @@ from torch import Tensor
 
 from . import model, timing
 from .blocks import Unavailable
-from .cases import Case, Impl, Setup
+from .cases import Case, Impl, Setup, randn_cpu
 from .presets import Preset
 
 COMPILE_PROVIDERS = ("compiled", "compiled-cg")
@@ -65,8 +65,7 @@ def _leaves(inputs: tuple, params: tuple) -> list[Tensor]:
 
 def _grad_outputs(out) -> tuple[list[Tensor], list[Tensor]]:
     outs = [t for t in _tensors(out) if t.requires_grad]
-    # CPU draws, as in cases._rand
-    return outs, [torch.randn(t.shape, dtype=torch.float32).to(device=t.device, dtype=t.dtype) for t in outs]
+    return outs, [randn_cpu(t.shape, t.device, t.dtype) for t in outs]
 
 
 def _autocast(device: torch.device, enabled: bool):

@@ -75,6 +75,10 @@ def cell(op: Op, backend: str) -> str:
     return "yes" if ok else f"no: {why}"
 
 
+# how each autocast policy (unimixer_kernels._registry) treats an op's inputs, in the table's words
+AUTOCAST_WORDS = {"lower": "autocast dtype", "fp32": "fp32", None: "input dtypes"}
+
+
 def auto_choice_on_cuda(op: Op) -> str:
     """What ``backend="auto"`` runs on CUDA tensors, ignoring ``UNIMIXER_BACKEND`` and contexts.
 
@@ -132,10 +136,6 @@ def report() -> str:
     lines += [f"  {line}" for line in _table(rows)]
     lines += [f"  [{k}] {why}" for k, why in enumerate(reasons, 1)]
     return "\n".join(lines)
-
-
-# how each autocast policy (unimixer_kernels._registry) treats an op's inputs, in the table's words
-AUTOCAST_WORDS = {"lower": "autocast dtype", "fp32": "fp32", None: "input dtypes"}
 
 
 def main() -> None:
