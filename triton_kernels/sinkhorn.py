@@ -310,6 +310,31 @@ def _lowrank_tile(A, B, rows, cols, rmask, cmask, rank, sa0, sa1, sb0, sb1,
 
 
 @triton.jit
+def _tile_frame(
+    x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+    MODE: tl.constexpr, SYMMETRIC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    DOT_IEEE: tl.constexpr, RESIDENT: tl.constexpr,
+):
+    """Tile ``(p, q)`` of matrix ``mat``, as every forward and backward half-step sees it: indices,
+    masks, its logits (``x_in`` when resident, else formed or loaded) and the potentials' rows."""
+    p = tile // n_ct
+    q = tile % n_ct
+    rows = p * BM + tl.arange(0, BM)
+    cols = q * BN + tl.arange(0, BN)
+    rmask = rows < n
+    cmask = cols < n
+    m2 = rmask[:, None] & cmask[None, :]
+    if RESIDENT:
+        x = x_in
+    else:
+        x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+                         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE)
+    urow = U + mat * K * n + rows
+    vcol = V + mat * K * n + cols
+    return p, q, rows, cols, rmask, cmask, m2, x, urow, vcol
+
+
+@triton.jit
 def _fwd_tile(
     x_in, tile, mat, SRC, A, B, WS, P, U, V, PR, PC,
     n, rank, K, k, n_rt, n_ct,
@@ -328,20 +353,9 @@ def _fwd_tile(
     PHASE 2 (column step k < K): v = lse over PC; store V[k]; PR from T1 - (v if k > 1 else 0).
     PHASE 3 (column step K): v as in 2, then P = exp(T1 - u - v) (relative potentials).
     RESIDENT: the S0 tile is ``x_in`` (held in registers by a persistent program), not loaded."""
-    p = tile // n_ct
-    q = tile % n_ct
-    rows = p * BM + tl.arange(0, BM)
-    cols = q * BN + tl.arange(0, BN)
-    rmask = rows < n
-    cmask = cols < n
-    m2 = rmask[:, None] & cmask[None, :]
-    if RESIDENT:
-        x = x_in
-    else:
-        x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE)
-    urow = U + mat * K * n + rows
-    vcol = V + mat * K * n + cols
+    p, q, rows, cols, rmask, cmask, m2, x, urow, vcol = _tile_frame(
+        x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RESIDENT)
     if PHASE == 0:
         if (MODE == 0 or MODE == 3) and not RESIDENT:
             tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
@@ -397,20 +411,9 @@ def _bwd_tile(
     dM = G * grad_scale into DX when not symmetric, else G stays for ``sinkhorn_tile_sym_kernel``.
     RESIDENT: the S0 tile is ``x_in`` and the working gradient ``g_in`` (registers of a persistent
     program); G is then written only for the final symmetrisation. Returns the updated tile of G."""
-    p = tile // n_ct
-    q = tile % n_ct
-    rows = p * BM + tl.arange(0, BM)
-    cols = q * BN + tl.arange(0, BN)
-    rmask = rows < n
-    cmask = cols < n
-    m2 = rmask[:, None] & cmask[None, :]
-    if RESIDENT:
-        x = x_in
-    else:
-        x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE)
-    urow = U + mat * K * n + rows
-    vcol = V + mat * K * n + cols
+    p, q, rows, cols, rmask, cmask, m2, x, urow, vcol = _tile_frame(
+        x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RESIDENT)
     r1 = x - tl.load(urow, mask=rmask, other=0.0, cache_modifier=".cg")[:, None]
     t1 = r1 - tl.load(vcol, mask=cmask, other=0.0, cache_modifier=".cg")[None, :]
     u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")
