@@ -201,6 +201,22 @@ def unimixing_fwd_kernel(
 
 
 @triton.jit
+def _wg_t_dy(WG, DY, rn, n_ok, samp, c, col_ok, N, L, B: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+             BC: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """``(W_G^T dY)[rn, (samp, c)]`` for a tile of blocks ``rn`` and columns ``(samp, c)``: the
+    sum over ``m`` of ``W_G[m, rn] dY[samp, m*B + c]``, fp32."""
+    acc = tl.zeros([BN, BC], dtype=tl.float32)
+    for m0 in range(0, N, BK):
+        rm = m0 + tl.arange(0, BK)
+        m_ok = rm < N
+        wgt = tl.load(WG + rm[None, :] * N + rn[:, None], mask=n_ok[:, None] & m_ok[None, :], other=0.0)
+        dy = tl.load(DY + samp[None, :] * L + rm[:, None] * B + c[None, :],
+                     mask=m_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = tl.dot(wgt.to(DOT_DTYPE), dy.to(DOT_DTYPE), acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
 def unimixing_bwd_dx_kernel(
     DY, X, WL, WG, DX, DWL_PART,
     BS, N, L, samples_per_split,
@@ -233,14 +249,7 @@ def unimixing_bwd_dx_kernel(
     for st in range(s_begin, s_end, SPT):
         samp = st + js
         col_ok = (samp < s_end) & (jc < B)
-        acc = tl.zeros([BN, BC], dtype=tl.float32)
-        for k0 in range(0, N, BK):
-            rm = k0 + tl.arange(0, BK)
-            m_ok = rm < N
-            wgt = tl.load(WG + rm[None, :] * N + rn[:, None], mask=n_ok[:, None] & m_ok[None, :], other=0.0)
-            dy = tl.load(DY + samp[None, :] * L + rm[:, None] * B + jc[None, :],
-                         mask=m_ok[:, None] & col_ok[None, :], other=0.0)
-            acc = tl.dot(wgt.to(DOT_DTYPE), dy.to(DOT_DTYPE), acc, input_precision=PRECISION)
+        acc = _wg_t_dy(WG, DY, rn, n_ok, samp, jc, col_ok, N, L, B, BN, BK, BC, DOT_DTYPE, PRECISION)
         g3 = tl.reshape(acc, [BN, SPT, BP])
         ss = st + tl.arange(0, SPT)
         ss_ok = ss < s_end
@@ -354,14 +363,7 @@ def unimixing_bwd_global_kernel(
     samp = kk // B
     c = kk % B
     k_ok = samp < BS
-    acc = tl.zeros([BN, BC], dtype=tl.float32)
-    for m0 in range(0, N, BK):
-        rm = m0 + tl.arange(0, BK)
-        m_ok = rm < N
-        wgt = tl.load(WG + rm[None, :] * N + rn[:, None], mask=n_ok[:, None] & m_ok[None, :], other=0.0)
-        dy = tl.load(DY + samp[None, :] * L + rm[:, None] * B + c[None, :],
-                     mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        acc = tl.dot(wgt.to(DOT_DTYPE), dy.to(DOT_DTYPE), acc, input_precision=PRECISION)
+    acc = _wg_t_dy(WG, DY, rn, n_ok, samp, c, k_ok, N, L, B, BN, BK, BC, DOT_DTYPE, PRECISION)
     tl.store(G + samp[None, :] * L + rn[:, None] * B + c[None, :], acc.to(G.dtype.element_ty),
              mask=n_ok[:, None] & k_ok[None, :])
 
