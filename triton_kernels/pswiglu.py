@@ -145,6 +145,35 @@ def _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
     return g, v
 
 
+@triton.jit
+def _activation(g, v, GATED: tl.constexpr):
+    """``SiLU(g) * v`` (SwiGLU) or the erf GELU of ``g``, fp32."""
+    if GATED:
+        a = g * tl.sigmoid(g) * v
+    else:
+        a = 0.5 * g * (1.0 + tl.math.erf(g * 0.7071067811865476))
+    return a
+
+
+@triton.jit
+def _activation_bwd(g, v, da, GATED: tl.constexpr):
+    """``(a, dg, dv)``: the activation recomputed, and the gradients of ``g`` and ``v`` given
+    ``da`` (``dv`` is meaningless for the plain GELU)."""
+    if GATED:
+        sig = tl.sigmoid(g)
+        sg = g * sig
+        a = sg * v
+        dg = da * v * (sig + sg * (1.0 - sig))
+        dv = da * sg
+    else:
+        cdf = 0.5 * (1.0 + tl.math.erf(g * 0.7071067811865476))
+        pdf = tl.exp(-0.5 * g * g) * 0.3989422804014327
+        a = g * cdf
+        dg = da * (cdf + g * pdf)
+        dv = da
+    return a, dg, dv
+
+
 @triton.autotune(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVE"],
                  prune_configs_by={"early_config_prune": _prune_tiles})
 @triton.jit
@@ -176,10 +205,7 @@ def ffn_fwd_kernel(
             tl.store(G + hid, g.to(G.dtype.element_ty), mask=hmask)
             if GATED:
                 tl.store(V + hid, v.to(V.dtype.element_ty), mask=hmask)
-        if GATED:
-            a = g * tl.sigmoid(g) * v
-        else:
-            a = 0.5 * g * (1.0 + tl.math.erf(g * 0.7071067811865476))
+        a = _activation(g, v, GATED)
         w2 = tl.load(W2 + t * H * D + offs_h[:, None] * D + offs_d[None, :],
                      mask=mask_h[:, None] & mask_d[None, :], other=0.0)
         acc = tl.dot(a.to(CDT), w2.to(CDT), acc, input_precision=PREC)
@@ -229,18 +255,9 @@ def ffn_bwd_act_kernel(
         # W2[t]^T as a [D, h-chunk] tile: dA = dO W2^T
         w2t = tl.load(W2 + t * H * D + offs_h[None, :] * D + offs_d[:, None], mask=wmask_t, other=0.0)
         da = tl.dot(do, w2t.to(CDT), input_precision=PREC)
+        a, dg, dv = _activation_bwd(g, v, da, GATED)
         if GATED:
-            sig = tl.sigmoid(g)
-            sg = g * sig
-            a = sg * v
-            dv = da * sg
-            dg = da * v * (sig + sg * (1.0 - sig))
             tl.store(DV + hid, dv.to(DV.dtype.element_ty), mask=hmask)
-        else:
-            cdf = 0.5 * (1.0 + tl.math.erf(g * 0.7071067811865476))
-            pdf = tl.exp(-0.5 * g * g) * 0.3989422804014327
-            a = g * cdf
-            dg = da * (cdf + g * pdf)
         tl.store(A + hid, a.to(A.dtype.element_ty), mask=hmask)
         tl.store(DG + hid, dg.to(DG.dtype.element_ty), mask=hmask)
         wmask = mask_h[:, None] & mask_d[None, :]
@@ -385,9 +402,9 @@ def ffn_token_gemm_kernel(
             v = acc2
             if HAS_BIAS2:
                 v += tl.load(BIAS2 + t * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-            act = g * tl.sigmoid(g) * v
         else:
-            act = 0.5 * g * (1.0 + tl.math.erf(g * 0.7071067811865476))
+            v = g  # unused by the plain activation
+        act = _activation(g, v, GATED)
         if SAVE:
             tl.store(G + hid, g.to(G.dtype.element_ty), mask=cmask)
             if GATED:
@@ -402,15 +419,11 @@ def ffn_token_gemm_kernel(
         g = tl.load(G + hid, mask=cmask, other=0.0).to(tl.float32)
         if GATED:
             v = tl.load(V + hid, mask=cmask, other=0.0).to(tl.float32)
-            sig = tl.sigmoid(g)
-            sg = g * sig
-            act = sg * v
-            tl.store(DV + hid, (da * sg).to(DV.dtype.element_ty), mask=cmask)
-            dg = da * v * (sig + sg * (1.0 - sig))
         else:
-            cdf = 0.5 * (1.0 + tl.math.erf(g * 0.7071067811865476))
-            act = g * cdf
-            dg = da * (cdf + g * tl.exp(-0.5 * g * g) * 0.3989422804014327)
+            v = g  # unused by the plain activation
+        act, dg, dv = _activation_bwd(g, v, da, GATED)
+        if GATED:
+            tl.store(DV + hid, dv.to(DV.dtype.element_ty), mask=cmask)
         tl.store(out, act.to(C.dtype.element_ty), mask=cmask)
         tl.store(DG + hid, dg.to(DG.dtype.element_ty), mask=cmask)
     if MODE == 3:
