@@ -1,9 +1,10 @@
 """Train the same ranker with two backends from one seed and compare the loss curves.
 
-``python -m bench train --out DIR`` writes ``DIR/train_compare.json`` (both curves per family,
-the largest gap over steps 1-10, 1-50 and all, and the seconds each run took) and
-``DIR/train_compare.png``. Both runs start from the same weights and see the same batches, so
-they differ only by rounding; ``tests/nn/test_nn_gpu.py`` holds the tolerances.
+``python -m bench train --out DIR`` writes ``DIR/train_compare.json`` (the results header with
+device, versions, date and commit; both curves per family; the largest gap over steps 1-10, 1-50
+and all; the seconds each run took) and ``DIR/train_compare.png``. Both runs start from the
+same weights and see the same batches, so they differ only by rounding;
+``tests/nn/test_nn_gpu.py`` holds the tolerances.
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ WINDOWS = (10, 50, None)
 
 def compare(families: list[str], backends: tuple[str, str], steps: int, device: str, seed: int = 0,
             num_blocks: int = 2) -> dict:
+    import torch
+
     from unimixer_kernels.models import train as train_module
 
-    out: dict = {"steps": steps, "device": device, "seed": seed, "num_blocks": num_blocks,
-                 "backends": list(backends), "families": {}}
+    from .env import header
+
+    out: dict = {"header": header(torch.device(device)), "steps": steps, "device": device, "seed": seed,
+                 "num_blocks": num_blocks, "backends": list(backends), "families": {}}
     for family in families:
         runs = {}
         for backend in backends:

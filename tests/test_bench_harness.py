@@ -245,6 +245,7 @@ def test_train_comparison_writes_both_curves(tmp_path):
     assert main(["train", "--out", str(tmp_path), "--family", "rankmixer", "--steps", "3",
                  "--backends", "reference,reference", "--device", "cpu"]) == 0
     result = json.loads((tmp_path / "train_compare.json").read_text())
+    assert {"device", "torch", "date_utc", "git_commit"} <= set(result["header"])
     fam = result["families"]["rankmixer"]
     assert len(fam["runs"]["reference"]["losses"]) == 3
     assert fam["max_abs_gap"] == {"steps 1-3": 0.0}  # same backend, same seed: identical
