@@ -153,6 +153,24 @@ def _small_logits(
 
 
 @triton.jit
+def _small_frame(X, OMEGA, pid, n_mat, n, nb, K, sx0, sx1, sx2, so0, so1, scale,
+                 SYMMETRIC: tl.constexpr, LITE: tl.constexpr, MB: tl.constexpr, NP: tl.constexpr):
+    """Program ``pid``'s ``MB`` small matrices, as the forward and backward both see them: matrix,
+    row and column indices, validity, the ``[MB, NP, NP]`` and ``[MB, NP]`` masks, the logits ``S0`` and the
+    offsets of the potentials' rows."""
+    mats = pid * MB + tl.arange(0, MB).to(tl.int64)
+    rows = tl.arange(0, NP)
+    cols = tl.arange(0, NP)
+    mvalid = mats < n_mat
+    mask = mvalid[:, None, None] & (rows < n)[None, :, None] & (cols < n)[None, None, :]
+    vmask = mvalid[:, None] & (rows < n)[None, :]
+    s0 = _small_logits(X, OMEGA, mats, rows, cols, mvalid, n, nb, sx0, sx1, sx2, so0, so1, scale,
+                       SYMMETRIC, LITE, MB, NP)
+    pot = mats[:, None] * K * n + rows[None, :]
+    return mats, rows, cols, mvalid, mask, vmask, s0, pot
+
+
+@triton.jit
 def sinkhorn_small_fwd_kernel(
     X, OMEGA, P, U, V,
     n_mat, n, nb, K,
@@ -163,15 +181,8 @@ def sinkhorn_small_fwd_kernel(
     """Forward of ``MB`` matrices per program: writes ``P [n_mat, n, n]`` and the potentials
     ``U, V [n_mat, K, n]`` (``u_1``, ``v_1``, then ``u_k - u_1``, ``v_k - v_1``)."""
     pid = tl.program_id(0).to(tl.int64)
-    mats = pid * MB + tl.arange(0, MB).to(tl.int64)
-    rows = tl.arange(0, NP)
-    cols = tl.arange(0, NP)
-    mvalid = mats < n_mat
-    mask = mvalid[:, None, None] & (rows < n)[None, :, None] & (cols < n)[None, None, :]
-    vmask = mvalid[:, None] & (rows < n)[None, :]
-    s0 = _small_logits(X, OMEGA, mats, rows, cols, mvalid, n, nb, sx0, sx1, sx2, so0, so1, scale,
-                       SYMMETRIC, LITE, MB, NP)
-    pot = mats[:, None] * K * n + rows[None, :]
+    mats, rows, cols, mvalid, mask, vmask, s0, pot = _small_frame(
+        X, OMEGA, pid, n_mat, n, nb, K, sx0, sx1, sx2, so0, so1, scale, SYMMETRIC, LITE, MB, NP)
     u = _lse(tl.where(mask, s0, float("-inf")), 2)
     tl.store(U + pot, u, mask=vmask)
     r1 = s0 - u[:, :, None]
@@ -203,15 +214,8 @@ def sinkhorn_small_bwd_kernel(
     Dense: writes ``dM [n_mat, n, n]`` (input dtype). Lite: writes ``d omega [N, b]`` and this
     program's partial ``d Z [b, n, n]`` (fp32) into ``DZ_PARTIAL[pid]``."""
     pid = tl.program_id(0).to(tl.int64)
-    mats = pid * MB + tl.arange(0, MB).to(tl.int64)
-    rows = tl.arange(0, NP)
-    cols = tl.arange(0, NP)
-    mvalid = mats < n_mat
-    mask = mvalid[:, None, None] & (rows < n)[None, :, None] & (cols < n)[None, None, :]
-    vmask = mvalid[:, None] & (rows < n)[None, :]
-    s0 = _small_logits(X, OMEGA, mats, rows, cols, mvalid, n, nb, sx0, sx1, sx2, so0, so1, scale,
-                       SYMMETRIC, LITE, MB, NP)
-    pot = mats[:, None] * K * n + rows[None, :]
+    mats, rows, cols, mvalid, mask, vmask, s0, pot = _small_frame(
+        X, OMEGA, pid, n_mat, n, nb, K, sx0, sx1, sx2, so0, so1, scale, SYMMETRIC, LITE, MB, NP)
     r1 = s0 - tl.load(U + pot, mask=vmask, other=0.0)[:, :, None]
     t1 = r1 - tl.load(V + pot, mask=vmask, other=0.0)[:, None, :]
     u = tl.load(U + pot + (K - 1) * n, mask=vmask & (K > 1), other=0.0)
