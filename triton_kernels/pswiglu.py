@@ -146,6 +146,25 @@ def _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
 
 
 @triton.jit
+def _token_tile(BS, D, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Program ``(t, sample tile)`` of a fused kernel: token ``t``, sample and feature offsets and
+    their masks."""
+    t = tl.program_id(0).to(tl.int64)
+    offs_s = tl.program_id(1).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_s = offs_s < BS
+    mask_d = offs_d < D
+    return t, offs_s, offs_d, mask_s, mask_d, mask_s[:, None] & mask_d[None, :]
+
+
+@triton.jit
+def _load_token_rows(PTR, t, offs_s, offs_d, io_mask, stride_s, stride_t, stride_d, CDT: tl.constexpr):
+    """The ``[BLOCK_S, BLOCK_D]`` slice of token ``t`` of a strided ``[bs, T, D]`` tensor, in ``CDT``."""
+    return tl.load(PTR + offs_s[:, None] * stride_s + t * stride_t + offs_d[None, :] * stride_d,
+                   mask=io_mask, other=0.0).to(CDT)
+
+
+@triton.jit
 def _activation(g, v, GATED: tl.constexpr):
     """``SiLU(g) * v`` (SwiGLU) or the erf GELU of ``g``, fp32."""
     if GATED:
@@ -185,14 +204,8 @@ def ffn_fwd_kernel(
     SAVE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    t = tl.program_id(0).to(tl.int64)
-    offs_s = tl.program_id(1).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_s = offs_s < BS
-    mask_d = offs_d < D
-    io_mask = mask_s[:, None] & mask_d[None, :]
-    u = tl.load(U + offs_s[:, None] * stride_us + t * stride_ut + offs_d[None, :] * stride_ud,
-                mask=io_mask, other=0.0).to(CDT)
+    t, offs_s, offs_d, mask_s, mask_d, io_mask = _token_tile(BS, D, BLOCK_S, BLOCK_D)
+    u = _load_token_rows(U, t, offs_s, offs_d, io_mask, stride_us, stride_ut, stride_ud, CDT)
     acc = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
@@ -227,16 +240,9 @@ def ffn_bwd_act_kernel(
     SAVED: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    t = tl.program_id(0).to(tl.int64)
-    offs_s = tl.program_id(1).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_s = offs_s < BS
-    mask_d = offs_d < D
-    io_mask = mask_s[:, None] & mask_d[None, :]
-    do = tl.load(DO + offs_s[:, None] * stride_dos + t * stride_dot + offs_d[None, :] * stride_dod,
-                 mask=io_mask, other=0.0).to(CDT)
-    u = tl.load(U + offs_s[:, None] * stride_us + t * stride_ut + offs_d[None, :] * stride_ud,
-                mask=io_mask, other=0.0).to(CDT)
+    t, offs_s, offs_d, mask_s, mask_d, io_mask = _token_tile(BS, D, BLOCK_S, BLOCK_D)
+    do = _load_token_rows(DO, t, offs_s, offs_d, io_mask, stride_dos, stride_dot, stride_dod, CDT)
+    u = _load_token_rows(U, t, offs_s, offs_d, io_mask, stride_us, stride_ut, stride_ud, CDT)
     du = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
