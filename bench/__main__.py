@@ -228,8 +228,8 @@ def cmd_cases(args) -> int:
     from .presets import PRESETS
     from .runner import providers_for
 
-    if args.names:  # the GPU plan's case names, in plan order, one per line (for scripts)
-        print("\n".join(dict.fromkeys(c for c, _, _ in GPU_PLAN)))
+    if args.names:  # the GPU plan's case@preset pairs, in plan order, one per line (for scripts)
+        print("\n".join(f"{c}@{p}" for c, p, _ in GPU_PLAN))
         return 0
     print("| case | what | presets it applies to | providers here |\n|---|---|---|---|")
     for c in CASES.values():
@@ -249,7 +249,7 @@ def cmd_cases(args) -> int:
 
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="comma-separated preset names (default: the device's case plan)")
-    p.add_argument("--case", help="comma-separated case names")
+    p.add_argument("--case", help="comma-separated case names, or case@preset pairs")
     p.add_argument("--mode", help="comma-separated modes: fwd,bwd,fwd+bwd,infer")
     p.add_argument("--provider", help="comma-separated providers (default: all)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when present)")
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fail-above", type=float, default=1.1)
     p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("cases", help="list the cases, the presets they apply to, the plans and the presets")
-    p.add_argument("--names", action="store_true", help="only the GPU plan's case names, one per line")
+    p.add_argument("--names", action="store_true", help="only the GPU plan's case@preset pairs, one per line")
     p.set_defaults(fn=cmd_cases)
     p = sub.add_parser("floors", help="the floor model at the presets, as markdown (for NOTES.md)")
     p.add_argument("--preset", help="comma-separated presets (default: the SPEC §10 ones)")

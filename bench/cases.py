@@ -444,27 +444,35 @@ def case_of_op(op: str) -> Case | None:
 
 def plan_for(device_type: str, quick: bool, cases: list[str] | None = None, presets: list[str] | None = None,
              modes: list[str] | None = None) -> list[tuple[Case, Preset, tuple[str, ...]]]:
-    """The (case, preset, modes) to run. With ``cases``/``presets`` given: every applicable pair of them
+    """The (case, preset, modes) to run. ``cases`` entries are case names or ``case@preset`` pairs. A
+    pair runs exactly that pair; with plain names or ``presets`` given: every applicable pair of them
     (a case's default modes from the device plan, else all its modes); else the device's plan."""
     gpu = device_type == "cuda"
     base = (GPU_QUICK if quick else GPU_PLAN) if gpu else (CPU_QUICK if quick else CPU_PLAN)
-    for name in cases or ():
+    pairs = [tuple(n.split("@", 1)) for n in cases or () if "@" in n]
+    names = [n for n in cases or () if "@" not in n]
+    for name in names + [c for c, _ in pairs]:
         if name not in CASES:
-            raise SystemExit(f"--case: expected one of {sorted(CASES)}, got {name!r}")
-    for name in presets or ():
+            raise SystemExit(f"--case: expected one of {sorted(CASES)} (or case@preset), got {name!r}")
+    for name in (presets or []) + [p for _, p in pairs]:
         if name not in PRESETS:
             raise SystemExit(f"--preset: expected one of {sorted(PRESETS)}, got {name!r}")
-    if cases or presets:
+    defaults = {(c, p): m for c, p, m in GPU_PLAN + CPU_PLAN}
+    out = []
+    for cname, pname in pairs:
+        case, preset = CASES[cname], PRESETS[pname]
+        if not case.applies_to(preset):
+            raise SystemExit(f"--case: {cname} does not apply to preset {pname} (it needs {case.needs})")
+        out.append((case, preset, defaults.get((cname, pname), ("fwd", "fwd+bwd"))))
+    if names or (presets and not pairs):
         from .presets import CPU_PRESETS, GPU_PRESETS
         preset_names = presets or (GPU_PRESETS if gpu else CPU_PRESETS)
-        defaults = {(c, p): m for c, p, m in GPU_PLAN + CPU_PLAN}
-        out = []
-        for cname in cases or CASES:
+        for cname in names or CASES:
             for pname in preset_names:
                 case, preset = CASES[cname], PRESETS[pname]
                 if case.applies_to(preset):
                     out.append((case, preset, defaults.get((cname, pname), ("fwd", "fwd+bwd"))))
-    else:
+    elif not pairs:
         out = [(CASES[c], PRESETS[p], m) for c, p, m in base]
     if modes:
         out = [(c, p, tuple(x for x in modes if x in c.modes)) for c, p, m in out]

@@ -19,7 +19,9 @@
 # Choose stages with STAGES="bench table" (default: all but profile); stage limits with
 # T_<STAGE>=seconds; GPU_TESTS=none leaves the GPU tests out of prepare, WARM_JOBS=0 and WARM_SWEEP=0
 # the cache warm-up;
-# BENCH_ARGS="--case sinkhorn --preset paper-100m" narrows the bench stage. Without a .git folder,
+# BENCH_CASES="sinkhorn@paper-100m,unimixing" narrows the warm-up and the bench stage to those cases
+# (case@preset pairs or case names; the warm-up spreads the entries over its jobs); BENCH_ARGS adds
+# arguments to both (e.g. --provider reference,compiled,compiled-cg). Without a .git folder,
 # set BENCH_GIT_COMMIT=<sha> so the results files name their commit.
 #
 # Everything lands in $OUT, flat: gpu_run.log (install, info, benchmark progress), tests.log
@@ -101,7 +103,11 @@ if want prepare; then
         ( timeout -k 10 "$T_PREPARE" "$PY" setup.py build_ext --inplace >/tmp/ext.log 2>&1
           echo "build_ext rc=$?" >>/tmp/ext.log ) &
     fi
-    mapfile -t CASES < <("$PY" -m bench cases --names 2>/dev/null)
+    if [ -n "${BENCH_CASES:-}" ]; then
+        IFS=, read -r -a CASES <<<"$BENCH_CASES"
+    else
+        mapfile -t CASES < <("$PY" -m bench cases --names 2>/dev/null)
+    fi
     for ((j = 0; j < WARM_JOBS; j++)); do
         group=""
         for ((i = j; i < ${#CASES[@]}; i += WARM_JOBS)); do group="$group${group:+,}${CASES[$i]}"; done
@@ -140,7 +146,7 @@ if want bench; then
     # no new case after T_BENCH-60 s (a case with a K=20 compile takes up to a minute); the results
     # file is rewritten after every case, so a timeout keeps everything measured before it
     stage bench "$T_BENCH" "$PY" -m bench run --out "$OUT" --name results --warmup 10 --rep 60 \
-        --budget-s $(( T_BENCH - 60 )) ${BENCH_ARGS:-}
+        --budget-s $(( T_BENCH - 60 )) ${BENCH_CASES:+--case "$BENCH_CASES"} ${BENCH_ARGS:-}
 fi
 
 if want sweep; then

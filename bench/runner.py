@@ -63,6 +63,10 @@ def _leaves(inputs: tuple, params: tuple) -> list[Tensor]:
     return [t for t in inputs if isinstance(t, Tensor) and t.requires_grad] + list(params)
 
 
+def _fresh_leaf(t):
+    return t.detach().requires_grad_() if isinstance(t, Tensor) and t.requires_grad else t
+
+
 def _grad_outputs(out) -> tuple[list[Tensor], list[Tensor]]:
     outs = [t for t in _tensors(out) if t.requires_grad]
     return outs, [randn_cpu(t.shape, t.device, t.dtype) for t in outs]
@@ -251,6 +255,13 @@ class CaseRunner:
             if impl.prepare:
                 impl.prepare(mode)
             use_sets = sets[:1] if (mode == "bwd" and provider == "compiled-cg") else sets
+            captured = provider.endswith("-cg") and provider != "compiled-cg"
+            if captured:
+                # fresh leaves (same storage): a leaf's AccumulateGrad node remembers the stream it was
+                # made on, and one kept alive from an earlier provider's run on the default stream
+                # makes the captured backward sync with that stream, which invalidates the capture
+                use_sets = [tuple(_fresh_leaf(t) for t in s) for s in use_sets]
+                gc.collect()
             no_donation = provider in COMPILE_PROVIDERS and mode == "bwd"
             t0 = time.perf_counter()
             with _no_donated_buffers() if no_donation else contextlib.nullcontext():
@@ -261,7 +272,7 @@ class CaseRunner:
             del out
             note = ""
             step: Callable[[], object] = calls
-            if provider.endswith("-cg") and provider != "compiled-cg":
+            if captured:
                 graphs = [timing.capture_graph(c) for c in calls.calls]
                 cycle = itertools.cycle([g for g, _ in graphs])
                 step = lambda: next(cycle).replay()  # noqa: E731
