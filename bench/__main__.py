@@ -1,4 +1,4 @@
-"""``python -m bench [check|run|table|plot|compare|cases|floors|train|profile] ...`` (from the repo root).
+"""``python -m bench [check|run|table|plot|compare|cases|floors|train|profile|sm90] ...`` (from the repo root).
 
 With no command: ``check`` = correctness of every op x backend, then the quick benchmark table.
 """
@@ -223,6 +223,15 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_sm90(args) -> int:
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise SystemExit("python -m bench sm90 compiles for the GPU: unset TRITON_INTERPRET")
+    from .sm90 import report
+
+    print(report())
+    return 0
+
+
 def cmd_cases(args) -> int:
     from .cases import CASES, CPU_PLAN, GPU_PLAN
     from .presets import PRESETS
@@ -294,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("new")
     p.add_argument("--fail-above", type=float, default=1.1)
     p.set_defaults(fn=cmd_compare)
+    p = sub.add_parser("sm90", help="compile the main kernels' tiles for sm_90 (no GPU needed): "
+                                     "shared memory, registers, spills")
+    p.set_defaults(fn=cmd_sm90)
     p = sub.add_parser("cases", help="list the cases, the presets they apply to, the plans and the presets")
     p.add_argument("--names", action="store_true", help="only the GPU plan's case@preset pairs, one per line")
     p.set_defaults(fn=cmd_cases)

@@ -56,3 +56,26 @@ _BF16_INTERPRETER = (
 def kernel_dtype(request) -> torch.dtype:
     """The dtypes every kernel is tested in."""
     return request.param
+
+
+@pytest.fixture
+def sm90_compile(tmp_path):
+    """Run Python ``code`` (with the repo root and ``tests/ops`` importable) in a fresh process
+    without ``TRITON_INTERPRET``, where Triton compiles for sm_90 instead of interpreting: the
+    interpreter accepts things the GPU compiler rejects (dot shapes, layouts, shared memory)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+
+    def run(code: str) -> None:
+        paths = [root, os.path.join(root, "tests", "ops")]
+        done = subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = {paths!r}\n{code}"],
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-4000:]
+
+    return run

@@ -41,9 +41,11 @@ one small configuration.
 Wide tokens (``next_power_of_2(D) > FUSED_MAX_D = 256`` for 16-bit dtypes, ``> 128`` for fp32;
 e.g. RankMixer's ``D = 768``) would not fit
 whole rows in shared memory; they take ``ffn_token_gemm_kernel``, a tiled per-token GEMM with a
-K loop (grid ``(T, bs tiles, n tiles)``), in four modes: hidden (``act(G, V)`` to memory as
-``[T, bs, h]``), down, ``dA`` with the activation backward as epilogue, and ``du``. The weight
-gradients use the same reduction kernel on both paths.
+K loop (a 1-d grid of ``(token, bs tile, n tile)``, token slowest, row tiles grouped), in four
+modes: hidden (``act(G, V)`` to memory as ``[T, bs, h]``), down, ``dA`` with the activation
+backward as epilogue, and ``du``; on that path the weight gradients are the same kernel as GEMMs
+over the samples (``K = bs``, one fp32 accumulator per tile, no partials). Its tiles are autotuned
+(keyed on ``N``, the bucketed ``M`` and ``K`` (either can be the batch), mode and dtype) for 16-bit dtypes.
 
 Precision: fp32 inputs use ``input_precision="ieee"``; bf16/fp16 run the tensor cores with fp32
 accumulation, the hidden activation rounded to the input dtype before the second GEMM. When the
@@ -352,30 +354,76 @@ def ffn_bwd_weight_kernel(
 MODE_HIDDEN, MODE_DOWN, MODE_DACT, MODE_DU = 0, 1, 2, 3
 
 
+def _gemm_configs() -> list:
+    """Tiles of :func:`ffn_token_gemm_kernel` (M, N, K tile, warps, stages). 16-bit dtypes autotune
+    among all but the last (pruned per mode); fp32 (CUDA-core ``ieee`` dots, there for exactness)
+    takes the last, the interpreter one small tile. ``python -m bench sm90`` lists each (mode,
+    tile)'s shared memory, registers and spills: the gated ``dA`` epilogue spills in every 4-warp
+    tile and the 8-warp ``128 x 128`` one, not in the 8-warp ``64 x 128`` one."""
+    if _interpreting():
+        return [triton.Config(dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16), num_warps=4, num_stages=1)]
+    tiles = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+             (64, 128, 64, 8, 3), (64, 64, 16, 4, 2)]
+    return [triton.Config(dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k), num_warps=w, num_stages=st)
+            for m, n, k, w, st in tiles]
+
+
+# per-token GEMMs below this many multiply-adds take one tile untuned (tests, tiny models)
+_TUNE_MIN_MACS = 1 << 28
+
+
+def _prune_gemm(configs, named_args, **kwargs) -> list:
+    """fp32: the small CUDA-core tile. 16-bit: the tensor-core tiles; the ``128 x 256`` tile only
+    for the plain products (one accumulator, no activation epilogue: elsewhere it spills or
+    overflows shared memory); GEMMs under ``_TUNE_MIN_MACS`` per token take ``128 x 64`` untuned."""
+    if len(configs) == 1:
+        return configs
+    if kwargs["CDT"] not in (tl.float16, tl.bfloat16):
+        return [c for c in configs if c.kwargs["BLOCK_K"] == 16]
+    plain = kwargs["MODE"] in (MODE_DOWN, MODE_DU) and not kwargs["GATED"]
+    fits = [c for c in configs if c.kwargs["BLOCK_K"] != 16 and (plain or c.kwargs["BLOCK_N"] <= 128)]
+    if named_args["M_KEY"] * named_args["N"] * named_args["K_KEY"] >= _TUNE_MIN_MACS:
+        return fits
+    return [c for c in fits if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) == (128, 64)]
+
+
+@triton.autotune(configs=_gemm_configs(), key=["M_KEY", "N", "K_KEY", "MODE", "GATED", "CDT"],
+                 prune_configs_by={"early_config_prune": _prune_gemm})
 @triton.jit
 def ffn_token_gemm_kernel(
     A, B, A2, B2, BIAS, BIAS2, C, G, V, DG, DV,
-    M, N, K,
+    M, N, K, M_KEY, K_KEY,
     stride_am, stride_at, stride_ak,
     stride_bt, stride_bk, stride_bn,
     stride_cm, stride_ct, stride_cn,
     MODE: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_BIAS2: tl.constexpr,
     SAVE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """``C[t] = A[t] @ B[t]`` over tiles ``(t, m tile, n tile)`` with a K loop, for tokens too wide
-    to keep a whole row of ``u`` in registers. ``m`` is the sample. The mode picks the operands'
-    meaning and the epilogue:
+    """``C[t] = A[t] @ B[t]`` over a 1-d grid of tiles ``(t, m tile, n tile)`` with a K loop, for
+    tokens too wide to keep a whole row of ``u`` in registers, and for the weight gradients. ``t``
+    is the slowest index and, within a token, ``GROUP_M`` row tiles walk the column tiles together,
+    so a token's operands stay in L2 while its tiles run. The mode picks the epilogue:
 
     - ``MODE_HIDDEN``: ``G = u W1 + b1`` (and ``V = u W3 + b3``), writes ``act(G, V)`` to ``C``
       (``[T, bs, h]``), and ``G``/``V`` when ``SAVE``;
     - ``MODE_DOWN``: ``o = act @ W2 + b2`` into ``C`` (``[bs, T, D]`` through strides);
     - ``MODE_DACT``: ``dA = dO W2^T``, then ``A``, ``dG``, ``dV`` from the stored ``G``/``V``;
-    - ``MODE_DU``: ``du = dG W1^T (+ dV W3^T)``.
+    - ``MODE_DU``: ``C = A B`` (``+ A2 B2`` when ``GATED``): ``du``, and the weight gradients.
     """
-    t = tl.program_id(0).to(tl.int64)
-    offs_m = tl.program_id(1).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    per_token = num_m * num_n
+    t = (pid // per_token).to(tl.int64)
+    r = pid % per_token
+    per_group = GROUP_M * num_n
+    first_m = (r // per_group) * GROUP_M
+    group_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (r % per_group) % group_m
+    pid_n = (r % per_group) // group_m
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -480,28 +528,22 @@ def _fused(d: int, cdt: torch.dtype) -> bool:
     return _block_d(d) <= limit
 
 
-def _gemm_tiles(cdt: torch.dtype) -> dict:
-    if _interpreting():
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
-    if cdt in (torch.float32, torch.float64):
-        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=2)
-    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
-
-
-def _token_gemm(mode, a, b, c, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=None, bias2=None,
+def _token_gemm(mode, a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=None, bias2=None,
                 g=None, v=None, dg=None, dv=None, gated=False, save=False) -> None:
-    """Launch :func:`ffn_token_gemm_kernel` over ``(T, m tiles, n tiles)``; ``sa``/``sb``/``sc``
-    are the ``(m, t, k)``, ``(t, k, n)`` and ``(m, t, n)`` strides."""
-    tiles = _gemm_tiles(cdt)
-    t = b.shape[0]
-    ffn_token_gemm_kernel[(t, triton.cdiv(m, tiles["BLOCK_M"]), triton.cdiv(n, tiles["BLOCK_N"]))](
+    """Launch :func:`ffn_token_gemm_kernel` over ``t * m tiles * n tiles`` programs (``t`` tokens);
+    ``sa``/``sb``/``sc`` are the ``(m, t, k)``, ``(t, k, n)`` and ``(m, t, n)`` strides."""
+
+    def grid(meta):
+        return (t * triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+
+    ffn_token_gemm_kernel[grid](
         a, b, a2 if a2 is not None else a, b2 if b2 is not None else b,
         bias if bias is not None else b, bias2 if bias2 is not None else b, c,
         g if g is not None else c, v if v is not None else c, dg if dg is not None else c,
         dv if dv is not None else c,
-        m, n, k, *sa, *sb, *sc,
+        m, n, k, bucket(m), bucket(k), *sa, *sb, *sc,
         MODE=mode, GATED=gated, HAS_BIAS=bias is not None, HAS_BIAS2=bias2 is not None, SAVE=save,
-        CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), **tiles,
+        CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), GROUP_M=8,
     )
 
 
@@ -511,7 +553,7 @@ def _hidden_tiled(u, w1, w3, b1, b3, cdt, save, g=None, v=None) -> torch.Tensor:
     bs, t, d = u.shape
     h = w1.shape[-1]
     act = torch.empty((t, bs, h), device=u.device, dtype=cdt)
-    _token_gemm(MODE_HIDDEN, u, w1, act, bs, h, d, (u.stride(0), u.stride(1), u.stride(2)),
+    _token_gemm(MODE_HIDDEN, u, w1, act, t, bs, h, d, (u.stride(0), u.stride(1), u.stride(2)),
                 (d * h, h, 1), (h, bs * h, 1), cdt, b2=w3, bias=b1, bias2=b3, g=g, v=v,
                 gated=w3 is not None, save=save)
     return act
@@ -544,7 +586,7 @@ def ffn_fwd(
         return o, g, v
     if not _fused(d, cdt):
         act = _hidden_tiled(u, w1, w3, b1, b3, cdt, save, g, v)
-        _token_gemm(MODE_DOWN, act, w2, o, bs, d, h, (h, bs * h, 1), (h * d, d, 1), (t * d, d, 1), cdt,
+        _token_gemm(MODE_DOWN, act, w2, o, t, bs, d, h, (h, bs * h, 1), (h * d, d, 1), (t * d, d, 1), cdt,
                     bias=b2)
         return o, g, v
     dummy = w1
@@ -618,12 +660,12 @@ def ffn_bwd(
             v = torch.empty((t, bs, h), device=u.device, dtype=cdt) if gated else None
             _hidden_tiled(u, w1, w3, b1, b3, cdt, True, g, v)
         sdo = (do.stride(0), do.stride(1), do.stride(2))
-        _token_gemm(MODE_DACT, do, w2, a, bs, h, d, sdo, (h * d, 1, d), (h, bs * h, 1), cdt,
+        _token_gemm(MODE_DACT, do, w2, a, t, bs, h, d, sdo, (h * d, 1, d), (h, bs * h, 1), cdt,
                     g=g, v=v, dg=dg, dv=dv, gated=gated)
-        _token_gemm(MODE_DU, dg, w1, du, bs, d, h, (h, bs * h, 1), (d * h, 1, h), (t * d, d, 1), cdt,
+        _token_gemm(MODE_DU, dg, w1, du, t, bs, d, h, (h, bs * h, 1), (d * h, 1, h), (t * d, d, 1), cdt,
                     a2=dv if gated else None, b2=w3, gated=gated)
-    else:
-        _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt)
+        return (du, *_weight_grads_tiled(do, u, a, dg, dv if gated else None, w1, w3, w2, cdt))
+    _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt)
     bd = min(64, max(16, triton.next_power_of_2(d)))
     bh = min(64, max(16, triton.next_power_of_2(h)))
     d_tiles, h_tiles = triton.cdiv(d, bd), triton.cdiv(h, bh)
@@ -653,3 +695,27 @@ def ffn_bwd(
         db3_p.sum(0) if gated else None,
         db2_p.sum(0),
     )
+
+
+def _weight_grads_tiled(do, u, a, dg, dv, w1, w3, w2, cdt) -> tuple:
+    """Weight gradients of the wide-token path as per-token GEMMs over the samples (``K = bs``):
+    ``dW1[t] = u_t^T dG_t``, ``dW3[t] = u_t^T dV_t``, ``dW2[t] = A_t^T dO_t``, each tile reducing all
+    samples in one fp32 accumulator (deterministic, no partials); the bias gradients are fp32 sums
+    over the samples."""
+    bs, t, d = u.shape
+    h = w1.shape[-1]
+    su = (u.stride(2), u.stride(1), u.stride(0))  # (m = d, t, k = sample)
+    shid = (bs * h, h, 1)  # [T, bs, h] as (t, k = sample, n = h)
+    dw1 = torch.empty((t, d, h), device=u.device, dtype=w1.dtype)
+    _token_gemm(MODE_DU, u, dg, dw1, t, d, h, bs, su, shid, (h, d * h, 1), cdt)
+    dw3 = None
+    if dv is not None:
+        dw3 = torch.empty((t, d, h), device=u.device, dtype=w3.dtype)
+        _token_gemm(MODE_DU, u, dv, dw3, t, d, h, bs, su, shid, (h, d * h, 1), cdt)
+    dw2 = torch.empty((t, h, d), device=u.device, dtype=w2.dtype)
+    _token_gemm(MODE_DU, a, do, dw2, t, h, d, bs, (1, bs * h, h), (do.stride(1), do.stride(0), do.stride(2)),
+                (d, h * d, 1), cdt)
+    f32 = torch.float32
+    return (dw1, dw3, dw2, dg.sum(1, dtype=f32), dv.sum(1, dtype=f32) if dv is not None else None,
+            do.sum(0, dtype=f32))
+

@@ -22,7 +22,10 @@ accumulator; fp32 activations use ``input_precision="ieee"``.
 Optional epilogue (``unimixing_rmsnorm``): ``s = z + y`` in fp32 and ``u = s * rstd * w`` with
 ``rstd = rsqrt(mean_D(s^2) + eps)`` per token. The tile then spans ``BM_EFF`` blocks, a multiple of
 ``lcm(B, D) / B``, so it always holds whole tokens (``TPT`` tokens of every sample in the tile).
-It writes ``u``, ``s`` (in the input dtype) and the fp32 ``rstd [bs, T]`` for backward.
+It writes ``u``, ``s`` (in the input dtype) and the fp32 ``rstd [bs, T]`` for backward. Where whole
+tokens do not fit a tile (``lcm(B, D)/B > 256``), or with ``UNIMIXER_UNIMIXING_NORM=composed``, the
+op runs the plain kernel and then one add + RMSNorm pass (``rms_norm.py``) instead; the backward
+is the same.
 
 Backward, with ``g = dy`` (or, for the fused op, ``g = ds``, the gradient through the norm, from the
 RMSNorm backward kernel of ``rms_norm.py``)::
@@ -73,7 +76,7 @@ import triton
 import triton.language as tl
 
 from ._launch import bucket, new_output, sm_count
-from .rms_norm import rms_norm_bwd
+from .rms_norm import rms_norm_bwd, rms_norm_fwd
 
 _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
@@ -483,6 +486,20 @@ def fused_norm_rows(block: int, dim: int, device: torch.device) -> tuple[int, in
     return bm, bm_eff, bm_eff * block // dim
 
 
+def _fused_row_options(fused: tuple[int, int, int], block: int, dim: int) -> list[tuple[int, int, int]]:
+    """``(BM, BM_EFF, TPT)`` row tiles for the fused epilogue: the smallest, and twice and four times
+    it up to 256 rows. The ``H`` chunk built in registers is shared by the ``BM`` rows of a tile, so
+    taller tiles amortise that build, at the cost of a longer per-token epilogue."""
+    group = math.lcm(block, dim) // block
+    out = [fused]
+    bm = fused[0] * 2
+    while bm <= 256:
+        eff = (bm // group) * group
+        out.append((bm, eff, eff * block // dim))
+        bm *= 2
+    return out
+
+
 def _cfg(num_warps: int, num_stages: int, **kw) -> triton.Config:
     return triton.Config(kw, num_warps=num_warps, num_stages=num_stages)
 
@@ -491,6 +508,19 @@ def _cfg(num_warps: int, num_stages: int, **kw) -> triton.Config:
 def _tuned(kernel_name: str, configs: tuple, key: tuple):
     kernel = globals()[kernel_name]
     return triton.autotune(configs=[_cfg(w, s, **dict(kw)) for kw, w, s in configs], key=list(key))(kernel)
+
+
+# The residual + RMSNorm of ``unimixing_rmsnorm``: in the mixing kernel's epilogue (fused) or as
+# one add + RMSNorm pass after the plain kernel (``UNIMIXER_UNIMIXING_NORM=composed``). The fused
+# tile must hold whole tokens, which limits its row tiles; bench/NOTES.md has the two side by side.
+NORM_ENV = "UNIMIXER_UNIMIXING_NORM"
+
+
+def fused_norm_epilogue() -> bool:
+    mode = os.environ.get(NORM_ENV, "fused")
+    if mode not in ("fused", "composed"):
+        raise ValueError(f"{NORM_ENV}: expected 'fused' or 'composed', got {mode!r}")
+    return mode == "fused"
 
 
 # B at or above this (padded to a power of two) runs the local products as tensor-core dots:
@@ -508,21 +538,28 @@ def uses_local_dot(block: int, fused: bool, half: bool = True) -> bool:
 
 # Tile lists (BM or BN, BK, BC, warps, stages), checked for register spills in sm_90 compiles.
 # fp32 (``ieee``) dots run on CUDA cores: small tiles only, fp32 is there for exactness.
-def _fwd_configs(bp: int, fused: tuple[int, int, int] | None, local_dot: bool, half: bool) -> tuple:
+def _fwd_configs(bp: int, fused: list[tuple[int, int, int]] | None, local_dot: bool, half: bool) -> tuple:
+    """``fused``: the epilogue's row options (:func:`_fused_row_options`), or ``None``."""
+    rows = {bm: (bm, 1) for bm in (64, 128, 256)}
+    if fused is not None:
+        rows = {bm: (eff, tpt) for bm, eff, tpt in fused}
+    first = min(rows)
     if local_dot:
         tiles = [(64, 16, 16 * LOCAL_DOT_CW, 8, 2), (128, 16, 16 * LOCAL_DOT_CW, 8, 2)]
     elif not half:
-        tiles = [(fused[0] if fused else 64, 16, 64, 8 if fused and fused[0] > 64 else 4, 2)]
+        tiles = [(first if fused else 64, 16, 64, 8 if fused and first > 64 else 4, 2)]
     elif fused is not None:
-        tiles = [(fused[0], 32, 128, 8, 3), (fused[0], 64, 64, 4, 3), (fused[0], 32, 64, 4, 4)]
+        tiles = [(first, 32, 128, 8, 3), (first, 64, 64, 4, 3), (first, 32, 64, 4, 4)]
+        tiles += [(bm, 32, 64, 8, 3) for bm in rows if bm > first]
+        tiles += [(bm, 32, 128, 8, 3) for bm in rows if first < bm <= 128]
     else:
         tiles = [(128, 32, 128, 8, 3), (128, 64, 128, 8, 3), (256, 32, 128, 8, 3), (256, 32, 64, 8, 3),
                  (64, 32, 128, 4, 4)]
     out = []
     for bm, bk, bc, w, s in tiles:
         bc = max(bc, bp)
-        eff = fused[1] if fused is not None else bm
-        out.append(((("BM", bm), ("BM_EFF", eff), ("BK", bk), ("BC", bc)), w, s))
+        eff, tpt = rows[bm]
+        out.append(((("BM", bm), ("BM_EFF", eff), ("BK", bk), ("BC", bc), ("TPT", tpt)), w, s))
     return tuple(dict.fromkeys(out))
 
 
@@ -586,7 +623,8 @@ def unimixing_fwd(
     eps: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Forward. Returns ``(y, None, None)``, or with ``norm_weight`` ``(u, s, rstd [bs, T] fp32)``
-    where ``s = x + UniMixing(x)`` (input dtype) and ``u = RMSNorm(s)`` computed from the fp32 sum.
+    where ``s = x + UniMixing(x)`` (input dtype) and ``u = RMSNorm(s)``, computed from the fp32 sum
+    in the fused epilogue, from ``s`` in the composed path (:func:`fused_norm_epilogue`).
     A non-contiguous ``x`` is copied once."""
     bs, t, d = x.shape
     n, b, _ = w_local.shape
@@ -598,31 +636,35 @@ def unimixing_fwd(
     y = new_output((bs, t, d), like=x)
     fuse = norm_weight is not None
     fused = fused_norm_rows(b, d, x.device) if fuse else None
-    if fuse and fused is None:
-        raise ValueError(f"norm_weight: the fused epilogue needs lcm(B, D)/B <= 256 blocks, got B={b}, D={d}")
+    if fuse and (fused is None or not fused_norm_epilogue()):
+        # composed (chosen, or whole tokens do not fit one tile: lcm(B, D)/B > 256 blocks): the
+        # plain mixing kernel, then one add + RMSNorm pass; the backward is the same either way
+        y, _, _ = unimixing_fwd(x, w_local, w_global)
+        u, s, rstd = rms_norm_fwd(y, x, norm_weight, eps)
+        return u, s, rstd.view(bs, t)
     s_out = new_output((bs, t, d), like=x) if fuse else y
     rstd = new_output((bs, t), like=x, dtype=torch.float32) if fuse else y
     nw = norm_weight.contiguous() if fuse else wl
     if bs == 0:
         return y, (s_out if fuse else None), (rstd if fuse else None)
     bp = triton.next_power_of_2(b)
-    tpt = fused[2] if fused is not None else 1
     half = x.dtype != torch.float32
     local_dot = uses_local_dot(b, fuse, half)
     cw = LOCAL_DOT_CW if local_dot else bp
     args = (xc, wl, wg, y, s_out, nw, rstd, bs, n, length, d, t, float(eps), bucket(bs))
-    consts = dict(B=b, BP=bp, CW=cw, GROUP=8, LOCAL_DOT=local_dot, FUSE_NORM=fuse, TPT=tpt,
+    consts = dict(B=b, BP=bp, CW=cw, GROUP=8, LOCAL_DOT=local_dot, FUSE_NORM=fuse,
                   DOT_DTYPE=dot_dtype, PRECISION=precision)
 
     def grid(meta):
         return (triton.cdiv(n, meta["BM_EFF"]) * triton.cdiv(bs, meta["BC"] // cw) * triton.cdiv(b, cw),)
 
     if _interpreting():
-        bm, bm_eff = (fused[0], fused[1]) if fused is not None else (16, 16)
-        meta = dict(BM=bm, BM_EFF=bm_eff, BK=16, BC=max(16, 2 * cw))
+        bm, bm_eff, tpt = fused if fused is not None else (16, 16, 1)
+        meta = dict(BM=bm, BM_EFF=bm_eff, BK=16, BC=max(16, 2 * cw), TPT=tpt)
         unimixing_fwd_kernel[grid(meta)](*args, **consts, **meta)
     else:
-        kernel = _tuned("unimixing_fwd_kernel", _fwd_configs(bp, fused, local_dot, half),
+        options = _fused_row_options(fused, b, d) if fused is not None else None
+        kernel = _tuned("unimixing_fwd_kernel", _fwd_configs(bp, options, local_dot, half),
                         ("N", "BS_BUCKET", "B", "FUSE_NORM"))
         kernel[grid](*args, **consts)
     if fuse:

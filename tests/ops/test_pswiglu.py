@@ -227,3 +227,15 @@ def test_pswiglu_triton_empty_batch(device):
     grads = torch.autograd.grad(o.sum(), [u, *ws])
     assert grads[0].shape == u.shape
     assert all(torch.equal(g, torch.zeros_like(g)) for g in grads[1:])
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
+def test_ffn_token_gemm_tiles_compile_for_sm90(sm90_compile):
+    # every (mode, tile) the autotuner may pick for a large bf16 GEMM compiles and fits an SM
+    sm90_compile(
+        "from bench.sm90 import SMEM_LIMIT, ffn_gemm_rows\n"
+        "for label, cfg, res in ffn_gemm_rows(usage=False):\n"
+        "    assert res['shared'] <= SMEM_LIMIT, (label, cfg, res)\n"
+    )
+

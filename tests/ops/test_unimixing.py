@@ -58,14 +58,25 @@ def test_unimixing_triton(device, kernel_dtype, shape, noncontiguous):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("epilogue", ["fused", "composed"])
 @pytest.mark.parametrize("shape", NORM_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_unimixing_rmsnorm_triton(device, kernel_dtype, shape):
+def test_unimixing_rmsnorm_triton(device, kernel_dtype, shape, epilogue, monkeypatch):
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_NORM", epilogue)
     bs, t, d, b = shape
     n = t * d // b
     z = random_input((bs, t, d), kernel_dtype, device, requires_grad=True, noncontiguous=bs % 2 == 1)
     wl, wg = _weights(n, b, kernel_dtype, device)
     nw = random_input((d,), kernel_dtype, device, requires_grad=True)
     check_against_reference(uk.unimixing_rmsnorm, (z, wl, wg, nw), backend="triton")
+
+
+@pytest.mark.triton
+def test_unimixing_rmsnorm_epilogue_env_checked(device, monkeypatch):
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_NORM", "compose")
+    z = random_input((2, 4, 8), torch.float32, device)
+    wl, wg = _weights(8, 4, torch.float32, device)
+    with pytest.raises(ValueError, match="UNIMIXER_UNIMIXING_NORM: expected 'fused' or 'composed'"):
+        uk.unimixing_rmsnorm(z, wl, wg, torch.ones(8, device=device), backend="triton")
 
 
 @pytest.mark.triton
@@ -331,57 +342,28 @@ def test_unimixing_int64_offsets_gpu():
 
 
 def compile_for_sm90() -> None:
-    """Compile the kernels most exposed to GPU-only constraints for sm_90 (bf16, first tile list),
-    without a GPU: the small-B forward with the fused norm epilogue, the batched-dot forward, the
-    small-B dX kernel and the per-block local kernel. Run in a process without ``TRITON_INTERPRET``."""
-    import triton
+    """Compile the kernels most exposed to GPU-only constraints for sm_90 (bf16): every forward
+    tile (plain, and with the fused norm epilogue), the small-B dX kernel and the per-block local
+    kernel. Run in a process without ``TRITON_INTERPRET``."""
     import triton.language as tl
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from bench.sm90 import SMEM_LIMIT, compile_sm90, unimixing_fwd_rows
     from unimixer_kernels.triton_kernels import unimixing as kernels
 
-    def compile_one(kernel, ptrs, consts, warps, stages):
-        sig = {a: "constexpr" if a in consts else ptrs.get(a, "fp32" if a == "eps" else "i32")
-               for a in kernel.arg_names}
-        # the JIT specialises 16-aligned pointers and sizes: without it nothing is pipelined
-        div = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(kernel.arg_names)
-               if sig[a].startswith("*") or a in ("N", "L", "BS")}
-        src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=div)
-        out = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                             options=dict(num_warps=warps, num_stages=stages))
-        assert out.metadata.shared <= 227 * 1024, f"{kernel}: {out.metadata.shared} bytes of shared memory"
-
-    p, dt = "*bf16", tl.bfloat16
-    common = dict(DOT_DTYPE=dt, PRECISION="tf32")
-    fwd_ptrs = dict(X=p, WL=p, WG=p, Y=p, S_OUT=p, NW=p, RSTD="*fp32")
-    for b, fuse in [(4, True), (48, False)]:
-        bp = triton.next_power_of_2(b)
-        fused = kernels.fused_norm_rows(b, 128, torch.device("cuda")) if fuse else None
-        local_dot = kernels.uses_local_dot(b, fuse, True)
-        kw, warps, stages = kernels._fwd_configs(bp, fused, local_dot, True)[0]
-        consts = dict(kw, B=b, BP=bp, CW=kernels.LOCAL_DOT_CW if local_dot else bp, GROUP=8,
-                      LOCAL_DOT=local_dot, FUSE_NORM=fuse, TPT=fused[2] if fused else 1, **common)
-        compile_one(kernels.unimixing_fwd_kernel, fwd_ptrs, consts, warps, stages)
+    for label, cfg, res in unimixing_fwd_rows(usage=False):
+        assert res["shared"] <= SMEM_LIMIT, f"{label} {cfg}: {res['shared']} bytes of shared memory"
+    p = "*bf16"
+    common = dict(DOT_DTYPE=tl.bfloat16, PRECISION="tf32")
     kw, warps, stages = kernels._dx_configs(4, True)[0]
-    compile_one(kernels.unimixing_bwd_dx_kernel, dict(DY=p, X=p, WL=p, WG=p, DX=p, DWL_PART="*fp32"),
-                dict(kw, B=4, BP=4, HAS_RESIDUAL=True, **common), warps, stages)
-    compile_one(kernels.unimixing_bwd_local_kernel, dict(G=p, X=p, WL=p, DY=p, DX=p, H=p, DWL_PART="*fp32"),
-                dict(B=48, BP=64, SB=64, HAS_RESIDUAL=True, **common), 4, 3)
+    for kernel, ptrs, consts, w, s in (
+        (kernels.unimixing_bwd_dx_kernel, dict(DY=p, X=p, WL=p, WG=p, DX=p, DWL_PART="*fp32"),
+         dict(kw, B=4, BP=4, HAS_RESIDUAL=True, **common), warps, stages),
+        (kernels.unimixing_bwd_local_kernel, dict(G=p, X=p, WL=p, DY=p, DX=p, H=p, DWL_PART="*fp32"),
+         dict(B=48, BP=64, SB=64, HAS_RESIDUAL=True, **common), 4, 3),
+    ):
+        assert compile_sm90(kernel, ptrs, consts, w, s)["shared"] <= SMEM_LIMIT, kernel
 
 
 @pytest.mark.triton
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
-def test_unimixing_kernels_compile_for_sm90(tmp_path):
-    # the interpreter accepts things the GPU compiler rejects (dot shapes, layouts, shared-memory
-    # size): compile for sm_90 in a fresh process, where the kernels are not interpreted
-    import os
-    import subprocess
-    import sys
-
-    pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    here = os.path.dirname(os.path.abspath(__file__))
-    code = f"import sys; sys.path.insert(0, {here!r}); import test_unimixing as t; t.compile_for_sm90()"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+def test_unimixing_kernels_compile_for_sm90(sm90_compile):
+    sm90_compile("import test_unimixing as t; t.compile_for_sm90()")

@@ -132,14 +132,6 @@ def _unimixing_rmsnorm_triton(
     z: Tensor, w_local: Tensor, w_global: Tensor, norm_weight: Tensor, eps: float
 ) -> Tensor:
     _check_triton_dtypes(z=z, w_local=w_local, w_global=w_global, norm_weight=norm_weight)
-    if _kernels().fused_norm_rows(w_local.shape[-1], z.shape[-1], z.device) is None:
-        # whole tokens do not fit one tile (lcm(B, D)/B > 256 blocks): compose the ops instead,
-        # with the residual sum in fp32 as in the reference
-        from .rms_norm import rms_norm_fwd
-
-        zf = z.float()
-        s = zf + unimixing_fwd(zf, w_local, w_global)
-        return rms_norm_fwd(s, norm_weight, eps)[0].to(z.dtype)
     return unimixing_rmsnorm_fwd(z, w_local, w_global, norm_weight, eps)[0]
 
 

@@ -1,0 +1,132 @@
+"""Kernels compiled for sm_90 without a GPU: shared memory, registers and spills per tile.
+
+``python -m bench sm90`` compiles the tile lists of the kernels whose tiles matter most (the
+UniMixing forward, plain and with the fused RMSNorm epilogue, and the per-token FFN GEMM in each
+mode) for an H100/H200 and prints what ``ptxas`` reports. Register spills and shared memory over
+the 227 KiB an SM offers are facts a CPU machine can establish before any GPU time is spent. Run
+it in a process without ``TRITON_INTERPRET``. The tests use :func:`compile_sm90` for the same
+check.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+SMEM_LIMIT = 227 * 1024
+
+
+def _ptxas() -> str | None:
+    for cand in (shutil.which("ptxas"), "/usr/local/cuda/bin/ptxas"):
+        if cand and os.path.exists(cand):
+            return cand
+    try:  # the ptxas Triton ships
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        tool = get_ptxas()
+        return getattr(tool, "path", tool)
+    except Exception:
+        return None
+
+
+def ptxas_usage(ptx: str) -> tuple[int | None, int | None]:
+    """``(registers per thread, spill-store bytes)`` as ``ptxas -v`` reports them, or ``None``s."""
+    tool = _ptxas()
+    if tool is None:
+        return None, None
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        done = subprocess.run([tool, "-arch=sm_90a", "-v", src, "-o", os.path.join(tmp, "k.cubin")],
+                              capture_output=True, text=True)
+    regs = re.findall(r"Used (\d+) registers", done.stderr)
+    spills = re.findall(r"(\d+) bytes spill stores", done.stderr)
+    return (int(regs[0]) if regs else None), (int(spills[0]) if spills else None)
+
+
+def compile_sm90(kernel, ptrs: dict, consts: dict, warps: int, stages: int, divisible=(),
+                 floats=("eps",), usage: bool = False) -> dict:
+    """Compile ``kernel`` (a ``@triton.jit`` function or an autotuner) for sm_90. ``ptrs``: pointer
+    argument types (``"*bf16"``); every other non-constexpr argument is ``i32`` (``fp32`` for
+    ``floats``); ``divisible`` names the integers the JIT would see as multiples of 16 (pointers
+    always are). Strides equal to 1 belong in ``consts``, as the JIT specialises them. Returns the
+    shared memory in bytes and, with ``usage``, the registers and spill bytes from ``ptxas``."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from triton.runtime.jit import JITFunction
+
+    fn = kernel
+    while not isinstance(fn, JITFunction):  # autotuners and heuristics wrap the JIT function
+        fn = fn.fn
+    sig = {a: "constexpr" if a in consts else ptrs.get(a, "fp32" if a in floats else "i32")
+           for a in fn.arg_names}
+    div = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
+           if sig[a].startswith("*") or a in divisible}
+    out = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=div),
+                         target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+    result = {"shared": out.metadata.shared}
+    if usage:
+        result["regs"], result["spill"] = ptxas_usage(out.asm["ptx"])
+    return result
+
+
+def unimixing_fwd_rows(usage: bool = True):
+    """``(label, config, result)`` for every forward tile at ``paper-small`` (plain and fused) and
+    ``paper-100m`` (fused)."""
+    import torch
+    import triton
+    import triton.language as tl
+
+    from unimixer_kernels.triton_kernels import unimixing as k
+
+    ptrs = dict(X="*bf16", WL="*bf16", WG="*bf16", Y="*bf16", S_OUT="*bf16", NW="*bf16", RSTD="*fp32")
+    for b, d, fuse in ((4, 128, False), (4, 128, True), (4, 512, True)):
+        bp = triton.next_power_of_2(b)
+        fused = k.fused_norm_rows(b, d, torch.device("cuda")) if fuse else None
+        options = k._fused_row_options(fused, b, d) if fuse else None
+        local_dot = k.uses_local_dot(b, fuse, True)
+        for kw, warps, stages in k._fwd_configs(bp, options, local_dot, True):
+            consts = dict(kw, B=b, BP=bp, CW=k.LOCAL_DOT_CW if local_dot else bp, GROUP=8, LOCAL_DOT=local_dot,
+                          FUSE_NORM=fuse, DOT_DTYPE=tl.bfloat16, PRECISION="tf32")
+            res = compile_sm90(k.unimixing_fwd_kernel, ptrs, consts, warps, stages,
+                               divisible=("N", "L", "BS", "D", "T", "BS_BUCKET"), usage=usage)
+            yield f"unimixing_fwd B={b} D={d}{' fused' if fuse else ''}", (dict(kw), warps, stages), res
+
+
+def ffn_gemm_rows(usage: bool = True):
+    """``(label, config, result)`` for the per-token FFN GEMM: every mode with the tiles its
+    autotuner keeps for a large bf16 GEMM."""
+    import triton.language as tl
+
+    from unimixer_kernels.triton_kernels import pswiglu as k
+
+    ptrs = {a: "*bf16" for a in "A B A2 B2 BIAS BIAS2 C G V DG DV".split()}
+    modes = [(k.MODE_HIDDEN, False), (k.MODE_HIDDEN, True), (k.MODE_DOWN, False), (k.MODE_DACT, True),
+             (k.MODE_DU, True), (k.MODE_DU, False)]
+    for mode, gated in modes:
+        consts = dict(MODE=mode, GATED=gated, HAS_BIAS=True, HAS_BIAS2=gated, SAVE=False, CDT=tl.bfloat16,
+                      PREC="tf32", GROUP_M=8, stride_ak=1, stride_bn=1, stride_cn=1)
+        named = dict(M_KEY=2048, N=4096, K_KEY=1024)
+        for cfg in k._prune_gemm(k._gemm_configs(), named, **consts):
+            res = compile_sm90(k.ffn_token_gemm_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps,
+                               cfg.num_stages, usage=usage,
+                               divisible=("M", "N", "K", "M_KEY", "K_KEY", "stride_am", "stride_at",
+                                          "stride_bt", "stride_bk", "stride_cm", "stride_ct"))
+            yield f"ffn_token_gemm mode={mode} gated={gated}", (cfg.kwargs, cfg.num_warps, cfg.num_stages), res
+
+
+def report() -> str:
+    lines = ["| kernel | tile | warps | stages | shared KiB | registers | spill bytes |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for rows in (unimixing_fwd_rows(), ffn_gemm_rows()):
+        for label, (kw, warps, stages), res in rows:
+            tile = " ".join(f"{k}={v}" for k, v in kw.items())
+            lines.append(f"| {label} | {tile} | {warps} | {stages} | {res['shared'] / 1024:.0f} | "
+                         f"{res.get('regs')} | {res.get('spill')} |")
+    return "\n".join(lines)
