@@ -45,7 +45,8 @@ K loop (a 1-d grid of ``(token, bs tile, n tile)``, token slowest, row tiles gro
 modes: hidden (``act(G, V)`` to memory as ``[T, bs, h]``), down, ``dA`` with the activation
 backward as epilogue, and ``du``; on that path the weight gradients are the same kernel as GEMMs
 over the samples (``K = bs``, one fp32 accumulator per tile, no partials). Its tiles are autotuned
-(keyed on ``N``, the bucketed ``M`` and ``K`` (either can be the batch), mode and dtype) for 16-bit dtypes.
+(keyed on ``N``, the bucketed ``M`` and ``K`` (either can be the batch), the mode and the
+operands' dtypes) for 16-bit dtypes.
 
 Precision: fp32 inputs use ``input_precision="ieee"``; bf16/fp16 run the tensor cores with fp32
 accumulation, the hidden activation rounded to the input dtype before the second GEMM. When the
@@ -387,7 +388,7 @@ def _prune_gemm(configs, named_args, **kwargs) -> list:
     return [c for c in fits if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) == (128, 64)]
 
 
-@triton.autotune(configs=_gemm_configs(), key=["M_KEY", "N", "K_KEY", "MODE", "GATED", "CDT"],
+@triton.autotune(configs=_gemm_configs(), key=["M_KEY", "N", "K_KEY", "MODE", "GATED"],
                  prune_configs_by={"early_config_prune": _prune_gemm})
 @triton.jit
 def ffn_token_gemm_kernel(

@@ -23,9 +23,9 @@ Optional epilogue (``unimixing_rmsnorm``): ``s = z + y`` in fp32 and ``u = s * r
 ``rstd = rsqrt(mean_D(s^2) + eps)`` per token. The tile then spans ``BM_EFF`` blocks, a multiple of
 ``lcm(B, D) / B``, so it always holds whole tokens (``TPT`` tokens of every sample in the tile).
 It writes ``u``, ``s`` (in the input dtype) and the fp32 ``rstd [bs, T]`` for backward. Where whole
-tokens do not fit a tile (``lcm(B, D)/B > 256``), or with ``UNIMIXER_UNIMIXING_NORM=composed``, the
-op runs the plain kernel and then one add + RMSNorm pass (``rms_norm.py``) instead; the backward
-is the same.
+tokens do not fit a tile (``lcm(B, D)/B > 256``), and by default (measured faster; the fused epilogue
+with ``UNIMIXER_UNIMIXING_NORM=fused``), the op runs the plain kernel and then one add + RMSNorm
+pass (``rms_norm.py``) instead; the backward is the same.
 
 Backward, with ``g = dy`` (or, for the fused op, ``g = ds``, the gradient through the norm, from the
 RMSNorm backward kernel of ``rms_norm.py``)::
@@ -175,7 +175,12 @@ def unimixing_fwd_kernel(
         # transposed product, acc^T[(s, c), m] += H^T W_G^T: the H chunk is the register operand,
         # so the tensor-core dot can run asynchronously while the next chunk is built
         h2t = tl.reshape(tl.permute(h.to(DOT_DTYPE), (1, 2, 0)), [BC, BK])
-        acc_t = tl.dot(h2t, tl.trans(wg.to(DOT_DTYPE)), acc_t, input_precision=PRECISION)
+        if PRECISION == "ieee":
+            # fp32 on CUDA cores: each chunk's BK-term sum first, then one add to the running sum
+            # (K/BK roundings of the large accumulator instead of K; N = 4096 needs it)
+            acc_t += tl.dot(h2t, tl.trans(wg.to(DOT_DTYPE)), input_precision=PRECISION)
+        else:
+            acc_t = tl.dot(h2t, tl.trans(wg.to(DOT_DTYPE)), acc_t, input_precision=PRECISION)
     acc = tl.trans(acc_t)
 
     offs = samp[None, :] * L + rm[:, None] * B + jc[None, :]
@@ -510,14 +515,15 @@ def _tuned(kernel_name: str, configs: tuple, key: tuple):
     return triton.autotune(configs=[_cfg(w, s, **dict(kw)) for kw, w, s in configs], key=list(key))(kernel)
 
 
-# The residual + RMSNorm of ``unimixing_rmsnorm``: in the mixing kernel's epilogue (fused) or as
-# one add + RMSNorm pass after the plain kernel (``UNIMIXER_UNIMIXING_NORM=composed``). The fused
-# tile must hold whole tokens, which limits its row tiles; bench/NOTES.md has the two side by side.
+# The residual + RMSNorm of ``unimixing_rmsnorm``: one add + RMSNorm pass after the plain kernel
+# (composed, the default) or in the mixing kernel's epilogue (``UNIMIXER_UNIMIXING_NORM=fused``).
+# The fused tile must hold whole tokens, which limits its row tiles: on the H200 at paper-small the
+# fused forward took 0.286 ms against 0.172 ms composed (bench/NOTES.md).
 NORM_ENV = "UNIMIXER_UNIMIXING_NORM"
 
 
 def fused_norm_epilogue() -> bool:
-    mode = os.environ.get(NORM_ENV, "fused")
+    mode = os.environ.get(NORM_ENV, "composed")
     if mode not in ("fused", "composed"):
         raise ValueError(f"{NORM_ENV}: expected 'fused' or 'composed', got {mode!r}")
     return mode == "fused"
