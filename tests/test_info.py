@@ -92,3 +92,10 @@ def test_report_states_each_ops_autocast_policy():
     assert lines["unimixing"].rstrip().endswith("autocast dtype")
     assert lines["sinkhorn"].rstrip().endswith("fp32")
     assert lines["rms_norm"].rstrip().endswith("input dtypes")
+
+
+def test_info_lists_the_kernel_switches(monkeypatch):
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_NORM", "fused")
+    text = info.report()
+    assert "UNIMIXER_UNIMIXING_NORM: 'fused'" in text
+    assert "UNIMIXER_SINKHORN_PERSISTENT: not set (0)" in text

@@ -175,12 +175,7 @@ def unimixing_fwd_kernel(
         # transposed product, acc^T[(s, c), m] += H^T W_G^T: the H chunk is the register operand,
         # so the tensor-core dot can run asynchronously while the next chunk is built
         h2t = tl.reshape(tl.permute(h.to(DOT_DTYPE), (1, 2, 0)), [BC, BK])
-        if PRECISION == "ieee":
-            # fp32 on CUDA cores: each chunk's BK-term sum first, then one add to the running sum
-            # (K/BK roundings of the large accumulator instead of K; N = 4096 needs it)
-            acc_t += tl.dot(h2t, tl.trans(wg.to(DOT_DTYPE)), input_precision=PRECISION)
-        else:
-            acc_t = tl.dot(h2t, tl.trans(wg.to(DOT_DTYPE)), acc_t, input_precision=PRECISION)
+        acc_t = tl.dot(h2t, tl.trans(wg.to(DOT_DTYPE)), acc_t, input_precision=PRECISION)
     acc = tl.trans(acc_t)
 
     offs = samp[None, :] * L + rm[:, None] * B + jc[None, :]

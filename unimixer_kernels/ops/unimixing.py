@@ -2,8 +2,10 @@
 
 The Triton backend (``triton_kernels/unimixing.py``) fuses the local and the global mixing in one
 kernel (the intermediate ``h`` never goes to memory; the ``N x N`` global product runs on tensor
-cores in the activation dtype) and, for ``unimixing_rmsnorm``, the residual add and the RMSNorm as
-its epilogue. The fused forward saves ``s = z + UniMixing(z)`` (input dtype) and the fp32 ``rstd``;
+cores in the activation dtype). For ``unimixing_rmsnorm`` the residual add and the RMSNorm follow
+as one add + RMSNorm pass (the default, measured faster on the H200), or run in the mixing kernel's
+epilogue with ``UNIMIXER_UNIMIXING_NORM=fused``. Either forward saves ``s = z + UniMixing(z)``
+(input dtype) and the fp32 ``rstd``;
 the backward recomputes ``h`` from the inputs (in registers for small ``B``; for ``B > 8`` the
 backward writes ``W_G^T dY`` and the recomputed ``h`` to scratch buffers so that the per-block
 products run on tensor cores). Non-contiguous inputs are copied once.
