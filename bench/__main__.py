@@ -1,4 +1,4 @@
-"""``python -m bench [check|run|table|plot|compare|cases|floors|train|profile|sm90] ...`` (from the repo root).
+"""``python -m bench [check|run|table|plot|compare|cases|floors|train|profile|sm90] ...`` (repo root).
 
 With no command: ``check`` = correctness of every op x backend, then the quick benchmark table.
 """

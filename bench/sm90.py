@@ -58,7 +58,6 @@ def compile_sm90(kernel, ptrs: dict, consts: dict, warps: int, stages: int, divi
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-
     from triton.runtime.jit import JITFunction
 
     fn = kernel
@@ -82,7 +81,6 @@ def unimixing_fwd_rows(usage: bool = True):
     import torch
     import triton
     import triton.language as tl
-
     from unimixer_kernels.triton_kernels import unimixing as k
 
     ptrs = dict(X="*bf16", WL="*bf16", WG="*bf16", Y="*bf16", S_OUT="*bf16", NW="*bf16", RSTD="*fp32")
@@ -92,8 +90,8 @@ def unimixing_fwd_rows(usage: bool = True):
         options = k._fused_row_options(fused, b, d) if fuse else None
         local_dot = k.uses_local_dot(b, fuse, True)
         for kw, warps, stages in k._fwd_configs(bp, options, local_dot, True):
-            consts = dict(kw, B=b, BP=bp, CW=k.LOCAL_DOT_CW if local_dot else bp, GROUP=8, LOCAL_DOT=local_dot,
-                          FUSE_NORM=fuse, DOT_DTYPE=tl.bfloat16, PRECISION="tf32")
+            consts = dict(kw, B=b, BP=bp, CW=k.LOCAL_DOT_CW if local_dot else bp, GROUP=8,
+                          LOCAL_DOT=local_dot, FUSE_NORM=fuse, DOT_DTYPE=tl.bfloat16, PRECISION="tf32")
             res = compile_sm90(k.unimixing_fwd_kernel, ptrs, consts, warps, stages,
                                divisible=("N", "L", "BS", "D", "T", "BS_BUCKET"), usage=usage)
             yield f"unimixing_fwd B={b} D={d}{' fused' if fuse else ''}", (dict(kw), warps, stages), res
@@ -103,7 +101,6 @@ def ffn_gemm_rows(usage: bool = True):
     """``(label, config, result)`` for the per-token FFN GEMM: every mode with the tiles its
     autotuner keeps for a large bf16 GEMM."""
     import triton.language as tl
-
     from unimixer_kernels.triton_kernels import pswiglu as k
 
     ptrs = {a: "*bf16" for a in "A B A2 B2 BIAS BIAS2 C G V DG DV".split()}
@@ -118,7 +115,8 @@ def ffn_gemm_rows(usage: bool = True):
                                cfg.num_stages, usage=usage,
                                divisible=("M", "N", "K", "M_KEY", "K_KEY", "stride_am", "stride_at",
                                           "stride_bt", "stride_bk", "stride_cm", "stride_ct"))
-            yield f"ffn_token_gemm mode={mode} gated={gated}", (cfg.kwargs, cfg.num_warps, cfg.num_stages), res
+            label = f"ffn_token_gemm mode={mode} gated={gated}"
+            yield label, (cfg.kwargs, cfg.num_warps, cfg.num_stages), res
 
 
 def report() -> str:

@@ -63,8 +63,9 @@ def assert_close_to_reference(
     if (test_dtype or out.dtype) == torch.float32:
         # atol: 1e-4 of the largest value, and never below ``tiny``: a gradient that is exactly zero
         # in fp64 (a 1x1 Sinkhorn block) comes out as fp32 rounding noise, which no rtol can bound
+        atol = max(1e-4 * ref.abs().max().item(), _tiny(ref, out.dtype))
         torch.testing.assert_close(
-            out.double().cpu(), ref, rtol=1e-4, atol=max(1e-4 * ref.abs().max().item(), _tiny(ref, out.dtype)),
+            out.double().cpu(), ref, rtol=1e-4, atol=atol,
             msg=lambda m: f"{name} (fp32 rtol=1e-4): {m}",
         )
 

@@ -346,8 +346,9 @@ def compile_for_sm90() -> None:
     tile (plain, and with the fused norm epilogue), the small-B dX kernel and the per-block local
     kernel. Run in a process without ``TRITON_INTERPRET``."""
     import triton.language as tl
-    from bench.sm90 import SMEM_LIMIT, compile_sm90, unimixing_fwd_rows
     from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    from bench.sm90 import SMEM_LIMIT, compile_sm90, unimixing_fwd_rows
 
     for label, cfg, res in unimixing_fwd_rows(usage=False):
         assert res["shared"] <= SMEM_LIMIT, f"{label} {cfg}: {res['shared']} bytes of shared memory"
