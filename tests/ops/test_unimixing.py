@@ -29,6 +29,7 @@ SHAPES = [
     (4, 3, 20, 3),  # B=3, N=20
     (3, 4, 36, 48),  # large B (tensor-core local path), straddling blocks, N=3
     (5, 4, 80, 16),  # large B, N=20: two row tiles
+    (2, 5, 56, 4),  # N=70: five K chunks, so each of the fp32 forward's four accumulators takes one
 ]
 NORM_SHAPES = [
     (3, 4, 8, 4),  # several tokens per tile
