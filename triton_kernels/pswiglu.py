@@ -548,12 +548,13 @@ def _token_gemm(mode, a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None,
     )
 
 
-def _hidden_tiled(u, w1, w3, b1, b3, cdt, save, g=None, v=None) -> torch.Tensor:
-    """``act(u W1 + b1, u W3 + b3)`` as ``[T, bs, h]`` (compute dtype); ``G``/``V`` saved into
-    ``g``/``v`` when ``save``."""
+def _hidden_tiled(u, w1, w3, b1, b3, cdt, save, g=None, v=None, act=None) -> torch.Tensor:
+    """``act(u W1 + b1, u W3 + b3)`` as ``[T, bs, h]`` (compute dtype), into ``act`` when given;
+    ``G``/``V`` saved into ``g``/``v`` when ``save``."""
     bs, t, d = u.shape
     h = w1.shape[-1]
-    act = torch.empty((t, bs, h), device=u.device, dtype=cdt)
+    if act is None:
+        act = torch.empty((t, bs, h), device=u.device, dtype=cdt)
     _token_gemm(MODE_HIDDEN, u, w1, act, t, bs, h, d, (u.stride(0), u.stride(1), u.stride(2)),
                 (d * h, h, 1), (h, bs * h, 1), cdt, b2=w3, bias=b1, bias2=b3, g=g, v=v,
                 gated=w3 is not None, save=save)
@@ -657,9 +658,12 @@ def ffn_bwd(
     saved = g is not None
     if not _fused(d, cdt):
         if not saved:
+            # the recomputed activation goes into ``a``, which the dA pass then rewrites with the
+            # same values: no [T, bs, h] buffer of its own (both passes stay idempotent, as the
+            # autotuner's repeated runs need)
             g = torch.empty((t, bs, h), device=u.device, dtype=cdt)
             v = torch.empty((t, bs, h), device=u.device, dtype=cdt) if gated else None
-            _hidden_tiled(u, w1, w3, b1, b3, cdt, True, g, v)
+            _hidden_tiled(u, w1, w3, b1, b3, cdt, True, g, v, act=a)
         sdo = (do.stride(0), do.stride(1), do.stride(2))
         _token_gemm(MODE_DACT, do, w2, a, t, bs, h, d, sdo, (h * d, 1, d), (h, bs * h, 1), cdt,
                     g=g, v=v, dg=dg, dv=dv, gated=gated)
