@@ -152,6 +152,42 @@ def test_pswiglu_paper_100m_gpu(kernel_dtype):
                             backend="triton")
 
 
+def _tensor_core_tiles() -> list:
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    return [c for c in kernels._gemm_configs() if c.kwargs["BLOCK_K"] != 16]
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("tile", range(5))
+@pytest.mark.parametrize("op", ["pswiglu", "pgelu_ffn"])
+def test_ffn_token_gemm_every_tile_gpu(tile, op, monkeypatch):
+    """Each 16-bit tile of the wide-token GEMM, forced in turn, in every mode it runs (hidden, down,
+    dA, du, the weight gradients): the autotuner picks tiles only at large shapes, which the
+    fp64-checked tests do not reach."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    tiles = _tensor_core_tiles()
+    if tile >= len(tiles):
+        pytest.skip(f"only {len(tiles)} tensor-core tiles")
+    kernel = kernels.ffn_token_gemm_kernel
+    plain_only = tiles[tile].kwargs["BLOCK_N"] > 128
+    monkeypatch.setattr(kernel, "cache", {})
+    monkeypatch.setattr(kernel, "early_config_prune",
+                        lambda configs, named_args, **kw: [tiles[tile]] if (
+                            not plain_only or (kw["MODE"] in (kernels.MODE_DOWN, kernels.MODE_DU)
+                                               and not kw["GATED"])) else [tiles[0]])
+    bs, t, d, h = 130, 2, 320, 200  # D > FUSED_MAX_D: the tiled path; edges in every dimension
+    u = random_input((bs, t, d), torch.bfloat16, "cuda", requires_grad=True)
+    if op == "pswiglu":
+        args = (u, *_weights(t, d, h, torch.bfloat16, "cuda", True))
+        check_against_reference(uk.pswiglu, args, backend="triton")
+    else:
+        wg, _, wd, bg, _, bd = _weights(t, d, h, torch.bfloat16, "cuda", True)
+        check_against_reference(uk.pgelu_ffn, (u, wg, bg, wd, bd), backend="triton")
+
+
 @pytest.mark.triton
 def test_pswiglu_weight_grad_split_matches_single_pass(device):
     """The weight gradients reduced over sample ranges (fp32 partials) equal the one-range ones."""
