@@ -658,12 +658,6 @@ def unimixing_fwd(
     A non-contiguous ``x`` is copied once."""
     bs, t, d = x.shape
     n, b, _ = w_local.shape
-    length = t * d
-    dot_dtype, precision = _dot_setup(x)
-    xc = x.contiguous()
-    wl = w_local.contiguous()
-    wg = _global_for_dot(w_global, x)
-    y = new_output((bs, t, d), like=x)
     fuse = norm_weight is not None
     fused = fused_norm_rows(b, d, x.device) if fuse else None
     if fuse and (fused is None or not fused_norm_epilogue()):
@@ -672,6 +666,12 @@ def unimixing_fwd(
         y, _, _ = unimixing_fwd(x, w_local, w_global)
         u, s, rstd = rms_norm_fwd(y, x, norm_weight, eps)
         return u, s, rstd.view(bs, t)
+    length = t * d
+    dot_dtype, precision = _dot_setup(x)
+    xc = x.contiguous()
+    wl = w_local.contiguous()
+    wg = _global_for_dot(w_global, x)
+    y = new_output((bs, t, d), like=x)
     s_out = new_output((bs, t, d), like=x) if fuse else y
     rstd = new_output((bs, t), like=x, dtype=torch.float32) if fuse else y
     nw = norm_weight.contiguous() if fuse else wl
