@@ -9,6 +9,23 @@ import torch
 
 POISON_ENV = "UNIMIXER_POISON_OUTPUTS"
 
+# Environment switches that change how a kernel runs, not what it computes: variable -> (default,
+# what it does). The kernel modules read them; ``python -m unimixer_kernels.info`` lists them.
+# Set them before the first kernel call (Sinkhorn reads its switch when its module is imported).
+NORM_SWITCH = "UNIMIXER_UNIMIXING_NORM"
+PERSISTENT_SWITCH = "UNIMIXER_SINKHORN_PERSISTENT"
+SWITCHES = {
+    NORM_SWITCH: ("composed", "unimixing_rmsnorm: 'composed' (mixing kernel, then one add + RMSNorm "
+                              "pass) or 'fused' (in the mixing kernel's epilogue)"),
+    PERSISTENT_SWITCH: ("0", "1: tiled Sinkhorn in one persistent launch per direction (grid barriers; "
+                             "opt-in, not faster on the H200)"),
+}
+
+
+def switch(name: str) -> str:
+    """The value of a kernel switch: the environment's, else its default."""
+    return os.environ.get(name, SWITCHES[name][0])
+
 
 def new_output(shape, *, like: torch.Tensor | None = None, device=None, dtype=None) -> torch.Tensor:
     """Allocate a kernel output. With ``UNIMIXER_POISON_OUTPUTS=1`` (set by the tests) it is

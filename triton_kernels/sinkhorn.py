@@ -72,19 +72,18 @@ Matrices and partial rows are indexed in int64; offsets inside one matrix are in
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import new_output, sm_count
+from ._launch import PERSISTENT_SWITCH, new_output, sm_count, switch
 
 # matrices up to this size run the batched in-register kernels; larger ones the tiled kernels
 SMALL_MAX_N = 64
 # tiled path: one persistent launch per direction (grid barriers) instead of one launch per
 # half-step. Off by default until measured on the GPU; UNIMIXER_SINKHORN_PERSISTENT=1 turns it on.
-PERSISTENT = os.environ.get("UNIMIXER_SINKHORN_PERSISTENT", "0") == "1"
+PERSISTENT = switch(PERSISTENT_SWITCH) == "1"
 # persistent, one tile per program: keep the S0 (and gradient) tile in registers for the whole call
 PERSISTENT_RESIDENT = True
 # polls (~1 us each) before a grid barrier gives up and counts a failure instead of hanging; a

@@ -75,7 +75,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import bucket, new_output, sm_count
+from ._launch import NORM_SWITCH, bucket, new_output, sm_count, switch
 from .rms_norm import rms_norm_bwd, rms_norm_fwd
 
 _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
@@ -543,13 +543,10 @@ def _tuned(kernel_name: str, configs: tuple, key: tuple):
 # (composed, the default) or in the mixing kernel's epilogue (``UNIMIXER_UNIMIXING_NORM=fused``).
 # The fused tile must hold whole tokens, which limits its row tiles: on the H200 at paper-small the
 # fused forward took 0.286 ms against 0.172 ms composed (bench/NOTES.md).
-NORM_ENV = "UNIMIXER_UNIMIXING_NORM"
-
-
 def fused_norm_epilogue() -> bool:
-    mode = os.environ.get(NORM_ENV, "composed")
+    mode = switch(NORM_SWITCH)
     if mode not in ("fused", "composed"):
-        raise ValueError(f"{NORM_ENV}: expected 'fused' or 'composed', got {mode!r}")
+        raise ValueError(f"{NORM_SWITCH}: expected 'fused' or 'composed', got {mode!r}")
     return mode == "fused"
 
 

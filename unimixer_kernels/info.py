@@ -104,18 +104,6 @@ def _table(rows: list[list[str]]) -> list[str]:
     return out
 
 
-# (variable, default, what it does): set them before the first kernel call (Sinkhorn reads its switch
-# when its kernels module is imported)
-KERNEL_SWITCHES = (
-    ("UNIMIXER_UNIMIXING_NORM", "composed",
-     "unimixing_rmsnorm: 'composed' (mixing kernel, then one add + RMSNorm pass) or 'fused' (in the "
-     "mixing kernel's epilogue)"),
-    ("UNIMIXER_SINKHORN_PERSISTENT", "0",
-     "1: tiled Sinkhorn in one persistent launch per direction (grid barriers; opt-in, not faster "
-     "on the H200)"),
-)
-
-
 def report() -> str:
     # import every op so the registry is complete
     from . import ops  # noqa: F401
@@ -131,7 +119,9 @@ def report() -> str:
     env = os.environ.get(_ENV_VAR)
     lines.append(f"  {_ENV_VAR}: {env!r}" if env else f"  {_ENV_VAR}: not set (auto)")
     lines += ["", "Triton kernel switches (environment):"]
-    for var, default, what in KERNEL_SWITCHES:
+    from .triton_kernels._launch import SWITCHES  # torch only: no kernel module is imported
+
+    for var, (default, what) in SWITCHES.items():
         value = os.environ.get(var)
         shown = repr(value) if value else f"not set ({default})"
         lines.append(f"  {var}: {shown}: {what}")
