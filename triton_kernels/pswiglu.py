@@ -637,7 +637,8 @@ def ffn_bwd(
 ) -> tuple[torch.Tensor, ...]:
     """Backward of :func:`ffn_fwd`. ``g``/``v`` are the saved hidden pre-activations, or ``None``
     to recompute them. ``n_split`` (default: sized to the GPU) is the number of sample ranges
-    per token whose fp32 weight-gradient partials are summed in a second pass. Returns
+    per token whose fp32 weight-gradient partials are summed in a second pass (the fused path
+    only: the wide-token path reduces every sample inside each GEMM tile and ignores it). Returns
     ``(du, dw1, dw3 or None, dw2, db1, db3 or None, db2)``; the bias gradients are fp32
     ``[T, h]`` / ``[T, D]`` (cast by the caller)."""
     bs, t, d = u.shape
