@@ -12,9 +12,12 @@ out-of-bounds access cannot land in a cached block.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -23,6 +26,38 @@ import torch  # noqa: E402
 
 SANITIZE_SIZES = dict(bs=5, T=5, D=40, B=4, r=7, nb=3, h=24, ffn_mult=2, n=11, d=40, fm_k=6, iters=3,
                       tau=0.05)
+
+
+def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
+    """The kernel paths an op can take at these sizes: the default one, plus each path that the
+    small shapes would not reach by themselves (forced here, so that the sanitizer sees it)."""
+    from triton_kernels import pswiglu, sinkhorn
+    from triton_kernels._launch import NORM_SWITCH, PERSISTENT_SWITCH
+
+    paths: list[tuple[str, contextlib.AbstractContextManager]] = [("", contextlib.nullcontext())]
+    if name in ("pswiglu", "pgelu_ffn"):
+        # the tiled per-token GEMMs that tokens wider than FUSED_MAX_D take
+        paths.append((" [wide-token GEMM path]", mock.patch.object(pswiglu, "FUSED_MAX_D", 0)))
+    if name in ("sinkhorn", "lite_weights"):
+        # tiled matrices with several tiles per axis, then the persistent kernels over them
+        tiles = mock.patch.object(sinkhorn, "TILE_OVERRIDE", (16, 16))
+        small = mock.patch.object(sinkhorn, "SMALL_MAX_N", 4)
+        paths.append((" [tiled, 16x16 tiles]", _all(tiles, small)))
+        paths.append((f" [tiled, persistent ({PERSISTENT_SWITCH}=1)]",
+                      _all(mock.patch.object(sinkhorn, "TILE_OVERRIDE", (16, 16)),
+                           mock.patch.object(sinkhorn, "SMALL_MAX_N", 4),
+                           mock.patch.object(sinkhorn, "PERSISTENT", True))))
+    if name == "unimixing_rmsnorm":
+        paths.append((f" [{NORM_SWITCH}=fused]", mock.patch.dict(os.environ, {NORM_SWITCH: "fused"})))
+    return paths
+
+
+@contextlib.contextmanager
+def _all(*managers):
+    with contextlib.ExitStack() as stack:
+        for m in managers:
+            stack.enter_context(m)
+        yield
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     preset = Preset("sanitize", SANITIZE_SIZES)
     failures = 0
+    runs = []
     for name in sorted(uk.OPS):
         if args.op and name not in args.op:
             continue
@@ -61,23 +97,28 @@ def main(argv: list[str] | None = None) -> int:
         if case is None:
             print(f"{name}: no inputs in bench/cases.py, not run")
             continue
+        runs += [(rank, name, case, label, path) for rank, (label, path) in enumerate(_variants(name))]
+    # every op's default path first, the forced paths after (the persistent kernels last: their grid
+    # barriers are the likeliest to run long under a sanitizer's slowdown)
+    for _, name, case, label, path in sorted(runs, key=lambda r: r[0]):
         t0 = time.perf_counter()
         try:
-            setup = case.factory(preset, device, dtype)
-            impl = setup.impls[args.backend]()
-            inputs = setup.make_inputs()
-            with torch.autocast(device.type, dtype=dtype, enabled=args.autocast and dtype != torch.float32):
-                out = impl.fwd(*inputs)
-            outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,))
-                    if isinstance(o, torch.Tensor) and o.requires_grad]
-            leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
-            torch.autograd.grad(outs, leaves, [torch.randn_like(o) for o in outs], allow_unused=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            print(f"{name}: ok fwd+bwd ({time.perf_counter() - t0:.1f}s)", flush=True)
+            with path:
+                setup = case.factory(preset, device, dtype)
+                impl = setup.impls[args.backend]()
+                inputs = setup.make_inputs()
+                with torch.autocast(device.type, dtype=dtype, enabled=args.autocast and dtype != torch.float32):
+                    out = impl.fwd(*inputs)
+                outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,))
+                        if isinstance(o, torch.Tensor) and o.requires_grad]
+                leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+                torch.autograd.grad(outs, leaves, [torch.randn_like(o) for o in outs], allow_unused=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+            print(f"{name}{label}: ok fwd+bwd ({time.perf_counter() - t0:.1f}s)", flush=True)
         except Exception as exc:
             failures += 1
-            print(f"{name}: ERROR {type(exc).__name__}: {exc}".splitlines()[0][:400], flush=True)
+            print(f"{name}{label}: ERROR {type(exc).__name__}: {exc}".splitlines()[0][:400], flush=True)
     return 1 if failures else 0
 
 

@@ -2,8 +2,8 @@
 
 For an op ``f`` with a kernel backend and the reference:
 
-* ``ref``: the reference in fp64 on the same (upcast) inputs;
-* ``pt``: the reference maths in the test dtype, with PyTorch;
+* ``ref``: the reference in fp64 on the same (upcast) inputs, on the same device;
+* ``pt``: the reference maths in the test dtype, with PyTorch, on the same device;
 * pass when ``max|kernel - ref| <= 2 * max|pt - ref| + tiny`` for outputs and ``5x`` for
   gradients; in fp32 also ``rtol = 1e-4`` against ``ref`` (``atol`` = 1e-4 of the largest value,
   at least ``tiny``); never a NaN.
@@ -14,6 +14,7 @@ For an op ``f`` with a kernel backend and the reference:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -70,6 +71,21 @@ def assert_close_to_reference(
         )
 
 
+@contextlib.contextmanager
+def _full_precision_gemms():
+    """cuBLAS without TF32 and without 16-bit split-K reductions (restored on exit)."""
+    m = torch.backends.cuda.matmul
+    saved = (m.allow_tf32, m.allow_fp16_reduced_precision_reduction,
+             m.allow_bf16_reduced_precision_reduction, torch.backends.cudnn.allow_tf32)
+    m.allow_tf32 = m.allow_fp16_reduced_precision_reduction = False
+    m.allow_bf16_reduced_precision_reduction = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        (m.allow_tf32, m.allow_fp16_reduced_precision_reduction,
+         m.allow_bf16_reduced_precision_reduction, torch.backends.cudnn.allow_tf32) = saved
+
+
 def _as_tuple(x) -> tuple:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
@@ -92,8 +108,10 @@ def check_against_reference(
     """Run ``fn(*inputs, backend=...)`` on ``backend`` and check it by the SPEC §8 rule.
 
     Floating inputs with ``requires_grad`` get gradients checked against the fp64 reference with
-    one fresh random ``grad_output`` per output. The reference runs on the CPU in fp64 and in
-    the inputs' own dtypes (``pt``).
+    one fresh random ``grad_output`` per output. The reference runs on the inputs' device, in fp64
+    and in the inputs' own dtypes (``pt``): the kernel is held to what PyTorch achieves on the same
+    hardware. ``pt`` runs with every reduced-precision shortcut of the GEMM libraries off (TF32,
+    16-bit split-K reductions), so that it accumulates in fp32 as SPEC §8 asks of the kernels.
     """
     kwargs = dict(kwargs or {})
     diff = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
@@ -103,13 +121,13 @@ def check_against_reference(
         return outs
 
     out = run(inputs, backend)
-    ref_inputs = [_upcast(t).cpu() if isinstance(t, Tensor) else t for t in inputs]
-    ref_inputs = [t.detach().requires_grad_(inputs[i].requires_grad) if isinstance(t, Tensor) else t
-                  for i, t in enumerate(ref_inputs)]
-    pt_inputs = [t.detach().cpu().requires_grad_(t.requires_grad) if isinstance(t, Tensor) else t
+    ref_inputs = [_upcast(t).detach().requires_grad_(t.requires_grad) if isinstance(t, Tensor) else t
+                  for t in inputs]
+    pt_inputs = [t.detach().requires_grad_(t.requires_grad) if isinstance(t, Tensor) else t
                  for t in inputs]
-    ref = run(ref_inputs, reference_backend)
-    pt = run(pt_inputs, reference_backend)
+    with _full_precision_gemms():
+        ref = run(ref_inputs, reference_backend)
+        pt = run(pt_inputs, reference_backend)
     test_dtype = next(t.dtype for t in inputs if isinstance(t, Tensor) and t.is_floating_point())
     for k, (o, r, p) in enumerate(zip(out, ref, pt)):
         assert_close_to_reference(o, r, p, name=f"output {k}", test_dtype=test_dtype)
@@ -117,10 +135,11 @@ def check_against_reference(
         return
     gouts = [torch.randn(o.shape, dtype=o.dtype, device=o.device) for o in out]
     g_out = torch.autograd.grad(out, [inputs[i] for i in diff], gouts, allow_unused=True)
-    g_ref = torch.autograd.grad(ref, [ref_inputs[i] for i in diff],
-                                [g.detach().cpu().double() for g in gouts], allow_unused=True)
-    g_pt = torch.autograd.grad(pt, [pt_inputs[i] for i in diff],
-                               [g.detach().cpu().to(p.dtype) for g, p in zip(gouts, pt)], allow_unused=True)
+    with _full_precision_gemms():
+        g_ref = torch.autograd.grad(ref, [ref_inputs[i] for i in diff],
+                                    [g.detach().double() for g in gouts], allow_unused=True)
+        g_pt = torch.autograd.grad(pt, [pt_inputs[i] for i in diff],
+                                   [g.detach().to(p.dtype) for g, p in zip(gouts, pt)], allow_unused=True)
     for i, a, r, p in zip(diff, g_out, g_ref, g_pt):
         if r is None:
             continue

@@ -115,11 +115,21 @@ def test_sinkhorn_default_tiles(device, monkeypatch):
     check_against_reference(uk.sinkhorn, (x, 0.5, 2, True), backend="triton")
 
 
-@pytest.fixture
-def persistent(monkeypatch, tiled):
-    """The tiled kernels as one persistent launch per direction (one program in the interpreter)."""
+@pytest.fixture(params=[True, False], ids=["poll-relaxed", "poll-acquire"])
+def persistent(request, monkeypatch, tiled):
+    """The tiled kernels as one persistent launch per direction (one program in the interpreter),
+    with either way of polling the grid barrier."""
     monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
     monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
+    monkeypatch.setattr(sk_kernels, "PERSISTENT_POLL_LOADS", request.param)
+
+
+def test_sinkhorn_barrier_switch_is_checked(monkeypatch):
+    monkeypatch.setenv("UNIMIXER_SINKHORN_BARRIER", "spin")
+    with pytest.raises(ValueError, match="UNIMIXER_SINKHORN_BARRIER.*'relaxed' or 'acquire'"):
+        sk_kernels._barrier_polls_loads()
+    monkeypatch.setenv("UNIMIXER_SINKHORN_BARRIER", "acquire")
+    assert sk_kernels._barrier_polls_loads() is False
 
 
 @pytest.mark.triton
@@ -324,9 +334,11 @@ def test_sinkhorn_persistent_preset_gpu(monkeypatch, kernel_dtype, n, symmetric)
 
 @pytest.mark.gpu
 @pytest.mark.triton
-def test_sinkhorn_persistent_batch_gpu(monkeypatch):
+@pytest.mark.parametrize("poll_loads", [True, False], ids=["poll-relaxed", "poll-acquire"])
+def test_sinkhorn_persistent_batch_gpu(monkeypatch, poll_loads):
     monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
     monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
+    monkeypatch.setattr(sk_kernels, "PERSISTENT_POLL_LOADS", poll_loads)
     x = random_input((3, 300, 300), torch.float32, "cuda", requires_grad=True)
     check_against_reference(uk.sinkhorn, (x, 0.1, 7, True), backend="triton")
 
@@ -360,14 +372,55 @@ def test_sinkhorn_hypothesis_gpu():
 
     @hypothesis.settings(deadline=None, max_examples=40)
     @hypothesis.given(
+        seed=st.integers(0, 2**31 - 1),
         n=st.integers(1, 300),
         batch=st.integers(1, 3),
         iters=st.integers(1, 25),
         tau=st.sampled_from([0.05, 0.1, 0.5, 1.0, 2.0]),
         symmetric=st.booleans(),
     )
-    def run(n, batch, iters, tau, symmetric):
+    def run(seed, n, batch, iters, tau, symmetric):
+        torch.manual_seed(seed)  # fresh inputs per example, reproducible from the example
         x = random_input((batch, n, n), torch.float32, "cuda", requires_grad=True)
         check_against_reference(uk.sinkhorn, (x, tau, iters, symmetric), backend="triton")
 
     run()
+
+
+def compile_persistent_for_sm90() -> None:
+    """Compile both persistent kernels (resident, n = 1024 tiles) for sm_90 with each way of polling
+    the grid barrier, and check that the loads-polling barrier emits volatile loads in its loop.
+    Run in a process without ``TRITON_INTERPRET``."""
+    from unimixer_kernels.triton_kernels import sinkhorn as k
+
+    import triton
+    from bench.sm90 import SMEM_LIMIT
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    for kernel, ptrs in (
+        (k.sinkhorn_persistent_fwd_kernel, dict(SRC="*fp32", A="*fp32", B="*fp32", WS="*fp32", P="*fp32",
+                                                U="*fp32", V="*fp32", PR="*fp32", PC="*fp32", BAR="*i32")),
+        (k.sinkhorn_persistent_bwd_kernel, dict(SRC="*fp32", A="*fp32", B="*fp32", WS="*fp32", DP="*fp32",
+                                                U="*fp32", V="*fp32", G="*fp32", DX="*fp32", PR="*fp32",
+                                                PC="*fp32", BAR="*i32")),
+    ):
+        for poll_loads in (True, False):
+            consts = dict(MODE=0, LATER=1, SYMMETRIC=True, BM=64, BN=128, BK=32, DOT_IEEE=True, RT_P=16,
+                          CT_P=8, MAX_SPINS=k.PERSISTENT_MAX_SPINS, RESIDENT=True, POLL_LOADS=poll_loads)
+            fn = kernel
+            sig = {a: "constexpr" if a in consts else ptrs.get(a, "fp32" if a in ("scale", "grad_scale") else "i32")
+                   for a in fn.arg_names}
+            out = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts),
+                                 target=GPUTarget("cuda", 90, 32), options=dict(num_warps=16, num_stages=1))
+            assert out.metadata.shared <= SMEM_LIMIT, (kernel, poll_loads)
+            ptx = out.asm["ptx"]
+            # arrival: a release add; polls: relaxed (volatile) loads, or acquire loads throughout
+            assert ("ld.volatile.global" in ptx) == poll_loads, (kernel.__name__, poll_loads)
+            assert "ld.global.gpu.acquire" in ptx and "atom.global.gpu.release.add" in ptx, kernel.__name__
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
+def test_sinkhorn_persistent_compiles_for_sm90(sm90_compile):
+    sm90_compile("import test_sinkhorn as t; t.compile_persistent_for_sm90()")
