@@ -10,8 +10,8 @@
 #               and WARM_JOBS benchmark processes that run every case once at minimal repetitions
 #               so that torch.compile's and Triton's on-disk caches are filled
 #   bench     python -m bench run, alone on the GPU (the timed numbers), from warm caches
-#   persistent the opt-in persistent Sinkhorn kernels beside the default ones (persistent_<barrier>.json
-#             for each PERSISTENT_BARRIERS value; PERSISTENT_CASES picks the cases)
+#   persistent the opt-in persistent Sinkhorn kernels beside the default ones (persistent.json;
+#             PERSISTENT_CASES picks the cases)
 #   sweep     the full UniMixer block at bs 256..2048 (sweep.json / .csv) and its plot (.png)
 #   profile   python -m bench profile of the UniMixer block's Triton path (profile.md)
 #   train     two-block rankers trained 200 steps with backend reference and triton from one seed
@@ -157,15 +157,10 @@ if want sweep; then
 fi
 
 if want persistent; then
-    # the opt-in persistent Sinkhorn kernels (grid barrier), timed beside the default ones: one file
-    # per way of polling the barrier (PERSISTENT_BARRIERS, values of UNIMIXER_SINKHORN_BARRIER)
-    for barrier in ${PERSISTENT_BARRIERS:-relaxed}; do
-        stage "persistent-$barrier" "${T_PERSISTENT:-40}" env UNIMIXER_SINKHORN_PERSISTENT=1 \
-            UNIMIXER_SINKHORN_BARRIER="$barrier" "$PY" -m bench run --out "$OUT" \
-            --name "persistent_$barrier" --case "${PERSISTENT_CASES:-sinkhorn,lite_weights}" \
-            --provider triton,triton-cg --mode fwd+bwd --warmup 10 --rep 40 \
-            --budget-s $(( ${T_PERSISTENT:-40} - 15 ))
-    done
+    # the opt-in persistent Sinkhorn kernels (grid barrier), timed beside the default ones
+    stage persistent "${T_PERSISTENT:-40}" env UNIMIXER_SINKHORN_PERSISTENT=1 "$PY" -m bench run --out "$OUT" \
+        --name persistent --case "${PERSISTENT_CASES:-sinkhorn,lite_weights}" --provider triton,triton-cg \
+        --mode fwd+bwd --warmup 10 --rep 40 --budget-s $(( ${T_PERSISTENT:-40} - 15 ))
 fi
 
 if want profile; then

@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                 setup = case.factory(preset, device, dtype)
                 impl = setup.impls[args.backend]()
                 inputs = setup.make_inputs()
-                with torch.autocast(device.type, dtype=dtype, enabled=args.autocast and dtype != torch.float32):
+                autocast = args.autocast and dtype != torch.float32
+                with torch.autocast(device.type, dtype=dtype, enabled=autocast):
                     out = impl.fwd(*inputs)
                 outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,))
                         if isinstance(o, torch.Tensor) and o.requires_grad]

@@ -14,14 +14,11 @@ POISON_ENV = "UNIMIXER_POISON_OUTPUTS"
 # Set them before the first kernel call (Sinkhorn reads its switch when its module is imported).
 NORM_SWITCH = "UNIMIXER_UNIMIXING_NORM"
 PERSISTENT_SWITCH = "UNIMIXER_SINKHORN_PERSISTENT"
-BARRIER_SWITCH = "UNIMIXER_SINKHORN_BARRIER"
 SWITCHES = {
     NORM_SWITCH: ("composed", "unimixing_rmsnorm: 'composed' (mixing kernel, then one add + RMSNorm "
                               "pass) or 'fused' (in the mixing kernel's epilogue)"),
     PERSISTENT_SWITCH: ("0", "1: tiled Sinkhorn in one persistent launch per direction (grid barriers; "
                              "opt-in, not faster on the H200)"),
-    BARRIER_SWITCH: ("relaxed", "persistent Sinkhorn's grid barrier: 'relaxed' (poll the counter with relaxed "
-                                "loads, one acquire read at the end) or 'acquire' (every poll an acquire read)"),
 }
 
 

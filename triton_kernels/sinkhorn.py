@@ -58,13 +58,13 @@ Layouts
   caller with torch (cuBLAS).
 * **Tiled, persistent** (``PERSISTENT``, opt-in with ``UNIMIXER_SINKHORN_PERSISTENT=1``): the
   same tile steps in one launch per direction. At most one program per SM (per matrix) strides
-  over the tiles, and the half-steps are separated by grid barriers (a release/acquire counter,
-  polled with relaxed loads by default, ``UNIMIXER_SINKHORN_BARRIER``; a bounded wait that records a
-  failure instead of hanging). Where Triton can, the launch is cooperative, so the driver refuses
-  a grid that could not be resident at once rather than leaving it to the bounded wait. When every program owns exactly one
-  tile (``n = 1024`` with 64 x 128 tiles: 128 programs), the program keeps its ``S0`` tile, and
-  in backward its ``G`` tile, in registers for the whole call (``RESIDENT``): a half-step then
-  moves only the partials and potentials, and Lite forms its low-rank tile once, not ``2K+1``
+  over the tiles, and the half-steps are separated by grid barriers (a release/acquire counter;
+  a bounded wait that records a failure instead of hanging). Where Triton can, the launch is
+  cooperative, so the driver refuses a grid that could not be resident at once rather than
+  leaving it to the bounded wait. When every program owns exactly one tile (``n = 1024`` with
+  64 x 128 tiles: 128 programs), the program keeps its ``S0`` tile, and in backward its ``G`` tile,
+  in registers for the whole call (``RESIDENT``): a half-step then moves only the partials and
+  potentials, and Lite forms its low-rank tile once, not ``2K+1``
   times. The interpreter runs one program per matrix (programs run one after another there).
 
 Matrices and partial rows are indexed in int64; offsets inside one matrix are int32
@@ -81,26 +81,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import BARRIER_SWITCH, PERSISTENT_SWITCH, new_output, sm_count, switch
+from ._launch import PERSISTENT_SWITCH, new_output, sm_count, switch
 
 # matrices up to this size run the batched in-register kernels; larger ones the tiled kernels
 SMALL_MAX_N = 64
 # tiled path: one persistent launch per direction (grid barriers) instead of one launch per
-# half-step. Off by default until measured on the GPU; UNIMIXER_SINKHORN_PERSISTENT=1 turns it on.
+# half-step. Off by default: on the H200 it is not faster under CUDA graphs (N = 1024 fwd+bwd 0.453
+# against 0.477 ms; N = 4096 8.83 against 5.18), though about 4x faster eagerly (1.3 against 5.3 ms
+# at N = 1024); UNIMIXER_SINKHORN_PERSISTENT=1 turns it on.
 PERSISTENT = switch(PERSISTENT_SWITCH) == "1"
 # persistent, one tile per program: keep the S0 (and gradient) tile in registers for the whole call
 PERSISTENT_RESIDENT = True
-
-
-def _barrier_polls_loads() -> bool:
-    mode = switch(BARRIER_SWITCH)
-    if mode not in ("relaxed", "acquire"):
-        raise ValueError(f"{BARRIER_SWITCH}: expected 'relaxed' or 'acquire', got {mode!r}")
-    return mode == "relaxed"
-
-
-# persistent: how a grid barrier polls its counter (see ``_grid_barrier``)
-PERSISTENT_POLL_LOADS = _barrier_polls_loads()
 # persistent: launch cooperatively where this Triton can (CU_LAUNCH_ATTRIBUTE_COOPERATIVE), so that
 # co-residency of the whole grid is guaranteed at launch (a grid that cannot all be resident is
 # refused with an error instead of relying on the bounded wait)
@@ -543,34 +534,22 @@ def sinkhorn_tile_sym_kernel(G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: t
 
 
 @triton.jit
-def _grid_barrier(BAR, target, MAX_SPINS: tl.constexpr, POLL_LOADS: tl.constexpr):
+def _grid_barrier(BAR, target, MAX_SPINS: tl.constexpr):
     """Wait until the counter ``BAR`` reaches ``target`` (programs add 1 each per barrier).
 
     Needs every program of the grid resident at once (the launcher keeps the grid within the
     SM count, and launches it cooperatively where Triton can). The wait is bounded: after
     ``MAX_SPINS`` polls it gives up and counts the failure in ``BAR[1]`` rather than hang, and the
-    launcher can check it.
-
-    ``POLL_LOADS``: poll with relaxed (volatile) loads, then read the counter once with acquire
-    semantics. Otherwise every poll is that acquire read (Triton lowers an acquire add of 0 to
-    ``ld.acquire.gpu``), and each acquire also orders the program's later memory accesses behind
-    it, which the relaxed polls leave to the single acquire at the end."""
+    launcher can check it. Each poll is an acquire read (Triton lowers the acquire add of 0 to
+    ``ld.acquire.gpu``); polling with relaxed loads and one acquire at the end measured slower
+    under CUDA graphs (0.599 against 0.453 ms for Sinkhorn N = 1024 fwd+bwd, twice)."""
     tl.debug_barrier()
     tl.atomic_add(BAR, 1, sem="release", scope="gpu")
+    seen = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
     spins = 0
-    if POLL_LOADS:
-        seen = tl.load(BAR, volatile=True)
-        while (seen < target) & (spins < MAX_SPINS):
-            seen = tl.load(BAR, volatile=True)
-            spins += 1
-        # the acquire: reads the counter (in the release sequence of every arrival), so the loads
-        # after the barrier see the stores that the other programs made before their arrival
+    while (seen < target) & (spins < MAX_SPINS):
         seen = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
-    else:
-        seen = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
-        while (seen < target) & (spins < MAX_SPINS):
-            seen = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
-            spins += 1
+        spins += 1
     if seen < target:
         tl.atomic_add(BAR + 1, 1)
     tl.debug_barrier()
@@ -601,7 +580,6 @@ def sinkhorn_persistent_fwd_kernel(
     MODE: tl.constexpr, LATER: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr, RESIDENT: tl.constexpr,
-    POLL_LOADS: tl.constexpr,
 ):
     """The whole tiled forward in one launch: ``n_prog`` programs per matrix stride over the
     tiles, the ``1 + 2K`` half-steps are separated by grid barriers (``BAR [n_mat, 2]`` int32,
@@ -618,13 +596,13 @@ def sinkhorn_persistent_fwd_kernel(
         _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, n, rank, K, 0, n_rt, n_ct,
                   s0, s1, s2, sa0, sa1, sb0, sb1, scale, 0, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P,
                   RESIDENT)
-    _grid_barrier(bar, n_prog, MAX_SPINS, POLL_LOADS)
+    _grid_barrier(bar, n_prog, MAX_SPINS)
     for k in range(K):
         for tile in range(pid, n_tiles, n_prog):
             _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, n, rank, K, k, n_rt, n_ct,
                       s0, s1, s2, sa0, sa1, sb0, sb1, scale, 1, LATER, SYMMETRIC, BM, BN, BK, DOT_IEEE,
                       RT_P, CT_P, RESIDENT)
-        _grid_barrier(bar, (2 * k + 2) * n_prog, MAX_SPINS, POLL_LOADS)
+        _grid_barrier(bar, (2 * k + 2) * n_prog, MAX_SPINS)
         for tile in range(pid, n_tiles, n_prog):
             if k == K - 1:
                 _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, n, rank, K, k, n_rt, n_ct,
@@ -634,7 +612,7 @@ def sinkhorn_persistent_fwd_kernel(
                 _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, n, rank, K, k, n_rt, n_ct,
                           s0, s1, s2, sa0, sa1, sb0, sb1, scale, 2, LATER, SYMMETRIC, BM, BN, BK, DOT_IEEE,
                           RT_P, CT_P, RESIDENT)
-        _grid_barrier(bar, (2 * k + 3) * n_prog, MAX_SPINS, POLL_LOADS)
+        _grid_barrier(bar, (2 * k + 3) * n_prog, MAX_SPINS)
 
 
 @triton.jit
@@ -645,7 +623,6 @@ def sinkhorn_persistent_bwd_kernel(
     MODE: tl.constexpr, LATER: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr, RESIDENT: tl.constexpr,
-    POLL_LOADS: tl.constexpr,
 ):
     """The whole tiled backward in one launch (see ``sinkhorn_persistent_fwd_kernel``). RESIDENT:
     the S0 tile and the working-gradient tile both stay in registers."""
@@ -665,7 +642,7 @@ def sinkhorn_persistent_bwd_kernel(
             _bwd_tile(x, g, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, K - 1, n_rt,
                       n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
                       0, MODE, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P, RESIDENT)
-    _grid_barrier(bar, n_prog, MAX_SPINS, POLL_LOADS)
+    _grid_barrier(bar, n_prog, MAX_SPINS)
     for t in range(K):
         k = K - 1 - t
         for tile in range(pid, n_tiles, n_prog):
@@ -677,7 +654,7 @@ def sinkhorn_persistent_bwd_kernel(
                 _bwd_tile(x, g, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, k, n_rt,
                           n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
                           1, LATER, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P, RESIDENT)
-        _grid_barrier(bar, (2 * t + 2) * n_prog, MAX_SPINS, POLL_LOADS)
+        _grid_barrier(bar, (2 * t + 2) * n_prog, MAX_SPINS)
         for tile in range(pid, n_tiles, n_prog):
             if k == 0:
                 g = _bwd_tile(x, g, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, k, n_rt,
@@ -687,7 +664,7 @@ def sinkhorn_persistent_bwd_kernel(
                 g = _bwd_tile(x, g, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, k, n_rt,
                               n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
                               2, LATER, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P, RESIDENT)
-        _grid_barrier(bar, (2 * t + 3) * n_prog, MAX_SPINS, POLL_LOADS)
+        _grid_barrier(bar, (2 * t + 3) * n_prog, MAX_SPINS)
     if SYMMETRIC:
         for tile in range(pid, n_tiles, n_prog):
             _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM, BN)
@@ -728,7 +705,7 @@ def _persistent_programs(n_tiles: int, n_mat: int, device: torch.device) -> int:
 
 def _persistent_meta(meta: dict) -> dict:
     """Launch options of the persistent kernels on top of the tiled ``meta``."""
-    meta = dict(meta, MAX_SPINS=PERSISTENT_MAX_SPINS, POLL_LOADS=PERSISTENT_POLL_LOADS)
+    meta = dict(meta, MAX_SPINS=PERSISTENT_MAX_SPINS)
     # the persistent kernels hold every phase's code: 16 warps keep a 64 x 128 tile out of spills
     # (checked with cuobjdump on sm_90 builds)
     if meta["BM"] * meta["BN"] >= 8192:

@@ -115,21 +115,11 @@ def test_sinkhorn_default_tiles(device, monkeypatch):
     check_against_reference(uk.sinkhorn, (x, 0.5, 2, True), backend="triton")
 
 
-@pytest.fixture(params=[True, False], ids=["poll-relaxed", "poll-acquire"])
-def persistent(request, monkeypatch, tiled):
-    """The tiled kernels as one persistent launch per direction (one program in the interpreter),
-    with either way of polling the grid barrier."""
+@pytest.fixture
+def persistent(monkeypatch, tiled):
+    """The tiled kernels as one persistent launch per direction (one program in the interpreter)."""
     monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
     monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
-    monkeypatch.setattr(sk_kernels, "PERSISTENT_POLL_LOADS", request.param)
-
-
-def test_sinkhorn_barrier_switch_is_checked(monkeypatch):
-    monkeypatch.setenv("UNIMIXER_SINKHORN_BARRIER", "spin")
-    with pytest.raises(ValueError, match="UNIMIXER_SINKHORN_BARRIER.*'relaxed' or 'acquire'"):
-        sk_kernels._barrier_polls_loads()
-    monkeypatch.setenv("UNIMIXER_SINKHORN_BARRIER", "acquire")
-    assert sk_kernels._barrier_polls_loads() is False
 
 
 @pytest.mark.triton
@@ -334,11 +324,9 @@ def test_sinkhorn_persistent_preset_gpu(monkeypatch, kernel_dtype, n, symmetric)
 
 @pytest.mark.gpu
 @pytest.mark.triton
-@pytest.mark.parametrize("poll_loads", [True, False], ids=["poll-relaxed", "poll-acquire"])
-def test_sinkhorn_persistent_batch_gpu(monkeypatch, poll_loads):
+def test_sinkhorn_persistent_batch_gpu(monkeypatch):
     monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
     monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
-    monkeypatch.setattr(sk_kernels, "PERSISTENT_POLL_LOADS", poll_loads)
     x = random_input((3, 300, 300), torch.float32, "cuda", requires_grad=True)
     check_against_reference(uk.sinkhorn, (x, 0.1, 7, True), backend="triton")
 
@@ -387,37 +375,34 @@ def test_sinkhorn_hypothesis_gpu():
     run()
 
 
-def compile_persistent_for_sm90() -> None:
-    """Compile both persistent kernels (resident, n = 1024 tiles) for sm_90 with each way of polling
-    the grid barrier, and check that the loads-polling barrier emits volatile loads in its loop.
-    Run in a process without ``TRITON_INTERPRET``."""
-    from unimixer_kernels.triton_kernels import sinkhorn as k
 
+def compile_persistent_for_sm90() -> None:
+    """Compile both persistent kernels (resident, ``n = 1024`` tiles) for sm_90 and check their grid
+    barrier: a release add to arrive, acquire reads to poll. Run without ``TRITON_INTERPRET``."""
     import triton
-    from bench.sm90 import SMEM_LIMIT
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from unimixer_kernels.triton_kernels import sinkhorn as k
 
+    from bench.sm90 import SMEM_LIMIT
+
+    f32 = "*fp32"
     for kernel, ptrs in (
-        (k.sinkhorn_persistent_fwd_kernel, dict(SRC="*fp32", A="*fp32", B="*fp32", WS="*fp32", P="*fp32",
-                                                U="*fp32", V="*fp32", PR="*fp32", PC="*fp32", BAR="*i32")),
-        (k.sinkhorn_persistent_bwd_kernel, dict(SRC="*fp32", A="*fp32", B="*fp32", WS="*fp32", DP="*fp32",
-                                                U="*fp32", V="*fp32", G="*fp32", DX="*fp32", PR="*fp32",
-                                                PC="*fp32", BAR="*i32")),
+        (k.sinkhorn_persistent_fwd_kernel, dict(SRC=f32, A=f32, B=f32, WS=f32, P=f32, U=f32, V=f32, PR=f32,
+                                                PC=f32, BAR="*i32")),
+        (k.sinkhorn_persistent_bwd_kernel, dict(SRC=f32, A=f32, B=f32, WS=f32, DP=f32, U=f32, V=f32, G=f32,
+                                                DX=f32, PR=f32, PC=f32, BAR="*i32")),
     ):
-        for poll_loads in (True, False):
-            consts = dict(MODE=0, LATER=1, SYMMETRIC=True, BM=64, BN=128, BK=32, DOT_IEEE=True, RT_P=16,
-                          CT_P=8, MAX_SPINS=k.PERSISTENT_MAX_SPINS, RESIDENT=True, POLL_LOADS=poll_loads)
-            fn = kernel
-            sig = {a: "constexpr" if a in consts else ptrs.get(a, "fp32" if a in ("scale", "grad_scale") else "i32")
-                   for a in fn.arg_names}
-            out = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts),
-                                 target=GPUTarget("cuda", 90, 32), options=dict(num_warps=16, num_stages=1))
-            assert out.metadata.shared <= SMEM_LIMIT, (kernel, poll_loads)
-            ptx = out.asm["ptx"]
-            # arrival: a release add; polls: relaxed (volatile) loads, or acquire loads throughout
-            assert ("ld.volatile.global" in ptx) == poll_loads, (kernel.__name__, poll_loads)
-            assert "ld.global.gpu.acquire" in ptx and "atom.global.gpu.release.add" in ptx, kernel.__name__
+        consts = dict(MODE=0, LATER=1, SYMMETRIC=True, BM=64, BN=128, BK=32, DOT_IEEE=True, RT_P=16, CT_P=8,
+                      MAX_SPINS=k.PERSISTENT_MAX_SPINS, RESIDENT=True)
+        floats = ("scale", "grad_scale")
+        sig = {a: "constexpr" if a in consts else ptrs.get(a, "fp32" if a in floats else "i32")
+               for a in kernel.arg_names}
+        out = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
+                             target=GPUTarget("cuda", 90, 32), options=dict(num_warps=16, num_stages=1))
+        assert out.metadata.shared <= SMEM_LIMIT, kernel.__name__
+        ptx = out.asm["ptx"]
+        assert "atom.global.gpu.release.add" in ptx and "ld.global.gpu.acquire" in ptx, kernel.__name__
 
 
 @pytest.mark.triton
