@@ -57,6 +57,21 @@ def test_unimixer_block_matches_reference(lite, tokens, dim, block):
     _backward_reaches_everything(blk.float(), x.float())
 
 
+def test_unimixer_block_one_stream_takes_the_norms_sum():
+    # y=None reuses add_rms_norm's sum as Ybar'; it must equal the two-stream path with y = x
+    blk = _perturb_(uknn.UniMixerBlock(4, 8, 2, hidden=12)).double()
+    x = torch.randn(3, 4, 8, dtype=F64, requires_grad=True)
+    one = blk(x)
+    two = blk(x, x.clone())
+    g = [torch.randn_like(t) for t in one]
+    for a, b in zip(one, two):
+        torch.testing.assert_close(a, b)
+    ga = torch.autograd.grad(one, [x, *blk.parameters()], g)
+    gb = torch.autograd.grad(two, [x, *blk.parameters()], g)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("lite", [False, True])
 def test_unimixer_stack_matches_reference(lite):
     stack = _perturb_(uknn.UniMixer(4, 8, 2, 3, lite=lite, hidden=16, bias=False)).double()

@@ -20,7 +20,7 @@ class UniMixerBlock(nn.Module):
         U  = RMSNorm(Z + UniMixing(Z))             uk.unimixing_rmsnorm, norm_mix
         O  = pSwiGLU(U)                            uk.pswiglu (PerTokenFFN)
         Xbar' = RMSNorm(Xbar + O)                  uk.add_rms_norm, norm_x
-        Ybar' = Ybar + O                           (the sum add_rms_norm returns)
+        Ybar' = Ybar + O                           (add_rms_norm's sum when y is None)
 
     ``forward(x, y=None)`` returns ``(Xbar', Ybar')``; ``y=None`` starts both streams at ``x``.
     Keywords ``lite``, ``rank``, ``bases``, ``heads``, ``init``, ``init_scale``, ``tau``, ``iters``
@@ -70,8 +70,11 @@ class UniMixerBlock(nn.Module):
         w_local, w_global = self.mixing.weights()
         u = ops.unimixing_rmsnorm(z, w_local, w_global, self.norm_mix, self.eps, backend=be)
         o = self.ffn(u)
-        x_next, _ = ops.add_rms_norm(o, x, self.norm_x, self.eps, backend=be)
-        return x_next, y + o
+        x_next, x_plus_o = ops.add_rms_norm(o, x, self.norm_x, self.eps, backend=be)
+        # one stream in (the first block): Ybar + O is the sum add_rms_norm already returned, which
+        # saves a [bs, T, D] buffer and an add, and in backward folds the residual gradient into
+        # the norm's backward kernel instead of a separate accumulation
+        return x_next, (x_plus_o if y is x else y + o)
 
 
 class UniMixer(nn.Module):
