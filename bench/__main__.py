@@ -1,4 +1,4 @@
-"""``python -m bench [check|run|table|plot|compare|cases|floors|train|profile|sm90] ...`` (repo root).
+"""``python -m bench [check|run|table|plot|compare|cases|floors|train|profile|memory|sm90] ...`` (repo root).
 
 With no command: ``check`` = correctness of every op x backend, then the quick benchmark table.
 """
@@ -223,6 +223,28 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_memory(args) -> int:
+    from .memory import memory_case
+
+    if not args.case or not args.preset:
+        raise SystemExit("memory: --case and --preset are required, e.g. "
+                         "--case rankmixer-block --preset rankmixer-100m")
+    device = _device(args.device)
+    dtype = _dtype(args.dtype, device)
+    _quiet_compile_logs()
+    parts = []
+    for case in _csv(args.case):
+        for preset in _csv(args.preset):
+            for mode in _csv(args.mode):
+                for provider in _csv(args.provider):
+                    parts.append(memory_case(case, preset, mode, provider, device, dtype, top=args.top,
+                                             autocast=not args.no_autocast))
+                    print(parts[-1], flush=True)
+                    if args.out:
+                        Path(args.out).write_text("\n\n".join(parts) + "\n")
+    return 0
+
+
 def cmd_sm90(args) -> int:
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise SystemExit("python -m bench sm90 compiles for the GPU: unset TRITON_INTERPRET")
@@ -332,6 +354,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=20, help="kernels listed per provider")
     p.add_argument("--out", help="also write the markdown to this file")
     p.set_defaults(fn=cmd_profile)
+    p = sub.add_parser("memory", help="the blocks alive at a step's peak memory, by allocating site (CUDA)")
+    _add_bench_args(p)
+    p.set_defaults(mode="fwd+bwd", provider="triton")
+    p.add_argument("--top", type=int, default=20, help="allocation sites listed")
+    p.add_argument("--out", help="also write the markdown to this file")
+    p.set_defaults(fn=cmd_memory)
     args = parser.parse_args(argv)
     if args.cmd is None:
         args = parser.parse_args(["check", *(argv or [])])

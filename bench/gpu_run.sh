@@ -14,10 +14,12 @@
 #             PERSISTENT_CASES picks the cases)
 #   sweep     the full UniMixer block at bs 256..2048 (sweep.json / .csv) and its plot (.png)
 #   profile   python -m bench profile of the UniMixer block's Triton path (profile.md)
+#   memory    python -m bench memory: the blocks alive at a training step's peak, by allocating site
+#             (memory.md; MEMORY_CASES="case@preset ...", default the RankMixer and full UniMixer blocks)
 #   train     two-block rankers trained 200 steps with backend reference and triton from one seed
 #             (train_compare.json / .png)
 #   table     the markdown table of results.json (table.md), printed last
-# Choose stages with STAGES="bench table" (default: all but profile); stage limits with
+# Choose stages with STAGES="bench table" (default: all but profile and memory); stage limits with
 # T_<STAGE>=seconds; GPU_TESTS=none leaves the GPU tests out of prepare, WARM_JOBS=0 and WARM_SWEEP=0
 # the cache warm-up;
 # BENCH_CASES="sinkhorn@paper-100m,unimixing" narrows the warm-up and the bench stage to those cases
@@ -168,6 +170,15 @@ if want profile; then
     stage profile "${T_PROFILE:-90}" "$PY" -m bench profile --case "${PROFILE_CASE:-unimixer-block}" \
         --preset "${PROFILE_PRESET:-paper-small}" --mode fwd+bwd,infer --provider triton --top 25 \
         --out "$OUT/profile.md"
+fi
+
+if want memory; then
+    : >"$OUT/memory.md"
+    for pair in ${MEMORY_CASES:-rankmixer-block@rankmixer-100m unimixer-block@paper-small}; do
+        stage "memory-$pair" "${T_MEMORY:-90}" "$PY" -m bench memory --case "${pair%@*}" --preset "${pair#*@}" \
+            --out "/tmp/memory_$pair.md"
+        cat "/tmp/memory_$pair.md" >>"$OUT/memory.md" 2>/dev/null && echo >>"$OUT/memory.md"
+    done
 fi
 
 if want train; then

@@ -253,3 +253,36 @@ def test_train_comparison_writes_both_curves(tmp_path):
         assert (tmp_path / "train_compare.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="two backends"):
         main(["train", "--out", str(tmp_path), "--backends", "reference"])
+
+
+def test_memory_peak_breakdown_replays_the_allocator_trace():
+    from bench.memory import peak_breakdown
+
+    def frames(path, line):
+        return [{"filename": "/x/torch/site.py", "line": 1, "name": "empty"},
+                {"filename": f"/repo/{path}", "line": line, "name": "fn"}]
+
+    events = [
+        {"action": "alloc", "addr": 1, "size": 100, "frames": frames("triton_kernels/pswiglu.py", 10)},
+        {"action": "alloc", "addr": 2, "size": 50, "frames": frames("unimixer_kernels/nn/ffn.py", 5)},
+        {"action": "free_requested", "addr": 1, "size": 100},  # only free_completed releases
+        {"action": "alloc", "addr": 3, "size": 30, "frames": frames("triton_kernels/pswiglu.py", 10)},
+        {"action": "free_completed", "addr": 1, "size": 100},
+        {"action": "alloc", "addr": 4, "size": 60, "frames": []},  # 140 live: below the peak of 180
+        {"action": "free_completed", "addr": 99, "size": 7},  # allocated before the recording
+    ]
+    peak, rows = peak_breakdown(events)
+    assert peak == 180
+    assert rows == [("triton_kernels/pswiglu.py:10 (fn)", 130, 2),
+                    ("unimixer_kernels/nn/ffn.py:5 (fn)", 50, 1)]
+
+
+def test_memory_command_needs_cuda_and_says_so():
+    from bench.__main__ import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        main(["memory", "--case", "rms_norm", "--preset", "paper-small", "--device", "cpu"])
+    with pytest.raises(SystemExit, match="--case and --preset are required"):
+        main(["memory", "--device", "cpu"])

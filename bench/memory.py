@@ -1,0 +1,96 @@
+"""Where a step's peak memory lies: ``python -m bench memory --case C --preset P [--mode M]
+[--provider X]`` (CUDA only).
+
+It runs the case's step once to warm up, then once under ``torch.cuda.memory._record_memory_history``.
+It replays the allocator's trace, finds the moment of the peak, and prints the blocks alive then,
+grouped by the innermost frame of this repository that allocated them (the kernel launcher or
+module line). Only what the step allocates counts: blocks allocated before the recording (inputs,
+parameters, ``.grad`` buffers) are the baseline, as for the ``peak_mib`` column of the benchmarks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from .cases import CASES
+from .presets import PRESETS
+
+# the folders whose frames name an allocation (the innermost one wins)
+REPO_DIRS = ("unimixer_kernels/", "triton_kernels/", "bench/")
+
+
+def _site(frames: list[dict]) -> str:
+    for f in frames:  # innermost first, as the allocator records them
+        name = f.get("filename", "")
+        for d in REPO_DIRS:
+            i = name.rfind(d)
+            if i >= 0:
+                return f"{name[i:]}:{f.get('line', '?')} ({f.get('name', '?')})"
+    return "(no frame of this repository: torch internals)"
+
+
+def peak_breakdown(events: Iterable[dict]) -> tuple[int, list[tuple[str, int, int]]]:
+    """Replay allocator trace ``events`` (``alloc`` / ``free_completed``, with ``addr``, ``size`` and
+    ``frames``); return the peak of live bytes above the start and, for the blocks alive at that
+    moment, ``(site, bytes, blocks)`` per allocating site, largest first."""
+    live: dict[int, tuple[int, str]] = {}
+    total = peak = 0
+    at_peak: dict[int, tuple[int, str]] = {}
+    for ev in events:
+        action = ev.get("action")
+        if action == "alloc":
+            live[ev["addr"]] = (ev["size"], _site(ev.get("frames", [])))
+            total += ev["size"]
+            if total > peak:
+                peak, at_peak = total, dict(live)
+        elif action == "free_completed" and ev["addr"] in live:
+            total -= live.pop(ev["addr"])[0]
+    sites: dict[str, list[int]] = {}
+    for size, site in at_peak.values():
+        s = sites.setdefault(site, [0, 0])
+        s[0] += size
+        s[1] += 1
+    rows = sorted(((k, v[0], v[1]) for k, v in sites.items()), key=lambda r: -r[1])
+    return peak, rows
+
+
+def memory_case(case: str, preset: str, mode: str, provider: str, device: torch.device,
+                dtype: torch.dtype, top: int = 20, autocast: bool = True) -> str:
+    if device.type != "cuda":
+        raise SystemExit("python -m bench memory records the CUDA caching allocator: it needs a CUDA device")
+    from . import ceilings
+    from .runner import CaseRunner, ModeCalls
+    from .timing import sync
+
+    runner = CaseRunner(device, dtype, ceilings.reference_h200(), 0, 0, autocast=autocast, rotate=False)
+    setup = CASES[case].factory(PRESETS[preset], device, dtype)
+    inputs = [setup.make_inputs()]
+    impl, mark = runner.impl_for(provider, setup, {}, mode)
+    if impl.prepare:
+        impl.prepare(mode)
+    calls = ModeCalls(impl, inputs, mode, device, autocast, mark)
+    calls()  # compiles, autotunes and allocates what persists (e.g. .grad) before the recording
+    sync(device)
+    torch.cuda.memory._record_memory_history(max_entries=1_000_000)
+    try:
+        out = calls()
+        sync(device)
+        del out
+        sync(device)
+        snapshot = torch.cuda.memory._snapshot()
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    events = [ev for trace in snapshot["device_traces"] for ev in trace]
+    peak, rows = peak_breakdown(events)
+    lines = [f"## {case} @ {preset}, {mode}, {provider}, {str(dtype).replace('torch.', '')}: "
+             f"peak {peak / 2**20:.1f} MiB above the step's start",
+             "", "| MiB at the peak | blocks | allocated at |", "|---:|---:|---|"]
+    for site, size, n in rows[:top]:
+        lines.append(f"| {size / 2**20:.1f} | {n} | {site} |")
+    if len(rows) > top:
+        rest = sum(r[1] for r in rows[top:])
+        blocks = sum(r[2] for r in rows[top:])
+        lines.append(f"| {rest / 2**20:.1f} | {blocks} | ({len(rows) - top} more sites) |")
+    return "\n".join(lines)
