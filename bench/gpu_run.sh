@@ -13,13 +13,15 @@
 #   persistent the opt-in persistent Sinkhorn kernels beside the default ones (persistent.json;
 #             PERSISTENT_CASES picks the cases)
 #   sweep     the full UniMixer block at bs 256..2048 (sweep.json / .csv) and its plot (.png)
+#   variant   the bench stage's cases again with kernel switches set (VARIANT="UNIMIXER_FFN_BACKWARD=recompute",
+#             VARIANT_CASES, default BENCH_CASES): variant.json
 #   profile   python -m bench profile of the UniMixer block's Triton path (profile.md)
 #   memory    python -m bench memory: the blocks alive at a training step's peak, by allocating site
 #             (memory.md; MEMORY_CASES="case@preset ...", default the RankMixer and full UniMixer blocks)
 #   train     two-block rankers trained 200 steps with backend reference and triton from one seed
 #             (train_compare.json / .png)
 #   table     the markdown table of results.json (table.md), printed last
-# Choose stages with STAGES="bench table" (default: all but profile and memory); stage limits with
+# Choose stages with STAGES="bench table" (default: all but variant, profile and memory); stage limits with
 # T_<STAGE>=seconds; GPU_TESTS=none leaves the GPU tests out of prepare, WARM_JOBS=0 and WARM_SWEEP=0
 # the cache warm-up;
 # BENCH_CASES="sinkhorn@paper-100m,unimixing" narrows the warm-up and the bench stage to those cases
@@ -163,6 +165,14 @@ if want persistent; then
     stage persistent "${T_PERSISTENT:-40}" env UNIMIXER_SINKHORN_PERSISTENT=1 "$PY" -m bench run --out "$OUT" \
         --name persistent --case "${PERSISTENT_CASES:-sinkhorn,lite_weights}" --provider triton,triton-cg \
         --mode fwd+bwd --warmup 10 --rep 40 --budget-s $(( ${T_PERSISTENT:-40} - 15 ))
+fi
+
+if want variant; then
+    # the benchmark again with kernel switches set (VARIANT="NAME=value ..."), timed beside the
+    # default rows of the bench stage: variant.json
+    stage variant "${T_VARIANT:-120}" env ${VARIANT:?set VARIANT=\"SWITCH=value\"} "$PY" -m bench run \
+        --out "$OUT" --name variant --case "${VARIANT_CASES:-$BENCH_CASES}" --warmup 10 --rep 60 \
+        --budget-s $(( ${T_VARIANT:-120} - 30 )) ${BENCH_ARGS:-}
 fi
 
 if want profile; then

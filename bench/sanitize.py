@@ -31,13 +31,17 @@ SANITIZE_SIZES = dict(bs=5, T=5, D=40, B=4, r=7, nb=3, h=24, ffn_mult=2, n=11, d
 def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
     """The kernel paths an op can take at these sizes: the default one, plus each path that the
     small shapes would not reach by themselves (forced here, so that the sanitizer sees it)."""
-    from triton_kernels import pswiglu, sinkhorn
-    from triton_kernels._launch import NORM_SWITCH, PERSISTENT_SWITCH
+    # the kernel modules as the ops import them (the package maps the checkout's triton_kernels/):
+    # a plain ``import triton_kernels`` from the repo root would be a second copy, which no op reads
+    from unimixer_kernels.triton_kernels import pswiglu, sinkhorn
+    from unimixer_kernels.triton_kernels._launch import FFN_BACKWARD_SWITCH, NORM_SWITCH, PERSISTENT_SWITCH
 
     paths: list[tuple[str, contextlib.AbstractContextManager]] = [("", contextlib.nullcontext())]
     if name in ("pswiglu", "pgelu_ffn"):
         # the tiled per-token GEMMs that tokens wider than FUSED_MAX_D take
         paths.append((" [wide-token GEMM path]", mock.patch.object(pswiglu, "FUSED_MAX_D", 0)))
+        paths.append((f" [{FFN_BACKWARD_SWITCH}=recompute]",
+                      mock.patch.dict(os.environ, {FFN_BACKWARD_SWITCH: "recompute"})))
     if name in ("sinkhorn", "lite_weights"):
         # tiled matrices with several tiles per axis, then the persistent kernels over them
         tiles = mock.patch.object(sinkhorn, "TILE_OVERRIDE", (16, 16))

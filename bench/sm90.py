@@ -119,10 +119,38 @@ def ffn_gemm_rows(usage: bool = True):
             yield label, (cfg.kwargs, cfg.num_warps, cfg.num_stages), res
 
 
+def ffn_weight_rows(usage: bool = True):
+    """``(label, config, result)`` for the fused path's weight-gradient kernel at ``D = 128`` and
+    ``256`` (bf16, gated): the tiles its autotuner keeps for a large batch, reading ``A, dG, dV``
+    from memory and recomputing them (``UNIMIXER_FFN_BACKWARD=recompute``)."""
+    import triton
+    import triton.language as tl
+    from unimixer_kernels.triton_kernels import pswiglu as k
+
+    ptrs = {a: "*bf16" for a in "DO U A DG DV W1 W3 W2 B1 B3 G V".split()}
+    ptrs.update({a: "*fp32" for a in "DW1 DW3 DW2 DB1 DB3 DB2".split()})
+    for d, h in ((128, 176), (256, 688)):
+        for recompute in (False, True):
+            if recompute:
+                bd = k._block_d(d)
+                bh = max(16, min(4096 // bd, triton.next_power_of_2(h)))
+            else:
+                bd, bh = 64, 64
+            consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, SAVED=False, RECOMPUTE=recompute,
+                          CDT=tl.bfloat16, PREC="tf32", BLOCK_D=bd, BLOCK_H=bh, stride_dod=1, stride_ud=1)
+            for cfg in k._prune_weight(k._weight_configs(), dict(BS_KEY=2048), **consts):
+                res = compile_sm90(k.ffn_bwd_weight_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps,
+                                   cfg.num_stages, usage=usage, floats=(),
+                                   divisible=("BS", "D", "H", "BS_KEY", "stride_dos", "stride_dot",
+                                              "stride_us", "stride_ut"))
+                label = f"ffn_bwd_weight D={d}{' recompute' if recompute else ''}"
+                yield label, (dict(cfg.kwargs, BLOCK_D=bd, BLOCK_H=bh), cfg.num_warps, cfg.num_stages), res
+
+
 def report() -> str:
     lines = ["| kernel | tile | warps | stages | shared KiB | registers | spill bytes |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    for rows in (unimixing_fwd_rows(), ffn_gemm_rows()):
+    for rows in (unimixing_fwd_rows(), ffn_gemm_rows(), ffn_weight_rows()):
         for label, (kw, warps, stages), res in rows:
             tile = " ".join(f"{k}={v}" for k, v in kw.items())
             lines.append(f"| {label} | {tile} | {warps} | {stages} | {res['shared'] / 1024:.0f} | "

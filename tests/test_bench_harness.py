@@ -286,3 +286,25 @@ def test_memory_command_needs_cuda_and_says_so():
         main(["memory", "--case", "rms_norm", "--preset", "paper-small", "--device", "cpu"])
     with pytest.raises(SystemExit, match="--case and --preset are required"):
         main(["memory", "--device", "cpu"])
+
+
+def test_sanitize_variants_patch_the_modules_the_ops_use():
+    # the forced paths must reach the kernel modules the ops call (unimixer_kernels.triton_kernels),
+    # not a second copy imported as the top-level triton_kernels package
+    import os
+
+    from unimixer_kernels.triton_kernels import pswiglu, sinkhorn
+
+    from bench.sanitize import _variants
+
+    seen = {}
+    for name in ("pswiglu", "sinkhorn"):
+        for label, path in _variants(name):
+            with path:
+                seen[name + label] = (pswiglu.FUSED_MAX_D, sinkhorn.TILE_OVERRIDE, sinkhorn.PERSISTENT,
+                                      os.environ.get("UNIMIXER_FFN_BACKWARD"))
+    assert seen["pswiglu [wide-token GEMM path]"][0] == 0
+    assert seen["pswiglu [UNIMIXER_FFN_BACKWARD=recompute]"][3] == "recompute"
+    assert seen["sinkhorn [tiled, 16x16 tiles]"][1] == (16, 16)
+    assert seen["sinkhorn [tiled, persistent (UNIMIXER_SINKHORN_PERSISTENT=1)]"][2] is True
+    assert pswiglu.FUSED_MAX_D != 0 and sinkhorn.TILE_OVERRIDE is None  # restored

@@ -14,11 +14,16 @@ POISON_ENV = "UNIMIXER_POISON_OUTPUTS"
 # Set them before the first kernel call (Sinkhorn reads its switch when its module is imported).
 NORM_SWITCH = "UNIMIXER_UNIMIXING_NORM"
 PERSISTENT_SWITCH = "UNIMIXER_SINKHORN_PERSISTENT"
+FFN_BACKWARD_SWITCH = "UNIMIXER_FFN_BACKWARD"
 SWITCHES = {
     NORM_SWITCH: ("composed", "unimixing_rmsnorm: 'composed' (mixing kernel, then one add + RMSNorm "
                               "pass) or 'fused' (in the mixing kernel's epilogue)"),
     PERSISTENT_SWITCH: ("0", "1: tiled Sinkhorn in one persistent launch per direction (grid barriers; "
                              "opt-in, not faster on the H200)"),
+    FFN_BACKWARD_SWITCH: ("buffers", "pswiglu / pgelu_ffn backward with whole-row tiles (D <= 256): "
+                                     "'buffers' (A, dG, dV pass through [T, bs, h] buffers between its two "
+                                     "kernels) or 'recompute' (the weight-gradient kernel forms them again: "
+                                     "no such buffers, more FLOPs; not yet timed on a GPU)"),
 }
 
 

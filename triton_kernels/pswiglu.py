@@ -31,7 +31,11 @@ Backward, with ``dA = dO W2^T``::
 ``(T * NSPLIT, D tiles, h tiles)``): each program reduces one contiguous range of samples in its
 loop into an fp32 partial, and the ``NSPLIT`` partials are summed in a second pass (``NSPLIT`` is
 sized so the grid fills the GPU; 1 when ``T`` alone does). Weight and bias gradients are
-deterministic: no atomics.
+deterministic: no atomics. With ``UNIMIXER_FFN_BACKWARD=recompute`` the act kernel writes only
+``du``, and the weight kernel forms ``A, dG, dV`` of its hidden tile itself from ``u``, ``dO`` and the
+weights (its one d tile then spans ``D``): no ``[T, bs, h]`` buffer in the backward at all, for
+three more small GEMMs per sample tile (about 1.4x the backward's FLOPs; the two passes over the
+three ``[T, bs, h]`` buffers they replace cost about as much in HBM traffic). Not yet timed on a GPU.
 
 Tiles (sample tile, hidden chunk, warps, stages) are autotuned on the GPU, keyed on ``D``, ``h``
 and the batch rounded up to a power of two, among configurations first pruned by a
@@ -61,7 +65,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import bucket, new_output, num_programs_for
+from ._launch import FFN_BACKWARD_SWITCH, bucket, new_output, num_programs_for, switch
 
 
 def _interpreting() -> bool:
@@ -110,9 +114,14 @@ def _prune_tiles(configs, named_args, **kwargs) -> list:
 
 def _prune_weight(configs, named_args, **kwargs) -> list:
     """As :func:`_prune_tiles` for the weight-gradient kernel: five ``[64, BLOCK_S]`` operand
-    tiles per pipeline stage."""
+    tiles per pipeline stage. ``RECOMPUTE`` takes its own, smaller family of tiles."""
     if len(configs) == 1:
         return configs
+    recompute = bool(kwargs.get("RECOMPUTE", False))
+    family = _WEIGHT_SHAPES_RECOMPUTE if recompute else _WEIGHT_SHAPES
+    configs = [c for c in configs if (c.kwargs["BLOCK_S"], c.num_warps, c.num_stages) in family] or configs
+    if recompute and kwargs.get("BLOCK_D", 0) >= 256:
+        configs = [c for c in configs if c.kwargs["BLOCK_S"] <= 16] or configs
     cdt = kwargs.get("CDT", tl.float16)
     elem = max(cdt.primitive_bitwidth // 8, 1) if hasattr(cdt, "primitive_bitwidth") else 4
     size = lambda c: elem * max(c.num_stages, 1) * 5 * 64 * c.kwargs["BLOCK_S"]  # noqa: E731
@@ -122,11 +131,19 @@ def _prune_weight(configs, named_args, **kwargs) -> list:
     return [min(fits, key=size)]
 
 
+# (sample tile, warps, stages) of the weight-gradient kernel reading A, dG, dV from memory
+_WEIGHT_SHAPES = [(32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 8, 2), (32, 4, 1)]
+# ... and recomputing them (whole-D rows, three [D, BLOCK_H] fp32 accumulators): the tiles that
+# ptxas compiles for sm_90 without spills at D = 128 (BLOCK_H 32); at D = 256 (BLOCK_H 16) only
+# the 16-sample ones
+_WEIGHT_SHAPES_RECOMPUTE = [(16, 8, 2), (32, 8, 2), (32, 8, 3), (16, 4, 2)]
+
+
 def _weight_configs() -> list:
     if _interpreting():
         return [triton.Config({"BLOCK_S": 16}, num_warps=4, num_stages=1)]
-    shapes = [(32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 8, 2), (32, 4, 1)]
-    return [triton.Config({"BLOCK_S": s}, num_warps=w, num_stages=st) for s, w, st in shapes]
+    return [triton.Config({"BLOCK_S": s}, num_warps=w, num_stages=st)
+            for s, w, st in _WEIGHT_SHAPES + _WEIGHT_SHAPES_RECOMPUTE]
 
 
 @triton.jit
@@ -231,7 +248,7 @@ def ffn_fwd_kernel(
              acc.to(OUT.dtype.element_ty), mask=io_mask)
 
 
-@triton.autotune(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVED"],
+@triton.autotune(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE"],
                  prune_configs_by={"early_config_prune": _prune_tiles})
 @triton.jit
 def ffn_bwd_act_kernel(
@@ -240,9 +257,11 @@ def ffn_bwd_act_kernel(
     stride_dos, stride_dot, stride_dod,
     stride_us, stride_ut, stride_ud,
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr,
-    SAVED: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
+    SAVED: tl.constexpr, STORE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
+    """``du`` for program ``(t, sample tile)``; with ``STORE`` also ``A, dG, dV`` for
+    ``ffn_bwd_weight_kernel`` (without it, that kernel recomputes them)."""
     t, offs_s, offs_d, mask_s, mask_d, io_mask = _token_tile(BS, D, BLOCK_S, BLOCK_D)
     do = _load_token_rows(DO, t, offs_s, offs_d, io_mask, stride_dos, stride_dot, stride_dod, CDT)
     u = _load_token_rows(U, t, offs_s, offs_d, io_mask, stride_us, stride_ut, stride_ud, CDT)
@@ -265,10 +284,11 @@ def ffn_bwd_act_kernel(
         w2t = tl.load(W2 + t * H * D + offs_h[None, :] * D + offs_d[:, None], mask=wmask_t, other=0.0)
         da = tl.dot(do, w2t.to(CDT), input_precision=PREC)
         a, dg, dv = _activation_bwd(g, v, da, GATED)
-        if GATED:
-            tl.store(DV + hid, dv.to(DV.dtype.element_ty), mask=hmask)
-        tl.store(A + hid, a.to(A.dtype.element_ty), mask=hmask)
-        tl.store(DG + hid, dg.to(DG.dtype.element_ty), mask=hmask)
+        if STORE:
+            if GATED:
+                tl.store(DV + hid, dv.to(DV.dtype.element_ty), mask=hmask)
+            tl.store(A + hid, a.to(A.dtype.element_ty), mask=hmask)
+            tl.store(DG + hid, dg.to(DG.dtype.element_ty), mask=hmask)
         wmask = mask_h[:, None] & mask_d[None, :]
         # W1[t]^T as an [h-chunk, D] tile: du = dG W1^T (+ dV W3^T)
         w1t = tl.load(W1 + t * D * H + offs_h[:, None] + offs_d[None, :] * H, mask=wmask, other=0.0)
@@ -280,19 +300,24 @@ def ffn_bwd_act_kernel(
              du.to(DU.dtype.element_ty), mask=io_mask)
 
 
-@triton.autotune(configs=_weight_configs(), key=["D", "H", "BS_KEY", "GATED", "NSPLIT"],
+@triton.autotune(configs=_weight_configs(), key=["D", "H", "BS_KEY", "GATED", "NSPLIT", "RECOMPUTE"],
                  prune_configs_by={"early_config_prune": _prune_weight})
 @triton.jit
 def ffn_bwd_weight_kernel(
-    DO, U, A, DG, DV, DW1, DW3, DW2, DB1, DB3, DB2,
+    DO, U, A, DG, DV, W1, W3, W2, B1, B3, G, V, DW1, DW3, DW2, DB1, DB3, DB2,
     BS, D, H, BS_KEY, NSPLIT,
     stride_dos, stride_dot, stride_dod,
     stride_us, stride_ut, stride_ud,
-    GATED: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
+    GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr, SAVED: tl.constexpr,
+    RECOMPUTE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     """Program ``(t * NSPLIT + split, d tile, h tile)`` reduces one contiguous range of samples
-    into its fp32 partial ``[NSPLIT, T, ...]`` slot; the caller sums the ``NSPLIT`` axis."""
+    into its fp32 partial ``[NSPLIT, T, ...]`` slot; the caller sums the ``NSPLIT`` axis.
+
+    ``RECOMPUTE``: ``A, dG, dV`` of the program's hidden tile are formed here from ``u``, ``dO`` and
+    the weights (``G, V`` loaded when ``SAVED``), as ``ffn_bwd_act_kernel`` forms them, instead of
+    read from its ``[T, bs, h]`` buffers; ``BLOCK_D`` then spans all of ``D`` (one d tile)."""
     pid0 = tl.program_id(0)
     t = (pid0 // NSPLIT).to(tl.int64)
     split = pid0 % NSPLIT
@@ -321,15 +346,34 @@ def ffn_bwd_weight_kernel(
                      mask=mask_s[:, None] & mask_d[None, :], other=0.0).to(CDT)
         hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
         hmask = mask_s[:, None] & mask_h[None, :]
-        dg = tl.load(DG + hid, mask=hmask, other=0.0)
+        if RECOMPUTE:
+            if SAVED:
+                g = tl.load(G + hid, mask=hmask, other=0.0).to(tl.float32)
+                v = g
+                if GATED:
+                    v = tl.load(V + hid, mask=hmask, other=0.0).to(tl.float32)
+            else:
+                g, v = _hidden(tl.trans(ut), t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
+                               GATED, HAS_B1, HAS_B3, CDT, PREC)
+            w2t = tl.load(W2 + t * H * D + offs_h[None, :] * D + offs_d[:, None],
+                          mask=mask_d[:, None] & mask_h[None, :], other=0.0)
+            a, dg32, dv32 = _activation_bwd(g, v, tl.dot(do, w2t.to(CDT), input_precision=PREC), GATED)
+            # rounded to the compute dtype as the stored buffers are; rows past the range are 0
+            dg = tl.where(mask_s[:, None], dg32, 0.0).to(CDT)
+            dv = tl.where(mask_s[:, None], dv32, 0.0).to(CDT)
+            at = tl.trans(tl.where(mask_s[:, None], a, 0.0).to(CDT))
+        else:
+            dg = tl.load(DG + hid, mask=hmask, other=0.0)
+            dv = dg
+            if GATED:
+                dv = tl.load(DV + hid, mask=hmask, other=0.0)
+            at = tl.load(A + t * BS * H + offs_s[None, :] * H + offs_h[:, None],
+                         mask=mask_h[:, None] & mask_s[None, :], other=0.0)
         acc_w1 = tl.dot(ut, dg, acc_w1, input_precision=PREC)
         acc_b1 += tl.sum(dg.to(tl.float32), axis=0)
         if GATED:
-            dv = tl.load(DV + hid, mask=hmask, other=0.0)
             acc_w3 = tl.dot(ut, dv, acc_w3, input_precision=PREC)
             acc_b3 += tl.sum(dv.to(tl.float32), axis=0)
-        at = tl.load(A + t * BS * H + offs_s[None, :] * H + offs_h[:, None],
-                     mask=mask_h[:, None] & mask_s[None, :], other=0.0)
         acc_w2 = tl.dot(at, do, acc_w2, input_precision=PREC)
         acc_b2 += tl.sum(do.to(tl.float32), axis=0)
     slot = split * n_tokens + t
@@ -604,7 +648,7 @@ def ffn_fwd(
     return o, g, v
 
 
-def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt) -> None:
+def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store: bool) -> None:
     bs, t, d = u.shape
     h = w1.shape[-1]
     gated = w3 is not None
@@ -619,8 +663,17 @@ def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt) -> N
         do.stride(0), do.stride(1), do.stride(2),
         u.stride(0), u.stride(1), u.stride(2),
         GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None,
-        SAVED=saved, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
+        SAVED=saved, STORE=store, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
     )
+
+
+def recompute_hidden_grads() -> bool:
+    """Whether the fused path's weight-gradient kernel recomputes ``A, dG, dV`` (the
+    ``UNIMIXER_FFN_BACKWARD`` switch)."""
+    mode = switch(FFN_BACKWARD_SWITCH)
+    if mode not in ("buffers", "recompute"):
+        raise ValueError(f"{FFN_BACKWARD_SWITCH}: expected 'buffers' or 'recompute', got {mode!r}")
+    return mode == "recompute"
 
 
 def ffn_bwd(
@@ -653,11 +706,17 @@ def ffn_bwd(
                  for x in (w1, w3, w2)]
         fz = [torch.zeros(shape, device=u.device, dtype=torch.float32) for shape in ((t, h), (t, h), (t, d))]
         return du, zeros[0], zeros[1], zeros[2], fz[0], (fz[1] if gated else None), fz[2]
-    a = torch.empty((t, bs, h), device=u.device, dtype=cdt)
-    dg = torch.empty((t, bs, h), device=u.device, dtype=cdt)
-    dv = torch.empty((t, bs, h), device=u.device, dtype=cdt) if gated else dg
     saved = g is not None
-    if not _fused(d, cdt):
+    fused = _fused(d, cdt)
+    # the fused path's weight kernel can form A, dG, dV itself: no [T, bs, h] buffers then
+    lean = fused and recompute_hidden_grads()
+    if lean:
+        a = dg = dv = du  # unused
+    else:
+        a = torch.empty((t, bs, h), device=u.device, dtype=cdt)
+        dg = torch.empty((t, bs, h), device=u.device, dtype=cdt)
+        dv = torch.empty((t, bs, h), device=u.device, dtype=cdt) if gated else dg
+    if not fused:
         if not saved:
             # the recomputed activation goes into ``a``, which the dA pass then rewrites with the
             # same values: no [T, bs, h] buffer of its own (both passes stay idempotent, as the
@@ -671,9 +730,15 @@ def ffn_bwd(
         _token_gemm(MODE_DU, dg, w1, du, t, bs, d, h, (h, bs * h, 1), (d * h, 1, h), (t * d, d, 1), cdt,
                     a2=dv if gated else None, b2=w3, gated=gated)
         return (du, *_weight_grads_tiled(do, u, a, dg, dv if gated else None, w1, w3, w2, cdt))
-    _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt)
-    bd = min(64, max(16, triton.next_power_of_2(d)))
-    bh = min(64, max(16, triton.next_power_of_2(h)))
+    _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store=not lean)
+    # lean: one d tile spans D (the recompute needs whole rows of u and dO); narrower hidden tiles
+    # keep its three [D, BLOCK_H] fp32 accumulators in registers
+    if lean:
+        bd = _block_d(d)
+        bh = max(16, min(4096 // bd, triton.next_power_of_2(h)))
+    else:
+        bd = min(64, max(16, triton.next_power_of_2(d)))
+        bh = min(64, max(16, triton.next_power_of_2(h)))
     d_tiles, h_tiles = triton.cdiv(d, bd), triton.cdiv(h, bh)
     if n_split is None:
         n_split = _num_splits(bs, t * d_tiles * h_tiles, u.device)
@@ -684,13 +749,17 @@ def ffn_bwd(
     db1_p = new_output((n_split, t, h), **f32)
     db3_p = new_output((n_split, t, h), **f32) if gated else db1_p
     db2_p = new_output((n_split, t, d), **f32)
+    dummy = w1
     ffn_bwd_weight_kernel[(t * n_split, d_tiles, h_tiles)](
         do, u, a, dg, dv,
+        w1, w3 if gated else dummy, w2, b1 if b1 is not None else dummy, b3 if b3 is not None else dummy,
+        g if saved else dummy, v if (saved and gated) else dummy,
         dw1_p, dw3_p, dw2_p, db1_p, db3_p, db2_p,
         bs, d, h, bucket(bs), n_split,
         do.stride(0), do.stride(1), do.stride(2),
         u.stride(0), u.stride(1), u.stride(2),
-        GATED=gated, CDT=tdt, PREC=_prec(cdt), BLOCK_D=bd, BLOCK_H=bh,
+        GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None, SAVED=saved, RECOMPUTE=lean,
+        CDT=tdt, PREC=_prec(cdt), BLOCK_D=bd, BLOCK_H=bh,
     )
     return (
         du,

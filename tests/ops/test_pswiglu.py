@@ -130,11 +130,13 @@ def test_pswiglu_bad_input():
 
 @pytest.mark.gpu
 @pytest.mark.triton
+@pytest.mark.parametrize("backward", ["buffers", "recompute"])
 @pytest.mark.parametrize("recompute", [True, False])
 @pytest.mark.parametrize("preset", [(32, 128, 176), (16, 96, 128)], ids=["paper-small", "lite-2.5m"])
-def test_pswiglu_presets_gpu(kernel_dtype, recompute, preset):
+def test_pswiglu_presets_gpu(monkeypatch, kernel_dtype, recompute, preset, backward):
     """SPEC §10 paper-small (T=32, D=128, h=176) and lite-2.5m (T=16, D=96, h=128), with a
-    smaller batch for the fp64 reference."""
+    smaller batch for the fp64 reference; both backward strategies of the fused path."""
+    monkeypatch.setenv("UNIMIXER_FFN_BACKWARD", backward)
     t, d, h = preset
     bs = 256
     u = random_input((bs, t, d), kernel_dtype, "cuda", requires_grad=True)
@@ -205,6 +207,60 @@ def test_pswiglu_weight_grad_split_matches_single_pass(device):
 
 
 @pytest.fixture
+def recompute_backward(monkeypatch):
+    """The fused path's weight-gradient kernel forms A, dG, dV itself (no [T, bs, h] buffers)."""
+    monkeypatch.setenv("UNIMIXER_FFN_BACKWARD", "recompute")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("shape", SHAPES + [(33, 2, 40, 50)])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
+def test_pswiglu_triton_recomputing_backward(device, kernel_dtype, recompute_backward, shape, bias,
+                                             recompute):
+    bs, t, d, h = shape
+    u = random_input((bs, t, d), kernel_dtype, device, requires_grad=True)
+    check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, kernel_dtype, device, bias)),
+                            backend="triton", kwargs={"recompute": recompute})
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_pgelu_ffn_triton_recomputing_backward(device, kernel_dtype, recompute_backward, bias):
+    bs, t, d, h = 9, 3, 24, 36
+    u = random_input((bs, t, d), kernel_dtype, device, requires_grad=True)
+    w1, _, w2, b1, _, b2 = _weights(t, d, h, kernel_dtype, device, bias)
+    check_against_reference(uk.pgelu_ffn, (u, w1, b1, w2, b2), backend="triton")
+
+
+@pytest.mark.triton
+def test_pswiglu_recomputing_backward_matches_buffers(device, monkeypatch):
+    """Both backward strategies, and one or three sample ranges, give the same gradients."""
+    from unimixer_kernels.triton_kernels.pswiglu import ffn_bwd
+
+    bs, t, d, h = 40, 2, 16, 24
+    u = random_input((bs, t, d), torch.float32, device)
+    wg, wu, wd, bg, bu, _ = (x.detach() if x is not None else None
+                             for x in _weights(t, d, h, torch.float32, device, True))
+    do = torch.randn(bs, t, d, device=device)
+    monkeypatch.setenv("UNIMIXER_FFN_BACKWARD", "buffers")
+    ref = ffn_bwd(do, u, wg, wu, wd, bg, bu, None, None, n_split=1)
+    monkeypatch.setenv("UNIMIXER_FFN_BACKWARD", "recompute")
+    for n_split in (1, 3):
+        got = ffn_bwd(do, u, wg, wu, wd, bg, bu, None, None, n_split=n_split)
+        for a, b in zip(ref, got):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_ffn_backward_switch_is_checked(monkeypatch):
+    from unimixer_kernels.triton_kernels.pswiglu import recompute_hidden_grads
+
+    monkeypatch.setenv("UNIMIXER_FFN_BACKWARD", "lean")
+    with pytest.raises(ValueError, match="UNIMIXER_FFN_BACKWARD.*'buffers' or 'recompute'"):
+        recompute_hidden_grads()
+
+
+@pytest.fixture
 def tiled_path(monkeypatch):
     """Force the tiled per-token GEMMs that wide tokens (D > FUSED_MAX_D) take."""
     from unimixer_kernels.triton_kernels import pswiglu as kernels
@@ -268,10 +324,11 @@ def test_pswiglu_triton_empty_batch(device):
 @pytest.mark.triton
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
 def test_ffn_token_gemm_tiles_compile_for_sm90(sm90_compile):
-    # every (mode, tile) the autotuner may pick for a large bf16 GEMM compiles and fits an SM
+    # every (mode, tile) the autotuner may pick for a large bf16 GEMM, and every weight-gradient tile
+    # of the fused path (both backward strategies), compiles and fits an SM
     sm90_compile(
-        "from bench.sm90 import SMEM_LIMIT, ffn_gemm_rows\n"
-        "for label, cfg, res in ffn_gemm_rows(usage=False):\n"
+        "from bench.sm90 import SMEM_LIMIT, ffn_gemm_rows, ffn_weight_rows\n"
+        "for label, cfg, res in [*ffn_gemm_rows(usage=False), *ffn_weight_rows(usage=False)]:\n"
         "    assert res['shared'] <= SMEM_LIMIT, (label, cfg, res)\n"
     )
 
