@@ -205,22 +205,29 @@ def cmd_train(args) -> int:
     return train_main(args.out, _csv(args.family), backends, args.steps, device)
 
 
-def cmd_profile(args) -> int:
-    from .profiling import profile_case
-
-    device = _device(args.device)
-    dtype = _dtype(args.dtype, device)
+def _reports(args, make) -> int:
+    """``make(case, preset, mode)`` -> markdown for every combination of the arguments' lists,
+    printed as it comes and (``--out``) rewritten after each, so a run cut short keeps what it has."""
     _quiet_compile_logs()
     parts = []
     for case in _csv(args.case):
         for preset in _csv(args.preset):
             for mode in _csv(args.mode):
-                parts.append(profile_case(case, preset, mode, _csv(args.provider), device, dtype,
-                                          steps=args.steps, top=args.top, autocast=not args.no_autocast))
+                parts.append(make(case, preset, mode))
                 print(parts[-1], flush=True)
-                if args.out:  # rewritten after each profile: a run cut short keeps what it has
+                if args.out:
                     Path(args.out).write_text("\n\n".join(parts) + "\n")
     return 0
+
+
+def cmd_profile(args) -> int:
+    from .profiling import profile_case
+
+    device = _device(args.device)
+    dtype = _dtype(args.dtype, device)
+    return _reports(args, lambda case, preset, mode: profile_case(
+        case, preset, mode, _csv(args.provider), device, dtype, steps=args.steps, top=args.top,
+        autocast=not args.no_autocast))
 
 
 def cmd_memory(args) -> int:
@@ -231,18 +238,9 @@ def cmd_memory(args) -> int:
                          "--case rankmixer-block --preset rankmixer-100m")
     device = _device(args.device)
     dtype = _dtype(args.dtype, device)
-    _quiet_compile_logs()
-    parts = []
-    for case in _csv(args.case):
-        for preset in _csv(args.preset):
-            for mode in _csv(args.mode):
-                for provider in _csv(args.provider):
-                    parts.append(memory_case(case, preset, mode, provider, device, dtype, top=args.top,
-                                             autocast=not args.no_autocast))
-                    print(parts[-1], flush=True)
-                    if args.out:
-                        Path(args.out).write_text("\n\n".join(parts) + "\n")
-    return 0
+    return _reports(args, lambda case, preset, mode: "\n\n".join(
+        memory_case(case, preset, mode, provider, device, dtype, top=args.top, autocast=not args.no_autocast)
+        for provider in _csv(args.provider)))
 
 
 def cmd_sm90(args) -> int:

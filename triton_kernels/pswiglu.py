@@ -166,6 +166,26 @@ def _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
 
 
 @triton.jit
+def _hidden_grads(u, do, G, V, hid, hmask, t, offs_d, offs_h, mask_d, mask_h, W1, W3, W2, B1, B3, D, H,
+                  SAVED: tl.constexpr, GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr,
+                  CDT: tl.constexpr, PREC: tl.constexpr):
+    """``(A, dG, dV)`` fp32 of one hidden chunk: ``G, V`` loaded (``SAVED``) or recomputed from the
+    ``u`` rows, and ``dA = dO W2^T`` from the ``dO`` rows (both ``[samples, whole D]``)."""
+    if SAVED:
+        g = tl.load(G + hid, mask=hmask, other=0.0).to(tl.float32)
+        v = g
+        if GATED:
+            v = tl.load(V + hid, mask=hmask, other=0.0).to(tl.float32)
+    else:
+        g, v = _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
+                       GATED, HAS_B1, HAS_B3, CDT, PREC)
+    # W2[t]^T as a [D, h-chunk] tile: dA = dO W2^T
+    w2t = tl.load(W2 + t * H * D + offs_h[None, :] * D + offs_d[:, None],
+                  mask=mask_d[:, None] & mask_h[None, :], other=0.0)
+    return _activation_bwd(g, v, tl.dot(do, w2t.to(CDT), input_precision=PREC), GATED)
+
+
+@triton.jit
 def _token_tile(BS, D, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     """Program ``(t, sample tile)`` of a fused kernel: token ``t``, sample and feature offsets and
     their masks."""
@@ -271,19 +291,8 @@ def ffn_bwd_act_kernel(
         mask_h = offs_h < H
         hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
         hmask = mask_s[:, None] & mask_h[None, :]
-        if SAVED:
-            g = tl.load(G + hid, mask=hmask, other=0.0).to(tl.float32)
-            v = g
-            if GATED:
-                v = tl.load(V + hid, mask=hmask, other=0.0).to(tl.float32)
-        else:
-            g, v = _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
-                           GATED, HAS_B1, HAS_B3, CDT, PREC)
-        wmask_t = mask_d[:, None] & mask_h[None, :]
-        # W2[t]^T as a [D, h-chunk] tile: dA = dO W2^T
-        w2t = tl.load(W2 + t * H * D + offs_h[None, :] * D + offs_d[:, None], mask=wmask_t, other=0.0)
-        da = tl.dot(do, w2t.to(CDT), input_precision=PREC)
-        a, dg, dv = _activation_bwd(g, v, da, GATED)
+        a, dg, dv = _hidden_grads(u, do, G, V, hid, hmask, t, offs_d, offs_h, mask_d, mask_h, W1, W3, W2,
+                                  B1, B3, D, H, SAVED, GATED, HAS_B1, HAS_B3, CDT, PREC)
         if STORE:
             if GATED:
                 tl.store(DV + hid, dv.to(DV.dtype.element_ty), mask=hmask)
@@ -347,17 +356,9 @@ def ffn_bwd_weight_kernel(
         hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
         hmask = mask_s[:, None] & mask_h[None, :]
         if RECOMPUTE:
-            if SAVED:
-                g = tl.load(G + hid, mask=hmask, other=0.0).to(tl.float32)
-                v = g
-                if GATED:
-                    v = tl.load(V + hid, mask=hmask, other=0.0).to(tl.float32)
-            else:
-                g, v = _hidden(tl.trans(ut), t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
-                               GATED, HAS_B1, HAS_B3, CDT, PREC)
-            w2t = tl.load(W2 + t * H * D + offs_h[None, :] * D + offs_d[:, None],
-                          mask=mask_d[:, None] & mask_h[None, :], other=0.0)
-            a, dg32, dv32 = _activation_bwd(g, v, tl.dot(do, w2t.to(CDT), input_precision=PREC), GATED)
+            a, dg32, dv32 = _hidden_grads(tl.trans(ut), do, G, V, hid, hmask, t, offs_d, offs_h, mask_d,
+                                          mask_h, W1, W3, W2, B1, B3, D, H, SAVED, GATED, HAS_B1, HAS_B3,
+                                          CDT, PREC)
             # rounded to the compute dtype as the stored buffers are; rows past the range are 0
             dg = tl.where(mask_s[:, None], dg32, 0.0).to(CDT)
             dv = tl.where(mask_s[:, None], dv32, 0.0).to(CDT)
