@@ -27,15 +27,6 @@ SHAPE = dict(n=4, nb=1, bsz=46, r=4)
 TAU, ITERS = 0.05, 4
 
 
-def _inputs(dtype):
-    import torch
-
-    n, nb, bsz, r = SHAPE["n"], SHAPE["nb"], SHAPE["bsz"], SHAPE["r"]
-    # the factors' scales of tests/ops/test_lite_weights.py: logits of unit variance
-    mk = lambda shape, scale: (torch.randn(*shape) * scale).to(dtype)  # noqa: E731
-    return mk((n, nb), nb**-0.25), mk((nb, bsz, bsz), nb**-0.25), mk((n, r), r**-0.25), mk((r, n), r**-0.25)
-
-
 def _d_omega(inputs, grads, dtype, backend, perm=None):
     import torch
 
@@ -66,10 +57,12 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: the kernel runs on the CPU
     import torch
 
+    from unimixer_kernels.testing import lite_weights_inputs
+
     kernel, permuted = [], []
     for seed in range(args.seeds):
         torch.manual_seed(seed)
-        inputs = _inputs(torch.float32)
+        inputs = lite_weights_inputs(*SHAPE.values(), torch.float32)
         n, bsz = SHAPE["n"], SHAPE["bsz"]
         grads = [torch.randn(n, bsz, bsz, dtype=torch.float64), torch.randn(n, n, dtype=torch.float64)]
         ref = _d_omega(inputs, grads, torch.float64, "reference")

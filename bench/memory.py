@@ -61,16 +61,12 @@ def memory_case(case: str, preset: str, mode: str, provider: str, device: torch.
     if device.type != "cuda":
         raise SystemExit("python -m bench memory records the CUDA caching allocator: it needs a CUDA device")
     from . import ceilings
-    from .runner import CaseRunner, ModeCalls
+    from .runner import CaseRunner
     from .timing import sync
 
     runner = CaseRunner(device, dtype, ceilings.reference_h200(), 0, 0, autocast=autocast, rotate=False)
     setup = CASES[case].factory(PRESETS[preset], device, dtype)
-    inputs = [setup.make_inputs()]
-    impl, mark = runner.impl_for(provider, setup, {}, mode)
-    if impl.prepare:
-        impl.prepare(mode)
-    calls = ModeCalls(impl, inputs, mode, device, autocast, mark)
+    calls = runner.step(provider, setup, [setup.make_inputs()], mode, {})
     calls()  # compiles, autotunes and allocates what persists (e.g. .grad) before the recording
     sync(device)
     torch.cuda.memory._record_memory_history(max_entries=1_000_000)

@@ -13,7 +13,7 @@ import torch
 
 from .cases import CASES
 from .presets import PRESETS
-from .runner import CaseRunner, ModeCalls
+from .runner import CaseRunner
 from .timing import sync
 
 
@@ -33,10 +33,7 @@ def profile_case(case: str, preset: str, mode: str, providers: list[str], device
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
     what, unit = ("device", "kernels") if gpu else ("aten self-CPU", "aten calls")
     for provider in providers:
-        impl, mark = runner.impl_for(provider, setup, cache, mode)
-        if impl.prepare:
-            impl.prepare(mode)
-        calls = ModeCalls(impl, inputs, mode, device, autocast, mark)
+        calls = runner.step(provider, setup, inputs, mode, cache)
         for _ in range(3):
             calls()
         sync(device)

@@ -140,6 +140,15 @@ class CaseRunner:
 
     # --- providers ---------------------------------------------------------------------------
 
+    def step(self, provider: str, setup: Setup, inputs: list[tuple], mode: str, cache: dict) -> ModeCalls:
+        """One ``mode`` step of ``provider`` over ``inputs``, prepared and ready to call (the
+        profiling and memory tools run it outside the timed harness)."""
+        impl, mark = self.impl_for(provider, setup, cache, mode)
+        if impl.prepare:
+            impl.prepare(mode)
+        return ModeCalls(impl, inputs, mode, self.device, self.autocast, mark)
+
+
     def impl_for(self, provider: str, setup: Setup, cache: dict,
                  mode: str = "") -> tuple[Impl, Callable | None]:
         """The implementation a provider runs, and its per-call step marker (compiled-cg).

@@ -44,24 +44,13 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
                       mock.patch.dict(os.environ, {FFN_BACKWARD_SWITCH: "recompute"})))
     if name in ("sinkhorn", "lite_weights"):
         # tiled matrices with several tiles per axis, then the persistent kernels over them
-        tiles = mock.patch.object(sinkhorn, "TILE_OVERRIDE", (16, 16))
-        small = mock.patch.object(sinkhorn, "SMALL_MAX_N", 4)
-        paths.append((" [tiled, 16x16 tiles]", _all(tiles, small)))
+        tiled = dict(TILE_OVERRIDE=(16, 16), SMALL_MAX_N=4)
+        paths.append((" [tiled, 16x16 tiles]", mock.patch.multiple(sinkhorn, **tiled)))
         paths.append((f" [tiled, persistent ({PERSISTENT_SWITCH}=1)]",
-                      _all(mock.patch.object(sinkhorn, "TILE_OVERRIDE", (16, 16)),
-                           mock.patch.object(sinkhorn, "SMALL_MAX_N", 4),
-                           mock.patch.object(sinkhorn, "PERSISTENT", True))))
+                      mock.patch.multiple(sinkhorn, PERSISTENT=True, **tiled)))
     if name == "unimixing_rmsnorm":
         paths.append((f" [{NORM_SWITCH}=fused]", mock.patch.dict(os.environ, {NORM_SWITCH: "fused"})))
     return paths
-
-
-@contextlib.contextmanager
-def _all(*managers):
-    with contextlib.ExitStack() as stack:
-        for m in managers:
-            stack.enter_context(m)
-        yield
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,12 +49,13 @@ def ptxas_usage(ptx: str) -> tuple[int | None, int | None]:
 
 
 def compile_sm90(kernel, ptrs: dict, consts: dict, warps: int, stages: int, divisible=(),
-                 floats=("eps",), usage: bool = False) -> dict:
+                 floats=("eps",), usage: bool = False, ptx: bool = False) -> dict:
     """Compile ``kernel`` (a ``@triton.jit`` function or an autotuner) for sm_90. ``ptrs``: pointer
     argument types (``"*bf16"``); every other non-constexpr argument is ``i32`` (``fp32`` for
     ``floats``); ``divisible`` names the integers the JIT would see as multiples of 16 (pointers
     always are). Strides equal to 1 belong in ``consts``, as the JIT specialises them. Returns the
-    shared memory in bytes and, with ``usage``, the registers and spill bytes from ``ptxas``."""
+    shared memory in bytes and, with ``usage``, the registers and spill bytes from ``ptxas``; with
+    ``ptx``, the PTX text."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -72,6 +73,8 @@ def compile_sm90(kernel, ptrs: dict, consts: dict, warps: int, stages: int, divi
     result = {"shared": out.metadata.shared}
     if usage:
         result["regs"], result["spill"] = ptxas_usage(out.asm["ptx"])
+    if ptx:
+        result["ptx"] = out.asm["ptx"]
     return result
 
 
@@ -123,7 +126,6 @@ def ffn_weight_rows(usage: bool = True):
     """``(label, config, result)`` for the fused path's weight-gradient kernel at ``D = 128`` and
     ``256`` (bf16, gated): the tiles its autotuner keeps for a large batch, reading ``A, dG, dV``
     from memory and recomputing them (``UNIMIXER_FFN_BACKWARD=recompute``)."""
-    import triton
     import triton.language as tl
     from unimixer_kernels.triton_kernels import pswiglu as k
 
@@ -131,11 +133,7 @@ def ffn_weight_rows(usage: bool = True):
     ptrs.update({a: "*fp32" for a in "DW1 DW3 DW2 DB1 DB3 DB2".split()})
     for d, h in ((128, 176), (256, 688)):
         for recompute in (False, True):
-            if recompute:
-                bd = k._block_d(d)
-                bh = max(16, min(4096 // bd, triton.next_power_of_2(h)))
-            else:
-                bd, bh = 64, 64
+            bd, bh = k._weight_tiles(d, h, recompute)
             consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, SAVED=False, RECOMPUTE=recompute,
                           CDT=tl.bfloat16, PREC="tf32", BLOCK_D=bd, BLOCK_H=bh, stride_dod=1, stride_ud=1)
             for cfg in k._prune_weight(k._weight_configs(), dict(BS_KEY=2048), **consts):

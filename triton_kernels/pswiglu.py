@@ -668,6 +668,16 @@ def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, stor
     )
 
 
+def _weight_tiles(d: int, h: int, recompute: bool) -> tuple[int, int]:
+    """``(BLOCK_D, BLOCK_H)`` of ``ffn_bwd_weight_kernel``. Recomputing, one d tile spans ``D`` (the
+    recompute needs whole rows of ``u`` and ``dO``), and the hidden tile narrows so that its three
+    ``[D, BLOCK_H]`` fp32 accumulators stay in registers."""
+    if recompute:
+        bd = _block_d(d)
+        return bd, max(16, min(4096 // bd, triton.next_power_of_2(h)))
+    return min(64, max(16, triton.next_power_of_2(d))), min(64, max(16, triton.next_power_of_2(h)))
+
+
 def recompute_hidden_grads() -> bool:
     """Whether the fused path's weight-gradient kernel recomputes ``A, dG, dV`` (the
     ``UNIMIXER_FFN_BACKWARD`` switch)."""
@@ -732,14 +742,7 @@ def ffn_bwd(
                     a2=dv if gated else None, b2=w3, gated=gated)
         return (du, *_weight_grads_tiled(do, u, a, dg, dv if gated else None, w1, w3, w2, cdt))
     _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store=not lean)
-    # lean: one d tile spans D (the recompute needs whole rows of u and dO); narrower hidden tiles
-    # keep its three [D, BLOCK_H] fp32 accumulators in registers
-    if lean:
-        bd = _block_d(d)
-        bh = max(16, min(4096 // bd, triton.next_power_of_2(h)))
-    else:
-        bd = min(64, max(16, triton.next_power_of_2(d)))
-        bh = min(64, max(16, triton.next_power_of_2(h)))
+    bd, bh = _weight_tiles(d, h, lean)
     d_tiles, h_tiles = triton.cdiv(d, bd), triton.cdiv(h, bh)
     if n_split is None:
         n_split = _num_splits(bs, t * d_tiles * h_tiles, u.device)

@@ -7,21 +7,11 @@ from unimixer_kernels.triton_kernels import sinkhorn as sk_kernels
 
 import unimixer_kernels as uk
 from unimixer_kernels.ops.sinkhorn import lite_global_bwd, lite_global_fwd, lite_local_bwd, lite_local_fwd
-from unimixer_kernels.testing import check_against_reference, random_input
+from unimixer_kernels.testing import check_against_reference, lite_weights_inputs
 
 
 def _inputs(n, nb, bsz, r, dtype, device, noncontiguous=False):
-    """Factors scaled so that both logits have unit variance (as trained weights have, roughly).
-
-    Much larger logits at tau = 0.05 make the output hinge on the last bit of each fp32 logit:
-    the kernel and the fp32 reference then round the rank-r sums differently, and the SPEC §8
-    ratio compares two equally valid roundings."""
-
-    def mk(shape, scale):
-        return random_input(shape, dtype, device, requires_grad=True, noncontiguous=noncontiguous,
-                            scale=scale)
-
-    return mk((n, nb), nb**-0.25), mk((nb, bsz, bsz), nb**-0.25), mk((n, r), r**-0.25), mk((r, n), r**-0.25)
+    return lite_weights_inputs(n, nb, bsz, r, dtype, device, noncontiguous=noncontiguous)
 
 
 @pytest.mark.triton

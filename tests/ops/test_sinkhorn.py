@@ -379,30 +379,19 @@ def test_sinkhorn_hypothesis_gpu():
 def compile_persistent_for_sm90() -> None:
     """Compile both persistent kernels (resident, ``n = 1024`` tiles) for sm_90 and check their grid
     barrier: a release add to arrive, acquire reads to poll. Run without ``TRITON_INTERPRET``."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     from unimixer_kernels.triton_kernels import sinkhorn as k
 
-    from bench.sm90 import SMEM_LIMIT
+    from bench.sm90 import SMEM_LIMIT, compile_sm90
 
-    f32 = "*fp32"
-    for kernel, ptrs in (
-        (k.sinkhorn_persistent_fwd_kernel, dict(SRC=f32, A=f32, B=f32, WS=f32, P=f32, U=f32, V=f32, PR=f32,
-                                                PC=f32, BAR="*i32")),
-        (k.sinkhorn_persistent_bwd_kernel, dict(SRC=f32, A=f32, B=f32, WS=f32, DP=f32, U=f32, V=f32, G=f32,
-                                                DX=f32, PR=f32, PC=f32, BAR="*i32")),
-    ):
-        consts = dict(MODE=0, LATER=1, SYMMETRIC=True, BM=64, BN=128, BK=32, DOT_IEEE=True, RT_P=16, CT_P=8,
-                      MAX_SPINS=k.PERSISTENT_MAX_SPINS, RESIDENT=True)
-        floats = ("scale", "grad_scale")
-        sig = {a: "constexpr" if a in consts else ptrs.get(a, "fp32" if a in floats else "i32")
-               for a in kernel.arg_names}
-        out = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
-                             target=GPUTarget("cuda", 90, 32), options=dict(num_warps=16, num_stages=1))
-        assert out.metadata.shared <= SMEM_LIMIT, kernel.__name__
-        ptx = out.asm["ptx"]
-        assert "atom.global.gpu.release.add" in ptx and "ld.global.gpu.acquire" in ptx, kernel.__name__
+    names = "SRC A B WS P U V PR PC DP G DX".split()
+    ptrs = dict({a: "*fp32" for a in names}, BAR="*i32")
+    consts = dict(MODE=0, LATER=1, SYMMETRIC=True, BM=64, BN=128, BK=32, DOT_IEEE=True, RT_P=16, CT_P=8,
+                  MAX_SPINS=k.PERSISTENT_MAX_SPINS, RESIDENT=True)
+    for kernel in (k.sinkhorn_persistent_fwd_kernel, k.sinkhorn_persistent_bwd_kernel):
+        res = compile_sm90(kernel, ptrs, consts, 16, 1, floats=("scale", "grad_scale"), ptx=True)
+        assert res["shared"] <= SMEM_LIMIT, kernel.__name__
+        assert "atom.global.gpu.release.add" in res["ptx"] and "ld.global.gpu.acquire" in res["ptx"], \
+            kernel.__name__
 
 
 @pytest.mark.triton
