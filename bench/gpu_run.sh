@@ -14,7 +14,7 @@
 #             PERSISTENT_CASES picks the cases)
 #   sweep     the full UniMixer block at bs 256..2048 (sweep.json / .csv) and its plot (.png)
 #   variant   the bench stage's cases again with kernel switches set (VARIANT="UNIMIXER_FFN_BACKWARD=recompute",
-#             VARIANT_CASES, default BENCH_CASES): variant.json
+#             VARIANT_CASES, default BENCH_CASES; VARIANT_ARGS, default BENCH_ARGS): variant.json
 #   profile   python -m bench profile of the UniMixer block's Triton path (profile.md)
 #   memory    python -m bench memory: the blocks alive at a training step's peak, by allocating site
 #             (memory.md; MEMORY_CASES="case@preset ...", default the RankMixer and full UniMixer blocks)
@@ -162,7 +162,7 @@ fi
 
 if want persistent; then
     # the opt-in persistent Sinkhorn kernels (grid barrier), timed beside the default ones
-    stage persistent "${T_PERSISTENT:-40}" env UNIMIXER_SINKHORN_PERSISTENT=1 "$PY" -m bench run --out "$OUT" \
+    stage persistent "${T_PERSISTENT:-40}" env UNIMIXER_SINKHORN_LAYOUT=persistent "$PY" -m bench run --out "$OUT" \
         --name persistent --case "${PERSISTENT_CASES:-sinkhorn,lite_weights}" --provider triton,triton-cg \
         --mode fwd+bwd --warmup 10 --rep 40 --budget-s $(( ${T_PERSISTENT:-40} - 15 ))
 fi
@@ -172,7 +172,7 @@ if want variant; then
     # default rows of the bench stage: variant.json
     stage variant "${T_VARIANT:-120}" env ${VARIANT:?set VARIANT=\"SWITCH=value\"} "$PY" -m bench run \
         --out "$OUT" --name variant --case "${VARIANT_CASES:-$BENCH_CASES}" --warmup 10 --rep 60 \
-        --budget-s $(( ${T_VARIANT:-120} - 30 )) ${BENCH_ARGS:-}
+        --budget-s $(( ${T_VARIANT:-120} - 30 )) ${VARIANT_ARGS:-${BENCH_ARGS:-}}
 fi
 
 if want profile; then
