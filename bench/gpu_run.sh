@@ -162,7 +162,7 @@ fi
 
 if want persistent; then
     # the opt-in persistent Sinkhorn kernels (grid barrier), timed beside the default ones
-    stage persistent "${T_PERSISTENT:-40}" env UNIMIXER_SINKHORN_LAYOUT=persistent "$PY" -m bench run --out "$OUT" \
+    stage persistent "${T_PERSISTENT:-40}" env UNIMIXER_SINKHORN_PERSISTENT=1 "$PY" -m bench run --out "$OUT" \
         --name persistent --case "${PERSISTENT_CASES:-sinkhorn,lite_weights}" --provider triton,triton-cg \
         --mode fwd+bwd --warmup 10 --rep 40 --budget-s $(( ${T_PERSISTENT:-40} - 15 ))
 fi

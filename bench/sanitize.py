@@ -28,19 +28,13 @@ SANITIZE_SIZES = dict(bs=5, T=5, D=40, B=4, r=7, nb=3, h=24, ffn_mult=2, n=11, d
                       tau=0.05)
 
 
-@contextlib.contextmanager
-def _patched(module, attrs: dict, env: dict):
-    with mock.patch.multiple(module, **attrs), mock.patch.dict(os.environ, env):
-        yield
-
-
 def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
     """The kernel paths an op can take at these sizes: the default one, plus each path that the
     small shapes would not reach by themselves (forced here, so that the sanitizer sees it)."""
     # the kernel modules as the ops import them (the package maps the checkout's triton_kernels/):
     # a plain ``import triton_kernels`` from the repo root would be a second copy, which no op reads
     from unimixer_kernels.triton_kernels import pswiglu, sinkhorn
-    from unimixer_kernels.triton_kernels._launch import FFN_BACKWARD_SWITCH, LAYOUT_SWITCH, NORM_SWITCH
+    from unimixer_kernels.triton_kernels._launch import FFN_BACKWARD_SWITCH, NORM_SWITCH, PERSISTENT_SWITCH
 
     paths: list[tuple[str, contextlib.AbstractContextManager]] = [("", contextlib.nullcontext())]
     if name in ("pswiglu", "pgelu_ffn"):
@@ -49,10 +43,11 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         paths.append((f" [{FFN_BACKWARD_SWITCH}=recompute]",
                       mock.patch.dict(os.environ, {FFN_BACKWARD_SWITCH: "recompute"})))
     if name in ("sinkhorn", "lite_weights"):
-        # large-matrix layouts with several tiles, bands and chunks per axis
-        small = dict(TILE_OVERRIDE=(16, 16), BAND_OVERRIDE=(4, 16), SMALL_MAX_N=4)
-        for layout in sinkhorn.LAYOUTS:
-            paths.append((f" [{LAYOUT_SWITCH}={layout}]", _patched(sinkhorn, small, {LAYOUT_SWITCH: layout})))
+        # tiled matrices with several tiles per axis, then the persistent kernels over them
+        tiled = dict(TILE_OVERRIDE=(16, 16), SMALL_MAX_N=4)
+        paths.append((" [tiled, 16x16 tiles]", mock.patch.multiple(sinkhorn, **tiled)))
+        paths.append((f" [tiled, persistent ({PERSISTENT_SWITCH}=1)]",
+                      mock.patch.multiple(sinkhorn, PERSISTENT=True, **tiled)))
     if name == "unimixing_rmsnorm":
         paths.append((f" [{NORM_SWITCH}=fused]", mock.patch.dict(os.environ, {NORM_SWITCH: "fused"})))
     return paths

@@ -1,8 +1,8 @@
 """Kernels compiled for sm_90 without a GPU: shared memory, registers and spills per tile.
 
 ``python -m bench sm90`` compiles the tile lists of the kernels whose tiles matter most (the
-UniMixing forward, plain and with the fused RMSNorm epilogue, the per-token FFN GEMM in each
-mode, and the large-matrix Sinkhorn kernels) for an H100/H200 and prints what ``ptxas`` reports. Register spills and shared memory over
+UniMixing forward, plain and with the fused RMSNorm epilogue, and the per-token FFN GEMM in each
+mode) for an H100/H200 and prints what ``ptxas`` reports. Register spills and shared memory over
 the 227 KiB an SM offers are facts a CPU machine can establish before any GPU time is spent. Run
 it in a process without ``TRITON_INTERPRET``. The tests use :func:`compile_sm90` for the same
 check.
@@ -145,40 +145,10 @@ def ffn_weight_rows(usage: bool = True):
                 yield label, (dict(cfg.kwargs, BLOCK_D=bd, BLOCK_H=bh), cfg.num_warps, cfg.num_stages), res
 
 
-def sinkhorn_rows(usage: bool = True):
-    """``(label, config, result)`` for the large-matrix Sinkhorn kernels at ``n = 1024`` (dense fp32
-    logits, symmetric), every phase: the tiles and the row bands the launchers pick there."""
-    from unimixer_kernels.triton_kernels import sinkhorn as k
-
-    ptrs = {a: "*fp32" for a in "SRC A B WS P U V PR PC PIN POUT DP G DX".split()}
-    n = 1024
-    bm, bn, n_rt, n_ct, mode, _, _, meta = k._tile_args(n, _Strided(), None, None)
-    n_bands, _, _, _, bmeta = k._band_args(n, _Strided(), None, None)
-    kernels = [(k.sinkhorn_tile_fwd_kernel, meta, range(4), {}), (k.sinkhorn_tile_bwd_kernel, meta, range(3),
-                                                                   dict(LAST=False)),
-               (k.sinkhorn_band_fwd_kernel, bmeta, range(3), {}), (k.sinkhorn_band_bwd_kernel, bmeta, range(2),
-                                                                   dict(LAST=False))]
-    for kernel, kmeta, phases, extra in kernels:
-        kmeta = dict(kmeta)
-        warps = kmeta.pop("num_warps")
-        for phase in phases:
-            consts = dict(kmeta, PHASE=phase, MODE=mode if phase == 0 else k._WORKSPACE, SYMMETRIC=True, **extra)
-            res = compile_sm90(kernel, ptrs, consts, warps, 3, usage=usage, floats=("scale", "grad_scale"))
-            yield f"{kernel.__name__} phase {phase}", (kmeta, warps, 3), res
-
-
-class _Strided:
-    """Stands in for a contiguous ``[1, 1024, 1024]`` logits tensor in the launchers' argument helpers."""
-    shape = (1, 1024, 1024)
-
-    def stride(self, dim):
-        return (1024 * 1024, 1024, 1)[dim]
-
-
 def report() -> str:
     lines = ["| kernel | tile | warps | stages | shared KiB | registers | spill bytes |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    for rows in (unimixing_fwd_rows(), ffn_gemm_rows(), ffn_weight_rows(), sinkhorn_rows()):
+    for rows in (unimixing_fwd_rows(), ffn_gemm_rows(), ffn_weight_rows()):
         for label, (kw, warps, stages), res in rows:
             tile = " ".join(f"{k}={v}" for k, v in kw.items())
             lines.append(f"| {label} | {tile} | {warps} | {stages} | {res['shared'] / 1024:.0f} | "

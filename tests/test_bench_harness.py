@@ -297,18 +297,14 @@ def test_sanitize_variants_patch_the_modules_the_ops_use():
 
     from bench.sanitize import _variants
 
-    seen, before = {}, os.environ.get("UNIMIXER_SINKHORN_LAYOUT")
+    seen = {}
     for name in ("pswiglu", "sinkhorn"):
         for label, path in _variants(name):
             with path:
-                seen[name + label] = (pswiglu.FUSED_MAX_D, sinkhorn.TILE_OVERRIDE, sinkhorn.BAND_OVERRIDE,
-                                      os.environ.get("UNIMIXER_FFN_BACKWARD"),
-                                      os.environ.get("UNIMIXER_SINKHORN_LAYOUT"))
+                seen[name + label] = (pswiglu.FUSED_MAX_D, sinkhorn.TILE_OVERRIDE, sinkhorn.PERSISTENT,
+                                      os.environ.get("UNIMIXER_FFN_BACKWARD"))
     assert seen["pswiglu [wide-token GEMM path]"][0] == 0
     assert seen["pswiglu [UNIMIXER_FFN_BACKWARD=recompute]"][3] == "recompute"
-    for layout in ("tiles", "bands", "persistent"):
-        assert seen[f"sinkhorn [UNIMIXER_SINKHORN_LAYOUT={layout}]"][1:3] == ((16, 16), (4, 16))
-        assert seen[f"sinkhorn [UNIMIXER_SINKHORN_LAYOUT={layout}]"][4] == layout
-    # restored
-    assert pswiglu.FUSED_MAX_D != 0 and sinkhorn.TILE_OVERRIDE is None and sinkhorn.BAND_OVERRIDE is None
-    assert os.environ.get("UNIMIXER_SINKHORN_LAYOUT") == before
+    assert seen["sinkhorn [tiled, 16x16 tiles]"][1] == (16, 16)
+    assert seen["sinkhorn [tiled, persistent (UNIMIXER_SINKHORN_PERSISTENT=1)]"][2] is True
+    assert pswiglu.FUSED_MAX_D != 0 and sinkhorn.TILE_OVERRIDE is None  # restored

@@ -11,16 +11,15 @@ POISON_ENV = "UNIMIXER_POISON_OUTPUTS"
 
 # Environment switches that change how a kernel runs, not what it computes: variable -> (default,
 # what it does). The kernel modules read them; ``python -m unimixer_kernels.info`` lists them.
-# They are read on every call.
+# Set them before the first kernel call (Sinkhorn reads its switch when its module is imported).
 NORM_SWITCH = "UNIMIXER_UNIMIXING_NORM"
-LAYOUT_SWITCH = "UNIMIXER_SINKHORN_LAYOUT"
+PERSISTENT_SWITCH = "UNIMIXER_SINKHORN_PERSISTENT"
 FFN_BACKWARD_SWITCH = "UNIMIXER_FFN_BACKWARD"
 SWITCHES = {
     NORM_SWITCH: ("composed", "unimixing_rmsnorm: 'composed' (mixing kernel, then one add + RMSNorm "
                               "pass) or 'fused' (in the mixing kernel's epilogue)"),
-    LAYOUT_SWITCH: ("tiles", "Sinkhorn for n > 64: 'tiles' (one launch per half-step), 'bands' (row bands, "
-                             "one launch per iteration) or 'persistent' (one launch per direction, grid "
-                             "barriers; not faster on the H200)"),
+    PERSISTENT_SWITCH: ("0", "1: tiled Sinkhorn in one persistent launch per direction (grid barriers; "
+                             "opt-in, not faster on the H200)"),
     FFN_BACKWARD_SWITCH: ("buffers", "pswiglu / pgelu_ffn backward with whole-row tiles (D <= 256): "
                                      "'buffers' (A, dG, dV pass through [T, bs, h] buffers between its two "
                                      "kernels) or 'recompute' (the weight-gradient kernel forms them again: "

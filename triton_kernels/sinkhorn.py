@@ -56,7 +56,7 @@ Layouts
   in an fp32 ``n x n`` workspace (in L2 for n = 1024). For Lite the backward materialises
   ``dM`` (fp32 ``n x n``) once; ``dA = dM B^T`` and ``dB = A^T dM`` are two GEMMs done by the
   caller with torch (cuBLAS).
-* **Tiled, persistent** (``UNIMIXER_SINKHORN_LAYOUT=persistent``, opt-in): the
+* **Tiled, persistent** (``PERSISTENT``, opt-in with ``UNIMIXER_SINKHORN_PERSISTENT=1``): the
   same tile steps in one launch per direction. At most one program per SM (per matrix) strides
   over the tiles, and the half-steps are separated by grid barriers (a release/acquire counter;
   a bounded wait that records a failure instead of hanging). Where Triton can, the launch is
@@ -66,16 +66,6 @@ Layouts
   in registers for the whole call (``RESIDENT``): a half-step then moves only the partials and
   potentials, and Lite forms its low-rank tile once, not ``2K+1``
   times. The interpreter runs one program per matrix (programs run one after another there).
-
-* **Row bands** (``UNIMIXER_SINKHORN_LAYOUT=bands``): one launch per *iteration* instead of one
-  per half-step, and no grid barrier. A program owns ``BR`` whole rows (about ``sqrt(n)`` bands),
-  so its row step is local; it streams its band in ``BC``-column chunks twice per launch (the
-  row potential needs the whole row before the column partials can be formed). The column step
-  is split: each band writes per-band partials ``[n_mat, n_bands, n]`` (``lse_i`` forward, column
-  sums of ``G`` backward), and every band of the next launch combines all of them for itself.
-  Forward ``K + 1`` launches, backward ``K + 1`` (plus the symmetrisation), against ``2K + 1`` and
-  ``2K + 2`` tiled. Same workspace, potentials and arithmetic per element as the tiles; the
-  row ``lse`` is a running one over the chunks.
 
 Matrices and partial rows are indexed in int64; offsets inside one matrix are int32
 (``n <= 46340``).
@@ -91,15 +81,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import LAYOUT_SWITCH, new_output, sm_count, switch
+from ._launch import PERSISTENT_SWITCH, new_output, sm_count, switch
 
 # matrices up to this size run the batched in-register kernels; larger ones the tiled kernels
 SMALL_MAX_N = 64
-# layout of the large-matrix kernels (UNIMIXER_SINKHORN_LAYOUT): "tiles" (one launch per half-step),
-# "bands" (one launch per iteration) or "persistent" (one launch per direction, grid barriers; on
-# the H200 not faster under CUDA graphs: N = 1024 fwd+bwd 0.453 against 0.477 ms, N = 4096 8.83
-# against 5.18; about 4x faster eagerly)
-LAYOUTS = ("tiles", "bands", "persistent")
+# tiled path: one persistent launch per direction (grid barriers) instead of one launch per
+# half-step. Off by default: on the H200 it is not faster under CUDA graphs (N = 1024 fwd+bwd 0.453
+# against 0.477 ms; N = 4096 8.83 against 5.18), though about 4x faster eagerly (1.3 against 5.3 ms
+# at N = 1024); UNIMIXER_SINKHORN_PERSISTENT=1 turns it on.
+PERSISTENT = switch(PERSISTENT_SWITCH) == "1"
 # persistent, one tile per program: keep the S0 (and gradient) tile in registers for the whole call
 PERSISTENT_RESIDENT = True
 # persistent: launch cooperatively where this Triton can (CU_LAUNCH_ATTRIBUTE_COOPERATIVE), so that
@@ -118,8 +108,6 @@ LOWRANK_CACHE_MIN_RANK = 32
 SMALL_BLOCK_ELEMS = 2048
 # tile shape of the tiled kernels; None picks from n (the tests shrink them to hit many tiles)
 TILE_OVERRIDE: tuple[int, int] | None = None
-# (rows per band, columns per chunk) of the banded kernels; None picks from n
-BAND_OVERRIDE: tuple[int, int] | None = None
 
 # where S0 comes from: the logits (and cache it), the cache, the factors, the factors (and cache it)
 _DENSE, _WORKSPACE, _LOWRANK, _LOWRANK_CACHED = 0, 1, 2, 3
@@ -542,189 +530,6 @@ def sinkhorn_tile_sym_kernel(G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: t
     _sym_tile(tl.program_id(0), tl.program_id(1).to(tl.int64), G, DX, n, n_ct, grad_scale, BM, BN)
 
 
-# --- large matrices: row bands, one launch per iteration ------------------------------------------
-
-
-@triton.jit
-def _band_chunk(SRC, A, B, WS, mat, rows, rmask, c0, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-                BR: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr):
-    """Columns ``c0 .. c0 + BC`` of the band: indices, masks and the ``S0`` chunk ``[BR, BC]``."""
-    cols = c0 + tl.arange(0, BC)
-    cmask = cols < n
-    m2 = rmask[:, None] & cmask[None, :]
-    x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                     MODE, SYMMETRIC, BR, BC, BK, DOT_IEEE)
-    return cols, cmask, m2, x
-
-
-@triton.jit
-def _band_partials(PIN, mat, cols, cmask, n, n_bands, live, LSE: tl.constexpr, NB_P: tl.constexpr):
-    """Combine the bands' partials ``PIN [n_mat, n_bands, n]`` of the columns ``cols``: their
-    ``lse`` (forward) or sum (backward). ``live`` False skips the loads (the result is unused)."""
-    bands = tl.arange(0, NB_P)
-    mask = (bands < n_bands)[:, None] & cmask[None, :] & live
-    ptr = PIN + (mat * n_bands + bands[:, None]) * n + cols[None, :]
-    if LSE:
-        return _lse(tl.load(ptr, mask=mask, other=float("-inf"), cache_modifier=".cg"), 0)
-    else:
-        return tl.sum(tl.load(ptr, mask=mask, other=0.0, cache_modifier=".cg"), axis=0)
-
-
-@triton.jit
-def sinkhorn_band_fwd_kernel(
-    SRC, A, B, WS, P, U, V, PIN, POUT,
-    n, rank, K, k, n_bands,
-    s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-    PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-    BR: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr, NB_P: tl.constexpr,
-):
-    """One forward iteration over the ``BR`` rows of band ``program_id(0)``; grid ``(n_bands, n_mat)``.
-
-    A band holds whole rows, so its row step needs nothing from other programs; the column step's
-    ``lse_i`` is split into per-band partials ``POUT [n_mat, n_bands, n]``, which every band of
-    the next launch combines for itself (``PIN``: the previous launch's ``POUT``).
-    PHASE 0: u_1 = lse_j S0 (U[0]); POUT = lse_band(S0 - u_1). Caches S0 in WS (MODE 0, 3).
-    PHASE 1, k = 1 .. K-1: v_k from PIN (band 0 stores V[k-1]; v_1 is absolute, later ones
-    relative to it); u_{k+1} = lse_j(T1 - v_k) (U[k]; v_1 counts as 0 there); POUT = lse_band(T1 - u_{k+1}).
-    PHASE 2, k = K: v_K from PIN (V[K-1]); P = exp(T1 - u_K - v_K).
-    Each of phases 0 and 1 passes twice over the band's columns: the row potential needs the
-    whole row before the column partials can be formed."""
-    pid = tl.program_id(0)
-    mat = tl.program_id(1).to(tl.int64)
-    rows = pid * BR + tl.arange(0, BR)
-    rmask = rows < n
-    urow = U + mat * K * n + rows
-    vmat = V + mat * K * n
-    pout = POUT + (mat * n_bands + pid) * n
-    first = k == 1  # the combined potential is v_1 itself (absolute)
-    u1 = tl.load(urow, mask=rmask & (PHASE > 0), other=0.0)
-    # pass 1: the row step (phases 0, 1), or P (phase 2)
-    m = tl.full([BR], float("-inf"), tl.float32)
-    s = tl.zeros([BR], dtype=tl.float32)
-    for c0 in range(0, n, BC):
-        cols, cmask, m2, x = _band_chunk(SRC, A, B, WS, mat, rows, rmask, c0, n, rank, s0, s1, s2, sa0, sa1,
-                                         sb0, sb1, scale, MODE, SYMMETRIC, BR, BC, BK, DOT_IEEE)
-        if PHASE == 0:
-            if MODE == 0 or MODE == 3:
-                tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
-            a = tl.where(m2, x, float("-inf"))
-        else:
-            v = _band_partials(PIN, mat, cols, cmask, n, n_bands, True, True, NB_P)
-            tl.store(vmat + (k - 1) * n + cols, v, mask=cmask & (pid == 0))
-            v1 = tl.where(first, v, tl.load(vmat + cols, mask=cmask & (k > 1), other=0.0, cache_modifier=".cg"))
-            t1 = (x - u1[:, None]) - v1[None, :]
-            v = tl.where(first, 0.0, v)
-            if PHASE == 1:
-                a = tl.where(m2, t1 - v[None, :], float("-inf"))
-            else:
-                u = tl.load(urow + (K - 1) * n, mask=rmask & (K > 1), other=0.0)
-                pv = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
-                tl.store(P + mat * n * n + rows[:, None] * n + cols[None, :], pv, mask=m2)
-        if PHASE < 2:
-            # running logsumexp along the row
-            m_new = tl.maximum(m, tl.max(a, axis=1))
-            safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            s = s * tl.exp(m - safe) + tl.sum(tl.exp(a - safe[:, None]), axis=1)
-            m = m_new
-    if PHASE < 2:
-        u = tl.where(m == float("-inf"), 0.0, m) + tl.log(tl.where(s == 0.0, 1.0, s))
-        tl.store(urow + k * n, u, mask=rmask)
-        # pass 2: this band's partial lse_i of the next column potential
-        for c0 in range(0, n, BC):
-            cols, cmask, m2, x = _band_chunk(SRC, A, B, WS, mat, rows, rmask, c0, n, rank, s0, s1, s2, sa0,
-                                             sa1, sb0, sb1, scale, MODE, SYMMETRIC, BR, BC, BK, DOT_IEEE)
-            if PHASE == 0:
-                base = x
-            else:
-                v1 = tl.where(first, _band_partials(PIN, mat, cols, cmask, n, n_bands, first, True, NB_P),
-                              tl.load(vmat + cols, mask=cmask & (k > 1), other=0.0, cache_modifier=".cg"))
-                base = (x - u1[:, None]) - v1[None, :]
-            part = _lse(tl.where(m2, base - u[:, None], float("-inf")), 0)
-            tl.store(pout + cols, part, mask=cmask)
-
-
-@triton.jit
-def _band_col_step(SRC, A, B, WS, G, PIN, mat, rows, rmask, c0, u1, uk, n, rank, k, n_bands,
-                   s0, s1, s2, sa0, sa1, sb0, sb1, scale, V, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-                   BR: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-                   NB_P: tl.constexpr):
-    """Backward column step ``k`` on one chunk of the band: ``G - E_col(k) * colsum(G)``, the
-    column sums combined from the bands' partials ``PIN``. Also returns the chunk's ``S0 - u_1``
-    and ``T1`` for the row step."""
-    cols, cmask, m2, x = _band_chunk(SRC, A, B, WS, mat, rows, rmask, c0, n, rank, s0, s1, s2, sa0, sa1,
-                                     sb0, sb1, scale, MODE, SYMMETRIC, BR, BC, BK, DOT_IEEE)
-    vcol = V + cols
-    r1 = x - u1[:, None]
-    t1 = r1 - tl.load(vcol, mask=cmask, other=0.0, cache_modifier=".cg")[None, :]
-    c = _band_partials(PIN, mat, cols, cmask, n, n_bands, True, False, NB_P)
-    v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
-    e = tl.exp(tl.where(m2, t1 - uk[:, None] - v[None, :], float("-inf")))
-    gptr = G + mat * n * n + rows[:, None] * n + cols[None, :]
-    g = tl.load(gptr, mask=m2, other=0.0, cache_modifier=".cg") - e * c[None, :]
-    return cols, cmask, m2, r1, t1, gptr, g
-
-
-@triton.jit
-def sinkhorn_band_bwd_kernel(
-    SRC, A, B, WS, DP, U, V, G, DX, PIN, POUT,
-    n, rank, K, k, n_bands,
-    s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
-    PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
-    BR: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr, NB_P: tl.constexpr,
-):
-    """One backward iteration over band ``program_id(0)``; grid ``(n_bands, n_mat)``; ``G`` as in
-    ``_bwd_tile``, ``PIN`` / ``POUT`` per-band partial column sums of ``G``.
-    PHASE 0 (k = K-1): G = dP * P; POUT.
-    PHASE 1 (iteration k, K-1 .. 0): the column step (sums combined from PIN), then the row step
-    (local to the band: a first pass forms the row sums, a second applies them); then POUT,
-    or with LAST (k = 0) dM = G * grad_scale into DX (not symmetric) or G kept for
-    ``sinkhorn_tile_sym_kernel``."""
-    pid = tl.program_id(0)
-    mat = tl.program_id(1).to(tl.int64)
-    rows = pid * BR + tl.arange(0, BR)
-    rmask = rows < n
-    urow = U + mat * K * n + rows
-    vmat = V + mat * K * n
-    pout = POUT + (mat * n_bands + pid) * n
-    u1 = tl.load(urow, mask=rmask, other=0.0)
-    uk = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0)
-    if PHASE == 0:
-        for c0 in range(0, n, BC):
-            cols, cmask, m2, x = _band_chunk(SRC, A, B, WS, mat, rows, rmask, c0, n, rank, s0, s1, s2, sa0,
-                                             sa1, sb0, sb1, scale, MODE, SYMMETRIC, BR, BC, BK, DOT_IEEE)
-            if MODE == 0 or MODE == 3:
-                tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
-            t1 = (x - u1[:, None]) - tl.load(vmat + cols, mask=cmask, other=0.0, cache_modifier=".cg")[None, :]
-            v = tl.load(vmat + k * n + cols, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
-            pv = tl.exp(tl.where(m2, t1 - uk[:, None] - v[None, :], float("-inf")))
-            dp = tl.load(DP + mat * sd0 + rows[:, None] * sd1 + cols[None, :] * sd2, mask=m2, other=0.0)
-            g = dp.to(tl.float32) * pv
-            tl.store(G + mat * n * n + rows[:, None] * n + cols[None, :], g, mask=m2)
-            tl.store(pout + cols, tl.sum(g, axis=0), mask=cmask)
-    else:
-        r = tl.zeros([BR], dtype=tl.float32)
-        for c0 in range(0, n, BC):
-            cols, cmask, m2, r1, t1, gptr, g = _band_col_step(
-                SRC, A, B, WS, G, PIN, mat, rows, rmask, c0, u1, uk, n, rank, k, n_bands,
-                s0, s1, s2, sa0, sa1, sb0, sb1, scale, vmat, MODE, SYMMETRIC, BR, BC, BK, DOT_IEEE, NB_P)
-            r += tl.sum(g, axis=1)
-        for c0 in range(0, n, BC):
-            cols, cmask, m2, r1, t1, gptr, g = _band_col_step(
-                SRC, A, B, WS, G, PIN, mat, rows, rmask, c0, u1, uk, n, rank, k, n_bands,
-                s0, s1, s2, sa0, sa1, sb0, sb1, scale, vmat, MODE, SYMMETRIC, BR, BC, BK, DOT_IEEE, NB_P)
-            v = tl.load(vmat + (k - 1) * n + cols, mask=cmask & (k > 1), other=0.0, cache_modifier=".cg")
-            it = tl.where(k > 0, t1 - uk[:, None] - v[None, :], r1)
-            g = g - tl.exp(tl.where(m2, it, float("-inf"))) * r[:, None]
-            if LAST and not SYMMETRIC:
-                tl.store(DX + mat * n * n + rows[:, None] * n + cols[None, :],
-                         (g * grad_scale).to(DX.dtype.element_ty), mask=m2)
-            else:
-                tl.store(gptr, g, mask=m2)
-                if not LAST:
-                    tl.store(pout + cols, tl.sum(g, axis=0), mask=cmask)
-
-
 # --- persistent variant: every half-step in one launch, programs meet at a grid barrier ---------
 
 
@@ -993,62 +798,29 @@ def small_bwd(dp, x, omega, u, v, n_mat, n, iters, tau, symmetric):
     return dx
 
 
-def _source_args(src, a, b):
-    """Where ``S0`` comes from: ``(mode, rank, strides, dot_ieee)`` for the tile and band kernels."""
+def _tile_args(n, src, a, b):
+    bm, bn = _tiles(n)
+    n_rt, n_ct = triton.cdiv(n, bm), triton.cdiv(n, bn)
     if a is not None:
         rank = a.shape[1]
         # fp32 factors run tl.dot on FMA units: past a small rank, forming a tile costs more than
         # reading it back, so the first pass caches S0 (the persistent resident mode forms it once)
         cache = a.dtype == torch.float32 and rank > LOWRANK_CACHE_MIN_RANK
         mode = _LOWRANK_CACHED if cache else _LOWRANK
-        return mode, rank, (0, 0, 0, a.stride(0), a.stride(1), b.stride(0), b.stride(1)), a.dtype == torch.float32
-    return _DENSE, 0, (src.stride(0), src.stride(1), src.stride(2), 0, 0, 0, 0), True
-
-
-def _tile_args(n, src, a, b):
-    bm, bn = _tiles(n)
-    n_rt, n_ct = triton.cdiv(n, bm), triton.cdiv(n, bn)
-    mode, rank, strides, dot_ieee = _source_args(src, a, b)
+        strides = (0, 0, 0, a.stride(0), a.stride(1), b.stride(0), b.stride(1))
+        dot_ieee = a.dtype == torch.float32
+    else:
+        mode, rank = _DENSE, 0
+        strides = (src.stride(0), src.stride(1), src.stride(2), 0, 0, 0, 0)
+        dot_ieee = True
     meta = dict(BM=bm, BN=bn, BK=32, DOT_IEEE=dot_ieee, RT_P=triton.next_power_of_2(n_rt),
                 CT_P=triton.next_power_of_2(n_ct), num_warps=8 if bm * bn >= 8192 else 4)
     return bm, bn, n_rt, n_ct, mode, rank, strides, meta
 
 
-def _bands(n: int) -> tuple[int, int]:
-    """Rows per band and columns per chunk. About sqrt(n) bands: each program reads every band's
-    partials (``4 n`` bytes per band) and streams its own band (``4 n`` bytes per row), so the
-    bytes per program, ``4 n (n_bands + 2 n / n_bands)``, are least near ``sqrt(2 n)`` bands."""
-    if BAND_OVERRIDE is not None:
-        return BAND_OVERRIDE
-    br = min(32, max(8, triton.next_power_of_2(math.isqrt(max(n - 1, 0)) + 1)))
-    return br, min(128, max(16, triton.next_power_of_2(n)))
-
-
-def _band_args(n, src, a, b):
-    br, bc = _bands(n)
-    n_bands = triton.cdiv(n, br)
-    mode, rank, strides, dot_ieee = _source_args(src, a, b)
-    # a band program is bound by the loads one SM keeps in flight: 16 warps for 32 x 128 chunks (128
-    # registers, no spills on sm_90; 8 warps need 239-255, and 4 spill; `python -m bench sm90`)
-    meta = dict(BR=br, BC=bc, BK=32, DOT_IEEE=dot_ieee, NB_P=triton.next_power_of_2(n_bands),
-                num_warps=max(4, min(16, br * bc // 256)))
-    return n_bands, mode, rank, strides, meta
-
-
-def _layout(n_mat: int, n_tiles: int, device: torch.device) -> str:
-    """The layout of a large-matrix call: the switch, except that a persistent grid that cannot
-    be resident at once (more matrices than SMs) runs as tiles."""
-    layout = switch(LAYOUT_SWITCH)
-    if layout not in LAYOUTS:
-        raise ValueError(f"{LAYOUT_SWITCH}: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if layout == "persistent" and not _persistent_programs(n_tiles, n_mat, device):
-        return "tiles"
-    return layout
-
-
-def large_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
-    """Forward of ``src [n_mat, n, n]`` (dense) or of ``a @ b`` (``a [n, r]``, ``b [r, n]``,
-    ``n_mat == 1``) in the tiled, banded or persistent layout. Returns ``(P, U, V)``."""
+def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
+    """Tiled forward of ``src [n_mat, n, n]`` (dense) or of ``a @ b`` (``a [n, r]``, ``b [r, n]``,
+    ``n_mat == 1``). Returns ``(P, U, V)``."""
     like = src if src is not None else a
     p = new_output((n_mat, n, n), like=like, dtype=torch.float32)
     u = new_output((n_mat, iters, n), like=like, dtype=torch.float32)
@@ -1056,26 +828,23 @@ def large_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
     if n_mat == 0 or n == 0:
         return p, u, v
     bm, bn, n_rt, n_ct, mode, rank, strides, meta = _tile_args(n, src, a, b)
-    layout = _layout(n_mat, n_rt * n_ct, like.device)
     ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode != _LOWRANK else p
-    scale = (0.5 if symmetric else 1.0) / tau
-    s_src, s_a, s_b = (a, a, b) if a is not None else (src, src, src)
-    later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
-    if layout == "bands":
-        n_bands, mode, rank, strides, meta = _band_args(n, src, a, b)
-        parts = torch.empty((2, n_mat, n_bands, n), device=like.device, dtype=torch.float32)
-        for k in range(iters + 1):
-            sinkhorn_band_fwd_kernel[(n_bands, n_mat)](
-                s_src, s_a, s_b, ws, p, u, v, parts[(k + 1) % 2], parts[k % 2],
-                n, rank, iters, k, n_bands, *strides, scale,
-                PHASE=0 if k == 0 else (2 if k == iters else 1), MODE=mode if k == 0 else later,
-                SYMMETRIC=symmetric, **meta,
-            )
-        return p, u, v
     pr = torch.empty((n_mat, n_ct, n), device=like.device, dtype=torch.float32)
     pc = torch.empty((n_mat, n_rt, n), device=like.device, dtype=torch.float32)
-    if layout == "persistent":
-        n_prog = _persistent_programs(n_rt * n_ct, n_mat, like.device)
+    grid = (n_rt * n_ct, n_mat)
+    scale = (0.5 if symmetric else 1.0) / tau
+    s_src, s_a, s_b = (a, a, b) if a is not None else (src, src, src)
+
+    def launch(phase, k, m):
+        sinkhorn_tile_fwd_kernel[grid](
+            s_src, s_a, s_b, ws, p, u, v, pr, pc,
+            n, rank, iters, k, n_rt, n_ct, *strides, scale,
+            PHASE=phase, MODE=m, SYMMETRIC=symmetric, **meta,
+        )
+
+    later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
+    n_prog = _persistent_programs(n_rt * n_ct, n_mat, like.device) if PERSISTENT else 0
+    if n_prog:
         bar = torch.zeros((n_mat, 2), device=like.device, dtype=torch.int32)
         sinkhorn_persistent_fwd_kernel[(n_prog, n_mat)](
             s_src, s_a, s_b, ws, p, u, v, pr, pc, bar,
@@ -1085,68 +854,56 @@ def large_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
         )
         _check_barriers(bar)
         return p, u, v
-    for phase, k in [(_INIT, 0)] + [(ph, k) for k in range(iters) for ph in (_ROW, _COL)]:
-        sinkhorn_tile_fwd_kernel[(n_rt * n_ct, n_mat)](
-            s_src, s_a, s_b, ws, p, u, v, pr, pc,
-            n, rank, iters, k, n_rt, n_ct, *strides, scale,
-            PHASE=_COL_LAST if (phase == _COL and k == iters - 1) else phase,
-            MODE=mode if phase == _INIT else later, SYMMETRIC=symmetric, **meta,
-        )
+    launch(_INIT, 0, mode)
+    for k in range(iters):
+        launch(_ROW, k, later)
+        launch(_COL_LAST if k == iters - 1 else _COL, k, later)
     return p, u, v
 
 
-def large_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
-    """Backward of ``large_fwd``: ``dM [n_mat, n, n]`` in ``out_dtype``, the gradient with respect
-    to the (pre-symmetrisation) logits ``src``, or to ``a @ b`` in the low-rank mode."""
+def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
+    """Tiled backward: ``dM [n_mat, n, n]`` in ``out_dtype``, the gradient with respect to the
+    (pre-symmetrisation) logits ``src``, or to ``a @ b`` in the low-rank mode."""
     like = src if src is not None else a
     dx = new_output((n_mat, n, n), like=like, dtype=out_dtype)
     if n_mat == 0 or n == 0:
         return dx
     bm, bn, n_rt, n_ct, mode, rank, strides, meta = _tile_args(n, src, a, b)
-    layout = _layout(n_mat, n_rt * n_ct, like.device)
     ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode != _LOWRANK else dx
     g = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32)
+    pr = torch.empty((n_mat, n_ct, n), device=like.device, dtype=torch.float32)
+    pc = torch.empty((n_mat, n_rt, n), device=like.device, dtype=torch.float32)
+    grid = (n_rt * n_ct, n_mat)
     scale = grad_scale = (0.5 if symmetric else 1.0) / tau
     s_src, s_a, s_b = (a, a, b) if a is not None else (src, src, src)
+
+    def launch(phase, k, m, last=False):
+        sinkhorn_tile_bwd_kernel[grid](
+            s_src, s_a, s_b, ws, dp, u, v, g, dx, pr, pc,
+            n, rank, iters, k, n_rt, n_ct, *strides, dp.stride(0), dp.stride(1), dp.stride(2),
+            scale, grad_scale,
+            PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, **meta,
+        )
+
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
-    dps = (dp.stride(0), dp.stride(1), dp.stride(2))
-    if layout == "bands":
-        n_bands, mode, rank, strides, bmeta = _band_args(n, src, a, b)
-        parts = torch.empty((2, n_mat, n_bands, n), device=like.device, dtype=torch.float32)
-        for t, k in enumerate([iters - 1] + list(range(iters - 1, -1, -1))):
-            sinkhorn_band_bwd_kernel[(n_bands, n_mat)](
-                s_src, s_a, s_b, ws, dp, u, v, g, dx, parts[(t + 1) % 2], parts[t % 2],
-                n, rank, iters, k, n_bands, *strides, *dps, scale, grad_scale,
-                PHASE=0 if t == 0 else 1, MODE=mode if t == 0 else later, SYMMETRIC=symmetric,
-                LAST=t == iters, **bmeta,
-            )
-    elif layout == "persistent":
-        pr = torch.empty((n_mat, n_ct, n), device=like.device, dtype=torch.float32)
-        pc = torch.empty((n_mat, n_rt, n), device=like.device, dtype=torch.float32)
-        n_prog = _persistent_programs(n_rt * n_ct, n_mat, like.device)
+    n_prog = _persistent_programs(n_rt * n_ct, n_mat, like.device) if PERSISTENT else 0
+    if n_prog:
         bar = torch.zeros((n_mat, 2), device=like.device, dtype=torch.int32)
         sinkhorn_persistent_bwd_kernel[(n_prog, n_mat)](
             s_src, s_a, s_b, ws, dp, u, v, g, dx, pr, pc, bar,
-            n, rank, iters, n_rt, n_ct, n_prog, *strides, *dps, scale, grad_scale,
+            n, rank, iters, n_rt, n_ct, n_prog, *strides, dp.stride(0), dp.stride(1), dp.stride(2),
+            scale, grad_scale,
             MODE=mode, LATER=later, SYMMETRIC=symmetric,
             RESIDENT=PERSISTENT_RESIDENT and n_prog == n_rt * n_ct, **_persistent_meta(meta),
         )
         _check_barriers(bar)
         return dx
-    else:
-        pr = torch.empty((n_mat, n_ct, n), device=like.device, dtype=torch.float32)
-        pc = torch.empty((n_mat, n_rt, n), device=like.device, dtype=torch.float32)
-        steps = [(_INIT, iters - 1)] + [(ph, k) for k in range(iters - 1, -1, -1) for ph in (1, 2)]
-        for phase, k in steps:
-            sinkhorn_tile_bwd_kernel[(n_rt * n_ct, n_mat)](
-                s_src, s_a, s_b, ws, dp, u, v, g, dx, pr, pc,
-                n, rank, iters, k, n_rt, n_ct, *strides, *dps, scale, grad_scale,
-                PHASE=phase, MODE=mode if phase == _INIT else later, SYMMETRIC=symmetric,
-                LAST=phase == 2 and k == 0, **meta,
-            )
+    launch(_INIT, iters - 1, mode)
+    for k in range(iters - 1, -1, -1):
+        launch(1, k, later)
+        launch(2, k, later, last=k == 0)
     if symmetric:
-        sinkhorn_tile_sym_kernel[(n_rt * n_ct, n_mat)](g, dx, n, n_ct, grad_scale, BM=bm, BN=bn,
-                                                       num_warps=meta["num_warps"])
+        sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, BM=bm, BN=bn, num_warps=meta["num_warps"])
     return dx
 
 
@@ -1163,7 +920,7 @@ def sinkhorn_fwd(logits: torch.Tensor, tau: float, iters: int, symmetric: bool):
     if n <= SMALL_MAX_N:
         p, u, v = small_fwd(x, None, n_mat, n, iters, tau, symmetric)
     else:
-        p, u, v = large_fwd(x, None, None, n_mat, n, iters, tau, symmetric)
+        p, u, v = tiled_fwd(x, None, None, n_mat, n, iters, tau, symmetric)
     return p.view(*lead, n, n), u.view(*lead, iters, n), v.view(*lead, iters, n)
 
 
@@ -1178,7 +935,7 @@ def sinkhorn_bwd(dp, logits, u, v, tau: float, iters: int, symmetric: bool) -> t
     if n <= SMALL_MAX_N:
         dx = small_bwd(dp3, x, None, u3, v3, n_mat, n, iters, tau, symmetric)
     else:
-        dx = large_bwd(dp3, x, None, None, u3, v3, n_mat, n, iters, tau, symmetric, logits.dtype)
+        dx = tiled_bwd(dp3, x, None, None, u3, v3, n_mat, n, iters, tau, symmetric, logits.dtype)
     return dx.view(logits.shape)
 
 
@@ -1207,7 +964,7 @@ def lite_global_fwd(a_g: torch.Tensor, b_g: torch.Tensor, tau: float, iters: int
     _check_compute_dtype("b_g", b_g)
     n = a_g.shape[0]
     a, b = _lowrank_factors(a_g, b_g, symmetric)
-    p, u, v = large_fwd(None, a, b, 1, n, iters, tau, symmetric)
+    p, u, v = tiled_fwd(None, a, b, 1, n, iters, tau, symmetric)
     return p.view(n, n), u.view(iters, n), v.view(iters, n)
 
 
@@ -1215,7 +972,7 @@ def lite_global_bwd(dp, a_g, b_g, u, v, tau: float, iters: int, symmetric: bool)
     """``(dA_G, dB_G) = (dM B_G^T, A_G^T dM)``, with ``dM`` (fp32 ``n x n``) materialised once."""
     n = a_g.shape[0]
     a, b = _lowrank_factors(a_g, b_g, symmetric)
-    dm = large_bwd(dp.view(1, n, n), None, a, b, u.view(1, iters, n), v.view(1, iters, n), 1, n, iters,
+    dm = tiled_bwd(dp.view(1, n, n), None, a, b, u.view(1, iters, n), v.view(1, iters, n), 1, n, iters,
                    tau, symmetric, torch.float32).view(n, n)
     da = (dm @ b_g.t().float()).to(a_g.dtype)
     db = (a_g.t().float() @ dm).to(b_g.dtype)

@@ -41,14 +41,10 @@ def test_lite_weights_noncontiguous(device, kernel_dtype, symmetric):
 @pytest.mark.triton
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("cache", [False, True], ids=["matrix-free", "cached"])
-@pytest.mark.parametrize("layout", ["tiles", "bands"])
-def test_lite_weights_global_many_tiles(device, monkeypatch, symmetric, cache, layout):
+def test_lite_weights_global_many_tiles(device, monkeypatch, symmetric, cache):
     # 16 x 16 tiles: the global matrix (N = 37) spans 3 x 3 tiles; rank 40 spans two BK chunks.
-    # Bands: 10 bands of 4 rows, 3 chunks of 16 columns.
     # "cached": the first pass keeps S0 in the workspace (what fp32 factors of rank > 32 do)
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
-    monkeypatch.setattr(sk_kernels, "BAND_OVERRIDE", (4, 16))
-    monkeypatch.setenv("UNIMIXER_SINKHORN_LAYOUT", layout)
     monkeypatch.setattr(sk_kernels, "LOWRANK_CACHE_MIN_RANK", 0 if cache else 10**9)
     args = _inputs(37, 2, 4, 40, torch.float32, device)
     check_against_reference(uk.lite_weights, (*args, 0.05, 2, symmetric), backend="triton")
@@ -60,7 +56,7 @@ def test_lite_weights_global_many_tiles(device, monkeypatch, symmetric, cache, l
 def test_lite_weights_global_persistent(device, monkeypatch, symmetric, cache):
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
     monkeypatch.setattr(sk_kernels, "LOWRANK_CACHE_MIN_RANK", 0 if cache else 10**9)
-    monkeypatch.setenv("UNIMIXER_SINKHORN_LAYOUT", "persistent")
+    monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
     monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
     args = _inputs(37, 2, 4, 20, torch.float32, device)
     check_against_reference(uk.lite_weights, (*args, 0.05, 2, symmetric), backend="triton")
@@ -71,7 +67,7 @@ def test_lite_weights_global_persistent(device, monkeypatch, symmetric, cache):
 def test_lite_weights_global_persistent_resident(device, monkeypatch, symmetric):
     # one tile: the low-rank logits tile is formed once and stays in registers
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (32, 32))
-    monkeypatch.setenv("UNIMIXER_SINKHORN_LAYOUT", "persistent")
+    monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
     monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
     args = _inputs(29, 2, 4, 20, torch.float32, device)
     check_against_reference(uk.lite_weights, (*args, 0.05, 3, symmetric), backend="triton")
@@ -187,9 +183,7 @@ def test_lite_weights_bad_shapes():
     ids=["paper-small", "lite-2.5m", "paper-100m"],
 )
 @pytest.mark.parametrize("iters", [1, 20])
-@pytest.mark.parametrize("layout", ["tiles", "bands"])
-def test_lite_weights_preset_gpu(monkeypatch, kernel_dtype, n, nb, bsz, r, iters, layout):
-    monkeypatch.setenv("UNIMIXER_SINKHORN_LAYOUT", layout)
+def test_lite_weights_preset_gpu(kernel_dtype, n, nb, bsz, r, iters):
     args = _inputs(n, nb, bsz, r, kernel_dtype, "cuda")
     check_against_reference(uk.lite_weights, (*args, 0.05, iters, True), backend="triton")
 
@@ -198,7 +192,7 @@ def test_lite_weights_preset_gpu(monkeypatch, kernel_dtype, n, nb, bsz, r, iters
 @pytest.mark.triton
 @pytest.mark.parametrize("n,r", [(1024, 128), (4096, 256)], ids=["paper-small", "paper-100m"])
 def test_lite_weights_persistent_preset_gpu(monkeypatch, kernel_dtype, n, r):
-    monkeypatch.setenv("UNIMIXER_SINKHORN_LAYOUT", "persistent")
+    monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
     monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
     args = _inputs(n, 4, 4, r, kernel_dtype, "cuda")
     check_against_reference(uk.lite_weights, (*args, 0.05, 20, True), backend="triton")

@@ -1,8 +1,8 @@
 """sinkhorn: the Triton kernels against the fp64 reference (SPEC §2.1, §8), forward and backward.
 
-On the CPU the kernels run in the Triton interpreter, so shapes stay small. The large-matrix
-layouts (tiles, row bands, persistent: the paths large matrices take on a GPU) are forced on small
-matrices by shrinking the small-matrix limit, the tile shape and the band shape.
+On the CPU the kernels run in the Triton interpreter, so shapes stay small. The tiled path (the
+one large matrices take on a GPU) is forced on small matrices by shrinking the small-matrix limit
+and the tile shape.
 """
 
 import pytest
@@ -16,19 +16,11 @@ from unimixer_kernels.testing import check_against_reference, random_input
 TAU_ITERS = [(0.05, 20), (1.0, 1), (1.0, 20), (0.05, 1)]
 
 
-def _large_paths(monkeypatch, layout):
-    """Route every matrix through the large-matrix kernels of ``layout``: 16 x 16 tiles, or bands
-    of 4 rows read in 16-column chunks (many tiles, bands and chunks per matrix)."""
+@pytest.fixture
+def tiled(monkeypatch):
+    """Route every matrix through the tiled kernels, with 16 x 16 tiles (many tiles per matrix)."""
     monkeypatch.setattr(sk_kernels, "SMALL_MAX_N", 8)
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
-    monkeypatch.setattr(sk_kernels, "BAND_OVERRIDE", (4, 16))
-    monkeypatch.setenv("UNIMIXER_SINKHORN_LAYOUT", layout)
-
-
-@pytest.fixture(params=["tiles", "bands"])
-def tiled(monkeypatch, request):
-    """The large-matrix path, once per layout with a launch per step (tiles, bands)."""
-    _large_paths(monkeypatch, request.param)
 
 
 def _logits(shape, dtype, device, noncontiguous=False, transposed=False):
@@ -116,34 +108,17 @@ def test_sinkhorn_tiled_noncontiguous(device, tiled, layout):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("layout", ["tiles", "bands"])
-def test_sinkhorn_default_tiles(device, monkeypatch, layout):
-    # the shapes a GPU uses for n = 65..127: two 64 x 128 tiles; seven bands of 16 rows, one chunk
+def test_sinkhorn_default_tiles(device, monkeypatch):
+    # the tile shape a GPU uses for n = 65..127: two 64 x 128 tiles
     monkeypatch.setattr(sk_kernels, "SMALL_MAX_N", 64)
-    monkeypatch.setenv("UNIMIXER_SINKHORN_LAYOUT", layout)
-    x = _logits((100, 100), torch.float32, device)
+    x = _logits((70, 70), torch.float32, device)
     check_against_reference(uk.sinkhorn, (x, 0.5, 2, True), backend="triton")
 
 
-def test_sinkhorn_band_shapes():
-    # about sqrt(n) bands of a power-of-two height, chunks of up to 128 columns
-    assert sk_kernels._bands(1024) == (32, 128)
-    assert sk_kernels._bands(100) == (16, 128)
-    assert sk_kernels._bands(65) == (16, 128)
-    assert sk_kernels._bands(4096) == (32, 128)
-
-
-def test_sinkhorn_rejects_unknown_layout(monkeypatch):
-    monkeypatch.setenv("UNIMIXER_SINKHORN_LAYOUT", "diagonal")
-    monkeypatch.setattr(sk_kernels, "SMALL_MAX_N", 2)
-    with pytest.raises(ValueError, match="UNIMIXER_SINKHORN_LAYOUT.*tiles, bands, persistent"):
-        uk.sinkhorn(torch.randn(6, 6), backend="triton")
-
-
 @pytest.fixture
-def persistent(monkeypatch):
+def persistent(monkeypatch, tiled):
     """The tiled kernels as one persistent launch per direction (one program in the interpreter)."""
-    _large_paths(monkeypatch, "persistent")
+    monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
     monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
 
 
@@ -175,10 +150,11 @@ def test_sinkhorn_persistent_k1_fp16(device, persistent):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("path", ["small", "tiles", "bands"])
+@pytest.mark.parametrize("path", ["small", "tiled"])
 def test_sinkhorn_doubly_stochastic(device, monkeypatch, path):
-    if path != "small":
-        _large_paths(monkeypatch, path)
+    if path == "tiled":
+        monkeypatch.setattr(sk_kernels, "SMALL_MAX_N", 8)
+        monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
     x = random_input((2, 19, 19), torch.float32, device)
     p = uk.sinkhorn(x, tau=1.0, iters=20, symmetric=True, backend="triton")
     assert p.dtype == torch.float32 and (p >= 0).all()
@@ -200,11 +176,12 @@ def test_sinkhorn_temperature_sharpens(device):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("path", ["small", "tiles", "bands"])
+@pytest.mark.parametrize("path", ["small", "tiled"])
 def test_sinkhorn_saves_only_potentials(device, monkeypatch, path):
     """What autograd keeps for backward is the input (by reference) and O(K * n) floats."""
-    if path != "small":
-        _large_paths(monkeypatch, path)
+    if path == "tiled":
+        monkeypatch.setattr(sk_kernels, "SMALL_MAX_N", 8)
+        monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
     n_mat, n, k = 2, 24, 6
     x = random_input((n_mat, n, n), torch.float32, device, requires_grad=True)
     saved = []
@@ -329,9 +306,7 @@ def test_sinkhorn_compile_fullgraph(device):
 @pytest.mark.triton
 @pytest.mark.parametrize("n", [1024, 4096])
 @pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("layout", ["tiles", "bands"])
-def test_sinkhorn_preset_gpu(monkeypatch, kernel_dtype, n, symmetric, layout):
-    monkeypatch.setenv("UNIMIXER_SINKHORN_LAYOUT", layout)
+def test_sinkhorn_preset_gpu(kernel_dtype, n, symmetric):
     x = random_input((n, n), kernel_dtype, "cuda", requires_grad=True)
     check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
 
@@ -341,7 +316,7 @@ def test_sinkhorn_preset_gpu(monkeypatch, kernel_dtype, n, symmetric, layout):
 @pytest.mark.parametrize("n", [200, 1024, 4096])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_sinkhorn_persistent_preset_gpu(monkeypatch, kernel_dtype, n, symmetric):
-    monkeypatch.setenv("UNIMIXER_SINKHORN_LAYOUT", "persistent")
+    monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
     monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
     x = random_input((n, n), kernel_dtype, "cuda", requires_grad=True)
     check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
@@ -350,7 +325,7 @@ def test_sinkhorn_persistent_preset_gpu(monkeypatch, kernel_dtype, n, symmetric)
 @pytest.mark.gpu
 @pytest.mark.triton
 def test_sinkhorn_persistent_batch_gpu(monkeypatch):
-    monkeypatch.setenv("UNIMIXER_SINKHORN_LAYOUT", "persistent")
+    monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
     monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
     x = random_input((3, 300, 300), torch.float32, "cuda", requires_grad=True)
     check_against_reference(uk.sinkhorn, (x, 0.1, 7, True), backend="triton")
@@ -379,7 +354,7 @@ def test_sinkhorn_saved_memory_gpu():
 
 @pytest.mark.gpu
 @pytest.mark.triton
-def test_sinkhorn_hypothesis_gpu(monkeypatch):
+def test_sinkhorn_hypothesis_gpu():
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
 
@@ -391,10 +366,8 @@ def test_sinkhorn_hypothesis_gpu(monkeypatch):
         iters=st.integers(1, 25),
         tau=st.sampled_from([0.05, 0.1, 0.5, 1.0, 2.0]),
         symmetric=st.booleans(),
-        layout=st.sampled_from(["tiles", "bands"]),
     )
-    def run(seed, n, batch, iters, tau, symmetric, layout):
-        monkeypatch.setenv("UNIMIXER_SINKHORN_LAYOUT", layout)
+    def run(seed, n, batch, iters, tau, symmetric):
         torch.manual_seed(seed)  # fresh inputs per example, reproducible from the example
         x = random_input((batch, n, n), torch.float32, "cuda", requires_grad=True)
         check_against_reference(uk.sinkhorn, (x, tau, iters, symmetric), backend="triton")
