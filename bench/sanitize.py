@@ -28,13 +28,20 @@ SANITIZE_SIZES = dict(bs=5, T=5, D=40, B=4, r=7, nb=3, h=24, ffn_mult=2, n=11, d
                       tau=0.05)
 
 
+@contextlib.contextmanager
+def _patched(module, attrs: dict, env: dict):
+    with mock.patch.multiple(module, **attrs), mock.patch.dict(os.environ, env):
+        yield
+
+
 def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
     """The kernel paths an op can take at these sizes: the default one, plus each path that the
     small shapes would not reach by themselves (forced here, so that the sanitizer sees it)."""
     # the kernel modules as the ops import them (the package maps the checkout's triton_kernels/):
     # a plain ``import triton_kernels`` from the repo root would be a second copy, which no op reads
     from unimixer_kernels.triton_kernels import pswiglu, sinkhorn
-    from unimixer_kernels.triton_kernels._launch import FFN_BACKWARD_SWITCH, NORM_SWITCH, PERSISTENT_SWITCH
+    from unimixer_kernels.triton_kernels._launch import (FFN_BACKWARD_SWITCH, NORM_SWITCH, PDL_SWITCH,
+                                                          PERSISTENT_SWITCH)
 
     paths: list[tuple[str, contextlib.AbstractContextManager]] = [("", contextlib.nullcontext())]
     if name in ("pswiglu", "pgelu_ffn"):
@@ -48,6 +55,8 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         paths.append((" [tiled, 16x16 tiles]", mock.patch.multiple(sinkhorn, **tiled)))
         paths.append((f" [tiled, persistent ({PERSISTENT_SWITCH}=1)]",
                       mock.patch.multiple(sinkhorn, PERSISTENT=True, **tiled)))
+        if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0):
+            paths.append((f" [tiled, {PDL_SWITCH}=1]", _patched(sinkhorn, tiled, {PDL_SWITCH: "1"})))
     if name == "unimixing_rmsnorm":
         paths.append((f" [{NORM_SWITCH}=fused]", mock.patch.dict(os.environ, {NORM_SWITCH: "fused"})))
     return paths

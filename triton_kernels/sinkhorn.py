@@ -81,7 +81,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import PERSISTENT_SWITCH, new_output, sm_count, switch
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from ._launch import PERSISTENT_SWITCH, new_output, pdl_launch, sm_count, switch
 
 # matrices up to this size run the batched in-register kernels; larger ones the tiled kernels
 SMALL_MAX_N = 64
@@ -478,15 +480,26 @@ def _bwd_tile(
 
 
 @triton.jit
+def _pdl_prologue(PDL: tl.constexpr):
+    """With programmatic dependent launch (``PDL``): wait until the previous kernel in the stream
+    has finished and its writes are visible, before this program reads or writes anything, then let
+    the next kernel launch. Without it, nothing (stream order already serialises the kernels)."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+@triton.jit
 def sinkhorn_tile_fwd_kernel(
     SRC, A, B, WS, P, U, V, PR, PC,
     n, rank, K, k, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-    RT_P: tl.constexpr, CT_P: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr,
 ):
     """One forward half-step (``_fwd_tile``); grid ``(n_rt * n_ct, n_mat)``."""
+    _pdl_prologue(PDL)
     _fwd_tile(0.0, tl.program_id(0), tl.program_id(1).to(tl.int64), SRC, A, B, WS, P, U, V, PR, PC,
               n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
               PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P, False)
@@ -499,9 +512,10 @@ def sinkhorn_tile_bwd_kernel(
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-    RT_P: tl.constexpr, CT_P: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr,
 ):
     """One backward half-step (``_bwd_tile``); grid ``(n_rt * n_ct, n_mat)``."""
+    _pdl_prologue(PDL)
     _bwd_tile(0.0, 0.0, tl.program_id(0), tl.program_id(1).to(tl.int64), SRC, A, B, WS, DP, U, V, G, DX,
               PR, PC, n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale,
               grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P, False)
@@ -525,8 +539,9 @@ def _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.co
 
 
 @triton.jit
-def sinkhorn_tile_sym_kernel(G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.constexpr):
+def sinkhorn_tile_sym_kernel(G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.constexpr, PDL: tl.constexpr):
     """``dM = (G + G^T) * grad_scale``, tile by tile; grid ``(n_rt * n_ct, n_mat)``."""
+    _pdl_prologue(PDL)
     _sym_tile(tl.program_id(0), tl.program_id(1).to(tl.int64), G, DX, n, n_ct, grad_scale, BM, BN)
 
 
@@ -728,6 +743,12 @@ def _cooperative_launch_available() -> bool:
     return "launch_cooperative_grid" in getattr(CUDAOptions, "__dataclass_fields__", {})
 
 
+def _pdl_options(device: torch.device) -> dict:
+    """Launch options of the tiled kernels' ``PDL`` constexpr (``UNIMIXER_PDL``)."""
+    on = pdl_launch(device)
+    return dict(PDL=True, launch_pdl=True) if on else dict(PDL=False)
+
+
 def _check_barriers(bar: torch.Tensor) -> None:
     if PERSISTENT_CHECK and int(bar[:, 1].sum().item()) != 0:
         raise RuntimeError("sinkhorn persistent kernel: a grid barrier timed out (programs not co-resident)")
@@ -834,12 +855,13 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
     grid = (n_rt * n_ct, n_mat)
     scale = (0.5 if symmetric else 1.0) / tau
     s_src, s_a, s_b = (a, a, b) if a is not None else (src, src, src)
+    pdl = _pdl_options(like.device)
 
     def launch(phase, k, m):
         sinkhorn_tile_fwd_kernel[grid](
             s_src, s_a, s_b, ws, p, u, v, pr, pc,
             n, rank, iters, k, n_rt, n_ct, *strides, scale,
-            PHASE=phase, MODE=m, SYMMETRIC=symmetric, **meta,
+            PHASE=phase, MODE=m, SYMMETRIC=symmetric, **meta, **pdl,
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
@@ -876,13 +898,14 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     grid = (n_rt * n_ct, n_mat)
     scale = grad_scale = (0.5 if symmetric else 1.0) / tau
     s_src, s_a, s_b = (a, a, b) if a is not None else (src, src, src)
+    pdl = _pdl_options(like.device)
 
     def launch(phase, k, m, last=False):
         sinkhorn_tile_bwd_kernel[grid](
             s_src, s_a, s_b, ws, dp, u, v, g, dx, pr, pc,
             n, rank, iters, k, n_rt, n_ct, *strides, dp.stride(0), dp.stride(1), dp.stride(2),
             scale, grad_scale,
-            PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, **meta,
+            PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, **meta, **pdl,
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
@@ -903,7 +926,8 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
         launch(1, k, later)
         launch(2, k, later, last=k == 0)
     if symmetric:
-        sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, BM=bm, BN=bn, num_warps=meta["num_warps"])
+        sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, BM=bm, BN=bn, num_warps=meta["num_warps"],
+                                       **pdl)
     return dx
 
 

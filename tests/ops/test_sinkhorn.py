@@ -398,3 +398,83 @@ def compile_persistent_for_sm90() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
 def test_sinkhorn_persistent_compiles_for_sm90(sm90_compile):
     sm90_compile("import test_sinkhorn as t; t.compile_persistent_for_sm90()")
+
+
+# --- programmatic dependent launch (UNIMIXER_PDL=1) --------------------------------------------
+
+
+@pytest.mark.triton
+def test_sinkhorn_pdl_switch_refuses_where_it_cannot_work(device, tiled, monkeypatch):
+    x = _logits((20, 20), torch.float32, device)
+    monkeypatch.setenv("UNIMIXER_PDL", "2")
+    with pytest.raises(ValueError, match="UNIMIXER_PDL"):
+        uk.sinkhorn(x, 0.5, 2, backend="triton")
+    if device == "cuda" and torch.cuda.get_device_capability() >= (9, 0):
+        return
+    monkeypatch.setenv("UNIMIXER_PDL", "1")
+    with pytest.raises(RuntimeError, match="UNIMIXER_PDL=1 needs"):
+        uk.sinkhorn(x, 0.5, 2, backend="triton")
+
+
+def compile_tiles_pdl_for_sm90() -> None:
+    """Compile the tiled kernels for sm_90 with and without ``PDL`` and check that only the PDL
+    build waits on the previous grid and releases the next one. Run without ``TRITON_INTERPRET``."""
+    from unimixer_kernels.triton_kernels import sinkhorn as k
+
+    from bench.sm90 import compile_sm90
+
+    ptrs = {a: "*fp32" for a in "SRC A B WS P U V PR PC DP G DX".split()}
+    tile = dict(BM=64, BN=128)
+    common = dict(tile, MODE=1, SYMMETRIC=True, BK=32, DOT_IEEE=True, RT_P=16, CT_P=8)
+    builds = [(k.sinkhorn_tile_fwd_kernel, dict(common, PHASE=1)),
+              (k.sinkhorn_tile_bwd_kernel, dict(common, PHASE=1, LAST=False)),
+              (k.sinkhorn_tile_sym_kernel, tile)]
+    for kernel, consts in builds:
+        for pdl in (True, False):
+            ptx = compile_sm90(kernel, ptrs, dict(consts, PDL=pdl), 8, 1, floats=("scale", "grad_scale"),
+                               ptx=True)["ptx"]
+            has = "griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx
+            assert has == pdl, (kernel.__name__, pdl)
+            if pdl:  # the wait comes before the kernel's first global load
+                assert ptx.index("griddepcontrol.wait") < ptx.index("ld.global"), kernel.__name__
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
+def test_sinkhorn_pdl_compiles_for_sm90(sm90_compile):
+    sm90_compile("import test_sinkhorn as t; t.compile_tiles_pdl_for_sm90()")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_pdl_gpu(monkeypatch, symmetric):
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("programmatic dependent launch needs sm_90 or newer")
+    monkeypatch.setenv("UNIMIXER_PDL", "1")
+    x = random_input((1024, 1024), torch.float32, "cuda", requires_grad=True)
+    check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
+    # captured in a CUDA graph (the launches keep their programmatic edges) and replayed: the same
+    # values as the eager calls, also with a kernel of another kind between replays
+    g_out = torch.randn(1024, 1024, device="cuda")
+
+    def step():
+        p = uk.sinkhorn(x, 0.05, 20, symmetric, backend="triton")
+        (dx,) = torch.autograd.grad(p, x, g_out)
+        return p, dx
+
+    expect = step()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # warm-up on the capture stream
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    for _ in range(3):
+        x.data.mul_(1.0)
+        graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out[0], expect[0], rtol=0, atol=0)
+    torch.testing.assert_close(out[1], expect[1], rtol=0, atol=0)
