@@ -40,8 +40,12 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
     # the kernel modules as the ops import them (the package maps the checkout's triton_kernels/):
     # a plain ``import triton_kernels`` from the repo root would be a second copy, which no op reads
     from unimixer_kernels.triton_kernels import pswiglu, sinkhorn
-    from unimixer_kernels.triton_kernels._launch import (FFN_BACKWARD_SWITCH, NORM_SWITCH, PDL_SWITCH,
-                                                          PERSISTENT_SWITCH)
+    from unimixer_kernels.triton_kernels._launch import (
+        FFN_BACKWARD_SWITCH,
+        NORM_SWITCH,
+        PDL_SWITCH,
+        PERSISTENT_SWITCH,
+    )
 
     paths: list[tuple[str, contextlib.AbstractContextManager]] = [("", contextlib.nullcontext())]
     if name in ("pswiglu", "pgelu_ffn"):

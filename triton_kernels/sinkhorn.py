@@ -66,6 +66,11 @@ Layouts
   in registers for the whole call (``RESIDENT``): a half-step then moves only the partials and
   potentials, and Lite forms its low-rank tile once, not ``2K+1``
   times. The interpreter runs one program per matrix (programs run one after another there).
+* **Programmatic dependent launch** (``UNIMIXER_PDL=1``, sm_90+): the tiled launches start with
+  ``griddepcontrol.wait`` (nothing is read or written before the previous kernel has finished and
+  its writes are visible), then release the next launch, so that its launch processing overlaps
+  this kernel's tail. It applies to the one-launch-per-half-step kernels; the persistent kernels
+  are one launch per direction and run as they are.
 
 Matrices and partial rows are indexed in int64; offsets inside one matrix are int32
 (``n <= 46340``).
@@ -80,7 +85,6 @@ import os
 import torch
 import triton
 import triton.language as tl
-
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ._launch import PERSISTENT_SWITCH, new_output, pdl_launch, sm_count, switch
@@ -539,7 +543,8 @@ def _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.co
 
 
 @triton.jit
-def sinkhorn_tile_sym_kernel(G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.constexpr, PDL: tl.constexpr):
+def sinkhorn_tile_sym_kernel(G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.constexpr,
+                             PDL: tl.constexpr):
     """``dM = (G + G^T) * grad_scale``, tile by tile; grid ``(n_rt * n_ct, n_mat)``."""
     _pdl_prologue(PDL)
     _sym_tile(tl.program_id(0), tl.program_id(1).to(tl.int64), G, DX, n, n_ct, grad_scale, BM, BN)
