@@ -45,6 +45,7 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         NORM_SWITCH,
         PDL_SWITCH,
         PERSISTENT_SWITCH,
+        UNIMIXING_BWD_SWITCH,
     )
 
     paths: list[tuple[str, contextlib.AbstractContextManager]] = [("", contextlib.nullcontext())]
@@ -63,6 +64,9 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
             paths.append((f" [tiled, {PDL_SWITCH}=1]", _patched(sinkhorn, tiled, {PDL_SWITCH: "1"})))
     if name == "unimixing_rmsnorm":
         paths.append((f" [{NORM_SWITCH}=fused]", mock.patch.dict(os.environ, {NORM_SWITCH: "fused"})))
+    if name in ("unimixing", "unimixing_rmsnorm"):
+        paths.append((f" [{UNIMIXING_BWD_SWITCH}=gemm]",
+                      mock.patch.dict(os.environ, {UNIMIXING_BWD_SWITCH: "gemm"})))
     return paths
 
 

@@ -16,6 +16,7 @@ NORM_SWITCH = "UNIMIXER_UNIMIXING_NORM"
 PERSISTENT_SWITCH = "UNIMIXER_SINKHORN_PERSISTENT"
 FFN_BACKWARD_SWITCH = "UNIMIXER_FFN_BACKWARD"
 PDL_SWITCH = "UNIMIXER_PDL"
+UNIMIXING_BWD_SWITCH = "UNIMIXER_UNIMIXING_BACKWARD"
 SWITCHES = {
     NORM_SWITCH: ("composed", "unimixing_rmsnorm: 'composed' (mixing kernel, then one add + RMSNorm "
                               "pass) or 'fused' (in the mixing kernel's epilogue)"),
@@ -26,6 +27,10 @@ SWITCHES = {
                                      "kernels) or 'recompute' (the weight-gradient kernel forms them again: "
                                      "no such buffers, more FLOPs; slower on the H200: the full block "
                                      "trains in 1.88 against 1.54 ms, with a 185 against 209 MiB peak)"),
+    UNIMIXING_BWD_SWITCH: ("auto", "unimixing / unimixing_rmsnorm backward: 'auto' (B < 16: two kernels that "
+                                   "build G = W_G^T dY and H = X W_B in registers; B >= 16: G and H through "
+                                   "memory, two GEMMs and a per-block kernel) or 'gemm' (the memory path at "
+                                   "every B; not yet timed on a GPU)"),
     PDL_SWITCH: ("0", "1: launch the tiled Sinkhorn kernels with programmatic dependent launch (sm_90+, "
                       "CUDA): each waits for its predecessor inside the kernel, so its launch overlaps "
                       "the previous kernel's tail"),

@@ -53,6 +53,10 @@ block ``n``, ``dx_n = G_n W_B[n]^T``, ``h_n = x_n W_B[n]`` (written) and the ``d
 three dots; ``unimixing_bwd_dwg_gemm_kernel`` is the GEMM ``dY H^T`` with both operands from memory.
 The fused RMSNorm epilogue needs all of ``c`` in its tile, so with it the forward keeps the FMA
 path at any ``B``.
+``UNIMIXER_UNIMIXING_BACKWARD=gemm`` takes this backward at every ``B``; below 16, the per-block step
+is ``unimixing_bwd_local_fma_kernel`` (``LOCAL_FMA_BN`` consecutive blocks per program, so that every
+sample's values are contiguous, and ``B`` FMAs per element). It is an alternative to the
+in-register kernels at small ``B``, not yet timed.
 
 Weight gradients are reduced deterministically: each program writes its own fp32 partial, and a
 second pass sums the partials (no atomics; with a single split, ``dW_G`` is written directly).
@@ -75,7 +79,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import NORM_SWITCH, bucket, new_output, sm_count, switch
+from ._launch import NORM_SWITCH, UNIMIXING_BWD_SWITCH, bucket, new_output, sm_count, switch
 from .rms_norm import rms_norm_bwd, rms_norm_fwd
 
 _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
@@ -444,6 +448,54 @@ def unimixing_bwd_local_kernel(
 
 
 @triton.jit
+def unimixing_bwd_local_fma_kernel(
+    G, X, WL, DY, DX, H, DWL_PART,
+    BS, N, L, samples_per_split,
+    B: tl.constexpr,
+    BP: tl.constexpr,
+    BN: tl.constexpr,
+    SB: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+):
+    """``unimixing_bwd_local_kernel`` for small ``B`` (memory-path backward at ``B < 16``): a program
+    owns ``BN`` consecutive blocks, so that one sample's ``BN * B`` values are contiguous in every
+    load and store, and forms the local products with ``B`` fp32 FMAs per element::
+
+        DX[s, n, c] = sum_k G[s, n, k] W_B[n, c, k] (+ DY)     H[s, n, c] = sum_k X[s, n, k] W_B[n, k, c]
+        DWL_PART[p, n, k, c] = sum_{s in split p} X[s, n, k] G[s, n, c]
+    """
+    pid_n = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    rn = pid_n * BN + tl.arange(0, BN)
+    n_ok = rn < N
+    kb = tl.arange(0, BP)
+    kb_ok = kb < B
+    # W_B[n] as [BN, k, c] (c fastest, as stored)
+    w_off = rn[:, None, None] * (B * B) + kb[None, :, None] * B + kb[None, None, :]
+    w_mask = n_ok[:, None, None] & kb_ok[None, :, None] & kb_ok[None, None, :]
+    w = tl.load(WL + w_off, mask=w_mask, other=0.0).to(tl.float32)
+    dwb = tl.zeros([BN, BP, BP], dtype=tl.float32)
+    s_begin = pid_p.to(tl.int64) * samples_per_split
+    s_end = tl.minimum(s_begin + samples_per_split, BS)
+    for st in range(s_begin, s_end, SB):
+        rs = st + tl.arange(0, SB)
+        offs = rs[:, None, None] * L + rn[None, :, None] * B + kb[None, None, :]
+        mask = (rs < s_end)[:, None, None] & n_ok[None, :, None] & kb_ok[None, None, :]
+        g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        # dx[s, n, c] = sum_k g[s, n, k] w[n, c, k]: w indexed [n, k, c], so sum over its axis 2
+        dx = tl.sum(g[:, :, None, :] * w[None, :, :, :], axis=3)
+        if HAS_RESIDUAL:
+            dx += tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+        h = tl.sum(x[:, :, :, None] * w[None, :, :, :], axis=2)
+        tl.store(H + offs, h.to(H.dtype.element_ty), mask=mask)
+        dwb += tl.sum(x[:, :, :, None] * g[:, :, None, :], axis=0)
+    part = DWL_PART + pid_p.to(tl.int64) * (N * B * B) + w_off
+    tl.store(part, dwb, mask=w_mask)
+
+
+@triton.jit
 def unimixing_bwd_dwg_gemm_kernel(
     DY, H, DWG_PART,
     BS, N, L, samples_per_split,
@@ -555,12 +607,25 @@ def fused_norm_epilogue() -> bool:
 LOCAL_DOT_MIN_BP = 16
 # the slice of output columns c per sample in a local-dot forward tile (a dot's minimum width)
 LOCAL_DOT_CW = 16
+# memory-path backward at B < 16: consecutive blocks and samples per program of the local FMA kernel
+LOCAL_FMA_BN = 32
+LOCAL_FMA_SB = 16
 
 
 def uses_local_dot(block: int, fused: bool, half: bool = True) -> bool:
     """Whether the forward builds H with a batched dot. The fused epilogue needs every column of a
     sample in its tile, and fp32 dots run on CUDA cores anyway, so both keep the FMA build."""
     return triton.next_power_of_2(block) >= LOCAL_DOT_MIN_BP and not fused and half
+
+
+def gemm_backward(block: int) -> bool:
+    """Whether the backward takes the memory path (``G`` and ``H`` written, two GEMMs and a
+    per-block kernel): for ``B >= 16`` always, and at every ``B`` with
+    ``UNIMIXER_UNIMIXING_BACKWARD=gemm``."""
+    mode = switch(UNIMIXING_BWD_SWITCH)
+    if mode not in ("auto", "gemm"):
+        raise ValueError(f"{UNIMIXING_BWD_SWITCH}: expected 'auto' or 'gemm', got {mode!r}")
+    return mode == "gemm" or uses_local_dot(block, False)
 
 
 # Tile lists (BM or BN, BK, BC, warps, stages), checked for register spills in sm_90 compiles.
@@ -723,7 +788,7 @@ def unimixing_bwd(
     bp = triton.next_power_of_2(b)
     interp = _interpreting()
     half = x.dtype != torch.float32
-    if uses_local_dot(b, False):
+    if gemm_backward(b):
         return _unimixing_bwd_local_dot(dyc, xc, wl, wg, dx, w_local.dtype, w_global.dtype, residual)
 
     # dX and dW_B
@@ -766,10 +831,12 @@ def _unimixing_bwd_local_dot(
     dwg_dtype: torch.dtype,
     residual: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Large-``B`` backward: ``G = W_G^T dY`` (GEMM), then per block ``dX``, ``H`` and the ``dW_B``
-    partials (three small tensor-core dots), then ``dW_G = dY H^T`` (GEMM). ``G`` and ``H`` go
-    through memory in the activation dtype (``2 * bs * L`` elements each way): the in-register
-    local transpose would cost ``O(B)`` CUDA-core work per element."""
+    """The memory-path backward (``B >= 16``, or any ``B`` with ``UNIMIXER_UNIMIXING_BACKWARD=gemm``):
+    ``G = W_G^T dY`` (GEMM), then per block ``dX``, ``H`` and the ``dW_B`` partials (three small
+    tensor-core dots; ``B`` FMAs per element for ``B < 16``), then ``dW_G = dY H^T`` (GEMM). ``G`` and
+    ``H`` go through memory in the activation dtype (``2 * bs * L`` elements each way): at large
+    ``B`` the in-register local transpose would cost ``O(B)`` CUDA-core work per element; at small
+    ``B`` the two GEMMs run without the register build of ``G`` and ``H`` beside their dots."""
     bs, t, d = xc.shape
     n, b, _ = wl.shape
     length = t * d
@@ -790,14 +857,24 @@ def _unimixing_bwd_local_dot(
         kernel = _tuned("unimixing_bwd_global_kernel", _global_configs(half), ("N", "BS_BUCKET", "B"))
         kernel[lambda meta: (triton.cdiv(n, meta["BN"]) * triton.cdiv(bs * b, meta["BC"]),)](*args, **consts)
 
-    p1, per1 = _splits(bs, n, xc.device, n * b * b)
-    dwl_part = new_output((p1, n, b, b), like=xc, dtype=torch.float32)
-    sb = 64 if half and not interp else 16
-    unimixing_bwd_local_kernel[(n, p1)](
-        g, xc, wl, dyc, dx, h, dwl_part, bs, n, length, per1,
-        B=b, BP=bp, SB=sb, HAS_RESIDUAL=residual, DOT_DTYPE=dot_dtype, PRECISION=precision,
-        **({} if interp else dict(num_warps=4)),
-    )
+    if bp < LOCAL_DOT_MIN_BP:
+        bn = LOCAL_FMA_BN
+        p1, per1 = _splits(bs, triton.cdiv(n, bn), xc.device, n * b * b)
+        dwl_part = new_output((p1, n, b, b), like=xc, dtype=torch.float32)
+        unimixing_bwd_local_fma_kernel[(triton.cdiv(n, bn), p1)](
+            g, xc, wl, dyc, dx, h, dwl_part, bs, n, length, per1,
+            B=b, BP=triton.next_power_of_2(b), BN=bn, SB=LOCAL_FMA_SB, HAS_RESIDUAL=residual,
+            **({} if interp else dict(num_warps=8)),
+        )
+    else:
+        p1, per1 = _splits(bs, n, xc.device, n * b * b)
+        dwl_part = new_output((p1, n, b, b), like=xc, dtype=torch.float32)
+        sb = 64 if half and not interp else 16
+        unimixing_bwd_local_kernel[(n, p1)](
+            g, xc, wl, dyc, dx, h, dwl_part, bs, n, length, per1,
+            B=b, BP=bp, SB=sb, HAS_RESIDUAL=residual, DOT_DTYPE=dot_dtype, PRECISION=precision,
+            **({} if interp else dict(num_warps=4)),
+        )
 
     p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=2)
     dwg_part = _dwg_buffer(p2, n, xc, dwg_dtype)

@@ -118,6 +118,43 @@ def test_unimixing_local_paths(device, monkeypatch, min_bp):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("shape", [s for s in SHAPES if s[3] < 16], ids=lambda s: "x".join(map(str, s)))
+def test_unimixing_gemm_backward(device, kernel_dtype, monkeypatch, shape):
+    # UNIMIXER_UNIMIXING_BACKWARD=gemm at small B: G and H through memory, the local FMA kernel
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", "gemm")
+    bs, t, d, b = shape
+    x = random_input((bs, t, d), kernel_dtype, device, requires_grad=True, noncontiguous=bs % 2 == 1)
+    wl, wg = _weights(t * d // b, b, kernel_dtype, device)
+    check_against_reference(uk.unimixing, (x, wl, wg), backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("shape", [(5, 4, 24, 4), (1, 3, 10, 6)], ids=lambda s: "x".join(map(str, s)))
+def test_unimixing_rmsnorm_gemm_backward(device, monkeypatch, shape):
+    # the residual path of the local FMA kernel; several blocks per program and a ragged last one
+    from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", "gemm")
+    monkeypatch.setattr(kernels, "LOCAL_FMA_BN", 4)
+    monkeypatch.setattr(kernels, "LOCAL_FMA_SB", 2)
+    bs, t, d, b = shape
+    z = random_input((bs, t, d), torch.float32, device, requires_grad=True)
+    wl, wg = _weights(t * d // b, b, torch.float32, device)
+    nw = random_input((d,), torch.float32, device, requires_grad=True)
+    check_against_reference(uk.unimixing_rmsnorm, (z, wl, wg, nw), backend="triton")
+
+
+@pytest.mark.triton
+def test_unimixing_backward_switch_checked(device, monkeypatch):
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", "gemms")
+    x = random_input((2, 4, 8), torch.float32, device, requires_grad=True)
+    wl, wg = _weights(8, 4, torch.float32, device)
+    y = uk.unimixing(x, wl, wg, backend="triton")
+    with pytest.raises(ValueError, match="UNIMIXER_UNIMIXING_BACKWARD: expected 'auto' or 'gemm'"):
+        y.sum().backward()
+
+
+@pytest.mark.triton
 def test_unimixing_equals_operator(device):
     # the kernel, not only the reference, equals the explicit L x L operator (SPEC §2)
     bs, t, d, b = 3, 2, 6, 4
@@ -288,6 +325,18 @@ def test_unimixing_rmsnorm_preset_gpu(kernel_dtype, preset):
 
 @pytest.mark.gpu
 @pytest.mark.triton
+@pytest.mark.parametrize("preset", ["paper-small", "lite-2.5m", "paper-100m"])
+def test_unimixing_gemm_backward_preset_gpu(monkeypatch, kernel_dtype, preset):
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", "gemm")
+    bs, t, d, b = PRESETS[preset]
+    z = random_input((bs, t, d), kernel_dtype, "cuda", requires_grad=True)
+    wl, wg = _weights(t * d // b, b, kernel_dtype, "cuda")
+    nw = random_input((d,), kernel_dtype, "cuda", requires_grad=True)
+    check_against_reference(uk.unimixing_rmsnorm, (z, wl, wg, nw), backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
 def test_unimixing_hypothesis_gpu():
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
@@ -347,7 +396,7 @@ def test_unimixing_int64_offsets_gpu():
 def compile_for_sm90() -> None:
     """Compile the kernels most exposed to GPU-only constraints for sm_90 (bf16): every forward
     tile (plain, and with the fused norm epilogue), the small-B dX kernel and the per-block local
-    kernel. Run in a process without ``TRITON_INTERPRET``."""
+    kernels (dots, and FMAs for small B). Run in a process without ``TRITON_INTERPRET``."""
     import triton.language as tl
     from unimixer_kernels.triton_kernels import unimixing as kernels
 
@@ -363,6 +412,8 @@ def compile_for_sm90() -> None:
          dict(kw, B=4, BP=4, HAS_RESIDUAL=True, **common), warps, stages),
         (kernels.unimixing_bwd_local_kernel, dict(G=p, X=p, WL=p, DY=p, DX=p, H=p, DWL_PART="*fp32"),
          dict(B=48, BP=64, SB=64, HAS_RESIDUAL=True, **common), 4, 3),
+        (kernels.unimixing_bwd_local_fma_kernel, dict(G=p, X=p, WL=p, DY=p, DX=p, H=p, DWL_PART="*fp32"),
+         dict(B=4, BP=4, BN=kernels.LOCAL_FMA_BN, SB=kernels.LOCAL_FMA_SB, HAS_RESIDUAL=True), 8, 3),
     ):
         assert compile_sm90(kernel, ptrs, consts, w, s)["shared"] <= SMEM_LIMIT, kernel
 
