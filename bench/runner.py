@@ -148,7 +148,6 @@ class CaseRunner:
             impl.prepare(mode)
         return ModeCalls(impl, inputs, mode, self.device, self.autocast, mark)
 
-
     def impl_for(self, provider: str, setup: Setup, cache: dict,
                  mode: str = "") -> tuple[Impl, Callable | None]:
         """The implementation a provider runs, and its per-call step marker (compiled-cg).

@@ -43,14 +43,16 @@ def switch(name: str) -> str:
 
 
 @functools.cache
-def _triton_has_pdl() -> bool:
-    """Whether this Triton launches with ``launch_pdl`` and has the grid-dependency intrinsics."""
+def triton_launch_option(name: str) -> bool:
+    """Whether this Triton's CUDA backend takes the launch option ``name`` (``launch_pdl``,
+    ``launch_cooperative_grid``); never under the interpreter, which runs programs one by one."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return False
     try:
         from triton.backends.nvidia.compiler import CUDAOptions
-        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: F401
     except ImportError:
         return False
-    return "launch_pdl" in getattr(CUDAOptions, "__dataclass_fields__", {})
+    return name in getattr(CUDAOptions, "__dataclass_fields__", {})
 
 
 def pdl_launch(device: torch.device) -> bool:
@@ -68,7 +70,7 @@ def pdl_launch(device: torch.device) -> bool:
     if torch.cuda.get_device_capability(device) < (9, 0):
         raise RuntimeError(f"{PDL_SWITCH}=1 needs sm_90 or newer, this GPU is "
                            f"sm_{''.join(map(str, torch.cuda.get_device_capability(device)))}; unset it")
-    if not _triton_has_pdl():
+    if not triton_launch_option("launch_pdl"):
         raise RuntimeError(f"{PDL_SWITCH}=1 needs a Triton with programmatic dependent launch (3.4 or "
                            f"newer); unset it or upgrade Triton")
     return True

@@ -78,16 +78,14 @@ Matrices and partial rows are indexed in int64; offsets inside one matrix are in
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from ._launch import PERSISTENT_SWITCH, new_output, pdl_launch, sm_count, switch
+from ._launch import PERSISTENT_SWITCH, new_output, pdl_launch, sm_count, switch, triton_launch_option
 
 # matrices up to this size run the batched in-register kernels; larger ones the tiled kernels
 SMALL_MAX_N = 64
@@ -730,22 +728,9 @@ def _persistent_meta(meta: dict) -> dict:
     # (checked with cuobjdump on sm_90 builds)
     if meta["BM"] * meta["BN"] >= 8192:
         meta["num_warps"] = 16
-    if PERSISTENT_COOPERATIVE and _cooperative_launch_available():
+    if PERSISTENT_COOPERATIVE and triton_launch_option("launch_cooperative_grid"):
         meta["launch_cooperative_grid"] = True
     return meta
-
-
-@functools.cache
-def _cooperative_launch_available() -> bool:
-    """Whether this Triton's CUDA backend takes ``launch_cooperative_grid`` (not the interpreter,
-    which runs the programs one after another anyway)."""
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return False
-    try:
-        from triton.backends.nvidia.compiler import CUDAOptions
-    except ImportError:
-        return False
-    return "launch_cooperative_grid" in getattr(CUDAOptions, "__dataclass_fields__", {})
 
 
 def _pdl_options(device: torch.device) -> dict:

@@ -789,7 +789,7 @@ def unimixing_bwd(
     interp = _interpreting()
     half = x.dtype != torch.float32
     if gemm_backward(b):
-        return _unimixing_bwd_local_dot(dyc, xc, wl, wg, dx, w_local.dtype, w_global.dtype, residual)
+        return _unimixing_bwd_memory(dyc, xc, wl, wg, dx, w_local.dtype, w_global.dtype, residual)
 
     # dX and dW_B
     p1, per1 = _splits(bs, triton.cdiv(n, 64), x.device, n * b * b)
@@ -821,7 +821,7 @@ def unimixing_bwd(
     return dx, dwl, dwg
 
 
-def _unimixing_bwd_local_dot(
+def _unimixing_bwd_memory(
     dyc: torch.Tensor,
     xc: torch.Tensor,
     wl: torch.Tensor,
@@ -857,18 +857,17 @@ def _unimixing_bwd_local_dot(
         kernel = _tuned("unimixing_bwd_global_kernel", _global_configs(half), ("N", "BS_BUCKET", "B"))
         kernel[lambda meta: (triton.cdiv(n, meta["BN"]) * triton.cdiv(bs * b, meta["BC"]),)](*args, **consts)
 
-    if bp < LOCAL_DOT_MIN_BP:
-        bn = LOCAL_FMA_BN
-        p1, per1 = _splits(bs, triton.cdiv(n, bn), xc.device, n * b * b)
-        dwl_part = new_output((p1, n, b, b), like=xc, dtype=torch.float32)
+    fma = bp < LOCAL_DOT_MIN_BP  # B < 16: LOCAL_FMA_BN blocks per program, B FMAs per element
+    bn = LOCAL_FMA_BN if fma else 1
+    p1, per1 = _splits(bs, triton.cdiv(n, bn), xc.device, n * b * b)
+    dwl_part = new_output((p1, n, b, b), like=xc, dtype=torch.float32)
+    if fma:
         unimixing_bwd_local_fma_kernel[(triton.cdiv(n, bn), p1)](
             g, xc, wl, dyc, dx, h, dwl_part, bs, n, length, per1,
-            B=b, BP=triton.next_power_of_2(b), BN=bn, SB=LOCAL_FMA_SB, HAS_RESIDUAL=residual,
+            B=b, BP=bp, BN=bn, SB=LOCAL_FMA_SB, HAS_RESIDUAL=residual,
             **({} if interp else dict(num_warps=8)),
         )
     else:
-        p1, per1 = _splits(bs, n, xc.device, n * b * b)
-        dwl_part = new_output((p1, n, b, b), like=xc, dtype=torch.float32)
         sb = 64 if half and not interp else 16
         unimixing_bwd_local_kernel[(n, p1)](
             g, xc, wl, dyc, dx, h, dwl_part, bs, n, length, per1,

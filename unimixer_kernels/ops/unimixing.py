@@ -5,10 +5,10 @@ kernel (the intermediate ``h`` never goes to memory; the ``N x N`` global produc
 cores in the activation dtype). For ``unimixing_rmsnorm`` the residual add and the RMSNorm follow
 as one add + RMSNorm pass (the default, measured faster on the H200), or run in the mixing kernel's
 epilogue with ``UNIMIXER_UNIMIXING_NORM=fused``. Either forward saves ``s = z + UniMixing(z)``
-(input dtype) and the fp32 ``rstd``;
-the backward recomputes ``h`` from the inputs (in registers for small ``B``; for ``B > 8`` the
-backward writes ``W_G^T dY`` and the recomputed ``h`` to scratch buffers so that the per-block
-products run on tensor cores). Non-contiguous inputs are copied once.
+(input dtype) and the fp32 ``rstd``; the backward recomputes ``h`` from the inputs (in registers
+for small ``B``; for ``B > 8``, or any ``B`` with ``UNIMIXER_UNIMIXING_BACKWARD=gemm``, the
+backward writes ``W_G^T dY`` and the recomputed ``h`` to scratch buffers and runs both global
+products as plain GEMMs). Non-contiguous inputs are copied once.
 
 Precision: with fp16/bf16 activations the global product rounds ``w_global`` and the ``h`` chunk
 to the activation dtype before the fp32-accumulated dot, so the weight gradients carry that
