@@ -48,6 +48,14 @@ def versions() -> dict:
     }
 
 
+def kernel_switches() -> dict:
+    """The kernel switches set in the environment (``python -m unimixer_kernels.info`` lists them
+    all), so that a results file says which kernel paths it timed."""
+    from unimixer_kernels.triton_kernels._launch import SWITCHES
+
+    return {name: os.environ[name] for name in SWITCHES if name in os.environ}
+
+
 def header(device: torch.device, ceilings=None, **extra) -> dict:
     h = {
         "device": device_name(device),
@@ -56,6 +64,7 @@ def header(device: torch.device, ceilings=None, **extra) -> dict:
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "argv": " ".join(sys.argv),
+        "switches": kernel_switches(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

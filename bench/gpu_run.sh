@@ -13,8 +13,10 @@
 #   persistent the opt-in persistent Sinkhorn kernels beside the default ones (persistent.json;
 #             PERSISTENT_CASES picks the cases)
 #   sweep     the full UniMixer block at bs 256..2048 (sweep.json / .csv) and its plot (.png)
-#   variant   the bench stage's cases again with kernel switches set (VARIANT="UNIMIXER_FFN_BACKWARD=recompute",
-#             VARIANT_CASES, default BENCH_CASES; VARIANT_ARGS, default BENCH_ARGS): variant.json
+#   variant   the bench stage's cases again with kernel switches set, one run per entry of
+#             VARIANTS="UNIMIXER_PDL=1|sinkhorn@paper-small;UNIMIXER_FFN_BACKWARD=recompute" (cases after
+#             '|', default VARIANT_CASES, else BENCH_CASES; VARIANT_ARGS, default BENCH_ARGS): variant<i>.json
+#   ncu       Nsight Compute sections for a few launches of one case's kernels (NCU_CASE, NCU_KERNELS)
 #   profile   python -m bench profile of the UniMixer block's Triton path (profile.md)
 #   memory    python -m bench memory: the blocks alive at a training step's peak, by allocating site
 #             (memory.md; MEMORY_CASES="case@preset ...", default the RankMixer and full UniMixer blocks)
@@ -168,11 +170,38 @@ if want persistent; then
 fi
 
 if want variant; then
-    # the benchmark again with kernel switches set (VARIANT="NAME=value ..."), timed beside the
-    # default rows of the bench stage: variant.json
-    stage variant "${T_VARIANT:-120}" env ${VARIANT:?set VARIANT=\"SWITCH=value\"} "$PY" -m bench run \
-        --out "$OUT" --name variant --case "${VARIANT_CASES:-$BENCH_CASES}" --warmup 10 --rep 60 \
-        --budget-s $(( ${T_VARIANT:-120} - 30 )) ${VARIANT_ARGS:-${BENCH_ARGS:-}}
+    # the benchmark again with kernel switches set, timed beside the default rows of the bench stage:
+    # VARIANTS="SWITCH=value ...[|cases];..." (cases default VARIANT_CASES, else BENCH_CASES; VARIANT
+    # is a single entry), one variant<i>.json per entry; VARIANT_ARGS, default BENCH_ARGS
+    IFS=';' read -r -a VLIST <<<"${VARIANTS:-${VARIANT:?set VARIANTS=\"SWITCH=value[|cases];...\"}}"
+    i=0
+    for entry in "${VLIST[@]}"; do
+        i=$((i + 1))
+        cases="${VARIANT_CASES:-${BENCH_CASES:-}}"
+        case "$entry" in *"|"*) cases="${entry#*|}" ;; esac
+        stage "variant$i" "${T_VARIANT:-120}" env ${entry%%|*} "$PY" -m bench run --out "$OUT" \
+            --name "variant$i" --case "$cases" --warmup 10 --rep 60 \
+            --budget-s $(( ${T_VARIANT:-120} - 30 )) ${VARIANT_ARGS:-${BENCH_ARGS:-}}
+    done
+fi
+
+if want ncu; then
+    # Nsight Compute on a few launches of one case's Triton kernels (NCU_CASE, NCU_KERNELS regex,
+    # NCU_SKIP launches skipped first, NCU_COUNT profiled): duration, occupancy, stall reasons
+    NCU="$(command -v ncu || true)"
+    [ -z "$NCU" ] && [ -x /usr/local/cuda/bin/ncu ] && NCU=/usr/local/cuda/bin/ncu
+    if [ -n "$NCU" ]; then
+        pair="${NCU_CASE:-sinkhorn@paper-small}"
+        stage ncu "${T_NCU:-120}" env ${NCU_ENV:-} "$NCU" --clock-control none --target-processes all \
+            --log-file "$OUT/ncu.txt" \
+            -k "regex:${NCU_KERNELS:-sinkhorn_tile}" --launch-skip "${NCU_SKIP:-20}" --launch-count "${NCU_COUNT:-4}" \
+            --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+            --section SchedulerStats --section MemoryWorkloadAnalysis \
+            "$PY" -m bench run --out /tmp/ncu_bench --name ncu --case "${pair%@*}" --preset "${pair#*@}" \
+            --provider triton --mode "${NCU_MODE:-fwd}" --warmup 0 --rep 1
+    else
+        echo "ncu: not found" | tee -a "$LOG"
+    fi
 fi
 
 if want profile; then

@@ -45,7 +45,9 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         NORM_SWITCH,
         PDL_SWITCH,
         PERSISTENT_SWITCH,
+        TILE_SWITCH,
         UNIMIXING_BWD_SWITCH,
+        UNIMIXING_FWD_SWITCH,
     )
 
     paths: list[tuple[str, contextlib.AbstractContextManager]] = [("", contextlib.nullcontext())]
@@ -62,11 +64,15 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
                       mock.patch.multiple(sinkhorn, PERSISTENT=True, **tiled)))
         if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0):
             paths.append((f" [tiled, {PDL_SWITCH}=1]", _patched(sinkhorn, tiled, {PDL_SWITCH: "1"})))
+        # the switch's own tile shape, on matrices past SMALL_MAX_N
+        paths.append((f" [tiled, {TILE_SWITCH}=16x32]",
+                      _patched(sinkhorn, dict(SMALL_MAX_N=4), {TILE_SWITCH: "16x32"})))
     if name == "unimixing_rmsnorm":
         paths.append((f" [{NORM_SWITCH}=fused]", mock.patch.dict(os.environ, {NORM_SWITCH: "fused"})))
     if name in ("unimixing", "unimixing_rmsnorm"):
-        paths.append((f" [{UNIMIXING_BWD_SWITCH}=gemm]",
-                      mock.patch.dict(os.environ, {UNIMIXING_BWD_SWITCH: "gemm"})))
+        gemms = {UNIMIXING_BWD_SWITCH: "gemm", UNIMIXING_FWD_SWITCH: "gemm"}
+        paths.append((f" [{UNIMIXING_BWD_SWITCH}=gemm, {UNIMIXING_FWD_SWITCH}=gemm]",
+                      mock.patch.dict(os.environ, gemms)))
     return paths
 
 

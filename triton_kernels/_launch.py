@@ -16,7 +16,9 @@ NORM_SWITCH = "UNIMIXER_UNIMIXING_NORM"
 PERSISTENT_SWITCH = "UNIMIXER_SINKHORN_PERSISTENT"
 FFN_BACKWARD_SWITCH = "UNIMIXER_FFN_BACKWARD"
 PDL_SWITCH = "UNIMIXER_PDL"
+TILE_SWITCH = "UNIMIXER_SINKHORN_TILE"
 UNIMIXING_BWD_SWITCH = "UNIMIXER_UNIMIXING_BACKWARD"
+UNIMIXING_FWD_SWITCH = "UNIMIXER_UNIMIXING_FORWARD"
 SWITCHES = {
     NORM_SWITCH: ("composed", "unimixing_rmsnorm: 'composed' (mixing kernel, then one add + RMSNorm "
                               "pass) or 'fused' (in the mixing kernel's epilogue)"),
@@ -31,9 +33,16 @@ SWITCHES = {
                                    "build G = W_G^T dY and H = X W_B in registers; B >= 16: G and H through "
                                    "memory, two GEMMs and a per-block kernel) or 'gemm' (the memory path at "
                                    "every B; not yet timed on a GPU)"),
+    UNIMIXING_FWD_SWITCH: ("auto", "unimixing forward (and the mixing of unimixing_rmsnorm's composed path): "
+                                   "'auto' (one kernel that builds H = X W_B in registers beside the "
+                                   "global GEMM) or 'gemm' (H written once, then a plain GEMM Y = W_G H; "
+                                   "not yet timed on a GPU)"),
     PDL_SWITCH: ("0", "1: launch the tiled Sinkhorn kernels with programmatic dependent launch (sm_90+, "
-                      "CUDA): each waits for its predecessor inside the kernel, so its launch overlaps "
+                      "CUDA): each waits for its predecessor inside the kernel, so its launch, and its "
+                      "read of the logits tile where the previous launch does not write it, overlap "
                       "the previous kernel's tail"),
+    TILE_SWITCH: ("auto", "tile of the tiled Sinkhorn kernels (n > 64): 'auto' (64x128, 8 warps) or 'BMxBN' "
+                          "(powers of two, 16..256, BM*BN <= 16384; 4 warps below 8192 entries)"),
 }
 
 

@@ -85,7 +85,15 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from ._launch import PERSISTENT_SWITCH, new_output, pdl_launch, sm_count, switch, triton_launch_option
+from ._launch import (
+    PERSISTENT_SWITCH,
+    TILE_SWITCH,
+    new_output,
+    pdl_launch,
+    sm_count,
+    switch,
+    triton_launch_option,
+)
 
 # matrices up to this size run the batched in-register kernels; larger ones the tiled kernels
 SMALL_MAX_N = 64
@@ -330,10 +338,10 @@ def _lowrank_tile(A, B, rows, cols, rmask, cmask, rank, sa0, sa1, sb0, sb1,
 def _tile_frame(
     x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    DOT_IEEE: tl.constexpr, RESIDENT: tl.constexpr,
+    DOT_IEEE: tl.constexpr, X_GIVEN: tl.constexpr,
 ):
     """Tile ``(p, q)`` of matrix ``mat``, as every forward and backward half-step sees it: indices,
-    masks, its logits (``x_in`` when resident, else formed or loaded) and the potentials' rows."""
+    masks, its logits (``x_in`` when ``X_GIVEN``, else formed or loaded) and the potentials' rows."""
     p = tile // n_ct
     q = tile % n_ct
     rows = p * BM + tl.arange(0, BM)
@@ -341,7 +349,7 @@ def _tile_frame(
     rmask = rows < n
     cmask = cols < n
     m2 = rmask[:, None] & cmask[None, :]
-    if RESIDENT:
+    if X_GIVEN:
         x = x_in
     else:
         x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
@@ -358,7 +366,7 @@ def _fwd_tile(
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-    RT_P: tl.constexpr, CT_P: tl.constexpr, RESIDENT: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, RESIDENT: tl.constexpr, X_GIVEN: tl.constexpr,
 ):
     """One forward half-step over tile ``tile = (p, q)`` of matrix ``mat``.
 
@@ -369,10 +377,11 @@ def _fwd_tile(
     PHASE 1 (row step k): u = lse over PR; store U[k]; PC from base - u.
     PHASE 2 (column step k < K): v = lse over PC; store V[k]; PR from T1 - (v if k > 1 else 0).
     PHASE 3 (column step K): v as in 2, then P = exp(T1 - u - v) (relative potentials).
-    RESIDENT: the S0 tile is ``x_in`` (held in registers by a persistent program), not loaded."""
+    RESIDENT: the S0 tile is held in registers by a persistent program for the whole call (no
+    workspace). X_GIVEN: the S0 tile is ``x_in`` (resident, or read early by a PDL launch)."""
     p, q, rows, cols, rmask, cmask, m2, x, urow, vcol = _tile_frame(
         x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RESIDENT)
+        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN)
     if PHASE == 0:
         if (MODE == 0 or MODE == 3) and not RESIDENT:
             tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
@@ -414,7 +423,7 @@ def _bwd_tile(
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-    RT_P: tl.constexpr, CT_P: tl.constexpr, RESIDENT: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, RESIDENT: tl.constexpr, X_GIVEN: tl.constexpr,
 ):
     """One backward half-step over tile ``(p, q)``; ``G [n_mat, n, n]`` fp32 is the working gradient.
 
@@ -426,11 +435,12 @@ def _bwd_tile(
     PHASE 1 (column step k): c = sum of PC; G -= E * c; PR.
     PHASE 2 (row step k): r = sum of PR; G -= E * r; then PC (k > 0), or, with LAST (k = 0):
     dM = G * grad_scale into DX when not symmetric, else G stays for ``sinkhorn_tile_sym_kernel``.
-    RESIDENT: the S0 tile is ``x_in`` and the working gradient ``g_in`` (registers of a persistent
-    program); G is then written only for the final symmetrisation. Returns the updated tile of G."""
+    RESIDENT: the S0 tile and the working gradient ``g_in`` are held in registers by a persistent
+    program; G is then written only for the final symmetrisation. X_GIVEN: the S0 tile is ``x_in``
+    (resident, or read early by a PDL launch). Returns the updated tile of G."""
     p, q, rows, cols, rmask, cmask, m2, x, urow, vcol = _tile_frame(
         x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RESIDENT)
+        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN)
     r1 = x - tl.load(urow, mask=rmask, other=0.0, cache_modifier=".cg")[:, None]
     t1 = r1 - tl.load(vcol, mask=cmask, other=0.0, cache_modifier=".cg")[None, :]
     u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")
@@ -498,13 +508,19 @@ def sinkhorn_tile_fwd_kernel(
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-    RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
 ):
-    """One forward half-step (``_fwd_tile``); grid ``(n_rt * n_ct, n_mat)``."""
+    """One forward half-step (``_fwd_tile``); grid ``(n_rt * n_ct, n_mat)``. ``EARLY`` (with
+    ``PDL``): the S0 tile is read (or formed from the factors) before the wait, overlapping the
+    previous launch, which must not write what it reads (see ``tiled_fwd``)."""
+    tile = tl.program_id(0)
+    mat = tl.program_id(1).to(tl.int64)
+    x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY)
     _pdl_prologue(PDL)
-    _fwd_tile(0.0, tl.program_id(0), tl.program_id(1).to(tl.int64), SRC, A, B, WS, P, U, V, PR, PC,
+    _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC,
               n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-              PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P, False)
+              PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P, False, EARLY)
 
 
 @triton.jit
@@ -514,13 +530,18 @@ def sinkhorn_tile_bwd_kernel(
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-    RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
 ):
-    """One backward half-step (``_bwd_tile``); grid ``(n_rt * n_ct, n_mat)``."""
+    """One backward half-step (``_bwd_tile``); grid ``(n_rt * n_ct, n_mat)``; ``EARLY`` as in
+    ``sinkhorn_tile_fwd_kernel``."""
+    tile = tl.program_id(0)
+    mat = tl.program_id(1).to(tl.int64)
+    x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY)
     _pdl_prologue(PDL)
-    _bwd_tile(0.0, 0.0, tl.program_id(0), tl.program_id(1).to(tl.int64), SRC, A, B, WS, DP, U, V, G, DX,
+    _bwd_tile(x, 0.0, tile, mat, SRC, A, B, WS, DP, U, V, G, DX,
               PR, PC, n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale,
-              grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P, False)
+              grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P, False, EARLY)
 
 
 @triton.jit
@@ -574,13 +595,14 @@ def _grid_barrier(BAR, target, MAX_SPINS: tl.constexpr):
 
 
 @triton.jit
-def _resident_tile(
+def _held_tile(
     pid, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr, RESIDENT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr, HOLD: tl.constexpr,
 ):
-    """The S0 tile a resident program keeps in registers for the whole call (tile ``pid``)."""
-    if RESIDENT:
+    """With ``HOLD``, the S0 tile ``pid`` that a program holds in registers: a resident persistent
+    program for the whole call, an early PDL launch from before its wait (``0.0`` otherwise)."""
+    if HOLD:
         rows = (pid // n_ct) * BM + tl.arange(0, BM)
         cols = (pid % n_ct) * BN + tl.arange(0, BN)
         x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
@@ -608,28 +630,28 @@ def sinkhorn_persistent_fwd_kernel(
     mat = tl.program_id(1).to(tl.int64)
     bar = BAR + mat * 2
     n_tiles = n_rt * n_ct
-    x = _resident_tile(pid, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                       MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RESIDENT)
+    x = _held_tile(pid, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RESIDENT)
     for tile in range(pid, n_tiles, n_prog):
         _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, n, rank, K, 0, n_rt, n_ct,
                   s0, s1, s2, sa0, sa1, sb0, sb1, scale, 0, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P,
-                  RESIDENT)
+                  RESIDENT, RESIDENT)
     _grid_barrier(bar, n_prog, MAX_SPINS)
     for k in range(K):
         for tile in range(pid, n_tiles, n_prog):
             _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, n, rank, K, k, n_rt, n_ct,
                       s0, s1, s2, sa0, sa1, sb0, sb1, scale, 1, LATER, SYMMETRIC, BM, BN, BK, DOT_IEEE,
-                      RT_P, CT_P, RESIDENT)
+                      RT_P, CT_P, RESIDENT, RESIDENT)
         _grid_barrier(bar, (2 * k + 2) * n_prog, MAX_SPINS)
         for tile in range(pid, n_tiles, n_prog):
             if k == K - 1:
                 _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, n, rank, K, k, n_rt, n_ct,
                           s0, s1, s2, sa0, sa1, sb0, sb1, scale, 3, LATER, SYMMETRIC, BM, BN, BK, DOT_IEEE,
-                          RT_P, CT_P, RESIDENT)
+                          RT_P, CT_P, RESIDENT, RESIDENT)
             else:
                 _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, n, rank, K, k, n_rt, n_ct,
                           s0, s1, s2, sa0, sa1, sb0, sb1, scale, 2, LATER, SYMMETRIC, BM, BN, BK, DOT_IEEE,
-                          RT_P, CT_P, RESIDENT)
+                          RT_P, CT_P, RESIDENT, RESIDENT)
         _grid_barrier(bar, (2 * k + 3) * n_prog, MAX_SPINS)
 
 
@@ -648,18 +670,18 @@ def sinkhorn_persistent_bwd_kernel(
     mat = tl.program_id(1).to(tl.int64)
     bar = BAR + mat * 2
     n_tiles = n_rt * n_ct
-    x = _resident_tile(pid, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                       MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RESIDENT)
+    x = _held_tile(pid, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RESIDENT)
     g = tl.zeros([BM, BN], dtype=tl.float32)
     for tile in range(pid, n_tiles, n_prog):
         if RESIDENT:
             g = _bwd_tile(x, g, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, K - 1, n_rt,
                           n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
-                          0, MODE, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P, RESIDENT)
+                          0, MODE, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P, RESIDENT, RESIDENT)
         else:
             _bwd_tile(x, g, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, K - 1, n_rt,
                       n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
-                      0, MODE, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P, RESIDENT)
+                      0, MODE, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P, RESIDENT, RESIDENT)
     _grid_barrier(bar, n_prog, MAX_SPINS)
     for t in range(K):
         k = K - 1 - t
@@ -667,21 +689,23 @@ def sinkhorn_persistent_bwd_kernel(
             if RESIDENT:
                 g = _bwd_tile(x, g, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, k, n_rt,
                               n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
-                              1, LATER, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P, RESIDENT)
+                              1, LATER, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P,
+                              RESIDENT, RESIDENT)
             else:
                 _bwd_tile(x, g, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, k, n_rt,
                           n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
-                          1, LATER, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P, RESIDENT)
+                          1, LATER, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P, RESIDENT, RESIDENT)
         _grid_barrier(bar, (2 * t + 2) * n_prog, MAX_SPINS)
         for tile in range(pid, n_tiles, n_prog):
             if k == 0:
                 g = _bwd_tile(x, g, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, k, n_rt,
                               n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
-                              2, LATER, SYMMETRIC, True, BM, BN, BK, DOT_IEEE, RT_P, CT_P, RESIDENT)
+                              2, LATER, SYMMETRIC, True, BM, BN, BK, DOT_IEEE, RT_P, CT_P, RESIDENT, RESIDENT)
             else:
                 g = _bwd_tile(x, g, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, k, n_rt,
                               n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
-                              2, LATER, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P, RESIDENT)
+                              2, LATER, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P,
+                              RESIDENT, RESIDENT)
         _grid_barrier(bar, (2 * t + 3) * n_prog, MAX_SPINS)
     if SYMMETRIC:
         for tile in range(pid, n_tiles, n_prog):
@@ -705,8 +729,19 @@ def _small_warps(mb: int, npad: int) -> int:
 
 
 def _tiles(n: int) -> tuple[int, int]:
+    """``(BM, BN)`` of the tiled kernels: ``TILE_OVERRIDE``, else the ``UNIMIXER_SINKHORN_TILE``
+    switch (``"BMxBN"``), else 64 x 128 (smaller for small ``n``)."""
     if TILE_OVERRIDE is not None:
         return TILE_OVERRIDE
+    mode = switch(TILE_SWITCH)
+    if mode != "auto":
+        bm, _, bn = mode.partition("x")
+        ok = bm.isdigit() and bn.isdigit()
+        bm, bn = (int(bm), int(bn)) if ok else (0, 0)
+        if not (ok and all(16 <= t <= 256 and t & (t - 1) == 0 for t in (bm, bn)) and bm * bn <= 16384):
+            raise ValueError(f"{TILE_SWITCH}: expected 'auto' or 'BMxBN' with powers of two from 16 to 256 "
+                             f"and BM * BN <= 16384 (e.g. '32x128'), got {mode!r}")
+        return bm, bn
     npad = triton.next_power_of_2(n)
     return min(64, max(16, npad)), min(128, max(16, npad))
 
@@ -848,10 +883,12 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
     pdl = _pdl_options(like.device)
 
     def launch(phase, k, m):
+        # early S0 read (PDL): not in the first pass, and not right after it when it wrote the workspace
+        early = pdl["PDL"] and phase != _INIT and (m == _LOWRANK or (phase, k) != (_ROW, 0))
         sinkhorn_tile_fwd_kernel[grid](
             s_src, s_a, s_b, ws, p, u, v, pr, pc,
             n, rank, iters, k, n_rt, n_ct, *strides, scale,
-            PHASE=phase, MODE=m, SYMMETRIC=symmetric, **meta, **pdl,
+            PHASE=phase, MODE=m, SYMMETRIC=symmetric, EARLY=early, **meta, **pdl,
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
@@ -891,11 +928,12 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     pdl = _pdl_options(like.device)
 
     def launch(phase, k, m, last=False):
+        early = pdl["PDL"] and phase != 0 and (m == _LOWRANK or (phase, k) != (1, iters - 1))
         sinkhorn_tile_bwd_kernel[grid](
             s_src, s_a, s_b, ws, dp, u, v, g, dx, pr, pc,
             n, rank, iters, k, n_rt, n_ct, *strides, dp.stride(0), dp.stride(1), dp.stride(2),
             scale, grad_scale,
-            PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, **meta, **pdl,
+            PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, EARLY=early, **meta, **pdl,
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE

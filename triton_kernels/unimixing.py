@@ -47,22 +47,27 @@ Large ``B`` (``next_pow2(B) >= 16``, e.g. ``rankmixer-100m``'s 48): the per-elem
 (``O(B)`` FMAs) would dwarf the tensor-core GEMM, so the local products become dots. The forward
 builds each ``H`` chunk with a batched ``tl.dot`` over the ``BK`` blocks, for 16 samples times a
 16-column slice of ``c`` (the column tile; the ``x`` chunk is re-read once per slice). The backward
-goes through memory in the activation dtype: ``unimixing_bwd_global_kernel`` writes ``G`` (a plain
-GEMM over flat ``(s, c)`` columns, no padding of ``B``); ``unimixing_bwd_local_kernel`` does, per
+goes through memory in the activation dtype: ``unimixing_global_kernel`` writes ``G`` (a plain
+GEMM over flat ``(s, c)`` columns, no padding of ``B``); ``unimixing_local_kernel`` does, per
 block ``n``, ``dx_n = G_n W_B[n]^T``, ``h_n = x_n W_B[n]`` (written) and the ``dW_B`` partial as
 three dots; ``unimixing_bwd_dwg_gemm_kernel`` is the GEMM ``dY H^T`` with both operands from memory.
 The fused RMSNorm epilogue needs all of ``c`` in its tile, so with it the forward keeps the FMA
 path at any ``B``.
 ``UNIMIXER_UNIMIXING_BACKWARD=gemm`` takes this backward at every ``B``; below 16, the per-block step
-is ``unimixing_bwd_local_fma_kernel`` (``LOCAL_FMA_BN`` consecutive blocks per program, so that every
+is ``unimixing_local_fma_kernel`` (``LOCAL_FMA_BN`` consecutive blocks per program, so that every
 sample's values are contiguous, and ``B`` FMAs per element). It is an alternative to the
-in-register kernels at small ``B``, not yet timed.
+in-register kernels at small ``B``.
+
+``UNIMIXER_UNIMIXING_FORWARD=gemm`` runs the forward the same way: the per-block kernel writes only
+``H = X W_B`` (``H_ONLY``), then ``unimixing_global_kernel`` computes ``Y = W_G H`` (the backward's
+``G`` GEMM with ``W_G`` read transposed). ``H`` goes through memory once each way instead of being
+built in registers beside the dot. The fused RMSNorm epilogue keeps the in-register kernel.
 
 Weight gradients are reduced deterministically: each program writes its own fp32 partial, and a
 second pass sums the partials (no atomics; with a single split, ``dW_G`` is written directly).
 
-Launches per call: forward 1 kernel (plus a cast of ``w_global`` when it is fp32 and the
-activations are half precision). Backward, small ``B``: 2 kernels + the ``dW_B`` partial sum
+Launches per call: forward 1 kernel (2 on the memory path; plus a cast of ``w_global`` when it is
+fp32 and the activations are half precision). Backward, small ``B``: 2 kernels + the ``dW_B`` partial sum
 (+ the ``dW_G`` partial sum when it is split); large ``B``: 3 kernels + the same sums. The fused op
 adds the RMSNorm backward kernel (and its ``dw`` sum).
 
@@ -79,7 +84,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import NORM_SWITCH, UNIMIXING_BWD_SWITCH, bucket, new_output, sm_count, switch
+from ._launch import (
+    NORM_SWITCH,
+    UNIMIXING_BWD_SWITCH,
+    UNIMIXING_FWD_SWITCH,
+    bucket,
+    new_output,
+    sm_count,
+    switch,
+)
 from .rms_norm import rms_norm_bwd, rms_norm_fwd
 
 _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
@@ -237,15 +250,18 @@ def unimixing_fwd_kernel(
 
 
 @triton.jit
-def _wg_t_dy(WG, DY, rn, n_ok, samp, c, col_ok, N, L, B: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-             BC: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
-    """``(W_G^T dY)[rn, (samp, c)]`` for a tile of blocks ``rn`` and columns ``(samp, c)``: the
-    sum over ``m`` of ``W_G[m, rn] dY[samp, m*B + c]``, fp32."""
+def _wg_t_dy(WG, DY, rn, n_ok, samp, c, col_ok, N, L, swk, swo, B: tl.constexpr, BN: tl.constexpr,
+             BK: tl.constexpr, BC: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """``sum_m W[m, rn] dY[samp, m*B + c]`` for a tile of output blocks ``rn`` and columns
+    ``(samp, c)``, fp32, where ``W[m, o]`` is at ``WG + m*swk + o*swo``: ``(swk, swo) = (N, 1)`` reads
+    ``W_G`` itself (``W_G^T dY``, the backward's ``G``), ``(1, N)`` its transpose (``W_G H``, the
+    forward)."""
     acc = tl.zeros([BN, BC], dtype=tl.float32)
     for m0 in range(0, N, BK):
         rm = m0 + tl.arange(0, BK)
         m_ok = rm < N
-        wgt = tl.load(WG + rm[None, :] * N + rn[:, None], mask=n_ok[:, None] & m_ok[None, :], other=0.0)
+        wgt = tl.load(WG + rm[None, :] * swk + rn[:, None] * swo, mask=n_ok[:, None] & m_ok[None, :],
+                      other=0.0)
         dy = tl.load(DY + samp[None, :] * L + rm[:, None] * B + c[None, :],
                      mask=m_ok[:, None] & col_ok[None, :], other=0.0)
         acc = tl.dot(wgt.to(DOT_DTYPE), dy.to(DOT_DTYPE), acc, input_precision=PRECISION)
@@ -285,7 +301,7 @@ def unimixing_bwd_dx_kernel(
     for st in range(s_begin, s_end, SPT):
         samp = st + js
         col_ok = (samp < s_end) & (jc < B)
-        acc = _wg_t_dy(WG, DY, rn, n_ok, samp, jc, col_ok, N, L, B, BN, BK, BC, DOT_DTYPE, PRECISION)
+        acc = _wg_t_dy(WG, DY, rn, n_ok, samp, jc, col_ok, N, L, N, 1, B, BN, BK, BC, DOT_DTYPE, PRECISION)
         g3 = tl.reshape(acc, [BN, SPT, BP])
         ss = st + tl.arange(0, SPT)
         ss_ok = ss < s_end
@@ -371,9 +387,9 @@ def unimixing_bwd_dwg_kernel(
 
 
 @triton.jit
-def unimixing_bwd_global_kernel(
-    WG, DY, G,
-    BS, N, L,
+def unimixing_global_kernel(
+    WG, SRC, OUT,
+    BS, N, L, swk, swo,
     BS_BUCKET,
     B: tl.constexpr,
     BN: tl.constexpr,
@@ -383,8 +399,10 @@ def unimixing_bwd_global_kernel(
     DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """``G[s, n*B + c] = sum_m W_G[m, n] DY[s, m*B + c]``: a plain GEMM over the flat columns
-    ``k = s*B + c`` (no padding of ``B``). Large-``B`` backward, step 1."""
+    """``OUT[s, o*B + c] = sum_m W[m, o] SRC[s, m*B + c]``: a plain GEMM over the flat columns
+    ``k = s*B + c`` (no padding of ``B``), with ``W`` read through ``(swk, swo)`` as in
+    :func:`_wg_t_dy`. Memory path: the backward's ``G = W_G^T dY`` (step 1) and the forward's
+    ``Y = W_G H`` (step 2)."""
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BN)
     num_k = tl.cdiv(BS * B, BC)
@@ -399,25 +417,27 @@ def unimixing_bwd_global_kernel(
     samp = kk // B
     c = kk % B
     k_ok = samp < BS
-    acc = _wg_t_dy(WG, DY, rn, n_ok, samp, c, k_ok, N, L, B, BN, BK, BC, DOT_DTYPE, PRECISION)
-    tl.store(G + samp[None, :] * L + rn[:, None] * B + c[None, :], acc.to(G.dtype.element_ty),
+    acc = _wg_t_dy(WG, SRC, rn, n_ok, samp, c, k_ok, N, L, swk, swo, B, BN, BK, BC, DOT_DTYPE, PRECISION)
+    tl.store(OUT + samp[None, :] * L + rn[:, None] * B + c[None, :], acc.to(OUT.dtype.element_ty),
              mask=n_ok[:, None] & k_ok[None, :])
 
 
 @triton.jit
-def unimixing_bwd_local_kernel(
+def unimixing_local_kernel(
     G, X, WL, DY, DX, H, DWL_PART,
     BS, N, L, samples_per_split,
     B: tl.constexpr,
     BP: tl.constexpr,
     SB: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
+    H_ONLY: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """Per block ``n`` and a range of samples (large-``B`` backward, step 2), with tensor-core dots::
+    """Per block ``n`` and a range of samples (memory path at large ``B``), with tensor-core dots::
 
-        DX[s, n]  = G[s, n] @ W_B[n]^T (+ DY[s, n])      H[s, n] = X[s, n] @ W_B[n]
+        H[s, n]  = X[s, n] @ W_B[n]                      (forward step 1, ``H_ONLY``: nothing else)
+        DX[s, n] = G[s, n] @ W_B[n]^T (+ DY[s, n])       (backward step 2, with H and:)
         DWL_PART[p, n] = sum_{s in split p} X[s, n]^T G[s, n]
     """
     n = tl.program_id(0)
@@ -434,21 +454,23 @@ def unimixing_bwd_local_kernel(
         rs = st + tl.arange(0, SB)
         offs = rs[:, None] * L + n * B + kb[None, :]
         mask = (rs < s_end)[:, None] & kb_ok[None, :]
-        g = tl.load(G + offs, mask=mask, other=0.0).to(DOT_DTYPE)
         x = tl.load(X + offs, mask=mask, other=0.0).to(DOT_DTYPE)
-        dx = tl.dot(g, wt, input_precision=PRECISION)
-        if HAS_RESIDUAL:
-            dx += tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
         h = tl.dot(x, w, input_precision=PRECISION)
         tl.store(H + offs, h.to(H.dtype.element_ty), mask=mask)
-        dwb = tl.dot(tl.trans(x), g, dwb, input_precision=PRECISION)
-    tl.store(DWL_PART + pid_p.to(tl.int64) * (N * B * B) + n * (B * B) + kb[:, None] * B + kb[None, :],
-             dwb, mask=wmask)
+        if not H_ONLY:
+            g = tl.load(G + offs, mask=mask, other=0.0).to(DOT_DTYPE)
+            dx = tl.dot(g, wt, input_precision=PRECISION)
+            if HAS_RESIDUAL:
+                dx += tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+            tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+            dwb = tl.dot(tl.trans(x), g, dwb, input_precision=PRECISION)
+    if not H_ONLY:
+        tl.store(DWL_PART + pid_p.to(tl.int64) * (N * B * B) + n * (B * B) + kb[:, None] * B + kb[None, :],
+                 dwb, mask=wmask)
 
 
 @triton.jit
-def unimixing_bwd_local_fma_kernel(
+def unimixing_local_fma_kernel(
     G, X, WL, DY, DX, H, DWL_PART,
     BS, N, L, samples_per_split,
     B: tl.constexpr,
@@ -456,12 +478,14 @@ def unimixing_bwd_local_fma_kernel(
     BN: tl.constexpr,
     SB: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
+    H_ONLY: tl.constexpr,
 ):
-    """``unimixing_bwd_local_kernel`` for small ``B`` (memory-path backward at ``B < 16``): a program
-    owns ``BN`` consecutive blocks, so that one sample's ``BN * B`` values are contiguous in every
-    load and store, and forms the local products with ``B`` fp32 FMAs per element::
+    """``unimixing_local_kernel`` for small ``B`` (memory path at ``B < 16``): a program owns ``BN``
+    consecutive blocks, so that one sample's ``BN * B`` values are contiguous in every load and
+    store, and forms the local products with ``B`` fp32 FMAs per element::
 
-        DX[s, n, c] = sum_k G[s, n, k] W_B[n, c, k] (+ DY)     H[s, n, c] = sum_k X[s, n, k] W_B[n, k, c]
+        H[s, n, c] = sum_k X[s, n, k] W_B[n, k, c]               (``H_ONLY``: nothing else)
+        DX[s, n, c] = sum_k G[s, n, k] W_B[n, c, k] (+ DY)
         DWL_PART[p, n, k, c] = sum_{s in split p} X[s, n, k] G[s, n, c]
     """
     pid_n = tl.program_id(0)
@@ -481,18 +505,19 @@ def unimixing_bwd_local_fma_kernel(
         rs = st + tl.arange(0, SB)
         offs = rs[:, None, None] * L + rn[None, :, None] * B + kb[None, None, :]
         mask = (rs < s_end)[:, None, None] & n_ok[None, :, None] & kb_ok[None, None, :]
-        g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-        # dx[s, n, c] = sum_k g[s, n, k] w[n, c, k]: w indexed [n, k, c], so sum over its axis 2
-        dx = tl.sum(g[:, :, None, :] * w[None, :, :, :], axis=3)
-        if HAS_RESIDUAL:
-            dx += tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
         h = tl.sum(x[:, :, :, None] * w[None, :, :, :], axis=2)
         tl.store(H + offs, h.to(H.dtype.element_ty), mask=mask)
-        dwb += tl.sum(x[:, :, :, None] * g[:, :, None, :], axis=0)
-    part = DWL_PART + pid_p.to(tl.int64) * (N * B * B) + w_off
-    tl.store(part, dwb, mask=w_mask)
+        if not H_ONLY:
+            g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+            # dx[s, n, c] = sum_k g[s, n, k] w[n, c, k]: w indexed [n, k, c], so sum over its axis 2
+            dx = tl.sum(g[:, :, None, :] * w[None, :, :, :], axis=3)
+            if HAS_RESIDUAL:
+                dx += tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+            tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+            dwb += tl.sum(x[:, :, :, None] * g[:, :, None, :], axis=0)
+    if not H_ONLY:
+        tl.store(DWL_PART + pid_p.to(tl.int64) * (N * B * B) + w_off, dwb, mask=w_mask)
 
 
 @triton.jit
@@ -618,6 +643,15 @@ def uses_local_dot(block: int, fused: bool, half: bool = True) -> bool:
     return triton.next_power_of_2(block) >= LOCAL_DOT_MIN_BP and not fused and half
 
 
+def gemm_forward() -> bool:
+    """Whether the forward takes the memory path (``H`` written, then a GEMM):
+    ``UNIMIXER_UNIMIXING_FORWARD=gemm``."""
+    mode = switch(UNIMIXING_FWD_SWITCH)
+    if mode not in ("auto", "gemm"):
+        raise ValueError(f"{UNIMIXING_FWD_SWITCH}: expected 'auto' or 'gemm', got {mode!r}")
+    return mode == "gemm"
+
+
 def gemm_backward(block: int) -> bool:
     """Whether the backward takes the memory path (``G`` and ``H`` written, two GEMMs and a
     per-block kernel): for ``B >= 16`` always, and at every ``B`` with
@@ -733,6 +767,8 @@ def unimixing_fwd(
     xc = x.contiguous()
     wl = w_local.contiguous()
     wg = _global_for_dot(w_global, x)
+    if not fuse and bs > 0 and gemm_forward():
+        return _unimixing_fwd_memory(xc, wl, wg), None, None
     y = new_output((bs, t, d), like=x)
     s_out = new_output((bs, t, d), like=x) if fuse else y
     rstd = new_output((bs, t), like=x, dtype=torch.float32) if fuse else y
@@ -821,6 +857,74 @@ def unimixing_bwd(
     return dx, dwl, dwg
 
 
+def _global_gemm(wg: torch.Tensor, src: torch.Tensor, out: torch.Tensor, transpose: bool) -> None:
+    """``out = W_G^T src`` (backward's ``G``), or ``W_G src`` with ``transpose`` (forward's ``Y``),
+    both ``[bs, L]`` as ``[N, (s, c)]`` columns: :func:`unimixing_global_kernel`."""
+    bs, t, d = src.shape
+    n = wg.shape[0]
+    b = t * d // n
+    dot_dtype, precision = _dot_setup(src)
+    swk, swo = (1, n) if transpose else (n, 1)
+    args = (wg, src, out, bs, n, t * d, swk, swo, bucket(bs))
+    consts = dict(B=b, GROUP=8, DOT_DTYPE=dot_dtype, PRECISION=precision)
+    if _interpreting():
+        meta = dict(BN=16, BK=16, BC=16)
+        unimixing_global_kernel[(triton.cdiv(n, 16) * triton.cdiv(bs * b, 16),)](*args, **consts, **meta)
+    else:
+        kernel = _tuned("unimixing_global_kernel", _global_configs(src.dtype != torch.float32),
+                        ("N", "BS_BUCKET", "B", "swk"))
+        kernel[lambda meta: (triton.cdiv(n, meta["BN"]) * triton.cdiv(bs * b, meta["BC"]),)](*args, **consts)
+
+
+def _local_products(
+    xc: torch.Tensor,
+    wl: torch.Tensor,
+    h: torch.Tensor,
+    g: torch.Tensor | None = None,
+    dyc: torch.Tensor | None = None,
+    dx: torch.Tensor | None = None,
+    residual: bool = False,
+) -> torch.Tensor | None:
+    """``H = X W_B`` per block into ``h``; with ``g`` (backward) also ``dX = G W_B^T (+ dY)`` into
+    ``dx`` and the fp32 ``dW_B`` partials, which it returns. ``B < 16``: ``LOCAL_FMA_BN`` blocks per
+    program and ``B`` FMAs per element; else one block per program and tensor-core dots."""
+    bs, t, d = xc.shape
+    n, b, _ = wl.shape
+    interp = _interpreting()
+    h_only = g is None
+    bp = triton.next_power_of_2(b)
+    fma = bp < LOCAL_DOT_MIN_BP
+    bn = LOCAL_FMA_BN if fma else 1
+    p1, per1 = _splits(bs, triton.cdiv(n, bn), xc.device, n * b * b)
+    dwl_part = xc if h_only else new_output((p1, n, b, b), like=xc, dtype=torch.float32)
+    ptrs = (xc, xc, wl, xc, xc, h, dwl_part) if h_only else (g, xc, wl, dyc, dx, h, dwl_part)
+    args = (*ptrs, bs, n, t * d, per1)
+    if fma:
+        unimixing_local_fma_kernel[(triton.cdiv(n, bn), p1)](
+            *args, B=b, BP=bp, BN=bn, SB=LOCAL_FMA_SB, HAS_RESIDUAL=residual, H_ONLY=h_only,
+            **({} if interp else dict(num_warps=8)),
+        )
+    else:
+        dot_dtype, precision = _dot_setup(xc)
+        sb = 64 if xc.dtype != torch.float32 and not interp else 16
+        unimixing_local_kernel[(n, p1)](
+            *args, B=b, BP=bp, SB=sb, HAS_RESIDUAL=residual, H_ONLY=h_only, DOT_DTYPE=dot_dtype,
+            PRECISION=precision, **({} if interp else dict(num_warps=4)),
+        )
+    return None if h_only else dwl_part
+
+
+def _unimixing_fwd_memory(xc: torch.Tensor, wl: torch.Tensor, wg: torch.Tensor) -> torch.Tensor:
+    """The memory-path forward (``UNIMIXER_UNIMIXING_FORWARD=gemm``): ``H = X W_B`` per block,
+    written once in the activation dtype, then the GEMM ``Y = W_G H`` with both operands from
+    memory (2 launches). The in-register kernel builds each ``H`` chunk beside its dot instead."""
+    h = torch.empty_like(xc)
+    _local_products(xc, wl, h)
+    y = new_output(xc.shape, like=xc)
+    _global_gemm(wg, h, y, transpose=True)
+    return y
+
+
 def _unimixing_bwd_memory(
     dyc: torch.Tensor,
     xc: torch.Tensor,
@@ -832,58 +936,30 @@ def _unimixing_bwd_memory(
     residual: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The memory-path backward (``B >= 16``, or any ``B`` with ``UNIMIXER_UNIMIXING_BACKWARD=gemm``):
-    ``G = W_G^T dY`` (GEMM), then per block ``dX``, ``H`` and the ``dW_B`` partials (three small
-    tensor-core dots; ``B`` FMAs per element for ``B < 16``), then ``dW_G = dY H^T`` (GEMM). ``G`` and
-    ``H`` go through memory in the activation dtype (``2 * bs * L`` elements each way): at large
-    ``B`` the in-register local transpose would cost ``O(B)`` CUDA-core work per element; at small
-    ``B`` the two GEMMs run without the register build of ``G`` and ``H`` beside their dots."""
+    ``G = W_G^T dY`` (GEMM), then per block ``dX``, ``H`` and the ``dW_B`` partials
+    (:func:`_local_products`), then ``dW_G = dY H^T`` (GEMM). ``G`` and ``H`` go through memory in the
+    activation dtype (``2 * bs * L`` elements each way): at large ``B`` the in-register local
+    transpose would cost ``O(B)`` CUDA-core work per element; at small ``B`` the two GEMMs run
+    without the register build of ``G`` and ``H`` beside their dots."""
     bs, t, d = xc.shape
     n, b, _ = wl.shape
     length = t * d
     dot_dtype, precision = _dot_setup(xc)
-    bp = triton.next_power_of_2(b)
-    interp = _interpreting()
-    half = xc.dtype != torch.float32
     g = torch.empty_like(xc)
     h = torch.empty_like(xc)
-
-    args = (wg, dyc, g, bs, n, length, bucket(bs))
-    consts = dict(B=b, GROUP=8, DOT_DTYPE=dot_dtype, PRECISION=precision)
-    if interp:
-        meta = dict(BN=16, BK=16, BC=16)
-        grid = (triton.cdiv(n, 16) * triton.cdiv(bs * b, 16),)
-        unimixing_bwd_global_kernel[grid](*args, **consts, **meta)
-    else:
-        kernel = _tuned("unimixing_bwd_global_kernel", _global_configs(half), ("N", "BS_BUCKET", "B"))
-        kernel[lambda meta: (triton.cdiv(n, meta["BN"]) * triton.cdiv(bs * b, meta["BC"]),)](*args, **consts)
-
-    fma = bp < LOCAL_DOT_MIN_BP  # B < 16: LOCAL_FMA_BN blocks per program, B FMAs per element
-    bn = LOCAL_FMA_BN if fma else 1
-    p1, per1 = _splits(bs, triton.cdiv(n, bn), xc.device, n * b * b)
-    dwl_part = new_output((p1, n, b, b), like=xc, dtype=torch.float32)
-    if fma:
-        unimixing_bwd_local_fma_kernel[(triton.cdiv(n, bn), p1)](
-            g, xc, wl, dyc, dx, h, dwl_part, bs, n, length, per1,
-            B=b, BP=bp, BN=bn, SB=LOCAL_FMA_SB, HAS_RESIDUAL=residual,
-            **({} if interp else dict(num_warps=8)),
-        )
-    else:
-        sb = 64 if half and not interp else 16
-        unimixing_bwd_local_kernel[(n, p1)](
-            g, xc, wl, dyc, dx, h, dwl_part, bs, n, length, per1,
-            B=b, BP=bp, SB=sb, HAS_RESIDUAL=residual, DOT_DTYPE=dot_dtype, PRECISION=precision,
-            **({} if interp else dict(num_warps=4)),
-        )
+    _global_gemm(wg, dyc, g, transpose=False)
+    dwl_part = _local_products(xc, wl, h, g, dyc, dx, residual)
 
     p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=2)
     dwg_part = _dwg_buffer(p2, n, xc, dwg_dtype)
     args = (dyc, h, dwg_part, bs, n, length, per2, bucket(bs))
     consts = dict(B=b, DOT_DTYPE=dot_dtype, PRECISION=precision)
-    if interp:
+    if _interpreting():
         meta = dict(BM=16, BN=16, BK=16)
         unimixing_bwd_dwg_gemm_kernel[(triton.cdiv(n, 16), triton.cdiv(n, 16), p2)](*args, **consts, **meta)
     else:
-        kernel = _tuned("unimixing_bwd_dwg_gemm_kernel", _dwg_gemm_configs(half), ("N", "BS_BUCKET", "B"))
+        kernel = _tuned("unimixing_bwd_dwg_gemm_kernel", _dwg_gemm_configs(xc.dtype != torch.float32),
+                        ("N", "BS_BUCKET", "B"))
         kernel[lambda meta: (triton.cdiv(n, meta["BM"]), triton.cdiv(n, meta["BN"]), p2)](*args, **consts)
 
     dwl = dwl_part.sum(0).to(dwl_dtype)

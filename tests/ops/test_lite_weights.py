@@ -190,6 +190,17 @@ def test_lite_weights_preset_gpu(kernel_dtype, n, nb, bsz, r, iters):
 
 @pytest.mark.gpu
 @pytest.mark.triton
+def test_lite_weights_pdl_gpu(monkeypatch, kernel_dtype):
+    # UNIMIXER_PDL=1: the matrix-free tiles (16-bit factors) are formed before each launch's wait
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("programmatic dependent launch needs sm_90 or newer")
+    monkeypatch.setenv("UNIMIXER_PDL", "1")
+    args = _inputs(1024, 4, 4, 128, kernel_dtype, "cuda")
+    check_against_reference(uk.lite_weights, (*args, 0.05, 20, True), backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
 @pytest.mark.parametrize("n,r", [(1024, 128), (4096, 256)], ids=["paper-small", "paper-100m"])
 def test_lite_weights_persistent_preset_gpu(monkeypatch, kernel_dtype, n, r):
     monkeypatch.setattr(sk_kernels, "PERSISTENT", True)

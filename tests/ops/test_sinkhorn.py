@@ -430,19 +430,47 @@ def compile_tiles_pdl_for_sm90() -> None:
               (k.sinkhorn_tile_bwd_kernel, dict(common, PHASE=1, LAST=False)),
               (k.sinkhorn_tile_sym_kernel, tile)]
     for kernel, consts in builds:
-        for pdl in (True, False):
-            ptx = compile_sm90(kernel, ptrs, dict(consts, PDL=pdl), 8, 1, floats=("scale", "grad_scale"),
-                               ptx=True)["ptx"]
+        for pdl, early in ((True, False), (False, False), (True, True)):
+            if early and kernel is k.sinkhorn_tile_sym_kernel:
+                continue
+            opts = dict(consts, PDL=pdl) | (dict(EARLY=early) if "MODE" in consts else {})
+            ptx = compile_sm90(kernel, ptrs, opts, 8, 1, floats=("scale", "grad_scale"), ptx=True)["ptx"]
             has = "griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx
             assert has == pdl, (kernel.__name__, pdl)
-            if pdl:  # the wait comes before the kernel's first global load
-                assert ptx.index("griddepcontrol.wait") < ptx.index("ld.global"), kernel.__name__
+            if pdl:  # the wait comes before the kernel's first global load, unless the S0 tile is early
+                before = "ld.global" in ptx[:ptx.index("griddepcontrol.wait")]
+                assert before == early, (kernel.__name__, early)
 
 
 @pytest.mark.triton
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
 def test_sinkhorn_pdl_compiles_for_sm90(sm90_compile):
     sm90_compile("import test_sinkhorn as t; t.compile_tiles_pdl_for_sm90()")
+
+
+@pytest.mark.triton
+def test_sinkhorn_tile_switch(device, monkeypatch):
+    # UNIMIXER_SINKHORN_TILE picks the tile shape of the tiled kernels; bad values name the switch
+    from unimixer_kernels.triton_kernels import sinkhorn as k
+
+    monkeypatch.setattr(k, "SMALL_MAX_N", 4)
+    monkeypatch.setenv("UNIMIXER_SINKHORN_TILE", "16x32")
+    assert k._tiles(40) == (16, 32)
+    x = _logits((40, 40), torch.float32, device)
+    check_against_reference(uk.sinkhorn, (x, 0.5, 3, True), backend="triton")
+    for bad in ("32", "24x32", "8x32", "256x128"):
+        monkeypatch.setenv("UNIMIXER_SINKHORN_TILE", bad)
+        with pytest.raises(ValueError, match="UNIMIXER_SINKHORN_TILE: expected 'auto' or 'BMxBN'"):
+            uk.sinkhorn(x, 0.5, 3, backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("tile", ["auto", "32x128"])
+def test_sinkhorn_tile_switch_gpu(monkeypatch, tile):
+    monkeypatch.setenv("UNIMIXER_SINKHORN_TILE", tile)
+    x = random_input((1024, 1024), torch.float32, "cuda", requires_grad=True)
+    check_against_reference(uk.sinkhorn, (x, 0.05, 20, True), backend="triton")
 
 
 @pytest.mark.gpu

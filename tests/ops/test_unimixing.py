@@ -145,6 +145,46 @@ def test_unimixing_rmsnorm_gemm_backward(device, monkeypatch, shape):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("backward", ["auto", "gemm"])
+def test_unimixing_gemm_forward(device, kernel_dtype, monkeypatch, shape, backward):
+    # UNIMIXER_UNIMIXING_FORWARD=gemm: H = X W_B written by the local kernels, then the GEMM W_G H;
+    # beside either backward
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "gemm")
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", backward)
+    bs, t, d, b = shape
+    x = random_input((bs, t, d), kernel_dtype, device, requires_grad=True, noncontiguous=bs % 2 == 1)
+    wl, wg = _weights(t * d // b, b, kernel_dtype, device)
+    check_against_reference(uk.unimixing, (x, wl, wg), backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("epilogue", ["fused", "composed"])
+def test_unimixing_rmsnorm_gemm_forward(device, monkeypatch, epilogue):
+    # the composed op mixes through memory; the fused epilogue keeps its in-register kernel
+    from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "gemm")
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_NORM", epilogue)
+    monkeypatch.setattr(kernels, "LOCAL_FMA_BN", 4)
+    monkeypatch.setattr(kernels, "LOCAL_FMA_SB", 2)
+    bs, t, d, b = 5, 4, 24, 4
+    z = random_input((bs, t, d), torch.float16, device, requires_grad=True)
+    wl, wg = _weights(t * d // b, b, torch.float16, device)
+    nw = random_input((d,), torch.float16, device, requires_grad=True)
+    check_against_reference(uk.unimixing_rmsnorm, (z, wl, wg, nw), backend="triton")
+
+
+@pytest.mark.triton
+def test_unimixing_forward_switch_checked(device, monkeypatch):
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "gemms")
+    x = random_input((2, 4, 8), torch.float32, device)
+    wl, wg = _weights(8, 4, torch.float32, device)
+    with pytest.raises(ValueError, match="UNIMIXER_UNIMIXING_FORWARD: expected 'auto' or 'gemm'"):
+        uk.unimixing(x, wl, wg, backend="triton")
+
+
+@pytest.mark.triton
 def test_unimixing_backward_switch_checked(device, monkeypatch):
     monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", "gemms")
     x = random_input((2, 4, 8), torch.float32, device, requires_grad=True)
@@ -326,8 +366,10 @@ def test_unimixing_rmsnorm_preset_gpu(kernel_dtype, preset):
 @pytest.mark.gpu
 @pytest.mark.triton
 @pytest.mark.parametrize("preset", ["paper-small", "lite-2.5m", "paper-100m"])
-def test_unimixing_gemm_backward_preset_gpu(monkeypatch, kernel_dtype, preset):
+@pytest.mark.parametrize("forward", ["auto", "gemm"])
+def test_unimixing_gemm_backward_preset_gpu(monkeypatch, kernel_dtype, preset, forward):
     monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", "gemm")
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", forward)
     bs, t, d, b = PRESETS[preset]
     z = random_input((bs, t, d), kernel_dtype, "cuda", requires_grad=True)
     wl, wg = _weights(t * d // b, b, kernel_dtype, "cuda")
@@ -407,14 +449,19 @@ def compile_for_sm90() -> None:
     p = "*bf16"
     common = dict(DOT_DTYPE=tl.bfloat16, PRECISION="tf32")
     kw, warps, stages = kernels._dx_configs(4, True)[0]
-    for kernel, ptrs, consts, w, s in (
-        (kernels.unimixing_bwd_dx_kernel, dict(DY=p, X=p, WL=p, WG=p, DX=p, DWL_PART="*fp32"),
-         dict(kw, B=4, BP=4, HAS_RESIDUAL=True, **common), warps, stages),
-        (kernels.unimixing_bwd_local_kernel, dict(G=p, X=p, WL=p, DY=p, DX=p, H=p, DWL_PART="*fp32"),
-         dict(B=48, BP=64, SB=64, HAS_RESIDUAL=True, **common), 4, 3),
-        (kernels.unimixing_bwd_local_fma_kernel, dict(G=p, X=p, WL=p, DY=p, DX=p, H=p, DWL_PART="*fp32"),
-         dict(B=4, BP=4, BN=kernels.LOCAL_FMA_BN, SB=kernels.LOCAL_FMA_SB, HAS_RESIDUAL=True), 8, 3),
-    ):
+    local = dict(G=p, X=p, WL=p, DY=p, DX=p, H=p, DWL_PART="*fp32")
+    builds = [(kernels.unimixing_bwd_dx_kernel, dict(DY=p, X=p, WL=p, WG=p, DX=p, DWL_PART="*fp32"),
+               dict(kw, B=4, BP=4, HAS_RESIDUAL=True, **common), warps, stages)]
+    for h_only in (False, True):  # the local kernels: backward step, and forward (H only)
+        builds.append((kernels.unimixing_local_kernel, local,
+                       dict(B=48, BP=64, SB=64, HAS_RESIDUAL=True, H_ONLY=h_only, **common), 4, 3))
+        builds.append((kernels.unimixing_local_fma_kernel, local,
+                       dict(B=4, BP=4, BN=kernels.LOCAL_FMA_BN, SB=kernels.LOCAL_FMA_SB, HAS_RESIDUAL=True,
+                            H_ONLY=h_only), 8, 3))
+    for kw, warps, stages in kernels._global_configs(True):
+        builds.append((kernels.unimixing_global_kernel, dict(WG=p, SRC=p, OUT=p),
+                       dict(kw, B=4, GROUP=8, **common), warps, stages))
+    for kernel, ptrs, consts, w, s in builds:
         assert compile_sm90(kernel, ptrs, consts, w, s)["shared"] <= SMEM_LIMIT, kernel
 
 
