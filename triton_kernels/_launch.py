@@ -29,18 +29,19 @@ SWITCHES = {
                                      "kernels) or 'recompute' (the weight-gradient kernel forms them again: "
                                      "no such buffers, more FLOPs; slower on the H200: the full block "
                                      "trains in 1.88 against 1.54 ms, with a 185 against 209 MiB peak)"),
-    UNIMIXING_BWD_SWITCH: ("auto", "unimixing / unimixing_rmsnorm backward: 'auto' (B < 16: two kernels that "
-                                   "build G = W_G^T dY and H = X W_B in registers; B >= 16: G and H through "
-                                   "memory, two GEMMs and a per-block kernel) or 'gemm' (the memory path at "
-                                   "every B; not yet timed on a GPU)"),
+    UNIMIXING_BWD_SWITCH: ("auto", "unimixing / unimixing_rmsnorm backward: 'auto' (the in-register kernels, "
+                                   "which build G = W_G^T dY and H = X W_B beside their dots, for B < 16 "
+                                   "and N < 4096; else G and H through memory, two GEMMs and a per-block "
+                                   "kernel) or 'gemm' (the memory path at every B and N)"),
     UNIMIXING_FWD_SWITCH: ("auto", "unimixing forward (and the mixing of unimixing_rmsnorm's composed path): "
-                                   "'auto' (one kernel that builds H = X W_B in registers beside the "
-                                   "global GEMM) or 'gemm' (H written once, then a plain GEMM Y = W_G H; "
-                                   "not yet timed on a GPU)"),
-    PDL_SWITCH: ("0", "1: launch the tiled Sinkhorn kernels with programmatic dependent launch (sm_90+, "
-                      "CUDA): each waits for its predecessor inside the kernel, so its launch, and its "
-                      "read of the logits tile where the previous launch does not write it, overlap "
-                      "the previous kernel's tail"),
+                                   "'register' (one kernel that builds H = X W_B in registers beside the "
+                                   "global GEMM), 'gemm' (H written once, then a plain GEMM Y = W_G H) or "
+                                   "'auto' (gemm for 16-bit activations at B >= 16 or N >= 4096, where it "
+                                   "measured faster on the H200)"),
+    PDL_SWITCH: ("0", "launch the tiled Sinkhorn kernels with programmatic dependent launch (sm_90+, CUDA): "
+                      "each waits for its predecessor inside the kernel, so its launch, and its read of the "
+                      "logits tile where the previous launch does not write it, overlap the previous "
+                      "kernel's tail. '1' always, 'auto' while capturing a CUDA graph, '0' never"),
     TILE_SWITCH: ("auto", "tile of the tiled Sinkhorn kernels (n > 64): 'auto' (64x128, 8 warps) or 'BMxBN' "
                           "(powers of two, 16..256, BM*BN <= 16384; 4 warps below 8192 entries)"),
 }
@@ -65,24 +66,34 @@ def triton_launch_option(name: str) -> bool:
 
 
 def pdl_launch(device: torch.device) -> bool:
-    """Whether to launch with programmatic dependent launch (the ``UNIMIXER_PDL`` switch). Asked
-    for where it cannot work (the interpreter, a GPU before sm_90, a Triton without it), it
-    raises rather than quietly launching without it."""
+    """Whether to launch with programmatic dependent launch (the ``UNIMIXER_PDL`` switch): '1'
+    always, and asked for where it cannot work (the interpreter, a GPU before sm_90, a Triton
+    without it), it raises rather than quietly launching without it; 'auto' while the current
+    stream is capturing a CUDA graph, where it can work (eager launches through Triton's PDL path
+    cost more host time than they save on the device); '0' never."""
     mode = switch(PDL_SWITCH)
-    if mode not in ("0", "1"):
-        raise ValueError(f"{PDL_SWITCH}: expected '0' or '1', got {mode!r}")
+    if mode not in ("0", "1", "auto"):
+        raise ValueError(f"{PDL_SWITCH}: expected '0', '1' or 'auto', got {mode!r}")
     if mode == "0":
         return False
-    if os.environ.get("TRITON_INTERPRET", "0") == "1" or device.type != "cuda":
-        raise RuntimeError(f"{PDL_SWITCH}=1 needs a CUDA device and compiled kernels (not the Triton "
-                           f"interpreter); unset it here")
-    if torch.cuda.get_device_capability(device) < (9, 0):
-        raise RuntimeError(f"{PDL_SWITCH}=1 needs sm_90 or newer, this GPU is "
-                           f"sm_{''.join(map(str, torch.cuda.get_device_capability(device)))}; unset it")
-    if not triton_launch_option("launch_pdl"):
-        raise RuntimeError(f"{PDL_SWITCH}=1 needs a Triton with programmatic dependent launch (3.4 or "
-                           f"newer); unset it or upgrade Triton")
+    why = _pdl_unavailable(device)
+    if mode == "auto":
+        return why is None and torch.cuda.is_current_stream_capturing()
+    if why is not None:
+        raise RuntimeError(f"{PDL_SWITCH}=1 needs {why}")
     return True
+
+
+def _pdl_unavailable(device: torch.device) -> str | None:
+    """Why programmatic dependent launch cannot work here, or ``None``."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1" or device.type != "cuda":
+        return "a CUDA device and compiled kernels (not the Triton interpreter); unset it here"
+    cap = torch.cuda.get_device_capability(device)
+    if cap < (9, 0):
+        return f"sm_90 or newer, this GPU is sm_{cap[0]}{cap[1]}; unset it"
+    if not triton_launch_option("launch_pdl"):
+        return "a Triton with programmatic dependent launch (3.4 or newer); unset it or upgrade Triton"
+    return None
 
 
 def new_output(shape, *, like: torch.Tensor | None = None, device=None, dtype=None) -> torch.Tensor:

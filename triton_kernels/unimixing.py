@@ -643,23 +643,36 @@ def uses_local_dot(block: int, fused: bool, half: bool = True) -> bool:
     return triton.next_power_of_2(block) >= LOCAL_DOT_MIN_BP and not fused and half
 
 
-def gemm_forward() -> bool:
+# The memory path (H, and in backward G, written once; plain GEMMs) against the in-register kernels,
+# bf16 on the H200 (bench/NOTES.md, run14): forward 2.5x faster at B = 48 (rankmixer-100m) and 1.1x
+# at N = 4096 (paper-100m), 1.17x slower at N = 1024 (paper-small); backward 1.4x faster at N = 4096,
+# even at N = 1024. So "auto" takes it for 16-bit activations from this N on, and at B >= 16.
+MEMORY_PATH_MIN_N = 4096
+
+
+def _memory_path_auto(block: int, n: int, half: bool) -> bool:
+    return uses_local_dot(block, False, half) or (half and n >= MEMORY_PATH_MIN_N)
+
+
+def gemm_forward(block: int, n: int, half: bool) -> bool:
     """Whether the forward takes the memory path (``H`` written, then a GEMM):
-    ``UNIMIXER_UNIMIXING_FORWARD=gemm``."""
+    ``UNIMIXER_UNIMIXING_FORWARD`` 'gemm', 'register' (the one in-register kernel), or 'auto'
+    (:data:`MEMORY_PATH_MIN_N`, ``B >= 16``)."""
     mode = switch(UNIMIXING_FWD_SWITCH)
-    if mode not in ("auto", "gemm"):
-        raise ValueError(f"{UNIMIXING_FWD_SWITCH}: expected 'auto' or 'gemm', got {mode!r}")
-    return mode == "gemm"
+    if mode not in ("auto", "gemm", "register"):
+        raise ValueError(f"{UNIMIXING_FWD_SWITCH}: expected 'auto', 'gemm' or 'register', got {mode!r}")
+    return mode == "gemm" or (mode == "auto" and _memory_path_auto(block, n, half))
 
 
-def gemm_backward(block: int) -> bool:
+def gemm_backward(block: int, n: int, half: bool) -> bool:
     """Whether the backward takes the memory path (``G`` and ``H`` written, two GEMMs and a
-    per-block kernel): for ``B >= 16`` always, and at every ``B`` with
+    per-block kernel): always for ``B >= 16`` (there is no in-register backward there), at
+    :data:`MEMORY_PATH_MIN_N` for 16-bit activations, and at every ``B`` with
     ``UNIMIXER_UNIMIXING_BACKWARD=gemm``."""
     mode = switch(UNIMIXING_BWD_SWITCH)
     if mode not in ("auto", "gemm"):
         raise ValueError(f"{UNIMIXING_BWD_SWITCH}: expected 'auto' or 'gemm', got {mode!r}")
-    return mode == "gemm" or uses_local_dot(block, False)
+    return mode == "gemm" or uses_local_dot(block, False) or _memory_path_auto(block, n, half)
 
 
 # Tile lists (BM or BN, BK, BC, warps, stages), checked for register spills in sm_90 compiles.
@@ -767,7 +780,7 @@ def unimixing_fwd(
     xc = x.contiguous()
     wl = w_local.contiguous()
     wg = _global_for_dot(w_global, x)
-    if not fuse and bs > 0 and gemm_forward():
+    if not fuse and bs > 0 and gemm_forward(b, n, x.dtype != torch.float32):
         return _unimixing_fwd_memory(xc, wl, wg), None, None
     y = new_output((bs, t, d), like=x)
     s_out = new_output((bs, t, d), like=x) if fuse else y
@@ -824,7 +837,7 @@ def unimixing_bwd(
     bp = triton.next_power_of_2(b)
     interp = _interpreting()
     half = x.dtype != torch.float32
-    if gemm_backward(b):
+    if gemm_backward(b, n, half):
         return _unimixing_bwd_memory(dyc, xc, wl, wg, dx, w_local.dtype, w_global.dtype, residual)
 
     # dX and dW_B

@@ -502,3 +502,51 @@ def test_sinkhorn_pdl_gpu(monkeypatch, symmetric):
     torch.cuda.synchronize()
     torch.testing.assert_close(out[0], expect[0], rtol=0, atol=0)
     torch.testing.assert_close(out[1], expect[1], rtol=0, atol=0)
+
+
+_PDL_AUTO_SCRIPT = """
+import torch
+import unimixer_kernels as uk
+from unimixer_kernels.triton_kernels import sinkhorn as k
+from bench.timing import capture_graph
+
+seen = []
+plain = k._pdl_options
+k._pdl_options = lambda device: seen.append(plain(device)["PDL"]) or plain(device)
+x = torch.randn(1024, 1024, device="cuda")
+g_out = torch.randn(1024, 1024, device="cuda")
+
+def step(leaf):
+    p = uk.sinkhorn(leaf, 0.05, 20, True, backend="triton")
+    return p, torch.autograd.grad(p, leaf, g_out)[0]
+
+expect = step(x.clone().requires_grad_())
+assert seen == [False, False], seen
+xg = x.clone().requires_grad_()
+graph, out = capture_graph(lambda: step(xg))
+graph.replay()
+torch.cuda.synchronize()
+assert seen[-1] is True, seen
+assert torch.equal(out[0], expect[0]) and torch.equal(out[1], expect[1])
+print("ok", seen)
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+def test_sinkhorn_pdl_auto_capture_gpu():
+    # UNIMIXER_PDL=auto: plain launches eagerly; PDL launches inside a CUDA-graph capture, whose
+    # kernels (a variant not launched before in this fresh process) load during the capture
+    import os
+    import subprocess
+    import sys
+
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("programmatic dependent launch needs sm_90 or newer")
+    env = dict(os.environ, UNIMIXER_PDL="auto")
+    env.pop("TRITON_INTERPRET", None)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-c", _PDL_AUTO_SCRIPT], env=env, cwd=root, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+

@@ -110,6 +110,7 @@ def test_unimixing_local_paths(device, monkeypatch, min_bp):
     from unimixer_kernels.triton_kernels import unimixing as kernels
 
     monkeypatch.setattr(kernels, "LOCAL_DOT_MIN_BP", min_bp)
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "register")
     shape = (3, 2, 10, 4) if min_bp == 4 else (2, 2, 20, 20)
     bs, t, d, b = shape
     x = random_input((bs, t, d), torch.float16, device, requires_grad=True)
@@ -159,6 +160,35 @@ def test_unimixing_gemm_forward(device, kernel_dtype, monkeypatch, shape, backwa
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("shape", [s for s in SHAPES if s[3] >= 16], ids=lambda s: "x".join(map(str, s)))
+def test_unimixing_register_forward_large_block(device, monkeypatch, shape):
+    # at B >= 16 'auto' writes H through memory for 16-bit activations; 'register' keeps the one
+    # kernel that builds H with batched dots in registers
+    from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    bs, t, d, b = shape
+    n = t * d // b
+    assert kernels.gemm_forward(b, n, True) and not kernels.gemm_forward(b, n, False)
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "register")
+    assert not kernels.gemm_forward(b, n, True)
+    x = random_input((bs, t, d), torch.float16, device, requires_grad=True)
+    wl, wg = _weights(n, b, torch.float16, device)
+    check_against_reference(uk.unimixing, (x, wl, wg), backend="triton")
+
+
+@pytest.mark.triton
+def test_unimixing_memory_path_auto_rule():
+    # 'auto': the memory path for 16-bit activations at B >= 16 or N >= MEMORY_PATH_MIN_N
+    from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    big = kernels.MEMORY_PATH_MIN_N
+    for gemm in (kernels.gemm_forward, kernels.gemm_backward):
+        assert not gemm(4, 1024, True) and gemm(4, big, True) and gemm(48, 256, True)
+        assert not gemm(4, big, False)
+    assert kernels.gemm_backward(48, 256, False) and not kernels.gemm_forward(48, 256, False)
+
+
+@pytest.mark.triton
 @pytest.mark.parametrize("epilogue", ["fused", "composed"])
 def test_unimixing_rmsnorm_gemm_forward(device, monkeypatch, epilogue):
     # the composed op mixes through memory; the fused epilogue keeps its in-register kernel
@@ -180,7 +210,7 @@ def test_unimixing_forward_switch_checked(device, monkeypatch):
     monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "gemms")
     x = random_input((2, 4, 8), torch.float32, device)
     wl, wg = _weights(8, 4, torch.float32, device)
-    with pytest.raises(ValueError, match="UNIMIXER_UNIMIXING_FORWARD: expected 'auto' or 'gemm'"):
+    with pytest.raises(ValueError, match="UNIMIXER_UNIMIXING_FORWARD: expected 'auto', 'gemm' or 'register'"):
         uk.unimixing(x, wl, wg, backend="triton")
 
 
