@@ -38,11 +38,13 @@ SWITCHES = {
                                    "global GEMM), 'gemm' (H written once, then a plain GEMM Y = W_G H) or "
                                    "'auto' (gemm for 16-bit activations at B >= 16 or N >= 4096, where it "
                                    "measured faster on the H200)"),
-    PDL_SWITCH: ("0", "launch the tiled Sinkhorn kernels with programmatic dependent launch (sm_90+, CUDA): "
-                      "each waits for its predecessor inside the kernel, so its launch, and its read of the "
-                      "logits tile where the previous launch does not write it, overlap the previous "
-                      "kernel's tail. '1' always, 'auto' while capturing a CUDA graph, '0' never"),
-    TILE_SWITCH: ("auto", "tile of the tiled Sinkhorn kernels (n > 64): 'auto' (64x128, 8 warps) or 'BMxBN' "
+    PDL_SWITCH: ("auto", "launch the tiled Sinkhorn kernels with programmatic dependent launch (sm_90+, "
+                         "CUDA): each waits for its predecessor inside the kernel, so its launch, and its "
+                         "read of the logits tile where the previous launch does not write it, overlap the "
+                         "previous kernel's tail. 'auto' while capturing a CUDA graph (eager PDL launches "
+                         "cost host time), '1' always, '0' never"),
+    TILE_SWITCH: ("auto", "tile of the tiled Sinkhorn kernels (n > 64): 'auto' (64x64, 4 warps; 64x128 with "
+                          "8 warps for the persistent kernels) or 'BMxBN' "
                           "(powers of two, 16..256, BM*BN <= 16384; 4 warps below 8192 entries)"),
 }
 

@@ -479,10 +479,12 @@ def unimixing_local_fma_kernel(
     SB: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     H_ONLY: tl.constexpr,
+    CMAJOR: tl.constexpr,
 ):
     """``unimixing_local_kernel`` for small ``B`` (memory path at ``B < 16``): a program owns ``BN``
     consecutive blocks, so that one sample's ``BN * B`` values are contiguous in every load and
-    store, and forms the local products with ``B`` fp32 FMAs per element::
+    store (``BN`` per column ``c`` for ``CMAJOR`` ``G`` and ``H``, stored ``[bs, B, N]``), and forms
+    the local products with ``B`` fp32 FMAs per element::
 
         H[s, n, c] = sum_k X[s, n, k] W_B[n, k, c]               (``H_ONLY``: nothing else)
         DX[s, n, c] = sum_k G[s, n, k] W_B[n, c, k] (+ DY)
@@ -504,12 +506,16 @@ def unimixing_local_fma_kernel(
     for st in range(s_begin, s_end, SB):
         rs = st + tl.arange(0, SB)
         offs = rs[:, None, None] * L + rn[None, :, None] * B + kb[None, None, :]
+        if CMAJOR:
+            offs_t = rs[:, None, None] * L + kb[None, None, :] * N + rn[None, :, None]
+        else:
+            offs_t = offs
         mask = (rs < s_end)[:, None, None] & n_ok[None, :, None] & kb_ok[None, None, :]
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
         h = tl.sum(x[:, :, :, None] * w[None, :, :, :], axis=2)
-        tl.store(H + offs, h.to(H.dtype.element_ty), mask=mask)
+        tl.store(H + offs_t, h.to(H.dtype.element_ty), mask=mask)
         if not H_ONLY:
-            g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(G + offs_t, mask=mask, other=0.0).to(tl.float32)
             # dx[s, n, c] = sum_k g[s, n, k] w[n, c, k]: w indexed [n, k, c], so sum over its axis 2
             dx = tl.sum(g[:, :, None, :] * w[None, :, :, :], axis=3)
             if HAS_RESIDUAL:
@@ -518,6 +524,76 @@ def unimixing_local_fma_kernel(
             dwb += tl.sum(x[:, :, :, None] * g[:, :, None, :], axis=0)
     if not H_ONLY:
         tl.store(DWL_PART + pid_p.to(tl.int64) * (N * B * B) + w_off, dwb, mask=w_mask)
+
+
+@triton.jit
+def unimixing_gemm_kernel(
+    A, BMAT, C,
+    M, NC, K, k_per_split,
+    sam, sak, sbk, sbn,
+    L, M_BUCKET,
+    KIND: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    GROUP: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """``C = A @ B``, ``A [M, K]`` and ``B [K, NC]`` read through their strides, fp32 accumulation
+    over the K range of split ``program_id(1)`` (memory path, c-major operands ``[bs, B, N]`` viewed
+    as ``[bs*B, N]``, K contiguous or M/N contiguous, so every tile load is a run of whole rows).
+
+    ``KIND`` 0, the forward's ``Y^T = H^T W_G^T``: row ``r = s*BLOCK + c``, column ``m`` is stored at
+    ``C[s*L + m*BLOCK + c]`` (the ``[bs, T, D]`` output). Otherwise ``C[p]`` is a row-major
+    ``[M, NC]`` (per-split partial): 1, the backward's ``G^T = dY^T W_G``; 2, ``dW_G = dY H^T``."""
+    pid = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(NC, BN)
+    per_group = GROUP * num_n
+    first_m = (pid // per_group) * GROUP
+    group_m = tl.minimum(num_m - first_m, GROUP)
+    pid_m = first_m + (pid % per_group) % group_m
+    pid_n = (pid % per_group) // group_m
+    rm = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    m_ok = rm < M
+    n_ok = rn < NC
+    k_begin = pid_p.to(tl.int64) * k_per_split
+    k_end = tl.minimum(k_begin + k_per_split, K)
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    # fp32 (``ieee``): four accumulators take the K chunks in turn, so each sums a quarter of the
+    # terms (one chain over N = 4096 measured 1.9e-5 against the fp64 reference, torch-fp32 3.0e-6)
+    ACCS: tl.constexpr = 4 if PRECISION == "ieee" else 1
+    acc1 = acc
+    acc2 = acc
+    acc3 = acc
+    for k0 in range(k_begin, k_end, BK * ACCS):
+        for j in tl.static_range(ACCS):
+            rk = k0 + j * BK + tl.arange(0, BK)
+            k_ok = rk < k_end
+            a = tl.load(A + rm[:, None] * sam + rk[None, :] * sak, mask=m_ok[:, None] & k_ok[None, :],
+                        other=0.0).to(DOT_DTYPE)
+            b = tl.load(BMAT + rk[:, None] * sbk + rn[None, :] * sbn, mask=k_ok[:, None] & n_ok[None, :],
+                        other=0.0).to(DOT_DTYPE)
+            if j == 0:
+                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            elif j == 1:
+                acc1 = tl.dot(a, b, acc1, input_precision=PRECISION)
+            elif j == 2:
+                acc2 = tl.dot(a, b, acc2, input_precision=PRECISION)
+            else:
+                acc3 = tl.dot(a, b, acc3, input_precision=PRECISION)
+    if ACCS > 1:
+        acc = (acc + acc1) + (acc2 + acc3)
+    mask = m_ok[:, None] & n_ok[None, :]
+    if KIND == 0:
+        ptr = C + (rm // BLOCK)[:, None] * L + rn[None, :] * BLOCK + (rm % BLOCK)[:, None]
+    else:
+        ptr = C + pid_p.to(tl.int64) * M * NC + rm[:, None] * NC + rn[None, :]
+    tl.store(ptr, acc.to(C.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -724,6 +800,13 @@ def _global_configs(half: bool) -> tuple:
     return tuple(((("BN", bn), ("BK", bk), ("BC", bc)), w, s) for bn, bk, bc, w, s in tiles)
 
 
+def _gemm_configs(half: bool) -> tuple:
+    tiles = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 4, 4),
+             (64, 128, 64, 4, 4)]
+    tiles = tiles if half else [(64, 64, 32, 4, 2)]
+    return tuple(((("BM", bm), ("BN", bn), ("BK", bk)), w, s) for bm, bn, bk, w, s in tiles)
+
+
 def _dwg_gemm_configs(half: bool) -> tuple:
     tiles = [(128, 128, 64, 8, 3), (128, 128, 32, 8, 4), (64, 128, 64, 4, 3)]
     tiles = tiles if half else [(64, 64, 32, 4, 2)]
@@ -900,13 +983,14 @@ def _local_products(
 ) -> torch.Tensor | None:
     """``H = X W_B`` per block into ``h``; with ``g`` (backward) also ``dX = G W_B^T (+ dY)`` into
     ``dx`` and the fp32 ``dW_B`` partials, which it returns. ``B < 16``: ``LOCAL_FMA_BN`` blocks per
-    program and ``B`` FMAs per element; else one block per program and tensor-core dots."""
+    program, ``B`` FMAs per element, ``G`` and ``H`` c-major (:func:`c_major`); else one block per
+    program, tensor-core dots, ``G`` and ``H`` laid out as ``x``."""
     bs, t, d = xc.shape
     n, b, _ = wl.shape
     interp = _interpreting()
     h_only = g is None
     bp = triton.next_power_of_2(b)
-    fma = bp < LOCAL_DOT_MIN_BP
+    fma = c_major(b)
     bn = LOCAL_FMA_BN if fma else 1
     p1, per1 = _splits(bs, triton.cdiv(n, bn), xc.device, n * b * b)
     dwl_part = xc if h_only else new_output((p1, n, b, b), like=xc, dtype=torch.float32)
@@ -914,7 +998,7 @@ def _local_products(
     args = (*ptrs, bs, n, t * d, per1)
     if fma:
         unimixing_local_fma_kernel[(triton.cdiv(n, bn), p1)](
-            *args, B=b, BP=bp, BN=bn, SB=LOCAL_FMA_SB, HAS_RESIDUAL=residual, H_ONLY=h_only,
+            *args, B=b, BP=bp, BN=bn, SB=LOCAL_FMA_SB, HAS_RESIDUAL=residual, H_ONLY=h_only, CMAJOR=True,
             **({} if interp else dict(num_warps=8)),
         )
     else:
@@ -927,14 +1011,46 @@ def _local_products(
     return None if h_only else dwl_part
 
 
+def c_major(block: int) -> bool:
+    """Whether the memory path stores ``H`` and ``G`` (and reads ``dY``) c-major, ``[bs, B, N]``:
+    for ``B < 16``, where the natural layout would give the GEMMs runs of only ``B`` values along
+    their K index. Its GEMMs are then plain (:func:`unimixing_gemm_kernel`) with whole-row loads."""
+    return triton.next_power_of_2(block) < LOCAL_DOT_MIN_BP
+
+
+def _gemm(kind: int, a: torch.Tensor, bmat: torch.Tensor, out: torch.Tensor, m: int, nc: int, k: int,
+          sa: tuple[int, int], sb: tuple[int, int], block: int = 1, length: int = 0,
+          splits: tuple[int, int] | None = None) -> None:
+    """Launch :func:`unimixing_gemm_kernel` (``kind`` as there; ``splits = (p, k_per_split)``)."""
+    dot_dtype, precision = _dot_setup(a)
+    p, per = splits if splits is not None else (1, k)
+    args = (a, bmat, out, m, nc, k, per, *sa, *sb, length, bucket(m))
+    consts = dict(KIND=kind, BLOCK=block, GROUP=8, DOT_DTYPE=dot_dtype, PRECISION=precision)
+    if _interpreting():
+        meta = dict(BM=16, BN=16, BK=16)
+        unimixing_gemm_kernel[(triton.cdiv(m, 16) * triton.cdiv(nc, 16), p)](*args, **consts, **meta)
+    else:
+        kernel = _tuned("unimixing_gemm_kernel", _gemm_configs(a.dtype != torch.float32),
+                        ("M_BUCKET", "NC", "K", "KIND"))
+        kernel[lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(nc, meta["BN"]), p)](*args, **consts)
+
+
 def _unimixing_fwd_memory(xc: torch.Tensor, wl: torch.Tensor, wg: torch.Tensor) -> torch.Tensor:
-    """The memory-path forward (``UNIMIXER_UNIMIXING_FORWARD=gemm``): ``H = X W_B`` per block,
-    written once in the activation dtype, then the GEMM ``Y = W_G H`` with both operands from
-    memory (2 launches). The in-register kernel builds each ``H`` chunk beside its dot instead."""
-    h = torch.empty_like(xc)
-    _local_products(xc, wl, h)
+    """The memory-path forward: ``H = X W_B`` per block, written once in the activation dtype, then
+    the GEMM ``Y = W_G H`` with both operands from memory (2 launches). The in-register kernel builds
+    each ``H`` chunk beside its dot instead. Small ``B``: ``H`` c-major and the plain GEMM
+    ``Y^T = H^T W_G^T``, whose epilogue stores ``Y`` as ``[bs, T, D]``."""
+    bs, t, d = xc.shape
+    n, b, _ = wl.shape
     y = new_output(xc.shape, like=xc)
-    _global_gemm(wg, h, y, transpose=True)
+    if not c_major(b):
+        h = torch.empty_like(xc)
+        _local_products(xc, wl, h)
+        _global_gemm(wg, h, y, transpose=True)
+        return y
+    ht = torch.empty((bs, b, n), device=xc.device, dtype=xc.dtype)
+    _local_products(xc, wl, ht)
+    _gemm(0, ht, wg, y, bs * b, n, n, (n, 1), (1, n), block=b, length=t * d)
     return y
 
 
@@ -948,33 +1064,40 @@ def _unimixing_bwd_memory(
     dwg_dtype: torch.dtype,
     residual: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The memory-path backward (``B >= 16``, or any ``B`` with ``UNIMIXER_UNIMIXING_BACKWARD=gemm``):
-    ``G = W_G^T dY`` (GEMM), then per block ``dX``, ``H`` and the ``dW_B`` partials
-    (:func:`_local_products`), then ``dW_G = dY H^T`` (GEMM). ``G`` and ``H`` go through memory in the
-    activation dtype (``2 * bs * L`` elements each way): at large ``B`` the in-register local
-    transpose would cost ``O(B)`` CUDA-core work per element; at small ``B`` the two GEMMs run
-    without the register build of ``G`` and ``H`` beside their dots."""
+    """The memory-path backward: ``G = W_G^T dY`` (GEMM), then per block ``dX``, ``H`` and the
+    ``dW_B`` partials (:func:`_local_products`), then ``dW_G = dY H^T`` (GEMM, sample splits). ``G``
+    and ``H`` go through memory in the activation dtype: at large ``B`` the in-register local
+    transpose would cost ``O(B)`` CUDA-core work per element; at small ``B`` the GEMMs run without
+    the register build of ``G`` and ``H`` beside their dots, on c-major operands (``dY`` transposed
+    to ``[bs, B, N]`` first, one copy)."""
     bs, t, d = xc.shape
     n, b, _ = wl.shape
     length = t * d
     dot_dtype, precision = _dot_setup(xc)
-    g = torch.empty_like(xc)
-    h = torch.empty_like(xc)
-    _global_gemm(wg, dyc, g, transpose=False)
-    dwl_part = _local_products(xc, wl, h, g, dyc, dx, residual)
-
     p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=2)
     dwg_part = _dwg_buffer(p2, n, xc, dwg_dtype)
-    args = (dyc, h, dwg_part, bs, n, length, per2, bucket(bs))
-    consts = dict(B=b, DOT_DTYPE=dot_dtype, PRECISION=precision)
-    if _interpreting():
-        meta = dict(BM=16, BN=16, BK=16)
-        unimixing_bwd_dwg_gemm_kernel[(triton.cdiv(n, 16), triton.cdiv(n, 16), p2)](*args, **consts, **meta)
+    if c_major(b):
+        dyt = dyc.view(bs, n, b).transpose(1, 2).contiguous()
+        gt = torch.empty_like(dyt)
+        ht = torch.empty_like(dyt)
+        _gemm(1, dyt, wg, gt, bs * b, n, n, (n, 1), (n, 1))
+        dwl_part = _local_products(xc, wl, ht, gt, dyc, dx, residual)
+        _gemm(2, dyt, ht, dwg_part, n, n, bs * b, (1, n), (n, 1), splits=(p2, per2 * b))
     else:
-        kernel = _tuned("unimixing_bwd_dwg_gemm_kernel", _dwg_gemm_configs(xc.dtype != torch.float32),
-                        ("N", "BS_BUCKET", "B"))
-        kernel[lambda meta: (triton.cdiv(n, meta["BM"]), triton.cdiv(n, meta["BN"]), p2)](*args, **consts)
-
+        g = torch.empty_like(xc)
+        h = torch.empty_like(xc)
+        _global_gemm(wg, dyc, g, transpose=False)
+        dwl_part = _local_products(xc, wl, h, g, dyc, dx, residual)
+        args = (dyc, h, dwg_part, bs, n, length, per2, bucket(bs))
+        consts = dict(B=b, DOT_DTYPE=dot_dtype, PRECISION=precision)
+        if _interpreting():
+            meta = dict(BM=16, BN=16, BK=16)
+            grid = (triton.cdiv(n, 16), triton.cdiv(n, 16), p2)
+            unimixing_bwd_dwg_gemm_kernel[grid](*args, **consts, **meta)
+        else:
+            kernel = _tuned("unimixing_bwd_dwg_gemm_kernel", _dwg_gemm_configs(xc.dtype != torch.float32),
+                            ("N", "BS_BUCKET", "B"))
+            kernel[lambda meta: (triton.cdiv(n, meta["BM"]), triton.cdiv(n, meta["BN"]), p2)](*args, **consts)
     dwl = dwl_part.sum(0).to(dwl_dtype)
     dwg = dwg_part[0] if p2 == 1 else dwg_part.sum(0).to(dwg_dtype)
     return dx, dwl, dwg

@@ -487,10 +487,16 @@ def compile_for_sm90() -> None:
                        dict(B=48, BP=64, SB=64, HAS_RESIDUAL=True, H_ONLY=h_only, **common), 4, 3))
         builds.append((kernels.unimixing_local_fma_kernel, local,
                        dict(B=4, BP=4, BN=kernels.LOCAL_FMA_BN, SB=kernels.LOCAL_FMA_SB, HAS_RESIDUAL=True,
-                            H_ONLY=h_only), 8, 3))
+                            H_ONLY=h_only, CMAJOR=True), 8, 3))
     for kw, warps, stages in kernels._global_configs(True):
         builds.append((kernels.unimixing_global_kernel, dict(WG=p, SRC=p, OUT=p),
                        dict(kw, B=4, GROUP=8, **common), warps, stages))
+    # the c-major GEMMs, each with the unit strides its operands have
+    unit = {0: dict(sak=1, sbk=1), 1: dict(sak=1, sbn=1), 2: dict(sam=1, sbn=1)}
+    for kw, warps, stages in kernels._gemm_configs(True):
+        for kind, strides in unit.items():
+            builds.append((kernels.unimixing_gemm_kernel, dict(A=p, BMAT=p, C="*fp32" if kind == 2 else p),
+                           dict(kw, KIND=kind, BLOCK=4, GROUP=8, **strides, **common), warps, stages))
     for kernel, ptrs, consts, w, s in builds:
         assert compile_sm90(kernel, ptrs, consts, w, s)["shared"] <= SMEM_LIMIT, kernel
 
