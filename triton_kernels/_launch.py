@@ -31,12 +31,12 @@ SWITCHES = {
                                      "trains in 1.88 against 1.54 ms, with a 185 against 209 MiB peak)"),
     UNIMIXING_BWD_SWITCH: ("auto", "unimixing / unimixing_rmsnorm backward: 'auto' (the in-register kernels, "
                                    "which build G = W_G^T dY and H = X W_B beside their dots, for B < 16 "
-                                   "and N < 4096; else G and H through memory, two GEMMs and a per-block "
-                                   "kernel) or 'gemm' (the memory path at every B and N)"),
+                                   "and N < 1024 or fp32; else G and H through memory, two GEMMs and a "
+                                   "per-block kernel) or 'gemm' (the memory path at every B and N)"),
     UNIMIXING_FWD_SWITCH: ("auto", "unimixing forward (and the mixing of unimixing_rmsnorm's composed path): "
                                    "'register' (one kernel that builds H = X W_B in registers beside the "
                                    "global GEMM), 'gemm' (H written once, then a plain GEMM Y = W_G H) or "
-                                   "'auto' (gemm for 16-bit activations at B >= 16 or N >= 4096, where it "
+                                   "'auto' (gemm for 16-bit activations at B >= 16 or N >= 1024, where it "
                                    "measured faster on the H200)"),
     PDL_SWITCH: ("auto", "launch the tiled Sinkhorn kernels with programmatic dependent launch (sm_90+, "
                          "CUDA): each waits for its predecessor inside the kernel, so its launch, and its "

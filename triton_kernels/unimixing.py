@@ -720,10 +720,12 @@ def uses_local_dot(block: int, fused: bool, half: bool = True) -> bool:
 
 
 # The memory path (H, and in backward G, written once; plain GEMMs) against the in-register kernels,
-# bf16 on the H200 (bench/NOTES.md, run14): forward 2.5x faster at B = 48 (rankmixer-100m) and 1.1x
-# at N = 4096 (paper-100m), 1.17x slower at N = 1024 (paper-small); backward 1.4x faster at N = 4096,
-# even at N = 1024. So "auto" takes it for 16-bit activations from this N on, and at B >= 16.
-MEMORY_PATH_MIN_N = 4096
+# bf16 on the H200, CUDA graphs (bench/NOTES.md): with the c-major layout at B < 16 (run16) the op's
+# fwd+bwd 0.541 -> 0.302 ms at N = 1024 (paper-small) and 3.29 -> 1.92 ms at N = 4096 (paper-100m);
+# at B = 48 (rankmixer-100m, natural layout, run14) 0.405 -> 0.269. Smaller N are not measured and
+# keep the in-register kernels. The cost is memory: G, H and dY^T live through the backward (the
+# op's training peak 62 -> 110 MiB at paper-small).
+MEMORY_PATH_MIN_N = 1024
 
 
 def _memory_path_auto(block: int, n: int, half: bool) -> bool:
