@@ -60,6 +60,10 @@ START=$(date +%s)
 
 want() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
+# budget LIMIT RESERVE: the seconds after which a benchmark stage starts no new case: LIMIT - RESERVE
+# (the time a case may still take), but at least LIMIT / 2, so that a short limit still times cases
+budget() { local b=$(( $1 - $2 )); [ "$b" -lt $(( $1 / 2 )) ] && b=$(( $1 / 2 )); echo "$b"; }
+
 # stage NAME SECONDS CMD...: run under timeout, output appended to the log, one status line on stdout
 stage() {
     local name=$1 secs=$2 t0 rc
@@ -153,7 +157,7 @@ if want bench; then
     # no new case after T_BENCH-60 s (a case with a K=20 compile takes up to a minute); the results
     # file is rewritten after every case, so a timeout keeps everything measured before it
     stage bench "$T_BENCH" "$PY" -m bench run --out "$OUT" --name results --warmup 10 --rep 60 \
-        --budget-s $(( T_BENCH - 60 )) ${BENCH_CASES:+--case "$BENCH_CASES"} ${BENCH_ARGS:-}
+        --budget-s "$(budget "$T_BENCH" 60)" ${BENCH_CASES:+--case "$BENCH_CASES"} ${BENCH_ARGS:-}
 fi
 
 if want sweep; then
@@ -181,7 +185,7 @@ if want variant; then
         case "$entry" in *"|"*) cases="${entry#*|}" ;; esac
         stage "variant$i" "${T_VARIANT:-120}" env ${entry%%|*} "$PY" -m bench run --out "$OUT" \
             --name "variant$i" --case "$cases" --warmup 10 --rep 60 \
-            --budget-s $(( ${T_VARIANT:-120} - 30 )) ${VARIANT_ARGS:-${BENCH_ARGS:-}}
+            --budget-s "$(budget "${T_VARIANT:-120}" 30)" ${VARIANT_ARGS:-${BENCH_ARGS:-}}
     done
 fi
 

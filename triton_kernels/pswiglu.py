@@ -66,6 +66,7 @@ import triton
 import triton.language as tl
 
 from ._launch import FFN_BACKWARD_SWITCH, bucket, new_output, num_programs_for, switch
+from ._tiles import grouped_tile
 
 
 def _interpreting() -> bool:
@@ -463,11 +464,7 @@ def ffn_token_gemm_kernel(
     per_token = num_m * num_n
     t = (pid // per_token).to(tl.int64)
     r = pid % per_token
-    per_group = GROUP_M * num_n
-    first_m = (r // per_group) * GROUP_M
-    group_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (r % per_group) % group_m
-    pid_n = (r % per_group) // group_m
+    pid_m, pid_n = grouped_tile(r, num_m, num_n, GROUP_M)
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M

@@ -52,23 +52,28 @@ GEMM over flat ``(s, c)`` columns, no padding of ``B``); ``unimixing_local_kerne
 block ``n``, ``dx_n = G_n W_B[n]^T``, ``h_n = x_n W_B[n]`` (written) and the ``dW_B`` partial as
 three dots; ``unimixing_bwd_dwg_gemm_kernel`` is the GEMM ``dY H^T`` with both operands from memory.
 The fused RMSNorm epilogue needs all of ``c`` in its tile, so with it the forward keeps the FMA
-path at any ``B``.
-``UNIMIXER_UNIMIXING_BACKWARD=gemm`` takes this backward at every ``B``; below 16, the per-block step
-is ``unimixing_local_fma_kernel`` (``LOCAL_FMA_BN`` consecutive blocks per program, so that every
-sample's values are contiguous, and ``B`` FMAs per element). It is an alternative to the
-in-register kernels at small ``B``.
+path at any ``B``. For 16-bit activations the forward goes through memory too by default
+(``unimixing_local_kernel`` with ``H_ONLY`` writes ``H``, then ``unimixing_global_kernel`` reads
+``W_G`` transposed: ``Y = W_G H``), 2.5× faster than the in-register forward at ``rankmixer-100m``.
 
-``UNIMIXER_UNIMIXING_FORWARD=gemm`` runs the forward the same way: the per-block kernel writes only
-``H = X W_B`` (``H_ONLY``), then ``unimixing_global_kernel`` computes ``Y = W_G H`` (the backward's
-``G`` GEMM with ``W_G`` read transposed). ``H`` goes through memory once each way instead of being
-built in registers beside the dot. The fused RMSNorm epilogue keeps the in-register kernel.
+**Memory path at small B** (``B < 16``; the default for 16-bit activations from ``N = 1024``, see
+:data:`MEMORY_PATH_MIN_N`; forced with ``UNIMIXER_UNIMIXING_FORWARD`` / ``_BACKWARD=gemm``). In the
+natural layout the GEMMs' K index would have runs of only ``B`` values, so ``H``, ``G`` and ``dY``
+are stored c-major, ``[bs, B, N]`` (row ``s*B + c`` holds column ``c`` of every block of sample
+``s``). ``unimixing_local_fma_kernel`` (``LOCAL_FMA_BN`` consecutive blocks per program, ``B`` fp32
+FMAs per element) writes ``H`` (forward, ``H_ONLY``), or ``dX``, ``H`` and the ``dW_B`` partials
+from ``G`` (backward). One plain GEMM kernel, ``unimixing_gemm_kernel``, does the rest: forward
+``Y^T = H^T W_G^T`` (its epilogue stores ``Y`` as ``[bs, T, D]``); backward ``G^T = dY^T W_G`` after
+one transposing copy of ``dY``, and ``dW_G = dY H^T`` in sample splits. The fused RMSNorm epilogue
+keeps the in-register kernel.
 
 Weight gradients are reduced deterministically: each program writes its own fp32 partial, and a
 second pass sums the partials (no atomics; with a single split, ``dW_G`` is written directly).
 
 Launches per call: forward 1 kernel (2 on the memory path; plus a cast of ``w_global`` when it is
-fp32 and the activations are half precision). Backward, small ``B``: 2 kernels + the ``dW_B`` partial sum
-(+ the ``dW_G`` partial sum when it is split); large ``B``: 3 kernels + the same sums. The fused op
+fp32 and the activations are half precision). Backward, in registers: 2 kernels + the ``dW_B``
+partial sum (+ the ``dW_G`` partial sum when it is split); through memory: 3 kernels (4 with the
+c-major copy of ``dY``) + the same sums. The fused op
 adds the RMSNorm backward kernel (and its ``dw`` sum).
 
 Non-contiguous inputs are copied once to contiguous memory by the launchers.
@@ -93,6 +98,7 @@ from ._launch import (
     sm_count,
     switch,
 )
+from ._tiles import grouped_tile
 from .rms_norm import rms_norm_bwd, rms_norm_fwd
 
 _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
@@ -175,11 +181,7 @@ def unimixing_fwd_kernel(
     num_m = tl.cdiv(N, BM_EFF)
     num_s = tl.cdiv(BS, SPT) * NC
     # grouped order: GROUP row tiles walk the sample tiles together, so W_G rows and x stay in L2
-    per_group = GROUP * num_s
-    first_m = (pid // per_group) * GROUP
-    group_m = tl.minimum(num_m - first_m, GROUP)
-    pid_m = first_m + (pid % per_group) % group_m
-    pid_s = (pid % per_group) // group_m
+    pid_m, pid_s = grouped_tile(pid, num_m, num_s, GROUP)
 
     m0 = pid_m * BM_EFF
     s0 = (pid_s // NC).to(tl.int64) * SPT
@@ -401,16 +403,12 @@ def unimixing_global_kernel(
 ):
     """``OUT[s, o*B + c] = sum_m W[m, o] SRC[s, m*B + c]``: a plain GEMM over the flat columns
     ``k = s*B + c`` (no padding of ``B``), with ``W`` read through ``(swk, swo)`` as in
-    :func:`_wg_t_dy`. Memory path: the backward's ``G = W_G^T dY`` (step 1) and the forward's
-    ``Y = W_G H`` (step 2)."""
+    :func:`_wg_t_dy`. Memory path at ``B >= 16`` (natural layout): the backward's ``G = W_G^T dY``
+    (step 1) and the forward's ``Y = W_G H`` (step 2)."""
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BN)
     num_k = tl.cdiv(BS * B, BC)
-    per_group = GROUP * num_k
-    first_n = (pid // per_group) * GROUP
-    group_n = tl.minimum(num_n - first_n, GROUP)
-    pid_n = first_n + (pid % per_group) % group_n
-    pid_k = (pid % per_group) // group_n
+    pid_n, pid_k = grouped_tile(pid, num_n, num_k, GROUP)
     rn = pid_n * BN + tl.arange(0, BN)
     n_ok = rn < N
     kk = pid_k.to(tl.int64) * BC + tl.arange(0, BC)
@@ -552,11 +550,7 @@ def unimixing_gemm_kernel(
     pid_p = tl.program_id(1)
     num_m = tl.cdiv(M, BM)
     num_n = tl.cdiv(NC, BN)
-    per_group = GROUP * num_n
-    first_m = (pid // per_group) * GROUP
-    group_m = tl.minimum(num_m - first_m, GROUP)
-    pid_m = first_m + (pid % per_group) % group_m
-    pid_n = (pid % per_group) // group_m
+    pid_m, pid_n = grouped_tile(pid, num_m, num_n, GROUP)
     rm = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
     m_ok = rm < M
