@@ -47,6 +47,15 @@ def _weights(n: int, b: int, dtype, device, requires_grad=True):
     return wl, wg
 
 
+def _check_rmsnorm(shape, dtype, device, noncontiguous=False):
+    """``unimixing_rmsnorm`` on the Triton backend against the reference, fresh inputs."""
+    bs, t, d, b = shape
+    z = random_input((bs, t, d), dtype, device, requires_grad=True, noncontiguous=noncontiguous)
+    wl, wg = _weights(t * d // b, b, dtype, device)
+    nw = random_input((d,), dtype, device, requires_grad=True)
+    check_against_reference(uk.unimixing_rmsnorm, (z, wl, wg, nw), backend="triton")
+
+
 @pytest.mark.triton
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("noncontiguous", [False, True], ids=["contig", "strided"])
@@ -63,21 +72,24 @@ def test_unimixing_triton(device, kernel_dtype, shape, noncontiguous):
 @pytest.mark.parametrize("shape", NORM_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_unimixing_rmsnorm_triton(device, kernel_dtype, shape, epilogue, monkeypatch):
     monkeypatch.setenv("UNIMIXER_UNIMIXING_NORM", epilogue)
-    bs, t, d, b = shape
-    n = t * d // b
-    z = random_input((bs, t, d), kernel_dtype, device, requires_grad=True, noncontiguous=bs % 2 == 1)
-    wl, wg = _weights(n, b, kernel_dtype, device)
-    nw = random_input((d,), kernel_dtype, device, requires_grad=True)
-    check_against_reference(uk.unimixing_rmsnorm, (z, wl, wg, nw), backend="triton")
+    _check_rmsnorm(shape, kernel_dtype, device, noncontiguous=shape[0] % 2 == 1)
 
 
 @pytest.mark.triton
-def test_unimixing_rmsnorm_epilogue_env_checked(device, monkeypatch):
-    monkeypatch.setenv("UNIMIXER_UNIMIXING_NORM", "compose")
+@pytest.mark.parametrize("name,expected", [
+    ("UNIMIXER_UNIMIXING_NORM", "expected 'fused' or 'composed'"),
+    ("UNIMIXER_UNIMIXING_FORWARD", "expected 'auto', 'gemm' or 'register'"),
+])
+def test_unimixing_forward_switches_checked(device, monkeypatch, name, expected):
+    # a bad value names the switch and its values, whichever forward path reads it
+    monkeypatch.setenv(name, "nonsense")
     z = random_input((2, 4, 8), torch.float32, device)
     wl, wg = _weights(8, 4, torch.float32, device)
-    with pytest.raises(ValueError, match="UNIMIXER_UNIMIXING_NORM: expected 'fused' or 'composed'"):
-        uk.unimixing_rmsnorm(z, wl, wg, torch.ones(8, device=device), backend="triton")
+    with pytest.raises(ValueError, match=f"{name}: {expected}"):
+        if name == "UNIMIXER_UNIMIXING_NORM":
+            uk.unimixing_rmsnorm(z, wl, wg, torch.ones(8, device=device), backend="triton")
+        else:
+            uk.unimixing(z, wl, wg, backend="triton")
 
 
 @pytest.mark.triton
@@ -138,11 +150,7 @@ def test_unimixing_rmsnorm_gemm_backward(device, monkeypatch, shape):
     monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", "gemm")
     monkeypatch.setattr(kernels, "LOCAL_FMA_BN", 4)
     monkeypatch.setattr(kernels, "LOCAL_FMA_SB", 2)
-    bs, t, d, b = shape
-    z = random_input((bs, t, d), torch.float32, device, requires_grad=True)
-    wl, wg = _weights(t * d // b, b, torch.float32, device)
-    nw = random_input((d,), torch.float32, device, requires_grad=True)
-    check_against_reference(uk.unimixing_rmsnorm, (z, wl, wg, nw), backend="triton")
+    _check_rmsnorm(shape, torch.float32, device)
 
 
 @pytest.mark.triton
@@ -198,20 +206,7 @@ def test_unimixing_rmsnorm_gemm_forward(device, monkeypatch, epilogue):
     monkeypatch.setenv("UNIMIXER_UNIMIXING_NORM", epilogue)
     monkeypatch.setattr(kernels, "LOCAL_FMA_BN", 4)
     monkeypatch.setattr(kernels, "LOCAL_FMA_SB", 2)
-    bs, t, d, b = 5, 4, 24, 4
-    z = random_input((bs, t, d), torch.float16, device, requires_grad=True)
-    wl, wg = _weights(t * d // b, b, torch.float16, device)
-    nw = random_input((d,), torch.float16, device, requires_grad=True)
-    check_against_reference(uk.unimixing_rmsnorm, (z, wl, wg, nw), backend="triton")
-
-
-@pytest.mark.triton
-def test_unimixing_forward_switch_checked(device, monkeypatch):
-    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "gemms")
-    x = random_input((2, 4, 8), torch.float32, device)
-    wl, wg = _weights(8, 4, torch.float32, device)
-    with pytest.raises(ValueError, match="UNIMIXER_UNIMIXING_FORWARD: expected 'auto', 'gemm' or 'register'"):
-        uk.unimixing(x, wl, wg, backend="triton")
+    _check_rmsnorm((5, 4, 24, 4), torch.float16, device)
 
 
 @pytest.mark.triton
@@ -385,12 +380,7 @@ def test_unimixing_preset_gpu(kernel_dtype, preset):
 @pytest.mark.triton
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_unimixing_rmsnorm_preset_gpu(kernel_dtype, preset):
-    bs, t, d, b = PRESETS[preset]
-    n = t * d // b
-    z = random_input((bs, t, d), kernel_dtype, "cuda", requires_grad=True)
-    wl, wg = _weights(n, b, kernel_dtype, "cuda")
-    nw = random_input((d,), kernel_dtype, "cuda", requires_grad=True)
-    check_against_reference(uk.unimixing_rmsnorm, (z, wl, wg, nw), backend="triton")
+    _check_rmsnorm(PRESETS[preset], kernel_dtype, "cuda")
 
 
 @pytest.mark.gpu
@@ -400,11 +390,7 @@ def test_unimixing_rmsnorm_preset_gpu(kernel_dtype, preset):
 def test_unimixing_gemm_backward_preset_gpu(monkeypatch, kernel_dtype, preset, forward):
     monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", "gemm")
     monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", forward)
-    bs, t, d, b = PRESETS[preset]
-    z = random_input((bs, t, d), kernel_dtype, "cuda", requires_grad=True)
-    wl, wg = _weights(t * d // b, b, kernel_dtype, "cuda")
-    nw = random_input((d,), kernel_dtype, "cuda", requires_grad=True)
-    check_against_reference(uk.unimixing_rmsnorm, (z, wl, wg, nw), backend="triton")
+    _check_rmsnorm(PRESETS[preset], kernel_dtype, "cuda")
 
 
 @pytest.mark.gpu
