@@ -67,11 +67,14 @@ Layouts
   in registers for the whole call (``RESIDENT``): a half-step then moves only the partials and
   potentials, and Lite forms its low-rank tile once, not ``2K+1``
   times. The interpreter runs one program per matrix (programs run one after another there).
-* **Programmatic dependent launch** (``UNIMIXER_PDL=1``, sm_90+): the tiled launches start with
-  ``griddepcontrol.wait`` (nothing is read or written before the previous kernel has finished and
-  its writes are visible), then release the next launch, so that its launch processing overlaps
-  this kernel's tail. It applies to the one-launch-per-half-step kernels; the persistent kernels
-  are one launch per direction and run as they are.
+* **Programmatic dependent launch** (``UNIMIXER_PDL``: by default while a CUDA graph is captured,
+  sm_90+): the tiled launches wait with ``griddepcontrol.wait`` until the previous kernel has
+  finished and its writes are visible, then release the next launch, so that its launch processing
+  overlaps this kernel's tail. Only the ``S0`` tile may be read before the wait (``EARLY``), and only
+  where the previous launch does not write it: every launch but the first pass and the one right
+  after it, whose workspace that pass writes (matrix-free Lite reads its constant factors, so there
+  only the first pass waits first). It applies to the one-launch-per-half-step kernels; the
+  persistent kernels are one launch per direction and run as they are.
 
 Matrices and partial rows are indexed in int64; offsets inside one matrix are int32
 (``n <= 46340``).
@@ -495,8 +498,9 @@ def _bwd_tile(
 @triton.jit
 def _pdl_prologue(PDL: tl.constexpr):
     """With programmatic dependent launch (``PDL``): wait until the previous kernel in the stream
-    has finished and its writes are visible, before this program reads or writes anything, then let
-    the next kernel launch. Without it, nothing (stream order already serialises the kernels)."""
+    has finished and its writes are visible, before this program reads anything that kernel may
+    write or writes anything, then let the next kernel launch. Without it, nothing (stream order
+    already serialises the kernels)."""
     if PDL:
         gdc_wait()
         gdc_launch_dependents()

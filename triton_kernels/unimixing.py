@@ -702,7 +702,7 @@ def fused_norm_epilogue() -> bool:
 LOCAL_DOT_MIN_BP = 16
 # the slice of output columns c per sample in a local-dot forward tile (a dot's minimum width)
 LOCAL_DOT_CW = 16
-# memory-path backward at B < 16: consecutive blocks and samples per program of the local FMA kernel
+# memory path at B < 16: consecutive blocks and samples per program of the local FMA kernel
 LOCAL_FMA_BN = 32
 LOCAL_FMA_SB = 16
 
@@ -722,10 +722,6 @@ def uses_local_dot(block: int, fused: bool, half: bool = True) -> bool:
 MEMORY_PATH_MIN_N = 1024
 
 
-def _memory_path_auto(block: int, n: int, half: bool) -> bool:
-    return uses_local_dot(block, False, half) or (half and n >= MEMORY_PATH_MIN_N)
-
-
 def gemm_forward(block: int, n: int, half: bool) -> bool:
     """Whether the forward takes the memory path (``H`` written, then a GEMM):
     ``UNIMIXER_UNIMIXING_FORWARD`` 'gemm', 'register' (the one in-register kernel), or 'auto'
@@ -733,7 +729,8 @@ def gemm_forward(block: int, n: int, half: bool) -> bool:
     mode = switch(UNIMIXING_FWD_SWITCH)
     if mode not in ("auto", "gemm", "register"):
         raise ValueError(f"{UNIMIXING_FWD_SWITCH}: expected 'auto', 'gemm' or 'register', got {mode!r}")
-    return mode == "gemm" or (mode == "auto" and _memory_path_auto(block, n, half))
+    auto = uses_local_dot(block, False, half) or (half and n >= MEMORY_PATH_MIN_N)
+    return mode == "gemm" or (mode == "auto" and auto)
 
 
 def gemm_backward(block: int, n: int, half: bool) -> bool:
@@ -744,7 +741,7 @@ def gemm_backward(block: int, n: int, half: bool) -> bool:
     mode = switch(UNIMIXING_BWD_SWITCH)
     if mode not in ("auto", "gemm"):
         raise ValueError(f"{UNIMIXING_BWD_SWITCH}: expected 'auto' or 'gemm', got {mode!r}")
-    return mode == "gemm" or uses_local_dot(block, False) or _memory_path_auto(block, n, half)
+    return mode == "gemm" or uses_local_dot(block, False) or (half and n >= MEMORY_PATH_MIN_N)
 
 
 # Tile lists (BM or BN, BK, BC, warps, stages), checked for register spills in sm_90 compiles.
