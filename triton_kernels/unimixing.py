@@ -60,8 +60,8 @@ path at any ``B``. For 16-bit activations the forward goes through memory too by
 :data:`MEMORY_PATH_MIN_N`; forced with ``UNIMIXER_UNIMIXING_FORWARD`` / ``_BACKWARD=gemm``). In the
 natural layout the GEMMs' K index would have runs of only ``B`` values, so ``H``, ``G`` and ``dY``
 are stored c-major, ``[bs, B, N]`` (row ``s*B + c`` holds column ``c`` of every block of sample
-``s``). ``unimixing_local_fma_kernel`` (``LOCAL_FMA_BN`` consecutive blocks per program, ``B`` fp32
-FMAs per element) writes ``H`` (forward, ``H_ONLY``), or ``dX``, ``H`` and the ``dW_B`` partials
+``s``). ``unimixing_local_fma_kernel`` (one block per lane, ``B`` fp32 FMAs per element, no shared
+memory) writes ``H`` (forward, ``H_ONLY``), or ``dX``, ``H`` and the ``dW_B`` partials
 from ``G`` (backward). One plain GEMM kernel, ``unimixing_gemm_kernel``, does the rest: forward
 ``Y^T = H^T W_G^T`` (its epilogue stores ``Y`` as ``[bs, T, D]``); backward ``G^T = dY^T W_G`` after
 one transposing copy of ``dY``, and ``dW_G = dY H^T`` in sample splits. The fused RMSNorm epilogue
@@ -90,6 +90,7 @@ import triton
 import triton.language as tl
 
 from ._launch import (
+    LOCAL_TILE_SWITCH,
     NORM_SWITCH,
     UNIMIXING_BWD_SWITCH,
     UNIMIXING_FWD_SWITCH,
@@ -477,49 +478,61 @@ def unimixing_local_fma_kernel(
     SB: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     H_ONLY: tl.constexpr,
-    CMAJOR: tl.constexpr,
 ):
-    """``unimixing_local_kernel`` for small ``B`` (memory path at ``B < 16``): a program owns ``BN``
-    consecutive blocks, so that one sample's ``BN * B`` values are contiguous in every load and
-    store (``BN`` per column ``c`` for ``CMAJOR`` ``G`` and ``H``, stored ``[bs, B, N]``), and forms
-    the local products with ``B`` fp32 FMAs per element::
+    """``unimixing_local_kernel`` for small ``B`` (memory path at ``B < 16``), ``B`` fp32 FMAs per
+    element, with ``G`` and ``H`` c-major (``[bs, B, N]``)::
 
-        H[s, n, c] = sum_k X[s, n, k] W_B[n, k, c]               (``H_ONLY``: nothing else)
-        DX[s, n, c] = sum_k G[s, n, k] W_B[n, c, k] (+ DY)
-        DWL_PART[p, n, k, c] = sum_{s in split p} X[s, n, k] G[s, n, c]
-    """
+        H[s, c, n] = sum_k X[s, n, k] W_B[n, k, c]               (``H_ONLY``: nothing else)
+        DX[s, n, k] = sum_c G[s, c, n] W_B[n, k, c] (+ DY)
+        DWL_PART[p, n, k, c] = sum_{s in split p} X[s, n, k] G[s, c, n]
+
+    A program owns ``BN`` consecutive blocks and a split of the samples, ``SB`` samples per loop
+    step. Every tile has one layout: a lane owns one block ``n``, its ``B`` values of ``X``, ``dY``
+    and ``dX`` (one vector load or store), ``B`` scalars of ``G`` and ``H`` (one per c-major row; a
+    warp's 32 lanes make one coalesced run) and all of ``W_B[n]``, so the products and the ``dW_B``
+    sums over samples stay in the lane's registers: no shared memory and no barrier in the loop.
+    Tiles ``[c, n, k]`` keep ``c`` in registers; the c-major offsets are marked non-contiguous so
+    that their accesses keep that layout rather than a vectorised one."""
     pid_n = tl.program_id(0)
     pid_p = tl.program_id(1)
     rn = pid_n * BN + tl.arange(0, BN)
     n_ok = rn < N
     kb = tl.arange(0, BP)
     kb_ok = kb < B
-    # W_B[n] as [BN, k, c] (c fastest, as stored)
-    w_off = rn[:, None, None] * (B * B) + kb[None, :, None] * B + kb[None, None, :]
-    w_mask = n_ok[:, None, None] & kb_ok[None, :, None] & kb_ok[None, None, :]
-    w = tl.load(WL + w_off, mask=w_mask, other=0.0).to(tl.float32)
-    dwb = tl.zeros([BN, BP, BP], dtype=tl.float32)
-    s_begin = pid_p.to(tl.int64) * samples_per_split
+    cw = kb[:, None, None]
+    kw = kb[None, None, :]
+    # W_B[n, k, c] at [c, n, k]
+    w_off = rn[None, :, None] * (B * B) + kw * B + cw
+    w_mask = (kb_ok[:, None, None] & n_ok[None, :, None]) & kb_ok[None, None, :]
+    wt = tl.load(WL + w_off, mask=w_mask, other=0.0).to(tl.float32)
+    dwb = tl.zeros([BP, BN, BP], dtype=tl.float32)
+    s_begin = pid_p * samples_per_split
     s_end = tl.minimum(s_begin + samples_per_split, BS)
+    rs = tl.arange(0, SB)
+    offs = rs[:, None, None] * L + rn[None, :, None] * B + kw
+    offs_c = tl.max_contiguous(rs[:, None] * L + rn[None, :], [1, 1])
+    inner = n_ok[None, :, None] & kb_ok[None, None, :]
     for st in range(s_begin, s_end, SB):
-        rs = st + tl.arange(0, SB)
-        offs = rs[:, None, None] * L + rn[None, :, None] * B + kb[None, None, :]
-        if CMAJOR:
-            offs_t = rs[:, None, None] * L + kb[None, None, :] * N + rn[None, :, None]
-        else:
-            offs_t = offs
-        mask = (rs < s_end)[:, None, None] & n_ok[None, :, None] & kb_ok[None, None, :]
-        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-        h = tl.sum(x[:, :, :, None] * w[None, :, :, :], axis=2)
-        tl.store(H + offs_t, h.to(H.dtype.element_ty), mask=mask)
+        base = tl.cast(st, tl.int64) * L  # int64 here only (a carried base costs 40+ registers)
+        row_ok = (st + rs) < s_end
+        mask = row_ok[:, None, None] & inner
+        mask_c = row_ok[:, None] & n_ok[None, :]
+        x = tl.load(X + base + offs, mask=mask, other=0.0).to(tl.float32)
         if not H_ONLY:
-            g = tl.load(G + offs_t, mask=mask, other=0.0).to(tl.float32)
-            # dx[s, n, c] = sum_k g[s, n, k] w[n, c, k]: w indexed [n, k, c], so sum over its axis 2
-            dx = tl.sum(g[:, :, None, :] * w[None, :, :, :], axis=3)
             if HAS_RESIDUAL:
-                dx += tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
-            tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
-            dwb += tl.sum(x[:, :, :, None] * g[:, :, None, :], axis=0)
+                dx = tl.load(DY + base + offs, mask=mask, other=0.0).to(tl.float32)
+            else:
+                dx = tl.zeros([SB, BN, BP], dtype=tl.float32)
+        for c in tl.static_range(B):
+            w_c = tl.sum(tl.where(cw == c, wt, 0.0), axis=0)  # [n, k]: W_B[n, k, c]
+            h_c = tl.sum(x * w_c[None, :, :], axis=2)
+            tl.store(H + base + c * N + offs_c, h_c.to(H.dtype.element_ty), mask=mask_c)
+            if not H_ONLY:
+                g_c = tl.load(G + base + c * N + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+                dx += g_c[:, :, None] * w_c[None, :, :]
+                dwb += tl.where(cw == c, tl.sum(x * g_c[:, :, None], axis=0)[None, :, :], 0.0)
+        if not H_ONLY:
+            tl.store(DX + base + offs, dx.to(DX.dtype.element_ty), mask=mask)
     if not H_ONLY:
         tl.store(DWL_PART + pid_p.to(tl.int64) * (N * B * B) + w_off, dwb, mask=w_mask)
 
@@ -544,7 +557,8 @@ def unimixing_gemm_kernel(
     as ``[bs*B, N]``, K contiguous or M/N contiguous, so every tile load is a run of whole rows).
 
     ``KIND`` 0, the forward's ``Y^T = H^T W_G^T``: row ``r = s*BLOCK + c``, column ``m`` is stored at
-    ``C[s*L + m*BLOCK + c]`` (the ``[bs, T, D]`` output). Otherwise ``C[p]`` is a row-major
+    ``C[s*L + m*BLOCK + c]`` (the ``[bs, T, D]`` output); for a power-of-two ``BLOCK`` the tile is
+    rearranged to one row per sample first, so that its store is whole contiguous runs. Otherwise ``C[p]`` is a row-major
     ``[M, NC]`` (per-split partial): 1, the backward's ``G^T = dY^T W_G``; 2, ``dW_G = dY H^T``."""
     pid = tl.program_id(0)
     pid_p = tl.program_id(1)
@@ -582,12 +596,22 @@ def unimixing_gemm_kernel(
                 acc3 = tl.dot(a, b, acc3, input_precision=PRECISION)
     if ACCS > 1:
         acc = (acc + acc1) + (acc2 + acc3)
-    mask = m_ok[:, None] & n_ok[None, :]
-    if KIND == 0:
-        ptr = C + (rm // BLOCK)[:, None] * L + rn[None, :] * BLOCK + (rm % BLOCK)[:, None]
+    ROWS: tl.constexpr = KIND == 0 and BLOCK & (BLOCK - 1) == 0 and BM % BLOCK == 0
+    if ROWS:
+        # [BM, BN] -> [BM / BLOCK samples, BN * BLOCK]: each row a contiguous run of a sample's output
+        out = tl.reshape(tl.permute(tl.reshape(acc.to(C.dtype.element_ty), [BM // BLOCK, BLOCK, BN]), [0, 2, 1]),
+                         [BM // BLOCK, BN * BLOCK])
+        rs = pid_m.to(tl.int64) * (BM // BLOCK) + tl.arange(0, BM // BLOCK)
+        rj = pid_n * (BN * BLOCK) + tl.arange(0, BN * BLOCK)
+        ok = (rs < M // BLOCK)[:, None] & (rj < NC * BLOCK)[None, :]
+        tl.store(C + rs[:, None] * L + rj[None, :], out, mask=ok)
     else:
-        ptr = C + pid_p.to(tl.int64) * M * NC + rm[:, None] * NC + rn[None, :]
-    tl.store(ptr, acc.to(C.dtype.element_ty), mask=mask)
+        mask = m_ok[:, None] & n_ok[None, :]
+        if KIND == 0:
+            ptr = C + (rm // BLOCK)[:, None] * L + rn[None, :] * BLOCK + (rm % BLOCK)[:, None]
+        else:
+            ptr = C + pid_p.to(tl.int64) * M * NC + rm[:, None] * NC + rn[None, :]
+        tl.store(ptr, acc.to(C.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -702,9 +726,10 @@ def fused_norm_epilogue() -> bool:
 LOCAL_DOT_MIN_BP = 16
 # the slice of output columns c per sample in a local-dot forward tile (a dot's minimum width)
 LOCAL_DOT_CW = 16
-# memory path at B < 16: consecutive blocks and samples per program of the local FMA kernel
-LOCAL_FMA_BN = 32
-LOCAL_FMA_SB = 16
+# memory path at B < 16, the local FMA kernel: blocks per warp (one per lane); the warps per program
+# and the samples per loop step are LOCAL_TILE_SWITCH's ('auto': LOCAL_FMA_TILE)
+LOCAL_FMA_LANES = 32
+LOCAL_FMA_TILE = (4, 2)
 
 
 def uses_local_dot(block: int, fused: bool, half: bool = True) -> bool:
@@ -975,24 +1000,25 @@ def _local_products(
     residual: bool = False,
 ) -> torch.Tensor | None:
     """``H = X W_B`` per block into ``h``; with ``g`` (backward) also ``dX = G W_B^T (+ dY)`` into
-    ``dx`` and the fp32 ``dW_B`` partials, which it returns. ``B < 16``: ``LOCAL_FMA_BN`` blocks per
-    program, ``B`` FMAs per element, ``G`` and ``H`` c-major (:func:`c_major`); else one block per
-    program, tensor-core dots, ``G`` and ``H`` laid out as ``x``."""
+    ``dx`` and the fp32 ``dW_B`` partials, which it returns. ``B < 16``: one block per lane
+    (:func:`local_fma_tile`), ``B`` FMAs per element, ``G`` and ``H`` c-major (:func:`c_major`); else
+    one block per program, tensor-core dots, ``G`` and ``H`` laid out as ``x``."""
     bs, t, d = xc.shape
     n, b, _ = wl.shape
     interp = _interpreting()
     h_only = g is None
     bp = triton.next_power_of_2(b)
     fma = c_major(b)
-    bn = LOCAL_FMA_BN if fma else 1
+    warps, sb = local_fma_tile()
+    bn = LOCAL_FMA_LANES * warps if fma else 1
     p1, per1 = _splits(bs, triton.cdiv(n, bn), xc.device, n * b * b)
     dwl_part = xc if h_only else new_output((p1, n, b, b), like=xc, dtype=torch.float32)
     ptrs = (xc, xc, wl, xc, xc, h, dwl_part) if h_only else (g, xc, wl, dyc, dx, h, dwl_part)
     args = (*ptrs, bs, n, t * d, per1)
     if fma:
         unimixing_local_fma_kernel[(triton.cdiv(n, bn), p1)](
-            *args, B=b, BP=bp, BN=bn, SB=LOCAL_FMA_SB, HAS_RESIDUAL=residual, H_ONLY=h_only, CMAJOR=True,
-            **({} if interp else dict(num_warps=8)),
+            *args, B=b, BP=bp, BN=bn, SB=sb, HAS_RESIDUAL=residual, H_ONLY=h_only,
+            **({} if interp else dict(num_warps=warps)),
         )
     else:
         dot_dtype, precision = _dot_setup(xc)
@@ -1002,6 +1028,21 @@ def _local_products(
             PRECISION=precision, **({} if interp else dict(num_warps=4)),
         )
     return None if h_only else dwl_part
+
+
+def local_fma_tile() -> tuple[int, int]:
+    """``(warps, samples per loop step)`` of :func:`unimixing_local_fma_kernel` (the
+    ``UNIMIXER_UNIMIXING_LOCAL_TILE`` switch): a program owns ``LOCAL_FMA_LANES * warps`` blocks."""
+    mode = switch(LOCAL_TILE_SWITCH)
+    if mode == "auto":
+        return LOCAL_FMA_TILE
+    warps, _, sb = mode.partition("x")
+    ok = warps.isdigit() and sb.isdigit()
+    warps, sb = (int(warps), int(sb)) if ok else (0, 0)
+    if not (ok and warps in (1, 2, 4, 8, 16) and sb in (1, 2, 4, 8, 16)):
+        raise ValueError(f"{LOCAL_TILE_SWITCH}: expected 'auto' or 'WARPSxSAMPLES', each a power of two "
+                         f"from 1 to 16 (e.g. '4x2'), got {mode!r}")
+    return warps, sb
 
 
 def c_major(block: int) -> bool:

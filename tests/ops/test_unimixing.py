@@ -148,8 +148,7 @@ def test_unimixing_rmsnorm_gemm_backward(device, monkeypatch, shape):
     from unimixer_kernels.triton_kernels import unimixing as kernels
 
     monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", "gemm")
-    monkeypatch.setattr(kernels, "LOCAL_FMA_BN", 4)
-    monkeypatch.setattr(kernels, "LOCAL_FMA_SB", 2)
+    monkeypatch.setattr(kernels, "LOCAL_FMA_LANES", 2)
     _check_rmsnorm(shape, torch.float32, device)
 
 
@@ -204,9 +203,35 @@ def test_unimixing_rmsnorm_gemm_forward(device, monkeypatch, epilogue):
 
     monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "gemm")
     monkeypatch.setenv("UNIMIXER_UNIMIXING_NORM", epilogue)
-    monkeypatch.setattr(kernels, "LOCAL_FMA_BN", 4)
-    monkeypatch.setattr(kernels, "LOCAL_FMA_SB", 2)
+    monkeypatch.setattr(kernels, "LOCAL_FMA_LANES", 2)
     _check_rmsnorm((5, 4, 24, 4), torch.float16, device)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("tile", ["1x1", "2x4", "8x16"])
+def test_unimixing_local_fma_tiles(device, monkeypatch, tile):
+    # UNIMIXER_UNIMIXING_LOCAL_TILE: other warps and samples per step than 'auto' (ragged sample
+    # steps, several programs along the blocks at two lanes per warp), forward and backward
+    from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "gemm")
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", "gemm")
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_LOCAL_TILE", tile)
+    monkeypatch.setattr(kernels, "LOCAL_FMA_LANES", 2)
+    x = random_input((5, 3, 20), torch.float32, device, requires_grad=True, noncontiguous=True)
+    wl, wg = _weights(20, 3, torch.float32, device)
+    check_against_reference(uk.unimixing, (x, wl, wg), backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("bad", ["nonsense", "3x2", "4x32", "4x"])
+def test_unimixing_local_tile_switch_checked(device, monkeypatch, bad):
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "gemm")
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_LOCAL_TILE", bad)
+    x = random_input((2, 4, 8), torch.float32, device)
+    wl, wg = _weights(8, 4, torch.float32, device)
+    with pytest.raises(ValueError, match="UNIMIXER_UNIMIXING_LOCAL_TILE: expected 'auto' or 'WARPSxSAMPLES'"):
+        uk.unimixing(x, wl, wg, backend="triton")
 
 
 @pytest.mark.triton
@@ -399,7 +424,7 @@ def test_unimixing_hypothesis_gpu():
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
 
-    @hypothesis.settings(deadline=None, max_examples=30)
+    @hypothesis.settings(deadline=None, max_examples=40)
     @hypothesis.given(
         seed=st.integers(0, 2**31 - 1),
         bs=st.integers(1, 70),
@@ -408,19 +433,23 @@ def test_unimixing_hypothesis_gpu():
         b=st.integers(1, 20),
         fused=st.booleans(),
         dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+        path=st.sampled_from(["auto", "gemm"]),
     )
-    def run(seed, bs, t, d, b, fused, dtype):
+    def run(seed, bs, t, d, b, fused, dtype, path):
         torch.manual_seed(seed)  # fresh inputs per example, reproducible from the example
         hypothesis.assume((t * d) % b == 0 and t * d // b <= 600)
         hypothesis.assume(d > 1 or not fused)  # RMSNorm over one element: its gradient is all cancellation
         n = t * d // b
         z = random_input((bs, t, d), dtype, "cuda", requires_grad=True, noncontiguous=bs % 3 == 0)
         wl, wg = _weights(n, b, dtype, "cuda")
-        if fused:
-            nw = random_input((d,), dtype, "cuda", requires_grad=True)
-            check_against_reference(uk.unimixing_rmsnorm, (z, wl, wg, nw), backend="triton")
-        else:
-            check_against_reference(uk.unimixing, (z, wl, wg), backend="triton")
+        with pytest.MonkeyPatch.context() as mp:  # 'gemm': the memory path at every B and N
+            mp.setenv("UNIMIXER_UNIMIXING_FORWARD", path)
+            mp.setenv("UNIMIXER_UNIMIXING_BACKWARD", path)
+            if fused:
+                nw = random_input((d,), dtype, "cuda", requires_grad=True)
+                check_against_reference(uk.unimixing_rmsnorm, (z, wl, wg, nw), backend="triton")
+            else:
+                check_against_reference(uk.unimixing, (z, wl, wg), backend="triton")
 
     run()
 
@@ -466,14 +495,15 @@ def compile_for_sm90() -> None:
     common = dict(DOT_DTYPE=tl.bfloat16, PRECISION="tf32")
     kw, warps, stages = kernels._dx_configs(4, True)[0]
     local = dict(G=p, X=p, WL=p, DY=p, DX=p, H=p, DWL_PART="*fp32")
+    fma_warps, fma_sb = kernels.local_fma_tile()
     builds = [(kernels.unimixing_bwd_dx_kernel, dict(DY=p, X=p, WL=p, WG=p, DX=p, DWL_PART="*fp32"),
                dict(kw, B=4, BP=4, HAS_RESIDUAL=True, **common), warps, stages)]
     for h_only in (False, True):  # the local kernels: backward step, and forward (H only)
         builds.append((kernels.unimixing_local_kernel, local,
                        dict(B=48, BP=64, SB=64, HAS_RESIDUAL=True, H_ONLY=h_only, **common), 4, 3))
         builds.append((kernels.unimixing_local_fma_kernel, local,
-                       dict(B=4, BP=4, BN=kernels.LOCAL_FMA_BN, SB=kernels.LOCAL_FMA_SB, HAS_RESIDUAL=True,
-                            H_ONLY=h_only, CMAJOR=True), 8, 3))
+                       dict(B=4, BP=4, BN=32 * fma_warps, SB=fma_sb, HAS_RESIDUAL=True, H_ONLY=h_only),
+                       fma_warps, 3))
     for kw, warps, stages in kernels._global_configs(True):
         builds.append((kernels.unimixing_global_kernel, dict(WG=p, SRC=p, OUT=p),
                        dict(kw, B=4, GROUP=8, **common), warps, stages))
@@ -491,3 +521,36 @@ def compile_for_sm90() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
 def test_unimixing_kernels_compile_for_sm90(sm90_compile):
     sm90_compile("import test_unimixing as t; t.compile_for_sm90()")
+
+
+def local_fma_loop_sm90() -> None:
+    """The local FMA kernel's sample loop, compiled for sm_90 (bf16, every tile the switch offers
+    at two of them): no shared memory and no barrier inside it (every tile in one layout, see the
+    kernel's docstring), and its X, dY and dX accesses are vector loads and stores."""
+    import re
+
+    from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    from bench.sm90 import compile_sm90
+
+    p = "*bf16"
+    local = dict(G=p, X=p, WL=p, DY=p, DX=p, H=p, DWL_PART="*fp32")
+    for warps, sb in {kernels.local_fma_tile(), (8, 4)}:
+        for h_only in (False, True):
+            consts = dict(B=4, BP=4, BN=32 * warps, SB=sb, HAS_RESIDUAL=True, H_ONLY=h_only)
+            ptx = compile_sm90(kernels.unimixing_local_fma_kernel, local, consts, warps, 3,
+                               divisible=("N", "L"), ptx=True)["ptx"]
+            head = re.search(r"^(\$L__BB\d+_\d+):.*Loop Header", ptx, re.M)
+            assert head, "no loop in the PTX"
+            loop = ptx[head.end():ptx.rindex(head.group(1) + ";")]  # to the branch back
+            label = f"{consts}"
+            assert "bar.sync" not in loop and ".shared" not in loop, label
+            assert "ld.global.v2.b32" in loop, label  # 4 bf16 of X in one load
+            if not h_only:
+                assert "st.global.v2.b32" in loop, label
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
+def test_unimixing_local_fma_loop_sm90(sm90_compile):
+    sm90_compile("import test_unimixing as t; t.local_fma_loop_sm90()")
