@@ -558,8 +558,8 @@ def unimixing_gemm_kernel(
 
     ``KIND`` 0, the forward's ``Y^T = H^T W_G^T``: row ``r = s*BLOCK + c``, column ``m`` is stored at
     ``C[s*L + m*BLOCK + c]`` (the ``[bs, T, D]`` output); for a power-of-two ``BLOCK`` the tile is
-    rearranged to one row per sample first, so that its store is whole contiguous runs. Otherwise ``C[p]`` is a row-major
-    ``[M, NC]`` (per-split partial): 1, the backward's ``G^T = dY^T W_G``; 2, ``dW_G = dY H^T``."""
+    rearranged to one row per sample first, so that its store is whole contiguous runs. Otherwise
+    ``C[p]`` is a row-major ``[M, NC]`` (per-split partial): 1, the backward's ``G^T = dY^T W_G``; 2, ``dW_G = dY H^T``."""
     pid = tl.program_id(0)
     pid_p = tl.program_id(1)
     num_m = tl.cdiv(M, BM)
@@ -599,8 +599,8 @@ def unimixing_gemm_kernel(
     ROWS: tl.constexpr = KIND == 0 and BLOCK & (BLOCK - 1) == 0 and BM % BLOCK == 0
     if ROWS:
         # [BM, BN] -> [BM / BLOCK samples, BN * BLOCK]: each row a contiguous run of a sample's output
-        out = tl.reshape(tl.permute(tl.reshape(acc.to(C.dtype.element_ty), [BM // BLOCK, BLOCK, BN]), [0, 2, 1]),
-                         [BM // BLOCK, BN * BLOCK])
+        out = tl.reshape(acc.to(C.dtype.element_ty), [BM // BLOCK, BLOCK, BN])
+        out = tl.reshape(tl.permute(out, [0, 2, 1]), [BM // BLOCK, BN * BLOCK])
         rs = pid_m.to(tl.int64) * (BM // BLOCK) + tl.arange(0, BM // BLOCK)
         rj = pid_n * (BN * BLOCK) + tl.arange(0, BN * BLOCK)
         ok = (rs < M // BLOCK)[:, None] & (rj < NC * BLOCK)[None, :]
