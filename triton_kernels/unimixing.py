@@ -559,7 +559,8 @@ def unimixing_gemm_kernel(
     ``KIND`` 0, the forward's ``Y^T = H^T W_G^T``: row ``r = s*BLOCK + c``, column ``m`` is stored at
     ``C[s*L + m*BLOCK + c]`` (the ``[bs, T, D]`` output); for a power-of-two ``BLOCK`` the tile is
     rearranged to one row per sample first, so that its store is whole contiguous runs. Otherwise
-    ``C[p]`` is a row-major ``[M, NC]`` (per-split partial): 1, the backward's ``G^T = dY^T W_G``; 2, ``dW_G = dY H^T``."""
+    ``C[p]`` is a row-major ``[M, NC]`` (per-split partial): 1, the backward's ``G^T = dY^T W_G``;
+    2, ``dW_G = dY H^T``."""
     pid = tl.program_id(0)
     pid_p = tl.program_id(1)
     num_m = tl.cdiv(M, BM)
