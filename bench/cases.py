@@ -163,6 +163,23 @@ def setup_lite_global_materialised(p: Preset, device, dtype) -> Setup:
     return setup
 
 
+def setup_lite_global_matrix_free(p: Preset, device, dtype) -> Setup:
+    """``SK(A_G @ B_G)`` alone, matrix free (``lite_weights``' global half, through its op): the
+    kernel side of the comparison with ``lite_global_materialised``, whose baselines it shares."""
+    from unimixer_kernels.ops.sinkhorn import lite_global_fwd
+
+    n, r, tau, iters = p["N"], p["r"], p["tau"], p["iters"]
+
+    def reference(a_g, b_g):
+        return R.sinkhorn(a_g @ b_g, tau, iters)
+
+    def public(a_g, b_g, *, backend="auto"):
+        return lite_global_fwd(a_g, b_g, tau, iters, True)[0]
+
+    return _op_setup("lite_weights", reference, public, lambda: (
+        _rand((n, r), FP32, device, scale=r ** -0.5), _rand((r, n), FP32, device)))
+
+
 def setup_rms_norm(p: Preset, device, dtype) -> Setup:
     bs, t, d = p["bs"], p["T"], p["D"]
     return _op_setup("rms_norm", R.rms_norm, uk.rms_norm, lambda: (
@@ -348,6 +365,8 @@ CASES: dict[str, Case] = {c.name: c for c in [
          setup_lite_weights, op="lite_weights"),
     Case("lite_global_materialised", "Lite global SK(A_G @ B_G), logits materialised", ("T", "D", "B", "r"),
          TRAIN, setup_lite_global_materialised, op="sinkhorn"),
+    Case("lite_global_matrix_free", "Lite global SK(A_G @ B_G), matrix free", ("T", "D", "B", "r"), TRAIN,
+         setup_lite_global_matrix_free, op="lite_weights"),
     Case("rms_norm", "RMSNorm", ("bs", "T", "D"), ALL, setup_rms_norm, op="rms_norm"),
     Case("add_rms_norm", "add + RMSNorm", ("bs", "T", "D"), ALL, setup_add_rms_norm, op="add_rms_norm"),
     Case("pswiglu", "per-token SwiGLU", ("bs", "T", "D", "h"), ALL, setup_pswiglu, op="pswiglu"),
@@ -377,10 +396,12 @@ GPU_PLAN: list[tuple[str, str, tuple[str, ...]]] = [
     ("sinkhorn", "paper-small", ("fwd", "fwd+bwd")),
     ("lite_weights", "paper-small", ("fwd", "fwd+bwd")),
     ("lite_global_materialised", "paper-small", ("fwd", "fwd+bwd")),
+    ("lite_global_matrix_free", "paper-small", ("fwd", "fwd+bwd")),
     ("unimixer-block-lite", "paper-100m", ("fwd+bwd", "infer")),
     ("sinkhorn", "paper-100m", ("fwd", "fwd+bwd")),
     ("lite_weights", "paper-100m", ("fwd", "fwd+bwd")),
     ("lite_global_materialised", "paper-100m", ("fwd", "fwd+bwd")),
+    ("lite_global_matrix_free", "paper-100m", ("fwd", "fwd+bwd")),
     ("unimixing", "paper-100m", ("fwd", "fwd+bwd")),
     ("unimixing", "rankmixer-100m", ("fwd", "fwd+bwd")),
     ("rankmixer-block", "rankmixer-100m", ("fwd+bwd", "infer")),

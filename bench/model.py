@@ -163,6 +163,18 @@ def m_lite_global_materialised(p: Preset, mode: str, e: int) -> list[Traffic]:
                     2.0 * n * n * r * (fwd_f + 2 * bwd_f), "materialised logits, passes over HBM")]
 
 
+def m_lite_global_matrix_free(p: Preset, mode: str, e: int) -> list[Traffic]:
+    """``SK(A_G @ B_G)`` alone, the cheaper of materialised and matrix free (as ``lite_weights``)."""
+    n, r, k = p["N"], p["r"], p["iters"]
+    base = io_traffic(mode, [n * r * FP32, r * n * FP32], [True, True], [float(n * n * FP32)], 0.0)
+    fwd_f = {"fwd": 1, "infer": 1, "bwd": 0, "fwd+bwd": 1}[mode]
+    bwd_f = {"fwd": 0, "infer": 0, "bwd": 1, "fwd+bwd": 1}[mode]
+    form = 2.0 * n * n * r
+    free = Traffic(base.bytes, form * 2 * k * (fwd_f + bwd_f) + 2 * form * bwd_f,
+                   "matrix-free: logits recomputed per pass")
+    return [*m_lite_global_materialised(p, mode, e), free]
+
+
 def m_rms_norm(p: Preset, mode: str, e: int) -> list[Traffic]:
     a = _act(p, e)
     return [io_traffic(mode, [a, p["D"] * FP32], [True, True], [a], 4.0 * a / e)]
@@ -248,6 +260,7 @@ MODELS: dict[str, Callable[[Preset, str, int], list[Traffic]]] = {
     "sinkhorn": m_sinkhorn,
     "lite_weights": m_lite_weights,
     "lite_global_materialised": m_lite_global_materialised,
+    "lite_global_matrix_free": m_lite_global_matrix_free,
     "rms_norm": m_rms_norm,
     "add_rms_norm": m_add_rms_norm,
     "pswiglu": m_pswiglu,

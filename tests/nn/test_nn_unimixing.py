@@ -188,6 +188,29 @@ def test_eval_cache_invalidated_by_load_state_dict_and_in_place_edit():
     torch.testing.assert_close(m(x), uk.unimixing(x, *m.compute_weights()).detach())
 
 
+@pytest.mark.parametrize("lite", [False, True])
+def test_eval_cache_in_autocast_dtype(lite):
+    # under autocast, eval keeps the weights in the autocast dtype (no cast per call); the output
+    # equals the one from fp32 weights cast by the op; a parameter update still invalidates it
+    m = UniMixing(4, 8, 2, lite=lite, init="random", tau=0.3).eval()
+    x = torch.randn(3, 4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+        w_local, w_global = m.op_weights(x)
+        assert w_local.dtype == w_global.dtype == torch.bfloat16
+        assert m.op_weights(x)[1] is w_global
+        assert torch.equal(y, uk.unimixing(x, *m.weights()))
+    assert m.weights()[1].dtype == torch.float32  # outside autocast: the fp32 weights again
+    with torch.no_grad():
+        for t in m.logit_parameters():
+            t.mul_(3.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not torch.equal(m.op_weights(x)[1], w_global)
+    m.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m.op_weights(x)[1].dtype == torch.float32  # training: the op casts, with autograd
+
+
 def test_eval_mode_weights_are_constants():
     m = UniMixing(4, 8, 2).eval()
     w_local, w_global = m.weights()

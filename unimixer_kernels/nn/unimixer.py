@@ -67,7 +67,7 @@ class UniMixerBlock(nn.Module):
                 raise ValueError(f"y: expected shape {tuple(x.shape)} (the shape of x), got {tuple(y.shape)}")
         be = self.backend
         z = x + ops.rms_norm(y, self.norm_y, self.eps, backend=be)
-        w_local, w_global = self.mixing.weights()
+        w_local, w_global = self.mixing.op_weights(z)
         u = ops.unimixing_rmsnorm(z, w_local, w_global, self.norm_mix, self.eps, backend=be)
         o = self.ffn(u)
         x_next, x_plus_o = ops.add_rms_norm(o, x, self.norm_x, self.eps, backend=be)

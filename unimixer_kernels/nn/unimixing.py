@@ -94,6 +94,8 @@ class UniMixing(nn.Module):
     updates, as optimizers and ``load_state_dict`` make), device or dtype changes. Eval output
     equals train output at the same temperature. Under ``torch.compile`` the cache is bypassed
     (its key cannot be traced): the compiled eval graph recomputes the weights once per call.
+    Under autocast, eval mode also caches the weights in the autocast dtype, the copy the mixing
+    op would otherwise cast them to on every call (:meth:`weights` with ``dtype``).
     """
 
     def __init__(
@@ -203,8 +205,10 @@ class UniMixing(nn.Module):
         params = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.logit_parameters())
         return (self.tau, self.iters, self.symmetric, self.backend, torch.is_inference_mode_enabled(), params)
 
-    def weights(self) -> tuple[Tensor, Tensor]:
-        """The normalised weights: recomputed in training, cached in eval mode (see the class doc)."""
+    def weights(self, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+        """The normalised weights: recomputed in training, cached in eval mode (see the class doc).
+        With ``dtype`` (the autocast dtype of the op that reads them), eval mode returns, and
+        caches, them in that dtype; training mode ignores it (the op casts, with autograd)."""
         if self.training:
             self._cache = None
             return self.compute_weights()
@@ -213,11 +217,17 @@ class UniMixing(nn.Module):
             # compiled graph the eval weights are recomputed, still once per call
             with torch.no_grad():
                 return self.compute_weights()
-        key = self._cache_key()
+        key = (self._cache_key(), dtype)
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
-                self._cache = (key, self.compute_weights())
+                w = self.compute_weights()
+                self._cache = (key, w if dtype is None else tuple(t.to(dtype) for t in w))
         return self._cache[1]
+
+    def op_weights(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`weights` for a mixing op on ``x``: in the autocast dtype where autocast is on."""
+        on = torch.is_autocast_enabled(x.device.type)
+        return self.weights(torch.get_autocast_dtype(x.device.type) if on else None)
 
     def train(self, mode: bool = True) -> UniMixing:
         self._cache = None
@@ -227,7 +237,7 @@ class UniMixing(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_module_input(self, x, self.tokens, self.dim)
-        w_local, w_global = self.weights()
+        w_local, w_global = self.op_weights(x)
         return ops.unimixing(x, w_local, w_global, backend=self.backend)
 
     def extra_repr(self) -> str:
