@@ -78,6 +78,15 @@ def compile_sm90(kernel, ptrs: dict, consts: dict, warps: int, stages: int, divi
     return result
 
 
+def loop_body(ptx: str) -> str:
+    """The PTX of a kernel's (first) innermost loop: from its header label to the branch back, for
+    checks of what runs once per step (barriers, shared memory, shuffles)."""
+    head = re.search(r"^(\$L__BB\d+_\d+):.*Loop Header", ptx, re.M)
+    if head is None:
+        raise ValueError("no loop in the PTX")
+    return ptx[head.end():ptx.rindex(head.group(1) + ";")]
+
+
 def unimixing_fwd_rows(usage: bool = True):
     """``(label, config, result)`` for every forward tile at ``paper-small`` (plain and fused) and
     ``paper-100m`` (fused)."""

@@ -132,11 +132,12 @@ def _prune_weight(configs, named_args, **kwargs) -> list:
     return [min(fits, key=size)]
 
 
-# (sample tile, warps, stages) of the weight-gradient kernel reading A, dG, dV from memory
-_WEIGHT_SHAPES = [(32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 8, 2), (32, 4, 1)]
+# (sample tile, warps, stages) of the weight-gradient kernel reading A, dG, dV from memory: tiles
+# that ptxas compiles for sm_90 without spills (with the [BLOCK_S, ...] bias sums in registers)
+_WEIGHT_SHAPES = [(32, 4, 2), (64, 4, 3), (64, 8, 2), (64, 8, 3), (128, 8, 2), (32, 4, 1)]
 # ... and recomputing them (whole-D rows, three [D, BLOCK_H] fp32 accumulators): the tiles that
 # ptxas compiles for sm_90 without spills at D = 128 (BLOCK_H 32); at D = 256 (BLOCK_H 16) only
-# the 16-sample ones
+# the 16-sample ones (16 x 4 warps there spills 16 bytes)
 _WEIGHT_SHAPES_RECOMPUTE = [(16, 8, 2), (32, 8, 2), (32, 8, 3), (16, 4, 2)]
 
 
@@ -344,9 +345,11 @@ def ffn_bwd_weight_kernel(
     acc_w1 = tl.zeros([BLOCK_D, BLOCK_H], dtype=tl.float32)
     acc_w3 = tl.zeros([BLOCK_D, BLOCK_H], dtype=tl.float32)
     acc_w2 = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-    acc_b1 = tl.zeros([BLOCK_H], dtype=tl.float32)
-    acc_b3 = tl.zeros([BLOCK_H], dtype=tl.float32)
-    acc_b2 = tl.zeros([BLOCK_D], dtype=tl.float32)
+    # bias gradients: elementwise sums of the loaded tiles, reduced over samples once after the
+    # loop (a reduction per step put 24 barriers and ~120 shuffles into every step on sm_90)
+    acc_b1 = tl.zeros([BLOCK_S, BLOCK_H], dtype=tl.float32)
+    acc_b3 = tl.zeros([BLOCK_S, BLOCK_H], dtype=tl.float32)
+    acc_b2 = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
     for s0 in range(s_begin, s_end, BLOCK_S):
         offs_s = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
         mask_s = offs_s < s_end
@@ -372,12 +375,12 @@ def ffn_bwd_weight_kernel(
             at = tl.load(A + t * BS * H + offs_s[None, :] * H + offs_h[:, None],
                          mask=mask_h[:, None] & mask_s[None, :], other=0.0)
         acc_w1 = tl.dot(ut, dg, acc_w1, input_precision=PREC)
-        acc_b1 += tl.sum(dg.to(tl.float32), axis=0)
+        acc_b1 += dg.to(tl.float32)
         if GATED:
             acc_w3 = tl.dot(ut, dv, acc_w3, input_precision=PREC)
-            acc_b3 += tl.sum(dv.to(tl.float32), axis=0)
+            acc_b3 += dv.to(tl.float32)
         acc_w2 = tl.dot(at, do, acc_w2, input_precision=PREC)
-        acc_b2 += tl.sum(do.to(tl.float32), axis=0)
+        acc_b2 += do.to(tl.float32)
     slot = split * n_tokens + t
     wmask = mask_d[:, None] & mask_h[None, :]
     wid = slot * D * H + offs_d[:, None] * H + offs_h[None, :]
@@ -388,11 +391,11 @@ def ffn_bwd_weight_kernel(
              mask=mask_h[:, None] & mask_d[None, :])
     # one program column writes each bias gradient, so every element is written exactly once
     if pid_d == 0:
-        tl.store(DB1 + slot * H + offs_h, acc_b1, mask=mask_h)
+        tl.store(DB1 + slot * H + offs_h, tl.sum(acc_b1, axis=0), mask=mask_h)
         if GATED:
-            tl.store(DB3 + slot * H + offs_h, acc_b3, mask=mask_h)
+            tl.store(DB3 + slot * H + offs_h, tl.sum(acc_b3, axis=0), mask=mask_h)
     if pid_h == 0:
-        tl.store(DB2 + slot * D + offs_d, acc_b2, mask=mask_d)
+        tl.store(DB2 + slot * D + offs_d, tl.sum(acc_b2, axis=0), mask=mask_d)
 
 
 # --- launchers -------------------------------------------------------------------------------

@@ -527,11 +527,9 @@ def local_fma_loop_sm90() -> None:
     """The local FMA kernel's sample loop, compiled for sm_90 (bf16, every tile the switch offers
     at two of them): no shared memory and no barrier inside it (every tile in one layout, see the
     kernel's docstring), and its X, dY and dX accesses are vector loads and stores."""
-    import re
-
     from unimixer_kernels.triton_kernels import unimixing as kernels
 
-    from bench.sm90 import compile_sm90
+    from bench.sm90 import compile_sm90, loop_body
 
     p = "*bf16"
     local = dict(G=p, X=p, WL=p, DY=p, DX=p, H=p, DWL_PART="*fp32")
@@ -540,9 +538,7 @@ def local_fma_loop_sm90() -> None:
             consts = dict(B=4, BP=4, BN=32 * warps, SB=sb, HAS_RESIDUAL=True, H_ONLY=h_only)
             ptx = compile_sm90(kernels.unimixing_local_fma_kernel, local, consts, warps, 3,
                                divisible=("N", "L"), ptx=True)["ptx"]
-            head = re.search(r"^(\$L__BB\d+_\d+):.*Loop Header", ptx, re.M)
-            assert head, "no loop in the PTX"
-            loop = ptx[head.end():ptx.rindex(head.group(1) + ";")]  # to the branch back
+            loop = loop_body(ptx)
             label = f"{consts}"
             assert "bar.sync" not in loop and ".shared" not in loop, label
             assert "ld.global.v2.b32" in loop, label  # 4 bf16 of X in one load
