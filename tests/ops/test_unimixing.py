@@ -424,7 +424,7 @@ def test_unimixing_hypothesis_gpu():
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
 
-    @hypothesis.settings(deadline=None, max_examples=40)
+    @hypothesis.settings(deadline=None, max_examples=30)
     @hypothesis.given(
         seed=st.integers(0, 2**31 - 1),
         bs=st.integers(1, 70),
