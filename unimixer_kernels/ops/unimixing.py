@@ -25,8 +25,8 @@ from .._checks import check_same_device, check_shape, check_tensor
 from .._registry import define_op
 
 # "auto" on CUDA: Triton, measured faster than the best torch.compile at every preset timed, training
-# 2.84x (paper-small), 1.24x (paper-100m), 4.01x (rankmixer-100m); forward 3.18x, 1.26x, 2.03x
-# (bench/results/2026-11-28-h200-run17)
+# 3.99x (paper-small), 1.51x (paper-100m), 3.39x (rankmixer-100m); forward 7.43x, 1.69x, 4.37x
+# (bench/results/2026-11-28-h200-run20)
 UNIMIXING = define_op("unimixing", cuda_auto=("triton",), autocast="lower")
 UNIMIXING_RMSNORM = define_op("unimixing_rmsnorm", autocast="lower", autocast_keep=(3,))
 
