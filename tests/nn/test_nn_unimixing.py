@@ -200,7 +200,11 @@ def test_eval_cache_in_autocast_dtype(lite):
         assert w_local.dtype == w_global.dtype == torch.bfloat16
         assert m.op_weights(x)[1] is w_global
         assert torch.equal(y, uk.unimixing(x, *m.weights()))
-    assert m.weights()[1].dtype == torch.float32  # outside autocast: the fp32 weights again
+    w32 = m.weights()
+    assert w32[1].dtype == torch.float32  # outside autocast: the fp32 weights, not recomputed
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m.op_weights(x)[1] is w_global  # alternating keeps both
+    assert m.weights()[1] is w32[1]
     with torch.no_grad():
         for t in m.logit_parameters():
             t.mul_(3.0)

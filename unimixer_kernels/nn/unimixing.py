@@ -141,7 +141,8 @@ class UniMixing(nn.Module):
         self.lite, self.init, self.iters, self.symmetric = bool(lite), init, int(iters), bool(symmetric)
         self.tau = float(tau)
         self.backend = check_backend(backend)
-        self._cache: tuple[tuple, tuple[Tensor, Tensor]] | None = None
+        # eval cache: (key, the weights, their casts by dtype)
+        self._cache: tuple[tuple, tuple[Tensor, Tensor], dict] | None = None
 
         c_global = math.log(n) + 3.0 if init_scale is None else float(init_scale)
         c_local = math.log(block) + 3.0 if init_scale is None else float(init_scale)
@@ -208,7 +209,8 @@ class UniMixing(nn.Module):
     def weights(self, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
         """The normalised weights: recomputed in training, cached in eval mode (see the class doc).
         With ``dtype`` (the autocast dtype of the op that reads them), eval mode returns, and
-        caches, them in that dtype; training mode ignores it (the op casts, with autograd)."""
+        caches, them cast to that dtype; training mode and ``torch.compile`` ignore it (the op
+        casts)."""
         if self.training:
             self._cache = None
             return self.compute_weights()
@@ -217,12 +219,16 @@ class UniMixing(nn.Module):
             # compiled graph the eval weights are recomputed, still once per call
             with torch.no_grad():
                 return self.compute_weights()
-        key = (self._cache_key(), dtype)
+        key = self._cache_key()
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
-                w = self.compute_weights()
-                self._cache = (key, w if dtype is None else tuple(t.to(dtype) for t in w))
-        return self._cache[1]
+                self._cache = (key, self.compute_weights(), {})
+        _, weights, casts = self._cache
+        if dtype is None or dtype == weights[1].dtype:
+            return weights
+        if dtype not in casts:  # one cast per dtype, kept beside the weights it came from
+            casts[dtype] = tuple(t.to(dtype) for t in weights)
+        return casts[dtype]
 
     def op_weights(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`weights` for a mixing op on ``x``: in the autocast dtype where autocast is on."""
