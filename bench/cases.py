@@ -147,37 +147,40 @@ def setup_lite_weights(p: Preset, device, dtype) -> Setup:
         _rand((r, n), FP32, device)), tau=p["tau"], iters=p["iters"], symmetric=True)
 
 
+def _lite_global_setup(p: Preset, device, op: str, weight: Callable) -> Setup:
+    """``SK(A_G @ B_G)`` from ``A_G [N, r]``, ``B_G [r, N]``: the reference (logits materialised,
+    then the reference Sinkhorn) beside ``weight(a_g, b_g, tau, iters, backend)`` on ``op``'s
+    kernel backends."""
+    n, r, tau, iters = p["N"], p["r"], p["tau"], p["iters"]
+
+    def reference(a_g, b_g):
+        return R.sinkhorn(a_g @ b_g, tau, iters)
+
+    def public(a_g, b_g, *, backend="auto"):
+        return weight(a_g, b_g, tau, iters, backend)
+
+    return _op_setup(op, reference, public, lambda: (
+        _rand((n, r), FP32, device, scale=r ** -0.5), _rand((r, n), FP32, device)))
+
+
 def setup_lite_global_materialised(p: Preset, device, dtype) -> Setup:
     """``SK(A_G @ B_G)`` with the logits materialised, through the Sinkhorn op's backends: the
     baseline that ``lite_weights``' matrix-free global weight is compared with."""
-    n, r, tau, iters = p["N"], p["r"], p["tau"], p["iters"]
-
-    def reference(a_g, b_g):
-        return R.sinkhorn(a_g @ b_g, tau, iters)
-
-    def public(a_g, b_g, *, backend="auto"):
-        return uk.sinkhorn(a_g @ b_g, tau, iters, backend=backend)
-
-    setup = _op_setup("sinkhorn", reference, public, lambda: (
-        _rand((n, r), FP32, device, scale=r ** -0.5), _rand((r, n), FP32, device)))
-    return setup
+    return _lite_global_setup(p, device, "sinkhorn", lambda a_g, b_g, tau, iters, backend: uk.sinkhorn(
+        a_g @ b_g, tau, iters, backend=backend))
 
 
 def setup_lite_global_matrix_free(p: Preset, device, dtype) -> Setup:
-    """``SK(A_G @ B_G)`` alone, matrix free (``lite_weights``' global half, through its op): the
-    kernel side of the comparison with ``lite_global_materialised``, whose baselines it shares."""
+    """``SK(A_G @ B_G)`` alone, matrix free (``lite_weights``' global half, through its Triton op):
+    the kernel side of the comparison with ``lite_global_materialised``, whose baselines it shares."""
     from unimixer_kernels.ops.sinkhorn import lite_global_fwd
 
-    n, r, tau, iters = p["N"], p["r"], p["tau"], p["iters"]
-
-    def reference(a_g, b_g):
-        return R.sinkhorn(a_g @ b_g, tau, iters)
-
-    def public(a_g, b_g, *, backend="auto"):
+    def weight(a_g, b_g, tau, iters, backend):
+        if backend != "triton":  # the op has no other kernel backend
+            raise Unavailable(f"lite_global_matrix_free: no {backend!r} kernel, only 'triton'")
         return lite_global_fwd(a_g, b_g, tau, iters, True)[0]
 
-    return _op_setup("lite_weights", reference, public, lambda: (
-        _rand((n, r), FP32, device, scale=r ** -0.5), _rand((r, n), FP32, device)))
+    return _lite_global_setup(p, device, "lite_weights", weight)
 
 
 def setup_rms_norm(p: Preset, device, dtype) -> Setup:

@@ -145,10 +145,17 @@ def m_lite_weights(p: Preset, mode: str, e: int) -> list[Traffic]:
     mat = Traffic(base.bytes + n * n * FP32 * (fwd_factor + 2 * bwd_factor)
                   + passes * (fwd_factor + bwd_factor),
                   form * (fwd_factor + 2 * bwd_factor), "materialised A_G@B_G, passes over HBM")
-    # matrix-free: every pass recomputes its logits tiles from A_G, B_G
-    free = Traffic(base.bytes, form * 2 * k * (fwd_factor + bwd_factor) + 2 * form * bwd_factor,
-                   "matrix-free: logits recomputed per pass")
+    free = Traffic(base.bytes, _matrix_free_flops(n, r, k, mode), "matrix-free: logits recomputed per pass")
     return [mat, free]
+
+
+def _matrix_free_flops(n: int, r: int, k: int, mode: str) -> float:
+    """FLOPs of the matrix-free Lite global weight: each of the ``2K`` passes each way forms its
+    logits tiles from ``A_G``, ``B_G`` (``2 N^2 r``); the backward adds the ``dA``, ``dB`` GEMMs."""
+    form = 2.0 * n * n * r
+    fwd_f = {"fwd": 1, "infer": 1, "bwd": 0, "fwd+bwd": 1}[mode]
+    bwd_f = {"fwd": 0, "infer": 0, "bwd": 1, "fwd+bwd": 1}[mode]
+    return form * 2 * k * (fwd_f + bwd_f) + 2 * form * bwd_f
 
 
 def m_lite_global_materialised(p: Preset, mode: str, e: int) -> list[Traffic]:
@@ -167,11 +174,7 @@ def m_lite_global_matrix_free(p: Preset, mode: str, e: int) -> list[Traffic]:
     """``SK(A_G @ B_G)`` alone, the cheaper of materialised and matrix free (as ``lite_weights``)."""
     n, r, k = p["N"], p["r"], p["iters"]
     base = io_traffic(mode, [n * r * FP32, r * n * FP32], [True, True], [float(n * n * FP32)], 0.0)
-    fwd_f = {"fwd": 1, "infer": 1, "bwd": 0, "fwd+bwd": 1}[mode]
-    bwd_f = {"fwd": 0, "infer": 0, "bwd": 1, "fwd+bwd": 1}[mode]
-    form = 2.0 * n * n * r
-    free = Traffic(base.bytes, form * 2 * k * (fwd_f + bwd_f) + 2 * form * bwd_f,
-                   "matrix-free: logits recomputed per pass")
+    free = Traffic(base.bytes, _matrix_free_flops(n, r, k, mode), "matrix-free: logits recomputed per pass")
     return [*m_lite_global_materialised(p, mode, e), free]
 
 

@@ -131,10 +131,11 @@ def ffn_gemm_rows(usage: bool = True):
             yield label, (cfg.kwargs, cfg.num_warps, cfg.num_stages), res
 
 
-def ffn_weight_rows(usage: bool = True):
+def ffn_weight_rows(usage: bool = True, ptx: bool = False):
     """``(label, config, result)`` for the fused path's weight-gradient kernel at ``D = 128`` and
     ``256`` (bf16, gated): the tiles its autotuner keeps for a large batch, reading ``A, dG, dV``
-    from memory and recomputing them (``UNIMIXER_FFN_BACKWARD=recompute``)."""
+    from memory and recomputing them (``UNIMIXER_FFN_BACKWARD=recompute``); with ``ptx``, each
+    result holds the PTX too."""
     import triton.language as tl
     from unimixer_kernels.triton_kernels import pswiglu as k
 
@@ -147,7 +148,7 @@ def ffn_weight_rows(usage: bool = True):
                           CDT=tl.bfloat16, PREC="tf32", BLOCK_D=bd, BLOCK_H=bh, stride_dod=1, stride_ud=1)
             for cfg in k._prune_weight(k._weight_configs(), dict(BS_KEY=2048), **consts):
                 res = compile_sm90(k.ffn_bwd_weight_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps,
-                                   cfg.num_stages, usage=usage, floats=(),
+                                   cfg.num_stages, usage=usage, ptx=ptx, floats=(),
                                    divisible=("BS", "D", "H", "BS_KEY", "stride_dos", "stride_dot",
                                               "stride_us", "stride_ut"))
                 label = f"ffn_bwd_weight D={d}{' recompute' if recompute else ''}"

@@ -1011,8 +1011,10 @@ def _local_products(
     h_only = g is None
     bp = triton.next_power_of_2(b)
     fma = c_major(b)
-    warps, sb = local_fma_tile()
-    bn = LOCAL_FMA_LANES * warps if fma else 1
+    bn = 1  # blocks per program: one per lane of the FMA kernel's warps, else one
+    if fma:
+        warps, sb = local_fma_tile()
+        bn = LOCAL_FMA_LANES * warps
     p1, per1 = _splits(bs, triton.cdiv(n, bn), xc.device, n * b * b)
     dwl_part = xc if h_only else new_output((p1, n, b, b), like=xc, dtype=torch.float32)
     ptrs = (xc, xc, wl, xc, xc, h, dwl_part) if h_only else (g, xc, wl, dyc, dx, h, dwl_part)

@@ -338,23 +338,14 @@ def ffn_weight_loop_sm90() -> None:
     """The weight-gradient kernel's sample loop (bf16, buffers mode, every tile the autotuner may
     keep) has no shuffles and at most its pipeline's barriers: the bias sums stay elementwise in
     the loop and are reduced once after it."""
-    import triton.language as tl
-    from unimixer_kernels.triton_kernels import pswiglu as k
+    from bench.sm90 import ffn_weight_rows, loop_body
 
-    from bench.sm90 import compile_sm90, loop_body
-
-    ptrs = {a: "*bf16" for a in "DO U A DG DV W1 W3 W2 B1 B3 G V".split()}
-    ptrs.update({a: "*fp32" for a in "DW1 DW3 DW2 DB1 DB3 DB2".split()})
-    consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, SAVED=False, RECOMPUTE=False, CDT=tl.bfloat16,
-                  PREC="tf32", BLOCK_D=64, BLOCK_H=64, stride_dod=1, stride_ud=1)
-    for cfg in k._prune_weight(k._weight_configs(), dict(BS_KEY=2048), **consts):
-        ptx = compile_sm90(k.ffn_bwd_weight_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps,
-                           cfg.num_stages, floats=(), ptx=True,
-                           divisible=("BS", "D", "H", "BS_KEY", "stride_dos", "stride_dot", "stride_us",
-                                      "stride_ut"))["ptx"]
-        loop = loop_body(ptx)
+    for label, cfg, res in ffn_weight_rows(usage=False, ptx=True):
+        if "recompute" in label:
+            continue
+        loop = loop_body(res["ptx"])
         # a warp-index broadcast (shfl.sync.idx) at most; a per-step reduction takes dozens of shuffles
-        assert loop.count("shfl.sync.bfly") == 0 and loop.count("bar.sync") <= 2, cfg
+        assert loop.count("shfl.sync.bfly") == 0 and loop.count("bar.sync") <= 2, (label, cfg)
 
 
 @pytest.mark.triton

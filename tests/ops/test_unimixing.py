@@ -480,6 +480,10 @@ def test_unimixing_int64_offsets_gpu():
 # --- GPU lowering, checked without a GPU ---------------------------------------------------------
 
 
+# pointer arguments of the per-block local kernels, as compiled for sm_90 (bf16 activations)
+LOCAL_PTRS = dict(G="*bf16", X="*bf16", WL="*bf16", DY="*bf16", DX="*bf16", H="*bf16", DWL_PART="*fp32")
+
+
 def compile_for_sm90() -> None:
     """Compile the kernels most exposed to GPU-only constraints for sm_90 (bf16): every forward
     tile (plain, and with the fused norm epilogue), the small-B dX kernel and the per-block local
@@ -494,14 +498,13 @@ def compile_for_sm90() -> None:
     p = "*bf16"
     common = dict(DOT_DTYPE=tl.bfloat16, PRECISION="tf32")
     kw, warps, stages = kernels._dx_configs(4, True)[0]
-    local = dict(G=p, X=p, WL=p, DY=p, DX=p, H=p, DWL_PART="*fp32")
     fma_warps, fma_sb = kernels.local_fma_tile()
     builds = [(kernels.unimixing_bwd_dx_kernel, dict(DY=p, X=p, WL=p, WG=p, DX=p, DWL_PART="*fp32"),
                dict(kw, B=4, BP=4, HAS_RESIDUAL=True, **common), warps, stages)]
     for h_only in (False, True):  # the local kernels: backward step, and forward (H only)
-        builds.append((kernels.unimixing_local_kernel, local,
+        builds.append((kernels.unimixing_local_kernel, LOCAL_PTRS,
                        dict(B=48, BP=64, SB=64, HAS_RESIDUAL=True, H_ONLY=h_only, **common), 4, 3))
-        builds.append((kernels.unimixing_local_fma_kernel, local,
+        builds.append((kernels.unimixing_local_fma_kernel, LOCAL_PTRS,
                        dict(B=4, BP=4, BN=32 * fma_warps, SB=fma_sb, HAS_RESIDUAL=True, H_ONLY=h_only),
                        fma_warps, 3))
     for kw, warps, stages in kernels._global_configs(True):
@@ -531,12 +534,10 @@ def local_fma_loop_sm90() -> None:
 
     from bench.sm90 import compile_sm90, loop_body
 
-    p = "*bf16"
-    local = dict(G=p, X=p, WL=p, DY=p, DX=p, H=p, DWL_PART="*fp32")
     for warps, sb in {kernels.local_fma_tile(), (8, 4)}:
         for h_only in (False, True):
             consts = dict(B=4, BP=4, BN=32 * warps, SB=sb, HAS_RESIDUAL=True, H_ONLY=h_only)
-            ptx = compile_sm90(kernels.unimixing_local_fma_kernel, local, consts, warps, 3,
+            ptx = compile_sm90(kernels.unimixing_local_fma_kernel, LOCAL_PTRS, consts, warps, 3,
                                divisible=("N", "L"), ptx=True)["ptx"]
             loop = loop_body(ptx)
             label = f"{consts}"
