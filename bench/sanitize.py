@@ -57,16 +57,19 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         paths.append((f" [{FFN_BACKWARD_SWITCH}=recompute]",
                       mock.patch.dict(os.environ, {FFN_BACKWARD_SWITCH: "recompute"})))
     if name in ("sinkhorn", "lite_weights"):
-        # tiled matrices with several tiles per axis, then the persistent kernels over them
-        tiled = dict(TILE_OVERRIDE=(16, 16), SMALL_MAX_N=4)
+        # tiled matrices with several tiles per axis: one launch per half-step, the resident kernels
+        # (a program per tile) and the persistent kernels over them
+        tiled = dict(TILE_OVERRIDE=(16, 16), SMALL_MAX_N=4, RESIDENT=False)
         paths.append((" [tiled, 16x16 tiles]", mock.patch.multiple(sinkhorn, **tiled)))
+        paths.append((" [tiled, resident, 16x16 tiles]",
+                      mock.patch.multiple(sinkhorn, **dict(tiled, RESIDENT=True, PERSISTENT_CHECK=True))))
         paths.append((f" [tiled, persistent ({PERSISTENT_SWITCH}=1)]",
                       mock.patch.multiple(sinkhorn, PERSISTENT=True, **tiled)))
         if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0):
             paths.append((f" [tiled, {PDL_SWITCH}=1]", _patched(sinkhorn, tiled, {PDL_SWITCH: "1"})))
         # the switch's own tile shape, on matrices past SMALL_MAX_N
         paths.append((f" [tiled, {TILE_SWITCH}=16x32]",
-                      _patched(sinkhorn, dict(SMALL_MAX_N=4), {TILE_SWITCH: "16x32"})))
+                      _patched(sinkhorn, dict(SMALL_MAX_N=4, RESIDENT=False), {TILE_SWITCH: "16x32"})))
     if name == "unimixing_rmsnorm":
         paths.append((f" [{NORM_SWITCH}=fused]", mock.patch.dict(os.environ, {NORM_SWITCH: "fused"})))
     if name in ("unimixing", "unimixing_rmsnorm"):

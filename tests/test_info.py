@@ -98,4 +98,4 @@ def test_info_lists_the_kernel_switches(monkeypatch):
     monkeypatch.setenv("UNIMIXER_UNIMIXING_NORM", "fused")
     text = info.report()
     assert "UNIMIXER_UNIMIXING_NORM: 'fused'" in text
-    assert "UNIMIXER_SINKHORN_PERSISTENT: not set (0)" in text
+    assert "UNIMIXER_SINKHORN_PERSISTENT: not set (auto)" in text

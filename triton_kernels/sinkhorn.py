@@ -101,11 +101,20 @@ from ._launch import (
 
 # matrices up to this size run the batched in-register kernels; larger ones the tiled kernels
 SMALL_MAX_N = 64
-# tiled path: one persistent launch per direction (grid barriers) instead of one launch per
-# half-step. Off by default: on the H200 it is not faster under CUDA graphs (N = 1024 fwd+bwd 0.453
-# against 0.477 ms; N = 4096 8.83 against 5.18), though about 4x faster eagerly (1.3 against 5.3 ms
-# at N = 1024); UNIMIXER_SINKHORN_PERSISTENT=1 turns it on.
-PERSISTENT = switch(PERSISTENT_SWITCH) == "1"
+# the tiled path's launch scheme (UNIMIXER_SINKHORN_PERSISTENT):
+# * 'auto': where one program per tile fits the GPU at once (n = 1024: 128 tiles of 64 x 128), the
+#   resident kernels, one launch per direction with tagged partials instead of barriers (RESIDENT);
+#   elsewhere one launch per half-step;
+# * '0': one launch per half-step everywhere;
+# * '1': the grid-barrier persistent kernels (PERSISTENT). Not faster on the H200 under CUDA graphs
+#   (N = 1024 fwd+bwd 0.453 against 0.477 ms; N = 4096 8.83 against 5.18), though about 4x faster
+#   eagerly (1.3 against 5.3 ms at N = 1024).
+_MODE = switch(PERSISTENT_SWITCH)
+if _MODE not in ("auto", "0", "1"):
+    raise ValueError(f"{PERSISTENT_SWITCH}: expected 'auto', '0' or '1', got {_MODE!r}")
+PERSISTENT = _MODE == "1"
+RESIDENT = _MODE == "auto"
+RESIDENT_TILE = (64, 128)
 # persistent, one tile per program: keep the S0 (and gradient) tile in registers for the whole call
 PERSISTENT_RESIDENT = True
 # persistent: launch cooperatively where this Triton can (CU_LAUNCH_ATTRIBUTE_COOPERATIVE), so that
@@ -717,6 +726,200 @@ def sinkhorn_persistent_bwd_kernel(
             _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM, BN)
 
 
+# --- resident variant: one tile per program, tagged partials instead of barriers --------------
+
+
+@triton.jit
+def _tagged(val, tag):
+    """fp32 ``val`` and the int ``tag`` in one int64 word (tag in the high half): a reader that
+    sees the tag sees the value, since an aligned 8-byte store is never split."""
+    bits = val.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+    return bits | (tl.cast(tag, tl.int64) << 32)
+
+
+@triton.jit
+def _await_tagged(ptrs, mask, tag, FAIL, MAX_SPINS: tl.constexpr):
+    """The fp32 values of the words ``ptrs`` (where ``mask``), once every one carries ``tag``.
+
+    Polls with volatile loads (L2, never a stale L1 line). Bounded: after ``MAX_SPINS`` polls it
+    counts a failure in ``FAIL`` and returns what it has, rather than hang."""
+    w = tl.load(ptrs, mask=mask, other=0, volatile=True)
+    missing = tl.sum(tl.sum(tl.where(mask & ((w >> 32).to(tl.int32) != tag), 1, 0), axis=1), axis=0)
+    spins = 0
+    while (missing > 0) & (spins < MAX_SPINS):
+        w = tl.load(ptrs, mask=mask, other=0, volatile=True)
+        missing = tl.sum(tl.sum(tl.where(mask & ((w >> 32).to(tl.int32) != tag), 1, 0), axis=1), axis=0)
+        spins += 1
+    if missing > 0:
+        tl.atomic_add(FAIL, 1)
+    return (w & 0xFFFFFFFF).to(tl.int32).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _resident_frame(pid, mat, SRC, A, B, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+                    MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
+                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr):
+    """Tile ``(p, q) = divmod(pid, n_ct)`` of a resident program: indices, masks and its ``S0``."""
+    p = pid // n_ct
+    q = pid % n_ct
+    rows = p * BM + tl.arange(0, BM)
+    cols = q * BN + tl.arange(0, BN)
+    rmask = rows < n
+    cmask = cols < n
+    m2 = rmask[:, None] & cmask[None, :]
+    if MODE == 0 and SYMMETRIC:
+        # the transposed tile read transposed (once per call), not transposed in registers: the tile
+        # then keeps the layout of everything the loop combines it with
+        x = _tile_logits(SRC, A, B, SRC, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, 1.0,
+                         MODE, False, BM, BN, BK, DOT_IEEE)
+        xt = tl.load(SRC + mat * s0 + cols[None, :] * s1 + rows[:, None] * s2, mask=m2, other=0.0)
+        x = (x + xt.to(tl.float32)) * scale
+    else:
+        x = _tile_logits(SRC, A, B, SRC, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+                         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE)
+    return p, q, rows, cols, rmask, cmask, m2, x
+
+
+@triton.jit
+def sinkhorn_resident_fwd_kernel(
+    SRC, A, B, P, U, V, PR, PC, FAIL,
+    n, rank, K, n_rt, n_ct,
+    s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+    MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr,
+):
+    """The whole forward in one launch, one program per tile (grid ``(n_rt * n_ct, n_mat)``, all
+    resident at once). Same arithmetic as ``_fwd_tile``; the differences are where things live:
+
+    * the ``S0`` tile, and the potentials of the tile's rows and columns (``u_1``, ``v_1``, the
+      current ``u``), stay in registers for the whole call; ``U``, ``V`` are only written;
+    * the partials pass through ``PR [n_mat, 2, n_ct, n]`` and ``PC [n_mat, 2, n_rt, n]`` (int64,
+      zeroed) as tagged words (``_tagged``): step ``s`` (0 the first pass, ``2k + 1`` row step
+      ``k``, ``2k + 2`` column step ``k``) writes its partials with tag ``s + 1`` into copy
+      ``(s // 2) % 2``, and step ``s + 1`` waits for that tag on exactly the words it reads: a row
+      step on its row band's partials, a column step on its column band's. There is no barrier
+      and no fence: a half-step costs one write and one round of reads of the partials.
+    * Two copies suffice: the next write into a copy is four steps later, and any program that far
+      ahead has (through the chain of partials it waited on) seen every program finish the step
+      that read the copy."""
+    pid = tl.program_id(0)
+    mat = tl.program_id(1).to(tl.int64)
+    p, q, rows, cols, rmask, cmask, m2, x = _resident_frame(
+        pid, mat, SRC, A, B, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE)
+    fail = FAIL + mat
+    pr = PR + mat * 2 * n_ct * n
+    pc = PC + mat * 2 * n_rt * n
+    urow = U + mat * K * n + rows
+    vcol = V + mat * K * n + cols
+    ts_c = tl.arange(0, CT_P)
+    ts_r = tl.arange(0, RT_P)
+    pr_mask = (ts_c < n_ct)[:, None] & rmask[None, :]
+    pc_mask = (ts_r < n_rt)[:, None] & cmask[None, :]
+    tl.store(pr + q * n + rows, _tagged(_lse(tl.where(m2, x, float("-inf")), 1), 1), mask=rmask)
+    u1 = tl.zeros([BM], dtype=tl.float32)
+    v1 = tl.zeros([BN], dtype=tl.float32)
+    for k in range(K):
+        c = k % 2
+        # row step k: the row band's partials of step 2k
+        parts = _await_tagged(pr + (c * n_ct + ts_c[:, None]) * n + rows[None, :], pr_mask, 2 * k + 1, fail,
+                              MAX_SPINS)
+        u = _lse(tl.where(pr_mask, parts, float("-inf")), 0)
+        tl.store(urow + k * n, u, mask=rmask & (q == 0))
+        if k == 0:
+            u1 = u
+            base = x
+        else:
+            base = (x - u1[:, None]) - v1[None, :]
+        part = _lse(tl.where(m2, base - u[:, None], float("-inf")), 0)
+        tl.store(pc + (c * n_rt + p) * n + cols, _tagged(part, 2 * k + 2), mask=cmask)
+        # column step k: the column band's partials of step 2k + 1
+        parts = _await_tagged(pc + (c * n_rt + ts_r[:, None]) * n + cols[None, :], pc_mask, 2 * k + 2, fail,
+                              MAX_SPINS)
+        v = _lse(tl.where(pc_mask, parts, float("-inf")), 0)
+        tl.store(vcol + k * n, v, mask=cmask & (p == 0))
+        if k == 0:
+            v1 = v
+            v = tl.zeros([BN], dtype=tl.float32)
+            u = tl.zeros([BM], dtype=tl.float32)
+        t1 = (x - u1[:, None]) - v1[None, :]
+        if k < K - 1:
+            row_part = _lse(tl.where(m2, t1 - v[None, :], float("-inf")), 1)
+            tl.store(pr + ((1 - c) * n_ct + q) * n + rows, _tagged(row_part, 2 * k + 3), mask=rmask)
+        else:
+            pv = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
+            tl.store(P + mat * n * n + rows[:, None] * n + cols[None, :], pv, mask=m2)
+
+
+@triton.jit
+def sinkhorn_resident_bwd_kernel(
+    SRC, A, B, DP, U, V, G, DX, PR, PC, FAIL,
+    n, rank, K, n_rt, n_ct,
+    s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
+    MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr,
+):
+    """The whole backward in one launch, one resident program per tile, as
+    ``sinkhorn_resident_fwd_kernel``: the ``S0`` and working-gradient tiles stay in registers, the
+    partial sums pass as tagged words (step 0: ``G = dP * P``, writes column sums; step
+    ``2t + 1``: column step ``k = K - 1 - t``, writes row sums; ``2t + 2``: row step ``k``, writes
+    column sums). The last row step writes ``dM`` (or, symmetric, ``G`` for the caller's
+    symmetrising pass). Same arithmetic as ``_bwd_tile``."""
+    pid = tl.program_id(0)
+    mat = tl.program_id(1).to(tl.int64)
+    p, q, rows, cols, rmask, cmask, m2, x = _resident_frame(
+        pid, mat, SRC, A, B, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE)
+    fail = FAIL + mat
+    pr = PR + mat * 2 * n_ct * n
+    pc = PC + mat * 2 * n_rt * n
+    urow = U + mat * K * n + rows
+    vcol = V + mat * K * n + cols
+    ts_c = tl.arange(0, CT_P)
+    ts_r = tl.arange(0, RT_P)
+    pr_mask = (ts_c < n_ct)[:, None] & rmask[None, :]
+    pc_mask = (ts_r < n_rt)[:, None] & cmask[None, :]
+    # only r1 = S0 - u_1 stays live in the loop (with g), t1 = r1 - v_1 is formed where used
+    r1 = x - tl.load(urow, mask=rmask, other=0.0)[:, None]
+    v1 = tl.load(vcol, mask=cmask, other=0.0)
+    u = tl.load(urow + (K - 1) * n, mask=rmask & (K > 1), other=0.0)
+    v = tl.load(vcol + (K - 1) * n, mask=cmask & (K > 1), other=0.0)
+    dp = tl.load(DP + mat * sd0 + rows[:, None] * sd1 + cols[None, :] * sd2, mask=m2, other=0.0)
+    g = dp.to(tl.float32) * tl.exp(tl.where(m2, (r1 - v1[None, :]) - u[:, None] - v[None, :], float("-inf")))
+    tl.store(pc + p * n + cols, _tagged(tl.sum(g, axis=0), 1), mask=cmask)
+    for t in range(K):
+        k = K - 1 - t
+        c = t % 2
+        u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0)
+        v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0)
+        vp = tl.load(vcol + (k - 1) * n, mask=cmask & (k > 1), other=0.0)
+        # column step k: the column band's column sums of step 2t
+        parts = _await_tagged(pc + (c * n_rt + ts_r[:, None]) * n + cols[None, :], pc_mask, 2 * t + 1, fail,
+                              MAX_SPINS)
+        col = tl.sum(tl.where(pc_mask, parts, 0.0), axis=0)
+        e = tl.exp(tl.where(m2, (r1 - v1[None, :]) - u[:, None] - v[None, :], float("-inf")))
+        g = g - e * col[None, :]
+        tl.store(pr + (c * n_ct + q) * n + rows, _tagged(tl.sum(g, axis=1), 2 * t + 2), mask=rmask)
+        # row step k: the row band's row sums of step 2t + 1
+        parts = _await_tagged(pr + (c * n_ct + ts_c[:, None]) * n + rows[None, :], pr_mask, 2 * t + 2, fail,
+                              MAX_SPINS)
+        row = tl.sum(tl.where(pr_mask, parts, 0.0), axis=0)
+        if k > 0:
+            it = (r1 - v1[None, :]) - u[:, None] - vp[None, :]
+        else:
+            it = r1
+        g = g - tl.exp(tl.where(m2, it, float("-inf"))) * row[:, None]
+        if k > 0:
+            tl.store(pc + ((1 - c) * n_rt + p) * n + cols, _tagged(tl.sum(g, axis=0), 2 * t + 3), mask=cmask)
+    out = rows[:, None] * n + cols[None, :]
+    if SYMMETRIC:
+        tl.store(G + mat * n * n + out, g, mask=m2)
+    else:
+        tl.store(DX + mat * n * n + out, (g * grad_scale).to(DX.dtype.element_ty), mask=m2)
+
+
 # --- launchers ---------------------------------------------------------------------------------
 
 
@@ -778,6 +981,33 @@ def _persistent_meta(meta: dict) -> dict:
     if PERSISTENT_COOPERATIVE and triton_launch_option("launch_cooperative_grid"):
         meta["launch_cooperative_grid"] = True
     return meta
+
+
+def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
+    """``(n_rt, n_ct, meta, FAIL, PR, PC)`` of the resident kernels, or ``None`` where they are off
+    (``RESIDENT``) or one program per tile would not fit the GPU at once (on the CPU interpreter,
+    which runs programs one after another: one tile per matrix)."""
+    if not RESIDENT:
+        return None
+    bm, bn = TILE_OVERRIDE or RESIDENT_TILE
+    n_rt, n_ct = triton.cdiv(n, bm), triton.cdiv(n, bn)
+    if n_rt * n_ct > (sm_count(device) // n_mat if device.type == "cuda" else 1):
+        return None
+    meta = dict(BM=bm, BN=bn, BK=meta["BK"], DOT_IEEE=meta["DOT_IEEE"], RT_P=triton.next_power_of_2(n_rt),
+                CT_P=triton.next_power_of_2(n_ct), MAX_SPINS=PERSISTENT_MAX_SPINS,
+                num_warps=16 if bm * bn >= 8192 else 4)
+    if triton_launch_option("launch_cooperative_grid"):
+        meta["launch_cooperative_grid"] = True
+    fail = torch.zeros(n_mat, device=device, dtype=torch.int32)
+    pr = torch.zeros((n_mat, 2, n_ct, n), device=device, dtype=torch.int64)
+    pc = torch.zeros((n_mat, 2, n_rt, n), device=device, dtype=torch.int64)
+    return n_rt, n_ct, meta, fail, pr, pc
+
+
+def _check_fail(fail: torch.Tensor) -> None:
+    if PERSISTENT_CHECK and int(fail.sum().item()) != 0:
+        raise RuntimeError("sinkhorn resident kernel: a wait for partials timed out "
+                           "(programs not co-resident)")
 
 
 def _pdl_options(device: torch.device) -> dict:
@@ -886,12 +1116,21 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
     if n_mat == 0 or n == 0:
         return p, u, v
     bm, bn, n_rt, n_ct, mode, rank, strides, meta = _tile_args(n, src, a, b)
+    scale = (0.5 if symmetric else 1.0) / tau
+    s_src, s_a, s_b = (a, a, b) if a is not None else (src, src, src)
+    res = _resident_args(n, n_mat, like.device, meta)
+    if res is not None:
+        n_rt, n_ct, meta, fail, pr, pc = res
+        sinkhorn_resident_fwd_kernel[(n_rt * n_ct, n_mat)](
+            s_src, s_a, s_b, p, u, v, pr, pc, fail, n, rank, iters, n_rt, n_ct, *strides, scale,
+            MODE=_DENSE if a is None else _LOWRANK, SYMMETRIC=symmetric, **meta,
+        )
+        _check_fail(fail)
+        return p, u, v
     ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode != _LOWRANK else p
     pr = torch.empty((n_mat, n_ct, n), device=like.device, dtype=torch.float32)
     pc = torch.empty((n_mat, n_rt, n), device=like.device, dtype=torch.float32)
     grid = (n_rt * n_ct, n_mat)
-    scale = (0.5 if symmetric else 1.0) / tau
-    s_src, s_a, s_b = (a, a, b) if a is not None else (src, src, src)
     pdl = _pdl_options(like.device)
 
     def launch(phase, k, m):
@@ -930,13 +1169,27 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     if n_mat == 0 or n == 0:
         return dx
     bm, bn, n_rt, n_ct, mode, rank, strides, meta = _tile_args(n, src, a, b)
-    ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode != _LOWRANK else dx
     g = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32)
+    scale = grad_scale = (0.5 if symmetric else 1.0) / tau
+    s_src, s_a, s_b = (a, a, b) if a is not None else (src, src, src)
+    res = _resident_args(n, n_mat, like.device, meta)
+    if res is not None:
+        n_rt, n_ct, meta, fail, pr, pc = res
+        grid = (n_rt * n_ct, n_mat)
+        sinkhorn_resident_bwd_kernel[grid](
+            s_src, s_a, s_b, dp, u, v, g, dx, pr, pc, fail,
+            n, rank, iters, n_rt, n_ct, *strides, dp.stride(0), dp.stride(1), dp.stride(2), scale, grad_scale,
+            MODE=_DENSE if a is None else _LOWRANK, SYMMETRIC=symmetric, **meta,
+        )
+        _check_fail(fail)
+        if symmetric:
+            sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, BM=meta["BM"], BN=meta["BN"],
+                                           num_warps=4, PDL=False)
+        return dx
+    ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode != _LOWRANK else dx
     pr = torch.empty((n_mat, n_ct, n), device=like.device, dtype=torch.float32)
     pc = torch.empty((n_mat, n_rt, n), device=like.device, dtype=torch.float32)
     grid = (n_rt * n_ct, n_mat)
-    scale = grad_scale = (0.5 if symmetric else 1.0) / tau
-    s_src, s_a, s_b = (a, a, b) if a is not None else (src, src, src)
     pdl = _pdl_options(like.device)
 
     def launch(phase, k, m, last=False):

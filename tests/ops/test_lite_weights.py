@@ -57,6 +57,7 @@ def test_lite_weights_global_persistent(device, monkeypatch, symmetric, cache):
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
     monkeypatch.setattr(sk_kernels, "LOWRANK_CACHE_MIN_RANK", 0 if cache else 10**9)
     monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
+    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
     monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
     args = _inputs(37, 2, 4, 20, torch.float32, device)
     check_against_reference(uk.lite_weights, (*args, 0.05, 2, symmetric), backend="triton")
@@ -68,8 +69,21 @@ def test_lite_weights_global_persistent_resident(device, monkeypatch, symmetric)
     # one tile: the low-rank logits tile is formed once and stays in registers
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (32, 32))
     monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
+    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
     monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
     args = _inputs(29, 2, 4, 20, torch.float32, device)
+    check_against_reference(uk.lite_weights, (*args, 0.05, 3, symmetric), backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_lite_weights_global_resident(device, monkeypatch, kernel_dtype, symmetric):
+    # the resident kernels form the low-rank tile once (one 32 x 32 tile in the interpreter; on a
+    # GPU, 16 x 16 tiles, one program each)
+    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16) if device == "cuda" else (32, 32))
+    monkeypatch.setattr(sk_kernels, "RESIDENT", True)
+    monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
+    args = _inputs(29 if device == "cpu" else 100, 2, 4, 40, kernel_dtype, device)
     check_against_reference(uk.lite_weights, (*args, 0.05, 3, symmetric), backend="triton")
 
 
@@ -204,6 +218,7 @@ def test_lite_weights_pdl_gpu(monkeypatch, kernel_dtype):
 @pytest.mark.parametrize("n,r", [(1024, 128), (4096, 256)], ids=["paper-small", "paper-100m"])
 def test_lite_weights_persistent_preset_gpu(monkeypatch, kernel_dtype, n, r):
     monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
+    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
     monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
     args = _inputs(n, 4, 4, r, kernel_dtype, "cuda")
     check_against_reference(uk.lite_weights, (*args, 0.05, 20, True), backend="triton")

@@ -18,9 +18,22 @@ TAU_ITERS = [(0.05, 20), (1.0, 1), (1.0, 20), (0.05, 1)]
 
 @pytest.fixture
 def tiled(monkeypatch):
-    """Route every matrix through the tiled kernels, with 16 x 16 tiles (many tiles per matrix)."""
+    """Route every matrix through the tiled kernels, one launch per half-step, with 16 x 16 tiles
+    (many tiles per matrix)."""
     monkeypatch.setattr(sk_kernels, "SMALL_MAX_N", 8)
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
+    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
+
+
+@pytest.fixture
+def resident(monkeypatch):
+    """The resident kernels (a program per 16 x 16 tile, tagged partials) with their waits checked.
+    The interpreter runs programs one after another, so there a matrix is one tile (n <= 16); on a
+    GPU every tile has its own program."""
+    monkeypatch.setattr(sk_kernels, "SMALL_MAX_N", 8)
+    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
+    monkeypatch.setattr(sk_kernels, "RESIDENT", True)
+    monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
 
 
 def _logits(shape, dtype, device, noncontiguous=False, transposed=False):
@@ -138,6 +151,48 @@ def test_sinkhorn_persistent_resident(device, monkeypatch, persistent, shape, sy
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (32, 32))
     x = _logits(shape, torch.float32, device)
     check_against_reference(uk.sinkhorn, (x, 0.05, 4, symmetric), backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("tau,iters", TAU_ITERS)
+@pytest.mark.parametrize("shape", [(13, 13), (2, 16, 16)])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_resident_triton(device, resident, shape, tau, iters, symmetric):
+    x = _logits(shape, torch.float32, device)
+    check_against_reference(uk.sinkhorn, (x, tau, iters, symmetric), backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("layout", ["strided", "transposed"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_resident_noncontiguous_16bit(device, resident, layout, symmetric):
+    x = _logits((3, 11, 11), torch.bfloat16, device, noncontiguous=layout == "strided",
+                transposed=layout == "transposed")
+    check_against_reference(uk.sinkhorn, (x, 0.3, 5, symmetric), backend="triton")
+
+
+@pytest.mark.triton
+def test_sinkhorn_resident_path_taken(device, resident, monkeypatch):
+    # where the tiles fit, the forward and backward are one resident launch each, and nothing else
+    launched = []
+    for name in ("sinkhorn_resident_fwd_kernel", "sinkhorn_resident_bwd_kernel", "sinkhorn_tile_fwd_kernel",
+                 "sinkhorn_tile_bwd_kernel"):
+        kernel = getattr(sk_kernels, name)
+        monkeypatch.setattr(sk_kernels, name, _Recorder(kernel, name, launched))
+    x = _logits((2, 12, 12), torch.float32, device)
+    uk.sinkhorn(x, 0.5, 3, False, backend="triton").sum().backward()
+    assert launched == [("sinkhorn_resident_fwd_kernel", (1, 2)), ("sinkhorn_resident_bwd_kernel", (1, 2))]
+
+
+class _Recorder:
+    """A kernel whose launches (name, grid) are recorded."""
+
+    def __init__(self, kernel, name, log):
+        self.kernel, self.name, self.log = kernel, name, log
+
+    def __getitem__(self, grid):
+        self.log.append((self.name, grid))
+        return self.kernel[grid]
 
 
 @pytest.mark.triton
@@ -306,7 +361,15 @@ def test_sinkhorn_compile_fullgraph(device):
 @pytest.mark.triton
 @pytest.mark.parametrize("n", [1024, 4096])
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_sinkhorn_preset_gpu(kernel_dtype, n, symmetric):
+@pytest.mark.parametrize("launch", ["auto", "per-half-step"])
+def test_sinkhorn_preset_gpu(monkeypatch, kernel_dtype, n, symmetric, launch):
+    # n = 1024 takes the resident kernels by default; n = 4096 one launch per half-step either way
+    if launch == "per-half-step":
+        if n != 1024:
+            pytest.skip("n = 4096 runs one launch per half-step in the 'auto' case already")
+        monkeypatch.setattr(sk_kernels, "RESIDENT", False)
+    else:
+        monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
     x = random_input((n, n), kernel_dtype, "cuda", requires_grad=True)
     check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
 
@@ -317,6 +380,7 @@ def test_sinkhorn_preset_gpu(kernel_dtype, n, symmetric):
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_sinkhorn_persistent_preset_gpu(monkeypatch, kernel_dtype, n, symmetric):
     monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
+    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
     monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
     x = random_input((n, n), kernel_dtype, "cuda", requires_grad=True)
     check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
@@ -326,9 +390,21 @@ def test_sinkhorn_persistent_preset_gpu(monkeypatch, kernel_dtype, n, symmetric)
 @pytest.mark.triton
 def test_sinkhorn_persistent_batch_gpu(monkeypatch):
     monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
+    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
     monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
     x = random_input((3, 300, 300), torch.float32, "cuda", requires_grad=True)
     check_against_reference(uk.sinkhorn, (x, 0.1, 7, True), backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("shape,symmetric",
+                         [((2, 100, 100), True), ((100, 100), False), ((3, 61, 61), False)])
+def test_sinkhorn_resident_tiles_gpu(resident, shape, symmetric):
+    # 16 x 16 tiles: up to 7 x 7 programs per matrix wait on each other's tagged partials, ragged
+    # edge tiles included (n = 61: a last tile of 13)
+    x = random_input(shape, torch.float32, "cuda", requires_grad=True)
+    check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
 
 
 @pytest.mark.gpu
@@ -398,6 +474,35 @@ def compile_persistent_for_sm90() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
 def test_sinkhorn_persistent_compiles_for_sm90(sm90_compile):
     sm90_compile("import test_sinkhorn as t; t.compile_persistent_for_sm90()")
+
+
+def compile_resident_for_sm90() -> None:
+    """Compile both resident kernels (n = 1024 tiles, dense and low-rank) for sm_90 and check how
+    they wait: volatile polls of the tagged partials, and no fence, barrier atomic or spill."""
+    from unimixer_kernels.triton_kernels import sinkhorn as k
+
+    from bench.sm90 import SMEM_LIMIT, compile_sm90
+
+    names = "SRC A B P U V G DX DP".split()
+    ptrs = dict({a: "*fp32" for a in names}, PR="*i64", PC="*i64", FAIL="*i32")
+    for mode in (0, 2):
+        consts = dict(MODE=mode, SYMMETRIC=mode == 0, BM=64, BN=128, BK=32, DOT_IEEE=True, RT_P=16, CT_P=8,
+                      MAX_SPINS=k.PERSISTENT_MAX_SPINS)
+        for kernel in (k.sinkhorn_resident_fwd_kernel, k.sinkhorn_resident_bwd_kernel):
+            res = compile_sm90(kernel, ptrs, consts, 16, 1, floats=("scale", "grad_scale"), usage=True,
+                               ptx=True)
+            label = f"{kernel.__name__} MODE={mode}"
+            assert res["shared"] <= SMEM_LIMIT, label
+            assert "ld.volatile.global" in res["ptx"], label
+            assert not any(op in res["ptx"] for op in ("fence.", "membar", ".acquire", ".release")), label
+            if kernel is k.sinkhorn_resident_fwd_kernel:
+                assert res["spill"] == 0, label
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
+def test_sinkhorn_resident_compiles_for_sm90(sm90_compile):
+    sm90_compile("import test_sinkhorn as t; t.compile_resident_for_sm90()")
 
 
 # --- programmatic dependent launch (UNIMIXER_PDL=1) --------------------------------------------
