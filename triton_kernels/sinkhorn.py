@@ -115,8 +115,6 @@ if _MODE not in ("auto", "0", "1"):
 PERSISTENT = _MODE == "1"
 RESIDENT = _MODE == "auto"
 RESIDENT_TILE = (64, 128)
-RESIDENT_WARPS = None
-RESIDENT_SPIN = True
 # persistent, one tile per program: keep the S0 (and gradient) tile in registers for the whole call
 PERSISTENT_RESIDENT = True
 # persistent: launch cooperatively where this Triton can (CU_LAUNCH_ATTRIBUTE_COOPERATIVE), so that
@@ -757,52 +755,6 @@ def _await_tagged(ptrs, mask, tag, FAIL, MAX_SPINS: tl.constexpr):
     return (w & 0xFFFFFFFF).to(tl.int32).to(tl.float32, bitcast=True)
 
 
-# one thread spins on one tagged word until its tag is ``$2`` (at most ``$4`` polls; ``$3`` = 0:
-# not at all), then returns its value and the tag it saw
-_SPIN_ASM = tl.constexpr("""
-{
-.reg .pred %p<3>;
-.reg .b32 %n;
-mov.b32 $0, 0;
-mov.b32 $1, $2;
-setp.eq.s32 %p0, $3, 0;
-@%p0 bra DONE${:uid};
-mov.b32 %n, 0;
-SPIN${:uid}:
-ld.volatile.global.v2.b32 {$0, $1}, [$5];
-setp.ne.s32 %p1, $1, $2;
-add.s32 %n, %n, 1;
-setp.lt.s32 %p2, %n, $4;
-and.pred %p1, %p1, %p2;
-@%p1 bra SPIN${:uid};
-DONE${:uid}:
-}
-""")
-
-
-@triton.jit
-def _spin_tagged(ptrs, mask, tag, FAIL, MAX_SPINS: tl.constexpr):
-    """``_await_tagged`` with every thread spinning on its own words in PTX (no CTA-wide
-    reduction per poll); one reduction at the end counts words that never arrived."""
-    val, seen = tl.inline_asm_elementwise(
-        _SPIN_ASM, "=r,=r,r,r,r,l",
-        [tl.full(ptrs.shape, tag, tl.int32), mask.to(tl.int32), tl.full(ptrs.shape, MAX_SPINS, tl.int32),
-         ptrs.to(tl.int64, bitcast=True)],
-        dtype=(tl.int32, tl.int32), is_pure=False, pack=1)
-    missing = tl.sum(tl.sum(tl.where(mask & (seen != tag), 1, 0), axis=1), axis=0)
-    if missing > 0:
-        tl.atomic_add(FAIL, 1)
-    return val.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _await(ptrs, mask, tag, FAIL, MAX_SPINS: tl.constexpr, SPIN: tl.constexpr):
-    if SPIN:
-        return _spin_tagged(ptrs, mask, tag, FAIL, MAX_SPINS)
-    else:
-        return _await_tagged(ptrs, mask, tag, FAIL, MAX_SPINS)
-
-
 @triton.jit
 def _resident_frame(pid, mat, SRC, A, B, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
                     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
@@ -835,7 +787,7 @@ def sinkhorn_resident_fwd_kernel(
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-    RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr, SPIN: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr,
 ):
     """The whole forward in one launch, one program per tile (grid ``(n_rt * n_ct, n_mat)``, all
     resident at once). Same arithmetic as ``_fwd_tile``; the differences are where things live:
@@ -871,8 +823,8 @@ def sinkhorn_resident_fwd_kernel(
     for k in range(K):
         c = k % 2
         # row step k: the row band's partials of step 2k
-        parts = _await(pr + (c * n_ct + ts_c[:, None]) * n + rows[None, :], pr_mask, 2 * k + 1, fail,
-                       MAX_SPINS, SPIN)
+        parts = _await_tagged(pr + (c * n_ct + ts_c[:, None]) * n + rows[None, :], pr_mask, 2 * k + 1, fail,
+                              MAX_SPINS)
         u = _lse(tl.where(pr_mask, parts, float("-inf")), 0)
         tl.store(urow + k * n, u, mask=rmask & (q == 0))
         if k == 0:
@@ -883,8 +835,8 @@ def sinkhorn_resident_fwd_kernel(
         part = _lse(tl.where(m2, base - u[:, None], float("-inf")), 0)
         tl.store(pc + (c * n_rt + p) * n + cols, _tagged(part, 2 * k + 2), mask=cmask)
         # column step k: the column band's partials of step 2k + 1
-        parts = _await(pc + (c * n_rt + ts_r[:, None]) * n + cols[None, :], pc_mask, 2 * k + 2, fail,
-                       MAX_SPINS, SPIN)
+        parts = _await_tagged(pc + (c * n_rt + ts_r[:, None]) * n + cols[None, :], pc_mask, 2 * k + 2, fail,
+                              MAX_SPINS)
         v = _lse(tl.where(pc_mask, parts, float("-inf")), 0)
         tl.store(vcol + k * n, v, mask=cmask & (p == 0))
         if k == 0:
@@ -907,7 +859,7 @@ def sinkhorn_resident_bwd_kernel(
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-    RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr, SPIN: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr,
 ):
     """The whole backward in one launch, one resident program per tile, as
     ``sinkhorn_resident_fwd_kernel``: the ``S0`` and working-gradient tiles stay in registers, the
@@ -944,15 +896,15 @@ def sinkhorn_resident_bwd_kernel(
         v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0)
         vp = tl.load(vcol + (k - 1) * n, mask=cmask & (k > 1), other=0.0)
         # column step k: the column band's column sums of step 2t
-        parts = _await(pc + (c * n_rt + ts_r[:, None]) * n + cols[None, :], pc_mask, 2 * t + 1, fail,
-                       MAX_SPINS, SPIN)
+        parts = _await_tagged(pc + (c * n_rt + ts_r[:, None]) * n + cols[None, :], pc_mask, 2 * t + 1, fail,
+                              MAX_SPINS)
         col = tl.sum(tl.where(pc_mask, parts, 0.0), axis=0)
         e = tl.exp(tl.where(m2, (r1 - v1[None, :]) - u[:, None] - v[None, :], float("-inf")))
         g = g - e * col[None, :]
         tl.store(pr + (c * n_ct + q) * n + rows, _tagged(tl.sum(g, axis=1), 2 * t + 2), mask=rmask)
         # row step k: the row band's row sums of step 2t + 1
-        parts = _await(pr + (c * n_ct + ts_c[:, None]) * n + rows[None, :], pr_mask, 2 * t + 2, fail,
-                       MAX_SPINS, SPIN)
+        parts = _await_tagged(pr + (c * n_ct + ts_c[:, None]) * n + rows[None, :], pr_mask, 2 * t + 2, fail,
+                              MAX_SPINS)
         row = tl.sum(tl.where(pr_mask, parts, 0.0), axis=0)
         if k > 0:
             it = (r1 - v1[None, :]) - u[:, None] - vp[None, :]
@@ -1041,10 +993,15 @@ def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
     n_rt, n_ct = triton.cdiv(n, bm), triton.cdiv(n, bn)
     if n_rt * n_ct > (sm_count(device) // n_mat if device.type == "cuda" else 1):
         return None
-    meta = dict(BM=bm, BN=bn, BK=meta["BK"], DOT_IEEE=meta["DOT_IEEE"], RT_P=triton.next_power_of_2(n_rt),
-                CT_P=triton.next_power_of_2(n_ct), MAX_SPINS=PERSISTENT_MAX_SPINS,
-                SPIN=RESIDENT_SPIN and device.type == "cuda",
-                num_warps=RESIDENT_WARPS or (16 if bm * bn >= 8192 else 4))
+    warps = 16 if bm * bn >= 8192 else 4
+    # the partials' blocks hold at least two words per thread (one 16-byte load each): smaller ones
+    # would be replicated across warps, whose reductions then write the same shared-memory words
+    # (a benign race that compute-sanitizer's racecheck reports)
+    least = 2 * 32 * warps
+    meta = dict(BM=bm, BN=bn, BK=meta["BK"], DOT_IEEE=meta["DOT_IEEE"],
+                RT_P=max(triton.next_power_of_2(n_rt), least // bn),
+                CT_P=max(triton.next_power_of_2(n_ct), least // bm),
+                MAX_SPINS=PERSISTENT_MAX_SPINS, num_warps=warps)
     if triton_launch_option("launch_cooperative_grid"):
         meta["launch_cooperative_grid"] = True
     fail = torch.zeros(n_mat, device=device, dtype=torch.int32)

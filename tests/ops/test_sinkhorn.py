@@ -486,7 +486,7 @@ def compile_resident_for_sm90() -> None:
     names = "SRC A B P U V G DX DP".split()
     ptrs = dict({a: "*fp32" for a in names}, PR="*i64", PC="*i64", FAIL="*i32")
     for mode in (0, 2):
-        consts = dict(MODE=mode, SYMMETRIC=mode == 0, BM=64, BN=128, BK=32, DOT_IEEE=True, RT_P=16, CT_P=8,
+        consts = dict(MODE=mode, SYMMETRIC=mode == 0, BM=64, BN=128, BK=32, DOT_IEEE=True, RT_P=16, CT_P=16,
                       MAX_SPINS=k.PERSISTENT_MAX_SPINS)
         for kernel in (k.sinkhorn_resident_fwd_kernel, k.sinkhorn_resident_bwd_kernel):
             res = compile_sm90(kernel, ptrs, consts, 16, 1, floats=("scale", "grad_scale"), usage=True,
