@@ -10,8 +10,6 @@
 #               and WARM_JOBS benchmark processes that run every case once at minimal repetitions
 #               so that torch.compile's and Triton's on-disk caches are filled
 #   bench     python -m bench run, alone on the GPU (the timed numbers), from warm caches
-#   persistent the opt-in persistent Sinkhorn kernels beside the default ones (persistent.json;
-#             PERSISTENT_CASES picks the cases)
 #   sweep     the full UniMixer block at bs 256..2048 (sweep.json / .csv) and its plot (.png)
 #   variant   the bench stage's cases again with kernel switches set, one run per entry of
 #             VARIANTS="UNIMIXER_PDL=1|sinkhorn@paper-small;UNIMIXER_FFN_BACKWARD=recompute" (cases after
@@ -42,7 +40,7 @@ export PYTHONUNBUFFERED=1
 export TRITON_CACHE_AUTOTUNING=1
 PY="${PYTHON:-python}"
 LOG="$OUT/gpu_run.log"
-STAGES="${STAGES:-install info prepare bench persistent sweep train table}"
+STAGES="${STAGES:-install info prepare bench sweep train table}"
 T_PREPARE="${T_PREPARE:-200}"
 WARM_JOBS="${WARM_JOBS:-6}"
 T_INSTALL="${T_INSTALL:-60}"
@@ -164,13 +162,6 @@ if want sweep; then
     stage sweep "$T_SWEEP" "$PY" -m bench run --out "$OUT" --name sweep "${SWEEP_ARGS[@]}" \
         --warmup 10 --rep 40 --budget-s $(( T_SWEEP - 40 ))
     [ -f "$OUT/sweep.json" ] && stage plot 60 "$PY" -m bench plot "$OUT/sweep.json" --mode fwd+bwd
-fi
-
-if want persistent; then
-    # the opt-in persistent Sinkhorn kernels (grid barrier), timed beside the default ones
-    stage persistent "${T_PERSISTENT:-40}" env UNIMIXER_SINKHORN_PERSISTENT=1 "$PY" -m bench run --out "$OUT" \
-        --name persistent --case "${PERSISTENT_CASES:-sinkhorn,lite_weights}" --provider triton,triton-cg \
-        --mode fwd+bwd --warmup 10 --rep 40 --budget-s $(( ${T_PERSISTENT:-40} - 15 ))
 fi
 
 if want variant; then

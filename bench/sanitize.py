@@ -57,14 +57,13 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         paths.append((f" [{FFN_BACKWARD_SWITCH}=recompute]",
                       mock.patch.dict(os.environ, {FFN_BACKWARD_SWITCH: "recompute"})))
     if name in ("sinkhorn", "lite_weights"):
-        # tiled matrices with several tiles per axis: one launch per half-step, the resident kernels
-        # (a program per tile) and the persistent kernels over them
+        # tiled matrices with several tiles per axis: one launch per half-step, and the resident
+        # kernels (a program per tile)
         tiled = dict(TILE_OVERRIDE=(16, 16), SMALL_MAX_N=4, RESIDENT=False)
-        paths.append((" [tiled, 16x16 tiles]", mock.patch.multiple(sinkhorn, **tiled)))
+        paths.append((f" [tiled, 16x16 tiles, {PERSISTENT_SWITCH}=0]",
+                      mock.patch.multiple(sinkhorn, **tiled)))
         paths.append((" [tiled, resident, 16x16 tiles]",
-                      mock.patch.multiple(sinkhorn, **dict(tiled, RESIDENT=True, PERSISTENT_CHECK=True))))
-        paths.append((f" [tiled, persistent ({PERSISTENT_SWITCH}=1)]",
-                      mock.patch.multiple(sinkhorn, PERSISTENT=True, **tiled)))
+                      mock.patch.multiple(sinkhorn, **dict(tiled, RESIDENT=True, RESIDENT_CHECK=True))))
         if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0):
             paths.append((f" [tiled, {PDL_SWITCH}=1]", _patched(sinkhorn, tiled, {PDL_SWITCH: "1"})))
         # the switch's own tile shape, on matrices past SMALL_MAX_N
@@ -117,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: no inputs in bench/cases.py, not run")
             continue
         runs += [(rank, name, case, label, path) for rank, (label, path) in enumerate(_variants(name))]
-    # every op's default path first, the forced paths after (the persistent kernels last: their grid
-    # barriers are the likeliest to run long under a sanitizer's slowdown)
+    # every op's default path first, the forced paths after
     for _, name, case, label, path in sorted(runs, key=lambda r: r[0]):
         t0 = time.perf_counter()
         try:

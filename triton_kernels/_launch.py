@@ -23,11 +23,10 @@ LOCAL_TILE_SWITCH = "UNIMIXER_UNIMIXING_LOCAL_TILE"
 SWITCHES = {
     NORM_SWITCH: ("composed", "unimixing_rmsnorm: 'composed' (mixing kernel, then one add + RMSNorm "
                               "pass) or 'fused' (in the mixing kernel's epilogue)"),
-    PERSISTENT_SWITCH: ("auto", "tiled Sinkhorn (n > 64): 'auto' (one launch per direction with every "
-                                "tile held by its own program where they all fit the GPU at once, e.g. "
-                                "n = 1024; else one launch per half-step), '0' (one launch per half-step) "
-                                "or '1' (one persistent launch per direction with grid barriers; not "
-                                "faster on the H200)"),
+    PERSISTENT_SWITCH: ("auto", "tiled Sinkhorn (n > 64): 'auto' (one cooperative launch per direction with "
+                                "every tile held by its own program where they all fit the GPU at once, "
+                                "e.g. n = 1024; else one launch per half-step) or '0' (one launch per "
+                                "half-step)"),
     FFN_BACKWARD_SWITCH: ("buffers", "pswiglu / pgelu_ffn backward with whole-row tiles (D <= 256): "
                                      "'buffers' (A, dG, dV pass through [T, bs, h] buffers between its two "
                                      "kernels) or 'recompute' (the weight-gradient kernel forms them again: "
@@ -50,9 +49,8 @@ SWITCHES = {
                          "read of the logits tile where the previous launch does not write it, overlap the "
                          "previous kernel's tail. 'auto' while capturing a CUDA graph (eager PDL launches "
                          "cost host time), '1' always, '0' never"),
-    TILE_SWITCH: ("auto", "tile of the one-launch-per-half-step and persistent Sinkhorn kernels (the "
-                          "resident ones use 64x128): 'auto' (64x64, 4 warps; 64x128 with 16 warps for "
-                          "the persistent kernels) or 'BMxBN' "
+    TILE_SWITCH: ("auto", "tile of the one-launch-per-half-step Sinkhorn kernels (the resident ones use "
+                          "64x128): 'auto' (64x64, 4 warps) or 'BMxBN' "
                           "(powers of two, 16..256, BM*BN <= 16384; 4 warps below 8192 entries)"),
 }
 

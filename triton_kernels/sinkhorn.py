@@ -53,20 +53,21 @@ Layouts
   entry costs ``r`` FMAs, far more than reading 4 bytes once ``r > LOWRANK_CACHE_MIN_RANK``
   (32); then the first pass writes the formed ``S0`` to the workspace and later passes read it
   (still never an input ``n x n`` matrix; bf16/fp16 factors use tensor cores and stay matrix
-  free; the persistent resident mode forms each tile once anyway). The backward keeps ``G``
+  free; the resident kernels below form each tile once anyway). The backward keeps ``G``
   in an fp32 ``n x n`` workspace (in L2 for n = 1024). For Lite the backward materialises
   ``dM`` (fp32 ``n x n``) once; ``dA = dM B^T`` and ``dB = A^T dM`` are two GEMMs done by the
   caller with torch (cuBLAS).
-* **Tiled, persistent** (``PERSISTENT``, opt-in with ``UNIMIXER_SINKHORN_PERSISTENT=1``): the
-  same tile steps in one launch per direction. At most one program per SM (per matrix) strides
-  over the tiles, and the half-steps are separated by grid barriers (a release/acquire counter;
-  a bounded wait that records a failure instead of hanging). Where Triton can, the launch is
-  cooperative, so the driver refuses a grid that could not be resident at once rather than
-  leaving it to the bounded wait. When every program owns exactly one tile (``n = 1024`` with
-  64 x 128 tiles: 128 programs), the program keeps its ``S0`` tile, and in backward its ``G`` tile,
-  in registers for the whole call (``RESIDENT``): a half-step then moves only the partials and
-  potentials, and Lite forms its low-rank tile once, not ``2K+1``
-  times. The interpreter runs one program per matrix (programs run one after another there).
+* **Tiled, resident** (``RESIDENT``, the default where it applies; ``UNIMIXER_SINKHORN_PERSISTENT=0``
+  turns it off): where every tile can have its own program, all resident at once (``n = 1024``
+  with 64 x 128 tiles and 16 warps: 128 programs), one launch per direction. A program keeps its
+  ``S0`` tile, in backward its ``G`` tile, and the potentials of its rows and columns in registers
+  for the whole call, so Lite forms its low-rank tile once, not ``2K + 1`` times. The half-steps
+  meet through the partials alone: each is written as tagged 8-byte words (value and step), double
+  buffered, and a program polls exactly the words it needs until they carry the step's tag; no
+  barrier, no fence, no workspace. The launch is cooperative (the driver refuses a grid that
+  could not be resident at once), and the wait is bounded (it counts a failure instead of
+  hanging). The interpreter runs programs one after another, so there only a matrix that is a
+  single tile takes this path.
 * **Programmatic dependent launch** (``UNIMIXER_PDL``: by default while a CUDA graph is captured,
   sm_90+): the tiled launches wait with ``griddepcontrol.wait`` until the previous kernel has
   finished and its writes are visible, then release the next launch, so that its launch processing
@@ -74,7 +75,7 @@ Layouts
   where the previous launch does not write it: every launch but the first pass and the one right
   after it, whose workspace that pass writes (matrix-free Lite reads its constant factors, so there
   only the first pass waits first). It applies to the one-launch-per-half-step kernels; the
-  persistent kernels are one launch per direction and run as they are.
+  resident kernels are one launch per direction and run as they are.
 
 Matrices and partial rows are indexed in int64; offsets inside one matrix are int32
 (``n <= 46340``).
@@ -102,30 +103,20 @@ from ._launch import (
 # matrices up to this size run the batched in-register kernels; larger ones the tiled kernels
 SMALL_MAX_N = 64
 # the tiled path's launch scheme (UNIMIXER_SINKHORN_PERSISTENT):
-# * 'auto': where one program per tile fits the GPU at once (n = 1024: 128 tiles of 64 x 128), the
-#   resident kernels, one launch per direction with tagged partials instead of barriers (RESIDENT);
-#   elsewhere one launch per half-step;
-# * '0': one launch per half-step everywhere;
-# * '1': the grid-barrier persistent kernels (PERSISTENT). Not faster on the H200 under CUDA graphs
-#   (N = 1024 fwd+bwd 0.453 against 0.477 ms; N = 4096 8.83 against 5.18), though about 4x faster
-#   eagerly (1.3 against 5.3 ms at N = 1024).
+# * 'auto': where one program per tile fits the GPU at once (n = 1024: 128 tiles of 64 x 128) and
+#   the launch can be cooperative, the resident kernels (RESIDENT): one launch per direction, the
+#   tiles held in registers, tagged partials instead of barriers; elsewhere one launch per half-step;
+# * '0': one launch per half-step everywhere.
 _MODE = switch(PERSISTENT_SWITCH)
-if _MODE not in ("auto", "0", "1"):
-    raise ValueError(f"{PERSISTENT_SWITCH}: expected 'auto', '0' or '1', got {_MODE!r}")
-PERSISTENT = _MODE == "1"
+if _MODE not in ("auto", "0"):
+    raise ValueError(f"{PERSISTENT_SWITCH}: expected 'auto' or '0', got {_MODE!r}")
 RESIDENT = _MODE == "auto"
 RESIDENT_TILE = (64, 128)
-# persistent, one tile per program: keep the S0 (and gradient) tile in registers for the whole call
-PERSISTENT_RESIDENT = True
-# persistent: launch cooperatively where this Triton can (CU_LAUNCH_ATTRIBUTE_COOPERATIVE), so that
-# co-residency of the whole grid is guaranteed at launch (a grid that cannot all be resident is
-# refused with an error instead of relying on the bounded wait)
-PERSISTENT_COOPERATIVE = True
-# polls (~1 us each) before a grid barrier gives up and counts a failure instead of hanging; a
-# legitimate wait is microseconds, so only programs that are not co-resident ever reach it
-PERSISTENT_MAX_SPINS = 1 << 24
-# after each persistent launch, synchronise and raise if a barrier gave up (tests)
-PERSISTENT_CHECK = False
+# polls (~1 us each) before a resident program's wait gives up and counts a failure instead of
+# hanging; a legitimate wait is microseconds, so only programs that are not co-resident reach it
+RESIDENT_MAX_SPINS = 1 << 24
+# after each resident launch, synchronise and raise if a wait gave up (tests)
+RESIDENT_CHECK = False
 # Lite global with fp32 factors of a larger rank: the first pass caches S0 (fp32 n x n workspace)
 # and later passes read it, instead of re-forming every tile from the factors in each pass
 LOWRANK_CACHE_MIN_RANK = 32
@@ -379,7 +370,7 @@ def _fwd_tile(
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-    RT_P: tl.constexpr, CT_P: tl.constexpr, RESIDENT: tl.constexpr, X_GIVEN: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, X_GIVEN: tl.constexpr,
 ):
     """One forward half-step over tile ``tile = (p, q)`` of matrix ``mat``.
 
@@ -390,13 +381,12 @@ def _fwd_tile(
     PHASE 1 (row step k): u = lse over PR; store U[k]; PC from base - u.
     PHASE 2 (column step k < K): v = lse over PC; store V[k]; PR from T1 - (v if k > 1 else 0).
     PHASE 3 (column step K): v as in 2, then P = exp(T1 - u - v) (relative potentials).
-    RESIDENT: the S0 tile is held in registers by a persistent program for the whole call (no
-    workspace). X_GIVEN: the S0 tile is ``x_in`` (resident, or read early by a PDL launch)."""
+    X_GIVEN: the S0 tile is ``x_in`` (read early by a PDL launch)."""
     p, q, rows, cols, rmask, cmask, m2, x, urow, vcol = _tile_frame(
         x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN)
     if PHASE == 0:
-        if (MODE == 0 or MODE == 3) and not RESIDENT:
+        if MODE == 0 or MODE == 3:
             tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
         part = _lse(tl.where(m2, x, float("-inf")), 1)
         tl.store(PR + (mat * n_ct + q) * n + rows, part, mask=rmask)
@@ -431,12 +421,12 @@ def _fwd_tile(
 
 @triton.jit
 def _bwd_tile(
-    x_in, g_in, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC,
+    x_in, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC,
     n, rank, K, k, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-    RT_P: tl.constexpr, CT_P: tl.constexpr, RESIDENT: tl.constexpr, X_GIVEN: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, X_GIVEN: tl.constexpr,
 ):
     """One backward half-step over tile ``(p, q)``; ``G [n_mat, n, n]`` fp32 is the working gradient.
 
@@ -448,9 +438,7 @@ def _bwd_tile(
     PHASE 1 (column step k): c = sum of PC; G -= E * c; PR.
     PHASE 2 (row step k): r = sum of PR; G -= E * r; then PC (k > 0), or, with LAST (k = 0):
     dM = G * grad_scale into DX when not symmetric, else G stays for ``sinkhorn_tile_sym_kernel``.
-    RESIDENT: the S0 tile and the working gradient ``g_in`` are held in registers by a persistent
-    program; G is then written only for the final symmetrisation. X_GIVEN: the S0 tile is ``x_in``
-    (resident, or read early by a PDL launch). Returns the updated tile of G."""
+    X_GIVEN: the S0 tile is ``x_in`` (read early by a PDL launch)."""
     p, q, rows, cols, rmask, cmask, m2, x, urow, vcol = _tile_frame(
         x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN)
@@ -459,14 +447,13 @@ def _bwd_tile(
     u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")
     gptr = G + mat * n * n + rows[:, None] * n + cols[None, :]
     if PHASE == 0:
-        if (MODE == 0 or MODE == 3) and not RESIDENT:
+        if MODE == 0 or MODE == 3:
             tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
         v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
         pv = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
         dp = tl.load(DP + mat * sd0 + rows[:, None] * sd1 + cols[None, :] * sd2, mask=m2, other=0.0)
         g = dp.to(tl.float32) * pv
-        if not RESIDENT:
-            tl.store(gptr, g, mask=m2)
+        tl.store(gptr, g, mask=m2)
         tl.store(PC + (mat * n_rt + p) * n + cols, tl.sum(g, axis=0), mask=cmask)
     elif PHASE == 1:
         ts = tl.arange(0, RT_P)
@@ -475,11 +462,8 @@ def _bwd_tile(
                    axis=0)
         v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
         e = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
-        if RESIDENT:
-            g = g_in - e * c[None, :]
-        else:
-            g = tl.load(gptr, mask=m2, other=0.0, cache_modifier=".cg") - e * c[None, :]
-            tl.store(gptr, g, mask=m2)
+        g = tl.load(gptr, mask=m2, other=0.0, cache_modifier=".cg") - e * c[None, :]
+        tl.store(gptr, g, mask=m2)
         tl.store(PR + (mat * n_ct + q) * n + rows, tl.sum(g, axis=1), mask=rmask)
     else:
         ts = tl.arange(0, CT_P)
@@ -489,19 +473,14 @@ def _bwd_tile(
         v = tl.load(vcol + (k - 1) * n, mask=cmask & (k > 1), other=0.0, cache_modifier=".cg")
         it = tl.where(k > 0, t1 - u[:, None] - v[None, :], r1)
         e = tl.exp(tl.where(m2, it, float("-inf")))
-        if RESIDENT:
-            g = g_in - e * r[:, None]
-        else:
-            g = tl.load(gptr, mask=m2, other=0.0, cache_modifier=".cg") - e * r[:, None]
+        g = tl.load(gptr, mask=m2, other=0.0, cache_modifier=".cg") - e * r[:, None]
         if LAST and not SYMMETRIC:
             tl.store(DX + mat * n * n + rows[:, None] * n + cols[None, :],
                      (g * grad_scale).to(DX.dtype.element_ty), mask=m2)
         else:
-            if LAST or not RESIDENT:
-                tl.store(gptr, g, mask=m2)
+            tl.store(gptr, g, mask=m2)
             if not LAST:
                 tl.store(PC + (mat * n_rt + p) * n + cols, tl.sum(g, axis=0), mask=cmask)
-    return g
 
 
 @triton.jit
@@ -534,7 +513,7 @@ def sinkhorn_tile_fwd_kernel(
     _pdl_prologue(PDL)
     _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC,
               n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-              PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P, False, EARLY)
+              PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY)
 
 
 @triton.jit
@@ -553,9 +532,9 @@ def sinkhorn_tile_bwd_kernel(
     x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
                    MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY)
     _pdl_prologue(PDL)
-    _bwd_tile(x, 0.0, tile, mat, SRC, A, B, WS, DP, U, V, G, DX,
+    _bwd_tile(x, tile, mat, SRC, A, B, WS, DP, U, V, G, DX,
               PR, PC, n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale,
-              grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P, False, EARLY)
+              grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY)
 
 
 @triton.jit
@@ -583,39 +562,14 @@ def sinkhorn_tile_sym_kernel(G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: t
     _sym_tile(tl.program_id(0), tl.program_id(1).to(tl.int64), G, DX, n, n_ct, grad_scale, BM, BN)
 
 
-# --- persistent variant: every half-step in one launch, programs meet at a grid barrier ---------
-
-
-@triton.jit
-def _grid_barrier(BAR, target, MAX_SPINS: tl.constexpr):
-    """Wait until the counter ``BAR`` reaches ``target`` (programs add 1 each per barrier).
-
-    Needs every program of the grid resident at once (the launcher keeps the grid within the
-    SM count, and launches it cooperatively where Triton can). The wait is bounded: after
-    ``MAX_SPINS`` polls it gives up and counts the failure in ``BAR[1]`` rather than hang, and the
-    launcher can check it. Each poll is an acquire read (Triton lowers the acquire add of 0 to
-    ``ld.acquire.gpu``); polling with relaxed loads and one acquire at the end measured slower
-    under CUDA graphs (0.599 against 0.453 ms for Sinkhorn N = 1024 fwd+bwd, twice)."""
-    tl.debug_barrier()
-    tl.atomic_add(BAR, 1, sem="release", scope="gpu")
-    seen = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
-    spins = 0
-    while (seen < target) & (spins < MAX_SPINS):
-        seen = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
-        spins += 1
-    if seen < target:
-        tl.atomic_add(BAR + 1, 1)
-    tl.debug_barrier()
-
-
 @triton.jit
 def _held_tile(
     pid, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr, HOLD: tl.constexpr,
 ):
-    """With ``HOLD``, the S0 tile ``pid`` that a program holds in registers: a resident persistent
-    program for the whole call, an early PDL launch from before its wait (``0.0`` otherwise)."""
+    """With ``HOLD``, the S0 tile ``pid``, read (or formed) by an early PDL launch before its wait;
+    ``0.0`` otherwise."""
     if HOLD:
         rows = (pid // n_ct) * BM + tl.arange(0, BM)
         cols = (pid % n_ct) * BN + tl.arange(0, BN)
@@ -624,106 +578,6 @@ def _held_tile(
     else:
         x = 0.0
     return x
-
-
-@triton.jit
-def sinkhorn_persistent_fwd_kernel(
-    SRC, A, B, WS, P, U, V, PR, PC, BAR,
-    n, rank, K, n_rt, n_ct, n_prog,
-    s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-    MODE: tl.constexpr, LATER: tl.constexpr, SYMMETRIC: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-    RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr, RESIDENT: tl.constexpr,
-):
-    """The whole tiled forward in one launch: ``n_prog`` programs per matrix stride over the
-    tiles, the ``1 + 2K`` half-steps are separated by grid barriers (``BAR [n_mat, 2]`` int32,
-    zeroed). Same arithmetic as the one-launch-per-half-step kernels. RESIDENT (one tile per
-    program): the S0 tile is formed once and stays in registers, so a half-step moves only the
-    partials and the potentials."""
-    pid = tl.program_id(0)
-    mat = tl.program_id(1).to(tl.int64)
-    bar = BAR + mat * 2
-    n_tiles = n_rt * n_ct
-    x = _held_tile(pid, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RESIDENT)
-    for tile in range(pid, n_tiles, n_prog):
-        _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, n, rank, K, 0, n_rt, n_ct,
-                  s0, s1, s2, sa0, sa1, sb0, sb1, scale, 0, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P,
-                  RESIDENT, RESIDENT)
-    _grid_barrier(bar, n_prog, MAX_SPINS)
-    for k in range(K):
-        for tile in range(pid, n_tiles, n_prog):
-            _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, n, rank, K, k, n_rt, n_ct,
-                      s0, s1, s2, sa0, sa1, sb0, sb1, scale, 1, LATER, SYMMETRIC, BM, BN, BK, DOT_IEEE,
-                      RT_P, CT_P, RESIDENT, RESIDENT)
-        _grid_barrier(bar, (2 * k + 2) * n_prog, MAX_SPINS)
-        for tile in range(pid, n_tiles, n_prog):
-            if k == K - 1:
-                _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, n, rank, K, k, n_rt, n_ct,
-                          s0, s1, s2, sa0, sa1, sb0, sb1, scale, 3, LATER, SYMMETRIC, BM, BN, BK, DOT_IEEE,
-                          RT_P, CT_P, RESIDENT, RESIDENT)
-            else:
-                _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, n, rank, K, k, n_rt, n_ct,
-                          s0, s1, s2, sa0, sa1, sb0, sb1, scale, 2, LATER, SYMMETRIC, BM, BN, BK, DOT_IEEE,
-                          RT_P, CT_P, RESIDENT, RESIDENT)
-        _grid_barrier(bar, (2 * k + 3) * n_prog, MAX_SPINS)
-
-
-@triton.jit
-def sinkhorn_persistent_bwd_kernel(
-    SRC, A, B, WS, DP, U, V, G, DX, PR, PC, BAR,
-    n, rank, K, n_rt, n_ct, n_prog,
-    s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
-    MODE: tl.constexpr, LATER: tl.constexpr, SYMMETRIC: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-    RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr, RESIDENT: tl.constexpr,
-):
-    """The whole tiled backward in one launch (see ``sinkhorn_persistent_fwd_kernel``). RESIDENT:
-    the S0 tile and the working-gradient tile both stay in registers."""
-    pid = tl.program_id(0)
-    mat = tl.program_id(1).to(tl.int64)
-    bar = BAR + mat * 2
-    n_tiles = n_rt * n_ct
-    x = _held_tile(pid, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RESIDENT)
-    g = tl.zeros([BM, BN], dtype=tl.float32)
-    for tile in range(pid, n_tiles, n_prog):
-        if RESIDENT:
-            g = _bwd_tile(x, g, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, K - 1, n_rt,
-                          n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
-                          0, MODE, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P, RESIDENT, RESIDENT)
-        else:
-            _bwd_tile(x, g, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, K - 1, n_rt,
-                      n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
-                      0, MODE, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P, RESIDENT, RESIDENT)
-    _grid_barrier(bar, n_prog, MAX_SPINS)
-    for t in range(K):
-        k = K - 1 - t
-        for tile in range(pid, n_tiles, n_prog):
-            if RESIDENT:
-                g = _bwd_tile(x, g, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, k, n_rt,
-                              n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
-                              1, LATER, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P,
-                              RESIDENT, RESIDENT)
-            else:
-                _bwd_tile(x, g, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, k, n_rt,
-                          n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
-                          1, LATER, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P, RESIDENT, RESIDENT)
-        _grid_barrier(bar, (2 * t + 2) * n_prog, MAX_SPINS)
-        for tile in range(pid, n_tiles, n_prog):
-            if k == 0:
-                g = _bwd_tile(x, g, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, k, n_rt,
-                              n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
-                              2, LATER, SYMMETRIC, True, BM, BN, BK, DOT_IEEE, RT_P, CT_P, RESIDENT, RESIDENT)
-            else:
-                g = _bwd_tile(x, g, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC, n, rank, K, k, n_rt,
-                              n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
-                              2, LATER, SYMMETRIC, False, BM, BN, BK, DOT_IEEE, RT_P, CT_P,
-                              RESIDENT, RESIDENT)
-        _grid_barrier(bar, (2 * t + 3) * n_prog, MAX_SPINS)
-    if SYMMETRIC:
-        for tile in range(pid, n_tiles, n_prog):
-            _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM, BN)
 
 
 # --- resident variant: one tile per program, tagged partials instead of barriers --------------
@@ -938,8 +792,7 @@ def _small_warps(mb: int, npad: int) -> int:
 
 def _tiles(n: int) -> tuple[int, int]:
     """``(BM, BN)`` of the tiled kernels: ``TILE_OVERRIDE``, else the ``UNIMIXER_SINKHORN_TILE``
-    switch (``"BMxBN"``), else 64 x 64 with 4 warps (smaller for small ``n``), or 64 x 128 with 8
-    warps for the persistent kernels, whose resident mode wants one tile per SM at n = 1024.
+    switch (``"BMxBN"``), else 64 x 64 with 4 warps (smaller for small ``n``).
 
     The one-launch-per-half-step kernels are latency-bound: a 64 x 128 tile per 8-warp block left one
     block per SM at n = 1024 (Nsight Compute: 13% achieved occupancy, 77% of scheduler cycles with
@@ -958,39 +811,22 @@ def _tiles(n: int) -> tuple[int, int]:
                              f"and BM * BN <= 16384 (e.g. '32x128'), got {mode!r}")
         return bm, bn
     npad = triton.next_power_of_2(n)
-    return min(64, max(16, npad)), min(128 if PERSISTENT else 64, max(16, npad))
-
-
-def _persistent_programs(n_tiles: int, n_mat: int, device: torch.device) -> int:
-    """Programs per matrix of the persistent kernels, 0 when they cannot all be resident.
-
-    The interpreter runs programs one after another, so there it must be 1."""
-    if device.type != "cuda":
-        return 1
-    sms = sm_count(device)
-    return 0 if n_mat > sms else max(1, min(n_tiles, sms // n_mat))
-
-
-def _persistent_meta(meta: dict) -> dict:
-    """Launch options of the persistent kernels on top of the tiled ``meta``."""
-    meta = dict(meta, MAX_SPINS=PERSISTENT_MAX_SPINS)
-    # the persistent kernels hold every phase's code: 16 warps keep a 64 x 128 tile out of spills
-    # (checked with cuobjdump on sm_90 builds)
-    if meta["BM"] * meta["BN"] >= 8192:
-        meta["num_warps"] = 16
-    if PERSISTENT_COOPERATIVE and triton_launch_option("launch_cooperative_grid"):
-        meta["launch_cooperative_grid"] = True
-    return meta
+    return min(64, max(16, npad)), min(64, max(16, npad))
 
 
 def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
     """``(n_rt, n_ct, meta, FAIL, PR, PC)`` of the resident kernels, or ``None`` where they are off
-    (``RESIDENT``) or one program per tile would not fit the GPU at once (on the CPU interpreter,
-    which runs programs one after another: one tile per matrix)."""
+    (``RESIDENT``), or one program per tile would not fit the GPU at once, or the launch cannot be
+    cooperative (a Triton without ``launch_cooperative_grid``: then nothing would guarantee that the
+    programs are co-resident). On the CPU interpreter, which runs programs one after another: where
+    a matrix is one tile."""
     if not RESIDENT:
         return None
     bm, bn = TILE_OVERRIDE or RESIDENT_TILE
     n_rt, n_ct = triton.cdiv(n, bm), triton.cdiv(n, bn)
+    cooperative = triton_launch_option("launch_cooperative_grid")
+    if device.type == "cuda" and not cooperative:
+        return None
     if n_rt * n_ct > (sm_count(device) // n_mat if device.type == "cuda" else 1):
         return None
     warps = 16 if bm * bn >= 8192 else 4
@@ -1001,8 +837,8 @@ def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
     meta = dict(BM=bm, BN=bn, BK=meta["BK"], DOT_IEEE=meta["DOT_IEEE"],
                 RT_P=max(triton.next_power_of_2(n_rt), least // bn),
                 CT_P=max(triton.next_power_of_2(n_ct), least // bm),
-                MAX_SPINS=PERSISTENT_MAX_SPINS, num_warps=warps)
-    if triton_launch_option("launch_cooperative_grid"):
+                MAX_SPINS=RESIDENT_MAX_SPINS, num_warps=warps)
+    if cooperative:
         meta["launch_cooperative_grid"] = True
     fail = torch.zeros(n_mat, device=device, dtype=torch.int32)
     pr = torch.zeros((n_mat, 2, n_ct, n), device=device, dtype=torch.int64)
@@ -1011,7 +847,7 @@ def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
 
 
 def _check_fail(fail: torch.Tensor) -> None:
-    if PERSISTENT_CHECK and int(fail.sum().item()) != 0:
+    if RESIDENT_CHECK and int(fail.sum().item()) != 0:
         raise RuntimeError("sinkhorn resident kernel: a wait for partials timed out "
                            "(programs not co-resident)")
 
@@ -1020,11 +856,6 @@ def _pdl_options(device: torch.device) -> dict:
     """Launch options of the tiled kernels' ``PDL`` constexpr (``UNIMIXER_PDL``)."""
     on = pdl_launch(device)
     return dict(PDL=True, launch_pdl=True) if on else dict(PDL=False)
-
-
-def _check_barriers(bar: torch.Tensor) -> None:
-    if PERSISTENT_CHECK and int(bar[:, 1].sum().item()) != 0:
-        raise RuntimeError("sinkhorn persistent kernel: a grid barrier timed out (programs not co-resident)")
 
 
 def _as_batch(t: torch.Tensor) -> torch.Tensor:
@@ -1098,7 +929,7 @@ def _tile_args(n, src, a, b):
     if a is not None:
         rank = a.shape[1]
         # fp32 factors run tl.dot on FMA units: past a small rank, forming a tile costs more than
-        # reading it back, so the first pass caches S0 (the persistent resident mode forms it once)
+        # reading it back, so the first pass caches S0 (the resident kernels form it once)
         cache = a.dtype == torch.float32 and rank > LOWRANK_CACHE_MIN_RANK
         mode = _LOWRANK_CACHED if cache else _LOWRANK
         strides = (0, 0, 0, a.stride(0), a.stride(1), b.stride(0), b.stride(1))
@@ -1149,17 +980,6 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
-    n_prog = _persistent_programs(n_rt * n_ct, n_mat, like.device) if PERSISTENT else 0
-    if n_prog:
-        bar = torch.zeros((n_mat, 2), device=like.device, dtype=torch.int32)
-        sinkhorn_persistent_fwd_kernel[(n_prog, n_mat)](
-            s_src, s_a, s_b, ws, p, u, v, pr, pc, bar,
-            n, rank, iters, n_rt, n_ct, n_prog, *strides, scale,
-            MODE=mode, LATER=later, SYMMETRIC=symmetric,
-            RESIDENT=PERSISTENT_RESIDENT and n_prog == n_rt * n_ct, **_persistent_meta(meta),
-        )
-        _check_barriers(bar)
-        return p, u, v
     launch(_INIT, 0, mode)
     for k in range(iters):
         launch(_ROW, k, later)
@@ -1208,18 +1028,6 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
-    n_prog = _persistent_programs(n_rt * n_ct, n_mat, like.device) if PERSISTENT else 0
-    if n_prog:
-        bar = torch.zeros((n_mat, 2), device=like.device, dtype=torch.int32)
-        sinkhorn_persistent_bwd_kernel[(n_prog, n_mat)](
-            s_src, s_a, s_b, ws, dp, u, v, g, dx, pr, pc, bar,
-            n, rank, iters, n_rt, n_ct, n_prog, *strides, dp.stride(0), dp.stride(1), dp.stride(2),
-            scale, grad_scale,
-            MODE=mode, LATER=later, SYMMETRIC=symmetric,
-            RESIDENT=PERSISTENT_RESIDENT and n_prog == n_rt * n_ct, **_persistent_meta(meta),
-        )
-        _check_barriers(bar)
-        return dx
     launch(_INIT, iters - 1, mode)
     for k in range(iters - 1, -1, -1):
         launch(1, k, later)

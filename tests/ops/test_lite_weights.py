@@ -46,33 +46,9 @@ def test_lite_weights_global_many_tiles(device, monkeypatch, symmetric, cache):
     # "cached": the first pass keeps S0 in the workspace (what fp32 factors of rank > 32 do)
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
     monkeypatch.setattr(sk_kernels, "LOWRANK_CACHE_MIN_RANK", 0 if cache else 10**9)
+    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
     args = _inputs(37, 2, 4, 40, torch.float32, device)
     check_against_reference(uk.lite_weights, (*args, 0.05, 2, symmetric), backend="triton")
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("cache", [False, True], ids=["matrix-free", "cached"])
-def test_lite_weights_global_persistent(device, monkeypatch, symmetric, cache):
-    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
-    monkeypatch.setattr(sk_kernels, "LOWRANK_CACHE_MIN_RANK", 0 if cache else 10**9)
-    monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
-    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
-    monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
-    args = _inputs(37, 2, 4, 20, torch.float32, device)
-    check_against_reference(uk.lite_weights, (*args, 0.05, 2, symmetric), backend="triton")
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_lite_weights_global_persistent_resident(device, monkeypatch, symmetric):
-    # one tile: the low-rank logits tile is formed once and stays in registers
-    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (32, 32))
-    monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
-    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
-    monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
-    args = _inputs(29, 2, 4, 20, torch.float32, device)
-    check_against_reference(uk.lite_weights, (*args, 0.05, 3, symmetric), backend="triton")
 
 
 @pytest.mark.triton
@@ -82,7 +58,7 @@ def test_lite_weights_global_resident(device, monkeypatch, kernel_dtype, symmetr
     # GPU, 16 x 16 tiles, one program each)
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16) if device == "cuda" else (32, 32))
     monkeypatch.setattr(sk_kernels, "RESIDENT", True)
-    monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
+    monkeypatch.setattr(sk_kernels, "RESIDENT_CHECK", True)
     args = _inputs(29 if device == "cpu" else 100, 2, 4, 40, kernel_dtype, device)
     check_against_reference(uk.lite_weights, (*args, 0.05, 3, symmetric), backend="triton")
 
@@ -197,7 +173,10 @@ def test_lite_weights_bad_shapes():
     ids=["paper-small", "lite-2.5m", "paper-100m"],
 )
 @pytest.mark.parametrize("iters", [1, 20])
-def test_lite_weights_preset_gpu(kernel_dtype, n, nb, bsz, r, iters):
+@pytest.mark.parametrize("launch", ["auto", "per-half-step"])
+def test_lite_weights_preset_gpu(monkeypatch, kernel_dtype, n, nb, bsz, r, iters, launch):
+    # 'auto': resident global weights where they fit (paper-small, lite-2.5m)
+    monkeypatch.setattr(sk_kernels, "RESIDENT", launch == "auto")
     args = _inputs(n, nb, bsz, r, kernel_dtype, "cuda")
     check_against_reference(uk.lite_weights, (*args, 0.05, iters, True), backend="triton")
 
@@ -208,19 +187,9 @@ def test_lite_weights_pdl_gpu(monkeypatch, kernel_dtype):
     # UNIMIXER_PDL=1: the matrix-free tiles (16-bit factors) are formed before each launch's wait
     if torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("programmatic dependent launch needs sm_90 or newer")
+    monkeypatch.setattr(sk_kernels, "RESIDENT", False)  # PDL is for the one-launch-per-half-step kernels
     monkeypatch.setenv("UNIMIXER_PDL", "1")
     args = _inputs(1024, 4, 4, 128, kernel_dtype, "cuda")
-    check_against_reference(uk.lite_weights, (*args, 0.05, 20, True), backend="triton")
-
-
-@pytest.mark.gpu
-@pytest.mark.triton
-@pytest.mark.parametrize("n,r", [(1024, 128), (4096, 256)], ids=["paper-small", "paper-100m"])
-def test_lite_weights_persistent_preset_gpu(monkeypatch, kernel_dtype, n, r):
-    monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
-    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
-    monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
-    args = _inputs(n, 4, 4, r, kernel_dtype, "cuda")
     check_against_reference(uk.lite_weights, (*args, 0.05, 20, True), backend="triton")
 
 

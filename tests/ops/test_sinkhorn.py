@@ -33,7 +33,7 @@ def resident(monkeypatch):
     monkeypatch.setattr(sk_kernels, "SMALL_MAX_N", 8)
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
     monkeypatch.setattr(sk_kernels, "RESIDENT", True)
-    monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
+    monkeypatch.setattr(sk_kernels, "RESIDENT_CHECK", True)
 
 
 def _logits(shape, dtype, device, noncontiguous=False, transposed=False):
@@ -128,31 +128,6 @@ def test_sinkhorn_default_tiles(device, monkeypatch):
     check_against_reference(uk.sinkhorn, (x, 0.5, 2, True), backend="triton")
 
 
-@pytest.fixture
-def persistent(monkeypatch, tiled):
-    """The tiled kernels as one persistent launch per direction (one program in the interpreter)."""
-    monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
-    monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("shape", [(37, 37), (2, 21, 21)])
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_sinkhorn_persistent_triton(device, persistent, shape, symmetric):
-    x = _logits(shape, torch.float32, device)
-    check_against_reference(uk.sinkhorn, (x, 0.05, 3, symmetric), backend="triton")
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("shape", [(27, 27), (2, 19, 19)])
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_sinkhorn_persistent_resident(device, monkeypatch, persistent, shape, symmetric):
-    # one 32 x 32 tile per matrix: the program keeps its S0 and gradient tiles in registers
-    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (32, 32))
-    x = _logits(shape, torch.float32, device)
-    check_against_reference(uk.sinkhorn, (x, 0.05, 4, symmetric), backend="triton")
-
-
 @pytest.mark.triton
 @pytest.mark.parametrize("tau,iters", TAU_ITERS)
 @pytest.mark.parametrize("shape", [(13, 13), (2, 16, 16)])
@@ -193,12 +168,6 @@ class _Recorder:
     def __getitem__(self, grid):
         self.log.append((self.name, grid))
         return self.kernel[grid]
-
-
-@pytest.mark.triton
-def test_sinkhorn_persistent_k1_fp16(device, persistent):
-    x = _logits((20, 20), torch.float16, device, noncontiguous=True)
-    check_against_reference(uk.sinkhorn, (x, 1.0, 1, True), backend="triton")
 
 
 # --- properties ---------------------------------------------------------------------------------
@@ -369,31 +338,9 @@ def test_sinkhorn_preset_gpu(monkeypatch, kernel_dtype, n, symmetric, launch):
             pytest.skip("n = 4096 runs one launch per half-step in the 'auto' case already")
         monkeypatch.setattr(sk_kernels, "RESIDENT", False)
     else:
-        monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
+        monkeypatch.setattr(sk_kernels, "RESIDENT_CHECK", True)
     x = random_input((n, n), kernel_dtype, "cuda", requires_grad=True)
     check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
-
-
-@pytest.mark.gpu
-@pytest.mark.triton
-@pytest.mark.parametrize("n", [200, 1024, 4096])
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_sinkhorn_persistent_preset_gpu(monkeypatch, kernel_dtype, n, symmetric):
-    monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
-    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
-    monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
-    x = random_input((n, n), kernel_dtype, "cuda", requires_grad=True)
-    check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
-
-
-@pytest.mark.gpu
-@pytest.mark.triton
-def test_sinkhorn_persistent_batch_gpu(monkeypatch):
-    monkeypatch.setattr(sk_kernels, "PERSISTENT", True)
-    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
-    monkeypatch.setattr(sk_kernels, "PERSISTENT_CHECK", True)
-    x = random_input((3, 300, 300), torch.float32, "cuda", requires_grad=True)
-    check_against_reference(uk.sinkhorn, (x, 0.1, 7, True), backend="triton")
 
 
 @pytest.mark.gpu
@@ -452,30 +399,6 @@ def test_sinkhorn_hypothesis_gpu():
 
 
 
-def compile_persistent_for_sm90() -> None:
-    """Compile both persistent kernels (resident, ``n = 1024`` tiles) for sm_90 and check their grid
-    barrier: a release add to arrive, acquire reads to poll. Run without ``TRITON_INTERPRET``."""
-    from unimixer_kernels.triton_kernels import sinkhorn as k
-
-    from bench.sm90 import SMEM_LIMIT, compile_sm90
-
-    names = "SRC A B WS P U V PR PC DP G DX".split()
-    ptrs = dict({a: "*fp32" for a in names}, BAR="*i32")
-    consts = dict(MODE=0, LATER=1, SYMMETRIC=True, BM=64, BN=128, BK=32, DOT_IEEE=True, RT_P=16, CT_P=8,
-                  MAX_SPINS=k.PERSISTENT_MAX_SPINS, RESIDENT=True)
-    for kernel in (k.sinkhorn_persistent_fwd_kernel, k.sinkhorn_persistent_bwd_kernel):
-        res = compile_sm90(kernel, ptrs, consts, 16, 1, floats=("scale", "grad_scale"), ptx=True)
-        assert res["shared"] <= SMEM_LIMIT, kernel.__name__
-        assert "atom.global.gpu.release.add" in res["ptx"] and "ld.global.gpu.acquire" in res["ptx"], \
-            kernel.__name__
-
-
-@pytest.mark.triton
-@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
-def test_sinkhorn_persistent_compiles_for_sm90(sm90_compile):
-    sm90_compile("import test_sinkhorn as t; t.compile_persistent_for_sm90()")
-
-
 def compile_resident_for_sm90() -> None:
     """Compile both resident kernels (n = 1024 tiles, dense and low-rank) for sm_90 and check how
     they wait: volatile polls of the tagged partials, and no fence, barrier atomic or spill."""
@@ -487,7 +410,7 @@ def compile_resident_for_sm90() -> None:
     ptrs = dict({a: "*fp32" for a in names}, PR="*i64", PC="*i64", FAIL="*i32")
     for mode in (0, 2):
         consts = dict(MODE=mode, SYMMETRIC=mode == 0, BM=64, BN=128, BK=32, DOT_IEEE=True, RT_P=16, CT_P=16,
-                      MAX_SPINS=k.PERSISTENT_MAX_SPINS)
+                      MAX_SPINS=k.RESIDENT_MAX_SPINS)
         for kernel in (k.sinkhorn_resident_fwd_kernel, k.sinkhorn_resident_bwd_kernel):
             res = compile_sm90(kernel, ptrs, consts, 16, 1, floats=("scale", "grad_scale"), usage=True,
                                ptx=True)
@@ -573,6 +496,8 @@ def test_sinkhorn_tile_switch(device, monkeypatch):
 @pytest.mark.triton
 @pytest.mark.parametrize("tile", ["auto", "32x128"])
 def test_sinkhorn_tile_switch_gpu(monkeypatch, tile):
+    # the switch sets the tiles of the one-launch-per-half-step kernels (n = 1024 is resident by default)
+    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
     monkeypatch.setenv("UNIMIXER_SINKHORN_TILE", tile)
     x = random_input((1024, 1024), torch.float32, "cuda", requires_grad=True)
     check_against_reference(uk.sinkhorn, (x, 0.05, 20, True), backend="triton")
@@ -584,6 +509,7 @@ def test_sinkhorn_tile_switch_gpu(monkeypatch, tile):
 def test_sinkhorn_pdl_gpu(monkeypatch, symmetric):
     if torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("programmatic dependent launch needs sm_90 or newer")
+    monkeypatch.setattr(sk_kernels, "RESIDENT", False)  # PDL is for the one-launch-per-half-step kernels
     monkeypatch.setenv("UNIMIXER_PDL", "1")
     x = random_input((1024, 1024), torch.float32, "cuda", requires_grad=True)
     check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
@@ -641,14 +567,15 @@ print("ok", seen)
 @pytest.mark.triton
 def test_sinkhorn_pdl_auto_capture_gpu():
     # UNIMIXER_PDL=auto: plain launches eagerly; PDL launches inside a CUDA-graph capture, whose
-    # kernels (a variant not launched before in this fresh process) load during the capture
+    # kernels (a variant not launched before in this fresh process) load during the capture; the
+    # one-launch-per-half-step kernels, which PDL is for (n = 1024 is resident by default)
     import os
     import subprocess
     import sys
 
     if torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("programmatic dependent launch needs sm_90 or newer")
-    env = dict(os.environ, UNIMIXER_PDL="auto")
+    env = dict(os.environ, UNIMIXER_PDL="auto", UNIMIXER_SINKHORN_PERSISTENT="0")
     env.pop("TRITON_INTERPRET", None)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     done = subprocess.run([sys.executable, "-c", _PDL_AUTO_SCRIPT], env=env, cwd=root, capture_output=True,
