@@ -840,9 +840,11 @@ def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
                 MAX_SPINS=RESIDENT_MAX_SPINS, num_warps=warps)
     if cooperative:
         meta["launch_cooperative_grid"] = True
-    fail = torch.zeros(n_mat, device=device, dtype=torch.int32)
-    pr = torch.zeros((n_mat, 2, n_ct, n), device=device, dtype=torch.int64)
-    pc = torch.zeros((n_mat, 2, n_rt, n), device=device, dtype=torch.int64)
+    # one zeroed buffer (one fill): the partials of both axes, then a failure count per matrix
+    words = torch.zeros(n_mat * 2 * (n_ct + n_rt) * n + n_mat, device=device, dtype=torch.int64)
+    pr = words[:n_mat * 2 * n_ct * n].view(n_mat, 2, n_ct, n)
+    pc = words[n_mat * 2 * n_ct * n:-n_mat].view(n_mat, 2, n_rt, n)
+    fail = words[-n_mat:]
     return n_rt, n_ct, meta, fail, pr, pc
 
 
