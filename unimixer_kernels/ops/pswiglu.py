@@ -84,11 +84,9 @@ def pswiglu_bwd(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(du, dw_gate, dw_up, dw_down, db_gate, db_up, db_down)``; the bias gradients have the
     bias dtype (the weight dtype when the bias is absent)."""
-    du, dwg, dwu, dwd, dbg, dbu, dbd = _kernels().ffn_bwd(do, u, w_gate, w_up, w_down, b_gate, b_up, g, v)
-    dbg = dbg.to(b_gate.dtype if b_gate is not None else w_gate.dtype)
-    dbu = dbu.to(b_up.dtype if b_up is not None else w_up.dtype)
-    dbd = dbd.to(b_down.dtype if b_down is not None else w_down.dtype)
-    return du, dwg, dwu, dwd, dbg, dbu, dbd
+    dtypes = tuple(b.dtype if b is not None else w.dtype
+                   for b, w in ((b_gate, w_gate), (b_up, w_up), (b_down, w_down)))
+    return _kernels().ffn_bwd(do, u, w_gate, w_up, w_down, b_gate, b_up, g, v, bias_dtypes=dtypes)
 
 
 @pswiglu_bwd.register_fake
