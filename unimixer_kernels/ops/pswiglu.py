@@ -111,9 +111,12 @@ def _pswiglu_setup(ctx, inputs, output) -> None:
     ctx.has_bias = (b_gate is not None, b_up is not None, b_down is not None)
     ctx.save_for_backward(u, w_gate, w_up, w_down, b_gate, b_up, b_down, g, v)
     ctx.mark_non_differentiable(g, v)
+    ctx.set_materialize_grads(False)  # no zero-filled [T, bs, h] gradients of g and v
 
 
-def _pswiglu_backward(ctx, do: Tensor, _dg: Tensor | None, _dv: Tensor | None):
+def _pswiglu_backward(ctx, do: Tensor | None, _dg: Tensor | None, _dv: Tensor | None):
+    if do is None:
+        return (None,) * 8
     u, w_gate, w_up, w_down, b_gate, b_up, b_down, g, v = ctx.saved_tensors
     du, dwg, dwu, dwd, dbg, dbu, dbd = pswiglu_bwd(
         do, u, w_gate, w_up, w_down, b_gate, b_up, b_down,
