@@ -3,7 +3,6 @@
 
 import pytest
 import torch
-
 from unimixer_kernels.triton_kernels._partials import MAX_ROWS, MAX_SEGMENTS, sum_partials
 
 # (P, output shape): one partial row, a single output element, P past one tile of rows (the
@@ -37,7 +36,8 @@ def test_sum_partials_matches_fp64_sum(device, count):
 def test_sum_partials_every_segment_lands_in_its_output(device):
     # each segment a different constant: an output filled from another segment's buffer would show
     cases = CASES[:MAX_SEGMENTS]
-    pairs = [(torch.full(shape, float(k + 1), device=device), torch.full(shape[1:], float("nan"), device=device))
+    nan = float("nan")
+    pairs = [(torch.full(shape, float(k + 1), device=device), torch.full(shape[1:], nan, device=device))
              for k, (shape, _) in enumerate(cases)]
     sum_partials(*pairs)
     for k, ((shape, _), (_, out)) in enumerate(zip(cases, pairs)):
