@@ -15,7 +15,8 @@ and ``dW_s[c]``. So a program walks ``d`` in ``BLOCK_D`` chunks with ``n`` and `
   recomputes ``W`` (as large as ``X`` itself for the ``wukong`` shape, in fp32).
 - ``fm_bwd_kernel``: grid ``(cdiv(bs, SAMPLES),)``; each program loops over its ``SAMPLES``
   samples, writes ``dX``, and accumulates ``dY`` in fp32 registers; the ``[programs, n, k]`` fp32
-  partials are summed in a second pass (deterministic, no atomics).
+  partials are summed, and cast to ``y``'s dtype, in a second pass (:func:`._partials.sum_partials`;
+  deterministic, no atomics).
 
 Precision: ``W`` and ``dW`` are fp32 accumulators. For bf16/fp16 inputs the forward feeds ``W``
 to the second GEMM split into two terms of the input dtype (``hi + lo``, about 16 bits of
@@ -32,6 +33,7 @@ import triton
 import triton.language as tl
 
 from ._launch import new_output
+from ._partials import sum_partials
 
 
 @triton.jit
@@ -187,4 +189,6 @@ def fm_bwd(
         SAMPLES=samples, BLOCK_D=_block_d(d, block_d or BWD_META["block_d"]),
         num_warps=num_warps or BWD_META["num_warps"], num_stages=num_stages or BWD_META["num_stages"],
     )
-    return dx, partial.sum(0).to(y.dtype)
+    dy = new_output(y.shape, like=y)
+    sum_partials((partial, dy))
+    return dx, dy

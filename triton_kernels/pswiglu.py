@@ -66,6 +66,7 @@ import triton
 import triton.language as tl
 
 from ._launch import FFN_BACKWARD_SWITCH, bucket, new_output, num_programs_for, switch
+from ._partials import sum_partials
 from ._tiles import grouped_tile
 
 
@@ -698,25 +699,29 @@ def ffn_bwd(
     g: torch.Tensor | None,
     v: torch.Tensor | None,
     n_split: int | None = None,
+    bias_dtypes: tuple[torch.dtype, torch.dtype, torch.dtype] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Backward of :func:`ffn_fwd`. ``g``/``v`` are the saved hidden pre-activations, or ``None``
     to recompute them. ``n_split`` (default: sized to the GPU) is the number of sample ranges
-    per token whose fp32 weight-gradient partials are summed in a second pass (the fused path
-    only: the wide-token path reduces every sample inside each GEMM tile and ignores it). Returns
-    ``(du, dw1, dw3 or None, dw2, db1, db3 or None, db2)``; the bias gradients are fp32
-    ``[T, h]`` / ``[T, D]`` (cast by the caller)."""
+    per token whose fp32 weight-gradient partials are summed in a second pass, one launch for all
+    six (the fused path only: the wide-token path reduces every sample inside each GEMM tile and
+    ignores it). Returns ``(du, dw1, dw3 or None, dw2, db1, db3 or None, db2)``; the weight
+    gradients have the weights' dtypes, the bias gradients ``[T, h]`` / ``[T, D]`` the dtypes
+    ``bias_dtypes`` of ``(db1, db3, db2)`` (default fp32)."""
     bs, t, d = u.shape
     h = w1.shape[-1]
     gated = w3 is not None
     w1, w3, w2, b1, b3 = (_contig(x) for x in (w1, w3, w2, b1, b3))
     cdt = _compute_dtype(u, [w for w in (w1, w3, w2) if w is not None])
     tdt = _TL_DTYPES[cdt]
+    db1_dt, db3_dt, db2_dt = bias_dtypes if bias_dtypes is not None else (torch.float32,) * 3
     du = new_output((bs, t, d), like=u)
     if t == 0 or bs == 0:
         zeros = [torch.zeros(x.shape, device=u.device, dtype=x.dtype) if x is not None else None
                  for x in (w1, w3, w2)]
-        fz = [torch.zeros(shape, device=u.device, dtype=torch.float32) for shape in ((t, h), (t, h), (t, d))]
-        return du, zeros[0], zeros[1], zeros[2], fz[0], (fz[1] if gated else None), fz[2]
+        bz = [torch.zeros(shape, device=u.device, dtype=dt)
+              for shape, dt in (((t, h), db1_dt), ((t, h), db3_dt), ((t, d), db2_dt))]
+        return du, zeros[0], zeros[1], zeros[2], bz[0], (bz[1] if gated else None), bz[2]
     saved = g is not None
     fused = _fused(d, cdt)
     # the fused path's weight kernel can form A, dG, dV itself: no [T, bs, h] buffers then
@@ -740,7 +745,9 @@ def ffn_bwd(
                     g=g, v=v, dg=dg, dv=dv, gated=gated)
         _token_gemm(MODE_DU, dg, w1, du, t, bs, d, h, (h, bs * h, 1), (d * h, 1, h), (t * d, d, 1), cdt,
                     a2=dv if gated else None, b2=w3, gated=gated)
-        return (du, *_weight_grads_tiled(do, u, a, dg, dv if gated else None, w1, w3, w2, cdt))
+        dw1, dw3, dw2, db1, db3, db2 = _weight_grads_tiled(do, u, a, dg, dv if gated else None, w1, w3, w2,
+                                                           cdt)
+        return (du, dw1, dw3, dw2, db1.to(db1_dt), db3.to(db3_dt) if gated else None, db2.to(db2_dt))
     _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store=not lean)
     bd, bh = _weight_tiles(d, h, lean)
     d_tiles, h_tiles = triton.cdiv(d, bd), triton.cdiv(h, bh)
@@ -765,15 +772,16 @@ def ffn_bwd(
         GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None, SAVED=saved, RECOMPUTE=lean,
         CDT=tdt, PREC=_prec(cdt), BLOCK_D=bd, BLOCK_H=bh,
     )
-    return (
-        du,
-        dw1_p.sum(0).to(w1.dtype),
-        dw3_p.sum(0).to(w3.dtype) if gated else None,
-        dw2_p.sum(0).to(w2.dtype),
-        db1_p.sum(0),
-        db3_p.sum(0) if gated else None,
-        db2_p.sum(0),
-    )
+    dw1, dw2 = new_output(w1.shape, like=w1), new_output(w2.shape, like=w2)
+    db1 = new_output((t, h), like=u, dtype=db1_dt)
+    db2 = new_output((t, d), like=u, dtype=db2_dt)
+    pairs = [(dw1_p, dw1), (dw2_p, dw2), (db1_p, db1), (db2_p, db2)]
+    dw3 = db3 = None
+    if gated:
+        dw3, db3 = new_output(w3.shape, like=w3), new_output((t, h), like=u, dtype=db3_dt)
+        pairs += [(dw3_p, dw3), (db3_p, db3)]
+    sum_partials(*pairs)
+    return du, dw1, dw3, dw2, db1, db3, db2
 
 
 def _weight_grads_tiled(do, u, a, dg, dv, w1, w3, w2, cdt) -> tuple:

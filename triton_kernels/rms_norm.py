@@ -2,9 +2,10 @@
 
 Forward, per row ``i`` of ``[M, D]``::
 
-    s_i    = x_i + r_i                      (only with a residual; written once, input dtype)
+    s_i    = x_i + r_i                      (add_rms_norm only; written once, input dtype)
     rstd_i = rsqrt(mean(s_i^2) + eps)       (fp32, saved for backward: 4 bytes per row)
-    y_i    = s_i * rstd_i * w
+    y_i    = s_i * rstd_i * w               (+ r_i for rms_norm with a residual: the residual is
+                                             added after the norm, in fp32, rounded once)
 
 Backward, with ``g_i = dy_i * w`` and ``xhat_i = s_i * rstd_i``::
 
@@ -13,8 +14,9 @@ Backward, with ``g_i = dy_i * w`` and ``xhat_i = s_i * rstd_i``::
 
 Each program handles a tile of ``BLOCK_M`` rows (about 4096 values), so narrow rows still give
 each program enough bytes in flight. ``dw`` is reduced deterministically: each program writes its
-fp32 partial row, and a second pass sums the ``[programs, D]`` partials. Rows are indexed in
-int64 so ``M * D`` may exceed 2^31.
+fp32 partial row, and a second pass (:func:`._partials.sum_partials`, which other ops' backwards
+share so that all their partials take one launch) sums the ``[programs, D]`` partials. Rows are
+indexed in int64 so ``M * D`` may exceed 2^31.
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ import triton
 import triton.language as tl
 
 from ._launch import new_output, num_programs_for, rows_2d
+from ._partials import sum_partials
+
+# where the forward's residual goes: none, added before the norm (add_rms_norm, which also writes
+# the sum), added after it (rms_norm with a residual), or ``x`` itself added after it
+NO_RESIDUAL = tl.constexpr(0)
+ADD_BEFORE = tl.constexpr(1)
+ADD_AFTER = tl.constexpr(2)
+ADD_X_AFTER = tl.constexpr(3)
 
 
 @triton.jit
@@ -31,7 +41,7 @@ def rms_norm_fwd_kernel(
     X, R, W, Y, S, RSTD,
     M, D, stride_x, stride_r, stride_y, stride_s,
     eps,
-    HAS_RESIDUAL: tl.constexpr,
+    RESIDUAL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -41,7 +51,7 @@ def rms_norm_fwd_kernel(
     cmask = cols < D
     mask = rmask[:, None] & cmask[None, :]
     x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
-    if HAS_RESIDUAL:
+    if RESIDUAL == ADD_BEFORE:
         r = tl.load(R + rows[:, None] * stride_r + cols[None, :], mask=mask, other=0.0)
         # round the sum to the storage dtype first, so forward and backward see the same value
         x = (x.to(tl.float32) + r.to(tl.float32)).to(S.dtype.element_ty)
@@ -52,6 +62,10 @@ def rms_norm_fwd_kernel(
     w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
     tl.store(RSTD + rows, rstd, mask=rmask)
     y = xf * rstd[:, None] * w[None, :]
+    if RESIDUAL == ADD_AFTER:
+        y += tl.load(R + rows[:, None] * stride_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if RESIDUAL == ADD_X_AFTER:
+        y += xf
     tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -105,13 +119,30 @@ def _tile(d: int) -> tuple[int, int, int]:
 def rms_norm_fwd(
     x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Launch the forward on ``x [..., D]``; returns ``(y, s or None, rstd [M] fp32)``."""
+    """Launch the forward on ``x [..., D]``, with ``residual`` added before the norm (add_rms_norm);
+    returns ``(y, s or None, rstd [M] fp32)``."""
+    return _launch_fwd(x, residual, weight, eps, NO_RESIDUAL if residual is None else ADD_BEFORE)
+
+
+def rms_norm_add_fwd(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch ``residual + RMSNorm(x)`` on ``x [..., D]`` (``residual=None``: ``x`` itself), the sum
+    in fp32 rounded once; returns ``(z, rstd [M] fp32)``."""
+    mode = ADD_X_AFTER if residual is None else ADD_AFTER
+    z, _, rstd = _launch_fwd(x, residual, weight, eps, mode)
+    return z, rstd
+
+
+def _launch_fwd(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, mode: tl.constexpr,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     d = x.shape[-1]
     x2 = rows_2d(x)
     r2 = rows_2d(residual) if residual is not None else x2
     m = x2.shape[0]
     y = new_output((m, d), like=x)
-    s = new_output((m, d), like=x) if residual is not None else y
+    s = new_output((m, d), like=x) if mode == ADD_BEFORE else y
     rstd = new_output((m,), like=x, dtype=torch.float32)
     if m > 0:
         block_m, block_d, warps = _tile(d)
@@ -119,23 +150,25 @@ def rms_norm_fwd(
             x2, r2, weight, y, s, rstd,
             m, d, x2.stride(0), r2.stride(0), y.stride(0), s.stride(0),
             eps,
-            HAS_RESIDUAL=residual is not None,
+            RESIDUAL=mode,
             BLOCK_M=block_m,
             BLOCK_D=block_d,
             num_warps=warps,
         )
     shape = x.shape
-    return y.view(shape), (s.view(shape) if residual is not None else None), rstd
+    return y.view(shape), (s.view(shape) if mode == ADD_BEFORE else None), rstd
 
 
-def rms_norm_bwd(
+def rms_norm_bwd_partials(
     dy: torch.Tensor,
     dsum: torch.Tensor | None,
     s: torch.Tensor,
     weight: torch.Tensor,
     rstd: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of ``y`` (and of the sum output) with respect to the normalised input and ``w``."""
+    """``(ds, dw partials [programs, D] fp32)``: the gradient with respect to the normalised input
+    (plus ``dsum``, the gradient of a sum output or of an input used twice, when given), and the
+    per-program partials of ``dw`` for :func:`._partials.sum_partials`."""
     d = s.shape[-1]
     s2 = rows_2d(s)
     dy2 = rows_2d(dy)
@@ -156,4 +189,19 @@ def rms_norm_bwd(
         BLOCK_D=block_d,
         num_warps=warps,
     )
-    return ds.view(s.shape), partial.sum(0).to(weight.dtype)
+    return ds.view(s.shape), partial
+
+
+def rms_norm_bwd(
+    dy: torch.Tensor,
+    dsum: torch.Tensor | None,
+    s: torch.Tensor,
+    weight: torch.Tensor,
+    rstd: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``y`` (plus ``dsum``) with respect to the normalised input and ``w`` (in
+    ``w``'s dtype): :func:`rms_norm_bwd_partials`, then their sum."""
+    ds, partial = rms_norm_bwd_partials(dy, dsum, s, weight, rstd)
+    dw = new_output(weight.shape, like=weight)
+    sum_partials((partial, dw))
+    return ds, dw

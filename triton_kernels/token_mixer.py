@@ -19,8 +19,8 @@ backward of the residual form ``TokenMixer(x) + x``, whose permutation is then s
 - backward (``tm_norm_bwd_kernel``, persistent grid over row tiles): recomputes the sum rows from ``x``, forms
   ``ds = rstd * (g - mean(g) - xhat * mean(g * xhat))`` with ``g = dy * w`` (no ``mean(g)``
   term for RMSNorm) into an fp32 ``[bs, T, D]`` buffer, and reduces ``dw`` / ``db`` through
-  per-program fp32 partials (deterministic). Then ``dx = ds + TokenMixer^T(ds)`` is the gather
-  kernel with ``ADD_SELF``.
+  per-program fp32 partials (deterministic; both summed in one launch). Then
+  ``dx = ds + TokenMixer^T(ds)`` is the gather kernel with ``ADD_SELF``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from ._launch import new_output, num_programs_for
+from ._partials import sum_partials
 
 
 @triton.jit
@@ -228,4 +229,6 @@ def tm_norm_bwd(
         num_warps=num_warps or NORM_META["num_warps"],
     )
     dx = token_mix(ds, t, c, add_self=True, out_dtype=x.dtype)
-    return dx, dw_partial.sum(0).to(weight.dtype), db_partial.sum(0).to(weight.dtype)
+    dw, db = new_output(weight.shape, like=weight), new_output(weight.shape, like=weight)
+    sum_partials((dw_partial, dw), (db_partial, db))
+    return dx, dw, db

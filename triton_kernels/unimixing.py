@@ -68,13 +68,14 @@ one transposing copy of ``dY``, and ``dW_G = dY H^T`` in sample splits. The fuse
 keeps the in-register kernel.
 
 Weight gradients are reduced deterministically: each program writes its own fp32 partial, and a
-second pass sums the partials (no atomics; with a single split, ``dW_G`` is written directly).
+second pass sums the partials in a fixed order and casts them to the weights' dtypes, all of them
+in one launch (:func:`._partials.sum_partials`; no atomics; with a single split, ``dW_G`` is
+written directly).
 
 Launches per call: forward 1 kernel (2 on the memory path; plus a cast of ``w_global`` when it is
-fp32 and the activations are half precision). Backward, in registers: 2 kernels + the ``dW_B``
-partial sum (+ the ``dW_G`` partial sum when it is split); through memory: 3 kernels (4 with the
-c-major copy of ``dY``) + the same sums. The fused op
-adds the RMSNorm backward kernel (and its ``dw`` sum).
+fp32 and the activations are half precision). Backward, in registers: 2 kernels + the partial
+sums; through memory: 3 kernels (4 with the c-major copy of ``dY``) + the partial sums. The fused
+op adds the RMSNorm backward kernel, whose ``dw`` partials join the same sum launch.
 
 Non-contiguous inputs are copied once to contiguous memory by the launchers.
 """
@@ -99,8 +100,9 @@ from ._launch import (
     sm_count,
     switch,
 )
+from ._partials import sum_partials
 from ._tiles import grouped_tile
-from .rms_norm import rms_norm_bwd, rms_norm_fwd
+from .rms_norm import rms_norm_bwd_partials, rms_norm_fwd
 
 _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
@@ -926,6 +928,23 @@ def unimixing_bwd(
     """``(dx, dw_local, dw_global)`` for ``y = UniMixing(x)`` given ``dy``; with ``residual`` the
     output is ``x + UniMixing(x)`` and ``dy`` is also added to ``dx``. Non-contiguous ``dy`` or
     ``x`` (e.g. a stride-0 ``dy`` from ``expand``) are copied once."""
+    dx, dwl, dwg, partials = _unimixing_bwd_partials(dy, x, w_local, w_global, residual)
+    if partials:
+        sum_partials(*partials)
+    return dx, dwl, dwg
+
+
+def _unimixing_bwd_partials(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    w_local: torch.Tensor,
+    w_global: torch.Tensor,
+    residual: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """:func:`unimixing_bwd` up to its last pass: ``(dx, dw_local, dw_global, partials)``, where
+    the weight gradients not yet written are the outputs of the ``(partial, output)`` pairs that
+    :func:`._partials.sum_partials` still has to sum (so a caller can add its own pairs to the
+    same launch)."""
     bs, t, d = x.shape
     n, b, _ = w_local.shape
     length = t * d
@@ -936,12 +955,13 @@ def unimixing_bwd(
     wg = _global_for_dot(w_global, x)
     dx = new_output((bs, t, d), like=x)
     if bs == 0:
-        return dx, torch.zeros_like(w_local), torch.zeros_like(w_global)
+        return dx, torch.zeros_like(w_local), torch.zeros_like(w_global), []
     bp = triton.next_power_of_2(b)
     interp = _interpreting()
     half = x.dtype != torch.float32
     if gemm_backward(b, n, half):
-        return _unimixing_bwd_memory(dyc, xc, wl, wg, dx, w_local.dtype, w_global.dtype, residual)
+        dwl_part, dwg_part = _unimixing_bwd_memory(dyc, xc, wl, wg, dx, w_global.dtype, residual)
+        return dx, *_weight_grad_outputs(dwl_part, dwg_part, w_local, w_global)
 
     # dX and dW_B
     p1, per1 = _splits(bs, triton.cdiv(n, 64), x.device, n * b * b)
@@ -967,10 +987,20 @@ def unimixing_bwd(
         kernel = _tuned("unimixing_bwd_dwg_kernel", _dwg_configs(bp, half), ("N", "BS_BUCKET", "B"))
         kernel[lambda meta: (triton.cdiv(n, meta["BM"]), triton.cdiv(n, meta["BN"]), p2)](*args, **consts)
 
-    # second pass of the deterministic reductions
-    dwl = dwl_part.sum(0).to(w_local.dtype)
-    dwg = dwg_part[0] if p2 == 1 else dwg_part.sum(0).to(w_global.dtype)
-    return dx, dwl, dwg
+    return dx, *_weight_grad_outputs(dwl_part, dwg_part, w_local, w_global)
+
+
+def _weight_grad_outputs(
+    dwl_part: torch.Tensor, dwg_part: torch.Tensor, w_local: torch.Tensor, w_global: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """``(dw_local, dw_global, partials)``: the weight gradients (in the weights' dtypes) and the
+    ``(partial, output)`` pairs left to sum; a single-split ``dW_G`` buffer is the gradient itself."""
+    dwl = new_output(w_local.shape, like=w_local)
+    partials = [(dwl_part, dwl)]
+    if dwg_part.shape[0] == 1:
+        return dwl, dwg_part[0], partials
+    dwg = new_output(w_global.shape, like=w_global)
+    return dwl, dwg, [*partials, (dwg_part, dwg)]
 
 
 def _global_gemm(wg: torch.Tensor, src: torch.Tensor, out: torch.Tensor, transpose: bool) -> None:
@@ -1098,12 +1128,12 @@ def _unimixing_bwd_memory(
     wl: torch.Tensor,
     wg: torch.Tensor,
     dx: torch.Tensor,
-    dwl_dtype: torch.dtype,
     dwg_dtype: torch.dtype,
     residual: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The memory-path backward: ``G = W_G^T dY`` (GEMM), then per block ``dX``, ``H`` and the
-    ``dW_B`` partials (:func:`_local_products`), then ``dW_G = dY H^T`` (GEMM, sample splits). ``G``
+    ``dW_B`` partials (:func:`_local_products`), then ``dW_G = dY H^T`` (GEMM, sample splits).
+    Writes ``dx``; returns the ``dW_B`` and ``dW_G`` partial buffers. ``G``
     and ``H`` go through memory in the activation dtype: at large ``B`` the in-register local
     transpose would cost ``O(B)`` CUDA-core work per element; at small ``B`` the GEMMs run without
     the register build of ``G`` and ``H`` beside their dots, on c-major operands (``dY`` transposed
@@ -1136,9 +1166,7 @@ def _unimixing_bwd_memory(
             kernel = _tuned("unimixing_bwd_dwg_gemm_kernel", _dwg_gemm_configs(xc.dtype != torch.float32),
                             ("N", "BS_BUCKET", "B"))
             kernel[lambda meta: (triton.cdiv(n, meta["BM"]), triton.cdiv(n, meta["BN"]), p2)](*args, **consts)
-    dwl = dwl_part.sum(0).to(dwl_dtype)
-    dwg = dwg_part[0] if p2 == 1 else dwg_part.sum(0).to(dwg_dtype)
-    return dx, dwl, dwg
+    return dwl_part, dwg_part
 
 
 def unimixing_rmsnorm_bwd(
@@ -1151,7 +1179,10 @@ def unimixing_rmsnorm_bwd(
     rstd: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of ``u = RMSNorm(z + UniMixing(z))``: the RMSNorm backward kernel turns ``du`` into
-    ``ds`` (and the norm-weight gradient), then the mixing backward adds the residual path."""
-    ds, dnw = rms_norm_bwd(du.contiguous(), None, s, norm_weight, rstd.reshape(-1))
-    dz, dwl, dwg = unimixing_bwd(ds, z, w_local, w_global, residual=True)
+    ``ds`` (and the norm-weight partials), then the mixing backward adds the residual path; one
+    launch sums the norm's and the mixing's weight-gradient partials."""
+    ds, dnw_part = rms_norm_bwd_partials(du.contiguous(), None, s, norm_weight, rstd.reshape(-1))
+    dz, dwl, dwg, partials = _unimixing_bwd_partials(ds, z, w_local, w_global, residual=True)
+    dnw = new_output(norm_weight.shape, like=norm_weight)
+    sum_partials((dnw_part, dnw), *partials)
     return dz, dwl, dwg, dnw

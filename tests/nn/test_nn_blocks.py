@@ -251,3 +251,27 @@ def test_sweep_unimixer_block_matches_reference(tokens, dim, block, lite, bs):
                                          p["b_gate"], p["b_up"], p["b_down"])
     for g, e in zip(blk(x, y), expected):
         torch.testing.assert_close(g, e)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("two_streams", [False, True], ids=["x", "x-y"])
+def test_unimixer_block_triton_step_has_no_torch_glue(device, two_streams):
+    """A training step of the Triton block leaves nothing to torch but the one gradient sum
+    autograd must do (x feeds both the first norm and the last one's residual; with two streams,
+    y and o are used twice too): the weight-gradient partials are summed in the kernels' own
+    launches, Xbar + RMSNorm(Ybar) is one kernel, and no zero gradient is filled for an output
+    that only the backward reads."""
+    from torch.profiler import ProfilerActivity, profile
+
+    blk = uknn.UniMixerBlock(4, 16, 4, hidden=24, bias=False, backend="triton", iters=2).to(device)
+    x = torch.randn(3, 4, 16, device=device, requires_grad=True)
+    y = torch.randn(3, 4, 16, device=device, requires_grad=True) if two_streams else None
+    leaves = [x, *([y] if two_streams else []), *blk.parameters()]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        outs = blk(x, y)
+        torch.autograd.grad(outs, leaves, [torch.randn_like(o) for o in outs])
+    calls = [ev.name for ev in prof.events()]
+    assert calls.count("aten::sum") == 0
+    assert calls.count("aten::zero_") == 0
+    # the one accumulation of x's gradient; with two streams also y's and o's, and y + o itself
+    assert calls.count("aten::add") + calls.count("aten::add_") == (4 if two_streams else 1)

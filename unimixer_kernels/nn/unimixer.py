@@ -16,7 +16,7 @@ class UniMixerBlock(nn.Module):
     """One SiameseNorm block over two streams ``(Xbar, Ybar)``, both ``[bs, T, D]``::
 
         Y~ = RMSNorm(Ybar)                         uk.rms_norm, norm_y
-        Z  = Xbar + Y~
+        Z  = Xbar + Y~                             (its residual=Xbar: one pass)
         U  = RMSNorm(Z + UniMixing(Z))             uk.unimixing_rmsnorm, norm_mix
         O  = pSwiGLU(U)                            uk.pswiglu (PerTokenFFN)
         Xbar' = RMSNorm(Xbar + O)                  uk.add_rms_norm, norm_x
@@ -66,7 +66,9 @@ class UniMixerBlock(nn.Module):
             if y.shape != x.shape:
                 raise ValueError(f"y: expected shape {tuple(x.shape)} (the shape of x), got {tuple(y.shape)}")
         be = self.backend
-        z = x + ops.rms_norm(y, self.norm_y, self.eps, backend=be)
+        # Xbar + RMSNorm(Ybar) in the norm's pass; with one stream in (y is x) the norm's backward
+        # kernel also adds the residual's gradient into its dX
+        z = ops.rms_norm(y, self.norm_y, self.eps, residual=x, backend=be)
         w_local, w_global = self.mixing.op_weights(z)
         u = ops.unimixing_rmsnorm(z, w_local, w_global, self.norm_mix, self.eps, backend=be)
         o = self.ffn(u)
@@ -118,4 +120,4 @@ class UniMixer(nn.Module):
         xbar, ybar = x, x
         for blk in self.blocks:
             xbar, ybar = blk(xbar, ybar)
-        return xbar + ops.rms_norm(ybar, self.final_norm, self.eps, backend=self.backend)
+        return ops.rms_norm(ybar, self.final_norm, self.eps, residual=xbar, backend=self.backend)

@@ -54,9 +54,8 @@ def pgelu_ffn_bwd(
     do: Tensor, u: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, g: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(du, dw1, db1, dw2, db2)``; a bias gradient has the bias dtype (the weight's if absent)."""
-    du, dw1, dw2, db1, db2 = _kernels().pgelu_ffn_bwd(do, u, w1, b1, w2, g)
-    db1 = db1.to(b1.dtype if b1 is not None else w1.dtype)
-    db2 = db2.to(b2.dtype if b2 is not None else w2.dtype)
+    dtypes = (b1.dtype if b1 is not None else w1.dtype, b2.dtype if b2 is not None else w2.dtype)
+    du, dw1, dw2, db1, db2 = _kernels().pgelu_ffn_bwd(do, u, w1, b1, w2, g, bias_dtypes=dtypes)
     return du, dw1, db1, dw2, db2
 
 
@@ -79,9 +78,12 @@ def _pgelu_setup(ctx, inputs, output) -> None:
     ctx.has_bias = (b1 is not None, b2 is not None)
     ctx.save_for_backward(u, w1, b1, w2, b2, g)
     ctx.mark_non_differentiable(g)
+    ctx.set_materialize_grads(False)  # no zero-filled [T, bs, kD] gradient of g
 
 
-def _pgelu_backward(ctx, do: Tensor, _dg: Tensor | None):
+def _pgelu_backward(ctx, do: Tensor | None, _dg: Tensor | None):
+    if do is None:
+        return (None,) * 6
     u, w1, b1, w2, b2, g = ctx.saved_tensors
     du, dw1, db1, dw2, db2 = pgelu_ffn_bwd(do, u, w1, b1, w2, b2, g if ctx.save else None)
     has_b1, has_b2 = ctx.has_bias

@@ -84,11 +84,9 @@ def pswiglu_bwd(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(du, dw_gate, dw_up, dw_down, db_gate, db_up, db_down)``; the bias gradients have the
     bias dtype (the weight dtype when the bias is absent)."""
-    du, dwg, dwu, dwd, dbg, dbu, dbd = _kernels().ffn_bwd(do, u, w_gate, w_up, w_down, b_gate, b_up, g, v)
-    dbg = dbg.to(b_gate.dtype if b_gate is not None else w_gate.dtype)
-    dbu = dbu.to(b_up.dtype if b_up is not None else w_up.dtype)
-    dbd = dbd.to(b_down.dtype if b_down is not None else w_down.dtype)
-    return du, dwg, dwu, dwd, dbg, dbu, dbd
+    dtypes = tuple(b.dtype if b is not None else w.dtype
+                   for b, w in ((b_gate, w_gate), (b_up, w_up), (b_down, w_down)))
+    return _kernels().ffn_bwd(do, u, w_gate, w_up, w_down, b_gate, b_up, g, v, bias_dtypes=dtypes)
 
 
 @pswiglu_bwd.register_fake
@@ -113,9 +111,12 @@ def _pswiglu_setup(ctx, inputs, output) -> None:
     ctx.has_bias = (b_gate is not None, b_up is not None, b_down is not None)
     ctx.save_for_backward(u, w_gate, w_up, w_down, b_gate, b_up, b_down, g, v)
     ctx.mark_non_differentiable(g, v)
+    ctx.set_materialize_grads(False)  # no zero-filled [T, bs, h] gradients of g and v
 
 
-def _pswiglu_backward(ctx, do: Tensor, _dg: Tensor | None, _dv: Tensor | None):
+def _pswiglu_backward(ctx, do: Tensor | None, _dg: Tensor | None, _dv: Tensor | None):
+    if do is None:
+        return (None,) * 8
     u, w_gate, w_up, w_down, b_gate, b_up, b_down, g, v = ctx.saved_tensors
     du, dwg, dwu, dwd, dbg, dbu, dbd = pswiglu_bwd(
         do, u, w_gate, w_up, w_down, b_gate, b_up, b_down,

@@ -35,6 +35,7 @@ def _kernels():
 # --- shapes and autograd, shared by every kernel backend (Triton here, CUDA in rms_norm_cuda) ---
 # Forward ops: (x, weight, eps) -> (y, rstd) and (x, residual, weight, eps) -> (y, x + residual,
 # rstd); backward op: (dy, dsum?, s, weight, rstd) -> (ds, dw). rstd is fp32 [...], one per row.
+# Autograd leaves the gradients of unused outputs as None (no zero-filled [...] buffers for rstd).
 
 
 def rms_norm_fwd_fake(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
@@ -58,6 +59,7 @@ def rms_norm_setup(ctx, inputs, output) -> None:
     _, rstd = output
     ctx.save_for_backward(x, weight, rstd)
     ctx.mark_non_differentiable(rstd)
+    ctx.set_materialize_grads(False)
 
 
 def add_rms_norm_setup(ctx, inputs, output) -> None:
@@ -65,17 +67,22 @@ def add_rms_norm_setup(ctx, inputs, output) -> None:
     _, s, rstd = output
     ctx.save_for_backward(s, weight, rstd)
     ctx.mark_non_differentiable(rstd)
+    ctx.set_materialize_grads(False)
 
 
 def make_backwards(bwd_op):
     """The autograd formulas of both forward ops, given a backend's backward op."""
 
-    def rms_norm_backward(ctx, dy: Tensor, _drstd: Tensor | None):
+    def rms_norm_backward(ctx, dy: Tensor | None, _drstd: Tensor | None):
+        if dy is None:
+            return None, None, None
         x, weight, rstd = ctx.saved_tensors
         dx, dw = bwd_op(dy, None, x, weight, rstd)
         return dx, dw, None
 
     def add_rms_norm_backward(ctx, dy: Tensor | None, dsum: Tensor | None, _drstd: Tensor | None):
+        if dy is None and dsum is None:
+            return None, None, None, None
         s, weight, rstd = ctx.saved_tensors
         if dy is None:  # only the sum output was used
             dy = torch.zeros_like(s)
@@ -117,9 +124,47 @@ rms_norm_fwd.register_autograd(_rms_norm_backward, setup_context=rms_norm_setup)
 add_rms_norm_fwd.register_autograd(_add_rms_norm_backward, setup_context=add_rms_norm_setup)
 
 
+@torch.library.custom_op("unimixer::rms_norm_residual_fwd", mutates_args=())
+def rms_norm_residual_fwd(
+    x: Tensor, residual: Tensor | None, weight: Tensor, eps: float
+) -> tuple[Tensor, Tensor]:
+    """``(residual + RMSNorm(x), rstd)``; ``residual=None`` adds ``x`` itself, so that the
+    backward adds the residual path into the norm's ``dx`` in its kernel (``dsum``) instead of
+    autograd accumulating two gradients of ``x``."""
+    z, rstd = _kernels().rms_norm_add_fwd(x, residual, weight, eps)
+    return z, rstd.view(x.shape[:-1])
+
+
+@rms_norm_residual_fwd.register_fake
+def _(x: Tensor, residual: Tensor | None, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    return rms_norm_fwd_fake(x, weight, eps)
+
+
+def _rms_norm_residual_setup(ctx, inputs, output) -> None:
+    x, residual, weight, _ = inputs
+    _, rstd = output
+    ctx.residual_is_x = residual is None
+    ctx.save_for_backward(x, weight, rstd)
+    ctx.mark_non_differentiable(rstd)
+    ctx.set_materialize_grads(False)
+
+
+def _rms_norm_residual_backward(ctx, dz: Tensor | None, _drstd: Tensor | None):
+    if dz is None:
+        return None, None, None, None
+    x, weight, rstd = ctx.saved_tensors
+    dx, dw = rms_norm_bwd(dz, dz if ctx.residual_is_x else None, x, weight, rstd)
+    return dx, (None if ctx.residual_is_x else dz), dw, None
+
+
+rms_norm_residual_fwd.register_autograd(_rms_norm_residual_backward, setup_context=_rms_norm_residual_setup)
+
+
 @RMS_NORM.register("triton")
-def _rms_norm_triton(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    return rms_norm_fwd(x, weight, eps)[0]
+def _rms_norm_triton(x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = None) -> Tensor:
+    if residual is None:
+        return rms_norm_fwd(x, weight, eps)[0]
+    return rms_norm_residual_fwd(x, None if residual is x else residual, weight, eps)[0]
 
 
 @ADD_RMS_NORM.register("triton")
@@ -141,14 +186,31 @@ def _check_norm_args(x: object, weight: object, eps: object) -> None:
         raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
 
 
-def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6, *, backend: str = "auto") -> Tensor:
+def _check_residual(x: Tensor, residual: object) -> None:
+    check_tensor("residual", residual)
+    check_shape("residual", residual, x.shape, "the shape of x")
+    if residual.dtype != x.dtype:
+        raise TypeError(f"residual: expected dtype {x.dtype} (the dtype of x), got {residual.dtype}")
+
+
+def rms_norm(
+    x: Tensor, weight: Tensor, eps: float = 1e-6, *, residual: Tensor | None = None, backend: str = "auto"
+) -> Tensor:
     """``x * rsqrt(mean(x^2) + eps) * weight`` over the last dim, statistics in fp32.
 
-    Any leading shape. A non-contiguous ``x`` whose rows are not unit-stride is copied once.
+    ``residual`` (same shape and dtype as ``x``): returns ``residual + RMSNorm(x)`` instead, the sum
+    taken in fp32 and rounded once; the Triton backend adds it in the norm's pass (no separate add,
+    no normalised intermediate), and ``residual=x`` (the same tensor) also adds the two gradients
+    of ``x`` inside the backward kernel. The cuda backend adds it in a separate pass.
+
+    Any leading shape. A non-contiguous ``x`` (or ``residual``) whose rows are not unit-stride is
+    copied once.
     """
     _check_norm_args(x, weight, eps)
-    check_same_device(x=x, weight=weight)
-    return RMS_NORM.dispatch(backend, x.device)(x, weight, float(eps))
+    if residual is not None:
+        _check_residual(x, residual)
+    check_same_device(x=x, residual=residual, weight=weight)
+    return RMS_NORM.dispatch(backend, x.device)(x, weight, float(eps), residual)
 
 
 def add_rms_norm(
@@ -156,9 +218,6 @@ def add_rms_norm(
 ) -> tuple[Tensor, Tensor]:
     """``(RMSNorm(x + residual), x + residual)`` in one pass; the sum is in the input dtype."""
     _check_norm_args(x, weight, eps)
-    check_tensor("residual", residual)
-    check_shape("residual", residual, x.shape, "the shape of x")
-    if residual.dtype != x.dtype:
-        raise TypeError(f"residual: expected dtype {x.dtype} (the dtype of x), got {residual.dtype}")
+    _check_residual(x, residual)
     check_same_device(x=x, residual=residual, weight=weight)
     return ADD_RMS_NORM.dispatch(backend, x.device)(x, residual, weight, float(eps))

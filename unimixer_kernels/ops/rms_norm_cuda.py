@@ -84,9 +84,11 @@ def _check_cuda_dtype(x: Tensor) -> None:
 
 
 @RMS_NORM.register("cuda")
-def _rms_norm_cuda(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+def _rms_norm_cuda(x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = None) -> Tensor:
     _check_cuda_dtype(x)
-    return cuda_ops().rms_norm_fwd(x, weight, eps)[0]
+    y = cuda_ops().rms_norm_fwd(x, weight, eps)[0]
+    # the compiled library has no post-norm residual: a separate add (rounding twice)
+    return y if residual is None else residual + y
 
 
 @ADD_RMS_NORM.register("cuda")

@@ -67,6 +67,7 @@ def _sinkhorn_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(logits, u, v)
     ctx.args = (tau, iters, symmetric)
     ctx.mark_non_differentiable(u, v)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients of the potentials
 
 
 def _sinkhorn_backward(ctx, dp: Tensor | None, _du, _dv):
@@ -130,6 +131,7 @@ def _lite_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(x, y, u, v)
     ctx.args = (tau, iters, symmetric)
     ctx.mark_non_differentiable(u, v)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients of the potentials
 
 
 def _lite_local_backward(ctx, dw: Tensor | None, _du, _dv):

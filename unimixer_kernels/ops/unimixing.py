@@ -107,9 +107,12 @@ def _unimixing_rmsnorm_setup(ctx, inputs, output) -> None:
     _, s, rstd = output
     ctx.save_for_backward(z, s, w_local, w_global, norm_weight, rstd)
     ctx.mark_non_differentiable(s, rstd)
+    ctx.set_materialize_grads(False)  # no zero-filled [bs, T, D] gradient of s
 
 
-def _unimixing_rmsnorm_backward(ctx, du: Tensor, _ds: Tensor | None, _drstd: Tensor | None):
+def _unimixing_rmsnorm_backward(ctx, du: Tensor | None, _ds: Tensor | None, _drstd: Tensor | None):
+    if du is None:
+        return None, None, None, None, None
     z, s, w_local, w_global, norm_weight, rstd = ctx.saved_tensors
     dz, dwl, dwg, dnw = unimixing_rmsnorm_bwd(du, z, s, w_local, w_global, norm_weight, rstd)
     return dz, dwl, dwg, dnw, None

@@ -10,11 +10,15 @@ def _stat_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
-    """``x * rsqrt(mean(x^2, -1) + eps) * weight`` over the last dim."""
+def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6, residual: Tensor | None = None) -> Tensor:
+    """``x * rsqrt(mean(x^2, -1) + eps) * weight`` over the last dim, plus ``residual`` when given
+    (added in the statistics dtype, rounded once)."""
     xf = x.to(_stat_dtype(x))
     rstd = torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
-    return (xf * rstd * weight.to(xf.dtype)).to(x.dtype)
+    y = xf * rstd * weight.to(xf.dtype)
+    if residual is not None:
+        y = y + residual.to(xf.dtype)
+    return y.to(x.dtype)
 
 
 def add_rms_norm(

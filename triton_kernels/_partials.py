@@ -1,0 +1,106 @@
+"""The second pass of the deterministic weight-gradient reductions, for every op in one launch.
+
+A weight-gradient kernel writes one fp32 partial per program (or per sample split) into a
+``[P, ...]`` buffer; ``out = partial.sum(0)`` in the output's dtype finishes it. An op's backward
+has several such buffers (pSwiGLU six, the UniMixing + RMSNorm backward three), which as separate
+``sum`` and cast calls cost two launches each. :func:`sum_partials` sums up to
+:data:`MAX_SEGMENTS` buffers in one launch and casts in the store.
+
+Each buffer is a segment of the grid: program ``i`` of segment ``k`` owns ``BM_k`` output
+elements and walks the ``P_k`` partials ``BP_k`` rows at a time, adding each ``[BP_k, BM_k]`` tile
+into an fp32 accumulator of that shape, then reduces the ``BP_k`` rows once. The order of the
+additions depends only on the shapes, so the result is the same on every run (no atomics).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_SEGMENTS = 6
+# values per program tile: a [BP, BM] tile of this many fp32 values, with BP up to MAX_ROWS partial
+# rows (a long P, e.g. the RMSNorm backward's one row per program, then takes few loop steps)
+TILE = 4096
+MAX_ROWS = 128
+
+
+@triton.jit
+def _sum_segment(block, SRC, DST, P, M, BP: tl.constexpr, BM: tl.constexpr):
+    cols = block.to(tl.int64) * BM + tl.arange(0, BM)
+    cmask = cols < M
+    acc = tl.zeros([BP, BM], dtype=tl.float32)
+    for p0 in range(0, P, BP):
+        rows = p0 + tl.arange(0, BP)
+        mask = (rows < P)[:, None] & cmask[None, :]
+        acc += tl.load(SRC + rows.to(tl.int64)[:, None] * M + cols[None, :], mask=mask, other=0.0)
+    tl.store(DST + cols, tl.sum(acc, axis=0).to(DST.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def sum_partials_kernel(
+    S0, D0, P0, M0, S1, D1, P1, M1, S2, D2, P2, M2,
+    S3, D3, P3, M3, S4, D4, P4, M4, S5, D5, P5, M5,
+    E0, E1, E2, E3, E4,
+    NSEG: tl.constexpr,
+    BP0: tl.constexpr, BM0: tl.constexpr, BP1: tl.constexpr, BM1: tl.constexpr,
+    BP2: tl.constexpr, BM2: tl.constexpr, BP3: tl.constexpr, BM3: tl.constexpr,
+    BP4: tl.constexpr, BM4: tl.constexpr, BP5: tl.constexpr, BM5: tl.constexpr,
+):
+    """``D_k[j] = sum_p S_k[p, j]`` (fp32, fixed order, cast to ``D_k``'s dtype) for the ``NSEG``
+    segments ``k``; segment ``k`` owns programs ``[E_{k-1}, E_k)`` (``E_{-1} = 0``)."""
+    pid = tl.program_id(0)
+    if pid < E0:
+        _sum_segment(pid, S0, D0, P0, M0, BP0, BM0)
+    if NSEG > 1:
+        if (pid >= E0) & (pid < E1):
+            _sum_segment(pid - E0, S1, D1, P1, M1, BP1, BM1)
+    if NSEG > 2:
+        if (pid >= E1) & (pid < E2):
+            _sum_segment(pid - E1, S2, D2, P2, M2, BP2, BM2)
+    if NSEG > 3:
+        if (pid >= E2) & (pid < E3):
+            _sum_segment(pid - E2, S3, D3, P3, M3, BP3, BM3)
+    if NSEG > 4:
+        if (pid >= E3) & (pid < E4):
+            _sum_segment(pid - E3, S4, D4, P4, M4, BP4, BM4)
+    if NSEG > 5:
+        if pid >= E4:
+            _sum_segment(pid - E4, S5, D5, P5, M5, BP5, BM5)
+
+
+def _rows_cols(p: int) -> tuple[int, int]:
+    """``(BP, BM)``: the partial rows and output elements of one program's tile."""
+    bp = min(triton.next_power_of_2(max(p, 1)), MAX_ROWS)
+    return bp, TILE // bp
+
+
+def sum_partials(*pairs: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """For each ``(partial, out)``: ``out = partial.sum(0)``, summed in fp32 in a fixed order and
+    cast to ``out``'s dtype, all in one launch. ``partial`` is a contiguous fp32 ``[P, ...]``
+    buffer, ``out`` a contiguous tensor of ``partial.shape[1:]``; at most :data:`MAX_SEGMENTS`
+    pairs."""
+    if not 1 <= len(pairs) <= MAX_SEGMENTS:
+        raise ValueError(f"pairs: expected 1 to {MAX_SEGMENTS} (partial, out) pairs, got {len(pairs)}")
+    args, consts, ends, total = [], {}, [], 0
+    for k, (part, out) in enumerate(pairs):
+        if part.dtype != torch.float32 or not part.is_contiguous() or not out.is_contiguous():
+            raise ValueError(f"pairs[{k}]: expected a contiguous fp32 partial and a contiguous output, got "
+                             f"{part.dtype} (contiguous: {part.is_contiguous()}) and contiguous: "
+                             f"{out.is_contiguous()}")
+        if part.shape[1:] != out.shape:
+            raise ValueError(f"pairs[{k}]: the output shape {tuple(out.shape)} must be the partial's "
+                             f"{tuple(part.shape)} without its first dim")
+        p, m = part.shape[0], out.numel()
+        bp, bm = _rows_cols(p)
+        total += triton.cdiv(m, bm)
+        ends.append(total)
+        args += [part, out, p, m]
+        consts[f"BP{k}"], consts[f"BM{k}"] = bp, bm
+    for k in range(len(pairs), MAX_SEGMENTS):  # unused segments: never reached
+        args += [pairs[0][0], pairs[0][1], 0, 0]
+        consts[f"BP{k}"], consts[f"BM{k}"] = 1, 1
+    ends += [total] * (MAX_SEGMENTS - len(ends))
+    if total == 0:
+        return
+    sum_partials_kernel[(total,)](*args, *ends[:-1], NSEG=len(pairs), **consts, num_warps=4)
