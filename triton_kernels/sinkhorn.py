@@ -99,6 +99,7 @@ from ._launch import (
     switch,
     triton_launch_option,
 )
+from ._partials import sum_partials
 
 # matrices up to this size run the batched in-register kernels; larger ones the tiled kernels
 SMALL_MAX_N = 64
@@ -921,7 +922,9 @@ def small_bwd(dp, x, omega, u, v, n_mat, n, iters, tau, symmetric):
             SYMMETRIC=symmetric, LITE=lite, MB=mb, NP=npad, num_warps=_small_warps(mb, npad),
         )
     if lite:
-        return domega, dz_partial.sum(0).to(x.dtype)
+        dz = new_output(x.shape, like=x)
+        sum_partials((dz_partial, dz))
+        return domega, dz
     return dx
 
 

@@ -103,6 +103,14 @@ def test_rms_norm_cuda_rejects_float64(device):
         uk.rms_norm(x, torch.ones(8, device=device), backend="cuda")
 
 
+def test_rms_norm_cuda_refuses_a_residual(device):
+    # no post-norm residual in the compiled library: an error that names the alternatives
+    x = random_input((4, 64), torch.float32, device)
+    w = random_input((64,), torch.float32, device)
+    with pytest.raises(ValueError, match="residual: the cuda backend's rms_norm has no residual"):
+        uk.rms_norm(x, w, residual=x, backend="cuda")
+
+
 def test_rms_norm_cuda_too_wide_row_says_what_to_use(device):
     x = torch.randn(2, 16385, device=device)  # beyond 512 threads x 32 elements held per thread
     with pytest.raises(ValueError, match="backend='triton'"):

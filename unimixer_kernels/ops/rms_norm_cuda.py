@@ -86,9 +86,12 @@ def _check_cuda_dtype(x: Tensor) -> None:
 @RMS_NORM.register("cuda")
 def _rms_norm_cuda(x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = None) -> Tensor:
     _check_cuda_dtype(x)
-    y = cuda_ops().rms_norm_fwd(x, weight, eps)[0]
-    # the compiled library has no post-norm residual: a separate add (rounding twice)
-    return y if residual is None else residual + y
+    if residual is not None:
+        # the compiled library has no post-norm residual, and an add after it would round twice
+        # where the contract rounds once
+        raise ValueError("residual: the cuda backend's rms_norm has no residual; use backend='triton' or "
+                         "'reference', or add the residual to the result yourself")
+    return cuda_ops().rms_norm_fwd(x, weight, eps)[0]
 
 
 @ADD_RMS_NORM.register("cuda")
