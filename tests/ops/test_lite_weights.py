@@ -199,7 +199,7 @@ def test_lite_weights_hypothesis_gpu():
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
 
-    @hypothesis.settings(deadline=None, max_examples=30)
+    @hypothesis.settings(deadline=None, max_examples=20)
     @hypothesis.given(
         seed=st.integers(0, 2**31 - 1),
         n=st.integers(1, 300),
