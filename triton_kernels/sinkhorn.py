@@ -611,10 +611,13 @@ def _await_tagged(ptrs, mask, tag, FAIL, MAX_SPINS: tl.constexpr):
 
 
 @triton.jit
-def _resident_frame(pid, mat, SRC, A, B, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                    MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr):
-    """Tile ``(p, q) = divmod(pid, n_ct)`` of a resident program: indices, masks and its ``S0``."""
+def _resident_frame(pid, mat, SRC, A, B, U, V, PR, PC, FAIL, n, rank, K, n_rt, n_ct,
+                    s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+                    MODE: tl.constexpr, SYMMETRIC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                    BK: tl.constexpr, DOT_IEEE: tl.constexpr, RT_P: tl.constexpr, CT_P: tl.constexpr):
+    """Tile ``(p, q) = divmod(pid, n_ct)`` of matrix ``mat`` as a resident program sees it: indices,
+    masks, its ``S0``, its failure counter, its matrix's partial buffers, the offsets of its rows'
+    and columns' potentials, and the partial blocks' indices and masks."""
     p = pid // n_ct
     q = pid % n_ct
     rows = p * BM + tl.arange(0, BM)
@@ -632,7 +635,11 @@ def _resident_frame(pid, mat, SRC, A, B, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb
     else:
         x = _tile_logits(SRC, A, B, SRC, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
                          MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE)
-    return p, q, rows, cols, rmask, cmask, m2, x
+    ts_c = tl.arange(0, CT_P)
+    ts_r = tl.arange(0, RT_P)
+    return (p, q, rows, cols, rmask, cmask, m2, x, FAIL + mat, PR + mat * 2 * n_ct * n,
+            PC + mat * 2 * n_rt * n, U + mat * K * n + rows, V + mat * K * n + cols, ts_c, ts_r,
+            (ts_c < n_ct)[:, None] & rmask[None, :], (ts_r < n_rt)[:, None] & cmask[None, :])
 
 
 @triton.jit
@@ -658,20 +665,11 @@ def sinkhorn_resident_fwd_kernel(
     * Two copies suffice: the next write into a copy is four steps later, and any program that far
       ahead has (through the chain of partials it waited on) seen every program finish the step
       that read the copy."""
-    pid = tl.program_id(0)
     mat = tl.program_id(1).to(tl.int64)
-    p, q, rows, cols, rmask, cmask, m2, x = _resident_frame(
-        pid, mat, SRC, A, B, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE)
-    fail = FAIL + mat
-    pr = PR + mat * 2 * n_ct * n
-    pc = PC + mat * 2 * n_rt * n
-    urow = U + mat * K * n + rows
-    vcol = V + mat * K * n + cols
-    ts_c = tl.arange(0, CT_P)
-    ts_r = tl.arange(0, RT_P)
-    pr_mask = (ts_c < n_ct)[:, None] & rmask[None, :]
-    pc_mask = (ts_r < n_rt)[:, None] & cmask[None, :]
+    (p, q, rows, cols, rmask, cmask, m2, x, fail, pr, pc, urow, vcol, ts_c, ts_r, pr_mask,
+     pc_mask) = _resident_frame(
+        tl.program_id(0), mat, SRC, A, B, U, V, PR, PC, FAIL, n, rank, K, n_rt, n_ct,
+        s0, s1, s2, sa0, sa1, sb0, sb1, scale, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P)
     tl.store(pr + q * n + rows, _tagged(_lse(tl.where(m2, x, float("-inf")), 1), 1), mask=rmask)
     u1 = tl.zeros([BM], dtype=tl.float32)
     v1 = tl.zeros([BN], dtype=tl.float32)
@@ -722,20 +720,11 @@ def sinkhorn_resident_bwd_kernel(
     ``2t + 1``: column step ``k = K - 1 - t``, writes row sums; ``2t + 2``: row step ``k``, writes
     column sums). The last row step writes ``dM`` (or, symmetric, ``G`` for the caller's
     symmetrising pass). Same arithmetic as ``_bwd_tile``."""
-    pid = tl.program_id(0)
     mat = tl.program_id(1).to(tl.int64)
-    p, q, rows, cols, rmask, cmask, m2, x = _resident_frame(
-        pid, mat, SRC, A, B, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE)
-    fail = FAIL + mat
-    pr = PR + mat * 2 * n_ct * n
-    pc = PC + mat * 2 * n_rt * n
-    urow = U + mat * K * n + rows
-    vcol = V + mat * K * n + cols
-    ts_c = tl.arange(0, CT_P)
-    ts_r = tl.arange(0, RT_P)
-    pr_mask = (ts_c < n_ct)[:, None] & rmask[None, :]
-    pc_mask = (ts_r < n_rt)[:, None] & cmask[None, :]
+    (p, q, rows, cols, rmask, cmask, m2, x, fail, pr, pc, urow, vcol, ts_c, ts_r, pr_mask,
+     pc_mask) = _resident_frame(
+        tl.program_id(0), mat, SRC, A, B, U, V, PR, PC, FAIL, n, rank, K, n_rt, n_ct,
+        s0, s1, s2, sa0, sa1, sb0, sb1, scale, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P)
     # only r1 = S0 - u_1 stays live in the loop (with g), t1 = r1 - v_1 is formed where used
     r1 = x - tl.load(urow, mask=rmask, other=0.0)[:, None]
     v1 = tl.load(vcol, mask=cmask, other=0.0)
