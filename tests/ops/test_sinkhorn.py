@@ -407,7 +407,7 @@ def compile_resident_for_sm90() -> None:
     from bench.sm90 import SMEM_LIMIT, compile_sm90
 
     names = "SRC A B P U V G DX DP".split()
-    ptrs = dict({a: "*fp32" for a in names}, PR="*i64", PC="*i64", FAIL="*i32")
+    ptrs = dict({a: "*fp32" for a in names}, PR="*i64", PC="*i64", FAIL="*i64")
     for mode in (0, 2):
         consts = dict(MODE=mode, SYMMETRIC=mode == 0, BM=64, BN=128, BK=32, DOT_IEEE=True, RT_P=16, CT_P=16,
                       MAX_SPINS=k.RESIDENT_MAX_SPINS)
