@@ -340,6 +340,19 @@ def _lowrank_tile(A, B, rows, cols, rmask, cmask, rank, sa0, sa1, sb0, sb1,
 
 
 @triton.jit
+def _tile_index(tile, n, n_ct, BM: tl.constexpr, BN: tl.constexpr):
+    """Tile ``(p, q) = divmod(tile, n_ct)`` of an ``n x n`` matrix: ``p, q``, its rows and columns,
+    their masks and the tile's mask."""
+    p = tile // n_ct
+    q = tile % n_ct
+    rows = p * BM + tl.arange(0, BM)
+    cols = q * BN + tl.arange(0, BN)
+    rmask = rows < n
+    cmask = cols < n
+    return p, q, rows, cols, rmask, cmask, rmask[:, None] & cmask[None, :]
+
+
+@triton.jit
 def _tile_frame(
     x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
@@ -347,13 +360,7 @@ def _tile_frame(
 ):
     """Tile ``(p, q)`` of matrix ``mat``, as every forward and backward half-step sees it: indices,
     masks, its logits (``x_in`` when ``X_GIVEN``, else formed or loaded) and the potentials' rows."""
-    p = tile // n_ct
-    q = tile % n_ct
-    rows = p * BM + tl.arange(0, BM)
-    cols = q * BN + tl.arange(0, BN)
-    rmask = rows < n
-    cmask = cols < n
-    m2 = rmask[:, None] & cmask[None, :]
+    p, q, rows, cols, rmask, cmask, m2 = _tile_index(tile, n, n_ct, BM, BN)
     if X_GIVEN:
         x = x_in
     else:
@@ -541,18 +548,13 @@ def sinkhorn_tile_bwd_kernel(
 @triton.jit
 def _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.constexpr):
     """``dM = (G + G^T) * grad_scale`` (``grad_scale = 0.5 / tau``) on one tile."""
-    rows = (tile // n_ct) * BM + tl.arange(0, BM)
-    cols = (tile % n_ct) * BN + tl.arange(0, BN)
-    rmask = rows < n
-    cmask = cols < n
+    _, _, rows, cols, rmask, cmask, m2 = _tile_index(tile, n, n_ct, BM, BN)
     base = G + mat * n * n
-    g = tl.load(base + rows[:, None] * n + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0,
-                cache_modifier=".cg")
+    g = tl.load(base + rows[:, None] * n + cols[None, :], mask=m2, other=0.0, cache_modifier=".cg")
     gt = tl.load(base + cols[:, None] * n + rows[None, :], mask=cmask[:, None] & rmask[None, :], other=0.0,
                  cache_modifier=".cg")
     dm = (g + tl.trans(gt)) * grad_scale
-    tl.store(DX + mat * n * n + rows[:, None] * n + cols[None, :], dm.to(DX.dtype.element_ty),
-             mask=rmask[:, None] & cmask[None, :])
+    tl.store(DX + mat * n * n + rows[:, None] * n + cols[None, :], dm.to(DX.dtype.element_ty), mask=m2)
 
 
 @triton.jit
@@ -572,8 +574,7 @@ def _held_tile(
     """With ``HOLD``, the S0 tile ``pid``, read (or formed) by an early PDL launch before its wait;
     ``0.0`` otherwise."""
     if HOLD:
-        rows = (pid // n_ct) * BM + tl.arange(0, BM)
-        cols = (pid % n_ct) * BN + tl.arange(0, BN)
+        _, _, rows, cols, _, _, _ = _tile_index(pid, n, n_ct, BM, BN)
         x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
                          MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE)
     else:
@@ -618,13 +619,7 @@ def _resident_frame(pid, mat, SRC, A, B, U, V, PR, PC, FAIL, n, rank, K, n_rt, n
     """Tile ``(p, q) = divmod(pid, n_ct)`` of matrix ``mat`` as a resident program sees it: indices,
     masks, its ``S0``, its failure counter, its matrix's partial buffers, the offsets of its rows'
     and columns' potentials, and the partial blocks' indices and masks."""
-    p = pid // n_ct
-    q = pid % n_ct
-    rows = p * BM + tl.arange(0, BM)
-    cols = q * BN + tl.arange(0, BN)
-    rmask = rows < n
-    cmask = cols < n
-    m2 = rmask[:, None] & cmask[None, :]
+    p, q, rows, cols, rmask, cmask, m2 = _tile_index(pid, n, n_ct, BM, BN)
     if MODE == 0 and SYMMETRIC:
         # the transposed tile read transposed (once per call), not transposed in registers: the tile
         # then keeps the layout of everything the loop combines it with
@@ -989,13 +984,14 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     if n_mat == 0 or n == 0:
         return dx
     bm, bn, n_rt, n_ct, mode, rank, strides, meta = _tile_args(n, src, a, b)
-    g = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32)
     scale = grad_scale = (0.5 if symmetric else 1.0) / tau
     s_src, s_a, s_b = (a, a, b) if a is not None else (src, src, src)
     res = _resident_args(n, n_mat, like.device, meta)
     if res is not None:
         n_rt, n_ct, meta, fail, pr, pc = res
         grid = (n_rt * n_ct, n_mat)
+        # the working gradient leaves registers only for the symmetrising pass
+        g = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if symmetric else dx
         sinkhorn_resident_bwd_kernel[grid](
             s_src, s_a, s_b, dp, u, v, g, dx, pr, pc, fail,
             n, rank, iters, n_rt, n_ct, *strides, dp.stride(0), dp.stride(1), dp.stride(2), scale, grad_scale,
@@ -1006,6 +1002,7 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
             sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, BM=meta["BM"], BN=meta["BN"],
                                            num_warps=4, PDL=False)
         return dx
+    g = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32)
     ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode != _LOWRANK else dx
     pr = torch.empty((n_mat, n_ct, n), device=like.device, dtype=torch.float32)
     pc = torch.empty((n_mat, n_rt, n), device=like.device, dtype=torch.float32)
