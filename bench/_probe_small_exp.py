@@ -5,10 +5,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
+from unimixer_kernels.triton_kernels import sinkhorn as k  # noqa: E402
 
 import unimixer_kernels as uk  # noqa: E402
 from unimixer_kernels.testing import _full_precision_gemms  # noqa: E402,F401
-from unimixer_kernels.triton_kernels import sinkhorn as k  # noqa: E402
 
 
 def grads(x, g, tau, iters, sym):
@@ -19,7 +19,8 @@ def grads(x, g, tau, iters, sym):
         out[name] = torch.autograd.grad(uk.sinkhorn(xx, tau, iters, sym, backend="triton"), xx, g)[0]
     for name, dt in (("ref", torch.float64), ("torch", torch.float32)):
         xx = x.to(dt).clone().requires_grad_(True)
-        out[name] = torch.autograd.grad(uk.sinkhorn(xx, tau, iters, sym, backend="reference"), xx, g.to(dt))[0]
+        ref = uk.sinkhorn(xx, tau, iters, sym, backend="reference")
+        out[name] = torch.autograd.grad(ref, xx, g.to(dt))[0]
     return out
 
 

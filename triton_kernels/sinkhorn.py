@@ -61,7 +61,10 @@ Layouts
   turns it off): where every tile can have its own program, all resident at once (``n = 1024``
   with 64 x 128 tiles and 16 warps: 128 programs), one launch per direction. A program keeps its
   ``S0`` tile, in backward its ``G`` tile, and the potentials of its rows and columns in registers
-  for the whole call, so Lite forms its low-rank tile once, not ``2K + 1`` times. The half-steps
+  for the whole call, so Lite forms its low-rank tile once, not ``2K + 1`` times. After the first
+  iteration the reductions need no maximum (every iterate is then normalised along one axis, see
+  ``sinkhorn_resident_fwd_kernel``), so the partials are plain sums, and one exponential per entry
+  serves both half-steps of an iteration. The half-steps
   meet through the partials alone: each is written as tagged 8-byte words (value and step), double
   buffered, and a program polls exactly the words it needs until they carry the step's tag; no
   barrier, no fence, no workspace. The launch is cooperative (the driver refuses a grid that
@@ -131,6 +134,8 @@ TILE_OVERRIDE: tuple[int, int] | None = None
 # where S0 comes from: the logits (and cache it), the cache, the factors, the factors (and cache it)
 _DENSE, _WORKSPACE, _LOWRANK, _LOWRANK_CACHED = 0, 1, 2, 3
 _INIT, _ROW, _COL, _COL_LAST = 0, 1, 2, 3
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -676,57 +681,72 @@ def sinkhorn_resident_fwd_kernel(
     RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr,
 ):
     """The whole forward in one launch, one program per tile (grid ``(n_rt * n_ct, n_mat)``, all
-    resident at once). Same arithmetic as ``_fwd_tile``; the differences are where things live:
+    resident at once). The potentials are ``_fwd_tile``'s; where things live and how the half-steps
+    after the first iteration reduce differ:
 
-    * the ``S0`` tile, and the potentials of the tile's rows and columns (``u_1``, ``v_1``, the
-      current ``u``), stay in registers for the whole call; ``U``, ``V`` are only written;
+    * the ``S0`` tile becomes ``T1`` (in log2 units, ``-inf`` outside the matrix) after the first
+      iteration and stays in registers for the whole call, with the current potentials of the
+      tile's rows and columns; ``U``, ``V`` are only written;
     * the partials pass through ``PR [n_mat, 2, n_ct, n]`` and ``PC [n_mat, 2, n_rt, n]`` (int64,
       zeroed) as tagged words (``_tagged``): step ``s`` (0 the first pass, ``2k + 1`` row step
       ``k``, ``2k + 2`` column step ``k``) writes its partials with tag ``s + 1`` into copy
       ``(s // 2) % 2``, and step ``s + 1`` waits for that tag on exactly the words it reads: a row
       step on its row band's partials, a column step on its column band's. There is no barrier
-      and no fence: a half-step costs one write and one round of reads of the partials.
-    * Two copies suffice: the next write into a copy is four steps later, and any program that far
+      and no fence: a half-step costs one write and one round of reads of the partials;
+    * two copies suffice: the next write into a copy is four steps later, and any program that far
       ahead has (through the chain of partials it waited on) seen every program finish the step
-      that read the copy."""
+      that read the copy;
+    * the first iteration (from ``S0``, whose rows and columns can be anything) reduces as
+      ``_lse`` does, with its maximum. Every later half-step starts from a normalised iterate: after
+      a row step every entry is at most 1 and, the matrix before it having had unit column sums,
+      every column sums to at least ``1 / n`` (rows alike after a column step). So the exponentials
+      need no shift (nothing above 1, a sum no smaller than ``1 / n``: no overflow, no underflow of a
+      sum, the same relative precision) and the partials are plain sums;
+    * one exponential per entry per iteration: ``E = exp(T1 - v)`` gives the row sums ``r``
+      (``u = log r``), and the column step sums ``E / r`` (``v += log`` of that), the iterate after
+      the row step, without a second exponential."""
     mat = tl.program_id(1).to(tl.int64)
     (p, q, rows, cols, rmask, cmask, m2, x, fail, pr, pc, urow, vcol, ts_c, ts_r, pr_mask,
      pc_mask) = _resident_frame(
         tl.program_id(0), mat, SRC, A, B, U, V, PR, PC, FAIL, n, rank, K, n_rt, n_ct,
         s0, s1, s2, sa0, sa1, sb0, sb1, scale, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P)
-    tl.store(pr + q * n + rows, _tagged(_lse(tl.where(m2, x, float("-inf")), 1), 1), mask=rmask)
-    u1 = tl.zeros([BM], dtype=tl.float32)
-    v1 = tl.zeros([BN], dtype=tl.float32)
-    for k in range(K):
+    # the first iteration, from S0: row step (partials of step 0, tag 1), then column step
+    x = tl.where(m2, x, float("-inf"))
+    tl.store(pr + q * n + rows, _tagged(_lse(x, 1), 1), mask=rmask)
+    parts = _await_tagged(pr + ts_c[:, None] * n + rows[None, :], pr_mask, 1, fail, MAX_SPINS)
+    u = _lse(tl.where(pr_mask, parts, float("-inf")), 0)
+    tl.store(urow, u, mask=rmask & (q == 0))
+    x = x - u[:, None]
+    tl.store(pc + p * n + cols, _tagged(_lse(x, 0), 2), mask=cmask)
+    parts = _await_tagged(pc + ts_r[:, None] * n + cols[None, :], pc_mask, 2, fail, MAX_SPINS)
+    v = _lse(tl.where(pc_mask, parts, float("-inf")), 0)
+    tl.store(vcol, v, mask=cmask & (p == 0))
+    # later iterations: T1 in log2 units, relative potentials (log2 units) from 0, plain sums
+    t1 = (x - v[None, :]) * LOG2E
+    e = tl.exp2(t1)
+    v = tl.zeros([BN], dtype=tl.float32)
+    rinv = tl.full([BM], 1.0, tl.float32)
+    for k in range(1, K):
         c = k % 2
-        # row step k: the row band's partials of step 2k
+        # row step k: E = exp(T1 - v_{k-1}) summed along the rows (step 2k, tag 2k + 1)
+        tl.store(pr + (c * n_ct + q) * n + rows, _tagged(tl.sum(e, axis=1), 2 * k + 1), mask=rmask)
         parts = _await_tagged(pr + (c * n_ct + ts_c[:, None]) * n + rows[None, :], pr_mask, 2 * k + 1, fail,
                               MAX_SPINS)
-        u = _lse(tl.where(pr_mask, parts, float("-inf")), 0)
-        tl.store(urow + k * n, u, mask=rmask & (q == 0))
-        if k == 0:
-            u1 = u
-            base = x
-        else:
-            base = (x - u1[:, None]) - v1[None, :]
-        part = _lse(tl.where(m2, base - u[:, None], float("-inf")), 0)
-        tl.store(pc + (c * n_rt + p) * n + cols, _tagged(part, 2 * k + 2), mask=cmask)
-        # column step k: the column band's partials of step 2k + 1
+        r = tl.sum(parts, axis=0)
+        r = tl.where(r > 0.0, r, 1.0)  # rows outside the matrix
+        tl.store(urow + k * n, tl.log2(r) * LN2, mask=rmask & (q == 0))
+        rinv = 1.0 / r
+        # column step k: the iterate after the row step, E / r, summed along the columns
+        tl.store(pc + (c * n_rt + p) * n + cols, _tagged(tl.sum(e * rinv[:, None], axis=0), 2 * k + 2),
+                 mask=cmask)
         parts = _await_tagged(pc + (c * n_rt + ts_r[:, None]) * n + cols[None, :], pc_mask, 2 * k + 2, fail,
                               MAX_SPINS)
-        v = _lse(tl.where(pc_mask, parts, float("-inf")), 0)
-        tl.store(vcol + k * n, v, mask=cmask & (p == 0))
-        if k == 0:
-            v1 = v
-            v = tl.zeros([BN], dtype=tl.float32)
-            u = tl.zeros([BM], dtype=tl.float32)
-        t1 = (x - u1[:, None]) - v1[None, :]
-        if k < K - 1:
-            row_part = _lse(tl.where(m2, t1 - v[None, :], float("-inf")), 1)
-            tl.store(pr + ((1 - c) * n_ct + q) * n + rows, _tagged(row_part, 2 * k + 3), mask=rmask)
-        else:
-            pv = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
-            tl.store(P + mat * n * n + rows[:, None] * n + cols[None, :], pv, mask=m2)
+        s = tl.sum(parts, axis=0)
+        v = v + tl.log2(tl.where(s > 0.0, s, 1.0))
+        tl.store(vcol + k * n, v * LN2, mask=cmask & (p == 0))
+        e = tl.exp2(t1 - v[None, :])
+    # P = exp(T1 - u - v) = exp(T1 - v) / r
+    tl.store(P + mat * n * n + rows[:, None] * n + cols[None, :], e * rinv[:, None], mask=m2)
 
 
 @triton.jit
@@ -739,46 +759,48 @@ def sinkhorn_resident_bwd_kernel(
     RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr,
 ):
     """The whole backward in one launch, one resident program per tile, as
-    ``sinkhorn_resident_fwd_kernel``: the ``S0`` and working-gradient tiles stay in registers, the
-    partial sums pass as tagged words (step 0: ``G = dP * P``, writes column sums; step
-    ``2t + 1``: column step ``k = K - 1 - t``, writes row sums; ``2t + 2``: row step ``k``, writes
-    column sums). The last row step writes ``dM`` (or, symmetric, ``G`` for the caller's
-    symmetrising pass). Same arithmetic as ``_bwd_tile``."""
+    ``sinkhorn_resident_fwd_kernel``: ``T1`` (log2 units) and the working-gradient tile stay in
+    registers, the partial sums pass as tagged words (step 0: ``G = dP * P``, writes column sums;
+    step ``2t + 1``: column step ``k = K - 1 - t``, writes row sums; ``2t + 2``: row step ``k``,
+    writes column sums). The last row step writes ``dM`` (or, symmetric, ``G`` for the caller's
+    symmetrising pass). Same sums as ``_bwd_tile``, one exponential per entry per iteration: the row
+    step's iterate is the column step's times ``exp(v_k - v_{k-1})`` per column (``v_0 := 0``
+    relative, and ``-v_1`` before the first column step, so that ``k = 0`` gives ``exp(S0 - u_1)``).
+    The factor is bounded: ``|v_k - v_{k-1}| <= log n`` for ``k >= 1`` (column sums of a row
+    normalised iterate lie in ``[1/n, n]``), and at ``k = 0`` it is at most ``n``."""
     mat = tl.program_id(1).to(tl.int64)
     (p, q, rows, cols, rmask, cmask, m2, x, fail, pr, pc, urow, vcol, ts_c, ts_r, pr_mask,
      pc_mask) = _resident_frame(
         tl.program_id(0), mat, SRC, A, B, U, V, PR, PC, FAIL, n, rank, K, n_rt, n_ct,
         s0, s1, s2, sa0, sa1, sb0, sb1, scale, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P)
-    # only r1 = S0 - u_1 stays live in the loop (with g), t1 = r1 - v_1 is formed where used
-    r1 = x - tl.load(urow, mask=rmask, other=0.0)[:, None]
     v1 = tl.load(vcol, mask=cmask, other=0.0)
-    u = tl.load(urow + (K - 1) * n, mask=rmask & (K > 1), other=0.0)
-    v = tl.load(vcol + (K - 1) * n, mask=cmask & (K > 1), other=0.0)
+    t1 = (x - tl.load(urow, mask=rmask, other=0.0)[:, None]) - v1[None, :]
+    t1 = tl.where(m2, t1 * LOG2E, float("-inf"))
+    v1 = v1 * LOG2E
+    u = tl.load(urow + (K - 1) * n, mask=rmask & (K > 1), other=0.0) * LOG2E
+    v = tl.load(vcol + (K - 1) * n, mask=cmask & (K > 1), other=0.0) * LOG2E
     dp = tl.load(DP + mat * sd0 + rows[:, None] * sd1 + cols[None, :] * sd2, mask=m2, other=0.0)
-    g = dp.to(tl.float32) * tl.exp(tl.where(m2, (r1 - v1[None, :]) - u[:, None] - v[None, :], float("-inf")))
+    g = dp.to(tl.float32) * tl.exp2(t1 - u[:, None] - v[None, :])
     tl.store(pc + p * n + cols, _tagged(tl.sum(g, axis=0), 1), mask=cmask)
     for t in range(K):
         k = K - 1 - t
         c = t % 2
-        u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0)
-        v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0)
-        vp = tl.load(vcol + (k - 1) * n, mask=cmask & (k > 1), other=0.0)
+        u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0) * LOG2E
+        v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0) * LOG2E
+        vp = tl.load(vcol + (k - 1) * n, mask=cmask & (k > 1), other=0.0) * LOG2E
+        vp = tl.where(k > 0, vp, -v1)
         # column step k: the column band's column sums of step 2t
         parts = _await_tagged(pc + (c * n_rt + ts_r[:, None]) * n + cols[None, :], pc_mask, 2 * t + 1, fail,
                               MAX_SPINS)
-        col = tl.sum(tl.where(pc_mask, parts, 0.0), axis=0)
-        e = tl.exp(tl.where(m2, (r1 - v1[None, :]) - u[:, None] - v[None, :], float("-inf")))
+        col = tl.sum(parts, axis=0)
+        e = tl.exp2(t1 - u[:, None] - v[None, :])
         g = g - e * col[None, :]
         tl.store(pr + (c * n_ct + q) * n + rows, _tagged(tl.sum(g, axis=1), 2 * t + 2), mask=rmask)
         # row step k: the row band's row sums of step 2t + 1
         parts = _await_tagged(pr + (c * n_ct + ts_c[:, None]) * n + rows[None, :], pr_mask, 2 * t + 2, fail,
                               MAX_SPINS)
-        row = tl.sum(tl.where(pr_mask, parts, 0.0), axis=0)
-        if k > 0:
-            it = (r1 - v1[None, :]) - u[:, None] - vp[None, :]
-        else:
-            it = r1
-        g = g - tl.exp(tl.where(m2, it, float("-inf"))) * row[:, None]
+        row = tl.sum(parts, axis=0)
+        g = g - (e * tl.exp2(v - vp)[None, :]) * row[:, None]
         if k > 0:
             tl.store(pc + ((1 - c) * n_rt + p) * n + cols, _tagged(tl.sum(g, axis=0), 2 * t + 3), mask=cmask)
     out = rows[:, None] * n + cols[None, :]

@@ -137,6 +137,24 @@ def test_sinkhorn_resident_triton(device, resident, shape, tau, iters, symmetric
     check_against_reference(uk.sinkhorn, (x, tau, iters, symmetric), backend="triton")
 
 
+def _dominated_logits(shape, device):
+    """Logits whose rows and columns differ by whole offsets (at tau = 0.05, S0's rows and columns
+    lie hundreds apart): the first iteration's reductions need their maximum, the later ones start
+    from a normalised iterate, whatever the logits were."""
+    torch.manual_seed(7)
+    n = shape[-1]
+    x = torch.randn(shape) + 4 * torch.randn(*shape[:-1], 1) + 4 * torch.randn(*shape[:-2], 1, n)
+    return x.to(device).requires_grad_(True)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("iters", [1, 2, 20])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_resident_dominated_rows(device, resident, iters, symmetric):
+    x = _dominated_logits((2, 16, 16), device)
+    check_against_reference(uk.sinkhorn, (x, 0.05, iters, symmetric), backend="triton")
+
+
 @pytest.mark.triton
 @pytest.mark.parametrize("layout", ["strided", "transposed"])
 @pytest.mark.parametrize("symmetric", [True, False])
@@ -356,6 +374,14 @@ def test_sinkhorn_resident_tiles_gpu(resident, shape, symmetric):
 
 @pytest.mark.gpu
 @pytest.mark.triton
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_resident_dominated_rows_gpu(resident, symmetric):
+    x = _dominated_logits((2, 100, 100), "cuda")
+    check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
 def test_sinkhorn_local_preset_gpu(kernel_dtype):
     # paper-small local weights: N = 1024 matrices of B = 4
     x = random_input((1024, 4, 4), kernel_dtype, "cuda", requires_grad=True)
@@ -382,6 +408,8 @@ def test_sinkhorn_hypothesis_gpu():
     st = hypothesis.strategies
 
     @hypothesis.settings(deadline=None, max_examples=40)
+    # a failure once seen: n = 2 at tau = 0.1 (the batched kernels' exponentials at |x| ~ 27)
+    @hypothesis.example(seed=139, n=2, batch=2, iters=1, tau=0.1, symmetric=False)
     @hypothesis.given(
         seed=st.integers(0, 2**31 - 1),
         n=st.integers(1, 300),
