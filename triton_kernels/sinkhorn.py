@@ -124,8 +124,6 @@ RESIDENT_CHECK = False
 # Lite global with fp32 factors of a larger rank: the first pass caches S0 (fp32 n x n workspace)
 # and later passes read it, instead of re-forming every tile from the factors in each pass
 LOWRANK_CACHE_MIN_RANK = 32
-# the batched kernels' exponentials through _exp_accurate rather than tl.exp
-SMALL_EXP_ACCURATE = True
 # elements of one program's register block in the batched kernels (MB * NP * NP)
 SMALL_BLOCK_ELEMS = 2048
 # tile shape of the tiled kernels; None picks from n (the tests shrink them to hit many tiles)
@@ -139,36 +137,11 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
-def _exp_accurate(x):
-    """``exp(x)`` within a few ulp over fp32's range. ``tl.exp`` is ``ex2.approx(x * log2(e))`` on
-    sm_90, whose product rounds to fp32 first: at ``|x| = 27`` that alone is ~1.6e-6 relative (~27
-    ulp). Here the exponent is split, ``x log2(e) = n + f`` with ``f`` formed by a fused multiply-add
-    and a second term for the low bits of ``log2(e)``, so only ``2^f`` (``|f| <= 1/2``) is approximate.
-    ``-inf`` gives 0 and ``+inf`` gives ``inf``; results below ``2^-126`` flush to 0."""
-    n = tl.floor(x * 1.4426950408889634 + 0.5)
-    n = tl.minimum(tl.maximum(n, -150.0), 128.0)
-    f = tl.fma(x, 1.4426950216293335, -n) + x * 1.925963033500011e-08
-    return tl.exp2(f) * tl.exp2(n)
-
-
-@triton.jit
-def _exp_small(ACCURATE: tl.constexpr, x):
-    if ACCURATE:
-        return _exp_accurate(x)
-    else:
-        return tl.exp(x)
-
-
-@triton.jit
-def _lse(x, AXIS: tl.constexpr, ACCURATE: tl.constexpr = False):
-    """logsumexp along AXIS of an ``-inf``-masked block; a fully masked slice gives 0, not NaN.
-    ``ACCURATE``: with :func:`_exp_accurate`."""
+def _lse(x, AXIS: tl.constexpr):
+    """logsumexp along AXIS of an ``-inf``-masked block; a fully masked slice gives 0, not NaN."""
     m = tl.max(x, axis=AXIS)
     m = tl.where(m == float("-inf"), 0.0, m)
-    if ACCURATE:
-        s = tl.sum(_exp_accurate(x - tl.expand_dims(m, AXIS)), axis=AXIS)
-    else:
-        s = tl.sum(tl.exp(x - tl.expand_dims(m, AXIS)), axis=AXIS)
+    s = tl.sum(tl.exp(x - tl.expand_dims(m, AXIS)), axis=AXIS)
     s = tl.where(s == 0.0, 1.0, s)
     return m + tl.log(s)
 
@@ -235,27 +208,26 @@ def sinkhorn_small_fwd_kernel(
     sx0, sx1, sx2, so0, so1,
     scale,
     SYMMETRIC: tl.constexpr, LITE: tl.constexpr, MB: tl.constexpr, NP: tl.constexpr,
-    ACCURATE: tl.constexpr,
 ):
     """Forward of ``MB`` matrices per program: writes ``P [n_mat, n, n]`` and the potentials
     ``U, V [n_mat, K, n]`` (``u_1``, ``v_1``, then ``u_k - u_1``, ``v_k - v_1``)."""
     pid = tl.program_id(0).to(tl.int64)
     mats, rows, cols, mvalid, mask, vmask, s0, pot = _small_frame(
         X, OMEGA, pid, n_mat, n, nb, K, sx0, sx1, sx2, so0, so1, scale, SYMMETRIC, LITE, MB, NP)
-    u = _lse(tl.where(mask, s0, float("-inf")), 2, ACCURATE)
+    u = _lse(tl.where(mask, s0, float("-inf")), 2)
     tl.store(U + pot, u, mask=vmask)
     r1 = s0 - u[:, :, None]
-    v = _lse(tl.where(mask, r1, float("-inf")), 1, ACCURATE)
+    v = _lse(tl.where(mask, r1, float("-inf")), 1)
     tl.store(V + pot, v, mask=vmask)
     t1 = r1 - v[:, None, :]
     u = tl.zeros([MB, NP], dtype=tl.float32)
     v = tl.zeros([MB, NP], dtype=tl.float32)
     for k in range(1, K):
-        u = _lse(tl.where(mask, t1 - v[:, None, :], float("-inf")), 2, ACCURATE)
+        u = _lse(tl.where(mask, t1 - v[:, None, :], float("-inf")), 2)
         tl.store(U + pot + k * n, u, mask=vmask)
-        v = _lse(tl.where(mask, t1 - u[:, :, None], float("-inf")), 1, ACCURATE)
+        v = _lse(tl.where(mask, t1 - u[:, :, None], float("-inf")), 1)
         tl.store(V + pot + k * n, v, mask=vmask)
-    p = _exp_small(ACCURATE, tl.where(mask, t1 - u[:, :, None] - v[:, None, :], float("-inf")))
+    p = tl.exp(tl.where(mask, t1 - u[:, :, None] - v[:, None, :], float("-inf")))
     out = mats[:, None, None] * n * n + rows[None, :, None] * n + cols[None, None, :]
     tl.store(P + out, p, mask=mask)
 
@@ -267,7 +239,6 @@ def sinkhorn_small_bwd_kernel(
     sx0, sx1, sx2, so0, so1, sd0, sd1, sd2,
     scale, grad_scale,
     SYMMETRIC: tl.constexpr, LITE: tl.constexpr, MB: tl.constexpr, NP: tl.constexpr,
-    ACCURATE: tl.constexpr,
 ):
     """Backward of ``MB`` matrices per program, ``G`` in registers.
 
@@ -280,7 +251,7 @@ def sinkhorn_small_bwd_kernel(
     t1 = r1 - tl.load(V + pot, mask=vmask, other=0.0)[:, None, :]
     u = tl.load(U + pot + (K - 1) * n, mask=vmask & (K > 1), other=0.0)
     v = tl.load(V + pot + (K - 1) * n, mask=vmask & (K > 1), other=0.0)
-    p = _exp_small(ACCURATE, tl.where(mask, t1 - u[:, :, None] - v[:, None, :], float("-inf")))
+    p = tl.exp(tl.where(mask, t1 - u[:, :, None] - v[:, None, :], float("-inf")))
     dp = tl.load(DP + mats[:, None, None] * sd0 + rows[None, :, None] * sd1 + cols[None, None, :] * sd2,
                  mask=mask, other=0.0).to(tl.float32)
     g = dp * p
@@ -288,14 +259,14 @@ def sinkhorn_small_bwd_kernel(
         k = K - t
         u = tl.load(U + pot + k * n, mask=vmask, other=0.0)
         v = tl.load(V + pot + k * n, mask=vmask, other=0.0)
-        e = _exp_small(ACCURATE, tl.where(mask, t1 - u[:, :, None] - v[:, None, :], float("-inf")))
+        e = tl.exp(tl.where(mask, t1 - u[:, :, None] - v[:, None, :], float("-inf")))
         g = g - e * tl.sum(g, axis=1)[:, None, :]
         v = tl.load(V + pot + (k - 1) * n, mask=vmask & (k > 1), other=0.0)
-        e = _exp_small(ACCURATE, tl.where(mask, t1 - u[:, :, None] - v[:, None, :], float("-inf")))
+        e = tl.exp(tl.where(mask, t1 - u[:, :, None] - v[:, None, :], float("-inf")))
         g = g - e * tl.sum(g, axis=2)[:, :, None]
     # the first iteration, whose iterates are t1 (after its column step) and r1 (after its row step)
-    g = g - _exp_small(ACCURATE, tl.where(mask, t1, float("-inf"))) * tl.sum(g, axis=1)[:, None, :]
-    g = g - _exp_small(ACCURATE, tl.where(mask, r1, float("-inf"))) * tl.sum(g, axis=2)[:, :, None]
+    g = g - tl.exp(tl.where(mask, t1, float("-inf"))) * tl.sum(g, axis=1)[:, None, :]
+    g = g - tl.exp(tl.where(mask, r1, float("-inf"))) * tl.sum(g, axis=2)[:, :, None]
     dm = g * grad_scale
     if SYMMETRIC:
         dm = dm + tl.permute(dm, (0, 2, 1))
@@ -923,8 +894,7 @@ def small_fwd(x, omega, n_mat, n, iters, tau, symmetric):
         n_mat, n, omega.shape[1] if lite else 0, iters,
         x.stride(0), x.stride(1), x.stride(2), om.stride(0), om.stride(1) if lite else 0,
         (0.5 if symmetric else 1.0) / tau,
-        SYMMETRIC=symmetric, LITE=lite, MB=mb, NP=npad, ACCURATE=SMALL_EXP_ACCURATE,
-        num_warps=_small_warps(mb, npad),
+        SYMMETRIC=symmetric, LITE=lite, MB=mb, NP=npad, num_warps=_small_warps(mb, npad),
     )
     return p, u, v
 
@@ -955,8 +925,7 @@ def small_bwd(dp, x, omega, u, v, n_mat, n, iters, tau, symmetric):
             x.stride(0), x.stride(1), x.stride(2), om.stride(0), om.stride(1) if lite else 0,
             dp.stride(0), dp.stride(1), dp.stride(2),
             (0.5 if symmetric else 1.0) / tau, (0.5 if symmetric else 1.0) / tau,
-            SYMMETRIC=symmetric, LITE=lite, MB=mb, NP=npad, ACCURATE=SMALL_EXP_ACCURATE,
-            num_warps=_small_warps(mb, npad),
+            SYMMETRIC=symmetric, LITE=lite, MB=mb, NP=npad, num_warps=_small_warps(mb, npad),
         )
     if lite:
         dz = new_output(x.shape, like=x)
