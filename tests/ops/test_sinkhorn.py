@@ -178,14 +178,38 @@ def test_sinkhorn_resident_path_taken(device, resident, monkeypatch):
 
 
 class _Recorder:
-    """A kernel whose launches (name, grid) are recorded."""
+    """A kernel whose launches (name, grid) are recorded, and with ``options``, the launch's
+    keyword arguments too."""
 
-    def __init__(self, kernel, name, log):
-        self.kernel, self.name, self.log = kernel, name, log
+    def __init__(self, kernel, name, log, options=None):
+        self.kernel, self.name, self.log, self.options = kernel, name, log, options
 
     def __getitem__(self, grid):
         self.log.append((self.name, grid))
-        return self.kernel[grid]
+        launch = self.kernel[grid]
+        if self.options is None:
+            return launch
+
+        def run(*args, **kwargs):
+            self.options.append((self.name, kwargs))
+            return launch(*args, **kwargs)
+
+        return run
+
+
+@pytest.mark.triton
+def test_sinkhorn_fma_contraction_off(device, resident, monkeypatch):
+    # the batched and resident kernels compile without FMA contraction, so that S0 = x * scale is one
+    # rounded number in all its uses (a contracted use differs from the rest: see FP_FUSION)
+    launched, options = [], []
+    for name in ("sinkhorn_small_fwd_kernel", "sinkhorn_small_bwd_kernel", "sinkhorn_resident_fwd_kernel",
+                 "sinkhorn_resident_bwd_kernel"):
+        monkeypatch.setattr(sk_kernels, name, _Recorder(getattr(sk_kernels, name), name, launched, options))
+    for n in (5, 12):  # batched, resident
+        x = _logits((2, n, n), torch.float32, device)
+        uk.sinkhorn(x, 0.5, 3, False, backend="triton").sum().backward()
+    assert len(options) == 4
+    assert all(kw.get("enable_fp_fusion") is False for _, kw in options), options
 
 
 # --- properties ---------------------------------------------------------------------------------
