@@ -124,14 +124,16 @@ RESIDENT_CHECK = False
 # Lite global with fp32 factors of a larger rank: the first pass caches S0 (fp32 n x n workspace)
 # and later passes read it, instead of re-forming every tile from the factors in each pass
 LOWRANK_CACHE_MIN_RANK = 32
-# FMA contraction in the batched and resident kernels: off. Their S0 = x * scale must round once
-# and be the same number in every use; with contraction the compiler fuses the product into some
-# uses (``x * scale - u`` as one FMA) but not into the log-sum-exp's maximum and exponentials, and the
-# gradient, which at small n can cancel terms of order 1 down to 1e-12, shows the difference (a
-# sweep example at n = 2: 8.8x torch's error with it, 1.0x without; NOTES). The one-launch-per-
-# half-step kernels keep it on: their dense S0 is rounded once into the fp32 workspace (their
-# matrix-free Lite tiles, formed again in each pass, were not examined for this).
-FP_FUSION = False
+# FMA contraction in the batched and resident kernels, where S0 = logits * scale (dense): off. There
+# S0 must round once and be the same number in every use; with contraction the compiler fuses the
+# product into some uses (``x * scale - u`` as one FMA) but not into the log-sum-exp's maximum and
+# exponentials, and the gradient, which at small n can cancel terms of order 1 down to 1e-12, shows
+# the difference (a sweep example at n = 2: 8.8x torch's error with it, 1.0x without; NOTES). Where
+# S0 is formed as a sum of products (Lite: the basis composition, the low-rank tile) it stays on:
+# the formation then rounds once per product, as the reference's GEMMs do (with it off, a Lite sweep
+# example missed the 2x rule: 4.4e-6 against 3.5e-6). The one-launch-per-half-step kernels keep it
+# on: their dense S0 is rounded once into the fp32 workspace.
+DENSE_FP_FUSION = False
 # elements of one program's register block in the batched kernels (MB * NP * NP)
 SMALL_BLOCK_ELEMS = 2048
 # tile shape of the tiled kernels; None picks from n (the tests shrink them to hit many tiles)
@@ -903,7 +905,7 @@ def small_fwd(x, omega, n_mat, n, iters, tau, symmetric):
         x.stride(0), x.stride(1), x.stride(2), om.stride(0), om.stride(1) if lite else 0,
         (0.5 if symmetric else 1.0) / tau,
         SYMMETRIC=symmetric, LITE=lite, MB=mb, NP=npad,
-        num_warps=_small_warps(mb, npad), enable_fp_fusion=FP_FUSION,
+        num_warps=_small_warps(mb, npad), enable_fp_fusion=lite or DENSE_FP_FUSION,
     )
     return p, u, v
 
@@ -935,7 +937,7 @@ def small_bwd(dp, x, omega, u, v, n_mat, n, iters, tau, symmetric):
             dp.stride(0), dp.stride(1), dp.stride(2),
             (0.5 if symmetric else 1.0) / tau, (0.5 if symmetric else 1.0) / tau,
             SYMMETRIC=symmetric, LITE=lite, MB=mb, NP=npad,
-            num_warps=_small_warps(mb, npad), enable_fp_fusion=FP_FUSION,
+            num_warps=_small_warps(mb, npad), enable_fp_fusion=lite or DENSE_FP_FUSION,
         )
     if lite:
         dz = new_output(x.shape, like=x)
@@ -981,7 +983,8 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
         n_rt, n_ct, meta, fail, pr, pc = res
         sinkhorn_resident_fwd_kernel[(n_rt * n_ct, n_mat)](
             s_src, s_a, s_b, p, u, v, pr, pc, fail, n, rank, iters, n_rt, n_ct, *strides, scale,
-            MODE=_DENSE if a is None else _LOWRANK, SYMMETRIC=symmetric, enable_fp_fusion=FP_FUSION, **meta,
+            MODE=_DENSE if a is None else _LOWRANK, SYMMETRIC=symmetric,
+            enable_fp_fusion=a is not None or DENSE_FP_FUSION, **meta,
         )
         _check_fail(fail)
         return p, u, v
@@ -1027,7 +1030,8 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
         sinkhorn_resident_bwd_kernel[grid](
             s_src, s_a, s_b, dp, u, v, g, dx, pr, pc, fail,
             n, rank, iters, n_rt, n_ct, *strides, dp.stride(0), dp.stride(1), dp.stride(2), scale, grad_scale,
-            MODE=_DENSE if a is None else _LOWRANK, SYMMETRIC=symmetric, enable_fp_fusion=FP_FUSION, **meta,
+            MODE=_DENSE if a is None else _LOWRANK, SYMMETRIC=symmetric,
+            enable_fp_fusion=a is not None or DENSE_FP_FUSION, **meta,
         )
         _check_fail(fail)
         if symmetric:

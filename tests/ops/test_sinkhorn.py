@@ -11,7 +11,7 @@ from unimixer_kernels.triton_kernels import sinkhorn as sk_kernels
 
 import unimixer_kernels as uk
 from unimixer_kernels.ops.sinkhorn import sinkhorn_bwd, sinkhorn_fwd
-from unimixer_kernels.testing import check_against_reference, random_input
+from unimixer_kernels.testing import check_against_reference, lite_weights_inputs, random_input
 
 TAU_ITERS = [(0.05, 20), (1.0, 1), (1.0, 20), (0.05, 1)]
 
@@ -198,7 +198,7 @@ class _Recorder:
 
 
 @pytest.mark.triton
-def test_sinkhorn_fma_contraction_off(device, resident, monkeypatch):
+def test_sinkhorn_fma_contraction_dense_off(device, resident, monkeypatch):
     # the batched and resident kernels compile without FMA contraction, so that S0 = x * scale is one
     # rounded number in all its uses (a contracted use differs from the rest: see FP_FUSION)
     launched, options = [], []
@@ -210,6 +210,12 @@ def test_sinkhorn_fma_contraction_off(device, resident, monkeypatch):
         uk.sinkhorn(x, 0.5, 3, False, backend="triton").sum().backward()
     assert len(options) == 4
     assert all(kw.get("enable_fp_fusion") is False for _, kw in options), options
+    # Lite forms S0 as sums of products, rounded once per product with contraction on
+    options.clear()
+    omega, basis, a_g, b_g = (t.to(device) for t in lite_weights_inputs(12, 2, 3, 4, torch.float32))
+    sum(w.sum() for w in uk.lite_weights(omega, basis, a_g, b_g, 0.5, 2, False, backend="triton")).backward()
+    assert len(options) == 4
+    assert all(kw.get("enable_fp_fusion") is True for _, kw in options), options
 
 
 # --- properties ---------------------------------------------------------------------------------
