@@ -130,9 +130,9 @@ LOWRANK_CACHE_MIN_RANK = 32
 # exponentials, and the gradient, which at small n can cancel terms of order 1 down to 1e-12, shows
 # the difference (a sweep example at n = 2: 8.8x torch's error with it, 1.0x without; NOTES). Where
 # S0 is formed as a sum of products (Lite: the basis composition, the low-rank tile) it stays on:
-# the formation then rounds once per product, as the reference's GEMMs do (with it off, a Lite sweep
-# example missed the 2x rule: 4.4e-6 against 3.5e-6). The one-launch-per-half-step kernels keep it
-# on: their dense S0 is rounded once into the fp32 workspace.
+# the formation then rounds once per product, as the reference's GEMMs do (the Lite GPU tests gave
+# the same results with it on and off). The one-launch-per-half-step kernels keep it on: their dense
+# S0 is rounded once into the fp32 workspace.
 DENSE_FP_FUSION = False
 # elements of one program's register block in the batched kernels (MB * NP * NP)
 SMALL_BLOCK_ELEMS = 2048
