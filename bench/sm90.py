@@ -2,14 +2,16 @@
 
 ``python -m bench sm90`` compiles the tile lists of the kernels whose tiles matter most (the
 UniMixing forward, plain and with the fused RMSNorm epilogue, and the per-token FFN GEMM in each
-mode) for an H100/H200 and prints what ``ptxas`` reports. Register spills and shared memory over
-the 227 KiB an SM offers are facts a CPU machine can establish before any GPU time is spent. Run
-it in a process without ``TRITON_INTERPRET``. The tests use :func:`compile_sm90` for the same
-check.
+mode) for an H100/H200 and prints what ``ptxas`` reports; for the resident Sinkhorn kernels also
+what one iteration of their loop issues (SASS opcodes through ``cuobjdump``). Register spills
+and shared memory over the 227 KiB an SM offers are facts a CPU machine can establish before any
+GPU time is spent. Run it in a process without ``TRITON_INTERPRET``. The tests use
+:func:`compile_sm90` for the same check.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import shutil
@@ -32,6 +34,55 @@ def _ptxas() -> str | None:
         return None
 
 
+def _cuobjdump() -> str | None:
+    """``cuobjdump``: the CUDA toolkit's, else the one Triton ships."""
+    cands = [shutil.which("cuobjdump"), "/usr/local/cuda/bin/cuobjdump"]
+    try:
+        import triton.backends.nvidia as nv
+
+        cands.append(os.path.join(os.path.dirname(nv.__file__), "bin", "cuobjdump"))
+    except ImportError:
+        pass
+    return next((c for c in cands if c and os.path.exists(c)), None)
+
+
+def sass(ptx: str) -> str | None:
+    """The sm_90a SASS of ``ptx`` (``ptxas``, then ``cuobjdump -sass``), or ``None`` without the tools."""
+    tool, dump = _ptxas(), _cuobjdump()
+    if tool is None or dump is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        src, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
+        with open(src, "w") as f:
+            f.write(ptx)
+        subprocess.run([tool, "-arch=sm_90a", src, "-o", cubin], check=True, capture_output=True)
+        return subprocess.run([dump, "-sass", cubin], check=True, capture_output=True, text=True).stdout
+
+
+def outer_loop_ops(sass_text: str) -> collections.Counter:
+    """Opcode counts (``FADD``, ``BAR``, ``SHFL``...) of the SASS between the head of a kernel's
+    outermost loop (the one holding the most other loops, then the longest) and its backward branch:
+    what one iteration issues, counting each inner loop's body once."""
+    ins = []
+    for line in sass_text.splitlines():
+        m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
+        if m:
+            ins.append((int(m.group(1), 16), m.group(2).strip()))
+    loops = []
+    for addr, text in ins:
+        m = re.search(r"BRA\s+(?:\S+,\s*)?(0x[0-9a-f]+)", text)
+        if m and int(m.group(1), 16) <= addr:
+            loops.append((int(m.group(1), 16), addr))
+    if not loops:
+        raise ValueError("no loop in the SASS")
+    def inner(lp):
+        return sum(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)
+
+    head, tail = max(loops, key=lambda lp: (inner(lp), lp[1] - lp[0]))
+    return collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0]
+                               for addr, text in ins if head <= addr <= tail)
+
+
 def ptxas_usage(ptx: str) -> tuple[int | None, int | None]:
     """``(registers per thread, spill-store bytes)`` as ``ptxas -v`` reports them, or ``None``s."""
     tool = _ptxas()
@@ -49,11 +100,13 @@ def ptxas_usage(ptx: str) -> tuple[int | None, int | None]:
 
 
 def compile_sm90(kernel, ptrs: dict, consts: dict, warps: int, stages: int, divisible=(),
-                 floats=("eps",), usage: bool = False, ptx: bool = False) -> dict:
+                 floats=("eps",), usage: bool = False, ptx: bool = False,
+                 options: dict | None = None) -> dict:
     """Compile ``kernel`` (a ``@triton.jit`` function or an autotuner) for sm_90. ``ptrs``: pointer
     argument types (``"*bf16"``); every other non-constexpr argument is ``i32`` (``fp32`` for
     ``floats``); ``divisible`` names the integers the JIT would see as multiples of 16 (pointers
-    always are). Strides equal to 1 belong in ``consts``, as the JIT specialises them. Returns the
+    always are). Strides equal to 1 belong in ``consts``, as the JIT specialises them. ``options``:
+    further compile options (``enable_fp_fusion``). Returns the
     shared memory in bytes and, with ``usage``, the registers and spill bytes from ``ptxas``; with
     ``ptx``, the PTX text."""
     import triton
@@ -69,7 +122,8 @@ def compile_sm90(kernel, ptrs: dict, consts: dict, warps: int, stages: int, divi
     div = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
            if sig[a].startswith("*") or a in divisible}
     out = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=div),
-                         target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+                         target=GPUTarget("cuda", 90, 32),
+                         options=dict(num_warps=warps, num_stages=stages, **(options or {})))
     result = {"shared": out.metadata.shared}
     if usage:
         result["regs"], result["spill"] = ptxas_usage(out.asm["ptx"])
@@ -155,6 +209,28 @@ def ffn_weight_rows(usage: bool = True, ptx: bool = False):
                 yield label, (dict(cfg.kwargs, BLOCK_D=bd, BLOCK_H=bh), cfg.num_warps, cfg.num_stages), res
 
 
+def sinkhorn_resident_rows():
+    """``(label, result)`` for both resident Sinkhorn kernels at ``N = 1024`` (64 x 128 tiles, 16
+    warps), dense symmetric and low-rank, specialised as the JIT sees a contiguous ``N = 1024``
+    matrix; each result has ``loop``, the opcode counts of one iteration of the ``K`` loop (two
+    half-steps), where ``ptxas`` and ``cuobjdump`` are found."""
+    from unimixer_kernels.triton_kernels import sinkhorn as k
+
+    ptrs = dict({a: "*fp32" for a in "SRC A B P U V G DX DP".split()}, PR="*i64", PC="*i64", FAIL="*i64")
+    for mode, label in ((0, "dense symmetric"), (2, "low-rank fp32")):
+        for kernel in (k.sinkhorn_resident_fwd_kernel, k.sinkhorn_resident_bwd_kernel):
+            consts = dict(MODE=mode, SYMMETRIC=mode == 0, BM=64, BN=128, BK=16, DOT_IEEE=True, RT_P=16,
+                          CT_P=16, MAX_SPINS=k.RESIDENT_MAX_SPINS, s2=1)
+            if kernel is k.sinkhorn_resident_bwd_kernel:
+                consts["sd2"] = 1
+            res = compile_sm90(kernel, ptrs, consts, 16, 1, floats=("scale", "grad_scale"), usage=True,
+                               ptx=True, divisible=("n", "s0", "s1", "sd0", "sd1"),
+                               options=dict(enable_fp_fusion=mode != 0))
+            text = sass(res["ptx"])
+            res["loop"] = outer_loop_ops(text) if text is not None else None
+            yield f"{kernel.__name__} {label}", res
+
+
 def report() -> str:
     lines = ["| kernel | tile | warps | stages | shared KiB | registers | spill bytes |",
              "|---|---|---:|---:|---:|---:|---:|"]
@@ -163,4 +239,13 @@ def report() -> str:
             tile = " ".join(f"{k}={v}" for k, v in kw.items())
             lines.append(f"| {label} | {tile} | {warps} | {stages} | {res['shared'] / 1024:.0f} | "
                          f"{res.get('regs')} | {res.get('spill')} |")
+    lines += ["", "Resident Sinkhorn, N = 1024: one iteration of the K loop (two half-steps), SASS",
+              "", "| kernel | registers | spill bytes | instructions | BAR | SHFL | MUFU | FMNMX |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, res in sinkhorn_resident_rows():
+        loop = res["loop"]
+        ops = ("BAR", "SHFL", "MUFU", "FMNMX")
+        counts = " | ".join(str(loop[op]) if loop else "–" for op in ops)
+        lines.append(f"| {label} | {res.get('regs')} | {res.get('spill')} | "
+                     f"{sum(loop.values()) if loop else '–'} | {counts} |")
     return "\n".join(lines)
