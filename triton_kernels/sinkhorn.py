@@ -880,6 +880,12 @@ def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
     return n_rt, n_ct, meta, fail, pr, pc
 
 
+def _fp_fusion(formed: bool) -> bool:
+    """The batched and resident kernels' ``enable_fp_fusion``: on where S0 is ``formed`` from sums of
+    products (Lite), else ``DENSE_FP_FUSION``."""
+    return formed or DENSE_FP_FUSION
+
+
 def _check_fail(fail: torch.Tensor) -> None:
     if RESIDENT_CHECK and int(fail.sum().item()) != 0:
         raise RuntimeError("sinkhorn resident kernel: a wait for partials timed out "
@@ -920,7 +926,7 @@ def small_fwd(x, omega, n_mat, n, iters, tau, symmetric):
         x.stride(0), x.stride(1), x.stride(2), om.stride(0), om.stride(1) if lite else 0,
         (0.5 if symmetric else 1.0) / tau,
         SYMMETRIC=symmetric, LITE=lite, MB=mb, NP=npad,
-        num_warps=_small_warps(mb, npad), enable_fp_fusion=lite or DENSE_FP_FUSION,
+        num_warps=_small_warps(mb, npad), enable_fp_fusion=_fp_fusion(lite),
     )
     return p, u, v
 
@@ -952,7 +958,7 @@ def small_bwd(dp, x, omega, u, v, n_mat, n, iters, tau, symmetric):
             dp.stride(0), dp.stride(1), dp.stride(2),
             (0.5 if symmetric else 1.0) / tau, (0.5 if symmetric else 1.0) / tau,
             SYMMETRIC=symmetric, LITE=lite, MB=mb, NP=npad,
-            num_warps=_small_warps(mb, npad), enable_fp_fusion=lite or DENSE_FP_FUSION,
+            num_warps=_small_warps(mb, npad), enable_fp_fusion=_fp_fusion(lite),
         )
     if lite:
         dz = new_output(x.shape, like=x)
@@ -999,7 +1005,7 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
         sinkhorn_resident_fwd_kernel[(n_rt * n_ct, n_mat)](
             s_src, s_a, s_b, p, u, v, pr, pc, fail, n, rank, iters, n_rt, n_ct, *strides, scale,
             MODE=_DENSE if a is None else _LOWRANK, SYMMETRIC=symmetric,
-            enable_fp_fusion=a is not None or DENSE_FP_FUSION, **meta,
+            enable_fp_fusion=_fp_fusion(a is not None), **meta,
         )
         _check_fail(fail)
         return p, u, v
@@ -1046,7 +1052,7 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
             s_src, s_a, s_b, dp, u, v, g, dx, pr, pc, fail,
             n, rank, iters, n_rt, n_ct, *strides, dp.stride(0), dp.stride(1), dp.stride(2), scale, grad_scale,
             MODE=_DENSE if a is None else _LOWRANK, SYMMETRIC=symmetric,
-            enable_fp_fusion=a is not None or DENSE_FP_FUSION, **meta,
+            enable_fp_fusion=_fp_fusion(a is not None), **meta,
         )
         _check_fail(fail)
         if symmetric:

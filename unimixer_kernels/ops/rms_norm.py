@@ -201,7 +201,7 @@ def rms_norm(
     ``residual`` (same shape and dtype as ``x``): returns ``residual + RMSNorm(x)`` instead, the sum
     taken in fp32 and rounded once; the Triton backend adds it in the norm's pass (no separate add,
     no normalised intermediate), and ``residual=x`` (the same tensor) also adds the two gradients
-    of ``x`` inside the backward kernel. The cuda backend adds it in a separate pass.
+    of ``x`` inside the backward kernel. The cuda backend refuses it (``ValueError``).
 
     Any leading shape. A non-contiguous ``x`` (or ``residual``) whose rows are not unit-stride is
     copied once.
