@@ -1,7 +1,8 @@
 """The Sinkhorn sweep's failing example (n = 2, batch 2, K = 1, tau = 0.1, seed 139), reproduced as
 the test draws it, with each kernel path's gradient error against the fp64 reference; run from the
-repo root on a GPU (at 2309577's parent, with sinkhorn.FP_FUSION toggled; since 1728ece the
-constant is DENSE_FP_FUSION)."""
+repo root on a GPU. It ran on 0f10b3a (the accurate exponentials of 1224a9e still in) plus a
+module constant sinkhorn.FP_FUSION passed to the batched and resident launches as
+enable_fp_fusion; since 2309577 that constant is in the code, since 1728ece as DENSE_FP_FUSION."""
 import os
 import sys
 
