@@ -211,16 +211,18 @@ def ffn_weight_rows(usage: bool = True, ptx: bool = False):
 
 def sinkhorn_resident_rows():
     """``(label, result)`` for both resident Sinkhorn kernels at ``N = 1024`` (64 x 128 tiles, 16
-    warps), dense symmetric and low-rank, specialised as the JIT sees a contiguous ``N = 1024``
-    matrix; each result has ``loop``, the opcode counts of one iteration of the ``K`` loop (two
-    half-steps), where ``ptxas`` and ``cuobjdump`` are found."""
+    warps), dense symmetric and low-rank, with either wait for the partials (``THREAD_POLL``),
+    specialised as the JIT sees a contiguous ``N = 1024`` matrix; each result has ``loop``, the
+    opcode counts of one iteration of the ``K`` loop (two half-steps; each polling loop's body
+    counted once), where ``ptxas`` and ``cuobjdump`` are found."""
     from unimixer_kernels.triton_kernels import sinkhorn as k
 
     ptrs = dict({a: "*fp32" for a in "SRC A B P U V G DX DP".split()}, PR="*i64", PC="*i64", FAIL="*i64")
-    for mode, label in ((0, "dense symmetric"), (2, "low-rank fp32")):
+    for mode, label, poll in ((0, "dense symmetric", True), (0, "dense symmetric", False),
+                              (2, "low-rank fp32", True)):
         for kernel in (k.sinkhorn_resident_fwd_kernel, k.sinkhorn_resident_bwd_kernel):
             consts = dict(MODE=mode, SYMMETRIC=mode == 0, BM=64, BN=128, BK=16, DOT_IEEE=True, RT_P=16,
-                          CT_P=16, MAX_SPINS=k.RESIDENT_MAX_SPINS, s2=1)
+                          CT_P=16, MAX_SPINS=k.RESIDENT_MAX_SPINS, THREAD_POLL=poll, s2=1)
             if kernel is k.sinkhorn_resident_bwd_kernel:
                 consts["sd2"] = 1
             res = compile_sm90(kernel, ptrs, consts, 16, 1, floats=("scale", "grad_scale"), usage=True,
@@ -228,7 +230,7 @@ def sinkhorn_resident_rows():
                                options=dict(enable_fp_fusion=mode != 0))
             text = sass(res["ptx"])
             res["loop"] = outer_loop_ops(text) if text is not None else None
-            yield f"{kernel.__name__} {label}", res
+            yield f"{kernel.__name__} {label}, {'thread' if poll else 'block'} poll", res
 
 
 def report() -> str:

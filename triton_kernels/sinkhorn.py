@@ -95,6 +95,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ._launch import (
     PERSISTENT_SWITCH,
+    POLL_SWITCH,
     TILE_SWITCH,
     new_output,
     pdl_launch,
@@ -623,13 +624,54 @@ def _tagged(val, tag):
     return bits | (tl.cast(tag, tl.int64) << 32)
 
 
+# One thread's wait for one tagged word, after a first load of all of them gave $1: where the high
+# half of $1 is not yet the tag $3, volatile loads of the word at $2 until it is, at most $4 of them,
+# then (if the tag never came) one relaxed add to the failure count at $5. Nothing where $3 < 0
+# (masked). Returns the last word read.
+_SPIN_ASM = tl.constexpr("""{
+.reg .pred spin_p, spin_q;
+.reg .b32 spin_lo, spin_hi, spin_n;
+mov.b64 $0, $1;
+setp.lt.s32 spin_p, $3, 0;
+@spin_p bra spin_done;
+mov.b64 {spin_lo, spin_hi}, $0;
+setp.ne.s32 spin_p, spin_hi, $3;
+@!spin_p bra spin_done;
+mov.u32 spin_n, 0;
+spin_loop:
+ld.volatile.global.b64 $0, [$2];
+mov.b64 {spin_lo, spin_hi}, $0;
+add.u32 spin_n, spin_n, 1;
+setp.ne.s32 spin_p, spin_hi, $3;
+setp.lt.u32 spin_q, spin_n, $4;
+and.pred spin_q, spin_p, spin_q;
+@spin_q bra spin_loop;
+@spin_p red.relaxed.gpu.global.add.u64 [$5], 1;
+spin_done:
+}""")
+
+
 @triton.jit
-def _await_tagged(ptrs, mask, tag, FAIL, MAX_SPINS: tl.constexpr):
+def _await_tagged(ptrs, mask, tag, FAIL, MAX_SPINS: tl.constexpr, THREAD_POLL: tl.constexpr):
     """The fp32 values of the words ``ptrs`` (where ``mask``), once every one carries ``tag``.
 
     Polls with volatile loads (L2, never a stale L1 line). Bounded: after ``MAX_SPINS`` polls it
-    counts a failure in ``FAIL`` and returns what it has, rather than hang."""
+    counts a failure in ``FAIL`` and returns what it has, rather than hang. ``THREAD_POLL``: each
+    thread polls its own words (inline PTX, a loop per word) and the caller's reduction over the
+    words is the only block-wide step; else the program polls as a whole, a block-wide count of the
+    words still missing deciding each new round of loads (the CPU interpreter's way: it has no
+    inline assembly)."""
     w = tl.load(ptrs, mask=mask, other=0, volatile=True)
+    if THREAD_POLL:
+        # the first load issues every word's read at once; only words still missing are polled again,
+        # each by its own thread
+        want = tl.where(mask, tag, -1)
+        w = tl.inline_asm_elementwise(
+            _SPIN_ASM, "=l,l,l,r,r,l",
+            [w, ptrs.to(tl.int64, bitcast=True), want, tl.full(want.shape, MAX_SPINS, tl.int32),
+             (FAIL + tl.zeros(want.shape, tl.int32)).to(tl.int64, bitcast=True)],
+            dtype=tl.int64, is_pure=False, pack=1)
+        return (w & 0xFFFFFFFF).to(tl.int32).to(tl.float32, bitcast=True)
     missing = tl.sum(tl.sum(tl.where(mask & ((w >> 32).to(tl.int32) != tag), 1, 0), axis=1), axis=0)
     spins = 0
     while (missing > 0) & (spins < MAX_SPINS):
@@ -674,7 +716,7 @@ def sinkhorn_resident_fwd_kernel(
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-    RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr, THREAD_POLL: tl.constexpr,
 ):
     """The whole forward in one launch, one program per tile (grid ``(n_rt * n_ct, n_mat)``, all
     resident at once). The potentials are ``_fwd_tile``'s; where things live and how the half-steps
@@ -709,12 +751,12 @@ def sinkhorn_resident_fwd_kernel(
     # the first iteration, from S0: row step (partials of step 0, tag 1), then column step
     x = tl.where(m2, x, float("-inf"))
     tl.store(pr + q * n + rows, _tagged(_lse(x, 1), 1), mask=rmask)
-    parts = _await_tagged(pr + ts_c[:, None] * n + rows[None, :], pr_mask, 1, fail, MAX_SPINS)
+    parts = _await_tagged(pr + ts_c[:, None] * n + rows[None, :], pr_mask, 1, fail, MAX_SPINS, THREAD_POLL)
     u = _lse(tl.where(pr_mask, parts, float("-inf")), 0)
     tl.store(urow, u, mask=rmask & (q == 0))
     x = x - u[:, None]
     tl.store(pc + p * n + cols, _tagged(_lse(x, 0), 2), mask=cmask)
-    parts = _await_tagged(pc + ts_r[:, None] * n + cols[None, :], pc_mask, 2, fail, MAX_SPINS)
+    parts = _await_tagged(pc + ts_r[:, None] * n + cols[None, :], pc_mask, 2, fail, MAX_SPINS, THREAD_POLL)
     v = _lse(tl.where(pc_mask, parts, float("-inf")), 0)
     tl.store(vcol, v, mask=cmask & (p == 0))
     # later iterations: T1 in log2 units, relative potentials (log2 units) from 0, plain sums
@@ -727,7 +769,7 @@ def sinkhorn_resident_fwd_kernel(
         # row step k: E = exp(T1 - v_{k-1}) summed along the rows (step 2k, tag 2k + 1)
         tl.store(pr + (c * n_ct + q) * n + rows, _tagged(tl.sum(e, axis=1), 2 * k + 1), mask=rmask)
         parts = _await_tagged(pr + (c * n_ct + ts_c[:, None]) * n + rows[None, :], pr_mask, 2 * k + 1, fail,
-                              MAX_SPINS)
+                              MAX_SPINS, THREAD_POLL)
         r = tl.sum(parts, axis=0)
         r = tl.where(r > 0.0, r, 1.0)  # rows outside the matrix
         tl.store(urow + k * n, tl.log2(r) * LN2, mask=rmask & (q == 0))
@@ -736,7 +778,7 @@ def sinkhorn_resident_fwd_kernel(
         tl.store(pc + (c * n_rt + p) * n + cols, _tagged(tl.sum(e * rinv[:, None], axis=0), 2 * k + 2),
                  mask=cmask)
         parts = _await_tagged(pc + (c * n_rt + ts_r[:, None]) * n + cols[None, :], pc_mask, 2 * k + 2, fail,
-                              MAX_SPINS)
+                              MAX_SPINS, THREAD_POLL)
         s = tl.sum(parts, axis=0)
         v = v + tl.log2(tl.where(s > 0.0, s, 1.0))
         tl.store(vcol + k * n, v * LN2, mask=cmask & (p == 0))
@@ -752,7 +794,7 @@ def sinkhorn_resident_bwd_kernel(
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-    RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr, THREAD_POLL: tl.constexpr,
 ):
     """The whole backward in one launch, one resident program per tile, as
     ``sinkhorn_resident_fwd_kernel``: ``T1`` (log2 units) and the working-gradient tile stay in
@@ -787,14 +829,14 @@ def sinkhorn_resident_bwd_kernel(
         vp = tl.where(k > 0, vp, -v1)
         # column step k: the column band's column sums of step 2t
         parts = _await_tagged(pc + (c * n_rt + ts_r[:, None]) * n + cols[None, :], pc_mask, 2 * t + 1, fail,
-                              MAX_SPINS)
+                              MAX_SPINS, THREAD_POLL)
         col = tl.sum(parts, axis=0)
         e = tl.exp2(t1 - u[:, None] - v[None, :])
         g = g - e * col[None, :]
         tl.store(pr + (c * n_ct + q) * n + rows, _tagged(tl.sum(g, axis=1), 2 * t + 2), mask=rmask)
         # row step k: the row band's row sums of step 2t + 1
         parts = _await_tagged(pr + (c * n_ct + ts_c[:, None]) * n + rows[None, :], pr_mask, 2 * t + 2, fail,
-                              MAX_SPINS)
+                              MAX_SPINS, THREAD_POLL)
         row = tl.sum(parts, axis=0)
         g = g - (e * tl.exp2(v - vp)[None, :]) * row[:, None]
         if k > 0:
@@ -869,7 +911,7 @@ def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
     meta = dict(BM=bm, BN=bn, BK=meta["BK"], DOT_IEEE=meta["DOT_IEEE"],
                 RT_P=max(triton.next_power_of_2(n_rt), least // bn),
                 CT_P=max(triton.next_power_of_2(n_ct), least // bm),
-                MAX_SPINS=RESIDENT_MAX_SPINS, num_warps=warps)
+                MAX_SPINS=RESIDENT_MAX_SPINS, THREAD_POLL=_thread_poll(device), num_warps=warps)
     if cooperative:
         meta["launch_cooperative_grid"] = True
     # one zeroed buffer (one fill): the partials of both axes, then a failure count per matrix
@@ -878,6 +920,15 @@ def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
     pc = words[n_mat * 2 * n_ct * n:-n_mat].view(n_mat, 2, n_rt, n)
     fail = words[-n_mat:]
     return n_rt, n_ct, meta, fail, pr, pc
+
+
+def _thread_poll(device: torch.device) -> bool:
+    """The resident kernels' ``THREAD_POLL`` (``UNIMIXER_SINKHORN_POLL``): per-thread polls in inline
+    PTX, except on the CPU interpreter (no inline assembly), where 'block' is the only way."""
+    mode = switch(POLL_SWITCH)
+    if mode not in ("thread", "block"):
+        raise ValueError(f"{POLL_SWITCH}: expected 'thread' or 'block', got {mode!r}")
+    return mode == "thread" and device.type == "cuda"
 
 
 def _fp_fusion(formed: bool) -> bool:

@@ -165,6 +165,14 @@ def test_sinkhorn_resident_noncontiguous_16bit(device, resident, layout, symmetr
 
 
 @pytest.mark.triton
+def test_sinkhorn_poll_switch_checked(device, resident, monkeypatch):
+    monkeypatch.setenv("UNIMIXER_SINKHORN_POLL", "warp")
+    x = _logits((12, 12), torch.float32, device)
+    with pytest.raises(ValueError, match="UNIMIXER_SINKHORN_POLL: expected 'thread' or 'block'"):
+        uk.sinkhorn(x, 0.5, 3, backend="triton")
+
+
+@pytest.mark.triton
 def test_sinkhorn_resident_path_taken(device, resident, monkeypatch):
     # where the tiles fit, the forward and backward are one resident launch each, and nothing else
     launched = []
@@ -395,9 +403,11 @@ def test_sinkhorn_preset_gpu(monkeypatch, kernel_dtype, n, symmetric, launch):
 @pytest.mark.triton
 @pytest.mark.parametrize("shape,symmetric",
                          [((2, 100, 100), True), ((100, 100), False), ((3, 61, 61), False)])
-def test_sinkhorn_resident_tiles_gpu(resident, shape, symmetric):
+@pytest.mark.parametrize("poll", ["thread", "block"])
+def test_sinkhorn_resident_tiles_gpu(resident, monkeypatch, shape, symmetric, poll):
     # 16 x 16 tiles: up to 7 x 7 programs per matrix wait on each other's tagged partials, ragged
-    # edge tiles included (n = 61: a last tile of 13)
+    # edge tiles included (n = 61: a last tile of 13); either wait (UNIMIXER_SINKHORN_POLL)
+    monkeypatch.setenv("UNIMIXER_SINKHORN_POLL", poll)
     x = random_input(shape, torch.float32, "cuda", requires_grad=True)
     check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
 
@@ -462,7 +472,9 @@ def compile_resident_for_sm90() -> None:
     they wait (volatile polls of the tagged partials; no fence, barrier atomic or spill in the
     forward) and, where ptxas and cuobjdump are found, what one iteration of the K loop issues: no
     maximum (FMNMX) after the first iteration, one exponential per entry (16 per thread, plus a few
-    logs and reciprocals), and at most 800 instructions (v2: 632-717; v1 took 972-1695)."""
+    logs and reciprocals), and at most 800 instructions (v2: 632-717; v1 took 972-1695); waiting
+    with per-thread polls, at most 24 block-wide barriers per iteration (22-24; the block-wide poll
+    34-36)."""
     from bench.sm90 import SMEM_LIMIT, sinkhorn_resident_rows
 
     for label, res in sinkhorn_resident_rows():
@@ -476,6 +488,8 @@ def compile_resident_for_sm90() -> None:
             assert loop["FMNMX"] == 0, (label, loop)
             assert 16 <= loop["MUFU"] <= 20, (label, loop)
             assert sum(loop.values()) <= 800, (label, sum(loop.values()))
+            if "thread poll" in label:
+                assert loop["BAR"] <= 24, (label, loop["BAR"])
 
 
 @pytest.mark.triton
