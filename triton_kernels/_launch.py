@@ -20,7 +20,6 @@ TILE_SWITCH = "UNIMIXER_SINKHORN_TILE"
 UNIMIXING_BWD_SWITCH = "UNIMIXER_UNIMIXING_BACKWARD"
 UNIMIXING_FWD_SWITCH = "UNIMIXER_UNIMIXING_FORWARD"
 LOCAL_TILE_SWITCH = "UNIMIXER_UNIMIXING_LOCAL_TILE"
-DY_SWITCH = "UNIMIXER_UNIMIXING_DY"
 POLL_SWITCH = "UNIMIXER_SINKHORN_POLL"
 SWITCHES = {
     NORM_SWITCH: ("composed", "unimixing_rmsnorm: 'composed' (mixing kernel, then one add + RMSNorm "
@@ -46,9 +45,6 @@ SWITCHES = {
     LOCAL_TILE_SWITCH: ("auto", "the memory path's per-block kernel at B < 16 (one block per lane): "
                                 "'auto' (4 warps, 2 samples per loop step; the fastest of 4x2, 8x2, 4x4 "
                                 "and 2x2 on the H200) or 'WARPSxSAMPLES' (powers of two, 1..16)"),
-    DY_SWITCH: ("inplace", "the memory path's backward GEMMs at B < 16 (c-major operands): 'inplace' (they "
-                           "read dY where it is, a sample's values one contiguous run) or 'copy' (dY "
-                           "transposed to c-major [bs, B, N] first, one copy)"),
     PDL_SWITCH: ("auto", "launch the tiled Sinkhorn kernels with programmatic dependent launch (sm_90+, "
                          "CUDA): each waits for its predecessor inside the kernel, so its launch, and its "
                          "read of the logits tile where the previous launch does not write it, overlap the "

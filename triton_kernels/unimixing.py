@@ -63,9 +63,8 @@ are stored c-major, ``[bs, B, N]`` (row ``s*B + c`` holds column ``c`` of every 
 ``s``). ``unimixing_local_fma_kernel`` (one block per lane, ``B`` fp32 FMAs per element, no shared
 memory) writes ``H`` (forward, ``H_ONLY``), or ``dX``, ``H`` and the ``dW_B`` partials
 from ``G`` (backward). One plain GEMM kernel, ``unimixing_gemm_kernel``, does the rest: forward
-``Y^T = H^T W_G^T`` (its epilogue stores ``Y`` as ``[bs, T, D]``); backward ``G^T = dY^T W_G`` and
-``dW_G = dY H^T`` in sample splits, both reading ``dY`` in its natural layout (a sample's values are
-one contiguous run; ``UNIMIXER_UNIMIXING_DY=copy`` transposes it to c-major first). The fused RMSNorm epilogue
+``Y^T = H^T W_G^T`` (its epilogue stores ``Y`` as ``[bs, T, D]``); backward ``G^T = dY^T W_G`` after
+one transposing copy of ``dY``, and ``dW_G = dY H^T`` in sample splits. The fused RMSNorm epilogue
 keeps the in-register kernel.
 
 Weight gradients are reduced deterministically: each program writes its own fp32 partial, and a
@@ -75,7 +74,7 @@ written directly).
 
 Launches per call: forward 1 kernel (2 on the memory path; plus a cast of ``w_global`` when it is
 fp32 and the activations are half precision). Backward, in registers: 2 kernels + the partial
-sums; through memory: 3 kernels (4 with ``UNIMIXER_UNIMIXING_DY=copy``) + the partial sums. The fused
+sums; through memory: 3 kernels (4 with the c-major copy of ``dY``) + the partial sums. The fused
 op adds the RMSNorm backward kernel, whose ``dw`` partials join the same sum launch.
 
 Non-contiguous inputs are copied once to contiguous memory by the launchers.
@@ -92,7 +91,6 @@ import triton
 import triton.language as tl
 
 from ._launch import (
-    DY_SWITCH,
     LOCAL_TILE_SWITCH,
     NORM_SWITCH,
     UNIMIXING_BWD_SWITCH,
@@ -549,7 +547,6 @@ def unimixing_gemm_kernel(
     L, M_BUCKET,
     KIND: tl.constexpr,
     BLOCK: tl.constexpr,
-    A_SPLIT: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BK: tl.constexpr,
@@ -565,12 +562,7 @@ def unimixing_gemm_kernel(
     ``C[s*L + m*BLOCK + c]`` (the ``[bs, T, D]`` output); for a power-of-two ``BLOCK`` the tile is
     rearranged to one row per sample first, so that its store is whole contiguous runs. Otherwise
     ``C[p]`` is a row-major ``[M, NC]`` (per-split partial): 1, the backward's ``G^T = dY^T W_G``;
-    2, ``dW_G = dY H^T``.
-
-    ``A_SPLIT`` reads ``dY`` where it is, ``[bs, L]`` in the natural layout, instead of a c-major
-    copy: 1, ``A``'s row index is ``r = s*BLOCK + c`` (``A[r, k] = dY[s, k*BLOCK + c]``, kind 1);
-    2, its K index is (``A[m, k] = dY[s, m*BLOCK + c]`` for ``k = s*BLOCK + c``, kind 2). A sample's
-    ``(m, c)`` values are one contiguous run, so the loads stay whole runs of memory."""
+    2, ``dW_G = dY H^T``."""
     pid = tl.program_id(0)
     pid_p = tl.program_id(1)
     num_m = tl.cdiv(M, BM)
@@ -582,10 +574,6 @@ def unimixing_gemm_kernel(
     n_ok = rn < NC
     k_begin = pid_p.to(tl.int64) * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
-    if A_SPLIT == 1:
-        a_rows = (rm // BLOCK) * L + rm % BLOCK
-    else:
-        a_rows = rm * sam
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     # fp32 (``ieee``): four accumulators take the K chunks in turn, so each sums a quarter of the
     # terms (one chain over N = 4096 measured 1.9e-5 against the fp64 reference, torch-fp32 3.0e-6)
@@ -597,11 +585,7 @@ def unimixing_gemm_kernel(
         for j in tl.static_range(ACCS):
             rk = k0 + j * BK + tl.arange(0, BK)
             k_ok = rk < k_end
-            if A_SPLIT == 2:
-                a_cols = (rk // BLOCK) * L + rk % BLOCK
-            else:
-                a_cols = rk * sak
-            a = tl.load(A + a_rows[:, None] + a_cols[None, :], mask=m_ok[:, None] & k_ok[None, :],
+            a = tl.load(A + rm[:, None] * sam + rk[None, :] * sak, mask=m_ok[:, None] & k_ok[None, :],
                         other=0.0).to(DOT_DTYPE)
             b = tl.load(BMAT + rk[:, None] * sbk + rn[None, :] * sbn, mask=k_ok[:, None] & n_ok[None, :],
                         other=0.0).to(DOT_DTYPE)
@@ -761,8 +745,8 @@ def uses_local_dot(block: int, fused: bool, half: bool = True) -> bool:
 # bf16 on the H200, CUDA graphs (bench/NOTES.md): with the c-major layout at B < 16 (run16) the op's
 # fwd+bwd 0.541 -> 0.302 ms at N = 1024 (paper-small) and 3.29 -> 1.92 ms at N = 4096 (paper-100m);
 # at B = 48 (rankmixer-100m, natural layout, run14) 0.405 -> 0.269. Smaller N are not measured and
-# keep the in-register kernels. The cost is memory: G and H (and with UNIMIXER_UNIMIXING_DY=copy
-# dY^T) live through the backward (the op's training peak 62 -> 110 MiB at paper-small, with the copy).
+# keep the in-register kernels. The cost is memory: G, H and dY^T live through the backward (the
+# op's training peak 62 -> 110 MiB at paper-small).
 MEMORY_PATH_MIN_N = 1024
 
 
@@ -1095,15 +1079,6 @@ def local_fma_tile() -> tuple[int, int]:
     return warps, sb
 
 
-def dy_in_place() -> bool:
-    """Whether the c-major memory path's backward GEMMs read ``dY`` in place (``UNIMIXER_UNIMIXING_DY``
-    'inplace') or a transposed copy ('copy')."""
-    mode = switch(DY_SWITCH)
-    if mode not in ("inplace", "copy"):
-        raise ValueError(f"{DY_SWITCH}: expected 'inplace' or 'copy', got {mode!r}")
-    return mode == "inplace"
-
-
 def c_major(block: int) -> bool:
     """Whether the memory path stores ``H`` and ``G`` (and reads ``dY``) c-major, ``[bs, B, N]``:
     for ``B < 16``, where the natural layout would give the GEMMs runs of only ``B`` values along
@@ -1113,19 +1088,18 @@ def c_major(block: int) -> bool:
 
 def _gemm(kind: int, a: torch.Tensor, bmat: torch.Tensor, out: torch.Tensor, m: int, nc: int, k: int,
           sa: tuple[int, int], sb: tuple[int, int], block: int = 1, length: int = 0,
-          splits: tuple[int, int] | None = None, a_split: int = 0) -> None:
-    """Launch :func:`unimixing_gemm_kernel` (``kind`` and ``a_split`` as there; ``splits = (p,
-    k_per_split)``)."""
+          splits: tuple[int, int] | None = None) -> None:
+    """Launch :func:`unimixing_gemm_kernel` (``kind`` as there; ``splits = (p, k_per_split)``)."""
     dot_dtype, precision = _dot_setup(a)
     p, per = splits if splits is not None else (1, k)
     args = (a, bmat, out, m, nc, k, per, *sa, *sb, length, bucket(m))
-    consts = dict(KIND=kind, BLOCK=block, A_SPLIT=a_split, GROUP=8, DOT_DTYPE=dot_dtype, PRECISION=precision)
+    consts = dict(KIND=kind, BLOCK=block, GROUP=8, DOT_DTYPE=dot_dtype, PRECISION=precision)
     if _interpreting():
         meta = dict(BM=16, BN=16, BK=16)
         unimixing_gemm_kernel[(triton.cdiv(m, 16) * triton.cdiv(nc, 16), p)](*args, **consts, **meta)
     else:
         kernel = _tuned("unimixing_gemm_kernel", _gemm_configs(a.dtype != torch.float32),
-                        ("M_BUCKET", "NC", "K", "KIND", "A_SPLIT"))
+                        ("M_BUCKET", "NC", "K", "KIND"))
         kernel[lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(nc, meta["BN"]), p)](*args, **consts)
 
 
@@ -1162,8 +1136,8 @@ def _unimixing_bwd_memory(
     Writes ``dx``; returns the ``dW_B`` and ``dW_G`` partial buffers. ``G``
     and ``H`` go through memory in the activation dtype: at large ``B`` the in-register local
     transpose would cost ``O(B)`` CUDA-core work per element; at small ``B`` the GEMMs run without
-    the register build of ``G`` and ``H`` beside their dots, on c-major ``G`` and ``H`` and ``dY`` read
-    in place (:func:`dy_in_place`)."""
+    the register build of ``G`` and ``H`` beside their dots, on c-major operands (``dY`` transposed
+    to ``[bs, B, N]`` first, one copy)."""
     bs, t, d = xc.shape
     n, b, _ = wl.shape
     length = t * d
@@ -1171,19 +1145,12 @@ def _unimixing_bwd_memory(
     p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=2)
     dwg_part = _dwg_buffer(p2, n, xc, dwg_dtype)
     if c_major(b):
-        gt = torch.empty((bs, b, n), device=xc.device, dtype=xc.dtype)
-        ht = torch.empty_like(gt)
-        if dy_in_place():
-            _gemm(1, dyc, wg, gt, bs * b, n, n, (0, b), (n, 1), block=b, length=length, a_split=1)
-        else:
-            dyt = dyc.view(bs, n, b).transpose(1, 2).contiguous()
-            _gemm(1, dyt, wg, gt, bs * b, n, n, (n, 1), (n, 1))
+        dyt = dyc.view(bs, n, b).transpose(1, 2).contiguous()
+        gt = torch.empty_like(dyt)
+        ht = torch.empty_like(dyt)
+        _gemm(1, dyt, wg, gt, bs * b, n, n, (n, 1), (n, 1))
         dwl_part = _local_products(xc, wl, ht, gt, dyc, dx, residual)
-        if dy_in_place():
-            _gemm(2, dyc, ht, dwg_part, n, n, bs * b, (b, 0), (n, 1), block=b, length=length,
-                  splits=(p2, per2 * b), a_split=2)
-        else:
-            _gemm(2, dyt, ht, dwg_part, n, n, bs * b, (1, n), (n, 1), splits=(p2, per2 * b))
+        _gemm(2, dyt, ht, dwg_part, n, n, bs * b, (1, n), (n, 1), splits=(p2, per2 * b))
     else:
         g = torch.empty_like(xc)
         h = torch.empty_like(xc)

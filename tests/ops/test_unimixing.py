@@ -132,12 +132,9 @@ def test_unimixing_local_paths(device, monkeypatch, min_bp):
 
 @pytest.mark.triton
 @pytest.mark.parametrize("shape", [s for s in SHAPES if s[3] < 16], ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("dy", ["inplace", "copy"])
-def test_unimixing_gemm_backward(device, kernel_dtype, monkeypatch, shape, dy):
-    # UNIMIXER_UNIMIXING_BACKWARD=gemm at small B: G and H through memory, the local FMA kernel, the
-    # GEMMs reading dY in place or a c-major copy of it (UNIMIXER_UNIMIXING_DY)
+def test_unimixing_gemm_backward(device, kernel_dtype, monkeypatch, shape):
+    # UNIMIXER_UNIMIXING_BACKWARD=gemm at small B: G and H through memory, the local FMA kernel
     monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", "gemm")
-    monkeypatch.setenv("UNIMIXER_UNIMIXING_DY", dy)
     bs, t, d, b = shape
     x = random_input((bs, t, d), kernel_dtype, device, requires_grad=True, noncontiguous=bs % 2 == 1)
     wl, wg = _weights(t * d // b, b, kernel_dtype, device)
@@ -235,17 +232,6 @@ def test_unimixing_local_tile_switch_checked(device, monkeypatch, bad):
     wl, wg = _weights(8, 4, torch.float32, device)
     with pytest.raises(ValueError, match="UNIMIXER_UNIMIXING_LOCAL_TILE: expected 'auto' or 'WARPSxSAMPLES'"):
         uk.unimixing(x, wl, wg, backend="triton")
-
-
-@pytest.mark.triton
-def test_unimixing_dy_switch_checked(device, monkeypatch):
-    monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", "gemm")
-    monkeypatch.setenv("UNIMIXER_UNIMIXING_DY", "transposed")
-    x = random_input((2, 4, 8), torch.float32, device, requires_grad=True)
-    wl, wg = _weights(8, 4, torch.float32, device)
-    y = uk.unimixing(x, wl, wg, backend="triton")
-    with pytest.raises(ValueError, match="UNIMIXER_UNIMIXING_DY: expected 'inplace' or 'copy'"):
-        y.sum().backward()
 
 
 @pytest.mark.triton
@@ -524,15 +510,12 @@ def compile_for_sm90() -> None:
     for kw, warps, stages in kernels._global_configs(True):
         builds.append((kernels.unimixing_global_kernel, dict(WG=p, SRC=p, OUT=p),
                        dict(kw, B=4, GROUP=8, **common), warps, stages))
-    # the c-major GEMMs, each with the unit strides its operands have; kinds 1 and 2 also reading
-    # dY in place (A_SPLIT)
-    unit = {(0, 0): dict(sak=1, sbk=1), (1, 0): dict(sak=1, sbn=1), (2, 0): dict(sam=1, sbn=1),
-            (1, 1): dict(sbn=1), (2, 2): dict(sbn=1)}
+    # the c-major GEMMs, each with the unit strides its operands have
+    unit = {0: dict(sak=1, sbk=1), 1: dict(sak=1, sbn=1), 2: dict(sam=1, sbn=1)}
     for kw, warps, stages in kernels._gemm_configs(True):
-        for (kind, split), strides in unit.items():
+        for kind, strides in unit.items():
             builds.append((kernels.unimixing_gemm_kernel, dict(A=p, BMAT=p, C="*fp32" if kind == 2 else p),
-                           dict(kw, KIND=kind, BLOCK=4, A_SPLIT=split, GROUP=8, **strides, **common),
-                           warps, stages))
+                           dict(kw, KIND=kind, BLOCK=4, GROUP=8, **strides, **common), warps, stages))
     for kernel, ptrs, consts, w, s in builds:
         assert compile_sm90(kernel, ptrs, consts, w, s)["shared"] <= SMEM_LIMIT, kernel
 
