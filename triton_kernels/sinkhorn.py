@@ -1018,6 +1018,14 @@ def small_bwd(dp, x, omega, u, v, n_mat, n, iters, tau, symmetric):
     return dx
 
 
+def _lowrank_chunk_width(rank: int, dot_ieee: bool) -> int:
+    """``BK`` of ``_lowrank_tile``: 32, or for fp32 factors of rank up to 32, 16, so that its two
+    accumulators each take some of the rank (at rank 128, 16-wide chunks made the matrix-free Lite
+    weight 37% slower than 32-wide ones on the H200: twice the dots, each a round trip of its
+    operands through shared memory; NOTES)."""
+    return 16 if dot_ieee and rank <= 32 else 32
+
+
 def _tile_args(n, src, a, b):
     bm, bn = _tiles(n)
     n_rt, n_ct = triton.cdiv(n, bm), triton.cdiv(n, bn)
@@ -1033,7 +1041,8 @@ def _tile_args(n, src, a, b):
         mode, rank = _DENSE, 0
         strides = (src.stride(0), src.stride(1), src.stride(2), 0, 0, 0, 0)
         dot_ieee = True
-    meta = dict(BM=bm, BN=bn, BK=16 if dot_ieee else 32, DOT_IEEE=dot_ieee, RT_P=triton.next_power_of_2(n_rt),
+    meta = dict(BM=bm, BN=bn, BK=_lowrank_chunk_width(rank, dot_ieee), DOT_IEEE=dot_ieee,
+                RT_P=triton.next_power_of_2(n_rt),
                 CT_P=triton.next_power_of_2(n_ct), num_warps=8 if bm * bn >= 8192 else 4)
     return bm, bn, n_rt, n_ct, mode, rank, strides, meta
 

@@ -2,9 +2,10 @@
 symmetric): fwd+bwd under a CUDA graph, with the resident kernels' two waits (UNIMIXER_SINKHORN_POLL)
 and two low-rank tile formations: the current one (fp32 factors: the rank in 16-wide chunks into two
 accumulators in turn, since 760c1bb) and the one before it (``old``: 32-wide chunks, one
-accumulator). One configuration per process (the formation is swapped in before the first compile):
+accumulator), and (``bk16``, for the code after run33) 16-wide chunks at every rank. One
+configuration per process (the formation is swapped in before the first compile):
 
-    python probe_lowrank.py thread|block [old]
+    python probe_lowrank.py thread|block [old|bk16]
 """
 import os
 import sys
@@ -18,7 +19,7 @@ from unimixer_kernels.triton_kernels import sinkhorn as k  # noqa: E402
 
 from bench.timing import capture_graph  # noqa: E402
 
-poll, old = sys.argv[1], "old" in sys.argv[2:]
+poll, old, bk16 = sys.argv[1], "old" in sys.argv[2:], "bk16" in sys.argv[2:]
 os.environ["UNIMIXER_SINKHORN_POLL"] = poll
 
 
@@ -46,6 +47,9 @@ if old:
 
     k._tile_args = _tile_args_old
 
+if bk16:
+    k._lowrank_chunk_width = lambda rank, dot_ieee: 16
+
 n, r, tau, iters = 1024, 128, 0.05, 20
 torch.manual_seed(0)
 a_g = (torch.randn(n, r, device="cuda") * r ** -0.5).requires_grad_()
@@ -65,5 +69,7 @@ graph, out = capture_graph(step)
 ms = triton.testing.do_bench(graph.replay, warmup=50, rep=300, return_mode="median")
 fwd_graph, _ = capture_graph(lambda: k.lite_global_fwd(a_g, b_g, tau, iters, True))
 fms = triton.testing.do_bench(fwd_graph.replay, warmup=50, rep=300, return_mode="median")
-print(f"poll={poll:6s} formation={'old (BK 32, one accumulator)' if old else 'current (BK 16, two)':30s} "
+label = ("old (BK 32, one accumulator)" if old else "BK 16, two accumulators" if bk16
+         else f"BK {k._lowrank_chunk_width(r, True)}, two accumulators")
+print(f"poll={poll:6s} formation={label:30s} "
       f"fwd {fms:.3f} ms  fwd+bwd {ms:.3f} ms")
