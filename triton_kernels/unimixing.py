@@ -74,7 +74,8 @@ written directly).
 
 Launches per call: forward 1 kernel (2 on the memory path; plus a cast of ``w_global`` when it is
 fp32 and the activations are half precision). Backward, in registers: 2 kernels + the partial
-sums; through memory: 3 kernels (4 with the c-major copy of ``dY``) + the partial sums. The fused
+sums; through memory: 3 kernels (4 with the c-major copy of ``dY``, ``unimixing_c_major_kernel``) +
+the partial sums. The fused
 op adds the RMSNorm backward kernel, whose ``dw`` partials join the same sum launch.
 
 Non-contiguous inputs are copied once to contiguous memory by the launchers.
@@ -537,6 +538,23 @@ def unimixing_local_fma_kernel(
             tl.store(DX + base + offs, dx.to(DX.dtype.element_ty), mask=mask)
     if not H_ONLY:
         tl.store(DWL_PART + pid_p.to(tl.int64) * (N * B * B) + w_off, dwb, mask=w_mask)
+
+
+@triton.jit
+def unimixing_c_major_kernel(SRC, DST, BS, N, L,
+                             B: tl.constexpr, BP: tl.constexpr, SB: tl.constexpr, BN: tl.constexpr):
+    """``DST[s, c, n] = SRC[s, n*B + c]``: ``[bs, L]`` to c-major ``[bs, B, N]`` (the memory path's
+    ``dY^T``). A program moves ``SB`` samples times ``BN`` blocks: whole contiguous runs of ``BN*B``
+    values in, ``B`` runs of ``BN`` out, the transpose in between on chip."""
+    n_tiles = tl.cdiv(N, BN)
+    pid = tl.program_id(0)
+    rs = (pid // n_tiles).to(tl.int64) * SB + tl.arange(0, SB)
+    rn = (pid % n_tiles) * BN + tl.arange(0, BN)
+    rc = tl.arange(0, BP)
+    ok = (rs < BS)[:, None, None] & (rn < N)[None, :, None] & (rc < B)[None, None, :]
+    x = tl.load(SRC + rs[:, None, None] * L + rn[None, :, None] * B + rc[None, None, :], mask=ok)
+    out = DST + rs[:, None, None] * L + rc[None, :, None] * N + rn[None, None, :]
+    tl.store(out, tl.permute(x, (0, 2, 1)), mask=tl.permute(ok, (0, 2, 1)))
 
 
 @triton.jit
@@ -1086,6 +1104,17 @@ def c_major(block: int) -> bool:
     return triton.next_power_of_2(block) < LOCAL_DOT_MIN_BP
 
 
+def _c_major_copy(src: torch.Tensor, n: int, b: int) -> torch.Tensor:
+    """``src [bs, T, D]`` (contiguous) as c-major ``[bs, B, N]``: :func:`unimixing_c_major_kernel`."""
+    bs = src.shape[0]
+    dst = torch.empty((bs, b, n), device=src.device, dtype=src.dtype)
+    sb, bn = (2, 16) if _interpreting() else (4, 128)
+    unimixing_c_major_kernel[(triton.cdiv(n, bn) * triton.cdiv(bs, sb),)](
+        src, dst, bs, n, n * b, B=b, BP=triton.next_power_of_2(b), SB=sb, BN=bn,
+        **({} if _interpreting() else dict(num_warps=4)))
+    return dst
+
+
 def _gemm(kind: int, a: torch.Tensor, bmat: torch.Tensor, out: torch.Tensor, m: int, nc: int, k: int,
           sa: tuple[int, int], sb: tuple[int, int], block: int = 1, length: int = 0,
           splits: tuple[int, int] | None = None) -> None:
@@ -1145,7 +1174,7 @@ def _unimixing_bwd_memory(
     p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=2)
     dwg_part = _dwg_buffer(p2, n, xc, dwg_dtype)
     if c_major(b):
-        dyt = dyc.view(bs, n, b).transpose(1, 2).contiguous()
+        dyt = _c_major_copy(dyc, n, b)
         gt = torch.empty_like(dyt)
         ht = torch.empty_like(dyt)
         _gemm(1, dyt, wg, gt, bs * b, n, n, (n, 1), (n, 1))

@@ -235,6 +235,17 @@ def test_unimixing_local_tile_switch_checked(device, monkeypatch, bad):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("bs,n,b", [(1, 5, 3), (5, 37, 4), (3, 20, 6), (2, 300, 8)])
+def test_unimixing_c_major_copy(device, bs, n, b):
+    # the memory path's dY^T: [bs, N*B] -> [bs, B, N], ragged sample and block tiles, B not a power of 2
+    from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    x = torch.randn(bs, n * b, device=device).to(torch.float16)
+    got = kernels._c_major_copy(x, n, b)
+    assert torch.equal(got, x.view(bs, n, b).transpose(1, 2))
+
+
+@pytest.mark.triton
 def test_unimixing_backward_switch_checked(device, monkeypatch):
     monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", "gemms")
     x = random_input((2, 4, 8), torch.float32, device, requires_grad=True)
@@ -516,6 +527,7 @@ def compile_for_sm90() -> None:
         for kind, strides in unit.items():
             builds.append((kernels.unimixing_gemm_kernel, dict(A=p, BMAT=p, C="*fp32" if kind == 2 else p),
                            dict(kw, KIND=kind, BLOCK=4, GROUP=8, **strides, **common), warps, stages))
+    builds.append((kernels.unimixing_c_major_kernel, dict(SRC=p, DST=p), dict(B=4, BP=4, SB=4, BN=128), 4, 1))
     for kernel, ptrs, consts, w, s in builds:
         assert compile_sm90(kernel, ptrs, consts, w, s)["shared"] <= SMEM_LIMIT, kernel
 
