@@ -656,11 +656,13 @@ def _await_tagged(ptrs, mask, tag, FAIL, MAX_SPINS: tl.constexpr, THREAD_POLL: t
     """The fp32 values of the words ``ptrs`` (where ``mask``), once every one carries ``tag``.
 
     Polls with volatile loads (L2, never a stale L1 line). Bounded: after ``MAX_SPINS`` polls it
-    counts a failure in ``FAIL`` and returns what it has, rather than hang. ``THREAD_POLL``: each
-    thread polls its own words (inline PTX, a loop per word) and the caller's reduction over the
-    words is the only block-wide step; else the program polls as a whole, a block-wide count of the
-    words still missing deciding each new round of loads (the CPU interpreter's way: it has no
-    inline assembly)."""
+    counts a failure in ``FAIL`` and returns what it has, rather than hang. Both ways start with one
+    load of every word (all reads in flight at once). ``THREAD_POLL``: then each thread polls again
+    only its own words still without the tag (inline PTX, a loop per word), and the caller's
+    reduction over the words is the only block-wide step; else the program polls as a whole, a
+    block-wide count of the words still missing deciding each new round of loads (the CPU
+    interpreter's way: it has no inline assembly). Per-thread polls measured 4% faster on the H200
+    at n = 1024 (NOTES)."""
     w = tl.load(ptrs, mask=mask, other=0, volatile=True)
     if THREAD_POLL:
         # the first load issues every word's read at once; only words still missing are polled again,

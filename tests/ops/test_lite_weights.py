@@ -47,6 +47,7 @@ def test_lite_weights_global_many_tiles(device, monkeypatch, symmetric, cache):
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
     monkeypatch.setattr(sk_kernels, "LOWRANK_CACHE_MIN_RANK", 0 if cache else 10**9)
     monkeypatch.setattr(sk_kernels, "RESIDENT", False)
+    assert sk_kernels._lowrank_chunk_width(40, True) == 32  # 32-wide chunks: one per accumulator
     args = _inputs(37, 2, 4, 40, torch.float32, device)
     check_against_reference(uk.lite_weights, (*args, 0.05, 2, symmetric), backend="triton")
 

@@ -490,6 +490,13 @@ def compile_resident_for_sm90() -> None:
             assert sum(loop.values()) <= 800, (label, sum(loop.values()))
             if "thread poll" in label:
                 assert loop["BAR"] <= 24, (label, loop["BAR"])
+        if "thread poll" in label:
+            # one polling loop per partial word a thread holds: a row and a column wait ([16, 64]
+            # and [16, 128] words over 16 warps: 2 + 4 per thread), twice in the forward (before its
+            # K loop and in it), once in the backward; no replicated words, and no clone of the
+            # impure asm left behind by a layout change (an early version had both)
+            per_pair = (16 * 64 + 16 * 128) // (32 * 16)
+            assert res["ptx"].count("spin_loop:") == (2 if "fwd" in label else 1) * per_pair, label
 
 
 @pytest.mark.triton
