@@ -221,9 +221,10 @@ def sinkhorn_resident_rows():
     for mode, label, poll in ((0, "dense symmetric", True), (0, "dense symmetric", False),
                               (2, "low-rank fp32", True)):
         for kernel in (k.sinkhorn_resident_fwd_kernel, k.sinkhorn_resident_bwd_kernel):
+            # BK: the chunk width at paper-small's rank (128)
             consts = dict(MODE=mode, SYMMETRIC=mode == 0, BM=64, BN=128, BK=k._lowrank_chunk_width(128, True),
-                          DOT_IEEE=True, RT_P=16,
-                          CT_P=16, MAX_SPINS=k.RESIDENT_MAX_SPINS, THREAD_POLL=poll, s2=1)
+                          DOT_IEEE=True, RT_P=16, CT_P=16, MAX_SPINS=k.RESIDENT_MAX_SPINS, THREAD_POLL=poll,
+                          s2=1)
             if kernel is k.sinkhorn_resident_bwd_kernel:
                 consts["sd2"] = 1
             res = compile_sm90(kernel, ptrs, consts, 16, 1, floats=("scale", "grad_scale"), usage=True,
