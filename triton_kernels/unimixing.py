@@ -1108,10 +1108,11 @@ def _c_major_copy(src: torch.Tensor, n: int, b: int) -> torch.Tensor:
     """``src [bs, T, D]`` (contiguous) as c-major ``[bs, B, N]``: :func:`unimixing_c_major_kernel`."""
     bs = src.shape[0]
     dst = torch.empty((bs, b, n), device=src.device, dtype=src.dtype)
-    sb, bn = (2, 16) if _interpreting() else (4, 128)
+    interp = _interpreting()
+    sb, bn = (2, 16) if interp else (4, 128)
     unimixing_c_major_kernel[(triton.cdiv(n, bn) * triton.cdiv(bs, sb),)](
         src, dst, bs, n, n * b, B=b, BP=triton.next_power_of_2(b), SB=sb, BN=bn,
-        **({} if _interpreting() else dict(num_warps=4)))
+        **({} if interp else dict(num_warps=4)))
     return dst
 
 

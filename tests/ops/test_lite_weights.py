@@ -201,7 +201,8 @@ def test_lite_weights_hypothesis_gpu():
     st = hypothesis.strategies
 
     @hypothesis.settings(deadline=None, max_examples=20)
-    # a failure once seen: the low-rank tile formed without FMA contraction (sinkhorn.DENSE_FP_FUSION)
+    # a failure once seen: the rank-28 low-rank tile summed as one sequential chain (now two
+    # accumulators; NOTES, the Lite sweep)
     @hypothesis.example(seed=0, n=31, nb=1, bsz=1, r=28, iters=1, tau=0.05, symmetric=False)
     @hypothesis.given(
         seed=st.integers(0, 2**31 - 1),

@@ -208,7 +208,7 @@ class _Recorder:
 @pytest.mark.triton
 def test_sinkhorn_fma_contraction_dense_off(device, resident, monkeypatch):
     # the batched and resident kernels compile without FMA contraction, so that S0 = x * scale is one
-    # rounded number in all its uses (a contracted use differs from the rest: see FP_FUSION)
+    # rounded number in all its uses (a contracted use differs from the rest: see DENSE_FP_FUSION)
     launched, options = [], []
     for name in ("sinkhorn_small_fwd_kernel", "sinkhorn_small_bwd_kernel", "sinkhorn_resident_fwd_kernel",
                  "sinkhorn_resident_bwd_kernel"):
