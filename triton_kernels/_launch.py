@@ -21,6 +21,7 @@ UNIMIXING_BWD_SWITCH = "UNIMIXER_UNIMIXING_BACKWARD"
 UNIMIXING_FWD_SWITCH = "UNIMIXER_UNIMIXING_FORWARD"
 LOCAL_TILE_SWITCH = "UNIMIXER_UNIMIXING_LOCAL_TILE"
 POLL_SWITCH = "UNIMIXER_SINKHORN_POLL"
+FFN_TMA_SWITCH = "UNIMIXER_FFN_TMA"
 SWITCHES = {
     NORM_SWITCH: ("composed", "unimixing_rmsnorm: 'composed' (mixing kernel, then one add + RMSNorm "
                               "pass) or 'fused' (in the mixing kernel's epilogue)"),
@@ -54,6 +55,9 @@ SWITCHES = {
                             "(each thread polls its own words, inline PTX) or 'block' (the program polls as "
                             "a whole, a block-wide count of missing words per round; the CPU interpreter, "
                             "which has no inline assembly, always does)"),
+    FFN_TMA_SWITCH: ("0", "the wide-token per-token FFN GEMMs (D > 256): '1' (16-bit operands read through "
+                          "tensor descriptors, TMA, where their addresses and strides allow it, with a fixed "
+                          "tile per mode) or '0' (pointer loads, autotuned tiles)"),
     TILE_SWITCH: ("auto", "tile of the one-launch-per-half-step Sinkhorn kernels (the resident ones use "
                           "64x128): 'auto' (64x64, 4 warps) or 'BMxBN' "
                           "(powers of two, 16..256, BM*BN <= 16384; 4 warps below 8192 entries)"),

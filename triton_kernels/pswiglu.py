@@ -64,8 +64,9 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
-from ._launch import FFN_BACKWARD_SWITCH, bucket, new_output, num_programs_for, switch
+from ._launch import FFN_BACKWARD_SWITCH, FFN_TMA_SWITCH, bucket, new_output, num_programs_for, switch
 from ._partials import sum_partials
 from ._tiles import grouped_tile
 
@@ -438,6 +439,27 @@ def _prune_gemm(configs, named_args, **kwargs) -> list:
     return [c for c in fits if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) == (128, 64)]
 
 
+@triton.jit
+def _desc_tile(desc, t, r0, c0, R: tl.constexpr, C: tl.constexpr, TOK: tl.constexpr, TRANS: tl.constexpr):
+    """The ``[R, C]`` tile at ``(r0, c0)`` of token ``t`` of an operand read through a 3-d tensor
+    descriptor (TMA) whose dimensions follow the tensor's memory order: the token at dimension
+    ``TOK`` (0 or 1), the contiguous innermost one the tile's columns, or its rows when ``TRANS``.
+    Out-of-bounds elements read as zeros."""
+    if TRANS:
+        if TOK == 0:
+            x = desc.load([t, c0, r0])
+        else:
+            x = desc.load([c0, t, r0])
+        tile = tl.trans(tl.reshape(x, (C, R)))
+    else:
+        if TOK == 0:
+            x = desc.load([t, r0, c0])
+        else:
+            x = desc.load([r0, t, c0])
+        tile = tl.reshape(x, (R, C))
+    return tile
+
+
 @triton.autotune(configs=_gemm_configs(), key=["M_KEY", "N", "K_KEY", "MODE", "GATED"],
                  prune_configs_by={"early_config_prune": _prune_gemm})
 @triton.jit
@@ -450,6 +472,8 @@ def ffn_token_gemm_kernel(
     MODE: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_BIAS2: tl.constexpr,
     SAVE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    TMA: tl.constexpr = False, A_TOK: tl.constexpr = 0, A_T: tl.constexpr = False, B_TOK: tl.constexpr = 0,
+    B_T: tl.constexpr = False,
 ):
     """``C[t] = A[t] @ B[t]`` over a 1-d grid of tiles ``(t, m tile, n tile)`` with a K loop, for
     tokens too wide to keep a whole row of ``u`` in registers, and for the weight gradients. ``t``
@@ -475,22 +499,35 @@ def ffn_token_gemm_kernel(
     mask_n = offs_n < N
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    t32 = pid // per_token
+    m0 = pid_m * BLOCK_M
+    n0 = pid_n * BLOCK_N
     for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-        a_off = offs_m[:, None] * stride_am + t * stride_at + offs_k[None, :] * stride_ak
-        b_off = t * stride_bt + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
-        a_mask = mask_m[:, None] & mask_k[None, :]
-        b_mask = mask_k[:, None] & mask_n[None, :]
-        a = tl.load(A + a_off, mask=a_mask, other=0.0).to(CDT)
-        b = tl.load(B + b_off, mask=b_mask, other=0.0).to(CDT)
+        if TMA:
+            a = _desc_tile(A, t32, m0, k0, BLOCK_M, BLOCK_K, A_TOK, A_T)
+            b = _desc_tile(B, t32, k0, n0, BLOCK_K, BLOCK_N, B_TOK, B_T)
+        else:
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < K
+            a_off = offs_m[:, None] * stride_am + t * stride_at + offs_k[None, :] * stride_ak
+            b_off = t * stride_bt + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
+            a_mask = mask_m[:, None] & mask_k[None, :]
+            b_mask = mask_k[:, None] & mask_n[None, :]
+            a = tl.load(A + a_off, mask=a_mask, other=0.0).to(CDT)
+            b = tl.load(B + b_off, mask=b_mask, other=0.0).to(CDT)
         acc = tl.dot(a, b, acc, input_precision=PREC)
         if GATED:
-            b2 = tl.load(B2 + b_off, mask=b_mask, other=0.0).to(CDT)
+            if TMA:
+                b2 = _desc_tile(B2, t32, k0, n0, BLOCK_K, BLOCK_N, B_TOK, B_T)
+            else:
+                b2 = tl.load(B2 + b_off, mask=b_mask, other=0.0).to(CDT)
             if MODE == 0:
                 acc2 = tl.dot(a, b2, acc2, input_precision=PREC)
             if MODE == 3:
-                a2 = tl.load(A2 + a_off, mask=a_mask, other=0.0).to(CDT)
+                if TMA:
+                    a2 = _desc_tile(A2, t32, m0, k0, BLOCK_M, BLOCK_K, A_TOK, A_T)
+                else:
+                    a2 = tl.load(A2 + a_off, mask=a_mask, other=0.0).to(CDT)
                 acc = tl.dot(a2, b2, acc, input_precision=PREC)
     cmask = mask_m[:, None] & mask_n[None, :]
     hid = t * M * N + offs_m[:, None] * N + offs_n[None, :]
@@ -575,23 +612,94 @@ def _fused(d: int, cdt: torch.dtype) -> bool:
     return _block_d(d) <= limit
 
 
+def _operand_desc(x: torch.Tensor, rows: int, toks: int, cols: int, strides: tuple, cdt: torch.dtype):
+    """A 3-d tensor descriptor over operand ``x`` of a per-token GEMM, whose ``[rows, cols]`` slice
+    of token ``t`` sits at ``x + r * s_row + t * s_tok + c * s_col`` (``strides = (s_row, s_tok,
+    s_col)``), with the dimensions in memory order; returns ``(descriptor, TOK, TRANS)`` for
+    :func:`_desc_tile` (its block shape is set per launch by :func:`_set_block`), or ``None`` where
+    TMA cannot read ``x``: a 32/64-bit compute dtype (those take CUDA-core dots), another dtype than
+    the compute one, an address or a stride not a multiple of 16 bytes, no unit stride, or the
+    token innermost."""
+    if cdt not in (torch.float16, torch.bfloat16) or x.dtype != cdt or x.data_ptr() % 16:
+        return None
+    dims = sorted(zip(strides, (rows, toks, cols), "rtc"), key=lambda d: -d[0])
+    names = "".join(d[2] for d in dims)
+    if dims[2][0] != 1 or names[2] == "t" or any(d[0] * x.element_size() % 16 for d in dims[:2]):
+        return None
+    desc = TensorDescriptor(x, [d[1] for d in dims], [d[0] for d in dims], [1, 1, 16])
+    return desc, names.index("t"), names[2] == "r"
+
+
+def _set_block(op, r: int, c: int) -> None:
+    """Set the block shape of ``(descriptor, TOK, TRANS)`` for an ``[r, c]`` tile."""
+    desc, tok, trans = op
+    inner, outer = (r, c) if trans else (c, r)
+    desc.block_shape = [1, outer, inner] if tok == 0 else [outer, 1, inner]
+
+
 def _token_gemm(mode, a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=None, bias2=None,
-                g=None, v=None, dg=None, dv=None, gated=False, save=False) -> None:
+                g=None, v=None, dg=None, dv=None, gated=False, save=False, tma=None, config=None) -> None:
     """Launch :func:`ffn_token_gemm_kernel` over ``t * m tiles * n tiles`` programs (``t`` tokens);
-    ``sa``/``sb``/``sc`` are the ``(m, t, k)``, ``(t, k, n)`` and ``(m, t, n)`` strides."""
+    ``sa``/``sb``/``sc`` are the ``(m, t, k)``, ``(t, k, n)`` and ``(m, t, n)`` strides.
 
-    def grid(meta):
-        return (t * triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+    ``tma``: read the operands through tensor descriptors (``None``: where they allow it, see
+    :func:`_operand_desc`); ``config``: ``(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)`` instead of the
+    autotuned (pointer) or tabled (TMA) tile."""
+    ops = None
+    if tma is None:
+        tma = _tma_switch()
+    if tma is not False:
+        a_strides, b_strides = (sa[0], sa[1], sa[2]), (sb[1], sb[0], sb[2])
+        ops = [_operand_desc(x, r, t, cc, st, cdt) if x is not None else None
+               for x, r, cc, st in ((a, m, k, a_strides), (b, k, n, b_strides),
+                                    (a2, m, k, a_strides), (b2, k, n, b_strides))]
+        if any(op is None for op, x in zip(ops, (a, b, a2, b2)) if x is not None):
+            if tma:
+                raise ValueError("tma=True: an operand is not readable through a tensor descriptor")
+            ops = None
+    args = [bias if bias is not None else b, bias2 if bias2 is not None else b, c,
+            g if g is not None else c, v if v is not None else c, dg if dg is not None else c,
+            dv if dv is not None else c,
+            m, n, k, bucket(m), bucket(k), *sa, *sb, *sc]
+    consts = dict(MODE=mode, GATED=gated, HAS_BIAS=bias is not None, HAS_BIAS2=bias2 is not None, SAVE=save,
+                  CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), GROUP_M=8)
+    if ops is None and config is None:
+        def grid(meta):
+            return (t * triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
-    ffn_token_gemm_kernel[grid](
-        a, b, a2 if a2 is not None else a, b2 if b2 is not None else b,
-        bias if bias is not None else b, bias2 if bias2 is not None else b, c,
-        g if g is not None else c, v if v is not None else c, dg if dg is not None else c,
-        dv if dv is not None else c,
-        m, n, k, bucket(m), bucket(k), *sa, *sb, *sc,
-        MODE=mode, GATED=gated, HAS_BIAS=bias is not None, HAS_BIAS2=bias2 is not None, SAVE=save,
-        CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), GROUP_M=8,
-    )
+        ffn_token_gemm_kernel[grid](a, b, a2 if a2 is not None else a, b2 if b2 is not None else b, *args,
+                                    **consts)
+        return
+    bm, bn, bk, warps, stages = config if config is not None else _tma_tile(mode, gated)
+    if ops is None:
+        operands = [a, b, a2 if a2 is not None else a, b2 if b2 is not None else b]
+    else:
+        for op, (r, cc) in zip(ops, ((bm, bk), (bk, bn), (bm, bk), (bk, bn))):
+            if op is not None:
+                _set_block(op, r, cc)
+        ops = [op if op is not None else ops[i - 2] for i, op in enumerate(ops)]
+        operands = [op[0] for op in ops]
+        consts.update(TMA=True, A_TOK=ops[0][1], A_T=ops[0][2], B_TOK=ops[1][1], B_T=ops[1][2])
+    grid = (t * triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+    ffn_token_gemm_kernel.fn[grid](*operands, *args, **consts, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                                   num_warps=warps, num_stages=stages)
+
+
+def _tma_switch() -> bool | None:
+    """``UNIMIXER_FFN_TMA``: ``None`` (TMA where the operands allow it) for '1', ``False`` for '0'."""
+    mode = switch(FFN_TMA_SWITCH)
+    if mode not in ("0", "1"):
+        raise ValueError(f"{FFN_TMA_SWITCH}: expected '0' or '1', got {mode!r}")
+    return None if mode == "1" else False
+
+
+def _tma_tile(mode: int, gated: bool) -> tuple:
+    """The tile of the TMA path: ``128 x 256`` for the plain products, ``128 x 128`` where an
+    activation epilogue or a second accumulator would spill the wider one."""
+    if _interpreting():
+        return (16, 16, 16, 4, 1)
+    plain = mode in (MODE_DOWN, MODE_DU) and not gated
+    return (128, 256, 64, 8, 3) if plain else (128, 128, 64, 8, 3)
 
 
 def _hidden_tiled(u, w1, w3, b1, b3, cdt, save, g=None, v=None, act=None) -> torch.Tensor:
