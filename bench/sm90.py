@@ -117,6 +117,8 @@ def compile_sm90(kernel, ptrs: dict, consts: dict, warps: int, stages: int, divi
     fn = kernel
     while not isinstance(fn, JITFunction):  # autotuners and heuristics wrap the JIT function
         fn = fn.fn
+    # constexpr parameters left out take their defaults, as at a launch
+    consts = {**{p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}, **consts}
     sig = {a: "constexpr" if a in consts else ptrs.get(a, "fp32" if a in floats else "i32")
            for a in fn.arg_names}
     div = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
@@ -164,25 +166,35 @@ def unimixing_fwd_rows(usage: bool = True):
 
 
 def ffn_gemm_rows(usage: bool = True):
-    """``(label, config, result)`` for the per-token FFN GEMM: every mode with the tiles its
-    autotuner keeps for a large bf16 GEMM."""
+    """``(label, config, result)`` for the per-token FFN GEMM (bf16, one product with a bias, or two):
+    the tiles its autotuner keeps for a large GEMM with pointer loads, and the TMA path's tile with the
+    wide path's operand layouts (``u`` sample-major, weights token-major, ``W^T`` transposed)."""
     import triton.language as tl
     from unimixer_kernels.triton_kernels import pswiglu as k
 
-    ptrs = {a: "*bf16" for a in "A B A2 B2 BIAS BIAS2 C G V DG DV".split()}
-    modes = [(k.MODE_HIDDEN, False), (k.MODE_HIDDEN, True), (k.MODE_DOWN, False), (k.MODE_DACT, True),
-             (k.MODE_DU, True), (k.MODE_DU, False)]
-    for mode, gated in modes:
-        consts = dict(MODE=mode, GATED=gated, HAS_BIAS=True, HAS_BIAS2=gated, SAVE=False, CDT=tl.bfloat16,
-                      PREC="tf32", GROUP_M=8, stride_ak=1, stride_bn=1, stride_cn=1)
+    divisible = ("M", "N", "K", "M_KEY", "K_KEY", "stride_am", "stride_at", "stride_bt", "stride_bk",
+                 "stride_cm", "stride_ct")
+    for dual in (False, True):
+        consts = dict(DUAL=dual, HAS_BIAS=not dual, CDT=tl.bfloat16, PREC="tf32", GROUP_M=8, stride_ak=1,
+                      stride_bn=1, stride_cn=1)
         named = dict(M_KEY=2048, N=4096, K_KEY=1024)
         for cfg in k._prune_gemm(k._gemm_configs(), named, **consts):
-            res = compile_sm90(k.ffn_token_gemm_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps,
-                               cfg.num_stages, usage=usage,
-                               divisible=("M", "N", "K", "M_KEY", "K_KEY", "stride_am", "stride_at",
-                                          "stride_bt", "stride_bk", "stride_cm", "stride_ct"))
-            label = f"ffn_token_gemm mode={mode} gated={gated}"
-            yield label, (cfg.kwargs, cfg.num_warps, cfg.num_stages), res
+            res = compile_sm90(k.ffn_token_gemm_kernel, {a: "*bf16" for a in "A B A2 B2 BIAS C".split()},
+                               dict(consts, **cfg.kwargs), cfg.num_warps, cfg.num_stages, usage=usage,
+                               divisible=divisible)
+            yield f"ffn_token_gemm dual={dual}", (cfg.kwargs, cfg.num_warps, cfg.num_stages), res
+        bm, bn, bk, warps, stages = k._TMA_TILE
+        for a_tok, b_t in ((1, False), (0, True)):
+            a_block = [1, bm, bk] if a_tok == 0 else [bm, 1, bk]
+            b_block = [1, bn, bk] if b_t else [1, bk, bn]
+            ptrs = dict(A=f"tensordesc<bf16{a_block}>", A2=f"tensordesc<bf16{a_block}>",
+                        B=f"tensordesc<bf16{b_block}>", B2=f"tensordesc<bf16{b_block}>", BIAS="*bf16",
+                        C=f"tensordesc<bf16{[bm, 1, bn]}>")
+            tile = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+            res = compile_sm90(k.ffn_token_gemm_kernel, ptrs,
+                               dict(consts, **tile, TMA=True, A_TOK=a_tok, B_T=b_t, C_TOK=1), warps, stages,
+                               usage=usage, divisible=divisible)
+            yield f"ffn_token_gemm dual={dual} tma a_tok={a_tok} b_t={b_t}", (tile, warps, stages), res
 
 
 def ffn_weight_rows(usage: bool = True, ptx: bool = False):

@@ -55,9 +55,10 @@ SWITCHES = {
                             "(each thread polls its own words, inline PTX) or 'block' (the program polls as "
                             "a whole, a block-wide count of missing words per round; the CPU interpreter, "
                             "which has no inline assembly, always does)"),
-    FFN_TMA_SWITCH: ("0", "the wide-token per-token FFN GEMMs (D > 256): '1' (16-bit operands read through "
-                          "tensor descriptors, TMA, where their addresses and strides allow it, with a fixed "
-                          "tile per mode) or '0' (pointer loads, autotuned tiles)"),
+    FFN_TMA_SWITCH: ("auto", "the wide-token per-token FFN GEMMs (D > 256), 16-bit: 'auto' (operands and "
+                             "result through TMA tensor descriptors where their addresses and strides allow "
+                             "it, except the weight gradients' transposed u^T and A^T, read by pointers), "
+                             "'1' (TMA wherever allowed) or '0' (pointer loads and autotuned tiles only)"),
     TILE_SWITCH: ("auto", "tile of the one-launch-per-half-step Sinkhorn kernels (the resident ones use "
                           "64x128): 'auto' (64x64, 4 warps) or 'BMxBN' "
                           "(powers of two, 16..256, BM*BN <= 16384; 4 warps below 8192 entries)"),

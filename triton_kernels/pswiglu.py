@@ -402,20 +402,15 @@ def ffn_bwd_weight_kernel(
 
 # --- launchers -------------------------------------------------------------------------------
 
-# Modes of the tiled per-token GEMM (wide tokens, ``D`` above ``FUSED_MAX_D``).
-MODE_HIDDEN, MODE_DOWN, MODE_DACT, MODE_DU = 0, 1, 2, 3
-
-
 def _gemm_configs() -> list:
     """Tiles of :func:`ffn_token_gemm_kernel` (M, N, K tile, warps, stages). 16-bit dtypes autotune
-    among all but the last (pruned per mode); fp32 (CUDA-core ``ieee`` dots, there for exactness)
-    takes the last, the interpreter one small tile. ``python -m bench sm90`` lists each (mode,
-    tile)'s shared memory, registers and spills: the gated ``dA`` epilogue spills in every 4-warp
-    tile and the 8-warp ``128 x 128`` one, not in the 8-warp ``64 x 128`` one."""
+    among all but the last (pruned: see :func:`_prune_gemm`); fp32 (CUDA-core ``ieee`` dots, there for
+    exactness) takes the last, the interpreter one small tile. ``python -m bench sm90`` lists each
+    tile's shared memory, registers and spills."""
     if _interpreting():
         return [triton.Config(dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16), num_warps=4, num_stages=1)]
-    tiles = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
-             (64, 128, 64, 8, 3), (64, 64, 16, 4, 2)]
+    tiles = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (128, 64, 64, 4, 4),
+             (64, 128, 64, 4, 4), (64, 64, 16, 4, 2)]
     return [triton.Config(dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k), num_warps=w, num_stages=st)
             for m, n, k, w, st in tiles]
 
@@ -425,15 +420,15 @@ _TUNE_MIN_MACS = 1 << 28
 
 
 def _prune_gemm(configs, named_args, **kwargs) -> list:
-    """fp32: the small CUDA-core tile. 16-bit: the tensor-core tiles; the ``128 x 256`` tile only
-    for the plain products (one accumulator, no activation epilogue: elsewhere it spills or
-    overflows shared memory); GEMMs under ``_TUNE_MIN_MACS`` per token take ``128 x 64`` untuned."""
+    """fp32: the small CUDA-core tile. 16-bit: the tensor-core tiles; the ``128 x 256`` ones only for
+    one product (two would overflow shared memory); GEMMs under ``_TUNE_MIN_MACS`` per token take
+    ``128 x 64`` untuned."""
     if len(configs) == 1:
         return configs
     if kwargs["CDT"] not in (tl.float16, tl.bfloat16):
         return [c for c in configs if c.kwargs["BLOCK_K"] == 16]
-    plain = kwargs["MODE"] in (MODE_DOWN, MODE_DU) and not kwargs["GATED"]
-    fits = [c for c in configs if c.kwargs["BLOCK_K"] != 16 and (plain or c.kwargs["BLOCK_N"] <= 128)]
+    fits = [c for c in configs
+            if c.kwargs["BLOCK_K"] != 16 and (not kwargs["DUAL"] or c.kwargs["BLOCK_N"] <= 128)]
     if named_args["M_KEY"] * named_args["N"] * named_args["K_KEY"] >= _TUNE_MIN_MACS:
         return fits
     return [c for c in fits if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) == (128, 64)]
@@ -460,48 +455,40 @@ def _desc_tile(desc, t, r0, c0, R: tl.constexpr, C: tl.constexpr, TOK: tl.conste
     return tile
 
 
-@triton.autotune(configs=_gemm_configs(), key=["M_KEY", "N", "K_KEY", "MODE", "GATED"],
+@triton.autotune(configs=_gemm_configs(), key=["M_KEY", "N", "K_KEY", "DUAL", "HAS_BIAS"],
                  prune_configs_by={"early_config_prune": _prune_gemm})
 @triton.jit
 def ffn_token_gemm_kernel(
-    A, B, A2, B2, BIAS, BIAS2, C, G, V, DG, DV,
+    A, B, A2, B2, BIAS, C,
     M, N, K, M_KEY, K_KEY,
     stride_am, stride_at, stride_ak,
     stride_bt, stride_bk, stride_bn,
     stride_cm, stride_ct, stride_cn,
-    MODE: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_BIAS2: tl.constexpr,
-    SAVE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
+    DUAL: tl.constexpr, HAS_BIAS: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     TMA: tl.constexpr = False, A_TOK: tl.constexpr = 0, A_T: tl.constexpr = False, B_TOK: tl.constexpr = 0,
-    B_T: tl.constexpr = False,
+    B_T: tl.constexpr = False, C_TOK: tl.constexpr = 0,
 ):
-    """``C[t] = A[t] @ B[t]`` over a 1-d grid of tiles ``(t, m tile, n tile)`` with a K loop, for
-    tokens too wide to keep a whole row of ``u`` in registers, and for the weight gradients. ``t``
-    is the slowest index and, within a token, ``GROUP_M`` row tiles walk the column tiles together,
-    so a token's operands stay in L2 while its tiles run. The mode picks the epilogue:
-
-    - ``MODE_HIDDEN``: ``G = u W1 + b1`` (and ``V = u W3 + b3``), writes ``act(G, V)`` to ``C``
-      (``[T, bs, h]``), and ``G``/``V`` when ``SAVE``;
-    - ``MODE_DOWN``: ``o = act @ W2 + b2`` into ``C`` (``[bs, T, D]`` through strides);
-    - ``MODE_DACT``: ``dA = dO W2^T``, then ``A``, ``dG``, ``dV`` from the stored ``G``/``V``;
-    - ``MODE_DU``: ``C = A B`` (``+ A2 B2`` when ``GATED``): ``du``, and the weight gradients.
-    """
+    """``C[t] = A[t] @ B[t] (+ A2[t] @ B2[t] when DUAL) (+ bias[t])`` over a 1-d grid of tiles
+    ``(t, m tile, n tile)`` with a K loop: every GEMM of the wide-token path (the hidden
+    pre-activations, the down projection, ``dA``, ``du`` and the weight gradients). ``t`` is the
+    slowest index and, within a token, ``GROUP_M`` row tiles walk the column tiles together, so a
+    token's operands stay in L2 while its tiles run. With ``TMA`` the operands and ``C`` are 3-d
+    tensor descriptors (``A_TOK``/``A_T``... as in :func:`_desc_tile`), else pointers with strides."""
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     per_token = num_m * num_n
-    t = (pid // per_token).to(tl.int64)
-    r = pid % per_token
-    pid_m, pid_n = grouped_tile(r, num_m, num_n, GROUP_M)
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    t32 = pid // per_token
+    t = t32.to(tl.int64)
+    pid_m, pid_n = grouped_tile(pid % per_token, num_m, num_n, GROUP_M)
+    m0 = pid_m * BLOCK_M
+    n0 = pid_n * BLOCK_N
+    offs_m = m0.to(tl.int64) + tl.arange(0, BLOCK_M)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    t32 = pid // per_token
-    m0 = pid_m * BLOCK_M
-    n0 = pid_n * BLOCK_N
     for k0 in range(0, K, BLOCK_K):
         if TMA:
             a = _desc_tile(A, t32, m0, k0, BLOCK_M, BLOCK_K, A_TOK, A_T)
@@ -516,56 +503,48 @@ def ffn_token_gemm_kernel(
             a = tl.load(A + a_off, mask=a_mask, other=0.0).to(CDT)
             b = tl.load(B + b_off, mask=b_mask, other=0.0).to(CDT)
         acc = tl.dot(a, b, acc, input_precision=PREC)
-        if GATED:
+        if DUAL:
             if TMA:
+                a2 = _desc_tile(A2, t32, m0, k0, BLOCK_M, BLOCK_K, A_TOK, A_T)
                 b2 = _desc_tile(B2, t32, k0, n0, BLOCK_K, BLOCK_N, B_TOK, B_T)
             else:
+                a2 = tl.load(A2 + a_off, mask=a_mask, other=0.0).to(CDT)
                 b2 = tl.load(B2 + b_off, mask=b_mask, other=0.0).to(CDT)
-            if MODE == 0:
-                acc2 = tl.dot(a, b2, acc2, input_precision=PREC)
-            if MODE == 3:
-                if TMA:
-                    a2 = _desc_tile(A2, t32, m0, k0, BLOCK_M, BLOCK_K, A_TOK, A_T)
-                else:
-                    a2 = tl.load(A2 + a_off, mask=a_mask, other=0.0).to(CDT)
-                acc = tl.dot(a2, b2, acc, input_precision=PREC)
-    cmask = mask_m[:, None] & mask_n[None, :]
-    hid = t * M * N + offs_m[:, None] * N + offs_n[None, :]
-    out = C + offs_m[:, None] * stride_cm + t * stride_ct + offs_n[None, :] * stride_cn
-    if MODE == 0:
-        g = acc
-        if HAS_BIAS:
-            g += tl.load(BIAS + t * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        if GATED:
-            v = acc2
-            if HAS_BIAS2:
-                v += tl.load(BIAS2 + t * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            acc = tl.dot(a2, b2, acc, input_precision=PREC)
+    if HAS_BIAS:
+        acc += tl.load(BIAS + t * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    if TMA:
+        y = acc.to(C.dtype)
+        if C_TOK == 0:
+            C.store([t32, m0, n0], tl.reshape(y, (1, BLOCK_M, BLOCK_N)))
         else:
-            v = g  # unused by the plain activation
-        act = _activation(g, v, GATED)
-        if SAVE:
-            tl.store(G + hid, g.to(G.dtype.element_ty), mask=cmask)
-            if GATED:
-                tl.store(V + hid, v.to(V.dtype.element_ty), mask=cmask)
-        tl.store(out, act.to(C.dtype.element_ty), mask=cmask)
-    if MODE == 1:
-        if HAS_BIAS:
-            acc += tl.load(BIAS + t * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(out, acc.to(C.dtype.element_ty), mask=cmask)
-    if MODE == 2:
-        da = acc
-        g = tl.load(G + hid, mask=cmask, other=0.0).to(tl.float32)
+            C.store([m0, t32, n0], tl.reshape(y, (BLOCK_M, 1, BLOCK_N)))
+    else:
+        out = C + offs_m[:, None] * stride_cm + t * stride_ct + offs_n[None, :] * stride_cn
+        tl.store(out, acc.to(C.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def ffn_act_kernel(G, V, DA, A_OUT, DG_OUT, DV_OUT, numel, GATED: tl.constexpr, BACKWARD: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """The activation of the wide-token path, elementwise over ``[T, bs, h]`` buffers: forward
+    ``A = act(G, V)``; backward, given ``dA``, ``A`` again and ``dG`` (and ``dV``). An output may be
+    the buffer of an input it replaces (each element is read before it is written)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    v = g
+    if GATED:
+        v = tl.load(V + offs, mask=mask, other=0.0).to(tl.float32)
+    if BACKWARD:
+        da = tl.load(DA + offs, mask=mask, other=0.0).to(tl.float32)
+        a, dg, dv = _activation_bwd(g, v, da, GATED)
+        tl.store(DG_OUT + offs, dg.to(DG_OUT.dtype.element_ty), mask=mask)
         if GATED:
-            v = tl.load(V + hid, mask=cmask, other=0.0).to(tl.float32)
-        else:
-            v = g  # unused by the plain activation
-        act, dg, dv = _activation_bwd(g, v, da, GATED)
-        if GATED:
-            tl.store(DV + hid, dv.to(DV.dtype.element_ty), mask=cmask)
-        tl.store(out, act.to(C.dtype.element_ty), mask=cmask)
-        tl.store(DG + hid, dg.to(DG.dtype.element_ty), mask=cmask)
-    if MODE == 3:
-        tl.store(out, acc.to(C.dtype.element_ty), mask=cmask)
+            tl.store(DV_OUT + offs, dv.to(DV_OUT.dtype.element_ty), mask=mask)
+    else:
+        a = _activation(g, v, GATED)
+    tl.store(A_OUT + offs, a.to(A_OUT.dtype.element_ty), mask=mask)
 
 
 _TL_DTYPES = {
@@ -612,6 +591,9 @@ def _fused(d: int, cdt: torch.dtype) -> bool:
     return _block_d(d) <= limit
 
 
+_TOKEN_FIRST = False
+
+
 def _operand_desc(x: torch.Tensor, rows: int, toks: int, cols: int, strides: tuple, cdt: torch.dtype):
     """A 3-d tensor descriptor over operand ``x`` of a per-token GEMM, whose ``[rows, cols]`` slice
     of token ``t`` sits at ``x + r * s_row + t * s_tok + c * s_col`` (``strides = (s_row, s_tok,
@@ -623,6 +605,8 @@ def _operand_desc(x: torch.Tensor, rows: int, toks: int, cols: int, strides: tup
     if cdt not in (torch.float16, torch.bfloat16) or x.dtype != cdt or x.data_ptr() % 16:
         return None
     dims = sorted(zip(strides, (rows, toks, cols), "rtc"), key=lambda d: -d[0])
+    if _TOKEN_FIRST:
+        dims = sorted(dims, key=lambda d: d[2] != "t")
     names = "".join(d[2] for d in dims)
     if dims[2][0] != 1 or names[2] == "t" or any(d[0] * x.element_size() % 16 for d in dims[:2]):
         return None
@@ -637,82 +621,93 @@ def _set_block(op, r: int, c: int) -> None:
     desc.block_shape = [1, outer, inner] if tok == 0 else [outer, 1, inner]
 
 
-def _token_gemm(mode, a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=None, bias2=None,
-                g=None, v=None, dg=None, dv=None, gated=False, save=False, tma=None, config=None) -> None:
-    """Launch :func:`ffn_token_gemm_kernel` over ``t * m tiles * n tiles`` programs (``t`` tokens);
-    ``sa``/``sb``/``sc`` are the ``(m, t, k)``, ``(t, k, n)`` and ``(m, t, n)`` strides.
+def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=None, tma=None,
+                config=None) -> None:
+    """``c[t] = a[t] @ b[t] (+ a2[t] @ b2[t]) (+ bias[t])`` through :func:`ffn_token_gemm_kernel`
+    over ``t * m tiles * n tiles`` programs (``t`` tokens); ``sa``/``sb``/``sc`` are the ``(m, t, k)``,
+    ``(t, k, n)`` and ``(m, t, n)`` strides (``a2``/``b2`` share ``a``'s/``b``'s).
 
-    ``tma``: read the operands through tensor descriptors (``None``: where they allow it, see
-    :func:`_operand_desc`); ``config``: ``(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)`` instead of the
-    autotuned (pointer) or tabled (TMA) tile."""
-    ops = None
+    ``tma``: read and write through tensor descriptors (``None``: as ``UNIMIXER_FFN_TMA`` says, see
+    :func:`_use_tma`; ``True`` raises where an operand does not allow it); ``config``: ``(BLOCK_M,
+    BLOCK_N, BLOCK_K, warps, stages)`` instead of the autotuned (pointers) or fixed (TMA) tile."""
+    descs = None
+    a_strides, b_strides = (sa[0], sa[1], sa[2]), (sb[1], sb[0], sb[2])
     if tma is None:
-        tma = _tma_switch()
-    if tma is not False:
-        a_strides, b_strides = (sa[0], sa[1], sa[2]), (sb[1], sb[0], sb[2])
-        ops = [_operand_desc(x, r, t, cc, st, cdt) if x is not None else None
-               for x, r, cc, st in ((a, m, k, a_strides), (b, k, n, b_strides),
-                                    (a2, m, k, a_strides), (b2, k, n, b_strides))]
-        if any(op is None for op, x in zip(ops, (a, b, a2, b2)) if x is not None):
-            if tma:
+        tma = _use_tma(a_strides)
+    if tma:
+        descs = [_operand_desc(x, r, t, cc, st, cdt) if x is not None else None
+                 for x, r, cc, st in ((a, m, k, a_strides), (b, k, n, b_strides), (a2, m, k, a_strides),
+                                      (b2, k, n, b_strides), (c, m, n, sc))]
+        if any(d is None for d, x in zip(descs, (a, b, a2, b2, c)) if x is not None) or descs[4][2]:
+            if tma is True:
                 raise ValueError("tma=True: an operand is not readable through a tensor descriptor")
-            ops = None
-    args = [bias if bias is not None else b, bias2 if bias2 is not None else b, c,
-            g if g is not None else c, v if v is not None else c, dg if dg is not None else c,
-            dv if dv is not None else c,
-            m, n, k, bucket(m), bucket(k), *sa, *sb, *sc]
-    consts = dict(MODE=mode, GATED=gated, HAS_BIAS=bias is not None, HAS_BIAS2=bias2 is not None, SAVE=save,
-                  CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), GROUP_M=8)
-    if ops is None and config is None:
+            descs = None
+    dual = a2 is not None
+    consts = dict(DUAL=dual, HAS_BIAS=bias is not None, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), GROUP_M=8)
+    sizes = (m, n, k, bucket(m), bucket(k), *sa, *sb, *sc)
+    bias = bias if bias is not None else b
+    if descs is None and config is None:
         def grid(meta):
             return (t * triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
-        ffn_token_gemm_kernel[grid](a, b, a2 if a2 is not None else a, b2 if b2 is not None else b, *args,
-                                    **consts)
+        ffn_token_gemm_kernel[grid](a, b, a2 if dual else a, b2 if dual else b, bias, c, *sizes, **consts)
         return
-    bm, bn, bk, warps, stages = config if config is not None else _tma_tile(mode, gated)
-    if ops is None:
-        operands = [a, b, a2 if a2 is not None else a, b2 if b2 is not None else b]
-    else:
-        for op, (r, cc) in zip(ops, ((bm, bk), (bk, bn), (bm, bk), (bk, bn))):
-            if op is not None:
-                _set_block(op, r, cc)
-        ops = [op if op is not None else ops[i - 2] for i, op in enumerate(ops)]
-        operands = [op[0] for op in ops]
-        consts.update(TMA=True, A_TOK=ops[0][1], A_T=ops[0][2], B_TOK=ops[1][1], B_T=ops[1][2])
+    bm, bn, bk, warps, stages = config if config is not None else _tma_tile()
+    operands = [a, b, a2 if dual else a, b2 if dual else b, bias, c]
+    if descs is not None:
+        for d, (r, cc) in zip(descs, ((bm, bk), (bk, bn), (bm, bk), (bk, bn), (bm, bn))):
+            if d is not None:
+                _set_block(d, r, cc)
+        descs[2:4] = [d if d is not None else descs[i] for i, d in enumerate(descs[2:4])]
+        operands = [d[0] for d in descs[:4]] + [bias, descs[4][0]]
+        consts.update(TMA=True, A_TOK=descs[0][1], A_T=descs[0][2], B_TOK=descs[1][1], B_T=descs[1][2],
+                      C_TOK=descs[4][1])
     grid = (t * triton.cdiv(m, bm) * triton.cdiv(n, bn),)
-    ffn_token_gemm_kernel.fn[grid](*operands, *args, **consts, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+    ffn_token_gemm_kernel.fn[grid](*operands, *sizes, **consts, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
                                    num_warps=warps, num_stages=stages)
 
 
-def _tma_switch() -> bool | None:
-    """``UNIMIXER_FFN_TMA``: ``None`` (TMA where the operands allow it) for '1', ``False`` for '0'."""
+# the TMA path's one tile: the fastest or within 4% of it on every non-transposed GEMM of the GELU FFN at
+# rankmixer-100m and the pSwiGLU at paper-100m (bench/results/2026-11-29-h200-run36)
+_TMA_TILE = (128, 128, 64, 8, 3)
+
+
+def _tma_tile() -> tuple:
+    """``(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)`` of the TMA path (16-wide in the interpreter, whose
+    test shapes then clip tiles at every edge)."""
+    return (16, 16, 16, 4, 1) if _interpreting() else _TMA_TILE
+
+
+def _use_tma(a_strides: tuple) -> bool | None:
+    """Whether a GEMM reads through tensor descriptors, by ``UNIMIXER_FFN_TMA``: '1' wherever its
+    operands allow it (``None``: fall back to pointers elsewhere), '0' never, 'auto' where they allow
+    it and ``A`` is not transposed (the weight gradients' ``u^T``, ``A^T`` read faster by pointers)."""
     mode = switch(FFN_TMA_SWITCH)
-    if mode not in ("0", "1"):
-        raise ValueError(f"{FFN_TMA_SWITCH}: expected '0' or '1', got {mode!r}")
-    return None if mode == "1" else False
+    if mode not in ("auto", "0", "1"):
+        raise ValueError(f"{FFN_TMA_SWITCH}: expected 'auto', '0' or '1', got {mode!r}")
+    if mode == "0" or (mode == "auto" and a_strides[2] != 1):
+        return False
+    return None
 
 
-def _tma_tile(mode: int, gated: bool) -> tuple:
-    """The tile of the TMA path: ``128 x 256`` for the plain products, ``128 x 128`` where an
-    activation epilogue or a second accumulator would spill the wider one."""
-    if _interpreting():
-        return (16, 16, 16, 4, 1)
-    plain = mode in (MODE_DOWN, MODE_DU) and not gated
-    return (128, 256, 64, 8, 3) if plain else (128, 128, 64, 8, 3)
+def _act_pass(g, v, da, a_out, dg_out=None, dv_out=None) -> None:
+    """:func:`ffn_act_kernel` over ``[T, bs, h]`` buffers (contiguous): forward when ``da`` is None."""
+    numel = g.numel()
+    block = 4096
+    ffn_act_kernel[(triton.cdiv(numel, block),)](
+        g, v if v is not None else g, da if da is not None else g, a_out,
+        dg_out if dg_out is not None else a_out, dv_out if dv_out is not None else a_out, numel,
+        GATED=v is not None, BACKWARD=da is not None, BLOCK=block, num_warps=8)
 
 
-def _hidden_tiled(u, w1, w3, b1, b3, cdt, save, g=None, v=None, act=None) -> torch.Tensor:
-    """``act(u W1 + b1, u W3 + b3)`` as ``[T, bs, h]`` (compute dtype), into ``act`` when given;
-    ``G``/``V`` saved into ``g``/``v`` when ``save``."""
+def _pre_tiled(u, w, bias, cdt) -> torch.Tensor:
+    """``u W + b`` per token as ``[T, bs, h]`` (compute dtype)."""
     bs, t, d = u.shape
-    h = w1.shape[-1]
-    if act is None:
-        act = torch.empty((t, bs, h), device=u.device, dtype=cdt)
-    _token_gemm(MODE_HIDDEN, u, w1, act, t, bs, h, d, (u.stride(0), u.stride(1), u.stride(2)),
-                (d * h, h, 1), (h, bs * h, 1), cdt, b2=w3, bias=b1, bias2=b3, g=g, v=v,
-                gated=w3 is not None, save=save)
-    return act
+    h = w.shape[-1]
+    out = torch.empty((t, bs, h), device=u.device, dtype=cdt)
+    _token_gemm(u, w, out, t, bs, h, d, (u.stride(0), u.stride(1), u.stride(2)), (d * h, h, 1),
+                (h, bs * h, 1), cdt, bias=bias)
+    return out
 
 
 def ffn_fwd(
@@ -736,14 +731,16 @@ def ffn_fwd(
     w1, w3, w2, b1, b3, b2 = (_contig(x) for x in (w1, w3, w2, b1, b3, b2))
     cdt = _compute_dtype(u, [w for w in (w1, w3, w2) if w is not None])
     o = new_output((bs, t, d), like=u)
+    if bs > 0 and t > 0 and not _fused(d, cdt):
+        g = _pre_tiled(u, w1, b1, cdt)
+        v = _pre_tiled(u, w3, b3, cdt) if gated else None
+        act = torch.empty_like(g) if save else g  # not saving: the activation replaces G
+        _act_pass(g, v, None, act)
+        _token_gemm(act, w2, o, t, bs, d, h, (h, bs * h, 1), (h * d, d, 1), (t * d, d, 1), cdt, bias=b2)
+        return o, (g if save else None), (v if save else None)
     g = new_output((t, bs, h), like=u, dtype=cdt) if save else None
     v = new_output((t, bs, h), like=u, dtype=cdt) if save and gated else None
     if bs == 0 or t == 0:
-        return o, g, v
-    if not _fused(d, cdt):
-        act = _hidden_tiled(u, w1, w3, b1, b3, cdt, save, g, v)
-        _token_gemm(MODE_DOWN, act, w2, o, t, bs, d, h, (h, bs * h, 1), (h * d, d, 1), (t * d, d, 1), cdt,
-                    bias=b2)
         return o, g, v
     dummy = w1
     ffn_fwd_kernel[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
@@ -831,31 +828,29 @@ def ffn_bwd(
               for shape, dt in (((t, h), db1_dt), ((t, h), db3_dt), ((t, d), db2_dt))]
         return du, zeros[0], zeros[1], zeros[2], bz[0], (bz[1] if gated else None), bz[2]
     saved = g is not None
-    fused = _fused(d, cdt)
+    if not _fused(d, cdt):
+        if saved:
+            a = torch.empty((t, bs, h), device=u.device, dtype=cdt)
+            dv = torch.empty((t, bs, h), device=u.device, dtype=cdt) if gated else None
+        else:  # recomputed: A and dV then replace G and V in their buffers
+            g = _pre_tiled(u, w1, b1, cdt)
+            v = _pre_tiled(u, w3, b3, cdt) if gated else None
+            a, dv = g, v
+        dg = torch.empty((t, bs, h), device=u.device, dtype=cdt)  # dA, then dG in its place
+        _token_gemm(do, w2, dg, t, bs, h, d, (do.stride(0), do.stride(1), do.stride(2)), (h * d, 1, d),
+                    (h, bs * h, 1), cdt)
+        _act_pass(g, v, dg, a, dg, dv)
+        _token_gemm(dg, w1, du, t, bs, d, h, (h, bs * h, 1), (d * h, 1, h), (t * d, d, 1), cdt, a2=dv, b2=w3)
+        dw1, dw3, dw2, db1, db3, db2 = _weight_grads_tiled(do, u, a, dg, dv, w1, w3, w2, cdt)
+        return (du, dw1, dw3, dw2, db1.to(db1_dt), db3.to(db3_dt) if gated else None, db2.to(db2_dt))
     # the fused path's weight kernel can form A, dG, dV itself: no [T, bs, h] buffers then
-    lean = fused and recompute_hidden_grads()
+    lean = recompute_hidden_grads()
     if lean:
         a = dg = dv = du  # unused
     else:
         a = torch.empty((t, bs, h), device=u.device, dtype=cdt)
         dg = torch.empty((t, bs, h), device=u.device, dtype=cdt)
         dv = torch.empty((t, bs, h), device=u.device, dtype=cdt) if gated else dg
-    if not fused:
-        if not saved:
-            # the recomputed activation goes into ``a``, which the dA pass then rewrites with the
-            # same values: no [T, bs, h] buffer of its own (both passes stay idempotent, as the
-            # autotuner's repeated runs need)
-            g = torch.empty((t, bs, h), device=u.device, dtype=cdt)
-            v = torch.empty((t, bs, h), device=u.device, dtype=cdt) if gated else None
-            _hidden_tiled(u, w1, w3, b1, b3, cdt, True, g, v, act=a)
-        sdo = (do.stride(0), do.stride(1), do.stride(2))
-        _token_gemm(MODE_DACT, do, w2, a, t, bs, h, d, sdo, (h * d, 1, d), (h, bs * h, 1), cdt,
-                    g=g, v=v, dg=dg, dv=dv, gated=gated)
-        _token_gemm(MODE_DU, dg, w1, du, t, bs, d, h, (h, bs * h, 1), (d * h, 1, h), (t * d, d, 1), cdt,
-                    a2=dv if gated else None, b2=w3, gated=gated)
-        dw1, dw3, dw2, db1, db3, db2 = _weight_grads_tiled(do, u, a, dg, dv if gated else None, w1, w3, w2,
-                                                           cdt)
-        return (du, dw1, dw3, dw2, db1.to(db1_dt), db3.to(db3_dt) if gated else None, db2.to(db2_dt))
     _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store=not lean)
     bd, bh = _weight_tiles(d, h, lean)
     d_tiles, h_tiles = triton.cdiv(d, bd), triton.cdiv(h, bh)
@@ -902,13 +897,13 @@ def _weight_grads_tiled(do, u, a, dg, dv, w1, w3, w2, cdt) -> tuple:
     su = (u.stride(2), u.stride(1), u.stride(0))  # (m = d, t, k = sample)
     shid = (bs * h, h, 1)  # [T, bs, h] as (t, k = sample, n = h)
     dw1 = torch.empty((t, d, h), device=u.device, dtype=w1.dtype)
-    _token_gemm(MODE_DU, u, dg, dw1, t, d, h, bs, su, shid, (h, d * h, 1), cdt)
+    _token_gemm(u, dg, dw1, t, d, h, bs, su, shid, (h, d * h, 1), cdt)
     dw3 = None
     if dv is not None:
         dw3 = torch.empty((t, d, h), device=u.device, dtype=w3.dtype)
-        _token_gemm(MODE_DU, u, dv, dw3, t, d, h, bs, su, shid, (h, d * h, 1), cdt)
+        _token_gemm(u, dv, dw3, t, d, h, bs, su, shid, (h, d * h, 1), cdt)
     dw2 = torch.empty((t, h, d), device=u.device, dtype=w2.dtype)
-    _token_gemm(MODE_DU, a, do, dw2, t, h, d, bs, (1, bs * h, h), (do.stride(1), do.stride(0), do.stride(2)),
+    _token_gemm(a, do, dw2, t, h, d, bs, (1, bs * h, h), (do.stride(1), do.stride(0), do.stride(2)),
                 (d, h * d, 1), cdt)
     f32 = torch.float32
     return (dw1, dw3, dw2, dg.sum(1, dtype=f32), dv.sum(1, dtype=f32) if dv is not None else None,

@@ -279,6 +279,49 @@ def test_pswiglu_triton_tiled_path(device, kernel_dtype, tiled_path, shape, bias
                             backend="triton", kwargs={"recompute": recompute})
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize("op", ["pswiglu", "pgelu_ffn"])
+@pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
+def test_ffn_tiled_path_through_tensor_descriptors(device, tiled_path, monkeypatch, op, recompute):
+    """Every GEMM of the wide-token path reads and writes through TMA tensor descriptors (forced:
+    an operand that a descriptor cannot address raises), the transposed operands of the weight
+    gradients included; tiles clip at every edge."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    monkeypatch.setattr(kernels, "_use_tma", lambda a_strides: True)
+    bs, t, d, h = 5, 3, 24, 40  # rows of 48 and 80 bytes: the 16-byte strides TMA needs
+    u = random_input((bs, t, d), torch.float16, device, requires_grad=True)
+    if op == "pswiglu":
+        check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, torch.float16, device, True)),
+                                backend="triton", kwargs={"recompute": recompute})
+    else:
+        wg, _, wd, bg, _, bd = _weights(t, d, h, torch.float16, device, True)
+        check_against_reference(uk.pgelu_ffn, (u, wg, bg, wd, bd), backend="triton",
+                                kwargs={"recompute": recompute})
+
+
+def test_ffn_tma_switch_is_checked(monkeypatch):
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    monkeypatch.setenv("UNIMIXER_FFN_TMA", "yes")
+    with pytest.raises(ValueError, match="UNIMIXER_FFN_TMA: expected 'auto', '0' or '1'"):
+        kernels._use_tma((1, 1, 1))
+
+
+def test_ffn_tma_refuses_operands_it_cannot_address():
+    """An operand whose rows are not 16-byte aligned: ``tma=True`` says so, ``tma=None`` falls back."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    a = torch.zeros(2, 3, 5, dtype=torch.float16)  # rows of 10 bytes
+    b = torch.zeros(3, 5, 8, dtype=torch.float16)
+    assert kernels._operand_desc(a, 2, 3, 5, (15, 5, 1), torch.float16) is None
+    assert kernels._operand_desc(b, 5, 3, 8, (8, 40, 1), torch.float16) is not None
+    assert kernels._operand_desc(b, 5, 3, 8, (8, 40, 1), torch.float32) is None  # fp32: CUDA-core dots
+    c = torch.zeros(3, 2, 8, dtype=torch.float16)
+    with pytest.raises(ValueError, match="tma=True"):
+        kernels._token_gemm(a, b, c, 3, 2, 8, 5, (15, 5, 1), (40, 8, 1), (8, 16, 1), torch.float16, tma=True)
+
+
 def test_pswiglu_tile_pruning_always_leaves_a_config():
     """The autotuner's shared-memory pruning keeps at least one configuration for every width,
     dtype and batch, and the small-batch choice is a single configuration."""
