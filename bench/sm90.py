@@ -167,8 +167,8 @@ def unimixing_fwd_rows(usage: bool = True):
 
 def ffn_gemm_rows(usage: bool = True):
     """``(label, config, result)`` for the per-token FFN GEMM (bf16, one product with a bias, or two):
-    the tiles its autotuner keeps for a large GEMM with pointer loads, and the TMA path's tile with the
-    wide path's operand layouts (``u`` sample-major, weights token-major, ``W^T`` transposed)."""
+    the tiles its autotuner keeps for a large GEMM with pointer loads, and the TMA path's tile with
+    plain and transposed operands."""
     import triton.language as tl
     from unimixer_kernels.triton_kernels import pswiglu as k
 
@@ -184,17 +184,16 @@ def ffn_gemm_rows(usage: bool = True):
                                divisible=divisible)
             yield f"ffn_token_gemm dual={dual}", (cfg.kwargs, cfg.num_warps, cfg.num_stages), res
         bm, bn, bk, warps, stages = k._TMA_TILE
-        for a_tok, b_t in ((1, False), (0, True)):
-            a_block = [1, bm, bk] if a_tok == 0 else [bm, 1, bk]
-            b_block = [1, bn, bk] if b_t else [1, bk, bn]
-            ptrs = dict(A=f"tensordesc<bf16{a_block}>", A2=f"tensordesc<bf16{a_block}>",
-                        B=f"tensordesc<bf16{b_block}>", B2=f"tensordesc<bf16{b_block}>", BIAS="*bf16",
-                        C=f"tensordesc<bf16{[bm, 1, bn]}>")
+        for a_t, b_t in ((False, False), (False, True), (True, False)):
+            ptrs = dict(A=f"tensordesc<bf16{[1, bk, bm] if a_t else [1, bm, bk]}>",
+                        B=f"tensordesc<bf16{[1, bn, bk] if b_t else [1, bk, bn]}>", BIAS="*bf16",
+                        C=f"tensordesc<bf16{[1, bm, bn]}>")
+            ptrs.update(A2=ptrs["A"], B2=ptrs["B"])
             tile = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
             res = compile_sm90(k.ffn_token_gemm_kernel, ptrs,
-                               dict(consts, **tile, TMA=True, A_TOK=a_tok, B_T=b_t, C_TOK=1), warps, stages,
-                               usage=usage, divisible=divisible)
-            yield f"ffn_token_gemm dual={dual} tma a_tok={a_tok} b_t={b_t}", (tile, warps, stages), res
+                               dict(consts, **tile, TMA=True, A_T=a_t, B_T=b_t), warps, stages, usage=usage,
+                               divisible=divisible)
+            yield f"ffn_token_gemm dual={dual} tma a_t={a_t} b_t={b_t}", (tile, warps, stages), res
 
 
 def ffn_weight_rows(usage: bool = True, ptx: bool = False):

@@ -409,8 +409,8 @@ def _gemm_configs() -> list:
     tile's shared memory, registers and spills."""
     if _interpreting():
         return [triton.Config(dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16), num_warps=4, num_stages=1)]
-    tiles = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (128, 64, 64, 4, 4),
-             (64, 128, 64, 4, 4), (64, 64, 16, 4, 2)]
+    tiles = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (128, 128, 128, 8, 3),
+             (128, 256, 128, 8, 2), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 16, 4, 2)]
     return [triton.Config(dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k), num_warps=w, num_stages=st)
             for m, n, k, w, st in tiles]
 
@@ -420,38 +420,29 @@ _TUNE_MIN_MACS = 1 << 28
 
 
 def _prune_gemm(configs, named_args, **kwargs) -> list:
-    """fp32: the small CUDA-core tile. 16-bit: the tensor-core tiles; the ``128 x 256`` ones only for
-    one product (two would overflow shared memory); GEMMs under ``_TUNE_MIN_MACS`` per token take
-    ``128 x 64`` untuned."""
+    """fp32: the small CUDA-core tile. 16-bit: the tensor-core tiles; those wider than ``128 x 128 x 64``
+    only for one product (two would overflow shared memory); GEMMs under ``_TUNE_MIN_MACS`` per token
+    take ``128 x 64`` untuned."""
     if len(configs) == 1:
         return configs
     if kwargs["CDT"] not in (tl.float16, tl.bfloat16):
         return [c for c in configs if c.kwargs["BLOCK_K"] == 16]
-    fits = [c for c in configs
-            if c.kwargs["BLOCK_K"] != 16 and (not kwargs["DUAL"] or c.kwargs["BLOCK_N"] <= 128)]
+    fits = [c for c in configs if c.kwargs["BLOCK_K"] != 16 and (
+        not kwargs["DUAL"] or (c.kwargs["BLOCK_N"] <= 128 and c.kwargs["BLOCK_K"] <= 64))]
     if named_args["M_KEY"] * named_args["N"] * named_args["K_KEY"] >= _TUNE_MIN_MACS:
         return fits
     return [c for c in fits if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) == (128, 64)]
 
 
 @triton.jit
-def _desc_tile(desc, t, r0, c0, R: tl.constexpr, C: tl.constexpr, TOK: tl.constexpr, TRANS: tl.constexpr):
+def _desc_tile(desc, t, r0, c0, R: tl.constexpr, C: tl.constexpr, TRANS: tl.constexpr):
     """The ``[R, C]`` tile at ``(r0, c0)`` of token ``t`` of an operand read through a 3-d tensor
-    descriptor (TMA) whose dimensions follow the tensor's memory order: the token at dimension
-    ``TOK`` (0 or 1), the contiguous innermost one the tile's columns, or its rows when ``TRANS``.
-    Out-of-bounds elements read as zeros."""
+    descriptor (TMA) over ``(token, outer, inner)``: the contiguous inner dimension is the tile's
+    columns, or its rows when ``TRANS``. Out-of-bounds elements read as zeros."""
     if TRANS:
-        if TOK == 0:
-            x = desc.load([t, c0, r0])
-        else:
-            x = desc.load([c0, t, r0])
-        tile = tl.trans(tl.reshape(x, (C, R)))
+        tile = tl.trans(tl.reshape(desc.load([t, c0, r0]), (C, R)))
     else:
-        if TOK == 0:
-            x = desc.load([t, r0, c0])
-        else:
-            x = desc.load([r0, t, c0])
-        tile = tl.reshape(x, (R, C))
+        tile = tl.reshape(desc.load([t, r0, c0]), (R, C))
     return tile
 
 
@@ -466,15 +457,15 @@ def ffn_token_gemm_kernel(
     stride_cm, stride_ct, stride_cn,
     DUAL: tl.constexpr, HAS_BIAS: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    TMA: tl.constexpr = False, A_TOK: tl.constexpr = 0, A_T: tl.constexpr = False, B_TOK: tl.constexpr = 0,
-    B_T: tl.constexpr = False, C_TOK: tl.constexpr = 0,
+    TMA: tl.constexpr = False, A_T: tl.constexpr = False, B_T: tl.constexpr = False,
 ):
     """``C[t] = A[t] @ B[t] (+ A2[t] @ B2[t] when DUAL) (+ bias[t])`` over a 1-d grid of tiles
     ``(t, m tile, n tile)`` with a K loop: every GEMM of the wide-token path (the hidden
     pre-activations, the down projection, ``dA``, ``du`` and the weight gradients). ``t`` is the
     slowest index and, within a token, ``GROUP_M`` row tiles walk the column tiles together, so a
     token's operands stay in L2 while its tiles run. With ``TMA`` the operands and ``C`` are 3-d
-    tensor descriptors (``A_TOK``/``A_T``... as in :func:`_desc_tile`), else pointers with strides."""
+    tensor descriptors (``A_T``/``B_T`` as ``TRANS`` in :func:`_desc_tile`), else pointers with
+    strides."""
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -491,8 +482,8 @@ def ffn_token_gemm_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         if TMA:
-            a = _desc_tile(A, t32, m0, k0, BLOCK_M, BLOCK_K, A_TOK, A_T)
-            b = _desc_tile(B, t32, k0, n0, BLOCK_K, BLOCK_N, B_TOK, B_T)
+            a = _desc_tile(A, t32, m0, k0, BLOCK_M, BLOCK_K, A_T)
+            b = _desc_tile(B, t32, k0, n0, BLOCK_K, BLOCK_N, B_T)
         else:
             offs_k = k0 + tl.arange(0, BLOCK_K)
             mask_k = offs_k < K
@@ -505,8 +496,8 @@ def ffn_token_gemm_kernel(
         acc = tl.dot(a, b, acc, input_precision=PREC)
         if DUAL:
             if TMA:
-                a2 = _desc_tile(A2, t32, m0, k0, BLOCK_M, BLOCK_K, A_TOK, A_T)
-                b2 = _desc_tile(B2, t32, k0, n0, BLOCK_K, BLOCK_N, B_TOK, B_T)
+                a2 = _desc_tile(A2, t32, m0, k0, BLOCK_M, BLOCK_K, A_T)
+                b2 = _desc_tile(B2, t32, k0, n0, BLOCK_K, BLOCK_N, B_T)
             else:
                 a2 = tl.load(A2 + a_off, mask=a_mask, other=0.0).to(CDT)
                 b2 = tl.load(B2 + b_off, mask=b_mask, other=0.0).to(CDT)
@@ -514,11 +505,7 @@ def ffn_token_gemm_kernel(
     if HAS_BIAS:
         acc += tl.load(BIAS + t * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     if TMA:
-        y = acc.to(C.dtype)
-        if C_TOK == 0:
-            C.store([t32, m0, n0], tl.reshape(y, (1, BLOCK_M, BLOCK_N)))
-        else:
-            C.store([m0, t32, n0], tl.reshape(y, (BLOCK_M, 1, BLOCK_N)))
+        C.store([t32, m0, n0], tl.reshape(acc.to(C.dtype), (1, BLOCK_M, BLOCK_N)))
     else:
         out = C + offs_m[:, None] * stride_cm + t * stride_ct + offs_n[None, :] * stride_cn
         tl.store(out, acc.to(C.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
@@ -591,34 +578,33 @@ def _fused(d: int, cdt: torch.dtype) -> bool:
     return _block_d(d) <= limit
 
 
-_TOKEN_FIRST = False
-
-
 def _operand_desc(x: torch.Tensor, rows: int, toks: int, cols: int, strides: tuple, cdt: torch.dtype):
-    """A 3-d tensor descriptor over operand ``x`` of a per-token GEMM, whose ``[rows, cols]`` slice
-    of token ``t`` sits at ``x + r * s_row + t * s_tok + c * s_col`` (``strides = (s_row, s_tok,
-    s_col)``), with the dimensions in memory order; returns ``(descriptor, TOK, TRANS)`` for
-    :func:`_desc_tile` (its block shape is set per launch by :func:`_set_block`), or ``None`` where
-    TMA cannot read ``x``: a 32/64-bit compute dtype (those take CUDA-core dots), another dtype than
-    the compute one, an address or a stride not a multiple of 16 bytes, no unit stride, or the
-    token innermost."""
+    """A tensor descriptor over operand ``x`` of a per-token GEMM, whose ``[rows, cols]`` slice of token
+    ``t`` sits at ``x + r * s_row + t * s_tok + c * s_col`` (``strides = (s_row, s_tok, s_col)``), with
+    the dimensions ``(token, outer, inner)``, ``inner`` the unit-stride one (whatever the strides'
+    order: TMA takes them unsorted, and a middle token dimension would cost a copy through
+    registers). Returns ``(descriptor, TRANS)`` for :func:`_desc_tile` (``TRANS``: the inner
+    dimension is the rows; the block shape is set per launch by :func:`_set_block`), or ``None``
+    where TMA cannot address ``x``: a 32/64-bit compute dtype (those take CUDA-core dots), another
+    dtype than the compute one, an address or a stride not a multiple of 16 bytes, no unit stride."""
     if cdt not in (torch.float16, torch.bfloat16) or x.dtype != cdt or x.data_ptr() % 16:
         return None
-    dims = sorted(zip(strides, (rows, toks, cols), "rtc"), key=lambda d: -d[0])
-    if _TOKEN_FIRST:
-        dims = sorted(dims, key=lambda d: d[2] != "t")
-    names = "".join(d[2] for d in dims)
-    if dims[2][0] != 1 or names[2] == "t" or any(d[0] * x.element_size() % 16 for d in dims[:2]):
+    inner = 0 if strides[0] == 1 and rows > 1 else 2
+    if strides[inner] != 1:
         return None
-    desc = TensorDescriptor(x, [d[1] for d in dims], [d[0] for d in dims], [1, 1, 16])
-    return desc, names.index("t"), names[2] == "r"
+    outer = 2 - inner
+    if any(strides[i] * x.element_size() % 16 for i in (1, outer)):
+        return None
+    sizes = (rows, toks, cols)
+    desc = TensorDescriptor(x, [toks, sizes[outer], sizes[inner]], [strides[1], strides[outer], 1],
+                            [1, 1, 16])
+    return desc, inner == 0
 
 
 def _set_block(op, r: int, c: int) -> None:
-    """Set the block shape of ``(descriptor, TOK, TRANS)`` for an ``[r, c]`` tile."""
-    desc, tok, trans = op
-    inner, outer = (r, c) if trans else (c, r)
-    desc.block_shape = [1, outer, inner] if tok == 0 else [outer, 1, inner]
+    """Set the block shape of ``(descriptor, TRANS)`` for an ``[r, c]`` tile."""
+    desc, trans = op
+    desc.block_shape = [1, c, r] if trans else [1, r, c]
 
 
 def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=None, tma=None,
@@ -638,7 +624,7 @@ def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=
         descs = [_operand_desc(x, r, t, cc, st, cdt) if x is not None else None
                  for x, r, cc, st in ((a, m, k, a_strides), (b, k, n, b_strides), (a2, m, k, a_strides),
                                       (b2, k, n, b_strides), (c, m, n, sc))]
-        if any(d is None for d, x in zip(descs, (a, b, a2, b2, c)) if x is not None) or descs[4][2]:
+        if any(d is None for d, x in zip(descs, (a, b, a2, b2, c)) if x is not None) or descs[4][1]:
             if tma is True:
                 raise ValueError("tma=True: an operand is not readable through a tensor descriptor")
             descs = None
@@ -660,8 +646,7 @@ def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=
                 _set_block(d, r, cc)
         descs[2:4] = [d if d is not None else descs[i] for i, d in enumerate(descs[2:4])]
         operands = [d[0] for d in descs[:4]] + [bias, descs[4][0]]
-        consts.update(TMA=True, A_TOK=descs[0][1], A_T=descs[0][2], B_TOK=descs[1][1], B_T=descs[1][2],
-                      C_TOK=descs[4][1])
+        consts.update(TMA=True, A_T=descs[0][1], B_T=descs[1][1])
     grid = (t * triton.cdiv(m, bm) * triton.cdiv(n, bn),)
     ffn_token_gemm_kernel.fn[grid](*operands, *sizes, **consts, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
                                    num_warps=warps, num_stages=stages)

@@ -162,24 +162,27 @@ def _tensor_core_tiles() -> list:
 
 @pytest.mark.gpu
 @pytest.mark.triton
-@pytest.mark.parametrize("tile", range(5))
+@pytest.mark.parametrize("tile", range(7))
 @pytest.mark.parametrize("op", ["pswiglu", "pgelu_ffn"])
 def test_ffn_token_gemm_every_tile_gpu(tile, op, monkeypatch):
-    """Each 16-bit tile of the wide-token GEMM, forced in turn, in every mode it runs (hidden, down,
-    dA, du, the weight gradients): the autotuner picks tiles only at large shapes, which the
-    fp64-checked tests do not reach."""
+    """Each 16-bit tile of the wide-token GEMM (pointer loads), forced in turn, in every GEMM it
+    runs (the hidden pre-activations, down, dA, du with its two products where it fits them, the
+    weight gradients): the autotuner picks tiles only at large shapes, which the fp64-checked
+    tests do not reach."""
+    import triton.language as tl
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
     tiles = _tensor_core_tiles()
     if tile >= len(tiles):
         pytest.skip(f"only {len(tiles)} tensor-core tiles")
     kernel = kernels.ffn_token_gemm_kernel
-    plain_only = tiles[tile].kwargs["BLOCK_N"] > 128
+    dual_tiles = kernels._prune_gemm(tiles, dict(M_KEY=2048, N=4096, K_KEY=1024), DUAL=True, CDT=tl.bfloat16)
+    single_only = tiles[tile] not in dual_tiles
+    monkeypatch.setenv("UNIMIXER_FFN_TMA", "0")
     monkeypatch.setattr(kernel, "cache", {})
     monkeypatch.setattr(kernel, "early_config_prune",
                         lambda configs, named_args, **kw: [tiles[tile]] if (
-                            not plain_only or (kw["MODE"] in (kernels.MODE_DOWN, kernels.MODE_DU)
-                                               and not kw["GATED"])) else [tiles[0]])
+                            not single_only or not kw["DUAL"]) else [tiles[0]])
     bs, t, d, h = 130, 2, 320, 200  # D > FUSED_MAX_D: the tiled path; edges in every dimension
     u = random_input((bs, t, d), torch.bfloat16, "cuda", requires_grad=True)
     if op == "pswiglu":
@@ -188,6 +191,27 @@ def test_ffn_token_gemm_every_tile_gpu(tile, op, monkeypatch):
     else:
         wg, _, wd, bg, _, bd = _weights(t, d, h, torch.bfloat16, "cuda", True)
         check_against_reference(uk.pgelu_ffn, (u, wg, bg, wd, bd), backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("op", ["pswiglu", "pgelu_ffn"])
+@pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
+def test_ffn_tma_path_gpu(op, recompute, monkeypatch):
+    """Every GEMM of the wide-token path through TMA descriptors (forced), bf16, with the GPU's tile:
+    edges clipped in M, N and K (130 samples, h = 200)."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    monkeypatch.setattr(kernels, "_use_tma", lambda a_strides: True)
+    bs, t, d, h = 130, 2, 320, 200
+    u = random_input((bs, t, d), torch.bfloat16, "cuda", requires_grad=True)
+    if op == "pswiglu":
+        args = (u, *_weights(t, d, h, torch.bfloat16, "cuda", True))
+        check_against_reference(uk.pswiglu, args, backend="triton", kwargs={"recompute": recompute})
+    else:
+        wg, _, wd, bg, _, bd = _weights(t, d, h, torch.bfloat16, "cuda", True)
+        check_against_reference(uk.pgelu_ffn, (u, wg, bg, wd, bd), backend="triton",
+                                kwargs={"recompute": recompute})
 
 
 @pytest.mark.triton
