@@ -269,6 +269,13 @@ def setup_token_mixer_residual_norm(p: Preset, device, dtype) -> Setup:
         _rand((bs, t, d), dtype, device), _rand((d,), FP32, device), _rand((d,), FP32, device)))
 
 
+def setup_residual_norm(p: Preset, device, dtype) -> Setup:
+    bs, t, d = p["bs"], p["T"], p["D"]
+    return _op_setup("residual_norm", _reference("residual_norm"), _public("residual_norm"), lambda: (
+        _rand((bs, t, d), dtype, device), _rand((bs, t, d), dtype, device), _rand((d,), FP32, device),
+        _rand((d,), FP32, device)))
+
+
 # --- blocks --------------------------------------------------------------------------------------
 
 
@@ -380,6 +387,7 @@ CASES: dict[str, Case] = {c.name: c for c in [
     Case("token_mixer", "TokenMixer", ("bs", "T", "D"), ALL, setup_token_mixer, op="token_mixer"),
     Case("token_mixer_residual_norm", "LN(TokenMixer(x) + x)", ("bs", "T", "D"), ALL,
          setup_token_mixer_residual_norm, op="token_mixer_residual_norm"),
+    Case("residual_norm", "LN(x + r)", ("bs", "T", "D"), ALL, setup_residual_norm, op="residual_norm"),
     Case("pgelu_ffn", "RankMixer per-token GELU FFN", ("bs", "T", "D", "ffn_mult"), ALL, setup_pgelu_ffn,
          op="pgelu_ffn"),
     Case("unimixer-block", "UniMixer block (full, SiameseNorm)", MIX + ("h",), ALL, setup_unimixer_block,
@@ -387,7 +395,7 @@ CASES: dict[str, Case] = {c.name: c for c in [
     Case("unimixer-block-lite", "UniMixer block (Lite)", MIX + ("h", "r", "nb"), ALL,
          setup_unimixer_block_lite, module="UniMixerBlock", block_ops=UNIMIXER_OPS + ("lite_weights",)),
     Case("rankmixer-block", "RankMixer block", ("bs", "T", "D", "ffn_mult"), ALL, setup_rankmixer_block,
-         module="RankMixerBlock", block_ops=("token_mixer_residual_norm", "pgelu_ffn")),
+         module="RankMixerBlock", block_ops=("token_mixer_residual_norm", "pgelu_ffn", "residual_norm")),
 ]}
 assert all(set(c.modes) <= set(MODES) for c in CASES.values())
 
@@ -411,6 +419,7 @@ GPU_PLAN: list[tuple[str, str, tuple[str, ...]]] = [
     ("fm_interaction", "wukong", ("fwd", "fwd+bwd")),
     ("pgelu_ffn", "rankmixer-100m", ("fwd+bwd",)),
     ("token_mixer_residual_norm", "rankmixer-100m", ("fwd+bwd",)),
+    ("residual_norm", "rankmixer-100m", ("fwd+bwd",)),
     ("pswiglu", "paper-small", ("fwd", "fwd+bwd")),
     ("rms_norm", "paper-small", ("fwd", "fwd+bwd")),
     ("unimixing_rmsnorm", "paper-small", ("fwd", "fwd+bwd")),

@@ -215,6 +215,11 @@ def m_token_mixer_residual_norm(p: Preset, mode: str, e: int) -> list[Traffic]:
     return [io_traffic(mode, [a, p["D"] * FP32, p["D"] * FP32], [True] * 3, [a], 8.0 * a / e)]
 
 
+def m_residual_norm(p: Preset, mode: str, e: int) -> list[Traffic]:
+    a = _act(p, e)
+    return [io_traffic(mode, [a, a, p["D"] * FP32, p["D"] * FP32], [True] * 4, [a], 8.0 * a / e)]
+
+
 def m_pgelu_ffn(p: Preset, mode: str, e: int) -> list[Traffic]:
     t, d, kd = p["T"], p["D"], p["ffn_mult"] * p["D"]
     ins = [_act(p, e), t * d * kd * FP32, t * kd * FP32, t * kd * d * FP32, t * d * FP32]
@@ -271,6 +276,7 @@ MODELS: dict[str, Callable[[Preset, str, int], list[Traffic]]] = {
     "dot_interaction": m_dot_interaction,
     "token_mixer": m_token_mixer,
     "token_mixer_residual_norm": m_token_mixer_residual_norm,
+    "residual_norm": m_residual_norm,
     "pgelu_ffn": m_pgelu_ffn,
     "unimixer-block": m_unimixer_block,
     "unimixer-block-lite": m_unimixer_block_lite,

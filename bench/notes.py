@@ -51,6 +51,7 @@ FORMULAS = {
     "dot_interaction": "x read, the n(n-1)/2 pairs written. FLOPs 2·bs·d per pair.",
     "token_mixer": "a permutation: x read, out written, no FLOPs.",
     "token_mixer_residual_norm": "x, LN weight and bias read, out written.",
+    "residual_norm": "x, r, LN weight and bias read, out written (bwd: one gradient for both addends).",
     "unimixer-block": "activations: x read, (Xbar', Ybar') written; parameters (theta_B, theta_G, 3 norms, "
                       "pSwiGLU) read once, their gradients written once. FLOPs: UniMixing + pSwiGLU, ×3 "
                       "fwd+bwd. Sinkhorn counts only its parameters and result (passes stay in L2 at "

@@ -81,7 +81,7 @@ def test_nn_exports():
         assert name in uk.nn.__all__
 
 
-@pytest.mark.parametrize("name", ["pgelu_ffn", "token_mixer_residual_norm"])
+@pytest.mark.parametrize("name", ["pgelu_ffn", "token_mixer_residual_norm", "residual_norm"])
 def test_extra_ops_take_keyword_backend(name):
     backend = inspect.signature(getattr(uk, name)).parameters["backend"]
     assert backend.kind == backend.KEYWORD_ONLY and backend.default == "auto"

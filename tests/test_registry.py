@@ -216,6 +216,7 @@ def test_unknown_autocast_policy_raises():
     ("unimixing", "lower"), ("unimixing_rmsnorm", "lower"), ("pswiglu", "lower"), ("pgelu_ffn", "lower"),
     ("fm_interaction", "lower"), ("dot_interaction", "lower"), ("sinkhorn", "fp32"), ("lite_weights", "fp32"),
     ("rms_norm", None), ("add_rms_norm", None), ("token_mixer", None), ("token_mixer_residual_norm", None),
+    ("residual_norm", None),
 ])
 def test_every_public_op_states_its_autocast_policy(name, policy):
     assert uk.OPS[name].autocast == policy

@@ -1,4 +1,5 @@
-"""TokenMixer (a permutation) and ``Norm(TokenMixer(x) + x)``: Triton kernels and launchers.
+"""TokenMixer (a permutation), ``Norm(TokenMixer(x) + x)`` and ``Norm(x + r)``: Triton kernels and
+launchers.
 
 TokenMixer (SPEC §1) cuts token ``t`` into ``H`` heads of width ``c = D/H``; output row ``h`` is
 head ``h`` of every token: ``out[h, t*c + j] = x[t, h*c + j]``. Its backward is the inverse
@@ -21,6 +22,10 @@ backward of the residual form ``TokenMixer(x) + x``, whose permutation is then s
   term for RMSNorm) into an fp32 ``[bs, T, D]`` buffer, and reduces ``dw`` / ``db`` through
   per-program fp32 partials (deterministic; both summed in one launch). Then
   ``dx = ds + TokenMixer^T(ds)`` is the gather kernel with ``ADD_SELF``.
+
+``Norm(x + r)`` (RankMixer's second sub-block, ``LN(PFFN(S) + S)``) is the same pair of kernels
+with ``MIX=False``: the second addend is read from ``r`` instead of gathered from ``x``, and the
+backward writes ``ds``, the gradient of both addends, in the wider of their dtypes.
 """
 
 from __future__ import annotations
@@ -57,22 +62,28 @@ def token_mix_gather_kernel(
 
 
 @triton.jit
-def _mixed_sum_rows(X, s, t, offs, mask, C, stride_xs, stride_xt, stride_xd):
-    """``TokenMixer(x)[s, t, :] + x[s, t, :]`` in fp32 for a tile of rows (``H == T``):
-    ``s, t`` are ``[ROWS, 1]``, ``offs`` is ``[1, BLOCK_D]``."""
-    base = X + s * stride_xs
-    mixed = tl.load(base + (offs // C) * stride_xt + (t * C + offs % C) * stride_xd, mask=mask, other=0.0)
-    own = tl.load(base + t * stride_xt + offs * stride_xd, mask=mask, other=0.0)
-    return mixed.to(tl.float32) + own.to(tl.float32)
+def _sum_rows(X, R, s, t, offs, mask, C, stride_xs, stride_xt, stride_xd, stride_rs, stride_rt, stride_rd,
+              MIX: tl.constexpr):
+    """The fp32 sum ``x[s, t, :] + TokenMixer(x)[s, t, :]`` (``MIX``, ``H == T``) or
+    ``x[s, t, :] + r[s, t, :]`` for a tile of rows: ``s, t`` are ``[ROWS, 1]``, ``offs`` is
+    ``[1, BLOCK_D]``."""
+    own = tl.load(X + s * stride_xs + t * stride_xt + offs * stride_xd, mask=mask, other=0.0)
+    if MIX:
+        mixed = (offs // C) * stride_xt + (t * C + offs % C) * stride_xd
+        other = tl.load(X + s * stride_xs + mixed, mask=mask, other=0.0)
+    else:
+        other = tl.load(R + s * stride_rs + t * stride_rt + offs * stride_rd, mask=mask, other=0.0)
+    return own.to(tl.float32) + other.to(tl.float32)
 
 
 @triton.jit
 def tm_norm_fwd_kernel(
-    X, W, B, Y, MEAN, RSTD,
+    X, R, W, B, Y, MEAN, RSTD,
     M, T, D, C,
     stride_xs, stride_xt, stride_xd,
+    stride_rs, stride_rt, stride_rd,
     eps,
-    RMS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    MIX: tl.constexpr, RMS: tl.constexpr, HAS_BIAS: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
@@ -82,7 +93,8 @@ def tm_norm_fwd_kernel(
     cols = tl.arange(0, BLOCK_D)
     offs = cols[None, :]
     mask = row_mask[:, None] & (offs < D)
-    z = _mixed_sum_rows(X, s, t, offs, mask, C, stride_xs, stride_xt, stride_xd)
+    z = _sum_rows(X, R, s, t, offs, mask, C, stride_xs, stride_xt, stride_xd, stride_rs, stride_rt, stride_rd,
+                  MIX)
     if RMS:
         mean = tl.zeros([ROWS], dtype=tl.float32)
         zc = z
@@ -101,12 +113,13 @@ def tm_norm_fwd_kernel(
 
 @triton.jit
 def tm_norm_bwd_kernel(
-    DY, X, W, MEAN, RSTD, DS, DW_PARTIAL, DB_PARTIAL,
+    DY, X, R, W, MEAN, RSTD, DS, DW_PARTIAL, DB_PARTIAL,
     M, T, D, C,
     stride_dys, stride_dyt, stride_dyd,
     stride_xs, stride_xt, stride_xd,
+    stride_rs, stride_rt, stride_rd,
     tiles_per_program,
-    RMS: tl.constexpr,
+    MIX: tl.constexpr, RMS: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -122,7 +135,8 @@ def tm_norm_bwd_kernel(
         s = (rows // T)[:, None]
         t = (rows % T)[:, None]
         mask = row_mask[:, None] & (offs < D)
-        z = _mixed_sum_rows(X, s, t, offs, mask, C, stride_xs, stride_xt, stride_xd)
+        z = _sum_rows(X, R, s, t, offs, mask, C, stride_xs, stride_xt, stride_xd, stride_rs, stride_rt,
+                      stride_rd, MIX)
         mean = tl.load(MEAN + rows, mask=row_mask, other=0.0)
         rstd = tl.load(RSTD + rows, mask=row_mask, other=0.0)
         xhat = tl.where(mask, (z - mean[:, None]) * rstd[:, None], 0.0)
@@ -132,7 +146,7 @@ def tm_norm_bwd_kernel(
         ds = g - xhat * (tl.sum(g * xhat, axis=1) / D)[:, None]
         if not RMS:
             ds -= (tl.sum(g, axis=1) / D)[:, None]
-        tl.store(DS + rows[:, None] * D + offs, ds * rstd[:, None], mask=mask)
+        tl.store(DS + rows[:, None] * D + offs, (ds * rstd[:, None]).to(DS.dtype.element_ty), mask=mask)
         dw += dy * xhat
         db += dy
     tl.store(DW_PARTIAL + pid * D + cols, tl.sum(dw, axis=0), mask=cols < D)
@@ -175,31 +189,64 @@ def _rows(d: int, rows: int | None) -> int:
     return max(1, min(NORM_META["max_rows"], NORM_META["tile_elements"] // block))
 
 
-def tm_norm_fwd(
-    x: torch.Tensor, heads: int, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, rms: bool,
-    *, rows: int | None = None, num_warps: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``Norm(TokenMixer(x) + x)`` for ``x [bs, T, D]`` (any strides), ``heads == T``.
-    Returns ``(y, mean [bs*T] fp32, rstd [bs*T] fp32)``; ``mean`` is zero for RMSNorm."""
+def _norm_fwd(x, r, c, weight, bias, eps, rms, rows, num_warps):
     bs, t, d = x.shape
     m = bs * t
     y = new_output((bs, t, d), like=x)
     mean = new_output((m,), like=x, dtype=torch.float32)
     rstd = new_output((m,), like=x, dtype=torch.float32)
     if m > 0:
-        block = triton.next_power_of_2(d)
         rows = _rows(d, rows)
         weight = weight.contiguous()
         bias = bias.contiguous() if bias is not None else None
+        rr = r if r is not None else x
         tm_norm_fwd_kernel[(triton.cdiv(m, rows),)](
-            x, weight, bias if bias is not None else weight, y, mean, rstd,
-            m, t, d, d // heads,
+            x, rr, weight, bias if bias is not None else weight, y, mean, rstd,
+            m, t, d, c,
             x.stride(0), x.stride(1), x.stride(2),
+            rr.stride(0), rr.stride(1), rr.stride(2),
             eps,
-            RMS=rms, HAS_BIAS=bias is not None, ROWS=rows, BLOCK_D=block,
+            MIX=r is None, RMS=rms, HAS_BIAS=bias is not None, ROWS=rows, BLOCK_D=triton.next_power_of_2(d),
             num_warps=num_warps or NORM_META["num_warps"],
         )
     return y, mean, rstd
+
+
+def _norm_bwd(dy, x, r, c, weight, mean, rstd, rms, ds_dtype, rows, num_warps, per_sm):
+    """``(ds, dw, db)``: ``ds`` the gradient of the sum, ``[bs, T, D]`` in ``ds_dtype``."""
+    bs, t, d = x.shape
+    m = bs * t
+    weight = weight.contiguous()
+    rows = _rows(d, rows)
+    tiles = triton.cdiv(max(m, 1), rows)
+    programs = num_programs_for(tiles, x.device, per_sm=per_sm or NORM_META["per_sm"])
+    tiles_per_program = triton.cdiv(tiles, programs)
+    ds = new_output((bs, t, d), like=x, dtype=ds_dtype)
+    dw_partial = new_output((programs, d), like=x, dtype=torch.float32)
+    db_partial = new_output((programs, d), like=x, dtype=torch.float32)
+    rr = r if r is not None else x
+    tm_norm_bwd_kernel[(programs,)](
+        dy, x, rr, weight, mean, rstd, ds, dw_partial, db_partial,
+        m, t, d, c,
+        dy.stride(0), dy.stride(1), dy.stride(2),
+        x.stride(0), x.stride(1), x.stride(2),
+        rr.stride(0), rr.stride(1), rr.stride(2),
+        tiles_per_program,
+        MIX=r is None, RMS=rms, ROWS=rows, BLOCK_D=triton.next_power_of_2(max(d, 1)),
+        num_warps=num_warps or NORM_META["num_warps"],
+    )
+    dw, db = new_output(weight.shape, like=weight), new_output(weight.shape, like=weight)
+    sum_partials((dw_partial, dw), (db_partial, db))
+    return ds, dw, db
+
+
+def tm_norm_fwd(
+    x: torch.Tensor, heads: int, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, rms: bool,
+    *, rows: int | None = None, num_warps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``Norm(TokenMixer(x) + x)`` for ``x [bs, T, D]`` (any strides), ``heads == T``.
+    Returns ``(y, mean [bs*T] fp32, rstd [bs*T] fp32)``; ``mean`` is zero for RMSNorm."""
+    return _norm_fwd(x, None, x.shape[-1] // heads, weight, bias, eps, rms, rows, num_warps)
 
 
 def tm_norm_bwd(
@@ -208,27 +255,24 @@ def tm_norm_bwd(
     *, rows: int | None = None, num_warps: int | None = None, per_sm: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dx, dw, db)``; ``dw``/``db`` in the weight dtype (``db`` is meaningless for RMSNorm)."""
-    bs, t, d = x.shape
-    m = bs * t
-    c = d // heads
-    weight = weight.contiguous()
-    rows = _rows(d, rows)
-    tiles = triton.cdiv(max(m, 1), rows)
-    programs = num_programs_for(tiles, x.device, per_sm=per_sm or NORM_META["per_sm"])
-    tiles_per_program = triton.cdiv(tiles, programs)
-    ds = new_output((bs, t, d), like=x, dtype=torch.float32)
-    dw_partial = new_output((programs, d), like=x, dtype=torch.float32)
-    db_partial = new_output((programs, d), like=x, dtype=torch.float32)
-    tm_norm_bwd_kernel[(programs,)](
-        dy, x, weight, mean, rstd, ds, dw_partial, db_partial,
-        m, t, d, c,
-        dy.stride(0), dy.stride(1), dy.stride(2),
-        x.stride(0), x.stride(1), x.stride(2),
-        tiles_per_program,
-        RMS=rms, ROWS=rows, BLOCK_D=triton.next_power_of_2(max(d, 1)),
-        num_warps=num_warps or NORM_META["num_warps"],
-    )
-    dx = token_mix(ds, t, c, add_self=True, out_dtype=x.dtype)
-    dw, db = new_output(weight.shape, like=weight), new_output(weight.shape, like=weight)
-    sum_partials((dw_partial, dw), (db_partial, db))
-    return dx, dw, db
+    c = x.shape[-1] // heads
+    ds, dw, db = _norm_bwd(dy, x, None, c, weight, mean, rstd, rms, torch.float32, rows, num_warps, per_sm)
+    return token_mix(ds, x.shape[1], c, add_self=True, out_dtype=x.dtype), dw, db
+
+
+def residual_norm_fwd(
+    x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, rms: bool,
+    *, rows: int | None = None, num_warps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``Norm(x + r)`` for ``x, r [bs, T, D]`` (any strides): ``(y, mean, rstd)`` as :func:`tm_norm_fwd`."""
+    return _norm_fwd(x, r, 1, weight, bias, eps, rms, rows, num_warps)
+
+
+def residual_norm_bwd(
+    dy: torch.Tensor, x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor,
+    mean: torch.Tensor, rstd: torch.Tensor, rms: bool,
+    *, rows: int | None = None, num_warps: int | None = None, per_sm: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(ds, dw, db)``: ``ds``, the gradient of both ``x`` and ``r``, in the wider of their dtypes."""
+    ds_dtype = torch.promote_types(x.dtype, r.dtype)
+    return _norm_bwd(dy, x, r, 1, weight, mean, rstd, rms, ds_dtype, rows, num_warps, per_sm)

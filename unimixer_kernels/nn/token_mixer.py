@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from .._checks import check_divides, check_positive, check_positive_ints
-from ._common import check_backend, check_module_input, layer_norm
+from ._common import check_backend, check_module_input
 from .ffn import PerTokenFFN, swiglu_hidden
 
 
@@ -41,7 +41,8 @@ class RankMixerBlock(nn.Module):
     """RankMixer block, post-LayerNorm, ``H = T`` (SPEC §1)::
 
         S  = LN(TokenMixer(X) + X)     uk.token_mixer_residual_norm (one op)
-        X' = LN(PFFN(S) + S)           PFFN: per-token GELU FFN (uk.pgelu_ffn), hidden k*D
+        X' = LN(PFFN(S) + S)           PFFN: per-token GELU FFN (uk.pgelu_ffn), hidden k*D;
+                                       the sum and its norm: uk.residual_norm (one op)
 
     About ``2kTD^2`` parameters per block (plus biases and norms).
     """
@@ -65,7 +66,8 @@ class RankMixerBlock(nn.Module):
         s = ops.token_mixer_residual_norm(
             x, self.tokens, self.ln1_weight, self.ln1_bias, self.eps, "layer", backend=self.backend
         )
-        return layer_norm(self.ffn(s) + s, self.ln2_weight, self.ln2_bias, self.eps)
+        return ops.residual_norm(self.ffn(s), s, self.ln2_weight, self.ln2_bias, self.eps, "layer",
+                                 backend=self.backend)
 
 
 class TokenMixerLargeBlock(nn.Module):

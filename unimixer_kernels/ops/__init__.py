@@ -6,7 +6,7 @@ from .pgelu_ffn import pgelu_ffn
 from .pswiglu import pswiglu
 from .rms_norm import add_rms_norm, rms_norm
 from .sinkhorn import lite_weights, sinkhorn
-from .token_mixer import token_mixer, token_mixer_residual_norm
+from .token_mixer import residual_norm, token_mixer, token_mixer_residual_norm
 from .unimixing import unimixing, unimixing_rmsnorm
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "lite_weights",
     "pgelu_ffn",
     "pswiglu",
+    "residual_norm",
     "rms_norm",
     "sinkhorn",
     "token_mixer",

@@ -1,8 +1,10 @@
-"""``token_mixer`` and ``token_mixer_residual_norm``: validation and backends (SPEC §1).
+"""``token_mixer``, ``token_mixer_residual_norm`` and ``residual_norm``: validation and backends
+(SPEC §1).
 
 Triton backends (``triton_kernels/token_mixer.py``): TokenMixer is one gather kernel in both
-directions (its backward is the inverse permutation); ``Norm(TokenMixer(x) + x)`` is one pass
-that never stores the mixed tensor or the sum, saving only ``mean``/``rstd`` per row.
+directions (its backward is the inverse permutation); ``Norm(TokenMixer(x) + x)`` and
+``Norm(x + r)`` are one pass each way that never stores the mixed tensor or the sum, saving only
+``mean``/``rstd`` per row.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from torch import Tensor
 from .. import reference
 from .._checks import check_divides, check_optional_tensor, check_same_device, check_shape, check_tensor
 from .._registry import define_op
+from ..reference.token_mixer_norm import residual_norm as _residual_norm_reference
 from ..reference.token_mixer_norm import token_mixer_residual_norm as _token_mixer_residual_norm_reference
 
 TOKEN_MIXER = define_op("token_mixer")
@@ -20,6 +23,9 @@ TOKEN_MIXER.register("reference")(reference.token_mixer)
 
 TOKEN_MIXER_RESIDUAL_NORM = define_op("token_mixer_residual_norm")
 TOKEN_MIXER_RESIDUAL_NORM.register("reference")(_token_mixer_residual_norm_reference)
+
+RESIDUAL_NORM = define_op("residual_norm")
+RESIDUAL_NORM.register("reference")(_residual_norm_reference)
 
 NORMS = ("layer", "rms")
 
@@ -131,6 +137,66 @@ def _token_mixer_residual_norm_triton(
     return token_mixer_residual_norm_fwd(x, heads, weight, bias, eps, norm == "rms")[0]
 
 
+# --- Triton: Norm(x + r) forward and backward custom ops ---------------------------------------
+
+
+@torch.library.custom_op("unimixer::residual_norm_fwd", mutates_args=())
+def residual_norm_fwd(
+    x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor | None, eps: float, rms: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y, mean, rstd)``: ``mean``/``rstd`` are fp32 ``[bs, T]`` (``mean`` is 0 for RMSNorm)."""
+    y, mean, rstd = _kernels().residual_norm_fwd(x, residual, weight, bias, eps, rms)
+    return y, mean.view(x.shape[:-1]), rstd.view(x.shape[:-1])
+
+
+@residual_norm_fwd.register_fake
+def _(x, residual, weight, bias, eps, rms):
+    stats = x.shape[:-1]
+    return (x.new_empty(x.shape), x.new_empty(stats, dtype=torch.float32),
+            x.new_empty(stats, dtype=torch.float32))
+
+
+@torch.library.custom_op("unimixer::residual_norm_bwd", mutates_args=())
+def residual_norm_bwd(
+    dy: Tensor, x: Tensor, residual: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, rms: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(ds, dweight, dbias)``: ``ds`` is the gradient of ``x`` and of ``residual``, in the wider of
+    their dtypes."""
+    return _kernels().residual_norm_bwd(dy, x, residual, weight, mean.reshape(-1), rstd.reshape(-1), rms)
+
+
+@residual_norm_bwd.register_fake
+def _(dy, x, residual, weight, mean, rstd, rms):
+    ds = x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, residual.dtype))
+    return ds, weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+
+
+def _residual_norm_setup(ctx, inputs, output) -> None:
+    x, residual, weight, bias, _, rms = inputs
+    _, mean, rstd = output
+    ctx.rms = rms
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.save_for_backward(x, residual, weight, mean, rstd)
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _residual_norm_backward(ctx, dy: Tensor, _dmean: Tensor | None, _drstd: Tensor | None):
+    x, residual, weight, mean, rstd = ctx.saved_tensors
+    ds, dw, db = residual_norm_bwd(dy, x, residual, weight, mean, rstd, ctx.rms)
+    db = None if ctx.bias_dtype is None else db.to(ctx.bias_dtype)
+    return ds.to(x.dtype), ds.to(residual.dtype), dw, db, None, None
+
+
+residual_norm_fwd.register_autograd(_residual_norm_backward, setup_context=_residual_norm_setup)
+
+
+@RESIDUAL_NORM.register("triton")
+def _residual_norm_triton(
+    x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor | None, eps: float, norm: str
+) -> Tensor:
+    return residual_norm_fwd(x, residual, weight, bias, eps, norm == "rms")[0]
+
+
 # --- public functions --------------------------------------------------------------------------
 
 
@@ -174,6 +240,12 @@ def token_mixer_residual_norm(
         raise ValueError(
             f"heads: expected {x.shape[1]} (= T, so TokenMixer(x) + x is defined), got {heads}"
         )
+    _check_norm_args(x, weight, bias, eps, norm)
+    check_same_device(x=x, weight=weight, bias=bias)
+    return TOKEN_MIXER_RESIDUAL_NORM.dispatch(backend, x.device)(x, heads, weight, bias, float(eps), norm)
+
+
+def _check_norm_args(x: Tensor, weight: Tensor, bias: Tensor | None, eps: object, norm: object) -> None:
     if norm not in NORMS:
         raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
     check_tensor("weight", weight, ndim=1)
@@ -184,5 +256,28 @@ def token_mixer_residual_norm(
         check_shape("bias", bias, (x.shape[-1],), "the last dim of x")
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps < 0:
         raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
-    check_same_device(x=x, weight=weight, bias=bias)
-    return TOKEN_MIXER_RESIDUAL_NORM.dispatch(backend, x.device)(x, heads, weight, bias, float(eps), norm)
+
+
+def residual_norm(
+    x: Tensor,
+    residual: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    eps: float = 1e-6,
+    norm: str = "layer",
+    *,
+    backend: str = "auto",
+) -> Tensor:
+    """``Norm(x + residual)`` over ``D``: RankMixer's ``X' = LN(PFFN(S) + S)``.
+
+    ``x, residual [bs, T, D]`` (same shape, any strides, floating dtypes that may differ).
+    ``norm="layer"`` (default): LayerNorm with ``weight [D]`` and an optional ``bias [D]``;
+    ``norm="rms"``: RMSNorm with ``weight`` and no bias. The sum and the statistics are fp32 (the
+    sum is never stored); the output has the dtype of ``x``.
+    """
+    check_tensor("x", x, ndim=3)
+    check_tensor("residual", residual, ndim=3)
+    check_shape("residual", residual, tuple(x.shape), "the shape of x")
+    _check_norm_args(x, weight, bias, eps, norm)
+    check_same_device(x=x, residual=residual, weight=weight, bias=bias)
+    return RESIDUAL_NORM.dispatch(backend, x.device)(x, residual, weight, bias, float(eps), norm)

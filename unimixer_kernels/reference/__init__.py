@@ -26,7 +26,7 @@ from .mixing import (
 )
 from .norms import add_rms_norm, layer_norm, rms_norm
 from .sinkhorn import lite_local_logits, lite_weights, sinkhorn
-from .token_mixer_norm import token_mixer_residual_norm
+from .token_mixer_norm import residual_norm, token_mixer_residual_norm
 from .unified import ROWS, unified_mixing, unified_row
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "pgelu_ffn",
     "pswiglu",
     "rankmixer_block",
+    "residual_norm",
     "rms_norm",
     "self_attention",
     "sinkhorn",

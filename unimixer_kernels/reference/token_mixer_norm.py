@@ -1,4 +1,5 @@
-"""``Norm(TokenMixer(x) + x)``: RankMixer's first sub-block (SPEC §1), composed from the references."""
+"""``Norm(TokenMixer(x) + x)`` and ``Norm(x + r)``: RankMixer's two post-norm sums (SPEC §1), composed from
+the references."""
 
 from __future__ import annotations
 
@@ -24,5 +25,23 @@ def token_mixer_residual_norm(
     """
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     s = token_mixer(x, heads).to(acc) + x.to(acc)
+    y = rms_norm(s, weight, eps) if norm == "rms" else layer_norm(s, weight, bias, eps)
+    return y.to(x.dtype)
+
+
+def residual_norm(
+    x: Tensor,
+    residual: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    eps: float = 1e-6,
+    norm: str = "layer",
+) -> Tensor:
+    """``LayerNorm(x + residual)`` (or RMSNorm with ``norm="rms"``): RankMixer's ``LN(PFFN(S) + S)``.
+
+    The sum is kept in fp32 (fp64 for fp64 input), the statistics too; the output has ``x``'s dtype.
+    """
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    s = x.to(acc) + residual.to(acc)
     y = rms_norm(s, weight, eps) if norm == "rms" else layer_norm(s, weight, bias, eps)
     return y.to(x.dtype)
