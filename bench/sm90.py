@@ -174,20 +174,15 @@ def ffn_gemm_rows(usage: bool = True):
 
     divisible = ("M", "N", "K", "M_KEY", "K_KEY", "stride_am", "stride_at", "stride_bt", "stride_bk",
                  "stride_cm", "stride_ct")
-    import torch
-
     for dual in (False, True):
         consts = dict(DUAL=dual, HAS_BIAS=not dual, CDT=tl.bfloat16, PREC="tf32", GROUP_M=8, stride_ak=1,
                       stride_bn=1, stride_cn=1)
-        for weights in ("bf16", "fp32"):  # fp32: autocast's weights, rounded as they are loaded
-            named = dict(M_KEY=2048, N=4096, K_KEY=1024, A=torch.empty(0, dtype=torch.bfloat16),
-                         B=torch.empty(0, dtype=torch.bfloat16 if weights == "bf16" else torch.float32))
-            ptrs = dict(A="*bf16", A2="*bf16", B=f"*{weights}", B2=f"*{weights}", BIAS="*fp32", C="*bf16")
-            for cfg in k._prune_gemm(k._gemm_configs(), named, **consts):
-                res = compile_sm90(k.ffn_token_gemm_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps,
-                                   cfg.num_stages, usage=usage, divisible=divisible)
-                tile = (cfg.kwargs, cfg.num_warps, cfg.num_stages)
-                yield f"ffn_token_gemm dual={dual} weights={weights}", tile, res
+        named = dict(M_KEY=2048, N=4096, K_KEY=1024)
+        for cfg in k._prune_gemm(k._gemm_configs(), named, **consts):
+            res = compile_sm90(k.ffn_token_gemm_kernel, {a: "*bf16" for a in "A B A2 B2 BIAS C".split()},
+                               dict(consts, **cfg.kwargs), cfg.num_warps, cfg.num_stages, usage=usage,
+                               divisible=divisible)
+            yield f"ffn_token_gemm dual={dual}", (cfg.kwargs, cfg.num_warps, cfg.num_stages), res
         bm, bn, bk, warps, stages = k._TMA_TILE
         for a_t, b_t in ((False, False), (False, True), (True, False)):
             ptrs = dict(A=f"tensordesc<bf16{[1, bk, bm] if a_t else [1, bm, bk]}>",

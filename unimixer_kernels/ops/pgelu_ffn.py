@@ -14,8 +14,7 @@ from .. import reference
 from .._checks import check_optional_tensor, check_same_device, check_shape, check_tensor
 from .._registry import define_op
 
-# autocast: the activations cast, the weights and biases kept (as for pswiglu)
-PGELU_FFN = define_op("pgelu_ffn", autocast="lower", autocast_keep=(1, 2, 3, 4))
+PGELU_FFN = define_op("pgelu_ffn", autocast="lower")
 
 
 @PGELU_FFN.register("reference")
@@ -46,9 +45,7 @@ def _(u, w1, b1, w2, b2, save):
     if not save:
         return u.new_empty(u.shape), u.new_empty((0,))
     bs, t, _ = u.shape
-    from ..triton_kernels.pswiglu import _compute_dtype
-
-    dt = _compute_dtype(u, (w1, w2))
+    dt = u.dtype if (w1.dtype == u.dtype and w2.dtype == u.dtype) else torch.float32
     return u.new_empty(u.shape), u.new_empty((t, bs, w1.shape[-1]), dtype=dt)
 
 
@@ -119,8 +116,7 @@ def pgelu_ffn(
     ``u [bs, T, D]`` (any strides), ``w1 [T, D, kD]``, ``b1 [T, kD]`` or ``None``,
     ``w2 [T, kD, D]``, ``b2 [T, D]`` or ``None``. The positional order follows
     ``reference.pgelu_ffn``. Non-contiguous weights or biases are copied once per call by the
-    Triton backend. Precision as :func:`~unimixer_kernels.pswiglu` (16-bit ``u`` with fp32 weights
-    computes in ``u``'s dtype, the weights and biases rounded to it).
+    Triton backend.
 
     ``recompute`` (Triton backend; default ``True``): recompute the hidden pre-activation in the
     backward instead of saving it. ``False`` saves it. The reference ignores the option.

@@ -17,9 +17,7 @@ from .. import reference
 from .._checks import check_optional_tensor, check_same_device, check_shape, check_tensor
 from .._registry import define_op
 
-# under autocast the activations are cast and the weights and biases stay fp32: the kernels round
-# them as they load them and write fp32 weight gradients (no cast of either way around the op)
-PSWIGLU = define_op("pswiglu", autocast="lower", autocast_keep=(1, 2, 3, 4, 5, 6))
+PSWIGLU = define_op("pswiglu", autocast="lower")
 
 
 @PSWIGLU.register("reference")
@@ -57,8 +55,8 @@ def pswiglu_fwd(
 
 
 def _hidden_dtype(u: Tensor, *weights: Tensor) -> torch.dtype:
-    """The kernels' compute dtype (their precision rule), which the saved ``g``/``v`` take."""
-    return _kernels()._compute_dtype(u, weights)
+    same = all(w.dtype == u.dtype for w in weights)
+    return u.dtype if same else torch.float32
 
 
 @pswiglu_fwd.register_fake
@@ -157,11 +155,6 @@ def pswiglu(
     ``u [bs, T, D]`` (any strides: the Triton kernels read it in place), ``w_gate, w_up [T, D, h]``,
     ``w_down [T, h, D]``, ``b_gate, b_up [T, h]`` and ``b_down [T, D]`` optional. Non-contiguous
     weights or biases are copied once per call by the Triton backend.
-
-    Precision: 16-bit ``u`` with weights each of its dtype or fp32 computes in ``u``'s dtype with
-    fp32 accumulation, fp32 weights and biases rounded to it (what autocast would do; under
-    autocast the weights stay fp32 and their gradients come out fp32 without a cast); one dtype
-    throughout computes in it; other mixes in fp32. The output has ``u``'s dtype.
 
     ``recompute`` (Triton backend; default ``True``): recompute the gate and up pre-activations in
     the backward instead of saving them, trading two of the five GEMMs of the backward for
