@@ -431,7 +431,7 @@ def _prune_gemm(configs, named_args, **kwargs) -> list:
         not kwargs["DUAL"] or (c.kwargs["BLOCK_N"] <= 128 and c.kwargs["BLOCK_K"] <= 64))]
     if named_args["M_KEY"] * named_args["N"] * named_args["K_KEY"] >= _TUNE_MIN_MACS:
         return fits
-    return [c for c in fits if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) == (128, 64)]
+    return [c for c in fits if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) == (128, 64)] or fits[:1]
 
 
 @triton.jit

@@ -9,16 +9,12 @@ from unimixer_kernels.ops.token_mixer import residual_norm_bwd, residual_norm_fw
 from unimixer_kernels.reference.token_mixer_norm import residual_norm as residual_norm_reference
 from unimixer_kernels.testing import check_against_reference, random_input
 
+from test_token_mixer import _norm_params as _params  # isort: skip
+
 # (bs, T, D): bs = 1, a single token, odd widths, one past a power of two
 SHAPES = [(1, 1, 8), (3, 4, 12), (2, 5, 20), (4, 3, 33), (2, 2, 129)]
 NORMS = pytest.mark.parametrize("norm,bias", [("layer", True), ("layer", False), ("rms", False)],
                                 ids=["layer-bias", "layer", "rms"])
-
-
-def _params(d, dtype, device, norm, bias):
-    w = random_input((d,), dtype, device, requires_grad=True)
-    b = random_input((d,), dtype, device, requires_grad=True) if (bias and norm == "layer") else None
-    return w, b
 
 
 @pytest.mark.triton

@@ -82,20 +82,28 @@ def _token_mixer_triton(x: Tensor, heads: int) -> Tensor:
 # --- Triton: Norm(TokenMixer(x) + x) forward and backward custom ops -------------------------
 
 
+def _with_stats(x: Tensor, y: Tensor, mean: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y, mean, rstd)`` with the per-row statistics shaped ``[bs, T]``."""
+    return y, mean.view(x.shape[:-1]), rstd.view(x.shape[:-1])
+
+
+def _norm_fwd_fake(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    stats = x.shape[:-1]
+    return (x.new_empty(x.shape), x.new_empty(stats, dtype=torch.float32),
+            x.new_empty(stats, dtype=torch.float32))
+
+
 @torch.library.custom_op("unimixer::token_mixer_residual_norm_fwd", mutates_args=())
 def token_mixer_residual_norm_fwd(
     x: Tensor, heads: int, weight: Tensor, bias: Tensor | None, eps: float, rms: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(y, mean, rstd)``: ``mean``/``rstd`` are fp32 ``[bs, T]`` (``mean`` is 0 for RMSNorm)."""
-    y, mean, rstd = _kernels().tm_norm_fwd(x, heads, weight, bias, eps, rms)
-    return y, mean.view(x.shape[:-1]), rstd.view(x.shape[:-1])
+    return _with_stats(x, *_kernels().tm_norm_fwd(x, heads, weight, bias, eps, rms))
 
 
 @token_mixer_residual_norm_fwd.register_fake
 def _(x, heads, weight, bias, eps, rms):
-    stats = x.shape[:-1]
-    return (x.new_empty(x.shape), x.new_empty(stats, dtype=torch.float32),
-            x.new_empty(stats, dtype=torch.float32))
+    return _norm_fwd_fake(x)
 
 
 @torch.library.custom_op("unimixer::token_mixer_residual_norm_bwd", mutates_args=())
@@ -144,16 +152,13 @@ def _token_mixer_residual_norm_triton(
 def residual_norm_fwd(
     x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor | None, eps: float, rms: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(y, mean, rstd)``: ``mean``/``rstd`` are fp32 ``[bs, T]`` (``mean`` is 0 for RMSNorm)."""
-    y, mean, rstd = _kernels().residual_norm_fwd(x, residual, weight, bias, eps, rms)
-    return y, mean.view(x.shape[:-1]), rstd.view(x.shape[:-1])
+    """As :func:`token_mixer_residual_norm_fwd`."""
+    return _with_stats(x, *_kernels().residual_norm_fwd(x, residual, weight, bias, eps, rms))
 
 
 @residual_norm_fwd.register_fake
 def _(x, residual, weight, bias, eps, rms):
-    stats = x.shape[:-1]
-    return (x.new_empty(x.shape), x.new_empty(stats, dtype=torch.float32),
-            x.new_empty(stats, dtype=torch.float32))
+    return _norm_fwd_fake(x)
 
 
 @torch.library.custom_op("unimixer::residual_norm_bwd", mutates_args=())

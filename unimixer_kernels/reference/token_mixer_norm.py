@@ -23,10 +23,15 @@ def token_mixer_residual_norm(
     The residual sum is kept in fp32 (fp64 for fp64 input), the statistics too; the output has
     the input dtype.
     """
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    s = token_mixer(x, heads).to(acc) + x.to(acc)
+    return _norm_of_sum(token_mixer(x, heads), x, weight, bias, eps, norm)
+
+
+def _norm_of_sum(a: Tensor, b: Tensor, weight: Tensor, bias: Tensor | None, eps: float, norm: str) -> Tensor:
+    """``Norm(a + b)`` with the sum and statistics in fp32 (fp64 for fp64 ``b``), in ``b``'s dtype."""
+    acc = torch.float64 if b.dtype == torch.float64 else torch.float32
+    s = a.to(acc) + b.to(acc)
     y = rms_norm(s, weight, eps) if norm == "rms" else layer_norm(s, weight, bias, eps)
-    return y.to(x.dtype)
+    return y.to(b.dtype)
 
 
 def residual_norm(
@@ -41,7 +46,4 @@ def residual_norm(
 
     The sum is kept in fp32 (fp64 for fp64 input), the statistics too; the output has ``x``'s dtype.
     """
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    s = x.to(acc) + residual.to(acc)
-    y = rms_norm(s, weight, eps) if norm == "rms" else layer_norm(s, weight, bias, eps)
-    return y.to(x.dtype)
+    return _norm_of_sum(residual, x, weight, bias, eps, norm)
