@@ -678,7 +678,9 @@ def _tma_tile() -> tuple:
 def _use_tma(a_strides: tuple) -> bool | None:
     """Whether a GEMM reads through tensor descriptors, by ``UNIMIXER_FFN_TMA``: '1' wherever its
     operands allow it (``None``: fall back to pointers elsewhere), '0' never, 'auto' where they allow
-    it and ``A`` is not transposed (the weight gradients' ``u^T``, ``A^T`` read faster by pointers)."""
+    it and ``A`` is not transposed (the weight gradients' ``u^T``, ``A^T``, which read faster by
+    pointers in run36's probe; with today's descriptor order run37 measured the opposite, and whole
+    ops under CUDA graphs put the three settings within 4% of each other, run38)."""
     mode = switch(FFN_TMA_SWITCH)
     if mode not in ("auto", "0", "1"):
         raise ValueError(f"{FFN_TMA_SWITCH}: expected 'auto', '0' or '1', got {mode!r}")
