@@ -619,15 +619,14 @@ def _set_block(op, r: int, c: int) -> None:
     desc.block_shape = [1, c, r] if trans else [1, r, c]
 
 
-def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=None, tma=None,
-                config=None) -> None:
+def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=None, tma=None) -> None:
     """``c[t] = a[t] @ b[t] (+ a2[t] @ b2[t]) (+ bias[t])`` through :func:`ffn_token_gemm_kernel`
     over ``t * m tiles * n tiles`` programs (``t`` tokens); ``sa``/``sb``/``sc`` are the ``(m, t, k)``,
     ``(t, k, n)`` and ``(m, t, n)`` strides (``a2``/``b2`` share ``a``'s/``b``'s).
 
     ``tma``: read and write through tensor descriptors (``None``: as ``UNIMIXER_FFN_TMA`` says, see
-    :func:`_use_tma`; ``True`` raises where an operand does not allow it); ``config``: ``(BLOCK_M,
-    BLOCK_N, BLOCK_K, warps, stages)`` instead of the autotuned (pointers) or fixed (TMA) tile."""
+    :func:`_use_tma`; ``True`` raises where an operand does not allow it). Pointer loads take the
+    autotuned tiles, TMA the fixed one of :func:`_tma_tile`."""
     descs = None
     a_strides, b_strides = (sa[0], sa[1], sa[2]), (sb[1], sb[0], sb[2])
     if tma is None:
@@ -644,24 +643,20 @@ def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=
     consts = dict(DUAL=dual, HAS_BIAS=bias is not None, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), GROUP_M=8)
     sizes = (m, n, k, bucket(m), bucket(k), *sa, *sb, *sc)
     bias = bias if bias is not None else b
-    if descs is None and config is None:
+    if descs is None:
         def grid(meta):
             return (t * triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
         ffn_token_gemm_kernel[grid](a, b, a2 if dual else a, b2 if dual else b, bias, c, *sizes, **consts)
         return
-    bm, bn, bk, warps, stages = config if config is not None else _tma_tile()
-    operands = [a, b, a2 if dual else a, b2 if dual else b, bias, c]
-    if descs is not None:
-        for d, (r, cc) in zip(descs, ((bm, bk), (bk, bn), (bm, bk), (bk, bn), (bm, bn))):
-            if d is not None:
-                _set_block(d, r, cc)
-        descs[2:4] = [d if d is not None else descs[i] for i, d in enumerate(descs[2:4])]
-        operands = [d[0] for d in descs[:4]] + [bias, descs[4][0]]
-        consts.update(TMA=True, A_T=descs[0][1], B_T=descs[1][1])
-    grid = (t * triton.cdiv(m, bm) * triton.cdiv(n, bn),)
-    ffn_token_gemm_kernel.fn[grid](*operands, *sizes, **consts, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-                                   num_warps=warps, num_stages=stages)
+    bm, bn, bk, warps, stages = _tma_tile()
+    for d, (r, cc) in zip(descs, ((bm, bk), (bk, bn), (bm, bk), (bk, bn), (bm, bn))):
+        if d is not None:
+            _set_block(d, r, cc)
+    descs[2:4] = [d if d is not None else descs[i] for i, d in enumerate(descs[2:4])]
+    ffn_token_gemm_kernel.fn[(t * triton.cdiv(m, bm) * triton.cdiv(n, bn),)](
+        *(d[0] for d in descs[:4]), bias, descs[4][0], *sizes, **consts, TMA=True, A_T=descs[0][1],
+        B_T=descs[1][1], BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
 
 
 # the TMA path's one tile: the fastest or within 4% of it on every non-transposed GEMM of the GELU FFN at
@@ -703,7 +698,7 @@ def _pre_tiled(u, w, bias, cdt) -> torch.Tensor:
     """``u W + b`` per token as ``[T, bs, h]`` (compute dtype)."""
     bs, t, d = u.shape
     h = w.shape[-1]
-    out = torch.empty((t, bs, h), device=u.device, dtype=cdt)
+    out = new_output((t, bs, h), like=u, dtype=cdt)
     _token_gemm(u, w, out, t, bs, h, d, (u.stride(0), u.stride(1), u.stride(2)), (d * h, h, 1),
                 (h, bs * h, 1), cdt, bias=bias)
     return out
@@ -733,7 +728,7 @@ def ffn_fwd(
     if bs > 0 and t > 0 and not _fused(d, cdt):
         g = _pre_tiled(u, w1, b1, cdt)
         v = _pre_tiled(u, w3, b3, cdt) if gated else None
-        act = torch.empty_like(g) if save else g  # not saving: the activation replaces G
+        act = new_output(g.shape, like=g) if save else g  # not saving: the activation replaces G
         _act_pass(g, v, None, act)
         _token_gemm(act, w2, o, t, bs, d, h, (h, bs * h, 1), (h * d, d, 1), (t * d, d, 1), cdt, bias=b2)
         return o, (g if save else None), (v if save else None)
@@ -829,13 +824,13 @@ def ffn_bwd(
     saved = g is not None
     if not _fused(d, cdt):
         if saved:
-            a = torch.empty((t, bs, h), device=u.device, dtype=cdt)
-            dv = torch.empty((t, bs, h), device=u.device, dtype=cdt) if gated else None
+            a = new_output((t, bs, h), like=u, dtype=cdt)
+            dv = new_output((t, bs, h), like=u, dtype=cdt) if gated else None
         else:  # recomputed: A and dV then replace G and V in their buffers
             g = _pre_tiled(u, w1, b1, cdt)
             v = _pre_tiled(u, w3, b3, cdt) if gated else None
             a, dv = g, v
-        dg = torch.empty((t, bs, h), device=u.device, dtype=cdt)  # dA, then dG in its place
+        dg = new_output((t, bs, h), like=u, dtype=cdt)  # dA, then dG in its place
         _token_gemm(do, w2, dg, t, bs, h, d, (do.stride(0), do.stride(1), do.stride(2)), (h * d, 1, d),
                     (h, bs * h, 1), cdt)
         _act_pass(g, v, dg, a, dg, dv)
@@ -895,13 +890,13 @@ def _weight_grads_tiled(do, u, a, dg, dv, w1, w3, w2, cdt) -> tuple:
     h = w1.shape[-1]
     su = (u.stride(2), u.stride(1), u.stride(0))  # (m = d, t, k = sample)
     shid = (bs * h, h, 1)  # [T, bs, h] as (t, k = sample, n = h)
-    dw1 = torch.empty((t, d, h), device=u.device, dtype=w1.dtype)
+    dw1 = new_output((t, d, h), like=w1)
     _token_gemm(u, dg, dw1, t, d, h, bs, su, shid, (h, d * h, 1), cdt)
     dw3 = None
     if dv is not None:
-        dw3 = torch.empty((t, d, h), device=u.device, dtype=w3.dtype)
+        dw3 = new_output((t, d, h), like=w3)
         _token_gemm(u, dv, dw3, t, d, h, bs, su, shid, (h, d * h, 1), cdt)
-    dw2 = torch.empty((t, h, d), device=u.device, dtype=w2.dtype)
+    dw2 = new_output((t, h, d), like=w2)
     _token_gemm(a, do, dw2, t, h, d, bs, (1, bs * h, h), (do.stride(1), do.stride(0), do.stride(2)),
                 (d, h * d, 1), cdt)
     f32 = torch.float32

@@ -160,6 +160,17 @@ def _tensor_core_tiles() -> list:
     return [c for c in kernels._gemm_configs() if c.kwargs["BLOCK_K"] != 16]
 
 
+def _check_ffn(op: str, u, dtype, device, h: int, **kwargs) -> None:
+    """``op`` (``"pswiglu"`` or ``"pgelu_ffn"``) on ``u`` with fresh biased weights of width ``h``,
+    against the reference (forward and every gradient)."""
+    _, t, d = u.shape
+    wg, wu, wd, bg, bu, bd = _weights(t, d, h, dtype, device, True)
+    if op == "pswiglu":
+        check_against_reference(uk.pswiglu, (u, wg, wu, wd, bg, bu, bd), backend="triton", kwargs=kwargs)
+    else:
+        check_against_reference(uk.pgelu_ffn, (u, wg, bg, wd, bd), backend="triton", kwargs=kwargs)
+
+
 @pytest.mark.gpu
 @pytest.mark.triton
 @pytest.mark.parametrize("tile", range(7))
@@ -185,12 +196,7 @@ def test_ffn_token_gemm_every_tile_gpu(tile, op, monkeypatch):
                             not single_only or not kw["DUAL"]) else [tiles[0]])
     bs, t, d, h = 130, 2, 320, 200  # D > FUSED_MAX_D: the tiled path; edges in every dimension
     u = random_input((bs, t, d), torch.bfloat16, "cuda", requires_grad=True)
-    if op == "pswiglu":
-        args = (u, *_weights(t, d, h, torch.bfloat16, "cuda", True))
-        check_against_reference(uk.pswiglu, args, backend="triton")
-    else:
-        wg, _, wd, bg, _, bd = _weights(t, d, h, torch.bfloat16, "cuda", True)
-        check_against_reference(uk.pgelu_ffn, (u, wg, bg, wd, bd), backend="triton")
+    _check_ffn(op, u, torch.bfloat16, "cuda", h)
 
 
 @pytest.mark.gpu
@@ -205,13 +211,7 @@ def test_ffn_tma_path_gpu(op, recompute, monkeypatch):
     monkeypatch.setattr(kernels, "_use_tma", lambda a_strides: True)
     bs, t, d, h = 130, 2, 320, 200
     u = random_input((bs, t, d), torch.bfloat16, "cuda", requires_grad=True)
-    if op == "pswiglu":
-        args = (u, *_weights(t, d, h, torch.bfloat16, "cuda", True))
-        check_against_reference(uk.pswiglu, args, backend="triton", kwargs={"recompute": recompute})
-    else:
-        wg, _, wd, bg, _, bd = _weights(t, d, h, torch.bfloat16, "cuda", True)
-        check_against_reference(uk.pgelu_ffn, (u, wg, bg, wd, bd), backend="triton",
-                                kwargs={"recompute": recompute})
+    _check_ffn(op, u, torch.bfloat16, "cuda", h, recompute=recompute)
 
 
 @pytest.mark.triton
@@ -315,13 +315,7 @@ def test_ffn_tiled_path_through_tensor_descriptors(device, tiled_path, monkeypat
     monkeypatch.setattr(kernels, "_use_tma", lambda a_strides: True)
     bs, t, d, h = 5, 3, 24, 40  # rows of 48 and 80 bytes: the 16-byte strides TMA needs
     u = random_input((bs, t, d), torch.float16, device, requires_grad=True)
-    if op == "pswiglu":
-        check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, torch.float16, device, True)),
-                                backend="triton", kwargs={"recompute": recompute})
-    else:
-        wg, _, wd, bg, _, bd = _weights(t, d, h, torch.float16, device, True)
-        check_against_reference(uk.pgelu_ffn, (u, wg, bg, wd, bd), backend="triton",
-                                kwargs={"recompute": recompute})
+    _check_ffn(op, u, torch.float16, device, h, recompute=recompute)
 
 
 def test_ffn_tma_switch_is_checked(monkeypatch):
