@@ -168,7 +168,7 @@ def unimixing_fwd_rows(usage: bool = True):
 def ffn_gemm_rows(usage: bool = True):
     """``(label, config, result)`` for the per-token FFN GEMM (bf16, one product with a bias, or two):
     the tiles its autotuner keeps for a large GEMM with pointer loads, and the TMA path's tile with
-    plain and transposed operands."""
+    plain and transposed operands, launched as that path launches it (persistent or not)."""
     import triton.language as tl
     from unimixer_kernels.triton_kernels import pswiglu as k
 
@@ -183,16 +183,16 @@ def ffn_gemm_rows(usage: bool = True):
                                dict(consts, **cfg.kwargs), cfg.num_warps, cfg.num_stages, usage=usage,
                                divisible=divisible)
             yield f"ffn_token_gemm dual={dual}", (cfg.kwargs, cfg.num_warps, cfg.num_stages), res
-        bm, bn, bk, warps, stages = k._TMA_TILE
+        bm, bn, bk, warps, stages = k._tma_tile(dual)
         for a_t, b_t in ((False, False), (False, True), (True, False)):
             ptrs = dict(A=f"tensordesc<bf16{[1, bk, bm] if a_t else [1, bm, bk]}>",
                         B=f"tensordesc<bf16{[1, bn, bk] if b_t else [1, bk, bn]}>", BIAS="*bf16",
                         C=f"tensordesc<bf16{[1, bm, bn]}>")
             ptrs.update(A2=ptrs["A"], B2=ptrs["B"])
             tile = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
-            res = compile_sm90(k.ffn_token_gemm_kernel, ptrs,
-                               dict(consts, **tile, TMA=True, A_T=a_t, B_T=b_t), warps, stages, usage=usage,
-                               divisible=divisible)
+            launch = dict(tile, TMA=True, A_T=a_t, B_T=b_t, PERSISTENT=k._PERSISTENT)
+            res = compile_sm90(k.ffn_token_gemm_kernel, ptrs, dict(consts, **launch), warps, stages,
+                               usage=usage, divisible=divisible)
             yield f"ffn_token_gemm dual={dual} tma a_t={a_t} b_t={b_t}", (tile, warps, stages), res
 
 

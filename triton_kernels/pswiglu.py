@@ -78,7 +78,15 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from ._launch import FFN_BACKWARD_SWITCH, FFN_TMA_SWITCH, bucket, new_output, num_programs_for, switch
+from ._launch import (
+    FFN_BACKWARD_SWITCH,
+    FFN_TMA_SWITCH,
+    bucket,
+    new_output,
+    num_programs_for,
+    sm_count,
+    switch,
+)
 from ._partials import sum_partials
 from ._tiles import grouped_tile
 
@@ -458,33 +466,22 @@ def _desc_tile(desc, t, r0, c0, R: tl.constexpr, C: tl.constexpr, TRANS: tl.cons
     return tile
 
 
-@triton.autotune(configs=_gemm_configs(), key=["M_KEY", "N", "K_KEY", "DUAL", "HAS_BIAS"],
-                 prune_configs_by={"early_config_prune": _prune_gemm})
 @triton.jit
-def ffn_token_gemm_kernel(
-    A, B, A2, B2, BIAS, C,
-    M, N, K, M_KEY, K_KEY,
-    stride_am, stride_at, stride_ak,
-    stride_bt, stride_bk, stride_bn,
-    stride_cm, stride_ct, stride_cn,
+def _gemm_tile(
+    tile, A, B, A2, B2, BIAS, C, M, N, K,
+    stride_am, stride_at, stride_ak, stride_bt, stride_bk, stride_bn, stride_cm, stride_ct, stride_cn,
     DUAL: tl.constexpr, HAS_BIAS: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    TMA: tl.constexpr = False, A_T: tl.constexpr = False, B_T: tl.constexpr = False,
+    TMA: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr,
 ):
-    """``C[t] = A[t] @ B[t] (+ A2[t] @ B2[t] when DUAL) (+ bias[t])`` over a 1-d grid of tiles
-    ``(t, m tile, n tile)`` with a K loop: every GEMM of the wide-token path (the hidden
-    pre-activations, the down projection, ``dA``, ``du`` and the weight gradients). ``t`` is the
-    slowest index and, within a token, ``GROUP_M`` row tiles walk the column tiles together, so a
-    token's operands stay in L2 while its tiles run. With ``TMA`` the operands and ``C`` are 3-d
-    tensor descriptors (``A_T``/``B_T`` as ``TRANS`` in :func:`_desc_tile`), else pointers with
-    strides."""
-    pid = tl.program_id(0)
+    """Output tile ``tile`` of :func:`ffn_token_gemm_kernel`: ``(t, m tile, n tile)`` with ``t`` the
+    slowest index and, within a token, ``GROUP_M`` row tiles walking the column tiles together."""
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     per_token = num_m * num_n
-    t32 = pid // per_token
+    t32 = tile // per_token
     t = t32.to(tl.int64)
-    pid_m, pid_n = grouped_tile(pid % per_token, num_m, num_n, GROUP_M)
+    pid_m, pid_n = grouped_tile(tile % per_token, num_m, num_n, GROUP_M)
     m0 = pid_m * BLOCK_M
     n0 = pid_n * BLOCK_N
     offs_m = m0.to(tl.int64) + tl.arange(0, BLOCK_M)
@@ -521,6 +518,39 @@ def ffn_token_gemm_kernel(
     else:
         out = C + offs_m[:, None] * stride_cm + t * stride_ct + offs_n[None, :] * stride_cn
         tl.store(out, acc.to(C.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.autotune(configs=_gemm_configs(), key=["M_KEY", "N", "K_KEY", "DUAL", "HAS_BIAS"],
+                 prune_configs_by={"early_config_prune": _prune_gemm})
+@triton.jit
+def ffn_token_gemm_kernel(
+    A, B, A2, B2, BIAS, C,
+    M, N, K, M_KEY, K_KEY, TOKENS,
+    stride_am, stride_at, stride_ak,
+    stride_bt, stride_bk, stride_bn,
+    stride_cm, stride_ct, stride_cn,
+    DUAL: tl.constexpr, HAS_BIAS: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    TMA: tl.constexpr = False, A_T: tl.constexpr = False, B_T: tl.constexpr = False,
+    PERSISTENT: tl.constexpr = False,
+):
+    """``C[t] = A[t] @ B[t] (+ A2[t] @ B2[t] when DUAL) (+ bias[t])`` for ``t < TOKENS``, one output
+    tile (:func:`_gemm_tile`) per program, or with ``PERSISTENT`` a grid of about one program per SM
+    walking the tiles in steps of the grid's size (one flattened loop, so that a tile's epilogue
+    overlaps the next tile's first loads). Every GEMM of the
+    wide-token path: the hidden pre-activations, the down projection, ``dA``, ``du`` and the weight
+    gradients. With ``TMA`` the operands and ``C`` are 3-d tensor descriptors (``A_T``/``B_T`` as
+    ``TRANS`` in :func:`_desc_tile`), else pointers with strides."""
+    if PERSISTENT:
+        total = TOKENS * tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+        for tile in tl.range(tl.program_id(0), total, tl.num_programs(0), flatten=True):
+            _gemm_tile(tile, A, B, A2, B2, BIAS, C, M, N, K, stride_am, stride_at, stride_ak, stride_bt,
+                       stride_bk, stride_bn, stride_cm, stride_ct, stride_cn, DUAL, HAS_BIAS, CDT, PREC,
+                       BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, TMA, A_T, B_T)
+    else:
+        _gemm_tile(tl.program_id(0), A, B, A2, B2, BIAS, C, M, N, K, stride_am, stride_at, stride_ak,
+                   stride_bt, stride_bk, stride_bn, stride_cm, stride_ct, stride_cn, DUAL, HAS_BIAS, CDT,
+                   PREC, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, TMA, A_T, B_T)
 
 
 @triton.jit
@@ -641,7 +671,7 @@ def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=
             descs = None
     dual = a2 is not None
     consts = dict(DUAL=dual, HAS_BIAS=bias is not None, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), GROUP_M=8)
-    sizes = (m, n, k, bucket(m), bucket(k), *sa, *sb, *sc)
+    sizes = (m, n, k, bucket(m), bucket(k), t, *sa, *sb, *sc)
     bias = bias if bias is not None else b
     if descs is None:
         def grid(meta):
@@ -649,25 +679,34 @@ def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=
 
         ffn_token_gemm_kernel[grid](a, b, a2 if dual else a, b2 if dual else b, bias, c, *sizes, **consts)
         return
-    bm, bn, bk, warps, stages = _tma_tile()
+    bm, bn, bk, warps, stages = _tma_tile(dual)
     for d, (r, cc) in zip(descs, ((bm, bk), (bk, bn), (bm, bk), (bk, bn), (bm, bn))):
         if d is not None:
             _set_block(d, r, cc)
     descs[2:4] = [d if d is not None else descs[i] for i, d in enumerate(descs[2:4])]
-    ffn_token_gemm_kernel.fn[(t * triton.cdiv(m, bm) * triton.cdiv(n, bn),)](
+    tiles = t * triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    grid = min(tiles, sm_count(c.device) * _PERSISTENT_PER_SM) if _PERSISTENT else tiles
+    ffn_token_gemm_kernel.fn[(grid,)](
         *(d[0] for d in descs[:4]), bias, descs[4][0], *sizes, **consts, TMA=True, A_T=descs[0][1],
-        B_T=descs[1][1], BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+        B_T=descs[1][1], BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PERSISTENT=_PERSISTENT, num_warps=warps,
+        num_stages=stages)
 
 
 # the TMA path's one tile: the fastest or within 4% of it on every non-transposed GEMM of the GELU FFN at
 # rankmixer-100m and the pSwiGLU at paper-100m (bench/results/2026-11-29-h200-run36)
 _TMA_TILE = (128, 128, 64, 8, 3)
+_PERSISTENT = True
+_PERSISTENT_PER_SM = 1
 
 
-def _tma_tile() -> tuple:
+def _tma_tile(dual: bool) -> tuple:
     """``(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)`` of the TMA path (16-wide in the interpreter, whose
-    test shapes then clip tiles at every edge)."""
-    return (16, 16, 16, 4, 1) if _interpreting() else _TMA_TILE
+    test shapes then clip tiles at every edge). Persistent with two products, two stages: three
+    and the epilogue's store buffer would take 229 KiB of shared memory (``python -m bench sm90``)."""
+    if _interpreting():
+        return (16, 16, 16, 4, 1)
+    bm, bn, bk, warps, stages = _TMA_TILE
+    return bm, bn, bk, warps, (2 if dual and _PERSISTENT else stages)
 
 
 def _use_tma(a_strides: tuple) -> bool | None:

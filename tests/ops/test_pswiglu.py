@@ -203,12 +203,16 @@ def test_ffn_token_gemm_every_tile_gpu(tile, op, monkeypatch):
 @pytest.mark.triton
 @pytest.mark.parametrize("op", ["pswiglu", "pgelu_ffn"])
 @pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
-def test_ffn_tma_path_gpu(op, recompute, monkeypatch):
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "tile-per-program"])
+def test_ffn_tma_path_gpu(op, recompute, persistent, monkeypatch):
     """Every GEMM of the wide-token path through TMA descriptors (forced), bf16, with the GPU's tile:
-    edges clipped in M, N and K (130 samples, h = 200)."""
+    edges clipped in M, N and K (130 samples, h = 200); persistent launches with three programs, so
+    that each walks several tiles."""
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
     monkeypatch.setattr(kernels, "_use_tma", lambda a_strides: True)
+    monkeypatch.setattr(kernels, "_PERSISTENT", persistent)
+    monkeypatch.setattr(kernels, "sm_count", lambda device: 3)
     bs, t, d, h = 130, 2, 320, 200
     u = random_input((bs, t, d), torch.bfloat16, "cuda", requires_grad=True)
     _check_ffn(op, u, torch.bfloat16, "cuda", h, recompute=recompute)
@@ -306,13 +310,18 @@ def test_pswiglu_triton_tiled_path(device, kernel_dtype, tiled_path, shape, bias
 @pytest.mark.triton
 @pytest.mark.parametrize("op", ["pswiglu", "pgelu_ffn"])
 @pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
-def test_ffn_tiled_path_through_tensor_descriptors(device, tiled_path, monkeypatch, op, recompute):
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "tile-per-program"])
+def test_ffn_tiled_path_through_tensor_descriptors(device, tiled_path, monkeypatch, op, recompute,
+                                                   persistent):
     """Every GEMM of the wide-token path reads and writes through TMA tensor descriptors (forced:
     an operand that a descriptor cannot address raises), the transposed operands of the weight
-    gradients included; tiles clip at every edge."""
+    gradients included; tiles clip at every edge. Persistent launches walk several tiles per program
+    (one program in the interpreter)."""
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
     monkeypatch.setattr(kernels, "_use_tma", lambda a_strides: True)
+    monkeypatch.setattr(kernels, "_PERSISTENT", persistent)
+    monkeypatch.setattr(kernels, "sm_count", lambda device: 3)
     bs, t, d, h = 5, 3, 24, 40  # rows of 48 and 80 bytes: the 16-byte strides TMA needs
     u = random_input((bs, t, d), torch.float16, device, requires_grad=True)
     _check_ffn(op, u, torch.float16, device, h, recompute=recompute)
