@@ -183,14 +183,14 @@ def ffn_gemm_rows(usage: bool = True):
                                dict(consts, **cfg.kwargs), cfg.num_warps, cfg.num_stages, usage=usage,
                                divisible=divisible)
             yield f"ffn_token_gemm dual={dual}", (cfg.kwargs, cfg.num_warps, cfg.num_stages), res
-        bm, bn, bk, warps, stages = k._tma_tile(dual)
+        bm, bn, bk, warps, stages, persistent = k._tma_launch(dual)
         for a_t, b_t in ((False, False), (False, True), (True, False)):
             ptrs = dict(A=f"tensordesc<bf16{[1, bk, bm] if a_t else [1, bm, bk]}>",
                         B=f"tensordesc<bf16{[1, bn, bk] if b_t else [1, bk, bn]}>", BIAS="*bf16",
                         C=f"tensordesc<bf16{[1, bm, bn]}>")
             ptrs.update(A2=ptrs["A"], B2=ptrs["B"])
             tile = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
-            launch = dict(tile, TMA=True, A_T=a_t, B_T=b_t, PERSISTENT=k._PERSISTENT)
+            launch = dict(tile, TMA=True, A_T=a_t, B_T=b_t, PERSISTENT=persistent)
             res = compile_sm90(k.ffn_token_gemm_kernel, ptrs, dict(consts, **launch), warps, stages,
                                usage=usage, divisible=divisible)
             yield f"ffn_token_gemm dual={dual} tma a_t={a_t} b_t={b_t}", (tile, warps, stages), res

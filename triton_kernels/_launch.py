@@ -57,8 +57,8 @@ SWITCHES = {
                             "which has no inline assembly, always does)"),
     FFN_TMA_SWITCH: ("auto", "the wide-token per-token FFN GEMMs (D > 256), 16-bit: 'auto' (operands and "
                              "result through TMA tensor descriptors where their addresses and strides allow "
-                             "it, except the weight gradients' transposed u^T and A^T, read by pointers), "
-                             "'1' (TMA wherever allowed) or '0' (pointer loads and autotuned tiles only)"),
+                             "it and the TMA tile divides the GEMM's M, N and K; elsewhere pointer loads "
+                             "and autotuned tiles), '1' (TMA wherever allowed) or '0' (pointer loads only)"),
     TILE_SWITCH: ("auto", "tile of the one-launch-per-half-step Sinkhorn kernels (the resident ones use "
                           "64x128): 'auto' (64x64, 4 warps) or 'BMxBN' "
                           "(powers of two, 16..256, BM*BN <= 16384; 4 warps below 8192 entries)"),

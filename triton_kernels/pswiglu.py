@@ -61,8 +61,10 @@ epilogue made its GEMM 2.3x, the GELU backward's 3.6x slower than the product al
 gradients reduce every sample inside each tile's fp32 accumulator (deterministic, no partials). The
 tiles are autotuned (keyed on ``N``, the bucketed ``M`` and ``K`` (either can be the batch) and the
 operands' dtypes) for 16-bit dtypes. With ``UNIMIXER_FFN_TMA`` (default ``auto``) the 16-bit GEMMs
-whose operands allow it read and write through TMA tensor descriptors with one fixed tile; under
-CUDA graphs the two ways measured within 4% of each other (run38).
+whose operands allow it and whose dimensions the TMA tile divides read and write through TMA tensor
+descriptors with a fixed launch: one product in 128 x 256 tiles, about one program per SM walking the
+tiles (persistent), two products in 128 x 128 tiles, one per program (see :func:`_use_tma` and
+``_TMA_LAUNCH`` for the measurements behind both choices).
 
 Precision: fp32 inputs use ``input_precision="ieee"``; bf16/fp16 run the tensor cores with fp32
 accumulation, the hidden activation rounded to the input dtype before the second GEMM. When the
@@ -656,11 +658,12 @@ def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=
 
     ``tma``: read and write through tensor descriptors (``None``: as ``UNIMIXER_FFN_TMA`` says, see
     :func:`_use_tma`; ``True`` raises where an operand does not allow it). Pointer loads take the
-    autotuned tiles, TMA the fixed one of :func:`_tma_tile`."""
+    autotuned tiles, TMA the fixed launch of :func:`_tma_launch`."""
     descs = None
     a_strides, b_strides = (sa[0], sa[1], sa[2]), (sb[1], sb[0], sb[2])
+    dual = a2 is not None
     if tma is None:
-        tma = _use_tma(a_strides)
+        tma = _use_tma(m, n, k, dual)
     if tma:
         descs = [_operand_desc(x, r, t, cc, st, cdt) if x is not None else None
                  for x, r, cc, st in ((a, m, k, a_strides), (b, k, n, b_strides), (a2, m, k, a_strides),
@@ -669,7 +672,6 @@ def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=
             if tma is True:
                 raise ValueError("tma=True: an operand is not readable through a tensor descriptor")
             descs = None
-    dual = a2 is not None
     consts = dict(DUAL=dual, HAS_BIAS=bias is not None, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), GROUP_M=8)
     sizes = (m, n, k, bucket(m), bucket(k), t, *sa, *sb, *sc)
     bias = bias if bias is not None else b
@@ -679,46 +681,51 @@ def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=
 
         ffn_token_gemm_kernel[grid](a, b, a2 if dual else a, b2 if dual else b, bias, c, *sizes, **consts)
         return
-    bm, bn, bk, warps, stages = _tma_tile(dual)
+    bm, bn, bk, warps, stages, persistent = _tma_launch(dual)
     for d, (r, cc) in zip(descs, ((bm, bk), (bk, bn), (bm, bk), (bk, bn), (bm, bn))):
         if d is not None:
             _set_block(d, r, cc)
     descs[2:4] = [d if d is not None else descs[i] for i, d in enumerate(descs[2:4])]
     tiles = t * triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    grid = min(tiles, sm_count(c.device) * _PERSISTENT_PER_SM) if _PERSISTENT else tiles
+    grid = min(tiles, sm_count(c.device)) if persistent else tiles
     ffn_token_gemm_kernel.fn[(grid,)](
         *(d[0] for d in descs[:4]), bias, descs[4][0], *sizes, **consts, TMA=True, A_T=descs[0][1],
-        B_T=descs[1][1], BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PERSISTENT=_PERSISTENT, num_warps=warps,
+        B_T=descs[1][1], BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PERSISTENT=persistent, num_warps=warps,
         num_stages=stages)
 
 
-# the TMA path's one tile: the fastest or within 4% of it on every non-transposed GEMM of the GELU FFN at
-# rankmixer-100m and the pSwiGLU at paper-100m (bench/results/2026-11-29-h200-run36)
-_TMA_TILE = (128, 128, 64, 8, 3)
-_PERSISTENT = True
-_PERSISTENT_PER_SM = 1
+# The TMA path's launch by the number of products (False: one, True: two): (BLOCK_M, BLOCK_N, BLOCK_K,
+# warps, stages, persistent). One product: 128 x 256 tiles, about one program per SM; on every GEMM of
+# the GELU FFN at rankmixer-100m the fastest of the schemes probed, 0-16% off cuBLAS and 4-15% faster than
+# one 128 x 128 tile per program (bench/results/2026-11-29-h200-run41). Two products: 128 x 128, one
+# program per tile (persistent, three stages would need 229 KiB of shared memory; with two it ran 13%
+# slower, run41).
+_TMA_LAUNCH = {False: (128, 256, 64, 8, 3, True), True: (128, 128, 64, 8, 3, False)}
 
 
-def _tma_tile(dual: bool) -> tuple:
-    """``(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)`` of the TMA path (16-wide in the interpreter, whose
-    test shapes then clip tiles at every edge). Persistent with two products, two stages: three
-    and the epilogue's store buffer would take 229 KiB of shared memory (``python -m bench sm90``)."""
+def _tma_launch(dual: bool) -> tuple:
+    """``(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, persistent)`` of the TMA path (16-wide tiles in the
+    interpreter, whose test shapes then clip tiles at every edge)."""
+    bm, bn, bk, warps, stages, persistent = _TMA_LAUNCH[dual]
     if _interpreting():
-        return (16, 16, 16, 4, 1)
-    bm, bn, bk, warps, stages = _TMA_TILE
-    return bm, bn, bk, warps, (2 if dual and _PERSISTENT else stages)
+        return 16, 16, 16, 4, 1, persistent
+    return bm, bn, bk, warps, stages, persistent
 
 
-def _use_tma(a_strides: tuple) -> bool | None:
-    """Whether a GEMM reads through tensor descriptors, by ``UNIMIXER_FFN_TMA``: '1' wherever its
-    operands allow it (``None``: fall back to pointers elsewhere), '0' never, 'auto' where they allow
-    it and ``A`` is not transposed (the weight gradients' ``u^T``, ``A^T``, which read faster by
-    pointers in run36's probe; with today's descriptor order run37 measured the opposite, and whole
-    ops under CUDA graphs put the three settings within 4% of each other, run38)."""
+def _use_tma(m: int, n: int, k: int, dual: bool) -> bool | None:
+    """Whether an ``[m, k] x [k, n]`` GEMM reads through tensor descriptors, by ``UNIMIXER_FFN_TMA``:
+    '1' wherever its operands allow it (``None``: fall back to pointers elsewhere), '0' never, 'auto'
+    where they allow it and the TMA tile divides ``m``, ``n`` and ``k``. In run41 TMA won every GEMM
+    of the GELU FFN at rankmixer-100m (no tile clips) and lost every one of the pSwiGLU at paper-100m
+    (``h = 688``: tiles clip, and the rows of ``[., h]`` operands are not 128-byte aligned) to the
+    autotuned pointer tiles, by 10-60%."""
     mode = switch(FFN_TMA_SWITCH)
     if mode not in ("auto", "0", "1"):
         raise ValueError(f"{FFN_TMA_SWITCH}: expected 'auto', '0' or '1', got {mode!r}")
-    if mode == "0" or (mode == "auto" and a_strides[2] != 1):
+    if mode == "0":
+        return False
+    bm, bn, bk = _TMA_LAUNCH[dual][:3]
+    if mode == "auto" and (m % bm or n % bn or k % bk):
         return False
     return None
 

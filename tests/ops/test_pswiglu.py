@@ -199,6 +199,17 @@ def test_ffn_token_gemm_every_tile_gpu(tile, op, monkeypatch):
     _check_ffn(op, u, torch.bfloat16, "cuda", h)
 
 
+def _force_tma(monkeypatch, kernels, persistent: bool) -> None:
+    """Every GEMM of the wide-token path through tensor descriptors, launched persistent (three
+    programs, so that each walks several tiles; two stages where two products would not fit three)
+    or one program per tile."""
+    monkeypatch.setattr(kernels, "_use_tma", lambda m, n, k, dual: True)
+    monkeypatch.setattr(kernels, "sm_count", lambda device: 3)
+    for dual, (bm, bn, bk, warps, stages, _) in list(kernels._TMA_LAUNCH.items()):
+        stages = min(stages, 2) if dual and persistent else stages
+        monkeypatch.setitem(kernels._TMA_LAUNCH, dual, (bm, bn, bk, warps, stages, persistent))
+
+
 @pytest.mark.gpu
 @pytest.mark.triton
 @pytest.mark.parametrize("op", ["pswiglu", "pgelu_ffn"])
@@ -210,9 +221,7 @@ def test_ffn_tma_path_gpu(op, recompute, persistent, monkeypatch):
     that each walks several tiles."""
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
-    monkeypatch.setattr(kernels, "_use_tma", lambda a_strides: True)
-    monkeypatch.setattr(kernels, "_PERSISTENT", persistent)
-    monkeypatch.setattr(kernels, "sm_count", lambda device: 3)
+    _force_tma(monkeypatch, kernels, persistent)
     bs, t, d, h = 130, 2, 320, 200
     u = random_input((bs, t, d), torch.bfloat16, "cuda", requires_grad=True)
     _check_ffn(op, u, torch.bfloat16, "cuda", h, recompute=recompute)
@@ -319,9 +328,7 @@ def test_ffn_tiled_path_through_tensor_descriptors(device, tiled_path, monkeypat
     (one program in the interpreter)."""
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
-    monkeypatch.setattr(kernels, "_use_tma", lambda a_strides: True)
-    monkeypatch.setattr(kernels, "_PERSISTENT", persistent)
-    monkeypatch.setattr(kernels, "sm_count", lambda device: 3)
+    _force_tma(monkeypatch, kernels, persistent)
     bs, t, d, h = 5, 3, 24, 40  # rows of 48 and 80 bytes: the 16-byte strides TMA needs
     u = random_input((bs, t, d), torch.float16, device, requires_grad=True)
     _check_ffn(op, u, torch.float16, device, h, recompute=recompute)
@@ -332,7 +339,23 @@ def test_ffn_tma_switch_is_checked(monkeypatch):
 
     monkeypatch.setenv("UNIMIXER_FFN_TMA", "yes")
     with pytest.raises(ValueError, match="UNIMIXER_FFN_TMA: expected 'auto', '0' or '1'"):
-        kernels._use_tma((1, 1, 1))
+        kernels._use_tma(256, 256, 256, False)
+
+
+def test_ffn_tma_auto_takes_descriptors_where_no_tile_clips(monkeypatch):
+    """'auto': descriptors where the TMA tile divides M, N and K (RankMixer's shapes), pointers where
+    a tile would clip (``h = 688``); '1' wherever the operands allow, '0' never."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    monkeypatch.setenv("UNIMIXER_FFN_TMA", "auto")
+    assert kernels._use_tma(2048, 3072, 768, False) is None
+    assert kernels._use_tma(768, 3072, 2048, False) is None
+    assert kernels._use_tma(2048, 688, 512, False) is False
+    assert kernels._use_tma(2048, 512, 688, True) is False
+    monkeypatch.setenv("UNIMIXER_FFN_TMA", "1")
+    assert kernels._use_tma(2048, 688, 512, False) is None
+    monkeypatch.setenv("UNIMIXER_FFN_TMA", "0")
+    assert kernels._use_tma(2048, 3072, 768, False) is False
 
 
 def test_ffn_tma_refuses_operands_it_cannot_address():
