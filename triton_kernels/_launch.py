@@ -22,6 +22,7 @@ UNIMIXING_FWD_SWITCH = "UNIMIXER_UNIMIXING_FORWARD"
 LOCAL_TILE_SWITCH = "UNIMIXER_UNIMIXING_LOCAL_TILE"
 POLL_SWITCH = "UNIMIXER_SINKHORN_POLL"
 FFN_TMA_SWITCH = "UNIMIXER_FFN_TMA"
+FFN_CHUNK_SWITCH = "UNIMIXER_FFN_TOKEN_CHUNK"
 SWITCHES = {
     NORM_SWITCH: ("composed", "unimixing_rmsnorm: 'composed' (mixing kernel, then one add + RMSNorm "
                               "pass) or 'fused' (in the mixing kernel's epilogue)"),
@@ -55,6 +56,10 @@ SWITCHES = {
                             "(each thread polls its own words, inline PTX) or 'block' (the program polls as "
                             "a whole, a block-wide count of missing words per round; the CPU interpreter, "
                             "which has no inline assembly, always does)"),
+    FFN_CHUNK_SWITCH: ("auto", "the wide-token per-token FFN (D > 256): tokens per pass through its [tokens, "
+                               "bs, h] hidden buffers, which then hold that many tokens instead of all T: "
+                               "'auto' (as many as keep one buffer within half the GPU's L2 cache, at least "
+                               "2; all T in the CPU interpreter) or a positive integer"),
     FFN_TMA_SWITCH: ("auto", "the wide-token per-token FFN GEMMs (D > 256), 16-bit: 'auto' (operands and "
                              "result through TMA tensor descriptors where their addresses and strides allow "
                              "it and the TMA tile divides the GEMM's M, N and K; elsewhere pointer loads "

@@ -82,6 +82,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ._launch import (
     FFN_BACKWARD_SWITCH,
+    FFN_CHUNK_SWITCH,
     FFN_TMA_SWITCH,
     bucket,
     new_output,
@@ -740,14 +741,41 @@ def _act_pass(g, v, da, a_out, dg_out=None, dv_out=None) -> None:
         GATED=v is not None, BACKWARD=da is not None, BLOCK=block, num_warps=8)
 
 
-def _pre_tiled(u, w, bias, cdt) -> torch.Tensor:
-    """``u W + b`` per token as ``[T, bs, h]`` (compute dtype)."""
+def _pre_tiled(u, w, bias, cdt, out=None) -> torch.Tensor:
+    """``u W + b`` per token as ``[T, bs, h]`` (compute dtype), into ``out`` when given."""
     bs, t, d = u.shape
     h = w.shape[-1]
-    out = new_output((t, bs, h), like=u, dtype=cdt)
+    out = new_output((t, bs, h), like=u, dtype=cdt) if out is None else out
     _token_gemm(u, w, out, t, bs, h, d, (u.stride(0), u.stride(1), u.stride(2)), (d * h, h, 1),
                 (h, bs * h, 1), cdt, bias=bias)
     return out
+
+
+def _token_chunk(t: int, bs: int, h: int, elem: int, device: torch.device) -> int:
+    """Tokens per pass of the wide-token path through its ``[tokens, bs, h]`` buffers, by
+    ``UNIMIXER_FFN_TOKEN_CHUNK``: 'auto' keeps one buffer within half the L2 cache (at least two
+    tokens, so that a pass's GEMMs still fill the GPU), in passes of equal size where ``t`` allows;
+    all ``t`` in the interpreter."""
+    mode = switch(FFN_CHUNK_SWITCH)
+    if mode != "auto":
+        if not mode.isdigit() or int(mode) < 1:
+            raise ValueError(f"{FFN_CHUNK_SWITCH}: expected 'auto' or a positive integer, got {mode!r}")
+        return min(int(mode), t)
+    if device.type != "cuda":
+        return t
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size
+    fit = max(1, min(t, max(2, (l2 // 2) // max(1, bs * h * elem))))
+    return triton.cdiv(t, triton.cdiv(t, fit))
+
+
+def _chunks(t: int, tc: int):
+    """``slice``s of ``tc`` tokens (the last may be shorter) covering ``t``."""
+    return [slice(t0, min(t0 + tc, t)) for t0 in range(0, t, tc)]
+
+
+def _part(x: torch.Tensor | None, sl: slice, dim: int = 0) -> torch.Tensor | None:
+    """Tokens ``sl`` of ``x`` (a view; ``dim`` is the token dimension), or ``None``."""
+    return None if x is None else x.narrow(dim, sl.start, sl.stop - sl.start)
 
 
 def ffn_fwd(
@@ -772,12 +800,19 @@ def ffn_fwd(
     cdt = _compute_dtype(u, [w for w in (w1, w3, w2) if w is not None])
     o = new_output((bs, t, d), like=u)
     if bs > 0 and t > 0 and not _fused(d, cdt):
-        g = _pre_tiled(u, w1, b1, cdt)
-        v = _pre_tiled(u, w3, b3, cdt) if gated else None
-        act = new_output(g.shape, like=g) if save else g  # not saving: the activation replaces G
-        _act_pass(g, v, None, act)
-        _token_gemm(act, w2, o, t, bs, d, h, (h, bs * h, 1), (h * d, d, 1), (t * d, d, 1), cdt, bias=b2)
-        return o, (g if save else None), (v if save else None)
+        g = new_output((t, bs, h), like=u, dtype=cdt) if save else None
+        v = new_output((t, bs, h), like=u, dtype=cdt) if save and gated else None
+        tc = _token_chunk(t, bs, h, torch.finfo(cdt).bits // 8, u.device)
+        for sl in _chunks(t, tc):
+            n = sl.stop - sl.start
+            u_c = _part(u, sl, 1)
+            g_c = _pre_tiled(u_c, _part(w1, sl), _part(b1, sl), cdt, _part(g, sl))
+            v_c = _pre_tiled(u_c, _part(w3, sl), _part(b3, sl), cdt, _part(v, sl)) if gated else None
+            act = new_output(g_c.shape, like=g_c) if save else g_c  # not saving: A replaces G
+            _act_pass(g_c, v_c, None, act)
+            _token_gemm(act, _part(w2, sl), _part(o, sl, 1), n, bs, d, h, (h, bs * h, 1), (h * d, d, 1),
+                        (t * d, d, 1), cdt, bias=_part(b2, sl))
+        return o, g, v
     g = new_output((t, bs, h), like=u, dtype=cdt) if save else None
     v = new_output((t, bs, h), like=u, dtype=cdt) if save and gated else None
     if bs == 0 or t == 0:
@@ -869,20 +904,35 @@ def ffn_bwd(
         return du, zeros[0], zeros[1], zeros[2], bz[0], (bz[1] if gated else None), bz[2]
     saved = g is not None
     if not _fused(d, cdt):
-        if saved:
-            a = new_output((t, bs, h), like=u, dtype=cdt)
-            dv = new_output((t, bs, h), like=u, dtype=cdt) if gated else None
-        else:  # recomputed: A and dV then replace G and V in their buffers
-            g = _pre_tiled(u, w1, b1, cdt)
-            v = _pre_tiled(u, w3, b3, cdt) if gated else None
-            a, dv = g, v
-        dg = new_output((t, bs, h), like=u, dtype=cdt)  # dA, then dG in its place
-        _token_gemm(do, w2, dg, t, bs, h, d, (do.stride(0), do.stride(1), do.stride(2)), (h * d, 1, d),
-                    (h, bs * h, 1), cdt)
-        _act_pass(g, v, dg, a, dg, dv)
-        _token_gemm(dg, w1, du, t, bs, d, h, (h, bs * h, 1), (d * h, 1, h), (t * d, d, 1), cdt, a2=dv, b2=w3)
-        dw1, dw3, dw2, db1, db3, db2 = _weight_grads_tiled(do, u, a, dg, dv, w1, w3, w2, cdt)
-        return (du, dw1, dw3, dw2, db1.to(db1_dt), db3.to(db3_dt) if gated else None, db2.to(db2_dt))
+        dw1, dw2 = new_output(w1.shape, like=w1), new_output(w2.shape, like=w2)
+        dw3 = new_output(w3.shape, like=w3) if gated else None
+        db1 = new_output((t, h), like=u, dtype=db1_dt)
+        db3 = new_output((t, h), like=u, dtype=db3_dt) if gated else None
+        tc = _token_chunk(t, bs, h, torch.finfo(cdt).bits // 8, u.device)
+        for sl in _chunks(t, tc):
+            n = sl.stop - sl.start
+            u_c, do_c = _part(u, sl, 1), _part(do, sl, 1)
+            w1_c, w3_c, w2_c = _part(w1, sl), _part(w3, sl), _part(w2, sl)
+            if saved:
+                g_c, v_c = _part(g, sl), _part(v, sl)
+                a_c = new_output((n, bs, h), like=u, dtype=cdt)
+                dv_c = new_output((n, bs, h), like=u, dtype=cdt) if gated else None
+            else:  # recomputed: A and dV then replace G and V in their buffers
+                g_c = _pre_tiled(u_c, w1_c, _part(b1, sl), cdt)
+                v_c = _pre_tiled(u_c, w3_c, _part(b3, sl), cdt) if gated else None
+                a_c, dv_c = g_c, v_c
+            dg_c = new_output((n, bs, h), like=u, dtype=cdt)  # dA, then dG in its place
+            _token_gemm(do_c, w2_c, dg_c, n, bs, h, d, (do.stride(0), do.stride(1), do.stride(2)),
+                        (h * d, 1, d), (h, bs * h, 1), cdt)
+            _act_pass(g_c, v_c, dg_c, a_c, dg_c, dv_c)
+            _token_gemm(dg_c, w1_c, _part(du, sl, 1), n, bs, d, h, (h, bs * h, 1), (d * h, 1, h),
+                        (t * d, d, 1), cdt, a2=dv_c, b2=w3_c)
+            _weight_grads_tiled(do_c, u_c, a_c, dg_c, dv_c, _part(dw1, sl), _part(dw3, sl), _part(dw2, sl),
+                                cdt)
+            _part(db1, sl).copy_(dg_c.sum(1, dtype=torch.float32))
+            if gated:
+                _part(db3, sl).copy_(dv_c.sum(1, dtype=torch.float32))
+        return du, dw1, dw3, dw2, db1, db3, do.sum(0, dtype=torch.float32).to(db2_dt)
     # the fused path's weight kernel can form A, dG, dV itself: no [T, bs, h] buffers then
     lean = recompute_hidden_grads()
     if lean:
@@ -927,25 +977,17 @@ def ffn_bwd(
     return du, dw1, dw3, dw2, db1, db3, db2
 
 
-def _weight_grads_tiled(do, u, a, dg, dv, w1, w3, w2, cdt) -> tuple:
-    """Weight gradients of the wide-token path as per-token GEMMs over the samples (``K = bs``):
-    ``dW1[t] = u_t^T dG_t``, ``dW3[t] = u_t^T dV_t``, ``dW2[t] = A_t^T dO_t``, each tile reducing all
-    samples in one fp32 accumulator (deterministic, no partials); the bias gradients are fp32 sums
-    over the samples."""
+def _weight_grads_tiled(do, u, a, dg, dv, dw1, dw3, dw2, cdt) -> None:
+    """Weight gradients of the wide-token path as per-token GEMMs over the samples (``K = bs``), into
+    ``dw1``, ``dw3`` (when ``dv`` is given) and ``dw2``: ``dW1[t] = u_t^T dG_t``, ``dW3[t] = u_t^T dV_t``,
+    ``dW2[t] = A_t^T dO_t``, each tile reducing all samples in one fp32 accumulator (deterministic, no
+    partials)."""
     bs, t, d = u.shape
-    h = w1.shape[-1]
+    h = dg.shape[-1]
     su = (u.stride(2), u.stride(1), u.stride(0))  # (m = d, t, k = sample)
     shid = (bs * h, h, 1)  # [T, bs, h] as (t, k = sample, n = h)
-    dw1 = new_output((t, d, h), like=w1)
     _token_gemm(u, dg, dw1, t, d, h, bs, su, shid, (h, d * h, 1), cdt)
-    dw3 = None
     if dv is not None:
-        dw3 = new_output((t, d, h), like=w3)
         _token_gemm(u, dv, dw3, t, d, h, bs, su, shid, (h, d * h, 1), cdt)
-    dw2 = new_output((t, h, d), like=w2)
     _token_gemm(a, do, dw2, t, h, d, bs, (1, bs * h, h), (do.stride(1), do.stride(0), do.stride(2)),
                 (d, h * d, 1), cdt)
-    f32 = torch.float32
-    return (dw1, dw3, dw2, dg.sum(1, dtype=f32), dv.sum(1, dtype=f32) if dv is not None else None,
-            do.sum(0, dtype=f32))
-

@@ -222,6 +222,7 @@ def test_ffn_tma_path_gpu(op, recompute, persistent, monkeypatch):
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
     _force_tma(monkeypatch, kernels, persistent)
+    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "1")  # descriptors over token slices
     bs, t, d, h = 130, 2, 320, 200
     u = random_input((bs, t, d), torch.bfloat16, "cuda", requires_grad=True)
     _check_ffn(op, u, torch.bfloat16, "cuda", h, recompute=recompute)
@@ -325,13 +326,45 @@ def test_ffn_tiled_path_through_tensor_descriptors(device, tiled_path, monkeypat
     """Every GEMM of the wide-token path reads and writes through TMA tensor descriptors (forced:
     an operand that a descriptor cannot address raises), the transposed operands of the weight
     gradients included; tiles clip at every edge. Persistent launches walk several tiles per program
-    (one program in the interpreter)."""
+    (one program in the interpreter). Token chunks of two: the descriptors start inside the tensors."""
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
     _force_tma(monkeypatch, kernels, persistent)
+    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "2")  # descriptors over token slices, one uneven
     bs, t, d, h = 5, 3, 24, 40  # rows of 48 and 80 bytes: the 16-byte strides TMA needs
     u = random_input((bs, t, d), torch.float16, device, requires_grad=True)
     _check_ffn(op, u, torch.float16, device, h, recompute=recompute)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("op", ["pswiglu", "pgelu_ffn"])
+@pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
+@pytest.mark.parametrize("chunk", ["1", "2"])
+def test_ffn_tiled_path_in_token_chunks(device, kernel_dtype, tiled_path, monkeypatch, op, recompute, chunk):
+    """The wide-token path through its hidden buffers a few tokens at a time (``T = 3``: chunks of
+    one, or of two and one), non-contiguous input: every output and gradient as in one pass."""
+    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", chunk)
+    bs, t, d, h = 6, 3, 24, 20
+    u = random_input((bs, t, d), kernel_dtype, device, requires_grad=True, noncontiguous=True)
+    _check_ffn(op, u, kernel_dtype, device, h, recompute=recompute)
+
+
+def test_ffn_token_chunk_switch(monkeypatch):
+    """``UNIMIXER_FFN_TOKEN_CHUNK``: an integer is capped at ``T``; 'auto' takes every token off the
+    GPU; anything else names the switch and what it takes."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "4")
+    assert kernels._token_chunk(3, 8, 8, 2, cpu) == 3
+    assert kernels._token_chunk(16, 8, 8, 2, cpu) == 4
+    assert [(c.start, c.stop) for c in kernels._chunks(5, 2)] == [(0, 2), (2, 4), (4, 5)]
+    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "auto")
+    assert kernels._token_chunk(16, 2048, 3072, 2, cpu) == 16
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", bad)
+        with pytest.raises(ValueError, match="TOKEN_CHUNK: expected 'auto' or a positive integer"):
+            kernels._token_chunk(16, 8, 8, 2, cpu)
 
 
 def test_ffn_tma_switch_is_checked(monkeypatch):
