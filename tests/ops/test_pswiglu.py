@@ -350,21 +350,20 @@ def test_ffn_tiled_path_in_token_chunks(device, kernel_dtype, tiled_path, monkey
 
 
 def test_ffn_token_chunk_switch(monkeypatch):
-    """``UNIMIXER_FFN_TOKEN_CHUNK``: an integer is capped at ``T``; 'auto' takes every token off the
-    GPU; anything else names the switch and what it takes."""
+    """``UNIMIXER_FFN_TOKEN_CHUNK``: 'all' is one pass; an integer is capped at ``T``; anything else
+    names the switch and what it takes."""
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
-    cpu = torch.device("cpu")
+    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "all")
+    assert kernels._token_chunk(16) == 16
     monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "4")
-    assert kernels._token_chunk(3, 8, 8, 2, cpu) == 3
-    assert kernels._token_chunk(16, 8, 8, 2, cpu) == 4
+    assert kernels._token_chunk(3) == 3
+    assert kernels._token_chunk(16) == 4
     assert [(c.start, c.stop) for c in kernels._chunks(5, 2)] == [(0, 2), (2, 4), (4, 5)]
-    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "auto")
-    assert kernels._token_chunk(16, 2048, 3072, 2, cpu) == 16
-    for bad in ("0", "two", "-1"):
+    for bad in ("0", "two", "-1", "auto"):
         monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", bad)
-        with pytest.raises(ValueError, match="TOKEN_CHUNK: expected 'auto' or a positive integer"):
-            kernels._token_chunk(16, 8, 8, 2, cpu)
+        with pytest.raises(ValueError, match="TOKEN_CHUNK: expected 'all' or a positive integer"):
+            kernels._token_chunk(16)
 
 
 def test_ffn_tma_switch_is_checked(monkeypatch):
