@@ -716,10 +716,10 @@ def _tma_launch(dual: bool) -> tuple:
 def _use_tma(m: int, n: int, k: int, dual: bool) -> bool | None:
     """Whether an ``[m, k] x [k, n]`` GEMM reads through tensor descriptors, by ``UNIMIXER_FFN_TMA``:
     '1' wherever its operands allow it (``None``: fall back to pointers elsewhere), '0' never, 'auto'
-    where they allow it and the TMA tile divides ``m``, ``n`` and ``k``. In run41 TMA won every GEMM
-    of the GELU FFN at rankmixer-100m (no tile clips) and lost every one of the pSwiGLU at paper-100m
-    (``h = 688``: tiles clip, and the rows of ``[., h]`` operands are not 128-byte aligned) to the
-    autotuned pointer tiles, by 10-60%."""
+    where they allow it and the TMA tile divides ``m``, ``n`` and ``k``. That rule sorts the shapes
+    measured, not the cause: TMA won every GEMM of the GELU FFN at rankmixer-100m timed alone (run41,
+    run42) and the op by 2% (run43), and the autotuned pointer tiles won most GEMMs at paper-100m's
+    shapes, by 10-60%, at h = 688 (tiles clip) as at h = 768 (none does; run42)."""
     mode = switch(FFN_TMA_SWITCH)
     if mode not in ("auto", "0", "1"):
         raise ValueError(f"{FFN_TMA_SWITCH}: expected 'auto', '0' or '1', got {mode!r}")
