@@ -33,7 +33,8 @@ def _sum_segment(block, SRC, DST, P, M, BP: tl.constexpr, BM: tl.constexpr):
     for p0 in range(0, P, BP):
         rows = p0 + tl.arange(0, BP)
         mask = (rows < P)[:, None] & cmask[None, :]
-        acc += tl.load(SRC + rows.to(tl.int64)[:, None] * M + cols[None, :], mask=mask, other=0.0)
+        tile = tl.load(SRC + rows.to(tl.int64)[:, None] * M + cols[None, :], mask=mask, other=0.0)
+        acc += tile.to(tl.float32)
     tl.store(DST + cols, tl.sum(acc, axis=0).to(DST.dtype.element_ty), mask=cmask)
 
 
@@ -77,15 +78,16 @@ def _rows_cols(p: int) -> tuple[int, int]:
 
 def sum_partials(*pairs: tuple[torch.Tensor, torch.Tensor]) -> None:
     """For each ``(partial, out)``: ``out = partial.sum(0)``, summed in fp32 in a fixed order and
-    cast to ``out``'s dtype, all in one launch. ``partial`` is a contiguous fp32 ``[P, ...]``
-    buffer, ``out`` a contiguous tensor of ``partial.shape[1:]``; at most :data:`MAX_SEGMENTS`
-    pairs."""
+    cast to ``out``'s dtype, all in one launch. ``partial`` is a contiguous floating ``[P, ...]``
+    tensor (fp32 partials, or 16-bit rows to be summed, as a bias gradient's), ``out`` a contiguous
+    tensor of ``partial.shape[1:]``; at most :data:`MAX_SEGMENTS` pairs."""
     if not 1 <= len(pairs) <= MAX_SEGMENTS:
         raise ValueError(f"pairs: expected 1 to {MAX_SEGMENTS} (partial, out) pairs, got {len(pairs)}")
     args, consts, ends, total = [], {}, [], 0
     for k, (part, out) in enumerate(pairs):
-        if part.dtype != torch.float32 or not part.is_contiguous() or not out.is_contiguous():
-            raise ValueError(f"pairs[{k}]: expected a contiguous fp32 partial and a contiguous output, got "
+        if not part.is_floating_point() or not part.is_contiguous() or not out.is_contiguous():
+            raise ValueError(f"pairs[{k}]: expected a contiguous floating-point partial and a contiguous "
+                             f"output, got "
                              f"{part.dtype} (contiguous: {part.is_contiguous()}) and contiguous: "
                              f"{out.is_contiguous()}")
         if part.shape[1:] != out.shape:

@@ -52,7 +52,8 @@ slowest, row tiles grouped; ``C = A B (+ A2 B2) (+ bias)``), and one elementwise
                A = act(G, V)                          pass (into G's buffer unless G is saved)
                o = A W2 + b2                          GEMM, written as [bs, T, D] through strides
     backward:  G (, V) recomputed (or the saved ones), dA = dO W2^T      GEMMs
-               A, dG (, dV) from G, V, dA             pass (into the buffers of G, dA, V)
+               A, dG (, dV) from G, V, dA             pass (into the buffers of G, dA, V), with
+                                                      the bias gradients' partial sums
                du = dG W1^T (+ dV W3^T)               GEMM with two products
                dW1 = u^T dG, dW3 = u^T dV, dW2 = A^T dO   GEMMs over the samples (K = bs)
 
@@ -557,26 +558,50 @@ def ffn_token_gemm_kernel(
 
 
 @triton.jit
-def ffn_act_kernel(G, V, DA, A_OUT, DG_OUT, DV_OUT, numel, GATED: tl.constexpr, BACKWARD: tl.constexpr,
-                   BLOCK: tl.constexpr):
-    """The activation of the wide-token path, elementwise over ``[T, bs, h]`` buffers: forward
-    ``A = act(G, V)``; backward, given ``dA``, ``A`` again and ``dG`` (and ``dV``). An output may be
-    the buffer of an input it replaces (each element is read before it is written)."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
-    v = g
-    if GATED:
-        v = tl.load(V + offs, mask=mask, other=0.0).to(tl.float32)
-    if BACKWARD:
-        da = tl.load(DA + offs, mask=mask, other=0.0).to(tl.float32)
-        a, dg, dv = _activation_bwd(g, v, da, GATED)
-        tl.store(DG_OUT + offs, dg.to(DG_OUT.dtype.element_ty), mask=mask)
+def ffn_act_kernel(G, V, DA, A_OUT, DG_OUT, DV_OUT, PB1, PB3, BS, H, PB_STRIDE, ROWS,
+                   GATED: tl.constexpr, BACKWARD: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The activation of the wide-token path over ``[T, bs, h]`` buffers: forward ``A = act(G, V)``;
+    backward, given ``dA``, ``A`` again and ``dG`` (and ``dV``), and the bias gradients' partials. An
+    output may be the buffer of an input it replaces (each element is read before it is written).
+
+    Program ``(t * n_sb + sb, hb)`` covers samples ``[sb * ROWS, (sb + 1) * ROWS)`` of token ``t`` and
+    ``BLOCK_H`` hidden columns, ``BLOCK_S`` rows per step. Backward, it writes the column sums of
+    ``dG`` (and ``dV``) over its samples, as rounded into their buffers, to ``PB1`` (``PB3``) at
+    ``sb * PB_STRIDE + t * H`` (fp32): the caller sums the ``n_sb`` partials."""
+    n_sb = tl.cdiv(BS, ROWS)
+    t = (tl.program_id(0) // n_sb).to(tl.int64)
+    sb = tl.program_id(0) % n_sb
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask_h = offs_h < H
+    s_end = tl.minimum((sb + 1) * ROWS, BS)
+    acc1 = tl.zeros([BLOCK_S, BLOCK_H], dtype=tl.float32)
+    acc3 = tl.zeros([BLOCK_S, BLOCK_H], dtype=tl.float32)
+    for s0 in range(sb * ROWS, s_end, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        mask = (offs_s < s_end)[:, None] & mask_h[None, :]
+        idx = t * BS * H + offs_s.to(tl.int64)[:, None] * H + offs_h[None, :]
+        g = tl.load(G + idx, mask=mask, other=0.0).to(tl.float32)
+        v = g
         if GATED:
-            tl.store(DV_OUT + offs, dv.to(DV_OUT.dtype.element_ty), mask=mask)
-    else:
-        a = _activation(g, v, GATED)
-    tl.store(A_OUT + offs, a.to(A_OUT.dtype.element_ty), mask=mask)
+            v = tl.load(V + idx, mask=mask, other=0.0).to(tl.float32)
+        if BACKWARD:
+            da = tl.load(DA + idx, mask=mask, other=0.0).to(tl.float32)
+            a, dg, dv = _activation_bwd(g, v, da, GATED)
+            dg = dg.to(DG_OUT.dtype.element_ty)
+            tl.store(DG_OUT + idx, dg, mask=mask)
+            acc1 += dg.to(tl.float32)  # masked elements are 0: g = v = da = 0 there
+            if GATED:
+                dv = dv.to(DV_OUT.dtype.element_ty)
+                tl.store(DV_OUT + idx, dv, mask=mask)
+                acc3 += dv.to(tl.float32)
+        else:
+            a = _activation(g, v, GATED)
+        tl.store(A_OUT + idx, a.to(A_OUT.dtype.element_ty), mask=mask)
+    if BACKWARD:
+        part = sb.to(tl.int64) * PB_STRIDE + t * H + offs_h
+        tl.store(PB1 + part, tl.sum(acc1, axis=0), mask=mask_h)
+        if GATED:
+            tl.store(PB3 + part, tl.sum(acc3, axis=0), mask=mask_h)
 
 
 _TL_DTYPES = {
@@ -731,14 +756,29 @@ def _use_tma(m: int, n: int, k: int, dual: bool) -> bool | None:
     return None
 
 
-def _act_pass(g, v, da, a_out, dg_out=None, dv_out=None) -> None:
-    """:func:`ffn_act_kernel` over ``[T, bs, h]`` buffers (contiguous): forward when ``da`` is None."""
-    numel = g.numel()
-    block = 4096
-    ffn_act_kernel[(triton.cdiv(numel, block),)](
-        g, v if v is not None else g, da if da is not None else g, a_out,
-        dg_out if dg_out is not None else a_out, dv_out if dv_out is not None else a_out, numel,
-        GATED=v is not None, BACKWARD=da is not None, BLOCK=block, num_warps=8)
+# samples per program of the activation pass (its bias partials: one row per ACT_ROWS samples) and
+# its tile per step
+ACT_ROWS = 256
+_ACT_TILE = (32, 128, 8)  # (BLOCK_S, BLOCK_H, warps); 16-wide in the interpreter
+
+
+def _act_pass(g, v, da, a_out, dg_out=None, dv_out=None, pb1=None, pb3=None) -> None:
+    """:func:`ffn_act_kernel` over ``[n, bs, h]`` buffers (contiguous): forward when ``da`` is None;
+    backward writes the bias partials into ``pb1`` (``pb3``): views of ``[cdiv(bs, ACT_ROWS), T, h]``
+    fp32 buffers starting at this pass's first token."""
+    n, bs, h = g.shape
+    if g.numel() == 0:
+        return
+    bs_blk, bh_blk, warps = (16, 16, 4) if _interpreting() else _ACT_TILE
+    n_sb = triton.cdiv(bs, ACT_ROWS)
+    backward = da is not None
+    pb_stride = pb1.stride(0) if backward else 0
+    ffn_act_kernel[(n * n_sb, triton.cdiv(h, bh_blk))](
+        g, v if v is not None else g, da if backward else g, a_out,
+        dg_out if dg_out is not None else a_out, dv_out if dv_out is not None else a_out,
+        pb1 if backward else g, pb3 if pb3 is not None else (pb1 if backward else g),
+        bs, h, pb_stride, ACT_ROWS,
+        GATED=v is not None, BACKWARD=backward, BLOCK_S=bs_blk, BLOCK_H=bh_blk, num_warps=warps)
 
 
 def _pre_tiled(u, w, bias, cdt, out=None) -> torch.Tensor:
@@ -905,6 +945,10 @@ def ffn_bwd(
         dw3 = new_output(w3.shape, like=w3) if gated else None
         db1 = new_output((t, h), like=u, dtype=db1_dt)
         db3 = new_output((t, h), like=u, dtype=db3_dt) if gated else None
+        db2 = new_output((t, d), like=u, dtype=db2_dt)
+        n_sb = triton.cdiv(bs, ACT_ROWS)
+        pb1 = new_output((n_sb, t, h), device=u.device, dtype=torch.float32)
+        pb3 = new_output((n_sb, t, h), device=u.device, dtype=torch.float32) if gated else None
         tc = _token_chunk(t)
         for sl in _chunks(t, tc):
             n = sl.stop - sl.start
@@ -921,15 +965,15 @@ def ffn_bwd(
             dg_c = new_output((n, bs, h), like=u, dtype=cdt)  # dA, then dG in its place
             _token_gemm(do_c, w2_c, dg_c, n, bs, h, d, (do.stride(0), do.stride(1), do.stride(2)),
                         (h * d, 1, d), (h, bs * h, 1), cdt)
-            _act_pass(g_c, v_c, dg_c, a_c, dg_c, dv_c)
+            _act_pass(g_c, v_c, dg_c, a_c, dg_c, dv_c, _part(pb1, sl, 1), _part(pb3, sl, 1))
             _token_gemm(dg_c, w1_c, _part(du, sl, 1), n, bs, d, h, (h, bs * h, 1), (d * h, 1, h),
                         (t * d, d, 1), cdt, a2=dv_c, b2=w3_c)
             _weight_grads_tiled(do_c, u_c, a_c, dg_c, dv_c, _part(dw1, sl), _part(dw3, sl), _part(dw2, sl),
                                 cdt)
-            _part(db1, sl).copy_(dg_c.sum(1, dtype=torch.float32))
-            if gated:
-                _part(db3, sl).copy_(dv_c.sum(1, dtype=torch.float32))
-        return du, dw1, dw3, dw2, db1, db3, do.sum(0, dtype=torch.float32).to(db2_dt)
+        # the bias gradients: the activation pass's partials, and dO's rows (db2 = sum over samples)
+        pairs = [(pb1, db1), (do.reshape(bs, t * d).contiguous(), db2.view(t * d))]
+        sum_partials(*pairs, *([(pb3, db3)] if gated else []))
+        return du, dw1, dw3, dw2, db1, db3, db2
     # the fused path's weight kernel can form A, dG, dV itself: no [T, bs, h] buffers then
     lean = recompute_hidden_grads()
     if lean:

@@ -223,6 +223,7 @@ def test_ffn_tma_path_gpu(op, recompute, persistent, monkeypatch):
 
     _force_tma(monkeypatch, kernels, persistent)
     monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "1")  # descriptors over token slices
+    monkeypatch.setattr(kernels, "ACT_ROWS", 64)  # the bias partials over three sample blocks
     bs, t, d, h = 130, 2, 320, 200
     u = random_input((bs, t, d), torch.bfloat16, "cuda", requires_grad=True)
     _check_ffn(op, u, torch.bfloat16, "cuda", h, recompute=recompute)
@@ -342,8 +343,12 @@ def test_ffn_tiled_path_through_tensor_descriptors(device, tiled_path, monkeypat
 @pytest.mark.parametrize("chunk", ["1", "2"])
 def test_ffn_tiled_path_in_token_chunks(device, kernel_dtype, tiled_path, monkeypatch, op, recompute, chunk):
     """The wide-token path through its hidden buffers a few tokens at a time (``T = 3``: chunks of
-    one, or of two and one), non-contiguous input: every output and gradient as in one pass."""
+    one, or of two and one), non-contiguous input: every output and gradient as in one pass. The
+    activation pass's bias partials over sample blocks of 4 (two blocks, the second partial)."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
     monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", chunk)
+    monkeypatch.setattr(kernels, "ACT_ROWS", 4)
     bs, t, d, h = 6, 3, 24, 20
     u = random_input((bs, t, d), kernel_dtype, device, requires_grad=True, noncontiguous=True)
     _check_ffn(op, u, kernel_dtype, device, h, recompute=recompute)
