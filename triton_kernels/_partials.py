@@ -70,15 +70,9 @@ def sum_partials_kernel(
             _sum_segment(pid - E4, S5, D5, P5, M5, BP5, BM5)
 
 
-# 16-bit rows (many of them, e.g. a bias gradient's samples): at most this many per tile, so that
-# each row's segment is at least 256 contiguous elements (512 bytes)
-MAX_ROWS_16BIT = 16
-
-
-def _rows_cols(p: int, elem: int = 4) -> tuple[int, int]:
-    """``(BP, BM)``: the partial rows and output elements of one program's tile (``elem``: bytes per
-    partial element)."""
-    bp = min(triton.next_power_of_2(max(p, 1)), MAX_ROWS if elem >= 4 else MAX_ROWS_16BIT)
+def _rows_cols(p: int) -> tuple[int, int]:
+    """``(BP, BM)``: the partial rows and output elements of one program's tile."""
+    bp = min(triton.next_power_of_2(max(p, 1)), MAX_ROWS)
     return bp, TILE // bp
 
 
@@ -100,7 +94,7 @@ def sum_partials(*pairs: tuple[torch.Tensor, torch.Tensor]) -> None:
             raise ValueError(f"pairs[{k}]: the output shape {tuple(out.shape)} must be the partial's "
                              f"{tuple(part.shape)} without its first dim")
         p, m = part.shape[0], out.numel()
-        bp, bm = _rows_cols(p, part.element_size())
+        bp, bm = _rows_cols(p)
         total += triton.cdiv(m, bm)
         ends.append(total)
         args += [part, out, p, m]

@@ -757,11 +757,9 @@ def _use_tma(m: int, n: int, k: int, dual: bool) -> bool | None:
 
 
 # samples per program of the activation pass (its bias partials: one row per ACT_ROWS samples) and
-# its tile per step, (BLOCK_S, BLOCK_H, warps): rows of 256 hidden units, 512 contiguous bytes (run45's
-# 32 x 128 tiles took the two passes 409 µs per RankMixer step against 337 for the flat
-# elementwise kernel before them); 16-wide in the interpreter
+# its tile per step
 ACT_ROWS = 256
-_ACT_TILE = (16, 256, 8)
+_ACT_TILE = (32, 128, 8)  # (BLOCK_S, BLOCK_H, warps); 16-wide in the interpreter
 
 
 def _act_pass(g, v, da, a_out, dg_out=None, dv_out=None, pb1=None, pb3=None) -> None:
