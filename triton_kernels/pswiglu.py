@@ -541,10 +541,10 @@ def ffn_token_gemm_kernel(
     """``C[t] = A[t] @ B[t] (+ A2[t] @ B2[t] when DUAL) (+ bias[t])`` for ``t < TOKENS``, one output
     tile (:func:`_gemm_tile`) per program, or with ``PERSISTENT`` a grid of about one program per SM
     walking the tiles in steps of the grid's size (one flattened loop, so that a tile's epilogue
-    overlaps the next tile's first loads). Every GEMM of the
-    wide-token path: the hidden pre-activations, the down projection, ``dA``, ``du`` and the weight
-    gradients. With ``TMA`` the operands and ``C`` are 3-d tensor descriptors (``A_T``/``B_T`` as
-    ``TRANS`` in :func:`_desc_tile`), else pointers with strides."""
+    overlaps the next tile's first loads). Every GEMM of the wide-token path: the hidden
+    pre-activations, the down projection, ``dA``, ``du`` and the weight gradients. With ``TMA`` the
+    operands and ``C`` are 3-d tensor descriptors (``A_T``/``B_T`` as ``TRANS`` in
+    :func:`_desc_tile`), else pointers with strides."""
     if PERSISTENT:
         total = TOKENS * tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
         for tile in tl.range(tl.program_id(0), total, tl.num_programs(0), flatten=True):
@@ -722,8 +722,10 @@ def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=
 
 # The TMA path's launch by the number of products (False: one, True: two): (BLOCK_M, BLOCK_N, BLOCK_K,
 # warps, stages, persistent). One product: 128 x 256 tiles, about one program per SM; on every GEMM of
-# the GELU FFN at rankmixer-100m the fastest of the schemes probed, 0-16% off cuBLAS and 4-15% faster than
-# one 128 x 128 tile per program (bench/results/2026-11-29-h200-run41). Two products: 128 x 128, one
+# the GELU FFN at rankmixer-100m, timed alone, the fastest of the schemes probed: 0-16% off cuBLAS, 5-16%
+# faster than one 128 x 128 tile per program (bench/results/2026-11-29-h200-run41) and 4-25% faster than
+# 128 x 256 tiles one per program (run42); inside the op under autocast every scheme gave the same
+# per-GEMM times (run43). Two products: 128 x 128, one
 # program per tile (persistent, three stages would need 229 KiB of shared memory; with two it ran 13%
 # slower, run41).
 _TMA_LAUNCH = {False: (128, 256, 64, 8, 3, True), True: (128, 128, 64, 8, 3, False)}

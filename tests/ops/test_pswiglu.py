@@ -218,7 +218,8 @@ def _force_tma(monkeypatch, kernels, persistent: bool) -> None:
 def test_ffn_tma_path_gpu(op, recompute, persistent, monkeypatch):
     """Every GEMM of the wide-token path through TMA descriptors (forced), bf16, with the GPU's tile:
     edges clipped in M, N and K (130 samples, h = 200); persistent launches with three programs, so
-    that each walks several tiles."""
+    that each walks several tiles; one token per pass (descriptors inside the tensors) and the bias
+    partials over three sample blocks."""
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
     _force_tma(monkeypatch, kernels, persistent)
@@ -326,8 +327,8 @@ def test_ffn_tiled_path_through_tensor_descriptors(device, tiled_path, monkeypat
                                                    persistent):
     """Every GEMM of the wide-token path reads and writes through TMA tensor descriptors (forced:
     an operand that a descriptor cannot address raises), the transposed operands of the weight
-    gradients included; tiles clip at every edge. Persistent launches walk several tiles per program
-    (one program in the interpreter). Token chunks of two: the descriptors start inside the tensors."""
+    gradients included; tiles clip at every edge. Persistent launches: three programs, each walking
+    several tiles. Token chunks of two: the descriptors start inside the tensors."""
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
     _force_tma(monkeypatch, kernels, persistent)
