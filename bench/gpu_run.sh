@@ -29,6 +29,10 @@
 # arguments to both (e.g. --provider reference,compiled,compiled-cg). Without a .git folder,
 # set BENCH_GIT_COMMIT=<sha> so the results files name their commit.
 #
+# CLOCKS=1 samples the GPU's SM and memory clocks, power draw and temperature every 50 ms (read-only
+# nvidia-smi queries) from the bench stage through the profile stage into clocks.csv, with a
+# '# stage NAME TIME' line where each stage starts.
+#
 # Everything lands in $OUT, flat: gpu_run.log (install, info, benchmark progress), tests.log
 # (pytest -m gpu), sanitizer.log (memcheck and racecheck), the results files, the plots and
 # table.md. Where that would be more than 8 files, the .json and .csv files are packed into
@@ -67,6 +71,7 @@ stage() {
     local name=$1 secs=$2 t0 rc
     shift 2
     t0=$(date +%s)
+    [ -n "${CLOCKS_PID:-}" ] && echo "# stage $name $(date +'%Y/%m/%d %H:%M:%S.%3N')" >>"$OUT/clocks.csv"
     printf '\n===== %s (limit %ss) : %s\n' "$name" "$secs" "$*" >>"$LOG"
     timeout -k 10 "$secs" "$@" >>"$LOG" 2>&1
     rc=$?
@@ -151,6 +156,15 @@ if want prepare; then
         | sort | uniq -c | head -n 40
 fi
 
+CLOCKS_PID=""
+if [ "${CLOCKS:-0}" = 1 ] && command -v nvidia-smi >/dev/null; then
+    # the sampler and stage() both append (O_APPEND), so neither overwrites the other's lines
+    : >"$OUT/clocks.csv"
+    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv \
+        -lms 50 >>"$OUT/clocks.csv" 2>/dev/null &
+    CLOCKS_PID=$!
+fi
+
 if want bench; then
     # no new case after T_BENCH-60 s (a case with a K=20 compile takes up to a minute); the results
     # file is rewritten after every case, so a timeout keeps everything measured before it
@@ -204,6 +218,12 @@ if want profile; then
     stage profile "${T_PROFILE:-90}" "$PY" -m bench profile --case "${PROFILE_CASE:-unimixer-block}" \
         --preset "${PROFILE_PRESET:-paper-small}" --mode fwd+bwd,infer --provider triton --top 25 \
         --out "$OUT/profile.md"
+fi
+
+if [ -n "$CLOCKS_PID" ]; then
+    kill "$CLOCKS_PID" 2>/dev/null
+    wait "$CLOCKS_PID" 2>/dev/null
+    CLOCKS_PID=""
 fi
 
 if want memory; then
