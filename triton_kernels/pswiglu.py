@@ -723,7 +723,7 @@ def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=
 # The TMA path's launch by the number of products (False: one, True: two): (BLOCK_M, BLOCK_N, BLOCK_K,
 # warps, stages, persistent). One product: 128 x 256 tiles, about one program per SM; on every GEMM of
 # the GELU FFN at rankmixer-100m, timed alone, the fastest of the schemes probed: 0-16% off cuBLAS, 5-16%
-# faster than one 128 x 128 tile per program (bench/results/2026-11-29-h200-run41) and 4-25% faster than
+# faster than one 128 x 128 tile per program (bench/results/2026-11-29-h200-run41) and 4-24% faster than
 # 128 x 256 tiles one per program (run42); inside the op under autocast every scheme gave the same
 # per-GEMM times (run43). Two products: 128 x 128, one
 # program per tile (persistent, three stages would need 229 KiB of shared memory; with two it ran 13%
