@@ -460,23 +460,36 @@ def _fwd_tile(
 
 @triton.jit
 def _bwd_tile(
-    x_in, tile, mat, SRC, A, B, WS, DP, U, V, G, DX, PR, PC,
+    x_in, tile, mat, SRC, A, B, WS, DP, U, V, CS, RS, G, DX, PR, PC,
     n, rank, K, k, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, X_GIVEN: tl.constexpr,
 ):
-    """One backward half-step over tile ``(p, q)``; ``G [n_mat, n, n]`` fp32 is the working gradient.
+    """One backward half-step over tile ``(p, q)``, without a working gradient in memory.
 
-    PC ``[n_mat, n_rt, n]``: per row-tile partial column sums of G; PR ``[n_mat, n_ct, n]``: per
-    column-tile partial row sums. Iterates: ``T1 - u_k - v_k`` after column step ``k`` (u, v
-    relative, 0 for k = 1) and ``T1 - u_k - v_{k-1}`` after row step ``k > 1``, ``S0 - u_1``
-    after row step 1 (0-based ``k`` below).
-    PHASE 0 (init): S0 -> workspace (MODE 0); G = dP * P; PC.
-    PHASE 1 (column step k): c = sum of PC; G -= E * c; PR.
-    PHASE 2 (row step k): r = sum of PR; G -= E * r; then PC (k > 0), or, with LAST (k = 0):
-    dM = G * grad_scale into DX when not symmetric, else G stays for ``sinkhorn_tile_sym_kernel``.
+    The reference's ``G`` is never stored between launches: a column step leaves every column sum
+    of ``G`` zero and a row step every row sum (their iterates are normalised along that axis), so
+    the sums that the next step needs are matrix-vector products of the iterate with the sums just
+    found: after column step ``k``, ``rowsum(G) = rowsum(G_before) - E_col(k) @ c_k``, where
+    ``rowsum(G_before)`` is 0, or ``rowsum(dP * P)`` at the first step; after row step ``k``,
+    ``colsum(G) = -E_row(k)^T @ r_k``. The sums ``c_k`` (``CS [n_mat, K, n]``) and ``r_k``
+    (``RS``) are kept, and the last launch forms ``G`` itself as the reference's sequence
+    ``dP * P - E_col(K-1) c_{K-1} - E_row(K-1) r_{K-1} - ... - E_row(0) r_0``, one exponential per
+    entry and iteration (``E_row(j) = E_col(j) * exp(v_j - v_{j-1})`` per column, as the resident
+    kernel's; the factor is bounded, see ``sinkhorn_resident_bwd_kernel``).
+
+    PR ``[n_mat, n_ct, n]``: per column-tile partial row sums; PC ``[n_mat, n_rt, n]``: per row-tile
+    partial column sums. Iterates: ``T1 - u_k - v_k`` after column step ``k`` (u, v relative, 0 for
+    k = 1) and ``T1 - u_k - v_{k-1}`` after row step ``k > 1``, ``S0 - u_1`` after row step 1
+    (0-based ``k`` below).
+    PHASE 0 (init): S0 -> workspace (MODE 0); the column and row sums of ``dP * P`` into PC, PR.
+    PHASE 1 (column step k): ``c_k`` = sum of PC into CS; PR = ``-E_col(k) @ c_k`` (plus PR's
+    ``rowsum(dP * P)`` at ``k = K - 1``).
+    PHASE 2 (row step k): ``r_k`` = sum of PR; PC = ``-E_row(k)^T @ r_k`` and ``r_k`` into RS, or,
+    with LAST (k = 0): ``G`` as above, and ``dM = G * grad_scale`` into DX when not symmetric, else
+    ``G`` into ``G`` for ``sinkhorn_tile_sym_kernel``.
     X_GIVEN: the S0 tile is ``x_in`` (read early by a PDL launch)."""
     p, q, rows, cols, rmask, cmask, m2, x, urow, vcol = _tile_frame(
         x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
@@ -484,42 +497,92 @@ def _bwd_tile(
     r1 = x - tl.load(urow, mask=rmask, other=0.0, cache_modifier=".cg")[:, None]
     t1 = r1 - tl.load(vcol, mask=cmask, other=0.0, cache_modifier=".cg")[None, :]
     u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")
-    gptr = G + mat * n * n + rows[:, None] * n + cols[None, :]
+    prow = PR + (mat * n_ct + q) * n + rows
+    pcol = PC + (mat * n_rt + p) * n + cols
+    csum = CS + mat * K * n + cols
+    rsum = RS + mat * K * n + rows
     if PHASE == 0:
         if MODE == 0 or MODE == 3:
             tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
-        v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
-        pv = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
-        dp = tl.load(DP + mat * sd0 + rows[:, None] * sd1 + cols[None, :] * sd2, mask=m2, other=0.0)
-        g = dp.to(tl.float32) * pv
-        tl.store(gptr, g, mask=m2)
-        tl.store(PC + (mat * n_rt + p) * n + cols, tl.sum(g, axis=0), mask=cmask)
+        g = _grad_init(DP, mat, rows, cols, m2, t1, u, vcol, k, n, sd0, sd1, sd2)
+        tl.store(pcol, tl.sum(g, axis=0), mask=cmask)
+        tl.store(prow, tl.sum(g, axis=1), mask=rmask)
     elif PHASE == 1:
         ts = tl.arange(0, RT_P)
         c = tl.sum(tl.load(PC + (mat * n_rt + ts[:, None]) * n + cols[None, :],
                            mask=(ts < n_rt)[:, None] & cmask[None, :], other=0.0, cache_modifier=".cg"),
                    axis=0)
+        tl.store(csum + k * n, c, mask=cmask & (p == 0))
         v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
         e = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
-        g = tl.load(gptr, mask=m2, other=0.0, cache_modifier=".cg") - e * c[None, :]
-        tl.store(gptr, g, mask=m2)
-        tl.store(PR + (mat * n_ct + q) * n + rows, tl.sum(g, axis=1), mask=rmask)
+        if k == K - 1:
+            # this tile's own row sums of dP * P, written by the init pass
+            before = tl.load(prow, mask=rmask, other=0.0, cache_modifier=".cg")
+        else:
+            # G's row sums after row step k + 1: r_{k+1} (1 - rowsum(E_row(k + 1))), this tile's share
+            rp = tl.load(rsum + (k + 1) * n, mask=rmask, other=0.0, cache_modifier=".cg")
+            u2 = tl.load(urow + (k + 1) * n, mask=rmask, other=0.0, cache_modifier=".cg")
+            e2 = tl.exp(tl.where(m2, t1 - u2[:, None] - v[None, :], float("-inf")))
+            before = tl.where(q == 0, rp, 0.0) - rp * tl.sum(e2, axis=1)
+        tl.store(prow, before - tl.sum(e * c[None, :], axis=1), mask=rmask)
     else:
         ts = tl.arange(0, CT_P)
         r = tl.sum(tl.load(PR + (mat * n_ct + ts[:, None]) * n + rows[None, :],
                            mask=(ts < n_ct)[:, None] & rmask[None, :], other=0.0, cache_modifier=".cg"),
                    axis=0)
-        v = tl.load(vcol + (k - 1) * n, mask=cmask & (k > 1), other=0.0, cache_modifier=".cg")
-        it = tl.where(k > 0, t1 - u[:, None] - v[None, :], r1)
-        e = tl.exp(tl.where(m2, it, float("-inf")))
-        g = tl.load(gptr, mask=m2, other=0.0, cache_modifier=".cg") - e * r[:, None]
-        if LAST and not SYMMETRIC:
-            tl.store(DX + mat * n * n + rows[:, None] * n + cols[None, :],
-                     (g * grad_scale).to(DX.dtype.element_ty), mask=m2)
+        if LAST:
+            g = _grad_final(DP, mat, rows, cols, rmask, cmask, m2, r1, t1, urow, vcol, csum, rsum, r, K, n,
+                            sd0, sd1, sd2)
+            if SYMMETRIC:
+                tl.store(G + mat * n * n + rows[:, None] * n + cols[None, :], g, mask=m2)
+            else:
+                tl.store(DX + mat * n * n + rows[:, None] * n + cols[None, :],
+                         (g * grad_scale).to(DX.dtype.element_ty), mask=m2)
         else:
-            tl.store(gptr, g, mask=m2)
-            if not LAST:
-                tl.store(PC + (mat * n_rt + p) * n + cols, tl.sum(g, axis=0), mask=cmask)
+            # k >= 1 here
+            tl.store(rsum + k * n, r, mask=rmask & (q == 0))
+            vp = tl.load(vcol + (k - 1) * n, mask=cmask & (k > 1), other=0.0, cache_modifier=".cg")
+            e = tl.exp(tl.where(m2, t1 - u[:, None] - vp[None, :], float("-inf")))
+            # G's column sums after column step k: c_k (1 - colsum(E_col(k))), this tile's share
+            c = tl.load(csum + k * n, mask=cmask, other=0.0, cache_modifier=".cg")
+            v = tl.load(vcol + k * n, mask=cmask, other=0.0, cache_modifier=".cg")
+            ec = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
+            before = tl.where(p == 0, c, 0.0) - c * tl.sum(ec, axis=0)
+            tl.store(pcol, before - tl.sum(e * r[:, None], axis=0), mask=cmask)
+
+
+@triton.jit
+def _grad_init(DP, mat, rows, cols, m2, t1, u, vcol, k, n, sd0, sd1, sd2):
+    """``dP * P`` on the tile, ``P = exp(T1 - u_K - v_K)`` (``k = K - 1``; relative, 0 for K = 1)."""
+    v = tl.load(vcol + k * n, mask=(cols < n) & (k > 0), other=0.0, cache_modifier=".cg")
+    pv = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
+    dp = tl.load(DP + mat * sd0 + rows[:, None] * sd1 + cols[None, :] * sd2, mask=m2, other=0.0)
+    return dp.to(tl.float32) * pv
+
+
+@triton.jit
+def _grad_final(DP, mat, rows, cols, rmask, cmask, m2, r1, t1, urow, vcol, csum, rsum, r0, K, n,
+                sd0, sd1, sd2):
+    """The reference's working gradient after the whole backward on the tile (``_bwd_tile``):
+    ``dP * P`` less every step's iterate times its sums, in the reference's order (last iteration
+    first, column step before row step). ``r0``: the row sums of the last step (k = 0)."""
+    g = _grad_init(DP, mat, rows, cols, m2, t1, tl.load(urow + (K - 1) * n, mask=rmask & (K > 1), other=0.0),
+                   vcol, K - 1, n, sd0, sd1, sd2)
+    t1 = tl.where(m2, t1, float("-inf"))
+    for t in range(0, K - 1):
+        j = K - 1 - t  # iterations K-1 .. 1 (relative potentials)
+        u = tl.load(urow + j * n, mask=rmask, other=0.0)
+        v = tl.load(vcol + j * n, mask=cmask, other=0.0)
+        vp = tl.load(vcol + (j - 1) * n, mask=cmask & (j > 1), other=0.0)
+        c = tl.load(csum + j * n, mask=cmask, other=0.0)
+        rj = tl.load(rsum + j * n, mask=rmask, other=0.0)
+        e = tl.exp(t1 - u[:, None] - v[None, :])
+        g = g - e * c[None, :]
+        g = g - (e * tl.exp(v - vp)[None, :]) * rj[:, None]
+    # iteration 0: E_col = exp(T1), E_row = exp(S0 - u_1)
+    g = g - tl.exp(t1) * tl.load(csum, mask=cmask, other=0.0)[None, :]
+    g = g - tl.exp(tl.where(m2, r1, float("-inf"))) * r0[:, None]
+    return g
 
 
 @triton.jit
@@ -557,7 +620,7 @@ def sinkhorn_tile_fwd_kernel(
 
 @triton.jit
 def sinkhorn_tile_bwd_kernel(
-    SRC, A, B, WS, DP, U, V, G, DX, PR, PC,
+    SRC, A, B, WS, DP, U, V, CS, RS, G, DX, PR, PC,
     n, rank, K, k, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
@@ -571,7 +634,7 @@ def sinkhorn_tile_bwd_kernel(
     x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
                    MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY)
     _pdl_prologue(PDL)
-    _bwd_tile(x, tile, mat, SRC, A, B, WS, DP, U, V, G, DX,
+    _bwd_tile(x, tile, mat, SRC, A, B, WS, DP, U, V, CS, RS, G, DX,
               PR, PC, n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale,
               grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY)
 
@@ -1121,17 +1184,21 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
             sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, BM=meta["BM"], BN=meta["BN"],
                                            num_warps=4, PDL=False)
         return dx
-    g = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32)
+    # the working gradient is formed by the last launch alone; it is stored only for the symmetrising pass
+    g = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if symmetric else dx
     ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode != _LOWRANK else dx
-    pr = torch.empty((n_mat, n_ct, n), device=like.device, dtype=torch.float32)
-    pc = torch.empty((n_mat, n_rt, n), device=like.device, dtype=torch.float32)
+    # the partials of both axes, then every step's column and row sums of G (O(K n) per matrix)
+    buf = torch.empty(n_mat * ((n_ct + n_rt) * n + 2 * iters * n), device=like.device, dtype=torch.float32)
+    pr = buf[:n_mat * n_ct * n].view(n_mat, n_ct, n)
+    pc = buf[n_mat * n_ct * n:n_mat * (n_ct + n_rt) * n].view(n_mat, n_rt, n)
+    cs, rs = buf[n_mat * (n_ct + n_rt) * n:].view(2, n_mat, iters, n)
     grid = (n_rt * n_ct, n_mat)
     pdl = _pdl_options(like.device)
 
     def launch(phase, k, m, last=False):
         early = pdl["PDL"] and phase != 0 and (m == _LOWRANK or (phase, k) != (1, iters - 1))
         sinkhorn_tile_bwd_kernel[grid](
-            s_src, s_a, s_b, ws, dp, u, v, g, dx, pr, pc,
+            s_src, s_a, s_b, ws, dp, u, v, cs, rs, g, dx, pr, pc,
             n, rank, iters, k, n_rt, n_ct, *strides, dp.stride(0), dp.stride(1), dp.stride(2),
             scale, grad_scale,
             PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, EARLY=early, **meta, **pdl,

@@ -156,6 +156,16 @@ def test_sinkhorn_resident_dominated_rows(device, resident, iters, symmetric):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("iters", [1, 2, 20])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_tiled_dominated_rows(device, tiled, iters, symmetric):
+    # the tiled backward's last launch forms every step's iterate from one exponential and a
+    # per-column factor, which must stay bounded where rows and columns lie hundreds apart
+    x = _dominated_logits((2, 37, 37), device)
+    check_against_reference(uk.sinkhorn, (x, 0.05, iters, symmetric), backend="triton")
+
+
+@pytest.mark.triton
 @pytest.mark.parametrize("layout", ["strided", "transposed"])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_sinkhorn_resident_noncontiguous_16bit(device, resident, layout, symmetric):
@@ -422,6 +432,16 @@ def test_sinkhorn_resident_dominated_rows_gpu(resident, symmetric):
 
 @pytest.mark.gpu
 @pytest.mark.triton
+@pytest.mark.parametrize("n", [300, 4096])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_tiled_dominated_rows_gpu(n, symmetric):
+    # one launch per half-step with the default tiles (n = 300: a ragged last tile)
+    x = _dominated_logits((n, n), "cuda")
+    check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
 def test_sinkhorn_local_preset_gpu(kernel_dtype):
     # paper-small local weights: N = 1024 matrices of B = 4
     x = random_input((1024, 4, 4), kernel_dtype, "cuda", requires_grad=True)
@@ -528,7 +548,7 @@ def compile_tiles_pdl_for_sm90() -> None:
 
     from bench.sm90 import compile_sm90
 
-    ptrs = {a: "*fp32" for a in "SRC A B WS P U V PR PC DP G DX".split()}
+    ptrs = {a: "*fp32" for a in "SRC A B WS P U V PR PC DP CS RS G DX".split()}
     tile = dict(BM=64, BN=128)
     common = dict(tile, MODE=1, SYMMETRIC=True, BK=32, DOT_IEEE=True, RT_P=16, CT_P=8)
     builds = [(k.sinkhorn_tile_fwd_kernel, dict(common, PHASE=1)),
