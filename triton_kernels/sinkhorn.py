@@ -403,8 +403,27 @@ def _tile_frame(
 
 
 @triton.jit
+def _arrive(count, parts, idx, imask, out, n, n_parts, LSE: tl.constexpr, P2: tl.constexpr):
+    """After this program stored its partial for the band ``idx`` (its rows, or columns): count it
+    in, and if it is the band's last, reduce the band's ``n_parts`` partials (``parts [n_parts, n]``,
+    in their fixed order, so the result does not depend on which program came last) into ``out``
+    (log-sum-exp with ``LSE``, else a sum), and reset the count for the next launch.
+
+    The partials' stores of every thread come before the count (a block-wide barrier, then one
+    acquire-release atomic), and the last program reads them from L2 after it, as a cooperative
+    grid barrier does; there is no waiting, so no program depends on another being resident."""
+    tl.debug_barrier()
+    if tl.atomic_add(count, 1, sem="acq_rel", scope="gpu") == n_parts - 1:
+        ts = tl.arange(0, P2)
+        vals = tl.load(parts + ts[:, None] * n + idx[None, :], mask=(ts < n_parts)[:, None] & imask[None, :],
+                       other=float("-inf") if LSE else 0.0, cache_modifier=".cg")
+        tl.store(out, _lse(vals, 0) if LSE else tl.sum(vals, axis=0), mask=imask)
+        tl.atomic_xchg(count, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
 def _fwd_tile(
-    x_in, tile, mat, SRC, A, B, WS, P, U, V, PR, PC,
+    x_in, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, CNT,
     n, rank, K, k, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
@@ -415,43 +434,43 @@ def _fwd_tile(
 
     PR ``[n_mat, n_ct, n]``: per column-tile partial ``lse_j`` for the next row potential.
     PC ``[n_mat, n_rt, n]``: per row-tile partial ``lse_i`` for the next column potential.
+    ``CNT [n_mat, n_rt + n_ct]``: arrivals per row band, then per column band (``_arrive``): the last
+    tile of a band to finish turns the band's partials into its potential, stored in U or V, so the
+    next launch reads ``BM`` (or ``BN``) potentials rather than combining the partials again in every
+    tile (at n = 4096 that combine was as much work as the tile itself).
     ``base`` is ``S0`` in iteration 1 and ``T1 = S0 - u_1 - v_1`` after it.
-    PHASE 0 (init): S0 -> workspace (MODE 0); PR = lse_j(S0).
-    PHASE 1 (row step k): u = lse over PR; store U[k]; PC from base - u.
-    PHASE 2 (column step k < K): v = lse over PC; store V[k]; PR from T1 - (v if k > 1 else 0).
-    PHASE 3 (column step K): v as in 2, then P = exp(T1 - u - v) (relative potentials).
+    PHASE 0 (init): S0 -> workspace (MODE 0); PR = lse_j(S0); the last in a row band: U[0] (u_1).
+    PHASE 1 (row step k): u = U[k]; PC from base - u; the last in a column band: V[k].
+    PHASE 2 (column step k < K): v = V[k]; PR from T1 - (v if k > 1 else 0); the last in a row
+    band: U[k + 1].
+    PHASE 3 (column step K): P = exp(T1 - u - v) (relative potentials).
     X_GIVEN: the S0 tile is ``x_in`` (read early by a PDL launch)."""
     p, q, rows, cols, rmask, cmask, m2, x, urow, vcol = _tile_frame(
         x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN)
+    rcount = CNT + mat * (n_rt + n_ct) + p
+    ccount = CNT + mat * (n_rt + n_ct) + n_rt + q
     if PHASE == 0:
         if MODE == 0 or MODE == 3:
             tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
-        part = _lse(tl.where(m2, x, float("-inf")), 1)
-        tl.store(PR + (mat * n_ct + q) * n + rows, part, mask=rmask)
+        tl.store(PR + (mat * n_ct + q) * n + rows, _lse(tl.where(m2, x, float("-inf")), 1), mask=rmask)
+        _arrive(rcount, PR + mat * n_ct * n, rows, rmask, urow, n, n_ct, True, CT_P)
     elif PHASE == 1:
-        ts = tl.arange(0, CT_P)
-        parts = tl.load(PR + (mat * n_ct + ts[:, None]) * n + rows[None, :],
-                        mask=(ts < n_ct)[:, None] & rmask[None, :], other=float("-inf"), cache_modifier=".cg")
-        u = _lse(parts, 0)
-        tl.store(urow + k * n, u, mask=rmask & (q == 0))
+        u = tl.load(urow + k * n, mask=rmask, other=0.0, cache_modifier=".cg")
         # k = 0: the masked loads give u_1 = v_1 = 0, so base = S0
         base = x - tl.load(urow, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")[:, None]
         base = base - tl.load(vcol, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")[None, :]
-        part = _lse(tl.where(m2, base - u[:, None], float("-inf")), 0)
-        tl.store(PC + (mat * n_rt + p) * n + cols, part, mask=cmask)
+        tl.store(PC + (mat * n_rt + p) * n + cols, _lse(tl.where(m2, base - u[:, None], float("-inf")), 0),
+                 mask=cmask)
+        _arrive(ccount, PC + mat * n_rt * n, cols, cmask, vcol + k * n, n, n_rt, True, RT_P)
     else:
-        ts = tl.arange(0, RT_P)
-        parts = tl.load(PC + (mat * n_rt + ts[:, None]) * n + cols[None, :],
-                        mask=(ts < n_rt)[:, None] & cmask[None, :], other=float("-inf"), cache_modifier=".cg")
-        v = _lse(parts, 0)
-        tl.store(vcol + k * n, v, mask=cmask & (p == 0))
-        v1 = tl.where(k > 0, tl.load(vcol, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg"), v)
-        t1 = (x - tl.load(urow, mask=rmask, other=0.0, cache_modifier=".cg")[:, None]) - v1[None, :]
-        v = tl.where(k > 0, v, 0.0)
+        t1 = (x - tl.load(urow, mask=rmask, other=0.0, cache_modifier=".cg")[:, None]) \
+            - tl.load(vcol, mask=cmask, other=0.0, cache_modifier=".cg")[None, :]
+        v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
         if PHASE == 2:
-            part = _lse(tl.where(m2, t1 - v[None, :], float("-inf")), 1)
-            tl.store(PR + (mat * n_ct + q) * n + rows, part, mask=rmask)
+            tl.store(PR + (mat * n_ct + q) * n + rows, _lse(tl.where(m2, t1 - v[None, :], float("-inf")), 1),
+                     mask=rmask)
+            _arrive(rcount, PR + mat * n_ct * n, rows, rmask, urow + (k + 1) * n, n, n_ct, True, CT_P)
         else:
             u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")
             pv = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
@@ -460,36 +479,49 @@ def _fwd_tile(
 
 @triton.jit
 def _bwd_tile(
-    x_in, tile, mat, SRC, A, B, WS, DP, U, V, CS, RS, G, DX, PR, PC,
+    x_in, tile, mat, SRC, A, B, WS, DP, U, V, CS, RS, G, DX, PR, PC, CNT,
     n, rank, K, k, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, X_GIVEN: tl.constexpr,
 ):
-    """One backward half-step over tile ``(p, q)``, without a working gradient in memory.
+    """One backward half-step over tile ``(p, q)``; the working gradient is not read or written
+    between the first launch and the last.
 
-    The reference's ``G`` is never stored between launches: a column step leaves every column sum
-    of ``G`` zero and a row step every row sum (their iterates are normalised along that axis), so
-    the sums that the next step needs are matrix-vector products of the iterate with the sums just
-    found: after column step ``k``, ``rowsum(G) = rowsum(G_before) - E_col(k) @ c_k``, where
-    ``rowsum(G_before)`` is 0, or ``rowsum(dP * P)`` at the first step; after row step ``k``,
-    ``colsum(G) = -E_row(k)^T @ r_k``. The sums ``c_k`` (``CS [n_mat, K, n]``) and ``r_k``
-    (``RS``) are kept, and the last launch forms ``G`` itself as the reference's sequence
-    ``dP * P - E_col(K-1) c_{K-1} - E_row(K-1) r_{K-1} - ... - E_row(0) r_0``, one exponential per
-    entry and iteration (``E_row(j) = E_col(j) * exp(v_j - v_{j-1})`` per column, as the resident
-    kernel's; the factor is bounded, see ``sinkhorn_resident_bwd_kernel``).
+    Every half-step needs only ``G``'s sums along one axis, and those follow from the previous
+    step's sums by one matrix-vector product with the iterate: after column step ``k``,
+    ``rowsum(G) = rowsum(G_before) - E_col(k) @ c_k``, and after row step ``k``,
+    ``colsum(G) = colsum(G_before) - E_row(k)^T @ r_k``. ``G_before``'s sums are what the step
+    before left: ``rowsum(dP * P)`` at the first step, else ``r_{k+1} (1 - rowsum(E_row(k+1)))`` and
+    ``c_k (1 - colsum(E_col(k)))``, zero up to the iterates' rounding, which the reference's ``G``
+    carries too (dropping them doubled the error at tau = 0.05). The sums ``c_k`` (``CS [n_mat, K,
+    n]``) and ``r_k`` (``RS``) are kept, and the last launch forms ``G`` as the reference's sequence
+    ``dP * P - E_col(K-1) c_{K-1} - E_row(K-1) r_{K-1} - ... - E_row(0) r_0``.
+
+    The sums and the final ``G`` must see the same numbers, bit for bit: ``G`` is then the
+    reference's up to the sums' rounding, but where they differ the difference is not projected
+    out as the reference's per-step sums would, and at tau = 0.05 it grows. So the last launch forms
+    every iterate exactly as the half-steps did (two exponentials per entry and iteration; the
+    resident kernel's one exponential and a column factor moved the gradient's error from 1.0x to
+    2.4x torch's at n = 1024 when perturbed by 3 ulp, interpreter), and ``dP * P`` is written to
+    ``G`` by the first launch and read back by the last rather than formed twice: the first launch
+    forms ``S0`` from the logits, and with FMA contraction its product can differ in the last bit
+    from the workspace's (on the H200 the gradient's error reached 27x torch's; a half-ulp
+    perturbation of that ``S0`` gives 9.7x in the interpreter).
 
     PR ``[n_mat, n_ct, n]``: per column-tile partial row sums; PC ``[n_mat, n_rt, n]``: per row-tile
     partial column sums. Iterates: ``T1 - u_k - v_k`` after column step ``k`` (u, v relative, 0 for
     k = 1) and ``T1 - u_k - v_{k-1}`` after row step ``k > 1``, ``S0 - u_1`` after row step 1
     (0-based ``k`` below).
-    PHASE 0 (init): S0 -> workspace (MODE 0); the column and row sums of ``dP * P`` into PC, PR.
-    PHASE 1 (column step k): ``c_k`` = sum of PC into CS; PR = ``-E_col(k) @ c_k`` (plus PR's
-    ``rowsum(dP * P)`` at ``k = K - 1``).
-    PHASE 2 (row step k): ``r_k`` = sum of PR; PC = ``-E_row(k)^T @ r_k`` and ``r_k`` into RS, or,
-    with LAST (k = 0): ``G`` as above, and ``dM = G * grad_scale`` into DX when not symmetric, else
-    ``G`` into ``G`` for ``sinkhorn_tile_sym_kernel``.
+    CNT: arrivals per band, as in ``_fwd_tile``: the last tile of a band to finish sums the band's
+    partials into CS or RS.
+    PHASE 0 (init): S0 -> workspace (MODE 0); ``dP * P`` into G, its column sums into PC; the last
+    in a column band: ``c_{K-1}``.
+    PHASE 1 (column step k): ``c_k`` from CS; PR as above; the last in a row band: ``r_k``.
+    PHASE 2 (row step k): ``r_k`` from RS; PC as above, the last in a column band: ``c_{k-1}``, or,
+    with LAST (k = 0): ``G`` as above from G's ``dP * P``, and ``dM = G * grad_scale`` into DX when not
+    symmetric, else ``G`` back into G for ``sinkhorn_tile_sym_kernel``.
     X_GIVEN: the S0 tile is ``x_in`` (read early by a PDL launch)."""
     p, q, rows, cols, rmask, cmask, m2, x, urow, vcol = _tile_frame(
         x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
@@ -497,77 +529,66 @@ def _bwd_tile(
     r1 = x - tl.load(urow, mask=rmask, other=0.0, cache_modifier=".cg")[:, None]
     t1 = r1 - tl.load(vcol, mask=cmask, other=0.0, cache_modifier=".cg")[None, :]
     u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")
+    gptr = G + mat * n * n + rows[:, None] * n + cols[None, :]
     prow = PR + (mat * n_ct + q) * n + rows
     pcol = PC + (mat * n_rt + p) * n + cols
     csum = CS + mat * K * n + cols
     rsum = RS + mat * K * n + rows
+    rcount = CNT + mat * (n_rt + n_ct) + p
+    ccount = CNT + mat * (n_rt + n_ct) + n_rt + q
     if PHASE == 0:
         if MODE == 0 or MODE == 3:
             tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
-        g = _grad_init(DP, mat, rows, cols, m2, t1, u, vcol, k, n, sd0, sd1, sd2)
+        v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
+        pv = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
+        dp = tl.load(DP + mat * sd0 + rows[:, None] * sd1 + cols[None, :] * sd2, mask=m2, other=0.0)
+        g = dp.to(tl.float32) * pv
+        tl.store(gptr, g, mask=m2)
         tl.store(pcol, tl.sum(g, axis=0), mask=cmask)
-        tl.store(prow, tl.sum(g, axis=1), mask=rmask)
+        _arrive(ccount, PC + mat * n_rt * n, cols, cmask, csum + k * n, n, n_rt, False, RT_P)
     elif PHASE == 1:
-        ts = tl.arange(0, RT_P)
-        c = tl.sum(tl.load(PC + (mat * n_rt + ts[:, None]) * n + cols[None, :],
-                           mask=(ts < n_rt)[:, None] & cmask[None, :], other=0.0, cache_modifier=".cg"),
-                   axis=0)
-        tl.store(csum + k * n, c, mask=cmask & (p == 0))
+        c = tl.load(csum + k * n, mask=cmask, other=0.0, cache_modifier=".cg")
         v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
         e = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
         if k == K - 1:
-            # this tile's own row sums of dP * P, written by the init pass
-            before = tl.load(prow, mask=rmask, other=0.0, cache_modifier=".cg")
+            # G's row sums before the first step: those of dP * P, from the init pass
+            w = tl.load(gptr, mask=m2, other=0.0, cache_modifier=".cg")
         else:
-            # G's row sums after row step k + 1: r_{k+1} (1 - rowsum(E_row(k + 1))), this tile's share
+            # after row step k + 1: r_{k+1} (1 - rowsum(E_row(k + 1))); r_{k+1} counted in column 0
             rp = tl.load(rsum + (k + 1) * n, mask=rmask, other=0.0, cache_modifier=".cg")
             u2 = tl.load(urow + (k + 1) * n, mask=rmask, other=0.0, cache_modifier=".cg")
             e2 = tl.exp(tl.where(m2, t1 - u2[:, None] - v[None, :], float("-inf")))
-            before = tl.where(q == 0, rp, 0.0) - rp * tl.sum(e2, axis=1)
-        tl.store(prow, before - tl.sum(e * c[None, :], axis=1), mask=rmask)
+            w = tl.where(cols[None, :] == 0, rp[:, None], 0.0) - rp[:, None] * e2
+        tl.store(prow, tl.sum(w - e * c[None, :], axis=1), mask=rmask)
+        _arrive(rcount, PR + mat * n_ct * n, rows, rmask, rsum + k * n, n, n_ct, False, CT_P)
     else:
-        ts = tl.arange(0, CT_P)
-        r = tl.sum(tl.load(PR + (mat * n_ct + ts[:, None]) * n + rows[None, :],
-                           mask=(ts < n_ct)[:, None] & rmask[None, :], other=0.0, cache_modifier=".cg"),
-                   axis=0)
+        r = tl.load(rsum + k * n, mask=rmask, other=0.0, cache_modifier=".cg")
         if LAST:
-            g = _grad_final(DP, mat, rows, cols, rmask, cmask, m2, r1, t1, urow, vcol, csum, rsum, r, K, n,
-                            sd0, sd1, sd2)
+            g = tl.load(gptr, mask=m2, other=0.0, cache_modifier=".cg")
+            g = _grad_final(g, rmask, cmask, m2, r1, t1, urow, vcol, csum, rsum, r, K, n)
             if SYMMETRIC:
-                tl.store(G + mat * n * n + rows[:, None] * n + cols[None, :], g, mask=m2)
+                tl.store(gptr, g, mask=m2)
             else:
                 tl.store(DX + mat * n * n + rows[:, None] * n + cols[None, :],
                          (g * grad_scale).to(DX.dtype.element_ty), mask=m2)
         else:
             # k >= 1 here
-            tl.store(rsum + k * n, r, mask=rmask & (q == 0))
             vp = tl.load(vcol + (k - 1) * n, mask=cmask & (k > 1), other=0.0, cache_modifier=".cg")
             e = tl.exp(tl.where(m2, t1 - u[:, None] - vp[None, :], float("-inf")))
             # G's column sums after column step k: c_k (1 - colsum(E_col(k))), this tile's share
             c = tl.load(csum + k * n, mask=cmask, other=0.0, cache_modifier=".cg")
             v = tl.load(vcol + k * n, mask=cmask, other=0.0, cache_modifier=".cg")
             ec = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
-            before = tl.where(p == 0, c, 0.0) - c * tl.sum(ec, axis=0)
-            tl.store(pcol, before - tl.sum(e * r[:, None], axis=0), mask=cmask)
+            w = tl.where(rows[:, None] == 0, c[None, :], 0.0) - c[None, :] * ec
+            tl.store(pcol, tl.sum(w - e * r[:, None], axis=0), mask=cmask)
+            _arrive(ccount, PC + mat * n_rt * n, cols, cmask, csum + (k - 1) * n, n, n_rt, False, RT_P)
 
 
 @triton.jit
-def _grad_init(DP, mat, rows, cols, m2, t1, u, vcol, k, n, sd0, sd1, sd2):
-    """``dP * P`` on the tile, ``P = exp(T1 - u_K - v_K)`` (``k = K - 1``; relative, 0 for K = 1)."""
-    v = tl.load(vcol + k * n, mask=(cols < n) & (k > 0), other=0.0, cache_modifier=".cg")
-    pv = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
-    dp = tl.load(DP + mat * sd0 + rows[:, None] * sd1 + cols[None, :] * sd2, mask=m2, other=0.0)
-    return dp.to(tl.float32) * pv
-
-
-@triton.jit
-def _grad_final(DP, mat, rows, cols, rmask, cmask, m2, r1, t1, urow, vcol, csum, rsum, r0, K, n,
-                sd0, sd1, sd2):
-    """The reference's working gradient after the whole backward on the tile (``_bwd_tile``):
-    ``dP * P`` less every step's iterate times its sums, in the reference's order (last iteration
+def _grad_final(g, rmask, cmask, m2, r1, t1, urow, vcol, csum, rsum, r0, K, n):
+    """The reference's working gradient after the whole backward on the tile (``_bwd_tile``): ``g``
+    (``dP * P``) less every step's iterate times its sums, in the reference's order (last iteration
     first, column step before row step). ``r0``: the row sums of the last step (k = 0)."""
-    g = _grad_init(DP, mat, rows, cols, m2, t1, tl.load(urow + (K - 1) * n, mask=rmask & (K > 1), other=0.0),
-                   vcol, K - 1, n, sd0, sd1, sd2)
     t1 = tl.where(m2, t1, float("-inf"))
     for t in range(0, K - 1):
         j = K - 1 - t  # iterations K-1 .. 1 (relative potentials)
@@ -576,9 +597,8 @@ def _grad_final(DP, mat, rows, cols, rmask, cmask, m2, r1, t1, urow, vcol, csum,
         vp = tl.load(vcol + (j - 1) * n, mask=cmask & (j > 1), other=0.0)
         c = tl.load(csum + j * n, mask=cmask, other=0.0)
         rj = tl.load(rsum + j * n, mask=rmask, other=0.0)
-        e = tl.exp(t1 - u[:, None] - v[None, :])
-        g = g - e * c[None, :]
-        g = g - (e * tl.exp(v - vp)[None, :]) * rj[:, None]
+        g = g - tl.exp(t1 - u[:, None] - v[None, :]) * c[None, :]
+        g = g - tl.exp(t1 - u[:, None] - vp[None, :]) * rj[:, None]
     # iteration 0: E_col = exp(T1), E_row = exp(S0 - u_1)
     g = g - tl.exp(t1) * tl.load(csum, mask=cmask, other=0.0)[None, :]
     g = g - tl.exp(tl.where(m2, r1, float("-inf"))) * r0[:, None]
@@ -598,7 +618,7 @@ def _pdl_prologue(PDL: tl.constexpr):
 
 @triton.jit
 def sinkhorn_tile_fwd_kernel(
-    SRC, A, B, WS, P, U, V, PR, PC,
+    SRC, A, B, WS, P, U, V, PR, PC, CNT,
     n, rank, K, k, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
@@ -613,14 +633,14 @@ def sinkhorn_tile_fwd_kernel(
     x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
                    MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY)
     _pdl_prologue(PDL)
-    _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC,
+    _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, CNT,
               n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
               PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY)
 
 
 @triton.jit
 def sinkhorn_tile_bwd_kernel(
-    SRC, A, B, WS, DP, U, V, CS, RS, G, DX, PR, PC,
+    SRC, A, B, WS, DP, U, V, CS, RS, G, DX, PR, PC, CNT,
     n, rank, K, k, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
@@ -635,7 +655,7 @@ def sinkhorn_tile_bwd_kernel(
                    MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY)
     _pdl_prologue(PDL)
     _bwd_tile(x, tile, mat, SRC, A, B, WS, DP, U, V, CS, RS, G, DX,
-              PR, PC, n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale,
+              PR, PC, CNT, n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale,
               grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY)
 
 
@@ -1112,6 +1132,12 @@ def _tile_args(n, src, a, b):
     return bm, bn, n_rt, n_ct, mode, rank, strides, meta
 
 
+def _band_counts(n_mat: int, n_rt: int, n_ct: int, device: torch.device) -> torch.Tensor:
+    """The tiled kernels' arrival counts (``_arrive``): per matrix, one per row band and one per
+    column band, zero before the first launch; each band's last program sets its count back to 0."""
+    return torch.zeros((n_mat, n_rt + n_ct), device=device, dtype=torch.int32)
+
+
 def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
     """Tiled forward of ``src [n_mat, n, n]`` (dense) or of ``a @ b`` (``a [n, r]``, ``b [r, n]``,
     ``n_mat == 1``). Returns ``(P, U, V)``."""
@@ -1137,6 +1163,7 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
     ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode != _LOWRANK else p
     pr = torch.empty((n_mat, n_ct, n), device=like.device, dtype=torch.float32)
     pc = torch.empty((n_mat, n_rt, n), device=like.device, dtype=torch.float32)
+    cnt = _band_counts(n_mat, n_rt, n_ct, like.device)
     grid = (n_rt * n_ct, n_mat)
     pdl = _pdl_options(like.device)
 
@@ -1144,7 +1171,7 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
         # early S0 read (PDL): not in the first pass, and not right after it when it wrote the workspace
         early = pdl["PDL"] and phase != _INIT and (m == _LOWRANK or (phase, k) != (_ROW, 0))
         sinkhorn_tile_fwd_kernel[grid](
-            s_src, s_a, s_b, ws, p, u, v, pr, pc,
+            s_src, s_a, s_b, ws, p, u, v, pr, pc, cnt,
             n, rank, iters, k, n_rt, n_ct, *strides, scale,
             PHASE=phase, MODE=m, SYMMETRIC=symmetric, EARLY=early, **meta, **pdl,
         )
@@ -1184,21 +1211,22 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
             sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, BM=meta["BM"], BN=meta["BN"],
                                            num_warps=4, PDL=False)
         return dx
-    # the working gradient is formed by the last launch alone; it is stored only for the symmetrising pass
-    g = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if symmetric else dx
+    # dP * P, written by the first launch and turned into the working gradient by the last one
+    g = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32)
     ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode != _LOWRANK else dx
     # the partials of both axes, then every step's column and row sums of G (O(K n) per matrix)
     buf = torch.empty(n_mat * ((n_ct + n_rt) * n + 2 * iters * n), device=like.device, dtype=torch.float32)
     pr = buf[:n_mat * n_ct * n].view(n_mat, n_ct, n)
     pc = buf[n_mat * n_ct * n:n_mat * (n_ct + n_rt) * n].view(n_mat, n_rt, n)
     cs, rs = buf[n_mat * (n_ct + n_rt) * n:].view(2, n_mat, iters, n)
+    cnt = _band_counts(n_mat, n_rt, n_ct, like.device)
     grid = (n_rt * n_ct, n_mat)
     pdl = _pdl_options(like.device)
 
     def launch(phase, k, m, last=False):
         early = pdl["PDL"] and phase != 0 and (m == _LOWRANK or (phase, k) != (1, iters - 1))
         sinkhorn_tile_bwd_kernel[grid](
-            s_src, s_a, s_b, ws, dp, u, v, cs, rs, g, dx, pr, pc,
+            s_src, s_a, s_b, ws, dp, u, v, cs, rs, g, dx, pr, pc, cnt,
             n, rank, iters, k, n_rt, n_ct, *strides, dp.stride(0), dp.stride(1), dp.stride(2),
             scale, grad_scale,
             PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, EARLY=early, **meta, **pdl,
