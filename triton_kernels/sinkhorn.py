@@ -143,6 +143,8 @@ TILE_OVERRIDE: tuple[int, int] | None = None
 # where S0 comes from: the logits (and cache it), the cache, the factors, the factors (and cache it)
 _DENSE, _WORKSPACE, _LOWRANK, _LOWRANK_CACHED = 0, 1, 2, 3
 _INIT, _ROW, _COL, _COL_LAST = 0, 1, 2, 3
+# how a band's last program reduces the band's partials (``_arrive``)
+_SUM, _LSE, _LOG_SUM = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -403,11 +405,12 @@ def _tile_frame(
 
 
 @triton.jit
-def _arrive(count, parts, idx, imask, out, n, n_parts, LSE: tl.constexpr, P2: tl.constexpr):
+def _arrive(count, parts, idx, imask, out, n, n_parts, HOW: tl.constexpr, P2: tl.constexpr):
     """After this program stored its partial for the band ``idx`` (its rows, or columns): count it
     in, and if it is the band's last, reduce the band's ``n_parts`` partials (``parts [n_parts, n]``,
     in their fixed order, so the result does not depend on which program came last) into ``out``
-    (log-sum-exp with ``LSE``, else a sum), and reset the count for the next launch.
+    (``HOW``: ``_SUM``, ``_LSE`` of partial log-sum-exps, or ``_LOG_SUM`` of partial sums), and reset
+    the count for the next launch.
 
     The partials' stores of every thread come before the count (a block-wide barrier, then one
     acquire-release atomic), and the last program reads them from L2 after it, as a cooperative
@@ -416,8 +419,14 @@ def _arrive(count, parts, idx, imask, out, n, n_parts, LSE: tl.constexpr, P2: tl
     if tl.atomic_add(count, 1, sem="acq_rel", scope="gpu") == n_parts - 1:
         ts = tl.arange(0, P2)
         vals = tl.load(parts + ts[:, None] * n + idx[None, :], mask=(ts < n_parts)[:, None] & imask[None, :],
-                       other=float("-inf") if LSE else 0.0, cache_modifier=".cg")
-        tl.store(out, _lse(vals, 0) if LSE else tl.sum(vals, axis=0), mask=imask)
+                       other=float("-inf") if HOW == _LSE else 0.0, cache_modifier=".cg")
+        if HOW == _LSE:
+            red = _lse(vals, 0)
+        elif HOW == _LOG_SUM:
+            red = tl.log(tl.sum(vals, axis=0))
+        else:
+            red = tl.sum(vals, axis=0)
+        tl.store(out, red, mask=imask)
         tl.atomic_xchg(count, 0, sem="relaxed", scope="gpu")
 
 
@@ -428,7 +437,7 @@ def _fwd_tile(
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-    RT_P: tl.constexpr, CT_P: tl.constexpr, X_GIVEN: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, X_GIVEN: tl.constexpr, PLAIN: tl.constexpr,
 ):
     """One forward half-step over tile ``tile = (p, q)`` of matrix ``mat``.
 
@@ -444,7 +453,12 @@ def _fwd_tile(
     PHASE 2 (column step k < K): v = V[k]; PR from T1 - (v if k > 1 else 0); the last in a row
     band: U[k + 1].
     PHASE 3 (column step K): P = exp(T1 - u - v) (relative potentials).
-    X_GIVEN: the S0 tile is ``x_in`` (read early by a PDL launch)."""
+    X_GIVEN: the S0 tile is ``x_in`` (read early by a PDL launch).
+    Only the first iteration's partials need ``_lse``'s maximum (PHASE 0, and PHASE 1 at k = 0):
+    every later half-step starts from an iterate normalised along the other axis, whose sums lie in
+    ``[1 / n, n]`` (``sinkhorn_resident_fwd_kernel``), so its partials are plain sums of
+    exponentials, and the band's last program takes the log of their sum (PHASE 2, and PHASE 1 with
+    ``PLAIN``, k >= 1)."""
     p, q, rows, cols, rmask, cmask, m2, x, urow, vcol = _tile_frame(
         x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN)
@@ -454,23 +468,28 @@ def _fwd_tile(
         if MODE == 0 or MODE == 3:
             tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
         tl.store(PR + (mat * n_ct + q) * n + rows, _lse(tl.where(m2, x, float("-inf")), 1), mask=rmask)
-        _arrive(rcount, PR + mat * n_ct * n, rows, rmask, urow, n, n_ct, True, CT_P)
+        _arrive(rcount, PR + mat * n_ct * n, rows, rmask, urow, n, n_ct, _LSE, CT_P)
     elif PHASE == 1:
         u = tl.load(urow + k * n, mask=rmask, other=0.0, cache_modifier=".cg")
         # k = 0: the masked loads give u_1 = v_1 = 0, so base = S0
         base = x - tl.load(urow, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")[:, None]
         base = base - tl.load(vcol, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")[None, :]
-        tl.store(PC + (mat * n_rt + p) * n + cols, _lse(tl.where(m2, base - u[:, None], float("-inf")), 0),
-                 mask=cmask)
-        _arrive(ccount, PC + mat * n_rt * n, cols, cmask, vcol + k * n, n, n_rt, True, RT_P)
+        if PLAIN:
+            part = tl.sum(tl.exp(tl.where(m2, base - u[:, None], float("-inf"))), axis=0)
+        else:
+            part = _lse(tl.where(m2, base - u[:, None], float("-inf")), 0)
+        tl.store(PC + (mat * n_rt + p) * n + cols, part, mask=cmask)
+        _arrive(ccount, PC + mat * n_rt * n, cols, cmask, vcol + k * n, n, n_rt, _LOG_SUM if PLAIN else _LSE,
+                RT_P)
     else:
         t1 = (x - tl.load(urow, mask=rmask, other=0.0, cache_modifier=".cg")[:, None]) \
             - tl.load(vcol, mask=cmask, other=0.0, cache_modifier=".cg")[None, :]
         v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
         if PHASE == 2:
-            tl.store(PR + (mat * n_ct + q) * n + rows, _lse(tl.where(m2, t1 - v[None, :], float("-inf")), 1),
-                     mask=rmask)
-            _arrive(rcount, PR + mat * n_ct * n, rows, rmask, urow + (k + 1) * n, n, n_ct, True, CT_P)
+            # row step k + 1 >= 1 starts from a column-normalised iterate: plain sums (PLAIN)
+            part = tl.sum(tl.exp(tl.where(m2, t1 - v[None, :], float("-inf"))), axis=1)
+            tl.store(PR + (mat * n_ct + q) * n + rows, part, mask=rmask)
+            _arrive(rcount, PR + mat * n_ct * n, rows, rmask, urow + (k + 1) * n, n, n_ct, _LOG_SUM, CT_P)
         else:
             u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")
             pv = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
@@ -484,7 +503,7 @@ def _bwd_tile(
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-    RT_P: tl.constexpr, CT_P: tl.constexpr, X_GIVEN: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, X_GIVEN: tl.constexpr, FIRST: tl.constexpr,
 ):
     """One backward half-step over tile ``(p, q)``; the working gradient is not read or written
     between the first launch and the last.
@@ -545,13 +564,13 @@ def _bwd_tile(
         g = dp.to(tl.float32) * pv
         tl.store(gptr, g, mask=m2)
         tl.store(pcol, tl.sum(g, axis=0), mask=cmask)
-        _arrive(ccount, PC + mat * n_rt * n, cols, cmask, csum + k * n, n, n_rt, False, RT_P)
+        _arrive(ccount, PC + mat * n_rt * n, cols, cmask, csum + k * n, n, n_rt, _SUM, RT_P)
     elif PHASE == 1:
         c = tl.load(csum + k * n, mask=cmask, other=0.0, cache_modifier=".cg")
         v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
         e = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
-        if k == K - 1:
-            # G's row sums before the first step: those of dP * P, from the init pass
+        if FIRST:
+            # (k = K - 1) G's row sums before the first step: those of dP * P, from the init pass
             w = tl.load(gptr, mask=m2, other=0.0, cache_modifier=".cg")
         else:
             # after row step k + 1: r_{k+1} (1 - rowsum(E_row(k + 1))); r_{k+1} counted in column 0
@@ -560,7 +579,7 @@ def _bwd_tile(
             e2 = tl.exp(tl.where(m2, t1 - u2[:, None] - v[None, :], float("-inf")))
             w = tl.where(cols[None, :] == 0, rp[:, None], 0.0) - rp[:, None] * e2
         tl.store(prow, tl.sum(w - e * c[None, :], axis=1), mask=rmask)
-        _arrive(rcount, PR + mat * n_ct * n, rows, rmask, rsum + k * n, n, n_ct, False, CT_P)
+        _arrive(rcount, PR + mat * n_ct * n, rows, rmask, rsum + k * n, n, n_ct, _SUM, CT_P)
     else:
         r = tl.load(rsum + k * n, mask=rmask, other=0.0, cache_modifier=".cg")
         if LAST:
@@ -581,7 +600,7 @@ def _bwd_tile(
             ec = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
             w = tl.where(rows[:, None] == 0, c[None, :], 0.0) - c[None, :] * ec
             tl.store(pcol, tl.sum(w - e * r[:, None], axis=0), mask=cmask)
-            _arrive(ccount, PC + mat * n_rt * n, cols, cmask, csum + (k - 1) * n, n, n_rt, False, RT_P)
+            _arrive(ccount, PC + mat * n_rt * n, cols, cmask, csum + (k - 1) * n, n, n_rt, _SUM, RT_P)
 
 
 @triton.jit
@@ -623,7 +642,7 @@ def sinkhorn_tile_fwd_kernel(
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-    RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, PLAIN: tl.constexpr,
 ):
     """One forward half-step (``_fwd_tile``); grid ``(n_rt * n_ct, n_mat)``. ``EARLY`` (with
     ``PDL``): the S0 tile is read (or formed from the factors) before the wait, overlapping the
@@ -635,7 +654,7 @@ def sinkhorn_tile_fwd_kernel(
     _pdl_prologue(PDL)
     _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, CNT,
               n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-              PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY)
+              PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY, PLAIN)
 
 
 @triton.jit
@@ -645,7 +664,7 @@ def sinkhorn_tile_bwd_kernel(
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
-    RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, FIRST: tl.constexpr,
 ):
     """One backward half-step (``_bwd_tile``); grid ``(n_rt * n_ct, n_mat)``; ``EARLY`` as in
     ``sinkhorn_tile_fwd_kernel``."""
@@ -656,7 +675,7 @@ def sinkhorn_tile_bwd_kernel(
     _pdl_prologue(PDL)
     _bwd_tile(x, tile, mat, SRC, A, B, WS, DP, U, V, CS, RS, G, DX,
               PR, PC, CNT, n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale,
-              grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY)
+              grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY, FIRST)
 
 
 @triton.jit
@@ -1173,7 +1192,8 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
         sinkhorn_tile_fwd_kernel[grid](
             s_src, s_a, s_b, ws, p, u, v, pr, pc, cnt,
             n, rank, iters, k, n_rt, n_ct, *strides, scale,
-            PHASE=phase, MODE=m, SYMMETRIC=symmetric, EARLY=early, **meta, **pdl,
+            PHASE=phase, MODE=m, SYMMETRIC=symmetric, EARLY=early, PLAIN=phase == _ROW and k > 0,
+            **meta, **pdl,
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
@@ -1229,7 +1249,8 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
             s_src, s_a, s_b, ws, dp, u, v, cs, rs, g, dx, pr, pc, cnt,
             n, rank, iters, k, n_rt, n_ct, *strides, dp.stride(0), dp.stride(1), dp.stride(2),
             scale, grad_scale,
-            PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, EARLY=early, **meta, **pdl,
+            PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, EARLY=early,
+            FIRST=phase == 1 and k == iters - 1, **meta, **pdl,
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE

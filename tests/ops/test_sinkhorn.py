@@ -551,8 +551,8 @@ def compile_tiles_pdl_for_sm90() -> None:
     ptrs = {a: "*fp32" for a in "SRC A B WS P U V PR PC DP CS RS G DX".split()} | {"CNT": "*i32"}
     tile = dict(BM=64, BN=128)
     common = dict(tile, MODE=1, SYMMETRIC=True, BK=32, DOT_IEEE=True, RT_P=16, CT_P=8)
-    builds = [(k.sinkhorn_tile_fwd_kernel, dict(common, PHASE=1)),
-              (k.sinkhorn_tile_bwd_kernel, dict(common, PHASE=1, LAST=False)),
+    builds = [(k.sinkhorn_tile_fwd_kernel, dict(common, PHASE=1, PLAIN=True)),
+              (k.sinkhorn_tile_bwd_kernel, dict(common, PHASE=1, LAST=False, FIRST=False)),
               (k.sinkhorn_tile_sym_kernel, tile)]
     for kernel, consts in builds:
         for pdl, early in ((True, False), (False, False), (True, True)):
