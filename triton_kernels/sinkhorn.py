@@ -38,11 +38,11 @@ Layouts
 * **Large matrices, tiled** (``n > SMALL_MAX_N``, e.g. the global weights): a grid of
   ``BM x BN`` tiles (64 x 64 from n = 64 on, 4 warps; ``UNIMIXER_SINKHORN_TILE`` picks others), times
   the batch. Every half-step is
-  one launch and one streaming pass over the tiles: a program first combines the per-tile
-  partial reductions of the previous launch into the exact potential of its own rows (or
-  columns), then reduces its tile along the other axis into a partial for the next launch.
-  Forward: ``1 + 2K`` launches; backward ``2 + 2K`` (``1 + 2K`` when not symmetric). The
-  partials are ``[tiles along an axis, n]`` fp32.
+  one launch and one streaming pass over the tiles: a program reads the potentials of its rows (or
+  columns), reduces its tile along the other axis into a partial, and the last program of each
+  band to finish reduces the band's partials into the potential the next launch reads
+  (``_arrive``: a count per band, no waiting). Forward: ``1 + 2K`` launches; backward ``2 + 2K``
+  (``1 + 2K`` when not symmetric). The partials are ``[tiles along an axis, n]`` fp32.
 
   ``S0`` comes from one of: the logits (first pass only; it writes ``S0`` once to an fp32
   ``n x n`` workspace, freed at the end of the call, never saved), that workspace, or, for Lite
@@ -53,8 +53,10 @@ Layouts
   entry costs ``r`` FMAs, far more than reading 4 bytes once ``r > LOWRANK_CACHE_MIN_RANK``
   (32); then the first pass writes the formed ``S0`` to the workspace and later passes read it
   (still never an input ``n x n`` matrix; bf16/fp16 factors use tensor cores and stay matrix
-  free; the resident kernels below form each tile once anyway). The backward keeps ``G``
-  in an fp32 ``n x n`` workspace (in L2 for n = 1024). For Lite the backward materialises
+  free; the resident kernels below form each tile once anyway). The backward's half-steps do not
+  read or write ``G``: each passes only ``G``'s sums along one axis to the next, and its last launch
+  forms ``G`` from them and ``dP * P`` (an fp32 ``n x n`` workspace written by its first launch;
+  ``_bwd_tile``). For Lite the backward materialises
   ``dM`` (fp32 ``n x n``) once; ``dA = dM B^T`` and ``dB = A^T dM`` are two GEMMs done by the
   caller with torch (cuBLAS).
 * **Tiled, resident** (``RESIDENT``, the default where it applies; ``UNIMIXER_SINKHORN_PERSISTENT=0``
