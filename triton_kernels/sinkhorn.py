@@ -425,7 +425,7 @@ def _arrive(count, parts, idx, imask, out, n, n_parts, HOW: tl.constexpr, P2: tl
         if HOW == _LSE:
             red = _lse(vals, 0)
         elif HOW == _LOG_SUM:
-            red = tl.log(tl.sum(vals, axis=0))
+            red = tl.log(tl.where(imask, tl.sum(vals, axis=0), 1.0))
         else:
             red = tl.sum(vals, axis=0)
         tl.store(out, red, mask=imask)

@@ -148,20 +148,14 @@ def _dominated_logits(shape, device):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("path,n", [("resident", 16), ("tiled", 37)])
 @pytest.mark.parametrize("iters", [1, 2, 20])
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_sinkhorn_resident_dominated_rows(device, resident, iters, symmetric):
-    x = _dominated_logits((2, 16, 16), device)
-    check_against_reference(uk.sinkhorn, (x, 0.05, iters, symmetric), backend="triton")
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("iters", [1, 2, 20])
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_sinkhorn_tiled_dominated_rows(device, tiled, iters, symmetric):
-    # the tiled backward's last launch forms every step's iterate from one exponential and a
-    # per-column factor, which must stay bounded where rows and columns lie hundreds apart
-    x = _dominated_logits((2, 37, 37), device)
+def test_sinkhorn_dominated_rows(device, request, path, n, iters, symmetric):
+    # the resident kernels' plain sums and iterate factors, and the tiled forward's plain sums
+    # after the first iteration, must stay in range where rows and columns lie hundreds apart
+    request.getfixturevalue(path)
+    x = _dominated_logits((2, n, n), device)
     check_against_reference(uk.sinkhorn, (x, 0.05, iters, symmetric), backend="triton")
 
 
