@@ -507,8 +507,9 @@ def _bwd_tile(
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, X_GIVEN: tl.constexpr, FIRST: tl.constexpr,
 ):
-    """One backward half-step over tile ``(p, q)``; the working gradient is not read or written
-    between the first launch and the last.
+    """One backward half-step over tile ``(p, q)``. The working gradient's ``n x n`` workspace
+    ``G`` holds ``dP * P`` from the first launch (read again by the first column step) until the
+    last launch turns it into ``G``; no half-step in between reads or writes it.
 
     Every half-step needs only ``G``'s sums along one axis, and those follow from the previous
     step's sums by one matrix-vector product with the iterate: after column step ``k``,
