@@ -428,8 +428,10 @@ def test_sinkhorn_resident_dominated_rows_gpu(resident, symmetric):
 @pytest.mark.triton
 @pytest.mark.parametrize("n", [300, 4096])
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_sinkhorn_tiled_dominated_rows_gpu(n, symmetric):
-    # one launch per half-step with the default tiles (n = 300: a ragged last tile)
+def test_sinkhorn_tiled_dominated_rows_gpu(monkeypatch, n, symmetric):
+    # one launch per half-step with the default tiles (n = 300: a ragged last tile; it would run the
+    # resident kernels by default)
+    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
     x = _dominated_logits((n, n), "cuda")
     check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
 
