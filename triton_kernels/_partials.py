@@ -87,9 +87,8 @@ def sum_partials(*pairs: tuple[torch.Tensor, torch.Tensor]) -> None:
     for k, (part, out) in enumerate(pairs):
         if not part.is_floating_point() or not part.is_contiguous() or not out.is_contiguous():
             raise ValueError(f"pairs[{k}]: expected a contiguous floating-point partial and a contiguous "
-                             f"output, got "
-                             f"{part.dtype} (contiguous: {part.is_contiguous()}) and contiguous: "
-                             f"{out.is_contiguous()}")
+                             f"output, got {part.dtype} (contiguous: {part.is_contiguous()}) and "
+                             f"contiguous: {out.is_contiguous()}")
         if part.shape[1:] != out.shape:
             raise ValueError(f"pairs[{k}]: the output shape {tuple(out.shape)} must be the partial's "
                              f"{tuple(part.shape)} without its first dim")

@@ -1154,10 +1154,18 @@ def _tile_args(n, src, a, b):
     return bm, bn, n_rt, n_ct, mode, rank, strides, meta
 
 
-def _band_counts(n_mat: int, n_rt: int, n_ct: int, device: torch.device) -> torch.Tensor:
-    """The tiled kernels' arrival counts (``_arrive``): per matrix, one per row band and one per
-    column band, zero before the first launch; each band's last program sets its count back to 0."""
-    return torch.zeros((n_mat, n_rt + n_ct), device=device, dtype=torch.int32)
+def _tiled_buffers(n_mat: int, n_rt: int, n_ct: int, n: int, sums: int, device: torch.device) -> tuple:
+    """The one-launch-per-half-step kernels' buffers: the partials ``PR [n_mat, n_ct, n]`` and
+    ``PC [n_mat, n_rt, n]`` (fp32), ``sums`` steps of the backward's column and row sums ``CS``,
+    ``RS [n_mat, sums, n]`` (``None`` when 0), and the arrival counts (``_arrive``; per matrix one
+    per row band and one per column band, zero before the first launch; each band's last program
+    sets its count back to 0)."""
+    buf = torch.empty(n_mat * (n_ct + n_rt + 2 * sums) * n, device=device, dtype=torch.float32)
+    pr = buf[:n_mat * n_ct * n].view(n_mat, n_ct, n)
+    pc = buf[n_mat * n_ct * n:n_mat * (n_ct + n_rt) * n].view(n_mat, n_rt, n)
+    cs, rs = buf[n_mat * (n_ct + n_rt) * n:].view(2, n_mat, sums, n) if sums else (None, None)
+    cnt = torch.zeros((n_mat, n_rt + n_ct), device=device, dtype=torch.int32)
+    return pr, pc, cs, rs, cnt
 
 
 def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
@@ -1183,9 +1191,7 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
         _check_fail(fail)
         return p, u, v
     ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode != _LOWRANK else p
-    pr = torch.empty((n_mat, n_ct, n), device=like.device, dtype=torch.float32)
-    pc = torch.empty((n_mat, n_rt, n), device=like.device, dtype=torch.float32)
-    cnt = _band_counts(n_mat, n_rt, n_ct, like.device)
+    pr, pc, _, _, cnt = _tiled_buffers(n_mat, n_rt, n_ct, n, 0, like.device)
     grid = (n_rt * n_ct, n_mat)
     pdl = _pdl_options(like.device)
 
@@ -1238,11 +1244,7 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     g = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32)
     ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode != _LOWRANK else dx
     # the partials of both axes, then every step's column and row sums of G (O(K n) per matrix)
-    buf = torch.empty(n_mat * ((n_ct + n_rt) * n + 2 * iters * n), device=like.device, dtype=torch.float32)
-    pr = buf[:n_mat * n_ct * n].view(n_mat, n_ct, n)
-    pc = buf[n_mat * n_ct * n:n_mat * (n_ct + n_rt) * n].view(n_mat, n_rt, n)
-    cs, rs = buf[n_mat * (n_ct + n_rt) * n:].view(2, n_mat, iters, n)
-    cnt = _band_counts(n_mat, n_rt, n_ct, like.device)
+    pr, pc, cs, rs, cnt = _tiled_buffers(n_mat, n_rt, n_ct, n, iters, like.device)
     grid = (n_rt * n_ct, n_mat)
     pdl = _pdl_options(like.device)
 
