@@ -50,21 +50,22 @@ Layouts
   for fp32 factors; symmetric adds the product of the transposed tile, so ``S0`` is exactly
   symmetric as in the reference), so no ``n x n`` logits are ever read. Exception, by cost:
   fp32 factors run ``tl.dot`` on FMA units (IEEE fp32, as the tolerance needs), where forming an
-  entry costs ``r`` FMAs, far more than reading 4 bytes once ``r > LOWRANK_CACHE_MIN_RANK``
-  (32); then the first pass writes the formed ``S0`` to the workspace and later passes read it
-  (still never an input ``n x n`` matrix; bf16/fp16 factors use tensor cores and stay matrix
-  free; the resident kernels below form each tile once anyway). The backward's half-steps do not
-  read or write ``G``: each passes only ``G``'s sums along one axis to the next, and its last launch
-  forms ``G`` from them and ``dP * P`` (an fp32 ``n x n`` workspace written by its first launch;
-  ``_bwd_tile``). For Lite the backward materialises
-  ``dM`` (fp32 ``n x n``) once; ``dA = dM B^T`` and ``dB = A^T dM`` are two GEMMs done by the
-  caller with torch (cuBLAS).
+  entry costs ``r`` FMAs, far more than reading 4 bytes once ``r > LOWRANK_MATERIALISE_MIN_RANK``
+  (32); there ``A @ B`` is formed once per call by one IEEE fp32 cuBLAS GEMM, as the reference forms
+  it, and run as dense logits, here and in the resident kernels (at n = 4096, r = 256 the in-kernel
+  formation took about 0.5 ms per direction on the H200, run51; at n = 1024, r = 128, resident,
+  about 15 us; NOTES). It is a transient of the call, freed at its end and never saved, so the saved
+  state stays ``O(K n)``; bf16/fp16 factors use tensor cores and stay matrix free. The backward's
+  half-steps do not read or write ``G``: each passes only ``G``'s sums along one axis to the next,
+  and its last launch forms ``G`` from them and ``dP * P`` (an fp32 ``n x n`` workspace written by
+  its first launch; ``_bwd_tile``). For Lite the backward materialises ``dM`` (fp32 ``n x n``) once;
+  ``dA = dM B^T`` and ``dB = A^T dM`` are two GEMMs done by the caller with torch (cuBLAS).
 * **Tiled, resident** (``RESIDENT``, the default where it applies; ``UNIMIXER_SINKHORN_PERSISTENT=0``
   turns it off): where every tile can have its own program, all resident at once (``n = 1024``
   with 64 x 128 tiles and 16 warps: 128 programs), one launch per direction. A program keeps its
   ``S0`` tile, in backward its ``G`` tile, and the potentials of its rows and columns in registers
-  for the whole call, so Lite forms its low-rank tile once, not ``2K + 1`` times. After the first
-  iteration the reductions need no maximum (every iterate is then normalised along one axis, see
+  for the whole call, so matrix-free Lite forms its low-rank tile once, not ``2K + 1`` times. After
+  the first iteration the reductions need no maximum (every iterate is then normalised along one axis, see
   ``sinkhorn_resident_fwd_kernel``), so the partials are plain sums, and one exponential per entry
   serves both half-steps of an iteration. The half-steps
   meet through the partials alone: each is written as tagged 8-byte words (value and step), double
@@ -124,9 +125,9 @@ RESIDENT_TILE = (64, 128)
 RESIDENT_MAX_SPINS = 1 << 24
 # after each resident launch, synchronise and raise if a wait gave up (tests)
 RESIDENT_CHECK = False
-# Lite global with fp32 factors of a larger rank: the first pass caches S0 (fp32 n x n workspace)
-# and later passes read it, instead of re-forming every tile from the factors in each pass
-LOWRANK_CACHE_MIN_RANK = 32
+# Lite global with fp32 factors of a larger rank: A @ B is formed once per call by cuBLAS (IEEE fp32)
+# and run as dense logits, instead of on FMA units in the kernels
+LOWRANK_MATERIALISE_MIN_RANK = 32
 # FMA contraction in the batched and resident kernels, where S0 = logits * scale (dense): off. There
 # S0 must round once and be the same number in every use; with contraction the compiler fuses the
 # product into some uses (``x * scale - u`` as one FMA) but not into the log-sum-exp's maximum and
@@ -142,8 +143,8 @@ SMALL_BLOCK_ELEMS = 2048
 # tile shape of the tiled kernels; None picks from n (the tests shrink them to hit many tiles)
 TILE_OVERRIDE: tuple[int, int] | None = None
 
-# where S0 comes from: the logits (and cache it), the cache, the factors, the factors (and cache it)
-_DENSE, _WORKSPACE, _LOWRANK, _LOWRANK_CACHED = 0, 1, 2, 3
+# where S0 comes from: the logits (and cache it), the cache, the factors
+_DENSE, _WORKSPACE, _LOWRANK = 0, 1, 2
 _INIT, _ROW, _COL, _COL_LAST = 0, 1, 2, 3
 # how a band's last program reduces the band's partials (``_arrive``)
 _SUM, _LSE, _LOG_SUM = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
@@ -307,16 +308,15 @@ def _tile_logits(
     SRC, A, B, WS, mat, rows, cols, n, rank,
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr, EVEN: tl.constexpr,
 ):
     """The ``S0`` tile ``[BM, BN]`` (fp32, 0 outside the matrix) of matrix ``mat``.
 
     MODE 0: from the logits ``SRC`` (strided, any float dtype), symmetrised and scaled.
     MODE 1: from the contiguous fp32 workspace ``WS`` written by MODE 0.
-    MODE 2, 3: ``(A @ B) * scale`` (plus its transpose if symmetric) with ``A [n, rank]``,
-    ``B [rank, n]`` (matrix free; MODE 3 also has the first pass cache it in ``WS``)."""
-    rmask = rows < n
-    cmask = cols < n
+    MODE 2: ``(A @ B) * scale`` (plus its transpose if symmetric) with ``A [n, rank]``,
+    ``B [rank, n]`` (matrix free)."""
+    rmask, cmask = _masks(rows, cols, n, BM, BN, EVEN)
     m2 = rmask[:, None] & cmask[None, :]
     if MODE == 0:
         base = SRC + mat * s0
@@ -375,15 +375,42 @@ def _lowrank_chunk(A, B, rows, cols, rmask, cmask, k0, rank, sa0, sa1, sb0, sb1,
 
 
 @triton.jit
-def _tile_index(tile, n, n_ct, BM: tl.constexpr, BN: tl.constexpr):
+def _masks(rows, cols, n, BM: tl.constexpr, BN: tl.constexpr, EVEN: tl.constexpr):
+    """``rows < n`` and ``cols < n``; constant ``True`` when the tiles divide ``n`` (``EVEN``), so the
+    compiler drops the masks' selects and predicates (at n = 4096 a fifth of a half-step's
+    instructions, sm_90 SASS)."""
+    if EVEN:
+        rmask = tl.full([BM], 1, tl.int1)
+        cmask = tl.full([BN], 1, tl.int1)
+    else:
+        rmask = rows < n
+        cmask = cols < n
+    return rmask, cmask
+
+
+@triton.jit
+def _exp(x, FAST: tl.constexpr):
+    """``tl.exp(x)`` (``ex2.approx`` of ``x * log2(e)``), and with ``FAST`` (sm_90 builds) the same
+    with results below fp32's normal range flushed to zero (``.ftz``): the same number wherever the
+    result is a normal float, without the three instructions per element that ``ex2.approx.f32``
+    spends on subnormal results. Every exponential of the tiled kernels goes through here, so each
+    launch forms each iterate exactly as the others do (``_bwd_tile``)."""
+    if FAST:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x * LOG2E], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.exp(x)
+
+
+@triton.jit
+def _tile_index(tile, n, n_ct, BM: tl.constexpr, BN: tl.constexpr, EVEN: tl.constexpr):
     """Tile ``(p, q) = divmod(tile, n_ct)`` of an ``n x n`` matrix: ``p, q``, its rows and columns,
-    their masks and the tile's mask."""
+    their masks and the tile's mask (``_masks``)."""
     p = tile // n_ct
     q = tile % n_ct
     rows = p * BM + tl.arange(0, BM)
     cols = q * BN + tl.arange(0, BN)
-    rmask = rows < n
-    cmask = cols < n
+    rmask, cmask = _masks(rows, cols, n, BM, BN, EVEN)
     return p, q, rows, cols, rmask, cmask, rmask[:, None] & cmask[None, :]
 
 
@@ -391,16 +418,16 @@ def _tile_index(tile, n, n_ct, BM: tl.constexpr, BN: tl.constexpr):
 def _tile_frame(
     x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    DOT_IEEE: tl.constexpr, X_GIVEN: tl.constexpr,
+    DOT_IEEE: tl.constexpr, X_GIVEN: tl.constexpr, EVEN: tl.constexpr,
 ):
     """Tile ``(p, q)`` of matrix ``mat``, as every forward and backward half-step sees it: indices,
     masks, its logits (``x_in`` when ``X_GIVEN``, else formed or loaded) and the potentials' rows."""
-    p, q, rows, cols, rmask, cmask, m2 = _tile_index(tile, n, n_ct, BM, BN)
+    p, q, rows, cols, rmask, cmask, m2 = _tile_index(tile, n, n_ct, BM, BN, EVEN)
     if X_GIVEN:
         x = x_in
     else:
         x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE)
+                         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EVEN)
     urow = U + mat * K * n + rows
     vcol = V + mat * K * n + cols
     return p, q, rows, cols, rmask, cmask, m2, x, urow, vcol
@@ -440,6 +467,7 @@ def _fwd_tile(
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, X_GIVEN: tl.constexpr, PLAIN: tl.constexpr,
+    EVEN: tl.constexpr, FAST_EXP: tl.constexpr,
 ):
     """One forward half-step over tile ``tile = (p, q)`` of matrix ``mat``.
 
@@ -463,11 +491,11 @@ def _fwd_tile(
     ``PLAIN``, k >= 1)."""
     p, q, rows, cols, rmask, cmask, m2, x, urow, vcol = _tile_frame(
         x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN)
+        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN, EVEN)
     rcount = CNT + mat * (n_rt + n_ct) + p
     ccount = CNT + mat * (n_rt + n_ct) + n_rt + q
     if PHASE == 0:
-        if MODE == 0 or MODE == 3:
+        if MODE == 0:
             tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
         tl.store(PR + (mat * n_ct + q) * n + rows, _lse(tl.where(m2, x, float("-inf")), 1), mask=rmask)
         _arrive(rcount, PR + mat * n_ct * n, rows, rmask, urow, n, n_ct, _LSE, CT_P)
@@ -477,7 +505,7 @@ def _fwd_tile(
         base = x - tl.load(urow, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")[:, None]
         base = base - tl.load(vcol, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")[None, :]
         if PLAIN:
-            part = tl.sum(tl.exp(tl.where(m2, base - u[:, None], float("-inf"))), axis=0)
+            part = tl.sum(_exp(tl.where(m2, base - u[:, None], float("-inf")), FAST_EXP), axis=0)
         else:
             part = _lse(tl.where(m2, base - u[:, None], float("-inf")), 0)
         tl.store(PC + (mat * n_rt + p) * n + cols, part, mask=cmask)
@@ -489,12 +517,12 @@ def _fwd_tile(
         v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
         if PHASE == 2:
             # row step k + 1 >= 1 starts from a column-normalised iterate: plain sums (PLAIN)
-            part = tl.sum(tl.exp(tl.where(m2, t1 - v[None, :], float("-inf"))), axis=1)
+            part = tl.sum(_exp(tl.where(m2, t1 - v[None, :], float("-inf")), FAST_EXP), axis=1)
             tl.store(PR + (mat * n_ct + q) * n + rows, part, mask=rmask)
             _arrive(rcount, PR + mat * n_ct * n, rows, rmask, urow + (k + 1) * n, n, n_ct, _LOG_SUM, CT_P)
         else:
             u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")
-            pv = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
+            pv = _exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")), FAST_EXP)
             tl.store(P + mat * n * n + rows[:, None] * n + cols[None, :], pv, mask=m2)
 
 
@@ -506,6 +534,7 @@ def _bwd_tile(
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, X_GIVEN: tl.constexpr, FIRST: tl.constexpr,
+    EVEN: tl.constexpr, FAST_EXP: tl.constexpr,
 ):
     """One backward half-step over tile ``(p, q)``. The working gradient's ``n x n`` workspace
     ``G`` holds ``dP * P`` from the first launch (read again by the first column step) until the
@@ -547,7 +576,7 @@ def _bwd_tile(
     X_GIVEN: the S0 tile is ``x_in`` (read early by a PDL launch)."""
     p, q, rows, cols, rmask, cmask, m2, x, urow, vcol = _tile_frame(
         x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN)
+        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN, EVEN)
     r1 = x - tl.load(urow, mask=rmask, other=0.0, cache_modifier=".cg")[:, None]
     t1 = r1 - tl.load(vcol, mask=cmask, other=0.0, cache_modifier=".cg")[None, :]
     u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")
@@ -559,10 +588,10 @@ def _bwd_tile(
     rcount = CNT + mat * (n_rt + n_ct) + p
     ccount = CNT + mat * (n_rt + n_ct) + n_rt + q
     if PHASE == 0:
-        if MODE == 0 or MODE == 3:
+        if MODE == 0:
             tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
         v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
-        pv = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
+        pv = _exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")), FAST_EXP)
         dp = tl.load(DP + mat * sd0 + rows[:, None] * sd1 + cols[None, :] * sd2, mask=m2, other=0.0)
         g = dp.to(tl.float32) * pv
         tl.store(gptr, g, mask=m2)
@@ -571,7 +600,7 @@ def _bwd_tile(
     elif PHASE == 1:
         c = tl.load(csum + k * n, mask=cmask, other=0.0, cache_modifier=".cg")
         v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
-        e = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
+        e = _exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")), FAST_EXP)
         if FIRST:
             # (k = K - 1) G's row sums before the first step: those of dP * P, from the init pass
             w = tl.load(gptr, mask=m2, other=0.0, cache_modifier=".cg")
@@ -579,7 +608,7 @@ def _bwd_tile(
             # after row step k + 1: r_{k+1} (1 - rowsum(E_row(k + 1))); r_{k+1} counted in column 0
             rp = tl.load(rsum + (k + 1) * n, mask=rmask, other=0.0, cache_modifier=".cg")
             u2 = tl.load(urow + (k + 1) * n, mask=rmask, other=0.0, cache_modifier=".cg")
-            e2 = tl.exp(tl.where(m2, t1 - u2[:, None] - v[None, :], float("-inf")))
+            e2 = _exp(tl.where(m2, t1 - u2[:, None] - v[None, :], float("-inf")), FAST_EXP)
             w = tl.where(cols[None, :] == 0, rp[:, None], 0.0) - rp[:, None] * e2
         tl.store(prow, tl.sum(w - e * c[None, :], axis=1), mask=rmask)
         _arrive(rcount, PR + mat * n_ct * n, rows, rmask, rsum + k * n, n, n_ct, _SUM, CT_P)
@@ -587,7 +616,7 @@ def _bwd_tile(
         r = tl.load(rsum + k * n, mask=rmask, other=0.0, cache_modifier=".cg")
         if LAST:
             g = tl.load(gptr, mask=m2, other=0.0, cache_modifier=".cg")
-            g = _grad_final(g, rmask, cmask, m2, r1, t1, urow, vcol, csum, rsum, r, K, n)
+            g = _grad_final(g, rmask, cmask, m2, r1, t1, urow, vcol, csum, rsum, r, K, n, FAST_EXP)
             if SYMMETRIC:
                 tl.store(gptr, g, mask=m2)
             else:
@@ -596,18 +625,18 @@ def _bwd_tile(
         else:
             # k >= 1 here
             vp = tl.load(vcol + (k - 1) * n, mask=cmask & (k > 1), other=0.0, cache_modifier=".cg")
-            e = tl.exp(tl.where(m2, t1 - u[:, None] - vp[None, :], float("-inf")))
+            e = _exp(tl.where(m2, t1 - u[:, None] - vp[None, :], float("-inf")), FAST_EXP)
             # G's column sums after column step k: c_k (1 - colsum(E_col(k))), this tile's share
             c = tl.load(csum + k * n, mask=cmask, other=0.0, cache_modifier=".cg")
             v = tl.load(vcol + k * n, mask=cmask, other=0.0, cache_modifier=".cg")
-            ec = tl.exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")))
+            ec = _exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")), FAST_EXP)
             w = tl.where(rows[:, None] == 0, c[None, :], 0.0) - c[None, :] * ec
             tl.store(pcol, tl.sum(w - e * r[:, None], axis=0), mask=cmask)
             _arrive(ccount, PC + mat * n_rt * n, cols, cmask, csum + (k - 1) * n, n, n_rt, _SUM, RT_P)
 
 
 @triton.jit
-def _grad_final(g, rmask, cmask, m2, r1, t1, urow, vcol, csum, rsum, r0, K, n):
+def _grad_final(g, rmask, cmask, m2, r1, t1, urow, vcol, csum, rsum, r0, K, n, FAST_EXP: tl.constexpr):
     """The reference's working gradient after the whole backward on the tile (``_bwd_tile``): ``g``
     (``dP * P``) less every step's iterate times its sums, in the reference's order (last iteration
     first, column step before row step). ``r0``: the row sums of the last step (k = 0)."""
@@ -619,11 +648,11 @@ def _grad_final(g, rmask, cmask, m2, r1, t1, urow, vcol, csum, rsum, r0, K, n):
         vp = tl.load(vcol + (j - 1) * n, mask=cmask & (j > 1), other=0.0)
         c = tl.load(csum + j * n, mask=cmask, other=0.0)
         rj = tl.load(rsum + j * n, mask=rmask, other=0.0)
-        g = g - tl.exp(t1 - u[:, None] - v[None, :]) * c[None, :]
-        g = g - tl.exp(t1 - u[:, None] - vp[None, :]) * rj[:, None]
+        g = g - _exp(t1 - u[:, None] - v[None, :], FAST_EXP) * c[None, :]
+        g = g - _exp(t1 - u[:, None] - vp[None, :], FAST_EXP) * rj[:, None]
     # iteration 0: E_col = exp(T1), E_row = exp(S0 - u_1)
-    g = g - tl.exp(t1) * tl.load(csum, mask=cmask, other=0.0)[None, :]
-    g = g - tl.exp(tl.where(m2, r1, float("-inf"))) * r0[:, None]
+    g = g - _exp(t1, FAST_EXP) * tl.load(csum, mask=cmask, other=0.0)[None, :]
+    g = g - _exp(tl.where(m2, r1, float("-inf")), FAST_EXP) * r0[:, None]
     return g
 
 
@@ -646,18 +675,20 @@ def sinkhorn_tile_fwd_kernel(
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, PLAIN: tl.constexpr,
+    EVEN: tl.constexpr = False, FAST_EXP: tl.constexpr = False,
 ):
     """One forward half-step (``_fwd_tile``); grid ``(n_rt * n_ct, n_mat)``. ``EARLY`` (with
     ``PDL``): the S0 tile is read (or formed from the factors) before the wait, overlapping the
-    previous launch, which must not write what it reads (see ``tiled_fwd``)."""
+    previous launch, which must not write what it reads (see ``tiled_fwd``). ``EVEN``: the tiles
+    divide ``n`` (``_masks``); ``FAST_EXP``: ``_exp``'s flush-to-zero form (sm_90 builds)."""
     tile = tl.program_id(0)
     mat = tl.program_id(1).to(tl.int64)
     x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY)
+                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN)
     _pdl_prologue(PDL)
     _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, CNT,
               n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-              PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY, PLAIN)
+              PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY, PLAIN, EVEN, FAST_EXP)
 
 
 @triton.jit
@@ -668,23 +699,25 @@ def sinkhorn_tile_bwd_kernel(
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, FIRST: tl.constexpr,
+    EVEN: tl.constexpr = False, FAST_EXP: tl.constexpr = False,
 ):
-    """One backward half-step (``_bwd_tile``); grid ``(n_rt * n_ct, n_mat)``; ``EARLY`` as in
-    ``sinkhorn_tile_fwd_kernel``."""
+    """One backward half-step (``_bwd_tile``); grid ``(n_rt * n_ct, n_mat)``; ``EARLY``, ``EVEN`` and
+    ``FAST_EXP`` as in ``sinkhorn_tile_fwd_kernel``."""
     tile = tl.program_id(0)
     mat = tl.program_id(1).to(tl.int64)
     x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY)
+                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN)
     _pdl_prologue(PDL)
     _bwd_tile(x, tile, mat, SRC, A, B, WS, DP, U, V, CS, RS, G, DX,
               PR, PC, CNT, n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale,
-              grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY, FIRST)
+              grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY, FIRST,
+              EVEN, FAST_EXP)
 
 
 @triton.jit
-def _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.constexpr):
+def _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.constexpr, EVEN: tl.constexpr):
     """``dM = (G + G^T) * grad_scale`` (``grad_scale = 0.5 / tau``) on one tile."""
-    _, _, rows, cols, rmask, cmask, m2 = _tile_index(tile, n, n_ct, BM, BN)
+    _, _, rows, cols, rmask, cmask, m2 = _tile_index(tile, n, n_ct, BM, BN, EVEN)
     base = G + mat * n * n
     g = tl.load(base + rows[:, None] * n + cols[None, :], mask=m2, other=0.0, cache_modifier=".cg")
     gt = tl.load(base + cols[:, None] * n + rows[None, :], mask=cmask[:, None] & rmask[None, :], other=0.0,
@@ -695,10 +728,10 @@ def _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.co
 
 @triton.jit
 def sinkhorn_tile_sym_kernel(G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.constexpr,
-                             PDL: tl.constexpr):
+                             PDL: tl.constexpr, EVEN: tl.constexpr = False):
     """``dM = (G + G^T) * grad_scale``, tile by tile; grid ``(n_rt * n_ct, n_mat)``."""
     _pdl_prologue(PDL)
-    _sym_tile(tl.program_id(0), tl.program_id(1).to(tl.int64), G, DX, n, n_ct, grad_scale, BM, BN)
+    _sym_tile(tl.program_id(0), tl.program_id(1).to(tl.int64), G, DX, n, n_ct, grad_scale, BM, BN, EVEN)
 
 
 @triton.jit
@@ -706,13 +739,14 @@ def _held_tile(
     pid, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr, HOLD: tl.constexpr,
+    EVEN: tl.constexpr,
 ):
     """With ``HOLD``, the S0 tile ``pid``, read (or formed) by an early PDL launch before its wait;
     ``0.0`` otherwise."""
     if HOLD:
-        _, _, rows, cols, _, _, _ = _tile_index(pid, n, n_ct, BM, BN)
+        _, _, rows, cols, _, _, _ = _tile_index(pid, n, n_ct, BM, BN, EVEN)
         x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE)
+                         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EVEN)
     else:
         x = 0.0
     return x
@@ -798,17 +832,17 @@ def _resident_frame(pid, mat, SRC, A, B, U, V, PR, PC, FAIL, n, rank, K, n_rt, n
     """Tile ``(p, q) = divmod(pid, n_ct)`` of matrix ``mat`` as a resident program sees it: indices,
     masks, its ``S0``, its failure counter, its matrix's partial buffers, the offsets of its rows'
     and columns' potentials, and the partial blocks' indices and masks."""
-    p, q, rows, cols, rmask, cmask, m2 = _tile_index(pid, n, n_ct, BM, BN)
+    p, q, rows, cols, rmask, cmask, m2 = _tile_index(pid, n, n_ct, BM, BN, False)
     if MODE == 0 and SYMMETRIC:
         # the transposed tile read transposed (once per call), not transposed in registers: the tile
         # then keeps the layout of everything the loop combines it with
         x = _tile_logits(SRC, A, B, SRC, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, 1.0,
-                         MODE, False, BM, BN, BK, DOT_IEEE)
+                         MODE, False, BM, BN, BK, DOT_IEEE, False)
         xt = tl.load(SRC + mat * s0 + cols[None, :] * s1 + rows[:, None] * s2, mask=m2, other=0.0)
         x = (x + xt.to(tl.float32)) * scale
     else:
         x = _tile_logits(SRC, A, B, SRC, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE)
+                         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, False)
     ts_c = tl.arange(0, CT_P)
     ts_r = tl.arange(0, RT_P)
     return (p, q, rows, cols, rmask, cmask, m2, x, FAIL + mat, PR + mat * 2 * n_ct * n,
@@ -1138,19 +1172,18 @@ def _tile_args(n, src, a, b):
     n_rt, n_ct = triton.cdiv(n, bm), triton.cdiv(n, bn)
     if a is not None:
         rank = a.shape[1]
-        # fp32 factors run tl.dot on FMA units: past a small rank, forming a tile costs more than
-        # reading it back, so the first pass caches S0 (the resident kernels form it once)
-        cache = a.dtype == torch.float32 and rank > LOWRANK_CACHE_MIN_RANK
-        mode = _LOWRANK_CACHED if cache else _LOWRANK
+        mode = _LOWRANK
         strides = (0, 0, 0, a.stride(0), a.stride(1), b.stride(0), b.stride(1))
         dot_ieee = a.dtype == torch.float32
     else:
         mode, rank = _DENSE, 0
         strides = (src.stride(0), src.stride(1), src.stride(2), 0, 0, 0, 0)
         dot_ieee = True
+    # EVEN: no masks where the tiles divide n; FAST_EXP: flush-to-zero exponentials, compiled code only
     meta = dict(BM=bm, BN=bn, BK=_lowrank_chunk_width(rank, dot_ieee), DOT_IEEE=dot_ieee,
                 RT_P=triton.next_power_of_2(n_rt),
-                CT_P=triton.next_power_of_2(n_ct), num_warps=8 if bm * bn >= 8192 else 4)
+                CT_P=triton.next_power_of_2(n_ct), num_warps=8 if bm * bn >= 8192 else 4,
+                EVEN=n % bm == 0 and n % bn == 0, FAST_EXP=(src if a is None else a).device.type == "cuda")
     return bm, bn, n_rt, n_ct, mode, rank, strides, meta
 
 
@@ -1265,7 +1298,7 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
         launch(2, k, later, last=k == 0)
     if symmetric:
         sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, BM=bm, BN=bn, num_warps=meta["num_warps"],
-                                       **pdl)
+                                       EVEN=meta["EVEN"], **pdl)
     return dx
 
 
@@ -1320,13 +1353,35 @@ def _lowrank_factors(a_g: torch.Tensor, b_g: torch.Tensor, symmetric: bool):
     return a_g.to(dtype), b_g.to(dtype)
 
 
+def _lowrank_operands(a: torch.Tensor, b: torch.Tensor) -> tuple:
+    """``(src, a, b)`` for ``tiled_fwd`` / ``tiled_bwd``: ``(None, a, b)`` (matrix free), or, for fp32
+    factors of rank above ``LOWRANK_MATERIALISE_MIN_RANK``, ``(_lowrank_logits(a, b), None, None)``
+    (the module docstring says why)."""
+    if a.dtype != torch.float32 or a.shape[1] <= LOWRANK_MATERIALISE_MIN_RANK:
+        return None, a, b
+    return _lowrank_logits(a, b), None, None
+
+
+def _lowrank_logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(A @ B)[None]``: one cuBLAS GEMM in IEEE fp32, whatever torch's TF32 setting. The forward and
+    the backward form it by this same call, so both see the same numbers."""
+    m = torch.backends.cuda.matmul
+    saved = m.allow_tf32
+    m.allow_tf32 = False
+    try:
+        return torch.mm(a, b).unsqueeze(0)
+    finally:
+        m.allow_tf32 = saved
+
+
 def lite_global_fwd(a_g: torch.Tensor, b_g: torch.Tensor, tau: float, iters: int, symmetric: bool):
-    """``SK(A_G @ B_G)`` matrix free: logits tiles are formed from the factors in every pass."""
+    """``SK(A_G @ B_G)`` matrix free: logits tiles are formed from the factors in every pass (or
+    once per call, ``_lowrank_operands``)."""
     _check_compute_dtype("a_g", a_g)
     _check_compute_dtype("b_g", b_g)
     n = a_g.shape[0]
     a, b = _lowrank_factors(a_g, b_g, symmetric)
-    p, u, v = tiled_fwd(None, a, b, 1, n, iters, tau, symmetric)
+    p, u, v = tiled_fwd(*_lowrank_operands(a, b), 1, n, iters, tau, symmetric)
     return p.view(n, n), u.view(iters, n), v.view(iters, n)
 
 
@@ -1334,8 +1389,8 @@ def lite_global_bwd(dp, a_g, b_g, u, v, tau: float, iters: int, symmetric: bool)
     """``(dA_G, dB_G) = (dM B_G^T, A_G^T dM)``, with ``dM`` (fp32 ``n x n``) materialised once."""
     n = a_g.shape[0]
     a, b = _lowrank_factors(a_g, b_g, symmetric)
-    dm = tiled_bwd(dp.view(1, n, n), None, a, b, u.view(1, iters, n), v.view(1, iters, n), 1, n, iters,
-                   tau, symmetric, torch.float32).view(n, n)
+    dm = tiled_bwd(dp.view(1, n, n), *_lowrank_operands(a, b), u.view(1, iters, n), v.view(1, iters, n), 1, n,
+                   iters, tau, symmetric, torch.float32).view(n, n)
     da = (dm @ b_g.t().float()).to(a_g.dtype)
     db = (a_g.t().float() @ dm).to(b_g.dtype)
     return da, db

@@ -40,23 +40,32 @@ def test_lite_weights_noncontiguous(device, kernel_dtype, symmetric):
 
 @pytest.mark.triton
 @pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("cache", [False, True], ids=["matrix-free", "cached"])
-def test_lite_weights_global_many_tiles(device, monkeypatch, symmetric, cache):
-    # 16 x 16 tiles: the global matrix (N = 37) spans 3 x 3 tiles; rank 40 spans two BK chunks.
-    # "cached": the first pass keeps S0 in the workspace (what fp32 factors of rank > 32 do)
+@pytest.mark.parametrize("materialise", [False, True], ids=["matrix-free", "materialised"])
+@pytest.mark.parametrize("n", [37, 32])
+def test_lite_weights_global_many_tiles(device, monkeypatch, symmetric, materialise, n):
+    # 16 x 16 tiles: the global matrix (N = 37) spans 3 x 3 tiles (N = 32: 2 x 2, no masks); rank 40
+    # spans two BK chunks.
+    # "materialised": A @ B formed once per call by torch and run as dense logits (what fp32 factors
+    # of rank > 32 do on this path)
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
-    monkeypatch.setattr(sk_kernels, "LOWRANK_CACHE_MIN_RANK", 0 if cache else 10**9)
+    monkeypatch.setattr(sk_kernels, "LOWRANK_MATERIALISE_MIN_RANK", 0 if materialise else 10**9)
+    formed, form = [], sk_kernels._lowrank_logits
+    monkeypatch.setattr(sk_kernels, "_lowrank_logits", lambda a, b: formed.append(a.shape) or form(a, b))
     monkeypatch.setattr(sk_kernels, "RESIDENT", False)
     assert sk_kernels._lowrank_chunk_width(40, True) == 32  # 32-wide chunks: one per accumulator
-    args = _inputs(37, 2, 4, 40, torch.float32, device)
+    args = _inputs(n, 2, 4, 40, torch.float32, device)
     check_against_reference(uk.lite_weights, (*args, 0.05, 2, symmetric), backend="triton")
+    # formed by the forward and again by the backward, and only where asked
+    assert formed == ([(n, 40)] * 2 if materialise else [])
 
 
 @pytest.mark.triton
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_lite_weights_global_resident(device, monkeypatch, kernel_dtype, symmetric):
+@pytest.mark.parametrize("materialise", [False, True], ids=["matrix-free", "materialised"])
+def test_lite_weights_global_resident(device, monkeypatch, kernel_dtype, symmetric, materialise):
     # the resident kernels form the low-rank tile once (one 32 x 32 tile in the interpreter; on a
-    # GPU, 16 x 16 tiles, one program each)
+    # GPU, 16 x 16 tiles, one program each), or run A @ B formed by torch as dense logits
+    monkeypatch.setattr(sk_kernels, "LOWRANK_MATERIALISE_MIN_RANK", 0 if materialise else 10**9)
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16) if device == "cuda" else (32, 32))
     monkeypatch.setattr(sk_kernels, "RESIDENT", True)
     monkeypatch.setattr(sk_kernels, "RESIDENT_CHECK", True)

@@ -97,10 +97,13 @@ def test_sinkhorn_many_small_matrices(device):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("shape", [(37, 37), (2, 21, 21)])
+@pytest.mark.parametrize("shape", [(37, 37), (2, 21, 21), (2, 32, 32)], ids=["ragged", "batch", "even"])
 @pytest.mark.parametrize("tau,iters", [(0.05, 3), (1.0, 1)])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_sinkhorn_tiled_triton(device, kernel_dtype, tiled, shape, tau, iters, symmetric):
+    # "even": the 16 x 16 tiles divide n, so the kernels are built without masks (EVEN)
+    meta = sk_kernels._tile_args(shape[-1], torch.empty(1, 1, 1), None, None)[-1]
+    assert meta["EVEN"] == (shape[-1] % 16 == 0)
     x = _logits(shape, kernel_dtype, device)
     check_against_reference(uk.sinkhorn, (x, tau, iters, symmetric), backend="triton")
 
@@ -561,6 +564,14 @@ def compile_tiles_pdl_for_sm90() -> None:
             if pdl:  # the wait comes before the kernel's first global load, unless the S0 tile is early
                 before = "ld.global" in ptx[:ptx.index("griddepcontrol.wait")]
                 assert before == early, (kernel.__name__, early)
+    # FAST_EXP: every exponential of a half-step flushes subnormal results (ex2.approx.ftz), none other
+    for kernel, consts in builds[:2]:
+        for fast in (False, True):
+            ptx = compile_sm90(kernel, ptrs, dict(consts, PDL=False, EARLY=False, FAST_EXP=fast), 8, 1,
+                               floats=("scale", "grad_scale"), ptx=True)["ptx"]
+            exps = ptx.count("ex2.approx.f32"), ptx.count("ex2.approx.ftz.f32")
+            expect = (exps[0] == 0 and exps[1] > 0) if fast else (exps[0] > 0 and exps[1] == 0)
+            assert expect, (kernel.__name__, fast, exps)
 
 
 @pytest.mark.triton
