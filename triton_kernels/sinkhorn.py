@@ -89,6 +89,7 @@ Matrices and partial rows are indexed in int64; offsets inside one matrix are in
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -142,6 +143,11 @@ DENSE_FP_FUSION = False
 SMALL_BLOCK_ELEMS = 2048
 # tile shape of the tiled kernels; None picks from n (the tests shrink them to hit many tiles)
 TILE_OVERRIDE: tuple[int, int] | None = None
+# every other one-launch-per-half-step launch walks the tiles (and matrices) in reverse order, so
+# that it starts on what the launch before it read last, which is still in L2 (S0 is 64 MB at
+# n = 4096, the H200's L2 50 MB; walking every pass in one order, each pass evicts what the next
+# needs first). The order changes no number: partials are reduced in index order.
+SERPENTINE = True
 
 # where S0 comes from: the logits (and cache it), the cache, the factors
 _DENSE, _WORKSPACE, _LOWRANK = 0, 1, 2
@@ -657,6 +663,17 @@ def _grad_final(g, rmask, cmask, m2, r1, t1, urow, vcol, csum, rsum, r0, K, n, F
 
 
 @triton.jit
+def _program_tile(flip):
+    """This program's ``(tile, matrix)``: its grid indices, or with ``flip`` (1) both mirrored, so the
+    launch walks the matrices from the end (``SERPENTINE``)."""
+    tile = tl.program_id(0)
+    mat = tl.program_id(1).to(tl.int64)
+    tile = tile + flip * (tl.num_programs(0) - 1 - 2 * tile)
+    mat = mat + flip * (tl.num_programs(1) - 1 - 2 * mat)
+    return tile, mat
+
+
+@triton.jit
 def _pdl_prologue(PDL: tl.constexpr):
     """With programmatic dependent launch (``PDL``): wait until the previous kernel in the stream
     has finished and its writes are visible, before this program reads anything that kernel may
@@ -670,7 +687,7 @@ def _pdl_prologue(PDL: tl.constexpr):
 @triton.jit
 def sinkhorn_tile_fwd_kernel(
     SRC, A, B, WS, P, U, V, PR, PC, CNT,
-    n, rank, K, k, n_rt, n_ct,
+    n, rank, K, k, n_rt, n_ct, flip,
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
@@ -680,9 +697,9 @@ def sinkhorn_tile_fwd_kernel(
     """One forward half-step (``_fwd_tile``); grid ``(n_rt * n_ct, n_mat)``. ``EARLY`` (with
     ``PDL``): the S0 tile is read (or formed from the factors) before the wait, overlapping the
     previous launch, which must not write what it reads (see ``tiled_fwd``). ``EVEN``: the tiles
-    divide ``n`` (``_masks``); ``FAST_EXP``: ``_exp``'s flush-to-zero form (sm_90 builds)."""
-    tile = tl.program_id(0)
-    mat = tl.program_id(1).to(tl.int64)
+    divide ``n`` (``_masks``); ``FAST_EXP``: ``_exp``'s flush-to-zero form (sm_90 builds); ``flip``:
+    ``_program_tile``."""
+    tile, mat = _program_tile(flip)
     x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
                    MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN)
     _pdl_prologue(PDL)
@@ -694,7 +711,7 @@ def sinkhorn_tile_fwd_kernel(
 @triton.jit
 def sinkhorn_tile_bwd_kernel(
     SRC, A, B, WS, DP, U, V, CS, RS, G, DX, PR, PC, CNT,
-    n, rank, K, k, n_rt, n_ct,
+    n, rank, K, k, n_rt, n_ct, flip,
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
@@ -702,9 +719,8 @@ def sinkhorn_tile_bwd_kernel(
     EVEN: tl.constexpr = False, FAST_EXP: tl.constexpr = False,
 ):
     """One backward half-step (``_bwd_tile``); grid ``(n_rt * n_ct, n_mat)``; ``EARLY``, ``EVEN`` and
-    ``FAST_EXP`` as in ``sinkhorn_tile_fwd_kernel``."""
-    tile = tl.program_id(0)
-    mat = tl.program_id(1).to(tl.int64)
+    ``FAST_EXP`` as in ``sinkhorn_tile_fwd_kernel``; ``flip``: ``_program_tile``."""
+    tile, mat = _program_tile(flip)
     x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
                    MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN)
     _pdl_prologue(PDL)
@@ -727,11 +743,12 @@ def _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.co
 
 
 @triton.jit
-def sinkhorn_tile_sym_kernel(G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.constexpr,
+def sinkhorn_tile_sym_kernel(G, DX, n, n_ct, grad_scale, flip, BM: tl.constexpr, BN: tl.constexpr,
                              PDL: tl.constexpr, EVEN: tl.constexpr = False):
     """``dM = (G + G^T) * grad_scale``, tile by tile; grid ``(n_rt * n_ct, n_mat)``."""
     _pdl_prologue(PDL)
-    _sym_tile(tl.program_id(0), tl.program_id(1).to(tl.int64), G, DX, n, n_ct, grad_scale, BM, BN, EVEN)
+    tile, mat = _program_tile(flip)
+    _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM, BN, EVEN)
 
 
 @triton.jit
@@ -1167,6 +1184,12 @@ def _lowrank_chunk_width(rank: int, dot_ieee: bool) -> int:
     return 16 if dot_ieee and rank <= 32 else 32
 
 
+def _flips():
+    """The ``flip`` argument of a call's successive one-launch-per-half-step launches: 0, 1, 0, ...
+    with ``SERPENTINE``, else 0."""
+    return itertools.cycle((0, 1) if SERPENTINE else (0,))
+
+
 def _tile_args(n, src, a, b):
     bm, bn = _tiles(n)
     n_rt, n_ct = triton.cdiv(n, bm), triton.cdiv(n, bn)
@@ -1227,13 +1250,14 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
     pr, pc, _, _, cnt = _tiled_buffers(n_mat, n_rt, n_ct, n, 0, like.device)
     grid = (n_rt * n_ct, n_mat)
     pdl = _pdl_options(like.device)
+    flips = _flips()
 
     def launch(phase, k, m):
         # early S0 read (PDL): not in the first pass, and not right after it when it wrote the workspace
         early = pdl["PDL"] and phase != _INIT and (m == _LOWRANK or (phase, k) != (_ROW, 0))
         sinkhorn_tile_fwd_kernel[grid](
             s_src, s_a, s_b, ws, p, u, v, pr, pc, cnt,
-            n, rank, iters, k, n_rt, n_ct, *strides, scale,
+            n, rank, iters, k, n_rt, n_ct, next(flips), *strides, scale,
             PHASE=phase, MODE=m, SYMMETRIC=symmetric, EARLY=early, PLAIN=phase == _ROW and k > 0,
             **meta, **pdl,
         )
@@ -1270,7 +1294,7 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
         )
         _check_fail(fail)
         if symmetric:
-            sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, BM=meta["BM"], BN=meta["BN"],
+            sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, 0, BM=meta["BM"], BN=meta["BN"],
                                            num_warps=4, PDL=False)
         return dx
     # dP * P, written by the first launch and turned into the working gradient by the last one
@@ -1280,12 +1304,13 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     pr, pc, cs, rs, cnt = _tiled_buffers(n_mat, n_rt, n_ct, n, iters, like.device)
     grid = (n_rt * n_ct, n_mat)
     pdl = _pdl_options(like.device)
+    flips = _flips()
 
     def launch(phase, k, m, last=False):
         early = pdl["PDL"] and phase != 0 and (m == _LOWRANK or (phase, k) != (1, iters - 1))
         sinkhorn_tile_bwd_kernel[grid](
             s_src, s_a, s_b, ws, dp, u, v, cs, rs, g, dx, pr, pc, cnt,
-            n, rank, iters, k, n_rt, n_ct, *strides, dp.stride(0), dp.stride(1), dp.stride(2),
+            n, rank, iters, k, n_rt, n_ct, next(flips), *strides, dp.stride(0), dp.stride(1), dp.stride(2),
             scale, grad_scale,
             PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, EARLY=early,
             FIRST=phase == 1 and k == iters - 1, **meta, **pdl,
@@ -1297,8 +1322,8 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
         launch(1, k, later)
         launch(2, k, later, last=k == 0)
     if symmetric:
-        sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, BM=bm, BN=bn, num_warps=meta["num_warps"],
-                                       EVEN=meta["EVEN"], **pdl)
+        sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, next(flips), BM=bm, BN=bn,
+                                       num_warps=meta["num_warps"], EVEN=meta["EVEN"], **pdl)
     return dx
 
 

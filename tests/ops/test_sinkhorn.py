@@ -581,6 +581,20 @@ def test_sinkhorn_pdl_compiles_for_sm90(sm90_compile):
 
 
 @pytest.mark.triton
+def test_sinkhorn_serpentine_changes_no_number(device, tiled, monkeypatch):
+    # every other launch walking the tiles and matrices in reverse (SERPENTINE) gives the same bits
+    x = _logits((2, 37, 37), torch.float32, device)
+    dp = torch.randn(x.shape, device=device)
+    out = []
+    for serpentine in (False, True):
+        monkeypatch.setattr(sk_kernels, "SERPENTINE", serpentine)
+        p = uk.sinkhorn(x, 0.1, 3, True, backend="triton")
+        out.append((p, *torch.autograd.grad(p, x, dp)))
+    for a, b in zip(*out):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.triton
 def test_sinkhorn_tile_switch(device, monkeypatch):
     # UNIMIXER_SINKHORN_TILE picks the tile shape of the tiled kernels; bad values name the switch
     from unimixer_kernels.triton_kernels import sinkhorn as k
