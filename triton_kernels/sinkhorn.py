@@ -129,15 +129,17 @@ RESIDENT_CHECK = False
 # Lite global with fp32 factors of a larger rank: A @ B is formed once per call by cuBLAS (IEEE fp32)
 # and run as dense logits, instead of on FMA units in the kernels
 LOWRANK_MATERIALISE_MIN_RANK = 32
-# FMA contraction in the batched and resident kernels, where S0 = logits * scale (dense): off. There
-# S0 must round once and be the same number in every use; with contraction the compiler fuses the
-# product into some uses (``x * scale - u`` as one FMA) but not into the log-sum-exp's maximum and
-# exponentials, and the gradient, which at small n can cancel terms of order 1 down to 1e-12, shows
-# the difference (a sweep example at n = 2: 8.8x torch's error with it, 1.0x without; NOTES). Where
-# S0 is formed as a sum of products (Lite: the basis composition, the low-rank tile) it stays on:
-# the formation then rounds once per product, as the reference's GEMMs do (the Lite GPU tests gave
-# the same results with it on and off). The one-launch-per-half-step kernels keep it on: their dense
-# S0 is rounded once into the fp32 workspace.
+# FMA contraction in the batched kernels, and in the resident kernels where S0 = logits * scale
+# (dense): off. There S0 must round once and be the same number in every use; with contraction the
+# compiler fuses the product into some uses (``x * scale - u`` as one FMA) but not into the
+# log-sum-exp's maximum and exponentials, and the gradient, which at small n can cancel terms of
+# order 1 down to 1e-12, shows the difference (a sweep example at n = 2: 8.8x torch's error with it,
+# 1.0x without; NOTES). The batched kernels' Lite basis composition writes its products as explicit
+# FMAs (``tl.fma``), so it still rounds once per product, as the reference's GEMMs do, while its
+# ``* scale`` stays one rounding (with contraction on, a Lite sweep example at n = 2 had 11x torch's
+# error on the H200, run57). The resident kernels' low-rank tile (``tl.dot``) keeps it on (the Lite
+# GPU tests gave the same results with it on and off). The one-launch-per-half-step kernels keep it
+# on: their S0 is rounded once into the fp32 workspace.
 DENSE_FP_FUSION = False
 # elements of one program's register block in the batched kernels (MB * NP * NP)
 SMALL_BLOCK_ELEMS = 2048
@@ -193,7 +195,9 @@ def _small_logits(
                 zt = tl.load(X + bi * sx0 + cols[None, :] * sx1 + rows[:, None] * sx2, mask=m2, other=0.0)
                 z = z + zt.to(tl.float32)
             w = tl.load(OMEGA + mats * so0 + bi * so1, mask=mvalid, other=0.0).to(tl.float32)
-            s0 += w[:, None, None] * z[None, :, :]
+            # one rounding per product, as with contraction, which these kernels compile without
+            s0 = tl.fma(tl.broadcast_to(w[:, None, None], [MB, NP, NP]),
+                        tl.broadcast_to(z[None, :, :], [MB, NP, NP]), s0)
     else:
         m3 = mvalid[:, None, None] & rmask[None, :, None] & cmask[None, None, :]
         base = X + mats[:, None, None] * sx0
@@ -1090,8 +1094,8 @@ def _thread_poll(device: torch.device) -> bool:
 
 
 def _fp_fusion(formed: bool) -> bool:
-    """The batched and resident kernels' ``enable_fp_fusion``: on where S0 is ``formed`` from sums of
-    products (Lite), else ``DENSE_FP_FUSION``."""
+    """The resident kernels' ``enable_fp_fusion``: on where S0 is ``formed`` as a low-rank product
+    (Lite), else ``DENSE_FP_FUSION``."""
     return formed or DENSE_FP_FUSION
 
 
@@ -1135,7 +1139,7 @@ def small_fwd(x, omega, n_mat, n, iters, tau, symmetric):
         x.stride(0), x.stride(1), x.stride(2), om.stride(0), om.stride(1) if lite else 0,
         (0.5 if symmetric else 1.0) / tau,
         SYMMETRIC=symmetric, LITE=lite, MB=mb, NP=npad,
-        num_warps=_small_warps(mb, npad), enable_fp_fusion=_fp_fusion(lite),
+        num_warps=_small_warps(mb, npad), enable_fp_fusion=DENSE_FP_FUSION,
     )
     return p, u, v
 
@@ -1167,7 +1171,7 @@ def small_bwd(dp, x, omega, u, v, n_mat, n, iters, tau, symmetric):
             dp.stride(0), dp.stride(1), dp.stride(2),
             (0.5 if symmetric else 1.0) / tau, (0.5 if symmetric else 1.0) / tau,
             SYMMETRIC=symmetric, LITE=lite, MB=mb, NP=npad,
-            num_warps=_small_warps(mb, npad), enable_fp_fusion=_fp_fusion(lite),
+            num_warps=_small_warps(mb, npad), enable_fp_fusion=DENSE_FP_FUSION,
         )
     if lite:
         dz = new_output(x.shape, like=x)
