@@ -60,20 +60,20 @@ Layouts
   and its last launch forms ``G`` from them and ``dP * P`` (an fp32 ``n x n`` workspace written by
   its first launch; ``_bwd_tile``). For Lite the backward materialises ``dM`` (fp32 ``n x n``) once;
   ``dA = dM B^T`` and ``dB = A^T dM`` are two GEMMs done by the caller with torch (cuBLAS).
-* **Tiled, resident** (``RESIDENT``, the default where it applies; ``UNIMIXER_SINKHORN_PERSISTENT=0``
-  turns it off): where every tile can have its own program, all resident at once (``n = 1024``
-  with 64 x 128 tiles and 16 warps: 128 programs), one launch per direction. A program keeps its
-  ``S0`` tile, in backward its ``G`` tile, and the potentials of its rows and columns in registers
-  for the whole call, so matrix-free Lite forms its low-rank tile once, not ``2K + 1`` times. After
-  the first iteration the reductions need no maximum (every iterate is then normalised along one axis, see
-  ``sinkhorn_resident_fwd_kernel``), so the partials are plain sums, and one exponential per entry
-  serves both half-steps of an iteration. The half-steps
-  meet through the partials alone: each is written as tagged 8-byte words (value and step), double
-  buffered, and a program polls exactly the words it needs until they carry the step's tag; no
-  barrier, no fence, no workspace. The launch is cooperative (the driver refuses a grid that
-  could not be resident at once), and the wait is bounded (it counts a failure instead of
-  hanging). The interpreter runs programs one after another, so there only a matrix that is a
-  single tile takes this path.
+* **Tiled, resident** (``RESIDENT``, the default where it applies;
+  ``UNIMIXER_SINKHORN_PERSISTENT=0`` turns it off): where every tile can have its own program, all
+  resident at once (``n = 1024`` with 64 x 128 tiles and 16 warps: 128 programs), one launch per
+  direction. A program keeps its ``S0`` tile, in backward its ``G`` tile, and the potentials of its
+  rows and columns in registers for the whole call, so matrix-free Lite forms its low-rank tile
+  once, not ``2K + 1`` times. After the first iteration the reductions need no maximum (every
+  iterate is then normalised along one axis, see ``sinkhorn_resident_fwd_kernel``), so the partials
+  are plain sums, and one exponential per entry serves both half-steps of an iteration. The
+  half-steps meet through the partials alone: each is written as tagged 8-byte words (value and
+  step), double buffered, and a program polls exactly the words it needs until they carry the step's
+  tag; no barrier, no fence, no workspace. The launch is cooperative (the driver refuses a grid that
+  could not be resident at once), and the wait is bounded (it counts a failure instead of hanging).
+  The interpreter runs programs one after another, so there only a matrix that is a single tile
+  takes this path.
 * **Programmatic dependent launch** (``UNIMIXER_PDL``: by default while a CUDA graph is captured,
   sm_90+): the tiled launches wait with ``griddepcontrol.wait`` until the previous kernel has
   finished and its writes are visible, then release the next launch, so that its launch processing
