@@ -403,8 +403,9 @@ def _exp(x, FAST: tl.constexpr):
     """``tl.exp(x)`` (``ex2.approx`` of ``x * log2(e)``), and with ``FAST`` (sm_90 builds) the same
     with results below fp32's normal range flushed to zero (``.ftz``): the same number wherever the
     result is a normal float, without the three instructions per element that ``ex2.approx.f32``
-    spends on subnormal results. Every exponential of the tiled kernels goes through here, so each
-    launch forms each iterate exactly as the others do (``_bwd_tile``)."""
+    spends on subnormal results. Every iterate's exponential in the tiled half-steps goes through
+    here, so each launch forms each iterate exactly as the others do (``_bwd_tile``); ``_lse`` (the
+    first iteration's partials and their reduction) keeps ``tl.exp``."""
     if FAST:
         return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x * LOG2E], dtype=tl.float32,
                                          is_pure=True, pack=1)
