@@ -36,8 +36,12 @@ def test_fp32_rtol_catches_what_the_factor_rule_allows():
     ref = _ref()
     pt = (ref * (1 + 1e-3)).float()
     out = (ref * (1 + 1e-3)).float()
-    with pytest.raises(AssertionError, match="rtol=1e-4"):
+    with pytest.raises(AssertionError, match="rtol=1e-4") as failure:
         assert_close_to_reference(out, ref, pt, factor=5.0)
+    # the message names the worst element and how torch-fp32 fares against the same check
+    worst = int(((out.double() - ref).abs() - 1e-4 * ref.abs()).argmax())
+    assert f"worst element ({worst},)" in str(failure.value)
+    assert "torch-fp32's largest error over the tensor is" in str(failure.value)
 
 
 def test_fp32_noise_on_an_exactly_zero_gradient_passes():

@@ -539,7 +539,7 @@ def _fwd_tile(
 
 @triton.jit
 def _bwd_tile(
-    x_in, tile, mat, SRC, A, B, WS, DP, U, V, CS, RS, G, DX, PR, PC, CNT,
+    x_in, tile, mat, SRC, A, B, WS, DP, U, V, CS, RS, G, DX, PR, PC, QR, QC, CNT,
     n, rank, K, k, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
@@ -560,6 +560,12 @@ def _bwd_tile(
     carries too (dropping them doubled the error at tau = 0.05). The sums ``c_k`` (``CS [n_mat, K,
     n]``) and ``r_k`` (``RS``) are kept, and the last launch forms ``G`` as the reference's sequence
     ``dP * P - E_col(K-1) c_{K-1} - E_row(K-1) r_{K-1} - ... - E_row(0) r_0``.
+
+    Each half-step forms one iterate: the residual's sums over a tile, ``rowsum(E_row(k+1))`` and
+    ``colsum(E_col(k))``, are of the iterate the launch before formed, which left them per tile in
+    ``QR [n_mat, n_ct, n]`` (row step ``k + 1``, read by column step ``k``) and ``QC [n_mat, n_rt, n]``
+    (column step ``k``, read by row step ``k``). A tile's share of the residual is its own sums', so
+    no band reduces them: the program of the same tile in the next launch reads them.
 
     The sums and the final ``G`` must see the same numbers, bit for bit: ``G`` is then the
     reference's up to the sums' rounding, but where they differ the difference is not projected
@@ -594,6 +600,8 @@ def _bwd_tile(
     gptr = G + mat * n * n + rows[:, None] * n + cols[None, :]
     prow = PR + (mat * n_ct + q) * n + rows
     pcol = PC + (mat * n_rt + p) * n + cols
+    qrow = QR + (mat * n_ct + q) * n + rows
+    qcol = QC + (mat * n_rt + p) * n + cols
     csum = CS + mat * K * n + cols
     rsum = RS + mat * K * n + rows
     rcount = CNT + mat * (n_rt + n_ct) + p
@@ -612,16 +620,19 @@ def _bwd_tile(
         c = tl.load(csum + k * n, mask=cmask, other=0.0, cache_modifier=".cg")
         v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
         e = _exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")), FAST_EXP)
+        # this tile's column sums of E_col(k), for row step k (none follows k = 0: it is the last)
+        tl.store(qcol, tl.sum(e, axis=0), mask=cmask & (k > 0))
         if FIRST:
             # (k = K - 1) G's row sums before the first step: those of dP * P, from the init pass
             w = tl.load(gptr, mask=m2, other=0.0, cache_modifier=".cg")
+            part = tl.sum(w - e * c[None, :], axis=1)
         else:
-            # after row step k + 1: r_{k+1} (1 - rowsum(E_row(k + 1))); r_{k+1} counted in column 0
+            # after row step k + 1: r_{k+1} (1 - rowsum(E_row(k + 1))), this tile's share (r_{k+1}
+            # counted in column tile 0); that launch formed E_row(k + 1) and left its sums in QR
             rp = tl.load(rsum + (k + 1) * n, mask=rmask, other=0.0, cache_modifier=".cg")
-            u2 = tl.load(urow + (k + 1) * n, mask=rmask, other=0.0, cache_modifier=".cg")
-            e2 = _exp(tl.where(m2, t1 - u2[:, None] - v[None, :], float("-inf")), FAST_EXP)
-            w = tl.where(cols[None, :] == 0, rp[:, None], 0.0) - rp[:, None] * e2
-        tl.store(prow, tl.sum(w - e * c[None, :], axis=1), mask=rmask)
+            qr = tl.load(qrow, mask=rmask, other=0.0, cache_modifier=".cg")
+            part = (tl.where(q == 0, rp, 0.0) - rp * qr) - tl.sum(e * c[None, :], axis=1)
+        tl.store(prow, part, mask=rmask)
         _arrive(rcount, PR + mat * n_ct * n, rows, rmask, rsum + k * n, n, n_ct, _SUM, CT_P)
     else:
         r = tl.load(rsum + k * n, mask=rmask, other=0.0, cache_modifier=".cg")
@@ -637,12 +648,14 @@ def _bwd_tile(
             # k >= 1 here
             vp = tl.load(vcol + (k - 1) * n, mask=cmask & (k > 1), other=0.0, cache_modifier=".cg")
             e = _exp(tl.where(m2, t1 - u[:, None] - vp[None, :], float("-inf")), FAST_EXP)
-            # G's column sums after column step k: c_k (1 - colsum(E_col(k))), this tile's share
+            # this tile's row sums of E_row(k), for column step k - 1
+            tl.store(qrow, tl.sum(e, axis=1), mask=rmask)
+            # G's column sums after column step k: c_k (1 - colsum(E_col(k))), this tile's share (c_k
+            # counted in row tile 0); column step k formed E_col(k) and left its sums in QC
             c = tl.load(csum + k * n, mask=cmask, other=0.0, cache_modifier=".cg")
-            v = tl.load(vcol + k * n, mask=cmask, other=0.0, cache_modifier=".cg")
-            ec = _exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")), FAST_EXP)
-            w = tl.where(rows[:, None] == 0, c[None, :], 0.0) - c[None, :] * ec
-            tl.store(pcol, tl.sum(w - e * r[:, None], axis=0), mask=cmask)
+            qc = tl.load(qcol, mask=cmask, other=0.0, cache_modifier=".cg")
+            part = (tl.where(p == 0, c, 0.0) - c * qc) - tl.sum(e * r[:, None], axis=0)
+            tl.store(pcol, part, mask=cmask)
             _arrive(ccount, PC + mat * n_rt * n, cols, cmask, csum + (k - 1) * n, n, n_rt, _SUM, RT_P)
 
 
@@ -715,7 +728,7 @@ def sinkhorn_tile_fwd_kernel(
 
 @triton.jit
 def sinkhorn_tile_bwd_kernel(
-    SRC, A, B, WS, DP, U, V, CS, RS, G, DX, PR, PC, CNT,
+    SRC, A, B, WS, DP, U, V, CS, RS, G, DX, PR, PC, QR, QC, CNT,
     n, rank, K, k, n_rt, n_ct, flip,
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
@@ -729,8 +742,8 @@ def sinkhorn_tile_bwd_kernel(
     x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
                    MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN)
     _pdl_prologue(PDL)
-    _bwd_tile(x, tile, mat, SRC, A, B, WS, DP, U, V, CS, RS, G, DX,
-              PR, PC, CNT, n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale,
+    _bwd_tile(x, tile, mat, SRC, A, B, WS, DP, U, V, CS, RS, G, DX, PR, PC, QR, QC, CNT,
+              n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale,
               grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY, FIRST,
               EVEN, FAST_EXP)
 
@@ -1217,16 +1230,22 @@ def _tile_args(n, src, a, b):
 
 def _tiled_buffers(n_mat: int, n_rt: int, n_ct: int, n: int, sums: int, device: torch.device) -> tuple:
     """The one-launch-per-half-step kernels' buffers: the partials ``PR [n_mat, n_ct, n]`` and
-    ``PC [n_mat, n_rt, n]`` (fp32), ``sums`` steps of the backward's column and row sums ``CS``,
-    ``RS [n_mat, sums, n]`` (``None`` when 0), and the arrival counts (``_arrive``; per matrix one
-    per row band and one per column band, zero before the first launch; each band's last program
-    sets its count back to 0)."""
-    buf = torch.empty(n_mat * (n_ct + n_rt + 2 * sums) * n, device=device, dtype=torch.float32)
+    ``PC [n_mat, n_rt, n]`` (fp32); for the backward (``sums`` > 0), ``sums`` steps of its column and
+    row sums ``CS``, ``RS [n_mat, sums, n]`` and the per-tile sums of the iterate that one launch
+    leaves to the next, ``QR`` (shaped as ``PR``) and ``QC`` (as ``PC``), else ``None``; and the
+    arrival counts (``_arrive``; per matrix one per row band and one per column band, zero before the
+    first launch; each band's last program sets its count back to 0)."""
+    parts = n_mat * (n_ct + n_rt) * n
+    buf = torch.empty((2 if sums else 1) * parts + n_mat * 2 * sums * n, device=device, dtype=torch.float32)
     pr = buf[:n_mat * n_ct * n].view(n_mat, n_ct, n)
-    pc = buf[n_mat * n_ct * n:n_mat * (n_ct + n_rt) * n].view(n_mat, n_rt, n)
-    cs, rs = buf[n_mat * (n_ct + n_rt) * n:].view(2, n_mat, sums, n) if sums else (None, None)
+    pc = buf[n_mat * n_ct * n:parts].view(n_mat, n_rt, n)
+    qr = qc = cs = rs = None
+    if sums:
+        qr = buf[parts:parts + n_mat * n_ct * n].view(n_mat, n_ct, n)
+        qc = buf[parts + n_mat * n_ct * n:2 * parts].view(n_mat, n_rt, n)
+        cs, rs = buf[2 * parts:].view(2, n_mat, sums, n)
     cnt = torch.zeros((n_mat, n_rt + n_ct), device=device, dtype=torch.int32)
-    return pr, pc, cs, rs, cnt
+    return pr, pc, qr, qc, cs, rs, cnt
 
 
 def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
@@ -1252,7 +1271,7 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
         _check_fail(fail)
         return p, u, v
     ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode != _LOWRANK else p
-    pr, pc, _, _, cnt = _tiled_buffers(n_mat, n_rt, n_ct, n, 0, like.device)
+    pr, pc, _, _, _, _, cnt = _tiled_buffers(n_mat, n_rt, n_ct, n, 0, like.device)
     grid = (n_rt * n_ct, n_mat)
     pdl = _pdl_options(like.device)
     flips = _flips()
@@ -1305,8 +1324,9 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     # dP * P, written by the first launch and turned into the working gradient by the last one
     g = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32)
     ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode != _LOWRANK else dx
-    # the partials of both axes, then every step's column and row sums of G (O(K n) per matrix)
-    pr, pc, cs, rs, cnt = _tiled_buffers(n_mat, n_rt, n_ct, n, iters, like.device)
+    # the partials of both axes, the iterate's sums carried from launch to launch, and every step's
+    # column and row sums of G (O(K n) per matrix)
+    pr, pc, qr, qc, cs, rs, cnt = _tiled_buffers(n_mat, n_rt, n_ct, n, iters, like.device)
     grid = (n_rt * n_ct, n_mat)
     pdl = _pdl_options(like.device)
     flips = _flips()
@@ -1314,7 +1334,7 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     def launch(phase, k, m, last=False):
         early = pdl["PDL"] and phase != 0 and (m == _LOWRANK or (phase, k) != (1, iters - 1))
         sinkhorn_tile_bwd_kernel[grid](
-            s_src, s_a, s_b, ws, dp, u, v, cs, rs, g, dx, pr, pc, cnt,
+            s_src, s_a, s_b, ws, dp, u, v, cs, rs, g, dx, pr, pc, qr, qc, cnt,
             n, rank, iters, k, n_rt, n_ct, next(flips), *strides, dp.stride(0), dp.stride(1), dp.stride(2),
             scale, grad_scale,
             PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, EARLY=early,

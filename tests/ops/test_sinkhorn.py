@@ -550,7 +550,7 @@ def compile_tiles_pdl_for_sm90() -> None:
 
     from bench.sm90 import compile_sm90
 
-    ptrs = {a: "*fp32" for a in "SRC A B WS P U V PR PC DP CS RS G DX".split()} | {"CNT": "*i32"}
+    ptrs = {a: "*fp32" for a in "SRC A B WS P U V PR PC QR QC DP CS RS G DX".split()} | {"CNT": "*i32"}
     tile = dict(BM=64, BN=128)
     common = dict(tile, MODE=1, SYMMETRIC=True, BK=32, DOT_IEEE=True, RT_P=16, CT_P=8)
     builds = [(k.sinkhorn_tile_fwd_kernel, dict(common, PHASE=1, PLAIN=True)),
