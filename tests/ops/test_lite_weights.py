@@ -1,6 +1,8 @@
 """lite_weights: the fused local and matrix-free global Triton kernels against the fp64 reference
 (SPEC §3, §8): both outputs, and the gradients to omega, the basis, A_G and B_G."""
 
+import re
+
 import pytest
 import torch
 from unimixer_kernels.triton_kernels import sinkhorn as sk_kernels
@@ -214,16 +216,29 @@ def _sweep_case(seed, n, nb, bsz, r, iters, tau, symmetric):
 @pytest.mark.parametrize("seed,n,nb,bsz,r,iters,tau,symmetric", [
     # the rank-28 low-rank tile summed as one sequential chain (now two accumulators; NOTES)
     (0, 31, 1, 1, 28, 1, 0.05, False),
-    # the batched kernels' Lite S0 contracted into some of its uses: d omega at 11x torch's error
-    # (now explicit FMAs, no contraction; NOTES). Since, on the H200, d Z misses the fp32 rtol=1e-4
-    # check on one element of 8 (1.18e-6 where 1e-6 is allowed, run58); torch-fp32's own error there
-    # was not measured
-    pytest.param(0, 2, 2, 2, 1, 1, 0.05, False, marks=pytest.mark.xfail(
-        reason="d Z misses the fp32 rtol=1e-4 check by 18% on one element on the H200 (run58, NOTES)")),
 ])
 def test_lite_weights_sweep_examples_gpu(seed, n, nb, bsz, r, iters, tau, symmetric):
     # failures the hypothesis sweep below once found, with its own inputs
     _sweep_case(seed, n, nb, bsz, r, iters, tau, symmetric)
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("seed,n,nb,bsz,r,iters,tau,symmetric", [
+    # the batched kernels' Lite S0 was contracted into some of its uses: d omega at 11x torch's error
+    # (now explicit FMAs, no contraction; NOTES). Since, d Z misses the fp32 rtol=1e-4 check on one
+    # element by 18%, and torch-fp32 gives that element the same value (run59)
+    (0, 2, 2, 2, 1, 1, 0.05, False),
+])
+def test_lite_weights_sweep_examples_beyond_fp32_gpu(seed, n, nb, bsz, r, iters, tau, symmetric):
+    # sweep examples where the fp32 rtol=1e-4 check is out of fp32's reach: the kernel meets the factor
+    # rule, and misses rtol only where torch-fp32 misses it too. A kernel worse than torch fails the
+    # factor rule first (another message), and one that meets rtol again makes this test fail: either
+    # way the example needs a new look
+    with pytest.raises(AssertionError, match=r"\(fp32 rtol=1e-4\)") as failure:
+        _sweep_case(seed, n, nb, bsz, r, iters, tau, symmetric)
+    found = re.search(r"torch-fp32's largest error over the tensor is ([0-9.]+)x", str(failure.value))
+    assert found and float(found.group(1)) >= 1.0, str(failure.value)
 
 
 @pytest.mark.gpu
