@@ -48,7 +48,6 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         PDL_SWITCH,
         PERSISTENT_SWITCH,
         TILE_SWITCH,
-        TPP_SWITCH,
         UNIMIXING_BWD_SWITCH,
         UNIMIXING_FWD_SWITCH,
     )
@@ -74,8 +73,6 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
                       mock.patch.multiple(sinkhorn, **dict(tiled, RESIDENT=True, RESIDENT_CHECK=True))))
         if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0):
             paths.append((f" [tiled, {PDL_SWITCH}=1]", _patched(sinkhorn, tiled, {PDL_SWITCH: "1"})))
-            paths.append((f" [tiled, {PDL_SWITCH}=1, {TPP_SWITCH}=4]",
-                          _patched(sinkhorn, tiled, {PDL_SWITCH: "1", TPP_SWITCH: "4"})))
         # the switch's own tile shape, on matrices past SMALL_MAX_N
         paths.append((f" [tiled, {TILE_SWITCH}=16x32]",
                       _patched(sinkhorn, dict(SMALL_MAX_N=4, RESIDENT=False), {TILE_SWITCH: "16x32"})))

@@ -17,7 +17,6 @@ PERSISTENT_SWITCH = "UNIMIXER_SINKHORN_PERSISTENT"
 FFN_BACKWARD_SWITCH = "UNIMIXER_FFN_BACKWARD"
 PDL_SWITCH = "UNIMIXER_PDL"
 TILE_SWITCH = "UNIMIXER_SINKHORN_TILE"
-TPP_SWITCH = "UNIMIXER_SINKHORN_TILES_PER_PROGRAM"
 UNIMIXING_BWD_SWITCH = "UNIMIXER_UNIMIXING_BACKWARD"
 UNIMIXING_FWD_SWITCH = "UNIMIXER_UNIMIXING_FORWARD"
 LOCAL_TILE_SWITCH = "UNIMIXER_UNIMIXING_LOCAL_TILE"
@@ -69,9 +68,6 @@ SWITCHES = {
     TILE_SWITCH: ("auto", "tile of the one-launch-per-half-step Sinkhorn kernels (the resident ones use "
                           "64x128): 'auto' (64x64, 4 warps) or 'BMxBN' "
                           "(powers of two, 16..256, BM*BN <= 16384; 4 warps below 8192 entries)"),
-    TPP_SWITCH: ("auto", "tiles per program of the one-launch-per-half-step Sinkhorn kernels, taken in a "
-                         "row, each tile's logits read while the one before it is processed: 'auto' (1) "
-                         "or 1, 2, 4 or 8"),
 }
 
 

@@ -101,7 +101,6 @@ from ._launch import (
     PERSISTENT_SWITCH,
     POLL_SWITCH,
     TILE_SWITCH,
-    TPP_SWITCH,
     new_output,
     pdl_launch,
     sm_count,
@@ -634,7 +633,7 @@ def _bwd_tile(
             qr = tl.load(qrow, mask=rmask, other=0.0, cache_modifier=".cg")
             # added in the tile's first column, so that everything is one reduction of the tile (a
             # vector combined with the reduction's result would change layout through shared memory,
-            # every replica of an element writing its word)
+            # every replica of an element writing its word: racecheck's hazards in run59)
             carry = tl.where(q == 0, rp, 0.0) - rp * qr
             first = tl.arange(0, BN)[None, :] == 0
             part = tl.sum(tl.where(first, carry[:, None], 0.0) - e * c[None, :], axis=1)
@@ -711,48 +710,6 @@ def _pdl_prologue(PDL: tl.constexpr):
 
 
 @triton.jit
-def _mirror(t, flip, n_tiles):
-    """Tile ``t`` of a matrix's ``n_tiles``, or with ``flip`` (1) tile ``n_tiles - 1 - t``, so that the
-    launch walks the tiles from the end (``SERPENTINE``)."""
-    return t + flip * (n_tiles - 1 - 2 * t)
-
-
-@triton.jit
-def _first_tile(flip, n_tiles, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                MODE: tl.constexpr, SYMMETRIC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                BK: tl.constexpr, DOT_IEEE: tl.constexpr, EARLY: tl.constexpr, EVEN: tl.constexpr,
-                PDL: tl.constexpr, TPP: tl.constexpr):
-    """A program's start (grid ``(cdiv(n_tiles, TPP), n_mat)``): its first tile ``t`` of the ``TPP``
-    it takes in a row, its matrix (with ``flip``, the launch walks the matrices from the end too),
-    and that tile's ``S0``, read before the PDL wait with ``EARLY``, else after it."""
-    t = tl.program_id(0) * TPP
-    mat = tl.program_id(1).to(tl.int64)
-    mat = mat + flip * (tl.num_programs(1) - 1 - 2 * mat)
-    x = _held_tile(_mirror(t, flip, n_tiles), mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0,
-                   sb1, scale, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN)
-    _pdl_prologue(PDL)
-    if not EARLY:
-        x = _held_tile(_mirror(t, flip, n_tiles), mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1,
-                       sb0, sb1, scale, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, True, EVEN)
-    return t, mat, x
-
-
-@triton.jit
-def _prefetch(t, i: tl.constexpr, mat, flip, n_tiles, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1,
-              sb0, sb1, scale, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, BM: tl.constexpr,
-              BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr, EVEN: tl.constexpr,
-              TPP: tl.constexpr):
-    """The ``S0`` of the program's tile after ``t`` (its ``i``-th), read now so that the read overlaps
-    the work on tile ``t``; nothing after the program's last (``TPP`` divides the tiles of a matrix)."""
-    if i + 1 < TPP:
-        x = _held_tile(_mirror(t + 1, flip, n_tiles), mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1,
-                       sb0, sb1, scale, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, True, EVEN)
-    else:
-        x = 0.0
-    return x
-
-
-@triton.jit
 def sinkhorn_tile_fwd_kernel(
     SRC, A, B, WS, P, U, V, PR, PC, CNT,
     n, rank, K, k, n_rt, n_ct, flip,
@@ -760,24 +717,20 @@ def sinkhorn_tile_fwd_kernel(
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, PLAIN: tl.constexpr,
-    EVEN: tl.constexpr = False, FAST_EXP: tl.constexpr = False, TPP: tl.constexpr = 1,
+    EVEN: tl.constexpr = False, FAST_EXP: tl.constexpr = False,
 ):
-    """One forward half-step (``_fwd_tile``); grid ``(cdiv(n_rt * n_ct, TPP), n_mat)``: a program takes
-    ``TPP`` tiles of its matrix in a row, each tile's ``S0`` read while the one before it is processed.
-    ``EARLY`` (with ``PDL``): the first tile's ``S0`` is read (or formed from the factors) before the
-    wait, overlapping the previous launch, which must not write what it reads (see ``tiled_fwd``).
-    ``EVEN``: the tiles divide ``n`` (``_masks``); ``FAST_EXP``: ``_exp``'s flush-to-zero form (sm_90
-    builds); ``flip``: the launch walks the tiles and matrices from the end (``_first_tile``)."""
-    n_tiles = n_rt * n_ct
-    t, mat, x = _first_tile(flip, n_tiles, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1,
-                            scale, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN, PDL, TPP)
-    for i in tl.static_range(TPP):
-        xn = _prefetch(t, i, mat, flip, n_tiles, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1,
-                       scale, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EVEN, TPP)
-        _fwd_tile(x, _mirror(t, flip, n_tiles), mat, SRC, A, B, WS, P, U, V, PR, PC, CNT,
-                  n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                  PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P, True, PLAIN, EVEN, FAST_EXP)
-        t, x = t + 1, xn
+    """One forward half-step (``_fwd_tile``); grid ``(n_rt * n_ct, n_mat)``. ``EARLY`` (with
+    ``PDL``): the S0 tile is read (or formed from the factors) before the wait, overlapping the
+    previous launch, which must not write what it reads (see ``tiled_fwd``). ``EVEN``: the tiles
+    divide ``n`` (``_masks``); ``FAST_EXP``: ``_exp``'s flush-to-zero form (sm_90 builds); ``flip``:
+    ``_program_tile``."""
+    tile, mat = _program_tile(flip)
+    x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN)
+    _pdl_prologue(PDL)
+    _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, CNT,
+              n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+              PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY, PLAIN, EVEN, FAST_EXP)
 
 
 @triton.jit
@@ -788,21 +741,18 @@ def sinkhorn_tile_bwd_kernel(
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, FIRST: tl.constexpr,
-    EVEN: tl.constexpr = False, FAST_EXP: tl.constexpr = False, TPP: tl.constexpr = 1,
+    EVEN: tl.constexpr = False, FAST_EXP: tl.constexpr = False,
 ):
-    """One backward half-step (``_bwd_tile``), tiles taken as in ``sinkhorn_tile_fwd_kernel``
-    (``TPP``, ``EARLY``, ``EVEN``, ``FAST_EXP``, ``flip``)."""
-    n_tiles = n_rt * n_ct
-    t, mat, x = _first_tile(flip, n_tiles, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1,
-                            scale, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN, PDL, TPP)
-    for i in tl.static_range(TPP):
-        xn = _prefetch(t, i, mat, flip, n_tiles, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1,
-                       scale, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EVEN, TPP)
-        _bwd_tile(x, _mirror(t, flip, n_tiles), mat, SRC, A, B, WS, DP, U, V, CS, RS, G, DX, PR, PC, QR, QC,
-                  CNT, n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale,
-                  grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P, True, FIRST,
-                  EVEN, FAST_EXP)
-        t, x = t + 1, xn
+    """One backward half-step (``_bwd_tile``); grid ``(n_rt * n_ct, n_mat)``; ``EARLY``, ``EVEN`` and
+    ``FAST_EXP`` as in ``sinkhorn_tile_fwd_kernel``; ``flip``: ``_program_tile``."""
+    tile, mat = _program_tile(flip)
+    x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN)
+    _pdl_prologue(PDL)
+    _bwd_tile(x, tile, mat, SRC, A, B, WS, DP, U, V, CS, RS, G, DX, PR, PC, QR, QC, CNT,
+              n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale,
+              grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY, FIRST,
+              EVEN, FAST_EXP)
 
 
 @triton.jit
@@ -1121,18 +1071,6 @@ def _tiles(n: int) -> tuple[int, int]:
     return min(64, max(16, npad)), min(64, max(16, npad))
 
 
-def _tiles_per_program(n_tiles: int) -> int:
-    """``TPP`` of the one-launch-per-half-step kernels (``UNIMIXER_SINKHORN_TILES_PER_PROGRAM``), halved
-    until it divides ``n_tiles``, the tiles of a matrix, so that every program has all its tiles."""
-    mode = switch(TPP_SWITCH)
-    if mode not in ("auto", "1", "2", "4", "8"):
-        raise ValueError(f"{TPP_SWITCH}: expected 'auto', 1, 2, 4 or 8, got {mode!r}")
-    tpp = 1 if mode == "auto" else int(mode)
-    while n_tiles % tpp:
-        tpp //= 2
-    return tpp
-
-
 def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
     """``(n_rt, n_ct, meta, FAIL, PR, PC)`` of the resident kernels, or ``None`` where they are off
     (``RESIDENT``), or one program per tile would not fit the GPU at once, or the launch cannot be
@@ -1293,9 +1231,17 @@ def _tile_args(n, src, a, b):
     meta = dict(BM=bm, BN=bn, BK=_lowrank_chunk_width(rank, dot_ieee), DOT_IEEE=dot_ieee,
                 RT_P=triton.next_power_of_2(n_rt),
                 CT_P=triton.next_power_of_2(n_ct), num_warps=8 if bm * bn >= 8192 else 4,
-                EVEN=n % bm == 0 and n % bn == 0, FAST_EXP=(src if a is None else a).device.type == "cuda",
-                TPP=_tiles_per_program(n_rt * n_ct))
+                EVEN=n % bm == 0 and n % bn == 0, FAST_EXP=(src if a is None else a).device.type == "cuda")
     return bm, bn, n_rt, n_ct, mode, rank, strides, meta
+
+
+def _last_warps(meta: dict) -> int:
+    """Warps of the backward's last launch, which forms all ``2K`` iterates of its tile again
+    (elementwise, no reduction): 16 for a 64 x 64 tile, so that each thread holds 8 entries of its
+    three tiles (``G``, ``T1``, ``R1``). With 4 warps it took 168 registers a thread (3 blocks, 12 warps
+    per SM) and 285 us at n = 4096 (run59), 18% of the backward; 16 warps take 64 (2 blocks of 16
+    warps), so that the loop's loads of each iteration's potentials have 32 warps to hide behind."""
+    return max(meta["num_warps"], meta["BM"] * meta["BN"] // 256)
 
 
 def _tiled_buffers(n_mat: int, n_rt: int, n_ct: int, n: int, sums: int, device: torch.device) -> tuple:
@@ -1342,7 +1288,7 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
         return p, u, v
     ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode != _LOWRANK else p
     pr, pc, _, _, _, _, cnt = _tiled_buffers(n_mat, n_rt, n_ct, n, 0, like.device)
-    grid = (triton.cdiv(n_rt * n_ct, meta["TPP"]), n_mat)
+    grid = (n_rt * n_ct, n_mat)
     pdl = _pdl_options(like.device)
     flips = _flips()
 
@@ -1397,19 +1343,18 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     # the partials of both axes, the iterate's sums carried from launch to launch, and every step's
     # column and row sums of G (O(K n) per matrix)
     pr, pc, qr, qc, cs, rs, cnt = _tiled_buffers(n_mat, n_rt, n_ct, n, iters, like.device)
+    grid = (n_rt * n_ct, n_mat)
     pdl = _pdl_options(like.device)
     flips = _flips()
 
     def launch(phase, k, m, last=False):
         early = pdl["PDL"] and phase != 0 and (m == _LOWRANK or (phase, k) != (1, iters - 1))
-        # the last launch forms every iterate again (2K exponentials per entry, most of the registers):
-        # one tile per program
-        tpp = 1 if last else meta["TPP"]
-        sinkhorn_tile_bwd_kernel[(triton.cdiv(n_rt * n_ct, tpp), n_mat)](
+        sinkhorn_tile_bwd_kernel[grid](
             s_src, s_a, s_b, ws, dp, u, v, cs, rs, g, dx, pr, pc, qr, qc, cnt,
             n, rank, iters, k, n_rt, n_ct, next(flips), *strides, *dp.stride(), scale, grad_scale,
             PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, EARLY=early,
-            FIRST=phase == 1 and k == iters - 1, **dict(meta, TPP=tpp), **pdl,
+            FIRST=phase == 1 and k == iters - 1, **pdl,
+            **dict(meta, num_warps=_last_warps(meta) if last else meta["num_warps"]),
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
@@ -1418,8 +1363,8 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
         launch(1, k, later)
         launch(2, k, later, last=k == 0)
     if symmetric:
-        sinkhorn_tile_sym_kernel[(n_rt * n_ct, n_mat)](g, dx, n, n_ct, grad_scale, next(flips), BM=bm, BN=bn,
-                                                       num_warps=meta["num_warps"], EVEN=meta["EVEN"], **pdl)
+        sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, next(flips), BM=bm, BN=bn,
+                                       num_warps=meta["num_warps"], EVEN=meta["EVEN"], **pdl)
     return dx
 
 

@@ -598,35 +598,6 @@ def test_sinkhorn_serpentine_changes_no_number(device, tiled, monkeypatch):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("tpp", ["2", "4", "8"])
-def test_sinkhorn_tiles_per_program_changes_no_number(device, tiled, monkeypatch, tpp):
-    # several tiles per program, each read while the one before it is processed: the same bits as one
-    # tile per program (n = 60 in 16 x 16 tiles: 16 per matrix)
-    x = _logits((2, 60, 60), torch.float32, device)
-    dp = torch.randn(x.shape, device=device)
-    out = []
-    for value in ("auto", tpp):
-        monkeypatch.setenv("UNIMIXER_SINKHORN_TILES_PER_PROGRAM", value)
-        p = uk.sinkhorn(x, 0.1, 3, True, backend="triton")
-        out.append((p, *torch.autograd.grad(p, x, dp)))
-    for a, b in zip(*out):
-        assert torch.equal(a, b)
-
-
-def test_sinkhorn_tiles_per_program_switch(monkeypatch):
-    # halved until it divides a matrix's tiles; bad values name the switch
-    from unimixer_kernels.triton_kernels import sinkhorn as k
-
-    monkeypatch.setenv("UNIMIXER_SINKHORN_TILES_PER_PROGRAM", "8")
-    assert [k._tiles_per_program(t) for t in (16, 12, 6, 5)] == [8, 4, 2, 1]
-    monkeypatch.setenv("UNIMIXER_SINKHORN_TILES_PER_PROGRAM", "auto")
-    assert k._tiles_per_program(16) == 1
-    monkeypatch.setenv("UNIMIXER_SINKHORN_TILES_PER_PROGRAM", "3")
-    with pytest.raises(ValueError, match="TILES_PER_PROGRAM: expected 'auto', 1, 2, 4 or 8"):
-        k._tiles_per_program(16)
-
-
-@pytest.mark.triton
 def test_sinkhorn_tile_switch(device, monkeypatch):
     # UNIMIXER_SINKHORN_TILE picks the tile shape of the tiled kernels; bad values name the switch
     from unimixer_kernels.triton_kernels import sinkhorn as k
@@ -651,29 +622,6 @@ def test_sinkhorn_tile_switch_gpu(monkeypatch, tile):
     monkeypatch.setenv("UNIMIXER_SINKHORN_TILE", tile)
     x = random_input((1024, 1024), torch.float32, "cuda", requires_grad=True)
     check_against_reference(uk.sinkhorn, (x, 0.05, 20, True), backend="triton")
-
-
-@pytest.mark.gpu
-@pytest.mark.triton
-@pytest.mark.parametrize("tpp", ["2", "4"])
-@pytest.mark.parametrize("pdl", ["0", "1"])
-def test_sinkhorn_tiles_per_program_gpu(monkeypatch, tpp, pdl):
-    # several tiles per program on the GPU, with and without PDL's early read of the first tile: the
-    # same bits as one tile per program, and the rule against the reference
-    if pdl == "1" and torch.cuda.get_device_capability() < (9, 0):
-        pytest.skip("programmatic dependent launch needs sm_90 or newer")
-    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
-    monkeypatch.setenv("UNIMIXER_PDL", pdl)
-    x = random_input((1024, 1024), torch.float32, "cuda", requires_grad=True)
-    g_out = torch.randn(1024, 1024, device="cuda")
-    out = []
-    for value in ("1", tpp):
-        monkeypatch.setenv("UNIMIXER_SINKHORN_TILES_PER_PROGRAM", value)
-        p = uk.sinkhorn(x, 0.05, 20, True, backend="triton")
-        out.append((p, *torch.autograd.grad(p, x, g_out)))
-    for a, b in zip(*out):
-        assert torch.equal(a, b)
-    check_against_reference(uk.sinkhorn, (x, 0.05, 20, False), backend="triton")
 
 
 @pytest.mark.gpu
