@@ -1235,15 +1235,6 @@ def _tile_args(n, src, a, b):
     return bm, bn, n_rt, n_ct, mode, rank, strides, meta
 
 
-def _last_warps(meta: dict) -> int:
-    """Warps of the backward's last launch, which forms all ``2K`` iterates of its tile again
-    (elementwise, no reduction): 16 for a 64 x 64 tile, so that each thread holds 8 entries of its
-    three tiles (``G``, ``T1``, ``R1``). With 4 warps it took 168 registers a thread (3 blocks, 12 warps
-    per SM) and 285 us at n = 4096 (run59), 18% of the backward; 16 warps take 64 (2 blocks of 16
-    warps), so that the loop's loads of each iteration's potentials have 32 warps to hide behind."""
-    return max(meta["num_warps"], meta["BM"] * meta["BN"] // 256)
-
-
 def _tiled_buffers(n_mat: int, n_rt: int, n_ct: int, n: int, sums: int, device: torch.device) -> tuple:
     """The one-launch-per-half-step kernels' buffers: the partials ``PR [n_mat, n_ct, n]`` and
     ``PC [n_mat, n_rt, n]`` (fp32); for the backward (``sums`` > 0), ``sums`` steps of its column and
@@ -1353,8 +1344,7 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
             s_src, s_a, s_b, ws, dp, u, v, cs, rs, g, dx, pr, pc, qr, qc, cnt,
             n, rank, iters, k, n_rt, n_ct, next(flips), *strides, *dp.stride(), scale, grad_scale,
             PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, EARLY=early,
-            FIRST=phase == 1 and k == iters - 1, **pdl,
-            **dict(meta, num_warps=_last_warps(meta) if last else meta["num_warps"]),
+            FIRST=phase == 1 and k == iters - 1, **meta, **pdl,
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
