@@ -1242,17 +1242,12 @@ def _tiled_buffers(n_mat: int, n_rt: int, n_ct: int, n: int, sums: int, device: 
     leaves to the next, ``QR`` (shaped as ``PR``) and ``QC`` (as ``PC``), else ``None``; and the
     arrival counts (``_arrive``; per matrix one per row band and one per column band, zero before the
     first launch; each band's last program sets its count back to 0)."""
-    parts = n_mat * (n_ct + n_rt) * n
-    buf = torch.empty((2 if sums else 1) * parts + n_mat * 2 * sums * n, device=device, dtype=torch.float32)
-    pr = buf[:n_mat * n_ct * n].view(n_mat, n_ct, n)
-    pc = buf[n_mat * n_ct * n:parts].view(n_mat, n_rt, n)
-    qr = qc = cs = rs = None
-    if sums:
-        qr = buf[parts:parts + n_mat * n_ct * n].view(n_mat, n_ct, n)
-        qc = buf[parts + n_mat * n_ct * n:2 * parts].view(n_mat, n_rt, n)
-        cs, rs = buf[2 * parts:].view(2, n_mat, sums, n)
+    heights = [n_ct, n_rt] + ([n_ct, n_rt, sums, sums] if sums else [])  # PR, PC, QR, QC, CS, RS
+    buf = torch.empty(n_mat * sum(heights) * n, device=device, dtype=torch.float32)
+    views = [part.view(n_mat, h, n) for part, h in zip(buf.split([n_mat * h * n for h in heights]), heights)]
+    views += [None] * (6 - len(views))
     cnt = torch.zeros((n_mat, n_rt + n_ct), device=device, dtype=torch.int32)
-    return pr, pc, qr, qc, cs, rs, cnt
+    return (*views, cnt)
 
 
 def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
