@@ -101,6 +101,7 @@ from ._launch import (
     PERSISTENT_SWITCH,
     POLL_SWITCH,
     TILE_SWITCH,
+    WARPS_SWITCH,
     new_output,
     pdl_launch,
     sm_count,
@@ -1071,6 +1072,18 @@ def _tiles(n: int) -> tuple[int, int]:
     return min(64, max(16, npad)), min(64, max(16, npad))
 
 
+def _tile_warps(bm: int, bn: int) -> int:
+    """Warps per program of the one-launch-per-half-step kernels: the ``UNIMIXER_SINKHORN_WARPS``
+    switch, else 4 below 8192 entries a tile and 8 from there."""
+    mode = switch(WARPS_SWITCH)
+    if mode == "auto":
+        return 8 if bm * bn >= 8192 else 4
+    if not (mode.isdigit() and int(mode) in (1, 2, 4, 8, 16)):
+        raise ValueError(f"{WARPS_SWITCH}: expected 'auto' or a power of two from 1 to 16 (e.g. '8'), "
+                         f"got {mode!r}")
+    return int(mode)
+
+
 def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
     """``(n_rt, n_ct, meta, FAIL, PR, PC)`` of the resident kernels, or ``None`` where they are off
     (``RESIDENT``), or one program per tile would not fit the GPU at once, or the launch cannot be
@@ -1230,7 +1243,7 @@ def _tile_args(n, src, a, b):
     # EVEN: no masks where the tiles divide n; FAST_EXP: flush-to-zero exponentials, compiled code only
     meta = dict(BM=bm, BN=bn, BK=_lowrank_chunk_width(rank, dot_ieee), DOT_IEEE=dot_ieee,
                 RT_P=triton.next_power_of_2(n_rt),
-                CT_P=triton.next_power_of_2(n_ct), num_warps=8 if bm * bn >= 8192 else 4,
+                CT_P=triton.next_power_of_2(n_ct), num_warps=_tile_warps(bm, bn),
                 EVEN=n % bm == 0 and n % bn == 0, FAST_EXP=(src if a is None else a).device.type == "cuda")
     return bm, bn, n_rt, n_ct, mode, rank, strides, meta
 
