@@ -98,6 +98,7 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ._launch import (
+    MAXNREG_SWITCH,
     PERSISTENT_SWITCH,
     POLL_SWITCH,
     TILE_SWITCH,
@@ -1084,6 +1085,23 @@ def _tile_warps(bm: int, bn: int) -> int:
     return int(mode)
 
 
+def _reg_caps(device: torch.device) -> tuple[dict, dict]:
+    """Launch options of the forward's and the backward's repeated half-steps: ``maxnreg`` from the
+    ``UNIMIXER_SINKHORN_MAXNREG`` switch (``'FWD,BWD'``) where the kernels are compiled for CUDA by a
+    Triton that takes it; ``({}, {})`` for 'off'."""
+    mode = switch(MAXNREG_SWITCH)
+    if mode == "off":
+        return {}, {}
+    caps = mode.split(",")
+    if not (len(caps) == 2 and all(c.isdigit() and (c == "0" or (24 <= int(c) <= 248 and int(c) % 8 == 0))
+                                   for c in caps)):
+        raise ValueError(f"{MAXNREG_SWITCH}: expected 'off' or 'FWD,BWD', each 0 (no cap) or a multiple of 8 "
+                         f"from 24 to 248 (e.g. '40,64'), got {mode!r}")
+    if device.type != "cuda" or not triton_launch_option("maxnreg"):
+        return {}, {}
+    return tuple({"maxnreg": int(c)} if c != "0" else {} for c in caps)
+
+
 def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
     """``(n_rt, n_ct, meta, FAIL, PR, PC)`` of the resident kernels, or ``None`` where they are off
     (``RESIDENT``), or one program per tile would not fit the GPU at once, or the launch cannot be
@@ -1290,15 +1308,17 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
     grid = (n_rt * n_ct, n_mat)
     pdl = _pdl_options(like.device)
     flips = _flips()
+    cap = _reg_caps(like.device)[0]
 
     def launch(phase, k, m):
         # early S0 read (PDL): not in the first pass, and not right after it when it wrote the workspace
         early = pdl["PDL"] and phase != _INIT and (m == _LOWRANK or (phase, k) != (_ROW, 0))
+        plain = phase == _ROW and k > 0
         sinkhorn_tile_fwd_kernel[grid](
             s_src, s_a, s_b, ws, p, u, v, pr, pc, cnt,
             n, rank, iters, k, n_rt, n_ct, next(flips), *strides, scale,
-            PHASE=phase, MODE=m, SYMMETRIC=symmetric, EARLY=early, PLAIN=phase == _ROW and k > 0,
-            **meta, **pdl,
+            PHASE=phase, MODE=m, SYMMETRIC=symmetric, EARLY=early, PLAIN=plain,
+            **meta, **pdl, **(cap if plain or phase == _COL else {}),
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
@@ -1345,14 +1365,16 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     grid = (n_rt * n_ct, n_mat)
     pdl = _pdl_options(like.device)
     flips = _flips()
+    cap = _reg_caps(like.device)[1]
 
     def launch(phase, k, m, last=False):
         early = pdl["PDL"] and phase != 0 and (m == _LOWRANK or (phase, k) != (1, iters - 1))
+        first = phase == 1 and k == iters - 1
         sinkhorn_tile_bwd_kernel[grid](
             s_src, s_a, s_b, ws, dp, u, v, cs, rs, g, dx, pr, pc, qr, qc, cnt,
             n, rank, iters, k, n_rt, n_ct, next(flips), *strides, *dp.stride(), scale, grad_scale,
             PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, EARLY=early,
-            FIRST=phase == 1 and k == iters - 1, **meta, **pdl,
+            FIRST=first, **meta, **pdl, **(cap if phase != 0 and not (first or last) else {}),
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
