@@ -17,8 +17,6 @@ PERSISTENT_SWITCH = "UNIMIXER_SINKHORN_PERSISTENT"
 FFN_BACKWARD_SWITCH = "UNIMIXER_FFN_BACKWARD"
 PDL_SWITCH = "UNIMIXER_PDL"
 TILE_SWITCH = "UNIMIXER_SINKHORN_TILE"
-WARPS_SWITCH = "UNIMIXER_SINKHORN_WARPS"
-MAXNREG_SWITCH = "UNIMIXER_SINKHORN_MAXNREG"
 UNIMIXING_BWD_SWITCH = "UNIMIXER_UNIMIXING_BACKWARD"
 UNIMIXING_FWD_SWITCH = "UNIMIXER_UNIMIXING_FORWARD"
 LOCAL_TILE_SWITCH = "UNIMIXER_UNIMIXING_LOCAL_TILE"
@@ -69,13 +67,7 @@ SWITCHES = {
                              "and autotuned tiles), '1' (TMA wherever allowed) or '0' (pointer loads only)"),
     TILE_SWITCH: ("auto", "tile of the one-launch-per-half-step Sinkhorn kernels (the resident ones use "
                           "64x128): 'auto' (64x64, 4 warps) or 'BMxBN' "
-                          "(powers of two, 16..256, BM*BN <= 16384)"),
-    WARPS_SWITCH: ("auto", "warps per program of the one-launch-per-half-step Sinkhorn kernels: 'auto' (4 "
-                           "below 8192 entries a tile, else 8) or a power of two from 1 to 16"),
-    MAXNREG_SWITCH: ("off", "register cap per thread of the one-launch-per-half-step Sinkhorn kernels' "
-                            "repeated half-steps (compiled CUDA): 'off' or 'FWD,BWD' (e.g. '40,64'; a "
-                            "multiple of 8 from 24 to 248 each, 0 for no cap), so that more programs fit "
-                            "an SM at the price of spills"),
+                          "(powers of two, 16..256, BM*BN <= 16384; 4 warps below 8192 entries)"),
 }
 
 

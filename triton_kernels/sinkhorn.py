@@ -98,11 +98,9 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ._launch import (
-    MAXNREG_SWITCH,
     PERSISTENT_SWITCH,
     POLL_SWITCH,
     TILE_SWITCH,
-    WARPS_SWITCH,
     new_output,
     pdl_launch,
     sm_count,
@@ -1073,35 +1071,6 @@ def _tiles(n: int) -> tuple[int, int]:
     return min(64, max(16, npad)), min(64, max(16, npad))
 
 
-def _tile_warps(bm: int, bn: int) -> int:
-    """Warps per program of the one-launch-per-half-step kernels: the ``UNIMIXER_SINKHORN_WARPS``
-    switch, else 4 below 8192 entries a tile and 8 from there."""
-    mode = switch(WARPS_SWITCH)
-    if mode == "auto":
-        return 8 if bm * bn >= 8192 else 4
-    if not (mode.isdigit() and int(mode) in (1, 2, 4, 8, 16)):
-        raise ValueError(f"{WARPS_SWITCH}: expected 'auto' or a power of two from 1 to 16 (e.g. '8'), "
-                         f"got {mode!r}")
-    return int(mode)
-
-
-def _reg_caps(device: torch.device) -> tuple[dict, dict]:
-    """Launch options of the forward's and the backward's repeated half-steps: ``maxnreg`` from the
-    ``UNIMIXER_SINKHORN_MAXNREG`` switch (``'FWD,BWD'``) where the kernels are compiled for CUDA by a
-    Triton that takes it; ``({}, {})`` for 'off'."""
-    mode = switch(MAXNREG_SWITCH)
-    if mode == "off":
-        return {}, {}
-    caps = mode.split(",")
-    if not (len(caps) == 2 and all(c.isdigit() and (c == "0" or (24 <= int(c) <= 248 and int(c) % 8 == 0))
-                                   for c in caps)):
-        raise ValueError(f"{MAXNREG_SWITCH}: expected 'off' or 'FWD,BWD', each 0 (no cap) or a multiple of 8 "
-                         f"from 24 to 248 (e.g. '40,64'), got {mode!r}")
-    if device.type != "cuda" or not triton_launch_option("maxnreg"):
-        return {}, {}
-    return tuple({"maxnreg": int(c)} if c != "0" else {} for c in caps)
-
-
 def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
     """``(n_rt, n_ct, meta, FAIL, PR, PC)`` of the resident kernels, or ``None`` where they are off
     (``RESIDENT``), or one program per tile would not fit the GPU at once, or the launch cannot be
@@ -1261,7 +1230,7 @@ def _tile_args(n, src, a, b):
     # EVEN: no masks where the tiles divide n; FAST_EXP: flush-to-zero exponentials, compiled code only
     meta = dict(BM=bm, BN=bn, BK=_lowrank_chunk_width(rank, dot_ieee), DOT_IEEE=dot_ieee,
                 RT_P=triton.next_power_of_2(n_rt),
-                CT_P=triton.next_power_of_2(n_ct), num_warps=_tile_warps(bm, bn),
+                CT_P=triton.next_power_of_2(n_ct), num_warps=8 if bm * bn >= 8192 else 4,
                 EVEN=n % bm == 0 and n % bn == 0, FAST_EXP=(src if a is None else a).device.type == "cuda")
     return bm, bn, n_rt, n_ct, mode, rank, strides, meta
 
@@ -1308,17 +1277,15 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
     grid = (n_rt * n_ct, n_mat)
     pdl = _pdl_options(like.device)
     flips = _flips()
-    cap = _reg_caps(like.device)[0]
 
     def launch(phase, k, m):
         # early S0 read (PDL): not in the first pass, and not right after it when it wrote the workspace
         early = pdl["PDL"] and phase != _INIT and (m == _LOWRANK or (phase, k) != (_ROW, 0))
-        plain = phase == _ROW and k > 0
         sinkhorn_tile_fwd_kernel[grid](
             s_src, s_a, s_b, ws, p, u, v, pr, pc, cnt,
             n, rank, iters, k, n_rt, n_ct, next(flips), *strides, scale,
-            PHASE=phase, MODE=m, SYMMETRIC=symmetric, EARLY=early, PLAIN=plain,
-            **meta, **pdl, **(cap if plain or phase == _COL else {}),
+            PHASE=phase, MODE=m, SYMMETRIC=symmetric, EARLY=early, PLAIN=phase == _ROW and k > 0,
+            **meta, **pdl,
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
@@ -1365,16 +1332,14 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     grid = (n_rt * n_ct, n_mat)
     pdl = _pdl_options(like.device)
     flips = _flips()
-    cap = _reg_caps(like.device)[1]
 
     def launch(phase, k, m, last=False):
         early = pdl["PDL"] and phase != 0 and (m == _LOWRANK or (phase, k) != (1, iters - 1))
-        first = phase == 1 and k == iters - 1
         sinkhorn_tile_bwd_kernel[grid](
             s_src, s_a, s_b, ws, dp, u, v, cs, rs, g, dx, pr, pc, qr, qc, cnt,
             n, rank, iters, k, n_rt, n_ct, next(flips), *strides, *dp.stride(), scale, grad_scale,
             PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, EARLY=early,
-            FIRST=first, **meta, **pdl, **(cap if phase != 0 and not (first or last) else {}),
+            FIRST=phase == 1 and k == iters - 1, **meta, **pdl,
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE

@@ -613,57 +613,13 @@ def test_sinkhorn_tile_switch(device, monkeypatch):
             uk.sinkhorn(x, 0.5, 3, backend="triton")
 
 
-@pytest.mark.triton
-def test_sinkhorn_warps_switch(device, monkeypatch):
-    # UNIMIXER_SINKHORN_WARPS sets the tiled kernels' warps per program; bad values name the switch
-    from unimixer_kernels.triton_kernels import sinkhorn as k
-
-    assert k._tile_warps(64, 64) == 4 and k._tile_warps(64, 128) == 8
-    monkeypatch.setenv("UNIMIXER_SINKHORN_WARPS", "8")
-    assert k._tile_warps(64, 64) == 8
-    monkeypatch.setattr(k, "SMALL_MAX_N", 4)
-    monkeypatch.setattr(k, "TILE_OVERRIDE", (16, 16))  # several tiles: one launch per half-step
-    x = _logits((40, 40), torch.float32, device)
-    check_against_reference(uk.sinkhorn, (x, 0.5, 3, True), backend="triton")
-    for bad in ("3", "32", "eight", "0"):
-        monkeypatch.setenv("UNIMIXER_SINKHORN_WARPS", bad)
-        with pytest.raises(ValueError, match="UNIMIXER_SINKHORN_WARPS: expected 'auto' or a power of two"):
-            uk.sinkhorn(x, 0.5, 3, backend="triton")
-
-
-@pytest.mark.triton
-def test_sinkhorn_maxnreg_switch(device, monkeypatch):
-    # UNIMIXER_SINKHORN_MAXNREG caps the repeated half-steps' registers on CUDA (nothing to cap in the
-    # interpreter); bad values name the switch
-    from unimixer_kernels.triton_kernels import sinkhorn as k
-
-    assert k._reg_caps(torch.device("cpu")) == ({}, {})
-    monkeypatch.setenv("UNIMIXER_SINKHORN_MAXNREG", "40,0")
-    assert k._reg_caps(torch.device("cpu")) == ({}, {})
-    monkeypatch.setattr(k, "SMALL_MAX_N", 4)
-    monkeypatch.setattr(k, "TILE_OVERRIDE", (16, 16))  # several tiles: one launch per half-step
-    x = _logits((40, 40), torch.float32, device)
-    check_against_reference(uk.sinkhorn, (x, 0.5, 3, True), backend="triton")
-    for bad in ("40", "41,64", "16,64", "40,256", "a,b", "40,64,8"):
-        monkeypatch.setenv("UNIMIXER_SINKHORN_MAXNREG", bad)
-        with pytest.raises(ValueError, match="UNIMIXER_SINKHORN_MAXNREG: expected 'off' or 'FWD,BWD'"):
-            uk.sinkhorn(x, 0.5, 3, backend="triton")
-
-
 @pytest.mark.gpu
 @pytest.mark.triton
-@pytest.mark.parametrize("tile, warps, maxnreg", [("auto", "auto", "off"), ("32x128", "auto", "off"),
-                                                  ("64x64", "8", "off"), ("128x128", "16", "off"),
-                                                  ("auto", "auto", "40,64"), ("auto", "auto", "32,48")])
-def test_sinkhorn_tile_switch_gpu(monkeypatch, tile, warps, maxnreg):
-    # the switches set the tiles, warps and register caps of the one-launch-per-half-step kernels
-    # (n = 1024 is resident by default)
+@pytest.mark.parametrize("tile", ["auto", "32x128"])
+def test_sinkhorn_tile_switch_gpu(monkeypatch, tile):
+    # the switch sets the tiles of the one-launch-per-half-step kernels (n = 1024 is resident by default)
     monkeypatch.setattr(sk_kernels, "RESIDENT", False)
     monkeypatch.setenv("UNIMIXER_SINKHORN_TILE", tile)
-    monkeypatch.setenv("UNIMIXER_SINKHORN_WARPS", warps)
-    monkeypatch.setenv("UNIMIXER_SINKHORN_MAXNREG", maxnreg)
-    if maxnreg != "off":
-        assert sk_kernels._reg_caps(torch.device("cuda"))[0] == {"maxnreg": int(maxnreg.split(",")[0])}
     x = random_input((1024, 1024), torch.float32, "cuda", requires_grad=True)
     check_against_reference(uk.sinkhorn, (x, 0.05, 20, True), backend="triton")
 
