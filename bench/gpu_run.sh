@@ -14,7 +14,8 @@
 #   variant   the bench stage's cases again with kernel switches set, one run per entry of
 #             VARIANTS="UNIMIXER_PDL=1|sinkhorn@paper-small;UNIMIXER_FFN_BACKWARD=recompute" (cases after
 #             '|', default VARIANT_CASES, else BENCH_CASES; VARIANT_ARGS, default BENCH_ARGS): variant<i>.json
-#   ncu       Nsight Compute sections for a few launches of one case's kernels (NCU_CASE, NCU_KERNELS)
+#   ncu       Nsight Compute sections for a few launches of one case's kernels (NCU_CASE, NCU_KERNELS;
+#             NCU_SOURCE=1 adds the report and its per-instruction stall samples, ncu_source.csv)
 #   profile   python -m bench profile of the UniMixer block's Triton path (profile.md)
 #   memory    python -m bench memory: the blocks alive at a training step's peak, by allocating site
 #             (memory.md; MEMORY_CASES="case@preset ...", default the RankMixer and full UniMixer blocks)
@@ -206,8 +207,13 @@ if want ncu; then
             -k "regex:${NCU_KERNELS:-sinkhorn_tile}" --launch-skip "${NCU_SKIP:-20}" --launch-count "${NCU_COUNT:-4}" \
             --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
             --section SchedulerStats --section MemoryWorkloadAnalysis \
+            ${NCU_SOURCE:+--section SourceCounters --import-source yes -o "$OUT/ncu"} \
             "$PY" -m bench run --out /tmp/ncu_bench --name ncu --case "${pair%@*}" --preset "${pair#*@}" \
             --provider triton --mode "${NCU_MODE:-fwd}" --warmup 0 --rep 1
+        # NCU_SOURCE=1: the report too (ncu.ncu-rep), and its per-instruction page (SASS with each
+        # instruction's stall samples) as ncu_source.csv
+        [ -n "${NCU_SOURCE:-}" ] && [ -f "$OUT/ncu.ncu-rep" ] && stage ncu_source 60 bash -c \
+            "'$NCU' --import '$OUT/ncu.ncu-rep' --page source --csv --print-source sass > '$OUT/ncu_source.csv'"
     else
         echo "ncu: not found" | tee -a "$LOG"
     fi
