@@ -147,14 +147,22 @@ def setup_lite_weights(p: Preset, device, dtype) -> Setup:
         _rand((r, n), FP32, device)), tau=p["tau"], iters=p["iters"], symmetric=True)
 
 
+def _fp32_logits(a_g, b_g):
+    """``A_G @ B_G`` in fp32 inside the benchmark's autocast region too, as the ``lite_weights`` op
+    forms them (its autocast policy is fp32): a baseline with bf16 logits would time another, far
+    less accurate computation (SPEC §2.1: Sinkhorn in fp32)."""
+    with torch.autocast(a_g.device.type, enabled=False):
+        return a_g @ b_g
+
+
 def _lite_global_setup(p: Preset, device, op: str, weight: Callable) -> Setup:
-    """``SK(A_G @ B_G)`` from ``A_G [N, r]``, ``B_G [r, N]``: the reference (logits materialised,
-    then the reference Sinkhorn) beside ``weight(a_g, b_g, tau, iters, backend)`` on ``op``'s
-    kernel backends."""
+    """``SK(A_G @ B_G)`` from ``A_G [N, r]``, ``B_G [r, N]``: the reference (logits materialised
+    in fp32, then the reference Sinkhorn) beside ``weight(a_g, b_g, tau, iters, backend)`` on
+    ``op``'s kernel backends."""
     n, r, tau, iters = p["N"], p["r"], p["tau"], p["iters"]
 
     def reference(a_g, b_g):
-        return R.sinkhorn(a_g @ b_g, tau, iters)
+        return R.sinkhorn(_fp32_logits(a_g, b_g), tau, iters)
 
     def public(a_g, b_g, *, backend="auto"):
         return weight(a_g, b_g, tau, iters, backend)
@@ -167,7 +175,7 @@ def setup_lite_global_materialised(p: Preset, device, dtype) -> Setup:
     """``SK(A_G @ B_G)`` with the logits materialised, through the Sinkhorn op's backends: the
     baseline that ``lite_weights``' matrix-free global weight is compared with."""
     return _lite_global_setup(p, device, "sinkhorn", lambda a_g, b_g, tau, iters, backend: uk.sinkhorn(
-        a_g @ b_g, tau, iters, backend=backend))
+        _fp32_logits(a_g, b_g), tau, iters, backend=backend))
 
 
 def setup_lite_global_matrix_free(p: Preset, device, dtype) -> Setup:

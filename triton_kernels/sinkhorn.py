@@ -1414,13 +1414,17 @@ def _lowrank_operands(a: torch.Tensor, b: torch.Tensor) -> tuple:
 
 
 def _lowrank_logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(A @ B)[None]``: one cuBLAS GEMM in IEEE fp32, whatever torch's TF32 setting. The forward and
-    the backward form it by this same call, so both see the same numbers."""
+    """``(A @ B)[None]``: one cuBLAS GEMM in IEEE fp32, whatever torch's TF32 setting and whatever
+    autocast region the call sits in (the ops run with autocast off, but the custom op called on its
+    own under autocast would otherwise form bf16 logits in the forward and fp32 ones in the
+    backward). The forward and the backward form it by this same call, so both see the same
+    numbers."""
     m = torch.backends.cuda.matmul
     saved = m.allow_tf32
     m.allow_tf32 = False
     try:
-        return torch.mm(a, b).unsqueeze(0)
+        with torch.autocast(a.device.type, enabled=False):
+            return torch.mm(a, b).unsqueeze(0)
     finally:
         m.allow_tf32 = saved
 
@@ -1442,6 +1446,7 @@ def lite_global_bwd(dp, a_g, b_g, u, v, tau: float, iters: int, symmetric: bool)
     a, b = _lowrank_factors(a_g, b_g, symmetric)
     dm = tiled_bwd(dp.view(1, n, n), *_lowrank_operands(a, b), u.view(1, iters, n), v.view(1, iters, n), 1, n,
                    iters, tau, symmetric, torch.float32).view(n, n)
-    da = (dm @ b_g.t().float()).to(a_g.dtype)
-    db = (a_g.t().float() @ dm).to(b_g.dtype)
+    with torch.autocast(a_g.device.type, enabled=False):  # fp32 GEMMs inside an autocast region too
+        da = (dm @ b_g.t().float()).to(a_g.dtype)
+        db = (a_g.t().float() @ dm).to(b_g.dtype)
     return da, db

@@ -62,6 +62,29 @@ def test_lite_weights_global_many_tiles(device, monkeypatch, symmetric, material
 
 
 @pytest.mark.triton
+def test_lite_global_ops_ignore_ambient_autocast(device, monkeypatch):
+    # the global weight's custom ops called directly inside an autocast region (the public op turns
+    # autocast off first): the logits GEMM of fp32 factors and the dA, dB GEMMs stay fp32, so the
+    # results are those of the same call outside the region, bit for bit
+    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
+    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
+    monkeypatch.setattr(sk_kernels, "LOWRANK_MATERIALISE_MIN_RANK", 0)
+    a_g, b_g = _inputs(37, 2, 4, 40, torch.float32, device)[2:]
+
+    def run():
+        a, b = a_g.detach().requires_grad_(), b_g.detach().requires_grad_()
+        w = lite_global_fwd(a, b, 0.2, 2, True)[0]
+        w.backward(torch.linspace(-1, 1, w.numel(), device=device).view_as(w))
+        return w, a.grad, b.grad
+
+    plain = run()
+    with torch.autocast(device, dtype=torch.bfloat16):
+        inside = run()
+    for x, y in zip(plain, inside):
+        assert x.dtype == torch.float32 and torch.equal(x, y)
+
+
+@pytest.mark.triton
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("materialise", [False, True], ids=["matrix-free", "materialised"])
 def test_lite_weights_global_resident(device, monkeypatch, kernel_dtype, symmetric, materialise):
