@@ -252,6 +252,13 @@ def cmd_sm90(args) -> int:
     return 0
 
 
+def cmd_stalls(args) -> int:
+    from .stalls import report
+
+    print(report(args.csv, args.top))
+    return 0
+
+
 def cmd_cases(args) -> int:
     from .cases import CASES, CPU_PLAN, GPU_PLAN
     from .presets import PRESETS
@@ -326,6 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("sm90", help="compile the main kernels' tiles for sm_90 (no GPU needed): "
                                      "shared memory, registers, spills")
     p.set_defaults(fn=cmd_sm90)
+    p = sub.add_parser("stalls", help="per launch, the stall reasons and the instructions warps wait at, "
+                                       "from ncu_source.csv (gpu_run.sh with NCU_SOURCE=1)")
+    p.add_argument("csv")
+    p.add_argument("--top", type=int, default=12, help="instructions listed per launch (default 12)")
+    p.set_defaults(fn=cmd_stalls)
     p = sub.add_parser("cases", help="list the cases, the presets they apply to, the plans and the presets")
     p.add_argument("--names", action="store_true", help="only the GPU plan's case@preset pairs, one per line")
     p.set_defaults(fn=cmd_cases)

@@ -308,3 +308,28 @@ def test_sanitize_variants_patch_the_modules_the_ops_use():
     assert seen["sinkhorn [tiled, 16x16 tiles, UNIMIXER_SINKHORN_PERSISTENT=0]"][1:3] == ((16, 16), False)
     assert seen["sinkhorn [tiled, resident, 16x16 tiles]"][1:3] == ((16, 16), True)
     assert pswiglu.FUSED_MAX_D != 0 and sinkhorn.TILE_OVERRIDE is None  # restored
+
+
+def test_stalls_summarises_ncu_source_page(tmp_path):
+    # `python -m bench stalls`: per launch, the stall reasons' shares and the instructions with the
+    # most samples, from `ncu --page source --csv` (a launch is a "Kernel Name" line, a header, rows)
+    from bench.stalls import report
+
+    cols = ["Address", "Source", "Warp Stall Sampling (All Samples)", "stall_barrier", "stall_long_sb",
+            "stall_barrier (Not Issued)"]
+    rows = [["Kernel Name", "k_fwd"], cols,
+            ["0x10", "FADD R1, R2, -R3", "30", "0", "30", "0"],
+            ["0x20", "LDS R4, [UR10]", "70", "70", "0", "70"],
+            ["Kernel Name", "k_bwd"], cols,
+            ["0x10", "FADD R1, R2, -R3", "1,000", "0", "1,000", "0"]]
+    path = tmp_path / "ncu_source.csv"
+    path.write_text("\n".join(",".join(f'"{c}"' for c in r) for r in rows) + "\n")
+    text = report(str(path), top=1)
+    assert "### k_fwd: 2 instructions, 100 samples" in text
+    assert "### k_bwd: 1 instructions, 1000 samples" in text
+    assert "stall reasons: barrier 70.0%, long_sb 30.0%" in text
+    assert "| 70.0 | 0x20 | `LDS R4, [UR10]` | barrier 70 |" in text
+    assert "FADD" not in text.split("### k_bwd")[0]  # top=1: only the LDS for k_fwd
+    path.write_text('"Kernel Name","k"\n"Address","Source"\n')
+    with pytest.raises(ValueError, match="no launch with a 'Warp Stall Sampling"):
+        report(str(path))
