@@ -1418,15 +1418,19 @@ def _lowrank_logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     autocast region the call sits in (the ops run with autocast off, but the custom op called on its
     own under autocast would otherwise form bf16 logits in the forward and fp32 ones in the
     backward). The forward and the backward form it by this same call, so both see the same
-    numbers."""
+    numbers. torch has no per-call precision for ``mm``: where TF32 is on, the process-wide flag is
+    turned off around the GEMM (a matmul on another thread at that moment would see it off); at
+    torch's default (off) nothing is touched."""
     m = torch.backends.cuda.matmul
     saved = m.allow_tf32
-    m.allow_tf32 = False
+    if saved:
+        m.allow_tf32 = False
     try:
         with torch.autocast(a.device.type, enabled=False):
             return torch.mm(a, b).unsqueeze(0)
     finally:
-        m.allow_tf32 = saved
+        if saved:
+            m.allow_tf32 = saved
 
 
 def lite_global_fwd(a_g: torch.Tensor, b_g: torch.Tensor, tau: float, iters: int, symmetric: bool):

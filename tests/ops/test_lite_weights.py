@@ -61,6 +61,30 @@ def test_lite_weights_global_many_tiles(device, monkeypatch, symmetric, material
     assert formed == ([(n, 40)] * 2 if materialise else [])
 
 
+@pytest.mark.parametrize("tf32", [False, True])
+def test_lowrank_logits_tf32_flag(monkeypatch, tf32):
+    # the fp32 logits GEMM turns torch's process-wide TF32 flag off around itself only where it is
+    # on, and restores it; at the default (off) it never writes the flag
+    class Flags:
+        def __init__(self):
+            self.writes, self._tf32 = [], tf32
+
+        @property
+        def allow_tf32(self):
+            return self._tf32
+
+        @allow_tf32.setter
+        def allow_tf32(self, value):
+            self.writes.append(value)
+            self._tf32 = value
+
+    flags = Flags()
+    monkeypatch.setattr(torch.backends.cuda, "matmul", flags)
+    a, b = torch.randn(5, 3), torch.randn(3, 5)
+    assert torch.equal(sk_kernels._lowrank_logits(a, b)[0], a @ b)
+    assert flags.writes == ([False, True] if tf32 else []) and flags.allow_tf32 == tf32
+
+
 @pytest.mark.triton
 def test_lite_global_ops_ignore_ambient_autocast(device, monkeypatch):
     # the global weight's custom ops called directly inside an autocast region (the public op turns
