@@ -333,3 +333,17 @@ def test_stalls_summarises_ncu_source_page(tmp_path):
     path.write_text('"Kernel Name","k"\n"Address","Source"\n')
     with pytest.raises(ValueError, match="no launch with a 'Warp Stall Sampling"):
         report(str(path))
+
+
+def test_check_runs_every_floating_input_in_its_dtype():
+    # the main job's 16-bit check casts the cases' fp32 parameters too (as the tests do): with fp32
+    # weights beside bf16 activations, SPEC §8's torch baseline upcasts to fp32 and the documented
+    # mixed precision of some ops fails it by design
+    from bench.check import _in_dtype
+
+    x = torch.randn(3, 4, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(4, requires_grad=True)
+    idx = torch.arange(3)
+    out = _in_dtype([x, w, idx, 0.5], torch.bfloat16)
+    assert out[0] is x and out[2] is idx and out[3] == 0.5
+    assert out[1].dtype == torch.bfloat16 and out[1].requires_grad and out[1].is_leaf
