@@ -3,9 +3,12 @@
 
 It runs the case's step once to warm up, then once under ``torch.cuda.memory._record_memory_history``.
 It replays the allocator's trace, finds the moment of the peak, and prints the blocks alive then,
-grouped by the innermost frame of this repository that allocated them (the kernel launcher or
-module line). Only what the step allocates counts: blocks allocated before the recording (inputs,
-parameters, ``.grad`` buffers) are the baseline, as for the ``peak_mib`` column of the benchmarks.
+grouped by the innermost frame of this repository that allocated them (the kernel wrapper or
+module line; the shared output helper of ``triton_kernels/_launch.py`` is passed over for its
+caller). Then the runner-up peaks: for the sites that did not allocate at the peak, the highest
+total reached as each allocated, which is where the peak would move if the top one came down.
+Only what the step allocates counts: blocks allocated before the recording (inputs, parameters,
+``.grad`` buffers) are the baseline, as for the ``peak_mib`` column of the benchmarks.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import torch
 from .cases import CASES
 from .presets import PRESETS
 
-# the folders whose frames name an allocation (the innermost one wins)
+# the folders whose frames name an allocation (the innermost one wins) ...
 REPO_DIRS = ("unimixer_kernels/", "triton_kernels/", "bench/")
+# ... except these helpers, which every kernel wrapper calls: their caller names the allocation
+HELPERS = ("triton_kernels/_launch.py",)
 
 
 def _site(frames: list[dict]) -> str:
@@ -26,23 +31,28 @@ def _site(frames: list[dict]) -> str:
         name = f.get("filename", "")
         for d in REPO_DIRS:
             i = name.rfind(d)
-            if i >= 0:
+            if i >= 0 and not name.endswith(HELPERS):
                 return f"{name[i:]}:{f.get('line', '?')} ({f.get('name', '?')})"
     return "(no frame of this repository: torch internals)"
 
 
-def peak_breakdown(events: Iterable[dict]) -> tuple[int, list[tuple[str, int, int]]]:
+def peak_breakdown(events: Iterable[dict], runners_up: dict[str, int] | None = None
+                   ) -> tuple[int, list[tuple[str, int, int]]]:
     """Replay allocator trace ``events`` (``alloc`` / ``free_completed``, with ``addr``, ``size`` and
     ``frames``); return the peak of live bytes above the start and, for the blocks alive at that
-    moment, ``(site, bytes, blocks)`` per allocating site, largest first."""
+    moment, ``(site, bytes, blocks)`` per allocating site, largest first. ``runners_up``, if given,
+    receives the highest total reached as each site allocated."""
     live: dict[int, tuple[int, str]] = {}
     total = peak = 0
     at_peak: dict[int, tuple[int, str]] = {}
     for ev in events:
         action = ev.get("action")
         if action == "alloc":
-            live[ev["addr"]] = (ev["size"], _site(ev.get("frames", [])))
+            site = _site(ev.get("frames", []))
+            live[ev["addr"]] = (ev["size"], site)
             total += ev["size"]
+            if runners_up is not None:
+                runners_up[site] = max(runners_up.get(site, 0), total)
             if total > peak:
                 peak, at_peak = total, dict(live)
         elif action == "free_completed" and ev["addr"] in live:
@@ -79,7 +89,8 @@ def memory_case(case: str, preset: str, mode: str, provider: str, device: torch.
     finally:
         torch.cuda.memory._record_memory_history(enabled=None)
     events = [ev for trace in snapshot["device_traces"] for ev in trace]
-    peak, rows = peak_breakdown(events)
+    highs: dict[str, int] = {}
+    peak, rows = peak_breakdown(events, highs)
     lines = [f"## {case} @ {preset}, {mode}, {provider}, {str(dtype).replace('torch.', '')}: "
              f"peak {peak / 2**20:.1f} MiB above the step's start",
              "", "| MiB at the peak | blocks | allocated at |", "|---:|---:|---|"]
@@ -89,4 +100,10 @@ def memory_case(case: str, preset: str, mode: str, provider: str, device: torch.
         rest = sum(r[1] for r in rows[top:])
         blocks = sum(r[2] for r in rows[top:])
         lines.append(f"| {rest / 2**20:.1f} | {blocks} | ({len(rows) - top} more sites) |")
+    at_peak = {r[0] for r in rows}
+    others = sorted(((v, k) for k, v in highs.items() if k not in at_peak), reverse=True)[:5]
+    if others:
+        lines += ["", "Runner-up peaks: the highest total while each other site allocated", "",
+                  "| MiB | while allocating at |", "|---:|---|"]
+        lines += [f"| {v / 2**20:.1f} | {k} |" for v, k in others]
     return "\n".join(lines)

@@ -271,10 +271,22 @@ def test_memory_peak_breakdown_replays_the_allocator_trace():
         {"action": "alloc", "addr": 4, "size": 60, "frames": []},  # 140 live: below the peak of 180
         {"action": "free_completed", "addr": 99, "size": 7},  # allocated before the recording
     ]
-    peak, rows = peak_breakdown(events)
+    highs = {}
+    peak, rows = peak_breakdown(events, highs)
     assert peak == 180
     assert rows == [("triton_kernels/pswiglu.py:10 (fn)", 130, 2),
                     ("unimixer_kernels/nn/ffn.py:5 (fn)", 50, 1)]
+    assert highs == {"triton_kernels/pswiglu.py:10 (fn)": 180, "unimixer_kernels/nn/ffn.py:5 (fn)": 150,
+                     "(no frame of this repository: torch internals)": 140}
+
+
+def test_memory_site_names_the_caller_of_the_output_helper():
+    from bench.memory import _site
+
+    frames = [{"filename": "/x/torch/site.py", "line": 1, "name": "empty"},
+              {"filename": "/r/triton_kernels/_launch.py", "line": 130, "name": "new_output"},
+              {"filename": "/r/triton_kernels/rms_norm.py", "line": 177, "name": "rms_norm_bwd_partials"}]
+    assert _site(frames) == "triton_kernels/rms_norm.py:177 (rms_norm_bwd_partials)"
 
 
 def test_memory_command_needs_cuda_and_says_so():

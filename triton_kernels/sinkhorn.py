@@ -1413,24 +1413,28 @@ def _lowrank_operands(a: torch.Tensor, b: torch.Tensor) -> tuple:
     return _lowrank_logits(a, b), None, None
 
 
-def _lowrank_logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(A @ B)[None]``: one cuBLAS GEMM in IEEE fp32, whatever torch's TF32 setting and whatever
-    autocast region the call sits in (the ops run with autocast off, but the custom op called on its
-    own under autocast would otherwise form bf16 logits in the forward and fp32 ones in the
-    backward). The forward and the backward form it by this same call, so both see the same
-    numbers. torch has no per-call precision for ``mm``: where TF32 is on, the process-wide flag is
-    turned off around the GEMM (a matmul on another thread at that moment would see it off); at
-    torch's default (off) nothing is touched."""
+def _fp32_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` as one cuBLAS GEMM in IEEE fp32, whatever torch's TF32 setting and whatever
+    autocast region the call sits in (the ops run with autocast off, but the custom ops called on
+    their own under autocast would otherwise form bf16 products). torch has no per-call precision
+    for ``mm``: where TF32 is on, the process-wide flag is turned off around the GEMM (a matmul on
+    another thread at that moment would see it off); at torch's default (off) nothing is touched."""
     m = torch.backends.cuda.matmul
     saved = m.allow_tf32
     if saved:
         m.allow_tf32 = False
     try:
         with torch.autocast(a.device.type, enabled=False):
-            return torch.mm(a, b).unsqueeze(0)
+            return torch.mm(a.float(), b.float())
     finally:
         if saved:
             m.allow_tf32 = saved
+
+
+def _lowrank_logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(A @ B)[None]`` by :func:`_fp32_mm`. The forward and the backward form it by this same call,
+    so both see the same numbers."""
+    return _fp32_mm(a, b).unsqueeze(0)
 
 
 def lite_global_fwd(a_g: torch.Tensor, b_g: torch.Tensor, tau: float, iters: int, symmetric: bool):
@@ -1445,12 +1449,10 @@ def lite_global_fwd(a_g: torch.Tensor, b_g: torch.Tensor, tau: float, iters: int
 
 
 def lite_global_bwd(dp, a_g, b_g, u, v, tau: float, iters: int, symmetric: bool):
-    """``(dA_G, dB_G) = (dM B_G^T, A_G^T dM)``, with ``dM`` (fp32 ``n x n``) materialised once."""
+    """``(dA_G, dB_G) = (dM B_G^T, A_G^T dM)``, with ``dM`` (fp32 ``n x n``) materialised once and both
+    GEMMs in IEEE fp32 (:func:`_fp32_mm`), as the logits'."""
     n = a_g.shape[0]
     a, b = _lowrank_factors(a_g, b_g, symmetric)
     dm = tiled_bwd(dp.view(1, n, n), *_lowrank_operands(a, b), u.view(1, iters, n), v.view(1, iters, n), 1, n,
                    iters, tau, symmetric, torch.float32).view(n, n)
-    with torch.autocast(a_g.device.type, enabled=False):  # fp32 GEMMs inside an autocast region too
-        da = (dm @ b_g.t().float()).to(a_g.dtype)
-        db = (a_g.t().float() @ dm).to(b_g.dtype)
-    return da, db
+    return _fp32_mm(dm, b_g.t()).to(a_g.dtype), _fp32_mm(a_g.t(), dm).to(b_g.dtype)

@@ -528,10 +528,12 @@ def unimixing_local_fma_kernel(
                 dx = tl.zeros([SB, BN, BP], dtype=tl.float32)
         for c in tl.static_range(B):
             w_c = tl.sum(tl.where(cw == c, wt, 0.0), axis=0)  # [n, k]: W_B[n, k, c]
+            if not H_ONLY:
+                # G[s, c, n] is read before H[s, c, n] is written by the same lane: H may overwrite G
+                g_c = tl.load(G + base + c * N + offs_c, mask=mask_c, other=0.0).to(tl.float32)
             h_c = tl.sum(x * w_c[None, :, :], axis=2)
             tl.store(H + base + c * N + offs_c, h_c.to(H.dtype.element_ty), mask=mask_c)
             if not H_ONLY:
-                g_c = tl.load(G + base + c * N + offs_c, mask=mask_c, other=0.0).to(tl.float32)
                 dx += g_c[:, :, None] * w_c[None, :, :]
                 dwb += tl.where(cw == c, tl.sum(x * g_c[:, :, None], axis=0)[None, :, :], 0.0)
         if not H_ONLY:
@@ -958,11 +960,14 @@ def _unimixing_bwd_partials(
     w_local: torch.Tensor,
     w_global: torch.Tensor,
     residual: bool,
+    dy_scratch: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """:func:`unimixing_bwd` up to its last pass: ``(dx, dw_local, dw_global, partials)``, where
     the weight gradients not yet written are the outputs of the ``(partial, output)`` pairs that
     :func:`._partials.sum_partials` still has to sum (so a caller can add its own pairs to the
-    same launch)."""
+    same launch). ``dy_scratch``: ``dy`` is the caller's own contiguous buffer, dead after this
+    call, which the c-major memory path then overwrites with ``dx`` (one ``[bs, T, D]`` buffer
+    fewer at the backward's peak)."""
     bs, t, d = x.shape
     n, b, _ = w_local.shape
     length = t * d
@@ -971,13 +976,16 @@ def _unimixing_bwd_partials(
     dyc = dy.contiguous()
     wl = w_local.contiguous()
     wg = _global_for_dot(w_global, x)
-    dx = new_output((bs, t, d), like=x)
-    if bs == 0:
-        return dx, torch.zeros_like(w_local), torch.zeros_like(w_global), []
     bp = triton.next_power_of_2(b)
     interp = _interpreting()
     half = x.dtype != torch.float32
-    if gemm_backward(b, n, half):
+    memory = bs > 0 and gemm_backward(b, n, half)
+    # the local FMA kernel reads each dY element before it writes dX there, in the same lane
+    in_place = memory and dy_scratch and residual and c_major(b) and dyc is dy and dy.dtype == x.dtype
+    dx = dyc if in_place else new_output((bs, t, d), like=x)
+    if bs == 0:
+        return dx, torch.zeros_like(w_local), torch.zeros_like(w_global), []
+    if memory:
         dwl_part, dwg_part = _unimixing_bwd_memory(dyc, xc, wl, wg, dx, w_global.dtype, residual)
         return dx, *_weight_grad_outputs(dwl_part, dwg_part, w_local, w_global)
 
@@ -1168,7 +1176,9 @@ def _unimixing_bwd_memory(
     transpose would cost ``O(B)`` CUDA-core work per element; at small ``B`` the GEMMs run without
     the register build of ``G`` and ``H`` beside their dots, on c-major operands (``dY`` transposed
     to ``[bs, B, N]`` first by :func:`_c_major_copy`; GEMMs reading it in place measured 1.5x slower
-    on the H200: their tiles load in runs of ``B`` values)."""
+    on the H200: their tiles load in runs of ``B`` values). There ``H`` overwrites ``G`` (the local
+    FMA kernel reads each ``G`` element before it writes ``H`` there, in the same lane), and ``dx``
+    may be ``dyc`` itself (see :func:`_unimixing_bwd_partials`)."""
     bs, t, d = xc.shape
     n, b, _ = wl.shape
     length = t * d
@@ -1178,8 +1188,8 @@ def _unimixing_bwd_memory(
     if c_major(b):
         dyt = _c_major_copy(dyc, n, b)
         gt = torch.empty_like(dyt)
-        ht = torch.empty_like(dyt)
         _gemm(1, dyt, wg, gt, bs * b, n, n, (n, 1), (n, 1))
+        ht = gt
         dwl_part = _local_products(xc, wl, ht, gt, dyc, dx, residual)
         _gemm(2, dyt, ht, dwg_part, n, n, bs * b, (1, n), (n, 1), splits=(p2, per2 * b))
     else:
@@ -1213,7 +1223,7 @@ def unimixing_rmsnorm_bwd(
     ``ds`` (and the norm-weight partials), then the mixing backward adds the residual path; one
     launch sums the norm's and the mixing's weight-gradient partials."""
     ds, dnw_part = rms_norm_bwd_partials(du.contiguous(), None, s, norm_weight, rstd.reshape(-1))
-    dz, dwl, dwg, partials = _unimixing_bwd_partials(ds, z, w_local, w_global, residual=True)
+    dz, dwl, dwg, partials = _unimixing_bwd_partials(ds, z, w_local, w_global, residual=True, dy_scratch=True)
     dnw = new_output(norm_weight.shape, like=norm_weight)
     sum_partials((dnw_part, dnw), *partials)
     return dz, dwl, dwg, dnw

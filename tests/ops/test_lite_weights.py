@@ -62,9 +62,9 @@ def test_lite_weights_global_many_tiles(device, monkeypatch, symmetric, material
 
 
 @pytest.mark.parametrize("tf32", [False, True])
-def test_lowrank_logits_tf32_flag(monkeypatch, tf32):
-    # the fp32 logits GEMM turns torch's process-wide TF32 flag off around itself only where it is
-    # on, and restores it; at the default (off) it never writes the flag
+def test_fp32_mm_tf32_flag(monkeypatch, tf32):
+    # the fp32 GEMMs (logits, dA_G, dB_G) turn torch's process-wide TF32 flag off around themselves
+    # only where it is on, and restore it; at the default (off) they never write the flag
     class Flags:
         def __init__(self):
             self.writes, self._tf32 = [], tf32
@@ -83,6 +83,23 @@ def test_lowrank_logits_tf32_flag(monkeypatch, tf32):
     a, b = torch.randn(5, 3), torch.randn(3, 5)
     assert torch.equal(sk_kernels._lowrank_logits(a, b)[0], a @ b)
     assert flags.writes == ([False, True] if tf32 else []) and flags.allow_tf32 == tf32
+
+
+@pytest.mark.triton
+def test_lite_global_gradient_gemms_in_fp32(device, monkeypatch):
+    # dA_G and dB_G come from the same IEEE fp32 GEMM helper as the logits (not torch's TF32 flag)
+    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
+    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
+    calls = []
+    mm = sk_kernels._fp32_mm
+    monkeypatch.setattr(sk_kernels, "_fp32_mm", lambda a, b: calls.append((a.shape, b.shape)) or mm(a, b))
+    a_g, b_g = _inputs(37, 2, 4, 5, torch.float32, device)[2:]
+    _, u, v = lite_global_fwd(a_g, b_g, 0.2, 2, False)
+    assert calls == []  # rank 5: matrix free
+    dp = torch.randn(37, 37, device=device)
+    da, db = sk_kernels.lite_global_bwd(dp, a_g, b_g, u, v, 0.2, 2, False)
+    assert calls == [((37, 37), (37, 5)), ((5, 37), (37, 37))]
+    assert da.shape == a_g.shape and db.shape == b_g.shape
 
 
 @pytest.mark.triton
