@@ -303,13 +303,14 @@ def ffn_bwd_act_kernel(
     DO, U, W1, W3, W2, B1, B3, G, V, DU, A, DG, DV,
     BS, D, H, BS_KEY,
     stride_dos, stride_dot, stride_dod,
-    stride_us, stride_ut, stride_ud,
+    stride_us, stride_ut, stride_ud, stride_dus,
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr,
     SAVED: tl.constexpr, STORE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     """``du`` for program ``(t, sample tile)``; with ``STORE`` also ``A, dG, dV`` for
-    ``ffn_bwd_weight_kernel`` (without it, that kernel recomputes them)."""
+    ``ffn_bwd_weight_kernel`` (without it, that kernel recomputes them). ``DU``'s rows are
+    ``stride_dus`` apart (a pass over some of the tokens writes into the whole ``[bs, T, D]``)."""
     t, offs_s, offs_d, mask_s, mask_d, io_mask = _token_tile(BS, D, BLOCK_S, BLOCK_D)
     do = _load_token_rows(DO, t, offs_s, offs_d, io_mask, stride_dos, stride_dot, stride_dod, CDT)
     u = _load_token_rows(U, t, offs_s, offs_d, io_mask, stride_us, stride_ut, stride_ud, CDT)
@@ -333,7 +334,7 @@ def ffn_bwd_act_kernel(
         if GATED:
             w3t = tl.load(W3 + t * D * H + offs_h[:, None] + offs_d[None, :] * H, mask=wmask, other=0.0)
             du = tl.dot(dv.to(CDT), w3t.to(CDT), du, input_precision=PREC)
-    tl.store(DU + offs_s[:, None] * (D * tl.num_programs(0)) + t * D + offs_d[None, :],
+    tl.store(DU + offs_s[:, None] * stride_dus + t * D + offs_d[None, :],
              du.to(DU.dtype.element_ty), mask=io_mask)
 
 
@@ -793,17 +794,21 @@ def _pre_tiled(u, w, bias, cdt, out=None) -> torch.Tensor:
     return out
 
 
-def _token_chunk(t: int) -> int:
-    """Tokens per pass of the wide-token path through its ``[tokens, bs, h]`` buffers, by
-    ``UNIMIXER_FFN_TOKEN_CHUNK``: 'all' (one pass) or a positive integer (capped at ``t``). Fewer tokens
-    per pass shrink the buffers, and the training step's peak, at the price of smaller GEMMs: on the
-    H200 the RankMixer block at rankmixer-100m trained in 3.32 / 3.44 ms with 4 / 2 tokens per pass,
-    against 3.12 in one, with a peak of 709 / 661 against 1009 MiB (run44)."""
+def _token_chunk(t: int, fused: bool = False) -> int:
+    """Tokens per backward pass through the ``[tokens, bs, h]`` buffers, by
+    ``UNIMIXER_FFN_TOKEN_CHUNK``: 'auto' (the default), 'all' (one pass) or a positive integer
+    (capped at ``t``). Fewer tokens per pass shrink the buffers, and the training step's peak, at the
+    price of smaller launches. 'auto': the wide-token path in one pass (the RankMixer block at
+    rankmixer-100m trained in 3.32 / 3.44 ms with 4 / 2 tokens per pass, against 3.12 in one, with a
+    peak of 709 / 661 against 1009 MiB, run44); the fused path (``D <= FUSED_MAX_D``) in two halves,
+    whose three hidden buffers were the UniMixer block's training peak at paper-small (run69)."""
     mode = switch(FFN_CHUNK_SWITCH)
+    if mode == "auto":
+        return triton.cdiv(t, 2) if fused else t
     if mode == "all":
         return t
     if not mode.isdigit() or int(mode) < 1:
-        raise ValueError(f"{FFN_CHUNK_SWITCH}: expected 'all' or a positive integer, got {mode!r}")
+        raise ValueError(f"{FFN_CHUNK_SWITCH}: expected 'auto', 'all' or a positive integer, got {mode!r}")
     return min(int(mode), t)
 
 
@@ -882,7 +887,7 @@ def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, stor
         du, a, dg, dv,
         bs, d, h, bucket(bs),
         do.stride(0), do.stride(1), do.stride(2),
-        u.stride(0), u.stride(1), u.stride(2),
+        u.stride(0), u.stride(1), u.stride(2), du.stride(0),
         GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None,
         SAVED=saved, STORE=store, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
     )
@@ -978,45 +983,51 @@ def ffn_bwd(
         return du, dw1, dw3, dw2, db1, db3, db2
     # the fused path's weight kernel can form A, dG, dV itself: no [T, bs, h] buffers then
     lean = recompute_hidden_grads()
-    if lean:
-        a = dg = dv = du  # unused
-    else:
-        a = torch.empty((t, bs, h), device=u.device, dtype=cdt)
-        dg = torch.empty((t, bs, h), device=u.device, dtype=cdt)
-        dv = torch.empty((t, bs, h), device=u.device, dtype=cdt) if gated else dg
-    _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store=not lean)
     bd, bh = _weight_tiles(d, h, lean)
     d_tiles, h_tiles = triton.cdiv(d, bd), triton.cdiv(h, bh)
-    if n_split is None:
-        n_split = _num_splits(bs, t * d_tiles * h_tiles, u.device)
-    f32 = dict(device=u.device, dtype=torch.float32)
-    dw1_p = new_output((n_split, t, d, h), **f32)
-    dw3_p = new_output((n_split, t, d, h), **f32) if gated else dw1_p
-    dw2_p = new_output((n_split, t, h, d), **f32)
-    db1_p = new_output((n_split, t, h), **f32)
-    db3_p = new_output((n_split, t, h), **f32) if gated else db1_p
-    db2_p = new_output((n_split, t, d), **f32)
-    dummy = w1
-    ffn_bwd_weight_kernel[(t * n_split, d_tiles, h_tiles)](
-        do, u, a, dg, dv,
-        w1, w3 if gated else dummy, w2, b1 if b1 is not None else dummy, b3 if b3 is not None else dummy,
-        g if saved else dummy, v if (saved and gated) else dummy,
-        dw1_p, dw3_p, dw2_p, db1_p, db3_p, db2_p,
-        bs, d, h, bucket(bs), n_split,
-        do.stride(0), do.stride(1), do.stride(2),
-        u.stride(0), u.stride(1), u.stride(2),
-        GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None, SAVED=saved, RECOMPUTE=lean,
-        CDT=tdt, PREC=_prec(cdt), BLOCK_D=bd, BLOCK_H=bh,
-    )
     dw1, dw2 = new_output(w1.shape, like=w1), new_output(w2.shape, like=w2)
     db1 = new_output((t, h), like=u, dtype=db1_dt)
     db2 = new_output((t, d), like=u, dtype=db2_dt)
-    pairs = [(dw1_p, dw1), (dw2_p, dw2), (db1_p, db1), (db2_p, db2)]
-    dw3 = db3 = None
-    if gated:
-        dw3, db3 = new_output(w3.shape, like=w3), new_output((t, h), like=u, dtype=db3_dt)
-        pairs += [(dw3_p, dw3), (db3_p, db3)]
-    sum_partials(*pairs)
+    dw3 = new_output(w3.shape, like=w3) if gated else None
+    db3 = new_output((t, h), like=u, dtype=db3_dt) if gated else None
+    # token passes (_token_chunk): each pass's buffers and partials are freed before the next's
+    for sl in _chunks(t, _token_chunk(t, fused=True)):
+        n = sl.stop - sl.start
+        u_c, do_c, du_c = _part(u, sl, 1), _part(do, sl, 1), _part(du, sl, 1)
+        w1_c, w3_c, w2_c, b1_c, b3_c, g_c, v_c = (_part(x, sl) for x in (w1, w3, w2, b1, b3, g, v))
+        if lean:
+            a = dg = dv = du  # unused
+        else:
+            a = torch.empty((n, bs, h), device=u.device, dtype=cdt)
+            dg = torch.empty((n, bs, h), device=u.device, dtype=cdt)
+            dv = torch.empty((n, bs, h), device=u.device, dtype=cdt) if gated else dg
+        _ffn_bwd_act_fused(do_c, u_c, w1_c, w3_c, w2_c, b1_c, b3_c, g_c, v_c, du_c, a, dg, dv, cdt,
+                           store=not lean)
+        splits = n_split if n_split is not None else _num_splits(bs, n * d_tiles * h_tiles, u.device)
+        f32 = dict(device=u.device, dtype=torch.float32)
+        dw1_p = new_output((splits, n, d, h), **f32)
+        dw3_p = new_output((splits, n, d, h), **f32) if gated else dw1_p
+        dw2_p = new_output((splits, n, h, d), **f32)
+        db1_p = new_output((splits, n, h), **f32)
+        db3_p = new_output((splits, n, h), **f32) if gated else db1_p
+        db2_p = new_output((splits, n, d), **f32)
+        dummy = w1
+        ffn_bwd_weight_kernel[(n * splits, d_tiles, h_tiles)](
+            do_c, u_c, a, dg, dv,
+            w1_c, w3_c if gated else dummy, w2_c, b1_c if b1 is not None else dummy,
+            b3_c if b3 is not None else dummy, g_c if saved else dummy, v_c if (saved and gated) else dummy,
+            dw1_p, dw3_p, dw2_p, db1_p, db3_p, db2_p,
+            bs, d, h, bucket(bs), splits,
+            do.stride(0), do.stride(1), do.stride(2),
+            u.stride(0), u.stride(1), u.stride(2),
+            GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None, SAVED=saved, RECOMPUTE=lean,
+            CDT=tdt, PREC=_prec(cdt), BLOCK_D=bd, BLOCK_H=bh,
+        )
+        del a, dg, dv  # this pass's buffers go back to the allocator before the next pass's
+        pairs = [(dw1_p, _part(dw1, sl)), (dw2_p, _part(dw2, sl)), (db1_p, _part(db1, sl)), (db2_p, _part(db2, sl))]
+        if gated:
+            pairs += [(dw3_p, _part(dw3, sl)), (db3_p, _part(db3, sl))]
+        sum_partials(*pairs)
     return du, dw1, dw3, dw2, db1, db3, db2
 
 

@@ -355,20 +355,40 @@ def test_ffn_tiled_path_in_token_chunks(device, kernel_dtype, tiled_path, monkey
     _check_ffn(op, u, kernel_dtype, device, h, recompute=recompute)
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize("op", ["pswiglu", "pgelu_ffn"])
+@pytest.mark.parametrize("backward", ["buffers", "recompute"])
+@pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
+@pytest.mark.parametrize("chunk", ["all", "1", "2"])
+def test_ffn_fused_path_in_token_chunks(device, monkeypatch, op, backward, recompute, chunk):
+    """The fused path's backward a few tokens at a time (``T = 3``: one pass, chunks of one, or of two
+    and one; 'auto' halves it, as every other fused test runs), with its hidden buffers or their
+    recompute in the weight kernel, saved or recomputed pre-activations, non-contiguous input: every
+    output and gradient as the reference's."""
+    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", chunk)
+    monkeypatch.setenv("UNIMIXER_FFN_BACKWARD", backward)
+    u = random_input((5, 3, 24), torch.float32, device, requires_grad=True, noncontiguous=True)
+    _check_ffn(op, u, torch.float32, device, 20, recompute=recompute)
+
+
 def test_ffn_token_chunk_switch(monkeypatch):
-    """``UNIMIXER_FFN_TOKEN_CHUNK``: 'all' is one pass; an integer is capped at ``T``; anything else
-    names the switch and what it takes."""
+    """``UNIMIXER_FFN_TOKEN_CHUNK``: 'auto' is one pass on the wide-token path and two halves on the
+    fused one; 'all' is one pass; an integer is capped at ``T``; anything else names the switch and
+    what it takes."""
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
+    monkeypatch.delenv("UNIMIXER_FFN_TOKEN_CHUNK", raising=False)
+    assert kernels._token_chunk(16) == 16 and kernels._token_chunk(15, fused=True) == 8
+    assert kernels._token_chunk(1, fused=True) == 1
     monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "all")
-    assert kernels._token_chunk(16) == 16
+    assert kernels._token_chunk(16) == 16 and kernels._token_chunk(16, fused=True) == 16
     monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "4")
     assert kernels._token_chunk(3) == 3
     assert kernels._token_chunk(16) == 4
     assert [(c.start, c.stop) for c in kernels._chunks(5, 2)] == [(0, 2), (2, 4), (4, 5)]
-    for bad in ("0", "two", "-1", "auto"):
+    for bad in ("0", "two", "-1", "Auto"):
         monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", bad)
-        with pytest.raises(ValueError, match="TOKEN_CHUNK: expected 'all' or a positive integer"):
+        with pytest.raises(ValueError, match="TOKEN_CHUNK: expected 'auto', 'all' or a positive integer"):
             kernels._token_chunk(16)
 
 
