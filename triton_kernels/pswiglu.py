@@ -1024,7 +1024,8 @@ def ffn_bwd(
             CDT=tdt, PREC=_prec(cdt), BLOCK_D=bd, BLOCK_H=bh,
         )
         del a, dg, dv  # this pass's buffers go back to the allocator before the next pass's
-        pairs = [(dw1_p, _part(dw1, sl)), (dw2_p, _part(dw2, sl)), (db1_p, _part(db1, sl)), (db2_p, _part(db2, sl))]
+        pairs = [(dw1_p, _part(dw1, sl)), (dw2_p, _part(dw2, sl)), (db1_p, _part(db1, sl)),
+                 (db2_p, _part(db2, sl))]
         if gated:
             pairs += [(dw3_p, _part(dw3, sl)), (db3_p, _part(db3, sl))]
         sum_partials(*pairs)
