@@ -1029,6 +1029,7 @@ def ffn_bwd(
         if gated:
             pairs += [(dw3_p, _part(dw3, sl)), (db3_p, _part(db3, sl))]
         sum_partials(*pairs)
+        del pairs, dw1_p, dw3_p, dw2_p, db1_p, db3_p, db2_p  # likewise the partials
     return du, dw1, dw3, dw2, db1, db3, db2
 
 
