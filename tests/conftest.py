@@ -49,7 +49,8 @@ _BF16_INTERPRETER = (
     params=[
         torch.float32,
         torch.float16,
-        pytest.param(torch.bfloat16, marks=pytest.mark.skipif(not HAS_CUDA, reason=_BF16_INTERPRETER)),
+        # marked gpu as well, so that `pytest -m gpu` on a GPU runs every test's bf16 case
+        pytest.param(torch.bfloat16, marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason=_BF16_INTERPRETER)]),
     ],
     ids=["fp32", "fp16", "bf16"],
 )
