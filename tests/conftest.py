@@ -50,7 +50,8 @@ _BF16_INTERPRETER = (
         torch.float32,
         torch.float16,
         # marked gpu as well, so that `pytest -m gpu` on a GPU runs every test's bf16 case
-        pytest.param(torch.bfloat16, marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason=_BF16_INTERPRETER)]),
+        pytest.param(torch.bfloat16,
+                     marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason=_BF16_INTERPRETER)]),
     ],
     ids=["fp32", "fp16", "bf16"],
 )
