@@ -514,6 +514,7 @@ def unimixing_local_fma_kernel(
     rs = tl.arange(0, SB)
     offs = rs[:, None, None] * L + rn[None, :, None] * B + kw
     offs_c = tl.max_contiguous(rs[:, None] * L + rn[None, :], [1, 1])
+    offs_g = tl.max_contiguous(rs[:, None, None] * L + kw * N + rn[None, :, None], [1, 1, 1])  # G[s, c, n]
     inner = n_ok[None, :, None] & kb_ok[None, None, :]
     for st in range(s_begin, s_end, SB):
         base = tl.cast(st, tl.int64) * L  # int64 here only (a carried base costs 40+ registers)
@@ -526,20 +527,17 @@ def unimixing_local_fma_kernel(
                 dx = tl.load(DY + base + offs, mask=mask, other=0.0).to(tl.float32)
             else:
                 dx = tl.zeros([SB, BN, BP], dtype=tl.float32)
-            # H may overwrite G: row c of G is loaded a row ahead and used before H's row c is stored
-            # over it (a store to an address whose load is still in flight stalls the lane: storing
-            # right after each load made this kernel 3x slower on the H200)
-            g_next = tl.load(G + base + offs_c, mask=mask_c, other=0.0)
+            # all of the step's G[s, :, n] (a lane's B scalars, as [s, n, c]) before any H store: H may
+            # overwrite G, and a load of G after a store to H could not be issued before that store
+            g_all = tl.load(G + base + offs_g, mask=mask, other=0.0).to(tl.float32)
         for c in tl.static_range(B):
             w_c = tl.sum(tl.where(cw == c, wt, 0.0), axis=0)  # [n, k]: W_B[n, k, c]
             h_c = tl.sum(x * w_c[None, :, :], axis=2)
+            tl.store(H + base + c * N + offs_c, h_c.to(H.dtype.element_ty), mask=mask_c)
             if not H_ONLY:
-                g_c = g_next.to(tl.float32)
-                if c + 1 < B:
-                    g_next = tl.load(G + base + (c + 1) * N + offs_c, mask=mask_c, other=0.0)
+                g_c = tl.sum(tl.where(kw == c, g_all, 0.0), axis=2)  # the lane's own registers
                 dx += g_c[:, :, None] * w_c[None, :, :]
                 dwb += tl.where(cw == c, tl.sum(x * g_c[:, :, None], axis=0)[None, :, :], 0.0)
-            tl.store(H + base + c * N + offs_c, h_c.to(H.dtype.element_ty), mask=mask_c)
         if not H_ONLY:
             tl.store(DX + base + offs, dx.to(DX.dtype.element_ty), mask=mask)
     if not H_ONLY:
