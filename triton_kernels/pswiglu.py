@@ -990,6 +990,8 @@ def ffn_bwd(
     db2 = new_output((t, d), like=u, dtype=db2_dt)
     dw3 = new_output(w3.shape, like=w3) if gated else None
     db3 = new_output((t, h), like=u, dtype=db3_dt) if gated else None
+    f32 = dict(device=u.device, dtype=torch.float32)
+    dummy = w1
     # token passes (_token_chunk): each pass's buffers and partials are freed before the next's
     for sl in _chunks(t, _token_chunk(t, fused=True)):
         n = sl.stop - sl.start
@@ -1004,14 +1006,12 @@ def ffn_bwd(
         _ffn_bwd_act_fused(do_c, u_c, w1_c, w3_c, w2_c, b1_c, b3_c, g_c, v_c, du_c, a, dg, dv, cdt,
                            store=not lean)
         splits = n_split if n_split is not None else _num_splits(bs, n * d_tiles * h_tiles, u.device)
-        f32 = dict(device=u.device, dtype=torch.float32)
         dw1_p = new_output((splits, n, d, h), **f32)
         dw3_p = new_output((splits, n, d, h), **f32) if gated else dw1_p
         dw2_p = new_output((splits, n, h, d), **f32)
         db1_p = new_output((splits, n, h), **f32)
         db3_p = new_output((splits, n, h), **f32) if gated else db1_p
         db2_p = new_output((splits, n, d), **f32)
-        dummy = w1
         ffn_bwd_weight_kernel[(n * splits, d_tiles, h_tiles)](
             do_c, u_c, a, dg, dv,
             w1_c, w3_c if gated else dummy, w2_c, b1_c if b1 is not None else dummy,

@@ -982,15 +982,13 @@ def _unimixing_bwd_partials(
     bp = triton.next_power_of_2(b)
     interp = _interpreting()
     half = x.dtype != torch.float32
-    memory = bs > 0 and gemm_backward(b, n, half)
-    # the local FMA kernel reads each dY element before it writes dX there, in the same lane
-    in_place = memory and dy_scratch and residual and c_major(b) and dyc is dy and dy.dtype == x.dtype
-    dx = dyc if in_place else new_output((bs, t, d), like=x)
+    if bs > 0 and gemm_backward(b, n, half):
+        dx, dwl_part, dwg_part = _unimixing_bwd_memory(dyc, xc, wl, wg, w_global.dtype, residual,
+                                                       dy_scratch and dyc is dy)
+        return dx, *_weight_grad_outputs(dwl_part, dwg_part, w_local, w_global)
+    dx = new_output((bs, t, d), like=x)
     if bs == 0:
         return dx, torch.zeros_like(w_local), torch.zeros_like(w_global), []
-    if memory:
-        dwl_part, dwg_part = _unimixing_bwd_memory(dyc, xc, wl, wg, dx, w_global.dtype, residual)
-        return dx, *_weight_grad_outputs(dwl_part, dwg_part, w_local, w_global)
 
     # dX and dW_B
     p1, per1 = _splits(bs, triton.cdiv(n, 64), x.device, n * b * b)
@@ -1168,20 +1166,21 @@ def _unimixing_bwd_memory(
     xc: torch.Tensor,
     wl: torch.Tensor,
     wg: torch.Tensor,
-    dx: torch.Tensor,
     dwg_dtype: torch.dtype,
     residual: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    dy_scratch: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The memory-path backward: ``G = W_G^T dY`` (GEMM), then per block ``dX``, ``H`` and the
     ``dW_B`` partials (:func:`_local_products`), then ``dW_G = dY H^T`` (GEMM, sample splits).
-    Writes ``dx``; returns the ``dW_B`` and ``dW_G`` partial buffers. ``G``
+    Returns ``dx`` and the ``dW_B`` and ``dW_G`` partial buffers. ``G``
     and ``H`` go through memory in the activation dtype: at large ``B`` the in-register local
     transpose would cost ``O(B)`` CUDA-core work per element; at small ``B`` the GEMMs run without
     the register build of ``G`` and ``H`` beside their dots, on c-major operands (``dY`` transposed
     to ``[bs, B, N]`` first by :func:`_c_major_copy`; GEMMs reading it in place measured 1.5x slower
     on the H200: their tiles load in runs of ``B`` values). There ``H`` overwrites ``G`` (the local
-    FMA kernel reads each ``G`` element before it writes ``H`` there, in the same lane), and ``dx``
-    may be ``dyc`` itself (see :func:`_unimixing_bwd_partials`)."""
+    FMA kernel reads each ``G`` element before it writes ``H`` there, in the same lane), and, with
+    ``dy_scratch`` and the residual, ``dx`` is written over ``dyc`` (the kernel reads each ``dY``
+    element before it writes ``dX`` there, in the same lane; see :func:`_unimixing_bwd_partials`)."""
     bs, t, d = xc.shape
     n, b, _ = wl.shape
     length = t * d
@@ -1189,6 +1188,8 @@ def _unimixing_bwd_memory(
     p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=2)
     dwg_part = _dwg_buffer(p2, n, xc, dwg_dtype)
     if c_major(b):
+        in_place = dy_scratch and residual and dyc.dtype == xc.dtype
+        dx = dyc if in_place else new_output(xc.shape, like=xc)
         dyt = _c_major_copy(dyc, n, b)
         gt = torch.empty_like(dyt)
         _gemm(1, dyt, wg, gt, bs * b, n, n, (n, 1), (n, 1))
@@ -1196,6 +1197,7 @@ def _unimixing_bwd_memory(
         dwl_part = _local_products(xc, wl, ht, gt, dyc, dx, residual)
         _gemm(2, dyt, ht, dwg_part, n, n, bs * b, (1, n), (n, 1), splits=(p2, per2 * b))
     else:
+        dx = new_output(xc.shape, like=xc)
         g = torch.empty_like(xc)
         h = torch.empty_like(xc)
         _global_gemm(wg, dyc, g, transpose=False)
@@ -1210,7 +1212,7 @@ def _unimixing_bwd_memory(
             kernel = _tuned("unimixing_bwd_dwg_gemm_kernel", _dwg_gemm_configs(xc.dtype != torch.float32),
                             ("N", "BS_BUCKET", "B"))
             kernel[lambda meta: (triton.cdiv(n, meta["BM"]), triton.cdiv(n, meta["BN"]), p2)](*args, **consts)
-    return dwl_part, dwg_part
+    return dx, dwl_part, dwg_part
 
 
 def unimixing_rmsnorm_bwd(
