@@ -86,6 +86,10 @@ echo "gpu_run: OUT=$OUT stages: $STAGES"
 if want install; then
     stage install "$T_INSTALL" "$PY" -m pip install -e . --no-build-isolation --no-deps
 fi
+# whatever the stages, the log names the device, versions, date and commit it ran on (bench/env.py)
+"$PY" -c "import json, torch; from bench.env import header
+print('# env', json.dumps(header(torch.device('cuda' if torch.cuda.is_available() else 'cpu'))))" \
+    >>"$LOG" 2>&1
 
 if want info; then
     stage nvidia-smi 20 nvidia-smi
