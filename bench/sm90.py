@@ -144,25 +144,28 @@ def loop_body(ptx: str) -> str:
 
 
 def unimixing_fwd_rows(usage: bool = True):
-    """``(label, config, result)`` for every forward tile at ``paper-small`` (plain and fused) and
-    ``paper-100m`` (fused)."""
+    """``(label, config, result)`` for every forward tile at ``paper-small`` (plain, with the residual,
+    and fused) and ``paper-100m`` (fused)."""
     import torch
     import triton
     import triton.language as tl
     from unimixer_kernels.triton_kernels import unimixing as k
 
     ptrs = dict(X="*bf16", WL="*bf16", WG="*bf16", Y="*bf16", S_OUT="*bf16", NW="*bf16", RSTD="*fp32")
-    for b, d, fuse in ((4, 128, False), (4, 128, True), (4, 512, True)):
+    for b, d, fuse, residual in ((4, 128, False, False), (4, 128, False, True), (4, 128, True, False),
+                                 (4, 512, True, False)):
         bp = triton.next_power_of_2(b)
         fused = k.fused_norm_rows(b, d, torch.device("cuda")) if fuse else None
         options = k._fused_row_options(fused, b, d) if fuse else None
         local_dot = k.uses_local_dot(b, fuse, True)
         for kw, warps, stages in k._fwd_configs(bp, options, local_dot, True):
             consts = dict(kw, B=b, BP=bp, CW=k.LOCAL_DOT_CW if local_dot else bp, GROUP=8,
-                          LOCAL_DOT=local_dot, FUSE_NORM=fuse, DOT_DTYPE=tl.bfloat16, PRECISION="tf32")
+                          LOCAL_DOT=local_dot, FUSE_NORM=fuse, HAS_RESIDUAL=residual, DOT_DTYPE=tl.bfloat16,
+                          PRECISION="tf32")
             res = compile_sm90(k.unimixing_fwd_kernel, ptrs, consts, warps, stages,
                                divisible=("N", "L", "BS", "D", "T", "BS_BUCKET"), usage=usage)
-            yield f"unimixing_fwd B={b} D={d}{' fused' if fuse else ''}", (dict(kw), warps, stages), res
+            kind = " fused" if fuse else " residual" if residual else ""
+            yield f"unimixing_fwd B={b} D={d}{kind}", (dict(kw), warps, stages), res
 
 
 def ffn_gemm_rows(usage: bool = True):

@@ -170,11 +170,13 @@ def unimixing_fwd_kernel(
     GROUP: tl.constexpr,
     LOCAL_DOT: tl.constexpr,
     FUSE_NORM: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
     TPT: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """``Y[s, m*B + c] = sum_n W_G[m, n] sum_b X[s, n*B + b] W_B[n, b, c]`` (+ residual RMSNorm).
+    """``Y[s, m*B + c] = sum_n W_G[m, n] sum_b X[s, n*B + b] W_B[n, b, c]`` (+ residual RMSNorm,
+    or with ``HAS_RESIDUAL`` + ``X[s, m*B + c]``, added to the fp32 sum).
 
     A column tile holds ``BC // CW`` samples times ``CW`` output columns ``c`` (from ``c0``).
     ``LOCAL_DOT`` builds the ``H`` chunk with a batched ``tl.dot`` over the ``BK`` blocks (large
@@ -252,6 +254,8 @@ def unimixing_fwd_kernel(
         tl.store(S_OUT + offs, v.to(S_OUT.dtype.element_ty), mask=mask)
         tl.store(Y + offs, (v * rstd * w).to(Y.dtype.element_ty), mask=mask)
     else:
+        if HAS_RESIDUAL:
+            acc += tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
         tl.store(Y + offs, acc.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -394,10 +398,11 @@ def unimixing_bwd_dwg_kernel(
 
 @triton.jit
 def unimixing_global_kernel(
-    WG, SRC, OUT,
+    WG, SRC, OUT, R,
     BS, N, L, swk, swo,
     BS_BUCKET,
     B: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
     BN: tl.constexpr,
     BK: tl.constexpr,
     BC: tl.constexpr,
@@ -408,7 +413,8 @@ def unimixing_global_kernel(
     """``OUT[s, o*B + c] = sum_m W[m, o] SRC[s, m*B + c]``: a plain GEMM over the flat columns
     ``k = s*B + c`` (no padding of ``B``), with ``W`` read through ``(swk, swo)`` as in
     :func:`_wg_t_dy`. Memory path at ``B >= 16`` (natural layout): the backward's ``G = W_G^T dY``
-    (step 1) and the forward's ``Y = W_G H`` (step 2)."""
+    (step 1) and the forward's ``Y = W_G H`` (step 2), which with ``HAS_RESIDUAL`` adds ``R``
+    (laid out as ``OUT``) to the fp32 sum."""
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BN)
     num_k = tl.cdiv(BS * B, BC)
@@ -420,8 +426,11 @@ def unimixing_global_kernel(
     c = kk % B
     k_ok = samp < BS
     acc = _wg_t_dy(WG, SRC, rn, n_ok, samp, c, k_ok, N, L, swk, swo, B, BN, BK, BC, DOT_DTYPE, PRECISION)
-    tl.store(OUT + samp[None, :] * L + rn[:, None] * B + c[None, :], acc.to(OUT.dtype.element_ty),
-             mask=n_ok[:, None] & k_ok[None, :])
+    off = samp[None, :] * L + rn[:, None] * B + c[None, :]
+    mask = n_ok[:, None] & k_ok[None, :]
+    if HAS_RESIDUAL:
+        acc += tl.load(R + off, mask=mask, other=0.0).to(tl.float32)
+    tl.store(OUT + off, acc.to(OUT.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -564,12 +573,13 @@ def unimixing_c_major_kernel(SRC, DST, BS, N, L,
 
 @triton.jit
 def unimixing_gemm_kernel(
-    A, BMAT, C,
+    A, BMAT, C, R,
     M, NC, K, k_per_split,
     sam, sak, sbk, sbn,
     L, M_BUCKET,
     KIND: tl.constexpr,
     BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BK: tl.constexpr,
@@ -583,7 +593,9 @@ def unimixing_gemm_kernel(
 
     ``KIND`` 0, the forward's ``Y^T = H^T W_G^T``: row ``r = s*BLOCK + c``, column ``m`` is stored at
     ``C[s*L + m*BLOCK + c]`` (the ``[bs, T, D]`` output); for a power-of-two ``BLOCK`` the tile is
-    rearranged to one row per sample first, so that its store is whole contiguous runs. Otherwise
+    rearranged to one row per sample first, so that its store is whole contiguous runs; with
+    ``HAS_RESIDUAL`` the ``[bs, T, D]`` tensor ``R`` is added to the fp32 sum (``x + UniMixing(x)``
+    in one rounding). Otherwise
     ``C[p]`` is a row-major ``[M, NC]`` (per-split partial): 1, the backward's ``G^T = dY^T W_G``;
     2, ``dW_G = dY H^T``."""
     pid = tl.program_id(0)
@@ -625,16 +637,25 @@ def unimixing_gemm_kernel(
     ROWS: tl.constexpr = KIND == 0 and BLOCK & (BLOCK - 1) == 0 and BM % BLOCK == 0
     if ROWS:
         # [BM, BN] -> [BM / BLOCK samples, BN * BLOCK]: each row a contiguous run of a sample's output
-        out = tl.reshape(acc.to(C.dtype.element_ty), [BM // BLOCK, BLOCK, BN])
-        out = tl.reshape(tl.permute(out, [0, 2, 1]), [BM // BLOCK, BN * BLOCK])
         rs = pid_m.to(tl.int64) * (BM // BLOCK) + tl.arange(0, BM // BLOCK)
         rj = pid_n * (BN * BLOCK) + tl.arange(0, BN * BLOCK)
         ok = (rs < M // BLOCK)[:, None] & (rj < NC * BLOCK)[None, :]
-        tl.store(C + rs[:, None] * L + rj[None, :], out, mask=ok)
+        off = rs[:, None] * L + rj[None, :]
+        if HAS_RESIDUAL:
+            out = tl.reshape(tl.permute(tl.reshape(acc, [BM // BLOCK, BLOCK, BN]), [0, 2, 1]),
+                             [BM // BLOCK, BN * BLOCK])
+            out = (out + tl.load(R + off, mask=ok, other=0.0).to(tl.float32)).to(C.dtype.element_ty)
+        else:
+            out = tl.reshape(acc.to(C.dtype.element_ty), [BM // BLOCK, BLOCK, BN])
+            out = tl.reshape(tl.permute(out, [0, 2, 1]), [BM // BLOCK, BN * BLOCK])
+        tl.store(C + off, out, mask=ok)
     else:
         mask = m_ok[:, None] & n_ok[None, :]
         if KIND == 0:
-            ptr = C + (rm // BLOCK)[:, None] * L + rn[None, :] * BLOCK + (rm % BLOCK)[:, None]
+            off = (rm // BLOCK)[:, None] * L + rn[None, :] * BLOCK + (rm % BLOCK)[:, None]
+            if HAS_RESIDUAL:
+                acc += tl.load(R + off, mask=mask, other=0.0).to(tl.float32)
+            ptr = C + off
         else:
             ptr = C + pid_p.to(tl.int64) * M * NC + rm[:, None] * NC + rn[None, :]
         tl.store(ptr, acc.to(C.dtype.element_ty), mask=mask)
@@ -888,20 +909,24 @@ def unimixing_fwd(
     w_global: torch.Tensor,
     norm_weight: torch.Tensor | None = None,
     eps: float = 1e-6,
+    residual: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Forward. Returns ``(y, None, None)``, or with ``norm_weight`` ``(u, s, rstd [bs, T] fp32)``
-    where ``s = x + UniMixing(x)`` (input dtype) and ``u = RMSNorm(s)``, computed from the fp32 sum
-    in the fused epilogue, from ``s`` in the composed path (:func:`fused_norm_epilogue`).
-    A non-contiguous ``x`` is copied once."""
+    """Forward. Returns ``(y, None, None)`` with ``y = UniMixing(x)``, or with ``residual``
+    ``y = x + UniMixing(x)`` (the sum in fp32, one rounding); with ``norm_weight``
+    ``(u, s, rstd [bs, T] fp32)`` where ``s = x + UniMixing(x)`` (input dtype) and ``u = RMSNorm(s)``,
+    computed from the fp32 sum in the fused epilogue, from ``s`` in the composed path
+    (:func:`fused_norm_epilogue`). A non-contiguous ``x`` is copied once."""
     bs, t, d = x.shape
     n, b, _ = w_local.shape
     fuse = norm_weight is not None
+    if fuse and residual:
+        raise ValueError("residual: the norm epilogue already adds x; pass one of norm_weight and residual")
     fused = fused_norm_rows(b, d, x.device) if fuse else None
     if fuse and (fused is None or not fused_norm_epilogue()):
         # composed (chosen, or whole tokens do not fit one tile: lcm(B, D)/B > 256 blocks): the
-        # plain mixing kernel, then one add + RMSNorm pass; the backward is the same either way
-        y, _, _ = unimixing_fwd(x, w_local, w_global)
-        u, s, rstd = rms_norm_fwd(y, x, norm_weight, eps)
+        # mixing with its residual, then one RMSNorm pass; the backward is the same either way
+        s, _, _ = unimixing_fwd(x, w_local, w_global, residual=True)
+        u, _, rstd = rms_norm_fwd(s, None, norm_weight, eps)
         return u, s, rstd.view(bs, t)
     length = t * d
     dot_dtype, precision = _dot_setup(x)
@@ -909,7 +934,7 @@ def unimixing_fwd(
     wl = w_local.contiguous()
     wg = _global_for_dot(w_global, x)
     if not fuse and bs > 0 and gemm_forward(b, n, x.dtype != torch.float32):
-        return _unimixing_fwd_memory(xc, wl, wg), None, None
+        return _unimixing_fwd_memory(xc, wl, wg, residual), None, None
     y = new_output((bs, t, d), like=x)
     s_out = new_output((bs, t, d), like=x) if fuse else y
     rstd = new_output((bs, t), like=x, dtype=torch.float32) if fuse else y
@@ -921,7 +946,7 @@ def unimixing_fwd(
     local_dot = uses_local_dot(b, fuse, half)
     cw = LOCAL_DOT_CW if local_dot else bp
     args = (xc, wl, wg, y, s_out, nw, rstd, bs, n, length, d, t, float(eps), bucket(bs))
-    consts = dict(B=b, BP=bp, CW=cw, GROUP=8, LOCAL_DOT=local_dot, FUSE_NORM=fuse,
+    consts = dict(B=b, BP=bp, CW=cw, GROUP=8, LOCAL_DOT=local_dot, FUSE_NORM=fuse, HAS_RESIDUAL=residual,
                   DOT_DTYPE=dot_dtype, PRECISION=precision)
 
     def grid(meta):
@@ -955,6 +980,27 @@ def unimixing_bwd(
     if partials:
         sum_partials(*partials)
     return dx, dwl, dwg
+
+
+def unimixing_residual_bwd_(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    w_local: torch.Tensor,
+    w_global: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dw_local, dw_global)`` for ``y = x + UniMixing(x)``; ``dx`` is written over ``dy``, which
+    must be a contiguous buffer of ``x``'s dtype that the caller gives up. The c-major memory path
+    (B < 16) writes it there in its per-block kernel; the other paths write a buffer of their own
+    and copy it over ``dy``."""
+    if not dy.is_contiguous() or dy.dtype != x.dtype or dy.shape != x.shape:
+        raise ValueError(f"dy: expected a contiguous {x.dtype} tensor of shape {tuple(x.shape)}, got "
+                         f"{dy.dtype} {tuple(dy.shape)} strides {dy.stride()}")
+    dx, dwl, dwg, partials = _unimixing_bwd_partials(dy, x, w_local, w_global, residual=True, dy_scratch=True)
+    if dx is not dy:
+        dy.copy_(dx)
+    if partials:
+        sum_partials(*partials)
+    return dwl, dwg
 
 
 def _unimixing_bwd_partials(
@@ -1030,16 +1076,17 @@ def _weight_grad_outputs(
     return dwl, dwg, [*partials, (dwg_part, dwg)]
 
 
-def _global_gemm(wg: torch.Tensor, src: torch.Tensor, out: torch.Tensor, transpose: bool) -> None:
-    """``out = W_G^T src`` (backward's ``G``), or ``W_G src`` with ``transpose`` (forward's ``Y``),
-    both ``[bs, L]`` as ``[N, (s, c)]`` columns: :func:`unimixing_global_kernel`."""
+def _global_gemm(wg: torch.Tensor, src: torch.Tensor, out: torch.Tensor, transpose: bool,
+                 residual: torch.Tensor | None = None) -> None:
+    """``out = W_G^T src`` (backward's ``G``), or ``W_G src (+ residual)`` with ``transpose``
+    (forward's ``Y``), all ``[bs, L]`` as ``[N, (s, c)]`` columns: :func:`unimixing_global_kernel`."""
     bs, t, d = src.shape
     n = wg.shape[0]
     b = t * d // n
     dot_dtype, precision = _dot_setup(src)
     swk, swo = (1, n) if transpose else (n, 1)
-    args = (wg, src, out, bs, n, t * d, swk, swo, bucket(bs))
-    consts = dict(B=b, GROUP=8, DOT_DTYPE=dot_dtype, PRECISION=precision)
+    args = (wg, src, out, out if residual is None else residual, bs, n, t * d, swk, swo, bucket(bs))
+    consts = dict(B=b, HAS_RESIDUAL=residual is not None, GROUP=8, DOT_DTYPE=dot_dtype, PRECISION=precision)
     if _interpreting():
         meta = dict(BN=16, BK=16, BC=16)
         unimixing_global_kernel[(triton.cdiv(n, 16) * triton.cdiv(bs * b, 16),)](*args, **consts, **meta)
@@ -1127,12 +1174,14 @@ def _c_major_copy(src: torch.Tensor, n: int, b: int) -> torch.Tensor:
 
 def _gemm(kind: int, a: torch.Tensor, bmat: torch.Tensor, out: torch.Tensor, m: int, nc: int, k: int,
           sa: tuple[int, int], sb: tuple[int, int], block: int = 1, length: int = 0,
-          splits: tuple[int, int] | None = None) -> None:
-    """Launch :func:`unimixing_gemm_kernel` (``kind`` as there; ``splits = (p, k_per_split)``)."""
+          splits: tuple[int, int] | None = None, residual: torch.Tensor | None = None) -> None:
+    """Launch :func:`unimixing_gemm_kernel` (``kind`` as there; ``splits = (p, k_per_split)``;
+    ``residual``, kind 0 only, is added to the output)."""
     dot_dtype, precision = _dot_setup(a)
     p, per = splits if splits is not None else (1, k)
-    args = (a, bmat, out, m, nc, k, per, *sa, *sb, length, bucket(m))
-    consts = dict(KIND=kind, BLOCK=block, GROUP=8, DOT_DTYPE=dot_dtype, PRECISION=precision)
+    args = (a, bmat, out, out if residual is None else residual, m, nc, k, per, *sa, *sb, length, bucket(m))
+    consts = dict(KIND=kind, BLOCK=block, HAS_RESIDUAL=residual is not None, GROUP=8, DOT_DTYPE=dot_dtype,
+                  PRECISION=precision)
     if _interpreting():
         meta = dict(BM=16, BN=16, BK=16)
         unimixing_gemm_kernel[(triton.cdiv(m, 16) * triton.cdiv(nc, 16), p)](*args, **consts, **meta)
@@ -1142,22 +1191,23 @@ def _gemm(kind: int, a: torch.Tensor, bmat: torch.Tensor, out: torch.Tensor, m: 
         kernel[lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(nc, meta["BN"]), p)](*args, **consts)
 
 
-def _unimixing_fwd_memory(xc: torch.Tensor, wl: torch.Tensor, wg: torch.Tensor) -> torch.Tensor:
+def _unimixing_fwd_memory(xc: torch.Tensor, wl: torch.Tensor, wg: torch.Tensor, residual: bool) -> torch.Tensor:
     """The memory-path forward: ``H = X W_B`` per block, written once in the activation dtype, then
-    the GEMM ``Y = W_G H`` with both operands from memory (2 launches). The in-register kernel builds
-    each ``H`` chunk beside its dot instead. Small ``B``: ``H`` c-major and the plain GEMM
+    the GEMM ``Y = W_G H (+ X)`` with both operands from memory (2 launches). The in-register kernel
+    builds each ``H`` chunk beside its dot instead. Small ``B``: ``H`` c-major and the plain GEMM
     ``Y^T = H^T W_G^T``, whose epilogue stores ``Y`` as ``[bs, T, D]``."""
     bs, t, d = xc.shape
     n, b, _ = wl.shape
     y = new_output(xc.shape, like=xc)
+    res = xc if residual else None
     if not c_major(b):
         h = torch.empty_like(xc)
         _local_products(xc, wl, h)
-        _global_gemm(wg, h, y, transpose=True)
+        _global_gemm(wg, h, y, transpose=True, residual=res)
         return y
     ht = torch.empty((bs, b, n), device=xc.device, dtype=xc.dtype)
     _local_products(xc, wl, ht)
-    _gemm(0, ht, wg, y, bs * b, n, n, (n, 1), (1, n), block=b, length=t * d)
+    _gemm(0, ht, wg, y, bs * b, n, n, (n, 1), (1, n), block=b, length=t * d, residual=res)
     return y
 
 

@@ -14,6 +14,8 @@ import unimixer_kernels as uk
 from unimixer_kernels.ops.unimixing import (
     unimixing_bwd,
     unimixing_fwd,
+    unimixing_residual_bwd,
+    unimixing_residual_fwd,
     unimixing_rmsnorm_bwd,
     unimixing_rmsnorm_fwd,
 )
@@ -73,6 +75,57 @@ def test_unimixing_triton(device, kernel_dtype, shape, noncontiguous):
 def test_unimixing_rmsnorm_triton(device, kernel_dtype, shape, epilogue, monkeypatch):
     monkeypatch.setenv("UNIMIXER_UNIMIXING_NORM", epilogue)
     _check_rmsnorm(shape, kernel_dtype, device, noncontiguous=shape[0] % 2 == 1)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("forward", ["gemm", "register"])
+@pytest.mark.parametrize("shape", [(5, 4, 24, 4), (1, 3, 10, 6), (3, 2, 48, 24)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_unimixing_rmsnorm_residual_forward_paths(device, kernel_dtype, monkeypatch, shape, forward):
+    # the composed path's mixing adds z in each forward's epilogue: the c-major GEMM (B < 16), the
+    # natural-layout global GEMM (B >= 16) and the in-register kernel
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", forward)
+    _check_rmsnorm(shape, kernel_dtype, device, noncontiguous=shape[0] % 2 == 1)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("backward", ["auto", "gemm"])
+def test_unimixing_rmsnorm_frees_norm_buffers_before_mixing_backward(device, monkeypatch, backward):
+    # composed: two autograd nodes, so that s (the norm's saved input) and du (its incoming gradient)
+    # are gone when the mixing backward runs, and dz is the norm's ds buffer
+    import weakref
+
+    from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", backward)
+    refs, seen = {}, []
+    fwd, bwd = kernels.unimixing_fwd, kernels.unimixing_residual_bwd_
+
+    def fwd_spy(*args, **kwargs):
+        out = fwd(*args, **kwargs)
+        refs["s"] = weakref.ref(out[0])
+        return out
+
+    def bwd_spy(dy, *args):
+        seen.append((refs["s"](), refs["du"](), dy.data_ptr()))
+        return bwd(dy, *args)
+
+    monkeypatch.setattr(kernels, "unimixing_fwd", fwd_spy)
+    monkeypatch.setattr(kernels, "unimixing_residual_bwd_", bwd_spy)
+    bs, t, d, b = 5, 4, 24, 4
+    z = random_input((bs, t, d), torch.float32, device, requires_grad=True)
+    wl, wg = _weights(t * d // b, b, torch.float32, device)
+    nw = random_input((d,), torch.float32, device, requires_grad=True)
+    u = uk.unimixing_rmsnorm(z, wl, wg, nw, backend="triton")
+
+    def du_hook(g):
+        refs["du"] = weakref.ref(g)
+
+    u.register_hook(du_hook)
+    (u * u).sum().backward()
+    (s, du, dy_ptr), = seen
+    assert s is None and du is None
+    assert z.grad.data_ptr() == dy_ptr  # dz written over ds
 
 
 @pytest.mark.triton
@@ -387,6 +440,38 @@ def test_unimixing_rmsnorm_opcheck(device):
     torch.library.opcheck(unimixing_rmsnorm_bwd, args)
 
 
+@pytest.mark.triton
+def test_unimixing_residual_opcheck(device):
+    # the composed unimixing_rmsnorm's mixing node; its backward writes dx over dy (declared mutated)
+    x = torch.randn(3, 2, 6, device=device, requires_grad=True)
+    wl, wg = _weights(3, 4, torch.float32, device)
+    for private in (False, True):
+        torch.library.opcheck(unimixing_residual_fwd, (x, wl, wg, private))
+    dy = torch.randn(3, 2, 6, device=device)
+    torch.library.opcheck(unimixing_residual_bwd, (dy, x.detach(), wl.detach(), wg.detach()))
+
+
+@pytest.mark.triton
+def test_unimixing_residual_leaves_a_gradient_it_does_not_own(device):
+    # called directly (grad_is_private=False) the backward must not write over the caller's dy
+    x = torch.randn(3, 2, 6, device=device, requires_grad=True)
+    wl, wg = _weights(3, 4, torch.float32, device)
+    y = unimixing_residual_fwd(x, wl, wg, False)
+    dy = torch.randn_like(y)
+    keep = dy.clone()
+    torch.autograd.grad(y, (x, wl, wg), dy)
+    assert torch.equal(dy, keep)
+
+
+@pytest.mark.triton
+def test_unimixing_residual_bwd_rejects_a_dy_it_cannot_overwrite(device):
+    x = torch.randn(3, 2, 6, device=device)
+    wl, wg = _weights(3, 4, torch.float32, device, requires_grad=False)
+    dy = torch.randn(3, 6, 2, device=device).transpose(1, 2)
+    with pytest.raises(ValueError, match="dy: expected a contiguous"):
+        unimixing_residual_bwd(dy, x, wl, wg)
+
+
 def _compile_backend() -> str:
     # inductor needs a C compiler on a CPU-only machine; aot_eager still traces the custom ops,
     # their fake implementations and the autograd registration
@@ -534,7 +619,7 @@ LOCAL_PTRS = dict(G="*bf16", X="*bf16", WL="*bf16", DY="*bf16", DX="*bf16", H="*
 
 def compile_for_sm90() -> None:
     """Compile the kernels most exposed to GPU-only constraints for sm_90 (bf16): every forward
-    tile (plain, and with the fused norm epilogue), the small-B dX kernel and the per-block local
+    tile (plain, with the residual, and with the fused norm epilogue), the GEMMs, the small-B dX kernel and the per-block local
     kernels (dots, and FMAs for small B). Run in a process without ``TRITON_INTERPRET``."""
     import triton.language as tl
     from unimixer_kernels.triton_kernels import unimixing as kernels
@@ -556,14 +641,19 @@ def compile_for_sm90() -> None:
                        dict(B=4, BP=4, BN=32 * fma_warps, SB=fma_sb, HAS_RESIDUAL=True, H_ONLY=h_only),
                        fma_warps, 3))
     for kw, warps, stages in kernels._global_configs(True):
-        builds.append((kernels.unimixing_global_kernel, dict(WG=p, SRC=p, OUT=p),
-                       dict(kw, B=4, GROUP=8, **common), warps, stages))
-    # the c-major GEMMs, each with the unit strides its operands have
-    unit = {0: dict(sak=1, sbk=1), 1: dict(sak=1, sbn=1), 2: dict(sam=1, sbn=1)}
+        for residual in (False, True):  # the backward's G; the forward's Y (+ X)
+            builds.append((kernels.unimixing_global_kernel, dict(WG=p, SRC=p, OUT=p, R=p),
+                           dict(kw, B=4, HAS_RESIDUAL=residual, GROUP=8, **common), warps, stages))
+    # the c-major GEMMs, each with the unit strides its operands have; the forward's with and without
+    # its residual
+    unit = [(0, False, dict(sak=1, sbk=1)), (0, True, dict(sak=1, sbk=1)), (1, False, dict(sak=1, sbn=1)),
+            (2, False, dict(sam=1, sbn=1))]
     for kw, warps, stages in kernels._gemm_configs(True):
-        for kind, strides in unit.items():
-            builds.append((kernels.unimixing_gemm_kernel, dict(A=p, BMAT=p, C="*fp32" if kind == 2 else p),
-                           dict(kw, KIND=kind, BLOCK=4, GROUP=8, **strides, **common), warps, stages))
+        for kind, residual, strides in unit:
+            ptrs = dict(A=p, BMAT=p, C="*fp32" if kind == 2 else p, R=p)
+            builds.append((kernels.unimixing_gemm_kernel, ptrs,
+                           dict(kw, KIND=kind, BLOCK=4, HAS_RESIDUAL=residual, GROUP=8, **strides, **common),
+                           warps, stages))
     builds.append((kernels.unimixing_c_major_kernel, dict(SRC=p, DST=p), dict(B=4, BP=4, SB=4, BN=128), 4, 1))
     for kernel, ptrs, consts, w, s in builds:
         assert compile_sm90(kernel, ptrs, consts, w, s)["shared"] <= SMEM_LIMIT, kernel

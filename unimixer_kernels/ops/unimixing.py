@@ -2,10 +2,14 @@
 
 The Triton backend (``triton_kernels/unimixing.py``) fuses the local and the global mixing in one
 kernel (the intermediate ``h`` never goes to memory; the ``N x N`` global product runs on tensor
-cores in the activation dtype). For ``unimixing_rmsnorm`` the residual add and the RMSNorm follow
-as one add + RMSNorm pass (the default, measured faster on the H200), or run in the mixing kernel's
-epilogue with ``UNIMIXER_UNIMIXING_NORM=fused``. Either forward saves ``s = z + UniMixing(z)``
-(input dtype) and the fp32 ``rstd``; the backward recomputes ``h`` from the inputs (in registers
+cores in the activation dtype). ``unimixing_rmsnorm`` is, by default, two autograd nodes: the
+mixing with its residual, ``s = z + UniMixing(z)`` (added to the fp32 sum in the mixing kernel's
+epilogue), then the RMSNorm op on ``s``. In backward the norm's node runs first and its end frees
+``s`` and ``du``; the mixing's backward then writes ``dz`` over the norm's ``ds`` (its own buffer).
+That is two ``[bs, T, D]`` buffers fewer at the mixing backward, the UniMixer block's peak. With
+``UNIMIXER_UNIMIXING_NORM=fused`` the RMSNorm runs in the mixing kernel's epilogue instead, one
+autograd node (measured slower on the H200). Either forward saves ``s`` (input dtype) and the fp32
+``rstd``; the backward recomputes ``h`` from the inputs (in registers
 for small ``B``; for ``B > 8``, or any ``B`` with ``UNIMIXER_UNIMIXING_BACKWARD=gemm``, the
 backward writes ``W_G^T dY`` and the recomputed ``h`` to scratch buffers and runs both global
 products as plain GEMMs). Non-contiguous inputs are copied once.
@@ -23,6 +27,7 @@ from torch import Tensor
 from .. import reference
 from .._checks import check_same_device, check_shape, check_tensor
 from .._registry import define_op
+from .rms_norm import rms_norm_fwd
 
 # "auto" on CUDA: Triton, measured faster than the best torch.compile at every preset timed, training
 # 3.99x (paper-small), 1.51x (paper-100m), 3.39x (rankmixer-100m); forward 7.43x, 1.69x, 4.37x
@@ -74,6 +79,51 @@ def _unimixing_backward(ctx, dy: Tensor):
 
 
 unimixing_fwd.register_autograd(_unimixing_backward, setup_context=_unimixing_setup)
+
+
+@torch.library.custom_op("unimixer::unimixing_residual_fwd", mutates_args=())
+def unimixing_residual_fwd(x: Tensor, w_local: Tensor, w_global: Tensor, grad_is_private: bool) -> Tensor:
+    """``x + UniMixing(x)``, the sum in fp32: the mixing node of ``unimixing_rmsnorm``. With
+    ``grad_is_private`` the caller promises that the output's gradient is a buffer nobody else
+    reads (true there: the output's only reader is the RMSNorm node, whose backward returns a
+    fresh ``ds``), and the backward writes ``dx`` over it; otherwise over a copy."""
+    return _kernels().unimixing_fwd(x, w_local, w_global, residual=True)[0]
+
+
+@unimixing_residual_fwd.register_fake
+def _(x: Tensor, w_local: Tensor, w_global: Tensor, grad_is_private: bool) -> Tensor:
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("unimixer::unimixing_residual_bwd", mutates_args=("dy",))
+def unimixing_residual_bwd(dy: Tensor, x: Tensor, w_local: Tensor, w_global: Tensor) -> tuple[Tensor, Tensor]:
+    """``(dw_local, dw_global)`` of ``x + UniMixing(x)``; ``dx`` is written over ``dy`` (contiguous,
+    ``x``'s dtype)."""
+    return _kernels().unimixing_residual_bwd_(dy, x, w_local, w_global)
+
+
+@unimixing_residual_bwd.register_fake
+def _(dy: Tensor, x: Tensor, w_local: Tensor, w_global: Tensor) -> tuple[Tensor, Tensor]:
+    return w_local.new_empty(w_local.shape), w_global.new_empty(w_global.shape)
+
+
+def _unimixing_residual_setup(ctx, inputs, output) -> None:
+    x, w_local, w_global, grad_is_private = inputs
+    ctx.grad_is_private = grad_is_private
+    ctx.save_for_backward(x, w_local, w_global)
+
+
+def _unimixing_residual_backward(ctx, ds: Tensor):
+    x, w_local, w_global = ctx.saved_tensors
+    if ctx.grad_is_private and ds.is_contiguous() and ds.dtype == x.dtype:
+        dx = ds
+    else:
+        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(ds)
+    dwl, dwg = unimixing_residual_bwd(dx, x, w_local, w_global)
+    return dx, dwl, dwg, None
+
+
+unimixing_residual_fwd.register_autograd(_unimixing_residual_backward, setup_context=_unimixing_residual_setup)
 
 
 @torch.library.custom_op("unimixer::unimixing_rmsnorm_fwd", mutates_args=())
@@ -140,7 +190,11 @@ def _unimixing_rmsnorm_triton(
     z: Tensor, w_local: Tensor, w_global: Tensor, norm_weight: Tensor, eps: float
 ) -> Tensor:
     _check_triton_dtypes(z=z, w_local=w_local, w_global=w_global, norm_weight=norm_weight)
-    return unimixing_rmsnorm_fwd(z, w_local, w_global, norm_weight, eps)[0]
+    if _kernels().fused_norm_epilogue():
+        return unimixing_rmsnorm_fwd(z, w_local, w_global, norm_weight, eps)[0]
+    # two autograd nodes: the norm's backward runs first, and its end frees s and du
+    s = unimixing_residual_fwd(z, w_local, w_global, grad_is_private=True)
+    return rms_norm_fwd(s, norm_weight, eps)[0]
 
 
 # --- public functions --------------------------------------------------------------------------
