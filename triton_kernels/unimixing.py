@@ -1191,7 +1191,9 @@ def _gemm(kind: int, a: torch.Tensor, bmat: torch.Tensor, out: torch.Tensor, m: 
         kernel[lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(nc, meta["BN"]), p)](*args, **consts)
 
 
-def _unimixing_fwd_memory(xc: torch.Tensor, wl: torch.Tensor, wg: torch.Tensor, residual: bool) -> torch.Tensor:
+def _unimixing_fwd_memory(
+    xc: torch.Tensor, wl: torch.Tensor, wg: torch.Tensor, residual: bool
+) -> torch.Tensor:
     """The memory-path forward: ``H = X W_B`` per block, written once in the activation dtype, then
     the GEMM ``Y = W_G H (+ X)`` with both operands from memory (2 launches). The in-register kernel
     builds each ``H`` chunk beside its dot instead. Small ``B``: ``H`` c-major and the plain GEMM

@@ -619,8 +619,9 @@ LOCAL_PTRS = dict(G="*bf16", X="*bf16", WL="*bf16", DY="*bf16", DX="*bf16", H="*
 
 def compile_for_sm90() -> None:
     """Compile the kernels most exposed to GPU-only constraints for sm_90 (bf16): every forward
-    tile (plain, with the residual, and with the fused norm epilogue), the GEMMs, the small-B dX kernel and the per-block local
-    kernels (dots, and FMAs for small B). Run in a process without ``TRITON_INTERPRET``."""
+    tile (plain, with the residual, and with the fused norm epilogue), the GEMMs, the small-B dX
+    kernel and the per-block local kernels (dots, and FMAs for small B). Run in a process without
+    ``TRITON_INTERPRET``."""
     import triton.language as tl
     from unimixer_kernels.triton_kernels import unimixing as kernels
 
@@ -652,8 +653,8 @@ def compile_for_sm90() -> None:
         for kind, residual, strides in unit:
             ptrs = dict(A=p, BMAT=p, C="*fp32" if kind == 2 else p, R=p)
             builds.append((kernels.unimixing_gemm_kernel, ptrs,
-                           dict(kw, KIND=kind, BLOCK=4, HAS_RESIDUAL=residual, GROUP=8, **strides, **common),
-                           warps, stages))
+                           dict(kw, KIND=kind, BLOCK=4, HAS_RESIDUAL=residual, GROUP=8, **strides,
+                                **common), warps, stages))
     builds.append((kernels.unimixing_c_major_kernel, dict(SRC=p, DST=p), dict(B=4, BP=4, SB=4, BN=128), 4, 1))
     for kernel, ptrs, consts, w, s in builds:
         assert compile_sm90(kernel, ptrs, consts, w, s)["shared"] <= SMEM_LIMIT, kernel

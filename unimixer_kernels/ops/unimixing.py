@@ -123,7 +123,9 @@ def _unimixing_residual_backward(ctx, ds: Tensor):
     return dx, dwl, dwg, None
 
 
-unimixing_residual_fwd.register_autograd(_unimixing_residual_backward, setup_context=_unimixing_residual_setup)
+unimixing_residual_fwd.register_autograd(
+    _unimixing_residual_backward, setup_context=_unimixing_residual_setup
+)
 
 
 @torch.library.custom_op("unimixer::unimixing_rmsnorm_fwd", mutates_args=())
