@@ -58,8 +58,9 @@ SWITCHES = {
                             "which has no inline assembly, always does)"),
     FFN_CHUNK_SWITCH: ("auto", "the per-token FFN backward: tokens per pass through its [tokens, bs, h] "
                                "hidden buffers: 'auto' (the wide-token path, D > 256, in one pass; the fused "
-                               "path in two halves), 'all' (one pass) or a positive integer, which shrinks "
-                               "the buffers and the training peak for smaller, slower launches (RankMixer "
+                               "path in up to four passes of at least 8 tokens), 'all' (one pass) or a "
+                               "positive integer, which shrinks the buffers and the training peak for "
+                               "smaller, slower launches (RankMixer "
                                "block on the H200, 4 tokens per pass: 709 against 1009 MiB, 3.32 against "
                                "3.12 ms, run44)"),
     FFN_TMA_SWITCH: ("auto", "the wide-token per-token FFN GEMMs (D > 256), 16-bit: 'auto' (operands and "

@@ -794,17 +794,23 @@ def _pre_tiled(u, w, bias, cdt, out=None) -> torch.Tensor:
     return out
 
 
+# the fused path's 'auto' passes: no fewer tokens than this each (4 a pass were 13% slower, run75)
+FUSED_MIN_CHUNK = 8
+
+
 def _token_chunk(t: int, fused: bool = False) -> int:
     """Tokens per backward pass through the ``[tokens, bs, h]`` buffers, by
     ``UNIMIXER_FFN_TOKEN_CHUNK``: 'auto' (the default), 'all' (one pass) or a positive integer
     (capped at ``t``). Fewer tokens per pass shrink the buffers, and the training step's peak, at the
     price of smaller launches. 'auto': the wide-token path in one pass (the RankMixer block at
     rankmixer-100m trained in 3.32 / 3.44 ms with 4 / 2 tokens per pass, against 3.12 in one, with a
-    peak of 709 / 661 against 1009 MiB, run44); the fused path (``D <= FUSED_MAX_D``) in two halves,
-    whose three hidden buffers were the UniMixer block's training peak at paper-small (run69)."""
+    peak of 709 / 661 against 1009 MiB, run44); the fused path (``D <= FUSED_MAX_D``) in up to four
+    passes of at least :data:`FUSED_MIN_CHUNK` tokens. There the three hidden buffers set the UniMixer
+    block's training peak at paper-small: 169.7 / 154.4 / 144.3 MiB in 0.847 / 0.849 / 0.958 ms with
+    passes of 16 / 8 / 4 tokens (run75)."""
     mode = switch(FFN_CHUNK_SWITCH)
     if mode == "auto":
-        return triton.cdiv(t, 2) if fused else t
+        return min(t, max(FUSED_MIN_CHUNK, triton.cdiv(t, 4))) if fused else t
     if mode == "all":
         return t
     if not mode.isdigit() or int(mode) < 1:

@@ -362,7 +362,7 @@ def test_ffn_tiled_path_in_token_chunks(device, kernel_dtype, tiled_path, monkey
 @pytest.mark.parametrize("chunk", ["all", "1", "2"])
 def test_ffn_fused_path_in_token_chunks(device, monkeypatch, op, backward, recompute, chunk):
     """The fused path's backward a few tokens at a time (``T = 3``: one pass, chunks of one, or of two
-    and one; 'auto' halves it, as every other fused test runs), with its hidden buffers or their
+    and one), with its hidden buffers or their
     recompute in the weight kernel, saved or recomputed pre-activations, non-contiguous input: every
     output and gradient as the reference's."""
     monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", chunk)
@@ -372,14 +372,15 @@ def test_ffn_fused_path_in_token_chunks(device, monkeypatch, op, backward, recom
 
 
 def test_ffn_token_chunk_switch(monkeypatch):
-    """``UNIMIXER_FFN_TOKEN_CHUNK``: 'auto' is one pass on the wide-token path and two halves on the
-    fused one; 'all' is one pass; an integer is capped at ``T``; anything else names the switch and
-    what it takes."""
+    """``UNIMIXER_FFN_TOKEN_CHUNK``: 'auto' is one pass on the wide-token path and up to four passes
+    of at least eight tokens on the fused one; 'all' is one pass; an integer is capped at ``T``;
+    anything else names the switch and what it takes."""
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
     monkeypatch.delenv("UNIMIXER_FFN_TOKEN_CHUNK", raising=False)
     assert kernels._token_chunk(16) == 16 and kernels._token_chunk(15, fused=True) == 8
-    assert kernels._token_chunk(1, fused=True) == 1
+    assert kernels._token_chunk(32, fused=True) == 8 and kernels._token_chunk(64, fused=True) == 16
+    assert kernels._token_chunk(1, fused=True) == 1 and kernels._token_chunk(6, fused=True) == 6
     monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "all")
     assert kernels._token_chunk(16) == 16 and kernels._token_chunk(16, fused=True) == 16
     monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "4")
