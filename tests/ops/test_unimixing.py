@@ -155,9 +155,12 @@ def test_unimixing_rmsnorm_fp32_norm_weight(device):
 
 @pytest.mark.triton
 def test_unimixing_rmsnorm_unfused_fallback(device, monkeypatch):
-    # when lcm(B, D)/B blocks (whole tokens) do not fit one tile, the op composes mixing + RMSNorm;
-    # such shapes have N >= 257, too slow for the interpreter, so force the path on a small one
+    # with the fused epilogue chosen, when lcm(B, D)/B blocks (whole tokens) do not fit one tile, the
+    # one autograd node composes mixing + RMSNorm; such shapes have N >= 257, too slow for the
+    # interpreter, so force the path on a small one
     from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_NORM", "fused")
 
     assert kernels.fused_norm_rows(2, 257, torch.device(device)) is None
     assert kernels.fused_norm_rows(4, 128, torch.device(device)) is not None
