@@ -24,8 +24,10 @@ Optional epilogue (``unimixing_rmsnorm``): ``s = z + y`` in fp32 and ``u = s * r
 ``lcm(B, D) / B``, so it always holds whole tokens (``TPT`` tokens of every sample in the tile).
 It writes ``u``, ``s`` (in the input dtype) and the fp32 ``rstd [bs, T]`` for backward. Where whole
 tokens do not fit a tile (``lcm(B, D)/B > 256``), and by default (measured faster; the fused epilogue
-with ``UNIMIXER_UNIMIXING_NORM=fused``), the op runs the plain kernel and then one add + RMSNorm
-pass (``rms_norm.py``) instead; the backward is the same.
+with ``UNIMIXER_UNIMIXING_NORM=fused``), the mixing adds ``z`` in its plain epilogue (``residual``:
+``s = z + y`` in fp32, every forward path) and one RMSNorm pass (``rms_norm.py``) follows; the
+backward is the same. By default the op layer makes these two autograd nodes
+(``ops/unimixing.py``), and :func:`unimixing_residual_bwd_` writes ``dz`` over the norm's ``ds``.
 
 Backward, with ``g = dy`` (or, for the fused op, ``g = ds``, the gradient through the norm, from the
 RMSNorm backward kernel of ``rms_norm.py``)::
