@@ -49,13 +49,18 @@ def _weights(n: int, b: int, dtype, device, requires_grad=True):
     return wl, wg
 
 
-def _check_rmsnorm(shape, dtype, device, noncontiguous=False):
-    """``unimixing_rmsnorm`` on the Triton backend against the reference, fresh inputs."""
+def _rmsnorm_inputs(shape, dtype, device, noncontiguous=False):
+    """Fresh ``(z, w_local, w_global, norm_weight)`` for ``unimixing_rmsnorm`` at ``(bs, T, D, B)``."""
     bs, t, d, b = shape
     z = random_input((bs, t, d), dtype, device, requires_grad=True, noncontiguous=noncontiguous)
     wl, wg = _weights(t * d // b, b, dtype, device)
-    nw = random_input((d,), dtype, device, requires_grad=True)
-    check_against_reference(uk.unimixing_rmsnorm, (z, wl, wg, nw), backend="triton")
+    return z, wl, wg, random_input((d,), dtype, device, requires_grad=True)
+
+
+def _check_rmsnorm(shape, dtype, device, noncontiguous=False):
+    """``unimixing_rmsnorm`` on the Triton backend against the reference, fresh inputs."""
+    inputs = _rmsnorm_inputs(shape, dtype, device, noncontiguous)
+    check_against_reference(uk.unimixing_rmsnorm, inputs, backend="triton")
 
 
 @pytest.mark.triton
@@ -112,10 +117,7 @@ def test_unimixing_rmsnorm_frees_norm_buffers_before_mixing_backward(device, mon
 
     monkeypatch.setattr(kernels, "unimixing_fwd", fwd_spy)
     monkeypatch.setattr(kernels, "unimixing_residual_bwd_", bwd_spy)
-    bs, t, d, b = 5, 4, 24, 4
-    z = random_input((bs, t, d), torch.float32, device, requires_grad=True)
-    wl, wg = _weights(t * d // b, b, torch.float32, device)
-    nw = random_input((d,), torch.float32, device, requires_grad=True)
+    z, wl, wg, nw = _rmsnorm_inputs((5, 4, 24, 4), torch.float32, device)
     u = uk.unimixing_rmsnorm(z, wl, wg, nw, backend="triton")
 
     def du_hook(g):
@@ -147,10 +149,8 @@ def test_unimixing_forward_switches_checked(device, monkeypatch, name, expected)
 
 @pytest.mark.triton
 def test_unimixing_rmsnorm_fp32_norm_weight(device):
-    z = random_input((3, 4, 8), torch.float32, device, requires_grad=True)
-    wl, wg = _weights(8, 4, torch.float32, device)
-    nw = random_input((8,), torch.float32, device, requires_grad=True)
-    check_against_reference(uk.unimixing_rmsnorm, (z, wl, wg, nw), backend="triton", kwargs={"eps": 1e-3})
+    inputs = _rmsnorm_inputs((3, 4, 8, 4), torch.float32, device)
+    check_against_reference(uk.unimixing_rmsnorm, inputs, backend="triton", kwargs={"eps": 1e-3})
 
 
 @pytest.mark.triton
@@ -224,10 +224,7 @@ def test_unimixing_rmsnorm_gemm_backward_reuses_buffers(device, monkeypatch):
         return local(xc, wl, h, g, dyc, dx, residual)
 
     monkeypatch.setattr(kernels, "_local_products", spy)
-    bs, t, d, b = 5, 4, 24, 4
-    z = random_input((bs, t, d), torch.float32, device, requires_grad=True)
-    wl, wg = _weights(t * d // b, b, torch.float32, device)
-    nw = random_input((d,), torch.float32, device, requires_grad=True)
+    z, wl, wg, nw = _rmsnorm_inputs((5, 4, 24, 4), torch.float32, device)
     u = uk.unimixing_rmsnorm(z, wl, wg, nw, backend="triton")
     dz = torch.autograd.grad(u, z, torch.randn_like(u))[0]
     (h, g, dyc, dx), = seen
@@ -240,7 +237,7 @@ def test_unimixing_rmsnorm_gemm_backward_reuses_buffers(device, monkeypatch):
     torch.autograd.grad(y, x, dy)
     (h, g, dyc, dx), = seen
     assert h is g and dx is not dyc and torch.equal(dy, keep)
-    _check_rmsnorm((bs, t, d, b), torch.float32, device)
+    _check_rmsnorm((5, 4, 24, 4), torch.float32, device)
 
 
 @pytest.mark.triton
@@ -423,12 +420,20 @@ def test_unimixing_triton_rejects_fp64(device):
 
 
 @pytest.mark.triton
-def test_unimixing_opcheck(device):
+@pytest.mark.parametrize("residual", [False, True], ids=["unimixing", "residual"])
+def test_unimixing_opcheck(device, residual):
+    # residual: the composed unimixing_rmsnorm's mixing node, whose backward writes dx over dy
+    # (declared mutated), with and without the promise that the gradient is its own
     x = torch.randn(3, 2, 6, device=device, requires_grad=True)
     wl, wg = _weights(3, 4, torch.float32, device)
-    torch.library.opcheck(unimixing_fwd, (x, wl, wg))
+    if residual:
+        fwd, bwd, extra = unimixing_residual_fwd, unimixing_residual_bwd, [(False,), (True,)]
+    else:
+        fwd, bwd, extra = unimixing_fwd, unimixing_bwd, [()]
+    for more in extra:
+        torch.library.opcheck(fwd, (x, wl, wg, *more))
     dy = torch.randn(3, 2, 6, device=device)
-    torch.library.opcheck(unimixing_bwd, (dy, x.detach(), wl.detach(), wg.detach()))
+    torch.library.opcheck(bwd, (dy, x.detach(), wl.detach(), wg.detach()))
 
 
 @pytest.mark.triton
@@ -441,17 +446,6 @@ def test_unimixing_rmsnorm_opcheck(device):
     du = torch.randn_like(u)
     args = (du, z.detach(), s, wl.detach(), wg.detach(), nw.detach(), rstd)
     torch.library.opcheck(unimixing_rmsnorm_bwd, args)
-
-
-@pytest.mark.triton
-def test_unimixing_residual_opcheck(device):
-    # the composed unimixing_rmsnorm's mixing node; its backward writes dx over dy (declared mutated)
-    x = torch.randn(3, 2, 6, device=device, requires_grad=True)
-    wl, wg = _weights(3, 4, torch.float32, device)
-    for private in (False, True):
-        torch.library.opcheck(unimixing_residual_fwd, (x, wl, wg, private))
-    dy = torch.randn(3, 2, 6, device=device)
-    torch.library.opcheck(unimixing_residual_bwd, (dy, x.detach(), wl.detach(), wg.detach()))
 
 
 @pytest.mark.triton
