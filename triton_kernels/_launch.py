@@ -24,8 +24,10 @@ POLL_SWITCH = "UNIMIXER_SINKHORN_POLL"
 FFN_TMA_SWITCH = "UNIMIXER_FFN_TMA"
 FFN_CHUNK_SWITCH = "UNIMIXER_FFN_TOKEN_CHUNK"
 SWITCHES = {
-    NORM_SWITCH: ("composed", "unimixing_rmsnorm: 'composed' (mixing kernel, then one add + RMSNorm "
-                              "pass) or 'fused' (in the mixing kernel's epilogue)"),
+    NORM_SWITCH: ("composed", "unimixing_rmsnorm: 'composed' (the mixing with its residual, then one RMSNorm "
+                              "pass, as two autograd nodes so that the norm's backward frees its input and "
+                              "gradient before the mixing backward) or 'fused' (the RMSNorm in the mixing "
+                              "kernel's epilogue, one node; slower on the H200)"),
     PERSISTENT_SWITCH: ("auto", "tiled Sinkhorn (n > 64): 'auto' (one cooperative launch per direction with "
                                 "every tile held by its own program where they all fit the GPU at once, "
                                 "e.g. n = 1024; else one launch per half-step) or '0' (one launch per "

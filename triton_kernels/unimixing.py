@@ -114,6 +114,15 @@ _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloa
 
 
 @triton.jit
+def _store_plus(OUT, R, offs, mask, acc, HAS_RESIDUAL: tl.constexpr):
+    """Store the fp32 ``acc`` at ``OUT + offs`` in ``OUT``'s dtype, with ``HAS_RESIDUAL`` plus ``R``
+    at the same offsets (added in fp32: one rounding)."""
+    if HAS_RESIDUAL:
+        acc += tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(OUT + offs, acc.to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _mix_chunk(acc_t, k0, X, WL, WG, rm, m_ok, ks, ks_ok, kc, kc_ok, kb, kb_ok, N, L,
                B: tl.constexpr, BP: tl.constexpr, CW: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr,
                SPT: tl.constexpr, LOCAL_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
@@ -256,9 +265,7 @@ def unimixing_fwd_kernel(
         tl.store(S_OUT + offs, v.to(S_OUT.dtype.element_ty), mask=mask)
         tl.store(Y + offs, (v * rstd * w).to(Y.dtype.element_ty), mask=mask)
     else:
-        if HAS_RESIDUAL:
-            acc += tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(Y + offs, acc.to(Y.dtype.element_ty), mask=mask)
+        _store_plus(Y, X, offs, mask, acc, HAS_RESIDUAL)
 
 
 @triton.jit
@@ -332,10 +339,7 @@ def unimixing_bwd_dx_kernel(
         tl.debug_barrier()
         out = tl.reshape(out3, [BN, BC])
         offs = samp[None, :] * L + rn[:, None] * B + jc[None, :]
-        mask = n_ok[:, None] & col_ok[None, :]
-        if HAS_RESIDUAL:
-            out += tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(DX + offs, out.to(DX.dtype.element_ty), mask=mask)
+        _store_plus(DX, DY, offs, n_ok[:, None] & col_ok[None, :], out, HAS_RESIDUAL)
 
 
 @triton.jit
@@ -429,10 +433,7 @@ def unimixing_global_kernel(
     k_ok = samp < BS
     acc = _wg_t_dy(WG, SRC, rn, n_ok, samp, c, k_ok, N, L, swk, swo, B, BN, BK, BC, DOT_DTYPE, PRECISION)
     off = samp[None, :] * L + rn[:, None] * B + c[None, :]
-    mask = n_ok[:, None] & k_ok[None, :]
-    if HAS_RESIDUAL:
-        acc += tl.load(R + off, mask=mask, other=0.0).to(tl.float32)
-    tl.store(OUT + off, acc.to(OUT.dtype.element_ty), mask=mask)
+    _store_plus(OUT, R, off, n_ok[:, None] & k_ok[None, :], acc, HAS_RESIDUAL)
 
 
 @triton.jit
