@@ -760,8 +760,9 @@ def _tuned(kernel_name: str, configs: tuple, key: tuple):
     return triton.autotune(configs=[_cfg(w, s, **dict(kw)) for kw, w, s in configs], key=list(key))(kernel)
 
 
-# The residual + RMSNorm of ``unimixing_rmsnorm``: one add + RMSNorm pass after the plain kernel
-# (composed, the default) or in the mixing kernel's epilogue (``UNIMIXER_UNIMIXING_NORM=fused``).
+# The residual + RMSNorm of ``unimixing_rmsnorm``: the residual in the mixing kernel's epilogue and
+# one RMSNorm pass after it (composed, the default), or both in the mixing kernel's epilogue
+# (``UNIMIXER_UNIMIXING_NORM=fused``).
 # The fused tile must hold whole tokens, which limits its row tiles: on the H200 at paper-small the
 # fused forward took 0.286 ms against 0.172 ms composed (bench/NOTES.md).
 def fused_norm_epilogue() -> bool:
