@@ -24,10 +24,10 @@ Optional epilogue (``unimixing_rmsnorm``): ``s = z + y`` in fp32 and ``u = s * r
 ``lcm(B, D) / B``, so it always holds whole tokens (``TPT`` tokens of every sample in the tile).
 It writes ``u``, ``s`` (in the input dtype) and the fp32 ``rstd [bs, T]`` for backward. Where whole
 tokens do not fit a tile (``lcm(B, D)/B > 256``), and by default (measured faster; the fused epilogue
-with ``UNIMIXER_UNIMIXING_NORM=fused``), the mixing adds ``z`` in its plain epilogue (``residual``:
-``s = z + y`` in fp32, every forward path) and one RMSNorm pass (``rms_norm.py``) follows; the
-backward is the same. By default the op layer makes these two autograd nodes
-(``ops/unimixing.py``), and :func:`unimixing_residual_bwd_` writes ``dz`` over the norm's ``ds``.
+with ``UNIMIXER_UNIMIXING_NORM=fused``), the op layer (``ops/unimixing.py``) composes two autograd
+nodes instead: the mixing, which adds ``z`` in its plain epilogue (``residual``: ``s = z + y`` in
+fp32, every forward path), and the RMSNorm op on ``s``; :func:`unimixing_residual_bwd_` then
+writes ``dz`` over the norm's ``ds``.
 
 Backward, with ``g = dy`` (or, for the fused op, ``g = ds``, the gradient through the norm, from the
 RMSNorm backward kernel of ``rms_norm.py``)::
@@ -105,7 +105,7 @@ from ._launch import (
 )
 from ._partials import sum_partials
 from ._tiles import grouped_tile
-from .rms_norm import rms_norm_bwd_partials, rms_norm_fwd
+from .rms_norm import rms_norm_bwd_partials
 
 _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
@@ -916,22 +916,21 @@ def unimixing_fwd(
     residual: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Forward. Returns ``(y, None, None)`` with ``y = UniMixing(x)``, or with ``residual``
-    ``y = x + UniMixing(x)`` (the sum in fp32, one rounding); with ``norm_weight``
-    ``(u, s, rstd [bs, T] fp32)`` where ``s = x + UniMixing(x)`` (input dtype) and ``u = RMSNorm(s)``,
-    computed from the fp32 sum in the fused epilogue, from ``s`` in the composed path
-    (:func:`fused_norm_epilogue`). A non-contiguous ``x`` is copied once."""
+    ``y = x + UniMixing(x)`` (the sum in fp32, one rounding); with ``norm_weight``, the fused
+    epilogue, ``(u, s, rstd [bs, T] fp32)`` where ``s = x + UniMixing(x)`` (input dtype) and
+    ``u = RMSNorm(s)`` from the fp32 sum. The epilogue needs :func:`fused_norm_rows`; where it has
+    none, the op layer composes the mixing with its residual and an RMSNorm pass instead. A
+    non-contiguous ``x`` is copied once."""
     bs, t, d = x.shape
     n, b, _ = w_local.shape
     fuse = norm_weight is not None
     if fuse and residual:
         raise ValueError("residual: the norm epilogue already adds x; pass one of norm_weight and residual")
     fused = fused_norm_rows(b, d, x.device) if fuse else None
-    if fuse and (fused is None or not fused_norm_epilogue()):
-        # composed (chosen, or whole tokens do not fit one tile: lcm(B, D)/B > 256 blocks): the
-        # mixing with its residual, then one RMSNorm pass; the backward is the same either way
-        s, _, _ = unimixing_fwd(x, w_local, w_global, residual=True)
-        u, _, rstd = rms_norm_fwd(s, None, norm_weight, eps)
-        return u, s, rstd.view(bs, t)
+    if fuse and fused is None:
+        raise ValueError(f"norm_weight: the fused norm epilogue needs whole tokens in one tile, and "
+                         f"lcm(B, D) / B = {math.lcm(b, d) // b} blocks do not fit; compose the mixing "
+                         f"(residual=True) and an RMSNorm pass instead")
     length = t * d
     dot_dtype, precision = _dot_setup(x)
     xc = x.contiguous()
@@ -976,11 +975,13 @@ def unimixing_bwd(
     w_local: torch.Tensor,
     w_global: torch.Tensor,
     residual: bool = False,
+    dy_scratch: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dx, dw_local, dw_global)`` for ``y = UniMixing(x)`` given ``dy``; with ``residual`` the
     output is ``x + UniMixing(x)`` and ``dy`` is also added to ``dx``. Non-contiguous ``dy`` or
-    ``x`` (e.g. a stride-0 ``dy`` from ``expand``) are copied once."""
-    dx, dwl, dwg, partials = _unimixing_bwd_partials(dy, x, w_local, w_global, residual)
+    ``x`` (e.g. a stride-0 ``dy`` from ``expand``) are copied once. ``dy_scratch``: as in
+    :func:`_unimixing_bwd_partials` (``dx`` may then be ``dy`` itself)."""
+    dx, dwl, dwg, partials = _unimixing_bwd_partials(dy, x, w_local, w_global, residual, dy_scratch)
     if partials:
         sum_partials(*partials)
     return dx, dwl, dwg
@@ -999,11 +1000,9 @@ def unimixing_residual_bwd_(
     if not dy.is_contiguous() or dy.dtype != x.dtype or dy.shape != x.shape:
         raise ValueError(f"dy: expected a contiguous {x.dtype} tensor of shape {tuple(x.shape)}, got "
                          f"{dy.dtype} {tuple(dy.shape)} strides {dy.stride()}")
-    dx, dwl, dwg, partials = _unimixing_bwd_partials(dy, x, w_local, w_global, residual=True, dy_scratch=True)
+    dx, dwl, dwg = unimixing_bwd(dy, x, w_local, w_global, residual=True, dy_scratch=True)
     if dx is not dy:
         dy.copy_(dx)
-    if partials:
-        sum_partials(*partials)
     return dwl, dwg
 
 

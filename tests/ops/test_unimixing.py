@@ -156,8 +156,8 @@ def test_unimixing_rmsnorm_fp32_norm_weight(device):
 @pytest.mark.triton
 def test_unimixing_rmsnorm_unfused_fallback(device, monkeypatch):
     # with the fused epilogue chosen, when lcm(B, D)/B blocks (whole tokens) do not fit one tile, the
-    # one autograd node composes mixing + RMSNorm; such shapes have N >= 257, too slow for the
-    # interpreter, so force the path on a small one
+    # op composes mixing + RMSNorm; such shapes have N >= 257, too slow for the interpreter, so
+    # force the path on a small one
     from unimixer_kernels.triton_kernels import unimixing as kernels
 
     monkeypatch.setenv("UNIMIXER_UNIMIXING_NORM", "fused")

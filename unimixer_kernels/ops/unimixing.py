@@ -8,9 +8,9 @@ epilogue), then the RMSNorm op on ``s``. In backward the norm's node runs first 
 ``s`` and ``du``; the mixing's backward then writes ``dz`` over the norm's ``ds`` (its own buffer).
 That is two ``[bs, T, D]`` buffers fewer at the mixing backward, the UniMixer block's peak. With
 ``UNIMIXER_UNIMIXING_NORM=fused`` the RMSNorm runs in the mixing kernel's epilogue instead, one
-autograd node (measured slower on the H200). Either forward saves ``s`` (input dtype) and the fp32
-``rstd``; the backward recomputes ``h`` from the inputs (in registers
-for small ``B``; for ``B > 8``, or any ``B`` with ``UNIMIXER_UNIMIXING_BACKWARD=gemm``, the
+autograd node (measured slower on the H200), wherever whole tokens fit its tile. Either forward
+saves ``s`` (input dtype) and the fp32 ``rstd``; the backward recomputes ``h`` from the inputs (in
+registers for small ``B``; for ``B > 8``, or any ``B`` with ``UNIMIXER_UNIMIXING_BACKWARD=gemm``, the
 backward writes ``W_G^T dY`` and the recomputed ``h`` to scratch buffers and runs both global
 products as plain GEMMs). Non-contiguous inputs are copied once.
 
@@ -192,9 +192,11 @@ def _unimixing_rmsnorm_triton(
     z: Tensor, w_local: Tensor, w_global: Tensor, norm_weight: Tensor, eps: float
 ) -> Tensor:
     _check_triton_dtypes(z=z, w_local=w_local, w_global=w_global, norm_weight=norm_weight)
-    if _kernels().fused_norm_epilogue():
+    kernels = _kernels()
+    if kernels.fused_norm_epilogue() and kernels.fused_norm_rows(w_local.shape[1], z.shape[-1], z.device):
         return unimixing_rmsnorm_fwd(z, w_local, w_global, norm_weight, eps)[0]
-    # two autograd nodes: the norm's backward runs first, and its end frees s and du
+    # composed (the default, or whole tokens do not fit the fused epilogue's tile): two autograd
+    # nodes, the norm's backward runs first, and its end frees s and du
     s = unimixing_residual_fwd(z, w_local, w_global, grad_is_private=True)
     return rms_norm_fwd(s, norm_weight, eps)[0]
 
