@@ -133,6 +133,16 @@ def setup_unimixing_rmsnorm(p: Preset, device, dtype) -> Setup:
         _rand((n, n), FP32, device, scale=n ** -0.5), _rand((d,), FP32, device)))
 
 
+def setup_unimixing_rmsnorm_pswiglu(p: Preset, device, dtype) -> Setup:
+    bs, t, d, n, b, h = p["bs"], p["T"], p["D"], p["N"], p["B"], p["h"]
+    op = "unimixing_rmsnorm_pswiglu"
+    return _op_setup(op, R.unimixing_rmsnorm_pswiglu, uk.unimixing_rmsnorm_pswiglu, lambda: (
+        _rand((bs, t, d), dtype, device), _rand((n, b, b), FP32, device, scale=b ** -0.5),
+        _rand((n, n), FP32, device, scale=n ** -0.5), _rand((d,), FP32, device),
+        _rand((t, d, h), FP32, device, scale=d ** -0.5), _rand((t, d, h), FP32, device, scale=d ** -0.5),
+        _rand((t, h, d), FP32, device, scale=h ** -0.5)))
+
+
 def setup_sinkhorn(p: Preset, device, dtype) -> Setup:
     n = p["N"]
     return _op_setup("sinkhorn", R.sinkhorn, uk.sinkhorn, lambda: (_rand((n, n), FP32, device),),
@@ -373,11 +383,13 @@ def setup_rankmixer_block(p: Preset, device, dtype) -> Setup:
 TRAIN = ("fwd", "bwd", "fwd+bwd")
 ALL = TRAIN + ("infer",)
 MIX = ("bs", "T", "D", "B")
-UNIMIXER_OPS = ("rms_norm", "unimixing_rmsnorm", "pswiglu", "add_rms_norm")
+UNIMIXER_OPS = ("rms_norm", "unimixing_rmsnorm_pswiglu", "add_rms_norm")
 CASES: dict[str, Case] = {c.name: c for c in [
     Case("unimixing", "UniMixing op", MIX, ALL, setup_unimixing, op="unimixing"),
     Case("unimixing_rmsnorm", "RMSNorm(z + UniMixing(z))", MIX, ALL, setup_unimixing_rmsnorm,
          op="unimixing_rmsnorm"),
+    Case("unimixing_rmsnorm_pswiglu", "pSwiGLU(RMSNorm(z + UniMixing(z)))", MIX + ("h",), ALL,
+         setup_unimixing_rmsnorm_pswiglu, op="unimixing_rmsnorm_pswiglu"),
     Case("sinkhorn", "Sinkhorn N x N", ("T", "D", "B"), TRAIN, setup_sinkhorn, op="sinkhorn"),
     Case("lite_weights", "Lite weights SK(omega Z), SK(A_G B_G)", ("T", "D", "B", "r", "nb"), TRAIN,
          setup_lite_weights, op="lite_weights"),
@@ -431,6 +443,7 @@ GPU_PLAN: list[tuple[str, str, tuple[str, ...]]] = [
     ("pswiglu", "paper-small", ("fwd", "fwd+bwd")),
     ("rms_norm", "paper-small", ("fwd", "fwd+bwd")),
     ("unimixing_rmsnorm", "paper-small", ("fwd", "fwd+bwd")),
+    ("unimixing_rmsnorm_pswiglu", "paper-small", ("fwd", "fwd+bwd")),
     ("add_rms_norm", "paper-small", ("fwd", "fwd+bwd")),
     ("pswiglu", "paper-100m", ("fwd+bwd",)),
     ("rms_norm", "paper-100m", ("fwd+bwd",)),

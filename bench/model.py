@@ -121,6 +121,13 @@ def m_unimixing_rmsnorm(p: Preset, mode: str, e: int) -> list[Traffic]:
                        [_act(p, e)], unimixing_flops(p))]
 
 
+def m_unimixing_rmsnorm_pswiglu(p: Preset, mode: str, e: int) -> list[Traffic]:
+    n, b = p["N"], p["B"]
+    params = [n * b * b * FP32, n * n * FP32, p["D"] * FP32, *_pswiglu_weights(p)]
+    return [io_traffic(mode, [_act(p, e), *params], [True] * (1 + len(params)), [_act(p, e)],
+                       unimixing_flops(p) + pswiglu_flops(p))]
+
+
 def m_sinkhorn(p: Preset, mode: str, e: int) -> list[Traffic]:
     n, k = p["N"], p["iters"]
     mat = float(n * n * FP32)
@@ -265,6 +272,7 @@ def m_rankmixer_block(p: Preset, mode: str, e: int) -> list[Traffic]:
 MODELS: dict[str, Callable[[Preset, str, int], list[Traffic]]] = {
     "unimixing": m_unimixing,
     "unimixing_rmsnorm": m_unimixing_rmsnorm,
+    "unimixing_rmsnorm_pswiglu": m_unimixing_rmsnorm_pswiglu,
     "sinkhorn": m_sinkhorn,
     "lite_weights": m_lite_weights,
     "lite_global_materialised": m_lite_global_materialised,

@@ -34,6 +34,8 @@ FORMULAS = {
     "unimixing": "bytes: x, W_B (N·B²·4), W_G (N²·4) read, y written; bwd adds dy, dx, dW_B, dW_G. "
                  "FLOPs 2·bs·(N²·B + N·B²) fwd, ×3 fwd+bwd.",
     "unimixing_rmsnorm": "as UniMixing plus the norm weight; the norm's FLOPs are negligible.",
+    "unimixing_rmsnorm_pswiglu": "z and the weights of both sub-layers read, o written (the intermediate "
+                                 "u never); FLOPs those of UniMixing and pSwiGLU.",
     "sinkhorn": "2K passes over the N×N fp32 matrix in each direction (K=20: 40 fwd, 40 bwd) plus the "
                 "logits read and P written; ~4 element-wise FLOPs per entry per pass (never the bound).",
     "lite_weights": "the cheaper of: materialised (A_G@B_G once, 2N²r FLOPs; passes over HBM as for "

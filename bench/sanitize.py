@@ -76,7 +76,13 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         # the switch's own tile shape, on matrices past SMALL_MAX_N
         paths.append((f" [tiled, {TILE_SWITCH}=16x32]",
                       _patched(sinkhorn, dict(SMALL_MAX_N=4, RESIDENT=False), {TILE_SWITCH: "16x32"})))
-    if name == "unimixing_rmsnorm":
+    if name == "unimixing_rmsnorm_pswiglu":
+        # the backward's token passes (three of two tokens and one of one at T = 5), and the
+        # wide-token FFN path with them
+        paths.append((f" [{FFN_CHUNK_SWITCH}=2]", mock.patch.dict(os.environ, {FFN_CHUNK_SWITCH: "2"})))
+        paths.append((f" [wide-token GEMM path, {FFN_CHUNK_SWITCH}=2]",
+                      _patched(pswiglu, dict(FUSED_MAX_D=0), {FFN_CHUNK_SWITCH: "2"})))
+    if name in ("unimixing_rmsnorm", "unimixing_rmsnorm_pswiglu"):
         paths.append((f" [{NORM_SWITCH}=fused]", mock.patch.dict(os.environ, {NORM_SWITCH: "fused"})))
     if name in ("unimixing", "unimixing_rmsnorm"):
         gemms = {UNIMIXING_BWD_SWITCH: "gemm", UNIMIXING_FWD_SWITCH: "gemm"}

@@ -15,6 +15,9 @@ OPS = {
     "sinkhorn": [("logits", E), ("tau", 1.0), ("iters", 20), ("symmetric", True)],
     "unimixing": [("x", E), ("w_local", E), ("w_global", E)],
     "unimixing_rmsnorm": [("z", E), ("w_local", E), ("w_global", E), ("norm_weight", E), ("eps", 1e-6)],
+    "unimixing_rmsnorm_pswiglu": [("z", E), ("w_local", E), ("w_global", E), ("norm_weight", E),
+                                  ("w_gate", E), ("w_up", E), ("w_down", E), ("b_gate", None),
+                                  ("b_up", None), ("b_down", None), ("eps", 1e-6)],
     "lite_weights": [("omega", E), ("basis", E), ("a_g", E), ("b_g", E), ("tau", 1.0), ("iters", 1),
                      ("symmetric", True)],
     "token_mixer": [("x", E), ("heads", E)],
@@ -63,6 +66,8 @@ def test_ops_run_on_cpu_through_auto():
     assert [t.shape for t in uk.add_rms_norm(x, x, torch.ones(8))] == [x.shape, x.shape]
     w = torch.randn(4, 8, 6)
     assert uk.pswiglu(x, w, w, torch.randn(4, 6, 8)).shape == x.shape
+    o = uk.unimixing_rmsnorm_pswiglu(x, w_local, w_global, torch.ones(8), w, w, torch.randn(4, 6, 8))
+    assert o.shape == x.shape
     assert uk.fm_interaction(x, torch.randn(4, 3)).shape == (2, 4, 3)
     assert uk.dot_interaction(x).shape == (2, 6)
 

@@ -80,17 +80,23 @@ def sum_partials(*pairs: tuple[torch.Tensor, torch.Tensor]) -> None:
     """For each ``(partial, out)``: ``out = partial.sum(0)``, summed in fp32 in a fixed order and
     cast to ``out``'s dtype, all in one launch. ``partial`` is a contiguous floating ``[P, ...]``
     tensor (fp32 partials, or 16-bit rows to be summed, as a bias gradient's), ``out`` a contiguous
-    tensor of ``partial.shape[1:]``; at most :data:`MAX_SEGMENTS` pairs."""
-    if not 1 <= len(pairs) <= MAX_SEGMENTS:
-        raise ValueError(f"pairs: expected 1 to {MAX_SEGMENTS} (partial, out) pairs, got {len(pairs)}")
+    tensor of ``partial.shape[1:]``; :data:`MAX_SEGMENTS` pairs a launch (more take more
+    launches)."""
+    if not pairs:
+        raise ValueError("pairs: expected at least one (partial, out) pair")
+    for first in range(0, len(pairs), MAX_SEGMENTS):
+        _sum_partials_launch(pairs[first:first + MAX_SEGMENTS], first)
+
+
+def _sum_partials_launch(pairs: tuple[tuple[torch.Tensor, torch.Tensor], ...], first: int) -> None:
     args, consts, ends, total = [], {}, [], 0
     for k, (part, out) in enumerate(pairs):
         if not part.is_floating_point() or not part.is_contiguous() or not out.is_contiguous():
-            raise ValueError(f"pairs[{k}]: expected a contiguous floating-point partial and a contiguous "
-                             f"output, got {part.dtype} (contiguous: {part.is_contiguous()}) and "
+            raise ValueError(f"pairs[{first + k}]: expected a contiguous floating-point partial and a "
+                             f"contiguous output, got {part.dtype} (contiguous: {part.is_contiguous()}) and "
                              f"contiguous: {out.is_contiguous()}")
         if part.shape[1:] != out.shape:
-            raise ValueError(f"pairs[{k}]: the output shape {tuple(out.shape)} must be the partial's "
+            raise ValueError(f"pairs[{first + k}]: the output shape {tuple(out.shape)} must be the partial's "
                              f"{tuple(part.shape)} without its first dim")
         p, m = part.shape[0], out.numel()
         bp, bm = _rows_cols(p)

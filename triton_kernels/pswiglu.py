@@ -93,6 +93,7 @@ from ._launch import (
 )
 from ._partials import sum_partials
 from ._tiles import grouped_tile
+from .rms_norm import TokenPassNorm, rms_norm_fwd
 
 
 def _interpreting() -> bool:
@@ -930,6 +931,7 @@ def ffn_bwd(
     v: torch.Tensor | None,
     n_split: int | None = None,
     bias_dtypes: tuple[torch.dtype, torch.dtype, torch.dtype] | None = None,
+    prenorm: TokenPassNorm | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Backward of :func:`ffn_fwd`. ``g``/``v`` are the saved hidden pre-activations, or ``None``
     to recompute them. ``n_split`` (default: sized to the GPU) is the number of sample ranges
@@ -937,7 +939,12 @@ def ffn_bwd(
     six (the fused path only: the wide-token path reduces every sample inside each GEMM tile and
     ignores it). Returns ``(du, dw1, dw3 or None, dw2, db1, db3 or None, db2)``; the weight
     gradients have the weights' dtypes, the bias gradients ``[T, h]`` / ``[T, D]`` the dtypes
-    ``bias_dtypes`` of ``(db1, db3, db2)`` (default fp32)."""
+    ``bias_dtypes`` of ``(db1, db3, db2)`` (default fp32).
+
+    ``prenorm``: the FFN's input is ``RMSNorm(s)`` (``u`` is then ``s``, ``g`` and ``v`` are
+    ``None``). Each token pass recomputes its ``u`` and turns its ``du`` into ``ds``
+    (:class:`.rms_norm.TokenPassNorm`): the returned ``du`` is then ``prenorm.ds``, and the norm
+    weight's partials are summed with the FFN's."""
     bs, t, d = u.shape
     h = w1.shape[-1]
     gated = w3 is not None
@@ -945,8 +952,13 @@ def ffn_bwd(
     cdt = _compute_dtype(u, [w for w in (w1, w3, w2) if w is not None])
     tdt = _TL_DTYPES[cdt]
     db1_dt, db3_dt, db2_dt = bias_dtypes if bias_dtypes is not None else (torch.float32,) * 3
-    du = new_output((bs, t, d), like=u)
+    if prenorm is not None and g is not None:
+        raise ValueError("ffn_bwd: prenorm recomputes u, so the hidden pre-activations are recomputed too")
+    du = new_output((bs, t, d), like=u) if prenorm is None else prenorm.ds
     if t == 0 or bs == 0:
+        if prenorm is not None:
+            prenorm.plan([])
+            prenorm.dw.zero_()
         zeros = [torch.zeros(x.shape, device=u.device, dtype=x.dtype) if x is not None else None
                  for x in (w1, w3, w2)]
         bz = [torch.zeros(shape, device=u.device, dtype=dt)
@@ -962,10 +974,12 @@ def ffn_bwd(
         n_sb = triton.cdiv(bs, ACT_ROWS)
         pb1 = new_output((n_sb, t, h), device=u.device, dtype=torch.float32)
         pb3 = new_output((n_sb, t, h), device=u.device, dtype=torch.float32) if gated else None
-        tc = _token_chunk(t)
-        for sl in _chunks(t, tc):
+        chunks = _chunks(t, _token_chunk(t))
+        if prenorm is not None:
+            prenorm.plan(chunks)
+        for sl in chunks:
             n = sl.stop - sl.start
-            u_c, do_c = _part(u, sl, 1), _part(do, sl, 1)
+            u_c, do_c, du_c = _pass_rows(u, do, du, sl, prenorm)
             w1_c, w3_c, w2_c = _part(w1, sl), _part(w3, sl), _part(w2, sl)
             if saved:
                 g_c, v_c = _part(g, sl), _part(v, sl)
@@ -979,13 +993,15 @@ def ffn_bwd(
             _token_gemm(do_c, w2_c, dg_c, n, bs, h, d, (do.stride(0), do.stride(1), do.stride(2)),
                         (h * d, 1, d), (h, bs * h, 1), cdt)
             _act_pass(g_c, v_c, dg_c, a_c, dg_c, dv_c, _part(pb1, sl, 1), _part(pb3, sl, 1))
-            _token_gemm(dg_c, w1_c, _part(du, sl, 1), n, bs, d, h, (h, bs * h, 1), (d * h, 1, h),
-                        (t * d, d, 1), cdt, a2=dv_c, b2=w3_c)
+            _token_gemm(dg_c, w1_c, du_c, n, bs, d, h, (h, bs * h, 1), (d * h, 1, h),
+                        (du_c.stride(0), du_c.stride(1), 1), cdt, a2=dv_c, b2=w3_c)
+            if prenorm is not None:
+                prenorm.grads(sl, du_c)
             _weight_grads_tiled(do_c, u_c, a_c, dg_c, dv_c, _part(dw1, sl), _part(dw3, sl), _part(dw2, sl),
                                 cdt)
         # the bias gradients: the activation pass's partials, and dO's rows (db2 = sum over samples)
         pairs = [(pb1, db1), (do.reshape(bs, t * d).contiguous(), db2.view(t * d))]
-        sum_partials(*pairs, *([(pb3, db3)] if gated else []))
+        sum_partials(*pairs, *([(pb3, db3)] if gated else []), *_prenorm_pair(prenorm))
         return du, dw1, dw3, dw2, db1, db3, db2
     # the fused path's weight kernel can form A, dG, dV itself: no [T, bs, h] buffers then
     lean = recompute_hidden_grads()
@@ -999,9 +1015,12 @@ def ffn_bwd(
     f32 = dict(device=u.device, dtype=torch.float32)
     dummy = w1
     # token passes (_token_chunk): each pass's buffers and partials are freed before the next's
-    for sl in _chunks(t, _token_chunk(t, fused=True)):
+    chunks = _chunks(t, _token_chunk(t, fused=True))
+    if prenorm is not None:
+        prenorm.plan(chunks)
+    for sl in chunks:
         n = sl.stop - sl.start
-        u_c, do_c, du_c = _part(u, sl, 1), _part(do, sl, 1), _part(du, sl, 1)
+        u_c, do_c, du_c = _pass_rows(u, do, du, sl, prenorm)
         w1_c, w3_c, w2_c, b1_c, b3_c, g_c, v_c = (_part(x, sl) for x in (w1, w3, w2, b1, b3, g, v))
         if lean:
             a = dg = dv = du  # unused
@@ -1011,6 +1030,9 @@ def ffn_bwd(
             dv = torch.empty((n, bs, h), device=u.device, dtype=cdt) if gated else dg
         _ffn_bwd_act_fused(do_c, u_c, w1_c, w3_c, w2_c, b1_c, b3_c, g_c, v_c, du_c, a, dg, dv, cdt,
                            store=not lean)
+        if prenorm is not None:  # this pass's du becomes its ds, and its buffer is freed
+            prenorm.grads(sl, du_c)
+            du_c = None
         splits = n_split if n_split is not None else _num_splits(bs, n * d_tiles * h_tiles, u.device)
         dw1_p = new_output((splits, n, d, h), **f32)
         dw3_p = new_output((splits, n, d, h), **f32) if gated else dw1_p
@@ -1025,7 +1047,7 @@ def ffn_bwd(
             dw1_p, dw3_p, dw2_p, db1_p, db3_p, db2_p,
             bs, d, h, bucket(bs), splits,
             do.stride(0), do.stride(1), do.stride(2),
-            u.stride(0), u.stride(1), u.stride(2),
+            u_c.stride(0), u_c.stride(1), u_c.stride(2),
             GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None, SAVED=saved, RECOMPUTE=lean,
             CDT=tdt, PREC=_prec(cdt), BLOCK_D=bd, BLOCK_H=bh,
         )
@@ -1034,9 +1056,23 @@ def ffn_bwd(
                  (db2_p, _part(db2, sl))]
         if gated:
             pairs += [(dw3_p, _part(dw3, sl)), (db3_p, _part(db3, sl))]
-        sum_partials(*pairs)
-        del pairs, dw1_p, dw3_p, dw2_p, db1_p, db3_p, db2_p  # likewise the partials
+        sum_partials(*pairs, *(_prenorm_pair(prenorm) if sl is chunks[-1] else ()))
+        del pairs, dw1_p, dw3_p, dw2_p, db1_p, db3_p, db2_p, u_c  # likewise the partials
     return du, dw1, dw3, dw2, db1, db3, db2
+
+
+def _pass_rows(u, do, du, sl, prenorm):
+    """``(u, dO, du)`` of the tokens ``sl``: views of the whole tensors, or with ``prenorm`` the
+    pass's recomputed ``u`` and a fresh ``du`` buffer (``[bs, n, D]``, freed with the pass)."""
+    if prenorm is None:
+        return _part(u, sl, 1), _part(do, sl, 1), _part(du, sl, 1)
+    u_c = prenorm.rows(sl)
+    return u_c, _part(do, sl, 1), torch.empty_like(u_c)
+
+
+def _prenorm_pair(prenorm) -> tuple:
+    """The norm weight's ``(partials, dw)`` pair for :func:`sum_partials`, or none."""
+    return () if prenorm is None else (prenorm.weight_grad_pair(),)
 
 
 def _weight_grads_tiled(do, u, a, dg, dv, dw1, dw3, dw2, cdt) -> None:
@@ -1053,3 +1089,40 @@ def _weight_grads_tiled(do, u, a, dg, dv, dw1, dw3, dw2, cdt) -> None:
         _token_gemm(u, dv, dw3, t, d, h, bs, su, shid, (h, d * h, 1), cdt)
     _token_gemm(a, do, dw2, t, h, d, bs, (1, bs * h, h), (do.stride(1), do.stride(0), do.stride(2)),
                 (d, h * d, 1), cdt)
+
+
+def rms_norm_ffn_fwd(
+    s: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    w1: torch.Tensor,
+    w3: torch.Tensor | None,
+    w2: torch.Tensor,
+    b1: torch.Tensor | None,
+    b3: torch.Tensor | None,
+    b2: torch.Tensor | None,
+) -> torch.Tensor:
+    """``FFN(RMSNorm(s))``: the norm kernel into a temporary ``u``, freed on return, then
+    :func:`ffn_fwd` (its backward recomputes the hidden pre-activations, and ``u`` itself)."""
+    u = rms_norm_fwd(s, None, norm_weight, eps)[0]
+    return ffn_fwd(u, w1, w3, w2, b1, b3, b2, save=False)[0]
+
+
+def rms_norm_ffn_bwd_(
+    do: torch.Tensor,
+    s: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    w1: torch.Tensor,
+    w3: torch.Tensor | None,
+    w2: torch.Tensor,
+    b1: torch.Tensor | None,
+    b3: torch.Tensor | None,
+    bias_dtypes: tuple[torch.dtype, torch.dtype, torch.dtype] | None = None,
+) -> tuple[torch.Tensor | None, ...]:
+    """Backward of :func:`rms_norm_ffn_fwd` with ``ds`` written over ``s`` ([bs, T, D], unit stride
+    along ``D``), pass by pass (:class:`.rms_norm.TokenPassNorm`): neither ``u`` nor ``du`` is held
+    whole. Returns ``(dnorm_weight, dw1, dw3 or None, dw2, db1, db3 or None, db2)``."""
+    prenorm = TokenPassNorm(s, norm_weight, eps, ds=s)
+    _, *grads = ffn_bwd(do, s, w1, w3, w2, b1, b3, None, None, bias_dtypes=bias_dtypes, prenorm=prenorm)
+    return (prenorm.dw, *grads)

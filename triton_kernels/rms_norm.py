@@ -37,11 +37,23 @@ ADD_X_AFTER = tl.constexpr(3)
 
 
 @triton.jit
+def _row_offsets(rows, group_rows, stride_row, stride_group, GROUPED: tl.constexpr):
+    # GROUPED: the rows of a token slice t[:, a:b] of [bs, T, D], row i being token i % group_rows
+    # of sample i // group_rows (samples stride_group apart); else rows stride_row apart
+    if GROUPED:
+        return (rows // group_rows) * stride_group + (rows % group_rows) * stride_row
+    else:
+        return rows * stride_row
+
+
+@triton.jit
 def rms_norm_fwd_kernel(
     X, R, W, Y, S, RSTD,
     M, D, stride_x, stride_r, stride_y, stride_s,
+    group_rows, stride_xg,
     eps,
     RESIDUAL: tl.constexpr,
+    GROUPED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -50,7 +62,8 @@ def rms_norm_fwd_kernel(
     rmask = rows < M
     cmask = cols < D
     mask = rmask[:, None] & cmask[None, :]
-    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+    x_rows = _row_offsets(rows, group_rows, stride_x, stride_xg, GROUPED)
+    x = tl.load(X + x_rows[:, None] + cols[None, :], mask=mask, other=0.0)
     if RESIDUAL == ADD_BEFORE:
         r = tl.load(R + rows[:, None] * stride_r + cols[None, :], mask=mask, other=0.0)
         # round the sum to the storage dtype first, so forward and backward see the same value
@@ -74,7 +87,9 @@ def rms_norm_bwd_kernel(
     DY, DSUM, S, W, RSTD, DS, DW_PARTIAL,
     M, D, stride_dy, stride_dsum, stride_s, stride_ds,
     rows_per_program,
+    group_rows, stride_sg, stride_dsg,
     HAS_DSUM: tl.constexpr,
+    GROUPED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -90,7 +105,8 @@ def rms_norm_bwd_kernel(
         rmask = rows < M
         mask = rmask[:, None] & cmask[None, :]
         # masked rows load zeros (rstd 0 too): they contribute nothing and store nothing
-        s = tl.load(S + rows[:, None] * stride_s + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        s_rows = _row_offsets(rows, group_rows, stride_s, stride_sg, GROUPED)
+        s = tl.load(S + s_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
         xhat = s * rstd[:, None]
@@ -99,7 +115,8 @@ def rms_norm_bwd_kernel(
         if HAS_DSUM:
             dsum = tl.load(DSUM + rows[:, None] * stride_dsum + cols[None, :], mask=mask, other=0.0)
             ds += dsum.to(tl.float32)
-        tl.store(DS + rows[:, None] * stride_ds + cols[None, :], ds.to(DS.dtype.element_ty), mask=mask)
+        ds_rows = _row_offsets(rows, group_rows, stride_ds, stride_dsg, GROUPED)
+        tl.store(DS + ds_rows[:, None] + cols[None, :], ds.to(DS.dtype.element_ty), mask=mask)
         dw += dy * xhat
     tl.store(DW_PARTIAL + pid * D + cols, tl.sum(dw, axis=0), mask=cmask)
 
@@ -149,14 +166,25 @@ def _launch_fwd(
         rms_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
             x2, r2, weight, y, s, rstd,
             m, d, x2.stride(0), r2.stride(0), y.stride(0), s.stride(0),
+            1, 0,
             eps,
             RESIDUAL=mode,
+            GROUPED=False,
             BLOCK_M=block_m,
             BLOCK_D=block_d,
             num_warps=warps,
         )
     shape = x.shape
     return y.view(shape), (s.view(shape) if mode == ADD_BEFORE else None), rstd
+
+
+def _bwd_grid(m: int, d: int, device: torch.device) -> tuple[int, int]:
+    """``(rows_per_program, programs)`` of :func:`rms_norm_bwd_kernel` over ``m`` rows: one program
+    per SM or fewer, each a whole number of ``BLOCK_M`` tiles."""
+    block_m = _tile(d)[0]
+    tiles = triton.cdiv(max(m, 1), block_m)
+    rows_per_program = triton.cdiv(tiles, num_programs_for(tiles, device)) * block_m
+    return rows_per_program, triton.cdiv(max(m, 1), rows_per_program)
 
 
 def rms_norm_bwd_partials(
@@ -176,15 +204,15 @@ def rms_norm_bwd_partials(
     m = s2.shape[0]
     ds = new_output((m, d), like=s)
     block_m, block_d, warps = _tile(d)
-    tiles = triton.cdiv(max(m, 1), block_m)
-    rows_per_program = triton.cdiv(tiles, num_programs_for(tiles, s.device)) * block_m
-    programs = triton.cdiv(max(m, 1), rows_per_program)
+    rows_per_program, programs = _bwd_grid(m, d, s.device)
     partial = new_output((programs, d), like=s, dtype=torch.float32)
     rms_norm_bwd_kernel[(programs,)](
         dy2, dsum2, s2, weight, rstd, ds, partial,
         m, d, dy2.stride(0), dsum2.stride(0), s2.stride(0), ds.stride(0),
         rows_per_program,
+        1, 0, 0,
         HAS_DSUM=dsum is not None,
+        GROUPED=False,
         BLOCK_M=block_m,
         BLOCK_D=block_d,
         num_warps=warps,
@@ -205,3 +233,89 @@ def rms_norm_bwd(
     dw = new_output(weight.shape, like=weight)
     sum_partials((partial, dw))
     return ds, dw
+
+
+class TokenPassNorm:
+    """``u = RMSNorm(s)`` in front of a consumer whose backward runs in token passes (the per-token
+    FFN's, :func:`.pswiglu.ffn_bwd`), so that neither ``u`` nor ``du`` is ever held whole.
+
+    ``s [bs, T, D]`` (unit stride along ``D``) is the norm's input and ``ds`` (strides of ``s``) its
+    gradient's buffer, which may be ``s`` itself when the caller owns ``s``. For the tokens ``sl``
+    of a pass, :meth:`rows` recomputes ``u`` from ``s`` with the forward kernel (the same bits as
+    the forward's ``u``) and keeps the pass's ``rstd``; :meth:`grads` then turns the pass's ``du``
+    into the rows ``sl`` of ``ds`` and the norm weight's partials. With ``ds`` over ``s`` a pass
+    overwrites only the rows it has read, after its last read of them. :meth:`plan` sizes one
+    partial buffer for every pass, which the caller sums into ``dw`` (the norm weight's gradient,
+    its dtype) with its own partials once every pass has run (:meth:`weight_grad_pair`)."""
+
+    def __init__(self, s: torch.Tensor, weight: torch.Tensor, eps: float, ds: torch.Tensor) -> None:
+        if s.dim() != 3 or s.stride(-1) != 1 or ds.shape != s.shape or ds.stride() != s.stride():
+            raise ValueError("TokenPassNorm: s must be [bs, T, D] with unit stride along D, and ds like s")
+        self.s, self.weight, self.eps, self.ds = s, weight, eps, ds
+        self.shape = s.shape
+        self._rstd: dict[int, torch.Tensor] = {}
+        self._first_row: dict[int, int] = {}
+        self.partial: torch.Tensor | None = None
+        self.dw: torch.Tensor | None = None
+
+    def plan(self, chunks: list[slice]) -> None:
+        """Size the norm weight's partial buffer for the passes ``chunks``."""
+        bs, _, d = self.shape
+        row = 0
+        for sl in chunks:
+            self._first_row[sl.start] = row
+            row += _bwd_grid(bs * (sl.stop - sl.start), d, self.s.device)[1]
+        self.partial = new_output((row, d), like=self.s, dtype=torch.float32)
+        self.dw = new_output(self.weight.shape, like=self.weight)
+
+    def rows(self, sl: slice) -> torch.Tensor:
+        """``u`` of the tokens ``sl``, ``[bs, n, D]`` contiguous, as the forward computed it."""
+        x = self.s.narrow(1, sl.start, sl.stop - sl.start)
+        bs, n, d = x.shape
+        m = bs * n
+        u = new_output((bs, n, d), like=x)
+        rstd = new_output((m,), like=x, dtype=torch.float32)
+        self._rstd[sl.start] = rstd
+        if m > 0:
+            block_m, block_d, warps = _tile(d)
+            rms_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
+                x, x, self.weight, u, u, rstd,
+                m, d, x.stride(1), 0, d, d,
+                n, x.stride(0),
+                self.eps,
+                RESIDUAL=NO_RESIDUAL,
+                GROUPED=True,
+                BLOCK_M=block_m,
+                BLOCK_D=block_d,
+                num_warps=warps,
+            )
+        return u
+
+    def grads(self, sl: slice, du: torch.Tensor) -> None:
+        """The rows ``sl`` of ``ds`` from the pass's ``du [bs, n, D]`` (contiguous), and its norm
+        weight partials; after :meth:`rows` for the same ``sl``."""
+        n = sl.stop - sl.start
+        s, ds = self.s.narrow(1, sl.start, n), self.ds.narrow(1, sl.start, n)
+        bs, _, d = s.shape
+        m = bs * n
+        rows_per_program, programs = _bwd_grid(m, d, s.device)
+        first = self._first_row[sl.start]
+        if m == 0:
+            self.partial[first:first + programs].zero_()
+            return
+        block_m, block_d, warps = _tile(d)
+        rms_norm_bwd_kernel[(programs,)](
+            du, du, s, self.weight, self._rstd.pop(sl.start), ds, self.partial[first:first + programs],
+            m, d, d, d, s.stride(1), ds.stride(1),
+            rows_per_program,
+            n, s.stride(0), ds.stride(0),
+            HAS_DSUM=False,
+            GROUPED=True,
+            BLOCK_M=block_m,
+            BLOCK_D=block_d,
+            num_warps=warps,
+        )
+
+    def weight_grad_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(partials, dw)`` for :func:`._partials.sum_partials`."""
+        return self.partial, self.dw

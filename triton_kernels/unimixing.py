@@ -1032,9 +1032,10 @@ def _unimixing_bwd_partials(
     interp = _interpreting()
     half = x.dtype != torch.float32
     if bs > 0 and gemm_backward(b, n, half):
-        dx, dwl_part, dwg_part = _unimixing_bwd_memory(dyc, xc, wl, wg, w_global.dtype, residual,
-                                                       dy_scratch and dyc is dy)
-        return dx, *_weight_grad_outputs(dwl_part, dwg_part, w_local, w_global)
+        dx, dwl, dwg_part = _unimixing_bwd_memory(dyc, xc, wl, wg, w_global.dtype, residual,
+                                                  dy_scratch and dyc is dy)
+        dwg, partials = _dwg_output(dwg_part, w_global)
+        return dx, dwl, dwg, partials
     dx = new_output((bs, t, d), like=x)
     if bs == 0:
         return dx, torch.zeros_like(w_local), torch.zeros_like(w_global), []
@@ -1072,11 +1073,18 @@ def _weight_grad_outputs(
     """``(dw_local, dw_global, partials)``: the weight gradients (in the weights' dtypes) and the
     ``(partial, output)`` pairs left to sum; a single-split ``dW_G`` buffer is the gradient itself."""
     dwl = new_output(w_local.shape, like=w_local)
-    partials = [(dwl_part, dwl)]
+    dwg, partials = _dwg_output(dwg_part, w_global)
+    return dwl, dwg, [(dwl_part, dwl), *partials]
+
+
+def _dwg_output(dwg_part: torch.Tensor, w_global: torch.Tensor
+                ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """``(dw_global, partials)``: a single-split buffer is the gradient itself, else the
+    ``(partial, output)`` pair left to sum."""
     if dwg_part.shape[0] == 1:
-        return dwl, dwg_part[0], partials
+        return dwg_part[0], []
     dwg = new_output(w_global.shape, like=w_global)
-    return dwl, dwg, [*partials, (dwg_part, dwg)]
+    return dwg, [(dwg_part, dwg)]
 
 
 def _global_gemm(wg: torch.Tensor, src: torch.Tensor, out: torch.Tensor, transpose: bool,
@@ -1226,8 +1234,9 @@ def _unimixing_bwd_memory(
     dy_scratch: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The memory-path backward: ``G = W_G^T dY`` (GEMM), then per block ``dX``, ``H`` and the
-    ``dW_B`` partials (:func:`_local_products`), then ``dW_G = dY H^T`` (GEMM, sample splits).
-    Returns ``dx`` and the ``dW_B`` and ``dW_G`` partial buffers. ``G``
+    ``dW_B`` partials (:func:`_local_products`), summed into ``dW_B`` at once so that they are gone
+    before ``dW_G = dY H^T`` (GEMM, sample splits) allocates its partials. Returns ``dx``, ``dW_B``
+    and the ``dW_G`` partial buffer. ``G``
     and ``H`` go through memory in the activation dtype: at large ``B`` the in-register local
     transpose would cost ``O(B)`` CUDA-core work per element; at small ``B`` the GEMMs run without
     the register build of ``G`` and ``H`` beside their dots, on c-major operands (``dY`` transposed
@@ -1240,8 +1249,7 @@ def _unimixing_bwd_memory(
     n, b, _ = wl.shape
     length = t * d
     dot_dtype, precision = _dot_setup(xc)
-    p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=2)
-    dwg_part = _dwg_buffer(p2, n, xc, dwg_dtype)
+    dwl = new_output(wl.shape, like=wl)
     if c_major(b):
         in_place = dy_scratch and residual and dyc.dtype == xc.dtype
         dx = dyc if in_place else new_output(xc.shape, like=xc)
@@ -1249,14 +1257,21 @@ def _unimixing_bwd_memory(
         gt = torch.empty_like(dyt)
         _gemm(1, dyt, wg, gt, bs * b, n, n, (n, 1), (n, 1))
         ht = gt
-        dwl_part = _local_products(xc, wl, ht, gt, dyc, dx, residual)
+        sum_partials((_local_products(xc, wl, ht, gt, dyc, dx, residual), dwl))
+        # dW_G's partials after dW_B's are gone; one program an SM (two sample splits at paper-small)
+        # keeps them to half an activation there (run79)
+        p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=1)
+        dwg_part = _dwg_buffer(p2, n, xc, dwg_dtype)
         _gemm(2, dyt, ht, dwg_part, n, n, bs * b, (1, n), (n, 1), splits=(p2, per2 * b))
     else:
         dx = new_output(xc.shape, like=xc)
         g = torch.empty_like(xc)
         h = torch.empty_like(xc)
         _global_gemm(wg, dyc, g, transpose=False)
-        dwl_part = _local_products(xc, wl, h, g, dyc, dx, residual)
+        sum_partials((_local_products(xc, wl, h, g, dyc, dx, residual), dwl))
+        del g
+        p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=2)
+        dwg_part = _dwg_buffer(p2, n, xc, dwg_dtype)
         args = (dyc, h, dwg_part, bs, n, length, per2, bucket(bs))
         consts = dict(B=b, DOT_DTYPE=dot_dtype, PRECISION=precision)
         if _interpreting():
@@ -1267,7 +1282,7 @@ def _unimixing_bwd_memory(
             kernel = _tuned("unimixing_bwd_dwg_gemm_kernel", _dwg_gemm_configs(xc.dtype != torch.float32),
                             ("N", "BS_BUCKET", "B"))
             kernel[lambda meta: (triton.cdiv(n, meta["BM"]), triton.cdiv(n, meta["BN"]), p2)](*args, **consts)
-    return dx, dwl_part, dwg_part
+    return dx, dwl, dwg_part
 
 
 def unimixing_rmsnorm_bwd(

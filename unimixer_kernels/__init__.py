@@ -26,6 +26,7 @@ from .ops import (
     token_mixer_residual_norm,
     unimixing,
     unimixing_rmsnorm,
+    unimixing_rmsnorm_pswiglu,
 )
 
 __all__ = [
@@ -48,5 +49,6 @@ __all__ = [
     "token_mixer_residual_norm",
     "unimixing",
     "unimixing_rmsnorm",
+    "unimixing_rmsnorm_pswiglu",
     "use_backend",
 ]

@@ -18,7 +18,7 @@ def _pairs(cases, device):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("count", [1, 2, MAX_SEGMENTS])
+@pytest.mark.parametrize("count", [1, 2, MAX_SEGMENTS, MAX_SEGMENTS + 1])
 def test_sum_partials_matches_fp64_sum(device, count):
     cases = (CASES * 2)[:count] if count > 1 else CASES[2:3]
     pairs = _pairs(cases, device)
@@ -35,7 +35,7 @@ def test_sum_partials_matches_fp64_sum(device, count):
 @pytest.mark.triton
 def test_sum_partials_every_segment_lands_in_its_output(device):
     # each segment a different constant: an output filled from another segment's buffer would show
-    cases = CASES[:MAX_SEGMENTS]
+    cases = (CASES * 2)[:MAX_SEGMENTS + 2]  # past one launch: the next launch's segments too
     nan = float("nan")
     pairs = [(torch.full(shape, float(k + 1), device=device), torch.full(shape[1:], nan, device=device))
              for k, (shape, _) in enumerate(cases)]
@@ -69,8 +69,9 @@ def test_sum_partials_bad_input(device):
     part = torch.randn(4, 8, device=device)
     with pytest.raises(ValueError, match="pairs"):
         sum_partials()
-    with pytest.raises(ValueError, match="pairs"):
-        sum_partials(*[(part, torch.empty(8, device=device))] * (MAX_SEGMENTS + 1))
+    with pytest.raises(ValueError, match=rf"pairs\[{MAX_SEGMENTS}\].*shape"):  # in the second launch
+        good, bad = (part, torch.empty(8, device=device)), (part, torch.empty(4, device=device))
+        sum_partials(*[good] * MAX_SEGMENTS, bad)
     with pytest.raises(ValueError, match=r"pairs\[0\].*floating-point"):
         sum_partials((part.to(torch.int32), torch.empty(8, device=device)))
     with pytest.raises(ValueError, match=r"pairs\[0\].*shape"):

@@ -72,6 +72,8 @@ CASES = [
     ("tokenmixer_large_block", lambda x, w, g, u, d, bg, bu, bd: ref_blocks.tokenmixer_large_block(
         x, 2, w, g, u, d, bg, bu, bd),
      (r(2, 3, 4), r(4), r(2, 6, 5), r(2, 6, 5), r(2, 5, 6), r(2, 5), r(2, 5), r(2, 6))),
+    ("unimixing_rmsnorm_pswiglu", reference.unimixing_rmsnorm_pswiglu,
+     (r(2, 3, 4), r(6, 2, 2), r(6, 6), r(4), r(3, 4, 5), r(3, 4, 5), r(3, 5, 4), r(3, 5), r(3, 5), r(3, 4))),
     ("unimixer_block", ref_blocks.unimixer_block, (r(2, 3, 4), r(2, 3, 4), *_mixing_params(6, 2, 5, 4, 3))),
     ("unimixer_stack", lambda x, *p: _stack(x, ref_blocks.unimixer_stack, *p),
      (r(2, 3, 4), *_mixing_params(6, 2, 5, 4, 3), *_mixing_params(6, 2, 5, 4, 3), r(4))),

@@ -74,5 +74,11 @@ class PerTokenFFN(nn.Module):
             )
         return ops.pgelu_ffn(x, self.w1, self.b1, self.w2, self.b2, backend=self.backend)
 
+    def swiglu_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        """``(w_gate, w_up, w_down, b_gate, b_up, b_down)``, for ops that take the pSwiGLU whole."""
+        if self.activation != "swiglu":
+            raise ValueError(f"swiglu_weights: this FFN's activation is {self.activation!r}, not 'swiglu'")
+        return self.w_gate, self.w_up, self.w_down, self.b_gate, self.b_up, self.b_down
+
     def extra_repr(self) -> str:
         return f"tokens={self.tokens}, dim={self.dim}, hidden={self.hidden}, activation={self.activation!r}"

@@ -17,14 +17,17 @@ class UniMixerBlock(nn.Module):
 
         Y~ = RMSNorm(Ybar)                         uk.rms_norm, norm_y
         Z  = Xbar + Y~                             (its residual=Xbar: one pass)
-        U  = RMSNorm(Z + UniMixing(Z))             uk.unimixing_rmsnorm, norm_mix
-        O  = pSwiGLU(U)                            uk.pswiglu (PerTokenFFN)
+        U  = RMSNorm(Z + UniMixing(Z))             uk.unimixing_rmsnorm_pswiglu: both lines,
+        O  = pSwiGLU(U)                            norm_mix and the PerTokenFFN's weights
         Xbar' = RMSNorm(Xbar + O)                  uk.add_rms_norm, norm_x
         Ybar' = Ybar + O                           (add_rms_norm's sum when y is None)
 
     ``forward(x, y=None)`` returns ``(Xbar', Ybar')``; ``y=None`` starts both streams at ``x``.
     Keywords ``lite``, ``rank``, ``bases``, ``heads``, ``init``, ``init_scale``, ``tau``, ``iters``
-    and ``symmetric`` go to :class:`UniMixing`; ``hidden`` and ``bias`` to the pSwiGLU.
+    and ``symmetric`` go to :class:`UniMixing`; ``hidden`` and ``bias`` to the pSwiGLU. The block
+    reads ``self.ffn``'s weights into one op with the mixing (the FFN module's own ``forward`` and
+    hooks are not called). On the Triton backend that op's backward overwrites an intermediate it
+    saved, so a second backward through the same graph (``retain_graph=True``) raises.
     """
 
     def __init__(
@@ -70,8 +73,8 @@ class UniMixerBlock(nn.Module):
         # kernel also adds the residual's gradient into its dX
         z = ops.rms_norm(y, self.norm_y, self.eps, residual=x, backend=be)
         w_local, w_global = self.mixing.op_weights(z)
-        u = ops.unimixing_rmsnorm(z, w_local, w_global, self.norm_mix, self.eps, backend=be)
-        o = self.ffn(u)
+        o = ops.unimixing_rmsnorm_pswiglu(z, w_local, w_global, self.norm_mix, *self.ffn.swiglu_weights(),
+                                          self.eps, backend=be)
         x_next, x_plus_o = ops.add_rms_norm(o, x, self.norm_x, self.eps, backend=be)
         # one stream in (the first block): Ybar + O is the sum add_rms_norm already returned, which
         # saves a [bs, T, D] buffer and an add, and in backward folds the residual gradient into

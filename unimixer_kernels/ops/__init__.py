@@ -8,6 +8,7 @@ from .rms_norm import add_rms_norm, rms_norm
 from .sinkhorn import lite_weights, sinkhorn
 from .token_mixer import residual_norm, token_mixer, token_mixer_residual_norm
 from .unimixing import unimixing, unimixing_rmsnorm
+from .unimixing_rmsnorm_pswiglu import unimixing_rmsnorm_pswiglu
 
 __all__ = [
     "add_rms_norm",
@@ -23,4 +24,5 @@ __all__ = [
     "token_mixer_residual_norm",
     "unimixing",
     "unimixing_rmsnorm",
+    "unimixing_rmsnorm_pswiglu",
 ]

@@ -161,7 +161,18 @@ def pswiglu(
     ``2 * bs * T * h`` saved elements. ``False`` saves them. Both give the same function; the
     reference ignores the option.
     """
-    check_tensor("u", u, ndim=3)
+    check_pswiglu_args("u", u, w_gate, w_up, w_down, b_gate, b_up, b_down)
+    if not isinstance(recompute, bool):
+        raise TypeError(f"recompute: expected a bool, got {recompute!r}")
+    check_same_device(u=u, w_gate=w_gate, w_up=w_up, w_down=w_down, b_gate=b_gate, b_up=b_up, b_down=b_down)
+    return PSWIGLU.dispatch(backend, u.device)(u, w_gate, w_up, w_down, b_gate, b_up, b_down, recompute)
+
+
+def check_pswiglu_args(u_name: str, u: object, w_gate: object, w_up: object, w_down: object,
+                       b_gate: object, b_up: object, b_down: object) -> None:
+    """``u [bs, T, D]``, ``w_gate, w_up [T, D, h]``, ``w_down [T, h, D]``, biases ``[T, h]`` /
+    ``[T, D]`` or ``None``."""
+    check_tensor(u_name, u, ndim=3)
     check_tensor("w_gate", w_gate, ndim=3)
     _, t, d = u.shape
     h = w_gate.shape[-1]
@@ -173,7 +184,3 @@ def pswiglu(
     for name, bias, width in (("b_gate", b_gate, h), ("b_up", b_up, h), ("b_down", b_down, d)):
         if check_optional_tensor(name, bias, ndim=2) is not None:
             check_shape(name, bias, (t, width), f"(T, {'h' if width == h else 'D'})")
-    if not isinstance(recompute, bool):
-        raise TypeError(f"recompute: expected a bool, got {recompute!r}")
-    check_same_device(u=u, w_gate=w_gate, w_up=w_up, w_down=w_down, b_gate=b_gate, b_up=b_up, b_down=b_down)
-    return PSWIGLU.dispatch(backend, u.device)(u, w_gate, w_up, w_down, b_gate, b_up, b_down, recompute)

@@ -173,7 +173,7 @@ def _unimixing_rmsnorm_backward(ctx, du: Tensor | None, _ds: Tensor | None, _drs
 unimixing_rmsnorm_fwd.register_autograd(_unimixing_rmsnorm_backward, setup_context=_unimixing_rmsnorm_setup)
 
 
-def _check_triton_dtypes(**tensors: Tensor) -> None:
+def check_triton_dtypes(**tensors: Tensor) -> None:
     for name, t in tensors.items():
         if t.dtype == torch.float64:
             raise TypeError(
@@ -183,7 +183,7 @@ def _check_triton_dtypes(**tensors: Tensor) -> None:
 
 @UNIMIXING.register("triton")
 def _unimixing_triton(x: Tensor, w_local: Tensor, w_global: Tensor) -> Tensor:
-    _check_triton_dtypes(x=x, w_local=w_local, w_global=w_global)
+    check_triton_dtypes(x=x, w_local=w_local, w_global=w_global)
     return unimixing_fwd(x, w_local, w_global)
 
 
@@ -191,7 +191,7 @@ def _unimixing_triton(x: Tensor, w_local: Tensor, w_global: Tensor) -> Tensor:
 def _unimixing_rmsnorm_triton(
     z: Tensor, w_local: Tensor, w_global: Tensor, norm_weight: Tensor, eps: float
 ) -> Tensor:
-    _check_triton_dtypes(z=z, w_local=w_local, w_global=w_global, norm_weight=norm_weight)
+    check_triton_dtypes(z=z, w_local=w_local, w_global=w_global, norm_weight=norm_weight)
     kernels = _kernels()
     if kernels.fused_norm_epilogue() and kernels.fused_norm_rows(w_local.shape[1], z.shape[-1], z.device):
         return unimixing_rmsnorm_fwd(z, w_local, w_global, norm_weight, eps)[0]

@@ -107,9 +107,27 @@ def unimixer_block(
     """
     y_tilde = rms_norm(ybar, norm_y, eps)
     z = xbar + y_tilde
-    u = unimixing_rmsnorm(z, w_local, w_global, norm_mix, eps)
-    o = pswiglu(u, w_gate, w_up, w_down, b_gate, b_up, b_down)
+    o = unimixing_rmsnorm_pswiglu(z, w_local, w_global, norm_mix, w_gate, w_up, w_down, b_gate, b_up, b_down,
+                                  eps)
     return rms_norm(xbar + o, norm_x, eps), ybar + o
+
+
+def unimixing_rmsnorm_pswiglu(
+    z: Tensor,
+    w_local: Tensor,
+    w_global: Tensor,
+    norm_weight: Tensor,
+    w_gate: Tensor,
+    w_up: Tensor,
+    w_down: Tensor,
+    b_gate: Tensor | None = None,
+    b_up: Tensor | None = None,
+    b_down: Tensor | None = None,
+    eps: float = 1e-6,
+) -> Tensor:
+    """The block's mixing and FFN sub-layers: ``pSwiGLU(RMSNorm(z + UniMixing(z)))``."""
+    u = unimixing_rmsnorm(z, w_local, w_global, norm_weight, eps)
+    return pswiglu(u, w_gate, w_up, w_down, b_gate, b_up, b_down)
 
 
 UNIMIXER_BLOCK_KEYS = (

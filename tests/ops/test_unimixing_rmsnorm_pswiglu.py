@@ -1,0 +1,260 @@
+"""unimixing_rmsnorm_pswiglu: the UniMixer block's mixing and FFN sub-layers, the Triton backend
+against the fp64 reference (SPEC §8), and against the two ops it replaces run one after the other.
+
+The Triton backend's second node saves ``s`` instead of the FFN's input ``u``, recomputes ``u``
+token pass by token pass in its backward, and writes ``ds`` over ``s``: the tests pin each of those
+(several passes, the wide-token path, what is saved, where ``dz`` lands, the caller's ``s`` left
+alone when it is not the op's own, a second backward refused).
+
+Against the reference in fp32. In fp16 and bf16 the check is equality with ``unimixing_rmsnorm``
+then ``pswiglu``, each held to SPEC §8's rule by its own tests: the chain of two rounded ops is not
+held to the rule against torch's own chain (``u`` rounded to the activation dtype between them
+moves the output by more than twice torch's error at some seeds, the same numbers either way).
+"""
+
+import math
+import weakref
+
+import pytest
+import torch
+
+import unimixer_kernels as uk
+from unimixer_kernels.ops.unimixing_rmsnorm_pswiglu import rms_norm_pswiglu_bwd, rms_norm_pswiglu_fwd
+from unimixer_kernels.testing import check_against_reference, random_input
+
+# (bs, T, D, B, h): N = T*D/B
+SHAPES = [
+    (3, 20, 12, 4, 10),  # T = 20: the FFN backward in passes of 8, 8 and 4 tokens
+    (1, 6, 12, 8, 6),  # bs = 1, B does not divide D (blocks straddle tokens)
+    (2, 2, 24, 16, 20),  # B >= 16: the natural-layout mixing paths, B straddling tokens
+    (4, 2, 136, 8, 12),  # D = 136: the wide-token FFN path in fp32
+]
+
+
+def _inputs(shape, dtype, device, bias=True, noncontiguous=False):
+    bs, t, d, b, h = shape
+    n = t * d // b
+    z = random_input((bs, t, d), dtype, device, requires_grad=True, noncontiguous=noncontiguous)
+    wl = random_input((n, b, b), dtype, device, requires_grad=True, scale=b ** -0.5)
+    wg = random_input((n, n), dtype, device, requires_grad=True, scale=n ** -0.5)
+    nw = random_input((d,), dtype, device, requires_grad=True)
+    ffn = [random_input((t, d, h), dtype, device, requires_grad=True, scale=1 / math.sqrt(d)),
+           random_input((t, d, h), dtype, device, requires_grad=True, scale=1 / math.sqrt(d)),
+           random_input((t, h, d), dtype, device, requires_grad=True, scale=1 / math.sqrt(h))]
+    biases = [random_input(s, dtype, device, requires_grad=True) for s in ((t, h), (t, h), (t, d))]
+    return [z, wl, wg, nw, *ffn, *(biases if bias else [None] * 3)]
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_unimixing_rmsnorm_pswiglu_triton(device, shape, bias):
+    inputs = _inputs(shape, torch.float32, device, bias=bias, noncontiguous=shape[0] % 2 == 1)
+    check_against_reference(uk.unimixing_rmsnorm_pswiglu, inputs, backend="triton")
+
+
+def _check_equals_the_two_ops(shape, dtype, device, noncontiguous=False):
+    """The same numbers as ``unimixing_rmsnorm`` then ``pswiglu``: the recomputed ``u`` is the
+    forward's, so the output, ``dz`` and every FFN gradient match bit for bit; the norm weight's
+    partials are summed per token pass (a different order)."""
+    inputs = _inputs(shape, dtype, device, noncontiguous=noncontiguous)
+    z, wl, wg, nw, *ffn = inputs
+    out = uk.unimixing_rmsnorm_pswiglu(*inputs, backend="triton")
+    two = uk.pswiglu(uk.unimixing_rmsnorm(z, wl, wg, nw, backend="triton"), *ffn, backend="triton")
+    assert torch.equal(out, two)
+    do = torch.randn_like(out)
+    got = torch.autograd.grad(out, inputs, do)
+    want = torch.autograd.grad(two, inputs, do)
+    for k, (a, e) in enumerate(zip(got, want)):
+        if k == 3:  # norm_weight: one rounding to its dtype after fp32 sums in another order
+            tol = 1e-5 if dtype == torch.float32 else 4 * torch.finfo(dtype).eps
+            torch.testing.assert_close(a, e, rtol=tol, atol=tol * e.abs().max().item())
+        else:
+            assert torch.equal(a, e), f"grad of input {k}"
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("chunk", ["auto", "all", "3"])
+@pytest.mark.parametrize("path", ["fused", "wide"])
+def test_unimixing_rmsnorm_pswiglu_equals_the_two_ops(device, kernel_dtype, monkeypatch, chunk, path):
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", chunk)
+    if path == "wide":
+        monkeypatch.setattr(kernels, "FUSED_MAX_D", 0)
+    _check_equals_the_two_ops((3, 10, 12, 4, 10), kernel_dtype, device, noncontiguous=True)
+
+
+@pytest.mark.triton
+def test_unimixing_rmsnorm_pswiglu_fused_norm_switch(device, monkeypatch):
+    # UNIMIXER_UNIMIXING_NORM=fused: unimixing_rmsnorm's one-node fused epilogue, then pswiglu
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_NORM", "fused")
+    check_against_reference(uk.unimixing_rmsnorm_pswiglu, _inputs((3, 4, 8, 4, 12), torch.float32, device),
+                            backend="triton")
+
+
+def _saved_activations(fn, inputs, shape):
+    """``data_ptr``s of the tensors of ``shape`` that autograd saves while ``fn`` runs."""
+    saved = []
+
+    def pack(t):
+        if tuple(t.shape) == tuple(shape):
+            saved.append(t.data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*inputs)
+    return out, set(saved)
+
+
+@pytest.mark.triton
+def test_unimixing_rmsnorm_pswiglu_saves_no_u_and_writes_dz_over_s(device, monkeypatch):
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    inputs = _inputs((3, 10, 12, 4, 10), torch.float32, device)
+    z, wl, wg, nw, *ffn = inputs
+    shape = z.shape
+    out, saved = _saved_activations(lambda *a: uk.unimixing_rmsnorm_pswiglu(*a, backend="triton"),
+                                    inputs, shape)
+    _, saved_two = _saved_activations(
+        lambda z, wl, wg, nw, *f: uk.pswiglu(uk.unimixing_rmsnorm(z, wl, wg, nw, backend="triton"), *f,
+                                             backend="triton"), inputs, shape)
+    assert len(saved) == 2 and len(saved_two) == 3  # z and s; the two ops also save u
+    seen = []
+    bwd = kernels.rms_norm_ffn_bwd_
+
+    def spy(do, s, *args, **kwargs):
+        seen.append((s.data_ptr(), weakref.ref(s)))
+        return bwd(do, s, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "rms_norm_ffn_bwd_", spy)
+    out.backward(torch.randn_like(out))
+    (s_ptr, _), = seen
+    assert s_ptr in saved
+    assert z.grad.data_ptr() == s_ptr  # ds over s, then dz over ds
+
+
+@pytest.mark.triton
+def test_unimixing_rmsnorm_pswiglu_second_backward_raises(device):
+    inputs = _inputs((2, 3, 8, 4, 6), torch.float32, device)
+    out = uk.unimixing_rmsnorm_pswiglu(*inputs, backend="triton")
+    out.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("private", [False, True])
+def test_rms_norm_pswiglu_opcheck(device, private):
+    _, _, _, nw, *ffn = _inputs((3, 2, 12, 4, 10), torch.float32, device)
+    s = torch.randn(3, 2, 12, device=device, requires_grad=True)
+    torch.library.opcheck(rms_norm_pswiglu_fwd, (s, nw, 1e-6, *ffn, private))
+    do = torch.randn(3, 2, 12, device=device)
+    detached = [t.detach() if t is not None else None for t in ffn]
+    torch.library.opcheck(rms_norm_pswiglu_bwd, (do, s.detach().clone(), nw.detach(), 1e-6, *detached))
+
+
+@pytest.mark.triton
+def test_rms_norm_pswiglu_leaves_an_input_it_does_not_own(device):
+    # called directly (input_is_private=False) the backward writes ds over a copy of s
+    _, _, _, nw, *ffn = _inputs((3, 4, 12, 4, 10), torch.float32, device)
+    s = torch.randn(3, 4, 12, device=device, requires_grad=True)
+    keep = s.detach().clone()
+    o = rms_norm_pswiglu_fwd(s, nw, 1e-6, *ffn, False)
+    (ds,) = torch.autograd.grad(o, (s,), torch.randn_like(o))
+    assert torch.equal(s.detach(), keep)
+    u = uk.rms_norm(s, nw, backend="triton")
+    o2 = uk.pswiglu(u, *ffn, backend="triton")
+    assert torch.equal(o, o2)
+
+
+@pytest.mark.triton
+def test_rms_norm_pswiglu_bwd_rejects_an_s_it_cannot_overwrite(device):
+    _, _, _, nw, *ffn = _inputs((3, 2, 12, 4, 10), torch.float32, device)
+    s = torch.randn(3, 12, 2, device=device).transpose(1, 2)
+    detached = [t.detach() for t in ffn]
+    with pytest.raises(ValueError, match="s: expected a contiguous"):
+        rms_norm_pswiglu_bwd(torch.randn(3, 2, 12, device=device), s, nw.detach(), 1e-6, *detached)
+
+
+@pytest.mark.triton
+def test_token_pass_norm_matches_the_norm_kernels(device):
+    # each pass's u is the forward kernel's u bit for bit; ds rows as the whole-tensor backward's
+    from unimixer_kernels.triton_kernels import rms_norm as kernels
+
+    s = torch.randn(3, 7, 12, device=device)
+    w = torch.randn(12, device=device)
+    u, _, rstd = kernels.rms_norm_fwd(s, None, w, 1e-6)
+    du = torch.randn_like(u)
+    ds_all, dw_all = kernels.rms_norm_bwd(du, None, s, w, rstd)
+    ds = torch.full_like(s, float("nan"))
+    norm = kernels.TokenPassNorm(s, w, 1e-6, ds)
+    chunks = [slice(0, 3), slice(3, 6), slice(6, 7)]
+    norm.plan(chunks)
+    for sl in chunks:
+        assert torch.equal(norm.rows(sl), u[:, sl])
+        norm.grads(sl, du[:, sl].contiguous())
+    from unimixer_kernels.triton_kernels._partials import sum_partials
+
+    sum_partials(norm.weight_grad_pair())
+    assert torch.equal(ds, ds_all)
+    torch.testing.assert_close(norm.dw, dw_all, rtol=1e-5, atol=1e-5)
+
+
+def test_unimixing_rmsnorm_pswiglu_bad_input():
+    z, wl, wg, nw, wgate, wup, wdown, *_ = _inputs((2, 3, 8, 4, 6), torch.float32, "cpu", bias=False)
+    with pytest.raises(ValueError, match="norm_weight: expected shape"):
+        uk.unimixing_rmsnorm_pswiglu(z, wl, wg, torch.ones(7), wgate, wup, wdown)
+    with pytest.raises(ValueError, match="w_gate: expected shape"):
+        uk.unimixing_rmsnorm_pswiglu(z, wl, wg, nw, wgate[:2], wup, wdown)
+    with pytest.raises(ValueError, match="b_down: expected shape"):
+        uk.unimixing_rmsnorm_pswiglu(z, wl, wg, nw, wgate, wup, wdown, b_down=torch.zeros(3, 6))
+    with pytest.raises(ValueError, match="w_local"):
+        uk.unimixing_rmsnorm_pswiglu(z, wl[:, :2, :2], wg, nw, wgate, wup, wdown)
+
+
+# --- GPU: SPEC §10 presets (smaller batch so the fp64 reference stays cheap) --------------------
+
+PRESETS = {
+    "paper-small": (64, 32, 128, 4, 176),
+    "lite-2.5m": (64, 16, 96, 4, 128),
+    "paper-100m": (16, 32, 512, 4, 688),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_unimixing_rmsnorm_pswiglu_preset_gpu(kernel_dtype, preset):
+    if kernel_dtype == torch.float32:
+        check_against_reference(uk.unimixing_rmsnorm_pswiglu, _inputs(PRESETS[preset], kernel_dtype, "cuda"),
+                                backend="triton")
+    else:
+        _check_equals_the_two_ops(PRESETS[preset], kernel_dtype, "cuda")
+
+
+def norm_kernels_compile_for_sm90() -> None:
+    """The RMSNorm kernels with the token-slice rows the backward's passes read (``GROUPED``),
+    compiled for sm_90 in bf16: the same global loads and stores as with plain rows."""
+    import re
+
+    from unimixer_kernels.triton_kernels import rms_norm as kernels
+
+    from bench.sm90 import compile_sm90
+
+    fwd = dict(X="*bf16", R="*bf16", W="*fp32", Y="*bf16", S="*bf16", RSTD="*fp32")
+    bwd = dict(DY="*bf16", DSUM="*bf16", S="*bf16", W="*fp32", RSTD="*fp32", DS="*bf16", DW_PARTIAL="*fp32")
+    for kernel, ptrs, consts in ((kernels.rms_norm_fwd_kernel, fwd, dict(RESIDUAL=0)),
+                                 (kernels.rms_norm_bwd_kernel, bwd, dict(HAS_DSUM=False))):
+        accesses = []
+        for grouped in (False, True):
+            ptx = compile_sm90(kernel, ptrs, dict(consts, GROUPED=grouped, BLOCK_M=32, BLOCK_D=128), 4, 1,
+                               ptx=True)["ptx"]
+            accesses.append(sorted(set(re.findall(r"(?:ld|st)\.global[.\w]*", ptx))))
+        assert accesses[0] == accesses[1], (kernel, accesses)
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
+def test_norm_kernels_compile_for_sm90(sm90_compile):
+    sm90_compile("import test_unimixing_rmsnorm_pswiglu as t; t.norm_kernels_compile_for_sm90()")

@@ -1,0 +1,182 @@
+"""``unimixing_rmsnorm_pswiglu``: the UniMixer block's mixing and FFN sub-layers (SPEC §4),
+``o = pSwiGLU(RMSNorm(z + UniMixing(z)))``, validation and backends.
+
+It is :func:`.unimixing.unimixing_rmsnorm` followed by :func:`.pswiglu.pswiglu`, with the op
+boundary moved for the training step's memory. The Triton backend is two autograd nodes:
+
+1. ``s = z + UniMixing(z)``, the mixing with its residual (``unimixer::unimixing_residual_fwd``,
+   as in ``unimixing_rmsnorm``);
+2. ``o = pSwiGLU(RMSNorm(s))`` (``unimixer::rms_norm_pswiglu_fwd``). Its forward runs the norm
+   into a temporary ``u`` and the FFN on it, and saves ``s``, not ``u``. Its backward runs the
+   FFN backward in token passes (``triton_kernels/pswiglu.py``); each pass recomputes its tokens'
+   ``u`` from ``s`` (the norm's forward kernel again, the same bits), and the norm's backward turns
+   the pass's ``du`` into ``ds`` (``triton_kernels/rms_norm.py``, ``TokenPassNorm``). ``ds`` is
+   written over ``s``: this op made ``s`` and nothing else reads it. So ``u`` is never saved and
+   ``du`` never held whole: two ``[bs, T, D]`` buffers fewer at the FFN backward, the UniMixer
+   block's peak, for one more norm pass in the backward. The mixing's backward then writes ``dz``
+   over ``ds`` in turn.
+
+Because the backward overwrites the saved ``s``, a second backward through the same graph
+(``retain_graph=True``) raises autograd's in-place modification error instead of giving wrong
+gradients. With ``UNIMIXER_UNIMIXING_NORM=fused`` the composite runs ``unimixing_rmsnorm``'s fused
+node and then ``pswiglu``. Gradients and values are those of the two ops run one after the other
+(``ds`` and every FFN gradient bit for bit; the norm weight's gradient sums its partials in a
+different order).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import reference
+from .._checks import check_same_device, check_shape, check_tensor
+from .._registry import define_op
+from .pswiglu import check_pswiglu_args, pswiglu_fwd
+from .unimixing import check_mixing_args, check_triton_dtypes, unimixing_residual_fwd, unimixing_rmsnorm_fwd
+
+UNIMIXING_RMSNORM_PSWIGLU = define_op("unimixing_rmsnorm_pswiglu", autocast="lower", autocast_keep=(3,))
+
+UNIMIXING_RMSNORM_PSWIGLU.register("reference")(reference.unimixing_rmsnorm_pswiglu)
+
+
+def _kernels():
+    from ..triton_kernels import pswiglu as kernels
+
+    return kernels
+
+
+def _unimixing_kernels():
+    from ..triton_kernels import unimixing as kernels
+
+    return kernels
+
+
+# --- Triton: the pre-norm pSwiGLU node, forward and backward custom ops ---------------------------
+
+
+@torch.library.custom_op("unimixer::rms_norm_pswiglu_fwd", mutates_args=())
+def rms_norm_pswiglu_fwd(
+    s: Tensor,
+    norm_weight: Tensor,
+    eps: float,
+    w_gate: Tensor,
+    w_up: Tensor,
+    w_down: Tensor,
+    b_gate: Tensor | None,
+    b_up: Tensor | None,
+    b_down: Tensor | None,
+    input_is_private: bool,
+) -> Tensor:
+    """``pSwiGLU(RMSNorm(s))``. With ``input_is_private`` the caller promises that nothing reads
+    ``s`` after this op (true in the composite: ``s`` is its own intermediate), and the backward
+    writes ``ds`` over it; otherwise over a copy."""
+    return _kernels().rms_norm_ffn_fwd(s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down)
+
+
+@rms_norm_pswiglu_fwd.register_fake
+def _(s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down, input_is_private):
+    return s.new_empty(s.shape)
+
+
+@torch.library.custom_op("unimixer::rms_norm_pswiglu_bwd", mutates_args=("s",))
+def rms_norm_pswiglu_bwd(
+    do: Tensor,
+    s: Tensor,
+    norm_weight: Tensor,
+    eps: float,
+    w_gate: Tensor,
+    w_up: Tensor,
+    w_down: Tensor,
+    b_gate: Tensor | None,
+    b_up: Tensor | None,
+    b_down: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(dnorm_weight, dw_gate, dw_up, dw_down, db_gate, db_up, db_down)``; ``ds`` is written over
+    ``s`` (contiguous). The bias gradients have the bias dtype (the weight dtype when absent)."""
+    if not s.is_contiguous():
+        raise ValueError("s: expected a contiguous tensor (ds is written over it); pass s.contiguous()")
+    dtypes = tuple(b.dtype if b is not None else w.dtype
+                   for b, w in ((b_gate, w_gate), (b_up, w_up), (b_down, w_down)))
+    return _kernels().rms_norm_ffn_bwd_(do, s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up,
+                                        bias_dtypes=dtypes)
+
+
+@rms_norm_pswiglu_bwd.register_fake
+def _(do, s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down):
+    t, d, h = w_gate.shape
+    return (
+        norm_weight.new_empty(norm_weight.shape),
+        w_gate.new_empty(w_gate.shape),
+        w_up.new_empty(w_up.shape),
+        w_down.new_empty(w_down.shape),
+        s.new_empty((t, h), dtype=b_gate.dtype if b_gate is not None else w_gate.dtype),
+        s.new_empty((t, h), dtype=b_up.dtype if b_up is not None else w_up.dtype),
+        s.new_empty((t, d), dtype=b_down.dtype if b_down is not None else w_down.dtype),
+    )
+
+
+def _rms_norm_pswiglu_setup(ctx, inputs, output) -> None:
+    s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down, input_is_private = inputs
+    ctx.eps, ctx.input_is_private = eps, input_is_private
+    ctx.has_bias = (b_gate is not None, b_up is not None, b_down is not None)
+    ctx.save_for_backward(s, norm_weight, w_gate, w_up, w_down, b_gate, b_up, b_down)
+
+
+def _rms_norm_pswiglu_backward(ctx, do: Tensor):
+    s, norm_weight, w_gate, w_up, w_down, b_gate, b_up, b_down = ctx.saved_tensors
+    ds = s if ctx.input_is_private and s.is_contiguous() else s.clone(memory_format=torch.contiguous_format)
+    dnw, dwg, dwu, dwd, dbg, dbu, dbd = rms_norm_pswiglu_bwd(
+        do, ds, norm_weight, ctx.eps, w_gate, w_up, w_down, b_gate, b_up, b_down)
+    has_bg, has_bu, has_bd = ctx.has_bias
+    return (ds, dnw, None, dwg, dwu, dwd, dbg if has_bg else None, dbu if has_bu else None,
+            dbd if has_bd else None, None)
+
+
+rms_norm_pswiglu_fwd.register_autograd(_rms_norm_pswiglu_backward, setup_context=_rms_norm_pswiglu_setup)
+
+
+@UNIMIXING_RMSNORM_PSWIGLU.register("triton")
+def _unimixing_rmsnorm_pswiglu_triton(z, w_local, w_global, norm_weight, w_gate, w_up, w_down,
+                                      b_gate, b_up, b_down, eps: float) -> Tensor:
+    check_triton_dtypes(z=z, w_local=w_local, w_global=w_global, norm_weight=norm_weight, w_gate=w_gate,
+                        w_up=w_up, w_down=w_down)
+    mixing = _unimixing_kernels()
+    if mixing.fused_norm_epilogue() and mixing.fused_norm_rows(w_local.shape[1], z.shape[-1], z.device):
+        u = unimixing_rmsnorm_fwd(z, w_local, w_global, norm_weight, eps)[0]
+        return pswiglu_fwd(u, w_gate, w_up, w_down, b_gate, b_up, b_down, False)[0]
+    s = unimixing_residual_fwd(z, w_local, w_global, grad_is_private=True)
+    return rms_norm_pswiglu_fwd(s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down,
+                                input_is_private=True)
+
+
+# --- public function ---------------------------------------------------------------------------
+
+
+def unimixing_rmsnorm_pswiglu(
+    z: Tensor,
+    w_local: Tensor,
+    w_global: Tensor,
+    norm_weight: Tensor,
+    w_gate: Tensor,
+    w_up: Tensor,
+    w_down: Tensor,
+    b_gate: Tensor | None = None,
+    b_up: Tensor | None = None,
+    b_down: Tensor | None = None,
+    eps: float = 1e-6,
+    *,
+    backend: str = "auto",
+) -> Tensor:
+    """``pSwiGLU(RMSNorm(z + UniMixing(z)))``: ``unimixing_rmsnorm(z, w_local, w_global,
+    norm_weight, eps)`` then ``pswiglu(u, w_gate, w_up, w_down, b_gate, b_up, b_down)``, with the
+    shapes of those two ops, in one call that holds two ``[bs, T, D]`` buffers fewer in training
+    (module docstring)."""
+    check_mixing_args("z", z, w_local, w_global)
+    check_tensor("norm_weight", norm_weight, ndim=1)
+    check_shape("norm_weight", norm_weight, (z.shape[-1],), "(D,)")
+    check_pswiglu_args("z", z, w_gate, w_up, w_down, b_gate, b_up, b_down)
+    check_same_device(z=z, w_local=w_local, w_global=w_global, norm_weight=norm_weight, w_gate=w_gate,
+                      w_up=w_up, w_down=w_down, b_gate=b_gate, b_up=b_up, b_down=b_down)
+    return UNIMIXING_RMSNORM_PSWIGLU.dispatch(backend, z.device)(
+        z, w_local, w_global, norm_weight, w_gate, w_up, w_down, b_gate, b_up, b_down, float(eps))
