@@ -39,9 +39,11 @@ ADD_X_AFTER = tl.constexpr(3)
 @triton.jit
 def _row_offsets(rows, group_rows, stride_row, stride_group, GROUPED: tl.constexpr):
     # GROUPED: the rows of a token slice t[:, a:b] of [bs, T, D], row i being token i % group_rows
-    # of sample i // group_rows (samples stride_group apart); else rows stride_row apart
+    # of sample i // group_rows (samples stride_group apart); else rows stride_row apart. The
+    # division in int32 (fewer than 2^31 rows; the launcher checks), the offsets in int64
     if GROUPED:
-        return (rows // group_rows) * stride_group + (rows % group_rows) * stride_row
+        r = rows.to(tl.int32)
+        return (r // group_rows).to(tl.int64) * stride_group + (r % group_rows).to(tl.int64) * stride_row
     else:
         return rows * stride_row
 
@@ -251,6 +253,8 @@ class TokenPassNorm:
     def __init__(self, s: torch.Tensor, weight: torch.Tensor, eps: float, ds: torch.Tensor) -> None:
         if s.dim() != 3 or s.stride(-1) != 1 or ds.shape != s.shape or ds.stride() != s.stride():
             raise ValueError("TokenPassNorm: s must be [bs, T, D] with unit stride along D, and ds like s")
+        if s.shape[0] * s.shape[1] >= 2 ** 31:
+            raise ValueError(f"TokenPassNorm: {s.shape[0] * s.shape[1]} rows; at most 2^31 - 1")
         self.s, self.weight, self.eps, self.ds = s, weight, eps, ds
         self.shape = s.shape
         self._rstd: dict[int, torch.Tensor] = {}
