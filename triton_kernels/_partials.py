@@ -2,7 +2,8 @@
 
 A weight-gradient kernel writes one fp32 partial per program (or per sample split) into a
 ``[P, ...]`` buffer; ``out = partial.sum(0)`` in the output's dtype finishes it. An op's backward
-has several such buffers (pSwiGLU six, the UniMixing + RMSNorm backward three), which as separate
+has several such buffers (pSwiGLU six, seven with the norm in front of it, the UniMixing + RMSNorm
+backward three), which as separate
 ``sum`` and cast calls cost two launches each. :func:`sum_partials` sums up to
 :data:`MAX_SEGMENTS` buffers in one launch and casts in the store.
 
@@ -18,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_SEGMENTS = 6
+MAX_SEGMENTS = 7
 # values per program tile: a [BP, BM] tile of this many fp32 values, with BP up to MAX_ROWS partial
 # rows (a long P, e.g. the RMSNorm backward's one row per program, then takes few loop steps)
 TILE = 4096
@@ -41,12 +42,13 @@ def _sum_segment(block, SRC, DST, P, M, BP: tl.constexpr, BM: tl.constexpr):
 @triton.jit
 def sum_partials_kernel(
     S0, D0, P0, M0, S1, D1, P1, M1, S2, D2, P2, M2,
-    S3, D3, P3, M3, S4, D4, P4, M4, S5, D5, P5, M5,
-    E0, E1, E2, E3, E4,
+    S3, D3, P3, M3, S4, D4, P4, M4, S5, D5, P5, M5, S6, D6, P6, M6,
+    E0, E1, E2, E3, E4, E5,
     NSEG: tl.constexpr,
     BP0: tl.constexpr, BM0: tl.constexpr, BP1: tl.constexpr, BM1: tl.constexpr,
     BP2: tl.constexpr, BM2: tl.constexpr, BP3: tl.constexpr, BM3: tl.constexpr,
     BP4: tl.constexpr, BM4: tl.constexpr, BP5: tl.constexpr, BM5: tl.constexpr,
+    BP6: tl.constexpr, BM6: tl.constexpr,
 ):
     """``D_k[j] = sum_p S_k[p, j]`` (fp32, fixed order, cast to ``D_k``'s dtype) for the ``NSEG``
     segments ``k``; segment ``k`` owns programs ``[E_{k-1}, E_k)`` (``E_{-1} = 0``)."""
@@ -66,8 +68,11 @@ def sum_partials_kernel(
         if (pid >= E3) & (pid < E4):
             _sum_segment(pid - E3, S4, D4, P4, M4, BP4, BM4)
     if NSEG > 5:
-        if pid >= E4:
+        if (pid >= E4) & (pid < E5):
             _sum_segment(pid - E4, S5, D5, P5, M5, BP5, BM5)
+    if NSEG > 6:
+        if pid >= E5:
+            _sum_segment(pid - E5, S6, D6, P6, M6, BP6, BM6)
 
 
 def _rows_cols(p: int) -> tuple[int, int]:
