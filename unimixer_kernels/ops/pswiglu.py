@@ -84,24 +84,28 @@ def pswiglu_bwd(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(du, dw_gate, dw_up, dw_down, db_gate, db_up, db_down)``; the bias gradients have the
     bias dtype (the weight dtype when the bias is absent)."""
-    dtypes = tuple(b.dtype if b is not None else w.dtype
-                   for b, w in ((b_gate, w_gate), (b_up, w_up), (b_down, w_down)))
+    dtypes = bias_grad_dtypes(w_gate, w_up, w_down, b_gate, b_up, b_down)
     return _kernels().ffn_bwd(do, u, w_gate, w_up, w_down, b_gate, b_up, g, v, bias_dtypes=dtypes)
+
+
+def bias_grad_dtypes(w_gate, w_up, w_down, b_gate, b_up, b_down) -> tuple[torch.dtype, ...]:
+    """The dtypes of ``(db_gate, db_up, db_down)``: each bias's, or its weight's when absent."""
+    return tuple(b.dtype if b is not None else w.dtype
+                 for b, w in ((b_gate, w_gate), (b_up, w_up), (b_down, w_down)))
+
+
+def weight_grad_fakes(like: Tensor, w_gate, w_up, w_down, b_gate, b_up, b_down) -> tuple[Tensor, ...]:
+    """Fake ``(dw_gate, dw_up, dw_down, db_gate, db_up, db_down)`` of a pSwiGLU backward."""
+    t, d, h = w_gate.shape
+    dbg, dbu, dbd = bias_grad_dtypes(w_gate, w_up, w_down, b_gate, b_up, b_down)
+    return (w_gate.new_empty(w_gate.shape), w_up.new_empty(w_up.shape), w_down.new_empty(w_down.shape),
+            like.new_empty((t, h), dtype=dbg), like.new_empty((t, h), dtype=dbu),
+            like.new_empty((t, d), dtype=dbd))
 
 
 @pswiglu_bwd.register_fake
 def _(do, u, w_gate, w_up, w_down, b_gate, b_up, b_down, g, v):
-    t, _, h = w_gate.shape
-    d = u.shape[-1]
-    return (
-        u.new_empty(u.shape),
-        w_gate.new_empty(w_gate.shape),
-        w_up.new_empty(w_up.shape),
-        w_down.new_empty(w_down.shape),
-        u.new_empty((t, h), dtype=b_gate.dtype if b_gate is not None else w_gate.dtype),
-        u.new_empty((t, h), dtype=b_up.dtype if b_up is not None else w_up.dtype),
-        u.new_empty((t, d), dtype=b_down.dtype if b_down is not None else w_down.dtype),
-    )
+    return (u.new_empty(u.shape), *weight_grad_fakes(u, w_gate, w_up, w_down, b_gate, b_up, b_down))
 
 
 def _pswiglu_setup(ctx, inputs, output) -> None:

@@ -32,7 +32,7 @@ from torch import Tensor
 from .. import reference
 from .._checks import check_same_device, check_shape, check_tensor
 from .._registry import define_op
-from .pswiglu import check_pswiglu_args, pswiglu_fwd
+from .pswiglu import bias_grad_dtypes, check_pswiglu_args, pswiglu_fwd, weight_grad_fakes
 from .unimixing import check_mixing_args, check_triton_dtypes, unimixing_residual_fwd, unimixing_rmsnorm_fwd
 
 UNIMIXING_RMSNORM_PSWIGLU = define_op("unimixing_rmsnorm_pswiglu", autocast="lower", autocast_keep=(3,))
@@ -96,24 +96,15 @@ def rms_norm_pswiglu_bwd(
     ``s`` (contiguous). The bias gradients have the bias dtype (the weight dtype when absent)."""
     if not s.is_contiguous():
         raise ValueError("s: expected a contiguous tensor (ds is written over it); pass s.contiguous()")
-    dtypes = tuple(b.dtype if b is not None else w.dtype
-                   for b, w in ((b_gate, w_gate), (b_up, w_up), (b_down, w_down)))
+    dtypes = bias_grad_dtypes(w_gate, w_up, w_down, b_gate, b_up, b_down)
     return _kernels().rms_norm_ffn_bwd_(do, s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up,
                                         bias_dtypes=dtypes)
 
 
 @rms_norm_pswiglu_bwd.register_fake
 def _(do, s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down):
-    t, d, h = w_gate.shape
-    return (
-        norm_weight.new_empty(norm_weight.shape),
-        w_gate.new_empty(w_gate.shape),
-        w_up.new_empty(w_up.shape),
-        w_down.new_empty(w_down.shape),
-        s.new_empty((t, h), dtype=b_gate.dtype if b_gate is not None else w_gate.dtype),
-        s.new_empty((t, h), dtype=b_up.dtype if b_up is not None else w_up.dtype),
-        s.new_empty((t, d), dtype=b_down.dtype if b_down is not None else w_down.dtype),
-    )
+    return (norm_weight.new_empty(norm_weight.shape),
+            *weight_grad_fakes(s, w_gate, w_up, w_down, b_gate, b_up, b_down))
 
 
 def _rms_norm_pswiglu_setup(ctx, inputs, output) -> None:
