@@ -86,6 +86,14 @@ def test_unimixing_rmsnorm_pswiglu_equals_the_two_ops(device, kernel_dtype, monk
 
 
 @pytest.mark.triton
+def test_unimixing_rmsnorm_pswiglu_recomputing_ffn_backward(device, monkeypatch):
+    # UNIMIXER_FFN_BACKWARD=recompute: the weight kernel forms A, dG, dV from each pass's u itself
+    monkeypatch.setenv("UNIMIXER_FFN_BACKWARD", "recompute")
+    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "3")
+    _check_equals_the_two_ops((3, 10, 12, 4, 10), torch.float32, device)
+
+
+@pytest.mark.triton
 def test_unimixing_rmsnorm_pswiglu_fused_norm_switch(device, monkeypatch):
     # UNIMIXER_UNIMIXING_NORM=fused: unimixing_rmsnorm's one-node fused epilogue, then pswiglu
     monkeypatch.setenv("UNIMIXER_UNIMIXING_NORM", "fused")
