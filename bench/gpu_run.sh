@@ -35,7 +35,8 @@
 # '# stage NAME TIME' line where each stage starts.
 #
 # Everything lands in $OUT, flat: gpu_run.log (install, info, benchmark progress), tests.log
-# (pytest -m gpu), sanitizer.log (memcheck and racecheck), the results files, the plots and
+# (pytest -m gpu) and junit.xml (each test's outcome, also those a stage limit cut short: pytest's
+# -q summary does not name them), sanitizer.log (memcheck and racecheck), the results files, the plots and
 # table.md. Where that would be more than 8 files, the .json and .csv files are packed into
 # results.tar.gz at the end.
 set -u
@@ -107,7 +108,7 @@ if want prepare; then
     # SIGINT at the limit: pytest then stops and still prints its summary (skip reasons included)
     if [ "${GPU_TESTS:-tests}" != none ]; then
         timeout -s INT -k 30 "$(( T_PREPARE - 30 ))" "$PY" -m pytest -m gpu -q -r fEs -p no:cacheprovider \
-            ${GPU_TEST_ARGS:-} ${GPU_TEST_K:+-k "$GPU_TEST_K"} ${GPU_TESTS:-tests} >"$OUT/tests.log" 2>&1 &
+            --junitxml "$OUT/junit.xml" ${GPU_TEST_ARGS:-} ${GPU_TEST_K:+-k "$GPU_TEST_K"} ${GPU_TESTS:-tests} >"$OUT/tests.log" 2>&1 &
     fi
     if [ -n "$SAN" ] && [ "${SANITIZE:-1}" = 1 ]; then
         ( timeout -k 10 "$T_PREPARE" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool memcheck \
