@@ -70,6 +70,12 @@ tiles (persistent), two products in 128 x 128 tiles, one per program (see :func:
 Precision: fp32 inputs use ``input_precision="ieee"``; bf16/fp16 run the tensor cores with fp32
 accumulation, the hidden activation rounded to the input dtype before the second GEMM. When the
 weights' dtype differs from ``u``'s, everything is computed in fp32.
+
+With an RMSNorm in front (``rms_norm_ffn_fwd`` / ``rms_norm_ffn_bwd_``, the UniMixer block's
+``pSwiGLU(RMSNorm(s))``) the forward normalises into a temporary ``u`` and only ``s`` is saved; the
+backward's token passes (either path) each recompute their tokens' ``u`` from ``s`` and turn their
+``du`` into ``ds`` at once (``rms_norm.TokenPassNorm``), written over ``s``, so that neither ``u``
+nor ``du`` is ever whole.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ cores in the activation dtype). ``unimixing_rmsnorm`` is, by default, two autogr
 mixing with its residual, ``s = z + UniMixing(z)`` (added to the fp32 sum in the mixing kernel's
 epilogue), then the RMSNorm op on ``s``. In backward the norm's node runs first and its end frees
 ``s`` and ``du``; the mixing's backward then writes ``dz`` over the norm's ``ds`` (its own buffer).
-That is two ``[bs, T, D]`` buffers fewer at the mixing backward, the UniMixer block's peak. With
+That is two ``[bs, T, D]`` buffers fewer at the mixing backward (the UniMixer block, which now
+calls ``unimixing_rmsnorm_pswiglu``, moves the RMSNorm into its FFN's node instead). With
 ``UNIMIXER_UNIMIXING_NORM=fused`` the RMSNorm runs in the mixing kernel's epilogue instead, one
 autograd node (measured slower on the H200), wherever whole tokens fit its tile. Either forward
 saves ``s`` (input dtype) and the fp32 ``rstd``; the backward recomputes ``h`` from the inputs (in
