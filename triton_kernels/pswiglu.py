@@ -1073,7 +1073,7 @@ def _pass_rows(u, do, du, sl, prenorm):
     if prenorm is None:
         return _part(u, sl, 1), _part(do, sl, 1), _part(du, sl, 1)
     u_c = prenorm.rows(sl)
-    return u_c, _part(do, sl, 1), torch.empty_like(u_c)
+    return u_c, _part(do, sl, 1), new_output(u_c.shape, like=u_c)
 
 
 def _prenorm_pair(prenorm) -> tuple:

@@ -256,7 +256,6 @@ class TokenPassNorm:
         if s.shape[0] * s.shape[1] >= 2 ** 31:
             raise ValueError(f"TokenPassNorm: {s.shape[0] * s.shape[1]} rows; at most 2^31 - 1")
         self.s, self.weight, self.eps, self.ds = s, weight, eps, ds
-        self.shape = s.shape
         self._rstd: dict[int, torch.Tensor] = {}
         self._first_row: dict[int, int] = {}
         self.partial: torch.Tensor | None = None
@@ -268,7 +267,7 @@ class TokenPassNorm:
         program), so the buffer has that backward's rows, not one grid's worth per pass (four
         passes of 512 one-tile programs at paper-small made the sum of 2048 partial rows a 32 µs
         launch, run81)."""
-        bs, t, d = self.shape
+        bs, t, d = self.s.shape
         self._rows_per_program = _bwd_grid(bs * t, d, self.s.device)[0]
         row = 0
         for sl in chunks:

@@ -84,10 +84,11 @@ unimixing_fwd.register_autograd(_unimixing_backward, setup_context=_unimixing_se
 
 @torch.library.custom_op("unimixer::unimixing_residual_fwd", mutates_args=())
 def unimixing_residual_fwd(x: Tensor, w_local: Tensor, w_global: Tensor, grad_is_private: bool) -> Tensor:
-    """``x + UniMixing(x)``, the sum in fp32: the mixing node of ``unimixing_rmsnorm``. With
-    ``grad_is_private`` the caller promises that the output's gradient is a buffer nobody else
-    reads (true there: the output's only reader is the RMSNorm node, whose backward returns a
-    fresh ``ds``), and the backward writes ``dx`` over it; otherwise over a copy."""
+    """``x + UniMixing(x)``, the sum in fp32: the mixing node of ``unimixing_rmsnorm`` and of
+    ``unimixing_rmsnorm_pswiglu``. With ``grad_is_private`` the caller promises that the output's
+    gradient is a buffer nobody else reads (true in both: the output's only reader is the next node,
+    whose backward returns a fresh ``ds``, or ``ds`` over the ``s`` it owns), and the backward writes
+    ``dx`` over it; otherwise over a copy."""
     return _kernels().unimixing_fwd(x, w_local, w_global, residual=True)[0]
 
 
@@ -188,13 +189,19 @@ def _unimixing_triton(x: Tensor, w_local: Tensor, w_global: Tensor) -> Tensor:
     return unimixing_fwd(x, w_local, w_global)
 
 
+def uses_fused_norm(z: Tensor, w_local: Tensor) -> bool:
+    """Whether the Triton backend runs the RMSNorm after the mixing in the mixing kernel's epilogue
+    (``UNIMIXER_UNIMIXING_NORM=fused``, where whole tokens fit its tile) rather than composed."""
+    kernels = _kernels()
+    return kernels.fused_norm_epilogue() and kernels.fused_norm_rows(w_local.shape[1], z.shape[-1], z.device)
+
+
 @UNIMIXING_RMSNORM.register("triton")
 def _unimixing_rmsnorm_triton(
     z: Tensor, w_local: Tensor, w_global: Tensor, norm_weight: Tensor, eps: float
 ) -> Tensor:
     check_triton_dtypes(z=z, w_local=w_local, w_global=w_global, norm_weight=norm_weight)
-    kernels = _kernels()
-    if kernels.fused_norm_epilogue() and kernels.fused_norm_rows(w_local.shape[1], z.shape[-1], z.device):
+    if uses_fused_norm(z, w_local):
         return unimixing_rmsnorm_fwd(z, w_local, w_global, norm_weight, eps)[0]
     # composed (the default, or whole tokens do not fit the fused epilogue's tile): two autograd
     # nodes, the norm's backward runs first, and its end frees s and du

@@ -33,7 +33,13 @@ from .. import reference
 from .._checks import check_same_device, check_shape, check_tensor
 from .._registry import define_op
 from .pswiglu import bias_grad_dtypes, check_pswiglu_args, pswiglu_fwd, weight_grad_fakes
-from .unimixing import check_mixing_args, check_triton_dtypes, unimixing_residual_fwd, unimixing_rmsnorm_fwd
+from .unimixing import (
+    check_mixing_args,
+    check_triton_dtypes,
+    unimixing_residual_fwd,
+    unimixing_rmsnorm_fwd,
+    uses_fused_norm,
+)
 
 UNIMIXING_RMSNORM_PSWIGLU = define_op("unimixing_rmsnorm_pswiglu", autocast="lower", autocast_keep=(3,))
 
@@ -42,12 +48,6 @@ UNIMIXING_RMSNORM_PSWIGLU.register("reference")(reference.unimixing_rmsnorm_pswi
 
 def _kernels():
     from ..triton_kernels import pswiglu as kernels
-
-    return kernels
-
-
-def _unimixing_kernels():
-    from ..triton_kernels import unimixing as kernels
 
     return kernels
 
@@ -132,8 +132,7 @@ def _unimixing_rmsnorm_pswiglu_triton(z, w_local, w_global, norm_weight, w_gate,
                                       b_gate, b_up, b_down, eps: float) -> Tensor:
     check_triton_dtypes(z=z, w_local=w_local, w_global=w_global, norm_weight=norm_weight, w_gate=w_gate,
                         w_up=w_up, w_down=w_down)
-    mixing = _unimixing_kernels()
-    if mixing.fused_norm_epilogue() and mixing.fused_norm_rows(w_local.shape[1], z.shape[-1], z.device):
+    if uses_fused_norm(z, w_local):
         u = unimixing_rmsnorm_fwd(z, w_local, w_global, norm_weight, eps)[0]
         return pswiglu_fwd(u, w_gate, w_up, w_down, b_gate, b_up, b_down, False)[0]
     s = unimixing_residual_fwd(z, w_local, w_global, grad_is_private=True)
