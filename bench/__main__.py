@@ -239,7 +239,8 @@ def cmd_memory(args) -> int:
     device = _device(args.device)
     dtype = _dtype(args.dtype, device)
     return _reports(args, lambda case, preset, mode: "\n\n".join(
-        memory_case(case, preset, mode, provider, device, dtype, top=args.top, autocast=not args.no_autocast)
+        memory_case(case, preset, mode, provider, device, dtype, top=args.top, autocast=not args.no_autocast,
+                    moments=args.moments)
         for provider in _csv(args.provider)))
 
 
@@ -368,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_bench_args(p)
     p.set_defaults(mode="fwd+bwd", provider="triton")
     p.add_argument("--top", type=int, default=20, help="allocation sites listed")
+    p.add_argument("--moments", type=int, default=2,
+                   help="runner-up peaks whose live blocks are listed too (where the peak moves next)")
     p.add_argument("--out", help="also write the markdown to this file")
     p.set_defaults(fn=cmd_memory)
     args = parser.parse_args(argv)

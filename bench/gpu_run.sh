@@ -18,7 +18,8 @@
 #             NCU_SOURCE=1 adds the report and its per-instruction stall samples, ncu_source.csv)
 #   profile   python -m bench profile of the UniMixer block's Triton path (profile.md)
 #   memory    python -m bench memory: the blocks alive at a training step's peak, by allocating site
-#             (memory.md; MEMORY_CASES="case@preset ...", default the RankMixer and full UniMixer blocks)
+#             (memory.md; MEMORY_CASES="case@preset[@SWITCH=value,...] ...", default the RankMixer and full
+#             UniMixer blocks)
 #   train     two-block rankers trained 200 steps with backend reference and triton from one seed
 #             (train_compare.json / .png)
 #   table     the markdown table of results.json (table.md), printed last
@@ -239,10 +240,13 @@ fi
 
 if want memory; then
     : >"$OUT/memory.md"
-    for pair in ${MEMORY_CASES:-rankmixer-block@rankmixer-100m unimixer-block@paper-small}; do
-        stage "memory-$pair" "${T_MEMORY:-90}" "$PY" -m bench memory --case "${pair%@*}" --preset "${pair#*@}" \
-            --out "/tmp/memory_$pair.md"
-        cat "/tmp/memory_$pair.md" >>"$OUT/memory.md" 2>/dev/null && echo >>"$OUT/memory.md"
+    # entries case@preset, or case@preset@SWITCH=value[,SWITCH=value] to record with kernel switches set
+    for entry in ${MEMORY_CASES:-rankmixer-block@rankmixer-100m unimixer-block@paper-small}; do
+        IFS=@ read -r mcase mpreset menv <<<"$entry"
+        [ -n "$menv" ] && echo "with ${menv//,/ }:" >>"$OUT/memory.md"
+        stage "memory-$entry" "${T_MEMORY:-90}" env ${menv//,/ } "$PY" -m bench memory --case "$mcase" \
+            --preset "$mpreset" --out "/tmp/memory_$entry.md"
+        cat "/tmp/memory_$entry.md" >>"$OUT/memory.md" 2>/dev/null && echo >>"$OUT/memory.md"
     done
 fi
 

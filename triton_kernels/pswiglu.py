@@ -803,21 +803,34 @@ def _pre_tiled(u, w, bias, cdt, out=None) -> torch.Tensor:
 
 # the fused path's 'auto' passes: no fewer tokens than this each (4 a pass were 13% slower, run75)
 FUSED_MIN_CHUNK = 8
+# the wide-token path's 'auto' passes when the norm before the FFN is folded into its backward
+# (``prenorm``): about eight passes of no fewer tokens than this each
+FOLDED_PASSES, FOLDED_MIN_CHUNK = 8, 4
 
 
-def _token_chunk(t: int, fused: bool = False) -> int:
+def _token_chunk(t: int, fused: bool = False, folded: bool = False) -> int:
     """Tokens per backward pass through the ``[tokens, bs, h]`` buffers, by
     ``UNIMIXER_FFN_TOKEN_CHUNK``: 'auto' (the default), 'all' (one pass) or a positive integer
     (capped at ``t``). Fewer tokens per pass shrink the buffers, and the training step's peak, at the
-    price of smaller launches. 'auto': the wide-token path in one pass (the RankMixer block at
-    rankmixer-100m trained in 3.32 / 3.44 ms with 4 / 2 tokens per pass, against 3.12 in one, with a
-    peak of 709 / 661 against 1009 MiB, run44); the fused path (``D <= FUSED_MAX_D``) in up to four
-    passes of at least :data:`FUSED_MIN_CHUNK` tokens. There the three hidden buffers set the UniMixer
-    block's training peak at paper-small: 169.7 / 154.4 / 144.3 MiB in 0.847 / 0.849 / 0.958 ms with
-    passes of 16 / 8 / 4 tokens (run75)."""
+    price of smaller launches. 'auto':
+
+    - the fused path (``D <= FUSED_MAX_D``): up to four passes of at least :data:`FUSED_MIN_CHUNK`
+      tokens. There the three hidden buffers set the UniMixer block's training peak at paper-small:
+      169.7 / 154.4 / 144.3 MiB in 0.847 / 0.849 / 0.958 ms with passes of 16 / 8 / 4 tokens (run75);
+    - the wide-token path with the norm folded into the backward (``folded``): about
+      :data:`FOLDED_PASSES` passes of at least :data:`FOLDED_MIN_CHUNK` tokens. Each pass then also
+      recomputes only its own rows of the FFN's input and holds only their gradient, so this is the
+      UniMixer block's memory at paper-100m (D = 512);
+    - the wide-token path otherwise: one pass (the RankMixer block at rankmixer-100m trained in
+      3.32 / 3.44 ms with 4 / 2 tokens per pass, against 3.12 in one, with a peak of 709 / 661
+      against 1009 MiB, run44)."""
     mode = switch(FFN_CHUNK_SWITCH)
     if mode == "auto":
-        return min(t, max(FUSED_MIN_CHUNK, triton.cdiv(t, 4))) if fused else t
+        if fused:
+            return min(t, max(FUSED_MIN_CHUNK, triton.cdiv(t, 4)))
+        if folded:
+            return min(t, max(FOLDED_MIN_CHUNK, triton.cdiv(t, FOLDED_PASSES)))
+        return t
     if mode == "all":
         return t
     if not mode.isdigit() or int(mode) < 1:
@@ -980,7 +993,7 @@ def ffn_bwd(
         n_sb = triton.cdiv(bs, ACT_ROWS)
         pb1 = new_output((n_sb, t, h), device=u.device, dtype=torch.float32)
         pb3 = new_output((n_sb, t, h), device=u.device, dtype=torch.float32) if gated else None
-        chunks = _chunks(t, _token_chunk(t))
+        chunks = _chunks(t, _token_chunk(t, folded=prenorm is not None))
         if prenorm is not None:
             prenorm.plan(chunks)
         for sl in chunks:
