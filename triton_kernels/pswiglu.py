@@ -857,9 +857,12 @@ def ffn_fwd(
     b3: torch.Tensor | None,
     b2: torch.Tensor | None,
     save: bool,
+    folded: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Forward of the per-token FFN (gated when ``w3`` is given). Returns ``(o [bs, T, D],
     G, V)``; ``G``/``V`` are ``[T, bs, h]`` in the compute dtype when ``save``, else ``None``.
+    ``folded``: the wide-token path runs in the token passes of the backward with the norm folded
+    in (:func:`_token_chunk`), so that its unsaved hidden buffers stay as small.
 
     ``u`` may have any strides; the weights and biases are made contiguous (a no-op for
     ordinary parameters)."""
@@ -872,8 +875,7 @@ def ffn_fwd(
     if bs > 0 and t > 0 and not _fused(d, cdt):
         g = new_output((t, bs, h), like=u, dtype=cdt) if save else None
         v = new_output((t, bs, h), like=u, dtype=cdt) if save and gated else None
-        tc = _token_chunk(t)
-        for sl in _chunks(t, tc):
+        for sl in _chunks(t, _token_chunk(t, folded=folded)):
             n = sl.stop - sl.start
             u_c = _part(u, sl, 1)
             g_c = _pre_tiled(u_c, _part(w1, sl), _part(b1, sl), cdt, _part(g, sl))
@@ -1122,9 +1124,10 @@ def rms_norm_ffn_fwd(
     b2: torch.Tensor | None,
 ) -> torch.Tensor:
     """``FFN(RMSNorm(s))``: the norm kernel into a temporary ``u``, freed on return, then
-    :func:`ffn_fwd` (its backward recomputes the hidden pre-activations, and ``u`` itself)."""
+    :func:`ffn_fwd` in the backward's token passes (its backward recomputes the hidden
+    pre-activations, and ``u`` itself)."""
     u = rms_norm_fwd(s, None, norm_weight, eps)[0]
-    return ffn_fwd(u, w1, w3, w2, b1, b3, b2, save=False)[0]
+    return ffn_fwd(u, w1, w3, w2, b1, b3, b2, save=False, folded=True)[0]
 
 
 def rms_norm_ffn_bwd_(

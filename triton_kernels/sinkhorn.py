@@ -1323,12 +1323,15 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
             sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, 0, BM=meta["BM"], BN=meta["BN"],
                                            num_warps=4, PDL=False)
         return dx
-    # dP * P, written by the first launch and turned into the working gradient by the last one; in
-    # dM's own buffer where the last launch's program writes dM over the tile of G it has just read
-    # (fp32, not symmetric: the symmetrising pass reads G's transposed tiles)
-    alias = not symmetric and out_dtype == torch.float32
-    g = dx if alias else torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32)
-    ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode != _LOWRANK else dx
+    # dP * P, written by the first launch and turned into the working gradient by the last one, and
+    # the workspace of S0 (dense logits), written by the first launch and read by every one. An fp32
+    # dM is written last, so one of them can live in its buffer: without symmetrising, G (the last
+    # launch's program writes dM over the tile of G it has just read); symmetrising, the workspace
+    # (the last launch writes G, and the symmetrising pass, after it, reads G's transposed tiles)
+    spare = out_dtype == torch.float32
+    g = dx if spare and not symmetric else torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32)
+    ws = dx if mode == _LOWRANK or (spare and symmetric) else torch.empty(
+        (n_mat, n, n), device=like.device, dtype=torch.float32)
     # the partials of both axes, the iterate's sums carried from launch to launch, and every step's
     # column and row sums of G (O(K n) per matrix)
     pr, pc, qr, qc, cs, rs, cnt = _tiled_buffers(n_mat, n_rt, n_ct, n, iters, like.device)

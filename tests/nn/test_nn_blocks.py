@@ -275,3 +275,24 @@ def test_unimixer_block_triton_step_has_no_torch_glue(device, two_streams):
     assert calls.count("aten::zero_") == 0
     # the one accumulation of x's gradient; with two streams also y's and o's, and y + o itself
     assert calls.count("aten::add") + calls.count("aten::add_") == (4 if two_streams else 1)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("lite", [False, True])
+def test_unimixer_block_mixing_weights_backward_runs_after_the_first_norm(device, lite):
+    """The block records its mixing weights before ``Xbar + RMSNorm(Ybar)``: autograd runs the ready
+    node recorded last first, so the weights' backward (Sinkhorn's ``N x N`` buffers, at large ``N``
+    the training step's peak) waits until the norm's backward has freed the gradients it consumes."""
+    blk = uknn.UniMixerBlock(4, 16, 4, hidden=24, lite=lite, rank=2, bases=2, backend="triton",
+                             iters=2).to(device)
+    x = torch.randn(3, 4, 16, device=device, requires_grad=True)
+    seen, stack = {}, [o.grad_fn for o in blk(x)]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen[node] = node.name()
+            stack += [f for f, _ in node.next_functions]
+    seq = {name: node._sequence_nr() for node, name in seen.items()}
+    weights = [s for name, s in seq.items() if "sinkhorn" in name or "lite_" in name]
+    norm = [s for name, s in seq.items() if "rms_norm_residual" in name]
+    assert weights and len(norm) == 1 and max(weights) < norm[0], sorted(seq.items(), key=lambda kv: kv[1])

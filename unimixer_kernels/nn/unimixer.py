@@ -69,10 +69,13 @@ class UniMixerBlock(nn.Module):
             if y.shape != x.shape:
                 raise ValueError(f"y: expected shape {tuple(x.shape)} (the shape of x), got {tuple(y.shape)}")
         be = self.backend
+        # the mixing weights first: autograd runs ready nodes latest-recorded first, so their
+        # backward (Sinkhorn's N x N buffers at large N) then waits for the norm's below, whose
+        # gradient buffers are freed by then
+        w_local, w_global = self.mixing.op_weights(x)
         # Xbar + RMSNorm(Ybar) in the norm's pass; with one stream in (y is x) the norm's backward
         # kernel also adds the residual's gradient into its dX
         z = ops.rms_norm(y, self.norm_y, self.eps, residual=x, backend=be)
-        w_local, w_global = self.mixing.op_weights(z)
         o = ops.unimixing_rmsnorm_pswiglu(z, w_local, w_global, self.norm_mix, *self.ffn.swiglu_weights(),
                                           self.eps, backend=be)
         x_next, x_plus_o = ops.add_rms_norm(o, x, self.norm_x, self.eps, backend=be)
