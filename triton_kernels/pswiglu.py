@@ -804,11 +804,11 @@ def _pre_tiled(u, w, bias, cdt, out=None) -> torch.Tensor:
 # the fused path's 'auto' passes: no fewer tokens than this each (4 a pass were 13% slower, run75)
 FUSED_MIN_CHUNK = 8
 # the wide-token path's 'auto' passes when the norm before the FFN is folded into its backward
-# (``prenorm``): about eight passes of no fewer tokens than this each
-FOLDED_PASSES, FOLDED_MIN_CHUNK = 8, 4
+# (``prenorm``): about eight backward passes, two forward ones, of no fewer tokens than this each
+FOLDED_PASSES, FOLDED_FWD_PASSES, FOLDED_MIN_CHUNK = 8, 2, 4
 
 
-def _token_chunk(t: int, fused: bool = False, folded: bool = False) -> int:
+def _token_chunk(t: int, fused: bool = False, folded: bool = False, forward: bool = False) -> int:
     """Tokens per backward pass through the ``[tokens, bs, h]`` buffers, by
     ``UNIMIXER_FFN_TOKEN_CHUNK``: 'auto' (the default), 'all' (one pass) or a positive integer
     (capped at ``t``). Fewer tokens per pass shrink the buffers, and the training step's peak, at the
@@ -818,9 +818,11 @@ def _token_chunk(t: int, fused: bool = False, folded: bool = False) -> int:
       tokens. There the three hidden buffers set the UniMixer block's training peak at paper-small:
       169.7 / 154.4 / 144.3 MiB in 0.847 / 0.849 / 0.958 ms with passes of 16 / 8 / 4 tokens (run75);
     - the wide-token path with the norm folded into the backward (``folded``): about
-      :data:`FOLDED_PASSES` passes of at least :data:`FOLDED_MIN_CHUNK` tokens. Each pass then also
-      recomputes only its own rows of the FFN's input and holds only their gradient, so this is the
-      UniMixer block's memory at paper-100m (D = 512);
+      :data:`FOLDED_PASSES` passes of at least :data:`FOLDED_MIN_CHUNK` tokens (the ``forward``'s
+      unsaved buffers: :data:`FOLDED_FWD_PASSES`). Each backward pass then also recomputes only its
+      own rows of the FFN's input and holds only their gradient: with one pass the UniMixer block
+      at paper-100m (D = 512) peaked at 873 MiB, with eight at 580 (the mixing backward's point,
+      the FFN's 557), 6.72 against 6.20 ms a training step (run84, run85);
     - the wide-token path otherwise: one pass (the RankMixer block at rankmixer-100m trained in
       3.32 / 3.44 ms with 4 / 2 tokens per pass, against 3.12 in one, with a peak of 709 / 661
       against 1009 MiB, run44)."""
@@ -829,7 +831,8 @@ def _token_chunk(t: int, fused: bool = False, folded: bool = False) -> int:
         if fused:
             return min(t, max(FUSED_MIN_CHUNK, triton.cdiv(t, 4)))
         if folded:
-            return min(t, max(FOLDED_MIN_CHUNK, triton.cdiv(t, FOLDED_PASSES)))
+            passes = FOLDED_FWD_PASSES if forward else FOLDED_PASSES
+            return min(t, max(FOLDED_MIN_CHUNK, triton.cdiv(t, passes)))
         return t
     if mode == "all":
         return t
@@ -875,7 +878,7 @@ def ffn_fwd(
     if bs > 0 and t > 0 and not _fused(d, cdt):
         g = new_output((t, bs, h), like=u, dtype=cdt) if save else None
         v = new_output((t, bs, h), like=u, dtype=cdt) if save and gated else None
-        for sl in _chunks(t, _token_chunk(t, folded=folded)):
+        for sl in _chunks(t, _token_chunk(t, folded=folded, forward=True)):
             n = sl.stop - sl.start
             u_c = _part(u, sl, 1)
             g_c = _pre_tiled(u_c, _part(w1, sl), _part(b1, sl), cdt, _part(g, sl))

@@ -94,8 +94,10 @@ def rms_norm_bwd_kernel(
     GROUPED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    ACCUMULATE: tl.constexpr = False,
 ):
-    # rows_per_program is a multiple of BLOCK_M (the launcher rounds it up)
+    # rows_per_program is a multiple of BLOCK_M (the launcher rounds it up); ACCUMULATE: each
+    # program adds its dw partial to the row already there (a later token pass, TokenPassNorm)
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)
     cmask = cols < D
@@ -120,7 +122,10 @@ def rms_norm_bwd_kernel(
         ds_rows = _row_offsets(rows, group_rows, stride_ds, stride_dsg, GROUPED)
         tl.store(DS + ds_rows[:, None] + cols[None, :], ds.to(DS.dtype.element_ty), mask=mask)
         dw += dy * xhat
-    tl.store(DW_PARTIAL + pid * D + cols, tl.sum(dw, axis=0), mask=cmask)
+    part = tl.sum(dw, axis=0)
+    if ACCUMULATE:
+        part += tl.load(DW_PARTIAL + pid * D + cols, mask=cmask, other=0.0)
+    tl.store(DW_PARTIAL + pid * D + cols, part, mask=cmask)
 
 
 # Rows per program: a tile of about TILE_ELEMENTS values, so narrow rows (D = 128 at the presets)
@@ -247,8 +252,8 @@ class TokenPassNorm:
     the forward's ``u``) and keeps the pass's ``rstd``; :meth:`grads` then turns the pass's ``du``
     into the rows ``sl`` of ``ds`` and the norm weight's partials. With ``ds`` over ``s`` a pass
     overwrites only the rows it has read, after its last read of them. :meth:`plan` sizes one
-    partial buffer for every pass, which the caller sums into ``dw`` (the norm weight's gradient,
-    its dtype) with its own partials once every pass has run (:meth:`weight_grad_pair`)."""
+    partial buffer that every pass adds to, which the caller sums into ``dw`` (the norm weight's
+    gradient, its dtype) with its own partials once every pass has run (:meth:`weight_grad_pair`)."""
 
     def __init__(self, s: torch.Tensor, weight: torch.Tensor, eps: float, ds: torch.Tensor) -> None:
         if s.dim() != 3 or s.stride(-1) != 1 or ds.shape != s.shape or ds.stride() != s.stride():
@@ -257,23 +262,23 @@ class TokenPassNorm:
             raise ValueError(f"TokenPassNorm: {s.shape[0] * s.shape[1]} rows; at most 2^31 - 1")
         self.s, self.weight, self.eps, self.ds = s, weight, eps, ds
         self._rstd: dict[int, torch.Tensor] = {}
-        self._first_row: dict[int, int] = {}
         self.partial: torch.Tensor | None = None
         self.dw: torch.Tensor | None = None
 
     def plan(self, chunks: list[slice]) -> None:
-        """Size the norm weight's partial buffer for the passes ``chunks``: each pass's programs
-        take as many rows as the whole tensor's backward would give each (one partial row per
-        program), so the buffer has that backward's rows, not one grid's worth per pass (four
-        passes of 512 one-tile programs at paper-small made the sum of 2048 partial rows a 32 µs
-        launch, run81)."""
+        """Size the norm weight's partial buffer for the passes ``chunks`` (the first the longest, as
+        :func:`.pswiglu._chunks` makes them): one row per program of the first pass's backward grid,
+        which every pass takes (each pass fills the GPU), the later passes adding their partials to
+        the rows the first wrote. (Partials of the whole tensor's grid split among the passes left
+        each of eight passes an eighth of the GPU, 21 µs a pass at paper-100m, run85; a grid per pass
+        with rows of its own made the sum of 2048 partial rows a 32 µs launch at paper-small, run81.)"""
         bs, t, d = self.s.shape
-        self._rows_per_program = _bwd_grid(bs * t, d, self.s.device)[0]
-        row = 0
-        for sl in chunks:
-            self._first_row[sl.start] = row
-            row += triton.cdiv(max(bs * (sl.stop - sl.start), 1), self._rows_per_program)
-        self.partial = new_output((row, d), like=self.s, dtype=torch.float32)
+        first = chunks[0].stop - chunks[0].start if chunks else 0
+        if any(c.stop - c.start > first for c in chunks):
+            raise ValueError("TokenPassNorm.plan: the first pass must be the longest")
+        self._rows_per_program, programs = _bwd_grid(bs * first, d, self.s.device)
+        self._accumulate = False
+        self.partial = new_output((programs if chunks else 0, d), like=self.s, dtype=torch.float32)
         self.dw = new_output(self.weight.shape, like=self.weight)
 
     def rows(self, sl: slice) -> torch.Tensor:
@@ -308,13 +313,14 @@ class TokenPassNorm:
         m = bs * n
         rows_per_program = self._rows_per_program
         programs = triton.cdiv(max(m, 1), rows_per_program)
-        first = self._first_row[sl.start]
         if m == 0:
-            self.partial[first:first + programs].zero_()
+            if not self._accumulate:
+                self.partial.zero_()
+                self._accumulate = True
             return
         block_m, block_d, warps = _tile(d)
         rms_norm_bwd_kernel[(programs,)](
-            du, du, s, self.weight, self._rstd.pop(sl.start), ds, self.partial[first:first + programs],
+            du, du, s, self.weight, self._rstd.pop(sl.start), ds, self.partial,
             m, d, d, d, s.stride(1), ds.stride(1),
             rows_per_program,
             n, s.stride(0), ds.stride(0),
@@ -322,8 +328,10 @@ class TokenPassNorm:
             GROUPED=True,
             BLOCK_M=block_m,
             BLOCK_D=block_d,
+            ACCUMULATE=self._accumulate,
             num_warps=warps,
         )
+        self._accumulate = True
 
     def weight_grad_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(partials, dw)`` for :func:`._partials.sum_partials`."""

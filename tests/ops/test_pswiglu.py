@@ -372,9 +372,9 @@ def test_ffn_fused_path_in_token_chunks(device, monkeypatch, op, backward, recom
 
 
 def test_ffn_token_chunk_switch(monkeypatch):
-    """``UNIMIXER_FFN_TOKEN_CHUNK``: 'auto' is one pass on the wide-token path (about eight of at least
-    four tokens with the norm folded in) and up to four passes of at least eight tokens on the fused
-    one; 'all' is one pass; an integer is capped at ``T``;
+    """``UNIMIXER_FFN_TOKEN_CHUNK``: 'auto' is one pass on the wide-token path (with the norm folded
+    in, about eight backward and two forward passes of at least four tokens) and up to four passes
+    of at least eight tokens on the fused one; 'all' is one pass; an integer is capped at ``T``;
     anything else names the switch and what it takes."""
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
@@ -385,6 +385,8 @@ def test_ffn_token_chunk_switch(monkeypatch):
     # the wide-token path with the norm folded in: about eight passes of at least four tokens
     assert kernels._token_chunk(32, folded=True) == 4 and kernels._token_chunk(100, folded=True) == 13
     assert kernels._token_chunk(10, folded=True) == 4 and kernels._token_chunk(3, folded=True) == 3
+    assert kernels._token_chunk(32, folded=True, forward=True) == 16  # the forward: two passes
+    assert kernels._token_chunk(6, folded=True, forward=True) == 4
     monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "all")
     assert kernels._token_chunk(16) == 16 and kernels._token_chunk(16, fused=True) == 16
     monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "4")

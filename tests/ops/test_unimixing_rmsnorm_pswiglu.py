@@ -187,10 +187,11 @@ def test_rms_norm_pswiglu_bwd_rejects_an_s_it_cannot_overwrite(device):
 
 @pytest.mark.triton
 def test_token_pass_norm_matches_the_norm_kernels(device):
-    # each pass's u is the forward kernel's u bit for bit; ds rows as the whole-tensor backward's
+    # each pass's u is the forward kernel's u bit for bit; ds rows as the whole-tensor backward's;
+    # every pass on the first pass's grid, adding its norm-weight partials to the rows it wrote
     from unimixer_kernels.triton_kernels import rms_norm as kernels
 
-    s = torch.randn(3, 7, 12, device=device)
+    s = torch.randn(300, 7, 12, device=device)  # 900 rows a pass: several programs each
     w = torch.randn(12, device=device)
     u, _, rstd = kernels.rms_norm_fwd(s, None, w, 1e-6)
     du = torch.randn_like(u)
@@ -199,6 +200,7 @@ def test_token_pass_norm_matches_the_norm_kernels(device):
     norm = kernels.TokenPassNorm(s, w, 1e-6, ds)
     chunks = [slice(0, 3), slice(3, 6), slice(6, 7)]
     norm.plan(chunks)
+    assert norm.partial.shape[0] == kernels._bwd_grid(900, 12, s.device)[1] > 1
     for sl in chunks:
         assert torch.equal(norm.rows(sl), u[:, sl])
         norm.grads(sl, du[:, sl].contiguous())
@@ -207,6 +209,8 @@ def test_token_pass_norm_matches_the_norm_kernels(device):
     sum_partials(norm.weight_grad_pair())
     assert torch.equal(ds, ds_all)
     torch.testing.assert_close(norm.dw, dw_all, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="the first pass must be the longest"):
+        norm.plan([slice(0, 1), slice(1, 7)])
 
 
 def test_unimixing_rmsnorm_pswiglu_bad_input():
