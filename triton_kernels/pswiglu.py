@@ -804,8 +804,8 @@ def _pre_tiled(u, w, bias, cdt, out=None) -> torch.Tensor:
 # the fused path's 'auto' passes: no fewer tokens than this each (4 a pass were 13% slower, run75)
 FUSED_MIN_CHUNK = 8
 # the wide-token path's 'auto' passes when the norm before the FFN is folded into its backward
-# (``prenorm``): about eight backward passes, two forward ones, of no fewer tokens than this each
-FOLDED_PASSES, FOLDED_FWD_PASSES, FOLDED_MIN_CHUNK = 8, 2, 4
+# (``prenorm``): about six backward passes, two forward ones, of no fewer tokens than this each
+FOLDED_PASSES, FOLDED_FWD_PASSES, FOLDED_MIN_CHUNK = 6, 2, 4
 
 
 def _token_chunk(t: int, fused: bool = False, folded: bool = False, forward: bool = False) -> int:
@@ -887,6 +887,9 @@ def ffn_fwd(
             _act_pass(g_c, v_c, None, act)
             _token_gemm(act, _part(w2, sl), _part(o, sl, 1), n, bs, d, h, (h, bs * h, 1), (h * d, d, 1),
                         (t * d, d, 1), cdt, bias=_part(b2, sl))
+            # this pass's buffers go back before the next pass allocates its own (assigning the next
+            # pass's over these names would free them only after: two passes' buffers at once)
+            del g_c, v_c, act
         return o, g, v
     g = new_output((t, bs, h), like=u, dtype=cdt) if save else None
     v = new_output((t, bs, h), like=u, dtype=cdt) if save and gated else None
@@ -1023,6 +1026,7 @@ def ffn_bwd(
                 prenorm.grads(sl, du_c)
             _weight_grads_tiled(do_c, u_c, a_c, dg_c, dv_c, _part(dw1, sl), _part(dw3, sl), _part(dw2, sl),
                                 cdt)
+            del g_c, v_c, a_c, dv_c, dg_c, u_c, du_c  # as in the forward: freed before the next pass
         # the bias gradients: the activation pass's partials, and dO's rows (db2 = sum over samples)
         pairs = [(pb1, db1), (do.reshape(bs, t * d).contiguous(), db2.view(t * d))]
         sum_partials(*pairs, *([(pb3, db3)] if gated else []), *_prenorm_pair(prenorm))
