@@ -821,8 +821,8 @@ def _token_chunk(t: int, fused: bool = False, folded: bool = False, forward: boo
       :data:`FOLDED_PASSES` passes of at least :data:`FOLDED_MIN_CHUNK` tokens (the ``forward``'s
       unsaved buffers: :data:`FOLDED_FWD_PASSES`). Each backward pass then also recomputes only its
       own rows of the FFN's input and holds only their gradient: with one pass the UniMixer block
-      at paper-100m (D = 512) peaked at 873 MiB, with eight at 580 (the mixing backward's point,
-      the FFN's 557), 6.72 against 6.20 ms a training step (run84, run85);
+      at paper-100m (D = 512) peaked at 873 MiB, with six at 580 (the mixing backward's point;
+      the FFN's 559), in 6.58 against 6.20 ms a training step (run84, run87);
     - the wide-token path otherwise: one pass (the RankMixer block at rankmixer-100m trained in
       3.32 / 3.44 ms with 4 / 2 tokens per pass, against 3.12 in one, with a peak of 709 / 661
       against 1009 MiB, run44)."""
