@@ -59,8 +59,10 @@ SWITCHES = {
                             "a whole, a block-wide count of missing words per round; the CPU interpreter, "
                             "which has no inline assembly, always does)"),
     FFN_CHUNK_SWITCH: ("auto", "the per-token FFN backward: tokens per pass through its [tokens, bs, h] "
-                               "hidden buffers: 'auto' (the wide-token path, D > 256, in one pass; the fused "
-                               "path in up to four passes of at least 8 tokens), 'all' (one pass) or a "
+                               "hidden buffers: 'auto' (the wide-token path, D > 256, in one pass, or behind "
+                               "the folded norm of unimixing_rmsnorm_pswiglu in about six backward and two "
+                               "forward passes; the fused path in up to four passes of at least 8 tokens), "
+                               "'all' (one pass) or a "
                                "positive integer, which shrinks the buffers and the training peak for "
                                "smaller, slower launches (RankMixer "
                                "block on the H200, 4 tokens per pass: 709 against 1009 MiB, 3.32 against "

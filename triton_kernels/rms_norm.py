@@ -262,6 +262,7 @@ class TokenPassNorm:
             raise ValueError(f"TokenPassNorm: {s.shape[0] * s.shape[1]} rows; at most 2^31 - 1")
         self.s, self.weight, self.eps, self.ds = s, weight, eps, ds
         self._rstd: dict[int, torch.Tensor] = {}
+        self._accumulate = False  # whether a pass has written the partial rows (plan resets it)
         self.partial: torch.Tensor | None = None
         self.dw: torch.Tensor | None = None
 
