@@ -86,6 +86,33 @@ def test_unimixing_rmsnorm_pswiglu_equals_the_two_ops(device, kernel_dtype, monk
 
 
 @pytest.mark.triton
+def test_wide_token_passes_free_their_buffers_before_the_next(device, monkeypatch):
+    # the wide-token path behind the folded norm: forward in two passes, backward in passes of
+    # four tokens (T = 10: 4, 4, 2); when a pass allocates its hidden buffers, no earlier pass's
+    # are alive (assigning them over the previous pass's names once kept two passes' at once)
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    monkeypatch.delenv("UNIMIXER_FFN_TOKEN_CHUNK", raising=False)
+    monkeypatch.setattr(kernels, "FUSED_MAX_D", 0)
+    made, alive_at_call = [], []
+    pre_tiled = kernels._pre_tiled
+
+    def tracked(*args, **kwargs):
+        alive_at_call.append([ref().shape[0] for ref in made if ref() is not None])  # tokens
+        out = pre_tiled(*args, **kwargs)
+        made.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(kernels, "_pre_tiled", tracked)
+    inputs = _inputs((3, 10, 12, 4, 10), torch.float32, device)
+    out = uk.unimixing_rmsnorm_pswiglu(*inputs, backend="triton")
+    torch.autograd.grad(out, inputs, torch.randn_like(out))
+    # forward: G then V of each of two passes (5 tokens); backward: of each of three passes
+    assert [len(a) for a in alive_at_call] == [0, 1] * 5
+    assert [a for a in alive_at_call[1::2]] == [[5], [5], [4], [4], [2]]
+
+
+@pytest.mark.triton
 def test_unimixing_rmsnorm_pswiglu_recomputing_ffn_backward(device, monkeypatch):
     # UNIMIXER_FFN_BACKWARD=recompute: the weight kernel forms A, dG, dV from each pass's u itself
     monkeypatch.setenv("UNIMIXER_FFN_BACKWARD", "recompute")
