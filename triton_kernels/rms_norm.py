@@ -168,21 +168,51 @@ def _launch_fwd(
     y = new_output((m, d), like=x)
     s = new_output((m, d), like=x) if mode == ADD_BEFORE else y
     rstd = new_output((m,), like=x, dtype=torch.float32)
-    if m > 0:
-        block_m, block_d, warps = _tile(d)
-        rms_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
-            x2, r2, weight, y, s, rstd,
-            m, d, x2.stride(0), r2.stride(0), y.stride(0), s.stride(0),
-            1, 0,
-            eps,
-            RESIDUAL=mode,
-            GROUPED=False,
-            BLOCK_M=block_m,
-            BLOCK_D=block_d,
-            num_warps=warps,
-        )
+    _run_fwd(x2, r2, weight, y, s, rstd, m, d, (x2.stride(0), r2.stride(0), y.stride(0), s.stride(0)), eps,
+             mode)
     shape = x.shape
     return y.view(shape), (s.view(shape) if mode == ADD_BEFORE else None), rstd
+
+
+def _run_fwd(x, r, weight, y, s, rstd, m: int, d: int, strides: tuple, eps: float, mode: tl.constexpr,
+             group: tuple[int, int] | None = None) -> None:
+    """:func:`rms_norm_fwd_kernel` over ``m`` rows (``strides``: of ``x``, ``r``, ``y``, ``s``);
+    ``group``: ``(group_rows, stride_xg)`` of token-slice rows (``GROUPED``), else plain rows."""
+    if m == 0:
+        return
+    block_m, block_d, warps = _tile(d)
+    rms_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
+        x, r, weight, y, s, rstd,
+        m, d, *strides,
+        *(group if group is not None else (1, 0)),
+        eps,
+        RESIDUAL=mode,
+        GROUPED=group is not None,
+        BLOCK_M=block_m,
+        BLOCK_D=block_d,
+        num_warps=warps,
+    )
+
+
+def _run_bwd(dy, dsum, s, weight, rstd, ds, partial, m: int, d: int, strides: tuple, rows_per_program: int,
+             programs: int, has_dsum: bool, group: tuple[int, int, int] | None = None,
+             accumulate: bool = False) -> None:
+    """:func:`rms_norm_bwd_kernel` on ``programs`` programs of ``rows_per_program`` rows
+    (``strides``: of ``dy``, ``dsum``, ``s``, ``ds``); ``group``: ``(group_rows, stride_sg,
+    stride_dsg)`` of token-slice rows (``GROUPED``), else plain rows."""
+    block_m, block_d, warps = _tile(d)
+    rms_norm_bwd_kernel[(programs,)](
+        dy, dsum, s, weight, rstd, ds, partial,
+        m, d, *strides,
+        rows_per_program,
+        *(group if group is not None else (1, 0, 0)),
+        HAS_DSUM=has_dsum,
+        GROUPED=group is not None,
+        BLOCK_M=block_m,
+        BLOCK_D=block_d,
+        ACCUMULATE=accumulate,
+        num_warps=warps,
+    )
 
 
 def _bwd_grid(m: int, d: int, device: torch.device) -> tuple[int, int]:
@@ -210,20 +240,11 @@ def rms_norm_bwd_partials(
     dsum2 = rows_2d(dsum) if dsum is not None else dy2
     m = s2.shape[0]
     ds = new_output((m, d), like=s)
-    block_m, block_d, warps = _tile(d)
     rows_per_program, programs = _bwd_grid(m, d, s.device)
     partial = new_output((programs, d), like=s, dtype=torch.float32)
-    rms_norm_bwd_kernel[(programs,)](
-        dy2, dsum2, s2, weight, rstd, ds, partial,
-        m, d, dy2.stride(0), dsum2.stride(0), s2.stride(0), ds.stride(0),
-        rows_per_program,
-        1, 0, 0,
-        HAS_DSUM=dsum is not None,
-        GROUPED=False,
-        BLOCK_M=block_m,
-        BLOCK_D=block_d,
-        num_warps=warps,
-    )
+    _run_bwd(dy2, dsum2, s2, weight, rstd, ds, partial, m, d,
+             (dy2.stride(0), dsum2.stride(0), s2.stride(0), ds.stride(0)), rows_per_program, programs,
+             has_dsum=dsum is not None)
     return ds.view(s.shape), partial
 
 
@@ -290,19 +311,8 @@ class TokenPassNorm:
         u = new_output((bs, n, d), like=x)
         rstd = new_output((m,), like=x, dtype=torch.float32)
         self._rstd[sl.start] = rstd
-        if m > 0:
-            block_m, block_d, warps = _tile(d)
-            rms_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
-                x, x, self.weight, u, u, rstd,
-                m, d, x.stride(1), 0, d, d,
-                n, x.stride(0),
-                self.eps,
-                RESIDUAL=NO_RESIDUAL,
-                GROUPED=True,
-                BLOCK_M=block_m,
-                BLOCK_D=block_d,
-                num_warps=warps,
-            )
+        _run_fwd(x, x, self.weight, u, u, rstd, m, d, (x.stride(1), 0, d, d), self.eps, NO_RESIDUAL,
+                 group=(n, x.stride(0)))
         return u
 
     def grads(self, sl: slice, du: torch.Tensor) -> None:
@@ -319,19 +329,9 @@ class TokenPassNorm:
                 self.partial.zero_()
                 self._accumulate = True
             return
-        block_m, block_d, warps = _tile(d)
-        rms_norm_bwd_kernel[(programs,)](
-            du, du, s, self.weight, self._rstd.pop(sl.start), ds, self.partial,
-            m, d, d, d, s.stride(1), ds.stride(1),
-            rows_per_program,
-            n, s.stride(0), ds.stride(0),
-            HAS_DSUM=False,
-            GROUPED=True,
-            BLOCK_M=block_m,
-            BLOCK_D=block_d,
-            ACCUMULATE=self._accumulate,
-            num_warps=warps,
-        )
+        _run_bwd(du, du, s, self.weight, self._rstd.pop(sl.start), ds, self.partial, m, d,
+                 (d, d, s.stride(1), ds.stride(1)), rows_per_program, programs, has_dsum=False,
+                 group=(n, s.stride(0), ds.stride(0)), accumulate=self._accumulate)
         self._accumulate = True
 
     def weight_grad_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
