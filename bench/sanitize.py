@@ -45,6 +45,7 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         FFN_CHUNK_SWITCH,
         FFN_TMA_SWITCH,
         NORM_SWITCH,
+        PAIRS_SWITCH,
         PDL_SWITCH,
         PERSISTENT_SWITCH,
         TILE_SWITCH,
@@ -69,6 +70,9 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         tiled = dict(TILE_OVERRIDE=(16, 16), SMALL_MAX_N=4, RESIDENT=False)
         paths.append((f" [tiled, 16x16 tiles, {PERSISTENT_SWITCH}=0]",
                       mock.patch.multiple(sinkhorn, **tiled)))
+        # symmetric logits take one program per pair of mirrored tiles by default; one per tile too
+        paths.append((f" [tiled, 16x16 tiles, {PAIRS_SWITCH}=0]",
+                      _patched(sinkhorn, tiled, {PAIRS_SWITCH: "0"})))
         paths.append((" [tiled, resident, 16x16 tiles]",
                       mock.patch.multiple(sinkhorn, **dict(tiled, RESIDENT=True, RESIDENT_CHECK=True))))
         if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0):

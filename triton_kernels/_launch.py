@@ -17,6 +17,7 @@ PERSISTENT_SWITCH = "UNIMIXER_SINKHORN_PERSISTENT"
 FFN_BACKWARD_SWITCH = "UNIMIXER_FFN_BACKWARD"
 PDL_SWITCH = "UNIMIXER_PDL"
 TILE_SWITCH = "UNIMIXER_SINKHORN_TILE"
+PAIRS_SWITCH = "UNIMIXER_SINKHORN_PAIRS"
 UNIMIXING_BWD_SWITCH = "UNIMIXER_UNIMIXING_BACKWARD"
 UNIMIXING_FWD_SWITCH = "UNIMIXER_UNIMIXING_FORWARD"
 LOCAL_TILE_SWITCH = "UNIMIXER_UNIMIXING_LOCAL_TILE"
@@ -71,6 +72,11 @@ SWITCHES = {
                              "result through TMA tensor descriptors where their addresses and strides allow "
                              "it and the TMA tile divides the GEMM's M, N and K; elsewhere pointer loads "
                              "and autotuned tiles), '1' (TMA wherever allowed) or '0' (pointer loads only)"),
+    PAIRS_SWITCH: ("auto", "one-launch-per-half-step Sinkhorn kernels on symmetric logits: 'auto' (square "
+                           "tiles: one program per pair of mirrored tiles, which are each other's "
+                           "transpose, so every half-step reads half of the logits' workspace and the "
+                           "last backward launch writes both tiles of dM without a symmetrising pass) "
+                           "or '0' (one program per tile)"),
     TILE_SWITCH: ("auto", "tile of the one-launch-per-half-step Sinkhorn kernels (the resident ones use "
                           "64x128): 'auto' (64x64, 4 warps) or 'BMxBN' "
                           "(powers of two, 16..256, BM*BN <= 16384; 4 warps below 8192 entries)"),

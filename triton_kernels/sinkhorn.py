@@ -98,6 +98,7 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ._launch import (
+    PAIRS_SWITCH,
     PERSISTENT_SWITCH,
     POLL_SWITCH,
     TILE_SWITCH,
@@ -414,11 +415,22 @@ def _exp(x, FAST: tl.constexpr):
 
 
 @triton.jit
-def _tile_index(tile, n, n_ct, BM: tl.constexpr, BN: tl.constexpr, EVEN: tl.constexpr):
-    """Tile ``(p, q) = divmod(tile, n_ct)`` of an ``n x n`` matrix: ``p, q``, its rows and columns,
-    their masks and the tile's mask (``_masks``)."""
-    p = tile // n_ct
-    q = tile % n_ct
+def _tile_index(tile, n, n_ct, BM: tl.constexpr, BN: tl.constexpr, EVEN: tl.constexpr,
+                PAIRS: tl.constexpr = False):
+    """Tile ``(p, q)`` of an ``n x n`` matrix: ``divmod(tile, n_ct)``, or with ``PAIRS`` (square tiles,
+    ``n_ct`` a side) the ``tile``-th of the ``n_ct (n_ct + 1) / 2`` unordered pairs ``{p, q}``:
+    ``p = a``, ``q = (a + b) mod n_ct`` for ``b`` from 0 to ``n_ct // 2``, where an even ``n_ct`` takes
+    ``b = n_ct / 2`` only for ``a < n_ct / 2`` (``{a, a + n_ct / 2}`` would come twice). Returns
+    ``p, q``, its rows and columns, their masks and the tile's mask (``_masks``)."""
+    if PAIRS:
+        h = (n_ct + 1) // 2
+        full = n_ct * h
+        a = tl.where(tile < full, tile // h, tile - full)
+        p = a
+        q = (a + tl.where(tile < full, tile % h, n_ct // 2)) % n_ct
+    else:
+        p = tile // n_ct
+        q = tile % n_ct
     rows = p * BM + tl.arange(0, BM)
     cols = q * BN + tl.arange(0, BN)
     rmask, cmask = _masks(rows, cols, n, BM, BN, EVEN)
@@ -427,21 +439,79 @@ def _tile_index(tile, n, n_ct, BM: tl.constexpr, BN: tl.constexpr, EVEN: tl.cons
 
 @triton.jit
 def _tile_frame(
-    x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+    x_in, tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    DOT_IEEE: tl.constexpr, X_GIVEN: tl.constexpr, EVEN: tl.constexpr,
+    DOT_IEEE: tl.constexpr, X_GIVEN: tl.constexpr, EVEN: tl.constexpr, PAIRS: tl.constexpr,
 ):
     """Tile ``(p, q)`` of matrix ``mat``, as every forward and backward half-step sees it: indices,
-    masks, its logits (``x_in`` when ``X_GIVEN``, else formed or loaded) and the potentials' rows."""
-    p, q, rows, cols, rmask, cmask, m2 = _tile_index(tile, n, n_ct, BM, BN, EVEN)
+    masks and its logits (``x_in`` when ``X_GIVEN``, else formed or loaded)."""
+    p, q, rows, cols, rmask, cmask, m2 = _tile_index(tile, n, n_ct, BM, BN, EVEN, PAIRS)
     if X_GIVEN:
         x = x_in
     else:
         x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
                          MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EVEN)
-    urow = U + mat * K * n + rows
-    vcol = V + mat * K * n + cols
-    return p, q, rows, cols, rmask, cmask, m2, x, urow, vcol
+    return p, q, rows, cols, rmask, cmask, m2, x
+
+
+# --- orientations: a tile, or (PAIRS) its mirror image read from the same registers -------------
+# With PAIRS, one program holds the S0 tile (p, q) and also stands for the mirrored tile (q, p),
+# which for symmetric logits is its transpose, bit for bit. The half-steps below are written for an
+# "orientation": its rows and columns with their masks and band indices, and MIRROR, which says
+# whether its rows run along the tile's axis 0 (the tile itself) or axis 1 (the mirror). These
+# helpers broadcast its row and column vectors over the tile and reduce along its rows or columns.
+
+
+@triton.jit
+def _rv(v, MIRROR: tl.constexpr):
+    """A vector over the orientation's rows, broadcast over the tile."""
+    if MIRROR:
+        return v[None, :]
+    else:
+        return v[:, None]
+
+
+@triton.jit
+def _cv(v, MIRROR: tl.constexpr):
+    """A vector over the orientation's columns, broadcast over the tile."""
+    if MIRROR:
+        return v[:, None]
+    else:
+        return v[None, :]
+
+
+@triton.jit
+def _row_sums(x, MIRROR: tl.constexpr):
+    """Sums of the orientation's rows (over its columns)."""
+    if MIRROR:
+        return tl.sum(x, axis=0)
+    else:
+        return tl.sum(x, axis=1)
+
+
+@triton.jit
+def _col_sums(x, MIRROR: tl.constexpr):
+    """Sums of the orientation's columns (over its rows)."""
+    if MIRROR:
+        return tl.sum(x, axis=1)
+    else:
+        return tl.sum(x, axis=0)
+
+
+@triton.jit
+def _row_lse(x, MIRROR: tl.constexpr):
+    if MIRROR:
+        return _lse(x, 0)
+    else:
+        return _lse(x, 1)
+
+
+@triton.jit
+def _col_lse(x, MIRROR: tl.constexpr):
+    if MIRROR:
+        return _lse(x, 1)
+    else:
+        return _lse(x, 0)
 
 
 @triton.jit
@@ -478,9 +548,29 @@ def _fwd_tile(
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, X_GIVEN: tl.constexpr, PLAIN: tl.constexpr,
-    EVEN: tl.constexpr, FAST_EXP: tl.constexpr,
+    EVEN: tl.constexpr, FAST_EXP: tl.constexpr, PAIRS: tl.constexpr,
 ):
-    """One forward half-step over tile ``tile = (p, q)`` of matrix ``mat``.
+    """One forward half-step (``_fwd_half``) over tile ``tile`` of matrix ``mat``, and with ``PAIRS``
+    over its mirror image too (off the diagonal), from the one ``S0`` tile read."""
+    p, q, rows, cols, rmask, cmask, m2, x = _tile_frame(
+        x_in, tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN, EVEN, PAIRS)
+    _fwd_half(x, m2, mat, p, q, rows, cols, rmask, cmask, WS, P, U, V, PR, PC, CNT, n, K, k, n_rt, n_ct,
+              PHASE, MODE, False, RT_P, CT_P, PLAIN, FAST_EXP)
+    if PAIRS:
+        if p != q:
+            _fwd_half(x, m2, mat, q, p, cols, rows, cmask, rmask, WS, P, U, V, PR, PC, CNT, n, K, k, n_rt,
+                      n_ct, PHASE, MODE, True, RT_P, CT_P, PLAIN, FAST_EXP)
+
+
+@triton.jit
+def _fwd_half(
+    x, m2, mat, p, q, rows, cols, rmask, cmask, WS, P, U, V, PR, PC, CNT, n, K, k, n_rt, n_ct,
+    PHASE: tl.constexpr, MODE: tl.constexpr, MIRROR: tl.constexpr, RT_P: tl.constexpr, CT_P: tl.constexpr,
+    PLAIN: tl.constexpr, FAST_EXP: tl.constexpr,
+):
+    """One forward half-step over one orientation (``p``, ``q``: its row and column bands; ``rows``,
+    ``cols`` and masks its own) of the ``S0`` tile ``x``.
 
     PR ``[n_mat, n_ct, n]``: per column-tile partial ``lse_j`` for the next row potential.
     PC ``[n_mat, n_rt, n]``: per row-tile partial ``lse_i`` for the next column potential.
@@ -489,52 +579,52 @@ def _fwd_tile(
     next launch reads ``BM`` (or ``BN``) potentials rather than combining the partials again in every
     tile (at n = 4096 that combine was as much work as the tile itself).
     ``base`` is ``S0`` in iteration 1 and ``T1 = S0 - u_1 - v_1`` after it.
-    PHASE 0 (init): S0 -> workspace (MODE 0); PR = lse_j(S0); the last in a row band: U[0] (u_1).
+    PHASE 0 (init): S0 -> workspace (MODE 0, the tile itself only); PR = lse_j(S0); the last in a row
+    band: U[0] (u_1).
     PHASE 1 (row step k): u = U[k]; PC from base - u; the last in a column band: V[k].
     PHASE 2 (column step k < K): v = V[k]; PR from T1 - (v if k > 1 else 0); the last in a row
     band: U[k + 1].
     PHASE 3 (column step K): P = exp(T1 - u - v) (relative potentials).
-    X_GIVEN: the S0 tile is ``x_in`` (read early by a PDL launch).
     Only the first iteration's partials need ``_lse``'s maximum (PHASE 0, and PHASE 1 at k = 0):
     every later half-step starts from an iterate normalised along the other axis, whose sums lie in
     ``[1 / n, n]`` (``sinkhorn_resident_fwd_kernel``), so its partials are plain sums of
     exponentials, and the band's last program takes the log of their sum (PHASE 2, and PHASE 1 with
-    ``PLAIN``, k >= 1)."""
-    p, q, rows, cols, rmask, cmask, m2, x, urow, vcol = _tile_frame(
-        x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN, EVEN)
+    ``PLAIN``, k >= 1). Each entry is formed by the same operations in either orientation."""
+    urow = U + mat * K * n + rows
+    vcol = V + mat * K * n + cols
     rcount = CNT + mat * (n_rt + n_ct) + p
     ccount = CNT + mat * (n_rt + n_ct) + n_rt + q
     if PHASE == 0:
-        if MODE == 0:
+        if MODE == 0 and not MIRROR:
             tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
-        tl.store(PR + (mat * n_ct + q) * n + rows, _lse(tl.where(m2, x, float("-inf")), 1), mask=rmask)
+        part = _row_lse(tl.where(m2, x, float("-inf")), MIRROR)
+        tl.store(PR + (mat * n_ct + q) * n + rows, part, mask=rmask)
         _arrive(rcount, PR + mat * n_ct * n, rows, rmask, urow, n, n_ct, _LSE, CT_P)
     elif PHASE == 1:
         u = tl.load(urow + k * n, mask=rmask, other=0.0, cache_modifier=".cg")
         # k = 0: the masked loads give u_1 = v_1 = 0, so base = S0
-        base = x - tl.load(urow, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")[:, None]
-        base = base - tl.load(vcol, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")[None, :]
+        base = x - _rv(tl.load(urow, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg"), MIRROR)
+        base = base - _cv(tl.load(vcol, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg"), MIRROR)
         if PLAIN:
-            part = tl.sum(_exp(tl.where(m2, base - u[:, None], float("-inf")), FAST_EXP), axis=0)
+            part = _col_sums(_exp(tl.where(m2, base - _rv(u, MIRROR), float("-inf")), FAST_EXP), MIRROR)
         else:
-            part = _lse(tl.where(m2, base - u[:, None], float("-inf")), 0)
+            part = _col_lse(tl.where(m2, base - _rv(u, MIRROR), float("-inf")), MIRROR)
         tl.store(PC + (mat * n_rt + p) * n + cols, part, mask=cmask)
         _arrive(ccount, PC + mat * n_rt * n, cols, cmask, vcol + k * n, n, n_rt, _LOG_SUM if PLAIN else _LSE,
                 RT_P)
     else:
-        t1 = (x - tl.load(urow, mask=rmask, other=0.0, cache_modifier=".cg")[:, None]) \
-            - tl.load(vcol, mask=cmask, other=0.0, cache_modifier=".cg")[None, :]
+        t1 = (x - _rv(tl.load(urow, mask=rmask, other=0.0, cache_modifier=".cg"), MIRROR)) \
+            - _cv(tl.load(vcol, mask=cmask, other=0.0, cache_modifier=".cg"), MIRROR)
         v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
         if PHASE == 2:
             # row step k + 1 >= 1 starts from a column-normalised iterate: plain sums (PLAIN)
-            part = tl.sum(_exp(tl.where(m2, t1 - v[None, :], float("-inf")), FAST_EXP), axis=1)
+            part = _row_sums(_exp(tl.where(m2, t1 - _cv(v, MIRROR), float("-inf")), FAST_EXP), MIRROR)
             tl.store(PR + (mat * n_ct + q) * n + rows, part, mask=rmask)
             _arrive(rcount, PR + mat * n_ct * n, rows, rmask, urow + (k + 1) * n, n, n_ct, _LOG_SUM, CT_P)
         else:
             u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")
-            pv = _exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")), FAST_EXP)
-            tl.store(P + mat * n * n + rows[:, None] * n + cols[None, :], pv, mask=m2)
+            pv = _exp(tl.where(m2, t1 - _rv(u, MIRROR) - _cv(v, MIRROR), float("-inf")), FAST_EXP)
+            tl.store(P + mat * n * n + _rv(rows, MIRROR) * n + _cv(cols, MIRROR), pv, mask=m2)
 
 
 @triton.jit
@@ -545,11 +635,54 @@ def _bwd_tile(
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, X_GIVEN: tl.constexpr, FIRST: tl.constexpr,
-    EVEN: tl.constexpr, FAST_EXP: tl.constexpr,
+    EVEN: tl.constexpr, FAST_EXP: tl.constexpr, PAIRS: tl.constexpr,
 ):
-    """One backward half-step over tile ``(p, q)``. The working gradient's ``n x n`` workspace
-    ``G`` holds ``dP * P`` from the first launch (read again by the first column step) until the
-    last launch turns it into ``G``; no half-step in between reads or writes it.
+    """One backward half-step (``_bwd_half``, or with ``LAST`` ``_bwd_last``) over tile ``(p, q)``,
+    and with ``PAIRS`` over its mirror image too. ``LAST`` writes ``dM = G * grad_scale`` into DX when
+    not symmetric, else ``G`` back into G for ``sinkhorn_tile_sym_kernel``, or with ``PAIRS``
+    ``dM = (G + G^T) * grad_scale`` into both tiles of the pair itself (no symmetrising pass): the
+    tile's ``G`` and its mirror's are both in registers."""
+    p, q, rows, cols, rmask, cmask, m2, x = _tile_frame(
+        x_in, tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
+        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN, EVEN, PAIRS)
+    if LAST:
+        g = _bwd_last(x, m2, mat, rows, cols, rmask, cmask, U, V, CS, RS, G, n, K, False, FAST_EXP)
+        out = DX + mat * n * n + rows[:, None] * n + cols[None, :]
+        if PAIRS:
+            if p != q:
+                gm = _bwd_last(x, m2, mat, cols, rows, cmask, rmask, U, V, CS, RS, G, n, K, True, FAST_EXP)
+                # the sums' order of sinkhorn_tile_sym_kernel (G + G^T), so the same bits
+                dm = ((g + gm) * grad_scale).to(DX.dtype.element_ty)
+                tl.store(out, dm, mask=m2)
+                tl.store(DX + mat * n * n + cols[None, :] * n + rows[:, None], dm, mask=m2)
+            else:
+                tl.store(out, ((g + tl.trans(g)) * grad_scale).to(DX.dtype.element_ty), mask=m2)
+        elif SYMMETRIC:
+            tl.store(G + mat * n * n + rows[:, None] * n + cols[None, :], g, mask=m2)
+        else:
+            tl.store(out, (g * grad_scale).to(DX.dtype.element_ty), mask=m2)
+    else:
+        _bwd_half(x, m2, mat, p, q, rows, cols, rmask, cmask, WS, DP, U, V, CS, RS, G, PR, PC, QR, QC, CNT,
+                  n, K, k, n_rt, n_ct, sd0, sd1, sd2, PHASE, MODE, False, BM, BN, RT_P, CT_P, FIRST,
+                  FAST_EXP)
+        if PAIRS:
+            if p != q:
+                _bwd_half(x, m2, mat, q, p, cols, rows, cmask, rmask, WS, DP, U, V, CS, RS, G, PR, PC, QR,
+                          QC, CNT, n, K, k, n_rt, n_ct, sd0, sd1, sd2, PHASE, MODE, True, BN, BM, RT_P,
+                          CT_P, FIRST, FAST_EXP)
+
+
+@triton.jit
+def _bwd_half(
+    x, m2, mat, p, q, rows, cols, rmask, cmask, WS, DP, U, V, CS, RS, G, PR, PC, QR, QC, CNT,
+    n, K, k, n_rt, n_ct, sd0, sd1, sd2,
+    PHASE: tl.constexpr, MODE: tl.constexpr, MIRROR: tl.constexpr, RB: tl.constexpr, CB: tl.constexpr,
+    RT_P: tl.constexpr, CT_P: tl.constexpr, FIRST: tl.constexpr, FAST_EXP: tl.constexpr,
+):
+    """One backward half-step but the last over one orientation (``p``, ``q``, ``rows``, ``cols`` as in
+    ``_fwd_half``; ``RB``, ``CB``: its numbers of rows and columns). The working gradient's
+    ``n x n`` workspace ``G`` holds ``dP * P`` from the first launch (read again by the first column
+    step) until the last launch turns it into ``G``; no half-step in between reads or writes it.
 
     Every half-step needs only ``G``'s sums along one axis, and those follow from the previous
     step's sums by one matrix-vector product with the iterate: after column step ``k``,
@@ -559,7 +692,7 @@ def _bwd_tile(
     ``c_k (1 - colsum(E_col(k)))``, zero up to the iterates' rounding, which the reference's ``G``
     carries too (dropping them doubled the error at tau = 0.05). The sums ``c_k`` (``CS [n_mat, K,
     n]``) and ``r_k`` (``RS``) are kept, and the last launch forms ``G`` as the reference's sequence
-    ``dP * P - E_col(K-1) c_{K-1} - E_row(K-1) r_{K-1} - ... - E_row(0) r_0``.
+    ``dP * P - E_col(K-1) c_{K-1} - E_row(K-1) r_{K-1} - ... - E_row(0) r_0`` (``_bwd_last``).
 
     Each half-step forms one iterate: the residual's sums over a tile, ``rowsum(E_row(k+1))`` and
     ``colsum(E_col(k))``, are of the iterate the launch before formed, which left them per tile in
@@ -576,28 +709,25 @@ def _bwd_tile(
     ``G`` by the first launch and read back by the last rather than formed twice: the first launch
     forms ``S0`` from the logits, and with FMA contraction its product can differ in the last bit
     from the workspace's (on the H200 the gradient's error reached 27x torch's; a half-ulp
-    perturbation of that ``S0`` gives 9.7x in the interpreter).
+    perturbation of that ``S0`` gives 9.7x in the interpreter). A mirrored entry is always formed
+    by the same program, in the same orientation.
 
     PR ``[n_mat, n_ct, n]``: per column-tile partial row sums; PC ``[n_mat, n_rt, n]``: per row-tile
     partial column sums. Iterates: ``T1 - u_k - v_k`` after column step ``k`` (u, v relative, 0 for
     k = 1) and ``T1 - u_k - v_{k-1}`` after row step ``k > 1``, ``S0 - u_1`` after row step 1
     (0-based ``k`` below).
-    CNT: arrivals per band, as in ``_fwd_tile``: the last tile of a band to finish sums the band's
+    CNT: arrivals per band, as in ``_fwd_half``: the last tile of a band to finish sums the band's
     partials into CS or RS.
-    PHASE 0 (init): S0 -> workspace (MODE 0); ``dP * P`` into G, its column sums into PC; the last
-    in a column band: ``c_{K-1}``.
+    PHASE 0 (init): S0 -> workspace (MODE 0, the tile itself only); ``dP * P`` into G, its column
+    sums into PC; the last in a column band: ``c_{K-1}``.
     PHASE 1 (column step k): ``c_k`` from CS; PR as above; the last in a row band: ``r_k``.
-    PHASE 2 (row step k): ``r_k`` from RS; PC as above, the last in a column band: ``c_{k-1}``, or,
-    with LAST (k = 0): ``G`` as above from G's ``dP * P``, and ``dM = G * grad_scale`` into DX when not
-    symmetric, else ``G`` back into G for ``sinkhorn_tile_sym_kernel``.
-    X_GIVEN: the S0 tile is ``x_in`` (read early by a PDL launch)."""
-    p, q, rows, cols, rmask, cmask, m2, x, urow, vcol = _tile_frame(
-        x_in, tile, mat, SRC, A, B, WS, U, V, n, rank, K, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN, EVEN)
-    r1 = x - tl.load(urow, mask=rmask, other=0.0, cache_modifier=".cg")[:, None]
-    t1 = r1 - tl.load(vcol, mask=cmask, other=0.0, cache_modifier=".cg")[None, :]
+    PHASE 2 (row step k >= 1): ``r_k`` from RS; PC as above, the last in a column band: ``c_{k-1}``."""
+    urow = U + mat * K * n + rows
+    vcol = V + mat * K * n + cols
+    r1 = x - _rv(tl.load(urow, mask=rmask, other=0.0, cache_modifier=".cg"), MIRROR)
+    t1 = r1 - _cv(tl.load(vcol, mask=cmask, other=0.0, cache_modifier=".cg"), MIRROR)
     u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")
-    gptr = G + mat * n * n + rows[:, None] * n + cols[None, :]
+    gptr = G + mat * n * n + _rv(rows, MIRROR) * n + _cv(cols, MIRROR)
     prow = PR + (mat * n_ct + q) * n + rows
     pcol = PC + (mat * n_rt + p) * n + cols
     qrow = QR + (mat * n_ct + q) * n + rows
@@ -607,25 +737,25 @@ def _bwd_tile(
     rcount = CNT + mat * (n_rt + n_ct) + p
     ccount = CNT + mat * (n_rt + n_ct) + n_rt + q
     if PHASE == 0:
-        if MODE == 0:
+        if MODE == 0 and not MIRROR:
             tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
         v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
-        pv = _exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")), FAST_EXP)
-        dp = tl.load(DP + mat * sd0 + rows[:, None] * sd1 + cols[None, :] * sd2, mask=m2, other=0.0)
+        pv = _exp(tl.where(m2, t1 - _rv(u, MIRROR) - _cv(v, MIRROR), float("-inf")), FAST_EXP)
+        dp = tl.load(DP + mat * sd0 + _rv(rows, MIRROR) * sd1 + _cv(cols, MIRROR) * sd2, mask=m2, other=0.0)
         g = dp.to(tl.float32) * pv
         tl.store(gptr, g, mask=m2)
-        tl.store(pcol, tl.sum(g, axis=0), mask=cmask)
+        tl.store(pcol, _col_sums(g, MIRROR), mask=cmask)
         _arrive(ccount, PC + mat * n_rt * n, cols, cmask, csum + k * n, n, n_rt, _SUM, RT_P)
     elif PHASE == 1:
         c = tl.load(csum + k * n, mask=cmask, other=0.0, cache_modifier=".cg")
         v = tl.load(vcol + k * n, mask=cmask & (k > 0), other=0.0, cache_modifier=".cg")
-        e = _exp(tl.where(m2, t1 - u[:, None] - v[None, :], float("-inf")), FAST_EXP)
+        e = _exp(tl.where(m2, t1 - _rv(u, MIRROR) - _cv(v, MIRROR), float("-inf")), FAST_EXP)
         # this tile's column sums of E_col(k), for row step k (none follows k = 0: it is the last)
-        tl.store(qcol, tl.sum(e, axis=0), mask=cmask & (k > 0))
+        tl.store(qcol, _col_sums(e, MIRROR), mask=cmask & (k > 0))
         if FIRST:
             # (k = K - 1) G's row sums before the first step: those of dP * P, from the init pass
             w = tl.load(gptr, mask=m2, other=0.0, cache_modifier=".cg")
-            part = tl.sum(w - e * c[None, :], axis=1)
+            part = _row_sums(w - e * _cv(c, MIRROR), MIRROR)
         else:
             # after row step k + 1: r_{k+1} (1 - rowsum(E_row(k + 1))), this tile's share (r_{k+1}
             # counted in column tile 0); that launch formed E_row(k + 1) and left its sums in QR
@@ -635,42 +765,42 @@ def _bwd_tile(
             # vector combined with the reduction's result would change layout through shared memory,
             # every replica of an element writing its word: racecheck's hazards in run59)
             carry = tl.where(q == 0, rp, 0.0) - rp * qr
-            first = tl.arange(0, BN)[None, :] == 0
-            part = tl.sum(tl.where(first, carry[:, None], 0.0) - e * c[None, :], axis=1)
+            first = _cv(tl.arange(0, CB) == 0, MIRROR)
+            part = _row_sums(tl.where(first, _rv(carry, MIRROR), 0.0) - e * _cv(c, MIRROR), MIRROR)
         tl.store(prow, part, mask=rmask)
         _arrive(rcount, PR + mat * n_ct * n, rows, rmask, rsum + k * n, n, n_ct, _SUM, CT_P)
     else:
         r = tl.load(rsum + k * n, mask=rmask, other=0.0, cache_modifier=".cg")
-        if LAST:
-            g = tl.load(gptr, mask=m2, other=0.0, cache_modifier=".cg")
-            g = _grad_final(g, rmask, cmask, m2, r1, t1, urow, vcol, csum, rsum, r, K, n, FAST_EXP)
-            if SYMMETRIC:
-                tl.store(gptr, g, mask=m2)
-            else:
-                tl.store(DX + mat * n * n + rows[:, None] * n + cols[None, :],
-                         (g * grad_scale).to(DX.dtype.element_ty), mask=m2)
-        else:
-            # k >= 1 here
-            vp = tl.load(vcol + (k - 1) * n, mask=cmask & (k > 1), other=0.0, cache_modifier=".cg")
-            e = _exp(tl.where(m2, t1 - u[:, None] - vp[None, :], float("-inf")), FAST_EXP)
-            # this tile's row sums of E_row(k), for column step k - 1
-            tl.store(qrow, tl.sum(e, axis=1), mask=rmask)
-            # G's column sums after column step k: c_k (1 - colsum(E_col(k))), this tile's share (c_k
-            # counted in row tile 0); column step k formed E_col(k) and left its sums in QC
-            c = tl.load(csum + k * n, mask=cmask, other=0.0, cache_modifier=".cg")
-            qc = tl.load(qcol, mask=cmask, other=0.0, cache_modifier=".cg")
-            carry = tl.where(p == 0, c, 0.0) - c * qc  # in the tile's first row, as in column steps
-            first = tl.arange(0, BM)[:, None] == 0
-            part = tl.sum(tl.where(first, carry[None, :], 0.0) - e * r[:, None], axis=0)
-            tl.store(pcol, part, mask=cmask)
-            _arrive(ccount, PC + mat * n_rt * n, cols, cmask, csum + (k - 1) * n, n, n_rt, _SUM, RT_P)
+        vp = tl.load(vcol + (k - 1) * n, mask=cmask & (k > 1), other=0.0, cache_modifier=".cg")
+        e = _exp(tl.where(m2, t1 - _rv(u, MIRROR) - _cv(vp, MIRROR), float("-inf")), FAST_EXP)
+        # this tile's row sums of E_row(k), for column step k - 1
+        tl.store(qrow, _row_sums(e, MIRROR), mask=rmask)
+        # G's column sums after column step k: c_k (1 - colsum(E_col(k))), this tile's share (c_k
+        # counted in row tile 0); column step k formed E_col(k) and left its sums in QC
+        c = tl.load(csum + k * n, mask=cmask, other=0.0, cache_modifier=".cg")
+        qc = tl.load(qcol, mask=cmask, other=0.0, cache_modifier=".cg")
+        carry = tl.where(p == 0, c, 0.0) - c * qc  # in the tile's first row, as in column steps
+        first = _rv(tl.arange(0, RB) == 0, MIRROR)
+        part = _col_sums(tl.where(first, _cv(carry, MIRROR), 0.0) - e * _rv(r, MIRROR), MIRROR)
+        tl.store(pcol, part, mask=cmask)
+        _arrive(ccount, PC + mat * n_rt * n, cols, cmask, csum + (k - 1) * n, n, n_rt, _SUM, RT_P)
 
 
 @triton.jit
-def _grad_final(g, rmask, cmask, m2, r1, t1, urow, vcol, csum, rsum, r0, K, n, FAST_EXP: tl.constexpr):
-    """The reference's working gradient after the whole backward on the tile (``_bwd_tile``): ``g``
-    (``dP * P``) less every step's iterate times its sums, in the reference's order (last iteration
-    first, column step before row step). ``r0``: the row sums of the last step (k = 0)."""
+def _bwd_last(x, m2, mat, rows, cols, rmask, cmask, U, V, CS, RS, G, n, K, MIRROR: tl.constexpr,
+              FAST_EXP: tl.constexpr):
+    """The last backward launch's working gradient ``G`` on one orientation (``_bwd_half``): ``dP * P``
+    from the first launch, less every step's iterate times its sums, in the reference's order (last
+    iteration first, column step before row step), with ``r_0`` the row sums of the last step."""
+    urow = U + mat * K * n + rows
+    vcol = V + mat * K * n + cols
+    csum = CS + mat * K * n + cols
+    rsum = RS + mat * K * n + rows
+    r1 = x - _rv(tl.load(urow, mask=rmask, other=0.0, cache_modifier=".cg"), MIRROR)
+    t1 = r1 - _cv(tl.load(vcol, mask=cmask, other=0.0, cache_modifier=".cg"), MIRROR)
+    r0 = tl.load(rsum, mask=rmask, other=0.0, cache_modifier=".cg")
+    g = tl.load(G + mat * n * n + _rv(rows, MIRROR) * n + _cv(cols, MIRROR), mask=m2, other=0.0,
+                cache_modifier=".cg")
     t1 = tl.where(m2, t1, float("-inf"))
     for t in range(0, K - 1):
         j = K - 1 - t  # iterations K-1 .. 1 (relative potentials)
@@ -679,11 +809,11 @@ def _grad_final(g, rmask, cmask, m2, r1, t1, urow, vcol, csum, rsum, r0, K, n, F
         vp = tl.load(vcol + (j - 1) * n, mask=cmask & (j > 1), other=0.0)
         c = tl.load(csum + j * n, mask=cmask, other=0.0)
         rj = tl.load(rsum + j * n, mask=rmask, other=0.0)
-        g = g - _exp(t1 - u[:, None] - v[None, :], FAST_EXP) * c[None, :]
-        g = g - _exp(t1 - u[:, None] - vp[None, :], FAST_EXP) * rj[:, None]
+        g = g - _exp(t1 - _rv(u, MIRROR) - _cv(v, MIRROR), FAST_EXP) * _cv(c, MIRROR)
+        g = g - _exp(t1 - _rv(u, MIRROR) - _cv(vp, MIRROR), FAST_EXP) * _rv(rj, MIRROR)
     # iteration 0: E_col = exp(T1), E_row = exp(S0 - u_1)
-    g = g - _exp(t1, FAST_EXP) * tl.load(csum, mask=cmask, other=0.0)[None, :]
-    g = g - _exp(tl.where(m2, r1, float("-inf")), FAST_EXP) * r0[:, None]
+    g = g - _exp(t1, FAST_EXP) * _cv(tl.load(csum, mask=cmask, other=0.0), MIRROR)
+    g = g - _exp(tl.where(m2, r1, float("-inf")), FAST_EXP) * _rv(r0, MIRROR)
     return g
 
 
@@ -717,20 +847,21 @@ def sinkhorn_tile_fwd_kernel(
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, PLAIN: tl.constexpr,
-    EVEN: tl.constexpr = False, FAST_EXP: tl.constexpr = False,
+    EVEN: tl.constexpr = False, FAST_EXP: tl.constexpr = False, PAIRS: tl.constexpr = False,
 ):
-    """One forward half-step (``_fwd_tile``); grid ``(n_rt * n_ct, n_mat)``. ``EARLY`` (with
-    ``PDL``): the S0 tile is read (or formed from the factors) before the wait, overlapping the
-    previous launch, which must not write what it reads (see ``tiled_fwd``). ``EVEN``: the tiles
-    divide ``n`` (``_masks``); ``FAST_EXP``: ``_exp``'s flush-to-zero form (sm_90 builds); ``flip``:
-    ``_program_tile``."""
+    """One forward half-step (``_fwd_tile``); grid ``(tiles, n_mat)``: ``n_rt * n_ct`` tiles, or with
+    ``PAIRS`` (symmetric logits, square tiles) ``n_ct (n_ct + 1) / 2`` pairs of mirrored tiles
+    (``_tile_index``). ``EARLY`` (with ``PDL``): the S0 tile is read (or formed from the factors)
+    before the wait, overlapping the previous launch, which must not write what it reads (see
+    ``tiled_fwd``). ``EVEN``: the tiles divide ``n`` (``_masks``); ``FAST_EXP``: ``_exp``'s
+    flush-to-zero form (sm_90 builds); ``flip``: ``_program_tile``."""
     tile, mat = _program_tile(flip)
     x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN)
+                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN, PAIRS)
     _pdl_prologue(PDL)
     _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, CNT,
               n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-              PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY, PLAIN, EVEN, FAST_EXP)
+              PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY, PLAIN, EVEN, FAST_EXP, PAIRS)
 
 
 @triton.jit
@@ -741,18 +872,18 @@ def sinkhorn_tile_bwd_kernel(
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, FIRST: tl.constexpr,
-    EVEN: tl.constexpr = False, FAST_EXP: tl.constexpr = False,
+    EVEN: tl.constexpr = False, FAST_EXP: tl.constexpr = False, PAIRS: tl.constexpr = False,
 ):
-    """One backward half-step (``_bwd_tile``); grid ``(n_rt * n_ct, n_mat)``; ``EARLY``, ``EVEN`` and
-    ``FAST_EXP`` as in ``sinkhorn_tile_fwd_kernel``; ``flip``: ``_program_tile``."""
+    """One backward half-step (``_bwd_tile``); grid, ``EARLY``, ``EVEN``, ``FAST_EXP`` and ``PAIRS`` as
+    in ``sinkhorn_tile_fwd_kernel``; ``flip``: ``_program_tile``."""
     tile, mat = _program_tile(flip)
     x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN)
+                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN, PAIRS)
     _pdl_prologue(PDL)
     _bwd_tile(x, tile, mat, SRC, A, B, WS, DP, U, V, CS, RS, G, DX, PR, PC, QR, QC, CNT,
               n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale,
               grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY, FIRST,
-              EVEN, FAST_EXP)
+              EVEN, FAST_EXP, PAIRS)
 
 
 @triton.jit
@@ -781,12 +912,12 @@ def _held_tile(
     pid, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr, HOLD: tl.constexpr,
-    EVEN: tl.constexpr,
+    EVEN: tl.constexpr, PAIRS: tl.constexpr,
 ):
-    """With ``HOLD``, the S0 tile ``pid``, read (or formed) by an early PDL launch before its wait;
-    ``0.0`` otherwise."""
+    """With ``HOLD``, the S0 tile ``pid`` (``_tile_index``), read (or formed) by an early PDL launch
+    before its wait; ``0.0`` otherwise."""
     if HOLD:
-        _, _, rows, cols, _, _, _ = _tile_index(pid, n, n_ct, BM, BN, EVEN)
+        _, _, rows, cols, _, _, _ = _tile_index(pid, n, n_ct, BM, BN, EVEN, PAIRS)
         x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
                          MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EVEN)
     else:
@@ -1209,6 +1340,23 @@ def _lowrank_chunk_width(rank: int, dot_ieee: bool) -> int:
     return 16 if dot_ieee and rank <= 32 else 32
 
 
+def _pairs(symmetric: bool, bm: int, bn: int) -> bool:
+    """Whether the one-launch-per-half-step kernels run one program per pair of mirrored tiles
+    (``PAIRS``, the ``UNIMIXER_SINKHORN_PAIRS`` switch): for symmetric logits with square tiles,
+    where ``S0``'s tile ``(q, p)`` is tile ``(p, q)`` transposed, bit for bit, so one read serves both
+    and every half-step reads half of ``S0``."""
+    mode = switch(PAIRS_SWITCH)
+    if mode not in ("auto", "0"):
+        raise ValueError(f"{PAIRS_SWITCH}: expected 'auto' or '0', got {mode!r}")
+    return mode == "auto" and symmetric and bm == bn
+
+
+def _tile_programs(n_rt: int, n_ct: int, pairs: bool) -> int:
+    """Programs per matrix of a one-launch-per-half-step launch: one per tile, or per pair of mirrored
+    tiles (``_tile_index``)."""
+    return n_ct * (n_ct + 1) // 2 if pairs else n_rt * n_ct
+
+
 def _flips():
     """The ``flip`` argument of a call's successive one-launch-per-half-step launches: 0, 1, 0, ...
     with ``SERPENTINE``, else 0."""
@@ -1274,7 +1422,8 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
         return p, u, v
     ws = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if mode != _LOWRANK else p
     pr, pc, _, _, _, _, cnt = _tiled_buffers(n_mat, n_rt, n_ct, n, 0, like.device)
-    grid = (n_rt * n_ct, n_mat)
+    pairs = _pairs(symmetric, bm, bn)
+    grid = (_tile_programs(n_rt, n_ct, pairs), n_mat)
     pdl = _pdl_options(like.device)
     flips = _flips()
 
@@ -1285,7 +1434,7 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
             s_src, s_a, s_b, ws, p, u, v, pr, pc, cnt,
             n, rank, iters, k, n_rt, n_ct, next(flips), *strides, scale,
             PHASE=phase, MODE=m, SYMMETRIC=symmetric, EARLY=early, PLAIN=phase == _ROW and k > 0,
-            **meta, **pdl,
+            PAIRS=pairs, **meta, **pdl,
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
@@ -1327,7 +1476,10 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     # the workspace of S0 (dense logits), written by the first launch and read by every one. An fp32
     # dM is written last, so one of them can live in its buffer: without symmetrising, G (the last
     # launch's program writes dM over the tile of G it has just read); symmetrising, the workspace
-    # (the last launch writes G, and the symmetrising pass, after it, reads G's transposed tiles)
+    # (the last launch writes G, and the symmetrising pass, after it, reads G's transposed tiles; with
+    # PAIRS the last launch's program writes dM over the workspace tile it has read, and over the
+    # mirrored tile, which no launch reads)
+    pairs = _pairs(symmetric, bm, bn)
     spare = out_dtype == torch.float32
     g = dx if spare and not symmetric else torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32)
     ws = dx if mode == _LOWRANK or (spare and symmetric) else torch.empty(
@@ -1335,7 +1487,7 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     # the partials of both axes, the iterate's sums carried from launch to launch, and every step's
     # column and row sums of G (O(K n) per matrix)
     pr, pc, qr, qc, cs, rs, cnt = _tiled_buffers(n_mat, n_rt, n_ct, n, iters, like.device)
-    grid = (n_rt * n_ct, n_mat)
+    grid = (_tile_programs(n_rt, n_ct, pairs), n_mat)
     pdl = _pdl_options(like.device)
     flips = _flips()
 
@@ -1345,7 +1497,7 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
             s_src, s_a, s_b, ws, dp, u, v, cs, rs, g, dx, pr, pc, qr, qc, cnt,
             n, rank, iters, k, n_rt, n_ct, next(flips), *strides, *dp.stride(), scale, grad_scale,
             PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, EARLY=early,
-            FIRST=phase == 1 and k == iters - 1, **meta, **pdl,
+            FIRST=phase == 1 and k == iters - 1, PAIRS=pairs, **meta, **pdl,
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
@@ -1353,7 +1505,7 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     for k in range(iters - 1, -1, -1):
         launch(1, k, later)
         launch(2, k, later, last=k == 0)
-    if symmetric:
+    if symmetric and not pairs:
         sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, next(flips), BM=bm, BN=bn,
                                        num_warps=meta["num_warps"], EVEN=meta["EVEN"], **pdl)
     return dx

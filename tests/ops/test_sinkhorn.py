@@ -584,6 +584,38 @@ def test_sinkhorn_pdl_compiles_for_sm90(sm90_compile):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("n", [16, 33, 64, 70], ids=["1-tile", "3-tiles", "4-tiles", "5-tiles"])
+def test_sinkhorn_tiled_pairs(device, tiled, monkeypatch, n):
+    # symmetric logits: one program per pair of mirrored tiles (odd and even tile counts, whose last
+    # pairs sit half the tiles apart), against the reference and against one program per tile
+    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
+    n_t = -(-n // 16)
+    assert sk_kernels._tile_programs(n_t, n_t, sk_kernels._pairs(True, 16, 16)) == n_t * (n_t + 1) // 2
+    x = _logits((2, n, n), torch.float32, device)
+    dp = torch.randn(x.shape, device=device)
+    out = []
+    for mode in ("0", "auto"):
+        monkeypatch.setenv("UNIMIXER_SINKHORN_PAIRS", mode)
+        check_against_reference(uk.sinkhorn, (x, 0.05, 3, True), backend="triton")
+        p = uk.sinkhorn(x, 0.05, 3, True, backend="triton")
+        out.append((p, *torch.autograd.grad(p, x, dp)))
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.triton
+def test_sinkhorn_pairs_only_where_they_apply(monkeypatch):
+    assert sk_kernels._pairs(True, 64, 64)
+    assert not sk_kernels._pairs(False, 64, 64)  # not symmetric: tile (q, p) is not tile (p, q)^T
+    assert not sk_kernels._pairs(True, 32, 64)  # a mirrored tile of another shape
+    monkeypatch.setenv("UNIMIXER_SINKHORN_PAIRS", "0")
+    assert not sk_kernels._pairs(True, 64, 64)
+    monkeypatch.setenv("UNIMIXER_SINKHORN_PAIRS", "yes")
+    with pytest.raises(ValueError, match="UNIMIXER_SINKHORN_PAIRS"):
+        sk_kernels._pairs(True, 64, 64)
+
+
+@pytest.mark.triton
 def test_sinkhorn_serpentine_changes_no_number(device, tiled, monkeypatch):
     # every other launch walking the tiles and matrices in reverse (SERPENTINE) gives the same bits
     x = _logits((2, 37, 37), torch.float32, device)
