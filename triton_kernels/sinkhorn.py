@@ -515,6 +515,21 @@ def _col_lse(x, MIRROR: tl.constexpr):
 
 
 @triton.jit
+def _g_tile(G, mat, tile, rows, cols, n, MIRROR: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+            PAIRS: tl.constexpr):
+    """Pointers to one orientation's tile of the backward's ``G`` workspace: ``G [n_mat, n, n]`` at
+    the tile's rows and columns, or with ``PAIRS`` ``G [n_mat, pairs, 2, BM, BN]``, each program's two
+    orientations in its own slots, laid out as its registers are (a mirrored tile kept as ``G``'s
+    layout would be read and written transposed, and the last launch's loop then converts its
+    layout through shared memory every iteration)."""
+    if PAIRS:
+        slot = (mat * tl.num_programs(0) + tile) * 2 + MIRROR
+        return G + slot * (BM * BN) + tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
+    else:
+        return G + mat * n * n + rows[:, None] * n + cols[None, :]
+
+
+@triton.jit
 def _arrive(count, parts, idx, imask, out, n, n_parts, HOW: tl.constexpr, P2: tl.constexpr):
     """After this program stored its partial for the band ``idx`` (its rows, or columns): count it
     in, and if it is the band's last, reduce the band's ``n_parts`` partials (``parts [n_parts, n]``,
@@ -646,11 +661,13 @@ def _bwd_tile(
         x_in, tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN, EVEN, PAIRS)
     if LAST:
-        g = _bwd_last(x, m2, mat, rows, cols, rmask, cmask, U, V, CS, RS, G, n, K, False, FAST_EXP)
+        g = _bwd_last(x, m2, _g_tile(G, mat, tile, rows, cols, n, False, BM, BN, PAIRS), mat, rows, cols,
+                      rmask, cmask, U, V, CS, RS, n, K, False, FAST_EXP)
         out = DX + mat * n * n + rows[:, None] * n + cols[None, :]
         if PAIRS:
             if p != q:
-                gm = _bwd_last(x, m2, mat, cols, rows, cmask, rmask, U, V, CS, RS, G, n, K, True, FAST_EXP)
+                gm = _bwd_last(x, m2, _g_tile(G, mat, tile, rows, cols, n, True, BM, BN, PAIRS), mat, cols,
+                               rows, cmask, rmask, U, V, CS, RS, n, K, True, FAST_EXP)
                 # the sums' order of sinkhorn_tile_sym_kernel (G + G^T), so the same bits
                 dm = ((g + gm) * grad_scale).to(DX.dtype.element_ty)
                 tl.store(out, dm, mask=m2)
@@ -662,27 +679,28 @@ def _bwd_tile(
         else:
             tl.store(out, (g * grad_scale).to(DX.dtype.element_ty), mask=m2)
     else:
-        _bwd_half(x, m2, mat, p, q, rows, cols, rmask, cmask, WS, DP, U, V, CS, RS, G, PR, PC, QR, QC, CNT,
-                  n, K, k, n_rt, n_ct, sd0, sd1, sd2, PHASE, MODE, False, BM, BN, RT_P, CT_P, FIRST,
-                  FAST_EXP)
+        _bwd_half(x, m2, _g_tile(G, mat, tile, rows, cols, n, False, BM, BN, PAIRS), mat, p, q, rows, cols,
+                  rmask, cmask, WS, DP, U, V, CS, RS, PR, PC, QR, QC, CNT, n, K, k, n_rt, n_ct, sd0, sd1, sd2,
+                  PHASE, MODE, False, BM, BN, RT_P, CT_P, FIRST, FAST_EXP)
         if PAIRS:
             if p != q:
-                _bwd_half(x, m2, mat, q, p, cols, rows, cmask, rmask, WS, DP, U, V, CS, RS, G, PR, PC, QR,
-                          QC, CNT, n, K, k, n_rt, n_ct, sd0, sd1, sd2, PHASE, MODE, True, BN, BM, RT_P,
-                          CT_P, FIRST, FAST_EXP)
+                _bwd_half(x, m2, _g_tile(G, mat, tile, rows, cols, n, True, BM, BN, PAIRS), mat, q, p, cols,
+                          rows, cmask, rmask, WS, DP, U, V, CS, RS, PR, PC, QR, QC, CNT, n, K, k, n_rt, n_ct,
+                          sd0, sd1, sd2, PHASE, MODE, True, BN, BM, RT_P, CT_P, FIRST, FAST_EXP)
 
 
 @triton.jit
 def _bwd_half(
-    x, m2, mat, p, q, rows, cols, rmask, cmask, WS, DP, U, V, CS, RS, G, PR, PC, QR, QC, CNT,
+    x, m2, gptr, mat, p, q, rows, cols, rmask, cmask, WS, DP, U, V, CS, RS, PR, PC, QR, QC, CNT,
     n, K, k, n_rt, n_ct, sd0, sd1, sd2,
     PHASE: tl.constexpr, MODE: tl.constexpr, MIRROR: tl.constexpr, RB: tl.constexpr, CB: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, FIRST: tl.constexpr, FAST_EXP: tl.constexpr,
 ):
     """One backward half-step but the last over one orientation (``p``, ``q``, ``rows``, ``cols`` as in
-    ``_fwd_half``; ``RB``, ``CB``: its numbers of rows and columns). The working gradient's
-    ``n x n`` workspace ``G`` holds ``dP * P`` from the first launch (read again by the first column
-    step) until the last launch turns it into ``G``; no half-step in between reads or writes it.
+    ``_fwd_half``; ``RB``, ``CB``: its numbers of rows and columns; ``gptr``: its tile of ``G``,
+    ``_g_tile``). The working gradient's workspace ``G`` holds ``dP * P`` from the first launch (read
+    again by the first column step) until the last launch turns it into ``G``; no half-step in
+    between reads or writes it.
 
     Every half-step needs only ``G``'s sums along one axis, and those follow from the previous
     step's sums by one matrix-vector product with the iterate: after column step ``k``,
@@ -727,7 +745,6 @@ def _bwd_half(
     r1 = x - _rv(tl.load(urow, mask=rmask, other=0.0, cache_modifier=".cg"), MIRROR)
     t1 = r1 - _cv(tl.load(vcol, mask=cmask, other=0.0, cache_modifier=".cg"), MIRROR)
     u = tl.load(urow + k * n, mask=rmask & (k > 0), other=0.0, cache_modifier=".cg")
-    gptr = G + mat * n * n + _rv(rows, MIRROR) * n + _cv(cols, MIRROR)
     prow = PR + (mat * n_ct + q) * n + rows
     pcol = PC + (mat * n_rt + p) * n + cols
     qrow = QR + (mat * n_ct + q) * n + rows
@@ -787,7 +804,7 @@ def _bwd_half(
 
 
 @triton.jit
-def _bwd_last(x, m2, mat, rows, cols, rmask, cmask, U, V, CS, RS, G, n, K, MIRROR: tl.constexpr,
+def _bwd_last(x, m2, gptr, mat, rows, cols, rmask, cmask, U, V, CS, RS, n, K, MIRROR: tl.constexpr,
               FAST_EXP: tl.constexpr):
     """The last backward launch's working gradient ``G`` on one orientation (``_bwd_half``): ``dP * P``
     from the first launch, less every step's iterate times its sums, in the reference's order (last
@@ -799,8 +816,7 @@ def _bwd_last(x, m2, mat, rows, cols, rmask, cmask, U, V, CS, RS, G, n, K, MIRRO
     r1 = x - _rv(tl.load(urow, mask=rmask, other=0.0, cache_modifier=".cg"), MIRROR)
     t1 = r1 - _cv(tl.load(vcol, mask=cmask, other=0.0, cache_modifier=".cg"), MIRROR)
     r0 = tl.load(rsum, mask=rmask, other=0.0, cache_modifier=".cg")
-    g = tl.load(G + mat * n * n + _rv(rows, MIRROR) * n + _cv(cols, MIRROR), mask=m2, other=0.0,
-                cache_modifier=".cg")
+    g = tl.load(gptr, mask=m2, other=0.0, cache_modifier=".cg")
     t1 = tl.where(m2, t1, float("-inf"))
     for t in range(0, K - 1):
         j = K - 1 - t  # iterations K-1 .. 1 (relative potentials)
@@ -1481,7 +1497,12 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     # mirrored tile, which no launch reads)
     pairs = _pairs(symmetric, bm, bn)
     spare = out_dtype == torch.float32
-    g = dx if spare and not symmetric else torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32)
+    if pairs:  # _g_tile's slots
+        g = torch.empty((n_mat, _tile_programs(n_rt, n_ct, True), 2, bm, bn), device=like.device,
+                        dtype=torch.float32)
+    else:
+        g = dx if spare and not symmetric else torch.empty((n_mat, n, n), device=like.device,
+                                                           dtype=torch.float32)
     ws = dx if mode == _LOWRANK or (spare and symmetric) else torch.empty(
         (n_mat, n, n), device=like.device, dtype=torch.float32)
     # the partials of both axes, the iterate's sums carried from launch to launch, and every step's
