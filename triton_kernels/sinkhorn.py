@@ -1194,9 +1194,27 @@ def _small_warps(mb: int, npad: int) -> int:
     return 4 if mb * npad * npad >= 1024 else (2 if mb * npad * npad >= 256 else 1)
 
 
+# warps of the last backward launch, which holds the working gradient's tile beside the iterate's over
+# its K-step loop (at 64 x 64 with pairs: 246 registers a thread at 4 warps, spills at 2)
+LAST_WARPS = 4
+
+
+def _tile_warps(bm: int, bn: int) -> int:
+    """Warps of a one-launch-per-half-step program: 2 up to 64 x 64 tiles, 4 up to 8192 entries, else 8.
+
+    At n = 4096 (64 x 64, symmetric, CUDA graphs, H200) fwd / fwd+bwd took 0.640 / 1.944 ms at 2 warps,
+    0.725 / 2.152 at 4 and 1.083 / 3.354 at 8 with pairs, and fwd+bwd 2.213 against 2.559 ms at 2 and
+    4 warps one program per tile (bench/results/2026-11-30-h200-run91): a half-step's tile sums cross
+    fewer warps (shuffles rather than shared memory and barriers), and its registers leave enough
+    programs an SM."""
+    if bm * bn <= 4096:
+        return 2
+    return 4 if bm * bn < 8192 else 8
+
+
 def _tiles(n: int) -> tuple[int, int]:
     """``(BM, BN)`` of the tiled kernels: ``TILE_OVERRIDE``, else the ``UNIMIXER_SINKHORN_TILE``
-    switch (``"BMxBN"``), else 64 x 64 with 4 warps (smaller for small ``n``).
+    switch (``"BMxBN"``), else 64 x 64 (smaller for small ``n``); warps by ``_tile_warps``.
 
     The one-launch-per-half-step kernels are latency-bound: a 64 x 128 tile per 8-warp block left one
     block per SM at n = 1024 (Nsight Compute: 13% achieved occupancy, 77% of scheduler cycles with
@@ -1394,7 +1412,7 @@ def _tile_args(n, src, a, b):
     # EVEN: no masks where the tiles divide n; FAST_EXP: flush-to-zero exponentials, compiled code only
     meta = dict(BM=bm, BN=bn, BK=_lowrank_chunk_width(rank, dot_ieee), DOT_IEEE=dot_ieee,
                 RT_P=triton.next_power_of_2(n_rt),
-                CT_P=triton.next_power_of_2(n_ct), num_warps=8 if bm * bn >= 8192 else 4,
+                CT_P=triton.next_power_of_2(n_ct), num_warps=_tile_warps(bm, bn),
                 EVEN=n % bm == 0 and n % bn == 0, FAST_EXP=(src if a is None else a).device.type == "cuda")
     return bm, bn, n_rt, n_ct, mode, rank, strides, meta
 
@@ -1518,7 +1536,8 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
             s_src, s_a, s_b, ws, dp, u, v, cs, rs, g, dx, pr, pc, qr, qc, cnt,
             n, rank, iters, k, n_rt, n_ct, next(flips), *strides, *dp.stride(), scale, grad_scale,
             PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, EARLY=early,
-            FIRST=phase == 1 and k == iters - 1, PAIRS=pairs, **meta, **pdl,
+            FIRST=phase == 1 and k == iters - 1, PAIRS=pairs,
+            **{**meta, "num_warps": LAST_WARPS if last else meta["num_warps"]}, **pdl,
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE
@@ -1528,7 +1547,7 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
         launch(2, k, later, last=k == 0)
     if symmetric and not pairs:
         sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, next(flips), BM=bm, BN=bn,
-                                       num_warps=meta["num_warps"], EVEN=meta["EVEN"], **pdl)
+                                       num_warps=LAST_WARPS, EVEN=meta["EVEN"], **pdl)
     return dx
 
 
