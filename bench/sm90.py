@@ -224,24 +224,25 @@ def ffn_weight_rows(usage: bool = True, ptx: bool = False):
 
 
 def sinkhorn_resident_rows():
-    """``(label, result)`` for both resident Sinkhorn kernels at ``N = 1024`` (64 x 128 tiles, 16
-    warps), dense symmetric and low-rank, with either wait for the partials (``THREAD_POLL``),
-    specialised as the JIT sees a contiguous ``N = 1024`` matrix; each result has ``loop``, the
-    opcode counts of one iteration of the ``K`` loop (two half-steps; each polling loop's body
-    counted once), where ``ptxas`` and ``cuobjdump`` are found."""
+    """``(label, result)`` for both resident Sinkhorn kernels at ``N = 1024`` (64 x 128 tiles, the
+    launcher's warps and partial blocks), dense symmetric and low-rank, with either wait for the
+    partials (``THREAD_POLL``), specialised as the JIT sees a contiguous ``N = 1024`` matrix; each
+    result has ``loop``, the opcode counts of one iteration of the ``K`` loop (two half-steps; each
+    polling loop's body counted once), where ``ptxas`` and ``cuobjdump`` are found."""
     from unimixer_kernels.triton_kernels import sinkhorn as k
 
     ptrs = dict({a: "*fp32" for a in "SRC A B P U V G DX DP".split()}, PR="*i64", PC="*i64", FAIL="*i64")
+    warps, rt_p, ct_p = k.resident_shape(64, 128, 1024 // 64, 1024 // 128)  # as the launcher has them
     for mode, label, poll in ((0, "dense symmetric", True), (0, "dense symmetric", False),
                               (2, "low-rank fp32", True)):
         for kernel in (k.sinkhorn_resident_fwd_kernel, k.sinkhorn_resident_bwd_kernel):
             # BK: the chunk width at paper-small's rank (128)
             consts = dict(MODE=mode, SYMMETRIC=mode == 0, BM=64, BN=128, BK=k._lowrank_chunk_width(128, True),
-                          DOT_IEEE=True, RT_P=16, CT_P=16, MAX_SPINS=k.RESIDENT_MAX_SPINS, THREAD_POLL=poll,
-                          s2=1)
+                          DOT_IEEE=True, RT_P=rt_p, CT_P=ct_p, MAX_SPINS=k.RESIDENT_MAX_SPINS,
+                          THREAD_POLL=poll, s2=1)
             if kernel is k.sinkhorn_resident_bwd_kernel:
                 consts["sd2"] = 1
-            res = compile_sm90(kernel, ptrs, consts, 16, 1, floats=("scale", "grad_scale"), usage=True,
+            res = compile_sm90(kernel, ptrs, consts, warps, 1, floats=("scale", "grad_scale"), usage=True,
                                ptx=True, divisible=("n", "s0", "s1", "sd0", "sd1"),
                                options=dict(enable_fp_fusion=mode != 0))
             text = sass(res["ptx"])

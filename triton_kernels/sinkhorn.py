@@ -62,7 +62,7 @@ Layouts
   ``dA = dM B^T`` and ``dB = A^T dM`` are two GEMMs done by the caller with torch (cuBLAS).
 * **Tiled, resident** (``RESIDENT``, the default where it applies;
   ``UNIMIXER_SINKHORN_PERSISTENT=0`` turns it off): where every tile can have its own program, all
-  resident at once (``n = 1024`` with 64 x 128 tiles and 16 warps: 128 programs), one launch per
+  resident at once (``n = 1024`` with 64 x 128 tiles and 8 warps: 128 programs), one launch per
   direction. A program keeps its ``S0`` tile, in backward its ``G`` tile, and the potentials of its
   rows and columns in registers for the whole call, so matrix-free Lite forms its low-rank tile
   once, not ``2K + 1`` times. After the first iteration the reductions need no maximum (every
@@ -122,6 +122,12 @@ if _MODE not in ("auto", "0"):
     raise ValueError(f"{PERSISTENT_SWITCH}: expected 'auto' or '0', got {_MODE!r}")
 RESIDENT = _MODE == "auto"
 RESIDENT_TILE = (64, 128)
+# warps of a resident program with such a tile. At n = 1024 (CUDA graphs, H200) fwd / fwd+bwd took
+# 0.117 / 0.222 ms with 8 warps, 0.134 / 0.263 with 16 and 0.150 / 0.304 with 4
+# (bench/results/2026-11-30-h200-run93): a half-step's instruction stream is mostly its tile
+# reductions' and polls' fixed cost per warp, which fewer warps issue less often, down to where too few
+# warps leave each scheduler's latencies exposed
+RESIDENT_WARPS = 8
 # polls (~1 us each) before a resident program's wait gives up and counts a failure instead of
 # hanging; a legitimate wait is microseconds, so only programs that are not co-resident reach it
 RESIDENT_MAX_SPINS = 1 << 24
@@ -1251,14 +1257,8 @@ def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
         return None
     if n_rt * n_ct > (sm_count(device) // n_mat if device.type == "cuda" else 1):
         return None
-    warps = 16 if bm * bn >= 8192 else 4
-    # the partials' blocks hold at least two words per thread (one 16-byte load each): smaller ones
-    # would be replicated across warps, whose reductions then write the same shared-memory words
-    # (a benign race that compute-sanitizer's racecheck reports)
-    least = 2 * 32 * warps
-    meta = dict(BM=bm, BN=bn, BK=meta["BK"], DOT_IEEE=meta["DOT_IEEE"],
-                RT_P=max(triton.next_power_of_2(n_rt), least // bn),
-                CT_P=max(triton.next_power_of_2(n_ct), least // bm),
+    warps, rt_p, ct_p = resident_shape(bm, bn, n_rt, n_ct)
+    meta = dict(BM=bm, BN=bn, BK=meta["BK"], DOT_IEEE=meta["DOT_IEEE"], RT_P=rt_p, CT_P=ct_p,
                 MAX_SPINS=RESIDENT_MAX_SPINS, THREAD_POLL=_thread_poll(device), num_warps=warps)
     if cooperative:
         meta["launch_cooperative_grid"] = True
@@ -1268,6 +1268,18 @@ def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
     pc = words[n_mat * 2 * n_ct * n:-n_mat].view(n_mat, 2, n_rt, n)
     fail = words[-n_mat:]
     return n_rt, n_ct, meta, fail, pr, pc
+
+
+def resident_shape(bm: int, bn: int, n_rt: int, n_ct: int) -> tuple[int, int, int]:
+    """``(warps, RT_P, CT_P)`` of a resident program: ``RESIDENT_WARPS`` for tiles of 8192 entries or
+    more, else 4; the partials' blocks ``[RT_P, BN]`` and ``[CT_P, BM]`` hold every tile's words and
+    at least two words per thread (one 16-byte load each): smaller ones would be replicated across
+    warps, whose reductions then write the same shared-memory words (a benign race that
+    compute-sanitizer's racecheck reports)."""
+    warps = RESIDENT_WARPS if bm * bn >= 8192 else 4
+    least = 2 * 32 * warps
+    return (warps, max(triton.next_power_of_2(n_rt), least // bn),
+            max(triton.next_power_of_2(n_ct), least // bm))
 
 
 def _thread_poll(device: torch.device) -> bool:
