@@ -42,7 +42,14 @@ Layouts
   columns), reduces its tile along the other axis into a partial, and the last program of each
   band to finish reduces the band's partials into the potential the next launch reads
   (``_arrive``: a count per band, no waiting). Forward: ``1 + 2K`` launches; backward ``2 + 2K``
-  (``1 + 2K`` when not symmetric). The partials are ``[tiles along an axis, n]`` fp32.
+  (``1 + 2K`` when not symmetric, or with pairs). The partials are ``[tiles along an axis, n]`` fp32.
+  **Pairs** (``UNIMIXER_SINKHORN_PAIRS``, symmetric logits with square tiles): ``S0``'s tile
+  ``(q, p)`` is tile ``(p, q)`` transposed, bit for bit, so one program holds the pair's one tile and
+  runs each half-step on it twice, as the tile and as its mirror image (``_fwd_half`` and
+  ``_bwd_half`` take an orientation), with the same operations per entry in either: every half-step
+  reads half of ``S0`` (at n = 4096 fwd+bwd 2.23 → 1.93 ms, run92); the backward's working-gradient
+  workspace keeps each program's two tiles as its registers hold them (``_g_tile``), and the last
+  launch writes ``dM = sym(G) / tau`` on both tiles itself, with no symmetrising pass.
 
   ``S0`` comes from one of: the logits (first pass only; it writes ``S0`` once to an fp32
   ``n x n`` workspace, freed at the end of the call, never saved), that workspace, or, for Lite
@@ -122,11 +129,12 @@ if _MODE not in ("auto", "0"):
     raise ValueError(f"{PERSISTENT_SWITCH}: expected 'auto' or '0', got {_MODE!r}")
 RESIDENT = _MODE == "auto"
 RESIDENT_TILE = (64, 128)
-# warps of a resident program with such a tile. At n = 1024 (CUDA graphs, H200) fwd / fwd+bwd took
-# 0.117 / 0.222 ms with 8 warps, 0.134 / 0.263 with 16 and 0.150 / 0.304 with 4
-# (bench/results/2026-11-30-h200-run93): a half-step's instruction stream is mostly its tile
-# reductions' and polls' fixed cost per warp, which fewer warps issue less often, down to where too few
-# warps leave each scheduler's latencies exposed
+# warps of a resident program with such a tile (resident_shape). At n = 1024 (CUDA graphs, H200)
+# fwd+bwd took 0.263 ms at 16 warps, 0.222 at 8 and 0.304 at 4, each with the partial blocks sized for
+# 16 warps (bench/results/2026-11-30-h200-run93), and 0.219 at 8 warps with its own blocks (run94).
+# Part of the gain is the blocks' size: 16 warps with the 8-warp blocks took 0.211 (run94), but there
+# each thread holds a single word of the column partials and the layouts replicate words across
+# warps, which resident_shape avoids
 RESIDENT_WARPS = 8
 # polls (~1 us each) before a resident program's wait gives up and counts a failure instead of
 # hanging; a legitimate wait is microseconds, so only programs that are not co-resident reach it
@@ -1210,9 +1218,9 @@ def _tile_warps(bm: int, bn: int) -> int:
 
     At n = 4096 (64 x 64, symmetric, CUDA graphs, H200) fwd / fwd+bwd took 0.640 / 1.944 ms at 2 warps,
     0.725 / 2.152 at 4 and 1.083 / 3.354 at 8 with pairs, and fwd+bwd 2.213 against 2.559 ms at 2 and
-    4 warps one program per tile (bench/results/2026-11-30-h200-run91): a half-step's tile sums cross
-    fewer warps (shuffles rather than shared memory and barriers), and its registers leave enough
-    programs an SM."""
+    4 warps one program per tile (bench/results/2026-11-30-h200-run91; run92 again: 1.928 against
+    2.157, and 2.216 against 2.571): a half-step's tile sums cross fewer warps (shuffles rather than
+    shared memory and barriers), and its registers leave enough programs an SM."""
     if bm * bn <= 4096:
         return 2
     return 4 if bm * bn < 8192 else 8
