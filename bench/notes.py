@@ -36,13 +36,15 @@ FORMULAS = {
     "unimixing_rmsnorm": "as UniMixing plus the norm weight; the norm's FLOPs are negligible.",
     "unimixing_rmsnorm_pswiglu": "z and the weights of both sub-layers read, o written (the intermediate "
                                  "u never); FLOPs those of UniMixing and pSwiGLU.",
-    "sinkhorn": "2K passes over the N×N fp32 matrix in each direction (K=20: 40 fwd, 40 bwd) plus the "
-                "logits read and P written; ~4 element-wise FLOPs per entry per pass (never the bound).",
+    "sinkhorn": "2K passes in each direction (K=20: 40 fwd, 40 bwd) over one triangle of the symmetric "
+                "N×N fp32 logits (the other is its transpose) plus the logits read and P written; ~4 "
+                "element-wise FLOPs per entry per pass (never the bound).",
     "lite_weights": "the cheaper of: materialised (A_G@B_G once, 2N²r FLOPs; passes over HBM as for "
                     "Sinkhorn) and matrix-free (only A_G, B_G, omega, Z read and W_B, W_G written; "
                     "every pass recomputes its logits tiles, 2K·2N²r FLOPs each way; dA, dB GEMMs in bwd).",
     "lite_global_materialised": "SK(A_G @ B_G) with the N×N logits written, read back and passed over "
-                                "2K times each way (the baseline for the matrix-free Lite global weight).",
+                                "(one triangle) 2K times each way (the baseline for the matrix-free Lite "
+                                "global weight).",
     "lite_global_matrix_free": "SK(A_G @ B_G) alone (lite_weights' global half): the cheaper of the "
                                "materialised and the matrix-free ways, as for lite_weights.",
     "rms_norm": "x and weight read, y written (bwd: dy, x, weight read; dx, dw written).",
