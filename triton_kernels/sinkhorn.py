@@ -471,7 +471,7 @@ def _tile_frame(
 # --- orientations: a tile, or (PAIRS) its mirror image read from the same registers -------------
 # With PAIRS, one program holds the S0 tile (p, q) and also stands for the mirrored tile (q, p),
 # which for symmetric logits is its transpose, bit for bit. The half-steps below are written for an
-# "orientation": its rows and columns with their masks and band indices, and MIRROR, which says
+# "orientation": its rows and columns with their masks and band indices, and MIRROR (0 or 1), which says
 # whether its rows run along the tile's axis 0 (the tile itself) or axis 1 (the mirror). These
 # helpers broadcast its row and column vectors over the tile and reduce along its rows or columns.
 
@@ -496,36 +496,14 @@ def _cv(v, MIRROR: tl.constexpr):
 
 @triton.jit
 def _row_sums(x, MIRROR: tl.constexpr):
-    """Sums of the orientation's rows (over its columns)."""
-    if MIRROR:
-        return tl.sum(x, axis=0)
-    else:
-        return tl.sum(x, axis=1)
+    """Sums of the orientation's rows (over its columns: the tile's axis ``1 - MIRROR``)."""
+    return tl.sum(x, axis=1 - MIRROR)
 
 
 @triton.jit
 def _col_sums(x, MIRROR: tl.constexpr):
-    """Sums of the orientation's columns (over its rows)."""
-    if MIRROR:
-        return tl.sum(x, axis=1)
-    else:
-        return tl.sum(x, axis=0)
-
-
-@triton.jit
-def _row_lse(x, MIRROR: tl.constexpr):
-    if MIRROR:
-        return _lse(x, 0)
-    else:
-        return _lse(x, 1)
-
-
-@triton.jit
-def _col_lse(x, MIRROR: tl.constexpr):
-    if MIRROR:
-        return _lse(x, 1)
-    else:
-        return _lse(x, 0)
+    """Sums of the orientation's columns (over its rows: the tile's axis ``MIRROR``)."""
+    return tl.sum(x, axis=MIRROR)
 
 
 @triton.jit
@@ -585,11 +563,11 @@ def _fwd_tile(
         x_in, tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN, EVEN, PAIRS)
     _fwd_half(x, m2, mat, p, q, rows, cols, rmask, cmask, WS, P, U, V, PR, PC, CNT, n, K, k, n_rt, n_ct,
-              PHASE, MODE, False, RT_P, CT_P, PLAIN, FAST_EXP)
+              PHASE, MODE, 0, RT_P, CT_P, PLAIN, FAST_EXP)
     if PAIRS:
         if p != q:
             _fwd_half(x, m2, mat, q, p, cols, rows, cmask, rmask, WS, P, U, V, PR, PC, CNT, n, K, k, n_rt,
-                      n_ct, PHASE, MODE, True, RT_P, CT_P, PLAIN, FAST_EXP)
+                      n_ct, PHASE, MODE, 1, RT_P, CT_P, PLAIN, FAST_EXP)
 
 
 @triton.jit
@@ -626,7 +604,7 @@ def _fwd_half(
     if PHASE == 0:
         if MODE == 0 and not MIRROR:
             tl.store(WS + mat * n * n + rows[:, None] * n + cols[None, :], x, mask=m2)
-        part = _row_lse(tl.where(m2, x, float("-inf")), MIRROR)
+        part = _lse(tl.where(m2, x, float("-inf")), 1 - MIRROR)
         tl.store(PR + (mat * n_ct + q) * n + rows, part, mask=rmask)
         _arrive(rcount, PR + mat * n_ct * n, rows, rmask, urow, n, n_ct, _LSE, CT_P)
     elif PHASE == 1:
@@ -637,7 +615,7 @@ def _fwd_half(
         if PLAIN:
             part = _col_sums(_exp(tl.where(m2, base - _rv(u, MIRROR), float("-inf")), FAST_EXP), MIRROR)
         else:
-            part = _col_lse(tl.where(m2, base - _rv(u, MIRROR), float("-inf")), MIRROR)
+            part = _lse(tl.where(m2, base - _rv(u, MIRROR), float("-inf")), MIRROR)
         tl.store(PC + (mat * n_rt + p) * n + cols, part, mask=cmask)
         _arrive(ccount, PC + mat * n_rt * n, cols, cmask, vcol + k * n, n, n_rt, _LOG_SUM if PLAIN else _LSE,
                 RT_P)
@@ -675,13 +653,13 @@ def _bwd_tile(
         x_in, tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN, EVEN, PAIRS)
     if LAST:
-        g = _bwd_last(x, m2, _g_tile(G, mat, tile, rows, cols, n, False, BM, BN, PAIRS), mat, rows, cols,
-                      rmask, cmask, U, V, CS, RS, n, K, False, FAST_EXP)
+        g = _bwd_last(x, m2, _g_tile(G, mat, tile, rows, cols, n, 0, BM, BN, PAIRS), mat, rows, cols,
+                      rmask, cmask, U, V, CS, RS, n, K, 0, FAST_EXP)
         out = DX + mat * n * n + rows[:, None] * n + cols[None, :]
         if PAIRS:
             if p != q:
-                gm = _bwd_last(x, m2, _g_tile(G, mat, tile, rows, cols, n, True, BM, BN, PAIRS), mat, cols,
-                               rows, cmask, rmask, U, V, CS, RS, n, K, True, FAST_EXP)
+                gm = _bwd_last(x, m2, _g_tile(G, mat, tile, rows, cols, n, 1, BM, BN, PAIRS), mat, cols,
+                               rows, cmask, rmask, U, V, CS, RS, n, K, 1, FAST_EXP)
                 # the sums' order of sinkhorn_tile_sym_kernel (G + G^T), so the same bits
                 dm = ((g + gm) * grad_scale).to(DX.dtype.element_ty)
                 tl.store(out, dm, mask=m2)
@@ -693,14 +671,14 @@ def _bwd_tile(
         else:
             tl.store(out, (g * grad_scale).to(DX.dtype.element_ty), mask=m2)
     else:
-        _bwd_half(x, m2, _g_tile(G, mat, tile, rows, cols, n, False, BM, BN, PAIRS), mat, p, q, rows, cols,
+        _bwd_half(x, m2, _g_tile(G, mat, tile, rows, cols, n, 0, BM, BN, PAIRS), mat, p, q, rows, cols,
                   rmask, cmask, WS, DP, U, V, CS, RS, PR, PC, QR, QC, CNT, n, K, k, n_rt, n_ct, sd0, sd1, sd2,
-                  PHASE, MODE, False, BM, BN, RT_P, CT_P, FIRST, FAST_EXP)
+                  PHASE, MODE, 0, BM, BN, RT_P, CT_P, FIRST, FAST_EXP)
         if PAIRS:
             if p != q:
-                _bwd_half(x, m2, _g_tile(G, mat, tile, rows, cols, n, True, BM, BN, PAIRS), mat, q, p, cols,
+                _bwd_half(x, m2, _g_tile(G, mat, tile, rows, cols, n, 1, BM, BN, PAIRS), mat, q, p, cols,
                           rows, cmask, rmask, WS, DP, U, V, CS, RS, PR, PC, QR, QC, CNT, n, K, k, n_rt, n_ct,
-                          sd0, sd1, sd2, PHASE, MODE, True, BN, BM, RT_P, CT_P, FIRST, FAST_EXP)
+                          sd0, sd1, sd2, PHASE, MODE, 1, BN, BM, RT_P, CT_P, FIRST, FAST_EXP)
 
 
 @triton.jit
