@@ -78,8 +78,9 @@ SWITCHES = {
                            "last backward launch writes both tiles of dM without a symmetrising pass) "
                            "or '0' (one program per tile)"),
     TILE_SWITCH: ("auto", "tile of the one-launch-per-half-step Sinkhorn kernels (the resident ones use "
-                          "64x128): 'auto' (64x64, 4 warps) or 'BMxBN' "
-                          "(powers of two, 16..256, BM*BN <= 16384; 4 warps below 8192 entries)"),
+                          "64x128): 'auto' (64x64, 2 warps) or 'BMxBN' "
+                          "(powers of two, 16..256, BM*BN <= 16384; 2 warps up to 4096 entries, 4 below "
+                          "8192, else 8)"),
 }
 
 
