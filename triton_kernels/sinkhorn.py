@@ -161,9 +161,10 @@ SMALL_BLOCK_ELEMS = 2048
 # tile shape of the tiled kernels; None picks from n (the tests shrink them to hit many tiles)
 TILE_OVERRIDE: tuple[int, int] | None = None
 # every other one-launch-per-half-step launch walks the tiles (and matrices) in reverse order, so
-# that it starts on what the launch before it read last, which is still in L2 (S0 is 64 MB at
-# n = 4096, the H200's L2 50 MB; walking every pass in one order, each pass evicts what the next
-# needs first). The order changes no number: partials are reduced in index order.
+# that it starts on what the launch before it read last, which is still in L2 (S0 is 64 MiB at
+# n = 4096, the H200's L2 60 MiB as the device reports it; walking every pass in one order, each
+# pass evicts what the next needs first). The order changes no number: partials are reduced in
+# index order.
 SERPENTINE = True
 
 # where S0 comes from: the logits (and cache it), the cache, the factors
