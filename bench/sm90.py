@@ -232,7 +232,7 @@ def sinkhorn_resident_rows():
     from unimixer_kernels.triton_kernels import sinkhorn as k
 
     ptrs = dict({a: "*fp32" for a in "SRC A B P U V G DX DP".split()}, PR="*i64", PC="*i64", FAIL="*i64")
-    warps, rt_p, ct_p = k.resident_shape(64, 128, 1024 // 64, 1024 // 128)  # as the launcher has them
+    warps, rt_p, ct_p = k._resident_shape(64, 128, 1024 // 64, 1024 // 128)  # as the launcher has them
     for mode, label, poll in ((0, "dense symmetric", True), (0, "dense symmetric", False),
                               (2, "low-rank fp32", True)):
         for kernel in (k.sinkhorn_resident_fwd_kernel, k.sinkhorn_resident_bwd_kernel):

@@ -129,12 +129,12 @@ if _MODE not in ("auto", "0"):
     raise ValueError(f"{PERSISTENT_SWITCH}: expected 'auto' or '0', got {_MODE!r}")
 RESIDENT = _MODE == "auto"
 RESIDENT_TILE = (64, 128)
-# warps of a resident program with such a tile (resident_shape). At n = 1024 (CUDA graphs, H200)
+# warps of a resident program with such a tile (_resident_shape). At n = 1024 (CUDA graphs, H200)
 # fwd+bwd took 0.263 ms at 16 warps, 0.222 at 8 and 0.304 at 4, each with the partial blocks sized for
 # 16 warps (bench/results/2026-11-30-h200-run93), and 0.219 at 8 warps with its own blocks (run94).
 # Part of the gain is the blocks' size: 16 warps with the 8-warp blocks took 0.211 (run94), but there
 # each thread holds a single word of the column partials and the layouts replicate words across
-# warps, which resident_shape avoids
+# warps, which _resident_shape avoids
 RESIDENT_WARPS = 8
 # polls (~1 us each) before a resident program's wait gives up and counts a failure instead of
 # hanging; a legitimate wait is microseconds, so only programs that are not co-resident reach it
@@ -1244,7 +1244,7 @@ def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
         return None
     if n_rt * n_ct > (sm_count(device) // n_mat if device.type == "cuda" else 1):
         return None
-    warps, rt_p, ct_p = resident_shape(bm, bn, n_rt, n_ct)
+    warps, rt_p, ct_p = _resident_shape(bm, bn, n_rt, n_ct)
     meta = dict(BM=bm, BN=bn, BK=meta["BK"], DOT_IEEE=meta["DOT_IEEE"], RT_P=rt_p, CT_P=ct_p,
                 MAX_SPINS=RESIDENT_MAX_SPINS, THREAD_POLL=_thread_poll(device), num_warps=warps)
     if cooperative:
@@ -1257,7 +1257,7 @@ def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
     return n_rt, n_ct, meta, fail, pr, pc
 
 
-def resident_shape(bm: int, bn: int, n_rt: int, n_ct: int) -> tuple[int, int, int]:
+def _resident_shape(bm: int, bn: int, n_rt: int, n_ct: int) -> tuple[int, int, int]:
     """``(warps, RT_P, CT_P)`` of a resident program: ``RESIDENT_WARPS`` for tiles of 8192 entries or
     more, else 4; the partials' blocks ``[RT_P, BN]`` and ``[CT_P, BM]`` hold every tile's words and
     at least two words per thread (one 16-byte load each): smaller ones would be replicated across
@@ -1528,6 +1528,7 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     grid = (_tile_programs(n_rt, n_ct, pairs), n_mat)
     pdl = _pdl_options(like.device)
     flips = _flips()
+    last_meta = dict(meta, num_warps=LAST_WARPS)
 
     def launch(phase, k, m, last=False):
         early = pdl["PDL"] and phase != 0 and (m == _LOWRANK or (phase, k) != (1, iters - 1))
@@ -1535,8 +1536,7 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
             s_src, s_a, s_b, ws, dp, u, v, cs, rs, g, dx, pr, pc, qr, qc, cnt,
             n, rank, iters, k, n_rt, n_ct, next(flips), *strides, *dp.stride(), scale, grad_scale,
             PHASE=phase, MODE=m, SYMMETRIC=symmetric, LAST=last, EARLY=early,
-            FIRST=phase == 1 and k == iters - 1, PAIRS=pairs,
-            **{**meta, "num_warps": LAST_WARPS if last else meta["num_warps"]}, **pdl,
+            FIRST=phase == 1 and k == iters - 1, PAIRS=pairs, **(last_meta if last else meta), **pdl,
         )
 
     later = _LOWRANK if mode == _LOWRANK else _WORKSPACE

@@ -500,7 +500,7 @@ def compile_resident_for_sm90() -> None:
     block-wide poll 34-36)."""
     from bench.sm90 import SMEM_LIMIT, sinkhorn_resident_rows
 
-    warps, rt_p, ct_p = sk_kernels.resident_shape(64, 128, 16, 8)
+    warps, rt_p, ct_p = sk_kernels._resident_shape(64, 128, 16, 8)
     entries = 64 * 128 // (32 * warps)
     for label, res in sinkhorn_resident_rows():
         assert res["shared"] <= SMEM_LIMIT, label
@@ -591,7 +591,6 @@ def test_sinkhorn_pdl_compiles_for_sm90(sm90_compile):
 def test_sinkhorn_tiled_pairs(device, tiled, monkeypatch, n):
     # symmetric logits: one program per pair of mirrored tiles (odd and even tile counts, whose last
     # pairs sit half the tiles apart), against the reference and against one program per tile
-    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
     n_t = -(-n // 16)
     assert sk_kernels._tile_programs(n_t, n_t, sk_kernels._pairs(True, 16, 16)) == n_t * (n_t + 1) // 2
     x = _logits((2, n, n), torch.float32, device)
