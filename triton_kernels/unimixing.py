@@ -484,6 +484,26 @@ def unimixing_local_kernel(
 
 
 @triton.jit
+def _local_fma_loads(X, DY, G, st, s_end, rs, L, offs, offs_g, inner, HAS_RESIDUAL: tl.constexpr,
+                     H_ONLY: tl.constexpr):
+    """One sample step's loads for :func:`unimixing_local_fma_kernel`, in the inputs' dtype: ``X``
+    and, in the backward, ``dY`` (with the residual) and the step's whole ``G[s, :, n]`` (a lane's
+    ``B`` scalars, as ``[s, n, c]``: all of them before any ``H`` store, which may overwrite ``G``; a
+    store over a ``G`` element whose load is in flight waits for it). Arguments a mode does not
+    read come back as ``X``'s values. Nothing is read past ``s_end``."""
+    base = tl.cast(st, tl.int64) * L
+    mask = ((st + rs) < s_end)[:, None, None] & inner
+    x = tl.load(X + base + offs, mask=mask, other=0.0)
+    dy = x
+    g = x
+    if not H_ONLY:
+        if HAS_RESIDUAL:
+            dy = tl.load(DY + base + offs, mask=mask, other=0.0)
+        g = tl.load(G + base + offs_g, mask=mask, other=0.0)
+    return x, dy, g
+
+
+@triton.jit
 def unimixing_local_fma_kernel(
     G, X, WL, DY, DX, H, DWL_PART,
     BS, N, L, samples_per_split,
@@ -528,21 +548,27 @@ def unimixing_local_fma_kernel(
     offs_c = tl.max_contiguous(rs[:, None] * L + rn[None, :], [1, 1])
     offs_g = tl.max_contiguous(rs[:, None, None] * L + kw * N + rn[None, :, None], [1, 1, 1])  # G[s, c, n]
     inner = n_ok[None, :, None] & kb_ok[None, None, :]
+    # software pipelined: a step's loads are issued one step ahead, before the previous step's
+    # arithmetic and stores, so that two steps' reads are in flight per lane. The next step's
+    # elements are other samples', so the stores of H over G (and dX over dY) never meet them
+    x_n, dy_n, g_n = _local_fma_loads(X, DY, G, s_begin, s_end, rs, L, offs, offs_g, inner,
+                                      HAS_RESIDUAL, H_ONLY)
     for st in range(s_begin, s_end, SB):
+        x = x_n.to(tl.float32)
+        dy_raw = dy_n
+        g_raw = g_n
+        x_n, dy_n, g_n = _local_fma_loads(X, DY, G, st + SB, s_end, rs, L, offs, offs_g, inner,
+                                          HAS_RESIDUAL, H_ONLY)
         base = tl.cast(st, tl.int64) * L  # int64 here only (a carried base costs 40+ registers)
         row_ok = (st + rs) < s_end
         mask = row_ok[:, None, None] & inner
         mask_c = row_ok[:, None] & n_ok[None, :]
-        x = tl.load(X + base + offs, mask=mask, other=0.0).to(tl.float32)
         if not H_ONLY:
             if HAS_RESIDUAL:
-                dx = tl.load(DY + base + offs, mask=mask, other=0.0).to(tl.float32)
+                dx = dy_raw.to(tl.float32)
             else:
                 dx = tl.zeros([SB, BN, BP], dtype=tl.float32)
-            # all of the step's G[s, :, n] (a lane's B scalars, as [s, n, c]) before any H store: H may
-            # overwrite G, and a store over a G element whose load is still in flight waits for it (a
-            # load right before each store: 3x slower on the H200; one row ahead: 1.8x)
-            g_all = tl.load(G + base + offs_g, mask=mask, other=0.0).to(tl.float32)
+            g_all = g_raw.to(tl.float32)
         for c in tl.static_range(B):
             w_c = tl.sum(tl.where(cw == c, wt, 0.0), axis=0)  # [n, k]: W_B[n, k, c]
             h_c = tl.sum(x * w_c[None, :, :], axis=2)
