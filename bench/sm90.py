@@ -280,7 +280,8 @@ def report() -> str:
             tile = " ".join(f"{k}={v}" for k, v in kw.items())
             lines.append(f"| {label} | {tile} | {warps} | {stages} | {res['shared'] / 1024:.0f} | "
                          f"{res.get('regs')} | {res.get('spill')} |")
-    lines += ["", "Resident Sinkhorn (tiles, then bands), N = 1024: one iteration of the K loop (two half-steps), SASS",
+    lines += ["", "Resident Sinkhorn (tiles, then bands), N = 1024: one iteration of the K loop (two "
+              "half-steps), SASS",
               "", "| kernel | registers | spill bytes | instructions | BAR | SHFL | MUFU | FMNMX |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, res in itertools.chain(sinkhorn_resident_rows(), sinkhorn_band_rows()):

@@ -78,8 +78,8 @@ SWITCHES = {
                            "transpose, so every half-step reads half of the logits' workspace and the "
                            "last backward launch writes both tiles of dM without a symmetrising pass) "
                            "or '0' (one program per tile)"),
-    BANDS_SWITCH: ("auto", "resident Sinkhorn kernels on symmetric dense logits: 'auto' (one program per band "
-                           "of whole rows, which also holds the band's columns, the logits being "
+    BANDS_SWITCH: ("auto", "resident Sinkhorn kernels on symmetric dense logits: 'auto' (one program per "
+                           "band of whole rows, which also holds the band's columns, the logits being "
                            "symmetric, so each half-step exchanges only a vector of potentials or sums, "
                            "where a band fits a program and every band the GPU at once, e.g. n = 1024: "
                            "128 bands of 8 rows) or '0' (one program per tile, partial sums exchanged)"),

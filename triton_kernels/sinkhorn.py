@@ -1691,7 +1691,8 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
     band = _band_args(n, n_mat, like.device, a is None, symmetric)
     if band is not None:
         bands, bmeta, fail, xw = band
-        sinkhorn_band_fwd_kernel[(bands, n_mat)](src, p, u, v, xw, fail, n, iters, *strides[:3], scale, **bmeta)
+        sinkhorn_band_fwd_kernel[(bands, n_mat)](src, p, u, v, xw, fail, n, iters, *strides[:3], scale,
+                                                 **bmeta)
         _check_fail(fail)
         return p, u, v
     res = _resident_args(n, n_mat, like.device, meta)
@@ -1744,7 +1745,8 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
         bands, bmeta, fail, xw = band
         scr = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32)
         sinkhorn_band_bwd_kernel[(bands, n_mat)](
-            src, dp, u, v, dx, scr, xw, fail, n, iters, *strides[:3], *dp.stride(), scale, grad_scale, **bmeta)
+            src, dp, u, v, dx, scr, xw, fail, n, iters, *strides[:3], *dp.stride(), scale, grad_scale,
+            **bmeta)
         _check_fail(fail)
         return dx
     res = _resident_args(n, n_mat, like.device, meta)
