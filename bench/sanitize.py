@@ -41,7 +41,6 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
     # a plain ``import triton_kernels`` from the repo root would be a second copy, which no op reads
     from unimixer_kernels.triton_kernels import pswiglu, sinkhorn
     from unimixer_kernels.triton_kernels._launch import (
-        BANDS_SWITCH,
         FFN_BACKWARD_SWITCH,
         FFN_CHUNK_SWITCH,
         FFN_TMA_SWITCH,
@@ -74,12 +73,8 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         # symmetric logits take one program per pair of mirrored tiles by default; one per tile too
         paths.append((f" [tiled, 16x16 tiles, {PAIRS_SWITCH}=0]",
                       _patched(sinkhorn, tiled, {PAIRS_SWITCH: "0"})))
-        resident = dict(tiled, RESIDENT=True, RESIDENT_CHECK=True)
-        paths.append((f" [tiled, resident, 16x16 tiles, {BANDS_SWITCH}=0]",
-                      _patched(sinkhorn, resident, {BANDS_SWITCH: "0"})))
-        # symmetric dense logits: one resident program per band of 4 rows
-        paths.append((" [tiled, resident, bands of 4 rows]",
-                      _patched(sinkhorn, dict(resident, BAND_ROWS_OVERRIDE=4), {BANDS_SWITCH: "auto"})))
+        paths.append((" [tiled, resident, 16x16 tiles]",
+                      mock.patch.multiple(sinkhorn, **dict(tiled, RESIDENT=True, RESIDENT_CHECK=True))))
         if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0):
             paths.append((f" [tiled, {PDL_SWITCH}=1]", _patched(sinkhorn, tiled, {PDL_SWITCH: "1"})))
         # the switch's own tile shape, on matrices past SMALL_MAX_N

@@ -12,7 +12,6 @@ GPU time is spent. Run it in a process without ``TRITON_INTERPRET``. The tests u
 from __future__ import annotations
 
 import collections
-import itertools
 import os
 import re
 import shutil
@@ -251,27 +250,6 @@ def sinkhorn_resident_rows():
             yield f"{kernel.__name__} {label}, {'thread' if poll else 'block'} poll", res
 
 
-def sinkhorn_band_rows():
-    """``(label, result)`` for both band Sinkhorn kernels at ``N = 1024`` (symmetric dense logits;
-    the launcher's bands, ``NP`` and warps on an H200's 132 SMs), with either wait, as
-    :func:`sinkhorn_resident_rows` reports the tile kernels."""
-    from unimixer_kernels.triton_kernels import sinkhorn as k
-
-    ptrs = dict({a: "*fp32" for a in "SRC P U V DX DP SCR".split()}, XW="*i64", FAIL="*i64")
-    br, _, np_, warps = k._band_shape(1024, 1, 132)
-    for poll in (True, False):
-        for kernel in (k.sinkhorn_band_fwd_kernel, k.sinkhorn_band_bwd_kernel):
-            consts = dict(BR=br, NP=np_, MAX_SPINS=k.RESIDENT_MAX_SPINS, THREAD_POLL=poll, s2=1)
-            if kernel is k.sinkhorn_band_bwd_kernel:
-                consts["sd2"] = 1
-            res = compile_sm90(kernel, ptrs, consts, warps, 1, floats=("scale", "grad_scale"), usage=True,
-                               ptx=True, divisible=("n", "s0", "s1", "sd0", "sd1"),
-                               options=dict(enable_fp_fusion=False))
-            text = sass(res["ptx"])
-            res["loop"] = outer_loop_ops(text) if text is not None else None
-            yield f"{kernel.__name__}, {'thread' if poll else 'block'} poll", res
-
-
 def report() -> str:
     lines = ["| kernel | tile | warps | stages | shared KiB | registers | spill bytes |",
              "|---|---|---:|---:|---:|---:|---:|"]
@@ -280,11 +258,10 @@ def report() -> str:
             tile = " ".join(f"{k}={v}" for k, v in kw.items())
             lines.append(f"| {label} | {tile} | {warps} | {stages} | {res['shared'] / 1024:.0f} | "
                          f"{res.get('regs')} | {res.get('spill')} |")
-    lines += ["", "Resident Sinkhorn (tiles, then bands), N = 1024: one iteration of the K loop (two "
-              "half-steps), SASS",
+    lines += ["", "Resident Sinkhorn, N = 1024: one iteration of the K loop (two half-steps), SASS",
               "", "| kernel | registers | spill bytes | instructions | BAR | SHFL | MUFU | FMNMX |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for label, res in itertools.chain(sinkhorn_resident_rows(), sinkhorn_band_rows()):
+    for label, res in sinkhorn_resident_rows():
         loop = res["loop"]
         ops = ("BAR", "SHFL", "MUFU", "FMNMX")
         counts = " | ".join(str(loop[op]) if loop else "–" for op in ops)

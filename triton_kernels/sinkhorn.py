@@ -105,7 +105,6 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ._launch import (
-    BANDS_SWITCH,
     PAIRS_SWITCH,
     PERSISTENT_SWITCH,
     POLL_SWITCH,
@@ -137,12 +136,6 @@ RESIDENT_TILE = (64, 128)
 # each thread holds a single word of the column partials and the layouts replicate words across
 # warps, which _resident_shape avoids
 RESIDENT_WARPS = 8
-# symmetric dense logits: the resident kernels with one program per band of whole rows
-# (sinkhorn_band_fwd_kernel; UNIMIXER_SINKHORN_BANDS), whose half-steps exchange only a vector; at
-# most this many entries a band (the backward holds four fp32 tiles of it: 128 registers a thread at
-# 8 warps), and BAND_ROWS_OVERRIDE rows a band instead of the launcher's choice (tests)
-BAND_MAX_ELEMS = 8192
-BAND_ROWS_OVERRIDE: int | None = None
 # polls (~1 us each) before a resident program's wait gives up and counts a failure instead of
 # hanging; a legitimate wait is microseconds, so only programs that are not co-resident reach it
 RESIDENT_MAX_SPINS = 1 << 24
@@ -1178,201 +1171,6 @@ def sinkhorn_resident_bwd_kernel(
         tl.store(DX + mat * n * n + out, (g * grad_scale).to(DX.dtype.element_ty), mask=m2)
 
 
-# --- resident variant on symmetric logits: one program per band of whole rows -------------------
-# S0 is symmetric, so a program holding the rows of its band, S0[band, :], also holds the band's
-# columns, S0[:, band], as the same registers read the other way (entry (a, i) is S0[p a, i] and
-# S0[i, p a]). Every half-step's sums are then whole within one program: a row step sums the band's
-# rows, and a column step the band's columns, which are the same registers summed along the same
-# axis. Programs exchange only the potentials (or the backward's sums): each writes its band's
-# values as tagged words and reads the whole vector, with no partials to combine.
-
-
-@triton.jit
-def _band_frame(mat, SRC, SCR, U, V, XW, FAIL, n, K, s0, s1, s2, scale,
-                BR: tl.constexpr, NP: tl.constexpr):
-    """Band ``program_id(0)`` of matrix ``mat``: its rows (``a`` for row ``p BR + a``), every column,
-    masks, ``S0`` over them (symmetrised and scaled as ``_resident_frame`` does, so bit for bit the
-    same numbers), the band's block of the scratch matrix ``SCR`` (``_band_t``), and its matrix's
-    potentials, exchange words and failure count."""
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
-    # every access along the columns in pairs, as the tagged 8-byte words' loads (16 bytes a thread)
-    # go: the band's loads, stores and vectors then share that one layout, and the loop converts none
-    cols = tl.max_contiguous(tl.arange(0, NP), 2)
-    rmask = rows < n
-    cmask = cols < n
-    m2 = rmask[:, None] & cmask[None, :]
-    base = SRC + mat * s0
-    x = tl.load(base + rows[:, None] * s1 + cols[None, :] * s2, mask=m2, other=0.0).to(tl.float32)
-    scr = SCR + mat * n * n + rows[:, None] * n + cols[None, :]
-    x = (x + _band_t(base, scr, rows, cols, m2, s1, s2)) * scale
-    return (rows, cols, rmask, cmask, m2, x, scr, U + mat * K * n, V + mat * K * n, XW + mat * 2 * n,
-            FAIL + mat)
-
-
-@triton.jit
-def _band_t(base, scr, rows, cols, m2, s1, s2):
-    """``M[cols, rows]`` as the band ``[BR, NP]`` in fp32 (0 outside the matrix), once a call. Its
-    strided load would lay the band out along its rows, and the compiler would then keep the loop's
-    tiles in that layout and convert them every iteration; a round trip through the program's own
-    rows of the scratch matrix ``scr`` (fp32, its ``[BR, NP]`` block read and written by this program
-    only) gives it the band's layout."""
-    t = tl.load(base + cols[None, :] * s1 + rows[:, None] * s2, mask=m2, other=0.0).to(tl.float32)
-    tl.store(scr, t, mask=m2)
-    tl.debug_barrier()
-    t = tl.load(scr, mask=m2, other=0.0)
-    tl.debug_barrier()  # every thread has read the block before it is written again
-    return t
-
-
-@triton.jit
-def _band_swap(XW, own, rows, rmask, cols, cmask, n, tag, fail, MAX_SPINS: tl.constexpr,
-               THREAD_POLL: tl.constexpr):
-    """Write this band's values ``own`` (``[BR]``) as words tagged ``tag`` and return the whole
-    vector ``[1, NP]`` (0 outside the matrix) once every band has written it. Two copies of the
-    vector alternate with the tag's parity: a program writes step ``s + 2`` only after its wait for
-    step ``s + 1``, which every program wrote after summing what step ``s`` gave it, so no read of
-    step ``s`` is still pending in that copy."""
-    copy = XW + (tag % 2) * n
-    _band_store(copy, _tagged(own, tag), rows, rmask, cols)
-    return _await_tagged((copy + cols)[None, :], cmask[None, :], tag, fail, MAX_SPINS, THREAD_POLL)
-
-
-@triton.jit
-def _band_keep(ptr, vec, cols, own):
-    """``ptr[cols] = vec`` where ``own`` (the band's entries): a whole exchanged vector ``[1, NP]``
-    stored from its own layout."""
-    tl.store((ptr + cols)[None, :], vec, mask=own[None, :])
-
-
-@triton.jit
-def _band_store(ptr, own, rows, rmask, cols):
-    """``ptr[rows] = own`` for a vector over the band's rows, which a row-wise sum of the band leaves
-    in every thread: stored through the band's 2-d layout by the threads of column 0, so that it
-    needs no layout change (a 1-d store would first spread it over the threads through shared
-    memory, with barriers)."""
-    first = (cols == 0)[None, :]
-    # marked non-contiguous, so that the store keeps the band's layout rather than one along its rows
-    offs = tl.max_contiguous(rows[:, None] + cols[None, :] * 0, [1, 1])
-    tl.store(ptr + offs, tl.where(first, own[:, None], own[:, None]), mask=rmask[:, None] & first)
-
-
-@triton.jit
-def sinkhorn_band_fwd_kernel(
-    SRC, P, U, V, XW, FAIL,
-    n, K, s0, s1, s2, scale,
-    BR: tl.constexpr, NP: tl.constexpr, MAX_SPINS: tl.constexpr, THREAD_POLL: tl.constexpr,
-):
-    """The whole forward in one launch on symmetric dense logits, one resident program per band of
-    ``BR`` rows (grid ``(bands, n_mat)``). The potentials, their relative form, the plain sums after
-    the first iteration and what ``U``, ``V`` hold are ``sinkhorn_resident_fwd_kernel``'s; the
-    band holds ``T1`` twice in log2 units, as its rows' iterate (``t1r[a, i] = T1[p a, i]``) and its
-    columns' (``t1m[a, i] = T1[i, p a]``), formed by the same operations, so each half-step is one
-    row-wise sum of the band: a row step of ``exp(t1r - v)``, a column step of ``exp(t1m - v_band)
-    / r``. Each half-step exchanges one vector (``_band_swap``; tags 1, 2, ... in step order)."""
-    mat = tl.program_id(1).to(tl.int64)
-    rows, cols, rmask, cmask, m2, x, _, urow, vrow, xw, fail = _band_frame(
-        mat, SRC, P, U, V, XW, FAIL, n, K, s0, s1, s2, scale, BR, NP)
-    x = tl.where(m2, x, float("-inf"))
-    # the band's own entries of a whole vector (U, V are written from the exchanged vectors: the
-    # band's values as they are, in the vectors' layout)
-    own = (cols // BR == tl.program_id(0)) & cmask
-    # the first iteration, with maxima: u_1 over the band's rows, then v_1 over its columns
-    u1 = _lse(x, 1)
-    u1_all = _band_swap(xw, u1, rows, rmask, cols, cmask, n, 1, fail, MAX_SPINS, THREAD_POLL)
-    _band_keep(urow, u1_all, cols, own)
-    v1 = _lse(x - u1_all, 1)
-    v1_all = _band_swap(xw, v1, rows, rmask, cols, cmask, n, 2, fail, MAX_SPINS, THREAD_POLL)
-    _band_keep(vrow, v1_all, cols, own)
-    # T1 = (S0 - u_1) - v_1, as the band's rows and as its columns
-    t1r = tl.where(m2, ((x - u1[:, None]) - v1_all) * LOG2E, float("-inf"))
-    t1m = tl.where(m2, ((x - u1_all) - v1[:, None]) * LOG2E, float("-inf"))
-    v = tl.zeros([BR], dtype=tl.float32)  # relative potentials (log2 units) of the band's columns
-    v_all = tl.zeros([1, NP], dtype=tl.float32)
-    rinv = tl.full([BR], 1.0, tl.float32)
-    for k in range(1, K):
-        # row step k: r = rowsum(exp(T1 - v_{k-1})) over the band's rows
-        r = tl.sum(tl.exp2(t1r - v_all), axis=1)
-        r = tl.where(r > 0.0, r, 1.0)  # rows outside the matrix
-        r_all = _band_swap(xw, r, rows, rmask, cols, cmask, n, 2 * k + 1, fail, MAX_SPINS, THREAD_POLL)
-        _band_keep(urow + k * n, tl.log2(r_all) * LN2, cols, own)
-        rinv = 1.0 / r
-        # column step k: the iterate after the row step, exp(T1 - v_{k-1}) / r, summed over each of
-        # the band's columns
-        sc = tl.sum(tl.exp2(t1m - v[:, None]) * (1.0 / tl.where(r_all > 0.0, r_all, 1.0)), axis=1)
-        v = v + tl.log2(tl.where(sc > 0.0, sc, 1.0))
-        v_all = _band_swap(xw, v, rows, rmask, cols, cmask, n, 2 * k + 2, fail, MAX_SPINS, THREAD_POLL)
-        _band_keep(vrow + k * n, v_all * LN2, cols, own)
-    # P = exp(T1 - u - v) = exp(T1 - v) / r over the band's rows
-    p = tl.exp2(t1r - v_all) * rinv[:, None]
-    tl.store(P + mat * n * n + rows[:, None] * n + cols[None, :], p, mask=m2)
-
-
-@triton.jit
-def sinkhorn_band_bwd_kernel(
-    SRC, DP, U, V, DX, SCR, XW, FAIL,
-    n, K, s0, s1, s2, sd0, sd1, sd2, scale, grad_scale,
-    BR: tl.constexpr, NP: tl.constexpr, MAX_SPINS: tl.constexpr, THREAD_POLL: tl.constexpr,
-):
-    """The whole backward in one launch on symmetric dense logits, one resident program per band, as
-    ``sinkhorn_band_fwd_kernel``. The working gradient ``G`` is not symmetric, so the band holds
-    two tiles of it, its rows ``gr[a, i] = G[p a, i]`` and its columns ``gm[a, i] = G[i, p a]``, each
-    entry of ``G`` then in two programs (or twice in one), updated by the same operations from the
-    same numbers, as ``sinkhorn_resident_bwd_kernel`` updates its tile (one exponential per entry and
-    iteration in each). A column step's sums are ``gm``'s row sums and a row step's ``gr``'s, whole in
-    the band; each step exchanges one vector (tags 1, 2, ... in step order). The band writes its rows
-    of ``dM = (G + G^T) * grad_scale`` itself: ``gr + gm``, in the symmetrising pass's order."""
-    mat = tl.program_id(1).to(tl.int64)
-    rows, cols, rmask, cmask, m2, x, scr, urow, vrow, xw, fail = _band_frame(
-        mat, SRC, SCR, U, V, XW, FAIL, n, K, s0, s1, s2, scale, BR, NP)
-    u1 = tl.load(urow + rows, mask=rmask, other=0.0)
-    v1 = tl.load(vrow + rows, mask=rmask, other=0.0)
-    u1_all = tl.load(urow + cols, mask=cmask, other=0.0)[None, :]
-    v1_all = tl.load(vrow + cols, mask=cmask, other=0.0)[None, :]
-    t1r = tl.where(m2, ((x - u1[:, None]) - v1_all) * LOG2E, float("-inf"))
-    t1m = tl.where(m2, ((x - u1_all) - v1[:, None]) * LOG2E, float("-inf"))
-    v1 = v1 * LOG2E
-    v1_all = v1_all * LOG2E
-    last = (K - 1) * n
-    u = tl.load(urow + last + rows, mask=rmask & (K > 1), other=0.0) * LOG2E
-    v = tl.load(vrow + last + rows, mask=rmask & (K > 1), other=0.0) * LOG2E
-    u_all = tl.load(urow + last + cols, mask=cmask & (K > 1), other=0.0)[None, :] * LOG2E
-    v_all = tl.load(vrow + last + cols, mask=cmask & (K > 1), other=0.0)[None, :] * LOG2E
-    dpb = DP + mat * sd0
-    dpr = tl.load(dpb + rows[:, None] * sd1 + cols[None, :] * sd2, mask=m2, other=0.0).to(tl.float32)
-    gr = dpr * tl.exp2(t1r - u[:, None] - v_all)
-    gm = _band_t(dpb, scr, rows, cols, m2, sd1, sd2) * tl.exp2(t1m - u_all - v[:, None])
-    col = tl.sum(gm, axis=1)
-    col_all = _band_swap(xw, col, rows, rmask, cols, cmask, n, 1, fail, MAX_SPINS, THREAD_POLL)
-    for t in range(K):
-        k = K - 1 - t
-        u = tl.load(urow + k * n + rows, mask=rmask & (k > 0), other=0.0) * LOG2E
-        v = tl.load(vrow + k * n + rows, mask=rmask & (k > 0), other=0.0) * LOG2E
-        vp = tl.load(vrow + (k - 1) * n + rows, mask=rmask & (k > 1), other=0.0) * LOG2E
-        vp = tl.where(k > 0, vp, -v1)
-        u_all = tl.load(urow + k * n + cols, mask=cmask & (k > 0), other=0.0)[None, :] * LOG2E
-        v_all = tl.load(vrow + k * n + cols, mask=cmask & (k > 0), other=0.0)[None, :] * LOG2E
-        vp_all = tl.load(vrow + (k - 1) * n + cols, mask=cmask & (k > 1), other=0.0)[None, :] * LOG2E
-        vp_all = tl.where(k > 0, vp_all, -v1_all)
-        # column step k: G -= E_col(k) * colsum(G); row step k: G -= E_row(k) * rowsum(G), with
-        # E_row(k) = E_col(k) * exp(v_k - v_{k-1}) per column. The band's rows take both steps before
-        # the exchange (their sums are the band's own), so that only the columns' iterate is held
-        # across it (at 8 warps, n = 1024, holding both spilled registers)
-        er = tl.exp2(t1r - u[:, None] - v_all)
-        gr = gr - er * col_all
-        row = tl.sum(gr, axis=1)
-        gr = gr - (er * tl.exp2(v_all - vp_all)) * row[:, None]
-        em = tl.exp2(t1m - u_all - v[:, None])
-        gm = gm - em * col[:, None]
-        row_all = _band_swap(xw, row, rows, rmask, cols, cmask, n, 2 * t + 2, fail, MAX_SPINS, THREAD_POLL)
-        gm = gm - (em * tl.exp2(v - vp)[:, None]) * row_all
-        if k > 0:
-            col = tl.sum(gm, axis=1)
-            col_all = _band_swap(xw, col, rows, rmask, cols, cmask, n, 2 * t + 3, fail, MAX_SPINS,
-                                 THREAD_POLL)
-    dm = (gr + gm) * grad_scale
-    tl.store(DX + mat * n * n + rows[:, None] * n + cols[None, :], dm.to(DX.dtype.element_ty), mask=m2)
-
-
 # --- launchers ---------------------------------------------------------------------------------
 
 
@@ -1469,49 +1267,6 @@ def _resident_shape(bm: int, bn: int, n_rt: int, n_ct: int) -> tuple[int, int, i
     least = 2 * 32 * warps
     return (warps, max(triton.next_power_of_2(n_rt), least // bn),
             max(triton.next_power_of_2(n_ct), least // bm))
-
-
-def _band_args(n: int, n_mat: int, device: torch.device, dense: bool, symmetric: bool):
-    """``(bands, meta, FAIL, XW)`` of the band kernels (``sinkhorn_band_fwd_kernel``), or ``None``
-    where they do not apply: the ``UNIMIXER_SINKHORN_BANDS`` switch, the resident switch, logits that
-    are not symmetric or not dense (matrix-free Lite keeps the tile kernels, which form ``S0`` once
-    per tile), a shape ``_band_shape`` refuses, or no cooperative launch (as ``_resident_args``). On
-    the CPU interpreter, where programs run one after another: only a matrix that is one band."""
-    mode = switch(BANDS_SWITCH)
-    if mode not in ("auto", "0"):
-        raise ValueError(f"{BANDS_SWITCH}: expected 'auto' or '0', got {mode!r}")
-    if mode == "0" or not RESIDENT or not symmetric or not dense:
-        return None
-    cuda = device.type == "cuda"
-    if cuda and not triton_launch_option("launch_cooperative_grid"):
-        return None
-    shape = _band_shape(n, n_mat, sm_count(device) if cuda else n_mat)
-    if shape is None:
-        return None
-    br, bands, np_, warps = shape
-    meta = dict(BR=br, NP=np_, MAX_SPINS=RESIDENT_MAX_SPINS, THREAD_POLL=_thread_poll(device),
-                num_warps=warps, enable_fp_fusion=DENSE_FP_FUSION)
-    if cuda:
-        meta["launch_cooperative_grid"] = True
-    words = torch.zeros(n_mat * 2 * n + n_mat, device=device, dtype=torch.int64)
-    return bands, meta, words[-n_mat:], words[:-n_mat]
-
-
-def _band_shape(n: int, n_mat: int, sms: int) -> tuple[int, int, int, int] | None:
-    """``(BR, bands, NP, warps)`` of the band kernels for ``n_mat`` matrices of ``n`` on ``sms``
-    SMs, or ``None`` where a band would exceed ``BAND_MAX_ELEMS`` or the bands the SMs. A band is
-    ``BR = next_pow2(cdiv(n, sms // n_mat))`` rows of ``NP = next_pow2(n)`` columns
-    (``BAND_ROWS_OVERRIDE`` for tests), so there are about as many bands as SMs, with one warp per
-    1024 entries (32 a thread) up to ``RESIDENT_WARPS``."""
-    slots = sms // n_mat
-    if slots < 1:
-        return None
-    np_ = triton.next_power_of_2(n)
-    br = BAND_ROWS_OVERRIDE or triton.next_power_of_2(triton.cdiv(n, slots))
-    bands = triton.cdiv(n, br)
-    if br * np_ > BAND_MAX_ELEMS or bands > slots:
-        return None
-    return br, bands, np_, max(1, min(RESIDENT_WARPS, br * np_ // 1024))
 
 
 def _thread_poll(device: torch.device) -> bool:
@@ -1688,13 +1443,6 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
     bm, bn, n_rt, n_ct, mode, rank, strides, meta = _tile_args(n, src, a, b)
     scale = (0.5 if symmetric else 1.0) / tau
     s_src, s_a, s_b = (a, a, b) if a is not None else (src, src, src)
-    band = _band_args(n, n_mat, like.device, a is None, symmetric)
-    if band is not None:
-        bands, bmeta, fail, xw = band
-        sinkhorn_band_fwd_kernel[(bands, n_mat)](src, p, u, v, xw, fail, n, iters, *strides[:3], scale,
-                                                 **bmeta)
-        _check_fail(fail)
-        return p, u, v
     res = _resident_args(n, n_mat, like.device, meta)
     if res is not None:
         n_rt, n_ct, meta, fail, pr, pc = res
@@ -1740,15 +1488,6 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     bm, bn, n_rt, n_ct, mode, rank, strides, meta = _tile_args(n, src, a, b)
     scale = grad_scale = (0.5 if symmetric else 1.0) / tau
     s_src, s_a, s_b = (a, a, b) if a is not None else (src, src, src)
-    band = _band_args(n, n_mat, like.device, a is None, symmetric)
-    if band is not None:
-        bands, bmeta, fail, xw = band
-        scr = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32)
-        sinkhorn_band_bwd_kernel[(bands, n_mat)](
-            src, dp, u, v, dx, scr, xw, fail, n, iters, *strides[:3], *dp.stride(), scale, grad_scale,
-            **bmeta)
-        _check_fail(fail)
-        return dx
     res = _resident_args(n, n_mat, like.device, meta)
     if res is not None:
         n_rt, n_ct, meta, fail, pr, pc = res

@@ -130,8 +130,7 @@ def test_lite_global_ops_ignore_ambient_autocast(device, monkeypatch):
 @pytest.mark.parametrize("materialise", [False, True], ids=["matrix-free", "materialised"])
 def test_lite_weights_global_resident(device, monkeypatch, kernel_dtype, symmetric, materialise):
     # the resident kernels form the low-rank tile once (one 32 x 32 tile in the interpreter; on a
-    # GPU, 16 x 16 tiles, one program each), or run A @ B formed by torch as dense logits (symmetric:
-    # one program per band of rows)
+    # GPU, 16 x 16 tiles, one program each), or run A @ B formed by torch as dense logits
     monkeypatch.setattr(sk_kernels, "LOWRANK_MATERIALISE_MIN_RANK", 0 if materialise else 10**9)
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16) if device == "cuda" else (32, 32))
     monkeypatch.setattr(sk_kernels, "RESIDENT", True)

@@ -34,19 +34,6 @@ def resident(monkeypatch):
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
     monkeypatch.setattr(sk_kernels, "RESIDENT", True)
     monkeypatch.setattr(sk_kernels, "RESIDENT_CHECK", True)
-    monkeypatch.setenv("UNIMIXER_SINKHORN_BANDS", "0")
-
-
-@pytest.fixture
-def bands(monkeypatch):
-    """The resident kernels on symmetric dense logits, one program per band of whole rows, with
-    their waits checked. The interpreter runs programs one after another, so there a matrix is one
-    band (n <= 16); on a GPU bands of 4 rows, each with its own program."""
-    monkeypatch.setattr(sk_kernels, "SMALL_MAX_N", 8)
-    monkeypatch.setattr(sk_kernels, "RESIDENT", True)
-    monkeypatch.setattr(sk_kernels, "RESIDENT_CHECK", True)
-    monkeypatch.setattr(sk_kernels, "BAND_ROWS_OVERRIDE", 4 if torch.cuda.is_available() else None)
-    monkeypatch.setenv("UNIMIXER_SINKHORN_BANDS", "auto")
 
 
 def _logits(shape, dtype, device, noncontiguous=False, transposed=False):
@@ -151,79 +138,6 @@ def test_sinkhorn_default_tiles(device, monkeypatch):
 def test_sinkhorn_resident_triton(device, resident, shape, tau, iters, symmetric):
     x = _logits(shape, torch.float32, device)
     check_against_reference(uk.sinkhorn, (x, tau, iters, symmetric), backend="triton")
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("tau,iters", TAU_ITERS)
-@pytest.mark.parametrize("shape", [(13, 13), (2, 16, 16), (3, 9, 9)])
-def test_sinkhorn_bands_triton(device, bands, shape, tau, iters):
-    x = _logits(shape, torch.float32, device)
-    check_against_reference(uk.sinkhorn, (x, tau, iters, True), backend="triton")
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("iters", [1, 2, 20])
-def test_sinkhorn_bands_dominated_rows(device, bands, iters):
-    x = _dominated_logits((2, 16, 16), device)
-    check_against_reference(uk.sinkhorn, (x, 0.05, iters, True), backend="triton")
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("layout", ["strided", "transposed"])
-def test_sinkhorn_bands_noncontiguous_16bit(device, bands, layout):
-    x = _logits((3, 11, 11), torch.bfloat16, device, noncontiguous=layout == "strided",
-                transposed=layout == "transposed")
-    check_against_reference(uk.sinkhorn, (x, 0.3, 5, True), backend="triton")
-
-
-@pytest.mark.triton
-def test_sinkhorn_bands_path_taken(device, bands, monkeypatch):
-    # symmetric dense logits where the bands fit: one band launch each way, without contraction (as
-    # the resident kernels on dense logits); not symmetric: the resident tiles
-    launched, options = [], []
-    names = ("sinkhorn_band_fwd_kernel", "sinkhorn_band_bwd_kernel", "sinkhorn_resident_fwd_kernel",
-             "sinkhorn_resident_bwd_kernel", "sinkhorn_tile_fwd_kernel", "sinkhorn_tile_bwd_kernel",
-             "sinkhorn_tile_sym_kernel")
-    for name in names:
-        monkeypatch.setattr(sk_kernels, name, _Recorder(getattr(sk_kernels, name), name, launched, options))
-    x = _logits((2, 12, 12), torch.float32, device)
-    uk.sinkhorn(x, 0.5, 3, True, backend="triton").sum().backward()
-    assert launched == [("sinkhorn_band_fwd_kernel", (1, 2)), ("sinkhorn_band_bwd_kernel", (1, 2))]
-    assert all(kw.get("enable_fp_fusion") is False for _, kw in options), options
-    launched.clear()
-    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
-    uk.sinkhorn(x, 0.5, 3, False, backend="triton").sum().backward()
-    assert launched == [("sinkhorn_resident_fwd_kernel", (1, 2)), ("sinkhorn_resident_bwd_kernel", (1, 2))]
-
-
-@pytest.mark.triton
-def test_sinkhorn_bands_switch(device, bands, monkeypatch):
-    # '0' turns the bands off (the resident tiles run); anything but 'auto' or '0' is refused
-    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
-    launched = []
-    for name in ("sinkhorn_band_fwd_kernel", "sinkhorn_resident_fwd_kernel"):
-        monkeypatch.setattr(sk_kernels, name, _Recorder(getattr(sk_kernels, name), name, launched))
-    x = _logits((12, 12), torch.float32, device)
-    monkeypatch.setenv("UNIMIXER_SINKHORN_BANDS", "0")
-    uk.sinkhorn(x, 0.5, 3, backend="triton")
-    assert [name for name, _ in launched] == ["sinkhorn_resident_fwd_kernel"]
-    monkeypatch.setenv("UNIMIXER_SINKHORN_BANDS", "on")
-    with pytest.raises(ValueError, match="UNIMIXER_SINKHORN_BANDS: expected 'auto' or '0'"):
-        uk.sinkhorn(x, 0.5, 3, backend="triton")
-
-
-@pytest.mark.triton
-def test_sinkhorn_band_shape():
-    # about one band per SM, 32 entries a thread; none where a band would not fit a program or the
-    # bands the GPU at once
-    for n, n_mat, want in [(1024, 1, (8, 128, 1024, 8)), (1000, 1, (8, 125, 1024, 8)),
-                           (256, 1, (2, 128, 256, 1)), (100, 1, (1, 100, 128, 1)),
-                           (512, 2, (8, 64, 512, 4)), (13, 1, (1, 13, 16, 1))]:
-        assert sk_kernels._band_shape(n, n_mat, 132) == want, (n, n_mat)
-    assert sk_kernels._band_shape(1024, 2, 132) is None  # 16 x 1024 entries a band
-    assert sk_kernels._band_shape(2048, 1, 132) is None
-    assert sk_kernels._band_shape(64, 200, 132) is None  # more matrices than SMs
-    assert sk_kernels._band_shape(16, 1, 1) == (16, 1, 16, 1)  # the interpreter: one program
 
 
 def _dominated_logits(shape, device):
@@ -482,18 +396,14 @@ def test_sinkhorn_compile_fullgraph(device):
 @pytest.mark.triton
 @pytest.mark.parametrize("n", [1024, 4096])
 @pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("launch", ["auto", "per-half-step", "resident-tiles"])
+@pytest.mark.parametrize("launch", ["auto", "per-half-step"])
 def test_sinkhorn_preset_gpu(monkeypatch, kernel_dtype, n, symmetric, launch):
-    # n = 1024 takes the resident kernels by default (symmetric: the bands); n = 4096 one launch per
-    # half-step either way
-    if launch != "auto" and n != 1024:
-        pytest.skip("n = 4096 runs one launch per half-step in the 'auto' case already")
-    if launch == "resident-tiles" and not symmetric:
-        pytest.skip("without symmetry the resident kernels are the tiles in the 'auto' case already")
+    # n = 1024 takes the resident kernels by default; n = 4096 one launch per half-step either way
     if launch == "per-half-step":
+        if n != 1024:
+            pytest.skip("n = 4096 runs one launch per half-step in the 'auto' case already")
         monkeypatch.setattr(sk_kernels, "RESIDENT", False)
     else:
-        monkeypatch.setenv("UNIMIXER_SINKHORN_BANDS", "0" if launch == "resident-tiles" else "auto")
         monkeypatch.setattr(sk_kernels, "RESIDENT_CHECK", True)
     x = random_input((n, n), kernel_dtype, "cuda", requires_grad=True)
     check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
@@ -510,25 +420,6 @@ def test_sinkhorn_resident_tiles_gpu(resident, monkeypatch, shape, symmetric, po
     monkeypatch.setenv("UNIMIXER_SINKHORN_POLL", poll)
     x = random_input(shape, torch.float32, "cuda", requires_grad=True)
     check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
-
-
-@pytest.mark.gpu
-@pytest.mark.triton
-@pytest.mark.parametrize("shape", [(2, 100, 100), (61, 61), (3, 37, 37)])
-@pytest.mark.parametrize("poll", ["thread", "block"])
-def test_sinkhorn_bands_gpu(bands, monkeypatch, shape, poll):
-    # bands of 4 rows: up to 25 programs per matrix wait on each other's tagged words, a ragged last
-    # band included (n = 61, 37); either wait (UNIMIXER_SINKHORN_POLL)
-    monkeypatch.setenv("UNIMIXER_SINKHORN_POLL", poll)
-    x = random_input(shape, torch.float32, "cuda", requires_grad=True)
-    check_against_reference(uk.sinkhorn, (x, 0.05, 20, True), backend="triton")
-
-
-@pytest.mark.gpu
-@pytest.mark.triton
-def test_sinkhorn_bands_dominated_rows_gpu(bands):
-    x = _dominated_logits((2, 100, 100), "cuda")
-    check_against_reference(uk.sinkhorn, (x, 0.05, 20, True), backend="triton")
 
 
 @pytest.mark.gpu
@@ -631,40 +522,6 @@ def compile_resident_for_sm90() -> None:
             # clone of the impure asm left behind by a layout change (an early version had both)
             per_pair = (ct_p * 64 + rt_p * 128) // (32 * warps)
             assert res["ptx"].count("spin_loop:") == (2 if "fwd" in label else 1) * per_pair, label
-
-
-def compile_bands_for_sm90() -> None:
-    """Compile both band kernels (n = 1024: 128 bands of 8 rows, 8 warps) for sm_90 and check how
-    they wait (volatile polls of the tagged words; no fence or acquire), that with per-thread polls
-    neither spills, and, where ptxas and cuobjdump are found, what one iteration of the K loop
-    issues: no maximum after the first iteration, two exponentials per entry of the band a thread
-    holds (one for its rows, one for its columns, plus a few logs, reciprocals and the backward's
-    iterate factors), at most 12 block-wide barriers with per-thread polls, and one polling loop per
-    word a thread reads at each exchange (4 exchanges in the forward's code, 3 in the backward's)."""
-    from bench.sm90 import SMEM_LIMIT, sinkhorn_band_rows
-
-    br, _, np_, warps = sk_kernels._band_shape(1024, 1, 132)
-    entries = br * np_ // (32 * warps)
-    words = np_ // (32 * warps)
-    for label, res in sinkhorn_band_rows():
-        assert res["shared"] <= SMEM_LIMIT, label
-        assert "ld.volatile.global" in res["ptx"], label
-        assert not any(op in res["ptx"] for op in ("fence.", "membar", ".acquire", ".release")), label
-        loop = res["loop"]
-        if loop is not None:
-            assert loop["FMNMX"] == 0, (label, loop)
-            assert 2 * entries <= loop["MUFU"] <= 2 * entries + 12, (label, loop)
-        if "thread poll" in label:
-            assert res["spill"] in (0, None), label
-            if loop is not None:
-                assert loop["BAR"] <= 12, (label, loop["BAR"])
-            assert res["ptx"].count("spin_loop:") == (4 if "fwd" in label else 3) * words, label
-
-
-@pytest.mark.triton
-@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
-def test_sinkhorn_bands_compile_for_sm90(sm90_compile):
-    sm90_compile("import test_sinkhorn as t; t.compile_bands_for_sm90()")
 
 
 @pytest.mark.triton
