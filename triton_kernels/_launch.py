@@ -48,8 +48,9 @@ SWITCHES = {
                                    "'auto' (gemm for 16-bit activations at B >= 16 or N >= 1024, where it "
                                    "measured faster on the H200)"),
     LOCAL_TILE_SWITCH: ("auto", "the memory path's per-block kernel at B < 16 (one block per lane): "
-                                "'auto' (4 warps, 2 samples per loop step; the fastest of 4x2, 8x2, 4x4 "
-                                "and 2x2 on the H200) or 'WARPSxSAMPLES' (powers of two, 1..16)"),
+                                "'auto' (4 warps, with 2 samples per loop step in the forward and 4 in "
+                                "the backward, the fastest of eight tiles each on the H200) or "
+                                "'WARPSxSAMPLES' (powers of two, 1..16) for both"),
     PDL_SWITCH: ("auto", "launch the tiled Sinkhorn kernels with programmatic dependent launch (sm_90+, "
                          "CUDA): each waits for its predecessor inside the kernel, so its launch, and its "
                          "read of the logits tile where the previous launch does not write it, overlap the "

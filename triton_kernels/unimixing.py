@@ -804,9 +804,14 @@ LOCAL_DOT_MIN_BP = 16
 # the slice of output columns c per sample in a local-dot forward tile (a dot's minimum width)
 LOCAL_DOT_CW = 16
 # memory path at B < 16, the local FMA kernel: blocks per warp (one per lane); the warps per program
-# and the samples per loop step are LOCAL_TILE_SWITCH's ('auto': LOCAL_FMA_TILE)
+# and the samples per loop step are LOCAL_TILE_SWITCH's ('auto': LOCAL_FMA_TILE, forward and
+# backward), and the forward's programs per SM LOCAL_FMA_FWD_PER_SM (the backward's 4, which bounds
+# its dW_B partials). At paper-100m (bf16, H200, one launch under CUDA graphs) the backward took 131
+# us at 4 x 4 against 208 at 4 x 2 (133-198 for 2 x 2 to 16 x 2), the forward 46 us at 4 x 2 with 8
+# programs an SM against 58 with 4 (bench/results/2026-11-30-h200-run96)
 LOCAL_FMA_LANES = 32
-LOCAL_FMA_TILE = (4, 2)
+LOCAL_FMA_TILE = ((4, 2), (4, 4))
+LOCAL_FMA_FWD_PER_SM = 8
 
 
 def uses_local_dot(block: int, fused: bool, half: bool = True) -> bool:
@@ -1153,10 +1158,12 @@ def _local_products(
     bp = triton.next_power_of_2(b)
     fma = c_major(b)
     bn = 1  # blocks per program: one per lane of the FMA kernel's warps, else one
+    per_sm = 4
     if fma:
-        warps, sb = local_fma_tile()
+        warps, sb = local_fma_tile(h_only)
         bn = LOCAL_FMA_LANES * warps
-    p1, per1 = _splits(bs, triton.cdiv(n, bn), xc.device, n * b * b)
+        per_sm = LOCAL_FMA_FWD_PER_SM if h_only else per_sm
+    p1, per1 = _splits(bs, triton.cdiv(n, bn), xc.device, n * b * b, per_sm=per_sm)
     dwl_part = xc if h_only else new_output((p1, n, b, b), like=xc, dtype=torch.float32)
     ptrs = (xc, xc, wl, xc, xc, h, dwl_part) if h_only else (g, xc, wl, dyc, dx, h, dwl_part)
     args = (*ptrs, bs, n, t * d, per1)
@@ -1175,12 +1182,13 @@ def _local_products(
     return None if h_only else dwl_part
 
 
-def local_fma_tile() -> tuple[int, int]:
-    """``(warps, samples per loop step)`` of :func:`unimixing_local_fma_kernel` (the
-    ``UNIMIXER_UNIMIXING_LOCAL_TILE`` switch): a program owns ``LOCAL_FMA_LANES * warps`` blocks."""
+def local_fma_tile(h_only: bool) -> tuple[int, int]:
+    """``(warps, samples per loop step)`` of :func:`unimixing_local_fma_kernel` in the forward
+    (``h_only``) or the backward (the ``UNIMIXER_UNIMIXING_LOCAL_TILE`` switch; 'auto':
+    ``LOCAL_FMA_TILE``): a program owns ``LOCAL_FMA_LANES * warps`` blocks."""
     mode = switch(LOCAL_TILE_SWITCH)
     if mode == "auto":
-        return LOCAL_FMA_TILE
+        return LOCAL_FMA_TILE[0 if h_only else 1]
     warps, _, sb = mode.partition("x")
     ok = warps.isdigit() and sb.isdigit()
     warps, sb = (int(warps), int(sb)) if ok else (0, 0)

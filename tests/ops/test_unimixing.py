@@ -629,12 +629,12 @@ def compile_for_sm90() -> None:
     p = "*bf16"
     common = dict(DOT_DTYPE=tl.bfloat16, PRECISION="tf32")
     kw, warps, stages = kernels._dx_configs(4, True)[0]
-    fma_warps, fma_sb = kernels.local_fma_tile()
     builds = [(kernels.unimixing_bwd_dx_kernel, dict(DY=p, X=p, WL=p, WG=p, DX=p, DWL_PART="*fp32"),
                dict(kw, B=4, BP=4, HAS_RESIDUAL=True, **common), warps, stages)]
     for h_only in (False, True):  # the local kernels: backward step, and forward (H only)
         builds.append((kernels.unimixing_local_kernel, LOCAL_PTRS,
                        dict(B=48, BP=64, SB=64, HAS_RESIDUAL=True, H_ONLY=h_only, **common), 4, 3))
+        fma_warps, fma_sb = kernels.local_fma_tile(h_only)
         builds.append((kernels.unimixing_local_fma_kernel, LOCAL_PTRS,
                        dict(B=4, BP=4, BN=32 * fma_warps, SB=fma_sb, HAS_RESIDUAL=True, H_ONLY=h_only),
                        fma_warps, 3))
@@ -664,14 +664,14 @@ def test_unimixing_kernels_compile_for_sm90(sm90_compile):
 
 
 def local_fma_loop_sm90() -> None:
-    """The local FMA kernel's sample loop, compiled for sm_90 (bf16, every tile the switch offers
-    at two of them): no shared memory and no barrier inside it (every tile in one layout, see the
+    """The local FMA kernel's sample loop, compiled for sm_90 (bf16, the forward's and backward's
+    default tiles and 8 x 4, each in both modes): no shared memory and no barrier inside it (every tile in one layout, see the
     kernel's docstring), and its X, dY and dX accesses are vector loads and stores."""
     from unimixer_kernels.triton_kernels import unimixing as kernels
 
     from bench.sm90 import compile_sm90, loop_body
 
-    for warps, sb in {kernels.local_fma_tile(), (8, 4)}:
+    for warps, sb in {*kernels.LOCAL_FMA_TILE, (8, 4)}:
         for h_only in (False, True):
             consts = dict(B=4, BP=4, BN=32 * warps, SB=sb, HAS_RESIDUAL=True, H_ONLY=h_only)
             ptx = compile_sm90(kernels.unimixing_local_fma_kernel, LOCAL_PTRS, consts, warps, 3,
