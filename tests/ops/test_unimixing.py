@@ -665,8 +665,9 @@ def test_unimixing_kernels_compile_for_sm90(sm90_compile):
 
 def local_fma_loop_sm90() -> None:
     """The local FMA kernel's sample loop, compiled for sm_90 (bf16, the forward's and backward's
-    default tiles and 8 x 4, each in both modes): no shared memory and no barrier inside it (every tile in one layout, see the
-    kernel's docstring), and its X, dY and dX accesses are vector loads and stores."""
+    default tiles and 8 x 4, each in both modes): no shared memory and no barrier inside it (every
+    tile in one layout, see the kernel's docstring), and its X, dY and dX accesses are vector loads
+    and stores."""
     from unimixer_kernels.triton_kernels import unimixing as kernels
 
     from bench.sm90 import compile_sm90, loop_body
