@@ -75,6 +75,11 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
                       _patched(sinkhorn, tiled, {PAIRS_SWITCH: "0"})))
         paths.append((" [tiled, resident, 16x16 tiles]",
                       mock.patch.multiple(sinkhorn, **dict(tiled, RESIDENT=True, RESIDENT_CHECK=True))))
+        # the resident build N = 1024 runs (64 x 128 tiles, RESIDENT_WARPS), whose partial blocks are
+        # sized so that no word is replicated across warps (racecheck would see their reductions)
+        paths.append((" [tiled, resident, 64x128 tiles]",
+                      mock.patch.multiple(sinkhorn, **dict(tiled, TILE_OVERRIDE=(64, 128), RESIDENT=True,
+                                                           RESIDENT_CHECK=True))))
         if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0):
             paths.append((f" [tiled, {PDL_SWITCH}=1]", _patched(sinkhorn, tiled, {PDL_SWITCH: "1"})))
         # the switch's own tile shape, on matrices past SMALL_MAX_N
