@@ -56,3 +56,28 @@ def test_fp32_small_values_still_checked_relatively():
     out = (ref * (1 + 2e-3)).float()  # 0.2% off, well above one fp32 rounding
     with pytest.raises(AssertionError):
         assert_close_to_reference(out, ref, ref.float())
+
+
+def test_gradient_failure_names_torchs_one_ulp_spread():
+    # a kernel whose gradient is off: the failure also says how far torch itself moves when the
+    # inputs move by one ulp, so that a check beyond the dtype's reach shows as such
+    from unimixer_kernels.testing import check_against_reference
+
+    class _Off(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.sin()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g  # the derivative of sin is cos, not 1
+
+    def fn(x, backend):
+        if backend == "reference":
+            return x.sin()
+        return _Off.apply(x)
+
+    x = torch.randn(32, dtype=torch.float32, requires_grad=True)
+    with pytest.raises(AssertionError, match="grad of input 0") as failure:
+        check_against_reference(fn, (x,), backend="triton")
+    assert "on every floating input moved by one ulp" in str(failure.value)
