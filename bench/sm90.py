@@ -232,12 +232,13 @@ def sinkhorn_resident_rows():
     from unimixer_kernels.triton_kernels import sinkhorn as k
 
     ptrs = dict({a: "*fp32" for a in "SRC A B P U V G DX DP".split()}, PR="*i64", PC="*i64", FAIL="*i64")
-    warps, rt_p, ct_p = k._resident_shape(64, 128, 1024 // 64, 1024 // 128)  # as the launcher has them
+    bm, bn = k.RESIDENT_TILE
+    warps, rt_p, ct_p = k._resident_shape(bm, bn, 1024 // bm, 1024 // bn)  # as the launcher has them
     for mode, label, poll in ((0, "dense symmetric", True), (0, "dense symmetric", False),
                               (2, "low-rank fp32", True)):
         for kernel in (k.sinkhorn_resident_fwd_kernel, k.sinkhorn_resident_bwd_kernel):
             # BK: the chunk width at paper-small's rank (128)
-            consts = dict(MODE=mode, SYMMETRIC=mode == 0, BM=64, BN=128, BK=k._lowrank_chunk_width(128, True),
+            consts = dict(MODE=mode, SYMMETRIC=mode == 0, BM=bm, BN=bn, BK=k._lowrank_chunk_width(128, True),
                           DOT_IEEE=True, RT_P=rt_p, CT_P=ct_p, MAX_SPINS=k.RESIDENT_MAX_SPINS,
                           THREAD_POLL=poll, s2=1)
             if kernel is k.sinkhorn_resident_bwd_kernel:

@@ -1159,12 +1159,12 @@ def _local_products(
     bp = triton.next_power_of_2(b)
     fma = c_major(b)
     bn = 1  # blocks per program: one per lane of the FMA kernel's warps, else one
-    per_sm = 4
     if fma:
         warps, sb = local_fma_tile(h_only)
         bn = LOCAL_FMA_LANES * warps
-        per_sm = LOCAL_FMA_FWD_PER_SM if h_only else per_sm
-    p1, per1 = _splits(bs, triton.cdiv(n, bn), xc.device, n * b * b, per_sm=per_sm)
+    # the FMA forward writes no partials, so it may have more programs than _splits' default
+    extra = dict(per_sm=LOCAL_FMA_FWD_PER_SM) if fma and h_only else {}
+    p1, per1 = _splits(bs, triton.cdiv(n, bn), xc.device, n * b * b, **extra)
     dwl_part = xc if h_only else new_output((p1, n, b, b), like=xc, dtype=torch.float32)
     ptrs = (xc, xc, wl, xc, xc, h, dwl_part) if h_only else (g, xc, wl, dyc, dx, h, dwl_part)
     args = (*ptrs, bs, n, t * d, per1)
