@@ -207,6 +207,26 @@ def test_autocast_policy_casts_floating_arguments(available, monkeypatch, policy
     assert dtypes == [a.dtype for a in args]
 
 
+def test_autocast_lowers_is_per_backend(available, monkeypatch):
+    # a backend that lowers an argument itself receives it uncast; another backend of the same op
+    # still receives it cast
+    o = Op("probe_lowers", autocast="lower", autocast_keep=(2,))
+    seen = lambda *args: [a.dtype for a in args]  # noqa: E731
+    o.register("reference")(seen)
+    o.register("triton", lowers=(1,))(seen)
+    monkeypatch.setitem(_registry.OPS, o.name, o)
+    monkeypatch.setattr(_registry, "_select_constant", lambda op, backend, device: backend)
+    args = (torch.ones(2), torch.ones(2), torch.ones(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert o.dispatch("triton", CPU)(*args) == [torch.bfloat16, torch.float32, torch.float32]
+        assert o.dispatch("reference", CPU)(*args) == [torch.bfloat16, torch.bfloat16, torch.float32]
+
+
+def test_lowers_needs_the_lower_policy():
+    with pytest.raises(ValueError, match="lowers: only an op with the 'lower' autocast policy"):
+        Op("bad_lowers", autocast="fp32").register("triton", lowers=(1,))
+
+
 def test_unknown_autocast_policy_raises():
     with pytest.raises(ValueError, match="autocast"):
         Op("bad", autocast="bf16")

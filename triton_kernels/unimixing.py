@@ -64,19 +64,30 @@ natural layout the GEMMs' K index would have runs of only ``B`` values, so ``H``
 are stored c-major, ``[bs, B, N]`` (row ``s*B + c`` holds column ``c`` of every block of sample
 ``s``). ``unimixing_local_fma_kernel`` (one block per lane, ``B`` fp32 FMAs per element, no shared
 memory) writes ``H`` (forward, ``H_ONLY``), or ``dX``, ``H`` and the ``dW_B`` partials
-from ``G`` (backward). One plain GEMM kernel, ``unimixing_gemm_kernel``, does the rest: forward
-``Y^T = H^T W_G^T`` (its epilogue stores ``Y`` as ``[bs, T, D]``); backward ``G^T = dY^T W_G`` after
-one transposing copy of ``dY``, and ``dW_G = dY H^T`` in sample splits. The fused RMSNorm epilogue
-keeps the in-register kernel.
+from ``G`` (backward). A plain GEMM kernel, ``unimixing_gemm_kernel``, does the forward
+``Y^T = H^T W_G^T`` (its epilogue stores ``Y`` as ``[bs, T, D]``, with the residual), its ``W_G^T``
+operand written once per call by ``unimixing_transpose_cast_kernel`` for 16-bit activations (the
+cast to their dtype in the same pass). The backward's ``G^T = dY^T W_G``, after one transposing
+copy of ``dY``, and ``dW_G = dY H^T`` are plain GEMMs on plain layouts: by default (16-bit
+activations on CUDA, ``UNIMIXER_UNIMIXING_GEMM``, :func:`cublas_gemms`) cuBLAS runs them
+(``torch.mm``; ``dW_G`` comes out of the GEMM in the weight's dtype, fp32 for fp32 weights), else
+``unimixing_gemm_kernel`` (``dW_G`` in sample splits). The fused RMSNorm epilogue keeps the
+in-register kernel.
 
 Weight gradients are reduced deterministically: each program writes its own fp32 partial, and a
 second pass sums the partials in a fixed order and casts them to the weights' dtypes, all of them
 in one launch (:func:`._partials.sum_partials`; no atomics; with a single split, ``dW_G`` is
-written directly).
+written directly; cuBLAS's ``dW_G`` is one GEMM, as deterministic as torch's own matmul).
 
-Launches per call: forward 1 kernel (2 on the memory path; plus a cast of ``w_global`` when it is
-fp32 and the activations are half precision). Backward, in registers: 2 kernels + the partial
-sums; through memory: 3 kernels (4 with the c-major copy of ``dY``, ``unimixing_c_major_kernel``) +
+Weights may be fp32 beside 16-bit activations (the op's autocast policy passes them uncast to this
+backend): the global products then round ``W_G`` to the activations' dtype (a cast, or the
+transposing cast above), the per-block products run in fp32 on the unrounded ``W_B``, and the weight
+gradients come back in fp32 with no cast after the op.
+
+Launches per call: forward 1 kernel (2 on the memory path, 3 with the transposing cast at small
+``B``; plus a cast of ``w_global`` elsewhere when it is fp32 and the activations are half
+precision). Backward, in registers: 2 kernels + the partial sums; through memory: 3 kernels (4 with
+the c-major copy of ``dY``, ``unimixing_c_major_kernel``; plus the cast of an fp32 ``w_global``) +
 the partial sums. The fused op adds the RMSNorm backward kernel, whose ``dw`` partials join the
 same sum launch.
 
@@ -98,6 +109,7 @@ from ._launch import (
     NORM_SWITCH,
     UNIMIXING_BWD_SWITCH,
     UNIMIXING_FWD_SWITCH,
+    UNIMIXING_GEMM_SWITCH,
     bucket,
     new_output,
     sm_count,
@@ -108,6 +120,9 @@ from ._tiles import grouped_tile
 from .rms_norm import rms_norm_bwd_partials
 
 _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+# torch.mm(..., out_dtype=): fp32 results of 16-bit products from the GEMM itself (not in every torch
+# this package supports; the cuBLAS GEMM choice needs it, see cublas_gemms)
+_MM_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()
 
 
 # --- kernels -----------------------------------------------------------------------------------
@@ -602,6 +617,19 @@ def unimixing_c_major_kernel(SRC, DST, BS, N, L,
 
 
 @triton.jit
+def unimixing_transpose_cast_kernel(SRC, DST, N, s_row, s_col, BT: tl.constexpr):
+    """``DST = SRC^T`` in ``DST``'s dtype, ``[N, N]``, ``SRC`` read through its strides: the
+    forward GEMM's ``W_G^T`` operand in the activation dtype, the cast fused into the transpose.
+    A program moves one ``BT x BT`` tile: rows of ``SRC`` in, rows of ``DST`` out, the transpose on
+    chip."""
+    rr = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
+    rc = tl.program_id(1).to(tl.int64) * BT + tl.arange(0, BT)
+    ok = (rr < N)[:, None] & (rc < N)[None, :]
+    w = tl.load(SRC + rr[:, None] * s_row + rc[None, :] * s_col, mask=ok)
+    tl.store(DST + rc[:, None] * N + rr[None, :], tl.trans(w.to(DST.dtype.element_ty)), mask=tl.trans(ok))
+
+
+@triton.jit
 def unimixing_gemm_kernel(
     A, BMAT, C, R,
     M, NC, K, k_per_split,
@@ -749,6 +777,46 @@ def _global_for_dot(w_global: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if x.dtype != torch.float32 and w.dtype != x.dtype:
         w = w.to(x.dtype)
     return w
+
+
+def _transposed_for_dot(w_global: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``W_G^T``, contiguous, in ``dtype``: :func:`unimixing_transpose_cast_kernel` (one pass, as
+    the cast alone would take). The forward GEMM reads its ``B`` operand ``W_G^T`` row by row from
+    it: through ``W_G``'s strides (K contiguous) the same GEMM took 454 against 388 us at
+    paper-100m on the H200."""
+    n = w_global.shape[0]
+    wt = torch.empty((n, n), device=w_global.device, dtype=dtype)
+    bt = 16 if _interpreting() else 64
+    unimixing_transpose_cast_kernel[(triton.cdiv(n, bt), triton.cdiv(n, bt))](
+        w_global, wt, n, w_global.stride(0), w_global.stride(1), BT=bt,
+        **({} if _interpreting() else dict(num_warps=4)))
+    return wt
+
+
+def cublas_gemms(x: torch.Tensor) -> bool:
+    """Whether the memory-path backward at ``B < 16`` runs its two plain GEMMs through cuBLAS
+    (``torch.mm``) rather than :func:`unimixing_gemm_kernel`: the ``UNIMIXER_UNIMIXING_GEMM``
+    switch. cuBLAS needs 16-bit CUDA activations (fp32 keeps the kernel's exact ``ieee`` dots,
+    whatever torch's TF32 flags say) and ``torch.mm(..., out_dtype=)`` for an fp32 ``dW_G``."""
+    mode = switch(UNIMIXING_GEMM_SWITCH)
+    if mode not in ("auto", "triton", "cublas"):
+        raise ValueError(f"{UNIMIXING_GEMM_SWITCH}: expected 'auto', 'triton' or 'cublas', got {mode!r}")
+    can = x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and not _interpreting() and _MM_OUT_DTYPE
+    if mode == "cublas" and not can:
+        raise ValueError(f"{UNIMIXING_GEMM_SWITCH}=cublas: needs fp16 or bf16 activations on CUDA, outside the "
+                         f"Triton interpreter, and a torch whose mm takes out_dtype (torch {torch.__version__}"
+                         f"{'' if _MM_OUT_DTYPE else ' does not'}); got {x.dtype} on {x.device}. Set it to "
+                         f"'auto' or 'triton'")
+    return mode == "cublas" or (mode == "auto" and can)
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``a @ b`` by cuBLAS with fp32 accumulation, the result in ``dtype`` (an fp32 result straight
+    from the GEMM)."""
+    if dtype == a.dtype:
+        return torch.mm(a, b)
+    out = torch.mm(a, b, out_dtype=torch.float32)
+    return out if dtype == torch.float32 else out.to(dtype)
 
 
 def fused_norm_rows(block: int, dim: int, device: torch.device) -> tuple[int, int, int] | None:
@@ -967,9 +1035,9 @@ def unimixing_fwd(
     dot_dtype, precision = _dot_setup(x)
     xc = x.contiguous()
     wl = w_local.contiguous()
-    wg = _global_for_dot(w_global, x)
     if not fuse and bs > 0 and gemm_forward(b, n, x.dtype != torch.float32):
-        return _unimixing_fwd_memory(xc, wl, wg, residual), None, None
+        return _unimixing_fwd_memory(xc, wl, w_global, residual), None, None
+    wg = _global_for_dot(w_global, x)
     y = new_output((bs, t, d), like=x)
     s_out = new_output((bs, t, d), like=x) if fuse else y
     rstd = new_output((bs, t), like=x, dtype=torch.float32) if fuse else y
@@ -1238,12 +1306,14 @@ def _gemm(kind: int, a: torch.Tensor, bmat: torch.Tensor, out: torch.Tensor, m: 
 
 
 def _unimixing_fwd_memory(
-    xc: torch.Tensor, wl: torch.Tensor, wg: torch.Tensor, residual: bool
+    xc: torch.Tensor, wl: torch.Tensor, w_global: torch.Tensor, residual: bool
 ) -> torch.Tensor:
     """The memory-path forward: ``H = X W_B`` per block, written once in the activation dtype, then
     the GEMM ``Y = W_G H (+ X)`` with both operands from memory (2 launches). The in-register kernel
     builds each ``H`` chunk beside its dot instead. Small ``B``: ``H`` c-major and the plain GEMM
-    ``Y^T = H^T W_G^T``, whose epilogue stores ``Y`` as ``[bs, T, D]``."""
+    ``Y^T = H^T W_G^T``, whose epilogue stores ``Y`` as ``[bs, T, D]``; for 16-bit activations its
+    ``W_G^T`` operand is written first, transposed and cast in one pass
+    (:func:`_transposed_for_dot`)."""
     bs, t, d = xc.shape
     n, b, _ = wl.shape
     y = new_output(xc.shape, like=xc)
@@ -1251,11 +1321,15 @@ def _unimixing_fwd_memory(
     if not c_major(b):
         h = torch.empty_like(xc)
         _local_products(xc, wl, h)
-        _global_gemm(wg, h, y, transpose=True, residual=res)
+        _global_gemm(_global_for_dot(w_global, xc), h, y, transpose=True, residual=res)
         return y
     ht = torch.empty((bs, b, n), device=xc.device, dtype=xc.dtype)
     _local_products(xc, wl, ht)
-    _gemm(0, ht, wg, y, bs * b, n, n, (n, 1), (1, n), block=b, length=t * d, residual=res)
+    if xc.dtype == torch.float32:
+        wgt, strides = _global_for_dot(w_global, xc), (1, n)
+    else:
+        wgt, strides = _transposed_for_dot(w_global, xc.dtype), (n, 1)
+    _gemm(0, ht, wgt, y, bs * b, n, n, (n, 1), strides, block=b, length=t * d, residual=res)
     return y
 
 
@@ -1270,7 +1344,8 @@ def _unimixing_bwd_memory(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The memory-path backward: ``G = W_G^T dY`` (GEMM), then per block ``dX``, ``H`` and the
     ``dW_B`` partials (:func:`_local_products`), summed into ``dW_B`` at once so that they are gone
-    before ``dW_G = dY H^T`` (GEMM, sample splits) allocates its partials. Returns ``dx``, ``dW_B``
+    before ``dW_G = dY H^T`` (GEMM, sample splits; at small ``B`` both GEMMs by cuBLAS where
+    :func:`cublas_gemms`, ``dW_G`` then one GEMM in ``dwg_dtype``) allocates its partials. Returns ``dx``, ``dW_B``
     and the ``dW_G`` partial buffer. ``G``
     and ``H`` go through memory in the activation dtype: at large ``B`` the in-register local
     transpose would cost ``O(B)`` CUDA-core work per element; at small ``B`` the GEMMs run without
@@ -1290,9 +1365,16 @@ def _unimixing_bwd_memory(
         dx = dyc if in_place else new_output(xc.shape, like=xc)
         dyt = _c_major_copy(dyc, n, b)
         gt = torch.empty_like(dyt)
-        _gemm(1, dyt, wg, gt, bs * b, n, n, (n, 1), (n, 1))
+        cublas = cublas_gemms(xc)
+        if cublas:
+            torch.mm(dyt.view(bs * b, n), wg, out=gt.view(bs * b, n))
+        else:
+            _gemm(1, dyt, wg, gt, bs * b, n, n, (n, 1), (n, 1))
         ht = gt
         sum_partials((_local_products(xc, wl, ht, gt, dyc, dx, residual), dwl))
+        if cublas:
+            dwg_part = _mm(dyt.view(bs * b, n).t(), ht.view(bs * b, n), dwg_dtype).unsqueeze(0)
+            return dx, dwl, dwg_part
         # dW_G's partials after dW_B's are gone; one program an SM (two sample splits at paper-small)
         # keeps them to half an activation there (run79)
         p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=1)

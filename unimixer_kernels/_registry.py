@@ -18,7 +18,11 @@ Autocast. A custom op is opaque to ``torch.autocast``, so each op states its own
 by ``dispatch`` the same way for every backend when autocast is on for the tensors' device:
 
 - ``"lower"`` (the GEMM-like ops): floating-point tensor arguments are cast to the autocast dtype,
-  as autocast casts ``matmul``'s (except the positions in ``autocast_keep``, e.g. a norm weight);
+  as autocast casts ``matmul``'s (except the positions in ``autocast_keep``, e.g. a norm weight,
+  and those a backend registers as ``lowers``: it takes them uncast and rounds them to the
+  activations' dtype itself where its products need it, so that it can fuse the cast (or skip it
+  where fp32 is exact anyway) and return their gradients in their own dtype, as the cast's
+  backward would);
 - ``"fp32"`` (Sinkhorn, which SPEC keeps in fp32): floating-point arguments are cast to fp32;
 - ``None``: arguments pass unchanged (norms and permutations, which keep their input dtype).
 
@@ -151,19 +155,26 @@ class Op:
     autocast: str | None = None
     autocast_keep: tuple[int, ...] = ()
     impls: dict[str, Callable] = field(default_factory=dict)
+    lowers: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.autocast not in AUTOCAST_POLICIES:
             raise ValueError(f"autocast: expected one of {AUTOCAST_POLICIES}, got {self.autocast!r}")
 
-    def register(self, backend: str) -> Callable[[Callable], Callable]:
+    def register(self, backend: str, lowers: tuple[int, ...] = ()) -> Callable[[Callable], Callable]:
+        """Register ``backend``'s implementation; ``lowers``: argument positions it takes uncast
+        under the ``"lower"`` autocast policy (module docstring)."""
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+        if lowers and self.autocast != "lower":
+            raise ValueError(f"lowers: only an op with the 'lower' autocast policy has arguments to lower, "
+                             f"and {self.name!r} has {self.autocast!r}")
 
         def decorator(fn: Callable) -> Callable:
             if backend in self.impls:
                 raise RuntimeError(f"op {self.name!r} already has a {backend!r} backend")
             self.impls[backend] = fn
+            self.lowers[backend] = tuple(lowers)
             return fn
 
         return decorator
@@ -193,11 +204,13 @@ class Op:
         return name
 
     def dispatch(self, backend: str, device: torch.device) -> Callable:
-        fn = self.impls[_select_constant(self.name, backend, device.type)]
+        name = _select_constant(self.name, backend, device.type)
+        fn = self.impls[name]
         if self.autocast is None or not torch.is_autocast_enabled(device.type):
             return fn
         dtype = torch.get_autocast_dtype(device.type) if self.autocast == "lower" else torch.float32
-        return functools.partial(_with_autocast_policy, fn, device.type, dtype, self.autocast_keep)
+        keep = self.autocast_keep + self.lowers[name]
+        return functools.partial(_with_autocast_policy, fn, device.type, dtype, keep)
 
 
 def _with_autocast_policy(fn: Callable, device_type: str, dtype: torch.dtype, keep: tuple[int, ...],

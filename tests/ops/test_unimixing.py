@@ -334,6 +334,64 @@ def test_unimixing_c_major_copy(device, bs, n, b):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("n", [1, 5, 37, 100])
+@pytest.mark.parametrize("transposed", [False, True], ids=["contig", "strided"])
+def test_unimixing_transposed_operand(device, n, transposed):
+    # the forward GEMM's W_G^T in the activation dtype: ragged tiles, strided input, exact
+    from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    w = torch.randn(n, n, device=device)
+    w = w.t() if transposed else w
+    got = kernels._transposed_for_dot(w, torch.float16)
+    assert got.is_contiguous() and torch.equal(got, w.t().to(torch.float16))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("mode, expected", [
+    ("cublass", "UNIMIXER_UNIMIXING_GEMM: expected 'auto', 'triton' or 'cublas'"),
+    ("cublas", "UNIMIXER_UNIMIXING_GEMM=cublas: needs fp16 or bf16 activations on CUDA"),
+])
+def test_unimixing_gemm_switch_checked(device, monkeypatch, mode, expected):
+    # the memory-path backward's GEMM choice: a wrong value, or cuBLAS where it cannot run (fp32
+    # activations here, and every call in the interpreter), raises rather than falling back
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", "gemm")
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_GEMM", mode)
+    x = random_input((2, 4, 8), torch.float32, device, requires_grad=True)
+    wl, wg = _weights(8, 4, torch.float32, device)
+    y = uk.unimixing(x, wl, wg, backend="triton")
+    with pytest.raises(ValueError, match=expected):
+        y.sum().backward()
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("path", ["auto", "gemm"])
+def test_unimixing_autocast_keeps_fp32_weights(device, monkeypatch, path):
+    # under autocast the Triton backend takes the fp32 weights uncast (the registry's `lowers`):
+    # the output in the autocast dtype, the weight gradients fp32 from the kernels, all within the
+    # mixed-dtype bound of the fp64 reference; the reference backend still receives cast weights
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", path if path == "gemm" else "auto")
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", path)
+    dtype = torch.float16
+    x = random_input((3, 4, 24), torch.float32, device, requires_grad=True)
+    wl, wg = _weights(24, 4, torch.float32, device)
+    with torch.autocast(torch.device(device).type, dtype=dtype):
+        y = uk.unimixing(x, wl, wg, backend="triton")
+    assert y.dtype == dtype
+    gy = torch.randn_like(y)
+    got = (y, *torch.autograd.grad(y, (x, wl, wg), gy))
+    assert [g.dtype for g in got[1:]] == [torch.float32] * 3
+    # the reference on the values the kernels compute from: x rounded to fp16 by autocast
+    xr = x.detach().to(dtype).double().requires_grad_()
+    wlr, wgr = (t.detach().double().requires_grad_() for t in (wl, wg))
+    yr = uk.unimixing(xr, wlr, wgr, backend="reference")
+    want = (yr, *torch.autograd.grad(yr, (xr, wlr, wgr), gy.double()))
+    tol = 8 * torch.finfo(dtype).eps
+    for k, (a, e) in enumerate(zip(got, want)):
+        err = (a.double() - e).abs().max().item()
+        assert err <= tol * e.abs().max().item(), f"output/grad {k}: max error {err:.3e}"
+
+
+@pytest.mark.triton
 def test_unimixing_backward_switch_checked(device, monkeypatch):
     monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", "gemms")
     x = random_input((2, 4, 8), torch.float32, device, requires_grad=True)
@@ -550,6 +608,20 @@ def test_unimixing_gemm_backward_preset_gpu(monkeypatch, kernel_dtype, preset, f
 
 @pytest.mark.gpu
 @pytest.mark.triton
+@pytest.mark.parametrize("preset", ["paper-small", "paper-100m"])
+@pytest.mark.parametrize("gemm", ["triton", "cublas"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_unimixing_backward_gemms_preset_gpu(monkeypatch, dtype, preset, gemm):
+    # the memory-path backward's two GEMMs by either kernel, at the presets where 'auto' takes it
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_GEMM", gemm)
+    bs, t, d, b = PRESETS[preset]
+    x = random_input((bs, t, d), dtype, "cuda", requires_grad=True)
+    wl, wg = _weights(t * d // b, b, dtype, "cuda")
+    check_against_reference(uk.unimixing, (x, wl, wg), backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
 def test_unimixing_hypothesis_gpu():
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
@@ -617,7 +689,8 @@ LOCAL_PTRS = dict(G="*bf16", X="*bf16", WL="*bf16", DY="*bf16", DX="*bf16", H="*
 def compile_for_sm90() -> None:
     """Compile the kernels most exposed to GPU-only constraints for sm_90 (bf16): every forward
     tile (plain, with the residual, and with the fused norm epilogue), the GEMMs, the small-B dX
-    kernel and the per-block local kernels (dots, and FMAs for small B). Run in a process without
+    kernel, the per-block local kernels (dots, and FMAs for small B), the c-major copy and the
+    transposing cast. Run in a process without
     ``TRITON_INTERPRET``."""
     import triton.language as tl
     from unimixer_kernels.triton_kernels import unimixing as kernels
@@ -644,7 +717,7 @@ def compile_for_sm90() -> None:
                            dict(kw, B=4, HAS_RESIDUAL=residual, GROUP=8, **common), warps, stages))
     # the c-major GEMMs, each with the unit strides its operands have; the forward's with and without
     # its residual
-    unit = [(0, False, dict(sak=1, sbk=1)), (0, True, dict(sak=1, sbk=1)), (1, False, dict(sak=1, sbn=1)),
+    unit = [(0, False, dict(sak=1, sbn=1)), (0, True, dict(sak=1, sbn=1)), (1, False, dict(sak=1, sbn=1)),
             (2, False, dict(sam=1, sbn=1))]
     for kw, warps, stages in kernels._gemm_configs(True):
         for kind, residual, strides in unit:
@@ -653,6 +726,7 @@ def compile_for_sm90() -> None:
                            dict(kw, KIND=kind, BLOCK=4, HAS_RESIDUAL=residual, GROUP=8, **strides,
                                 **common), warps, stages))
     builds.append((kernels.unimixing_c_major_kernel, dict(SRC=p, DST=p), dict(B=4, BP=4, SB=4, BN=128), 4, 1))
+    builds.append((kernels.unimixing_transpose_cast_kernel, dict(SRC="*fp32", DST=p), dict(BT=64, s_col=1), 4, 1))
     for kernel, ptrs, consts, w, s in builds:
         assert compile_sm90(kernel, ptrs, consts, w, s)["shared"] <= SMEM_LIMIT, kernel
 
