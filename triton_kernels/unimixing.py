@@ -626,7 +626,8 @@ def unimixing_transpose_cast_kernel(SRC, DST, N, s_row, s_col, BT: tl.constexpr)
     rc = tl.program_id(1).to(tl.int64) * BT + tl.arange(0, BT)
     ok = (rr < N)[:, None] & (rc < N)[None, :]
     w = tl.load(SRC + rr[:, None] * s_row + rc[None, :] * s_col, mask=ok)
-    tl.store(DST + rc[:, None] * N + rr[None, :], tl.trans(w.to(DST.dtype.element_ty)), mask=tl.trans(ok))
+    tl.store(DST + rc[:, None] * N + rr[None, :], tl.trans(w.to(DST.dtype.element_ty)),
+             mask=tl.trans(ok))
 
 
 @triton.jit
@@ -803,8 +804,9 @@ def cublas_gemms(x: torch.Tensor) -> bool:
         raise ValueError(f"{UNIMIXING_GEMM_SWITCH}: expected 'auto', 'triton' or 'cublas', got {mode!r}")
     can = x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and not _interpreting() and _MM_OUT_DTYPE
     if mode == "cublas" and not can:
-        raise ValueError(f"{UNIMIXING_GEMM_SWITCH}=cublas: needs fp16 or bf16 activations on CUDA, outside the "
-                         f"Triton interpreter, and a torch whose mm takes out_dtype (torch {torch.__version__}"
+        raise ValueError(f"{UNIMIXING_GEMM_SWITCH}=cublas: needs fp16 or bf16 activations on CUDA, outside "
+                         f"the Triton interpreter, and a torch whose mm takes out_dtype (torch "
+                         f"{torch.__version__}"
                          f"{'' if _MM_OUT_DTYPE else ' does not'}); got {x.dtype} on {x.device}. Set it to "
                          f"'auto' or 'triton'")
     return mode == "cublas" or (mode == "auto" and can)
@@ -1345,9 +1347,9 @@ def _unimixing_bwd_memory(
     """The memory-path backward: ``G = W_G^T dY`` (GEMM), then per block ``dX``, ``H`` and the
     ``dW_B`` partials (:func:`_local_products`), summed into ``dW_B`` at once so that they are gone
     before ``dW_G = dY H^T`` (GEMM, sample splits; at small ``B`` both GEMMs by cuBLAS where
-    :func:`cublas_gemms`, ``dW_G`` then one GEMM in ``dwg_dtype``) allocates its partials. Returns ``dx``, ``dW_B``
-    and the ``dW_G`` partial buffer. ``G``
-    and ``H`` go through memory in the activation dtype: at large ``B`` the in-register local
+    :func:`cublas_gemms`, ``dW_G`` then one GEMM in ``dwg_dtype``) allocates its partials. Returns
+    ``dx``, ``dW_B`` and the ``dW_G`` partial buffer. ``G`` and ``H`` go through memory in the
+    activation dtype: at large ``B`` the in-register local
     transpose would cost ``O(B)`` CUDA-core work per element; at small ``B`` the GEMMs run without
     the register build of ``G`` and ``H`` beside their dots, on c-major operands (``dY`` transposed
     to ``[bs, B, N]`` first by :func:`_c_major_copy`; GEMMs reading it in place measured 1.5x slower

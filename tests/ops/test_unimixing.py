@@ -726,7 +726,8 @@ def compile_for_sm90() -> None:
                            dict(kw, KIND=kind, BLOCK=4, HAS_RESIDUAL=residual, GROUP=8, **strides,
                                 **common), warps, stages))
     builds.append((kernels.unimixing_c_major_kernel, dict(SRC=p, DST=p), dict(B=4, BP=4, SB=4, BN=128), 4, 1))
-    builds.append((kernels.unimixing_transpose_cast_kernel, dict(SRC="*fp32", DST=p), dict(BT=64, s_col=1), 4, 1))
+    builds.append((kernels.unimixing_transpose_cast_kernel, dict(SRC="*fp32", DST=p), dict(BT=64, s_col=1),
+                   4, 1))
     for kernel, ptrs, consts, w, s in builds:
         assert compile_sm90(kernel, ptrs, consts, w, s)["shared"] <= SMEM_LIMIT, kernel
 

@@ -3,7 +3,6 @@ timed alone: is the forward GEMM's extra time its B operand's layout (W_G^T, K c
 epilogue (the [bs, T, D] rearrangement)? cuBLAS on the same products for reference."""
 import torch
 import triton
-
 from unimixer_kernels.triton_kernels import unimixing as k
 
 torch.manual_seed(0)
