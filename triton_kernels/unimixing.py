@@ -1129,15 +1129,14 @@ def _unimixing_bwd_partials(
     xc = x.contiguous()
     dyc = dy.contiguous()
     wl = w_local.contiguous()
-    wg = _global_for_dot(w_global, x)
     bp = triton.next_power_of_2(b)
     interp = _interpreting()
     half = x.dtype != torch.float32
     if bs > 0 and gemm_backward(b, n, half):
-        dx, dwl, dwg_part = _unimixing_bwd_memory(dyc, xc, wl, wg, w_global.dtype, residual,
-                                                  dy_scratch and dyc is dy)
+        dx, dwl, dwg_part = _unimixing_bwd_memory(dyc, xc, wl, w_global, residual, dy_scratch and dyc is dy)
         dwg, partials = _dwg_output(dwg_part, w_global)
         return dx, dwl, dwg, partials
+    wg = _global_for_dot(w_global, x)
     dx = new_output((bs, t, d), like=x)
     if bs == 0:
         return dx, torch.zeros_like(w_local), torch.zeros_like(w_global), []
@@ -1339,15 +1338,15 @@ def _unimixing_bwd_memory(
     dyc: torch.Tensor,
     xc: torch.Tensor,
     wl: torch.Tensor,
-    wg: torch.Tensor,
-    dwg_dtype: torch.dtype,
+    w_global: torch.Tensor,
     residual: bool,
     dy_scratch: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The memory-path backward: ``G = W_G^T dY`` (GEMM), then per block ``dX``, ``H`` and the
     ``dW_B`` partials (:func:`_local_products`), summed into ``dW_B`` at once so that they are gone
     before ``dW_G = dY H^T`` (GEMM, sample splits; at small ``B`` both GEMMs by cuBLAS where
-    :func:`cublas_gemms`, ``dW_G`` then one GEMM in ``dwg_dtype``) allocates its partials. Returns
+    :func:`cublas_gemms`, ``dW_G`` then one GEMM in ``w_global``'s dtype) allocates its partials.
+    ``W_G`` in the activation dtype (a cast of fp32 weights) lives only up to the ``G`` GEMM. Returns
     ``dx``, ``dW_B`` and the ``dW_G`` partial buffer. ``G`` and ``H`` go through memory in the
     activation dtype: at large ``B`` the in-register local
     transpose would cost ``O(B)`` CUDA-core work per element; at small ``B`` the GEMMs run without
@@ -1362,6 +1361,8 @@ def _unimixing_bwd_memory(
     length = t * d
     dot_dtype, precision = _dot_setup(xc)
     dwl = new_output(wl.shape, like=wl)
+    dwg_dtype = w_global.dtype
+    wg = _global_for_dot(w_global, xc)
     if c_major(b):
         in_place = dy_scratch and residual and dyc.dtype == xc.dtype
         dx = dyc if in_place else new_output(xc.shape, like=xc)
@@ -1372,6 +1373,7 @@ def _unimixing_bwd_memory(
             torch.mm(dyt.view(bs * b, n), wg, out=gt.view(bs * b, n))
         else:
             _gemm(1, dyt, wg, gt, bs * b, n, n, (n, 1), (n, 1))
+        del wg
         ht = gt
         sum_partials((_local_products(xc, wl, ht, gt, dyc, dx, residual), dwl))
         if cublas:
@@ -1387,6 +1389,7 @@ def _unimixing_bwd_memory(
         g = torch.empty_like(xc)
         h = torch.empty_like(xc)
         _global_gemm(wg, dyc, g, transpose=False)
+        del wg
         sum_partials((_local_products(xc, wl, h, g, dyc, dx, residual), dwl))
         del g
         p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=2)
