@@ -50,10 +50,9 @@ SWITCHES = {
                                    "measured faster on the H200)"),
     UNIMIXING_GEMM_SWITCH: ("auto", "the two plain GEMMs of the unimixing memory-path backward at B < 16 "
                                     "(G^T = dY^T W_G and dW_G = dY H^T, c-major operands): 'triton' (the "
-                                    "project's GEMM kernel), 'cublas' (torch.mm on CUDA, 16-bit activations, "
-                                    "dW_G written in the weight's dtype by the GEMM; needs a torch whose mm "
-                                    "takes out_dtype) or 'auto' (cublas where it can run, 12% faster per "
-                                    "GEMM on the H200 at paper-100m; else triton)"),
+                                    "project's GEMM kernel), 'cublas' (torch.mm; 16-bit activations on "
+                                    "CUDA) or 'auto' (cublas where it can run: 12% faster per GEMM on the "
+                                    "H200 at paper-100m; else triton)"),
     LOCAL_TILE_SWITCH: ("auto", "the memory path's per-block kernel at B < 16 (one block per lane): "
                                 "'auto' (4 warps, with 2 samples per loop step in the forward and 4 in "
                                 "the backward, the fastest of eight tiles each on the H200) or "

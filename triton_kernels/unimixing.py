@@ -70,7 +70,7 @@ operand written once per call by ``unimixing_transpose_cast_kernel`` for 16-bit 
 cast to their dtype in the same pass). The backward's ``G^T = dY^T W_G``, after one transposing
 copy of ``dY``, and ``dW_G = dY H^T`` are plain GEMMs on plain layouts: by default (16-bit
 activations on CUDA, ``UNIMIXER_UNIMIXING_GEMM``, :func:`cublas_gemms`) cuBLAS runs them
-(``torch.mm``; ``dW_G`` comes out of the GEMM in the weight's dtype, fp32 for fp32 weights), else
+(``torch.mm``; ``dW_G`` in the activation dtype, cast to the weight's by the partial sums), else
 ``unimixing_gemm_kernel`` (``dW_G`` in sample splits). The fused RMSNorm epilogue keeps the
 in-register kernel.
 
@@ -120,9 +120,6 @@ from ._tiles import grouped_tile
 from .rms_norm import rms_norm_bwd_partials
 
 _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-# torch.mm(..., out_dtype=): fp32 results of 16-bit products from the GEMM itself (not in every torch
-# this package supports; the cuBLAS GEMM choice needs it, see cublas_gemms)
-_MM_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()
 
 
 # --- kernels -----------------------------------------------------------------------------------
@@ -797,28 +794,27 @@ def _transposed_for_dot(w_global: torch.Tensor, dtype: torch.dtype) -> torch.Ten
 def cublas_gemms(x: torch.Tensor) -> bool:
     """Whether the memory-path backward at ``B < 16`` runs its two plain GEMMs through cuBLAS
     (``torch.mm``) rather than :func:`unimixing_gemm_kernel`: the ``UNIMIXER_UNIMIXING_GEMM``
-    switch. cuBLAS needs 16-bit CUDA activations (fp32 keeps the kernel's exact ``ieee`` dots,
-    whatever torch's TF32 flags say) and ``torch.mm(..., out_dtype=)`` for an fp32 ``dW_G``."""
+    switch. cuBLAS needs 16-bit CUDA activations: fp32 keeps the kernel's exact ``ieee`` dots,
+    whatever torch's TF32 flags say."""
     mode = switch(UNIMIXING_GEMM_SWITCH)
     if mode not in ("auto", "triton", "cublas"):
         raise ValueError(f"{UNIMIXING_GEMM_SWITCH}: expected 'auto', 'triton' or 'cublas', got {mode!r}")
-    can = x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and not _interpreting() and _MM_OUT_DTYPE
+    can = x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and not _interpreting()
     if mode == "cublas" and not can:
         raise ValueError(f"{UNIMIXING_GEMM_SWITCH}=cublas: needs fp16 or bf16 activations on CUDA, outside "
-                         f"the Triton interpreter, and a torch whose mm takes out_dtype (torch "
-                         f"{torch.__version__}"
-                         f"{'' if _MM_OUT_DTYPE else ' does not'}); got {x.dtype} on {x.device}. Set it to "
-                         f"'auto' or 'triton'")
+                         f"the Triton interpreter; got {x.dtype} on {x.device}. Set it to 'auto' or 'triton'")
     return mode == "cublas" or (mode == "auto" and can)
 
 
-def _mm(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``a @ b`` by cuBLAS with fp32 accumulation, the result in ``dtype`` (an fp32 result straight
-    from the GEMM)."""
-    if dtype == a.dtype:
-        return torch.mm(a, b)
-    out = torch.mm(a, b, out_dtype=torch.float32)
-    return out if dtype == torch.float32 else out.to(dtype)
+def saves_global_t(x: torch.Tensor, w_local: torch.Tensor) -> bool:
+    """Whether the forward hands its ``W_G^T`` operand (activation dtype) to the op layer to save
+    for the backward in place of ``w_global``: 16-bit activations, a non-empty batch, ``B < 16``
+    and both directions on the memory path. The backward then casts nothing, and an fp32
+    ``w_global`` (a Sinkhorn output) is not kept alive by the op: half its bytes saved, as with
+    autocast's cast before the op."""
+    n, b, _ = w_local.shape
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    return x.shape[0] > 0 and half and c_major(b) and gemm_forward(b, n, half) and gemm_backward(b, n, half)
 
 
 def fused_norm_rows(block: int, dim: int, device: torch.device) -> tuple[int, int, int] | None:
@@ -1016,13 +1012,15 @@ def unimixing_fwd(
     norm_weight: torch.Tensor | None = None,
     eps: float = 1e-6,
     residual: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Forward. Returns ``(y, None, None)`` with ``y = UniMixing(x)``, or with ``residual``
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Forward. Returns ``(y, None, None, wg_t)`` with ``y = UniMixing(x)``, or with ``residual``
     ``y = x + UniMixing(x)`` (the sum in fp32, one rounding); with ``norm_weight``, the fused
-    epilogue, ``(u, s, rstd [bs, T] fp32)`` where ``s = x + UniMixing(x)`` (input dtype) and
+    epilogue, ``(u, s, rstd [bs, T] fp32, None)`` where ``s = x + UniMixing(x)`` (input dtype) and
     ``u = RMSNorm(s)`` from the fp32 sum. The epilogue needs :func:`fused_norm_rows`; where it has
-    none, the op layer composes the mixing with its residual and an RMSNorm pass instead. A
-    non-contiguous ``x`` is copied once."""
+    none, the op layer composes the mixing with its residual and an RMSNorm pass instead. ``wg_t``:
+    where :func:`saves_global_t`, the forward GEMM's ``W_G^T`` operand in the activation dtype, for
+    the backward to take instead of ``w_global`` (``global_t``); else ``None``. A non-contiguous
+    ``x`` is copied once."""
     bs, t, d = x.shape
     n, b, _ = w_local.shape
     fuse = norm_weight is not None
@@ -1038,14 +1036,15 @@ def unimixing_fwd(
     xc = x.contiguous()
     wl = w_local.contiguous()
     if not fuse and bs > 0 and gemm_forward(b, n, x.dtype != torch.float32):
-        return _unimixing_fwd_memory(xc, wl, w_global, residual), None, None
+        y, wg_t = _unimixing_fwd_memory(xc, wl, w_global, residual)
+        return y, None, None, (wg_t if saves_global_t(x, w_local) else None)
     wg = _global_for_dot(w_global, x)
     y = new_output((bs, t, d), like=x)
     s_out = new_output((bs, t, d), like=x) if fuse else y
     rstd = new_output((bs, t), like=x, dtype=torch.float32) if fuse else y
     nw = norm_weight.contiguous() if fuse else wl
     if bs == 0:
-        return y, (s_out if fuse else None), (rstd if fuse else None)
+        return y, (s_out if fuse else None), (rstd if fuse else None), None
     bp = triton.next_power_of_2(b)
     half = x.dtype != torch.float32
     local_dot = uses_local_dot(b, fuse, half)
@@ -1067,8 +1066,8 @@ def unimixing_fwd(
                         ("N", "BS_BUCKET", "B", "FUSE_NORM"))
         kernel[grid](*args, **consts)
     if fuse:
-        return y, s_out, rstd
-    return y, None, None
+        return y, s_out, rstd, None
+    return y, None, None, None
 
 
 def unimixing_bwd(
@@ -1078,12 +1077,17 @@ def unimixing_bwd(
     w_global: torch.Tensor,
     residual: bool = False,
     dy_scratch: bool = False,
+    global_t: bool = False,
+    dwg_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dx, dw_local, dw_global)`` for ``y = UniMixing(x)`` given ``dy``; with ``residual`` the
     output is ``x + UniMixing(x)`` and ``dy`` is also added to ``dx``. Non-contiguous ``dy`` or
     ``x`` (e.g. a stride-0 ``dy`` from ``expand``) are copied once. ``dy_scratch``: as in
-    :func:`_unimixing_bwd_partials` (``dx`` may then be ``dy`` itself)."""
-    dx, dwl, dwg, partials = _unimixing_bwd_partials(dy, x, w_local, w_global, residual, dy_scratch)
+    :func:`_unimixing_bwd_partials` (``dx`` may then be ``dy`` itself). ``global_t``: ``w_global`` is
+    the forward's ``W_G^T`` operand (:func:`saves_global_t`); ``dwg_dtype``: ``dW_G``'s dtype
+    (default ``w_global``'s)."""
+    dx, dwl, dwg, partials = _unimixing_bwd_partials(dy, x, w_local, w_global, residual, dy_scratch,
+                                                     global_t, dwg_dtype)
     if partials:
         sum_partials(*partials)
     return dx, dwl, dwg
@@ -1094,15 +1098,18 @@ def unimixing_residual_bwd_(
     x: torch.Tensor,
     w_local: torch.Tensor,
     w_global: torch.Tensor,
+    global_t: bool = False,
+    dwg_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dw_local, dw_global)`` for ``y = x + UniMixing(x)``; ``dx`` is written over ``dy``, which
     must be a contiguous buffer of ``x``'s dtype that the caller gives up. The c-major memory path
     (B < 16) writes it there in its per-block kernel; the other paths write a buffer of their own
-    and copy it over ``dy``."""
+    and copy it over ``dy``. ``global_t``, ``dwg_dtype``: as in :func:`unimixing_bwd`."""
     if not dy.is_contiguous() or dy.dtype != x.dtype or dy.shape != x.shape:
         raise ValueError(f"dy: expected a contiguous {x.dtype} tensor of shape {tuple(x.shape)}, got "
                          f"{dy.dtype} {tuple(dy.shape)} strides {dy.stride()}")
-    dx, dwl, dwg = unimixing_bwd(dy, x, w_local, w_global, residual=True, dy_scratch=True)
+    dx, dwl, dwg = unimixing_bwd(dy, x, w_local, w_global, residual=True, dy_scratch=True, global_t=global_t,
+                                 dwg_dtype=dwg_dtype)
     if dx is not dy:
         dy.copy_(dx)
     return dwl, dwg
@@ -1115,15 +1122,20 @@ def _unimixing_bwd_partials(
     w_global: torch.Tensor,
     residual: bool,
     dy_scratch: bool = False,
+    global_t: bool = False,
+    dwg_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """:func:`unimixing_bwd` up to its last pass: ``(dx, dw_local, dw_global, partials)``, where
     the weight gradients not yet written are the outputs of the ``(partial, output)`` pairs that
     :func:`._partials.sum_partials` still has to sum (so a caller can add its own pairs to the
     same launch). ``dy_scratch``: ``dy`` is the caller's own contiguous buffer, dead after this
     call, which the c-major memory path then overwrites with ``dx`` (one ``[bs, T, D]`` buffer
-    fewer at the backward's peak)."""
+    fewer at the backward's peak). ``global_t``, ``dwg_dtype``: as in :func:`unimixing_bwd`; a
+    ``W_G^T`` reaching a path other than the c-major memory path (switches changed since the
+    forward) is read as a transposed view there."""
     bs, t, d = x.shape
     n, b, _ = w_local.shape
+    dwg_dtype = w_global.dtype if dwg_dtype is None else dwg_dtype
     length = t * d
     dot_dtype, precision = _dot_setup(x)
     xc = x.contiguous()
@@ -1132,14 +1144,18 @@ def _unimixing_bwd_partials(
     bp = triton.next_power_of_2(b)
     interp = _interpreting()
     half = x.dtype != torch.float32
-    if bs > 0 and gemm_backward(b, n, half):
-        dx, dwl, dwg_part = _unimixing_bwd_memory(dyc, xc, wl, w_global, residual, dy_scratch and dyc is dy)
-        dwg, partials = _dwg_output(dwg_part, w_global)
+    memory = bs > 0 and gemm_backward(b, n, half)
+    if global_t and not (memory and c_major(b)):
+        w_global, global_t = w_global.t(), False
+    if memory:
+        dx, dwl, dwg_part = _unimixing_bwd_memory(dyc, xc, wl, w_global, residual, dy_scratch and dyc is dy,
+                                                  global_t, dwg_dtype)
+        dwg, partials = _dwg_output(dwg_part, x, dwg_dtype)
         return dx, dwl, dwg, partials
     wg = _global_for_dot(w_global, x)
     dx = new_output((bs, t, d), like=x)
     if bs == 0:
-        return dx, torch.zeros_like(w_local), torch.zeros_like(w_global), []
+        return dx, torch.zeros_like(w_local), x.new_zeros((n, n), dtype=dwg_dtype), []
 
     # dX and dW_B
     p1, per1 = _splits(bs, triton.cdiv(n, 64), x.device, n * b * b)
@@ -1155,7 +1171,7 @@ def _unimixing_bwd_partials(
 
     # dW_G
     p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, x.device, n * n, per_sm=2)
-    dwg_part = _dwg_buffer(p2, n, x, w_global.dtype)
+    dwg_part = _dwg_buffer(p2, n, x, dwg_dtype)
     args = (dyc, xc, wl, dwg_part, bs, n, length, per2, bucket(bs))
     consts = dict(B=b, BP=bp, DOT_DTYPE=dot_dtype, PRECISION=precision)
     if interp:
@@ -1165,26 +1181,18 @@ def _unimixing_bwd_partials(
         kernel = _tuned("unimixing_bwd_dwg_kernel", _dwg_configs(bp, half), ("N", "BS_BUCKET", "B"))
         kernel[lambda meta: (triton.cdiv(n, meta["BM"]), triton.cdiv(n, meta["BN"]), p2)](*args, **consts)
 
-    return dx, *_weight_grad_outputs(dwl_part, dwg_part, w_local, w_global)
-
-
-def _weight_grad_outputs(
-    dwl_part: torch.Tensor, dwg_part: torch.Tensor, w_local: torch.Tensor, w_global: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """``(dw_local, dw_global, partials)``: the weight gradients (in the weights' dtypes) and the
-    ``(partial, output)`` pairs left to sum; a single-split ``dW_G`` buffer is the gradient itself."""
     dwl = new_output(w_local.shape, like=w_local)
-    dwg, partials = _dwg_output(dwg_part, w_global)
-    return dwl, dwg, [(dwl_part, dwl), *partials]
+    dwg, partials = _dwg_output(dwg_part, x, dwg_dtype)
+    return dx, dwl, dwg, [(dwl_part, dwl), *partials]
 
 
-def _dwg_output(dwg_part: torch.Tensor, w_global: torch.Tensor
+def _dwg_output(dwg_part: torch.Tensor, like: torch.Tensor, dtype: torch.dtype
                 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """``(dw_global, partials)``: a single-split buffer is the gradient itself, else the
-    ``(partial, output)`` pair left to sum."""
-    if dwg_part.shape[0] == 1:
+    """``(dw_global, partials)``: a single-split buffer in ``dtype`` is the gradient itself, else
+    the ``(partial, output)`` pair left to sum (or, for one split in another dtype, to cast)."""
+    if dwg_part.shape[0] == 1 and dwg_part.dtype == dtype:
         return dwg_part[0], []
-    dwg = new_output(w_global.shape, like=w_global)
+    dwg = new_output(dwg_part.shape[1:], like=like, dtype=dtype)
     return dwg, [(dwg_part, dwg)]
 
 
@@ -1308,13 +1316,13 @@ def _gemm(kind: int, a: torch.Tensor, bmat: torch.Tensor, out: torch.Tensor, m: 
 
 def _unimixing_fwd_memory(
     xc: torch.Tensor, wl: torch.Tensor, w_global: torch.Tensor, residual: bool
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The memory-path forward: ``H = X W_B`` per block, written once in the activation dtype, then
     the GEMM ``Y = W_G H (+ X)`` with both operands from memory (2 launches). The in-register kernel
     builds each ``H`` chunk beside its dot instead. Small ``B``: ``H`` c-major and the plain GEMM
     ``Y^T = H^T W_G^T``, whose epilogue stores ``Y`` as ``[bs, T, D]``; for 16-bit activations its
     ``W_G^T`` operand is written first, transposed and cast in one pass
-    (:func:`_transposed_for_dot`)."""
+    (:func:`_transposed_for_dot`). Returns ``(y, W_G^T)`` (``None`` where no operand was written)."""
     bs, t, d = xc.shape
     n, b, _ = wl.shape
     y = new_output(xc.shape, like=xc)
@@ -1323,15 +1331,16 @@ def _unimixing_fwd_memory(
         h = torch.empty_like(xc)
         _local_products(xc, wl, h)
         _global_gemm(_global_for_dot(w_global, xc), h, y, transpose=True, residual=res)
-        return y
+        return y, None
     ht = torch.empty((bs, b, n), device=xc.device, dtype=xc.dtype)
     _local_products(xc, wl, ht)
     if xc.dtype == torch.float32:
-        wgt, strides = _global_for_dot(w_global, xc), (1, n)
-    else:
-        wgt, strides = _transposed_for_dot(w_global, xc.dtype), (n, 1)
-    _gemm(0, ht, wgt, y, bs * b, n, n, (n, 1), strides, block=b, length=t * d, residual=res)
-    return y
+        _gemm(0, ht, _global_for_dot(w_global, xc), y, bs * b, n, n, (n, 1), (1, n), block=b, length=t * d,
+              residual=res)
+        return y, None
+    wg_t = _transposed_for_dot(w_global, xc.dtype)
+    _gemm(0, ht, wg_t, y, bs * b, n, n, (n, 1), (n, 1), block=b, length=t * d, residual=res)
+    return y, wg_t
 
 
 def _unimixing_bwd_memory(
@@ -1341,12 +1350,16 @@ def _unimixing_bwd_memory(
     w_global: torch.Tensor,
     residual: bool,
     dy_scratch: bool,
+    global_t: bool,
+    dwg_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The memory-path backward: ``G = W_G^T dY`` (GEMM), then per block ``dX``, ``H`` and the
     ``dW_B`` partials (:func:`_local_products`), summed into ``dW_B`` at once so that they are gone
     before ``dW_G = dY H^T`` (GEMM, sample splits; at small ``B`` both GEMMs by cuBLAS where
-    :func:`cublas_gemms`, ``dW_G`` then one GEMM in ``w_global``'s dtype) allocates its partials.
-    ``W_G`` in the activation dtype (a cast of fp32 weights) lives only up to the ``G`` GEMM. Returns
+    :func:`cublas_gemms`, ``dW_G`` then one GEMM in the activation dtype, cast to ``dwg_dtype`` by
+    the caller's partial sums once ``G``, ``H`` and ``dY^T`` are gone) allocates its partials.
+    ``w_global`` is ``W_G``, or with ``global_t`` the forward's ``W_G^T`` in the activation dtype;
+    a cast of fp32 ``W_G`` lives only up to the ``G`` GEMM. Returns
     ``dx``, ``dW_B`` and the ``dW_G`` partial buffer. ``G`` and ``H`` go through memory in the
     activation dtype: at large ``B`` the in-register local
     transpose would cost ``O(B)`` CUDA-core work per element; at small ``B`` the GEMMs run without
@@ -1361,8 +1374,7 @@ def _unimixing_bwd_memory(
     length = t * d
     dot_dtype, precision = _dot_setup(xc)
     dwl = new_output(wl.shape, like=wl)
-    dwg_dtype = w_global.dtype
-    wg = _global_for_dot(w_global, xc)
+    wg = w_global if global_t else _global_for_dot(w_global, xc)
     if c_major(b):
         in_place = dy_scratch and residual and dyc.dtype == xc.dtype
         dx = dyc if in_place else new_output(xc.shape, like=xc)
@@ -1370,15 +1382,14 @@ def _unimixing_bwd_memory(
         gt = torch.empty_like(dyt)
         cublas = cublas_gemms(xc)
         if cublas:
-            torch.mm(dyt.view(bs * b, n), wg, out=gt.view(bs * b, n))
+            torch.mm(dyt.view(bs * b, n), wg.t() if global_t else wg, out=gt.view(bs * b, n))
         else:
-            _gemm(1, dyt, wg, gt, bs * b, n, n, (n, 1), (n, 1))
+            _gemm(1, dyt, wg, gt, bs * b, n, n, (n, 1), (1, n) if global_t else (n, 1))
         del wg
         ht = gt
         sum_partials((_local_products(xc, wl, ht, gt, dyc, dx, residual), dwl))
         if cublas:
-            dwg_part = _mm(dyt.view(bs * b, n).t(), ht.view(bs * b, n), dwg_dtype).unsqueeze(0)
-            return dx, dwl, dwg_part
+            return dx, dwl, torch.mm(dyt.view(bs * b, n).t(), ht.view(bs * b, n)).unsqueeze(0)
         # dW_G's partials after dW_B's are gone; one program an SM (two sample splits at paper-small)
         # keeps them to half an activation there (run79)
         p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=1)

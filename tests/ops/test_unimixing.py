@@ -491,7 +491,55 @@ def test_unimixing_opcheck(device, residual):
     for more in extra:
         torch.library.opcheck(fwd, (x, wl, wg, *more))
     dy = torch.randn(3, 2, 6, device=device)
-    torch.library.opcheck(bwd, (dy, x.detach(), wl.detach(), wg.detach()))
+    torch.library.opcheck(bwd, (dy, x.detach(), wl.detach(), wg.detach(), False, wg.dtype))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("residual", [False, True], ids=["unimixing", "residual"])
+def test_unimixing_opcheck_global_t(device, monkeypatch, residual):
+    # 16-bit activations on the memory path: the forward's second output is W_G^T in their dtype,
+    # which the backward takes with global_t, returning dW_G in the weight's dtype (fp32 here)
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "gemm")
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", "gemm")
+    x = torch.randn(3, 2, 6, device=device).to(torch.float16).requires_grad_()
+    wl, wg = _weights(3, 4, torch.float32, device)
+    fwd, bwd, more = ((unimixing_residual_fwd, unimixing_residual_bwd, (True,)) if residual
+                      else (unimixing_fwd, unimixing_bwd, ()))
+    torch.library.opcheck(fwd, (x, wl, wg, *more))
+    wg_t = fwd(x.detach(), wl.detach(), wg.detach(), *more)[1]
+    assert wg_t.dtype == torch.float16 and torch.equal(wg_t, wg.detach().t().to(torch.float16))
+    dy = torch.randn(3, 2, 6, device=device).to(torch.float16)
+    torch.library.opcheck(bwd, (dy, x.detach(), wl.detach(), wg_t, True, torch.float32))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("backward", ["gemm", "auto"])
+def test_unimixing_saves_global_t_not_fp32_weight(device, monkeypatch, backward):
+    # under autocast on the memory path the node keeps the fp16 W_G^T, not the fp32 W_G (a Sinkhorn
+    # output in the blocks), whose memory is then free after the forward; with the backward in
+    # registers (switch 'auto' at this small N) it keeps W_G, and both give the reference's gradients
+    import weakref
+
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "gemm")
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", backward)
+    x = random_input((3, 4, 24), torch.float32, device, requires_grad=True)
+    wl, logits = _weights(24, 4, torch.float32, device)
+    wg = logits * 1.0  # not a leaf: only the graph can keep it alive
+    ref = weakref.ref(wg)
+    with torch.autocast(torch.device(device).type, dtype=torch.float16):
+        y = uk.unimixing(x, wl, wg, backend="triton")
+    del wg
+    assert (ref() is None) == (backward == "gemm")
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, wl, logits), gy)
+    assert got[2].dtype == torch.float32
+    xr = x.detach().to(torch.float16).double().requires_grad_()
+    wlr, wgr = (t.detach().double().requires_grad_() for t in (wl, logits))
+    yr = uk.unimixing(xr, wlr, wgr, backend="reference")
+    want = torch.autograd.grad(yr, (xr, wlr, wgr), gy.double())
+    for k, (a, e) in enumerate(zip(got, want)):
+        err = (a.double() - e).abs().max().item()
+        assert err <= 8 * torch.finfo(torch.float16).eps * e.abs().max().item(), f"grad {k}: {err:.3e}"
 
 
 @pytest.mark.triton
@@ -511,7 +559,7 @@ def test_unimixing_residual_leaves_a_gradient_it_does_not_own(device):
     # called directly (grad_is_private=False) the backward must not write over the caller's dy
     x = torch.randn(3, 2, 6, device=device, requires_grad=True)
     wl, wg = _weights(3, 4, torch.float32, device)
-    y = unimixing_residual_fwd(x, wl, wg, False)
+    y = unimixing_residual_fwd(x, wl, wg, False)[0]
     dy = torch.randn_like(y)
     keep = dy.clone()
     torch.autograd.grad(y, (x, wl, wg), dy)
@@ -524,7 +572,7 @@ def test_unimixing_residual_bwd_rejects_a_dy_it_cannot_overwrite(device):
     wl, wg = _weights(3, 4, torch.float32, device, requires_grad=False)
     dy = torch.randn(3, 6, 2, device=device).transpose(1, 2)
     with pytest.raises(ValueError, match="dy: expected a contiguous"):
-        unimixing_residual_bwd(dy, x, wl, wg)
+        unimixing_residual_bwd(dy, x, wl, wg, False, wg.dtype)
 
 
 def _compile_backend() -> str:

@@ -57,78 +57,107 @@ def _kernels():
 
 
 @torch.library.custom_op("unimixer::unimixing_fwd", mutates_args=())
-def unimixing_fwd(x: Tensor, w_local: Tensor, w_global: Tensor) -> Tensor:
-    return _kernels().unimixing_fwd(x, w_local, w_global)[0]
+def unimixing_fwd(x: Tensor, w_local: Tensor, w_global: Tensor) -> tuple[Tensor, Tensor]:
+    """``(y, wg_t)``: ``wg_t`` is the forward GEMM's ``W_G^T`` in ``x``'s dtype, which the backward
+    takes in place of ``w_global`` where the kernels say so (``saves_global_t``), else empty."""
+    y, _, _, wg_t = _kernels().unimixing_fwd(x, w_local, w_global)
+    return y, _global_t_output(wg_t, x)
 
 
 @unimixing_fwd.register_fake
-def _(x: Tensor, w_local: Tensor, w_global: Tensor) -> Tensor:
-    return x.new_empty(x.shape)
+def _(x: Tensor, w_local: Tensor, w_global: Tensor) -> tuple[Tensor, Tensor]:
+    return x.new_empty(x.shape), _global_t_fake(x, w_local)
 
 
 @torch.library.custom_op("unimixer::unimixing_bwd", mutates_args=())
-def unimixing_bwd(dy: Tensor, x: Tensor, w_local: Tensor, w_global: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return _kernels().unimixing_bwd(dy, x, w_local, w_global)
+def unimixing_bwd(dy: Tensor, x: Tensor, w_local: Tensor, w_global: Tensor, global_t: bool,
+                  dwg_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dx, dw_local, dw_global)``; with ``global_t``, ``w_global`` is the forward's ``W_G^T``;
+    ``dw_global`` in ``dwg_dtype``."""
+    return _kernels().unimixing_bwd(dy, x, w_local, w_global, global_t=global_t, dwg_dtype=dwg_dtype)
 
 
 @unimixing_bwd.register_fake
-def _(dy: Tensor, x: Tensor, w_local: Tensor, w_global: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return x.new_empty(x.shape), w_local.new_empty(w_local.shape), w_global.new_empty(w_global.shape)
+def _(dy, x, w_local, w_global, global_t, dwg_dtype) -> tuple[Tensor, Tensor, Tensor]:
+    return x.new_empty(x.shape), w_local.new_empty(w_local.shape), w_global.new_empty(w_global.shape,
+                                                                                        dtype=dwg_dtype)
+
+
+def _global_t_output(wg_t: Tensor | None, x: Tensor) -> Tensor:
+    return x.new_empty(0) if wg_t is None else wg_t
+
+
+def _global_t_fake(x: Tensor, w_local: Tensor) -> Tensor:
+    n = w_local.shape[0]
+    return x.new_empty((n, n)) if _kernels().saves_global_t(x, w_local) else x.new_empty(0)
+
+
+def _save_mixing(ctx, x: Tensor, w_local: Tensor, w_global: Tensor, wg_t: Tensor, *more: Tensor) -> None:
+    """Save what the mixing backward reads: ``w_global``, or the forward's ``W_G^T`` where it wrote
+    one (then an fp32 ``w_global`` is not kept alive by this node: half the bytes)."""
+    ctx.mark_non_differentiable(wg_t)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient of wg_t
+    ctx.global_t = wg_t.numel() > 0
+    ctx.dwg_dtype = w_global.dtype
+    ctx.save_for_backward(x, w_local, wg_t if ctx.global_t else w_global, *more)
 
 
 def _unimixing_setup(ctx, inputs, output) -> None:
     x, w_local, w_global = inputs
-    ctx.save_for_backward(x, w_local, w_global)
+    _save_mixing(ctx, x, w_local, w_global, output[1])
 
 
-def _unimixing_backward(ctx, dy: Tensor):
+def _unimixing_backward(ctx, dy: Tensor, _dwg_t: Tensor | None):
     x, w_local, w_global = ctx.saved_tensors
-    return unimixing_bwd(dy, x, w_local, w_global)
+    return unimixing_bwd(dy, x, w_local, w_global, ctx.global_t, ctx.dwg_dtype)
 
 
 unimixing_fwd.register_autograd(_unimixing_backward, setup_context=_unimixing_setup)
 
 
 @torch.library.custom_op("unimixer::unimixing_residual_fwd", mutates_args=())
-def unimixing_residual_fwd(x: Tensor, w_local: Tensor, w_global: Tensor, grad_is_private: bool) -> Tensor:
-    """``x + UniMixing(x)``, the sum in fp32: the mixing node of ``unimixing_rmsnorm`` and of
-    ``unimixing_rmsnorm_pswiglu``. With ``grad_is_private`` the caller promises that the output's
-    gradient is a buffer nobody else reads (true in both: the output's only reader is the next node,
-    whose backward returns a fresh ``ds``, or ``ds`` over the ``s`` it owns), and the backward writes
-    ``dx`` over it; otherwise over a copy."""
-    return _kernels().unimixing_fwd(x, w_local, w_global, residual=True)[0]
+def unimixing_residual_fwd(x: Tensor, w_local: Tensor, w_global: Tensor,
+                           grad_is_private: bool) -> tuple[Tensor, Tensor]:
+    """``(x + UniMixing(x), wg_t)``, the sum in fp32 (``wg_t`` as for ``unimixing_fwd``): the mixing
+    node of ``unimixing_rmsnorm`` and of ``unimixing_rmsnorm_pswiglu``. With ``grad_is_private`` the
+    caller promises that the output's gradient is a buffer nobody else reads (true in both: the
+    output's only reader is the next node, whose backward returns a fresh ``ds``, or ``ds`` over the
+    ``s`` it owns), and the backward writes ``dx`` over it; otherwise over a copy."""
+    y, _, _, wg_t = _kernels().unimixing_fwd(x, w_local, w_global, residual=True)
+    return y, _global_t_output(wg_t, x)
 
 
 @unimixing_residual_fwd.register_fake
-def _(x: Tensor, w_local: Tensor, w_global: Tensor, grad_is_private: bool) -> Tensor:
-    return x.new_empty(x.shape)
+def _(x: Tensor, w_local: Tensor, w_global: Tensor, grad_is_private: bool) -> tuple[Tensor, Tensor]:
+    return x.new_empty(x.shape), _global_t_fake(x, w_local)
 
 
 @torch.library.custom_op("unimixer::unimixing_residual_bwd", mutates_args=("dy",))
-def unimixing_residual_bwd(dy: Tensor, x: Tensor, w_local: Tensor, w_global: Tensor) -> tuple[Tensor, Tensor]:
+def unimixing_residual_bwd(dy: Tensor, x: Tensor, w_local: Tensor, w_global: Tensor, global_t: bool,
+                           dwg_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """``(dw_local, dw_global)`` of ``x + UniMixing(x)``; ``dx`` is written over ``dy`` (contiguous,
-    ``x``'s dtype)."""
-    return _kernels().unimixing_residual_bwd_(dy, x, w_local, w_global)
+    ``x``'s dtype). ``global_t``, ``dwg_dtype``: as for ``unimixing_bwd``."""
+    return _kernels().unimixing_residual_bwd_(dy, x, w_local, w_global, global_t, dwg_dtype)
 
 
 @unimixing_residual_bwd.register_fake
-def _(dy: Tensor, x: Tensor, w_local: Tensor, w_global: Tensor) -> tuple[Tensor, Tensor]:
-    return w_local.new_empty(w_local.shape), w_global.new_empty(w_global.shape)
+def _(dy, x, w_local, w_global, global_t, dwg_dtype) -> tuple[Tensor, Tensor]:
+    return w_local.new_empty(w_local.shape), w_global.new_empty(w_global.shape, dtype=dwg_dtype)
 
 
 def _unimixing_residual_setup(ctx, inputs, output) -> None:
     x, w_local, w_global, grad_is_private = inputs
     ctx.grad_is_private = grad_is_private
-    ctx.save_for_backward(x, w_local, w_global)
+    _save_mixing(ctx, x, w_local, w_global, output[1])
 
 
-def _unimixing_residual_backward(ctx, ds: Tensor):
+def _unimixing_residual_backward(ctx, ds: Tensor, _dwg_t: Tensor | None):
     x, w_local, w_global = ctx.saved_tensors
     if ctx.grad_is_private and ds.is_contiguous() and ds.dtype == x.dtype:
         dx = ds
     else:
         dx = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(ds)
-    dwl, dwg = unimixing_residual_bwd(dx, x, w_local, w_global)
+    dwl, dwg = unimixing_residual_bwd(dx, x, w_local, w_global, ctx.global_t, ctx.dwg_dtype)
     return dx, dwl, dwg, None
 
 
@@ -142,7 +171,7 @@ def unimixing_rmsnorm_fwd(
     z: Tensor, w_local: Tensor, w_global: Tensor, norm_weight: Tensor, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(u, s, rstd)``: ``u = RMSNorm(s)``, ``s = z + UniMixing(z)``, ``rstd [bs, T]`` fp32."""
-    return _kernels().unimixing_fwd(z, w_local, w_global, norm_weight, eps)
+    return _kernels().unimixing_fwd(z, w_local, w_global, norm_weight, eps)[:3]
 
 
 @unimixing_rmsnorm_fwd.register_fake
@@ -194,7 +223,7 @@ def check_triton_dtypes(**tensors: Tensor) -> None:
 @UNIMIXING.register("triton", lowers=(1, 2))
 def _unimixing_triton(x: Tensor, w_local: Tensor, w_global: Tensor) -> Tensor:
     check_triton_dtypes(x=x, w_local=w_local, w_global=w_global)
-    return unimixing_fwd(x, w_local, w_global)
+    return unimixing_fwd(x, w_local, w_global)[0]
 
 
 def uses_fused_norm(z: Tensor, w_local: Tensor) -> bool:
@@ -213,7 +242,7 @@ def _unimixing_rmsnorm_triton(
         return unimixing_rmsnorm_fwd(z, w_local, w_global, norm_weight, eps)[0]
     # composed (the default, or whole tokens do not fit the fused epilogue's tile): two autograd
     # nodes, the norm's backward runs first, and its end frees s and du
-    s = unimixing_residual_fwd(z, w_local, w_global, grad_is_private=True)
+    s = unimixing_residual_fwd(z, w_local, w_global, grad_is_private=True)[0]
     return rms_norm_fwd(s, norm_weight, eps)[0]
 
 

@@ -136,7 +136,7 @@ def _unimixing_rmsnorm_pswiglu_triton(z, w_local, w_global, norm_weight, w_gate,
     if uses_fused_norm(z, w_local):
         u = unimixing_rmsnorm_fwd(z, w_local, w_global, norm_weight, eps)[0]
         return pswiglu_fwd(u, w_gate, w_up, w_down, b_gate, b_up, b_down, False)[0]
-    s = unimixing_residual_fwd(z, w_local, w_global, grad_is_private=True)
+    s = unimixing_residual_fwd(z, w_local, w_global, grad_is_private=True)[0]
     return rms_norm_pswiglu_fwd(s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down,
                                 input_is_private=True)
 
