@@ -51,6 +51,7 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         TILE_SWITCH,
         UNIMIXING_BWD_SWITCH,
         UNIMIXING_FWD_SWITCH,
+        UNIMIXING_GEMM_SWITCH,
     )
 
     paths: list[tuple[str, contextlib.AbstractContextManager]] = [("", contextlib.nullcontext())]
@@ -97,6 +98,9 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         gemms = {UNIMIXING_BWD_SWITCH: "gemm", UNIMIXING_FWD_SWITCH: "gemm"}
         paths.append((f" [{UNIMIXING_BWD_SWITCH}=gemm, {UNIMIXING_FWD_SWITCH}=gemm]",
                       mock.patch.dict(os.environ, gemms)))
+        # the project's GEMM kernel in place of cuBLAS, its G GEMM reading the forward's W_G^T
+        label = f" [{UNIMIXING_BWD_SWITCH}=gemm, {UNIMIXING_FWD_SWITCH}=gemm, {UNIMIXING_GEMM_SWITCH}=triton]"
+        paths.append((label, mock.patch.dict(os.environ, {**gemms, UNIMIXING_GEMM_SWITCH: "triton"})))
     return paths
 
 
