@@ -22,9 +22,13 @@ dtype's precision even when the weights are fp32. fp32 activations run in full f
 Autocast: the ops lower their arguments to the autocast dtype (``"lower"``), but the Triton backend
 takes the weights uncast (``lowers``, ``_registry.py``): the global product rounds ``w_global`` as
 the cast would (in the memory path's transposing pass), the per-block products use the fp32
-``w_local`` as is, and the weight gradients come back in fp32 from the kernels (the fp32 ``dW_G``
-straight from its GEMM) rather than through autocast's casts around the op: 76 us a step at
-``paper-100m`` on the H200, where the cast of ``dW_G`` alone took 49.
+``w_local`` as is, and the weight gradients come back in fp32 from the kernels (``dW_G`` cast in
+the partial sums) rather than through autocast's casts around the op (76 us a step at
+``paper-100m`` on the H200, run97, where the copy of ``dW_G`` alone took 49). Where the forward
+wrote ``W_G^T`` in the activation dtype (the memory path at ``B < 16``) the mixing nodes save that
+for the backward instead of ``w_global`` (the custom ops' second output): an fp32 ``w_global``,
+such as a Sinkhorn output, is then not kept alive by the op, as with autocast's cast before it
+(the blocks' training peaks unchanged, bench/results/2026-11-30-h200-run104).
 """
 
 from __future__ import annotations
