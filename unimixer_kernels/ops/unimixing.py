@@ -42,8 +42,8 @@ from .._registry import define_op
 from .rms_norm import rms_norm_fwd
 
 # "auto" on CUDA: Triton, measured faster than the best torch.compile at every preset timed, training
-# 3.99x (paper-small), 1.51x (paper-100m), 3.39x (rankmixer-100m); forward 7.43x, 1.69x, 4.37x
-# (bench/results/2026-11-28-h200-run20)
+# 4.14x (paper-small, run102), 1.75x (paper-100m, run104), 2.63x (rankmixer-100m, run105); inference
+# 3.43x, 1.75x (run103) (bench/results/2026-11-30-h200-run10*)
 UNIMIXING = define_op("unimixing", cuda_auto=("triton",), autocast="lower")
 UNIMIXING_RMSNORM = define_op("unimixing_rmsnorm", autocast="lower", autocast_keep=(3,))
 
