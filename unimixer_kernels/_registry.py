@@ -15,7 +15,8 @@ callable. The choice is made in this order:
 An explicit backend that cannot run the call raises; there is no silent fallback.
 
 Autocast. A custom op is opaque to ``torch.autocast``, so each op states its own policy, applied
-by ``dispatch`` the same way for every backend when autocast is on for the tensors' device:
+by ``dispatch`` the same way for every backend (but for the arguments a backend lowers itself,
+below) when autocast is on for the tensors' device:
 
 - ``"lower"`` (the GEMM-like ops): floating-point tensor arguments are cast to the autocast dtype,
   as autocast casts ``matmul``'s (except the positions in ``autocast_keep``, e.g. a norm weight,
