@@ -1322,7 +1322,8 @@ def _unimixing_fwd_memory(
     builds each ``H`` chunk beside its dot instead. Small ``B``: ``H`` c-major and the plain GEMM
     ``Y^T = H^T W_G^T``, whose epilogue stores ``Y`` as ``[bs, T, D]``; for 16-bit activations its
     ``W_G^T`` operand is written first, transposed and cast in one pass
-    (:func:`_transposed_for_dot`). Returns ``(y, W_G^T)`` (``None`` where no operand was written)."""
+    (:func:`_transposed_for_dot`). Returns ``(y, W_G^T)``: the small-``B`` GEMM's operand (a view of
+    ``W_G`` for fp32), ``None`` at large ``B``."""
     bs, t, d = xc.shape
     n, b, _ = wl.shape
     y = new_output(xc.shape, like=xc)
@@ -1334,12 +1335,12 @@ def _unimixing_fwd_memory(
         return y, None
     ht = torch.empty((bs, b, n), device=xc.device, dtype=xc.dtype)
     _local_products(xc, wl, ht)
+    # the B operand W_G^T: fp32 reads W_G as it is (a transposed view), 16-bit a row-major copy
     if xc.dtype == torch.float32:
-        _gemm(0, ht, _global_for_dot(w_global, xc), y, bs * b, n, n, (n, 1), (1, n), block=b, length=t * d,
-              residual=res)
-        return y, None
-    wg_t = _transposed_for_dot(w_global, xc.dtype)
-    _gemm(0, ht, wg_t, y, bs * b, n, n, (n, 1), (n, 1), block=b, length=t * d, residual=res)
+        wg_t = _global_for_dot(w_global, xc).t()
+    else:
+        wg_t = _transposed_for_dot(w_global, xc.dtype)
+    _gemm(0, ht, wg_t, y, bs * b, n, n, (n, 1), wg_t.stride(), block=b, length=t * d, residual=res)
     return y, wg_t
 
 
@@ -1374,7 +1375,8 @@ def _unimixing_bwd_memory(
     length = t * d
     dot_dtype, precision = _dot_setup(xc)
     dwl = new_output(wl.shape, like=wl)
-    wg = w_global if global_t else _global_for_dot(w_global, xc)
+    # W_G as the G GEMM's B operand (K = the output block): a view of the saved W_G^T, or W_G
+    wg = w_global.t() if global_t else _global_for_dot(w_global, xc)
     if c_major(b):
         in_place = dy_scratch and residual and dyc.dtype == xc.dtype
         dx = dyc if in_place else new_output(xc.shape, like=xc)
@@ -1382,9 +1384,9 @@ def _unimixing_bwd_memory(
         gt = torch.empty_like(dyt)
         cublas = cublas_gemms(xc)
         if cublas:
-            torch.mm(dyt.view(bs * b, n), wg.t() if global_t else wg, out=gt.view(bs * b, n))
+            torch.mm(dyt.view(bs * b, n), wg, out=gt.view(bs * b, n))
         else:
-            _gemm(1, dyt, wg, gt, bs * b, n, n, (n, 1), (1, n) if global_t else (n, 1))
+            _gemm(1, dyt, wg, gt, bs * b, n, n, (n, 1), wg.stride())
         del wg
         ht = gt
         sum_partials((_local_products(xc, wl, ht, gt, dyc, dx, residual), dwl))

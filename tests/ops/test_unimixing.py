@@ -361,6 +361,22 @@ def test_unimixing_transposed_operand(device, n, transposed):
 
 
 @pytest.mark.triton
+def test_unimixing_saved_global_t_read_by_the_register_backward(device, monkeypatch):
+    # the forward saved W_G^T for a memory-path backward, but the switch changed before the
+    # backward ran: the in-register backward reads the saved operand transposed back
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "gemm")
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", "gemm")
+    x = random_input((3, 4, 24), torch.float32, device, requires_grad=True)
+    wl, wg = _weights(24, 4, torch.float32, device)
+    with torch.autocast(torch.device(device).type, dtype=torch.float16):
+        y = uk.unimixing(x, wl, wg, backend="triton")
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_BACKWARD", "auto")  # in registers at this small N
+    gy = torch.randn_like(y)
+    got = (y, *torch.autograd.grad(y, (x, wl, wg), gy))
+    _check_mixed_dtype(got, x.detach().to(torch.float16), wl, wg, gy, torch.float16)
+
+
+@pytest.mark.triton
 @pytest.mark.parametrize("mode, expected", [
     ("cublass", "UNIMIXER_UNIMIXING_GEMM: expected 'auto', 'triton' or 'cublas'"),
     ("cublas", "UNIMIXER_UNIMIXING_GEMM=cublas: needs fp16 or bf16 activations on CUDA"),

@@ -96,14 +96,14 @@ def _global_t_fake(x: Tensor, w_local: Tensor) -> Tensor:
     return x.new_empty((n, n)) if _kernels().saves_global_t(x, w_local) else x.new_empty(0)
 
 
-def _save_mixing(ctx, x: Tensor, w_local: Tensor, w_global: Tensor, wg_t: Tensor, *more: Tensor) -> None:
+def _save_mixing(ctx, x: Tensor, w_local: Tensor, w_global: Tensor, wg_t: Tensor) -> None:
     """Save what the mixing backward reads: ``w_global``, or the forward's ``W_G^T`` where it wrote
     one (then an fp32 ``w_global`` is not kept alive by this node: half the bytes)."""
     ctx.mark_non_differentiable(wg_t)
     ctx.set_materialize_grads(False)  # no zero-filled gradient of wg_t
     ctx.global_t = wg_t.numel() > 0
     ctx.dwg_dtype = w_global.dtype
-    ctx.save_for_backward(x, w_local, wg_t if ctx.global_t else w_global, *more)
+    ctx.save_for_backward(x, w_local, wg_t if ctx.global_t else w_global)
 
 
 def _unimixing_setup(ctx, inputs, output) -> None:
