@@ -34,6 +34,13 @@ def _patched(module, attrs: dict, env: dict):
         yield
 
 
+@contextlib.contextmanager
+def _sized(sizes: dict, env: dict):
+    """Other sanitizer sizes (read inside the path's ``with``) and environment switches."""
+    with mock.patch.dict(SANITIZE_SIZES, sizes), mock.patch.dict(os.environ, env):
+        yield
+
+
 def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
     """The kernel paths an op can take at these sizes: the default one, plus each path that the
     small shapes would not reach by themselves (forced here, so that the sanitizer sees it)."""
@@ -101,6 +108,10 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         # the project's GEMM kernel in place of cuBLAS, its G GEMM reading the forward's W_G^T
         label = f" [{UNIMIXING_BWD_SWITCH}=gemm, {UNIMIXING_FWD_SWITCH}=gemm, {UNIMIXING_GEMM_SWITCH}=triton]"
         paths.append((label, mock.patch.dict(os.environ, {**gemms, UNIMIXING_GEMM_SWITCH: "triton"})))
+        # D = 96: N = 120, rows of 240 bytes, so that the forward GEMM reads 16-bit operands through
+        # tensor descriptors (at D = 40, N = 50, they take pointers)
+        paths.append((f" [{UNIMIXING_FWD_SWITCH}=gemm, D=96: the forward GEMM's descriptors in 16-bit]",
+                      _sized(dict(D=96), {UNIMIXING_FWD_SWITCH: "gemm"})))
     return paths
 
 
@@ -129,7 +140,6 @@ def main(argv: list[str] | None = None) -> int:
         print("sanitize: no CUDA device (and TRITON_INTERPRET is not 1); nothing to run")
         return 0
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    preset = Preset("sanitize", SANITIZE_SIZES)
     failures = 0
     runs = []
     for name in sorted(uk.OPS):
@@ -147,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             with path:
-                setup = case.factory(preset, device, dtype)
+                setup = case.factory(Preset("sanitize", dict(SANITIZE_SIZES)), device, dtype)
                 impl = setup.impls[args.backend]()
                 inputs = setup.make_inputs()
                 autocast = args.autocast and dtype != torch.float32

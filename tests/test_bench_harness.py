@@ -328,6 +328,12 @@ def test_sanitize_variants_patch_the_modules_the_ops_use():
     assert seen["sinkhorn [tiled, 16x16 tiles, UNIMIXER_SINKHORN_PERSISTENT=0]"][1:3] == ((16, 16), False)
     assert seen["sinkhorn [tiled, resident, 16x16 tiles]"][1:3] == ((16, 16), True)
     assert pswiglu.FUSED_MAX_D != 0 and sinkhorn.TILE_OVERRIDE is None  # restored
+    from bench.sanitize import SANITIZE_SIZES
+
+    sized = [p for label, p in _variants("unimixing") if "D=96" in label]
+    with sized[0]:
+        assert SANITIZE_SIZES["D"] == 96 and os.environ["UNIMIXER_UNIMIXING_FORWARD"] == "gemm"
+    assert SANITIZE_SIZES["D"] == 40
 
 
 def test_stalls_summarises_ncu_source_page(tmp_path):

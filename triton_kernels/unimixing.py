@@ -103,6 +103,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ._launch import (
     LOCAL_TILE_SWITCH,
@@ -110,6 +111,7 @@ from ._launch import (
     UNIMIXING_BWD_SWITCH,
     UNIMIXING_FWD_SWITCH,
     UNIMIXING_GEMM_SWITCH,
+    UNIMIXING_TMA_SWITCH,
     bucket,
     new_output,
     sm_count,
@@ -628,11 +630,11 @@ def unimixing_transpose_cast_kernel(SRC, DST, N, s_row, s_col, BT: tl.constexpr)
 
 
 @triton.jit
-def unimixing_gemm_kernel(
-    A, BMAT, C, R,
+def _unimixing_gemm_tile(
+    tile, pid_p, A, BMAT, C, R,
     M, NC, K, k_per_split,
     sam, sak, sbk, sbn,
-    L, M_BUCKET,
+    L,
     KIND: tl.constexpr,
     BLOCK: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
@@ -642,29 +644,22 @@ def unimixing_gemm_kernel(
     GROUP: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,
+    TMA: tl.constexpr,
 ):
-    """``C = A @ B``, ``A [M, K]`` and ``B [K, NC]`` read through their strides, fp32 accumulation
-    over the K range of split ``program_id(1)`` (memory path, c-major operands ``[bs, B, N]`` viewed
-    as ``[bs*B, N]``, K contiguous or M/N contiguous, so every tile load is a run of whole rows).
-
-    ``KIND`` 0, the forward's ``Y^T = H^T W_G^T``: row ``r = s*BLOCK + c``, column ``m`` is stored at
-    ``C[s*L + m*BLOCK + c]`` (the ``[bs, T, D]`` output); for a power-of-two ``BLOCK`` the tile is
-    rearranged to one row per sample first, so that its store is whole contiguous runs; with
-    ``HAS_RESIDUAL`` the ``[bs, T, D]`` tensor ``R`` is added to the fp32 sum (``x + UniMixing(x)``
-    in one rounding). Otherwise
-    ``C[p]`` is a row-major ``[M, NC]`` (per-split partial): 1, the backward's ``G^T = dY^T W_G``;
-    2, ``dW_G = dY H^T``."""
-    pid = tl.program_id(0)
-    pid_p = tl.program_id(1)
+    """Output tile ``tile`` of :func:`unimixing_gemm_kernel` over the K range of split ``pid_p``."""
     num_m = tl.cdiv(M, BM)
     num_n = tl.cdiv(NC, BN)
-    pid_m, pid_n = grouped_tile(pid, num_m, num_n, GROUP)
+    pid_m, pid_n = grouped_tile(tile, num_m, num_n, GROUP)
     rm = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
     m_ok = rm < M
     n_ok = rn < NC
-    k_begin = pid_p.to(tl.int64) * k_per_split
-    k_end = tl.minimum(k_begin + k_per_split, K)
+    if TMA:  # one split: the descriptors' zero fill past M, NC and K is the masks' work
+        k_begin = 0
+        k_end = K
+    else:
+        k_begin = pid_p.to(tl.int64) * k_per_split
+        k_end = tl.minimum(k_begin + k_per_split, K)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     # fp32 (``ieee``): four accumulators take the K chunks in turn, so each sums a quarter of the
     # terms (one chain over N = 4096 measured 1.9e-5 against the fp64 reference, torch-fp32 3.0e-6)
@@ -674,12 +669,16 @@ def unimixing_gemm_kernel(
     acc3 = acc
     for k0 in range(k_begin, k_end, BK * ACCS):
         for j in tl.static_range(ACCS):
-            rk = k0 + j * BK + tl.arange(0, BK)
-            k_ok = rk < k_end
-            a = tl.load(A + rm[:, None] * sam + rk[None, :] * sak, mask=m_ok[:, None] & k_ok[None, :],
-                        other=0.0).to(DOT_DTYPE)
-            b = tl.load(BMAT + rk[:, None] * sbk + rn[None, :] * sbn, mask=k_ok[:, None] & n_ok[None, :],
-                        other=0.0).to(DOT_DTYPE)
+            if TMA:
+                a = A.load([pid_m * BM, k0 + j * BK])
+                b = BMAT.load([k0 + j * BK, pid_n * BN])
+            else:
+                rk = k0 + j * BK + tl.arange(0, BK)
+                k_ok = rk < k_end
+                a = tl.load(A + rm[:, None] * sam + rk[None, :] * sak, mask=m_ok[:, None] & k_ok[None, :],
+                            other=0.0).to(DOT_DTYPE)
+                b = tl.load(BMAT + rk[:, None] * sbk + rn[None, :] * sbn, mask=k_ok[:, None] & n_ok[None, :],
+                            other=0.0).to(DOT_DTYPE)
             if j == 0:
                 acc = tl.dot(a, b, acc, input_precision=PRECISION)
             elif j == 1:
@@ -715,6 +714,48 @@ def unimixing_gemm_kernel(
         else:
             ptr = C + pid_p.to(tl.int64) * M * NC + rm[:, None] * NC + rn[None, :]
         tl.store(ptr, acc.to(C.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def unimixing_gemm_kernel(
+    A, BMAT, C, R,
+    M, NC, K, k_per_split,
+    sam, sak, sbk, sbn,
+    L, M_BUCKET,
+    KIND: tl.constexpr,
+    BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    GROUP: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    TMA: tl.constexpr = False,
+):
+    """``C = A @ B``, ``A [M, K]`` and ``B [K, NC]`` read through their strides, fp32 accumulation
+    over the K range of split ``program_id(1)`` (memory path, c-major operands ``[bs, B, N]`` viewed
+    as ``[bs*B, N]``, K contiguous or M/N contiguous, so every tile load is a run of whole rows).
+    With ``TMA`` (16-bit, one split) ``A`` and ``B`` are row-major 2-d tensor descriptors instead
+    and a grid of about one program per SM walks the output tiles (persistent, one flattened loop,
+    so that a tile's epilogue overlaps the next tile's first loads).
+
+    ``KIND`` 0, the forward's ``Y^T = H^T W_G^T``: row ``r = s*BLOCK + c``, column ``m`` is stored at
+    ``C[s*L + m*BLOCK + c]`` (the ``[bs, T, D]`` output); for a power-of-two ``BLOCK`` the tile is
+    rearranged to one row per sample first, so that its store is whole contiguous runs; with
+    ``HAS_RESIDUAL`` the ``[bs, T, D]`` tensor ``R`` is added to the fp32 sum (``x + UniMixing(x)``
+    in one rounding). Otherwise
+    ``C[p]`` is a row-major ``[M, NC]`` (per-split partial): 1, the backward's ``G^T = dY^T W_G``;
+    2, ``dW_G = dY H^T``."""
+    if TMA:
+        total = tl.cdiv(M, BM) * tl.cdiv(NC, BN)
+        for tile in tl.range(tl.program_id(0), total, tl.num_programs(0), flatten=True):
+            _unimixing_gemm_tile(tile, tl.program_id(1), A, BMAT, C, R, M, NC, K, k_per_split, sam, sak, sbk, sbn, L,
+                                 KIND, BLOCK, HAS_RESIDUAL, BM, BN, BK, GROUP, DOT_DTYPE, PRECISION, TMA)
+    else:
+        _unimixing_gemm_tile(tl.program_id(0), tl.program_id(1), A, BMAT, C, R, M, NC, K, k_per_split,
+                             sam, sak, sbk, sbn, L, KIND, BLOCK, HAS_RESIDUAL, BM, BN, BK, GROUP, DOT_DTYPE,
+                             PRECISION, TMA)
 
 
 @triton.jit
@@ -1299,19 +1340,82 @@ def _gemm(kind: int, a: torch.Tensor, bmat: torch.Tensor, out: torch.Tensor, m: 
           sa: tuple[int, int], sb: tuple[int, int], block: int = 1, length: int = 0,
           splits: tuple[int, int] | None = None, residual: torch.Tensor | None = None) -> None:
     """Launch :func:`unimixing_gemm_kernel` (``kind`` as there; ``splits = (p, k_per_split)``;
-    ``residual``, kind 0 only, is added to the output)."""
+    ``residual``, kind 0 only, is added to the output; the forward's GEMM through tensor
+    descriptors as :func:`gemm_tma` says)."""
     dot_dtype, precision = _dot_setup(a)
     p, per = splits if splits is not None else (1, k)
-    args = (a, bmat, out, out if residual is None else residual, m, nc, k, per, *sa, *sb, length, bucket(m))
+    args = [a, bmat, out, out if residual is None else residual, m, nc, k, per, *sa, *sb, length, bucket(m)]
     consts = dict(KIND=kind, BLOCK=block, HAS_RESIDUAL=residual is not None, GROUP=8, DOT_DTYPE=dot_dtype,
                   PRECISION=precision)
+    tma = kind == 0 and gemm_tma(a, bmat, sa, sb, p)
+    if tma:
+        args[:2] = (TensorDescriptor(a, [m, k], [sa[0], 1], [16, 16]),
+                    TensorDescriptor(bmat, [k, nc], [sb[0], 1], [16, 16]))
     if _interpreting():
         meta = dict(BM=16, BN=16, BK=16)
-        unimixing_gemm_kernel[(triton.cdiv(m, 16) * triton.cdiv(nc, 16), p)](*args, **consts, **meta)
+        grid = (min(3, triton.cdiv(m, 16) * triton.cdiv(nc, 16)), p) if tma else (
+            triton.cdiv(m, 16) * triton.cdiv(nc, 16), p)
+        unimixing_gemm_kernel[grid](*args, **consts, **meta, TMA=tma)
+    elif tma:
+        sms = sm_count(a.device)
+        _tma_gemm(residual is not None)[lambda meta: (min(sms, triton.cdiv(m, meta["BM"]) * triton.cdiv(nc, meta["BN"])), 1)](
+            *args, **consts)
     else:
         kernel = _tuned("unimixing_gemm_kernel", _gemm_configs(a.dtype != torch.float32),
                         ("M_BUCKET", "NC", "K", "KIND"))
         kernel[lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(nc, meta["BN"]), p)](*args, **consts)
+
+
+def _tma_unavailable(a: torch.Tensor, bmat: torch.Tensor, sa: tuple[int, int], sb: tuple[int, int],
+                     splits: int) -> str | None:
+    """Why the forward GEMM's operands cannot be read through 2-d tensor descriptors, or ``None``."""
+    if a.dtype not in (torch.float16, torch.bfloat16) or bmat.dtype != a.dtype:
+        return f"16-bit operands (got {a.dtype} and {bmat.dtype})"
+    if a.is_cuda and not _interpreting() and torch.cuda.get_device_capability(a.device) < (9, 0):
+        return "an sm_90 or newer GPU"
+    if splits != 1:
+        return "one K split"
+    if sa[1] != 1 or sb[1] != 1:
+        return "row-major operands"
+    if any(x.data_ptr() % 16 or s[0] * x.element_size() % 16 for x, s in ((a, sa), (bmat, sb))):
+        return "16-byte aligned operands and rows (N a multiple of 8)"
+    return None
+
+
+def gemm_tma(a: torch.Tensor, bmat: torch.Tensor, sa: tuple[int, int], sb: tuple[int, int], splits: int) -> bool:
+    """Whether the memory-path forward GEMM reads its operands through TMA tensor descriptors, with
+    about one program per SM walking the output tiles: the ``UNIMIXER_UNIMIXING_TMA`` switch
+    ('auto': wherever the operands allow it, see :func:`_tma_unavailable`; '1': the same, and a
+    ``ValueError`` where they do not; '0': never)."""
+    mode = switch(UNIMIXING_TMA_SWITCH)
+    if mode not in ("auto", "0", "1"):
+        raise ValueError(f"{UNIMIXING_TMA_SWITCH}: expected 'auto', '0' or '1', got {mode!r}")
+    if mode == "0":
+        return False
+    why = _tma_unavailable(a, bmat, sa, sb, splits)
+    if why is not None and mode == "1":
+        raise ValueError(f"{UNIMIXING_TMA_SWITCH}=1: the forward GEMM's tensor descriptors need {why}; "
+                         f"set it to 'auto' or '0'")
+    return why is None
+
+
+def _tma_block_shapes(nargs: dict) -> None:
+    nargs["A"].block_shape = [nargs["BM"], nargs["BK"]]
+    nargs["BMAT"].block_shape = [nargs["BK"], nargs["BN"]]
+
+
+# The TMA path's tiles (BM, BN, BK, warps, stages) by residual epilogue, autotuned: the FFN's
+# persistent 128 x 256 launch and smaller tiles; with the residual, whose fp32 rearrangement of a
+# 128 x 256 tile spills (548-616 bytes at 8 warps in sm_90 compiles), 128 x 128 only
+_TMA_TILES = {False: ((128, 256, 64, 8, 3), (128, 256, 64, 8, 2), (128, 128, 64, 8, 4)),
+              True: ((128, 128, 64, 8, 4), (128, 128, 64, 8, 3))}
+
+
+@functools.cache
+def _tma_gemm(residual: bool):
+    configs = [triton.Config(dict(BM=bm, BN=bn, BK=bk, TMA=True), num_warps=w, num_stages=s,
+                             pre_hook=_tma_block_shapes) for bm, bn, bk, w, s in _TMA_TILES[residual]]
+    return triton.autotune(configs=configs, key=["M_BUCKET", "NC", "K", "KIND"])(unimixing_gemm_kernel)
 
 
 def _unimixing_fwd_memory(

@@ -377,6 +377,55 @@ def test_unimixing_saved_global_t_read_by_the_register_backward(device, monkeypa
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("tma", ["0", "1"])
+@pytest.mark.parametrize("op", ["unimixing", "unimixing_rmsnorm"])
+@pytest.mark.parametrize("shape", [(5, 4, 24, 4), (7, 2, 64, 8)], ids=["n24", "n16b8"])
+def test_unimixing_gemm_forward_tma(device, monkeypatch, tma, op, shape):
+    # the memory-path forward GEMM through tensor descriptors ('1': descriptors, every program
+    # walking several output tiles; M = bs*B and N clip the last tiles, read as zeros) or pointers
+    # ('0'), with and without the residual epilogue (unimixing_rmsnorm's composed path); the
+    # switch's choice reaches the launch
+    from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "gemm")
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_TMA", tma)
+    seen = []
+    choose = kernels.gemm_tma
+    monkeypatch.setattr(kernels, "gemm_tma", lambda *a: seen.append(choose(*a)) or seen[-1])
+    if op == "unimixing":
+        bs, t, d, b = shape
+        x = random_input((bs, t, d), torch.float16, device, requires_grad=True, noncontiguous=True)
+        wl, wg = _weights(t * d // b, b, torch.float16, device)
+        check_against_reference(uk.unimixing, (x, wl, wg), backend="triton")
+    else:
+        _check_rmsnorm(shape, torch.float16, device)
+    assert seen and all(used == (tma == "1") for used in seen)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype, n, expected", [
+    (torch.float32, 24, "need 16-bit operands"),
+    (torch.float16, 20, "need 16-byte aligned operands and rows"),
+])
+def test_unimixing_tma_switch_raises_where_descriptors_cannot_read(device, monkeypatch, dtype, n, expected):
+    # '1' where the operands do not allow descriptors (fp32; N = 20: rows of 40 bytes) raises and
+    # says why, rather than quietly taking pointers; 'auto' takes pointers there
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "gemm")
+    x = random_input((2, 4, n), dtype, device)
+    wl, wg = _weights(n, 4, dtype, device, requires_grad=False)
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_TMA", "1")
+    with pytest.raises(ValueError, match=f"UNIMIXER_UNIMIXING_TMA=1: the forward GEMM's tensor descriptors {expected}"):
+        uk.unimixing(x, wl, wg, backend="triton")
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_TMA", "auto")
+    torch.testing.assert_close(uk.unimixing(x, wl, wg, backend="triton").float(),
+                               uk.unimixing(x.float(), wl.float(), wg.float(), backend="reference"),
+                               atol=2e-2, rtol=2e-2)
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_TMA", "yes")
+    with pytest.raises(ValueError, match="UNIMIXER_UNIMIXING_TMA: expected 'auto', '0' or '1'"):
+        uk.unimixing(x, wl, wg, backend="triton")
+
+
+@pytest.mark.triton
 @pytest.mark.parametrize("mode, expected", [
     ("cublass", "UNIMIXER_UNIMIXING_GEMM: expected 'auto', 'triton' or 'cublas'"),
     ("cublas", "UNIMIXER_UNIMIXING_GEMM=cublas: needs fp16 or bf16 activations on CUDA"),
@@ -681,6 +730,21 @@ def test_unimixing_backward_gemms_preset_gpu(monkeypatch, dtype, preset, gemm):
 
 @pytest.mark.gpu
 @pytest.mark.triton
+@pytest.mark.parametrize("preset", ["paper-small", "paper-100m"])
+@pytest.mark.parametrize("tma", ["0", "1"])
+def test_unimixing_forward_gemm_launches_preset_gpu(monkeypatch, preset, tma):
+    # the memory-path forward GEMM through descriptors (persistent, the autotuned TMA tiles) and
+    # through pointers, bf16, with the residual epilogue of unimixing_rmsnorm's composed path
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_TMA", tma)
+    bs, t, d, b = PRESETS[preset]
+    x = random_input((bs, t, d), torch.bfloat16, "cuda", requires_grad=True)
+    wl, wg = _weights(t * d // b, b, torch.bfloat16, "cuda")
+    check_against_reference(uk.unimixing, (x, wl, wg), backend="triton")
+    _check_rmsnorm(PRESETS[preset], torch.bfloat16, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
 def test_unimixing_hypothesis_gpu():
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
@@ -747,7 +811,8 @@ LOCAL_PTRS = dict(G="*bf16", X="*bf16", WL="*bf16", DY="*bf16", DX="*bf16", H="*
 
 def compile_for_sm90() -> None:
     """Compile the kernels most exposed to GPU-only constraints for sm_90 (bf16): every forward
-    tile (plain, with the residual, and with the fused norm epilogue), the GEMMs, the small-B dX
+    tile (plain, with the residual, and with the fused norm epilogue), the GEMMs (the forward's
+    through tensor descriptors too), the small-B dX
     kernel, the per-block local kernels (dots, and FMAs for small B), the c-major copy and the
     transposing cast. Run in a process without
     ``TRITON_INTERPRET``."""
@@ -784,6 +849,13 @@ def compile_for_sm90() -> None:
             builds.append((kernels.unimixing_gemm_kernel, ptrs,
                            dict(kw, KIND=kind, BLOCK=4, HAS_RESIDUAL=residual, GROUP=8, **strides,
                                 **common), warps, stages))
+    for residual, tiles in kernels._TMA_TILES.items():  # the forward GEMM through descriptors: no spills
+        for bm, bn, bk, warps, stages in tiles:
+            ptrs = dict(A=f"tensordesc<bf16[{bm}, {bk}]>", BMAT=f"tensordesc<bf16[{bk}, {bn}]>", C=p, R=p)
+            consts = dict(BM=bm, BN=bn, BK=bk, KIND=0, BLOCK=4, HAS_RESIDUAL=residual, GROUP=8, TMA=True,
+                          sak=1, sbn=1, **common)
+            res = compile_sm90(kernels.unimixing_gemm_kernel, ptrs, consts, warps, stages, usage=True)
+            assert res["shared"] <= SMEM_LIMIT and res["spill"] == 0, (consts, res)
     builds.append((kernels.unimixing_c_major_kernel, dict(SRC=p, DST=p), dict(B=4, BP=4, SB=4, BN=128), 4, 1))
     builds.append((kernels.unimixing_transpose_cast_kernel, dict(SRC="*fp32", DST=p), dict(BT=64, s_col=1),
                    4, 1))
