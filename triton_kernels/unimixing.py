@@ -750,8 +750,9 @@ def unimixing_gemm_kernel(
     if TMA:
         total = tl.cdiv(M, BM) * tl.cdiv(NC, BN)
         for tile in tl.range(tl.program_id(0), total, tl.num_programs(0), flatten=True):
-            _unimixing_gemm_tile(tile, tl.program_id(1), A, BMAT, C, R, M, NC, K, k_per_split, sam, sak, sbk, sbn, L,
-                                 KIND, BLOCK, HAS_RESIDUAL, BM, BN, BK, GROUP, DOT_DTYPE, PRECISION, TMA)
+            _unimixing_gemm_tile(tile, tl.program_id(1), A, BMAT, C, R, M, NC, K, k_per_split, sam, sak, sbk,
+                                 sbn, L, KIND, BLOCK, HAS_RESIDUAL, BM, BN, BK, GROUP, DOT_DTYPE, PRECISION,
+                                 TMA)
     else:
         _unimixing_gemm_tile(tl.program_id(0), tl.program_id(1), A, BMAT, C, R, M, NC, K, k_per_split,
                              sam, sak, sbk, sbn, L, KIND, BLOCK, HAS_RESIDUAL, BM, BN, BK, GROUP, DOT_DTYPE,
@@ -1358,8 +1359,9 @@ def _gemm(kind: int, a: torch.Tensor, bmat: torch.Tensor, out: torch.Tensor, m: 
         unimixing_gemm_kernel[grid](*args, **consts, **meta, TMA=tma)
     elif tma:
         sms = sm_count(a.device)
-        _tma_gemm(residual is not None)[lambda meta: (min(sms, triton.cdiv(m, meta["BM"]) * triton.cdiv(nc, meta["BN"])), 1)](
-            *args, **consts)
+        def grid(meta):
+            return min(sms, triton.cdiv(m, meta["BM"]) * triton.cdiv(nc, meta["BN"])), 1
+        _tma_gemm(residual is not None)[grid](*args, **consts)
     else:
         kernel = _tuned("unimixing_gemm_kernel", _gemm_configs(a.dtype != torch.float32),
                         ("M_BUCKET", "NC", "K", "KIND"))
@@ -1382,7 +1384,8 @@ def _tma_unavailable(a: torch.Tensor, bmat: torch.Tensor, sa: tuple[int, int], s
     return None
 
 
-def gemm_tma(a: torch.Tensor, bmat: torch.Tensor, sa: tuple[int, int], sb: tuple[int, int], splits: int) -> bool:
+def gemm_tma(a: torch.Tensor, bmat: torch.Tensor, sa: tuple[int, int], sb: tuple[int, int],
+             splits: int) -> bool:
     """Whether the memory-path forward GEMM reads its operands through TMA tensor descriptors, with
     about one program per SM walking the output tiles: the ``UNIMIXER_UNIMIXING_TMA`` switch
     ('auto': wherever the operands allow it, see :func:`_tma_unavailable`; '1': the same, and a

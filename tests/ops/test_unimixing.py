@@ -414,7 +414,8 @@ def test_unimixing_tma_switch_raises_where_descriptors_cannot_read(device, monke
     x = random_input((2, 4, n), dtype, device)
     wl, wg = _weights(n, 4, dtype, device, requires_grad=False)
     monkeypatch.setenv("UNIMIXER_UNIMIXING_TMA", "1")
-    with pytest.raises(ValueError, match=f"UNIMIXER_UNIMIXING_TMA=1: the forward GEMM's tensor descriptors {expected}"):
+    want = f"UNIMIXER_UNIMIXING_TMA=1: the forward GEMM's tensor descriptors {expected}"
+    with pytest.raises(ValueError, match=want):
         uk.unimixing(x, wl, wg, backend="triton")
     monkeypatch.setenv("UNIMIXER_UNIMIXING_TMA", "auto")
     torch.testing.assert_close(uk.unimixing(x, wl, wg, backend="triton").float(),
