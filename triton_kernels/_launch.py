@@ -55,10 +55,12 @@ SWITCHES = {
                                     "CUDA) or 'auto' (cublas where it can run: 12% faster per GEMM on the "
                                     "H200 at paper-100m; else triton)"),
     UNIMIXING_TMA_SWITCH: ("auto", "the unimixing memory-path forward GEMM at B < 16 (Y^T = H^T W_G^T, "
-                                   "16-bit): 'auto' (its operands through TMA tensor descriptors, about "
-                                   "one program per SM walking the tiles, wherever they allow it), '1' "
-                                   "(the same, and an error where they do not) or '0' (pointer loads, one "
-                                   "program per tile)"),
+                                   "16-bit): 'auto' (the plain product reads its operands through TMA "
+                                   "tensor descriptors, about one program per SM walking the tiles, "
+                                   "wherever they allow it; the residual epilogue x + UniMixing(x) keeps "
+                                   "pointers, which measured as fast), '1' (descriptors for both, and an "
+                                   "error where the operands do not allow them) or '0' (pointer loads, "
+                                   "one program per tile)"),
     LOCAL_TILE_SWITCH: ("auto", "the memory path's per-block kernel at B < 16 (one block per lane): "
                                 "'auto' (4 warps, with 2 samples per loop step in the forward and 4 in "
                                 "the backward, the fastest of eight tiles each on the H200) or "

@@ -1348,7 +1348,7 @@ def _gemm(kind: int, a: torch.Tensor, bmat: torch.Tensor, out: torch.Tensor, m: 
     args = [a, bmat, out, out if residual is None else residual, m, nc, k, per, *sa, *sb, length, bucket(m)]
     consts = dict(KIND=kind, BLOCK=block, HAS_RESIDUAL=residual is not None, GROUP=8, DOT_DTYPE=dot_dtype,
                   PRECISION=precision)
-    tma = kind == 0 and gemm_tma(a, bmat, sa, sb, p)
+    tma = kind == 0 and gemm_tma(a, bmat, sa, sb, p, residual is not None)
     if tma:
         args[:2] = (TensorDescriptor(a, [m, k], [sa[0], 1], [16, 16]),
                     TensorDescriptor(bmat, [k, nc], [sb[0], 1], [16, 16]))
@@ -1385,15 +1385,20 @@ def _tma_unavailable(a: torch.Tensor, bmat: torch.Tensor, sa: tuple[int, int], s
 
 
 def gemm_tma(a: torch.Tensor, bmat: torch.Tensor, sa: tuple[int, int], sb: tuple[int, int],
-             splits: int) -> bool:
+             splits: int, residual: bool) -> bool:
     """Whether the memory-path forward GEMM reads its operands through TMA tensor descriptors, with
     about one program per SM walking the output tiles: the ``UNIMIXER_UNIMIXING_TMA`` switch
-    ('auto': wherever the operands allow it, see :func:`_tma_unavailable`; '1': the same, and a
-    ``ValueError`` where they do not; '0': never)."""
+    ('auto': for the plain product (no ``residual``) wherever the operands allow it, see
+    :func:`_tma_unavailable`; '1': with the residual too, and a ``ValueError`` where the operands do
+    not allow it; '0': never). On the H200 (bf16, bench/results/2026-11-30-h200-run107) the plain
+    product at paper-100m took 354 against 386 us (the op 1.26 against 1.37 ms fwd+bwd, 0.424
+    against 0.464 ms inference); the residual epilogue, whose fp32 rearrangement limits it to
+    128 x 128 tiles, gave the full UniMixer block at paper-100m nothing (5.64 against 5.61 ms, 1.06
+    against 1.03 ms inference, run108), so 'auto' leaves it on pointers."""
     mode = switch(UNIMIXING_TMA_SWITCH)
     if mode not in ("auto", "0", "1"):
         raise ValueError(f"{UNIMIXING_TMA_SWITCH}: expected 'auto', '0' or '1', got {mode!r}")
-    if mode == "0":
+    if mode == "0" or (mode == "auto" and residual):
         return False
     why = _tma_unavailable(a, bmat, sa, sb, splits)
     if why is not None and mode == "1":

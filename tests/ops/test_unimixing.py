@@ -403,6 +403,24 @@ def test_unimixing_gemm_forward_tma(device, monkeypatch, tma, op, shape):
 
 
 @pytest.mark.triton
+def test_unimixing_tma_auto_takes_descriptors_for_the_plain_product(device, monkeypatch):
+    # 'auto': descriptors for the plain product, pointers for the residual epilogue
+    # (unimixing_rmsnorm's composed path), as measured on the H200
+    from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "gemm")
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_TMA", "auto")
+    seen = []
+    choose = kernels.gemm_tma
+    monkeypatch.setattr(kernels, "gemm_tma", lambda *a: seen.append((a[-1], choose(*a))) or seen[-1][1])
+    x = random_input((3, 4, 24), torch.float16, device)
+    wl, wg = _weights(24, 4, torch.float16, device, requires_grad=False)
+    uk.unimixing(x, wl, wg, backend="triton")
+    uk.unimixing_rmsnorm(x, wl, wg, torch.ones(24, device=device, dtype=torch.float16), backend="triton")
+    assert seen == [(False, True), (True, False)]
+
+
+@pytest.mark.triton
 @pytest.mark.parametrize("dtype, n, expected", [
     (torch.float32, 24, "need 16-bit operands"),
     (torch.float16, 20, "need 16-byte aligned operands and rows"),
