@@ -105,7 +105,8 @@ if want prepare; then
     SAN="$(command -v compute-sanitizer || true)"
     [ -z "$SAN" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SAN=/usr/local/cuda/bin/compute-sanitizer
     # GPU_TESTS: test paths, most important first; GPU_TEST_ARGS: extra pytest arguments (split on
-    # spaces); GPU_TEST_K: a -k expression (may contain spaces)
+    # spaces); GPU_TEST_K: a -k expression (may contain spaces; it matches substrings of every keyword,
+    # and under pytest 9.1 those include `pytestmark`, so e.g. `tma` selects every marked test)
     # SIGINT at the limit: pytest then stops and still prints its summary (skip reasons included)
     if [ "${GPU_TESTS:-tests}" != none ]; then
         timeout -s INT -k 30 "$(( T_PREPARE - 30 ))" "$PY" -m pytest -m gpu -q -r fEs -p no:cacheprovider \
