@@ -631,20 +631,10 @@ def unimixing_transpose_cast_kernel(SRC, DST, N, s_row, s_col, BT: tl.constexpr)
 
 @triton.jit
 def _unimixing_gemm_tile(
-    tile, pid_p, A, BMAT, C, R,
-    M, NC, K, k_per_split,
-    sam, sak, sbk, sbn,
-    L,
-    KIND: tl.constexpr,
-    BLOCK: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr,
-    BM: tl.constexpr,
-    BN: tl.constexpr,
-    BK: tl.constexpr,
-    GROUP: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr,
-    TMA: tl.constexpr,
+    tile, pid_p, A, BMAT, C, R, M, NC, K, k_per_split, sam, sak, sbk, sbn, L,
+    KIND: tl.constexpr, BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BM: tl.constexpr,
+    BN: tl.constexpr, BK: tl.constexpr, GROUP: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):
     """Output tile ``tile`` of :func:`unimixing_gemm_kernel` over the K range of split ``pid_p``."""
     num_m = tl.cdiv(M, BM)
