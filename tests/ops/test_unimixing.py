@@ -831,7 +831,7 @@ LOCAL_PTRS = dict(G="*bf16", X="*bf16", WL="*bf16", DY="*bf16", DX="*bf16", H="*
 def compile_for_sm90() -> None:
     """Compile the kernels most exposed to GPU-only constraints for sm_90 (bf16): every forward
     tile (plain, with the residual, and with the fused norm epilogue), the GEMMs (the forward's
-    through tensor descriptors too), the small-B dX
+    through tensor descriptors too: TMA copies and wgmma, no spills), the small-B dX
     kernel, the per-block local kernels (dots, and FMAs for small B), the c-major copy and the
     transposing cast. Run in a process without
     ``TRITON_INTERPRET``."""
@@ -873,8 +873,13 @@ def compile_for_sm90() -> None:
             ptrs = dict(A=f"tensordesc<bf16[{bm}, {bk}]>", BMAT=f"tensordesc<bf16[{bk}, {bn}]>", C=p, R=p)
             consts = dict(BM=bm, BN=bn, BK=bk, KIND=0, BLOCK=4, HAS_RESIDUAL=residual, GROUP=8, TMA=True,
                           sak=1, sbn=1, **common)
-            res = compile_sm90(kernels.unimixing_gemm_kernel, ptrs, consts, warps, stages, usage=True)
+            res = compile_sm90(kernels.unimixing_gemm_kernel, ptrs, consts, warps, stages, usage=True,
+                               ptx=True)
+            ptx = res.pop("ptx")
             assert res["shared"] <= SMEM_LIMIT and res["spill"] == 0, (consts, res)
+            # the operands arrive by TMA bulk copies and meet in warpgroup MMAs (no fallback to
+            # pointer loads or mma.sync)
+            assert "cp.async.bulk.tensor" in ptx and "wgmma.mma_async" in ptx, consts
     builds.append((kernels.unimixing_c_major_kernel, dict(SRC=p, DST=p), dict(B=4, BP=4, SB=4, BN=128), 4, 1))
     builds.append((kernels.unimixing_transpose_cast_kernel, dict(SRC="*fp32", DST=p), dict(BT=64, s_col=1),
                    4, 1))
