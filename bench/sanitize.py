@@ -29,15 +29,14 @@ SANITIZE_SIZES = dict(bs=5, T=5, D=40, B=4, r=7, nb=3, h=24, ffn_mult=2, n=11, d
 
 
 @contextlib.contextmanager
-def _patched(module, attrs: dict, env: dict):
-    with mock.patch.multiple(module, **attrs), mock.patch.dict(os.environ, env):
-        yield
-
-
-@contextlib.contextmanager
-def _sized(sizes: dict, env: dict):
-    """Other sanitizer sizes (read inside the path's ``with``) and environment switches."""
-    with mock.patch.dict(SANITIZE_SIZES, sizes), mock.patch.dict(os.environ, env):
+def _patched(module, attrs: dict, env: dict, sizes: dict | None = None):
+    """A module's attributes, environment switches and other sanitizer sizes (``SANITIZE_SIZES`` is
+    read inside the path's ``with``)."""
+    with contextlib.ExitStack() as stack:
+        if attrs:
+            stack.enter_context(mock.patch.multiple(module, **attrs))
+        stack.enter_context(mock.patch.dict(os.environ, env))
+        stack.enter_context(mock.patch.dict(SANITIZE_SIZES, sizes or {}))
         yield
 
 
@@ -111,7 +110,7 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         # D = 96: N = 120, rows of 240 bytes, so that the forward GEMM reads 16-bit operands through
         # tensor descriptors (at D = 40, N = 50, they take pointers)
         paths.append((f" [{UNIMIXING_FWD_SWITCH}=gemm, D=96: the forward GEMM's descriptors in 16-bit]",
-                      _sized(dict(D=96), {UNIMIXING_FWD_SWITCH: "gemm"})))
+                      _patched(None, {}, {UNIMIXING_FWD_SWITCH: "gemm"}, sizes=dict(D=96))))
     return paths
 
 

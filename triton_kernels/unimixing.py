@@ -1342,11 +1342,10 @@ def _gemm(kind: int, a: torch.Tensor, bmat: torch.Tensor, out: torch.Tensor, m: 
     if tma:
         args[:2] = (TensorDescriptor(a, [m, k], [sa[0], 1], [16, 16]),
                     TensorDescriptor(bmat, [k, nc], [sb[0], 1], [16, 16]))
-    if _interpreting():
-        meta = dict(BM=16, BN=16, BK=16)
-        grid = (min(3, triton.cdiv(m, 16) * triton.cdiv(nc, 16)), p) if tma else (
-            triton.cdiv(m, 16) * triton.cdiv(nc, 16), p)
-        unimixing_gemm_kernel[grid](*args, **consts, **meta, TMA=tma)
+    if _interpreting():  # 16-wide tiles; through descriptors, 3 programs that walk several tiles each
+        tiles = triton.cdiv(m, 16) * triton.cdiv(nc, 16)
+        unimixing_gemm_kernel[(min(3, tiles) if tma else tiles, p)](*args, **consts, BM=16, BN=16, BK=16,
+                                                                     TMA=tma)
     elif tma:
         sms = sm_count(a.device)
         def grid(meta):
