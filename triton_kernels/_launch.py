@@ -26,6 +26,7 @@ UNIMIXING_TMA_SWITCH = "UNIMIXER_UNIMIXING_TMA"
 POLL_SWITCH = "UNIMIXER_SINKHORN_POLL"
 FFN_TMA_SWITCH = "UNIMIXER_FFN_TMA"
 FFN_CHUNK_SWITCH = "UNIMIXER_FFN_TOKEN_CHUNK"
+LITE_GEMM_SWITCH = "UNIMIXER_LITE_GEMM"
 SWITCHES = {
     NORM_SWITCH: ("composed", "unimixing_rmsnorm: 'composed' (the mixing with its residual, then one RMSNorm "
                               "pass, as two autograd nodes so that the norm's backward frees its input and "
@@ -96,6 +97,11 @@ SWITCHES = {
                           "64x128): 'auto' (64x64, 2 warps) or 'BMxBN' "
                           "(powers of two, 16..256, BM*BN <= 16384; 2 warps up to 4096 entries, 4 below "
                           "8192, else 8)"),
+    LITE_GEMM_SWITCH: ("split", "the Lite global weight's fp32 GEMMs (A_G @ B_G, formed once per direction "
+                                "for fp32 factors of rank > 32, and dA_G = dM B_G^T, dB_G = A_G^T dM): "
+                                "'split' (the project's GEMM on bf16 tensor cores, each fp32 operand "
+                                "split exactly into three bf16 parts, six products: fp32's accuracy) or "
+                                "'cublas' (torch.mm in IEEE fp32, TF32 off)"),
 }
 
 

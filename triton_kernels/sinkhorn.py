@@ -105,6 +105,7 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ._launch import (
+    LITE_GEMM_SWITCH,
     PAIRS_SWITCH,
     PERSISTENT_SWITCH,
     POLL_SWITCH,
@@ -116,6 +117,7 @@ from ._launch import (
     triton_launch_option,
 )
 from ._partials import sum_partials
+from .gemm_fp32 import mm_fp32
 
 # matrices up to this size run the batched in-register kernels; larger ones the tiled kernels
 SMALL_MAX_N = 64
@@ -1611,11 +1613,18 @@ def _lowrank_operands(a: torch.Tensor, b: torch.Tensor) -> tuple:
 
 
 def _fp32_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` as one cuBLAS GEMM in IEEE fp32, whatever torch's TF32 setting and whatever
-    autocast region the call sits in (the ops run with autocast off, but the custom ops called on
-    their own under autocast would otherwise form bf16 products). torch has no per-call precision
-    for ``mm``: where TF32 is on, the process-wide flag is turned off around the GEMM (a matmul on
-    another thread at that moment would see it off); at torch's default (off) nothing is touched."""
+    """``a @ b`` in fp32, whatever torch's TF32 setting and whatever autocast region the call sits in
+    (the ops run with autocast off, but the custom ops called on their own under autocast would
+    otherwise form bf16 products), by the ``UNIMIXER_LITE_GEMM`` switch: ``split``, the project's
+    GEMM on bf16 tensor cores (:func:`mm_fp32`, fp32's accuracy from six bf16 products), or
+    ``cublas``, one IEEE fp32 cuBLAS GEMM. torch has no per-call precision for ``mm``: where TF32 is
+    on, the process-wide flag is turned off around that GEMM (a matmul on another thread at that
+    moment would see it off); at torch's default (off) nothing is touched."""
+    mode = switch(LITE_GEMM_SWITCH)
+    if mode == "split":
+        return mm_fp32(a.float(), b.float())
+    if mode != "cublas":
+        raise ValueError(f"{LITE_GEMM_SWITCH}: expected 'split' or 'cublas', got {mode!r}")
     m = torch.backends.cuda.matmul
     saved = m.allow_tf32
     if saved:

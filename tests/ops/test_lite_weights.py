@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 from unimixer_kernels.triton_kernels import sinkhorn as sk_kernels
+from unimixer_kernels.triton_kernels._launch import LITE_GEMM_SWITCH
 
 import unimixer_kernels as uk
 from unimixer_kernels.ops.sinkhorn import lite_global_bwd, lite_global_fwd, lite_local_bwd, lite_local_fwd
@@ -63,8 +64,9 @@ def test_lite_weights_global_many_tiles(device, monkeypatch, symmetric, material
 
 @pytest.mark.parametrize("tf32", [False, True])
 def test_fp32_mm_tf32_flag(monkeypatch, tf32):
-    # the fp32 GEMMs (logits, dA_G, dB_G) turn torch's process-wide TF32 flag off around themselves
-    # only where it is on, and restore it; at the default (off) they never write the flag
+    # on cuBLAS, the fp32 GEMMs (logits, dA_G, dB_G) turn torch's process-wide TF32 flag off around
+    # themselves only where it is on, and restore it; at the default (off) they never write the flag
+    monkeypatch.setenv(LITE_GEMM_SWITCH, "cublas")
     class Flags:
         def __init__(self):
             self.writes, self._tf32 = [], tf32
