@@ -7,9 +7,10 @@ times the three GEMMs of the Lite global weight at each preset's ``N`` and ``r``
 * ``dA``: ``dM @ B_G^T``, ``[N, N] @ [N, r]`` (``B_G^T`` a transposed view);
 * ``dB``: ``A_G^T @ dM``, ``[r, N] @ [N, N]`` (``A_G^T`` a transposed view);
 
-each by cuBLAS (TF32 off), by the kernel with its own plan (``mm_fp32``), and with every
-``--config``; and its error, ``max|C - C64| / max|cuBLAS - C64|`` over ``--seeds`` draws (the SPEC §8
-output rule allows 2). Prints a markdown table, also written to ``--out``.
+each by cuBLAS (TF32 off), by the kernel with its own plan (``mm_fp32``: both operands split into
+bf16 parts, then the GEMM), by its GEMM alone on parts split beforehand (``mm_parts``), and by that
+GEMM with every ``--config``; and its error, ``max|C - C64| / max|cuBLAS - C64|`` over ``--seeds``
+draws (the SPEC §8 output rule allows 2). Prints a markdown table, also written to ``--out``.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    from unimixer_kernels.triton_kernels.gemm_fp32 import mm_fp32, plan
+    from unimixer_kernels.triton_kernels.gemm_fp32 import mm_fp32, mm_parts, plan, split_parts
 
     if not torch.cuda.is_available():
         print("bench.gemm_fp32: needs a CUDA GPU (it times the kernel against cuBLAS)")
@@ -67,16 +68,22 @@ def main(argv=None) -> int:
         for kind in ("form", "dA", "dB"):
             a, b = _operands(kind, n, r, device, torch.Generator(device).manual_seed(0))
             m, k, nn = a.shape[0], a.shape[1], b.shape[1]
-            providers = [("cuBLAS", torch.mm), (f"split {tuple(plan(m, nn, k, device))}", mm_fp32)]
-            providers += [(f"split {tuple(c)}", lambda x, y, c=c: mm_fp32(x, y, c)) for c in args.config]
-            for label, fn in providers:
+            cfg = tuple(plan(m, nn, k, device))
+            # (label, fn, whether fn takes the operands' parts rather than the operands)
+            providers = [("cuBLAS", torch.mm, False), (f"split + GEMM {cfg}", mm_fp32, False),
+                         (f"GEMM {cfg}", mm_parts, True)]
+            providers += [(f"GEMM {tuple(c)}", lambda x, y, c=c: mm_parts(x, y, c), True)
+                          for c in args.config]
+            for label, fn, on_parts in providers:
+                prep = split_parts if on_parts else (lambda t: t)
                 worst = 0.0
                 for seed in range(args.seeds):
                     x, y = _operands(kind, n, r, device, torch.Generator(device).manual_seed(seed))
                     ref = x.double() @ y.double()
                     e_cublas = (torch.mm(x, y).double() - ref).abs().max().item()
-                    worst = max(worst, (fn(x, y).double() - ref).abs().max().item() / e_cublas)
-                ms = time_ms(lambda fn=fn, a=a, b=b: fn(a, b), device, 25, 100)
+                    worst = max(worst, (fn(prep(x), prep(y)).double() - ref).abs().max().item() / e_cublas)
+                x, y = prep(a), prep(b)
+                ms = time_ms(lambda fn=fn, x=x, y=y: fn(x, y), device, 25, 100)
                 rows.append(f"| {name} | {kind} | {m} x {nn} x {k} | {label} | {ms:.4f} | "
                             f"{2 * m * nn * k / ms / 1e9:.1f} | {worst:.2f} |")
                 print(rows[-1], flush=True)

@@ -1,21 +1,27 @@
 """fp32 GEMM on bf16 tensor cores: ``C = A @ B`` to fp32's accuracy, from six bf16 products.
 
-Each fp32 operand tile is split exactly into three bf16 parts, ``x = x0 + x1 + x2`` (fp32's 24-bit
-significand as three 8-bit ones, each rounded to nearest from what the parts before it left), and
+Each fp32 operand is split exactly into three bf16 parts, ``x = x0 + x1 + x2`` (fp32's 24-bit
+significand as three 8-bit ones, each rounded from what the parts before it left; every remainder is
+exact in fp32), by one elementwise pass (:func:`split_parts`), and
 
     A @ B  ~  A0 B0  +  (A0 B1 + A1 B0)  +  (A0 B2 + A1 B1 + A2 B0)
 
-with every product of two parts exact in the fp32 accumulator. The three products left out
-(``A1 B2``, ``A2 B1``, ``A2 B2``) are below ``2^-24`` of ``|a| |b|`` each, an fp32 rounding's size,
-so an entry's error is that of an fp32 GEMM's own roundings (its ``K`` additions), not of bf16 or
-TF32 inputs. The five small products go to a second fp32 accumulator, added to the first once at
-the end, so that their sum is not rounded at the scale of ``A0 B0`` at every step.
+with every product of two parts exact in fp32. The three products left out (``A1 B2``, ``A2 B1``,
+``A2 B2``) are below ``2^-24`` of ``|a| |b|`` each, an fp32 rounding's size, so an entry's error is
+that of its fp32 additions, not of bf16 or TF32 inputs.
 
-Six bf16 products are 6 x 2K MACs an entry at the bf16 tensor-core rate; on the H200 that is still
-about twice an fp32 SIMT GEMM's (cuBLAS's IEEE ``sgemm``) rate at the Lite global weight's shapes
-(``bench/NOTES.md``). Split-K (``SPLIT`` programs along ``K``, fp32 partials summed in a fixed
-order by :func:`sum_partials`) fills the GPU where the output has few tiles (``dA = dM B^T`` at
-rank 256: 64 tiles of 128 x 128 against 132 SMs). The result does not depend on the run: no atomics.
+The additions. The tensor cores' fp32 accumulation does not round to nearest: a single accumulator
+carried along ``K = 4096`` had 5.7-7.7x the error of cuBLAS's IEEE ``sgemm`` on the H200 (the errors
+add up with one sign), 0.5-0.7x at ``K = 128, 256`` (``bench/NOTES.md``, ``python -m bench.gemm_fp32``).
+So each ``BK``-wide step of ``K`` sums its six products, smallest first, in a fresh accumulator, and
+that chunk is added to the running total by an ordinary (round-to-nearest) fp32 addition.
+
+The parts live in memory (6 bytes an element against fp32's 4), so the GEMM's operands reach the
+tensor cores straight from shared memory, as a 16-bit GEMM's do; splitting inside the GEMM
+(registers, then shared memory again for every product) ran at about a third of the bf16 rate.
+Split-K (``split`` programs along ``K``, fp32 partials summed in a fixed order by
+:func:`sum_partials`) fills the GPU where the output has few tiles (``dA = dM B^T`` at rank 256: 64
+tiles of 128 x 128 for 132 SMs). No atomics: the result does not depend on the run.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from ._tiles import grouped_tile
 
 
 class GemmConfig(NamedTuple):
-    """One launch of :func:`mm_fp32`: output tile ``BM x BN``, ``BK`` of ``K`` a loop step, warps,
+    """One launch of :func:`mm_parts`: output tile ``BM x BN``, ``BK`` of ``K`` a loop step, warps,
     pipeline stages, and ``split``, the programs along ``K`` (fp32 partials summed afterwards)."""
 
     bm: int
@@ -44,22 +50,27 @@ class GemmConfig(NamedTuple):
     split: int
 
 
-# the output tile where the output fills the GPU with it, and the one for narrow outputs
-_WIDE = (128, 128, 32, 8, 3)
-_NARROW = (64, 128, 32, 4, 3)
+# the output tile where it gives every SM one, and the one for narrow outputs
+_WIDE = (128, 128, 64, 8, 2)
+_NARROW = (64, 128, 64, 4, 3)
 # split K only while each split keeps this many of K's loop steps
-_MIN_STEPS_PER_SPLIT = 8
+_MIN_STEPS_PER_SPLIT = 4
+_SPLIT_BLOCK = 2048
 
 
 @triton.jit
-def _split3(x):
-    """``x`` (fp32) as bf16 parts ``(x0, x1, x2)`` with ``x0 + x1 + x2 == x`` exactly: each part is
-    the round-to-nearest bf16 of what the ones before it left, and every remainder is exact in fp32."""
+def split_parts_kernel(X, P, numel, BLOCK: tl.constexpr):
+    """``P[0], P[1], P[2]`` (bf16, each ``numel`` long) = the three parts of ``X`` (fp32, flat)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    x = tl.load(X + offs, mask=mask)
     x0 = x.to(tl.bfloat16)
     r = x - x0.to(tl.float32)
     x1 = r.to(tl.bfloat16)
     x2 = (r - x1.to(tl.float32)).to(tl.bfloat16)
-    return x0, x1, x2
+    tl.store(P + offs, x0, mask=mask)
+    tl.store(P + numel + offs, x1, mask=mask)
+    tl.store(P + 2 * numel + offs, x2, mask=mask)
 
 
 @triton.jit
@@ -72,12 +83,13 @@ def _part_dot(x, y, acc, AS_FP32: tl.constexpr):
 
 
 @triton.jit
-def mm_fp32_kernel(
-    A, B, C, M, N, K, k_split, sam, sak, sbk, sbn,
+def mm_parts_kernel(
+    A, B, C, M, N, K, k_split, sap, sam, sak, sbp, sbk, sbn,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP: tl.constexpr, AS_FP32: tl.constexpr,
 ):
-    """``C[split] = A[:, ks] @ B[ks, :]`` over split ``program_id(1)``'s ``k_split`` columns of ``A``
-    (``C`` contiguous ``[SPLIT, M, N]`` fp32; with one split, the product itself)."""
+    """``C[split] = A[:, ks] @ B[ks, :]`` over split ``program_id(1)``'s ``k_split`` columns of ``A``,
+    from the bf16 parts ``A [3, M, K]`` and ``B [3, K, N]`` (strided); ``C`` is contiguous
+    ``[SPLIT, M, N]`` fp32 (with one split, the product itself)."""
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(N, BN), GROUP)
     split = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -89,22 +101,43 @@ def mm_fp32_kernel(
     k_lo = split * k_split
     k_hi = tl.minimum(K, k_lo + k_split)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
-    small = tl.zeros([BM, BN], dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BK):
         ks = k0 + tl.arange(0, BK)
         kmask = ks < k_hi
-        a = tl.load(a_rows + ks.to(tl.int64)[None, :] * sak, mask=rmask[:, None] & kmask[None, :], other=0.0)
-        b = tl.load(b_cols + ks.to(tl.int64)[:, None] * sbk, mask=kmask[:, None] & cmask[None, :], other=0.0)
-        a0, a1, a2 = _split3(a)
-        b0, b1, b2 = _split3(b)
-        small = _part_dot(a2, b0, small, AS_FP32)
-        small = _part_dot(a1, b1, small, AS_FP32)
-        small = _part_dot(a0, b2, small, AS_FP32)
-        small = _part_dot(a1, b0, small, AS_FP32)
-        small = _part_dot(a0, b1, small, AS_FP32)
-        acc = _part_dot(a0, b0, acc, AS_FP32)
+        am = rmask[:, None] & kmask[None, :]
+        bm = kmask[:, None] & cmask[None, :]
+        pa = a_rows + ks.to(tl.int64)[None, :] * sak
+        pb = b_cols + ks.to(tl.int64)[:, None] * sbk
+        a0 = tl.load(pa, mask=am, other=0.0)
+        a1 = tl.load(pa + sap, mask=am, other=0.0)
+        a2 = tl.load(pa + 2 * sap, mask=am, other=0.0)
+        b0 = tl.load(pb, mask=bm, other=0.0)
+        b1 = tl.load(pb + sbp, mask=bm, other=0.0)
+        b2 = tl.load(pb + 2 * sbp, mask=bm, other=0.0)
+        # this step's chunk, smallest products first, then added to the total with one fp32 rounding
+        chunk = _part_dot(a2, b0, tl.zeros([BM, BN], dtype=tl.float32), AS_FP32)
+        chunk = _part_dot(a1, b1, chunk, AS_FP32)
+        chunk = _part_dot(a0, b2, chunk, AS_FP32)
+        chunk = _part_dot(a1, b0, chunk, AS_FP32)
+        chunk = _part_dot(a0, b1, chunk, AS_FP32)
+        chunk = _part_dot(a0, b0, chunk, AS_FP32)
+        acc += chunk
     out = C + split.to(tl.int64) * M * N + rows.to(tl.int64)[:, None] * N + cols[None, :]
-    tl.store(out, acc + small, mask=rmask[:, None] & cmask[None, :])
+    tl.store(out, acc, mask=rmask[:, None] & cmask[None, :])
+
+
+def split_parts(x: torch.Tensor) -> torch.Tensor:
+    """The bf16 parts of a 2-d fp32 ``x`` as ``[3, *x.shape]``, each part laid out as ``x`` is (row- or
+    column-major; any other strides are copied to row-major once first)."""
+    if x.dtype != torch.float32 or x.dim() != 2:
+        raise TypeError(f"split_parts: expected a 2-d fp32 tensor, got {x.dtype} of shape {tuple(x.shape)}")
+    transposed = not x.is_contiguous() and x.t().is_contiguous()
+    base = x.t() if transposed else x.contiguous()
+    parts = torch.empty((3, *base.shape), device=x.device, dtype=torch.bfloat16)
+    if base.numel():
+        split_parts_kernel[(triton.cdiv(base.numel(), _SPLIT_BLOCK),)](base, parts, base.numel(),
+                                                                       BLOCK=_SPLIT_BLOCK)
+    return parts.transpose(1, 2) if transposed else parts
 
 
 def plan(m: int, n: int, k: int, device: torch.device) -> GemmConfig:
@@ -118,33 +151,42 @@ def plan(m: int, n: int, k: int, device: torch.device) -> GemmConfig:
     return GemmConfig(bm, bn, bk, warps, stages, split)
 
 
-def mm_fp32(a: torch.Tensor, b: torch.Tensor, config: GemmConfig | None = None) -> torch.Tensor:
-    """``a @ b`` (fp32 ``[M, K]`` and ``[K, N]``, any strides) as a new contiguous fp32 ``[M, N]``, on
-    bf16 tensor cores to fp32's accuracy (module docstring). ``config`` overrides :func:`plan`."""
-    if a.dtype != torch.float32 or b.dtype != torch.float32:
-        raise TypeError(f"mm_fp32: expected fp32 operands, got a {a.dtype} and b {b.dtype}")
-    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
-        raise ValueError(f"mm_fp32: expected a [M, K] and b [K, N], got {tuple(a.shape)} and "
-                         f"{tuple(b.shape)}")
-    if a.device != b.device:
-        raise ValueError(f"mm_fp32: a is on {a.device} and b on {b.device}; put both on one device")
-    (m, k), n = a.shape, b.shape[1]
-    cfg = plan(m, n, k, a.device) if config is None else config
-    split = max(1, min(cfg.split, triton.cdiv(k, cfg.bk)))
-    out = new_output((m, n), like=a)
+def mm_parts(pa: torch.Tensor, pb: torch.Tensor, config: GemmConfig | None = None) -> torch.Tensor:
+    """``A @ B`` as a new contiguous fp32 ``[M, N]`` from the parts ``pa [3, M, K]`` and ``pb [3, K, N]``
+    of :func:`split_parts` (module docstring). ``config`` overrides :func:`plan`."""
+    if pa.dtype != torch.bfloat16 or pb.dtype != torch.bfloat16 or pa.dim() != 3 or pb.dim() != 3 \
+            or pa.shape[0] != 3 or pb.shape[0] != 3 or pa.shape[2] != pb.shape[1]:
+        raise ValueError(f"mm_parts: expected split_parts of a [M, K] and b [K, N], got {pa.dtype} "
+                         f"{tuple(pa.shape)} and {pb.dtype} {tuple(pb.shape)}")
+    if pa.device != pb.device:
+        raise ValueError(f"mm_parts: a is on {pa.device} and b on {pb.device}; put both on one device")
+    (_, m, k), n = pa.shape, pb.shape[2]
+    out = new_output((m, n), like=pa, dtype=torch.float32)
     if m == 0 or n == 0:
         return out
     if k == 0:
         return out.zero_()
-    k_split = triton.cdiv(triton.cdiv(k, split), cfg.bk) * cfg.bk
+    cfg = plan(m, n, k, pa.device) if config is None else config
+    k_split = triton.cdiv(triton.cdiv(k, max(1, cfg.split)), cfg.bk) * cfg.bk
     split = triton.cdiv(k, k_split)
-    dst = out if split == 1 else torch.empty((split, m, n), device=a.device, dtype=torch.float32)
+    dst = out if split == 1 else torch.empty((split, m, n), device=pa.device, dtype=torch.float32)
     grid = (triton.cdiv(m, cfg.bm) * triton.cdiv(n, cfg.bn), split)
-    mm_fp32_kernel[grid](
-        a, b, dst, m, n, k, k_split, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+    mm_parts_kernel[grid](
+        pa, pb, dst, m, n, k, k_split, *pa.stride(), *pb.stride(),
         BM=cfg.bm, BN=cfg.bn, BK=cfg.bk, GROUP=8, AS_FP32=os.environ.get("TRITON_INTERPRET", "0") == "1",
         num_warps=cfg.warps, num_stages=cfg.stages,
     )
     if split > 1:
         sum_partials((dst, out))
     return out
+
+
+def mm_fp32(a: torch.Tensor, b: torch.Tensor, config: GemmConfig | None = None) -> torch.Tensor:
+    """``a @ b`` for 2-d fp32 ``a [M, K]``, ``b [K, N]`` (any strides): :func:`mm_parts` of their
+    :func:`split_parts`. Split an operand once where it serves several products."""
+    if a.dtype != torch.float32 or b.dtype != torch.float32:
+        raise TypeError(f"mm_fp32: expected fp32 operands, got a {a.dtype} and b {b.dtype}")
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"mm_fp32: expected a [M, K] and b [K, N], got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    return mm_parts(split_parts(a), split_parts(b), config)

@@ -117,7 +117,7 @@ from ._launch import (
     triton_launch_option,
 )
 from ._partials import sum_partials
-from .gemm_fp32 import mm_fp32
+from .gemm_fp32 import mm_parts, split_parts
 
 # matrices up to this size run the batched in-register kernels; larger ones the tiled kernels
 SMALL_MAX_N = 64
@@ -1612,17 +1612,26 @@ def _lowrank_operands(a: torch.Tensor, b: torch.Tensor) -> tuple:
     return _lowrank_logits(a, b), None, None
 
 
-def _fp32_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` in fp32, whatever torch's TF32 setting and whatever autocast region the call sits in
-    (the ops run with autocast off, but the custom ops called on their own under autocast would
-    otherwise form bf16 products), by the ``UNIMIXER_LITE_GEMM`` switch: ``split``, the project's
-    GEMM on bf16 tensor cores (:func:`mm_fp32`, fp32's accuracy from six bf16 products), or
-    ``cublas``, one IEEE fp32 cuBLAS GEMM. torch has no per-call precision for ``mm``: where TF32 is
-    on, the process-wide flag is turned off around that GEMM (a matmul on another thread at that
-    moment would see it off); at torch's default (off) nothing is touched."""
+def _fp32_mms(*pairs: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
+    """``[a @ b for a, b in pairs]`` in fp32, whatever torch's TF32 setting and whatever autocast region
+    the call sits in (the ops run with autocast off, but the custom ops called on their own under
+    autocast would otherwise form bf16 products), by the ``UNIMIXER_LITE_GEMM`` switch:
+
+    * ``split``: the project's GEMM on bf16 tensor cores (:mod:`.gemm_fp32`, fp32's accuracy from
+      six bf16 products), each operand split into its bf16 parts once (``dM`` serves both gradients);
+    * ``cublas``: IEEE fp32 cuBLAS GEMMs. torch has no per-call precision for ``mm``: where TF32 is
+      on, the process-wide flag is turned off around them (a matmul on another thread at that moment
+      would see it off); at torch's default (off) nothing is touched."""
     mode = switch(LITE_GEMM_SWITCH)
     if mode == "split":
-        return mm_fp32(a.float(), b.float())
+        parts: dict[int, torch.Tensor] = {}
+
+        def split(x):  # one split per operand object (dM appears in both products)
+            if id(x) not in parts:
+                parts[id(x)] = split_parts(x.float())
+            return parts[id(x)]
+
+        return [mm_parts(split(a), split(b)) for a, b in pairs]
     if mode != "cublas":
         raise ValueError(f"{LITE_GEMM_SWITCH}: expected 'split' or 'cublas', got {mode!r}")
     m = torch.backends.cuda.matmul
@@ -1630,17 +1639,17 @@ def _fp32_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if saved:
         m.allow_tf32 = False
     try:
-        with torch.autocast(a.device.type, enabled=False):
-            return torch.mm(a.float(), b.float())
+        with torch.autocast(pairs[0][0].device.type, enabled=False):
+            return [torch.mm(a.float(), b.float()) for a, b in pairs]
     finally:
         if saved:
             m.allow_tf32 = saved
 
 
 def _lowrank_logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(A @ B)[None]`` by :func:`_fp32_mm`. The forward and the backward form it by this same call,
+    """``(A @ B)[None]`` by :func:`_fp32_mms`. The forward and the backward form it by this same call,
     so both see the same numbers."""
-    return _fp32_mm(a, b).unsqueeze(0)
+    return _fp32_mms((a, b))[0].unsqueeze(0)
 
 
 def lite_global_fwd(a_g: torch.Tensor, b_g: torch.Tensor, tau: float, iters: int, symmetric: bool):
@@ -1656,9 +1665,10 @@ def lite_global_fwd(a_g: torch.Tensor, b_g: torch.Tensor, tau: float, iters: int
 
 def lite_global_bwd(dp, a_g, b_g, u, v, tau: float, iters: int, symmetric: bool):
     """``(dA_G, dB_G) = (dM B_G^T, A_G^T dM)``, with ``dM`` (fp32 ``n x n``) materialised once and both
-    GEMMs in IEEE fp32 (:func:`_fp32_mm`), as the logits'."""
+    GEMMs in fp32 (:func:`_fp32_mms`), as the logits'."""
     n = a_g.shape[0]
     a, b = _lowrank_factors(a_g, b_g, symmetric)
     dm = tiled_bwd(dp.view(1, n, n), *_lowrank_operands(a, b), u.view(1, iters, n), v.view(1, iters, n), 1, n,
                    iters, tau, symmetric, torch.float32).view(n, n)
-    return _fp32_mm(dm, b_g.t()).to(a_g.dtype), _fp32_mm(a_g.t(), dm).to(b_g.dtype)
+    da, db = _fp32_mms((dm, b_g.t()), (a_g.t(), dm))
+    return da.to(a_g.dtype), db.to(b_g.dtype)

@@ -89,18 +89,19 @@ def test_fp32_mm_tf32_flag(monkeypatch, tf32):
 
 @pytest.mark.triton
 def test_lite_global_gradient_gemms_in_fp32(device, monkeypatch):
-    # dA_G and dB_G come from the same IEEE fp32 GEMM helper as the logits (not torch's TF32 flag)
+    # dA_G and dB_G come from the same fp32 GEMM helper as the logits (not torch's TF32 flag)
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
     monkeypatch.setattr(sk_kernels, "RESIDENT", False)
     calls = []
-    mm = sk_kernels._fp32_mm
-    monkeypatch.setattr(sk_kernels, "_fp32_mm", lambda a, b: calls.append((a.shape, b.shape)) or mm(a, b))
+    mms = sk_kernels._fp32_mms
+    monkeypatch.setattr(sk_kernels, "_fp32_mms",
+                        lambda *pairs: calls.append([(a.shape, b.shape) for a, b in pairs]) or mms(*pairs))
     a_g, b_g = _inputs(37, 2, 4, 5, torch.float32, device)[2:]
     _, u, v = lite_global_fwd(a_g, b_g, 0.2, 2, False)
     assert calls == []  # rank 5: matrix free
     dp = torch.randn(37, 37, device=device)
     da, db = sk_kernels.lite_global_bwd(dp, a_g, b_g, u, v, 0.2, 2, False)
-    assert calls == [((37, 37), (37, 5)), ((5, 37), (37, 37))]
+    assert calls == [[((37, 37), (37, 5)), ((5, 37), (37, 37))]]  # one call: dM split once
     assert da.shape == a_g.shape and db.shape == b_g.shape
 
 
