@@ -50,12 +50,48 @@ class GemmConfig(NamedTuple):
     split: int
 
 
-# the output tile where it gives every SM one, and the one for narrow outputs
-_WIDE = (128, 128, 64, 8, 2)
+# the output tile where it gives every SM one, and the one for narrow outputs: the fastest of eight
+# tiles at paper-100m's three products on the H200 (bench/results/2026-11-30-h200-run113)
+_WIDE = (128, 128, 32, 8, 4)
 _NARROW = (64, 128, 64, 4, 3)
 # split K only while each split keeps this many of K's loop steps
 _MIN_STEPS_PER_SPLIT = 4
 _SPLIT_BLOCK = 2048
+
+
+# the CPU interpreter's ``tl.dot`` multiplies bf16's stored bits as integers: there the parts go to
+# ``tl.dot`` as fp32, where their products are as exact (read when the module is imported)
+_PARTS_AS_FP32 = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+
+@triton.jit
+def split3(x):
+    """``x`` (fp32) as bf16 parts ``(x0, x1, x2)`` with ``x0 + x1 + x2 == x`` exactly: each part is the
+    bf16 rounding of what the ones before it left, and every remainder is exact in fp32."""
+    x0 = x.to(tl.bfloat16)
+    r = x - x0.to(tl.float32)
+    x1 = r.to(tl.bfloat16)
+    x2 = (r - x1.to(tl.float32)).to(tl.bfloat16)
+    return x0, x1, x2
+
+
+@triton.jit
+def _part_dot(x, y, acc):
+    if _PARTS_AS_FP32:
+        return tl.dot(x.to(tl.float32), y.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(x, y, acc)
+
+
+@triton.jit
+def parts_chunk(a0, a1, a2, b0, b1, b2, BM: tl.constexpr, BN: tl.constexpr):
+    """One step of ``K``: the six products of the parts, smallest first, in a fresh fp32 accumulator
+    (``[BM, BN]``), for the caller to add to its total with one fp32 rounding (module docstring)."""
+    chunk = _part_dot(a2, b0, tl.zeros([BM, BN], dtype=tl.float32))
+    chunk = _part_dot(a1, b1, chunk)
+    chunk = _part_dot(a0, b2, chunk)
+    chunk = _part_dot(a1, b0, chunk)
+    chunk = _part_dot(a0, b1, chunk)
+    return _part_dot(a0, b0, chunk)
 
 
 @triton.jit
@@ -63,29 +99,16 @@ def split_parts_kernel(X, P, numel, BLOCK: tl.constexpr):
     """``P[0], P[1], P[2]`` (bf16, each ``numel`` long) = the three parts of ``X`` (fp32, flat)."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
-    x = tl.load(X + offs, mask=mask)
-    x0 = x.to(tl.bfloat16)
-    r = x - x0.to(tl.float32)
-    x1 = r.to(tl.bfloat16)
-    x2 = (r - x1.to(tl.float32)).to(tl.bfloat16)
+    x0, x1, x2 = split3(tl.load(X + offs, mask=mask))
     tl.store(P + offs, x0, mask=mask)
     tl.store(P + numel + offs, x1, mask=mask)
     tl.store(P + 2 * numel + offs, x2, mask=mask)
 
 
 @triton.jit
-def _part_dot(x, y, acc, AS_FP32: tl.constexpr):
-    """``acc + x @ y`` for bf16 parts. ``AS_FP32`` (the CPU interpreter, whose ``tl.dot`` multiplies
-    bf16's stored bits as integers) takes the same values as fp32, where their products are as exact."""
-    if AS_FP32:
-        return tl.dot(x.to(tl.float32), y.to(tl.float32), acc, input_precision="ieee")
-    return tl.dot(x, y, acc)
-
-
-@triton.jit
 def mm_parts_kernel(
     A, B, C, M, N, K, k_split, sap, sam, sak, sbp, sbk, sbn,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP: tl.constexpr, AS_FP32: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP: tl.constexpr,
 ):
     """``C[split] = A[:, ks] @ B[ks, :]`` over split ``program_id(1)``'s ``k_split`` columns of ``A``,
     from the bf16 parts ``A [3, M, K]`` and ``B [3, K, N]`` (strided); ``C`` is contiguous
@@ -114,14 +137,7 @@ def mm_parts_kernel(
         b0 = tl.load(pb, mask=bm, other=0.0)
         b1 = tl.load(pb + sbp, mask=bm, other=0.0)
         b2 = tl.load(pb + 2 * sbp, mask=bm, other=0.0)
-        # this step's chunk, smallest products first, then added to the total with one fp32 rounding
-        chunk = _part_dot(a2, b0, tl.zeros([BM, BN], dtype=tl.float32), AS_FP32)
-        chunk = _part_dot(a1, b1, chunk, AS_FP32)
-        chunk = _part_dot(a0, b2, chunk, AS_FP32)
-        chunk = _part_dot(a1, b0, chunk, AS_FP32)
-        chunk = _part_dot(a0, b1, chunk, AS_FP32)
-        chunk = _part_dot(a0, b0, chunk, AS_FP32)
-        acc += chunk
+        acc += parts_chunk(a0, a1, a2, b0, b1, b2, BM, BN)
     out = C + split.to(tl.int64) * M * N + rows.to(tl.int64)[:, None] * N + cols[None, :]
     tl.store(out, acc, mask=rmask[:, None] & cmask[None, :])
 
@@ -142,12 +158,14 @@ def split_parts(x: torch.Tensor) -> torch.Tensor:
 
 def plan(m: int, n: int, k: int, device: torch.device) -> GemmConfig:
     """The launch for an ``[m, k] @ [k, n]`` product: 128 x 128 tiles where they give every SM one,
-    else 64 x 128; then as many splits of ``K`` as bring the programs to about two per SM, each
-    keeping at least ``_MIN_STEPS_PER_SPLIT`` loop steps."""
+    else 64 x 128; K is split only where those tiles leave more than half of the SMs idle, into as
+    many splits as give about one program per SM, each keeping at least ``_MIN_STEPS_PER_SPLIT``
+    loop steps (at paper-100m's ``dA``, 128 tiles of 64 x 128 for 132 SMs: one split 0.101 ms, three
+    0.159, four 0.118, run113)."""
     sms = sm_count(device)
     bm, bn, bk, warps, stages = _WIDE if triton.cdiv(m, 128) * triton.cdiv(n, 128) >= sms else _NARROW
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    split = max(1, min(triton.cdiv(2 * sms, tiles), k // (bk * _MIN_STEPS_PER_SPLIT)))
+    split = 1 if 2 * tiles >= sms else max(1, min(triton.cdiv(sms, tiles), k // (bk * _MIN_STEPS_PER_SPLIT)))
     return GemmConfig(bm, bn, bk, warps, stages, split)
 
 
@@ -173,8 +191,7 @@ def mm_parts(pa: torch.Tensor, pb: torch.Tensor, config: GemmConfig | None = Non
     grid = (triton.cdiv(m, cfg.bm) * triton.cdiv(n, cfg.bn), split)
     mm_parts_kernel[grid](
         pa, pb, dst, m, n, k, k_split, *pa.stride(), *pb.stride(),
-        BM=cfg.bm, BN=cfg.bn, BK=cfg.bk, GROUP=8, AS_FP32=os.environ.get("TRITON_INTERPRET", "0") == "1",
-        num_warps=cfg.warps, num_stages=cfg.stages,
+        BM=cfg.bm, BN=cfg.bn, BK=cfg.bk, GROUP=8, num_warps=cfg.warps, num_stages=cfg.stages,
     )
     if split > 1:
         sum_partials((dst, out))

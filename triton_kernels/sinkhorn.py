@@ -117,7 +117,7 @@ from ._launch import (
     triton_launch_option,
 )
 from ._partials import sum_partials
-from .gemm_fp32 import mm_parts, split_parts
+from .gemm_fp32 import mm_parts, parts_chunk, split3, split_parts
 
 # matrices up to this size run the batched in-register kernels; larger ones the tiled kernels
 SMALL_MAX_N = 64
@@ -172,6 +172,9 @@ SERPENTINE = True
 # where S0 comes from: the logits (and cache it), the cache, the factors
 _DENSE, _WORKSPACE, _LOWRANK = 0, 1, 2
 _INIT, _ROW, _COL, _COL_LAST = 0, 1, 2, 3
+# how a low-rank tile is formed (``_lowrank_tile``'s DOT): 16-bit factors on tensor cores; fp32 on FMA
+# units (IEEE); fp32 as bf16 parts on tensor cores
+_DOT_TC, _DOT_IEEE, _DOT_SPLIT = 0, 1, 2
 # how a band's last program reduces the band's partials (``_arrive``)
 _SUM, _LSE, _LOG_SUM = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -336,7 +339,7 @@ def _tile_logits(
     SRC, A, B, WS, mat, rows, cols, n, rank,
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr, EVEN: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr, EVEN: tl.constexpr,
 ):
     """The ``S0`` tile ``[BM, BN]`` (fp32, 0 outside the matrix) of matrix ``mat``.
 
@@ -359,10 +362,10 @@ def _tile_logits(
         x = tl.load(WS + mat * n * n + rows[:, None] * n + cols[None, :], mask=m2, other=0.0,
                     cache_modifier=".cg")
     else:
-        x = _lowrank_tile(A, B, rows, cols, rmask, cmask, rank, sa0, sa1, sb0, sb1, BM, BN, BK, DOT_IEEE)
+        x = _lowrank_tile(A, B, rows, cols, rmask, cmask, rank, sa0, sa1, sb0, sb1, BM, BN, BK, DOT)
         if SYMMETRIC:
             # (A B)^T tile from its own product, so S0 is exactly symmetric, as in the reference
-            xt = _lowrank_tile(A, B, cols, rows, cmask, rmask, rank, sa0, sa1, sb0, sb1, BN, BM, BK, DOT_IEEE)
+            xt = _lowrank_tile(A, B, cols, rows, cmask, rmask, rank, sa0, sa1, sb0, sb1, BN, BM, BK, DOT)
             x = x + tl.trans(xt)
         x = x * scale
     return x
@@ -370,14 +373,19 @@ def _tile_logits(
 
 @triton.jit
 def _lowrank_tile(A, B, rows, cols, rmask, cmask, rank, sa0, sa1, sb0, sb1,
-                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr):
-    """``(A @ B)[rows, cols]`` in fp32, ``rank`` MACs per entry.
+                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr):
+    """``(A @ B)[rows, cols]`` in fp32, ``rank`` MACs per entry, by ``DOT``:
 
-    ``DOT_IEEE`` (fp32 factors, FMA units): the rank's ``BK``-wide chunks go to two accumulators in
-    turn, added at the end, so that no entry is one sequential chain of ``rank`` roundings (at
-    tau = 0.05 the output hinges on the last bits of these sums; NOTES, the Lite sweep)."""
+    * ``_DOT_TC`` (16-bit factors): ``tl.dot`` on tensor cores;
+    * ``_DOT_IEEE`` (fp32 factors of rank up to ``LOWRANK_MATERIALISE_MIN_RANK``, FMA units): the
+      rank's ``BK``-wide chunks go to two accumulators in turn, added at the end, so that no entry is
+      one sequential chain of ``rank`` roundings (at tau = 0.05 the output hinges on the last bits of
+      these sums; NOTES, the Lite sweep);
+    * ``_DOT_SPLIT`` (fp32 factors of a larger rank, resident kernels): each chunk's operands split
+      into three bf16 parts, six products on tensor cores summed into a fresh chunk, added to the
+      total in fp32 (:mod:`.gemm_fp32`: fp32's accuracy)."""
     acc = tl.zeros([BM, BN], dtype=tl.float32)
-    if DOT_IEEE:
+    if DOT == 1:
         acc2 = tl.zeros([BM, BN], dtype=tl.float32)
         for k0 in range(0, rank, 2 * BK):
             a, b = _lowrank_chunk(A, B, rows, cols, rmask, cmask, k0, rank, sa0, sa1, sb0, sb1, BK)
@@ -385,6 +393,12 @@ def _lowrank_tile(A, B, rows, cols, rmask, cmask, rank, sa0, sa1, sb0, sb1,
             a, b = _lowrank_chunk(A, B, rows, cols, rmask, cmask, k0 + BK, rank, sa0, sa1, sb0, sb1, BK)
             acc2 = tl.dot(a, b, acc2, input_precision="ieee")
         acc = acc + acc2
+    elif DOT == 2:
+        for k0 in range(0, rank, BK):
+            a, b = _lowrank_chunk(A, B, rows, cols, rmask, cmask, k0, rank, sa0, sa1, sb0, sb1, BK)
+            a0, a1, a2 = split3(a)
+            b0, b1, b2 = split3(b)
+            acc += parts_chunk(a0, a1, a2, b0, b1, b2, BM, BN)
     else:
         for k0 in range(0, rank, BK):
             a, b = _lowrank_chunk(A, B, rows, cols, rmask, cmask, k0, rank, sa0, sa1, sb0, sb1, BK)
@@ -458,7 +472,7 @@ def _tile_index(tile, n, n_ct, BM: tl.constexpr, BN: tl.constexpr, EVEN: tl.cons
 def _tile_frame(
     x_in, tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    DOT_IEEE: tl.constexpr, X_GIVEN: tl.constexpr, EVEN: tl.constexpr, PAIRS: tl.constexpr,
+    DOT: tl.constexpr, X_GIVEN: tl.constexpr, EVEN: tl.constexpr, PAIRS: tl.constexpr,
 ):
     """Tile ``(p, q)`` of matrix ``mat``, as every forward and backward half-step sees it: indices,
     masks and its logits (``x_in`` when ``X_GIVEN``, else formed or loaded)."""
@@ -467,7 +481,7 @@ def _tile_frame(
         x = x_in
     else:
         x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EVEN)
+                         MODE, SYMMETRIC, BM, BN, BK, DOT, EVEN)
     return p, q, rows, cols, rmask, cmask, m2, x
 
 
@@ -556,7 +570,7 @@ def _fwd_tile(
     n, rank, K, k, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, X_GIVEN: tl.constexpr, PLAIN: tl.constexpr,
     EVEN: tl.constexpr, FAST_EXP: tl.constexpr, PAIRS: tl.constexpr,
 ):
@@ -564,7 +578,7 @@ def _fwd_tile(
     over its mirror image too (off the diagonal), from the one ``S0`` tile read."""
     p, q, rows, cols, rmask, cmask, m2, x = _tile_frame(
         x_in, tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN, EVEN, PAIRS)
+        MODE, SYMMETRIC, BM, BN, BK, DOT, X_GIVEN, EVEN, PAIRS)
     _fwd_half(x, m2, mat, p, q, rows, cols, rmask, cmask, WS, P, U, V, PR, PC, CNT, n, K, k, n_rt, n_ct,
               PHASE, MODE, 0, RT_P, CT_P, PLAIN, FAST_EXP)
     if PAIRS:
@@ -643,7 +657,7 @@ def _bwd_tile(
     n, rank, K, k, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, X_GIVEN: tl.constexpr, FIRST: tl.constexpr,
     EVEN: tl.constexpr, FAST_EXP: tl.constexpr, PAIRS: tl.constexpr,
 ):
@@ -654,7 +668,7 @@ def _bwd_tile(
     tile's ``G`` and its mirror's are both in registers."""
     p, q, rows, cols, rmask, cmask, m2, x = _tile_frame(
         x_in, tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN, EVEN, PAIRS)
+        MODE, SYMMETRIC, BM, BN, BK, DOT, X_GIVEN, EVEN, PAIRS)
     if LAST:
         g = _bwd_last(x, m2, _g_tile(G, mat, tile, rows, cols, n, 0, BM, BN, PAIRS), mat, rows, cols,
                       rmask, cmask, U, V, CS, RS, n, K, 0, FAST_EXP)
@@ -856,7 +870,7 @@ def sinkhorn_tile_fwd_kernel(
     n, rank, K, k, n_rt, n_ct, flip,
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, PLAIN: tl.constexpr,
     EVEN: tl.constexpr = False, FAST_EXP: tl.constexpr = False, PAIRS: tl.constexpr = False,
 ):
@@ -868,11 +882,11 @@ def sinkhorn_tile_fwd_kernel(
     flush-to-zero form (sm_90 builds); ``flip``: ``_program_tile``."""
     tile, mat = _program_tile(flip)
     x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN, PAIRS)
+                   MODE, SYMMETRIC, BM, BN, BK, DOT, EARLY, EVEN, PAIRS)
     _pdl_prologue(PDL)
     _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, CNT,
               n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-              PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY, PLAIN, EVEN, FAST_EXP, PAIRS)
+              PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT, RT_P, CT_P, EARLY, PLAIN, EVEN, FAST_EXP, PAIRS)
 
 
 @triton.jit
@@ -881,7 +895,7 @@ def sinkhorn_tile_bwd_kernel(
     n, rank, K, k, n_rt, n_ct, flip,
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, FIRST: tl.constexpr,
     EVEN: tl.constexpr = False, FAST_EXP: tl.constexpr = False, PAIRS: tl.constexpr = False,
 ):
@@ -889,11 +903,11 @@ def sinkhorn_tile_bwd_kernel(
     in ``sinkhorn_tile_fwd_kernel``; ``flip``: ``_program_tile``."""
     tile, mat = _program_tile(flip)
     x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN, PAIRS)
+                   MODE, SYMMETRIC, BM, BN, BK, DOT, EARLY, EVEN, PAIRS)
     _pdl_prologue(PDL)
     _bwd_tile(x, tile, mat, SRC, A, B, WS, DP, U, V, CS, RS, G, DX, PR, PC, QR, QC, CNT,
               n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale,
-              grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY, FIRST,
+              grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT, RT_P, CT_P, EARLY, FIRST,
               EVEN, FAST_EXP, PAIRS)
 
 
@@ -922,7 +936,7 @@ def sinkhorn_tile_sym_kernel(G, DX, n, n_ct, grad_scale, flip, BM: tl.constexpr,
 def _held_tile(
     pid, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr, HOLD: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr, HOLD: tl.constexpr,
     EVEN: tl.constexpr, PAIRS: tl.constexpr,
 ):
     """With ``HOLD``, the S0 tile ``pid`` (``_tile_index``), read (or formed) by an early PDL launch
@@ -930,7 +944,7 @@ def _held_tile(
     if HOLD:
         _, _, rows, cols, _, _, _ = _tile_index(pid, n, n_ct, BM, BN, EVEN, PAIRS)
         x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EVEN)
+                         MODE, SYMMETRIC, BM, BN, BK, DOT, EVEN)
     else:
         x = 0.0
     return x
@@ -1012,7 +1026,7 @@ def _await_tagged(ptrs, mask, tag, FAIL, MAX_SPINS: tl.constexpr, THREAD_POLL: t
 def _resident_frame(pid, mat, SRC, A, B, U, V, PR, PC, FAIL, n, rank, K, n_rt, n_ct,
                     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
                     MODE: tl.constexpr, SYMMETRIC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                    BK: tl.constexpr, DOT_IEEE: tl.constexpr, RT_P: tl.constexpr, CT_P: tl.constexpr):
+                    BK: tl.constexpr, DOT: tl.constexpr, RT_P: tl.constexpr, CT_P: tl.constexpr):
     """Tile ``(p, q) = divmod(pid, n_ct)`` of matrix ``mat`` as a resident program sees it: indices,
     masks, its ``S0``, its failure counter, its matrix's partial buffers, the offsets of its rows'
     and columns' potentials, and the partial blocks' indices and masks."""
@@ -1021,12 +1035,12 @@ def _resident_frame(pid, mat, SRC, A, B, U, V, PR, PC, FAIL, n, rank, K, n_rt, n
         # the transposed tile read transposed (once per call), not transposed in registers: the tile
         # then keeps the layout of everything the loop combines it with
         x = _tile_logits(SRC, A, B, SRC, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, 1.0,
-                         MODE, False, BM, BN, BK, DOT_IEEE, False)
+                         MODE, False, BM, BN, BK, DOT, False)
         xt = tl.load(SRC + mat * s0 + cols[None, :] * s1 + rows[:, None] * s2, mask=m2, other=0.0)
         x = (x + xt.to(tl.float32)) * scale
     else:
         x = _tile_logits(SRC, A, B, SRC, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, False)
+                         MODE, SYMMETRIC, BM, BN, BK, DOT, False)
     ts_c = tl.arange(0, CT_P)
     ts_r = tl.arange(0, RT_P)
     return (p, q, rows, cols, rmask, cmask, m2, x, FAIL + mat, PR + mat * 2 * n_ct * n,
@@ -1040,7 +1054,7 @@ def sinkhorn_resident_fwd_kernel(
     n, rank, K, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr, THREAD_POLL: tl.constexpr,
 ):
     """The whole forward in one launch, one program per tile (grid ``(n_rt * n_ct, n_mat)``, all
@@ -1072,7 +1086,7 @@ def sinkhorn_resident_fwd_kernel(
     (p, q, rows, cols, rmask, cmask, m2, x, fail, pr, pc, urow, vcol, ts_c, ts_r, pr_mask,
      pc_mask) = _resident_frame(
         tl.program_id(0), mat, SRC, A, B, U, V, PR, PC, FAIL, n, rank, K, n_rt, n_ct,
-        s0, s1, s2, sa0, sa1, sb0, sb1, scale, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P)
+        s0, s1, s2, sa0, sa1, sb0, sb1, scale, MODE, SYMMETRIC, BM, BN, BK, DOT, RT_P, CT_P)
     # the first iteration, from S0: row step (partials of step 0, tag 1), then column step
     x = tl.where(m2, x, float("-inf"))
     tl.store(pr + q * n + rows, _tagged(_lse(x, 1), 1), mask=rmask)
@@ -1118,7 +1132,7 @@ def sinkhorn_resident_bwd_kernel(
     n, rank, K, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr, THREAD_POLL: tl.constexpr,
 ):
     """The whole backward in one launch, one resident program per tile, as
@@ -1135,7 +1149,7 @@ def sinkhorn_resident_bwd_kernel(
     (p, q, rows, cols, rmask, cmask, m2, x, fail, pr, pc, urow, vcol, ts_c, ts_r, pr_mask,
      pc_mask) = _resident_frame(
         tl.program_id(0), mat, SRC, A, B, U, V, PR, PC, FAIL, n, rank, K, n_rt, n_ct,
-        s0, s1, s2, sa0, sa1, sb0, sb1, scale, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P)
+        s0, s1, s2, sa0, sa1, sb0, sb1, scale, MODE, SYMMETRIC, BM, BN, BK, DOT, RT_P, CT_P)
     v1 = tl.load(vcol, mask=cmask, other=0.0)
     t1 = (x - tl.load(urow, mask=rmask, other=0.0)[:, None]) - v1[None, :]
     t1 = tl.where(m2, t1 * LOG2E, float("-inf"))
@@ -1231,25 +1245,34 @@ def _tiles(n: int) -> tuple[int, int]:
     return min(64, max(16, npad)), min(64, max(16, npad))
 
 
-def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
-    """``(n_rt, n_ct, meta, FAIL, PR, PC)`` of the resident kernels, or ``None`` where they are off
-    (``RESIDENT``), or one program per tile would not fit the GPU at once, or the launch cannot be
-    cooperative (a Triton without ``launch_cooperative_grid``: then nothing would guarantee that the
-    programs are co-resident). On the CPU interpreter, which runs programs one after another: where
-    a matrix is one tile."""
+def _resident_tiles(n: int, n_mat: int, device: torch.device) -> tuple[int, int, int, int] | None:
+    """``(BM, BN, n_rt, n_ct)`` where the resident kernels run ``n_mat`` matrices of size ``n``, or
+    ``None`` where they are off (``RESIDENT``), or one program per tile would not fit the GPU at once,
+    or the launch cannot be cooperative (a Triton without ``launch_cooperative_grid``: then nothing
+    would guarantee that the programs are co-resident). On the CPU interpreter, which runs programs
+    one after another: where a matrix is one tile."""
     if not RESIDENT:
         return None
     bm, bn = TILE_OVERRIDE or RESIDENT_TILE
     n_rt, n_ct = triton.cdiv(n, bm), triton.cdiv(n, bn)
-    cooperative = triton_launch_option("launch_cooperative_grid")
-    if device.type == "cuda" and not cooperative:
+    if device.type == "cuda" and not triton_launch_option("launch_cooperative_grid"):
         return None
     if n_rt * n_ct > (sm_count(device) // n_mat if device.type == "cuda" else 1):
         return None
+    return bm, bn, n_rt, n_ct
+
+
+def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
+    """``(n_rt, n_ct, meta, FAIL, PR, PC)`` of the resident kernels, or ``None`` where they do not run
+    (:func:`_resident_tiles`)."""
+    tiles = _resident_tiles(n, n_mat, device)
+    if tiles is None:
+        return None
+    bm, bn, n_rt, n_ct = tiles
     warps, rt_p, ct_p = _resident_shape(bm, bn, n_rt, n_ct)
-    meta = dict(BM=bm, BN=bn, BK=meta["BK"], DOT_IEEE=meta["DOT_IEEE"], RT_P=rt_p, CT_P=ct_p,
+    meta = dict(BM=bm, BN=bn, BK=meta["BK"], DOT=meta["DOT"], RT_P=rt_p, CT_P=ct_p,
                 MAX_SPINS=RESIDENT_MAX_SPINS, THREAD_POLL=_thread_poll(device), num_warps=warps)
-    if cooperative:
+    if device.type == "cuda":  # there _resident_tiles has checked that the launch can be cooperative
         meta["launch_cooperative_grid"] = True
     # one zeroed buffer (one fill): the partials of both axes, then a failure count per matrix
     words = torch.zeros(n_mat * 2 * (n_ct + n_rt) * n + n_mat, device=device, dtype=torch.int64)
@@ -1367,12 +1390,21 @@ def small_bwd(dp, x, omega, u, v, n_mat, n, iters, tau, symmetric):
     return dx
 
 
-def _lowrank_chunk_width(rank: int, dot_ieee: bool) -> int:
-    """``BK`` of ``_lowrank_tile``: 32, or for fp32 factors of rank up to 32, 16, so that its two
-    accumulators each take some of the rank (at rank 128, 16-wide chunks made the matrix-free Lite
-    weight 37% slower than 32-wide ones on the H200: twice the dots, each a round trip of its
+def _lowrank_dot(a: torch.Tensor) -> int:
+    """``_lowrank_tile``'s ``DOT`` for the factor ``a``: tensor cores for 16-bit factors; for fp32
+    ones, FMA units up to rank ``LOWRANK_MATERIALISE_MIN_RANK``, bf16 parts on tensor cores above it
+    (where only the resident kernels form tiles: the others run on logits formed once per call)."""
+    if a.dtype != torch.float32:
+        return _DOT_TC
+    return _DOT_IEEE if a.shape[1] <= LOWRANK_MATERIALISE_MIN_RANK else _DOT_SPLIT
+
+
+def _lowrank_chunk_width(rank: int, dot: int) -> int:
+    """``BK`` of ``_lowrank_tile``: 32, or for fp32 factors of rank up to 32 on FMA units, 16, so that
+    its two accumulators each take some of the rank (at rank 128, 16-wide chunks made the matrix-free
+    Lite weight 37% slower than 32-wide ones on the H200: twice the dots, each a round trip of its
     operands through shared memory; NOTES)."""
-    return 16 if dot_ieee and rank <= 32 else 32
+    return 16 if dot == _DOT_IEEE and rank <= 32 else 32
 
 
 def _pairs(symmetric: bool, bm: int, bn: int) -> bool:
@@ -1405,13 +1437,13 @@ def _tile_args(n, src, a, b):
         rank = a.shape[1]
         mode = _LOWRANK
         strides = (0, 0, 0, a.stride(0), a.stride(1), b.stride(0), b.stride(1))
-        dot_ieee = a.dtype == torch.float32
+        dot = _lowrank_dot(a)
     else:
         mode, rank = _DENSE, 0
         strides = (src.stride(0), src.stride(1), src.stride(2), 0, 0, 0, 0)
-        dot_ieee = True
+        dot = _DOT_IEEE
     # EVEN: no masks where the tiles divide n; FAST_EXP: flush-to-zero exponentials, compiled code only
-    meta = dict(BM=bm, BN=bn, BK=_lowrank_chunk_width(rank, dot_ieee), DOT_IEEE=dot_ieee,
+    meta = dict(BM=bm, BN=bn, BK=_lowrank_chunk_width(rank, dot), DOT=dot,
                 RT_P=triton.next_power_of_2(n_rt),
                 CT_P=triton.next_power_of_2(n_ct), num_warps=_tile_warps(bm, bn),
                 EVEN=n % bm == 0 and n % bn == 0, FAST_EXP=(src if a is None else a).device.type == "cuda")
@@ -1605,9 +1637,9 @@ def _lowrank_factors(a_g: torch.Tensor, b_g: torch.Tensor, symmetric: bool):
 
 def _lowrank_operands(a: torch.Tensor, b: torch.Tensor) -> tuple:
     """``(src, a, b)`` for ``tiled_fwd`` / ``tiled_bwd``: ``(None, a, b)`` (matrix free), or, for fp32
-    factors of rank above ``LOWRANK_MATERIALISE_MIN_RANK``, ``(_lowrank_logits(a, b), None, None)``
-    (the module docstring says why)."""
-    if a.dtype != torch.float32 or a.shape[1] <= LOWRANK_MATERIALISE_MIN_RANK:
+    factors of rank above ``LOWRANK_MATERIALISE_MIN_RANK`` where the resident kernels do not run,
+    ``(_lowrank_logits(a, b), None, None)`` (the module docstring says why)."""
+    if _lowrank_dot(a) != _DOT_SPLIT or _resident_tiles(a.shape[0], 1, a.device) is not None:
         return None, a, b
     return _lowrank_logits(a, b), None, None
 

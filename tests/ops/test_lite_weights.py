@@ -55,7 +55,8 @@ def test_lite_weights_global_many_tiles(device, monkeypatch, symmetric, material
     formed, form = [], sk_kernels._lowrank_logits
     monkeypatch.setattr(sk_kernels, "_lowrank_logits", lambda a, b: formed.append(a.shape) or form(a, b))
     monkeypatch.setattr(sk_kernels, "RESIDENT", False)
-    assert sk_kernels._lowrank_chunk_width(40, True) == 32  # 32-wide chunks: one per accumulator
+    # 32-wide chunks: one per accumulator
+    assert sk_kernels._lowrank_chunk_width(40, sk_kernels._DOT_IEEE) == 32
     args = _inputs(n, 2, 4, 40, torch.float32, device)
     check_against_reference(uk.lite_weights, (*args, 0.05, 2, symmetric), backend="triton")
     # formed by the forward and again by the backward, and only where asked
@@ -130,15 +131,19 @@ def test_lite_global_ops_ignore_ambient_autocast(device, monkeypatch):
 
 @pytest.mark.triton
 @pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("materialise", [False, True], ids=["matrix-free", "materialised"])
-def test_lite_weights_global_resident(device, monkeypatch, kernel_dtype, symmetric, materialise):
+@pytest.mark.parametrize("split", [False, True], ids=["ieee", "split"])
+def test_lite_weights_global_resident(device, monkeypatch, kernel_dtype, symmetric, split):
     # the resident kernels form the low-rank tile once (one 32 x 32 tile in the interpreter; on a
-    # GPU, 16 x 16 tiles, one program each), or run A @ B formed by torch as dense logits
-    monkeypatch.setattr(sk_kernels, "LOWRANK_MATERIALISE_MIN_RANK", 0 if materialise else 10**9)
+    # GPU, 16 x 16 tiles, one program each), never A @ B as a whole: fp32 factors on FMA units up to
+    # LOWRANK_MATERIALISE_MIN_RANK, as bf16 parts on tensor cores above it (rank 40 here either way)
+    monkeypatch.setattr(sk_kernels, "LOWRANK_MATERIALISE_MIN_RANK", 0 if split else 10**9)
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16) if device == "cuda" else (32, 32))
     monkeypatch.setattr(sk_kernels, "RESIDENT", True)
     monkeypatch.setattr(sk_kernels, "RESIDENT_CHECK", True)
+    monkeypatch.setattr(sk_kernels, "_lowrank_logits", None)  # never called
     args = _inputs(29 if device == "cpu" else 100, 2, 4, 40, kernel_dtype, device)
+    if kernel_dtype == torch.float32:
+        assert sk_kernels._lowrank_dot(args[2]) == (sk_kernels._DOT_SPLIT if split else sk_kernels._DOT_IEEE)
     check_against_reference(uk.lite_weights, (*args, 0.05, 3, symmetric), backend="triton")
 
 

@@ -505,7 +505,11 @@ def compile_resident_for_sm90() -> None:
     for label, res in sinkhorn_resident_rows():
         assert res["shared"] <= SMEM_LIMIT, label
         assert "ld.volatile.global" in res["ptx"], label
-        assert not any(op in res["ptx"] for op in ("fence.", "membar", ".acquire", ".release")), label
+        # no memory fence in the exchange; the low-rank tile's formation (bf16 parts of the fp32
+        # factors, once per call) runs on wgmma, with its own fences for its shared-memory operands
+        ptx = res["ptx"].replace("fence.proxy.async.shared::cta", "").replace("wgmma.fence", "")
+        assert not any(op in ptx for op in ("fence.", "membar", ".acquire", ".release")), label
+        assert ("wgmma.mma_async" in ptx) == ("low-rank" in label), label
         if "fwd" in label:
             assert res["spill"] in (0, None), label
         loop = res["loop"]
@@ -514,7 +518,8 @@ def compile_resident_for_sm90() -> None:
             assert entries <= loop["MUFU"] <= entries + 4, (label, loop)
             assert sum(loop.values()) * warps <= 12800, (label, sum(loop.values()))
             if "thread poll" in label:
-                assert loop["BAR"] <= 24, (label, loop["BAR"])
+                # 22-24; 26-28 where the tile was formed on wgmma (its accumulator's layout), run114
+                assert loop["BAR"] <= (28 if "low-rank" in label else 24), (label, loop["BAR"])
         if "thread poll" in label:
             # one polling loop per partial word a thread holds: a row and a column wait ([CT_P, 64]
             # and [RT_P, 128] words over the warps: 2 + 8 per thread at 8 warps), twice in the
@@ -555,7 +560,7 @@ def compile_tiles_pdl_for_sm90() -> None:
 
     ptrs = {a: "*fp32" for a in "SRC A B WS P U V PR PC QR QC DP CS RS G DX".split()} | {"CNT": "*i32"}
     tile = dict(BM=64, BN=128)
-    common = dict(tile, MODE=1, SYMMETRIC=True, BK=32, DOT_IEEE=True, RT_P=16, CT_P=8)
+    common = dict(tile, MODE=1, SYMMETRIC=True, BK=32, DOT=k._DOT_IEEE, RT_P=16, CT_P=8)
     builds = [(k.sinkhorn_tile_fwd_kernel, dict(common, PHASE=1, PLAIN=True)),
               (k.sinkhorn_tile_bwd_kernel, dict(common, PHASE=1, LAST=False, FIRST=False)),
               (k.sinkhorn_tile_sym_kernel, tile)]
