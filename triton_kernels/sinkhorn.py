@@ -399,11 +399,23 @@ def _lowrank_tile(A, B, rows, cols, rmask, cmask, rank, sa0, sa1, sb0, sb1,
             a0, a1, a2 = split3(a)
             b0, b1, b2 = split3(b)
             acc += parts_chunk(a0, a1, a2, b0, b1, b2, BM, BN)
+        acc = _fma_layout(acc, BM, BN)
     else:
         for k0 in range(0, rank, BK):
             a, b = _lowrank_chunk(A, B, rows, cols, rmask, cmask, k0, rank, sa0, sa1, sb0, sb1, BK)
             acc = tl.dot(a, b, acc)
     return acc
+
+
+@triton.jit
+def _fma_layout(x, BM: tl.constexpr, BN: tl.constexpr):
+    """``x`` (fp32 ``[BM, BN]``), unchanged (``x + 0``), in the register layout of an FMA-unit
+    ``tl.dot`` (that of the other ways of forming ``S0``): the accumulator of an IEEE dot of zeros.
+    Left in the wgmma accumulator's layout, the resident kernels' ``K`` loop converted layouts through
+    shared memory every iteration, with 4 more barriers and, in the backward, 14 more ``MUFU`` a thread
+    (sm_90 SASS, ``compile_resident_for_sm90``); Triton's language has no layout conversion of its own."""
+    return tl.dot(tl.zeros([BM, 16], dtype=tl.float32), tl.zeros([16, BN], dtype=tl.float32), x,
+                  input_precision="ieee")
 
 
 @triton.jit

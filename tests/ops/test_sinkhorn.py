@@ -518,8 +518,7 @@ def compile_resident_for_sm90() -> None:
             assert entries <= loop["MUFU"] <= entries + 4, (label, loop)
             assert sum(loop.values()) * warps <= 12800, (label, sum(loop.values()))
             if "thread poll" in label:
-                # 22-24; 26-28 where the tile was formed on wgmma (its accumulator's layout), run114
-                assert loop["BAR"] <= (28 if "low-rank" in label else 24), (label, loop["BAR"])
+                assert loop["BAR"] <= 24, (label, loop["BAR"])
         if "thread poll" in label:
             # one polling loop per partial word a thread holds: a row and a column wait ([CT_P, 64]
             # and [RT_P, 128] words over the warps: 2 + 8 per thread at 8 warps), twice in the
