@@ -29,10 +29,12 @@ SANITIZE_SIZES = dict(bs=5, T=5, D=40, B=4, r=7, nb=3, h=24, ffn_mult=2, n=11, d
 
 
 @contextlib.contextmanager
-def _patched(module, attrs: dict, env: dict, sizes: dict | None = None):
+def _patched(module, attrs: dict, env: dict, sizes: dict | None = None, also=None):
     """A module's attributes, environment switches and other sanitizer sizes (``SANITIZE_SIZES`` is
-    read inside the path's ``with``)."""
+    read inside the path's ``with``), and ``also``, another context, entered with them."""
     with contextlib.ExitStack() as stack:
+        if also is not None:
+            stack.enter_context(also)
         if attrs:
             stack.enter_context(mock.patch.multiple(module, **attrs))
         stack.enter_context(mock.patch.dict(os.environ, env))
@@ -45,7 +47,7 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
     small shapes would not reach by themselves (forced here, so that the sanitizer sees it)."""
     # the kernel modules as the ops import them (the package maps the checkout's triton_kernels/):
     # a plain ``import triton_kernels`` from the repo root would be a second copy, which no op reads
-    from unimixer_kernels.triton_kernels import pswiglu, sinkhorn
+    from unimixer_kernels.triton_kernels import gemm_fp32, pswiglu, sinkhorn
     from unimixer_kernels.triton_kernels._launch import (
         FFN_BACKWARD_SWITCH,
         FFN_CHUNK_SWITCH,
@@ -92,6 +94,17 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         # the switch's own tile shape, on matrices past SMALL_MAX_N
         paths.append((f" [tiled, {TILE_SWITCH}=16x32]",
                       _patched(sinkhorn, dict(SMALL_MAX_N=4, RESIDENT=False), {TILE_SWITCH: "16x32"})))
+    if name == "lite_weights":
+        # fp32 factors as bf16 parts (what rank > LOWRANK_MATERIALISE_MIN_RANK takes; r = 7 here): the
+        # resident kernels form their tiles from them; elsewhere the split GEMM forms A_G @ B_G and
+        # dA_G, dB_G, here with small tiles and K split in three (fp32 partials, sum_partials)
+        split = dict(SMALL_MAX_N=4, LOWRANK_MATERIALISE_MIN_RANK=0)
+        paths.append((" [fp32 parts, resident, 64x128 tiles]",
+                      mock.patch.multiple(sinkhorn, **dict(split, TILE_OVERRIDE=(64, 128), RESIDENT=True,
+                                                           RESIDENT_CHECK=True))))
+        gemm = mock.patch.multiple(gemm_fp32, _NARROW=(16, 32, 16, 4, 2), _MIN_STEPS_PER_SPLIT=1)
+        paths.append((" [fp32 parts, tiled: the split GEMM, K split in three]",
+                      _patched(sinkhorn, dict(split, TILE_OVERRIDE=(16, 16), RESIDENT=False), {}, also=gemm)))
     if name == "unimixing_rmsnorm_pswiglu":
         # the backward's token passes (three of two tokens and one of one at T = 5), and the
         # wide-token FFN path with them
