@@ -70,10 +70,9 @@ def main(argv=None) -> int:
             m, k, nn = a.shape[0], a.shape[1], b.shape[1]
             cfg = tuple(plan(m, nn, k, device))
             # (label, fn, whether fn takes the operands' parts rather than the operands)
-            providers = [("cuBLAS", torch.mm, False), (f"split + GEMM {cfg}", mm_fp32, False),
-                         (f"GEMM {cfg}", mm_parts, True)]
-            providers += [(f"GEMM {tuple(c)}", lambda x, y, c=c: mm_parts(x, y, c), True)
-                          for c in args.config]
+            providers = [("cuBLAS", torch.mm, False), (f"split + GEMM {cfg}", mm_fp32, False)]
+            providers += [(f"GEMM {tuple(c or cfg)}", lambda x, y, c=c: mm_parts((x, y), config=c)[0], True)
+                          for c in [None, *args.config]]
             for label, fn, on_parts in providers:
                 prep = split_parts if on_parts else (lambda t: t)
                 worst = 0.0

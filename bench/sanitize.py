@@ -95,16 +95,12 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         paths.append((f" [tiled, {TILE_SWITCH}=16x32]",
                       _patched(sinkhorn, dict(SMALL_MAX_N=4, RESIDENT=False), {TILE_SWITCH: "16x32"})))
     if name == "lite_weights":
-        # fp32 factors as bf16 parts (what rank > LOWRANK_MATERIALISE_MIN_RANK takes; r = 7 here): the
-        # resident kernels form their tiles from them; elsewhere the split GEMM forms A_G @ B_G and
-        # dA_G, dB_G, here with small tiles and K split in three (fp32 partials, sum_partials)
-        split = dict(SMALL_MAX_N=4, LOWRANK_MATERIALISE_MIN_RANK=0)
-        paths.append((" [fp32 parts, resident, 64x128 tiles]",
-                      mock.patch.multiple(sinkhorn, **dict(split, TILE_OVERRIDE=(64, 128), RESIDENT=True,
-                                                           RESIDENT_CHECK=True))))
+        # fp32 factors of rank > LOWRANK_MATERIALISE_MIN_RANK (r = 7 here): A_G @ B_G, dA_G and dB_G by
+        # the split GEMM, here with small tiles and K split in three (fp32 partials, sum_partials)
+        split = dict(SMALL_MAX_N=4, LOWRANK_MATERIALISE_MIN_RANK=0, TILE_OVERRIDE=(16, 16), RESIDENT=False)
         gemm = mock.patch.multiple(gemm_fp32, _NARROW=(16, 32, 16, 4, 2), _MIN_STEPS_PER_SPLIT=1)
-        paths.append((" [fp32 parts, tiled: the split GEMM, K split in three]",
-                      _patched(sinkhorn, dict(split, TILE_OVERRIDE=(16, 16), RESIDENT=False), {}, also=gemm)))
+        paths.append((" [fp32 factors as bf16 parts: the split GEMM, K split in three]",
+                      _patched(sinkhorn, split, {}, also=gemm)))
     if name == "unimixing_rmsnorm_pswiglu":
         # the backward's token passes (three of two tokens and one of one at T = 5), and the
         # wide-token FFN path with them

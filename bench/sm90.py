@@ -237,10 +237,9 @@ def sinkhorn_resident_rows():
     for mode, label, poll in ((0, "dense symmetric", True), (0, "dense symmetric", False),
                               (2, "low-rank fp32", True)):
         for kernel in (k.sinkhorn_resident_fwd_kernel, k.sinkhorn_resident_bwd_kernel):
-            # DOT, BK: as fp32 factors at paper-small's rank (128) form their tiles (bf16 parts)
-            dot = k._DOT_SPLIT if mode == 2 else k._DOT_IEEE
-            consts = dict(MODE=mode, SYMMETRIC=mode == 0, BM=bm, BN=bn, BK=k._lowrank_chunk_width(128, dot),
-                          DOT=dot, RT_P=rt_p, CT_P=ct_p, MAX_SPINS=k.RESIDENT_MAX_SPINS,
+            # BK: the chunk width at paper-small's rank (128)
+            consts = dict(MODE=mode, SYMMETRIC=mode == 0, BM=bm, BN=bn, BK=k._lowrank_chunk_width(128, True),
+                          DOT_IEEE=True, RT_P=rt_p, CT_P=ct_p, MAX_SPINS=k.RESIDENT_MAX_SPINS,
                           THREAD_POLL=poll, s2=1)
             if kernel is k.sinkhorn_resident_bwd_kernel:
                 consts["sd2"] = 1

@@ -169,33 +169,43 @@ def plan(m: int, n: int, k: int, device: torch.device) -> GemmConfig:
     return GemmConfig(bm, bn, bk, warps, stages, split)
 
 
-def mm_parts(pa: torch.Tensor, pb: torch.Tensor, config: GemmConfig | None = None) -> torch.Tensor:
-    """``A @ B`` as a new contiguous fp32 ``[M, N]`` from the parts ``pa [3, M, K]`` and ``pb [3, K, N]``
-    of :func:`split_parts` (module docstring). ``config`` overrides :func:`plan`."""
-    if pa.dtype != torch.bfloat16 or pb.dtype != torch.bfloat16 or pa.dim() != 3 or pb.dim() != 3 \
-            or pa.shape[0] != 3 or pb.shape[0] != 3 or pa.shape[2] != pb.shape[1]:
-        raise ValueError(f"mm_parts: expected split_parts of a [M, K] and b [K, N], got {pa.dtype} "
-                         f"{tuple(pa.shape)} and {pb.dtype} {tuple(pb.shape)}")
-    if pa.device != pb.device:
-        raise ValueError(f"mm_parts: a is on {pa.device} and b on {pb.device}; put both on one device")
-    (_, m, k), n = pa.shape, pb.shape[2]
-    out = new_output((m, n), like=pa, dtype=torch.float32)
-    if m == 0 or n == 0:
-        return out
-    if k == 0:
-        return out.zero_()
-    cfg = plan(m, n, k, pa.device) if config is None else config
-    k_split = triton.cdiv(triton.cdiv(k, max(1, cfg.split)), cfg.bk) * cfg.bk
-    split = triton.cdiv(k, k_split)
-    dst = out if split == 1 else torch.empty((split, m, n), device=pa.device, dtype=torch.float32)
-    grid = (triton.cdiv(m, cfg.bm) * triton.cdiv(n, cfg.bn), split)
-    mm_parts_kernel[grid](
-        pa, pb, dst, m, n, k, k_split, *pa.stride(), *pb.stride(),
-        BM=cfg.bm, BN=cfg.bn, BK=cfg.bk, GROUP=8, num_warps=cfg.warps, num_stages=cfg.stages,
-    )
-    if split > 1:
-        sum_partials((dst, out))
-    return out
+def mm_parts(*pairs: tuple[torch.Tensor, torch.Tensor],
+             config: GemmConfig | None = None) -> list[torch.Tensor]:
+    """``[A @ B for (pa, pb) in pairs]``, each a new contiguous fp32 ``[M, N]``, from the parts
+    ``pa [3, M, K]`` and ``pb [3, K, N]`` of :func:`split_parts` (module docstring): one GEMM launch
+    a pair, then one launch that sums every pair's split-K partials. ``config`` overrides
+    :func:`plan` for every pair."""
+    outs, partials = [], []
+    for k, (pa, pb) in enumerate(pairs):
+        if pa.dtype != torch.bfloat16 or pb.dtype != torch.bfloat16 or pa.dim() != 3 or pb.dim() != 3 \
+                or pa.shape[0] != 3 or pb.shape[0] != 3 or pa.shape[2] != pb.shape[1]:
+            raise ValueError(f"mm_parts: pairs[{k}]: expected split_parts of a [M, K] and b [K, N], got "
+                             f"{pa.dtype} {tuple(pa.shape)} and {pb.dtype} {tuple(pb.shape)}")
+        if pa.device != pb.device:
+            raise ValueError(f"mm_parts: pairs[{k}]: a is on {pa.device} and b on {pb.device}; put both on "
+                             "one device")
+        (_, m, kk), n = pa.shape, pb.shape[2]
+        out = new_output((m, n), like=pa, dtype=torch.float32)
+        outs.append(out)
+        if m == 0 or n == 0:
+            continue
+        if kk == 0:
+            out.zero_()
+            continue
+        cfg = plan(m, n, kk, pa.device) if config is None else config
+        k_split = triton.cdiv(triton.cdiv(kk, max(1, cfg.split)), cfg.bk) * cfg.bk
+        split = triton.cdiv(kk, k_split)
+        dst = out if split == 1 else torch.empty((split, m, n), device=pa.device, dtype=torch.float32)
+        if split > 1:
+            partials.append((dst, out))
+        grid = (triton.cdiv(m, cfg.bm) * triton.cdiv(n, cfg.bn), split)
+        mm_parts_kernel[grid](
+            pa, pb, dst, m, n, kk, k_split, *pa.stride(), *pb.stride(),
+            BM=cfg.bm, BN=cfg.bn, BK=cfg.bk, GROUP=8, num_warps=cfg.warps, num_stages=cfg.stages,
+        )
+    if partials:
+        sum_partials(*partials)
+    return outs
 
 
 def mm_fp32(a: torch.Tensor, b: torch.Tensor, config: GemmConfig | None = None) -> torch.Tensor:
@@ -206,4 +216,4 @@ def mm_fp32(a: torch.Tensor, b: torch.Tensor, config: GemmConfig | None = None) 
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"mm_fp32: expected a [M, K] and b [K, N], got {tuple(a.shape)} and "
                          f"{tuple(b.shape)}")
-    return mm_parts(split_parts(a), split_parts(b), config)
+    return mm_parts((split_parts(a), split_parts(b)), config=config)[0]

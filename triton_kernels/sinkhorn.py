@@ -58,15 +58,18 @@ Layouts
   symmetric as in the reference), so no ``n x n`` logits are ever read. Exception, by cost:
   fp32 factors run ``tl.dot`` on FMA units (IEEE fp32, as the tolerance needs), where forming an
   entry costs ``r`` FMAs, far more than reading 4 bytes once ``r > LOWRANK_MATERIALISE_MIN_RANK``
-  (32); there ``A @ B`` is formed once per call by one IEEE fp32 cuBLAS GEMM, as the reference forms
-  it, and run as dense logits, here and in the resident kernels (at n = 4096, r = 256 the in-kernel
-  formation took about 0.5 ms per direction on the H200, run51; at n = 1024, r = 128, resident,
-  about 15 us; NOTES). It is a transient of the call, freed at its end and never saved, so the saved
-  state stays ``O(K n)``; bf16/fp16 factors use tensor cores and stay matrix free. The backward's
+  (32); there ``A @ B`` is formed once per call by one fp32 GEMM (``UNIMIXER_LITE_GEMM``: the
+  project's GEMM on bf16 tensor cores from three-part splits of the factors, fp32's accuracy,
+  :mod:`.gemm_fp32`; or cuBLAS in IEEE fp32) and run as dense logits, here and in the resident
+  kernels (at n = 4096, r = 256 the in-kernel formation took about 0.5 ms per direction on the H200,
+  run51; at n = 1024, r = 128, resident, about 15 us; forming the resident tiles from the bf16 parts
+  on tensor cores took longer than the GEMM and its launches, run114; NOTES). It is a transient of
+  the call, freed at its end and never saved, so the saved state stays ``O(K n)``; bf16/fp16 factors
+  use tensor cores and stay matrix free. The backward's
   half-steps do not read or write ``G``: each passes only ``G``'s sums along one axis to the next,
   and its last launch forms ``G`` from them and ``dP * P`` (an fp32 ``n x n`` workspace written by
   its first launch; ``_bwd_tile``). For Lite the backward materialises ``dM`` (fp32 ``n x n``) once;
-  ``dA = dM B^T`` and ``dB = A^T dM`` are two GEMMs done by the caller with torch (cuBLAS).
+  ``dA = dM B^T`` and ``dB = A^T dM`` are two fp32 GEMMs done by the caller, as the logits' GEMM.
 * **Tiled, resident** (``RESIDENT``, the default where it applies;
   ``UNIMIXER_SINKHORN_PERSISTENT=0`` turns it off): where every tile can have its own program, all
   resident at once (``n = 1024`` with 64 x 128 tiles and 8 warps: 128 programs), one launch per
@@ -117,7 +120,7 @@ from ._launch import (
     triton_launch_option,
 )
 from ._partials import sum_partials
-from .gemm_fp32 import mm_parts, parts_chunk, split3, split_parts
+from .gemm_fp32 import mm_parts, split_parts
 
 # matrices up to this size run the batched in-register kernels; larger ones the tiled kernels
 SMALL_MAX_N = 64
@@ -143,8 +146,8 @@ RESIDENT_WARPS = 8
 RESIDENT_MAX_SPINS = 1 << 24
 # after each resident launch, synchronise and raise if a wait gave up (tests)
 RESIDENT_CHECK = False
-# Lite global with fp32 factors of a larger rank: A @ B is formed once per call by cuBLAS (IEEE fp32)
-# and run as dense logits, instead of on FMA units in the kernels
+# Lite global with fp32 factors of a larger rank: A @ B is formed once per call by an fp32 GEMM
+# (_Fp32Products) and run as dense logits, instead of on FMA units in the kernels
 LOWRANK_MATERIALISE_MIN_RANK = 32
 # FMA contraction in the batched kernels, and in the resident kernels where S0 = logits * scale
 # (dense): off. There S0 must round once and be the same number in every use; with contraction the
@@ -172,9 +175,6 @@ SERPENTINE = True
 # where S0 comes from: the logits (and cache it), the cache, the factors
 _DENSE, _WORKSPACE, _LOWRANK = 0, 1, 2
 _INIT, _ROW, _COL, _COL_LAST = 0, 1, 2, 3
-# how a low-rank tile is formed (``_lowrank_tile``'s DOT): 16-bit factors on tensor cores; fp32 on FMA
-# units (IEEE); fp32 as bf16 parts on tensor cores
-_DOT_TC, _DOT_IEEE, _DOT_SPLIT = 0, 1, 2
 # how a band's last program reduces the band's partials (``_arrive``)
 _SUM, _LSE, _LOG_SUM = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -339,7 +339,7 @@ def _tile_logits(
     SRC, A, B, WS, mat, rows, cols, n, rank,
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr, EVEN: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr, EVEN: tl.constexpr,
 ):
     """The ``S0`` tile ``[BM, BN]`` (fp32, 0 outside the matrix) of matrix ``mat``.
 
@@ -362,10 +362,10 @@ def _tile_logits(
         x = tl.load(WS + mat * n * n + rows[:, None] * n + cols[None, :], mask=m2, other=0.0,
                     cache_modifier=".cg")
     else:
-        x = _lowrank_tile(A, B, rows, cols, rmask, cmask, rank, sa0, sa1, sb0, sb1, BM, BN, BK, DOT)
+        x = _lowrank_tile(A, B, rows, cols, rmask, cmask, rank, sa0, sa1, sb0, sb1, BM, BN, BK, DOT_IEEE)
         if SYMMETRIC:
             # (A B)^T tile from its own product, so S0 is exactly symmetric, as in the reference
-            xt = _lowrank_tile(A, B, cols, rows, cmask, rmask, rank, sa0, sa1, sb0, sb1, BN, BM, BK, DOT)
+            xt = _lowrank_tile(A, B, cols, rows, cmask, rmask, rank, sa0, sa1, sb0, sb1, BN, BM, BK, DOT_IEEE)
             x = x + tl.trans(xt)
         x = x * scale
     return x
@@ -373,19 +373,14 @@ def _tile_logits(
 
 @triton.jit
 def _lowrank_tile(A, B, rows, cols, rmask, cmask, rank, sa0, sa1, sb0, sb1,
-                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr):
-    """``(A @ B)[rows, cols]`` in fp32, ``rank`` MACs per entry, by ``DOT``:
+                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr):
+    """``(A @ B)[rows, cols]`` in fp32, ``rank`` MACs per entry.
 
-    * ``_DOT_TC`` (16-bit factors): ``tl.dot`` on tensor cores;
-    * ``_DOT_IEEE`` (fp32 factors of rank up to ``LOWRANK_MATERIALISE_MIN_RANK``, FMA units): the
-      rank's ``BK``-wide chunks go to two accumulators in turn, added at the end, so that no entry is
-      one sequential chain of ``rank`` roundings (at tau = 0.05 the output hinges on the last bits of
-      these sums; NOTES, the Lite sweep);
-    * ``_DOT_SPLIT`` (fp32 factors of a larger rank, resident kernels): each chunk's operands split
-      into three bf16 parts, six products on tensor cores summed into a fresh chunk, added to the
-      total in fp32 (:mod:`.gemm_fp32`: fp32's accuracy)."""
+    ``DOT_IEEE`` (fp32 factors, FMA units): the rank's ``BK``-wide chunks go to two accumulators in
+    turn, added at the end, so that no entry is one sequential chain of ``rank`` roundings (at
+    tau = 0.05 the output hinges on the last bits of these sums; NOTES, the Lite sweep)."""
     acc = tl.zeros([BM, BN], dtype=tl.float32)
-    if DOT == 1:
+    if DOT_IEEE:
         acc2 = tl.zeros([BM, BN], dtype=tl.float32)
         for k0 in range(0, rank, 2 * BK):
             a, b = _lowrank_chunk(A, B, rows, cols, rmask, cmask, k0, rank, sa0, sa1, sb0, sb1, BK)
@@ -393,29 +388,11 @@ def _lowrank_tile(A, B, rows, cols, rmask, cmask, rank, sa0, sa1, sb0, sb1,
             a, b = _lowrank_chunk(A, B, rows, cols, rmask, cmask, k0 + BK, rank, sa0, sa1, sb0, sb1, BK)
             acc2 = tl.dot(a, b, acc2, input_precision="ieee")
         acc = acc + acc2
-    elif DOT == 2:
-        for k0 in range(0, rank, BK):
-            a, b = _lowrank_chunk(A, B, rows, cols, rmask, cmask, k0, rank, sa0, sa1, sb0, sb1, BK)
-            a0, a1, a2 = split3(a)
-            b0, b1, b2 = split3(b)
-            acc += parts_chunk(a0, a1, a2, b0, b1, b2, BM, BN)
-        acc = _fma_layout(acc, BM, BN)
     else:
         for k0 in range(0, rank, BK):
             a, b = _lowrank_chunk(A, B, rows, cols, rmask, cmask, k0, rank, sa0, sa1, sb0, sb1, BK)
             acc = tl.dot(a, b, acc)
     return acc
-
-
-@triton.jit
-def _fma_layout(x, BM: tl.constexpr, BN: tl.constexpr):
-    """``x`` (fp32 ``[BM, BN]``), unchanged (``x + 0``), in the register layout of an FMA-unit
-    ``tl.dot`` (that of the other ways of forming ``S0``): the accumulator of an IEEE dot of zeros.
-    Left in the wgmma accumulator's layout, the resident kernels' ``K`` loop converted layouts through
-    shared memory every iteration, with 4 more barriers and, in the backward, 14 more ``MUFU`` a thread
-    (sm_90 SASS, ``compile_resident_for_sm90``); Triton's language has no layout conversion of its own."""
-    return tl.dot(tl.zeros([BM, 16], dtype=tl.float32), tl.zeros([16, BN], dtype=tl.float32), x,
-                  input_precision="ieee")
 
 
 @triton.jit
@@ -484,7 +461,7 @@ def _tile_index(tile, n, n_ct, BM: tl.constexpr, BN: tl.constexpr, EVEN: tl.cons
 def _tile_frame(
     x_in, tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    DOT: tl.constexpr, X_GIVEN: tl.constexpr, EVEN: tl.constexpr, PAIRS: tl.constexpr,
+    DOT_IEEE: tl.constexpr, X_GIVEN: tl.constexpr, EVEN: tl.constexpr, PAIRS: tl.constexpr,
 ):
     """Tile ``(p, q)`` of matrix ``mat``, as every forward and backward half-step sees it: indices,
     masks and its logits (``x_in`` when ``X_GIVEN``, else formed or loaded)."""
@@ -493,7 +470,7 @@ def _tile_frame(
         x = x_in
     else:
         x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                         MODE, SYMMETRIC, BM, BN, BK, DOT, EVEN)
+                         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EVEN)
     return p, q, rows, cols, rmask, cmask, m2, x
 
 
@@ -582,7 +559,7 @@ def _fwd_tile(
     n, rank, K, k, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, X_GIVEN: tl.constexpr, PLAIN: tl.constexpr,
     EVEN: tl.constexpr, FAST_EXP: tl.constexpr, PAIRS: tl.constexpr,
 ):
@@ -590,7 +567,7 @@ def _fwd_tile(
     over its mirror image too (off the diagonal), from the one ``S0`` tile read."""
     p, q, rows, cols, rmask, cmask, m2, x = _tile_frame(
         x_in, tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-        MODE, SYMMETRIC, BM, BN, BK, DOT, X_GIVEN, EVEN, PAIRS)
+        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN, EVEN, PAIRS)
     _fwd_half(x, m2, mat, p, q, rows, cols, rmask, cmask, WS, P, U, V, PR, PC, CNT, n, K, k, n_rt, n_ct,
               PHASE, MODE, 0, RT_P, CT_P, PLAIN, FAST_EXP)
     if PAIRS:
@@ -669,7 +646,7 @@ def _bwd_tile(
     n, rank, K, k, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, X_GIVEN: tl.constexpr, FIRST: tl.constexpr,
     EVEN: tl.constexpr, FAST_EXP: tl.constexpr, PAIRS: tl.constexpr,
 ):
@@ -680,7 +657,7 @@ def _bwd_tile(
     tile's ``G`` and its mirror's are both in registers."""
     p, q, rows, cols, rmask, cmask, m2, x = _tile_frame(
         x_in, tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-        MODE, SYMMETRIC, BM, BN, BK, DOT, X_GIVEN, EVEN, PAIRS)
+        MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, X_GIVEN, EVEN, PAIRS)
     if LAST:
         g = _bwd_last(x, m2, _g_tile(G, mat, tile, rows, cols, n, 0, BM, BN, PAIRS), mat, rows, cols,
                       rmask, cmask, U, V, CS, RS, n, K, 0, FAST_EXP)
@@ -882,7 +859,7 @@ def sinkhorn_tile_fwd_kernel(
     n, rank, K, k, n_rt, n_ct, flip,
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, PLAIN: tl.constexpr,
     EVEN: tl.constexpr = False, FAST_EXP: tl.constexpr = False, PAIRS: tl.constexpr = False,
 ):
@@ -894,11 +871,11 @@ def sinkhorn_tile_fwd_kernel(
     flush-to-zero form (sm_90 builds); ``flip``: ``_program_tile``."""
     tile, mat = _program_tile(flip)
     x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                   MODE, SYMMETRIC, BM, BN, BK, DOT, EARLY, EVEN, PAIRS)
+                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN, PAIRS)
     _pdl_prologue(PDL)
     _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, CNT,
               n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-              PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT, RT_P, CT_P, EARLY, PLAIN, EVEN, FAST_EXP, PAIRS)
+              PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY, PLAIN, EVEN, FAST_EXP, PAIRS)
 
 
 @triton.jit
@@ -907,7 +884,7 @@ def sinkhorn_tile_bwd_kernel(
     n, rank, K, k, n_rt, n_ct, flip,
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     PHASE: tl.constexpr, MODE: tl.constexpr, SYMMETRIC: tl.constexpr, LAST: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, FIRST: tl.constexpr,
     EVEN: tl.constexpr = False, FAST_EXP: tl.constexpr = False, PAIRS: tl.constexpr = False,
 ):
@@ -915,11 +892,11 @@ def sinkhorn_tile_bwd_kernel(
     in ``sinkhorn_tile_fwd_kernel``; ``flip``: ``_program_tile``."""
     tile, mat = _program_tile(flip)
     x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                   MODE, SYMMETRIC, BM, BN, BK, DOT, EARLY, EVEN, PAIRS)
+                   MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN, PAIRS)
     _pdl_prologue(PDL)
     _bwd_tile(x, tile, mat, SRC, A, B, WS, DP, U, V, CS, RS, G, DX, PR, PC, QR, QC, CNT,
               n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale,
-              grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT, RT_P, CT_P, EARLY, FIRST,
+              grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY, FIRST,
               EVEN, FAST_EXP, PAIRS)
 
 
@@ -948,7 +925,7 @@ def sinkhorn_tile_sym_kernel(G, DX, n, n_ct, grad_scale, flip, BM: tl.constexpr,
 def _held_tile(
     pid, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr, HOLD: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr, HOLD: tl.constexpr,
     EVEN: tl.constexpr, PAIRS: tl.constexpr,
 ):
     """With ``HOLD``, the S0 tile ``pid`` (``_tile_index``), read (or formed) by an early PDL launch
@@ -956,7 +933,7 @@ def _held_tile(
     if HOLD:
         _, _, rows, cols, _, _, _ = _tile_index(pid, n, n_ct, BM, BN, EVEN, PAIRS)
         x = _tile_logits(SRC, A, B, WS, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                         MODE, SYMMETRIC, BM, BN, BK, DOT, EVEN)
+                         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EVEN)
     else:
         x = 0.0
     return x
@@ -1038,7 +1015,7 @@ def _await_tagged(ptrs, mask, tag, FAIL, MAX_SPINS: tl.constexpr, THREAD_POLL: t
 def _resident_frame(pid, mat, SRC, A, B, U, V, PR, PC, FAIL, n, rank, K, n_rt, n_ct,
                     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
                     MODE: tl.constexpr, SYMMETRIC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                    BK: tl.constexpr, DOT: tl.constexpr, RT_P: tl.constexpr, CT_P: tl.constexpr):
+                    BK: tl.constexpr, DOT_IEEE: tl.constexpr, RT_P: tl.constexpr, CT_P: tl.constexpr):
     """Tile ``(p, q) = divmod(pid, n_ct)`` of matrix ``mat`` as a resident program sees it: indices,
     masks, its ``S0``, its failure counter, its matrix's partial buffers, the offsets of its rows'
     and columns' potentials, and the partial blocks' indices and masks."""
@@ -1047,12 +1024,12 @@ def _resident_frame(pid, mat, SRC, A, B, U, V, PR, PC, FAIL, n, rank, K, n_rt, n
         # the transposed tile read transposed (once per call), not transposed in registers: the tile
         # then keeps the layout of everything the loop combines it with
         x = _tile_logits(SRC, A, B, SRC, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, 1.0,
-                         MODE, False, BM, BN, BK, DOT, False)
+                         MODE, False, BM, BN, BK, DOT_IEEE, False)
         xt = tl.load(SRC + mat * s0 + cols[None, :] * s1 + rows[:, None] * s2, mask=m2, other=0.0)
         x = (x + xt.to(tl.float32)) * scale
     else:
         x = _tile_logits(SRC, A, B, SRC, mat, rows, cols, n, rank, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
-                         MODE, SYMMETRIC, BM, BN, BK, DOT, False)
+                         MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, False)
     ts_c = tl.arange(0, CT_P)
     ts_r = tl.arange(0, RT_P)
     return (p, q, rows, cols, rmask, cmask, m2, x, FAIL + mat, PR + mat * 2 * n_ct * n,
@@ -1066,7 +1043,7 @@ def sinkhorn_resident_fwd_kernel(
     n, rank, K, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr, THREAD_POLL: tl.constexpr,
 ):
     """The whole forward in one launch, one program per tile (grid ``(n_rt * n_ct, n_mat)``, all
@@ -1098,7 +1075,7 @@ def sinkhorn_resident_fwd_kernel(
     (p, q, rows, cols, rmask, cmask, m2, x, fail, pr, pc, urow, vcol, ts_c, ts_r, pr_mask,
      pc_mask) = _resident_frame(
         tl.program_id(0), mat, SRC, A, B, U, V, PR, PC, FAIL, n, rank, K, n_rt, n_ct,
-        s0, s1, s2, sa0, sa1, sb0, sb1, scale, MODE, SYMMETRIC, BM, BN, BK, DOT, RT_P, CT_P)
+        s0, s1, s2, sa0, sa1, sb0, sb1, scale, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P)
     # the first iteration, from S0: row step (partials of step 0, tag 1), then column step
     x = tl.where(m2, x, float("-inf"))
     tl.store(pr + q * n + rows, _tagged(_lse(x, 1), 1), mask=rmask)
@@ -1144,7 +1121,7 @@ def sinkhorn_resident_bwd_kernel(
     n, rank, K, n_rt, n_ct,
     s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale, grad_scale,
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr, THREAD_POLL: tl.constexpr,
 ):
     """The whole backward in one launch, one resident program per tile, as
@@ -1161,7 +1138,7 @@ def sinkhorn_resident_bwd_kernel(
     (p, q, rows, cols, rmask, cmask, m2, x, fail, pr, pc, urow, vcol, ts_c, ts_r, pr_mask,
      pc_mask) = _resident_frame(
         tl.program_id(0), mat, SRC, A, B, U, V, PR, PC, FAIL, n, rank, K, n_rt, n_ct,
-        s0, s1, s2, sa0, sa1, sb0, sb1, scale, MODE, SYMMETRIC, BM, BN, BK, DOT, RT_P, CT_P)
+        s0, s1, s2, sa0, sa1, sb0, sb1, scale, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P)
     v1 = tl.load(vcol, mask=cmask, other=0.0)
     t1 = (x - tl.load(urow, mask=rmask, other=0.0)[:, None]) - v1[None, :]
     t1 = tl.where(m2, t1 * LOG2E, float("-inf"))
@@ -1257,34 +1234,25 @@ def _tiles(n: int) -> tuple[int, int]:
     return min(64, max(16, npad)), min(64, max(16, npad))
 
 
-def _resident_tiles(n: int, n_mat: int, device: torch.device) -> tuple[int, int, int, int] | None:
-    """``(BM, BN, n_rt, n_ct)`` where the resident kernels run ``n_mat`` matrices of size ``n``, or
-    ``None`` where they are off (``RESIDENT``), or one program per tile would not fit the GPU at once,
-    or the launch cannot be cooperative (a Triton without ``launch_cooperative_grid``: then nothing
-    would guarantee that the programs are co-resident). On the CPU interpreter, which runs programs
-    one after another: where a matrix is one tile."""
+def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
+    """``(n_rt, n_ct, meta, FAIL, PR, PC)`` of the resident kernels, or ``None`` where they are off
+    (``RESIDENT``), or one program per tile would not fit the GPU at once, or the launch cannot be
+    cooperative (a Triton without ``launch_cooperative_grid``: then nothing would guarantee that the
+    programs are co-resident). On the CPU interpreter, which runs programs one after another: where
+    a matrix is one tile."""
     if not RESIDENT:
         return None
     bm, bn = TILE_OVERRIDE or RESIDENT_TILE
     n_rt, n_ct = triton.cdiv(n, bm), triton.cdiv(n, bn)
-    if device.type == "cuda" and not triton_launch_option("launch_cooperative_grid"):
+    cooperative = triton_launch_option("launch_cooperative_grid")
+    if device.type == "cuda" and not cooperative:
         return None
     if n_rt * n_ct > (sm_count(device) // n_mat if device.type == "cuda" else 1):
         return None
-    return bm, bn, n_rt, n_ct
-
-
-def _resident_args(n: int, n_mat: int, device: torch.device, meta: dict):
-    """``(n_rt, n_ct, meta, FAIL, PR, PC)`` of the resident kernels, or ``None`` where they do not run
-    (:func:`_resident_tiles`)."""
-    tiles = _resident_tiles(n, n_mat, device)
-    if tiles is None:
-        return None
-    bm, bn, n_rt, n_ct = tiles
     warps, rt_p, ct_p = _resident_shape(bm, bn, n_rt, n_ct)
-    meta = dict(BM=bm, BN=bn, BK=meta["BK"], DOT=meta["DOT"], RT_P=rt_p, CT_P=ct_p,
+    meta = dict(BM=bm, BN=bn, BK=meta["BK"], DOT_IEEE=meta["DOT_IEEE"], RT_P=rt_p, CT_P=ct_p,
                 MAX_SPINS=RESIDENT_MAX_SPINS, THREAD_POLL=_thread_poll(device), num_warps=warps)
-    if device.type == "cuda":  # there _resident_tiles has checked that the launch can be cooperative
+    if cooperative:
         meta["launch_cooperative_grid"] = True
     # one zeroed buffer (one fill): the partials of both axes, then a failure count per matrix
     words = torch.zeros(n_mat * 2 * (n_ct + n_rt) * n + n_mat, device=device, dtype=torch.int64)
@@ -1402,21 +1370,12 @@ def small_bwd(dp, x, omega, u, v, n_mat, n, iters, tau, symmetric):
     return dx
 
 
-def _lowrank_dot(a: torch.Tensor) -> int:
-    """``_lowrank_tile``'s ``DOT`` for the factor ``a``: tensor cores for 16-bit factors; for fp32
-    ones, FMA units up to rank ``LOWRANK_MATERIALISE_MIN_RANK``, bf16 parts on tensor cores above it
-    (where only the resident kernels form tiles: the others run on logits formed once per call)."""
-    if a.dtype != torch.float32:
-        return _DOT_TC
-    return _DOT_IEEE if a.shape[1] <= LOWRANK_MATERIALISE_MIN_RANK else _DOT_SPLIT
-
-
-def _lowrank_chunk_width(rank: int, dot: int) -> int:
-    """``BK`` of ``_lowrank_tile``: 32, or for fp32 factors of rank up to 32 on FMA units, 16, so that
-    its two accumulators each take some of the rank (at rank 128, 16-wide chunks made the matrix-free
-    Lite weight 37% slower than 32-wide ones on the H200: twice the dots, each a round trip of its
+def _lowrank_chunk_width(rank: int, dot_ieee: bool) -> int:
+    """``BK`` of ``_lowrank_tile``: 32, or for fp32 factors of rank up to 32, 16, so that its two
+    accumulators each take some of the rank (at rank 128, 16-wide chunks made the matrix-free Lite
+    weight 37% slower than 32-wide ones on the H200: twice the dots, each a round trip of its
     operands through shared memory; NOTES)."""
-    return 16 if dot == _DOT_IEEE and rank <= 32 else 32
+    return 16 if dot_ieee and rank <= 32 else 32
 
 
 def _pairs(symmetric: bool, bm: int, bn: int) -> bool:
@@ -1449,13 +1408,13 @@ def _tile_args(n, src, a, b):
         rank = a.shape[1]
         mode = _LOWRANK
         strides = (0, 0, 0, a.stride(0), a.stride(1), b.stride(0), b.stride(1))
-        dot = _lowrank_dot(a)
+        dot_ieee = a.dtype == torch.float32
     else:
         mode, rank = _DENSE, 0
         strides = (src.stride(0), src.stride(1), src.stride(2), 0, 0, 0, 0)
-        dot = _DOT_IEEE
+        dot_ieee = True
     # EVEN: no masks where the tiles divide n; FAST_EXP: flush-to-zero exponentials, compiled code only
-    meta = dict(BM=bm, BN=bn, BK=_lowrank_chunk_width(rank, dot), DOT=dot,
+    meta = dict(BM=bm, BN=bn, BK=_lowrank_chunk_width(rank, dot_ieee), DOT_IEEE=dot_ieee,
                 RT_P=triton.next_power_of_2(n_rt),
                 CT_P=triton.next_power_of_2(n_ct), num_warps=_tile_warps(bm, bn),
                 EVEN=n % bm == 0 and n % bn == 0, FAST_EXP=(src if a is None else a).device.type == "cuda")
@@ -1647,53 +1606,64 @@ def _lowrank_factors(a_g: torch.Tensor, b_g: torch.Tensor, symmetric: bool):
     return a_g.to(dtype), b_g.to(dtype)
 
 
-def _lowrank_operands(a: torch.Tensor, b: torch.Tensor) -> tuple:
+def _lowrank_operands(a: torch.Tensor, b: torch.Tensor, mm: _Fp32Products) -> tuple:
     """``(src, a, b)`` for ``tiled_fwd`` / ``tiled_bwd``: ``(None, a, b)`` (matrix free), or, for fp32
-    factors of rank above ``LOWRANK_MATERIALISE_MIN_RANK`` where the resident kernels do not run,
-    ``(_lowrank_logits(a, b), None, None)`` (the module docstring says why)."""
-    if _lowrank_dot(a) != _DOT_SPLIT or _resident_tiles(a.shape[0], 1, a.device) is not None:
+    factors of rank above ``LOWRANK_MATERIALISE_MIN_RANK``, ``(_lowrank_logits(a, b, mm), None, None)``
+    (the module docstring says why)."""
+    if a.dtype != torch.float32 or a.shape[1] <= LOWRANK_MATERIALISE_MIN_RANK:
         return None, a, b
-    return _lowrank_logits(a, b), None, None
+    return _lowrank_logits(a, b, mm), None, None
 
 
-def _fp32_mms(*pairs: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
-    """``[a @ b for a, b in pairs]`` in fp32, whatever torch's TF32 setting and whatever autocast region
-    the call sits in (the ops run with autocast off, but the custom ops called on their own under
-    autocast would otherwise form bf16 products), by the ``UNIMIXER_LITE_GEMM`` switch:
+class _Fp32Products:
+    """The fp32 products of one Lite global call (``A_G @ B_G``; in the backward also ``dM B_G^T`` and
+    ``A_G^T dM``), whatever torch's TF32 setting and whatever autocast region the call sits in (the
+    ops run with autocast off, but the custom ops called on their own under autocast would otherwise
+    form bf16 products), by the ``UNIMIXER_LITE_GEMM`` switch:
 
-    * ``split``: the project's GEMM on bf16 tensor cores (:mod:`.gemm_fp32`, fp32's accuracy from
-      six bf16 products), each operand split into its bf16 parts once (``dM`` serves both gradients);
+    * ``split``: the project's GEMM on bf16 tensor cores (:mod:`.gemm_fp32`, fp32's accuracy from six
+      bf16 products). Each operand is split into its bf16 parts once a call, also where it comes back
+      transposed (``A_G``, ``B_G`` of the backward's logits in its gradients; ``dM`` in both), and
+      the split-K partials of one call's products are summed in one launch;
     * ``cublas``: IEEE fp32 cuBLAS GEMMs. torch has no per-call precision for ``mm``: where TF32 is
       on, the process-wide flag is turned off around them (a matmul on another thread at that moment
       would see it off); at torch's default (off) nothing is touched."""
-    mode = switch(LITE_GEMM_SWITCH)
-    if mode == "split":
-        parts: dict[int, torch.Tensor] = {}
 
-        def split(x):  # one split per operand object (dM appears in both products)
-            if id(x) not in parts:
-                parts[id(x)] = split_parts(x.float())
-            return parts[id(x)]
+    def __init__(self):
+        self.mode = switch(LITE_GEMM_SWITCH)
+        if self.mode not in ("split", "cublas"):
+            raise ValueError(f"{LITE_GEMM_SWITCH}: expected 'split' or 'cublas', got {self.mode!r}")
+        self._parts: dict[tuple, torch.Tensor] = {}
 
-        return [mm_parts(split(a), split(b)) for a, b in pairs]
-    if mode != "cublas":
-        raise ValueError(f"{LITE_GEMM_SWITCH}: expected 'split' or 'cublas', got {mode!r}")
-    m = torch.backends.cuda.matmul
-    saved = m.allow_tf32
-    if saved:
-        m.allow_tf32 = False
-    try:
-        with torch.autocast(pairs[0][0].device.type, enabled=False):
-            return [torch.mm(a.float(), b.float()) for a, b in pairs]
-    finally:
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.data_ptr(), x.dtype, tuple(x.shape), x.stride())
+        mirror = (x.data_ptr(), x.dtype, tuple(x.shape[::-1]), x.stride()[::-1])
+        if key not in self._parts:
+            if mirror in self._parts:
+                return self._parts[mirror].transpose(1, 2)
+            self._parts[key] = split_parts(x.float())
+        return self._parts[key]
+
+    def __call__(self, *pairs: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
+        """``[a @ b for a, b in pairs]`` in fp32."""
+        if self.mode == "split":
+            return mm_parts(*[(self._split(a), self._split(b)) for a, b in pairs])
+        m = torch.backends.cuda.matmul
+        saved = m.allow_tf32
         if saved:
-            m.allow_tf32 = saved
+            m.allow_tf32 = False
+        try:
+            with torch.autocast(pairs[0][0].device.type, enabled=False):
+                return [torch.mm(a.float(), b.float()) for a, b in pairs]
+        finally:
+            if saved:
+                m.allow_tf32 = saved
 
 
-def _lowrank_logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(A @ B)[None]`` by :func:`_fp32_mms`. The forward and the backward form it by this same call,
-    so both see the same numbers."""
-    return _fp32_mms((a, b))[0].unsqueeze(0)
+def _lowrank_logits(a: torch.Tensor, b: torch.Tensor, mm: _Fp32Products | None = None) -> torch.Tensor:
+    """``(A @ B)[None]`` by ``mm`` (a new :class:`_Fp32Products` by default). The forward and the
+    backward form it by the same GEMM, so both see the same numbers."""
+    return (mm or _Fp32Products())((a, b))[0].unsqueeze(0)
 
 
 def lite_global_fwd(a_g: torch.Tensor, b_g: torch.Tensor, tau: float, iters: int, symmetric: bool):
@@ -1703,16 +1673,17 @@ def lite_global_fwd(a_g: torch.Tensor, b_g: torch.Tensor, tau: float, iters: int
     _check_compute_dtype("b_g", b_g)
     n = a_g.shape[0]
     a, b = _lowrank_factors(a_g, b_g, symmetric)
-    p, u, v = tiled_fwd(*_lowrank_operands(a, b), 1, n, iters, tau, symmetric)
+    p, u, v = tiled_fwd(*_lowrank_operands(a, b, _Fp32Products()), 1, n, iters, tau, symmetric)
     return p.view(n, n), u.view(iters, n), v.view(iters, n)
 
 
 def lite_global_bwd(dp, a_g, b_g, u, v, tau: float, iters: int, symmetric: bool):
     """``(dA_G, dB_G) = (dM B_G^T, A_G^T dM)``, with ``dM`` (fp32 ``n x n``) materialised once and both
-    GEMMs in fp32 (:func:`_fp32_mms`), as the logits'."""
+    GEMMs in fp32 by the logits' :class:`_Fp32Products` (fp32 factors: their parts split once)."""
     n = a_g.shape[0]
     a, b = _lowrank_factors(a_g, b_g, symmetric)
-    dm = tiled_bwd(dp.view(1, n, n), *_lowrank_operands(a, b), u.view(1, iters, n), v.view(1, iters, n), 1, n,
-                   iters, tau, symmetric, torch.float32).view(n, n)
-    da, db = _fp32_mms((dm, b_g.t()), (a_g.t(), dm))
+    mm = _Fp32Products()
+    dm = tiled_bwd(dp.view(1, n, n), *_lowrank_operands(a, b, mm), u.view(1, iters, n), v.view(1, iters, n),
+                   1, n, iters, tau, symmetric, torch.float32).view(n, n)
+    da, db = mm((dm, b_g.t()), (a_g.t(), dm))
     return da.to(a_g.dtype), db.to(b_g.dtype)

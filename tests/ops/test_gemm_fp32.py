@@ -54,6 +54,20 @@ def test_mm_fp32_against_fp64(device, m, k, n, layouts, split):
 
 
 @pytest.mark.triton
+def test_mm_parts_several_pairs(device):
+    # two products whose K splits are summed in one launch, beside one without a split: each lands in
+    # its own output, as each would alone
+    a, b, c = (torch.randn(s, device=device) for s in ((37, 90), (90, 20), (20, 45)))
+    pairs = [(split_parts(a), split_parts(b)), (split_parts(b.t()), split_parts(a.t())),
+             (split_parts(b), split_parts(c))]
+    outs = mm_parts(*pairs, config=SMALL._replace(split=3))
+    for (pa, pb), out in zip(pairs, outs):
+        assert torch.equal(out, mm_parts((pa, pb), config=SMALL._replace(split=3))[0])
+    for out, (x, y) in zip(outs, ((a, b), (b.t(), a.t()), (b, c))):
+        assert_close_to_reference(out, x.double() @ y.double(), x @ y)
+
+
+@pytest.mark.triton
 def test_mm_fp32_identity_is_exact(device):
     # A @ I keeps every part's product (x * 1 is exact): a dropped or misplaced part, or a lost
     # step of K, changes the result; I @ A likewise through the other operand
@@ -97,14 +111,14 @@ def test_mm_fp32_bad_input():
         mm_fp32(a, torch.randn(4, 3))
     with pytest.raises(TypeError, match="2-d fp32"):
         split_parts(torch.randn(2, 3, 4))
-    with pytest.raises(ValueError, match="split_parts of a"):
-        mm_parts(split_parts(a), split_parts(torch.randn(4, 3)))
+    with pytest.raises(ValueError, match=r"pairs\[1\]: expected split_parts of a"):
+        mm_parts((split_parts(a), split_parts(a.t())), (split_parts(a), split_parts(torch.randn(4, 3))))
 
 
 def test_lite_gemm_switch_rejects_bad_value(monkeypatch):
     monkeypatch.setenv(LITE_GEMM_SWITCH, "tf32")
     with pytest.raises(ValueError, match=f"{LITE_GEMM_SWITCH}: expected 'split' or 'cublas'"):
-        sk_kernels._fp32_mms((torch.randn(2, 2), torch.randn(2, 2)))
+        sk_kernels._Fp32Products()
 
 
 @pytest.mark.gpu

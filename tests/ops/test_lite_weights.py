@@ -53,10 +53,10 @@ def test_lite_weights_global_many_tiles(device, monkeypatch, symmetric, material
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
     monkeypatch.setattr(sk_kernels, "LOWRANK_MATERIALISE_MIN_RANK", 0 if materialise else 10**9)
     formed, form = [], sk_kernels._lowrank_logits
-    monkeypatch.setattr(sk_kernels, "_lowrank_logits", lambda a, b: formed.append(a.shape) or form(a, b))
+    monkeypatch.setattr(sk_kernels, "_lowrank_logits",
+                        lambda a, b, mm=None: formed.append(a.shape) or form(a, b, mm))
     monkeypatch.setattr(sk_kernels, "RESIDENT", False)
-    # 32-wide chunks: one per accumulator
-    assert sk_kernels._lowrank_chunk_width(40, sk_kernels._DOT_IEEE) == 32
+    assert sk_kernels._lowrank_chunk_width(40, True) == 32  # 32-wide chunks: one per accumulator
     args = _inputs(n, 2, 4, 40, torch.float32, device)
     check_against_reference(uk.lite_weights, (*args, 0.05, 2, symmetric), backend="triton")
     # formed by the forward and again by the backward, and only where asked
@@ -94,16 +94,34 @@ def test_lite_global_gradient_gemms_in_fp32(device, monkeypatch):
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
     monkeypatch.setattr(sk_kernels, "RESIDENT", False)
     calls = []
-    mms = sk_kernels._fp32_mms
-    monkeypatch.setattr(sk_kernels, "_fp32_mms",
-                        lambda *pairs: calls.append([(a.shape, b.shape) for a, b in pairs]) or mms(*pairs))
+    products = sk_kernels._Fp32Products.__call__
+    monkeypatch.setattr(sk_kernels._Fp32Products, "__call__", lambda self, *pairs: calls.append(
+        [(a.shape, b.shape) for a, b in pairs]) or products(self, *pairs))
     a_g, b_g = _inputs(37, 2, 4, 5, torch.float32, device)[2:]
     _, u, v = lite_global_fwd(a_g, b_g, 0.2, 2, False)
     assert calls == []  # rank 5: matrix free
     dp = torch.randn(37, 37, device=device)
     da, db = sk_kernels.lite_global_bwd(dp, a_g, b_g, u, v, 0.2, 2, False)
-    assert calls == [[((37, 37), (37, 5)), ((5, 37), (37, 37))]]  # one call: dM split once
+    assert calls == [[((37, 37), (37, 5)), ((5, 37), (37, 37))]]  # one call: one launch sums split K
     assert da.shape == a_g.shape and db.shape == b_g.shape
+
+
+@pytest.mark.triton
+def test_lite_global_splits_each_operand_once(device, monkeypatch):
+    # fp32 factors above LOWRANK_MATERIALISE_MIN_RANK, split GEMM: the backward splits A_G and B_G for
+    # the logits and dM for the gradients, and reuses A_G's and B_G's parts transposed there
+    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
+    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
+    monkeypatch.setattr(sk_kernels, "LOWRANK_MATERIALISE_MIN_RANK", 0)
+    monkeypatch.setenv(LITE_GEMM_SWITCH, "split")
+    split, shapes = sk_kernels.split_parts, []
+    monkeypatch.setattr(sk_kernels, "split_parts", lambda x: shapes.append(tuple(x.shape)) or split(x))
+    a_g, b_g = _inputs(37, 2, 4, 5, torch.float32, device)[2:]
+    _, u, v = lite_global_fwd(a_g, b_g, 0.2, 2, False)
+    assert shapes == [(37, 5), (5, 37)]
+    shapes.clear()
+    sk_kernels.lite_global_bwd(torch.randn(37, 37, device=device), a_g, b_g, u, v, 0.2, 2, False)
+    assert shapes == [(37, 5), (5, 37), (37, 37)]
 
 
 @pytest.mark.triton
@@ -131,19 +149,15 @@ def test_lite_global_ops_ignore_ambient_autocast(device, monkeypatch):
 
 @pytest.mark.triton
 @pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("split", [False, True], ids=["ieee", "split"])
-def test_lite_weights_global_resident(device, monkeypatch, kernel_dtype, symmetric, split):
+@pytest.mark.parametrize("materialise", [False, True], ids=["matrix-free", "materialised"])
+def test_lite_weights_global_resident(device, monkeypatch, kernel_dtype, symmetric, materialise):
     # the resident kernels form the low-rank tile once (one 32 x 32 tile in the interpreter; on a
-    # GPU, 16 x 16 tiles, one program each), never A @ B as a whole: fp32 factors on FMA units up to
-    # LOWRANK_MATERIALISE_MIN_RANK, as bf16 parts on tensor cores above it (rank 40 here either way)
-    monkeypatch.setattr(sk_kernels, "LOWRANK_MATERIALISE_MIN_RANK", 0 if split else 10**9)
+    # GPU, 16 x 16 tiles, one program each), or run A @ B formed by torch as dense logits
+    monkeypatch.setattr(sk_kernels, "LOWRANK_MATERIALISE_MIN_RANK", 0 if materialise else 10**9)
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16) if device == "cuda" else (32, 32))
     monkeypatch.setattr(sk_kernels, "RESIDENT", True)
     monkeypatch.setattr(sk_kernels, "RESIDENT_CHECK", True)
-    monkeypatch.setattr(sk_kernels, "_lowrank_logits", None)  # never called
     args = _inputs(29 if device == "cpu" else 100, 2, 4, 40, kernel_dtype, device)
-    if kernel_dtype == torch.float32:
-        assert sk_kernels._lowrank_dot(args[2]) == (sk_kernels._DOT_SPLIT if split else sk_kernels._DOT_IEEE)
     check_against_reference(uk.lite_weights, (*args, 0.05, 3, symmetric), backend="triton")
 
 
