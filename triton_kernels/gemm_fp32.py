@@ -20,8 +20,8 @@ The parts live in memory (6 bytes an element against fp32's 4), so the GEMM's op
 tensor cores straight from shared memory, as a 16-bit GEMM's do; splitting inside the GEMM
 (registers, then shared memory again for every product) ran at about a third of the bf16 rate.
 Split-K (``split`` programs along ``K``, fp32 partials summed in a fixed order by
-:func:`sum_partials`) fills the GPU where the output has few tiles (``dA = dM B^T`` at rank 256: 64
-tiles of 128 x 128 for 132 SMs). No atomics: the result does not depend on the run.
+:func:`sum_partials`) fills the GPU where the output has few tiles (``dA = dM B^T`` at n = 1024, rank
+128: 16 tiles of 64 x 128 for 132 SMs). No atomics: the result does not depend on the run.
 """
 
 from __future__ import annotations
