@@ -105,6 +105,12 @@ SWITCHES = {
 }
 
 
+def interpreting() -> bool:
+    """Whether Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``; Triton reads it when
+    a kernel is defined, so it must be set before the kernel modules are imported)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def switch(name: str) -> str:
     """The value of a kernel switch: the environment's, else its default."""
     return os.environ.get(name, SWITCHES[name][0])
@@ -114,7 +120,7 @@ def switch(name: str) -> str:
 def triton_launch_option(name: str) -> bool:
     """Whether this Triton's CUDA backend takes the launch option ``name`` (``launch_pdl``,
     ``launch_cooperative_grid``); never under the interpreter, which runs programs one by one."""
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if interpreting():
         return False
     try:
         from triton.backends.nvidia.compiler import CUDAOptions
@@ -144,7 +150,7 @@ def pdl_launch(device: torch.device) -> bool:
 
 def _pdl_unavailable(device: torch.device) -> str | None:
     """Why programmatic dependent launch cannot work here, or ``None``."""
-    if os.environ.get("TRITON_INTERPRET", "0") == "1" or device.type != "cuda":
+    if interpreting() or device.type != "cuda":
         return "a CUDA device and compiled kernels (not the Triton interpreter); unset it here"
     cap = torch.cuda.get_device_capability(device)
     if cap < (9, 0):

@@ -26,14 +26,13 @@ Split-K (``split`` programs along ``K``, fp32 partials summed in a fixed order b
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import new_output, sm_count
+from ._launch import interpreting, new_output, sm_count
 from ._partials import sum_partials
 from ._tiles import grouped_tile
 
@@ -61,18 +60,7 @@ _SPLIT_BLOCK = 2048
 
 # the CPU interpreter's ``tl.dot`` multiplies bf16's stored bits as integers: there the parts go to
 # ``tl.dot`` as fp32, where their products are as exact (read when the module is imported)
-_PARTS_AS_FP32 = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
-
-
-@triton.jit
-def split3(x):
-    """``x`` (fp32) as bf16 parts ``(x0, x1, x2)`` with ``x0 + x1 + x2 == x`` exactly: each part is the
-    bf16 rounding of what the ones before it left, and every remainder is exact in fp32."""
-    x0 = x.to(tl.bfloat16)
-    r = x - x0.to(tl.float32)
-    x1 = r.to(tl.bfloat16)
-    x2 = (r - x1.to(tl.float32)).to(tl.bfloat16)
-    return x0, x1, x2
+_PARTS_AS_FP32 = tl.constexpr(interpreting())
 
 
 @triton.jit
@@ -83,23 +71,17 @@ def _part_dot(x, y, acc):
 
 
 @triton.jit
-def parts_chunk(a0, a1, a2, b0, b1, b2, BM: tl.constexpr, BN: tl.constexpr):
-    """One step of ``K``: the six products of the parts, smallest first, in a fresh fp32 accumulator
-    (``[BM, BN]``), for the caller to add to its total with one fp32 rounding (module docstring)."""
-    chunk = _part_dot(a2, b0, tl.zeros([BM, BN], dtype=tl.float32))
-    chunk = _part_dot(a1, b1, chunk)
-    chunk = _part_dot(a0, b2, chunk)
-    chunk = _part_dot(a1, b0, chunk)
-    chunk = _part_dot(a0, b1, chunk)
-    return _part_dot(a0, b0, chunk)
-
-
-@triton.jit
 def split_parts_kernel(X, P, numel, BLOCK: tl.constexpr):
-    """``P[0], P[1], P[2]`` (bf16, each ``numel`` long) = the three parts of ``X`` (fp32, flat)."""
+    """``P[0], P[1], P[2]`` (bf16, each ``numel`` long) = the three parts of ``X`` (fp32, flat):
+    ``x0 + x1 + x2 == x`` exactly, each part the bf16 rounding of what the ones before it left, every
+    remainder exact in fp32."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
-    x0, x1, x2 = split3(tl.load(X + offs, mask=mask))
+    x = tl.load(X + offs, mask=mask)
+    x0 = x.to(tl.bfloat16)
+    r = x - x0.to(tl.float32)
+    x1 = r.to(tl.bfloat16)
+    x2 = (r - x1.to(tl.float32)).to(tl.bfloat16)
     tl.store(P + offs, x0, mask=mask)
     tl.store(P + numel + offs, x1, mask=mask)
     tl.store(P + 2 * numel + offs, x2, mask=mask)
@@ -137,7 +119,13 @@ def mm_parts_kernel(
         b0 = tl.load(pb, mask=bm, other=0.0)
         b1 = tl.load(pb + sbp, mask=bm, other=0.0)
         b2 = tl.load(pb + 2 * sbp, mask=bm, other=0.0)
-        acc += parts_chunk(a0, a1, a2, b0, b1, b2, BM, BN)
+        # this step's chunk, smallest products first, added to the total with one fp32 rounding
+        chunk = _part_dot(a2, b0, tl.zeros([BM, BN], dtype=tl.float32))
+        chunk = _part_dot(a1, b1, chunk)
+        chunk = _part_dot(a0, b2, chunk)
+        chunk = _part_dot(a1, b0, chunk)
+        chunk = _part_dot(a0, b1, chunk)
+        acc += _part_dot(a0, b0, chunk)
     out = C + split.to(tl.int64) * M * N + rows.to(tl.int64)[:, None] * N + cols[None, :]
     tl.store(out, acc, mask=rmask[:, None] & cmask[None, :])
 

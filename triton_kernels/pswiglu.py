@@ -80,8 +80,6 @@ nor ``du`` is ever whole.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -92,6 +90,7 @@ from ._launch import (
     FFN_CHUNK_SWITCH,
     FFN_TMA_SWITCH,
     bucket,
+    interpreting,
     new_output,
     num_programs_for,
     sm_count,
@@ -102,14 +101,10 @@ from ._tiles import grouped_tile
 from .rms_norm import TokenPassNorm, rms_norm_fwd
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _tile_configs() -> list:
     """(token, sample tile) kernels: sample tile, hidden chunk, warps, pipeline stages. Configs
     that do not fit in shared memory for a given ``D`` are skipped by the autotuner."""
-    if _interpreting():
+    if interpreting():
         return [triton.Config({"BLOCK_S": 32, "BLOCK_H": 32}, num_warps=4, num_stages=1)]
     shapes = [(64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 4, 3), (128, 32, 8, 2), (128, 64, 8, 2),
               (64, 64, 8, 2), (32, 32, 4, 2), (32, 64, 4, 1), (16, 32, 4, 1)]
@@ -175,7 +170,7 @@ _WEIGHT_SHAPES_RECOMPUTE = [(16, 8, 2), (32, 8, 2), (32, 8, 3), (16, 4, 2)]
 
 
 def _weight_configs() -> list:
-    if _interpreting():
+    if interpreting():
         return [triton.Config({"BLOCK_S": 16}, num_warps=4, num_stages=1)]
     return [triton.Config({"BLOCK_S": s}, num_warps=w, num_stages=st)
             for s, w, st in _WEIGHT_SHAPES + _WEIGHT_SHAPES_RECOMPUTE]
@@ -439,7 +434,7 @@ def _gemm_configs() -> list:
     among all but the last (pruned: see :func:`_prune_gemm`); fp32 (CUDA-core ``ieee`` dots, there for
     exactness) takes the last, the interpreter one small tile. ``python -m bench sm90`` lists each
     tile's shared memory, registers and spills."""
-    if _interpreting():
+    if interpreting():
         return [triton.Config(dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16), num_warps=4, num_stages=1)]
     tiles = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (128, 128, 128, 8, 3),
              (128, 256, 128, 8, 2), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 16, 4, 2)]
@@ -743,7 +738,7 @@ def _tma_launch(dual: bool) -> tuple:
     """``(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, persistent)`` of the TMA path (16-wide tiles in the
     interpreter, whose test shapes then clip tiles at every edge)."""
     bm, bn, bk, warps, stages, persistent = _TMA_LAUNCH[dual]
-    if _interpreting():
+    if interpreting():
         return 16, 16, 16, 4, 1, persistent
     return bm, bn, bk, warps, stages, persistent
 
@@ -779,7 +774,7 @@ def _act_pass(g, v, da, a_out, dg_out=None, dv_out=None, pb1=None, pb3=None) -> 
     n, bs, h = g.shape
     if g.numel() == 0:
         return
-    bs_blk, bh_blk, warps = (16, 16, 4) if _interpreting() else _ACT_TILE
+    bs_blk, bh_blk, warps = (16, 16, 4) if interpreting() else _ACT_TILE
     n_sb = triton.cdiv(bs, ACT_ROWS)
     backward = da is not None
     pb_stride = pb1.stride(0) if backward else 0

@@ -98,7 +98,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 import triton
@@ -113,6 +112,7 @@ from ._launch import (
     UNIMIXING_GEMM_SWITCH,
     UNIMIXING_TMA_SWITCH,
     bucket,
+    interpreting,
     new_output,
     sm_count,
     switch,
@@ -790,10 +790,6 @@ def unimixing_bwd_dwg_gemm_kernel(
 # --- configuration -------------------------------------------------------------------------------
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _dot_setup(x: torch.Tensor):
     if x.dtype not in _DOT_DTYPES:
         raise TypeError(f"x: the Triton UniMixing kernels take fp32, fp16 or bf16, got {x.dtype}")
@@ -816,10 +812,10 @@ def _transposed_for_dot(w_global: torch.Tensor, dtype: torch.dtype) -> torch.Ten
     paper-100m on the H200."""
     n = w_global.shape[0]
     wt = torch.empty((n, n), device=w_global.device, dtype=dtype)
-    bt = 16 if _interpreting() else 64
+    bt = 16 if interpreting() else 64
     unimixing_transpose_cast_kernel[(triton.cdiv(n, bt), triton.cdiv(n, bt))](
         w_global, wt, n, w_global.stride(0), w_global.stride(1), BT=bt,
-        **({} if _interpreting() else dict(num_warps=4)))
+        **({} if interpreting() else dict(num_warps=4)))
     return wt
 
 
@@ -831,7 +827,7 @@ def cublas_gemms(x: torch.Tensor) -> bool:
     mode = switch(UNIMIXING_GEMM_SWITCH)
     if mode not in ("auto", "triton", "cublas"):
         raise ValueError(f"{UNIMIXING_GEMM_SWITCH}: expected 'auto', 'triton' or 'cublas', got {mode!r}")
-    can = x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and not _interpreting()
+    can = x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and not interpreting()
     if mode == "cublas" and not can:
         raise ValueError(f"{UNIMIXING_GEMM_SWITCH}=cublas: needs fp16 or bf16 activations on CUDA, outside "
                          f"the Triton interpreter; got {x.dtype} on {x.device}. Set it to 'auto' or 'triton'")
@@ -853,7 +849,7 @@ def fused_norm_rows(block: int, dim: int, device: torch.device) -> tuple[int, in
     """``(BM, BM_EFF, TPT)`` for the fused RMSNorm epilogue, or ``None`` when whole tokens do not
     fit one tile (then the op composes mixing and RMSNorm instead)."""
     group = math.lcm(block, dim) // block  # blocks per run of whole tokens
-    floor = 16 if (_interpreting() or device.type != "cuda") else 64
+    floor = 16 if (interpreting() or device.type != "cuda") else 64
     bm = max(triton.next_power_of_2(group), floor)
     if bm > 256:
         return None
@@ -1018,7 +1014,7 @@ def _splits(
     """Sample splits for a weight-gradient kernel: at most ``per_sm`` programs per SM (rounding up
     gave paper-small's ``dW_G`` GEMM 5 splits, 320 programs: more than two per SM on an H200), a
     partial buffer of at most 2^24 fp32 values. Returns ``(splits, samples_per_split)``."""
-    if device.type == "cuda" and not _interpreting():
+    if device.type == "cuda" and not interpreting():
         want = per_sm * sm_count(device) // max(tiles, 1)
     else:
         want = 2
@@ -1088,7 +1084,7 @@ def unimixing_fwd(
     def grid(meta):
         return (triton.cdiv(n, meta["BM_EFF"]) * triton.cdiv(bs, meta["BC"] // cw) * triton.cdiv(b, cw),)
 
-    if _interpreting():
+    if interpreting():
         bm, bm_eff, tpt = fused if fused is not None else (16, 16, 1)
         meta = dict(BM=bm, BM_EFF=bm_eff, BK=16, BC=max(16, 2 * cw), TPT=tpt)
         unimixing_fwd_kernel[grid(meta)](*args, **consts, **meta)
@@ -1174,7 +1170,7 @@ def _unimixing_bwd_partials(
     dyc = dy.contiguous()
     wl = w_local.contiguous()
     bp = triton.next_power_of_2(b)
-    interp = _interpreting()
+    interp = interpreting()
     half = x.dtype != torch.float32
     memory = bs > 0 and gemm_backward(b, n, half)
     if global_t and not (memory and c_major(b)):
@@ -1239,7 +1235,7 @@ def _global_gemm(wg: torch.Tensor, src: torch.Tensor, out: torch.Tensor, transpo
     swk, swo = (1, n) if transpose else (n, 1)
     args = (wg, src, out, out if residual is None else residual, bs, n, t * d, swk, swo, bucket(bs))
     consts = dict(B=b, HAS_RESIDUAL=residual is not None, GROUP=8, DOT_DTYPE=dot_dtype, PRECISION=precision)
-    if _interpreting():
+    if interpreting():
         meta = dict(BN=16, BK=16, BC=16)
         unimixing_global_kernel[(triton.cdiv(n, 16) * triton.cdiv(bs * b, 16),)](*args, **consts, **meta)
     else:
@@ -1263,7 +1259,7 @@ def _local_products(
     one block per program, tensor-core dots, ``G`` and ``H`` laid out as ``x``."""
     bs, t, d = xc.shape
     n, b, _ = wl.shape
-    interp = _interpreting()
+    interp = interpreting()
     h_only = g is None
     bp = triton.next_power_of_2(b)
     fma = c_major(b)
@@ -1319,7 +1315,7 @@ def _c_major_copy(src: torch.Tensor, n: int, b: int) -> torch.Tensor:
     """``src [bs, T, D]`` (contiguous) as c-major ``[bs, B, N]``: :func:`unimixing_c_major_kernel`."""
     bs = src.shape[0]
     dst = torch.empty((bs, b, n), device=src.device, dtype=src.dtype)
-    interp = _interpreting()
+    interp = interpreting()
     sb, bn = (2, 16) if interp else (4, 128)
     unimixing_c_major_kernel[(triton.cdiv(n, bn) * triton.cdiv(bs, sb),)](
         src, dst, bs, n, n * b, B=b, BP=triton.next_power_of_2(b), SB=sb, BN=bn,
@@ -1342,7 +1338,7 @@ def _gemm(kind: int, a: torch.Tensor, bmat: torch.Tensor, out: torch.Tensor, m: 
     if tma:
         args[:2] = (TensorDescriptor(a, [m, k], [sa[0], 1], [16, 16]),
                     TensorDescriptor(bmat, [k, nc], [sb[0], 1], [16, 16]))
-    if _interpreting():  # 16-wide tiles; through descriptors, 3 programs that walk several tiles each
+    if interpreting():  # 16-wide tiles; through descriptors, 3 programs that walk several tiles each
         tiles = triton.cdiv(m, 16) * triton.cdiv(nc, 16)
         unimixing_gemm_kernel[(min(3, tiles) if tma else tiles, p)](*args, **consts, BM=16, BN=16, BK=16,
                                                                      TMA=tma)
@@ -1362,7 +1358,7 @@ def _tma_unavailable(a: torch.Tensor, bmat: torch.Tensor, sa: tuple[int, int], s
     """Why the forward GEMM's operands cannot be read through 2-d tensor descriptors, or ``None``."""
     if a.dtype not in (torch.float16, torch.bfloat16) or bmat.dtype != a.dtype:
         return f"16-bit operands (got {a.dtype} and {bmat.dtype})"
-    if a.is_cuda and not _interpreting() and torch.cuda.get_device_capability(a.device) < (9, 0):
+    if a.is_cuda and not interpreting() and torch.cuda.get_device_capability(a.device) < (9, 0):
         return "an sm_90 or newer GPU"
     if splits != 1:
         return "one K split"
@@ -1510,7 +1506,7 @@ def _unimixing_bwd_memory(
         dwg_part = _dwg_buffer(p2, n, xc, dwg_dtype)
         args = (dyc, h, dwg_part, bs, n, length, per2, bucket(bs))
         consts = dict(B=b, DOT_DTYPE=dot_dtype, PRECISION=precision)
-        if _interpreting():
+        if interpreting():
             meta = dict(BM=16, BN=16, BK=16)
             grid = (triton.cdiv(n, 16), triton.cdiv(n, 16), p2)
             unimixing_bwd_dwg_gemm_kernel[grid](*args, **consts, **meta)
