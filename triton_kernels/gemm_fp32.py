@@ -2,7 +2,7 @@
 
 Each fp32 operand is split exactly into three bf16 parts, ``x = x0 + x1 + x2`` (fp32's 24-bit
 significand as three 8-bit ones, each rounded from what the parts before it left; every remainder is
-exact in fp32), by one elementwise pass (:func:`split_parts`), and
+exact in fp32), by one elementwise pass (:func:`split_parts`, two tensors a launch), and
 
     A @ B  ~  A0 B0  +  (A0 B1 + A1 B0)  +  (A0 B2 + A1 B1 + A2 B0)
 
@@ -71,20 +71,31 @@ def _part_dot(x, y, acc):
 
 
 @triton.jit
-def split_parts_kernel(X, P, numel, BLOCK: tl.constexpr):
-    """``P[0], P[1], P[2]`` (bf16, each ``numel`` long) = the three parts of ``X`` (fp32, flat):
-    ``x0 + x1 + x2 == x`` exactly, each part the bf16 rounding of what the ones before it left, every
-    remainder exact in fp32."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    x = tl.load(X + offs, mask=mask)
+def store_parts(P, offs, x, mask, plane):
+    """Store the three bf16 parts of fp32 ``x`` at ``P + offs``, ``P + plane + offs`` and ``P + 2 * plane +
+    offs``: ``x0 + x1 + x2 == x`` exactly, each part the bf16 rounding of what the ones before it left,
+    every remainder exact in fp32. Also the Sinkhorn backward's ``dM`` (``sinkhorn.py``)."""
     x0 = x.to(tl.bfloat16)
     r = x - x0.to(tl.float32)
     x1 = r.to(tl.bfloat16)
     x2 = (r - x1.to(tl.float32)).to(tl.bfloat16)
     tl.store(P + offs, x0, mask=mask)
-    tl.store(P + numel + offs, x1, mask=mask)
-    tl.store(P + 2 * numel + offs, x2, mask=mask)
+    tl.store(P + plane + offs, x1, mask=mask)
+    tl.store(P + 2 * plane + offs, x2, mask=mask)
+
+
+@triton.jit
+def split_parts_kernel(X, P, numel, Y, Q, numel_y, BLOCK: tl.constexpr):
+    """The parts (:func:`store_parts`) of two flat fp32 tensors in one launch: ``P [3, numel]`` of ``X``
+    from the first ``cdiv(numel, BLOCK)`` programs, ``Q [3, numel_y]`` of ``Y`` from the rest."""
+    pid = tl.program_id(0)
+    first = tl.cdiv(numel, BLOCK)
+    if pid < first:
+        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        store_parts(P, offs, tl.load(X + offs, mask=offs < numel), offs < numel, numel)
+    else:
+        offs = (pid - first).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        store_parts(Q, offs, tl.load(Y + offs, mask=offs < numel_y), offs < numel_y, numel_y)
 
 
 @triton.jit
@@ -130,18 +141,26 @@ def mm_parts_kernel(
     tl.store(out, acc, mask=rmask[:, None] & cmask[None, :])
 
 
-def split_parts(x: torch.Tensor) -> torch.Tensor:
-    """The bf16 parts of a 2-d fp32 ``x`` as ``[3, *x.shape]``, each part laid out as ``x`` is (row- or
-    column-major; any other strides are copied to row-major once first)."""
-    if x.dtype != torch.float32 or x.dim() != 2:
-        raise TypeError(f"split_parts: expected a 2-d fp32 tensor, got {x.dtype} of shape {tuple(x.shape)}")
-    transposed = not x.is_contiguous() and x.t().is_contiguous()
-    base = x.t() if transposed else x.contiguous()
-    parts = torch.empty((3, *base.shape), device=x.device, dtype=torch.bfloat16)
-    if base.numel():
-        split_parts_kernel[(triton.cdiv(base.numel(), _SPLIT_BLOCK),)](base, parts, base.numel(),
-                                                                       BLOCK=_SPLIT_BLOCK)
-    return parts.transpose(1, 2) if transposed else parts
+def split_parts(*xs: torch.Tensor) -> list[torch.Tensor]:
+    """The bf16 parts of each 2-d fp32 ``x`` as ``[3, *x.shape]``, each part laid out as ``x`` is (row- or
+    column-major; any other strides are copied to row-major once first); one launch per two tensors."""
+    bases, outs = [], []
+    for k, x in enumerate(xs):
+        if x.dtype != torch.float32 or x.dim() != 2:
+            raise TypeError(f"split_parts: xs[{k}]: expected a 2-d fp32 tensor, got {x.dtype} of shape "
+                            f"{tuple(x.shape)}")
+        transposed = not x.is_contiguous() and x.t().is_contiguous()
+        base = x.t() if transposed else x.contiguous()
+        parts = torch.empty((3, *base.shape), device=x.device, dtype=torch.bfloat16)
+        outs.append(parts.transpose(1, 2) if transposed else parts)
+        if base.numel():
+            bases.append((base, parts))
+    for i in range(0, len(bases), 2):
+        (x, p), (y, q) = bases[i], bases[i + 1] if i + 1 < len(bases) else bases[i]
+        numel_y = y.numel() if i + 1 < len(bases) else 0
+        grid = triton.cdiv(x.numel(), _SPLIT_BLOCK) + triton.cdiv(numel_y, _SPLIT_BLOCK)
+        split_parts_kernel[(grid,)](x, p, x.numel(), y, q, numel_y, BLOCK=_SPLIT_BLOCK)
+    return outs
 
 
 def plan(m: int, n: int, k: int, device: torch.device) -> GemmConfig:
@@ -204,4 +223,4 @@ def mm_fp32(a: torch.Tensor, b: torch.Tensor, config: GemmConfig | None = None) 
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"mm_fp32: expected a [M, K] and b [K, N], got {tuple(a.shape)} and "
                          f"{tuple(b.shape)}")
-    return mm_parts((split_parts(a), split_parts(b)), config=config)[0]
+    return mm_parts(tuple(split_parts(a, b)), config=config)[0]

@@ -68,8 +68,9 @@ Layouts
   use tensor cores and stay matrix free. The backward's
   half-steps do not read or write ``G``: each passes only ``G``'s sums along one axis to the next,
   and its last launch forms ``G`` from them and ``dP * P`` (an fp32 ``n x n`` workspace written by
-  its first launch; ``_bwd_tile``). For Lite the backward materialises ``dM`` (fp32 ``n x n``) once;
-  ``dA = dM B^T`` and ``dB = A^T dM`` are two fp32 GEMMs done by the caller, as the logits' GEMM.
+  its first launch; ``_bwd_tile``). For Lite the backward materialises ``dM`` (fp32 ``n x n``, or for
+  the split GEMM its bf16 parts, stored so by the resident kernels' last pass) once; ``dA = dM B^T``
+  and ``dB = A^T dM`` are two fp32 GEMMs done by the caller, as the logits' GEMM.
 * **Tiled, resident** (``RESIDENT``, the default where it applies;
   ``UNIMIXER_SINKHORN_PERSISTENT=0`` turns it off): where every tile can have its own program, all
   resident at once (``n = 1024`` with 64 x 128 tiles and 8 warps: 128 programs), one launch per
@@ -101,6 +102,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import NamedTuple
 
 import torch
 import triton
@@ -120,7 +122,7 @@ from ._launch import (
     triton_launch_option,
 )
 from ._partials import sum_partials
-from .gemm_fp32 import mm_parts, split_parts
+from .gemm_fp32 import mm_parts, split_parts, store_parts
 
 # matrices up to this size run the batched in-register kernels; larger ones the tiled kernels
 SMALL_MAX_N = 64
@@ -901,7 +903,19 @@ def sinkhorn_tile_bwd_kernel(
 
 
 @triton.jit
-def _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.constexpr, EVEN: tl.constexpr):
+def _store_dm(DX, offs, dm, mask, n, PARTS: tl.constexpr):
+    """``dM`` (fp32 values) at ``DX + offs``: in ``DX``'s dtype, or with ``PARTS`` as the three bf16 parts
+    of :mod:`.gemm_fp32` in ``DX [3, n_mat, n, n]`` (``n_mat``: the grid's second axis), which the
+    caller's fp32 GEMMs take without a split pass of their own."""
+    if PARTS:
+        store_parts(DX, offs, dm, mask, tl.num_programs(1).to(tl.int64) * n * n)
+    else:
+        tl.store(DX + offs, dm.to(DX.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.constexpr, EVEN: tl.constexpr,
+              PARTS: tl.constexpr):
     """``dM = (G + G^T) * grad_scale`` (``grad_scale = 0.5 / tau``) on one tile."""
     _, _, rows, cols, rmask, cmask, m2 = _tile_index(tile, n, n_ct, BM, BN, EVEN)
     base = G + mat * n * n
@@ -909,16 +923,17 @@ def _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM: tl.constexpr, BN: tl.co
     gt = tl.load(base + cols[:, None] * n + rows[None, :], mask=cmask[:, None] & rmask[None, :], other=0.0,
                  cache_modifier=".cg")
     dm = (g + tl.trans(gt)) * grad_scale
-    tl.store(DX + mat * n * n + rows[:, None] * n + cols[None, :], dm.to(DX.dtype.element_ty), mask=m2)
+    _store_dm(DX, mat * n * n + rows[:, None] * n + cols[None, :], dm, m2, n, PARTS)
 
 
 @triton.jit
 def sinkhorn_tile_sym_kernel(G, DX, n, n_ct, grad_scale, flip, BM: tl.constexpr, BN: tl.constexpr,
-                             PDL: tl.constexpr, EVEN: tl.constexpr = False):
-    """``dM = (G + G^T) * grad_scale``, tile by tile; grid ``(n_rt * n_ct, n_mat)``."""
+                             PDL: tl.constexpr, EVEN: tl.constexpr = False, PARTS: tl.constexpr = False):
+    """``dM = (G + G^T) * grad_scale``, tile by tile (``PARTS``: :func:`_store_dm`); grid
+    ``(n_rt * n_ct, n_mat)``."""
     _pdl_prologue(PDL)
     tile, mat = _program_tile(flip)
-    _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM, BN, EVEN)
+    _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM, BN, EVEN, PARTS)
 
 
 @triton.jit
@@ -1123,6 +1138,7 @@ def sinkhorn_resident_bwd_kernel(
     MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_IEEE: tl.constexpr,
     RT_P: tl.constexpr, CT_P: tl.constexpr, MAX_SPINS: tl.constexpr, THREAD_POLL: tl.constexpr,
+    PARTS: tl.constexpr = False,
 ):
     """The whole backward in one launch, one resident program per tile, as
     ``sinkhorn_resident_fwd_kernel``: ``T1`` (log2 units) and the working-gradient tile stay in
@@ -1173,7 +1189,7 @@ def sinkhorn_resident_bwd_kernel(
     if SYMMETRIC:
         tl.store(G + mat * n * n + out, g, mask=m2)
     else:
-        tl.store(DX + mat * n * n + out, (g * grad_scale).to(DX.dtype.element_ty), mask=m2)
+        _store_dm(DX, mat * n * n + out, g * grad_scale, m2, n, PARTS)
 
 
 # --- launchers ---------------------------------------------------------------------------------
@@ -1483,13 +1499,18 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
     return p, u, v
 
 
-def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
+def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype, parts=False):
     """Tiled backward: ``dM [n_mat, n, n]`` in ``out_dtype``, the gradient with respect to the
-    (pre-symmetrisation) logits ``src``, or to ``a @ b`` in the low-rank mode."""
+    (pre-symmetrisation) logits ``src``, or to ``a @ b`` in the low-rank mode. ``parts`` (fp32
+    ``out_dtype`` only): ``dM`` as its three bf16 parts ``[3, n_mat, n, n]`` for :mod:`.gemm_fp32`,
+    stored so by the resident kernels' last pass (the one-launch-per-half-step kernels' fp32 ``dM``
+    doubles as a workspace, so it is split after them)."""
+    if parts and out_dtype != torch.float32:
+        raise ValueError(f"tiled_bwd: parts are of an fp32 dM, got out_dtype={out_dtype}")
     like = src if src is not None else a
-    dx = new_output((n_mat, n, n), like=like, dtype=out_dtype)
     if n_mat == 0 or n == 0:
-        return dx
+        shape = (3, n_mat, n, n) if parts else (n_mat, n, n)
+        return new_output(shape, like=like, dtype=torch.bfloat16 if parts else out_dtype)
     bm, bn, n_rt, n_ct, mode, rank, strides, meta = _tile_args(n, src, a, b)
     scale = grad_scale = (0.5 if symmetric else 1.0) / tau
     s_src, s_a, s_b = (a, a, b) if a is not None else (src, src, src)
@@ -1497,19 +1518,22 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     if res is not None:
         n_rt, n_ct, meta, fail, pr, pc = res
         grid = (n_rt * n_ct, n_mat)
+        dx = new_output((3, n_mat, n, n) if parts else (n_mat, n, n), like=like,
+                        dtype=torch.bfloat16 if parts else out_dtype)
         # the working gradient leaves registers only for the symmetrising pass
         g = torch.empty((n_mat, n, n), device=like.device, dtype=torch.float32) if symmetric else dx
         sinkhorn_resident_bwd_kernel[grid](
             s_src, s_a, s_b, dp, u, v, g, dx, pr, pc, fail,
             n, rank, iters, n_rt, n_ct, *strides, dp.stride(0), dp.stride(1), dp.stride(2), scale, grad_scale,
-            MODE=_DENSE if a is None else _LOWRANK, SYMMETRIC=symmetric,
+            MODE=_DENSE if a is None else _LOWRANK, SYMMETRIC=symmetric, PARTS=parts,
             enable_fp_fusion=_fp_fusion(a is not None), **meta,
         )
         _check_fail(fail)
         if symmetric:
             sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, 0, BM=meta["BM"], BN=meta["BN"],
-                                           num_warps=4, PDL=False)
+                                           num_warps=4, PDL=False, PARTS=parts)
         return dx
+    dx = new_output((n_mat, n, n), like=like, dtype=out_dtype)
     # dP * P, written by the first launch and turned into the working gradient by the last one, and
     # the workspace of S0 (dense logits), written by the first launch and read by every one. An fp32
     # dM is written last, so one of them can live in its buffer: without symmetrising, G (the last
@@ -1552,7 +1576,7 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype):
     if symmetric and not pairs:
         sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, next(flips), BM=bm, BN=bn,
                                        num_warps=LAST_WARPS, EVEN=meta["EVEN"], **pdl)
-    return dx
+    return split_parts(dx.view(n_mat * n, n))[0].view(3, n_mat, n, n) if parts else dx
 
 
 # --- entry points used by the ops ----------------------------------------------------------------
@@ -1615,6 +1639,12 @@ def _lowrank_operands(a: torch.Tensor, b: torch.Tensor, mm: _Fp32Products) -> tu
     return _lowrank_logits(a, b, mm), None, None
 
 
+class Split(NamedTuple):
+    """An operand of :class:`_Fp32Products` given as its bf16 parts ``[3, M, K]`` (:mod:`.gemm_fp32`)."""
+
+    parts: torch.Tensor
+
+
 class _Fp32Products:
     """The fp32 products of one Lite global call (``A_G @ B_G``; in the backward also ``dM B_G^T`` and
     ``A_G^T dM``), whatever torch's TF32 setting and whatever autocast region the call sits in (the
@@ -1622,9 +1652,11 @@ class _Fp32Products:
     form bf16 products), by the ``UNIMIXER_LITE_GEMM`` switch:
 
     * ``split``: the project's GEMM on bf16 tensor cores (:mod:`.gemm_fp32`, fp32's accuracy from six
-      bf16 products). Each operand is split into its bf16 parts once a call, also where it comes back
-      transposed (``A_G``, ``B_G`` of the backward's logits in its gradients; ``dM`` in both), and
-      the split-K partials of one call's products are summed in one launch;
+      bf16 products). Each operand is split into its bf16 parts once (the forward's parts of ``A_G``
+      and ``B_G`` are saved for the backward's logits and gradients, where they come back transposed;
+      ``dM`` leaves the Sinkhorn backward as parts, :func:`tiled_bwd`), the operands a call still has
+      to split are split in one launch per two, and the split-K partials of one call's products are
+      summed in one launch;
     * ``cublas``: IEEE fp32 cuBLAS GEMMs. torch has no per-call precision for ``mm``: where TF32 is
       on, the process-wide flag is turned off around them (a matmul on another thread at that moment
       would see it off); at torch's default (off) nothing is touched."""
@@ -1635,19 +1667,39 @@ class _Fp32Products:
             raise ValueError(f"{LITE_GEMM_SWITCH}: expected 'split' or 'cublas', got {self.mode!r}")
         self._parts: dict[tuple, torch.Tensor] = {}
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        key = (x.data_ptr(), x.dtype, tuple(x.shape), x.stride())
-        mirror = (x.data_ptr(), x.dtype, tuple(x.shape[::-1]), x.stride()[::-1])
-        if key not in self._parts:
-            if mirror in self._parts:
-                return self._parts[mirror].transpose(1, 2)
-            self._parts[key] = split_parts(x.float())
-        return self._parts[key]
+    @staticmethod
+    def _key(x: torch.Tensor, mirror: bool = False) -> tuple:
+        shape, stride = (x.shape[::-1], x.stride()[::-1]) if mirror else (x.shape, x.stride())
+        return x.data_ptr(), x.dtype, tuple(shape), tuple(stride)
 
-    def __call__(self, *pairs: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
-        """``[a @ b for a, b in pairs]`` in fp32."""
+    def adopt(self, x: torch.Tensor, parts: torch.Tensor) -> None:
+        """Use ``parts`` (its :func:`.gemm_fp32.split_parts`) wherever ``x`` or ``x.t()`` is an operand."""
+        self._parts[self._key(x)] = parts
+
+    def parts_of(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The parts this call has split ``x`` into, if any."""
+        return self._parts.get(self._key(x))
+
+    def _operand(self, x) -> torch.Tensor:
+        if isinstance(x, Split):
+            return x.parts
+        if self._key(x) in self._parts:
+            return self._parts[self._key(x)]
+        return self._parts[self._key(x, mirror=True)].transpose(1, 2)
+
+    def __call__(self, *pairs) -> list[torch.Tensor]:
+        """``[a @ b for a, b in pairs]`` in fp32; an operand may be a :class:`Split` (``split`` mode)."""
         if self.mode == "split":
-            return mm_parts(*[(self._split(a), self._split(b)) for a, b in pairs])
+            fresh = {}
+            for x in (x for pair in pairs for x in pair):
+                if not isinstance(x, Split) and self._key(x) not in self._parts \
+                        and self._key(x, mirror=True) not in self._parts:
+                    fresh[self._key(x)] = x
+            if fresh:
+                self._parts.update(zip(fresh, split_parts(*(x.float() for x in fresh.values()))))
+            return mm_parts(*[(self._operand(a), self._operand(b)) for a, b in pairs])
+        if any(isinstance(x, Split) for pair in pairs for x in pair):
+            raise ValueError(f"{LITE_GEMM_SWITCH}=cublas: operands are fp32 tensors, not their parts")
         m = torch.backends.cuda.matmul
         saved = m.allow_tf32
         if saved:
@@ -1668,22 +1720,37 @@ def _lowrank_logits(a: torch.Tensor, b: torch.Tensor, mm: _Fp32Products | None =
 
 def lite_global_fwd(a_g: torch.Tensor, b_g: torch.Tensor, tau: float, iters: int, symmetric: bool):
     """``SK(A_G @ B_G)`` matrix free: logits tiles are formed from the factors in every pass (or
-    once per call, ``_lowrank_operands``)."""
+    once per call, ``_lowrank_operands``). Returns ``(W_G, U, V, A parts, B parts)``: the parts of the
+    factors where the split GEMM formed the logits from them (saved for the backward's), else ``None``."""
     _check_compute_dtype("a_g", a_g)
     _check_compute_dtype("b_g", b_g)
     n = a_g.shape[0]
     a, b = _lowrank_factors(a_g, b_g, symmetric)
-    p, u, v = tiled_fwd(*_lowrank_operands(a, b, _Fp32Products()), 1, n, iters, tau, symmetric)
-    return p.view(n, n), u.view(iters, n), v.view(iters, n)
+    mm = _Fp32Products()
+    p, u, v = tiled_fwd(*_lowrank_operands(a, b, mm), 1, n, iters, tau, symmetric)
+    return p.view(n, n), u.view(iters, n), v.view(iters, n), mm.parts_of(a), mm.parts_of(b)
 
 
-def lite_global_bwd(dp, a_g, b_g, u, v, tau: float, iters: int, symmetric: bool):
-    """``(dA_G, dB_G) = (dM B_G^T, A_G^T dM)``, with ``dM`` (fp32 ``n x n``) materialised once and both
-    GEMMs in fp32 by the logits' :class:`_Fp32Products` (fp32 factors: their parts split once)."""
+def saves_factor_parts(a_g: torch.Tensor, b_g: torch.Tensor) -> bool:
+    """Whether :func:`lite_global_fwd` returns the factors' parts (the split GEMM forms the logits)."""
+    dtype = torch.promote_types(a_g.dtype, b_g.dtype)
+    return switch(LITE_GEMM_SWITCH) == "split" and dtype == torch.float32 \
+        and a_g.shape[1] > LOWRANK_MATERIALISE_MIN_RANK
+
+
+def lite_global_bwd(dp, a_g, b_g, u, v, tau: float, iters: int, symmetric: bool, a_parts=None, b_parts=None):
+    """``(dA_G, dB_G) = (dM B_G^T, A_G^T dM)``, with ``dM`` (fp32 ``n x n``, or its parts) materialised once
+    and both GEMMs in fp32 by the logits' :class:`_Fp32Products`; ``a_parts``, ``b_parts``: the
+    forward's parts of the factors, if it returned them."""
     n = a_g.shape[0]
     a, b = _lowrank_factors(a_g, b_g, symmetric)
     mm = _Fp32Products()
+    if a_parts is not None:
+        mm.adopt(a, a_parts)
+        mm.adopt(b, b_parts)
+    parts = mm.mode == "split"
     dm = tiled_bwd(dp.view(1, n, n), *_lowrank_operands(a, b, mm), u.view(1, iters, n), v.view(1, iters, n),
-                   1, n, iters, tau, symmetric, torch.float32).view(n, n)
+                   1, n, iters, tau, symmetric, torch.float32, parts=parts)
+    dm = Split(dm.view(3, n, n)) if parts else dm.view(n, n)
     da, db = mm((dm, b_g.t()), (a_g.t(), dm))
     return da.to(a_g.dtype), db.to(b_g.dtype)

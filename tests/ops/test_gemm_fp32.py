@@ -31,7 +31,7 @@ def test_split_parts_are_exact(device, shape, layout):
     # three bf16 parts whose fp32 sum is the input, bit for bit, laid out as the input is (row or
     # column major), each within bf16's precision (2^-7: the interpreter truncates) of the one before
     x = _operand(shape, layout, device) * 1e3
-    parts = split_parts(x)
+    parts, = split_parts(x)
     assert parts.shape == (3, *shape) and parts.dtype == torch.bfloat16
     p = parts.float()
     assert torch.equal(p[0] + (p[1] + p[2]), x)
@@ -58,8 +58,8 @@ def test_mm_parts_several_pairs(device):
     # two products whose K splits are summed in one launch, beside one without a split: each lands in
     # its own output, as each would alone
     a, b, c = (torch.randn(s, device=device) for s in ((37, 90), (90, 20), (20, 45)))
-    pairs = [(split_parts(a), split_parts(b)), (split_parts(b.t()), split_parts(a.t())),
-             (split_parts(b), split_parts(c))]
+    pa, pb, pbt, pat, pc = split_parts(a, b, b.t(), a.t(), c)
+    pairs = [(pa, pb), (pbt, pat), (pb, pc)]
     outs = mm_parts(*pairs, config=SMALL._replace(split=3))
     for (pa, pb), out in zip(pairs, outs):
         assert torch.equal(out, mm_parts((pa, pb), config=SMALL._replace(split=3))[0])
@@ -97,6 +97,24 @@ def test_plan_splits_narrow_outputs(monkeypatch):
 
 
 @pytest.mark.triton
+@pytest.mark.triton
+def test_split_parts_of_several_tensors(device, monkeypatch):
+    # two tensors a launch (the second launch's second slot unused), an empty one skipped, each tensor's
+    # parts those of splitting it alone
+    launches = []
+    kernel = gemm.split_parts_kernel
+    monkeypatch.setattr(gemm, "split_parts_kernel", type("K", (), {
+        "__getitem__": lambda self, grid: launches.append(grid) or kernel[grid]})())
+    xs = [torch.randn(5, 7, device=device), torch.randn(0, 3, device=device),
+          torch.randn(300, 9, device=device).t(), torch.randn(2, 2, device=device)]
+    parts = split_parts(*xs)
+    assert len(launches) == 2
+    for x, p in zip(xs, parts):
+        assert p.shape == (3, *x.shape)
+        if x.numel():
+            assert torch.equal(p, split_parts(x)[0]) and p.stride()[1:] == x.stride()
+
+
 def test_mm_fp32_empty(device):
     assert mm_fp32(torch.randn(0, 5, device=device), torch.randn(5, 3, device=device)).shape == (0, 3)
     out = mm_fp32(torch.randn(4, 0, device=device), torch.randn(0, 3, device=device))
@@ -109,10 +127,10 @@ def test_mm_fp32_bad_input():
         mm_fp32(a.double(), torch.randn(5, 3))
     with pytest.raises(ValueError, match=r"a \[M, K\] and b \[K, N\]"):
         mm_fp32(a, torch.randn(4, 3))
-    with pytest.raises(TypeError, match="2-d fp32"):
-        split_parts(torch.randn(2, 3, 4))
+    with pytest.raises(TypeError, match=r"xs\[1\]: expected a 2-d fp32"):
+        split_parts(a, torch.randn(2, 3, 4))
     with pytest.raises(ValueError, match=r"pairs\[1\]: expected split_parts of a"):
-        mm_parts((split_parts(a), split_parts(a.t())), (split_parts(a), split_parts(torch.randn(4, 3))))
+        mm_parts(tuple(split_parts(a, a.t())), tuple(split_parts(a, torch.randn(4, 3))))
 
 
 def test_lite_gemm_switch_rejects_bad_value(monkeypatch):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from unimixer_kernels.triton_kernels import sinkhorn as sk_kernels
 from unimixer_kernels.triton_kernels._launch import LITE_GEMM_SWITCH
+from unimixer_kernels.triton_kernels.gemm_fp32 import split_parts as split
 
 import unimixer_kernels as uk
 from unimixer_kernels.ops.sinkhorn import lite_global_bwd, lite_global_fwd, lite_local_bwd, lite_local_fwd
@@ -96,32 +97,67 @@ def test_lite_global_gradient_gemms_in_fp32(device, monkeypatch):
     calls = []
     products = sk_kernels._Fp32Products.__call__
     monkeypatch.setattr(sk_kernels._Fp32Products, "__call__", lambda self, *pairs: calls.append(
-        [(a.shape, b.shape) for a, b in pairs]) or products(self, *pairs))
+        [(_shape(a), _shape(b)) for a, b in pairs]) or products(self, *pairs))
     a_g, b_g = _inputs(37, 2, 4, 5, torch.float32, device)[2:]
-    _, u, v = lite_global_fwd(a_g, b_g, 0.2, 2, False)
-    assert calls == []  # rank 5: matrix free
+    _, u, v, a_parts, b_parts = lite_global_fwd(a_g, b_g, 0.2, 2, False)
+    assert calls == [] and a_parts.numel() == b_parts.numel() == 0  # rank 5: matrix free, nothing split
     dp = torch.randn(37, 37, device=device)
     da, db = sk_kernels.lite_global_bwd(dp, a_g, b_g, u, v, 0.2, 2, False)
     assert calls == [[((37, 37), (37, 5)), ((5, 37), (37, 37))]]  # one call: one launch sums split K
     assert da.shape == a_g.shape and db.shape == b_g.shape
 
 
+def _shape(x) -> tuple:
+    """An fp32 operand's shape, or that of the operand a :class:`Split` holds the parts of."""
+    return tuple(x.parts.shape[1:]) if isinstance(x, sk_kernels.Split) else tuple(x.shape)
+
+
 @pytest.mark.triton
-def test_lite_global_splits_each_operand_once(device, monkeypatch):
-    # fp32 factors above LOWRANK_MATERIALISE_MIN_RANK, split GEMM: the backward splits A_G and B_G for
-    # the logits and dM for the gradients, and reuses A_G's and B_G's parts transposed there
-    monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
-    monkeypatch.setattr(sk_kernels, "RESIDENT", False)
+@pytest.mark.parametrize("resident", [False, True])
+def test_lite_global_splits_each_operand_once(device, monkeypatch, resident):
+    # fp32 factors above LOWRANK_MATERIALISE_MIN_RANK, split GEMM: the forward splits A_G and B_G in one
+    # call and returns their parts; the backward takes those (for the logits, and transposed for the
+    # gradients) and gets dM as parts from the resident kernels, or splits it after the tiled ones
+    if not resident:
+        monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
+        monkeypatch.setattr(sk_kernels, "RESIDENT", False)
     monkeypatch.setattr(sk_kernels, "LOWRANK_MATERIALISE_MIN_RANK", 0)
     monkeypatch.setenv(LITE_GEMM_SWITCH, "split")
-    split, shapes = sk_kernels.split_parts, []
-    monkeypatch.setattr(sk_kernels, "split_parts", lambda x: shapes.append(tuple(x.shape)) or split(x))
+    split, calls = sk_kernels.split_parts, []
+    monkeypatch.setattr(sk_kernels, "split_parts", lambda *xs: calls.append([_shape(x) for x in xs])
+                        or split(*xs))
     a_g, b_g = _inputs(37, 2, 4, 5, torch.float32, device)[2:]
-    _, u, v = lite_global_fwd(a_g, b_g, 0.2, 2, False)
-    assert shapes == [(37, 5), (5, 37)]
-    shapes.clear()
-    sk_kernels.lite_global_bwd(torch.randn(37, 37, device=device), a_g, b_g, u, v, 0.2, 2, False)
-    assert shapes == [(37, 5), (5, 37), (37, 37)]
+    _, u, v, a_parts, b_parts = lite_global_fwd(a_g, b_g, 0.2, 2, False)
+    assert calls == [[(37, 5), (5, 37)]]
+    assert torch.equal(a_parts, split(a_g)[0]) and torch.equal(b_parts, split(b_g)[0])
+    calls.clear()
+    sk_kernels.lite_global_bwd(torch.randn(37, 37, device=device), a_g, b_g, u, v, 0.2, 2, False,
+                               a_parts, b_parts)
+    assert calls == ([] if resident else [[(37, 37)]])
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("resident", [False, True])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_tiled_bwd_parts_are_the_split_of_dm(device, monkeypatch, resident, symmetric):
+    # dM as parts (stored by the resident kernels' last pass, or split after the tiled ones) is, bit for
+    # bit, the split of the fp32 dM the same call gives without them
+    if not resident:
+        monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
+        monkeypatch.setattr(sk_kernels, "RESIDENT", False)
+    n, k = 37, 3
+    a_g, b_g = _inputs(n, 2, 4, 5, torch.float32, device)[2:]
+    _, u, v, _, _ = lite_global_fwd(a_g, b_g, 0.2, k, symmetric)
+    dp = torch.randn(1, n, n, device=device)
+    args = (dp, None, a_g, b_g, u.view(1, k, n), v.view(1, k, n), 1, n, k, 0.2, symmetric, torch.float32)
+    dm = sk_kernels.tiled_bwd(*args)
+    parts = sk_kernels.tiled_bwd(*args, parts=True)
+    assert parts.shape == (3, 1, n, n) and parts.dtype == torch.bfloat16
+    assert torch.equal(parts, split(dm.view(n, n))[0].view(3, 1, n, n))
+    p = parts.float()
+    assert torch.equal(p[0] + (p[1] + p[2]), dm)
+    with pytest.raises(ValueError, match="parts are of an fp32 dM"):
+        sk_kernels.tiled_bwd(*args[:-1], torch.bfloat16, parts=True)
 
 
 @pytest.mark.triton
@@ -219,9 +255,23 @@ def test_lite_opcheck(device, symmetric):
     w, u, v = lite_local_fwd(omega.detach(), basis.detach(), 0.5, 2, symmetric)
     torch.library.opcheck(lite_local_bwd, (torch.randn_like(w), omega.detach(), basis.detach(), u, v,
                                            0.5, 2, symmetric))
-    w, u, v = lite_global_fwd(a_g.detach(), b_g.detach(), 0.5, 2, symmetric)
-    torch.library.opcheck(lite_global_bwd, (torch.randn_like(w), a_g.detach(), b_g.detach(), u, v,
-                                            0.5, 2, symmetric))
+    w, u, v, a_parts, b_parts = lite_global_fwd(a_g.detach(), b_g.detach(), 0.5, 2, symmetric)
+    torch.library.opcheck(lite_global_bwd, (torch.randn_like(w), a_g.detach(), b_g.detach(), u, v, a_parts,
+                                            b_parts, 0.5, 2, symmetric))
+
+
+@pytest.mark.triton
+def test_lite_global_opcheck_with_factor_parts(device, monkeypatch):
+    # fp32 factors whose logits the split GEMM forms: the forward's parts outputs (and its fake's) are
+    # [3, N, r] and [3, r, N] bf16, and the backward takes them
+    monkeypatch.setattr(sk_kernels, "LOWRANK_MATERIALISE_MIN_RANK", 0)
+    monkeypatch.setenv(LITE_GEMM_SWITCH, "split")
+    a_g, b_g = _inputs(6, 2, 3, 4, torch.float32, device)[2:]
+    torch.library.opcheck(lite_global_fwd, (a_g, b_g, 0.5, 2, True))
+    w, u, v, a_parts, b_parts = lite_global_fwd(a_g.detach(), b_g.detach(), 0.5, 2, True)
+    assert a_parts.shape == (3, 6, 4) and b_parts.shape == (3, 4, 6) and a_parts.dtype == torch.bfloat16
+    torch.library.opcheck(lite_global_bwd, (torch.randn_like(w), a_g.detach(), b_g.detach(), u, v, a_parts,
+                                            b_parts, 0.5, 2, True))
 
 
 @pytest.mark.triton

@@ -125,7 +125,7 @@ def _(dw, omega, basis, u, v, tau, iters, symmetric) -> tuple[Tensor, Tensor]:
     return omega.new_empty(omega.shape), basis.new_empty(basis.shape)
 
 
-def _lite_setup(ctx, inputs, output) -> None:
+def _lite_local_setup(ctx, inputs, output) -> None:
     x, y, tau, iters, symmetric = inputs
     _, u, v = output
     ctx.save_for_backward(x, y, u, v)
@@ -142,45 +142,68 @@ def _lite_local_backward(ctx, dw: Tensor | None, _du, _dv):
     return domega, dbasis, None, None, None
 
 
-lite_local_fwd.register_autograd(_lite_local_backward, setup_context=_lite_setup)
+lite_local_fwd.register_autograd(_lite_local_backward, setup_context=_lite_local_setup)
 
 
 @torch.library.custom_op("unimixer::lite_global_fwd", mutates_args=())
 def lite_global_fwd(
     a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``SK(A_G @ B_G)`` matrix free: no ``N x N`` logits are read or written, only ``W_G``."""
-    return _kernels().lite_global_fwd(a_g, b_g, tau, iters, symmetric)
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``SK(A_G @ B_G)`` matrix free: no ``N x N`` logits are read or written, only ``W_G``. Returns
+    ``(W_G, U, V, A_G parts, B_G parts)``: the bf16 parts (``[3, N, r]``, ``[3, r, N]``) of fp32 factors
+    where the split GEMM forms the logits (rank above 32, ``UNIMIXER_LITE_GEMM=split``), saved for the
+    backward so that it splits neither again (``O(N r)``, 1.5x the factors' bytes); else empty."""
+    w, u, v, pa, pb = _kernels().lite_global_fwd(a_g, b_g, tau, iters, symmetric)
+    return w, u, v, _parts_or_empty(pa, a_g), _parts_or_empty(pb, b_g)
+
+
+def _parts_or_empty(parts: Tensor | None, like: Tensor) -> Tensor:
+    return parts if parts is not None else like.new_empty((0,), dtype=torch.bfloat16)
 
 
 @lite_global_fwd.register_fake
-def _(a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _(a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool):
     n = a_g.shape[0]
-    return (a_g.new_empty((n, n), dtype=torch.float32),
-            _potentials_like(a_g, (), iters, n), _potentials_like(a_g, (), iters, n))
+    saved = _kernels().saves_factor_parts(a_g, b_g)
+    pa, pb = ((a_g.new_empty((3, *x.shape), dtype=torch.bfloat16) if saved else None) for x in (a_g, b_g))
+    return (a_g.new_empty((n, n), dtype=torch.float32), _potentials_like(a_g, (), iters, n),
+            _potentials_like(a_g, (), iters, n), _parts_or_empty(pa, a_g), _parts_or_empty(pb, b_g))
 
 
 @torch.library.custom_op("unimixer::lite_global_bwd", mutates_args=())
 def lite_global_bwd(
-    dw: Tensor, a_g: Tensor, b_g: Tensor, u: Tensor, v: Tensor, tau: float, iters: int, symmetric: bool
+    dw: Tensor, a_g: Tensor, b_g: Tensor, u: Tensor, v: Tensor, a_parts: Tensor, b_parts: Tensor, tau: float,
+    iters: int, symmetric: bool
 ) -> tuple[Tensor, Tensor]:
-    return _kernels().lite_global_bwd(dw, a_g, b_g, u, v, tau, iters, symmetric)
+    """``(dA_G, dB_G)``; ``a_parts``, ``b_parts``: the forward's (empty when it returned none)."""
+    saved = a_parts.numel() > 0
+    return _kernels().lite_global_bwd(dw, a_g, b_g, u, v, tau, iters, symmetric,
+                                      a_parts if saved else None, b_parts if saved else None)
 
 
 @lite_global_bwd.register_fake
-def _(dw, a_g, b_g, u, v, tau, iters, symmetric) -> tuple[Tensor, Tensor]:
+def _(dw, a_g, b_g, u, v, a_parts, b_parts, tau, iters, symmetric) -> tuple[Tensor, Tensor]:
     return a_g.new_empty(a_g.shape), b_g.new_empty(b_g.shape)
 
 
-def _lite_global_backward(ctx, dw: Tensor | None, _du, _dv):
-    a_g, b_g, u, v = ctx.saved_tensors
+def _lite_global_setup(ctx, inputs, output) -> None:
+    a_g, b_g, tau, iters, symmetric = inputs
+    _, u, v, a_parts, b_parts = output
+    ctx.save_for_backward(a_g, b_g, u, v, a_parts, b_parts)
+    ctx.args = (tau, iters, symmetric)
+    ctx.mark_non_differentiable(u, v, a_parts, b_parts)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients of the potentials or the parts
+
+
+def _lite_global_backward(ctx, dw: Tensor | None, *_):
+    a_g, b_g, u, v, a_parts, b_parts = ctx.saved_tensors
     if dw is None:
         return None, None, None, None, None
-    da, db = lite_global_bwd(dw, a_g, b_g, u, v, *ctx.args)
+    da, db = lite_global_bwd(dw, a_g, b_g, u, v, a_parts, b_parts, *ctx.args)
     return da, db, None, None, None
 
 
-lite_global_fwd.register_autograd(_lite_global_backward, setup_context=_lite_setup)
+lite_global_fwd.register_autograd(_lite_global_backward, setup_context=_lite_global_setup)
 
 
 @LITE_WEIGHTS.register("triton")
