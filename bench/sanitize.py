@@ -135,10 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     parser.add_argument("--autocast", action="store_true",
                         help="run under torch.autocast(--dtype), as the benchmarks do: the GEMM-like ops "
-                        "then get 16-bit weights too (or lower the fp32 weights themselves, as the "
-                        "UniMixing and per-token FFN ops do) and take their tensor-core paths; without "
-                        "it, 16-bit activations with fp32 weights take the ops' mixed-dtype paths "
-                        "(documented per op)")
+                        "then get 16-bit weights too and take their tensor-core paths (without it, "
+                        "16-bit activations with fp32 weights take the fp32 paths)")
     args = parser.parse_args(argv)
     from unimixer_kernels._registry import triton_interpreter_on
 

@@ -186,21 +186,17 @@ def ffn_gemm_rows(usage: bool = True):
                                dict(consts, **cfg.kwargs), cfg.num_warps, cfg.num_stages, usage=usage,
                                divisible=divisible)
             yield f"ffn_token_gemm dual={dual}", (cfg.kwargs, cfg.num_warps, cfg.num_stages), res
-        # the fp32 C (fp32 weights' gradients, A transposed) is stored through pointers, from the
-        # two products' tile (pswiglu._token_gemm)
-        for a_t, b_t, c_tma in ((False, False, True), (False, True, True), (True, False, True),
-                                (True, False, False)):
-            bm, bn, bk, warps, stages, persistent = k._tma_launch(dual or not c_tma)
+        bm, bn, bk, warps, stages, persistent = k._tma_launch(dual)
+        for a_t, b_t in ((False, False), (False, True), (True, False)):
             ptrs = dict(A=f"tensordesc<bf16{[1, bk, bm] if a_t else [1, bm, bk]}>",
                         B=f"tensordesc<bf16{[1, bn, bk] if b_t else [1, bk, bn]}>", BIAS="*bf16",
-                        C=f"tensordesc<bf16{[1, bm, bn]}>" if c_tma else "*fp32")
+                        C=f"tensordesc<bf16{[1, bm, bn]}>")
             ptrs.update(A2=ptrs["A"], B2=ptrs["B"])
             tile = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
-            launch = dict(tile, TMA=True, A_T=a_t, B_T=b_t, C_TMA=c_tma, PERSISTENT=persistent)
+            launch = dict(tile, TMA=True, A_T=a_t, B_T=b_t, PERSISTENT=persistent)
             res = compile_sm90(k.ffn_token_gemm_kernel, ptrs, dict(consts, **launch), warps, stages,
                                usage=usage, divisible=divisible)
-            label = f"ffn_token_gemm dual={dual} tma a_t={a_t} b_t={b_t}" + ("" if c_tma else " fp32 C")
-            yield label, (tile, warps, stages), res
+            yield f"ffn_token_gemm dual={dual} tma a_t={a_t} b_t={b_t}", (tile, warps, stages), res
 
 
 def ffn_weight_rows(usage: bool = True, ptx: bool = False):

@@ -27,12 +27,9 @@ def pgelu_ffn_bwd(
     do: torch.Tensor, u: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
     g: torch.Tensor | None,
     bias_dtypes: tuple[torch.dtype, torch.dtype] = (torch.float32, torch.float32),
-    weight_grad_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(du, dw1, dw2, db1 [T, kD], db2 [T, D])``, the bias gradients in ``bias_dtypes``, the weight
-    gradients in ``weight_grad_dtype`` (default: the weights'; :func:`.pswiglu.ffn_bwd`)."""
+    """``(du, dw1, dw2, db1 [T, kD], db2 [T, D])``, the bias gradients in ``bias_dtypes``."""
     db1_dt, db2_dt = bias_dtypes
     du, dw1, _, dw2, db1, _, db2 = ffn_bwd(do, u, w1, None, w2, b1, None, g, None,
-                                           bias_dtypes=(db1_dt, db1_dt, db2_dt),
-                                           weight_grad_dtype=weight_grad_dtype)
+                                           bias_dtypes=(db1_dt, db1_dt, db2_dt))
     return du, dw1, dw2, db1, db2

@@ -68,11 +68,8 @@ tiles (persistent), two products in 128 x 128 tiles, one per program (see :func:
 ``_TMA_LAUNCH`` for the measurements behind both choices).
 
 Precision: fp32 inputs use ``input_precision="ieee"``; bf16/fp16 run the tensor cores with fp32
-accumulation, the hidden activation rounded to the input dtype before the second GEMM. fp32 weights
-beside 16-bit ``u`` are rounded to ``u``'s dtype once per call (:func:`lower_weights`, what autocast
-does to them; the ops take them so under autocast) and their gradients written in fp32 by the GEMMs
-or partial sums that form them; fp32 biases are added in fp32. Any other mix of dtypes is computed
-in fp32.
+accumulation, the hidden activation rounded to the input dtype before the second GEMM. When the
+weights' dtype differs from ``u``'s, everything is computed in fp32.
 
 With an RMSNorm in front (``rms_norm_ffn_fwd`` / ``rms_norm_ffn_bwd_``, the UniMixer block's
 ``pSwiGLU(RMSNorm(s))``) the forward normalises into a temporary ``u`` and only ``s`` is saved; the
@@ -482,7 +479,7 @@ def _gemm_tile(
     stride_am, stride_at, stride_ak, stride_bt, stride_bk, stride_bn, stride_cm, stride_ct, stride_cn,
     DUAL: tl.constexpr, HAS_BIAS: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    TMA: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr, C_TMA: tl.constexpr,
+    TMA: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr,
 ):
     """Output tile ``tile`` of :func:`ffn_token_gemm_kernel`: ``(t, m tile, n tile)`` with ``t`` the
     slowest index and, within a token, ``GROUP_M`` row tiles walking the column tiles together."""
@@ -523,7 +520,7 @@ def _gemm_tile(
             acc = tl.dot(a2, b2, acc, input_precision=PREC)
     if HAS_BIAS:
         acc += tl.load(BIAS + t * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    if C_TMA:
+    if TMA:
         C.store([t32, m0, n0], tl.reshape(acc.to(C.dtype), (1, BLOCK_M, BLOCK_N)))
     else:
         out = C + offs_m[:, None] * stride_cm + t * stride_ct + offs_n[None, :] * stride_cn
@@ -542,26 +539,25 @@ def ffn_token_gemm_kernel(
     DUAL: tl.constexpr, HAS_BIAS: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     TMA: tl.constexpr = False, A_T: tl.constexpr = False, B_T: tl.constexpr = False,
-    PERSISTENT: tl.constexpr = False, C_TMA: tl.constexpr = False,
+    PERSISTENT: tl.constexpr = False,
 ):
     """``C[t] = A[t] @ B[t] (+ A2[t] @ B2[t] when DUAL) (+ bias[t])`` for ``t < TOKENS``, one output
     tile (:func:`_gemm_tile`) per program, or with ``PERSISTENT`` a grid of about one program per SM
     walking the tiles in steps of the grid's size (one flattened loop, so that a tile's epilogue
     overlaps the next tile's first loads). Every GEMM of the wide-token path: the hidden
     pre-activations, the down projection, ``dA``, ``du`` and the weight gradients. With ``TMA`` the
-    operands are 3-d tensor descriptors (``A_T``/``B_T`` as ``TRANS`` in :func:`_desc_tile`), and with
-    ``C_TMA`` ``C`` too (not where ``C`` is fp32 beside 16-bit operands: fp32 weight gradients); else
-    pointers with strides."""
+    operands and ``C`` are 3-d tensor descriptors (``A_T``/``B_T`` as ``TRANS`` in
+    :func:`_desc_tile`), else pointers with strides."""
     if PERSISTENT:
         total = TOKENS * tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
         for tile in tl.range(tl.program_id(0), total, tl.num_programs(0), flatten=True):
             _gemm_tile(tile, A, B, A2, B2, BIAS, C, M, N, K, stride_am, stride_at, stride_ak, stride_bt,
                        stride_bk, stride_bn, stride_cm, stride_ct, stride_cn, DUAL, HAS_BIAS, CDT, PREC,
-                       BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, TMA, A_T, B_T, C_TMA)
+                       BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, TMA, A_T, B_T)
     else:
         _gemm_tile(tl.program_id(0), A, B, A2, B2, BIAS, C, M, N, K, stride_am, stride_at, stride_ak,
                    stride_bt, stride_bk, stride_bn, stride_cm, stride_ct, stride_cn, DUAL, HAS_BIAS, CDT,
-                   PREC, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, TMA, A_T, B_T, C_TMA)
+                   PREC, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, TMA, A_T, B_T)
 
 
 @triton.jit
@@ -617,32 +613,10 @@ _TL_DTYPES = {
 }
 
 
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def compute_dtype(u: torch.Tensor, weights) -> torch.dtype:
-    """``u``'s dtype where every weight has it, or where ``u`` is 16-bit and every weight fp32 (rounded to
-    ``u``'s dtype, :func:`lower_weights`); fp32 otherwise."""
-    if u.dtype in _TL_DTYPES and (all(w.dtype == u.dtype for w in weights) or (
-            u.dtype in _HALF and all(w.dtype == torch.float32 for w in weights))):
+def _compute_dtype(u: torch.Tensor, weights) -> torch.dtype:
+    if all(w.dtype == u.dtype for w in weights) and u.dtype in _TL_DTYPES:
         return u.dtype
     return torch.float32
-
-
-def lowers_weights(u: torch.Tensor, *weights: torch.Tensor | None) -> bool:
-    """Whether the FFN rounds ``weights`` (``None`` skipped) to ``u``'s dtype: ``u`` 16-bit, every weight
-    fp32 (as autocast leaves them for the ops that lower them themselves, ``_registry.py``)."""
-    ws = [w for w in weights if w is not None]
-    return bool(ws) and compute_dtype(u, ws) != ws[0].dtype
-
-
-def lower_weights(u: torch.Tensor, *weights: torch.Tensor | None) -> tuple:
-    """``weights`` as the FFN computes with them beside ``u``: rounded to ``u``'s dtype where
-    :func:`lowers_weights` (one cast each, autocast's, contiguous), else as they are (``None`` too)."""
-    if not lowers_weights(u, *weights):
-        return weights
-    return tuple(w.to(u.dtype, memory_format=torch.contiguous_format) if w is not None else None
-                 for w in weights)
 
 
 def _prec(cdt: torch.dtype) -> str:
@@ -719,14 +693,11 @@ def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=
     dual = a2 is not None
     if tma is None:
         tma = _use_tma(m, n, k, dual)
-    # an fp32 C beside 16-bit operands (fp32 weights' gradients) is stored through pointers
-    c_tma = c.dtype == cdt
     if tma:
         descs = [_operand_desc(x, r, t, cc, st, cdt) if x is not None else None
                  for x, r, cc, st in ((a, m, k, a_strides), (b, k, n, b_strides), (a2, m, k, a_strides),
-                                      (b2, k, n, b_strides), (c if c_tma else None, m, n, sc))]
-        if any(d is None for d, x in zip(descs, (a, b, a2, b2, c if c_tma else None)) if x is not None) \
-                or (c_tma and descs[4][1]):
+                                      (b2, k, n, b_strides), (c, m, n, sc))]
+        if any(d is None for d, x in zip(descs, (a, b, a2, b2, c)) if x is not None) or descs[4][1]:
             if tma is True:
                 raise ValueError("tma=True: an operand is not readable through a tensor descriptor")
             descs = None
@@ -739,9 +710,7 @@ def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=
 
         ffn_token_gemm_kernel[grid](a, b, a2 if dual else a, b2 if dual else b, bias, c, *sizes, **consts)
         return
-    # an fp32 C takes the two products' 128 x 128 tile: converting a 128 x 256 fp32 accumulator for its
-    # pointer stores needs 128 KiB of shared memory beside the pipeline's 144 (bench/sm90.py)
-    bm, bn, bk, warps, stages, persistent = _tma_launch(dual or not c_tma)
+    bm, bn, bk, warps, stages, persistent = _tma_launch(dual)
     for d, (r, cc) in zip(descs, ((bm, bk), (bk, bn), (bm, bk), (bk, bn), (bm, bn))):
         if d is not None:
             _set_block(d, r, cc)
@@ -749,9 +718,9 @@ def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=
     tiles = t * triton.cdiv(m, bm) * triton.cdiv(n, bn)
     grid = min(tiles, sm_count(c.device)) if persistent else tiles
     ffn_token_gemm_kernel.fn[(grid,)](
-        *(d[0] for d in descs[:4]), bias, descs[4][0] if c_tma else c, *sizes, **consts, TMA=True,
-        A_T=descs[0][1], B_T=descs[1][1], C_TMA=c_tma, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        PERSISTENT=persistent, num_warps=warps, num_stages=stages)
+        *(d[0] for d in descs[:4]), bias, descs[4][0], *sizes, **consts, TMA=True, A_T=descs[0][1],
+        B_T=descs[1][1], BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PERSISTENT=persistent, num_warps=warps,
+        num_stages=stages)
 
 
 # The TMA path's launch by the number of products (False: one, True: two): (BLOCK_M, BLOCK_N, BLOCK_K,
@@ -894,14 +863,12 @@ def ffn_fwd(
     in (:func:`_token_chunk`), so that its unsaved hidden buffers stay as small.
 
     ``u`` may have any strides; the weights and biases are made contiguous (a no-op for
-    ordinary parameters), fp32 weights beside 16-bit ``u`` rounded to its dtype (:func:`lower_weights`:
-    pass the rounded ones to skip that cast)."""
+    ordinary parameters)."""
     bs, t, d = u.shape
     h = w1.shape[-1]
     gated = w3 is not None
-    w1, w3, w2 = lower_weights(u, w1, w3, w2)
     w1, w3, w2, b1, b3, b2 = (_contig(x) for x in (w1, w3, w2, b1, b3, b2))
-    cdt = compute_dtype(u, [w for w in (w1, w3, w2) if w is not None])
+    cdt = _compute_dtype(u, [w for w in (w1, w3, w2) if w is not None])
     o = new_output((bs, t, d), like=u)
     if bs > 0 and t > 0 and not _fused(d, cdt):
         g = new_output((t, bs, h), like=u, dtype=cdt) if save else None
@@ -987,17 +954,14 @@ def ffn_bwd(
     n_split: int | None = None,
     bias_dtypes: tuple[torch.dtype, torch.dtype, torch.dtype] | None = None,
     prenorm: TokenPassNorm | None = None,
-    weight_grad_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Backward of :func:`ffn_fwd`. ``g``/``v`` are the saved hidden pre-activations, or ``None``
     to recompute them. ``n_split`` (default: sized to the GPU) is the number of sample ranges
     per token whose fp32 weight-gradient partials are summed in a second pass, one launch for all
     six (the fused path only: the wide-token path reduces every sample inside each GEMM tile and
     ignores it). Returns ``(du, dw1, dw3 or None, dw2, db1, db3 or None, db2)``; the weight
-    gradients have the weights' dtypes, or ``weight_grad_dtype`` (fp32 for the fp32 weights the forward
-    lowered, :func:`lower_weights`, passed here as it lowered them: neither is cast again, and the
-    gradients leave their GEMMs or partial sums in fp32), the bias gradients ``[T, h]`` / ``[T, D]`` the
-    dtypes ``bias_dtypes`` of ``(db1, db3, db2)`` (default fp32).
+    gradients have the weights' dtypes, the bias gradients ``[T, h]`` / ``[T, D]`` the dtypes
+    ``bias_dtypes`` of ``(db1, db3, db2)`` (default fp32).
 
     ``prenorm``: the FFN's input is ``RMSNorm(s)`` (``u`` is then ``s``, ``g`` and ``v`` are
     ``None``). Each token pass recomputes its ``u`` and turns its ``du`` into ``ds``
@@ -1006,10 +970,8 @@ def ffn_bwd(
     bs, t, d = u.shape
     h = w1.shape[-1]
     gated = w3 is not None
-    dw1_dt, dw3_dt, dw2_dt = (weight_grad_dtype or (w.dtype if w is not None else None) for w in (w1, w3, w2))
-    w1, w3, w2 = lower_weights(u, w1, w3, w2)
     w1, w3, w2, b1, b3 = (_contig(x) for x in (w1, w3, w2, b1, b3))
-    cdt = compute_dtype(u, [w for w in (w1, w3, w2) if w is not None])
+    cdt = _compute_dtype(u, [w for w in (w1, w3, w2) if w is not None])
     tdt = _TL_DTYPES[cdt]
     db1_dt, db3_dt, db2_dt = bias_dtypes if bias_dtypes is not None else (torch.float32,) * 3
     if prenorm is not None and g is not None:
@@ -1019,15 +981,15 @@ def ffn_bwd(
         if prenorm is not None:
             prenorm.plan([])
             prenorm.dw.zero_()
-        zeros = [torch.zeros(x.shape, device=u.device, dtype=dt) if x is not None else None
-                 for x, dt in ((w1, dw1_dt), (w3, dw3_dt), (w2, dw2_dt))]
+        zeros = [torch.zeros(x.shape, device=u.device, dtype=x.dtype) if x is not None else None
+                 for x in (w1, w3, w2)]
         bz = [torch.zeros(shape, device=u.device, dtype=dt)
               for shape, dt in (((t, h), db1_dt), ((t, h), db3_dt), ((t, d), db2_dt))]
         return du, zeros[0], zeros[1], zeros[2], bz[0], (bz[1] if gated else None), bz[2]
     saved = g is not None
-    dw1, dw2 = new_output(w1.shape, like=w1, dtype=dw1_dt), new_output(w2.shape, like=w2, dtype=dw2_dt)
-    dw3 = new_output(w3.shape, like=w3, dtype=dw3_dt) if gated else None
     if not _fused(d, cdt):
+        dw1, dw2 = new_output(w1.shape, like=w1), new_output(w2.shape, like=w2)
+        dw3 = new_output(w3.shape, like=w3) if gated else None
         db1 = new_output((t, h), like=u, dtype=db1_dt)
         db3 = new_output((t, h), like=u, dtype=db3_dt) if gated else None
         db2 = new_output((t, d), like=u, dtype=db2_dt)
@@ -1068,8 +1030,10 @@ def ffn_bwd(
     lean = recompute_hidden_grads()
     bd, bh = _weight_tiles(d, h, lean)
     d_tiles, h_tiles = triton.cdiv(d, bd), triton.cdiv(h, bh)
+    dw1, dw2 = new_output(w1.shape, like=w1), new_output(w2.shape, like=w2)
     db1 = new_output((t, h), like=u, dtype=db1_dt)
     db2 = new_output((t, d), like=u, dtype=db2_dt)
+    dw3 = new_output(w3.shape, like=w3) if gated else None
     db3 = new_output((t, h), like=u, dtype=db3_dt) if gated else None
     f32 = dict(device=u.device, dtype=torch.float32)
     dummy = w1
@@ -1179,12 +1143,10 @@ def rms_norm_ffn_bwd_(
     b1: torch.Tensor | None,
     b3: torch.Tensor | None,
     bias_dtypes: tuple[torch.dtype, torch.dtype, torch.dtype] | None = None,
-    weight_grad_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward of :func:`rms_norm_ffn_fwd` with ``ds`` written over ``s`` ([bs, T, D], unit stride
     along ``D``), pass by pass (:class:`.rms_norm.TokenPassNorm`): neither ``u`` nor ``du`` is held
     whole. Returns ``(dnorm_weight, dw1, dw3 or None, dw2, db1, db3 or None, db2)``."""
     prenorm = TokenPassNorm(s, norm_weight, eps, ds=s)
-    _, *grads = ffn_bwd(do, s, w1, w3, w2, b1, b3, None, None, bias_dtypes=bias_dtypes, prenorm=prenorm,
-                        weight_grad_dtype=weight_grad_dtype)
+    _, *grads = ffn_bwd(do, s, w1, w3, w2, b1, b3, None, None, bias_dtypes=bias_dtypes, prenorm=prenorm)
     return (prenorm.dw, *grads)

@@ -1502,15 +1502,16 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
 def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype, parts=False):
     """Tiled backward: ``dM [n_mat, n, n]`` in ``out_dtype``, the gradient with respect to the
     (pre-symmetrisation) logits ``src``, or to ``a @ b`` in the low-rank mode. ``parts`` (fp32
-    ``out_dtype`` only): ``dM`` as its three bf16 parts ``[3, n_mat, n, n]`` for :mod:`.gemm_fp32`,
-    stored so by the resident kernels' last pass (the one-launch-per-half-step kernels' fp32 ``dM``
-    doubles as a workspace, so it is split after them)."""
+    ``out_dtype`` only): where the resident kernels run, ``dM`` as its three bf16 parts
+    ``[3, n_mat, n, n]`` for :mod:`.gemm_fp32`, stored so by their last pass; elsewhere the fp32 ``dM``
+    all the same (the one-launch-per-half-step kernels' ``dM`` doubles as a workspace), which the caller
+    splits once this call's buffers are freed (split here, ``src`` and the workspaces would still be
+    alive: 129 MiB more at the Lite block's peak at ``paper-100m``, run120)."""
     if parts and out_dtype != torch.float32:
         raise ValueError(f"tiled_bwd: parts are of an fp32 dM, got out_dtype={out_dtype}")
     like = src if src is not None else a
     if n_mat == 0 or n == 0:
-        shape = (3, n_mat, n, n) if parts else (n_mat, n, n)
-        return new_output(shape, like=like, dtype=torch.bfloat16 if parts else out_dtype)
+        return new_output((n_mat, n, n), like=like, dtype=out_dtype)
     bm, bn, n_rt, n_ct, mode, rank, strides, meta = _tile_args(n, src, a, b)
     scale = grad_scale = (0.5 if symmetric else 1.0) / tau
     s_src, s_a, s_b = (a, a, b) if a is not None else (src, src, src)
@@ -1576,7 +1577,7 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype, p
     if symmetric and not pairs:
         sinkhorn_tile_sym_kernel[grid](g, dx, n, n_ct, grad_scale, next(flips), BM=bm, BN=bn,
                                        num_warps=LAST_WARPS, EVEN=meta["EVEN"], **pdl)
-    return split_parts(dx.view(n_mat * n, n))[0].view(3, n_mat, n, n) if parts else dx
+    return dx
 
 
 # --- entry points used by the ops ----------------------------------------------------------------
@@ -1748,9 +1749,8 @@ def lite_global_bwd(dp, a_g, b_g, u, v, tau: float, iters: int, symmetric: bool,
     if a_parts is not None:
         mm.adopt(a, a_parts)
         mm.adopt(b, b_parts)
-    parts = mm.mode == "split"
     dm = tiled_bwd(dp.view(1, n, n), *_lowrank_operands(a, b, mm), u.view(1, iters, n), v.view(1, iters, n),
-                   1, n, iters, tau, symmetric, torch.float32, parts=parts)
-    dm = Split(dm.view(3, n, n)) if parts else dm.view(n, n)
+                   1, n, iters, tau, symmetric, torch.float32, parts=mm.mode == "split")
+    dm = Split(dm.view(3, n, n)) if dm.dtype == torch.bfloat16 else dm.view(n, n)  # parts, or split by mm
     da, db = mm((dm, b_g.t()), (a_g.t(), dm))
     return da.to(a_g.dtype), db.to(b_g.dtype)

@@ -67,24 +67,8 @@ def test_pgelu_ffn_opcheck(device, save):
     torch.library.opcheck(pgelu_ffn_fwd, (u, w1, b1, w2, b2, save))
     torch.library.opcheck(pgelu_ffn_fwd, (u, w1, None, w2, None, save))
     g = torch.randn(t, bs, kd, device=device) if save else None
-    args = (torch.randn(bs, t, d, device=device), u.detach(), w1.detach(), b1.detach(), w2.detach(), None, g,
-            False)
+    args = (torch.randn(bs, t, d, device=device), u.detach(), w1.detach(), b1.detach(), w2.detach(), None, g)
     torch.library.opcheck(pgelu_ffn_bwd, args)
-
-
-@pytest.mark.triton
-def test_pgelu_ffn_opcheck_lowered(device):
-    # fp16 activations with fp32 weights: the forward's lowered weight copies, the backward's fp32 gradients
-    bs, t, d, kd = 2, 2, 16, 16
-    u = random_input((bs, t, d), torch.float16, device, requires_grad=True)
-    w1, b1, w2, b2 = _params(t, d, kd, torch.float32, device, True)
-    torch.library.opcheck(pgelu_ffn_fwd, (u, w1, b1, w2, b2, False))
-    _, _, l1, l2 = pgelu_ffn_fwd(u.detach(), w1.detach(), b1.detach(), w2.detach(), b2.detach(), False)
-    assert l1.dtype == l2.dtype == torch.float16 and l2.shape == w2.shape
-    args = (torch.randn(bs, t, d, device=device, dtype=torch.float16), u.detach(), l1, None, l2, b2.detach(),
-            None, True)
-    torch.library.opcheck(pgelu_ffn_bwd, args)
-    assert [x.dtype for x in pgelu_ffn_bwd(*args)[1:]] == [torch.float32] * 4
 
 
 def test_pgelu_ffn_bad_input():

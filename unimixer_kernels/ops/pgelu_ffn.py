@@ -3,8 +3,6 @@
 The Triton backend shares the per-token FFN kernels of ``pswiglu`` (plain form, exact GELU
 epilogue). ``recompute=True`` (default) recomputes the hidden pre-activation ``g = u W1 + b1``
 in the backward; ``recompute=False`` saves it (``bs * T * kD`` elements in the compute dtype).
-Dtypes and autocast as for ``pswiglu`` (``ops/pswiglu.py``): under autocast the Triton backend lowers
-the fp32 weights itself and writes their gradients in fp32.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ from torch import Tensor
 from .. import reference
 from .._checks import check_optional_tensor, check_same_device, check_shape, check_tensor
 from .._registry import define_op
-from .pswiglu import lowered_fakes, lowered_outputs, saved_weights
 
 PGELU_FFN = define_op("pgelu_ffn", autocast="lower")
 
@@ -31,79 +28,64 @@ def _kernels():
     return kernels
 
 
-def _ffn_kernels():
-    from ..triton_kernels import pswiglu as kernels
-
-    return kernels
-
-
 # --- Triton: forward and backward custom ops -------------------------------------------------
 
 
 @torch.library.custom_op("unimixer::pgelu_ffn_fwd", mutates_args=())
 def pgelu_ffn_fwd(
     u: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, save: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(o, g, w1 lowered, w2 lowered)``: ``g`` is ``[T, bs, kD]`` when ``save``, else empty; the
-    lowered weights as in ``pswiglu_fwd`` (``ops/pswiglu.py``, :func:`.pswiglu.lowered_outputs`)."""
-    lowered = _ffn_kernels().lower_weights(u, w1, w2)
-    o, g = _kernels().pgelu_ffn_fwd(u, lowered[0], b1, lowered[1], b2, save)
-    return o, (g if g is not None else u.new_empty((0,))), *lowered_outputs(u, (w1, w2), lowered)
+) -> tuple[Tensor, Tensor]:
+    """``(o, g)``: ``g`` is ``[T, bs, kD]`` when ``save``, else empty."""
+    o, g = _kernels().pgelu_ffn_fwd(u, w1, b1, w2, b2, save)
+    return o, (g if g is not None else u.new_empty((0,)))
 
 
 @pgelu_ffn_fwd.register_fake
 def _(u, w1, b1, w2, b2, save):
-    lowered = lowered_fakes(u, w1, w2)
     if not save:
-        return u.new_empty(u.shape), u.new_empty((0,)), *lowered
+        return u.new_empty(u.shape), u.new_empty((0,))
     bs, t, _ = u.shape
-    dt = _ffn_kernels().compute_dtype(u, (w1, w2))
-    return u.new_empty(u.shape), u.new_empty((t, bs, w1.shape[-1]), dtype=dt), *lowered
+    dt = u.dtype if (w1.dtype == u.dtype and w2.dtype == u.dtype) else torch.float32
+    return u.new_empty(u.shape), u.new_empty((t, bs, w1.shape[-1]), dtype=dt)
 
 
 @torch.library.custom_op("unimixer::pgelu_ffn_bwd", mutates_args=())
 def pgelu_ffn_bwd(
-    do: Tensor, u: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, g: Tensor | None,
-    lowered: bool,
+    do: Tensor, u: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, g: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(du, dw1, db1, dw2, db2)``; ``lowered`` as in ``pswiglu_bwd``. A bias gradient has the bias
-    dtype (the weight gradient's if absent)."""
-    wdt = torch.float32 if lowered else None
-    dtypes = tuple(b.dtype if b is not None else wdt or w.dtype for b, w in ((b1, w1), (b2, w2)))
-    du, dw1, dw2, db1, db2 = _kernels().pgelu_ffn_bwd(do, u, w1, b1, w2, g, bias_dtypes=dtypes,
-                                                      weight_grad_dtype=wdt)
+    """``(du, dw1, db1, dw2, db2)``; a bias gradient has the bias dtype (the weight's if absent)."""
+    dtypes = (b1.dtype if b1 is not None else w1.dtype, b2.dtype if b2 is not None else w2.dtype)
+    du, dw1, dw2, db1, db2 = _kernels().pgelu_ffn_bwd(do, u, w1, b1, w2, g, bias_dtypes=dtypes)
     return du, dw1, db1, dw2, db2
 
 
 @pgelu_ffn_bwd.register_fake
-def _(do, u, w1, b1, w2, b2, g, lowered):
+def _(do, u, w1, b1, w2, b2, g):
     t, d, kd = w1.shape
-    dw1, dw2 = (w.new_empty(w.shape, dtype=torch.float32 if lowered else w.dtype) for w in (w1, w2))
     return (
         u.new_empty(u.shape),
-        dw1,
-        u.new_empty((t, kd), dtype=b1.dtype if b1 is not None else dw1.dtype),
-        dw2,
-        u.new_empty((t, d), dtype=b2.dtype if b2 is not None else dw2.dtype),
+        w1.new_empty(w1.shape),
+        u.new_empty((t, kd), dtype=b1.dtype if b1 is not None else w1.dtype),
+        w2.new_empty(w2.shape),
+        u.new_empty((t, d), dtype=b2.dtype if b2 is not None else w2.dtype),
     )
 
 
 def _pgelu_setup(ctx, inputs, output) -> None:
     u, w1, b1, w2, b2, save = inputs
-    _, g, *lowered = output
+    _, g = output
     ctx.save = save
     ctx.has_bias = (b1 is not None, b2 is not None)
-    w1, w2 = saved_weights(ctx, u, (w1, w2), tuple(lowered))
     ctx.save_for_backward(u, w1, b1, w2, b2, g)
-    ctx.mark_non_differentiable(g, *lowered)
+    ctx.mark_non_differentiable(g)
     ctx.set_materialize_grads(False)  # no zero-filled [T, bs, kD] gradient of g
 
 
-def _pgelu_backward(ctx, do: Tensor | None, *_):
+def _pgelu_backward(ctx, do: Tensor | None, _dg: Tensor | None):
     if do is None:
         return (None,) * 6
     u, w1, b1, w2, b2, g = ctx.saved_tensors
-    du, dw1, db1, dw2, db2 = pgelu_ffn_bwd(do, u, w1, b1, w2, b2, g if ctx.save else None, ctx.lowered)
+    du, dw1, db1, dw2, db2 = pgelu_ffn_bwd(do, u, w1, b1, w2, b2, g if ctx.save else None)
     has_b1, has_b2 = ctx.has_bias
     return du, dw1, db1 if has_b1 else None, dw2, db2 if has_b2 else None, None
 
@@ -111,8 +93,7 @@ def _pgelu_backward(ctx, do: Tensor | None, *_):
 pgelu_ffn_fwd.register_autograd(_pgelu_backward, setup_context=_pgelu_setup)
 
 
-# the weights and biases (1-4) stay uncast under autocast, as for pswiglu (ops/pswiglu.py)
-@PGELU_FFN.register("triton", lowers=(1, 2, 3, 4))
+@PGELU_FFN.register("triton")
 def _pgelu_ffn_triton(u, w1, b1, w2, b2, recompute: bool = True) -> Tensor:
     return pgelu_ffn_fwd(u, w1, b1, w2, b2, not recompute)[0]
 

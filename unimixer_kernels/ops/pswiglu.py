@@ -6,13 +6,6 @@ reduces the weight gradients deterministically. ``recompute=True`` (the default)
 but the inputs and recomputes the hidden pre-activations ``g = u W_gate + b_g`` and
 ``v = u W_up + b_u`` in the backward (two of the five GEMMs again); ``recompute=False`` saves
 them (``2 * bs * T * h`` elements in the compute dtype, the largest activations of the op).
-
-Dtypes and autocast: 16-bit ``u`` with fp32 weights computes in ``u``'s dtype, the weights rounded to
-it once per call; fp32 biases are added in fp32. Under autocast the Triton backend takes the weights and
-biases uncast (``lowers``, ``_registry.py``): the forward rounds the weights as autocast's casts would,
-saves those copies for the backward in their place, and the backward writes the weight and bias
-gradients in fp32 from the GEMMs and partial sums that form them, instead of autocast casting the
-16-bit gradients back after the op. Any other mix of dtypes is computed in fp32.
 """
 
 from __future__ import annotations
@@ -55,54 +48,25 @@ def pswiglu_fwd(
     b_up: Tensor | None,
     b_down: Tensor | None,
     save: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(o, g, v, *lowered)``: ``g``/``v`` are ``[T, bs, h]`` when ``save``, else empty; ``lowered``: the
-    weights as rounded to ``u``'s dtype where the op lowers them (:func:`lowered_outputs`)."""
-    kernels = _kernels()
-    weights = (w_gate, w_up, w_down)
-    lowered = kernels.lower_weights(u, *weights)
-    o, g, v = kernels.ffn_fwd(u, *lowered, b_gate, b_up, b_down, save)
-    return (o, (g if g is not None else _empty(u)), (v if v is not None else _empty(u)),
-            *lowered_outputs(u, weights, lowered))
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(o, g, v)``: ``g``/``v`` are ``[T, bs, h]`` when ``save``, else empty."""
+    o, g, v = _kernels().ffn_fwd(u, w_gate, w_up, w_down, b_gate, b_up, b_down, save)
+    return o, (g if g is not None else _empty(u)), (v if v is not None else _empty(u))
 
 
-def lowered_outputs(u: Tensor, weights: tuple[Tensor, ...], lowered: tuple[Tensor, ...]
-                    ) -> tuple[Tensor, ...]:
-    """The weights' lowered copies as a custom op's outputs: fp32 weights beside 16-bit ``u`` (as the
-    ``lowers`` of the Triton backends leave them under autocast, ``_registry.py``) are rounded to ``u``'s
-    dtype once in the forward, which saves those copies for the backward (as autocast's casts before
-    the op did) and writes the weights' gradients in fp32 (no casts of them after the op); empty where
-    the weights are used as they are."""
-    if _kernels().lowers_weights(u, *weights):
-        return lowered
-    return tuple(_empty(u) for _ in weights)
-
-
-def lowered_fakes(u: Tensor, *weights: Tensor) -> tuple[Tensor, ...]:
-    """Fakes of :func:`lowered_outputs`."""
-    if _kernels().lowers_weights(u, *weights):
-        return tuple(w.new_empty(w.shape, dtype=u.dtype) for w in weights)
-    return tuple(_empty(u) for _ in weights)
-
-
-def saved_weights(ctx, u: Tensor, weights: tuple[Tensor, ...], lowered: tuple[Tensor, ...]
-                  ) -> tuple[Tensor, ...]:
-    """The weights a backward computes with: the lowered copies where the forward made them (recorded as
-    ``ctx.lowered``), else the weights."""
-    ctx.lowered = _kernels().lowers_weights(u, *weights)
-    return lowered if ctx.lowered else weights
+def _hidden_dtype(u: Tensor, *weights: Tensor) -> torch.dtype:
+    same = all(w.dtype == u.dtype for w in weights)
+    return u.dtype if same else torch.float32
 
 
 @pswiglu_fwd.register_fake
 def _(u, w_gate, w_up, w_down, b_gate, b_up, b_down, save):
     bs, t, _ = u.shape
     h = w_gate.shape[-1]
-    lowered = lowered_fakes(u, w_gate, w_up, w_down)
     if save:
-        dt = _kernels().compute_dtype(u, (w_gate, w_up, w_down))
-        return (u.new_empty(u.shape), u.new_empty((t, bs, h), dtype=dt), u.new_empty((t, bs, h), dtype=dt),
-                *lowered)
-    return u.new_empty(u.shape), _empty(u), _empty(u), *lowered
+        dt = _hidden_dtype(u, w_gate, w_up, w_down)
+        return u.new_empty(u.shape), u.new_empty((t, bs, h), dtype=dt), u.new_empty((t, bs, h), dtype=dt)
+    return u.new_empty(u.shape), _empty(u), _empty(u)
 
 
 @torch.library.custom_op("unimixer::pswiglu_bwd", mutates_args=())
@@ -117,56 +81,50 @@ def pswiglu_bwd(
     b_down: Tensor | None,
     g: Tensor | None,
     v: Tensor | None,
-    lowered: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(du, dw_gate, dw_up, dw_down, db_gate, db_up, db_down)``; ``lowered``: the weights are the
-    forward's lowered copies of fp32 weights, whose gradients are then fp32. The bias gradients have
-    the bias dtype (the weight gradients' when the bias is absent)."""
-    dtypes = bias_grad_dtypes(w_gate, w_up, w_down, b_gate, b_up, b_down, lowered)
-    return _kernels().ffn_bwd(do, u, w_gate, w_up, w_down, b_gate, b_up, g, v, bias_dtypes=dtypes,
-                              weight_grad_dtype=torch.float32 if lowered else None)
+    """``(du, dw_gate, dw_up, dw_down, db_gate, db_up, db_down)``; the bias gradients have the
+    bias dtype (the weight dtype when the bias is absent)."""
+    dtypes = bias_grad_dtypes(w_gate, w_up, w_down, b_gate, b_up, b_down)
+    return _kernels().ffn_bwd(do, u, w_gate, w_up, w_down, b_gate, b_up, g, v, bias_dtypes=dtypes)
 
 
-def bias_grad_dtypes(w_gate, w_up, w_down, b_gate, b_up, b_down, lowered: bool) -> tuple[torch.dtype, ...]:
-    """The dtypes of ``(db_gate, db_up, db_down)``: each bias's, or its weight gradient's when absent."""
-    return tuple(b.dtype if b is not None else (torch.float32 if lowered else w.dtype)
+def bias_grad_dtypes(w_gate, w_up, w_down, b_gate, b_up, b_down) -> tuple[torch.dtype, ...]:
+    """The dtypes of ``(db_gate, db_up, db_down)``: each bias's, or its weight's when absent."""
+    return tuple(b.dtype if b is not None else w.dtype
                  for b, w in ((b_gate, w_gate), (b_up, w_up), (b_down, w_down)))
 
 
-def weight_grad_fakes(like: Tensor, w_gate, w_up, w_down, b_gate, b_up, b_down,
-                      lowered: bool) -> tuple[Tensor, ...]:
+def weight_grad_fakes(like: Tensor, w_gate, w_up, w_down, b_gate, b_up, b_down) -> tuple[Tensor, ...]:
     """Fake ``(dw_gate, dw_up, dw_down, db_gate, db_up, db_down)`` of a pSwiGLU backward."""
     t, d, h = w_gate.shape
-    dbg, dbu, dbd = bias_grad_dtypes(w_gate, w_up, w_down, b_gate, b_up, b_down, lowered)
-    dws = tuple(w.new_empty(w.shape, dtype=torch.float32 if lowered else w.dtype)
-                for w in (w_gate, w_up, w_down))
-    return (*dws, like.new_empty((t, h), dtype=dbg), like.new_empty((t, h), dtype=dbu),
+    dbg, dbu, dbd = bias_grad_dtypes(w_gate, w_up, w_down, b_gate, b_up, b_down)
+    return (w_gate.new_empty(w_gate.shape), w_up.new_empty(w_up.shape), w_down.new_empty(w_down.shape),
+            like.new_empty((t, h), dtype=dbg), like.new_empty((t, h), dtype=dbu),
             like.new_empty((t, d), dtype=dbd))
 
 
 @pswiglu_bwd.register_fake
-def _(do, u, w_gate, w_up, w_down, b_gate, b_up, b_down, g, v, lowered):
-    return (u.new_empty(u.shape), *weight_grad_fakes(u, w_gate, w_up, w_down, b_gate, b_up, b_down, lowered))
+def _(do, u, w_gate, w_up, w_down, b_gate, b_up, b_down, g, v):
+    return (u.new_empty(u.shape), *weight_grad_fakes(u, w_gate, w_up, w_down, b_gate, b_up, b_down))
 
 
 def _pswiglu_setup(ctx, inputs, output) -> None:
     u, w_gate, w_up, w_down, b_gate, b_up, b_down, save = inputs
-    _, g, v, *lowered = output
+    _, g, v = output
     ctx.save = save
     ctx.has_bias = (b_gate is not None, b_up is not None, b_down is not None)
-    weights = saved_weights(ctx, u, (w_gate, w_up, w_down), tuple(lowered))
-    ctx.save_for_backward(u, *weights, b_gate, b_up, b_down, g, v)
-    ctx.mark_non_differentiable(g, v, *lowered)
+    ctx.save_for_backward(u, w_gate, w_up, w_down, b_gate, b_up, b_down, g, v)
+    ctx.mark_non_differentiable(g, v)
     ctx.set_materialize_grads(False)  # no zero-filled [T, bs, h] gradients of g and v
 
 
-def _pswiglu_backward(ctx, do: Tensor | None, *_):
+def _pswiglu_backward(ctx, do: Tensor | None, _dg: Tensor | None, _dv: Tensor | None):
     if do is None:
         return (None,) * 8
     u, w_gate, w_up, w_down, b_gate, b_up, b_down, g, v = ctx.saved_tensors
     du, dwg, dwu, dwd, dbg, dbu, dbd = pswiglu_bwd(
         do, u, w_gate, w_up, w_down, b_gate, b_up, b_down,
-        g if ctx.save else None, v if ctx.save else None, ctx.lowered,
+        g if ctx.save else None, v if ctx.save else None,
     )
     has_bg, has_bu, has_bd = ctx.has_bias
     return (du, dwg, dwu, dwd, dbg if has_bg else None, dbu if has_bu else None,
@@ -176,9 +134,7 @@ def _pswiglu_backward(ctx, do: Tensor | None, *_):
 pswiglu_fwd.register_autograd(_pswiglu_backward, setup_context=_pswiglu_setup)
 
 
-# the weights and biases (1-6) stay uncast under autocast: the backend lowers the weights itself
-# (lowered_outputs) and adds fp32 biases in fp32
-@PSWIGLU.register("triton", lowers=(1, 2, 3, 4, 5, 6))
+@PSWIGLU.register("triton")
 def _pswiglu_triton(u, w_gate, w_up, w_down, b_gate, b_up, b_down, recompute: bool = True) -> Tensor:
     return pswiglu_fwd(u, w_gate, w_up, w_down, b_gate, b_up, b_down, not recompute)[0]
 

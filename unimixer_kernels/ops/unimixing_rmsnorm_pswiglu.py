@@ -32,15 +32,7 @@ from torch import Tensor
 from .. import reference
 from .._checks import check_same_device, check_shape, check_tensor
 from .._registry import define_op
-from .pswiglu import (
-    bias_grad_dtypes,
-    check_pswiglu_args,
-    lowered_fakes,
-    lowered_outputs,
-    pswiglu_fwd,
-    saved_weights,
-    weight_grad_fakes,
-)
+from .pswiglu import bias_grad_dtypes, check_pswiglu_args, pswiglu_fwd, weight_grad_fakes
 from .unimixing import (
     check_mixing_args,
     check_triton_dtypes,
@@ -75,20 +67,16 @@ def rms_norm_pswiglu_fwd(
     b_up: Tensor | None,
     b_down: Tensor | None,
     input_is_private: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(pSwiGLU(RMSNorm(s)), *lowered)``, the lowered weights as in ``pswiglu_fwd``
-    (:func:`.pswiglu.lowered_outputs`). With ``input_is_private`` the caller promises that nothing reads
+) -> Tensor:
+    """``pSwiGLU(RMSNorm(s))``. With ``input_is_private`` the caller promises that nothing reads
     ``s`` after this op (true in the composite: ``s`` is its own intermediate), and the backward
     writes ``ds`` over it; otherwise over a copy."""
-    weights = (w_gate, w_up, w_down)
-    lowered = _kernels().lower_weights(s, *weights)
-    o = _kernels().rms_norm_ffn_fwd(s, norm_weight, eps, *lowered, b_gate, b_up, b_down)
-    return o, *lowered_outputs(s, weights, lowered)
+    return _kernels().rms_norm_ffn_fwd(s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down)
 
 
 @rms_norm_pswiglu_fwd.register_fake
 def _(s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down, input_is_private):
-    return s.new_empty(s.shape), *lowered_fakes(s, w_gate, w_up, w_down)
+    return s.new_empty(s.shape)
 
 
 @torch.library.custom_op("unimixer::rms_norm_pswiglu_bwd", mutates_args=("s",))
@@ -103,43 +91,34 @@ def rms_norm_pswiglu_bwd(
     b_gate: Tensor | None,
     b_up: Tensor | None,
     b_down: Tensor | None,
-    lowered: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(dnorm_weight, dw_gate, dw_up, dw_down, db_gate, db_up, db_down)``; ``ds`` is written over
-    ``s`` (contiguous). ``lowered`` as in ``pswiglu_bwd``. The bias gradients have the bias dtype (the
-    weight gradients' when absent)."""
+    ``s`` (contiguous). The bias gradients have the bias dtype (the weight dtype when absent)."""
     if not s.is_contiguous():
         raise ValueError("s: expected a contiguous tensor (ds is written over it); pass s.contiguous()")
-    dtypes = bias_grad_dtypes(w_gate, w_up, w_down, b_gate, b_up, b_down, lowered)
+    dtypes = bias_grad_dtypes(w_gate, w_up, w_down, b_gate, b_up, b_down)
     return _kernels().rms_norm_ffn_bwd_(do, s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up,
-                                        bias_dtypes=dtypes,
-                                        weight_grad_dtype=torch.float32 if lowered else None)
+                                        bias_dtypes=dtypes)
 
 
 @rms_norm_pswiglu_bwd.register_fake
-def _(do, s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down, lowered):
+def _(do, s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down):
     return (norm_weight.new_empty(norm_weight.shape),
-            *weight_grad_fakes(s, w_gate, w_up, w_down, b_gate, b_up, b_down, lowered))
+            *weight_grad_fakes(s, w_gate, w_up, w_down, b_gate, b_up, b_down))
 
 
 def _rms_norm_pswiglu_setup(ctx, inputs, output) -> None:
     s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down, input_is_private = inputs
-    _, *lowered = output
     ctx.eps, ctx.input_is_private = eps, input_is_private
     ctx.has_bias = (b_gate is not None, b_up is not None, b_down is not None)
-    weights = saved_weights(ctx, s, (w_gate, w_up, w_down), tuple(lowered))
-    ctx.save_for_backward(s, norm_weight, *weights, b_gate, b_up, b_down)
-    ctx.mark_non_differentiable(*lowered)
-    ctx.set_materialize_grads(False)  # no zero-filled gradients of the lowered weights
+    ctx.save_for_backward(s, norm_weight, w_gate, w_up, w_down, b_gate, b_up, b_down)
 
 
-def _rms_norm_pswiglu_backward(ctx, do: Tensor | None, *_):
-    if do is None:
-        return (None,) * 10
+def _rms_norm_pswiglu_backward(ctx, do: Tensor):
     s, norm_weight, w_gate, w_up, w_down, b_gate, b_up, b_down = ctx.saved_tensors
     ds = s if ctx.input_is_private and s.is_contiguous() else s.clone(memory_format=torch.contiguous_format)
     dnw, dwg, dwu, dwd, dbg, dbu, dbd = rms_norm_pswiglu_bwd(
-        do, ds, norm_weight, ctx.eps, w_gate, w_up, w_down, b_gate, b_up, b_down, ctx.lowered)
+        do, ds, norm_weight, ctx.eps, w_gate, w_up, w_down, b_gate, b_up, b_down)
     has_bg, has_bu, has_bd = ctx.has_bias
     return (ds, dnw, None, dwg, dwu, dwd, dbg if has_bg else None, dbu if has_bu else None,
             dbd if has_bd else None, None)
@@ -148,9 +127,8 @@ def _rms_norm_pswiglu_backward(ctx, do: Tensor | None, *_):
 rms_norm_pswiglu_fwd.register_autograd(_rms_norm_pswiglu_backward, setup_context=_rms_norm_pswiglu_setup)
 
 
-# the mixing weights (1, 2) stay uncast under autocast, as for unimixing (ops/unimixing.py), and the FFN's
-# weights and biases (4-9), as for pswiglu (ops/pswiglu.py)
-@UNIMIXING_RMSNORM_PSWIGLU.register("triton", lowers=(1, 2, 4, 5, 6, 7, 8, 9))
+# the mixing weights (1, 2) stay uncast under autocast, as for unimixing (ops/unimixing.py)
+@UNIMIXING_RMSNORM_PSWIGLU.register("triton", lowers=(1, 2))
 def _unimixing_rmsnorm_pswiglu_triton(z, w_local, w_global, norm_weight, w_gate, w_up, w_down,
                                       b_gate, b_up, b_down, eps: float) -> Tensor:
     check_triton_dtypes(z=z, w_local=w_local, w_global=w_global, norm_weight=norm_weight, w_gate=w_gate,
@@ -160,7 +138,7 @@ def _unimixing_rmsnorm_pswiglu_triton(z, w_local, w_global, norm_weight, w_gate,
         return pswiglu_fwd(u, w_gate, w_up, w_down, b_gate, b_up, b_down, False)[0]
     s = unimixing_residual_fwd(z, w_local, w_global, grad_is_private=True)[0]
     return rms_norm_pswiglu_fwd(s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down,
-                                input_is_private=True)[0]
+                                input_is_private=True)
 
 
 # --- public function ---------------------------------------------------------------------------
