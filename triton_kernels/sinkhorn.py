@@ -1635,9 +1635,15 @@ def _lowrank_operands(a: torch.Tensor, b: torch.Tensor, mm: _Fp32Products) -> tu
     """``(src, a, b)`` for ``tiled_fwd`` / ``tiled_bwd``: ``(None, a, b)`` (matrix free), or, for fp32
     factors of rank above ``LOWRANK_MATERIALISE_MIN_RANK``, ``(_lowrank_logits(a, b, mm), None, None)``
     (the module docstring says why)."""
-    if a.dtype != torch.float32 or a.shape[1] <= LOWRANK_MATERIALISE_MIN_RANK:
+    if not _forms_logits(a.dtype, a.shape[1]):
         return None, a, b
     return _lowrank_logits(a, b, mm), None, None
+
+
+def _forms_logits(dtype: torch.dtype, rank: int) -> bool:
+    """Whether factors of ``dtype`` and ``rank`` have ``A @ B`` formed once per call by the fp32 GEMM
+    (:func:`_lowrank_operands`) rather than tile by tile in the kernels."""
+    return dtype == torch.float32 and rank > LOWRANK_MATERIALISE_MIN_RANK
 
 
 class Split(NamedTuple):
@@ -1734,9 +1740,8 @@ def lite_global_fwd(a_g: torch.Tensor, b_g: torch.Tensor, tau: float, iters: int
 
 def saves_factor_parts(a_g: torch.Tensor, b_g: torch.Tensor) -> bool:
     """Whether :func:`lite_global_fwd` returns the factors' parts (the split GEMM forms the logits)."""
-    dtype = torch.promote_types(a_g.dtype, b_g.dtype)
-    return switch(LITE_GEMM_SWITCH) == "split" and dtype == torch.float32 \
-        and a_g.shape[1] > LOWRANK_MATERIALISE_MIN_RANK
+    return switch(LITE_GEMM_SWITCH) == "split" and _forms_logits(torch.promote_types(a_g.dtype, b_g.dtype),
+                                                                 a_g.shape[1])
 
 
 def lite_global_bwd(dp, a_g, b_g, u, v, tau: float, iters: int, symmetric: bool, a_parts=None, b_parts=None):
