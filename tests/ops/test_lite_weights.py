@@ -229,8 +229,13 @@ def test_lite_weights_doubly_stochastic(device):
 
 
 @pytest.mark.triton
-def test_lite_weights_saves_only_potentials(device):
-    """Autograd keeps the (small) inputs by reference and O(K * N * (B + 1)) potentials; no N x N."""
+@pytest.mark.parametrize("parts", [False, True], ids=["matrix-free", "factor-parts"])
+def test_lite_weights_saves_only_potentials(device, monkeypatch, parts):
+    """Autograd keeps the (small) inputs by reference and O(K * N * (B + 1)) potentials; no N x N. With
+    the logits formed by the split GEMM (``parts``), also the factors' bf16 parts: O(N r)."""
+    if parts:
+        monkeypatch.setattr(sk_kernels, "LOWRANK_MATERIALISE_MIN_RANK", 0)
+        monkeypatch.setenv(LITE_GEMM_SWITCH, "split")
     n, nb, bsz, r, k = 24, 3, 4, 3, 5
     args = _inputs(n, nb, bsz, r, torch.float32, device)
     saved = []
@@ -243,7 +248,8 @@ def test_lite_weights_saves_only_potentials(device):
         w_local, w_global = uk.lite_weights(*args, tau=0.5, iters=k, backend="triton")
     ptrs = {t.untyped_storage().data_ptr() for t in args}
     new = [t for t in saved if t.untyped_storage().data_ptr() not in ptrs]
-    assert sum(t.numel() for t in new) <= 2 * k * n * bsz + 2 * k * n
+    assert sum(t.numel() for t in new) <= 2 * k * n * bsz + 2 * k * n + (2 * 3 * n * r if parts else 0)
+    assert sum(t.dtype == torch.bfloat16 and t.numel() == 3 * n * r for t in new) == (2 if parts else 0)
     assert all(t.numel() < n * n for t in saved)
     (w_local.sum() + (w_global * torch.randn_like(w_global)).sum()).backward()
     assert all(torch.isfinite(t.grad).all() for t in args)
