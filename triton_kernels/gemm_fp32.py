@@ -50,9 +50,13 @@ class GemmConfig(NamedTuple):
 
 
 # the output tile where it gives every SM one, and the one for narrow outputs: the fastest of eight
-# tiles at paper-100m's three products on the H200 (bench/results/2026-11-30-h200-run113)
+# tiles at paper-100m's three products on the H200 (bench/results/2026-11-30-h200-run113); and where
+# even those leave more than half of the SMs idle (paper-small's dA_G, dB_G), 64 x 64 tiles before K is
+# split: the Lite global weight at paper-small 249.7 -> 245.3 us a step (64 x 128 with K in 8: 245.9;
+# 32 x 128: 248.0), run123
 _WIDE = (128, 128, 32, 8, 4)
 _NARROW = (64, 128, 64, 4, 3)
+_SMALL = (64, 64, 64, 4, 3)
 # split K only while each split keeps this many of K's loop steps
 _MIN_STEPS_PER_SPLIT = 4
 _SPLIT_BLOCK = 2048
@@ -165,15 +169,20 @@ def split_parts(*xs: torch.Tensor) -> list[torch.Tensor]:
 
 def plan(m: int, n: int, k: int, device: torch.device) -> GemmConfig:
     """The launch for an ``[m, k] @ [k, n]`` product: 128 x 128 tiles where they give every SM one,
-    else 64 x 128; K is split only where those tiles leave more than half of the SMs idle, into as
-    many splits as give about one program per SM, each keeping at least ``_MIN_STEPS_PER_SPLIT``
-    loop steps (at paper-100m's ``dA``, 128 tiles of 64 x 128 for 132 SMs: one split 0.101 ms, three
-    0.159, four 0.118, run113)."""
+    else 64 x 128 where those fill at least half of the SMs, else 64 x 64; K is split only where the
+    tiles leave more than half of the SMs idle, into as many splits as give about one program per SM,
+    each keeping at least ``_MIN_STEPS_PER_SPLIT`` loop steps (at paper-100m's ``dA``, 128 tiles of
+    64 x 128 for 132 SMs: one split 0.101 ms, three 0.159, four 0.118, run113)."""
     sms = sm_count(device)
-    bm, bn, bk, warps, stages = _WIDE if triton.cdiv(m, 128) * triton.cdiv(n, 128) >= sms else _NARROW
-    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    split = 1 if 2 * tiles >= sms else max(1, min(triton.cdiv(sms, tiles), k // (bk * _MIN_STEPS_PER_SPLIT)))
-    return GemmConfig(bm, bn, bk, warps, stages, split)
+
+    def tiles(cfg):
+        return triton.cdiv(m, cfg[0]) * triton.cdiv(n, cfg[1])
+
+    cfg = next((c for c in (_WIDE, _NARROW) if tiles(c) * (1 if c is _WIDE else 2) >= sms), _SMALL)
+    bk = cfg[2]
+    split = 1 if 2 * tiles(cfg) >= sms else max(1, min(triton.cdiv(sms, tiles(cfg)),
+                                                       k // (bk * _MIN_STEPS_PER_SPLIT)))
+    return GemmConfig(*cfg, split)
 
 
 def mm_parts(*pairs: tuple[torch.Tensor, torch.Tensor],

@@ -90,8 +90,12 @@ def test_plan_splits_narrow_outputs(monkeypatch):
     assert gemm.plan(4096, 4096, 256, cuda) == GemmConfig(*gemm._WIDE, 1)
     # dA at rank 256: 128 tiles of 64 x 128, one wave: no split
     assert gemm.plan(4096, 256, 4096, cuda) == GemmConfig(*gemm._NARROW, 1)
-    # dA at rank 128, n = 1024: 16 such tiles, K split in 4 (each split keeps 4 steps of 64)
-    assert gemm.plan(1024, 128, 1024, cuda) == GemmConfig(*gemm._NARROW, 4)
+    # the formation at n = 1024: 128 tiles of 64 x 128 (64 of 128 x 128 would leave half the SMs idle)
+    assert gemm.plan(1024, 1024, 128, cuda) == GemmConfig(*gemm._NARROW, 1)
+    # dA at rank 128, n = 1024: 16 such tiles, so 32 of 64 x 64, K split in 4 (each split keeps 4
+    # steps of 64); dB likewise
+    assert gemm.plan(1024, 128, 1024, cuda) == GemmConfig(*gemm._SMALL, 4)
+    assert gemm.plan(128, 1024, 1024, cuda) == GemmConfig(*gemm._SMALL, 4)
     # short K is never split below _MIN_STEPS_PER_SPLIT steps
     assert gemm.plan(256, 256, 128, cuda).split == 1
 
