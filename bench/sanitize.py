@@ -96,10 +96,12 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
                       _patched(sinkhorn, dict(SMALL_MAX_N=4, RESIDENT=False), {TILE_SWITCH: "16x32"})))
     if name == "lite_weights":
         # fp32 factors of rank > LOWRANK_MATERIALISE_MIN_RANK (r = 7 here): A_G @ B_G, dA_G and dB_G by
-        # the split GEMM, here with small tiles and K split in three (fp32 partials, sum_partials)
+        # the split GEMM, here in 16 x 32 tiles with K = N = 50 split in four for dA_G and dB_G (fp32
+        # partials, sum_partials), whatever the plan would pick at these sizes
         split = dict(SMALL_MAX_N=4, LOWRANK_MATERIALISE_MIN_RANK=0, TILE_OVERRIDE=(16, 16), RESIDENT=False)
-        gemm = mock.patch.multiple(gemm_fp32, _NARROW=(16, 32, 16, 4, 2), _MIN_STEPS_PER_SPLIT=1)
-        paths.append((" [fp32 factors as bf16 parts: the split GEMM, K split in three]",
+        tiles = gemm_fp32.GemmConfig(16, 32, 16, 4, 2, 4)
+        gemm = mock.patch.object(gemm_fp32, "plan", lambda m, n, k, device: tiles)
+        paths.append((" [fp32 factors as bf16 parts: the split GEMM, K split in four]",
                       _patched(sinkhorn, split, {}, also=gemm)))
     if name == "unimixing_rmsnorm_pswiglu":
         # the backward's token passes (three of two tokens and one of one at T = 5), and the

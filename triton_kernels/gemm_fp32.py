@@ -26,6 +26,7 @@ Split-K (``split`` programs along ``K``, fp32 partials summed in a fixed order b
 
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import torch
@@ -159,9 +160,9 @@ def split_parts(*xs: torch.Tensor) -> list[torch.Tensor]:
         outs.append(parts.transpose(1, 2) if transposed else parts)
         if base.numel():
             bases.append((base, parts))
-    for i in range(0, len(bases), 2):
-        (x, p), (y, q) = bases[i], bases[i + 1] if i + 1 < len(bases) else bases[i]
-        numel_y = y.numel() if i + 1 < len(bases) else 0
+    for first, second in itertools.zip_longest(bases[::2], bases[1::2]):
+        (x, p), (y, q) = first, second or first  # no second: its slot gets no programs
+        numel_y = y.numel() if second else 0
         grid = triton.cdiv(x.numel(), _SPLIT_BLOCK) + triton.cdiv(numel_y, _SPLIT_BLOCK)
         split_parts_kernel[(grid,)](x, p, x.numel(), y, q, numel_y, BLOCK=_SPLIT_BLOCK)
     return outs
@@ -178,10 +179,14 @@ def plan(m: int, n: int, k: int, device: torch.device) -> GemmConfig:
     def tiles(cfg):
         return triton.cdiv(m, cfg[0]) * triton.cdiv(n, cfg[1])
 
-    cfg = next((c for c in (_WIDE, _NARROW) if tiles(c) * (1 if c is _WIDE else 2) >= sms), _SMALL)
-    bk = cfg[2]
+    if tiles(_WIDE) >= sms:
+        cfg = _WIDE
+    elif 2 * tiles(_NARROW) >= sms:
+        cfg = _NARROW
+    else:
+        cfg = _SMALL
     split = 1 if 2 * tiles(cfg) >= sms else max(1, min(triton.cdiv(sms, tiles(cfg)),
-                                                       k // (bk * _MIN_STEPS_PER_SPLIT)))
+                                                       k // (cfg[2] * _MIN_STEPS_PER_SPLIT)))
     return GemmConfig(*cfg, split)
 
 

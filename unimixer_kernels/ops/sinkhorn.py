@@ -125,13 +125,15 @@ def _(dw, omega, basis, u, v, tau, iters, symmetric) -> tuple[Tensor, Tensor]:
     return omega.new_empty(omega.shape), basis.new_empty(basis.shape)
 
 
-def _lite_local_setup(ctx, inputs, output) -> None:
+def _lite_setup(ctx, inputs, output) -> None:
+    """Both Lite weights' forwards: the two differentiable inputs and every output after the weight
+    (the potentials, and the global weight's factor parts), which are not differentiable."""
     x, y, tau, iters, symmetric = inputs
-    _, u, v = output
-    ctx.save_for_backward(x, y, u, v)
+    _, *saved = output
+    ctx.save_for_backward(x, y, *saved)
     ctx.args = (tau, iters, symmetric)
-    ctx.mark_non_differentiable(u, v)
-    ctx.set_materialize_grads(False)  # no zero-filled gradients of the potentials
+    ctx.mark_non_differentiable(*saved)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients of the potentials or the parts
 
 
 def _lite_local_backward(ctx, dw: Tensor | None, _du, _dv):
@@ -142,7 +144,7 @@ def _lite_local_backward(ctx, dw: Tensor | None, _du, _dv):
     return domega, dbasis, None, None, None
 
 
-lite_local_fwd.register_autograd(_lite_local_backward, setup_context=_lite_local_setup)
+lite_local_fwd.register_autograd(_lite_local_backward, setup_context=_lite_setup)
 
 
 @torch.library.custom_op("unimixer::lite_global_fwd", mutates_args=())
@@ -186,15 +188,6 @@ def _(dw, a_g, b_g, u, v, a_parts, b_parts, tau, iters, symmetric) -> tuple[Tens
     return a_g.new_empty(a_g.shape), b_g.new_empty(b_g.shape)
 
 
-def _lite_global_setup(ctx, inputs, output) -> None:
-    a_g, b_g, tau, iters, symmetric = inputs
-    _, u, v, a_parts, b_parts = output
-    ctx.save_for_backward(a_g, b_g, u, v, a_parts, b_parts)
-    ctx.args = (tau, iters, symmetric)
-    ctx.mark_non_differentiable(u, v, a_parts, b_parts)
-    ctx.set_materialize_grads(False)  # no zero-filled gradients of the potentials or the parts
-
-
 def _lite_global_backward(ctx, dw: Tensor | None, *_):
     a_g, b_g, u, v, a_parts, b_parts = ctx.saved_tensors
     if dw is None:
@@ -203,7 +196,7 @@ def _lite_global_backward(ctx, dw: Tensor | None, *_):
     return da, db, None, None, None
 
 
-lite_global_fwd.register_autograd(_lite_global_backward, setup_context=_lite_global_setup)
+lite_global_fwd.register_autograd(_lite_global_backward, setup_context=_lite_setup)
 
 
 @LITE_WEIGHTS.register("triton")
