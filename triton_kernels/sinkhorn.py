@@ -64,7 +64,8 @@ Layouts
   kernels (at n = 4096, r = 256 the in-kernel formation took about 0.5 ms per direction on the H200,
   run51; at n = 1024, r = 128, resident, about 15 us; forming the resident tiles from the bf16 parts
   on tensor cores took longer than the GEMM and its launches, run114; NOTES). It is a transient of
-  the call, freed at its end and never saved, so the saved state stays ``O(K n)``; bf16/fp16 factors
+  the call, freed at its end and never saved, so the saved state stays ``O(K n)``, with the split
+  GEMM's bf16 parts of the factors besides (``O(n r)``, ``lite_global_fwd``); bf16/fp16 factors
   use tensor cores and stay matrix free. The backward's
   half-steps do not read or write ``G``: each passes only ``G``'s sums along one axis to the next,
   and its last launch forms ``G`` from them and ``dP * P`` (an fp32 ``n x n`` workspace written by
