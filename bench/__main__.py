@@ -206,17 +206,21 @@ def cmd_train(args) -> int:
 
 
 def _reports(args, make) -> int:
-    """``make(case, preset, mode)`` -> markdown for every combination of the arguments' lists,
-    printed as it comes and (``--out``) rewritten after each, so a run cut short keeps what it has."""
+    """``make(case, preset, mode)`` -> markdown for every entry of the plan the arguments name (as
+    ``run``: case names or ``case@preset`` pairs, presets, modes; a pair without ``--mode`` takes its
+    plan's modes), printed as it comes and (``--out``) rewritten after each, so a run cut short keeps
+    what it has."""
+    from .cases import plan_for
+
     _quiet_compile_logs()
+    plan = plan_for(_device(args.device).type, False, _csv(args.case), _csv(args.preset), _csv(args.mode))
     parts = []
-    for case in _csv(args.case):
-        for preset in _csv(args.preset):
-            for mode in _csv(args.mode):
-                parts.append(make(case, preset, mode))
-                print(parts[-1], flush=True)
-                if args.out:
-                    Path(args.out).write_text("\n\n".join(parts) + "\n")
+    for case, preset, modes in plan:
+        for mode in modes:
+            parts.append(make(case.name, preset.name, mode))
+            print(parts[-1], flush=True)
+            if args.out:
+                Path(args.out).write_text("\n\n".join(parts) + "\n")
     return 0
 
 
@@ -233,9 +237,9 @@ def cmd_profile(args) -> int:
 def cmd_memory(args) -> int:
     from .memory import memory_case
 
-    if not args.case or not args.preset:
-        raise SystemExit("memory: --case and --preset are required, e.g. "
-                         "--case rankmixer-block --preset rankmixer-100m")
+    if not args.case or (not args.preset and any("@" not in c for c in _csv(args.case))):
+        raise SystemExit("memory: name the cases and their presets, e.g. --case "
+                         "rankmixer-block@rankmixer-100m or --case rankmixer-block --preset rankmixer-100m")
     device = _device(args.device)
     dtype = _dtype(args.dtype, device)
     return _reports(args, lambda case, preset, mode: "\n\n".join(

@@ -240,6 +240,13 @@ def test_profile_lists_what_takes_the_time(tmp_path):
     text = out.read_text()
     assert text.startswith("## rms_norm @ cpu-tiny, fwd+bwd") and "### reference: wall" in text
     assert text.count("\n| ") >= 2  # at least one row under the header
+    # the case@preset form that ``run`` takes, without --preset, and each of several modes
+    assert main(["profile", "--case", "rms_norm@cpu-tiny", "--mode", "fwd,fwd+bwd", "--provider", "reference",
+                 "--steps", "2", "--top", "3", "--device", "cpu", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## rms_norm @ cpu-tiny, fwd, " in text and "## rms_norm @ cpu-tiny, fwd+bwd, " in text
+    with pytest.raises(SystemExit, match="--case: expected one of"):
+        main(["profile", "--case", "no_such_case@cpu-tiny", "--device", "cpu"])
 
 
 def test_train_comparison_writes_both_curves(tmp_path):
@@ -304,8 +311,12 @@ def test_memory_command_needs_cuda_and_says_so():
         pytest.skip("a CUDA device is present")
     with pytest.raises(SystemExit, match="needs a CUDA device"):
         main(["memory", "--case", "rms_norm", "--preset", "paper-small", "--device", "cpu"])
-    with pytest.raises(SystemExit, match="--case and --preset are required"):
+    with pytest.raises(SystemExit, match="name the cases and their presets"):
         main(["memory", "--device", "cpu"])
+    with pytest.raises(SystemExit, match="name the cases and their presets"):
+        main(["memory", "--case", "rms_norm", "--device", "cpu"])
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        main(["memory", "--case", "rms_norm@paper-small", "--device", "cpu"])
 
 
 def test_sanitize_variants_patch_the_modules_the_ops_use():
