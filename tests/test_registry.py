@@ -222,6 +222,42 @@ def test_autocast_lowers_is_per_backend(available, monkeypatch):
         assert o.dispatch("reference", CPU)(*args) == [torch.bfloat16, torch.bfloat16, torch.float32]
 
 
+def test_lowering_cast_is_per_backend(available, monkeypatch):
+    # a backend's registered cast replaces Tensor.to for the arguments the "lower" policy casts (not
+    # those already in the autocast dtype, kept or lowered by the backend); other backends keep .to
+    o = Op("probe_cast", autocast="lower", autocast_keep=(2,))
+    seen = lambda *args: [a.dtype for a in args]  # noqa: E731
+    o.register("reference")(seen)
+    o.register("triton", lowers=(3,))(seen)
+    monkeypatch.setitem(_registry.OPS, o.name, o)
+    monkeypatch.setattr(_registry, "_select_constant", lambda op, backend, device: backend)
+    cast = []
+    monkeypatch.setattr(_registry, "_LOWERING_CASTS", {
+        "triton": lambda x, dtype: cast.append(x.shape[0]) or x.to(dtype)})
+    args = (torch.ones(1), torch.ones(2, dtype=torch.bfloat16), torch.ones(3), torch.ones(4), torch.ones(5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16, fp32 = torch.bfloat16, torch.float32
+        assert o.dispatch("triton", CPU)(*args) == [bf16, bf16, fp32, fp32, bf16]
+        assert cast == [1, 5]
+        assert o.dispatch("reference", CPU)(*args) == [bf16, bf16, fp32, bf16, bf16]
+    assert cast == [1, 5]
+
+
+def test_the_triton_backend_registers_its_lowering_cast():
+    from unimixer_kernels.ops.lowering import lower_cast
+
+    assert _registry._LOWERING_CASTS == {"triton": lower_cast}
+
+
+def test_register_lowering_cast_names_the_problem(monkeypatch):
+    monkeypatch.setattr(_registry, "_LOWERING_CASTS", {})
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        _registry.register_lowering_cast("tpu", lambda x, dtype: x)
+    _registry.register_lowering_cast("cuda", lambda x, dtype: x)
+    with pytest.raises(RuntimeError, match="already has a lowering cast"):
+        _registry.register_lowering_cast("cuda", lambda x, dtype: x)
+
+
 def test_lowers_needs_the_lower_policy():
     with pytest.raises(ValueError, match="lowers: only an op with the 'lower' autocast policy"):
         Op("bad_lowers", autocast="fp32").register("triton", lowers=(1,))

@@ -27,7 +27,9 @@ below) when autocast is on for the tensors' device:
 - ``"fp32"`` (Sinkhorn, which SPEC keeps in fp32): floating-point arguments are cast to fp32;
 - ``None``: arguments pass unchanged (norms and permutations, which keep their input dtype).
 
-The op then runs with autocast off, so a reference backend cannot re-cast inside. Without
+The ``"lower"`` cast is ``Tensor.to`` unless the backend registers its own with
+:func:`register_lowering_cast`: the Triton backend's (``ops/lowering.py``) widens the gradients back
+in one Triton pass. The op then runs with autocast off, so a reference backend cannot re-cast inside. Without
 autocast, arguments of mixed dtypes are not cast: the kernels then compute in fp32.
 """
 
@@ -209,19 +211,43 @@ class Op:
         fn = self.impls[name]
         if self.autocast is None or not torch.is_autocast_enabled(device.type):
             return fn
-        dtype = torch.get_autocast_dtype(device.type) if self.autocast == "lower" else torch.float32
+        if self.autocast == "lower":
+            dtype, cast = torch.get_autocast_dtype(device.type), _LOWERING_CASTS.get(name, _to)
+        else:
+            dtype, cast = torch.float32, _to
         keep = self.autocast_keep + self.lowers[name]
-        return functools.partial(_with_autocast_policy, fn, device.type, dtype, keep)
+        return functools.partial(_with_autocast_policy, fn, device.type, dtype, keep, cast)
+
+
+def _to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x.to(dtype)
+
+
+# backend -> the cast its "lower" autocast policy applies (module docstring); Tensor.to if absent
+_LOWERING_CASTS: dict[str, Callable[[torch.Tensor, torch.dtype], torch.Tensor]] = {}
+
+
+def register_lowering_cast(backend: str, cast: Callable[[torch.Tensor, torch.dtype], torch.Tensor]) -> None:
+    """Make ``cast(x, dtype)`` the ``"lower"`` policy's cast for ``backend``'s implementations. It is
+    called only where ``x.dtype != dtype`` and must return what ``x.to(dtype)`` returns, with a
+    gradient that autograd can take."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if backend in _LOWERING_CASTS:
+        raise RuntimeError(f"backend {backend!r} already has a lowering cast")
+    _LOWERING_CASTS[backend] = cast
 
 
 def _with_autocast_policy(fn: Callable, device_type: str, dtype: torch.dtype, keep: tuple[int, ...],
-                          *args):
-    cast = tuple(
-        a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() and i not in keep else a
+                          cast: Callable, *args):
+    args = tuple(
+        cast(a, dtype)
+        if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != dtype and i not in keep
+        else a
         for i, a in enumerate(args)
     )
     with torch.autocast(device_type, enabled=False):
-        return fn(*cast)
+        return fn(*args)
 
 
 def _assume_constant(fn: Callable) -> Callable:

@@ -1,6 +1,8 @@
 """Public functional ops: validation, then dispatch to reference / Triton / CUDA (one file per op)."""
 
-from . import rms_norm_cuda  # noqa: F401  (registers the "cuda" backend of rms_norm / add_rms_norm)
+# imported for what they register: the Triton backend's autocast cast, and the "cuda" backend of
+# rms_norm / add_rms_norm
+from . import lowering, rms_norm_cuda  # noqa: F401
 from .interactions import dot_interaction, fm_interaction
 from .pgelu_ffn import pgelu_ffn
 from .pswiglu import pswiglu
