@@ -51,6 +51,7 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
     from unimixer_kernels.triton_kernels._launch import (
         FFN_BACKWARD_SWITCH,
         FFN_CHUNK_SWITCH,
+        FFN_GEMM_SWITCH,
         FFN_TMA_SWITCH,
         NORM_SWITCH,
         PAIRS_SWITCH,
@@ -66,11 +67,12 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
     if name in ("pswiglu", "pgelu_ffn"):
         # the tiled per-token GEMMs that tokens wider than FUSED_MAX_D take
         paths.append((" [wide-token GEMM path]", mock.patch.object(pswiglu, "FUSED_MAX_D", 0)))
-        for tma in ("0", "1"):  # every GEMM by pointers; every GEMM through tensor descriptors, which
-            # then start inside the tensors (one token per pass)
-            env = {FFN_TMA_SWITCH: tma, FFN_CHUNK_SWITCH: "1"}
-            paths.append((f" [wide-token GEMM path, {FFN_TMA_SWITCH}={tma}, {FFN_CHUNK_SWITCH}=1]",
-                          _patched(pswiglu, dict(FUSED_MAX_D=0), env)))
+        for tma in ("0", "1"):  # the project's GEMM kernel (16-bit operands on CUDA take cuBLAS by
+            # default): every GEMM by pointers; every GEMM through tensor descriptors, which then start
+            # inside the tensors (one token per pass)
+            env = {FFN_GEMM_SWITCH: "triton", FFN_TMA_SWITCH: tma, FFN_CHUNK_SWITCH: "1"}
+            paths.append((f" [wide-token GEMM path, {FFN_GEMM_SWITCH}=triton, {FFN_TMA_SWITCH}={tma}, "
+                          f"{FFN_CHUNK_SWITCH}=1]", _patched(pswiglu, dict(FUSED_MAX_D=0), env)))
         paths.append((f" [{FFN_BACKWARD_SWITCH}=recompute]",
                       mock.patch.dict(os.environ, {FFN_BACKWARD_SWITCH: "recompute"})))
     if name in ("sinkhorn", "lite_weights"):

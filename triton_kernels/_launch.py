@@ -25,6 +25,7 @@ UNIMIXING_GEMM_SWITCH = "UNIMIXER_UNIMIXING_GEMM"
 UNIMIXING_TMA_SWITCH = "UNIMIXER_UNIMIXING_TMA"
 POLL_SWITCH = "UNIMIXER_SINKHORN_POLL"
 FFN_TMA_SWITCH = "UNIMIXER_FFN_TMA"
+FFN_GEMM_SWITCH = "UNIMIXER_FFN_GEMM"
 FFN_CHUNK_SWITCH = "UNIMIXER_FFN_TOKEN_CHUNK"
 LITE_GEMM_SWITCH = "UNIMIXER_LITE_GEMM"
 SWITCHES = {
@@ -88,6 +89,12 @@ SWITCHES = {
                              "result through TMA tensor descriptors where their addresses and strides allow "
                              "it and the TMA tile divides the GEMM's M, N and K; elsewhere pointer loads "
                              "and autotuned tiles), '1' (TMA wherever allowed) or '0' (pointer loads only)"),
+    FFN_GEMM_SWITCH: ("auto", "the wide-token per-token FFN GEMMs (D > 256): 'auto' (cuBLAS strided-batched "
+                              "GEMMs through torch.bmm for 16-bit operands on CUDA: inside the RankMixer "
+                              "block's training step on the H200 they took about 210 us each where the "
+                              "project's Triton GEMM took 260, run126; else the Triton GEMM), 'triton' "
+                              "(the project's GEMM kernel) or 'cublas' (torch.bmm; fp16 or bf16 operands, "
+                              "on any device)"),
     PAIRS_SWITCH: ("auto", "one-launch-per-half-step Sinkhorn kernels on symmetric logits: 'auto' (square "
                            "tiles: one program per pair of mirrored tiles, which are each other's "
                            "transpose, so every half-step reads half of the logits' workspace and the "

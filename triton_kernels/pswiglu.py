@@ -45,11 +45,12 @@ one small configuration.
 Wide tokens (``next_power_of_2(D) > FUSED_MAX_D = 256`` for 16-bit dtypes, ``> 128`` for fp32;
 e.g. RankMixer's ``D = 768``) would not fit whole rows in shared memory. They take plain per-token
 GEMMs, ``ffn_token_gemm_kernel`` (a K loop over a 1-d grid of ``(token, bs tile, n tile)``, token
-slowest, row tiles grouped; ``C = A B (+ A2 B2) (+ bias)``), and one elementwise pass,
-``ffn_act_kernel``, for the activation::
+slowest, row tiles grouped; ``C = A B (+ A2 B2) (+ bias)``) or, for 16-bit operands on CUDA, cuBLAS's
+strided-batched GEMMs through ``torch.bmm`` (``UNIMIXER_FFN_GEMM``, :func:`cublas_token_gemms`), and
+one elementwise pass, ``ffn_act_kernel``, for the activation::
 
-    forward:   G (, V) = u W1 + b1 (, u W3 + b3)      GEMMs, [T, bs, h]
-               A = act(G, V)                          pass (into G's buffer unless G is saved)
+    forward:   G (, V) = u W1 (, u W3)                GEMMs, [T, bs, h]
+               A = act(G + b1, V + b3)                pass (into G's buffer unless G is saved)
                o = A W2 + b2                          GEMM, written as [bs, T, D] through strides
     backward:  G (, V) recomputed (or the saved ones), dA = dO W2^T      GEMMs
                A, dG (, dV) from G, V, dA             pass (into the buffers of G, dA, V), with
@@ -88,6 +89,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from ._launch import (
     FFN_BACKWARD_SWITCH,
     FFN_CHUNK_SWITCH,
+    FFN_GEMM_SWITCH,
     FFN_TMA_SWITCH,
     bucket,
     interpreting,
@@ -561,11 +563,14 @@ def ffn_token_gemm_kernel(
 
 
 @triton.jit
-def ffn_act_kernel(G, V, DA, A_OUT, DG_OUT, DV_OUT, PB1, PB3, BS, H, PB_STRIDE, ROWS,
-                   GATED: tl.constexpr, BACKWARD: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr):
-    """The activation of the wide-token path over ``[T, bs, h]`` buffers: forward ``A = act(G, V)``;
-    backward, given ``dA``, ``A`` again and ``dG`` (and ``dV``), and the bias gradients' partials. An
-    output may be the buffer of an input it replaces (each element is read before it is written).
+def ffn_act_kernel(G, V, DA, A_OUT, DG_OUT, DV_OUT, PB1, PB3, B1, B3, BS, H, PB_STRIDE, ROWS,
+                   GATED: tl.constexpr, BACKWARD: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr,
+                   BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The activation of the wide-token path over ``[T, bs, h]`` buffers: forward ``A = act(G + b1,
+    V + b3)``; backward, given ``dA``, ``A`` again and ``dG`` (and ``dV``), and the bias gradients'
+    partials. ``G`` and ``V`` are the up-projections' products without their biases, which are added
+    here (``[T, h]``, any float dtype; fp32 sums). An output may be the buffer of an input it replaces
+    (each element is read before it is written).
 
     Program ``(t * n_sb + sb, hb)`` covers samples ``[sb * ROWS, (sb + 1) * ROWS)`` of token ``t`` and
     ``BLOCK_H`` hidden columns, ``BLOCK_S`` rows per step. Backward, it writes the column sums of
@@ -584,15 +589,19 @@ def ffn_act_kernel(G, V, DA, A_OUT, DG_OUT, DV_OUT, PB1, PB3, BS, H, PB_STRIDE, 
         mask = (offs_s < s_end)[:, None] & mask_h[None, :]
         idx = t * BS * H + offs_s.to(tl.int64)[:, None] * H + offs_h[None, :]
         g = tl.load(G + idx, mask=mask, other=0.0).to(tl.float32)
+        if HAS_B1:
+            g += tl.load(B1 + t * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
         v = g
         if GATED:
             v = tl.load(V + idx, mask=mask, other=0.0).to(tl.float32)
+            if HAS_B3:
+                v += tl.load(B3 + t * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
         if BACKWARD:
             da = tl.load(DA + idx, mask=mask, other=0.0).to(tl.float32)
             a, dg, dv = _activation_bwd(g, v, da, GATED)
             dg = dg.to(DG_OUT.dtype.element_ty)
             tl.store(DG_OUT + idx, dg, mask=mask)
-            acc1 += dg.to(tl.float32)  # masked elements are 0: g = v = da = 0 there
+            acc1 += dg.to(tl.float32)  # masked elements are 0: da = 0 there, and dG, dV are multiples of it
             if GATED:
                 dv = dv.to(DV_OUT.dtype.element_ty)
                 tl.store(DV_OUT + idx, dv, mask=mask)
@@ -688,6 +697,9 @@ def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=
     ``tma``: read and write through tensor descriptors (``None``: as ``UNIMIXER_FFN_TMA`` says, see
     :func:`_use_tma`; ``True`` raises where an operand does not allow it). Pointer loads take the
     autotuned tiles, TMA the fixed launch of :func:`_tma_launch`."""
+    if cublas_token_gemms(cdt, c.device):
+        _bmm_token_gemm(a, b, c, t, m, n, k, sa, sb, sc, a2, b2, bias)
+        return
     descs = None
     a_strides, b_strides = (sa[0], sa[1], sa[2]), (sb[1], sb[0], sb[2])
     dual = a2 is not None
@@ -721,6 +733,39 @@ def _token_gemm(a, b, c, t, m, n, k, sa, sb, sc, cdt, *, a2=None, b2=None, bias=
         *(d[0] for d in descs[:4]), bias, descs[4][0], *sizes, **consts, TMA=True, A_T=descs[0][1],
         B_T=descs[1][1], BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PERSISTENT=persistent, num_warps=warps,
         num_stages=stages)
+
+
+def cublas_token_gemms(cdt: torch.dtype, device: torch.device) -> bool:
+    """Whether the wide-token path's GEMMs run through ``torch.bmm`` (cuBLAS) rather than
+    :func:`ffn_token_gemm_kernel`: the ``UNIMIXER_FFN_GEMM`` switch. 'auto' takes cuBLAS for 16-bit
+    operands on CUDA (fp32 keeps the kernel's exact ``ieee`` dots, whatever torch's TF32 flags say);
+    'cublas' takes ``torch.bmm`` for 16-bit operands on any device (the CPU's in the interpreter tests)."""
+    mode = switch(FFN_GEMM_SWITCH)
+    if mode not in ("auto", "triton", "cublas"):
+        raise ValueError(f"{FFN_GEMM_SWITCH}: expected 'auto', 'triton' or 'cublas', got {mode!r}")
+    can = cdt in (torch.float16, torch.bfloat16)
+    if mode == "cublas" and not can:
+        raise ValueError(f"{FFN_GEMM_SWITCH}=cublas: needs fp16 or bf16 operands (weights in the "
+                         f"activations' dtype), got {cdt}. Set it to 'auto' or 'triton'")
+    return mode == "cublas" or (mode == "auto" and can and device.type == "cuda" and not interpreting())
+
+
+def _bmm_token_gemm(a, b, c, t, m, n, k, sa, sb, sc, a2, b2, bias) -> None:
+    """:func:`_token_gemm` through ``torch.bmm`` / ``baddbmm_``: every operand a strided view
+    (cuBLAS takes a unit stride in either of a matrix's two dimensions, so none is copied). A bias
+    is written into ``c`` first and the product added to it (``beta = 1``)."""
+    def view(x, shape, strides):
+        return x.as_strided(shape, strides, x.storage_offset())
+
+    cv = view(c, (t, m, n), (sc[1], sc[0], sc[2]))
+    av, bv = view(a, (t, m, k), (sa[1], sa[0], sa[2])), view(b, (t, k, n), sb)
+    if bias is None:
+        torch.bmm(av, bv, out=cv)
+    else:
+        cv.copy_(bias.view(t, 1, n).expand(t, m, n))
+        cv.baddbmm_(av, bv)
+    if a2 is not None:
+        cv.baddbmm_(view(a2, (t, m, k), (sa[1], sa[0], sa[2])), view(b2, (t, k, n), sb))
 
 
 # The TMA path's launch by the number of products (False: one, True: two): (BLOCK_M, BLOCK_N, BLOCK_K,
@@ -769,10 +814,11 @@ ACT_ROWS = 64
 _ACT_TILE = (16, 128, 4)  # (BLOCK_S, BLOCK_H, warps); 16-wide in the interpreter
 
 
-def _act_pass(g, v, da, a_out, dg_out=None, dv_out=None, pb1=None, pb3=None) -> None:
-    """:func:`ffn_act_kernel` over ``[n, bs, h]`` buffers (contiguous): forward when ``da`` is None;
-    backward writes the bias partials into ``pb1`` (``pb3``): views of ``[cdiv(bs, ACT_ROWS), T, h]``
-    fp32 buffers starting at this pass's first token."""
+def _act_pass(g, v, b1, b3, da, a_out, dg_out=None, dv_out=None, pb1=None, pb3=None) -> None:
+    """:func:`ffn_act_kernel` over ``[n, bs, h]`` buffers (contiguous) and their biases ``b1``, ``b3``
+    (``[n, h]`` contiguous, or ``None``): forward when ``da`` is None; backward writes the bias partials
+    into ``pb1`` (``pb3``): views of ``[cdiv(bs, ACT_ROWS), T, h]`` fp32 buffers starting at this
+    pass's first token."""
     n, bs, h = g.shape
     if g.numel() == 0:
         return
@@ -784,17 +830,20 @@ def _act_pass(g, v, da, a_out, dg_out=None, dv_out=None, pb1=None, pb3=None) -> 
         g, v if v is not None else g, da if backward else g, a_out,
         dg_out if dg_out is not None else a_out, dv_out if dv_out is not None else a_out,
         pb1 if backward else g, pb3 if pb3 is not None else (pb1 if backward else g),
+        b1 if b1 is not None else g, b3 if b3 is not None else g,
         bs, h, pb_stride, ACT_ROWS,
-        GATED=v is not None, BACKWARD=backward, BLOCK_S=bs_blk, BLOCK_H=bh_blk, num_warps=warps)
+        GATED=v is not None, BACKWARD=backward, HAS_B1=b1 is not None, HAS_B3=b3 is not None,
+        BLOCK_S=bs_blk, BLOCK_H=bh_blk, num_warps=warps)
 
 
-def _pre_tiled(u, w, bias, cdt, out=None) -> torch.Tensor:
-    """``u W + b`` per token as ``[T, bs, h]`` (compute dtype), into ``out`` when given."""
+def _pre_tiled(u, w, cdt, out=None) -> torch.Tensor:
+    """``u W`` per token as ``[T, bs, h]`` (compute dtype), into ``out`` when given; the bias is the
+    activation pass's to add (:func:`ffn_act_kernel`)."""
     bs, t, d = u.shape
     h = w.shape[-1]
     out = new_output((t, bs, h), like=u, dtype=cdt) if out is None else out
     _token_gemm(u, w, out, t, bs, h, d, (u.stride(0), u.stride(1), u.stride(2)), (d * h, h, 1),
-                (h, bs * h, 1), cdt, bias=bias)
+                (h, bs * h, 1), cdt)
     return out
 
 
@@ -860,7 +909,8 @@ def ffn_fwd(
     folded: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Forward of the per-token FFN (gated when ``w3`` is given). Returns ``(o [bs, T, D],
-    G, V)``; ``G``/``V`` are ``[T, bs, h]`` in the compute dtype when ``save``, else ``None``.
+    G, V)``; ``G``/``V`` are ``[T, bs, h]`` in the compute dtype when ``save``, else ``None``: the
+    hidden pre-activations for :func:`ffn_bwd` (on the wide-token path without their biases).
     ``folded``: the wide-token path runs in the token passes of the backward with the norm folded
     in (:func:`_token_chunk`), so that its unsaved hidden buffers stay as small.
 
@@ -878,10 +928,10 @@ def ffn_fwd(
         for sl in _chunks(t, _token_chunk(t, folded=folded, forward=True)):
             n = sl.stop - sl.start
             u_c = _part(u, sl, 1)
-            g_c = _pre_tiled(u_c, _part(w1, sl), _part(b1, sl), cdt, _part(g, sl))
-            v_c = _pre_tiled(u_c, _part(w3, sl), _part(b3, sl), cdt, _part(v, sl)) if gated else None
+            g_c = _pre_tiled(u_c, _part(w1, sl), cdt, _part(g, sl))
+            v_c = _pre_tiled(u_c, _part(w3, sl), cdt, _part(v, sl)) if gated else None
             act = new_output(g_c.shape, like=g_c) if save else g_c  # not saving: A replaces G
-            _act_pass(g_c, v_c, None, act)
+            _act_pass(g_c, v_c, _part(b1, sl), _part(b3, sl), None, act)
             _token_gemm(act, _part(w2, sl), _part(o, sl, 1), n, bs, d, h, (h, bs * h, 1), (h * d, d, 1),
                         (t * d, d, 1), cdt, bias=_part(b2, sl))
             # this pass's buffers go back before the next pass allocates its own (assigning the next
@@ -1010,13 +1060,14 @@ def ffn_bwd(
                 a_c = new_output((n, bs, h), like=u, dtype=cdt)
                 dv_c = new_output((n, bs, h), like=u, dtype=cdt) if gated else None
             else:  # recomputed: A and dV then replace G and V in their buffers
-                g_c = _pre_tiled(u_c, w1_c, _part(b1, sl), cdt)
-                v_c = _pre_tiled(u_c, w3_c, _part(b3, sl), cdt) if gated else None
+                g_c = _pre_tiled(u_c, w1_c, cdt)
+                v_c = _pre_tiled(u_c, w3_c, cdt) if gated else None
                 a_c, dv_c = g_c, v_c
             dg_c = new_output((n, bs, h), like=u, dtype=cdt)  # dA, then dG in its place
             _token_gemm(do_c, w2_c, dg_c, n, bs, h, d, (do.stride(0), do.stride(1), do.stride(2)),
                         (h * d, 1, d), (h, bs * h, 1), cdt)
-            _act_pass(g_c, v_c, dg_c, a_c, dg_c, dv_c, _part(pb1, sl, 1), _part(pb3, sl, 1))
+            _act_pass(g_c, v_c, _part(b1, sl), _part(b3, sl), dg_c, a_c, dg_c, dv_c, _part(pb1, sl, 1),
+                      _part(pb3, sl, 1))
             _token_gemm(dg_c, w1_c, du_c, n, bs, d, h, (h, bs * h, 1), (d * h, 1, h),
                         (du_c.stride(0), du_c.stride(1), 1), cdt, a2=dv_c, b2=w3_c)
             if prenorm is not None:

@@ -189,6 +189,7 @@ def test_ffn_token_gemm_every_tile_gpu(tile, op, monkeypatch):
     kernel = kernels.ffn_token_gemm_kernel
     dual_tiles = kernels._prune_gemm(tiles, dict(M_KEY=2048, N=4096, K_KEY=1024), DUAL=True, CDT=tl.bfloat16)
     single_only = tiles[tile] not in dual_tiles
+    monkeypatch.setenv("UNIMIXER_FFN_GEMM", "triton")  # 16-bit operands on CUDA would take cuBLAS
     monkeypatch.setenv("UNIMIXER_FFN_TMA", "0")
     monkeypatch.setattr(kernel, "cache", {})
     monkeypatch.setattr(kernel, "early_config_prune",
@@ -203,6 +204,7 @@ def _force_tma(monkeypatch, kernels, persistent: bool) -> None:
     """Every GEMM of the wide-token path through tensor descriptors, launched persistent (three
     programs, so that each walks several tiles; two stages where two products would not fit three)
     or one program per tile."""
+    monkeypatch.setenv("UNIMIXER_FFN_GEMM", "triton")  # 16-bit operands on CUDA would take cuBLAS
     monkeypatch.setattr(kernels, "_use_tma", lambda m, n, k, dual: True)
     monkeypatch.setattr(kernels, "sm_count", lambda device: 3)
     for dual, (bm, bn, bk, warps, stages, _) in list(kernels._TMA_LAUNCH.items()):
@@ -341,6 +343,44 @@ def test_ffn_tiled_path_through_tensor_descriptors(device, tiled_path, monkeypat
 @pytest.mark.triton
 @pytest.mark.parametrize("op", ["pswiglu", "pgelu_ffn"])
 @pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
+@pytest.mark.parametrize("chunk", ["all", "2"])
+def test_ffn_tiled_path_through_torch_bmm(device, tiled_path, monkeypatch, op, recompute, chunk):
+    """Every GEMM of the wide-token path through ``torch.bmm`` / ``baddbmm_`` (``UNIMIXER_FFN_GEMM=
+    cublas``; the CPU's GEMM in the interpreter): strided views of the token-major buffers, the
+    down projection's bias written first, ``du``'s second product added, token slices (chunks of
+    two, one uneven); a non-contiguous input. No Triton GEMM runs."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    monkeypatch.setenv("UNIMIXER_FFN_GEMM", "cublas")
+    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", chunk)
+    monkeypatch.setattr(kernels, "ffn_token_gemm_kernel", None)  # any launch of it would raise
+    bs, t, d, h = 5, 3, 24, 40
+    u = random_input((bs, t, d), torch.float16, device, requires_grad=True, noncontiguous=True)
+    _check_ffn(op, u, torch.float16, device, h, recompute=recompute)
+
+
+def test_ffn_gemm_switch_names_its_values(monkeypatch):
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setenv("UNIMIXER_FFN_GEMM", "cuBLAS")
+    with pytest.raises(ValueError, match="UNIMIXER_FFN_GEMM: expected 'auto', 'triton' or 'cublas'"):
+        kernels.cublas_token_gemms(torch.float16, cpu)
+    monkeypatch.setenv("UNIMIXER_FFN_GEMM", "cublas")
+    with pytest.raises(ValueError, match="UNIMIXER_FFN_GEMM=cublas: needs fp16 or bf16 operands"):
+        kernels.cublas_token_gemms(torch.float32, cpu)
+    assert kernels.cublas_token_gemms(torch.bfloat16, cpu)
+    monkeypatch.setenv("UNIMIXER_FFN_GEMM", "triton")
+    assert not kernels.cublas_token_gemms(torch.bfloat16, cuda)
+    monkeypatch.setenv("UNIMIXER_FFN_GEMM", "auto")
+    assert not kernels.cublas_token_gemms(torch.bfloat16, cpu)  # the Triton GEMM (interpreted) off CUDA
+    assert not kernels.cublas_token_gemms(torch.float32, cuda)  # fp32 keeps the exact ieee dots
+    assert kernels.cublas_token_gemms(torch.float16, cuda) == (not kernels.interpreting())
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("op", ["pswiglu", "pgelu_ffn"])
+@pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
 @pytest.mark.parametrize("chunk", ["1", "2"])
 def test_ffn_tiled_path_in_token_chunks(device, kernel_dtype, tiled_path, monkeypatch, op, recompute, chunk):
     """The wide-token path through its hidden buffers a few tokens at a time (``T = 3``: chunks of
@@ -423,10 +463,11 @@ def test_ffn_tma_auto_takes_descriptors_where_no_tile_clips(monkeypatch):
     assert kernels._use_tma(2048, 3072, 768, False) is False
 
 
-def test_ffn_tma_refuses_operands_it_cannot_address():
+def test_ffn_tma_refuses_operands_it_cannot_address(monkeypatch):
     """An operand whose rows are not 16-byte aligned: ``tma=True`` says so, ``tma=None`` falls back."""
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
+    monkeypatch.setenv("UNIMIXER_FFN_GEMM", "triton")
     a = torch.zeros(2, 3, 5, dtype=torch.float16)  # rows of 10 bytes
     b = torch.zeros(3, 5, 8, dtype=torch.float16)
     assert kernels._operand_desc(a, 2, 3, 5, (15, 5, 1), torch.float16) is None
