@@ -359,6 +359,24 @@ def test_ffn_tiled_path_through_torch_bmm(device, tiled_path, monkeypatch, op, r
     _check_ffn(op, u, torch.float16, device, h, recompute=recompute)
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize("bias_dtype", [torch.float32, torch.float16], ids=["fp32-bias", "fp16-bias"])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16], ids=["fp32-out", "fp16-out"])
+def test_fill_rows_writes_the_bias_into_every_row_of_a_strided_view(device, bias_dtype, out_dtype):
+    """The cuBLAS path's bias fill (``beta = 1`` then adds the product): ``c[t, i, :] = bias[t, :]``
+    through the token-major view of a ``[bs, T, D]`` output; rows and columns that do not divide
+    the tiles; nothing outside the view is written."""
+    from unimixer_kernels.triton_kernels.pswiglu import _fill_rows
+
+    bs, t, d = 37, 3, 21
+    out = torch.full((bs, t + 1, d), 7.0, device=device, dtype=out_dtype)
+    view = out[:, 1:, :].transpose(0, 1)  # [T, bs, D] with strides (D, (T + 1) D, 1)
+    bias = random_input((t, d), bias_dtype, device)
+    _fill_rows(view, bias)
+    assert torch.equal(view, bias.to(out_dtype)[:, None, :].expand(t, bs, d))
+    assert (out[:, 0, :] == 7.0).all()
+
+
 def test_ffn_gemm_switch_names_its_values(monkeypatch):
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
