@@ -85,7 +85,8 @@ SWITCHES = {
                                "smaller, slower launches (RankMixer "
                                "block on the H200, 4 tokens per pass: 709 against 1009 MiB, 3.32 against "
                                "3.12 ms, run44)"),
-    FFN_TMA_SWITCH: ("auto", "the wide-token per-token FFN GEMMs (D > 256), 16-bit: 'auto' (operands and "
+    FFN_TMA_SWITCH: ("auto", "the project's wide-token per-token FFN GEMM (D > 256; 16-bit operands take it "
+                             "with UNIMIXER_FFN_GEMM=triton): 'auto' (operands and "
                              "result through TMA tensor descriptors where their addresses and strides allow "
                              "it and the TMA tile divides the GEMM's M, N and K; elsewhere pointer loads "
                              "and autotuned tiles), '1' (TMA wherever allowed) or '0' (pointer loads only)"),
