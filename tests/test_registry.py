@@ -207,15 +207,22 @@ def test_autocast_policy_casts_floating_arguments(available, monkeypatch, policy
     assert dtypes == [a.dtype for a in args]
 
 
+def _lowering_probe(monkeypatch, lowers: tuple[int, ...]) -> Op:
+    """A "lower"-policy op keeping argument 2, whose reference and Triton backends (the latter
+    lowering ``lowers`` itself) return the dtypes they receive; dispatch picks the backend named."""
+    o = Op("probe_lowering", autocast="lower", autocast_keep=(2,))
+    seen = lambda *args: [a.dtype for a in args]  # noqa: E731
+    o.register("reference")(seen)
+    o.register("triton", lowers=lowers)(seen)
+    monkeypatch.setitem(_registry.OPS, o.name, o)
+    monkeypatch.setattr(_registry, "_select_constant", lambda op, backend, device: backend)
+    return o
+
+
 def test_autocast_lowers_is_per_backend(available, monkeypatch):
     # a backend that lowers an argument itself receives it uncast; another backend of the same op
     # still receives it cast
-    o = Op("probe_lowers", autocast="lower", autocast_keep=(2,))
-    seen = lambda *args: [a.dtype for a in args]  # noqa: E731
-    o.register("reference")(seen)
-    o.register("triton", lowers=(1,))(seen)
-    monkeypatch.setitem(_registry.OPS, o.name, o)
-    monkeypatch.setattr(_registry, "_select_constant", lambda op, backend, device: backend)
+    o = _lowering_probe(monkeypatch, lowers=(1,))
     args = (torch.ones(2), torch.ones(2), torch.ones(2))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert o.dispatch("triton", CPU)(*args) == [torch.bfloat16, torch.float32, torch.float32]
@@ -225,12 +232,7 @@ def test_autocast_lowers_is_per_backend(available, monkeypatch):
 def test_lowering_cast_is_per_backend(available, monkeypatch):
     # a backend's registered cast replaces Tensor.to for the arguments the "lower" policy casts (not
     # those already in the autocast dtype, kept or lowered by the backend); other backends keep .to
-    o = Op("probe_cast", autocast="lower", autocast_keep=(2,))
-    seen = lambda *args: [a.dtype for a in args]  # noqa: E731
-    o.register("reference")(seen)
-    o.register("triton", lowers=(3,))(seen)
-    monkeypatch.setitem(_registry.OPS, o.name, o)
-    monkeypatch.setattr(_registry, "_select_constant", lambda op, backend, device: backend)
+    o = _lowering_probe(monkeypatch, lowers=(3,))
     cast = []
     monkeypatch.setattr(_registry, "_LOWERING_CASTS", {
         "triton": lambda x, dtype: cast.append(x.shape[0]) or x.to(dtype)})

@@ -761,7 +761,8 @@ def cublas_token_gemms(cdt: torch.dtype, device: torch.device) -> bool:
 def _bmm_token_gemm(a, b, c, t, m, n, k, sa, sb, sc, a2, b2, bias) -> None:
     """:func:`_token_gemm` through ``torch.bmm`` / ``baddbmm_``: every operand a strided view
     (cuBLAS takes a unit stride in either of a matrix's two dimensions, so none is copied). A bias
-    is written into ``c`` first and the product added to it (``beta = 1``)."""
+    is written into ``c`` first (rounded to ``c``'s dtype) and the product added to it in fp32
+    (``beta = 1``), where the Triton GEMM adds the fp32 bias to its accumulator."""
     def view(x, shape, strides):
         return x.as_strided(shape, strides, x.storage_offset())
 
