@@ -1,8 +1,10 @@
 """``pgelu_ffn``: RankMixer's per-token GELU FFN, validation and backends (SPEC §1).
 
 The Triton backend shares the per-token FFN kernels of ``pswiglu`` (plain form, exact GELU
-epilogue). ``recompute=True`` (default) recomputes the hidden pre-activation ``g = u W1 + b1``
-in the backward; ``recompute=False`` saves it (``bs * T * kD`` elements in the compute dtype).
+epilogue); at wide tokens (``D > 256``, RankMixer's) its GEMMs with fp16 or bf16 operands on CUDA are
+cuBLAS's (``UNIMIXER_FFN_GEMM``). ``recompute=True`` (default) recomputes the hidden
+pre-activation ``g = u W1 + b1`` in the backward; ``recompute=False`` saves it (``bs * T * kD``
+elements in the compute dtype).
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ reduces the weight gradients deterministically. ``recompute=True`` (the default)
 but the inputs and recomputes the hidden pre-activations ``g = u W_gate + b_g`` and
 ``v = u W_up + b_u`` in the backward (two of the five GEMMs again); ``recompute=False`` saves
 them (``2 * bs * T * h`` elements in the compute dtype, the largest activations of the op).
+
+Tokens wider than 256 take plain per-token GEMMs and one activation pass instead; with fp16 or bf16
+operands on CUDA those GEMMs are cuBLAS's strided-batched ones (``UNIMIXER_FFN_GEMM``, see
+``python -m unimixer_kernels.info``), the rest Triton kernels.
 """
 
 from __future__ import annotations
