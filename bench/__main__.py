@@ -249,7 +249,9 @@ def cmd_memory(args) -> int:
 
 
 def cmd_sm90(args) -> int:
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    from unimixer_kernels._registry import triton_interpreter_on
+
+    if triton_interpreter_on():
         raise SystemExit("python -m bench sm90 compiles for the GPU: unset TRITON_INTERPRET")
     from .sm90 import report
 
