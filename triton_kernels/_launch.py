@@ -124,6 +124,18 @@ def switch(name: str) -> str:
     return os.environ.get(name, SWITCHES[name][0])
 
 
+def cublas_switch(name: str, usable: bool, by_default: bool, needs: str) -> bool:
+    """Whether a GEMM switch (``'auto'``, ``'triton'`` or ``'cublas'``) picks cuBLAS: ``'cublas'``
+    where ``usable`` (else it raises, saying it ``needs`` what is missing), ``'auto'`` where
+    ``by_default``, ``'triton'`` never."""
+    mode = switch(name)
+    if mode not in ("auto", "triton", "cublas"):
+        raise ValueError(f"{name}: expected 'auto', 'triton' or 'cublas', got {mode!r}")
+    if mode == "cublas" and not usable:
+        raise ValueError(f"{name}=cublas: needs {needs}. Set it to 'auto' or 'triton'")
+    return mode == "cublas" or (mode == "auto" and by_default)
+
+
 @functools.cache
 def triton_launch_option(name: str) -> bool:
     """Whether this Triton's CUDA backend takes the launch option ``name`` (``launch_pdl``,

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import new_output
+
 MAX_SEGMENTS = 7
 # values per program tile: a [BP, BM] tile of this many fp32 values, with BP up to MAX_ROWS partial
 # rows (a long P, e.g. the RMSNorm backward's one row per program, then takes few loop steps)
@@ -116,3 +118,15 @@ def _sum_partials_launch(pairs: tuple[tuple[torch.Tensor, torch.Tensor], ...], f
     if total == 0:
         return
     sum_partials_kernel[(total,)](*args, *ends[:-1], NSEG=len(pairs), **consts, num_warps=4)
+
+
+def widen(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` converted to a wider ``dtype`` (a 16-bit gradient to its fp32 weight's dtype), contiguous:
+    the one-partial case of :func:`sum_partials`, one read and one write (a non-contiguous ``x`` is
+    copied once first). On the H200 torch's bf16 -> fp32 copy is not vectorised: 110 µs for a
+    ``[16, 768, 3072]`` gradient, where one Triton pass took 58 (run125)."""
+    x = x.contiguous()
+    out = new_output(x.shape, like=x, dtype=dtype)
+    if x.numel():
+        sum_partials((x.view(1, -1), out.view(-1)))
+    return out

@@ -92,6 +92,7 @@ from ._launch import (
     FFN_GEMM_SWITCH,
     FFN_TMA_SWITCH,
     bucket,
+    cublas_switch,
     interpreting,
     new_output,
     num_programs_for,
@@ -748,14 +749,9 @@ def cublas_token_gemms(cdt: torch.dtype, device: torch.device) -> bool:
     :func:`ffn_token_gemm_kernel`: the ``UNIMIXER_FFN_GEMM`` switch. 'auto' takes cuBLAS for 16-bit
     operands on CUDA (fp32 keeps the kernel's exact ``ieee`` dots, whatever torch's TF32 flags say);
     'cublas' takes ``torch.bmm`` for 16-bit operands on any device (the CPU's in the interpreter tests)."""
-    mode = switch(FFN_GEMM_SWITCH)
-    if mode not in ("auto", "triton", "cublas"):
-        raise ValueError(f"{FFN_GEMM_SWITCH}: expected 'auto', 'triton' or 'cublas', got {mode!r}")
     can = cdt in (torch.float16, torch.bfloat16)
-    if mode == "cublas" and not can:
-        raise ValueError(f"{FFN_GEMM_SWITCH}=cublas: needs fp16 or bf16 operands (weights in the "
-                         f"activations' dtype), got {cdt}. Set it to 'auto' or 'triton'")
-    return mode == "cublas" or (mode == "auto" and can and device.type == "cuda" and not interpreting())
+    return cublas_switch(FFN_GEMM_SWITCH, can, can and device.type == "cuda" and not interpreting(),
+                         f"fp16 or bf16 operands (weights in the activations' dtype), got {cdt}")
 
 
 def _bmm_token_gemm(a, b, c, t, m, n, k, sa, sb, sc, a2, b2, bias) -> None:

@@ -112,6 +112,7 @@ from ._launch import (
     UNIMIXING_GEMM_SWITCH,
     UNIMIXING_TMA_SWITCH,
     bucket,
+    cublas_switch,
     interpreting,
     new_output,
     sm_count,
@@ -824,14 +825,9 @@ def cublas_gemms(x: torch.Tensor) -> bool:
     (``torch.mm``) rather than :func:`unimixing_gemm_kernel`: the ``UNIMIXER_UNIMIXING_GEMM``
     switch. cuBLAS needs 16-bit CUDA activations: fp32 keeps the kernel's exact ``ieee`` dots,
     whatever torch's TF32 flags say."""
-    mode = switch(UNIMIXING_GEMM_SWITCH)
-    if mode not in ("auto", "triton", "cublas"):
-        raise ValueError(f"{UNIMIXING_GEMM_SWITCH}: expected 'auto', 'triton' or 'cublas', got {mode!r}")
     can = x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and not interpreting()
-    if mode == "cublas" and not can:
-        raise ValueError(f"{UNIMIXING_GEMM_SWITCH}=cublas: needs fp16 or bf16 activations on CUDA, outside "
-                         f"the Triton interpreter; got {x.dtype} on {x.device}. Set it to 'auto' or 'triton'")
-    return mode == "cublas" or (mode == "auto" and can)
+    return cublas_switch(UNIMIXING_GEMM_SWITCH, can, can, f"fp16 or bf16 activations on CUDA, outside the "
+                         f"Triton interpreter; got {x.dtype} on {x.device}")
 
 
 def saves_global_t(x: torch.Tensor, w_local: torch.Tensor) -> bool:

@@ -2,8 +2,9 @@
 floating-point arguments to the autocast dtype when the op runs on the Triton backend.
 
 The forward is ``Tensor.to``, as for every other backend. The backward widens the gradient back to
-the argument's dtype with one Triton pass (``triton_kernels/cast.py``) instead of torch's converting
-copy, which on the H200 runs at about half the copy rate from bf16 to fp32. Under autocast every
+the argument's dtype with one Triton pass (``_partials.widen``, the one-row case of the weight
+gradients' partial sums) instead of torch's converting copy, which on the H200 runs at about half the
+copy rate from bf16 to fp32. Under autocast every
 fp32 weight of a per-token FFN takes this path: its 16-bit gradient, as large as the weight, is
 widened once per training step.
 """
@@ -17,7 +18,7 @@ from .._registry import register_lowering_cast
 
 
 def _kernels():
-    from ..triton_kernels import cast as kernels
+    from ..triton_kernels import _partials as kernels
 
     return kernels
 
@@ -37,9 +38,9 @@ def _(x, dtype):
 
 @torch.library.custom_op("unimixer::widen_cast", mutates_args=())
 def widen_cast(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """``x`` converted to ``dtype`` by the Triton cast kernel, contiguous (a non-contiguous ``x`` is
+    """``x`` converted to the wider ``dtype`` in one Triton pass, contiguous (a non-contiguous ``x`` is
     copied once first)."""
-    return _kernels().cast(x, dtype)
+    return _kernels().widen(x, dtype)
 
 
 @widen_cast.register_fake
