@@ -205,7 +205,7 @@ def cmd_train(args) -> int:
     return train_main(args.out, _csv(args.family), backends, args.steps, device)
 
 
-def _reports(args, make) -> int:
+def _reports(args, device: torch.device, make) -> int:
     """``make(case, preset, mode)`` -> markdown for every entry of the plan the arguments name (as
     ``run``: case names or ``case@preset`` pairs, presets, modes; a pair without ``--mode`` takes its
     plan's modes), printed as it comes and (``--out``) rewritten after each, so a run cut short keeps
@@ -213,7 +213,7 @@ def _reports(args, make) -> int:
     from .cases import plan_for
 
     _quiet_compile_logs()
-    plan = plan_for(_device(args.device).type, False, _csv(args.case), _csv(args.preset), _csv(args.mode))
+    plan = plan_for(device.type, False, _csv(args.case), _csv(args.preset), _csv(args.mode))
     parts = []
     for case, preset, modes in plan:
         for mode in modes:
@@ -229,7 +229,7 @@ def cmd_profile(args) -> int:
 
     device = _device(args.device)
     dtype = _dtype(args.dtype, device)
-    return _reports(args, lambda case, preset, mode: profile_case(
+    return _reports(args, device, lambda case, preset, mode: profile_case(
         case, preset, mode, _csv(args.provider), device, dtype, steps=args.steps, top=args.top,
         autocast=not args.no_autocast))
 
@@ -242,7 +242,7 @@ def cmd_memory(args) -> int:
                          "rankmixer-block@rankmixer-100m or --case rankmixer-block --preset rankmixer-100m")
     device = _device(args.device)
     dtype = _dtype(args.dtype, device)
-    return _reports(args, lambda case, preset, mode: "\n\n".join(
+    return _reports(args, device, lambda case, preset, mode: "\n\n".join(
         memory_case(case, preset, mode, provider, device, dtype, top=args.top, autocast=not args.no_autocast,
                     moments=args.moments)
         for provider in _csv(args.provider)))

@@ -1,11 +1,10 @@
 """The Triton backend's autocast cast (``ops/lowering.py``): ``Tensor.to`` forward, the gradient
-widened back by the Triton cast kernel; and the ops that take it under autocast."""
-
-import math
+widened back in one Triton pass (``_partials.widen``); and the ops that take it under autocast."""
 
 import pytest
 import torch
 from conftest import HAS_CUDA
+from test_pgelu_ffn import _params
 
 import unimixer_kernels as uk
 from unimixer_kernels.ops import lowering
@@ -62,14 +61,6 @@ def test_lowering_cast_ops_pass_opcheck(device):
     torch.library.opcheck(widen_cast, (x.detach().to(torch.bfloat16), torch.float32))
 
 
-def _ffn_params(t, d, kd, device):
-    w1 = random_input((t, d, kd), torch.float32, device, requires_grad=True, scale=1 / math.sqrt(d))
-    b1 = random_input((t, kd), torch.float32, device, requires_grad=True)
-    w2 = random_input((t, kd, d), torch.float32, device, requires_grad=True, scale=1 / math.sqrt(kd))
-    b2 = random_input((t, d), torch.float32, device, requires_grad=True)
-    return [w1, b1, w2, b2]
-
-
 def _autocast_ffn_grads(backend, inputs, gout, dtype):
     for p in inputs:
         p.grad = None
@@ -99,7 +90,7 @@ def test_autocast_ffn_on_triton_widens_every_fp32_gradient(device, dtype, monkey
     monkeypatch.setattr(lowering, "widen_cast", counted)
     bs, t, d, kd = 5, 3, 16, 24
     u = random_input((bs, t, d), torch.float32, device, requires_grad=True)
-    inputs = [u, *_ffn_params(t, d, kd, device)]
+    inputs = [u, *_params(t, d, kd, torch.float32, device, True)]
     gout = random_input((bs, t, d), torch.float32, device).to(dtype)
     got = _autocast_ffn_grads("triton", inputs, gout, dtype)
     assert sorted(calls) == sorted(tuple(p.shape) for p in inputs)

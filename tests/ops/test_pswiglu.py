@@ -88,26 +88,22 @@ def test_pswiglu_triton_stride0_grad_and_modes_agree(device):
 
 
 @pytest.mark.triton
-def test_pswiglu_triton_deterministic(device):
-    bs, t, d, h = 6, 2, 16, 20
-    u = random_input((bs, t, d), torch.float32, device, requires_grad=True)
-    ws = _weights(t, d, h, torch.float32, device, True)
-    g = torch.randn(bs, t, d, device=device)
-    runs = [torch.autograd.grad(uk.pswiglu(u, *ws, backend="triton"), [u, *ws], g) for _ in range(2)]
-    for a, b in zip(*runs):
-        assert torch.equal(a, b)
+@pytest.mark.parametrize("path", ["fused", "wide-triton", "wide-cublas"])
+def test_pswiglu_triton_deterministic(device, monkeypatch, path):
+    """The same bits twice: the fused path (fp32), and the wide-token path (fp16: the activation
+    pass's bias partials, the GEMMs over the samples) with the project's GEMM and with ``torch.bmm``
+    (cuBLAS on CUDA)."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
 
-
-@pytest.mark.triton
-@pytest.mark.parametrize("gemm", ["triton", "cublas"])
-def test_ffn_wide_token_path_deterministic(device, tiled_path, monkeypatch, gemm):
-    """The wide-token path (the activation pass's bias partials, the GEMMs over the samples) gives
-    the same bits twice, with the project's GEMM and with ``torch.bmm`` (cuBLAS on CUDA)."""
-    monkeypatch.setenv("UNIMIXER_FFN_GEMM", gemm)
-    bs, t, d, h = 37, 3, 24, 40
-    u = random_input((bs, t, d), torch.float16, device, requires_grad=True)
-    ws = _weights(t, d, h, torch.float16, device, True)
-    g = random_input((bs, t, d), torch.float16, device)
+    if path == "fused":
+        (bs, t, d, h), dtype = (6, 2, 16, 20), torch.float32
+    else:
+        (bs, t, d, h), dtype = (37, 3, 24, 40), torch.float16
+        monkeypatch.setattr(kernels, "FUSED_MAX_D", 0)
+        monkeypatch.setenv("UNIMIXER_FFN_GEMM", path.removeprefix("wide-"))
+    u = random_input((bs, t, d), dtype, device, requires_grad=True)
+    ws = _weights(t, d, h, dtype, device, True)
+    g = random_input((bs, t, d), dtype, device)
     runs = [torch.autograd.grad(uk.pswiglu(u, *ws, backend="triton"), [u, *ws], g) for _ in range(2)]
     for a, b in zip(*runs):
         assert torch.equal(a, b)
