@@ -67,3 +67,20 @@ def capture_graph(fn: Callable[[], object], warmup: int = 2):
     with torch.cuda.graph(graph):
         out = fn()
     return graph, out
+
+
+def graph_replay_us(fn: Callable[[], object], reps: int = 50, runs: int = 5) -> float:
+    """Median over ``runs`` of the mean microseconds of one replay of ``fn``'s captured CUDA graph,
+    ``reps`` replays back to back per run: the launch cost of a kernel inside a captured step, for
+    probes that time single launches (L2 is not cleared between replays)."""
+    graph, _ = capture_graph(fn)
+    samples = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        samples.append(start.elapsed_time(end) * 1e3 / reps)
+    return statistics.median(samples)

@@ -112,6 +112,27 @@ def tm_norm_fwd_kernel(
 
 
 @triton.jit
+def _ds_tile(DY, X, R, w, MEAN, RSTD, rows, row_mask, s, t, offs, mask, D, C,
+             stride_dys, stride_dyt, stride_dyd, stride_xs, stride_xt, stride_xd,
+             stride_rs, stride_rt, stride_rd, MIX: tl.constexpr, RMS: tl.constexpr):
+    """The norm's backward on a tile of rows: ``(ds, dy, xhat)`` in fp32, ``ds`` the gradient of the
+    sum ``z``, ``rstd * (g - mean(g) - xhat * mean(g * xhat))`` with ``g = dy * w`` (no ``mean(g)``
+    term for RMSNorm), ``z`` recomputed from ``x`` (:func:`_sum_rows`)."""
+    z = _sum_rows(X, R, s, t, offs, mask, C, stride_xs, stride_xt, stride_xd, stride_rs, stride_rt, stride_rd,
+                  MIX)
+    mean = tl.load(MEAN + rows, mask=row_mask, other=0.0)
+    rstd = tl.load(RSTD + rows, mask=row_mask, other=0.0)
+    xhat = tl.where(mask, (z - mean[:, None]) * rstd[:, None], 0.0)
+    dy = tl.load(DY + s * stride_dys + t * stride_dyt + offs * stride_dyd, mask=mask, other=0.0)
+    dy = dy.to(tl.float32)
+    g = dy * w
+    ds = g - xhat * (tl.sum(g * xhat, axis=1) / D)[:, None]
+    if not RMS:
+        ds -= (tl.sum(g, axis=1) / D)[:, None]
+    return ds * rstd[:, None], dy, xhat
+
+
+@triton.jit
 def tm_norm_bwd_kernel(
     DY, X, R, W, MEAN, RSTD, DS, DW_PARTIAL, DB_PARTIAL,
     M, T, D, C,
@@ -135,20 +156,62 @@ def tm_norm_bwd_kernel(
         s = (rows // T)[:, None]
         t = (rows % T)[:, None]
         mask = row_mask[:, None] & (offs < D)
-        z = _sum_rows(X, R, s, t, offs, mask, C, stride_xs, stride_xt, stride_xd, stride_rs, stride_rt,
-                      stride_rd, MIX)
-        mean = tl.load(MEAN + rows, mask=row_mask, other=0.0)
-        rstd = tl.load(RSTD + rows, mask=row_mask, other=0.0)
-        xhat = tl.where(mask, (z - mean[:, None]) * rstd[:, None], 0.0)
-        dy = tl.load(DY + s * stride_dys + t * stride_dyt + offs * stride_dyd, mask=mask,
-                     other=0.0).to(tl.float32)
-        g = dy * w
-        ds = g - xhat * (tl.sum(g * xhat, axis=1) / D)[:, None]
-        if not RMS:
-            ds -= (tl.sum(g, axis=1) / D)[:, None]
-        tl.store(DS + rows[:, None] * D + offs, (ds * rstd[:, None]).to(DS.dtype.element_ty), mask=mask)
+        ds, dy, xhat = _ds_tile(DY, X, R, w, MEAN, RSTD, rows, row_mask, s, t, offs, mask, D, C,
+                                stride_dys, stride_dyt, stride_dyd, stride_xs, stride_xt, stride_xd,
+                                stride_rs, stride_rt, stride_rd, MIX, RMS)
+        tl.store(DS + rows[:, None] * D + offs, ds.to(DS.dtype.element_ty), mask=mask)
         dw += dy * xhat
         db += dy
+    tl.store(DW_PARTIAL + pid * D + cols, tl.sum(dw, axis=0), mask=cols < D)
+    tl.store(DB_PARTIAL + pid * D + cols, tl.sum(db, axis=0), mask=cols < D)
+
+
+@triton.jit
+def tm_norm_bwd_mix_kernel(
+    DY, X, W, MEAN, RSTD, DX, WS, DW_PARTIAL, DB_PARTIAL,
+    BS, T, D, C,
+    stride_dys, stride_dyt, stride_dyd,
+    stride_xs, stride_xt, stride_xd,
+    samples_per_program,
+    RMS: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """The backward of ``Norm(TokenMixer(x) + x)`` straight to ``dx = ds + TokenMixer^T(ds)``, a
+    whole sample at a time: the sample's ``ds`` rows (fp32) go to this program's slot of ``WS``
+    (``[programs, 2, T, D]``, small enough to stay in cache), then, after a barrier, every ``dx`` row
+    is its own ``ds`` row plus the gathered one, rounded once. The two slots alternate by sample, so
+    one barrier a sample suffices: a slot is written again only after every warp has passed the
+    barrier that follows the other slot's writes, which it reaches once done reading this one."""
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_D)
+    offs = cols[None, :]
+    col_ok = offs < D
+    w = tl.load(W + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+    dw = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    db = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    s_begin = pid.to(tl.int64) * samples_per_program
+    s_end = tl.minimum(s_begin + samples_per_program, BS)
+    ws_prog = WS + pid.to(tl.int64) * (2 * T * D)
+    for s0 in range(s_begin, s_end):
+        ws = ws_prog + ((s0 - s_begin) % 2) * (T * D)
+        s = s0 + tl.zeros([ROWS, 1], dtype=tl.int64)
+        for t0 in range(0, T, ROWS):
+            tr = t0 + tl.arange(0, ROWS)
+            row_mask = tr < T
+            t = tr[:, None]
+            mask = row_mask[:, None] & col_ok
+            ds, dy, xhat = _ds_tile(DY, X, X, w, MEAN, RSTD, s0 * T + tr, row_mask, s, t, offs, mask, D, C,
+                                    stride_dys, stride_dyt, stride_dyd, stride_xs, stride_xt, stride_xd,
+                                    stride_xs, stride_xt, stride_xd, True, RMS)
+            tl.store(ws + t * D + offs, ds, mask=mask)
+            dw += dy * xhat
+            db += dy
+        tl.debug_barrier()
+        for t0 in range(0, T, ROWS):
+            t = (t0 + tl.arange(0, ROWS))[:, None]
+            mask = (t < T) & col_ok
+            own = tl.load(ws + t * D + offs, mask=mask, other=0.0)
+            mixed = tl.load(ws + (offs // C) * D + t * C + offs % C, mask=mask, other=0.0)
+            tl.store(DX + s0 * (T * D) + t * D + offs, (own + mixed).to(DX.dtype.element_ty), mask=mask)
     tl.store(DW_PARTIAL + pid * D + cols, tl.sum(dw, axis=0), mask=cols < D)
     tl.store(DB_PARTIAL + pid * D + cols, tl.sum(db, axis=0), mask=cols < D)
 
@@ -180,6 +243,9 @@ def token_mix(src: torch.Tensor, rows: int, c: int, add_self: bool = False, out_
 # TILE_ELEMENTS fp32 values (16 per thread with 4 warps, so the backward's half-dozen live tiles
 # stay in registers), warps, and programs per SM for the persistent backward.
 NORM_META = dict(tile_elements=2048, max_rows=16, num_warps=4, per_sm=8)
+# tm_norm_bwd_mix_kernel: programs per SM (each holds a 2 * T * D fp32 workspace slot pair, about
+# 100 KB at RankMixer's T = 16, D = 768, so 4 an SM keep the workspace within L2) and warps
+TM_BWD_META = dict(per_sm=4, num_warps=4)
 
 
 def _rows(d: int, rows: int | None) -> int:
@@ -254,10 +320,31 @@ def tm_norm_bwd(
     mean: torch.Tensor, rstd: torch.Tensor, rms: bool,
     *, rows: int | None = None, num_warps: int | None = None, per_sm: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dx, dw, db)``; ``dw``/``db`` in the weight dtype (``db`` is meaningless for RMSNorm)."""
-    c = x.shape[-1] // heads
-    ds, dw, db = _norm_bwd(dy, x, None, c, weight, mean, rstd, rms, torch.float32, rows, num_warps, per_sm)
-    return token_mix(ds, x.shape[1], c, add_self=True, out_dtype=x.dtype), dw, db
+    """``(dx, dw, db)``; ``dw``/``db`` in the weight dtype (``db`` is meaningless for RMSNorm).
+    One launch (:func:`tm_norm_bwd_mix_kernel`) writes ``dx`` in ``x``'s dtype, then one sums the
+    weight partials."""
+    bs, t, d = x.shape
+    weight = weight.contiguous()
+    rows = min(_rows(d, rows), triton.next_power_of_2(max(t, 1)))
+    programs = num_programs_for(max(bs, 1), x.device, per_sm=per_sm or TM_BWD_META["per_sm"])
+    per_program = triton.cdiv(max(bs, 1), programs)
+    programs = triton.cdiv(max(bs, 1), per_program)
+    dx = new_output((bs, t, d), like=x)
+    ws = torch.empty((programs, 2, t, d), device=x.device, dtype=torch.float32)
+    dw_partial = new_output((programs, d), like=x, dtype=torch.float32)
+    db_partial = new_output((programs, d), like=x, dtype=torch.float32)
+    tm_norm_bwd_mix_kernel[(programs,)](
+        dy, x, weight, mean, rstd, dx, ws, dw_partial, db_partial,
+        bs, t, d, d // heads,
+        dy.stride(0), dy.stride(1), dy.stride(2),
+        x.stride(0), x.stride(1), x.stride(2),
+        per_program,
+        RMS=rms, ROWS=rows, BLOCK_D=triton.next_power_of_2(max(d, 1)),
+        num_warps=num_warps or TM_BWD_META["num_warps"],
+    )
+    dw, db = new_output(weight.shape, like=weight), new_output(weight.shape, like=weight)
+    sum_partials((dw_partial, dw), (db_partial, db))
+    return dx, dw, db
 
 
 def residual_norm_fwd(

@@ -121,6 +121,23 @@ def test_token_mixer_residual_norm_triton_noncontiguous(device, kernel_dtype, no
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("max_rows", [1, 2, 16])
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_token_mixer_residual_norm_backward_tiles(device, kernel_dtype, monkeypatch, max_rows, norm):
+    """The backward's whole-sample programs with row tiles that do not divide T (5 tokens in tiles of
+    2, or 8 rows for 5) and several samples a program, so that both workspace slots are used: 7
+    samples over the interpreter's 4 programs, or a GPU's programs at 1 an SM with 300 samples."""
+    from unimixer_kernels.triton_kernels import token_mixer as kernels
+
+    monkeypatch.setitem(kernels.NORM_META, "max_rows", max_rows)
+    monkeypatch.setitem(kernels.TM_BWD_META, "per_sm", 1)
+    bs = 7 if device == "cpu" else 300
+    x = random_input((bs, 5, 20), kernel_dtype, device, requires_grad=True)
+    w, b = _norm_params(20, torch.float32, device, norm, True)
+    check_against_reference(token_mixer_residual_norm, (x, 5, w, b, 1e-6, norm), backend="triton")
+
+
+@pytest.mark.triton
 @pytest.mark.parametrize("norm", ["layer", "rms"])
 def test_token_mixer_residual_norm_independent(device, norm):
     """Against LN/RMSNorm of ``x[perm] + x`` with the independently built permutation index."""
