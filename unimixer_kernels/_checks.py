@@ -76,6 +76,11 @@ def check_positive(name: str, value: object, integer: bool = False) -> None:
         raise ValueError(f"{name}: expected a value > 0, got {value!r}")
 
 
+def check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {value!r}")
+
+
 def check_divides(name: str, divisor: int, total: int, total_name: str) -> None:
     if divisor <= 0 or total % divisor != 0:
         raise ValueError(

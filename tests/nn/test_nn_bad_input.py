@@ -207,6 +207,8 @@ CONSTRUCTOR_CASES = [
     ("TokenMixerLarge D%H", lambda: uknn.TokenMixerLargeBlock(T, D, 3), ValueError, "heads"),
     ("PerTokenFFN activation", lambda: uknn.PerTokenFFN(T, D, activation="relu"), ValueError, "activation"),
     ("PerTokenFFN hidden", lambda: uknn.PerTokenFFN(T, D, hidden=0), ValueError, "hidden"),
+    ("PerTokenFFN recompute", lambda: uknn.PerTokenFFN(T, D, recompute=1), TypeError, "recompute"),
+    ("RankMixer recompute", lambda: uknn.RankMixerBlock(T, D, recompute="no"), TypeError, "recompute"),
     ("WukongLayer rank", lambda: uknn.WukongLayer(T, D, rank=0), ValueError, "rank"),
     ("WukongLayer mlp", lambda: uknn.WukongLayer(T, D, mlp_hidden=(0,)), ValueError, "mlp_hidden[0]"),
     ("HeterogeneousAttention heads", lambda: uknn.HeterogeneousAttention(T, D, 0), ValueError, "heads"),

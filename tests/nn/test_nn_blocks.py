@@ -150,6 +150,32 @@ def test_per_token_ffn_matches_reference(activation):
     _backward_reaches_everything(m.float(), x.float())
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize("activation", ["swiglu", "gelu"])
+def test_per_token_ffn_recompute_option(device, monkeypatch, activation):
+    """``recompute=False`` reaches the op (it then saves the hidden pre-activations) and gives the same
+    output and gradients as the default, bit for bit: the saved values are the recomputed ones."""
+    from unimixer_kernels import ops
+
+    op = ops.pswiglu if activation == "swiglu" else ops.pgelu_ffn
+    seen = []
+    monkeypatch.setattr(ops, op.__name__, lambda *a, **kw: seen.append(kw["recompute"]) or op(*a, **kw))
+    x = torch.randn(3, 2, 8, device=device)
+    results = []
+    for recompute in (True, False):
+        torch.manual_seed(0)
+        m = uknn.PerTokenFFN(2, 8, 12, activation, recompute=recompute, backend="triton").to(device)
+        xr = x.clone().requires_grad_()
+        out = m(xr)
+        out.square().sum().backward()
+        results.append([out.detach(), xr.grad] + [p.grad for p in m.parameters()])
+    assert seen == [True, False]
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    blk = uknn.RankMixerBlock(2, 8, recompute=False)
+    assert blk.ffn.recompute is False
+
+
 def test_per_token_ffn_default_widths():
     assert uknn.PerTokenFFN(2, 96).hidden == 128  # SPEC §10 lite-2.5m: D=96, h=128
     assert uknn.PerTokenFFN(2, 128).hidden == 176  # paper-small: D=128, h=176

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from .._checks import check_choice, check_positive_ints
+from .._checks import check_bool, check_choice, check_positive_ints
 from ._common import check_backend, check_module_input, uniform_fan_in_
 
 ACTIVATIONS = ("swiglu", "gelu")
@@ -30,6 +30,10 @@ class PerTokenFFN(nn.Module):
 
     Parameters: ``w_gate, w_up [T, D, h]``, ``w_down [T, h, D]`` (SwiGLU) or ``w1 [T, D, h]``,
     ``w2 [T, h, D]`` (GELU); biases ``[T, h]`` / ``[T, D]`` when ``bias=True``.
+
+    ``recompute`` (default ``True``) is the ops' option: the Triton backend recomputes the hidden
+    pre-activations in the backward (one more GEMM per pre-activation) instead of saving them
+    (``bs * T * h`` elements each in the compute dtype, kept from the forward to the backward).
     """
 
     def __init__(
@@ -40,14 +44,17 @@ class PerTokenFFN(nn.Module):
         activation: str = "swiglu",
         *,
         bias: bool = True,
+        recompute: bool = True,
         backend: str = "auto",
     ) -> None:
         super().__init__()
         check_choice("activation", activation, ACTIVATIONS)
+        check_bool("recompute", recompute)
         if hidden is None:
             hidden = swiglu_hidden(dim) if activation == "swiglu" else 4 * dim
         check_positive_ints(tokens=tokens, dim=dim, hidden=hidden)
         self.tokens, self.dim, self.hidden, self.activation = tokens, dim, hidden, activation
+        self.recompute = recompute
         self.backend = check_backend(backend)
 
         def weight(i: int, o: int) -> nn.Parameter:
@@ -70,9 +77,10 @@ class PerTokenFFN(nn.Module):
         if self.activation == "swiglu":
             return ops.pswiglu(
                 x, self.w_gate, self.w_up, self.w_down, self.b_gate, self.b_up, self.b_down,
-                backend=self.backend,
+                recompute=self.recompute, backend=self.backend,
             )
-        return ops.pgelu_ffn(x, self.w1, self.b1, self.w2, self.b2, backend=self.backend)
+        return ops.pgelu_ffn(x, self.w1, self.b1, self.w2, self.b2, recompute=self.recompute,
+                             backend=self.backend)
 
     def swiglu_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
         """``(w_gate, w_up, w_down, b_gate, b_up, b_down)``, for ops that take the pSwiGLU whole."""

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from .._checks import check_optional_tensor, check_same_device, check_shape, check_tensor
+from .._checks import check_bool, check_optional_tensor, check_same_device, check_shape, check_tensor
 from .._registry import define_op
 
 PGELU_FFN = define_op("pgelu_ffn", autocast="lower")
@@ -134,7 +134,6 @@ def pgelu_ffn(
         check_shape("b1", b1, (t, kd), "(T, kD)")
     if check_optional_tensor("b2", b2, ndim=2) is not None:
         check_shape("b2", b2, (t, d), "(T, D)")
-    if not isinstance(recompute, bool):
-        raise TypeError(f"recompute: expected a bool, got {recompute!r}")
+    check_bool("recompute", recompute)
     check_same_device(u=u, w1=w1, b1=b1, w2=w2, b2=b2)
     return PGELU_FFN.dispatch(backend, u.device)(u, w1, b1, w2, b2, recompute)

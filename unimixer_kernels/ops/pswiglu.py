@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from .._checks import check_optional_tensor, check_same_device, check_shape, check_tensor
+from .._checks import check_bool, check_optional_tensor, check_same_device, check_shape, check_tensor
 from .._registry import define_op
 
 PSWIGLU = define_op("pswiglu", autocast="lower")
@@ -170,8 +170,7 @@ def pswiglu(
     reference ignores the option.
     """
     check_pswiglu_args("u", u, w_gate, w_up, w_down, b_gate, b_up, b_down)
-    if not isinstance(recompute, bool):
-        raise TypeError(f"recompute: expected a bool, got {recompute!r}")
+    check_bool("recompute", recompute)
     check_same_device(u=u, w_gate=w_gate, w_up=w_up, w_down=w_down, b_gate=b_gate, b_up=b_up, b_down=b_down)
     return PSWIGLU.dispatch(backend, u.device)(u, w_gate, w_up, w_down, b_gate, b_up, b_down, recompute)
 

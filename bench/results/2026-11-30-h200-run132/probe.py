@@ -5,7 +5,8 @@
    (whole samples, ``ds`` through a per-program workspace), over its launch settings, with ``dx``
    compared bit for bit;
 2. the gradient's widening cast of one FFN weight ([16, 768, 3072] bf16 to fp32): torch's converting
-   copy against ``_partials.widen`` (``sum_partials``' one-row case).
+   copy against ``_partials.widen`` (``sum_partials``' one-row case);
+3. the whole block's training step with the PFFN's hidden pre-activation recomputed or saved.
 
 Each under one captured CUDA graph (``bench.timing.graph_replay_us``).
 
@@ -61,6 +62,34 @@ def widen() -> None:
           f"{ours_us:.1f} us ({mb / ours_us:.2f} TB/s), equal {same}", flush=True)
 
 
+def rankmixer_recompute() -> None:
+    """The RankMixer block (``backend="triton"``, bf16 autocast, ``rankmixer-100m``) trained one step
+    (forward, then ``autograd.grad`` of the input and every parameter) with the PFFN's hidden
+    pre-activation recomputed (default) or saved: step time under one CUDA graph, and the step's peak
+    above what was allocated before it."""
+    from bench.timing import peak_mib
+    from unimixer_kernels import nn as uknn
+
+    x = torch.randn(2048, 16, 768, device="cuda").to(torch.bfloat16).requires_grad_()
+    g = torch.randn(2048, 16, 768, device="cuda").to(torch.bfloat16)
+    for recompute in (True, False):
+        torch.manual_seed(0)
+        m = uknn.RankMixerBlock(16, 768, recompute=recompute, backend="triton").cuda()
+        leaves = [x, *m.parameters()]
+
+        def step():
+            with torch.autocast("cuda", torch.bfloat16):
+                y = m(x)  # noqa: B023
+            return torch.autograd.grad(y, leaves, g)  # noqa: B023
+
+        step()
+        peak = peak_mib(step, x.device)
+        us = graph_replay_us(step, reps=10)
+        print(f"RankMixer block recompute={recompute}: {us / 1e3:.3f} ms a step, peak {peak:.1f} MiB",
+              flush=True)
+
+
 if __name__ == "__main__":
     norm_backward()
     widen()
+    rankmixer_recompute()
