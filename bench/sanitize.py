@@ -47,7 +47,7 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
     small shapes would not reach by themselves (forced here, so that the sanitizer sees it)."""
     # the kernel modules as the ops import them (the package maps the checkout's triton_kernels/):
     # a plain ``import triton_kernels`` from the repo root would be a second copy, which no op reads
-    from unimixer_kernels.triton_kernels import gemm_fp32, pswiglu, sinkhorn
+    from unimixer_kernels.triton_kernels import gemm_fp32, pswiglu, sinkhorn, token_mixer
     from unimixer_kernels.triton_kernels._launch import (
         FFN_BACKWARD_SWITCH,
         FFN_CHUNK_SWITCH,
@@ -75,6 +75,11 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
                           f"{FFN_CHUNK_SWITCH}=1]", _patched(pswiglu, dict(FUSED_MAX_D=0), env)))
         paths.append((f" [{FFN_BACKWARD_SWITCH}=recompute]",
                       mock.patch.dict(os.environ, {FFN_BACKWARD_SWITCH: "recompute"})))
+    if name == "token_mixer_residual_norm":
+        # several samples a program in the backward, so that its workspace's two slots alternate
+        paths.append((" [300 samples, 1 backward program an SM]",
+                      _patched(token_mixer, dict(TM_BWD_META=dict(per_sm=1, num_warps=4)), {},
+                               sizes=dict(bs=300))))
     if name in ("sinkhorn", "lite_weights"):
         # tiled matrices with several tiles per axis: one launch per half-step, and the resident
         # kernels (a program per tile)
