@@ -216,6 +216,93 @@ def tm_norm_bwd_mix_kernel(
     tl.store(DB_PARTIAL + pid * D + cols, tl.sum(db, axis=0), mask=cols < D)
 
 
+@triton.jit
+def tm_norm_bwd_sample_kernel(
+    DY, X, W, MEAN, RSTD, DX, ROW_SUMS, DW_PARTIAL, DB_PARTIAL,
+    BS, T, D, C,
+    stride_dys, stride_dyt, stride_dyd,
+    stride_xs, stride_xt, stride_xd,
+    samples_per_program,
+    RMS: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """The backward of ``Norm(TokenMixer(x) + x)`` straight to ``dx = ds + TokenMixer^T(ds)``, a whole
+    sample at a time, with nothing but two fp32 scalars a row between its two passes:
+
+    1. per row ``t`` of the sample: ``a_t = mean(g * xhat)`` and ``b_t = mean(g)`` (``g = dy * w``)
+       into ``ROW_SUMS`` (``[2, bs * T]``); then a barrier;
+    2. per element ``(t, l)``, with ``h = l // C`` and ``l' = t*C + l % C``: ``dx[t, l] = ds[t, l] +
+       ds[h, l']``, each ``ds`` formed from the loads of ``x``, ``dy`` and its row's four scalars. The
+       sum is symmetric, ``z[h, l'] = x[h, l'] + x[t, l] = z[t, l]``, so one ``z`` serves both.
+
+    The second pass reads the sample's ``x`` and ``dy`` again, which the first has just brought into
+    cache; ``dw`` and ``db`` sum there, over the own terms."""
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_D)
+    offs = cols[None, :]
+    col_ok = offs < D
+    w = tl.load(W + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+    h = offs // C
+    l_mod = offs % C
+    dw = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    db = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    s_begin = pid.to(tl.int64) * samples_per_program
+    s_end = tl.minimum(s_begin + samples_per_program, BS)
+    n_rows = BS * T
+    for s0 in range(s_begin, s_end):
+        x_s = X + s0 * stride_xs
+        dy_s = DY + s0 * stride_dys
+        row0 = s0 * T
+        for t0 in range(0, T, ROWS):
+            tr = t0 + tl.arange(0, ROWS)
+            row_ok = tr < T
+            t = tr[:, None]
+            mask = row_ok[:, None] & col_ok
+            z = (tl.load(x_s + t * stride_xt + offs * stride_xd, mask=mask, other=0.0).to(tl.float32)
+                 + tl.load(x_s + h * stride_xt + (t * C + l_mod) * stride_xd, mask=mask,
+                           other=0.0).to(tl.float32))
+            mean = tl.load(MEAN + row0 + tr, mask=row_ok, other=0.0)
+            rstd = tl.load(RSTD + row0 + tr, mask=row_ok, other=0.0)
+            xhat = tl.where(mask, (z - mean[:, None]) * rstd[:, None], 0.0)
+            dy = tl.load(dy_s + t * stride_dyt + offs * stride_dyd, mask=mask, other=0.0).to(tl.float32)
+            g = dy * w
+            tl.store(ROW_SUMS + row0 + tr, tl.sum(g * xhat, axis=1) / D, mask=row_ok)
+            tl.store(ROW_SUMS + n_rows + row0 + tr, tl.sum(g, axis=1) / D, mask=row_ok)
+        tl.debug_barrier()
+        # the mixed element's row h: its four scalars, one per column
+        mean_h = tl.load(MEAN + row0 + h, mask=col_ok, other=0.0)
+        rstd_h = tl.load(RSTD + row0 + h, mask=col_ok, other=0.0)
+        a_h = tl.load(ROW_SUMS + row0 + h, mask=col_ok, other=0.0)
+        b_h = tl.load(ROW_SUMS + n_rows + row0 + h, mask=col_ok, other=0.0)
+        for t0 in range(0, T, ROWS):
+            tr = t0 + tl.arange(0, ROWS)
+            row_ok = tr < T
+            t = tr[:, None]
+            mask = row_ok[:, None] & col_ok
+            l_mix = t * C + l_mod
+            z = (tl.load(x_s + t * stride_xt + offs * stride_xd, mask=mask, other=0.0).to(tl.float32)
+                 + tl.load(x_s + h * stride_xt + l_mix * stride_xd, mask=mask, other=0.0).to(tl.float32))
+            dy_own = tl.load(dy_s + t * stride_dyt + offs * stride_dyd, mask=mask, other=0.0).to(tl.float32)
+            dy_mix = tl.load(dy_s + h * stride_dyt + l_mix * stride_dyd, mask=mask, other=0.0).to(tl.float32)
+            w_mix = tl.load(W + l_mix, mask=mask, other=0.0).to(tl.float32)
+            mean_t = tl.load(MEAN + row0 + tr, mask=row_ok, other=0.0)[:, None]
+            rstd_t = tl.load(RSTD + row0 + tr, mask=row_ok, other=0.0)[:, None]
+            a_t = tl.load(ROW_SUMS + row0 + tr, mask=row_ok, other=0.0)[:, None]
+            b_t = tl.load(ROW_SUMS + n_rows + row0 + tr, mask=row_ok, other=0.0)[:, None]
+            xh_t = tl.where(mask, (z - mean_t) * rstd_t, 0.0)
+            xh_h = tl.where(mask, (z - mean_h) * rstd_h, 0.0)
+            ds_own = dy_own * w - xh_t * a_t
+            ds_mix = dy_mix * w_mix - xh_h * a_h
+            if not RMS:
+                ds_own -= b_t
+                ds_mix -= b_h
+            dx = ds_own * rstd_t + ds_mix * rstd_h
+            tl.store(DX + s0 * (T * D) + t * D + offs, dx.to(DX.dtype.element_ty), mask=mask)
+            dw += dy_own * xh_t
+            db += dy_own
+    tl.store(DW_PARTIAL + pid * D + cols, tl.sum(dw, axis=0), mask=cols < D)
+    tl.store(DB_PARTIAL + pid * D + cols, tl.sum(db, axis=0), mask=cols < D)
+
+
 def _block(n: int) -> tuple[int, int]:
     block = triton.next_power_of_2(max(n, 1))
     return block, min(max(block // 256, 1), 8)
@@ -315,7 +402,7 @@ def tm_norm_fwd(
     return _norm_fwd(x, None, x.shape[-1] // heads, weight, bias, eps, rms, rows, num_warps)
 
 
-def tm_norm_bwd(
+def tm_norm_bwd_workspace(
     dy: torch.Tensor, x: torch.Tensor, heads: int, weight: torch.Tensor,
     mean: torch.Tensor, rstd: torch.Tensor, rms: bool,
     *, rows: int | None = None, num_warps: int | None = None, per_sm: int | None = None,
@@ -335,6 +422,38 @@ def tm_norm_bwd(
     db_partial = new_output((programs, d), like=x, dtype=torch.float32)
     tm_norm_bwd_mix_kernel[(programs,)](
         dy, x, weight, mean, rstd, dx, ws, dw_partial, db_partial,
+        bs, t, d, d // heads,
+        dy.stride(0), dy.stride(1), dy.stride(2),
+        x.stride(0), x.stride(1), x.stride(2),
+        per_program,
+        RMS=rms, ROWS=rows, BLOCK_D=triton.next_power_of_2(max(d, 1)),
+        num_warps=num_warps or TM_BWD_META["num_warps"],
+    )
+    dw, db = new_output(weight.shape, like=weight), new_output(weight.shape, like=weight)
+    sum_partials((dw_partial, dw), (db_partial, db))
+    return dx, dw, db
+
+
+def tm_norm_bwd(
+    dy: torch.Tensor, x: torch.Tensor, heads: int, weight: torch.Tensor,
+    mean: torch.Tensor, rstd: torch.Tensor, rms: bool,
+    *, rows: int | None = None, num_warps: int | None = None, per_sm: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dx, dw, db)``; ``dw``/``db`` in the weight dtype (``db`` is meaningless for RMSNorm).
+    One launch (:func:`tm_norm_bwd_sample_kernel`) writes ``dx`` in ``x``'s dtype, then one sums the
+    weight partials."""
+    bs, t, d = x.shape
+    weight = weight.contiguous()
+    rows = min(_rows(d, rows), triton.next_power_of_2(max(t, 1)))
+    programs = num_programs_for(max(bs, 1), x.device, per_sm=per_sm or TM_BWD_META["per_sm"])
+    per_program = triton.cdiv(max(bs, 1), programs)
+    programs = triton.cdiv(max(bs, 1), per_program)
+    dx = new_output((bs, t, d), like=x)
+    row_sums = new_output((2, bs * t), like=x, dtype=torch.float32)
+    dw_partial = new_output((programs, d), like=x, dtype=torch.float32)
+    db_partial = new_output((programs, d), like=x, dtype=torch.float32)
+    tm_norm_bwd_sample_kernel[(programs,)](
+        dy, x, weight, mean, rstd, dx, row_sums, dw_partial, db_partial,
         bs, t, d, d // heads,
         dy.stride(0), dy.stride(1), dy.stride(2),
         x.stride(0), x.stride(1), x.stride(2),
