@@ -78,7 +78,7 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
     if name == "token_mixer_residual_norm":
         # several samples a program in the backward, so that its workspace's two slots alternate
         paths.append((" [300 samples, 1 backward program an SM]",
-                      _patched(token_mixer, dict(TM_BWD_META=dict(per_sm=1, num_warps=4)), {},
+                      _patched(token_mixer, dict(TM_BWD_META=dict(token_mixer.TM_BWD_META, per_sm=1)), {},
                                sizes=dict(bs=300))))
     if name in ("sinkhorn", "lite_weights"):
         # tiled matrices with several tiles per axis: one launch per half-step, and the resident

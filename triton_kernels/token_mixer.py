@@ -9,23 +9,23 @@ permutation, ``dx[t, h*c + j] = dout[h, t*c + j]``. Both directions are the same
 
 (forward: ``src = x``, rows ``r = h``; backward: ``src = dout``, rows ``r = t``), which is what
 ``token_mix_gather_kernel`` does, one output row per program, ``src`` read through its strides.
-With ``ADD_SELF`` it adds ``src[s, r, l]`` (shapes equal, i.e. ``H == T``): that is the
-backward of the residual form ``TokenMixer(x) + x``, whose permutation is then symmetric.
 
 ``Norm(TokenMixer(x) + x)`` with ``H == T`` (RankMixer's first sub-block, post-norm):
 
 - forward (``tm_norm_fwd_kernel``, a tile of ``ROWS`` rows ``(s, t)`` per program): gathers the mixed rows,
   adds the residual row in fp32, normalises (LayerNorm with optional bias, or RMSNorm), writes
   ``y`` and saves only ``mean`` and ``rstd`` (fp32, one each per row). The sum is never stored.
-- backward (``tm_norm_bwd_kernel``, persistent grid over row tiles): recomputes the sum rows from ``x``, forms
-  ``ds = rstd * (g - mean(g) - xhat * mean(g * xhat))`` with ``g = dy * w`` (no ``mean(g)``
-  term for RMSNorm) into an fp32 ``[bs, T, D]`` buffer, and reduces ``dw`` / ``db`` through
-  per-program fp32 partials (deterministic; both summed in one launch). Then
-  ``dx = ds + TokenMixer^T(ds)`` is the gather kernel with ``ADD_SELF``.
+- backward (``tm_norm_bwd_kernel``, persistent, whole samples per program): recomputes the sum rows
+  from ``x``, forms ``ds = rstd * (g - mean(g) - xhat * mean(g * xhat))`` with ``g = dy * w`` (no
+  ``mean(g)`` term for RMSNorm) into the program's fp32 workspace, then, once the sample's rows are
+  all there, writes ``dx = ds + TokenMixer^T(ds)`` (the residual form's permutation is symmetric),
+  rounded once. ``dw`` / ``db`` go through per-program fp32 partials (deterministic; both summed in
+  one launch).
 
-``Norm(x + r)`` (RankMixer's second sub-block, ``LN(PFFN(S) + S)``) is the same pair of kernels
-with ``MIX=False``: the second addend is read from ``r`` instead of gathered from ``x``, and the
-backward writes ``ds``, the gradient of both addends, in the wider of their dtypes.
+``Norm(x + r)`` (RankMixer's second sub-block, ``LN(PFFN(S) + S)``) shares the forward kernel
+(``MIX=False``: the second addend is read from ``r`` instead of gathered from ``x``); its backward
+(``residual_norm_bwd_kernel``, persistent over row tiles) writes ``ds``, the gradient of both
+addends, in the wider of their dtypes.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ def token_mix_gather_kernel(
     SRC, OUT,
     R, W, C,
     stride_ss, stride_sr, stride_sl,
-    ADD_SELF: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -54,11 +53,7 @@ def token_mix_gather_kernel(
     src_row = offs // C
     src_col = r * C + offs % C
     val = tl.load(SRC + s * stride_ss + src_row * stride_sr + src_col * stride_sl, mask=mask, other=0.0)
-    val = val.to(tl.float32)
-    if ADD_SELF:
-        val += tl.load(SRC + s * stride_ss + r * stride_sr + offs * stride_sl, mask=mask,
-                       other=0.0).to(tl.float32)
-    tl.store(OUT + row * W + offs, val.to(OUT.dtype.element_ty), mask=mask)
+    tl.store(OUT + row * W + offs, val, mask=mask)
 
 
 @triton.jit
@@ -133,16 +128,17 @@ def _ds_tile(DY, X, R, w, MEAN, RSTD, rows, row_mask, s, t, offs, mask, D, C,
 
 
 @triton.jit
-def tm_norm_bwd_kernel(
+def residual_norm_bwd_kernel(
     DY, X, R, W, MEAN, RSTD, DS, DW_PARTIAL, DB_PARTIAL,
-    M, T, D, C,
+    M, T, D,
     stride_dys, stride_dyt, stride_dyd,
     stride_xs, stride_xt, stride_xd,
     stride_rs, stride_rt, stride_rd,
     tiles_per_program,
-    MIX: tl.constexpr, RMS: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+    RMS: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """``ds`` of ``Norm(x + r)``, the gradient of both addends, over a persistent grid of row tiles;
+    ``dw`` / ``db`` as per-program fp32 partials."""
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)
     offs = cols[None, :]
@@ -156,9 +152,9 @@ def tm_norm_bwd_kernel(
         s = (rows // T)[:, None]
         t = (rows % T)[:, None]
         mask = row_mask[:, None] & (offs < D)
-        ds, dy, xhat = _ds_tile(DY, X, R, w, MEAN, RSTD, rows, row_mask, s, t, offs, mask, D, C,
+        ds, dy, xhat = _ds_tile(DY, X, R, w, MEAN, RSTD, rows, row_mask, s, t, offs, mask, D, 1,
                                 stride_dys, stride_dyt, stride_dyd, stride_xs, stride_xt, stride_xd,
-                                stride_rs, stride_rt, stride_rd, MIX, RMS)
+                                stride_rs, stride_rt, stride_rd, False, RMS)
         tl.store(DS + rows[:, None] * D + offs, ds.to(DS.dtype.element_ty), mask=mask)
         dw += dy * xhat
         db += dy
@@ -167,7 +163,7 @@ def tm_norm_bwd_kernel(
 
 
 @triton.jit
-def tm_norm_bwd_mix_kernel(
+def tm_norm_bwd_kernel(
     DY, X, W, MEAN, RSTD, DX, WS, DW_PARTIAL, DB_PARTIAL,
     BS, T, D, C,
     stride_dys, stride_dyt, stride_dyd,
@@ -216,112 +212,25 @@ def tm_norm_bwd_mix_kernel(
     tl.store(DB_PARTIAL + pid * D + cols, tl.sum(db, axis=0), mask=cols < D)
 
 
-@triton.jit
-def tm_norm_bwd_sample_kernel(
-    DY, X, W, MEAN, RSTD, DX, ROW_SUMS, DW_PARTIAL, DB_PARTIAL,
-    BS, T, D, C,
-    stride_dys, stride_dyt, stride_dyd,
-    stride_xs, stride_xt, stride_xd,
-    samples_per_program,
-    RMS: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    """The backward of ``Norm(TokenMixer(x) + x)`` straight to ``dx = ds + TokenMixer^T(ds)``, a whole
-    sample at a time, with nothing but two fp32 scalars a row between its two passes:
-
-    1. per row ``t`` of the sample: ``a_t = mean(g * xhat)`` and ``b_t = mean(g)`` (``g = dy * w``)
-       into ``ROW_SUMS`` (``[2, bs * T]``); then a barrier;
-    2. per element ``(t, l)``, with ``h = l // C`` and ``l' = t*C + l % C``: ``dx[t, l] = ds[t, l] +
-       ds[h, l']``, each ``ds`` formed from the loads of ``x``, ``dy`` and its row's four scalars. The
-       sum is symmetric, ``z[h, l'] = x[h, l'] + x[t, l] = z[t, l]``, so one ``z`` serves both.
-
-    The second pass reads the sample's ``x`` and ``dy`` again, which the first has just brought into
-    cache; ``dw`` and ``db`` sum there, over the own terms."""
-    pid = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_D)
-    offs = cols[None, :]
-    col_ok = offs < D
-    w = tl.load(W + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
-    h = offs // C
-    l_mod = offs % C
-    dw = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-    db = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-    s_begin = pid.to(tl.int64) * samples_per_program
-    s_end = tl.minimum(s_begin + samples_per_program, BS)
-    n_rows = BS * T
-    for s0 in range(s_begin, s_end):
-        x_s = X + s0 * stride_xs
-        dy_s = DY + s0 * stride_dys
-        row0 = s0 * T
-        for t0 in range(0, T, ROWS):
-            tr = t0 + tl.arange(0, ROWS)
-            row_ok = tr < T
-            t = tr[:, None]
-            mask = row_ok[:, None] & col_ok
-            z = (tl.load(x_s + t * stride_xt + offs * stride_xd, mask=mask, other=0.0).to(tl.float32)
-                 + tl.load(x_s + h * stride_xt + (t * C + l_mod) * stride_xd, mask=mask,
-                           other=0.0).to(tl.float32))
-            mean = tl.load(MEAN + row0 + tr, mask=row_ok, other=0.0)
-            rstd = tl.load(RSTD + row0 + tr, mask=row_ok, other=0.0)
-            xhat = tl.where(mask, (z - mean[:, None]) * rstd[:, None], 0.0)
-            dy = tl.load(dy_s + t * stride_dyt + offs * stride_dyd, mask=mask, other=0.0).to(tl.float32)
-            g = dy * w
-            tl.store(ROW_SUMS + row0 + tr, tl.sum(g * xhat, axis=1) / D, mask=row_ok)
-            tl.store(ROW_SUMS + n_rows + row0 + tr, tl.sum(g, axis=1) / D, mask=row_ok)
-        tl.debug_barrier()
-        # the mixed element's row h: its four scalars, one per column
-        mean_h = tl.load(MEAN + row0 + h, mask=col_ok, other=0.0)
-        rstd_h = tl.load(RSTD + row0 + h, mask=col_ok, other=0.0)
-        a_h = tl.load(ROW_SUMS + row0 + h, mask=col_ok, other=0.0)
-        b_h = tl.load(ROW_SUMS + n_rows + row0 + h, mask=col_ok, other=0.0)
-        for t0 in range(0, T, ROWS):
-            tr = t0 + tl.arange(0, ROWS)
-            row_ok = tr < T
-            t = tr[:, None]
-            mask = row_ok[:, None] & col_ok
-            l_mix = t * C + l_mod
-            z = (tl.load(x_s + t * stride_xt + offs * stride_xd, mask=mask, other=0.0).to(tl.float32)
-                 + tl.load(x_s + h * stride_xt + l_mix * stride_xd, mask=mask, other=0.0).to(tl.float32))
-            dy_own = tl.load(dy_s + t * stride_dyt + offs * stride_dyd, mask=mask, other=0.0).to(tl.float32)
-            dy_mix = tl.load(dy_s + h * stride_dyt + l_mix * stride_dyd, mask=mask, other=0.0).to(tl.float32)
-            w_mix = tl.load(W + l_mix, mask=mask, other=0.0).to(tl.float32)
-            mean_t = tl.load(MEAN + row0 + tr, mask=row_ok, other=0.0)[:, None]
-            rstd_t = tl.load(RSTD + row0 + tr, mask=row_ok, other=0.0)[:, None]
-            a_t = tl.load(ROW_SUMS + row0 + tr, mask=row_ok, other=0.0)[:, None]
-            b_t = tl.load(ROW_SUMS + n_rows + row0 + tr, mask=row_ok, other=0.0)[:, None]
-            xh_t = tl.where(mask, (z - mean_t) * rstd_t, 0.0)
-            xh_h = tl.where(mask, (z - mean_h) * rstd_h, 0.0)
-            ds_own = dy_own * w - xh_t * a_t
-            ds_mix = dy_mix * w_mix - xh_h * a_h
-            if not RMS:
-                ds_own -= b_t
-                ds_mix -= b_h
-            dx = ds_own * rstd_t + ds_mix * rstd_h
-            tl.store(DX + s0 * (T * D) + t * D + offs, dx.to(DX.dtype.element_ty), mask=mask)
-            dw += dy_own * xh_t
-            db += dy_own
-    tl.store(DW_PARTIAL + pid * D + cols, tl.sum(dw, axis=0), mask=cols < D)
-    tl.store(DB_PARTIAL + pid * D + cols, tl.sum(db, axis=0), mask=cols < D)
-
-
 def _block(n: int) -> tuple[int, int]:
     block = triton.next_power_of_2(max(n, 1))
     return block, min(max(block // 256, 1), 8)
 
 
-def token_mix(src: torch.Tensor, rows: int, c: int, add_self: bool = False, out_dtype=None) -> torch.Tensor:
-    """``out[s, r, l] = src[s, l // c, r*c + l % c]`` (+ ``src[s, r, l]`` with ``add_self``).
+def token_mix(src: torch.Tensor, rows: int, c: int) -> torch.Tensor:
+    """``out[s, r, l] = src[s, l // c, r*c + l % c]``.
 
     ``src [bs, R_src, W_src]`` with any strides; ``out [bs, rows, R_src * c]``, contiguous.
     Forward TokenMixer: ``token_mix(x, H, D/H)``; its backward: ``token_mix(dout, T, D/H)``."""
     bs, r_src, _ = src.shape
     width = r_src * c
-    out = new_output((bs, rows, width), like=src, dtype=out_dtype)
+    out = new_output((bs, rows, width), like=src)
     if out.numel() > 0:
         block, num_warps = _block(width)
         token_mix_gather_kernel[(bs * rows,)](
             src, out, rows, width, c,
             src.stride(0), src.stride(1), src.stride(2),
-            ADD_SELF=add_self, BLOCK=block, num_warps=num_warps,
+            BLOCK=block, num_warps=num_warps,
         )
     return out
 
@@ -330,16 +239,18 @@ def token_mix(src: torch.Tensor, rows: int, c: int, add_self: bool = False, out_
 # TILE_ELEMENTS fp32 values (16 per thread with 4 warps, so the backward's half-dozen live tiles
 # stay in registers), warps, and programs per SM for the persistent backward.
 NORM_META = dict(tile_elements=2048, max_rows=16, num_warps=4, per_sm=8)
-# tm_norm_bwd_mix_kernel: programs per SM (each holds a 2 * T * D fp32 workspace slot pair, about
-# 100 KB at RankMixer's T = 16, D = 768, so 4 an SM keep the workspace within L2) and warps
-TM_BWD_META = dict(per_sm=4, num_warps=4)
+# tm_norm_bwd_kernel: programs per SM (each holds a 2 * T * D fp32 workspace slot pair, 96 KB at
+# RankMixer's T = 16, D = 768), warps and row tile. At rankmixer-100m (H200, CUDA graphs) 2 programs an
+# SM, 4 warps and 4-row tiles took 105.6-105.8 us against 137 for the two launches before it; 4 an SM
+# with 2-row tiles 108.7, 8 warps no faster, 1 program an SM or 1-row tiles slower (run132, run133)
+TM_BWD_META = dict(per_sm=2, num_warps=4, tile_elements=4096)
 
 
-def _rows(d: int, rows: int | None) -> int:
+def _rows(d: int, rows: int | None, tile_elements: int | None = None) -> int:
     if rows:
         return rows
     block = triton.next_power_of_2(max(d, 1))
-    return max(1, min(NORM_META["max_rows"], NORM_META["tile_elements"] // block))
+    return max(1, min(NORM_META["max_rows"], (tile_elements or NORM_META["tile_elements"]) // block))
 
 
 def _norm_fwd(x, r, c, weight, bias, eps, rms, rows, num_warps):
@@ -365,34 +276,6 @@ def _norm_fwd(x, r, c, weight, bias, eps, rms, rows, num_warps):
     return y, mean, rstd
 
 
-def _norm_bwd(dy, x, r, c, weight, mean, rstd, rms, ds_dtype, rows, num_warps, per_sm):
-    """``(ds, dw, db)``: ``ds`` the gradient of the sum, ``[bs, T, D]`` in ``ds_dtype``."""
-    bs, t, d = x.shape
-    m = bs * t
-    weight = weight.contiguous()
-    rows = _rows(d, rows)
-    tiles = triton.cdiv(max(m, 1), rows)
-    programs = num_programs_for(tiles, x.device, per_sm=per_sm or NORM_META["per_sm"])
-    tiles_per_program = triton.cdiv(tiles, programs)
-    ds = new_output((bs, t, d), like=x, dtype=ds_dtype)
-    dw_partial = new_output((programs, d), like=x, dtype=torch.float32)
-    db_partial = new_output((programs, d), like=x, dtype=torch.float32)
-    rr = r if r is not None else x
-    tm_norm_bwd_kernel[(programs,)](
-        dy, x, rr, weight, mean, rstd, ds, dw_partial, db_partial,
-        m, t, d, c,
-        dy.stride(0), dy.stride(1), dy.stride(2),
-        x.stride(0), x.stride(1), x.stride(2),
-        rr.stride(0), rr.stride(1), rr.stride(2),
-        tiles_per_program,
-        MIX=r is None, RMS=rms, ROWS=rows, BLOCK_D=triton.next_power_of_2(max(d, 1)),
-        num_warps=num_warps or NORM_META["num_warps"],
-    )
-    dw, db = new_output(weight.shape, like=weight), new_output(weight.shape, like=weight)
-    sum_partials((dw_partial, dw), (db_partial, db))
-    return ds, dw, db
-
-
 def tm_norm_fwd(
     x: torch.Tensor, heads: int, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, rms: bool,
     *, rows: int | None = None, num_warps: int | None = None,
@@ -402,17 +285,17 @@ def tm_norm_fwd(
     return _norm_fwd(x, None, x.shape[-1] // heads, weight, bias, eps, rms, rows, num_warps)
 
 
-def tm_norm_bwd_workspace(
+def tm_norm_bwd(
     dy: torch.Tensor, x: torch.Tensor, heads: int, weight: torch.Tensor,
     mean: torch.Tensor, rstd: torch.Tensor, rms: bool,
     *, rows: int | None = None, num_warps: int | None = None, per_sm: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dx, dw, db)``; ``dw``/``db`` in the weight dtype (``db`` is meaningless for RMSNorm).
-    One launch (:func:`tm_norm_bwd_mix_kernel`) writes ``dx`` in ``x``'s dtype, then one sums the
+    One launch (:func:`tm_norm_bwd_kernel`) writes ``dx`` in ``x``'s dtype, then one sums the
     weight partials."""
     bs, t, d = x.shape
     weight = weight.contiguous()
-    rows = min(_rows(d, rows), triton.next_power_of_2(max(t, 1)))
+    rows = min(rows or _rows(d, None, TM_BWD_META["tile_elements"]), triton.next_power_of_2(max(t, 1)))
     programs = num_programs_for(max(bs, 1), x.device, per_sm=per_sm or TM_BWD_META["per_sm"])
     per_program = triton.cdiv(max(bs, 1), programs)
     programs = triton.cdiv(max(bs, 1), per_program)
@@ -420,7 +303,7 @@ def tm_norm_bwd_workspace(
     ws = torch.empty((programs, 2, t, d), device=x.device, dtype=torch.float32)
     dw_partial = new_output((programs, d), like=x, dtype=torch.float32)
     db_partial = new_output((programs, d), like=x, dtype=torch.float32)
-    tm_norm_bwd_mix_kernel[(programs,)](
+    tm_norm_bwd_kernel[(programs,)](
         dy, x, weight, mean, rstd, dx, ws, dw_partial, db_partial,
         bs, t, d, d // heads,
         dy.stride(0), dy.stride(1), dy.stride(2),
@@ -429,41 +312,15 @@ def tm_norm_bwd_workspace(
         RMS=rms, ROWS=rows, BLOCK_D=triton.next_power_of_2(max(d, 1)),
         num_warps=num_warps or TM_BWD_META["num_warps"],
     )
-    dw, db = new_output(weight.shape, like=weight), new_output(weight.shape, like=weight)
-    sum_partials((dw_partial, dw), (db_partial, db))
+    dw, db = _weight_grads(weight, dw_partial, db_partial)
     return dx, dw, db
 
 
-def tm_norm_bwd(
-    dy: torch.Tensor, x: torch.Tensor, heads: int, weight: torch.Tensor,
-    mean: torch.Tensor, rstd: torch.Tensor, rms: bool,
-    *, rows: int | None = None, num_warps: int | None = None, per_sm: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dx, dw, db)``; ``dw``/``db`` in the weight dtype (``db`` is meaningless for RMSNorm).
-    One launch (:func:`tm_norm_bwd_sample_kernel`) writes ``dx`` in ``x``'s dtype, then one sums the
-    weight partials."""
-    bs, t, d = x.shape
-    weight = weight.contiguous()
-    rows = min(_rows(d, rows), triton.next_power_of_2(max(t, 1)))
-    programs = num_programs_for(max(bs, 1), x.device, per_sm=per_sm or TM_BWD_META["per_sm"])
-    per_program = triton.cdiv(max(bs, 1), programs)
-    programs = triton.cdiv(max(bs, 1), per_program)
-    dx = new_output((bs, t, d), like=x)
-    row_sums = new_output((2, bs * t), like=x, dtype=torch.float32)
-    dw_partial = new_output((programs, d), like=x, dtype=torch.float32)
-    db_partial = new_output((programs, d), like=x, dtype=torch.float32)
-    tm_norm_bwd_sample_kernel[(programs,)](
-        dy, x, weight, mean, rstd, dx, row_sums, dw_partial, db_partial,
-        bs, t, d, d // heads,
-        dy.stride(0), dy.stride(1), dy.stride(2),
-        x.stride(0), x.stride(1), x.stride(2),
-        per_program,
-        RMS=rms, ROWS=rows, BLOCK_D=triton.next_power_of_2(max(d, 1)),
-        num_warps=num_warps or TM_BWD_META["num_warps"],
-    )
+def _weight_grads(weight: torch.Tensor, dw_partial: torch.Tensor, db_partial: torch.Tensor):
+    """The norm weight's and bias's gradients, in the weight's dtype, from per-program partials."""
     dw, db = new_output(weight.shape, like=weight), new_output(weight.shape, like=weight)
     sum_partials((dw_partial, dw), (db_partial, db))
-    return dx, dw, db
+    return dw, db
 
 
 def residual_norm_fwd(
@@ -480,5 +337,25 @@ def residual_norm_bwd(
     *, rows: int | None = None, num_warps: int | None = None, per_sm: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(ds, dw, db)``: ``ds``, the gradient of both ``x`` and ``r``, in the wider of their dtypes."""
-    ds_dtype = torch.promote_types(x.dtype, r.dtype)
-    return _norm_bwd(dy, x, r, 1, weight, mean, rstd, rms, ds_dtype, rows, num_warps, per_sm)
+    bs, t, d = x.shape
+    m = bs * t
+    weight = weight.contiguous()
+    rows = _rows(d, rows)
+    tiles = triton.cdiv(max(m, 1), rows)
+    programs = num_programs_for(tiles, x.device, per_sm=per_sm or NORM_META["per_sm"])
+    tiles_per_program = triton.cdiv(tiles, programs)
+    ds = new_output((bs, t, d), like=x, dtype=torch.promote_types(x.dtype, r.dtype))
+    dw_partial = new_output((programs, d), like=x, dtype=torch.float32)
+    db_partial = new_output((programs, d), like=x, dtype=torch.float32)
+    residual_norm_bwd_kernel[(programs,)](
+        dy, x, r, weight, mean, rstd, ds, dw_partial, db_partial,
+        m, t, d,
+        dy.stride(0), dy.stride(1), dy.stride(2),
+        x.stride(0), x.stride(1), x.stride(2),
+        r.stride(0), r.stride(1), r.stride(2),
+        tiles_per_program,
+        RMS=rms, ROWS=rows, BLOCK_D=triton.next_power_of_2(max(d, 1)),
+        num_warps=num_warps or NORM_META["num_warps"],
+    )
+    dw, db = _weight_grads(weight, dw_partial, db_partial)
+    return ds, dw, db
