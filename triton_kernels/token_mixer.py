@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import new_output, num_programs_for
+from ._launch import new_output, num_programs_for, sm_count
 from ._partials import sum_partials
 
 
@@ -243,7 +243,7 @@ NORM_META = dict(tile_elements=2048, max_rows=16, num_warps=4, per_sm=8)
 # RankMixer's T = 16, D = 768), warps and row tile. At rankmixer-100m (H200, CUDA graphs) 2 programs an
 # SM, 4 warps and 4-row tiles took 105.6-105.8 us against 137 for the two launches before it; 4 an SM
 # with 2-row tiles 108.7, 8 warps no faster, 1 program an SM or 1-row tiles slower (run132, run133)
-TM_BWD_META = dict(per_sm=2, num_warps=4, tile_elements=4096)
+TM_BWD_META = dict(per_sm=2, num_warps=4, tile_elements=4096, workspace_bytes=32 << 20)
 
 
 def _rows(d: int, rows: int | None, tile_elements: int | None = None) -> int:
@@ -297,6 +297,10 @@ def tm_norm_bwd(
     weight = weight.contiguous()
     rows = min(rows or _rows(d, None, TM_BWD_META["tile_elements"]), triton.next_power_of_2(max(t, 1)))
     programs = num_programs_for(max(bs, 1), x.device, per_sm=per_sm or TM_BWD_META["per_sm"])
+    # wider samples: fewer programs, down to one an SM, so that the workspace stays near its size at
+    # rankmixer-100m (25 MB), where it was timed
+    slot_pairs = TM_BWD_META["workspace_bytes"] // (2 * t * d * 4)
+    programs = max(1, min(programs, max(slot_pairs, sm_count(x.device))))
     per_program = triton.cdiv(max(bs, 1), programs)
     programs = triton.cdiv(max(bs, 1), per_program)
     dx = new_output((bs, t, d), like=x)
