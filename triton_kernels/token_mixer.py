@@ -229,7 +229,7 @@ def token_mix(src: torch.Tensor, rows: int, c: int) -> torch.Tensor:
         block, num_warps = _block(width)
         token_mix_gather_kernel[(bs * rows,)](
             src, out, rows, width, c,
-            src.stride(0), src.stride(1), src.stride(2),
+            *_strides(src),
             BLOCK=block, num_warps=num_warps,
         )
     return out
@@ -266,10 +266,7 @@ def _norm_fwd(x, r, c, weight, bias, eps, rms, rows, num_warps):
         rr = r if r is not None else x
         tm_norm_fwd_kernel[(triton.cdiv(m, rows),)](
             x, rr, weight, bias if bias is not None else weight, y, mean, rstd,
-            m, t, d, c,
-            x.stride(0), x.stride(1), x.stride(2),
-            rr.stride(0), rr.stride(1), rr.stride(2),
-            eps,
+            m, t, d, c, *_strides(x, rr), eps,
             MIX=r is None, RMS=rms, HAS_BIAS=bias is not None, ROWS=rows, BLOCK_D=triton.next_power_of_2(d),
             num_warps=num_warps or NORM_META["num_warps"],
         )
@@ -305,19 +302,27 @@ def tm_norm_bwd(
     programs = triton.cdiv(max(bs, 1), per_program)
     dx = new_output((bs, t, d), like=x)
     ws = torch.empty((programs, 2, t, d), device=x.device, dtype=torch.float32)
-    dw_partial = new_output((programs, d), like=x, dtype=torch.float32)
-    db_partial = new_output((programs, d), like=x, dtype=torch.float32)
+    dw_partial, db_partial = _partials(programs, x)
     tm_norm_bwd_kernel[(programs,)](
         dy, x, weight, mean, rstd, dx, ws, dw_partial, db_partial,
-        bs, t, d, d // heads,
-        dy.stride(0), dy.stride(1), dy.stride(2),
-        x.stride(0), x.stride(1), x.stride(2),
-        per_program,
+        bs, t, d, d // heads, *_strides(dy, x), per_program,
         RMS=rms, ROWS=rows, BLOCK_D=triton.next_power_of_2(max(d, 1)),
         num_warps=num_warps or TM_BWD_META["num_warps"],
     )
     dw, db = _weight_grads(weight, dw_partial, db_partial)
     return dx, dw, db
+
+
+def _strides(*tensors: torch.Tensor) -> list[int]:
+    """The ``[bs, T, D]`` tensors' strides in order, as the kernels take them."""
+    return [st for x in tensors for st in x.stride()]
+
+
+def _partials(programs: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-program fp32 partials of the norm weight's and bias's gradients."""
+    d = x.shape[-1]
+    return (new_output((programs, d), like=x, dtype=torch.float32),
+            new_output((programs, d), like=x, dtype=torch.float32))
 
 
 def _weight_grads(weight: torch.Tensor, dw_partial: torch.Tensor, db_partial: torch.Tensor):
@@ -349,15 +354,10 @@ def residual_norm_bwd(
     programs = num_programs_for(tiles, x.device, per_sm=per_sm or NORM_META["per_sm"])
     tiles_per_program = triton.cdiv(tiles, programs)
     ds = new_output((bs, t, d), like=x, dtype=torch.promote_types(x.dtype, r.dtype))
-    dw_partial = new_output((programs, d), like=x, dtype=torch.float32)
-    db_partial = new_output((programs, d), like=x, dtype=torch.float32)
+    dw_partial, db_partial = _partials(programs, x)
     residual_norm_bwd_kernel[(programs,)](
         dy, x, r, weight, mean, rstd, ds, dw_partial, db_partial,
-        m, t, d,
-        dy.stride(0), dy.stride(1), dy.stride(2),
-        x.stride(0), x.stride(1), x.stride(2),
-        r.stride(0), r.stride(1), r.stride(2),
-        tiles_per_program,
+        m, t, d, *_strides(dy, x, r), tiles_per_program,
         RMS=rms, ROWS=rows, BLOCK_D=triton.next_power_of_2(max(d, 1)),
         num_warps=num_warps or NORM_META["num_warps"],
     )
