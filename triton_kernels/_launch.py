@@ -51,11 +51,13 @@ SWITCHES = {
                                    "global GEMM), 'gemm' (H written once, then a plain GEMM Y = W_G H) or "
                                    "'auto' (gemm for 16-bit activations at B >= 16 or N >= 1024, where it "
                                    "measured faster on the H200)"),
-    UNIMIXING_GEMM_SWITCH: ("auto", "the two plain GEMMs of the unimixing memory-path backward at B < 16 "
-                                    "(G^T = dY^T W_G and dW_G = dY H^T, c-major operands): 'triton' (the "
-                                    "project's GEMM kernel), 'cublas' (torch.mm; 16-bit activations on "
+    UNIMIXING_GEMM_SWITCH: ("auto", "the plain GEMMs of the unimixing memory path: at B < 16 the "
+                                    "backward's two (G^T = dY^T W_G and dW_G = dY H^T, c-major operands), "
+                                    "at B >= 16 the global products without a residual (Y = W_G H, "
+                                    "G = W_G^T dY, batched over the samples): 'triton' (the project's "
+                                    "kernels), 'cublas' (torch.mm / torch.bmm; 16-bit activations on "
                                     "CUDA) or 'auto' (cublas where it can run: 12% faster per GEMM on the "
-                                    "H200 at paper-100m; else triton)"),
+                                    "H200 at paper-100m, 14% at rankmixer-100m; else triton)"),
     UNIMIXING_TMA_SWITCH: ("auto", "the unimixing memory-path forward GEMM at B < 16 (Y^T = H^T W_G^T, "
                                    "16-bit): 'auto' (the plain product reads its operands through TMA "
                                    "tensor descriptors, about one program per SM walking the tiles, "

@@ -821,10 +821,11 @@ def _transposed_for_dot(w_global: torch.Tensor, dtype: torch.dtype) -> torch.Ten
 
 
 def cublas_gemms(x: torch.Tensor) -> bool:
-    """Whether the memory-path backward at ``B < 16`` runs its two plain GEMMs through cuBLAS
-    (``torch.mm``) rather than :func:`unimixing_gemm_kernel`: the ``UNIMIXER_UNIMIXING_GEMM``
-    switch. cuBLAS needs 16-bit CUDA activations: fp32 keeps the kernel's exact ``ieee`` dots,
-    whatever torch's TF32 flags say."""
+    """Whether the memory path's plain GEMMs run through cuBLAS rather than the project's kernels:
+    at ``B < 16`` the backward's two (``torch.mm``, in place of :func:`unimixing_gemm_kernel`), at
+    ``B >= 16`` the global products without a residual (``torch.bmm``, in place of
+    :func:`unimixing_global_kernel`). The ``UNIMIXER_UNIMIXING_GEMM`` switch. cuBLAS needs 16-bit
+    CUDA activations: fp32 keeps the kernel's exact ``ieee`` dots, whatever torch's TF32 flags say."""
     can = x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and not interpreting()
     return cublas_switch(UNIMIXING_GEMM_SWITCH, can, can, f"fp16 or bf16 activations on CUDA, outside the "
                          f"Triton interpreter; got {x.dtype} on {x.device}")
@@ -894,6 +895,12 @@ def fused_norm_epilogue() -> bool:
 LOCAL_DOT_MIN_BP = 16
 # the slice of output columns c per sample in a local-dot forward tile (a dot's minimum width)
 LOCAL_DOT_CW = 16
+# the local dot kernel's backward (B >= 16): programs per SM for its sample splits. At rankmixer-100m
+# (B = 48, N = 256, bf16, H200, one launch under CUDA graphs) 4 splits a block took 66.8 us against
+# 78.3 with the default's 2 (8 splits 67.4, 16 72.6; 32 or 128 samples a step and 8 warps no better);
+# the forward keeps the default (2 splits, 30.3 us, the fastest setting probed)
+# (bench/results/2026-11-30-h200-run135)
+LOCAL_DOT_BWD_PER_SM = 8
 # memory path at B < 16, the local FMA kernel: blocks per warp (one per lane); the warps per program
 # and the samples per loop step are LOCAL_TILE_SWITCH's ('auto': LOCAL_FMA_TILE, forward and
 # backward), and the forward's programs per SM LOCAL_FMA_FWD_PER_SM (the backward's 4, which bounds
@@ -1223,10 +1230,17 @@ def _dwg_output(dwg_part: torch.Tensor, like: torch.Tensor, dtype: torch.dtype
 def _global_gemm(wg: torch.Tensor, src: torch.Tensor, out: torch.Tensor, transpose: bool,
                  residual: torch.Tensor | None = None) -> None:
     """``out = W_G^T src`` (backward's ``G``), or ``W_G src (+ residual)`` with ``transpose``
-    (forward's ``Y``), all ``[bs, L]`` as ``[N, (s, c)]`` columns: :func:`unimixing_global_kernel`."""
+    (forward's ``Y``), all ``[bs, L]`` as ``[N, (s, c)]`` columns: :func:`unimixing_global_kernel`,
+    or without a residual, where :func:`cublas_gemms`, cuBLAS's batched GEMM over the samples with
+    ``W_G`` broadcast (at rankmixer-100m 39.5 against 45.7 µs each way, bitwise equal outputs,
+    bench/results/2026-11-30-h200-run135)."""
     bs, t, d = src.shape
     n = wg.shape[0]
     b = t * d // n
+    if residual is None and cublas_gemms(src):
+        w = wg if transpose else wg.t()
+        torch.bmm(w.expand(bs, n, n), src.view(bs, n, b), out=out.view(bs, n, b))
+        return
     dot_dtype, precision = _dot_setup(src)
     swk, swo = (1, n) if transpose else (n, 1)
     args = (wg, src, out, out if residual is None else residual, bs, n, t * d, swk, swo, bucket(bs))
@@ -1263,8 +1277,13 @@ def _local_products(
     if fma:
         warps, sb = local_fma_tile(h_only)
         bn = LOCAL_FMA_LANES * warps
-    # the FMA forward writes no partials, so it may have more programs than _splits' default
-    extra = dict(per_sm=LOCAL_FMA_FWD_PER_SM) if fma and h_only else {}
+    # the FMA forward writes no partials, so it may have more programs than _splits' default; the dot
+    # kernel's backward more sample splits than the default's
+    extra = {}
+    if fma and h_only:
+        extra = dict(per_sm=LOCAL_FMA_FWD_PER_SM)
+    elif not fma and not h_only:
+        extra = dict(per_sm=LOCAL_DOT_BWD_PER_SM)
     p1, per1 = _splits(bs, triton.cdiv(n, bn), xc.device, n * b * b, **extra)
     dwl_part = xc if h_only else new_output((p1, n, b, b), like=xc, dtype=torch.float32)
     ptrs = (xc, xc, wl, xc, xc, h, dwl_part) if h_only else (g, xc, wl, dyc, dx, h, dwl_part)
