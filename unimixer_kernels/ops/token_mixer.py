@@ -22,12 +22,13 @@ TOKEN_MIXER = define_op("token_mixer")
 TOKEN_MIXER.register("reference")(reference.token_mixer)
 
 # "auto" on CUDA: Triton, measured correct (the GPU tests) and faster than the best torch.compile at
-# every preset timed, fwd+bwd bf16 on the H200: 4.38x at rankmixer-100m, 2.94x at rankmixer-1b
-# (bench/results/2026-11-30-h200-run134; 3.74x in run39)
+# every preset timed, fwd+bwd bf16 on the H200: 4.38x at rankmixer-100m, 1.73-2.94x at rankmixer-1b
+# (bench/results/2026-11-30-h200-run134, run138; 3.74x in run39)
 TOKEN_MIXER_RESIDUAL_NORM = define_op("token_mixer_residual_norm", cuda_auto=("triton",))
 TOKEN_MIXER_RESIDUAL_NORM.register("reference")(_token_mixer_residual_norm_reference)
 
-# "auto" on CUDA: Triton, as above: 6.45x at rankmixer-100m (run134; 7.13x in run39)
+# "auto" on CUDA: Triton, as above: 6.45x at rankmixer-100m (run134; 7.13x in run39), 3.52x at
+# rankmixer-1b (run138)
 RESIDUAL_NORM = define_op("residual_norm", cuda_auto=("triton",))
 RESIDUAL_NORM.register("reference")(_residual_norm_reference)
 
