@@ -291,15 +291,16 @@ def tm_norm_bwd(
     One launch (:func:`tm_norm_bwd_kernel`) writes ``dx`` in ``x``'s dtype, then one sums the
     weight partials."""
     bs, t, d = x.shape
+    samples = max(bs, 1)
     weight = weight.contiguous()
-    rows = min(rows or _rows(d, None, TM_BWD_META["tile_elements"]), triton.next_power_of_2(max(t, 1)))
-    programs = num_programs_for(max(bs, 1), x.device, per_sm=per_sm or TM_BWD_META["per_sm"])
+    rows = min(_rows(d, rows, TM_BWD_META["tile_elements"]), triton.next_power_of_2(max(t, 1)))
+    programs = num_programs_for(samples, x.device, per_sm=per_sm or TM_BWD_META["per_sm"])
     # wider samples: fewer programs, down to one an SM, so that the workspace stays near its size at
     # rankmixer-100m (25 MB), where it was timed
     slot_pairs = TM_BWD_META["workspace_bytes"] // (2 * t * d * 4)
     programs = max(1, min(programs, max(slot_pairs, sm_count(x.device))))
-    per_program = triton.cdiv(max(bs, 1), programs)
-    programs = triton.cdiv(max(bs, 1), per_program)
+    per_program = triton.cdiv(samples, programs)
+    programs = triton.cdiv(samples, per_program)
     dx = new_output((bs, t, d), like=x)
     ws = torch.empty((programs, 2, t, d), device=x.device, dtype=torch.float32)
     dw_partial, db_partial = _partials(programs, x)
