@@ -631,10 +631,20 @@ _TL_DTYPES = {
 }
 
 
-def _compute_dtype(u: torch.Tensor, weights) -> torch.dtype:
-    if all(w.dtype == u.dtype for w in weights) and u.dtype in _TL_DTYPES:
+def _compute_dtype(u: torch.Tensor, weights, lower: bool = False) -> torch.dtype:
+    """The products' operand dtype: ``u``'s where every weight has it; with ``lower`` (the caller
+    lowers the weights itself, as autocast would) ``u``'s wherever ``u`` is 16-bit, the weights then
+    rounded to it (in-kernel on the fused path, by :func:`_lowered` per token pass on the wide one);
+    else fp32."""
+    if (lower and u.dtype in (torch.float16, torch.bfloat16)) or (
+            all(w.dtype == u.dtype for w in weights) and u.dtype in _TL_DTYPES):
         return u.dtype
     return torch.float32
+
+
+def _lowered(w: torch.Tensor | None, cdt: torch.dtype) -> torch.Tensor | None:
+    """``w`` in the compute dtype ``cdt`` for the wide path's GEMMs (a copy only where it differs)."""
+    return w if w is None or w.dtype == cdt else w.to(cdt)
 
 
 def _prec(cdt: torch.dtype) -> str:
@@ -758,12 +768,23 @@ def _bmm_token_gemm(a, b, c, t, m, n, k, sa, sb, sc, a2, b2, bias) -> None:
     """:func:`_token_gemm` through ``torch.bmm`` / ``baddbmm_``: every operand a strided view
     (cuBLAS takes a unit stride in either of a matrix's two dimensions, so none is copied). A bias
     is written into ``c`` first (rounded to ``c``'s dtype) and the product added to it in fp32
-    (``beta = 1``), where the Triton GEMM adds the fp32 bias to its accumulator."""
+    (``beta = 1``), where the Triton GEMM adds the fp32 bias to its accumulator. A ``c`` wider than
+    the operands (a weight gradient in its fp32 weight's dtype) takes cuBLAS's fp32 output of the
+    16-bit product (``out_dtype``), off CUDA the same product of the operands widened exactly."""
     def view(x, shape, strides):
         return x.as_strided(shape, strides, x.storage_offset())
 
     cv = view(c, (t, m, n), (sc[1], sc[0], sc[2]))
     av, bv = view(a, (t, m, k), (sa[1], sa[0], sa[2])), view(b, (t, k, n), sb)
+    if c.dtype != a.dtype:
+        if bias is not None or a2 is not None or c.dtype != torch.float32:
+            raise ValueError(f"an output in another dtype than the operands' ({c.dtype}, {a.dtype}) must be "
+                             "an fp32 plain product, without a bias or a second product")
+        if c.device.type == "cuda":
+            torch.bmm(av, bv, out_dtype=c.dtype, out=cv)
+        else:
+            torch.bmm(av.to(c.dtype), bv.to(c.dtype), out=cv)
+        return
     if bias is None:
         torch.bmm(av, bv, out=cv)
     else:
@@ -939,12 +960,14 @@ def ffn_fwd(
     b2: torch.Tensor | None,
     save: bool,
     folded: bool = False,
+    lower: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Forward of the per-token FFN (gated when ``w3`` is given). Returns ``(o [bs, T, D],
     G, V)``; ``G``/``V`` are ``[T, bs, h]`` in the compute dtype when ``save``, else ``None``: the
     hidden pre-activations for :func:`ffn_bwd` (on the wide-token path without their biases).
     ``folded``: the wide-token path runs in the token passes of the backward with the norm folded
-    in (:func:`_token_chunk`), so that its unsaved hidden buffers stay as small.
+    in (:func:`_token_chunk`), so that its unsaved hidden buffers stay as small. ``lower``: 16-bit
+    ``u`` with weights of another dtype computes in ``u``'s dtype (:func:`_compute_dtype`).
 
     ``u`` may have any strides; the weights and biases are made contiguous (a no-op for
     ordinary parameters)."""
@@ -952,7 +975,7 @@ def ffn_fwd(
     h = w1.shape[-1]
     gated = w3 is not None
     w1, w3, w2, b1, b3, b2 = (_contig(x) for x in (w1, w3, w2, b1, b3, b2))
-    cdt = _compute_dtype(u, [w for w in (w1, w3, w2) if w is not None])
+    cdt = _compute_dtype(u, [w for w in (w1, w3, w2) if w is not None], lower)
     o = new_output((bs, t, d), like=u)
     if bs > 0 and t > 0 and not _fused(d, cdt):
         g = new_output((t, bs, h), like=u, dtype=cdt) if save else None
@@ -960,12 +983,12 @@ def ffn_fwd(
         for sl in _chunks(t, _token_chunk(t, folded=folded, forward=True)):
             n = sl.stop - sl.start
             u_c = _part(u, sl, 1)
-            g_c = _pre_tiled(u_c, _part(w1, sl), cdt, _part(g, sl))
-            v_c = _pre_tiled(u_c, _part(w3, sl), cdt, _part(v, sl)) if gated else None
+            g_c = _pre_tiled(u_c, _lowered(_part(w1, sl), cdt), cdt, _part(g, sl))
+            v_c = _pre_tiled(u_c, _lowered(_part(w3, sl), cdt), cdt, _part(v, sl)) if gated else None
             act = new_output(g_c.shape, like=g_c) if save else g_c  # not saving: A replaces G
             _act_pass(g_c, v_c, _part(b1, sl), _part(b3, sl), None, act)
-            _token_gemm(act, _part(w2, sl), _part(o, sl, 1), n, bs, d, h, (h, bs * h, 1), (h * d, d, 1),
-                        (t * d, d, 1), cdt, bias=_part(b2, sl))
+            _token_gemm(act, _lowered(_part(w2, sl), cdt), _part(o, sl, 1), n, bs, d, h, (h, bs * h, 1),
+                        (h * d, d, 1), (t * d, d, 1), cdt, bias=_part(b2, sl))
             # this pass's buffers go back before the next pass allocates its own (assigning the next
             # pass's over these names would free them only after: two passes' buffers at once)
             del g_c, v_c, act
@@ -1038,6 +1061,8 @@ def ffn_bwd(
     n_split: int | None = None,
     bias_dtypes: tuple[torch.dtype, torch.dtype, torch.dtype] | None = None,
     prenorm: TokenPassNorm | None = None,
+    lower: bool = False,
+    copies: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Backward of :func:`ffn_fwd`. ``g``/``v`` are the saved hidden pre-activations, or ``None``
     to recompute them. ``n_split`` (default: sized to the GPU) is the number of sample ranges
@@ -1050,12 +1075,17 @@ def ffn_bwd(
     ``prenorm``: the FFN's input is ``RMSNorm(s)`` (``u`` is then ``s``, ``g`` and ``v`` are
     ``None``). Each token pass recomputes its ``u`` and turns its ``du`` into ``ds``
     (:class:`.rms_norm.TokenPassNorm`): the returned ``du`` is then ``prenorm.ds``, and the norm
-    weight's partials are summed with the FFN's."""
+    weight's partials are summed with the FFN's.
+
+    ``lower``: as :func:`ffn_fwd`'s; the weight gradients still come back in the weights' own dtypes,
+    straight from the GEMMs (fp32 outputs of 16-bit products). On the wide path each 16-bit weight
+    copy is cast per token pass and freed after its last GEMM, but for those ``copies`` (the
+    forward's 16-bit ``(w1, w3, w2)``, each ``None`` where there is none) hands over."""
     bs, t, d = u.shape
     h = w1.shape[-1]
     gated = w3 is not None
     w1, w3, w2, b1, b3 = (_contig(x) for x in (w1, w3, w2, b1, b3))
-    cdt = _compute_dtype(u, [w for w in (w1, w3, w2) if w is not None])
+    cdt = _compute_dtype(u, [w for w in (w1, w3, w2) if w is not None], lower)
     tdt = _TL_DTYPES[cdt]
     db1_dt, db3_dt, db2_dt = bias_dtypes if bias_dtypes is not None else (torch.float32,) * 3
     if prenorm is not None and g is not None:
@@ -1072,8 +1102,6 @@ def ffn_bwd(
         return du, zeros[0], zeros[1], zeros[2], bz[0], (bz[1] if gated else None), bz[2]
     saved = g is not None
     if not _fused(d, cdt):
-        dw1, dw2 = new_output(w1.shape, like=w1), new_output(w2.shape, like=w2)
-        dw3 = new_output(w3.shape, like=w3) if gated else None
         db1 = new_output((t, h), like=u, dtype=db1_dt)
         db3 = new_output((t, h), like=u, dtype=db3_dt) if gated else None
         db2 = new_output((t, d), like=u, dtype=db2_dt)
@@ -1083,10 +1111,14 @@ def ffn_bwd(
         chunks = _chunks(t, _token_chunk(t, folded=prenorm is not None))
         if prenorm is not None:
             prenorm.plan(chunks)
+        # the weight gradients are allocated at their first GEMM (below), so that dW2's buffer never
+        # sits beside the hidden pre-activation's, nor dW1's beside A's
+        dw1 = dw3 = dw2 = None
+        lows = [c if c is not None else w for c, w in zip(copies or (None,) * 3, (w1, w3, w2))]
         for sl in chunks:
             n = sl.stop - sl.start
             u_c, do_c, du_c = _pass_rows(u, do, du, sl, prenorm)
-            w1_c, w3_c, w2_c = _part(w1, sl), _part(w3, sl), _part(w2, sl)
+            w1_c, w3_c = _lowered(_part(lows[0], sl), cdt), _lowered(_part(lows[1], sl), cdt)
             if saved:
                 g_c, v_c = _part(g, sl), _part(v, sl)
                 a_c = new_output((n, bs, h), like=u, dtype=cdt)
@@ -1096,17 +1128,30 @@ def ffn_bwd(
                 v_c = _pre_tiled(u_c, w3_c, cdt) if gated else None
                 a_c, dv_c = g_c, v_c
             dg_c = new_output((n, bs, h), like=u, dtype=cdt)  # dA, then dG in its place
+            w2_c = _lowered(_part(lows[2], sl), cdt)
             _token_gemm(do_c, w2_c, dg_c, n, bs, h, d, (do.stride(0), do.stride(1), do.stride(2)),
                         (h * d, 1, d), (h, bs * h, 1), cdt)
+            del w2_c
             _act_pass(g_c, v_c, _part(b1, sl), _part(b3, sl), dg_c, a_c, dg_c, dv_c, _part(pb1, sl, 1),
                       _part(pb3, sl, 1))
             _token_gemm(dg_c, w1_c, du_c, n, bs, d, h, (h, bs * h, 1), (d * h, 1, h),
                         (du_c.stride(0), du_c.stride(1), 1), cdt, a2=dv_c, b2=w3_c)
+            del w1_c, w3_c
             if prenorm is not None:
                 prenorm.grads(sl, du_c)
-            _weight_grads_tiled(do_c, u_c, a_c, dg_c, dv_c, _part(dw1, sl), _part(dw3, sl), _part(dw2, sl),
-                                cdt)
-            del g_c, v_c, a_c, dv_c, dg_c, u_c, du_c  # as in the forward: freed before the next pass
+            # dW2 = A^T dO, then A (G's buffer when recomputed) goes before dW1 = u^T dG, dW3 = u^T dV
+            dw2 = new_output(w2.shape, like=w2) if dw2 is None else dw2
+            _weight_grad_tiled(a_c, do_c, _part(dw2, sl), bs, (1, bs * h, h),
+                               (do.stride(1), do.stride(0), do.stride(2)), cdt)
+            del g_c, a_c
+            su = (u_c.stride(2), u_c.stride(1), u_c.stride(0))  # (m = d, t, k = sample)
+            dw1 = new_output(w1.shape, like=w1) if dw1 is None else dw1
+            _weight_grad_tiled(u_c, dg_c, _part(dw1, sl), bs, su, (bs * h, h, 1), cdt)
+            del dg_c
+            if gated:
+                dw3 = new_output(w3.shape, like=w3) if dw3 is None else dw3
+                _weight_grad_tiled(u_c, dv_c, _part(dw3, sl), bs, su, (bs * h, h, 1), cdt)
+            del v_c, dv_c, u_c, du_c  # as in the forward: freed before the next pass
         # the bias gradients: the activation pass's partials, and dO's rows (db2 = sum over samples)
         pairs = [(pb1, db1), (do.reshape(bs, t * d).contiguous(), db2.view(t * d))]
         sum_partials(*pairs, *([(pb3, db3)] if gated else []), *_prenorm_pair(prenorm))
@@ -1183,20 +1228,14 @@ def _prenorm_pair(prenorm) -> tuple:
     return () if prenorm is None else (prenorm.weight_grad_pair(),)
 
 
-def _weight_grads_tiled(do, u, a, dg, dv, dw1, dw3, dw2, cdt) -> None:
-    """Weight gradients of the wide-token path as per-token GEMMs over the samples (``K = bs``), into
-    ``dw1``, ``dw3`` (when ``dv`` is given) and ``dw2``: ``dW1[t] = u_t^T dG_t``, ``dW3[t] = u_t^T dV_t``,
-    ``dW2[t] = A_t^T dO_t``, each tile reducing all samples in one fp32 accumulator (deterministic, no
-    partials)."""
-    bs, t, d = u.shape
-    h = dg.shape[-1]
-    su = (u.stride(2), u.stride(1), u.stride(0))  # (m = d, t, k = sample)
-    shid = (bs * h, h, 1)  # [T, bs, h] as (t, k = sample, n = h)
-    _token_gemm(u, dg, dw1, t, d, h, bs, su, shid, (h, d * h, 1), cdt)
-    if dv is not None:
-        _token_gemm(u, dv, dw3, t, d, h, bs, su, shid, (h, d * h, 1), cdt)
-    _token_gemm(a, do, dw2, t, h, d, bs, (1, bs * h, h), (do.stride(1), do.stride(0), do.stride(2)),
-                (d, h * d, 1), cdt)
+def _weight_grad_tiled(a, b, dw, k, sa, sb, cdt) -> None:
+    """One weight gradient of the wide-token path, ``dW[t] = a_t^T b_t`` over the ``k`` samples:
+    ``dW1 = u^T dG``, ``dW3 = u^T dV``, ``dW2 = A^T dO``, into ``dw [T, m, n]`` (contiguous, in any
+    dtype: an fp32 one straight from the 16-bit products), each tile reducing all samples in one fp32
+    accumulator (deterministic, no partials). ``sa``, ``sb``: ``a``'s ``(m, t, k)`` and ``b``'s
+    ``(t, k, n)`` strides."""
+    t, m, n = dw.shape
+    _token_gemm(a, b, dw, t, m, n, k, sa, sb, (n, m * n, 1), cdt)
 
 
 def rms_norm_ffn_fwd(

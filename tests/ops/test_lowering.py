@@ -61,11 +61,11 @@ def test_lowering_cast_ops_pass_opcheck(device):
     torch.library.opcheck(widen_cast, (x.detach().to(torch.bfloat16), torch.float32))
 
 
-def _autocast_ffn_grads(backend, inputs, gout, dtype):
+def _autocast_ffn_grads(backend, inputs, gout, dtype, **kwargs):
     for p in inputs:
         p.grad = None
     with torch.autocast(gout.device.type, dtype=dtype):
-        out = uk.pgelu_ffn(*inputs, backend=backend)
+        out = uk.pgelu_ffn(*inputs, backend=backend, **kwargs)
     assert out.dtype == dtype
     out.backward(gout)
     return [out.detach()] + [p.grad for p in inputs]
@@ -77,10 +77,16 @@ def _autocast_ffn_grads(backend, inputs, gout, dtype):
     pytest.param(torch.bfloat16, marks=[pytest.mark.gpu, pytest.mark.skipif(
         not HAS_CUDA, reason="the Triton CPU interpreter truncates fp32 to bf16; checked on the GPU")]),
 ], ids=["fp16", "bf16"])
-def test_autocast_ffn_on_triton_widens_every_fp32_gradient(device, dtype, monkeypatch):
-    """Under autocast the Triton backend's fp32 arguments (input, weights, biases) are cast by
-    ``lower_cast``; their gradients come back fp32 through the cast kernel, as the reference
-    backend's do through ``Tensor.to``, and agree with them."""
+@pytest.mark.parametrize("path", ["fused", "wide-triton", "wide-cublas"])
+@pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
+def test_autocast_ffn_on_triton_lowers_its_own_weights(device, dtype, monkeypatch, path, recompute):
+    """Under autocast the Triton backend's fp32 input is cast by ``lower_cast`` (its gradient widened
+    back by the cast kernel), while the FFN's weights and biases reach the op uncast (``lowers``): their
+    gradients come back fp32 from the op itself, on the fused path and on the wide path's fp32 GEMM
+    outputs (the project's GEMM and ``torch.bmm``), and agree with the reference backend's through
+    ``Tensor.to`` by SPEC §8's rule."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
     calls = []
 
     def counted(x, dt):
@@ -88,12 +94,15 @@ def test_autocast_ffn_on_triton_widens_every_fp32_gradient(device, dtype, monkey
         return widen_cast(x, dt)
 
     monkeypatch.setattr(lowering, "widen_cast", counted)
+    if path != "fused":
+        monkeypatch.setattr(kernels, "FUSED_MAX_D", 0)
+        monkeypatch.setenv("UNIMIXER_FFN_GEMM", path.removeprefix("wide-"))
     bs, t, d, kd = 5, 3, 16, 24
     u = random_input((bs, t, d), torch.float32, device, requires_grad=True)
     inputs = [u, *_params(t, d, kd, torch.float32, device, True)]
     gout = random_input((bs, t, d), torch.float32, device).to(dtype)
-    got = _autocast_ffn_grads("triton", inputs, gout, dtype)
-    assert sorted(calls) == sorted(tuple(p.shape) for p in inputs)
+    got = _autocast_ffn_grads("triton", inputs, gout, dtype, recompute=recompute)
+    assert calls == [tuple(u.shape)]
     assert all(g.dtype == torch.float32 for g in got[1:])
     pt = _autocast_ffn_grads("reference", inputs, gout, dtype)
     # SPEC §8 against fp64 on the inputs as autocast rounds them

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from unimixer_kernels.ops.pgelu_ffn import pgelu_ffn, pgelu_ffn_bwd, pgelu_ffn_fwd
-from unimixer_kernels.testing import check_against_reference, random_input
+from unimixer_kernels.testing import (
+    GRAD_FACTOR,
+    OUTPUT_FACTOR,
+    assert_close_to_reference,
+    check_against_reference,
+    random_input,
+)
 
 # (bs, T, D, kD): non-powers of two, bs = 1, a single token
 SHAPES = [(1, 1, 8, 8), (3, 2, 24, 20), (5, 3, 16, 48)]
@@ -67,8 +73,34 @@ def test_pgelu_ffn_opcheck(device, save):
     torch.library.opcheck(pgelu_ffn_fwd, (u, w1, b1, w2, b2, save))
     torch.library.opcheck(pgelu_ffn_fwd, (u, w1, None, w2, None, save))
     g = torch.randn(t, bs, kd, device=device) if save else None
-    args = (torch.randn(bs, t, d, device=device), u.detach(), w1.detach(), b1.detach(), w2.detach(), None, g)
+    args = (torch.randn(bs, t, d, device=device), u.detach(), w1.detach(), b1.detach(), w2.detach(), None, g,
+            None, None)
     torch.library.opcheck(pgelu_ffn_bwd, args)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("save", [False, True])
+def test_pgelu_ffn_opcheck_lowered_weights(device, monkeypatch, save):
+    """fp16 activations beside fp32 weights on the wide path: the forward's weight copies (``save``)
+    are outputs of their own, and the backward's weight gradients fp32."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    monkeypatch.setattr(kernels, "FUSED_MAX_D", 0)
+    bs, t, d, kd = 2, 2, 16, 16
+    u = random_input((bs, t, d), torch.float16, device, requires_grad=True)
+    w1, b1, w2, b2 = _params(t, d, kd, torch.float32, device, True)
+    torch.library.opcheck(pgelu_ffn_fwd, (u, w1, b1, w2, b2, save))
+    _, g, w1c, w2c = pgelu_ffn_fwd(u.detach(), w1.detach(), b1.detach(), w2.detach(), b2.detach(), save)
+    if save:
+        assert torch.equal(w1c, w1.detach().half()) and torch.equal(w2c, w2.detach().half())
+    else:
+        assert w1c.numel() == 0 and w2c.numel() == 0
+    copies = (w1c, w2c) if save else (None, None)
+    do = random_input((bs, t, d), torch.float16, device)
+    args = (do, u.detach(), w1.detach(), b1.detach(), w2.detach(), b2.detach(), g if save else None, *copies)
+    torch.library.opcheck(pgelu_ffn_bwd, args)
+    grads = pgelu_ffn_bwd(*args)
+    assert [x.dtype for x in grads] == [torch.float16] + [torch.float32] * 4
 
 
 def test_pgelu_ffn_bad_input():
@@ -108,6 +140,37 @@ def test_pgelu_ffn_triton_tiled_path(device, kernel_dtype, monkeypatch, recomput
     u = random_input((bs, t, d), kernel_dtype, device, requires_grad=True, noncontiguous=True)
     check_against_reference(pgelu_ffn, (u, *_params(t, d, kd, kernel_dtype, device, True)),
                             backend="triton", kwargs={"recompute": recompute})
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("path", ["fused", "wide-triton", "wide-cublas"])
+@pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
+def test_pgelu_ffn_triton_rounds_fp32_weights_to_16bit_activations(device, monkeypatch, path, recompute):
+    """fp16 activations beside fp32 weights and biases (no autocast): the products run in fp16 on the
+    weights rounded to it, as autocast would round them; the output is fp16, every parameter's gradient
+    fp32. SPEC §8's rule against fp64 on the rounded weights, beside the reference on fp16 weights."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    if path != "fused":
+        monkeypatch.setattr(kernels, "FUSED_MAX_D", 0)
+        monkeypatch.setenv("UNIMIXER_FFN_GEMM", path.removeprefix("wide-"))
+    bs, t, d, kd = 6, 3, 16, 40
+    u = random_input((bs, t, d), torch.float16, device, requires_grad=True, noncontiguous=True)
+    params = _params(t, d, kd, torch.float32, device, True)
+    o = pgelu_ffn(u, *params, recompute=recompute, backend="triton")
+    assert o.dtype == torch.float16
+    gout = random_input(o.shape, torch.float16, device)
+    got = (o, *torch.autograd.grad(o, (u, *params), gout))
+    assert [g.dtype for g in got[2:]] == [torch.float32] * 4
+    rounded = [p.detach().half().requires_grad_() for p in params]
+    base_out = pgelu_ffn(u, *rounded, backend="reference")
+    base = (base_out, *torch.autograd.grad(base_out, (u, *rounded), gout))
+    ref_in = [x.detach().double().requires_grad_() for x in (u, *rounded)]
+    ref_out = pgelu_ffn(*ref_in, backend="reference")
+    ref = (ref_out, *torch.autograd.grad(ref_out, ref_in, gout.double()))
+    for i, (g, r, b) in enumerate(zip(got, ref, base)):
+        factor = OUTPUT_FACTOR if i == 0 else GRAD_FACTOR
+        assert_close_to_reference(g, r, b, factor=factor, name=f"result {i}", test_dtype=torch.float16)
 
 
 @pytest.mark.triton

@@ -5,6 +5,15 @@ epilogue); at wide tokens (``D > 256``, RankMixer's) its GEMMs with fp16 or bf16
 cuBLAS's (``UNIMIXER_FFN_GEMM``). ``recompute=True`` (default) recomputes the hidden
 pre-activation ``g = u W1 + b1`` in the backward; ``recompute=False`` saves it (``bs * T * kD``
 elements in the compute dtype).
+
+Precision and autocast: with fp16/bf16 activations the products run in the activations' dtype,
+weights of another dtype (fp32 parameters) rounded to it, as autocast would round them; the weight
+and bias gradients come back in the parameters' own dtypes. Under autocast the op lowers its
+arguments (``"lower"``, ``_registry.py``), but the Triton backend takes the weights and biases uncast
+(``lowers``): the wide path casts each weight once in the forward and computes its gradient as an fp32
+GEMM output, where autocast's casts around the op would widen a 16-bit gradient in one more pass over
+each weight. ``recompute`` covers the weight copies too: ``False`` saves them beside ``g`` (the autocast
+cast's memory), ``True`` casts them again in the backward, each freed after its last GEMM.
 """
 
 from __future__ import annotations
@@ -33,36 +42,44 @@ def _kernels():
 # --- Triton: forward and backward custom ops -------------------------------------------------
 
 
+def _none_if_empty(x: Tensor) -> Tensor | None:
+    return x if x.numel() else None
+
+
 @torch.library.custom_op("unimixer::pgelu_ffn_fwd", mutates_args=())
 def pgelu_ffn_fwd(
     u: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, save: bool
-) -> tuple[Tensor, Tensor]:
-    """``(o, g)``: ``g`` is ``[T, bs, kD]`` when ``save``, else empty."""
-    o, g = _kernels().pgelu_ffn_fwd(u, w1, b1, w2, b2, save)
-    return o, (g if g is not None else u.new_empty((0,)))
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(o, g, w1c, w2c)``: with ``save``, ``g`` is ``[T, bs, kD]`` and ``w1c``, ``w2c`` the 16-bit
+    copies of weights lowered on the wide path; each is empty where there is none."""
+    o, *rest = _kernels().pgelu_ffn_fwd(u, w1, b1, w2, b2, save)
+    return o, *(x if x is not None else u.new_empty((0,)) for x in rest)
 
 
 @pgelu_ffn_fwd.register_fake
 def _(u, w1, b1, w2, b2, save):
     if not save:
-        return u.new_empty(u.shape), u.new_empty((0,))
+        return u.new_empty(u.shape), *(u.new_empty((0,)) for _ in range(3))
     bs, t, _ = u.shape
-    dt = u.dtype if (w1.dtype == u.dtype and w2.dtype == u.dtype) else torch.float32
-    return u.new_empty(u.shape), u.new_empty((t, bs, w1.shape[-1]), dtype=dt)
+    cdt, *copy = _kernels().lowering(u, w1, w2)
+    copies = [w.new_empty(w.shape, dtype=cdt) if c else u.new_empty((0,)) for w, c in zip((w1, w2), copy)]
+    return u.new_empty(u.shape), u.new_empty((t, bs, w1.shape[-1]), dtype=cdt), *copies
 
 
 @torch.library.custom_op("unimixer::pgelu_ffn_bwd", mutates_args=())
 def pgelu_ffn_bwd(
-    do: Tensor, u: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, g: Tensor | None
+    do: Tensor, u: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, g: Tensor | None,
+    w1c: Tensor | None, w2c: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(du, dw1, db1, dw2, db2)``; a bias gradient has the bias dtype (the weight's if absent)."""
+    """``(du, dw1, db1, dw2, db2)``: the weight gradients in the weights' dtypes, a bias gradient in
+    the bias dtype (the weight's if absent); ``w1c``, ``w2c``: the forward's weight copies or ``None``."""
     dtypes = (b1.dtype if b1 is not None else w1.dtype, b2.dtype if b2 is not None else w2.dtype)
-    du, dw1, dw2, db1, db2 = _kernels().pgelu_ffn_bwd(do, u, w1, b1, w2, g, bias_dtypes=dtypes)
+    du, dw1, dw2, db1, db2 = _kernels().pgelu_ffn_bwd(do, u, w1, b1, w2, g, (w1c, w2c), bias_dtypes=dtypes)
     return du, dw1, db1, dw2, db2
 
 
 @pgelu_ffn_bwd.register_fake
-def _(do, u, w1, b1, w2, b2, g):
+def _(do, u, w1, b1, w2, b2, g, w1c, w2c):
     t, d, kd = w1.shape
     return (
         u.new_empty(u.shape),
@@ -75,19 +92,20 @@ def _(do, u, w1, b1, w2, b2, g):
 
 def _pgelu_setup(ctx, inputs, output) -> None:
     u, w1, b1, w2, b2, save = inputs
-    _, g = output
+    _, g, w1c, w2c = output
     ctx.save = save
     ctx.has_bias = (b1 is not None, b2 is not None)
-    ctx.save_for_backward(u, w1, b1, w2, b2, g)
-    ctx.mark_non_differentiable(g)
+    ctx.save_for_backward(u, w1, b1, w2, b2, g, w1c, w2c)
+    ctx.mark_non_differentiable(g, w1c, w2c)
     ctx.set_materialize_grads(False)  # no zero-filled [T, bs, kD] gradient of g
 
 
-def _pgelu_backward(ctx, do: Tensor | None, _dg: Tensor | None):
+def _pgelu_backward(ctx, do: Tensor | None, _dg: Tensor | None, _dw1c: Tensor | None, _dw2c: Tensor | None):
     if do is None:
         return (None,) * 6
-    u, w1, b1, w2, b2, g = ctx.saved_tensors
-    du, dw1, db1, dw2, db2 = pgelu_ffn_bwd(do, u, w1, b1, w2, b2, g if ctx.save else None)
+    u, w1, b1, w2, b2, g, w1c, w2c = ctx.saved_tensors
+    du, dw1, db1, dw2, db2 = pgelu_ffn_bwd(do, u, w1, b1, w2, b2, g if ctx.save else None,
+                                           _none_if_empty(w1c), _none_if_empty(w2c))
     has_b1, has_b2 = ctx.has_bias
     return du, dw1, db1 if has_b1 else None, dw2, db2 if has_b2 else None, None
 
@@ -95,7 +113,9 @@ def _pgelu_backward(ctx, do: Tensor | None, _dg: Tensor | None):
 pgelu_ffn_fwd.register_autograd(_pgelu_backward, setup_context=_pgelu_setup)
 
 
-@PGELU_FFN.register("triton")
+# the weights and biases (1-4) stay uncast under autocast: the backend lowers them itself (module
+# docstring), and their gradients come back in their own dtype without autocast's casts around the op
+@PGELU_FFN.register("triton", lowers=(1, 2, 3, 4))
 def _pgelu_ffn_triton(u, w1, b1, w2, b2, recompute: bool = True) -> Tensor:
     return pgelu_ffn_fwd(u, w1, b1, w2, b2, not recompute)[0]
 
