@@ -33,7 +33,9 @@ class PerTokenFFN(nn.Module):
 
     ``recompute`` (default ``True``) is the ops' option: the Triton backend recomputes the hidden
     pre-activations in the backward (one more GEMM per pre-activation) instead of saving them
-    (``bs * T * h`` elements each in the compute dtype, kept from the forward to the backward).
+    (``bs * T * h`` elements each in the compute dtype, kept from the forward to the backward). For
+    the GELU FFN under autocast it also decides the 16-bit copies of the fp32 weights: cast again in the
+    backward (``True``) or kept from the forward (``False``; ``ops/pgelu_ffn.py``).
     """
 
     def __init__(

@@ -46,7 +46,8 @@ class RankMixerBlock(nn.Module):
 
     About ``2kTD^2`` parameters per block (plus biases and norms). ``recompute`` is
     :class:`PerTokenFFN`'s: ``False`` saves the PFFN's hidden pre-activation (``bs * T * kD`` elements,
-    192 MiB in bf16 at ``rankmixer-100m``) instead of recomputing it with one more GEMM in the backward.
+    192 MiB in bf16 at ``rankmixer-100m``) and, under autocast, the bf16 copies of its fp32 weights
+    (144 MiB there) instead of recomputing them in the backward (one more GEMM, two casts).
     """
 
     def __init__(
