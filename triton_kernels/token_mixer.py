@@ -242,8 +242,10 @@ NORM_META = dict(tile_elements=2048, max_rows=16, num_warps=4, per_sm=8)
 # tm_norm_bwd_kernel: programs per SM (each holds a 2 * T * D fp32 workspace slot pair, 96 KB at
 # RankMixer's T = 16, D = 768), warps and row tile. At rankmixer-100m (H200, CUDA graphs) 2 programs an
 # SM, 4 warps and 4-row tiles took 105.6-105.8 us against 137 for the two launches before it; 4 an SM
-# with 2-row tiles 108.7, 8 warps no faster, 1 program an SM or 1-row tiles slower (run132, run133)
-TM_BWD_META = dict(per_sm=2, num_warps=4, tile_elements=4096, workspace_bytes=32 << 20)
+# with 2-row tiles 108.7, 8 warps no faster, 1 program an SM or 1-row tiles slower (run132, run133).
+# Where the workspace cap leaves one program an SM (wide samples: rankmixer-1b, T = 32, D = 1536, 393 KB
+# a slot pair), a program takes ``single_warps`` instead, so that an SM keeps 8 warps (run141)
+TM_BWD_META = dict(per_sm=2, num_warps=4, single_warps=8, tile_elements=4096, workspace_bytes=32 << 20)
 
 
 def _rows(d: int, rows: int | None, tile_elements: int | None = None) -> int:
@@ -308,7 +310,7 @@ def tm_norm_bwd(
         dy, x, weight, mean, rstd, dx, ws, dw_partial, db_partial,
         bs, t, d, d // heads, *_strides(dy, x), per_program,
         RMS=rms, ROWS=rows, BLOCK_D=triton.next_power_of_2(max(d, 1)),
-        num_warps=num_warps or TM_BWD_META["num_warps"],
+        num_warps=num_warps or TM_BWD_META["num_warps" if programs > sm_count(x.device) else "single_warps"],
     )
     dw, db = _weight_grads(weight, dw_partial, db_partial)
     return dx, dw, db
