@@ -244,8 +244,12 @@ NORM_META = dict(tile_elements=2048, max_rows=16, num_warps=4, per_sm=8)
 # SM, 4 warps and 4-row tiles took 105.6-105.8 us against 137 for the two launches before it; 4 an SM
 # with 2-row tiles 108.7, 8 warps no faster, 1 program an SM or 1-row tiles slower (run132, run133).
 # Where the workspace cap leaves one program an SM (wide samples: rankmixer-1b, T = 32, D = 1536, 393 KB
-# a slot pair), a program takes ``single_warps`` instead, so that an SM keeps 8 warps (run141)
-TM_BWD_META = dict(per_sm=2, num_warps=4, single_warps=8, tile_elements=4096, workspace_bytes=32 << 20)
+# a slot pair), a program takes ``single_warps`` and row tiles of ``single_tile_elements``: there the
+# backward took 128.3 us at 8 warps with 4-row tiles, 174.6 at 4 warps with 2-row tiles (the settings
+# before), 165-167 at 8 or 16 warps with 2-row tiles, 127.4 at 16 warps with 4-row tiles; two programs an
+# SM need the cap lifted to 104 MB for 127.1 (run141 probe)
+TM_BWD_META = dict(per_sm=2, num_warps=4, tile_elements=4096, single_warps=8, single_tile_elements=8192,
+                   workspace_bytes=32 << 20)
 
 
 def _rows(d: int, rows: int | None, tile_elements: int | None = None) -> int:
@@ -295,12 +299,14 @@ def tm_norm_bwd(
     bs, t, d = x.shape
     samples = max(bs, 1)
     weight = weight.contiguous()
-    rows = min(_rows(d, rows, TM_BWD_META["tile_elements"]), triton.next_power_of_2(max(t, 1)))
     programs = num_programs_for(samples, x.device, per_sm=per_sm or TM_BWD_META["per_sm"])
     # wider samples: fewer programs, down to one an SM, so that the workspace stays near its size at
     # rankmixer-100m (25 MB), where it was timed
     slot_pairs = TM_BWD_META["workspace_bytes"] // (2 * t * d * 4)
     programs = max(1, min(programs, max(slot_pairs, sm_count(x.device))))
+    single = programs <= sm_count(x.device)  # one program an SM: wider programs (TM_BWD_META)
+    tile = TM_BWD_META["single_tile_elements" if single else "tile_elements"]
+    rows = min(_rows(d, rows, tile), triton.next_power_of_2(max(t, 1)))
     per_program = triton.cdiv(samples, programs)
     programs = triton.cdiv(samples, per_program)
     dx = new_output((bs, t, d), like=x)
@@ -310,7 +316,7 @@ def tm_norm_bwd(
         dy, x, weight, mean, rstd, dx, ws, dw_partial, db_partial,
         bs, t, d, d // heads, *_strides(dy, x), per_program,
         RMS=rms, ROWS=rows, BLOCK_D=triton.next_power_of_2(max(d, 1)),
-        num_warps=num_warps or TM_BWD_META["num_warps" if programs > sm_count(x.device) else "single_warps"],
+        num_warps=num_warps or TM_BWD_META["single_warps" if single else "num_warps"],
     )
     dw, db = _weight_grads(weight, dw_partial, db_partial)
     return dx, dw, db
