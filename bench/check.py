@@ -87,11 +87,18 @@ def _check_one(case, name: str, backend: str, dtype: torch.dtype, device: torch.
     except Unavailable as exc:
         return CheckResult(name, backend, label, "skipped", str(exc))
     except AssertionError as exc:
-        return CheckResult(name, backend, label, "FAIL", str(exc).splitlines()[0][:300],
-                           time.perf_counter() - t0)
+        return CheckResult(name, backend, label, "FAIL", _failure_detail(str(exc)), time.perf_counter() - t0)
     except Exception as exc:
         detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         return CheckResult(name, backend, label, "ERROR", detail, time.perf_counter() - t0)
+
+
+def _failure_detail(message: str) -> str:
+    """A failed check's table cell: the rule's verdict (the message's first line) and, where the check
+    measured it, how far torch itself moves when every input moves by one ulp."""
+    lines = message.splitlines()
+    spread = [line for line in lines[1:] if "moved by one ulp" in line]
+    return "; ".join([lines[0][:300] if lines else "", *(line[:200] for line in spread[:1])])
 
 
 def _in_dtype(inputs, dtype: torch.dtype) -> list:

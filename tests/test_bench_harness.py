@@ -231,6 +231,20 @@ def test_check_runs_every_available_backend_of_an_op():
     assert "passed" in format_checks(results)
 
 
+def test_a_failed_check_shows_the_verdict_and_torchs_one_ulp_spread():
+    from bench.check import _failure_detail
+
+    message = ("output 0: max|kernel - fp64 ref| = 1.6e-06 > 2.0 * max|torch-float32 - fp64 ref| ...\n"
+               "worst element (3,): kernel 0.5, fp64 0.49\n"
+               "torch-float32 on every floating input moved by one ulp: 9.0e-07, 4.50x its own error "
+               "(above 2.0 means the rule is beyond float32's reach at these inputs)")
+    detail = _failure_detail(message)
+    assert detail.startswith("output 0: max|kernel - fp64 ref|")
+    assert "; torch-float32 on every floating input moved by one ulp: 9.0e-07, 4.50x" in detail
+    assert "worst element" not in detail and "\n" not in detail
+    assert _failure_detail("grad of input 1: off") == "grad of input 1: off"
+
+
 def test_profile_lists_what_takes_the_time(tmp_path):
     from bench.__main__ import main
 

@@ -81,3 +81,19 @@ def test_gradient_failure_names_torchs_one_ulp_spread():
     with pytest.raises(AssertionError, match="grad of input 0") as failure:
         check_against_reference(fn, (x,), backend="triton")
     assert "on every floating input moved by one ulp" in str(failure.value)
+
+
+def test_output_failure_names_torchs_one_ulp_spread():
+    # an output off by far more than torch's rounding: the failure says how far torch moves when the
+    # inputs move by one ulp, against the output rule's factor
+    from unimixer_kernels.testing import OUTPUT_FACTOR, check_against_reference
+
+    def fn(x, backend):
+        y = x.sin()
+        return y if backend == "reference" else y * (1 + 1e-3)
+
+    x = torch.randn(32, dtype=torch.float32, requires_grad=True)
+    with pytest.raises(AssertionError, match="output 0") as failure:
+        check_against_reference(fn, (x,), backend="triton")
+    assert "on every floating input moved by one ulp" in str(failure.value)
+    assert f"above {OUTPUT_FACTOR} means" in str(failure.value)

@@ -146,7 +146,11 @@ def check_against_reference(
         pt = run(pt_inputs, reference_backend)
     test_dtype = next(t.dtype for t in inputs if isinstance(t, Tensor) and t.is_floating_point())
     for k, (o, r, p) in enumerate(zip(out, ref, pt)):
-        assert_close_to_reference(o, r, p, name=f"output {k}", test_dtype=test_dtype)
+        try:
+            assert_close_to_reference(o, r, p, name=f"output {k}", test_dtype=test_dtype)
+        except AssertionError as exc:
+            moved = _one_ulp_error(lambda args: run(args, reference_backend), inputs, diff, None, k, r, p)
+            raise AssertionError(f"{exc}\n{moved}") from None
     if not grads or not diff:
         return
     gouts = [torch.randn(o.shape, dtype=o.dtype, device=o.device) for o in out]
@@ -172,16 +176,21 @@ def check_against_reference(
 
 def _one_ulp_error(run, inputs, diff, gouts, k: int, ref: Tensor, pt: Tensor) -> str:
     """How far torch in the test dtype moves when every floating input moves by one ulp (an equally
-    valid rounding of the same numbers): its error in gradient ``k`` against the fp64 ``ref`` of the
-    unmoved inputs, over its own unmoved error ``pt``. Where that ratio is itself above the rule's
-    factor, the rule asks for more than the test dtype can give at these inputs (bench/NOTES.md, "The
-    GPU test rule"): the failure message says so, and the verdict stands."""
+    valid rounding of the same numbers): its error in gradient ``k`` (output ``k`` when ``gouts`` is
+    ``None``) against the fp64 ``ref`` of the unmoved inputs, over its own unmoved error ``pt``. Where
+    that ratio is itself above the rule's factor, the rule asks for more than the test dtype can give at
+    these inputs (bench/NOTES.md, "The GPU test rule"): the failure message says so, and the verdict
+    stands."""
     moved = [t.detach().nextafter(torch.full_like(t, float("inf"))).requires_grad_(t.requires_grad)
              if isinstance(t, Tensor) and t.is_floating_point() else t for t in inputs]
+    factor = OUTPUT_FACTOR if gouts is None else GRAD_FACTOR
     with _full_precision_gemms():
         outs = run(moved)
-        g = torch.autograd.grad(outs, [moved[j] for j in diff], [go.detach().to(o.dtype) for go, o in
-                                                                  zip(gouts, outs)], allow_unused=True)[k]
+        if gouts is None:
+            g = outs[k].detach()
+        else:
+            g = torch.autograd.grad(outs, [moved[j] for j in diff], [go.detach().to(o.dtype) for go, o in
+                                                                      zip(gouts, outs)], allow_unused=True)[k]
     if g is None:
         return "torch on the inputs moved by one ulp: no gradient"
     ref = ref.double().cpu()
@@ -190,7 +199,7 @@ def _one_ulp_error(run, inputs, diff, gouts, k: int, ref: Tensor, pt: Tensor) ->
     ratio = err / own if own > 0 else float("inf")
     dtype = str(pt.dtype).replace("torch.", "")
     return (f"torch-{dtype} on every floating input moved by one ulp: {err:.3e}, {ratio:.2f}x its own "
-            f"error (above {GRAD_FACTOR} means the rule is beyond {dtype}'s reach at these inputs)")
+            f"error (above {factor} means the rule is beyond {dtype}'s reach at these inputs)")
 
 
 def random_input(shape, dtype: torch.dtype, device: str | torch.device = "cpu", *,
