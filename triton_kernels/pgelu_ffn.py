@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .pswiglu import _compute_dtype, _fused, _lowered, ffn_bwd, ffn_fwd
+from .pswiglu import _compute_dtype, _fused, ffn_bwd, ffn_fwd
 
 
 def lowering(u: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> tuple[torch.dtype, bool, bool]:
@@ -32,7 +32,7 @@ def _wide_copies(u: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> tuple:
     """The forward's copies of ``(w1, w2)`` in the compute dtype (:func:`lowering`), each ``None`` where
     there is none."""
     cdt, *copy = lowering(u, w1, w2)
-    return tuple(_lowered(w.contiguous(), cdt) if c else None for w, c in zip((w1, w2), copy))
+    return tuple(w.contiguous().to(cdt) if c else None for w, c in zip((w1, w2), copy))
 
 
 def pgelu_ffn_fwd(

@@ -299,12 +299,13 @@ def tm_norm_bwd(
     bs, t, d = x.shape
     samples = max(bs, 1)
     weight = weight.contiguous()
+    sms = sm_count(x.device)
     programs = num_programs_for(samples, x.device, per_sm=per_sm or TM_BWD_META["per_sm"])
     # wider samples: fewer programs, down to one an SM, so that the workspace stays near its size at
     # rankmixer-100m (25 MB), where it was timed
     slot_pairs = TM_BWD_META["workspace_bytes"] // (2 * t * d * 4)
-    programs = max(1, min(programs, max(slot_pairs, sm_count(x.device))))
-    single = programs <= sm_count(x.device)  # one program an SM: wider programs (TM_BWD_META)
+    programs = max(1, min(programs, max(slot_pairs, sms)))
+    single = programs <= sms  # one program an SM: wider programs (TM_BWD_META)
     tile = TM_BWD_META["single_tile_elements" if single else "tile_elements"]
     rows = min(_rows(d, rows, tile), triton.next_power_of_2(max(t, 1)))
     per_program = triton.cdiv(samples, programs)

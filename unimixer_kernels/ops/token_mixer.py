@@ -22,8 +22,9 @@ TOKEN_MIXER = define_op("token_mixer")
 TOKEN_MIXER.register("reference")(reference.token_mixer)
 
 # "auto" on CUDA: Triton, measured correct (the GPU tests) and faster than the best torch.compile at
-# every preset timed, fwd+bwd bf16 on the H200: 4.38x at rankmixer-100m, 1.73-2.94x at rankmixer-1b
-# (bench/results/2026-11-30-h200-run134, run138; 3.74x in run39)
+# every preset timed, fwd+bwd bf16 on the H200: 4.38x at rankmixer-100m, 4.01x at rankmixer-1b
+# (bench/results/2026-11-30-h200-run134, run142; at rankmixer-1b 1.73-2.94x before its backward's
+# wide-sample settings, run134, run138; 3.74x at rankmixer-100m in run39)
 TOKEN_MIXER_RESIDUAL_NORM = define_op("token_mixer_residual_norm", cuda_auto=("triton",))
 TOKEN_MIXER_RESIDUAL_NORM.register("reference")(_token_mixer_residual_norm_reference)
 
