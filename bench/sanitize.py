@@ -61,6 +61,7 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         UNIMIXING_BWD_SWITCH,
         UNIMIXING_FWD_SWITCH,
         UNIMIXING_GEMM_SWITCH,
+        UNIMIXING_SAVE_H_SWITCH,
     )
 
     paths: list[tuple[str, contextlib.AbstractContextManager]] = [("", contextlib.nullcontext())]
@@ -129,6 +130,12 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         # tensor descriptors (at D = 40, N = 50, they take pointers)
         paths.append((f" [{UNIMIXING_FWD_SWITCH}=gemm, D=96: the forward GEMM's descriptors in 16-bit]",
                       _patched(None, {}, {UNIMIXING_FWD_SWITCH: "gemm"}, sizes=dict(D=96))))
+        # B = 20: the natural-layout memory path (dots per block), the forward's H saved for the
+        # backward, or formed and written again there
+        paths.append((" [B=20: the per-block dots, the forward's H saved]",
+                      _patched(None, {}, {}, sizes=dict(B=20))))
+        paths.append((f" [B=20, {UNIMIXING_SAVE_H_SWITCH}=recompute]",
+                      _patched(None, {}, {UNIMIXING_SAVE_H_SWITCH: "recompute"}, sizes=dict(B=20))))
     return paths
 
 

@@ -28,6 +28,7 @@ FFN_TMA_SWITCH = "UNIMIXER_FFN_TMA"
 FFN_GEMM_SWITCH = "UNIMIXER_FFN_GEMM"
 FFN_CHUNK_SWITCH = "UNIMIXER_FFN_TOKEN_CHUNK"
 LITE_GEMM_SWITCH = "UNIMIXER_LITE_GEMM"
+UNIMIXING_SAVE_H_SWITCH = "UNIMIXER_UNIMIXING_SAVE_H"
 SWITCHES = {
     NORM_SWITCH: ("composed", "unimixing_rmsnorm: 'composed' (the mixing with its residual, then one RMSNorm "
                               "pass, as two autograd nodes so that the norm's backward frees its input and "
@@ -65,6 +66,11 @@ SWITCHES = {
                                    "pointers, which measured as fast), '1' (descriptors for both, and an "
                                    "error where the operands do not allow them) or '0' (pointer loads, "
                                    "one program per tile)"),
+    UNIMIXING_SAVE_H_SWITCH: ("auto", "the unimixing memory path at B >= 16 (natural layout): 'auto' (the "
+                                      "forward's H = X W_B, written for its GEMM anyway, is saved for the "
+                                      "backward, whose per-block kernel then reads G and X and writes only "
+                                      "dX: one [bs, T, D] buffer more from forward to backward) or "
+                                      "'recompute' (the backward forms and writes H again)"),
     LOCAL_TILE_SWITCH: ("auto", "the memory path's per-block kernel at B < 16 (one block per lane): "
                                 "'auto' (4 warps, with 2 samples per loop step in the forward and 4 in "
                                 "the backward, the fastest of eight tiles each on the H200) or "

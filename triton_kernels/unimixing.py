@@ -51,8 +51,10 @@ builds each ``H`` chunk with a batched ``tl.dot`` over the ``BK`` blocks, for 16
 16-column slice of ``c`` (the column tile; the ``x`` chunk is re-read once per slice). The backward
 goes through memory in the activation dtype: ``unimixing_global_kernel`` writes ``G`` (a plain
 GEMM over flat ``(s, c)`` columns, no padding of ``B``); ``unimixing_local_kernel`` does, per
-block ``n``, ``dx_n = G_n W_B[n]^T``, ``h_n = x_n W_B[n]`` (written) and the ``dW_B`` partial as
-three dots; ``unimixing_bwd_dwg_gemm_kernel`` is the GEMM ``dY H^T`` with both operands from memory.
+block ``n``, ``dx_n = G_n W_B[n]^T``, the ``dW_B`` partial and, unless the forward's ``H`` was saved
+(:func:`saves_local`, the default where the forward also went through memory), ``h_n = x_n W_B[n]``
+(written), as two or three dots; ``unimixing_bwd_dwg_gemm_kernel`` is the GEMM ``dY H^T`` with both
+operands from memory.
 The fused RMSNorm epilogue needs all of ``c`` in its tile, so with it the forward keeps the FMA
 path at any ``B``. For 16-bit activations the forward goes through memory too by default
 (``unimixing_local_kernel`` with ``H_ONLY`` writes ``H``, then ``unimixing_global_kernel`` reads
@@ -110,6 +112,7 @@ from ._launch import (
     UNIMIXING_BWD_SWITCH,
     UNIMIXING_FWD_SWITCH,
     UNIMIXING_GEMM_SWITCH,
+    UNIMIXING_SAVE_H_SWITCH,
     UNIMIXING_TMA_SWITCH,
     bucket,
     cublas_switch,
@@ -460,15 +463,19 @@ def unimixing_local_kernel(
     SB: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     H_ONLY: tl.constexpr,
+    STORE_H: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     """Per block ``n`` and a range of samples (memory path at large ``B``), with tensor-core dots::
 
         H[s, n]  = X[s, n] @ W_B[n]                      (forward step 1, ``H_ONLY``: nothing else)
-        DX[s, n] = G[s, n] @ W_B[n]^T (+ DY[s, n])       (backward step 2, with H and:)
+        DX[s, n] = G[s, n] @ W_B[n]^T (+ DY[s, n])       (backward step 2, and:)
         DWL_PART[p, n] = sum_{s in split p} X[s, n]^T G[s, n]
-    """
+
+    ``STORE_H``: the backward also recomputes and writes ``H`` (where the forward's was not saved);
+    ``H_ONLY`` needs it. Both modes form ``H`` with the same dot and tile, so the forward's ``H`` and
+    the backward's are bitwise equal."""
     n = tl.program_id(0)
     pid_p = tl.program_id(1)
     kb = tl.arange(0, BP)
@@ -484,8 +491,9 @@ def unimixing_local_kernel(
         offs = rs[:, None] * L + n * B + kb[None, :]
         mask = (rs < s_end)[:, None] & kb_ok[None, :]
         x = tl.load(X + offs, mask=mask, other=0.0).to(DOT_DTYPE)
-        h = tl.dot(x, w, input_precision=PRECISION)
-        tl.store(H + offs, h.to(H.dtype.element_ty), mask=mask)
+        if STORE_H or H_ONLY:
+            h = tl.dot(x, w, input_precision=PRECISION)
+            tl.store(H + offs, h.to(H.dtype.element_ty), mask=mask)
         if not H_ONLY:
             g = tl.load(G + offs, mask=mask, other=0.0).to(DOT_DTYPE)
             dx = tl.dot(g, wt, input_precision=PRECISION)
@@ -842,6 +850,22 @@ def saves_global_t(x: torch.Tensor, w_local: torch.Tensor) -> bool:
     return x.shape[0] > 0 and half and c_major(b) and gemm_forward(b, n, half) and gemm_backward(b, n, half)
 
 
+def saves_local(x: torch.Tensor, w_local: torch.Tensor) -> bool:
+    """Whether the forward hands its ``H = X W_B`` (``[bs, T, D]``, the activation dtype) to the op
+    layer to save for the backward (``UNIMIXER_UNIMIXING_SAVE_H``, 'auto'): a non-empty batch, ``B >=
+    16`` (``H`` in the natural layout; at ``B < 16`` the backward writes its c-major ``H`` over ``G``)
+    and both directions on the memory path. The forward writes ``H`` for its GEMM anyway; saved, the
+    backward's per-block kernel neither forms nor writes it again, one ``[bs, T, D]`` write fewer
+    for one buffer more held from the forward to the backward."""
+    mode = switch(UNIMIXING_SAVE_H_SWITCH)
+    if mode not in ("auto", "recompute"):
+        raise ValueError(f"{UNIMIXING_SAVE_H_SWITCH}: expected 'auto' or 'recompute', got {mode!r}")
+    n, b, _ = w_local.shape
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    return (mode == "auto" and x.shape[0] > 0 and not c_major(b) and gemm_forward(b, n, half)
+            and gemm_backward(b, n, half))
+
+
 def fused_norm_rows(block: int, dim: int, device: torch.device) -> tuple[int, int, int] | None:
     """``(BM, BM_EFF, TPT)`` for the fused RMSNorm epilogue, or ``None`` when whole tokens do not
     fit one tile (then the op composes mixing and RMSNorm instead)."""
@@ -1043,15 +1067,16 @@ def unimixing_fwd(
     norm_weight: torch.Tensor | None = None,
     eps: float = 1e-6,
     residual: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Forward. Returns ``(y, None, None, wg_t)`` with ``y = UniMixing(x)``, or with ``residual``
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Forward. Returns ``(y, None, None, wg_t, h)`` with ``y = UniMixing(x)``, or with ``residual``
     ``y = x + UniMixing(x)`` (the sum in fp32, one rounding); with ``norm_weight``, the fused
-    epilogue, ``(u, s, rstd [bs, T] fp32, None)`` where ``s = x + UniMixing(x)`` (input dtype) and
-    ``u = RMSNorm(s)`` from the fp32 sum. The epilogue needs :func:`fused_norm_rows`; where it has
+    epilogue, ``(u, s, rstd [bs, T] fp32, None, None)`` where ``s = x + UniMixing(x)`` (input dtype)
+    and ``u = RMSNorm(s)`` from the fp32 sum. The epilogue needs :func:`fused_norm_rows`; where it has
     none, the op layer composes the mixing with its residual and an RMSNorm pass instead. ``wg_t``:
     where :func:`saves_global_t`, the forward GEMM's ``W_G^T`` operand in the activation dtype, for
-    the backward to take instead of ``w_global`` (``global_t``); else ``None``. A non-contiguous
-    ``x`` is copied once."""
+    the backward to take instead of ``w_global`` (``global_t``); else ``None``. ``h``: where
+    :func:`saves_local`, the forward's ``H = X W_B``, for the backward to take (its ``h``); else
+    ``None``. A non-contiguous ``x`` is copied once."""
     bs, t, d = x.shape
     n, b, _ = w_local.shape
     fuse = norm_weight is not None
@@ -1067,15 +1092,16 @@ def unimixing_fwd(
     xc = x.contiguous()
     wl = w_local.contiguous()
     if not fuse and bs > 0 and gemm_forward(b, n, x.dtype != torch.float32):
-        y, wg_t = _unimixing_fwd_memory(xc, wl, w_global, residual)
-        return y, None, None, (wg_t if saves_global_t(x, w_local) else None)
+        y, wg_t, h = _unimixing_fwd_memory(xc, wl, w_global, residual)
+        return (y, None, None, (wg_t if saves_global_t(x, w_local) else None),
+                (h if saves_local(x, w_local) else None))
     wg = _global_for_dot(w_global, x)
     y = new_output((bs, t, d), like=x)
     s_out = new_output((bs, t, d), like=x) if fuse else y
     rstd = new_output((bs, t), like=x, dtype=torch.float32) if fuse else y
     nw = norm_weight.contiguous() if fuse else wl
     if bs == 0:
-        return y, (s_out if fuse else None), (rstd if fuse else None), None
+        return y, (s_out if fuse else None), (rstd if fuse else None), None, None
     bp = triton.next_power_of_2(b)
     half = x.dtype != torch.float32
     local_dot = uses_local_dot(b, fuse, half)
@@ -1097,8 +1123,8 @@ def unimixing_fwd(
                         ("N", "BS_BUCKET", "B", "FUSE_NORM"))
         kernel[grid](*args, **consts)
     if fuse:
-        return y, s_out, rstd, None
-    return y, None, None, None
+        return y, s_out, rstd, None, None
+    return y, None, None, None, None
 
 
 def unimixing_bwd(
@@ -1110,15 +1136,16 @@ def unimixing_bwd(
     dy_scratch: bool = False,
     global_t: bool = False,
     dwg_dtype: torch.dtype | None = None,
+    h: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dx, dw_local, dw_global)`` for ``y = UniMixing(x)`` given ``dy``; with ``residual`` the
     output is ``x + UniMixing(x)`` and ``dy`` is also added to ``dx``. Non-contiguous ``dy`` or
     ``x`` (e.g. a stride-0 ``dy`` from ``expand``) are copied once. ``dy_scratch``: as in
     :func:`_unimixing_bwd_partials` (``dx`` may then be ``dy`` itself). ``global_t``: ``w_global`` is
     the forward's ``W_G^T`` operand (:func:`saves_global_t`); ``dwg_dtype``: ``dW_G``'s dtype
-    (default ``w_global``'s)."""
+    (default ``w_global``'s); ``h``: the forward's ``H`` (:func:`saves_local`), else recomputed."""
     dx, dwl, dwg, partials = _unimixing_bwd_partials(dy, x, w_local, w_global, residual, dy_scratch,
-                                                     global_t, dwg_dtype)
+                                                     global_t, dwg_dtype, h)
     if partials:
         sum_partials(*partials)
     return dx, dwl, dwg
@@ -1131,16 +1158,17 @@ def unimixing_residual_bwd_(
     w_global: torch.Tensor,
     global_t: bool = False,
     dwg_dtype: torch.dtype | None = None,
+    h: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dw_local, dw_global)`` for ``y = x + UniMixing(x)``; ``dx`` is written over ``dy``, which
     must be a contiguous buffer of ``x``'s dtype that the caller gives up. The c-major memory path
     (B < 16) writes it there in its per-block kernel; the other paths write a buffer of their own
-    and copy it over ``dy``. ``global_t``, ``dwg_dtype``: as in :func:`unimixing_bwd`."""
+    and copy it over ``dy``. ``global_t``, ``dwg_dtype``, ``h``: as in :func:`unimixing_bwd`."""
     if not dy.is_contiguous() or dy.dtype != x.dtype or dy.shape != x.shape:
         raise ValueError(f"dy: expected a contiguous {x.dtype} tensor of shape {tuple(x.shape)}, got "
                          f"{dy.dtype} {tuple(dy.shape)} strides {dy.stride()}")
     dx, dwl, dwg = unimixing_bwd(dy, x, w_local, w_global, residual=True, dy_scratch=True, global_t=global_t,
-                                 dwg_dtype=dwg_dtype)
+                                 dwg_dtype=dwg_dtype, h=h)
     if dx is not dy:
         dy.copy_(dx)
     return dwl, dwg
@@ -1155,6 +1183,7 @@ def _unimixing_bwd_partials(
     dy_scratch: bool = False,
     global_t: bool = False,
     dwg_dtype: torch.dtype | None = None,
+    h: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """:func:`unimixing_bwd` up to its last pass: ``(dx, dw_local, dw_global, partials)``, where
     the weight gradients not yet written are the outputs of the ``(partial, output)`` pairs that
@@ -1163,7 +1192,8 @@ def _unimixing_bwd_partials(
     call, which the c-major memory path then overwrites with ``dx`` (one ``[bs, T, D]`` buffer
     fewer at the backward's peak). ``global_t``, ``dwg_dtype``: as in :func:`unimixing_bwd`; a
     ``W_G^T`` reaching a path other than the c-major memory path (switches changed since the
-    forward) is read as a transposed view there."""
+    forward) is read as a transposed view there. ``h``: the forward's ``H`` (:func:`saves_local`), taken
+    by the memory path at ``B >= 16`` (elsewhere, after such a switch change, ``H`` is formed again)."""
     bs, t, d = x.shape
     n, b, _ = w_local.shape
     dwg_dtype = w_global.dtype if dwg_dtype is None else dwg_dtype
@@ -1178,9 +1208,13 @@ def _unimixing_bwd_partials(
     memory = bs > 0 and gemm_backward(b, n, half)
     if global_t and not (memory and c_major(b)):
         w_global, global_t = w_global.t(), False
+    if h is not None and (h.shape != x.shape or h.dtype != x.dtype):
+        raise ValueError(f"h: expected the forward's H, {x.dtype} of shape {tuple(x.shape)}, got {h.dtype} "
+                         f"{tuple(h.shape)}")
     if memory:
+        hc = None if h is None or c_major(b) else h.contiguous()
         dx, dwl, dwg_part = _unimixing_bwd_memory(dyc, xc, wl, w_global, residual, dy_scratch and dyc is dy,
-                                                  global_t, dwg_dtype)
+                                                  global_t, dwg_dtype, hc)
         dwg, partials = _dwg_output(dwg_part, x, dwg_dtype)
         return dx, dwl, dwg, partials
     wg = _global_for_dot(w_global, x)
@@ -1257,7 +1291,7 @@ def _global_gemm(wg: torch.Tensor, src: torch.Tensor, out: torch.Tensor, transpo
 def _local_products(
     xc: torch.Tensor,
     wl: torch.Tensor,
-    h: torch.Tensor,
+    h: torch.Tensor | None,
     g: torch.Tensor | None = None,
     dyc: torch.Tensor | None = None,
     dx: torch.Tensor | None = None,
@@ -1266,13 +1300,16 @@ def _local_products(
     """``H = X W_B`` per block into ``h``; with ``g`` (backward) also ``dX = G W_B^T (+ dY)`` into
     ``dx`` and the fp32 ``dW_B`` partials, which it returns. ``B < 16``: one block per lane
     (:func:`local_fma_tile`), ``B`` FMAs per element, ``G`` and ``H`` c-major (:func:`c_major`); else
-    one block per program, tensor-core dots, ``G`` and ``H`` laid out as ``x``."""
+    one block per program, tensor-core dots, ``G`` and ``H`` laid out as ``x``, and in the backward
+    ``h=None`` skips ``H`` (the forward's was saved, :func:`saves_local`)."""
     bs, t, d = xc.shape
     n, b, _ = wl.shape
     interp = interpreting()
     h_only = g is None
     bp = triton.next_power_of_2(b)
     fma = c_major(b)
+    if h is None and (h_only or fma):
+        raise ValueError("h: the forward, and the backward at B < 16 (H written over G), need H's buffer")
     bn = 1  # blocks per program: one per lane of the FMA kernel's warps, else one
     if fma:
         warps, sb = local_fma_tile(h_only)
@@ -1286,6 +1323,8 @@ def _local_products(
         extra = dict(per_sm=LOCAL_DOT_BWD_PER_SM)
     p1, per1 = _splits(bs, triton.cdiv(n, bn), xc.device, n * b * b, **extra)
     dwl_part = xc if h_only else new_output((p1, n, b, b), like=xc, dtype=torch.float32)
+    store_h = h is not None
+    h = xc if h is None else h  # not written (STORE_H off)
     ptrs = (xc, xc, wl, xc, xc, h, dwl_part) if h_only else (g, xc, wl, dyc, dx, h, dwl_part)
     args = (*ptrs, bs, n, t * d, per1)
     if fma:
@@ -1297,8 +1336,8 @@ def _local_products(
         dot_dtype, precision = _dot_setup(xc)
         sb = 64 if xc.dtype != torch.float32 and not interp else 16
         unimixing_local_kernel[(n, p1)](
-            *args, B=b, BP=bp, SB=sb, HAS_RESIDUAL=residual, H_ONLY=h_only, DOT_DTYPE=dot_dtype,
-            PRECISION=precision, **({} if interp else dict(num_warps=4)),
+            *args, B=b, BP=bp, SB=sb, HAS_RESIDUAL=residual, H_ONLY=h_only, STORE_H=store_h,
+            DOT_DTYPE=dot_dtype, PRECISION=precision, **({} if interp else dict(num_warps=4)),
         )
     return None if h_only else dwl_part
 
@@ -1434,8 +1473,8 @@ def _unimixing_fwd_memory(
     builds each ``H`` chunk beside its dot instead. Small ``B``: ``H`` c-major and the plain GEMM
     ``Y^T = H^T W_G^T``, whose epilogue stores ``Y`` as ``[bs, T, D]``; for 16-bit activations its
     ``W_G^T`` operand is written first, transposed and cast in one pass
-    (:func:`_transposed_for_dot`). Returns ``(y, W_G^T)``: the small-``B`` GEMM's operand (a view of
-    ``W_G`` for fp32), ``None`` at large ``B``."""
+    (:func:`_transposed_for_dot`). Returns ``(y, W_G^T, H)``: at small ``B`` the GEMM's operand (a
+    view of ``W_G`` for fp32) and ``None``, at large ``B`` ``None`` and ``H`` (natural layout)."""
     bs, t, d = xc.shape
     n, b, _ = wl.shape
     y = new_output(xc.shape, like=xc)
@@ -1444,7 +1483,7 @@ def _unimixing_fwd_memory(
         h = torch.empty_like(xc)
         _local_products(xc, wl, h)
         _global_gemm(_global_for_dot(w_global, xc), h, y, transpose=True, residual=res)
-        return y, None
+        return y, None, h
     ht = torch.empty((bs, b, n), device=xc.device, dtype=xc.dtype)
     _local_products(xc, wl, ht)
     # the B operand W_G^T: fp32 reads W_G as it is (a transposed view), 16-bit a row-major copy
@@ -1453,7 +1492,7 @@ def _unimixing_fwd_memory(
     else:
         wg_t = _transposed_for_dot(w_global, xc.dtype)
     _gemm(0, ht, wg_t, y, bs * b, n, n, (n, 1), wg_t.stride(), block=b, length=t * d, residual=res)
-    return y, wg_t
+    return y, wg_t, None
 
 
 def _unimixing_bwd_memory(
@@ -1465,8 +1504,10 @@ def _unimixing_bwd_memory(
     dy_scratch: bool,
     global_t: bool,
     dwg_dtype: torch.dtype,
+    h_saved: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The memory-path backward: ``G = W_G^T dY`` (GEMM), then per block ``dX``, ``H`` and the
+    """The memory-path backward: ``G = W_G^T dY`` (GEMM), then per block ``dX``, ``H`` (at ``B >=
+    16`` only without ``h_saved``, the forward's) and the
     ``dW_B`` partials (:func:`_local_products`), summed into ``dW_B`` at once so that they are gone
     before ``dW_G = dY H^T`` (GEMM, sample splits; at small ``B`` both GEMMs by cuBLAS where
     :func:`cublas_gemms`, ``dW_G`` then one GEMM in the activation dtype, cast to ``dwg_dtype`` by
@@ -1512,11 +1553,12 @@ def _unimixing_bwd_memory(
     else:
         dx = new_output(xc.shape, like=xc)
         g = torch.empty_like(xc)
-        h = torch.empty_like(xc)
         _global_gemm(wg, dyc, g, transpose=False)
         del wg
+        h = torch.empty_like(xc) if h_saved is None else None
         sum_partials((_local_products(xc, wl, h, g, dyc, dx, residual), dwl))
-        del g
+        h = h_saved if h is None else h
+        del g, h_saved
         p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=2)
         dwg_part = _dwg_buffer(p2, n, xc, dwg_dtype)
         args = (dyc, h, dwg_part, bs, n, length, per2, bucket(bs))

@@ -576,7 +576,7 @@ def test_unimixing_opcheck(device, residual):
     for more in extra:
         torch.library.opcheck(fwd, (x, wl, wg, *more))
     dy = torch.randn(3, 2, 6, device=device)
-    torch.library.opcheck(bwd, (dy, x.detach(), wl.detach(), wg.detach(), False, wg.dtype))
+    torch.library.opcheck(bwd, (dy, x.detach(), wl.detach(), wg.detach(), x.new_empty(0), False, wg.dtype))
 
 
 @pytest.mark.triton
@@ -594,7 +594,7 @@ def test_unimixing_opcheck_global_t(device, monkeypatch, residual):
     wg_t = fwd(x.detach(), wl.detach(), wg.detach(), *more)[1]
     assert wg_t.dtype == torch.float16 and torch.equal(wg_t, wg.detach().t().to(torch.float16))
     dy = torch.randn(3, 2, 6, device=device).to(torch.float16)
-    torch.library.opcheck(bwd, (dy, x.detach(), wl.detach(), wg_t, True, torch.float32))
+    torch.library.opcheck(bwd, (dy, x.detach(), wl.detach(), wg_t, x.new_empty(0), True, torch.float32))
 
 
 @pytest.mark.triton
@@ -651,7 +651,77 @@ def test_unimixing_residual_bwd_rejects_a_dy_it_cannot_overwrite(device):
     wl, wg = _weights(3, 4, torch.float32, device, requires_grad=False)
     dy = torch.randn(3, 6, 2, device=device).transpose(1, 2)
     with pytest.raises(ValueError, match="dy: expected a contiguous"):
-        unimixing_residual_bwd(dy, x, wl, wg, False, wg.dtype)
+        unimixing_residual_bwd(dy, x, wl, wg, x.new_empty(0), False, wg.dtype)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("residual", [False, True], ids=["unimixing", "residual"])
+def test_unimixing_opcheck_saved_h(device, residual):
+    # 16-bit activations at B >= 16 (the memory path both ways): the forward's third output is its
+    # H = X W_B in x's dtype, which the backward reads rather than forming it again
+    x = torch.randn(3, 4, 36, device=device).to(torch.float16).requires_grad_()
+    wl, wg = _weights(3, 48, torch.float16, device)
+    fwd, bwd, more = ((unimixing_residual_fwd, unimixing_residual_bwd, (True,)) if residual
+                      else (unimixing_fwd, unimixing_bwd, ()))
+    torch.library.opcheck(fwd, (x, wl, wg, *more))
+    h = fwd(x.detach(), wl.detach(), wg.detach(), *more)[2]
+    want = torch.einsum("snk,nkc->snc", x.detach().double().view(3, 3, 48), wl.detach().double())
+    assert h.dtype == torch.float16 and h.shape == x.shape
+    torch.testing.assert_close(h.double().view(3, 3, 48), want, rtol=2 ** -9, atol=2 ** -9)
+    dy = torch.randn(3, 4, 36, device=device).to(torch.float16)
+    torch.library.opcheck(bwd, (dy, x.detach(), wl.detach(), wg.detach(), h, False, wg.dtype))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("shape", [(3, 4, 36, 48), (5, 4, 80, 16)], ids=["b48", "n20b16"])
+@pytest.mark.parametrize("residual", [False, True], ids=["unimixing", "residual"])
+def test_unimixing_saved_h_matches_recompute(device, monkeypatch, shape, residual):
+    # at B >= 16 on the memory path the node keeps the forward's H and the backward reads it
+    # ('auto'), or keeps none and forms it again ('recompute'): the same dot and tile either way, so
+    # the gradients are bitwise equal, and they match the reference
+    from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    bs, t, d, b = shape
+    seen = []
+    bwd = kernels.unimixing_bwd
+    monkeypatch.setattr(kernels, "unimixing_bwd", lambda *a, **kw: seen.append(kw["h"]) or bwd(*a, **kw))
+    x = random_input((bs, t, d), torch.float16, device, requires_grad=True, noncontiguous=True)
+    wl, wg = _weights(t * d // b, b, torch.float16, device)
+    gy = torch.randn(bs, t, d, device=device).to(torch.float16)
+    grads = {}
+    for mode in ("auto", "recompute"):
+        monkeypatch.setenv("UNIMIXER_UNIMIXING_SAVE_H", mode)
+        if residual:
+            y = unimixing_residual_fwd(x, wl, wg, False)[0]
+        else:
+            y = uk.unimixing(x, wl, wg, backend="triton")
+        grads[mode] = torch.autograd.grad(y, (x, wl, wg), gy)
+    saved, recomputed = seen
+    assert saved is not None and saved.shape == x.shape and recomputed is None
+    for a, e in zip(grads["auto"], grads["recompute"]):
+        assert torch.equal(a, e)
+    if not residual:
+        check_against_reference(uk.unimixing, (x, wl, wg), backend="triton")
+
+
+@pytest.mark.triton
+def test_unimixing_save_h_switch_checked(device, monkeypatch):
+    # a bad value names the switch and its values, where the memory path at B >= 16 reads it
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_SAVE_H", "keep")
+    x = torch.randn(3, 4, 36, device=device).to(torch.float16)
+    wl, wg = _weights(3, 48, torch.float16, device, requires_grad=False)
+    with pytest.raises(ValueError, match="UNIMIXER_UNIMIXING_SAVE_H: expected 'auto' or 'recompute'"):
+        uk.unimixing(x, wl, wg, backend="triton")
+
+
+@pytest.mark.triton
+def test_unimixing_bwd_rejects_a_foreign_h(device):
+    x = torch.randn(3, 4, 36, device=device).to(torch.float16)
+    wl, wg = _weights(3, 48, torch.float16, device, requires_grad=False)
+    dy = torch.randn_like(x)
+    with pytest.raises(ValueError, match="h: expected the forward's H, torch.float16 of shape"):
+        h = torch.zeros(3, 4, 35, device=device, dtype=torch.float16)
+        unimixing_bwd(dy, x, wl, wg, h, False, wg.dtype)
 
 
 def _compile_backend() -> str:
@@ -848,9 +918,12 @@ def compile_for_sm90() -> None:
     kw, warps, stages = kernels._dx_configs(4, True)[0]
     builds = [(kernels.unimixing_bwd_dx_kernel, dict(DY=p, X=p, WL=p, WG=p, DX=p, DWL_PART="*fp32"),
                dict(kw, B=4, BP=4, HAS_RESIDUAL=True, **common), warps, stages)]
-    for h_only in (False, True):  # the local kernels: backward step, and forward (H only)
+    # the dot local kernel: forward (H only), backward with H formed again, backward reading a saved H
+    for h_only, store_h in ((True, True), (False, True), (False, False)):
         builds.append((kernels.unimixing_local_kernel, LOCAL_PTRS,
-                       dict(B=48, BP=64, SB=64, HAS_RESIDUAL=True, H_ONLY=h_only, **common), 4, 3))
+                       dict(B=48, BP=64, SB=64, HAS_RESIDUAL=True, H_ONLY=h_only, STORE_H=store_h, **common),
+                       4, 3))
+    for h_only in (False, True):  # the FMA local kernel: backward step, and forward (H only)
         fma_warps, fma_sb = kernels.local_fma_tile(h_only)
         builds.append((kernels.unimixing_local_fma_kernel, LOCAL_PTRS,
                        dict(B=4, BP=4, BN=32 * fma_warps, SB=fma_sb, HAS_RESIDUAL=True, H_ONLY=h_only),

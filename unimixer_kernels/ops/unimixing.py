@@ -13,7 +13,8 @@ autograd node (measured slower on the H200), wherever whole tokens fit its tile.
 saves ``s`` (input dtype) and the fp32 ``rstd``; the backward recomputes ``h`` from the inputs (in
 registers for small ``B``; for ``B > 8``, or any ``B`` with ``UNIMIXER_UNIMIXING_BACKWARD=gemm``, the
 backward writes ``W_G^T dY`` and the recomputed ``h`` to scratch buffers and runs both global
-products as plain GEMMs). Non-contiguous inputs are copied once.
+products as plain GEMMs; the plain mixing nodes below save the forward's ``h`` instead where it
+has one, see "Saved ``H``" below). Non-contiguous inputs are copied once.
 
 Precision: with fp16/bf16 activations the global product rounds ``w_global`` and the ``h`` chunk
 to the activation dtype before the fp32-accumulated dot, so the weight gradients carry that
@@ -29,6 +30,11 @@ wrote ``W_G^T`` in the activation dtype (the memory path at ``B < 16``) the mixi
 for the backward instead of ``w_global`` (the custom ops' second output): an fp32 ``w_global``,
 such as a Sinkhorn output, is then not kept alive by the op, as with autocast's cast before it
 (the blocks' training peaks unchanged, bench/results/2026-11-30-h200-run104).
+
+Saved ``H``: where the forward
+wrote ``H = X W_B`` in the natural layout for its GEMM (the memory path at ``B >= 16``,
+``saves_local``) the nodes save it too (the third output), and the backward reads it rather than
+forming and writing it again (``UNIMIXER_UNIMIXING_SAVE_H=recompute`` turns that off).
 """
 
 from __future__ import annotations
@@ -61,59 +67,71 @@ def _kernels():
 
 
 @torch.library.custom_op("unimixer::unimixing_fwd", mutates_args=())
-def unimixing_fwd(x: Tensor, w_local: Tensor, w_global: Tensor) -> tuple[Tensor, Tensor]:
-    """``(y, wg_t)``: ``wg_t`` is the forward GEMM's ``W_G^T`` in ``x``'s dtype, which the backward
-    takes in place of ``w_global`` where the kernels say so (``saves_global_t``), else empty."""
-    y, _, _, wg_t = _kernels().unimixing_fwd(x, w_local, w_global)
-    return y, _global_t_output(wg_t, x)
+def unimixing_fwd(x: Tensor, w_local: Tensor, w_global: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y, wg_t, h)``: ``wg_t`` is the forward GEMM's ``W_G^T`` in ``x``'s dtype, which the backward
+    takes in place of ``w_global`` where the kernels say so (``saves_global_t``), else empty; ``h``
+    the forward's ``H = X W_B`` where they save it (``saves_local``), else empty."""
+    y, _, _, wg_t, h = _kernels().unimixing_fwd(x, w_local, w_global)
+    return y, _saved_output(wg_t, x), _saved_output(h, x)
 
 
 @unimixing_fwd.register_fake
-def _(x: Tensor, w_local: Tensor, w_global: Tensor) -> tuple[Tensor, Tensor]:
-    return x.new_empty(x.shape), _global_t_fake(x, w_local)
+def _(x: Tensor, w_local: Tensor, w_global: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return x.new_empty(x.shape), *_saved_fakes(x, w_local)
 
 
 @torch.library.custom_op("unimixer::unimixing_bwd", mutates_args=())
-def unimixing_bwd(dy: Tensor, x: Tensor, w_local: Tensor, w_global: Tensor, global_t: bool,
+def unimixing_bwd(dy: Tensor, x: Tensor, w_local: Tensor, w_global: Tensor, h: Tensor, global_t: bool,
                   dwg_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """``(dx, dw_local, dw_global)``; with ``global_t``, ``w_global`` is the forward's ``W_G^T``;
-    ``dw_global`` in ``dwg_dtype``."""
-    return _kernels().unimixing_bwd(dy, x, w_local, w_global, global_t=global_t, dwg_dtype=dwg_dtype)
+    ``h``: the forward's ``H``, or empty (formed again); ``dw_global`` in ``dwg_dtype``."""
+    return _kernels().unimixing_bwd(dy, x, w_local, w_global, global_t=global_t, dwg_dtype=dwg_dtype,
+                                    h=_saved_input(h))
 
 
 @unimixing_bwd.register_fake
-def _(dy, x, w_local, w_global, global_t, dwg_dtype) -> tuple[Tensor, Tensor, Tensor]:
+def _(dy, x, w_local, w_global, h, global_t, dwg_dtype) -> tuple[Tensor, Tensor, Tensor]:
     return x.new_empty(x.shape), w_local.new_empty(w_local.shape), w_global.new_empty(w_global.shape,
                                                                                         dtype=dwg_dtype)
 
 
-def _global_t_output(wg_t: Tensor | None, x: Tensor) -> Tensor:
-    return x.new_empty(0) if wg_t is None else wg_t
+def _saved_output(t: Tensor | None, x: Tensor) -> Tensor:
+    """A tensor the kernels hand over for the backward, or an empty stand-in (custom ops return
+    tensors)."""
+    return x.new_empty(0) if t is None else t
 
 
-def _global_t_fake(x: Tensor, w_local: Tensor) -> Tensor:
+def _saved_input(t: Tensor) -> Tensor | None:
+    return t if t.numel() > 0 else None
+
+
+def _saved_fakes(x: Tensor, w_local: Tensor) -> tuple[Tensor, Tensor]:
+    """The fake ``(wg_t, h)`` outputs: shaped where the kernels save them, else empty."""
     n = w_local.shape[0]
-    return x.new_empty((n, n)) if _kernels().saves_global_t(x, w_local) else x.new_empty(0)
+    kernels = _kernels()
+    wg_t = x.new_empty((n, n)) if kernels.saves_global_t(x, w_local) else x.new_empty(0)
+    return wg_t, (x.new_empty(x.shape) if kernels.saves_local(x, w_local) else x.new_empty(0))
 
 
-def _save_mixing(ctx, x: Tensor, w_local: Tensor, w_global: Tensor, wg_t: Tensor) -> None:
+def _save_mixing(ctx, x: Tensor, w_local: Tensor, w_global: Tensor, wg_t: Tensor, h: Tensor) -> None:
     """Save what the mixing backward reads: ``w_global``, or the forward's ``W_G^T`` where it wrote
-    one (then an fp32 ``w_global`` is not kept alive by this node: half the bytes)."""
-    ctx.mark_non_differentiable(wg_t)
-    ctx.set_materialize_grads(False)  # no zero-filled gradient of wg_t
+    one (then an fp32 ``w_global`` is not kept alive by this node: half the bytes), and the forward's
+    ``H`` where it handed one over (empty otherwise)."""
+    ctx.mark_non_differentiable(wg_t, h)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients of wg_t and h
     ctx.global_t = wg_t.numel() > 0
     ctx.dwg_dtype = w_global.dtype
-    ctx.save_for_backward(x, w_local, wg_t if ctx.global_t else w_global)
+    ctx.save_for_backward(x, w_local, wg_t if ctx.global_t else w_global, h)
 
 
 def _unimixing_setup(ctx, inputs, output) -> None:
     x, w_local, w_global = inputs
-    _save_mixing(ctx, x, w_local, w_global, output[1])
+    _save_mixing(ctx, x, w_local, w_global, output[1], output[2])
 
 
-def _unimixing_backward(ctx, dy: Tensor, _dwg_t: Tensor | None):
-    x, w_local, w_global = ctx.saved_tensors
-    return unimixing_bwd(dy, x, w_local, w_global, ctx.global_t, ctx.dwg_dtype)
+def _unimixing_backward(ctx, dy: Tensor, _dwg_t: Tensor | None, _dh: Tensor | None):
+    x, w_local, w_global, h = ctx.saved_tensors
+    return unimixing_bwd(dy, x, w_local, w_global, h, ctx.global_t, ctx.dwg_dtype)
 
 
 unimixing_fwd.register_autograd(_unimixing_backward, setup_context=_unimixing_setup)
@@ -121,47 +139,47 @@ unimixing_fwd.register_autograd(_unimixing_backward, setup_context=_unimixing_se
 
 @torch.library.custom_op("unimixer::unimixing_residual_fwd", mutates_args=())
 def unimixing_residual_fwd(x: Tensor, w_local: Tensor, w_global: Tensor,
-                           grad_is_private: bool) -> tuple[Tensor, Tensor]:
-    """``(x + UniMixing(x), wg_t)``, the sum in fp32 (``wg_t`` as for ``unimixing_fwd``): the mixing
-    node of ``unimixing_rmsnorm`` and of ``unimixing_rmsnorm_pswiglu``. With ``grad_is_private`` the
-    caller promises that the output's gradient is a buffer nobody else reads (true in both: the
-    output's only reader is the next node, whose backward returns a fresh ``ds``, or ``ds`` over the
-    ``s`` it owns), and the backward writes ``dx`` over it; otherwise over a copy."""
-    y, _, _, wg_t = _kernels().unimixing_fwd(x, w_local, w_global, residual=True)
-    return y, _global_t_output(wg_t, x)
+                           grad_is_private: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x + UniMixing(x), wg_t, h)``, the sum in fp32 (``wg_t``, ``h`` as for ``unimixing_fwd``):
+    the mixing node of ``unimixing_rmsnorm`` and of ``unimixing_rmsnorm_pswiglu``. With
+    ``grad_is_private`` the caller promises that the output's gradient is a buffer nobody else reads
+    (true in both: the output's only reader is the next node, whose backward returns a fresh ``ds``,
+    or ``ds`` over the ``s`` it owns), and the backward writes ``dx`` over it; otherwise over a copy."""
+    y, _, _, wg_t, h = _kernels().unimixing_fwd(x, w_local, w_global, residual=True)
+    return y, _saved_output(wg_t, x), _saved_output(h, x)
 
 
 @unimixing_residual_fwd.register_fake
-def _(x: Tensor, w_local: Tensor, w_global: Tensor, grad_is_private: bool) -> tuple[Tensor, Tensor]:
-    return x.new_empty(x.shape), _global_t_fake(x, w_local)
+def _(x: Tensor, w_local: Tensor, w_global: Tensor, grad_is_private: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return x.new_empty(x.shape), *_saved_fakes(x, w_local)
 
 
 @torch.library.custom_op("unimixer::unimixing_residual_bwd", mutates_args=("dy",))
-def unimixing_residual_bwd(dy: Tensor, x: Tensor, w_local: Tensor, w_global: Tensor, global_t: bool,
-                           dwg_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def unimixing_residual_bwd(dy: Tensor, x: Tensor, w_local: Tensor, w_global: Tensor, h: Tensor,
+                           global_t: bool, dwg_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """``(dw_local, dw_global)`` of ``x + UniMixing(x)``; ``dx`` is written over ``dy`` (contiguous,
-    ``x``'s dtype). ``global_t``, ``dwg_dtype``: as for ``unimixing_bwd``."""
-    return _kernels().unimixing_residual_bwd_(dy, x, w_local, w_global, global_t, dwg_dtype)
+    ``x``'s dtype). ``h``, ``global_t``, ``dwg_dtype``: as for ``unimixing_bwd``."""
+    return _kernels().unimixing_residual_bwd_(dy, x, w_local, w_global, global_t, dwg_dtype, _saved_input(h))
 
 
 @unimixing_residual_bwd.register_fake
-def _(dy, x, w_local, w_global, global_t, dwg_dtype) -> tuple[Tensor, Tensor]:
+def _(dy, x, w_local, w_global, h, global_t, dwg_dtype) -> tuple[Tensor, Tensor]:
     return w_local.new_empty(w_local.shape), w_global.new_empty(w_global.shape, dtype=dwg_dtype)
 
 
 def _unimixing_residual_setup(ctx, inputs, output) -> None:
     x, w_local, w_global, grad_is_private = inputs
     ctx.grad_is_private = grad_is_private
-    _save_mixing(ctx, x, w_local, w_global, output[1])
+    _save_mixing(ctx, x, w_local, w_global, output[1], output[2])
 
 
-def _unimixing_residual_backward(ctx, ds: Tensor, _dwg_t: Tensor | None):
-    x, w_local, w_global = ctx.saved_tensors
+def _unimixing_residual_backward(ctx, ds: Tensor, _dwg_t: Tensor | None, _dh: Tensor | None):
+    x, w_local, w_global, h = ctx.saved_tensors
     if ctx.grad_is_private and ds.is_contiguous() and ds.dtype == x.dtype:
         dx = ds
     else:
         dx = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(ds)
-    dwl, dwg = unimixing_residual_bwd(dx, x, w_local, w_global, ctx.global_t, ctx.dwg_dtype)
+    dwl, dwg = unimixing_residual_bwd(dx, x, w_local, w_global, h, ctx.global_t, ctx.dwg_dtype)
     return dx, dwl, dwg, None
 
 
