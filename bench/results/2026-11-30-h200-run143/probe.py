@@ -2,7 +2,7 @@
 weights) with the forward's ``H`` saved for the backward (``UNIMIXER_UNIMIXING_SAVE_H=auto``) against
 ``H`` formed and written again there (``recompute``): the training step under one captured CUDA graph,
 alternating the two settings, their peaks, the gradients compared bit for bit; and the backward's
-per-block kernel alone with and without the ``H`` store.
+per-block kernel alone with and without the ``H`` store; the ``dW_G`` GEMM alone at each of its tiles.
 
     PYTHONPATH=$PWD python probe.py   (on a GPU, from the repository root)
 """
@@ -56,9 +56,38 @@ def probe(name: str, bs: int, t: int, d: int, b: int) -> None:
               f"{mb:.0f} MB)", flush=True)
 
 
+def dwg_tiles(name: str, bs: int, t: int, d: int, b: int) -> None:
+    """The dW_G GEMM alone at every tile of its autotune list (flat K and one sample a K step), with
+    the launcher's sample splits, each result against the first tile's (fp32 partials, summed)."""
+    n = t * d // b
+    dy = torch.randn(bs, t, d, device="cuda").to(torch.bfloat16)
+    h = torch.randn(bs, t, d, device="cuda").to(torch.bfloat16)
+    p2, per2 = kernels._splits(bs, triton.cdiv(n, 128) ** 2, dy.device, n * n, per_sm=2)
+    part = torch.empty(p2, n, n, device="cuda")
+    mb = 2 * dy.numel() * 2 / 1e6
+    ref = None
+    for kw, warps, stages in kernels._dwg_gemm_configs(True):
+        meta = dict(kw)
+        grid = (triton.cdiv(n, meta["BM"]), triton.cdiv(n, meta["BN"]), p2)
+
+        def run():
+            kernels.unimixing_bwd_dwg_gemm_kernel[grid](  # noqa: B023
+                dy, h, part, bs, n, t * d, per2, kernels.bucket(bs), B=b, BP=triton.next_power_of_2(b),
+                DOT_DTYPE=tl.bfloat16, PRECISION="tf32", num_warps=warps, num_stages=stages, **meta)  # noqa: B023
+        run()
+        got = part.sum(0)
+        ref = got if ref is None else ref
+        err = ((got - ref).abs().max() / ref.abs().max()).item()
+        us = graph_replay_us(run)
+        print(f"{name} dW_G GEMM {meta} warps {warps} stages {stages}: {us:6.1f} us ({mb / us:.2f} TB/s "
+              f"at {mb:.0f} MB), max rel. diff to the first {err:.1e}", flush=True)
+
+
 def main() -> None:
     probe("rankmixer-100m", 2048, 16, 768, 48)
     probe("rankmixer-1b", 512, 32, 1536, 48)
+    dwg_tiles("rankmixer-100m", 2048, 16, 768, 48)
+    dwg_tiles("rankmixer-1b", 512, 32, 1536, 48)
 
 
 if __name__ == "__main__":
