@@ -10,6 +10,8 @@ per-block kernel alone with and without the ``H`` store; the ``dW_G`` GEMM alone
 import os
 
 import torch
+import triton
+import triton.language as tl
 from unimixer_kernels.triton_kernels import unimixing as kernels
 
 import unimixer_kernels as uk
