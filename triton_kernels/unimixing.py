@@ -769,16 +769,9 @@ def unimixing_bwd_dwg_gemm_kernel(
     BK: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,
-    BP: tl.constexpr = 16,
-    PER_SAMPLE: tl.constexpr = False,
 ):
     """``DWG_PART[p, m, n] = sum_{k = s*B + c, s in split p} DY[s, m*B + c] H[s, n*B + c]``
-    (large-``B`` backward, step 3: both operands from memory). K runs over ``(s, c)``: flat, ``BK``
-    at a time, each element's sample and column found by a division (runs of ``B`` values, so the
-    loads are element by element); or with ``PER_SAMPLE`` one sample a step, ``BP = next_pow2(B)``
-    columns (masked past ``B``): a step's tiles are then contiguous runs of ``BM * B`` and ``BN * B``
-    values, read as vectors with offsets fixed outside the loop, for ``BP / B`` times the tensor-core
-    work."""
+    (large-``B`` backward, step 3: both operands from memory, flat K over ``(s, c)``)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_p = tl.program_id(2)
@@ -789,30 +782,16 @@ def unimixing_bwd_dwg_gemm_kernel(
     s_begin = pid_p.to(tl.int64) * samples_per_split
     s_end = tl.minimum(s_begin + samples_per_split, BS)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
-    if PER_SAMPLE:
-        cc = tl.arange(0, BP)
-        c_ok = cc < B
-        dy_ptrs = DY + s_begin * L + rm[:, None] * B + cc[None, :]
-        h_ptrs = H + s_begin * L + cc[:, None] + rn[None, :] * B
-        dy_mask = m_ok[:, None] & c_ok[None, :]
-        h_mask = c_ok[:, None] & n_ok[None, :]
-        for _ in range(s_begin, s_end):
-            dy = tl.load(dy_ptrs, mask=dy_mask, other=0.0)
-            h = tl.load(h_ptrs, mask=h_mask, other=0.0)
-            acc = tl.dot(dy.to(DOT_DTYPE), h.to(DOT_DTYPE), acc, input_precision=PRECISION)
-            dy_ptrs += L
-            h_ptrs += L
-    else:
-        for k0 in range(s_begin * B, s_end * B, BK):
-            kk = k0 + tl.arange(0, BK)
-            samp = kk // B
-            c = kk % B
-            k_ok = samp < s_end
-            dy = tl.load(DY + samp[None, :] * L + rm[:, None] * B + c[None, :],
-                         mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            h = tl.load(H + samp[:, None] * L + rn[None, :] * B + c[:, None],
-                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            acc = tl.dot(dy.to(DOT_DTYPE), h.to(DOT_DTYPE), acc, input_precision=PRECISION)
+    for k0 in range(s_begin * B, s_end * B, BK):
+        kk = k0 + tl.arange(0, BK)
+        samp = kk // B
+        c = kk % B
+        k_ok = samp < s_end
+        dy = tl.load(DY + samp[None, :] * L + rm[:, None] * B + c[None, :],
+                     mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        h = tl.load(H + samp[:, None] * L + rn[None, :] * B + c[:, None],
+                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(dy.to(DOT_DTYPE), h.to(DOT_DTYPE), acc, input_precision=PRECISION)
     part = DWG_PART + pid_p.to(tl.int64) * N * N + rm[:, None] * N + rn[None, :]
     tl.store(part, acc.to(DWG_PART.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
@@ -1051,18 +1030,9 @@ def _gemm_configs(half: bool) -> tuple:
 
 
 def _dwg_gemm_configs(half: bool) -> tuple:
-    """Flat K tiles ``(BM, BN, BK, warps, stages)``, and for 16-bit operands also tiles of one sample
-    a K step (``PER_SAMPLE``; ``BK`` unused): at B = 48 those compile to 112 (128 x 128) and 190
-    (256 x 128) registers a thread with 16-byte loads where the flat 128 x 128 x 64 tile needs 243
-    for its element-wise addressing (sm_90)."""
     tiles = [(128, 128, 64, 8, 3), (128, 128, 32, 8, 4), (64, 128, 64, 4, 3)]
     tiles = tiles if half else [(64, 64, 32, 4, 2)]
-    per_sample = [(128, 128, 8, 3), (128, 128, 8, 4), (256, 128, 8, 3)] if half else []
-    flat = [((("BM", bm), ("BN", bn), ("BK", bk), ("PER_SAMPLE", False)), w, s)
-            for bm, bn, bk, w, s in tiles]
-    samples = [((("BM", bm), ("BN", bn), ("BK", 16), ("PER_SAMPLE", True)), w, s)
-               for bm, bn, w, s in per_sample]
-    return tuple(flat + samples)
+    return tuple(((("BM", bm), ("BN", bn), ("BK", bk)), w, s) for bm, bn, bk, w, s in tiles)
 
 
 def _splits(
@@ -1592,10 +1562,9 @@ def _unimixing_bwd_memory(
         p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=2)
         dwg_part = _dwg_buffer(p2, n, xc, dwg_dtype)
         args = (dyc, h, dwg_part, bs, n, length, per2, bucket(bs))
-        consts = dict(B=b, BP=triton.next_power_of_2(b), DOT_DTYPE=dot_dtype, PRECISION=precision)
+        consts = dict(B=b, DOT_DTYPE=dot_dtype, PRECISION=precision)
         if interpreting():
-            # both K orders, as the GPU's tile lists have them: one sample a step for 16-bit
-            meta = dict(BM=16, BN=16, BK=16, PER_SAMPLE=xc.dtype != torch.float32)
+            meta = dict(BM=16, BN=16, BK=16)
             grid = (triton.cdiv(n, 16), triton.cdiv(n, 16), p2)
             unimixing_bwd_dwg_gemm_kernel[grid](*args, **consts, **meta)
         else:

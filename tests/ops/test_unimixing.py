@@ -903,8 +903,8 @@ def compile_for_sm90() -> None:
     """Compile the kernels most exposed to GPU-only constraints for sm_90 (bf16): every forward
     tile (plain, with the residual, and with the fused norm epilogue), the GEMMs (the forward's
     through tensor descriptors too: TMA copies and wgmma, no spills), the small-B dX
-    kernel, the per-block local kernels (dots, and FMAs for small B), the large-B dW_G GEMM's tiles,
-    the c-major copy and the transposing cast. Run in a process without
+    kernel, the per-block local kernels (dots, and FMAs for small B), the c-major copy and the
+    transposing cast. Run in a process without
     ``TRITON_INTERPRET``."""
     import triton.language as tl
     from unimixer_kernels.triton_kernels import unimixing as kernels
@@ -954,12 +954,6 @@ def compile_for_sm90() -> None:
             # the operands arrive by TMA bulk copies and meet in warpgroup MMAs (no fallback to
             # pointer loads or mma.sync)
             assert "cp.async.bulk.tensor" in ptx and "wgmma.mma_async" in ptx, consts
-    # dW_G at B = 48: every tile of both K orders; one sample a K step without spills (its point)
-    for kw, warps, stages in kernels._dwg_gemm_configs(True):
-        consts = dict(kw, B=48, BP=64, **common)
-        res = compile_sm90(kernels.unimixing_bwd_dwg_gemm_kernel, dict(DY=p, H=p, DWG_PART="*fp32"), consts,
-                           warps, stages, divisible=("L",), usage=True)
-        assert res["shared"] <= SMEM_LIMIT and (res["spill"] == 0 or not consts["PER_SAMPLE"]), (consts, res)
     builds.append((kernels.unimixing_c_major_kernel, dict(SRC=p, DST=p), dict(B=4, BP=4, SB=4, BN=128), 4, 1))
     builds.append((kernels.unimixing_transpose_cast_kernel, dict(SRC="*fp32", DST=p), dict(BT=64, s_col=1),
                    4, 1))
