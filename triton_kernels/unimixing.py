@@ -925,6 +925,8 @@ LOCAL_DOT_CW = 16
 # the forward keeps the default (2 splits, 30.3 us, the fastest setting probed)
 # (bench/results/2026-11-30-h200-run135)
 LOCAL_DOT_BWD_PER_SM = 8
+# and its samples a loop step for 16-bit activations (the forward's: 64)
+LOCAL_DOT_BWD_SAMPLES = 64
 # memory path at B < 16, the local FMA kernel: blocks per warp (one per lane); the warps per program
 # and the samples per loop step are LOCAL_TILE_SWITCH's ('auto': LOCAL_FMA_TILE, forward and
 # backward), and the forward's programs per SM LOCAL_FMA_FWD_PER_SM (the backward's 4, which bounds
@@ -1334,7 +1336,7 @@ def _local_products(
         )
     else:
         dot_dtype, precision = _dot_setup(xc)
-        sb = 64 if xc.dtype != torch.float32 and not interp else 16
+        sb = (LOCAL_DOT_BWD_SAMPLES if not h_only else 64) if xc.dtype != torch.float32 and not interp else 16
         unimixing_local_kernel[(n, p1)](
             *args, B=b, BP=bp, SB=sb, HAS_RESIDUAL=residual, H_ONLY=h_only, STORE_H=store_h,
             DOT_DTYPE=dot_dtype, PRECISION=precision, **({} if interp else dict(num_warps=4)),
