@@ -919,14 +919,15 @@ def fused_norm_epilogue() -> bool:
 LOCAL_DOT_MIN_BP = 16
 # the slice of output columns c per sample in a local-dot forward tile (a dot's minimum width)
 LOCAL_DOT_CW = 16
-# the local dot kernel's backward (B >= 16): programs per SM for its sample splits. At rankmixer-100m
-# (B = 48, N = 256, bf16, H200, one launch under CUDA graphs) 4 splits a block took 66.8 us against
-# 78.3 with the default's 2 (8 splits 67.4, 16 72.6; 32 or 128 samples a step and 8 warps no better);
-# the forward keeps the default (2 splits, 30.3 us, the fastest setting probed)
-# (bench/results/2026-11-30-h200-run135)
-LOCAL_DOT_BWD_PER_SM = 8
-# and its samples a loop step for 16-bit activations (the forward's: 64)
-LOCAL_DOT_BWD_SAMPLES = 64
+# the local dot kernel's backward (B >= 16): (programs per SM for its sample splits, samples a loop
+# step for 16-bit activations), by whether it writes H (formed again) or not (the forward's saved).
+# At rankmixer-100m (B = 48, N = 256, bf16, H200, under CUDA graphs), writing H: 4 splits a block (8
+# an SM) took 66.8 us against 78.3 with the default's 2 (8 splits 67.4, 16 72.6; 32 or 128 samples a
+# step and 8 warps no better; bench/results/2026-11-30-h200-run135); without H: 2 splits a block at 32
+# samples a step took 45.2 us against 49.4 at (8, 64), the op's training step 210.0 against 215.7
+# (run147, run148; (4, 64) was slower inside the step, 219.6). The forward keeps the default (2
+# splits, 30.3 us, the fastest setting probed) and 64 samples a step.
+LOCAL_DOT_BWD = {True: (8, 64), False: (4, 32)}
 # memory path at B < 16, the local FMA kernel: blocks per warp (one per lane); the warps per program
 # and the samples per loop step are LOCAL_TILE_SWITCH's ('auto': LOCAL_FMA_TILE, forward and
 # backward), and the forward's programs per SM LOCAL_FMA_FWD_PER_SM (the backward's 4, which bounds
@@ -1318,14 +1319,14 @@ def _local_products(
         bn = LOCAL_FMA_LANES * warps
     # the FMA forward writes no partials, so it may have more programs than _splits' default; the dot
     # kernel's backward more sample splits than the default's
+    store_h = h is not None
     extra = {}
     if fma and h_only:
         extra = dict(per_sm=LOCAL_FMA_FWD_PER_SM)
     elif not fma and not h_only:
-        extra = dict(per_sm=LOCAL_DOT_BWD_PER_SM)
+        extra = dict(per_sm=LOCAL_DOT_BWD[store_h][0])
     p1, per1 = _splits(bs, triton.cdiv(n, bn), xc.device, n * b * b, **extra)
     dwl_part = xc if h_only else new_output((p1, n, b, b), like=xc, dtype=torch.float32)
-    store_h = h is not None
     h = xc if h is None else h  # not written (STORE_H off)
     ptrs = (xc, xc, wl, xc, xc, h, dwl_part) if h_only else (g, xc, wl, dyc, dx, h, dwl_part)
     args = (*ptrs, bs, n, t * d, per1)
@@ -1336,7 +1337,7 @@ def _local_products(
         )
     else:
         dot_dtype, precision = _dot_setup(xc)
-        sb = (LOCAL_DOT_BWD_SAMPLES if not h_only else 64) if xc.dtype != torch.float32 and not interp else 16
+        sb = 16 if xc.dtype == torch.float32 or interp else (64 if h_only else LOCAL_DOT_BWD[store_h][1])
         unimixing_local_kernel[(n, p1)](
             *args, B=b, BP=bp, SB=sb, HAS_RESIDUAL=residual, H_ONLY=h_only, STORE_H=store_h,
             DOT_DTYPE=dot_dtype, PRECISION=precision, **({} if interp else dict(num_warps=4)),
