@@ -925,9 +925,12 @@ LOCAL_DOT_CW = 16
 # an SM) took 66.8 us against 78.3 with the default's 2 (8 splits 67.4, 16 72.6; 32 or 128 samples a
 # step and 8 warps no better; bench/results/2026-11-30-h200-run135); without H: 2 splits a block at 32
 # samples a step took 45.2 us against 49.4 at (8, 64), the op's training step 210.0 against 215.7
-# (run147, run148; (4, 64) was slower inside the step, 219.6). The forward keeps the default (2
-# splits, 30.3 us, the fastest setting probed) and 64 samples a step.
+# (run147, run148; (4, 64) was slower inside the step, 219.6). At N >= 1024 blocks every setting
+# leaves one split, and 64 samples a step won: rankmixer-1b's step 511.7 us at (8, 64) or 511.9 at
+# (4, 64) against 516.4 at (4, 32) (run150). The forward keeps the default (2 splits, 30.3 us, the
+# fastest setting probed) and 64 samples a step.
 LOCAL_DOT_BWD = {True: (8, 64), False: (4, 32)}
+LOCAL_DOT_BWD_WIDE_N = 1024  # from this many blocks, 64 samples a step whatever LOCAL_DOT_BWD says
 # memory path at B < 16, the local FMA kernel: blocks per warp (one per lane); the warps per program
 # and the samples per loop step are LOCAL_TILE_SWITCH's ('auto': LOCAL_FMA_TILE, forward and
 # backward), and the forward's programs per SM LOCAL_FMA_FWD_PER_SM (the backward's 4, which bounds
@@ -1337,7 +1340,8 @@ def _local_products(
         )
     else:
         dot_dtype, precision = _dot_setup(xc)
-        sb = 16 if xc.dtype == torch.float32 or interp else (64 if h_only else LOCAL_DOT_BWD[store_h][1])
+        sb = 64 if h_only or n >= LOCAL_DOT_BWD_WIDE_N else LOCAL_DOT_BWD[store_h][1]
+        sb = 16 if xc.dtype == torch.float32 or interp else sb
         unimixing_local_kernel[(n, p1)](
             *args, B=b, BP=bp, SB=sb, HAS_RESIDUAL=residual, H_ONLY=h_only, STORE_H=store_h,
             DOT_DTYPE=dot_dtype, PRECISION=precision, **({} if interp else dict(num_warps=4)),
