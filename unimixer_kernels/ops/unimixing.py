@@ -48,8 +48,8 @@ from .._registry import define_op
 from .rms_norm import rms_norm_fwd
 
 # "auto" on CUDA: Triton, measured faster than the best torch.compile at every preset timed, training
-# 5.19x (paper-small, run107), 1.93x (paper-100m, run107), 3.00x (rankmixer-100m, run136); inference
-# 3.56x, 2.13x (run107), 2.16x (run136) (bench/results/2026-11-30-h200-run1*)
+# 5.19x (paper-small, run107), 1.93x (paper-100m, run107), 2.98x (rankmixer-100m, run151); inference
+# 3.56x, 2.13x (run107), 2.36x (run149) (bench/results/2026-11-30-h200-run1*)
 UNIMIXING = define_op("unimixing", cuda_auto=("triton",), autocast="lower")
 UNIMIXING_RMSNORM = define_op("unimixing_rmsnorm", autocast="lower", autocast_keep=(3,))
 
