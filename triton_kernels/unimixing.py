@@ -1562,10 +1562,10 @@ def _unimixing_bwd_memory(
         g = torch.empty_like(xc)
         _global_gemm(wg, dyc, g, transpose=False)
         del wg
-        h = torch.empty_like(xc) if h_saved is None else None
-        sum_partials((_local_products(xc, wl, h, g, dyc, dx, residual), dwl))
-        h = h_saved if h is None else h
-        del g, h_saved
+        write_h = h_saved is None
+        h = torch.empty_like(xc) if write_h else h_saved
+        sum_partials((_local_products(xc, wl, h if write_h else None, g, dyc, dx, residual), dwl))
+        del g
         p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=2)
         dwg_part = _dwg_buffer(p2, n, xc, dwg_dtype)
         args = (dyc, h, dwg_part, bs, n, length, per2, bucket(bs))

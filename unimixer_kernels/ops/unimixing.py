@@ -31,10 +31,10 @@ for the backward instead of ``w_global`` (the custom ops' second output): an fp3
 such as a Sinkhorn output, is then not kept alive by the op, as with autocast's cast before it
 (the blocks' training peaks unchanged, bench/results/2026-11-30-h200-run104).
 
-Saved ``H``: where the forward
-wrote ``H = X W_B`` in the natural layout for its GEMM (the memory path at ``B >= 16``,
-``saves_local``) the nodes save it too (the third output), and the backward reads it rather than
-forming and writing it again (``UNIMIXER_UNIMIXING_SAVE_H=recompute`` turns that off).
+Saved ``H``: where the forward wrote ``H = X W_B`` in the natural layout for its GEMM (the memory
+path at ``B >= 16``, ``saves_local``) the nodes save it too (the third output), and the backward
+reads it rather than forming and writing it again (``UNIMIXER_UNIMIXING_SAVE_H=recompute`` turns
+that off).
 """
 
 from __future__ import annotations
