@@ -931,6 +931,13 @@ LOCAL_DOT_CW = 16
 # fastest setting probed) and 64 samples a step.
 LOCAL_DOT_BWD = {True: (8, 64), False: (4, 32)}
 LOCAL_DOT_BWD_WIDE_N = 1024  # from this many blocks, 64 samples a step whatever LOCAL_DOT_BWD says
+
+
+def _local_dot_bwd_tile(store_h: bool, n: int) -> tuple[int, int]:
+    """``(programs per SM, samples a step)`` of the local dot kernel's backward (16-bit activations):
+    :data:`LOCAL_DOT_BWD`, with 64 samples a step from :data:`LOCAL_DOT_BWD_WIDE_N` blocks."""
+    per_sm, sb = LOCAL_DOT_BWD[store_h]
+    return per_sm, (64 if n >= LOCAL_DOT_BWD_WIDE_N else sb)
 # memory path at B < 16, the local FMA kernel: blocks per warp (one per lane); the warps per program
 # and the samples per loop step are LOCAL_TILE_SWITCH's ('auto': LOCAL_FMA_TILE, forward and
 # backward), and the forward's programs per SM LOCAL_FMA_FWD_PER_SM (the backward's 4, which bounds
@@ -1327,7 +1334,7 @@ def _local_products(
     if fma and h_only:
         extra = dict(per_sm=LOCAL_FMA_FWD_PER_SM)
     elif not fma and not h_only:
-        extra = dict(per_sm=LOCAL_DOT_BWD[store_h][0])
+        extra = dict(per_sm=_local_dot_bwd_tile(store_h, n)[0])
     p1, per1 = _splits(bs, triton.cdiv(n, bn), xc.device, n * b * b, **extra)
     dwl_part = xc if h_only else new_output((p1, n, b, b), like=xc, dtype=torch.float32)
     h = xc if h is None else h  # not written (STORE_H off)
@@ -1340,7 +1347,7 @@ def _local_products(
         )
     else:
         dot_dtype, precision = _dot_setup(xc)
-        sb = 64 if h_only or n >= LOCAL_DOT_BWD_WIDE_N else LOCAL_DOT_BWD[store_h][1]
+        sb = 64 if h_only else _local_dot_bwd_tile(store_h, n)[1]
         sb = 16 if xc.dtype == torch.float32 or interp else sb
         unimixing_local_kernel[(n, p1)](
             *args, B=b, BP=bp, SB=sb, HAS_RESIDUAL=residual, H_ONLY=h_only, STORE_H=store_h,

@@ -920,7 +920,7 @@ def compile_for_sm90() -> None:
                dict(kw, B=4, BP=4, HAS_RESIDUAL=True, **common), warps, stages)]
     # the dot local kernel: forward (H only), backward with H formed again, backward reading a saved H
     for h_only, store_h in ((True, True), (False, True), (False, False)):
-        sb = 64 if h_only else kernels.LOCAL_DOT_BWD[store_h][1]  # the launcher's samples a step
+        sb = 64 if h_only else kernels._local_dot_bwd_tile(store_h, 256)[1]  # the launcher's at N = 256
         builds.append((kernels.unimixing_local_kernel, LOCAL_PTRS,
                        dict(B=48, BP=64, SB=sb, HAS_RESIDUAL=True, H_ONLY=h_only, STORE_H=store_h, **common),
                        4, 3))

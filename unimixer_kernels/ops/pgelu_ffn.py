@@ -24,6 +24,7 @@ from torch import Tensor
 from .. import reference
 from .._checks import check_bool, check_optional_tensor, check_same_device, check_shape, check_tensor
 from .._registry import define_op
+from ._optional import as_input, as_output, placeholder
 
 PGELU_FFN = define_op("pgelu_ffn", autocast="lower")
 
@@ -42,10 +43,6 @@ def _kernels():
 # --- Triton: forward and backward custom ops -------------------------------------------------
 
 
-def _none_if_empty(x: Tensor) -> Tensor | None:
-    return x if x.numel() else None
-
-
 @torch.library.custom_op("unimixer::pgelu_ffn_fwd", mutates_args=())
 def pgelu_ffn_fwd(
     u: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, save: bool
@@ -53,16 +50,16 @@ def pgelu_ffn_fwd(
     """``(o, g, w1c, w2c)``: with ``save``, ``g`` is ``[T, bs, kD]`` and ``w1c``, ``w2c`` the 16-bit
     copies of weights lowered on the wide path; each is empty where there is none."""
     o, *rest = _kernels().pgelu_ffn_fwd(u, w1, b1, w2, b2, save)
-    return o, *(x if x is not None else u.new_empty((0,)) for x in rest)
+    return o, *(as_output(x, u) for x in rest)
 
 
 @pgelu_ffn_fwd.register_fake
 def _(u, w1, b1, w2, b2, save):
     if not save:
-        return u.new_empty(u.shape), *(u.new_empty((0,)) for _ in range(3))
+        return u.new_empty(u.shape), *(placeholder(u) for _ in range(3))
     bs, t, _ = u.shape
     cdt, *copy = _kernels().lowering(u, w1, w2)
-    copies = [w.new_empty(w.shape, dtype=cdt) if c else u.new_empty((0,)) for w, c in zip((w1, w2), copy)]
+    copies = [w.new_empty(w.shape, dtype=cdt) if c else placeholder(u) for w, c in zip((w1, w2), copy)]
     return u.new_empty(u.shape), u.new_empty((t, bs, w1.shape[-1]), dtype=cdt), *copies
 
 
@@ -105,7 +102,7 @@ def _pgelu_backward(ctx, do: Tensor | None, _dg: Tensor | None, _dw1c: Tensor | 
         return (None,) * 6
     u, w1, b1, w2, b2, g, w1c, w2c = ctx.saved_tensors
     du, dw1, db1, dw2, db2 = pgelu_ffn_bwd(do, u, w1, b1, w2, b2, g if ctx.save else None,
-                                           _none_if_empty(w1c), _none_if_empty(w2c))
+                                           as_input(w1c), as_input(w2c))
     has_b1, has_b2 = ctx.has_bias
     return du, dw1, db1 if has_b1 else None, dw2, db2 if has_b2 else None, None
 

@@ -20,6 +20,7 @@ from torch import Tensor
 from .. import reference
 from .._checks import check_bool, check_optional_tensor, check_same_device, check_shape, check_tensor
 from .._registry import define_op
+from ._optional import as_output, placeholder
 
 PSWIGLU = define_op("pswiglu", autocast="lower")
 
@@ -33,10 +34,6 @@ def _kernels():
     from ..triton_kernels import pswiglu as kernels
 
     return kernels
-
-
-def _empty(like: Tensor) -> Tensor:
-    return like.new_empty((0,))
 
 
 # --- Triton: forward and backward custom ops -------------------------------------------------
@@ -55,7 +52,7 @@ def pswiglu_fwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(o, g, v)``: ``g``/``v`` are ``[T, bs, h]`` when ``save``, else empty."""
     o, g, v = _kernels().ffn_fwd(u, w_gate, w_up, w_down, b_gate, b_up, b_down, save)
-    return o, (g if g is not None else _empty(u)), (v if v is not None else _empty(u))
+    return o, as_output(g, u), as_output(v, u)
 
 
 def _hidden_dtype(u: Tensor, *weights: Tensor) -> torch.dtype:
@@ -70,7 +67,7 @@ def _(u, w_gate, w_up, w_down, b_gate, b_up, b_down, save):
     if save:
         dt = _hidden_dtype(u, w_gate, w_up, w_down)
         return u.new_empty(u.shape), u.new_empty((t, bs, h), dtype=dt), u.new_empty((t, bs, h), dtype=dt)
-    return u.new_empty(u.shape), _empty(u), _empty(u)
+    return u.new_empty(u.shape), placeholder(u), placeholder(u)
 
 
 @torch.library.custom_op("unimixer::pswiglu_bwd", mutates_args=())

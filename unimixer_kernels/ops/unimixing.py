@@ -45,6 +45,7 @@ from torch import Tensor
 from .. import reference
 from .._checks import check_same_device, check_shape, check_tensor
 from .._registry import define_op
+from ._optional import as_input, as_output, placeholder
 from .rms_norm import rms_norm_fwd
 
 # "auto" on CUDA: Triton, measured faster than the best torch.compile at every preset timed, training
@@ -72,7 +73,7 @@ def unimixing_fwd(x: Tensor, w_local: Tensor, w_global: Tensor) -> tuple[Tensor,
     takes in place of ``w_global`` where the kernels say so (``saves_global_t``), else empty; ``h``
     the forward's ``H = X W_B`` where they save it (``saves_local``), else empty."""
     y, _, _, wg_t, h = _kernels().unimixing_fwd(x, w_local, w_global)
-    return y, _saved_output(wg_t, x), _saved_output(h, x)
+    return y, as_output(wg_t, x), as_output(h, x)
 
 
 @unimixing_fwd.register_fake
@@ -86,7 +87,7 @@ def unimixing_bwd(dy: Tensor, x: Tensor, w_local: Tensor, w_global: Tensor, h: T
     """``(dx, dw_local, dw_global)``; with ``global_t``, ``w_global`` is the forward's ``W_G^T``;
     ``h``: the forward's ``H``, or empty (formed again); ``dw_global`` in ``dwg_dtype``."""
     return _kernels().unimixing_bwd(dy, x, w_local, w_global, global_t=global_t, dwg_dtype=dwg_dtype,
-                                    h=_saved_input(h))
+                                    h=as_input(h))
 
 
 @unimixing_bwd.register_fake
@@ -95,22 +96,12 @@ def _(dy, x, w_local, w_global, h, global_t, dwg_dtype) -> tuple[Tensor, Tensor,
                                                                                         dtype=dwg_dtype)
 
 
-def _saved_output(t: Tensor | None, x: Tensor) -> Tensor:
-    """A tensor the kernels hand over for the backward, or an empty stand-in (custom ops return
-    tensors)."""
-    return x.new_empty(0) if t is None else t
-
-
-def _saved_input(t: Tensor) -> Tensor | None:
-    return t if t.numel() > 0 else None
-
-
 def _saved_fakes(x: Tensor, w_local: Tensor) -> tuple[Tensor, Tensor]:
     """The fake ``(wg_t, h)`` outputs: shaped where the kernels save them, else empty."""
     n = w_local.shape[0]
     kernels = _kernels()
-    wg_t = x.new_empty((n, n)) if kernels.saves_global_t(x, w_local) else x.new_empty(0)
-    return wg_t, (x.new_empty(x.shape) if kernels.saves_local(x, w_local) else x.new_empty(0))
+    wg_t = x.new_empty((n, n)) if kernels.saves_global_t(x, w_local) else placeholder(x)
+    return wg_t, (x.new_empty(x.shape) if kernels.saves_local(x, w_local) else placeholder(x))
 
 
 def _save_mixing(ctx, x: Tensor, w_local: Tensor, w_global: Tensor, wg_t: Tensor, h: Tensor) -> None:
@@ -146,7 +137,7 @@ def unimixing_residual_fwd(x: Tensor, w_local: Tensor, w_global: Tensor,
     (true in both: the output's only reader is the next node, whose backward returns a fresh ``ds``,
     or ``ds`` over the ``s`` it owns), and the backward writes ``dx`` over it; otherwise over a copy."""
     y, _, _, wg_t, h = _kernels().unimixing_fwd(x, w_local, w_global, residual=True)
-    return y, _saved_output(wg_t, x), _saved_output(h, x)
+    return y, as_output(wg_t, x), as_output(h, x)
 
 
 @unimixing_residual_fwd.register_fake
@@ -159,7 +150,7 @@ def unimixing_residual_bwd(dy: Tensor, x: Tensor, w_local: Tensor, w_global: Ten
                            global_t: bool, dwg_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """``(dw_local, dw_global)`` of ``x + UniMixing(x)``; ``dx`` is written over ``dy`` (contiguous,
     ``x``'s dtype). ``h``, ``global_t``, ``dwg_dtype``: as for ``unimixing_bwd``."""
-    return _kernels().unimixing_residual_bwd_(dy, x, w_local, w_global, global_t, dwg_dtype, _saved_input(h))
+    return _kernels().unimixing_residual_bwd_(dy, x, w_local, w_global, global_t, dwg_dtype, as_input(h))
 
 
 @unimixing_residual_bwd.register_fake
