@@ -58,6 +58,7 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         PDL_SWITCH,
         PERSISTENT_SWITCH,
         TILE_SWITCH,
+        UNIMIXING_BWD_GLOBAL_SWITCH,
         UNIMIXING_BWD_SWITCH,
         UNIMIXING_FWD_SWITCH,
         UNIMIXING_GEMM_SWITCH,
@@ -131,9 +132,11 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
         paths.append((f" [{UNIMIXING_FWD_SWITCH}=gemm, D=96: the forward GEMM's descriptors in 16-bit]",
                       _patched(None, {}, {UNIMIXING_FWD_SWITCH: "gemm"}, sizes=dict(D=96))))
         # B = 20: the natural-layout memory path (dots per block), the forward's H saved for the
-        # backward, or formed and written again there
-        paths.append((" [B=20: the per-block dots, the forward's H saved]",
+        # backward (its G and dW_G in one kernel, or as two GEMMs), or formed and written again there
+        paths.append((" [B=20: the per-block dots, the forward's H saved, G and dW_G in one kernel]",
                       _patched(None, {}, {}, sizes=dict(B=20))))
+        paths.append((f" [B=20, {UNIMIXING_BWD_GLOBAL_SWITCH}=split]",
+                      _patched(None, {}, {UNIMIXING_BWD_GLOBAL_SWITCH: "split"}, sizes=dict(B=20))))
         paths.append((f" [B=20, {UNIMIXING_SAVE_H_SWITCH}=recompute]",
                       _patched(None, {}, {UNIMIXING_SAVE_H_SWITCH: "recompute"}, sizes=dict(B=20))))
     return paths

@@ -29,6 +29,7 @@ FFN_GEMM_SWITCH = "UNIMIXER_FFN_GEMM"
 FFN_CHUNK_SWITCH = "UNIMIXER_FFN_TOKEN_CHUNK"
 LITE_GEMM_SWITCH = "UNIMIXER_LITE_GEMM"
 UNIMIXING_SAVE_H_SWITCH = "UNIMIXER_UNIMIXING_SAVE_H"
+UNIMIXING_BWD_GLOBAL_SWITCH = "UNIMIXER_UNIMIXING_BWD_GLOBAL"
 SWITCHES = {
     NORM_SWITCH: ("composed", "unimixing_rmsnorm: 'composed' (the mixing with its residual, then one RMSNorm "
                               "pass, as two autograd nodes so that the norm's backward frees its input and "
@@ -71,6 +72,14 @@ SWITCHES = {
                                       "backward, whose per-block kernel then reads G and X and writes only "
                                       "dX: one [bs, T, D] buffer more from forward to backward) or "
                                       "'recompute' (the backward forms and writes H again)"),
+    UNIMIXING_BWD_GLOBAL_SWITCH: ("auto", "the unimixing memory-path backward at B >= 16 with the "
+                                          "forward's H saved: 'auto' (for 16-bit activations at "
+                                          "N <= 256, one kernel forms G = W_G^T dY and the dW_G = dY H^T "
+                                          "partials from one read of dY: at rankmixer-100m on the H200 "
+                                          "73.6 against 86.0 us for cuBLAS's G and the split dW_G GEMM, "
+                                          "run152; else those two), 'fused' (the one kernel at any "
+                                          "dtype; an error where N > 256 or H is not saved) or 'split' "
+                                          "(the two GEMMs)"),
     LOCAL_TILE_SWITCH: ("auto", "the memory path's per-block kernel at B < 16 (one block per lane): "
                                 "'auto' (4 warps, with 2 samples per loop step in the forward and 4 in "
                                 "the backward, the fastest of eight tiles each on the H200) or "

@@ -54,7 +54,9 @@ GEMM over flat ``(s, c)`` columns, no padding of ``B``); ``unimixing_local_kerne
 block ``n``, ``dx_n = G_n W_B[n]^T``, the ``dW_B`` partial and, unless the forward's ``H`` was saved
 (:func:`saves_local`, the default where the forward also went through memory), ``h_n = x_n W_B[n]``
 (written), as two or three dots; ``unimixing_bwd_dwg_gemm_kernel`` is the GEMM ``dY H^T`` with both
-operands from memory.
+operands from memory. With the forward's ``H`` saved and ``N <= 256`` (16-bit activations by default,
+:func:`fuses_bwd_global`), ``unimixing_bwd_global_kernel`` forms ``G`` and the ``dW_G`` partials in one
+pass over ``dY`` before the per-block kernel runs (150 MB in place of 200 at ``rankmixer-100m``).
 The fused RMSNorm epilogue needs all of ``c`` in its tile, so with it the forward keeps the FMA
 path at any ``B``. For 16-bit activations the forward goes through memory too by default
 (``unimixing_local_kernel`` with ``H_ONLY`` writes ``H``, then ``unimixing_global_kernel`` reads
@@ -89,9 +91,9 @@ gradients come back in fp32 with no cast after the op.
 Launches per call: forward 1 kernel (2 on the memory path, 3 with the transposing cast at small
 ``B``; plus a cast of ``w_global`` elsewhere when it is fp32 and the activations are half
 precision). Backward, in registers: 2 kernels + the partial sums; through memory: 3 kernels (4 with
-the c-major copy of ``dY``, ``unimixing_c_major_kernel``; plus the cast of an fp32 ``w_global``) +
-the partial sums. The fused op adds the RMSNorm backward kernel, whose ``dw`` partials join the
-same sum launch.
+the c-major copy of ``dY``, ``unimixing_c_major_kernel``; 2 where one kernel forms ``G`` and ``dW_G``;
+plus the cast of an fp32 ``w_global``) + the partial sums. The fused op adds the RMSNorm backward
+kernel, whose ``dw`` partials join the same sum launch.
 
 Non-contiguous inputs are copied once to contiguous memory by the launchers.
 """
@@ -109,6 +111,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from ._launch import (
     LOCAL_TILE_SWITCH,
     NORM_SWITCH,
+    UNIMIXING_BWD_GLOBAL_SWITCH,
     UNIMIXING_BWD_SWITCH,
     UNIMIXING_FWD_SWITCH,
     UNIMIXING_GEMM_SWITCH,
@@ -796,6 +799,54 @@ def unimixing_bwd_dwg_gemm_kernel(
     tl.store(part, acc.to(DWG_PART.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
+@triton.jit
+def unimixing_bwd_global_kernel(
+    WG, DY, H, G, DWG_PART,
+    BS, N, L, samples_per_split, swm, swt,
+    B: tl.constexpr,
+    NP: tl.constexpr,
+    BM: tl.constexpr,
+    BK: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """The large-``B`` backward's two global GEMMs in one pass over ``dY`` (``N <= NP <= 256``): for
+    its ``BM`` output blocks ``t`` and its range of samples, per step of ``BK`` flat columns ``k = s*B
+    + c`` a program loads ``dY[:, k]`` (all ``N`` blocks) once and uses it twice::
+
+        G[s, t*B + c]       = sum_m W_G[m, t] dY[s, m*B + c]       (stored; the whole K in one dot)
+        DWG_PART[p, m, t]  += sum_k dY[s, m*B + c] H[s, t*B + c]    (fp32, stored at the end)
+
+    ``W_G[m, t]`` is at ``WG + m*swm + t*swt``; its ``[BM, NP]`` slice is loaded once. ``dY`` and ``H``
+    are read once each (``dY`` by every one of the ``N / BM`` row tiles, from L2), ``G`` written once."""
+    pid_t = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    rt = pid_t * BM + tl.arange(0, BM)
+    t_ok = rt < N
+    rn = tl.arange(0, NP)
+    n_ok = rn < N
+    wgt = tl.load(WG + rn[None, :] * swm + rt[:, None] * swt, mask=t_ok[:, None] & n_ok[None, :], other=0.0)
+    wgt = wgt.to(DOT_DTYPE)
+    s_begin = pid_p.to(tl.int64) * samples_per_split
+    s_end = tl.minimum(s_begin + samples_per_split, BS)
+    acc = tl.zeros([NP, BM], dtype=tl.float32)
+    for k0 in range(s_begin * B, s_end * B, BK):
+        kk = k0 + tl.arange(0, BK)
+        samp = kk // B
+        c = kk % B
+        k_ok = samp < s_end
+        dy = tl.load(DY + samp[None, :] * L + rn[:, None] * B + c[None, :],
+                     mask=n_ok[:, None] & k_ok[None, :], other=0.0).to(DOT_DTYPE)
+        g = tl.dot(wgt, dy, input_precision=PRECISION)
+        tl.store(G + samp[None, :] * L + rt[:, None] * B + c[None, :], g.to(G.dtype.element_ty),
+                 mask=t_ok[:, None] & k_ok[None, :])
+        h = tl.load(H + samp[:, None] * L + rt[None, :] * B + c[:, None],
+                    mask=k_ok[:, None] & t_ok[None, :], other=0.0).to(DOT_DTYPE)
+        acc = tl.dot(dy, h, acc, input_precision=PRECISION)
+    part = DWG_PART + pid_p.to(tl.int64) * N * N + rn[:, None] * N + rt[None, :]
+    tl.store(part, acc.to(DWG_PART.dtype.element_ty), mask=n_ok[:, None] & t_ok[None, :])
+
+
 # --- configuration -------------------------------------------------------------------------------
 
 
@@ -864,6 +915,30 @@ def saves_local(x: torch.Tensor, w_local: torch.Tensor) -> bool:
     half = x.dtype in (torch.float16, torch.bfloat16)
     return (mode == "auto" and x.shape[0] > 0 and not c_major(b) and gemm_forward(b, n, half)
             and gemm_backward(b, n, half))
+
+
+BWD_GLOBAL_MAX_N = 256
+# (BM, BK, warps, stages) of unimixing_bwd_global_kernel: 16-bit from run152's sweep at rankmixer-100m
+# (BK 32 with 4 stages 82.2, 2 stages 100.2 us with the sums); fp32 halves the tile for shared memory
+BWD_GLOBAL_TILE = {True: (128, 64, 8, 3), False: (64, 32, 4, 2)}
+
+
+def fuses_bwd_global(x: torch.Tensor, n: int, h_saved: bool) -> bool:
+    """Whether the memory-path backward at ``B >= 16`` forms ``G`` and the ``dW_G`` partials in one
+    kernel (:func:`unimixing_bwd_global_kernel`, ``UNIMIXER_UNIMIXING_BWD_GLOBAL``): it needs the
+    forward's ``H`` (the ``dW_G`` product runs before the per-block kernel) and ``N <= 256`` (one
+    program holds ``W_G``'s columns for its blocks and a ``[N, BM]`` fp32 accumulator). 'auto' takes it
+    for 16-bit activations, the dtypes it was timed with."""
+    mode = switch(UNIMIXING_BWD_GLOBAL_SWITCH)
+    if mode not in ("auto", "fused", "split"):
+        raise ValueError(f"{UNIMIXING_BWD_GLOBAL_SWITCH}: expected 'auto', 'fused' or 'split', got {mode!r}")
+    can = h_saved and n <= BWD_GLOBAL_MAX_N
+    if mode == "fused" and not can:
+        raise ValueError(
+            f"{UNIMIXING_BWD_GLOBAL_SWITCH}=fused needs N <= {BWD_GLOBAL_MAX_N} blocks and the forward's H "
+            f"saved ({UNIMIXING_SAVE_H_SWITCH}=auto); got N = {n}, H "
+            f"{'saved' if h_saved else 'not saved'}: set it to 'auto' or 'split'")
+    return can and (mode == "fused" or (mode == "auto" and x.dtype != torch.float32))
 
 
 def fused_norm_rows(block: int, dim: int, device: torch.device) -> tuple[int, int, int] | None:
@@ -1264,6 +1339,29 @@ def _unimixing_bwd_partials(
     return dx, dwl, dwg, [(dwl_part, dwl), *partials]
 
 
+def _bwd_global(wg: torch.Tensor, dyc: torch.Tensor, h: torch.Tensor, g: torch.Tensor,
+                dwg_dtype: torch.dtype) -> torch.Tensor:
+    """``G = W_G^T dY`` into ``g`` and the ``dW_G = dY H^T`` partials (returned, as
+    :func:`_dwg_buffer`'s) by :func:`unimixing_bwd_global_kernel`, one program an SM."""
+    bs, t, d = dyc.shape
+    n = wg.shape[0]
+    np2 = max(16, triton.next_power_of_2(n))
+    if interpreting():
+        bm, bk, opts = 16, 16, {}
+    else:
+        bm, bk, warps, stages = BWD_GLOBAL_TILE[dyc.dtype != torch.float32]
+        opts = dict(num_warps=warps, num_stages=stages)
+    bm = min(bm, np2)
+    tiles = triton.cdiv(n, bm)
+    p, per = _splits(bs, tiles, dyc.device, n * n, per_sm=1)
+    part = _dwg_buffer(p, n, dyc, dwg_dtype)
+    dot_dtype, precision = _dot_setup(dyc)
+    unimixing_bwd_global_kernel[(tiles, p)](
+        wg, dyc, h, g, part, bs, n, t * d, per, wg.stride(0), wg.stride(1), B=t * d // n, NP=np2, BM=bm,
+        BK=bk, DOT_DTYPE=dot_dtype, PRECISION=precision, **opts)
+    return part
+
+
 def _dwg_output(dwg_part: torch.Tensor, like: torch.Tensor, dtype: torch.dtype
                 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """``(dw_global, partials)``: a single-split buffer in ``dtype`` is the gradient itself, else
@@ -1520,8 +1618,9 @@ def _unimixing_bwd_memory(
     dwg_dtype: torch.dtype,
     h_saved: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The memory-path backward: ``G = W_G^T dY`` (GEMM), then per block ``dX``, ``H`` (at ``B >=
-    16`` only without ``h_saved``, the forward's) and the
+    """The memory-path backward: ``G = W_G^T dY`` (GEMM; at ``B >= 16`` with ``h_saved`` and ``N <=
+    256`` in one kernel with the ``dW_G`` partials, :func:`fuses_bwd_global`), then per block ``dX``,
+    ``H`` (at ``B >= 16`` only without ``h_saved``, the forward's) and the
     ``dW_B`` partials (:func:`_local_products`), summed into ``dW_B`` at once so that they are gone
     before ``dW_G = dY H^T`` (GEMM, sample splits; at small ``B`` both GEMMs by cuBLAS where
     :func:`cublas_gemms`, ``dW_G`` then one GEMM in the activation dtype, cast to ``dwg_dtype`` by
@@ -1567,12 +1666,18 @@ def _unimixing_bwd_memory(
     else:
         dx = new_output(xc.shape, like=xc)
         g = torch.empty_like(xc)
-        _global_gemm(wg, dyc, g, transpose=False)
-        del wg
         write_h = h_saved is None
+        fused = fuses_bwd_global(xc, n, not write_h)
+        if fused:
+            dwg_part = _bwd_global(wg, dyc, h_saved, g, dwg_dtype)
+        else:
+            _global_gemm(wg, dyc, g, transpose=False)
+        del wg
         h = torch.empty_like(xc) if write_h else h_saved
         sum_partials((_local_products(xc, wl, h if write_h else None, g, dyc, dx, residual), dwl))
         del g
+        if fused:
+            return dx, dwl, dwg_part
         p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=2)
         dwg_part = _dwg_buffer(p2, n, xc, dwg_dtype)
         args = (dyc, h, dwg_part, bs, n, length, per2, bucket(bs))

@@ -689,6 +689,7 @@ def test_unimixing_saved_h_matches_recompute(device, monkeypatch, shape, residua
     wl, wg = _weights(t * d // b, b, torch.float16, device)
     gy = torch.randn(bs, t, d, device=device).to(torch.float16)
     grads = {}
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_BWD_GLOBAL", "split")  # the same dW_G GEMM both ways
     for mode in ("auto", "recompute"):
         monkeypatch.setenv("UNIMIXER_UNIMIXING_SAVE_H", mode)
         if residual:
@@ -702,6 +703,63 @@ def test_unimixing_saved_h_matches_recompute(device, monkeypatch, shape, residua
         assert torch.equal(a, e)
     if not residual:
         check_against_reference(uk.unimixing, (x, wl, wg), backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("shape", [(3, 4, 36, 48), (5, 4, 80, 16), (2, 3, 160, 16)],
+                         ids=["b48n3", "n20b16", "n30b16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("residual", [False, True], ids=["unimixing", "residual"])
+def test_unimixing_bwd_global_fused(device, monkeypatch, shape, dtype, residual):
+    # at B >= 16 with the forward's H saved (the memory-path forward, fp32 too), 'fused' forms G and
+    # the dW_G partials in one kernel (two row tiles at N = 20 and 30 in the interpreter's 16-block
+    # tiles; N = 30 pads to 32): the gradients match the reference, and the two GEMMs of 'split'
+    from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "gemm")
+    bs, t, d, b = shape
+    calls = []
+    launch = kernels._bwd_global
+    monkeypatch.setattr(kernels, "_bwd_global", lambda *a: calls.append(a[0].shape) or launch(*a))
+    x = random_input((bs, t, d), dtype, device, requires_grad=True, noncontiguous=True)
+    wl, wg = _weights(t * d // b, b, dtype, device)
+    gy = torch.randn(bs, t, d, device=device).to(dtype)
+    grads = {}
+    for mode in ("fused", "split"):
+        monkeypatch.setenv("UNIMIXER_UNIMIXING_BWD_GLOBAL", mode)
+        if residual:
+            y = unimixing_residual_fwd(x, wl, wg, False)[0]
+        else:
+            y = uk.unimixing(x, wl, wg, backend="triton")
+        grads[mode] = torch.autograd.grad(y, (x, wl, wg), gy)
+        assert len(calls) == 1
+    tol = 8 * torch.finfo(dtype).eps
+    for a, e in zip(grads["fused"], grads["split"]):
+        assert (a.double() - e.double()).abs().max().item() <= tol * e.double().abs().max().item()
+    if not residual:
+        monkeypatch.setenv("UNIMIXER_UNIMIXING_BWD_GLOBAL", "fused")
+        check_against_reference(uk.unimixing, (x, wl, wg), backend="triton")
+        assert len(calls) == 2
+
+
+@pytest.mark.triton
+def test_unimixing_bwd_global_auto_rule(device, monkeypatch):
+    # 'auto' fuses for 16-bit activations with H saved at N <= 256; a bad value, or 'fused' where it
+    # cannot run, names the switch
+    from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    half, single = torch.empty(1, dtype=torch.float16), torch.empty(1)
+    assert kernels.fuses_bwd_global(half, 256, True) and not kernels.fuses_bwd_global(half, 257, True)
+    assert not kernels.fuses_bwd_global(half, 256, False) and not kernels.fuses_bwd_global(single, 256, True)
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_BWD_GLOBAL", "fused")
+    assert kernels.fuses_bwd_global(single, 256, True)
+    with pytest.raises(ValueError, match="BWD_GLOBAL=fused needs N <= 256 .* got N = 1024"):
+        kernels.fuses_bwd_global(half, 1024, True)
+    with pytest.raises(ValueError, match="H not saved"):
+        kernels.fuses_bwd_global(half, 48, False)
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_BWD_GLOBAL", "both")
+    with pytest.raises(ValueError, match="UNIMIXING_BWD_GLOBAL: expected 'auto', 'fused' or 'split'"):
+        kernels.fuses_bwd_global(half, 48, True)
 
 
 @pytest.mark.triton
