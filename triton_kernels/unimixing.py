@@ -1301,10 +1301,10 @@ def _unimixing_bwd_partials(
                          f"{tuple(h.shape)}")
     if memory:
         hc = None if h is None or c_major(b) else h.contiguous()
-        dx, dwl, dwg_part = _unimixing_bwd_memory(dyc, xc, wl, w_global, residual, dy_scratch and dyc is dy,
-                                                  global_t, dwg_dtype, hc)
+        dx, dwl, dwg_part, pending = _unimixing_bwd_memory(dyc, xc, wl, w_global, residual,
+                                                           dy_scratch and dyc is dy, global_t, dwg_dtype, hc)
         dwg, partials = _dwg_output(dwg_part, x, dwg_dtype)
-        return dx, dwl, dwg, partials
+        return dx, dwl, dwg, [*pending, *partials]
     wg = _global_for_dot(w_global, x)
     dx = new_output((bs, t, d), like=x)
     if bs == 0:
@@ -1617,25 +1617,25 @@ def _unimixing_bwd_memory(
     global_t: bool,
     dwg_dtype: torch.dtype,
     h_saved: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The memory-path backward: ``G = W_G^T dY`` (GEMM; at ``B >= 16`` with ``h_saved`` and ``N <=
-    256`` in one kernel with the ``dW_G`` partials, :func:`fuses_bwd_global`), then per block ``dX``,
-    ``H`` (at ``B >= 16`` only without ``h_saved``, the forward's) and the
-    ``dW_B`` partials (:func:`_local_products`), summed into ``dW_B`` at once so that they are gone
-    before ``dW_G = dY H^T`` (GEMM, sample splits; at small ``B`` both GEMMs by cuBLAS where
-    :func:`cublas_gemms`, ``dW_G`` then one GEMM in the activation dtype, cast to ``dwg_dtype`` by
-    the caller's partial sums once ``G``, ``H`` and ``dY^T`` are gone) allocates its partials.
-    ``w_global`` is ``W_G``, or with ``global_t`` the forward's ``W_G^T`` in the activation dtype;
-    a cast of fp32 ``W_G`` lives only up to the ``G`` GEMM. Returns
-    ``dx``, ``dW_B`` and the ``dW_G`` partial buffer. ``G`` and ``H`` go through memory in the
-    activation dtype: at large ``B`` the in-register local
-    transpose would cost ``O(B)`` CUDA-core work per element; at small ``B`` the GEMMs run without
-    the register build of ``G`` and ``H`` beside their dots, on c-major operands (``dY`` transposed
-    to ``[bs, B, N]`` first by :func:`_c_major_copy`; GEMMs reading it in place measured 1.5x slower
-    on the H200: their tiles load in runs of ``B`` values). There ``H`` overwrites ``G`` (the local
-    FMA kernel reads each ``G`` element before it writes ``H`` there, in the same lane), and, with
-    ``dy_scratch`` and the residual, ``dx`` is written over ``dyc`` (the kernel reads each ``dY``
-    element before it writes ``dX`` there, in the same lane; see :func:`_unimixing_bwd_partials`)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The memory-path backward: ``G = W_G^T dY`` (GEMM; at ``B >= 16`` with ``h_saved`` and ``N <= 256``
+    in one kernel with the ``dW_G`` partials, :func:`fuses_bwd_global`, whose partials then exist already,
+    so the ``dW_B`` partials join them in the caller's one sum launch), then per block ``dX``, ``H`` (at
+    ``B >= 16`` only without ``h_saved``, the forward's) and the ``dW_B`` partials
+    (:func:`_local_products`), else summed into ``dW_B`` at once so that they are gone before ``dW_G = dY
+    H^T`` (GEMM, sample splits; at small ``B`` both GEMMs by cuBLAS where :func:`cublas_gemms`, ``dW_G``
+    then one GEMM in the activation dtype, cast to ``dwg_dtype`` by the caller's partial sums once ``G``,
+    ``H`` and ``dY^T`` are gone) allocates its partials. ``w_global`` is ``W_G``, or with ``global_t`` the
+    forward's ``W_G^T`` in the activation dtype; a cast of fp32 ``W_G`` lives only up to the ``G`` GEMM.
+    Returns ``dx``, ``dW_B``, the ``dW_G`` partial buffer and the ``(partial, output)`` pairs still to
+    sum. ``G`` and ``H`` go through memory in the activation dtype: at large ``B`` the in-register local
+    transpose would cost ``O(B)`` CUDA-core work per element; at small ``B`` the GEMMs run without the
+    register build of ``G`` and ``H`` beside their dots, on c-major operands (``dY`` transposed to ``[bs,
+    B, N]`` first by :func:`_c_major_copy`; GEMMs reading it in place measured 1.5x slower on the H200:
+    their tiles load in runs of ``B`` values). There ``H`` overwrites ``G`` (the local FMA kernel reads
+    each ``G`` element before it writes ``H`` there, in the same lane), and, with ``dy_scratch`` and the
+    residual, ``dx`` is written over ``dyc`` (the kernel reads each ``dY`` element before it writes ``dX``
+    there, in the same lane; see :func:`_unimixing_bwd_partials`)."""
     bs, t, d = xc.shape
     n, b, _ = wl.shape
     length = t * d
@@ -1657,7 +1657,7 @@ def _unimixing_bwd_memory(
         ht = gt
         sum_partials((_local_products(xc, wl, ht, gt, dyc, dx, residual), dwl))
         if cublas:
-            return dx, dwl, torch.mm(dyt.view(bs * b, n).t(), ht.view(bs * b, n)).unsqueeze(0)
+            return dx, dwl, torch.mm(dyt.view(bs * b, n).t(), ht.view(bs * b, n)).unsqueeze(0), []
         # dW_G's partials after dW_B's are gone; one program an SM (two sample splits at paper-small)
         # keeps them to half an activation there (run79)
         p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=1)
@@ -1674,10 +1674,12 @@ def _unimixing_bwd_memory(
             _global_gemm(wg, dyc, g, transpose=False)
         del wg
         h = torch.empty_like(xc) if write_h else h_saved
-        sum_partials((_local_products(xc, wl, h if write_h else None, g, dyc, dx, residual), dwl))
+        dwl_part = _local_products(xc, wl, h if write_h else None, g, dyc, dx, residual)
         del g
         if fused:
-            return dx, dwl, dwg_part
+            return dx, dwl, dwg_part, [(dwl_part, dwl)]
+        sum_partials((dwl_part, dwl))
+        del dwl_part
         p2, per2 = _splits(bs, triton.cdiv(n, 128) ** 2, xc.device, n * n, per_sm=2)
         dwg_part = _dwg_buffer(p2, n, xc, dwg_dtype)
         args = (dyc, h, dwg_part, bs, n, length, per2, bucket(bs))
@@ -1690,7 +1692,7 @@ def _unimixing_bwd_memory(
             kernel = _tuned("unimixing_bwd_dwg_gemm_kernel", _dwg_gemm_configs(xc.dtype != torch.float32),
                             ("N", "BS_BUCKET", "B"))
             kernel[lambda meta: (triton.cdiv(n, meta["BM"]), triton.cdiv(n, meta["BN"]), p2)](*args, **consts)
-    return dx, dwl, dwg_part
+    return dx, dwl, dwg_part, []
 
 
 def unimixing_rmsnorm_bwd(

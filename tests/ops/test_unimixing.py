@@ -708,9 +708,8 @@ def test_unimixing_saved_h_matches_recompute(device, monkeypatch, shape, residua
 @pytest.mark.triton
 @pytest.mark.parametrize("shape", [(3, 4, 36, 48), (5, 4, 80, 16), (2, 3, 160, 16)],
                          ids=["b48n3", "n20b16", "n30b16"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("residual", [False, True], ids=["unimixing", "residual"])
-def test_unimixing_bwd_global_fused(device, monkeypatch, shape, dtype, residual):
+def test_unimixing_bwd_global_fused(device, monkeypatch, kernel_dtype, shape, residual):
     # at B >= 16 with the forward's H saved (the memory-path forward, fp32 too), 'fused' forms G and
     # the dW_G partials in one kernel (two row tiles at N = 20 and 30 in the interpreter's 16-block
     # tiles; N = 30 pads to 32): the gradients match the reference, and the two GEMMs of 'split'
@@ -719,11 +718,13 @@ def test_unimixing_bwd_global_fused(device, monkeypatch, shape, dtype, residual)
     monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "gemm")
     bs, t, d, b = shape
     calls = []
-    launch = kernels._bwd_global
+    launch, sums = kernels._bwd_global, kernels.sum_partials
     monkeypatch.setattr(kernels, "_bwd_global", lambda *a: calls.append(a[0].shape) or launch(*a))
-    x = random_input((bs, t, d), dtype, device, requires_grad=True, noncontiguous=True)
-    wl, wg = _weights(t * d // b, b, dtype, device)
-    gy = torch.randn(bs, t, d, device=device).to(dtype)
+    sum_launches = []
+    monkeypatch.setattr(kernels, "sum_partials", lambda *p: sum_launches.append(len(p)) or sums(*p))
+    x = random_input((bs, t, d), kernel_dtype, device, requires_grad=True, noncontiguous=True)
+    wl, wg = _weights(t * d // b, b, kernel_dtype, device)
+    gy = torch.randn(bs, t, d, device=device).to(kernel_dtype)
     grads = {}
     for mode in ("fused", "split"):
         monkeypatch.setenv("UNIMIXER_UNIMIXING_BWD_GLOBAL", mode)
@@ -731,9 +732,12 @@ def test_unimixing_bwd_global_fused(device, monkeypatch, shape, dtype, residual)
             y = unimixing_residual_fwd(x, wl, wg, False)[0]
         else:
             y = uk.unimixing(x, wl, wg, backend="triton")
+        sum_launches.clear()
         grads[mode] = torch.autograd.grad(y, (x, wl, wg), gy)
         assert len(calls) == 1
-    tol = 8 * torch.finfo(dtype).eps
+        # fused: the dW_B partials join dW_G's in one sum launch; split: dW_B's first, then dW_G's
+        assert sum_launches == ([2] if mode == "fused" else [1, 1])
+    tol = 8 * torch.finfo(kernel_dtype).eps
     for a, e in zip(grads["fused"], grads["split"]):
         assert (a.double() - e.double()).abs().max().item() <= tol * e.double().abs().max().item()
     if not residual:
