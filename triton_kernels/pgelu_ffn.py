@@ -1,10 +1,11 @@
 """RankMixer's per-token GELU FFN ``v_t = W2_t GELU(W1_t u_t + b1_t) + b2_t``: launchers.
 
-The kernels are the per-token FFN kernels of :mod:`.pswiglu` in their plain (non-gated) form:
-one token-major batched GEMM with the exact (erf) GELU as its epilogue, fed straight into the
-second GEMM; the backward recomputes (or loads) ``G = U W1 + b1`` and reduces the weight
-gradients over samples inside one program loop (deterministic). See that module for the grid,
-tiles and precision.
+The kernels are the per-token FFN kernels of :mod:`.pswiglu` in their plain (non-gated) form: one
+token-major batched GEMM with the exact GELU ``g Phi(g)`` as its epilogue (``Phi`` by ``erf`` for
+fp32 and fp64 outputs, by a degree-5 tail polynomial within 7.5e-8 of it for 16-bit ones, see
+``pswiglu._gelu_cdf_pdf``), fed straight into the second GEMM; the backward recomputes (or loads)
+``G = U W1 + b1`` and reduces the weight gradients over samples inside one program loop
+(deterministic). See that module for the grid, tiles and precision.
 
 Weights of another dtype than 16-bit activations (fp32 parameters under autocast) are lowered here:
 the products run in the activations' dtype, with the weights rounded to it (in-kernel on the fused

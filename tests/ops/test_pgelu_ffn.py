@@ -4,6 +4,9 @@ import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
+from unimixer_kernels.triton_kernels.pswiglu import _gelu_cdf_pdf
 
 from unimixer_kernels.ops.pgelu_ffn import pgelu_ffn, pgelu_ffn_bwd, pgelu_ffn_fwd
 from unimixer_kernels.testing import (
@@ -186,3 +189,32 @@ def test_pgelu_ffn_compile_fullgraph_and_empty_batch(device):
     assert o.shape == (0, t, d)
     grads = torch.autograd.grad(o.sum(), [empty, *ps])
     assert all(torch.equal(g, torch.zeros_like(g)) for g in grads[1:])
+
+
+
+@triton.jit
+def _cdf_pdf_kernel(G, CDF, PDF, N, POLY: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    g = tl.load(G + offs, mask=offs < N, other=0.0)
+    cdf, pdf = _gelu_cdf_pdf(g, POLY)
+    tl.store(CDF + offs, cdf, mask=offs < N)
+    tl.store(PDF + offs, pdf, mask=offs < N)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("poly", [False, True], ids=["erf", "poly"])
+def test_gelu_cdf_pdf_accuracy(device, poly):
+    # the GELU's normal CDF and density as the kernels form them: libdevice's erf (fp32 outputs), or
+    # the degree-5 tail polynomial for 16-bit outputs, whose absolute error is bounded by 7.5e-8
+    # (Abramowitz and Stegun 26.2.17) before its fp32 evaluation adds a few units in the last place of
+    # 1 (1.2e-7 each; 2.2e-7 in all in the interpreter; the GPU's approximate exponential and division
+    # add up to 2^-22 relative); both against fp64, over the range where GELU is neither 0 nor g. A
+    # wrong coefficient would miss by 1e-5 or more; a 16-bit output rounds at 2^-9 or finer
+    g = torch.cat([torch.linspace(-12, 12, 4001, device=device), 3 * torch.randn(999, device=device)])
+    cdf, pdf = torch.full_like(g, float("nan")), torch.full_like(g, float("nan"))
+    _cdf_pdf_kernel[(triton.cdiv(g.numel(), 1024),)](g, cdf, pdf, g.numel(), POLY=poly, BLOCK=1024)
+    gd = g.double()
+    want_cdf = 0.5 * (1 + torch.erf(gd / math.sqrt(2)))
+    want_pdf = torch.exp(-0.5 * gd * gd) / math.sqrt(2 * math.pi)
+    assert (cdf.double() - want_cdf).abs().max().item() <= (6e-7 if poly else 2 ** -21)
+    assert (pdf.double() - want_pdf).abs().max().item() <= 2 ** -22

@@ -130,7 +130,9 @@ def pgelu_ffn(
     recompute: bool = True,
     backend: str = "auto",
 ) -> Tensor:
-    """``v_t = W2[t] GELU(W1[t] u_t + b1[t]) + b2[t]`` per token (exact erf GELU).
+    """``v_t = W2[t] GELU(W1[t] u_t + b1[t]) + b2[t]`` per token (exact erf GELU; for 16-bit outputs
+    the Triton kernels form the normal CDF by a polynomial within 7.5e-8 of it, far below their
+    rounding).
 
     ``u [bs, T, D]`` (any strides), ``w1 [T, D, kD]``, ``b1 [T, kD]`` or ``None``,
     ``w2 [T, kD, D]``, ``b2 [T, D]`` or ``None``. The positional order follows
