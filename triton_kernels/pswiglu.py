@@ -880,11 +880,14 @@ def _use_tma(m: int, n: int, k: int, dual: bool) -> bool | None:
 
 
 # samples per program of the activation pass (its bias partials: one row per ACT_ROWS samples) and
-# its tile per step: the fastest of 14 settings on the H200 for the GELU pass at rankmixer-100m (forward
-# 141 us, backward 242, from 145 and 272 with 256 samples of 32 x 128 tiles at 8 warps) and near it
-# for the SwiGLU pass of a 6-token pass at paper-100m (16 and 42 us, from 22 and 47; run125)
+# its tile per step, (BLOCK_S, BLOCK_H, warps) by (gated, backward), 16-wide in the interpreter. SwiGLU:
+# (16, 128, 4), the fastest of 14 settings on the H200 for the GELU pass at rankmixer-100m when it
+# used erf (run125) and near it for the SwiGLU pass of a 6-token pass at paper-100m (16 and 42 us,
+# from 22 and 47). GELU, since its tail-polynomial CDF: forward (8, 128, 4), backward (8, 128, 2), of 9
+# tiles at 32, 64 and 128 samples a program (run157: 122.1 and 237.3 us against 130.5 and 253.0)
 ACT_ROWS = 64
-_ACT_TILE = (16, 128, 4)  # (BLOCK_S, BLOCK_H, warps); 16-wide in the interpreter
+_ACT_TILE = {(True, False): (16, 128, 4), (True, True): (16, 128, 4),
+             (False, False): (8, 128, 4), (False, True): (8, 128, 2)}
 
 
 def _act_pass(g, v, b1, b3, da, a_out, dg_out=None, dv_out=None, pb1=None, pb3=None) -> None:
@@ -895,9 +898,9 @@ def _act_pass(g, v, b1, b3, da, a_out, dg_out=None, dv_out=None, pb1=None, pb3=N
     n, bs, h = g.shape
     if g.numel() == 0:
         return
-    bs_blk, bh_blk, warps = (16, 16, 4) if interpreting() else _ACT_TILE
-    n_sb = triton.cdiv(bs, ACT_ROWS)
     backward = da is not None
+    bs_blk, bh_blk, warps = (16, 16, 4) if interpreting() else _ACT_TILE[v is not None, backward]
+    n_sb = triton.cdiv(bs, ACT_ROWS)
     pb_stride = pb1.stride(0) if backward else 0
     ffn_act_kernel[(n * n_sb, triton.cdiv(h, bh_blk))](
         g, v if v is not None else g, da if backward else g, a_out,
