@@ -1,7 +1,8 @@
 """Probe: the RankMixer block's training step (bs 2048, T 16, D 768, k 4, bf16 autocast, fp32 parameters)
 with the GELU passes' own tiles (forward (8, 128, 4), backward (8, 128, 2); run157's sweep of the pass
 alone) against the one tile every pass took before ((16, 128, 4)), alternating three times, each under
-one captured CUDA graph (``bench.timing.graph_replay_us``); the gradients compared bit for bit.
+one captured CUDA graph (``bench.timing.graph_replay_us``); the gradients compared (the bias gradients' sums
+run in another order at another tile).
 
     PYTHONPATH=$PWD python probe.py   (on a GPU, from the repository root)
 """
@@ -32,7 +33,10 @@ def main() -> None:
         pswiglu._ACT_TILE = tile
         grads[name] = step()
     same = all(torch.equal(a, b) for a, b in zip(grads["own tiles"], grads["one tile"]))
-    print(f"gradients bit for bit equal across the tiles: {same}", flush=True)
+    diffs = [(a.float() - b.float()).abs().max().item() / max(b.float().abs().max().item(), 1e-30)
+             for a, b in zip(grads["own tiles"], grads["one tile"])]
+    print(f"gradients bit for bit equal across the tiles: {same}; largest difference relative to each "
+          f"gradient's largest magnitude: " + " ".join(f"{d:.1e}" for d in diffs), flush=True)
     for rnd in range(3):
         for name, tile in tiles.items():
             pswiglu._ACT_TILE = tile
