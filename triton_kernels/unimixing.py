@@ -424,6 +424,15 @@ def unimixing_bwd_dwg_kernel(
 
 
 @triton.jit
+def _flat_columns(k0, end, B: tl.constexpr, BK: tl.constexpr):
+    """The ``BK`` flat columns ``k = s*B + c`` from ``k0`` of the large-``B`` GEMMs (``H``, ``dY`` and
+    ``G`` viewed as ``[N, (s, c)]``): ``(s, c, s < end)``."""
+    kk = k0 + tl.arange(0, BK)
+    samp = kk // B
+    return samp, kk % B, samp < end
+
+
+@triton.jit
 def unimixing_global_kernel(
     WG, SRC, OUT, R,
     BS, N, L, swk, swo,
@@ -448,10 +457,7 @@ def unimixing_global_kernel(
     pid_n, pid_k = grouped_tile(pid, num_n, num_k, GROUP)
     rn = pid_n * BN + tl.arange(0, BN)
     n_ok = rn < N
-    kk = pid_k.to(tl.int64) * BC + tl.arange(0, BC)
-    samp = kk // B
-    c = kk % B
-    k_ok = samp < BS
+    samp, c, k_ok = _flat_columns(pid_k.to(tl.int64) * BC, BS, B, BC)
     acc = _wg_t_dy(WG, SRC, rn, n_ok, samp, c, k_ok, N, L, swk, swo, B, BN, BK, BC, DOT_DTYPE, PRECISION)
     off = samp[None, :] * L + rn[:, None] * B + c[None, :]
     _store_plus(OUT, R, off, n_ok[:, None] & k_ok[None, :], acc, HAS_RESIDUAL)
@@ -786,10 +792,7 @@ def unimixing_bwd_dwg_gemm_kernel(
     s_end = tl.minimum(s_begin + samples_per_split, BS)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     for k0 in range(s_begin * B, s_end * B, BK):
-        kk = k0 + tl.arange(0, BK)
-        samp = kk // B
-        c = kk % B
-        k_ok = samp < s_end
+        samp, c, k_ok = _flat_columns(k0, s_end, B, BK)
         dy = tl.load(DY + samp[None, :] * L + rm[:, None] * B + c[None, :],
                      mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         h = tl.load(H + samp[:, None] * L + rn[None, :] * B + c[:, None],
@@ -831,10 +834,7 @@ def unimixing_bwd_global_kernel(
     s_end = tl.minimum(s_begin + samples_per_split, BS)
     acc = tl.zeros([NP, BM], dtype=tl.float32)
     for k0 in range(s_begin * B, s_end * B, BK):
-        kk = k0 + tl.arange(0, BK)
-        samp = kk // B
-        c = kk % B
-        k_ok = samp < s_end
+        samp, c, k_ok = _flat_columns(k0, s_end, B, BK)
         dy = tl.load(DY + samp[None, :] * L + rn[:, None] * B + c[None, :],
                      mask=n_ok[:, None] & k_ok[None, :], other=0.0).to(DOT_DTYPE)
         g = tl.dot(wgt, dy, input_precision=PRECISION)
@@ -919,8 +919,10 @@ def saves_local(x: torch.Tensor, w_local: torch.Tensor) -> bool:
 
 BWD_GLOBAL_MAX_N = 256
 # (BM, BK, warps, stages) of unimixing_bwd_global_kernel: 16-bit from run152's sweep at rankmixer-100m
-# (BK 32 with 4 stages 82.2, 2 stages 100.2 us with the sums); fp32 halves the tile for shared memory
-BWD_GLOBAL_TILE = {True: (128, 64, 8, 3), False: (64, 32, 4, 2)}
+# (BK 32 with 4 stages 82.2, 2 stages 100.2 us with the sums); fp32 (only with the switch at 'fused';
+# not timed), whose IEEE dots run on FMA units with their operands in registers, the largest tile
+# ptxas for sm_90 builds without spills at N = 256 (64 x 32 at 4 warps spilled 36 KB a thread)
+BWD_GLOBAL_TILE = {True: (128, 64, 8, 3), False: (16, 16, 4, 2)}
 
 
 def fuses_bwd_global(x: torch.Tensor, n: int, h_saved: bool) -> bool:

@@ -746,6 +746,31 @@ def test_unimixing_bwd_global_fused(device, monkeypatch, kernel_dtype, shape, re
         assert len(calls) == 2
 
 
+def bwd_global_tiles_compile_for_sm90() -> None:
+    """``unimixing_bwd_global_kernel`` at its tiles and the largest ``N`` it takes (256), compiled for
+    sm_90: the 16-bit tile's shared memory (``W_G``'s slice and three stages of ``dY`` and ``H``) within
+    what an SM offers, and no tile spilling registers (the fp32 FMA dots hold their operands there)."""
+    import triton.language as tl
+    from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    from bench.sm90 import SMEM_LIMIT, compile_sm90
+
+    for half, (bm, bk, warps, stages) in kernels.BWD_GLOBAL_TILE.items():
+        dt, ptr = (tl.bfloat16, "*bf16") if half else (tl.float32, "*fp32")
+        ptrs = dict(WG=ptr, DY=ptr, H=ptr, G=ptr, DWG_PART="*fp32")
+        consts = dict(B=48, NP=kernels.BWD_GLOBAL_MAX_N, BM=bm, BK=bk, DOT_DTYPE=dt,
+                      PRECISION="tf32" if half else "ieee", swt=1)
+        got = compile_sm90(kernels.unimixing_bwd_global_kernel, ptrs, consts, warps, stages,
+                           divisible=("BS", "N", "L", "swm"), usage=True)
+        assert got["shared"] <= SMEM_LIMIT and got["spill"] == 0, (half, got)
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
+def test_unimixing_bwd_global_tiles_compile_for_sm90(sm90_compile):
+    sm90_compile("import test_unimixing as t; t.bwd_global_tiles_compile_for_sm90()")
+
+
 @pytest.mark.triton
 def test_unimixing_bwd_global_auto_rule(device, monkeypatch):
     # 'auto' fuses for 16-bit activations with H saved at N <= 256; a bad value, or 'fused' where it
