@@ -55,17 +55,12 @@ def pswiglu_fwd(
     return o, as_output(g, u), as_output(v, u)
 
 
-def _hidden_dtype(u: Tensor, *weights: Tensor) -> torch.dtype:
-    same = all(w.dtype == u.dtype for w in weights)
-    return u.dtype if same else torch.float32
-
-
 @pswiglu_fwd.register_fake
 def _(u, w_gate, w_up, w_down, b_gate, b_up, b_down, save):
     bs, t, _ = u.shape
     h = w_gate.shape[-1]
     if save:
-        dt = _hidden_dtype(u, w_gate, w_up, w_down)
+        dt = _kernels()._compute_dtype(u, (w_gate, w_up, w_down))  # the kernels' hidden dtype
         return u.new_empty(u.shape), u.new_empty((t, bs, h), dtype=dt), u.new_empty((t, bs, h), dtype=dt)
     return u.new_empty(u.shape), placeholder(u), placeholder(u)
 
