@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import torch
 
-from .pswiglu import _compute_dtype, _fused, ffn_bwd, ffn_fwd
+from .pswiglu import compute_dtype, ffn_bwd, ffn_fwd, fused_path
 
 
 def lowering(u: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> tuple[torch.dtype, bool, bool]:
     """``(compute dtype, copy w1, copy w2)``: whether the forward casts each weight to the compute dtype
     (on the wide path, where its dtype differs; the fused path rounds it in-kernel)."""
-    cdt = _compute_dtype(u, (w1, w2), lower=True)
-    wide = not _fused(u.shape[-1], cdt)
+    cdt = compute_dtype(u, (w1, w2), lower=True)
+    wide = not fused_path(u.shape[-1], cdt)
     return cdt, wide and w1.dtype != cdt, wide and w2.dtype != cdt
 
 

@@ -651,7 +651,7 @@ _TL_DTYPES = {
 }
 
 
-def _compute_dtype(u: torch.Tensor, weights, lower: bool = False) -> torch.dtype:
+def compute_dtype(u: torch.Tensor, weights, lower: bool = False) -> torch.dtype:
     """The products' operand dtype: ``u``'s where every weight has it; with ``lower`` (the caller
     lowers the weights itself, as autocast would) ``u``'s wherever ``u`` is 16-bit, the weights then
     rounded to it (in-kernel on the fused path, by :func:`_lowered` per token pass on the wide one);
@@ -694,7 +694,9 @@ def _contig(t: torch.Tensor | None) -> torch.Tensor | None:
 FUSED_MAX_D = 256
 
 
-def _fused(d: int, cdt: torch.dtype) -> bool:
+def fused_path(d: int, cdt: torch.dtype) -> bool:
+    """Whether tokens of width ``d`` in the compute dtype ``cdt`` take the fused (token, sample tile)
+    kernels rather than the wide-token path's tiled GEMMs and activation pass."""
     limit = FUSED_MAX_D if cdt in (torch.float16, torch.bfloat16) else FUSED_MAX_D // 2
     return _block_d(d) <= limit
 
@@ -990,7 +992,7 @@ def ffn_fwd(
     hidden pre-activations for :func:`ffn_bwd` (on the wide-token path without their biases).
     ``folded``: the wide-token path runs in the token passes of the backward with the norm folded
     in (:func:`_token_chunk`), so that its unsaved hidden buffers stay as small. ``lower``: 16-bit
-    ``u`` with weights of another dtype computes in ``u``'s dtype (:func:`_compute_dtype`).
+    ``u`` with weights of another dtype computes in ``u``'s dtype (:func:`compute_dtype`).
 
     ``u`` may have any strides; the weights and biases are made contiguous (a no-op for
     ordinary parameters)."""
@@ -998,9 +1000,9 @@ def ffn_fwd(
     h = w1.shape[-1]
     gated = w3 is not None
     w1, w3, w2, b1, b3, b2 = (_contig(x) for x in (w1, w3, w2, b1, b3, b2))
-    cdt = _compute_dtype(u, [w for w in (w1, w3, w2) if w is not None], lower)
+    cdt = compute_dtype(u, [w for w in (w1, w3, w2) if w is not None], lower)
     o = new_output((bs, t, d), like=u)
-    if bs > 0 and t > 0 and not _fused(d, cdt):
+    if bs > 0 and t > 0 and not fused_path(d, cdt):
         g = new_output((t, bs, h), like=u, dtype=cdt) if save else None
         v = new_output((t, bs, h), like=u, dtype=cdt) if save and gated else None
         for sl in _chunks(t, _token_chunk(t, folded=folded, forward=True)):
@@ -1108,7 +1110,7 @@ def ffn_bwd(
     h = w1.shape[-1]
     gated = w3 is not None
     w1, w3, w2, b1, b3 = (_contig(x) for x in (w1, w3, w2, b1, b3))
-    cdt = _compute_dtype(u, [w for w in (w1, w3, w2) if w is not None], lower)
+    cdt = compute_dtype(u, [w for w in (w1, w3, w2) if w is not None], lower)
     tdt = _TL_DTYPES[cdt]
     db1_dt, db3_dt, db2_dt = bias_dtypes if bias_dtypes is not None else (torch.float32,) * 3
     if prenorm is not None and g is not None:
@@ -1124,7 +1126,7 @@ def ffn_bwd(
               for shape, dt in (((t, h), db1_dt), ((t, h), db3_dt), ((t, d), db2_dt))]
         return du, zeros[0], zeros[1], zeros[2], bz[0], (bz[1] if gated else None), bz[2]
     saved = g is not None
-    if not _fused(d, cdt):
+    if not fused_path(d, cdt):
         db1 = new_output((t, h), like=u, dtype=db1_dt)
         db3 = new_output((t, h), like=u, dtype=db3_dt) if gated else None
         db2 = new_output((t, d), like=u, dtype=db2_dt)

@@ -60,7 +60,7 @@ def _(u, w_gate, w_up, w_down, b_gate, b_up, b_down, save):
     bs, t, _ = u.shape
     h = w_gate.shape[-1]
     if save:
-        dt = _kernels()._compute_dtype(u, (w_gate, w_up, w_down))  # the kernels' hidden dtype
+        dt = _kernels().compute_dtype(u, (w_gate, w_up, w_down))  # the kernels' hidden dtype
         return u.new_empty(u.shape), u.new_empty((t, bs, h), dtype=dt), u.new_empty((t, bs, h), dtype=dt)
     return u.new_empty(u.shape), placeholder(u), placeholder(u)
 
