@@ -162,8 +162,8 @@ if want prepare; then
     if [ "${BUILD_EXT:-0}" = 1 ]; then
         { echo "===== build_ext"; tail -n 5 /tmp/ext.log; } >>"$OUT/tests.log"
         echo "===== pytest: CUDA extension" >>"$OUT/tests.log"
-        UNIMIXER_REQUIRE_CUDA_EXT=1 timeout -k 5 60 "$PY" -m pytest -m gpu -q -p no:cacheprovider \
-            tests/ops/test_rms_norm_cuda.py tests/build >>"$OUT/tests.log" 2>&1
+        UNIMIXER_REQUIRE_CUDA_EXT=1 timeout -k 5 "${T_EXT_TESTS:-400}" "$PY" -m pytest -m gpu -q -p no:cacheprovider \
+            --junitxml="$OUT/junit_ext.xml" tests/ops/test_*_cuda.py tests/build >>"$OUT/tests.log" 2>&1
     fi
     echo "===== prepare: done in $(( $(date +%s) - t0 ))s" | tee -a "$LOG"
     [ -f "$OUT/tests.log" ] && grep -E '^(FAILED|ERROR)|passed|failed|no tests ran' "$OUT/tests.log" | tail -n 25

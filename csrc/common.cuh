@@ -96,4 +96,22 @@ inline int sm_count(int device) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Calls f(T{}) for the activation dtypes the kernels support.
+template <typename F>
+inline void with_dtype(at::ScalarType dtype, const char* what, F&& f) {
+  switch (dtype) {
+    case at::kFloat: f(float{}); break;
+    case at::kHalf: f(at::Half{}); break;
+    case at::kBFloat16: f(at::BFloat16{}); break;
+    default:
+      TORCH_CHECK_TYPE(false, what, ": the cuda backend supports float32, float16 and bfloat16, got ", dtype);
+  }
+}
+
+// `t` is a CUDA tensor on `like`'s device.
+inline void check_cuda(const at::Tensor& t, const char* name, const at::Tensor& like) {
+  TORCH_CHECK(t.is_cuda(), name, ": expected a CUDA tensor, got one on ", t.device());
+  TORCH_CHECK(t.device() == like.device(), name, ": expected device ", like.device(), ", got ", t.device());
+}
+
 }  // namespace unimixer

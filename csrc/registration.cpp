@@ -19,10 +19,20 @@ TORCH_LIBRARY(unimixer_C, m) {
   m.def("rms_norm_bwd(Tensor dy, Tensor? dsum, Tensor s, Tensor weight, Tensor rstd) -> (Tensor, Tensor)", tags);
 }
 
+TORCH_LIBRARY_FRAGMENT(unimixer_C, m) {
+  const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
+  m.set_python_module("unimixer_kernels.ops.sinkhorn_cuda");
+  m.def("sinkhorn_fwd(Tensor logits, float tau, int iters, bool symmetric) -> (Tensor, Tensor, Tensor)", tags);
+  m.def("sinkhorn_bwd(Tensor dp, Tensor logits, Tensor u, Tensor v, float tau, int iters, bool symmetric) -> Tensor",
+        tags);
+}
+
 TORCH_LIBRARY_IMPL(unimixer_C, CUDA, m) {
   m.impl("rms_norm_fwd", &unimixer::rms_norm_fwd);
   m.impl("add_rms_norm_fwd", &unimixer::add_rms_norm_fwd);
   m.impl("rms_norm_bwd", &unimixer::rms_norm_bwd);
+  m.impl("sinkhorn_fwd", &unimixer::sinkhorn_fwd);
+  m.impl("sinkhorn_bwd", &unimixer::sinkhorn_bwd);
 }
 
 // Importing `unimixer_kernels._C` as a Python module only loads the library (which registers the

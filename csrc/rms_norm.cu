@@ -281,22 +281,6 @@ void with_layout(const RowLayout& layout, F&& f) {
   }
 }
 
-// Calls f(T{}) for the activation dtypes the kernels support.
-template <typename F>
-void with_dtype(at::ScalarType dtype, const char* what, F&& f) {
-  switch (dtype) {
-    case at::kFloat: f(float{}); break;
-    case at::kHalf: f(at::Half{}); break;
-    case at::kBFloat16: f(at::BFloat16{}); break;
-    default:
-      TORCH_CHECK_TYPE(false, what, ": the cuda backend supports float32, float16 and bfloat16, got ", dtype);
-  }
-}
-
-void check_cuda(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  TORCH_CHECK(t.is_cuda(), name, ": expected a CUDA tensor, got one on ", t.device());
-  TORCH_CHECK(t.device() == like.device(), name, ": expected device ", like.device(), ", got ", t.device());
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(
     const at::Tensor& x, const std::optional<at::Tensor>& residual, const at::Tensor& weight, double eps) {

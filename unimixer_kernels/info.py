@@ -118,13 +118,15 @@ def report() -> str:
         lines.append(f"  {name}: {'available' if ok else 'unavailable'}: {why}")
     env = os.environ.get(_ENV_VAR)
     lines.append(f"  {_ENV_VAR}: {env!r}" if env else f"  {_ENV_VAR}: not set (auto)")
-    lines += ["", "Triton kernel switches (environment):"]
+    from ._cuda_ext import SWITCHES as CUDA_SWITCHES
     from .triton_kernels._launch import SWITCHES  # torch only: no kernel module is imported
 
-    for var, (default, what) in SWITCHES.items():
-        value = os.environ.get(var)
-        shown = repr(value) if value else f"not set ({default})"
-        lines.append(f"  {var}: {shown}: {what}")
+    for title, switches in (("Triton", SWITCHES), ("CUDA", CUDA_SWITCHES)):
+        lines += ["", f"{title} kernel switches (environment):"]
+        for var, (default, what) in switches.items():
+            value = os.environ.get(var)
+            shown = repr(value) if value else f"not set ({default})"
+            lines.append(f"  {var}: {shown}: {what}")
     auto_header = "auto on CUDA" if torch.cuda.is_available() else "auto on CUDA (order; no device here)"
     rows = [["op", *BACKENDS, auto_header, "under autocast"]]
     reasons: list[str] = []  # long reasons become numbered notes under the table

@@ -213,6 +213,16 @@ def random_input(shape, dtype: torch.dtype, device: str | torch.device = "cpu", 
     return t.requires_grad_(requires_grad)
 
 
+def dominated_logits(shape, device: str | torch.device = "cpu") -> Tensor:
+    """Sinkhorn logits whose rows and columns differ by whole offsets (at tau = 0.05, S0's rows and
+    columns lie hundreds apart): the first iteration's reductions need their maximum, the later ones
+    start from a normalised iterate, whatever the logits were. Fixed seed; fp32, requires grad."""
+    torch.manual_seed(7)
+    n = shape[-1]
+    x = torch.randn(shape) + 4 * torch.randn(*shape[:-1], 1) + 4 * torch.randn(*shape[:-2], 1, n)
+    return x.to(device).requires_grad_(True)
+
+
 def lite_weights_inputs(n: int, nb: int, bsz: int, r: int, dtype: torch.dtype,
                         device: str | torch.device = "cpu", *, noncontiguous: bool = False) -> list[Tensor]:
     """``(omega [n, nb], Z [nb, bsz, bsz], A_G [n, r], B_G [r, n])`` for ``lite_weights``, fresh

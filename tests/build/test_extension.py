@@ -80,6 +80,19 @@ def test_fake_kernels_and_autograd_on_meta_tensors():
     assert dx.shape == dr.shape == x.shape and dw.shape == w.shape
 
 
+def test_sinkhorn_fake_kernels_and_autograd_on_meta_tensors():
+    built_library()
+    from unimixer_kernels.ops import sinkhorn_cuda
+
+    ops = sinkhorn_cuda.cuda_ops()
+    x = torch.empty(2, 3, 40, 40, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    p, u, v = ops.sinkhorn_fwd(x, 0.05, 7, True)
+    assert (p.shape, p.dtype) == (x.shape, torch.float32)
+    assert u.shape == v.shape == (2, 3, 7, 40) and u.dtype == v.dtype == torch.float32
+    (dx,) = torch.autograd.grad(p, x, torch.empty_like(p))
+    assert (dx.shape, dx.dtype) == (x.shape, x.dtype)
+
+
 def test_library_loads_under_the_cuda_backend_status():
     built_library()
     ok, why = _cuda_ext.status()
@@ -162,3 +175,12 @@ def test_cuda_backend_checks_its_limits_before_calling_the_library():
         rms_norm_cuda._rms_norm_cuda(torch.empty(2, 16385, device="meta"), w, 1e-6)
     with pytest.raises(TypeError, match="x: the cuda backend supports dtypes"):
         rms_norm_cuda._rms_norm_cuda(torch.empty(2, 8, device="meta", dtype=torch.float64), w[:8], 1e-6)
+
+
+def test_sinkhorn_cuda_backend_checks_its_limits_before_calling_the_library():
+    from unimixer_kernels.ops import sinkhorn_cuda
+
+    with pytest.raises(ValueError, match=r"n <= 1024.*got n = 1025; use backend='triton'"):
+        sinkhorn_cuda._sinkhorn_cuda(torch.empty(1025, 1025, device="meta"), 0.05, 3, True)
+    with pytest.raises(TypeError, match="logits: the cuda backend takes dtype"):
+        sinkhorn_cuda._sinkhorn_cuda(torch.empty(8, 8, device="meta", dtype=torch.float64), 0.05, 3, True)

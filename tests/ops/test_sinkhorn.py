@@ -11,7 +11,12 @@ from unimixer_kernels.triton_kernels import sinkhorn as sk_kernels
 
 import unimixer_kernels as uk
 from unimixer_kernels.ops.sinkhorn import sinkhorn_bwd, sinkhorn_fwd
-from unimixer_kernels.testing import check_against_reference, lite_weights_inputs, random_input
+from unimixer_kernels.testing import (
+    check_against_reference,
+    dominated_logits,
+    lite_weights_inputs,
+    random_input,
+)
 
 TAU_ITERS = [(0.05, 20), (1.0, 1), (1.0, 20), (0.05, 1)]
 
@@ -140,16 +145,6 @@ def test_sinkhorn_resident_triton(device, resident, shape, tau, iters, symmetric
     check_against_reference(uk.sinkhorn, (x, tau, iters, symmetric), backend="triton")
 
 
-def _dominated_logits(shape, device):
-    """Logits whose rows and columns differ by whole offsets (at tau = 0.05, S0's rows and columns
-    lie hundreds apart): the first iteration's reductions need their maximum, the later ones start
-    from a normalised iterate, whatever the logits were."""
-    torch.manual_seed(7)
-    n = shape[-1]
-    x = torch.randn(shape) + 4 * torch.randn(*shape[:-1], 1) + 4 * torch.randn(*shape[:-2], 1, n)
-    return x.to(device).requires_grad_(True)
-
-
 @pytest.mark.triton
 @pytest.mark.parametrize("path,n", [("resident", 16), ("tiled", 37)])
 @pytest.mark.parametrize("iters", [1, 2, 20])
@@ -158,7 +153,7 @@ def test_sinkhorn_dominated_rows(device, request, path, n, iters, symmetric):
     # the resident kernels' plain sums and iterate factors, and the tiled forward's plain sums
     # after the first iteration, must stay in range where rows and columns lie hundreds apart
     request.getfixturevalue(path)
-    x = _dominated_logits((2, n, n), device)
+    x = dominated_logits((2, n, n), device)
     check_against_reference(uk.sinkhorn, (x, 0.05, iters, symmetric), backend="triton")
 
 
@@ -426,7 +421,7 @@ def test_sinkhorn_resident_tiles_gpu(resident, monkeypatch, shape, symmetric, po
 @pytest.mark.triton
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_sinkhorn_resident_dominated_rows_gpu(resident, symmetric):
-    x = _dominated_logits((2, 100, 100), "cuda")
+    x = dominated_logits((2, 100, 100), "cuda")
     check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
 
 
@@ -438,7 +433,7 @@ def test_sinkhorn_tiled_dominated_rows_gpu(monkeypatch, n, symmetric):
     # one launch per half-step with the default tiles (n = 300: a ragged last tile; it would run the
     # resident kernels by default)
     monkeypatch.setattr(sk_kernels, "RESIDENT", False)
-    x = _dominated_logits((n, n), "cuda")
+    x = dominated_logits((n, n), "cuda")
     check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="triton")
 
 

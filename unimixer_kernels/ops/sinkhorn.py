@@ -43,7 +43,10 @@ def sinkhorn_fwd(logits: Tensor, tau: float, iters: int, symmetric: bool) -> tup
 
 
 @sinkhorn_fwd.register_fake
-def _(logits: Tensor, tau: float, iters: int, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+def sinkhorn_fwd_fake(
+    logits: Tensor, tau: float, iters: int, symmetric: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(P, U, V)``'s shapes and dtypes, for every backend's forward op."""
     lead, n = tuple(logits.shape[:-2]), logits.shape[-1]
     return (logits.new_empty(logits.shape, dtype=torch.float32),
             _potentials_like(logits, lead, iters, n), _potentials_like(logits, lead, iters, n))
@@ -57,11 +60,13 @@ def sinkhorn_bwd(
 
 
 @sinkhorn_bwd.register_fake
-def _(dp: Tensor, logits: Tensor, u: Tensor, v: Tensor, tau: float, iters: int, symmetric: bool) -> Tensor:
+def sinkhorn_bwd_fake(dp: Tensor, logits: Tensor, u: Tensor, v: Tensor, tau: float, iters: int,
+                      symmetric: bool) -> Tensor:
     return logits.new_empty(logits.shape)
 
 
-def _sinkhorn_setup(ctx, inputs, output) -> None:
+def sinkhorn_setup(ctx, inputs, output) -> None:
+    """Every backend's forward op saves the logits and the potentials (``2 * iters * n`` floats)."""
     logits, tau, iters, symmetric = inputs
     _, u, v = output
     ctx.save_for_backward(logits, u, v)
@@ -70,14 +75,19 @@ def _sinkhorn_setup(ctx, inputs, output) -> None:
     ctx.set_materialize_grads(False)  # no zero-filled gradients of the potentials
 
 
-def _sinkhorn_backward(ctx, dp: Tensor | None, _du, _dv):
-    logits, u, v = ctx.saved_tensors
-    if dp is None:
-        return None, None, None, None
-    return sinkhorn_bwd(dp, logits, u, v, *ctx.args), None, None, None
+def make_backward(bwd_op):
+    """The autograd formula of a backend's forward op, given its backward op."""
+
+    def sinkhorn_backward(ctx, dp: Tensor | None, _du, _dv):
+        logits, u, v = ctx.saved_tensors
+        if dp is None:
+            return None, None, None, None
+        return bwd_op(dp, logits, u, v, *ctx.args), None, None, None
+
+    return sinkhorn_backward
 
 
-sinkhorn_fwd.register_autograd(_sinkhorn_backward, setup_context=_sinkhorn_setup)
+sinkhorn_fwd.register_autograd(make_backward(sinkhorn_bwd), setup_context=sinkhorn_setup)
 
 
 def _check_triton_dtype(**tensors: Tensor) -> None:

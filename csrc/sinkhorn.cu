@@ -1,0 +1,840 @@
+// Sinkhorn of dense logits, forward and backward, one launch per direction (the `cuda` backend of
+// sinkhorn; SPEC §2.1). The maths and the saved state are the Triton resident kernels'
+// (triton_kernels/sinkhorn.py, `sinkhorn_resident_fwd_kernel` / `_bwd_kernel`): log-domain, fp32,
+// the per-iteration potentials U, V [n_mat, K, n] saved, everything else recomputed; the first
+// iteration reduces with its maximum (log-sum-exp), the later ones as plain sums of one exponential
+// per entry; the backward is the unrolled K-step map's.
+//
+// What differs is how the tiles exchange their partial sums. A matrix is cut into tiles of
+// kRows x 128 (kRows = 8 rows per warp: 64 at 8 warps, 128 at 16), one block per tile, every block
+// resident for the whole call, the tile in registers. A row band's tiles (n_ct = ceil(n / 128) <= 8
+// of them) form one thread-block cluster:
+//
+//   * row steps exchange through distributed shared memory: each block writes its rows' partials
+//     into its own shared memory, one cluster barrier (release / acquire), then each reads its
+//     peers' words. No global memory, no polling;
+//   * column steps exchange through global memory as tagged words (an fp32 value and the step's
+//     tag in one 8-byte store, so a reader that sees the tag sees the value): each block writes its
+//     columns' partials and polls for its column band's, with a bounded wait that counts a failure
+//     in `fail` instead of hanging. Two copies of the words suffice: a block writes step s + 2's
+//     partials only after reading step s + 1's from every block of its column band, and each of
+//     those wrote step s + 1's only after reading step s's.
+//
+// The sums are taken in a fixed order, so results are deterministic. Residency: the host checks
+// with cudaOccupancyMaxActiveClusters that every cluster of the launch fits on the device at once
+// before launching, and refuses otherwise (an idle GPU then runs them all; a GPU shared with other
+// work only delays blocks until that work's blocks leave).
+//
+// Numerics follow the Triton kernels: S0 = logits * scale rounded once (no contraction into its
+// uses), ex2.approx / lg2.approx for the iterates' exponentials and logarithms, products that feed
+// a sum rounded before it.
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include <ATen/ATen.h>
+#include <cooperative_groups.h>
+
+#include "common.cuh"
+#include "ops.h"
+
+namespace unimixer {
+namespace {
+
+namespace cg = cooperative_groups;
+
+constexpr int kTileCols = 128;   // 32 lanes x 4 columns
+constexpr int kRowsPerWarp = 8;  // a lane holds 8 rows x 4 columns of its warp's rows
+constexpr int kColsPerLane = 4;
+constexpr int kMaxClusterBlocks = 8;  // the portable cluster size: n <= 8 * 128
+constexpr int kMaxN = kMaxClusterBlocks * kTileCols;
+constexpr long long kMaxSpins = 1ll << 24;  // polls (~1 us each) before a wait counts a failure
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr unsigned kFull = 0xffffffffu;
+
+using Word = unsigned long long;
+
+template <int WARPS>
+struct Shape {
+  static constexpr int kThreads = WARPS * kWarpSize;
+  static constexpr int kRows = WARPS * kRowsPerWarp;
+  static constexpr int kGroups = kThreads / kTileCols;      // threads per column in the column wait
+  static constexpr int kMaxRowTiles = kMaxN / kRows;        // 16 at 8 warps, 8 at 16
+  static constexpr int kWaitWords = kMaxRowTiles / kGroups;  // words a thread polls at most
+};
+
+template <int WARPS>
+struct Smem {
+  float rowpart[2][Shape<WARPS>::kRows];             // this block's row partials (read by the cluster)
+  float colred[WARPS][kTileCols];                    // per-warp column partials
+  float colm[kTileCols];                             // the first iteration's column maxima
+  float colpart[Shape<WARPS>::kMaxRowTiles][kTileCols];  // the column band's partials
+};
+
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ float lg2(float x) {
+  float y;
+  asm("lg2.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, offset));
+  return v;
+}
+
+// log-sum-exp from a maximum and a sum of exponentials shifted by it, as the Triton `_lse`: an
+// all -inf slice gives 0, not NaN
+__device__ __forceinline__ float lse_finish(float m, float s) { return m + lg2(s == 0.f ? 1.f : s) * kLn2; }
+__device__ __forceinline__ float lse_shift(float m) { return m == -INFINITY ? 0.f : m; }
+
+__device__ __forceinline__ Word tagged(float v, int tag) {
+  return (static_cast<Word>(static_cast<unsigned>(tag)) << 32) | __float_as_uint(v);
+}
+
+__device__ __forceinline__ void store_word(Word* p, Word w) {
+  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(p), "l"(w) : "memory");
+}
+
+__device__ __forceinline__ Word load_word(const Word* p) {
+  Word w;
+  asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(w) : "l"(p) : "memory");
+  return w;
+}
+
+__device__ __forceinline__ bool has_tag(Word w, int tag) { return static_cast<int>(w >> 32) == tag; }
+
+// One tile's view of the launch: which block, which rows and columns, its row band's cluster.
+template <int WARPS>
+struct Frame {
+  int tid, warp, lane, p, q, n, n_rt, n_ct;
+  int64_t mat;
+  int row0, col0;  // this thread's first row and column in the matrix
+  __device__ Frame(int n_, int n_rt_, int n_ct_) : n(n_), n_rt(n_rt_), n_ct(n_ct_) {
+    tid = threadIdx.x;
+    warp = tid / kWarpSize;
+    lane = tid % kWarpSize;
+    p = blockIdx.x / n_ct;
+    q = blockIdx.x % n_ct;  // the block's rank in its cluster
+    mat = blockIdx.y;
+    row0 = p * Shape<WARPS>::kRows + warp * kRowsPerWarp;
+    col0 = q * kTileCols + lane * kColsPerLane;
+  }
+  __device__ bool row_ok(int i) const { return row0 + i < n; }
+  __device__ bool col_ok(int j) const { return col0 + j < n; }
+};
+
+// S0 = logits * scale (symmetric: (logits + logits^T) * scale) of this thread's 8 x 4 entries; 0
+// outside the matrix. Read once per call, through any strides.
+template <typename T, bool SYM, int WARPS>
+__device__ void load_s0(const Frame<WARPS>& f, const T* __restrict__ x, int64_t s0, int64_t s1, int64_t s2,
+                        float scale, float (&out)[kRowsPerWarp][kColsPerLane]) {
+  const T* base = x + f.mat * s0;
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+#pragma unroll
+    for (int j = 0; j < kColsPerLane; ++j) {
+      const int64_t r = f.row0 + i, c = f.col0 + j;
+      float v = 0.f;
+      if (f.row_ok(i) && f.col_ok(j)) {
+        v = static_cast<float>(base[r * s1 + c * s2]);
+        if constexpr (SYM) v = __fadd_rn(v, static_cast<float>(base[c * s1 + r * s2]));
+        v = __fmul_rn(v, scale);
+      }
+      out[i][j] = v;
+    }
+  }
+}
+
+// --- row steps: the cluster --------------------------------------------------------------------
+
+// `r`: each of the warp's 8 rows' partial (every lane the same). Returns in `r` the rows' totals
+// over the row band's n_ct tiles (sums, or with LSE log-sum-exps), in every lane. `buf`: this step's
+// copy of the block's row partials.
+template <bool LSE, int WARPS>
+__device__ void row_exchange(const Frame<WARPS>& f, cg::cluster_group& cluster, float* buf,
+                             float (&r)[kRowsPerWarp]) {
+  float* mine = buf + f.warp * kRowsPerWarp;
+  if (f.lane == 0) {
+    *reinterpret_cast<float4*>(mine) = make_float4(r[0], r[1], r[2], r[3]);
+    *reinterpret_cast<float4*>(mine + 4) = make_float4(r[4], r[5], r[6], r[7]);
+  }
+  cluster.sync();  // release this block's partials, acquire the peers'
+  // lane l reads row l % 8 of ranks l / 8 and l / 8 + 4
+  const int i = f.lane & 7, rank = f.lane >> 3;
+  const float none = LSE ? -INFINITY : 0.f;
+  const float a = rank < f.n_ct ? *cluster.map_shared_rank(mine + i, rank) : none;
+  const float b = rank + 4 < f.n_ct ? *cluster.map_shared_rank(mine + i, rank + 4) : none;
+  float total;
+  if constexpr (LSE) {
+    float m = fmaxf(a, b);
+    m = fmaxf(m, __shfl_xor_sync(kFull, m, 8));
+    m = lse_shift(fmaxf(m, __shfl_xor_sync(kFull, m, 16)));
+    float s = __fadd_rn(ex2((a - m) * kLog2e), ex2((b - m) * kLog2e));
+    s += __shfl_xor_sync(kFull, s, 8);
+    s += __shfl_xor_sync(kFull, s, 16);
+    total = lse_finish(m, s);
+  } else {
+    total = a + b;
+    total += __shfl_xor_sync(kFull, total, 8);
+    total += __shfl_xor_sync(kFull, total, 16);
+  }
+#pragma unroll
+  for (int k = 0; k < kRowsPerWarp; ++k) r[k] = __shfl_sync(kFull, total, k);
+}
+
+__device__ __forceinline__ void warp_row_sums(float (&r)[kRowsPerWarp]) {
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) r[i] = warp_sum(r[i]);
+}
+
+// --- column steps: global tagged words ---------------------------------------------------------
+
+// The tile's column sums of `v` (this thread's 4 columns summed over its 8 rows in `c`); valid in
+// threads tid < 128 (column tid).
+template <int WARPS>
+__device__ float col_tile_sum(const Frame<WARPS>& f, Smem<WARPS>& sm, const float (&c)[kColsPerLane]) {
+  *reinterpret_cast<float4*>(&sm.colred[f.warp][f.lane * kColsPerLane]) = make_float4(c[0], c[1], c[2], c[3]);
+  __syncthreads();
+  float part = 0.f;
+  if (f.tid < kTileCols) {
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) part += sm.colred[w][f.tid];
+  }
+  return part;
+}
+
+// The tile's column log-sum-exps of x (-inf outside the matrix); valid in threads tid < 128.
+template <int WARPS>
+__device__ float col_tile_lse(const Frame<WARPS>& f, Smem<WARPS>& sm,
+                              const float (&x)[kRowsPerWarp][kColsPerLane]) {
+  float c[kColsPerLane];
+#pragma unroll
+  for (int j = 0; j < kColsPerLane; ++j) {
+    c[j] = x[0][j];
+#pragma unroll
+    for (int i = 1; i < kRowsPerWarp; ++i) c[j] = fmaxf(c[j], x[i][j]);
+  }
+  *reinterpret_cast<float4*>(&sm.colred[f.warp][f.lane * kColsPerLane]) = make_float4(c[0], c[1], c[2], c[3]);
+  __syncthreads();
+  if (f.tid < kTileCols) {
+    float m = sm.colred[0][f.tid];
+#pragma unroll
+    for (int w = 1; w < WARPS; ++w) m = fmaxf(m, sm.colred[w][f.tid]);
+    sm.colm[f.tid] = lse_shift(m);
+  }
+  __syncthreads();
+  const float4 m4 = *reinterpret_cast<const float4*>(&sm.colm[f.lane * kColsPerLane]);
+  const float m[kColsPerLane] = {m4.x, m4.y, m4.z, m4.w};
+#pragma unroll
+  for (int j = 0; j < kColsPerLane; ++j) {
+    c[j] = 0.f;
+#pragma unroll
+    for (int i = 0; i < kRowsPerWarp; ++i) c[j] += ex2((x[i][j] - m[j]) * kLog2e);
+  }
+  const float s = col_tile_sum(f, sm, c);
+  return f.tid < kTileCols ? lse_finish(sm.colm[f.tid], s) : 0.f;
+}
+
+// Publish the tile's column partial (threads tid < 128) with `tag` into `copy` [n_rt, n_ct * 128].
+template <int WARPS>
+__device__ void col_publish(const Frame<WARPS>& f, Word* copy, float part, int tag) {
+  if (f.tid < kTileCols) store_word(copy + static_cast<int64_t>(f.p) * f.n_ct * kTileCols + f.q * kTileCols + f.tid,
+                                    tagged(part, tag));
+}
+
+// Wait for the column band's partials with `tag` in `copy`; returns in `out` the totals (sums, or
+// with LSE log-sum-exps) of this thread's 4 columns.
+template <bool LSE, int WARPS>
+__device__ void col_collect(const Frame<WARPS>& f, Smem<WARPS>& sm, const Word* copy, int tag,
+                            Word* fail, float (&out)[kColsPerLane]) {
+  using S = Shape<WARPS>;
+  const int c = f.tid % kTileCols, g = f.tid / kTileCols;
+  const Word* col = copy + f.q * kTileCols + c;
+  const int64_t band = static_cast<int64_t>(f.n_ct) * kTileCols;
+  Word w[S::kWaitWords];
+#pragma unroll
+  for (int k = 0; k < S::kWaitWords; ++k) {  // every read in flight at once
+    const int pp = g + k * S::kGroups;
+    w[k] = pp < f.n_rt ? load_word(col + pp * band) : tagged(0.f, tag);
+  }
+#pragma unroll
+  for (int k = 0; k < S::kWaitWords; ++k) {
+    const int pp = g + k * S::kGroups;
+    long long spins = 0;
+    while (!has_tag(w[k], tag) && spins < kMaxSpins) {
+      w[k] = load_word(col + pp * band);
+      ++spins;
+    }
+    if (!has_tag(w[k], tag)) atomicAdd(fail, 1ull);
+  }
+  if constexpr (LSE) {
+    // every tile's partial, then each thread its 4 columns' log-sum-exp over the band
+#pragma unroll
+    for (int k = 0; k < S::kWaitWords; ++k) {
+      const int pp = g + k * S::kGroups;
+      if (pp < f.n_rt) sm.colpart[pp][c] = __uint_as_float(static_cast<unsigned>(w[k]));
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kColsPerLane; ++j) {
+      const int cc = f.lane * kColsPerLane + j;
+      float m = -INFINITY;
+      for (int pp = 0; pp < f.n_rt; ++pp) m = fmaxf(m, sm.colpart[pp][cc]);
+      m = lse_shift(m);
+      float s = 0.f;
+      for (int pp = 0; pp < f.n_rt; ++pp) s += ex2((sm.colpart[pp][cc] - m) * kLog2e);
+      out[j] = lse_finish(m, s);
+    }
+  } else {
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < S::kWaitWords; ++k) s += __uint_as_float(static_cast<unsigned>(w[k]));
+    sm.colpart[g][c] = s;
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kColsPerLane; ++j) out[j] = 0.f;
+#pragma unroll
+    for (int gg = 0; gg < S::kGroups; ++gg) {
+      const float4 v = *reinterpret_cast<const float4*>(&sm.colpart[gg][f.lane * kColsPerLane]);
+      out[0] += v.x;
+      out[1] += v.y;
+      out[2] += v.z;
+      out[3] += v.w;
+    }
+  }
+}
+
+// Potentials of this thread's rows / columns: row values (one per row, every lane) by lane 0 of
+// the blocks of rank 0, column values by warp 0 of the first row band.
+template <int WARPS>
+__device__ void store_rows(const Frame<WARPS>& f, float* dst, const float (&r)[kRowsPerWarp]) {
+  if (f.q != 0 || f.lane >= kRowsPerWarp) return;
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+    if (f.lane == i && f.row_ok(i)) dst[f.row0 + i] = r[i];
+  }
+}
+
+template <int WARPS>
+__device__ void store_cols(const Frame<WARPS>& f, float* dst, const float (&c)[kColsPerLane]) {
+  if (f.p != 0 || f.warp != 0) return;
+#pragma unroll
+  for (int j = 0; j < kColsPerLane; ++j) {
+    if (f.col_ok(j)) dst[f.col0 + j] = c[j];
+  }
+}
+
+// --- kernels -----------------------------------------------------------------------------------
+
+// P, U, V of matrix blockIdx.y. Grid (n_rt * n_ct, n_mat), clusters of (n_ct, 1, 1). `words`:
+// [n_mat, 2, n_rt, n_ct * 128] zeroed tagged words; `fail`: [n_mat] failure counts.
+template <typename T, int WARPS, bool SYM>
+__global__ void __launch_bounds__(WARPS * kWarpSize, 1) sinkhorn_fwd_kernel(
+    const T* __restrict__ x, float* __restrict__ P, float* __restrict__ U, float* __restrict__ V, Word* words,
+    Word* fail, int n, int K, int n_rt, int n_ct, int64_t s0, int64_t s1, int64_t s2, float scale) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  __shared__ __align__(16) Smem<WARPS> sm;
+  cg::cluster_group cluster = cg::this_cluster();
+  const Frame<WARPS> f(n, n_rt, n_ct);
+  Word* pc = words + f.mat * 2 * n_rt * n_ct * kTileCols;
+  const int64_t copy_words = static_cast<int64_t>(n_rt) * n_ct * kTileCols;
+  fail += f.mat;
+  U += f.mat * K * n;
+  V += f.mat * K * n;
+  float t[kRowsPerWarp][kColsPerLane];
+  load_s0<T, SYM>(f, x, s0, s1, s2, scale, t);
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+#pragma unroll
+    for (int j = 0; j < kColsPerLane; ++j) {
+      if (!(f.row_ok(i) && f.col_ok(j))) t[i][j] = -INFINITY;
+    }
+  }
+  // the first iteration, from S0, with maxima: row step, then column step
+  float r[kRowsPerWarp];
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+    float m = t[i][0];
+#pragma unroll
+    for (int j = 1; j < kColsPerLane; ++j) m = fmaxf(m, t[i][j]);
+    m = lse_shift(warp_max(m));
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < kColsPerLane; ++j) s += ex2((t[i][j] - m) * kLog2e);
+    r[i] = lse_finish(m, warp_sum(s));
+  }
+  row_exchange<true>(f, cluster, sm.rowpart[0], r);
+  store_rows(f, U, r);
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+#pragma unroll
+    for (int j = 0; j < kColsPerLane; ++j) t[i][j] = t[i][j] - r[i];
+  }
+  float v[kColsPerLane];
+  col_publish(f, pc, col_tile_lse(f, sm, t), 1);
+  col_collect<true>(f, sm, pc, 1, fail, v);
+  store_cols(f, V, v);
+  // later iterations: T1 = S0 - u_1 - v_1 in log2 units, relative potentials from 0, plain sums
+  float e[kRowsPerWarp][kColsPerLane];
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+#pragma unroll
+    for (int j = 0; j < kColsPerLane; ++j) {
+      t[i][j] = (t[i][j] - v[j]) * kLog2e;
+      e[i][j] = ex2(t[i][j]);
+    }
+  }
+  float rinv[kRowsPerWarp], vrel[kColsPerLane] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) rinv[i] = 1.f;
+  for (int k = 1; k < K; ++k) {
+    // row step k: E = exp(T1 - v_{k-1}) summed along the rows
+#pragma unroll
+    for (int i = 0; i < kRowsPerWarp; ++i) {
+      r[i] = 0.f;
+#pragma unroll
+      for (int j = 0; j < kColsPerLane; ++j) r[i] += e[i][j];
+    }
+    warp_row_sums(r);
+    row_exchange<false>(f, cluster, sm.rowpart[k % 2], r);
+#pragma unroll
+    for (int i = 0; i < kRowsPerWarp; ++i) {
+      const float rr = r[i] > 0.f ? r[i] : 1.f;  // rows outside the matrix
+      r[i] = lg2(rr) * kLn2;
+      rinv[i] = 1.f / rr;
+    }
+    store_rows(f, U + static_cast<int64_t>(k) * n, r);
+    // column step k: the iterate after the row step, E / r, summed along the columns
+    float c[kColsPerLane];
+#pragma unroll
+    for (int j = 0; j < kColsPerLane; ++j) {
+      c[j] = 0.f;
+#pragma unroll
+      for (int i = 0; i < kRowsPerWarp; ++i) c[j] = __fadd_rn(c[j], __fmul_rn(e[i][j], rinv[i]));
+    }
+    Word* copy = pc + (k % 2) * copy_words;
+    col_publish(f, copy, col_tile_sum(f, sm, c), k + 1);
+    col_collect<false>(f, sm, copy, k + 1, fail, c);
+#pragma unroll
+    for (int j = 0; j < kColsPerLane; ++j) {
+      vrel[j] += lg2(c[j] > 0.f ? c[j] : 1.f);
+      c[j] = vrel[j] * kLn2;
+    }
+    store_cols(f, V + static_cast<int64_t>(k) * n, c);
+#pragma unroll
+    for (int i = 0; i < kRowsPerWarp; ++i) {
+#pragma unroll
+      for (int j = 0; j < kColsPerLane; ++j) e[i][j] = ex2(t[i][j] - vrel[j]);
+    }
+  }
+  // P = exp(T1 - u - v) = exp(T1 - v) / r
+  float* out = P + f.mat * n * n;
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+#pragma unroll
+    for (int j = 0; j < kColsPerLane; ++j) {
+      if (f.row_ok(i) && f.col_ok(j)) out[static_cast<int64_t>(f.row0 + i) * n + f.col0 + j] = e[i][j] * rinv[i];
+    }
+  }
+  cluster.sync();  // no block leaves while a peer may still read its shared memory
+#endif
+}
+
+// dM (or, SYM, the working gradient G for the symmetrising pass) of matrix blockIdx.y. The steps of
+// the Triton resident backward: G = dP * P; for k = K-1 .. 0: the column step's sums (global), the
+// row step's (cluster). One exponential per entry per iteration: the row step's iterate is the
+// column step's times exp(v_k - v_{k-1}) per column.
+template <typename T, int WARPS, bool SYM>
+__global__ void __launch_bounds__(WARPS * kWarpSize, 1) sinkhorn_bwd_kernel(
+    const T* __restrict__ x, const float* __restrict__ dp, const float* __restrict__ U,
+    const float* __restrict__ V, float* __restrict__ G, T* __restrict__ dx, Word* words, Word* fail, int n, int K,
+    int n_rt, int n_ct, int64_t s0, int64_t s1, int64_t s2, int64_t sd0, int64_t sd1, int64_t sd2, float scale,
+    float grad_scale) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  __shared__ __align__(16) Smem<WARPS> sm;
+  cg::cluster_group cluster = cg::this_cluster();
+  const Frame<WARPS> f(n, n_rt, n_ct);
+  Word* pc = words + f.mat * 2 * n_rt * n_ct * kTileCols;
+  const int64_t copy_words = static_cast<int64_t>(n_rt) * n_ct * kTileCols;
+  fail += f.mat;
+  U += f.mat * K * n;
+  V += f.mat * K * n;
+  auto rows_at = [&](int k, float (&u)[kRowsPerWarp]) {  // U[k] * log2(e) of this thread's rows
+#pragma unroll
+    for (int i = 0; i < kRowsPerWarp; ++i) u[i] = f.row_ok(i) ? U[static_cast<int64_t>(k) * n + f.row0 + i] * kLog2e : 0.f;
+  };
+  auto cols_at = [&](int k, float (&v)[kColsPerLane]) {
+#pragma unroll
+    for (int j = 0; j < kColsPerLane; ++j) v[j] = f.col_ok(j) ? V[static_cast<int64_t>(k) * n + f.col0 + j] * kLog2e : 0.f;
+  };
+  float t[kRowsPerWarp][kColsPerLane];
+  load_s0<T, SYM>(f, x, s0, s1, s2, scale, t);
+  float u[kRowsPerWarp], v[kColsPerLane], v1[kColsPerLane];
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) u[i] = f.row_ok(i) ? U[f.row0 + i] : 0.f;
+#pragma unroll
+  for (int j = 0; j < kColsPerLane; ++j) v1[j] = f.col_ok(j) ? V[f.col0 + j] : 0.f;
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+#pragma unroll
+    for (int j = 0; j < kColsPerLane; ++j) {
+      t[i][j] = (f.row_ok(i) && f.col_ok(j)) ? ((t[i][j] - u[i]) - v1[j]) * kLog2e : -INFINITY;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kColsPerLane; ++j) v1[j] *= kLog2e;
+  if (K > 1) {
+    rows_at(K - 1, u);
+    cols_at(K - 1, v);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kRowsPerWarp; ++i) u[i] = 0.f;
+#pragma unroll
+    for (int j = 0; j < kColsPerLane; ++j) v[j] = 0.f;
+  }
+  const float* dpm = dp + f.mat * sd0;
+  float g[kRowsPerWarp][kColsPerLane], c[kColsPerLane] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+#pragma unroll
+    for (int j = 0; j < kColsPerLane; ++j) {
+      const float d = (f.row_ok(i) && f.col_ok(j))
+                          ? dpm[static_cast<int64_t>(f.row0 + i) * sd1 + static_cast<int64_t>(f.col0 + j) * sd2]
+                          : 0.f;
+      g[i][j] = __fmul_rn(d, ex2((t[i][j] - u[i]) - v[j]));
+      c[j] = __fadd_rn(c[j], g[i][j]);
+    }
+  }
+  col_publish(f, pc, col_tile_sum(f, sm, c), 1);
+  for (int s = 0; s < K; ++s) {
+    const int k = K - 1 - s;
+    Word* copy = pc + (s % 2) * copy_words;
+    float vp[kColsPerLane];
+    if (k > 0) {
+      rows_at(k, u);
+      cols_at(k, v);
+    } else {
+#pragma unroll
+      for (int i = 0; i < kRowsPerWarp; ++i) u[i] = 0.f;
+#pragma unroll
+      for (int j = 0; j < kColsPerLane; ++j) v[j] = 0.f;
+    }
+    if (k > 1) {
+      cols_at(k - 1, vp);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kColsPerLane; ++j) vp[j] = k == 0 ? -v1[j] : 0.f;
+    }
+    // column step k: the column band's column sums of step s
+    col_collect<false>(f, sm, copy, s + 1, fail, c);
+    float e[kRowsPerWarp][kColsPerLane], r[kRowsPerWarp];
+#pragma unroll
+    for (int i = 0; i < kRowsPerWarp; ++i) {
+      r[i] = 0.f;
+#pragma unroll
+      for (int j = 0; j < kColsPerLane; ++j) {
+        e[i][j] = ex2((t[i][j] - u[i]) - v[j]);
+        g[i][j] = __fsub_rn(g[i][j], __fmul_rn(e[i][j], c[j]));
+        r[i] = __fadd_rn(r[i], g[i][j]);
+      }
+    }
+    // row step k: the row band's row sums
+    warp_row_sums(r);
+    row_exchange<false>(f, cluster, sm.rowpart[s % 2], r);
+    float fac[kColsPerLane];
+#pragma unroll
+    for (int j = 0; j < kColsPerLane; ++j) {
+      fac[j] = ex2(v[j] - vp[j]);
+      c[j] = 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < kRowsPerWarp; ++i) {
+#pragma unroll
+      for (int j = 0; j < kColsPerLane; ++j) {
+        g[i][j] = __fsub_rn(g[i][j], __fmul_rn(__fmul_rn(e[i][j], fac[j]), r[i]));
+        c[j] = __fadd_rn(c[j], g[i][j]);
+      }
+    }
+    if (k > 0) col_publish(f, pc + ((s + 1) % 2) * copy_words, col_tile_sum(f, sm, c), s + 2);
+  }
+  const int64_t base = f.mat * n * n;
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+#pragma unroll
+    for (int j = 0; j < kColsPerLane; ++j) {
+      if (!(f.row_ok(i) && f.col_ok(j))) continue;
+      const int64_t at = base + static_cast<int64_t>(f.row0 + i) * n + f.col0 + j;
+      if constexpr (SYM) {
+        G[at] = g[i][j];
+      } else {
+        dx[at] = static_cast<T>(g[i][j] * grad_scale);
+      }
+    }
+  }
+  cluster.sync();  // no block leaves while a peer may still read its shared memory
+#endif
+}
+
+// dM = (G + G^T) * grad_scale, 32 x 32 tiles through shared memory. Grid (ceil(n/32), ceil(n/32),
+// n_mat), block (32, 8).
+template <typename T>
+__global__ void sinkhorn_symmetrise_kernel(const float* __restrict__ G, T* __restrict__ dx, int n, float grad_scale) {
+  __shared__ float tile[32][33];
+  const int64_t base = static_cast<int64_t>(blockIdx.z) * n * n;
+  const int bi = blockIdx.y * 32, bj = blockIdx.x * 32;
+  // the transposed block: rows bj.., columns bi..
+  for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+    const int r = bj + k, c = bi + threadIdx.x;
+    tile[k][threadIdx.x] = (r < n && c < n) ? G[base + static_cast<int64_t>(r) * n + c] : 0.f;
+  }
+  __syncthreads();
+  for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+    const int r = bi + k, c = bj + threadIdx.x;
+    if (r < n && c < n) {
+      const int64_t at = base + static_cast<int64_t>(r) * n + c;
+      dx[at] = static_cast<T>((G[at] + tile[threadIdx.x][k]) * grad_scale);
+    }
+  }
+}
+
+// --- host --------------------------------------------------------------------------------------
+
+// UNIMIXER_SINKHORN_CUDA_WARPS: 'auto' (8 warps, 64-row tiles, where every cluster fits the device
+// at once; else 16 warps, 128-row tiles), '8' or '16'.
+int warps_setting() {
+  const char* env = std::getenv("UNIMIXER_SINKHORN_CUDA_WARPS");
+  const std::string mode = env == nullptr || *env == '\0' ? "auto" : env;
+  TORCH_CHECK(mode == "auto" || mode == "8" || mode == "16",
+              "UNIMIXER_SINKHORN_CUDA_WARPS: expected 'auto', '8' or '16', got '", mode, "'");
+  return mode == "auto" ? 0 : std::stoi(mode);
+}
+
+// UNIMIXER_SINKHORN_CHECK=1: after each launch, synchronise and raise if a wait gave up (tests).
+bool check_waits() {
+  const char* env = std::getenv("UNIMIXER_SINKHORN_CHECK");
+  return env != nullptr && std::strcmp(env, "1") == 0;
+}
+
+struct Plan {
+  int warps, n_rt, n_ct;
+};
+
+cudaLaunchConfig_t launch_config(const Plan& plan, int64_t n_mat, cudaLaunchAttribute* attr, cudaStream_t stream) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(plan.n_rt * plan.n_ct), static_cast<unsigned>(n_mat), 1);
+  config.blockDim = dim3(static_cast<unsigned>(plan.warps * kWarpSize), 1, 1);
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(plan.n_ct);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  return config;
+}
+
+// Clusters of `kernel` the device holds at once with this plan.
+template <typename K>
+int clusters_at_once(K kernel, const Plan& plan, int64_t n_mat) {
+  cudaLaunchAttribute attr[1];
+  const cudaLaunchConfig_t config = launch_config(plan, n_mat, attr, nullptr);
+  int clusters = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
+  return clusters;
+}
+
+// The plan whose clusters all fit at once: `pick(warps)` returns the kernel instance for a width.
+template <typename Pick>
+Plan choose_plan(int n, int64_t n_mat, Pick&& pick, const char* direction) {
+  const int setting = warps_setting();
+  const int n_ct = static_cast<int>(ceil_div(n, kTileCols));
+  std::string tried;
+  for (const int warps : {8, 16}) {
+    if (setting != 0 && warps != setting) continue;
+    const Plan plan{warps, static_cast<int>(ceil_div(n, warps * kRowsPerWarp)), n_ct};
+    const int64_t needed = static_cast<int64_t>(plan.n_rt) * n_mat;
+    const int fits = pick(warps, plan, n_mat);
+    if (fits >= needed) return plan;
+    tried += " " + std::to_string(warps) + " warps: " + std::to_string(needed) + " clusters of " +
+             std::to_string(n_ct) + " blocks needed, " + std::to_string(fits) + " fit;";
+  }
+  TORCH_CHECK(false, "sinkhorn (cuda backend, ", direction, "): the tiles of ", n_mat, " matrices of n = ", n,
+              " do not all fit on the device at once (", tried,
+              " ); use backend='triton' or 'reference', or fewer matrices per call");
+  return {};
+}
+
+void check_fail(const at::Tensor& fail) {
+  if (!check_waits()) return;
+  const int64_t failed = fail.sum().item<int64_t>();
+  TORCH_CHECK(failed == 0, "sinkhorn (cuda backend): ", failed,
+              " waits for partials timed out (blocks not co-resident)");
+}
+
+void check_logits(const at::Tensor& logits, int64_t iters, double tau) {
+  check_cuda(logits, "logits", logits);
+  TORCH_CHECK(logits.dim() >= 2 && logits.size(-1) == logits.size(-2),
+              "logits: expected a [..., n, n] tensor, got shape ", logits.sizes());
+  TORCH_CHECK(logits.size(-1) <= kMaxN, "logits: the cuda backend takes n <= ", kMaxN,
+              " (a row band in one cluster of at most ", kMaxClusterBlocks, " blocks), got n = ", logits.size(-1),
+              "; use backend='triton' for larger matrices");
+  TORCH_CHECK(iters >= 1, "iters: expected >= 1, got ", iters);
+  TORCH_CHECK(tau > 0.0, "tau: expected > 0, got ", tau);
+  int major = 0, minor = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, logits.get_device()));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, logits.get_device()));
+  TORCH_CHECK(major >= 9, "sinkhorn (cuda backend): thread-block clusters need compute capability 9.0 or newer, the "
+              "device has ", major, ".", minor, "; use backend='triton'");
+}
+
+at::Tensor as_batch(const at::Tensor& t) { return t.reshape({-1, t.size(-2), t.size(-1)}); }
+
+at::Tensor words_for(const Plan& plan, int64_t n_mat, const at::TensorOptions& like) {
+  // the tagged words of both copies, then a failure count per matrix; zeroed (tags start at 1)
+  return at::zeros({n_mat * 2 * plan.n_rt * plan.n_ct * kTileCols + n_mat}, like.dtype(at::kLong));
+}
+
+template <typename F>
+void with_warps(int warps, F&& f) {
+  if (warps == 8) {
+    f(std::integral_constant<int, 8>{});
+  } else {
+    f(std::integral_constant<int, 16>{});
+  }
+}
+
+template <typename F>
+void with_symmetric(bool symmetric, F&& f) {
+  if (symmetric) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd(const at::Tensor& logits, double tau, int64_t iters,
+                                                            bool symmetric) {
+  check_logits(logits, iters, tau);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const at::Tensor x = as_batch(logits);
+  const int64_t n_mat = x.size(0);
+  const int n = static_cast<int>(x.size(-1));
+  const auto f32 = logits.options().dtype(at::kFloat);
+  at::Tensor p = new_output({n_mat, n, n}, f32);
+  at::Tensor u = new_output({n_mat, iters, n}, f32);
+  at::Tensor v = new_output({n_mat, iters, n}, f32);
+  if (n_mat > 0 && n > 0) {
+    const float scale = static_cast<float>((symmetric ? 0.5 : 1.0) / tau);
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    with_dtype(x.scalar_type(), "logits", [&](auto tag) {
+      using T = decltype(tag);
+      with_symmetric(symmetric, [&](auto sym) {
+        constexpr bool S = decltype(sym)::value;
+        auto fits = [&](int warps, const Plan& plan, int64_t mats) {
+          int out = 0;
+          with_warps(warps, [&](auto w) { out = clusters_at_once(sinkhorn_fwd_kernel<T, decltype(w)::value, S>, plan, mats); });
+          return out;
+        };
+        const Plan plan = choose_plan(n, n_mat, fits, "forward");
+        at::Tensor words = words_for(plan, n_mat, x.options());
+        Word* w = reinterpret_cast<Word*>(words.data_ptr<int64_t>());
+        Word* fail = w + n_mat * 2 * plan.n_rt * plan.n_ct * kTileCols;
+        with_warps(plan.warps, [&](auto wc) {
+          cudaLaunchAttribute attr[1];
+          const cudaLaunchConfig_t config = launch_config(plan, n_mat, attr, stream);
+          C10_CUDA_CHECK(cudaLaunchKernelEx(&config, sinkhorn_fwd_kernel<T, decltype(wc)::value, S>,
+                                            static_cast<const T*>(x.data_ptr()), p.data_ptr<float>(),
+                                            u.data_ptr<float>(), v.data_ptr<float>(), w, fail, n,
+                                            static_cast<int>(iters), plan.n_rt, plan.n_ct, x.stride(0), x.stride(1),
+                                            x.stride(2), scale));
+        });
+        check_fail(words.narrow(0, words.size(0) - n_mat, n_mat));
+      });
+    });
+  }
+  const auto lead = logits.sizes().slice(0, logits.dim() - 2);
+  std::vector<int64_t> pot(lead.begin(), lead.end());
+  pot.push_back(iters);
+  pot.push_back(n);
+  return {p.view(logits.sizes()), u.view(pot), v.view(pot)};
+}
+
+at::Tensor sinkhorn_bwd(const at::Tensor& dp, const at::Tensor& logits, const at::Tensor& u, const at::Tensor& v,
+                        double tau, int64_t iters, bool symmetric) {
+  check_logits(logits, iters, tau);
+  check_cuda(dp, "dp", logits);
+  check_cuda(u, "u", logits);
+  check_cuda(v, "v", logits);
+  TORCH_CHECK(dp.sizes() == logits.sizes(), "dp: expected shape ", logits.sizes(), ", got ", dp.sizes());
+  TORCH_CHECK_TYPE(dp.scalar_type() == at::kFloat, "dp: expected float32 (the gradient of the fp32 P), got ",
+                   dp.scalar_type());
+  const int64_t n = logits.size(-1);
+  const int64_t n_mat = n > 0 ? logits.numel() / (n * n) : 0;
+  auto check_potentials = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, name, ": expected float32, got ", t.scalar_type());
+    TORCH_CHECK(t.numel() == n_mat * iters * n, name, ": expected ", n_mat * iters * n,
+                " elements (the forward's [..., iters, n] potentials), got shape ", t.sizes());
+  };
+  check_potentials(u, "u");
+  check_potentials(v, "v");
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const at::Tensor x = as_batch(logits);
+  const at::Tensor d = as_batch(dp);
+  const at::Tensor u3 = u.reshape({n_mat, iters, n}).contiguous();
+  const at::Tensor v3 = v.reshape({n_mat, iters, n}).contiguous();
+  at::Tensor dx = new_output({n_mat, n, n}, logits.options());
+  if (n_mat > 0 && n > 0) {
+    const float scale = static_cast<float>((symmetric ? 0.5 : 1.0) / tau);
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    // the working gradient leaves registers only for the symmetrising pass
+    at::Tensor g = symmetric ? at::empty({n_mat, n, n}, logits.options().dtype(at::kFloat)) : at::Tensor();
+    with_dtype(x.scalar_type(), "logits", [&](auto tag) {
+      using T = decltype(tag);
+      with_symmetric(symmetric, [&](auto sym) {
+        constexpr bool S = decltype(sym)::value;
+        auto fits = [&](int warps, const Plan& plan, int64_t mats) {
+          int out = 0;
+          with_warps(warps, [&](auto w) { out = clusters_at_once(sinkhorn_bwd_kernel<T, decltype(w)::value, S>, plan, mats); });
+          return out;
+        };
+        const Plan plan = choose_plan(static_cast<int>(n), n_mat, fits, "backward");
+        at::Tensor words = words_for(plan, n_mat, x.options());
+        Word* w = reinterpret_cast<Word*>(words.data_ptr<int64_t>());
+        Word* fail = w + n_mat * 2 * plan.n_rt * plan.n_ct * kTileCols;
+        with_warps(plan.warps, [&](auto wc) {
+          cudaLaunchAttribute attr[1];
+          const cudaLaunchConfig_t config = launch_config(plan, n_mat, attr, stream);
+          C10_CUDA_CHECK(cudaLaunchKernelEx(
+              &config, sinkhorn_bwd_kernel<T, decltype(wc)::value, S>, static_cast<const T*>(x.data_ptr()),
+              d.data_ptr<float>(), u3.data_ptr<float>(), v3.data_ptr<float>(), S ? g.data_ptr<float>() : nullptr,
+              static_cast<T*>(dx.data_ptr()), w, fail, static_cast<int>(n), static_cast<int>(iters), plan.n_rt,
+              plan.n_ct, x.stride(0), x.stride(1), x.stride(2), d.stride(0), d.stride(1), d.stride(2), scale, scale));
+        });
+        check_fail(words.narrow(0, words.size(0) - n_mat, n_mat));
+        if constexpr (S) {
+          const dim3 grid(static_cast<unsigned>(ceil_div(n, 32)), static_cast<unsigned>(ceil_div(n, 32)),
+                          static_cast<unsigned>(n_mat));
+          sinkhorn_symmetrise_kernel<T><<<grid, dim3(32, 8), 0, stream>>>(
+              g.data_ptr<float>(), static_cast<T*>(dx.data_ptr()), static_cast<int>(n), scale);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
+    });
+  }
+  return dx.view(logits.sizes());
+}
+
+}  // namespace unimixer

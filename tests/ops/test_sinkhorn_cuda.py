@@ -1,0 +1,191 @@
+"""sinkhorn on the ``cuda`` backend (csrc/sinkhorn.cu) against the fp64 reference (SPEC §2.1, §8).
+
+Every test runs the compiled kernels, so all of them need a GPU (``-m gpu``) and the built
+extension; without the build they skip, unless ``UNIMIXER_REQUIRE_CUDA_EXT=1`` makes that a failure.
+Each call is checked for timed-out waits (``UNIMIXER_SINKHORN_CHECK=1``): a wait that gave up would
+mean the blocks of a launch were not all resident.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import unimixer_kernels as uk
+from unimixer_kernels import _cuda_ext
+from unimixer_kernels.ops import sinkhorn_cuda
+from unimixer_kernels.testing import check_against_reference, dominated_logits, random_input
+
+pytestmark = pytest.mark.gpu
+
+TAU_ITERS = [(0.05, 20), (1.0, 1), (1.0, 20), (0.05, 1)]
+# one tile (n <= 128, a cluster of one block), ragged edges in both directions, a full row band
+# (n_ct = 8 blocks per cluster), and odd sizes
+SIZES = [1, 2, 37, 128, 129, 300, 777, 1000, 1024]
+
+
+@pytest.fixture(autouse=True)
+def _needs_extension(monkeypatch):
+    ok, why = _cuda_ext.status()
+    if not ok:
+        if os.environ.get("UNIMIXER_REQUIRE_CUDA_EXT", "0") == "1":
+            pytest.fail(f"the CUDA extension does not load: {why}")
+        pytest.skip(f"the CUDA extension does not load: {why}")
+    monkeypatch.setenv("UNIMIXER_SINKHORN_CHECK", "1")
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_cuda_sizes(kernel_dtype, n, symmetric):
+    x = random_input((n, n), kernel_dtype, "cuda", requires_grad=True)
+    check_against_reference(uk.sinkhorn, (x, 0.05, 20, symmetric), backend="cuda")
+
+
+@pytest.mark.parametrize("tau,iters", TAU_ITERS)
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("shape", [(3, 200, 200), (2, 2, 64, 64), (1, 1024, 1024)])
+def test_sinkhorn_cuda_batches(shape, tau, iters, symmetric):
+    x = random_input(shape, torch.float32, "cuda", requires_grad=True)
+    check_against_reference(uk.sinkhorn, (x, tau, iters, symmetric), backend="cuda")
+
+
+@pytest.mark.parametrize("warps", ["8", "16"])
+@pytest.mark.parametrize("n", [300, 1024])
+def test_sinkhorn_cuda_both_tiles(monkeypatch, warps, n):
+    # 64-row tiles (8 warps) and 128-row tiles (16 warps): column bands of 16 and 8 blocks at n = 1024
+    monkeypatch.setenv("UNIMIXER_SINKHORN_CUDA_WARPS", warps)
+    x = random_input((n, n), torch.float32, "cuda", requires_grad=True)
+    check_against_reference(uk.sinkhorn, (x, 0.05, 20, True), backend="cuda")
+
+
+@pytest.mark.parametrize("layout", ["strided", "transposed"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_cuda_noncontiguous(kernel_dtype, layout, symmetric):
+    if layout == "transposed":
+        x = random_input((2, 300, 300), kernel_dtype, "cuda").mT.requires_grad_(True)
+    else:
+        x = random_input((2, 300, 300), kernel_dtype, "cuda", requires_grad=True, noncontiguous=True)
+    assert not x.is_contiguous()
+    check_against_reference(uk.sinkhorn, (x, 0.1, 7, symmetric), backend="cuda")
+
+
+@pytest.mark.parametrize("iters", [1, 2, 20])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_cuda_dominated_rows(iters, symmetric):
+    # the first iteration's maxima, then plain sums from normalised iterates
+    x = dominated_logits((2, 300, 300), "cuda")
+    check_against_reference(uk.sinkhorn, (x, 0.05, iters, symmetric), backend="cuda")
+
+
+def test_sinkhorn_cuda_agrees_with_triton():
+    # the same maths as the Triton resident kernels: close, not bitwise (another summation order)
+    x = random_input((1024, 1024), torch.float32, "cuda")
+    p_cuda = uk.sinkhorn(x, 0.05, 20, True, backend="cuda")
+    p_triton = uk.sinkhorn(x, 0.05, 20, True, backend="triton")
+    torch.testing.assert_close(p_cuda, p_triton, rtol=1e-4, atol=1e-7)
+
+
+def test_sinkhorn_cuda_saves_only_potentials():
+    n, k = 1024, 20
+    x = random_input((n, n), torch.float32, "cuda", requires_grad=True)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    p = uk.sinkhorn(x, 0.05, k, backend="cuda")
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated() - before - p.numel() * 4
+    assert held <= 4 * 2 * k * n + (1 << 20)
+
+
+def test_sinkhorn_cuda_deterministic():
+    x = random_input((1000, 1000), torch.float32, "cuda", requires_grad=True)
+    g = torch.randn(1000, 1000, device="cuda")
+    runs = []
+    for _ in range(2):
+        p = uk.sinkhorn(x, 0.05, 20, True, backend="cuda")
+        (dx,) = torch.autograd.grad(p, x, g)
+        runs.append((p, dx))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_sinkhorn_cuda_cuda_graph(monkeypatch):
+    x = random_input((1024, 1024), torch.float32, "cuda", requires_grad=True)
+    g = torch.randn(1024, 1024, device="cuda")
+    expect_p = uk.sinkhorn(x, 0.05, 20, True, backend="cuda")
+    (expect_dx,) = torch.autograd.grad(expect_p, x, g)
+    # the check synchronises, which a capture cannot: it ran above
+    monkeypatch.delenv("UNIMIXER_SINKHORN_CHECK")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up off the default stream, as capture needs
+        p = uk.sinkhorn(x, 0.05, 20, True, backend="cuda")
+        torch.autograd.grad(p, x, g)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        p = uk.sinkhorn(x, 0.05, 20, True, backend="cuda")
+        (dx,) = torch.autograd.grad(p, x, g)
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(p, expect_p) and torch.equal(dx, expect_dx)
+
+
+def test_sinkhorn_cuda_empty_batch():
+    x = torch.randn(0, 300, 300, device="cuda", requires_grad=True)
+    p = uk.sinkhorn(x, 0.05, 5, backend="cuda")
+    assert p.shape == x.shape
+    (dx,) = torch.autograd.grad(p.sum(), x)
+    assert dx.shape == x.shape
+
+
+def test_sinkhorn_cuda_refuses_too_many_matrices():
+    # 512 matrices of 1024: thousands of clusters, which cannot all be resident at once
+    x = torch.randn(512, 1024, 1024, device="cuda")
+    with pytest.raises(RuntimeError, match=r"do not all fit on the device at once.*backend='triton'"):
+        uk.sinkhorn(x, 0.05, 3, backend="cuda")
+
+
+def test_sinkhorn_cuda_warps_switch_checked(monkeypatch):
+    monkeypatch.setenv("UNIMIXER_SINKHORN_CUDA_WARPS", "12")
+    with pytest.raises(RuntimeError, match="UNIMIXER_SINKHORN_CUDA_WARPS: expected 'auto', '8' or '16'"):
+        uk.sinkhorn(torch.randn(64, 64, device="cuda"), 0.05, 3, backend="cuda")
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_cuda_opcheck(symmetric):
+    ops = sinkhorn_cuda.cuda_ops()
+    x = random_input((2, 150, 150), torch.float32, "cuda", requires_grad=True)
+    torch.library.opcheck(ops.sinkhorn_fwd, (x, 0.5, 3, symmetric))
+    p, u, v = ops.sinkhorn_fwd(x.detach(), 0.5, 3, symmetric)
+    torch.library.opcheck(ops.sinkhorn_bwd, (torch.randn_like(p), x.detach(), u, v, 0.5, 3, symmetric))
+
+
+def test_sinkhorn_cuda_compile_fullgraph():
+    torch._dynamo.reset()
+    fn = torch.compile(lambda t: uk.sinkhorn(t, 0.3, 4, True, backend="cuda"), fullgraph=True)
+    x = random_input((3, 200, 200), torch.float32, "cuda", requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    out = fn(x)
+    expect = uk.sinkhorn(x2, 0.3, 4, True, backend="cuda")
+    torch.testing.assert_close(out, expect, rtol=0, atol=0)
+    g = torch.randn_like(out)
+    (dx,) = torch.autograd.grad(out, x, g)
+    (ex,) = torch.autograd.grad(expect, x2, g)
+    torch.testing.assert_close(dx, ex, rtol=0, atol=0)
+
+
+def test_sinkhorn_cuda_hypothesis():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=25, deadline=None, derandomize=True)
+    @hypothesis.given(n=st.integers(1, 1024), batch=st.integers(1, 2), iters=st.integers(1, 20),
+                      tau=st.sampled_from([0.05, 0.3, 1.0]), symmetric=st.booleans(),
+                      dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
+    def check(n, batch, iters, tau, symmetric, dtype):
+        x = random_input((batch, n, n), dtype, "cuda", requires_grad=True)
+        check_against_reference(uk.sinkhorn, (x, tau, iters, symmetric), backend="cuda")
+
+    check()

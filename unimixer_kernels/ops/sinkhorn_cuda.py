@@ -1,0 +1,74 @@
+"""The ``cuda`` backend of ``sinkhorn``: glue for the compiled ops.
+
+``csrc/sinkhorn.cu`` defines, in the operator library ``unimixer_C`` (``csrc/registration.cpp``):
+
+* ``sinkhorn_fwd(logits, tau, iters, symmetric) -> (P, U, V)``
+* ``sinkhorn_bwd(dp, logits, u, v, tau, iters, symmetric) -> dlogits``
+
+the same contract as the Triton backend's ops (fp32 ``P``, the potentials ``U, V [..., iters, n]``
+saved, everything else recomputed in backward), for dense logits with ``n <= 1024``: one launch
+per direction, a row band's tiles in one thread-block cluster exchanging their row sums through
+distributed shared memory, the column sums through global memory. This file registers the fakes
+and the autograd formula (shared with the Triton backend, ``ops/sinkhorn.py``) and the backend.
+
+Environment: ``UNIMIXER_SINKHORN_CUDA_WARPS`` = ``auto`` | ``8`` | ``16`` (64- or 128-row tiles;
+``auto`` takes 64 where every cluster fits the device at once); ``UNIMIXER_SINKHORN_CHECK=1``
+synchronises after each launch and raises if a wait for partials timed out (the tests).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from .. import _cuda_ext
+from .sinkhorn import SINKHORN, make_backward, sinkhorn_bwd_fake, sinkhorn_fwd_fake, sinkhorn_setup
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_N = 1024  # kMaxN in csrc/sinkhorn.cu: a row band of 128-column tiles in one portable cluster (8 blocks)
+_NAMES = ("sinkhorn_fwd", "sinkhorn_bwd")
+
+
+def _library_loaded() -> bool:
+    return all(hasattr(torch.ops.unimixer_C, name) for name in _NAMES)
+
+
+def _backward_op(dp: Tensor, logits: Tensor, u: Tensor, v: Tensor, tau: float, iters: int,
+                 symmetric: bool) -> Tensor:
+    # P is fp32, so its gradient is too, unless a caller's own autograd.Function handed back another dtype
+    return torch.ops.unimixer_C.sinkhorn_bwd(dp.to(torch.float32), logits, u, v, tau, iters, symmetric)
+
+
+@functools.cache
+def _register_python_parts() -> None:
+    torch.library.register_fake("unimixer_C::sinkhorn_fwd", sinkhorn_fwd_fake)
+    torch.library.register_fake("unimixer_C::sinkhorn_bwd", sinkhorn_bwd_fake)
+    torch.library.register_autograd("unimixer_C::sinkhorn_fwd", make_backward(_backward_op),
+                                    setup_context=sinkhorn_setup)
+
+
+def cuda_ops():
+    """``torch.ops.unimixer_C`` with the library loaded and its fakes and autograd registered."""
+    _cuda_ext.load()
+    _register_python_parts()
+    return torch.ops.unimixer_C
+
+
+# The library was loaded before this module (torch imports it through the C++ pystub when it needs
+# a fake): register now, or the ops would have no fake and no autograd.
+if _library_loaded():
+    _register_python_parts()
+
+
+@SINKHORN.register("cuda")
+def _sinkhorn_cuda(logits: Tensor, tau: float, iters: int, symmetric: bool) -> Tensor:
+    # checked here, before the library is called: its own checks are a second line of defence
+    if logits.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"logits: the cuda backend takes dtype in {SUPPORTED_DTYPES}, got {logits.dtype} "
+                        "(use backend='reference' for float64)")
+    if logits.shape[-1] > MAX_N:
+        raise ValueError(f"logits: the cuda backend takes n <= {MAX_N} (a row band of tiles in one "
+                         f"thread-block cluster), got n = {logits.shape[-1]}; use backend='triton'")
+    return cuda_ops().sinkhorn_fwd(logits, tau, iters, symmetric)[0]
