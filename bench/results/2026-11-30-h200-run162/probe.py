@@ -34,8 +34,8 @@ for rnd in range(3):
             if warps:
                 os.environ["UNIMIXER_SINKHORN_CUDA_WARPS"] = warps
             us = graph_replay_us(step(backend, bwd), reps=50, runs=5)
-            print(f"round {rnd} {'fwd+bwd' if bwd else 'fwd    '} {backend:6s} warps={warps or '-':2s} {us:8.1f} us",
-                  flush=True)
+            mode = "fwd+bwd" if bwd else "fwd"
+            print(f"round {rnd} {mode:7s} {backend:6s} warps={warps or '-':2s} {us:8.1f} us", flush=True)
 
 os.environ["UNIMIXER_SINKHORN_CHECK"] = "1"
 for sym in (True, False):
@@ -47,6 +47,6 @@ for sym in (True, False):
         outs[(backend, warps)] = (p.detach(), torch.autograd.grad(p, x, g)[0])
     ref_p, ref_dx = outs[("triton", None)]
     for key, (p, dx) in outs.items():
-        print(f"symmetric={sym} {key}: max|P - P_triton| {(p - ref_p).abs().max().item():.3e} "
-              f"(max P {ref_p.abs().max().item():.3e}), max|dX - dX_triton| {(dx - ref_dx).abs().max().item():.3e} "
-              f"(max dX {ref_dx.abs().max().item():.3e})")
+        dp_, ddx = (p - ref_p).abs().max().item(), (dx - ref_dx).abs().max().item()
+        print(f"symmetric={sym} {key}: max|P - P_triton| {dp_:.3e} (max P {ref_p.abs().max().item():.3e}), "
+              f"max|dX - dX_triton| {ddx:.3e} (max dX {ref_dx.abs().max().item():.3e})")
