@@ -156,45 +156,76 @@ __device__ void load_s0(const Frame<WARPS>& f, const T* __restrict__ x, int64_t 
 }
 
 // --- row steps: the cluster --------------------------------------------------------------------
+//
+// A warp's 8 rows are reduced across its 32 lanes by halving: 8 values per lane, then 4, 2 and 1
+// (3 shuffles that exchange halves), then 2 plain ones: 9 shuffles instead of 40, and lane l ends
+// holding the total of row l / 4 % 8 (4 lanes per row). Everything per row (the exchange, its
+// logarithm and reciprocal) then happens once per lane, and `broadcast_rows` hands the 8 rows'
+// values back to every lane.
 
-// `r`: each of the warp's 8 rows' partial (every lane the same). Returns in `r` the rows' totals
-// over the row band's n_ct tiles (sums, or with LSE log-sum-exps), in every lane. `buf`: this step's
-// copy of the block's row partials.
-template <bool LSE, int WARPS>
-__device__ void row_exchange(const Frame<WARPS>& f, cg::cluster_group& cluster, float* buf,
-                             float (&r)[kRowsPerWarp]) {
-  float* mine = buf + f.warp * kRowsPerWarp;
-  if (f.lane == 0) {
-    *reinterpret_cast<float4*>(mine) = make_float4(r[0], r[1], r[2], r[3]);
-    *reinterpret_cast<float4*>(mine + 4) = make_float4(r[4], r[5], r[6], r[7]);
-  }
-  cluster.sync();  // release this block's partials, acquire the peers'
-  // lane l reads row l % 8 of ranks l / 8 and l / 8 + 4
-  const int i = f.lane & 7, rank = f.lane >> 3;
-  const float none = LSE ? -INFINITY : 0.f;
-  const float a = rank < f.n_ct ? *cluster.map_shared_rank(mine + i, rank) : none;
-  const float b = rank + 4 < f.n_ct ? *cluster.map_shared_rank(mine + i, rank + 4) : none;
-  float total;
-  if constexpr (LSE) {
-    float m = fmaxf(a, b);
-    m = fmaxf(m, __shfl_xor_sync(kFull, m, 8));
-    m = lse_shift(fmaxf(m, __shfl_xor_sync(kFull, m, 16)));
-    float s = __fadd_rn(ex2((a - m) * kLog2e), ex2((b - m) * kLog2e));
-    s += __shfl_xor_sync(kFull, s, 8);
-    s += __shfl_xor_sync(kFull, s, 16);
-    total = lse_finish(m, s);
-  } else {
-    total = a + b;
-    total += __shfl_xor_sync(kFull, total, 8);
-    total += __shfl_xor_sync(kFull, total, 16);
+__device__ __forceinline__ int lane_row(int lane) { return (lane >> 2) & 7; }
+
+// Sum over the warp of each of the 8 rows: returns row lane_row(lane)'s total.
+__device__ __forceinline__ float warp_row_sum(const float (&v)[kRowsPerWarp], int lane) {
+  const bool b4 = lane & 16, b3 = lane & 8, b2 = lane & 4;
+  float w[4], x[2];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const float send = b4 ? v[k] : v[k + 4];
+    w[k] = (b4 ? v[k + 4] : v[k]) + __shfl_xor_sync(kFull, send, 16);
   }
 #pragma unroll
-  for (int k = 0; k < kRowsPerWarp; ++k) r[k] = __shfl_sync(kFull, total, k);
+  for (int k = 0; k < 2; ++k) {
+    const float send = b3 ? w[k] : w[k + 2];
+    x[k] = (b3 ? w[k + 2] : w[k]) + __shfl_xor_sync(kFull, send, 8);
+  }
+  float y = (b2 ? x[1] : x[0]) + __shfl_xor_sync(kFull, b2 ? x[0] : x[1], 4);
+  y += __shfl_xor_sync(kFull, y, 2);
+  y += __shfl_xor_sync(kFull, y, 1);
+  return y;
 }
 
-__device__ __forceinline__ void warp_row_sums(float (&r)[kRowsPerWarp]) {
+// The value of row lane_row(lane) among 8 per-row values every lane holds.
+__device__ __forceinline__ float own_row(const float (&r)[kRowsPerWarp], int lane) {
+  const int i = lane_row(lane);
+  float mine = r[0];
 #pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i) r[i] = warp_sum(r[i]);
+  for (int k = 1; k < kRowsPerWarp; ++k) mine = i == k ? r[k] : mine;
+  return mine;
+}
+
+// Every lane gets the 8 rows' values from the lanes holding them.
+__device__ __forceinline__ void broadcast_rows(float mine, float (&r)[kRowsPerWarp]) {
+#pragma unroll
+  for (int k = 0; k < kRowsPerWarp; ++k) r[k] = __shfl_sync(kFull, mine, 4 * k);
+}
+
+// `mine`: this tile's partial of row lane_row(lane). Returns that row's total over the row band's
+// n_ct tiles (a sum, or with LSE a log-sum-exp). `buf`: this step's copy of the block's row partials.
+template <bool LSE, int WARPS>
+__device__ float row_exchange(const Frame<WARPS>& f, cg::cluster_group& cluster, float* buf, float mine) {
+  const int i = lane_row(f.lane), rank = f.lane & 3;
+  float* slot = buf + f.warp * kRowsPerWarp + i;
+  if (rank == 0) *slot = mine;
+  cluster.sync();  // release this block's partials, acquire the peers'
+  // the 4 lanes of a row read ranks rank and rank + 4
+  const float none = LSE ? -INFINITY : 0.f;
+  const float a = rank < f.n_ct ? *cluster.map_shared_rank(slot, rank) : none;
+  const float b = rank + 4 < f.n_ct ? *cluster.map_shared_rank(slot, rank + 4) : none;
+  if constexpr (LSE) {
+    float m = fmaxf(a, b);
+    m = fmaxf(m, __shfl_xor_sync(kFull, m, 1));
+    m = lse_shift(fmaxf(m, __shfl_xor_sync(kFull, m, 2)));
+    float s = __fadd_rn(ex2((a - m) * kLog2e), ex2((b - m) * kLog2e));
+    s += __shfl_xor_sync(kFull, s, 1);
+    s += __shfl_xor_sync(kFull, s, 2);
+    return lse_finish(m, s);
+  } else {
+    float total = a + b;
+    total += __shfl_xor_sync(kFull, total, 1);
+    total += __shfl_xor_sync(kFull, total, 2);
+    return total;
+  }
 }
 
 // --- column steps: global tagged words ---------------------------------------------------------
@@ -314,15 +345,12 @@ __device__ void col_collect(const Frame<WARPS>& f, Smem<WARPS>& sm, const Word* 
   }
 }
 
-// Potentials of this thread's rows / columns: row values (one per row, every lane) by lane 0 of
-// the blocks of rank 0, column values by warp 0 of the first row band.
+// Potentials: row values by the first lane of each row's 4 (`mine`, row lane_row(lane)) in the
+// blocks of rank 0; column values by warp 0 of the first row band.
 template <int WARPS>
-__device__ void store_rows(const Frame<WARPS>& f, float* dst, const float (&r)[kRowsPerWarp]) {
-  if (f.q != 0 || f.lane >= kRowsPerWarp) return;
-#pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i) {
-    if (f.lane == i && f.row_ok(i)) dst[f.row0 + i] = r[i];
-  }
+__device__ void store_row(const Frame<WARPS>& f, float* dst, float mine) {
+  const int i = lane_row(f.lane);
+  if (f.q == 0 && (f.lane & 3) == 0 && f.row_ok(i)) dst[f.row0 + i] = mine;
 }
 
 template <int WARPS>
@@ -373,8 +401,9 @@ __global__ void __launch_bounds__(WARPS * kWarpSize, 1) sinkhorn_fwd_kernel(
     for (int j = 0; j < kColsPerLane; ++j) s += ex2((t[i][j] - m) * kLog2e);
     r[i] = lse_finish(m, warp_sum(s));
   }
-  row_exchange<true>(f, cluster, sm.rowpart[0], r);
-  store_rows(f, U, r);
+  const float u1 = row_exchange<true>(f, cluster, sm.rowpart[0], own_row(r, f.lane));
+  store_row(f, U, u1);
+  broadcast_rows(u1, r);
 #pragma unroll
   for (int i = 0; i < kRowsPerWarp; ++i) {
 #pragma unroll
@@ -405,15 +434,10 @@ __global__ void __launch_bounds__(WARPS * kWarpSize, 1) sinkhorn_fwd_kernel(
 #pragma unroll
       for (int j = 0; j < kColsPerLane; ++j) r[i] += e[i][j];
     }
-    warp_row_sums(r);
-    row_exchange<false>(f, cluster, sm.rowpart[k % 2], r);
-#pragma unroll
-    for (int i = 0; i < kRowsPerWarp; ++i) {
-      const float rr = r[i] > 0.f ? r[i] : 1.f;  // rows outside the matrix
-      r[i] = lg2(rr) * kLn2;
-      rinv[i] = 1.f / rr;
-    }
-    store_rows(f, U + static_cast<int64_t>(k) * n, r);
+    float total = row_exchange<false>(f, cluster, sm.rowpart[k % 2], warp_row_sum(r, f.lane));
+    total = total > 0.f ? total : 1.f;  // rows outside the matrix
+    store_row(f, U + static_cast<int64_t>(k) * n, lg2(total) * kLn2);
+    broadcast_rows(1.f / total, rinv);
     // column step k: the iterate after the row step, E / r, summed along the columns
     float c[kColsPerLane];
 #pragma unroll
@@ -549,8 +573,7 @@ __global__ void __launch_bounds__(WARPS * kWarpSize, 1) sinkhorn_bwd_kernel(
       }
     }
     // row step k: the row band's row sums
-    warp_row_sums(r);
-    row_exchange<false>(f, cluster, sm.rowpart[s % 2], r);
+    broadcast_rows(row_exchange<false>(f, cluster, sm.rowpart[s % 2], warp_row_sum(r, f.lane)), r);
     float fac[kColsPerLane];
 #pragma unroll
     for (int j = 0; j < kColsPerLane; ++j) {

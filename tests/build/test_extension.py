@@ -184,3 +184,5 @@ def test_sinkhorn_cuda_backend_checks_its_limits_before_calling_the_library():
         sinkhorn_cuda._sinkhorn_cuda(torch.empty(1025, 1025, device="meta"), 0.05, 3, True)
     with pytest.raises(TypeError, match="logits: the cuda backend takes dtype"):
         sinkhorn_cuda._sinkhorn_cuda(torch.empty(8, 8, device="meta", dtype=torch.float64), 0.05, 3, True)
+    with pytest.raises(ValueError, match=r"at most 64 tiles; 5 matrices of n = 500 have 80"):
+        sinkhorn_cuda._sinkhorn_cuda(torch.empty(5, 500, 500, device="meta"), 0.05, 3, True)

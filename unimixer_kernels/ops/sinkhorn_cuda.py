@@ -28,6 +28,11 @@ from .sinkhorn import SINKHORN, make_backward, sinkhorn_bwd_fake, sinkhorn_fwd_f
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_N = 1024  # kMaxN in csrc/sinkhorn.cu: a row band of 128-column tiles in one portable cluster (8 blocks)
+# Every block of a launch is resident at once. The kernels check that against the device before they
+# launch (cudaOccupancyMaxActiveClusters); this static bound, checked first, keeps every call the
+# backend accepts inside what the H200 holds with 128 x 128 tiles (64 blocks: one matrix of n = 1024
+# in 8 clusters of 8), so that the check never has to refuse one
+MAX_BLOCKS = 64
 _NAMES = ("sinkhorn_fwd", "sinkhorn_bwd")
 
 
@@ -71,4 +76,11 @@ def _sinkhorn_cuda(logits: Tensor, tau: float, iters: int, symmetric: bool) -> T
     if logits.shape[-1] > MAX_N:
         raise ValueError(f"logits: the cuda backend takes n <= {MAX_N} (a row band of tiles in one "
                          f"thread-block cluster), got n = {logits.shape[-1]}; use backend='triton'")
+    n = logits.shape[-1]
+    n_mat = logits.numel() // (n * n) if n else 0
+    blocks = n_mat * -(-n // 128) ** 2
+    if blocks > MAX_BLOCKS:
+        raise ValueError(f"logits: the cuda backend keeps every 128 x 128 tile of the batch resident at "
+                         f"once, at most {MAX_BLOCKS} tiles; {n_mat} matrices of n = {n} have {blocks}. Use "
+                         "backend='triton', or fewer matrices per call")
     return cuda_ops().sinkhorn_fwd(logits, tau, iters, symmetric)[0]

@@ -1,0 +1,68 @@
+"""Probe: the cuda backend's Sinkhorn (csrc/sinkhorn.cu, row steps by a 9-shuffle halving reduction and
+one logarithm and reciprocal per row) against the Triton resident kernels, each step under one captured
+CUDA graph, three rounds alternating: n = 1024 (the cuda kernels on 128-row tiles, 16 warps) at K = 20
+and K = 2, whose difference over 18 is the cost of one iteration; and n = 512, where both tile heights
+fit, with 8 and 16 warps. Then whether an error raised in the compiled library's C++ reaches Python:
+run162 and run163 saw a segmentation fault where the Sinkhorn's residency check refused a plan.
+
+    PYTHONPATH=$PWD python probe.py   (on a GPU, from the repository root, the extension built)
+"""
+
+import os
+import subprocess
+import sys
+
+import torch
+
+import unimixer_kernels as uk
+from bench.timing import graph_replay_us
+
+TAU = 0.05
+
+
+def step(x, g, backend, iters, bwd):
+    def fn():
+        p = uk.sinkhorn(x, TAU, iters, True, backend=backend)
+        return torch.autograd.grad(p, x, g)[0] if bwd else p
+    return fn
+
+
+CASES = [(1024, 20, "triton", "auto"), (1024, 20, "cuda", "auto"), (1024, 2, "triton", "auto"),
+         (1024, 2, "cuda", "auto"), (512, 20, "triton", "auto"), (512, 20, "cuda", "8"),
+         (512, 20, "cuda", "16")]
+inputs = {n: (torch.randn(n, n, device="cuda").requires_grad_(), torch.randn(n, n, device="cuda"))
+          for n in (512, 1024)}
+for rnd in range(3):
+    for bwd in (False, True):
+        for n, iters, backend, warps in CASES:
+            os.environ["UNIMIXER_SINKHORN_CUDA_WARPS"] = warps
+            us = graph_replay_us(step(*inputs[n], backend, iters, bwd), reps=50, runs=5)
+            mode = "fwd+bwd" if bwd else "fwd"
+            print(f"round {rnd} n={n:4d} K={iters:2d} {mode:7s} {backend:6s} warps={warps:4s} {us:8.1f} us",
+                  flush=True)
+os.environ["UNIMIXER_SINKHORN_CUDA_WARPS"] = "auto"
+
+x, g = inputs[1024]
+for sym in (True, False):
+    outs = {}
+    for backend in ("triton", "cuda"):
+        p = uk.sinkhorn(x, TAU, 20, sym, backend=backend)
+        outs[backend] = (p.detach(), torch.autograd.grad(p, x, g)[0])
+    (pt, dt), (pc, dc) = outs["triton"], outs["cuda"]
+    print(f"symmetric={sym}: max|P_cuda - P_triton| {(pc - pt).abs().max().item():.3e} of "
+          f"{pt.abs().max().item():.3e}; max|dX_cuda - dX_triton| {(dc - dt).abs().max().item():.3e} of "
+          f"{dt.abs().max().item():.3e}")
+
+ERR = """
+import torch, unimixer_kernels as uk
+from unimixer_kernels.ops import rms_norm_cuda
+ops = rms_norm_cuda.cuda_ops()
+x = torch.randn(4, 64, device="cuda")
+try:
+    ops.rms_norm_fwd(x, torch.ones(63, device="cuda"), 1e-6)
+    print("no error raised")
+except RuntimeError as exc:
+    print("RuntimeError reached Python:", str(exc).splitlines()[0][:200])
+"""
+r = subprocess.run([sys.executable, "-c", ERR], capture_output=True, text=True, timeout=120)
+print(f"rms_norm C++ check: rc={r.returncode}", (r.stdout + r.stderr).strip().splitlines()[-3:])
