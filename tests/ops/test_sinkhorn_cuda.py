@@ -186,7 +186,7 @@ def test_sinkhorn_cuda_hypothesis():
                       tau=st.sampled_from([0.05, 0.3, 1.0]), symmetric=st.booleans(),
                       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
     def check(n, batch, iters, tau, symmetric, dtype):
-        batch = min(batch, sinkhorn_cuda.MAX_BLOCKS // -(-n // 128) ** 2)
+        batch = min(batch, sinkhorn_cuda.MAX_BLOCKS // ((n + 127) // 128) ** 2)
         x = random_input((batch, n, n), dtype, "cuda", requires_grad=True)
         check_against_reference(uk.sinkhorn, (x, tau, iters, symmetric), backend="cuda")
 

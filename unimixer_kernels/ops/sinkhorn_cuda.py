@@ -78,7 +78,7 @@ def _sinkhorn_cuda(logits: Tensor, tau: float, iters: int, symmetric: bool) -> T
                          f"thread-block cluster), got n = {logits.shape[-1]}; use backend='triton'")
     n = logits.shape[-1]
     n_mat = logits.numel() // (n * n) if n else 0
-    blocks = n_mat * -(-n // 128) ** 2
+    blocks = n_mat * ((n + 127) // 128) ** 2
     if blocks > MAX_BLOCKS:
         raise ValueError(f"logits: the cuda backend keeps every 128 x 128 tile of the batch resident at "
                          f"once, at most {MAX_BLOCKS} tiles; {n_mat} matrices of n = {n} have {blocks}. Use "
