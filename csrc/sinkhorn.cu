@@ -32,7 +32,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
 
 #include <ATen/ATen.h>
 #include <cooperative_groups.h>
@@ -66,8 +69,11 @@ struct Shape {
   static constexpr int kWaitWords = kMaxRowTiles / kGroups;  // words a thread polls at most
 };
 
+constexpr int kStageCols = 32;  // tile columns per chunk of the transposed read (symmetric logits)
+
 template <int WARPS>
 struct Smem {
+  float stage[kStageCols][Shape<WARPS>::kRows + 1];  // a chunk of the transposed tile, padded
   float rowpart[2][Shape<WARPS>::kRows];             // this block's row partials (read by the cluster)
   float colred[WARPS][kTileCols];                    // per-warp column partials
   float colm[kTileCols];                             // the first iteration's column maxima
@@ -134,24 +140,48 @@ struct Frame {
 };
 
 // S0 = logits * scale (symmetric: (logits + logits^T) * scale) of this thread's 8 x 4 entries; 0
-// outside the matrix. Read once per call, through any strides.
+// outside the matrix. Read once per call, through any strides. The transposed tile goes through
+// shared memory in chunks of 32 of its columns, read along the logits' rows (each chunk: the logits
+// rows col0 .. col0 + 31 at this tile's row indices), so that both reads are coalesced for
+// row-major logits.
 template <typename T, bool SYM, int WARPS>
-__device__ void load_s0(const Frame<WARPS>& f, const T* __restrict__ x, int64_t s0, int64_t s1, int64_t s2,
-                        float scale, float (&out)[kRowsPerWarp][kColsPerLane]) {
+__device__ void load_s0(const Frame<WARPS>& f, Smem<WARPS>& sm, const T* __restrict__ x, int64_t s0, int64_t s1,
+                        int64_t s2, float scale, float (&out)[kRowsPerWarp][kColsPerLane]) {
+  using S = Shape<WARPS>;
   const T* base = x + f.mat * s0;
 #pragma unroll
   for (int i = 0; i < kRowsPerWarp; ++i) {
 #pragma unroll
     for (int j = 0; j < kColsPerLane; ++j) {
       const int64_t r = f.row0 + i, c = f.col0 + j;
-      float v = 0.f;
-      if (f.row_ok(i) && f.col_ok(j)) {
-        v = static_cast<float>(base[r * s1 + c * s2]);
-        if constexpr (SYM) v = __fadd_rn(v, static_cast<float>(base[c * s1 + r * s2]));
-        v = __fmul_rn(v, scale);
-      }
-      out[i][j] = v;
+      out[i][j] = f.row_ok(i) && f.col_ok(j) ? static_cast<float>(base[r * s1 + c * s2]) : 0.f;
     }
+  }
+  if constexpr (SYM) {
+    const int tile_row0 = f.p * S::kRows, tile_col0 = f.q * kTileCols;
+    const int row_in_tile = f.warp * kRowsPerWarp;
+    for (int c0 = 0; c0 < kTileCols; c0 += kStageCols) {
+      __syncthreads();  // the previous chunk is read
+      for (int idx = f.tid; idx < kStageCols * S::kRows; idx += S::kThreads) {
+        const int c = idx / S::kRows, r = idx % S::kRows;
+        const int64_t mc = tile_col0 + c0 + c, mr = tile_row0 + r;  // logits row mc, column mr
+        sm.stage[c][r] = mc < f.n && mr < f.n ? static_cast<float>(base[mc * s1 + mr * s2]) : 0.f;
+      }
+      __syncthreads();
+      const int lc = f.lane * kColsPerLane - c0;  // this thread's first column within the chunk
+      if (lc >= 0 && lc < kStageCols) {
+#pragma unroll
+        for (int i = 0; i < kRowsPerWarp; ++i) {
+#pragma unroll
+          for (int j = 0; j < kColsPerLane; ++j) out[i][j] = __fadd_rn(out[i][j], sm.stage[lc + j][row_in_tile + i]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+#pragma unroll
+    for (int j = 0; j < kColsPerLane; ++j) out[i][j] = __fmul_rn(out[i][j], scale);
   }
 }
 
@@ -380,7 +410,7 @@ __global__ void __launch_bounds__(WARPS * kWarpSize, 1) sinkhorn_fwd_kernel(
   U += f.mat * K * n;
   V += f.mat * K * n;
   float t[kRowsPerWarp][kColsPerLane];
-  load_s0<T, SYM>(f, x, s0, s1, s2, scale, t);
+  load_s0<T, SYM>(f, sm, x, s0, s1, s2, scale, t);
 #pragma unroll
   for (int i = 0; i < kRowsPerWarp; ++i) {
 #pragma unroll
@@ -502,7 +532,7 @@ __global__ void __launch_bounds__(WARPS * kWarpSize, 1) sinkhorn_bwd_kernel(
     for (int j = 0; j < kColsPerLane; ++j) v[j] = f.col_ok(j) ? V[static_cast<int64_t>(k) * n + f.col0 + j] * kLog2e : 0.f;
   };
   float t[kRowsPerWarp][kColsPerLane];
-  load_s0<T, SYM>(f, x, s0, s1, s2, scale, t);
+  load_s0<T, SYM>(f, sm, x, s0, s1, s2, scale, t);
   float u[kRowsPerWarp], v[kColsPerLane], v1[kColsPerLane];
 #pragma unroll
   for (int i = 0; i < kRowsPerWarp; ++i) u[i] = f.row_ok(i) ? U[f.row0 + i] : 0.f;
@@ -667,13 +697,24 @@ cudaLaunchConfig_t launch_config(const Plan& plan, int64_t n_mat, cudaLaunchAttr
   return config;
 }
 
-// Clusters of `kernel` the device holds at once with this plan.
+// Clusters of `kernel` the device holds at once with this plan's block and cluster shape (it does not
+// depend on the grid). Queried once per kernel, cluster size and device, on the stream the launch
+// uses: a query on the legacy default stream would break a CUDA graph capture in progress.
 template <typename K>
-int clusters_at_once(K kernel, const Plan& plan, int64_t n_mat) {
+int clusters_at_once(K kernel, const Plan& plan, int64_t n_mat, cudaStream_t stream) {
+  static std::mutex mutex;
+  static std::map<std::tuple<const void*, int, int>, int> known;
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), plan.n_ct, device);
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto it = known.find(key);
+  if (it != known.end()) return it->second;
   cudaLaunchAttribute attr[1];
-  const cudaLaunchConfig_t config = launch_config(plan, n_mat, attr, nullptr);
+  const cudaLaunchConfig_t config = launch_config(plan, n_mat, attr, stream);
   int clusters = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
+  known.emplace(key, clusters);
   return clusters;
 }
 
@@ -768,7 +809,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd(const at::Tensor& lo
         constexpr bool S = decltype(sym)::value;
         auto fits = [&](int warps, const Plan& plan, int64_t mats) {
           int out = 0;
-          with_warps(warps, [&](auto w) { out = clusters_at_once(sinkhorn_fwd_kernel<T, decltype(w)::value, S>, plan, mats); });
+          with_warps(warps, [&](auto w) { out = clusters_at_once(sinkhorn_fwd_kernel<T, decltype(w)::value, S>, plan, mats, stream); });
           return out;
         };
         const Plan plan = choose_plan(n, n_mat, fits, "forward");
@@ -830,7 +871,7 @@ at::Tensor sinkhorn_bwd(const at::Tensor& dp, const at::Tensor& logits, const at
         constexpr bool S = decltype(sym)::value;
         auto fits = [&](int warps, const Plan& plan, int64_t mats) {
           int out = 0;
-          with_warps(warps, [&](auto w) { out = clusters_at_once(sinkhorn_bwd_kernel<T, decltype(w)::value, S>, plan, mats); });
+          with_warps(warps, [&](auto w) { out = clusters_at_once(sinkhorn_bwd_kernel<T, decltype(w)::value, S>, plan, mats, stream); });
           return out;
         };
         const Plan plan = choose_plan(static_cast<int>(n), n_mat, fits, "backward");

@@ -150,7 +150,7 @@ def test_sinkhorn_cuda_refuses_too_many_matrices():
 
 def test_sinkhorn_cuda_warps_switch_checked(monkeypatch):
     monkeypatch.setenv("UNIMIXER_SINKHORN_CUDA_WARPS", "12")
-    with pytest.raises(RuntimeError, match="UNIMIXER_SINKHORN_CUDA_WARPS: expected 'auto', '8' or '16'"):
+    with pytest.raises(ValueError, match="UNIMIXER_SINKHORN_CUDA_WARPS: expected 'auto', '8' or '16'"):
         uk.sinkhorn(torch.randn(64, 64, device="cuda"), 0.05, 3, backend="cuda")
 
 

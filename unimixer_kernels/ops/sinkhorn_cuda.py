@@ -19,6 +19,7 @@ synchronises after each launch and raises if a wait for partials timed out (the 
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 from torch import Tensor
@@ -67,9 +68,15 @@ if _library_loaded():
     _register_python_parts()
 
 
+WARPS_SWITCH = "UNIMIXER_SINKHORN_CUDA_WARPS"
+
+
 @SINKHORN.register("cuda")
 def _sinkhorn_cuda(logits: Tensor, tau: float, iters: int, symmetric: bool) -> Tensor:
     # checked here, before the library is called: its own checks are a second line of defence
+    warps = os.environ.get(WARPS_SWITCH, "auto") or "auto"
+    if warps not in ("auto", "8", "16"):
+        raise ValueError(f"{WARPS_SWITCH}: expected 'auto', '8' or '16', got {warps!r}")
     if logits.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"logits: the cuda backend takes dtype in {SUPPORTED_DTYPES}, got {logits.dtype} "
                         "(use backend='reference' for float64)")

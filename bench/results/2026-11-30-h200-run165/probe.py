@@ -1,0 +1,51 @@
+"""Probe (run164's, again): the cuda backend's Sinkhorn (csrc/sinkhorn.cu; since run164 the symmetric
+logits' transposed tile read through shared memory, coalesced, and the residency query cached) against the Triton resident kernels, each step under one captured
+CUDA graph, three rounds alternating: n = 1024 (the cuda kernels on 128-row tiles, 16 warps) at K = 20
+and K = 2, whose difference over 18 is the cost of one iteration; and n = 512, where both tile heights
+fit, with 8 and 16 warps.
+
+    PYTHONPATH=$PWD python probe.py   (on a GPU, from the repository root, the extension built)
+"""
+
+import os
+
+import torch
+
+import unimixer_kernels as uk
+from bench.timing import graph_replay_us
+
+TAU = 0.05
+
+
+def step(x, g, backend, iters, bwd):
+    def fn():
+        p = uk.sinkhorn(x, TAU, iters, True, backend=backend)
+        return torch.autograd.grad(p, x, g)[0] if bwd else p
+    return fn
+
+
+CASES = [(1024, 20, "triton", "auto"), (1024, 20, "cuda", "auto"), (1024, 2, "triton", "auto"),
+         (1024, 2, "cuda", "auto"), (512, 20, "triton", "auto"), (512, 20, "cuda", "8"),
+         (512, 20, "cuda", "16")]
+inputs = {n: (torch.randn(n, n, device="cuda").requires_grad_(), torch.randn(n, n, device="cuda"))
+          for n in (512, 1024)}
+for rnd in range(3):
+    for bwd in (False, True):
+        for n, iters, backend, warps in CASES:
+            os.environ["UNIMIXER_SINKHORN_CUDA_WARPS"] = warps
+            us = graph_replay_us(step(*inputs[n], backend, iters, bwd), reps=50, runs=5)
+            mode = "fwd+bwd" if bwd else "fwd"
+            print(f"round {rnd} n={n:4d} K={iters:2d} {mode:7s} {backend:6s} warps={warps:4s} {us:8.1f} us",
+                  flush=True)
+os.environ["UNIMIXER_SINKHORN_CUDA_WARPS"] = "auto"
+
+x, g = inputs[1024]
+for sym in (True, False):
+    outs = {}
+    for backend in ("triton", "cuda"):
+        p = uk.sinkhorn(x, TAU, 20, sym, backend=backend)
+        outs[backend] = (p.detach(), torch.autograd.grad(p, x, g)[0])
+    (pt, dt), (pc, dc) = outs["triton"], outs["cuda"]
+    print(f"symmetric={sym}: max|P_cuda - P_triton| {(pc - pt).abs().max().item():.3e} of "
+          f"{pt.abs().max().item():.3e}; max|dX_cuda - dX_triton| {(dc - dt).abs().max().item():.3e} of "
+          f"{dt.abs().max().item():.3e}")
