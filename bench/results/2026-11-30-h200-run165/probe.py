@@ -1,8 +1,9 @@
 """Probe (run164's, again): the cuda backend's Sinkhorn (csrc/sinkhorn.cu; since run164 the symmetric
-logits' transposed tile read through shared memory, coalesced, and the residency query cached) against the Triton resident kernels, each step under one captured
-CUDA graph, three rounds alternating: n = 1024 (the cuda kernels on 128-row tiles, 16 warps) at K = 20
-and K = 2, whose difference over 18 is the cost of one iteration; and n = 512, where both tile heights
-fit, with 8 and 16 warps.
+logits' transposed tile read through shared memory, coalesced, and the residency query cached)
+against the Triton resident kernels, each step under one captured CUDA graph, three rounds
+alternating: n = 1024 (the cuda kernels on 128-row tiles, 16 warps) at K = 20 and K = 2, whose
+difference over 18 is the cost of one iteration; and n = 512, where both tile heights fit, with 8 and
+16 warps.
 
     PYTHONPATH=$PWD python probe.py   (on a GPU, from the repository root, the extension built)
 """
