@@ -110,26 +110,24 @@ def test_sinkhorn_cuda_deterministic():
 
 
 def test_sinkhorn_cuda_cuda_graph(monkeypatch):
-    x = random_input((1024, 1024), torch.float32, "cuda", requires_grad=True)
+    from bench.timing import capture_graph
+
+    x = random_input((1024, 1024), torch.float32, "cuda")
     g = torch.randn(1024, 1024, device="cuda")
-    expect_p = uk.sinkhorn(x, 0.05, 20, True, backend="cuda")
-    (expect_dx,) = torch.autograd.grad(expect_p, x, g)
+
+    def step(leaf):
+        p = uk.sinkhorn(leaf, 0.05, 20, True, backend="cuda")
+        return p, torch.autograd.grad(p, leaf, g)[0]
+
+    expect = step(x.clone().requires_grad_())
     # the check synchronises, which a capture cannot: it ran above
     monkeypatch.delenv("UNIMIXER_SINKHORN_CHECK")
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm up off the default stream, as capture needs
-        p = uk.sinkhorn(x, 0.05, 20, True, backend="cuda")
-        torch.autograd.grad(p, x, g)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        p = uk.sinkhorn(x, 0.05, 20, True, backend="cuda")
-        (dx,) = torch.autograd.grad(p, x, g)
+    leaf = x.clone().requires_grad_()  # a leaf of its own: its gradient's stream is the capture's
+    graph, out = capture_graph(lambda: step(leaf))
     for _ in range(3):
         graph.replay()
     torch.cuda.synchronize()
-    assert torch.equal(p, expect_p) and torch.equal(dx, expect_dx)
+    assert torch.equal(out[0], expect[0]) and torch.equal(out[1], expect[1])
 
 
 def test_sinkhorn_cuda_empty_batch():
