@@ -14,6 +14,9 @@ and the autograd formula (shared with the Triton backend, ``ops/sinkhorn.py``) a
 Environment: ``UNIMIXER_SINKHORN_CUDA_WARPS`` = ``auto`` | ``8`` | ``16`` (64- or 128-row tiles;
 ``auto`` takes 64 where every cluster fits the device at once); ``UNIMIXER_SINKHORN_CHECK=1``
 synchronises after each launch and raises if a wait for partials timed out (the tests).
+
+``torch.compile``: the graph holds the library's ops, which must be loaded before tracing (one eager
+call of the backend, or :func:`cuda_ops`), as for the ``cuda`` backend of ``rms_norm``.
 """
 
 from __future__ import annotations
@@ -90,4 +93,7 @@ def _sinkhorn_cuda(logits: Tensor, tau: float, iters: int, symmetric: bool) -> T
         raise ValueError(f"logits: the cuda backend keeps every 128 x 128 tile of the batch resident at "
                          f"once, at most {MAX_BLOCKS} tiles; {n_mat} matrices of n = {n} have {blocks}. Use "
                          "backend='triton', or fewer matrices per call")
-    return cuda_ops().sinkhorn_fwd(logits, tau, iters, symmetric)[0]
+    # under torch.compile the library is already loaded and registered (dynamo cannot trace the loading,
+    # an import): by an eager call of the backend or by cuda_ops() before the compiled call
+    ops = torch.ops.unimixer_C if torch.compiler.is_compiling() else cuda_ops()
+    return ops.sinkhorn_fwd(logits, tau, iters, symmetric)[0]
