@@ -162,7 +162,7 @@ def test_sinkhorn_cuda_opcheck(symmetric):
 
 
 def test_sinkhorn_cuda_compile_fullgraph():
-    sinkhorn_cuda.cuda_ops()  # the library loaded before tracing, as the backend's docstring asks
+    uk.sinkhorn(torch.randn(8, 8, device="cuda"), backend="cuda")  # loaded before tracing (the docstring)
     torch._dynamo.reset()
     fn = torch.compile(lambda t: uk.sinkhorn(t, 0.3, 4, True, backend="cuda"), fullgraph=True)
     x = random_input((3, 200, 200), torch.float32, "cuda", requires_grad=True)

@@ -15,8 +15,8 @@ Environment: ``UNIMIXER_SINKHORN_CUDA_WARPS`` = ``auto`` | ``8`` | ``16`` (64- o
 ``auto`` takes 64 where every cluster fits the device at once); ``UNIMIXER_SINKHORN_CHECK=1``
 synchronises after each launch and raises if a wait for partials timed out (the tests).
 
-``torch.compile``: the graph holds the library's ops, which must be loaded before tracing (one eager
-call of the backend, or :func:`cuda_ops`), as for the ``cuda`` backend of ``rms_norm``.
+``torch.compile``: the graph holds the library's ops, which must be loaded before tracing: one eager
+call of the backend in the process does it (dynamo cannot trace the loading, an import).
 """
 
 from __future__ import annotations
@@ -93,7 +93,6 @@ def _sinkhorn_cuda(logits: Tensor, tau: float, iters: int, symmetric: bool) -> T
         raise ValueError(f"logits: the cuda backend keeps every 128 x 128 tile of the batch resident at "
                          f"once, at most {MAX_BLOCKS} tiles; {n_mat} matrices of n = {n} have {blocks}. Use "
                          "backend='triton', or fewer matrices per call")
-    # under torch.compile the library is already loaded and registered (dynamo cannot trace the loading,
-    # an import): by an eager call of the backend or by cuda_ops() before the compiled call
+    # under torch.compile the library is already loaded and registered (the module docstring)
     ops = torch.ops.unimixer_C if torch.compiler.is_compiling() else cuda_ops()
     return ops.sinkhorn_fwd(logits, tau, iters, symmetric)[0]
