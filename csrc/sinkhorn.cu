@@ -5,10 +5,15 @@
 // iteration reduces with its maximum (log-sum-exp), the later ones as plain sums of one exponential
 // per entry; the backward is the unrolled K-step map's.
 //
-// What differs is how the tiles exchange their partial sums. A matrix is cut into tiles of
-// kRows x 128 (kRows = 8 rows per warp: 64 at 8 warps, 128 at 16), one block per tile, every block
-// resident for the whole call, the tile in registers. A row band's tiles (n_ct = ceil(n / 128) <= 8
-// of them) form one thread-block cluster:
+// What differs is how the tiles exchange their partial sums. A matrix is cut into tiles, one block
+// per tile, every block resident for the whole call, the tile in registers: a warp holds ROWS rows,
+// a lane COLS columns of them (ROWS * COLS = 32 entries a thread). Three shapes:
+//
+//   64 x 128   8 warps,  8 rows x 4 columns a lane, clusters of up to 8 blocks;
+//   128 x 64   8 warps, 16 rows x 2 columns a lane, clusters of up to 16 (non-portable);
+//   128 x 128 16 warps,  8 rows x 4 columns a lane, clusters of up to 8.
+//
+// A row band's tiles (n_ct = ceil(n / tile columns) of them) form one thread-block cluster:
 //
 //   * row steps exchange through distributed shared memory: each block writes its rows' partials
 //     into its own shared memory, one cluster barrier (release / acquire), then each reads its
@@ -34,6 +39,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <tuple>
 
@@ -48,36 +54,44 @@ namespace {
 
 namespace cg = cooperative_groups;
 
-constexpr int kTileCols = 128;   // 32 lanes x 4 columns
-constexpr int kRowsPerWarp = 8;  // a lane holds 8 rows x 4 columns of its warp's rows
-constexpr int kColsPerLane = 4;
-constexpr int kMaxClusterBlocks = 8;  // the portable cluster size: n <= 8 * 128
-constexpr int kMaxN = kMaxClusterBlocks * kTileCols;
-constexpr long long kMaxSpins = 1ll << 24;  // polls (~1 us each) before a wait counts a failure
+constexpr int kMaxN = 1024;                  // a row band in one cluster: 8 tiles of 128 or 16 of 64
+constexpr long long kMaxSpins = 1ll << 24;   // polls (~1 us each) before a wait counts a failure
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr unsigned kFull = 0xffffffffu;
+constexpr int kStageCols = 32;  // tile columns per chunk of the transposed read (symmetric logits)
 
 using Word = unsigned long long;
 
-template <int WARPS>
+template <int WARPS_, int ROWS_, int COLS_>
 struct Shape {
-  static constexpr int kThreads = WARPS * kWarpSize;
-  static constexpr int kRows = WARPS * kRowsPerWarp;
-  static constexpr int kGroups = kThreads / kTileCols;      // threads per column in the column wait
-  static constexpr int kMaxRowTiles = kMaxN / kRows;        // 16 at 8 warps, 8 at 16
-  static constexpr int kWaitWords = kMaxRowTiles / kGroups;  // words a thread polls at most
+  static constexpr int kWarps = WARPS_;
+  static constexpr int kRowsPerWarp = ROWS_;
+  static constexpr int kColsPerLane = COLS_;
+  static constexpr int kThreads = WARPS_ * kWarpSize;
+  static constexpr int kRows = WARPS_ * ROWS_;              // tile rows
+  static constexpr int kCols = kWarpSize * COLS_;           // tile columns
+  static constexpr int kLanesPerRow = kWarpSize / ROWS_;    // lanes holding one row after the reduction
+  static constexpr int kMaxCluster = kMaxN / kCols;         // blocks of a row band at most
+  static constexpr int kRankReads = kMaxCluster / kLanesPerRow;  // peers' words a lane reads at most
+  static constexpr int kGroups = kThreads / kCols;          // threads per column in the column wait
+  static constexpr int kMaxRowTiles = kMaxN / kRows;
+  static constexpr int kWaitWords = (kMaxRowTiles + kGroups - 1) / kGroups;  // words a thread polls at most
+  static_assert(kWarpSize % ROWS_ == 0 && kThreads % kCols == 0 && kCols % kStageCols == 0, "tile shape");
+  static_assert(kStageCols % COLS_ == 0, "a lane's columns lie in one chunk of the transposed read");
 };
 
-constexpr int kStageCols = 32;  // tile columns per chunk of the transposed read (symmetric logits)
+using Tile64x128 = Shape<8, 8, 4>;
+using Tile128x64 = Shape<8, 16, 2>;
+using Tile128x128 = Shape<16, 8, 4>;
 
-template <int WARPS>
+template <class S>
 struct Smem {
-  float stage[kStageCols][Shape<WARPS>::kRows + 1];  // a chunk of the transposed tile, padded
-  float rowpart[2][Shape<WARPS>::kRows];             // this block's row partials (read by the cluster)
-  float colred[WARPS][kTileCols];                    // per-warp column partials
-  float colm[kTileCols];                             // the first iteration's column maxima
-  float colpart[Shape<WARPS>::kMaxRowTiles][kTileCols];  // the column band's partials
+  float stage[kStageCols][S::kRows + 1];  // a chunk of the transposed tile, padded
+  float rowpart[2][S::kRows];             // this block's row partials (read by the cluster)
+  float colred[S::kWarps][S::kCols];      // per-warp column partials
+  float colm[S::kCols];                   // the first iteration's column maxima
+  float colpart[S::kMaxRowTiles][S::kCols];  // the column band's partials
 };
 
 __device__ __forceinline__ float ex2(float x) {
@@ -119,8 +133,8 @@ __device__ __forceinline__ Word load_word(const Word* p) {
 
 __device__ __forceinline__ bool has_tag(Word w, int tag) { return static_cast<int>(w >> 32) == tag; }
 
-// One tile's view of the launch: which block, which rows and columns, its row band's cluster.
-template <int WARPS>
+// One tile's view of the launch: which block, which rows and columns.
+template <class S>
 struct Frame {
   int tid, warp, lane, p, q, n, n_rt, n_ct;
   int64_t mat;
@@ -132,35 +146,36 @@ struct Frame {
     p = blockIdx.x / n_ct;
     q = blockIdx.x % n_ct;  // the block's rank in its cluster
     mat = blockIdx.y;
-    row0 = p * Shape<WARPS>::kRows + warp * kRowsPerWarp;
-    col0 = q * kTileCols + lane * kColsPerLane;
+    row0 = p * S::kRows + warp * S::kRowsPerWarp;
+    col0 = q * S::kCols + lane * S::kColsPerLane;
   }
   __device__ bool row_ok(int i) const { return row0 + i < n; }
   __device__ bool col_ok(int j) const { return col0 + j < n; }
 };
 
-// S0 = logits * scale (symmetric: (logits + logits^T) * scale) of this thread's 8 x 4 entries; 0
-// outside the matrix. Read once per call, through any strides. The transposed tile goes through
-// shared memory in chunks of 32 of its columns, read along the logits' rows (each chunk: the logits
-// rows col0 .. col0 + 31 at this tile's row indices), so that both reads are coalesced for
-// row-major logits.
-template <typename T, bool SYM, int WARPS>
-__device__ void load_s0(const Frame<WARPS>& f, Smem<WARPS>& sm, const T* __restrict__ x, int64_t s0, int64_t s1,
-                        int64_t s2, float scale, float (&out)[kRowsPerWarp][kColsPerLane]) {
-  using S = Shape<WARPS>;
+template <class S>
+using TileRegs = float[S::kRowsPerWarp][S::kColsPerLane];
+
+// S0 = logits * scale (symmetric: (logits + logits^T) * scale) of this thread's entries; 0 outside the
+// matrix. Read once per call, through any strides. The transposed tile goes through shared memory in
+// chunks of 32 of its columns, read along the logits' rows (each chunk: the logits rows col0 ..
+// col0 + 31 at this tile's row indices), so that both reads are coalesced for row-major logits.
+template <typename T, bool SYM, class S>
+__device__ void load_s0(const Frame<S>& f, Smem<S>& sm, const T* __restrict__ x, int64_t s0, int64_t s1,
+                        int64_t s2, float scale, TileRegs<S>& out) {
   const T* base = x + f.mat * s0;
 #pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i) {
+  for (int i = 0; i < S::kRowsPerWarp; ++i) {
 #pragma unroll
-    for (int j = 0; j < kColsPerLane; ++j) {
+    for (int j = 0; j < S::kColsPerLane; ++j) {
       const int64_t r = f.row0 + i, c = f.col0 + j;
       out[i][j] = f.row_ok(i) && f.col_ok(j) ? static_cast<float>(base[r * s1 + c * s2]) : 0.f;
     }
   }
   if constexpr (SYM) {
-    const int tile_row0 = f.p * S::kRows, tile_col0 = f.q * kTileCols;
-    const int row_in_tile = f.warp * kRowsPerWarp;
-    for (int c0 = 0; c0 < kTileCols; c0 += kStageCols) {
+    const int tile_row0 = f.p * S::kRows, tile_col0 = f.q * S::kCols;
+    const int row_in_tile = f.warp * S::kRowsPerWarp;
+    for (int c0 = 0; c0 < S::kCols; c0 += kStageCols) {
       __syncthreads();  // the previous chunk is read
       for (int idx = f.tid; idx < kStageCols * S::kRows; idx += S::kThreads) {
         const int c = idx / S::kRows, r = idx % S::kRows;
@@ -168,160 +183,185 @@ __device__ void load_s0(const Frame<WARPS>& f, Smem<WARPS>& sm, const T* __restr
         sm.stage[c][r] = mc < f.n && mr < f.n ? static_cast<float>(base[mc * s1 + mr * s2]) : 0.f;
       }
       __syncthreads();
-      const int lc = f.lane * kColsPerLane - c0;  // this thread's first column within the chunk
+      const int lc = f.lane * S::kColsPerLane - c0;  // this thread's first column within the chunk
       if (lc >= 0 && lc < kStageCols) {
 #pragma unroll
-        for (int i = 0; i < kRowsPerWarp; ++i) {
+        for (int i = 0; i < S::kRowsPerWarp; ++i) {
 #pragma unroll
-          for (int j = 0; j < kColsPerLane; ++j) out[i][j] = __fadd_rn(out[i][j], sm.stage[lc + j][row_in_tile + i]);
+          for (int j = 0; j < S::kColsPerLane; ++j) {
+            out[i][j] = __fadd_rn(out[i][j], sm.stage[lc + j][row_in_tile + i]);
+          }
         }
       }
     }
   }
 #pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i) {
+  for (int i = 0; i < S::kRowsPerWarp; ++i) {
 #pragma unroll
-    for (int j = 0; j < kColsPerLane; ++j) out[i][j] = __fmul_rn(out[i][j], scale);
+    for (int j = 0; j < S::kColsPerLane; ++j) out[i][j] = __fmul_rn(out[i][j], scale);
   }
 }
 
 // --- row steps: the cluster --------------------------------------------------------------------
 //
-// A warp's 8 rows are reduced across its 32 lanes by halving: 8 values per lane, then 4, 2 and 1
-// (3 shuffles that exchange halves), then 2 plain ones: 9 shuffles instead of 40, and lane l ends
-// holding the total of row l / 4 % 8 (4 lanes per row). Everything per row (the exchange, its
-// logarithm and reciprocal) then happens once per lane, and `broadcast_rows` hands the 8 rows'
-// values back to every lane.
+// A warp's ROWS rows are reduced across its 32 lanes by halving: ROWS values per lane, then half as
+// many (each step a shuffle that exchanges halves), down to one, then plain shuffles across the
+// kLanesPerRow lanes left per row: 9 shuffles at 8 rows (40 one row at a time), 10 at 16. Lane l ends
+// holding row lane_row(l). Everything per row (the exchange, its logarithm and reciprocal) then happens
+// once per lane, and `broadcast_rows` hands the rows' values back to every lane.
 
-__device__ __forceinline__ int lane_row(int lane) { return (lane >> 2) & 7; }
+template <class S>
+__device__ __forceinline__ int lane_row(int lane) {
+  return (lane / S::kLanesPerRow) % S::kRowsPerWarp;
+}
 
-// Sum over the warp of each of the 8 rows: returns row lane_row(lane)'s total.
-__device__ __forceinline__ float warp_row_sum(const float (&v)[kRowsPerWarp], int lane) {
-  const bool b4 = lane & 16, b3 = lane & 8, b2 = lane & 4;
-  float w[4], x[2];
+// One halving step of warp_row_sum and the ones after it: lanes with `MASK` set keep the upper HALF of
+// w[0 .. 2 HALF) and add their partner's, the others the lower half.
+template <int HALF, int MASK, int N>
+__device__ __forceinline__ void halve_rows(float (&w)[N], int lane) {
+  if constexpr (HALF >= 1) {
+    const bool upper = lane & MASK;
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const float send = b4 ? v[k] : v[k + 4];
-    w[k] = (b4 ? v[k + 4] : v[k]) + __shfl_xor_sync(kFull, send, 16);
+    for (int k = 0; k < HALF; ++k) {
+      const float send = upper ? w[k] : w[k + HALF];
+      w[k] = (upper ? w[k + HALF] : w[k]) + __shfl_xor_sync(kFull, send, MASK);
+    }
+    halve_rows<HALF / 2, MASK / 2>(w, lane);
   }
+}
+
+// Sum over the warp of each of the warp's rows: returns row lane_row(lane)'s total.
+template <class S>
+__device__ __forceinline__ float warp_row_sum(const float (&v)[S::kRowsPerWarp], int lane) {
+  float w[S::kRowsPerWarp];
 #pragma unroll
-  for (int k = 0; k < 2; ++k) {
-    const float send = b3 ? w[k] : w[k + 2];
-    x[k] = (b3 ? w[k + 2] : w[k]) + __shfl_xor_sync(kFull, send, 8);
-  }
-  float y = (b2 ? x[1] : x[0]) + __shfl_xor_sync(kFull, b2 ? x[0] : x[1], 4);
-  y += __shfl_xor_sync(kFull, y, 2);
-  y += __shfl_xor_sync(kFull, y, 1);
+  for (int k = 0; k < S::kRowsPerWarp; ++k) w[k] = v[k];
+  halve_rows<S::kRowsPerWarp / 2, kWarpSize / 2>(w, lane);
+  float y = w[0];
+#pragma unroll
+  for (int m = S::kLanesPerRow / 2; m >= 1; m /= 2) y += __shfl_xor_sync(kFull, y, m);
   return y;
 }
 
-// The value of row lane_row(lane) among 8 per-row values every lane holds.
-__device__ __forceinline__ float own_row(const float (&r)[kRowsPerWarp], int lane) {
-  const int i = lane_row(lane);
+// The value of row lane_row(lane) among per-row values every lane holds.
+template <class S>
+__device__ __forceinline__ float own_row(const float (&r)[S::kRowsPerWarp], int lane) {
+  const int i = lane_row<S>(lane);
   float mine = r[0];
 #pragma unroll
-  for (int k = 1; k < kRowsPerWarp; ++k) mine = i == k ? r[k] : mine;
+  for (int k = 1; k < S::kRowsPerWarp; ++k) mine = i == k ? r[k] : mine;
   return mine;
 }
 
-// Every lane gets the 8 rows' values from the lanes holding them.
-__device__ __forceinline__ void broadcast_rows(float mine, float (&r)[kRowsPerWarp]) {
+// Every lane gets the rows' values from the lanes holding them.
+template <class S>
+__device__ __forceinline__ void broadcast_rows(float mine, float (&r)[S::kRowsPerWarp]) {
 #pragma unroll
-  for (int k = 0; k < kRowsPerWarp; ++k) r[k] = __shfl_sync(kFull, mine, 4 * k);
+  for (int k = 0; k < S::kRowsPerWarp; ++k) r[k] = __shfl_sync(kFull, mine, k * S::kLanesPerRow);
 }
 
-// `mine`: this tile's partial of row lane_row(lane). Returns that row's total over the row band's
-// n_ct tiles (a sum, or with LSE a log-sum-exp). `buf`: this step's copy of the block's row partials.
-template <bool LSE, int WARPS>
-__device__ float row_exchange(const Frame<WARPS>& f, cg::cluster_group& cluster, float* buf, float mine) {
-  const int i = lane_row(f.lane), rank = f.lane & 3;
-  float* slot = buf + f.warp * kRowsPerWarp + i;
-  if (rank == 0) *slot = mine;
+// `mine`: this tile's partial of row lane_row(lane). Returns that row's total over the row band's n_ct
+// tiles (a sum, or with LSE a log-sum-exp). `buf`: this step's copy of the block's row partials.
+template <bool LSE, class S>
+__device__ float row_exchange(const Frame<S>& f, cg::cluster_group& cluster, float* buf, float mine) {
+  const int rank0 = f.lane % S::kLanesPerRow;
+  float* slot = buf + f.warp * S::kRowsPerWarp + lane_row<S>(f.lane);
+  if (rank0 == 0) *slot = mine;
   cluster.sync();  // release this block's partials, acquire the peers'
-  // the 4 lanes of a row read ranks rank and rank + 4
+  // the lanes of a row read ranks rank0, rank0 + kLanesPerRow, ...
   const float none = LSE ? -INFINITY : 0.f;
-  const float a = rank < f.n_ct ? *cluster.map_shared_rank(slot, rank) : none;
-  const float b = rank + 4 < f.n_ct ? *cluster.map_shared_rank(slot, rank + 4) : none;
+  float a[S::kRankReads];
+#pragma unroll
+  for (int k = 0; k < S::kRankReads; ++k) {
+    const int rank = rank0 + k * S::kLanesPerRow;
+    a[k] = rank < f.n_ct ? *cluster.map_shared_rank(slot, rank) : none;
+  }
   if constexpr (LSE) {
-    float m = fmaxf(a, b);
-    m = fmaxf(m, __shfl_xor_sync(kFull, m, 1));
-    m = lse_shift(fmaxf(m, __shfl_xor_sync(kFull, m, 2)));
-    float s = __fadd_rn(ex2((a - m) * kLog2e), ex2((b - m) * kLog2e));
-    s += __shfl_xor_sync(kFull, s, 1);
-    s += __shfl_xor_sync(kFull, s, 2);
+    float m = a[0];
+#pragma unroll
+    for (int k = 1; k < S::kRankReads; ++k) m = fmaxf(m, a[k]);
+#pragma unroll
+    for (int x = S::kLanesPerRow / 2; x >= 1; x /= 2) m = fmaxf(m, __shfl_xor_sync(kFull, m, x));
+    m = lse_shift(m);
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < S::kRankReads; ++k) s = __fadd_rn(s, ex2((a[k] - m) * kLog2e));
+#pragma unroll
+    for (int x = S::kLanesPerRow / 2; x >= 1; x /= 2) s += __shfl_xor_sync(kFull, s, x);
     return lse_finish(m, s);
   } else {
-    float total = a + b;
-    total += __shfl_xor_sync(kFull, total, 1);
-    total += __shfl_xor_sync(kFull, total, 2);
+    float total = a[0];
+#pragma unroll
+    for (int k = 1; k < S::kRankReads; ++k) total += a[k];
+#pragma unroll
+    for (int x = S::kLanesPerRow / 2; x >= 1; x /= 2) total += __shfl_xor_sync(kFull, total, x);
     return total;
   }
 }
 
 // --- column steps: global tagged words ---------------------------------------------------------
 
-// The tile's column sums of `v` (this thread's 4 columns summed over its 8 rows in `c`); valid in
-// threads tid < 128 (column tid).
-template <int WARPS>
-__device__ float col_tile_sum(const Frame<WARPS>& f, Smem<WARPS>& sm, const float (&c)[kColsPerLane]) {
-  *reinterpret_cast<float4*>(&sm.colred[f.warp][f.lane * kColsPerLane]) = make_float4(c[0], c[1], c[2], c[3]);
+// The tile's column sums of this thread's column partials `c` (its columns summed over its rows);
+// valid in threads tid < kCols (column tid).
+template <class S>
+__device__ float col_tile_sum(const Frame<S>& f, Smem<S>& sm, const float (&c)[S::kColsPerLane]) {
+#pragma unroll
+  for (int j = 0; j < S::kColsPerLane; ++j) sm.colred[f.warp][f.lane * S::kColsPerLane + j] = c[j];
   __syncthreads();
   float part = 0.f;
-  if (f.tid < kTileCols) {
+  if (f.tid < S::kCols) {
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) part += sm.colred[w][f.tid];
+    for (int w = 0; w < S::kWarps; ++w) part += sm.colred[w][f.tid];
   }
   return part;
 }
 
-// The tile's column log-sum-exps of x (-inf outside the matrix); valid in threads tid < 128.
-template <int WARPS>
-__device__ float col_tile_lse(const Frame<WARPS>& f, Smem<WARPS>& sm,
-                              const float (&x)[kRowsPerWarp][kColsPerLane]) {
-  float c[kColsPerLane];
+// The tile's column log-sum-exps of x (-inf outside the matrix); valid in threads tid < kCols.
+template <class S>
+__device__ float col_tile_lse(const Frame<S>& f, Smem<S>& sm, const TileRegs<S>& x) {
+  float c[S::kColsPerLane];
 #pragma unroll
-  for (int j = 0; j < kColsPerLane; ++j) {
+  for (int j = 0; j < S::kColsPerLane; ++j) {
     c[j] = x[0][j];
 #pragma unroll
-    for (int i = 1; i < kRowsPerWarp; ++i) c[j] = fmaxf(c[j], x[i][j]);
+    for (int i = 1; i < S::kRowsPerWarp; ++i) c[j] = fmaxf(c[j], x[i][j]);
+    sm.colred[f.warp][f.lane * S::kColsPerLane + j] = c[j];
   }
-  *reinterpret_cast<float4*>(&sm.colred[f.warp][f.lane * kColsPerLane]) = make_float4(c[0], c[1], c[2], c[3]);
   __syncthreads();
-  if (f.tid < kTileCols) {
+  if (f.tid < S::kCols) {
     float m = sm.colred[0][f.tid];
 #pragma unroll
-    for (int w = 1; w < WARPS; ++w) m = fmaxf(m, sm.colred[w][f.tid]);
+    for (int w = 1; w < S::kWarps; ++w) m = fmaxf(m, sm.colred[w][f.tid]);
     sm.colm[f.tid] = lse_shift(m);
   }
   __syncthreads();
-  const float4 m4 = *reinterpret_cast<const float4*>(&sm.colm[f.lane * kColsPerLane]);
-  const float m[kColsPerLane] = {m4.x, m4.y, m4.z, m4.w};
 #pragma unroll
-  for (int j = 0; j < kColsPerLane; ++j) {
+  for (int j = 0; j < S::kColsPerLane; ++j) {
+    const float m = sm.colm[f.lane * S::kColsPerLane + j];
     c[j] = 0.f;
 #pragma unroll
-    for (int i = 0; i < kRowsPerWarp; ++i) c[j] += ex2((x[i][j] - m[j]) * kLog2e);
+    for (int i = 0; i < S::kRowsPerWarp; ++i) c[j] += ex2((x[i][j] - m) * kLog2e);
   }
   const float s = col_tile_sum(f, sm, c);
-  return f.tid < kTileCols ? lse_finish(sm.colm[f.tid], s) : 0.f;
+  return f.tid < S::kCols ? lse_finish(sm.colm[f.tid], s) : 0.f;
 }
 
-// Publish the tile's column partial (threads tid < 128) with `tag` into `copy` [n_rt, n_ct * 128].
-template <int WARPS>
-__device__ void col_publish(const Frame<WARPS>& f, Word* copy, float part, int tag) {
-  if (f.tid < kTileCols) store_word(copy + static_cast<int64_t>(f.p) * f.n_ct * kTileCols + f.q * kTileCols + f.tid,
-                                    tagged(part, tag));
+// Publish the tile's column partial (threads tid < kCols) with `tag` into `copy` [n_rt, n_ct * kCols].
+template <class S>
+__device__ void col_publish(const Frame<S>& f, Word* copy, float part, int tag) {
+  if (f.tid < S::kCols) {
+    store_word(copy + (static_cast<int64_t>(f.p) * f.n_ct + f.q) * S::kCols + f.tid, tagged(part, tag));
+  }
 }
 
 // Wait for the column band's partials with `tag` in `copy`; returns in `out` the totals (sums, or
-// with LSE log-sum-exps) of this thread's 4 columns.
-template <bool LSE, int WARPS>
-__device__ void col_collect(const Frame<WARPS>& f, Smem<WARPS>& sm, const Word* copy, int tag,
-                            Word* fail, float (&out)[kColsPerLane]) {
-  using S = Shape<WARPS>;
-  const int c = f.tid % kTileCols, g = f.tid / kTileCols;
-  const Word* col = copy + f.q * kTileCols + c;
-  const int64_t band = static_cast<int64_t>(f.n_ct) * kTileCols;
+// with LSE log-sum-exps) of this thread's columns.
+template <bool LSE, class S>
+__device__ void col_collect(const Frame<S>& f, Smem<S>& sm, const Word* copy, int tag, Word* fail,
+                            float (&out)[S::kColsPerLane]) {
+  const int c = f.tid % S::kCols, g = f.tid / S::kCols;
+  const Word* col = copy + f.q * S::kCols + c;
+  const int64_t band = static_cast<int64_t>(f.n_ct) * S::kCols;
   Word w[S::kWaitWords];
 #pragma unroll
   for (int k = 0; k < S::kWaitWords; ++k) {  // every read in flight at once
@@ -339,7 +379,7 @@ __device__ void col_collect(const Frame<WARPS>& f, Smem<WARPS>& sm, const Word* 
     if (!has_tag(w[k], tag)) atomicAdd(fail, 1ull);
   }
   if constexpr (LSE) {
-    // every tile's partial, then each thread its 4 columns' log-sum-exp over the band
+    // every tile's partial, then each thread its columns' log-sum-exp over the band
 #pragma unroll
     for (int k = 0; k < S::kWaitWords; ++k) {
       const int pp = g + k * S::kGroups;
@@ -347,8 +387,8 @@ __device__ void col_collect(const Frame<WARPS>& f, Smem<WARPS>& sm, const Word* 
     }
     __syncthreads();
 #pragma unroll
-    for (int j = 0; j < kColsPerLane; ++j) {
-      const int cc = f.lane * kColsPerLane + j;
+    for (int j = 0; j < S::kColsPerLane; ++j) {
+      const int cc = f.lane * S::kColsPerLane + j;
       float m = -INFINITY;
       for (int pp = 0; pp < f.n_rt; ++pp) m = fmaxf(m, sm.colpart[pp][cc]);
       m = lse_shift(m);
@@ -363,31 +403,27 @@ __device__ void col_collect(const Frame<WARPS>& f, Smem<WARPS>& sm, const Word* 
     sm.colpart[g][c] = s;
     __syncthreads();
 #pragma unroll
-    for (int j = 0; j < kColsPerLane; ++j) out[j] = 0.f;
+    for (int j = 0; j < S::kColsPerLane; ++j) {
+      out[j] = 0.f;
 #pragma unroll
-    for (int gg = 0; gg < S::kGroups; ++gg) {
-      const float4 v = *reinterpret_cast<const float4*>(&sm.colpart[gg][f.lane * kColsPerLane]);
-      out[0] += v.x;
-      out[1] += v.y;
-      out[2] += v.z;
-      out[3] += v.w;
+      for (int gg = 0; gg < S::kGroups; ++gg) out[j] += sm.colpart[gg][f.lane * S::kColsPerLane + j];
     }
   }
 }
 
-// Potentials: row values by the first lane of each row's 4 (`mine`, row lane_row(lane)) in the
+// Potentials: row values by the first lane of each row's lanes (`mine`, row lane_row(lane)) in the
 // blocks of rank 0; column values by warp 0 of the first row band.
-template <int WARPS>
-__device__ void store_row(const Frame<WARPS>& f, float* dst, float mine) {
-  const int i = lane_row(f.lane);
-  if (f.q == 0 && (f.lane & 3) == 0 && f.row_ok(i)) dst[f.row0 + i] = mine;
+template <class S>
+__device__ void store_row(const Frame<S>& f, float* dst, float mine) {
+  const int i = lane_row<S>(f.lane);
+  if (f.q == 0 && f.lane % S::kLanesPerRow == 0 && f.row_ok(i)) dst[f.row0 + i] = mine;
 }
 
-template <int WARPS>
-__device__ void store_cols(const Frame<WARPS>& f, float* dst, const float (&c)[kColsPerLane]) {
+template <class S>
+__device__ void store_cols(const Frame<S>& f, float* dst, const float (&c)[S::kColsPerLane]) {
   if (f.p != 0 || f.warp != 0) return;
 #pragma unroll
-  for (int j = 0; j < kColsPerLane; ++j) {
+  for (int j = 0; j < S::kColsPerLane; ++j) {
     if (f.col_ok(j)) dst[f.col0 + j] = c[j];
   }
 }
@@ -395,108 +431,111 @@ __device__ void store_cols(const Frame<WARPS>& f, float* dst, const float (&c)[k
 // --- kernels -----------------------------------------------------------------------------------
 
 // P, U, V of matrix blockIdx.y. Grid (n_rt * n_ct, n_mat), clusters of (n_ct, 1, 1). `words`:
-// [n_mat, 2, n_rt, n_ct * 128] zeroed tagged words; `fail`: [n_mat] failure counts.
-template <typename T, int WARPS, bool SYM>
-__global__ void __launch_bounds__(WARPS * kWarpSize, 1) sinkhorn_fwd_kernel(
+// [n_mat, 2, n_rt, n_ct * kCols] zeroed tagged words; `fail`: [n_mat] failure counts.
+template <typename T, class S, bool SYM>
+__global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_fwd_kernel(
     const T* __restrict__ x, float* __restrict__ P, float* __restrict__ U, float* __restrict__ V, Word* words,
     Word* fail, int n, int K, int n_rt, int n_ct, int64_t s0, int64_t s1, int64_t s2, float scale) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  __shared__ __align__(16) Smem<WARPS> sm;
+  constexpr int R = S::kRowsPerWarp, C = S::kColsPerLane;
+  __shared__ __align__(16) Smem<S> sm;
   cg::cluster_group cluster = cg::this_cluster();
-  const Frame<WARPS> f(n, n_rt, n_ct);
-  Word* pc = words + f.mat * 2 * n_rt * n_ct * kTileCols;
-  const int64_t copy_words = static_cast<int64_t>(n_rt) * n_ct * kTileCols;
+  const Frame<S> f(n, n_rt, n_ct);
+  const int64_t copy_words = static_cast<int64_t>(n_rt) * n_ct * S::kCols;
+  Word* pc = words + f.mat * 2 * copy_words;
   fail += f.mat;
   U += f.mat * K * n;
   V += f.mat * K * n;
-  float t[kRowsPerWarp][kColsPerLane];
+  float t[R][C];
   load_s0<T, SYM>(f, sm, x, s0, s1, s2, scale, t);
 #pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i) {
+  for (int i = 0; i < R; ++i) {
 #pragma unroll
-    for (int j = 0; j < kColsPerLane; ++j) {
+    for (int j = 0; j < C; ++j) {
       if (!(f.row_ok(i) && f.col_ok(j))) t[i][j] = -INFINITY;
     }
   }
   // the first iteration, from S0, with maxima: row step, then column step
-  float r[kRowsPerWarp];
+  float r[R];
 #pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i) {
+  for (int i = 0; i < R; ++i) {
     float m = t[i][0];
 #pragma unroll
-    for (int j = 1; j < kColsPerLane; ++j) m = fmaxf(m, t[i][j]);
+    for (int j = 1; j < C; ++j) m = fmaxf(m, t[i][j]);
     m = lse_shift(warp_max(m));
     float s = 0.f;
 #pragma unroll
-    for (int j = 0; j < kColsPerLane; ++j) s += ex2((t[i][j] - m) * kLog2e);
+    for (int j = 0; j < C; ++j) s += ex2((t[i][j] - m) * kLog2e);
     r[i] = lse_finish(m, warp_sum(s));
   }
-  const float u1 = row_exchange<true>(f, cluster, sm.rowpart[0], own_row(r, f.lane));
+  const float u1 = row_exchange<true>(f, cluster, sm.rowpart[0], own_row<S>(r, f.lane));
   store_row(f, U, u1);
-  broadcast_rows(u1, r);
+  broadcast_rows<S>(u1, r);
 #pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i) {
+  for (int i = 0; i < R; ++i) {
 #pragma unroll
-    for (int j = 0; j < kColsPerLane; ++j) t[i][j] = t[i][j] - r[i];
+    for (int j = 0; j < C; ++j) t[i][j] = t[i][j] - r[i];
   }
-  float v[kColsPerLane];
+  float v[C];
   col_publish(f, pc, col_tile_lse(f, sm, t), 1);
   col_collect<true>(f, sm, pc, 1, fail, v);
   store_cols(f, V, v);
   // later iterations: T1 = S0 - u_1 - v_1 in log2 units, relative potentials from 0, plain sums
-  float e[kRowsPerWarp][kColsPerLane];
+  float e[R][C];
 #pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i) {
+  for (int i = 0; i < R; ++i) {
 #pragma unroll
-    for (int j = 0; j < kColsPerLane; ++j) {
+    for (int j = 0; j < C; ++j) {
       t[i][j] = (t[i][j] - v[j]) * kLog2e;
       e[i][j] = ex2(t[i][j]);
     }
   }
-  float rinv[kRowsPerWarp], vrel[kColsPerLane] = {0.f, 0.f, 0.f, 0.f};
+  float rinv[R], vrel[C];
 #pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i) rinv[i] = 1.f;
+  for (int i = 0; i < R; ++i) rinv[i] = 1.f;
+#pragma unroll
+  for (int j = 0; j < C; ++j) vrel[j] = 0.f;
   for (int k = 1; k < K; ++k) {
     // row step k: E = exp(T1 - v_{k-1}) summed along the rows
 #pragma unroll
-    for (int i = 0; i < kRowsPerWarp; ++i) {
+    for (int i = 0; i < R; ++i) {
       r[i] = 0.f;
 #pragma unroll
-      for (int j = 0; j < kColsPerLane; ++j) r[i] += e[i][j];
+      for (int j = 0; j < C; ++j) r[i] += e[i][j];
     }
-    float total = row_exchange<false>(f, cluster, sm.rowpart[k % 2], warp_row_sum(r, f.lane));
+    float total = row_exchange<false>(f, cluster, sm.rowpart[k % 2], warp_row_sum<S>(r, f.lane));
     total = total > 0.f ? total : 1.f;  // rows outside the matrix
     store_row(f, U + static_cast<int64_t>(k) * n, lg2(total) * kLn2);
-    broadcast_rows(1.f / total, rinv);
+    broadcast_rows<S>(1.f / total, rinv);
     // column step k: the iterate after the row step, E / r, summed along the columns
-    float c[kColsPerLane];
+    float c[C];
 #pragma unroll
-    for (int j = 0; j < kColsPerLane; ++j) {
+    for (int j = 0; j < C; ++j) {
       c[j] = 0.f;
 #pragma unroll
-      for (int i = 0; i < kRowsPerWarp; ++i) c[j] = __fadd_rn(c[j], __fmul_rn(e[i][j], rinv[i]));
+      for (int i = 0; i < R; ++i) c[j] = __fadd_rn(c[j], __fmul_rn(e[i][j], rinv[i]));
     }
     Word* copy = pc + (k % 2) * copy_words;
     col_publish(f, copy, col_tile_sum(f, sm, c), k + 1);
     col_collect<false>(f, sm, copy, k + 1, fail, c);
 #pragma unroll
-    for (int j = 0; j < kColsPerLane; ++j) {
+    for (int j = 0; j < C; ++j) {
       vrel[j] += lg2(c[j] > 0.f ? c[j] : 1.f);
       c[j] = vrel[j] * kLn2;
     }
     store_cols(f, V + static_cast<int64_t>(k) * n, c);
 #pragma unroll
-    for (int i = 0; i < kRowsPerWarp; ++i) {
+    for (int i = 0; i < R; ++i) {
 #pragma unroll
-      for (int j = 0; j < kColsPerLane; ++j) e[i][j] = ex2(t[i][j] - vrel[j]);
+      for (int j = 0; j < C; ++j) e[i][j] = ex2(t[i][j] - vrel[j]);
     }
   }
   // P = exp(T1 - u - v) = exp(T1 - v) / r
   float* out = P + f.mat * n * n;
 #pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i) {
+  for (int i = 0; i < R; ++i) {
 #pragma unroll
-    for (int j = 0; j < kColsPerLane; ++j) {
+    for (int j = 0; j < C; ++j) {
       if (f.row_ok(i) && f.col_ok(j)) out[static_cast<int64_t>(f.row0 + i) * n + f.col0 + j] = e[i][j] * rinv[i];
     }
   }
@@ -508,60 +547,63 @@ __global__ void __launch_bounds__(WARPS * kWarpSize, 1) sinkhorn_fwd_kernel(
 // the Triton resident backward: G = dP * P; for k = K-1 .. 0: the column step's sums (global), the
 // row step's (cluster). One exponential per entry per iteration: the row step's iterate is the
 // column step's times exp(v_k - v_{k-1}) per column.
-template <typename T, int WARPS, bool SYM>
-__global__ void __launch_bounds__(WARPS * kWarpSize, 1) sinkhorn_bwd_kernel(
+template <typename T, class S, bool SYM>
+__global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_bwd_kernel(
     const T* __restrict__ x, const float* __restrict__ dp, const float* __restrict__ U,
     const float* __restrict__ V, float* __restrict__ G, T* __restrict__ dx, Word* words, Word* fail, int n, int K,
     int n_rt, int n_ct, int64_t s0, int64_t s1, int64_t s2, int64_t sd0, int64_t sd1, int64_t sd2, float scale,
     float grad_scale) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  __shared__ __align__(16) Smem<WARPS> sm;
+  constexpr int R = S::kRowsPerWarp, C = S::kColsPerLane;
+  __shared__ __align__(16) Smem<S> sm;
   cg::cluster_group cluster = cg::this_cluster();
-  const Frame<WARPS> f(n, n_rt, n_ct);
-  Word* pc = words + f.mat * 2 * n_rt * n_ct * kTileCols;
-  const int64_t copy_words = static_cast<int64_t>(n_rt) * n_ct * kTileCols;
+  const Frame<S> f(n, n_rt, n_ct);
+  const int64_t copy_words = static_cast<int64_t>(n_rt) * n_ct * S::kCols;
+  Word* pc = words + f.mat * 2 * copy_words;
   fail += f.mat;
   U += f.mat * K * n;
   V += f.mat * K * n;
-  auto rows_at = [&](int k, float (&u)[kRowsPerWarp]) {  // U[k] * log2(e) of this thread's rows
+  auto rows_at = [&](int k, float (&u)[R]) {  // U[k] * log2(e) of this thread's rows
 #pragma unroll
-    for (int i = 0; i < kRowsPerWarp; ++i) u[i] = f.row_ok(i) ? U[static_cast<int64_t>(k) * n + f.row0 + i] * kLog2e : 0.f;
+    for (int i = 0; i < R; ++i) u[i] = f.row_ok(i) ? U[static_cast<int64_t>(k) * n + f.row0 + i] * kLog2e : 0.f;
   };
-  auto cols_at = [&](int k, float (&v)[kColsPerLane]) {
+  auto cols_at = [&](int k, float (&v)[C]) {
 #pragma unroll
-    for (int j = 0; j < kColsPerLane; ++j) v[j] = f.col_ok(j) ? V[static_cast<int64_t>(k) * n + f.col0 + j] * kLog2e : 0.f;
+    for (int j = 0; j < C; ++j) v[j] = f.col_ok(j) ? V[static_cast<int64_t>(k) * n + f.col0 + j] * kLog2e : 0.f;
   };
-  float t[kRowsPerWarp][kColsPerLane];
+  float t[R][C];
   load_s0<T, SYM>(f, sm, x, s0, s1, s2, scale, t);
-  float u[kRowsPerWarp], v[kColsPerLane], v1[kColsPerLane];
+  float u[R], v[C], v1[C];
 #pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i) u[i] = f.row_ok(i) ? U[f.row0 + i] : 0.f;
+  for (int i = 0; i < R; ++i) u[i] = f.row_ok(i) ? U[f.row0 + i] : 0.f;
 #pragma unroll
-  for (int j = 0; j < kColsPerLane; ++j) v1[j] = f.col_ok(j) ? V[f.col0 + j] : 0.f;
+  for (int j = 0; j < C; ++j) v1[j] = f.col_ok(j) ? V[f.col0 + j] : 0.f;
 #pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i) {
+  for (int i = 0; i < R; ++i) {
 #pragma unroll
-    for (int j = 0; j < kColsPerLane; ++j) {
+    for (int j = 0; j < C; ++j) {
       t[i][j] = (f.row_ok(i) && f.col_ok(j)) ? ((t[i][j] - u[i]) - v1[j]) * kLog2e : -INFINITY;
     }
   }
 #pragma unroll
-  for (int j = 0; j < kColsPerLane; ++j) v1[j] *= kLog2e;
+  for (int j = 0; j < C; ++j) v1[j] *= kLog2e;
   if (K > 1) {
     rows_at(K - 1, u);
     cols_at(K - 1, v);
   } else {
 #pragma unroll
-    for (int i = 0; i < kRowsPerWarp; ++i) u[i] = 0.f;
+    for (int i = 0; i < R; ++i) u[i] = 0.f;
 #pragma unroll
-    for (int j = 0; j < kColsPerLane; ++j) v[j] = 0.f;
+    for (int j = 0; j < C; ++j) v[j] = 0.f;
   }
   const float* dpm = dp + f.mat * sd0;
-  float g[kRowsPerWarp][kColsPerLane], c[kColsPerLane] = {0.f, 0.f, 0.f, 0.f};
+  float g[R][C], c[C];
 #pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i) {
+  for (int j = 0; j < C; ++j) c[j] = 0.f;
 #pragma unroll
-    for (int j = 0; j < kColsPerLane; ++j) {
+  for (int i = 0; i < R; ++i) {
+#pragma unroll
+    for (int j = 0; j < C; ++j) {
       const float d = (f.row_ok(i) && f.col_ok(j))
                           ? dpm[static_cast<int64_t>(f.row0 + i) * sd1 + static_cast<int64_t>(f.col0 + j) * sd2]
                           : 0.f;
@@ -573,47 +615,47 @@ __global__ void __launch_bounds__(WARPS * kWarpSize, 1) sinkhorn_bwd_kernel(
   for (int s = 0; s < K; ++s) {
     const int k = K - 1 - s;
     Word* copy = pc + (s % 2) * copy_words;
-    float vp[kColsPerLane];
+    float vp[C];
     if (k > 0) {
       rows_at(k, u);
       cols_at(k, v);
     } else {
 #pragma unroll
-      for (int i = 0; i < kRowsPerWarp; ++i) u[i] = 0.f;
+      for (int i = 0; i < R; ++i) u[i] = 0.f;
 #pragma unroll
-      for (int j = 0; j < kColsPerLane; ++j) v[j] = 0.f;
+      for (int j = 0; j < C; ++j) v[j] = 0.f;
     }
     if (k > 1) {
       cols_at(k - 1, vp);
     } else {
 #pragma unroll
-      for (int j = 0; j < kColsPerLane; ++j) vp[j] = k == 0 ? -v1[j] : 0.f;
+      for (int j = 0; j < C; ++j) vp[j] = k == 0 ? -v1[j] : 0.f;
     }
     // column step k: the column band's column sums of step s
     col_collect<false>(f, sm, copy, s + 1, fail, c);
-    float e[kRowsPerWarp][kColsPerLane], r[kRowsPerWarp];
+    float e[R][C], r[R];
 #pragma unroll
-    for (int i = 0; i < kRowsPerWarp; ++i) {
+    for (int i = 0; i < R; ++i) {
       r[i] = 0.f;
 #pragma unroll
-      for (int j = 0; j < kColsPerLane; ++j) {
+      for (int j = 0; j < C; ++j) {
         e[i][j] = ex2((t[i][j] - u[i]) - v[j]);
         g[i][j] = __fsub_rn(g[i][j], __fmul_rn(e[i][j], c[j]));
         r[i] = __fadd_rn(r[i], g[i][j]);
       }
     }
     // row step k: the row band's row sums
-    broadcast_rows(row_exchange<false>(f, cluster, sm.rowpart[s % 2], warp_row_sum(r, f.lane)), r);
-    float fac[kColsPerLane];
+    broadcast_rows<S>(row_exchange<false>(f, cluster, sm.rowpart[s % 2], warp_row_sum<S>(r, f.lane)), r);
+    float fac[C];
 #pragma unroll
-    for (int j = 0; j < kColsPerLane; ++j) {
+    for (int j = 0; j < C; ++j) {
       fac[j] = ex2(v[j] - vp[j]);
       c[j] = 0.f;
     }
 #pragma unroll
-    for (int i = 0; i < kRowsPerWarp; ++i) {
+    for (int i = 0; i < R; ++i) {
 #pragma unroll
-      for (int j = 0; j < kColsPerLane; ++j) {
+      for (int j = 0; j < C; ++j) {
         g[i][j] = __fsub_rn(g[i][j], __fmul_rn(__fmul_rn(e[i][j], fac[j]), r[i]));
         c[j] = __fadd_rn(c[j], g[i][j]);
       }
@@ -622,9 +664,9 @@ __global__ void __launch_bounds__(WARPS * kWarpSize, 1) sinkhorn_bwd_kernel(
   }
   const int64_t base = f.mat * n * n;
 #pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i) {
+  for (int i = 0; i < R; ++i) {
 #pragma unroll
-    for (int j = 0; j < kColsPerLane; ++j) {
+    for (int j = 0; j < C; ++j) {
       if (!(f.row_ok(i) && f.col_ok(j))) continue;
       const int64_t at = base + static_cast<int64_t>(f.row0 + i) * n + f.col0 + j;
       if constexpr (SYM) {
@@ -662,14 +704,38 @@ __global__ void sinkhorn_symmetrise_kernel(const float* __restrict__ G, T* __res
 
 // --- host --------------------------------------------------------------------------------------
 
-// UNIMIXER_SINKHORN_CUDA_WARPS: 'auto' (8 warps, 64-row tiles, where every cluster fits the device
-// at once; else 16 warps, 128-row tiles), '8' or '16'.
-int warps_setting() {
-  const char* env = std::getenv("UNIMIXER_SINKHORN_CUDA_WARPS");
+// The tile shapes, in the order 'auto' tries them: the most blocks (SMs) first. 64 x 128 tiles at
+// n = 1024 are 16 clusters of 8, which the H200's GPCs do not hold at once; 128 x 64 tiles are 8
+// clusters of 16 (non-portable), 128 x 128 tiles 8 clusters of 8 on 64 SMs.
+struct TileInfo {
+  const char* name;
+  int rows, cols, threads;
+};
+constexpr TileInfo kTiles[] = {{"64x128", Tile64x128::kRows, Tile64x128::kCols, Tile64x128::kThreads},
+                               {"128x64", Tile128x64::kRows, Tile128x64::kCols, Tile128x64::kThreads},
+                               {"128x128", Tile128x128::kRows, Tile128x128::kCols, Tile128x128::kThreads}};
+constexpr int kTileKinds = sizeof(kTiles) / sizeof(kTiles[0]);
+
+template <typename F>
+void with_tile(int tile, F&& f) {
+  switch (tile) {
+    case 0: f(Tile64x128{}); break;
+    case 1: f(Tile128x64{}); break;
+    default: f(Tile128x128{}); break;
+  }
+}
+
+// UNIMIXER_SINKHORN_CUDA_TILE: 'auto' (-1) or a tile's name (its index).
+int tile_setting() {
+  const char* env = std::getenv("UNIMIXER_SINKHORN_CUDA_TILE");
   const std::string mode = env == nullptr || *env == '\0' ? "auto" : env;
-  TORCH_CHECK(mode == "auto" || mode == "8" || mode == "16",
-              "UNIMIXER_SINKHORN_CUDA_WARPS: expected 'auto', '8' or '16', got '", mode, "'");
-  return mode == "auto" ? 0 : std::stoi(mode);
+  if (mode == "auto") return -1;
+  for (int t = 0; t < kTileKinds; ++t) {
+    if (mode == kTiles[t].name) return t;
+  }
+  TORCH_CHECK(false, "UNIMIXER_SINKHORN_CUDA_TILE: expected 'auto', '64x128', '128x64' or '128x128', got '", mode,
+              "'");
+  return -1;
 }
 
 // UNIMIXER_SINKHORN_CHECK=1: after each launch, synchronise and raise if a wait gave up (tests).
@@ -679,13 +745,13 @@ bool check_waits() {
 }
 
 struct Plan {
-  int warps, n_rt, n_ct;
+  int tile, n_rt, n_ct;
 };
 
 cudaLaunchConfig_t launch_config(const Plan& plan, int64_t n_mat, cudaLaunchAttribute* attr, cudaStream_t stream) {
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(static_cast<unsigned>(plan.n_rt * plan.n_ct), static_cast<unsigned>(n_mat), 1);
-  config.blockDim = dim3(static_cast<unsigned>(plan.warps * kWarpSize), 1, 1);
+  config.blockDim = dim3(static_cast<unsigned>(kTiles[plan.tile].threads), 1, 1);
   config.dynamicSmemBytes = 0;
   config.stream = stream;
   attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -699,7 +765,8 @@ cudaLaunchConfig_t launch_config(const Plan& plan, int64_t n_mat, cudaLaunchAttr
 
 // Clusters of `kernel` the device holds at once with this plan's block and cluster shape (it does not
 // depend on the grid). Queried once per kernel, cluster size and device, on the stream the launch
-// uses: a query on the legacy default stream would break a CUDA graph capture in progress.
+// uses: a query on the legacy default stream would break a CUDA graph capture in progress. Clusters
+// of more than 8 blocks are allowed on the kernel first (non-portable sizes).
 template <typename K>
 int clusters_at_once(K kernel, const Plan& plan, int64_t n_mat, cudaStream_t stream) {
   static std::mutex mutex;
@@ -710,6 +777,7 @@ int clusters_at_once(K kernel, const Plan& plan, int64_t n_mat, cudaStream_t str
   const std::lock_guard<std::mutex> lock(mutex);
   const auto it = known.find(key);
   if (it != known.end()) return it->second;
+  if (plan.n_ct > 8) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
   cudaLaunchAttribute attr[1];
   const cudaLaunchConfig_t config = launch_config(plan, n_mat, attr, stream);
   int clusters = 0;
@@ -718,25 +786,32 @@ int clusters_at_once(K kernel, const Plan& plan, int64_t n_mat, cudaStream_t str
   return clusters;
 }
 
-// The plan whose clusters all fit at once: `pick(warps)` returns the kernel instance for a width.
-template <typename Pick>
-Plan choose_plan(int n, int64_t n_mat, Pick&& pick, const char* direction) {
-  const int setting = warps_setting();
-  const int n_ct = static_cast<int>(ceil_div(n, kTileCols));
-  std::string tried;
-  for (const int warps : {8, 16}) {
-    if (setting != 0 && warps != setting) continue;
-    const Plan plan{warps, static_cast<int>(ceil_div(n, warps * kRowsPerWarp)), n_ct};
+// The first plan whose clusters all fit at once (`fits(tile, plan)` counts the clusters that do), or
+// none, with what was tried in `tried`.
+template <typename Fits>
+std::optional<Plan> find_plan(int n, int64_t n_mat, Fits&& fits, std::string& tried) {
+  const int setting = tile_setting();
+  for (int tile = 0; tile < kTileKinds; ++tile) {
+    if (setting >= 0 && tile != setting) continue;
+    const Plan plan{tile, static_cast<int>(ceil_div(n, kTiles[tile].rows)),
+                    static_cast<int>(ceil_div(n, kTiles[tile].cols))};
     const int64_t needed = static_cast<int64_t>(plan.n_rt) * n_mat;
-    const int fits = pick(warps, plan, n_mat);
-    if (fits >= needed) return plan;
-    tried += " " + std::to_string(warps) + " warps: " + std::to_string(needed) + " clusters of " +
-             std::to_string(n_ct) + " blocks needed, " + std::to_string(fits) + " fit;";
+    const int fit = fits(tile, plan);
+    if (fit >= needed) return plan;
+    tried += std::string(" ") + kTiles[tile].name + ": " + std::to_string(needed) + " clusters of " +
+             std::to_string(plan.n_ct) + " blocks needed, " + std::to_string(fit) + " fit;";
   }
-  TORCH_CHECK(false, "sinkhorn (cuda backend, ", direction, "): the tiles of ", n_mat, " matrices of n = ", n,
-              " do not all fit on the device at once (", tried,
+  return std::nullopt;
+}
+
+template <typename Fits>
+Plan choose_plan(int n, int64_t n_mat, Fits&& fits, const char* direction) {
+  std::string tried;
+  const std::optional<Plan> plan = find_plan(n, n_mat, fits, tried);
+  TORCH_CHECK(plan.has_value(), "sinkhorn (cuda backend, ", direction, "): the tiles of ", n_mat,
+              " matrices of n = ", n, " do not all fit on the device at once (", tried,
               " ); use backend='triton' or 'reference', or fewer matrices per call");
-  return {};
+  return *plan;
 }
 
 void check_fail(const at::Tensor& fail) {
@@ -751,8 +826,7 @@ void check_logits(const at::Tensor& logits, int64_t iters, double tau) {
   TORCH_CHECK(logits.dim() >= 2 && logits.size(-1) == logits.size(-2),
               "logits: expected a [..., n, n] tensor, got shape ", logits.sizes());
   TORCH_CHECK(logits.size(-1) <= kMaxN, "logits: the cuda backend takes n <= ", kMaxN,
-              " (a row band in one cluster of at most ", kMaxClusterBlocks, " blocks), got n = ", logits.size(-1),
-              "; use backend='triton' for larger matrices");
+              " (a row band in one cluster), got n = ", logits.size(-1), "; use backend='triton' for larger matrices");
   TORCH_CHECK(iters >= 1, "iters: expected >= 1, got ", iters);
   TORCH_CHECK(tau > 0.0, "tau: expected > 0, got ", tau);
   int major = 0, minor = 0;
@@ -764,18 +838,9 @@ void check_logits(const at::Tensor& logits, int64_t iters, double tau) {
 
 at::Tensor as_batch(const at::Tensor& t) { return t.reshape({-1, t.size(-2), t.size(-1)}); }
 
+// The tagged words of both copies, then a failure count per matrix; zeroed (tags start at 1).
 at::Tensor words_for(const Plan& plan, int64_t n_mat, const at::TensorOptions& like) {
-  // the tagged words of both copies, then a failure count per matrix; zeroed (tags start at 1)
-  return at::zeros({n_mat * 2 * plan.n_rt * plan.n_ct * kTileCols + n_mat}, like.dtype(at::kLong));
-}
-
-template <typename F>
-void with_warps(int warps, F&& f) {
-  if (warps == 8) {
-    f(std::integral_constant<int, 8>{});
-  } else {
-    f(std::integral_constant<int, 16>{});
-  }
+  return at::zeros({n_mat * 2 * plan.n_rt * plan.n_ct * kTiles[plan.tile].cols + n_mat}, like.dtype(at::kLong));
 }
 
 template <typename F>
@@ -807,19 +872,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd(const at::Tensor& lo
       using T = decltype(tag);
       with_symmetric(symmetric, [&](auto sym) {
         constexpr bool S = decltype(sym)::value;
-        auto fits = [&](int warps, const Plan& plan, int64_t mats) {
+        auto fits = [&](int tile, const Plan& plan) {
           int out = 0;
-          with_warps(warps, [&](auto w) { out = clusters_at_once(sinkhorn_fwd_kernel<T, decltype(w)::value, S>, plan, mats, stream); });
+          with_tile(tile, [&](auto sh) {
+            out = clusters_at_once(sinkhorn_fwd_kernel<T, decltype(sh), S>, plan, n_mat, stream);
+          });
           return out;
         };
         const Plan plan = choose_plan(n, n_mat, fits, "forward");
         at::Tensor words = words_for(plan, n_mat, x.options());
         Word* w = reinterpret_cast<Word*>(words.data_ptr<int64_t>());
-        Word* fail = w + n_mat * 2 * plan.n_rt * plan.n_ct * kTileCols;
-        with_warps(plan.warps, [&](auto wc) {
+        Word* fail = w + words.size(0) - n_mat;
+        with_tile(plan.tile, [&](auto sh) {
           cudaLaunchAttribute attr[1];
           const cudaLaunchConfig_t config = launch_config(plan, n_mat, attr, stream);
-          C10_CUDA_CHECK(cudaLaunchKernelEx(&config, sinkhorn_fwd_kernel<T, decltype(wc)::value, S>,
+          C10_CUDA_CHECK(cudaLaunchKernelEx(&config, sinkhorn_fwd_kernel<T, decltype(sh), S>,
                                             static_cast<const T*>(x.data_ptr()), p.data_ptr<float>(),
                                             u.data_ptr<float>(), v.data_ptr<float>(), w, fail, n,
                                             static_cast<int>(iters), plan.n_rt, plan.n_ct, x.stride(0), x.stride(1),
@@ -869,20 +936,22 @@ at::Tensor sinkhorn_bwd(const at::Tensor& dp, const at::Tensor& logits, const at
       using T = decltype(tag);
       with_symmetric(symmetric, [&](auto sym) {
         constexpr bool S = decltype(sym)::value;
-        auto fits = [&](int warps, const Plan& plan, int64_t mats) {
+        auto fits = [&](int tile, const Plan& plan) {
           int out = 0;
-          with_warps(warps, [&](auto w) { out = clusters_at_once(sinkhorn_bwd_kernel<T, decltype(w)::value, S>, plan, mats, stream); });
+          with_tile(tile, [&](auto sh) {
+            out = clusters_at_once(sinkhorn_bwd_kernel<T, decltype(sh), S>, plan, n_mat, stream);
+          });
           return out;
         };
         const Plan plan = choose_plan(static_cast<int>(n), n_mat, fits, "backward");
         at::Tensor words = words_for(plan, n_mat, x.options());
         Word* w = reinterpret_cast<Word*>(words.data_ptr<int64_t>());
-        Word* fail = w + n_mat * 2 * plan.n_rt * plan.n_ct * kTileCols;
-        with_warps(plan.warps, [&](auto wc) {
+        Word* fail = w + words.size(0) - n_mat;
+        with_tile(plan.tile, [&](auto sh) {
           cudaLaunchAttribute attr[1];
           const cudaLaunchConfig_t config = launch_config(plan, n_mat, attr, stream);
           C10_CUDA_CHECK(cudaLaunchKernelEx(
-              &config, sinkhorn_bwd_kernel<T, decltype(wc)::value, S>, static_cast<const T*>(x.data_ptr()),
+              &config, sinkhorn_bwd_kernel<T, decltype(sh), S>, static_cast<const T*>(x.data_ptr()),
               d.data_ptr<float>(), u3.data_ptr<float>(), v3.data_ptr<float>(), S ? g.data_ptr<float>() : nullptr,
               static_cast<T*>(dx.data_ptr()), w, fail, static_cast<int>(n), static_cast<int>(iters), plan.n_rt,
               plan.n_ct, x.stride(0), x.stride(1), x.stride(2), d.stride(0), d.stride(1), d.stride(2), scale, scale));
@@ -899,6 +968,36 @@ at::Tensor sinkhorn_bwd(const at::Tensor& dp, const at::Tensor& logits, const at
     });
   }
   return dx.view(logits.sizes());
+}
+
+std::vector<int64_t> sinkhorn_plan(const at::Tensor& logits, bool symmetric) {
+  // no check raises here but the tile switch's (checked in Python first): this is the query the
+  // Python side asks before a call the kernels would refuse
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t n = logits.size(-1);
+  const int64_t n_mat = n > 0 ? logits.numel() / (n * n) : 0;
+  std::vector<int64_t> out{-1, -1};
+  if (n_mat == 0 || n == 0 || n > kMaxN) return out;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  with_dtype(logits.scalar_type(), "logits", [&](auto tag) {
+    using T = decltype(tag);
+    with_symmetric(symmetric, [&](auto sym) {
+      constexpr bool S = decltype(sym)::value;
+      std::string tried;
+      const auto fwd = find_plan(static_cast<int>(n), n_mat, [&](int tile, const Plan& plan) {
+        int fit = 0;
+        with_tile(tile, [&](auto sh) { fit = clusters_at_once(sinkhorn_fwd_kernel<T, decltype(sh), S>, plan, n_mat, stream); });
+        return fit;
+      }, tried);
+      const auto bwd = find_plan(static_cast<int>(n), n_mat, [&](int tile, const Plan& plan) {
+        int fit = 0;
+        with_tile(tile, [&](auto sh) { fit = clusters_at_once(sinkhorn_bwd_kernel<T, decltype(sh), S>, plan, n_mat, stream); });
+        return fit;
+      }, tried);
+      out = {fwd ? fwd->tile : -1, bwd ? bwd->tile : -1};
+    });
+  });
+  return out;
 }
 
 }  // namespace unimixer

@@ -21,10 +21,10 @@ EXTENSION = "unimixer_kernels._C"
 # Environment switches the compiled kernels read at each call (C++ ``getenv``): variable -> (default,
 # what it does). ``python -m unimixer_kernels.info`` lists them.
 SWITCHES = {
-    "UNIMIXER_SINKHORN_CUDA_WARPS": (
-        "auto", "the cuda backend's Sinkhorn (csrc/sinkhorn.cu): 'auto' (8 warps and 64-row tiles where "
-                "every thread-block cluster of the launch fits the device at once, else 16 warps and "
-                "128-row tiles), '8' or '16'"),
+    "UNIMIXER_SINKHORN_CUDA_TILE": (
+        "auto", "the cuda backend's Sinkhorn (csrc/sinkhorn.cu), a block's tile: 'auto' (the first of "
+                "64x128, 128x64 and 128x128 whose thread-block clusters all fit the device at once; at "
+                "n = 1024 on the H200 not 64x128), or one of them (an error where it does not fit)"),
     "UNIMIXER_SINKHORN_CHECK": ("0", "the cuda backend's Sinkhorn: '1' synchronises after each launch and "
                                      "raises if a wait for another block's partials timed out (the tests; "
                                      "not while a CUDA graph is captured)"),

@@ -51,11 +51,17 @@ def test_sinkhorn_cuda_batches(shape, tau, iters, symmetric):
     check_against_reference(uk.sinkhorn, (x, tau, iters, symmetric), backend="cuda")
 
 
-@pytest.mark.parametrize("warps,n", [("8", 300), ("8", 700), ("16", 300), ("16", 1024)])
-def test_sinkhorn_cuda_both_tiles(monkeypatch, warps, n):
-    # 64-row tiles (8 warps) and 128-row tiles (16 warps). At n = 1024 the 64-row tiles' 16 clusters of 8
-    # do not all fit the H200 at once, so 'auto' takes 128-row tiles there
-    monkeypatch.setenv("UNIMIXER_SINKHORN_CUDA_WARPS", warps)
+@pytest.mark.parametrize("tile,n", [("64x128", 300), ("64x128", 700), ("128x64", 300), ("128x64", 1024),
+                                    ("128x128", 300), ("128x128", 1024)])
+def test_sinkhorn_cuda_every_tile(monkeypatch, tile, n):
+    # 8 warps of 8 rows x 4 columns a lane, 8 warps of 16 x 2 (clusters of up to 16 blocks), 16 warps of
+    # 8 x 4. Where the tile's clusters do not all fit the device at once the backend says so
+    monkeypatch.setenv("UNIMIXER_SINKHORN_CUDA_TILE", tile)
+    fwd, bwd = sinkhorn_cuda.cuda_ops().sinkhorn_plan(torch.empty(n, n, device="cuda"), True)
+    if min(fwd, bwd) < 0:
+        with pytest.raises(ValueError, match="do not all fit the device at once; use 'auto'"):
+            uk.sinkhorn(torch.randn(n, n, device="cuda"), 0.05, 3, backend="cuda")
+        pytest.skip(f"{tile} tiles at n = {n} do not all fit this device at once (refused, as checked)")
     x = random_input((n, n), torch.float32, "cuda", requires_grad=True)
     check_against_reference(uk.sinkhorn, (x, 0.05, 20, True), backend="cuda")
 
@@ -146,9 +152,18 @@ def test_sinkhorn_cuda_refuses_too_many_matrices():
     uk.sinkhorn(x[:1], 0.05, 3, backend="cuda")  # one is within the bound
 
 
-def test_sinkhorn_cuda_warps_switch_checked(monkeypatch):
-    monkeypatch.setenv("UNIMIXER_SINKHORN_CUDA_WARPS", "12")
-    with pytest.raises(ValueError, match="UNIMIXER_SINKHORN_CUDA_WARPS: expected 'auto', '8' or '16'"):
+def test_sinkhorn_cuda_auto_takes_most_blocks():
+    ops = sinkhorn_cuda.cuda_ops()
+    # n = 300: 64 x 128 tiles fit (5 clusters of 3); n = 1024: on the H200 not 64 x 128 (16 clusters of 8),
+    # but one of the others (the Python side's bound keeps 128 x 128 within reach)
+    assert ops.sinkhorn_plan(torch.empty(300, 300, device="cuda"), True) == [0, 0]
+    fwd, bwd = ops.sinkhorn_plan(torch.empty(1024, 1024, device="cuda"), True)
+    assert fwd in (1, 2) and bwd in (1, 2)
+
+
+def test_sinkhorn_cuda_tile_switch_checked(monkeypatch):
+    monkeypatch.setenv("UNIMIXER_SINKHORN_CUDA_TILE", "64x64")
+    with pytest.raises(ValueError, match=r"UNIMIXER_SINKHORN_CUDA_TILE: expected one of \('auto', '64x128'"):
         uk.sinkhorn(torch.randn(64, 64, device="cuda"), 0.05, 3, backend="cuda")
 
 

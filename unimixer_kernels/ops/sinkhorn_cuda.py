@@ -11,8 +11,9 @@ per direction, a row band's tiles in one thread-block cluster exchanging their r
 distributed shared memory, the column sums through global memory. This file registers the fakes
 and the autograd formula (shared with the Triton backend, ``ops/sinkhorn.py``) and the backend.
 
-Environment: ``UNIMIXER_SINKHORN_CUDA_WARPS`` = ``auto`` | ``8`` | ``16`` (64- or 128-row tiles;
-``auto`` takes 64 where every cluster fits the device at once); ``UNIMIXER_SINKHORN_CHECK=1``
+Environment: ``UNIMIXER_SINKHORN_CUDA_TILE`` = ``auto`` | ``64x128`` | ``128x64`` | ``128x128`` (rows x
+columns of a block's tile; ``auto`` takes the first in that order whose clusters all fit the device at
+once); ``UNIMIXER_SINKHORN_CHECK=1``
 synchronises after each launch and raises if a wait for partials timed out (the tests).
 
 ``torch.compile``: the graph holds the library's ops, which must be loaded before tracing: one eager
@@ -37,7 +38,7 @@ MAX_N = 1024  # kMaxN in csrc/sinkhorn.cu: a row band of 128-column tiles in one
 # backend accepts inside what the H200 holds with 128 x 128 tiles (64 blocks: one matrix of n = 1024
 # in 8 clusters of 8), so that the check never has to refuse one
 MAX_BLOCKS = 64
-_NAMES = ("sinkhorn_fwd", "sinkhorn_bwd")
+_NAMES = ("sinkhorn_fwd", "sinkhorn_bwd", "sinkhorn_plan")
 
 
 def _library_loaded() -> bool:
@@ -71,15 +72,16 @@ if _library_loaded():
     _register_python_parts()
 
 
-WARPS_SWITCH = "UNIMIXER_SINKHORN_CUDA_WARPS"
+TILE_SWITCH = "UNIMIXER_SINKHORN_CUDA_TILE"
+TILES = ("auto", "64x128", "128x64", "128x128")
 
 
 @SINKHORN.register("cuda")
 def _sinkhorn_cuda(logits: Tensor, tau: float, iters: int, symmetric: bool) -> Tensor:
     # checked here, before the library is called: its own checks are a second line of defence
-    warps = os.environ.get(WARPS_SWITCH, "auto") or "auto"
-    if warps not in ("auto", "8", "16"):
-        raise ValueError(f"{WARPS_SWITCH}: expected 'auto', '8' or '16', got {warps!r}")
+    tile = os.environ.get(TILE_SWITCH, "auto") or "auto"
+    if tile not in TILES:
+        raise ValueError(f"{TILE_SWITCH}: expected one of {TILES}, got {tile!r}")
     if logits.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"logits: the cuda backend takes dtype in {SUPPORTED_DTYPES}, got {logits.dtype} "
                         "(use backend='reference' for float64)")
@@ -93,6 +95,14 @@ def _sinkhorn_cuda(logits: Tensor, tau: float, iters: int, symmetric: bool) -> T
         raise ValueError(f"logits: the cuda backend keeps every 128 x 128 tile of the batch resident at "
                          f"once, at most {MAX_BLOCKS} tiles; {n_mat} matrices of n = {n} have {blocks}. Use "
                          "backend='triton', or fewer matrices per call")
-    # under torch.compile the library is already loaded and registered (the module docstring)
-    ops = torch.ops.unimixer_C if torch.compiler.is_compiling() else cuda_ops()
+    if torch.compiler.is_compiling():  # the library is loaded and registered (the module docstring)
+        return torch.ops.unimixer_C.sinkhorn_fwd(logits, tau, iters, symmetric)[0]
+    ops = cuda_ops()
+    if tile != "auto" and blocks:
+        # a tile asked for by name may not fit where 'auto' would take another: ask the library's
+        # residency check before it would have to refuse the call
+        fwd, bwd = ops.sinkhorn_plan(logits, symmetric)
+        if min(fwd, bwd) < 0:
+            raise ValueError(f"{TILE_SWITCH}={tile}: the clusters of {n_mat} matrices of n = {n} in {tile} "
+                             "tiles do not all fit the device at once; use 'auto'")
     return ops.sinkhorn_fwd(logits, tau, iters, symmetric)[0]
