@@ -78,6 +78,9 @@ struct Shape {
   static constexpr int kGroups = kThreads / kCols;          // threads per column in the column wait
   static constexpr int kMaxRowTiles = kMaxN / kRows;
   static constexpr int kWaitWords = (kMaxRowTiles + kGroups - 1) / kGroups;  // words a thread polls at most
+  // rows of the column wait's shared buffer: every row tile's partial (the first iteration's
+  // log-sum-exp), or one sum per group of threads (the later ones)
+  static constexpr int kColParts = kMaxRowTiles > kGroups ? kMaxRowTiles : kGroups;
   static_assert(kWarpSize % ROWS_ == 0 && kThreads % kCols == 0 && kCols % kStageCols == 0, "tile shape");
   static_assert(kStageCols % COLS_ == 0, "a lane's columns lie in one chunk of the transposed read");
 };
@@ -93,7 +96,7 @@ struct Smem {
   float rowpart[2][S::kRows];             // this block's row partials (read by the cluster)
   float colred[S::kWarps][S::kCols];      // per-warp column partials
   float colm[S::kCols];                   // the first iteration's column maxima
-  float colpart[S::kMaxRowTiles][S::kCols];  // the column band's partials
+  float colpart[S::kColParts][S::kCols];  // the column band's partials
 };
 
 __device__ __forceinline__ float ex2(float x) {
