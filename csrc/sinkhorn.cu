@@ -7,11 +7,10 @@
 //
 // What differs is how the tiles exchange their partial sums. A matrix is cut into tiles, one block
 // per tile, every block resident for the whole call, the tile in registers: a warp holds ROWS rows,
-// a lane COLS columns of them (ROWS * COLS = 32 entries a thread). Four shapes:
+// a lane COLS columns of them (ROWS * COLS = 32 entries a thread). Three shapes:
 //
 //   128 x 64   8 warps, 16 rows x 2 columns a lane, clusters of up to 16 blocks (non-portable);
 //   64 x 128   8 warps,  8 rows x 4 columns a lane, clusters of up to 8;
-//   256 x 64  16 warps, 16 rows x 2 columns a lane, clusters of up to 16;
 //   128 x 128 16 warps,  8 rows x 4 columns a lane, clusters of up to 8.
 //
 // A row band's tiles (n_ct = ceil(n / tile columns) of them) form one thread-block cluster:
@@ -87,7 +86,6 @@ struct Shape {
 
 using Tile128x64 = Shape<8, 16, 2>;
 using Tile64x128 = Shape<8, 8, 4>;
-using Tile256x64 = Shape<16, 16, 2>;
 using Tile128x128 = Shape<16, 8, 4>;
 
 template <class S>
@@ -709,11 +707,11 @@ __global__ void sinkhorn_symmetrise_kernel(const float* __restrict__ G, T* __res
 
 // --- host --------------------------------------------------------------------------------------
 
-// The tile shapes, in the order 'auto' tries them. What costs most is the column steps' global
-// exchange, whose wait grows with the row tiles a column band has; then the SMs busy. At n = 512
-// (run168, fwd+bwd): 128 x 64 130.0 µs, 64 x 128 145.5, 128 x 128 152.5. At n = 1024 the first two are
-// 16 clusters of 8 and 8 of 16, which the H200 does not hold at once; 256 x 64 tiles are 4 clusters of
-// 16, 128 x 128 tiles 8 clusters of 8.
+// The tile shapes, in the order 'auto' tries them. At n = 512 (run168, fwd+bwd, CUDA graphs): 128 x 64
+// 130.0 µs, 64 x 128 145.5, 128 x 128 152.5 (32, 32 and 16 blocks): fewer row tiles a column band (its
+// global wait) and more SMs both pay. At n = 1024 the first two are 8 clusters of 16 and 16 of 8, which
+// the H200 does not hold at once, so 128 x 128 tiles run there (8 clusters of 8, 64 SMs). 256 x 64 tiles
+// (16 warps of 16 x 2, 4 clusters of 16) fit at n = 1024 but took 180.9 against 163.5 µs (run170).
 struct TileInfo {
   const char* name;
   int rows, cols, threads;
@@ -723,7 +721,7 @@ constexpr TileInfo tile_info(const char* name) {
   return {name, S::kRows, S::kCols, S::kThreads};
 }
 constexpr TileInfo kTiles[] = {tile_info<Tile128x64>("128x64"), tile_info<Tile64x128>("64x128"),
-                               tile_info<Tile256x64>("256x64"), tile_info<Tile128x128>("128x128")};
+                               tile_info<Tile128x128>("128x128")};
 constexpr int kTileKinds = sizeof(kTiles) / sizeof(kTiles[0]);
 
 template <typename F>
@@ -731,7 +729,6 @@ void with_tile(int tile, F&& f) {
   switch (tile) {
     case 0: f(Tile128x64{}); break;
     case 1: f(Tile64x128{}); break;
-    case 2: f(Tile256x64{}); break;
     default: f(Tile128x128{}); break;
   }
 }
@@ -744,8 +741,8 @@ int tile_setting() {
   for (int t = 0; t < kTileKinds; ++t) {
     if (mode == kTiles[t].name) return t;
   }
-  TORCH_CHECK(false, "UNIMIXER_SINKHORN_CUDA_TILE: expected 'auto', '128x64', '64x128', '256x64' or '128x128', got '",
-              mode, "'");
+  TORCH_CHECK(false, "UNIMIXER_SINKHORN_CUDA_TILE: expected 'auto', '128x64', '64x128' or '128x128', got '", mode,
+              "'");
   return -1;
 }
 

@@ -23,8 +23,8 @@ EXTENSION = "unimixer_kernels._C"
 SWITCHES = {
     "UNIMIXER_SINKHORN_CUDA_TILE": (
         "auto", "the cuda backend's Sinkhorn (csrc/sinkhorn.cu), a block's tile: 'auto' (the first of "
-                "128x64, 64x128, 256x64 and 128x128 whose thread-block clusters all fit the device at "
-                "once), or one of them (an error where it does not fit)"),
+                "128x64, 64x128 and 128x128 whose thread-block clusters all fit the device at once), "
+                "or one of them (an error where it does not fit)"),
     "UNIMIXER_SINKHORN_CHECK": ("0", "the cuda backend's Sinkhorn: '1' synchronises after each launch and "
                                      "raises if a wait for another block's partials timed out (the tests; "
                                      "not while a CUDA graph is captured)"),

@@ -52,10 +52,10 @@ def test_sinkhorn_cuda_batches(shape, tau, iters, symmetric):
 
 
 @pytest.mark.parametrize("tile,n", [("128x64", 300), ("128x64", 1024), ("64x128", 300), ("64x128", 700),
-                                    ("256x64", 300), ("256x64", 1024), ("128x128", 300), ("128x128", 1024)])
+                                    ("128x128", 300), ("128x128", 1024)])
 def test_sinkhorn_cuda_every_tile(monkeypatch, tile, n):
     # 8 warps of 16 rows x 2 columns a lane (clusters of up to 16 blocks), 8 warps of 8 x 4, 16 warps of
-    # 16 x 2 and of 8 x 4. Where the tile's clusters do not all fit the device at once the backend says so
+    # 8 x 4. Where the tile's clusters do not all fit the device at once the backend says so
     monkeypatch.setenv("UNIMIXER_SINKHORN_CUDA_TILE", tile)
     fwd, bwd = sinkhorn_cuda.cuda_ops().sinkhorn_plan(torch.empty(n, n, device="cuda"), True)
     if min(fwd, bwd) < 0:
@@ -155,15 +155,14 @@ def test_sinkhorn_cuda_refuses_too_many_matrices():
 def test_sinkhorn_cuda_auto_takes_most_blocks():
     ops = sinkhorn_cuda.cuda_ops()
     # n = 300: 128 x 64 tiles fit (3 clusters of 5); n = 1024: on the H200 neither 128 x 64 (8 clusters of
-    # 16) nor 64 x 128 (16 of 8), but one of the others (the Python side's bound keeps 128 x 128 within reach)
+    # 16) nor 64 x 128 (16 of 8), but 128 x 128 (8 of 8; the Python side's bound keeps it within reach)
     assert ops.sinkhorn_plan(torch.empty(300, 300, device="cuda"), True) == [0, 0]
-    fwd, bwd = ops.sinkhorn_plan(torch.empty(1024, 1024, device="cuda"), True)
-    assert fwd in (2, 3) and bwd in (2, 3)
+    assert min(ops.sinkhorn_plan(torch.empty(1024, 1024, device="cuda"), True)) >= 0
 
 
 def test_sinkhorn_cuda_tile_switch_checked(monkeypatch):
     monkeypatch.setenv("UNIMIXER_SINKHORN_CUDA_TILE", "64x64")
-    with pytest.raises(ValueError, match=r"UNIMIXER_SINKHORN_CUDA_TILE: expected one of \('auto', '64x128'"):
+    with pytest.raises(ValueError, match=r"UNIMIXER_SINKHORN_CUDA_TILE: expected one of \('auto', .*got '64x64'"):
         uk.sinkhorn(torch.randn(64, 64, device="cuda"), 0.05, 3, backend="cuda")
 
 

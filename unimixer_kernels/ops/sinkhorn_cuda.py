@@ -11,9 +11,9 @@ per direction, a row band's tiles in one thread-block cluster exchanging their r
 distributed shared memory, the column sums through global memory. This file registers the fakes
 and the autograd formula (shared with the Triton backend, ``ops/sinkhorn.py``) and the backend.
 
-Environment: ``UNIMIXER_SINKHORN_CUDA_TILE`` = ``auto`` | ``128x64`` | ``64x128`` | ``256x64`` |
-``128x128`` (rows x columns of a block's tile; ``auto`` takes the first in that order whose clusters all
-fit the device at once); ``UNIMIXER_SINKHORN_CHECK=1``
+Environment: ``UNIMIXER_SINKHORN_CUDA_TILE`` = ``auto`` | ``128x64`` | ``64x128`` | ``128x128`` (rows x
+columns of a block's tile; ``auto`` takes the first in that order whose clusters all fit the device at
+once: on the H200 128x64 up to n = 512 or so, 128x128 at n = 1024); ``UNIMIXER_SINKHORN_CHECK=1``
 synchronises after each launch and raises if a wait for partials timed out (the tests).
 
 ``torch.compile``: the graph holds the library's ops, which must be loaded before tracing: one eager
@@ -73,7 +73,7 @@ if _library_loaded():
 
 
 TILE_SWITCH = "UNIMIXER_SINKHORN_CUDA_TILE"
-TILES = ("auto", "128x64", "64x128", "256x64", "128x128")
+TILES = ("auto", "128x64", "64x128", "128x128")
 
 
 @SINKHORN.register("cuda")
