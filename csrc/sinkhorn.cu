@@ -812,6 +812,16 @@ std::optional<Plan> find_plan(int n, int64_t n_mat, Fits&& fits, std::string& tr
   return std::nullopt;
 }
 
+// `fits(tile, plan)` for the kernel `kernel_of(shape)` returns for each shape.
+template <typename KernelOf>
+auto fits_of(KernelOf&& kernel_of, int64_t n_mat, cudaStream_t stream) {
+  return [=](int tile, const Plan& plan) {
+    int fit = 0;
+    with_tile(tile, [&](auto sh) { fit = clusters_at_once(kernel_of(sh), plan, n_mat, stream); });
+    return fit;
+  };
+}
+
 template <typename Fits>
 Plan choose_plan(int n, int64_t n_mat, Fits&& fits, const char* direction) {
   std::string tried;
@@ -880,14 +890,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd(const at::Tensor& lo
       using T = decltype(tag);
       with_symmetric(symmetric, [&](auto sym) {
         constexpr bool S = decltype(sym)::value;
-        auto fits = [&](int tile, const Plan& plan) {
-          int out = 0;
-          with_tile(tile, [&](auto sh) {
-            out = clusters_at_once(sinkhorn_fwd_kernel<T, decltype(sh), S>, plan, n_mat, stream);
-          });
-          return out;
-        };
-        const Plan plan = choose_plan(n, n_mat, fits, "forward");
+        const auto kernel_of = [](auto sh) { return sinkhorn_fwd_kernel<T, decltype(sh), S>; };
+        const Plan plan = choose_plan(n, n_mat, fits_of(kernel_of, n_mat, stream), "forward");
         at::Tensor words = words_for(plan, n_mat, x.options());
         Word* w = reinterpret_cast<Word*>(words.data_ptr<int64_t>());
         Word* fail = w + words.size(0) - n_mat;
@@ -944,14 +948,8 @@ at::Tensor sinkhorn_bwd(const at::Tensor& dp, const at::Tensor& logits, const at
       using T = decltype(tag);
       with_symmetric(symmetric, [&](auto sym) {
         constexpr bool S = decltype(sym)::value;
-        auto fits = [&](int tile, const Plan& plan) {
-          int out = 0;
-          with_tile(tile, [&](auto sh) {
-            out = clusters_at_once(sinkhorn_bwd_kernel<T, decltype(sh), S>, plan, n_mat, stream);
-          });
-          return out;
-        };
-        const Plan plan = choose_plan(static_cast<int>(n), n_mat, fits, "backward");
+        const auto kernel_of = [](auto sh) { return sinkhorn_bwd_kernel<T, decltype(sh), S>; };
+        const Plan plan = choose_plan(static_cast<int>(n), n_mat, fits_of(kernel_of, n_mat, stream), "backward");
         at::Tensor words = words_for(plan, n_mat, x.options());
         Word* w = reinterpret_cast<Word*>(words.data_ptr<int64_t>());
         Word* fail = w + words.size(0) - n_mat;
@@ -992,16 +990,10 @@ std::vector<int64_t> sinkhorn_plan(const at::Tensor& logits, bool symmetric) {
     with_symmetric(symmetric, [&](auto sym) {
       constexpr bool S = decltype(sym)::value;
       std::string tried;
-      const auto fwd = find_plan(static_cast<int>(n), n_mat, [&](int tile, const Plan& plan) {
-        int fit = 0;
-        with_tile(tile, [&](auto sh) { fit = clusters_at_once(sinkhorn_fwd_kernel<T, decltype(sh), S>, plan, n_mat, stream); });
-        return fit;
-      }, tried);
-      const auto bwd = find_plan(static_cast<int>(n), n_mat, [&](int tile, const Plan& plan) {
-        int fit = 0;
-        with_tile(tile, [&](auto sh) { fit = clusters_at_once(sinkhorn_bwd_kernel<T, decltype(sh), S>, plan, n_mat, stream); });
-        return fit;
-      }, tried);
+      const auto fwd_of = [](auto sh) { return sinkhorn_fwd_kernel<T, decltype(sh), S>; };
+      const auto bwd_of = [](auto sh) { return sinkhorn_bwd_kernel<T, decltype(sh), S>; };
+      const auto fwd = find_plan(static_cast<int>(n), n_mat, fits_of(fwd_of, n_mat, stream), tried);
+      const auto bwd = find_plan(static_cast<int>(n), n_mat, fits_of(bwd_of, n_mat, stream), tried);
       out = {fwd ? fwd->tile : -1, bwd ? bwd->tile : -1};
     });
   });

@@ -12,6 +12,7 @@ import functools
 import importlib
 import importlib.util
 import re
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -95,6 +96,20 @@ def load() -> str:
     check_build_matches(info, torch.__version__, torch.version.cuda)
     torch.ops.load_library(path)
     return path
+
+
+def ops_with(register: Callable[[], None]):
+    """``torch.ops.unimixer_C`` with the library loaded and ``register`` run (a backend module's fakes and
+    autograd formulas, registered once: ``register`` is cached)."""
+    load()
+    register()
+    return torch.ops.unimixer_C
+
+
+def defines(*names: str) -> bool:
+    """Whether the library is already loaded with these ops (torch loads it through the C++ pystub when
+    it needs a fake, before the module that registers them is imported)."""
+    return all(hasattr(torch.ops.unimixer_C, name) for name in names)
 
 
 def arch_runs_on(arch_list: str, capability: tuple[int, int]) -> bool:

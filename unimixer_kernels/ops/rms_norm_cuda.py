@@ -36,10 +36,6 @@ MAX_ROW_WIDTH = 16384  # kMaxRowWidth in csrc/rms_norm.cu: a row is held in regi
 _NAMES = ("rms_norm_fwd", "add_rms_norm_fwd", "rms_norm_bwd")
 
 
-def _library_loaded() -> bool:
-    return all(hasattr(torch.ops.unimixer_C, name) for name in _NAMES)
-
-
 @functools.cache
 def _register_python_parts() -> None:
     torch.library.register_fake("unimixer_C::rms_norm_fwd", rms_norm_fwd_fake)
@@ -58,14 +54,12 @@ def _register_python_parts() -> None:
 
 def cuda_ops():
     """``torch.ops.unimixer_C`` with the library loaded and its fakes and autograd registered."""
-    _cuda_ext.load()
-    _register_python_parts()
-    return torch.ops.unimixer_C
+    return _cuda_ext.ops_with(_register_python_parts)
 
 
 # The library was loaded before this module (torch imports it through the C++ pystub when it
 # needs a fake): register now, or the ops would have no fake and no autograd.
-if _library_loaded():
+if _cuda_ext.defines(*_NAMES):
     _register_python_parts()
 
 

@@ -41,10 +41,6 @@ MAX_BLOCKS = 64
 _NAMES = ("sinkhorn_fwd", "sinkhorn_bwd", "sinkhorn_plan")
 
 
-def _library_loaded() -> bool:
-    return all(hasattr(torch.ops.unimixer_C, name) for name in _NAMES)
-
-
 def _backward_op(dp: Tensor, logits: Tensor, u: Tensor, v: Tensor, tau: float, iters: int,
                  symmetric: bool) -> Tensor:
     # P is fp32, so its gradient is too, unless a caller's own autograd.Function handed back another dtype
@@ -61,14 +57,12 @@ def _register_python_parts() -> None:
 
 def cuda_ops():
     """``torch.ops.unimixer_C`` with the library loaded and its fakes and autograd registered."""
-    _cuda_ext.load()
-    _register_python_parts()
-    return torch.ops.unimixer_C
+    return _cuda_ext.ops_with(_register_python_parts)
 
 
 # The library was loaded before this module (torch imports it through the C++ pystub when it needs
 # a fake): register now, or the ops would have no fake and no autograd.
-if _library_loaded():
+if _cuda_ext.defines(*_NAMES):
     _register_python_parts()
 
 
