@@ -21,8 +21,8 @@ from unimixer_kernels.testing import check_against_reference, dominated_logits, 
 pytestmark = pytest.mark.gpu
 
 TAU_ITERS = [(0.05, 20), (1.0, 1), (1.0, 20), (0.05, 1)]
-# one tile (n <= 128, a cluster of one block), ragged edges in both directions, a full row band
-# (n_ct = 8 blocks per cluster), and odd sizes
+# one tile (n <= 64, a cluster of one block), ragged edges in both directions, full row bands (n = 1024:
+# clusters of 8 blocks of 128 x 128 on the H200), and odd sizes
 SIZES = [1, 2, 37, 128, 129, 300, 777, 1000, 1024]
 
 
@@ -152,7 +152,7 @@ def test_sinkhorn_cuda_refuses_too_many_matrices():
     uk.sinkhorn(x[:1], 0.05, 3, backend="cuda")  # one is within the bound
 
 
-def test_sinkhorn_cuda_auto_takes_most_blocks():
+def test_sinkhorn_cuda_auto_plan():
     ops = sinkhorn_cuda.cuda_ops()
     # n = 300: 128 x 64 tiles fit (3 clusters of 5); n = 1024: on the H200 neither 128 x 64 (8 clusters of
     # 16) nor 64 x 128 (16 of 8), but 128 x 128 (8 of 8; the Python side's bound keeps it within reach)

@@ -13,7 +13,7 @@ and the autograd formula (shared with the Triton backend, ``ops/sinkhorn.py``) a
 
 Environment: ``UNIMIXER_SINKHORN_CUDA_TILE`` = ``auto`` | ``128x64`` | ``64x128`` | ``128x128`` (rows x
 columns of a block's tile; ``auto`` takes the first in that order whose clusters all fit the device at
-once: on the H200 128x64 up to n = 512 or so, 128x128 at n = 1024); ``UNIMIXER_SINKHORN_CHECK=1``
+once: on the H200 128x64 at n = 300 and 512, 128x128 at n = 1024, run168); ``UNIMIXER_SINKHORN_CHECK=1``
 synchronises after each launch and raises if a wait for partials timed out (the tests).
 
 ``torch.compile``: the graph holds the library's ops, which must be loaded before tracing: one eager
