@@ -10,6 +10,9 @@
 #               and WARM_JOBS benchmark processes that run every case once at minimal repetitions
 #               so that torch.compile's and Triton's on-disk caches are filled (compiled kernels, not
 #               Triton's autotuning choices, which the bench stage makes alone on the GPU)
+#             BUILD_EXT=1 also compiles the CUDA extension there (install may skip it), then runs
+#             its tests, tests/ops/test_*_cuda.py and tests/build (-m gpu, T_EXT_TESTS seconds,
+#             junit_ext.xml)
 #   bench     python -m bench run, alone on the GPU (the timed numbers), from warm caches
 #   sweep     the full UniMixer block at bs 256..2048 (sweep.json / .csv) and its plot (.png)
 #   variant   the bench stage's cases again with kernel switches set, one run per entry of

@@ -1,4 +1,5 @@
-"""Test configuration: the device under test, output poisoning, and the GPU marker.
+"""Test configuration: the device under test, output poisoning, the GPU marker, and the compiled
+extension's presence for the ``cuda`` backends' tests.
 
 Without a CUDA device, Triton kernels run in the interpreter on CPU tensors (``TRITON_INTERPRET=1``
 must be set before any kernel is defined, so it is set here, first).
@@ -81,3 +82,16 @@ def sm90_compile(tmp_path):
         assert done.returncode == 0, done.stderr[-4000:]
 
     return run
+
+
+@pytest.fixture
+def cuda_extension():
+    """Skip unless the compiled extension loads (a failure instead with ``UNIMIXER_REQUIRE_CUDA_EXT=1``,
+    as CI and the GPU runs set it, so that a broken build cannot pass as skips)."""
+    from unimixer_kernels import _cuda_ext
+
+    ok, why = _cuda_ext.status()
+    if not ok:
+        if os.environ.get("UNIMIXER_REQUIRE_CUDA_EXT", "0") == "1":
+            pytest.fail(f"the CUDA extension does not load: {why}")
+        pytest.skip(f"the CUDA extension does not load: {why}")

@@ -6,17 +6,14 @@ extension; without the build they skip, unless ``UNIMIXER_REQUIRE_CUDA_EXT=1`` m
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 import unimixer_kernels as uk
 import unimixer_kernels.ops.rms_norm_cuda  # noqa: F401  (registers the backend whatever ops/ imports)
-from unimixer_kernels import _cuda_ext
 from unimixer_kernels.testing import check_against_reference, random_input
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("cuda_extension")]
 
 # narrow rows (one warp), non-powers of two, D not a multiple of the vector width, wide rows
 # (several warps, several chunks per thread), bs=1 and an empty batch
@@ -24,15 +21,6 @@ SHAPES = [
     (1, 1, 8), (3, 5, 37), (2, 7, 128), (4, 300), (2, 3, 768), (3, 1536), (2, 4099), (3, 12288), (2, 16384),
     (0, 64),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _needs_extension():
-    ok, why = _cuda_ext.status()
-    if not ok:
-        if os.environ.get("UNIMIXER_REQUIRE_CUDA_EXT", "0") == "1":
-            pytest.fail(f"the CUDA extension does not load: {why}")
-        pytest.skip(f"the CUDA extension does not load: {why}")
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -8,13 +8,10 @@ mean the blocks of a launch were not all resident.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 import unimixer_kernels as uk
-from unimixer_kernels import _cuda_ext
 from unimixer_kernels.ops import sinkhorn_cuda
 from unimixer_kernels.testing import check_against_reference, dominated_logits, random_input
 
@@ -27,12 +24,7 @@ SIZES = [1, 2, 37, 128, 129, 300, 777, 1000, 1024]
 
 
 @pytest.fixture(autouse=True)
-def _needs_extension(monkeypatch):
-    ok, why = _cuda_ext.status()
-    if not ok:
-        if os.environ.get("UNIMIXER_REQUIRE_CUDA_EXT", "0") == "1":
-            pytest.fail(f"the CUDA extension does not load: {why}")
-        pytest.skip(f"the CUDA extension does not load: {why}")
+def _check_waits(cuda_extension, monkeypatch):
     monkeypatch.setenv("UNIMIXER_SINKHORN_CHECK", "1")
 
 
