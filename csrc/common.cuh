@@ -38,6 +38,37 @@ __device__ __forceinline__ void store_from_float(T* p, const float (&in)[N]) {
   *reinterpret_cast<Pack<T, N>*>(p) = pack;
 }
 
+// N consecutive elements as floats in aligned loads of at most 16 bytes each (p aligned to
+// min(N * sizeof(T), 16) bytes), and the same for stores.
+template <typename T, int N>
+constexpr int kRunChunk = N * static_cast<int>(sizeof(T)) > 16 ? 16 / static_cast<int>(sizeof(T)) : N;
+
+template <typename T, int N>
+__device__ __forceinline__ void load_run(const T* p, float (&out)[N]) {
+  constexpr int V = kRunChunk<T, N>;
+  static_assert(N % V == 0, "a run is whole chunks");
+#pragma unroll
+  for (int k = 0; k < N; k += V) {
+    float part[V];
+    load_as_float<T, V>(p + k, part);
+#pragma unroll
+    for (int e = 0; e < V; ++e) out[k + e] = part[e];
+  }
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_run(T* p, const float (&in)[N]) {
+  constexpr int V = kRunChunk<T, N>;
+  static_assert(N % V == 0, "a run is whole chunks");
+#pragma unroll
+  for (int k = 0; k < N; k += V) {
+    float part[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) part[e] = in[k + e];
+    store_from_float<T, V>(p + k, part);
+  }
+}
+
 // Sum over aligned groups of `width` lanes (a power of two up to 32); every lane gets its sum.
 __device__ __forceinline__ float warp_sum(float v, int width = kWarpSize) {
 #pragma unroll

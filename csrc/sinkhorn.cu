@@ -25,6 +25,11 @@
 //     partials only after reading step s + 1's from every block of its column band, and each of
 //     those wrote step s + 1's only after reading step s's.
 //
+// Symmetric logits: the backward's dM = (G + G^T) * scale in the same launch. Each block writes its
+// tile of the working gradient G and a flag, waits for the flags of the (one or two) tiles under its
+// transposed region, and reads that region. Reads and stores of whole rows of a tile run as 16-byte
+// vectors where the layout allows (the kVec* bits), one element at a time otherwise.
+//
 // The sums are taken in a fixed order, so results are deterministic. Residency: the host checks
 // with cudaOccupancyMaxActiveClusters that every cluster of the launch fits on the device at once
 // before launching, and refuses otherwise (an idle GPU then runs them all; a GPU shared with other
@@ -59,7 +64,6 @@ constexpr long long kMaxSpins = 1ll << 24;   // polls (~1 us each) before a wait
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr unsigned kFull = 0xffffffffu;
-constexpr int kStageCols = 32;  // tile columns per chunk of the transposed read (symmetric logits)
 
 using Word = unsigned long long;
 
@@ -80,8 +84,7 @@ struct Shape {
   // rows of the column wait's shared buffer: every row tile's partial (the first iteration's
   // log-sum-exp), or one sum per group of threads (the later ones)
   static constexpr int kColParts = kMaxRowTiles > kGroups ? kMaxRowTiles : kGroups;
-  static_assert(kWarpSize % ROWS_ == 0 && kThreads % kCols == 0 && kCols % kStageCols == 0, "tile shape");
-  static_assert(kStageCols % COLS_ == 0, "a lane's columns lie in one chunk of the transposed read");
+  static_assert(kWarpSize % ROWS_ == 0 && kThreads % kCols == 0, "tile shape");
 };
 
 using Tile128x64 = Shape<8, 16, 2>;
@@ -90,7 +93,6 @@ using Tile128x128 = Shape<16, 8, 4>;
 
 template <class S>
 struct Smem {
-  float stage[kStageCols][S::kRows + 1];  // a chunk of the transposed tile, padded
   float rowpart[2][S::kRows];             // this block's row partials (read by the cluster)
   float colred[S::kWarps][S::kCols];      // per-warp column partials
   float colm[S::kCols];                   // the first iteration's column maxima
@@ -134,6 +136,23 @@ __device__ __forceinline__ Word load_word(const Word* p) {
   return w;
 }
 
+// A flag over data written before it: the block's stores, __syncthreads, then one thread's release
+// store; the waiter's acquire load, then __syncthreads before the block reads the data.
+__device__ __forceinline__ void store_word_release(Word* p, Word w) {
+  asm volatile("st.release.gpu.global.b64 [%0], %1;" ::"l"(p), "l"(w) : "memory");
+}
+
+__device__ __forceinline__ Word load_word_acquire(const Word* p) {
+  Word w;
+  asm volatile("ld.acquire.gpu.global.b64 %0, [%1];" : "=l"(w) : "l"(p) : "memory");
+  return w;
+}
+
+// The split cluster barrier: each block arrives after its last read of its peers' shared memory and
+// waits for the others only before it exits, instead of a full cluster.sync() at the end.
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+
 __device__ __forceinline__ bool has_tag(Word w, int tag) { return static_cast<int>(w >> 32) == tag; }
 
 // One tile's view of the launch: which block, which rows and columns.
@@ -159,49 +178,87 @@ struct Frame {
 template <class S>
 using TileRegs = float[S::kRowsPerWarp][S::kColsPerLane];
 
-// S0 = logits * scale (symmetric: (logits + logits^T) * scale) of this thread's entries; 0 outside the
-// matrix. Read once per call, through any strides. The transposed tile goes through shared memory in
-// chunks of 32 of its columns, read along the logits' rows (each chunk: the logits rows col0 ..
-// col0 + 31 at this tile's row indices), so that both reads are coalesced for row-major logits.
-template <typename T, bool SYM, class S>
-__device__ void load_s0(const Frame<S>& f, Smem<S>& sm, const T* __restrict__ x, int64_t s0, int64_t s1,
-                        int64_t s2, float scale, TileRegs<S>& out) {
-  const T* base = x + f.mat * s0;
+// Which accesses take vector loads and stores, a kernel argument the host sets from the tensors'
+// layouts (otherwise one element at a time, through any strides).
+constexpr int kVecLogits = 1;  // logits: unit column stride, rows and matrices 16-byte aligned
+constexpr int kVecGrad = 2;    // dp: the same
+constexpr int kVecOut = 4;     // n % 4 == 0: the rows of P, G and dM (fresh, contiguous)
+
+// This thread's entries of a [n, n] matrix at `base` (rows s1, columns s2 apart), 0 outside the matrix,
+// into `out` (ADD: added to it, rounded once): each of its rows a run of C elements. TRANSPOSED: the
+// entries of the transposed matrix, base[col * s1 + row * s2], each of its columns a run of R elements.
+// `vec`: the runs are contiguous and aligned (unit s2, s1 and base 16-byte aligned), read as vectors
+// where they lie inside the matrix. Both reads are coalesced for row-major data: a warp reads 32 runs
+// of one row (direct) or one run in each of 32 rows, whose other runs the same lanes read next
+// (transposed).
+template <bool TRANSPOSED, bool ADD = false, typename T, class S>
+__device__ __forceinline__ void read_tile(const Frame<S>& f, const T* __restrict__ base, int64_t s1, int64_t s2,
+                                          bool vec, TileRegs<S>& out) {
+  constexpr int R = S::kRowsPerWarp, C = S::kColsPerLane;
+  if constexpr (!TRANSPOSED) {
 #pragma unroll
-  for (int i = 0; i < S::kRowsPerWarp; ++i) {
+    for (int i = 0; i < R; ++i) {
+      const int64_t r = f.row0 + i;
+      float run[C];
+      if (vec && f.row_ok(i) && f.col0 + C <= f.n) {
+        load_run<T, C>(base + r * s1 + f.col0, run);
+      } else {
 #pragma unroll
-    for (int j = 0; j < S::kColsPerLane; ++j) {
-      const int64_t r = f.row0 + i, c = f.col0 + j;
-      out[i][j] = f.row_ok(i) && f.col_ok(j) ? static_cast<float>(base[r * s1 + c * s2]) : 0.f;
-    }
-  }
-  if constexpr (SYM) {
-    const int tile_row0 = f.p * S::kRows, tile_col0 = f.q * S::kCols;
-    const int row_in_tile = f.warp * S::kRowsPerWarp;
-    for (int c0 = 0; c0 < S::kCols; c0 += kStageCols) {
-      __syncthreads();  // the previous chunk is read
-      for (int idx = f.tid; idx < kStageCols * S::kRows; idx += S::kThreads) {
-        const int c = idx / S::kRows, r = idx % S::kRows;
-        const int64_t mc = tile_col0 + c0 + c, mr = tile_row0 + r;  // logits row mc, column mr
-        sm.stage[c][r] = mc < f.n && mr < f.n ? static_cast<float>(base[mc * s1 + mr * s2]) : 0.f;
-      }
-      __syncthreads();
-      const int lc = f.lane * S::kColsPerLane - c0;  // this thread's first column within the chunk
-      if (lc >= 0 && lc < kStageCols) {
-#pragma unroll
-        for (int i = 0; i < S::kRowsPerWarp; ++i) {
-#pragma unroll
-          for (int j = 0; j < S::kColsPerLane; ++j) {
-            out[i][j] = __fadd_rn(out[i][j], sm.stage[lc + j][row_in_tile + i]);
-          }
+        for (int j = 0; j < C; ++j) {
+          run[j] = f.row_ok(i) && f.col_ok(j) ? static_cast<float>(base[r * s1 + (f.col0 + j) * s2]) : 0.f;
         }
       }
+#pragma unroll
+      for (int j = 0; j < C; ++j) out[i][j] = ADD ? __fadd_rn(out[i][j], run[j]) : run[j];
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < C; ++j) {
+      const int64_t c = f.col0 + j;
+      float run[R];
+      if (vec && f.col_ok(j) && f.row0 + R <= f.n) {
+        load_run<T, R>(base + c * s1 + f.row0, run);
+      } else {
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+          run[i] = f.row_ok(i) && f.col_ok(j) ? static_cast<float>(base[c * s1 + (f.row0 + i) * s2]) : 0.f;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < R; ++i) out[i][j] = ADD ? __fadd_rn(out[i][j], run[i]) : run[i];
     }
   }
+}
+
+// S0 = logits * scale (symmetric: (logits + logits^T) * scale) of this thread's entries; 0 outside the
+// matrix. Read once per call.
+template <typename T, bool SYM, class S>
+__device__ void load_s0(const Frame<S>& f, const T* __restrict__ x, int64_t s0, int64_t s1, int64_t s2,
+                        bool vec, float scale, TileRegs<S>& out) {
+  const T* base = x + f.mat * s0;
+  read_tile<false>(f, base, s1, s2, vec, out);
+  if constexpr (SYM) read_tile<true, true>(f, base, s1, s2, vec, out);
 #pragma unroll
   for (int i = 0; i < S::kRowsPerWarp; ++i) {
 #pragma unroll
     for (int j = 0; j < S::kColsPerLane; ++j) out[i][j] = __fmul_rn(out[i][j], scale);
+  }
+}
+
+// Row i of this thread's entries, values[j] for its columns, into the [n, n] row-major `dst` (vector
+// stores where `vec` and the run lies inside the matrix).
+template <typename T, class S>
+__device__ __forceinline__ void store_row_run(const Frame<S>& f, T* __restrict__ dst, int i, bool vec,
+                                              const float (&values)[S::kColsPerLane]) {
+  if (!f.row_ok(i)) return;
+  T* row = dst + static_cast<int64_t>(f.row0 + i) * f.n + f.col0;
+  if (vec && f.col0 + S::kColsPerLane <= f.n) {
+    store_run<T, S::kColsPerLane>(row, values);
+  } else {
+#pragma unroll
+    for (int j = 0; j < S::kColsPerLane; ++j) {
+      if (f.col_ok(j)) row[j] = static_cast<T>(values[j]);
+    }
   }
 }
 
@@ -265,8 +322,10 @@ __device__ __forceinline__ void broadcast_rows(float mine, float (&r)[S::kRowsPe
 
 // `mine`: this tile's partial of row lane_row(lane). Returns that row's total over the row band's n_ct
 // tiles (a sum, or with LSE a log-sum-exp). `buf`: this step's copy of the block's row partials.
+// `last`: the kernel's last exchange; the block then arrives at the cluster barrier it waits on
+// before it exits (cluster_wait), once its reads of the peers' shared memory are done.
 template <bool LSE, class S>
-__device__ float row_exchange(const Frame<S>& f, cg::cluster_group& cluster, float* buf, float mine) {
+__device__ float row_exchange(const Frame<S>& f, cg::cluster_group& cluster, float* buf, float mine, bool last) {
   const int rank0 = f.lane % S::kLanesPerRow;
   float* slot = buf + f.warp * S::kRowsPerWarp + lane_row<S>(f.lane);
   if (rank0 == 0) *slot = mine;
@@ -279,6 +338,7 @@ __device__ float row_exchange(const Frame<S>& f, cg::cluster_group& cluster, flo
     const int rank = rank0 + k * S::kLanesPerRow;
     a[k] = rank < f.n_ct ? *cluster.map_shared_rank(slot, rank) : none;
   }
+  if (last) cluster_arrive();
   if constexpr (LSE) {
     float m = a[0];
 #pragma unroll
@@ -434,11 +494,11 @@ __device__ void store_cols(const Frame<S>& f, float* dst, const float (&c)[S::kC
 // --- kernels -----------------------------------------------------------------------------------
 
 // P, U, V of matrix blockIdx.y. Grid (n_rt * n_ct, n_mat), clusters of (n_ct, 1, 1). `words`:
-// [n_mat, 2, n_rt, n_ct * kCols] zeroed tagged words; `fail`: [n_mat] failure counts.
+// [n_mat, 2, n_rt, n_ct * kCols] zeroed tagged words; `fail`: [n_mat] failure counts; `vec`: kVec* bits.
 template <typename T, class S, bool SYM>
 __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_fwd_kernel(
     const T* __restrict__ x, float* __restrict__ P, float* __restrict__ U, float* __restrict__ V, Word* words,
-    Word* fail, int n, int K, int n_rt, int n_ct, int64_t s0, int64_t s1, int64_t s2, float scale) {
+    Word* fail, int n, int K, int n_rt, int n_ct, int64_t s0, int64_t s1, int64_t s2, float scale, int vec) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int R = S::kRowsPerWarp, C = S::kColsPerLane;
   __shared__ __align__(16) Smem<S> sm;
@@ -450,7 +510,7 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_fwd_kernel(
   U += f.mat * K * n;
   V += f.mat * K * n;
   float t[R][C];
-  load_s0<T, SYM>(f, sm, x, s0, s1, s2, scale, t);
+  load_s0<T, SYM>(f, x, s0, s1, s2, vec & kVecLogits, scale, t);
 #pragma unroll
   for (int i = 0; i < R; ++i) {
 #pragma unroll
@@ -471,7 +531,7 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_fwd_kernel(
     for (int j = 0; j < C; ++j) s += ex2((t[i][j] - m) * kLog2e);
     r[i] = lse_finish(m, warp_sum(s));
   }
-  const float u1 = row_exchange<true>(f, cluster, sm.rowpart[0], own_row<S>(r, f.lane));
+  const float u1 = row_exchange<true>(f, cluster, sm.rowpart[0], own_row<S>(r, f.lane), K == 1);
   store_row(f, U, u1);
   broadcast_rows<S>(u1, r);
 #pragma unroll
@@ -506,7 +566,7 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_fwd_kernel(
 #pragma unroll
       for (int j = 0; j < C; ++j) r[i] += e[i][j];
     }
-    float total = row_exchange<false>(f, cluster, sm.rowpart[k % 2], warp_row_sum<S>(r, f.lane));
+    float total = row_exchange<false>(f, cluster, sm.rowpart[k % 2], warp_row_sum<S>(r, f.lane), k == K - 1);
     total = total > 0.f ? total : 1.f;  // rows outside the matrix
     store_row(f, U + static_cast<int64_t>(k) * n, lg2(total) * kLn2);
     broadcast_rows<S>(1.f / total, rinv);
@@ -537,25 +597,27 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_fwd_kernel(
   float* out = P + f.mat * n * n;
 #pragma unroll
   for (int i = 0; i < R; ++i) {
+    float row[C];
 #pragma unroll
-    for (int j = 0; j < C; ++j) {
-      if (f.row_ok(i) && f.col_ok(j)) out[static_cast<int64_t>(f.row0 + i) * n + f.col0 + j] = e[i][j] * rinv[i];
-    }
+    for (int j = 0; j < C; ++j) row[j] = e[i][j] * rinv[i];
+    store_row_run(f, out, i, vec & kVecOut, row);
   }
-  cluster.sync();  // no block leaves while a peer may still read its shared memory
+  cluster_wait();  // no block leaves while a peer may still read its shared memory
 #endif
 }
 
-// dM (or, SYM, the working gradient G for the symmetrising pass) of matrix blockIdx.y. The steps of
-// the Triton resident backward: G = dP * P; for k = K-1 .. 0: the column step's sums (global), the
-// row step's (cluster). One exponential per entry per iteration: the row step's iterate is the
-// column step's times exp(v_k - v_{k-1}) per column.
+// dM of matrix blockIdx.y. The steps of the Triton resident backward: G = dP * P; for k = K-1 .. 0:
+// the column step's sums (global), the row step's (cluster). One exponential per entry per iteration:
+// the row step's iterate is the column step's times exp(v_k - v_{k-1}) per column. Then dM = G *
+// grad_scale, or, SYM, (G + G^T) * grad_scale: each block publishes its tile of G in `G` [n_mat, n, n]
+// with a flag in `flags` [n_mat, n_rt * n_ct] (zeroed), waits for the flags of the tiles under its
+// transposed region, and reads that region.
 template <typename T, class S, bool SYM>
 __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_bwd_kernel(
     const T* __restrict__ x, const float* __restrict__ dp, const float* __restrict__ U,
-    const float* __restrict__ V, float* __restrict__ G, T* __restrict__ dx, Word* words, Word* fail, int n, int K,
-    int n_rt, int n_ct, int64_t s0, int64_t s1, int64_t s2, int64_t sd0, int64_t sd1, int64_t sd2, float scale,
-    float grad_scale) {
+    const float* __restrict__ V, float* __restrict__ G, T* __restrict__ dx, Word* words, Word* flags, Word* fail,
+    int n, int K, int n_rt, int n_ct, int64_t s0, int64_t s1, int64_t s2, int64_t sd0, int64_t sd1, int64_t sd2,
+    float scale, float grad_scale, int vec) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int R = S::kRowsPerWarp, C = S::kColsPerLane;
   __shared__ __align__(16) Smem<S> sm;
@@ -575,7 +637,7 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_bwd_kernel(
     for (int j = 0; j < C; ++j) v[j] = f.col_ok(j) ? V[static_cast<int64_t>(k) * n + f.col0 + j] * kLog2e : 0.f;
   };
   float t[R][C];
-  load_s0<T, SYM>(f, sm, x, s0, s1, s2, scale, t);
+  load_s0<T, SYM>(f, x, s0, s1, s2, vec & kVecLogits, scale, t);
   float u[R], v[C], v1[C];
 #pragma unroll
   for (int i = 0; i < R; ++i) u[i] = f.row_ok(i) ? U[f.row0 + i] : 0.f;
@@ -599,18 +661,15 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_bwd_kernel(
 #pragma unroll
     for (int j = 0; j < C; ++j) v[j] = 0.f;
   }
-  const float* dpm = dp + f.mat * sd0;
   float g[R][C], c[C];
+  read_tile<false>(f, dp + f.mat * sd0, sd1, sd2, vec & kVecGrad, g);  // dP
 #pragma unroll
   for (int j = 0; j < C; ++j) c[j] = 0.f;
 #pragma unroll
   for (int i = 0; i < R; ++i) {
 #pragma unroll
     for (int j = 0; j < C; ++j) {
-      const float d = (f.row_ok(i) && f.col_ok(j))
-                          ? dpm[static_cast<int64_t>(f.row0 + i) * sd1 + static_cast<int64_t>(f.col0 + j) * sd2]
-                          : 0.f;
-      g[i][j] = __fmul_rn(d, ex2((t[i][j] - u[i]) - v[j]));
+      g[i][j] = __fmul_rn(g[i][j], ex2((t[i][j] - u[i]) - v[j]));
       c[j] = __fadd_rn(c[j], g[i][j]);
     }
   }
@@ -648,7 +707,7 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_bwd_kernel(
       }
     }
     // row step k: the row band's row sums
-    broadcast_rows<S>(row_exchange<false>(f, cluster, sm.rowpart[s % 2], warp_row_sum<S>(r, f.lane)), r);
+    broadcast_rows<S>(row_exchange<false>(f, cluster, sm.rowpart[s % 2], warp_row_sum<S>(r, f.lane), k == 0), r);
     float fac[C];
 #pragma unroll
     for (int j = 0; j < C; ++j) {
@@ -666,43 +725,36 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_bwd_kernel(
     if (k > 0) col_publish(f, pc + ((s + 1) % 2) * copy_words, col_tile_sum(f, sm, c), s + 2);
   }
   const int64_t base = f.mat * n * n;
+  if constexpr (SYM) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) store_row_run(f, G + base, i, vec & kVecOut, g[i]);
+    __syncthreads();  // every thread's stores before the release
+    const int tag = K + 2;  // beyond the column steps' tags
+    Word* mine = flags + f.mat * n_rt * n_ct;
+    if (f.tid == 0) store_word_release(mine + blockIdx.x, tagged(0.f, tag));
+    // the transposed region: G's rows q * kCols .., columns p * kRows .., in row tiles rt0 .. rt1 and column
+    // tiles ct0 .. ct1 (one or two tiles)
+    const int rt0 = f.q * S::kCols / S::kRows, rt1 = min(n_rt - 1, (f.q * S::kCols + S::kCols - 1) / S::kRows);
+    const int ct0 = f.p * S::kRows / S::kCols, ct1 = min(n_ct - 1, (f.p * S::kRows + S::kRows - 1) / S::kCols);
+    const int width = ct1 - ct0 + 1;
+    if (f.tid < (rt1 - rt0 + 1) * width) {
+      const Word* flag = mine + (rt0 + f.tid / width) * n_ct + ct0 + f.tid % width;
+      bool seen = false;
+      for (long long spins = 0; !seen && spins < kMaxSpins; ++spins) seen = has_tag(load_word_acquire(flag), tag);
+      if (!seen) atomicAdd(fail, 1ull);
+    }
+    __syncthreads();  // the waits' acquires before the block's reads
+    read_tile<true, true>(f, G + base, n, 1, vec & kVecOut, g);
+  }
 #pragma unroll
   for (int i = 0; i < R; ++i) {
+    float row[C];
 #pragma unroll
-    for (int j = 0; j < C; ++j) {
-      if (!(f.row_ok(i) && f.col_ok(j))) continue;
-      const int64_t at = base + static_cast<int64_t>(f.row0 + i) * n + f.col0 + j;
-      if constexpr (SYM) {
-        G[at] = g[i][j];
-      } else {
-        dx[at] = static_cast<T>(g[i][j] * grad_scale);
-      }
-    }
+    for (int j = 0; j < C; ++j) row[j] = g[i][j] * grad_scale;
+    store_row_run(f, dx + base, i, vec & kVecOut, row);
   }
-  cluster.sync();  // no block leaves while a peer may still read its shared memory
+  cluster_wait();  // no block leaves while a peer may still read its shared memory
 #endif
-}
-
-// dM = (G + G^T) * grad_scale, 32 x 32 tiles through shared memory. Grid (ceil(n/32), ceil(n/32),
-// n_mat), block (32, 8).
-template <typename T>
-__global__ void sinkhorn_symmetrise_kernel(const float* __restrict__ G, T* __restrict__ dx, int n, float grad_scale) {
-  __shared__ float tile[32][33];
-  const int64_t base = static_cast<int64_t>(blockIdx.z) * n * n;
-  const int bi = blockIdx.y * 32, bj = blockIdx.x * 32;
-  // the transposed block: rows bj.., columns bi..
-  for (int k = threadIdx.y; k < 32; k += blockDim.y) {
-    const int r = bj + k, c = bi + threadIdx.x;
-    tile[k][threadIdx.x] = (r < n && c < n) ? G[base + static_cast<int64_t>(r) * n + c] : 0.f;
-  }
-  __syncthreads();
-  for (int k = threadIdx.y; k < 32; k += blockDim.y) {
-    const int r = bi + k, c = bj + threadIdx.x;
-    if (r < n && c < n) {
-      const int64_t at = base + static_cast<int64_t>(r) * n + c;
-      dx[at] = static_cast<T>((G[at] + tile[threadIdx.x][k]) * grad_scale);
-    }
-  }
 }
 
 // --- host --------------------------------------------------------------------------------------
@@ -856,9 +908,37 @@ void check_logits(const at::Tensor& logits, int64_t iters, double tau) {
 
 at::Tensor as_batch(const at::Tensor& t) { return t.reshape({-1, t.size(-2), t.size(-1)}); }
 
-// The tagged words of both copies, then a failure count per matrix; zeroed (tags start at 1).
-at::Tensor words_for(const Plan& plan, int64_t n_mat, const at::TensorOptions& like) {
-  return at::zeros({n_mat * 2 * plan.n_rt * plan.n_ct * kTiles[plan.tile].cols + n_mat}, like.dtype(at::kLong));
+// The tagged words of both copies, then (`flags`) a flag per tile, then a failure count per matrix; zeroed
+// (tags start at 1).
+struct Words {
+  at::Tensor buffer;
+  Word* copies;
+  Word* flags;
+  Word* fail;
+};
+Words words_for(const Plan& plan, int64_t n_mat, const at::TensorOptions& like, bool flags) {
+  const int64_t tiles = static_cast<int64_t>(plan.n_rt) * plan.n_ct;
+  const int64_t copies = n_mat * 2 * tiles * kTiles[plan.tile].cols, n_flags = flags ? n_mat * tiles : 0;
+  Words w;
+  w.buffer = at::zeros({copies + n_flags + n_mat}, like.dtype(at::kLong));
+  w.copies = reinterpret_cast<Word*>(w.buffer.data_ptr<int64_t>());
+  w.flags = flags ? w.copies + copies : nullptr;
+  w.fail = w.copies + copies + n_flags;
+  return w;
+}
+
+void check_fail(const Words& w, int64_t n_mat) { check_fail(w.buffer.narrow(0, w.buffer.size(0) - n_mat, n_mat)); }
+
+// The kVec* bits for these tensors ([n_mat, n, n] views): vector access where the rows are contiguous
+// and every run a thread reads is 16-byte aligned.
+bool rows_aligned(const at::Tensor& t) {
+  const int64_t bytes = static_cast<int64_t>(t.element_size());
+  return t.stride(2) == 1 && (t.stride(1) * bytes) % 16 == 0 && (t.size(0) == 1 || (t.stride(0) * bytes) % 16 == 0) &&
+         reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+int vec_bits(const at::Tensor& x, const at::Tensor* dp) {
+  return (rows_aligned(x) ? kVecLogits : 0) | (dp != nullptr && rows_aligned(*dp) ? kVecGrad : 0) |
+         (x.size(-1) % 4 == 0 ? kVecOut : 0);
 }
 
 template <typename F>
@@ -892,19 +972,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd(const at::Tensor& lo
         constexpr bool S = decltype(sym)::value;
         const auto kernel_of = [](auto sh) { return sinkhorn_fwd_kernel<T, decltype(sh), S>; };
         const Plan plan = choose_plan(n, n_mat, fits_of(kernel_of, n_mat, stream), "forward");
-        at::Tensor words = words_for(plan, n_mat, x.options());
-        Word* w = reinterpret_cast<Word*>(words.data_ptr<int64_t>());
-        Word* fail = w + words.size(0) - n_mat;
+        const Words w = words_for(plan, n_mat, x.options(), false);
         with_tile(plan.tile, [&](auto sh) {
           cudaLaunchAttribute attr[1];
           const cudaLaunchConfig_t config = launch_config(plan, n_mat, attr, stream);
           C10_CUDA_CHECK(cudaLaunchKernelEx(&config, sinkhorn_fwd_kernel<T, decltype(sh), S>,
                                             static_cast<const T*>(x.data_ptr()), p.data_ptr<float>(),
-                                            u.data_ptr<float>(), v.data_ptr<float>(), w, fail, n,
+                                            u.data_ptr<float>(), v.data_ptr<float>(), w.copies, w.fail, n,
                                             static_cast<int>(iters), plan.n_rt, plan.n_ct, x.stride(0), x.stride(1),
-                                            x.stride(2), scale));
+                                            x.stride(2), scale, vec_bits(x, nullptr)));
         });
-        check_fail(words.narrow(0, words.size(0) - n_mat, n_mat));
+        check_fail(w, n_mat);
       });
     });
   }
@@ -942,7 +1020,7 @@ at::Tensor sinkhorn_bwd(const at::Tensor& dp, const at::Tensor& logits, const at
   if (n_mat > 0 && n > 0) {
     const float scale = static_cast<float>((symmetric ? 0.5 : 1.0) / tau);
     const auto stream = c10::cuda::getCurrentCUDAStream();
-    // the working gradient leaves registers only for the symmetrising pass
+    // the working gradient leaves registers only to be read transposed
     at::Tensor g = symmetric ? at::empty({n_mat, n, n}, logits.options().dtype(at::kFloat)) : at::Tensor();
     with_dtype(x.scalar_type(), "logits", [&](auto tag) {
       using T = decltype(tag);
@@ -950,26 +1028,18 @@ at::Tensor sinkhorn_bwd(const at::Tensor& dp, const at::Tensor& logits, const at
         constexpr bool S = decltype(sym)::value;
         const auto kernel_of = [](auto sh) { return sinkhorn_bwd_kernel<T, decltype(sh), S>; };
         const Plan plan = choose_plan(static_cast<int>(n), n_mat, fits_of(kernel_of, n_mat, stream), "backward");
-        at::Tensor words = words_for(plan, n_mat, x.options());
-        Word* w = reinterpret_cast<Word*>(words.data_ptr<int64_t>());
-        Word* fail = w + words.size(0) - n_mat;
+        const Words w = words_for(plan, n_mat, x.options(), S);
         with_tile(plan.tile, [&](auto sh) {
           cudaLaunchAttribute attr[1];
           const cudaLaunchConfig_t config = launch_config(plan, n_mat, attr, stream);
           C10_CUDA_CHECK(cudaLaunchKernelEx(
               &config, sinkhorn_bwd_kernel<T, decltype(sh), S>, static_cast<const T*>(x.data_ptr()),
               d.data_ptr<float>(), u3.data_ptr<float>(), v3.data_ptr<float>(), S ? g.data_ptr<float>() : nullptr,
-              static_cast<T*>(dx.data_ptr()), w, fail, static_cast<int>(n), static_cast<int>(iters), plan.n_rt,
-              plan.n_ct, x.stride(0), x.stride(1), x.stride(2), d.stride(0), d.stride(1), d.stride(2), scale, scale));
+              static_cast<T*>(dx.data_ptr()), w.copies, w.flags, w.fail, static_cast<int>(n), static_cast<int>(iters),
+              plan.n_rt, plan.n_ct, x.stride(0), x.stride(1), x.stride(2), d.stride(0), d.stride(1), d.stride(2), scale,
+              scale, vec_bits(x, &d)));
         });
-        check_fail(words.narrow(0, words.size(0) - n_mat, n_mat));
-        if constexpr (S) {
-          const dim3 grid(static_cast<unsigned>(ceil_div(n, 32)), static_cast<unsigned>(ceil_div(n, 32)),
-                          static_cast<unsigned>(n_mat));
-          sinkhorn_symmetrise_kernel<T><<<grid, dim3(32, 8), 0, stream>>>(
-              g.data_ptr<float>(), static_cast<T*>(dx.data_ptr()), static_cast<int>(n), scale);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        }
+        check_fail(w, n_mat);
       });
     });
   }

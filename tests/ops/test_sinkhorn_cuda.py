@@ -69,6 +69,23 @@ def test_sinkhorn_cuda_noncontiguous(kernel_dtype, layout, symmetric):
     check_against_reference(uk.sinkhorn, (x, 0.1, 7, symmetric), backend="cuda")
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sinkhorn_cuda_vector_and_element_reads_agree(symmetric):
+    # aligned contiguous rows are read and written as 16-byte vectors; logits 4 bytes off alignment and a
+    # transposed P gradient are read one element at a time. The arithmetic is the same: identical bits
+    n = 1024
+    wide = torch.randn(n, n + 4, device="cuda")
+    g = torch.randn(n, n, device="cuda")
+    results = []
+    for x, dp in ((wide[:, 1:n + 1].contiguous(), g), (wide[:, 1:n + 1], g.mT.contiguous().mT)):
+        x = x.detach().requires_grad_(True)
+        p = uk.sinkhorn(x, 0.05, 5, symmetric, backend="cuda")
+        results.append((p, torch.autograd.grad(p, x, dp)[0]))
+    (p_vec, dx_vec), (p_elem, dx_elem) = results
+    assert torch.equal(p_vec, p_elem)
+    assert torch.equal(dx_vec, dx_elem)
+
+
 @pytest.mark.parametrize("iters", [1, 2, 20])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_sinkhorn_cuda_dominated_rows(iters, symmetric):
