@@ -37,7 +37,9 @@
 //
 // Numerics follow the Triton kernels: S0 = logits * scale rounded once (no contraction into its
 // uses), ex2.approx / lg2.approx for the iterates' exponentials and logarithms, products that feed
-// a sum rounded before it.
+// a sum rounded before it. One difference: the forward's later iterates are the previous ones over
+// their columns' sums (one product an entry) where the Triton kernels form exp(T1 - v) again; the
+// two agree to rounding.
 
 #include <cmath>
 #include <cstdlib>
@@ -543,15 +545,15 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_fwd_kernel(
   col_publish(f, pc, col_tile_lse(f, sm, t), 1);
   col_collect<true>(f, sm, pc, 1, fail, v);
   store_cols(f, V, v);
-  // later iterations: T1 = S0 - u_1 - v_1 in log2 units, relative potentials from 0, plain sums
+  // later iterations: E = exp(T1 - v) with T1 = S0 - u_1 - v_1 and v the potentials relative to v_1,
+  // plain sums. After a column step E / c is the next E (exp(T1 - v - log c)): one product an entry in
+  // place of an exponential. Rounding that scales a column's entries is undone by the next column
+  // step, which measures that column's sum again.
   float e[R][C];
 #pragma unroll
   for (int i = 0; i < R; ++i) {
 #pragma unroll
-    for (int j = 0; j < C; ++j) {
-      t[i][j] = (t[i][j] - v[j]) * kLog2e;
-      e[i][j] = ex2(t[i][j]);
-    }
+    for (int j = 0; j < C; ++j) e[i][j] = ex2((t[i][j] - v[j]) * kLog2e);
   }
   float rinv[R], vrel[C];
 #pragma unroll
@@ -581,16 +583,19 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_fwd_kernel(
     Word* copy = pc + (k % 2) * copy_words;
     col_publish(f, copy, col_tile_sum(f, sm, c), k + 1);
     col_collect<false>(f, sm, copy, k + 1, fail, c);
+    float cinv[C];
 #pragma unroll
     for (int j = 0; j < C; ++j) {
-      vrel[j] += lg2(c[j] > 0.f ? c[j] : 1.f);
+      const float sum = c[j] > 0.f ? c[j] : 1.f;  // columns outside the matrix
+      vrel[j] += lg2(sum);
+      cinv[j] = __frcp_rn(sum);
       c[j] = vrel[j] * kLn2;
     }
     store_cols(f, V + static_cast<int64_t>(k) * n, c);
 #pragma unroll
     for (int i = 0; i < R; ++i) {
 #pragma unroll
-      for (int j = 0; j < C; ++j) e[i][j] = ex2(t[i][j] - vrel[j]);
+      for (int j = 0; j < C; ++j) e[i][j] = __fmul_rn(e[i][j], cinv[j]);
     }
   }
   // P = exp(T1 - u - v) = exp(T1 - v) / r
