@@ -116,12 +116,6 @@ __device__ __forceinline__ float lg2(float x) {
   return y;
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, offset));
-  return v;
-}
-
 // log-sum-exp from a maximum and a sum of exponentials shifted by it, as the Triton `_lse`: an
 // all -inf slice gives 0, not NaN
 __device__ __forceinline__ float lse_finish(float m, float s) { return m + lg2(s == 0.f ? 1.f : s) * kLn2; }
@@ -269,7 +263,7 @@ __device__ __forceinline__ void store_row_run(const Frame<S>& f, T* __restrict__
 
 // --- row steps: the cluster --------------------------------------------------------------------
 //
-// A warp's ROWS rows are reduced across its 32 lanes by halving: ROWS values per lane, then half as
+// A warp's ROWS rows are reduced across its 32 lanes by halving (sums, and the first row step's maxima): ROWS values per lane, then half as
 // many (each step a shuffle that exchanges halves), down to one, then plain shuffles across the
 // kLanesPerRow lanes left per row: 9 shuffles at 8 rows (40 one row at a time), 10 at 16. Lane l ends
 // holding row lane_row(l). Everything per row (the exchange, its logarithm and reciprocal) then happens
@@ -280,42 +274,34 @@ __device__ __forceinline__ int lane_row(int lane) {
   return (lane / S::kLanesPerRow) % S::kRowsPerWarp;
 }
 
-// One halving step of warp_row_sum and the ones after it: lanes with `MASK` set keep the upper HALF of
-// w[0 .. 2 HALF) and add their partner's, the others the lower half.
-template <int HALF, int MASK, int N>
+__device__ __forceinline__ float combine(bool max, float a, float b) { return max ? fmaxf(a, b) : a + b; }
+
+// One halving step of warp_row_reduce and the ones after it: lanes with `MASK` set keep the upper HALF
+// of w[0 .. 2 HALF) and combine their partner's into it, the others the lower half.
+template <bool MAX, int HALF, int MASK, int N>
 __device__ __forceinline__ void halve_rows(float (&w)[N], int lane) {
   if constexpr (HALF >= 1) {
     const bool upper = lane & MASK;
 #pragma unroll
     for (int k = 0; k < HALF; ++k) {
       const float send = upper ? w[k] : w[k + HALF];
-      w[k] = (upper ? w[k + HALF] : w[k]) + __shfl_xor_sync(kFull, send, MASK);
+      w[k] = combine(MAX, upper ? w[k + HALF] : w[k], __shfl_xor_sync(kFull, send, MASK));
     }
-    halve_rows<HALF / 2, MASK / 2>(w, lane);
+    halve_rows<MAX, HALF / 2, MASK / 2>(w, lane);
   }
 }
 
-// Sum over the warp of each of the warp's rows: returns row lane_row(lane)'s total.
-template <class S>
-__device__ __forceinline__ float warp_row_sum(const float (&v)[S::kRowsPerWarp], int lane) {
+// Sum (MAX: maximum) over the warp of each of the warp's rows: returns row lane_row(lane)'s.
+template <class S, bool MAX = false>
+__device__ __forceinline__ float warp_row_reduce(const float (&v)[S::kRowsPerWarp], int lane) {
   float w[S::kRowsPerWarp];
 #pragma unroll
   for (int k = 0; k < S::kRowsPerWarp; ++k) w[k] = v[k];
-  halve_rows<S::kRowsPerWarp / 2, kWarpSize / 2>(w, lane);
+  halve_rows<MAX, S::kRowsPerWarp / 2, kWarpSize / 2>(w, lane);
   float y = w[0];
 #pragma unroll
-  for (int m = S::kLanesPerRow / 2; m >= 1; m /= 2) y += __shfl_xor_sync(kFull, y, m);
+  for (int m = S::kLanesPerRow / 2; m >= 1; m /= 2) y = combine(MAX, y, __shfl_xor_sync(kFull, y, m));
   return y;
-}
-
-// The value of row lane_row(lane) among per-row values every lane holds.
-template <class S>
-__device__ __forceinline__ float own_row(const float (&r)[S::kRowsPerWarp], int lane) {
-  const int i = lane_row<S>(lane);
-  float mine = r[0];
-#pragma unroll
-  for (int k = 1; k < S::kRowsPerWarp; ++k) mine = i == k ? r[k] : mine;
-  return mine;
 }
 
 // Every lane gets the rows' values from the lanes holding them.
@@ -527,16 +513,21 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_fwd_kernel(
   float r[R];
 #pragma unroll
   for (int i = 0; i < R; ++i) {
-    float m = t[i][0];
+    r[i] = t[i][0];
 #pragma unroll
-    for (int j = 1; j < C; ++j) m = fmaxf(m, t[i][j]);
-    m = lse_shift(warp_max(m));
-    float s = 0.f;
-#pragma unroll
-    for (int j = 0; j < C; ++j) s += ex2((t[i][j] - m) * kLog2e);
-    r[i] = lse_finish(m, warp_sum(s));
+    for (int j = 1; j < C; ++j) r[i] = fmaxf(r[i], t[i][j]);
   }
-  const float u1 = row_exchange<true>(f, cluster, sm.rowpart[0], own_row<S>(r, f.lane), K == 1);
+  const float m_own = lse_shift(warp_row_reduce<S, true>(r, f.lane));  // row lane_row(lane)'s maximum
+  broadcast_rows<S>(m_own, r);
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    const float m = r[i];
+    r[i] = 0.f;
+#pragma unroll
+    for (int j = 0; j < C; ++j) r[i] += ex2((t[i][j] - m) * kLog2e);
+  }
+  const float tile_lse = lse_finish(m_own, warp_row_reduce<S>(r, f.lane));
+  const float u1 = row_exchange<true>(f, cluster, sm.rowpart[0], tile_lse, K == 1);
   store_row(f, U, u1);
   broadcast_rows<S>(u1, r);
 #pragma unroll
@@ -578,7 +569,7 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_fwd_kernel(
 #pragma unroll
       for (int j = 0; j < C; ++j) r[i] += e[i][j];
     }
-    float total = row_exchange<false>(f, cluster, sm.rowpart[k % 2], warp_row_sum<S>(r, f.lane), k == K - 1);
+    float total = row_exchange<false>(f, cluster, sm.rowpart[k % 2], warp_row_reduce<S>(r, f.lane), k == K - 1);
     total = total > 0.f ? total : 1.f;  // rows outside the matrix
     store_row(f, U + static_cast<int64_t>(k) * n, lg2(total) * kLn2);
     broadcast_rows<S>(1.f / total, rinv);
@@ -602,16 +593,25 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_fwd_kernel(
       c[j] = vrel[j] * kLn2;
     }
     store_cols(f, V + static_cast<int64_t>(k) * n, c);
+    bool again[C], any = false;
 #pragma unroll
     for (int j = 0; j < C; ++j) {
       vhigh[j] = fmaxf(vhigh[j], vrel[j]);
-      if (vhigh[j] - vrel[j] > kRefreshBits) {
-        vhigh[j] = vrel[j];
+      again[j] = vhigh[j] - vrel[j] > kRefreshBits;
+      vhigh[j] = again[j] ? vrel[j] : vhigh[j];
+      any = any || again[j];
+    }
+    if (__any_sync(kFull, any)) {  // rare, and a branch around the exponentials, not predicated ones
 #pragma unroll
-        for (int i = 0; i < R; ++i) e[i][j] = ex2(t[i][j] - vrel[j]);
-      } else {
+      for (int i = 0; i < R; ++i) {
 #pragma unroll
-        for (int i = 0; i < R; ++i) e[i][j] = __fmul_rn(e[i][j], cinv[j]);
+        for (int j = 0; j < C; ++j) e[i][j] = again[j] ? ex2(t[i][j] - vrel[j]) : __fmul_rn(e[i][j], cinv[j]);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < R; ++i) {
+#pragma unroll
+        for (int j = 0; j < C; ++j) e[i][j] = __fmul_rn(e[i][j], cinv[j]);
       }
     }
   }
@@ -728,7 +728,7 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_bwd_kernel(
       }
     }
     // row step k: the row band's row sums
-    broadcast_rows<S>(row_exchange<false>(f, cluster, sm.rowpart[s % 2], warp_row_sum<S>(r, f.lane), k == 0), r);
+    broadcast_rows<S>(row_exchange<false>(f, cluster, sm.rowpart[s % 2], warp_row_reduce<S>(r, f.lane), k == 0), r);
     float fac[C];
 #pragma unroll
     for (int j = 0; j < C; ++j) {
