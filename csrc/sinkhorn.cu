@@ -65,7 +65,7 @@ constexpr int kMaxN = 1024;                  // a row band in one cluster: 8 til
 constexpr long long kMaxSpins = 1ll << 24;   // polls (~1 us each) before a wait counts a failure
 // The forward forms a column's iterates exactly again (exp2) once its potential has fallen this much
 // (log2 units) below its highest value since they were last formed so; between, one product an entry
-constexpr float kRefreshBits = 4.f;
+constexpr float kRefreshBits = 8.f;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr unsigned kFull = 0xffffffffu;
@@ -544,9 +544,12 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_fwd_kernel(
   // place of an exponential. Rounding that scales a column's entries is undone by the next column
   // step, which measures that column's sum again. What a product cannot bring back is an entry that
   // underflowed while its column's potential was high: a column whose potential has fallen by
-  // kRefreshBits since its iterates were last formed as exp2(T1 - v) is formed so again (the
-  // decision is per column and the same in every block; random logits at tau = 0.05, n = 1024: about
-  // one column in 200 an iteration).
+  // kRefreshBits since its iterates were last formed as exp2(T1 - v) is formed so again, so that an
+  // entry lost to underflow (below 2^-149) is back before it could exceed 2^-141. The decision is per
+  // column and the same in every block. With random logits at tau = 0.05 and n = 1024 it comes once
+  // (symmetric) or 23 times (not) in the 19456 columns and iterations of K = 20, with the tests'
+  // dominated rows 375 times in 5700 (bench/results/2026-12-01-h200-run176/refresh_model.py); at 4 bits
+  // 90 times, and a warp with one such column among its 128 forms them all (run175: 6.6 µs slower).
   float e[R][C];
 #pragma unroll
   for (int i = 0; i < R; ++i) {
@@ -601,11 +604,16 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_fwd_kernel(
       vhigh[j] = again[j] ? vrel[j] : vhigh[j];
       any = any || again[j];
     }
-    if (__any_sync(kFull, any)) {  // rare, and a branch around the exponentials, not predicated ones
+    if (__any_sync(kFull, any)) {  // rare: branches around the exponentials, not predicated ones
 #pragma unroll
-      for (int i = 0; i < R; ++i) {
+      for (int j = 0; j < C; ++j) {
+        if (__any_sync(kFull, again[j])) {
 #pragma unroll
-        for (int j = 0; j < C; ++j) e[i][j] = again[j] ? ex2(t[i][j] - vrel[j]) : __fmul_rn(e[i][j], cinv[j]);
+          for (int i = 0; i < R; ++i) e[i][j] = again[j] ? ex2(t[i][j] - vrel[j]) : __fmul_rn(e[i][j], cinv[j]);
+        } else {
+#pragma unroll
+          for (int i = 0; i < R; ++i) e[i][j] = __fmul_rn(e[i][j], cinv[j]);
+        }
       }
     } else {
 #pragma unroll
