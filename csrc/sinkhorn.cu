@@ -2,10 +2,11 @@
 // sinkhorn; SPEC §2.1). The maths and the saved state are the Triton resident kernels'
 // (triton_kernels/sinkhorn.py, `sinkhorn_resident_fwd_kernel` / `_bwd_kernel`): log-domain, fp32,
 // the per-iteration potentials U, V [n_mat, K, n] saved, everything else recomputed; the first
-// iteration reduces with its maximum (log-sum-exp), the later ones as plain sums of one exponential
-// per entry; the backward is the unrolled K-step map's.
+// iteration reduces with its maximum (log-sum-exp), the later ones as plain sums (the forward's
+// iterates by one product an entry, see the forward kernel; the backward's by one exponential); the
+// backward is the unrolled K-step map's.
 //
-// What differs is how the tiles exchange their partial sums. A matrix is cut into tiles, one block
+// What differs most is how the tiles exchange their partial sums. A matrix is cut into tiles, one block
 // per tile, every block resident for the whole call, the tile in registers: a warp holds ROWS rows,
 // a lane COLS columns of them (ROWS * COLS = 32 entries a thread). Three shapes:
 //
