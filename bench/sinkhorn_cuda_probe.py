@@ -1,0 +1,106 @@
+"""The `cuda` backend's Sinkhorn against the Triton resident kernels, outside the benchmark table.
+
+    python bench/sinkhorn_cuda_probe.py               timings, then outputs and gradients against Triton
+    python bench/sinkhorn_cuda_probe.py --sanitize    once forward and backward in every tile shape: the
+                                                      script `compute-sanitizer --tool memcheck|racecheck`
+                                                      wraps
+
+Timings: each step under one captured CUDA graph (`bench.timing.graph_replay_us`), two rounds in
+alternation: n = 1024 at K = 20 and K = 2 (the difference over 18 is one iteration's cost) with the
+plan 'auto' takes (printed) and 128 x 128; n = 512 with each tile shape. Tau = 0.05, symmetric.
+
+Sanitize: n = 300 (clusters of 3 or 5 blocks, ragged last tiles), n = 1000 (vector reads, ragged last
+tiles) and n = 1024 (8 clusters of 16 in 128 x 64 tiles where they fit, 8 of 8 in 128 x 128),
+symmetric and not, K = 3. Needs a GPU and the extension built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import unimixer_kernels as uk  # noqa: E402
+from bench.timing import graph_replay_us  # noqa: E402
+from unimixer_kernels.ops import sinkhorn_cuda  # noqa: E402
+
+TAU = 0.05
+TILE_SWITCH = "UNIMIXER_SINKHORN_CUDA_TILE"
+NAMES = ("128x64", "64x128", "128x128")  # csrc/sinkhorn.cu kTiles, the order of the plan's indices
+TIMED = [(1024, 20, "triton", "auto"), (1024, 20, "cuda", "auto"), (1024, 20, "cuda", "128x128"),
+         (1024, 2, "triton", "auto"), (1024, 2, "cuda", "auto"), (1024, 2, "cuda", "128x128"),
+         (512, 20, "triton", "auto"), (512, 20, "cuda", "64x128"), (512, 20, "cuda", "128x64"),
+         (512, 20, "cuda", "128x128")]
+SANITIZED = [(300, "64x128"), (300, "128x64"), (300, "128x128"), (1000, "128x128"), (1024, "128x64"),
+             (1024, "128x128")]
+
+
+def step(x: torch.Tensor, g: torch.Tensor, backend: str, iters: int, bwd: bool):
+    def fn():
+        p = uk.sinkhorn(x, TAU, iters, True, backend=backend)
+        return torch.autograd.grad(p, x, g)[0] if bwd else p
+    return fn
+
+
+def probe() -> None:
+    inputs = {n: (torch.randn(n, n, device="cuda").requires_grad_(), torch.randn(n, n, device="cuda"))
+              for n in (512, 1024)}
+    for n in (512, 1024):
+        plan = sinkhorn_cuda.cuda_ops().sinkhorn_plan(inputs[n][0], True)
+        print(f"n={n}: 'auto' takes forward {NAMES[plan[0]]}, backward {NAMES[plan[1]]}")
+    for rnd in range(2):
+        for bwd in (False, True):
+            for n, iters, backend, tile in TIMED:
+                os.environ[TILE_SWITCH] = tile
+                us = graph_replay_us(step(*inputs[n], backend, iters, bwd), reps=50, runs=5)
+                mode = "fwd+bwd" if bwd else "fwd"
+                print(f"round {rnd} n={n:4d} K={iters:2d} {mode:7s} {backend:6s} tile={tile:7s} {us:8.1f} us",
+                      flush=True)
+    os.environ[TILE_SWITCH] = "auto"
+    x, g = inputs[1024]
+    for sym in (True, False):
+        outs = {}
+        for backend in ("triton", "cuda"):
+            p = uk.sinkhorn(x, TAU, 20, sym, backend=backend)
+            outs[backend] = (p.detach(), torch.autograd.grad(p, x, g)[0])
+        (pt, dt), (pc, dc) = outs["triton"], outs["cuda"]
+        print(f"symmetric={sym}: max|P_cuda - P_triton| {(pc - pt).abs().max().item():.3e} of "
+              f"{pt.abs().max().item():.3e}; max|dX_cuda - dX_triton| {(dc - dt).abs().max().item():.3e} of "
+              f"{dt.abs().max().item():.3e}")
+
+
+def sanitize() -> None:
+    for n, tile in SANITIZED:
+        os.environ[TILE_SWITCH] = tile
+        for sym in (True, False):
+            x = torch.randn(n, n, device="cuda", requires_grad=True)
+            if min(sinkhorn_cuda.cuda_ops().sinkhorn_plan(x, sym)) < 0:
+                print(f"n={n} tile={tile}: does not fit at once, not run")
+                break
+            p = uk.sinkhorn(x, TAU, 3, sym, backend="cuda")
+            (dx,) = torch.autograd.grad(p, x, torch.randn_like(p))
+            torch.cuda.synchronize()
+            print(f"n={n} tile={tile} symmetric={sym}: ok, P sum {p.sum().item():.3f}, |dX| max "
+                  f"{dx.abs().max().item():.3e}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sanitize", action="store_true", help="one small run of every tile shape")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench/sinkhorn_cuda_probe.py: needs a CUDA GPU and the extension built")
+    if args.sanitize:
+        sanitize()
+    else:
+        probe()
+
+
+if __name__ == "__main__":
+    main()
