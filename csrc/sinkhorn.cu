@@ -111,6 +111,15 @@ __device__ __forceinline__ float ex2(float x) {
   return y;
 }
 
+// ex2 with results below 2^-126 flushed to zero: one MUFU.EX2, where `ex2` adds a compare and two
+// multiplies to keep subnormal results. For the log-sum-exp sums, which hold a term of 1, and the
+// backward's iterates (an entry below 2^-126 moves a gradient by less than 1e-35).
+__device__ __forceinline__ float ex2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ float lg2(float x) {
   float y;
   asm("lg2.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -340,7 +349,7 @@ __device__ float row_exchange(const Frame<S>& f, cg::cluster_group& cluster, flo
     m = lse_shift(m);
     float s = 0.f;
 #pragma unroll
-    for (int k = 0; k < S::kRankReads; ++k) s = __fadd_rn(s, ex2((a[k] - m) * kLog2e));
+    for (int k = 0; k < S::kRankReads; ++k) s = __fadd_rn(s, ex2_ftz((a[k] - m) * kLog2e));
 #pragma unroll
     for (int x = S::kLanesPerRow / 2; x >= 1; x /= 2) s += __shfl_xor_sync(kFull, s, x);
     return lse_finish(m, s);
@@ -365,8 +374,9 @@ __device__ float col_tile_sum(const Frame<S>& f, Smem<S>& sm, const float (&c)[S
   __syncthreads();
   float part = 0.f;
   if (f.tid < S::kCols) {
+    part = sm.colred[0][f.tid];
 #pragma unroll
-    for (int w = 0; w < S::kWarps; ++w) part += sm.colred[w][f.tid];
+    for (int w = 1; w < S::kWarps; ++w) part += sm.colred[w][f.tid];
   }
   return part;
 }
@@ -395,7 +405,7 @@ __device__ float col_tile_lse(const Frame<S>& f, Smem<S>& sm, const TileRegs<S>&
     const float m = sm.colm[f.lane * S::kColsPerLane + j];
     c[j] = 0.f;
 #pragma unroll
-    for (int i = 0; i < S::kRowsPerWarp; ++i) c[j] += ex2((x[i][j] - m) * kLog2e);
+    for (int i = 0; i < S::kRowsPerWarp; ++i) c[j] += ex2_ftz((x[i][j] - m) * kLog2e);
   }
   const float s = col_tile_sum(f, sm, c);
   return f.tid < S::kCols ? lse_finish(sm.colm[f.tid], s) : 0.f;
@@ -448,7 +458,7 @@ __device__ void col_collect(const Frame<S>& f, Smem<S>& sm, const Word* copy, in
       for (int pp = 0; pp < f.n_rt; ++pp) m = fmaxf(m, sm.colpart[pp][cc]);
       m = lse_shift(m);
       float s = 0.f;
-      for (int pp = 0; pp < f.n_rt; ++pp) s += ex2((sm.colpart[pp][cc] - m) * kLog2e);
+      for (int pp = 0; pp < f.n_rt; ++pp) s += ex2_ftz((sm.colpart[pp][cc] - m) * kLog2e);
       out[j] = lse_finish(m, s);
     }
   } else {
@@ -525,7 +535,7 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_fwd_kernel(
     const float m = r[i];
     r[i] = 0.f;
 #pragma unroll
-    for (int j = 0; j < C; ++j) r[i] += ex2((t[i][j] - m) * kLog2e);
+    for (int j = 0; j < C; ++j) r[i] += ex2_ftz((t[i][j] - m) * kLog2e);
   }
   const float tile_lse = lse_finish(m_own, warp_row_reduce<S>(r, f.lane));
   const float u1 = row_exchange<true>(f, cluster, sm.rowpart[0], tile_lse, K == 1);
@@ -569,9 +579,9 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_fwd_kernel(
     // row step k: E = exp(T1 - v_{k-1}) summed along the rows
 #pragma unroll
     for (int i = 0; i < R; ++i) {
-      r[i] = 0.f;
+      r[i] = e[i][0];
 #pragma unroll
-      for (int j = 0; j < C; ++j) r[i] += e[i][j];
+      for (int j = 1; j < C; ++j) r[i] += e[i][j];
     }
     float total = row_exchange<false>(f, cluster, sm.rowpart[k % 2], warp_row_reduce<S>(r, f.lane), k == K - 1);
     total = total > 0.f ? total : 1.f;  // rows outside the matrix
@@ -581,9 +591,9 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_fwd_kernel(
     float c[C];
 #pragma unroll
     for (int j = 0; j < C; ++j) {
-      c[j] = 0.f;
+      c[j] = __fmul_rn(e[0][j], rinv[0]);
 #pragma unroll
-      for (int i = 0; i < R; ++i) c[j] = __fadd_rn(c[j], __fmul_rn(e[i][j], rinv[i]));
+      for (int i = 1; i < R; ++i) c[j] = __fmaf_rn(e[i][j], rinv[i], c[j]);
     }
     Word* copy = pc + (k % 2) * copy_words;
     col_publish(f, copy, col_tile_sum(f, sm, c), k + 1);
@@ -694,13 +704,11 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_bwd_kernel(
   float g[R][C], c[C];
   read_tile<false>(f, dp + f.mat * sd0, sd1, sd2, vec & kVecGrad, g);  // dP
 #pragma unroll
-  for (int j = 0; j < C; ++j) c[j] = 0.f;
-#pragma unroll
   for (int i = 0; i < R; ++i) {
 #pragma unroll
     for (int j = 0; j < C; ++j) {
-      g[i][j] = __fmul_rn(g[i][j], ex2((t[i][j] - u[i]) - v[j]));
-      c[j] = __fadd_rn(c[j], g[i][j]);
+      g[i][j] = __fmul_rn(g[i][j], ex2_ftz((t[i][j] - u[i]) - v[j]));
+      c[j] = i == 0 ? g[i][j] : __fadd_rn(c[j], g[i][j]);
     }
   }
   col_publish(f, pc, col_tile_sum(f, sm, c), 1);
@@ -728,28 +736,24 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_bwd_kernel(
     float e[R][C], r[R];
 #pragma unroll
     for (int i = 0; i < R; ++i) {
-      r[i] = 0.f;
 #pragma unroll
       for (int j = 0; j < C; ++j) {
-        e[i][j] = ex2((t[i][j] - u[i]) - v[j]);
-        g[i][j] = __fsub_rn(g[i][j], __fmul_rn(e[i][j], c[j]));
-        r[i] = __fadd_rn(r[i], g[i][j]);
+        e[i][j] = ex2_ftz((t[i][j] - u[i]) - v[j]);
+        g[i][j] = __fmaf_rn(-e[i][j], c[j], g[i][j]);
+        r[i] = j == 0 ? g[i][j] : __fadd_rn(r[i], g[i][j]);
       }
     }
     // row step k: the row band's row sums
     broadcast_rows<S>(row_exchange<false>(f, cluster, sm.rowpart[s % 2], warp_row_reduce<S>(r, f.lane), k == 0), r);
     float fac[C];
 #pragma unroll
-    for (int j = 0; j < C; ++j) {
-      fac[j] = ex2(v[j] - vp[j]);
-      c[j] = 0.f;
-    }
+    for (int j = 0; j < C; ++j) fac[j] = ex2(v[j] - vp[j]);
 #pragma unroll
     for (int i = 0; i < R; ++i) {
 #pragma unroll
       for (int j = 0; j < C; ++j) {
-        g[i][j] = __fsub_rn(g[i][j], __fmul_rn(__fmul_rn(e[i][j], fac[j]), r[i]));
-        c[j] = __fadd_rn(c[j], g[i][j]);
+        g[i][j] = __fmaf_rn(-__fmul_rn(e[i][j], fac[j]), r[i], g[i][j]);
+        c[j] = i == 0 ? g[i][j] : __fadd_rn(c[j], g[i][j]);
       }
     }
     if (k > 0) col_publish(f, pc + ((s + 1) % 2) * copy_words, col_tile_sum(f, sm, c), s + 2);
