@@ -67,14 +67,20 @@ constexpr long long kMaxSpins = 1ll << 24;   // polls (~1 us each) before a wait
 // The forward forms a column's iterates exactly again (exp2) once its potential has fallen this much
 // (log2 units) below its highest value since they were last formed so; between, one product an entry
 constexpr float kRefreshBits = 8.f;
+// Products by kLog2e that feed a subtraction are rounded (__fmul_rn): contracted into an FMA at some uses
+// and not others, a value such as T1 would be two slightly different numbers
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr unsigned kFull = 0xffffffffu;
 
 using Word = unsigned long long;
 
-template <int WARPS_, int ROWS_, int COLS_>
+template <int WARPS_, int ROWS_, int COLS_, bool EVEN_ = false>
 struct Shape {
+  // EVEN: n a multiple of the tile's rows and columns, so every tile lies inside the matrix and no
+  // access or value needs a bounds check (Frame::row_ok, col_ok)
+  static constexpr bool kEven = EVEN_;
+  using Even = Shape<WARPS_, ROWS_, COLS_, true>;
   static constexpr int kWarps = WARPS_;
   static constexpr int kRowsPerWarp = ROWS_;
   static constexpr int kColsPerLane = COLS_;
@@ -180,8 +186,10 @@ struct Frame {
     row0 = p * S::kRows + warp * S::kRowsPerWarp;
     col0 = q * S::kCols + lane * S::kColsPerLane;
   }
-  __device__ bool row_ok(int i) const { return row0 + i < n; }
-  __device__ bool col_ok(int j) const { return col0 + j < n; }
+  __device__ bool row_ok(int i) const { return S::kEven || row0 + i < n; }
+  __device__ bool col_ok(int j) const { return S::kEven || col0 + j < n; }
+  __device__ bool rows_inside() const { return S::kEven || row0 + S::kRowsPerWarp <= n; }  // all its rows
+  __device__ bool cols_inside() const { return S::kEven || col0 + S::kColsPerLane <= n; }
 };
 
 template <class S>
@@ -209,7 +217,7 @@ __device__ __forceinline__ void read_tile(const Frame<S>& f, const T* __restrict
     for (int i = 0; i < R; ++i) {
       const int64_t r = f.row0 + i;
       float run[C];
-      if (vec && f.row_ok(i) && f.col0 + C <= f.n) {
+      if (vec && f.row_ok(i) && f.cols_inside()) {
         load_run<T, C>(base + r * s1 + f.col0, run);
       } else {
 #pragma unroll
@@ -225,7 +233,7 @@ __device__ __forceinline__ void read_tile(const Frame<S>& f, const T* __restrict
     for (int j = 0; j < C; ++j) {
       const int64_t c = f.col0 + j;
       float run[R];
-      if (vec && f.col_ok(j) && f.row0 + R <= f.n) {
+      if (vec && f.col_ok(j) && f.rows_inside()) {
         load_run<T, R>(base + c * s1 + f.row0, run);
       } else {
 #pragma unroll
@@ -261,7 +269,7 @@ __device__ __forceinline__ void store_row_run(const Frame<S>& f, T* __restrict__
                                               const float (&values)[S::kColsPerLane]) {
   if (!f.row_ok(i)) return;
   T* row = dst + static_cast<int64_t>(f.row0 + i) * f.n + f.col0;
-  if (vec && f.col0 + S::kColsPerLane <= f.n) {
+  if (vec && f.cols_inside()) {
     store_run<T, S::kColsPerLane>(row, values);
   } else {
 #pragma unroll
@@ -566,7 +574,7 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_fwd_kernel(
   for (int i = 0; i < R; ++i) {
 #pragma unroll
     for (int j = 0; j < C; ++j) {
-      t[i][j] = (t[i][j] - v[j]) * kLog2e;
+      t[i][j] = __fmul_rn(t[i][j] - v[j], kLog2e);
       e[i][j] = ex2(t[i][j]);
     }
   }
@@ -671,11 +679,15 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_bwd_kernel(
   V += f.mat * K * n;
   auto rows_at = [&](int k, float (&u)[R]) {  // U[k] * log2(e) of this thread's rows
 #pragma unroll
-    for (int i = 0; i < R; ++i) u[i] = f.row_ok(i) ? U[static_cast<int64_t>(k) * n + f.row0 + i] * kLog2e : 0.f;
+    for (int i = 0; i < R; ++i) {
+      u[i] = f.row_ok(i) ? __fmul_rn(U[static_cast<int64_t>(k) * n + f.row0 + i], kLog2e) : 0.f;
+    }
   };
   auto cols_at = [&](int k, float (&v)[C]) {
 #pragma unroll
-    for (int j = 0; j < C; ++j) v[j] = f.col_ok(j) ? V[static_cast<int64_t>(k) * n + f.col0 + j] * kLog2e : 0.f;
+    for (int j = 0; j < C; ++j) {
+      v[j] = f.col_ok(j) ? __fmul_rn(V[static_cast<int64_t>(k) * n + f.col0 + j], kLog2e) : 0.f;
+    }
   };
   float u[R], v[C], v1[C], t[R][C];
 #pragma unroll
@@ -687,11 +699,11 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_bwd_kernel(
   for (int i = 0; i < R; ++i) {
 #pragma unroll
     for (int j = 0; j < C; ++j) {
-      t[i][j] = (f.row_ok(i) && f.col_ok(j)) ? ((t[i][j] - u[i]) - v1[j]) * kLog2e : -INFINITY;
+      t[i][j] = (f.row_ok(i) && f.col_ok(j)) ? __fmul_rn((t[i][j] - u[i]) - v1[j], kLog2e) : -INFINITY;
     }
   }
 #pragma unroll
-  for (int j = 0; j < C; ++j) v1[j] *= kLog2e;
+  for (int j = 0; j < C; ++j) v1[j] = __fmul_rn(v1[j], kLog2e);
   if (K > 1) {
     rows_at(K - 1, u);
     cols_at(K - 1, v);
@@ -810,12 +822,20 @@ constexpr TileInfo kTiles[] = {tile_info<Tile128x64>("128x64"), tile_info<Tile64
                                tile_info<Tile128x128>("128x128")};
 constexpr int kTileKinds = sizeof(kTiles) / sizeof(kTiles[0]);
 
+// f(shape) with tile `tile`'s shape, its EVEN instance where `even`.
 template <typename F>
-void with_tile(int tile, F&& f) {
+void with_tile(int tile, bool even, F&& f) {
+  const auto pick = [&](auto sh) {
+    if (even) {
+      f(typename decltype(sh)::Even{});
+    } else {
+      f(sh);
+    }
+  };
   switch (tile) {
-    case 0: f(Tile128x64{}); break;
-    case 1: f(Tile64x128{}); break;
-    default: f(Tile128x128{}); break;
+    case 0: pick(Tile128x64{}); break;
+    case 1: pick(Tile64x128{}); break;
+    default: pick(Tile128x128{}); break;
   }
 }
 
@@ -840,6 +860,7 @@ bool check_waits() {
 
 struct Plan {
   int tile, n_rt, n_ct;
+  bool even;  // n a multiple of the tile's rows and columns: the kernels' EVEN instance
 };
 
 cudaLaunchConfig_t launch_config(const Plan& plan, int64_t n_mat, cudaLaunchAttribute* attr, cudaStream_t stream) {
@@ -888,7 +909,8 @@ std::optional<Plan> find_plan(int n, int64_t n_mat, Fits&& fits, std::string& tr
   for (int tile = 0; tile < kTileKinds; ++tile) {
     if (setting >= 0 && tile != setting) continue;
     const Plan plan{tile, static_cast<int>(ceil_div(n, kTiles[tile].rows)),
-                    static_cast<int>(ceil_div(n, kTiles[tile].cols))};
+                    static_cast<int>(ceil_div(n, kTiles[tile].cols)),
+                    n % kTiles[tile].rows == 0 && n % kTiles[tile].cols == 0};
     const int64_t needed = static_cast<int64_t>(plan.n_rt) * n_mat;
     const int fit = fits(tile, plan);
     if (fit >= needed) return plan;
@@ -903,7 +925,7 @@ template <typename KernelOf>
 auto fits_of(KernelOf&& kernel_of, int64_t n_mat, cudaStream_t stream) {
   return [=](int tile, const Plan& plan) {
     int fit = 0;
-    with_tile(tile, [&](auto sh) { fit = clusters_at_once(kernel_of(sh), plan, n_mat, stream); });
+    with_tile(tile, plan.even, [&](auto sh) { fit = clusters_at_once(kernel_of(sh), plan, n_mat, stream); });
     return fit;
   };
 }
@@ -1007,7 +1029,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd(const at::Tensor& lo
         const auto kernel_of = [](auto sh) { return sinkhorn_fwd_kernel<T, decltype(sh), S>; };
         const Plan plan = choose_plan(n, n_mat, fits_of(kernel_of, n_mat, stream), "forward");
         const Words w = words_for(plan, n_mat, x.options(), false);
-        with_tile(plan.tile, [&](auto sh) {
+        with_tile(plan.tile, plan.even, [&](auto sh) {
           cudaLaunchAttribute attr[1];
           const cudaLaunchConfig_t config = launch_config(plan, n_mat, attr, stream);
           C10_CUDA_CHECK(cudaLaunchKernelEx(&config, sinkhorn_fwd_kernel<T, decltype(sh), S>,
@@ -1063,7 +1085,7 @@ at::Tensor sinkhorn_bwd(const at::Tensor& dp, const at::Tensor& logits, const at
         const auto kernel_of = [](auto sh) { return sinkhorn_bwd_kernel<T, decltype(sh), S>; };
         const Plan plan = choose_plan(static_cast<int>(n), n_mat, fits_of(kernel_of, n_mat, stream), "backward");
         const Words w = words_for(plan, n_mat, x.options(), S);
-        with_tile(plan.tile, [&](auto sh) {
+        with_tile(plan.tile, plan.even, [&](auto sh) {
           cudaLaunchAttribute attr[1];
           const cudaLaunchConfig_t config = launch_config(plan, n_mat, attr, stream);
           C10_CUDA_CHECK(cudaLaunchKernelEx(

@@ -43,11 +43,13 @@ def test_sinkhorn_cuda_batches(shape, tau, iters, symmetric):
     check_against_reference(uk.sinkhorn, (x, tau, iters, symmetric), backend="cuda")
 
 
-@pytest.mark.parametrize("tile,n", [("128x64", 300), ("128x64", 1024), ("64x128", 300), ("64x128", 700),
-                                    ("128x128", 300), ("128x128", 1024)])
+@pytest.mark.parametrize("tile,n", [("128x64", 300), ("128x64", 512), ("128x64", 1024), ("64x128", 300),
+                                    ("64x128", 512), ("64x128", 700), ("128x128", 300), ("128x128", 512),
+                                    ("128x128", 1024)])
 def test_sinkhorn_cuda_every_tile(monkeypatch, tile, n):
     # 8 warps of 16 rows x 2 columns a lane (clusters of up to 16 blocks), 8 warps of 8 x 4, 16 warps of
-    # 8 x 4. Where the tile's clusters do not all fit the device at once the backend says so
+    # 8 x 4; n = 512 and 1024 whole tiles (the kernels' instance without bounds checks), 300 and 700
+    # ragged ones. Where the tile's clusters do not all fit the device at once the backend says so
     monkeypatch.setenv("UNIMIXER_SINKHORN_CUDA_TILE", tile)
     fwd, bwd = sinkhorn_cuda.cuda_ops().sinkhorn_plan(torch.empty(n, n, device="cuda"), True)
     if min(fwd, bwd) < 0:
