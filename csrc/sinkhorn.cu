@@ -170,6 +170,15 @@ __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.w
 
 __device__ __forceinline__ bool has_tag(Word w, int tag) { return static_cast<int>(w >> 32) == tag; }
 
+// `w`, the word at `p` as read, until it carries `tag`: read again with `load` (load_word or
+// load_word_acquire) at most kMaxSpins times; a wait that gives up counts a failure in `fail`.
+template <Word (*LOAD)(const Word*)>
+__device__ __forceinline__ Word wait_tag(const Word* p, int tag, Word w, Word* fail) {
+  for (long long spins = 0; !has_tag(w, tag) && spins < kMaxSpins; ++spins) w = LOAD(p);
+  if (!has_tag(w, tag)) atomicAdd(fail, 1ull);
+  return w;
+}
+
 // One tile's view of the launch: which block, which rows and columns.
 template <class S>
 struct Frame {
@@ -443,13 +452,7 @@ __device__ void col_collect(const Frame<S>& f, Smem<S>& sm, const Word* copy, in
   }
 #pragma unroll
   for (int k = 0; k < S::kWaitWords; ++k) {
-    const int pp = g + k * S::kGroups;
-    long long spins = 0;
-    while (!has_tag(w[k], tag) && spins < kMaxSpins) {
-      w[k] = load_word(col + pp * band);
-      ++spins;
-    }
-    if (!has_tag(w[k], tag)) atomicAdd(fail, 1ull);
+    w[k] = wait_tag<load_word>(col + (g + k * S::kGroups) * band, tag, w[k], fail);
   }
   if constexpr (LSE) {
     // every tile's partial, then each thread its columns' log-sum-exp over the band
@@ -785,9 +788,7 @@ __global__ void __launch_bounds__(S::kThreads, 1) sinkhorn_bwd_kernel(
     const int width = ct1 - ct0 + 1;
     if (f.tid < (rt1 - rt0 + 1) * width) {
       const Word* flag = mine + (rt0 + f.tid / width) * n_ct + ct0 + f.tid % width;
-      bool seen = false;
-      for (long long spins = 0; !seen && spins < kMaxSpins; ++spins) seen = has_tag(load_word_acquire(flag), tag);
-      if (!seen) atomicAdd(fail, 1ull);
+      wait_tag<load_word_acquire>(flag, tag, load_word_acquire(flag), fail);
     }
     __syncthreads();  // the waits' acquires before the block's reads
     read_tile<true, true>(f, G + base, n, 1, vec & kVecOut, g);
