@@ -202,6 +202,16 @@ def _one_ulp_error(run, inputs, diff, gouts, k: int, ref: Tensor, pt: Tensor) ->
             f"error (above {factor} means the rule is beyond {dtype}'s reach at these inputs)")
 
 
+def held_bytes(fn: Callable[[], Tensor]) -> int:
+    """CUDA memory that ``fn()`` leaves allocated besides its output's own storage, the output alive:
+    what autograd keeps for the backward."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    out = fn()
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated() - before - out.untyped_storage().nbytes()
+
+
 def random_input(shape, dtype: torch.dtype, device: str | torch.device = "cpu", *,
                  requires_grad: bool = False, noncontiguous: bool = False, scale: float = 1.0) -> Tensor:
     """Fresh normal data; ``noncontiguous`` returns a strided view of a larger buffer (same values layout)."""
