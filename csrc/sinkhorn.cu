@@ -170,7 +170,7 @@ __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.w
 
 __device__ __forceinline__ bool has_tag(Word w, int tag) { return static_cast<int>(w >> 32) == tag; }
 
-// `w`, the word at `p` as read, until it carries `tag`: read again with `load` (load_word or
+// `w`, the word at `p` as read, until it carries `tag`: read again with LOAD (load_word or
 // load_word_acquire) at most kMaxSpins times; a wait that gives up counts a failure in `fail`.
 template <Word (*LOAD)(const Word*)>
 __device__ __forceinline__ Word wait_tag(const Word* p, int tag, Word w, Word* fail) {
