@@ -31,8 +31,7 @@ from bench.timing import graph_replay_us  # noqa: E402
 from unimixer_kernels.ops import sinkhorn_cuda  # noqa: E402
 
 TAU = 0.05
-TILE_SWITCH = "UNIMIXER_SINKHORN_CUDA_TILE"
-NAMES = ("128x64", "64x128", "128x128")  # csrc/sinkhorn.cu kTiles, the order of the plan's indices
+NAMES = sinkhorn_cuda.TILES[1:]  # after 'auto': csrc/sinkhorn.cu kTiles, the order of the plan's indices
 TIMED = [(1024, 20, "triton", "auto"), (1024, 20, "cuda", "auto"), (1024, 20, "cuda", "128x128"),
          (1024, 2, "triton", "auto"), (1024, 2, "cuda", "auto"), (1024, 2, "cuda", "128x128"),
          (512, 20, "triton", "auto"), (512, 20, "cuda", "64x128"), (512, 20, "cuda", "128x64"),
@@ -57,12 +56,12 @@ def probe() -> None:
     for rnd in range(2):
         for bwd in (False, True):
             for n, iters, backend, tile in TIMED:
-                os.environ[TILE_SWITCH] = tile
+                os.environ[sinkhorn_cuda.TILE_SWITCH] = tile
                 us = graph_replay_us(step(*inputs[n], backend, iters, bwd), reps=50, runs=5)
                 mode = "fwd+bwd" if bwd else "fwd"
                 print(f"round {rnd} n={n:4d} K={iters:2d} {mode:7s} {backend:6s} tile={tile:7s} {us:8.1f} us",
                       flush=True)
-    os.environ[TILE_SWITCH] = "auto"
+    os.environ[sinkhorn_cuda.TILE_SWITCH] = "auto"
     x, g = inputs[1024]
     for sym in (True, False):
         outs = {}
@@ -77,7 +76,7 @@ def probe() -> None:
 
 def sanitize() -> None:
     for n, tile in SANITIZED:
-        os.environ[TILE_SWITCH] = tile
+        os.environ[sinkhorn_cuda.TILE_SWITCH] = tile
         for sym in (True, False):
             x = torch.randn(n, n, device="cuda", requires_grad=True)
             if min(sinkhorn_cuda.cuda_ops().sinkhorn_plan(x, sym)) < 0:
