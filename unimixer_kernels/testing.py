@@ -226,10 +226,12 @@ def random_input(shape, dtype: torch.dtype, device: str | torch.device = "cpu", 
 def dominated_logits(shape, device: str | torch.device = "cpu") -> Tensor:
     """Sinkhorn logits whose rows and columns differ by whole offsets (at tau = 0.05, S0's rows and
     columns lie hundreds apart): the first iteration's reductions need their maximum, the later ones
-    start from a normalised iterate, whatever the logits were. Fixed seed; fp32, requires grad."""
-    torch.manual_seed(7)
+    start from a normalised iterate, whatever the logits were. Fixed seed (its own generator: the global
+    one is left alone); fp32, requires grad."""
+    g = torch.Generator().manual_seed(7)
     n = shape[-1]
-    x = torch.randn(shape) + 4 * torch.randn(*shape[:-1], 1) + 4 * torch.randn(*shape[:-2], 1, n)
+    x = (torch.randn(shape, generator=g) + 4 * torch.randn(*shape[:-1], 1, generator=g)
+         + 4 * torch.randn(*shape[:-2], 1, n, generator=g))
     return x.to(device).requires_grad_(True)
 
 
