@@ -4,6 +4,7 @@
     python bench/sinkhorn_cuda_probe.py --sanitize    once forward and backward in every tile shape: the
                                                       script `compute-sanitizer --tool memcheck|racecheck`
                                                       wraps
+    ... --paired [--sanitize]                         the same for symmetric n > 1024 (the paired kernels)
 
 Timings: each step under one captured CUDA graph (`bench.timing.graph_replay_us`), two rounds in
 alternation: n = 1024 at K = 20 and K = 2 (the difference over 18 is one iteration's cost) with the
@@ -74,6 +75,43 @@ def probe() -> None:
               f"{dt.abs().max().item():.3e}")
 
 
+def probe_paired() -> None:
+    """Symmetric n > 1024 (csrc/sinkhorn_paired.cu) against the Triton tiled kernels: n = 4096 and 2048
+    at K = 20 and K = 2, forward and forward+backward, then the outputs and gradients of both against the
+    fp64 reference at n = 4096, K = 20."""
+    inputs = {n: (torch.randn(n, n, device="cuda").requires_grad_(), torch.randn(n, n, device="cuda"))
+              for n in (2048, 4096)}
+    for rnd in range(2):
+        for bwd in (False, True):
+            for n in (4096, 2048):
+                for iters in (20, 2):
+                    for backend in ("triton", "cuda"):
+                        us = graph_replay_us(step(*inputs[n], backend, iters, bwd), reps=20, runs=3)
+                        mode = "fwd+bwd" if bwd else "fwd"
+                        print(f"round {rnd} n={n:4d} K={iters:2d} {mode:7s} {backend:6s} {us:9.1f} us",
+                              flush=True)
+    x, g = inputs[4096]
+    x64 = x.detach().double().requires_grad_()
+    p64 = uk.sinkhorn(x64, TAU, 20, True, backend="reference")
+    (d64,) = torch.autograd.grad(p64, x64, g.double())
+    for backend in ("triton", "cuda"):
+        p = uk.sinkhorn(x, TAU, 20, True, backend=backend)
+        (d,) = torch.autograd.grad(p, x, g)
+        print(f"n=4096 {backend}: max|P - P64| {(p.double() - p64).abs().max().item():.3e} of "
+              f"{p64.abs().max().item():.3e}; max|dX - dX64| {(d.double() - d64).abs().max().item():.3e} of "
+              f"{d64.abs().max().item():.3e}", flush=True)
+
+
+def sanitize_paired() -> None:
+    for n, batch in ((1100, 2), (2048, 1)):
+        x = torch.randn(batch, n, n, device="cuda", requires_grad=True)
+        p = uk.sinkhorn(x, TAU, 3, True, backend="cuda")
+        (dx,) = torch.autograd.grad(p, x, torch.randn_like(p))
+        torch.cuda.synchronize()
+        print(f"paired n={n} batch={batch}: ok, P sum {p.sum().item():.3f}, "
+              f"|dX| max {dx.abs().max().item():.3e}", flush=True)
+
+
 def sanitize() -> None:
     for n, tile in SANITIZED:
         os.environ[sinkhorn_cuda.TILE_SWITCH] = tile
@@ -92,13 +130,14 @@ def sanitize() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sanitize", action="store_true", help="one small run of every tile shape")
+    parser.add_argument("--paired", action="store_true", help="symmetric n > 1024 (the paired kernels)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/sinkhorn_cuda_probe.py: needs a CUDA GPU and the extension built")
     if args.sanitize:
-        sanitize()
+        sanitize_paired() if args.paired else sanitize()
     else:
-        probe()
+        probe_paired() if args.paired else probe()
 
 
 if __name__ == "__main__":

@@ -56,24 +56,19 @@
 
 #include "common.cuh"
 #include "ops.h"
+#include "sinkhorn_common.cuh"
+#include "sinkhorn_paired.h"
 
 namespace unimixer {
 namespace {
 
 namespace cg = cooperative_groups;
+using namespace sk;  // NOLINT(build/namespaces): the shared device pieces
 
 constexpr int kMaxN = 1024;                  // a row band in one cluster: 8 tiles of 128 or 16 of 64
-constexpr long long kMaxSpins = 1ll << 24;   // polls (~1 us each) before a wait counts a failure
 // The forward forms a column's iterates exactly again (exp2) once its potential has fallen this much
 // (log2 units) below its highest value since they were last formed so; between, one product an entry
 constexpr float kRefreshBits = 8.f;
-// Products by kLog2e that feed a subtraction are rounded (__fmul_rn): contracted into an FMA at some uses
-// and not others, a value such as T1 would be two slightly different numbers
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-constexpr unsigned kFull = 0xffffffffu;
-
-using Word = unsigned long long;
 
 template <int WARPS_, int ROWS_, int COLS_, bool EVEN_ = false>
 struct Shape {
@@ -111,73 +106,13 @@ struct Smem {
   float colpart[S::kColParts][S::kCols];  // the column band's partials
 };
 
-__device__ __forceinline__ float ex2(float x) {
-  float y;
-  asm("ex2.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
 
-// ex2 with results below 2^-126 flushed to zero: one MUFU.EX2, where `ex2` adds a compare and two
-// multiplies to keep subnormal results. For the log-sum-exp sums, which hold a term of 1, and the
-// backward's iterates (an entry below 2^-126 moves a gradient by less than 1e-35).
-__device__ __forceinline__ float ex2_ftz(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
-__device__ __forceinline__ float lg2(float x) {
-  float y;
-  asm("lg2.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// log-sum-exp from a maximum and a sum of exponentials shifted by it, as the Triton `_lse`: an
-// all -inf slice gives 0, not NaN
-__device__ __forceinline__ float lse_finish(float m, float s) { return m + lg2(s == 0.f ? 1.f : s) * kLn2; }
-__device__ __forceinline__ float lse_shift(float m) { return m == -INFINITY ? 0.f : m; }
-
-__device__ __forceinline__ Word tagged(float v, int tag) {
-  return (static_cast<Word>(static_cast<unsigned>(tag)) << 32) | __float_as_uint(v);
-}
-
-__device__ __forceinline__ void store_word(Word* p, Word w) {
-  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(p), "l"(w) : "memory");
-}
-
-__device__ __forceinline__ Word load_word(const Word* p) {
-  Word w;
-  asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(w) : "l"(p) : "memory");
-  return w;
-}
-
-// A flag over data written before it: the block's stores, __syncthreads, then one thread's release
-// store; the waiter's acquire load, then __syncthreads before the block reads the data.
-__device__ __forceinline__ void store_word_release(Word* p, Word w) {
-  asm volatile("st.release.gpu.global.b64 [%0], %1;" ::"l"(p), "l"(w) : "memory");
-}
-
-__device__ __forceinline__ Word load_word_acquire(const Word* p) {
-  Word w;
-  asm volatile("ld.acquire.gpu.global.b64 %0, [%1];" : "=l"(w) : "l"(p) : "memory");
-  return w;
-}
 
 // The split cluster barrier: each block arrives after its last read of its peers' shared memory and
 // waits for the others only before it exits, instead of a full cluster.sync() at the end.
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
 
-__device__ __forceinline__ bool has_tag(Word w, int tag) { return static_cast<int>(w >> 32) == tag; }
-
-// `w`, the word at `p` as read, until it carries `tag`: read again with LOAD (load_word or
-// load_word_acquire) at most kMaxSpins times; a wait that gives up counts a failure in `fail`.
-template <Word (*LOAD)(const Word*)>
-__device__ __forceinline__ Word wait_tag(const Word* p, int tag, Word w, Word* fail) {
-  for (long long spins = 0; !has_tag(w, tag) && spins < kMaxSpins; ++spins) w = LOAD(p);
-  if (!has_tag(w, tag)) atomicAdd(fail, 1ull);
-  return w;
-}
 
 // One tile's view of the launch: which block, which rows and columns.
 template <class S>
@@ -204,11 +139,6 @@ struct Frame {
 template <class S>
 using TileRegs = float[S::kRowsPerWarp][S::kColsPerLane];
 
-// Which accesses take vector loads and stores, a kernel argument the host sets from the tensors'
-// layouts (otherwise one element at a time, through any strides).
-constexpr int kVecLogits = 1;  // logits: unit column stride, rows and matrices 16-byte aligned
-constexpr int kVecGrad = 2;    // dp: the same
-constexpr int kVecOut = 4;     // n % 4 == 0: the rows of P, G and dM (fresh, contiguous)
 
 // This thread's entries of a [n, n] matrix at `base` (rows s1, columns s2 apart), 0 outside the matrix,
 // into `out` (ADD: added to it, rounded once): each of its rows a run of C elements. TRANSPOSED: the
@@ -301,22 +231,6 @@ __device__ __forceinline__ int lane_row(int lane) {
   return (lane / S::kLanesPerRow) % S::kRowsPerWarp;
 }
 
-__device__ __forceinline__ float combine(bool max, float a, float b) { return max ? fmaxf(a, b) : a + b; }
-
-// One halving step of warp_row_reduce and the ones after it: lanes with `MASK` set keep the upper HALF
-// of w[0 .. 2 HALF) and combine their partner's into it, the others the lower half.
-template <bool MAX, int HALF, int MASK, int N>
-__device__ __forceinline__ void halve_rows(float (&w)[N], int lane) {
-  if constexpr (HALF >= 1) {
-    const bool upper = lane & MASK;
-#pragma unroll
-    for (int k = 0; k < HALF; ++k) {
-      const float send = upper ? w[k] : w[k + HALF];
-      w[k] = combine(MAX, upper ? w[k + HALF] : w[k], __shfl_xor_sync(kFull, send, MASK));
-    }
-    halve_rows<MAX, HALF / 2, MASK / 2>(w, lane);
-  }
-}
 
 // Sum (MAX: maximum) over the warp of each of the warp's rows: returns row lane_row(lane)'s.
 template <class S, bool MAX = false>
@@ -948,12 +862,14 @@ void check_fail(const at::Tensor& fail) {
               " waits for partials timed out (blocks not co-resident)");
 }
 
-void check_logits(const at::Tensor& logits, int64_t iters, double tau) {
+void check_logits(const at::Tensor& logits, int64_t iters, double tau, bool symmetric) {
   check_cuda(logits, "logits", logits);
   TORCH_CHECK(logits.dim() >= 2 && logits.size(-1) == logits.size(-2),
               "logits: expected a [..., n, n] tensor, got shape ", logits.sizes());
-  TORCH_CHECK(logits.size(-1) <= kMaxN, "logits: the cuda backend takes n <= ", kMaxN,
-              " (a row band in one cluster), got n = ", logits.size(-1), "; use backend='triton' for larger matrices");
+  TORCH_CHECK(logits.size(-1) <= kMaxN || (symmetric && logits.size(-1) <= paired::kMaxN),
+              "logits: the cuda backend takes n <= ", kMaxN, " (a row band in one cluster), or symmetric logits of n <= ",
+              paired::kMaxN, " (mirrored tiles kept once); got n = ", logits.size(-1),
+              symmetric ? "" : " with symmetric=False", "; use backend='triton'");
   TORCH_CHECK(iters >= 1, "iters: expected >= 1, got ", iters);
   TORCH_CHECK(tau > 0.0, "tau: expected > 0, got ", tau);
   int major = 0, minor = 0;
@@ -1011,11 +927,19 @@ void with_symmetric(bool symmetric, F&& f) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd(const at::Tensor& logits, double tau, int64_t iters,
                                                             bool symmetric) {
-  check_logits(logits, iters, tau);
+  check_logits(logits, iters, tau, symmetric);
   const c10::cuda::CUDAGuard guard(logits.device());
   const at::Tensor x = as_batch(logits);
   const int64_t n_mat = x.size(0);
   const int n = static_cast<int>(x.size(-1));
+  const auto lead = logits.sizes().slice(0, logits.dim() - 2);
+  std::vector<int64_t> pot(lead.begin(), lead.end());
+  pot.push_back(iters);
+  pot.push_back(n);
+  if (n > kMaxN && n_mat > 0) {
+    const auto [p, u, v] = paired::forward(x, tau, iters);
+    return {p.view(logits.sizes()), u.view(pot), v.view(pot)};
+  }
   const auto f32 = logits.options().dtype(at::kFloat);
   at::Tensor p = new_output({n_mat, n, n}, f32);
   at::Tensor u = new_output({n_mat, iters, n}, f32);
@@ -1043,16 +967,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd(const at::Tensor& lo
       });
     });
   }
-  const auto lead = logits.sizes().slice(0, logits.dim() - 2);
-  std::vector<int64_t> pot(lead.begin(), lead.end());
-  pot.push_back(iters);
-  pot.push_back(n);
   return {p.view(logits.sizes()), u.view(pot), v.view(pot)};
 }
 
 at::Tensor sinkhorn_bwd(const at::Tensor& dp, const at::Tensor& logits, const at::Tensor& u, const at::Tensor& v,
                         double tau, int64_t iters, bool symmetric) {
-  check_logits(logits, iters, tau);
+  check_logits(logits, iters, tau, symmetric);
   check_cuda(dp, "dp", logits);
   check_cuda(u, "u", logits);
   check_cuda(v, "v", logits);
@@ -1073,6 +993,7 @@ at::Tensor sinkhorn_bwd(const at::Tensor& dp, const at::Tensor& logits, const at
   const at::Tensor d = as_batch(dp);
   const at::Tensor u3 = u.reshape({n_mat, iters, n}).contiguous();
   const at::Tensor v3 = v.reshape({n_mat, iters, n}).contiguous();
+  if (n > kMaxN && n_mat > 0) return paired::backward(d, x, u3, v3, tau, iters).view(logits.sizes());
   at::Tensor dx = new_output({n_mat, n, n}, logits.options());
   if (n_mat > 0 && n > 0) {
     const float scale = static_cast<float>((symmetric ? 0.5 : 1.0) / tau);

@@ -213,3 +213,138 @@ def test_sinkhorn_cuda_hypothesis():
         check_against_reference(uk.sinkhorn, (x, tau, iters, symmetric), backend="cuda")
 
     check()
+
+
+# --- symmetric logits above n = 1024: mirrored 64 x 64 tiles kept once (csrc/sinkhorn_paired.cu) ------
+
+# just above the cluster path, ragged last bands (1100: 18 bands, the last of 12 rows; 2000), whole bands
+# (1536, 2048), and the benchmark's n = 4096 (2080 pairs of tiles: 16 per block, 4 of them streamed)
+PAIRED_SIZES = [1025, 1100, 1536, 2000, 2048, 4096]
+
+
+@pytest.mark.parametrize("n", PAIRED_SIZES)
+def test_sinkhorn_cuda_paired_sizes(kernel_dtype, n):
+    x = random_input((n, n), kernel_dtype, "cuda", requires_grad=True)
+    check_against_reference(uk.sinkhorn, (x, 0.05, 20, True), backend="cuda")
+
+
+@pytest.mark.parametrize("tau,iters", TAU_ITERS + [(0.2, 2), (0.1, 3)])
+@pytest.mark.parametrize("shape", [(1100, 1100), (2, 1300, 1300), (3, 1, 1030, 1030)])
+def test_sinkhorn_cuda_paired_batches(shape, tau, iters):
+    x = random_input(shape, torch.float32, "cuda", requires_grad=True)
+    check_against_reference(uk.sinkhorn, (x, tau, iters, True), backend="cuda")
+
+
+@pytest.mark.parametrize("layout", ["strided", "transposed"])
+def test_sinkhorn_cuda_paired_noncontiguous(kernel_dtype, layout):
+    if layout == "transposed":
+        x = random_input((2, 1100, 1100), kernel_dtype, "cuda").mT.requires_grad_(True)
+    else:
+        x = random_input((2, 1100, 1100), kernel_dtype, "cuda", requires_grad=True, noncontiguous=True)
+    assert not x.is_contiguous()
+    check_against_reference(uk.sinkhorn, (x, 0.1, 7, True), backend="cuda")
+
+
+def test_sinkhorn_cuda_paired_vector_and_element_reads_agree():
+    n = 2048
+    wide = torch.randn(n, n + 4, device="cuda")
+    g = torch.randn(n, n, device="cuda")
+    results = []
+    for x, dp in ((wide[:, 1:n + 1].contiguous(), g), (wide[:, 1:n + 1], g.mT.contiguous().mT)):
+        x = x.detach().requires_grad_(True)
+        p = uk.sinkhorn(x, 0.05, 5, True, backend="cuda")
+        results.append((p, torch.autograd.grad(p, x, dp)[0]))
+    (p_vec, dx_vec), (p_elem, dx_elem) = results
+    assert torch.equal(p_vec, p_elem)
+    assert torch.equal(dx_vec, dx_elem)
+
+
+@pytest.mark.parametrize("iters", [1, 2, 20])
+def test_sinkhorn_cuda_paired_dominated_rows(iters):
+    x = dominated_logits((1100, 1100), "cuda")
+    check_against_reference(uk.sinkhorn, (x, 0.05, iters, True), backend="cuda")
+
+
+def test_sinkhorn_cuda_paired_agrees_with_triton():
+    x = random_input((2048, 2048), torch.float32, "cuda")
+    p_cuda = uk.sinkhorn(x, 0.05, 20, True, backend="cuda")
+    p_triton = uk.sinkhorn(x, 0.05, 20, True, backend="triton")
+    torch.testing.assert_close(p_cuda, p_triton, rtol=1e-4, atol=1e-7)
+
+
+def test_sinkhorn_cuda_paired_saves_only_potentials():
+    n, k = 4096, 20
+    x = random_input((n, n), torch.float32, "cuda", requires_grad=True)
+    held = held_bytes(lambda: uk.sinkhorn(x, 0.05, k, backend="cuda"))
+    assert held <= 4 * 2 * k * n + (1 << 20)
+
+
+def test_sinkhorn_cuda_paired_deterministic():
+    x = random_input((2000, 2000), torch.float32, "cuda", requires_grad=True)
+    g = torch.randn(2000, 2000, device="cuda")
+    runs = []
+    for _ in range(2):
+        p = uk.sinkhorn(x, 0.05, 20, True, backend="cuda")
+        (dx,) = torch.autograd.grad(p, x, g)
+        runs.append((p, dx))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_sinkhorn_cuda_paired_cuda_graph(monkeypatch):
+    from bench.timing import capture_graph
+
+    x = random_input((4096, 4096), torch.float32, "cuda")
+    g = torch.randn(4096, 4096, device="cuda")
+
+    def step(leaf):
+        p = uk.sinkhorn(leaf, 0.05, 20, True, backend="cuda")
+        return p, torch.autograd.grad(p, leaf, g)[0]
+
+    expect = step(x.clone().requires_grad_())
+    monkeypatch.delenv("UNIMIXER_SINKHORN_CHECK")
+    leaf = x.clone().requires_grad_()
+    graph, out = capture_graph(lambda: step(leaf))
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out[0], expect[0]) and torch.equal(out[1], expect[1])
+
+
+def test_sinkhorn_cuda_paired_refusals():
+    with pytest.raises(ValueError, match=r"symmetric logits of n <= 5120.*symmetric=False.*'triton'"):
+        uk.sinkhorn(torch.randn(1100, 1100, device="cuda"), 0.05, 3, False, backend="cuda")
+    with pytest.raises(ValueError, match=r"n <= 1024.*got n = 5184.*'triton'"):
+        uk.sinkhorn(torch.randn(5184, 5184, device="cuda"), 0.05, 1, True, backend="cuda")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    batch = sinkhorn_cuda.PAIRED_UNITS_PER_SM * sms // sinkhorn_cuda.paired_units(4096, 1) + 1
+    x = torch.randn(batch, 4096, 4096, device="cuda")
+    with pytest.raises(ValueError, match=rf"{batch} matrices of n = 4096 have .* pairs.*'triton'"):
+        uk.sinkhorn(x, 0.05, 1, True, backend="cuda")
+
+
+def test_sinkhorn_cuda_paired_opcheck():
+    ops = sinkhorn_cuda.cuda_ops()
+    x = random_input((1100, 1100), torch.float32, "cuda", requires_grad=True)
+    torch.library.opcheck(ops.sinkhorn_fwd, (x, 0.5, 3, True))
+    p, u, v = ops.sinkhorn_fwd(x.detach(), 0.5, 3, True)
+    torch.library.opcheck(ops.sinkhorn_bwd, (torch.randn_like(p), x.detach(), u, v, 0.5, 3, True))
+
+
+def test_sinkhorn_cuda_paired_hypothesis():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+
+    @hypothesis.settings(max_examples=12, deadline=None, derandomize=True)
+    @hypothesis.given(seed=st.integers(0, 2**31 - 1), n=st.integers(1025, 4096), batch=st.integers(1, 3),
+                      iters=st.integers(1, 20), tau=st.sampled_from([0.05, 0.3, 1.0]),
+                      dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
+    def check(seed, n, batch, iters, tau, dtype):
+        torch.manual_seed(seed)
+        # within the residency rules: 16 pairs of tiles per SM, 32 rows reduced per block
+        batch = max(1, min(batch, sinkhorn_cuda.PAIRED_UNITS_PER_SM * sms // sinkhorn_cuda.paired_units(n, 1),
+                           sinkhorn_cuda.PAIRED_ROWS_PER_BLOCK * sms // n))
+        x = random_input((batch, n, n), dtype, "cuda", requires_grad=True)
+        check_against_reference(uk.sinkhorn, (x, tau, iters, True), backend="cuda")
+
+    check()

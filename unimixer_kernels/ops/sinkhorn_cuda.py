@@ -8,12 +8,16 @@
 the same contract as the Triton backend's ops (fp32 ``P``, the potentials ``U, V [..., iters, n]``
 saved, everything else recomputed in backward), for dense logits with ``n <= 1024``: one launch
 per direction, a row band's tiles in one thread-block cluster exchanging their row sums through
-distributed shared memory, the column sums through global memory. This file registers the fakes
-and the autograd formula (shared with the Triton backend, ``ops/sinkhorn.py``) and the backend.
+distributed shared memory, the column sums through global memory; and (``csrc/sinkhorn_paired.cu``)
+for symmetric logits with ``1024 < n <= 5120``: of each pair of mirrored 64 x 64 tiles one is kept,
+on chip (shared memory, or a workspace that stays in L2) for the whole call, one warp per pair and one
+block per SM, exchanging partial sums as tagged words through global memory. This file registers the
+fakes and the autograd formula (shared with the Triton backend, ``ops/sinkhorn.py``) and the backend.
 
 Environment: ``UNIMIXER_SINKHORN_CUDA_TILE`` = ``auto`` | ``128x64`` | ``64x128`` | ``128x128`` (rows x
 columns of a block's tile; ``auto`` takes the first in that order whose clusters all fit the device at
-once: on the H200 128x64 at n = 300 and 512, 128x128 at n = 1024, run168); ``UNIMIXER_SINKHORN_CHECK=1``
+once: on the H200 128x64 at n = 300 and 512, 128x128 at n = 1024, run168; it does not apply above n =
+1024); ``UNIMIXER_SINKHORN_CHECK=1``
 synchronises after each launch and raises if a wait for partials timed out (the tests).
 
 ``torch.compile``: the graph holds the library's ops, which must be loaded before tracing: one eager
@@ -38,6 +42,12 @@ MAX_N = 1024  # kMaxN in csrc/sinkhorn.cu: a row band of 128-column tiles in one
 # backend accepts inside what the H200 holds with 128 x 128 tiles (64 blocks: one matrix of n = 1024
 # in 8 clusters of 8), so that the check never has to refuse one
 MAX_BLOCKS = 64
+# Larger symmetric logits (csrc/sinkhorn_paired.cu): 64 x 64 tiles, of each mirrored pair one kept, 16 pairs
+# per block (one warp each) and one block per SM, all resident; a block reduces up to 32 rows' partials
+MAX_N_PAIRED = 5120
+PAIRED_BAND = 64
+PAIRED_UNITS_PER_SM = 16
+PAIRED_ROWS_PER_BLOCK = 32
 _NAMES = ("sinkhorn_fwd", "sinkhorn_bwd", "sinkhorn_plan")
 
 
@@ -79,24 +89,53 @@ def _sinkhorn_cuda(logits: Tensor, tau: float, iters: int, symmetric: bool) -> T
     if logits.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"logits: the cuda backend takes dtype in {SUPPORTED_DTYPES}, got {logits.dtype} "
                         "(use backend='reference' for float64)")
-    if logits.shape[-1] > MAX_N:
-        raise ValueError(f"logits: the cuda backend takes n <= {MAX_N} (a row band of tiles in one "
-                         f"thread-block cluster), got n = {logits.shape[-1]}; use backend='triton'")
     n = logits.shape[-1]
     n_mat = logits.numel() // (n * n) if n else 0
+    if n > MAX_N:
+        if not symmetric or n > MAX_N_PAIRED:
+            raise ValueError(f"logits: the cuda backend takes n <= {MAX_N} (a row band of tiles in one "
+                             f"thread-block cluster), or symmetric logits of n <= {MAX_N_PAIRED} (mirrored "
+                             f"tiles kept once); got n = {n}, symmetric={symmetric}; use backend='triton'")
+        _check_paired(logits, n, n_mat)
+        return _call(logits, tau, iters, symmetric)
     blocks = n_mat * ((n + 127) // 128) ** 2
     if blocks > MAX_BLOCKS:
         raise ValueError(f"logits: the cuda backend keeps every 128 x 128 tile of the batch resident at "
                          f"once, at most {MAX_BLOCKS} tiles; {n_mat} matrices of n = {n} have {blocks}. Use "
                          "backend='triton', or fewer matrices per call")
-    if torch.compiler.is_compiling():  # the library is loaded and registered (the module docstring)
-        return torch.ops.unimixer_C.sinkhorn_fwd(logits, tau, iters, symmetric)[0]
-    ops = cuda_ops()
-    if tile != "auto" and blocks:
+    if tile != "auto" and blocks and not torch.compiler.is_compiling():
         # a tile asked for by name may not fit where 'auto' would take another: ask the library's
         # residency check before it would have to refuse the call
-        fwd, bwd = ops.sinkhorn_plan(logits, symmetric)
+        fwd, bwd = cuda_ops().sinkhorn_plan(logits, symmetric)
         if min(fwd, bwd) < 0:
             raise ValueError(f"{TILE_SWITCH}={tile}: the clusters of {n_mat} matrices of n = {n} in {tile} "
                              "tiles do not all fit the device at once; use 'auto'")
-    return ops.sinkhorn_fwd(logits, tau, iters, symmetric)[0]
+    return _call(logits, tau, iters, symmetric)
+
+
+def _call(logits: Tensor, tau: float, iters: int, symmetric: bool) -> Tensor:
+    if torch.compiler.is_compiling():  # the library is loaded and registered (the module docstring)
+        return torch.ops.unimixer_C.sinkhorn_fwd(logits, tau, iters, symmetric)[0]
+    return cuda_ops().sinkhorn_fwd(logits, tau, iters, symmetric)[0]
+
+
+def paired_units(n: int, n_mat: int) -> int:
+    """Mirrored pairs of 64 x 64 tiles (I <= J) of ``n_mat`` symmetric matrices of ``n``: the units the
+    paired kernels spread over the SMs, at most ``PAIRED_UNITS_PER_SM`` each."""
+    bands = -(-n // PAIRED_BAND)
+    return n_mat * bands * (bands + 1) // 2
+
+
+def _check_paired(logits: Tensor, n: int, n_mat: int) -> None:
+    # the residency rules of csrc/sinkhorn_paired.cu (`plan`), checked before the library is called
+    if not logits.is_cuda or torch.compiler.is_compiling():
+        return  # the library's device check names the argument; under tracing the library checks
+    sms = torch.cuda.get_device_properties(logits.device).multi_processor_count
+    units = paired_units(n, n_mat)
+    per = -(-units // sms)
+    blocks = max(-(-units // per), -(-n_mat * n // PAIRED_ROWS_PER_BLOCK)) if units else 0
+    if per > PAIRED_UNITS_PER_SM or blocks > sms:
+        raise ValueError(f"logits: the cuda backend keeps every mirrored pair of 64 x 64 tiles resident, at "
+                         f"most {PAIRED_UNITS_PER_SM} per SM and one block per SM ({sms} SMs); {n_mat} "
+                         f"matrices of n = {n} have {units} pairs. Use backend='triton', or fewer matrices "
+                         "per call")
