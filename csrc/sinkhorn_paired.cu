@@ -35,6 +35,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include <ATen/ATen.h>
@@ -652,39 +653,37 @@ __global__ void __launch_bounds__(kThreads, 1) paired_bwd_kernel(const Args a) {
           py[1][0] = gb0;     // B along its rows: q
           py[1][1] = gb1;
         }, xs, ys);
-      } else if (col) {
-        // column step k: coefficient c_k
-        pass<false, 2, 2>(u, cache, [&](int i, int, float x0, float x1, float4 c, float (&px)[2], float (&py)[2][2]) {
-          const float a0 = ea(x0, 0, c), a1 = ea(x1, 1, c), b0 = eb(x0, 0, c), b1 = eb(x1, 1, c);
-          const float ci = coef[i];
-          px[0] = __fmaf_rn(-a1, cfJ[1], -__fmul_rn(a0, cfJ[0]));  // A along its rows: -E c
-          px[1] = b0 + b1;                                        // B along its columns: q
-          py[0][0] = -__fmul_rn(b0, ci);                           // B along its rows
-          py[0][1] = -__fmul_rn(b1, ci);
-          py[1][0] = a0;                                           // A along its columns: q
-          py[1][1] = a1;
-        }, xs, ys);
-        // the carried residual: rowsum(dP * P) at the first step, else -r_{k+1} times the q of row step k + 1
+      } else {
+        // column step k (COL): coefficient c_k, the iterate's other orientation summed for q; row step k >= 1:
+        // coefficient r_k. X is the orientation whose coefficient sits at the tile's columns (A in column
+        // steps, B in row steps): -E * coefficient along its rows (cross-lane), E along its columns (q);
+        // Y (the other) the same with the rows' coefficient, the other way round
+        const auto step = [&](auto col_step) {
+          constexpr bool COL = decltype(col_step)::value;
+          pass<false, 2, 2>(u, cache, [&](int i, int, float x0, float x1, float4 c, float (&px)[2],
+                                          float (&py)[2][2]) {
+            const float a0 = ea(x0, 0, c), a1 = ea(x1, 1, c), b0 = eb(x0, 0, c), b1 = eb(x1, 1, c);
+            const float X0 = COL ? a0 : b0, X1 = COL ? a1 : b1, Y0 = COL ? b0 : a0, Y1 = COL ? b1 : a1;
+            const float ci = coef[i];
+            px[0] = __fmaf_rn(-X1, cfJ[1], -__fmul_rn(X0, cfJ[0]));
+            px[1] = Y0 + Y1;
+            py[0][0] = -__fmul_rn(Y0, ci);
+            py[0][1] = -__fmul_rn(Y1, ci);
+            py[1][0] = X0;
+            py[1][1] = X1;
+          }, xs, ys);
+        };
+        if (col) {
+          step(std::true_type{});
+        } else {
+          step(std::false_type{});
+        }
+        // the carried residual: rowsum(dP * P) at the first column step, else minus the vector of step s - 2
+        // (r_{k+1}, or c_k) times the q of the step before
 #pragma unroll
         for (int c = 0; c < kChunks; ++c) xs[0][c] += s == 1 ? qi[c] : -crI[c] * qi[c];
 #pragma unroll
         for (int jj = 0; jj < 2; ++jj) ys[0][jj] += s == 1 ? qj[jj] : -crJ[jj] * qj[jj];
-      } else {
-        // row step k >= 1: coefficient r_k, residual c_k
-        pass<false, 2, 2>(u, cache, [&](int i, int, float x0, float x1, float4 c, float (&px)[2], float (&py)[2][2]) {
-          const float a0 = ea(x0, 0, c), a1 = ea(x1, 1, c), b0 = eb(x0, 0, c), b1 = eb(x1, 1, c);
-          const float ri = coef[i];
-          px[0] = __fmaf_rn(-b1, cfJ[1], -__fmul_rn(b0, cfJ[0]));  // B along its columns: -E r
-          px[1] = a0 + a1;                                        // A along its rows: q
-          py[0][0] = -__fmul_rn(a0, ri);                           // A along its columns
-          py[0][1] = -__fmul_rn(a1, ri);
-          py[1][0] = b0;                                           // B along its rows: q
-          py[1][1] = b1;
-        }, xs, ys);
-#pragma unroll
-        for (int c = 0; c < kChunks; ++c) xs[0][c] += -crI[c] * qi[c];
-#pragma unroll
-        for (int jj = 0; jj < 2; ++jj) ys[0][jj] += -crJ[jj] * qj[jj];
       }
       // A's partial is cross-lane in column steps, in-lane in step 0 and row steps; B's the other
       const bool a_cross = s % 2 == 1;
@@ -940,6 +939,34 @@ Launch checked_plan(int64_t n, int64_t n_mat, int device) {
   return l;
 }
 
+// One call of either kernel on logits x [n_mat, n, n]: its plan, zeroed words and workspace, and the
+// arguments both directions share; the caller adds its own, then run() launches and checks the waits.
+struct Call {
+  int device;
+  Launch l;
+  Args a{};
+  Buffers b;
+  Call(const at::Tensor& x, double tau, int64_t iters) : device(x.get_device()) {
+    const int64_t n_mat = x.size(0), n = x.size(-1);
+    l = checked_plan(n, n_mat, device);
+    b = buffers(l, n, n_mat, iters, x.options(), a);
+    a.x = x.data_ptr();
+    a.xs0 = x.stride(0);
+    a.xs1 = x.stride(1);
+    a.xs2 = x.stride(2);
+    a.n = static_cast<int>(n);
+    a.K = static_cast<int>(iters);
+    a.n_mat = static_cast<int>(n_mat);
+    a.vec = rows_aligned(x) ? kVecLogits : 0;
+    a.scale = static_cast<float>(0.5 / tau);
+  }
+  template <typename K>
+  void run(K kernel) {
+    launch(kernel, l, a, c10::cuda::getCurrentCUDAStream(), device);
+    check_fail(b);
+  }
+};
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& x, double tau, int64_t iters) {
@@ -948,28 +975,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& x, doub
   at::Tensor p = new_output({n_mat, n, n}, f32);
   at::Tensor u = new_output({n_mat, iters, n}, f32);
   at::Tensor v = new_output({n_mat, iters, n}, f32);
-  const int device = x.get_device();
-  const Launch l = checked_plan(n, n_mat, device);
-  Args a{};
-  Buffers b = buffers(l, n, n_mat, iters, x.options(), a);
-  a.x = x.data_ptr();
-  a.xs0 = x.stride(0);
-  a.xs1 = x.stride(1);
-  a.xs2 = x.stride(2);
-  a.P = p.data_ptr<float>();
-  a.U = u.data_ptr<float>();
-  a.V = v.data_ptr<float>();
-  a.n = static_cast<int>(n);
-  a.K = static_cast<int>(iters);
-  a.n_mat = static_cast<int>(n_mat);
-  a.vec = (rows_aligned(x) ? kVecLogits : 0) | (n % 4 == 0 ? kVecOut : 0);
-  a.scale = static_cast<float>(0.5 / tau);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  with_dtype(x.scalar_type(), "logits", [&](auto tag) {
-    using T = decltype(tag);
-    launch(paired_fwd_kernel<T>, l, a, stream, device);
-  });
-  check_fail(b);
+  Call c(x, tau, iters);
+  c.a.P = p.data_ptr<float>();
+  c.a.U = u.data_ptr<float>();
+  c.a.V = v.data_ptr<float>();
+  c.a.vec |= n % 4 == 0 ? kVecOut : 0;
+  with_dtype(x.scalar_type(), "logits", [&](auto tag) { c.run(paired_fwd_kernel<decltype(tag)>); });
   return {p, u, v};
 }
 
@@ -977,33 +988,17 @@ at::Tensor backward(const at::Tensor& d, const at::Tensor& x, const at::Tensor& 
                     int64_t iters) {
   const int64_t n_mat = x.size(0), n = x.size(-1);
   at::Tensor dx = new_output({n_mat, n, n}, x.options());
-  const int device = x.get_device();
-  const Launch l = checked_plan(n, n_mat, device);
-  Args a{};
-  Buffers b = buffers(l, n, n_mat, iters, x.options(), a);
-  a.x = x.data_ptr();
-  a.xs0 = x.stride(0);
-  a.xs1 = x.stride(1);
-  a.xs2 = x.stride(2);
-  a.dp = d.data_ptr<float>();
-  a.ds0 = d.stride(0);
-  a.ds1 = d.stride(1);
-  a.ds2 = d.stride(2);
-  a.dx = dx.data_ptr();
-  a.U = const_cast<float*>(u.data_ptr<float>());
-  a.V = const_cast<float*>(v.data_ptr<float>());
-  a.n = static_cast<int>(n);
-  a.K = static_cast<int>(iters);
-  a.n_mat = static_cast<int>(n_mat);
-  a.vec = (rows_aligned(x) ? kVecLogits : 0) | (rows_aligned(d) ? kVecGrad : 0) | (n % 4 == 0 ? kVecOut : 0);
-  a.scale = static_cast<float>(0.5 / tau);
-  a.grad_scale = a.scale;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  with_dtype(x.scalar_type(), "logits", [&](auto tag) {
-    using T = decltype(tag);
-    launch(paired_bwd_kernel<T>, l, a, stream, device);
-  });
-  check_fail(b);
+  Call c(x, tau, iters);
+  c.a.dp = d.data_ptr<float>();
+  c.a.ds0 = d.stride(0);
+  c.a.ds1 = d.stride(1);
+  c.a.ds2 = d.stride(2);
+  c.a.dx = dx.data_ptr();
+  c.a.U = const_cast<float*>(u.data_ptr<float>());
+  c.a.V = const_cast<float*>(v.data_ptr<float>());
+  c.a.vec |= (rows_aligned(d) ? kVecGrad : 0) | (n % 4 == 0 ? kVecOut : 0);
+  c.a.grad_scale = c.a.scale;
+  with_dtype(x.scalar_type(), "logits", [&](auto tag) { c.run(paired_bwd_kernel<decltype(tag)>); });
   return dx;
 }
 
