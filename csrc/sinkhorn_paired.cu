@@ -23,10 +23,16 @@
 // suffice: a unit writes step s + 2's partials only after it read step s + 1's results for both of its
 // bands, and the blocks that reduced those had read step s's partials of both bands first.
 //
-// Numerics: S0 rounded once (as sinkhorn.cu), each iterate exp2(((S0 - ro) - co) * log2(e)) with the
-// orientation's row and column offsets, the product rounded (__fmul_rn), so that the backward's
-// half-steps and its last pass form every iterate bit for bit alike (the Triton kernels' argument:
-// the sums and G must see the same numbers).
+// Numerics: S0 rounded once (as sinkhorn.cu); each iterate exp2(((((S0 - u_1) - v_1) - U[j]) - V[j']) *
+// log2(e)) as the Triton kernels' `t1 - u - v` (the form matters: subtracting u_1 + U[j] at once failed the
+// tolerance rule on dominated rows), the product rounded (__fmul_rn), so that the backward's half-steps
+// and its last pass form every iterate bit for bit alike (the Triton kernels' argument: the sums and G
+// must see the same numbers). The last pass reads each index's (U[j], V[j], c_j, r_j) from records the
+// reducing threads write, made visible by a release of the last result and the warp's acquire of it.
+//
+// Residency and errors: the host (`plan`) and the Python side refuse what does not fit (more than 16
+// units an SM, or more blocks than SMs to reduce the rows); a wait that gives up counts a failure, read
+// with UNIMIXER_SINKHORN_CHECK=1, as in sinkhorn.cu.
 
 #include <algorithm>
 #include <cmath>
