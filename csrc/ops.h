@@ -22,7 +22,8 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd(
     const at::Tensor& dy, const std::optional<at::Tensor>& dsum, const at::Tensor& s,
     const at::Tensor& weight, const at::Tensor& rstd);
 
-// sinkhorn.cu: Sinkhorn of dense logits [..., n, n], n <= 1024: (P, U, V), fp32, U and V [..., iters, n];
+// sinkhorn.cu: Sinkhorn of dense logits [..., n, n], n <= 1024 (symmetric ones up to n = 5120 through
+// sinkhorn_paired.cu): (P, U, V), fp32, U and V [..., iters, n];
 // and the gradient of the unrolled map with respect to the logits (their dtype).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd(const at::Tensor& logits, double tau, int64_t iters,
                                                             bool symmetric);

@@ -1,7 +1,8 @@
 // Sinkhorn of dense logits, forward and backward, one launch per direction (the `cuda` backend of
-// sinkhorn; SPEC §2.1). The maths and the saved state are the Triton resident kernels'
-// (triton_kernels/sinkhorn.py, `sinkhorn_resident_fwd_kernel` / `_bwd_kernel`): log-domain, fp32,
-// the per-iteration potentials U, V [n_mat, K, n] saved, everything else recomputed; the first
+// sinkhorn; SPEC §2.1), n <= 1024; symmetric logits above that go to sinkhorn_paired.cu. The maths and
+// the saved state are the Triton resident kernels' (triton_kernels/sinkhorn.py,
+// `sinkhorn_resident_fwd_kernel` / `_bwd_kernel`): log-domain, fp32, the per-iteration potentials U, V
+// [n_mat, K, n] saved, everything else recomputed; the first
 // iteration reduces with its maximum (log-sum-exp), the later ones as plain sums (the forward's
 // iterates by one product an entry, see the forward kernel; the backward's by one exponential); the
 // backward is the unrolled K-step map's.
@@ -106,13 +107,10 @@ struct Smem {
   float colpart[S::kColParts][S::kCols];  // the column band's partials
 };
 
-
-
 // The split cluster barrier: each block arrives after its last read of its peers' shared memory and
 // waits for the others only before it exits, instead of a full cluster.sync() at the end.
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
-
 
 // One tile's view of the launch: which block, which rows and columns.
 template <class S>
@@ -138,7 +136,6 @@ struct Frame {
 
 template <class S>
 using TileRegs = float[S::kRowsPerWarp][S::kColsPerLane];
-
 
 // This thread's entries of a [n, n] matrix at `base` (rows s1, columns s2 apart), 0 outside the matrix,
 // into `out` (ADD: added to it, rounded once): each of its rows a run of C elements. TRANSPOSED: the
@@ -230,7 +227,6 @@ template <class S>
 __device__ __forceinline__ int lane_row(int lane) {
   return (lane / S::kLanesPerRow) % S::kRowsPerWarp;
 }
-
 
 // Sum (MAX: maximum) over the warp of each of the warp's rows: returns row lane_row(lane)'s.
 template <class S, bool MAX = false>
