@@ -102,14 +102,18 @@ def probe_paired() -> None:
               f"{d64.abs().max().item():.3e}", flush=True)
 
 
+def sanitize_once(x: torch.Tensor, symmetric: bool, label: str) -> None:
+    """Forward and backward once at K = 3, synchronised, and a line saying so."""
+    p = uk.sinkhorn(x, TAU, 3, symmetric, backend="cuda")
+    (dx,) = torch.autograd.grad(p, x, torch.randn_like(p))
+    torch.cuda.synchronize()
+    print(f"{label}: ok, P sum {p.sum().item():.3f}, |dX| max {dx.abs().max().item():.3e}", flush=True)
+
+
 def sanitize_paired() -> None:
     for n, batch in ((1100, 2), (2048, 1)):
-        x = torch.randn(batch, n, n, device="cuda", requires_grad=True)
-        p = uk.sinkhorn(x, TAU, 3, True, backend="cuda")
-        (dx,) = torch.autograd.grad(p, x, torch.randn_like(p))
-        torch.cuda.synchronize()
-        print(f"paired n={n} batch={batch}: ok, P sum {p.sum().item():.3f}, "
-              f"|dX| max {dx.abs().max().item():.3e}", flush=True)
+        sanitize_once(torch.randn(batch, n, n, device="cuda", requires_grad=True), True,
+                      f"paired n={n} batch={batch}")
 
 
 def sanitize() -> None:
@@ -120,11 +124,7 @@ def sanitize() -> None:
             if min(sinkhorn_cuda.cuda_ops().sinkhorn_plan(x, sym)) < 0:
                 print(f"n={n} tile={tile}: does not fit at once, not run")
                 break
-            p = uk.sinkhorn(x, TAU, 3, sym, backend="cuda")
-            (dx,) = torch.autograd.grad(p, x, torch.randn_like(p))
-            torch.cuda.synchronize()
-            print(f"n={n} tile={tile} symmetric={sym}: ok, P sum {p.sum().item():.3f}, |dX| max "
-                  f"{dx.abs().max().item():.3e}", flush=True)
+            sanitize_once(x, sym, f"n={n} tile={tile} symmetric={sym}")
 
 
 def main() -> None:

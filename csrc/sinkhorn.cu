@@ -763,12 +763,6 @@ int tile_setting() {
   return -1;
 }
 
-// UNIMIXER_SINKHORN_CHECK=1: after each launch, synchronise and raise if a wait gave up (tests).
-bool check_waits() {
-  const char* env = std::getenv("UNIMIXER_SINKHORN_CHECK");
-  return env != nullptr && std::strcmp(env, "1") == 0;
-}
-
 struct Plan {
   int tile, n_rt, n_ct;
   bool even;  // n a multiple of the tile's rows and columns: the kernels' EVEN instance
@@ -851,13 +845,6 @@ Plan choose_plan(int n, int64_t n_mat, Fits&& fits, const char* direction) {
   return *plan;
 }
 
-void check_fail(const at::Tensor& fail) {
-  if (!check_waits()) return;
-  const int64_t failed = fail.sum().item<int64_t>();
-  TORCH_CHECK(failed == 0, "sinkhorn (cuda backend): ", failed,
-              " waits for partials timed out (blocks not co-resident)");
-}
-
 void check_logits(const at::Tensor& logits, int64_t iters, double tau, bool symmetric) {
   check_cuda(logits, "logits", logits);
   TORCH_CHECK(logits.dim() >= 2 && logits.size(-1) == logits.size(-2),
@@ -896,18 +883,8 @@ Words words_for(const Plan& plan, int64_t n_mat, const at::TensorOptions& like, 
   return w;
 }
 
-void check_fail(const Words& w, int64_t n_mat) { check_fail(w.buffer.narrow(0, w.buffer.size(0) - n_mat, n_mat)); }
-
-// The kVec* bits for these tensors ([n_mat, n, n] views): vector access where the rows are contiguous
-// and every run a thread reads is 16-byte aligned.
-bool rows_aligned(const at::Tensor& t) {
-  const int64_t bytes = static_cast<int64_t>(t.element_size());
-  return t.stride(2) == 1 && (t.stride(1) * bytes) % 16 == 0 && (t.size(0) == 1 || (t.stride(0) * bytes) % 16 == 0) &&
-         reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-}
-int vec_bits(const at::Tensor& x, const at::Tensor* dp) {
-  return (rows_aligned(x) ? kVecLogits : 0) | (dp != nullptr && rows_aligned(*dp) ? kVecGrad : 0) |
-         (x.size(-1) % 4 == 0 ? kVecOut : 0);
+void check_fail(const Words& w, int64_t n_mat) {
+  check_failures(w.buffer.narrow(0, w.buffer.size(0) - n_mat, n_mat), "sinkhorn (cuda backend)");
 }
 
 template <typename F>

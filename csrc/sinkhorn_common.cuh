@@ -5,6 +5,9 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "common.cuh"
 
@@ -106,6 +109,33 @@ __device__ __forceinline__ void halve_rows(float (&w)[N], int lane) {
 constexpr int kVecLogits = 1;  // logits: unit column stride, rows and matrices 16-byte aligned
 constexpr int kVecGrad = 2;    // dp: the same
 constexpr int kVecOut = 4;     // n % 4 == 0: the rows of P, G and dM (fresh, contiguous)
+
+// --- host: what both paths' launchers share -----------------------------------------------------
+
+// UNIMIXER_SINKHORN_CHECK=1: after each launch, synchronise and raise if a wait gave up (tests).
+inline bool check_waits() {
+  const char* env = std::getenv("UNIMIXER_SINKHORN_CHECK");
+  return env != nullptr && std::strcmp(env, "1") == 0;
+}
+
+// With check_waits(): raise if the failure counts `fail` (a wait that gave up adds one) are not all 0.
+inline void check_failures(const at::Tensor& fail, const char* who) {
+  if (!check_waits()) return;
+  const int64_t failed = fail.sum().item<int64_t>();
+  TORCH_CHECK(failed == 0, who, ": ", failed, " waits for partials timed out (blocks not co-resident)");
+}
+
+// The kVec* bits for these tensors ([n_mat, n, n] views): vector access where the rows are contiguous
+// and every run a thread reads is 16-byte aligned.
+inline bool rows_aligned(const at::Tensor& t) {
+  const int64_t bytes = static_cast<int64_t>(t.element_size());
+  return t.stride(2) == 1 && (t.stride(1) * bytes) % 16 == 0 && (t.size(0) == 1 || (t.stride(0) * bytes) % 16 == 0) &&
+         reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+inline int vec_bits(const at::Tensor& x, const at::Tensor* dp) {
+  return (rows_aligned(x) ? kVecLogits : 0) | (dp != nullptr && rows_aligned(*dp) ? kVecGrad : 0) |
+         (x.size(-1) % 4 == 0 ? kVecOut : 0);
+}
 
 }  // namespace sk
 }  // namespace unimixer

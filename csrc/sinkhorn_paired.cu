@@ -924,18 +924,8 @@ Buffers buffers(const Launch& l, int64_t n, int64_t n_mat, int64_t K, const at::
   return b;
 }
 
-bool rows_aligned(const at::Tensor& t) {
-  const int64_t bytes = static_cast<int64_t>(t.element_size());
-  return t.stride(2) == 1 && (t.stride(1) * bytes) % 16 == 0 && (t.size(0) == 1 || (t.stride(0) * bytes) % 16 == 0) &&
-         reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-}
-
 void check_fail(const Buffers& b) {
-  const char* env = std::getenv("UNIMIXER_SINKHORN_CHECK");
-  if (env == nullptr || std::strcmp(env, "1") != 0) return;
-  const int64_t failed = b.words.narrow(0, b.words.size(0) - 1, 1).item<int64_t>();
-  TORCH_CHECK(failed == 0, "sinkhorn (cuda backend, paired tiles): ", failed,
-              " waits for partials timed out (blocks not co-resident)");
+  check_failures(b.words.narrow(0, b.words.size(0) - 1, 1), "sinkhorn (cuda backend, paired tiles)");
 }
 
 Launch checked_plan(int64_t n, int64_t n_mat, int device) {
@@ -945,14 +935,14 @@ Launch checked_plan(int64_t n, int64_t n_mat, int device) {
   return l;
 }
 
-// One call of either kernel on logits x [n_mat, n, n]: its plan, zeroed words and workspace, and the
+// One call of either kernel on logits x [n_mat, n, n] (and dp, the backward's): its plan, zeroed words and workspace, and the
 // arguments both directions share; the caller adds its own, then run() launches and checks the waits.
 struct Call {
   int device;
   Launch l;
   Args a{};
   Buffers b;
-  Call(const at::Tensor& x, double tau, int64_t iters) : device(x.get_device()) {
+  Call(const at::Tensor& x, const at::Tensor* dp, double tau, int64_t iters) : device(x.get_device()) {
     const int64_t n_mat = x.size(0), n = x.size(-1);
     l = checked_plan(n, n_mat, device);
     b = buffers(l, n, n_mat, iters, x.options(), a);
@@ -963,7 +953,7 @@ struct Call {
     a.n = static_cast<int>(n);
     a.K = static_cast<int>(iters);
     a.n_mat = static_cast<int>(n_mat);
-    a.vec = rows_aligned(x) ? kVecLogits : 0;
+    a.vec = vec_bits(x, dp);
     a.scale = static_cast<float>(0.5 / tau);
   }
   template <typename K>
@@ -981,11 +971,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& x, doub
   at::Tensor p = new_output({n_mat, n, n}, f32);
   at::Tensor u = new_output({n_mat, iters, n}, f32);
   at::Tensor v = new_output({n_mat, iters, n}, f32);
-  Call c(x, tau, iters);
+  Call c(x, nullptr, tau, iters);
   c.a.P = p.data_ptr<float>();
   c.a.U = u.data_ptr<float>();
   c.a.V = v.data_ptr<float>();
-  c.a.vec |= n % 4 == 0 ? kVecOut : 0;
   with_dtype(x.scalar_type(), "logits", [&](auto tag) { c.run(paired_fwd_kernel<decltype(tag)>); });
   return {p, u, v};
 }
@@ -994,7 +983,7 @@ at::Tensor backward(const at::Tensor& d, const at::Tensor& x, const at::Tensor& 
                     int64_t iters) {
   const int64_t n_mat = x.size(0), n = x.size(-1);
   at::Tensor dx = new_output({n_mat, n, n}, x.options());
-  Call c(x, tau, iters);
+  Call c(x, &d, tau, iters);
   c.a.dp = d.data_ptr<float>();
   c.a.ds0 = d.stride(0);
   c.a.ds1 = d.stride(1);
@@ -1002,7 +991,6 @@ at::Tensor backward(const at::Tensor& d, const at::Tensor& x, const at::Tensor& 
   c.a.dx = dx.data_ptr();
   c.a.U = const_cast<float*>(u.data_ptr<float>());
   c.a.V = const_cast<float*>(v.data_ptr<float>());
-  c.a.vec |= (rows_aligned(d) ? kVecGrad : 0) | (n % 4 == 0 ? kVecOut : 0);
   c.a.grad_scale = c.a.scale;
   with_dtype(x.scalar_type(), "logits", [&](auto tag) { c.run(paired_bwd_kernel<decltype(tag)>); });
   return dx;
