@@ -81,10 +81,10 @@ struct Args {
   void* dx;      // [n_mat, n, n] logits' dtype
   float* U;      // [n_mat, K, n]
   float* V;
-  float* ws;     // the streamed units' S0 [grid, kStreamed, kTile], then diagonal units' G [n_mat * nb, kTile]
+  float* ws;     // the streamed units' S0, then S0 transposed: [2, grid, kStreamed, kTile]
   Word* parts;   // [2, n_mat, nb, nb, kB] tagged partials
   Word* vecs;    // [2K, n_mat * n] tagged results of the half-steps
-  float4* rec;   // backward: [n_mat, K, n] (U[j], V[j] relative, c_j, r_j) for the last pass
+  float4* rec;   // backward: [n_mat, K, n] (U[j], V[j] relative, c_j, r'_j) for the last pass
   Word* fail;
   int n, K, nb, n_mat, per, units, rpb, vec;
   float scale, grad_scale;
@@ -105,6 +105,7 @@ struct Unit {
   int rI, rJ;  // first row of bands I and J
   int n;
   float* tile;
+  float* tileT;  // a streamed unit's S0 transposed (workspace); null for a unit in shared memory
   __device__ int colJ(int jj) const { return rJ + 2 * lane + jj; }      // this lane's columns (band J)
   __device__ int rowI(int i) const { return rI + i; }
   __device__ bool okJ(int jj) const { return colJ(jj) < n; }
@@ -132,8 +133,9 @@ __device__ Unit unit_of(const Args& a, float* smem_tiles) {
   u.diag = I == J;
   u.rI = I * kB;
   u.rJ = J * kB;
-  u.tile = u.warp < kSmemUnits ? smem_tiles + u.warp * kTile
-                               : a.ws + (static_cast<int64_t>(blockIdx.x) * kStreamed + (u.warp - kSmemUnits)) * kTile;
+  const int64_t streamed_at = (static_cast<int64_t>(blockIdx.x) * kStreamed + (u.warp - kSmemUnits)) * kTile;
+  u.tile = u.warp < kSmemUnits ? smem_tiles + u.warp * kTile : a.ws + streamed_at;
+  u.tileT = u.warp < kSmemUnits ? nullptr : a.ws + static_cast<int64_t>(gridDim.x) * kStreamed * kTile + streamed_at;
   return u;
 }
 
@@ -153,13 +155,12 @@ __device__ __forceinline__ float pick(const float (&v)[kChunks], int c) {
   return r;
 }
 
-// One pass over the unit's rows. For row i (r = i % 16, known at compile time), f(i, r, x0, x1, cache,
-// px, py) gives this lane's share of
-// NX cross-lane sums (px[k], its two entries combined) and NY in-lane sums (py[k][jj], column jj).
+// One pass over the rows of a tile (the unit's S0 or its transpose). For row i (r = i % 16, known at
+// compile time), f(i, r, x0, x1, cache, px, py) gives this lane's share of NX cross-lane sums (px[k], its two entries combined) and NY in-lane sums (py[k][jj], column jj).
 // Returns xs[k][c] (row red_row(c)'s total) and ys[k][jj] (this lane's column totals). MAX: maxima.
 template <bool MAX, int NX, int NY, class F>
-__device__ __forceinline__ void pass(const Unit& u, const float4* cache, F&& f, float (&xs)[NX][kChunks],
-                                     float (&ys)[NY][2]) {
+__device__ __forceinline__ void pass(const Unit& u, const float* tile, const float4* cache, F&& f,
+                                     float (&xs)[NX][kChunks], float (&ys)[NY][2]) {
   const float none = MAX ? -INFINITY : 0.f;
 #pragma unroll
   for (int k = 0; k < NY; ++k) ys[k][0] = ys[k][1] = none;
@@ -174,7 +175,7 @@ __device__ __forceinline__ void pass(const Unit& u, const float4* cache, F&& f, 
 #pragma unroll
     for (int r = 0; r < kChunk; ++r) {
       const int i = c * kChunk + r;
-      const float2 x = *reinterpret_cast<const float2*>(u.tile + i * kB + 2 * u.lane);
+      const float2 x = *reinterpret_cast<const float2*>(tile + i * kB + 2 * u.lane);
       float px[NX], py[NY][2];
       f(i, r, x.x, x.y, cache[i], px, py);
 #pragma unroll
@@ -194,11 +195,12 @@ __device__ __forceinline__ void pass(const Unit& u, const float4* cache, F&& f, 
   }
 }
 
-// Publish a cross-lane result (slot (I, J), rows of band I) and an in-lane one (slot (J, I), columns of
-// band J) of step s. The diagonal unit's slot is one: `which` says which of the two is its A's.
+// Partials of step s: slot (b, o) holds the sums over band o of band b's rows (the diagonal unit's slot
+// is one, so it publishes one orientation's).
 __device__ __forceinline__ Word* slot(const Args& a, int s, int64_t mat, int b, int o) {
   return a.parts + ((((static_cast<int64_t>(s % 2) * a.n_mat + mat) * a.nb + b) * a.nb + o) * kB);
 }
+// A cross-lane result (slot (I, J), rows of band I).
 __device__ void publish_x(const Args& a, const Unit& u, int s, const float (&xs)[kChunks]) {
   Word* p = slot(a, s, u.mat, u.rI / kB, u.rJ / kB);
 #pragma unroll
@@ -206,10 +208,28 @@ __device__ void publish_x(const Args& a, const Unit& u, int s, const float (&xs)
     if ((u.lane & 1) == (c & 1)) store_word(p + u.red_row(c), tagged(xs[c], s + 1));
   }
 }
-__device__ void publish_y(const Args& a, const Unit& u, int s, const float (&ys)[2]) {
-  Word* p = slot(a, s, u.mat, u.rJ / kB, u.rI / kB);
+// An in-lane result (this lane's indices 2 lane, 2 lane + 1 of the band starting at row b) into slot
+// (b, o) of step s.
+__device__ void publish_lanes(const Args& a, const Unit& u, int s, int b, int o, const float (&ys)[2]) {
+  Word* p = slot(a, s, u.mat, b / kB, o / kB);
   store_word(p + 2 * u.lane, tagged(ys[0], s + 1));
   store_word(p + 2 * u.lane + 1, tagged(ys[1], s + 1));
+}
+
+// A cross-lane result (row red_row(c) of chunk c in lanes 2 (row % 16) and that + 1) in lane layout:
+// out[jj] the total of row 2 lane + jj.
+__device__ __forceinline__ void to_lanes(const float (&xs)[kChunks], int lane, float (&out)[2]) {
+#pragma unroll
+  for (int jj = 0; jj < 2; ++jj) {
+    const int src = (4 * lane + 2 * jj) % kWarpSize;
+    float v = 0.f;
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      const float t = __shfl_sync(kFull, xs[c], src);
+      v = c == lane / 8 ? t : v;
+    }
+    out[jj] = v;
+  }
 }
 
 // Results s[k] of the half-steps at indices idx[k] of matrix `mat`, waited for (0 outside the matrix or
@@ -323,11 +343,15 @@ __device__ void reduce_step(const Args& a, Smem& sm, int s, float (&carry)[2], f
     } else {
       res = s >= 2 ? sum + carry[s % 2] : sum;
       carry[s % 2] = res;
-      if (s % 2 == 1) {  // r_j: the last pass's record (j's relative potentials, c_j from step s - 1, r_j)
+      if (s % 2 == 1) {  // r_j: the last pass's record (j's relative potentials, c_j from step s - 1, r'_j)
         const int j = a.K - 1 - s / 2;
-        a.rec[(mat * a.K + j) * a.n + r] =
-            make_float4(j >= 1 ? __ldg(a.U + (mat * a.K + j) * a.n + r) : 0.f,
-                        j >= 1 ? __ldg(a.V + (mat * a.K + j) * a.n + r) : 0.f, carry[(s - 1) % 2], res);
+        const int64_t at = (mat * a.K + j) * a.n + r;
+        const float uj = j >= 1 ? __ldg(a.U + at) : 0.f, up = j >= 2 ? __ldg(a.U + at - a.n) : 0.f;
+        // r'_j = r_j exp(U[j-1] - U[j]) (E_row(j) = E_col(j-1) times that factor), r_0 as it is. The
+        // factor is at most n^2: a row step moves a potential by log of a row sum of a matrix whose
+        // columns sum to 1 and whose rows did before its column step, between log(1 / n^2) and log n
+        const float rp = j == 0 ? res : res * ex2_ftz(__fmul_rn(up - uj, kLog2e));
+        a.rec[at] = make_float4(uj, j >= 1 ? __ldg(a.V + at) : 0.f, carry[(s - 1) % 2], rp);
       }
     }
   }
@@ -340,48 +364,179 @@ __device__ void reduce_step(const Args& a, Smem& sm, int s, float (&carry)[2], f
   if (out_row != nullptr) out_row[(mat * a.K + s / 2) * a.n + r] = res;
 }
 
-// S0 of the unit into its tile: (x[i][j] + x[j][i]) * scale, -inf outside the matrix. Rows in groups
-// of four: a lane reads its two columns of each row (direct) and four consecutive entries of each of
-// its two rows of the transposed block.
-template <typename T>
-__device__ void load_unit(const Args& a, const Unit& u) {
-  const T* x = static_cast<const T*>(a.x) + u.mat * a.xs0;
-  const bool vec = a.vec & kVecLogits;
-  for (int i0 = 0; i0 < kB; i0 += 4) {
-    float dir[4][2], tr[2][4];
+// f(t[i][j], t[j][i]) for every pair of mirrored entries of the warp's 64 x 64 tile t (shared memory),
+// the diagonal's with itself: f(p, q) updates both in place (a swap transposes the tile). Lane l takes
+// (l, m) along the diagonals m = l + k (mod 32) of the 32 x 32 blocks, so that both accesses of a step
+// hit 32 distinct banks; every pair is taken once, by one lane: no step waits for another lane's.
+template <class F>
+__device__ void pair_tile(float* t, int lane, F&& f) {
+  constexpr int kBatch = 8;  // steps whose reads are in flight together (their entries are distinct)
+  const auto steps = [&](auto&& at, int k0, int k1) {
+    for (int k = k0; k < k1; k += kBatch) {
+      float* p[kBatch];
+      float* q[kBatch];
+      float x[kBatch], y[kBatch];
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int row = u.rowI(i0 + q);
-      if (vec && row < a.n && u.colJ(1) < a.n) {
-        load_run<T, 2>(x + row * a.xs1 + u.colJ(0), dir[q]);
-      } else {
+      for (int b = 0; b < kBatch; ++b) {
+        at(k + b, p[b], q[b]);
+        x[b] = p[b] != nullptr ? *p[b] : 0.f;
+        y[b] = p[b] != nullptr ? *q[b] : 0.f;
+      }
 #pragma unroll
-        for (int jj = 0; jj < 2; ++jj) {
-          dir[q][jj] = row < a.n && u.okJ(jj) ? static_cast<float>(x[row * a.xs1 + u.colJ(jj) * a.xs2]) : 0.f;
-        }
+      for (int b = 0; b < kBatch; ++b) {
+        if (p[b] == nullptr) continue;
+        f(x[b], y[b]);
+        *p[b] = x[b];
+        *q[b] = y[b];
       }
     }
+  };
+  __syncwarp();
+  steps([&](int k, float*& p, float*& q) {  // blocks (0, 1) and (1, 0)
+    const int m = (lane + k) & 31;
+    p = t + lane * kB + 32 + m;
+    q = t + (32 + m) * kB + lane;
+  }, 0, 32);
+#pragma unroll
+  for (int d = 0; d < kB; d += 32) {  // the diagonal blocks: the pair at distance 16 taken by its lower lane
+    steps([&](int k, float*& p, float*& q) {
+      const int m = (lane + k) & 31;
+      const bool take = k < 16 || (k == 16 && lane < 16);
+      p = take ? t + (d + lane) * kB + d + m : nullptr;
+      q = t + (d + m) * kB + d + lane;
+    }, 0, 24);
+  }
+  __syncwarp();
+}
+__device__ __forceinline__ void transpose_tile(float* t, int lane) {
+  pair_tile(t, lane, [](float& p, float& q) {
+    const float x = p;
+    p = q;
+    q = x;
+  });
+}
+
+// A warp's shared tile for the transposes: its own for the units in shared memory; for a streamed
+// unit (warp w >= kSmemUnits) warp w - kSmemUnits's, which that warp leaves to it in turn (`late`).
+static_assert(kStreamed <= kSmemUnits, "a streamed unit borrows one shared tile");
+__device__ __forceinline__ float* scratch_of(const Unit& u, float* smem_tiles) {
+  return smem_tiles + (u.warp % kSmemUnits) * kTile;
+}
+__device__ __forceinline__ bool late(const Unit& u) { return u.warp < kStreamed; }
+__device__ __forceinline__ bool streamed(const Unit& u) { return u.warp >= kSmemUnits; }
+
+// Rows row0 .. row0 + 63 of the [n, n] matrix m, columns col0 + 2 lane + jj: f(i, tile row i's two
+// entries of this lane) for each row i of the tile t.
+template <typename T, class F>
+__device__ __forceinline__ void store_rows(const Unit& u, T* m, bool vec, int row0, int col0, const float* t, F&& f) {
+  constexpr int kRows = 8;  // rows of t read before the first store (which t might alias, as far as the compiler knows)
+  const int col = col0 + 2 * u.lane;
+  for (int i0 = 0; i0 < kB && row0 + i0 < u.n; i0 += kRows) {
+    float2 x[kRows];
+#pragma unroll
+    for (int q = 0; q < kRows; ++q) x[q] = *reinterpret_cast<const float2*>(t + (i0 + q) * kB + 2 * u.lane);
+#pragma unroll
+    for (int q = 0; q < kRows; ++q) {
+      const int row = row0 + i0 + q;
+      if (row >= u.n) break;
+      const float2 v = f(i0 + q, x[q]);
+      T* dst = m + static_cast<int64_t>(row) * u.n + col;
+      if (vec && col + 1 < u.n) {
+        const float pair[2] = {v.x, v.y};
+        store_run<T, 2>(dst, pair);
+      } else {
+        if (col < u.n) dst[0] = static_cast<T>(v.x);
+        if (col + 1 < u.n) dst[1] = static_cast<T>(v.y);
+      }
+    }
+  }
+}
+
+// Entries (row, col0 + 2 lane), (row, col0 + 2 lane + 1) of logits x (0 outside the matrix).
+template <typename T>
+__device__ __forceinline__ void read_pair(const Args& a, const T* x, bool vec, int row, int col, float (&v)[2]) {
+  if (vec && row < a.n && col + 1 < a.n) {
+    load_run<T, 2>(x + row * a.xs1 + col, v);
+  } else {
 #pragma unroll
     for (int jj = 0; jj < 2; ++jj) {
-      const int row = u.colJ(jj);
-      if (vec && row < a.n && u.rowI(i0 + 3) < a.n) {
-        load_run<T, 4>(x + row * a.xs1 + u.rowI(i0), tr[jj]);
-      } else {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          tr[jj][q] = row < a.n && u.okI(i0 + q) ? static_cast<float>(x[row * a.xs1 + u.rowI(i0 + q) * a.xs2]) : 0.f;
-        }
-      }
+      v[jj] = row < a.n && col + jj < a.n ? static_cast<float>(x[row * a.xs1 + (col + jj) * a.xs2]) : 0.f;
     }
+  }
+}
+
+// S0 of the unit into its tile: (x[i][j] + x[j][i]) * scale, -inf outside the matrix. Both blocks are
+// read along their rows, eight rows in flight: x's block (J, I) into the scratch tile, transposed there
+// in place, then added to block (I, J)'s rows.
+template <typename T>
+__device__ void load_unit(const Args& a, const Unit& u, float* scratch) {
+  constexpr int kRows = 16;
+  const T* x = static_cast<const T*>(a.x) + u.mat * a.xs0;
+  const bool vec = a.vec & kVecLogits;
+  for (int r0 = 0; r0 < kB; r0 += kRows) {
+    float v[kRows][2];
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      float2 v;
-      v.x = u.okI(i0 + q) && u.okJ(0) ? __fmul_rn(__fadd_rn(dir[q][0], tr[0][q]), a.scale) : -INFINITY;
-      v.y = u.okI(i0 + q) && u.okJ(1) ? __fmul_rn(__fadd_rn(dir[q][1], tr[1][q]), a.scale) : -INFINITY;
-      *reinterpret_cast<float2*>(u.tile + (i0 + q) * kB + 2 * u.lane) = v;
+    for (int q = 0; q < kRows; ++q) read_pair(a, x, vec, u.rJ + r0 + q, u.rI + 2 * u.lane, v[q]);
+#pragma unroll
+    for (int q = 0; q < kRows; ++q) {
+      *reinterpret_cast<float2*>(scratch + (r0 + q) * kB + 2 * u.lane) = make_float2(v[q][0], v[q][1]);
+    }
+  }
+  transpose_tile(scratch, u.lane);  // scratch[i][j] = x[rJ + j][rI + i]
+  for (int i0 = 0; i0 < kB; i0 += kRows) {
+    float v[kRows][2];
+#pragma unroll
+    for (int q = 0; q < kRows; ++q) read_pair(a, x, vec, u.rowI(i0 + q), u.colJ(0), v[q]);
+#pragma unroll
+    for (int q = 0; q < kRows; ++q) {
+      const float2 t = *reinterpret_cast<const float2*>(scratch + (i0 + q) * kB + 2 * u.lane);
+      float2 s;
+      s.x = u.okI(i0 + q) && u.okJ(0) ? __fmul_rn(__fadd_rn(v[q][0], t.x), a.scale) : -INFINITY;
+      s.y = u.okI(i0 + q) && u.okJ(1) ? __fmul_rn(__fadd_rn(v[q][1], t.y), a.scale) : -INFINITY;
+      *reinterpret_cast<float2*>(u.tile + (i0 + q) * kB + 2 * u.lane) = s;
+      if (u.tileT != nullptr) *reinterpret_cast<float2*>(scratch + (i0 + q) * kB + 2 * u.lane) = s;
+    }
+  }
+  if (u.tileT != nullptr) {  // a streamed unit: S0 transposed into the workspace too
+    transpose_tile(scratch, u.lane);
+    for (int i = 0; i < kB; ++i) {
+      *reinterpret_cast<float2*>(u.tileT + i * kB + 2 * u.lane) =
+          *reinterpret_cast<const float2*>(scratch + i * kB + 2 * u.lane);
     }
   }
   __syncwarp();
+}
+
+// S0 transposed (rows of band J): a shared tile transposed in place (end_transposed undoes it), a
+// streamed unit's copy in the workspace.
+__device__ __forceinline__ const float* begin_transposed(const Unit& u) {
+  if (u.tileT != nullptr) return u.tileT;
+  transpose_tile(u.tile, u.lane);
+  return u.tile;
+}
+__device__ __forceinline__ void end_transposed(const Unit& u) {
+  if (u.tileT == nullptr) transpose_tile(u.tile, u.lane);
+}
+
+// Every unit of the block loaded: first the streamed ones and those whose tile no streamed unit
+// borrows, then the others. Every thread of the block calls it.
+template <typename T>
+__device__ void load_units(const Args& a, const Unit& u, float* smem_tiles) {
+  if (u.has && !late(u)) load_unit<T>(a, u, scratch_of(u, smem_tiles));
+  __syncthreads();
+  if (u.has && late(u)) load_unit<T>(a, u, scratch_of(u, smem_tiles));
+}
+
+// A streamed unit's tile (ws) into its borrowed shared tile, this lane's entries (no other lane's read).
+__device__ void stream_in(const Unit& u, float* scratch) {
+  constexpr int kRows = 16;
+  for (int i0 = 0; i0 < kB; i0 += kRows) {
+    float2 v[kRows];
+#pragma unroll
+    for (int q = 0; q < kRows; ++q) v[q] = *reinterpret_cast<const float2*>(u.tile + (i0 + q) * kB + 2 * u.lane);
+#pragma unroll
+    for (int q = 0; q < kRows; ++q) *reinterpret_cast<float2*>(scratch + (i0 + q) * kB + 2 * u.lane) = v[q];
+  }
 }
 
 // Four rows i0 .. i0 + 3 of a [n, n] matrix at `m` (row stride ld): this lane's two columns of each
@@ -410,10 +565,27 @@ __device__ void read_quad(const Unit& u, const float* m, int64_t s1, int64_t s2,
   }
 }
 
-// The same four rows written: dir at (rowI, colJ), tr at (colJ, rowI) unless the unit is diagonal.
+// R rows row0 .. row0 + R - 1 of a [n, n] matrix at `m` (strides s1, s2), this lane's two columns
+// col0 + 2 lane + jj (0 outside the matrix), every read issued before the first is used.
+template <int R>
+__device__ __forceinline__ void read_rows(const Unit& u, const float* m, int64_t s1, int64_t s2, bool vec, int row0,
+                                          int col0, float (&out)[R][2]) {
+  const int col = col0 + 2 * u.lane;
+#pragma unroll
+  for (int q = 0; q < R; ++q) {
+    const int row = row0 + q;
+    if (vec && row < u.n && col + 1 < u.n) {
+      load_run<float, 2>(m + row * s1 + col, out[q]);
+    } else {
+#pragma unroll
+      for (int jj = 0; jj < 2; ++jj) out[q][jj] = row < u.n && col + jj < u.n ? m[row * s1 + (col + jj) * s2] : 0.f;
+    }
+  }
+}
+
+// The same four rows written (rowI, colJ).
 template <typename T>
-__device__ void write_quad(const Unit& u, T* m, bool vec, int i0, const float (&dir)[4][2], const float (&tr)[2][4],
-                           bool mirror) {
+__device__ void write_quad(const Unit& u, T* m, bool vec, int i0, const float (&dir)[4][2]) {
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
     const int row = u.rowI(i0 + q);
@@ -424,20 +596,6 @@ __device__ void write_quad(const Unit& u, T* m, bool vec, int i0, const float (&
 #pragma unroll
       for (int jj = 0; jj < 2; ++jj) {
         if (u.okJ(jj)) m[static_cast<int64_t>(row) * u.n + u.colJ(jj)] = static_cast<T>(dir[q][jj]);
-      }
-    }
-  }
-  if (!mirror) return;
-#pragma unroll
-  for (int jj = 0; jj < 2; ++jj) {
-    const int row = u.colJ(jj);
-    if (row >= u.n) continue;
-    if (vec && u.rowI(i0 + 3) < u.n) {
-      store_run<T, 4>(m + static_cast<int64_t>(row) * u.n + u.rowI(i0), tr[jj]);
-    } else {
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        if (u.okI(i0 + q)) m[static_cast<int64_t>(row) * u.n + u.rowI(i0 + q)] = static_cast<T>(tr[jj][q]);
       }
     }
   }
@@ -458,7 +616,7 @@ __global__ void __launch_bounds__(kThreads, 1) paired_fwd_kernel(const Args a) {
   Smem& sm = *reinterpret_cast<Smem*>(smem + kSmemUnits * kTile);
   const Unit u = unit_of(a, smem);
   const float4* cache = sm.cache[u.warp];
-  if (u.has) load_unit<T>(a, u);
+  load_units<T>(a, u, smem);
   float carry[2] = {0.f, 0.f};
   // u_1, v_1 at band I's rows 2 lane + jj (for the cache) and band J's columns (this lane's)
   float u1I[2] = {0.f, 0.f}, v1I[2] = {0.f, 0.f}, u1J[2] = {0.f, 0.f}, v1J[2] = {0.f, 0.f};
@@ -495,7 +653,7 @@ __global__ void __launch_bounds__(kThreads, 1) paired_fwd_kernel(const Args a) {
       if (s < 2) {
         // log-sum-exp: maxima first, then the sums of exponentials shifted by them
         float mx[1][kChunks], my[1][2];
-        pass<true, 1, 1>(u, cache, [&](int, int, float x0, float x1, float4 c, float (&px)[1], float (&py)[1][2]) {
+        pass<true, 1, 1>(u, u.tile, cache, [&](int, int, float x0, float x1, float4 c, float (&px)[1], float (&py)[1][2]) {
           const float a0 = ta(x0, 0, c), a1 = ta(x1, 1, c), b0 = tb(x0, 0, c), b1 = tb(x1, 1, c);
           px[0] = rows ? fmaxf(a0, a1) : fmaxf(b0, b1);
           py[0][0] = rows ? b0 : a0;
@@ -506,7 +664,7 @@ __global__ void __launch_bounds__(kThreads, 1) paired_fwd_kernel(const Args a) {
         for (int c = 0; c < kChunks; ++c) shx[c] = lse_shift(mx[0][c]);
         shy[0] = lse_shift(my[0][0]);
         shy[1] = lse_shift(my[0][1]);
-        pass<false, 1, 1>(u, cache, [&](int i, int r, float x0, float x1, float4 c, float (&px)[1],
+        pass<false, 1, 1>(u, u.tile, cache, [&](int i, int r, float x0, float x1, float4 c, float (&px)[1],
                                         float (&py)[1][2]) {
           const float m = __shfl_sync(kFull, pick(shx, i / kChunk), 2 * r);  // row i's maximum
           const float a0 = ta(x0, 0, c), a1 = ta(x1, 1, c), b0 = tb(x0, 0, c), b1 = tb(x1, 1, c);
@@ -520,7 +678,7 @@ __global__ void __launch_bounds__(kThreads, 1) paired_fwd_kernel(const Args a) {
         ys[0][0] = lse_finish(shy[0], ys[0][0]);
         ys[0][1] = lse_finish(shy[1], ys[0][1]);
       } else {
-        pass<false, 1, 1>(u, cache, [&](int, int, float x0, float x1, float4 c, float (&px)[1], float (&py)[1][2]) {
+        pass<false, 1, 1>(u, u.tile, cache, [&](int, int, float x0, float x1, float4 c, float (&px)[1], float (&py)[1][2]) {
           const float a0 = ex2_ftz(__fmul_rn(ta(x0, 0, c), kLog2e)), a1 = ex2_ftz(__fmul_rn(ta(x1, 1, c), kLog2e));
           const float b0 = ex2_ftz(__fmul_rn(tb(x0, 0, c), kLog2e)), b1 = ex2_ftz(__fmul_rn(tb(x1, 1, c), kLog2e));
           px[0] = rows ? a0 + a1 : b0 + b1;
@@ -530,7 +688,7 @@ __global__ void __launch_bounds__(kThreads, 1) paired_fwd_kernel(const Args a) {
       }
       // the A partial (cross-lane in row steps, in-lane in column steps) and, off the diagonal, B's
       if (!u.diag || rows) publish_x(a, u, s, xs[0]);
-      if (!u.diag || !rows) publish_y(a, u, s, ys[0]);
+      if (!u.diag || !rows) publish_lanes(a, u, s, u.rJ, u.rI, ys[0]);
     }
     float* out = rows ? a.U : a.V;
     if (s < 2) {
@@ -539,37 +697,39 @@ __global__ void __launch_bounds__(kThreads, 1) paired_fwd_kernel(const Args a) {
       reduce_step<1>(a, sm, s, carry, out);
     }
   }
-  if (!u.has) return;
-  // P = exp((T1 - U[K-1]) - V[K-1])
+  // P = exp((T1 - U[K-1]) - V[K-1]): block (I, J) along the tile's rows, then (off the diagonal) block
+  // (J, I) along the rows of the tile transposed
   float uI[2] = {0.f, 0.f}, vI[2] = {0.f, 0.f}, uJ[2] = {0.f, 0.f}, vJ[2] = {0.f, 0.f};
-  if (a.K == 1) {  // v_1 (a row step would have fetched it)
-    const int iI0 = u.rI + 2 * u.lane, iJ0 = u.colJ(0);
-    const int ss[4] = {1, 1, 1, 1}, at[4] = {iI0, iI0 + 1, iJ0, iJ0 + 1};
-    float p[4];
-    fetch(a, u.mat, ss, at, p);
-    v1I[0] = p[0], v1I[1] = p[1], v1J[0] = p[2], v1J[1] = p[3];
-  } else {
-    const int iI0 = u.rI + 2 * u.lane, iJ0 = u.colJ(0);
-    const int ss[8] = {total - 2, total - 2, total - 1, total - 1, total - 2, total - 2, total - 1, total - 1};
-    const int at[8] = {iI0, iI0 + 1, iI0, iI0 + 1, iJ0, iJ0 + 1, iJ0, iJ0 + 1};
-    float p[8];
-    fetch(a, u.mat, ss, at, p);
-    uI[0] = p[0], uI[1] = p[1], vI[0] = p[2], vI[1] = p[3], uJ[0] = p[4], uJ[1] = p[5], vJ[0] = p[6], vJ[1] = p[7];
-  }
-  fill_cache(u, sm, u1I, v1I, uI, vI, zero);
   float* P = a.P + u.mat * a.n * a.n;
-  for (int i0 = 0; i0 < kB; i0 += 4) {
-    float dir[4][2], tr[2][4];
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const float2 x = *reinterpret_cast<const float2*>(u.tile + (i0 + q) * kB + 2 * u.lane);
-      const float4 c = cache[i0 + q];
-      dir[q][0] = ex2(iterate(x.x, c.x, v1J[0], c.z, vJ[0]));
-      dir[q][1] = ex2(iterate(x.y, c.x, v1J[1], c.z, vJ[1]));
-      tr[0][q] = ex2(iterate(x.x, u1J[0], c.y, uJ[0], c.w));
-      tr[1][q] = ex2(iterate(x.y, u1J[1], c.y, uJ[1], c.w));
+  const bool ovec = a.vec & kVecOut;
+  // rows of band `rows` from tile t (its potentials in the cache), columns of band `cols` (this lane's v_1, V)
+  const auto p_rows = [&](const float* t, int rows, int cols, const float (&v1c)[2], const float (&vc)[2]) {
+    store_rows<float>(u, P, ovec, rows, cols, t, [&](int i, float2 x) {
+      const float4 c = cache[i];
+      return make_float2(ex2(iterate(x.x, c.x, v1c[0], c.z, vc[0])), ex2(iterate(x.y, c.x, v1c[1], c.z, vc[1])));
+    });
+  };
+  if (u.has) {
+    const int iI0 = u.rI + 2 * u.lane, iJ0 = u.colJ(0);
+    if (a.K == 1) {  // v_1 (a row step would have fetched it)
+      const int ss[4] = {1, 1, 1, 1}, at[4] = {iI0, iI0 + 1, iJ0, iJ0 + 1};
+      float p[4];
+      fetch(a, u.mat, ss, at, p);
+      v1I[0] = p[0], v1I[1] = p[1], v1J[0] = p[2], v1J[1] = p[3];
+    } else {
+      const int ss[8] = {total - 2, total - 2, total - 1, total - 1, total - 2, total - 2, total - 1, total - 1};
+      const int at[8] = {iI0, iI0 + 1, iI0, iI0 + 1, iJ0, iJ0 + 1, iJ0, iJ0 + 1};
+      float p[8];
+      fetch(a, u.mat, ss, at, p);
+      uI[0] = p[0], uI[1] = p[1], vI[0] = p[2], vI[1] = p[3], uJ[0] = p[4], uJ[1] = p[5], vJ[0] = p[6], vJ[1] = p[7];
     }
-    write_quad<float>(u, P, a.vec & kVecOut, i0, dir, tr, !u.diag);
+    fill_cache(u, sm, u1I, v1I, uI, vI, zero);
+    p_rows(u.tile, u.rI, u.rJ, v1J, vJ);
+    if (!u.diag) {
+      const float* t = begin_transposed(u);
+      fill_cache(u, sm, u1J, v1J, uJ, vJ, zero);
+      p_rows(t, u.rJ, u.rI, v1I, vI);
+    }
   }
 #endif
 }
@@ -595,7 +755,7 @@ __global__ void __launch_bounds__(kThreads, 1) paired_bwd_kernel(const Args a) {
   const Unit u = unit_of(a, smem);
   const float4* cache = sm.cache[u.warp];
   const float* coef = sm.coef[u.warp];
-  if (u.has) load_unit<T>(a, u);
+  load_units<T>(a, u, smem);
   const int K = a.K, total = 2 * K;
   const int iI0 = u.rI + 2 * u.lane, iJ0 = u.colJ(0);
   float u1I[2], v1I[2], u1J[2], v1J[2];
@@ -643,30 +803,43 @@ __global__ void __launch_bounds__(kThreads, 1) paired_bwd_kernel(const Args a) {
       // A: entry (row I, column J), B: (row J, column I)
       const auto ea = [&](float x, int jj, float4 c) { return ex2_ftz(iterate(x, c.x, v1J[jj], c.z, pcJ[jj])); };
       const auto eb = [&](float x, int jj, float4 c) { return ex2_ftz(iterate(x, u1J[jj], c.y, prJ[jj], c.w)); };
-      float xs[2][kChunks], ys[2][2];
       if (s == 0) {
-        // dP * P: its sums along A's columns and B's (the partials of c_{K-1}); along A's and B's rows (q)
-        float dpd[4][2], dpt[2][4];
-        pass<false, 2, 2>(u, cache, [&](int i, int r, float x0, float x1, float4 c, float (&px)[2],
-                                        float (&py)[2][2]) {
-          if (r % 4 == 0) read_quad(u, dp, a.ds1, a.ds2, dvec, i, dpd, dpt);
-          const float ga0 = dpd[r % 4][0] * ea(x0, 0, c), ga1 = dpd[r % 4][1] * ea(x1, 1, c);
-          const float gb0 = dpt[0][r % 4] * eb(x0, 0, c), gb1 = dpt[1][r % 4] * eb(x1, 1, c);
-          px[0] = gb0 + gb1;  // B along its columns: the partial of c_{K-1}, rows of band I
-          px[1] = ga0 + ga1;  // A along its rows: q
-          py[0][0] = ga0;     // A along its columns: the partial, columns of band J
-          py[0][1] = ga1;
-          py[1][0] = gb0;     // B along its rows: q
-          py[1][1] = gb1;
-        }, xs, ys);
+        // dP * P along the rows of A (the tile's, dP's block (I, J)): its row sums (q, band I, across the
+        // lanes) and column sums (the partials of c_{K-1}, band J); then along the rows of B (the tile
+        // transposed, dP's block (J, I), band J's potentials in the cache): q of band J and the partials
+        // of band I. Every read of dP is along its rows.
+        float dpr[kChunk][2], xa[1][kChunks], ya[1][2], xb[1][kChunks], yb[1][2];  // dP: a chunk's rows
+        pass<false, 1, 1>(u, u.tile, cache, [&](int i, int r, float x0, float x1, float4 c, float (&px)[1],
+                                                float (&py)[1][2]) {
+          if (r == 0) read_rows(u, dp, a.ds1, a.ds2, dvec, u.rI + i, u.rJ, dpr);
+          py[0][0] = dpr[r][0] * ea(x0, 0, c);
+          py[0][1] = dpr[r][1] * ea(x1, 1, c);
+          px[0] = py[0][0] + py[0][1];
+        }, xa, ya);
+        const float* tt = begin_transposed(u);
+        fill_cache(u, sm, u1J, v1J, prJ, pcJ, cfJ);
+        pass<false, 1, 1>(u, tt, cache, [&](int i, int r, float x0, float x1, float4 c, float (&px)[1],
+                                            float (&py)[1][2]) {
+          if (r == 0) read_rows(u, dp, a.ds1, a.ds2, dvec, u.rJ + i, u.rI, dpr);
+          py[0][0] = dpr[r][0] * ex2_ftz(iterate(x0, c.x, v1I[0], c.z, pcI[0]));
+          py[0][1] = dpr[r][1] * ex2_ftz(iterate(x1, c.x, v1I[1], c.z, pcI[1]));
+          px[0] = py[0][0] + py[0][1];
+        }, xb, yb);
+        end_transposed(u);
+        publish_lanes(a, u, s, u.rJ, u.rI, ya[0]);
+        if (!u.diag) publish_lanes(a, u, s, u.rI, u.rJ, yb[0]);
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c) qi[c] = xa[0][c];
+        to_lanes(xb[0], u.lane, qj);
       } else {
         // column step k (COL): coefficient c_k, the iterate's other orientation summed for q; row step k >= 1:
         // coefficient r_k. X is the orientation whose coefficient sits at the tile's columns (A in column
         // steps, B in row steps): -E * coefficient along its rows (cross-lane), E along its columns (q);
         // Y (the other) the same with the rows' coefficient, the other way round
+        float xs[2][kChunks], ys[2][2];
         const auto step = [&](auto col_step) {
           constexpr bool COL = decltype(col_step)::value;
-          pass<false, 2, 2>(u, cache, [&](int i, int, float x0, float x1, float4 c, float (&px)[2],
+          pass<false, 2, 2>(u, u.tile, cache, [&](int i, int, float x0, float x1, float4 c, float (&px)[2],
                                           float (&py)[2][2]) {
             const float a0 = ea(x0, 0, c), a1 = ea(x1, 1, c), b0 = eb(x0, 0, c), b1 = eb(x1, 1, c);
             const float X0 = COL ? a0 : b0, X1 = COL ? a1 : b1, Y0 = COL ? b0 : a0, Y1 = COL ? b1 : a1;
@@ -690,143 +863,145 @@ __global__ void __launch_bounds__(kThreads, 1) paired_bwd_kernel(const Args a) {
         for (int c = 0; c < kChunks; ++c) xs[0][c] += s == 1 ? qi[c] : -crI[c] * qi[c];
 #pragma unroll
         for (int jj = 0; jj < 2; ++jj) ys[0][jj] += s == 1 ? qj[jj] : -crJ[jj] * qj[jj];
-      }
-      // A's partial is cross-lane in column steps, in-lane in step 0 and row steps; B's the other
-      const bool a_cross = s % 2 == 1;
-      if (!u.diag || a_cross) publish_x(a, u, s, xs[0]);
-      if (!u.diag || !a_cross) publish_y(a, u, s, ys[0]);
+        // A's partial is cross-lane in column steps, in-lane in row steps; B's the other
+        const bool a_cross = s % 2 == 1;
+        if (!u.diag || a_cross) publish_x(a, u, s, xs[0]);
+        if (!u.diag || !a_cross) publish_lanes(a, u, s, u.rJ, u.rI, ys[0]);
 #pragma unroll
-      for (int c = 0; c < kChunks; ++c) qi[c] = xs[1][c];
-      qj[0] = ys[1][0];
-      qj[1] = ys[1][1];
+        for (int c = 0; c < kChunks; ++c) qi[c] = xs[1][c];
+        qj[0] = ys[1][0];
+        qj[1] = ys[1][1];
+      }
     }
     reduce_step<2>(a, sm, s, carry, nullptr);
   }
   __syncthreads();  // the last reduction's reads of `red` are done: the last pass stages records there
-  if (!u.has) return;
-  {  // the last result at this lane's indices, acquired: every record is written before it (reduce_step)
-    const int ss[4] = {total - 1, total - 1, total - 1, total - 1}, at[4] = {iI0, iI0 + 1, iJ0, iJ0 + 1};
-    float last[4];
-    fetch(a, u.mat, ss, at, last);
-    __threadfence();
-    __syncwarp();
-  }
-  // G of both orientations, four rows at a time, then dM = (G_A + G_B) * grad_scale at both places (the
-  // diagonal unit: G_A through the workspace, then (G + G^T) * grad_scale). Records (U[j], V[j], c_j, r_j):
-  // the four rows' (the same in every lane) staged in shared memory kStageJ iterations at a time, this
-  // lane's columns' read two iterations ahead
-  const float4* rec = a.rec + u.mat * K * a.n;
-  const auto record = [&](int j, int idx) {
-    return j >= 0 && idx < a.n ? __ldcg(rec + static_cast<int64_t>(j) * a.n + idx) : make_float4(0.f, 0.f, 0.f, 0.f);
-  };
-  float4* stage = reinterpret_cast<float4*>(&sm) + u.warp * kStageWords;
   T* dx = static_cast<T*>(a.dx) + u.mat * a.n * a.n;
-  float* gd = a.ws + (static_cast<int64_t>(gridDim.x) * kStreamed + u.mat * a.nb + u.rI / kB) * kTile;
   const bool ovec = a.vec & kVecOut;
-  for (int i0 = 0; i0 < kB; i0 += 4) {
-    float xv[4][2], ga[4][2], gb[2][4], u1r[4], t1a[4][2], t1b[4][2];
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const float2 x = *reinterpret_cast<const float2*>(u.tile + (i0 + q) * kB + 2 * u.lane);
-      xv[q][0] = x.x;
-      xv[q][1] = x.y;
-      u1r[q] = saved(a, a.U, 0, u.mat, u.rowI(i0 + q));
-      const float v1r = saved(a, a.V, 0, u.mat, u.rowI(i0 + q));
-#pragma unroll
-      for (int jj = 0; jj < 2; ++jj) {
-        t1a[q][jj] = (xv[q][jj] - u1r[q]) - v1J[jj];
-        t1b[q][jj] = (xv[q][jj] - u1J[jj]) - v1r;
-      }
+  // the rest of dM from the tile t once it holds block (I, J)'s dM (dM is symmetric: block (J, I) is its
+  // transpose), or the diagonal unit's G_A: (G_A + G_A^T) * grad_scale; a streamed unit's in its
+  // borrowed tile once the block's own are done
+  const auto mirror = [&](float* t) {
+    if (u.diag) {
+      pair_tile(t, u.lane, [&](float& p, float& q) { p = q = (p + q) * a.grad_scale; });
+    } else {
+      transpose_tile(t, u.lane);
     }
-    read_quad(u, dp, a.ds1, a.ds2, dvec, i0, ga, gb);  // dP, then G
-    float4 c0[2], c1[2];  // this lane's columns' records j and j - 1
-#pragma unroll
-    for (int jj = 0; jj < 2; ++jj) {
-      c0[jj] = record(K - 1, iJ0 + jj);
-      c1[jj] = record(K - 2, iJ0 + jj);
+    store_rows<T>(u, dx, ovec, u.rJ, u.rI, t, [](int, float2 v) { return v; });
+  };
+  if (u.has) {
+    {  // the last result at this lane's indices, acquired: every record is written before it (reduce_step)
+      const int ss[4] = {total - 1, total - 1, total - 1, total - 1}, at[4] = {iI0, iI0 + 1, iJ0, iJ0 + 1};
+      float last[4];
+      fetch(a, u.mat, ss, at, last);
+      __threadfence();
+      __syncwarp();
     }
-    for (int jhi = K - 1; jhi >= 0; jhi -= kStageJ) {
-      // rows' records jlo - 1 .. jhi (record jlo - 1 for E_row(jlo)) at stage[(j - jlo + 1) * 4 + q]
-      const int jlo = max(jhi - kStageJ + 1, 0), words = (jhi - jlo + 2) * 4;
-      __syncwarp();
-      for (int w = u.lane; w < words; w += kWarpSize) {
-        stage[w] = record(jlo - 1 + w / 4, u.rowI(i0 + w % 4));
-      }
-      __syncwarp();
-      for (int j = jhi; j >= jlo; --j) {
-        float4 c2[2];  // two iterations ahead
+    // G of both orientations, four rows at a time, then dM = (G_A + G_B) * grad_scale, written at block
+    // (I, J) and kept in the tile for block (J, I) (the diagonal unit: G_A in the tile, then (G + G^T) *
+    // grad_scale). G = dP * P - sum_j E_col(j) (c_j + r'_{j+1}) - E_row(0) r_0 with E_row(j + 1) =
+    // E_col(j) exp(U[j] - U[j+1]) at the iterate's row: one exponential an entry and iteration.
+    // Records (U[j], V[j], c_j, r'_j): the four rows' (the same in every lane) staged in shared memory
+    // kStageJ iterations at a time, this lane's columns' read two iterations ahead
+    const float4* rec = a.rec + u.mat * K * a.n;
+    const auto record = [&](int j, int idx) {
+      return j >= 0 && j < K && idx < a.n ? __ldcg(rec + static_cast<int64_t>(j) * a.n + idx)
+                                          : make_float4(0.f, 0.f, 0.f, 0.f);
+    };
+    float4* stage = reinterpret_cast<float4*>(&sm) + u.warp * kStageWords;
+    for (int i0 = 0; i0 < kB; i0 += 4) {
+      float xv[4][2], ga[4][2], gb[2][4], u1r[4], t1a[4][2], t1b[4][2];
 #pragma unroll
-        for (int jj = 0; jj < 2; ++jj) c2[jj] = record(j - 2, iJ0 + jj);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const float4 rr = stage[(j - jlo + 1) * 4 + q];
-          const float rv = stage[(j - jlo) * 4 + q].y;  // V[j-1] at the row
-#pragma unroll
-          for (int jj = 0; jj < 2; ++jj) {
-            // A: row rowI(q), column colJ(jj); B: row colJ(jj), column rowI(q)
-            const float ua = t1a[q][jj] - rr.x, ub = t1b[q][jj] - c0[jj].x;
-            const float eca = ex2_ftz(__fmul_rn(ua - c0[jj].y, kLog2e));
-            const float ecb = ex2_ftz(__fmul_rn(ub - rr.y, kLog2e));
-            if (j == K - 1) {
-              ga[q][jj] = ga[q][jj] * eca;
-              gb[jj][q] = gb[jj][q] * ecb;
-            }
-            ga[q][jj] = __fmaf_rn(-eca, c0[jj].z, ga[q][jj]);
-            gb[jj][q] = __fmaf_rn(-ecb, rr.z, gb[jj][q]);
-            const float era = ex2_ftz(__fmul_rn(j >= 1 ? ua - c1[jj].y : xv[q][jj] - u1r[q], kLog2e));
-            const float erb = ex2_ftz(__fmul_rn(j >= 1 ? ub - rv : xv[q][jj] - u1J[jj], kLog2e));
-            ga[q][jj] = __fmaf_rn(-era, rr.w, ga[q][jj]);
-            gb[jj][q] = __fmaf_rn(-erb, c0[jj].w, gb[jj][q]);
-          }
-        }
+      for (int q = 0; q < 4; ++q) {
+        const float2 x = *reinterpret_cast<const float2*>(u.tile + (i0 + q) * kB + 2 * u.lane);
+        xv[q][0] = x.x;
+        xv[q][1] = x.y;
+        u1r[q] = saved(a, a.U, 0, u.mat, u.rowI(i0 + q));
+        const float v1r = saved(a, a.V, 0, u.mat, u.rowI(i0 + q));
 #pragma unroll
         for (int jj = 0; jj < 2; ++jj) {
-          c0[jj] = c1[jj];
-          c1[jj] = c2[jj];
+          t1a[q][jj] = (xv[q][jj] - u1r[q]) - v1J[jj];
+          t1b[q][jj] = (xv[q][jj] - u1J[jj]) - v1r;
         }
       }
-    }
-    if (u.diag) {
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        *reinterpret_cast<float2*>(gd + (i0 + q) * kB + 2 * u.lane) = make_float2(ga[q][0], ga[q][1]);
-      }
-    } else {
-      float dm[4][2], dmt[2][4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-#pragma unroll
-        for (int jj = 0; jj < 2; ++jj) dm[q][jj] = dmt[jj][q] = (ga[q][jj] + gb[jj][q]) * a.grad_scale;
-      }
-      write_quad<T>(u, dx, ovec, i0, dm, dmt, true);
-    }
-  }
-  if (u.diag) {
-    __syncwarp();  // the warp's G before its transposed reads
-    for (int i0 = 0; i0 < kB; i0 += 4) {
-      float g[4][2], gt[2][4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const float2 v = *reinterpret_cast<const float2*>(gd + (i0 + q) * kB + 2 * u.lane);
-        g[q][0] = v.x;
-        g[q][1] = v.y;
-      }
+      read_quad(u, dp, a.ds1, a.ds2, dvec, i0, ga, gb);  // dP, then G
+      // this lane's columns' records j + 1, j, then j - 1 and j - 2 in flight
+      float4 cn[2] = {make_float4(0.f, 0.f, 0.f, 0.f), make_float4(0.f, 0.f, 0.f, 0.f)}, c0[2], c1[2];
 #pragma unroll
       for (int jj = 0; jj < 2; ++jj) {
-        const float4 v = *reinterpret_cast<const float4*>(gd + (2 * u.lane + jj) * kB + i0);
-        gt[jj][0] = v.x;
-        gt[jj][1] = v.y;
-        gt[jj][2] = v.z;
-        gt[jj][3] = v.w;
+        c0[jj] = record(K - 1, iJ0 + jj);
+        c1[jj] = record(K - 2, iJ0 + jj);
       }
-      float dm[4][2];
+      for (int jhi = K - 1; jhi >= 0; jhi -= kStageJ) {
+        // rows' records jlo .. jhi + 1 (record jhi + 1 for E_row(jhi + 1)) at stage[(j - jlo) * 4 + q]
+        const int jlo = max(jhi - kStageJ + 1, 0), words = (jhi - jlo + 2) * 4;
+        __syncwarp();
+        for (int w = u.lane; w < words; w += kWarpSize) {
+          stage[w] = record(jlo + w / 4, u.rowI(i0 + w % 4));
+        }
+        __syncwarp();
+        for (int j = jhi; j >= jlo; --j) {
+          float4 c2[2];  // two iterations ahead
+#pragma unroll
+          for (int jj = 0; jj < 2; ++jj) c2[jj] = record(j - 2, iJ0 + jj);
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            const float4 rr = stage[(j - jlo) * 4 + q];
+            const float rn = stage[(j - jlo + 1) * 4 + q].w;  // r'_{j+1} at the row (0 at j = K - 1)
+#pragma unroll
+            for (int jj = 0; jj < 2; ++jj) {
+              // A: row rowI(q), column colJ(jj); B: row colJ(jj), column rowI(q)
+              const float eca = ex2_ftz(__fmul_rn((t1a[q][jj] - rr.x) - c0[jj].y, kLog2e));
+              const float ecb = ex2_ftz(__fmul_rn((t1b[q][jj] - c0[jj].x) - rr.y, kLog2e));
+              if (j == K - 1) {
+                ga[q][jj] = ga[q][jj] * eca;
+                gb[jj][q] = gb[jj][q] * ecb;
+              }
+              ga[q][jj] = __fmaf_rn(-eca, c0[jj].z + rn, ga[q][jj]);
+              gb[jj][q] = __fmaf_rn(-ecb, rr.z + cn[jj].w, gb[jj][q]);
+            }
+          }
+#pragma unroll
+          for (int jj = 0; jj < 2; ++jj) {
+            cn[jj] = c0[jj];
+            c0[jj] = c1[jj];
+            c1[jj] = c2[jj];
+          }
+        }
+      }
+      // E_row(0) = exp(S0 - u_1), with r_0 (record 0's: the rows' staged first, the columns' now in cn)
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
+        const float r0 = stage[q].w;
 #pragma unroll
-        for (int jj = 0; jj < 2; ++jj) dm[q][jj] = (g[q][jj] + gt[jj][q]) * a.grad_scale;
+        for (int jj = 0; jj < 2; ++jj) {
+          ga[q][jj] = __fmaf_rn(-ex2_ftz(__fmul_rn(xv[q][jj] - u1r[q], kLog2e)), r0, ga[q][jj]);
+          gb[jj][q] = __fmaf_rn(-ex2_ftz(__fmul_rn(xv[q][jj] - u1J[jj], kLog2e)), cn[jj].w, gb[jj][q]);
+        }
       }
-      write_quad<T>(u, dx, ovec, i0, dm, gt, false);
+    if (u.diag) {  // G_A, kept in the tile (its row i0 + q is read)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          *reinterpret_cast<float2*>(u.tile + (i0 + q) * kB + 2 * u.lane) = make_float2(ga[q][0], ga[q][1]);
+        }
+      } else {
+        float dm[4][2];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+#pragma unroll
+          for (int jj = 0; jj < 2; ++jj) dm[q][jj] = (ga[q][jj] + gb[jj][q]) * a.grad_scale;
+          *reinterpret_cast<float2*>(u.tile + (i0 + q) * kB + 2 * u.lane) = make_float2(dm[q][0], dm[q][1]);
+        }
+        write_quad<T>(u, dx, ovec, i0, dm);  // block (I, J)
+      }
     }
+    if (!streamed(u)) mirror(u.tile);
+  }
+  __syncthreads();
+  if (u.has && streamed(u)) {
+    float* t = scratch_of(u, smem);
+    stream_in(u, t);
+    mirror(t);
   }
 #endif
 }
@@ -913,10 +1088,10 @@ Buffers buffers(const Launch& l, int64_t n, int64_t n_mat, int64_t K, const at::
   a.parts = reinterpret_cast<Word*>(b.words.data_ptr<int64_t>());
   a.vecs = a.parts + parts;
   a.fail = a.vecs + vecs;
-  b.ws = at::empty({(static_cast<int64_t>(l.grid) * kStreamed + n_mat * l.nb) * kTile + 4 * n_mat * K * n},
+  b.ws = at::empty({2 * static_cast<int64_t>(l.grid) * kStreamed * kTile + 4 * n_mat * K * n},
                    like.dtype(at::kFloat));
   a.ws = b.ws.data_ptr<float>();
-  a.rec = reinterpret_cast<float4*>(a.ws + (static_cast<int64_t>(l.grid) * kStreamed + n_mat * l.nb) * kTile);
+  a.rec = reinterpret_cast<float4*>(a.ws + 2 * static_cast<int64_t>(l.grid) * kStreamed * kTile);
   a.nb = l.nb;
   a.per = l.per;
   a.units = l.units;
