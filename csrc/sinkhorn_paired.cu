@@ -9,8 +9,13 @@
 // tiles (I, J) only the one with I <= J is kept: a "unit". At n = 4096 the 2080 units (33 MB in fp32)
 // are spread over 130 blocks of 16 warps, one block an SM, all resident for the whole call (a
 // cooperative launch). A warp owns one unit for the call; a block keeps 12 of its units in shared
-// memory and the other 4 in a workspace that stays in L2. A lane holds two columns of its unit's tile
-// and walks its 64 rows.
+// memory and the other 4 ("streamed") in a workspace that stays in L2, with S0 transposed beside them.
+// A lane holds two columns of its unit's tile and walks its 64 rows.
+//
+// Whole matrices (the logits, dP, P, dM) are read and written along their rows only: a unit's block
+// (J, I) goes through its tile transposed in place in shared memory (lanes swapping mirrored entries
+// along diagonals, free of bank conflicts). A streamed unit does its transposes in the shared tile of
+// warp w - 12, which forms its own tile after a barrier, and keeps S0 transposed in the workspace.
 //
 // A half-step runs over each unit twice: as the tile (A: rows in band I, columns in J) and as its
 // mirror image (B: rows J, columns I), each entry formed from the same S0 value with the orientation's
@@ -26,9 +31,12 @@
 // Numerics: S0 rounded once (as sinkhorn.cu); each iterate exp2(((((S0 - u_1) - v_1) - U[j]) - V[j']) *
 // log2(e)) as the Triton kernels' `t1 - u - v` (the form matters: subtracting u_1 + U[j] at once failed the
 // tolerance rule on dominated rows), the product rounded (__fmul_rn), so that the backward's half-steps
-// and its last pass form every iterate bit for bit alike (the Triton kernels' argument: the sums and G
-// must see the same numbers). The last pass reads each index's (U[j], V[j], c_j, r_j) from records the
-// reducing threads write, made visible by a release of the last result and the warp's acquire of it.
+// and its last pass form every E_col bit for bit alike. The last pass forms E_row(j + 1) as E_col(j) times
+// exp(U[j] - U[j+1]) at the iterate's row (one exponential an entry and iteration instead of two), the
+// factor folded into the coefficient r'_{j+1} by the reducing thread: a few ulps from the half-steps'
+// E_row, inside the tolerance rule (dominated rows included). The last pass reads each index's (U[j],
+// V[j], c_j, r'_j) from records the reducing threads write, made visible by a release of the last result
+// and the warp's acquire of it.
 //
 // Residency and errors: the host (`plan`) and the Python side refuse what does not fit (more than 16
 // units an SM, or more blocks than SMs to reduce the rows); a wait that gives up counts a failure, read
@@ -156,7 +164,8 @@ __device__ __forceinline__ float pick(const float (&v)[kChunks], int c) {
 }
 
 // One pass over the rows of a tile (the unit's S0 or its transpose). For row i (r = i % 16, known at
-// compile time), f(i, r, x0, x1, cache, px, py) gives this lane's share of NX cross-lane sums (px[k], its two entries combined) and NY in-lane sums (py[k][jj], column jj).
+// compile time), f(i, r, x0, x1, cache, px, py) gives this lane's share of NX cross-lane sums (px[k],
+// its two entries combined) and NY in-lane sums (py[k][jj], column jj).
 // Returns xs[k][c] (row red_row(c)'s total) and ys[k][jj] (this lane's column totals). MAX: maxima.
 template <bool MAX, int NX, int NY, class F>
 __device__ __forceinline__ void pass(const Unit& u, const float* tile, const float4* cache, F&& f,
@@ -653,7 +662,8 @@ __global__ void __launch_bounds__(kThreads, 1) paired_fwd_kernel(const Args a) {
       if (s < 2) {
         // log-sum-exp: maxima first, then the sums of exponentials shifted by them
         float mx[1][kChunks], my[1][2];
-        pass<true, 1, 1>(u, u.tile, cache, [&](int, int, float x0, float x1, float4 c, float (&px)[1], float (&py)[1][2]) {
+        pass<true, 1, 1>(u, u.tile, cache, [&](int, int, float x0, float x1, float4 c, float (&px)[1],
+                                               float (&py)[1][2]) {
           const float a0 = ta(x0, 0, c), a1 = ta(x1, 1, c), b0 = tb(x0, 0, c), b1 = tb(x1, 1, c);
           px[0] = rows ? fmaxf(a0, a1) : fmaxf(b0, b1);
           py[0][0] = rows ? b0 : a0;
@@ -678,7 +688,8 @@ __global__ void __launch_bounds__(kThreads, 1) paired_fwd_kernel(const Args a) {
         ys[0][0] = lse_finish(shy[0], ys[0][0]);
         ys[0][1] = lse_finish(shy[1], ys[0][1]);
       } else {
-        pass<false, 1, 1>(u, u.tile, cache, [&](int, int, float x0, float x1, float4 c, float (&px)[1], float (&py)[1][2]) {
+        pass<false, 1, 1>(u, u.tile, cache, [&](int, int, float x0, float x1, float4 c, float (&px)[1],
+                                                float (&py)[1][2]) {
           const float a0 = ex2_ftz(__fmul_rn(ta(x0, 0, c), kLog2e)), a1 = ex2_ftz(__fmul_rn(ta(x1, 1, c), kLog2e));
           const float b0 = ex2_ftz(__fmul_rn(tb(x0, 0, c), kLog2e)), b1 = ex2_ftz(__fmul_rn(tb(x1, 1, c), kLog2e));
           px[0] = rows ? a0 + a1 : b0 + b1;
