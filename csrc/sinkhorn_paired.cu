@@ -12,10 +12,12 @@
 // memory and the other 4 ("streamed") in a workspace that stays in L2, with S0 transposed beside them.
 // A lane holds two columns of its unit's tile and walks its 64 rows.
 //
-// Whole matrices (the logits, dP, P, dM) are read and written along their rows only: a unit's block
-// (J, I) goes through its tile transposed in place in shared memory (lanes swapping mirrored entries
-// along diagonals, free of bank conflicts). A streamed unit does its transposes in the shared tile of
-// warp w - 12, which forms its own tile after a barrier, and keeps S0 transposed in the workspace.
+// Whole matrices (the logits, dP, P, dM) are read and written along their rows: a unit's block (J, I)
+// goes through its tile transposed in place in shared memory (lanes swapping mirrored entries along
+// diagonals, free of bank conflicts). A streamed unit does its transposes in the shared tile of warp
+// w - 12, which forms its own tile after a barrier, and keeps S0 transposed in the workspace. The one
+// exception: the backward's last pass reads dP's block (J, I) four entries of two rows a lane, as it
+// needs it beside the tile's rows while the tile holds S0.
 //
 // A half-step runs over each unit twice: as the tile (A: rows in band I, columns in J) and as its
 // mirror image (B: rows J, columns I), each entry formed from the same S0 value with the orientation's
