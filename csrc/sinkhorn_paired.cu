@@ -550,32 +550,6 @@ __device__ void stream_in(const Unit& u, float* scratch) {
   }
 }
 
-// Four rows i0 .. i0 + 3 of a [n, n] matrix at `m` (row stride ld): this lane's two columns of each
-// (direct, dir[q][jj]) and its two rows' entries in those columns (transposed, tr[jj][q]).
-__device__ void read_quad(const Unit& u, const float* m, int64_t s1, int64_t s2, bool vec, int i0, float (&dir)[4][2],
-                          float (&tr)[2][4]) {
-#pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    const int row = u.rowI(i0 + q);
-    if (vec && row < u.n && u.colJ(1) < u.n) {
-      load_run<float, 2>(m + row * s1 + u.colJ(0), dir[q]);
-    } else {
-#pragma unroll
-      for (int jj = 0; jj < 2; ++jj) dir[q][jj] = row < u.n && u.okJ(jj) ? m[row * s1 + u.colJ(jj) * s2] : 0.f;
-    }
-  }
-#pragma unroll
-  for (int jj = 0; jj < 2; ++jj) {
-    const int row = u.colJ(jj);
-    if (vec && row < u.n && u.rowI(i0 + 3) < u.n) {
-      load_run<float, 4>(m + row * s1 + u.rowI(i0), tr[jj]);
-    } else {
-#pragma unroll
-      for (int q = 0; q < 4; ++q) tr[jj][q] = row < u.n && u.okI(i0 + q) ? m[row * s1 + u.rowI(i0 + q) * s2] : 0.f;
-    }
-  }
-}
-
 // R rows row0 .. row0 + R - 1 of a [n, n] matrix at `m` (strides s1, s2), this lane's two columns
 // col0 + 2 lane + jj (0 outside the matrix), every read issued before the first is used.
 template <int R>
@@ -590,6 +564,23 @@ __device__ __forceinline__ void read_rows(const Unit& u, const float* m, int64_t
     } else {
 #pragma unroll
       for (int jj = 0; jj < 2; ++jj) out[q][jj] = row < u.n && col + jj < u.n ? m[row * s1 + (col + jj) * s2] : 0.f;
+    }
+  }
+}
+
+// Four rows i0 .. i0 + 3 of band I of a [n, n] matrix at `m` (strides s1, s2): this lane's two columns
+// of each (direct, dir[q][jj]) and its two rows' entries in those columns (transposed, tr[jj][q]).
+__device__ void read_quad(const Unit& u, const float* m, int64_t s1, int64_t s2, bool vec, int i0, float (&dir)[4][2],
+                          float (&tr)[2][4]) {
+  read_rows(u, m, s1, s2, vec, u.rowI(i0), u.rJ, dir);
+#pragma unroll
+  for (int jj = 0; jj < 2; ++jj) {
+    const int row = u.colJ(jj);
+    if (vec && row < u.n && u.rowI(i0 + 3) < u.n) {
+      load_run<float, 4>(m + row * s1 + u.rowI(i0), tr[jj]);
+    } else {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) tr[jj][q] = row < u.n && u.okI(i0 + q) ? m[row * s1 + u.rowI(i0 + q) * s2] : 0.f;
     }
   }
 }
