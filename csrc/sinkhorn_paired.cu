@@ -14,10 +14,11 @@
 //
 // Whole matrices (the logits, dP, P, dM) are read and written along their rows: a unit's block (J, I)
 // goes through its tile transposed in place in shared memory (lanes swapping mirrored entries along
-// diagonals, free of bank conflicts). A streamed unit does its transposes in the shared tile of warp
-// w - 12, which forms its own tile after a barrier, and keeps S0 transposed in the workspace. The one
-// exception: the backward's last pass reads dP's block (J, I) four entries of two rows a lane, as it
-// needs it beside the tile's rows while the tile holds S0.
+// diagonals, free of bank conflicts). A streamed unit forms S0 and S0 transposed in the workspace through
+// two padded 32 x 32 quadrants of its own (over Smem, before its first use), all warps at once, and
+// writes P's and dM's block (J, I) from the transposed copy (the backward's last pass writes dM there
+// four rows at a time). The one exception: the backward's last pass reads dP's block (J, I) four entries
+// of two rows a lane, as it needs it beside the tile's rows while the tile holds S0.
 //
 // A half-step runs over each unit twice: as the tile (A: rows in band I, columns in J) and as its
 // mirror image (B: rows J, columns I), each entry formed from the same S0 value with the orientation's
@@ -427,20 +428,23 @@ __device__ __forceinline__ void transpose_tile(float* t, int lane) {
   });
 }
 
-// A warp's shared tile for the transposes: its own for the units in shared memory; for a streamed
-// unit (warp w >= kSmemUnits) warp w - kSmemUnits's, which that warp leaves to it in turn (`late`).
-static_assert(kStreamed <= kSmemUnits, "a streamed unit borrows one shared tile");
-__device__ __forceinline__ float* scratch_of(const Unit& u, float* smem_tiles) {
-  return smem_tiles + (u.warp % kSmemUnits) * kTile;
-}
-__device__ __forceinline__ bool late(const Unit& u) { return u.warp < kStreamed; }
+// A streamed unit (warp w >= kSmemUnits) forms its tile through two 32 x 32 quadrants of its own in
+// shared memory, rows padded to 33 floats (a quadrant's row and its column both hit 32 distinct banks),
+// placed over Smem, which no warp touches before the block's units are loaded.
+constexpr int kQuad = 32;
+constexpr int kQuadRow = kQuad + 1;
+constexpr int kQuadFloats = kQuad * kQuadRow;
+constexpr int kScratchFloats = 2 * kQuadFloats;  // a streamed unit's
+constexpr size_t kSmemBytes = sizeof(float) * kSmemUnits * kTile +
+                              std::max(sizeof(Smem), sizeof(float) * kStreamed * kScratchFloats);
+static_assert(kSmemBytes <= 227 * 1024, "sm_90's shared memory a block");
 __device__ __forceinline__ bool streamed(const Unit& u) { return u.warp >= kSmemUnits; }
 
 // Rows row0 .. row0 + 63 of the [n, n] matrix m, columns col0 + 2 lane + jj: f(i, tile row i's two
 // entries of this lane) for each row i of the tile t.
 template <typename T, class F>
 __device__ __forceinline__ void store_rows(const Unit& u, T* m, bool vec, int row0, int col0, const float* t, F&& f) {
-  constexpr int kRows = 8;  // rows of t read before the first store (which t might alias, as far as the compiler knows)
+  constexpr int kRows = 16;  // rows of t read before the first store (which t might alias, as far as the compiler knows)
   const int col = col0 + 2 * u.lane;
   for (int i0 = 0; i0 < kB && row0 + i0 < u.n; i0 += kRows) {
     float2 x[kRows];
@@ -476,11 +480,11 @@ __device__ __forceinline__ void read_pair(const Args& a, const T* x, bool vec, i
   }
 }
 
-// S0 of the unit into its tile: (x[i][j] + x[j][i]) * scale, -inf outside the matrix. Both blocks are
-// read along their rows, eight rows in flight: x's block (J, I) into the scratch tile, transposed there
-// in place, then added to block (I, J)'s rows.
+// S0 of a unit in shared memory into its tile: (x[i][j] + x[j][i]) * scale, -inf outside the matrix.
+// Both blocks are read along their rows, sixteen rows in flight: x's block (J, I) into the tile,
+// transposed there in place, then added to block (I, J)'s rows.
 template <typename T>
-__device__ void load_unit(const Args& a, const Unit& u, float* scratch) {
+__device__ void load_unit(const Args& a, const Unit& u) {
   constexpr int kRows = 16;
   const T* x = static_cast<const T*>(a.x) + u.mat * a.xs0;
   const bool vec = a.vec & kVecLogits;
@@ -490,32 +494,71 @@ __device__ void load_unit(const Args& a, const Unit& u, float* scratch) {
     for (int q = 0; q < kRows; ++q) read_pair(a, x, vec, u.rJ + r0 + q, u.rI + 2 * u.lane, v[q]);
 #pragma unroll
     for (int q = 0; q < kRows; ++q) {
-      *reinterpret_cast<float2*>(scratch + (r0 + q) * kB + 2 * u.lane) = make_float2(v[q][0], v[q][1]);
+      *reinterpret_cast<float2*>(u.tile + (r0 + q) * kB + 2 * u.lane) = make_float2(v[q][0], v[q][1]);
     }
   }
-  transpose_tile(scratch, u.lane);  // scratch[i][j] = x[rJ + j][rI + i]
+  transpose_tile(u.tile, u.lane);  // tile[i][j] = x[rJ + j][rI + i]
   for (int i0 = 0; i0 < kB; i0 += kRows) {
     float v[kRows][2];
 #pragma unroll
     for (int q = 0; q < kRows; ++q) read_pair(a, x, vec, u.rowI(i0 + q), u.colJ(0), v[q]);
 #pragma unroll
     for (int q = 0; q < kRows; ++q) {
-      const float2 t = *reinterpret_cast<const float2*>(scratch + (i0 + q) * kB + 2 * u.lane);
+      float2* p = reinterpret_cast<float2*>(u.tile + (i0 + q) * kB + 2 * u.lane);
+      const float2 t = *p;
       float2 s;
       s.x = u.okI(i0 + q) && u.okJ(0) ? __fmul_rn(__fadd_rn(v[q][0], t.x), a.scale) : -INFINITY;
       s.y = u.okI(i0 + q) && u.okJ(1) ? __fmul_rn(__fadd_rn(v[q][1], t.y), a.scale) : -INFINITY;
-      *reinterpret_cast<float2*>(u.tile + (i0 + q) * kB + 2 * u.lane) = s;
-      if (u.tileT != nullptr) *reinterpret_cast<float2*>(scratch + (i0 + q) * kB + 2 * u.lane) = s;
-    }
-  }
-  if (u.tileT != nullptr) {  // a streamed unit: S0 transposed into the workspace too
-    transpose_tile(scratch, u.lane);
-    for (int i = 0; i < kB; ++i) {
-      *reinterpret_cast<float2*>(u.tileT + i * kB + 2 * u.lane) =
-          *reinterpret_cast<const float2*>(scratch + i * kB + 2 * u.lane);
+      *p = s;
     }
   }
   __syncwarp();
+}
+
+// S0 of a streamed unit into its tile and, transposed, its tileT (both in the workspace), a quadrant
+// (rows i0 .., columns j0 .. of the tile) at a time: x's blocks (I, J) and (J, I) read along their rows
+// into the quadrants qa and qb (lane l: column l), then tile[i0 + r][j0 + l] = qa[r][l] + qb[l][r] and
+// tileT[j0 + r][i0 + l] = qa[l][r] + qb[r][l], each formed and rounded as load_unit's.
+template <typename T>
+__device__ void load_streamed(const Args& a, const Unit& u, float* qa, float* qb) {
+  constexpr int kRows = 16;
+  const T* x = static_cast<const T*>(a.x) + u.mat * a.xs0;
+  const auto at = [&](int row, int col) {
+    return row < a.n && col < a.n ? static_cast<float>(x[row * a.xs1 + col * a.xs2]) : 0.f;
+  };
+  const auto s0 = [&](bool ok, float direct, float mirrored) {
+    return ok ? __fmul_rn(__fadd_rn(direct, mirrored), a.scale) : -INFINITY;
+  };
+#pragma unroll 1
+  for (int i0 = 0; i0 < kB; i0 += kQuad) {
+#pragma unroll 1
+    for (int j0 = 0; j0 < kB; j0 += kQuad) {
+#pragma unroll 1
+      for (int r0 = 0; r0 < kQuad; r0 += kRows) {
+        float va[kRows], vb[kRows];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+          va[r] = at(u.rI + i0 + r0 + r, u.rJ + j0 + u.lane);
+          vb[r] = at(u.rJ + j0 + r0 + r, u.rI + i0 + u.lane);
+        }
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+          qa[(r0 + r) * kQuadRow + u.lane] = va[r];
+          qb[(r0 + r) * kQuadRow + u.lane] = vb[r];
+        }
+      }
+      __syncwarp();
+      const bool lane_i = u.okI(i0 + u.lane), lane_j = u.rJ + j0 + u.lane < a.n;
+#pragma unroll 4
+      for (int r = 0; r < kQuad; ++r) {
+        const float ta = qa[r * kQuadRow + u.lane], tb = qb[u.lane * kQuadRow + r];
+        const float sa = qa[u.lane * kQuadRow + r], sb = qb[r * kQuadRow + u.lane];
+        u.tile[(i0 + r) * kB + j0 + u.lane] = s0(u.okI(i0 + r) && lane_j, ta, tb);
+        u.tileT[(j0 + r) * kB + i0 + u.lane] = s0(lane_i && u.rJ + j0 + r < a.n, sa, sb);
+      }
+      __syncwarp();
+    }
+  }
 }
 
 // S0 transposed (rows of band J): a shared tile transposed in place (end_transposed undoes it), a
@@ -529,25 +572,19 @@ __device__ __forceinline__ void end_transposed(const Unit& u) {
   if (u.tileT == nullptr) transpose_tile(u.tile, u.lane);
 }
 
-// Every unit of the block loaded: first the streamed ones and those whose tile no streamed unit
-// borrows, then the others. Every thread of the block calls it.
+// Every unit of the block loaded, all warps at once (a streamed unit's quadrants over Smem). Every thread
+// of the block calls it.
 template <typename T>
-__device__ void load_units(const Args& a, const Unit& u, float* smem_tiles) {
-  if (u.has && !late(u)) load_unit<T>(a, u, scratch_of(u, smem_tiles));
-  __syncthreads();
-  if (u.has && late(u)) load_unit<T>(a, u, scratch_of(u, smem_tiles));
-}
-
-// A streamed unit's tile (ws) into its borrowed shared tile, this lane's entries (no other lane's read).
-__device__ void stream_in(const Unit& u, float* scratch) {
-  constexpr int kRows = 16;
-  for (int i0 = 0; i0 < kB; i0 += kRows) {
-    float2 v[kRows];
-#pragma unroll
-    for (int q = 0; q < kRows; ++q) v[q] = *reinterpret_cast<const float2*>(u.tile + (i0 + q) * kB + 2 * u.lane);
-#pragma unroll
-    for (int q = 0; q < kRows; ++q) *reinterpret_cast<float2*>(scratch + (i0 + q) * kB + 2 * u.lane) = v[q];
+__device__ void load_units(const Args& a, const Unit& u, float* smem) {
+  if (u.has) {
+    if (streamed(u)) {
+      float* q = smem + kSmemUnits * kTile + (u.warp - kSmemUnits) * kScratchFloats;
+      load_streamed<T>(a, u, q, q + kQuadFloats);
+    } else {
+      load_unit<T>(a, u);
+    }
   }
+  __syncthreads();
 }
 
 // R rows row0 .. row0 + R - 1 of a [n, n] matrix at `m` (strides s1, s2), this lane's two columns
@@ -599,6 +636,25 @@ __device__ void write_quad(const Unit& u, T* m, bool vec, int i0, const float (&
       for (int jj = 0; jj < 2; ++jj) {
         if (u.okJ(jj)) m[static_cast<int64_t>(row) * u.n + u.colJ(jj)] = static_cast<T>(dir[q][jj]);
       }
+    }
+  }
+}
+
+// A streamed diagonal unit's dM = (G_A + G_A^T) * gs into its tile (workspace), from G_A in the tile and
+// G_A^T in tileT: this lane's entries only, as pair_tile's (p + q) * gs.
+__device__ void symmetrize(const Unit& u, float gs) {
+  constexpr int kRows = 16;
+  for (int i0 = 0; i0 < kB; i0 += kRows) {
+    float2 g[kRows], h[kRows];
+#pragma unroll
+    for (int q = 0; q < kRows; ++q) {
+      g[q] = *reinterpret_cast<const float2*>(u.tile + (i0 + q) * kB + 2 * u.lane);
+      h[q] = *reinterpret_cast<const float2*>(u.tileT + (i0 + q) * kB + 2 * u.lane);
+    }
+#pragma unroll
+    for (int q = 0; q < kRows; ++q) {
+      *reinterpret_cast<float2*>(u.tile + (i0 + q) * kB + 2 * u.lane) =
+          make_float2((g[q].x + h[q].x) * gs, (g[q].y + h[q].y) * gs);
     }
   }
 }
@@ -882,9 +938,9 @@ __global__ void __launch_bounds__(kThreads, 1) paired_bwd_kernel(const Args a) {
   __syncthreads();  // the last reduction's reads of `red` are done: the last pass stages records there
   T* dx = static_cast<T*>(a.dx) + u.mat * a.n * a.n;
   const bool ovec = a.vec & kVecOut;
-  // the rest of dM from the tile t once it holds block (I, J)'s dM (dM is symmetric: block (J, I) is its
-  // transpose), or the diagonal unit's G_A: (G_A + G_A^T) * grad_scale; a streamed unit's in its
-  // borrowed tile once the block's own are done
+  // the rest of dM from a shared tile t once it holds block (I, J)'s dM (dM is symmetric: block (J, I) is
+  // its transpose), or the diagonal unit's G_A: (G_A + G_A^T) * grad_scale. A streamed unit's from tileT
+  // (dM transposed) or, on the diagonal, its tile made symmetric
   const auto mirror = [&](float* t) {
     if (u.diag) {
       pair_tile(t, u.lane, [&](float& p, float& q) { p = q = (p + q) * a.grad_scale; });
@@ -983,29 +1039,36 @@ __global__ void __launch_bounds__(kThreads, 1) paired_bwd_kernel(const Args a) {
           gb[jj][q] = __fmaf_rn(-ex2_ftz(__fmul_rn(xv[q][jj] - u1J[jj], kLog2e)), cn[jj].w, gb[jj][q]);
         }
       }
-    if (u.diag) {  // G_A, kept in the tile (its row i0 + q is read)
+      // what block (J, I) is formed from: the diagonal unit's G_A, else dM (block (I, J) written now);
+      // kept in the tile (its rows i0 .. i0 + 3, read above) and, by a streamed unit, transposed in tileT
+      float keep[4][2];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+#pragma unroll
+        for (int jj = 0; jj < 2; ++jj) keep[q][jj] = u.diag ? ga[q][jj] : (ga[q][jj] + gb[jj][q]) * a.grad_scale;
+      }
+      if (!u.diag) write_quad<T>(u, dx, ovec, i0, keep);
+      if (!streamed(u) || u.diag) {
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          *reinterpret_cast<float2*>(u.tile + (i0 + q) * kB + 2 * u.lane) = make_float2(ga[q][0], ga[q][1]);
+          *reinterpret_cast<float2*>(u.tile + (i0 + q) * kB + 2 * u.lane) = make_float2(keep[q][0], keep[q][1]);
         }
-      } else {
-        float dm[4][2];
+      }
+      if (streamed(u)) {
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-#pragma unroll
-          for (int jj = 0; jj < 2; ++jj) dm[q][jj] = (ga[q][jj] + gb[jj][q]) * a.grad_scale;
-          *reinterpret_cast<float2*>(u.tile + (i0 + q) * kB + 2 * u.lane) = make_float2(dm[q][0], dm[q][1]);
+        for (int jj = 0; jj < 2; ++jj) {
+          *reinterpret_cast<float4*>(u.tileT + (2 * u.lane + jj) * kB + i0) =
+              make_float4(keep[0][jj], keep[1][jj], keep[2][jj], keep[3][jj]);
         }
-        write_quad<T>(u, dx, ovec, i0, dm);  // block (I, J)
       }
     }
-    if (!streamed(u)) mirror(u.tile);
-  }
-  __syncthreads();
-  if (u.has && streamed(u)) {
-    float* t = scratch_of(u, smem);
-    stream_in(u, t);
-    mirror(t);
+    if (streamed(u)) {
+      __syncwarp();  // every lane's tile and tileT entries seen by the warp
+      if (u.diag) symmetrize(u, a.grad_scale);
+      store_rows<T>(u, dx, ovec, u.rJ, u.rI, u.diag ? u.tile : u.tileT, [](int, float2 v) { return v; });
+    } else {
+      mirror(u.tile);
+    }
   }
 #endif
 }
@@ -1044,7 +1107,7 @@ Launch plan(int64_t n, int64_t n_mat, int sms) {
   }
   l.grid = static_cast<int>(grid);
   l.rpb = static_cast<int>(ceil_div(n_mat * n, grid));
-  l.smem = static_cast<size_t>(kSmemUnits) * kTile * sizeof(float) + sizeof(Smem);
+  l.smem = kSmemBytes;
   return l;
 }
 
