@@ -111,7 +111,8 @@ def sanitize_once(x: torch.Tensor, symmetric: bool, label: str) -> None:
 
 
 def sanitize_paired() -> None:
-    for n, batch in ((1100, 2), (2048, 1)):
+    # 1100 in a batch, 2048 (four units a block), 4096 (sixteen, four of them streamed)
+    for n, batch in ((1100, 2), (2048, 1), (4096, 1)):
         sanitize_once(torch.randn(batch, n, n, device="cuda", requires_grad=True), True,
                       f"paired n={n} batch={batch}")
 
