@@ -92,7 +92,7 @@ struct Args {
   void* dx;      // [n_mat, n, n] logits' dtype
   float* U;      // [n_mat, K, n]
   float* V;
-  float* ws;     // the streamed units' S0, then S0 transposed: [2, grid, kStreamed, kTile]
+  float* ws;     // the streamed units' tiles, then their transposes: [2, grid, kStreamed, kTile]
   Word* parts;   // [2, n_mat, nb, nb, kB] tagged partials
   Word* vecs;    // [2K, n_mat * n] tagged results of the half-steps
   float4* rec;   // backward: [n_mat, K, n] (U[j], V[j] relative, c_j, r'_j) for the last pass
@@ -116,7 +116,8 @@ struct Unit {
   int rI, rJ;  // first row of bands I and J
   int n;
   float* tile;
-  float* tileT;  // a streamed unit's S0 transposed (workspace); null for a unit in shared memory
+  float* tileT;  // a streamed unit's S0 transposed (the backward's last pass: dM's) in the workspace; null
+                 // for a unit in shared memory
   __device__ int colJ(int jj) const { return rJ + 2 * lane + jj; }      // this lane's columns (band J)
   __device__ int rowI(int i) const { return rI + i; }
   __device__ bool okJ(int jj) const { return colJ(jj) < n; }
