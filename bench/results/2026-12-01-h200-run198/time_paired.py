@@ -2,12 +2,18 @@
 under one captured CUDA graph (median of 5 runs of 20 replays), for the build importable from the working
 directory; with a second argument 1, also P and dX against the Triton backend at n = 4096, 1100 (a batch
 of 2) and 2048. Usage: python time_paired.py <label> 0|1."""
+
+from __future__ import annotations
+
 import sys
 from pathlib import Path
-sys.path.insert(0, str(Path.cwd()))
-import torch
-import unimixer_kernels as uk
-from bench.timing import graph_replay_us
+
+sys.path.insert(0, str(Path.cwd()))  # the build under test: the working directory's tree
+
+import torch  # noqa: E402
+
+import unimixer_kernels as uk  # noqa: E402
+from bench.timing import graph_replay_us  # noqa: E402
 
 name, check = sys.argv[1], sys.argv[2] == "1"
 torch.manual_seed(0)
