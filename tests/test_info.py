@@ -80,6 +80,17 @@ def test_auto_choice_on_cuda():
         assert choice == "triton > reference"
 
 
+def test_auto_choice_on_cuda_names_a_backend_that_takes_only_some_calls():
+    op = Op("probe", cuda_auto=("cuda",))
+    op.register("reference")(lambda: None)
+    op.register("cuda", auto_accepts=lambda *args: True)(lambda: None)
+    choice = info.auto_choice_on_cuda(op)
+    if torch.cuda.is_available() and not uk.backend_status("cuda")[0]:
+        assert choice == "reference"
+    else:
+        assert choice == "cuda (the calls it takes) > reference"
+
+
 def test_versions_name_every_component():
     assert set(info.versions()) == {"unimixer-kernels", "torch", "CUDA (torch)", "triton", "python"}
 

@@ -154,6 +154,58 @@ def test_auto_skips_preferences_without_an_implementation(available):
     assert o.select("auto", CUDA) == "triton"
 
 
+@pytest.fixture
+def partial_op(monkeypatch) -> Op:
+    """cuda_auto ("cuda", "triton"), where "cuda" takes only calls on tensors of fewer than 4 rows and
+    "triton" only even row counts; each implementation returns its name and the input."""
+    o = Op("partial_probe", cuda_auto=("cuda", "triton"))
+    o.register("reference")(lambda x: ("reference", x))
+    o.register("cuda", auto_accepts=lambda x: x.shape[0] < 4)(lambda x: ("cuda", x))
+    o.register("triton", auto_accepts=lambda x: x.shape[0] % 2 == 0)(lambda x: ("triton", x))
+    monkeypatch.setitem(_registry.OPS, o.name, o)
+    return o
+
+
+def test_auto_gives_each_backend_only_the_calls_it_accepts(available, partial_op):
+    run = partial_op.dispatch("auto", CUDA)
+    assert run(torch.zeros(3))[0] == "cuda"
+    assert run(torch.zeros(6))[0] == "triton"  # cuda declines, triton takes it
+    assert run(torch.zeros(5))[0] == "reference"  # both decline
+    assert partial_op.candidates("auto", CUDA) == ("cuda", "triton", "reference")
+    assert partial_op.select("auto", CUDA) == "cuda"  # the first it tries
+    available["cuda"] = False
+    assert partial_op.dispatch("auto", CUDA)(torch.zeros(3))[0] == "reference"
+    assert partial_op.candidates("auto", CPU) == ("reference",)
+
+
+def test_auto_stops_at_a_backend_that_takes_every_call(available, monkeypatch):
+    o = Op("partial_then_all", cuda_auto=("cuda", "triton"))
+    o.register("reference")(lambda x: "reference")
+    o.register("cuda", auto_accepts=lambda x: False)(lambda x: "cuda")
+    o.register("triton")(lambda x: "triton")
+    monkeypatch.setitem(_registry.OPS, o.name, o)
+    assert o.candidates("auto", CUDA) == ("cuda", "triton")
+    assert o.dispatch("auto", CUDA)(torch.zeros(1)) == "triton"
+
+
+def test_an_explicit_backend_ignores_auto_accepts(available, partial_op):
+    # the implementation itself raises where it cannot run a call; auto_accepts only steers "auto"
+    assert partial_op.dispatch("cuda", CUDA)(torch.zeros(9))[0] == "cuda"
+    assert partial_op.candidates("cuda", CUDA) == ("cuda",)
+
+
+def test_auto_accepts_compiles_without_graph_breaks(available, partial_op):
+    def f(x):
+        name, y = partial_op.dispatch("auto", CUDA)(x)  # a device object only: the tensors stay on the CPU
+        return y * (2.0 if name == "cuda" else 3.0)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    for rows, factor in ((3, 2.0), (6, 3.0), (5, 3.0)):
+        x = torch.ones(rows)
+        torch.testing.assert_close(compiled(x), x * factor)
+
+
 def test_registering_a_backend_twice_raises(op):
     with pytest.raises(RuntimeError, match="already has a 'triton' backend"):
         op.register("triton")(lambda: None)
@@ -215,7 +267,7 @@ def _lowering_probe(monkeypatch, lowers: tuple[int, ...]) -> Op:
     o.register("reference")(seen)
     o.register("triton", lowers=lowers)(seen)
     monkeypatch.setitem(_registry.OPS, o.name, o)
-    monkeypatch.setattr(_registry, "_select_constant", lambda op, backend, device: backend)
+    monkeypatch.setattr(_registry, "_select_constant", lambda op, backend, device: (backend,))
     return o
 
 

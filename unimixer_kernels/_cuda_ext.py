@@ -95,7 +95,23 @@ def load() -> str:
         raise ImportError(f"{EXTENSION} at {path} has no build record (_build_info.py); {REBUILD_HINT}")
     check_build_matches(info, torch.__version__, torch.version.cuda)
     torch.ops.load_library(path)
+    for register in _ON_LOAD:
+        register()
     return path
+
+
+_ON_LOAD: list[Callable[[], None]] = []
+
+
+def on_load(register: Callable[[], None], *names: str) -> None:
+    """Run ``register`` (a backend module's fakes and autograd formulas, cached) once the library is
+    loaded: now if it already defines ``names`` (torch loads it through the C++ pystub when it needs a
+    fake, before the backend modules are imported), else right after :func:`load` loads it, wherever
+    that happens (``backend_status`` under ``torch.compile``'s tracing included)."""
+    if defines(*names):
+        register()
+    else:
+        _ON_LOAD.append(register)
 
 
 def ops_with(register: Callable[[], None]):

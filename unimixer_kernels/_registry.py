@@ -10,7 +10,9 @@ callable. The choice is made in this order:
 4. ``"auto"``: on CUDA tensors the op's ``cuda_auto`` list (fastest first, as measured in
    ``bench/results``), else ``"reference"``. A kernel enters an op's list only once a GPU run
    has shown it correct and faster than the best ``torch.compile`` of the reference; until then
-   it runs only when asked for by name.
+   it runs only when asked for by name. A backend that runs only some calls (shapes, dtypes)
+   registers ``auto_accepts``, a test of the call's arguments: ``"auto"`` hands it the calls it
+   accepts and tries the next backend of the list (in the end the reference) with the others.
 
 An explicit backend that cannot run the call raises; there is no silent fallback.
 
@@ -159,14 +161,18 @@ class Op:
     autocast_keep: tuple[int, ...] = ()
     impls: dict[str, Callable] = field(default_factory=dict)
     lowers: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    auto_accepts: dict[str, Callable[..., bool]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.autocast not in AUTOCAST_POLICIES:
             raise ValueError(f"autocast: expected one of {AUTOCAST_POLICIES}, got {self.autocast!r}")
 
-    def register(self, backend: str, lowers: tuple[int, ...] = ()) -> Callable[[Callable], Callable]:
+    def register(self, backend: str, lowers: tuple[int, ...] = (),
+                 auto_accepts: Callable[..., bool] | None = None) -> Callable[[Callable], Callable]:
         """Register ``backend``'s implementation; ``lowers``: argument positions it takes uncast
-        under the ``"lower"`` autocast policy (module docstring)."""
+        under the ``"lower"`` autocast policy (module docstring); ``auto_accepts(*args)``: whether
+        ``"auto"`` may give it a call with these arguments (an explicit request is never tested: the
+        implementation raises with its reason)."""
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
         if lowers and self.autocast != "lower":
@@ -178,6 +184,8 @@ class Op:
                 raise RuntimeError(f"op {self.name!r} already has a {backend!r} backend")
             self.impls[backend] = fn
             self.lowers[backend] = tuple(lowers)
+            if auto_accepts is not None:
+                self.auto_accepts[backend] = auto_accepts
             return fn
 
         return decorator
@@ -188,14 +196,23 @@ class Op:
         return backend_status(backend)
 
     def select(self, backend: str, device: torch.device) -> str:
-        """The backend that runs a call on ``device``; raises if an explicit one cannot."""
+        """The backend that runs a call on ``device`` (under ``"auto"``, the first it tries: one with
+        ``auto_accepts`` may pass a call on); raises if an explicit one cannot."""
+        return self.candidates(backend, device)[0]
+
+    def candidates(self, backend: str, device: torch.device) -> tuple[str, ...]:
+        """The backends a call on ``device`` may run on, in the order ``dispatch`` tries them: one
+        for an explicit request (raises if it cannot run), else the usable backends of ``cuda_auto``
+        up to the first without ``auto_accepts``, then the reference."""
         name = requested_backend(backend)
         if name == "auto":
-            candidates = self.cuda_auto if device.type == "cuda" else ()
-            for cand in candidates:
+            order: list[str] = []
+            for cand in self.cuda_auto if device.type == "cuda" else ():
                 if cand in self.impls and backend_status(cand)[0]:
-                    return cand
-            return "reference"
+                    order.append(cand)
+                    if cand not in self.auto_accepts:
+                        return tuple(order)
+            return (*order, "reference")
         ok, why = self.status(name)
         if ok:
             ok, why = _device_supported(name, device)
@@ -204,10 +221,23 @@ class Op:
                 f"backend={name!r} cannot run {self.name}: {why}. "
                 "Use backend='auto' or 'reference', or see `python -m unimixer_kernels.info`."
             )
-        return name
+        return (name,)
 
     def dispatch(self, backend: str, device: torch.device) -> Callable:
-        name = _select_constant(self.name, backend, device.type)
+        """The callable that runs a call on ``device`` with ``backend`` (its autocast policy applied)."""
+        names = _select_constant(self.name, backend, device.type)
+        if len(names) == 1:
+            return self._implementation(names[0], device)
+        return functools.partial(self._first_accepting, names, device)
+
+    def _first_accepting(self, names: tuple[str, ...], device: torch.device, *args):
+        # "auto" with backends that run only some calls: the last of `names` takes every call
+        for name in names[:-1]:
+            if self.auto_accepts[name](*args):
+                return self._implementation(name, device)(*args)
+        return self._implementation(names[-1], device)(*args)
+
+    def _implementation(self, name: str, device: torch.device) -> Callable:
         fn = self.impls[name]
         if self.autocast is None or not torch.is_autocast_enabled(device.type):
             return fn
@@ -258,8 +288,8 @@ def _assume_constant(fn: Callable) -> Callable:
 
 
 @_assume_constant
-def _select_constant(op_name: str, backend: str, device_type: str) -> str:
-    return OPS[op_name].select(backend, torch.device(device_type))
+def _select_constant(op_name: str, backend: str, device_type: str) -> tuple[str, ...]:
+    return OPS[op_name].candidates(backend, torch.device(device_type))
 
 
 OPS: dict[str, Op] = {}

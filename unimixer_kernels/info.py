@@ -82,16 +82,19 @@ AUTOCAST_WORDS = {"lower": "autocast dtype", "fp32": "fp32", None: "input dtypes
 def auto_choice_on_cuda(op: Op) -> str:
     """What ``backend="auto"`` runs on CUDA tensors, ignoring ``UNIMIXER_BACKEND`` and contexts.
 
-    With a device: the first usable backend of the op's ``cuda_auto`` list, else the reference.
-    Without one: the preference order itself.
+    With a device: the usable backends of the op's ``cuda_auto`` list in the order tried, up to the
+    first that takes every call, else the reference. Without one: the preference order itself.
     """
     order = [b for b in op.cuda_auto if b in op.impls and b != "reference"]
+    label = {b: f"{b} (the calls it takes)" if b in op.auto_accepts else b for b in order}
     if not torch.cuda.is_available():
-        return " > ".join([*order, "reference"])
-    for b in order:
-        if backend_status(b)[0]:
-            return b
-    return "reference"
+        return " > ".join([*(label[b] for b in order), "reference"])
+    tried = []
+    for b in (b for b in order if backend_status(b)[0]):
+        tried.append(label[b])
+        if b not in op.auto_accepts:
+            return " > ".join(tried)
+    return " > ".join([*tried, "reference"])
 
 
 def _table(rows: list[list[str]]) -> list[str]:

@@ -272,3 +272,51 @@ def test_sinkhorn_cuda_paired_hypothesis():
         check_against_reference(uk.sinkhorn, (x, tau, iters, True), backend="cuda")
 
     check()
+
+
+@pytest.mark.parametrize("shape,symmetric,chosen", [
+    ((1024, 1024), True, "cuda"), ((3, 300, 300), False, "cuda"), ((4096, 4096), True, "cuda"),
+    ((2048, 2048), False, "reference"),  # non-symmetric above n = 1024: the kernels refuse it
+    ((65, 128, 128), True, "reference"),  # more than 64 resident tiles
+])
+def test_sinkhorn_auto_takes_the_cuda_backend_where_it_accepts_the_call(monkeypatch, shape, symmetric,
+                                                                        chosen):
+    monkeypatch.delenv("UNIMIXER_BACKEND", raising=False)
+    x = random_input(shape, torch.float32, "cuda", requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    out = uk.sinkhorn(x, 0.05, 4, symmetric)
+    expect = uk.sinkhorn(x2, 0.05, 4, symmetric, backend=chosen)
+    torch.testing.assert_close(out, expect, rtol=0, atol=0)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(expect, x2, g)[0],
+                               rtol=0, atol=0)
+
+
+def test_sinkhorn_auto_float64_takes_the_reference():
+    x = random_input((64, 64), torch.float64, "cuda")
+    expect = uk.sinkhorn(x, 0.5, 3, backend="reference")
+    torch.testing.assert_close(uk.sinkhorn(x, 0.5, 3, backend="auto"), expect, rtol=0, atol=0)
+
+
+def test_sinkhorn_auto_compiles_in_a_fresh_process():
+    # nothing loads the library before tracing: the backend's selection must load it and register the
+    # fakes (`_cuda_ext.on_load`), or the traced call would have no fake
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, unimixer_kernels as uk\n"
+        "x = torch.randn(512, 512, device='cuda', requires_grad=True)\n"
+        "x2 = x.detach().clone().requires_grad_()\n"
+        "out = torch.compile(lambda t: uk.sinkhorn(t, 0.3, 4, True), fullgraph=True)(x)\n"
+        "expect = uk.sinkhorn(x2, 0.3, 4, True, backend='cuda')\n"
+        "torch.testing.assert_close(out, expect, rtol=0, atol=0)\n"
+        "g = torch.randn_like(out)\n"
+        "torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(expect, x2, g)[0],"
+        " rtol=0, atol=0)\n"
+        "print('compiled auto ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "UNIMIXER_BACKEND"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0 and "compiled auto ok" in done.stdout, done.stdout + done.stderr

@@ -57,10 +57,7 @@ def cuda_ops():
     return _cuda_ext.ops_with(_register_python_parts)
 
 
-# The library was loaded before this module (torch imports it through the C++ pystub when it
-# needs a fake): register now, or the ops would have no fake and no autograd.
-if _cuda_ext.defines(*_NAMES):
-    _register_python_parts()
+_cuda_ext.on_load(_register_python_parts, *_NAMES)
 
 
 # --- the backend -------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from .. import reference
 from .._checks import check_same_device, check_shape, check_sinkhorn_args, check_tensor
 from .._registry import define_op
 
-SINKHORN = define_op("sinkhorn", autocast="fp32")
+# "auto" on CUDA: the cuda backend for the calls it takes (ops/sinkhorn_cuda.py), the reference for the others
+SINKHORN = define_op("sinkhorn", cuda_auto=("cuda",), autocast="fp32")
 LITE_WEIGHTS = define_op("lite_weights", autocast="fp32")
 
 SINKHORN.register("reference")(reference.sinkhorn)

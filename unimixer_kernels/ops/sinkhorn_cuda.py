@@ -20,8 +20,14 @@ once: on the H200 128x64 at n = 300 and 512, 128x128 at n = 1024, run168; it doe
 1024); ``UNIMIXER_SINKHORN_CHECK=1``
 synchronises after each launch and raises if a wait for partials timed out (the tests).
 
-``torch.compile``: the graph holds the library's ops, which must be loaded before tracing: one eager
-call of the backend in the process does it (dynamo cannot trace the loading, an import).
+``"auto"`` on CUDA runs this backend wherever the kernels take the call (``_refusal``: n <= 1024 with
+at most 64 resident 128 x 128 tiles, or symmetric n <= 5120 within the paired kernels' residency), and
+the reference elsewhere: measured faster than the best ``torch.compile`` at N = 1024 and 4096, eager and
+under CUDA graphs (bench/results run199).
+
+``torch.compile``: the graph holds the library's ops. Dynamo cannot trace the library's loading (an
+import); the backend's selection, which runs before the call is traced, loads it and registers the
+fakes (``_cuda_ext.on_load``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import torch
 from torch import Tensor
 
 from .. import _cuda_ext
+from .._registry import _assume_constant
 from .sinkhorn import SINKHORN, make_backward, sinkhorn_bwd_fake, sinkhorn_fwd_fake, sinkhorn_setup
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -70,44 +77,57 @@ def cuda_ops():
     return _cuda_ext.ops_with(_register_python_parts)
 
 
-# The library was loaded before this module (torch imports it through the C++ pystub when it needs
-# a fake): register now, or the ops would have no fake and no autograd.
-if _cuda_ext.defines(*_NAMES):
-    _register_python_parts()
+_cuda_ext.on_load(_register_python_parts, *_NAMES)
 
 
 TILE_SWITCH = "UNIMIXER_SINKHORN_CUDA_TILE"
 TILES = ("auto", "128x64", "64x128", "128x128")
 
 
-@SINKHORN.register("cuda")
-def _sinkhorn_cuda(logits: Tensor, tau: float, iters: int, symmetric: bool) -> Tensor:
-    # checked here, before the library is called: its own checks are a second line of defence
-    tile = os.environ.get(TILE_SWITCH, "auto") or "auto"
-    if tile not in TILES:
-        raise ValueError(f"{TILE_SWITCH}: expected one of {TILES}, got {tile!r}")
+def _refusal(logits: Tensor, symmetric: bool) -> tuple[type[Exception], str] | None:
+    """Why the backend cannot run this call (the error to raise), or None: the limits of the kernels,
+    checked before the library is called (its own checks are a second line of defence)."""
     if logits.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"logits: the cuda backend takes dtype in {SUPPORTED_DTYPES}, got {logits.dtype} "
-                        "(use backend='reference' for float64)")
+        return TypeError, (f"logits: the cuda backend takes dtype in {SUPPORTED_DTYPES}, got {logits.dtype} "
+                           "(use backend='reference' for float64)")
     n = logits.shape[-1]
     n_mat = logits.numel() // (n * n) if n else 0
     if n > MAX_N:
         if not symmetric or n > MAX_N_PAIRED:
-            raise ValueError(f"logits: the cuda backend takes n <= {MAX_N} (a row band of tiles in one "
-                             f"thread-block cluster), or symmetric logits of n <= {MAX_N_PAIRED} (mirrored "
-                             f"tiles kept once); got n = {n}, symmetric={symmetric}; use backend='triton'")
-        _check_paired(logits, n, n_mat)
-        return _call(logits, tau, iters, symmetric)
+            return ValueError, (f"logits: the cuda backend takes n <= {MAX_N} (a row band of tiles in "
+                                f"one thread-block cluster), or symmetric logits of n <= {MAX_N_PAIRED} "
+                                f"(mirrored tiles kept once); got n = {n}, symmetric={symmetric}; use "
+                                "backend='triton'")
+        return _paired_refusal(logits, n, n_mat)
     blocks = n_mat * ((n + 127) // 128) ** 2
     if blocks > MAX_BLOCKS:
-        raise ValueError(f"logits: the cuda backend keeps every 128 x 128 tile of the batch resident at "
-                         f"once, at most {MAX_BLOCKS} tiles; {n_mat} matrices of n = {n} have {blocks}. Use "
-                         "backend='triton', or fewer matrices per call")
-    if tile != "auto" and blocks and not torch.compiler.is_compiling():
+        return ValueError, (f"logits: the cuda backend keeps every 128 x 128 tile of the batch resident "
+                            f"at once, at most {MAX_BLOCKS} tiles; {n_mat} matrices of n = {n} have "
+                            f"{blocks}. Use backend='triton', or fewer matrices per call")
+    return None
+
+
+def _auto_accepts(logits: Tensor, tau: float, iters: int, symmetric: bool) -> bool:
+    """``"auto"`` runs a call here wherever the kernels take it (measured faster than the best
+    ``torch.compile`` at N = 1024 and 4096, bench/results run199), else the next backend."""
+    return _refusal(logits, symmetric) is None
+
+
+@SINKHORN.register("cuda", auto_accepts=_auto_accepts)
+def _sinkhorn_cuda(logits: Tensor, tau: float, iters: int, symmetric: bool) -> Tensor:
+    tile = os.environ.get(TILE_SWITCH, "auto") or "auto"
+    if tile not in TILES:
+        raise ValueError(f"{TILE_SWITCH}: expected one of {TILES}, got {tile!r}")
+    refusal = _refusal(logits, symmetric)
+    if refusal is not None:
+        raise refusal[0](refusal[1])
+    n = logits.shape[-1]
+    if n <= MAX_N and tile != "auto" and logits.numel() and not torch.compiler.is_compiling():
         # a tile asked for by name may not fit where 'auto' would take another: ask the library's
         # residency check before it would have to refuse the call
         fwd, bwd = cuda_ops().sinkhorn_plan(logits, symmetric)
         if min(fwd, bwd) < 0:
+            n_mat = logits.numel() // (n * n)
             raise ValueError(f"{TILE_SWITCH}={tile}: the clusters of {n_mat} matrices of n = {n} in {tile} "
                              "tiles do not all fit the device at once; use 'auto'")
     return _call(logits, tau, iters, symmetric)
@@ -126,16 +146,23 @@ def paired_units(n: int, n_mat: int) -> int:
     return n_mat * bands * (bands + 1) // 2
 
 
-def _check_paired(logits: Tensor, n: int, n_mat: int) -> None:
-    # the residency rules of csrc/sinkhorn_paired.cu (`plan`), checked before the library is called
-    if not logits.is_cuda or torch.compiler.is_compiling():
-        return  # the library's device check names the argument; under tracing the library checks
-    sms = torch.cuda.get_device_properties(logits.device).multi_processor_count
+@_assume_constant
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _paired_refusal(logits: Tensor, n: int, n_mat: int) -> tuple[type[Exception], str] | None:
+    # the residency rules of csrc/sinkhorn_paired.cu (`plan`)
+    if not logits.is_cuda:
+        return None  # the library's device check names the argument
+    index = logits.device.index if logits.device.index is not None else torch.cuda.current_device()
+    sms = _sm_count(index)
     units = paired_units(n, n_mat)
     per = -(-units // sms)
     blocks = max(-(-units // per), -(-n_mat * n // PAIRED_ROWS_PER_BLOCK)) if units else 0
     if per > PAIRED_UNITS_PER_SM or blocks > sms:
-        raise ValueError(f"logits: the cuda backend keeps every mirrored pair of 64 x 64 tiles resident, at "
-                         f"most {PAIRED_UNITS_PER_SM} per SM and one block per SM ({sms} SMs); {n_mat} "
-                         f"matrices of n = {n} have {units} pairs. Use backend='triton', or fewer matrices "
-                         "per call")
+        return ValueError, (f"logits: the cuda backend keeps every mirrored pair of 64 x 64 tiles resident, "
+                            f"at most {PAIRED_UNITS_PER_SM} per SM and one block per SM ({sms} SMs); {n_mat} "
+                            f"matrices of n = {n} have {units} pairs. Use backend='triton', or fewer "
+                            "matrices per call")
+    return None
