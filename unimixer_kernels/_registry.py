@@ -206,13 +206,7 @@ class Op:
         up to the first without ``auto_accepts``, then the reference."""
         name = requested_backend(backend)
         if name == "auto":
-            order: list[str] = []
-            for cand in self.cuda_auto if device.type == "cuda" else ():
-                if cand in self.impls and backend_status(cand)[0]:
-                    order.append(cand)
-                    if cand not in self.auto_accepts:
-                        return tuple(order)
-            return (*order, "reference")
+            return self.auto_order(device)
         ok, why = self.status(name)
         if ok:
             ok, why = _device_supported(name, device)
@@ -222,6 +216,17 @@ class Op:
                 "Use backend='auto' or 'reference', or see `python -m unimixer_kernels.info`."
             )
         return (name,)
+
+    def auto_order(self, device: torch.device) -> tuple[str, ...]:
+        """What ``"auto"`` tries on ``device``, in order: the usable backends of ``cuda_auto`` (on CUDA)
+        up to the first without ``auto_accepts``, else ending with the reference."""
+        order: list[str] = []
+        for cand in self.cuda_auto if device.type == "cuda" else ():
+            if cand in self.impls and backend_status(cand)[0]:
+                order.append(cand)
+                if cand not in self.auto_accepts:
+                    return tuple(order)
+        return (*order, "reference")
 
     def dispatch(self, backend: str, device: torch.device) -> Callable:
         """The callable that runs a call on ``device`` with ``backend`` (its autocast policy applied)."""
@@ -280,14 +285,14 @@ def _with_autocast_policy(fn: Callable, device_type: str, dtype: torch.dtype, ke
         return fn(*args)
 
 
-def _assume_constant(fn: Callable) -> Callable:
+def assume_constant(fn: Callable) -> Callable:
     # torch.compile evaluates the decision once at trace time and bakes in the answer, so the
     # status checks (imports, device queries, environment) never enter the graph.
     marker = getattr(getattr(torch, "_dynamo", None), "assume_constant_result", None)
     return marker(fn) if marker is not None else fn
 
 
-@_assume_constant
+@assume_constant
 def _select_constant(op_name: str, backend: str, device_type: str) -> tuple[str, ...]:
     return OPS[op_name].candidates(backend, torch.device(device_type))
 

@@ -85,16 +85,13 @@ def auto_choice_on_cuda(op: Op) -> str:
     With a device: the usable backends of the op's ``cuda_auto`` list in the order tried, up to the
     first that takes every call, else the reference. Without one: the preference order itself.
     """
-    order = [b for b in op.cuda_auto if b in op.impls and b != "reference"]
-    label = {b: f"{b} (the calls it takes)" if b in op.auto_accepts else b for b in order}
+    def label(b: str) -> str:
+        return f"{b} (the calls it takes)" if b in op.auto_accepts else b
+
     if not torch.cuda.is_available():
-        return " > ".join([*(label[b] for b in order), "reference"])
-    tried = []
-    for b in (b for b in order if backend_status(b)[0]):
-        tried.append(label[b])
-        if b not in op.auto_accepts:
-            return " > ".join(tried)
-    return " > ".join([*tried, "reference"])
+        order = [b for b in op.cuda_auto if b in op.impls and b != "reference"]
+        return " > ".join([*map(label, order), "reference"])
+    return " > ".join(map(label, op.auto_order(torch.device("cuda"))))
 
 
 def _table(rows: list[list[str]]) -> list[str]:

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .. import _cuda_ext
-from .._registry import _assume_constant
+from .._registry import assume_constant
 from .sinkhorn import SINKHORN, make_backward, sinkhorn_bwd_fake, sinkhorn_fwd_fake, sinkhorn_setup
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -146,7 +146,7 @@ def paired_units(n: int, n_mat: int) -> int:
     return n_mat * bands * (bands + 1) // 2
 
 
-@_assume_constant
+@assume_constant
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
