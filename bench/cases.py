@@ -71,14 +71,23 @@ class Case:
         return kernel_backends_of(self.op, self.block_ops)
 
 
+# A block's mixed provider: ``triton`` with these ops on these per-op choices (``backend=`` specs,
+# README Backends), where the op's kernels there were measured faster than its Triton kernels alone
+# (NOTES: the cuda Sinkhorn at N = 1024 and 4096)
+MIXED_CHOICES = {"sinkhorn": "cuda/triton"}
+
+
 def kernel_backends_of(op: str | None, block_ops: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Kernel backends of an op (registry order). A block: ``triton`` always (a missing Triton op
-    then shows as an error row), and any other backend that every op of the block has."""
+    then shows as an error row), any other backend that every op of the block has, and the mixed
+    spec ``triton+<op>=<choice>...`` of the ``MIXED_CHOICES`` ops the block calls."""
     if op is not None:
         return tuple(b for b in uk.OPS[op].impls if b != "reference")
     known = [o for o in block_ops if o in uk.OPS]
     others = [b for b in ("cuda",) if known and all(b in uk.OPS[o].impls for o in known)]
-    return ("triton", *others)
+    mixed = [f"{o}={c}" for o, c in MIXED_CHOICES.items()
+             if o in known and all(b in uk.OPS[o].impls for b in c.split("/"))]
+    return ("triton", *others, *(["+".join(("triton", *mixed))] if mixed else []))
 
 
 def randn_cpu(shape, device, dtype, scale: float = 1.0) -> torch.Tensor:

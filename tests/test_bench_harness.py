@@ -156,6 +156,24 @@ def test_providers_come_from_the_registry():
             assert backend in provs and f"{backend}-cg" in provs
 
 
+def test_a_block_times_its_mixed_spec_and_says_why_it_cannot(monkeypatch):
+    # the UniMixer block's Sinkhorn on the cuda kernels, the rest on Triton: one more provider; where a
+    # backend it names cannot run, its row says which and why
+    provs = providers_for(CASES["unimixer-block"])
+    assert "triton+sinkhorn=cuda/triton" in provs and "triton+sinkhorn=cuda/triton-cg" in provs
+    assert not any("+" in p for p in providers_for(CASES["rankmixer-block"]))
+    import unimixer_kernels as uk
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    if uk.backend_status("cuda")[0]:
+        pytest.skip("the cuda backend runs here")
+    runner = CaseRunner(torch.device("cpu"), torch.float32, Ceilings(1e10, 1e11, "fake copy", "fake matmul"),
+                        warmup_ms=0, rep_ms=1)
+    rows = runner.run_case(CASES["unimixer-block"], PRESETS["cpu-tiny"].with_bs(4), ("fwd+bwd",),
+                           ["triton+sinkhorn=cuda/triton"])
+    assert [r["status"] for r in rows] == [f"unavailable: cuda: {uk.backend_status('cuda')[1]}"]
+
+
 def _tiny_run(tmp_path):
     fake = Ceilings(1e10, 1e11, "fake copy", "fake matmul")
     runner = CaseRunner(torch.device("cpu"), torch.float32, fake, warmup_ms=0, rep_ms=1)

@@ -110,3 +110,11 @@ def test_info_lists_the_kernel_switches(monkeypatch):
     text = info.report()
     assert "UNIMIXER_UNIMIXING_NORM: 'fused'" in text
     assert "UNIMIXER_SINKHORN_PERSISTENT: not set (auto)" in text
+
+
+def test_info_shows_the_backend_variable_and_says_when_it_is_invalid(monkeypatch):
+    monkeypatch.setenv("UNIMIXER_BACKEND", "triton+sinkhorn=cuda/triton")
+    assert "UNIMIXER_BACKEND: 'triton+sinkhorn=cuda/triton'\n" in info.report()
+    monkeypatch.setenv("UNIMIXER_BACKEND", "triton+sinkhorn=cudnn")
+    assert ("UNIMIXER_BACKEND: 'triton+sinkhorn=cudnn': invalid, every op call raises: environment variable "
+            "UNIMIXER_BACKEND: sinkhorn='cudnn'") in info.report()

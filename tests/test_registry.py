@@ -206,6 +206,93 @@ def test_auto_accepts_compiles_without_graph_breaks(available, partial_op):
         torch.testing.assert_close(compiled(x), x * factor)
 
 
+# --- per-op specs ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def other_op(monkeypatch) -> Op:
+    o = Op("other_probe", cuda_auto=("triton",))
+    for name in ("reference", "triton", "cuda"):
+        o.register(name)(lambda name=name: name)
+    monkeypatch.setitem(_registry.OPS, o.name, o)
+    return o
+
+
+def test_a_per_op_spec_selects_per_op(available, op, other_op):
+    spec = "reference+probe=triton"
+    assert op.select(spec, CPU) == "triton" and op.dispatch(spec, CPU)() == "triton"
+    assert other_op.select(spec, CPU) == "reference"
+    assert op.select("triton+other_probe=reference", CPU) == "triton"
+    assert other_op.select("auto+probe=reference", CUDA) == "triton"  # the default "auto" per op
+    assert op.select("reference+probe=auto", CUDA) == "cuda"
+
+
+def test_a_per_op_spec_works_in_the_context_and_the_environment(available, op, other_op, monkeypatch):
+    with uk.use_backend("triton+probe=reference"):
+        assert (op.select("auto", CPU), other_op.select("auto", CPU)) == ("reference", "triton")
+        assert op.select("triton", CPU) == "triton"  # the argument still beats the context
+    monkeypatch.setenv("UNIMIXER_BACKEND", "reference+other_probe=triton")
+    assert (op.select("auto", CPU), other_op.select("auto", CPU)) == ("reference", "triton")
+
+
+def test_a_per_op_list_gives_each_backend_the_calls_it_accepts(available, partial_op):
+    run = partial_op.dispatch("reference+partial_probe=cuda/triton", CUDA)
+    assert run(torch.zeros(3))[0] == "cuda"
+    assert run(torch.zeros(6))[0] == "triton"
+    assert run(torch.zeros(5))[0] == "triton"  # the last of the list takes every call the others decline
+    assert partial_op.candidates("reference+partial_probe=cuda/triton", CUDA) == ("cuda", "triton")
+    assert partial_op.dispatch("triton+partial_probe=cuda/reference", CUDA)(torch.zeros(7))[0] == "reference"
+
+
+def test_a_per_op_list_names_a_backend_that_cannot_run(available, partial_op):
+    available["cuda"] = False  # an explicit request: no quiet skip to the next of the list
+    with pytest.raises(ValueError, match=r"backend='cuda' cannot run partial_probe: patched off"):
+        partial_op.dispatch("reference+partial_probe=cuda/triton", CUDA)
+    available["cuda"] = True
+    with pytest.raises(ValueError, match=r"backend='cuda' cannot run partial_probe: .*CUDA tensors"):
+        partial_op.dispatch("reference+partial_probe=cuda/triton", CPU)
+
+
+def test_a_per_op_list_refuses_a_backend_that_would_shadow_the_rest(available, op):
+    with pytest.raises(ValueError, match=r"'triton' takes every probe call, so \('cuda',\) after it would "
+                                         r"never run; list 'triton' last"):
+        op.select("reference+probe=triton/cuda", CUDA)
+
+
+@pytest.mark.parametrize("spec,why", [
+    ("fast+probe=triton", r"the default backend 'fast' of 'fast\+probe=triton' is not one of"),
+    ("reference+probe", r"'probe' in 'reference\+probe' is not '<op>=<backend>'"),
+    ("reference+=triton", r"'=triton' in .* is not '<op>=<backend>'"),
+    ("reference+probe=", r"'probe=' in .* is not '<op>=<backend>'"),
+    ("reference+nosuchop=triton", r"names the op 'nosuchop', which is not one of \(.*'probe'"),
+    ("reference+probe=triton+probe=cuda", r"names the op 'probe' twice"),
+    ("reference+probe=cudnn", r"probe='cudnn' in .*: expected 'auto' or backends of"),
+    ("reference+probe=auto/triton", r"probe='auto/triton' in .*: expected 'auto' or backends of"),
+    ("reference+probe=triton/triton", r"lists a backend twice"),
+])
+def test_a_bad_per_op_spec_names_the_argument_and_the_problem(available, op, spec, why):
+    with pytest.raises(ValueError, match=r"^backend: (.* )?" + why):
+        op.select(spec, CPU)
+    with pytest.raises(ValueError, match=r"^use_backend\(name\): (.* )?" + why):
+        with uk.use_backend(spec):
+            pass
+
+
+def test_backend_status_of_a_per_op_spec(op):
+    assert _registry.parse_backend("triton+probe=cuda/reference").backends == ("triton", "cuda", "reference")
+    assert uk.backend_status("reference+sinkhorn=reference")[0]
+    ok, why = uk.backend_status("reference+sinkhorn=cuda")
+    assert ok == uk.backend_status("cuda")[0] and (ok or why.startswith("cuda: "))
+
+
+def test_public_op_takes_a_per_op_spec():
+    x, w = torch.randn(2, 8), torch.randn(8)
+    torch.testing.assert_close(uk.rms_norm(x, w, backend="reference+sinkhorn=cuda"),
+                               uk.rms_norm(x, w, backend="reference"), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"backend='cuda' cannot run rms_norm"):
+        uk.rms_norm(x, w, backend="reference+rms_norm=cuda")
+
+
 def test_registering_a_backend_twice_raises(op):
     with pytest.raises(RuntimeError, match="already has a 'triton' backend"):
         op.register("triton")(lambda: None)

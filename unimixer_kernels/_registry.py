@@ -14,6 +14,14 @@ callable. The choice is made in this order:
    registers ``auto_accepts``, a test of the call's arguments: ``"auto"`` hands it the calls it
    accepts and tries the next backend of the list (in the end the reference) with the others.
 
+Each of the three may also be a per-op spec, ``"<backend>+<op>=<choice>+..."``: the op named runs on
+its ``<choice>``, every other op on ``<backend>`` (``"auto"`` included). A choice is one backend, or a
+list ``"cuda/triton"`` tried in order as ``"auto"`` tries ``cuda_auto``: each backend but the last takes
+only the calls its ``auto_accepts`` passes, the last every other call. So
+``"triton+sinkhorn=cuda/triton"`` runs a block on the Triton kernels but its Sinkhorn calls on the
+``cuda`` kernels wherever they take the call (a spec is one string, so a module passes it to every op
+it calls unchanged).
+
 An explicit backend that cannot run the call raises; there is no silent fallback.
 
 Autocast. A custom op is opaque to ``torch.autocast``, so each op states its own policy, applied
@@ -52,12 +60,61 @@ _ENV_VAR = "UNIMIXER_BACKEND"
 _context_stack: list[str] = []
 
 
+_SPEC_FORM = "'<backend>' or '<backend>+<op>=<backend>[/<backend>...]+...'"
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A parsed ``backend=`` value: the default backend and the per-op choices (module docstring)."""
+
+    default: str
+    per_op: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def choice(self, op_name: str) -> tuple[str, ...]:
+        """The backends ``op_name`` runs on, in the order they are tried (``("auto",)`` for auto)."""
+        return dict(self.per_op).get(op_name, (self.default,))
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """Every backend the spec names, but ``"auto"``."""
+        named = (self.default, *(b for _, names in self.per_op for b in names))
+        return tuple(dict.fromkeys(b for b in named if b != "auto"))
+
+
+def parse_backend(spec: object, argument: str = "backend") -> BackendSpec:
+    """Parse and check a ``backend=`` value; errors name ``argument`` and the expected form."""
+    def fail(why: str) -> ValueError:
+        return ValueError(f"{argument}: {why}. Run `python -m unimixer_kernels.info` to see what is "
+                          "available here.")
+
+    names = ("auto", *BACKENDS)
+    if not isinstance(spec, str):
+        raise fail(f"expected one of {names} or a per-op spec {_SPEC_FORM}, got {spec!r}")
+    default, *overrides = spec.split("+")
+    if default not in names:
+        raise fail(f"expected one of {names}, got {spec!r}" if not overrides else
+                   f"the default backend {default!r} of {spec!r} is not one of {names}")
+    per_op: dict[str, tuple[str, ...]] = {}
+    for item in overrides:
+        op_name, eq, choice = item.partition("=")
+        if not eq or not op_name or not choice:
+            raise fail(f"{item!r} in {spec!r} is not '<op>=<backend>'; the form is {_SPEC_FORM}")
+        if op_name not in OPS:
+            raise fail(f"{spec!r} names the op {op_name!r}, which is not one of {tuple(OPS)}")
+        if op_name in per_op:
+            raise fail(f"{spec!r} names the op {op_name!r} twice")
+        listed = tuple(choice.split("/"))
+        if any(b not in names for b in listed) or ("auto" in listed and len(listed) > 1):
+            raise fail(f"{op_name}={choice!r} in {spec!r}: expected 'auto' or backends of {BACKENDS} "
+                       "separated by '/'")
+        if len(set(listed)) != len(listed):
+            raise fail(f"{op_name}={choice!r} in {spec!r} lists a backend twice")
+        per_op[op_name] = listed
+    return BackendSpec(default, tuple(per_op.items()))
+
+
 def _check_backend_name(name: str, argument: str = "backend") -> str:
-    if not isinstance(name, str) or name not in ("auto", *BACKENDS):
-        raise ValueError(
-            f"{argument}: expected one of {('auto', *BACKENDS)}, got {name!r}. "
-            "Run `python -m unimixer_kernels.info` to see what is available here."
-        )
+    parse_backend(name, argument)
     return name
 
 
@@ -84,8 +141,15 @@ def _cuda_extension_status() -> tuple[bool, str]:
 
 
 def backend_status(name: str) -> tuple[bool, str]:
-    """Whether a backend can run anything on this machine, and if not, why."""
-    _check_backend_name(name)
+    """Whether a backend (every backend of a per-op spec) can run anything on this machine, and if
+    not, why."""
+    named = parse_backend(name).backends
+    if "+" in name:
+        for b in named:
+            ok, why = backend_status(b)
+            if not ok:
+                return False, f"{b}: {why}"
+        return True, " + ".join(backend_status(b)[1] for b in named)
     if name == "reference":
         return True, "pure PyTorch, any device"
     if name == "triton":
@@ -201,21 +265,28 @@ class Op:
         return self.candidates(backend, device)[0]
 
     def candidates(self, backend: str, device: torch.device) -> tuple[str, ...]:
-        """The backends a call on ``device`` may run on, in the order ``dispatch`` tries them: one
-        for an explicit request (raises if it cannot run), else the usable backends of ``cuda_auto``
-        up to the first without ``auto_accepts``, then the reference."""
-        name = requested_backend(backend)
-        if name == "auto":
+        """The backends a call on ``device`` may run on, in the order ``dispatch`` tries them: those of
+        an explicit request (raises if one cannot run), else the usable backends of ``cuda_auto`` up to
+        the first without ``auto_accepts``, then the reference."""
+        spec = requested_backend(backend)
+        names = parse_backend(spec).choice(self.name)
+        if names == ("auto",):
             return self.auto_order(device)
-        ok, why = self.status(name)
-        if ok:
-            ok, why = _device_supported(name, device)
-        if not ok:
-            raise ValueError(
-                f"backend={name!r} cannot run {self.name}: {why}. "
-                "Use backend='auto' or 'reference', or see `python -m unimixer_kernels.info`."
-            )
-        return (name,)
+        for i, name in enumerate(names):
+            ok, why = self.status(name)
+            if ok:
+                ok, why = _device_supported(name, device)
+            if not ok:
+                raise ValueError(
+                    f"backend={name!r} cannot run {self.name}: {why}. "
+                    "Use backend='auto' or 'reference', or see `python -m unimixer_kernels.info`."
+                )
+            if i < len(names) - 1 and name not in self.auto_accepts:
+                raise ValueError(
+                    f"backend={spec!r}: {name!r} takes every {self.name} call, so {names[i + 1:]} after it "
+                    f"would never run; list {name!r} last, or alone"
+                )
+        return names
 
     def auto_order(self, device: torch.device) -> tuple[str, ...]:
         """What ``"auto"`` tries on ``device``, in order: the usable backends of ``cuda_auto`` (on CUDA)
@@ -236,7 +307,8 @@ class Op:
         return functools.partial(self._first_accepting, names, device)
 
     def _first_accepting(self, names: tuple[str, ...], device: torch.device, *args):
-        # "auto" with backends that run only some calls: the last of `names` takes every call
+        # "auto", or a per-op list, with backends that run only some calls: the last of `names` takes
+        # every call
         for name in names[:-1]:
             if self.auto_accepts[name](*args):
                 return self._implementation(name, device)(*args)

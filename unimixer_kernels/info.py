@@ -15,7 +15,7 @@ import sys
 import torch
 
 from . import _cuda_ext
-from ._registry import _ENV_VAR, BACKENDS, OPS, Op, backend_status
+from ._registry import _ENV_VAR, BACKENDS, OPS, Op, backend_status, parse_backend
 from ._version import __version__
 
 
@@ -117,7 +117,16 @@ def report() -> str:
         ok, why = backend_status(name)
         lines.append(f"  {name}: {'available' if ok else 'unavailable'}: {why}")
     env = os.environ.get(_ENV_VAR)
-    lines.append(f"  {_ENV_VAR}: {env!r}" if env else f"  {_ENV_VAR}: not set (auto)")
+    if env:
+        try:
+            parse_backend(env, f"environment variable {_ENV_VAR}")
+            lines.append(f"  {_ENV_VAR}: {env!r}")
+        except ValueError as exc:
+            lines.append(f"  {_ENV_VAR}: {env!r}: invalid, every op call raises: {exc}")
+    else:
+        lines.append(f"  {_ENV_VAR}: not set (auto)")
+    lines.append("  a backend= value may also be per op, e.g. 'triton+sinkhorn=cuda/triton': Sinkhorn on the "
+                 "cuda kernels where they take the call, else Triton; every other op on Triton")
     from ._cuda_ext import SWITCHES as CUDA_SWITCHES
     from .triton_kernels._launch import SWITCHES  # torch only: no kernel module is imported
 

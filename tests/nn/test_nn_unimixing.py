@@ -263,3 +263,20 @@ def test_lite_default_rank_is_n_over_8():
     m = UniMixing(16, 96, 4, lite=True, init="random")  # SPEC lite-2.5m: N = 384, r = 48
     assert m.num_blocks == 384 and m.rank == 48
     assert math.isclose(m.a_g.std().item(), 0.02, rel_tol=0.2)
+
+
+# --- a per-op backend spec (README, Backends) ----------------------------------------------------
+
+
+@pytest.mark.triton
+def test_a_per_op_backend_spec_reaches_the_ops_the_module_calls(device, monkeypatch):
+    sinkhorn = uk.OPS["sinkhorn"]
+    triton_impl, seen = sinkhorn.impls["triton"], []
+    monkeypatch.setitem(sinkhorn.impls, "triton", lambda x, *rest: seen.append(tuple(x.shape)) or
+                        triton_impl(x, *rest))
+    ref = UniMixing(4, 12, 4, init="random", iters=3, backend="reference").to(device)
+    mixed = UniMixing(4, 12, 4, init="random", iters=3, backend="reference+sinkhorn=triton").to(device)
+    mixed.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 4, 12, device=device)
+    torch.testing.assert_close(mixed(x), ref(x), rtol=1e-5, atol=1e-6)
+    assert seen == [(12, 4, 4), (12, 12)]  # the local and the global weight; the mixing op on the reference

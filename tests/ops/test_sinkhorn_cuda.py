@@ -320,3 +320,35 @@ def test_sinkhorn_auto_compiles_in_a_fresh_process():
     env = {k: v for k, v in os.environ.items() if k != "UNIMIXER_BACKEND"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0 and "compiled auto ok" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_block_runs_its_sinkhorn_on_cuda_and_the_rest_on_triton(monkeypatch):
+    # backend="triton+sinkhorn=cuda/triton": the global weight (one 72 x 72 matrix) on the cuda kernels,
+    # the local weights (72 matrices of 4 x 4: more than 64 resident tiles, which cuda declines) on
+    # Triton, every other op on Triton; the step equals the all-Triton block's by the module tests' rule
+    from unimixer_kernels import nn as uknn
+
+    sinkhorn, seen = uk.OPS["sinkhorn"], []
+    for name in ("cuda", "triton"):
+        impl = sinkhorn.impls[name]
+        monkeypatch.setitem(sinkhorn.impls, name, lambda x, *rest, name=name, impl=impl:
+                            seen.append((name, tuple(x.shape))) or impl(x, *rest))
+    torch.manual_seed(0)
+    tri = uknn.UniMixerBlock(8, 36, 4, hidden=24, bias=False, iters=20, backend="triton").cuda()
+    mixed = uknn.UniMixerBlock(8, 36, 4, hidden=24, bias=False, iters=20,
+                               backend="triton+sinkhorn=cuda/triton").cuda()
+    mixed.load_state_dict(tri.state_dict())
+    x = torch.randn(64, 8, 36, device="cuda")
+    outs, grads = [], []
+    for m in (tri, mixed):
+        xi = x.clone().requires_grad_()
+        out = torch.cat(m(xi), -1)
+        out.backward(torch.ones_like(out) / out.numel() ** 0.5)
+        outs.append(out.detach())
+        grads.append([xi.grad] + [p.grad for p in m.parameters()])
+    assert seen == [("triton", (72, 4, 4)), ("triton", (72, 72)), ("triton", (72, 4, 4)), ("cuda", (72, 72))]
+    scale = outs[0].abs().max().item()
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-4 * scale)
+    for k, (g_tri, g_mixed) in enumerate(zip(*grads)):
+        assert g_mixed is not None and torch.isfinite(g_mixed).all(), k
+        torch.testing.assert_close(g_mixed, g_tri, rtol=1e-3, atol=1e-4 * g_tri.abs().max().item() + 1e-7)
