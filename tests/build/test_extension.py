@@ -180,8 +180,11 @@ def test_cuda_backend_checks_its_limits_before_calling_the_library():
 def test_sinkhorn_cuda_backend_checks_its_limits_before_calling_the_library():
     from unimixer_kernels.ops import sinkhorn_cuda
 
-    with pytest.raises(ValueError, match=r"n <= 1024.*got n = 1025; use backend='triton'"):
-        sinkhorn_cuda._sinkhorn_cuda(torch.empty(1025, 1025, device="meta"), 0.05, 3, True)
+    # above n = 1024 only symmetric logits (the paired kernels), up to n = 5120
+    with pytest.raises(ValueError, match=r"n <= 1024.*got n = 1025, symmetric=False; use backend='triton'"):
+        sinkhorn_cuda._sinkhorn_cuda(torch.empty(1025, 1025, device="meta"), 0.05, 3, False)
+    with pytest.raises(ValueError, match=r"n <= 5120.*got n = 5121, symmetric=True; use backend='triton'"):
+        sinkhorn_cuda._sinkhorn_cuda(torch.empty(5121, 5121, device="meta"), 0.05, 3, True)
     with pytest.raises(TypeError, match="logits: the cuda backend takes dtype"):
         sinkhorn_cuda._sinkhorn_cuda(torch.empty(8, 8, device="meta", dtype=torch.float64), 0.05, 3, True)
     with pytest.raises(ValueError, match=r"at most 64 tiles; 5 matrices of n = 500 have 80"):
