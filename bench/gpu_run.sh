@@ -14,7 +14,8 @@
 #             its tests, tests/ops/test_*_cuda.py and tests/build (-m gpu, T_EXT_TESTS seconds,
 #             junit_ext.xml)
 #   bench     python -m bench run, alone on the GPU (the timed numbers), from warm caches
-#   sweep     the full UniMixer block at bs 256..2048 (sweep.json / .csv) and its plot (.png)
+#   sweep     the full UniMixer block at bs 256..2048 (sweep.json / .csv) and its plot (.png); SWEEP_CASE,
+#             SWEEP_PRESET, SWEEP_BS and SWEEP_PROVIDERS choose others
 #   variant   the bench stage's cases again with kernel switches set, one run per entry of
 #             VARIANTS="UNIMIXER_PDL=1|sinkhorn@paper-small;UNIMIXER_FFN_BACKWARD=recompute" (cases after
 #             '|', default VARIANT_CASES, else BENCH_CASES; VARIANT_ARGS, default BENCH_ARGS): variant<i>.json
@@ -63,8 +64,9 @@ SWEEP_CASE="${SWEEP_CASE:-unimixer-block}"
 T_TRAIN="${T_TRAIN:-120}"
 SWEEP_PRESET="${SWEEP_PRESET:-paper-small}"
 # what the sweep times: the warm-up in prepare and the sweep stage run the same list
+SWEEP_PROVIDERS="${SWEEP_PROVIDERS:-reference,compiled,compiled-cg,triton,triton-cg}"
 SWEEP_ARGS=(--case "$SWEEP_CASE" --preset "$SWEEP_PRESET" --mode fwd+bwd --sweep-bs "$SWEEP_BS"
-            --provider reference,compiled,compiled-cg,triton,triton-cg)
+            --provider "$SWEEP_PROVIDERS")
 START=$(date +%s)
 : >"$LOG"
 

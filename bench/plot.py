@@ -16,6 +16,20 @@ STYLE = {
     "cuda": dict(color="tab:green", marker="v"),
     "cuda-cg": dict(color="tab:olive", marker="v", linestyle="--"),
 }
+# any other provider (a per-op backend spec such as ``triton+sinkhorn=cuda/triton``): these, in turn
+OTHER_COLORS = ("tab:purple", "tab:brown", "tab:pink")
+
+
+def _styles(providers: set[str]) -> dict[str, dict]:
+    """A style per provider: ``STYLE``'s, else one colour per backend spec, dashed for its ``-cg``."""
+    styles = {p: STYLE[p] for p in STYLE if p in providers}
+    others = sorted({p.removesuffix("-cg") for p in providers if p not in STYLE})
+    for i, spec in enumerate(others):
+        color = OTHER_COLORS[i % len(OTHER_COLORS)]
+        for p, extra in ((spec, {}), (f"{spec}-cg", {"linestyle": "--"})):
+            if p in providers:
+                styles[p] = dict(color=color, marker="D", **extra)
+    return styles
 
 
 def plot_sweep(results: str | Path, case: str | None = None, mode: str = "fwd+bwd",
@@ -37,11 +51,11 @@ def plot_sweep(results: str | Path, case: str | None = None, mode: str = "fwd+bw
             if len(bss) < 2:
                 continue
             fig, ax = plt.subplots(figsize=(6.4, 4.4))
-            for provider in [p for p in STYLE if any(r["provider"] == p for r in pts)]:
+            for provider, style in _styles({r["provider"] for r in pts}).items():
                 xy = sorted((r["bs"], r["ms"]) for r in pts
                             if r["provider"] == provider and r.get("status") == "ok")
                 if xy:
-                    ax.plot(*zip(*xy), label=provider, **STYLE[provider])
+                    ax.plot(*zip(*xy), label=provider, **style)
             floor = sorted({(r["bs"], r["floor_ms"]) for r in pts if r.get("floor_ms")})
             if floor:
                 ax.plot(*zip(*floor), label="floor", color="black", linestyle=":")

@@ -416,3 +416,15 @@ def test_check_runs_every_floating_input_in_its_dtype():
     out = _in_dtype([x, w, idx, 0.5], torch.bfloat16)
     assert out[0] is x and out[2] is idx and out[3] == 0.5
     assert out[1].dtype == torch.bfloat16 and out[1].requires_grad and out[1].is_leaf
+
+
+def test_the_sweep_plot_styles_every_provider_it_is_given():
+    # a per-op backend spec gets a colour of its own, dashed under CUDA graphs; none is dropped
+    from bench.plot import STYLE, _styles
+
+    given = {"reference", "triton-cg", "triton+sinkhorn=cuda/triton", "triton+sinkhorn=cuda/triton-cg"}
+    styles = _styles(given)
+    assert set(styles) == given and styles["triton-cg"] == STYLE["triton-cg"]
+    mixed, mixed_cg = styles["triton+sinkhorn=cuda/triton"], styles["triton+sinkhorn=cuda/triton-cg"]
+    assert mixed["color"] == mixed_cg["color"] not in {s["color"] for s in STYLE.values()}
+    assert mixed_cg["linestyle"] == "--" and "linestyle" not in mixed
