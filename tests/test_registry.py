@@ -244,6 +244,18 @@ def test_a_per_op_list_gives_each_backend_the_calls_it_accepts(available, partia
     assert partial_op.dispatch("triton+partial_probe=cuda/reference", CUDA)(torch.zeros(7))[0] == "reference"
 
 
+def test_a_per_op_list_compiles_without_graph_breaks(available, partial_op):
+    def f(x):
+        name, y = partial_op.dispatch("reference+partial_probe=cuda/triton", CUDA)(x)
+        return y * (2.0 if name == "cuda" else 3.0)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    for rows, factor in ((3, 2.0), (6, 3.0), (5, 3.0)):
+        x = torch.ones(rows)
+        torch.testing.assert_close(compiled(x), x * factor)
+
+
 def test_a_per_op_list_names_a_backend_that_cannot_run(available, partial_op):
     available["cuda"] = False  # an explicit request: no quiet skip to the next of the list
     with pytest.raises(ValueError, match=r"backend='cuda' cannot run partial_probe: patched off"):

@@ -352,3 +352,26 @@ def test_a_block_runs_its_sinkhorn_on_cuda_and_the_rest_on_triton(monkeypatch):
     for k, (g_tri, g_mixed) in enumerate(zip(*grads)):
         assert g_mixed is not None and torch.isfinite(g_mixed).all(), k
         torch.testing.assert_close(g_mixed, g_tri, rtol=1e-3, atol=1e-4 * g_tri.abs().max().item() + 1e-7)
+
+
+def test_a_block_with_a_per_op_spec_compiles_without_graph_breaks():
+    # torch.compile(fullgraph=True) of the block on "triton+sinkhorn=cuda/triton": the per-call choice
+    # (cuda where its kernels take the call) is made at trace time; outputs and gradients equal eager's
+    from unimixer_kernels import nn as uknn
+
+    torch.manual_seed(0)
+    blk = uknn.UniMixerBlock(8, 36, 4, hidden=24, bias=False, iters=20,
+                             backend="triton+sinkhorn=cuda/triton").cuda()
+    x = torch.randn(64, 8, 36, device="cuda")
+    torch._dynamo.reset()
+    compiled = torch.compile(blk, fullgraph=True)
+    results = []
+    for fn in (blk, compiled):
+        xi = x.clone().requires_grad_()
+        out = torch.cat(fn(xi), -1)
+        grads = torch.autograd.grad(out, [xi, *blk.parameters()], torch.ones_like(out) / out.numel() ** 0.5)
+        results.append((out.detach(), grads))
+    (out_e, g_e), (out_c, g_c) = results
+    torch.testing.assert_close(out_c, out_e, rtol=1e-4, atol=1e-4 * out_e.abs().max().item())
+    for k, (a, b) in enumerate(zip(g_c, g_e)):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * b.abs().max().item() + 1e-7, msg=str(k))
