@@ -233,6 +233,8 @@ def test_a_per_op_spec_works_in_the_context_and_the_environment(available, op, o
     with uk.use_backend("triton+probe=reference"):
         assert (op.select("auto", CPU), other_op.select("auto", CPU)) == ("reference", "triton")
         assert op.select("triton", CPU) == "triton"  # the argument still beats the context
+        # a spec is explicit as a whole: its default "auto" is each op's own auto, not the context's
+        assert op.select("auto+other_probe=triton", CPU) == "reference"
     monkeypatch.setenv("UNIMIXER_BACKEND", "reference+other_probe=triton")
     assert (op.select("auto", CPU), other_op.select("auto", CPU)) == ("reference", "triton")
 

@@ -20,7 +20,8 @@ list ``"cuda/triton"`` tried in order as ``"auto"`` tries ``cuda_auto``: each ba
 only the calls its ``auto_accepts`` passes, the last every other call. So
 ``"triton+sinkhorn=cuda/triton"`` runs a block on the Triton kernels but its Sinkhorn calls on the
 ``cuda`` kernels wherever they take the call (a spec is one string, so a module passes it to every op
-it calls unchanged).
+it calls unchanged). A spec is explicit as a whole: its default ``"auto"`` (``"auto+sinkhorn=cuda"``)
+means each op's own ``"auto"`` order, not the context's or the environment's choice.
 
 An explicit backend that cannot run the call raises; there is no silent fallback.
 
@@ -87,6 +88,9 @@ def parse_backend(spec: object, argument: str = "backend") -> BackendSpec:
         return ValueError(f"{argument}: {why}. Run `python -m unimixer_kernels.info` to see what is "
                           "available here.")
 
+    plain = _PLAIN_SPECS.get(spec) if isinstance(spec, str) else None
+    if plain is not None:  # every op call parses its backend: the common case without the general parse
+        return plain
     names = ("auto", *BACKENDS)
     if not isinstance(spec, str):
         raise fail(f"expected one of {names} or a per-op spec {_SPEC_FORM}, got {spec!r}")
@@ -111,6 +115,9 @@ def parse_backend(spec: object, argument: str = "backend") -> BackendSpec:
             raise fail(f"{op_name}={choice!r} in {spec!r} lists a backend twice")
         per_op[op_name] = listed
     return BackendSpec(default, tuple(per_op.items()))
+
+
+_PLAIN_SPECS = {name: BackendSpec(name) for name in ("auto", *BACKENDS)}
 
 
 def _check_backend_name(name: str, argument: str = "backend") -> str:
