@@ -231,7 +231,7 @@ def cmd_profile(args) -> int:
     dtype = _dtype(args.dtype, device)
     return _reports(args, device, lambda case, preset, mode: profile_case(
         case, preset, mode, _csv(args.provider), device, dtype, steps=args.steps, top=args.top,
-        autocast=not args.no_autocast))
+        autocast=not args.no_autocast, host=args.host))
 
 
 def cmd_memory(args) -> int:
@@ -369,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(mode="fwd+bwd", provider="triton")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--top", type=int, default=20, help="kernels listed per provider")
+    p.add_argument("--host", action="store_true",
+                   help="also the host's time of an eager step: its wall time, and Python functions "
+                        "under cProfile")
     p.add_argument("--out", help="also write the markdown to this file")
     p.set_defaults(fn=cmd_profile)
     p = sub.add_parser("memory", help="the blocks alive at a step's peak memory, by allocating site (CUDA)")

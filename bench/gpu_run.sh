@@ -12,7 +12,7 @@
 #               Triton's autotuning choices, which the bench stage makes alone on the GPU)
 #             BUILD_EXT=1 also compiles the CUDA extension there (install may skip it), then runs
 #             its tests, tests/ops/test_*_cuda.py and tests/build (-m gpu, T_EXT_TESTS seconds,
-#             junit_ext.xml)
+#             junit_ext.xml; EXT_TESTS=0 builds it without them)
 #   bench     python -m bench run, alone on the GPU (the timed numbers), from warm caches
 #   sweep     the full UniMixer block at bs 256..2048 (sweep.json / .csv) and its plot (.png); SWEEP_CASE,
 #             SWEEP_PRESET, SWEEP_BS and SWEEP_PROVIDERS choose others
@@ -166,6 +166,8 @@ if want prepare; then
     done
     if [ "${BUILD_EXT:-0}" = 1 ]; then
         { echo "===== build_ext"; tail -n 5 /tmp/ext.log; } >>"$OUT/tests.log"
+    fi
+    if [ "${BUILD_EXT:-0}" = 1 ] && [ "${EXT_TESTS:-1}" = 1 ]; then
         echo "===== pytest: CUDA extension" >>"$OUT/tests.log"
         UNIMIXER_REQUIRE_CUDA_EXT=1 timeout -k 5 "${T_EXT_TESTS:-400}" "$PY" -m pytest -m gpu -q -p no:cacheprovider \
             --junitxml="$OUT/junit_ext.xml" tests/ops/test_*_cuda.py tests/build >>"$OUT/tests.log" 2>&1

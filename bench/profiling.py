@@ -3,10 +3,16 @@
 total device time (launches per step, microseconds per step), the sum of kernel time per step
 and the wall time per step. Kernel time far below wall time means launch- or host-bound. On a CPU
 it lists the ``aten`` operators by self time instead.
+
+``--host`` adds, per provider, where the host's time goes when the step is not graphed: the wall
+time per step without any profiler, then the Python functions by their own time (and the
+project's functions by cumulative time) under ``cProfile``, per step.
 """
 
 from __future__ import annotations
 
+import cProfile
+import pstats
 import time
 
 import torch
@@ -18,7 +24,8 @@ from .timing import sync
 
 
 def profile_case(case: str, preset: str, mode: str, providers: list[str], device: torch.device,
-                 dtype: torch.dtype, steps: int = 10, top: int = 20, autocast: bool = True) -> str:
+                 dtype: torch.dtype, steps: int = 10, top: int = 20, autocast: bool = True,
+                 host: bool = False) -> str:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -65,5 +72,38 @@ def profile_case(case: str, preset: str, mode: str, providers: list[str], device
         for name, (n, us, longest) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:top]:
             lines.append(f"| {us / steps:.1f} | {100 * us / steps / max(total, 1e-9):.0f} | {n / steps:g} | "
                          f"{longest:.1f} | {name[:110]} |")
+        if host and not provider.endswith("-cg"):
+            lines.append(_host_profile(calls, device, steps, top))
         del calls
+    return "\n".join(lines)
+
+
+def _host_profile(calls, device: torch.device, steps: int, top: int) -> str:
+    """The host's share of an eager step: wall time without a profiler, then ``cProfile``'s view."""
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        calls()
+    sync(device)
+    wall_us = (time.perf_counter() - t0) * 1e6 / steps
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        calls()
+    sync(device)
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
+    total_us = sum(v[2] for v in stats.values()) * 1e6 / steps
+    lines = [f"\nhost: wall {wall_us:.0f} us/step without a profiler; under cProfile {total_us:.0f} "
+             "us/step\n",
+             "| own us/step | cum us/step | calls/step | function |", "|---:|---:|---:|---|"]
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    mine = [kv for kv in sorted(stats.items(), key=lambda kv: -kv[1][3])
+            if any(part in kv[0][0] for part in ("unimixer_kernels", "triton_kernels"))][:top]
+    for title, group in (("own time", rows), ("the project's functions, cumulative", mine)):
+        lines.append(f"| | | | *{title}* |")
+        for (file, line, name), (_, ncalls, tottime, cumtime, _) in group:
+            where = "/".join(file.split("/")[-2:])
+            lines.append(f"| {tottime * 1e6 / steps:.1f} | {cumtime * 1e6 / steps:.1f} | "
+                         f"{ncalls / steps:g} | {where}:{line}({name}) |")
     return "\n".join(lines)

@@ -7,7 +7,8 @@ from collections import OrderedDict
 
 from .runner import COMPILE_PROVIDERS
 
-PROVIDER_ORDER = ("reference", "compiled", "compiled-cg", "triton", "triton-cg", "cuda", "cuda-cg")
+PROVIDER_ORDER = ("reference", "compiled", "compiled-cg", "triton", "triton-cg", "triton-compiled-cg", "cuda",
+                  "cuda-cg")
 
 
 def _ms(v) -> str:

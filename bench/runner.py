@@ -8,7 +8,9 @@ Providers of a case, in order:
   ``torch.compiler.cudagraph_mark_step_begin()`` before every call;
 * one per kernel backend of the op (``triton``, ``cuda``; blocks: their ``uk.nn`` module);
 * ``<backend>-cg``: that backend's whole step captured once in a ``torch.cuda.CUDAGraph`` and
-  replayed (GPU only), for launch-bound cases.
+  replayed (GPU only), for launch-bound cases;
+* blocks: ``<backend>-compiled-cg``, ``torch.compile(mode="reduce-overhead")`` of the block on that
+  backend (GPU only): the route a training loop takes to CUDA graphs without capturing by hand.
 
 Modes: ``fwd`` (training forward, autograd recording), ``bwd`` (``autograd.grad`` of a retained
 graph), ``fwd+bwd``, ``infer`` (``no_grad``; modules in eval mode, cached mixing weights).
@@ -41,6 +43,7 @@ from .cases import Case, Impl, Setup, randn_cpu
 from .presets import Preset
 
 COMPILE_PROVIDERS = ("compiled", "compiled-cg")
+KERNEL_COMPILE_CG = "-compiled-cg"  # suffix of a block's kernel backend under compile-cg
 ROW_FIELDS = ("case", "preset", "bs", "mode", "provider", "status", "ms", "floor_ms", "ratio_to_floor",
               "speedup_vs_best_compile", "peak_mib", "bytes", "flops", "bound", "floor_note", "dtype",
               "first_call_s", "input_sets", "note")
@@ -48,7 +51,13 @@ ROW_FIELDS = ("case", "preset", "bs", "mode", "provider", "status", "ms", "floor
 
 def providers_for(case: Case) -> list[str]:
     backends = case.kernel_backends()
-    return ["reference", *COMPILE_PROVIDERS, *backends, *(f"{b}-cg" for b in backends)]
+    compiled = [f"{b}{KERNEL_COMPILE_CG}" for b in backends] if case.module else []
+    return ["reference", *COMPILE_PROVIDERS, *backends, *(f"{b}-cg" for b in backends), *compiled]
+
+
+def _cudagraph_trees(provider: str) -> bool:
+    """Whether a provider runs under torch.compile's CUDA-graph trees (not a graph captured here)."""
+    return provider == "compiled-cg" or provider.endswith(KERNEL_COMPILE_CG)
 
 
 def _tensors(out) -> list[Tensor]:
@@ -177,6 +186,13 @@ class CaseRunner:
             infer = torch.compile(ref.infer, mode=cmode, dynamic=False) if ref.infer else None
             mark = torch.compiler.cudagraph_mark_step_begin if cg else None
             result = (Impl(fwd, ref.params, infer, ref.prepare), mark)
+        elif provider.endswith(KERNEL_COMPILE_CG):
+            if not gpu:
+                raise Unavailable("CUDA graphs need a CUDA device")
+            kern = self.impl_for(provider.removesuffix(KERNEL_COMPILE_CG), setup, cache)[0]
+            fwd = torch.compile(kern.fwd, mode="reduce-overhead", dynamic=False)
+            infer = torch.compile(kern.infer, mode="reduce-overhead", dynamic=False) if kern.infer else None
+            result = (Impl(fwd, kern.params, infer, kern.prepare), torch.compiler.cudagraph_mark_step_begin)
         elif provider.endswith("-cg"):
             if not gpu:
                 raise Unavailable("CUDA graphs need a CUDA device")
@@ -246,7 +262,7 @@ class CaseRunner:
                     row["ratio_to_floor"] = row["ms"] / row["floor_ms"]
                 rows.append(row)
                 _tick(progress, case, preset, mode, provider, row)
-            if provider == "compiled-cg":
+            if _cudagraph_trees(provider):
                 _reset_cudagraph_trees()
         del cache, sets, setup
         self._reset()
@@ -263,7 +279,7 @@ class CaseRunner:
             if impl.prepare:
                 impl.prepare(mode)
             use_sets = sets[:1] if (mode == "bwd" and provider == "compiled-cg") else sets
-            captured = provider.endswith("-cg") and provider != "compiled-cg"
+            captured = provider.endswith("-cg") and not _cudagraph_trees(provider)
             if captured:
                 # fresh leaves (same storage): a leaf's AccumulateGrad node remembers the stream it was
                 # made on, and one kept alive from an earlier provider's run on the default stream
@@ -285,7 +301,7 @@ class CaseRunner:
                 cycle = itertools.cycle([g for g, _ in graphs])
                 step = lambda: next(cycle).replay()  # noqa: E731
                 note = "CUDA-graph replay; peak memory of the replay only (graph pool not comparable)"
-            elif provider == "compiled-cg":
+            elif _cudagraph_trees(provider):
                 note = "cudagraph trees; peak memory not comparable (private pool)"
             ms = timing.time_ms(step, self.device, self.warmup_ms, self.rep_ms)
             peak = timing.peak_mib(step, self.device)

@@ -174,6 +174,19 @@ def test_a_block_times_its_mixed_spec_and_says_why_it_cannot(monkeypatch):
     assert [r["status"] for r in rows] == [f"unavailable: cuda: {uk.backend_status('cuda')[1]}"]
 
 
+def test_a_block_is_timed_under_compile_cg_on_each_kernel_backend():
+    # torch.compile(mode="reduce-overhead") of the block on its kernels: blocks only, and on a CPU a row
+    # that says why it cannot run
+    provs = providers_for(CASES["unimixer-block"])
+    assert "triton-compiled-cg" in provs and "triton+sinkhorn=cuda/triton-compiled-cg" in provs
+    assert not any(p.endswith("-compiled-cg") for p in providers_for(CASES["rms_norm"]))
+    runner = CaseRunner(torch.device("cpu"), torch.float32, Ceilings(1e10, 1e11, "fake copy", "fake matmul"),
+                        warmup_ms=0, rep_ms=1)
+    rows = runner.run_case(CASES["rankmixer-block"], PRESETS["cpu-tiny-rankmixer"].with_bs(4), ("fwd+bwd",),
+                           ["triton-compiled-cg"])
+    assert [r["status"] for r in rows] == ["unavailable: CUDA graphs need a CUDA device"]
+
+
 def _tiny_run(tmp_path):
     fake = Ceilings(1e10, 1e11, "fake copy", "fake matmul")
     runner = CaseRunner(torch.device("cpu"), torch.float32, fake, warmup_ms=0, rep_ms=1)
