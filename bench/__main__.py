@@ -44,7 +44,7 @@ def _bench(args, device, quick: bool, progress_label: str = "") -> tuple[dict, l
     if sweep:
         plan = [(c, p.with_bs(bs), m) for c, p, m in plan for bs in sweep]
     only = _csv(args.provider)
-    jobs = [(c, p, m, [x for x in providers_for(c) if not only or x in only]) for c, p, m in plan]
+    jobs = [(c, p, m, providers_for(c, only, quick)) for c, p, m in plan]
     gpu = device.type == "cuda"
     warmup = args.warmup if args.warmup is not None else (25 if gpu else 10)
     rep = args.rep if args.rep is not None else (100 if gpu else 60)

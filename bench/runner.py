@@ -49,10 +49,15 @@ ROW_FIELDS = ("case", "preset", "bs", "mode", "provider", "status", "ms", "floor
               "first_call_s", "input_sets", "note")
 
 
-def providers_for(case: Case) -> list[str]:
+def providers_for(case: Case, only: list[str] | None = None, quick: bool = False) -> list[str]:
+    """The case's providers in order; ``only``: those of them; ``quick`` leaves out the blocks'
+    compile-cg on their kernels (one more compile a block) unless ``only`` names them."""
     backends = case.kernel_backends()
     compiled = [f"{b}{KERNEL_COMPILE_CG}" for b in backends] if case.module else []
-    return ["reference", *COMPILE_PROVIDERS, *backends, *(f"{b}-cg" for b in backends), *compiled]
+    every = ["reference", *COMPILE_PROVIDERS, *backends, *(f"{b}-cg" for b in backends), *compiled]
+    if only:
+        return [p for p in every if p in only]
+    return [p for p in every if not (quick and p in compiled)]
 
 
 def _cudagraph_trees(provider: str) -> bool:

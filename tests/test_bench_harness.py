@@ -180,6 +180,10 @@ def test_a_block_is_timed_under_compile_cg_on_each_kernel_backend():
     provs = providers_for(CASES["unimixer-block"])
     assert "triton-compiled-cg" in provs and "triton+sinkhorn=cuda/triton-compiled-cg" in provs
     assert not any(p.endswith("-compiled-cg") for p in providers_for(CASES["rms_norm"]))
+    # the quick table leaves them out unless asked for by name
+    assert not any(p.endswith("-compiled-cg") for p in providers_for(CASES["unimixer-block"], quick=True))
+    assert providers_for(CASES["unimixer-block"], ["triton-compiled-cg", "compiled"], quick=True) == [
+        "compiled", "triton-compiled-cg"]
     runner = CaseRunner(torch.device("cpu"), torch.float32, Ceilings(1e10, 1e11, "fake copy", "fake matmul"),
                         warmup_ms=0, rep_ms=1)
     rows = runner.run_case(CASES["rankmixer-block"], PRESETS["cpu-tiny-rankmixer"].with_bs(4), ("fwd+bwd",),
