@@ -74,7 +74,7 @@ class Case:
 # A block's mixed provider: ``triton`` with these ops on these per-op choices (``backend=`` specs,
 # README Backends), where the op's kernels there were measured faster than its Triton kernels alone
 # (NOTES: the cuda Sinkhorn at N = 1024 and 4096)
-MIXED_CHOICES = {"sinkhorn": "cuda/triton"}
+MIXED_CHOICES = {"sinkhorn": "cuda/triton", "lite_global_weights": "cuda/triton"}
 
 
 def kernel_backends_of(op: str | None, block_ops: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -170,6 +170,14 @@ def setup_lite_weights(p: Preset, device, dtype) -> Setup:
         _rand((r, n), FP32, device)), tau=p["tau"], iters=p["iters"], symmetric=True)
 
 
+def setup_lite_local_weights(p: Preset, device, dtype) -> Setup:
+    """``SK(omega Z)`` alone through ``uk.lite_local_weights`` (inputs as ``lite_weights``')."""
+    n, b, nb = p["N"], p["B"], p["nb"]
+    return _op_setup("lite_local_weights", R.lite_local_weights, uk.lite_local_weights, lambda: (
+        _rand((n, nb), FP32, device, scale=nb ** -0.25), _rand((nb, b, b), FP32, device, scale=nb ** -0.25)),
+        tau=p["tau"], iters=p["iters"], symmetric=True)
+
+
 def _fp32_logits(a_g, b_g):
     """``A_G @ B_G`` in fp32 inside the benchmark's autocast region too, as the ``lite_weights`` op
     forms them (its autocast policy is fp32): a baseline with bf16 logits would time another, far
@@ -201,17 +209,12 @@ def setup_lite_global_materialised(p: Preset, device, dtype) -> Setup:
         _fp32_logits(a_g, b_g), tau, iters, backend=backend))
 
 
-def setup_lite_global_matrix_free(p: Preset, device, dtype) -> Setup:
-    """``SK(A_G @ B_G)`` alone, matrix free (``lite_weights``' global half, through its Triton op):
-    the kernel side of the comparison with ``lite_global_materialised``, whose baselines it shares."""
-    from unimixer_kernels.ops.sinkhorn import lite_global_fwd
-
-    def weight(a_g, b_g, tau, iters, backend):
-        if backend != "triton":  # the op has no other kernel backend
-            raise Unavailable(f"lite_global_matrix_free: no {backend!r} kernel, only 'triton'")
-        return lite_global_fwd(a_g, b_g, tau, iters, True)[0]
-
-    return _lite_global_setup(p, device, "lite_weights", weight)
+def setup_lite_global_weights(p: Preset, device, dtype) -> Setup:
+    """``SK(A_G @ B_G)`` alone through ``uk.lite_global_weights``: Triton forms the logits tile by tile
+    (matrix free), ``cuda`` materialises them and runs the ``cuda`` Sinkhorn; the baselines are
+    ``lite_global_materialised``'s."""
+    return _lite_global_setup(p, device, "lite_global_weights", lambda a_g, b_g, tau, iters, backend:
+                              uk.lite_global_weights(a_g, b_g, tau, iters, backend=backend))
 
 
 def setup_rms_norm(p: Preset, device, dtype) -> Setup:
@@ -408,8 +411,10 @@ CASES: dict[str, Case] = {c.name: c for c in [
          setup_lite_weights, op="lite_weights"),
     Case("lite_global_materialised", "Lite global SK(A_G @ B_G), logits materialised", ("T", "D", "B", "r"),
          TRAIN, setup_lite_global_materialised, op="sinkhorn"),
-    Case("lite_global_matrix_free", "Lite global SK(A_G @ B_G), matrix free", ("T", "D", "B", "r"), TRAIN,
-         setup_lite_global_matrix_free, op="lite_weights"),
+    Case("lite_local_weights", "Lite local SK(omega Z)", ("T", "D", "B", "nb"), TRAIN,
+         setup_lite_local_weights, op="lite_local_weights"),
+    Case("lite_global_weights", "Lite global SK(A_G @ B_G) (Triton matrix free, cuda materialised)",
+         ("T", "D", "B", "r"), TRAIN, setup_lite_global_weights, op="lite_global_weights"),
     Case("rms_norm", "RMSNorm", ("bs", "T", "D"), ALL, setup_rms_norm, op="rms_norm"),
     Case("add_rms_norm", "add + RMSNorm", ("bs", "T", "D"), ALL, setup_add_rms_norm, op="add_rms_norm"),
     Case("pswiglu", "per-token SwiGLU", ("bs", "T", "D", "h"), ALL, setup_pswiglu, op="pswiglu"),
@@ -426,7 +431,8 @@ CASES: dict[str, Case] = {c.name: c for c in [
     Case("unimixer-block", "UniMixer block (full, SiameseNorm)", MIX + ("h",), ALL, setup_unimixer_block,
          module="UniMixerBlock", block_ops=UNIMIXER_OPS + ("sinkhorn",)),
     Case("unimixer-block-lite", "UniMixer block (Lite)", MIX + ("h", "r", "nb"), ALL,
-         setup_unimixer_block_lite, module="UniMixerBlock", block_ops=UNIMIXER_OPS + ("lite_weights",)),
+         setup_unimixer_block_lite, module="UniMixerBlock",
+         block_ops=UNIMIXER_OPS + ("lite_local_weights", "lite_global_weights")),
     Case("rankmixer-block", "RankMixer block", ("bs", "T", "D", "ffn_mult"), ALL, setup_rankmixer_block,
          module="RankMixerBlock", block_ops=("token_mixer_residual_norm", "pgelu_ffn", "residual_norm")),
 ]}
@@ -440,12 +446,12 @@ GPU_PLAN: list[tuple[str, str, tuple[str, ...]]] = [
     ("sinkhorn", "paper-small", ("fwd", "fwd+bwd")),
     ("lite_weights", "paper-small", ("fwd", "fwd+bwd")),
     ("lite_global_materialised", "paper-small", ("fwd", "fwd+bwd")),
-    ("lite_global_matrix_free", "paper-small", ("fwd", "fwd+bwd")),
+    ("lite_global_weights", "paper-small", ("fwd", "fwd+bwd")),
     ("unimixer-block-lite", "paper-100m", ("fwd+bwd", "infer")),
     ("sinkhorn", "paper-100m", ("fwd", "fwd+bwd")),
     ("lite_weights", "paper-100m", ("fwd", "fwd+bwd")),
     ("lite_global_materialised", "paper-100m", ("fwd", "fwd+bwd")),
-    ("lite_global_matrix_free", "paper-100m", ("fwd", "fwd+bwd")),
+    ("lite_global_weights", "paper-100m", ("fwd", "fwd+bwd")),
     ("unimixing", "paper-100m", ("fwd", "fwd+bwd")),
     ("unimixing", "rankmixer-100m", ("fwd", "fwd+bwd")),
     ("rankmixer-block", "rankmixer-100m", ("fwd+bwd", "infer")),

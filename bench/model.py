@@ -159,6 +159,12 @@ def m_lite_weights(p: Preset, mode: str, e: int) -> list[Traffic]:
     return [mat, free]
 
 
+def m_lite_local_weights(p: Preset, mode: str, e: int) -> list[Traffic]:
+    """``SK(omega Z)``: the factors read, the ``N`` local weights written (the passes stay on chip)."""
+    n, nb, b = p["N"], p["nb"], p["B"]
+    return [io_traffic(mode, [n * nb * FP32, nb * b * b * FP32], [True, True], [n * b * b * FP32], 0.0)]
+
+
 def _matrix_free_flops(n: int, r: int, k: int, mode: str) -> float:
     """FLOPs of the matrix-free Lite global weight: each of the ``2K`` passes each way forms its
     logits tiles from ``A_G``, ``B_G`` (``2 N^2 r``); the backward adds the ``dA``, ``dB`` GEMMs."""
@@ -180,7 +186,7 @@ def m_lite_global_materialised(p: Preset, mode: str, e: int) -> list[Traffic]:
                     2.0 * n * n * r * (fwd_f + 2 * bwd_f), "materialised logits, passes over HBM")]
 
 
-def m_lite_global_matrix_free(p: Preset, mode: str, e: int) -> list[Traffic]:
+def m_lite_global_weights(p: Preset, mode: str, e: int) -> list[Traffic]:
     """``SK(A_G @ B_G)`` alone, the cheaper of materialised and matrix free (as ``lite_weights``)."""
     n, r, k = p["N"], p["r"], p["iters"]
     base = io_traffic(mode, [n * r * FP32, r * n * FP32], [True, True], [float(n * n * FP32)], 0.0)
@@ -279,7 +285,8 @@ MODELS: dict[str, Callable[[Preset, str, int], list[Traffic]]] = {
     "sinkhorn": m_sinkhorn,
     "lite_weights": m_lite_weights,
     "lite_global_materialised": m_lite_global_materialised,
-    "lite_global_matrix_free": m_lite_global_matrix_free,
+    "lite_global_weights": m_lite_global_weights,
+    "lite_local_weights": m_lite_local_weights,
     "rms_norm": m_rms_norm,
     "add_rms_norm": m_add_rms_norm,
     "pswiglu": m_pswiglu,

@@ -45,8 +45,10 @@ FORMULAS = {
     "lite_global_materialised": "SK(A_G @ B_G) with the N×N logits written, read back and passed over "
                                 "(one triangle) 2K times each way (the baseline for the matrix-free Lite "
                                 "global weight).",
-    "lite_global_matrix_free": "SK(A_G @ B_G) alone (lite_weights' global half): the cheaper of the "
-                               "materialised and the matrix-free ways, as for lite_weights.",
+    "lite_local_weights": "SK(omega Z) alone (lite_weights' local half): omega and Z read, the N local "
+                          "weights written; the passes stay on chip.",
+    "lite_global_weights": "SK(A_G @ B_G) alone (lite_weights' global half): the cheaper of the "
+                           "materialised and the matrix-free ways, as for lite_weights.",
     "rms_norm": "x and weight read, y written (bwd: dy, x, weight read; dx, dw written).",
     "add_rms_norm": "x, residual, weight read; y and the sum written.",
     "pswiglu": "u and W_gate, W_up, W_down (fp32) read, o written. FLOPs 2·bs·T·3·D·h fwd.",

@@ -20,6 +20,8 @@ OPS = {
                                   ("b_up", None), ("b_down", None), ("eps", 1e-6)],
     "lite_weights": [("omega", E), ("basis", E), ("a_g", E), ("b_g", E), ("tau", 1.0), ("iters", 1),
                      ("symmetric", True)],
+    "lite_local_weights": [("omega", E), ("basis", E), ("tau", 1.0), ("iters", 1), ("symmetric", True)],
+    "lite_global_weights": [("a_g", E), ("b_g", E), ("tau", 1.0), ("iters", 1), ("symmetric", True)],
     "token_mixer": [("x", E), ("heads", E)],
     "rms_norm": [("x", E), ("weight", E), ("eps", 1e-6)],
     "add_rms_norm": [("x", E), ("residual", E), ("weight", E), ("eps", 1e-6)],

@@ -101,19 +101,16 @@ def test_random_init_is_near_uniform():
 
 
 def _count_sinkhorn(monkeypatch):
+    # every op that normalises a weight: each call is one Sinkhorn (of one weight, or a batch of them)
     calls = {"n": 0}
-    real_sk, real_lite = uk.ops.sinkhorn, uk.ops.lite_weights
+    for name in ("sinkhorn", "lite_local_weights", "lite_global_weights"):
+        real = getattr(uk.ops, name)
 
-    def sk(*a, **k):
-        calls["n"] += 1
-        return real_sk(*a, **k)
+        def counted(*a, _real=real, **k):
+            calls["n"] += 1
+            return _real(*a, **k)
 
-    def lite(*a, **k):
-        calls["n"] += 1
-        return real_lite(*a, **k)
-
-    monkeypatch.setattr(uk.ops, "sinkhorn", sk)
-    monkeypatch.setattr(uk.ops, "lite_weights", lite)
+        monkeypatch.setattr(uk.ops, name, counted)
     return calls
 
 
@@ -122,7 +119,7 @@ def test_sinkhorn_runs_once_per_training_forward_and_once_in_eval(lite, monkeypa
     calls = _count_sinkhorn(monkeypatch)
     m = UniMixing(4, 8, 2, lite=lite)
     x = torch.randn(2, 4, 8)
-    per_forward = 1 if lite else 2  # lite_weights makes both; full: one sinkhorn per weight
+    per_forward = 2  # one Sinkhorn per weight, full and Lite
     m(x)
     m(x)
     assert calls["n"] == 2 * per_forward
@@ -280,3 +277,21 @@ def test_a_per_op_backend_spec_reaches_the_ops_the_module_calls(device, monkeypa
     x = torch.randn(3, 4, 12, device=device)
     torch.testing.assert_close(mixed(x), ref(x), rtol=1e-5, atol=1e-6)
     assert seen == [(12, 4, 4), (12, 12)]  # the local and the global weight; the mixing op on the reference
+
+
+@pytest.mark.triton
+def test_a_per_op_spec_chooses_each_lite_weight_s_backend(device, monkeypatch):
+    # the Lite weights are two ops, so a spec can move the global weight alone (as onto the cuda Sinkhorn)
+    seen = []
+    for name in ("lite_local_weights", "lite_global_weights"):
+        op = uk.OPS[name]
+        impl = op.impls["triton"]
+        monkeypatch.setitem(op.impls, "triton",
+                            lambda *a, _impl=impl, _name=name: seen.append(_name) or _impl(*a))
+    ref = UniMixing(4, 12, 4, lite=True, init="random", iters=3, backend="reference").to(device)
+    mixed = UniMixing(4, 12, 4, lite=True, init="random", iters=3,
+                      backend="reference+lite_global_weights=triton").to(device)
+    mixed.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 4, 12, device=device)
+    torch.testing.assert_close(mixed(x), ref(x), rtol=1e-5, atol=1e-6)
+    assert seen == ["lite_global_weights"]

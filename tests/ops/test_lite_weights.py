@@ -299,6 +299,40 @@ def test_lite_weights_compile_fullgraph(device):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("tau,iters,symmetric", [(0.05, 3, True), (1.0, 1, False)])
+@pytest.mark.parametrize("noncontiguous", [False, True])
+def test_lite_weights_one_at_a_time(device, kernel_dtype, tau, iters, symmetric, noncontiguous):
+    # lite_local_weights and lite_global_weights (the two ops the modules call): each against the
+    # reference, and together the same numbers as lite_weights
+    omega, basis, a_g, b_g = _inputs(9, 3, 4, 5, kernel_dtype, device, noncontiguous=noncontiguous)
+    check_against_reference(uk.lite_local_weights, (omega, basis, tau, iters, symmetric), backend="triton")
+    check_against_reference(uk.lite_global_weights, (a_g, b_g, tau, iters, symmetric), backend="triton")
+    both = uk.lite_weights(omega, basis, a_g, b_g, tau, iters, symmetric, backend="triton")
+    one = (uk.lite_local_weights(omega, basis, tau, iters, symmetric, backend="triton"),
+           uk.lite_global_weights(a_g, b_g, tau, iters, symmetric, backend="triton"))
+    for a, b in zip(both, one):
+        assert torch.equal(a, b)
+
+
+def test_lite_weights_one_at_a_time_bad_input():
+    omega, basis, a_g, b_g = torch.randn(4, 2), torch.randn(2, 3, 3), torch.randn(4, 2), torch.randn(2, 4)
+    with pytest.raises(ValueError, match="basis"):
+        uk.lite_local_weights(omega, torch.randn(3, 3, 3))
+    with pytest.raises(ValueError, match="omega"):
+        uk.lite_local_weights(torch.randn(4), basis)
+    with pytest.raises(ValueError, match=r"b_g.*\(r, N\) from a_g"):
+        uk.lite_global_weights(a_g, torch.randn(2, 5))
+    with pytest.raises(ValueError, match="a_g"):
+        uk.lite_global_weights(torch.randn(4, 2, 1), b_g)
+    with pytest.raises(ValueError, match="tau"):
+        uk.lite_global_weights(a_g, b_g, tau=-1.0)
+    with pytest.raises(ValueError, match="iters"):
+        uk.lite_local_weights(omega, basis, iters=0)
+    with pytest.raises(ValueError, match="b_g"):
+        uk.lite_global_weights(a_g, b_g.to("meta"))
+
+
+@pytest.mark.triton
 def test_lite_weights_rejects_float64_on_triton(device):
     args = [t.detach().double() for t in _inputs(4, 2, 3, 2, torch.float32, device)]
     with pytest.raises(TypeError, match="omega"):

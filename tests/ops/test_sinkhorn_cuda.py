@@ -13,7 +13,13 @@ import torch
 
 import unimixer_kernels as uk
 from unimixer_kernels.ops import sinkhorn_cuda
-from unimixer_kernels.testing import check_against_reference, dominated_logits, held_bytes, random_input
+from unimixer_kernels.testing import (
+    check_against_reference,
+    dominated_logits,
+    held_bytes,
+    lite_weights_inputs,
+    random_input,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -354,14 +360,69 @@ def test_a_block_runs_its_sinkhorn_on_cuda_and_the_rest_on_triton(monkeypatch):
         torch.testing.assert_close(g_mixed, g_tri, rtol=1e-3, atol=1e-4 * g_tri.abs().max().item() + 1e-7)
 
 
-def test_a_block_with_a_per_op_spec_compiles_without_graph_breaks():
-    # torch.compile(fullgraph=True) of the block on "triton+sinkhorn=cuda/triton": the per-call choice
-    # (cuda where its kernels take the call) is made at trace time; outputs and gradients equal eager's
+def test_a_lite_block_runs_its_global_weight_on_cuda_and_the_rest_on_triton(monkeypatch):
+    # backend="triton+lite_global_weights=cuda/triton": SK(A_G @ B_G) (one 72 x 72 matrix) with its logits
+    # formed by torch and the cuda Sinkhorn on them; the local weights and every other op on Triton; the
+    # step equals the all-Triton block's (matrix-free global weight) by the module tests' rule
+    from unimixer_kernels import nn as uknn
+
+    op, seen = uk.OPS["lite_global_weights"], []
+    for name in ("cuda", "triton"):
+        impl = op.impls[name]
+        monkeypatch.setitem(op.impls, name, lambda a, *rest, name=name, impl=impl:
+                            seen.append((name, tuple(a.shape))) or impl(a, *rest))
+    torch.manual_seed(0)
+    kw = dict(hidden=24, bias=False, lite=True, rank=8, iters=20)
+    tri = uknn.UniMixerBlock(8, 36, 4, backend="triton", **kw).cuda()
+    mixed = uknn.UniMixerBlock(8, 36, 4, backend="triton+lite_global_weights=cuda/triton", **kw).cuda()
+    mixed.load_state_dict(tri.state_dict())
+    x = torch.randn(64, 8, 36, device="cuda")
+    outs, grads = [], []
+    for m in (tri, mixed):
+        xi = x.clone().requires_grad_()
+        out = torch.cat(m(xi), -1)
+        out.backward(torch.ones_like(out) / out.numel() ** 0.5)
+        outs.append(out.detach())
+        grads.append([xi.grad] + [p.grad for p in m.parameters()])
+    assert seen == [("triton", (72, 8)), ("cuda", (72, 8))]
+    scale = outs[0].abs().max().item()
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-4 * scale)
+    for k, (g_tri, g_mixed) in enumerate(zip(*grads)):
+        assert g_mixed is not None and torch.isfinite(g_mixed).all(), k
+        torch.testing.assert_close(g_mixed, g_tri, rtol=1e-3, atol=1e-4 * g_tri.abs().max().item() + 1e-7)
+
+
+# the Lite global weight on the cuda kernels: the logits of A_G @ B_G in each of the kernels' regimes (one
+# cluster; row bands; the paired kernels, symmetric only)
+LITE_GLOBAL = [(300, 16, True), (1000, 128, False), (1024, 128, True), (4096, 256, True)]
+
+
+@pytest.mark.parametrize("n,r,symmetric", LITE_GLOBAL)
+def test_lite_global_weights_cuda(kernel_dtype, n, r, symmetric):
+    a_g, b_g = lite_weights_inputs(n, 2, 2, r, kernel_dtype, "cuda")[2:]
+    check_against_reference(uk.lite_global_weights, (a_g, b_g, 0.05, 20, symmetric), backend="cuda")
+
+
+def test_lite_global_weights_cuda_refuses_what_its_kernels_cannot_take():
+    a_g, b_g = torch.randn(1025, 8, device="cuda"), torch.randn(8, 1025, device="cuda")
+    with pytest.raises(ValueError, match=r"a_g, b_g: the logits A_G @ B_G \[1025, 1025\]"):
+        uk.lite_global_weights(a_g, b_g, 0.05, 2, False, backend="cuda")
+    # in a list, the next backend takes the call
+    listed = uk.lite_global_weights(a_g, b_g, 0.05, 2, False, backend="auto+lite_global_weights=cuda/triton")
+    expect = uk.lite_global_weights(a_g, b_g, 0.05, 2, False, backend="triton")
+    torch.testing.assert_close(listed, expect, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("lite,spec", [(False, "triton+sinkhorn=cuda/triton"),
+                                       (True, "triton+lite_global_weights=cuda/triton")])
+def test_a_block_with_a_per_op_spec_compiles_without_graph_breaks(lite, spec):
+    # torch.compile(fullgraph=True) of the block on a per-op spec: the per-call choice (cuda where its
+    # kernels take the call) is made at trace time; outputs and gradients equal eager's
     from unimixer_kernels import nn as uknn
 
     torch.manual_seed(0)
-    blk = uknn.UniMixerBlock(8, 36, 4, hidden=24, bias=False, iters=20,
-                             backend="triton+sinkhorn=cuda/triton").cuda()
+    blk = uknn.UniMixerBlock(8, 36, 4, hidden=24, bias=False, iters=20, backend=spec,
+                             **(dict(lite=True, rank=8) if lite else {})).cuda()
     x = torch.randn(64, 8, 36, device="cuda")
     torch._dynamo.reset()
     compiled = torch.compile(blk, fullgraph=True)

@@ -62,7 +62,8 @@ class UniMixing(nn.Module):
     The token-major flatten (``t*D + d``) is cut into ``N = T*D/B`` blocks ``x_n``;
     ``y_m = sum_n W_G[m, n] (x_n @ W_B[n])``, computed by ``uk.unimixing``.
 
-    Weights, both Sinkhorn-normalised (``uk.sinkhorn``, ``uk.lite_weights``):
+    Weights, both Sinkhorn-normalised (``uk.sinkhorn``; Lite: ``uk.lite_local_weights`` and
+    ``uk.lite_global_weights``, the two halves of ``uk.lite_weights``):
 
     - full (``lite=False``): ``W_B = SK(theta_local [N, B, B])``, ``W_G = SK(theta_global [N, N])``,
       ``N^2 + N*B^2`` parameters, ``iters`` defaults to 20;
@@ -193,11 +194,10 @@ class UniMixing(nn.Module):
 
     def compute_weights(self) -> tuple[Tensor, Tensor]:
         """``(W_B [N, B, B], W_G [N, N])`` from the logits, with autograd, no cache."""
-        if self.lite:
-            return ops.lite_weights(
-                self.omega, self.basis, self.a_g, self.b_g, self.tau, self.iters, self.symmetric,
-                backend=self.backend,
-            )
+        if self.lite:  # two ops, so that a per-op spec can choose each weight's backend
+            args = (self.tau, self.iters, self.symmetric)
+            return (ops.lite_local_weights(self.omega, self.basis, *args, backend=self.backend),
+                    ops.lite_global_weights(self.a_g, self.b_g, *args, backend=self.backend))
         w_local = ops.sinkhorn(self.theta_local, self.tau, self.iters, self.symmetric, backend=self.backend)
         w_global = ops.sinkhorn(self.theta_global, self.tau, self.iters, self.symmetric, backend=self.backend)
         return w_local, w_global

@@ -7,7 +7,7 @@ from .interactions import dot_interaction, fm_interaction
 from .pgelu_ffn import pgelu_ffn
 from .pswiglu import pswiglu
 from .rms_norm import add_rms_norm, rms_norm
-from .sinkhorn import lite_weights, sinkhorn
+from .sinkhorn import lite_global_weights, lite_local_weights, lite_weights, sinkhorn
 from .token_mixer import residual_norm, token_mixer, token_mixer_residual_norm
 from .unimixing import unimixing, unimixing_rmsnorm
 from .unimixing_rmsnorm_pswiglu import unimixing_rmsnorm_pswiglu
@@ -16,6 +16,8 @@ __all__ = [
     "add_rms_norm",
     "dot_interaction",
     "fm_interaction",
+    "lite_global_weights",
+    "lite_local_weights",
     "lite_weights",
     "pgelu_ffn",
     "pswiglu",

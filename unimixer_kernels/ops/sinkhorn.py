@@ -1,4 +1,5 @@
-"""``sinkhorn`` and ``lite_weights``: validation, backends, and the Triton custom ops (SPEC §2.1, §3).
+"""``sinkhorn`` and the Lite weights (``lite_local_weights``, ``lite_global_weights`` and both at once,
+``lite_weights``): validation, backends, and the Triton custom ops (SPEC §2.1, §3).
 
 The Triton backend saves only the per-iteration potentials (``2*K*n`` fp32 per matrix) plus
 references to the inputs, and recomputes the iterates in backward; see
@@ -17,9 +18,16 @@ from .._registry import define_op
 # "auto" on CUDA: the cuda backend for the calls it takes (ops/sinkhorn_cuda.py), the reference for the others
 SINKHORN = define_op("sinkhorn", cuda_auto=("cuda",), autocast="fp32")
 LITE_WEIGHTS = define_op("lite_weights", autocast="fp32")
+# the Lite weights one at a time (the modules call these two), so that a per-op spec can put the global
+# weight on the cuda Sinkhorn (ops/sinkhorn_cuda.py) and leave the local weights' batch of small matrices
+# on Triton
+LITE_LOCAL_WEIGHTS = define_op("lite_local_weights", autocast="fp32")
+LITE_GLOBAL_WEIGHTS = define_op("lite_global_weights", autocast="fp32")
 
 SINKHORN.register("reference")(reference.sinkhorn)
 LITE_WEIGHTS.register("reference")(reference.lite_weights)
+LITE_LOCAL_WEIGHTS.register("reference")(reference.lite_local_weights)
+LITE_GLOBAL_WEIGHTS.register("reference")(reference.lite_global_weights)
 
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -210,19 +218,28 @@ def _lite_global_backward(ctx, dw: Tensor | None, *_):
 lite_global_fwd.register_autograd(_lite_global_backward, setup_context=_lite_setup)
 
 
+@LITE_LOCAL_WEIGHTS.register("triton")
+def _lite_local_weights_triton(omega: Tensor, basis: Tensor, tau: float, iters: int,
+                               symmetric: bool) -> Tensor:
+    _check_triton_dtype(omega=omega, basis=basis)
+    if basis.shape[-1] <= _kernels().SMALL_MAX_N:
+        return lite_local_fwd(omega, basis, tau, iters, symmetric)[0]
+    # blocks too large for one program's registers: compose with torch, then the tiled kernels
+    return sinkhorn_fwd(reference.lite_local_logits(omega, basis), tau, iters, symmetric)[0]
+
+
+@LITE_GLOBAL_WEIGHTS.register("triton")
+def _lite_global_weights_triton(a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool) -> Tensor:
+    _check_triton_dtype(a_g=a_g, b_g=b_g)
+    return lite_global_fwd(a_g, b_g, tau, iters, symmetric)[0]
+
+
 @LITE_WEIGHTS.register("triton")
 def _lite_weights_triton(
     omega: Tensor, basis: Tensor, a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool
 ) -> tuple[Tensor, Tensor]:
-    _check_triton_dtype(omega=omega, basis=basis, a_g=a_g, b_g=b_g)
-    if basis.shape[-1] <= _kernels().SMALL_MAX_N:
-        w_local = lite_local_fwd(omega, basis, tau, iters, symmetric)[0]
-    else:
-        # blocks too large for one program's registers: compose with torch, then the tiled kernels
-        logits = reference.lite_local_logits(omega, basis)
-        w_local = sinkhorn_fwd(logits, tau, iters, symmetric)[0]
-    w_global = lite_global_fwd(a_g, b_g, tau, iters, symmetric)[0]
-    return w_local, w_global
+    return (_lite_local_weights_triton(omega, basis, tau, iters, symmetric),
+            _lite_global_weights_triton(a_g, b_g, tau, iters, symmetric))
 
 
 # --- public functions --------------------------------------------------------------------------
@@ -264,20 +281,59 @@ def lite_weights(
     The Triton backend fuses the basis composition into the batched local Sinkhorn and forms the
     global logits tile by tile from ``A_G`` and ``B_G`` (never an ``N x N`` logits matrix).
     """
-    check_tensor("omega", omega, ndim=2)
-    check_tensor("basis", basis, ndim=3)
+    _check_lite_local(omega, basis)
     check_tensor("a_g", a_g, ndim=2)
-    check_tensor("b_g", b_g, ndim=2)
-    n, nb = omega.shape
-    if basis.shape[0] != nb or basis.shape[1] != basis.shape[2]:
-        raise ValueError(
-            f"basis: expected shape ({nb}, B, B) (b = omega.shape[1]), got {tuple(basis.shape)}"
-        )
+    n = omega.shape[0]
     if a_g.shape[0] != n:
         raise ValueError(f"a_g: expected shape ({n}, r) (N = omega.shape[0]), got {tuple(a_g.shape)}")
-    check_shape("b_g", b_g, (a_g.shape[1], n), "(r, N) from a_g and omega")
+    _check_lite_global(a_g, b_g)
     check_same_device(omega=omega, basis=basis, a_g=a_g, b_g=b_g)
     check_sinkhorn_args(tau, iters)
     return LITE_WEIGHTS.dispatch(backend, omega.device)(
         omega, basis, a_g, b_g, float(tau), int(iters), bool(symmetric)
     )
+
+
+def lite_local_weights(
+    omega: Tensor, basis: Tensor, tau: float = 1.0, iters: int = 1, symmetric: bool = True, *,
+    backend: str = "auto",
+) -> Tensor:
+    """UniMixing-Lite's local weights ``SK(sum_l omega[n, l] Z[l]) [N, B, B]``: the first half of
+    :func:`lite_weights`. The Triton backend fuses the basis composition into the batched Sinkhorn."""
+    _check_lite_local(omega, basis)
+    check_same_device(omega=omega, basis=basis)
+    check_sinkhorn_args(tau, iters)
+    return LITE_LOCAL_WEIGHTS.dispatch(backend, omega.device)(
+        omega, basis, float(tau), int(iters), bool(symmetric))
+
+
+def lite_global_weights(
+    a_g: Tensor, b_g: Tensor, tau: float = 1.0, iters: int = 1, symmetric: bool = True, *,
+    backend: str = "auto",
+) -> Tensor:
+    """UniMixing-Lite's global weight ``SK(A_G @ B_G) [N, N]``: the second half of :func:`lite_weights`.
+    The Triton backend forms the logits tile by tile (never an ``N x N`` logits matrix); the ``cuda``
+    backend forms them by torch's fp32 matmul and runs the ``cuda`` Sinkhorn on them (where its kernels
+    take the call: N <= 1024, or symmetric N <= 5120), so it holds the logits and, in the backward, their
+    gradient (two ``N x N`` fp32 matrices) for a faster Sinkhorn."""
+    _check_lite_global(a_g, b_g)
+    check_same_device(a_g=a_g, b_g=b_g)
+    check_sinkhorn_args(tau, iters)
+    return LITE_GLOBAL_WEIGHTS.dispatch(backend, a_g.device)(
+        a_g, b_g, float(tau), int(iters), bool(symmetric))
+
+
+def _check_lite_local(omega: Tensor, basis: Tensor) -> None:
+    check_tensor("omega", omega, ndim=2)
+    check_tensor("basis", basis, ndim=3)
+    nb = omega.shape[1]
+    if basis.shape[0] != nb or basis.shape[1] != basis.shape[2]:
+        raise ValueError(
+            f"basis: expected shape ({nb}, B, B) (b = omega.shape[1]), got {tuple(basis.shape)}"
+        )
+
+
+def _check_lite_global(a_g: Tensor, b_g: Tensor) -> None:
+    check_tensor("a_g", a_g, ndim=2)
+    check_tensor("b_g", b_g, ndim=2)
+    check_shape("b_g", b_g, (a_g.shape[1], a_g.shape[0]), "(r, N) from a_g [N, r]")

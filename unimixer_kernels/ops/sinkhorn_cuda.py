@@ -33,6 +33,7 @@ fakes (``_cuda_ext.on_load``).
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import torch
@@ -40,7 +41,14 @@ from torch import Tensor
 
 from .. import _cuda_ext
 from .._registry import assume_constant
-from .sinkhorn import SINKHORN, make_backward, sinkhorn_bwd_fake, sinkhorn_fwd_fake, sinkhorn_setup
+from .sinkhorn import (
+    LITE_GLOBAL_WEIGHTS,
+    SINKHORN,
+    make_backward,
+    sinkhorn_bwd_fake,
+    sinkhorn_fwd_fake,
+    sinkhorn_setup,
+)
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_N = 1024  # kMaxN in csrc/sinkhorn.cu: a row band of 128-column tiles in one portable cluster (8 blocks)
@@ -87,18 +95,24 @@ TILES = ("auto", "128x64", "64x128", "128x128")
 def _refusal(logits: Tensor, symmetric: bool) -> tuple[type[Exception], str] | None:
     """Why the backend cannot run this call (the error to raise), or None: the limits of the kernels,
     checked before the library is called (its own checks are a second line of defence)."""
-    if logits.dtype not in SUPPORTED_DTYPES:
-        return TypeError, (f"logits: the cuda backend takes dtype in {SUPPORTED_DTYPES}, got {logits.dtype} "
+    return _refusal_of(logits.shape, logits.dtype, logits.device, symmetric)
+
+
+def _refusal_of(shape: torch.Size | tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                symmetric: bool) -> tuple[type[Exception], str] | None:
+    """:func:`_refusal` for logits of this shape, dtype and device."""
+    if dtype not in SUPPORTED_DTYPES:
+        return TypeError, (f"logits: the cuda backend takes dtype in {SUPPORTED_DTYPES}, got {dtype} "
                            "(use backend='reference' for float64)")
-    n = logits.shape[-1]
-    n_mat = logits.numel() // (n * n) if n else 0
+    n = shape[-1]
+    n_mat = math.prod(shape) // (n * n) if n else 0
     if n > MAX_N:
         if not symmetric or n > MAX_N_PAIRED:
             return ValueError, (f"logits: the cuda backend takes n <= {MAX_N} (a row band of tiles in "
                                 f"one thread-block cluster), or symmetric logits of n <= {MAX_N_PAIRED} "
                                 f"(mirrored tiles kept once); got n = {n}, symmetric={symmetric}; use "
                                 "backend='triton'")
-        return _paired_refusal(logits, n, n_mat)
+        return _paired_refusal(device, n, n_mat)
     blocks = n_mat * ((n + 127) // 128) ** 2
     if blocks > MAX_BLOCKS:
         return ValueError, (f"logits: the cuda backend keeps every 128 x 128 tile of the batch resident "
@@ -133,6 +147,31 @@ def _sinkhorn_cuda(logits: Tensor, tau: float, iters: int, symmetric: bool) -> T
     return _call(logits, tau, iters, symmetric)
 
 
+def _lite_global_refusal(a_g: Tensor, symmetric: bool) -> tuple[type[Exception], str] | None:
+    n = a_g.shape[0]
+    refusal = _refusal_of((n, n), torch.float32, a_g.device, symmetric)
+    if refusal is None:
+        return None
+    return refusal[0], f"a_g, b_g: the logits A_G @ B_G [{n}, {n}] ({refusal[1]})"
+
+
+def _lite_global_auto_accepts(a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool) -> bool:
+    """A list such as ``cuda/triton`` (a per-op spec) runs a call here wherever the kernels take its
+    logits."""
+    return _lite_global_refusal(a_g, symmetric) is None
+
+
+@LITE_GLOBAL_WEIGHTS.register("cuda", auto_accepts=_lite_global_auto_accepts)
+def _lite_global_weights_cuda(a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool) -> Tensor:
+    """``SK(A_G @ B_G)``: the logits formed in fp32 by torch's matmul (TF32 only where the process allows
+    it, as in the reference), then the ``cuda`` Sinkhorn; autograd takes the gradient through both, so
+    the logits are saved and their gradient formed (``N x N`` fp32 each)."""
+    refusal = _lite_global_refusal(a_g, symmetric)
+    if refusal is not None:
+        raise refusal[0](refusal[1])
+    return _sinkhorn_cuda(a_g.float() @ b_g.float(), tau, iters, symmetric)
+
+
 def _call(logits: Tensor, tau: float, iters: int, symmetric: bool) -> Tensor:
     if torch.compiler.is_compiling():  # the library is loaded and registered (the module docstring)
         return torch.ops.unimixer_C.sinkhorn_fwd(logits, tau, iters, symmetric)[0]
@@ -151,11 +190,11 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _paired_refusal(logits: Tensor, n: int, n_mat: int) -> tuple[type[Exception], str] | None:
+def _paired_refusal(device: torch.device, n: int, n_mat: int) -> tuple[type[Exception], str] | None:
     # the residency rules of csrc/sinkhorn_paired.cu (`plan`)
-    if not logits.is_cuda:
+    if device.type != "cuda":
         return None  # the library's device check names the argument
-    index = logits.device.index if logits.device.index is not None else torch.cuda.current_device()
+    index = device.index if device.index is not None else torch.cuda.current_device()
     sms = _sm_count(index)
     units = paired_units(n, n_mat)
     per = -(-units // sms)

@@ -26,7 +26,7 @@ from .mixing import (
     unimixing_rmsnorm,
 )
 from .norms import add_rms_norm, layer_norm, rms_norm
-from .sinkhorn import lite_local_logits, lite_weights, sinkhorn
+from .sinkhorn import lite_global_weights, lite_local_logits, lite_local_weights, lite_weights, sinkhorn
 from .token_mixer_norm import residual_norm, token_mixer_residual_norm
 from .unified import ROWS, unified_mixing, unified_row
 
@@ -37,7 +37,9 @@ __all__ = [
     "fm_interaction",
     "heterogeneous_attention",
     "layer_norm",
+    "lite_global_weights",
     "lite_local_logits",
+    "lite_local_weights",
     "lite_weights",
     "mlp",
     "pgelu_ffn",

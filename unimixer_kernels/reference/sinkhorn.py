@@ -27,6 +27,18 @@ def lite_local_logits(omega: Tensor, basis: Tensor) -> Tensor:
     return torch.einsum("nl,lij->nij", omega, basis)
 
 
+def lite_local_weights(omega: Tensor, basis: Tensor, tau: float = 1.0, iters: int = 1,
+                       symmetric: bool = True) -> Tensor:
+    """UniMixing-Lite's local weights ``W_B[n] = SK(sum_l omega[n,l] Z[l])``."""
+    return sinkhorn(lite_local_logits(omega, basis), tau, iters, symmetric)
+
+
+def lite_global_weights(a_g: Tensor, b_g: Tensor, tau: float = 1.0, iters: int = 1,
+                        symmetric: bool = True) -> Tensor:
+    """UniMixing-Lite's global weight ``W_G = SK(A_G @ B_G)``."""
+    return sinkhorn(a_g @ b_g, tau, iters, symmetric)
+
+
 def lite_weights(
     omega: Tensor,
     basis: Tensor,
@@ -37,6 +49,5 @@ def lite_weights(
     symmetric: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """UniMixing-Lite: ``W_B[n] = SK(sum_l omega[n,l] Z[l])`` and ``W_G = SK(A_G @ B_G)``."""
-    w_local = sinkhorn(lite_local_logits(omega, basis), tau, iters, symmetric)
-    w_global = sinkhorn(a_g @ b_g, tau, iters, symmetric)
-    return w_local, w_global
+    return (lite_local_weights(omega, basis, tau, iters, symmetric),
+            lite_global_weights(a_g, b_g, tau, iters, symmetric))
