@@ -413,6 +413,23 @@ def test_lite_global_weights_cuda_refuses_what_its_kernels_cannot_take():
     torch.testing.assert_close(listed, expect, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("n,r,symmetric,chosen", [
+    (72, 8, True, "cuda"), (1000, 128, False, "cuda"), (4096, 256, True, "cuda"),
+    (1025, 8, False, "reference"),  # non-symmetric above n = 1024: the kernels refuse it
+])
+def test_lite_global_weights_auto_takes_the_cuda_backend_where_it_accepts_the_call(
+        monkeypatch, n, r, symmetric, chosen):
+    monkeypatch.delenv("UNIMIXER_BACKEND", raising=False)
+    a_g, b_g = lite_weights_inputs(n, 2, 2, r, torch.float32, "cuda")[2:]
+    twins = [t.detach().clone().requires_grad_() for t in (a_g, b_g)]
+    out = uk.lite_global_weights(a_g, b_g, 0.05, 4, symmetric)
+    expect = uk.lite_global_weights(*twins, 0.05, 4, symmetric, backend=chosen)
+    torch.testing.assert_close(out, expect, rtol=0, atol=0)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (a_g, b_g), g), torch.autograd.grad(expect, twins, g)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("lite,spec", [(False, "triton+sinkhorn=cuda/triton"),
                                        (True, "triton+lite_global_weights=cuda/triton")])
 def test_a_block_with_a_per_op_spec_compiles_without_graph_breaks(lite, spec):

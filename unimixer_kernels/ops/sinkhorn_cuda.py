@@ -12,7 +12,8 @@ distributed shared memory, the column sums through global memory; and (``csrc/si
 for symmetric logits with ``1024 < n <= 5120``: of each pair of mirrored 64 x 64 tiles one is kept,
 on chip (shared memory, or a workspace that stays in L2) for the whole call, one warp per pair and one
 block per SM, exchanging partial sums as tagged words through global memory. This file registers the
-fakes and the autograd formula (shared with the Triton backend, ``ops/sinkhorn.py``) and the backend.
+fakes and the autograd formula (shared with the Triton backend, ``ops/sinkhorn.py``) and the backend,
+and the ``cuda`` backend of ``lite_global_weights``: ``A_G @ B_G`` by torch's fp32 matmul, then these kernels.
 
 Environment: ``UNIMIXER_SINKHORN_CUDA_TILE`` = ``auto`` | ``128x64`` | ``64x128`` | ``128x128`` (rows x
 columns of a block's tile; ``auto`` takes the first in that order whose clusters all fit the device at
@@ -23,7 +24,7 @@ synchronises after each launch and raises if a wait for partials timed out (the 
 ``"auto"`` on CUDA runs this backend wherever the kernels take the call (``_refusal``: n <= 1024 with
 at most 64 resident 128 x 128 tiles, or symmetric n <= 5120 within the paired kernels' residency), and
 the reference elsewhere: measured faster than the best ``torch.compile`` at N = 1024 and 4096, eager and
-under CUDA graphs (bench/results run199).
+under CUDA graphs (bench/results run199); ``lite_global_weights`` likewise (run207).
 
 ``torch.compile``: the graph holds the library's ops. Dynamo cannot trace the library's loading (an
 import); the backend's selection, which runs before the call is traced, loads it and registers the
