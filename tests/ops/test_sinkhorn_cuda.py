@@ -328,68 +328,53 @@ def test_sinkhorn_auto_compiles_in_a_fresh_process():
     assert done.returncode == 0 and "compiled auto ok" in done.stdout, done.stdout + done.stderr
 
 
-def test_a_block_runs_its_sinkhorn_on_cuda_and_the_rest_on_triton(monkeypatch):
-    # backend="triton+sinkhorn=cuda/triton": the global weight (one 72 x 72 matrix) on the cuda kernels,
-    # the local weights (72 matrices of 4 x 4: more than 64 resident tiles, which cuda declines) on
-    # Triton, every other op on Triton; the step equals the all-Triton block's by the module tests' rule
+def _block_on_spec(monkeypatch, op_name: str, spec: str, base: str = "triton", device: str = "cuda",
+                   **kw) -> list[tuple[str, tuple[int, ...]]]:
+    """A UniMixer block's training step on ``spec`` against the same block on ``base``, by the module
+    tests' rule; returns which of ``op_name``'s backends took each call (and the first argument's shape)."""
     from unimixer_kernels import nn as uknn
 
-    sinkhorn, seen = uk.OPS["sinkhorn"], []
-    for name in ("cuda", "triton"):
-        impl = sinkhorn.impls[name]
-        monkeypatch.setitem(sinkhorn.impls, name, lambda x, *rest, name=name, impl=impl:
+    op, seen = uk.OPS[op_name], []
+    for name in {b for b in (base, *spec.split("=")[-1].split("/")) if b in op.impls}:
+        impl = op.impls[name]
+        monkeypatch.setitem(op.impls, name, lambda x, *rest, name=name, impl=impl:
                             seen.append((name, tuple(x.shape))) or impl(x, *rest))
     torch.manual_seed(0)
-    tri = uknn.UniMixerBlock(8, 36, 4, hidden=24, bias=False, iters=20, backend="triton").cuda()
-    mixed = uknn.UniMixerBlock(8, 36, 4, hidden=24, bias=False, iters=20,
-                               backend="triton+sinkhorn=cuda/triton").cuda()
-    mixed.load_state_dict(tri.state_dict())
-    x = torch.randn(64, 8, 36, device="cuda")
+    kw = dict(hidden=24, bias=False, iters=20, **kw)
+    plain = uknn.UniMixerBlock(8, 36, 4, backend=base, **kw).to(device)
+    mixed = uknn.UniMixerBlock(8, 36, 4, backend=spec, **kw).to(device)
+    mixed.load_state_dict(plain.state_dict())
+    x = torch.randn(64, 8, 36, device=device)
     outs, grads = [], []
-    for m in (tri, mixed):
+    for m in (plain, mixed):
         xi = x.clone().requires_grad_()
         out = torch.cat(m(xi), -1)
         out.backward(torch.ones_like(out) / out.numel() ** 0.5)
         outs.append(out.detach())
         grads.append([xi.grad] + [p.grad for p in m.parameters()])
-    assert seen == [("triton", (72, 4, 4)), ("triton", (72, 72)), ("triton", (72, 4, 4)), ("cuda", (72, 72))]
     scale = outs[0].abs().max().item()
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-4 * scale)
-    for k, (g_tri, g_mixed) in enumerate(zip(*grads)):
+    for k, (g_plain, g_mixed) in enumerate(zip(*grads)):
         assert g_mixed is not None and torch.isfinite(g_mixed).all(), k
-        torch.testing.assert_close(g_mixed, g_tri, rtol=1e-3, atol=1e-4 * g_tri.abs().max().item() + 1e-7)
+        torch.testing.assert_close(g_mixed, g_plain, rtol=1e-3, atol=1e-4 * g_plain.abs().max().item() + 1e-7)
+    return seen
+
+
+def test_a_block_runs_its_sinkhorn_on_cuda_and_the_rest_on_triton(monkeypatch):
+    # backend="triton+sinkhorn=cuda/triton": the global weight (one 72 x 72 matrix) on the cuda kernels,
+    # the local weights (72 matrices of 4 x 4: more than 64 resident tiles, which cuda declines) on
+    # Triton, every other op on Triton; the step equals the all-Triton block's
+    seen = _block_on_spec(monkeypatch, "sinkhorn", "triton+sinkhorn=cuda/triton")
+    assert seen == [("triton", (72, 4, 4)), ("triton", (72, 72)), ("triton", (72, 4, 4)), ("cuda", (72, 72))]
 
 
 def test_a_lite_block_runs_its_global_weight_on_cuda_and_the_rest_on_triton(monkeypatch):
     # backend="triton+lite_global_weights=cuda/triton": SK(A_G @ B_G) (one 72 x 72 matrix) with its logits
     # formed by torch and the cuda Sinkhorn on them; the local weights and every other op on Triton; the
-    # step equals the all-Triton block's (matrix-free global weight) by the module tests' rule
-    from unimixer_kernels import nn as uknn
-
-    op, seen = uk.OPS["lite_global_weights"], []
-    for name in ("cuda", "triton"):
-        impl = op.impls[name]
-        monkeypatch.setitem(op.impls, name, lambda a, *rest, name=name, impl=impl:
-                            seen.append((name, tuple(a.shape))) or impl(a, *rest))
-    torch.manual_seed(0)
-    kw = dict(hidden=24, bias=False, lite=True, rank=8, iters=20)
-    tri = uknn.UniMixerBlock(8, 36, 4, backend="triton", **kw).cuda()
-    mixed = uknn.UniMixerBlock(8, 36, 4, backend="triton+lite_global_weights=cuda/triton", **kw).cuda()
-    mixed.load_state_dict(tri.state_dict())
-    x = torch.randn(64, 8, 36, device="cuda")
-    outs, grads = [], []
-    for m in (tri, mixed):
-        xi = x.clone().requires_grad_()
-        out = torch.cat(m(xi), -1)
-        out.backward(torch.ones_like(out) / out.numel() ** 0.5)
-        outs.append(out.detach())
-        grads.append([xi.grad] + [p.grad for p in m.parameters()])
+    # step equals the all-Triton block's (matrix-free global weight)
+    seen = _block_on_spec(monkeypatch, "lite_global_weights", "triton+lite_global_weights=cuda/triton",
+                          lite=True, rank=8)
     assert seen == [("triton", (72, 8)), ("cuda", (72, 8))]
-    scale = outs[0].abs().max().item()
-    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-4 * scale)
-    for k, (g_tri, g_mixed) in enumerate(zip(*grads)):
-        assert g_mixed is not None and torch.isfinite(g_mixed).all(), k
-        torch.testing.assert_close(g_mixed, g_tri, rtol=1e-3, atol=1e-4 * g_tri.abs().max().item() + 1e-7)
 
 
 # the Lite global weight on the cuda kernels: the logits of A_G @ B_G in each of the kernels' regimes (one
