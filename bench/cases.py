@@ -163,19 +163,25 @@ def setup_lite_weights(p: Preset, device, dtype) -> Setup:
     # omega and Z scaled by nb ** -0.25 each (unscaled, the local logits' std is sqrt(nb), and at
     # tau = 0.05 the fp32 gradients of omega then hinge on the logits' last bits, for torch as for
     # the kernel: bench/NOTES.md)
-    n, b, r, nb = p["N"], p["B"], p["r"], p["nb"]
     return _op_setup("lite_weights", R.lite_weights, uk.lite_weights, lambda: (
-        _rand((n, nb), FP32, device, scale=nb ** -0.25), _rand((nb, b, b), FP32, device, scale=nb ** -0.25),
-        _rand((n, r), FP32, device, scale=r ** -0.5),
-        _rand((r, n), FP32, device)), tau=p["tau"], iters=p["iters"], symmetric=True)
+        *_lite_local_inputs(p, device), *_lite_global_inputs(p, device)),
+        tau=p["tau"], iters=p["iters"], symmetric=True)
+
+
+def _lite_local_inputs(p: Preset, device) -> tuple[torch.Tensor, torch.Tensor]:
+    n, b, nb = p["N"], p["B"], p["nb"]
+    return _rand((n, nb), FP32, device, scale=nb ** -0.25), _rand((nb, b, b), FP32, device, scale=nb ** -0.25)
+
+
+def _lite_global_inputs(p: Preset, device) -> tuple[torch.Tensor, torch.Tensor]:
+    n, r = p["N"], p["r"]
+    return _rand((n, r), FP32, device, scale=r ** -0.5), _rand((r, n), FP32, device)
 
 
 def setup_lite_local_weights(p: Preset, device, dtype) -> Setup:
     """``SK(omega Z)`` alone through ``uk.lite_local_weights`` (inputs as ``lite_weights``')."""
-    n, b, nb = p["N"], p["B"], p["nb"]
-    return _op_setup("lite_local_weights", R.lite_local_weights, uk.lite_local_weights, lambda: (
-        _rand((n, nb), FP32, device, scale=nb ** -0.25), _rand((nb, b, b), FP32, device, scale=nb ** -0.25)),
-        tau=p["tau"], iters=p["iters"], symmetric=True)
+    return _op_setup("lite_local_weights", R.lite_local_weights, uk.lite_local_weights,
+                     lambda: _lite_local_inputs(p, device), tau=p["tau"], iters=p["iters"], symmetric=True)
 
 
 def _fp32_logits(a_g, b_g):
@@ -190,7 +196,7 @@ def _lite_global_setup(p: Preset, device, op: str, weight: Callable) -> Setup:
     """``SK(A_G @ B_G)`` from ``A_G [N, r]``, ``B_G [r, N]``: the reference (logits materialised
     in fp32, then the reference Sinkhorn) beside ``weight(a_g, b_g, tau, iters, backend)`` on
     ``op``'s kernel backends."""
-    n, r, tau, iters = p["N"], p["r"], p["tau"], p["iters"]
+    tau, iters = p["tau"], p["iters"]
 
     def reference(a_g, b_g):
         return R.sinkhorn(_fp32_logits(a_g, b_g), tau, iters)
@@ -198,8 +204,7 @@ def _lite_global_setup(p: Preset, device, op: str, weight: Callable) -> Setup:
     def public(a_g, b_g, *, backend="auto"):
         return weight(a_g, b_g, tau, iters, backend)
 
-    return _op_setup(op, reference, public, lambda: (
-        _rand((n, r), FP32, device, scale=r ** -0.5), _rand((r, n), FP32, device)))
+    return _op_setup(op, reference, public, lambda: _lite_global_inputs(p, device))
 
 
 def setup_lite_global_materialised(p: Preset, device, dtype) -> Setup:

@@ -23,30 +23,40 @@ from . import ceilings
 from .cases import CASES
 from .presets import PRESETS
 from .runner import CaseRunner
-from .timing import sync
+from .timing import wall_us
 
 
 def _wall_us(fn, n: int = 30) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) * 1e6 / n
+    return wall_us(fn, torch.device("cuda"), n, warmup=3)
 
 
 @contextlib.contextmanager
-def _stubbed(*classes):
-    saved = [(c, c.run) for c in classes]
-    for c in classes:
-        c.run = lambda self, *a, **k: None
+def _patched(cls, attr: str, make):
+    """``cls.<attr>`` replaced by ``make(original)`` inside the block."""
+    original = getattr(cls, attr)
+    setattr(cls, attr, make(original))
     try:
         yield
     finally:
-        for c, run in saved:
-            c.run = run
+        setattr(cls, attr, original)
+
+
+def _stub(original):
+    return lambda self, *a, **k: None
+
+
+def _timer(per_name: dict, name_of):
+    """A ``make`` for :func:`_patched`: each call's host time and argument count under ``name_of(self)``."""
+    def make(original):
+        def timed(self, *a, **k):
+            t0 = time.perf_counter()
+            out = original(self, *a, **k)
+            entry = per_name.setdefault(name_of(self), [0, 0.0, len(a) + len(k)])
+            entry[0] += 1
+            entry[1] += time.perf_counter() - t0
+            return out
+        return timed
+    return make
 
 
 @triton.jit
@@ -99,85 +109,57 @@ def units() -> list[str]:
     return [f"| {name} | {_wall_us(fn, 200):.1f} |" for name, fn in rows]
 
 
-@contextlib.contextmanager
-def _timed_launches(per_kernel: dict):
-    """Accumulate the host time of each ``JITFunction.run`` (the launch, asynchronous) per kernel."""
-    run = JITFunction.run
-
-    def timed(self, *a, **k):
-        t0 = time.perf_counter()
-        out = run(self, *a, **k)
-        entry = per_kernel.setdefault(self.__name__, [0, 0.0, len(a) + len(k)])
-        entry[0] += 1
-        entry[1] += time.perf_counter() - t0
-        return out
-    JITFunction.run = timed
-    try:
-        yield
-    finally:
-        JITFunction.run = run
-
-
-def launch_rows(case: str, preset: str, provider: str, steps: int = 20) -> list[str]:
+def _eager_step(case: str, preset: str, provider: str):
     dev = torch.device("cuda")
     runner = CaseRunner(dev, torch.bfloat16, ceilings.reference_h200(), 0, 0, autocast=True, rotate=False)
     setup = CASES[case].factory(PRESETS[preset], dev, torch.bfloat16)
-    calls = runner.step(provider, setup, [setup.make_inputs()], "fwd+bwd", {})
+    return runner.step(provider, setup, [setup.make_inputs()], "fwd+bwd", {})
+
+
+def launch_rows(case: str, preset: str, provider: str, steps: int = 20) -> list[str]:
+    from torch._library.custom_ops import CustomOpDef
+
+    calls = _eager_step(case, preset, provider)
     for _ in range(3):
         calls()
     per_kernel: dict = {}
-    with _timed_launches(per_kernel):
-        for _ in range(steps):
-            calls()
-    sync(dev)
-    from torch._library.custom_ops import CustomOpDef
     per_op: dict = {}
-    op_call = CustomOpDef.__call__
-
-    def timed_op(self, *a, **k):
-        t0 = time.perf_counter()
-        out = op_call(self, *a, **k)
-        entry = per_op.setdefault(self._name, [0, 0.0])
-        entry[0] += 1
-        entry[1] += time.perf_counter() - t0
-        return out
-    CustomOpDef.__call__ = timed_op
-    try:
-        for _ in range(steps):
-            calls()
-    finally:
-        CustomOpDef.__call__ = op_call
-    sync(dev)
+    with _patched(JITFunction, "run", _timer(per_kernel, lambda f: f.__name__)):
+        wall_us(calls, torch.device("cuda"), steps)
+    with _patched(CustomOpDef, "__call__", _timer(per_op, lambda op: op._name)):
+        wall_us(calls, torch.device("cuda"), steps)
     rows = [f"\n{case}@{preset}, {provider}: host time of each launch\n",
             "| kernel | launches/step | arguments | us/launch | us/step |", "|---|---:|---:|---:|---:|"]
     for name, (n, secs, nargs) in sorted(per_kernel.items(), key=lambda kv: -kv[1][1]):
         rows.append(f"| {name} | {n / steps:g} | {nargs} | {secs * 1e6 / n:.1f} | {secs * 1e6 / steps:.0f} |")
     rows += ["\ncustom ops called from Python (a forward's whole host time, its launches included)\n",
              "| op | calls/step | us/call | us/step |", "|---|---:|---:|---:|"]
-    for name, (n, secs) in sorted(per_op.items(), key=lambda kv: -kv[1][1]):
+    for name, (n, secs, _) in sorted(per_op.items(), key=lambda kv: -kv[1][1]):
         rows.append(f"| {name} | {n / steps:g} | {secs * 1e6 / n:.1f} | {secs * 1e6 / steps:.0f} |")
     return rows
 
 
 def case_rows(case: str, preset: str, provider: str) -> list[str]:
-    dev = torch.device("cuda")
-    runner = CaseRunner(dev, torch.bfloat16, ceilings.reference_h200(), 0, 0, autocast=True, rotate=False)
-    setup = CASES[case].factory(PRESETS[preset], dev, torch.bfloat16)
-    calls = runner.step(provider, setup, [setup.make_inputs()], "fwd+bwd", {})
+    calls = _eager_step(case, preset, provider)
     full = _wall_us(calls)
-    with _stubbed(JITFunction):
+    with _patched(JITFunction, "run", _stub):
         no_launch = _wall_us(calls)
-    with _stubbed(JITFunction, Autotuner):
-        no_tune = _wall_us(calls)
-    sync(dev)
+        with _patched(Autotuner, "run", _stub):
+            no_tune = _wall_us(calls)
     return [f"| {case}@{preset} | {provider} | {full:.0f} | {no_launch:.0f} | {no_tune:.0f} |"]
 
 
+LAUNCH_CASES = ("unimixer-block@paper-small", "rankmixer-block@rankmixer-100m")
+
+
 def main() -> None:
-    if sys.argv[1:] == ["launches"]:
-        for pair in ("unimixer-block@paper-small", "rankmixer-block@rankmixer-100m"):
-            print("\n".join(launch_rows(*pair.split("@"), "triton")), flush=True)
-        return
+    if sys.argv[1:] != ["launches"]:
+        _stubs_and_units()
+    for pair in LAUNCH_CASES:
+        print("\n".join(launch_rows(*pair.split("@"), "triton")), flush=True)
+
+
+def _stubs_and_units() -> None:
     print("| unit cost on this host | us |\n|---|---:|")
     print("\n".join(units()))
     print("\n| case | provider | eager us/step | Triton launches stubbed | and the autotuner |\n"
@@ -185,8 +167,6 @@ def main() -> None:
     for pair in ("unimixer-block@paper-small", "unimixing_rmsnorm_pswiglu@paper-small",
                  "rankmixer-block@rankmixer-100m", "unimixer-block@paper-100m"):
         print("\n".join(case_rows(*pair.split("@"), "triton")), flush=True)
-    for pair in ("unimixer-block@paper-small", "rankmixer-block@rankmixer-100m"):
-        print("\n".join(launch_rows(*pair.split("@"), "triton")), flush=True)
 
 
 if __name__ == "__main__":

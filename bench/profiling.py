@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import cProfile
 import pstats
-import time
 
 import torch
 
 from .cases import CASES
 from .presets import PRESETS
 from .runner import CaseRunner
-from .timing import sync
+from .timing import sync, wall_us
 
 
 def profile_case(case: str, preset: str, mode: str, providers: list[str], device: torch.device,
@@ -45,11 +44,7 @@ def profile_case(case: str, preset: str, mode: str, providers: list[str], device
             calls()
         sync(device)
         with torch_profile(activities=activities) as prof:
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                calls()
-            sync(device)
-            wall_us = (time.perf_counter() - t0) * 1e6 / steps
+            wall = wall_us(calls, device, steps)
         kernels: dict[str, list[float]] = {}
         for ev in prof.events():
             if gpu and ev.device_type == torch.autograd.DeviceType.CUDA:
@@ -64,7 +59,7 @@ def profile_case(case: str, preset: str, mode: str, providers: list[str], device
             k[2] = max(k[2], us)
         total = sum(v[1] for v in kernels.values()) / steps
         launches = sum(v[0] for v in kernels.values()) / steps
-        lines.append(f"\n### {provider}: wall {wall_us:.0f} us/step, {what} {total:.0f} us/step "
+        lines.append(f"\n### {provider}: wall {wall:.0f} us/step, {what} {total:.0f} us/step "
                      f"in {launches:.0f} {unit}/step\n")
         # the longest call shows a launch that differs from the kernel's others (a last pass)
         lines.append(f"| us/step | % | calls/step | longest call us | {unit[:-1]} |\n"
@@ -80,12 +75,7 @@ def profile_case(case: str, preset: str, mode: str, providers: list[str], device
 
 def _host_profile(calls, device: torch.device, steps: int, top: int) -> str:
     """The host's share of an eager step: wall time without a profiler, then ``cProfile``'s view."""
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        calls()
-    sync(device)
-    wall_us = (time.perf_counter() - t0) * 1e6 / steps
+    wall = wall_us(calls, device, steps)
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(steps):
@@ -94,7 +84,7 @@ def _host_profile(calls, device: torch.device, steps: int, top: int) -> str:
     prof.disable()
     stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
     total_us = sum(v[2] for v in stats.values()) * 1e6 / steps
-    lines = [f"\nhost: wall {wall_us:.0f} us/step without a profiler; under cProfile {total_us:.0f} "
+    lines = [f"\nhost: wall {wall:.0f} us/step without a profiler; under cProfile {total_us:.0f} "
              "us/step\n",
              "| own us/step | cum us/step | calls/step | function |", "|---:|---:|---:|---|"]
     rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]

@@ -184,20 +184,11 @@ class CaseRunner:
             cg = provider == "compiled-cg"
             if cg and not gpu:
                 raise Unavailable("CUDA graphs need a CUDA device")
-            ref = self.impl_for("reference", setup, cache)[0]
-            cmode = "reduce-overhead" if cg else None
-            fwd = torch.compile(_retained_graph_twin(ref.fwd) if mode == "bwd" else ref.fwd, mode=cmode,
-                                dynamic=False)
-            infer = torch.compile(ref.infer, mode=cmode, dynamic=False) if ref.infer else None
-            mark = torch.compiler.cudagraph_mark_step_begin if cg else None
-            result = (Impl(fwd, ref.params, infer, ref.prepare), mark)
+            result = _compiled(self.impl_for("reference", setup, cache)[0], cg, retained=mode == "bwd")
         elif provider.endswith(KERNEL_COMPILE_CG):
             if not gpu:
                 raise Unavailable("CUDA graphs need a CUDA device")
-            kern = self.impl_for(provider.removesuffix(KERNEL_COMPILE_CG), setup, cache)[0]
-            fwd = torch.compile(kern.fwd, mode="reduce-overhead", dynamic=False)
-            infer = torch.compile(kern.infer, mode="reduce-overhead", dynamic=False) if kern.infer else None
-            result = (Impl(fwd, kern.params, infer, kern.prepare), torch.compiler.cudagraph_mark_step_begin)
+            result = _compiled(self.impl_for(provider.removesuffix(KERNEL_COMPILE_CG), setup, cache)[0], True)
         elif provider.endswith("-cg"):
             if not gpu:
                 raise Unavailable("CUDA graphs need a CUDA device")
@@ -327,6 +318,16 @@ class CaseRunner:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
+
+
+def _compiled(impl: Impl, cg: bool, retained: bool = False) -> tuple[Impl, Callable | None]:
+    """``impl`` under ``torch.compile`` (``dynamic=False``; ``cg``: ``mode="reduce-overhead"``, with its
+    step marker), its forward through a twin code object where ``retained`` (``bwd``)."""
+    cmode = "reduce-overhead" if cg else None
+    fwd = torch.compile(_retained_graph_twin(impl.fwd) if retained else impl.fwd, mode=cmode, dynamic=False)
+    infer = torch.compile(impl.infer, mode=cmode, dynamic=False) if impl.infer else None
+    mark = torch.compiler.cudagraph_mark_step_begin if cg else None
+    return Impl(fwd, impl.params, infer, impl.prepare), mark
 
 
 def _reset_cudagraph_trees() -> None:

@@ -15,6 +15,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def wall_us(fn: Callable[[], object], device: torch.device, steps: int, warmup: int = 0) -> float:
+    """Wall-clock microseconds per call of ``steps`` calls of ``fn()`` back to back, the device synchronised
+    before and after (host time where the host is slower than the device: eager, launch-bound steps)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) * 1e6 / steps
+
+
 def time_ms(fn: Callable[[], object], device: torch.device, warmup_ms: float, rep_ms: float) -> float:
     """Median milliseconds of ``fn()``."""
     if device.type == "cuda":

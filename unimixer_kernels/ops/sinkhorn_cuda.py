@@ -130,12 +130,22 @@ def _auto_accepts(logits: Tensor, tau: float, iters: int, symmetric: bool) -> bo
 
 @SINKHORN.register("cuda", auto_accepts=_auto_accepts)
 def _sinkhorn_cuda(logits: Tensor, tau: float, iters: int, symmetric: bool) -> Tensor:
-    tile = os.environ.get(TILE_SWITCH, "auto") or "auto"
-    if tile not in TILES:
-        raise ValueError(f"{TILE_SWITCH}: expected one of {TILES}, got {tile!r}")
+    tile = _tile_switch()
     refusal = _refusal(logits, symmetric)
     if refusal is not None:
         raise refusal[0](refusal[1])
+    return _run(logits, tile, tau, iters, symmetric)
+
+
+def _tile_switch() -> str:
+    tile = os.environ.get(TILE_SWITCH, "auto") or "auto"
+    if tile not in TILES:
+        raise ValueError(f"{TILE_SWITCH}: expected one of {TILES}, got {tile!r}")
+    return tile
+
+
+def _run(logits: Tensor, tile: str, tau: float, iters: int, symmetric: bool) -> Tensor:
+    """The kernels on logits that :func:`_refusal` passed, in ``tile`` (the switch's value)."""
     n = logits.shape[-1]
     if n <= MAX_N and tile != "auto" and logits.numel() and not torch.compiler.is_compiling():
         # a tile asked for by name may not fit where 'auto' would take another: ask the library's
@@ -167,10 +177,11 @@ def _lite_global_weights_cuda(a_g: Tensor, b_g: Tensor, tau: float, iters: int, 
     """``SK(A_G @ B_G)``: the logits formed in fp32 by torch's matmul (TF32 only where the process allows
     it, as in the reference), then the ``cuda`` Sinkhorn; autograd takes the gradient through both, so
     the logits are saved and their gradient formed (``N x N`` fp32 each)."""
+    tile = _tile_switch()
     refusal = _lite_global_refusal(a_g, symmetric)
     if refusal is not None:
         raise refusal[0](refusal[1])
-    return _sinkhorn_cuda(a_g.float() @ b_g.float(), tau, iters, symmetric)
+    return _run(a_g.float() @ b_g.float(), tile, tau, iters, symmetric)
 
 
 def _call(logits: Tensor, tau: float, iters: int, symmetric: bool) -> Tensor:
