@@ -29,6 +29,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd(const at::Tensor& lo
                                                             bool symmetric);
 at::Tensor sinkhorn_bwd(const at::Tensor& dp, const at::Tensor& logits, const at::Tensor& u, const at::Tensor& v,
                         double tau, int64_t iters, bool symmetric);
+// The same gradient written over the logits (whose buffer it reuses): in place for contiguous symmetric
+// logits of n > 1024 (the paired kernels), through a temporary otherwise.
+void sinkhorn_bwd_(const at::Tensor& dp, const at::Tensor& logits, const at::Tensor& u, const at::Tensor& v,
+                   double tau, int64_t iters, bool symmetric);
 // The tiles the forward and backward would take for these logits (0 128x64, 1 64x128, 2 128x128), -1
 // where none fits the device at once. Raises nothing but for a bad UNIMIXER_SINKHORN_CUDA_TILE.
 std::vector<int64_t> sinkhorn_plan(const at::Tensor& logits, bool symmetric);

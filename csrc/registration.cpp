@@ -25,6 +25,8 @@ TORCH_LIBRARY_FRAGMENT(unimixer_C, m) {
   m.def("sinkhorn_fwd(Tensor logits, float tau, int iters, bool symmetric) -> (Tensor, Tensor, Tensor)", tags);
   m.def("sinkhorn_bwd(Tensor dp, Tensor logits, Tensor u, Tensor v, float tau, int iters, bool symmetric) -> Tensor",
         tags);
+  m.def("sinkhorn_bwd_(Tensor dp, Tensor(a!) logits, Tensor u, Tensor v, float tau, int iters, bool symmetric) -> ()",
+        tags);
   // a host-side query (no kernel runs): the tiles a call would take, for the Python side's checks
   m.def("sinkhorn_plan(Tensor logits, bool symmetric) -> int[]");
 }
@@ -35,6 +37,7 @@ TORCH_LIBRARY_IMPL(unimixer_C, CUDA, m) {
   m.impl("rms_norm_bwd", &unimixer::rms_norm_bwd);
   m.impl("sinkhorn_fwd", &unimixer::sinkhorn_fwd);
   m.impl("sinkhorn_bwd", &unimixer::sinkhorn_bwd);
+  m.impl("sinkhorn_bwd_", &unimixer::sinkhorn_bwd_);
   m.impl("sinkhorn_plan", &unimixer::sinkhorn_plan);
 }
 

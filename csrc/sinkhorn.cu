@@ -943,8 +943,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd(const at::Tensor& lo
   return {p.view(logits.sizes()), u.view(pot), v.view(pot)};
 }
 
-at::Tensor sinkhorn_bwd(const at::Tensor& dp, const at::Tensor& logits, const at::Tensor& u, const at::Tensor& v,
-                        double tau, int64_t iters, bool symmetric) {
+namespace {
+
+void check_bwd(const at::Tensor& dp, const at::Tensor& logits, const at::Tensor& u, const at::Tensor& v, double tau,
+               int64_t iters, bool symmetric) {
   check_logits(logits, iters, tau, symmetric);
   check_cuda(dp, "dp", logits);
   check_cuda(u, "u", logits);
@@ -961,14 +963,36 @@ at::Tensor sinkhorn_bwd(const at::Tensor& dp, const at::Tensor& logits, const at
   };
   check_potentials(u, "u");
   check_potentials(v, "v");
+}
+
+// The backward's checked arguments as [n_mat, n, n] logits and dP and [n_mat, iters, n] potentials (under
+// the logits' device guard).
+struct BwdArgs {
+  at::Tensor x, d, u3, v3;
+  int64_t n, n_mat;
+};
+
+BwdArgs as_batches(const at::Tensor& dp, const at::Tensor& logits, const at::Tensor& u, const at::Tensor& v,
+                   int64_t iters) {
+  const int64_t n = logits.size(-1);
+  const int64_t n_mat = n > 0 ? logits.numel() / (n * n) : 0;
+  return {as_batch(logits), as_batch(dp), u.reshape({n_mat, iters, n}).contiguous(),
+          v.reshape({n_mat, iters, n}).contiguous(), n, n_mat};
+}
+
+}  // namespace
+
+at::Tensor sinkhorn_bwd(const at::Tensor& dp, const at::Tensor& logits, const at::Tensor& u, const at::Tensor& v,
+                        double tau, int64_t iters, bool symmetric) {
+  check_bwd(dp, logits, u, v, tau, iters, symmetric);
   const c10::cuda::CUDAGuard guard(logits.device());
-  const at::Tensor x = as_batch(logits);
-  const at::Tensor d = as_batch(dp);
-  const at::Tensor u3 = u.reshape({n_mat, iters, n}).contiguous();
-  const at::Tensor v3 = v.reshape({n_mat, iters, n}).contiguous();
-  if (n > kMaxN && n_mat > 0) return paired::backward(d, x, u3, v3, tau, iters).view(logits.sizes());
+  const BwdArgs b = as_batches(dp, logits, u, v, iters);
+  const at::Tensor &x = b.x, &d = b.d, &u3 = b.u3, &v3 = b.v3;
+  const int64_t n = b.n, n_mat = b.n_mat;
   at::Tensor dx = new_output({n_mat, n, n}, logits.options());
-  if (n_mat > 0 && n > 0) {
+  if (n > kMaxN && n_mat > 0) {
+    paired::backward(d, x, u3, v3, tau, iters, dx);
+  } else if (n_mat > 0 && n > 0) {
     const float scale = static_cast<float>((symmetric ? 0.5 : 1.0) / tau);
     const auto stream = c10::cuda::getCurrentCUDAStream();
     // the working gradient leaves registers only to be read transposed
@@ -995,6 +1019,20 @@ at::Tensor sinkhorn_bwd(const at::Tensor& dp, const at::Tensor& logits, const at
     });
   }
   return dx.view(logits.sizes());
+}
+
+void sinkhorn_bwd_(const at::Tensor& dp, const at::Tensor& logits, const at::Tensor& u, const at::Tensor& v,
+                   double tau, int64_t iters, bool symmetric) {
+  if (logits.dim() >= 2 && logits.size(-1) > kMaxN && logits.is_contiguous()) {
+    // the paired kernels write each unit's gradient over the blocks of the logits only it read
+    check_bwd(dp, logits, u, v, tau, iters, symmetric);
+    const c10::cuda::CUDAGuard guard(logits.device());
+    const BwdArgs b = as_batches(dp, logits, u, v, iters);
+    if (b.n_mat > 0) paired::backward(b.d, b.x, b.u3, b.v3, tau, iters, b.x);
+    return;
+  }
+  // the clusters' symmetric backward reads other blocks' tiles of the logits: through a temporary
+  logits.copy_(sinkhorn_bwd(dp, logits, u, v, tau, iters, symmetric));
 }
 
 std::vector<int64_t> sinkhorn_plan(const at::Tensor& logits, bool symmetric) {

@@ -1222,21 +1222,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& x, doub
   return {p, u, v};
 }
 
-at::Tensor backward(const at::Tensor& d, const at::Tensor& x, const at::Tensor& u, const at::Tensor& v, double tau,
-                    int64_t iters) {
-  const int64_t n_mat = x.size(0), n = x.size(-1);
-  at::Tensor dx = new_output({n_mat, n, n}, x.options());
+void backward(const at::Tensor& d, const at::Tensor& x, const at::Tensor& u, const at::Tensor& v, double tau,
+              int64_t iters, const at::Tensor& dx) {
+  TORCH_CHECK(dx.is_contiguous() && dx.sizes() == x.sizes() && dx.scalar_type() == x.scalar_type(),
+              "sinkhorn (cuda backend, paired tiles): the gradient's buffer must be contiguous, of the logits' "
+              "shape and dtype");
   Call c(x, &d, tau, iters);
   c.a.dp = d.data_ptr<float>();
   c.a.ds0 = d.stride(0);
   c.a.ds1 = d.stride(1);
   c.a.ds2 = d.stride(2);
   c.a.dx = dx.data_ptr();
+  if (reinterpret_cast<uintptr_t>(dx.data_ptr()) % 16 != 0) c.a.vec &= ~kVecOut;  // a view written in place
   c.a.U = const_cast<float*>(u.data_ptr<float>());
   c.a.V = const_cast<float*>(v.data_ptr<float>());
   c.a.grad_scale = c.a.scale;
   with_dtype(x.scalar_type(), "logits", [&](auto tag) { c.run(paired_bwd_kernel<decltype(tag)>); });
-  return dx;
 }
 
 }  // namespace paired

@@ -192,7 +192,33 @@ def test_sinkhorn_cuda_opcheck(shape, symmetric):
     x = random_input(shape, torch.float32, "cuda", requires_grad=True)
     torch.library.opcheck(ops.sinkhorn_fwd, (x, 0.5, 3, symmetric))
     p, u, v = ops.sinkhorn_fwd(x.detach(), 0.5, 3, symmetric)
-    torch.library.opcheck(ops.sinkhorn_bwd, (torch.randn_like(p), x.detach(), u, v, 0.5, 3, symmetric))
+    dp = torch.randn_like(p)
+    torch.library.opcheck(ops.sinkhorn_bwd, (dp, x.detach(), u, v, 0.5, 3, symmetric))
+    torch.library.opcheck(ops.sinkhorn_bwd_, (dp, x.detach().clone(), u, v, 0.5, 3, symmetric))
+
+
+# sinkhorn_bwd_ writes the gradient over the logits: in place for contiguous symmetric n > 1024 (the paired
+# kernels), through a temporary in the clusters' regime and for a strided view
+@pytest.mark.parametrize("shape,symmetric,layout,dtype", [
+    ((300, 300), True, "contiguous", torch.float32), ((2, 300, 300), False, "contiguous", torch.float32),
+    ((1100, 1100), True, "contiguous", torch.float32), ((2, 1300, 1300), True, "contiguous", torch.float32),
+    ((1100, 1100), True, "contiguous", torch.bfloat16), ((1100, 1100), True, "transposed", torch.float32),
+    ((1, 1030, 1030), True, "offset", torch.float32)])
+def test_sinkhorn_cuda_bwd_in_place_equals_bwd(shape, symmetric, layout, dtype):
+    ops = sinkhorn_cuda.cuda_ops()
+    x = random_input(shape, dtype, "cuda")
+    if layout == "transposed":
+        x = x.mT
+    elif layout == "offset":  # contiguous, but 4 bytes past an aligned address: the stores one at a time
+        x = torch.cat([torch.zeros(1, device="cuda", dtype=dtype), x.flatten()])[1:].view(shape)
+    _, u, v = ops.sinkhorn_fwd(x, 0.05, 20, symmetric)
+    dp = torch.randn(shape, device="cuda")
+    expect = ops.sinkhorn_bwd(dp, x, u, v, 0.05, 20, symmetric)
+    buf = x.clone() if layout == "contiguous" else x
+    ptr = buf.data_ptr()
+    ops.sinkhorn_bwd_(dp, buf, u, v, 0.05, 20, symmetric)
+    assert buf.data_ptr() == ptr
+    assert torch.equal(buf, expect)
 
 
 def test_sinkhorn_cuda_compile_fullgraph():
@@ -386,6 +412,36 @@ LITE_GLOBAL = [(300, 16, True), (1000, 128, False), (1024, 128, True), (4096, 25
 def test_lite_global_weights_cuda(kernel_dtype, n, r, symmetric):
     a_g, b_g = lite_weights_inputs(n, 2, 2, r, kernel_dtype, "cuda")[2:]
     check_against_reference(uk.lite_global_weights, (a_g, b_g, 0.05, 20, symmetric), backend="cuda")
+
+
+@pytest.mark.parametrize("n,r,symmetric", LITE_GLOBAL)
+def test_lite_global_weights_cuda_equals_its_logits_on_the_cuda_sinkhorn(n, r, symmetric):
+    # the backward forms the logits again (the same GEMM) rather than saving them: output and gradients
+    # equal, bit for bit, the logits' GEMM followed by the cuda Sinkhorn under autograd
+    a_g, b_g = lite_weights_inputs(n, 2, 2, r, torch.float32, "cuda")[2:]
+    twins = [t.detach().clone().requires_grad_() for t in (a_g, b_g)]
+    out = uk.lite_global_weights(a_g, b_g, 0.05, 20, symmetric, backend="cuda")
+    expect = uk.sinkhorn(twins[0] @ twins[1], 0.05, 20, symmetric, backend="cuda")
+    assert torch.equal(out, expect)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (a_g, b_g), g), torch.autograd.grad(expect, twins, g)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("n,r", [(1024, 128), (4096, 256)])
+def test_lite_global_weights_cuda_saves_no_logits(n, r):
+    k = 20
+    a_g, b_g = lite_weights_inputs(n, 2, 2, r, torch.float32, "cuda")[2:]
+    held = held_bytes(lambda: uk.lite_global_weights(a_g, b_g, 0.05, k, True, backend="cuda"))
+    assert held <= 4 * 2 * k * n + (1 << 20)  # the potentials (A_G, B_G are the caller's), and rounding
+
+
+def test_lite_global_weights_cuda_opcheck():
+    a_g, b_g = lite_weights_inputs(1100, 2, 2, 16, torch.float32, "cuda")[2:]
+    torch.library.opcheck(sinkhorn_cuda.lite_global_cuda_fwd, (a_g, b_g, 0.5, 3, True))
+    w, u, v = sinkhorn_cuda.lite_global_cuda_fwd(a_g.detach(), b_g.detach(), 0.5, 3, True)
+    torch.library.opcheck(sinkhorn_cuda.lite_global_cuda_bwd,
+                          (torch.randn_like(w), a_g.detach(), b_g.detach(), u, v, 0.5, 3, True))
 
 
 def test_lite_global_weights_cuda_refuses_what_its_kernels_cannot_take():

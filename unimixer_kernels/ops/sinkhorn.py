@@ -39,7 +39,7 @@ def _kernels():
     return kernels
 
 
-def _potentials_like(t: Tensor, lead: tuple[int, ...], iters: int, n: int) -> Tensor:
+def potentials_like(t: Tensor, lead: tuple[int, ...], iters: int, n: int) -> Tensor:
     return t.new_empty((*lead, iters, n), dtype=torch.float32)
 
 
@@ -59,7 +59,7 @@ def sinkhorn_fwd_fake(
     """``(P, U, V)``'s shapes and dtypes, for every backend's forward op."""
     lead, n = tuple(logits.shape[:-2]), logits.shape[-1]
     return (logits.new_empty(logits.shape, dtype=torch.float32),
-            _potentials_like(logits, lead, iters, n), _potentials_like(logits, lead, iters, n))
+            potentials_like(logits, lead, iters, n), potentials_like(logits, lead, iters, n))
 
 
 @torch.library.custom_op("unimixer::sinkhorn_bwd", mutates_args=())
@@ -130,7 +130,7 @@ def lite_local_fwd(
 def _(omega: Tensor, basis: Tensor, tau: float, iters: int, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
     n, bsz = omega.shape[0], basis.shape[-1]
     return (omega.new_empty((n, bsz, bsz), dtype=torch.float32),
-            _potentials_like(omega, (n,), iters, bsz), _potentials_like(omega, (n,), iters, bsz))
+            potentials_like(omega, (n,), iters, bsz), potentials_like(omega, (n,), iters, bsz))
 
 
 @torch.library.custom_op("unimixer::lite_local_bwd", mutates_args=())
@@ -145,7 +145,7 @@ def _(dw, omega, basis, u, v, tau, iters, symmetric) -> tuple[Tensor, Tensor]:
     return omega.new_empty(omega.shape), basis.new_empty(basis.shape)
 
 
-def _lite_setup(ctx, inputs, output) -> None:
+def lite_setup(ctx, inputs, output) -> None:
     """Both Lite weights' forwards: the two differentiable inputs and every output after the weight
     (the potentials, and the global weight's factor parts), which are not differentiable."""
     x, y, tau, iters, symmetric = inputs
@@ -156,15 +156,21 @@ def _lite_setup(ctx, inputs, output) -> None:
     ctx.set_materialize_grads(False)  # no zero-filled gradients of the potentials or the parts
 
 
-def _lite_local_backward(ctx, dw: Tensor | None, _du, _dv):
-    omega, basis, u, v = ctx.saved_tensors
-    if dw is None:
-        return None, None, None, None, None
-    domega, dbasis = lite_local_bwd(dw, omega, basis, u, v, *ctx.args)
-    return domega, dbasis, None, None, None
+def make_lite_backward(bwd_op):
+    """The autograd formula of a Lite weight's forward op that saves its two inputs and the potentials,
+    given its backward op ``(dw, x, y, u, v, tau, iters, symmetric) -> (dx, dy)``."""
+
+    def lite_backward(ctx, dw: Tensor | None, _du, _dv):
+        x, y, u, v = ctx.saved_tensors
+        if dw is None:
+            return None, None, None, None, None
+        dx, dy = bwd_op(dw, x, y, u, v, *ctx.args)
+        return dx, dy, None, None, None
+
+    return lite_backward
 
 
-lite_local_fwd.register_autograd(_lite_local_backward, setup_context=_lite_setup)
+lite_local_fwd.register_autograd(make_lite_backward(lite_local_bwd), setup_context=lite_setup)
 
 
 @torch.library.custom_op("unimixer::lite_global_fwd", mutates_args=())
@@ -188,8 +194,8 @@ def _(a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool):
     n = a_g.shape[0]
     saved = _kernels().saves_factor_parts(a_g, b_g)
     pa, pb = ((a_g.new_empty((3, *x.shape), dtype=torch.bfloat16) if saved else None) for x in (a_g, b_g))
-    return (a_g.new_empty((n, n), dtype=torch.float32), _potentials_like(a_g, (), iters, n),
-            _potentials_like(a_g, (), iters, n), _parts_or_empty(pa, a_g), _parts_or_empty(pb, b_g))
+    return (a_g.new_empty((n, n), dtype=torch.float32), potentials_like(a_g, (), iters, n),
+            potentials_like(a_g, (), iters, n), _parts_or_empty(pa, a_g), _parts_or_empty(pb, b_g))
 
 
 @torch.library.custom_op("unimixer::lite_global_bwd", mutates_args=())
@@ -216,7 +222,7 @@ def _lite_global_backward(ctx, dw: Tensor | None, *_):
     return da, db, None, None, None
 
 
-lite_global_fwd.register_autograd(_lite_global_backward, setup_context=_lite_setup)
+lite_global_fwd.register_autograd(_lite_global_backward, setup_context=lite_setup)
 
 
 @LITE_LOCAL_WEIGHTS.register("triton")

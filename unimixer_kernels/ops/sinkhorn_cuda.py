@@ -4,6 +4,8 @@
 
 * ``sinkhorn_fwd(logits, tau, iters, symmetric) -> (P, U, V)``
 * ``sinkhorn_bwd(dp, logits, u, v, tau, iters, symmetric) -> dlogits``
+* ``sinkhorn_bwd_(dp, logits, u, v, tau, iters, symmetric)``: the same gradient written over ``logits``
+  (in place where the kernels allow it: contiguous symmetric logits of n > 1024; else through a temporary)
 
 the same contract as the Triton backend's ops (fp32 ``P``, the potentials ``U, V [..., iters, n]``
 saved, everything else recomputed in backward), for dense logits with ``n <= 1024``: one launch
@@ -13,7 +15,9 @@ for symmetric logits with ``1024 < n <= 5120``: of each pair of mirrored 64 x 64
 on chip (shared memory, or a workspace that stays in L2) for the whole call, one warp per pair and one
 block per SM, exchanging partial sums as tagged words through global memory. This file registers the
 fakes and the autograd formula (shared with the Triton backend, ``ops/sinkhorn.py``) and the backend,
-and the ``cuda`` backend of ``lite_global_weights``: ``A_G @ B_G`` by torch's fp32 matmul, then these kernels.
+and the ``cuda`` backend of ``lite_global_weights``: ``A_G @ B_G`` by torch's fp32 matmul, then these kernels,
+as forward and backward ops of their own that never save the ``N x N`` logits (the backward forms them again
+and writes their gradient over them with ``sinkhorn_bwd_``).
 
 Environment: ``UNIMIXER_SINKHORN_CUDA_TILE`` = ``auto`` | ``128x64`` | ``64x128`` | ``128x128`` (rows x
 columns of a block's tile; ``auto`` takes the first in that order whose clusters all fit the device at
@@ -45,7 +49,10 @@ from .._registry import assume_constant
 from .sinkhorn import (
     LITE_GLOBAL_WEIGHTS,
     SINKHORN,
+    lite_setup,
     make_backward,
+    make_lite_backward,
+    potentials_like,
     sinkhorn_bwd_fake,
     sinkhorn_fwd_fake,
     sinkhorn_setup,
@@ -64,7 +71,7 @@ MAX_N_PAIRED = 5120
 PAIRED_BAND = 64
 PAIRED_UNITS_PER_SM = 16
 PAIRED_ROWS_PER_BLOCK = 32
-_NAMES = ("sinkhorn_fwd", "sinkhorn_bwd", "sinkhorn_plan")
+_NAMES = ("sinkhorn_fwd", "sinkhorn_bwd", "sinkhorn_bwd_", "sinkhorn_plan")
 
 
 def _backward_op(dp: Tensor, logits: Tensor, u: Tensor, v: Tensor, tau: float, iters: int,
@@ -73,10 +80,16 @@ def _backward_op(dp: Tensor, logits: Tensor, u: Tensor, v: Tensor, tau: float, i
     return torch.ops.unimixer_C.sinkhorn_bwd(dp.to(torch.float32), logits, u, v, tau, iters, symmetric)
 
 
+def _sinkhorn_bwd_inplace_fake(dp: Tensor, logits: Tensor, u: Tensor, v: Tensor, tau: float, iters: int,
+                               symmetric: bool) -> None:
+    return None
+
+
 @functools.cache
 def _register_python_parts() -> None:
     torch.library.register_fake("unimixer_C::sinkhorn_fwd", sinkhorn_fwd_fake)
     torch.library.register_fake("unimixer_C::sinkhorn_bwd", sinkhorn_bwd_fake)
+    torch.library.register_fake("unimixer_C::sinkhorn_bwd_", _sinkhorn_bwd_inplace_fake)
     torch.library.register_autograd("unimixer_C::sinkhorn_fwd", make_backward(_backward_op),
                                     setup_context=sinkhorn_setup)
 
@@ -146,16 +159,20 @@ def _tile_switch() -> str:
 
 def _run(logits: Tensor, tile: str, tau: float, iters: int, symmetric: bool) -> Tensor:
     """The kernels on logits that :func:`_refusal` passed, in ``tile`` (the switch's value)."""
+    _check_tile(tile, logits, symmetric)
+    return _call(logits, tau, iters, symmetric)
+
+
+def _check_tile(tile: str, logits: Tensor, symmetric: bool) -> None:
+    """A tile asked for by name may not fit where 'auto' would take another: ask the library's residency
+    check (which reads only the logits' shape, dtype and device) before it would have to refuse the call."""
     n = logits.shape[-1]
     if n <= MAX_N and tile != "auto" and logits.numel() and not torch.compiler.is_compiling():
-        # a tile asked for by name may not fit where 'auto' would take another: ask the library's
-        # residency check before it would have to refuse the call
         fwd, bwd = cuda_ops().sinkhorn_plan(logits, symmetric)
         if min(fwd, bwd) < 0:
             n_mat = logits.numel() // (n * n)
             raise ValueError(f"{TILE_SWITCH}={tile}: the clusters of {n_mat} matrices of n = {n} in {tile} "
                              "tiles do not all fit the device at once; use 'auto'")
-    return _call(logits, tau, iters, symmetric)
 
 
 def _lite_global_refusal(a_g: Tensor, symmetric: bool) -> tuple[type[Exception], str] | None:
@@ -172,16 +189,59 @@ def _lite_global_auto_accepts(a_g: Tensor, b_g: Tensor, tau: float, iters: int, 
     return _lite_global_refusal(a_g, symmetric) is None
 
 
+# The Lite global weight: forward and backward ops of their own, so that the N x N logits are never saved:
+# the backward forms them again (the same fp32 GEMM, bit for bit) and the Sinkhorn backward writes their
+# gradient over them, the paired kernels (N > 1024) in place.
+
+
+def _logits(a_g: Tensor, b_g: Tensor) -> Tensor:
+    """``A_G @ B_G`` in fp32 by torch's matmul (TF32 only where the process allows it, as the reference)."""
+    return a_g.float() @ b_g.float()
+
+
+@torch.library.custom_op("unimixer::lite_global_cuda_fwd", mutates_args=())
+def lite_global_cuda_fwd(a_g: Tensor, b_g: Tensor, tau: float, iters: int,
+                         symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``(W_G, U, V)`` of ``SK(A_G @ B_G)``; the logits die here."""
+    return cuda_ops().sinkhorn_fwd(_logits(a_g, b_g), tau, iters, symmetric)
+
+
+@lite_global_cuda_fwd.register_fake
+def _(a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+    n = a_g.shape[0]
+    return (a_g.new_empty((n, n), dtype=torch.float32), potentials_like(a_g, (), iters, n),
+            potentials_like(a_g, (), iters, n))
+
+
+@torch.library.custom_op("unimixer::lite_global_cuda_bwd", mutates_args=())
+def lite_global_cuda_bwd(dw: Tensor, a_g: Tensor, b_g: Tensor, u: Tensor, v: Tensor, tau: float, iters: int,
+                         symmetric: bool) -> tuple[Tensor, Tensor]:
+    """``(dA_G, dB_G)``: the logits formed again, their gradient ``dL`` written over them, then ``dL @ B_G^T``
+    and ``A_G^T @ dL`` in fp32 (one ``N x N`` buffer alive, besides ``dW_G``)."""
+    a32, b32 = a_g.float(), b_g.float()
+    dl = a32 @ b32
+    cuda_ops().sinkhorn_bwd_(dw.to(torch.float32), dl, u, v, tau, iters, symmetric)
+    return (dl @ b32.T).to(a_g.dtype), (a32.T @ dl).to(b_g.dtype)
+
+
+@lite_global_cuda_bwd.register_fake
+def _(dw, a_g, b_g, u, v, tau, iters, symmetric) -> tuple[Tensor, Tensor]:
+    return a_g.new_empty(a_g.shape), b_g.new_empty(b_g.shape)
+
+
+lite_global_cuda_fwd.register_autograd(make_lite_backward(lite_global_cuda_bwd), setup_context=lite_setup)
+
+
 @LITE_GLOBAL_WEIGHTS.register("cuda", auto_accepts=_lite_global_auto_accepts)
 def _lite_global_weights_cuda(a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool) -> Tensor:
-    """``SK(A_G @ B_G)``: the logits formed in fp32 by torch's matmul (TF32 only where the process allows
-    it, as in the reference), then the ``cuda`` Sinkhorn; autograd takes the gradient through both, so
-    the logits are saved and their gradient formed (``N x N`` fp32 each)."""
+    """``SK(A_G @ B_G)`` on the kernels, saving ``A_G``, ``B_G`` and the potentials (no ``N x N`` logits)."""
     tile = _tile_switch()
     refusal = _lite_global_refusal(a_g, symmetric)
     if refusal is not None:
         raise refusal[0](refusal[1])
-    return _run(a_g.float() @ b_g.float(), tile, tau, iters, symmetric)
+    n = a_g.shape[0]
+    _check_tile(tile, a_g.new_empty((), dtype=torch.float32).expand(n, n), symmetric)
+    return lite_global_cuda_fwd(a_g, b_g, tau, iters, symmetric)[0]
 
 
 def _call(logits: Tensor, tau: float, iters: int, symmetric: bool) -> Tensor:
