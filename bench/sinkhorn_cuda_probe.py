@@ -12,7 +12,9 @@ plan 'auto' takes (printed) and 128 x 128; n = 512 with each tile shape. Tau = 0
 
 Sanitize: n = 300 (clusters of 3 or 5 blocks, ragged last tiles), n = 1000 (vector reads, ragged last
 tiles) and n = 1024 (8 clusters of 16 in 128 x 64 tiles where they fit, 8 of 8 in 128 x 128),
-symmetric and not, K = 3. Needs a GPU and the extension built.
+symmetric and not, K = 3; then the Lite global weight at n = 300 (its backward through a temporary).
+Paired: n = 1100 (a batch of 2), 2048 and 4096, then the Lite global weight at n = 1100 and 4096 (its
+backward writing the gradient over the logits in place). Needs a GPU and the extension built.
 """
 
 from __future__ import annotations
@@ -110,11 +112,25 @@ def sanitize_once(x: torch.Tensor, symmetric: bool, label: str) -> None:
     print(f"{label}: ok, P sum {p.sum().item():.3f}, |dX| max {dx.abs().max().item():.3e}", flush=True)
 
 
+def sanitize_lite_global(n: int, r: int) -> None:
+    """The Lite global weight's forward and backward once at K = 3: its backward's gradient written
+    over the logits formed again (``sinkhorn_bwd_``: in place in the paired kernels)."""
+    a_g = (torch.randn(n, r, device="cuda") / r ** 0.5).requires_grad_()
+    b_g = torch.randn(r, n, device="cuda").requires_grad_()
+    w = uk.lite_global_weights(a_g, b_g, TAU, 3, True, backend="cuda")
+    da, db = torch.autograd.grad(w, (a_g, b_g), torch.randn_like(w))
+    torch.cuda.synchronize()
+    print(f"lite global n={n} r={r}: ok, W sum {w.sum().item():.3f}, |dA| max {da.abs().max().item():.3e}, "
+          f"|dB| max {db.abs().max().item():.3e}", flush=True)
+
+
 def sanitize_paired() -> None:
     # 1100 in a batch, 2048 (four units a block), 4096 (sixteen, four of them streamed)
     for n, batch in ((1100, 2), (2048, 1), (4096, 1)):
         sanitize_once(torch.randn(batch, n, n, device="cuda", requires_grad=True), True,
                       f"paired n={n} batch={batch}")
+    for n, r in ((1100, 16), (4096, 64)):  # the backward in place over the logits
+        sanitize_lite_global(n, r)
 
 
 def sanitize() -> None:
@@ -126,6 +142,8 @@ def sanitize() -> None:
                 print(f"n={n} tile={tile}: does not fit at once, not run")
                 break
             sanitize_once(x, sym, f"n={n} tile={tile} symmetric={sym}")
+    os.environ.pop(sinkhorn_cuda.TILE_SWITCH, None)
+    sanitize_lite_global(300, 16)  # the backward through a temporary copied over the logits
 
 
 def main() -> None:
