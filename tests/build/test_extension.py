@@ -28,6 +28,17 @@ SCHEMAS = {
         "unimixer_C::rms_norm_bwd(Tensor dy, Tensor? dsum, Tensor s, Tensor weight, Tensor rstd) "
         "-> (Tensor, Tensor)"
     ),
+    "sinkhorn_fwd": (
+        "unimixer_C::sinkhorn_fwd(Tensor logits, float tau, int iters, bool symmetric) -> (Tensor, Tensor, Tensor)"
+    ),
+    "sinkhorn_bwd": (
+        "unimixer_C::sinkhorn_bwd(Tensor dp, Tensor logits, Tensor u, Tensor v, float tau, int iters, "
+        "bool symmetric) -> Tensor"
+    ),
+    "sinkhorn_bwd_": (
+        "unimixer_C::sinkhorn_bwd_(Tensor dp, Tensor(a!) logits, Tensor u, Tensor v, float tau, int iters, "
+        "bool symmetric) -> ()"
+    ),
 }
 
 
@@ -91,6 +102,21 @@ def test_sinkhorn_fake_kernels_and_autograd_on_meta_tensors():
     assert u.shape == v.shape == (2, 3, 7, 40) and u.dtype == v.dtype == torch.float32
     (dx,) = torch.autograd.grad(p, x, torch.empty_like(p))
     assert (dx.shape, dx.dtype) == (x.shape, x.dtype)
+    assert ops.sinkhorn_bwd_(torch.empty_like(p), x.detach(), u, v, 0.05, 7, True) is None
+
+
+def test_lite_global_cuda_ops_fakes_and_autograd_on_meta_tensors():
+    # the cuda Lite global weight's own ops: W_G and the potentials out, the factors' gradients back
+    built_library()
+    from unimixer_kernels.ops import sinkhorn_cuda
+
+    a_g = torch.empty(40, 6, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    b_g = torch.empty(6, 40, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    w, u, v = sinkhorn_cuda.lite_global_cuda_fwd(a_g, b_g, 0.05, 7, True)
+    assert (w.shape, w.dtype) == ((40, 40), torch.float32)
+    assert u.shape == v.shape == (7, 40) and u.dtype == v.dtype == torch.float32
+    da, db = torch.autograd.grad(w, (a_g, b_g), torch.empty_like(w))
+    assert (da.shape, da.dtype, db.shape, db.dtype) == (a_g.shape, a_g.dtype, b_g.shape, b_g.dtype)
 
 
 def test_library_loads_under_the_cuda_backend_status():
