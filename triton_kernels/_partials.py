@@ -111,8 +111,8 @@ def _sum_partials_launch(pairs: tuple[tuple[torch.Tensor, torch.Tensor], ...], f
         ends.append(total)
         args += [part, out, p, m]
         consts[f"BP{k}"], consts[f"BM{k}"] = bp, bm
-    for k in range(len(pairs), MAX_SEGMENTS):  # unused segments, never reached: None (a constexpr) binds
-        args += [None, None, None, None]         # at a fraction of a tensor's host cost per launch
+    for k in range(len(pairs), MAX_SEGMENTS):  # unused segments: never reached
+        args += [pairs[0][0], pairs[0][1], 0, 0]
         consts[f"BP{k}"], consts[f"BM{k}"] = 1, 1
     ends += [total] * (MAX_SEGMENTS - len(ends))
     if total == 0:
