@@ -53,6 +53,7 @@
 #include <tuple>
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <cooperative_groups.h>
 
 #include "common.cuh"
@@ -1023,6 +1024,13 @@ at::Tensor sinkhorn_bwd(const at::Tensor& dp, const at::Tensor& logits, const at
 
 void sinkhorn_bwd_(const at::Tensor& dp, const at::Tensor& logits, const at::Tensor& u, const at::Tensor& v,
                    double tau, int64_t iters, bool symmetric) {
+  const auto overlaps = [&](const at::Tensor& t) {
+    const auto status = at::get_overlap_status(logits, t);
+    return status == at::MemOverlapStatus::Full || status == at::MemOverlapStatus::Partial;
+  };
+  TORCH_CHECK(!overlaps(dp) && !overlaps(u) && !overlaps(v),
+              "logits: sinkhorn_bwd_ writes the gradient over the logits, which share memory with dp, u or v; "
+              "pass logits.clone()");
   if (logits.dim() >= 2 && logits.size(-1) > kMaxN && logits.is_contiguous()) {
     // the paired kernels write each unit's gradient over the blocks of the logits only it read
     check_bwd(dp, logits, u, v, tau, iters, symmetric);

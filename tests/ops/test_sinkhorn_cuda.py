@@ -221,6 +221,15 @@ def test_sinkhorn_cuda_bwd_in_place_equals_bwd(shape, symmetric, layout, dtype):
     assert torch.equal(buf, expect)
 
 
+def test_sinkhorn_cuda_bwd_in_place_refuses_an_aliased_gradient():
+    ops = sinkhorn_cuda.cuda_ops()
+    x = torch.randn(1100, 1100, device="cuda")
+    _, u, v = ops.sinkhorn_fwd(x, 0.05, 3, True)
+    match = r"logits: sinkhorn_bwd_ writes the gradient over the logits.*clone"
+    with pytest.raises(RuntimeError, match=match):
+        ops.sinkhorn_bwd_(x, x, u, v, 0.05, 3, True)
+
+
 def test_sinkhorn_cuda_compile_fullgraph():
     uk.sinkhorn(torch.randn(8, 8, device="cuda"), backend="cuda")  # loaded before tracing (the docstring)
     torch._dynamo.reset()
