@@ -146,8 +146,8 @@ def _(dw, omega, basis, u, v, tau, iters, symmetric) -> tuple[Tensor, Tensor]:
 
 
 def lite_setup(ctx, inputs, output) -> None:
-    """Both Lite weights' forwards: the two differentiable inputs and every output after the weight
-    (the potentials, and the global weight's factor parts), which are not differentiable."""
+    """Every Lite weight's forward op: the two differentiable inputs and every output after the weight
+    (the potentials, and the Triton global weight's factor parts), which are not differentiable."""
     x, y, tau, iters, symmetric = inputs
     _, *saved = output
     ctx.save_for_backward(x, y, *saved)

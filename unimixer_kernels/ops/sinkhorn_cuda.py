@@ -147,7 +147,8 @@ def _sinkhorn_cuda(logits: Tensor, tau: float, iters: int, symmetric: bool) -> T
     refusal = _refusal(logits, symmetric)
     if refusal is not None:
         raise refusal[0](refusal[1])
-    return _run(logits, tile, tau, iters, symmetric)
+    _check_tile(tile, logits.shape, logits.dtype, logits.device, symmetric)
+    return _call(logits, tau, iters, symmetric)
 
 
 def _tile_switch() -> str:
@@ -157,20 +158,17 @@ def _tile_switch() -> str:
     return tile
 
 
-def _run(logits: Tensor, tile: str, tau: float, iters: int, symmetric: bool) -> Tensor:
-    """The kernels on logits that :func:`_refusal` passed, in ``tile`` (the switch's value)."""
-    _check_tile(tile, logits, symmetric)
-    return _call(logits, tau, iters, symmetric)
-
-
-def _check_tile(tile: str, logits: Tensor, symmetric: bool) -> None:
+def _check_tile(tile: str, shape: torch.Size | tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                symmetric: bool) -> None:
     """A tile asked for by name may not fit where 'auto' would take another: ask the library's residency
-    check (which reads only the logits' shape, dtype and device) before it would have to refuse the call."""
-    n = logits.shape[-1]
-    if n <= MAX_N and tile != "auto" and logits.numel() and not torch.compiler.is_compiling():
-        fwd, bwd = cuda_ops().sinkhorn_plan(logits, symmetric)
+    check (which reads only the logits' shape, dtype and device: it is given a storage-free stand-in)
+    before it would have to refuse the call."""
+    n = shape[-1]
+    n_mat = math.prod(shape) // (n * n) if n else 0
+    if n <= MAX_N and tile != "auto" and n_mat and not torch.compiler.is_compiling():
+        like = torch.empty((), dtype=dtype, device=device).expand(shape)
+        fwd, bwd = cuda_ops().sinkhorn_plan(like, symmetric)
         if min(fwd, bwd) < 0:
-            n_mat = logits.numel() // (n * n)
             raise ValueError(f"{TILE_SWITCH}={tile}: the clusters of {n_mat} matrices of n = {n} in {tile} "
                              "tiles do not all fit the device at once; use 'auto'")
 
@@ -194,16 +192,12 @@ def _lite_global_auto_accepts(a_g: Tensor, b_g: Tensor, tau: float, iters: int, 
 # gradient over them, the paired kernels (N > 1024) in place.
 
 
-def _logits(a_g: Tensor, b_g: Tensor) -> Tensor:
-    """``A_G @ B_G`` in fp32 by torch's matmul (TF32 only where the process allows it, as the reference)."""
-    return a_g.float() @ b_g.float()
-
-
 @torch.library.custom_op("unimixer::lite_global_cuda_fwd", mutates_args=())
 def lite_global_cuda_fwd(a_g: Tensor, b_g: Tensor, tau: float, iters: int,
                          symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """``(W_G, U, V)`` of ``SK(A_G @ B_G)``; the logits die here."""
-    return cuda_ops().sinkhorn_fwd(_logits(a_g, b_g), tau, iters, symmetric)
+    """``(W_G, U, V)`` of ``SK(A_G @ B_G)``, the logits formed in fp32 by torch's matmul (TF32 only where
+    the process allows it, as in the reference); the logits die here."""
+    return cuda_ops().sinkhorn_fwd(a_g.float() @ b_g.float(), tau, iters, symmetric)
 
 
 @lite_global_cuda_fwd.register_fake
@@ -216,8 +210,9 @@ def _(a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool) -> tupl
 @torch.library.custom_op("unimixer::lite_global_cuda_bwd", mutates_args=())
 def lite_global_cuda_bwd(dw: Tensor, a_g: Tensor, b_g: Tensor, u: Tensor, v: Tensor, tau: float, iters: int,
                          symmetric: bool) -> tuple[Tensor, Tensor]:
-    """``(dA_G, dB_G)``: the logits formed again, their gradient ``dL`` written over them, then ``dL @ B_G^T``
-    and ``A_G^T @ dL`` in fp32 (one ``N x N`` buffer alive, besides ``dW_G``)."""
+    """``(dA_G, dB_G)``: the logits formed again (the forward's product, so bit for bit its logits), their
+    gradient ``dL`` written over them, then ``dL @ B_G^T`` and ``A_G^T @ dL`` in fp32 (one ``N x N`` buffer
+    alive, besides ``dW_G``)."""
     a32, b32 = a_g.float(), b_g.float()
     dl = a32 @ b32
     cuda_ops().sinkhorn_bwd_(dw.to(torch.float32), dl, u, v, tau, iters, symmetric)
@@ -240,7 +235,7 @@ def _lite_global_weights_cuda(a_g: Tensor, b_g: Tensor, tau: float, iters: int, 
     if refusal is not None:
         raise refusal[0](refusal[1])
     n = a_g.shape[0]
-    _check_tile(tile, a_g.new_empty((), dtype=torch.float32).expand(n, n), symmetric)
+    _check_tile(tile, (n, n), torch.float32, a_g.device, symmetric)
     return lite_global_cuda_fwd(a_g, b_g, tau, iters, symmetric)[0]
 
 
