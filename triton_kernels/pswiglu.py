@@ -320,24 +320,83 @@ def ffn_fwd_kernel(
              acc.to(OUT.dtype.element_ty), mask=io_mask)
 
 
-@triton.autotune(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE"],
-                 prune_configs_by={"early_config_prune": _prune_tiles})
+# the norm weight's partial rows of the act kernel with a norm in front (PRENORM): one row per
+# PARTIAL_GRANULE samples of a token (the smallest sample tile), so that the buffer's shape does
+# not depend on the tuned tile
+PARTIAL_GRANULE = 16
+
+
+@triton.jit
+def _prenorm_rows(S, RSTD, NW, U_OUT, t, offs_s, offs_d, mask_s, mask_d, io_mask,
+                  stride_ss, stride_st, stride_sd, stride_rs, stride_rt, stride_os, stride_ot,
+                  CDT: tl.constexpr):
+    """``u = RMSNorm(s)`` of the program's rows from the forward's ``rstd``, in the norm kernel's
+    order of products (``s * rstd * w``, rounded to ``s``'s dtype: the forward's ``u`` bit for bit),
+    also stored to ``U_OUT`` for the weight kernel. Returns ``(u in CDT, rstd, w)``."""
+    s = tl.load(S + offs_s[:, None] * stride_ss + t * stride_st + offs_d[None, :] * stride_sd,
+                mask=io_mask, other=0.0).to(tl.float32)
+    rstd = tl.load(RSTD + offs_s * stride_rs + t * stride_rt, mask=mask_s, other=0.0)
+    nw = tl.load(NW + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    u = (s * rstd[:, None] * nw[None, :]).to(U_OUT.dtype.element_ty)
+    tl.store(U_OUT + offs_s[:, None] * stride_os + t * stride_ot + offs_d[None, :], u, mask=io_mask)
+    return u.to(CDT), rstd, nw
+
+
+@triton.jit
+def _prenorm_grads(du, rstd, nw, S, DS, DW_PART, t, offs_s, offs_d, mask_d, io_mask, D, N_GRAN,
+                   stride_ss, stride_st, stride_sd, ACCUMULATE: tl.constexpr, GRANULE: tl.constexpr,
+                   BLOCK_S: tl.constexpr):
+    """The norm's backward on the program's rows (``du`` fp32, whole rows): ``ds`` (into ``DS``,
+    ``S``'s strides; ``DS`` may be ``S``, whose rows only this program reads) and the norm weight's
+    partial ``sum_rows du * xhat`` into its first ``GRANULE``-sample row, zeros into the other rows
+    of its sample tile (``ACCUMULATE``: added to what an earlier token pass left there)."""
+    rows = offs_s[:, None] * stride_ss + t * stride_st + offs_d[None, :] * stride_sd
+    xhat = tl.load(S + rows, mask=io_mask, other=0.0).to(tl.float32) * rstd[:, None]
+    g = du * nw[None, :]
+    ds = rstd[:, None] * (g - xhat * (tl.sum(g * xhat, axis=1) / D)[:, None])
+    tl.store(DS + rows, ds.to(DS.dtype.element_ty), mask=io_mask)
+    part = tl.sum(du * xhat, axis=0)
+    j = tl.arange(0, BLOCK_S // GRANULE)
+    first = tl.program_id(1) * (BLOCK_S // GRANULE)
+    tile = tl.where((j == 0)[:, None], part[None, :], 0.0)
+    pmask = ((first + j) < N_GRAN)[:, None] & mask_d[None, :]
+    ptrs = DW_PART + (t * N_GRAN + first + j).to(tl.int64)[:, None] * D + offs_d[None, :]
+    if ACCUMULATE:
+        tile += tl.load(ptrs, mask=pmask, other=0.0)
+    tl.store(ptrs, tile, mask=pmask)
+
+
+@triton.autotune(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM"],
+                 prune_configs_by={"early_config_prune": _prune_tiles},
+                 restore_value=["DS", "DW_PART"])
 @triton.jit
 def ffn_bwd_act_kernel(
-    DO, U, W1, W3, W2, B1, B3, G, V, DU, A, DG, DV,
-    BS, D, H, BS_KEY,
+    DO, U, W1, W3, W2, B1, B3, G, V, DU, A, DG, DV, RSTD, NW, DS, DW_PART,
+    BS, D, H, BS_KEY, N_GRAN,
     stride_dos, stride_dot, stride_dod,
     stride_us, stride_ut, stride_ud, stride_dus,
+    stride_rs, stride_rt,
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr,
-    SAVED: tl.constexpr, STORE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
+    SAVED: tl.constexpr, STORE: tl.constexpr, PRENORM: tl.constexpr, ACCUMULATE: tl.constexpr,
+    GRANULE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     """``du`` for program ``(t, sample tile)``; with ``STORE`` also ``A, dG, dV`` for
     ``ffn_bwd_weight_kernel`` (without it, that kernel recomputes them). ``DU``'s rows are
-    ``stride_dus`` apart (a pass over some of the tokens writes into the whole ``[bs, T, D]``)."""
+    ``stride_dus`` apart (a pass over some of the tokens writes into the whole ``[bs, T, D]``).
+
+    ``PRENORM``: the FFN's input is ``RMSNorm(s)``, ``U`` is ``s`` and ``RSTD`` the forward's
+    ``[bs, T]`` fp32 statistics (strides ``stride_rs``, ``stride_rt``): the program forms its rows
+    of ``u`` (:func:`_prenorm_rows`), writes them to ``DU`` (``[bs, tokens, D]`` contiguous, rows
+    ``stride_dus`` apart) for the weight kernel, and turns its ``du`` into ``ds`` and the norm
+    weight's partials (:func:`_prenorm_grads`) instead of storing ``du``."""
     t, offs_s, offs_d, mask_s, mask_d, io_mask = _token_tile(BS, D, BLOCK_S, BLOCK_D)
     do = _load_token_rows(DO, t, offs_s, offs_d, io_mask, stride_dos, stride_dot, stride_dod, CDT)
-    u = _load_token_rows(U, t, offs_s, offs_d, io_mask, stride_us, stride_ut, stride_ud, CDT)
+    if PRENORM:
+        u, rstd, nw = _prenorm_rows(U, RSTD, NW, DU, t, offs_s, offs_d, mask_s, mask_d, io_mask,
+                                    stride_us, stride_ut, stride_ud, stride_rs, stride_rt, stride_dus, D, CDT)
+    else:
+        u = _load_token_rows(U, t, offs_s, offs_d, io_mask, stride_us, stride_ut, stride_ud, CDT)
     du = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
@@ -358,8 +417,12 @@ def ffn_bwd_act_kernel(
         if GATED:
             w3t = tl.load(W3 + t * D * H + offs_h[:, None] + offs_d[None, :] * H, mask=wmask, other=0.0)
             du = tl.dot(dv.to(CDT), w3t.to(CDT), du, input_precision=PREC)
-    tl.store(DU + offs_s[:, None] * stride_dus + t * D + offs_d[None, :],
-             du.to(DU.dtype.element_ty), mask=io_mask)
+    if PRENORM:
+        _prenorm_grads(du, rstd, nw, U, DS, DW_PART, t, offs_s, offs_d, mask_d, io_mask, D, N_GRAN,
+                       stride_us, stride_ut, stride_ud, ACCUMULATE, GRANULE, BLOCK_S)
+    else:
+        tl.store(DU + offs_s[:, None] * stride_dus + t * D + offs_d[None, :],
+                 du.to(DU.dtype.element_ty), mask=io_mask)
 
 
 @triton.autotune(configs=_weight_configs(), key=["D", "H", "BS_KEY", "GATED", "NSPLIT", "RECOMPUTE"],
@@ -1035,22 +1098,28 @@ def ffn_fwd(
     return o, g, v
 
 
-def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store: bool) -> None:
+def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store: bool, norm=None) -> None:
+    """``ffn_bwd_act_kernel`` over the tokens of ``u``. ``norm``: ``(ds, rstd, weight, partial,
+    accumulate)`` when ``u`` is the norm's input ``s`` (``PRENORM``); ``du`` then receives the
+    pass's ``u`` (``[bs, tokens, D]`` contiguous) for the weight kernel."""
     bs, t, d = u.shape
     h = w1.shape[-1]
     gated = w3 is not None
     saved = g is not None
     dummy = w1
+    ds, rstd, nw, partial, accumulate = norm if norm is not None else (dummy, dummy, dummy, dummy, False)
     ffn_bwd_act_kernel[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
         do, u, w1, w3 if gated else dummy, w2,
         b1 if b1 is not None else dummy, b3 if b3 is not None else dummy,
         g if saved else dummy, v if (saved and gated) else dummy,
-        du, a, dg, dv,
-        bs, d, h, bucket(bs),
+        du, a, dg, dv, rstd, nw, ds, partial,
+        bs, d, h, bucket(bs), triton.cdiv(bs, PARTIAL_GRANULE),
         do.stride(0), do.stride(1), do.stride(2),
         u.stride(0), u.stride(1), u.stride(2), du.stride(0),
+        rstd.stride(0) if norm is not None else 0, rstd.stride(1) if norm is not None else 0,
         GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None,
-        SAVED=saved, STORE=store, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
+        SAVED=saved, STORE=store, PRENORM=norm is not None, ACCUMULATE=accumulate, GRANULE=PARTIAL_GRANULE,
+        CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
     )
 
 
@@ -1194,11 +1263,10 @@ def ffn_bwd(
     dummy = w1
     # token passes (_token_chunk): each pass's buffers and partials are freed before the next's
     chunks = _chunks(t, _token_chunk(t, fused=True))
-    if prenorm is not None:
-        prenorm.plan(chunks)
+    if prenorm is not None:  # the act kernel does the norm: its partial rows (_prenorm_grads)
+        prenorm.plan(chunks, rows_per_token=triton.cdiv(bs, PARTIAL_GRANULE))
     for sl in chunks:
         n = sl.stop - sl.start
-        u_c, do_c, du_c = _pass_rows(u, do, du, sl, prenorm)
         w1_c, w3_c, w2_c, b1_c, b3_c, g_c, v_c = (_part(x, sl) for x in (w1, w3, w2, b1, b3, g, v))
         if lean:
             a = dg = dv = du  # unused
@@ -1206,11 +1274,17 @@ def ffn_bwd(
             a = torch.empty((n, bs, h), device=u.device, dtype=cdt)
             dg = torch.empty((n, bs, h), device=u.device, dtype=cdt)
             dv = torch.empty((n, bs, h), device=u.device, dtype=cdt) if gated else dg
-        _ffn_bwd_act_fused(do_c, u_c, w1_c, w3_c, w2_c, b1_c, b3_c, g_c, v_c, du_c, a, dg, dv, cdt,
-                           store=not lean)
-        if prenorm is not None:  # this pass's du becomes its ds, and its buffer is freed
-            prenorm.grads(sl, du_c)
-            du_c = None
+        do_c = _part(do, sl, 1)
+        if prenorm is None:
+            u_c = _part(u, sl, 1)
+            _ffn_bwd_act_fused(do_c, u_c, w1_c, w3_c, w2_c, b1_c, b3_c, g_c, v_c, _part(du, sl, 1), a, dg, dv,
+                               cdt, store=not lean)
+        else:  # the kernel forms the pass's u from s into u_c, and writes ds over the pass's s
+            s_c, ds_c, rstd_c, accumulate = prenorm.fused_pass(sl)
+            u_c = new_output(s_c.shape, like=s_c)
+            _ffn_bwd_act_fused(do_c, s_c, w1_c, w3_c, w2_c, b1_c, b3_c, g_c, v_c, u_c, a, dg, dv, cdt,
+                               store=not lean,
+                               norm=(ds_c, rstd_c, prenorm.weight, prenorm.partial, accumulate))
         splits = n_split if n_split is not None else _num_splits(bs, n * d_tiles * h_tiles, u.device)
         dw1_p = new_output((splits, n, d, h), **f32)
         dw3_p = new_output((splits, n, d, h), **f32) if gated else dw1_p
@@ -1273,17 +1347,19 @@ def rms_norm_ffn_fwd(
     b1: torch.Tensor | None,
     b3: torch.Tensor | None,
     b2: torch.Tensor | None,
-) -> torch.Tensor:
-    """``FFN(RMSNorm(s))``: the norm kernel into a temporary ``u``, freed on return, then
-    :func:`ffn_fwd` in the backward's token passes (its backward recomputes the hidden
-    pre-activations, and ``u`` itself)."""
-    u = rms_norm_fwd(s, None, norm_weight, eps)[0]
-    return ffn_fwd(u, w1, w3, w2, b1, b3, b2, save=False, folded=True)[0]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(FFN(RMSNorm(s)), rstd [bs, T] fp32)``: the norm kernel into a temporary ``u``, freed on
+    return, then :func:`ffn_fwd` in the backward's token passes (its backward recomputes the hidden
+    pre-activations, and ``u`` itself: from ``rstd`` on the fused path, from ``s`` alone on the
+    wide-token path)."""
+    u, _, rstd = rms_norm_fwd(s, None, norm_weight, eps)
+    return ffn_fwd(u, w1, w3, w2, b1, b3, b2, save=False, folded=True)[0], rstd.view(s.shape[:2])
 
 
 def rms_norm_ffn_bwd_(
     do: torch.Tensor,
     s: torch.Tensor,
+    rstd: torch.Tensor,
     norm_weight: torch.Tensor,
     eps: float,
     w1: torch.Tensor,
@@ -1294,8 +1370,9 @@ def rms_norm_ffn_bwd_(
     bias_dtypes: tuple[torch.dtype, torch.dtype, torch.dtype] | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
     """Backward of :func:`rms_norm_ffn_fwd` with ``ds`` written over ``s`` ([bs, T, D], unit stride
-    along ``D``), pass by pass (:class:`.rms_norm.TokenPassNorm`): neither ``u`` nor ``du`` is held
-    whole. Returns ``(dnorm_weight, dw1, dw3 or None, dw2, db1, db3 or None, db2)``."""
-    prenorm = TokenPassNorm(s, norm_weight, eps, ds=s)
+    along ``D``), pass by pass (:class:`.rms_norm.TokenPassNorm`; ``rstd`` the forward's): neither
+    ``u`` nor ``du`` is held whole. Returns ``(dnorm_weight, dw1, dw3 or None, dw2, db1, db3 or
+    None, db2)``."""
+    prenorm = TokenPassNorm(s, norm_weight, eps, ds=s, rstd=rstd)
     _, *grads = ffn_bwd(do, s, w1, w3, w2, b1, b3, None, None, bias_dtypes=bias_dtypes, prenorm=prenorm)
     return (prenorm.dw, *grads)

@@ -268,40 +268,68 @@ class TokenPassNorm:
     FFN's, :func:`.pswiglu.ffn_bwd`), so that neither ``u`` nor ``du`` is ever held whole.
 
     ``s [bs, T, D]`` (unit stride along ``D``) is the norm's input and ``ds`` (strides of ``s``) its
-    gradient's buffer, which may be ``s`` itself when the caller owns ``s``. For the tokens ``sl``
-    of a pass, :meth:`rows` recomputes ``u`` from ``s`` with the forward kernel (the same bits as
-    the forward's ``u``) and keeps the pass's ``rstd``; :meth:`grads` then turns the pass's ``du``
-    into the rows ``sl`` of ``ds`` and the norm weight's partials. With ``ds`` over ``s`` a pass
-    overwrites only the rows it has read, after its last read of them. :meth:`plan` sizes one
-    partial buffer that every pass adds to, which the caller sums into ``dw`` (the norm weight's
-    gradient, its dtype) with its own partials once every pass has run (:meth:`weight_grad_pair`)."""
+    gradient's buffer, which may be ``s`` itself when the caller owns ``s``; ``rstd`` is the
+    forward's ``[bs, T]`` fp32 statistics, or ``None``. A pass over the tokens ``sl`` takes one of
+    two routes:
 
-    def __init__(self, s: torch.Tensor, weight: torch.Tensor, eps: float, ds: torch.Tensor) -> None:
+    - its consumer's kernel does the norm itself (the fused FFN, ``rstd`` required):
+      :meth:`fused_pass` gives it the pass's ``s``, ``ds`` and ``rstd`` and whether it adds to the
+      partial rows an earlier pass wrote; it forms ``u`` from ``rstd``, the forward's bits, and
+      writes ``ds`` and its partials from its own fp32 ``du``;
+    - else :meth:`rows` recomputes ``u`` from ``s`` with the forward kernel (the same bits as the
+      forward's ``u``) and keeps the pass's ``rstd``; :meth:`grads` then turns the pass's ``du``
+      into the rows ``sl`` of ``ds`` and the norm weight's partials.
+
+    With ``ds`` over ``s`` a pass overwrites only the rows it has read, after its last read of them.
+    :meth:`plan` sizes one partial buffer that every pass adds to, which the caller sums into ``dw``
+    (the norm weight's gradient, its dtype) with its own partials once every pass has run
+    (:meth:`weight_grad_pair`)."""
+
+    def __init__(self, s: torch.Tensor, weight: torch.Tensor, eps: float, ds: torch.Tensor,
+                 rstd: torch.Tensor | None = None) -> None:
         if s.dim() != 3 or s.stride(-1) != 1 or ds.shape != s.shape or ds.stride() != s.stride():
             raise ValueError("TokenPassNorm: s must be [bs, T, D] with unit stride along D, and ds like s")
         if s.shape[0] * s.shape[1] >= 2 ** 31:
             raise ValueError(f"TokenPassNorm: {s.shape[0] * s.shape[1]} rows; at most 2^31 - 1")
-        self.s, self.weight, self.eps, self.ds = s, weight, eps, ds
+        if rstd is not None and (rstd.shape != s.shape[:2] or rstd.dtype != torch.float32):
+            raise ValueError(f"TokenPassNorm: rstd must be [bs, T] fp32, got {tuple(rstd.shape)} "
+                             f"{rstd.dtype}")
+        self.s, self.weight, self.eps, self.ds, self.saved_rstd = s, weight, eps, ds, rstd
         self._rstd: dict[int, torch.Tensor] = {}
         self._accumulate = False  # whether a pass has written the partial rows (plan resets it)
         self.partial: torch.Tensor | None = None
         self.dw: torch.Tensor | None = None
 
-    def plan(self, chunks: list[slice]) -> None:
+    def plan(self, chunks: list[slice], rows_per_token: int | None = None) -> None:
         """Size the norm weight's partial buffer for the passes ``chunks`` (the first the longest, as
-        :func:`.pswiglu._chunks` makes them): one row per program of the first pass's backward grid,
-        which every pass takes (each pass fills the GPU), the later passes adding their partials to
-        the rows the first wrote. (Partials of the whole tensor's grid split among the passes left
-        each of eight passes an eighth of the GPU, 21 µs a pass at paper-100m, run85; a grid per pass
-        with rows of its own made the sum of 2048 partial rows a 32 µs launch at paper-small, run81.)"""
+        :func:`.pswiglu._chunks` makes them). ``rows_per_token``: the fused route's, ``rows_per_token``
+        rows for each token of the first pass. Else one row per program of the first pass's
+        backward grid, which every pass takes (each pass fills the GPU), the later passes adding
+        their partials to the rows the first wrote. (Partials of the whole tensor's grid split among
+        the passes left each of eight passes an eighth of the GPU, 21 µs a pass at paper-100m,
+        run85; a grid per pass with rows of its own made the sum of 2048 partial rows a 32 µs launch
+        at paper-small, run81.)"""
         bs, t, d = self.s.shape
         first = chunks[0].stop - chunks[0].start if chunks else 0
         if any(c.stop - c.start > first for c in chunks):
             raise ValueError("TokenPassNorm.plan: the first pass must be the longest")
-        self._rows_per_program, programs = _bwd_grid(bs * first, d, self.s.device)
+        if rows_per_token is not None:
+            programs = first * rows_per_token
+        else:
+            self._rows_per_program, programs = _bwd_grid(bs * first, d, self.s.device)
         self._accumulate = False
         self.partial = new_output((programs if chunks else 0, d), like=self.s, dtype=torch.float32)
         self.dw = new_output(self.weight.shape, like=self.weight)
+
+    def fused_pass(self, sl: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """``(s, ds, rstd, accumulate)`` of the tokens ``sl`` for a kernel that does the pass's norm
+        itself (views; ``accumulate``: add to the partial rows, which an earlier pass wrote)."""
+        if self.saved_rstd is None:
+            raise ValueError("TokenPassNorm.fused_pass: needs the forward's rstd")
+        n = sl.stop - sl.start
+        accumulate, self._accumulate = self._accumulate, True
+        return (self.s.narrow(1, sl.start, n), self.ds.narrow(1, sl.start, n),
+                self.saved_rstd.narrow(1, sl.start, n), accumulate)
 
     def rows(self, sl: slice) -> torch.Tensor:
         """``u`` of the tokens ``sl``, ``[bs, n, D]`` contiguous, as the forward computed it."""

@@ -55,8 +55,10 @@ def test_unimixing_rmsnorm_pswiglu_triton(device, shape, bias):
 
 def _check_equals_the_two_ops(shape, dtype, device, noncontiguous=False):
     """The same numbers as ``unimixing_rmsnorm`` then ``pswiglu``: the recomputed ``u`` is the
-    forward's, so the output, ``dz`` and every FFN gradient match bit for bit; the norm weight's
-    partials are summed per token pass (a different order)."""
+    forward's, so the output and every FFN gradient match bit for bit. ``ds``, and so ``dz``, the
+    mixing weights' and the norm weight's gradients, differ by roundings: ``du`` is fp32 on the
+    fused path (rounded to the activation dtype before the norm's backward in the two ops), and
+    the sums run in other orders."""
     inputs = _inputs(shape, dtype, device, noncontiguous=noncontiguous)
     z, wl, wg, nw, *ffn = inputs
     out = uk.unimixing_rmsnorm_pswiglu(*inputs, backend="triton")
@@ -66,7 +68,7 @@ def _check_equals_the_two_ops(shape, dtype, device, noncontiguous=False):
     got = torch.autograd.grad(out, inputs, do)
     want = torch.autograd.grad(two, inputs, do)
     for k, (a, e) in enumerate(zip(got, want)):
-        if k == 3:  # norm_weight: one rounding to its dtype after fp32 sums in another order
+        if k <= 3:  # dz, the mixing and norm weights (from ds): du's rounding, sums in other orders
             tol = 1e-5 if dtype == torch.float32 else 4 * torch.finfo(dtype).eps
             torch.testing.assert_close(a, e, rtol=tol, atol=tol * e.abs().max().item())
         else:
@@ -184,9 +186,10 @@ def test_rms_norm_pswiglu_opcheck(device, private):
     _, _, _, nw, *ffn = _inputs((3, 2, 12, 4, 10), torch.float32, device)
     s = torch.randn(3, 2, 12, device=device, requires_grad=True)
     torch.library.opcheck(rms_norm_pswiglu_fwd, (s, nw, 1e-6, *ffn, private))
+    rstd = rms_norm_pswiglu_fwd(s, nw, 1e-6, *ffn, private)[1].detach()
     do = torch.randn(3, 2, 12, device=device)
     detached = [t.detach() if t is not None else None for t in ffn]
-    torch.library.opcheck(rms_norm_pswiglu_bwd, (do, s.detach().clone(), nw.detach(), 1e-6, *detached))
+    torch.library.opcheck(rms_norm_pswiglu_bwd, (do, s.detach().clone(), rstd, nw.detach(), 1e-6, *detached))
 
 
 @pytest.mark.triton
@@ -195,7 +198,7 @@ def test_rms_norm_pswiglu_leaves_an_input_it_does_not_own(device):
     _, _, _, nw, *ffn = _inputs((3, 4, 12, 4, 10), torch.float32, device)
     s = torch.randn(3, 4, 12, device=device, requires_grad=True)
     keep = s.detach().clone()
-    o = rms_norm_pswiglu_fwd(s, nw, 1e-6, *ffn, False)
+    o = rms_norm_pswiglu_fwd(s, nw, 1e-6, *ffn, False)[0]
     (ds,) = torch.autograd.grad(o, (s,), torch.randn_like(o))
     assert torch.equal(s.detach(), keep)
     u = uk.rms_norm(s, nw, backend="triton")
@@ -209,7 +212,8 @@ def test_rms_norm_pswiglu_bwd_rejects_an_s_it_cannot_overwrite(device):
     s = torch.randn(3, 12, 2, device=device).transpose(1, 2)
     detached = [t.detach() for t in ffn]
     with pytest.raises(ValueError, match="s: expected a contiguous"):
-        rms_norm_pswiglu_bwd(torch.randn(3, 2, 12, device=device), s, nw.detach(), 1e-6, *detached)
+        rms_norm_pswiglu_bwd(torch.randn(3, 2, 12, device=device), s, torch.ones(3, 2, device=device),
+                             nw.detach(), 1e-6, *detached)
 
 
 @pytest.mark.triton
@@ -297,3 +301,33 @@ def norm_kernels_compile_for_sm90() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
 def test_norm_kernels_compile_for_sm90(sm90_compile):
     sm90_compile("import test_unimixing_rmsnorm_pswiglu as t; t.norm_kernels_compile_for_sm90()")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("chunk", ["all", "2"])
+def test_fused_ffn_pass_does_the_norm_as_the_norm_kernels(device, monkeypatch, chunk):
+    # the fused FFN's act kernel with the norm in front (PRENORM): u from the forward's rstd (the
+    # weight gradients then equal those from the norm kernel's u bit for bit), ds written over s and
+    # the norm weight's partials (one row per 16 samples of a token, zeros where a sample tile owns
+    # more), as the FFN backward on u followed by the norm's backward. bs = 40: sample tiles that
+    # end inside a 16-sample row, and a last row past the batch
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+    from unimixer_kernels.triton_kernels import rms_norm as norms
+
+    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", chunk)
+    bs, t, d, h = 40, 5, 12, 10
+    s = torch.randn(bs, t, d, device=device)
+    nw = torch.randn(d, device=device)
+    w1, w3 = (torch.randn(t, d, h, device=device) / d ** 0.5 for _ in range(2))
+    w2 = torch.randn(t, h, d, device=device) / h ** 0.5
+    b1, b3 = torch.randn(t, h, device=device), torch.randn(t, h, device=device)
+    do = torch.randn(bs, t, d, device=device)
+    u, _, rstd = norms.rms_norm_fwd(s, None, nw, 1e-6)
+    du, *want = kernels.ffn_bwd(do, u, w1, w3, w2, b1, b3, None, None)
+    ds_want, dnw_want = norms.rms_norm_bwd(du, None, s, nw, rstd)
+    ds = s.clone()
+    dnw, *got = kernels.rms_norm_ffn_bwd_(do, ds, rstd.view(bs, t), nw, 1e-6, w1, w3, w2, b1, b3)
+    for k, (a, e) in enumerate(zip(got, want)):
+        assert torch.equal(a, e), f"FFN gradient {k}"
+    torch.testing.assert_close(ds, ds_want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dnw, dnw_want, rtol=1e-5, atol=1e-5)

@@ -7,21 +7,24 @@ boundary moved for the training step's memory. The Triton backend is two autogra
 1. ``s = z + UniMixing(z)``, the mixing with its residual (``unimixer::unimixing_residual_fwd``,
    as in ``unimixing_rmsnorm``);
 2. ``o = pSwiGLU(RMSNorm(s))`` (``unimixer::rms_norm_pswiglu_fwd``). Its forward runs the norm
-   into a temporary ``u`` and the FFN on it, and saves ``s``, not ``u``. Its backward runs the
-   FFN backward in token passes (``triton_kernels/pswiglu.py``); each pass recomputes its tokens'
-   ``u`` from ``s`` (the norm's forward kernel again, the same bits), and the norm's backward turns
-   the pass's ``du`` into ``ds`` (``triton_kernels/rms_norm.py``, ``TokenPassNorm``). ``ds`` is
-   written over ``s``: this op made ``s`` and nothing else reads it. So ``u`` is never saved and
-   ``du`` never held whole: two ``[bs, T, D]`` buffers fewer at the FFN backward, the UniMixer
-   block's peak, for one more norm pass in the backward. The mixing's backward then writes ``dz``
-   over ``ds`` in turn.
+   into a temporary ``u`` and the FFN on it, and saves ``s`` and the norm's ``[bs, T]`` fp32
+   ``rstd``, not ``u``. Its backward runs the FFN backward in token passes
+   (``triton_kernels/pswiglu.py``, ``triton_kernels/rms_norm.py``'s ``TokenPassNorm``), each
+   forming its tokens' ``u`` again (the forward's bits) and turning its ``du`` into ``ds``: on
+   the fused path (``D`` up to 256) inside the FFN's activation-gradient kernel, from ``rstd``,
+   with ``du`` in fp32 registers; on the wide-token path by the norm's own kernels around the
+   pass's GEMMs. ``ds`` is written over ``s``: this op made ``s`` and nothing else reads it. So
+   ``u`` is never saved and ``du`` never held whole: two ``[bs, T, D]`` buffers fewer at the FFN
+   backward, the UniMixer block's peak. The mixing's backward then writes ``dz`` over ``ds`` in
+   turn.
 
 Because the backward overwrites the saved ``s``, a second backward through the same graph
 (``retain_graph=True``) raises autograd's in-place modification error instead of giving wrong
 gradients. With ``UNIMIXER_UNIMIXING_NORM=fused`` the composite runs ``unimixing_rmsnorm``'s fused
-node and then ``pswiglu``. Gradients and values are those of the two ops run one after the other
-(``ds`` and every FFN gradient bit for bit; the norm weight's gradient sums its partials in a
-different order).
+node and then ``pswiglu``. Values and the FFN's gradients are those of the two ops run one after
+the other, bit for bit; ``ds`` and the norm weight's gradient differ by roundings (on the wide path
+``du`` is rounded before the norm's backward and the partials are summed in another order; on the
+fused path ``du`` stays fp32 and each row's sum runs in the FFN kernel's order).
 """
 
 from __future__ import annotations
@@ -67,22 +70,24 @@ def rms_norm_pswiglu_fwd(
     b_up: Tensor | None,
     b_down: Tensor | None,
     input_is_private: bool,
-) -> Tensor:
-    """``pSwiGLU(RMSNorm(s))``. With ``input_is_private`` the caller promises that nothing reads
-    ``s`` after this op (true in the composite: ``s`` is its own intermediate), and the backward
-    writes ``ds`` over it; otherwise over a copy."""
+) -> tuple[Tensor, Tensor]:
+    """``(pSwiGLU(RMSNorm(s)), rstd)``, ``rstd`` the norm's ``[bs, T]`` fp32 statistics for the
+    backward. With ``input_is_private`` the caller promises that nothing reads ``s`` after this op
+    (true in the composite: ``s`` is its own intermediate), and the backward writes ``ds`` over it;
+    otherwise over a copy."""
     return _kernels().rms_norm_ffn_fwd(s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down)
 
 
 @rms_norm_pswiglu_fwd.register_fake
 def _(s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down, input_is_private):
-    return s.new_empty(s.shape)
+    return s.new_empty(s.shape), s.new_empty(s.shape[:2], dtype=torch.float32)
 
 
 @torch.library.custom_op("unimixer::rms_norm_pswiglu_bwd", mutates_args=("s",))
 def rms_norm_pswiglu_bwd(
     do: Tensor,
     s: Tensor,
+    rstd: Tensor,
     norm_weight: Tensor,
     eps: float,
     w_gate: Tensor,
@@ -97,12 +102,12 @@ def rms_norm_pswiglu_bwd(
     if not s.is_contiguous():
         raise ValueError("s: expected a contiguous tensor (ds is written over it); pass s.contiguous()")
     dtypes = bias_grad_dtypes(w_gate, w_up, w_down, b_gate, b_up, b_down)
-    return _kernels().rms_norm_ffn_bwd_(do, s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up,
+    return _kernels().rms_norm_ffn_bwd_(do, s, rstd, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up,
                                         bias_dtypes=dtypes)
 
 
 @rms_norm_pswiglu_bwd.register_fake
-def _(do, s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down):
+def _(do, s, rstd, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down):
     return (norm_weight.new_empty(norm_weight.shape),
             *weight_grad_fakes(s, w_gate, w_up, w_down, b_gate, b_up, b_down))
 
@@ -111,14 +116,16 @@ def _rms_norm_pswiglu_setup(ctx, inputs, output) -> None:
     s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down, input_is_private = inputs
     ctx.eps, ctx.input_is_private = eps, input_is_private
     ctx.has_bias = (b_gate is not None, b_up is not None, b_down is not None)
-    ctx.save_for_backward(s, norm_weight, w_gate, w_up, w_down, b_gate, b_up, b_down)
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # rstd's gradient stays None, no zeros filled for it
+    ctx.save_for_backward(s, output[1], norm_weight, w_gate, w_up, w_down, b_gate, b_up, b_down)
 
 
-def _rms_norm_pswiglu_backward(ctx, do: Tensor):
-    s, norm_weight, w_gate, w_up, w_down, b_gate, b_up, b_down = ctx.saved_tensors
+def _rms_norm_pswiglu_backward(ctx, do: Tensor, _drstd: Tensor | None):
+    s, rstd, norm_weight, w_gate, w_up, w_down, b_gate, b_up, b_down = ctx.saved_tensors
     ds = s if ctx.input_is_private and s.is_contiguous() else s.clone(memory_format=torch.contiguous_format)
     dnw, dwg, dwu, dwd, dbg, dbu, dbd = rms_norm_pswiglu_bwd(
-        do, ds, norm_weight, ctx.eps, w_gate, w_up, w_down, b_gate, b_up, b_down)
+        do, ds, rstd, norm_weight, ctx.eps, w_gate, w_up, w_down, b_gate, b_up, b_down)
     has_bg, has_bu, has_bd = ctx.has_bias
     return (ds, dnw, None, dwg, dwu, dwd, dbg if has_bg else None, dbu if has_bu else None,
             dbd if has_bd else None, None)
@@ -138,7 +145,7 @@ def _unimixing_rmsnorm_pswiglu_triton(z, w_local, w_global, norm_weight, w_gate,
         return pswiglu_fwd(u, w_gate, w_up, w_down, b_gate, b_up, b_down, False)[0]
     s = unimixing_residual_fwd(z, w_local, w_global, grad_is_private=True)[0]
     return rms_norm_pswiglu_fwd(s, norm_weight, eps, w_gate, w_up, w_down, b_gate, b_up, b_down,
-                                input_is_private=True)
+                                input_is_private=True)[0]
 
 
 # --- public function ---------------------------------------------------------------------------
