@@ -223,6 +223,28 @@ def ffn_weight_rows(usage: bool = True, ptx: bool = False):
                 yield label, (dict(cfg.kwargs, BLOCK_D=bd, BLOCK_H=bh), cfg.num_warps, cfg.num_stages), res
 
 
+def ffn_act_rows(usage: bool = True):
+    """``(label, config, result)`` for the fused path's activation-gradient kernel at ``paper-small``
+    (``D = 128``, ``h = 176``, bf16, gated, storing ``A, dG, dV``), plain and with the norm in front
+    (``PRENORM``): the tiles its autotuner keeps for a large batch."""
+    import triton.language as tl
+    from unimixer_kernels.triton_kernels import pswiglu as k
+
+    ptrs = {a: "*bf16" for a in "DO U W1 W3 W2 B1 B3 G V DU A DG DV NW DS".split()}
+    ptrs.update(RSTD="*fp32", DW_PART="*fp32")
+    for prenorm in (False, True):
+        consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, SAVED=False, STORE=True, PRENORM=prenorm,
+                      ACCUMULATE=False, GRANULE=k.PARTIAL_GRANULE, CDT=tl.bfloat16, PREC="tf32",
+                      BLOCK_D=128, stride_dod=1, stride_ud=1)
+        for cfg in k._prune_tiles(k._tile_configs(), dict(BS_KEY=2048), **consts):
+            res = compile_sm90(k.ffn_bwd_act_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps,
+                               cfg.num_stages, usage=usage, floats=(),
+                               divisible=("BS", "D", "H", "BS_KEY", "stride_dos", "stride_dot", "stride_us",
+                                          "stride_ut", "stride_dus"))
+            label = f"ffn_bwd_act D=128{' prenorm' if prenorm else ''}"
+            yield label, (dict(cfg.kwargs), cfg.num_warps, cfg.num_stages), res
+
+
 def sinkhorn_resident_rows():
     """``(label, result)`` for both resident Sinkhorn kernels at ``N = 1024`` (64 x 128 tiles, the
     launcher's warps and partial blocks), dense symmetric and low-rank, with either wait for the
@@ -254,7 +276,7 @@ def sinkhorn_resident_rows():
 def report() -> str:
     lines = ["| kernel | tile | warps | stages | shared KiB | registers | spill bytes |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    for rows in (unimixing_fwd_rows(), ffn_gemm_rows(), ffn_weight_rows()):
+    for rows in (unimixing_fwd_rows(), ffn_gemm_rows(), ffn_act_rows(), ffn_weight_rows()):
         for label, (kw, warps, stages), res in rows:
             tile = " ".join(f"{k}={v}" for k, v in kw.items())
             lines.append(f"| {label} | {tile} | {warps} | {stages} | {res['shared'] / 1024:.0f} | "

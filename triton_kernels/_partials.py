@@ -77,10 +77,22 @@ def sum_partials_kernel(
             _sum_segment(pid - E5, S6, D6, P6, M6, BP6, BM6)
 
 
-def _rows_cols(p: int) -> tuple[int, int]:
-    """``(BP, BM)``: the partial rows and output elements of one program's tile."""
-    bp = min(triton.next_power_of_2(max(p, 1)), MAX_ROWS)
-    return bp, TILE // bp
+# a segment's programs: at least this many where its outputs allow BM >= MIN_COLS (a few long
+# columns, e.g. a norm weight's 128 over 1024 partial rows, then take 16 programs walking 512 rows
+# a step, not 4 walking 128: each step waits on its loads, so the steps set the time)
+MIN_PROGRAMS = 16
+MIN_COLS = 8
+
+
+def _rows_cols(p: int, m: int) -> tuple[int, int]:
+    """``(BP, BM)``: the partial rows and output elements of one program's tile (``BP * BM`` is
+    :data:`TILE`): up to :data:`MAX_ROWS` rows, or more when the ``m`` outputs would otherwise give
+    fewer than :data:`MIN_PROGRAMS` programs."""
+    rows = triton.next_power_of_2(max(p, 1))
+    bm = max(TILE // min(rows, MAX_ROWS), 1)
+    if triton.cdiv(m, bm) < MIN_PROGRAMS and rows > MAX_ROWS:
+        bm = max(min(bm, triton.next_power_of_2(triton.cdiv(m, MIN_PROGRAMS))), MIN_COLS)
+    return min(rows, TILE // bm), bm
 
 
 def sum_partials(*pairs: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -106,7 +118,7 @@ def _sum_partials_launch(pairs: tuple[tuple[torch.Tensor, torch.Tensor], ...], f
             raise ValueError(f"pairs[{first + k}]: the output shape {tuple(out.shape)} must be the partial's "
                              f"{tuple(part.shape)} without its first dim")
         p, m = part.shape[0], out.numel()
-        bp, bm = _rows_cols(p)
+        bp, bm = _rows_cols(p, m)
         total += triton.cdiv(m, bm)
         ends.append(total)
         args += [part, out, p, m]

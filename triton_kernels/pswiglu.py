@@ -183,19 +183,21 @@ def _weight_configs() -> list:
 def _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
             GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr,
             CDT: tl.constexpr, PREC: tl.constexpr):
-    """``G`` and ``V`` of one hidden chunk, fp32 (``V`` is ``G`` when not gated)."""
+    """``(G, V, w1, w3)`` of one hidden chunk: ``G`` and ``V`` fp32 (``V`` is ``G`` when not gated),
+    and the chunk's ``[D, h-chunk]`` weight tiles, which a backward reuses transposed."""
     wmask = mask_d[:, None] & mask_h[None, :]
     w1 = tl.load(W1 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
     g = tl.dot(u, w1.to(CDT), input_precision=PREC)
     if HAS_B1:
         g += tl.load(B1 + t * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
     v = g
+    w3 = w1
     if GATED:
         w3 = tl.load(W3 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
         v = tl.dot(u, w3.to(CDT), input_precision=PREC)
         if HAS_B3:
             v += tl.load(B3 + t * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
-    return g, v
+    return g, v, w1, w3
 
 
 @triton.jit
@@ -203,20 +205,31 @@ def _hidden_grads(u, do, G, V, hid, hmask, t, offs_d, offs_h, mask_d, mask_h, W1
                   SAVED: tl.constexpr, GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr,
                   CDT: tl.constexpr, PREC: tl.constexpr):
     """``(A, dG, dV)`` fp32 of one hidden chunk: ``G, V`` loaded (``SAVED``) or recomputed from the
-    ``u`` rows, and ``dA = dO W2^T`` from the ``dO`` rows (both ``[samples, whole D]``)."""
+    ``u`` rows, and ``dA = dO W2^T`` from the ``dO`` rows (both ``[samples, whole D]``); then the
+    chunk's ``[D, h-chunk]`` tiles of ``W1`` and ``W3`` (loaded here either way).
+
+    Every weight tile is loaded along its rows (``h`` for ``W1``, ``W3``; ``D`` for ``W2``) and
+    transposed in the dot: the transposed loads these replaced (element strides of ``h`` and ``D``)
+    made ptxas spill at every tile at ``D = 128`` (284-2144 bytes, ``python -m bench sm90``)."""
     if SAVED:
         g = tl.load(G + hid, mask=hmask, other=0.0).to(tl.float32)
         v = g
         if GATED:
             v = tl.load(V + hid, mask=hmask, other=0.0).to(tl.float32)
+        wmask = mask_d[:, None] & mask_h[None, :]
+        w1 = tl.load(W1 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
+        w3 = w1
+        if GATED:
+            w3 = tl.load(W3 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
     else:
-        g, v = _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
-                       GATED, HAS_B1, HAS_B3, CDT, PREC)
-    # W2[t]^T as a [D, h-chunk] tile: dA = dO W2^T
-    w2t = tl.load(W2 + t * H * D + offs_h[None, :] * D + offs_d[:, None],
-                  mask=mask_d[:, None] & mask_h[None, :], other=0.0)
-    return _activation_bwd(g, v, tl.dot(do, w2t.to(CDT), input_precision=PREC), GATED,
-                           (CDT == tl.float16) or (CDT == tl.bfloat16))
+        g, v, w1, w3 = _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
+                               GATED, HAS_B1, HAS_B3, CDT, PREC)
+    # W2[t] as an [h-chunk, D] tile, transposed: dA = dO W2^T
+    w2 = tl.load(W2 + t * H * D + offs_h[:, None] * D + offs_d[None, :],
+                 mask=mask_h[:, None] & mask_d[None, :], other=0.0)
+    a, dg, dv = _activation_bwd(g, v, tl.dot(do, tl.trans(w2.to(CDT)), input_precision=PREC), GATED,
+                                (CDT == tl.float16) or (CDT == tl.bfloat16))
+    return a, dg, dv, w1, w3
 
 
 @triton.jit
@@ -302,8 +315,8 @@ def ffn_fwd_kernel(
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
         mask_h = offs_h < H
-        g, v = _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
-                       GATED, HAS_B1, HAS_B3, CDT, PREC)
+        g, v, _, _ = _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
+                             GATED, HAS_B1, HAS_B3, CDT, PREC)
         if SAVE:
             hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
             hmask = mask_s[:, None] & mask_h[None, :]
@@ -403,20 +416,17 @@ def ffn_bwd_act_kernel(
         mask_h = offs_h < H
         hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
         hmask = mask_s[:, None] & mask_h[None, :]
-        a, dg, dv = _hidden_grads(u, do, G, V, hid, hmask, t, offs_d, offs_h, mask_d, mask_h, W1, W3, W2,
-                                  B1, B3, D, H, SAVED, GATED, HAS_B1, HAS_B3, CDT, PREC)
+        a, dg, dv, w1, w3 = _hidden_grads(u, do, G, V, hid, hmask, t, offs_d, offs_h, mask_d, mask_h, W1, W3,
+                                          W2, B1, B3, D, H, SAVED, GATED, HAS_B1, HAS_B3, CDT, PREC)
         if STORE:
             if GATED:
                 tl.store(DV + hid, dv.to(DV.dtype.element_ty), mask=hmask)
             tl.store(A + hid, a.to(A.dtype.element_ty), mask=hmask)
             tl.store(DG + hid, dg.to(DG.dtype.element_ty), mask=hmask)
-        wmask = mask_h[:, None] & mask_d[None, :]
-        # W1[t]^T as an [h-chunk, D] tile: du = dG W1^T (+ dV W3^T)
-        w1t = tl.load(W1 + t * D * H + offs_h[:, None] + offs_d[None, :] * H, mask=wmask, other=0.0)
-        du = tl.dot(dg.to(CDT), w1t.to(CDT), du, input_precision=PREC)
+        # du = dG W1^T (+ dV W3^T), the chunk's weight tiles transposed
+        du = tl.dot(dg.to(CDT), tl.trans(w1.to(CDT)), du, input_precision=PREC)
         if GATED:
-            w3t = tl.load(W3 + t * D * H + offs_h[:, None] + offs_d[None, :] * H, mask=wmask, other=0.0)
-            du = tl.dot(dv.to(CDT), w3t.to(CDT), du, input_precision=PREC)
+            du = tl.dot(dv.to(CDT), tl.trans(w3.to(CDT)), du, input_precision=PREC)
     if PRENORM:
         _prenorm_grads(du, rstd, nw, U, DS, DW_PART, t, offs_s, offs_d, mask_d, io_mask, D, N_GRAN,
                        stride_us, stride_ut, stride_ud, ACCUMULATE, GRANULE, BLOCK_S)
@@ -474,7 +484,7 @@ def ffn_bwd_weight_kernel(
         hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
         hmask = mask_s[:, None] & mask_h[None, :]
         if RECOMPUTE:
-            a, dg32, dv32 = _hidden_grads(tl.trans(ut), do, G, V, hid, hmask, t, offs_d, offs_h, mask_d,
+            a, dg32, dv32, _, _ = _hidden_grads(tl.trans(ut), do, G, V, hid, hmask, t, offs_d, offs_h, mask_d,
                                           mask_h, W1, W3, W2, B1, B3, D, H, SAVED, GATED, HAS_B1, HAS_B3,
                                           CDT, PREC)
             # rounded to the compute dtype as the stored buffers are; rows past the range are 0
@@ -1099,16 +1109,20 @@ def ffn_fwd(
 
 
 def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store: bool, norm=None) -> None:
-    """``ffn_bwd_act_kernel`` over the tokens of ``u``. ``norm``: ``(ds, rstd, weight, partial,
-    accumulate)`` when ``u`` is the norm's input ``s`` (``PRENORM``); ``du`` then receives the
-    pass's ``u`` (``[bs, tokens, D]`` contiguous) for the weight kernel."""
+    """``ffn_bwd_act_kernel`` over the tokens of ``u``; returns the launch's compiled kernel.
+    ``norm``: ``(ds, rstd, weight, partial, accumulate)`` when ``u`` is the norm's input ``s``
+    (``PRENORM``); ``du`` then receives the pass's ``u`` (``[bs, tokens, D]`` contiguous) for the
+    weight kernel. The autotuner restores ``DS`` and ``DW_PART`` after each configuration it times
+    (``ds`` may be ``s``, and later passes add to the partials); without a norm both are ``du``, an
+    output, never a caller's tensor (a restore is a copy into it: into a weight it would bump the
+    version autograd checks)."""
     bs, t, d = u.shape
     h = w1.shape[-1]
     gated = w3 is not None
     saved = g is not None
     dummy = w1
-    ds, rstd, nw, partial, accumulate = norm if norm is not None else (dummy, dummy, dummy, dummy, False)
-    ffn_bwd_act_kernel[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
+    ds, rstd, nw, partial, accumulate = norm if norm is not None else (du, dummy, dummy, du, False)
+    return ffn_bwd_act_kernel[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
         do, u, w1, w3 if gated else dummy, w2,
         b1 if b1 is not None else dummy, b3 if b3 is not None else dummy,
         g if saved else dummy, v if (saved and gated) else dummy,

@@ -6,10 +6,12 @@ import torch
 from unimixer_kernels.triton_kernels._partials import MAX_ROWS, MAX_SEGMENTS, sum_partials
 
 # (P, output shape): one partial row, a single output element, P past one tile of rows (the
-# RMSNorm backward's one row per program) and not a power of two, an output of several tiles, and
-# an empty sum (P = 0: zeros)
+# RMSNorm backward's one row per program) and not a power of two, an output of several tiles, an
+# empty sum (P = 0: zeros), and many rows over few outputs (tiles of more than MAX_ROWS rows,
+# several steps of them: the fused FFN's norm-weight partials)
 CASES = [((1, 37), torch.float32), ((3, 1), torch.float16), ((2 * MAX_ROWS + 5, 24), torch.float32),
-         ((6, 5, 7, 130), torch.float32), ((64, 16, 4, 4), torch.float16), ((0, 9), torch.float32)]
+         ((6, 5, 7, 130), torch.float32), ((64, 16, 4, 4), torch.float16), ((0, 9), torch.float32),
+         ((8 * MAX_ROWS + 3, 130), torch.float32)]
 
 
 def _pairs(cases, device):
