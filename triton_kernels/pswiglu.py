@@ -73,10 +73,16 @@ accumulation, the hidden activation rounded to the input dtype before the second
 weights' dtype differs from ``u``'s, everything is computed in fp32.
 
 With an RMSNorm in front (``rms_norm_ffn_fwd`` / ``rms_norm_ffn_bwd_``, the UniMixer block's
-``pSwiGLU(RMSNorm(s))``) the forward normalises into a temporary ``u`` and only ``s`` is saved; the
-backward's token passes (either path) each recompute their tokens' ``u`` from ``s`` and turn their
-``du`` into ``ds`` at once (``rms_norm.TokenPassNorm``), written over ``s``, so that neither ``u``
-nor ``du`` is ever whole.
+``pSwiGLU(RMSNorm(s))``) the forward normalises into a temporary ``u``, and only ``s`` and the norm's
+``rstd`` (fp32, one per row) are saved; the backward's token passes each form their tokens' ``u``
+again and turn their ``du`` into ``ds`` at once (``rms_norm.TokenPassNorm``), written over ``s``, so
+that neither ``u`` nor ``du`` is ever whole. On the fused path the act kernel does both itself
+(``PRENORM``): ``u = s * rstd * w`` (the forward's bits) is formed from its rows of ``s`` and stored for
+the weight kernel, and its fp32 ``du`` becomes ``ds`` and the norm weight's partials, one fp32 row per
+``PARTIAL_GRANULE`` samples of a token (so that the buffer does not depend on the tuned sample tile;
+a tile of more samples writes zeros into its other rows): two norm launches a pass fewer (run214:
+26.7 against 34.9 µs a pass at ``paper-small``). The wide-token path runs the norm's kernels around
+its GEMMs.
 """
 
 from __future__ import annotations
@@ -1181,9 +1187,10 @@ def ffn_bwd(
     ``bias_dtypes`` of ``(db1, db3, db2)`` (default fp32).
 
     ``prenorm``: the FFN's input is ``RMSNorm(s)`` (``u`` is then ``s``, ``g`` and ``v`` are
-    ``None``). Each token pass recomputes its ``u`` and turns its ``du`` into ``ds``
-    (:class:`.rms_norm.TokenPassNorm`): the returned ``du`` is then ``prenorm.ds``, and the norm
-    weight's partials are summed with the FFN's.
+    ``None``). Each token pass forms its ``u`` again and turns its ``du`` into ``ds``
+    (:class:`.rms_norm.TokenPassNorm`; on the fused path inside the act kernel, from the forward's
+    ``rstd``, which ``prenorm`` must then hold): the returned ``du`` is then ``prenorm.ds``, and the
+    norm weight's partials are summed with the FFN's.
 
     ``lower``: as :func:`ffn_fwd`'s; the weight gradients still come back in the weights' own dtypes,
     straight from the GEMMs (fp32 outputs of 16-bit products). On the wide path each 16-bit weight
