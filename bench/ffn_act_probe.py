@@ -9,16 +9,27 @@ across replays), each timed alone as a captured CUDA graph's replay:
   and spills of each as compiled here;
 - the two routes of a pass with the autotuner's own choice: ``TokenPassNorm.rows``, the plain
   kernel and ``TokenPassNorm.grads`` (three launches) against the ``PRENORM`` kernel alone;
-- ``sum_partials`` of the norm weight's partial rows as each route leaves them.
+- ``sum_partials`` of the norm weight's partial rows as each route leaves them;
+- the whole pass of the plain FFN backward (act kernel, weight kernel, partial sums) for each tile of
+  the weight kernel's list and for each number of sample ranges its partials are split into.
+
+Tiles named in ``EXTRA_ACT_TILES`` and ``EXTRA_WEIGHT_TILES`` are timed beside the autotuners' lists.
 """
 
 from __future__ import annotations
 
 import torch
+import triton
 
 from .timing import graph_replay_us
 
 BS, T, D, H, PASS = 2048, 32, 128, 176, 8
+# (BLOCK_S, BLOCK_H, warps, stages) of the act kernel, and (BLOCK_S, warps, stages) of the weight
+# kernel, outside their autotuners' lists
+EXTRA_ACT_TILES = [(64, 32, 8, 2), (64, 32, 4, 3), (128, 32, 8, 3), (64, 16, 4, 2), (128, 16, 8, 2),
+                   (64, 32, 4, 1)]
+EXTRA_WEIGHT_TILES = [(32, 4, 3), (64, 4, 4), (128, 8, 3), (128, 4, 2), (32, 8, 2)]
+SPLITS = [2, 3, 4, 6, 8, 12, 16]
 
 
 def _inputs():
@@ -73,10 +84,12 @@ def main() -> None:
         print(f"{name}: autotuned to {kernel.best_config}")
     torch.cuda.synchronize()
     configs, cache = kernel.configs, dict(kernel.cache)
+    extra = [triton.Config({"BLOCK_S": bs, "BLOCK_H": bh}, num_warps=w, num_stages=st)
+             for bs, bh, w, st in EXTRA_ACT_TILES]
     print("| BLOCK_S | BLOCK_H | warps | stages | plain us | regs | spill | prenorm us | regs | spill |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     try:
-        for cfg in configs:
+        for cfg in configs + extra:
             kernel.configs = [cfg]
             row = [cfg.kwargs["BLOCK_S"], cfg.kwargs["BLOCK_H"], cfg.num_warps, cfg.num_stages]
             for fn in (plain_kernel, prenorm):
@@ -102,6 +115,48 @@ def main() -> None:
     for name, norm in (("rms_norm_bwd grid", split), ("PRENORM granules", fused)):
         us = graph_replay_us(lambda norm=norm: sum_partials(norm.weight_grad_pair()))
         print(f"| sum_partials of {tuple(norm.partial.shape)} ({name}) into dw | {us:.1f} |")
+    _weight_pass(k, u_c, do_c, w1_c, w3_c, w2_c)
+
+
+def _weight_pass(k, u_c, do_c, w1_c, w3_c, w2_c) -> None:
+    """The plain FFN backward of one pass (``k.ffn_bwd``) per weight-kernel tile and per split."""
+    bd, bh = k._weight_tiles(D, H, False)
+    default = k._num_splits(BS, PASS * -(-D // bd) * -(-H // bh), u_c.device)
+
+    def run(n_split=None):
+        return k.ffn_bwd(do_c, u_c, w1_c, w3_c, w2_c, None, None, None, None, n_split=n_split)
+
+    kernel = k.ffn_bwd_weight_kernel
+    run()
+    torch.cuda.synchronize()
+    print()
+    print(f"weight kernel: autotuned to {kernel.best_config}; sample ranges by default: {default}")
+    print()
+    print("| weight tile BLOCK_S | warps | stages | pass us (act + weight + sums) |")
+    print("|---:|---:|---:|---:|")
+    configs, cache = kernel.configs, dict(kernel.cache)
+    extra = [triton.Config({"BLOCK_S": b}, num_warps=w, num_stages=st) for b, w, st in EXTRA_WEIGHT_TILES]
+    pruned = k._prune_weight(configs, dict(BS_KEY=BS), RECOMPUTE=False, BLOCK_D=bd,
+                             CDT=triton.language.bfloat16)
+    try:
+        for cfg in pruned + extra:
+            kernel.configs = [cfg]
+            kernel.cache.clear()
+            try:
+                us = f"{graph_replay_us(run):.1f}"
+            except Exception as e:  # a tile over the shared memory: say so and go on
+                us = f"({type(e).__name__})"
+            print(f"| {cfg.kwargs['BLOCK_S']} | {cfg.num_warps} | {cfg.num_stages} | {us} |", flush=True)
+    finally:
+        kernel.configs = configs
+        kernel.cache.clear()
+        kernel.cache.update(cache)
+    print()
+    print("| sample ranges (n_split) | pass us |")
+    print("|---:|---:|")
+    for n in SPLITS:
+        mark = " (default)" if n == default else ""
+        print(f"| {n}{mark} | {graph_replay_us(lambda n=n: run(n)):.1f} |", flush=True)
 
 
 if __name__ == "__main__":
