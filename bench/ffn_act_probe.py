@@ -26,8 +26,7 @@ from .timing import graph_replay_us
 BS, T, D, H, PASS = 2048, 32, 128, 176, 8
 # (BLOCK_S, BLOCK_H, warps, stages) of the act kernel, and (BLOCK_S, warps, stages) of the weight
 # kernel, outside their autotuners' lists
-EXTRA_ACT_TILES = [(64, 32, 8, 2), (64, 32, 4, 3), (128, 32, 8, 3), (64, 16, 4, 2), (128, 16, 8, 2),
-                   (64, 32, 4, 1)]
+EXTRA_ACT_TILES = [(64, 32, 8, 2), (64, 16, 4, 2), (128, 16, 8, 2), (64, 32, 4, 1)]
 EXTRA_WEIGHT_TILES = [(32, 4, 3), (64, 4, 4), (128, 8, 3), (128, 4, 2), (32, 8, 2)]
 SPLITS = [2, 3, 4, 6, 8, 12, 16]
 
@@ -78,22 +77,22 @@ def main() -> None:
         return k._ffn_bwd_act_fused(do_c, u_c, w1_c, w3_c, w2_c, None, None, None, None, ds[:, sl], *hidden,
                                     s.dtype, True)
 
-    kernel = k.ffn_bwd_act_kernel
-    for fn, name in ((plain_kernel, "plain"), (prenorm, "prenorm")):
+    tuners = (k.ffn_bwd_act, k.ffn_bwd_act_prenorm)
+    for fn, tuner, name in ((plain_kernel, tuners[0], "plain"), (prenorm, tuners[1], "prenorm")):
         fn()
-        print(f"{name}: autotuned to {kernel.best_config}")
+        print(f"{name}: autotuned to {tuner.best_config}")
     torch.cuda.synchronize()
-    configs, cache = kernel.configs, dict(kernel.cache)
+    saved = [(t.configs, dict(t.cache)) for t in tuners]
     extra = [triton.Config({"BLOCK_S": bs, "BLOCK_H": bh}, num_warps=w, num_stages=st)
              for bs, bh, w, st in EXTRA_ACT_TILES]
     print("| BLOCK_S | BLOCK_H | warps | stages | plain us | regs | spill | prenorm us | regs | spill |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     try:
-        for cfg in configs + extra:
-            kernel.configs = [cfg]
+        for cfg in saved[0][0] + extra:
             row = [cfg.kwargs["BLOCK_S"], cfg.kwargs["BLOCK_H"], cfg.num_warps, cfg.num_stages]
-            for fn in (plain_kernel, prenorm):
-                kernel.cache.clear()
+            for fn, tuner in ((plain_kernel, tuners[0]), (prenorm, tuners[1])):
+                tuner.configs = [cfg]
+                tuner.cache.clear()
                 try:
                     handle = fn()
                     torch.cuda.synchronize()
@@ -102,9 +101,10 @@ def main() -> None:
                     row += [f"({type(e).__name__})", "", ""]
             print("| " + " | ".join(map(str, row)) + " |", flush=True)
     finally:
-        kernel.configs = configs
-        kernel.cache.clear()
-        kernel.cache.update(cache)
+        for tuner, (configs, cache) in zip(tuners, saved):
+            tuner.configs = configs
+            tuner.cache.clear()
+            tuner.cache.update(cache)
     print()
     print("| route (one pass of 8 tokens, autotuned) | us |")
     print("|---|---:|")

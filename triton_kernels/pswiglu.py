@@ -115,8 +115,11 @@ def _tile_configs() -> list:
     that do not fit in shared memory for a given ``D`` are skipped by the autotuner."""
     if interpreting():
         return [triton.Config({"BLOCK_S": 32, "BLOCK_H": 32}, num_warps=4, num_stages=1)]
-    shapes = [(64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 4, 3), (128, 32, 8, 2), (128, 64, 8, 2),
-              (64, 64, 8, 2), (32, 32, 4, 2), (32, 64, 4, 1), (16, 32, 4, 1)]
+    # (64, 32, 4, 3) and (128, 32, 8, 3): the act kernel's fastest tiles at paper-small, with the norm
+    # in front and without (run216, bench/ffn_act_probe.py)
+    shapes = [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3), (128, 32, 8, 2),
+              (128, 32, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2), (32, 32, 4, 2), (32, 64, 4, 1),
+              (16, 32, 4, 1)]
     return [triton.Config({"BLOCK_S": s, "BLOCK_H": h}, num_warps=w, num_stages=st) for s, h, w, st in shapes]
 
 
@@ -385,9 +388,6 @@ def _prenorm_grads(du, rstd, nw, S, DS, DW_PART, t, offs_s, offs_d, mask_d, io_m
     tl.store(ptrs, tile, mask=pmask)
 
 
-@triton.autotune(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM"],
-                 prune_configs_by={"early_config_prune": _prune_tiles},
-                 restore_value=["DS", "DW_PART"])
 @triton.jit
 def ffn_bwd_act_kernel(
     DO, U, W1, W3, W2, B1, B3, G, V, DU, A, DG, DV, RSTD, NW, DS, DW_PART,
@@ -439,6 +439,16 @@ def ffn_bwd_act_kernel(
     else:
         tl.store(DU + offs_s[:, None] * stride_dus + t * D + offs_d[None, :],
                  du.to(DU.dtype.element_ty), mask=io_mask)
+
+
+# the act kernel's two autotuners: without and with the norm in front. The second restores ``DS``
+# (which may be ``s``) and the norm weight's partials (which later passes add to) after every tile
+# it times; the first restores nothing, so that its timings carry no copies (run216, both restoring:
+# the plain kernel's tuning chose 128 x 32 tiles, 22.9 µs a pass, against the best tile's 18.3)
+_ACT_TUNING = dict(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM"],
+                   prune_configs_by={"early_config_prune": _prune_tiles})
+ffn_bwd_act = triton.autotune(**_ACT_TUNING)(ffn_bwd_act_kernel)
+ffn_bwd_act_prenorm = triton.autotune(**_ACT_TUNING, restore_value=["DS", "DW_PART"])(ffn_bwd_act_kernel)
 
 
 @triton.autotune(configs=_weight_configs(), key=["D", "H", "BS_KEY", "GATED", "NSPLIT", "RECOMPUTE"],
@@ -1117,18 +1127,16 @@ def ffn_fwd(
 def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store: bool, norm=None) -> None:
     """``ffn_bwd_act_kernel`` over the tokens of ``u``; returns the launch's compiled kernel.
     ``norm``: ``(ds, rstd, weight, partial, accumulate)`` when ``u`` is the norm's input ``s``
-    (``PRENORM``); ``du`` then receives the pass's ``u`` (``[bs, tokens, D]`` contiguous) for the
-    weight kernel. The autotuner restores ``DS`` and ``DW_PART`` after each configuration it times
-    (``ds`` may be ``s``, and later passes add to the partials); without a norm both are ``du``, an
-    output, never a caller's tensor (a restore is a copy into it: into a weight it would bump the
-    version autograd checks)."""
+    (``PRENORM``, :data:`ffn_bwd_act_prenorm`); ``du`` then receives the pass's ``u`` (``[bs, tokens,
+    D]`` contiguous) for the weight kernel."""
     bs, t, d = u.shape
     h = w1.shape[-1]
     gated = w3 is not None
     saved = g is not None
     dummy = w1
-    ds, rstd, nw, partial, accumulate = norm if norm is not None else (du, dummy, dummy, du, False)
-    return ffn_bwd_act_kernel[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
+    ds, rstd, nw, partial, accumulate = norm if norm is not None else (dummy,) * 4 + (False,)
+    kernel = ffn_bwd_act if norm is None else ffn_bwd_act_prenorm
+    return kernel[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
         do, u, w1, w3 if gated else dummy, w2,
         b1 if b1 is not None else dummy, b3 if b3 is not None else dummy,
         g if saved else dummy, v if (saved and gated) else dummy,
