@@ -18,6 +18,8 @@ Tiles named in ``EXTRA_ACT_TILES`` and ``EXTRA_WEIGHT_TILES`` are timed beside t
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 
@@ -29,6 +31,21 @@ BS, T, D, H, PASS = 2048, 32, 128, 176, 8
 EXTRA_ACT_TILES = [(64, 32, 8, 2), (64, 16, 4, 2), (128, 16, 8, 2), (64, 32, 4, 1)]
 EXTRA_WEIGHT_TILES = [(32, 4, 3), (64, 4, 4), (128, 8, 3), (128, 4, 2), (32, 8, 2)]
 SPLITS = [2, 3, 4, 6, 8, 12, 16]
+
+
+@contextlib.contextmanager
+def _only(tuner, cfg):
+    """``tuner`` (an autotuner) with the one tile ``cfg`` and an empty cache inside the block (a tile
+    alone is not tuned, just run); its list and cache again after it."""
+    configs, cache = tuner.configs, dict(tuner.cache)
+    tuner.configs = [cfg]
+    tuner.cache.clear()
+    try:
+        yield
+    finally:
+        tuner.configs = configs
+        tuner.cache.clear()
+        tuner.cache.update(cache)
 
 
 def _inputs():
@@ -82,29 +99,21 @@ def main() -> None:
         fn()
         print(f"{name}: autotuned to {tuner.best_config}")
     torch.cuda.synchronize()
-    saved = [(t.configs, dict(t.cache)) for t in tuners]
     extra = [triton.Config({"BLOCK_S": bs, "BLOCK_H": bh}, num_warps=w, num_stages=st)
              for bs, bh, w, st in EXTRA_ACT_TILES]
     print("| BLOCK_S | BLOCK_H | warps | stages | plain us | regs | spill | prenorm us | regs | spill |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    try:
-        for cfg in saved[0][0] + extra:
-            row = [cfg.kwargs["BLOCK_S"], cfg.kwargs["BLOCK_H"], cfg.num_warps, cfg.num_stages]
-            for fn, tuner in ((plain_kernel, tuners[0]), (prenorm, tuners[1])):
-                tuner.configs = [cfg]
-                tuner.cache.clear()
+    for cfg in tuners[0].configs + extra:
+        row = [cfg.kwargs["BLOCK_S"], cfg.kwargs["BLOCK_H"], cfg.num_warps, cfg.num_stages]
+        for fn, tuner in ((plain_kernel, tuners[0]), (prenorm, tuners[1])):
+            with _only(tuner, cfg):
                 try:
                     handle = fn()
                     torch.cuda.synchronize()
                     row += [f"{graph_replay_us(fn):.1f}", handle.n_regs, handle.n_spills]
                 except Exception as e:  # a tile over the shared memory: say so and go on
                     row += [f"({type(e).__name__})", "", ""]
-            print("| " + " | ".join(map(str, row)) + " |", flush=True)
-    finally:
-        for tuner, (configs, cache) in zip(tuners, saved):
-            tuner.configs = configs
-            tuner.cache.clear()
-            tuner.cache.update(cache)
+        print("| " + " | ".join(map(str, row)) + " |", flush=True)
     print()
     print("| route (one pass of 8 tokens, autotuned) | us |")
     print("|---|---:|")
@@ -134,23 +143,16 @@ def _weight_pass(k, u_c, do_c, w1_c, w3_c, w2_c) -> None:
     print()
     print("| weight tile BLOCK_S | warps | stages | pass us (act + weight + sums) |")
     print("|---:|---:|---:|---:|")
-    configs, cache = kernel.configs, dict(kernel.cache)
     extra = [triton.Config({"BLOCK_S": b}, num_warps=w, num_stages=st) for b, w, st in EXTRA_WEIGHT_TILES]
-    pruned = k._prune_weight(configs, dict(BS_KEY=BS), RECOMPUTE=False, BLOCK_D=bd,
+    pruned = k._prune_weight(kernel.configs, dict(BS_KEY=BS), RECOMPUTE=False, BLOCK_D=bd,
                              CDT=triton.language.bfloat16)
-    try:
-        for cfg in pruned + extra:
-            kernel.configs = [cfg]
-            kernel.cache.clear()
+    for cfg in pruned + extra:
+        with _only(kernel, cfg):
             try:
                 us = f"{graph_replay_us(run):.1f}"
             except Exception as e:  # a tile over the shared memory: say so and go on
                 us = f"({type(e).__name__})"
-            print(f"| {cfg.kwargs['BLOCK_S']} | {cfg.num_warps} | {cfg.num_stages} | {us} |", flush=True)
-    finally:
-        kernel.configs = configs
-        kernel.cache.clear()
-        kernel.cache.update(cache)
+        print(f"| {cfg.kwargs['BLOCK_S']} | {cfg.num_warps} | {cfg.num_stages} | {us} |", flush=True)
     print()
     print("| sample ranges (n_split) | pass us |")
     print("|---:|---:|")
