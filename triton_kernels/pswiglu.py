@@ -500,9 +500,9 @@ def ffn_bwd_weight_kernel(
         hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
         hmask = mask_s[:, None] & mask_h[None, :]
         if RECOMPUTE:
-            a, dg32, dv32, _, _ = _hidden_grads(tl.trans(ut), do, G, V, hid, hmask, t, offs_d, offs_h, mask_d,
-                                          mask_h, W1, W3, W2, B1, B3, D, H, SAVED, GATED, HAS_B1, HAS_B3,
-                                          CDT, PREC)
+            a, dg32, dv32, _, _ = _hidden_grads(tl.trans(ut), do, G, V, hid, hmask, t, offs_d, offs_h,
+                                                mask_d, mask_h, W1, W3, W2, B1, B3, D, H, SAVED, GATED,
+                                                HAS_B1, HAS_B3, CDT, PREC)
             # rounded to the compute dtype as the stored buffers are; rows past the range are 0
             dg = tl.where(mask_s[:, None], dg32, 0.0).to(CDT)
             dv = tl.where(mask_s[:, None], dv32, 0.0).to(CDT)
@@ -1124,7 +1124,7 @@ def ffn_fwd(
     return o, g, v
 
 
-def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store: bool, norm=None) -> None:
+def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store: bool, norm=None):
     """``ffn_bwd_act_kernel`` over the tokens of ``u``; returns the launch's compiled kernel.
     ``norm``: ``(ds, rstd, weight, partial, accumulate)`` when ``u`` is the norm's input ``s``
     (``PRENORM``, :data:`ffn_bwd_act_prenorm`); ``du`` then receives the pass's ``u`` (``[bs, tokens,

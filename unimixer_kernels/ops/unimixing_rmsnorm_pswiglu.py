@@ -22,9 +22,9 @@ Because the backward overwrites the saved ``s``, a second backward through the s
 (``retain_graph=True``) raises autograd's in-place modification error instead of giving wrong
 gradients. With ``UNIMIXER_UNIMIXING_NORM=fused`` the composite runs ``unimixing_rmsnorm``'s fused
 node and then ``pswiglu``. Values and the FFN's gradients are those of the two ops run one after
-the other, bit for bit; ``ds`` and the norm weight's gradient differ by roundings (on the wide path
-``du`` is rounded before the norm's backward and the partials are summed in another order; on the
-fused path ``du`` stays fp32 and each row's sum runs in the FFN kernel's order).
+the other, bit for bit, and so is ``ds`` on the wide-token path; the norm weight's gradient sums its
+partials in another order, and on the fused path ``ds`` comes from the FFN kernel's fp32 ``du`` (the
+two ops round ``du`` to the activation dtype first), so it differs from theirs by roundings.
 """
 
 from __future__ import annotations
