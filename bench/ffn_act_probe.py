@@ -19,10 +19,12 @@ Tiles named in ``EXTRA_ACT_TILES`` and ``EXTRA_WEIGHT_TILES`` are timed beside t
 from __future__ import annotations
 
 import contextlib
+import json
 
 import torch
 import triton
 
+from .env import header
 from .timing import graph_replay_us
 
 BS, T, D, H, PASS = 2048, 32, 128, 176, 8
@@ -68,12 +70,13 @@ def main() -> None:
     from unimixer_kernels.triton_kernels.rms_norm import TokenPassNorm
 
     s, nw, w1, w3, w2, do, rstd = _inputs()
+    print(f"# env {json.dumps(header(s.device))}")  # the GPU, versions, date and commit of this output
     sl = slice(0, PASS)
     w1_c, w3_c, w2_c, do_c = k._part(w1, sl), k._part(w3, sl), k._part(w2, sl), k._part(do, sl, 1)
     hidden = [torch.empty(PASS, BS, H, device=s.device, dtype=s.dtype) for _ in range(3)]
     ds = torch.empty_like(s)
     fused = TokenPassNorm(s, nw, 1e-6, ds, rstd=rstd)
-    fused.plan([sl], rows_per_token=-(-BS // k.PARTIAL_GRANULE))
+    fused.plan([sl], rows_per_token=triton.cdiv(BS, k.PARTIAL_GRANULE))
     split = TokenPassNorm(s, nw, 1e-6, ds)
     split.plan([sl])
     u_c = split.rows(sl)  # the pass's u: the plain kernel's input, the PRENORM kernel's output
@@ -130,7 +133,7 @@ def main() -> None:
 def _weight_pass(k, u_c, do_c, w1_c, w3_c, w2_c) -> None:
     """The plain FFN backward of one pass (``k.ffn_bwd``) per weight-kernel tile and per split."""
     bd, bh = k._weight_tiles(D, H, False)
-    default = k._num_splits(BS, PASS * -(-D // bd) * -(-H // bh), u_c.device)
+    default = k._num_splits(BS, PASS * triton.cdiv(D, bd) * triton.cdiv(H, bh), u_c.device)
 
     def run(n_split=None):
         return k.ffn_bwd(do_c, u_c, w1_c, w3_c, w2_c, None, None, None, None, n_split=n_split)

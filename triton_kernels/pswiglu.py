@@ -1135,6 +1135,7 @@ def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, stor
     saved = g is not None
     dummy = w1
     ds, rstd, nw, partial, accumulate = norm if norm is not None else (dummy,) * 4 + (False,)
+    rstd_strides = rstd.stride() if norm is not None else (0, 0)
     kernel = ffn_bwd_act if norm is None else ffn_bwd_act_prenorm
     return kernel[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
         do, u, w1, w3 if gated else dummy, w2,
@@ -1144,7 +1145,7 @@ def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, stor
         bs, d, h, bucket(bs), triton.cdiv(bs, PARTIAL_GRANULE),
         do.stride(0), do.stride(1), do.stride(2),
         u.stride(0), u.stride(1), u.stride(2), du.stride(0),
-        rstd.stride(0) if norm is not None else 0, rstd.stride(1) if norm is not None else 0,
+        *rstd_strides,
         GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None,
         SAVED=saved, STORE=store, PRENORM=norm is not None, ACCUMULATE=accumulate, GRANULE=PARTIAL_GRANULE,
         CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
