@@ -123,3 +123,57 @@ def test_module_under_compile_with_cuda_graphs_matches_eager(name):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item() + 1e-8,
                                        msg=lambda m, k=k, i=i: f"step {i}, tensor {k}: {m}")
     assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+
+
+@pytest.mark.parametrize("lite,backend", [(False, "triton"), (True, "triton"),
+                                          (False, "triton+sinkhorn=cuda/triton"),
+                                          (True, "triton+lite_global_weights=cuda/triton")])
+def test_weights_on_the_side_stream_give_the_same_bits_eager_and_captured(lite, backend):
+    # UniMixing's overlap (the weights' Sinkhorn on a side stream, its backward there too) changes
+    # only where the kernels run: the block's outputs and every gradient equal those of overlap=False
+    # bit for bit, eager (.backward() into .grad) and in a captured CUDA graph (autograd.grad, replayed)
+    import unimixer_kernels as uk
+
+    ok, why = uk.backend_status(backend)
+    if not ok:
+        pytest.skip(f"{backend}: {why}")
+    torch.manual_seed(0)
+    kw = dict(hidden=24, bias=False, iters=20, backend=backend, **(dict(lite=True, rank=8) if lite else {}))
+    plain = uknn.UniMixerBlock(8, 36, 4, overlap=False, **kw).cuda()
+    over = uknn.UniMixerBlock(8, 36, 4, **kw).cuda()
+    over.load_state_dict(plain.state_dict())
+    assert over.mixing.overlap and not plain.mixing.overlap
+    x = torch.randn(64, 8, 36, device="cuda")
+    gout = torch.randn(64, 8, 72, device="cuda")
+    expect = []
+    for m in (plain, over):
+        m.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        out = torch.cat(m(xi), -1)
+        out.backward(gout)
+        expect.append([out.detach(), xi.grad] + [p.grad for p in m.parameters()])
+    for k, (a, b) in enumerate(zip(*expect)):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=lambda m, k=k: f"eager, tensor {k}: {m}")
+
+    xi = x.clone().requires_grad_()
+    leaves = [xi, *over.parameters()]
+
+    def step():
+        out = torch.cat(over(xi), -1)
+        return [out.detach(), *torch.autograd.grad(out, leaves, gout)]
+
+    warm = torch.cuda.Stream()
+    warm.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(warm):
+        step()
+    torch.cuda.current_stream().wait_stream(warm)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    for _ in range(2):
+        for t in captured:
+            t.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        for k, (a, b) in enumerate(zip(expect[0], captured)):
+            torch.testing.assert_close(b, a, rtol=0, atol=0, msg=lambda m, k=k: f"captured, tensor {k}: {m}")

@@ -295,3 +295,27 @@ def test_a_per_op_spec_chooses_each_lite_weight_s_backend(device, monkeypatch):
     x = torch.randn(3, 4, 12, device=device)
     torch.testing.assert_close(mixed(x), ref(x), rtol=1e-5, atol=1e-6)
     assert seen == ["lite_global_weights"]
+
+
+# --- the weights' side stream ------------------------------------------------------------------
+
+
+def test_overlap_is_a_bool_and_shows_when_off():
+    with pytest.raises(TypeError, match="overlap: expected a bool"):
+        UniMixing(4, 8, 2, overlap=1)
+    assert "overlap" not in repr(UniMixing(4, 8, 2))
+    assert "overlap=False" in repr(UniMixing(4, 8, 2, overlap=False))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_op_weights_async_off_cuda_is_the_weights_made_here(training):
+    # no side stream off CUDA (nor in eval, nor under torch.compile): wait() is the weights themselves,
+    # the same values as op_weights, with autograd in training
+    m = UniMixing(4, 8, 2, init="random").train(training)
+    x = torch.randn(3, 4, 8)
+    pending = m.op_weights_async(x)
+    w_local, w_global = pending.wait()
+    assert pending.wait()[1] is w_global  # once made, the same tensors
+    assert w_global.requires_grad == training
+    for a, b in zip((w_local, w_global), m.op_weights(x)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -23,8 +23,8 @@ class UniMixerBlock(nn.Module):
         Ybar' = Ybar + O                           (add_rms_norm's sum when y is None)
 
     ``forward(x, y=None)`` returns ``(Xbar', Ybar')``; ``y=None`` starts both streams at ``x``.
-    Keywords ``lite``, ``rank``, ``bases``, ``heads``, ``init``, ``init_scale``, ``tau``, ``iters``
-    and ``symmetric`` go to :class:`UniMixing`; ``hidden`` and ``bias`` to the pSwiGLU. The block
+    Keywords ``lite``, ``rank``, ``bases``, ``heads``, ``init``, ``init_scale``, ``tau``, ``iters``,
+    ``symmetric`` and ``overlap`` go to :class:`UniMixing`; ``hidden`` and ``bias`` to the pSwiGLU. The block
     reads ``self.ffn``'s weights into one op with the mixing (the FFN module's own ``forward`` and
     hooks are not called). On the Triton backend that op's backward overwrites an intermediate it
     saved, so a second backward through the same graph (``retain_graph=True``) raises.
@@ -71,11 +71,13 @@ class UniMixerBlock(nn.Module):
         be = self.backend
         # the mixing weights first: autograd runs ready nodes latest-recorded first, so their
         # backward (Sinkhorn's N x N buffers at large N) then waits for the norm's below, whose
-        # gradient buffers are freed by then
-        w_local, w_global = self.mixing.op_weights(x)
+        # gradient buffers are freed by then. With the mixing's overlap they run on a side stream,
+        # beside the norm here and beside the norm's backward (UniMixing's class doc)
+        pending = self.mixing.op_weights_async(x)
         # Xbar + RMSNorm(Ybar) in the norm's pass; with one stream in (y is x) the norm's backward
         # kernel also adds the residual's gradient into its dX
         z = ops.rms_norm(y, self.norm_y, self.eps, residual=x, backend=be)
+        w_local, w_global = pending.wait()
         o = ops.unimixing_rmsnorm_pswiglu(z, w_local, w_global, self.norm_mix, *self.ffn.swiglu_weights(),
                                           self.eps, backend=be)
         x_next, x_plus_o = ops.add_rms_norm(o, x, self.norm_x, self.eps, backend=be)

@@ -97,6 +97,14 @@ class UniMixing(nn.Module):
     (its key cannot be traced): the compiled eval graph recomputes the weights once per call.
     Under autocast, eval mode also caches the weights in the autocast dtype, the copy the mixing
     op would otherwise cast them to on every call (:meth:`weights` with ``dtype``).
+
+    ``overlap`` (default ``True``): in training on a CUDA device (outside ``torch.compile``), the
+    weights are computed on a side stream (one per device, :func:`weights_stream`) that first waits
+    for the caller's stream; the caller's stream waits for them only where the mixing op reads them
+    (:meth:`op_weights_async`). The weights depend only on the logits, so their Sinkhorn runs beside
+    the activations' kernels in the forward, and, since autograd runs a backward on its forward's
+    stream, beside the rest of the backward once ``dW_G`` is there. The results are the same bits
+    either way; the side stream's allocations come from the caching allocator's pool for that stream.
     """
 
     def __init__(
@@ -115,9 +123,12 @@ class UniMixing(nn.Module):
         iters: int | None = None,
         symmetric: bool = True,
         backend: str = "auto",
+        overlap: bool = True,
     ) -> None:
         super().__init__()
         check_positive_ints(tokens=tokens, dim=dim, block=block)
+        if not isinstance(overlap, bool):
+            raise TypeError(f"overlap: expected a bool, got {type(overlap).__name__}")
         length = tokens * dim
         check_divides("block", block, length, "L = T*D")
         n = length // block
@@ -142,6 +153,7 @@ class UniMixing(nn.Module):
         self.lite, self.init, self.iters, self.symmetric = bool(lite), init, int(iters), bool(symmetric)
         self.tau = float(tau)
         self.backend = check_backend(backend)
+        self.overlap = overlap
         # eval cache: (key, the weights, their casts by dtype)
         self._cache: tuple[tuple, tuple[Tensor, Tensor], dict] | None = None
 
@@ -235,6 +247,23 @@ class UniMixing(nn.Module):
         on = torch.is_autocast_enabled(x.device.type)
         return self.weights(torch.get_autocast_dtype(x.device.type) if on else None)
 
+    def op_weights_async(self, x: Tensor) -> PendingWeights:
+        """:meth:`op_weights`, started on the side stream where ``overlap`` applies (training, CUDA,
+        not compiling; see the class doc), else computed here; ``.wait()`` gives them, ordered before
+        what the caller's stream runs next."""
+        if not (self.overlap and self.training and x.is_cuda and not torch.compiler.is_compiling()):
+            return PendingWeights(self.op_weights(x))
+        caller = torch.cuda.current_stream(x.device)
+        side = weights_stream(x.device)
+        side.wait_stream(caller)  # the logits as the caller's stream left them (an optimizer step)
+        with torch.cuda.stream(side):
+            weights = self.op_weights(x)
+            done = torch.cuda.Event()
+            done.record(side)
+        for w in weights:  # made on the side stream, read on the caller's: not reused before those reads
+            w.record_stream(caller)
+        return PendingWeights(weights, done)
+
     def train(self, mode: bool = True) -> UniMixing:
         self._cache = None
         return super().train(mode)
@@ -243,7 +272,7 @@ class UniMixing(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_module_input(self, x, self.tokens, self.dim)
-        w_local, w_global = self.op_weights(x)
+        w_local, w_global = self.op_weights_async(x).wait()
         return ops.unimixing(x, w_local, w_global, backend=self.backend)
 
     def extra_repr(self) -> str:
@@ -251,4 +280,34 @@ class UniMixing(nn.Module):
         return (
             f"tokens={self.tokens}, dim={self.dim}, block={self.block}, N={self.num_blocks}{lite}, "
             f"init={self.init!r}, tau={self.tau}, iters={self.iters}, symmetric={self.symmetric}"
+            + ("" if self.overlap else ", overlap=False")
         )
+
+
+_WEIGHTS_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def weights_stream(device: torch.device) -> torch.cuda.Stream:
+    """The side stream on which :class:`UniMixing` computes its training weights on ``device`` (one
+    per device, made on first use)."""
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    if index not in _WEIGHTS_STREAMS:
+        _WEIGHTS_STREAMS[index] = torch.cuda.Stream(index)
+    return _WEIGHTS_STREAMS[index]
+
+
+class PendingWeights:
+    """The ``(W_B, W_G)`` of :meth:`UniMixing.op_weights_async`: ``wait()`` returns them after making
+    the current stream wait for the side stream's work on them (once; none when made synchronously)."""
+
+    __slots__ = ("_weights", "_done")
+
+    def __init__(self, weights: tuple[Tensor, Tensor], done: torch.cuda.Event | None = None) -> None:
+        self._weights, self._done = weights, done
+
+    def wait(self) -> tuple[Tensor, Tensor]:
+        if self._done is not None:
+            torch.cuda.current_stream(self._weights[1].device).wait_event(self._done)
+            self._done = None
+        return self._weights
