@@ -113,11 +113,14 @@ def rms_norm_bwd_kernel(
         s = tl.load(S + s_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
+        # dsum is loaded beside the other rows, before the row sums: loaded after them (where it is
+        # used), its load waited behind their barriers, a second memory round trip every step
+        if HAS_DSUM:
+            dsum = tl.load(DSUM + rows[:, None] * stride_dsum + cols[None, :], mask=mask, other=0.0)
         xhat = s * rstd[:, None]
         g = dy * w[None, :]
         ds = rstd[:, None] * (g - xhat * (tl.sum(g * xhat, axis=1) / D)[:, None])
         if HAS_DSUM:
-            dsum = tl.load(DSUM + rows[:, None] * stride_dsum + cols[None, :], mask=mask, other=0.0)
             ds += dsum.to(tl.float32)
         ds_rows = _row_offsets(rows, group_rows, stride_ds, stride_dsg, GROUPED)
         tl.store(DS + ds_rows[:, None] + cols[None, :], ds.to(DS.dtype.element_ty), mask=mask)

@@ -1,0 +1,68 @@
+"""Probe: the RMSNorm backward kernel at ``paper-small``'s rows (``[65536, 128]`` bf16) by programs per
+SM and tile size, without and with ``dsum`` (``python -m bench.norm_bwd_probe``, CUDA).
+
+``rms_norm_bwd_partials`` alone, 16 calls per CUDA-graph replay over 4 sets of inputs in turn (64 MB a
+set with ``dsum``: the L2 does not hold a set from one call of it to the next, as in a training step),
+median of 15 replays. The launcher's grid (``num_programs_for``'s ``per_sm``) and tile
+(``TILE_ELEMENTS``) are patched per row.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from unittest import mock
+
+import torch
+
+from .env import header
+
+M, D, SETS, CALLS = 2048 * 32, 128, 4, 16
+GRIDS = [(4, 4096), (8, 2048), (8, 4096), (16, 2048), (10**6, 4096)]
+
+
+def main() -> None:
+    from triton_kernels import _launch
+    from triton_kernels import rms_norm as k
+
+    dev = torch.device("cuda")
+    print(f"# env {json.dumps(header(dev))}")
+    print("\n| programs a SM | tile | dsum | µs a call |\n|---:|---:|---|---:|")
+    torch.manual_seed(0)
+    sets = [dict(s=torch.randn(M, D, device=dev, dtype=torch.bfloat16),
+                 dy=torch.randn(M, D, device=dev, dtype=torch.bfloat16),
+                 dsum=torch.randn(M, D, device=dev, dtype=torch.bfloat16)) for _ in range(SETS)]
+    w = torch.randn(D, device=dev, dtype=torch.bfloat16)
+    rstd = torch.rand(M, device=dev) + 0.5
+    grid_of = _launch.num_programs_for
+    for per_sm, tile in GRIDS:
+        for has_dsum in (False, True):
+            def calls(has_dsum=has_dsum):
+                for i in range(CALLS):
+                    t = sets[i % SETS]
+                    k.rms_norm_bwd_partials(t["dy"], t["dsum"] if has_dsum else None, t["s"], w, rstd)
+
+            grid = mock.patch.object(k, "num_programs_for", lambda r, dv, n=per_sm: grid_of(r, dv, n))
+            with grid, mock.patch.object(k, "TILE_ELEMENTS", tile):
+                calls()
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    calls()
+            graph.replay()
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(15):
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                graph.replay()
+                b.record()
+                b.synchronize()
+                times.append(a.elapsed_time(b) * 1e3 / CALLS)
+            label = "one tile each" if per_sm >= 10**6 else str(per_sm)
+            print(f"| {label} | {tile} | {has_dsum} | {statistics.median(times):.1f} |", flush=True)
+            del graph
+
+
+if __name__ == "__main__":
+    main()

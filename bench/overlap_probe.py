@@ -1,0 +1,92 @@
+"""Probe: the UniMixer blocks' training step with the mixing weights on a side stream and without
+(``UniMixing(overlap=...)``), side by side (``python -m bench.overlap_probe``, CUDA).
+
+For each preset, module (one block, or the two-block stack ``UniMixer``), full and Lite, and backend
+(the all-Triton one and the block's spec), the fwd+bwd step as the benchmark times its graphed
+providers (bf16 input under bf16 autocast, fp32 parameters, ``autograd.grad`` of every output with
+respect to the input and the parameters, captured once in a CUDA graph), timed as ``graph.replay()``
+by ``triton.testing.do_bench`` (median, L2 cleared before each call). ``overlap=False`` and
+``overlap=True`` alternate twice, so drift shows as a difference between the two rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from .env import header
+from .presets import get_preset
+from .timing import capture_graph, time_ms
+
+SPECS = {False: ("triton", "triton+sinkhorn=cuda/triton"),
+         True: ("triton", "triton+lite_global_weights=cuda/triton")}
+ROUNDS = 2
+
+
+def _module(preset, lite: bool, blocks: int, backend: str, overlap: bool) -> torch.nn.Module:
+    from unimixer_kernels import nn as uknn
+
+    p = preset
+    kw = dict(hidden=p["h"], bias=False, backend=backend, tau=p["tau"], iters=p["iters"], overlap=overlap,
+              **(dict(lite=True, rank=p["r"], bases=p["nb"]) if lite else {}))
+    torch.manual_seed(0)
+    if blocks == 1:
+        return uknn.UniMixerBlock(p["T"], p["D"], p["B"], **kw).cuda()
+    return uknn.UniMixer(p["T"], p["D"], p["B"], blocks, **kw).cuda()
+
+
+def _step_ms(module: torch.nn.Module, preset) -> float:
+    x = torch.randn(preset["bs"], preset["T"], preset["D"], device="cuda", dtype=torch.bfloat16)
+    x.requires_grad_()
+    leaves = [x, *module.parameters()]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        probe = module(x)
+    outs = [probe] if isinstance(probe, torch.Tensor) else list(probe)
+    gouts = [torch.randn_like(o) for o in outs]
+    del probe, outs
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = module(x)
+        out = [out] if isinstance(out, torch.Tensor) else list(out)
+        return torch.autograd.grad(out, leaves, gouts)
+
+    graph, kept = capture_graph(step)
+    ms = time_ms(graph.replay, torch.device("cuda"), 100, 400)
+    del graph, kept
+    return ms
+
+
+def main(presets: list[str]) -> None:
+    import unimixer_kernels as uk
+
+    print(f"# env {json.dumps(header(torch.device('cuda')))}")
+    print("\nThe UniMixer blocks' training step (graphed), the mixing weights on a side stream or not\n")
+    print("| preset | module | backend | overlap=False, ms | overlap=True, ms | saved, µs |")
+    print("|---|---|---|---:|---:|---:|")
+    for name in presets:
+        preset = get_preset(name)
+        for lite in (False, True):
+            for blocks in (1, 2):
+                for backend in SPECS[lite]:
+                    ok, why = uk.backend_status(backend)
+                    label = ("UniMixerBlock" if blocks == 1 else "UniMixer, 2 blocks") + (" Lite" * lite)
+                    if not ok:
+                        print(f"| {name} | {label} | `{backend}` | unavailable: {why} | | |")
+                        continue
+                    times = {False: [], True: []}
+                    for _ in range(ROUNDS):
+                        for overlap in (False, True):
+                            module = _module(preset, lite, blocks, backend, overlap)
+                            times[overlap].append(_step_ms(module, preset))
+                            del module
+                            torch.cuda.empty_cache()
+                    off, on = (" / ".join(f"{t:.4f}" for t in times[o]) for o in (False, True))
+                    saved = (min(times[False]) - min(times[True])) * 1e3
+                    print(f"| {name} | {label} | `{backend}` | {off} | {on} | {saved:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["paper-small"])
