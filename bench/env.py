@@ -49,11 +49,13 @@ def versions() -> dict:
 
 
 def kernel_switches() -> dict:
-    """The kernel switches set in the environment (``python -m unimixer_kernels.info`` lists them
+    """The kernel and module switches set in the environment (``python -m unimixer_kernels.info`` lists them
     all), so that a results file says which kernel paths it timed."""
     from unimixer_kernels.triton_kernels._launch import SWITCHES
 
-    return {name: os.environ[name] for name in SWITCHES if name in os.environ}
+    from unimixer_kernels.nn._common import SWITCHES as MODULE_SWITCHES
+
+    return {name: os.environ[name] for name in (*SWITCHES, *MODULE_SWITCHES) if name in os.environ}
 
 
 def header(device: torch.device, ceilings=None, **extra) -> dict:

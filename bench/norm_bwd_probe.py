@@ -3,8 +3,8 @@ SM and tile size, without and with ``dsum`` (``python -m bench.norm_bwd_probe``,
 
 ``rms_norm_bwd_partials`` alone, 16 calls per CUDA-graph replay over 4 sets of inputs in turn (64 MB a
 set with ``dsum``: the L2 does not hold a set from one call of it to the next, as in a training step),
-median of 15 replays. The launcher's grid (``num_programs_for``'s ``per_sm``) and tile
-(``TILE_ELEMENTS``) are patched per row.
+median of 15 replays. The launcher's programs per SM (``BWD_PROGRAMS_PER_SM``) and tile
+(``BWD_TILE_ELEMENTS``) are patched per row.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ GRIDS = [(4, 4096), (8, 2048), (8, 4096), (16, 2048), (10**6, 4096)]
 
 
 def main() -> None:
-    from triton_kernels import _launch
     from triton_kernels import rms_norm as k
 
     dev = torch.device("cuda")
@@ -34,7 +33,6 @@ def main() -> None:
                  dsum=torch.randn(M, D, device=dev, dtype=torch.bfloat16)) for _ in range(SETS)]
     w = torch.randn(D, device=dev, dtype=torch.bfloat16)
     rstd = torch.rand(M, device=dev) + 0.5
-    grid_of = _launch.num_programs_for
     for per_sm, tile in GRIDS:
         for has_dsum in (False, True):
             def calls(has_dsum=has_dsum):
@@ -42,8 +40,8 @@ def main() -> None:
                     t = sets[i % SETS]
                     k.rms_norm_bwd_partials(t["dy"], t["dsum"] if has_dsum else None, t["s"], w, rstd)
 
-            grid = mock.patch.object(k, "num_programs_for", lambda r, dv, n=per_sm: grid_of(r, dv, n))
-            with grid, mock.patch.object(k, "TILE_ELEMENTS", tile):
+            grid = mock.patch.object(k, "BWD_PROGRAMS_PER_SM", per_sm)
+            with grid, mock.patch.object(k, "BWD_TILE_ELEMENTS", tile):
                 calls()
                 torch.cuda.synchronize()
                 graph = torch.cuda.CUDAGraph()

@@ -113,14 +113,11 @@ def rms_norm_bwd_kernel(
         s = tl.load(S + s_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
-        # dsum is loaded beside the other rows, before the row sums: loaded after them (where it is
-        # used), its load waited behind their barriers, a second memory round trip every step
-        if HAS_DSUM:
-            dsum = tl.load(DSUM + rows[:, None] * stride_dsum + cols[None, :], mask=mask, other=0.0)
         xhat = s * rstd[:, None]
         g = dy * w[None, :]
         ds = rstd[:, None] * (g - xhat * (tl.sum(g * xhat, axis=1) / D)[:, None])
         if HAS_DSUM:
+            dsum = tl.load(DSUM + rows[:, None] * stride_dsum + cols[None, :], mask=mask, other=0.0)
             ds += dsum.to(tl.float32)
         ds_rows = _row_offsets(rows, group_rows, stride_ds, stride_dsg, GROUPED)
         tl.store(DS + ds_rows[:, None] + cols[None, :], ds.to(DS.dtype.element_ty), mask=mask)
@@ -134,12 +131,18 @@ def rms_norm_bwd_kernel(
 # Rows per program: a tile of about TILE_ELEMENTS values, so narrow rows (D = 128 at the presets)
 # are not one 256-byte row per program, which leaves the memory system mostly idle.
 TILE_ELEMENTS = 4096
+# the backward's tile and programs per SM: half the forward's tile (its three to four fp32 rows a
+# thread held 182 registers at D = 128, two programs an SM), twice the programs. At paper-small's
+# rows on the H200 (bench/norm_bwd_probe.py, run218): 15.4 against 20.6 µs a call without dsum,
+# 23.4 against 24.2 with it
+BWD_TILE_ELEMENTS = 2048
+BWD_PROGRAMS_PER_SM = 8
 
 
-def _tile(d: int) -> tuple[int, int, int]:
-    """``(BLOCK_M, BLOCK_D, num_warps)`` for rows of width ``d``."""
+def _tile(d: int, elements: int = TILE_ELEMENTS) -> tuple[int, int, int]:
+    """``(BLOCK_M, BLOCK_D, num_warps)`` for rows of width ``d`` in tiles of about ``elements`` values."""
     block_d = triton.next_power_of_2(d)
-    block_m = max(1, TILE_ELEMENTS // block_d)
+    block_m = max(1, elements // block_d)
     return block_m, block_d, min(max(block_m * block_d // 1024, 1), 8)
 
 
@@ -203,7 +206,7 @@ def _run_bwd(dy, dsum, s, weight, rstd, ds, partial, m: int, d: int, strides: tu
     """:func:`rms_norm_bwd_kernel` on ``programs`` programs of ``rows_per_program`` rows
     (``strides``: of ``dy``, ``dsum``, ``s``, ``ds``); ``group``: ``(group_rows, stride_sg,
     stride_dsg)`` of token-slice rows (``GROUPED``), else plain rows."""
-    block_m, block_d, warps = _tile(d)
+    block_m, block_d, warps = _tile(d, BWD_TILE_ELEMENTS)
     rms_norm_bwd_kernel[(programs,)](
         dy, dsum, s, weight, rstd, ds, partial,
         m, d, *strides,
@@ -219,11 +222,11 @@ def _run_bwd(dy, dsum, s, weight, rstd, ds, partial, m: int, d: int, strides: tu
 
 
 def _bwd_grid(m: int, d: int, device: torch.device) -> tuple[int, int]:
-    """``(rows_per_program, programs)`` of :func:`rms_norm_bwd_kernel` over ``m`` rows: one program
-    per SM or fewer, each a whole number of ``BLOCK_M`` tiles."""
-    block_m = _tile(d)[0]
+    """``(rows_per_program, programs)`` of :func:`rms_norm_bwd_kernel` over ``m`` rows:
+    :data:`BWD_PROGRAMS_PER_SM` programs an SM or fewer, each a whole number of ``BLOCK_M`` tiles."""
+    block_m = _tile(d, BWD_TILE_ELEMENTS)[0]
     tiles = triton.cdiv(max(m, 1), block_m)
-    rows_per_program = triton.cdiv(tiles, num_programs_for(tiles, device)) * block_m
+    rows_per_program = triton.cdiv(tiles, num_programs_for(tiles, device, BWD_PROGRAMS_PER_SM)) * block_m
     return rows_per_program, triton.cdiv(max(m, 1), rows_per_program)
 
 

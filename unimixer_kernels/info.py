@@ -128,10 +128,12 @@ def report() -> str:
     lines.append("  a backend= value may also be per op, e.g. 'triton+sinkhorn=cuda/triton': Sinkhorn on the "
                  "cuda kernels where they take the call, else Triton; every other op on Triton")
     from ._cuda_ext import SWITCHES as CUDA_SWITCHES
+    from .nn._common import SWITCHES as MODULE_SWITCHES
     from .triton_kernels._launch import SWITCHES  # torch only: no kernel module is imported
 
-    for title, switches in (("Triton", SWITCHES), ("CUDA", CUDA_SWITCHES)):
-        lines += ["", f"{title} kernel switches (environment):"]
+    for title, switches in (("Triton kernel", SWITCHES), ("CUDA kernel", CUDA_SWITCHES),
+                            ("Module", MODULE_SWITCHES)):
+        lines += ["", f"{title} switches (environment):"]
         for var, (default, what) in switches.items():
             value = os.environ.get(var)
             shown = repr(value) if value else f"not set ({default})"

@@ -145,13 +145,15 @@ def test_weights_on_the_side_stream_give_the_same_bits_eager_and_captured(lite, 
     assert over.mixing.overlap and not plain.mixing.overlap
     x = torch.randn(64, 8, 36, device="cuda")
     gout = torch.randn(64, 8, 72, device="cuda")
-    expect = []
-    for m in (plain, over):
-        m.zero_grad(set_to_none=True)
+
+    def eager(m):  # its graph dies with it: a leaf's AccumulateGrad node made on this (the legacy) stream
+        m.zero_grad(set_to_none=True)  # and kept alive would make the capture below sync with that stream
         xi = x.clone().requires_grad_()
         out = torch.cat(m(xi), -1)
         out.backward(gout)
-        expect.append([out.detach(), xi.grad] + [p.grad for p in m.parameters()])
+        return [out.detach(), xi.grad] + [p.grad for p in m.parameters()]
+
+    expect = [eager(plain), eager(over)]
     for k, (a, b) in enumerate(zip(*expect)):
         torch.testing.assert_close(b, a, rtol=0, atol=0, msg=lambda m, k=k: f"eager, tensor {k}: {m}")
 

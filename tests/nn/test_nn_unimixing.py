@@ -319,3 +319,14 @@ def test_op_weights_async_off_cuda_is_the_weights_made_here(training):
     assert w_global.requires_grad == training
     for a, b in zip((w_local, w_global), m.op_weights(x)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_overlap_default_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("UNIMIXER_OVERLAP", "0")
+    assert not UniMixing(4, 8, 2).overlap
+    assert UniMixing(4, 8, 2, overlap=True).overlap  # an argument wins
+    monkeypatch.setenv("UNIMIXER_OVERLAP", "yes")
+    with pytest.raises(ValueError, match="UNIMIXER_OVERLAP: expected '0' or '1'"):
+        UniMixing(4, 8, 2)
+    monkeypatch.delenv("UNIMIXER_OVERLAP")
+    assert UniMixing(4, 8, 2).overlap

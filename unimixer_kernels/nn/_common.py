@@ -1,8 +1,10 @@
-"""Pieces shared by the modules: input checks, LayerNorm with fp32 statistics, counting."""
+"""Pieces shared by the modules: input checks, LayerNorm with fp32 statistics, counting, and the
+modules' switches."""
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,22 @@ from torch import Tensor, nn
 
 from .._checks import check_on_device_of, check_tokens
 from .._registry import _check_backend_name
+
+OVERLAP_SWITCH = "UNIMIXER_OVERLAP"
+# the modules' switches (environment), listed with the kernels' by ``python -m unimixer_kernels.info``
+SWITCHES = {
+    OVERLAP_SWITCH: ("1", "the default of UniMixing's (and the UniMixer blocks') overlap argument: '1' (in "
+                          "CUDA training the mixing weights' Sinkhorn and its backward run on a side stream, "
+                          "beside the activations' kernels) or '0' (on the caller's stream)"),
+}
+
+
+def overlap_default() -> bool:
+    """``UNIMIXER_OVERLAP`` as a bool (its default where it is not set)."""
+    value = os.environ.get(OVERLAP_SWITCH, SWITCHES[OVERLAP_SWITCH][0])
+    if value not in ("0", "1"):
+        raise ValueError(f"{OVERLAP_SWITCH}: expected '0' or '1', got {value!r}")
+    return value == "1"
 
 
 def check_backend(backend: object) -> str:

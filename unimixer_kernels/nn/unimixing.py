@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .. import ops, reference
 from .._checks import check_choice, check_divides, check_positive, check_positive_ints, check_sinkhorn_args
-from ._common import check_backend, check_module_input
+from ._common import check_backend, check_module_input, overlap_default
 
 INITS = ("tokenmixer", "identity", "random")
 RANDOM_STD = 0.02
@@ -98,7 +98,8 @@ class UniMixing(nn.Module):
     Under autocast, eval mode also caches the weights in the autocast dtype, the copy the mixing
     op would otherwise cast them to on every call (:meth:`weights` with ``dtype``).
 
-    ``overlap`` (default ``True``): in training on a CUDA device (outside ``torch.compile``), the
+    ``overlap`` (default: the ``UNIMIXER_OVERLAP`` environment variable's ``'1'`` or ``'0'``, itself
+    ``'1'`` where it is not set): in training on a CUDA device (outside ``torch.compile``), the
     weights are computed on a side stream (one per device, :func:`weights_stream`) that first waits
     for the caller's stream; the caller's stream waits for them only where the mixing op reads them
     (:meth:`op_weights_async`). The weights depend only on the logits, so their Sinkhorn runs beside
@@ -123,12 +124,15 @@ class UniMixing(nn.Module):
         iters: int | None = None,
         symmetric: bool = True,
         backend: str = "auto",
-        overlap: bool = True,
+        overlap: bool | None = None,
     ) -> None:
         super().__init__()
         check_positive_ints(tokens=tokens, dim=dim, block=block)
-        if not isinstance(overlap, bool):
-            raise TypeError(f"overlap: expected a bool, got {type(overlap).__name__}")
+        if overlap is None:
+            overlap = overlap_default()
+        elif not isinstance(overlap, bool):
+            raise TypeError(f"overlap: expected a bool or None (the UNIMIXER_OVERLAP default), "
+                            f"got {type(overlap).__name__}")
         length = tokens * dim
         check_divides("block", block, length, "L = T*D")
         n = length // block
