@@ -259,6 +259,97 @@ def test_pswiglu_weight_grad_split_matches_single_pass(device):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+# the fused path's weight kernel with several sample ranges a token: bs = 36 in sample tiles of 16
+# (the interpreter's) makes ranges of 16, 16 and 4 samples at n_split = 3, and at 5 two empty ones
+# too; D = 72, h = 80 give two d tiles and two h tiles (buffers) or three h tiles (recompute), so
+# that the bias gradients' owners (the first program column or row) are not every program
+FIXUP_SHAPE = (36, 3, 72, 80)
+
+
+def _force_splits(monkeypatch, kernels, n_split: int) -> list:
+    """Every launch of the fused path's weight kernel with ``n_split`` sample ranges a token; the list
+    returned collects the tiles of each launch."""
+    launches = []
+    monkeypatch.setattr(kernels, "_num_splits", lambda bs, tiles, device: launches.append(tiles) or n_split)
+    return launches
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("backward", ["buffers", "recompute"])
+@pytest.mark.parametrize("n_split", [1, 2, 3, 5])
+def test_pswiglu_fused_weight_grads_every_split(device, kernel_dtype, monkeypatch, backward, n_split):
+    """The weight and bias gradients (in the weights' and biases' dtypes) with one sample range a
+    token (the programs write them) and with several (each output tile's last program sums the fp32
+    partials), 5 not dividing the batch: against the fp64 reference, every output NaN-poisoned
+    first. Token passes of two and one tokens: the second pass reuses the arrival counts that the
+    first set back to 0."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    monkeypatch.setenv("UNIMIXER_FFN_BACKWARD", backward)
+    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "2")
+    launches = _force_splits(monkeypatch, kernels, n_split)
+    bs, t, d, h = FIXUP_SHAPE
+    u = random_input((bs, t, d), kernel_dtype, device, requires_grad=True)
+    check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, kernel_dtype, device, True)), backend="triton")
+    assert len(launches) == 2  # the fused path, in two passes
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("backward", ["buffers", "recompute"])
+def test_pswiglu_fused_weight_grads_reset_counts_and_repeat(device, monkeypatch, backward):
+    """After a backward whose weight kernel sums its partials in its last programs, every arrival
+    count is 0 again, and a second backward gives the same bits (fp16 weights, fp32 biases: the
+    gradients cast to both)."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    monkeypatch.setenv("UNIMIXER_FFN_BACKWARD", backward)
+    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "2")
+    monkeypatch.setattr(kernels, "_ARRIVALS", {})
+    counts, arrival_counts = [], kernels._arrival_counts
+
+    def spy(dev, tiles):
+        counts.append((tiles, arrival_counts(dev, tiles)))
+        return counts[-1][1]
+
+    monkeypatch.setattr(kernels, "_arrival_counts", spy)
+    bs, t, d, h = FIXUP_SHAPE
+    u = random_input((bs, t, d), torch.float16, device)
+    w1, w3, w2, b1, b3, _ = (x.detach() for x in _weights(t, d, h, torch.float16, device, True))
+    do = random_input((bs, t, d), torch.float16, device)
+    f32 = (torch.float32,) * 3
+    runs = [kernels.ffn_bwd(do, u, w1, w3, w2, b1, b3, None, None, n_split=3, bias_dtypes=f32)
+            for _ in range(2)]
+    assert len(counts) == 4  # two passes a backward
+    for tiles, buf in counts:
+        assert buf.dtype == torch.int32 and buf.numel() >= tiles
+        assert not buf.any(), "an arrival count was left set"
+    for k, (a, b) in enumerate(zip(*runs)):  # (du, dw1, dw3, dw2, db1, db3, db2)
+        assert a.dtype == (torch.float16 if k < 4 else torch.float32), k
+        assert torch.equal(a, b), f"gradient {k} differs between two backwards"
+
+
+def test_ffn_arrival_counts_per_stream(device, monkeypatch):
+    """The weight kernel's arrival counts: zeros, the same buffer for launches on one stream until one
+    needs more counts (then a larger one, the smaller kept), and on CUDA another buffer for another
+    stream."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    monkeypatch.setattr(kernels, "_ARRIVALS", {})
+    dev = torch.empty(0, device=device).device
+    first = kernels._arrival_counts(dev, 5)
+    assert first.dtype == torch.int32 and first.numel() >= 5 and not first.any()
+    assert kernels._arrival_counts(dev, 3) is first
+    grown = kernels._arrival_counts(dev, first.numel() + 1)
+    assert grown.numel() > first.numel() and not grown.any()
+    assert kernels._arrival_counts(dev, 1) is grown
+    assert sum(len(held) for held in kernels._ARRIVALS.values()) == 2  # the outgrown one is kept
+    if dev.type == "cuda":
+        with torch.cuda.stream(torch.cuda.Stream(dev)):
+            other = kernels._arrival_counts(dev, 1)
+        assert other.data_ptr() != grown.data_ptr()
+        assert kernels._arrival_counts(dev, 1) is grown
+
+
 @pytest.fixture
 def recompute_backward(monkeypatch):
     """The fused path's weight-gradient kernel forms A, dG, dV itself (no [T, bs, h] buffers)."""
