@@ -144,7 +144,7 @@ def _weight_pass(k, u_c, do_c, w1_c, w3_c, w2_c) -> None:
     print()
     print(f"weight kernel: autotuned to {kernel.best_config}; sample ranges by default: {default}")
     print()
-    print("| weight tile BLOCK_S | warps | stages | pass us (act + weight kernels) |")
+    print("| weight tile BLOCK_S | warps | stages | pass us (act + weight + sums) |")
     print("|---:|---:|---:|---:|")
     extra = [triton.Config({"BLOCK_S": b}, num_warps=w, num_stages=st) for b, w, st in EXTRA_WEIGHT_TILES]
     pruned = k._prune_weight(kernel.configs, dict(BS_KEY=BS), RECOMPUTE=False, BLOCK_D=bd,

@@ -201,19 +201,18 @@ def ffn_gemm_rows(usage: bool = True):
 
 def ffn_weight_rows(usage: bool = True, ptx: bool = False):
     """``(label, config, result)`` for the fused path's weight-gradient kernel at ``D = 128`` and
-    ``256`` (bf16, gated, several sample ranges a token: the last program of each tile sums their
-    partials): the tiles its autotuner keeps for a large batch, reading ``A, dG, dV`` from memory and
-    recomputing them (``UNIMIXER_FFN_BACKWARD=recompute``); with ``ptx``, each result holds the PTX
-    too."""
+    ``256`` (bf16, gated): the tiles its autotuner keeps for a large batch, reading ``A, dG, dV``
+    from memory and recomputing them (``UNIMIXER_FFN_BACKWARD=recompute``); with ``ptx``, each
+    result holds the PTX too."""
     import triton.language as tl
     from unimixer_kernels.triton_kernels import pswiglu as k
 
-    ptrs = {a: "*bf16" for a in "DO U A DG DV W1 W3 W2 B1 B3 G V DW1 DW3 DW2".split()}
-    ptrs.update({a: "*fp32" for a in "DB1 DB3 DB2 PW1 PW3 PW2 PB1 PB3 PB2".split()}, COUNT="*i32")
+    ptrs = {a: "*bf16" for a in "DO U A DG DV W1 W3 W2 B1 B3 G V".split()}
+    ptrs.update({a: "*fp32" for a in "DW1 DW3 DW2 DB1 DB3 DB2".split()})
     for d, h in ((128, 176), (256, 688)):
         for recompute in (False, True):
             bd, bh = k._weight_tiles(d, h, recompute)
-            consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, SAVED=False, RECOMPUTE=recompute, FIXUP=True,
+            consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, SAVED=False, RECOMPUTE=recompute,
                           CDT=tl.bfloat16, PREC="tf32", BLOCK_D=bd, BLOCK_H=bh, stride_dod=1, stride_ud=1)
             for cfg in k._prune_weight(k._weight_configs(), dict(BS_KEY=2048), **consts):
                 res = compile_sm90(k.ffn_bwd_weight_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps,

@@ -2,9 +2,9 @@
 
 A weight-gradient kernel writes one fp32 partial per program (or per sample split) into a
 ``[P, ...]`` buffer; ``out = partial.sum(0)`` in the output's dtype finishes it. An op's backward
-has several such buffers (the wide-token pSwiGLU's bias gradients three, four with the norm in front
-of it, the UniMixing + RMSNorm backward three), which as separate ``sum`` and cast calls cost two
-launches each. :func:`sum_partials` sums up to
+has several such buffers (pSwiGLU six, seven with the norm in front of it, the UniMixing + RMSNorm
+backward three), which as separate
+``sum`` and cast calls cost two launches each. :func:`sum_partials` sums up to
 :data:`MAX_SEGMENTS` buffers in one launch and casts in the store.
 
 Each buffer is a segment of the grid: program ``i`` of segment ``k`` owns ``BM_k`` output

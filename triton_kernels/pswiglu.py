@@ -29,12 +29,9 @@ Backward, with ``dA = dO W2^T``::
 ``dG, dV, A`` chunk by chunk, accumulates ``du`` in registers, and writes ``dG, dV, A``
 (``[T, bs, h]``, compute dtype) for ``ffn_bwd_weight_kernel`` (grid
 ``(T * NSPLIT, D tiles, h tiles)``): each program reduces one contiguous range of samples in its
-loop (``NSPLIT`` is sized so the grid fills the GPU; 1 when ``T`` alone does, and each program then
-writes its gradients itself). With more ranges it stores an fp32 partial and counts itself in at its
-output tile (one atomic); the tile's last program sums the ``NSPLIT`` partials in split order, writes
-the gradients in their dtypes and sets the count back to 0: no second launch sums them. Weight and
-bias gradients are deterministic: the atomics only count, and the order of the sums does not depend
-on which program came last. With ``UNIMIXER_FFN_BACKWARD=recompute`` the act kernel writes only
+loop into an fp32 partial, and the ``NSPLIT`` partials are summed in a second pass (``NSPLIT`` is
+sized so the grid fills the GPU; 1 when ``T`` alone does). Weight and bias gradients are
+deterministic: no atomics. With ``UNIMIXER_FFN_BACKWARD=recompute`` the act kernel writes only
 ``du``, and the weight kernel forms ``A, dG, dV`` of its hidden tile itself from ``u``, ``dO`` and the
 weights (its one d tile then spans ``D``): no ``[T, bs, h]`` buffer in the backward at all, for
 three more small GEMMs per sample tile (about 1.4x the backward's FLOPs). On the H200 it is slower
@@ -180,8 +177,7 @@ def _prune_weight(configs, named_args, **kwargs) -> list:
 _WEIGHT_SHAPES = [(32, 4, 2), (64, 4, 3), (64, 8, 2), (64, 8, 3), (128, 8, 2), (32, 4, 1)]
 # ... and recomputing them (whole-D rows, three [D, BLOCK_H] fp32 accumulators): the tiles that
 # ptxas compiles for sm_90 without spills at D = 128 (BLOCK_H 32); at D = 256 (BLOCK_H 16) only
-# the 16-sample ones (16 x 4 warps there spills 24 bytes, 52 with one range a token and 16-bit
-# weights, all of them outside the sample loop)
+# the 16-sample ones (16 x 4 warps there spills 16 bytes)
 _WEIGHT_SHAPES_RECOMPUTE = [(16, 8, 2), (32, 8, 2), (32, 8, 3), (16, 4, 2)]
 
 
@@ -455,58 +451,20 @@ ffn_bwd_act = triton.autotune(**_ACT_TUNING)(ffn_bwd_act_kernel)
 ffn_bwd_act_prenorm = triton.autotune(**_ACT_TUNING, restore_value=["DS", "DW_PART"])(ffn_bwd_act_kernel)
 
 
-@triton.jit
-def _store_grads(DW1, DW3, DW2, DB1, DB3, DB2, row, w1, w3, w2, b1, b3, b2, offs_d, offs_h, mask_d, mask_h,
-                 pid_d, pid_h, D, H, GATED: tl.constexpr):
-    """One tile of the weight-gradient kernel's six results into row ``row`` of ``[rows, D, h]``,
-    ``[rows, h, D]``, ``[rows, h]`` and ``[rows, D]`` buffers, cast to their dtypes; the bias
-    gradients ``b1, b3, b2`` come as the loop's ``[BLOCK_S, ...]`` sums and are reduced here, by the
-    one program column that writes each (so every element is written exactly once)."""
-    wmask = mask_d[:, None] & mask_h[None, :]
-    wid = row * D * H + offs_d[:, None] * H + offs_h[None, :]
-    tl.store(DW1 + wid, w1.to(DW1.dtype.element_ty), mask=wmask)
-    if GATED:
-        tl.store(DW3 + wid, w3.to(DW3.dtype.element_ty), mask=wmask)
-    tl.store(DW2 + row * H * D + offs_h[:, None] * D + offs_d[None, :], w2.to(DW2.dtype.element_ty),
-             mask=mask_h[:, None] & mask_d[None, :])
-    if pid_d == 0:
-        tl.store(DB1 + row * H + offs_h, tl.sum(b1, axis=0).to(DB1.dtype.element_ty), mask=mask_h)
-        if GATED:
-            tl.store(DB3 + row * H + offs_h, tl.sum(b3, axis=0).to(DB3.dtype.element_ty), mask=mask_h)
-    if pid_h == 0:
-        tl.store(DB2 + row * D + offs_d, tl.sum(b2, axis=0).to(DB2.dtype.element_ty), mask=mask_d)
-
-
-@triton.jit
-def _sum_splits(OUT, PART, offs, mask, n_split, stride):
-    """``OUT[offs] = sum_p PART[p * stride + offs]`` over the ``n_split`` partials, in split order (the
-    same sums whichever program does them), cast to ``OUT``'s dtype. The partials are read from L2
-    (``.cg``): other programs wrote them, and this SM's L1 is not coherent with their stores."""
-    acc = tl.load(PART + offs, mask=mask, other=0.0, cache_modifier=".cg")
-    for p in range(1, n_split):
-        acc += tl.load(PART + p * stride + offs, mask=mask, other=0.0, cache_modifier=".cg")
-    tl.store(OUT + offs, acc.to(OUT.dtype.element_ty), mask=mask)
-
-
 @triton.autotune(configs=_weight_configs(), key=["D", "H", "BS_KEY", "GATED", "NSPLIT", "RECOMPUTE"],
                  prune_configs_by={"early_config_prune": _prune_weight})
 @triton.jit
 def ffn_bwd_weight_kernel(
     DO, U, A, DG, DV, W1, W3, W2, B1, B3, G, V, DW1, DW3, DW2, DB1, DB3, DB2,
-    PW1, PW3, PW2, PB1, PB3, PB2, COUNT,
     BS, D, H, BS_KEY, NSPLIT,
     stride_dos, stride_dot, stride_dod,
     stride_us, stride_ut, stride_ud,
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr, SAVED: tl.constexpr,
-    RECOMPUTE: tl.constexpr, FIXUP: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
+    RECOMPUTE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    """Program ``(t * NSPLIT + split, d tile, h tile)`` reduces one contiguous range of samples of
-    token ``t`` into the ``[T, ...]`` gradients ``DW1 .. DB2`` (their own dtypes). With ``FIXUP``
-    (``NSPLIT > 1``) it stores an fp32 partial into its ``[NSPLIT, T, ...]`` slot of ``PW1 .. PB2``
-    and counts itself in at its tile's ``COUNT`` (``[T, d tiles, h tiles]`` int32, zero before the
-    launch); the tile's last program sums the ``NSPLIT`` partials in split order, so the result does
-    not depend on which program came last, writes the gradients, and sets the count back to 0.
+    """Program ``(t * NSPLIT + split, d tile, h tile)`` reduces one contiguous range of samples
+    into its fp32 partial ``[NSPLIT, T, ...]`` slot; the caller sums the ``NSPLIT`` axis.
 
     ``RECOMPUTE``: ``A, dG, dV`` of the program's hidden tile are formed here from ``u``, ``dO`` and
     the weights (``G, V`` loaded when ``SAVED``), as ``ffn_bwd_act_kernel`` forms them, instead of
@@ -514,7 +472,7 @@ def ffn_bwd_weight_kernel(
     pid0 = tl.program_id(0)
     t = (pid0 // NSPLIT).to(tl.int64)
     split = pid0 % NSPLIT
-    n_tokens = (tl.num_programs(0) // NSPLIT).to(tl.int64)
+    n_tokens = tl.num_programs(0) // NSPLIT
     pid_d = tl.program_id(1)
     pid_h = tl.program_id(2)
     per_split = tl.cdiv(tl.cdiv(BS, NSPLIT), BLOCK_S) * BLOCK_S
@@ -563,35 +521,21 @@ def ffn_bwd_weight_kernel(
             acc_b3 += dv.to(tl.float32)
         acc_w2 = tl.dot(at, do, acc_w2, input_precision=PREC)
         acc_b2 += do.to(tl.float32)
-    if FIXUP:
-        _store_grads(PW1, PW3, PW2, PB1, PB3, PB2, split * n_tokens + t, acc_w1, acc_w3, acc_w2,
-                     acc_b1, acc_b3, acc_b2, offs_d, offs_h, mask_d, mask_h, pid_d, pid_h, D, H, GATED)
-        # every thread's partial stores come before the count (a block-wide barrier, then one
-        # acquire-release atomic at gpu scope), and the last program reads the partials from L2 after
-        # it; no program waits for another, so none depends on the others being resident
-        tl.debug_barrier()
-        count = COUNT + (t * tl.num_programs(1) + pid_d) * tl.num_programs(2) + pid_h
-        if tl.atomic_add(count, 1, sem="acq_rel", scope="gpu") == NSPLIT - 1:
-            # the gradients one by one, each stored before the next is summed (all six sums held at once
-            # spilled at D = 256); the bias gradients by the program columns that own them
-            wid = t * D * H + offs_d[:, None] * H + offs_h[None, :]
-            wmask = mask_d[:, None] & mask_h[None, :]
-            _sum_splits(DW1, PW1, wid, wmask, NSPLIT, n_tokens * D * H)
-            if GATED:
-                _sum_splits(DW3, PW3, wid, wmask, NSPLIT, n_tokens * D * H)
-            _sum_splits(DW2, PW2, t * H * D + offs_h[:, None] * D + offs_d[None, :],
-                        mask_h[:, None] & mask_d[None, :], NSPLIT, n_tokens * H * D)
-            if pid_d == 0:
-                _sum_splits(DB1, PB1, t * H + offs_h, mask_h, NSPLIT, n_tokens * H)
-                if GATED:
-                    _sum_splits(DB3, PB3, t * H + offs_h, mask_h, NSPLIT, n_tokens * H)
-            if pid_h == 0:
-                _sum_splits(DB2, PB2, t * D + offs_d, mask_d, NSPLIT, n_tokens * D)
-            # zero again for the next launch that takes this buffer (on this stream: _arrival_counts)
-            tl.atomic_xchg(count, 0, sem="relaxed", scope="gpu")
-    else:  # one range per token: this program's sums are the gradients
-        _store_grads(DW1, DW3, DW2, DB1, DB3, DB2, t, acc_w1, acc_w3, acc_w2, acc_b1, acc_b3, acc_b2,
-                     offs_d, offs_h, mask_d, mask_h, pid_d, pid_h, D, H, GATED)
+    slot = split * n_tokens + t
+    wmask = mask_d[:, None] & mask_h[None, :]
+    wid = slot * D * H + offs_d[:, None] * H + offs_h[None, :]
+    tl.store(DW1 + wid, acc_w1, mask=wmask)
+    if GATED:
+        tl.store(DW3 + wid, acc_w3, mask=wmask)
+    tl.store(DW2 + slot * H * D + offs_h[:, None] * D + offs_d[None, :], acc_w2,
+             mask=mask_h[:, None] & mask_d[None, :])
+    # one program column writes each bias gradient, so every element is written exactly once
+    if pid_d == 0:
+        tl.store(DB1 + slot * H + offs_h, tl.sum(acc_b1, axis=0), mask=mask_h)
+        if GATED:
+            tl.store(DB3 + slot * H + offs_h, tl.sum(acc_b3, axis=0), mask=mask_h)
+    if pid_h == 0:
+        tl.store(DB2 + slot * D + offs_d, tl.sum(acc_b2, axis=0), mask=mask_d)
 
 
 # --- launchers -------------------------------------------------------------------------------
@@ -1244,19 +1188,18 @@ def ffn_bwd(
     copies: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Backward of :func:`ffn_fwd`. ``g``/``v`` are the saved hidden pre-activations, or ``None``
-    to recompute them. ``n_split`` (default: sized to the GPU) is the number of sample ranges per
-    token whose fp32 weight-gradient partials each output tile's last program sums (the fused path
-    only: the wide-token path reduces every sample inside each GEMM tile and ignores it). Returns
-    ``(du, dw1, dw3 or None, dw2, db1, db3 or None, db2)``; the weight gradients have the weights'
-    dtypes, the bias gradients ``[T, h]`` / ``[T, D]`` the dtypes ``bias_dtypes`` of ``(db1, db3,
-    db2)`` (default fp32).
+    to recompute them. ``n_split`` (default: sized to the GPU) is the number of sample ranges
+    per token whose fp32 weight-gradient partials are summed in a second pass, one launch for all
+    six (the fused path only: the wide-token path reduces every sample inside each GEMM tile and
+    ignores it). Returns ``(du, dw1, dw3 or None, dw2, db1, db3 or None, db2)``; the weight
+    gradients have the weights' dtypes, the bias gradients ``[T, h]`` / ``[T, D]`` the dtypes
+    ``bias_dtypes`` of ``(db1, db3, db2)`` (default fp32).
 
     ``prenorm``: the FFN's input is ``RMSNorm(s)`` (``u`` is then ``s``, ``g`` and ``v`` are
     ``None``). Each token pass forms its ``u`` again and turns its ``du`` into ``ds``
     (:class:`.rms_norm.TokenPassNorm`; on the fused path inside the act kernel, from the forward's
     ``rstd``, which ``prenorm`` must then hold): the returned ``du`` is then ``prenorm.ds``, and the
-    norm weight's partials are summed after the last pass (on the wide-token path with the bias
-    gradients' partials).
+    norm weight's partials are summed with the FFN's.
 
     ``lower``: as :func:`ffn_fwd`'s; the weight gradients still come back in the weights' own dtypes,
     straight from the GEMMs (fp32 outputs of 16-bit products). On the wide path each 16-bit weight
@@ -1346,6 +1289,7 @@ def ffn_bwd(
     db2 = new_output((t, d), like=u, dtype=db2_dt)
     dw3 = new_output(w3.shape, like=w3) if gated else None
     db3 = new_output((t, h), like=u, dtype=db3_dt) if gated else None
+    f32 = dict(device=u.device, dtype=torch.float32)
     dummy = w1
     # token passes (_token_chunk): each pass's buffers and partials are freed before the next's
     chunks = _chunks(t, _token_chunk(t, fused=True))
@@ -1372,57 +1316,31 @@ def ffn_bwd(
                                store=not lean,
                                norm=(ds_c, rstd_c, prenorm.weight, prenorm.partial, accumulate))
         splits = n_split if n_split is not None else _num_splits(bs, n * d_tiles * h_tiles, u.device)
-        outs = (_part(dw1, sl), _part(dw3, sl) if gated else dummy, _part(dw2, sl), _part(db1, sl),
-                _part(db3, sl) if gated else dummy, _part(db2, sl))
-        partials = (_split_partials(splits, n, d, h, gated, u.device, n * d_tiles * h_tiles) if splits > 1
-                    else (dummy,) * 7)  # one range per token: the programs write the gradients directly
+        dw1_p = new_output((splits, n, d, h), **f32)
+        dw3_p = new_output((splits, n, d, h), **f32) if gated else dw1_p
+        dw2_p = new_output((splits, n, h, d), **f32)
+        db1_p = new_output((splits, n, h), **f32)
+        db3_p = new_output((splits, n, h), **f32) if gated else db1_p
+        db2_p = new_output((splits, n, d), **f32)
         ffn_bwd_weight_kernel[(n * splits, d_tiles, h_tiles)](
             do_c, u_c, a, dg, dv,
             w1_c, w3_c if gated else dummy, w2_c, b1_c if b1 is not None else dummy,
             b3_c if b3 is not None else dummy, g_c if saved else dummy, v_c if (saved and gated) else dummy,
-            *outs, *partials,
+            dw1_p, dw3_p, dw2_p, db1_p, db3_p, db2_p,
             bs, d, h, bucket(bs), splits,
             do.stride(0), do.stride(1), do.stride(2),
             u_c.stride(0), u_c.stride(1), u_c.stride(2),
             GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None, SAVED=saved, RECOMPUTE=lean,
-            FIXUP=splits > 1, CDT=tdt, PREC=_prec(cdt), BLOCK_D=bd, BLOCK_H=bh,
+            CDT=tdt, PREC=_prec(cdt), BLOCK_D=bd, BLOCK_H=bh,
         )
-        del a, dg, dv, partials, u_c  # this pass's buffers go back to the allocator before the next pass's
-    if prenorm is not None:  # every pass added its rows to the norm weight's partials
-        sum_partials(prenorm.weight_grad_pair())
+        del a, dg, dv  # this pass's buffers go back to the allocator before the next pass's
+        pairs = [(dw1_p, _part(dw1, sl)), (dw2_p, _part(dw2, sl)), (db1_p, _part(db1, sl)),
+                 (db2_p, _part(db2, sl))]
+        if gated:
+            pairs += [(dw3_p, _part(dw3, sl)), (db3_p, _part(db3, sl))]
+        sum_partials(*pairs, *(_prenorm_pair(prenorm) if sl is chunks[-1] else ()))
+        del pairs, dw1_p, dw3_p, dw2_p, db1_p, db3_p, db2_p, u_c  # likewise the partials
     return du, dw1, dw3, dw2, db1, db3, db2
-
-
-def _split_partials(splits: int, n: int, d: int, h: int, gated: bool, device: torch.device,
-                    tiles: int) -> tuple:
-    """The fused path's weight kernel with ``splits`` sample ranges a token (``FIXUP``): its fp32
-    partials of ``(dW1, dW3, dW2, db1, db3, db2)``, ``[splits, n, ...]`` (``dW3``'s and ``db3``'s are
-    ``dW1``'s and ``db1``'s when not gated: never written then), and the arrival counts of its
-    ``tiles`` output tiles."""
-    f32 = dict(device=device, dtype=torch.float32)
-    pw1, pb1 = new_output((splits, n, d, h), **f32), new_output((splits, n, h), **f32)
-    return (pw1, new_output((splits, n, d, h), **f32) if gated else pw1, new_output((splits, n, h, d), **f32),
-            pb1, new_output((splits, n, h), **f32) if gated else pb1, new_output((splits, n, d), **f32),
-            _arrival_counts(device, tiles))
-
-
-# The weight kernel's arrival counts (FIXUP), one int32 per output tile, zero between launches: each
-# tile's last program sets its count back to 0, so one buffer serves launch after launch without a
-# fill. Launches on one stream run in turn and can share a buffer; two launches on different streams
-# may run at once, and would then count each other's programs in (a tile summed before all its
-# partials are there, or never), so each (device, stream) has its own. A buffer outgrown is kept,
-# not freed: a CUDA graph captured with it still writes it at every replay.
-_ARRIVALS: dict = {}
-
-
-def _arrival_counts(device: torch.device, tiles: int) -> torch.Tensor:
-    """At least ``tiles`` zeroed int32 arrival counts for a weight-kernel launch on the current stream
-    of ``device`` (its current CUDA stream; one buffer per device elsewhere)."""
-    key = (device, torch.cuda.current_stream(device).cuda_stream) if device.type == "cuda" else device
-    held = _ARRIVALS.setdefault(key, [])
-    if not held or held[-1].numel() < tiles:
-        held.append(torch.zeros(triton.next_power_of_2(tiles), device=device, dtype=torch.int32))
-    return held[-1]
 
 
 def _pass_rows(u, do, du, sl, prenorm):
