@@ -133,8 +133,9 @@ def rms_norm_bwd_kernel(
 TILE_ELEMENTS = 4096
 # the backward's tile and programs per SM: half the forward's tile (its three to four fp32 rows a
 # thread held 182 registers at D = 128, two programs an SM), twice the programs. At paper-small's
-# rows on the H200 (bench/norm_bwd_probe.py, run218): 15.4 against 20.6 µs a call without dsum,
-# 23.4 against 24.2 with it
+# rows on the H200 alone (bench/norm_bwd_probe.py, run218): 15.4 against 20.6 µs a call without
+# dsum, 23.4 against 24.2 with it; in the UniMixer block's step (run219's profile, both calls with
+# dsum) 25.4 and 19.9 against 26.7 and 20.0
 BWD_TILE_ELEMENTS = 2048
 BWD_PROGRAMS_PER_SM = 8
 

@@ -259,6 +259,61 @@ def test_pswiglu_weight_grad_split_matches_single_pass(device):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+# the fused path's weight kernel with several sample ranges a token: bs = 36 in sample tiles of 16
+# (the interpreter's) makes ranges of 16, 16 and 4 samples at n_split = 3, and at 5 two empty ones
+# too; D = 72, h = 80 give two d tiles and two h tiles (buffers) or three h tiles (recompute), so
+# that the bias gradients' owners (the first program column or row) are not every program
+SPLIT_SHAPE = (36, 3, 72, 80)
+
+
+def _force_splits(monkeypatch, kernels, n_split: int) -> list:
+    """Every launch of the fused path's weight kernel with ``n_split`` sample ranges a token; the list
+    returned collects the tiles of each launch."""
+    launches = []
+    monkeypatch.setattr(kernels, "_num_splits", lambda bs, tiles, device: launches.append(tiles) or n_split)
+    return launches
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("backward", ["buffers", "recompute"])
+@pytest.mark.parametrize("n_split", [1, 2, 3, 5])
+def test_pswiglu_fused_weight_grads_every_split(device, kernel_dtype, monkeypatch, backward, n_split):
+    """The weight and bias gradients (in the weights' and biases' dtypes) with one sample range a
+    token and with several (fp32 partials summed by ``sum_partials``), 5 not dividing the batch:
+    against the fp64 reference, every output NaN-poisoned first, in token passes of two and one
+    tokens."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    monkeypatch.setenv("UNIMIXER_FFN_BACKWARD", backward)
+    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "2")
+    launches = _force_splits(monkeypatch, kernels, n_split)
+    bs, t, d, h = SPLIT_SHAPE
+    u = random_input((bs, t, d), kernel_dtype, device, requires_grad=True)
+    check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, kernel_dtype, device, True)), backend="triton")
+    assert len(launches) == 2  # the fused path, in two passes
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("backward", ["buffers", "recompute"])
+def test_pswiglu_fused_weight_grads_repeat_bit_for_bit(device, backward, monkeypatch):
+    """Two backwards with three sample ranges a token give the same bits (fp16 weights, fp32 biases:
+    the gradients cast to both): the partials' sums do not depend on the programs' order."""
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    monkeypatch.setenv("UNIMIXER_FFN_BACKWARD", backward)
+    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "2")
+    bs, t, d, h = SPLIT_SHAPE
+    u = random_input((bs, t, d), torch.float16, device)
+    w1, w3, w2, b1, b3, _ = (x.detach() for x in _weights(t, d, h, torch.float16, device, True))
+    do = random_input((bs, t, d), torch.float16, device)
+    f32 = (torch.float32,) * 3
+    runs = [kernels.ffn_bwd(do, u, w1, w3, w2, b1, b3, None, None, n_split=3, bias_dtypes=f32)
+            for _ in range(2)]
+    for k, (a, b) in enumerate(zip(*runs)):  # (du, dw1, dw3, dw2, db1, db3, db2)
+        assert a.dtype == (torch.float16 if k < 4 else torch.float32), k
+        assert torch.equal(a, b), f"gradient {k} differs between two backwards"
+
+
 @pytest.fixture
 def recompute_backward(monkeypatch):
     """The fused path's weight-gradient kernel forms A, dG, dV itself (no [T, bs, h] buffers)."""
