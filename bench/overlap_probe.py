@@ -1,7 +1,8 @@
 """Probe: the UniMixer blocks' training step with the mixing weights on a side stream and without
 (``UniMixing(overlap=...)``), side by side (``python -m bench.overlap_probe``, CUDA).
 
-For each preset, module (one block, or the two-block stack ``UniMixer``), full and Lite, and backend
+For each preset, module (one block, and unless ``--one-block`` the two-block stack ``UniMixer``), full
+and Lite, and backend
 (the all-Triton one and the block's spec), the fwd+bwd step as the benchmark times its graphed
 providers (bf16 input under bf16 autocast, fp32 parameters, ``autograd.grad`` of every output with
 respect to the input and the parameters, captured once in a CUDA graph), timed as ``graph.replay()``
@@ -59,7 +60,7 @@ def _step_ms(module: torch.nn.Module, preset) -> float:
     return ms
 
 
-def main(presets: list[str]) -> None:
+def main(presets: list[str], stacks: tuple[int, ...] = (1, 2)) -> None:
     import unimixer_kernels as uk
 
     print(f"# env {json.dumps(header(torch.device('cuda')))}")
@@ -69,7 +70,7 @@ def main(presets: list[str]) -> None:
     for name in presets:
         preset = get_preset(name)
         for lite in (False, True):
-            for blocks in (1, 2):
+            for blocks in stacks:
                 for backend in SPECS[lite]:
                     ok, why = uk.backend_status(backend)
                     label = ("UniMixerBlock" if blocks == 1 else "UniMixer, 2 blocks") + (" Lite" * lite)
@@ -89,4 +90,6 @@ def main(presets: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["paper-small"])
+    # python -m bench.overlap_probe [--one-block] [preset ...]: --one-block leaves the two-block stacks out
+    args = [a for a in sys.argv[1:] if a != "--one-block"]
+    main(args or ["paper-small"], (1,) if "--one-block" in sys.argv[1:] else (1, 2))
