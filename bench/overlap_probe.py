@@ -2,9 +2,8 @@
 (``UniMixing(overlap=...)``), side by side (``python -m bench.overlap_probe``, CUDA).
 
 For each preset, module (one block, and unless ``--one-block`` the two-block stack ``UniMixer``), full
-and Lite, and backend
-(the all-Triton one and the block's spec), the fwd+bwd step as the benchmark times its graphed
-providers (bf16 input under bf16 autocast, fp32 parameters, ``autograd.grad`` of every output with
+and Lite, and backend (the all-Triton one and the block's spec), the fwd+bwd step as the benchmark times
+its graphed providers (bf16 input under bf16 autocast, fp32 parameters, ``autograd.grad`` of every output with
 respect to the input and the parameters, captured once in a CUDA graph), timed as ``graph.replay()``
 by ``triton.testing.do_bench`` (median, L2 cleared before each call). ``overlap=False`` and
 ``overlap=True`` alternate twice, so drift shows as a difference between the two rounds.
