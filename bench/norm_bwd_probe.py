@@ -10,12 +10,12 @@ median of 15 replays. The launcher's programs per SM (``BWD_PROGRAMS_PER_SM``) a
 from __future__ import annotations
 
 import json
-import statistics
 from unittest import mock
 
 import torch
 
 from .env import header
+from .timing import graph_replay_us
 
 M, D, SETS, CALLS = 2048 * 32, 128, 4, 16
 GRIDS = [(4, 4096), (8, 2048), (8, 4096), (16, 2048), (10**6, 4096)]
@@ -42,24 +42,9 @@ def main() -> None:
 
             grid = mock.patch.object(k, "BWD_PROGRAMS_PER_SM", per_sm)
             with grid, mock.patch.object(k, "BWD_TILE_ELEMENTS", tile):
-                calls()
-                torch.cuda.synchronize()
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    calls()
-            graph.replay()
-            torch.cuda.synchronize()
-            times = []
-            for _ in range(15):
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                graph.replay()
-                b.record()
-                b.synchronize()
-                times.append(a.elapsed_time(b) * 1e3 / CALLS)
+                us = graph_replay_us(calls, reps=1, runs=15) / CALLS
             label = "one tile each" if per_sm >= 10**6 else str(per_sm)
-            print(f"| {label} | {tile} | {has_dsum} | {statistics.median(times):.1f} |", flush=True)
-            del graph
+            print(f"| {label} | {tile} | {has_dsum} | {us:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

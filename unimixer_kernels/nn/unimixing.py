@@ -106,6 +106,10 @@ class UniMixing(nn.Module):
     the activations' kernels in the forward, and, since autograd runs a backward on its forward's
     stream, beside the rest of the backward once ``dW_G`` is there. The results are the same bits
     either way; the side stream's allocations come from the caching allocator's pool for that stream.
+    Inside a CUDA graph capture the side stream joins the capture (it waits on the capturing stream
+    first, and autograd's backward joins it back). Kernels on the side stream that wait for the other
+    programs of their launch (the resident Sinkhorn) still finish beside the caller's: no kernel of
+    the caller's stream waits for the side stream, only the stream itself does, between kernels.
     """
 
     def __init__(
