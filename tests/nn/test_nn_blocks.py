@@ -88,6 +88,14 @@ def test_unimixer_temperature_reaches_every_block():
     assert stack.tau == 0.2 and all(b.mixing.tau == 0.2 for b in stack.blocks)
 
 
+def test_unimixer_overlap_reaches_every_block(monkeypatch):
+    # the blocks pass overlap to their mixing; UNIMIXER_OVERLAP is its default when none is given
+    assert not any(b.mixing.overlap for b in uknn.UniMixer(4, 8, 2, 2, overlap=False).blocks)
+    assert all(b.mixing.overlap for b in uknn.UniMixer(4, 8, 2, 2).blocks)
+    monkeypatch.setenv("UNIMIXER_OVERLAP", "0")
+    assert not uknn.UniMixerBlock(4, 8, 2, lite=True).mixing.overlap
+
+
 def test_unimixer_eval_equals_train():
     stack = uknn.UniMixer(4, 8, 2, 2, lite=True, init="random")
     x = torch.randn(2, 4, 8)
