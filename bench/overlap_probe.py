@@ -1,16 +1,19 @@
-"""Probe: the UniMixer blocks' training step with the mixing weights on a side stream and without
-(``UniMixing(overlap=...)``), side by side (``python -m bench.overlap_probe``, CUDA).
+"""Probe: the UniMixer blocks' training step with the mixing weights on the caller's stream
+(``UniMixing(overlap=False)``), on one side stream (both weights, one after the other: ``weights_streams``
+made to return one stream twice) and on their two side streams (``overlap=True``), side by side
+(``python -m bench.overlap_probe``, CUDA).
 
 For each preset, module (one block, and unless ``--one-block`` the two-block stack ``UniMixer``), full
 and Lite, and backend (the all-Triton one and the block's spec), the fwd+bwd step as the benchmark times
 its graphed providers (bf16 input under bf16 autocast, fp32 parameters, ``autograd.grad`` of every output with
 respect to the input and the parameters, captured once in a CUDA graph), timed as ``graph.replay()``
-by ``triton.testing.do_bench`` (median, L2 cleared before each call). ``overlap=False`` and
-``overlap=True`` alternate twice, so drift shows as a difference between the two rounds.
+by ``triton.testing.do_bench`` (median, L2 cleared before each call). The three configurations
+alternate twice, so drift shows as a difference between the two rounds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -23,6 +26,22 @@ from .timing import capture_graph, time_ms
 SPECS = {False: ("triton", "triton+sinkhorn=cuda/triton"),
          True: ("triton", "triton+lite_global_weights=cuda/triton")}
 ROUNDS = 2
+CONFIGS = ("off", "one side stream", "two side streams")
+
+
+@contextlib.contextmanager
+def _config(name: str):
+    """``overlap`` for the modules made inside, and for "one side stream" both weights on the first of
+    ``weights_streams``."""
+    from unimixer_kernels.nn import unimixing
+
+    real = unimixing.weights_streams
+    if name == "one side stream":
+        unimixing.weights_streams = lambda device: (real(device)[0],) * 2
+    try:
+        yield name != "off"
+    finally:
+        unimixing.weights_streams = real
 
 
 def _module(preset, lite: bool, blocks: int, backend: str, overlap: bool) -> torch.nn.Module:
@@ -63,9 +82,11 @@ def main(presets: list[str], stacks: tuple[int, ...] = (1, 2)) -> None:
     import unimixer_kernels as uk
 
     print(f"# env {json.dumps(header(torch.device('cuda')))}")
-    print("\nThe UniMixer blocks' training step (graphed), the mixing weights on a side stream or not\n")
-    print("| preset | module | backend | overlap=False, ms | overlap=True, ms | saved, µs |")
-    print("|---|---|---|---:|---:|---:|")
+    print("\nThe UniMixer blocks' training step (graphed), the mixing weights on the caller's stream, one "
+          "side stream or two\n")
+    print("| preset | module | backend | " + " | ".join(f"{c}, ms" for c in CONFIGS)
+          + " | two against off, µs | two against one, µs |")
+    print("|---|---|---|" + "---:|" * (len(CONFIGS) + 2))
     for name in presets:
         preset = get_preset(name)
         for lite in (False, True):
@@ -74,18 +95,23 @@ def main(presets: list[str], stacks: tuple[int, ...] = (1, 2)) -> None:
                     ok, why = uk.backend_status(backend)
                     label = ("UniMixerBlock" if blocks == 1 else "UniMixer, 2 blocks") + (" Lite" * lite)
                     if not ok:
-                        print(f"| {name} | {label} | `{backend}` | unavailable: {why} | | |")
+                        empty = " |" * (len(CONFIGS) + 1)
+                        print(f"| {name} | {label} | `{backend}` | unavailable: {why} |{empty}")
                         continue
-                    times = {False: [], True: []}
+                    times = {c: [] for c in CONFIGS}
                     for _ in range(ROUNDS):
-                        for overlap in (False, True):
-                            module = _module(preset, lite, blocks, backend, overlap)
-                            times[overlap].append(_step_ms(module, preset))
+                        for config in CONFIGS:
+                            with _config(config) as overlap:
+                                module = _module(preset, lite, blocks, backend, overlap)
+                                times[config].append(_step_ms(module, preset))
                             del module
                             torch.cuda.empty_cache()
-                    off, on = (" / ".join(f"{t:.4f}" for t in times[o]) for o in (False, True))
-                    saved = (min(times[False]) - min(times[True])) * 1e3
-                    print(f"| {name} | {label} | `{backend}` | {off} | {on} | {saved:.1f} |", flush=True)
+                    cells = (" / ".join(f"{t:.4f}" for t in times[c]) for c in CONFIGS)
+                    best = {c: min(t) for c, t in times.items()}
+                    vs_off = (best["off"] - best["two side streams"]) * 1e3
+                    vs_one = (best["one side stream"] - best["two side streams"]) * 1e3
+                    print(f"| {name} | {label} | `{backend}` | {' | '.join(cells)} | {vs_off:.1f} "
+                          f"| {vs_one:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

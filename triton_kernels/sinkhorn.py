@@ -150,7 +150,7 @@ RESIDENT_MAX_SPINS = 1 << 24
 # after each resident launch, synchronise and raise if a wait gave up (tests)
 RESIDENT_CHECK = False
 # Lite global with fp32 factors of a larger rank: A @ B is formed once per call by an fp32 GEMM
-# (_Fp32Products) and run as dense logits, instead of on FMA units in the kernels
+# (Fp32Products) and run as dense logits, instead of on FMA units in the kernels
 LOWRANK_MATERIALISE_MIN_RANK = 32
 # FMA contraction in the batched kernels, and in the resident kernels where S0 = logits * scale
 # (dense): off. There S0 must round once and be the same number in every use; with contraction the
@@ -1632,13 +1632,13 @@ def _lowrank_factors(a_g: torch.Tensor, b_g: torch.Tensor, symmetric: bool):
     return a_g.to(dtype), b_g.to(dtype)
 
 
-def _lowrank_operands(a: torch.Tensor, b: torch.Tensor, mm: _Fp32Products) -> tuple:
+def _lowrank_operands(a: torch.Tensor, b: torch.Tensor, mm: Fp32Products) -> tuple:
     """``(src, a, b)`` for ``tiled_fwd`` / ``tiled_bwd``: ``(None, a, b)`` (matrix free), or, for fp32
-    factors of rank above ``LOWRANK_MATERIALISE_MIN_RANK``, ``(_lowrank_logits(a, b, mm), None, None)``
+    factors of rank above ``LOWRANK_MATERIALISE_MIN_RANK``, ``(lowrank_logits(a, b, mm), None, None)``
     (the module docstring says why)."""
     if not _forms_logits(a.dtype, a.shape[1]):
         return None, a, b
-    return _lowrank_logits(a, b, mm), None, None
+    return lowrank_logits(a, b, mm), None, None
 
 
 def _forms_logits(dtype: torch.dtype, rank: int) -> bool:
@@ -1648,12 +1648,12 @@ def _forms_logits(dtype: torch.dtype, rank: int) -> bool:
 
 
 class Split(NamedTuple):
-    """An operand of :class:`_Fp32Products` given as its bf16 parts ``[3, M, K]`` (:mod:`.gemm_fp32`)."""
+    """An operand of :class:`Fp32Products` given as its bf16 parts ``[3, M, K]`` (:mod:`.gemm_fp32`)."""
 
     parts: torch.Tensor
 
 
-class _Fp32Products:
+class Fp32Products:
     """The fp32 products of one Lite global call (``A_G @ B_G``; in the backward also ``dM B_G^T`` and
     ``A_G^T dM``), whatever torch's TF32 setting and whatever autocast region the call sits in (the
     ops run with autocast off, but the custom ops called on their own under autocast would otherwise
@@ -1667,10 +1667,12 @@ class _Fp32Products:
       summed in one launch;
     * ``cublas``: IEEE fp32 cuBLAS GEMMs. torch has no per-call precision for ``mm``: where TF32 is
       on, the process-wide flag is turned off around them (a matmul on another thread at that moment
-      would see it off); at torch's default (off) nothing is touched."""
+      would see it off); at torch's default (off) nothing is touched.
 
-    def __init__(self):
-        self.mode = switch(LITE_GEMM_SWITCH)
+    ``mode`` overrides the switch (the ``cuda`` backend's gradient GEMMs: ``cublas``)."""
+
+    def __init__(self, mode: str | None = None):
+        self.mode = switch(LITE_GEMM_SWITCH) if mode is None else mode
         if self.mode not in ("split", "cublas"):
             raise ValueError(f"{LITE_GEMM_SWITCH}: expected 'split' or 'cublas', got {self.mode!r}")
         self._parts: dict[tuple, torch.Tensor] = {}
@@ -1720,10 +1722,11 @@ class _Fp32Products:
                 m.allow_tf32 = saved
 
 
-def _lowrank_logits(a: torch.Tensor, b: torch.Tensor, mm: _Fp32Products | None = None) -> torch.Tensor:
-    """``(A @ B)[None]`` by ``mm`` (a new :class:`_Fp32Products` by default). The forward and the
-    backward form it by the same GEMM, so both see the same numbers."""
-    return (mm or _Fp32Products())((a, b))[0].unsqueeze(0)
+def lowrank_logits(a: torch.Tensor, b: torch.Tensor, mm: Fp32Products | None = None) -> torch.Tensor:
+    """``(A @ B)[None]`` by ``mm`` (a new :class:`Fp32Products` by default). The forward and the
+    backward form it by the same GEMM, so both see the same numbers (the ``cuda`` backend of
+    ``lite_global_weights`` forms its logits here too)."""
+    return (mm or Fp32Products())((a, b))[0].unsqueeze(0)
 
 
 def lite_global_fwd(a_g: torch.Tensor, b_g: torch.Tensor, tau: float, iters: int, symmetric: bool):
@@ -1734,7 +1737,7 @@ def lite_global_fwd(a_g: torch.Tensor, b_g: torch.Tensor, tau: float, iters: int
     _check_compute_dtype("b_g", b_g)
     n = a_g.shape[0]
     a, b = _lowrank_factors(a_g, b_g, symmetric)
-    mm = _Fp32Products()
+    mm = Fp32Products()
     p, u, v = tiled_fwd(*_lowrank_operands(a, b, mm), 1, n, iters, tau, symmetric)
     return p.view(n, n), u.view(iters, n), v.view(iters, n), mm.parts_of(a), mm.parts_of(b)
 
@@ -1747,11 +1750,11 @@ def saves_factor_parts(a_g: torch.Tensor, b_g: torch.Tensor) -> bool:
 
 def lite_global_bwd(dp, a_g, b_g, u, v, tau: float, iters: int, symmetric: bool, a_parts=None, b_parts=None):
     """``(dA_G, dB_G) = (dM B_G^T, A_G^T dM)``, with ``dM`` (fp32 ``n x n``, or its parts) materialised once
-    and both GEMMs in fp32 by the logits' :class:`_Fp32Products`; ``a_parts``, ``b_parts``: the
+    and both GEMMs in fp32 by the logits' :class:`Fp32Products`; ``a_parts``, ``b_parts``: the
     forward's parts of the factors, if it returned them."""
     n = a_g.shape[0]
     a, b = _lowrank_factors(a_g, b_g, symmetric)
-    mm = _Fp32Products()
+    mm = Fp32Products()
     if a_parts is not None:
         mm.adopt(a, a_parts)
         mm.adopt(b, b_parts)

@@ -125,11 +125,42 @@ def test_module_under_compile_with_cuda_graphs_matches_eager(name):
     assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
 
 
+@pytest.mark.parametrize("lite", [False, True])
+def test_each_weight_is_made_on_its_own_side_stream(lite, monkeypatch):
+    # W_G on the first of weights_streams, W_B on the second, neither on the caller's; in eval mode
+    # (and with overlap=False) both on the caller's
+    from unimixer_kernels.nn.unimixing import UniMixing, weights_streams
+
+    seen = {}
+
+    def recorded(name):
+        made = getattr(UniMixing, name)
+
+        def record(self):
+            seen[name] = torch.cuda.current_stream()
+            return made(self)
+        return record
+
+    for name in ("local_weights", "global_weights"):
+        monkeypatch.setattr(UniMixing, name, recorded(name))
+    m = UniMixing(8, 36, 4, iters=3, backend="triton", **(dict(lite=True, rank=8) if lite else {})).cuda()
+    x = torch.randn(4, 8, 36, device="cuda")
+    caller = torch.cuda.current_stream()
+    m(x).sum().backward()
+    assert (seen["global_weights"], seen["local_weights"]) == weights_streams(x.device)
+    assert caller not in seen.values() and seen["global_weights"] != seen["local_weights"]
+    for module in (m.eval(), UniMixing(8, 36, 4, iters=3, backend="triton", overlap=False).cuda()):
+        seen.clear()
+        module(x)
+        assert set(seen.values()) == {caller}
+    torch.cuda.synchronize()
+
+
 @pytest.mark.parametrize("lite,backend", [(False, "triton"), (True, "triton"),
                                           (False, "triton+sinkhorn=cuda/triton"),
                                           (True, "triton+lite_global_weights=cuda/triton")])
 def test_weights_on_the_side_stream_give_the_same_bits_eager_and_captured(lite, backend):
-    # UniMixing's overlap (the weights' Sinkhorn on a side stream, its backward there too) changes
+    # UniMixing's overlap (the weights' Sinkhorns on two side streams, their backward there too) changes
     # only where the kernels run: the block's outputs and every gradient equal those of overlap=False
     # bit for bit, eager (.backward() into .grad) and in a captured CUDA graph (autograd.grad, replayed)
     import unimixer_kernels as uk

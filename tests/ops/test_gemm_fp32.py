@@ -140,7 +140,7 @@ def test_mm_fp32_bad_input():
 def test_lite_gemm_switch_rejects_bad_value(monkeypatch):
     monkeypatch.setenv(LITE_GEMM_SWITCH, "tf32")
     with pytest.raises(ValueError, match=f"{LITE_GEMM_SWITCH}: expected 'split' or 'cublas'"):
-        sk_kernels._Fp32Products()
+        sk_kernels.Fp32Products()
 
 
 @pytest.mark.gpu

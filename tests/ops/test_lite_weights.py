@@ -53,8 +53,8 @@ def test_lite_weights_global_many_tiles(device, monkeypatch, symmetric, material
     # of rank > 32 do on this path)
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
     monkeypatch.setattr(sk_kernels, "LOWRANK_MATERIALISE_MIN_RANK", 0 if materialise else 10**9)
-    formed, form = [], sk_kernels._lowrank_logits
-    monkeypatch.setattr(sk_kernels, "_lowrank_logits",
+    formed, form = [], sk_kernels.lowrank_logits
+    monkeypatch.setattr(sk_kernels, "lowrank_logits",
                         lambda a, b, mm=None: formed.append(a.shape) or form(a, b, mm))
     monkeypatch.setattr(sk_kernels, "RESIDENT", False)
     assert sk_kernels._lowrank_chunk_width(40, True) == 32  # 32-wide chunks: one per accumulator
@@ -85,7 +85,7 @@ def test_fp32_mm_tf32_flag(monkeypatch, tf32):
     flags = Flags()
     monkeypatch.setattr(torch.backends.cuda, "matmul", flags)
     a, b = torch.randn(5, 3), torch.randn(3, 5)
-    assert torch.equal(sk_kernels._lowrank_logits(a, b)[0], a @ b)
+    assert torch.equal(sk_kernels.lowrank_logits(a, b)[0], a @ b)
     assert flags.writes == ([False, True] if tf32 else []) and flags.allow_tf32 == tf32
 
 
@@ -95,8 +95,8 @@ def test_lite_global_gradient_gemms_in_fp32(device, monkeypatch):
     monkeypatch.setattr(sk_kernels, "TILE_OVERRIDE", (16, 16))
     monkeypatch.setattr(sk_kernels, "RESIDENT", False)
     calls = []
-    products = sk_kernels._Fp32Products.__call__
-    monkeypatch.setattr(sk_kernels._Fp32Products, "__call__", lambda self, *pairs: calls.append(
+    products = sk_kernels.Fp32Products.__call__
+    monkeypatch.setattr(sk_kernels.Fp32Products, "__call__", lambda self, *pairs: calls.append(
         [(_shape(a), _shape(b)) for a, b in pairs]) or products(self, *pairs))
     a_g, b_g = _inputs(37, 2, 4, 5, torch.float32, device)[2:]
     _, u, v, a_parts, b_parts = lite_global_fwd(a_g, b_g, 0.2, 2, False)

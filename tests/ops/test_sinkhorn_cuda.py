@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from unimixer_kernels.triton_kernels import sinkhorn as sk_kernels
 
 import unimixer_kernels as uk
 from unimixer_kernels.ops import sinkhorn_cuda
@@ -425,16 +426,25 @@ def test_lite_global_weights_cuda(kernel_dtype, n, r, symmetric):
 
 @pytest.mark.parametrize("n,r,symmetric", LITE_GLOBAL)
 def test_lite_global_weights_cuda_equals_its_logits_on_the_cuda_sinkhorn(n, r, symmetric):
-    # the backward forms the logits again (the same GEMM) rather than saving them: output and gradients
-    # equal, bit for bit, the logits' GEMM followed by the cuda Sinkhorn under autograd
+    # the logits by the Triton backend's GEMM for them (split GEMM by default), formed again by the
+    # backward rather than saved: output and gradients equal, bit for bit, those logits on the cuda
+    # Sinkhorn under autograd, then dL's two IEEE fp32 GEMMs
     a_g, b_g = lite_weights_inputs(n, 2, 2, r, torch.float32, "cuda")[2:]
-    twins = [t.detach().clone().requires_grad_() for t in (a_g, b_g)]
     out = uk.lite_global_weights(a_g, b_g, 0.05, 20, symmetric, backend="cuda")
-    expect = uk.sinkhorn(twins[0] @ twins[1], 0.05, 20, symmetric, backend="cuda")
+    logits = sk_kernels.lowrank_logits(a_g.detach(), b_g.detach())[0].requires_grad_()
+    expect = uk.sinkhorn(logits, 0.05, 20, symmetric, backend="cuda")
     assert torch.equal(out, expect)
     g = torch.randn_like(out)
-    for a, b in zip(torch.autograd.grad(out, (a_g, b_g), g), torch.autograd.grad(expect, twins, g)):
-        assert torch.equal(a, b)
+    (dl,) = torch.autograd.grad(expect, logits, g)
+    da, db = sk_kernels.Fp32Products("cublas")((dl, b_g.detach().t()), (a_g.detach().t(), dl))
+    for got, want in zip(torch.autograd.grad(out, (a_g, b_g), g), (da, db)):
+        assert torch.equal(got, want)
+    # and the logits are A_G @ B_G to fp32's accuracy: no further from fp64's than cuBLAS's IEEE fp32
+    a, b = a_g.detach(), b_g.detach()
+    exact = a.double() @ b.double()
+    ieee = sk_kernels.Fp32Products("cublas")((a, b))[0]
+    err, err_ieee = ((t.double() - exact).abs().max().item() for t in (logits.detach(), ieee))
+    assert err <= 2 * err_ieee + 1e-12, (err, err_ieee)
 
 
 @pytest.mark.parametrize("n,r", [(1024, 128), (4096, 256)])

@@ -17,8 +17,9 @@ OVERLAP_SWITCH = "UNIMIXER_OVERLAP"
 # the modules' switches (environment), listed with the kernels' by ``python -m unimixer_kernels.info``
 SWITCHES = {
     OVERLAP_SWITCH: ("1", "the default of UniMixing's (and the UniMixer blocks') overlap argument: '1' (in "
-                          "CUDA training the mixing weights' Sinkhorn and its backward run on a side stream, "
-                          "beside the activations' kernels) or '0' (on the caller's stream)"),
+                          "CUDA training the mixing weights' Sinkhorns and their backward run on two side "
+                          "streams, beside each other and the activations' kernels) or '0' (on the caller's "
+                          "stream)"),
 }
 
 

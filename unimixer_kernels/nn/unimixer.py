@@ -71,8 +71,8 @@ class UniMixerBlock(nn.Module):
         be = self.backend
         # the mixing weights first: autograd runs ready nodes latest-recorded first, so their
         # backward (Sinkhorn's N x N buffers at large N) then waits for the norm's below, whose
-        # gradient buffers are freed by then. With the mixing's overlap they run on a side stream,
-        # beside the norm here and beside the norm's backward (UniMixing's class doc)
+        # gradient buffers are freed by then. With the mixing's overlap they run on two side streams,
+        # beside each other, the norm here and the norm's backward (UniMixing's class doc)
         pending = self.mixing.op_weights_async(x)
         # Xbar + RMSNorm(Ybar) in the norm's pass; with one stream in (y is x) the norm's backward
         # kernel also adds the residual's gradient into its dX

@@ -99,17 +99,19 @@ class UniMixing(nn.Module):
     op would otherwise cast them to on every call (:meth:`weights` with ``dtype``).
 
     ``overlap`` (default: the ``UNIMIXER_OVERLAP`` environment variable's ``'1'`` or ``'0'``, itself
-    ``'1'`` where it is not set): in training on a CUDA device (outside ``torch.compile``), the
-    weights are computed on a side stream (one per device, :func:`weights_stream`) that first waits
-    for the caller's stream; the caller's stream waits for them only where the mixing op reads them
-    (:meth:`op_weights_async`). The weights depend only on the logits, so their Sinkhorn runs beside
-    the activations' kernels in the forward, and, since autograd runs a backward on its forward's
-    stream, beside the rest of the backward once ``dW_G`` is there. The results are the same bits
-    either way; the side stream's allocations come from the caching allocator's pool for that stream.
-    Inside a CUDA graph capture the side stream joins the capture (it waits on the capturing stream
-    first, and autograd's backward joins it back). Kernels on the side stream that wait for the other
-    programs of their launch (the resident Sinkhorn) still finish beside the caller's: no kernel of
-    the caller's stream waits for the side stream, only the stream itself does, between kernels.
+    ``'1'`` where it is not set): in training on a CUDA device (outside ``torch.compile``), ``W_G`` and
+    ``W_B`` are computed on two side streams (two per device, :func:`weights_streams`), each of which
+    first waits for the caller's stream; the caller's stream waits for them only where the mixing op
+    reads them (:meth:`op_weights_async`). The weights depend only on the logits, so their Sinkhorns run
+    beside each other and beside the activations' kernels in the forward, and, since autograd runs a
+    backward on its forward's stream, beside the rest of the backward once ``dW_G`` and ``dW_B`` are
+    there. The results are the same bits either way; the side streams' allocations come from the
+    caching allocator's pools for those streams. Inside a CUDA graph capture the side streams join the
+    capture (they wait on the capturing stream first, and autograd's backward joins them back). Kernels
+    whose programs wait for the other programs of their launch (the resident Triton Sinkhorn, the
+    ``cuda`` paired kernels) are cooperative launches, whose programs the GPU makes co-resident
+    whatever else runs, and the ``cuda`` clusters are scheduled whole: they finish beside the other
+    streams' kernels. No kernel waits for another stream, only a stream does, between kernels.
     """
 
     def __init__(
@@ -214,13 +216,22 @@ class UniMixing(nn.Module):
 
     def compute_weights(self) -> tuple[Tensor, Tensor]:
         """``(W_B [N, B, B], W_G [N, N])`` from the logits, with autograd, no cache."""
-        if self.lite:  # two ops, so that a per-op spec can choose each weight's backend
-            args = (self.tau, self.iters, self.symmetric)
-            return (ops.lite_local_weights(self.omega, self.basis, *args, backend=self.backend),
-                    ops.lite_global_weights(self.a_g, self.b_g, *args, backend=self.backend))
-        w_local = ops.sinkhorn(self.theta_local, self.tau, self.iters, self.symmetric, backend=self.backend)
-        w_global = ops.sinkhorn(self.theta_global, self.tau, self.iters, self.symmetric, backend=self.backend)
-        return w_local, w_global
+        return self.local_weights(), self.global_weights()
+
+    def local_weights(self) -> Tensor:
+        """``W_B [N, B, B]`` from its logits, with autograd, no cache (Lite: ``uk.lite_local_weights``,
+        a per-op spec choosing its backend)."""
+        if self.lite:
+            return ops.lite_local_weights(self.omega, self.basis, self.tau, self.iters, self.symmetric,
+                                          backend=self.backend)
+        return ops.sinkhorn(self.theta_local, self.tau, self.iters, self.symmetric, backend=self.backend)
+
+    def global_weights(self) -> Tensor:
+        """``W_G [N, N]`` from its logits, with autograd, no cache (Lite: ``uk.lite_global_weights``)."""
+        if self.lite:
+            return ops.lite_global_weights(self.a_g, self.b_g, self.tau, self.iters, self.symmetric,
+                                           backend=self.backend)
+        return ops.sinkhorn(self.theta_global, self.tau, self.iters, self.symmetric, backend=self.backend)
 
     def _cache_key(self) -> tuple:
         params = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.logit_parameters())
@@ -256,21 +267,24 @@ class UniMixing(nn.Module):
         return self.weights(torch.get_autocast_dtype(x.device.type) if on else None)
 
     def op_weights_async(self, x: Tensor) -> PendingWeights:
-        """:meth:`op_weights`, started on the side stream where ``overlap`` applies (training, CUDA,
+        """:meth:`op_weights`, started on the side streams where ``overlap`` applies (training, CUDA,
         not compiling; see the class doc), else computed here; ``.wait()`` gives them, ordered before
         what the caller's stream runs next."""
         if not (self.overlap and self.training and x.is_cuda and not torch.compiler.is_compiling()):
             return PendingWeights(self.op_weights(x))
+        self._cache = None  # as weights() in training
         caller = torch.cuda.current_stream(x.device)
-        side = weights_stream(x.device)
-        side.wait_stream(caller)  # the logits as the caller's stream left them (an optimizer step)
-        with torch.cuda.stream(side):
-            weights = self.op_weights(x)
-            done = torch.cuda.Event()
-            done.record(side)
-        for w in weights:  # made on the side stream, read on the caller's: not reused before those reads
-            w.record_stream(caller)
-        return PendingWeights(weights, done)
+        made, events = {}, []
+        # W_G first: the longer of the two, so it starts first
+        for name, stream in zip(("global", "local"), weights_streams(x.device)):
+            stream.wait_stream(caller)  # the logits as the caller's stream left them (an optimizer step)
+            with torch.cuda.stream(stream):
+                made[name] = self.global_weights() if name == "global" else self.local_weights()
+                events.append(torch.cuda.Event())
+                events[-1].record(stream)
+            # made on a side stream, read on the caller's: not reused before those reads
+            made[name].record_stream(caller)
+        return PendingWeights((made["local"], made["global"]), tuple(events))
 
     def train(self, mode: bool = True) -> UniMixing:
         self._cache = None
@@ -292,30 +306,32 @@ class UniMixing(nn.Module):
         )
 
 
-_WEIGHTS_STREAMS: dict[int, torch.cuda.Stream] = {}
+_WEIGHTS_STREAMS: dict[int, tuple[torch.cuda.Stream, torch.cuda.Stream]] = {}
 
 
-def weights_stream(device: torch.device) -> torch.cuda.Stream:
-    """The side stream on which :class:`UniMixing` computes its training weights on ``device`` (one
-    per device, made on first use)."""
+def weights_streams(device: torch.device) -> tuple[torch.cuda.Stream, torch.cuda.Stream]:
+    """The two side streams on which :class:`UniMixing` computes its training weights on ``device``,
+    ``W_G`` on the first and ``W_B`` on the second (made on first use, shared by every module)."""
     index = torch.device(device).index
     index = torch.cuda.current_device() if index is None else index
     if index not in _WEIGHTS_STREAMS:
-        _WEIGHTS_STREAMS[index] = torch.cuda.Stream(index)
+        _WEIGHTS_STREAMS[index] = (torch.cuda.Stream(index), torch.cuda.Stream(index))
     return _WEIGHTS_STREAMS[index]
 
 
 class PendingWeights:
     """The ``(W_B, W_G)`` of :meth:`UniMixing.op_weights_async`: ``wait()`` returns them after making
-    the current stream wait for the side stream's work on them (once; none when made synchronously)."""
+    the current stream wait for the side streams' work on them (once; none when made synchronously)."""
 
     __slots__ = ("_weights", "_done")
 
-    def __init__(self, weights: tuple[Tensor, Tensor], done: torch.cuda.Event | None = None) -> None:
+    def __init__(self, weights: tuple[Tensor, Tensor], done: tuple[torch.cuda.Event, ...] = ()) -> None:
         self._weights, self._done = weights, done
 
     def wait(self) -> tuple[Tensor, Tensor]:
-        if self._done is not None:
-            torch.cuda.current_stream(self._weights[1].device).wait_event(self._done)
-            self._done = None
+        if self._done:
+            current = torch.cuda.current_stream(self._weights[1].device)
+            for event in self._done:
+                current.wait_event(event)
+            self._done = ()
         return self._weights

@@ -320,9 +320,10 @@ def lite_global_weights(
 ) -> Tensor:
     """UniMixing-Lite's global weight ``SK(A_G @ B_G) [N, N]``: the second half of :func:`lite_weights`.
     The Triton backend forms the logits tile by tile (never an ``N x N`` logits matrix); the ``cuda``
-    backend forms them by torch's fp32 matmul and runs the ``cuda`` Sinkhorn on them (where its kernels
-    take the call: N <= 1024, or symmetric N <= 5120), so it holds the logits and, in the backward, their
-    gradient (two ``N x N`` fp32 matrices) for a faster Sinkhorn."""
+    backend forms them by the Triton backend's fp32 GEMM (``UNIMIXER_LITE_GEMM``) and runs the ``cuda``
+    Sinkhorn on them (where its kernels take the call: N <= 1024, or symmetric N <= 5120), so it holds
+    one ``N x N`` fp32 matrix during each call (the logits; in the backward, formed again, then their
+    gradient over them) for a faster Sinkhorn."""
     _check_lite_global(a_g, b_g)
     check_same_device(a_g=a_g, b_g=b_g)
     check_sinkhorn_args(tau, iters)

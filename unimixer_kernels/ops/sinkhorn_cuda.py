@@ -15,9 +15,10 @@ for symmetric logits with ``1024 < n <= 5120``: of each pair of mirrored 64 x 64
 on chip (shared memory, or a workspace that stays in L2) for the whole call, one warp per pair and one
 block per SM, exchanging partial sums as tagged words through global memory. This file registers the
 fakes and the autograd formula (shared with the Triton backend, ``ops/sinkhorn.py``) and the backend,
-and the ``cuda`` backend of ``lite_global_weights``: ``A_G @ B_G`` by torch's fp32 matmul, then these kernels,
-as forward and backward ops of their own that never save the ``N x N`` logits (the backward forms them again
-and writes their gradient over them with ``sinkhorn_bwd_``).
+and the ``cuda`` backend of ``lite_global_weights``: ``A_G @ B_G`` by the Triton backend's fp32 GEMM for
+these logits (``UNIMIXER_LITE_GEMM``), then these kernels, as forward and backward ops of their own that
+never save the ``N x N`` logits (the backward forms them again and writes their gradient over them with
+``sinkhorn_bwd_``).
 
 Environment: ``UNIMIXER_SINKHORN_CUDA_TILE`` = ``auto`` | ``128x64`` | ``64x128`` | ``128x128`` (rows x
 columns of a block's tile; ``auto`` takes the first in that order whose clusters all fit the device at
@@ -192,12 +193,24 @@ def _lite_global_auto_accepts(a_g: Tensor, b_g: Tensor, tau: float, iters: int, 
 # gradient over them, the paired kernels (N > 1024) in place.
 
 
+def _gemms():
+    from ..triton_kernels import sinkhorn as kernels
+
+    return kernels
+
+
+def _logits(a_g: Tensor, b_g: Tensor) -> Tensor:
+    """``A_G @ B_G`` in fp32 by the Triton backend's GEMM for these logits (``UNIMIXER_LITE_GEMM``: the
+    split GEMM on bf16 tensor cores, or cuBLAS in IEEE fp32), whatever torch's TF32 flag: the forward and
+    the backward form the same bits, and the same as the Triton backend's where it forms them once."""
+    return _gemms().lowrank_logits(a_g.float(), b_g.float())[0]
+
+
 @torch.library.custom_op("unimixer::lite_global_cuda_fwd", mutates_args=())
 def lite_global_cuda_fwd(a_g: Tensor, b_g: Tensor, tau: float, iters: int,
                          symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """``(W_G, U, V)`` of ``SK(A_G @ B_G)``, the logits formed in fp32 by torch's matmul (TF32 only where
-    the process allows it, as in the reference); the logits die here."""
-    return cuda_ops().sinkhorn_fwd(a_g.float() @ b_g.float(), tau, iters, symmetric)
+    """``(W_G, U, V)`` of ``SK(A_G @ B_G)``, the logits formed by :func:`_logits`; they die here."""
+    return cuda_ops().sinkhorn_fwd(_logits(a_g, b_g), tau, iters, symmetric)
 
 
 @lite_global_cuda_fwd.register_fake
@@ -210,13 +223,14 @@ def _(a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool) -> tupl
 @torch.library.custom_op("unimixer::lite_global_cuda_bwd", mutates_args=())
 def lite_global_cuda_bwd(dw: Tensor, a_g: Tensor, b_g: Tensor, u: Tensor, v: Tensor, tau: float, iters: int,
                          symmetric: bool) -> tuple[Tensor, Tensor]:
-    """``(dA_G, dB_G)``: the logits formed again (the forward's product, so bit for bit its logits), their
-    gradient ``dL`` written over them, then ``dL @ B_G^T`` and ``A_G^T @ dL`` in fp32 (one ``N x N`` buffer
-    alive, besides ``dW_G``)."""
-    a32, b32 = a_g.float(), b_g.float()
-    dl = a32 @ b32
+    """``(dA_G, dB_G)``: the logits formed again (the forward's GEMM, so bit for bit its logits), their
+    gradient ``dL`` written over them, then ``dL @ B_G^T`` and ``A_G^T @ dL`` by cuBLAS in IEEE fp32 (one
+    ``N x N`` buffer alive, besides ``dW_G``; the split GEMM would need ``dL``'s bf16 parts, 1.5x more)."""
+    dl = _logits(a_g, b_g)
     cuda_ops().sinkhorn_bwd_(dw.to(torch.float32), dl, u, v, tau, iters, symmetric)
-    return (dl @ b32.T).to(a_g.dtype), (a32.T @ dl).to(b_g.dtype)
+    a32, b32 = a_g.float(), b_g.float()
+    da, db = _gemms().Fp32Products("cublas")((dl, b32.t()), (a32.t(), dl))
+    return da.to(a_g.dtype), db.to(b_g.dtype)
 
 
 @lite_global_cuda_bwd.register_fake
