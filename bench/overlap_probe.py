@@ -1,7 +1,8 @@
 """Probe: the UniMixer blocks' training step with the mixing weights on the caller's stream
 (``UniMixing(overlap=False)``), on one side stream (both weights, one after the other: ``weights_streams``
-made to return one stream twice) and on their two side streams (``overlap=True``), side by side
-(``python -m bench.overlap_probe``, CUDA).
+made to return its first stream twice), on their two side streams (``overlap=True``) and on two side
+streams at the default streams' priority (0) rather than ``WEIGHTS_PRIORITY``, side by side (``python -m
+bench.overlap_probe``, CUDA).
 
 For each preset, module (one block, and unless ``--one-block`` the two-block stack ``UniMixer``), full
 and Lite, and backend (the all-Triton one and the block's spec), the fwd+bwd step as the benchmark times
@@ -26,8 +27,8 @@ from .timing import capture_graph, time_ms
 SPECS = {False: ("triton", "triton+sinkhorn=cuda/triton"),
          True: ("triton", "triton+lite_global_weights=cuda/triton")}
 ROUNDS = 2
-CONFIGS = ("off", "one side stream", "two side streams", "two, high priority")
-_HIGH: dict[int, tuple[torch.cuda.Stream, torch.cuda.Stream]] = {}
+CONFIGS = ("off", "one side stream", "two side streams", "two, priority 0")
+_PLAIN: dict[int, tuple[torch.cuda.Stream, torch.cuda.Stream]] = {}
 
 
 @contextlib.contextmanager
@@ -39,13 +40,13 @@ def _config(name: str):
     real = unimixing.weights_streams
     if name == "one side stream":
         unimixing.weights_streams = lambda device: (real(device)[0],) * 2
-    if name == "two, high priority":  # streams whose pending blocks the GPU schedules before the default's
-        def high(device):
+    if name == "two, priority 0":  # the default streams' priority, not the side streams' higher one
+        def plain(device):
             index = torch.device(device).index or 0
-            if index not in _HIGH:
-                _HIGH[index] = tuple(torch.cuda.Stream(index, priority=-1) for _ in range(2))
-            return _HIGH[index]
-        unimixing.weights_streams = high
+            if index not in _PLAIN:
+                _PLAIN[index] = tuple(torch.cuda.Stream(index) for _ in range(2))
+            return _PLAIN[index]
+        unimixing.weights_streams = plain
     try:
         yield name != "off"
     finally:

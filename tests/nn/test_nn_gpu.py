@@ -127,8 +127,8 @@ def test_module_under_compile_with_cuda_graphs_matches_eager(name):
 
 @pytest.mark.parametrize("lite", [False, True])
 def test_each_weight_is_made_on_its_own_side_stream(lite, monkeypatch):
-    # W_G on the first of weights_streams, W_B on the second, neither on the caller's; in eval mode
-    # (and with overlap=False) both on the caller's
+    # W_G on the first of weights_streams, W_B on the second, neither on the caller's, both at a
+    # higher priority than the caller's; in eval mode (and with overlap=False) both on the caller's
     from unimixer_kernels.nn.unimixing import UniMixing, weights_streams
 
     seen = {}
@@ -148,6 +148,7 @@ def test_each_weight_is_made_on_its_own_side_stream(lite, monkeypatch):
     caller = torch.cuda.current_stream()
     m(x).sum().backward()
     assert (seen["global_weights"], seen["local_weights"]) == weights_streams(x.device)
+    assert all(s.priority < caller.priority for s in weights_streams(x.device))  # scheduled first
     assert caller not in seen.values() and seen["global_weights"] != seen["local_weights"]
     for module in (m.eval(), UniMixing(8, 36, 4, iters=3, backend="triton", overlap=False).cuda()):
         seen.clear()

@@ -100,18 +100,19 @@ class UniMixing(nn.Module):
 
     ``overlap`` (default: the ``UNIMIXER_OVERLAP`` environment variable's ``'1'`` or ``'0'``, itself
     ``'1'`` where it is not set): in training on a CUDA device (outside ``torch.compile``), ``W_G`` and
-    ``W_B`` are computed on two side streams (two per device, :func:`weights_streams`), each of which
-    first waits for the caller's stream; the caller's stream waits for them only where the mixing op
-    reads them (:meth:`op_weights_async`). The weights depend only on the logits, so their Sinkhorns run
-    beside each other and beside the activations' kernels in the forward, and, since autograd runs a
-    backward on its forward's stream, beside the rest of the backward once ``dW_G`` and ``dW_B`` are
-    there. The results are the same bits either way; the side streams' allocations come from the
-    caching allocator's pools for those streams. Inside a CUDA graph capture the side streams join the
-    capture (they wait on the capturing stream first, and autograd's backward joins them back). Kernels
-    whose programs wait for the other programs of their launch (the resident Triton Sinkhorn, the
-    ``cuda`` paired kernels) are cooperative launches, whose programs the GPU makes co-resident
-    whatever else runs, and the ``cuda`` clusters are scheduled whole: they finish beside the other
-    streams' kernels. No kernel waits for another stream, only a stream does, between kernels.
+    ``W_B`` are computed on two side streams (two per device, :func:`weights_streams`, at a higher
+    priority than the default streams'), each of which first waits for the caller's stream; the caller's
+    stream waits for them only where the mixing op reads them (:meth:`op_weights_async`). The weights
+    depend only on the logits, so their Sinkhorns run beside each other and beside the activations'
+    kernels in the forward, and, since autograd runs a backward on its forward's stream, beside the rest
+    of the backward once ``dW_G`` and ``dW_B`` are there. The results are the same bits either way; the
+    side streams' allocations come from the caching allocator's pools for those streams. Inside a CUDA
+    graph capture the side streams join the capture (they wait on the capturing stream first, and
+    autograd's backward joins them back). Kernels whose programs wait for the other programs of their
+    launch (the resident Triton Sinkhorn, the ``cuda`` paired kernels) are cooperative launches, whose
+    programs the GPU makes co-resident whatever else runs, and the ``cuda`` clusters are scheduled
+    whole: they finish beside the other streams' kernels. No kernel waits for another stream, only a
+    stream does, between kernels.
     """
 
     def __init__(
@@ -309,13 +310,20 @@ class UniMixing(nn.Module):
 _WEIGHTS_STREAMS: dict[int, tuple[torch.cuda.Stream, torch.cuda.Stream]] = {}
 
 
+# above the default streams' priority (0): the caller's stream waits for the weights, so the GPU schedules
+# their kernels' pending programs first (bench/results/2026-12-02-h200-run225)
+WEIGHTS_PRIORITY = -1
+
+
 def weights_streams(device: torch.device) -> tuple[torch.cuda.Stream, torch.cuda.Stream]:
     """The two side streams on which :class:`UniMixing` computes its training weights on ``device``,
-    ``W_G`` on the first and ``W_B`` on the second (made on first use, shared by every module)."""
+    ``W_G`` on the first and ``W_B`` on the second (made on first use, shared by every module), at
+    ``WEIGHTS_PRIORITY``, a higher priority than the default streams'."""
     index = torch.device(device).index
     index = torch.cuda.current_device() if index is None else index
     if index not in _WEIGHTS_STREAMS:
-        _WEIGHTS_STREAMS[index] = (torch.cuda.Stream(index), torch.cuda.Stream(index))
+        _WEIGHTS_STREAMS[index] = tuple(torch.cuda.Stream(index, priority=WEIGHTS_PRIORITY)
+                                        for _ in range(2))
     return _WEIGHTS_STREAMS[index]
 
 
