@@ -11,7 +11,8 @@
 #               so that torch.compile's and Triton's on-disk caches are filled (compiled kernels, not
 #               Triton's autotuning choices, which the bench stage makes alone on the GPU)
 #             BUILD_EXT=1 also compiles the CUDA extension there (install may skip it), then runs
-#             its tests, tests/ops/test_*_cuda.py and tests/build (-m gpu, T_EXT_TESTS seconds,
+#             the GPU tests whose backend spec names cuda (they skipped beside the build; junit_specs.xml)
+#             and its tests, tests/ops/test_*_cuda.py and tests/build (-m gpu, T_EXT_TESTS seconds,
 #             junit_ext.xml; EXT_TESTS=0 builds it without them)
 #   bench     python -m bench run, alone on the GPU (the timed numbers), from warm caches
 #   sweep     the full UniMixer block at bs 256..2048 (sweep.json / .csv) and its plot (.png); SWEEP_CASE,
@@ -166,6 +167,14 @@ if want prepare; then
     done
     if [ "${BUILD_EXT:-0}" = 1 ]; then
         { echo "===== build_ext"; tail -n 5 /tmp/ext.log; } >>"$OUT/tests.log"
+    fi
+    if [ "${BUILD_EXT:-0}" = 1 ] && [ "${GPU_TESTS:-tests}" != none ]; then
+        # the GPU tests above ran beside the build, so those of a backend spec with `cuda` in it skipped
+        # (not built yet): run those again now that it is (param ids carry the spec, e.g. cuda/triton)
+        echo "===== pytest: the GPU tests' cuda/ specs, after the build" >>"$OUT/tests.log"
+        UNIMIXER_REQUIRE_CUDA_EXT=1 timeout -k 5 "${T_EXT_TESTS:-400}" "$PY" -m pytest -m gpu -q -r fEs \
+            -p no:cacheprovider --junitxml="$OUT/junit_specs.xml" ${GPU_TEST_ARGS:-} \
+            -k "cuda/ ${GPU_TEST_K:+and ($GPU_TEST_K)}" ${GPU_TESTS:-tests} >>"$OUT/tests.log" 2>&1
     fi
     if [ "${BUILD_EXT:-0}" = 1 ] && [ "${EXT_TESTS:-1}" = 1 ]; then
         echo "===== pytest: CUDA extension" >>"$OUT/tests.log"
