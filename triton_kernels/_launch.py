@@ -126,7 +126,8 @@ SWITCHES = {
                                 "for fp32 factors of rank > 32, and dA_G = dM B_G^T, dB_G = A_G^T dM): "
                                 "'split' (the project's GEMM on bf16 tensor cores, each fp32 operand "
                                 "split exactly into three bf16 parts, six products: fp32's accuracy) or "
-                                "'cublas' (torch.mm in IEEE fp32, TF32 off)"),
+                                "'cublas' (torch.mm in IEEE fp32, TF32 off); the cuda backend forms its "
+                                "logits by it too (its dA_G, dB_G: cuBLAS in IEEE fp32 either way)"),
 }
 
 
