@@ -275,17 +275,18 @@ class UniMixing(nn.Module):
             return PendingWeights(self.op_weights(x))
         self._cache = None  # as weights() in training
         caller = torch.cuda.current_stream(x.device)
-        made, events = {}, []
+        made = []
         # W_G first: the longer of the two, so it starts first
-        for name, stream in zip(("global", "local"), weights_streams(x.device)):
+        for make, stream in zip((self.global_weights, self.local_weights), weights_streams(x.device)):
             stream.wait_stream(caller)  # the logits as the caller's stream left them (an optimizer step)
             with torch.cuda.stream(stream):
-                made[name] = self.global_weights() if name == "global" else self.local_weights()
-                events.append(torch.cuda.Event())
-                events[-1].record(stream)
-            # made on a side stream, read on the caller's: not reused before those reads
-            made[name].record_stream(caller)
-        return PendingWeights((made["local"], made["global"]), tuple(events))
+                weight = make()
+                done = torch.cuda.Event()
+                done.record(stream)
+            weight.record_stream(caller)  # made on a side stream, read on the caller's: not reused before
+            made.append((weight, done))
+        (w_global, global_done), (w_local, local_done) = made
+        return PendingWeights((w_local, w_global), (global_done, local_done))
 
     def train(self, mode: bool = True) -> UniMixing:
         self._cache = None
