@@ -22,7 +22,7 @@ GRIDS = [(4, 4096), (8, 2048), (8, 4096), (16, 2048), (10**6, 4096)]
 
 
 def main() -> None:
-    from triton_kernels import rms_norm as k
+    from unimixer_kernels.triton_kernels import rms_norm as k
 
     dev = torch.device("cuda")
     print(f"# env {json.dumps(header(dev))}")

@@ -8,7 +8,7 @@ For each preset, module (one block, and unless ``--one-block`` the two-block sta
 and Lite, and backend (the all-Triton one and the block's spec), the fwd+bwd step as the benchmark times
 its graphed providers (bf16 input under bf16 autocast, fp32 parameters, ``autograd.grad`` of every output with
 respect to the input and the parameters, captured once in a CUDA graph), timed as ``graph.replay()``
-by ``triton.testing.do_bench`` (median, L2 cleared before each call). The three configurations
+by ``triton.testing.do_bench`` (median, L2 cleared before each call). The four configurations
 alternate twice, so drift shows as a difference between the two rounds.
 """
 
@@ -33,8 +33,8 @@ _PLAIN: dict[int, tuple[torch.cuda.Stream, torch.cuda.Stream]] = {}
 
 @contextlib.contextmanager
 def _config(name: str):
-    """``overlap`` for the modules made inside, and for "one side stream" both weights on the first of
-    ``weights_streams``."""
+    """``overlap`` for the modules made inside; for "one side stream" both weights on the first of
+    ``weights_streams``, for "two, priority 0" on two streams of the default priority."""
     from unimixer_kernels.nn import unimixing
 
     real = unimixing.weights_streams
@@ -42,7 +42,7 @@ def _config(name: str):
         unimixing.weights_streams = lambda device: (real(device)[0],) * 2
     if name == "two, priority 0":  # the default streams' priority, not the side streams' higher one
         def plain(device):
-            index = torch.device(device).index or 0
+            index = real(device)[0].device_index
             if index not in _PLAIN:
                 _PLAIN[index] = tuple(torch.cuda.Stream(index) for _ in range(2))
             return _PLAIN[index]

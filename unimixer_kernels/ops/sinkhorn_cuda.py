@@ -58,6 +58,9 @@ from .sinkhorn import (
     sinkhorn_fwd_fake,
     sinkhorn_setup,
 )
+from .sinkhorn import (
+    _kernels as _triton_sinkhorn,
+)
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_N = 1024  # kMaxN in csrc/sinkhorn.cu: a row band of 128-column tiles in one portable cluster (8 blocks)
@@ -193,17 +196,11 @@ def _lite_global_auto_accepts(a_g: Tensor, b_g: Tensor, tau: float, iters: int, 
 # gradient over them, the paired kernels (N > 1024) in place.
 
 
-def _gemms():
-    from ..triton_kernels import sinkhorn as kernels
-
-    return kernels
-
-
 def _logits(a_g: Tensor, b_g: Tensor) -> Tensor:
     """``A_G @ B_G`` in fp32 by the Triton backend's GEMM for these logits (``UNIMIXER_LITE_GEMM``: the
     split GEMM on bf16 tensor cores, or cuBLAS in IEEE fp32), whatever torch's TF32 flag: the forward and
     the backward form the same bits, and the same as the Triton backend's where it forms them once."""
-    return _gemms().lowrank_logits(a_g.float(), b_g.float())[0]
+    return _triton_sinkhorn().lowrank_logits(a_g.float(), b_g.float())[0]
 
 
 @torch.library.custom_op("unimixer::lite_global_cuda_fwd", mutates_args=())
@@ -229,7 +226,7 @@ def lite_global_cuda_bwd(dw: Tensor, a_g: Tensor, b_g: Tensor, u: Tensor, v: Ten
     dl = _logits(a_g, b_g)
     cuda_ops().sinkhorn_bwd_(dw.to(torch.float32), dl, u, v, tau, iters, symmetric)
     a32, b32 = a_g.float(), b_g.float()
-    da, db = _gemms().Fp32Products("cublas")((dl, b32.t()), (a32.t(), dl))
+    da, db = _triton_sinkhorn().Fp32Products("cublas")((dl, b32.t()), (a32.t(), dl))
     return da.to(a_g.dtype), db.to(b_g.dtype)
 
 
