@@ -1,8 +1,8 @@
 """Probe: the UniMixer blocks' training step with the mixing weights on the caller's stream
 (``UniMixing(overlap=False)``), on one side stream (both weights, one after the other: ``weights_streams``
-made to return its first stream twice), on their two side streams (``overlap=True``) and on two side
-streams at the default streams' priority (0) rather than ``WEIGHTS_PRIORITY``, side by side (``python -m
-bench.overlap_probe``, CUDA).
+made to return its first stream twice), on their two side streams (``overlap=True``, both at
+``WEIGHTS_PRIORITY``) and on two side streams with ``W_G``'s one step above ``W_B``'s (``GLOBAL_ABOVE``),
+side by side (``python -m bench.overlap_probe``, CUDA).
 
 For each preset, module (one block, and unless ``--one-block`` the two-block stack ``UniMixer``), full
 and Lite, and backend (the all-Triton one and the block's spec), the fwd+bwd step as the benchmark times
@@ -27,26 +27,28 @@ from .timing import capture_graph, time_ms
 SPECS = {False: ("triton", "triton+sinkhorn=cuda/triton"),
          True: ("triton", "triton+lite_global_weights=cuda/triton")}
 ROUNDS = 2
-CONFIGS = ("off", "one side stream", "two side streams", "two, priority 0")
-_PLAIN: dict[int, tuple[torch.cuda.Stream, torch.cuda.Stream]] = {}
+CONFIGS = ("off", "one side stream", "two side streams", "two, global above")
+# W_G's stream one priority step above W_B's (lower is higher), the latter at WEIGHTS_PRIORITY
+GLOBAL_ABOVE = (-2, -1)
+_RANKED: dict[int, tuple[torch.cuda.Stream, torch.cuda.Stream]] = {}
 
 
 @contextlib.contextmanager
 def _config(name: str):
     """``overlap`` for the modules made inside; for "one side stream" both weights on the first of
-    ``weights_streams``, for "two, priority 0" on two streams of the default priority."""
+    ``weights_streams``, for "two, global above" on two streams of the priorities ``GLOBAL_ABOVE``."""
     from unimixer_kernels.nn import unimixing
 
     real = unimixing.weights_streams
     if name == "one side stream":
         unimixing.weights_streams = lambda device: (real(device)[0],) * 2
-    if name == "two, priority 0":  # the default streams' priority, not the side streams' higher one
-        def plain(device):
+    if name == "two, global above":
+        def ranked(device):
             index = real(device)[0].device_index
-            if index not in _PLAIN:
-                _PLAIN[index] = tuple(torch.cuda.Stream(index) for _ in range(2))
-            return _PLAIN[index]
-        unimixing.weights_streams = plain
+            if index not in _RANKED:
+                _RANKED[index] = tuple(torch.cuda.Stream(index, priority=p) for p in GLOBAL_ABOVE)
+            return _RANKED[index]
+        unimixing.weights_streams = ranked
     try:
         yield name != "off"
     finally:
@@ -89,8 +91,12 @@ def _step_ms(module: torch.nn.Module, preset) -> float:
 
 def main(presets: list[str], stacks: tuple[int, ...] = (1, 2)) -> None:
     import unimixer_kernels as uk
+    from unimixer_kernels.nn.unimixing import weights_streams
 
     print(f"# env {json.dumps(header(torch.device('cuda')))}")
+    ranked = [torch.cuda.Stream(priority=p).priority for p in GLOBAL_ABOVE]
+    print(f"# stream priorities (lower is higher): range {torch.cuda.Stream.priority_range()}, side streams "
+          f"{[st.priority for st in weights_streams(torch.device('cuda'))]}, global above {ranked}")
     print("\nThe UniMixer blocks' training step (graphed), the mixing weights on the caller's stream, one "
           "side stream or two\n")
     print("| preset | module | backend | " + " | ".join(f"{c}, ms" for c in CONFIGS)

@@ -223,6 +223,26 @@ def ffn_weight_rows(usage: bool = True, ptx: bool = False):
                 yield label, (dict(cfg.kwargs, BLOCK_D=bd, BLOCK_H=bh), cfg.num_warps, cfg.num_stages), res
 
 
+def ffn_fwd_rows(usage: bool = True):
+    """``(label, config, result)`` for the fused path's forward kernel at ``paper-small`` (``D = 128``,
+    ``h = 176``, bf16, gated, nothing saved), plain and with the norm in front (``PRENORM``): the tiles
+    its autotuner keeps for a large batch."""
+    import triton.language as tl
+    from unimixer_kernels.triton_kernels import pswiglu as k
+
+    ptrs = {a: "*bf16" for a in "U W1 W3 W2 B1 B3 B2 OUT G V".split()}
+    ptrs.update(NW="*fp32", RSTD="*fp32")
+    for prenorm in (False, True):
+        consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, HAS_B2=True, SAVE=False, PRENORM=prenorm,
+                      CDT=tl.bfloat16, PREC="tf32", BLOCK_D=128, stride_ud=1)
+        for cfg in k._prune_tiles(k._tile_configs(), dict(BS_KEY=2048), **consts):
+            res = compile_sm90(k.ffn_fwd_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps,
+                               cfg.num_stages, usage=usage, floats=("eps",),
+                               divisible=("BS", "D", "H", "BS_KEY", "stride_us", "stride_ut"))
+            label = f"ffn_fwd D=128{' prenorm' if prenorm else ''}"
+            yield label, (dict(cfg.kwargs), cfg.num_warps, cfg.num_stages), res
+
+
 def ffn_act_rows(usage: bool = True):
     """``(label, config, result)`` for the fused path's activation-gradient kernel at ``paper-small``
     (``D = 128``, ``h = 176``, bf16, gated, storing ``A, dG, dV``), plain and with the norm in front
@@ -276,7 +296,7 @@ def sinkhorn_resident_rows():
 def report() -> str:
     lines = ["| kernel | tile | warps | stages | shared KiB | registers | spill bytes |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    for rows in (unimixing_fwd_rows(), ffn_gemm_rows(), ffn_act_rows(), ffn_weight_rows()):
+    for rows in (unimixing_fwd_rows(), ffn_gemm_rows(), ffn_fwd_rows(), ffn_act_rows(), ffn_weight_rows()):
         for label, (kw, warps, stages), res in rows:
             tile = " ".join(f"{k}={v}" for k, v in kw.items())
             lines.append(f"| {label} | {tile} | {warps} | {stages} | {res['shared'] / 1024:.0f} | "
