@@ -2,7 +2,8 @@
 [--provider X]`` runs the case under ``torch.profiler`` and prints, per provider, the kernels by
 total device time (launches per step, microseconds per step), the sum of kernel time per step
 and the wall time per step. Kernel time far below wall time means launch- or host-bound. On a CPU
-it lists the ``aten`` operators by self time instead.
+it lists the ``aten`` operators by self time instead. Last, the configuration every autotuned kernel of
+the project ran with (its key and the tuned tile), since a kernel's time depends on it.
 
 ``--host`` adds, per provider, where the host's time goes when the step is not graphed: the wall
 time per step without any profiler, then the Python functions by their own time (and the
@@ -70,7 +71,29 @@ def profile_case(case: str, preset: str, mode: str, providers: list[str], device
         if host and not provider.endswith("-cg"):
             lines.append(_host_profile(calls, device, steps, top))
         del calls
+    lines.append(_autotuned())
     return "\n".join(lines)
+
+
+def _autotuned() -> str:
+    """The configuration each of the project's autotuned kernels runs with, per key this process has
+    tuned or loaded from the cache (a kernel slower than in another run may have picked another)."""
+    import sys
+
+    from triton.runtime.autotuner import Autotuner
+
+    rows = []
+    for modname, module in sorted(sys.modules.items()):
+        if "triton_kernels" not in modname or module is None:
+            continue
+        for attr, obj in sorted(vars(module).items()):
+            if isinstance(obj, Autotuner) and getattr(obj, "cache", None):
+                for key, cfg in obj.cache.items():
+                    rows.append(f"| {modname.rsplit('.', 1)[-1]}.{attr} | {key} | {cfg} |")
+    if not rows:
+        return ""
+    return "\n".join(["\nautotuned kernels' configurations in this process:\n",
+                      "| kernel | key | configuration |", "|---|---|---|", *sorted(set(rows))])
 
 
 def _host_profile(calls, device: torch.device, steps: int, top: int) -> str:

@@ -225,22 +225,18 @@ def ffn_weight_rows(usage: bool = True, ptx: bool = False):
 
 def ffn_fwd_rows(usage: bool = True):
     """``(label, config, result)`` for the fused path's forward kernel at ``paper-small`` (``D = 128``,
-    ``h = 176``, bf16, gated, nothing saved), plain and with the norm in front (``PRENORM``): the tiles
-    its autotuner keeps for a large batch."""
+    ``h = 176``, bf16, gated, nothing saved): the tiles its autotuner keeps for a large batch."""
     import triton.language as tl
     from unimixer_kernels.triton_kernels import pswiglu as k
 
     ptrs = {a: "*bf16" for a in "U W1 W3 W2 B1 B3 B2 OUT G V".split()}
-    ptrs.update(NW="*fp32", RSTD="*fp32")
-    for prenorm in (False, True):
-        consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, HAS_B2=True, SAVE=False, PRENORM=prenorm,
-                      CDT=tl.bfloat16, PREC="tf32", BLOCK_D=128, stride_ud=1)
-        for cfg in k._prune_tiles(k._tile_configs(), dict(BS_KEY=2048), **consts):
-            res = compile_sm90(k.ffn_fwd_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps,
-                               cfg.num_stages, usage=usage, floats=("eps",),
-                               divisible=("BS", "D", "H", "BS_KEY", "stride_us", "stride_ut"))
-            label = f"ffn_fwd D=128{' prenorm' if prenorm else ''}"
-            yield label, (dict(cfg.kwargs), cfg.num_warps, cfg.num_stages), res
+    consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, HAS_B2=True, SAVE=False, CDT=tl.bfloat16, PREC="tf32",
+                  BLOCK_D=128, stride_ud=1)
+    for cfg in k._prune_tiles(k._tile_configs(), dict(BS_KEY=2048), **consts):
+        res = compile_sm90(k.ffn_fwd_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps, cfg.num_stages,
+                           usage=usage, floats=(),
+                           divisible=("BS", "D", "H", "BS_KEY", "stride_us", "stride_ut"))
+        yield "ffn_fwd D=128", (dict(cfg.kwargs), cfg.num_warps, cfg.num_stages), res
 
 
 def ffn_act_rows(usage: bool = True):

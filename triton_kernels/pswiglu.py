@@ -73,12 +73,10 @@ accumulation, the hidden activation rounded to the input dtype before the second
 weights' dtype differs from ``u``'s, everything is computed in fp32.
 
 With an RMSNorm in front (``rms_norm_ffn_fwd`` / ``rms_norm_ffn_bwd_``, the UniMixer block's
-``pSwiGLU(RMSNorm(s))``) only ``s`` and the norm's ``rstd`` (fp32, one per row) are saved. On the fused
-path the forward kernel normalises its own rows of ``s`` (``PRENORM``: ``rstd`` as the norm's kernel
-forms it, :func:`.rms_norm.row_rstd`, summed in this kernel's order), so ``u`` is never in memory; the
-wide-token path normalises into a temporary ``u`` first. The backward's token passes each form their
-tokens' ``u`` again and turn their ``du`` into ``ds`` at once (``rms_norm.TokenPassNorm``), written over
-``s``, so that neither ``u`` nor ``du`` is ever whole. On the fused path the act kernel does both itself
+``pSwiGLU(RMSNorm(s))``) the forward normalises into a temporary ``u``, and only ``s`` and the norm's
+``rstd`` (fp32, one per row) are saved; the backward's token passes each form their tokens' ``u``
+again and turn their ``du`` into ``ds`` at once (``rms_norm.TokenPassNorm``), written over ``s``, so
+that neither ``u`` nor ``du`` is ever whole. On the fused path the act kernel does both itself
 (``PRENORM``): ``u = s * rstd * w`` (the forward's bits) is formed from its rows of ``s`` and stored for
 the weight kernel, and its fp32 ``du`` becomes ``ds`` and the norm weight's partials, one fp32 row per
 ``PARTIAL_GRANULE`` samples of a token (so that the buffer does not depend on the tuned sample tile;
@@ -109,7 +107,7 @@ from ._launch import (
 )
 from ._partials import sum_partials
 from ._tiles import grouped_tile
-from .rms_norm import TokenPassNorm, rms_norm_fwd, row_rstd
+from .rms_norm import TokenPassNorm, rms_norm_fwd
 
 
 def _tile_configs() -> list:
@@ -309,42 +307,19 @@ def _activation_bwd(g, v, da, GATED: tl.constexpr, POLY: tl.constexpr):
     return a, dg, dv
 
 
-@triton.jit
-def _prenorm_fwd_rows(S, NW, RSTD, t, offs_s, offs_d, mask_s, mask_d, io_mask, D, eps,
-                      stride_ss, stride_st, stride_sd, CDT: tl.constexpr):
-    """``u = RMSNorm(s)`` of the program's rows as the norm's kernel forms it (:func:`.rms_norm.row_rstd`,
-    then ``s * rstd * w`` rounded to ``s``'s dtype), in ``CDT``; ``rstd`` stored to ``RSTD`` (``[bs, T]``
-    fp32, contiguous, ``T`` the grid's first dimension) for the backward, which forms the same ``u``
-    from it (:func:`_prenorm_rows`)."""
-    s = tl.load(S + offs_s[:, None] * stride_ss + t * stride_st + offs_d[None, :] * stride_sd,
-                mask=io_mask, other=0.0)
-    sf = s.to(tl.float32)
-    rstd = row_rstd(sf, D, eps)
-    tl.store(RSTD + offs_s * tl.num_programs(0) + t, rstd, mask=mask_s)
-    nw = tl.load(NW + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    return (sf * rstd[:, None] * nw[None, :]).to(S.dtype.element_ty).to(CDT)
-
-
-@triton.autotune(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVE", "PRENORM"],
+@triton.autotune(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVE"],
                  prune_configs_by={"early_config_prune": _prune_tiles})
 @triton.jit
 def ffn_fwd_kernel(
-    U, W1, W3, W2, B1, B3, B2, OUT, G, V, NW, RSTD,
-    BS, D, H, BS_KEY, eps,
+    U, W1, W3, W2, B1, B3, B2, OUT, G, V,
+    BS, D, H, BS_KEY,
     stride_us, stride_ut, stride_ud,
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr, HAS_B2: tl.constexpr,
-    SAVE: tl.constexpr, PRENORM: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
+    SAVE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    """``OUT = FFN(u)`` for program ``(t, sample tile)`` (and ``G``, ``V`` with ``SAVE``). ``PRENORM``:
-    ``U`` is the norm's input ``s`` and the program normalises its rows itself with the norm weight
-    ``NW`` (:func:`_prenorm_fwd_rows`, ``rstd`` into ``RSTD``): no ``u`` in memory."""
     t, offs_s, offs_d, mask_s, mask_d, io_mask = _token_tile(BS, D, BLOCK_S, BLOCK_D)
-    if PRENORM:
-        u = _prenorm_fwd_rows(U, NW, RSTD, t, offs_s, offs_d, mask_s, mask_d, io_mask, D, eps,
-                              stride_us, stride_ut, stride_ud, CDT)
-    else:
-        u = _load_token_rows(U, t, offs_s, offs_d, io_mask, stride_us, stride_ut, stride_ud, CDT)
+    u = _load_token_rows(U, t, offs_s, offs_d, io_mask, stride_us, stride_ut, stride_ud, CDT)
     acc = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
@@ -1134,29 +1109,19 @@ def ffn_fwd(
         return o, g, v
     g = new_output((t, bs, h), like=u, dtype=cdt) if save else None
     v = new_output((t, bs, h), like=u, dtype=cdt) if save and gated else None
-    _ffn_fwd_fused(u, w1, w3, w2, b1, b3, b2, o, g, v, cdt)
-    return o, g, v
-
-
-def _ffn_fwd_fused(u, w1, w3, w2, b1, b3, b2, o, g, v, cdt: torch.dtype, norm=None) -> None:
-    """``ffn_fwd_kernel`` over every token of ``u`` into ``o`` (``G``, ``V`` into ``g``, ``v`` where
-    given). ``norm``: ``(weight, eps, rstd)`` when ``u`` is the norm's input ``s`` (``PRENORM``; ``rstd``
-    the ``[bs, T]`` fp32 output). Weights and biases contiguous."""
-    bs, t, d = u.shape
     if bs == 0 or t == 0:
-        return
+        return o, g, v
     dummy = w1
-    nw, eps, rstd = norm if norm is not None else (dummy, 0.0, o)
     ffn_fwd_kernel[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
-        u, w1, w3 if w3 is not None else dummy, w2,
+        u, w1, w3 if gated else dummy, w2,
         b1 if b1 is not None else dummy, b3 if b3 is not None else dummy, b2 if b2 is not None else dummy,
-        o, g if g is not None else o, v if v is not None else o, nw, rstd,
-        bs, d, w1.shape[-1], bucket(bs), eps,
+        o, g if save else o, v if v is not None else o,
+        bs, d, h, bucket(bs),
         u.stride(0), u.stride(1), u.stride(2),
-        GATED=w3 is not None, HAS_B1=b1 is not None, HAS_B3=b3 is not None, HAS_B2=b2 is not None,
-        SAVE=g is not None, PRENORM=norm is not None, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt),
-        BLOCK_D=_block_d(d),
+        GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None, HAS_B2=b2 is not None,
+        SAVE=save, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
     )
+    return o, g, v
 
 
 def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store: bool, norm=None):
@@ -1413,20 +1378,10 @@ def rms_norm_ffn_fwd(
     b3: torch.Tensor | None,
     b2: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(FFN(RMSNorm(s)), rstd [bs, T] fp32)``. On the fused path one launch: the FFN's forward kernel
-    normalises its rows of ``s`` itself (``PRENORM``), and ``u`` never exists. On the wide-token path
-    the norm's kernel writes a temporary ``u``, freed on return, then :func:`ffn_fwd` runs in the
-    backward's token passes. The backward recomputes the hidden pre-activations, and ``u`` itself:
-    from ``rstd`` on the fused path, from ``s`` alone on the wide-token path."""
-    weights = [w for w in (w1, w3, w2) if w is not None]
-    cdt = compute_dtype(s, weights)
-    if fused_path(s.shape[-1], cdt):
-        w1, w3, w2, b1, b3, b2 = (_contig(x) for x in (w1, w3, w2, b1, b3, b2))
-        o = new_output(s.shape, like=s)
-        rstd = new_output(s.shape[:2], like=s, dtype=torch.float32)
-        norm = (norm_weight.contiguous(), eps, rstd)
-        _ffn_fwd_fused(s, w1, w3, w2, b1, b3, b2, o, None, None, cdt, norm=norm)
-        return o, rstd
+    """``(FFN(RMSNorm(s)), rstd [bs, T] fp32)``: the norm kernel into a temporary ``u``, freed on
+    return, then :func:`ffn_fwd` in the backward's token passes (its backward recomputes the hidden
+    pre-activations, and ``u`` itself: from ``rstd`` on the fused path, from ``s`` alone on the
+    wide-token path)."""
     u, _, rstd = rms_norm_fwd(s, None, norm_weight, eps)
     return ffn_fwd(u, w1, w3, w2, b1, b3, b2, save=False, folded=True)[0], rstd.view(s.shape[:2])
 

@@ -37,14 +37,6 @@ ADD_X_AFTER = tl.constexpr(3)
 
 
 @triton.jit
-def row_rstd(xf, D, eps):
-    """``rsqrt(mean(x^2) + eps)`` of each row of the fp32 tile ``xf`` (``[rows, BLOCK_D]``, zeros past
-    ``D``). IEEE-rounded sqrt and divide: the fast ones cost a few ulps that fp32 tests would see.
-    Shared by every kernel that normalises rows (the FFN's forward with the norm in front)."""
-    return tl.math.div_rn(1.0, tl.sqrt_rn(tl.sum(xf * xf, axis=1) / D + eps))
-
-
-@triton.jit
 def _row_offsets(rows, group_rows, stride_row, stride_group, GROUPED: tl.constexpr):
     # GROUPED: the rows of a token slice t[:, a:b] of [bs, T, D], row i being token i % group_rows
     # of sample i // group_rows (samples stride_group apart); else rows stride_row apart. The
@@ -80,7 +72,8 @@ def rms_norm_fwd_kernel(
         x = (x.to(tl.float32) + r.to(tl.float32)).to(S.dtype.element_ty)
         tl.store(S + rows[:, None] * stride_s + cols[None, :], x, mask=mask)
     xf = x.to(tl.float32)
-    rstd = row_rstd(xf, D, eps)
+    # IEEE-rounded sqrt and divide: the fast ones cost a few ulps that fp32 tests would see
+    rstd = tl.math.div_rn(1.0, tl.sqrt_rn(tl.sum(xf * xf, axis=1) / D + eps))
     w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
     tl.store(RSTD + rows, rstd, mask=rmask)
     y = xf * rstd[:, None] * w[None, :]

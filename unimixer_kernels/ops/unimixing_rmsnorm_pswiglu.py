@@ -6,9 +6,8 @@ boundary moved for the training step's memory. The Triton backend is two autogra
 
 1. ``s = z + UniMixing(z)``, the mixing with its residual (``unimixer::unimixing_residual_fwd``,
    as in ``unimixing_rmsnorm``);
-2. ``o = pSwiGLU(RMSNorm(s))`` (``unimixer::rms_norm_pswiglu_fwd``). Its forward normalises inside
-   the FFN's kernel on the fused path (``D`` up to 256: one launch, no ``u`` in memory), else runs the
-   norm into a temporary ``u`` and the FFN on it; it saves ``s`` and the norm's ``[bs, T]`` fp32
+2. ``o = pSwiGLU(RMSNorm(s))`` (``unimixer::rms_norm_pswiglu_fwd``). Its forward runs the norm
+   into a temporary ``u`` and the FFN on it, and saves ``s`` and the norm's ``[bs, T]`` fp32
    ``rstd``, not ``u``. Its backward runs the FFN backward in token passes
    (``triton_kernels/pswiglu.py``, ``triton_kernels/rms_norm.py``'s ``TokenPassNorm``), each
    forming its tokens' ``u`` again (the forward's bits) and turning its ``du`` into ``ds``: on
@@ -22,12 +21,10 @@ boundary moved for the training step's memory. The Triton backend is two autogra
 Because the backward overwrites the saved ``s``, a second backward through the same graph
 (``retain_graph=True``) raises autograd's in-place modification error instead of giving wrong
 gradients. With ``UNIMIXER_UNIMIXING_NORM=fused`` the composite runs ``unimixing_rmsnorm``'s fused
-node and then ``pswiglu``. On the wide-token path values, the FFN's gradients and ``ds`` are those of
-the two ops run one after the other, bit for bit; the norm weight's gradient sums its partials in
-another order. On the fused path they differ from the two ops' by roundings: the FFN's kernel sums
-each row's squares for ``rstd`` in its own order (a last-bit difference in ``rstd`` moves ``u`` by an
-ulp here and there), and ``ds`` comes from its fp32 ``du`` (the two ops round ``du`` to the activation
-dtype first). Within the op the backward forms ``u`` from the saved ``rstd`` exactly as the forward did.
+node and then ``pswiglu``. Values and the FFN's gradients are those of the two ops run one after
+the other, bit for bit, and so is ``ds`` on the wide-token path; the norm weight's gradient sums its
+partials in another order, and on the fused path ``ds`` comes from the FFN kernel's fp32 ``du`` (the
+two ops round ``du`` to the activation dtype first), so it differs from theirs by roundings.
 """
 
 from __future__ import annotations
