@@ -37,17 +37,23 @@ SPLITS = [2, 3, 4, 6, 8, 12, 16]
 
 @contextlib.contextmanager
 def _only(tuner, cfg):
-    """``tuner`` (an autotuner) with the one tile ``cfg`` and an empty cache inside the block (a tile
-    alone is not tuned, just run); its list and cache again after it."""
-    configs, cache = tuner.configs, dict(tuner.cache)
+    """``tuner`` (the act kernel's autotuner) with the one tile ``cfg`` and empty caches inside the block
+    (its own and the ``PRENORM`` launches' tiles: a tile alone is not tuned, just run); its list and
+    caches again after it."""
+    from unimixer_kernels.triton_kernels import pswiglu as k
+
+    configs, cache, tiles = tuner.configs, dict(tuner.cache), dict(k._PRENORM_TILES)
     tuner.configs = [cfg]
     tuner.cache.clear()
+    k._PRENORM_TILES.clear()
     try:
         yield
     finally:
         tuner.configs = configs
         tuner.cache.clear()
         tuner.cache.update(cache)
+        k._PRENORM_TILES.clear()
+        k._PRENORM_TILES.update(tiles)
 
 
 def _inputs():
@@ -97,18 +103,18 @@ def main() -> None:
         return k._ffn_bwd_act_fused(do_c, u_c, w1_c, w3_c, w2_c, None, None, None, None, ds[:, sl], *hidden,
                                     s.dtype, True)
 
-    tuners = (k.ffn_bwd_act, k.ffn_bwd_act_prenorm)
-    for fn, tuner, name in ((plain_kernel, tuners[0], "plain"), (prenorm, tuners[1], "prenorm")):
+    tuner = k.ffn_bwd_act
+    for fn, name in ((plain_kernel, "plain"), (prenorm, "prenorm")):
         fn()
-        print(f"{name}: autotuned to {tuner.best_config}")
+        print(f"{name}: autotuned to {tuner.best_config}")  # prenorm: tuned on scratch, k._prenorm_tile
     torch.cuda.synchronize()
     extra = [triton.Config({"BLOCK_S": bs, "BLOCK_H": bh}, num_warps=w, num_stages=st)
              for bs, bh, w, st in EXTRA_ACT_TILES]
     print("| BLOCK_S | BLOCK_H | warps | stages | plain us | regs | spill | prenorm us | regs | spill |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for cfg in tuners[0].configs + extra:
+    for cfg in tuner.configs + extra:
         row = [cfg.kwargs["BLOCK_S"], cfg.kwargs["BLOCK_H"], cfg.num_warps, cfg.num_stages]
-        for fn, tuner in ((plain_kernel, tuners[0]), (prenorm, tuners[1])):
+        for fn in (plain_kernel, prenorm):
             with _only(tuner, cfg):
                 try:
                     handle = fn()

@@ -441,14 +441,16 @@ def ffn_bwd_act_kernel(
                  du.to(DU.dtype.element_ty), mask=io_mask)
 
 
-# the act kernel's two autotuners: without and with the norm in front. The second restores ``DS``
-# (which may be ``s``) and the norm weight's partials (which later passes add to) after every tile
-# it times; the first restores nothing, so that its timings carry no copies (run216, both restoring:
-# the plain kernel's tuning chose 128 x 32 tiles, 22.9 µs a pass, against the best tile's 18.3)
-_ACT_TUNING = dict(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM"],
-                   prune_configs_by={"early_config_prune": _prune_tiles})
-ffn_bwd_act = triton.autotune(**_ACT_TUNING)(ffn_bwd_act_kernel)
-ffn_bwd_act_prenorm = triton.autotune(**_ACT_TUNING, restore_value=["DS", "DW_PART"])(ffn_bwd_act_kernel)
+# the act kernel's autotuner. It restores nothing, so that its timings carry no copies: a tuner's
+# restoring copies run inside the timed call, and they chose the plain kernel's 128 x 32 tiles, 22.9 µs
+# a pass, against the best tile's 18.3 (run216), and the PRENORM kernel's tiles from 24 to 37 µs a pass
+# from one process to the next (run228, run229). With the norm in front the kernel writes ``ds`` over
+# ``s`` and adds to the partials of earlier passes, so it is tuned on scratch copies of those
+# (:func:`_prenorm_tile`) and then launched untuned with the tile chosen
+ffn_bwd_act = triton.autotune(configs=_tile_configs(),
+                              key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM"],
+                              prune_configs_by={"early_config_prune": _prune_tiles})(ffn_bwd_act_kernel)
+_PRENORM_TILES: dict[tuple, triton.Config] = {}
 
 
 @triton.autotune(configs=_weight_configs(), key=["D", "H", "BS_KEY", "GATED", "NSPLIT", "RECOMPUTE"],
@@ -1127,7 +1129,7 @@ def ffn_fwd(
 def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store: bool, norm=None):
     """``ffn_bwd_act_kernel`` over the tokens of ``u``; returns the launch's compiled kernel.
     ``norm``: ``(ds, rstd, weight, partial, accumulate)`` when ``u`` is the norm's input ``s``
-    (``PRENORM``, :data:`ffn_bwd_act_prenorm`); ``du`` then receives the pass's ``u`` (``[bs, tokens,
+    (``PRENORM``, its tile from :func:`_prenorm_tile`); ``du`` then receives the pass's ``u`` (``[bs, tokens,
     D]`` contiguous) for the weight kernel."""
     bs, t, d = u.shape
     h = w1.shape[-1]
@@ -1136,20 +1138,49 @@ def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, stor
     dummy = w1
     ds, rstd, nw, partial, accumulate = norm if norm is not None else (dummy,) * 4 + (False,)
     rstd_strides = rstd.stride() if norm is not None else (0, 0)
-    kernel = ffn_bwd_act if norm is None else ffn_bwd_act_prenorm
-    return kernel[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
-        do, u, w1, w3 if gated else dummy, w2,
-        b1 if b1 is not None else dummy, b3 if b3 is not None else dummy,
-        g if saved else dummy, v if (saved and gated) else dummy,
-        du, a, dg, dv, rstd, nw, ds, partial,
-        bs, d, h, bucket(bs), triton.cdiv(bs, PARTIAL_GRANULE),
-        do.stride(0), do.stride(1), do.stride(2),
-        u.stride(0), u.stride(1), u.stride(2), du.stride(0),
-        *rstd_strides,
-        GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None,
-        SAVED=saved, STORE=store, PRENORM=norm is not None, ACCUMULATE=accumulate, GRANULE=PARTIAL_GRANULE,
-        CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
-    )
+    args = [do, u, w1, w3 if gated else dummy, w2,
+            b1 if b1 is not None else dummy, b3 if b3 is not None else dummy,
+            g if saved else dummy, v if (saved and gated) else dummy,
+            du, a, dg, dv, rstd, nw, ds, partial,
+            bs, d, h, bucket(bs), triton.cdiv(bs, PARTIAL_GRANULE),
+            do.stride(0), do.stride(1), do.stride(2),
+            u.stride(0), u.stride(1), u.stride(2), du.stride(0),
+            *rstd_strides]
+    meta = dict(GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None,
+                SAVED=saved, STORE=store, PRENORM=norm is not None, ACCUMULATE=accumulate,
+                GRANULE=PARTIAL_GRANULE, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d))
+
+    def grid(m):
+        return (t, triton.cdiv(bs, m["BLOCK_S"]))
+
+    if norm is None:
+        return ffn_bwd_act[grid](*args, **meta)
+    tile = _prenorm_tile(args, meta, grid)
+    return ffn_bwd_act_kernel[grid](*args, **meta, **tile.all_kwargs())
+
+
+# where the act kernel's arguments ``DS`` and ``DW_PART`` sit in its argument list
+_DS_ARG, _PART_ARG = 15, 16
+
+
+def _prenorm_tile(args: list, meta: dict, grid) -> triton.Config:
+    """The tile of the ``PRENORM`` act kernel for this launch's shapes and dtypes: on the first launch of
+    a kind, :data:`ffn_bwd_act` tunes it on scratch tensors in place of ``DS`` (which may be ``s``, read by
+    the same launch) and the norm weight's partials (which later passes add to), so that no timed call
+    overwrites the caller's tensors and none carries a restoring copy (the scratch ``ds`` has ``s``'s
+    strides: ``s``'s extent, once per kind). Every other tensor it writes is an output the real launch
+    writes again. A kind is the tuner's key (``D``, ``h``, the bucketed batch, the flags, the dtypes) and
+    the device."""
+    u, ds, partial = args[1], args[_DS_ARG], args[_PART_ARG]
+    kind = (*args[18:21], *(str(meta[k]) for k in ("GATED", "SAVED", "STORE", "ACCUMULATE", "CDT")),
+            *(str(x.dtype) for x in args[:17]), u.device)
+    if kind not in _PRENORM_TILES:
+        scratch = list(args)
+        scratch[_DS_ARG] = torch.empty_strided(ds.shape, ds.stride(), dtype=ds.dtype, device=ds.device)
+        scratch[_PART_ARG] = torch.empty_like(partial)
+        ffn_bwd_act[grid](*scratch, **meta)
+        _PRENORM_TILES[kind] = ffn_bwd_act.best_config
+    return _PRENORM_TILES[kind]
 
 
 def _weight_tiles(d: int, h: int, recompute: bool) -> tuple[int, int]:

@@ -305,6 +305,48 @@ def test_norm_kernels_compile_for_sm90(sm90_compile):
 
 
 @pytest.mark.triton
+def test_prenorm_act_kernel_is_tuned_on_scratch_once_per_kind(device, monkeypatch):
+    # the PRENORM act kernel writes ds over s and adds to earlier passes' partials, so its tile is
+    # tuned on scratch tensors (no timed call overwrites the caller's or carries a restoring copy),
+    # once per kind; the launches then run that tile untuned. Two backwards give the same bits
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    class Spy:
+        def __init__(self, tuner):
+            self.tuner, self.seen = tuner, []
+
+        def __getattr__(self, name):
+            return getattr(self.tuner, name)
+
+        def __getitem__(self, grid):
+            def launch(*args, **meta):
+                self.seen.append((args[kernels._DS_ARG], args[kernels._PART_ARG], meta["PRENORM"]))
+                return self.tuner[grid](*args, **meta)
+            return launch
+
+    spy, real = Spy(kernels.ffn_bwd_act), Spy(kernels.ffn_bwd_act_kernel)
+    monkeypatch.setattr(kernels, "ffn_bwd_act", spy)
+    monkeypatch.setattr(kernels, "ffn_bwd_act_kernel", real)
+    monkeypatch.setattr(kernels, "_PRENORM_TILES", {})
+    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "2")
+    inputs = _inputs((3, 5, 12, 4, 10), torch.float32, device)
+    grads = []
+    for _ in range(2):
+        out = uk.unimixing_rmsnorm_pswiglu(*inputs, backend="triton")
+        grads.append(torch.autograd.grad(out, inputs, torch.ones_like(out)))
+    # passes of 2, 2 and 1 tokens: the first pass of each kind (accumulating or not) tunes, once
+    tuned = [(ds, part) for ds, part, prenorm in spy.seen if prenorm]
+    assert len(tuned) == len(kernels._PRENORM_TILES) == 2
+    assert len(real.seen) == 6 and all(prenorm for _, _, prenorm in real.seen)
+    # the first backward's launches: their ds and partials were alive while the scratch was
+    written = {t.data_ptr() for ds, part, _ in real.seen[:3] for t in (ds, part)}
+    assert not written & {t.data_ptr() for pair in tuned for t in pair}
+    for a, b in zip(*grads):
+        if a is not None:
+            assert torch.equal(a, b)
+
+
+@pytest.mark.triton
 @pytest.mark.parametrize("chunk", ["all", "2"])
 def test_fused_ffn_pass_does_the_norm_as_the_norm_kernels(device, monkeypatch, chunk):
     # the fused FFN's act kernel with the norm in front (PRENORM): u from the forward's rstd (the
