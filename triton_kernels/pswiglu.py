@@ -1170,16 +1170,22 @@ def _prenorm_tile(args: list, meta: dict, grid) -> triton.Config:
     overwrites the caller's tensors and none carries a restoring copy (the scratch ``ds`` has ``s``'s
     strides: ``s``'s extent, once per kind). Every other tensor it writes is an output the real launch
     writes again. A kind is the tuner's key (``D``, ``h``, the bucketed batch, the flags, the dtypes) and
-    the device."""
+    the device. Where the tuner would not tune (one tile left after :func:`_prune_tiles`: small batches,
+    the interpreter) that tile is taken with no launch. As any autotuning, the tuning cannot run inside a
+    CUDA graph capture: warm up first."""
     u, ds, partial = args[1], args[_DS_ARG], args[_PART_ARG]
     kind = (*args[18:21], *(str(meta[k]) for k in ("GATED", "SAVED", "STORE", "ACCUMULATE", "CDT")),
             *(str(x.dtype) for x in args[:17]), u.device)
     if kind not in _PRENORM_TILES:
-        scratch = list(args)
-        scratch[_DS_ARG] = torch.empty_strided(ds.shape, ds.stride(), dtype=ds.dtype, device=ds.device)
-        scratch[_PART_ARG] = torch.empty_like(partial)
-        ffn_bwd_act[grid](*scratch, **meta)
-        _PRENORM_TILES[kind] = ffn_bwd_act.best_config
+        tiles = _prune_tiles(ffn_bwd_act.configs, {"BS_KEY": args[20]}, **meta)
+        if len(tiles) == 1:
+            _PRENORM_TILES[kind] = tiles[0]
+        else:
+            scratch = list(args)
+            scratch[_DS_ARG] = torch.empty_strided(ds.shape, ds.stride(), dtype=ds.dtype, device=ds.device)
+            scratch[_PART_ARG] = torch.empty_like(partial)
+            ffn_bwd_act[grid](*scratch, **meta)
+            _PRENORM_TILES[kind] = ffn_bwd_act.best_config
     return _PRENORM_TILES[kind]
 
 
