@@ -1159,8 +1159,8 @@ def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, stor
     return ffn_bwd_act_kernel[grid](*args, **meta, **tile.all_kwargs())
 
 
-# where the act kernel's arguments ``DS`` and ``DW_PART`` sit in its argument list
-_DS_ARG, _PART_ARG = 15, 16
+# where the act kernel's arguments ``DS``, ``DW_PART`` and ``D`` (then ``H``, ``BS_KEY``) sit in its list
+_DS_ARG, _PART_ARG, _D_ARG = (ffn_bwd_act_kernel.arg_names.index(a) for a in ("DS", "DW_PART", "D"))
 
 
 def _prenorm_tile(args: list, meta: dict, grid) -> triton.Config:
@@ -1174,10 +1174,11 @@ def _prenorm_tile(args: list, meta: dict, grid) -> triton.Config:
     the interpreter) that tile is taken with no launch. As any autotuning, the tuning cannot run inside a
     CUDA graph capture: warm up first."""
     u, ds, partial = args[1], args[_DS_ARG], args[_PART_ARG]
-    kind = (*args[18:21], *(str(meta[k]) for k in ("GATED", "SAVED", "STORE", "ACCUMULATE", "CDT")),
-            *(str(x.dtype) for x in args[:17]), u.device)
+    d, h, bs_key = args[_D_ARG:_D_ARG + 3]
+    kind = (d, h, bs_key, *(str(meta[k]) for k in ("GATED", "SAVED", "STORE", "ACCUMULATE", "CDT")),
+            *(str(x.dtype) for x in args if isinstance(x, torch.Tensor)), u.device)
     if kind not in _PRENORM_TILES:
-        tiles = _prune_tiles(ffn_bwd_act.configs, {"BS_KEY": args[20]}, **meta)
+        tiles = _prune_tiles(ffn_bwd_act.configs, {"BS_KEY": bs_key}, **meta)
         if len(tiles) == 1:
             _PRENORM_TILES[kind] = tiles[0]
         else:
