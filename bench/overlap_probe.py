@@ -33,6 +33,13 @@ GLOBAL_ABOVE = (-2, -1)
 _RANKED: dict[int, tuple[torch.cuda.Stream, torch.cuda.Stream]] = {}
 
 
+def _ranked(index: int) -> tuple[torch.cuda.Stream, torch.cuda.Stream]:
+    """Two streams on device ``index`` at the priorities ``GLOBAL_ABOVE`` (made once)."""
+    if index not in _RANKED:
+        _RANKED[index] = tuple(torch.cuda.Stream(index, priority=p) for p in GLOBAL_ABOVE)
+    return _RANKED[index]
+
+
 @contextlib.contextmanager
 def _config(name: str):
     """``overlap`` for the modules made inside; for "one side stream" both weights on the first of
@@ -43,12 +50,7 @@ def _config(name: str):
     if name == "one side stream":
         unimixing.weights_streams = lambda device: (real(device)[0],) * 2
     if name == "two, global above":
-        def ranked(device):
-            index = real(device)[0].device_index
-            if index not in _RANKED:
-                _RANKED[index] = tuple(torch.cuda.Stream(index, priority=p) for p in GLOBAL_ABOVE)
-            return _RANKED[index]
-        unimixing.weights_streams = ranked
+        unimixing.weights_streams = lambda device: _ranked(real(device)[0].device_index)
     try:
         yield name != "off"
     finally:
@@ -94,9 +96,10 @@ def main(presets: list[str], stacks: tuple[int, ...] = (1, 2)) -> None:
     from unimixer_kernels.nn.unimixing import weights_streams
 
     print(f"# env {json.dumps(header(torch.device('cuda')))}")
-    ranked = [torch.cuda.Stream(priority=p).priority for p in GLOBAL_ABOVE]
+    side = weights_streams(torch.device("cuda"))
+    ranked = [st.priority for st in _ranked(side[0].device_index)]
     print(f"# stream priorities (lower is higher): range {torch.cuda.Stream.priority_range()}, side streams "
-          f"{[st.priority for st in weights_streams(torch.device('cuda'))]}, global above {ranked}")
+          f"{[st.priority for st in side]}, global above {ranked}")
     print("\nThe UniMixer blocks' training step (graphed), the mixing weights on the caller's stream, one "
           "side stream or two\n")
     print("| preset | module | backend | " + " | ".join(f"{c}, ms" for c in CONFIGS)
