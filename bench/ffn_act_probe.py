@@ -10,10 +10,12 @@ across replays), each timed alone as a captured CUDA graph's replay:
 - the two routes of a pass with the autotuner's own choice: ``TokenPassNorm.rows``, the plain
   kernel and ``TokenPassNorm.grads`` (three launches) against the ``PRENORM`` kernel alone;
 - ``sum_partials`` of the norm weight's partial rows as each route leaves them;
-- the whole pass of the plain FFN backward (act kernel, weight kernel, partial sums) for each tile of
-  the weight kernel's list and for each number of sample ranges its partials are split into.
+- the whole pass of the plain FFN backward (act kernel, weight kernel, partial sums) for each output
+  tile of the weight kernel (``WEIGHT_SHAPES``), each tile of its list, and, with the fastest tile of
+  each, each number of sample ranges its partials are split into.
 
-Tiles named in ``EXTRA_ACT_TILES`` and ``EXTRA_WEIGHT_TILES`` are timed beside the autotuners' lists.
+``--weight-only``: the last item alone. Tiles named in ``EXTRA_ACT_TILES`` and ``EXTRA_WEIGHT_TILES``
+are timed beside the autotuners' lists.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ BS, T, D, H, PASS = 2048, 32, 128, 176, 8
 # (BLOCK_S, BLOCK_H, warps, stages) of the act kernel, and (BLOCK_S, warps, stages) of the weight
 # kernel, outside their autotuners' lists
 EXTRA_ACT_TILES = [(64, 32, 8, 2), (64, 16, 4, 2), (128, 16, 8, 2), (64, 32, 4, 1)]
-EXTRA_WEIGHT_TILES = [(32, 4, 3), (64, 4, 4), (128, 8, 3), (128, 4, 2), (32, 8, 2)]
-SPLITS = [2, 3, 4, 6, 8, 12, 16]
+EXTRA_WEIGHT_TILES = [(32, 4, 3), (32, 8, 2), (32, 8, 3), (64, 4, 4), (128, 8, 3)]
+# (BLOCK_D, BLOCK_H): the weight kernel's output tile (its three fp32 accumulators), timed in turn
+WEIGHT_SHAPES = [(64, 64), (128, 64), (128, 32), (64, 32)]
+SPLITS = [2, 3, 4, 5, 6, 8, 11, 16]
 
 
 @contextlib.contextmanager
@@ -70,7 +74,7 @@ def _inputs():
     return s, nw, w1, w3, w2, do, rstd
 
 
-def main() -> None:
+def main(weight_only: bool = False) -> None:
     from unimixer_kernels.triton_kernels import pswiglu as k
     from unimixer_kernels.triton_kernels._partials import sum_partials
     from unimixer_kernels.triton_kernels.rms_norm import TokenPassNorm
@@ -86,6 +90,8 @@ def main() -> None:
     split = TokenPassNorm(s, nw, 1e-6, ds)
     split.plan([sl])
     u_c = split.rows(sl)  # the pass's u: the plain kernel's input, the PRENORM kernel's output
+    if weight_only:
+        return _weight_pass(k, u_c, do_c, w1_c, w3_c, w2_c)
 
     def plain():
         u = split.rows(sl)
@@ -137,38 +143,52 @@ def main() -> None:
 
 
 def _weight_pass(k, u_c, do_c, w1_c, w3_c, w2_c) -> None:
-    """The plain FFN backward of one pass (``k.ffn_bwd``) per weight-kernel tile and per split."""
-    bd, bh = k._weight_tiles(D, H, False)
-    default = k._num_splits(BS, PASS * triton.cdiv(D, bd) * triton.cdiv(H, bh), u_c.device)
+    """The plain FFN backward of one pass (``k.ffn_bwd``) per weight-kernel output tile
+    (``WEIGHT_SHAPES``), per tile of its list and per number of sample ranges."""
+    kernel, tiles = k.ffn_bwd_weight_kernel, k._weight_tiles
 
     def run(n_split=None):
         return k.ffn_bwd(do_c, u_c, w1_c, w3_c, w2_c, None, None, None, None, n_split=n_split)
 
-    kernel = k.ffn_bwd_weight_kernel
-    run()
-    torch.cuda.synchronize()
     print()
-    print(f"weight kernel: autotuned to {kernel.best_config}; sample ranges by default: {default}")
+    print(f"weight kernel: the library's output tile {tiles(D, H, False)}")
     print()
-    print("| weight tile BLOCK_S | warps | stages | pass us (act + weight + sums) |")
-    print("|---:|---:|---:|---:|")
+    print("| BLOCK_D | BLOCK_H | BLOCK_S | warps | stages | default splits | pass us (act + weight + sums) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     extra = [triton.Config({"BLOCK_S": b}, num_warps=w, num_stages=st) for b, w, st in EXTRA_WEIGHT_TILES]
-    pruned = k._prune_weight(kernel.configs, dict(BS_KEY=BS), RECOMPUTE=False, BLOCK_D=bd,
-                             CDT=triton.language.bfloat16)
-    for cfg in pruned + extra:
-        with _only(kernel, cfg):
-            try:
-                us = f"{graph_replay_us(run):.1f}"
-            except Exception as e:  # a tile over the shared memory: say so and go on
-                us = f"({type(e).__name__})"
-        print(f"| {cfg.kwargs['BLOCK_S']} | {cfg.num_warps} | {cfg.num_stages} | {us} |", flush=True)
-    print()
-    print("| sample ranges (n_split) | pass us |")
-    print("|---:|---:|")
-    for n in SPLITS:
-        mark = " (default)" if n == default else ""
-        print(f"| {n}{mark} | {graph_replay_us(lambda n=n: run(n)):.1f} |", flush=True)
+    best = {}
+    try:
+        for bd, bh in WEIGHT_SHAPES:
+            k._weight_tiles = lambda d, h, recompute, bd=bd, bh=bh: (bd, bh)
+            default = k._num_splits(BS, PASS * triton.cdiv(D, bd) * triton.cdiv(H, bh), u_c.device)
+            pruned = k._prune_weight(kernel.configs, dict(BS_KEY=BS), RECOMPUTE=False, BLOCK_D=bd, BLOCK_H=bh,
+                                     CDT=triton.language.bfloat16)
+            for cfg in pruned + [c for c in extra if c not in pruned]:
+                with _only(kernel, cfg):
+                    try:
+                        us = graph_replay_us(run)
+                        if us < best.get((bd, bh), (1e9,))[0]:
+                            best[(bd, bh)] = (us, cfg)
+                        shown = f"{us:.1f}"
+                    except Exception as e:  # a tile over the shared memory: say so and go on
+                        shown = f"({type(e).__name__})"
+                row = (bd, bh, cfg.kwargs["BLOCK_S"], cfg.num_warps, cfg.num_stages, default, shown)
+                print("| " + " | ".join(map(str, row)) + " |", flush=True)
+        print()
+        print("| BLOCK_D | BLOCK_H | fastest tile | sample ranges (n_split) | pass us |")
+        print("|---:|---:|---|---:|---:|")
+        for (bd, bh), (_, cfg) in best.items():
+            k._weight_tiles = lambda d, h, recompute, bd=bd, bh=bh: (bd, bh)
+            tile = f"{cfg.kwargs['BLOCK_S']} x {cfg.num_warps} x {cfg.num_stages}"
+            with _only(kernel, cfg):
+                for n in SPLITS:
+                    us = graph_replay_us(lambda n=n: run(n))
+                    print(f"| {bd} | {bh} | {tile} | {n} | {us:.1f} |", flush=True)
+    finally:
+        k._weight_tiles = tiles
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(weight_only="--weight-only" in sys.argv[1:])

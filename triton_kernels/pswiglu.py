@@ -154,8 +154,9 @@ def _prune_tiles(configs, named_args, **kwargs) -> list:
 
 
 def _prune_weight(configs, named_args, **kwargs) -> list:
-    """As :func:`_prune_tiles` for the weight-gradient kernel: five ``[64, BLOCK_S]`` operand
-    tiles per pipeline stage. ``RECOMPUTE`` takes its own, smaller family of tiles."""
+    """As :func:`_prune_tiles` for the weight-gradient kernel: per pipeline stage the ``[BLOCK_S, BLOCK_D]``
+    rows of ``u`` and ``dO`` and the three ``[BLOCK_S, BLOCK_H]`` hidden tiles. ``RECOMPUTE`` takes its
+    own, smaller family of tiles."""
     if len(configs) == 1:
         return configs
     recompute = bool(kwargs.get("RECOMPUTE", False))
@@ -165,7 +166,8 @@ def _prune_weight(configs, named_args, **kwargs) -> list:
         configs = [c for c in configs if c.kwargs["BLOCK_S"] <= 16] or configs
     cdt = kwargs.get("CDT", tl.float16)
     elem = max(cdt.primitive_bitwidth // 8, 1) if hasattr(cdt, "primitive_bitwidth") else 4
-    size = lambda c: elem * max(c.num_stages, 1) * 5 * 64 * c.kwargs["BLOCK_S"]  # noqa: E731
+    width = 2 * kwargs.get("BLOCK_D", 64) + 3 * kwargs.get("BLOCK_H", 64)
+    size = lambda c: elem * max(c.num_stages, 1) * width * c.kwargs["BLOCK_S"]  # noqa: E731
     fits = [c for c in configs if size(c) <= _SMEM_BUDGET] or [min(configs, key=size)]
     if named_args["BS_KEY"] >= 1024:
         return fits
@@ -486,7 +488,7 @@ def ffn_bwd_weight_kernel(
     mask_h = offs_h < H
     acc_w1 = tl.zeros([BLOCK_D, BLOCK_H], dtype=tl.float32)
     acc_w3 = tl.zeros([BLOCK_D, BLOCK_H], dtype=tl.float32)
-    acc_w2 = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    acc_w2 = tl.zeros([BLOCK_D, BLOCK_H], dtype=tl.float32)  # dW2^T: all three products [D, h] tiles
     # bias gradients: elementwise sums of the loaded tiles, reduced over samples once after the
     # loop (a reduction per step put 24 barriers and ~120 shuffles into every step on sm_90)
     acc_b1 = tl.zeros([BLOCK_S, BLOCK_H], dtype=tl.float32)
@@ -495,33 +497,32 @@ def ffn_bwd_weight_kernel(
     for s0 in range(s_begin, s_end, BLOCK_S):
         offs_s = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
         mask_s = offs_s < s_end
-        ut = tl.load(U + offs_s[None, :] * stride_us + t * stride_ut + offs_d[:, None] * stride_ud,
-                     mask=mask_d[:, None] & mask_s[None, :], other=0.0).to(CDT)
-        do = tl.load(DO + offs_s[:, None] * stride_dos + t * stride_dot + offs_d[None, :] * stride_dod,
-                     mask=mask_s[:, None] & mask_d[None, :], other=0.0).to(CDT)
+        io_mask = mask_s[:, None] & mask_d[None, :]
+        u = _load_token_rows(U, t, offs_s, offs_d, io_mask, stride_us, stride_ut, stride_ud, CDT)
+        do = _load_token_rows(DO, t, offs_s, offs_d, io_mask, stride_dos, stride_dot, stride_dod, CDT)
         hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
         hmask = mask_s[:, None] & mask_h[None, :]
         if RECOMPUTE:
-            a, dg32, dv32, _, _ = _hidden_grads(tl.trans(ut), do, G, V, hid, hmask, t, offs_d, offs_h,
-                                                mask_d, mask_h, W1, W3, W2, B1, B3, D, H, SAVED, GATED,
-                                                HAS_B1, HAS_B3, CDT, PREC)
+            a32, dg32, dv32, _, _ = _hidden_grads(u, do, G, V, hid, hmask, t, offs_d, offs_h, mask_d, mask_h,
+                                                  W1, W3, W2, B1, B3, D, H, SAVED, GATED, HAS_B1, HAS_B3, CDT,
+                                                  PREC)
             # rounded to the compute dtype as the stored buffers are; rows past the range are 0
             dg = tl.where(mask_s[:, None], dg32, 0.0).to(CDT)
             dv = tl.where(mask_s[:, None], dv32, 0.0).to(CDT)
-            at = tl.trans(tl.where(mask_s[:, None], a, 0.0).to(CDT))
+            a = tl.where(mask_s[:, None], a32, 0.0).to(CDT)
         else:
             dg = tl.load(DG + hid, mask=hmask, other=0.0)
             dv = dg
             if GATED:
                 dv = tl.load(DV + hid, mask=hmask, other=0.0)
-            at = tl.load(A + t * BS * H + offs_s[None, :] * H + offs_h[:, None],
-                         mask=mask_h[:, None] & mask_s[None, :], other=0.0)
+            a = tl.load(A + hid, mask=hmask, other=0.0)
+        ut = tl.trans(u)
         acc_w1 = tl.dot(ut, dg, acc_w1, input_precision=PREC)
         acc_b1 += dg.to(tl.float32)
         if GATED:
             acc_w3 = tl.dot(ut, dv, acc_w3, input_precision=PREC)
             acc_b3 += dv.to(tl.float32)
-        acc_w2 = tl.dot(at, do, acc_w2, input_precision=PREC)
+        acc_w2 = tl.dot(tl.trans(do), a, acc_w2, input_precision=PREC)
         acc_b2 += do.to(tl.float32)
     slot = split * n_tokens + t
     wmask = mask_d[:, None] & mask_h[None, :]
@@ -529,8 +530,7 @@ def ffn_bwd_weight_kernel(
     tl.store(DW1 + wid, acc_w1, mask=wmask)
     if GATED:
         tl.store(DW3 + wid, acc_w3, mask=wmask)
-    tl.store(DW2 + slot * H * D + offs_h[:, None] * D + offs_d[None, :], acc_w2,
-             mask=mask_h[:, None] & mask_d[None, :])
+    tl.store(DW2 + slot * H * D + offs_h[None, :] * D + offs_d[:, None], acc_w2, mask=wmask)
     # one program column writes each bias gradient, so every element is written exactly once
     if pid_d == 0:
         tl.store(DB1 + slot * H + offs_h, tl.sum(acc_b1, axis=0), mask=mask_h)
