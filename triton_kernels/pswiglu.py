@@ -162,8 +162,6 @@ def _prune_weight(configs, named_args, **kwargs) -> list:
     recompute = bool(kwargs.get("RECOMPUTE", False))
     family = _WEIGHT_SHAPES_RECOMPUTE if recompute else _WEIGHT_SHAPES
     configs = [c for c in configs if (c.kwargs["BLOCK_S"], c.num_warps, c.num_stages) in family] or configs
-    if recompute and kwargs.get("BLOCK_D", 0) >= 256:
-        configs = [c for c in configs if c.kwargs["BLOCK_S"] <= 16] or configs
     cdt = kwargs.get("CDT", tl.float16)
     elem = max(cdt.primitive_bitwidth // 8, 1) if hasattr(cdt, "primitive_bitwidth") else 4
     width = 2 * kwargs.get("BLOCK_D", 64) + 3 * kwargs.get("BLOCK_H", 64)
@@ -178,9 +176,9 @@ def _prune_weight(configs, named_args, **kwargs) -> list:
 # that ptxas compiles for sm_90 without spills (with the [BLOCK_S, ...] bias sums in registers)
 _WEIGHT_SHAPES = [(32, 4, 2), (64, 4, 3), (64, 8, 2), (64, 8, 3), (128, 8, 2), (32, 4, 1)]
 # ... and recomputing them (whole-D rows, three [D, BLOCK_H] fp32 accumulators): the tiles that
-# ptxas compiles for sm_90 without spills at D = 128 (BLOCK_H 32); at D = 256 (BLOCK_H 16) only
-# the 16-sample ones (16 x 4 warps there spills 16 bytes)
-_WEIGHT_SHAPES_RECOMPUTE = [(16, 8, 2), (32, 8, 2), (32, 8, 3), (16, 4, 2)]
+# ptxas compiles for sm_90 without spills at D = 128 (BLOCK_H 32) and D = 256 (BLOCK_H 16); the
+# 32-sample ones spill (64-340 bytes)
+_WEIGHT_SHAPES_RECOMPUTE = [(16, 8, 2), (16, 8, 3), (16, 4, 2)]
 
 
 def _weight_configs() -> list:
@@ -1170,12 +1168,13 @@ def _prenorm_tile(args: list, meta: dict, grid) -> triton.Config:
     overwrites the caller's tensors and none carries a restoring copy (the scratch ``ds`` has ``s``'s
     strides: ``s``'s extent, once per kind). Every other tensor it writes is an output the real launch
     writes again. A kind is the tuner's key (``D``, ``h``, the bucketed batch, the flags, the dtypes) and
-    the device. Where the tuner would not tune (one tile left after :func:`_prune_tiles`: small batches,
-    the interpreter) that tile is taken with no launch. As any autotuning, the tuning cannot run inside a
+    the device; passes that add to earlier passes' partials (``ACCUMULATE``) take the first pass's tile.
+    Where the tuner would not tune (one tile left after :func:`_prune_tiles`: small batches, the
+    interpreter) that tile is taken with no launch. As any autotuning, the tuning cannot run inside a
     CUDA graph capture: warm up first."""
     u, ds, partial = args[1], args[_DS_ARG], args[_PART_ARG]
     d, h, bs_key = args[_D_ARG:_D_ARG + 3]
-    kind = (d, h, bs_key, *(str(meta[k]) for k in ("GATED", "SAVED", "STORE", "ACCUMULATE", "CDT")),
+    kind = (d, h, bs_key, *(str(meta[k]) for k in ("GATED", "SAVED", "STORE", "CDT")),
             *(str(x.dtype) for x in args if isinstance(x, torch.Tensor)), u.device)
     if kind not in _PRENORM_TILES:
         tiles = _prune_tiles(ffn_bwd_act.configs, {"BS_KEY": bs_key}, **meta)
