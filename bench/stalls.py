@@ -3,7 +3,8 @@
 ``bash bench/gpu_run.sh`` with ``NCU_SOURCE=1`` writes ``ncu_source.csv`` (``ncu --page source --csv
 --print-source sass``): for every profiled launch, its SASS with the warp-stall samples of each
 instruction. ``python -m bench stalls ncu_source.csv`` prints, per launch, the share of each stall
-reason and the instructions with the most samples, so that "the warps wait on X" is read from the
+reason, how the samples split before, inside and after its first loop, and the instructions with
+the most samples, so that "the warps wait on X" is read from the
 measurement rather than guessed (e.g. a barrier before a shared-memory load that broadcasts an
 atomic's result, or the first use of a global load's register).
 """
@@ -49,14 +50,42 @@ def summarise(launch: dict, top: int = 12) -> str:
     shares = sorted(((sum(get(r, c) for r in rows) / total, c[len("stall_"):]) for c in reasons),
                     reverse=True)
     lines = [f"### {launch['kernel']}: {len(rows)} instructions, {int(total)} samples", "",
-             "stall reasons: " + ", ".join(f"{name} {100 * s:.1f}%" for s, name in shares if s >= 0.01), "",
-             "| % of samples | address | instruction | main reasons |", "|---:|---|---|---|"]
+             "stall reasons: " + ", ".join(f"{name} {100 * s:.1f}%" for s, name in shares if s >= 0.01), ""]
+    loop = first_loop(rows, col["Address"], col["Source"])
+    if loop is not None:
+        where = [0.0, 0.0, 0.0]  # before, inside, after the loop
+        for r in rows:
+            a = _address(r[col["Address"]])
+            where[0 if a < loop[0] else 1 if a <= loop[1] else 2] += get(r, SAMPLES)
+        lines += [f"samples before / inside / after its first loop ({loop[0]:#x}-{loop[1]:#x}): "
+                  + " / ".join(f"{100 * w / total:.0f}%" for w in where), ""]
+    lines += ["| % of samples | address | instruction | main reasons |", "|---:|---|---|---|"]
     for r in sorted(rows, key=lambda r: -get(r, SAMPLES))[:top]:
         main = sorted(((get(r, c), c[len("stall_"):]) for c in reasons if get(r, c) > 0), reverse=True)[:2]
         why = ", ".join(f"{name} {int(v)}" for v, name in main)
         lines.append(f"| {100 * get(r, SAMPLES) / total:.1f} | {r[col['Address']]} | "
                      f"`{r[col['Source']].strip()}` | {why} |")
     return "\n".join(lines)
+
+
+def _address(text: str) -> int:
+    try:
+        return int(text, 16)
+    except ValueError:
+        return -1
+
+
+def first_loop(rows: list, address: int, source: int) -> tuple[int, int] | None:
+    """``(start, end)`` addresses of the first loop in the SASS (the lowest target of a backward branch,
+    to that branch), or ``None``: where a kernel's prologue, main loop and epilogue spend their samples."""
+    loops = []
+    for r in rows:
+        text = r[source] if source < len(r) else ""
+        if "BRA" in text and "0x" in text:
+            at, target = _address(r[address]), _address("0x" + text.rsplit("0x", 1)[1].strip())
+            if 0 <= target < at:
+                loops.append((target, at))
+    return min(loops) if loops else None
 
 
 def report(path: str, top: int = 12) -> str:

@@ -416,6 +416,16 @@ def test_stalls_summarises_ncu_source_page(tmp_path):
     assert "stall reasons: barrier 70.0%, long_sb 30.0%" in text
     assert "| 70.0 | 0x20 | `LDS R4, [UR10]` | barrier 70 |" in text
     assert "FADD" not in text.split("### k_bwd")[0]  # top=1: only the LDS for k_fwd
+    assert "first loop" not in text  # no backward branch
+    # a loop (0x20-0x30, its branch back): the samples before, inside and after it
+    loop = [["Kernel Name", "k_loop"], cols,
+            ["0x10", "LDG R1, [R2]", "10", "0", "10", "0"],
+            ["0x20", "HMMA R4, R6, R8", "60", "60", "0", "60"],
+            ["0x30", "@P0 BRA 0x20", "20", "20", "0", "20"],
+            ["0x40", "@P1 BRA 0x60", "0", "0", "0", "0"],
+            ["0x50", "STG [R2], R1", "10", "0", "10", "0"]]
+    path.write_text("\n".join(",".join(f'"{c}"' for c in r) for r in loop) + "\n")
+    assert "samples before / inside / after its first loop (0x20-0x30): 10% / 80% / 10%" in report(str(path))
     path.write_text('"Kernel Name","k"\n"Address","Source"\n')
     with pytest.raises(ValueError, match="no launch with a 'Warp Stall Sampling"):
         report(str(path))
