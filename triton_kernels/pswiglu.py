@@ -173,7 +173,8 @@ def _prune_weight(configs, named_args, **kwargs) -> list:
 
 
 # (sample tile, warps, stages) of the weight-gradient kernel reading A, dG, dV from memory: tiles
-# that ptxas compiles for sm_90 without spills (with the [BLOCK_S, ...] bias sums in registers)
+# that ptxas compiles for sm_90 without spills at its 64 x 64 output tile (with the [BLOCK_S, ...] bias
+# sums in registers), but 128 x 8 warps x 2 stages (20 bytes; python -m bench sm90)
 _WEIGHT_SHAPES = [(32, 4, 2), (64, 4, 3), (64, 8, 2), (64, 8, 3), (128, 8, 2), (32, 4, 1)]
 # ... and recomputing them (whole-D rows, three [D, BLOCK_H] fp32 accumulators): the tiles that
 # ptxas compiles for sm_90 without spills at D = 128 (BLOCK_H 32) and D = 256 (BLOCK_H 16); the
