@@ -145,7 +145,8 @@ def main(weight_only: bool = False) -> None:
 def _weight_pass(k, u_c, do_c, w1_c, w3_c, w2_c) -> None:
     """The plain FFN backward of one pass (``k.ffn_bwd``) per weight-kernel output tile
     (``WEIGHT_SHAPES``), per tile of its list and per number of sample ranges."""
-    kernel, tiles = k.ffn_bwd_weight_kernel, k._weight_tiles
+    kernel, tiles, splits = k.ffn_bwd_weight_kernel, k._weight_tiles, k._num_splits
+    chosen = []  # the library's own number of sample ranges, as each default pass chose it
 
     def run(n_split=None):
         return k.ffn_bwd(do_c, u_c, w1_c, w3_c, w2_c, None, None, None, None, n_split=n_split)
@@ -158,9 +159,9 @@ def _weight_pass(k, u_c, do_c, w1_c, w3_c, w2_c) -> None:
     extra = [triton.Config({"BLOCK_S": b}, num_warps=w, num_stages=st) for b, w, st in EXTRA_WEIGHT_TILES]
     best = {}
     try:
+        k._num_splits = lambda *a: chosen.append(splits(*a)) or chosen[-1]
         for bd, bh in WEIGHT_SHAPES:
             k._weight_tiles = lambda d, h, recompute, bd=bd, bh=bh: (bd, bh)
-            default = k._num_splits(BS, PASS * triton.cdiv(D, bd) * triton.cdiv(H, bh), u_c.device)
             pruned = k._prune_weight(kernel.configs, dict(BS_KEY=BS), RECOMPUTE=False, BLOCK_D=bd, BLOCK_H=bh,
                                      CDT=triton.language.bfloat16)
             for cfg in pruned + [c for c in extra if c not in pruned]:
@@ -172,6 +173,7 @@ def _weight_pass(k, u_c, do_c, w1_c, w3_c, w2_c) -> None:
                         shown = f"{us:.1f}"
                     except Exception as e:  # a tile over the shared memory: say so and go on
                         shown = f"({type(e).__name__})"
+                default = chosen[-1] if chosen else "–"
                 row = (bd, bh, cfg.kwargs["BLOCK_S"], cfg.num_warps, cfg.num_stages, default, shown)
                 print("| " + " | ".join(map(str, row)) + " |", flush=True)
         print()
@@ -185,7 +187,7 @@ def _weight_pass(k, u_c, do_c, w1_c, w3_c, w2_c) -> None:
                     us = graph_replay_us(lambda n=n: run(n))
                     print(f"| {bd} | {bh} | {tile} | {n} | {us:.1f} |", flush=True)
     finally:
-        k._weight_tiles = tiles
+        k._weight_tiles, k._num_splits = tiles, splits
 
 
 if __name__ == "__main__":
