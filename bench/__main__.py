@@ -231,7 +231,7 @@ def cmd_profile(args) -> int:
     dtype = _dtype(args.dtype, device)
     return _reports(args, device, lambda case, preset, mode: profile_case(
         case, preset, mode, _csv(args.provider), device, dtype, steps=args.steps, top=args.top,
-        autocast=not args.no_autocast, host=args.host))
+        autocast=not args.no_autocast, host=args.host, with_timeline=args.timeline))
 
 
 def cmd_memory(args) -> int:
@@ -372,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", action="store_true",
                    help="also the host's time of an eager step: its wall time, and Python functions "
                         "under cProfile")
+    p.add_argument("--timeline", action="store_true",
+                   help="also one step's kernels in start order with their streams, and how much of its "
+                        "span the main stream, only side streams, or no kernel runs (GPU; a -cg provider "
+                        "shows the graphed step's critical path)")
     p.add_argument("--out", help="also write the markdown to this file")
     p.set_defaults(fn=cmd_profile)
     p = sub.add_parser("memory", help="the blocks alive at a step's peak memory, by allocating site (CUDA)")

@@ -23,7 +23,8 @@
 #   ncu       Nsight Compute sections for a few launches of one case's kernels (NCU_CASE, NCU_KERNELS;
 #             NCU_SOURCE=1 adds the report and its per-instruction stall samples, ncu_source.csv)
 #   profile   python -m bench profile of the UniMixer block's Triton path (profile.md; PROFILE_CASE,
-#             PROFILE_PRESET, PROFILE_MODES and PROFILE_PROVIDERS choose others)
+#             PROFILE_PRESET, PROFILE_MODES and PROFILE_PROVIDERS choose others; PROFILE_ARGS=--timeline adds
+#             one step's kernels in start order with their streams)
 #   memory    python -m bench memory: the blocks alive at a training step's peak, by allocating site
 #             (memory.md; MEMORY_CASES="case@preset[@SWITCH=value,...] ...", default the RankMixer and full
 #             UniMixer blocks)
@@ -253,7 +254,7 @@ if want profile; then
     # kernels by device time per step: where the block's time goes
     stage profile "${T_PROFILE:-90}" "$PY" -m bench profile --case "${PROFILE_CASE:-unimixer-block}" \
         --preset "${PROFILE_PRESET:-paper-small}" --mode "${PROFILE_MODES:-fwd+bwd,infer}" \
-        --provider "${PROFILE_PROVIDERS:-triton}" --top 25 \
+        --provider "${PROFILE_PROVIDERS:-triton}" --top 25 ${PROFILE_ARGS:-} \
         --out "$OUT/profile.md"
 fi
 

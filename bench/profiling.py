@@ -8,6 +8,11 @@ the project ran with (its key and the tuned tile), since a kernel's time depends
 ``--host`` adds, per provider, where the host's time goes when the step is not graphed: the wall
 time per step without any profiler, then the Python functions by their own time (and the
 project's functions by cumulative time) under ``cProfile``, per step.
+
+``--timeline`` adds, per provider, one more step profiled alone: its kernels in start order with
+their streams, and how much of the step's span the main stream runs a kernel, only side streams do,
+or none does (:func:`timeline`). Under a graphed provider (``-cg``) that is the step's critical path:
+the side streams' exposed time and the gaps between launches.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import pstats
 
 import torch
 
+from .blocks import Unavailable
 from .cases import CASES
 from .presets import PRESETS
 from .runner import CaseRunner
@@ -25,7 +31,7 @@ from .timing import sync, wall_us
 
 def profile_case(case: str, preset: str, mode: str, providers: list[str], device: torch.device,
                  dtype: torch.dtype, steps: int = 10, top: int = 20, autocast: bool = True,
-                 host: bool = False) -> str:
+                 host: bool = False, with_timeline: bool = False) -> str:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -40,7 +46,11 @@ def profile_case(case: str, preset: str, mode: str, providers: list[str], device
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
     what, unit = ("device", "kernels") if gpu else ("aten self-CPU", "aten calls")
     for provider in providers:
-        calls = runner.step(provider, setup, inputs, mode, cache)
+        try:
+            calls = runner.step(provider, setup, inputs, mode, cache)
+        except Unavailable as exc:  # e.g. a backend spec this case has no slot for
+            lines.append(f"\n### {provider}: unavailable ({exc})")
+            continue
         for _ in range(3):
             calls()
         sync(device)
@@ -70,8 +80,70 @@ def profile_case(case: str, preset: str, mode: str, providers: list[str], device
                          f"{longest:.1f} | {name[:110]} |")
         if host and not provider.endswith("-cg"):
             lines.append(_host_profile(calls, device, steps, top))
+        if with_timeline and gpu:
+            lines.append(timeline(_step_kernels(calls, device, activities), top=3 * top))
         del calls
     lines.append(_autotuned())
+    return "\n".join(lines)
+
+
+def _step_kernels(calls, device: torch.device, activities) -> list[tuple[int, int, int, str]]:
+    """``(start_ns, end_ns, stream, name)`` of every device activity of one step, profiled alone."""
+    from torch.profiler import profile as torch_profile
+
+    sync(device)
+    with torch_profile(activities=activities) as prof:
+        calls()
+        sync(device)
+    return [(e.start_ns(), e.end_ns(), e.device_resource_id(), e.name())
+            for e in prof.profiler.kineto_results.events()
+            if e.device_type() == torch.autograd.DeviceType.CUDA]
+
+
+def timeline(kernels: list[tuple[int, int, int, str]], top: int = 60) -> str:
+    """One step's kernels in launch order: ``kernels`` holds ``(start_ns, end_ns, stream, name)``.
+    The stream with the most kernel time is the main one; the table gives each kernel's start and
+    duration from the step's first start, and the summary splits the step's span into time the main
+    stream runs a kernel, time only other streams do (their work the main stream waits for, or
+    that finishes after it) and time no kernel runs (launch gaps, dependency waits)."""
+    if not kernels:
+        return "\nno device kernels in the step\n"
+    kernels = sorted(kernels)
+    t0 = kernels[0][0]
+    busy: dict[int, int] = {}
+    for start, end, stream, _ in kernels:
+        busy[stream] = busy.get(stream, 0) + end - start
+    main = max(busy, key=busy.get)
+    label = {s: f"side {i}" for i, s in enumerate((s for s in sorted(busy, key=lambda s: -busy[s])
+                                                    if s != main), 1)}
+    label[main] = "main"
+    # sweep: at each boundary, whether the main stream or any stream runs a kernel
+    edges = sorted({t for k in kernels for t in k[:2]})
+    on_main = only_side = idle = 0
+    for a, b in zip(edges, edges[1:]):
+        live = {s for start, end, s, _ in kernels if start <= a and end >= b}
+        if main in live:
+            on_main += b - a
+        elif live:
+            only_side += b - a
+        else:
+            idle += b - a
+    span = edges[-1] - t0
+    order = sorted(busy, key=lambda s: -busy[s])
+    lines = [f"\none step's timeline: span {span / 1e3:.1f} us; main stream running {on_main / 1e3:.1f}, "
+             f"only side streams {only_side / 1e3:.1f}, no kernel {idle / 1e3:.1f} "
+             f"({len(kernels)} kernels on {len(busy)} streams; "
+             + ", ".join(f"{label[s]} busy {busy[s] / 1e3:.1f} us" for s in order)
+             + ")\n",
+             "| start us | us | gap before us | stream | kernel |", "|---:|---:|---:|---|---|"]
+    last_end = {}
+    for start, end, stream, name in kernels[:top]:
+        gap = (start - last_end[stream]) / 1e3 if stream in last_end else 0.0
+        last_end[stream] = max(end, last_end.get(stream, end))
+        lines.append(f"| {(start - t0) / 1e3:.1f} | {(end - start) / 1e3:.1f} | {gap:.1f} | "
+                     f"{label[stream]} | {name[:90]} |")
+    if len(kernels) > top:
+        lines.append(f"| | | | | ({len(kernels) - top} more) |")
     return "\n".join(lines)
 
 

@@ -455,3 +455,26 @@ def test_the_sweep_plot_styles_every_provider_it_is_given():
     mixed, mixed_cg = styles["triton+sinkhorn=cuda/triton"], styles["triton+sinkhorn=cuda/triton-cg"]
     assert mixed["color"] == mixed_cg["color"] not in {s["color"] for s in STYLE.values()}
     assert mixed_cg["linestyle"] == "--" and "linestyle" not in mixed
+
+
+def test_profile_timeline_splits_the_span_by_stream():
+    # `python -m bench profile --timeline`: one step's kernels in start order; the span split into the
+    # main stream running, only side streams running (exposed side work) and no kernel (gaps)
+    from bench.profiling import timeline
+
+    us = 1000
+    kernels = [
+        (0 * us, 10 * us, 7, "norm"),          # main
+        (2 * us, 40 * us, 9, "sinkhorn"),      # side, overlaps the norm, then exposed 10..40
+        (41 * us, 51 * us, 7, "mixing"),       # main after a 1 us gap with no kernel
+        (45 * us, 48 * us, 11, "small"),       # a second side stream, under the main one
+        (53 * us, 73 * us, 7, "ffn"),          # main after a 2 us gap
+    ]
+    out = timeline(kernels[::-1])  # any order in: sorted by start
+    assert "span 73.0 us; main stream running 40.0, only side streams 30.0, no kernel 3.0" in out
+    assert "5 kernels on 3 streams" in out and "main busy 40.0 us, side 1 busy 38.0 us" in out
+    rows = [r for r in out.splitlines() if r.startswith("| ") and "kernel |" not in r]
+    assert [r.split("|")[5].strip() for r in rows] == ["norm", "sinkhorn", "mixing", "small", "ffn"]
+    assert rows[2].split("|")[3].strip() == "31.0"  # the main stream's gap before the mixing
+    assert rows[3].split("|")[4].strip() == "side 2"
+    assert timeline([]).strip() == "no device kernels in the step"
