@@ -1,14 +1,14 @@
 """Probe: the UniMixer blocks' training step with the mixing weights on the caller's stream
-(``UniMixing(overlap=False)``), on one side stream (both weights, one after the other: ``weights_streams``
-made to return its first stream twice), on their two side streams (``overlap=True``, both at
-``WEIGHTS_PRIORITY``) and on two side streams with ``W_G``'s one step above ``W_B``'s (``GLOBAL_ABOVE``),
-side by side (``python -m bench.overlap_probe``, CUDA).
+(``UniMixing(overlap=False)``), and on their two side streams with their backward queued after the
+block's first norm's backward (``late``) or before it, beside it (``early``; which one a block takes is
+``UniMixing.early_backward_mark``'s rule, forced here both ways), side by side
+(``python -m bench.overlap_probe``, CUDA).
 
 For each preset, module (one block, and unless ``--one-block`` the two-block stack ``UniMixer``), full
 and Lite, and backend (the all-Triton one and the block's spec), the fwd+bwd step as the benchmark times
 its graphed providers (bf16 input under bf16 autocast, fp32 parameters, ``autograd.grad`` of every output with
 respect to the input and the parameters, captured once in a CUDA graph), timed as ``graph.replay()``
-by ``triton.testing.do_bench`` (median, L2 cleared before each call). The four configurations
+by ``triton.testing.do_bench`` (median, L2 cleared before each call). The configurations
 alternate twice, so drift shows as a difference between the two rounds.
 """
 
@@ -27,34 +27,22 @@ from .timing import capture_graph, time_ms
 SPECS = {False: ("triton", "triton+sinkhorn=cuda/triton"),
          True: ("triton", "triton+lite_global_weights=cuda/triton")}
 ROUNDS = 2
-CONFIGS = ("off", "one side stream", "two side streams", "two, global above")
-# W_G's stream one priority step above W_B's (lower is higher), the latter at WEIGHTS_PRIORITY
-GLOBAL_ABOVE = (-2, -1)
-_RANKED: dict[int, tuple[torch.cuda.Stream, torch.cuda.Stream]] = {}
-
-
-def _ranked(index: int) -> tuple[torch.cuda.Stream, torch.cuda.Stream]:
-    """Two streams on device ``index`` at the priorities ``GLOBAL_ABOVE`` (made once)."""
-    if index not in _RANKED:
-        _RANKED[index] = tuple(torch.cuda.Stream(index, priority=p) for p in GLOBAL_ABOVE)
-    return _RANKED[index]
+CONFIGS = ("off", "backward late", "backward early")
+# UniMixing.early_backward_mark's buffer count that forces each order
+_BUFFERS = {"backward late": float("inf"), "backward early": 0}
 
 
 @contextlib.contextmanager
 def _config(name: str):
-    """``overlap`` for the modules made inside; for "one side stream" both weights on the first of
-    ``weights_streams``, for "two, global above" on two streams of the priorities ``GLOBAL_ABOVE``."""
+    """``overlap`` for the modules made inside, with the weights' backward forced late or early."""
     from unimixer_kernels.nn import unimixing
 
-    real = unimixing.weights_streams
-    if name == "one side stream":
-        unimixing.weights_streams = lambda device: (real(device)[0],) * 2
-    if name == "two, global above":
-        unimixing.weights_streams = lambda device: _ranked(real(device)[0].device_index)
+    real = unimixing.EARLY_BACKWARD_BUFFERS
+    unimixing.EARLY_BACKWARD_BUFFERS = _BUFFERS.get(name, real)
     try:
         yield name != "off"
     finally:
-        unimixing.weights_streams = real
+        unimixing.EARLY_BACKWARD_BUFFERS = real
 
 
 def _module(preset, lite: bool, blocks: int, backend: str, overlap: bool) -> torch.nn.Module:
@@ -97,13 +85,12 @@ def main(presets: list[str], stacks: tuple[int, ...] = (1, 2)) -> None:
 
     print(f"# env {json.dumps(header(torch.device('cuda')))}")
     side = weights_streams(torch.device("cuda"))
-    ranked = [st.priority for st in _ranked(side[0].device_index)]
-    print(f"# stream priorities (lower is higher): range {torch.cuda.Stream.priority_range()}, side streams "
-          f"{[st.priority for st in side]}, global above {ranked}")
-    print("\nThe UniMixer blocks' training step (graphed), the mixing weights on the caller's stream, one "
-          "side stream or two\n")
+    print(f"# side streams' priorities (lower is higher): {[st.priority for st in side]}, "
+          f"range {torch.cuda.Stream.priority_range()}")
+    print("\nThe UniMixer blocks' training step (graphed), the mixing weights on the caller's stream, or on "
+          "two side streams with their backward after the first norm's (late) or beside it (early)\n")
     print("| preset | module | backend | " + " | ".join(f"{c}, ms" for c in CONFIGS)
-          + " | two against off, µs | two against one, µs |")
+          + " | late against off, µs | early against late, µs |")
     print("|---|---|---|" + "---:|" * (len(CONFIGS) + 2))
     for name in presets:
         preset = get_preset(name)
@@ -126,10 +113,10 @@ def main(presets: list[str], stacks: tuple[int, ...] = (1, 2)) -> None:
                             torch.cuda.empty_cache()
                     cells = (" / ".join(f"{t:.4f}" for t in times[c]) for c in CONFIGS)
                     best = {c: min(t) for c, t in times.items()}
-                    vs_off = (best["off"] - best["two side streams"]) * 1e3
-                    vs_one = (best["one side stream"] - best["two side streams"]) * 1e3
-                    print(f"| {name} | {label} | `{backend}` | {' | '.join(cells)} | {vs_off:.1f} "
-                          f"| {vs_one:.1f} |", flush=True)
+                    late = (best["backward late"] - best["off"]) * 1e3
+                    early = (best["backward early"] - best["backward late"]) * 1e3
+                    print(f"| {name} | {label} | `{backend}` | {' | '.join(cells)} | {late:+.1f} "
+                          f"| {early:+.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,32 @@ def _leaves(inputs: tuple, params: tuple) -> list[Tensor]:
     return [t for t in inputs if isinstance(t, Tensor) and t.requires_grad] + list(params)
 
 
+def _captured(provider: str) -> bool:
+    """Whether a provider's step is captured here in a CUDA graph and timed as its replay."""
+    return provider.endswith("-cg") and not _cudagraph_trees(provider)
+
+
+def _fresh_sets(sets: list[tuple]) -> list[tuple]:
+    """Input sets with fresh leaves (same storage), for a capture: a leaf's AccumulateGrad node
+    remembers the stream it was made on, and one kept alive from an earlier provider's run on the
+    default stream makes the captured backward sync with that stream, which invalidates the capture."""
+    sets = [tuple(_fresh_leaf(t) for t in s) for s in sets]
+    gc.collect()
+    return sets
+
+
+def _replays(calls: ModeCalls) -> Callable[[], None]:
+    """One captured CUDA graph per call of ``calls`` (each run once already), replayed in turn."""
+    graphs = [timing.capture_graph(c) for c in calls.calls]
+    cycle = itertools.cycle([g for g, _ in graphs])
+
+    def step() -> None:
+        next(cycle).replay()
+
+    step.graphs = graphs  # the captured outputs live as long as the step
+    return step
+
+
 def _fresh_leaf(t):
     return t.detach().requires_grad_() if isinstance(t, Tensor) and t.requires_grad else t
 
@@ -156,11 +182,17 @@ class CaseRunner:
 
     def step(self, provider: str, setup: Setup, inputs: list[tuple], mode: str, cache: dict) -> ModeCalls:
         """One ``mode`` step of ``provider`` over ``inputs``, prepared and ready to call (the
-        profiling and memory tools run it outside the timed harness)."""
+        profiling and memory tools run it outside the timed harness); a kernel provider's ``-cg``
+        step is run once, captured, and called as its graph's replay, as the harness times it."""
         impl, mark = self.impl_for(provider, setup, cache, mode)
         if impl.prepare:
             impl.prepare(mode)
-        return ModeCalls(impl, inputs, mode, self.device, self.autocast, mark)
+        if not _captured(provider):
+            return ModeCalls(impl, inputs, mode, self.device, self.autocast, mark)
+        calls = ModeCalls(impl, _fresh_sets(inputs), mode, self.device, self.autocast, mark)
+        calls()
+        timing.sync(self.device)
+        return _replays(calls)
 
     def impl_for(self, provider: str, setup: Setup, cache: dict,
                  mode: str = "") -> tuple[Impl, Callable | None]:
@@ -275,13 +307,9 @@ class CaseRunner:
             if impl.prepare:
                 impl.prepare(mode)
             use_sets = sets[:1] if (mode == "bwd" and provider == "compiled-cg") else sets
-            captured = provider.endswith("-cg") and not _cudagraph_trees(provider)
+            captured = _captured(provider)
             if captured:
-                # fresh leaves (same storage): a leaf's AccumulateGrad node remembers the stream it was
-                # made on, and one kept alive from an earlier provider's run on the default stream
-                # makes the captured backward sync with that stream, which invalidates the capture
-                use_sets = [tuple(_fresh_leaf(t) for t in s) for s in use_sets]
-                gc.collect()
+                use_sets = _fresh_sets(use_sets)
             no_donation = provider in COMPILE_PROVIDERS and mode == "bwd"
             t0 = time.perf_counter()
             with _no_donated_buffers() if no_donation else contextlib.nullcontext():
@@ -293,9 +321,7 @@ class CaseRunner:
             note = ""
             step: Callable[[], object] = calls
             if captured:
-                graphs = [timing.capture_graph(c) for c in calls.calls]
-                cycle = itertools.cycle([g for g, _ in graphs])
-                step = lambda: next(cycle).replay()  # noqa: E731
+                step = _replays(calls)
                 note = "CUDA-graph replay; peak memory of the replay only (graph pool not comparable)"
             elif _cudagraph_trees(provider):
                 note = "cudagraph trees; peak memory not comparable (private pool)"
