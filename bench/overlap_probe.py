@@ -2,7 +2,9 @@
 (``UniMixing(overlap=False)``), and on their two side streams with their backward queued after the
 block's first norm's backward (``late``) or before it, beside it (``early``; which one a block takes is
 ``UniMixing.early_backward_mark``'s rule, forced here both ways), side by side
-(``python -m bench.overlap_probe``, CUDA).
+(``python -m bench.overlap_probe``, CUDA); and early with the autocast lowering cast launched once a
+tensor (``one cast a tensor``: the FFN's three weights cast in three launches and their gradients
+widened in three, against one each way).
 
 For each preset, module (one block, and unless ``--one-block`` the two-block stack ``UniMixer``), full
 and Lite, and backend (the all-Triton one and the block's spec), the fwd+bwd step as the benchmark times
@@ -27,22 +29,26 @@ from .timing import capture_graph, time_ms
 SPECS = {False: ("triton", "triton+sinkhorn=cuda/triton"),
          True: ("triton", "triton+lite_global_weights=cuda/triton")}
 ROUNDS = 2
-CONFIGS = ("off", "backward late", "backward early")
+CONFIGS = ("off", "backward late", "backward early", "one cast a tensor")
 # UniMixing.early_backward_mark's buffer count that forces each order
-_BUFFERS = {"backward late": float("inf"), "backward early": 0}
+_BUFFERS = {"backward late": float("inf"), "backward early": 0, "one cast a tensor": 0}
 
 
 @contextlib.contextmanager
 def _config(name: str):
-    """``overlap`` for the modules made inside, with the weights' backward forced late or early."""
+    """``overlap`` for the modules made inside, with the weights' backward forced late or early, and
+    the Triton backend's lowering cast one launch a tensor for "one cast a tensor"."""
+    from unimixer_kernels import _registry
     from unimixer_kernels.nn import unimixing
 
-    real = unimixing.EARLY_BACKWARD_BUFFERS
+    real, cast = unimixing.EARLY_BACKWARD_BUFFERS, _registry._LOWERING_CASTS["triton"]
     unimixing.EARLY_BACKWARD_BUFFERS = _BUFFERS.get(name, real)
+    if name == "one cast a tensor":
+        _registry._LOWERING_CASTS["triton"] = lambda xs, dtype: [cast([x], dtype)[0] for x in xs]
     try:
         yield name != "off"
     finally:
-        unimixing.EARLY_BACKWARD_BUFFERS = real
+        unimixing.EARLY_BACKWARD_BUFFERS, _registry._LOWERING_CASTS["triton"] = real, cast
 
 
 def _module(preset, lite: bool, blocks: int, backend: str, overlap: bool) -> torch.nn.Module:
@@ -90,7 +96,7 @@ def main(presets: list[str], stacks: tuple[int, ...] = (1, 2)) -> None:
     print("\nThe UniMixer blocks' training step (graphed), the mixing weights on the caller's stream, or on "
           "two side streams with their backward after the first norm's (late) or beside it (early)\n")
     print("| preset | module | backend | " + " | ".join(f"{c}, ms" for c in CONFIGS)
-          + " | late against off, µs | early against late, µs |")
+          + " | late against off, µs | early against late, µs | one cast against early, µs |")
     print("|---|---|---|" + "---:|" * (len(CONFIGS) + 2))
     for name in presets:
         preset = get_preset(name)
@@ -115,8 +121,9 @@ def main(presets: list[str], stacks: tuple[int, ...] = (1, 2)) -> None:
                     best = {c: min(t) for c, t in times.items()}
                     late = (best["backward late"] - best["off"]) * 1e3
                     early = (best["backward early"] - best["backward late"]) * 1e3
+                    one = (best["one cast a tensor"] - best["backward early"]) * 1e3
                     print(f"| {name} | {label} | `{backend}` | {' | '.join(cells)} | {late:+.1f} "
-                          f"| {early:+.1f} |", flush=True)
+                          f"| {early:+.1f} | {one:+.1f} |", flush=True)
 
 
 if __name__ == "__main__":

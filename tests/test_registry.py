@@ -374,18 +374,24 @@ def test_autocast_lowers_is_per_backend(available, monkeypatch):
 
 def test_lowering_cast_is_per_backend(available, monkeypatch):
     # a backend's registered cast replaces Tensor.to for the arguments the "lower" policy casts (not
-    # those already in the autocast dtype, kept or lowered by the backend); other backends keep .to
+    # those already in the autocast dtype, kept or lowered by the backend), one call per source dtype
+    # with all of that dtype's arguments; other backends keep .to
     o = _lowering_probe(monkeypatch, lowers=(3,))
     cast = []
-    monkeypatch.setattr(_registry, "_LOWERING_CASTS", {
-        "triton": lambda x, dtype: cast.append(x.shape[0]) or x.to(dtype)})
-    args = (torch.ones(1), torch.ones(2, dtype=torch.bfloat16), torch.ones(3), torch.ones(4), torch.ones(5))
+
+    def recorded(xs, dtype):
+        cast.append([x.shape[0] for x in xs])
+        return [x.to(dtype) for x in xs]
+
+    monkeypatch.setattr(_registry, "_LOWERING_CASTS", {"triton": recorded})
+    args = (torch.ones(1), torch.ones(2, dtype=torch.bfloat16), torch.ones(3), torch.ones(4), torch.ones(5),
+            torch.ones(6, dtype=torch.float64))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16, fp32 = torch.bfloat16, torch.float32
-        assert o.dispatch("triton", CPU)(*args) == [bf16, bf16, fp32, fp32, bf16]
-        assert cast == [1, 5]
-        assert o.dispatch("reference", CPU)(*args) == [bf16, bf16, fp32, bf16, bf16]
-    assert cast == [1, 5]
+        assert o.dispatch("triton", CPU)(*args) == [bf16, bf16, fp32, fp32, bf16, bf16]
+        assert cast == [[1, 5], [6]]
+        assert o.dispatch("reference", CPU)(*args) == [bf16, bf16, fp32, bf16, bf16, bf16]
+    assert cast == [[1, 5], [6]]
 
 
 def test_the_triton_backend_registers_its_lowering_cast():

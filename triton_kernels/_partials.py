@@ -132,13 +132,18 @@ def _sum_partials_launch(pairs: tuple[tuple[torch.Tensor, torch.Tensor], ...], f
     sum_partials_kernel[(total,)](*args, *ends[:-1], NSEG=len(pairs), **consts, num_warps=4)
 
 
-def widen(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``x`` converted to a wider ``dtype`` (a 16-bit gradient to its fp32 weight's dtype), contiguous:
-    the one-partial case of :func:`sum_partials`, one read and one write (a non-contiguous ``x`` is
-    copied once first). On the H200 torch's bf16 -> fp32 copy is not vectorised: 110 µs for a
+def cast_all(xs: list[torch.Tensor], dtype: torch.dtype, contiguous: bool = False) -> list[torch.Tensor]:
+    """``[x.to(dtype) for x in xs]``, the contiguous ``x`` in one launch (the one-partial case of
+    :func:`sum_partials`, :data:`MAX_SEGMENTS` tensors a launch: one read and one write each). A
+    non-contiguous ``x`` is cast by ``x.to(dtype)`` (its strides kept), or with ``contiguous`` copied
+    once first and cast to a contiguous result. The per-token FFNs' fp32 weights lowered under
+    autocast, and their 16-bit gradients widened back, are three tensors a call: one launch each way
+    instead of three. On the H200 torch's bf16 -> fp32 copy is not vectorised: 110 µs for a
     ``[16, 768, 3072]`` gradient, where one Triton pass took 58 (run125)."""
-    x = x.contiguous()
-    out = new_output(x.shape, like=x, dtype=dtype)
-    if x.numel():
-        sum_partials((x.view(1, -1), out.view(-1)))
-    return out
+    if contiguous:
+        xs = [x.contiguous() for x in xs]
+    outs = [new_output(x.shape, like=x, dtype=dtype) if x.is_contiguous() else x.to(dtype) for x in xs]
+    pairs = [(x.view(1, -1), out.view(-1)) for x, out in zip(xs, outs) if x.is_contiguous() and x.numel()]
+    if pairs:
+        sum_partials(*pairs)
+    return outs

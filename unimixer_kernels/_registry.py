@@ -39,9 +39,10 @@ below) when autocast is on for the tensors' device:
 - ``None``: arguments pass unchanged (norms and permutations, which keep their input dtype).
 
 The ``"lower"`` cast is ``Tensor.to`` unless the backend registers its own with
-:func:`register_lowering_cast`: the Triton backend's (``ops/lowering.py``) widens the gradients back
-in one Triton pass. The op then runs with autocast off, so a reference backend cannot re-cast inside. Without
-autocast, arguments of mixed dtypes are not cast: the kernels then compute in fp32.
+:func:`register_lowering_cast`: the Triton backend's (``ops/lowering.py``) casts all of a call's
+arguments of one dtype in one launch, and widens their gradients back in one launch. The op then runs
+with autocast off, so a reference backend cannot re-cast inside. Without autocast, arguments of mixed
+dtypes are not cast: the kernels then compute in fp32.
 """
 
 from __future__ import annotations
@@ -326,25 +327,28 @@ class Op:
         if self.autocast is None or not torch.is_autocast_enabled(device.type):
             return fn
         if self.autocast == "lower":
-            dtype, cast = torch.get_autocast_dtype(device.type), _LOWERING_CASTS.get(name, _to)
+            dtype, cast = torch.get_autocast_dtype(device.type), _LOWERING_CASTS.get(name, _to_each)
         else:
-            dtype, cast = torch.float32, _to
+            dtype, cast = torch.float32, _to_each
         keep = self.autocast_keep + self.lowers[name]
         return functools.partial(_with_autocast_policy, fn, device.type, dtype, keep, cast)
 
 
-def _to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return x.to(dtype)
+def _to_each(xs: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    return [x.to(dtype) for x in xs]
 
 
+# a cast of a call's arguments of one dtype, all at once: cast(xs, dtype) -> [x.to(dtype) for x in xs]
+LoweringCast = Callable[[list[torch.Tensor], torch.dtype], list[torch.Tensor]]
 # backend -> the cast its "lower" autocast policy applies (module docstring); Tensor.to if absent
-_LOWERING_CASTS: dict[str, Callable[[torch.Tensor, torch.dtype], torch.Tensor]] = {}
+_LOWERING_CASTS: dict[str, LoweringCast] = {}
 
 
-def register_lowering_cast(backend: str, cast: Callable[[torch.Tensor, torch.dtype], torch.Tensor]) -> None:
-    """Make ``cast(x, dtype)`` the ``"lower"`` policy's cast for ``backend``'s implementations. It is
-    called only where ``x.dtype != dtype`` and must return what ``x.to(dtype)`` returns, with a
-    gradient that autograd can take."""
+def register_lowering_cast(backend: str, cast: LoweringCast) -> None:
+    """Make ``cast(xs, dtype)`` the ``"lower"`` policy's cast for ``backend``'s implementations. It is
+    called with a call's arguments to cast that share one dtype other than ``dtype`` (one call per
+    such dtype) and must return what ``[x.to(dtype) for x in xs]`` returns, with gradients that
+    autograd can take."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if backend in _LOWERING_CASTS:
@@ -353,13 +357,16 @@ def register_lowering_cast(backend: str, cast: Callable[[torch.Tensor, torch.dty
 
 
 def _with_autocast_policy(fn: Callable, device_type: str, dtype: torch.dtype, keep: tuple[int, ...],
-                          cast: Callable, *args):
-    args = tuple(
-        cast(a, dtype)
-        if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != dtype and i not in keep
-        else a
-        for i, a in enumerate(args)
-    )
+                          cast: LoweringCast, *args):
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != dtype and i not in keep:
+            by_dtype.setdefault(a.dtype, []).append(i)
+    if by_dtype:
+        args = list(args)
+        for positions in by_dtype.values():
+            for i, a in zip(positions, cast([args[i] for i in positions], dtype)):
+                args[i] = a
     with torch.autocast(device_type, enabled=False):
         return fn(*args)
 

@@ -1,5 +1,6 @@
-"""The Triton backend's autocast cast (``ops/lowering.py``): ``Tensor.to`` forward, the gradient
-widened back in one Triton pass (``_partials.widen``); and the ops that take it under autocast."""
+"""The Triton backend's autocast cast (``ops/lowering.py``): ``[x.to(dtype) for x in xs]`` forward in
+one launch, the gradients widened back in one launch (``_partials.cast_all``); and the ops that take it
+under autocast."""
 
 import pytest
 import torch
@@ -17,48 +18,80 @@ from unimixer_kernels.testing import GRAD_FACTOR, OUTPUT_FACTOR, assert_close_to
 @pytest.mark.parametrize("dst", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("n", [0, 1, 1027])
 def test_widen_cast_is_exact(device, src, dst, n):
-    x = random_input((n,), torch.float32, device).to(src)
-    out = widen_cast(x, dst)
-    assert out.dtype == dst and out.shape == x.shape and out.is_contiguous()
-    assert torch.equal(out, x.to(dst))  # every 16-bit value is exact in the wider dtype
+    xs = [random_input(shape, torch.float32, device).to(src) for shape in ((n,), (3, 5))]
+    outs = widen_cast(xs, dst)
+    for x, out in zip(xs, outs):
+        assert out.dtype == dst and out.shape == x.shape and out.is_contiguous()
+        assert torch.equal(out, x.to(dst))  # every 16-bit value is exact in the wider dtype
 
 
 @pytest.mark.triton
 def test_widen_cast_of_a_noncontiguous_tensor(device):
     x = random_input((6, 40), torch.float32, device).to(torch.bfloat16)[:, ::3].t()  # [14, 6], strided
-    out = widen_cast(x, torch.float32)
+    (out,) = widen_cast([x], torch.float32)
     assert out.is_contiguous() and torch.equal(out, x.float())
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("shape", [(3, 5, 7), (1,)])
-def test_lower_cast_forward_is_to_and_backward_widens(device, shape, monkeypatch):
-    calls = []
+def test_widen_cast_takes_many_tensors_in_launches_of_seven(device, monkeypatch):
+    from unimixer_kernels.triton_kernels import _partials
 
-    def counted(x, dtype):
-        calls.append((x.dtype, dtype))
-        return widen_cast(x, dtype)
+    launches = []
+    real = _partials._sum_partials_launch
+    monkeypatch.setattr(_partials, "_sum_partials_launch", lambda pairs, first: launches.append(len(pairs))
+                        or real(pairs, first))
+    xs = [random_input((k + 1, 3), torch.float32, device).to(torch.float16) for k in range(9)]
+    outs = widen_cast(xs, torch.float32)
+    assert launches == [7, 2]
+    assert all(torch.equal(out, x.float()) for x, out in zip(xs, outs))
 
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dst", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_lower_cast_forward_is_to_in_one_launch_and_backward_widens_in_one(device, dst, monkeypatch):
+    from unimixer_kernels.triton_kernels import _partials
+
+    calls, launches = [], []
+
+    def counted(xs, dtype):
+        calls.append(([x.dtype for x in xs], dtype))
+        return widen_cast(xs, dtype)
+
+    real = _partials._sum_partials_launch
+    monkeypatch.setattr(_partials, "_sum_partials_launch", lambda pairs, first: launches.append(len(pairs))
+                        or real(pairs, first))
     monkeypatch.setattr(lowering, "widen_cast", counted)
-    x = random_input(shape, torch.float32, device, requires_grad=True)
-    y = lower_cast(x, torch.bfloat16)
-    assert y.dtype == torch.bfloat16 and torch.equal(y, x.detach().to(torch.bfloat16))
-    gy = random_input(shape, torch.float32, device).to(torch.bfloat16)
-    y.backward(gy)
-    assert x.grad.dtype == torch.float32 and torch.equal(x.grad, gy.float())
-    assert calls == [(torch.bfloat16, torch.float32)]
+    shapes = [(3, 5, 7), (1,), (4, 6)]
+    xs = [random_input(s, torch.float32, device, requires_grad=True) for s in shapes]
+    xs[2] = xs[2].detach().t().requires_grad_()  # non-contiguous: cast with its strides, as x.to
+    ys = lower_cast(xs, dst)
+    for x, y in zip(xs, ys):
+        assert y.dtype == dst and y.stride() == x.to(dst).stride() and torch.equal(y, x.detach().to(dst))
+    # the contiguous ones in one launch (bf16 on the CPU interpreter: torch's cast, its rounding)
+    assert launches == ([] if dst == torch.bfloat16 and device == "cpu" else [2])
+    launches.clear()
+    gys = [random_input(s.shape, torch.float32, device).to(dst) for s in ys]
+    torch.autograd.backward(ys, gys)
+    for x, gy in zip(xs, gys):
+        assert x.grad.dtype == torch.float32 and torch.equal(x.grad, gy.float())
+    assert calls == [([dst] * 3, torch.float32)] and launches == [3]
 
 
-def test_lower_cast_rejects_a_cast_to_its_own_dtype():
+def test_lower_cast_names_bad_lists():
     with pytest.raises(ValueError, match="already torch.float32"):
-        lower_cast(torch.ones(2), torch.float32)
+        lower_cast([torch.ones(2)], torch.float32)
+    with pytest.raises(ValueError, match="one dtype"):
+        lower_cast([torch.ones(2), torch.ones(2, dtype=torch.float64)], torch.bfloat16)
+    with pytest.raises(ValueError, match="at least one tensor"):
+        lower_cast([], torch.bfloat16)
 
 
 @pytest.mark.triton
 def test_lowering_cast_ops_pass_opcheck(device):
-    x = random_input((4, 6), torch.float32, device, requires_grad=True)
-    torch.library.opcheck(lower_cast, (x, torch.bfloat16))
-    torch.library.opcheck(widen_cast, (x.detach().to(torch.bfloat16), torch.float32))
+    xs = [random_input((4, 6), torch.float32, device, requires_grad=True),
+          random_input((5,), torch.float32, device, requires_grad=True)]
+    torch.library.opcheck(lower_cast, (xs, torch.float16))
+    torch.library.opcheck(widen_cast, ([x.detach().to(torch.bfloat16) for x in xs], torch.float32))
 
 
 def _autocast_ffn_grads(backend, inputs, gout, dtype, **kwargs):
@@ -89,9 +122,9 @@ def test_autocast_ffn_on_triton_lowers_its_own_weights(device, dtype, monkeypatc
 
     calls = []
 
-    def counted(x, dt):
-        calls.append(tuple(x.shape))
-        return widen_cast(x, dt)
+    def counted(xs, dt):
+        calls.extend(tuple(x.shape) for x in xs)
+        return widen_cast(xs, dt)
 
     monkeypatch.setattr(lowering, "widen_cast", counted)
     if path != "fused":
