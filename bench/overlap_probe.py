@@ -2,9 +2,11 @@
 (``UniMixing(overlap=False)``), and on their two side streams with their backward queued after the
 block's first norm's backward (``late``) or before it, beside it (``early``; which one a block takes is
 ``UniMixing.early_backward_mark``'s rule, forced here both ways), side by side
-(``python -m bench.overlap_probe``, CUDA); and early with the autocast lowering cast launched once a
-tensor (``one cast a tensor``: the FFN's three weights cast in three launches and their gradients
-widened in three, against one each way).
+(``python -m bench.overlap_probe``, CUDA); early with ``W_B``'s work queued before ``W_G``'s
+(``local first``, ``UniMixing``'s ``WEIGHTS_ORDER`` reversed); and early with the autocast lowering cast
+launched once a tensor (``one cast a tensor``: the FFN's three weights cast in three launches and their
+gradients widened in three, against one each way). ``--timeline`` adds, per configuration, one graphed
+step's kernels in start order with their streams (``bench profile --timeline``).
 
 For each preset, module (one block, and unless ``--one-block`` the two-block stack ``UniMixer``), full
 and Lite, and backend (the all-Triton one and the block's spec), the fwd+bwd step as the benchmark times
@@ -29,9 +31,10 @@ from .timing import capture_graph, time_ms
 SPECS = {False: ("triton", "triton+sinkhorn=cuda/triton"),
          True: ("triton", "triton+lite_global_weights=cuda/triton")}
 ROUNDS = 2
-CONFIGS = ("off", "backward late", "backward early", "one cast a tensor")
+TIMELINE_ROWS = 16  # a timeline's first kernels: the forward up to its mixing
+CONFIGS = ("off", "backward late", "backward early", "local first", "one cast a tensor")
 # UniMixing.early_backward_mark's buffer count that forces each order
-_BUFFERS = {"backward late": float("inf"), "backward early": 0, "one cast a tensor": 0}
+_BUFFERS = {"backward late": float("inf"), "backward early": 0, "local first": 0, "one cast a tensor": 0}
 
 
 @contextlib.contextmanager
@@ -42,13 +45,17 @@ def _config(name: str):
     from unimixer_kernels.nn import unimixing
 
     real, cast = unimixing.EARLY_BACKWARD_BUFFERS, _registry._LOWERING_CASTS["triton"]
+    order = unimixing.WEIGHTS_ORDER
     unimixing.EARLY_BACKWARD_BUFFERS = _BUFFERS.get(name, real)
     if name == "one cast a tensor":
         _registry._LOWERING_CASTS["triton"] = lambda xs, dtype: [cast([x], dtype)[0] for x in xs]
+    if name == "local first":
+        unimixing.WEIGHTS_ORDER = order[::-1]
     try:
         yield name != "off"
     finally:
         unimixing.EARLY_BACKWARD_BUFFERS, _registry._LOWERING_CASTS["triton"] = real, cast
+        unimixing.WEIGHTS_ORDER = order
 
 
 def _module(preset, lite: bool, blocks: int, backend: str, overlap: bool) -> torch.nn.Module:
@@ -63,7 +70,7 @@ def _module(preset, lite: bool, blocks: int, backend: str, overlap: bool) -> tor
     return uknn.UniMixer(p["T"], p["D"], p["B"], blocks, **kw).cuda()
 
 
-def _step_ms(module: torch.nn.Module, preset) -> float:
+def _step_ms(module: torch.nn.Module, preset, timeline: bool = False) -> float:
     x = torch.randn(preset["bs"], preset["T"], preset["D"], device="cuda", dtype=torch.bfloat16)
     x.requires_grad_()
     leaves = [x, *module.parameters()]
@@ -81,11 +88,19 @@ def _step_ms(module: torch.nn.Module, preset) -> float:
 
     graph, kept = capture_graph(step)
     ms = time_ms(graph.replay, torch.device("cuda"), 100, 400)
+    if timeline:
+        from torch.profiler import ProfilerActivity
+
+        from .profiling import _step_kernels
+        from .profiling import timeline as table
+
+        kernels = _step_kernels(graph.replay, torch.device("cuda"), [ProfilerActivity.CUDA])
+        print("\n".join(table(kernels, top=TIMELINE_ROWS).splitlines()[:TIMELINE_ROWS + 4]) + "\n")
     del graph, kept
     return ms
 
 
-def main(presets: list[str], stacks: tuple[int, ...] = (1, 2)) -> None:
+def main(presets: list[str], stacks: tuple[int, ...] = (1, 2), timeline: bool = False) -> None:
     import unimixer_kernels as uk
     from unimixer_kernels.nn.unimixing import weights_streams
 
@@ -95,9 +110,11 @@ def main(presets: list[str], stacks: tuple[int, ...] = (1, 2)) -> None:
           f"range {torch.cuda.Stream.priority_range()}")
     print("\nThe UniMixer blocks' training step (graphed), the mixing weights on the caller's stream, or on "
           "two side streams with their backward after the first norm's (late) or beside it (early)\n")
-    print("| preset | module | backend | " + " | ".join(f"{c}, ms" for c in CONFIGS)
-          + " | late against off, µs | early against late, µs | one cast against early, µs |")
-    print("|---|---|---|" + "---:|" * (len(CONFIGS) + 2))
+    head = ("| preset | module | backend | " + " | ".join(f"{c}, ms" for c in CONFIGS)
+            + " | late against off, µs | early against late, µs | local first against early, µs "
+            "| one cast against early, µs |\n|---|---|---|" + "---:|" * (len(CONFIGS) + 4))
+    print(head)
+    rows: list[str] = []
     for name in presets:
         preset = get_preset(name)
         for lite in (False, True):
@@ -106,27 +123,36 @@ def main(presets: list[str], stacks: tuple[int, ...] = (1, 2)) -> None:
                     ok, why = uk.backend_status(backend)
                     label = ("UniMixerBlock" if blocks == 1 else "UniMixer, 2 blocks") + (" Lite" * lite)
                     if not ok:
-                        empty = " |" * (len(CONFIGS) + 1)
-                        print(f"| {name} | {label} | `{backend}` | unavailable: {why} |{empty}")
+                        empty = " |" * (len(CONFIGS) + 3)
+                        rows.append(f"| {name} | {label} | `{backend}` | unavailable: {why} |{empty}")
+                        print(rows[-1])
                         continue
                     times = {c: [] for c in CONFIGS}
-                    for _ in range(ROUNDS):
+                    for r in range(ROUNDS):
                         for config in CONFIGS:
                             with _config(config) as overlap:
                                 module = _module(preset, lite, blocks, backend, overlap)
-                                times[config].append(_step_ms(module, preset))
+                                if timeline and r == 0:
+                                    print(f"\n{name}, {label}, `{backend}`, {config}:")
+                                times[config].append(_step_ms(module, preset, timeline and r == 0))
                             del module
                             torch.cuda.empty_cache()
                     cells = (" / ".join(f"{t:.4f}" for t in times[c]) for c in CONFIGS)
                     best = {c: min(t) for c, t in times.items()}
                     late = (best["backward late"] - best["off"]) * 1e3
                     early = (best["backward early"] - best["backward late"]) * 1e3
+                    local = (best["local first"] - best["backward early"]) * 1e3
                     one = (best["one cast a tensor"] - best["backward early"]) * 1e3
-                    print(f"| {name} | {label} | `{backend}` | {' | '.join(cells)} | {late:+.1f} "
-                          f"| {early:+.1f} | {one:+.1f} |", flush=True)
+                    rows.append(f"| {name} | {label} | `{backend}` | {' | '.join(cells)} | {late:+.1f} "
+                                f"| {early:+.1f} | {local:+.1f} | {one:+.1f} |")
+                    print(rows[-1], flush=True)
+    if timeline:  # the table again after the timelines
+        print("\n".join([head, *rows]))
 
 
 if __name__ == "__main__":
-    # python -m bench.overlap_probe [--one-block] [preset ...]: --one-block leaves the two-block stacks out
-    args = [a for a in sys.argv[1:] if a != "--one-block"]
-    main(args or ["paper-small"], (1,) if "--one-block" in sys.argv[1:] else (1, 2))
+    # python -m bench.overlap_probe [--one-block] [--timeline] [preset ...]: --one-block leaves the two-block
+    # stacks out
+    args = [a for a in sys.argv[1:] if a not in ("--one-block", "--timeline")]
+    main(args or ["paper-small"], (1,) if "--one-block" in sys.argv[1:] else (1, 2),
+         timeline="--timeline" in sys.argv[1:])

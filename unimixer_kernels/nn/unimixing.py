@@ -279,9 +279,10 @@ class UniMixing(nn.Module):
             return PendingWeights(self.op_weights(x))
         self._cache = None  # as weights() in training
         caller = torch.cuda.current_stream(x.device)
-        made = []
-        # W_G first: the longer of the two, so it starts first
-        for make, stream in zip((self.global_weights, self.local_weights), weights_streams(x.device)):
+        made = {}
+        streams = dict(zip(("global", "local"), weights_streams(x.device)))
+        for which in WEIGHTS_ORDER:
+            make, stream = getattr(self, f"{which}_weights"), streams[which]
             # the logits as the caller's stream left them (an optimizer step)
             if since is None:
                 stream.wait_stream(caller)
@@ -292,8 +293,8 @@ class UniMixing(nn.Module):
                 done = torch.cuda.Event()
                 done.record(stream)
             weight.record_stream(caller)  # made on a side stream, read on the caller's: not reused before
-            made.append((weight, done))
-        (w_global, global_done), (w_local, local_done) = made
+            made[which] = (weight, done)
+        (w_global, global_done), (w_local, local_done) = made["global"], made["local"]
         return PendingWeights((w_local, w_global), (global_done, local_done))
 
     def early_backward_mark(self, x: Tensor) -> torch.cuda.Event | None:
@@ -334,6 +335,8 @@ class UniMixing(nn.Module):
         )
 
 
+# the order in which op_weights_async queues the two weights' work: W_G first, the longer of the two
+WEIGHTS_ORDER = ("global", "local")
 # the N x N fp32 buffers the weights' backward holds at once (the logits' gradient, dW_G), against
 # which UniMixing.early_backward_mark weighs an activation
 EARLY_BACKWARD_BUFFERS = 2
