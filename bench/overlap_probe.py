@@ -1,12 +1,9 @@
 """Probe: the UniMixer blocks' training step with the mixing weights on the caller's stream
-(``UniMixing(overlap=False)``), and on their two side streams with their backward queued after the
-block's first norm's backward (``late``) or before it, beside it (``early``; which one a block takes is
-``UniMixing.early_backward_mark``'s rule, forced here both ways), side by side
-(``python -m bench.overlap_probe``, CUDA); early with ``W_B``'s work queued before ``W_G``'s
-(``local first``, ``UniMixing``'s ``WEIGHTS_ORDER`` reversed); and early with the autocast lowering cast
-launched once a tensor (``one cast a tensor``: the FFN's three weights cast in three launches and their
-gradients widened in three, against one each way). ``--timeline`` adds, per configuration, one graphed
-step's kernels in start order with their streams (``bench profile --timeline``).
+(``UniMixing(overlap=False)``) and on their two side streams (``on``), side by side; and on them with the
+autocast lowering cast launched once a tensor (``one cast a tensor``: the FFN's three weights cast in
+three launches and their gradients widened in three, against one each way). ``python -m
+bench.overlap_probe``, CUDA. ``--timeline`` adds, per configuration, one graphed step's kernels in start
+order with their streams (``bench profile --timeline``, whose caveat for side streams holds here).
 
 For each preset, module (one block, and unless ``--one-block`` the two-block stack ``UniMixer``), full
 and Lite, and backend (the all-Triton one and the block's spec), the fwd+bwd step as the benchmark times
@@ -14,6 +11,10 @@ its graphed providers (bf16 input under bf16 autocast, fp32 parameters, ``autogr
 respect to the input and the parameters, captured once in a CUDA graph), timed as ``graph.replay()``
 by ``triton.testing.do_bench`` (median, L2 cleared before each call). The configurations
 alternate twice, so drift shows as a difference between the two rounds.
+
+Earlier configurations (results under ``bench/results``): one side stream for both weights (run223),
+the side streams' priorities (run225, run228), the weights' backward queued before the first norm's
+backward and ``W_B``'s work before ``W_G``'s (run235-run236: slower, removed).
 """
 
 from __future__ import annotations
@@ -32,30 +33,22 @@ SPECS = {False: ("triton", "triton+sinkhorn=cuda/triton"),
          True: ("triton", "triton+lite_global_weights=cuda/triton")}
 ROUNDS = 2
 TIMELINE_ROWS = 16  # a timeline's first kernels: the forward up to its mixing
-CONFIGS = ("off", "backward late", "backward early", "local first", "one cast a tensor")
-# UniMixing.early_backward_mark's buffer count that forces each order
-_BUFFERS = {"backward late": float("inf"), "backward early": 0, "local first": 0, "one cast a tensor": 0}
+CONFIGS = ("off", "on", "one cast a tensor")
 
 
 @contextlib.contextmanager
 def _config(name: str):
-    """``overlap`` for the modules made inside, with the weights' backward forced late or early, and
-    the Triton backend's lowering cast one launch a tensor for "one cast a tensor"."""
+    """``overlap`` for the modules made inside, and for "one cast a tensor" the Triton backend's lowering
+    cast one launch a tensor."""
     from unimixer_kernels import _registry
-    from unimixer_kernels.nn import unimixing
 
-    real, cast = unimixing.EARLY_BACKWARD_BUFFERS, _registry._LOWERING_CASTS["triton"]
-    order = unimixing.WEIGHTS_ORDER
-    unimixing.EARLY_BACKWARD_BUFFERS = _BUFFERS.get(name, real)
+    cast = _registry._LOWERING_CASTS["triton"]
     if name == "one cast a tensor":
         _registry._LOWERING_CASTS["triton"] = lambda xs, dtype: [cast([x], dtype)[0] for x in xs]
-    if name == "local first":
-        unimixing.WEIGHTS_ORDER = order[::-1]
     try:
         yield name != "off"
     finally:
-        unimixing.EARLY_BACKWARD_BUFFERS, _registry._LOWERING_CASTS["triton"] = real, cast
-        unimixing.WEIGHTS_ORDER = order
+        _registry._LOWERING_CASTS["triton"] = cast
 
 
 def _module(preset, lite: bool, blocks: int, backend: str, overlap: bool) -> torch.nn.Module:
@@ -108,11 +101,11 @@ def main(presets: list[str], stacks: tuple[int, ...] = (1, 2), timeline: bool = 
     side = weights_streams(torch.device("cuda"))
     print(f"# side streams' priorities (lower is higher): {[st.priority for st in side]}, "
           f"range {torch.cuda.Stream.priority_range()}")
-    print("\nThe UniMixer blocks' training step (graphed), the mixing weights on the caller's stream, or on "
-          "two side streams with their backward after the first norm's (late) or beside it (early)\n")
+    print("\nThe UniMixer blocks' training step (graphed), the mixing weights on the caller's stream (off) "
+          "or on two side streams (on), and on them with one lowering cast launch a tensor\n")
     head = ("| preset | module | backend | " + " | ".join(f"{c}, ms" for c in CONFIGS)
-            + " | late against off, µs | early against late, µs | local first against early, µs "
-            "| one cast against early, µs |\n|---|---|---|" + "---:|" * (len(CONFIGS) + 4))
+            + " | on against off, µs | one cast a tensor against on, µs |\n|---|---|---|"
+            + "---:|" * (len(CONFIGS) + 2))
     print(head)
     rows: list[str] = []
     for name in presets:
@@ -123,7 +116,7 @@ def main(presets: list[str], stacks: tuple[int, ...] = (1, 2), timeline: bool = 
                     ok, why = uk.backend_status(backend)
                     label = ("UniMixerBlock" if blocks == 1 else "UniMixer, 2 blocks") + (" Lite" * lite)
                     if not ok:
-                        empty = " |" * (len(CONFIGS) + 3)
+                        empty = " |" * (len(CONFIGS) + 1)
                         rows.append(f"| {name} | {label} | `{backend}` | unavailable: {why} |{empty}")
                         print(rows[-1])
                         continue
@@ -139,12 +132,10 @@ def main(presets: list[str], stacks: tuple[int, ...] = (1, 2), timeline: bool = 
                             torch.cuda.empty_cache()
                     cells = (" / ".join(f"{t:.4f}" for t in times[c]) for c in CONFIGS)
                     best = {c: min(t) for c, t in times.items()}
-                    late = (best["backward late"] - best["off"]) * 1e3
-                    early = (best["backward early"] - best["backward late"]) * 1e3
-                    local = (best["local first"] - best["backward early"]) * 1e3
-                    one = (best["one cast a tensor"] - best["backward early"]) * 1e3
-                    rows.append(f"| {name} | {label} | `{backend}` | {' | '.join(cells)} | {late:+.1f} "
-                                f"| {early:+.1f} | {local:+.1f} | {one:+.1f} |")
+                    on = (best["on"] - best["off"]) * 1e3
+                    one = (best["one cast a tensor"] - best["on"]) * 1e3
+                    rows.append(f"| {name} | {label} | `{backend}` | {' | '.join(cells)} | {on:+.1f} "
+                                f"| {one:+.1f} |")
                     print(rows[-1], flush=True)
     if timeline:  # the table again after the timelines
         print("\n".join([head, *rows]))

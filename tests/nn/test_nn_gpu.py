@@ -157,52 +157,13 @@ def test_each_weight_is_made_on_its_own_side_stream(lite, monkeypatch):
     torch.cuda.synchronize()
 
 
-# N = 72 here: the weights' backward goes after the first norm's at bs 16 (two 72 x 72 fp32 buffers
-# outweigh half of x) and before it at bs 128 (UniMixing.early_backward_mark)
-ORDERS = {"late": 16, "early": 128}
-
-
-@pytest.mark.parametrize("order", ORDERS)
-def test_the_weights_backward_runs_before_the_first_norms_where_its_buffers_are_small(order, monkeypatch):
-    # early: the weights' autograd nodes are recorded after the block's first norm, so autograd runs
-    # their backward (on the side streams) before the norm's; late: after it, as without overlap
-    from unimixer_kernels.nn import unimixer
-
-    ran = []
-    norm = unimixer.ops.rms_norm
-
-    def traced_norm(*args, **kwargs):  # the block's first norm (its last is ops.add_rms_norm)
-        out = norm(*args, **kwargs)
-        out.grad_fn.register_prehook(lambda grads: ran.append("norm"))
-        return out
-
-    monkeypatch.setattr(unimixer.ops, "rms_norm", traced_norm)
-    block = uknn.UniMixerBlock(8, 36, 4, hidden=24, bias=False, iters=3, backend="triton").cuda()
-    x = torch.randn(ORDERS[order], 8, 36, device="cuda")
-    assert (block.mixing.early_backward_mark(x) is not None) == (order == "early")
-    global_made = type(block.mixing).global_weights
-
-    def traced_weights(self):
-        w = global_made(self)
-        w.grad_fn.register_prehook(lambda grads: ran.append("weights"))
-        return w
-
-    monkeypatch.setattr(type(block.mixing), "global_weights", traced_weights)
-    torch.cat(block(x), -1).sum().backward()
-    torch.cuda.synchronize()
-    assert ran == (["weights", "norm"] if order == "early" else ["norm", "weights"])
-    assert uknn.UniMixerBlock(8, 36, 4, overlap=False).cuda().mixing.early_backward_mark(x) is None
-
-
-@pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("lite,backend", [(False, "triton"), (True, "triton"),
                                           (False, "triton+sinkhorn=cuda/triton"),
                                           (True, "triton+lite_global_weights=cuda/triton")])
-def test_weights_on_the_side_stream_give_the_same_bits_eager_and_captured(lite, backend, order):
-    # UniMixing's overlap (the weights' Sinkhorns on two side streams, their backward there too, before
-    # or after the first norm's) changes only where and when the kernels run: the block's outputs and
-    # every gradient equal those of overlap=False bit for bit, eager (.backward() into .grad) and in a
-    # captured CUDA graph (autograd.grad, replayed)
+def test_weights_on_the_side_stream_give_the_same_bits_eager_and_captured(lite, backend):
+    # UniMixing's overlap (the weights' Sinkhorns on two side streams, their backward there too) changes
+    # only where the kernels run: the block's outputs and every gradient equal those of overlap=False
+    # bit for bit, eager (.backward() into .grad) and in a captured CUDA graph (autograd.grad, replayed)
     import unimixer_kernels as uk
 
     ok, why = uk.backend_status(backend)
@@ -214,10 +175,8 @@ def test_weights_on_the_side_stream_give_the_same_bits_eager_and_captured(lite, 
     over = uknn.UniMixerBlock(8, 36, 4, **kw).cuda()
     over.load_state_dict(plain.state_dict())
     assert over.mixing.overlap and not plain.mixing.overlap
-    bs = ORDERS[order]
-    x = torch.randn(bs, 8, 36, device="cuda")
-    gout = torch.randn(bs, 8, 72, device="cuda")
-    assert (over.mixing.early_backward_mark(x) is not None) == (order == "early")
+    x = torch.randn(64, 8, 36, device="cuda")
+    gout = torch.randn(64, 8, 72, device="cuda")
 
     def eager(m):  # its graph dies with it: a leaf's AccumulateGrad node made on this (the legacy) stream
         m.zero_grad(set_to_none=True)  # and kept alive would make the capture below sync with that stream

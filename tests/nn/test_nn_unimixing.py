@@ -321,13 +321,6 @@ def test_op_weights_async_off_cuda_is_the_weights_made_here(training):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_early_backward_mark_off_cuda_is_none():
-    # no side streams here, so nothing to order: the block records the weights before its first norm
-    m = UniMixing(4, 8, 2)
-    assert m.early_backward_mark(torch.randn(1024, 4, 8)) is None
-    assert m.eval().early_backward_mark(torch.randn(1024, 4, 8)) is None
-
-
 def test_overlap_default_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("UNIMIXER_OVERLAP", "0")
     assert not UniMixing(4, 8, 2).overlap

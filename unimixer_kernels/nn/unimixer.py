@@ -69,19 +69,14 @@ class UniMixerBlock(nn.Module):
             if y.shape != x.shape:
                 raise ValueError(f"y: expected shape {tuple(x.shape)} (the shape of x), got {tuple(y.shape)}")
         be = self.backend
-        # the mixing weights on side streams (UniMixing's class doc) start here, beside the norm. Their
-        # autograd nodes are recorded after the norm's where their backward's N x N buffers are small
-        # (early_backward_mark): autograd runs ready nodes latest-recorded first, so their backward then
-        # runs beside the norm's backward; else before it, and their backward waits for the norm's,
-        # whose gradient buffers are freed by then (the step's peak at large N)
-        early = self.mixing.early_backward_mark(x)
-        if early is None:
-            pending = self.mixing.op_weights_async(x)
+        # the mixing weights first: autograd runs ready nodes latest-recorded first, so their
+        # backward (Sinkhorn's N x N buffers at large N) then waits for the norm's below, whose
+        # gradient buffers are freed by then. With the mixing's overlap they run on two side streams,
+        # beside each other, the norm here and the norm's backward (UniMixing's class doc)
+        pending = self.mixing.op_weights_async(x)
         # Xbar + RMSNorm(Ybar) in the norm's pass; with one stream in (y is x) the norm's backward
         # kernel also adds the residual's gradient into its dX
         z = ops.rms_norm(y, self.norm_y, self.eps, residual=x, backend=be)
-        if early is not None:
-            pending = self.mixing.op_weights_async(x, since=early)
         w_local, w_global = pending.wait()
         o = ops.unimixing_rmsnorm_pswiglu(z, w_local, w_global, self.norm_mix, *self.ffn.swiglu_weights(),
                                           self.eps, backend=be)

@@ -267,53 +267,26 @@ class UniMixing(nn.Module):
         on = torch.is_autocast_enabled(x.device.type)
         return self.weights(torch.get_autocast_dtype(x.device.type) if on else None)
 
-    def _on_side_streams(self, x: Tensor) -> bool:
-        return self.overlap and self.training and x.is_cuda and not torch.compiler.is_compiling()
-
-    def op_weights_async(self, x: Tensor, since: torch.cuda.Event | None = None) -> PendingWeights:
+    def op_weights_async(self, x: Tensor) -> PendingWeights:
         """:meth:`op_weights`, started on the side streams where ``overlap`` applies (training, CUDA,
         not compiling; see the class doc), else computed here; ``.wait()`` gives them, ordered before
-        what the caller's stream runs next. The side streams start where the caller's stream is now,
-        or at ``since`` (:meth:`early_backward_mark`)."""
-        if not self._on_side_streams(x):
+        what the caller's stream runs next."""
+        if not (self.overlap and self.training and x.is_cuda and not torch.compiler.is_compiling()):
             return PendingWeights(self.op_weights(x))
         self._cache = None  # as weights() in training
         caller = torch.cuda.current_stream(x.device)
-        made = {}
-        streams = dict(zip(("global", "local"), weights_streams(x.device)))
-        for which in WEIGHTS_ORDER:
-            make, stream = getattr(self, f"{which}_weights"), streams[which]
-            # the logits as the caller's stream left them (an optimizer step)
-            if since is None:
-                stream.wait_stream(caller)
-            else:
-                stream.wait_event(since)
+        made = []
+        # W_G first: the longer of the two, so it starts first
+        for make, stream in zip((self.global_weights, self.local_weights), weights_streams(x.device)):
+            stream.wait_stream(caller)  # the logits as the caller's stream left them (an optimizer step)
             with torch.cuda.stream(stream):
                 weight = make()
                 done = torch.cuda.Event()
                 done.record(stream)
             weight.record_stream(caller)  # made on a side stream, read on the caller's: not reused before
-            made[which] = (weight, done)
-        (w_global, global_done), (w_local, local_done) = made["global"], made["local"]
+            made.append((weight, done))
+        (w_global, global_done), (w_local, local_done) = made
         return PendingWeights((w_local, w_global), (global_done, local_done))
-
-    def early_backward_mark(self, x: Tensor) -> torch.cuda.Event | None:
-        """Where the weights' backward should start as soon as the mixing's backward has given
-        ``dW_G`` and ``dW_B``: an event recorded now on the caller's stream, for a caller that records
-        other autograd nodes first (the block's first norm) and then calls
-        :meth:`op_weights_async` with ``since=`` it. Their nodes are then recorded last, and autograd
-        runs ready nodes latest-recorded first, so their backward starts on the side streams before
-        the caller's earlier nodes' backward is queued, and runs beside it. ``None`` where the weights
-        are not made on side streams, or their backward's ``N x N`` fp32 buffers (about two) would
-        outweigh half an activation ``x``: their backward then goes last, after those nodes' gradient
-        buffers are freed (the training step's peak at large ``N``)."""
-        if not self._on_side_streams(x):
-            return None
-        if EARLY_BACKWARD_BUFFERS * self.num_blocks ** 2 * 4 > x.numel() * x.element_size() // 2:
-            return None
-        mark = torch.cuda.Event()
-        mark.record(torch.cuda.current_stream(x.device))
-        return mark
 
     def train(self, mode: bool = True) -> UniMixing:
         self._cache = None
@@ -334,12 +307,6 @@ class UniMixing(nn.Module):
             + ("" if self.overlap else ", overlap=False")
         )
 
-
-# the order in which op_weights_async queues the two weights' work: W_G first, the longer of the two
-WEIGHTS_ORDER = ("global", "local")
-# the N x N fp32 buffers the weights' backward holds at once (the logits' gradient, dW_G), against
-# which UniMixing.early_backward_mark weighs an activation
-EARLY_BACKWARD_BUFFERS = 2
 
 _WEIGHTS_STREAMS: dict[int, tuple[torch.cuda.Stream, torch.cuda.Stream]] = {}
 
