@@ -374,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                         "under cProfile")
     p.add_argument("--timeline", action="store_true",
                    help="also one step's kernels in start order with their streams, and how much of its "
-                        "span the main stream, only side streams, or no kernel runs (GPU; a -cg provider "
-                        "shows the graphed step's critical path)")
+                        "span the main stream, only side streams, or no kernel runs (GPU; with side "
+                        "streams a graph's branches do not keep their timing under the profiler)")
     p.add_argument("--out", help="also write the markdown to this file")
     p.set_defaults(fn=cmd_profile)
     p = sub.add_parser("memory", help="the blocks alive at a step's peak memory, by allocating site (CUDA)")

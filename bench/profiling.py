@@ -11,8 +11,11 @@ project's functions by cumulative time) under ``cProfile``, per step.
 
 ``--timeline`` adds, per provider, one more step profiled alone: its kernels in start order with
 their streams, and how much of the step's span the main stream runs a kernel, only side streams do,
-or none does (:func:`timeline`). Under a graphed provider (``-cg``) that is the step's critical path:
-the side streams' exposed time and the gaps between launches.
+or none does (:func:`timeline`). For a graphed provider (``-cg``) on one stream that is the step as it
+runs (the gaps between launches included). With side streams it is not: in run236's profiled replays
+one of the three branches started 90-180 µs into the step in every configuration, while the untimed
+replays of the same graphs differed by a few µs (``bench/overlap_probe.py`` times those); the kernels'
+own durations and order on each stream still hold.
 """
 
 from __future__ import annotations
