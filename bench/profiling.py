@@ -15,7 +15,8 @@ or none does (:func:`timeline`). For a graphed provider (``-cg``) on one stream 
 runs (the gaps between launches included). With side streams it is not: in run236's profiled replays
 one of the three branches started 90-180 µs into the step in every configuration, while the untimed
 replays of the same graphs differed by a few µs (``bench/overlap_probe.py`` times those); the kernels'
-own durations and order on each stream still hold.
+own durations and order on each stream still hold. Those were each the first replay under the profiler;
+whether the second, which this keeps, shows the same has not been measured.
 """
 
 from __future__ import annotations
