@@ -138,10 +138,9 @@ def timeline(kernels: list[tuple[int, int, int, str]], top: int = 60) -> str:
     busy: dict[int, int] = {}
     for start, end, stream, _ in kernels:
         busy[stream] = busy.get(stream, 0) + end - start
-    main = max(busy, key=busy.get)
-    label = {s: f"side {i}" for i, s in enumerate((s for s in sorted(busy, key=lambda s: -busy[s])
-                                                    if s != main), 1)}
-    label[main] = "main"
+    order = sorted(busy, key=lambda s: -busy[s])  # the busiest first: the main stream, then side 1, ...
+    main = order[0]
+    label = {s: "main" if i == 0 else f"side {i}" for i, s in enumerate(order)}
     # sweep: at each boundary, whether the main stream or any stream runs a kernel
     edges = sorted({t for k in kernels for t in k[:2]})
     on_main = only_side = idle = 0
@@ -154,7 +153,6 @@ def timeline(kernels: list[tuple[int, int, int, str]], top: int = 60) -> str:
         else:
             idle += b - a
     span = edges[-1] - t0
-    order = sorted(busy, key=lambda s: -busy[s])
     lines = [f"\none step's timeline: span {span / 1e3:.1f} us; main stream running {on_main / 1e3:.1f}, "
              f"only side streams {only_side / 1e3:.1f}, no kernel {idle / 1e3:.1f} "
              f"({len(kernels)} kernels on {len(busy)} streams; "
