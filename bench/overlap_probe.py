@@ -1,9 +1,10 @@
 """Probe: the UniMixer blocks' training step with the mixing weights on the caller's stream
-(``UniMixing(overlap=False)``) and on their two side streams (``on``), side by side; and on them with the
-autocast lowering cast launched once a tensor (``one cast a tensor``: the FFN's three weights cast in
-three launches and their gradients widened in three, against one each way). ``python -m
-bench.overlap_probe``, CUDA. ``--timeline`` adds, per configuration, one graphed step's kernels in start
-order with their streams (``bench profile --timeline``, whose caveat for side streams holds here).
+(``UniMixing(overlap=False)``) and on their two side streams (``on``), side by side; and on them with
+the caller's stream waiting for ``W_G`` before the mixing op (``W_G waited before the op``) instead of
+inside it, after the op's per-block products and casts (``PendingWeights.wait(late=True)``, what ``on``
+does). ``python -m bench.overlap_probe``, CUDA. ``--timeline`` adds, per configuration, one graphed
+step's kernels in start order with their streams (``bench profile --timeline``, whose caveat for side
+streams holds here).
 
 For each preset, module (one block, and unless ``--one-block`` the two-block stack ``UniMixer``), full
 and Lite, and backend (the all-Triton one and the block's spec), the fwd+bwd step as the benchmark times
@@ -14,7 +15,8 @@ alternate twice, so drift shows as a difference between the two rounds.
 
 Earlier configurations (results under ``bench/results``): one side stream for both weights (run223),
 the side streams' priorities (run225, run228), the weights' backward queued before the first norm's
-backward and ``W_B``'s work before ``W_G``'s (run235-run236: slower, removed).
+backward and ``W_B``'s work before ``W_G``'s (run235-run236: slower, removed), the lowering cast one
+launch a tensor against one launch for all (run235-run236: one launch faster, kept).
 """
 
 from __future__ import annotations
@@ -33,22 +35,23 @@ SPECS = {False: ("triton", "triton+sinkhorn=cuda/triton"),
          True: ("triton", "triton+lite_global_weights=cuda/triton")}
 ROUNDS = 2
 TIMELINE_ROWS = 16  # a timeline's first kernels: the forward up to its mixing
-CONFIGS = ("off", "on", "one cast a tensor")
+EARLY = "W_G waited before the op"
+CONFIGS = ("off", "on", EARLY)
 
 
 @contextlib.contextmanager
 def _config(name: str):
-    """``overlap`` for the modules made inside, and for "one cast a tensor" the Triton backend's lowering
-    cast one launch a tensor."""
-    from unimixer_kernels import _registry
+    """``overlap`` for the modules made inside, and for :data:`EARLY` ``PendingWeights.wait`` waiting for
+    both weights at once, whatever its caller asks."""
+    from unimixer_kernels.nn.unimixing import PendingWeights
 
-    cast = _registry._LOWERING_CASTS["triton"]
-    if name == "one cast a tensor":
-        _registry._LOWERING_CASTS["triton"] = lambda xs, dtype: [cast([x], dtype)[0] for x in xs]
+    wait = PendingWeights.wait
+    if name == EARLY:
+        PendingWeights.wait = lambda self, late=False: wait(self, False)
     try:
         yield name != "off"
     finally:
-        _registry._LOWERING_CASTS["triton"] = cast
+        PendingWeights.wait = wait
 
 
 def _module(preset, lite: bool, blocks: int, backend: str, overlap: bool) -> torch.nn.Module:
@@ -102,9 +105,9 @@ def main(presets: list[str], stacks: tuple[int, ...] = (1, 2), timeline: bool = 
     print(f"# side streams' priorities (lower is higher): {[st.priority for st in side]}, "
           f"range {torch.cuda.Stream.priority_range()}")
     print("\nThe UniMixer blocks' training step (graphed), the mixing weights on the caller's stream (off) "
-          "or on two side streams (on), and on them with one lowering cast launch a tensor\n")
+          "or on two side streams (on), and on them with W_G waited for before the mixing op\n")
     head = ("| preset | module | backend | " + " | ".join(f"{c}, ms" for c in CONFIGS)
-            + " | on against off, µs | one cast a tensor against on, µs |\n|---|---|---|"
+            + f" | on against off, µs | {EARLY} against on, µs |\n|---|---|---|"
             + "---:|" * (len(CONFIGS) + 2))
     print(head)
     rows: list[str] = []
@@ -133,7 +136,7 @@ def main(presets: list[str], stacks: tuple[int, ...] = (1, 2), timeline: bool = 
                     cells = (" / ".join(f"{t:.4f}" for t in times[c]) for c in CONFIGS)
                     best = {c: min(t) for c, t in times.items()}
                     on = (best["on"] - best["off"]) * 1e3
-                    one = (best["one cast a tensor"] - best["on"]) * 1e3
+                    one = (best[EARLY] - best["on"]) * 1e3
                     rows.append(f"| {name} | {label} | `{backend}` | {' | '.join(cells)} | {on:+.1f} "
                                 f"| {one:+.1f} |")
                     print(rows[-1], flush=True)

@@ -414,6 +414,73 @@ def test_lowers_needs_the_lower_policy():
         Op("bad_lowers", autocast="fp32").register("triton", lowers=(1,))
 
 
+# --- arguments still pending on another stream (_pending.py) -----------------------------------------
+
+
+def _late_probe(monkeypatch, log: list) -> Op:
+    """A "lower"-policy op whose Triton backend reads argument 1 late (and lowers it itself); both
+    backends log their call. Dispatch picks the backend named."""
+    o = Op("probe_late", autocast="lower")
+    o.register("reference")(lambda *args: log.append(("reference", [a.dtype for a in args])))
+    o.register("triton", lowers=(1,), reads_late=(1,))(
+        lambda *args: log.append(("triton", [a.dtype for a in args])))
+    monkeypatch.setitem(_registry.OPS, o.name, o)
+    monkeypatch.setattr(_registry, "_select_constant", lambda op, backend, device: (backend,))
+    return o
+
+
+def test_pending_arguments_are_waited_for_before_other_backends_and_their_casts(available, monkeypatch):
+    from unimixer_kernels import _pending
+
+    log = []
+    o = _late_probe(monkeypatch, log)
+    cast = _registry._to_each
+    monkeypatch.setattr(_registry, "_to_each", lambda xs, dtype: (log.append("cast"), cast(xs, dtype))[1])
+    x, w, early = torch.ones(2), torch.ones(3), torch.ones(4)
+    # the backend that reads argument 1 late runs first and waits for it itself (here it does not:
+    # ready() would); every other pending argument is waited for before it runs
+    _pending.read_late(w, lambda: log.append("wait w"))
+    _pending.read_late(early, lambda: log.append("wait early"))
+    o.dispatch("triton", CPU)(x, w, early)
+    assert log == ["wait early", ("triton", [torch.float32] * 3)]
+    _pending.ready(w)
+    assert log[-1] == "wait w" and not _pending._PENDING
+    # a backend that does not read late has every pending argument waited for, before autocast's casts
+    log.clear()
+    _pending.read_late(w, lambda: log.append("wait w"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o.dispatch("reference", CPU)(x, w, early)
+    assert log == ["wait w", "cast", ("reference", [torch.bfloat16] * 3)]
+    assert not _pending._PENDING
+
+
+def test_reads_late_positions_cannot_be_cast_first():
+    with pytest.raises(ValueError, match="reads_late: positions \\[2\\] would be cast"):
+        Op("bad_late", autocast="lower").register("triton", lowers=(1,), reads_late=(1, 2))
+    Op("no_policy").register("triton", reads_late=(0,))  # nothing is cast: any position
+
+
+def test_pending_waits_run_once_and_a_reader_that_never_waited_is_reported():
+    from unimixer_kernels import _pending
+
+    calls = []
+    t = torch.ones(3)
+    _pending.read_late(t, lambda: calls.append(1))
+    with pytest.raises(RuntimeError, match="already has a pending wait"):
+        _pending.read_late(t[:2], lambda: None)  # a view of the same storage is the same tensor here
+    _pending.ready(torch.ones(3))  # another tensor: nothing
+    assert calls == []
+    _pending.ready(t[1:])  # another data pointer: nothing
+    _pending.ready(t.view(3))
+    _pending.ready(t)
+    assert calls == [1]
+    _pending.settled(t, "probe")  # waited: nothing to report
+    _pending.read_late(t, lambda: calls.append(2))
+    with pytest.raises(RuntimeError, match="probe returned without waiting"):
+        _pending.settled(t, "probe")
+    assert calls == [1, 2] and not _pending._PENDING  # the wait still ran, first
+
+
 def test_unknown_autocast_policy_raises():
     with pytest.raises(ValueError, match="autocast"):
         Op("bad", autocast="bf16")

@@ -102,6 +102,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 import triton
@@ -1157,6 +1158,7 @@ def unimixing_fwd(
     norm_weight: torch.Tensor | None = None,
     eps: float = 1e-6,
     residual: bool = False,
+    before_global: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Forward. Returns ``(y, None, None, wg_t, h)`` with ``y = UniMixing(x)``, or with ``residual``
     ``y = x + UniMixing(x)`` (the sum in fp32, one rounding); with ``norm_weight``, the fused
@@ -1166,7 +1168,9 @@ def unimixing_fwd(
     where :func:`saves_global_t`, the forward GEMM's ``W_G^T`` operand in the activation dtype, for
     the backward to take instead of ``w_global`` (``global_t``); else ``None``. ``h``: where
     :func:`saves_local`, the forward's ``H = X W_B``, for the backward to take (its ``h``); else
-    ``None``. A non-contiguous ``x`` is copied once."""
+    ``None``. A non-contiguous ``x`` is copied once. ``before_global()``, where given, runs just
+    before the first launch that reads ``w_global`` (the memory path launches the per-block products
+    first): the caller's wait for a ``w_global`` still being made on another stream."""
     bs, t, d = x.shape
     n, b, _ = w_local.shape
     fuse = norm_weight is not None
@@ -1182,9 +1186,11 @@ def unimixing_fwd(
     xc = x.contiguous()
     wl = w_local.contiguous()
     if not fuse and bs > 0 and gemm_forward(b, n, x.dtype != torch.float32):
-        y, wg_t, h = _unimixing_fwd_memory(xc, wl, w_global, residual)
+        y, wg_t, h = _unimixing_fwd_memory(xc, wl, w_global, residual, before_global)
         return (y, None, None, (wg_t if saves_global_t(x, w_local) else None),
                 (h if saves_local(x, w_local) else None))
+    if before_global is not None:
+        before_global()
     wg = _global_for_dot(w_global, x)
     y = new_output((bs, t, d), like=x)
     s_out = new_output((bs, t, d), like=x) if fuse else y
@@ -1580,7 +1586,8 @@ def _tma_gemm(residual: bool):
 
 
 def _unimixing_fwd_memory(
-    xc: torch.Tensor, wl: torch.Tensor, w_global: torch.Tensor, residual: bool
+    xc: torch.Tensor, wl: torch.Tensor, w_global: torch.Tensor, residual: bool,
+    before_global: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The memory-path forward: ``H = X W_B`` per block, written once in the activation dtype, then
     the GEMM ``Y = W_G H (+ X)`` with both operands from memory (2 launches). The in-register kernel
@@ -1588,7 +1595,8 @@ def _unimixing_fwd_memory(
     ``Y^T = H^T W_G^T``, whose epilogue stores ``Y`` as ``[bs, T, D]``; for 16-bit activations its
     ``W_G^T`` operand is written first, transposed and cast in one pass
     (:func:`_transposed_for_dot`). Returns ``(y, W_G^T, H)``: at small ``B`` the GEMM's operand (a
-    view of ``W_G`` for fp32) and ``None``, at large ``B`` ``None`` and ``H`` (natural layout)."""
+    view of ``W_G`` for fp32) and ``None``, at large ``B`` ``None`` and ``H`` (natural layout).
+    ``before_global``: as :func:`unimixing_fwd`'s, run after the per-block products."""
     bs, t, d = xc.shape
     n, b, _ = wl.shape
     y = new_output(xc.shape, like=xc)
@@ -1596,10 +1604,14 @@ def _unimixing_fwd_memory(
     if not c_major(b):
         h = torch.empty_like(xc)
         _local_products(xc, wl, h)
+        if before_global is not None:
+            before_global()
         _global_gemm(_global_for_dot(w_global, xc), h, y, transpose=True, residual=res)
         return y, None, h
     ht = torch.empty((bs, b, n), device=xc.device, dtype=xc.dtype)
     _local_products(xc, wl, ht)
+    if before_global is not None:
+        before_global()
     # the B operand W_G^T: fp32 reads W_G as it is (a transposed view), 16-bit a row-major copy
     if xc.dtype == torch.float32:
         wg_t = _global_for_dot(w_global, xc).t()

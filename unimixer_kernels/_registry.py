@@ -56,6 +56,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import _pending
+
 BACKENDS = ("reference", "triton", "cuda")
 AUTOCAST_POLICIES = (None, "lower", "fp32")
 _ENV_VAR = "UNIMIXER_BACKEND"
@@ -233,6 +235,7 @@ class Op:
     autocast_keep: tuple[int, ...] = ()
     impls: dict[str, Callable] = field(default_factory=dict)
     lowers: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    reads_late: dict[str, tuple[int, ...]] = field(default_factory=dict)
     auto_accepts: dict[str, Callable[..., bool]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -240,22 +243,31 @@ class Op:
             raise ValueError(f"autocast: expected one of {AUTOCAST_POLICIES}, got {self.autocast!r}")
 
     def register(self, backend: str, lowers: tuple[int, ...] = (),
-                 auto_accepts: Callable[..., bool] | None = None) -> Callable[[Callable], Callable]:
+                 auto_accepts: Callable[..., bool] | None = None,
+                 reads_late: tuple[int, ...] = ()) -> Callable[[Callable], Callable]:
         """Register ``backend``'s implementation; ``lowers``: argument positions it takes uncast
         under the ``"lower"`` autocast policy (module docstring); ``auto_accepts(*args)``: whether
         ``"auto"`` may give it a call with these arguments (an explicit request is never tested: the
-        implementation raises with its reason)."""
+        implementation raises with its reason); ``reads_late``: argument positions that may arrive
+        still pending (``_pending.py``), for which the implementation itself waits just before its
+        first read (every other backend of the op, and every other argument, is waited for first).
+        A position it reads late may not also be cast by the autocast policy: list it in ``lowers``."""
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
         if lowers and self.autocast != "lower":
             raise ValueError(f"lowers: only an op with the 'lower' autocast policy has arguments to lower, "
                              f"and {self.name!r} has {self.autocast!r}")
+        if self.autocast is not None and not set(reads_late) <= set(lowers) | set(self.autocast_keep):
+            cast = sorted(set(reads_late) - set(lowers) - set(self.autocast_keep))
+            raise ValueError(f"reads_late: positions {cast} would be cast by {self.name!r}'s autocast policy "
+                             f"before the implementation could wait for them; list them in lowers")
 
         def decorator(fn: Callable) -> Callable:
             if backend in self.impls:
                 raise RuntimeError(f"op {self.name!r} already has a {backend!r} backend")
             self.impls[backend] = fn
             self.lowers[backend] = tuple(lowers)
+            self.reads_late[backend] = tuple(reads_late)
             if auto_accepts is not None:
                 self.auto_accepts[backend] = auto_accepts
             return fn
@@ -324,14 +336,24 @@ class Op:
 
     def _implementation(self, name: str, device: torch.device) -> Callable:
         fn = self.impls[name]
-        if self.autocast is None or not torch.is_autocast_enabled(device.type):
-            return fn
-        if self.autocast == "lower":
-            dtype, cast = torch.get_autocast_dtype(device.type), _LOWERING_CASTS.get(name, _to_each)
-        else:
-            dtype, cast = torch.float32, _to_each
-        keep = self.autocast_keep + self.lowers[name]
-        return functools.partial(_with_autocast_policy, fn, device.type, dtype, keep, cast)
+        if self.autocast is not None and torch.is_autocast_enabled(device.type):
+            if self.autocast == "lower":
+                dtype, cast = torch.get_autocast_dtype(device.type), _LOWERING_CASTS.get(name, _to_each)
+            else:
+                dtype, cast = torch.float32, _to_each
+            keep = self.autocast_keep + self.lowers[name]
+            fn = functools.partial(_with_autocast_policy, fn, device.type, dtype, keep, cast)
+        if any(self.reads_late.values()):  # an op that may be handed pending tensors: waited for before
+            fn = functools.partial(_waiting_first, fn, self.reads_late[name])  # any cast reads them
+        return fn
+
+
+def _waiting_first(fn: Callable, late: tuple[int, ...], *args):
+    """``fn(*args)`` after the waits its pending arguments owe, but for the positions ``late`` it
+    waits for itself (``_pending.py``)."""
+    if _pending.waiting():
+        _pending.ready_all([a for i, a in enumerate(args) if i not in late])
+    return fn(*args)
 
 
 def _to_each(xs: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:

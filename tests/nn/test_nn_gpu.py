@@ -160,15 +160,26 @@ def test_each_weight_is_made_on_its_own_side_stream(lite, monkeypatch):
 @pytest.mark.parametrize("lite,backend", [(False, "triton"), (True, "triton"),
                                           (False, "triton+sinkhorn=cuda/triton"),
                                           (True, "triton+lite_global_weights=cuda/triton")])
-def test_weights_on_the_side_stream_give_the_same_bits_eager_and_captured(lite, backend):
+@pytest.mark.parametrize("mode", ["fp32", "bf16-memory-path"])
+def test_weights_on_the_side_stream_give_the_same_bits_eager_and_captured(lite, backend, mode, monkeypatch):
     # UniMixing's overlap (the weights' Sinkhorns on two side streams, their backward there too) changes
     # only where the kernels run: the block's outputs and every gradient equal those of overlap=False
-    # bit for bit, eager (.backward() into .grad) and in a captured CUDA graph (autograd.grad, replayed)
+    # bit for bit, eager (.backward() into .grad) and in a captured CUDA graph (autograd.grad, replayed).
+    # W_G is handed to the mixing op still pending: under bf16 autocast on the memory path the op
+    # launches the per-block products and the FFN weights' casts before its stream waits for W_G
+    import contextlib
+
     import unimixer_kernels as uk
 
     ok, why = uk.backend_status(backend)
     if not ok:
         pytest.skip(f"{backend}: {why}")
+    if mode != "fp32":
+        monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "gemm")
+
+    def amp():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if mode != "fp32" else contextlib.nullcontext()
+
     torch.manual_seed(0)
     kw = dict(hidden=24, bias=False, iters=20, backend=backend, **(dict(lite=True, rank=8) if lite else {}))
     plain = uknn.UniMixerBlock(8, 36, 4, overlap=False, **kw).cuda()
@@ -181,8 +192,9 @@ def test_weights_on_the_side_stream_give_the_same_bits_eager_and_captured(lite, 
     def eager(m):  # its graph dies with it: a leaf's AccumulateGrad node made on this (the legacy) stream
         m.zero_grad(set_to_none=True)  # and kept alive would make the capture below sync with that stream
         xi = x.clone().requires_grad_()
-        out = torch.cat(m(xi), -1)
-        out.backward(gout)
+        with amp():
+            out = torch.cat(m(xi), -1)
+        out.backward(gout.to(out.dtype))
         return [out.detach(), xi.grad] + [p.grad for p in m.parameters()]
 
     expect = [eager(plain), eager(over)]
@@ -193,8 +205,9 @@ def test_weights_on_the_side_stream_give_the_same_bits_eager_and_captured(lite, 
     leaves = [xi, *over.parameters()]
 
     def step():
-        out = torch.cat(over(xi), -1)
-        return [out.detach(), *torch.autograd.grad(out, leaves, gout)]
+        with amp():
+            out = torch.cat(over(xi), -1)
+        return [out.detach(), *torch.autograd.grad(out, leaves, gout.to(out.dtype))]
 
     warm = torch.cuda.Stream()
     warm.wait_stream(torch.cuda.current_stream())

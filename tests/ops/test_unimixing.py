@@ -1083,3 +1083,30 @@ def local_fma_loop_sm90() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
 def test_unimixing_local_fma_loop_sm90(sm90_compile):
     sm90_compile("import test_unimixing as t; t.local_fma_loop_sm90()")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("forward", ["gemm", "register"])
+@pytest.mark.parametrize("op", ["unimixing", "unimixing_rmsnorm"])
+def test_a_pending_w_global_is_waited_for_after_the_per_block_products(device, monkeypatch, forward, op):
+    # w_global handed over still pending (the UniMixing module's side stream, _pending.py): the memory
+    # path launches H = X W_B first and waits just before its first read of W_G; the in-register kernel
+    # reads both at once, so it waits first. Either way once, and the result is the op's
+    from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    from unimixer_kernels import _pending
+
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", forward)
+    log = []
+    local = kernels._local_products
+    monkeypatch.setattr(kernels, "_local_products", lambda *a, **k: (log.append("local"), local(*a, **k))[1])
+    z, wl, wg, nw = _rmsnorm_inputs((5, 4, 24, 4), torch.float16, device)
+    args = (z, wl, wg) if op == "unimixing" else (z, wl, wg, nw)
+    fn = getattr(uk, op)
+    expect = fn(*args, backend="triton")
+    log.clear()
+    _pending.read_late(wg, lambda: log.append("wait"))
+    got = fn(*args, backend="triton")
+    _pending.settled(wg, op)
+    assert log == (["local", "wait"] if forward == "gemm" else ["wait"])
+    torch.testing.assert_close(got, expect, rtol=0, atol=0)

@@ -382,3 +382,27 @@ def test_fused_ffn_pass_does_the_norm_as_the_norm_kernels(device, monkeypatch, c
         assert torch.equal(a, e), f"FFN gradient {k}"
     torch.testing.assert_close(ds, ds_want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(dnw, dnw_want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_a_pending_w_global_is_waited_for_once_and_the_result_is_the_ops(device, monkeypatch, backend):
+    # the UniMixer block hands W_G over still pending (_pending.py): the Triton backend waits for it
+    # after the per-block products, whose H the memory path writes first (the autocast casts of the
+    # FFN weights too, before the op); the reference waits before it runs
+    from unimixer_kernels.triton_kernels import unimixing as kernels
+
+    from unimixer_kernels import _pending
+
+    monkeypatch.setenv("UNIMIXER_UNIMIXING_FORWARD", "gemm")
+    log = []
+    local = kernels._local_products
+    monkeypatch.setattr(kernels, "_local_products", lambda *a, **k: (log.append("local"), local(*a, **k))[1])
+    inputs = _inputs((3, 20, 12, 4, 10), torch.float32, device)
+    expect = uk.unimixing_rmsnorm_pswiglu(*inputs, backend=backend)
+    log.clear()
+    _pending.read_late(inputs[2], lambda: log.append("wait"))
+    got = uk.unimixing_rmsnorm_pswiglu(*inputs, backend=backend)
+    _pending.settled(inputs[2], "unimixing_rmsnorm_pswiglu")
+    assert log == (["local", "wait"] if backend == "triton" else ["wait"])
+    torch.testing.assert_close(got, expect, rtol=0, atol=0)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import Tensor, nn
 
-from .. import ops, reference
+from .. import _pending, ops, reference
 from .._checks import check_choice, check_divides, check_positive, check_positive_ints, check_sinkhorn_args
 from ._common import check_backend, check_module_input, overlap_default
 
@@ -102,7 +103,8 @@ class UniMixing(nn.Module):
     ``'1'`` where it is not set): in training on a CUDA device (outside ``torch.compile``), ``W_G`` and
     ``W_B`` are computed on two side streams (two per device, :func:`weights_streams`, at a higher
     priority than the default streams'), each of which first waits for the caller's stream; the caller's
-    stream waits for them only where the mixing op reads them (:meth:`op_weights_async`). The weights
+    stream waits for them only where the mixing op reads them (:meth:`op_weights_async`): for ``W_B``
+    before the op, for ``W_G`` inside it, after its per-block products (:class:`PendingWeights`). The weights
     depend only on the logits, so their Sinkhorns run beside each other and beside the activations'
     kernels in the forward, and, since autograd runs a backward on its forward's stream, beside the rest
     of the backward once ``dW_G`` and ``dW_B`` are there. The results are the same bits either way; the
@@ -296,8 +298,11 @@ class UniMixing(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_module_input(self, x, self.tokens, self.dim)
-        w_local, w_global = self.op_weights_async(x).wait()
-        return ops.unimixing(x, w_local, w_global, backend=self.backend)
+        pending = self.op_weights_async(x)
+        w_local, w_global = pending.wait(late=True)
+        y = ops.unimixing(x, w_local, w_global, backend=self.backend)
+        pending.settle("unimixing")
+        return y
 
     def extra_repr(self) -> str:
         lite = f", lite=True, rank={self.rank}, bases={self.bases}" if self.lite else ""
@@ -330,17 +335,37 @@ def weights_streams(device: torch.device) -> tuple[torch.cuda.Stream, torch.cuda
 
 class PendingWeights:
     """The ``(W_B, W_G)`` of :meth:`UniMixing.op_weights_async`: ``wait()`` returns them after making
-    the current stream wait for the side streams' work on them (once; none when made synchronously)."""
+    the current stream wait for the side streams' work on them (once; none when made synchronously).
 
-    __slots__ = ("_weights", "_done")
+    ``wait(late=True)`` waits for ``W_B`` only and hands ``W_G`` over still pending (``_pending.py``):
+    the mixing op that reads it waits for it just before its first kernel that does, so its
+    per-block products and casts run while ``W_G``'s Sinkhorn does. The caller passes ``W_G`` to
+    exactly one mixing op (through the ops' registry, whose other backends wait first) and then
+    calls :meth:`settle`."""
+
+    __slots__ = ("_weights", "_done", "_late")
 
     def __init__(self, weights: tuple[Tensor, Tensor], done: tuple[torch.cuda.Event, ...] = ()) -> None:
-        self._weights, self._done = weights, done
+        self._weights, self._done, self._late = weights, done, False
 
-    def wait(self) -> tuple[Tensor, Tensor]:
+    def wait(self, late: bool = False) -> tuple[Tensor, Tensor]:
         if self._done:
-            current = torch.cuda.current_stream(self._weights[1].device)
-            for event in self._done:
+            w_global = self._weights[1]
+            current = torch.cuda.current_stream(w_global.device)
+            global_done, *others = self._done
+            for event in others:
                 current.wait_event(event)
+            if late:
+                _pending.read_late(w_global, functools.partial(current.wait_event, global_done))
+                self._late = True
+            else:
+                current.wait_event(global_done)
             self._done = ()
         return self._weights
+
+    def settle(self, reader: str) -> None:
+        """After the op ``reader`` that took ``W_G`` from ``wait(late=True)``: raises if it never
+        waited for it (a backend's ``reads_late`` bug; ``_pending.settled``)."""
+        if self._late:
+            self._late = False
+            _pending.settled(self._weights[1], reader)

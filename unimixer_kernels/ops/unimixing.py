@@ -39,10 +39,12 @@ that off).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
-from .. import reference
+from .. import _pending, reference
 from .._checks import check_same_device, check_shape, check_tensor
 from .._registry import define_op
 from ._optional import as_input, as_output, placeholder
@@ -67,12 +69,19 @@ def _kernels():
 # --- Triton: forward and backward custom ops -------------------------------------------------
 
 
+def _waiter(w_global: Tensor):
+    """The kernels' ``before_global``: the wait a ``w_global`` handed over still pending owes
+    (``_pending.py``; the ops' ``reads_late``), so that the per-block products go first."""
+    return functools.partial(_pending.ready, w_global)
+
+
+
 @torch.library.custom_op("unimixer::unimixing_fwd", mutates_args=())
 def unimixing_fwd(x: Tensor, w_local: Tensor, w_global: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(y, wg_t, h)``: ``wg_t`` is the forward GEMM's ``W_G^T`` in ``x``'s dtype, which the backward
     takes in place of ``w_global`` where the kernels say so (``saves_global_t``), else empty; ``h``
     the forward's ``H = X W_B`` where they save it (``saves_local``), else empty."""
-    y, _, _, wg_t, h = _kernels().unimixing_fwd(x, w_local, w_global)
+    y, _, _, wg_t, h = _kernels().unimixing_fwd(x, w_local, w_global, before_global=_waiter(w_global))
     return y, as_output(wg_t, x), as_output(h, x)
 
 
@@ -136,7 +145,8 @@ def unimixing_residual_fwd(x: Tensor, w_local: Tensor, w_global: Tensor,
     ``grad_is_private`` the caller promises that the output's gradient is a buffer nobody else reads
     (true in both: the output's only reader is the next node, whose backward returns a fresh ``ds``,
     or ``ds`` over the ``s`` it owns), and the backward writes ``dx`` over it; otherwise over a copy."""
-    y, _, _, wg_t, h = _kernels().unimixing_fwd(x, w_local, w_global, residual=True)
+    y, _, _, wg_t, h = _kernels().unimixing_fwd(x, w_local, w_global, residual=True,
+                                                before_global=_waiter(w_global))
     return y, as_output(wg_t, x), as_output(h, x)
 
 
@@ -184,7 +194,8 @@ def unimixing_rmsnorm_fwd(
     z: Tensor, w_local: Tensor, w_global: Tensor, norm_weight: Tensor, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(u, s, rstd)``: ``u = RMSNorm(s)``, ``s = z + UniMixing(z)``, ``rstd [bs, T]`` fp32."""
-    return _kernels().unimixing_fwd(z, w_local, w_global, norm_weight, eps)[:3]
+    return _kernels().unimixing_fwd(z, w_local, w_global, norm_weight, eps,
+                                    before_global=_waiter(w_global))[:3]
 
 
 @unimixing_rmsnorm_fwd.register_fake
@@ -232,8 +243,9 @@ def check_triton_dtypes(**tensors: Tensor) -> None:
             )
 
 
-# the weights (1, 2) stay uncast under autocast: the backend lowers them itself (module docstring)
-@UNIMIXING.register("triton", lowers=(1, 2))
+# the weights (1, 2) stay uncast under autocast: the backend lowers them itself (module docstring);
+# w_global may arrive still pending (reads_late): the kernels wait for it after the per-block products
+@UNIMIXING.register("triton", lowers=(1, 2), reads_late=(2,))
 def _unimixing_triton(x: Tensor, w_local: Tensor, w_global: Tensor) -> Tensor:
     check_triton_dtypes(x=x, w_local=w_local, w_global=w_global)
     return unimixing_fwd(x, w_local, w_global)[0]
@@ -246,7 +258,7 @@ def uses_fused_norm(z: Tensor, w_local: Tensor) -> bool:
     return kernels.fused_norm_epilogue() and kernels.fused_norm_rows(w_local.shape[1], z.shape[-1], z.device)
 
 
-@UNIMIXING_RMSNORM.register("triton", lowers=(1, 2))
+@UNIMIXING_RMSNORM.register("triton", lowers=(1, 2), reads_late=(2,))
 def _unimixing_rmsnorm_triton(
     z: Tensor, w_local: Tensor, w_global: Tensor, norm_weight: Tensor, eps: float
 ) -> Tensor:

@@ -134,8 +134,9 @@ def _rms_norm_pswiglu_backward(ctx, do: Tensor, _drstd: Tensor | None):
 rms_norm_pswiglu_fwd.register_autograd(_rms_norm_pswiglu_backward, setup_context=_rms_norm_pswiglu_setup)
 
 
-# the mixing weights (1, 2) stay uncast under autocast, as for unimixing (ops/unimixing.py)
-@UNIMIXING_RMSNORM_PSWIGLU.register("triton", lowers=(1, 2))
+# the mixing weights (1, 2) stay uncast under autocast, and w_global may arrive still pending, as for
+# unimixing (ops/unimixing.py): the mixing's custom ops wait for it after the per-block products
+@UNIMIXING_RMSNORM_PSWIGLU.register("triton", lowers=(1, 2), reads_late=(2,))
 def _unimixing_rmsnorm_pswiglu_triton(z, w_local, w_global, norm_weight, w_gate, w_up, w_down,
                                       b_gate, b_up, b_down, eps: float) -> Tensor:
     check_triton_dtypes(z=z, w_local=w_local, w_global=w_global, norm_weight=norm_weight, w_gate=w_gate,
