@@ -31,6 +31,12 @@ for the backward instead of ``w_global`` (the custom ops' second output): an fp3
 such as a Sinkhorn output, is then not kept alive by the op, as with autocast's cast before it
 (the blocks' training peaks unchanged, bench/results/2026-11-30-h200-run104).
 
+A ``w_global`` still being made on another stream: the Triton backends of ``unimixing``,
+``unimixing_rmsnorm`` and ``unimixing_rmsnorm_pswiglu`` take it pending (``reads_late``,
+``_pending.py``) and wait for it just before the first kernel that reads it; on the memory path that is
+after ``H = X W_B``, so the UniMixing module's per-block products (and, before the op, the autocast
+casts) run while ``W_G``'s Sinkhorn does. Other backends wait before they run.
+
 Saved ``H``: where the forward wrote ``H = X W_B`` in the natural layout for its GEMM (the memory
 path at ``B >= 16``, ``saves_local``) the nodes save it too (the third output), and the backward
 reads it rather than forming and writing it again (``UNIMIXER_UNIMIXING_SAVE_H=recompute`` turns
