@@ -96,7 +96,8 @@ def _step_ms(module: torch.nn.Module, preset, timeline: bool = False) -> float:
     return ms
 
 
-def main(presets: list[str], stacks: tuple[int, ...] = (1, 2), timeline: bool = False) -> None:
+def main(presets: list[str], stacks: tuple[int, ...] = (1, 2), timeline: bool = False,
+         spec_only: bool = False) -> None:
     import unimixer_kernels as uk
     from unimixer_kernels.nn.unimixing import weights_streams
 
@@ -115,7 +116,7 @@ def main(presets: list[str], stacks: tuple[int, ...] = (1, 2), timeline: bool = 
         preset = get_preset(name)
         for lite in (False, True):
             for blocks in stacks:
-                for backend in SPECS[lite]:
+                for backend in SPECS[lite][1:] if spec_only else SPECS[lite]:
                     ok, why = uk.backend_status(backend)
                     label = ("UniMixerBlock" if blocks == 1 else "UniMixer, 2 blocks") + (" Lite" * lite)
                     if not ok:
@@ -145,8 +146,9 @@ def main(presets: list[str], stacks: tuple[int, ...] = (1, 2), timeline: bool = 
 
 
 if __name__ == "__main__":
-    # python -m bench.overlap_probe [--one-block] [--timeline] [preset ...]: --one-block leaves the two-block
-    # stacks out
-    args = [a for a in sys.argv[1:] if a not in ("--one-block", "--timeline")]
+    # python -m bench.overlap_probe [--one-block] [--spec] [--timeline] [preset ...]: --one-block leaves the
+    # two-block stacks out, --spec the all-Triton backend (the blocks' specs only)
+    flags = ("--one-block", "--spec", "--timeline")
+    args = [a for a in sys.argv[1:] if a not in flags]
     main(args or ["paper-small"], (1,) if "--one-block" in sys.argv[1:] else (1, 2),
-         timeline="--timeline" in sys.argv[1:])
+         timeline="--timeline" in sys.argv[1:], spec_only="--spec" in sys.argv[1:])

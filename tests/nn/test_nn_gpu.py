@@ -186,7 +186,8 @@ def test_weights_on_the_side_stream_give_the_same_bits_eager_and_captured(lite, 
     over = uknn.UniMixerBlock(8, 36, 4, **kw).cuda()
     over.load_state_dict(plain.state_dict())
     assert over.mixing.overlap and not plain.mixing.overlap
-    x = torch.randn(64, 8, 36, device="cuda")
+    # a bf16 input under bf16 autocast, as the benchmark's graphed steps (the blocks' norms keep their dtype)
+    x = torch.randn(64, 8, 36, device="cuda", dtype=torch.float32 if mode == "fp32" else torch.bfloat16)
     gout = torch.randn(64, 8, 72, device="cuda")
 
     def eager(m):  # its graph dies with it: a leaf's AccumulateGrad node made on this (the legacy) stream
