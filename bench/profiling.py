@@ -15,15 +15,15 @@ or none does (:func:`timeline`). For a graphed provider (``-cg``) on one stream 
 runs (the gaps between launches included). With side streams it is not: in run236's profiled replays
 one of the three branches started 90-180 µs into the step in every configuration, while the untimed
 replays of the same graphs differed by a few µs (``bench/overlap_probe.py`` times those); the kernels'
-own durations and order on each stream still hold. Those were each the first replay under the profiler;
-whether the second, which this keeps, shows the same has not been measured.
+own durations and order on each stream still hold. Profiling two replays and keeping the second did not
+change that (run238: the main stream's first kernel 130-150 µs into the kept step, the step 0.58 ms
+untimed), so one replay is profiled.
 """
 
 from __future__ import annotations
 
 import cProfile
 import pstats
-import time
 
 import torch
 
@@ -92,37 +92,17 @@ def profile_case(case: str, preset: str, mode: str, providers: list[str], device
     return "\n".join(lines)
 
 
-# the host's pause between the two profiled steps of a timeline, longer than any gap inside a step
-STEP_PAUSE_S = 0.05
-
-
 def _step_kernels(calls, device: torch.device, activities) -> list[tuple[int, int, int, str]]:
-    """``(start_ns, end_ns, stream, name)`` of every device activity of one step: two steps are
-    profiled, a pause between them, and the second kept (the kernels after the widest gap), so that
-    the profiler's own start-up does not fall into the step."""
+    """``(start_ns, end_ns, stream, name)`` of every device activity of one step, profiled alone."""
     from torch.profiler import profile as torch_profile
 
     sync(device)
     with torch_profile(activities=activities) as prof:
-        for _ in range(2):
-            calls()
-            sync(device)
-            time.sleep(STEP_PAUSE_S)
-    events = sorted((e.start_ns(), e.end_ns(), e.device_resource_id(), e.name())
-                    for e in prof.profiler.kineto_results.events()
-                    if e.device_type() == torch.autograd.DeviceType.CUDA)
-    return events[_second_step(events):]
-
-
-def _second_step(events: list[tuple[int, int, int, str]]) -> int:
-    """The index of the first event after the widest gap between an event's start and every earlier
-    event's end (0 if there is none)."""
-    best, cut, end = 0, 0, None
-    for i, (start, stop, _, _) in enumerate(events):
-        if end is not None and start - end > best:
-            best, cut = start - end, i
-        end = stop if end is None else max(end, stop)
-    return cut
+        calls()
+        sync(device)
+    return [(e.start_ns(), e.end_ns(), e.device_resource_id(), e.name())
+            for e in prof.profiler.kineto_results.events()
+            if e.device_type() == torch.autograd.DeviceType.CUDA]
 
 
 def timeline(kernels: list[tuple[int, int, int, str]], top: int = 60) -> str:

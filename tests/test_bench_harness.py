@@ -478,14 +478,3 @@ def test_profile_timeline_splits_the_span_by_stream():
     assert rows[2].split("|")[3].strip() == "31.0"  # the main stream's gap before the mixing
     assert rows[3].split("|")[4].strip() == "side 2"
     assert timeline([]).strip() == "no device kernels in the step"
-
-
-def test_profile_timeline_keeps_the_second_of_two_profiled_steps():
-    from bench.profiling import _second_step
-
-    us = 1000
-    step = [(0, 10 * us, 7, "a"), (5 * us, 40 * us, 9, "b"), (41 * us, 50 * us, 7, "c")]
-    later = [(t0 + 50_000 * us, t1 + 50_000 * us, s, n) for t0, t1, s, n in step]
-    assert _second_step(step + later) == 3
-    assert _second_step(step) == 2  # one step: its own widest gap (1 us) at most
-    assert _second_step([]) == 0

@@ -43,6 +43,11 @@ The ``"lower"`` cast is ``Tensor.to`` unless the backend registers its own with
 arguments of one dtype in one launch, and widens their gradients back in one launch. The op then runs
 with autocast off, so a reference backend cannot re-cast inside. Without autocast, arguments of mixed
 dtypes are not cast: the kernels then compute in fp32.
+
+Pending arguments. A caller may hand an op a tensor still being made on another CUDA stream
+(``_pending.py``; the UniMixing modules' ``W_G``). A backend registered with ``reads_late`` positions
+waits for those itself, just before its first kernel that reads them; for every other backend, and every
+other position, ``dispatch`` runs the waits first, before any autocast cast.
 """
 
 from __future__ import annotations
