@@ -14,8 +14,8 @@ across replays), each timed alone as a captured CUDA graph's replay:
   tile of the weight kernel (``WEIGHT_SHAPES``), each tile of its list, and, with the fastest tile of
   each, each number of sample ranges its partials are split into.
 
-``--weight-only``: the last item alone. Tiles named in ``EXTRA_ACT_TILES`` and ``EXTRA_WEIGHT_TILES``
-are timed beside the autotuners' lists.
+``--weight-only``: the last item alone; ``--act-only``: all but it. Tiles named in ``EXTRA_ACT_TILES``
+and ``EXTRA_WEIGHT_TILES`` are timed beside the autotuners' lists.
 """
 
 from __future__ import annotations
@@ -30,9 +30,13 @@ from .env import header
 from .timing import graph_replay_us
 
 BS, T, D, H, PASS = 2048, 32, 128, 176, 8
-# (BLOCK_S, BLOCK_H, warps, stages) of the act kernel, and (BLOCK_S, warps, stages) of the weight
-# kernel, outside their autotuners' lists
-EXTRA_ACT_TILES = [(64, 32, 8, 2), (64, 16, 4, 2), (128, 16, 8, 2), (64, 32, 4, 1)]
+# (BLOCK_S, BLOCK_H, warps, stages[, maxnreg]) of the act kernel, and (BLOCK_S, warps, stages) of the
+# weight kernel, outside their autotuners' lists. With maxnreg, ptxas caps the registers a thread (and
+# spills the rest) so that more programs fit an SM: at 128 a thread, 8 warps, two an SM (16 warps, against
+# the 4-warp tiles' 8 at 255 registers); at 168, 4 warps, three an SM where the shared memory allows
+EXTRA_ACT_TILES = [(64, 32, 8, 2), (64, 16, 4, 2), (128, 16, 8, 2), (64, 32, 4, 1),
+                   (64, 32, 8, 2, 128), (64, 16, 8, 2, 128), (64, 16, 8, 3, 128), (64, 32, 8, 3, 128),
+                   (64, 16, 4, 3, 168), (64, 16, 4, 2, 168)]
 EXTRA_WEIGHT_TILES = [(32, 4, 3), (32, 8, 2), (32, 8, 3), (64, 4, 4), (128, 8, 3)]
 # (BLOCK_D, BLOCK_H): the weight kernel's output tile (its three fp32 accumulators), timed in turn
 WEIGHT_SHAPES = [(64, 64), (128, 64), (128, 32)]
@@ -74,7 +78,7 @@ def _inputs():
     return s, nw, w1, w3, w2, do, rstd
 
 
-def main(weight_only: bool = False) -> None:
+def main(weight_only: bool = False, act_only: bool = False) -> None:
     from unimixer_kernels.triton_kernels import pswiglu as k
     from unimixer_kernels.triton_kernels._partials import sum_partials
     from unimixer_kernels.triton_kernels.rms_norm import TokenPassNorm
@@ -114,12 +118,14 @@ def main(weight_only: bool = False) -> None:
         fn()
         print(f"{name}: autotuned to {tuner.best_config}")  # prenorm: tuned on scratch, k._prenorm_tile
     torch.cuda.synchronize()
-    extra = [triton.Config({"BLOCK_S": bs, "BLOCK_H": bh}, num_warps=w, num_stages=st)
-             for bs, bh, w, st in EXTRA_ACT_TILES]
-    print("| BLOCK_S | BLOCK_H | warps | stages | plain us | regs | spill | prenorm us | regs | spill |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    extra = [triton.Config({"BLOCK_S": t[0], "BLOCK_H": t[1]}, num_warps=t[2], num_stages=t[3],
+                           maxnreg=t[4] if len(t) > 4 else None) for t in EXTRA_ACT_TILES]
+    print("| BLOCK_S | BLOCK_H | warps | stages | maxnreg | plain us | regs | spill | prenorm us | regs "
+          "| spill |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for cfg in tuner.configs + extra:
-        row = [cfg.kwargs["BLOCK_S"], cfg.kwargs["BLOCK_H"], cfg.num_warps, cfg.num_stages]
+        row = [cfg.kwargs["BLOCK_S"], cfg.kwargs["BLOCK_H"], cfg.num_warps, cfg.num_stages,
+               cfg.maxnreg or "–"]
         for fn in (plain_kernel, prenorm):
             with _only(tuner, cfg):
                 try:
@@ -139,7 +145,8 @@ def main(weight_only: bool = False) -> None:
     for name, norm in (("rms_norm_bwd grid", split), ("PRENORM granules", fused)):
         us = graph_replay_us(lambda norm=norm: sum_partials(norm.weight_grad_pair()))
         print(f"| sum_partials of {tuple(norm.partial.shape)} ({name}) into dw | {us:.1f} |")
-    _weight_pass(k, u_c, do_c, w1_c, w3_c, w2_c)
+    if not act_only:
+        _weight_pass(k, u_c, do_c, w1_c, w3_c, w2_c)
 
 
 def _weight_pass(k, u_c, do_c, w1_c, w3_c, w2_c) -> None:
@@ -193,4 +200,4 @@ def _weight_pass(k, u_c, do_c, w1_c, w3_c, w2_c) -> None:
 if __name__ == "__main__":
     import sys
 
-    main(weight_only="--weight-only" in sys.argv[1:])
+    main(weight_only="--weight-only" in sys.argv[1:], act_only="--act-only" in sys.argv[1:])
