@@ -61,6 +61,11 @@ def ready_all(args: Iterable[object]) -> None:
                 ready(a)
 
 
+def drop(tensor: torch.Tensor) -> None:
+    """Forget ``tensor``'s wait after running it, reporting nothing: for a reader that raised."""
+    ready(tensor)
+
+
 def settled(tensor: torch.Tensor, reader: str) -> None:
     """Raise if ``tensor`` still owes its wait after ``reader`` (the op handed it) returned; the
     wait runs first, so that the stream stays correct for whatever follows."""

@@ -321,6 +321,44 @@ def test_op_weights_async_off_cuda_is_the_weights_made_here(training):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_a_late_w_global_is_settled_after_its_op_and_dropped_if_the_op_raises():
+    # PendingWeights.read_by: the op handed W_G still pending must wait for it (here a recorded wait
+    # stands for the side stream's event, which needs CUDA); one that returns without waiting is
+    # reported, and one that raises keeps its own error, the wait run and forgotten
+    from unimixer_kernels import _pending
+    from unimixer_kernels.nn.unimixing import PendingWeights
+
+    w_local, w_global = torch.ones(2, 2, 2), torch.ones(2, 2)
+    waits = []
+
+    def pending():
+        pw = PendingWeights((w_local, w_global))
+        _pending.read_late(w_global, lambda: waits.append(1))
+        pw._late = True  # as wait(late=True) leaves it on CUDA
+        return pw
+
+    def reads(x, wl, wg):
+        _pending.ready(wg)
+        return x + 1
+
+    assert pending().read_by(reads, 1.0, w_local, w_global) == 2.0
+    assert waits == [1] and not _pending.waiting()
+
+    def skips(x, wl, wg):
+        return x
+
+    with pytest.raises(RuntimeError, match="skips returned without waiting"):
+        pending().read_by(skips, 1.0, w_local, w_global)
+    assert waits == [1, 1] and not _pending.waiting()
+
+    def fails(x, wl, wg):
+        raise ValueError("x: bad")
+
+    with pytest.raises(ValueError, match="x: bad"):
+        pending().read_by(fails, 1.0, w_local, w_global)
+    assert waits == [1, 1, 1] and not _pending.waiting()
+
+
 def test_overlap_default_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("UNIMIXER_OVERLAP", "0")
     assert not UniMixing(4, 8, 2).overlap

@@ -79,9 +79,8 @@ class UniMixerBlock(nn.Module):
         z = ops.rms_norm(y, self.norm_y, self.eps, residual=x, backend=be)
         # W_G handed over still pending: the op waits for it after its per-block products and casts
         w_local, w_global = pending.wait(late=True)
-        o = ops.unimixing_rmsnorm_pswiglu(z, w_local, w_global, self.norm_mix, *self.ffn.swiglu_weights(),
-                                          self.eps, backend=be)
-        pending.settle("unimixing_rmsnorm_pswiglu")
+        o = pending.read_by(ops.unimixing_rmsnorm_pswiglu, z, w_local, w_global, self.norm_mix,
+                            *self.ffn.swiglu_weights(), self.eps, backend=be)
         x_next, x_plus_o = ops.add_rms_norm(o, x, self.norm_x, self.eps, backend=be)
         # one stream in (the first block): Ybar + O is the sum add_rms_norm already returned, which
         # saves a [bs, T, D] buffer and an add, and in backward folds the residual gradient into

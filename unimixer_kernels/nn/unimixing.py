@@ -300,9 +300,7 @@ class UniMixing(nn.Module):
         check_module_input(self, x, self.tokens, self.dim)
         pending = self.op_weights_async(x)
         w_local, w_global = pending.wait(late=True)
-        y = ops.unimixing(x, w_local, w_global, backend=self.backend)
-        pending.settle("unimixing")
-        return y
+        return pending.read_by(ops.unimixing, x, w_local, w_global, backend=self.backend)
 
     def extra_repr(self) -> str:
         lite = f", lite=True, rank={self.rank}, bases={self.bases}" if self.lite else ""
@@ -340,8 +338,8 @@ class PendingWeights:
     ``wait(late=True)`` waits for ``W_B`` only and hands ``W_G`` over still pending (``_pending.py``):
     the mixing op that reads it waits for it just before its first kernel that does, so its
     per-block products and casts run while ``W_G``'s Sinkhorn does. The caller passes ``W_G`` to
-    exactly one mixing op (through the ops' registry, whose other backends wait first) and then
-    calls :meth:`settle`."""
+    exactly one mixing op (through the ops' registry, whose other backends wait first) by
+    :meth:`read_by`, which settles the wait after it."""
 
     __slots__ = ("_weights", "_done", "_late")
 
@@ -363,9 +361,25 @@ class PendingWeights:
             self._done = ()
         return self._weights
 
-    def settle(self, reader: str) -> None:
+    def _settle(self, reader: str | None) -> None:
         """After the op ``reader`` that took ``W_G`` from ``wait(late=True)``: raises if it never
-        waited for it (a backend's ``reads_late`` bug; ``_pending.settled``)."""
+        waited for it (a backend's ``reads_late`` bug; ``_pending.settled``). ``None``: the op raised;
+        the wait runs and nothing is reported, so that its error is the one the caller sees."""
         if self._late:
             self._late = False
-            _pending.settled(self._weights[1], reader)
+            if reader is None:
+                _pending.drop(self._weights[1])
+            else:
+                _pending.settled(self._weights[1], reader)
+
+    def read_by(self, op, *args, **kwargs) -> Tensor:
+        """``op(*args, **kwargs)``, the op given ``W_G`` from ``wait(late=True)``; then raises if the op
+        returned without waiting for ``W_G`` (a backend's ``reads_late`` bug: its reads may have raced
+        the side stream). If the op raises, its error propagates and ``W_G``'s wait is dropped."""
+        try:
+            out = op(*args, **kwargs)
+        except BaseException:
+            self._settle(None)
+            raise
+        self._settle(getattr(op, "__name__", "the mixing op"))
+        return out
