@@ -11,7 +11,8 @@ needs ``W_G`` about 48 us after the block's first norm ends (bench/NOTES.md). So
 - any other backend of that op has every pending argument waited for before it runs (the registry
   calls :func:`ready_all`), so no backend reads a tensor its stream has not waited for;
 - the caller then calls :func:`settled`, which raises if the op never waited: that is a bug in a
-  ``reads_late`` backend, reported instead of a read that races the side stream.
+  ``reads_late`` backend, reported instead of a read that races the side stream (or :func:`drop`
+  where the op raised, so that its own error is the one reported).
 
 A pending tensor is known by its device and data pointer, so the custom ops' own views of it (the
 same storage) find it. Nothing here depends on CUDA: the wait is any callable.

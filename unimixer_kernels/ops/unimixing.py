@@ -81,7 +81,6 @@ def _waiter(w_global: Tensor):
     return functools.partial(_pending.ready, w_global)
 
 
-
 @torch.library.custom_op("unimixer::unimixing_fwd", mutates_args=())
 def unimixing_fwd(x: Tensor, w_local: Tensor, w_global: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(y, wg_t, h)``: ``wg_t`` is the forward GEMM's ``W_G^T`` in ``x``'s dtype, which the backward
