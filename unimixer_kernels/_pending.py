@@ -11,7 +11,7 @@ needs ``W_G`` about 48 us after the block's first norm ends (bench/NOTES.md). So
 - any other backend of that op has every pending argument waited for before it runs (the registry
   calls :func:`ready_all`), so no backend reads a tensor its stream has not waited for;
 - the caller then calls :func:`settled`, which raises if the op never waited: that is a bug in a
-  ``reads_late`` backend, reported instead of a read that races the side stream (or :func:`drop`
+  ``reads_late`` backend, reported instead of a read that races the side stream (or :func:`ready`
   where the op raised, so that its own error is the one reported).
 
 A pending tensor is known by its device and data pointer, so the custom ops' own views of it (the
@@ -60,11 +60,6 @@ def ready_all(args: Iterable[object]) -> None:
         for a in args:
             if isinstance(a, torch.Tensor):
                 ready(a)
-
-
-def drop(tensor: torch.Tensor) -> None:
-    """Forget ``tensor``'s wait after running it, reporting nothing: for a reader that raised."""
-    ready(tensor)
 
 
 def settled(tensor: torch.Tensor, reader: str) -> None:

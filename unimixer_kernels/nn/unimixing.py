@@ -368,7 +368,7 @@ class PendingWeights:
         if self._late:
             self._late = False
             if reader is None:
-                _pending.drop(self._weights[1])
+                _pending.ready(self._weights[1])
             else:
                 _pending.settled(self._weights[1], reader)
 
