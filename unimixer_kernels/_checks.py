@@ -57,17 +57,6 @@ def check_same_device(**tensors: torch.Tensor | None) -> torch.device:
     return first
 
 
-def check_same_dtype(**tensors: torch.Tensor | None) -> torch.dtype:
-    present = {k: v for k, v in tensors.items() if v is not None}
-    first_name, first = next(iter(present.items()))
-    for k, v in present.items():
-        if v.dtype != first.dtype:
-            raise TypeError(
-                f"{k}: expected dtype {first.dtype} (the dtype of {first_name}), got {v.dtype}"
-            )
-    return first.dtype
-
-
 def check_positive(name: str, value: object, integer: bool = False) -> None:
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind):
