@@ -65,9 +65,8 @@ def ready_all(args: Iterable[object]) -> None:
 def settled(tensor: torch.Tensor, reader: str) -> None:
     """Raise if ``tensor`` still owes its wait after ``reader`` (the op handed it) returned; the
     wait runs first, so that the stream stays correct for whatever follows."""
-    wait = _PENDING.pop(_key(tensor), None) if _PENDING else None
-    if wait is not None:
-        wait()
+    if _PENDING and _key(tensor) in _PENDING:
+        ready(tensor)
         raise RuntimeError(f"{reader} returned without waiting for a tensor it was handed still pending "
                            f"(_pending.read_late): its reads may have raced the stream that makes it. "
                            f"This is a bug in the backend's reads_late registration")
