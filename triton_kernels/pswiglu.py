@@ -95,7 +95,6 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from ._launch import (
     FFN_BACKWARD_SWITCH,
     FFN_CHUNK_SWITCH,
-    FFN_GATE_UP_SWITCH,
     FFN_GEMM_SWITCH,
     FFN_TMA_SWITCH,
     bucket,
@@ -191,56 +190,33 @@ def _weight_configs() -> list:
 
 
 @triton.jit
-def _gate_up_tile(w1, w3, CDT: tl.constexpr):
-    """``W1``'s and ``W3``'s ``[D, h-chunk]`` tiles as one ``[D, 2 h-chunk]`` tile, their columns
-    interleaved (``2j`` from ``W1``, ``2j + 1`` from ``W3``), in ``CDT``: one dot forms ``G`` and ``V``,
-    whose accumulator's adjacent column pairs :func:`_split_pairs` takes apart."""
-    return tl.reshape(tl.join(w1.to(CDT), w3.to(CDT)), (w1.shape[0], 2 * w1.shape[1]))
-
-
-@triton.jit
-def _split_pairs(x):
-    """``(x[:, 0::2], x[:, 1::2])`` of a ``[rows, 2 n]`` tile (:func:`_gate_up_tile`'s column order)."""
-    return tl.split(tl.reshape(x, (x.shape[0], x.shape[1] // 2, 2)))
-
-
-@triton.jit
 def _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
             GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr,
-            CDT: tl.constexpr, PREC: tl.constexpr, MERGED: tl.constexpr = False):
+            CDT: tl.constexpr, PREC: tl.constexpr):
     """``(G, V, w1, w3)`` of one hidden chunk: ``G`` and ``V`` fp32 (``V`` is ``G`` when not gated),
-    and the chunk's ``[D, h-chunk]`` weight tiles, which a backward reuses transposed. ``MERGED``
-    (gated only): ``G`` and ``V`` from one dot with :func:`_gate_up_tile`, returned as both ``w1`` and
-    ``w3``."""
+    and the chunk's ``[D, h-chunk]`` weight tiles, which a backward reuses transposed."""
     wmask = mask_d[:, None] & mask_h[None, :]
     w1 = tl.load(W1 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
+    g = tl.dot(u, w1.to(CDT), input_precision=PREC)
+    if HAS_B1:
+        g += tl.load(B1 + t * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+    v = g
     w3 = w1
     if GATED:
         w3 = tl.load(W3 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
-    if GATED and MERGED:
-        w1 = _gate_up_tile(w1, w3, CDT)
-        w3 = w1
-        g, v = _split_pairs(tl.dot(u, w1, input_precision=PREC))
-    else:
-        g = tl.dot(u, w1.to(CDT), input_precision=PREC)
-        v = g
-        if GATED:
-            v = tl.dot(u, w3.to(CDT), input_precision=PREC)
-    if HAS_B1:
-        g += tl.load(B1 + t * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
-    if GATED and HAS_B3:
-        v += tl.load(B3 + t * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+        v = tl.dot(u, w3.to(CDT), input_precision=PREC)
+        if HAS_B3:
+            v += tl.load(B3 + t * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
     return g, v, w1, w3
 
 
 @triton.jit
 def _hidden_grads(u, do, G, V, hid, hmask, t, offs_d, offs_h, mask_d, mask_h, W1, W3, W2, B1, B3, D, H,
                   SAVED: tl.constexpr, GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr,
-                  CDT: tl.constexpr, PREC: tl.constexpr, MERGED: tl.constexpr = False):
+                  CDT: tl.constexpr, PREC: tl.constexpr):
     """``(A, dG, dV)`` fp32 of one hidden chunk: ``G, V`` loaded (``SAVED``) or recomputed from the
     ``u`` rows, and ``dA = dO W2^T`` from the ``dO`` rows (both ``[samples, whole D]``); then the
-    chunk's ``[D, h-chunk]`` tiles of ``W1`` and ``W3`` (loaded here either way; ``MERGED``, gated:
-    both are :func:`_gate_up_tile`'s one tile, as :func:`_hidden` returns them).
+    chunk's ``[D, h-chunk]`` tiles of ``W1`` and ``W3`` (loaded here either way).
 
     Every weight tile is loaded along its rows (``h`` for ``W1``, ``W3``; ``D`` for ``W2``) and
     transposed in the dot: the transposed loads these replaced (element strides of ``h`` and ``D``)
@@ -255,12 +231,9 @@ def _hidden_grads(u, do, G, V, hid, hmask, t, offs_d, offs_h, mask_d, mask_h, W1
         w3 = w1
         if GATED:
             w3 = tl.load(W3 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
-            if MERGED:
-                w1 = _gate_up_tile(w1, w3, CDT)
-                w3 = w1
     else:
         g, v, w1, w3 = _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
-                               GATED, HAS_B1, HAS_B3, CDT, PREC, MERGED)
+                               GATED, HAS_B1, HAS_B3, CDT, PREC)
     # W2[t] as an [h-chunk, D] tile, transposed: dA = dO W2^T
     w2 = tl.load(W2 + t * H * D + offs_h[:, None] * D + offs_d[None, :],
                  mask=mask_h[:, None] & mask_d[None, :], other=0.0)
@@ -335,7 +308,7 @@ def _activation_bwd(g, v, da, GATED: tl.constexpr, POLY: tl.constexpr):
     return a, dg, dv
 
 
-@triton.autotune(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVE", "MERGED"],
+@triton.autotune(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVE"],
                  prune_configs_by={"early_config_prune": _prune_tiles})
 @triton.jit
 def ffn_fwd_kernel(
@@ -344,7 +317,7 @@ def ffn_fwd_kernel(
     stride_us, stride_ut, stride_ud,
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr, HAS_B2: tl.constexpr,
     SAVE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, MERGED: tl.constexpr = False,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     t, offs_s, offs_d, mask_s, mask_d, io_mask = _token_tile(BS, D, BLOCK_S, BLOCK_D)
     u = _load_token_rows(U, t, offs_s, offs_d, io_mask, stride_us, stride_ut, stride_ud, CDT)
@@ -353,7 +326,7 @@ def ffn_fwd_kernel(
         offs_h = h0 + tl.arange(0, BLOCK_H)
         mask_h = offs_h < H
         g, v, _, _ = _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
-                             GATED, HAS_B1, HAS_B3, CDT, PREC, MERGED)
+                             GATED, HAS_B1, HAS_B3, CDT, PREC)
         if SAVE:
             hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
             hmask = mask_s[:, None] & mask_h[None, :]
@@ -429,7 +402,7 @@ def ffn_bwd_act_kernel(
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr,
     SAVED: tl.constexpr, STORE: tl.constexpr, PRENORM: tl.constexpr, ACCUMULATE: tl.constexpr,
     GRANULE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, MERGED: tl.constexpr = False,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     """``du`` for program ``(t, sample tile)``; with ``STORE`` also ``A, dG, dV`` for
     ``ffn_bwd_weight_kernel`` (without it, that kernel recomputes them). ``DU``'s rows are
@@ -454,21 +427,16 @@ def ffn_bwd_act_kernel(
         hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
         hmask = mask_s[:, None] & mask_h[None, :]
         a, dg, dv, w1, w3 = _hidden_grads(u, do, G, V, hid, hmask, t, offs_d, offs_h, mask_d, mask_h, W1, W3,
-                                          W2, B1, B3, D, H, SAVED, GATED, HAS_B1, HAS_B3, CDT, PREC, MERGED)
+                                          W2, B1, B3, D, H, SAVED, GATED, HAS_B1, HAS_B3, CDT, PREC)
         if STORE:
             if GATED:
                 tl.store(DV + hid, dv.to(DV.dtype.element_ty), mask=hmask)
             tl.store(A + hid, a.to(A.dtype.element_ty), mask=hmask)
             tl.store(DG + hid, dg.to(DG.dtype.element_ty), mask=hmask)
-        # du = dG W1^T (+ dV W3^T), the chunk's weight tiles transposed (MERGED: one dot over both,
-        # dG and dV interleaved as the merged tile's columns are)
-        if GATED and MERGED:
-            du = tl.dot(tl.reshape(tl.join(dg.to(CDT), dv.to(CDT)), (BLOCK_S, 2 * BLOCK_H)), tl.trans(w1), du,
-                        input_precision=PREC)
-        else:
-            du = tl.dot(dg.to(CDT), tl.trans(w1.to(CDT)), du, input_precision=PREC)
-            if GATED:
-                du = tl.dot(dv.to(CDT), tl.trans(w3.to(CDT)), du, input_precision=PREC)
+        # du = dG W1^T (+ dV W3^T), the chunk's weight tiles transposed
+        du = tl.dot(dg.to(CDT), tl.trans(w1.to(CDT)), du, input_precision=PREC)
+        if GATED:
+            du = tl.dot(dv.to(CDT), tl.trans(w3.to(CDT)), du, input_precision=PREC)
     if PRENORM:
         _prenorm_grads(du, rstd, nw, U, DS, DW_PART, t, offs_s, offs_d, mask_d, io_mask, D, N_GRAN,
                        stride_us, stride_ut, stride_ud, ACCUMULATE, GRANULE, BLOCK_S)
@@ -484,7 +452,7 @@ def ffn_bwd_act_kernel(
 # ``s`` and adds to the partials of earlier passes, so it is tuned on scratch copies of those
 # (:func:`_prenorm_tile`) and then launched untuned with the tile chosen
 ffn_bwd_act = triton.autotune(configs=_tile_configs(),
-                              key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM", "MERGED"],
+                              key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM"],
                               prune_configs_by={"early_config_prune": _prune_tiles})(ffn_bwd_act_kernel)
 _PRENORM_TILES: dict[tuple, triton.Config] = {}
 
@@ -1157,7 +1125,7 @@ def ffn_fwd(
         bs, d, h, bucket(bs),
         u.stride(0), u.stride(1), u.stride(2),
         GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None, HAS_B2=b2 is not None,
-        SAVE=save, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d), MERGED=merged_gate_up(),
+        SAVE=save, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
     )
     return o, g, v
 
@@ -1184,8 +1152,7 @@ def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, stor
             *rstd_strides]
     meta = dict(GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None,
                 SAVED=saved, STORE=store, PRENORM=norm is not None, ACCUMULATE=accumulate,
-                GRANULE=PARTIAL_GRANULE, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
-                MERGED=merged_gate_up())
+                GRANULE=PARTIAL_GRANULE, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d))
 
     def grid(m):
         return (t, triton.cdiv(bs, m["BLOCK_S"]))
@@ -1213,7 +1180,7 @@ def _prenorm_tile(args: list, meta: dict, grid) -> triton.Config:
     CUDA graph capture: warm up first."""
     u, ds, partial = args[1], args[_DS_ARG], args[_PART_ARG]
     d, h, bs_key = args[_D_ARG:_D_ARG + 3]
-    kind = (d, h, bs_key, *(str(meta[k]) for k in ("GATED", "SAVED", "STORE", "CDT", "MERGED")),
+    kind = (d, h, bs_key, *(str(meta[k]) for k in ("GATED", "SAVED", "STORE", "CDT")),
             *(str(x.dtype) for x in args if isinstance(x, torch.Tensor)), u.device)
     if kind not in _PRENORM_TILES:
         tiles = _prune_tiles(ffn_bwd_act.configs, {"BS_KEY": bs_key}, **meta)
@@ -1236,15 +1203,6 @@ def _weight_tiles(d: int, h: int, recompute: bool) -> tuple[int, int]:
         bd = _block_d(d)
         return bd, max(16, min(4096 // bd, triton.next_power_of_2(h)))
     return min(64, max(16, triton.next_power_of_2(d))), min(64, max(16, triton.next_power_of_2(h)))
-
-
-def merged_gate_up() -> bool:
-    """Whether the fused path's forward and activation-gradient kernels form the gate and up products
-    in one dot (the ``UNIMIXER_FFN_GATE_UP`` switch, 'split' or 'merged')."""
-    mode = switch(FFN_GATE_UP_SWITCH)
-    if mode not in ("split", "merged"):
-        raise ValueError(f"{FFN_GATE_UP_SWITCH}: expected 'split' or 'merged', got {mode!r}")
-    return mode == "merged"
 
 
 def recompute_hidden_grads() -> bool:

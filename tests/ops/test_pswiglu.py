@@ -141,16 +141,13 @@ def test_pswiglu_bad_input():
 
 @pytest.mark.gpu
 @pytest.mark.triton
-@pytest.mark.parametrize("gate_up", ["split", "merged"])
 @pytest.mark.parametrize("backward", ["buffers", "recompute"])
 @pytest.mark.parametrize("recompute", [True, False])
 @pytest.mark.parametrize("preset", [(32, 128, 176), (16, 96, 128)], ids=["paper-small", "lite-2.5m"])
-def test_pswiglu_presets_gpu(monkeypatch, kernel_dtype, recompute, preset, backward, gate_up):
+def test_pswiglu_presets_gpu(monkeypatch, kernel_dtype, recompute, preset, backward):
     """SPEC §10 paper-small (T=32, D=128, h=176) and lite-2.5m (T=16, D=96, h=128), with a
-    smaller batch for the fp64 reference; both backward strategies of the fused path, and both
-    forms of its gate and up products."""
+    smaller batch for the fp64 reference; both backward strategies of the fused path."""
     monkeypatch.setenv("UNIMIXER_FFN_BACKWARD", backward)
-    monkeypatch.setenv("UNIMIXER_FFN_GATE_UP", gate_up)
     t, d, h = preset
     bs = 256
     u = random_input((bs, t, d), kernel_dtype, "cuda", requires_grad=True)
@@ -361,27 +358,6 @@ def test_pswiglu_recomputing_backward_matches_buffers(device, monkeypatch):
         got = ffn_bwd(do, u, wg, wu, wd, bg, bu, None, None, n_split=n_split)
         for a, b in zip(ref, got):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
-def test_pswiglu_triton_gate_up_merged(device, kernel_dtype, monkeypatch, shape, recompute):
-    # UNIMIXER_FFN_GATE_UP=merged: W1's and W3's chunk tiles interleaved into one dot, forward and
-    # backward (h not a multiple of the hidden chunk: the merged tile's masked columns)
-    monkeypatch.setenv("UNIMIXER_FFN_GATE_UP", "merged")
-    bs, t, d, h = shape
-    u = random_input((bs, t, d), kernel_dtype, device, requires_grad=True)
-    check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, kernel_dtype, device, True)),
-                            backend="triton", kwargs={"recompute": recompute})
-
-
-def test_ffn_gate_up_switch_is_checked(monkeypatch):
-    from unimixer_kernels.triton_kernels.pswiglu import merged_gate_up
-
-    monkeypatch.setenv("UNIMIXER_FFN_GATE_UP", "fused")
-    with pytest.raises(ValueError, match="UNIMIXER_FFN_GATE_UP.*'split' or 'merged'"):
-        merged_gate_up()
 
 
 def test_ffn_backward_switch_is_checked(monkeypatch):
