@@ -203,12 +203,13 @@ def _run_fwd(x, r, weight, y, s, rstd, m: int, d: int, strides: tuple, eps: floa
 
 def _run_bwd(dy, dsum, s, weight, rstd, ds, partial, m: int, d: int, strides: tuple, rows_per_program: int,
              programs: int, has_dsum: bool, group: tuple[int, int, int] | None = None,
-             accumulate: bool = False) -> None:
+             accumulate: bool = False):
     """:func:`rms_norm_bwd_kernel` on ``programs`` programs of ``rows_per_program`` rows
     (``strides``: of ``dy``, ``dsum``, ``s``, ``ds``); ``group``: ``(group_rows, stride_sg,
-    stride_dsg)`` of token-slice rows (``GROUPED``), else plain rows."""
+    stride_dsg)`` of token-slice rows (``GROUPED``), else plain rows. Returns the launch's compiled
+    kernel."""
     block_m, block_d, warps = _tile(d, BWD_TILE_ELEMENTS)
-    rms_norm_bwd_kernel[(programs,)](
+    return rms_norm_bwd_kernel[(programs,)](
         dy, dsum, s, weight, rstd, ds, partial,
         m, d, *strides,
         rows_per_program,
