@@ -37,13 +37,6 @@ weights (its one d tile then spans ``D``): no ``[T, bs, h]`` buffer in the backw
 three more small GEMMs per sample tile (about 1.4x the backward's FLOPs). On the H200 it is slower
 (pSwiGLU at paper-small 0.647 against 0.312 ms, peak 61 against 126 MiB), so it stays opt-in.
 
-Gated, the backward hands the act kernel ``w1`` and ``w3`` as one ``[T, D, 2h]`` tensor whose columns
-``2j`` and ``2j + 1`` are their column ``j`` (:func:`interleave_gate_up`, a copy per backward;
-``UNIMIXER_FFN_GATE_UP``): one dot of a chunk's ``[D, 2 h-chunk]`` tile forms ``G`` and ``V`` (the
-accumulator's column pairs), and one dot over ``dG`` and ``dV`` interleaved the same way forms ``du``,
-in place of two and two. The loaded tile is what the dots read; interleaving the two loaded tiles in
-registers instead went through shared memory and was slower (run244).
-
 Tiles (sample tile, hidden chunk, warps, stages) are autotuned on the GPU, keyed on ``D``, ``h``
 and the batch rounded up to a power of two, among configurations first pruned by a
 shared-memory estimate; batches under 1024 take one configuration untuned, and the interpreter
@@ -102,7 +95,6 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from ._launch import (
     FFN_BACKWARD_SWITCH,
     FFN_CHUNK_SWITCH,
-    FFN_GATE_UP_SWITCH,
     FFN_GEMM_SWITCH,
     FFN_TMA_SWITCH,
     bucket,
@@ -338,7 +330,7 @@ def _activation_bwd(g, v, da, GATED: tl.constexpr, POLY: tl.constexpr):
     return a, dg, dv
 
 
-@triton.autotune(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVE"],
+@triton.autotune(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVE", "INTERLEAVED"],
                  prune_configs_by={"early_config_prune": _prune_tiles})
 @triton.jit
 def ffn_fwd_kernel(
@@ -347,7 +339,7 @@ def ffn_fwd_kernel(
     stride_us, stride_ut, stride_ud,
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr, HAS_B2: tl.constexpr,
     SAVE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr = False,
 ):
     t, offs_s, offs_d, mask_s, mask_d, io_mask = _token_tile(BS, D, BLOCK_S, BLOCK_D)
     u = _load_token_rows(U, t, offs_s, offs_d, io_mask, stride_us, stride_ut, stride_ud, CDT)
@@ -356,7 +348,7 @@ def ffn_fwd_kernel(
         offs_h = h0 + tl.arange(0, BLOCK_H)
         mask_h = offs_h < H
         g, v, _, _ = _hidden(u, t, h0, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
-                             GATED, HAS_B1, HAS_B3, CDT, PREC)
+                             GATED, HAS_B1, HAS_B3, CDT, PREC, INTERLEAVED)
         if SAVE:
             hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
             hmask = mask_s[:, None] & mask_h[None, :]
@@ -1118,13 +1110,15 @@ def ffn_fwd(
     save: bool,
     folded: bool = False,
     lower: bool = False,
+    w13: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Forward of the per-token FFN (gated when ``w3`` is given). Returns ``(o [bs, T, D],
     G, V)``; ``G``/``V`` are ``[T, bs, h]`` in the compute dtype when ``save``, else ``None``: the
     hidden pre-activations for :func:`ffn_bwd` (on the wide-token path without their biases).
     ``folded``: the wide-token path runs in the token passes of the backward with the norm folded
     in (:func:`_token_chunk`), so that its unsaved hidden buffers stay as small. ``lower``: 16-bit
-    ``u`` with weights of another dtype computes in ``u``'s dtype (:func:`compute_dtype`).
+    ``u`` with weights of another dtype computes in ``u``'s dtype (:func:`compute_dtype`). ``w13``
+    (fused path, gated): ``w1`` and ``w3`` interleaved (:func:`interleave_gate_up`), read in their place.
 
     ``u`` may have any strides; the weights and biases are made contiguous (a no-op for
     ordinary parameters)."""
@@ -1156,30 +1150,21 @@ def ffn_fwd(
         return o, g, v
     dummy = w1
     ffn_fwd_kernel[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
-        u, w1, w3 if gated else dummy, w2,
+        u, w1 if w13 is None else w13, w3 if gated else dummy, w2,
         b1 if b1 is not None else dummy, b3 if b3 is not None else dummy, b2 if b2 is not None else dummy,
         o, g if save else o, v if v is not None else o,
         bs, d, h, bucket(bs),
         u.stride(0), u.stride(1), u.stride(2),
         GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None, HAS_B2=b2 is not None,
-        SAVE=save, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
+        SAVE=save, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d), INTERLEAVED=w13 is not None,
     )
     return o, g, v
 
 
 def interleave_gate_up(w1: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
     """``[T, D, 2h]``: ``w1``'s column ``j`` at ``2j``, ``w3``'s at ``2j + 1`` (both ``[T, D, h]``), the
-    layout of the act kernel's ``INTERLEAVED`` weight, whose one dot forms the gate and up products."""
+    layout of the fused kernels' ``INTERLEAVED`` weight, whose one dot forms the gate and up products."""
     return torch.stack((w1, w3), dim=-1).flatten(-2)
-
-
-def interleaved_gate_up() -> bool:
-    """Whether the fused path's backward hands its act kernel the gate and up weights interleaved
-    (:func:`interleave_gate_up`; the ``UNIMIXER_FFN_GATE_UP`` switch, 'interleaved' or 'split')."""
-    mode = switch(FFN_GATE_UP_SWITCH)
-    if mode not in ("interleaved", "split"):
-        raise ValueError(f"{FFN_GATE_UP_SWITCH}: expected 'interleaved' or 'split', got {mode!r}")
-    return mode == "interleaved"
 
 
 def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store: bool, norm=None,
@@ -1393,12 +1378,9 @@ def ffn_bwd(
     chunks = _chunks(t, _token_chunk(t, fused=True))
     if prenorm is not None:  # the act kernel does the norm: its partial rows (_prenorm_grads)
         prenorm.plan(chunks, rows_per_token=triton.cdiv(bs, PARTIAL_GRANULE))
-    # the act kernel's gate and up weights as one interleaved tensor: one dot forms G and V, one du
-    w13 = interleave_gate_up(w1, w3) if gated and not lean and interleaved_gate_up() else None
     for sl in chunks:
         n = sl.stop - sl.start
         w1_c, w3_c, w2_c, b1_c, b3_c, g_c, v_c = (_part(x, sl) for x in (w1, w3, w2, b1, b3, g, v))
-        w13_c = _part(w13, sl)
         if lean:
             a = dg = dv = du  # unused
         else:
@@ -1409,13 +1391,13 @@ def ffn_bwd(
         if prenorm is None:
             u_c = _part(u, sl, 1)
             _ffn_bwd_act_fused(do_c, u_c, w1_c, w3_c, w2_c, b1_c, b3_c, g_c, v_c, _part(du, sl, 1), a, dg, dv,
-                               cdt, store=not lean, w13=w13_c)
+                               cdt, store=not lean)
         else:  # the kernel forms the pass's u from s into u_c, and writes ds over the pass's s
             s_c, ds_c, rstd_c, accumulate = prenorm.fused_pass(sl)
             u_c = new_output(s_c.shape, like=s_c)
             _ffn_bwd_act_fused(do_c, s_c, w1_c, w3_c, w2_c, b1_c, b3_c, g_c, v_c, u_c, a, dg, dv, cdt,
                                store=not lean,
-                               norm=(ds_c, rstd_c, prenorm.weight, prenorm.partial, accumulate), w13=w13_c)
+                               norm=(ds_c, rstd_c, prenorm.weight, prenorm.partial, accumulate))
         splits = n_split if n_split is not None else _num_splits(bs, n * d_tiles * h_tiles, u.device)
         dw1_p = new_output((splits, n, d, h), **f32)
         dw3_p = new_output((splits, n, d, h), **f32) if gated else dw1_p

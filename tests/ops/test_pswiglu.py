@@ -141,16 +141,13 @@ def test_pswiglu_bad_input():
 
 @pytest.mark.gpu
 @pytest.mark.triton
-@pytest.mark.parametrize("gate_up", ["interleaved", "split"])
 @pytest.mark.parametrize("backward", ["buffers", "recompute"])
 @pytest.mark.parametrize("recompute", [True, False])
 @pytest.mark.parametrize("preset", [(32, 128, 176), (16, 96, 128)], ids=["paper-small", "lite-2.5m"])
-def test_pswiglu_presets_gpu(monkeypatch, kernel_dtype, recompute, preset, backward, gate_up):
+def test_pswiglu_presets_gpu(monkeypatch, kernel_dtype, recompute, preset, backward):
     """SPEC §10 paper-small (T=32, D=128, h=176) and lite-2.5m (T=16, D=96, h=128), with a
-    smaller batch for the fp64 reference; both backward strategies of the fused path, and both
-    forms of the act kernel's gate and up weights."""
+    smaller batch for the fp64 reference; both backward strategies of the fused path."""
     monkeypatch.setenv("UNIMIXER_FFN_BACKWARD", backward)
-    monkeypatch.setenv("UNIMIXER_FFN_GATE_UP", gate_up)
     t, d, h = preset
     bs = 256
     u = random_input((bs, t, d), kernel_dtype, "cuda", requires_grad=True)
@@ -361,48 +358,6 @@ def test_pswiglu_recomputing_backward_matches_buffers(device, monkeypatch):
         got = ffn_bwd(do, u, wg, wu, wd, bg, bu, None, None, n_split=n_split)
         for a, b in zip(ref, got):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
-def test_pswiglu_triton_gate_up_split(device, kernel_dtype, monkeypatch, shape, recompute):
-    # UNIMIXER_FFN_GATE_UP=split: the act kernel's gate and up products as two dots on the two weights
-    # (the default, 'interleaved', runs in every other test of the fused path)
-    monkeypatch.setenv("UNIMIXER_FFN_GATE_UP", "split")
-    bs, t, d, h = shape
-    u = random_input((bs, t, d), kernel_dtype, device, requires_grad=True)
-    check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, kernel_dtype, device, True)),
-                            backend="triton", kwargs={"recompute": recompute})
-
-
-@pytest.mark.triton
-def test_interleaved_gate_up_matches_split(device, monkeypatch):
-    # the act kernel on the interleaved weight against the two weights: the same gradients up to the
-    # order of du's sums (its one dot over dG and dV interleaved); the interleaved layout itself exact
-    from unimixer_kernels.triton_kernels.pswiglu import interleave_gate_up
-
-    bs, t, d, h = 9, 3, 24, 20
-    u = random_input((bs, t, d), torch.float32, device, requires_grad=True)
-    weights = _weights(t, d, h, torch.float32, device, True)
-    w13 = interleave_gate_up(weights[0], weights[1])
-    assert torch.equal(w13[..., 0::2], weights[0]) and torch.equal(w13[..., 1::2], weights[1])
-    grads = []
-    for mode in ("split", "interleaved"):
-        monkeypatch.setenv("UNIMIXER_FFN_GATE_UP", mode)
-        out = uk.pswiglu(u, *weights, backend="triton")
-        leaves = [u, *(w for w in weights if w is not None)]
-        grads.append(torch.autograd.grad(out, leaves, torch.ones_like(out)))
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
-def test_ffn_gate_up_switch_is_checked(monkeypatch):
-    from unimixer_kernels.triton_kernels.pswiglu import interleaved_gate_up
-
-    monkeypatch.setenv("UNIMIXER_FFN_GATE_UP", "merged")
-    with pytest.raises(ValueError, match="UNIMIXER_FFN_GATE_UP.*'interleaved' or 'split'"):
-        interleaved_gate_up()
 
 
 def test_ffn_backward_switch_is_checked(monkeypatch):

@@ -124,14 +124,6 @@ def test_unimixing_rmsnorm_pswiglu_recomputing_ffn_backward(device, monkeypatch)
 
 
 @pytest.mark.triton
-def test_unimixing_rmsnorm_pswiglu_gate_up_split(device, monkeypatch):
-    # UNIMIXER_FFN_GATE_UP=split: the act kernel with the norm in front (PRENORM) on the two weights
-    monkeypatch.setenv("UNIMIXER_FFN_GATE_UP", "split")
-    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "3")
-    _check_equals_the_two_ops((3, 10, 12, 4, 10), torch.float32, device)
-
-
-@pytest.mark.triton
 def test_unimixing_rmsnorm_pswiglu_fused_norm_switch(device, monkeypatch):
     # UNIMIXER_UNIMIXING_NORM=fused: unimixing_rmsnorm's one-node fused epilogue, then pswiglu
     monkeypatch.setenv("UNIMIXER_UNIMIXING_NORM", "fused")
@@ -276,10 +268,8 @@ PRESETS = {
 
 @pytest.mark.gpu
 @pytest.mark.triton
-@pytest.mark.parametrize("gate_up", ["interleaved", "split"])
 @pytest.mark.parametrize("preset", list(PRESETS))
-def test_unimixing_rmsnorm_pswiglu_preset_gpu(kernel_dtype, preset, gate_up, monkeypatch):
-    monkeypatch.setenv("UNIMIXER_FFN_GATE_UP", gate_up)
+def test_unimixing_rmsnorm_pswiglu_preset_gpu(kernel_dtype, preset):
     if kernel_dtype == torch.float32:
         check_against_reference(uk.unimixing_rmsnorm_pswiglu, _inputs(PRESETS[preset], kernel_dtype, "cuda"),
                                 backend="triton")
