@@ -16,12 +16,6 @@ across replays), each timed alone as a captured CUDA graph's replay:
 
 ``--weight-only``: the last item alone; ``--act-only``: all but it. Tiles named in ``EXTRA_ACT_TILES``
 and ``EXTRA_WEIGHT_TILES`` are timed beside the autotuners' lists.
-
-``--interleaved``: instead, the gate and up weights as one interleaved ``[T, D, 2h]`` tensor
-(``pswiglu.interleave_gate_up``, the kernels' ``INTERLEAVED``: one dot forms ``G`` and ``V``, and one
-forms ``du``) against the two tensors, side by side, the two alternating twice: the forward over all
-tokens per tile of ``INTERLEAVED_FWD_TILES``, and the ``PRENORM`` act kernel on one pass per tile of
-``INTERLEAVED_TILES``.
 """
 
 from __future__ import annotations
@@ -47,10 +41,6 @@ EXTRA_WEIGHT_TILES = [(32, 4, 3), (32, 8, 2), (32, 8, 3), (64, 4, 4), (128, 8, 3
 # (BLOCK_D, BLOCK_H): the weight kernel's output tile (its three fp32 accumulators), timed in turn
 WEIGHT_SHAPES = [(64, 64), (128, 64), (128, 32)]
 SPLITS = [2, 3, 4, 5, 6, 8, 11, 16]
-# (BLOCK_S, BLOCK_H, warps, stages) of the act kernel and the forward timed both ways with --interleaved
-# (the autotuners' choices at paper-small first: run233 profile)
-INTERLEAVED_TILES = [(64, 32, 4, 3), (64, 16, 4, 3), (128, 32, 8, 3)]
-INTERLEAVED_FWD_TILES = [(64, 64, 4, 2), (64, 32, 4, 2)]
 
 
 @contextlib.contextmanager
@@ -207,64 +197,7 @@ def _weight_pass(k, u_c, do_c, w1_c, w3_c, w2_c) -> None:
         k._weight_tiles, k._num_splits = tiles, splits
 
 
-def interleaved(rounds: int = 2) -> None:
-    """The ``--interleaved`` table (module docstring)."""
-    from unimixer_kernels.triton_kernels import pswiglu as k
-    from unimixer_kernels.triton_kernels import rms_norm as norms
-    from unimixer_kernels.triton_kernels.rms_norm import TokenPassNorm
-
-    s, nw, w1, w3, w2, do, rstd = _inputs()
-    print(f"# env {json.dumps(header(s.device))}")
-    w13 = k.interleave_gate_up(w1, w3)
-    sl = slice(0, PASS)
-    w1_c, w3_c, w2_c, w13_c = (k._part(x, sl) for x in (w1, w3, w2, w13))
-    do_c = k._part(do, sl, 1)
-    hidden = [torch.empty(PASS, BS, H, device=s.device, dtype=s.dtype) for _ in range(3)]
-    ds = torch.empty_like(s)
-    fused = TokenPassNorm(s, nw, 1e-6, ds, rstd=rstd)
-    fused.plan([sl], rows_per_token=triton.cdiv(BS, k.PARTIAL_GRANULE))
-    u = norms.rms_norm_fwd(s, None, nw, 1e-6)[0]  # every token's u
-    u_out = torch.empty_like(k._part(u, sl, 1).contiguous())  # the PRENORM kernel's u for the weight kernel
-
-    def forward(il: bool):
-        return k.ffn_fwd(u, w1, w3, w2, None, None, None, False, w13=w13 if il else None)
-
-    def prenorm(il: bool):
-        s_c, ds_c, rstd_c, _ = fused.fused_pass(sl)
-        fused._accumulate = False  # every replay is a first pass
-        return k._ffn_bwd_act_fused(do_c, s_c, w1_c, w3_c, w2_c, None, None, None, None, u_out, *hidden,
-                                    s.dtype, True, norm=(ds_c, rstd_c, nw, fused.partial, False),
-                                    w13=w13_c if il else None)
-
-    print("\n| kernel | tile (BLOCK_S, BLOCK_H, warps, stages) | two tensors us | regs | spill "
-          "| interleaved us | regs | spill | against two, us |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, fn, tuner, tiles in (("forward, 32 tokens", forward, k.ffn_fwd_kernel, INTERLEAVED_FWD_TILES),
-                                   ("act PRENORM, 8 tokens", prenorm, k.ffn_bwd_act, INTERLEAVED_TILES)):
-        for t in tiles:
-            cfg = triton.Config({"BLOCK_S": t[0], "BLOCK_H": t[1]}, num_warps=t[2], num_stages=t[3])
-            times, regs = {False: [], True: []}, {}
-            with _only(tuner, cfg):
-                try:
-                    for il in (False, True):
-                        handle = fn(il)
-                        regs[il] = (getattr(handle, "n_regs", ""), getattr(handle, "n_spills", ""))
-                    torch.cuda.synchronize()
-                    for _ in range(rounds):
-                        for il in (False, True):
-                            times[il].append(graph_replay_us(lambda il=il, fn=fn: fn(il)))
-                except Exception as e:  # a tile over the shared memory: say so and go on
-                    print(f"| {name} | {t} | ({type(e).__name__}: {e}) |" + " |" * 6, flush=True)
-                    continue
-            cells = [" / ".join(f"{x:.1f}" for x in times[il]) for il in (False, True)]
-            diff = min(times[True]) - min(times[False])
-            print(f"| {name} | {t} | {cells[0]} | {regs[False][0]} | {regs[False][1]} | {cells[1]} | "
-                  f"{regs[True][0]} | {regs[True][1]} | {diff:+.1f} |", flush=True)
-
-
 if __name__ == "__main__":
     import sys
 
-    if "--interleaved" in sys.argv[1:]:
-        interleaved()
-    else:
-        main(weight_only="--weight-only" in sys.argv[1:], act_only="--act-only" in sys.argv[1:])
+    main(weight_only="--weight-only" in sys.argv[1:], act_only="--act-only" in sys.argv[1:])

@@ -190,48 +190,30 @@ def _weight_configs() -> list:
 
 
 @triton.jit
-def _interleaved_tile(W13, t, h0, offs_d, mask_d, D, H, BLOCK_H: tl.constexpr):
-    """The ``[D, 2 BLOCK_H]`` tile of hidden columns ``h0 ...`` of ``W13 [T, D, 2h]``, whose columns ``2j``
-    and ``2j + 1`` are the gate's and the up projection's column ``j``."""
-    offs_h2 = 2 * h0 + tl.arange(0, 2 * BLOCK_H)
-    return tl.load(W13 + t * D * 2 * H + offs_d[:, None] * 2 * H + offs_h2[None, :],
-                   mask=mask_d[:, None] & (offs_h2 < 2 * H)[None, :], other=0.0)
-
-
-@triton.jit
-def _hidden(u, t, h0, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
+def _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
             GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr,
-            CDT: tl.constexpr, PREC: tl.constexpr, INTERLEAVED: tl.constexpr = False):
-    """``(G, V, w1, w3)`` of one hidden chunk (columns ``h0 + offs_h``): ``G`` and ``V`` fp32 (``V`` is
-    ``G`` when not gated), and the chunk's ``[D, h-chunk]`` weight tiles, which a backward reuses
-    transposed. ``INTERLEAVED`` (gated only): ``W1`` is the ``[T, D, 2h]`` weight whose columns ``2j``
-    and ``2j + 1`` are gate and up column ``j``; one dot of its ``[D, 2 h-chunk]`` tile forms ``G`` and
-    ``V`` (the accumulator's column pairs), and that tile comes back as both ``w1`` and ``w3``."""
-    if INTERLEAVED:
-        w1 = _interleaved_tile(W1, t, h0, offs_d, mask_d, D, H, offs_h.shape[0])
-        w3 = w1
-        g, v = tl.split(tl.reshape(tl.dot(u, w1.to(CDT), input_precision=PREC),
-                                   (u.shape[0], offs_h.shape[0], 2)))
-    else:
-        wmask = mask_d[:, None] & mask_h[None, :]
-        w1 = tl.load(W1 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
-        g = tl.dot(u, w1.to(CDT), input_precision=PREC)
-        v = g
-        w3 = w1
-        if GATED:
-            w3 = tl.load(W3 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
-            v = tl.dot(u, w3.to(CDT), input_precision=PREC)
+            CDT: tl.constexpr, PREC: tl.constexpr):
+    """``(G, V, w1, w3)`` of one hidden chunk: ``G`` and ``V`` fp32 (``V`` is ``G`` when not gated),
+    and the chunk's ``[D, h-chunk]`` weight tiles, which a backward reuses transposed."""
+    wmask = mask_d[:, None] & mask_h[None, :]
+    w1 = tl.load(W1 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
+    g = tl.dot(u, w1.to(CDT), input_precision=PREC)
     if HAS_B1:
         g += tl.load(B1 + t * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
-    if GATED and HAS_B3:
-        v += tl.load(B3 + t * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+    v = g
+    w3 = w1
+    if GATED:
+        w3 = tl.load(W3 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
+        v = tl.dot(u, w3.to(CDT), input_precision=PREC)
+        if HAS_B3:
+            v += tl.load(B3 + t * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
     return g, v, w1, w3
 
 
 @triton.jit
-def _hidden_grads(u, do, G, V, hid, hmask, t, h0, offs_d, offs_h, mask_d, mask_h, W1, W3, W2, B1, B3, D, H,
+def _hidden_grads(u, do, G, V, hid, hmask, t, offs_d, offs_h, mask_d, mask_h, W1, W3, W2, B1, B3, D, H,
                   SAVED: tl.constexpr, GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr,
-                  CDT: tl.constexpr, PREC: tl.constexpr, INTERLEAVED: tl.constexpr = False):
+                  CDT: tl.constexpr, PREC: tl.constexpr):
     """``(A, dG, dV)`` fp32 of one hidden chunk: ``G, V`` loaded (``SAVED``) or recomputed from the
     ``u`` rows, and ``dA = dO W2^T`` from the ``dO`` rows (both ``[samples, whole D]``); then the
     chunk's ``[D, h-chunk]`` tiles of ``W1`` and ``W3`` (loaded here either way).
@@ -244,18 +226,14 @@ def _hidden_grads(u, do, G, V, hid, hmask, t, h0, offs_d, offs_h, mask_d, mask_h
         v = g
         if GATED:
             v = tl.load(V + hid, mask=hmask, other=0.0).to(tl.float32)
-        if INTERLEAVED:
-            w1 = _interleaved_tile(W1, t, h0, offs_d, mask_d, D, H, offs_h.shape[0])
-            w3 = w1
-        else:
-            wmask = mask_d[:, None] & mask_h[None, :]
-            w1 = tl.load(W1 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
-            w3 = w1
-            if GATED:
-                w3 = tl.load(W3 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
+        wmask = mask_d[:, None] & mask_h[None, :]
+        w1 = tl.load(W1 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
+        w3 = w1
+        if GATED:
+            w3 = tl.load(W3 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
     else:
-        g, v, w1, w3 = _hidden(u, t, h0, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
-                               GATED, HAS_B1, HAS_B3, CDT, PREC, INTERLEAVED)
+        g, v, w1, w3 = _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
+                               GATED, HAS_B1, HAS_B3, CDT, PREC)
     # W2[t] as an [h-chunk, D] tile, transposed: dA = dO W2^T
     w2 = tl.load(W2 + t * H * D + offs_h[:, None] * D + offs_d[None, :],
                  mask=mask_h[:, None] & mask_d[None, :], other=0.0)
@@ -330,7 +308,7 @@ def _activation_bwd(g, v, da, GATED: tl.constexpr, POLY: tl.constexpr):
     return a, dg, dv
 
 
-@triton.autotune(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVE", "INTERLEAVED"],
+@triton.autotune(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVE"],
                  prune_configs_by={"early_config_prune": _prune_tiles})
 @triton.jit
 def ffn_fwd_kernel(
@@ -339,7 +317,7 @@ def ffn_fwd_kernel(
     stride_us, stride_ut, stride_ud,
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr, HAS_B2: tl.constexpr,
     SAVE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr = False,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     t, offs_s, offs_d, mask_s, mask_d, io_mask = _token_tile(BS, D, BLOCK_S, BLOCK_D)
     u = _load_token_rows(U, t, offs_s, offs_d, io_mask, stride_us, stride_ut, stride_ud, CDT)
@@ -347,8 +325,8 @@ def ffn_fwd_kernel(
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
         mask_h = offs_h < H
-        g, v, _, _ = _hidden(u, t, h0, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
-                             GATED, HAS_B1, HAS_B3, CDT, PREC, INTERLEAVED)
+        g, v, _, _ = _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
+                             GATED, HAS_B1, HAS_B3, CDT, PREC)
         if SAVE:
             hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
             hmask = mask_s[:, None] & mask_h[None, :]
@@ -424,7 +402,7 @@ def ffn_bwd_act_kernel(
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr,
     SAVED: tl.constexpr, STORE: tl.constexpr, PRENORM: tl.constexpr, ACCUMULATE: tl.constexpr,
     GRANULE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr = False,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     """``du`` for program ``(t, sample tile)``; with ``STORE`` also ``A, dG, dV`` for
     ``ffn_bwd_weight_kernel`` (without it, that kernel recomputes them). ``DU``'s rows are
@@ -448,23 +426,17 @@ def ffn_bwd_act_kernel(
         mask_h = offs_h < H
         hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
         hmask = mask_s[:, None] & mask_h[None, :]
-        a, dg, dv, w1, w3 = _hidden_grads(u, do, G, V, hid, hmask, t, h0, offs_d, offs_h, mask_d, mask_h, W1,
-                                          W3, W2, B1, B3, D, H, SAVED, GATED, HAS_B1, HAS_B3, CDT, PREC,
-                                          INTERLEAVED)
+        a, dg, dv, w1, w3 = _hidden_grads(u, do, G, V, hid, hmask, t, offs_d, offs_h, mask_d, mask_h, W1, W3,
+                                          W2, B1, B3, D, H, SAVED, GATED, HAS_B1, HAS_B3, CDT, PREC)
         if STORE:
             if GATED:
                 tl.store(DV + hid, dv.to(DV.dtype.element_ty), mask=hmask)
             tl.store(A + hid, a.to(A.dtype.element_ty), mask=hmask)
             tl.store(DG + hid, dg.to(DG.dtype.element_ty), mask=hmask)
-        # du = dG W1^T (+ dV W3^T), the chunk's weight tiles transposed (INTERLEAVED: one dot, dG and dV
-        # interleaved as the tile's columns are)
-        if INTERLEAVED:
-            du = tl.dot(tl.reshape(tl.join(dg.to(CDT), dv.to(CDT)), (BLOCK_S, 2 * BLOCK_H)),
-                        tl.trans(w1.to(CDT)), du, input_precision=PREC)
-        else:
-            du = tl.dot(dg.to(CDT), tl.trans(w1.to(CDT)), du, input_precision=PREC)
-            if GATED:
-                du = tl.dot(dv.to(CDT), tl.trans(w3.to(CDT)), du, input_precision=PREC)
+        # du = dG W1^T (+ dV W3^T), the chunk's weight tiles transposed
+        du = tl.dot(dg.to(CDT), tl.trans(w1.to(CDT)), du, input_precision=PREC)
+        if GATED:
+            du = tl.dot(dv.to(CDT), tl.trans(w3.to(CDT)), du, input_precision=PREC)
     if PRENORM:
         _prenorm_grads(du, rstd, nw, U, DS, DW_PART, t, offs_s, offs_d, mask_d, io_mask, D, N_GRAN,
                        stride_us, stride_ut, stride_ud, ACCUMULATE, GRANULE, BLOCK_S)
@@ -480,7 +452,7 @@ def ffn_bwd_act_kernel(
 # ``s`` and adds to the partials of earlier passes, so it is tuned on scratch copies of those
 # (:func:`_prenorm_tile`) and then launched untuned with the tile chosen
 ffn_bwd_act = triton.autotune(configs=_tile_configs(),
-                              key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM", "INTERLEAVED"],
+                              key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM"],
                               prune_configs_by={"early_config_prune": _prune_tiles})(ffn_bwd_act_kernel)
 _PRENORM_TILES: dict[tuple, triton.Config] = {}
 
@@ -533,8 +505,7 @@ def ffn_bwd_weight_kernel(
         hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
         hmask = mask_s[:, None] & mask_h[None, :]
         if RECOMPUTE:
-            a32, dg32, dv32, _, _ = _hidden_grads(u, do, G, V, hid, hmask, t, pid_h * BLOCK_H, offs_d, offs_h,
-                                                  mask_d, mask_h,
+            a32, dg32, dv32, _, _ = _hidden_grads(u, do, G, V, hid, hmask, t, offs_d, offs_h, mask_d, mask_h,
                                                   W1, W3, W2, B1, B3, D, H, SAVED, GATED, HAS_B1, HAS_B3, CDT,
                                                   PREC)
             # rounded to the compute dtype as the stored buffers are; rows past the range are 0
@@ -1110,15 +1081,13 @@ def ffn_fwd(
     save: bool,
     folded: bool = False,
     lower: bool = False,
-    w13: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Forward of the per-token FFN (gated when ``w3`` is given). Returns ``(o [bs, T, D],
     G, V)``; ``G``/``V`` are ``[T, bs, h]`` in the compute dtype when ``save``, else ``None``: the
     hidden pre-activations for :func:`ffn_bwd` (on the wide-token path without their biases).
     ``folded``: the wide-token path runs in the token passes of the backward with the norm folded
     in (:func:`_token_chunk`), so that its unsaved hidden buffers stay as small. ``lower``: 16-bit
-    ``u`` with weights of another dtype computes in ``u``'s dtype (:func:`compute_dtype`). ``w13``
-    (fused path, gated): ``w1`` and ``w3`` interleaved (:func:`interleave_gate_up`), read in their place.
+    ``u`` with weights of another dtype computes in ``u``'s dtype (:func:`compute_dtype`).
 
     ``u`` may have any strides; the weights and biases are made contiguous (a no-op for
     ordinary parameters)."""
@@ -1150,30 +1119,22 @@ def ffn_fwd(
         return o, g, v
     dummy = w1
     ffn_fwd_kernel[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
-        u, w1 if w13 is None else w13, w3 if gated else dummy, w2,
+        u, w1, w3 if gated else dummy, w2,
         b1 if b1 is not None else dummy, b3 if b3 is not None else dummy, b2 if b2 is not None else dummy,
         o, g if save else o, v if v is not None else o,
         bs, d, h, bucket(bs),
         u.stride(0), u.stride(1), u.stride(2),
         GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None, HAS_B2=b2 is not None,
-        SAVE=save, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d), INTERLEAVED=w13 is not None,
+        SAVE=save, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
     )
     return o, g, v
 
 
-def interleave_gate_up(w1: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
-    """``[T, D, 2h]``: ``w1``'s column ``j`` at ``2j``, ``w3``'s at ``2j + 1`` (both ``[T, D, h]``), the
-    layout of the fused kernels' ``INTERLEAVED`` weight, whose one dot forms the gate and up products."""
-    return torch.stack((w1, w3), dim=-1).flatten(-2)
-
-
-def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store: bool, norm=None,
-                       w13=None):
+def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store: bool, norm=None):
     """``ffn_bwd_act_kernel`` over the tokens of ``u``; returns the launch's compiled kernel.
     ``norm``: ``(ds, rstd, weight, partial, accumulate)`` when ``u`` is the norm's input ``s``
     (``PRENORM``, its tile from :func:`_prenorm_tile`); ``du`` then receives the pass's ``u`` (``[bs, tokens,
-    D]`` contiguous) for the weight kernel. ``w13``: ``w1`` and ``w3`` as one ``[tokens, D, 2h]`` tensor,
-    their columns interleaved (:func:`interleave_gate_up`), read in their place (``INTERLEAVED``)."""
+    D]`` contiguous) for the weight kernel."""
     bs, t, d = u.shape
     h = w1.shape[-1]
     gated = w3 is not None
@@ -1181,7 +1142,7 @@ def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, stor
     dummy = w1
     ds, rstd, nw, partial, accumulate = norm if norm is not None else (dummy,) * 4 + (False,)
     rstd_strides = rstd.stride() if norm is not None else (0, 0)
-    args = [do, u, w1 if w13 is None else w13, w3 if gated else dummy, w2,
+    args = [do, u, w1, w3 if gated else dummy, w2,
             b1 if b1 is not None else dummy, b3 if b3 is not None else dummy,
             g if saved else dummy, v if (saved and gated) else dummy,
             du, a, dg, dv, rstd, nw, ds, partial,
@@ -1191,8 +1152,7 @@ def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, stor
             *rstd_strides]
     meta = dict(GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None,
                 SAVED=saved, STORE=store, PRENORM=norm is not None, ACCUMULATE=accumulate,
-                GRANULE=PARTIAL_GRANULE, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
-                INTERLEAVED=w13 is not None)
+                GRANULE=PARTIAL_GRANULE, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d))
 
     def grid(m):
         return (t, triton.cdiv(bs, m["BLOCK_S"]))
@@ -1220,7 +1180,7 @@ def _prenorm_tile(args: list, meta: dict, grid) -> triton.Config:
     CUDA graph capture: warm up first."""
     u, ds, partial = args[1], args[_DS_ARG], args[_PART_ARG]
     d, h, bs_key = args[_D_ARG:_D_ARG + 3]
-    kind = (d, h, bs_key, *(str(meta[k]) for k in ("GATED", "SAVED", "STORE", "CDT", "INTERLEAVED")),
+    kind = (d, h, bs_key, *(str(meta[k]) for k in ("GATED", "SAVED", "STORE", "CDT")),
             *(str(x.dtype) for x in args if isinstance(x, torch.Tensor)), u.device)
     if kind not in _PRENORM_TILES:
         tiles = _prune_tiles(ffn_bwd_act.configs, {"BS_KEY": bs_key}, **meta)
