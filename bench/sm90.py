@@ -213,7 +213,8 @@ def ffn_weight_rows(usage: bool = True, ptx: bool = False):
         for recompute in (False, True):
             bd, bh = k._weight_tiles(d, h, recompute)
             consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, SAVED=False, RECOMPUTE=recompute, FINISH=True,
-                          CDT=tl.bfloat16, PREC="tf32", BLOCK_D=bd, BLOCK_H=bh, stride_dod=1, stride_ud=1)
+                          NSPLIT=5, CDT=tl.bfloat16, PREC="tf32", BLOCK_D=bd, BLOCK_H=bh, stride_dod=1,
+                          stride_ud=1)
             for cfg in k._prune_weight(k._weight_configs(), dict(BS_KEY=2048), **consts):
                 res = compile_sm90(k.ffn_bwd_weight_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps,
                                    cfg.num_stages, usage=usage, ptx=ptx, floats=(),

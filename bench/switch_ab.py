@@ -25,7 +25,7 @@ from .presets import get_preset
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.switch_ab", description=__doc__.splitlines()[0])
-    ap.add_argument("switch", help="NAME=value1,value2,... (an environment switch, see unimixer_kernels.info)")
+    ap.add_argument("switch", help="NAME=value1,value2,... (an environment switch: unimixer_kernels.info)")
     ap.add_argument("--preset", default="paper-small")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--lite", action="store_true", help="the Lite block")
