@@ -208,13 +208,12 @@ def ffn_weight_rows(usage: bool = True, ptx: bool = False):
     from unimixer_kernels.triton_kernels import pswiglu as k
 
     ptrs = {a: "*bf16" for a in "DO U A DG DV W1 W3 W2 B1 B3 G V".split()}
-    ptrs.update({a: "*fp32" for a in "DW1 DW3 DW2 DB1 DB3 DB2 OW1 OW3 OW2 OB1 OB3 OB2".split()}, CNT="*i32")
+    ptrs.update({a: "*fp32" for a in "DW1 DW3 DW2 DB1 DB3 DB2".split()})
     for d, h in ((128, 176), (256, 688)):
         for recompute in (False, True):
             bd, bh = k._weight_tiles(d, h, recompute)
-            consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, SAVED=False, RECOMPUTE=recompute, FINISH=True,
-                          NSPLIT=5, CDT=tl.bfloat16, PREC="tf32", BLOCK_D=bd, BLOCK_H=bh, stride_dod=1,
-                          stride_ud=1)
+            consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, SAVED=False, RECOMPUTE=recompute,
+                          CDT=tl.bfloat16, PREC="tf32", BLOCK_D=bd, BLOCK_H=bh, stride_dod=1, stride_ud=1)
             for cfg in k._prune_weight(k._weight_configs(), dict(BS_KEY=2048), **consts):
                 res = compile_sm90(k.ffn_bwd_weight_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps,
                                    cfg.num_stages, usage=usage, ptx=ptx, floats=(),

@@ -1,13 +1,15 @@
 """Probe: a kernel switch's values side by side in one process, on the UniMixer blocks' training step.
 
-``python -m bench.switch_ab UNIMIXER_FFN_WEIGHT_SUM=kernel,launch [--preset paper-small] [--rounds 3]
+``python -m bench.switch_ab UNIMIXER_FFN_BACKWARD=buffers,recompute [--preset paper-small] [--rounds 3]
 [--lite] [--backend SPEC,...]`` (CUDA). For each backend (default: the all-Triton block and the block's
 spec, ``bench.overlap_probe.SPECS``), the graphed fwd+bwd step of one ``UniMixerBlock`` (as
 ``bench.overlap_probe`` times it: bf16 autocast, fp32 parameters, ``triton.testing.do_bench`` of the
 graph's replay, L2 cleared) is timed with the switch set to each value in turn, the values alternating
 ``rounds`` times, a new module and graph each time (the switches are read as the kernels launch, so a
 capture takes the value set then). Two processes disagree by more than a switch moves a step (run247),
-hence one process; the rounds show the drift within it.
+hence one process; the rounds show the drift within it. Run248-249 compared the pSwiGLU weight
+kernel's partials summed by its last program of each tile (a switch since removed) with the second
+launch this way.
 """
 
 from __future__ import annotations

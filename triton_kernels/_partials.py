@@ -11,11 +11,6 @@ Each buffer is a segment of the grid: program ``i`` of segment ``k`` owns ``BM_k
 elements and walks the ``P_k`` partials ``BP_k`` rows at a time, adding each ``[BP_k, BM_k]`` tile
 into an fp32 accumulator of that shape, then reduces the ``BP_k`` rows once. The order of the
 additions depends only on the shapes, so the result is the same on every run (no atomics).
-
-A kernel whose programs of one output tile all run at once can instead finish the sum itself:
-:func:`arrive_last` counts each program's arrival at its tile once its partial is stored, and the
-last one to arrive sums the tile's partials in their fixed order (so still deterministic) and writes
-the output, with no second launch (the pSwiGLU weight-gradient kernel, ``FINISH``).
 """
 
 from __future__ import annotations
@@ -31,21 +26,6 @@ MAX_SEGMENTS = 7
 # rows (a long P, e.g. the RMSNorm backward's one row per program, then takes few loop steps)
 TILE = 4096
 MAX_ROWS = 128
-
-
-@triton.jit
-def arrive_last(COUNTERS, index, ARRIVALS):
-    """Count this program's arrival at ``COUNTERS[index]`` (int32), once every thread of it has issued
-    its stores, and return whether it arrived last of ``ARRIVALS``; that one sets the counter back to
-    0, so a launch that completes leaves its counters as it found them (an autotuner's repeated
-    launches included). The arrival is an acquire-release atomic at GPU scope after a block-wide
-    barrier: the last program then sees every other's stores, and reads them past the SM's own
-    (incoherent) L1 cache with ``cache_modifier=".cg"``."""
-    tl.debug_barrier()
-    last = tl.atomic_add(COUNTERS + index, 1, sem="acq_rel", scope="gpu") == ARRIVALS - 1
-    if last:
-        tl.store(COUNTERS + index, 0)
-    return last
 
 
 @triton.jit

@@ -29,12 +29,9 @@ Backward, with ``dA = dO W2^T``::
 ``dG, dV, A`` chunk by chunk, accumulates ``du`` in registers, and writes ``dG, dV, A``
 (``[T, bs, h]``, compute dtype) for ``ffn_bwd_weight_kernel`` (grid
 ``(T * NSPLIT, D tiles, h tiles)``): each program reduces one contiguous range of samples in its
-loop into an fp32 partial (``NSPLIT`` is sized so the grid fills the GPU; 1 when ``T`` alone does),
-and the last of a tile's ``NSPLIT`` programs to store its partial sums the tile's partials in split
-order into the gradients (an atomic arrival counter a tile, :func:`._partials.arrive_last`; with
-``UNIMIXER_FFN_WEIGHT_SUM=launch`` a second launch sums them instead). Weight and bias gradients are
-deterministic: the partials are added in a fixed order whichever program arrives last. With
-``UNIMIXER_FFN_BACKWARD=recompute`` the act kernel writes only
+loop into an fp32 partial, and the ``NSPLIT`` partials are summed in a second pass (``NSPLIT`` is
+sized so the grid fills the GPU; 1 when ``T`` alone does). Weight and bias gradients are
+deterministic: no atomics. With ``UNIMIXER_FFN_BACKWARD=recompute`` the act kernel writes only
 ``du``, and the weight kernel forms ``A, dG, dV`` of its hidden tile itself from ``u``, ``dO`` and the
 weights (its one d tile then spans ``D``): no ``[T, bs, h]`` buffer in the backward at all, for
 three more small GEMMs per sample tile (about 1.4x the backward's FLOPs). On the H200 it is slower
@@ -100,7 +97,6 @@ from ._launch import (
     FFN_CHUNK_SWITCH,
     FFN_GEMM_SWITCH,
     FFN_TMA_SWITCH,
-    FFN_WEIGHT_SUM_SWITCH,
     bucket,
     cublas_switch,
     interpreting,
@@ -109,7 +105,7 @@ from ._launch import (
     sm_count,
     switch,
 )
-from ._partials import arrive_last, sum_partials
+from ._partials import sum_partials
 from ._tiles import grouped_tile
 from .rms_norm import TokenPassNorm, rms_norm_fwd
 
@@ -466,20 +462,15 @@ _PRENORM_TILES: dict[tuple, triton.Config] = {}
 @triton.jit
 def ffn_bwd_weight_kernel(
     DO, U, A, DG, DV, W1, W3, W2, B1, B3, G, V, DW1, DW3, DW2, DB1, DB3, DB2,
-    CNT, OW1, OW3, OW2, OB1, OB3, OB2,
-    BS, D, H, BS_KEY, NSPLIT: tl.constexpr,
+    BS, D, H, BS_KEY, NSPLIT,
     stride_dos, stride_dot, stride_dod,
     stride_us, stride_ut, stride_ud,
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr, SAVED: tl.constexpr,
-    RECOMPUTE: tl.constexpr, FINISH: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
+    RECOMPUTE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     """Program ``(t * NSPLIT + split, d tile, h tile)`` reduces one contiguous range of samples
-    into its fp32 partial ``[NSPLIT, T, ...]`` slot. ``FINISH``: the last of a tile's ``NSPLIT``
-    programs to store its partial (:func:`._partials.arrive_last`, counters ``CNT`` one per ``(t, d
-    tile, h tile)``, zero before the launch) sums the tile's partials in split order into the outputs
-    ``OW1, OW3, OW2`` (``[T, ...]``, the weights' layouts) and ``OB1, OB3, OB2``, cast to their dtypes;
-    else the caller sums the ``NSPLIT`` axis.
+    into its fp32 partial ``[NSPLIT, T, ...]`` slot; the caller sums the ``NSPLIT`` axis.
 
     ``RECOMPUTE``: ``A, dG, dV`` of the program's hidden tile are formed here from ``u``, ``dO`` and
     the weights (``G, V`` loaded when ``SAVED``), as ``ffn_bwd_act_kernel`` forms them, instead of
@@ -549,47 +540,6 @@ def ffn_bwd_weight_kernel(
             tl.store(DB3 + slot * H + offs_h, tl.sum(acc_b3, axis=0), mask=mask_h)
     if pid_h == 0:
         tl.store(DB2 + slot * D + offs_d, tl.sum(acc_b2, axis=0), mask=mask_d)
-    if FINISH:
-        tile = (t * tl.num_programs(1) + pid_d) * tl.num_programs(2) + pid_h
-        if arrive_last(CNT, tile, NSPLIT):
-            _finish_weight_tile(DW1, DW3, DW2, DB1, DB3, DB2, OW1, OW3, OW2, OB1, OB3, OB2, t, n_tokens,
-                                NSPLIT, D, H, offs_d, offs_h, mask_d, mask_h, pid_d == 0, pid_h == 0, GATED)
-
-
-@triton.jit
-def _finish_weight_tile(DW1, DW3, DW2, DB1, DB3, DB2, OW1, OW3, OW2, OB1, OB3, OB2, t, n_tokens,
-                        NSPLIT: tl.constexpr, D, H, offs_d, offs_h, mask_d, mask_h, OWNS_B1, OWNS_B2,
-                        GATED: tl.constexpr):
-    """The sums over the ``NSPLIT`` partial slots of token ``t``'s tile (split 0 first), stored in the
-    outputs' dtypes, one output at a time (three at once spill); the bias gradients' where this
-    tile's programs wrote their partials (``OWNS_B1``: the first d tile's, ``OWNS_B2``: the first h
-    tile's)."""
-    wmask = mask_d[:, None] & mask_h[None, :]
-    tile_dh = offs_d[:, None] * H + offs_h[None, :]
-    tile_hd = offs_h[None, :] * D + offs_d[:, None]
-    _sum_slots(DW1, OW1, t, n_tokens * D * H, D * H, tile_dh, wmask, NSPLIT)
-    if GATED:
-        _sum_slots(DW3, OW3, t, n_tokens * D * H, D * H, tile_dh, wmask, NSPLIT)
-    _sum_slots(DW2, OW2, t, n_tokens * H * D, H * D, tile_hd, wmask, NSPLIT)
-    if OWNS_B1:
-        _sum_slots(DB1, OB1, t, n_tokens * H, H, offs_h, mask_h, NSPLIT)
-        if GATED:
-            _sum_slots(DB3, OB3, t, n_tokens * H, H, offs_h, mask_h, NSPLIT)
-    if OWNS_B2:
-        _sum_slots(DB2, OB2, t, n_tokens * D, D, offs_d, mask_d, NSPLIT)
-
-
-@triton.jit
-def _sum_slots(PART, OUT, t, split_stride, token_stride, offs, mask, NSPLIT: tl.constexpr):
-    """``OUT[t][offs] = sum over splits of PART[split][t][offs]`` (split 0 first, fp32), in ``OUT``'s
-    dtype; the partials read at L2 (``.cg``), where the other programs' stores are. The splits are
-    unrolled, so that their loads are in flight together: a loop over them waited out one L2 round trip
-    a split and output, 12 µs a launch at paper-small (run248)."""
-    src = PART + t * token_stride + offs
-    acc = tl.load(src, mask=mask, other=0.0, cache_modifier=".cg")
-    for split in tl.static_range(1, NSPLIT):
-        acc += tl.load(src + split * split_stride, mask=mask, other=0.0, cache_modifier=".cg")
-    tl.store(OUT + t * token_stride + offs, acc.to(OUT.dtype.element_ty), mask=mask)
 
 
 # --- launchers -------------------------------------------------------------------------------
@@ -1386,11 +1336,6 @@ def ffn_bwd(
     dummy = w1
     # token passes (_token_chunk): each pass's buffers and partials are freed before the next's
     chunks = _chunks(t, _token_chunk(t, fused=True))
-    finish = weight_sum_in_kernel()
-    # the weight kernel's tile counters (FINISH), a row per pass: one zeroing launch for the backward
-    n_max = max(sl.stop - sl.start for sl in chunks)
-    counters = torch.zeros((len(chunks), n_max * d_tiles * h_tiles), device=u.device, dtype=torch.int32) \
-        if finish else None
     if prenorm is not None:  # the act kernel does the norm: its partial rows (_prenorm_grads)
         prenorm.plan(chunks, rows_per_token=triton.cdiv(bs, PARTIAL_GRANULE))
     for sl in chunks:
@@ -1420,36 +1365,25 @@ def ffn_bwd(
         db1_p = new_output((splits, n, h), **f32)
         db3_p = new_output((splits, n, h), **f32) if gated else db1_p
         db2_p = new_output((splits, n, d), **f32)
-        outs = [_part(x, sl) for x in (dw1, dw3, dw2, db1, db3, db2)]
         ffn_bwd_weight_kernel[(n * splits, d_tiles, h_tiles)](
             do_c, u_c, a, dg, dv,
             w1_c, w3_c if gated else dummy, w2_c, b1_c if b1 is not None else dummy,
             b3_c if b3 is not None else dummy, g_c if saved else dummy, v_c if (saved and gated) else dummy,
             dw1_p, dw3_p, dw2_p, db1_p, db3_p, db2_p,
-            counters[chunks.index(sl)] if finish else dummy, *(o if o is not None else dummy for o in outs),
             bs, d, h, bucket(bs), splits,
             do.stride(0), do.stride(1), do.stride(2),
             u_c.stride(0), u_c.stride(1), u_c.stride(2),
             GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None, SAVED=saved, RECOMPUTE=lean,
-            FINISH=finish, CDT=tdt, PREC=_prec(cdt), BLOCK_D=bd, BLOCK_H=bh,
+            CDT=tdt, PREC=_prec(cdt), BLOCK_D=bd, BLOCK_H=bh,
         )
         del a, dg, dv  # this pass's buffers go back to the allocator before the next pass's
-        pairs = [] if finish else [(p, o) for p, o in zip((dw1_p, dw3_p, dw2_p, db1_p, db3_p, db2_p), outs)
-                                   if o is not None]
-        pairs += _prenorm_pair(prenorm) if sl is chunks[-1] else ()
-        if pairs:
-            sum_partials(*pairs)
-        del pairs, outs, dw1_p, dw3_p, dw2_p, db1_p, db3_p, db2_p, u_c  # likewise the partials
+        pairs = [(dw1_p, _part(dw1, sl)), (dw2_p, _part(dw2, sl)), (db1_p, _part(db1, sl)),
+                 (db2_p, _part(db2, sl))]
+        if gated:
+            pairs += [(dw3_p, _part(dw3, sl)), (db3_p, _part(db3, sl))]
+        sum_partials(*pairs, *(_prenorm_pair(prenorm) if sl is chunks[-1] else ()))
+        del pairs, dw1_p, dw3_p, dw2_p, db1_p, db3_p, db2_p, u_c  # likewise the partials
     return du, dw1, dw3, dw2, db1, db3, db2
-
-
-def weight_sum_in_kernel() -> bool:
-    """Whether the fused path's weight-gradient kernel sums its sample ranges' partials itself
-    (``FINISH``) rather than a second launch (the ``UNIMIXER_FFN_WEIGHT_SUM`` switch)."""
-    mode = switch(FFN_WEIGHT_SUM_SWITCH)
-    if mode not in ("kernel", "launch"):
-        raise ValueError(f"{FFN_WEIGHT_SUM_SWITCH}: expected 'kernel' or 'launch', got {mode!r}")
-    return mode == "kernel"
 
 
 def _pass_rows(u, do, du, sl, prenorm):

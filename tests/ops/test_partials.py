@@ -3,9 +3,7 @@
 
 import pytest
 import torch
-import triton
-import triton.language as tl
-from unimixer_kernels.triton_kernels._partials import MAX_ROWS, MAX_SEGMENTS, arrive_last, sum_partials
+from unimixer_kernels.triton_kernels._partials import MAX_ROWS, MAX_SEGMENTS, sum_partials
 
 # (P, output shape): one partial row, a single output element, P past one tile of rows (the
 # RMSNorm backward's one row per program) and not a power of two, an output of several tiles, an
@@ -82,36 +80,3 @@ def test_sum_partials_bad_input(device):
         sum_partials((part, torch.empty(4, device=device)))
     with pytest.raises(ValueError, match=r"pairs\[0\].*contiguous"):
         sum_partials((part.t().contiguous().t(), torch.empty(8, device=device)))
-
-
-@triton.jit
-def _last_sums_kernel(PART, OUT, CNT, ARRIVALS, M, BM: tl.constexpr):
-    """Program ``(i, tile)`` stores its partial row ``i`` of ``tile``; the last to arrive sums the
-    tile's ``ARRIVALS`` rows in order into ``OUT`` (the pattern of the pSwiGLU weight kernel)."""
-    i, tile = tl.program_id(0), tl.program_id(1)
-    cols = tile * BM + tl.arange(0, BM)
-    mask = cols < M
-    tl.store(PART + i * M + cols, (i + 1) * (cols + 1).to(tl.float32), mask=mask)
-    if arrive_last(CNT, tile, ARRIVALS):
-        acc = tl.zeros([BM], dtype=tl.float32)
-        for k in range(ARRIVALS):
-            acc += tl.load(PART + k * M + cols, mask=mask, other=0.0, cache_modifier=".cg")
-        tl.store(OUT + cols, acc, mask=mask)
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("arrivals", [1, 3, 8])
-def test_arrive_last_sums_once_and_leaves_the_counters_zero(device, arrivals):
-    """Each tile's sum is written by its last program; its counter is back at 0 after every launch, so
-    the same counters serve launch after launch (an autotuner's timing runs, then the real one)."""
-    m, bm = 70, 16
-    tiles = triton.cdiv(m, bm)
-    counters = torch.zeros(tiles, device=device, dtype=torch.int32)
-    part = torch.empty(arrivals, m, device=device)
-    weight = sum(k + 1 for k in range(arrivals))
-    expected = weight * torch.arange(1, m + 1, device=device, dtype=torch.float32)
-    for _ in range(3):
-        out = torch.full((m,), float("nan"), device=device)
-        _last_sums_kernel[(arrivals, tiles)](part, out, counters, arrivals, m, BM=bm)
-        assert torch.equal(out, expected)
-        assert torch.equal(counters, torch.zeros_like(counters))

@@ -275,19 +275,16 @@ def _force_splits(monkeypatch, kernels, n_split: int) -> list:
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("weight_sum", ["kernel", "launch"])
 @pytest.mark.parametrize("backward", ["buffers", "recompute"])
 @pytest.mark.parametrize("n_split", [1, 2, 3, 5])
-def test_pswiglu_fused_weight_grads_every_split(device, kernel_dtype, monkeypatch, backward, n_split,
-                                                weight_sum):
+def test_pswiglu_fused_weight_grads_every_split(device, kernel_dtype, monkeypatch, backward, n_split):
     """The weight and bias gradients (in the weights' and biases' dtypes) with one sample range a
-    token and with several (fp32 partials summed by the weight kernel's last program of each tile,
-    or by ``sum_partials``), 5 not dividing the batch: against the fp64 reference, every output
-    NaN-poisoned first, in token passes of two and one tokens."""
+    token and with several (fp32 partials summed by ``sum_partials``), 5 not dividing the batch:
+    against the fp64 reference, every output NaN-poisoned first, in token passes of two and one
+    tokens."""
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
     monkeypatch.setenv("UNIMIXER_FFN_BACKWARD", backward)
-    monkeypatch.setenv("UNIMIXER_FFN_WEIGHT_SUM", weight_sum)
     monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "2")
     launches = _force_splits(monkeypatch, kernels, n_split)
     bs, t, d, h = SPLIT_SHAPE
@@ -297,16 +294,13 @@ def test_pswiglu_fused_weight_grads_every_split(device, kernel_dtype, monkeypatc
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("weight_sum", ["kernel", "launch"])
 @pytest.mark.parametrize("backward", ["buffers", "recompute"])
-def test_pswiglu_fused_weight_grads_repeat_bit_for_bit(device, backward, monkeypatch, weight_sum):
+def test_pswiglu_fused_weight_grads_repeat_bit_for_bit(device, backward, monkeypatch):
     """Two backwards with three sample ranges a token give the same bits (fp16 weights, fp32 biases:
-    the gradients cast to both): the partials' sums do not depend on the programs' order, nor on
-    which program of a tile arrives last."""
+    the gradients cast to both): the partials' sums do not depend on the programs' order."""
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
     monkeypatch.setenv("UNIMIXER_FFN_BACKWARD", backward)
-    monkeypatch.setenv("UNIMIXER_FFN_WEIGHT_SUM", weight_sum)
     monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "2")
     bs, t, d, h = SPLIT_SHAPE
     u = random_input((bs, t, d), torch.float16, device)
@@ -372,14 +366,6 @@ def test_ffn_backward_switch_is_checked(monkeypatch):
     monkeypatch.setenv("UNIMIXER_FFN_BACKWARD", "lean")
     with pytest.raises(ValueError, match="UNIMIXER_FFN_BACKWARD.*'buffers' or 'recompute'"):
         recompute_hidden_grads()
-
-
-def test_ffn_weight_sum_switch_is_checked(monkeypatch):
-    from unimixer_kernels.triton_kernels.pswiglu import weight_sum_in_kernel
-
-    monkeypatch.setenv("UNIMIXER_FFN_WEIGHT_SUM", "atomic")
-    with pytest.raises(ValueError, match="UNIMIXER_FFN_WEIGHT_SUM.*'kernel' or 'launch'"):
-        weight_sum_in_kernel()
 
 
 @pytest.fixture
