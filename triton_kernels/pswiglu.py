@@ -97,7 +97,6 @@ from ._launch import (
     FFN_CHUNK_SWITCH,
     FFN_GEMM_SWITCH,
     FFN_TMA_SWITCH,
-    FFN_WEIGHT_TUNING_SWITCH,
     bucket,
     cublas_switch,
     interpreting,
@@ -181,21 +180,6 @@ _WEIGHT_SHAPES = [(32, 4, 2), (64, 4, 3), (64, 8, 2), (64, 8, 3), (128, 8, 2), (
 # ptxas compiles for sm_90 without spills at D = 128 (BLOCK_H 32) and D = 256 (BLOCK_H 16); the
 # 32-sample ones spill (64-340 bytes)
 _WEIGHT_SHAPES_RECOMPUTE = [(16, 8, 2), (16, 8, 3), (16, 4, 2)]
-
-
-def _weight_bench(kernel_call, quantiles):
-    """The weight kernel's autotuning benchmark (the ``UNIMIXER_FFN_WEIGHT_TUNING`` switch). 'warm':
-    calls back to back in a CUDA graph (``triton.testing.do_bench_cudagraph``), the L2 cache as the
-    previous call left it: in a backward the act kernel has just written the ``A, dG, dV`` this kernel
-    reads (17 MB a pass at paper-small), so they are in L2. 'flush': Triton's default
-    (``triton.testing.do_bench``), which empties L2 before every call, and which chose different tiles
-    from one process to the next, some of them 5 µs a pass slower in the step (run233, run250)."""
-    mode = switch(FFN_WEIGHT_TUNING_SWITCH)
-    if mode == "warm":
-        return triton.testing.do_bench_cudagraph(kernel_call, rep=100, quantiles=quantiles)
-    if mode == "flush":
-        return triton.testing.do_bench(kernel_call, quantiles=quantiles)
-    raise ValueError(f"{FFN_WEIGHT_TUNING_SWITCH}: expected 'warm' or 'flush', got {mode!r}")
 
 
 def _weight_configs() -> list:
@@ -474,7 +458,7 @@ _PRENORM_TILES: dict[tuple, triton.Config] = {}
 
 
 @triton.autotune(configs=_weight_configs(), key=["D", "H", "BS_KEY", "GATED", "NSPLIT", "RECOMPUTE"],
-                 prune_configs_by={"early_config_prune": _prune_weight}, do_bench=_weight_bench)
+                 prune_configs_by={"early_config_prune": _prune_weight})
 @triton.jit
 def ffn_bwd_weight_kernel(
     DO, U, A, DG, DV, W1, W3, W2, B1, B3, G, V, DW1, DW3, DW2, DB1, DB3, DB2,

@@ -368,33 +368,6 @@ def test_ffn_backward_switch_is_checked(monkeypatch):
         recompute_hidden_grads()
 
 
-def test_ffn_weight_tuning_switch_is_checked(monkeypatch):
-    from unimixer_kernels.triton_kernels.pswiglu import _weight_bench
-
-    monkeypatch.setenv("UNIMIXER_FFN_WEIGHT_TUNING", "cold")
-    with pytest.raises(ValueError, match="UNIMIXER_FFN_WEIGHT_TUNING.*'warm' or 'flush'"):
-        _weight_bench(lambda: None, (0.5, 0.2, 0.8))
-
-
-@pytest.mark.gpu
-@pytest.mark.triton
-@pytest.mark.parametrize("mode", ["warm", "flush"])
-def test_ffn_weight_tuning_modes_gpu(monkeypatch, mode):
-    """Each way of timing the weight kernel's tiles tunes it (a batch large enough to tune, the cached
-    choice dropped first) and the chosen tile's gradients match the reference."""
-    from unimixer_kernels.triton_kernels import pswiglu as kernels
-
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device: the autotuner times tiles on the GPU")
-    monkeypatch.setenv("UNIMIXER_FFN_WEIGHT_TUNING", mode)
-    kernels.ffn_bwd_weight_kernel.cache.clear()
-    bs, t, d, h = 1024, 2, 64, 96
-    u = random_input((bs, t, d), torch.bfloat16, "cuda", requires_grad=True)
-    weights = _weights(t, d, h, torch.bfloat16, "cuda", True)
-    check_against_reference(uk.pswiglu, (u, *weights), backend="triton")
-    assert kernels.ffn_bwd_weight_kernel.cache, "the weight kernel was not tuned"
-
-
 @pytest.fixture
 def tiled_path(monkeypatch):
     """Force the tiled per-token GEMMs that wide tokens (D > FUSED_MAX_D) take."""
