@@ -4,6 +4,7 @@ table, the regression comparison and the progress bar."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import sys
@@ -478,3 +479,16 @@ def test_profile_timeline_splits_the_span_by_stream():
     assert rows[2].split("|")[3].strip() == "31.0"  # the main stream's gap before the mixing
     assert rows[3].split("|")[4].strip() == "side 2"
     assert timeline([]).strip() == "no device kernels in the step"
+
+
+@pytest.mark.parametrize("module, argv", [("switch_ab", ["UNIMIXER_FFN_BACKWARD=buffers"]),
+                                          ("switch_ab", ["=a,b"]),
+                                          ("tuning_probe", ["--switch", "UNIMIXER_FFN_BACKWARD"])])
+def test_switch_probes_name_a_malformed_switch(module, argv, capsys):
+    """The in-process and fresh-process probes refuse a switch without two values (or a name) before
+    they look for a GPU, and say what they expected."""
+    probe = importlib.import_module(f"bench.{module}")
+    with pytest.raises(SystemExit) as exit_info:
+        probe.main(argv)
+    assert exit_info.value.code == 2
+    assert "expected NAME=value1,value2" in capsys.readouterr().err
