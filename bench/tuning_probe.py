@@ -43,7 +43,9 @@ def _child() -> None:
     out = dict(ms=ms, weight=_tile(best) if best is not None else None,
                weight_us={_tile(c): round(1e3 * (t[0] if isinstance(t, (list, tuple)) else t), 1)
                           for c, t in timings.items()},
-               act=[_tile(c) for c in k._PRENORM_TILES.values()])
+               act=[_tile(c) for c in k._PRENORM_TILES.values()],
+               act_us={_tile(c): round(1e3 * (t[0] if isinstance(t, (list, tuple)) else t), 1)
+                       for c, t in (getattr(k.ffn_bwd_act, "configs_timings", None) or {}).items()})
     torch.cuda.synchronize()
     print("RESULT " + json.dumps(out), flush=True)
 
@@ -88,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
             ranked = sorted(r["weight_us"].items(), key=lambda kv: kv[1])
             tuned = ", ".join(f"{t} {us}" for t, us in ranked)
             act = ", ".join(r["act"])
+            if r.get("act_us"):
+                act += " (tuner: " + ", ".join(f"{t} {us}" for t, us in
+                                               sorted(r["act_us"].items(), key=lambda kv: kv[1])) + ")"
             print(f"| {i} | {value or '–'} | {r['ms']:.4f} | {r['weight']} | {tuned} | {act} |", flush=True)
 
 
