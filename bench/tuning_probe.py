@@ -5,13 +5,14 @@ the choice costs the all-Triton UniMixer block's training step at ``paper-small`
 happens once a process (Triton's on-disk autotuning cache is off here, ``TRITON_CACHE_AUTOTUNING=0``), so
 the tiles a tuner picks hold for the whole process: the spread between processes is what a user sees.
 Each child process builds the block (``bench.overlap_probe._module``), times its graphed fwd+bwd step
-(``_step_ms``) and reports the tile the weight kernel's tuner chose with the time it measured for each
-tile, and the tile of the act kernel with the norm in front (``PRENORM``). With ``--switch`` the children
-alternate its values (an environment switch, read by the kernels), ``processes`` children each.
+(``_step_ms``) and reports the tile the weight kernel's tuner chose with the time it measured for
+each tile, and the tile of the act kernel with the norm in front (``PRENORM``) with its tuner's times.
+With ``--switch`` the children alternate its values (an environment switch, read by the kernels),
+``processes`` children each.
 
-Run251 used it with a switch since removed (the weight kernel's tiles timed with L2 warm, in a CUDA graph,
-against Triton's default): both picked the same weight tile in every process, while the act kernel's
-tile varied and set the step's spread.
+Run251 and run252 used it with switches since removed (the weight kernel's, then the act kernel's tiles
+timed with L2 warm, in a CUDA graph, against Triton's default): the weight kernel's choice was the same
+either way in every process, while the act kernel's varied between processes and set the step's spread.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ POLL_SWITCH = "UNIMIXER_SINKHORN_POLL"
 FFN_TMA_SWITCH = "UNIMIXER_FFN_TMA"
 FFN_GEMM_SWITCH = "UNIMIXER_FFN_GEMM"
 FFN_CHUNK_SWITCH = "UNIMIXER_FFN_TOKEN_CHUNK"
-FFN_ACT_TUNING_SWITCH = "UNIMIXER_FFN_ACT_TUNING"
 LITE_GEMM_SWITCH = "UNIMIXER_LITE_GEMM"
 UNIMIXING_SAVE_H_SWITCH = "UNIMIXER_UNIMIXING_SAVE_H"
 UNIMIXING_BWD_GLOBAL_SWITCH = "UNIMIXER_UNIMIXING_BWD_GLOBAL"
@@ -103,10 +102,6 @@ SWITCHES = {
                                "smaller, slower launches (RankMixer "
                                "block on the H200, 4 tokens per pass: 709 against 1009 MiB, 3.32 against "
                                "3.12 ms, run44)"),
-    FFN_ACT_TUNING_SWITCH: ("flush", "pswiglu / pgelu_ffn backward with whole-row tiles: how the act "
-                                     "kernel's autotuner times its tiles: 'flush' (Triton's default "
-                                     "benchmark, L2 emptied before each call) or 'warm' (back to back in a "
-                                     "CUDA graph)"),
     FFN_TMA_SWITCH: ("auto", "the project's wide-token per-token FFN GEMM (D > 256; 16-bit operands take it "
                              "with UNIMIXER_FFN_GEMM=triton): 'auto' (operands and "
                              "result through TMA tensor descriptors where their addresses and strides allow "

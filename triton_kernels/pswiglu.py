@@ -93,7 +93,6 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ._launch import (
-    FFN_ACT_TUNING_SWITCH,
     FFN_BACKWARD_SWITCH,
     FFN_CHUNK_SWITCH,
     FFN_GEMM_SWITCH,
@@ -452,21 +451,9 @@ def ffn_bwd_act_kernel(
 # from one process to the next (run228, run229). With the norm in front the kernel writes ``ds`` over
 # ``s`` and adds to the partials of earlier passes, so it is tuned on scratch copies of those
 # (:func:`_prenorm_tile`) and then launched untuned with the tile chosen
-def _act_bench(kernel_call, quantiles):
-    """The act kernel's autotuning benchmark (``UNIMIXER_FFN_ACT_TUNING``): 'flush', Triton's default
-    (L2 emptied before each call), or 'warm' (calls back to back in a CUDA graph)."""
-    mode = switch(FFN_ACT_TUNING_SWITCH)
-    if mode == "warm":
-        return triton.testing.do_bench_cudagraph(kernel_call, rep=100, quantiles=quantiles)
-    if mode == "flush":
-        return triton.testing.do_bench(kernel_call, quantiles=quantiles)
-    raise ValueError(f"{FFN_ACT_TUNING_SWITCH}: expected 'flush' or 'warm', got {mode!r}")
-
-
 ffn_bwd_act = triton.autotune(configs=_tile_configs(),
                               key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM"],
-                              prune_configs_by={"early_config_prune": _prune_tiles},
-                              do_bench=_act_bench)(ffn_bwd_act_kernel)
+                              prune_configs_by={"early_config_prune": _prune_tiles})(ffn_bwd_act_kernel)
 _PRENORM_TILES: dict[tuple, triton.Config] = {}
 
 
