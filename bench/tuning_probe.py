@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -27,6 +28,16 @@ import sys
 def _tile(cfg) -> str:
     sizes = "x".join(str(cfg.kwargs[n]) for n in ("BLOCK_S", "BLOCK_H") if n in cfg.kwargs)
     return f"{sizes} w{cfg.num_warps} s{cfg.num_stages}"
+
+
+def _act_times(k) -> dict[str, list[float]]:
+    """µs a tile, in the order the act kernel's tuner timed them: each round of ``_tuning.fastest``, or
+    Triton's autotuner's single median."""
+    for times in k._PRENORM_TIMES.values():
+        return {_tile(c): [round(1e3 * t, 1) for t in ts] for c, ts in times.items()}
+    timings = getattr(k.ffn_bwd_act, "configs_timings", None) or {}
+    return {_tile(c): [round(1e3 * (t[0] if isinstance(t, (list, tuple)) else t), 1)]
+            for c, t in timings.items()}
 
 
 def _child() -> None:
@@ -45,8 +56,7 @@ def _child() -> None:
                weight_us={_tile(c): round(1e3 * (t[0] if isinstance(t, (list, tuple)) else t), 1)
                           for c, t in timings.items()},
                act=[_tile(c) for c in k._PRENORM_TILES.values()],
-               act_us={_tile(c): round(1e3 * (t[0] if isinstance(t, (list, tuple)) else t), 1)
-                       for c, t in (getattr(k.ffn_bwd_act, "configs_timings", None) or {}).items()})
+               act_us=_act_times(k))
     torch.cuda.synchronize()
     print("RESULT " + json.dumps(out), flush=True)
 
@@ -92,8 +102,9 @@ def main(argv: list[str] | None = None) -> None:
             tuned = ", ".join(f"{t} {us}" for t, us in ranked)
             act = ", ".join(r["act"])
             if r.get("act_us"):
-                act += " (tuner: " + ", ".join(f"{t} {us}" for t, us in
-                                               sorted(r["act_us"].items(), key=lambda kv: kv[1])) + ")"
+                act += " (tuner, in the order timed: " + "; ".join(
+                    f"{t} {statistics.median(us)}" + (f" [{', '.join(map(str, us))}]" if len(us) > 1 else "")
+                    for t, us in r["act_us"].items()) + ")"
             print(f"| {i} | {value or '–'} | {r['ms']:.4f} | {r['weight']} | {tuned} | {act} |", flush=True)
 
 

@@ -87,12 +87,15 @@ its GEMMs.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ._launch import (
+    FFN_ACT_TUNING_SWITCH,
     FFN_BACKWARD_SWITCH,
     FFN_CHUNK_SWITCH,
     FFN_GEMM_SWITCH,
@@ -107,6 +110,7 @@ from ._launch import (
 )
 from ._partials import sum_partials
 from ._tiles import grouped_tile
+from ._tuning import fastest
 from .rms_norm import TokenPassNorm, rms_norm_fwd
 
 
@@ -455,6 +459,7 @@ ffn_bwd_act = triton.autotune(configs=_tile_configs(),
                               key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM"],
                               prune_configs_by={"early_config_prune": _prune_tiles})(ffn_bwd_act_kernel)
 _PRENORM_TILES: dict[tuple, triton.Config] = {}
+_PRENORM_TIMES: dict[tuple, dict] = {}  # each kind's tuning: ms a tile, round by round
 
 
 @triton.autotune(configs=_weight_configs(), key=["D", "H", "BS_KEY", "GATED", "NSPLIT", "RECOMPUTE"],
@@ -1190,8 +1195,13 @@ def _prenorm_tile(args: list, meta: dict, grid) -> triton.Config:
             scratch = list(args)
             scratch[_DS_ARG] = torch.empty_strided(ds.shape, ds.stride(), dtype=ds.dtype, device=ds.device)
             scratch[_PART_ARG] = torch.empty_like(partial)
-            ffn_bwd_act[grid](*scratch, **meta)
-            _PRENORM_TILES[kind] = ffn_bwd_act.best_config
+            if switch(FFN_ACT_TUNING_SWITCH) == "triton":
+                ffn_bwd_act[grid](*scratch, **meta)
+                _PRENORM_TILES[kind] = ffn_bwd_act.best_config
+            else:
+                launch = ffn_bwd_act_kernel[grid]
+                launches = {c: functools.partial(launch, *scratch, **meta, **c.all_kwargs()) for c in tiles}
+                _PRENORM_TILES[kind], _PRENORM_TIMES[kind] = fastest(launches)
     return _PRENORM_TILES[kind]
 
 

@@ -305,13 +305,16 @@ def test_norm_kernels_compile_for_sm90(sm90_compile):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("tiles", [1, 2])
-def test_prenorm_act_kernel_is_tuned_on_scratch_once_per_kind(device, monkeypatch, tiles):
+@pytest.mark.parametrize("tiles, tuning", [(1, "rounds"), (2, "rounds"), (2, "triton")])
+def test_prenorm_act_kernel_is_tuned_on_scratch_once_per_kind(device, monkeypatch, tiles, tuning):
     # the PRENORM act kernel writes ds over s and adds to earlier passes' partials, so its tile is
     # tuned on scratch tensors (no timed call overwrites the caller's or carries a restoring copy),
     # once per kind; the launches then run that tile untuned. With one candidate tile (small batches,
     # the interpreter) there is nothing to tune and no scratch launch; two candidates stand for a
-    # batch the tuner would tune. Two backwards give the same bits
+    # batch the tuner would tune, in rounds (_tuning.fastest, here with a stand-in timer that launches
+    # once a timing) or by Triton's autotuner. Two backwards give the same bits
+    import triton
+    from unimixer_kernels.triton_kernels import _tuning
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
     class Spy:
@@ -331,9 +334,17 @@ def test_prenorm_act_kernel_is_tuned_on_scratch_once_per_kind(device, monkeypatc
     monkeypatch.setattr(kernels, "ffn_bwd_act", spy)
     monkeypatch.setattr(kernels, "ffn_bwd_act_kernel", real)
     monkeypatch.setattr(kernels, "_PRENORM_TILES", {})
+    monkeypatch.setattr(kernels, "_PRENORM_TIMES", {})
+    monkeypatch.setattr(_tuning, "_bench", lambda fn: (fn(), 1.0)[1])
+    monkeypatch.setenv("UNIMIXER_FFN_ACT_TUNING", tuning)
     if tiles == 2:
         prune = kernels._prune_tiles
-        monkeypatch.setattr(kernels, "_prune_tiles", lambda *a, **kw: prune(*a, **kw) * 2)
+
+        def two_tiles(*args, **kwargs):
+            (one,) = prune(*args, **kwargs)
+            other = triton.Config(dict(one.kwargs), num_warps=one.num_warps, num_stages=one.num_stages + 1)
+            return [one, other]
+        monkeypatch.setattr(kernels, "_prune_tiles", two_tiles)
     monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "2")
     inputs = _inputs((3, 5, 12, 4, 10), torch.float32, device)
     grads = []
@@ -341,13 +352,17 @@ def test_prenorm_act_kernel_is_tuned_on_scratch_once_per_kind(device, monkeypatc
         out = uk.unimixing_rmsnorm_pswiglu(*inputs, backend="triton")
         grads.append(torch.autograd.grad(out, inputs, torch.ones_like(out)))
     # passes of 2, 2 and 1 tokens: the first pass tunes, once; the later ones, which add to its partials
-    # (ACCUMULATE), take its tile
-    tuned = [(ds, part) for ds, part, prenorm in spy.seen if prenorm]
+    # (ACCUMULATE), take its tile. In rounds, each tile runs once, then once a timing
+    rounds = tiles == 2 and tuning == "rounds"
+    n_tuned = tiles * (1 + _tuning.ROUNDS) if rounds else 0
+    tuned = [(ds, part) for ds, part, prenorm in spy.seen + real.seen[:n_tuned] if prenorm]
+    launched = real.seen[n_tuned:]
     assert len(kernels._PRENORM_TILES) == 1
-    assert len(tuned) == (1 if tiles == 2 else 0)
-    assert len(real.seen) == 6 and all(prenorm for _, _, prenorm in real.seen)
+    assert len(kernels._PRENORM_TIMES) == (1 if rounds else 0)
+    assert len(tuned) == (0 if tiles == 1 else n_tuned or 1)
+    assert len(launched) == 6 and all(prenorm for _, _, prenorm in real.seen)
     # the first backward's launches: their ds and partials were alive while the scratch was
-    written = {t.data_ptr() for ds, part, _ in real.seen[:3] for t in (ds, part)}
+    written = {t.data_ptr() for ds, part, _ in launched[:3] for t in (ds, part)}
     assert not written & {t.data_ptr() for pair in tuned for t in pair}
     for a, b in zip(*grads):
         if a is not None:
