@@ -45,23 +45,17 @@ SPLITS = [2, 3, 4, 5, 6, 8, 11, 16]
 
 @contextlib.contextmanager
 def _only(tuner, cfg):
-    """``tuner`` (the act kernel's autotuner) with the one tile ``cfg`` and empty caches inside the block
-    (its own and the ``PRENORM`` launches' tiles: a tile alone is not tuned, just run); its list and
-    caches again after it."""
-    from unimixer_kernels.triton_kernels import pswiglu as k
-
-    configs, cache, tiles = tuner.configs, dict(tuner.cache), dict(k._PRENORM_TILES)
+    """``tuner`` (a kernel's ``TileTuner``) with the one tile ``cfg`` and no tile chosen inside the block
+    (a tile alone is not tuned, just run); its list and its choices again after it."""
+    configs, tiles = tuner.configs, dict(tuner.tiles)
     tuner.configs = [cfg]
-    tuner.cache.clear()
-    k._PRENORM_TILES.clear()
+    tuner.tiles.clear()
     try:
         yield
     finally:
         tuner.configs = configs
-        tuner.cache.clear()
-        tuner.cache.update(cache)
-        k._PRENORM_TILES.clear()
-        k._PRENORM_TILES.update(tiles)
+        tuner.tiles.clear()
+        tuner.tiles.update(tiles)
 
 
 def _inputs():
@@ -116,7 +110,7 @@ def main(weight_only: bool = False, act_only: bool = False) -> None:
     tuner = k.ffn_bwd_act
     for fn, name in ((plain_kernel, "plain"), (prenorm, "prenorm")):
         fn()
-        print(f"{name}: autotuned to {tuner.best_config}")  # prenorm: tuned on scratch, k._prenorm_tile
+        print(f"{name}: tuned to {list(tuner.tiles.values())[-1]}")  # prenorm: on scratch, k._prenorm_tile
     torch.cuda.synchronize()
     extra = [triton.Config({"BLOCK_S": t[0], "BLOCK_H": t[1]}, num_warps=t[2], num_stages=t[3],
                            maxnreg=t[4] if len(t) > 4 else None) for t in EXTRA_ACT_TILES]
@@ -152,7 +146,7 @@ def main(weight_only: bool = False, act_only: bool = False) -> None:
 def _weight_pass(k, u_c, do_c, w1_c, w3_c, w2_c) -> None:
     """The plain FFN backward of one pass (``k.ffn_bwd``) per weight-kernel output tile
     (``WEIGHT_SHAPES``), per tile of its list and per number of sample ranges."""
-    kernel, tiles, splits = k.ffn_bwd_weight_kernel, k._weight_tiles, k._num_splits
+    kernel, tiles, splits = k.ffn_bwd_weight, k._weight_tiles, k._num_splits
     chosen = []  # the library's own number of sample ranges, as each default pass chose it
 
     def run(n_split=None):

@@ -151,19 +151,22 @@ def timeline(kernels: list[tuple[int, int, int, str]], top: int = 60) -> str:
 
 
 def _autotuned() -> str:
-    """The configuration each of the project's autotuned kernels runs with, per key this process has
-    tuned or loaded from the cache (a kernel slower than in another run may have picked another)."""
+    """The configuration each of the project's tuned kernels runs with, per key this process has tuned
+    or loaded from the cache (a kernel slower than in another run may have picked another): Triton's
+    autotuners and the project's ``TileTuner`` s."""
     import sys
 
     from triton.runtime.autotuner import Autotuner
+    from unimixer_kernels.triton_kernels._tuning import TileTuner
 
     rows = []
     for modname, module in sorted(sys.modules.items()):
         if "triton_kernels" not in modname or module is None:
             continue
         for attr, obj in sorted(vars(module).items()):
-            if isinstance(obj, Autotuner) and getattr(obj, "cache", None):
-                for key, cfg in obj.cache.items():
+            chosen = obj.cache if isinstance(obj, Autotuner) else getattr(obj, "tiles", None)
+            if isinstance(obj, (Autotuner, TileTuner)) and chosen:
+                for key, cfg in chosen.items():
                     rows.append(f"| {modname.rsplit('.', 1)[-1]}.{attr} | {key} | {cfg} |")
     if not rows:
         return ""

@@ -5,14 +5,14 @@ the choice costs the all-Triton UniMixer block's training step at ``paper-small`
 happens once a process (Triton's on-disk autotuning cache is off here, ``TRITON_CACHE_AUTOTUNING=0``), so
 the tiles a tuner picks hold for the whole process: the spread between processes is what a user sees.
 Each child process builds the block (``bench.overlap_probe._module``), times its graphed fwd+bwd step
-(``_step_ms``) and reports the tile the weight kernel's tuner chose with the time it measured for
-each tile, and the tile of the act kernel with the norm in front (``PRENORM``) with its tuner's times.
+(``_step_ms``) and reports the tiles the backward's weight kernel and act kernel with the norm in front
+(``PRENORM``) chose (``triton_kernels/_tuning.py``), with every tile's times round by round.
 With ``--switch`` the children alternate its values (an environment switch, read by the kernels),
 ``processes`` children each.
 
-Run251 and run252 used it with switches since removed (the weight kernel's, then the act kernel's tiles
-timed with L2 warm, in a CUDA graph, against Triton's default): the weight kernel's choice was the same
-either way in every process, while the act kernel's varied between processes and set the step's spread.
+Run251 to run253 used it with switches since removed (the two kernels' tiles timed with L2 warm, in a
+CUDA graph, by Triton's autotuner, or in rounds with the least median taken): Triton's autotuner's
+choice varied between processes and set the step's spread.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 
@@ -30,14 +29,11 @@ def _tile(cfg) -> str:
     return f"{sizes} w{cfg.num_warps} s{cfg.num_stages}"
 
 
-def _act_times(k) -> dict[str, list[float]]:
-    """µs a tile, in the order the act kernel's tuner timed them: each round of ``_tuning.fastest``, or
-    Triton's autotuner's single median."""
-    for times in k._PRENORM_TIMES.values():
+def _times(tuner) -> dict[str, list[float]]:
+    """µs a tile of the one kind ``tuner`` (a ``TileTuner``) tuned, in the order timed, round by round."""
+    for times in tuner.times.values():
         return {_tile(c): [round(1e3 * t, 1) for t in ts] for c, ts in times.items()}
-    timings = getattr(k.ffn_bwd_act, "configs_timings", None) or {}
-    return {_tile(c): [round(1e3 * (t[0] if isinstance(t, (list, tuple)) else t), 1)]
-            for c, t in timings.items()}
+    return {}
 
 
 def _child() -> None:
@@ -49,14 +45,9 @@ def _child() -> None:
 
     preset = get_preset("paper-small")
     ms = _step_ms(_module(preset, False, 1, "triton", True), preset)
-    weight = k.ffn_bwd_weight_kernel
-    timings = getattr(weight, "configs_timings", None) or {}
-    best = getattr(weight, "best_config", None)
-    out = dict(ms=ms, weight=_tile(best) if best is not None else None,
-               weight_us={_tile(c): round(1e3 * (t[0] if isinstance(t, (list, tuple)) else t), 1)
-                          for c, t in timings.items()},
-               act=[_tile(c) for c in k._PRENORM_TILES.values()],
-               act_us=_act_times(k))
+    out = dict(ms=ms, weight=[_tile(c) for c in k.ffn_bwd_weight.tiles.values()],
+               weight_us=_times(k.ffn_bwd_weight), act=[_tile(c) for c in k.ffn_bwd_act.tiles.values()],
+               act_us=_times(k.ffn_bwd_act))
     torch.cuda.synchronize()
     print("RESULT " + json.dumps(out), flush=True)
 
@@ -85,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# env {json.dumps(header(torch.device('cuda')))}")
     print("\nUniMixerBlock at paper-small, all-Triton, graphed fwd+bwd, one fresh process a row "
           "(TRITON_CACHE_AUTOTUNING=0)\n")
-    print(f"| process | {name or 'switch'} | step ms | weight tile chosen | the tuner's µs a tile (median) | "
-          "act tile (PRENORM) |\n|---:|---|---:|---|---|---|")
+    print(f"| process | {name or 'switch'} | step ms | weight kernel: tile (µs a tile, in the order timed, "
+          "the fastest round [rounds]) | act kernel (PRENORM): likewise |\n|---:|---|---:|---|---|")
     for i in range(args.processes):
         for value in values:
             env = dict(os.environ, TRITON_CACHE_AUTOTUNING="0", **({name: value} if name else {}))
@@ -98,15 +89,12 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"| {i} | {value or '–'} | failed: {tail[0][:200]} | | | |", flush=True)
                 continue
             r = json.loads(lines[-1][len("RESULT "):])
-            ranked = sorted(r["weight_us"].items(), key=lambda kv: kv[1])
-            tuned = ", ".join(f"{t} {us}" for t, us in ranked)
-            act = ", ".join(r["act"])
-            if r.get("act_us"):
-                act += " (tuner, in the order timed: " + "; ".join(
-                    f"{t} {statistics.median(us)}" + (f" [{', '.join(map(str, us))}]" if len(us) > 1 else "")
-                    for t, us in r["act_us"].items()) + ")"
-            print(f"| {i} | {value or '–'} | {r['ms']:.4f} | {r['weight']} | {tuned} | {act} |", flush=True)
+            cells = [f"{', '.join(r[n])} ({_ranked(r[n + '_us'])})" for n in ("weight", "act")]
+            print(f"| {i} | {value or '–'} | {r['ms']:.4f} | {cells[0]} | {cells[1]} |", flush=True)
 
+
+def _ranked(us: dict[str, list[float]]) -> str:
+    return "; ".join(f"{t} {min(ts)} [{', '.join(map(str, ts))}]" for t, ts in us.items()) or "not tuned"
 
 if __name__ == "__main__":
     main()

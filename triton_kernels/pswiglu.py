@@ -37,10 +37,11 @@ weights (its one d tile then spans ``D``): no ``[T, bs, h]`` buffer in the backw
 three more small GEMMs per sample tile (about 1.4x the backward's FLOPs). On the H200 it is slower
 (pSwiGLU at paper-small 0.647 against 0.312 ms, peak 61 against 126 MiB), so it stays opt-in.
 
-Tiles (sample tile, hidden chunk, warps, stages) are autotuned on the GPU, keyed on ``D``, ``h``
+Tiles (sample tile, hidden chunk, warps, stages) are tuned on the GPU, keyed on ``D``, ``h``
 and the batch rounded up to a power of two, among configurations first pruned by a
-shared-memory estimate; batches under 1024 take one configuration untuned, and the interpreter
-one small configuration.
+shared-memory estimate (the forward's by Triton's autotuner; the backward's act and weight kernels'
+by timing every tile in alternating rounds, :class:`~._tuning.TileTuner`); batches under 1024 take
+one configuration untuned, and the interpreter one small configuration.
 
 Wide tokens (``next_power_of_2(D) > FUSED_MAX_D = 256`` for 16-bit dtypes, ``> 128`` for fp32;
 e.g. RankMixer's ``D = 768``) would not fit whole rows in shared memory. They take plain per-token
@@ -87,15 +88,12 @@ its GEMMs.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ._launch import (
-    FFN_ACT_TUNING_SWITCH,
     FFN_BACKWARD_SWITCH,
     FFN_CHUNK_SWITCH,
     FFN_GEMM_SWITCH,
@@ -110,7 +108,7 @@ from ._launch import (
 )
 from ._partials import sum_partials
 from ._tiles import grouped_tile
-from ._tuning import fastest
+from ._tuning import TileTuner
 from .rms_norm import TokenPassNorm, rms_norm_fwd
 
 
@@ -449,21 +447,15 @@ def ffn_bwd_act_kernel(
                  du.to(DU.dtype.element_ty), mask=io_mask)
 
 
-# the act kernel's autotuner. It restores nothing, so that its timings carry no copies: a tuner's
-# restoring copies run inside the timed call, and they chose the plain kernel's 128 x 32 tiles, 22.9 µs
-# a pass, against the best tile's 18.3 (run216), and the PRENORM kernel's tiles from 24 to 37 µs a pass
-# from one process to the next (run228, run229). With the norm in front the kernel writes ``ds`` over
-# ``s`` and adds to the partials of earlier passes, so it is tuned on scratch copies of those
-# (:func:`_prenorm_tile`) and then launched untuned with the tile chosen
-ffn_bwd_act = triton.autotune(configs=_tile_configs(),
-                              key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM"],
-                              prune_configs_by={"early_config_prune": _prune_tiles})(ffn_bwd_act_kernel)
-_PRENORM_TILES: dict[tuple, triton.Config] = {}
-_PRENORM_TIMES: dict[tuple, dict] = {}  # each kind's tuning: ms a tile, round by round
+# the act kernel's tiles, chosen by timing (TileTuner), which restores nothing, so that its timings carry no
+# copies: Triton's autotuner's restoring copies run inside the timed call, and they chose the plain
+# kernel's 128 x 32 tiles, 22.9 µs a pass, against the best tile's 18.3 (run216). With the norm in front
+# the kernel writes ``ds`` over ``s`` and adds to the partials of earlier passes, so it is tuned on scratch
+# copies of those (:func:`_prenorm_tile`)
+ffn_bwd_act = TileTuner(ffn_bwd_act_kernel, _tile_configs(), prune=_prune_tiles,
+                        key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM", "CDT", "PREC"])
 
 
-@triton.autotune(configs=_weight_configs(), key=["D", "H", "BS_KEY", "GATED", "NSPLIT", "RECOMPUTE"],
-                 prune_configs_by={"early_config_prune": _prune_weight})
 @triton.jit
 def ffn_bwd_weight_kernel(
     DO, U, A, DG, DV, W1, W3, W2, B1, B3, G, V, DW1, DW3, DW2, DB1, DB3, DB2,
@@ -545,6 +537,11 @@ def ffn_bwd_weight_kernel(
             tl.store(DB3 + slot * H + offs_h, tl.sum(acc_b3, axis=0), mask=mask_h)
     if pid_h == 0:
         tl.store(DB2 + slot * D + offs_d, tl.sum(acc_b2, axis=0), mask=mask_d)
+
+
+# the weight kernel writes only its fp32 partial slots, every one each launch: tuned on its real arguments
+ffn_bwd_weight = TileTuner(ffn_bwd_weight_kernel, _weight_configs(), prune=_prune_weight,
+                           key=["D", "H", "BS_KEY", "GATED", "NSPLIT", "RECOMPUTE", "CDT", "PREC"])
 
 
 # --- launchers -------------------------------------------------------------------------------
@@ -1165,44 +1162,28 @@ def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, stor
     if norm is None:
         return ffn_bwd_act[grid](*args, **meta)
     tile = _prenorm_tile(args, meta, grid)
-    return ffn_bwd_act_kernel[grid](*args, **meta, **tile.all_kwargs())
+    return ffn_bwd_act.kernel[grid](*args, **meta, **tile.all_kwargs())
 
 
-# where the act kernel's arguments ``DS``, ``DW_PART`` and ``D`` (then ``H``, ``BS_KEY``) sit in its list
-_DS_ARG, _PART_ARG, _D_ARG = (ffn_bwd_act_kernel.arg_names.index(a) for a in ("DS", "DW_PART", "D"))
+# where the act kernel's arguments ``DS`` and ``DW_PART`` sit in its list
+_DS_ARG, _PART_ARG = (ffn_bwd_act_kernel.arg_names.index(a) for a in ("DS", "DW_PART"))
 
 
 def _prenorm_tile(args: list, meta: dict, grid) -> triton.Config:
     """The tile of the ``PRENORM`` act kernel for this launch's shapes and dtypes: on the first launch of
     a kind, :data:`ffn_bwd_act` tunes it on scratch tensors in place of ``DS`` (which may be ``s``, read by
     the same launch) and the norm weight's partials (which later passes add to), so that no timed call
-    overwrites the caller's tensors and none carries a restoring copy (the scratch ``ds`` has ``s``'s
-    strides: ``s``'s extent, once per kind). Every other tensor it writes is an output the real launch
-    writes again. A kind is the tuner's key (``D``, ``h``, the bucketed batch, the flags, the dtypes) and
-    the device; passes that add to earlier passes' partials (``ACCUMULATE``) take the first pass's tile.
-    Where the tuner would not tune (one tile left after :func:`_prune_tiles`: small batches, the
-    interpreter) that tile is taken with no launch. As any autotuning, the tuning cannot run inside a
-    CUDA graph capture: warm up first."""
-    u, ds, partial = args[1], args[_DS_ARG], args[_PART_ARG]
-    d, h, bs_key = args[_D_ARG:_D_ARG + 3]
-    kind = (d, h, bs_key, *(str(meta[k]) for k in ("GATED", "SAVED", "STORE", "CDT")),
-            *(str(x.dtype) for x in args if isinstance(x, torch.Tensor)), u.device)
-    if kind not in _PRENORM_TILES:
-        tiles = _prune_tiles(ffn_bwd_act.configs, {"BS_KEY": bs_key}, **meta)
-        if len(tiles) == 1:
-            _PRENORM_TILES[kind] = tiles[0]
-        else:
-            scratch = list(args)
-            scratch[_DS_ARG] = torch.empty_strided(ds.shape, ds.stride(), dtype=ds.dtype, device=ds.device)
-            scratch[_PART_ARG] = torch.empty_like(partial)
-            if switch(FFN_ACT_TUNING_SWITCH) == "triton":
-                ffn_bwd_act[grid](*scratch, **meta)
-                _PRENORM_TILES[kind] = ffn_bwd_act.best_config
-            else:
-                launch = ffn_bwd_act_kernel[grid]
-                launches = {c: functools.partial(launch, *scratch, **meta, **c.all_kwargs()) for c in tiles}
-                _PRENORM_TILES[kind], _PRENORM_TIMES[kind] = fastest(launches)
-    return _PRENORM_TILES[kind]
+    overwrites the caller's tensors (the scratch ``ds`` has ``s``'s strides: ``s``'s extent, once per
+    kind). Every other tensor it writes is an output the real launch writes again. Passes that add to
+    earlier passes' partials (``ACCUMULATE``, not in the kind) take the first pass's tile."""
+    kind = ffn_bwd_act.kind(args, meta)
+    if kind in ffn_bwd_act.tiles:
+        return ffn_bwd_act.tiles[kind]
+    ds, partial = args[_DS_ARG], args[_PART_ARG]
+    scratch = list(args)
+    scratch[_DS_ARG] = torch.empty_strided(ds.shape, ds.stride(), dtype=ds.dtype, device=ds.device)
+    scratch[_PART_ARG] = torch.empty_like(partial)
+    return ffn_bwd_act.tile(grid, scratch, meta, kind=kind)
 
 
 def _weight_tiles(d: int, h: int, recompute: bool) -> tuple[int, int]:
@@ -1375,7 +1356,7 @@ def ffn_bwd(
         db1_p = new_output((splits, n, h), **f32)
         db3_p = new_output((splits, n, h), **f32) if gated else db1_p
         db2_p = new_output((splits, n, d), **f32)
-        ffn_bwd_weight_kernel[(n * splits, d_tiles, h_tiles)](
+        ffn_bwd_weight[(n * splits, d_tiles, h_tiles)](
             do_c, u_c, a, dg, dv,
             w1_c, w3_c if gated else dummy, w2_c, b1_c if b1 is not None else dummy,
             b3_c if b3 is not None else dummy, g_c if saved else dummy, v_c if (saved and gated) else dummy,

@@ -1,9 +1,10 @@
 """Choosing a kernel's tile by timing the candidates in rounds (``triton_kernels/_tuning.py``): every
-candidate launched once before any timing, the rounds' order alternating, the least median taken."""
+candidate launched once before any timing, the rounds' order alternating, each candidate's fastest round
+compared; :class:`TileTuner` tunes once per kind and launches the tile chosen."""
 
 import pytest
 from unimixer_kernels.triton_kernels import _tuning
-from unimixer_kernels.triton_kernels._tuning import ROUNDS, fastest
+from unimixer_kernels.triton_kernels._tuning import ROUNDS, TileTuner, fastest
 
 
 class Clock:
@@ -37,7 +38,7 @@ def test_every_candidate_runs_before_any_is_timed_and_the_rounds_alternate():
 def test_a_drift_linear_in_time_does_not_pick_the_last_timed():
     # clocks rising through the tuning: each timing 0.8 ms less than the previous, more than the
     # 0.5 ms between the tiles. Timed once each in turn (Triton's autotuner) the last tile would win;
-    # an even number of alternating rounds moves every median alike
+    # in alternating rounds every tile is also timed late
     true = {"fast": 10.0, "mid": 10.5, "slow": 11.0}
     once = Clock(true, drift=-0.8)
     _, single = fastest(once.launches(), rounds=1, bench=once.bench)
@@ -52,6 +53,16 @@ def test_one_outlier_round_does_not_flip_the_choice():
     clock = Clock({"fast": 1.0, "slow": 1.2}, outliers={0: 50.0})
     best, times = fastest(clock.launches(), rounds=ROUNDS, bench=clock.bench)
     assert best == "fast" and max(times["fast"]) == 51.0
+
+
+def test_a_slow_stretch_over_most_rounds_does_not_flip_the_choice():
+    # run253: a slow stretch over three of the fastest tile's four rounds (and two of the other's); the
+    # least median would take the slower tile, the least round takes the fastest
+    stretch = {i: 18.0 for i in range(5)}  # the first five timings: fast, slow, slow, fast, fast
+    clock = Clock({"fast": 25.9, "slow": 30.0}, outliers=stretch)
+    best, times = fastest(clock.launches(), rounds=ROUNDS, bench=clock.bench)
+    assert times["fast"] == [43.9, 43.9, 43.9, 25.9] and times["slow"] == [48.0, 48.0, 30.0, 30.0]
+    assert best == "fast"
 
 
 def test_the_default_bench_is_read_when_called(monkeypatch):
@@ -77,3 +88,51 @@ def test_the_default_bench_ranks_real_launches():
     best, times = fastest({"big": lambda: big.fill_(1.0), "small": lambda: small.fill_(1.0)})
     assert best == "small" and all(len(t) == ROUNDS for t in times.values())
     assert min(times["big"]) > max(times["small"])
+
+
+class FakeKernel:
+    """A stand-in ``@triton.jit`` kernel: its argument names, and ``kernel[grid](*args, **meta)`` recording
+    each launch's tile."""
+
+    arg_names = ["X", "N", "FLAG"]
+
+    def __init__(self):
+        self.launched: list[tuple] = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **meta):
+            self.launched.append((args[0].shape[0], meta["FLAG"], meta["BLOCK"]))
+        return launch
+
+
+def _tile(block):
+    import triton
+
+    return triton.Config({"BLOCK": block}, num_warps=4, num_stages=2)
+
+
+def test_tile_tuner_tunes_once_per_kind_and_launches_the_tile_chosen(monkeypatch):
+    import torch
+
+    kernel = FakeKernel()
+    pruned = []
+
+    def prune(configs, named, **meta):
+        pruned.append((named["N"], meta["FLAG"]))
+        return configs if named["N"] > 1 else configs[:1]
+
+    # the BLOCK 32 tile is the fast one
+    monkeypatch.setattr(_tuning, "_bench", lambda fn: (fn(), 1.0 if kernel.launched[-1][2] == 32 else 2.0)[1])
+    tuner = TileTuner(kernel, [_tile(16), _tile(32)], key=["N", "FLAG"], prune=prune)
+    x = torch.zeros(8)
+    tuner[(1,)](x, 8, FLAG=True)
+    assert len(kernel.launched) == 2 * (1 + ROUNDS) + 1  # each tile once, ROUNDS timings each, then the run
+    assert kernel.launched[-1] == (8, True, 32)
+    tuner[(1,)](x, 8, FLAG=True)  # the same kind: no tuning
+    assert len(kernel.launched) == 2 * (1 + ROUNDS) + 2 and len(pruned) == 1
+    kernel.launched.clear()
+    tuner[(1,)](x, 1, FLAG=True)  # another kind with one tile left: taken with no timing
+    tuner[(1,)](x.double(), 8, FLAG=True)  # another dtype: another kind, tuned again
+    assert kernel.launched[0] == (8, True, 16) and len(kernel.launched) == 1 + 2 * (1 + ROUNDS) + 1
+    assert len(tuner.tiles) == 3 and len(tuner.times) == 2
+    assert all(len(t) == ROUNDS for times in tuner.times.values() for t in times.values())

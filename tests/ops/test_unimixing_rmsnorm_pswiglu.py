@@ -305,46 +305,44 @@ def test_norm_kernels_compile_for_sm90(sm90_compile):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("tiles, tuning", [(1, "rounds"), (2, "rounds"), (2, "triton")])
-def test_prenorm_act_kernel_is_tuned_on_scratch_once_per_kind(device, monkeypatch, tiles, tuning):
+@pytest.mark.parametrize("tiles", [1, 2])
+def test_prenorm_act_kernel_is_tuned_on_scratch_once_per_kind(device, monkeypatch, tiles):
     # the PRENORM act kernel writes ds over s and adds to earlier passes' partials, so its tile is
-    # tuned on scratch tensors (no timed call overwrites the caller's or carries a restoring copy),
-    # once per kind; the launches then run that tile untuned. With one candidate tile (small batches,
-    # the interpreter) there is nothing to tune and no scratch launch; two candidates stand for a
-    # batch the tuner would tune, in rounds (_tuning.fastest, here with a stand-in timer that launches
-    # once a timing) or by Triton's autotuner. Two backwards give the same bits
+    # tuned on scratch tensors (no timed call overwrites the caller's), once per kind; the launches then
+    # run that tile. With one candidate tile (small batches, the interpreter) there is nothing to tune and
+    # no scratch launch; two candidates stand for a batch the tuner would tune (_tuning.fastest, here with
+    # a stand-in timer that launches once a timing). Two backwards give the same bits
     import triton
     from unimixer_kernels.triton_kernels import _tuning
     from unimixer_kernels.triton_kernels import pswiglu as kernels
 
     class Spy:
-        def __init__(self, tuner):
-            self.tuner, self.seen = tuner, []
+        """The act kernel, recording each launch's ds, partials and PRENORM flag."""
+
+        def __init__(self, kernel):
+            self.kernel, self.seen = kernel, []
 
         def __getattr__(self, name):
-            return getattr(self.tuner, name)
+            return getattr(self.kernel, name)
 
         def __getitem__(self, grid):
             def launch(*args, **meta):
                 self.seen.append((args[kernels._DS_ARG], args[kernels._PART_ARG], meta["PRENORM"]))
-                return self.tuner[grid](*args, **meta)
+                return self.kernel[grid](*args, **meta)
             return launch
 
-    spy, real = Spy(kernels.ffn_bwd_act), Spy(kernels.ffn_bwd_act_kernel)
-    monkeypatch.setattr(kernels, "ffn_bwd_act", spy)
-    monkeypatch.setattr(kernels, "ffn_bwd_act_kernel", real)
-    monkeypatch.setattr(kernels, "_PRENORM_TILES", {})
-    monkeypatch.setattr(kernels, "_PRENORM_TIMES", {})
-    monkeypatch.setattr(_tuning, "_bench", lambda fn: (fn(), 1.0)[1])
-    monkeypatch.setenv("UNIMIXER_FFN_ACT_TUNING", tuning)
-    if tiles == 2:
-        prune = kernels._prune_tiles
+    prune = kernels._prune_tiles
 
-        def two_tiles(*args, **kwargs):
-            (one,) = prune(*args, **kwargs)
-            other = triton.Config(dict(one.kwargs), num_warps=one.num_warps, num_stages=one.num_stages + 1)
-            return [one, other]
-        monkeypatch.setattr(kernels, "_prune_tiles", two_tiles)
+    def two_tiles(*args, **kwargs):
+        (one,) = prune(*args, **kwargs)
+        other = triton.Config(dict(one.kwargs), num_warps=one.num_warps, num_stages=one.num_stages + 1)
+        return [one, other]
+
+    real = kernels.ffn_bwd_act
+    spy = Spy(real.kernel)
+    tuner = _tuning.TileTuner(spy, real.configs, key=real.key, prune=two_tiles if tiles == 2 else prune)
+    monkeypatch.setattr(kernels, "ffn_bwd_act", tuner)
+    monkeypatch.setattr(_tuning, "_bench", lambda fn: (fn(), 1.0)[1])
     monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "2")
     inputs = _inputs((3, 5, 12, 4, 10), torch.float32, device)
     grads = []
@@ -352,18 +350,14 @@ def test_prenorm_act_kernel_is_tuned_on_scratch_once_per_kind(device, monkeypatc
         out = uk.unimixing_rmsnorm_pswiglu(*inputs, backend="triton")
         grads.append(torch.autograd.grad(out, inputs, torch.ones_like(out)))
     # passes of 2, 2 and 1 tokens: the first pass tunes, once; the later ones, which add to its partials
-    # (ACCUMULATE), take its tile. In rounds, each tile runs once, then once a timing
-    rounds = tiles == 2 and tuning == "rounds"
-    n_tuned = tiles * (1 + _tuning.ROUNDS) if rounds else 0
-    tuned = [(ds, part) for ds, part, prenorm in spy.seen + real.seen[:n_tuned] if prenorm]
-    launched = real.seen[n_tuned:]
-    assert len(kernels._PRENORM_TILES) == 1
-    assert len(kernels._PRENORM_TIMES) == (1 if rounds else 0)
-    assert len(tuned) == (0 if tiles == 1 else n_tuned or 1)
-    assert len(launched) == 6 and all(prenorm for _, _, prenorm in real.seen)
+    # (ACCUMULATE), take its tile. Tuning, each tile runs once, then once a timing
+    n_tuned = 0 if tiles == 1 else tiles * (1 + _tuning.ROUNDS)
+    tuned, launched = spy.seen[:n_tuned], spy.seen[n_tuned:]
+    assert len(tuner.tiles) == 1 and len(tuner.times) == (tiles == 2) and len(launched) == 6
+    assert all(prenorm for _, _, prenorm in spy.seen)
     # the first backward's launches: their ds and partials were alive while the scratch was
     written = {t.data_ptr() for ds, part, _ in launched[:3] for t in (ds, part)}
-    assert not written & {t.data_ptr() for pair in tuned for t in pair}
+    assert not written & {t.data_ptr() for ds, part, _ in tuned for t in (ds, part)}
     for a, b in zip(*grads):
         if a is not None:
             assert torch.equal(a, b)
