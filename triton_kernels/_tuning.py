@@ -1,31 +1,62 @@
 """Choosing a kernel's tile by timing the candidates against each other, in rounds.
 
-Triton's autotuner compiles and times each candidate once, one after the other. The per-token FFN's act
-kernel, tuned so in the first training step of a process, chose four different tiles in six fresh
-processes on one H200 (run251), and the block's step followed the choice (0.680 to 0.714 ms): a
-candidate's single timing there depends on where in the tuning it falls (right after its own compile,
-with the GPU idle meanwhile; the clocks early in a process). :func:`fastest` compiles and runs every
-candidate first, then times them all in several rounds, the order reversed each round, and compares each
-candidate's fastest round: interference (another launch, a clock dip, the clocks rising early in a
-process) only ever adds time, so a candidate's least round is the one nearest its own time. In run253 a
-slow stretch covered three of the four rounds of one tuning: the least median there chose a tile that a
-quiet process's rounds put at 30.0 against the fastest's 25.9 µs; the least round would have chosen the
-fastest. :class:`TileTuner` applies it to a kernel's tiles.
+Triton's autotuner compiles and times each candidate once, one after the other, with ``do_bench``. The
+per-token FFN's act kernel, tuned so in the first training step of a process, chose four different tiles
+in six fresh processes on one H200 (run251), and the block's step followed the choice (0.680 to 0.714
+ms). Two causes, found in run253 and run254:
+
+- ``do_bench`` enqueues each timed launch right after the L2 flush before it, so the GPU waits for the
+  host wherever the host's enqueueing (a Triton launch with some 35 arguments: tens of µs, more on a busy
+  host) outlasts the flush: the wait falls between the start and end events. In some processes every
+  tile of the act kernel then timed at 45-65 µs, the fastest included (25 µs quiet), for stretches of
+  several rounds. :func:`_bench` queues a round behind a GPU sleep, so that the host is always ahead.
+- A single timing falls wherever such a stretch does. :func:`fastest` compiles and runs every candidate
+  first, then times them all in several rounds, the order reversed each round, and compares each
+  candidate's fastest round: interference only ever adds time, so a candidate's least round is the one
+  nearest its own time (run253: the least median chose a tile 16% slower where a stretch covered three
+  of four rounds; the least round chose the fastest).
+
+:class:`TileTuner` applies it to a kernel's tiles.
 """
 
 from __future__ import annotations
 
 import functools
+import statistics
 from collections.abc import Callable, Hashable
 
-from triton.testing import do_bench
+import torch
 
 ROUNDS = 4
+REPS = 25  # timed launches a round, each after an L2 flush
+# the GPU sleep queued ahead of a round: ~5 ms at 2 GHz, twice what the host takes to enqueue a round of
+# REPS flushes and launches at 100 µs each
+HEAD_START_CYCLES = 10_000_000
+_FLUSH_BYTES = 256 << 20  # more than an H100/H200's 50/60 MiB L2, as Triton's do_bench
+
+
+@functools.cache
+def _flush_buffer(device: int) -> torch.Tensor:
+    return torch.empty(_FLUSH_BYTES, dtype=torch.int8, device=torch.device("cuda", device))
 
 
 def _bench(fn: Callable[[], object]) -> float:
-    """Milliseconds of one call of ``fn`` (median), the L2 cache emptied before each call."""
-    return do_bench(fn, warmup=5, rep=20, return_mode="median")
+    """Milliseconds of one call of ``fn`` on the current CUDA device (the median of ``REPS`` calls, the L2
+    cache emptied before each), the calls queued behind a GPU sleep of ``HEAD_START_CYCLES`` so that the
+    GPU never waits for the host between a call's start and end events."""
+    device = torch.cuda.current_device()
+    flush = _flush_buffer(device)
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(REPS)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(REPS)]
+    torch.cuda.synchronize(device)
+    torch.cuda._sleep(HEAD_START_CYCLES)
+    for start, end in zip(starts, ends):
+        flush.zero_()
+        start.record()
+        fn()
+        end.record()
+    ends[-1].synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in zip(starts, ends))
 
 
 def fastest(launches: dict[Hashable, Callable[[], object]], rounds: int = ROUNDS,
@@ -34,8 +65,7 @@ def fastest(launches: dict[Hashable, Callable[[], object]], rounds: int = ROUNDS
     fastest of ``rounds`` rounds is the least, and every key's times in milliseconds, round by round.
     Every launch runs once before any is timed (it compiles there); round ``r`` times the keys in their
     order when ``r`` is even and in reverse when odd, so that no key is always timed first or last after
-    a pause. ``bench`` times one callable (default: Triton's ``do_bench``, the median of ~20 ms of
-    calls)."""
+    a pause. ``bench`` times one callable (default: :func:`_bench`)."""
     bench = bench or _bench
     if not launches:
         raise ValueError("fastest: launches is empty; pass at least one candidate")

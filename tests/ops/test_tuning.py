@@ -81,13 +81,34 @@ def test_bad_arguments_name_the_argument(kwargs, match):
 
 @pytest.mark.gpu
 def test_the_default_bench_ranks_real_launches():
-    # Triton's do_bench on the device (its signature on this Triton): a 64 MiB fill against a 4 KiB one
+    # on the device: a 64 MiB fill against a 4 KiB one
     import torch
 
     big, small = torch.empty(1 << 24, device="cuda"), torch.empty(1 << 10, device="cuda")
     best, times = fastest({"big": lambda: big.fill_(1.0), "small": lambda: small.fill_(1.0)})
     assert best == "small" and all(len(t) == ROUNDS for t in times.values())
     assert min(times["big"]) > max(times["small"])
+
+
+@pytest.mark.gpu
+def test_the_default_bench_leaves_the_hosts_enqueueing_out():
+    # a launch whose host side takes 100 µs (a busy host, a launch with many arguments) around a GPU fill
+    # of a few µs: each call was timed with the host's wait in it (Triton's do_bench: >= 0.1 ms); queued
+    # behind the GPU sleep, the GPU never waits for the host between the events
+    import time
+
+    import torch
+
+    small = torch.empty(1 << 10, device="cuda")
+
+    def slow_host():
+        until = time.perf_counter() + 100e-6
+        while time.perf_counter() < until:
+            pass
+        small.fill_(1.0)
+
+    slow_host()
+    assert _tuning._bench(slow_host) < 0.05
 
 
 class FakeKernel:
