@@ -90,7 +90,7 @@ class TileTuner:
     arguments given to :meth:`tile` (one tile left: taken with no launch). No timed launch restores
     anything (Triton's autotuner's ``restore_value`` copies would run inside its timed calls), so a
     kernel that writes only outputs its launch writes again can be tuned on its real arguments; one that
-    reads what it writes, or adds to earlier results, is given scratch tensors (:meth:`tile`). ``tiles``
+    reads what it writes, or adds to earlier results, is tuned on scratch tensors (:meth:`tile`). ``tiles``
     and ``times`` hold each kind's choice and every tile's milliseconds round by round. As any tuning, it
     cannot run inside a CUDA graph capture: warm up first."""
 
@@ -105,19 +105,20 @@ class TileTuner:
         return (*(str(named[k]) for k in self.key), *(str(a.dtype) for a in tensors),
                 str(tensors[0].device) if tensors else "")
 
-    def tile(self, grid, args, meta: dict, kind: tuple | None = None):
-        """The tile (a ``triton.Config``) for ``args`` and ``meta``, tuned on these arguments the first
-        time its kind (``kind``, default :meth:`kind` of them) is seen."""
-        kind = self.kind(args, meta) if kind is None else kind
+    def tile(self, grid, args, meta: dict, scratch: Callable[[list], list] | None = None):
+        """The tile (a ``triton.Config``) for ``args`` and ``meta``, tuned the first time their kind is
+        seen: on ``scratch(args)`` where given (the arguments with scratch tensors in place of those the
+        kernel reads back or adds to; called only where there are tiles to time), else on ``args``."""
+        kind = self.kind(args, meta)
         if kind not in self.tiles:
-            named = dict(zip(self.kernel.arg_names, args))
-            tiles = self.prune(self.configs, named, **meta)
+            tiles = self.prune(self.configs, dict(zip(self.kernel.arg_names, args)), **meta)
             if len(tiles) == 1:
                 self.tiles[kind] = tiles[0]
             else:
+                on = list(args) if scratch is None else scratch(list(args))
                 launch = self.kernel[grid]
                 self.tiles[kind], self.times[kind] = fastest(
-                    {c: functools.partial(launch, *args, **meta, **c.all_kwargs()) for c in tiles})
+                    {c: functools.partial(launch, *on, **meta, **c.all_kwargs()) for c in tiles})
         return self.tiles[kind]
 
     def __getitem__(self, grid):

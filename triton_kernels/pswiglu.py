@@ -1176,14 +1176,14 @@ def _prenorm_tile(args: list, meta: dict, grid) -> triton.Config:
     overwrites the caller's tensors (the scratch ``ds`` has ``s``'s strides: ``s``'s extent, once per
     kind). Every other tensor it writes is an output the real launch writes again. Passes that add to
     earlier passes' partials (``ACCUMULATE``, not in the kind) take the first pass's tile."""
-    kind = ffn_bwd_act.kind(args, meta)
-    if kind in ffn_bwd_act.tiles:
-        return ffn_bwd_act.tiles[kind]
+    return ffn_bwd_act.tile(grid, args, meta, scratch=_prenorm_scratch)
+
+
+def _prenorm_scratch(args: list) -> list:
     ds, partial = args[_DS_ARG], args[_PART_ARG]
-    scratch = list(args)
-    scratch[_DS_ARG] = torch.empty_strided(ds.shape, ds.stride(), dtype=ds.dtype, device=ds.device)
-    scratch[_PART_ARG] = torch.empty_like(partial)
-    return ffn_bwd_act.tile(grid, scratch, meta, kind=kind)
+    args[_DS_ARG] = torch.empty_strided(ds.shape, ds.stride(), dtype=ds.dtype, device=ds.device)
+    args[_PART_ARG] = torch.empty_like(partial)
+    return args
 
 
 def _weight_tiles(d: int, h: int, recompute: bool) -> tuple[int, int]:

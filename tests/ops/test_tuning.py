@@ -157,3 +157,24 @@ def test_tile_tuner_tunes_once_per_kind_and_launches_the_tile_chosen(monkeypatch
     assert kernel.launched[0] == (8, True, 16) and len(kernel.launched) == 1 + 2 * (1 + ROUNDS) + 1
     assert len(tuner.tiles) == 3 and len(tuner.times) == 2
     assert all(len(t) == ROUNDS for times in tuner.times.values() for t in times.values())
+
+
+def test_tile_tuner_times_on_scratch_only_where_there_is_tuning(monkeypatch):
+    import torch
+
+    kernel, made = FakeKernel(), []
+
+    def scratch(args):
+        made.append(args[1])
+        args[0] = torch.zeros(3)  # the tuning's own tensor: its launches are told apart by its length
+        return args
+
+    monkeypatch.setattr(_tuning, "_bench", lambda fn: (fn(), 1.0)[1])
+    tuner = TileTuner(kernel, [_tile(16), _tile(32)], key=["N"],
+                      prune=lambda configs, named, **meta: configs if named["N"] > 1 else configs[:1])
+    x = torch.zeros(8)
+    tuner.tile((1,), [x, 1], dict(FLAG=False), scratch=scratch)  # one tile: no scratch, no launch
+    assert made == [] and kernel.launched == []
+    tuner.tile((1,), [x, 8], dict(FLAG=False), scratch=scratch)
+    assert made == [8] and {n for n, _, _ in kernel.launched} == {3}
+    assert len(kernel.launched) == 2 * (1 + ROUNDS)
