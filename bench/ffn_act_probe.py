@@ -110,7 +110,7 @@ def main(weight_only: bool = False, act_only: bool = False) -> None:
     tuner = k.ffn_bwd_act
     for fn, name in ((plain_kernel, "plain"), (prenorm, "prenorm")):
         fn()
-        print(f"{name}: tuned to {list(tuner.tiles.values())[-1]}")  # prenorm: on scratch, k._prenorm_tile
+        print(f"{name}: tuned to {list(tuner.tiles.values())[-1]}")  # prenorm: on k._prenorm_scratch
     torch.cuda.synchronize()
     extra = [triton.Config({"BLOCK_S": t[0], "BLOCK_H": t[1]}, num_warps=t[2], num_stages=t[3],
                            maxnreg=t[4] if len(t) > 4 else None) for t in EXTRA_ACT_TILES]

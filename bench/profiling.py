@@ -164,10 +164,10 @@ def _autotuned() -> str:
         if "triton_kernels" not in modname or module is None:
             continue
         for attr, obj in sorted(vars(module).items()):
-            chosen = obj.cache if isinstance(obj, Autotuner) else getattr(obj, "tiles", None)
-            if isinstance(obj, (Autotuner, TileTuner)) and chosen:
-                for key, cfg in chosen.items():
-                    rows.append(f"| {modname.rsplit('.', 1)[-1]}.{attr} | {key} | {cfg} |")
+            chosen = obj.cache if isinstance(obj, Autotuner) else {}
+            chosen = obj.tiles if isinstance(obj, TileTuner) else chosen
+            for key, cfg in chosen.items():
+                rows.append(f"| {modname.rsplit('.', 1)[-1]}.{attr} | {key} | {cfg} |")
     if not rows:
         return ""
     return "\n".join(["\nautotuned kernels' configurations in this process:\n",

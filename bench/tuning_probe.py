@@ -36,6 +36,11 @@ def _times(tuner) -> dict[str, list[float]]:
     return {}
 
 
+def _ranked(us: dict[str, list[float]]) -> str:
+    """Each tile's least round, then its rounds: ``64x32 w4 s3 25.1 [26.0, 25.1, 25.5, 25.6]; ...``."""
+    return "; ".join(f"{t} {min(ts)} [{', '.join(map(str, ts))}]" for t, ts in us.items()) or "not tuned"
+
+
 def _child() -> None:
     import torch
     from unimixer_kernels.triton_kernels import pswiglu as k
@@ -92,9 +97,6 @@ def main(argv: list[str] | None = None) -> None:
             cells = [f"{', '.join(r[n])} ({_ranked(r[n + '_us'])})" for n in ("weight", "act")]
             print(f"| {i} | {value or '–'} | {r['ms']:.4f} | {cells[0]} | {cells[1]} |", flush=True)
 
-
-def _ranked(us: dict[str, list[float]]) -> str:
-    return "; ".join(f"{t} {min(ts)} [{', '.join(map(str, ts))}]" for t, ts in us.items()) or "not tuned"
 
 if __name__ == "__main__":
     main()

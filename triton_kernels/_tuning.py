@@ -98,12 +98,14 @@ class TileTuner:
         self.kernel, self.configs, self.key, self.prune = kernel, configs, key, prune
         self.tiles: dict[tuple, object] = {}
         self.times: dict[tuple, dict] = {}
+        # each key name's place among the kernel's parameters, found once: a launch passes the leading
+        # ones positionally and the rest (the constexprs) in its meta
+        self._key_at = [(kernel.arg_names.index(k), k) for k in key]
 
     def kind(self, args, meta: dict) -> tuple:
-        named = dict(zip(self.kernel.arg_names, args), **meta)
-        tensors = [a for a in args if hasattr(a, "dtype") and hasattr(a, "device")]
-        return (*(str(named[k]) for k in self.key), *(str(a.dtype) for a in tensors),
-                str(tensors[0].device) if tensors else "")
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        return (*(args[i] if i < len(args) else meta[name] for i, name in self._key_at),
+                *(a.dtype for a in tensors), tensors[0].device if tensors else None)
 
     def tile(self, grid, args, meta: dict, scratch: Callable[[list], list] | None = None):
         """The tile (a ``triton.Config``) for ``args`` and ``meta``, tuned the first time their kind is
@@ -121,9 +123,11 @@ class TileTuner:
                     {c: functools.partial(launch, *on, **meta, **c.all_kwargs()) for c in tiles})
         return self.tiles[kind]
 
+    def run(self, grid, args, meta: dict, scratch: Callable[[list], list] | None = None):
+        """The kernel launched on ``args`` with the tile of their kind (:meth:`tile`, which tunes it the
+        first time); returns the compiled kernel."""
+        return self.kernel[grid](*args, **meta, **self.tile(grid, args, meta, scratch).all_kwargs())
+
     def __getitem__(self, grid):
-        """``tuner[grid](*args, **meta)``: the kernel launched with the tile of its kind (tuned on
-        these arguments the first time); returns the compiled kernel."""
-        def launch(*args, **meta):
-            return self.kernel[grid](*args, **meta, **self.tile(grid, args, meta).all_kwargs())
-        return launch
+        """``tuner[grid](*args, **meta)``: :meth:`run` without scratch arguments."""
+        return lambda *args, **meta: self.run(grid, args, meta)

@@ -451,7 +451,7 @@ def ffn_bwd_act_kernel(
 # copies: Triton's autotuner's restoring copies run inside the timed call, and they chose the plain
 # kernel's 128 x 32 tiles, 22.9 µs a pass, against the best tile's 18.3 (run216). With the norm in front
 # the kernel writes ``ds`` over ``s`` and adds to the partials of earlier passes, so it is tuned on scratch
-# copies of those (:func:`_prenorm_tile`)
+# copies of those (:func:`_prenorm_scratch`)
 ffn_bwd_act = TileTuner(ffn_bwd_act_kernel, _tile_configs(), prune=_prune_tiles,
                         key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM", "CDT", "PREC"])
 
@@ -1135,8 +1135,8 @@ def ffn_fwd(
 def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store: bool, norm=None):
     """``ffn_bwd_act_kernel`` over the tokens of ``u``; returns the launch's compiled kernel.
     ``norm``: ``(ds, rstd, weight, partial, accumulate)`` when ``u`` is the norm's input ``s``
-    (``PRENORM``, its tile from :func:`_prenorm_tile`); ``du`` then receives the pass's ``u`` (``[bs, tokens,
-    D]`` contiguous) for the weight kernel."""
+    (``PRENORM``, its tile tuned on :func:`_prenorm_scratch`); ``du`` then receives the pass's ``u``
+    (``[bs, tokens, D]`` contiguous) for the weight kernel."""
     bs, t, d = u.shape
     h = w1.shape[-1]
     gated = w3 is not None
@@ -1159,27 +1159,20 @@ def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, stor
     def grid(m):
         return (t, triton.cdiv(bs, m["BLOCK_S"]))
 
-    if norm is None:
-        return ffn_bwd_act[grid](*args, **meta)
-    tile = _prenorm_tile(args, meta, grid)
-    return ffn_bwd_act.kernel[grid](*args, **meta, **tile.all_kwargs())
+    return ffn_bwd_act.run(grid, args, meta, scratch=None if norm is None else _prenorm_scratch)
 
 
 # where the act kernel's arguments ``DS`` and ``DW_PART`` sit in its list
 _DS_ARG, _PART_ARG = (ffn_bwd_act_kernel.arg_names.index(a) for a in ("DS", "DW_PART"))
 
 
-def _prenorm_tile(args: list, meta: dict, grid) -> triton.Config:
-    """The tile of the ``PRENORM`` act kernel for this launch's shapes and dtypes: on the first launch of
-    a kind, :data:`ffn_bwd_act` tunes it on scratch tensors in place of ``DS`` (which may be ``s``, read by
-    the same launch) and the norm weight's partials (which later passes add to), so that no timed call
-    overwrites the caller's tensors (the scratch ``ds`` has ``s``'s strides: ``s``'s extent, once per
-    kind). Every other tensor it writes is an output the real launch writes again. Passes that add to
-    earlier passes' partials (``ACCUMULATE``, not in the kind) take the first pass's tile."""
-    return ffn_bwd_act.tile(grid, args, meta, scratch=_prenorm_scratch)
-
-
 def _prenorm_scratch(args: list) -> list:
+    """The ``PRENORM`` act kernel's arguments to tune on (:data:`ffn_bwd_act`, on a kind's first launch):
+    scratch tensors in place of ``DS`` (which may be ``s``, read by the same launch) and the norm weight's
+    partials (which later passes add to), so that no timed call overwrites the caller's tensors (the
+    scratch ``ds`` has ``s``'s strides: ``s``'s extent, once per kind). Every other tensor it writes is an
+    output the real launch writes again. Passes that add to earlier passes' partials (``ACCUMULATE``, not
+    in the kind) take the first pass's tile."""
     ds, partial = args[_DS_ARG], args[_PART_ARG]
     args[_DS_ARG] = torch.empty_strided(ds.shape, ds.stride(), dtype=ds.dtype, device=ds.device)
     args[_PART_ARG] = torch.empty_like(partial)
