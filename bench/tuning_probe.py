@@ -5,8 +5,9 @@ the choice costs the all-Triton UniMixer block's training step at ``paper-small`
 happens once a process (Triton's on-disk autotuning cache is off here, ``TRITON_CACHE_AUTOTUNING=0``), so
 the tiles a tuner picks hold for the whole process: the spread between processes is what a user sees.
 Each child process builds the block (``bench.overlap_probe._module``), times its graphed fwd+bwd step
-(``_step_ms``) and reports the tiles the backward's weight kernel and act kernel with the norm in front
-(``PRENORM``) chose (``triton_kernels/_tuning.py``), with every tile's times round by round.
+(``_step_ms``) and reports the tiles the forward kernel, the backward's weight kernel and its act kernel
+with the norm in front (``PRENORM``) chose (``triton_kernels/_tuning.py``), with every tile's times round
+by round.
 With ``--switch`` the children alternate its values (an environment switch, read by the kernels),
 ``processes`` children each.
 
@@ -41,6 +42,10 @@ def _ranked(us: dict[str, list[float]]) -> str:
     return "; ".join(f"{t} {min(ts)} [{', '.join(map(str, ts))}]" for t, ts in us.items()) or "not tuned"
 
 
+# the per-token FFN's tuned kernels the probe reports: column name -> TileTuner in triton_kernels.pswiglu
+_TUNERS = dict(forward="ffn_fwd_tuned", weight="ffn_bwd_weight", act="ffn_bwd_act")
+
+
 def _child() -> None:
     import torch
     from unimixer_kernels.triton_kernels import pswiglu as k
@@ -50,9 +55,10 @@ def _child() -> None:
 
     preset = get_preset("paper-small")
     ms = _step_ms(_module(preset, False, 1, "triton", True), preset)
-    out = dict(ms=ms, weight=[_tile(c) for c in k.ffn_bwd_weight.tiles.values()],
-               weight_us=_times(k.ffn_bwd_weight), act=[_tile(c) for c in k.ffn_bwd_act.tiles.values()],
-               act_us=_times(k.ffn_bwd_act))
+    out = dict(ms=ms)
+    for name, tuner in _TUNERS.items():
+        kernel = getattr(k, tuner)
+        out[name], out[name + "_us"] = [_tile(c) for c in kernel.tiles.values()], _times(kernel)
     torch.cuda.synchronize()
     print("RESULT " + json.dumps(out), flush=True)
 
@@ -81,21 +87,22 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# env {json.dumps(header(torch.device('cuda')))}")
     print("\nUniMixerBlock at paper-small, all-Triton, graphed fwd+bwd, one fresh process a row "
           "(TRITON_CACHE_AUTOTUNING=0)\n")
-    print(f"| process | {name or 'switch'} | step ms | weight kernel: tile (µs a tile, in the order timed, "
-          "the fastest round [rounds]) | act kernel (PRENORM): likewise |\n|---:|---|---:|---|---|")
+    print(f"| process | {name or 'switch'} | step ms | forward kernel: tile (µs a tile, in the order timed, "
+          "the fastest round [rounds]) | weight kernel: likewise | act kernel (PRENORM): likewise |\n"
+          "|---:|---|---:|---|---|---|")
     for i in range(args.processes):
         for value in values:
             env = dict(os.environ, TRITON_CACHE_AUTOTUNING="0", **({name: value} if name else {}))
             done = subprocess.run([sys.executable, "-m", "bench.tuning_probe", "--child"], env=env,
-                                  capture_output=True, text=True, timeout=300)
+                                  capture_output=True, text=True, timeout=600)
             lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
             if done.returncode != 0 or not lines:
                 tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-                print(f"| {i} | {value or '–'} | failed: {tail[0][:200]} | | | |", flush=True)
+                print(f"| {i} | {value or '–'} | failed: {tail[0][:200]} | | | | |", flush=True)
                 continue
             r = json.loads(lines[-1][len("RESULT "):])
-            cells = [f"{', '.join(r[n])} ({_ranked(r[n + '_us'])})" for n in ("weight", "act")]
-            print(f"| {i} | {value or '–'} | {r['ms']:.4f} | {cells[0]} | {cells[1]} |", flush=True)
+            cells = [f"{', '.join(r[n])} ({_ranked(r[n + '_us'])})" for n in _TUNERS]
+            print(f"| {i} | {value or '–'} | {r['ms']:.4f} | {' | '.join(cells)} |", flush=True)
 
 
 if __name__ == "__main__":

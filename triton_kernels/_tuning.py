@@ -26,6 +26,7 @@ import statistics
 from collections.abc import Callable, Hashable
 
 import torch
+from triton.runtime.errors import OutOfResources
 
 ROUNDS = 4
 REPS = 25  # timed launches a round, each after an L2 flush
@@ -65,15 +66,23 @@ def fastest(launches: dict[Hashable, Callable[[], object]], rounds: int = ROUNDS
     fastest of ``rounds`` rounds is the least, and every key's times in milliseconds, round by round.
     Every launch runs once before any is timed (it compiles there); round ``r`` times the keys in their
     order when ``r`` is even and in reverse when odd, so that no key is always timed first or last after
-    a pause. ``bench`` times one callable (default: :func:`_bench`)."""
+    a pause. A candidate whose first launch raises ``OutOfResources`` (shared memory or registers beyond
+    what the device offers, which a shared-memory estimate can miss) is left out, as Triton's autotuner
+    leaves it out. ``bench`` times one callable (default: :func:`_bench`)."""
     bench = bench or _bench
     if not launches:
         raise ValueError("fastest: launches is empty; pass at least one candidate")
     if rounds < 1:
         raise ValueError(f"fastest: rounds must be >= 1, got {rounds}")
-    keys = list(launches)
-    for key in keys:
-        launches[key]()
+    keys = []
+    for key, launch in launches.items():
+        try:
+            launch()
+        except OutOfResources:
+            continue
+        keys.append(key)
+    if not keys:
+        raise RuntimeError(f"fastest: every candidate ran out of resources on this device: {list(launches)}")
     times: dict[Hashable, list[float]] = {key: [] for key in keys}
     for r in range(rounds):
         for key in keys if r % 2 == 0 else reversed(keys):

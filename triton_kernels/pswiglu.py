@@ -39,8 +39,8 @@ three more small GEMMs per sample tile (about 1.4x the backward's FLOPs). On the
 
 Tiles (sample tile, hidden chunk, warps, stages) are tuned on the GPU, keyed on ``D``, ``h``
 and the batch rounded up to a power of two, among configurations first pruned by a
-shared-memory estimate (the forward's by Triton's autotuner; the backward's act and weight kernels'
-by timing every tile in alternating rounds, :class:`~._tuning.TileTuner`); batches under 1024 take
+shared-memory estimate, by timing every tile in alternating rounds (:class:`~._tuning.TileTuner`:
+the forward, the backward's act and weight kernels); batches under 1024 take
 one configuration untuned, and the interpreter one small configuration.
 
 Wide tokens (``next_power_of_2(D) > FUSED_MAX_D = 256`` for 16-bit dtypes, ``> 128`` for fp32;
@@ -111,32 +111,44 @@ from ._tiles import grouped_tile
 from ._tuning import TileTuner
 from .rms_norm import TokenPassNorm, rms_norm_fwd
 
+# (sample tile, hidden chunk, warps, stages) candidates of the (token, sample tile) kernels. The act
+# kernel's: (64, 32, 4, 3) and (128, 32, 8, 3) its fastest tiles at paper-small, with the norm in front and
+# without (run216, bench/ffn_act_probe.py); (64, 16, 4, 3), (128, 16, 8, 3) and (64, 32, 8, 2) the tiles
+# ptxas compiles for sm_90 without spills with the norm in front (`python -m bench sm90`). The forward's:
+# its former autotuner's list, and the eight-warp 128-sample tiles that list's shared-memory estimate
+# dropped (it counted a second activation tile and the hidden chunk, 180 against 131 KiB at 128 x 64 x 2)
+_ACT_SHAPES = [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3), (128, 32, 8, 2),
+               (128, 32, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2), (64, 16, 4, 3), (128, 16, 8, 3),
+               (64, 32, 8, 2), (32, 32, 4, 2), (32, 64, 4, 1), (16, 32, 4, 1)]
+_FWD_SHAPES = [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 4, 3),
+               (64, 64, 8, 2), (128, 32, 8, 2), (128, 32, 8, 3), (128, 64, 8, 1), (128, 64, 8, 2),
+               (128, 64, 8, 3), (32, 32, 4, 2), (32, 64, 4, 1), (16, 32, 4, 1)]
 
-def _tile_configs() -> list:
-    """(token, sample tile) kernels: sample tile, hidden chunk, warps, pipeline stages. Configs
-    that do not fit in shared memory for a given ``D`` are skipped by the autotuner."""
+
+def _tile_configs(shapes: list) -> list:
+    """(token, sample tile) kernels' ``triton.Config`` s of ``shapes`` (sample tile, hidden chunk, warps,
+    stages); the interpreter takes one small configuration."""
     if interpreting():
         return [triton.Config({"BLOCK_S": 32, "BLOCK_H": 32}, num_warps=4, num_stages=1)]
-    # (64, 32, 4, 3) and (128, 32, 8, 3): the act kernel's fastest tiles at paper-small, with the norm
-    # in front and without (run216, bench/ffn_act_probe.py)
-    shapes = [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3), (128, 32, 8, 2),
-              (128, 32, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2), (32, 32, 4, 2), (32, 64, 4, 1),
-              (16, 32, 4, 1)]
     return [triton.Config({"BLOCK_S": s, "BLOCK_H": h}, num_warps=w, num_stages=st) for s, h, w, st in shapes]
 
 
 _SMEM_BUDGET = 160 * 1024  # bytes: an H100/H200 SM has 227 KiB; leave room for layout scratch
+_SMEM_FWD = 227 * 1024     # the forward's estimate bounds sm_90's (python -m bench sm90): the SM's
 
 
-def _tile_smem_bytes(cfg, block_d: int, elem: int, gated: bool) -> int:
-    """A rough shared-memory estimate of the (token, sample tile) kernels: the activation rows,
-    the hidden chunk, and one set of weight tiles per pipeline stage."""
+def _tile_smem_bytes(cfg, block_d: int, elem: int, gated: bool, forward: bool = False) -> int:
+    """The shared memory of the (token, sample tile) kernels: one set of weight tiles per pipeline stage,
+    and the act kernel's ``[BLOCK_S, D]`` rows of ``u`` and ``dO`` and its hidden chunk (an estimate) or
+    the forward's rows of ``u`` (an upper bound of what Triton allocates for the forward on sm_90, exact
+    for its pipelined tiles of 64 samples and more)."""
     bs, bh = cfg.kwargs["BLOCK_S"], cfg.kwargs["BLOCK_H"]
     weights = (3 if gated else 2) * block_d * bh
-    return elem * (2 * bs * block_d + bs * bh + max(cfg.num_stages, 1) * weights)
+    rows = bs * block_d if forward else 2 * bs * block_d + bs * bh
+    return elem * (rows + max(cfg.num_stages, 1) * weights)
 
 
-def _prune_tiles(configs, named_args, **kwargs) -> list:
+def _prune_tiles(configs, named_args, forward: bool = False, **kwargs) -> list:
     """Drop configurations whose tiles would overflow shared memory for this ``D`` and dtype.
     Small batches (tests, tiny models) take the smallest remaining one instead of tuning: the
     tuning would cost more than it saves."""
@@ -146,13 +158,19 @@ def _prune_tiles(configs, named_args, **kwargs) -> list:
     cdt = kwargs.get("CDT", tl.float16)
     elem = max(cdt.primitive_bitwidth // 8, 1) if hasattr(cdt, "primitive_bitwidth") else 4
     gated = bool(kwargs.get("GATED", True))
-    fits = [c for c in configs if _tile_smem_bytes(c, block_d, elem, gated) <= _SMEM_BUDGET]
+    size = lambda c: _tile_smem_bytes(c, block_d, elem, gated, forward)  # noqa: E731
+    fits = [c for c in configs if size(c) <= (_SMEM_FWD if forward else _SMEM_BUDGET)]
     if not fits:
-        fits = [min(configs, key=lambda c: _tile_smem_bytes(c, block_d, elem, gated))]
+        fits = [min(configs, key=size)]
     if named_args["BS_KEY"] >= 1024:
         return fits
     return [min(fits, key=lambda c: abs(c.kwargs["BLOCK_S"] - 32) + abs(c.kwargs["BLOCK_H"] - 32)
                 + 8 * abs(c.num_stages - 2))]
+
+
+def _prune_fwd(configs, named_args, **kwargs) -> list:
+    """:func:`_prune_tiles` with the forward kernel's shared memory."""
+    return _prune_tiles(configs, named_args, forward=True, **kwargs)
 
 
 def _prune_weight(configs, named_args, **kwargs) -> list:
@@ -310,8 +328,6 @@ def _activation_bwd(g, v, da, GATED: tl.constexpr, POLY: tl.constexpr):
     return a, dg, dv
 
 
-@triton.autotune(configs=_tile_configs(), key=["D", "H", "BS_KEY", "GATED", "SAVE"],
-                 prune_configs_by={"early_config_prune": _prune_tiles})
 @triton.jit
 def ffn_fwd_kernel(
     U, W1, W3, W2, B1, B3, B2, OUT, G, V,
@@ -343,6 +359,11 @@ def ffn_fwd_kernel(
         acc += tl.load(B2 + t * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
     tl.store(OUT + offs_s[:, None] * (D * tl.num_programs(0)) + t * D + offs_d[None, :],
              acc.to(OUT.dtype.element_ty), mask=io_mask)
+
+
+# the forward writes only outputs that every launch writes again: tuned on its real arguments
+ffn_fwd_tuned = TileTuner(ffn_fwd_kernel, _tile_configs(_FWD_SHAPES), prune=_prune_fwd,
+                          key=["D", "H", "BS_KEY", "GATED", "SAVE", "CDT", "PREC"])
 
 
 # the norm weight's partial rows of the act kernel with a norm in front (PRENORM): one row per
@@ -452,7 +473,7 @@ def ffn_bwd_act_kernel(
 # kernel's 128 x 32 tiles, 22.9 µs a pass, against the best tile's 18.3 (run216). With the norm in front
 # the kernel writes ``ds`` over ``s`` and adds to the partials of earlier passes, so it is tuned on scratch
 # copies of those (:func:`_prenorm_scratch`)
-ffn_bwd_act = TileTuner(ffn_bwd_act_kernel, _tile_configs(), prune=_prune_tiles,
+ffn_bwd_act = TileTuner(ffn_bwd_act_kernel, _tile_configs(_ACT_SHAPES), prune=_prune_tiles,
                         key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM", "CDT", "PREC"])
 
 
@@ -1120,7 +1141,7 @@ def ffn_fwd(
     if bs == 0 or t == 0:
         return o, g, v
     dummy = w1
-    ffn_fwd_kernel[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
+    ffn_fwd_tuned[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
         u, w1, w3 if gated else dummy, w2,
         b1 if b1 is not None else dummy, b3 if b3 is not None else dummy, b2 if b2 is not None else dummy,
         o, g if save else o, v if v is not None else o,

@@ -576,8 +576,9 @@ def test_pswiglu_tile_pruning_always_leaves_a_config():
         for cdt in (tl.float16, tl.bfloat16, tl.float32):
             for bs_key in (1, 256, 4096):
                 args = {"BS_KEY": bs_key}
-                kept = kernels._prune_tiles(tiles, args, BLOCK_D=block_d, CDT=cdt, GATED=True)
-                assert kept and (bs_key >= 1024 or len(kept) == 1)
+                for prune in (kernels._prune_tiles, kernels._prune_fwd):
+                    kept = prune(tiles, args, BLOCK_D=block_d, CDT=cdt, GATED=True)
+                    assert kept and (bs_key >= 1024 or len(kept) == 1)
                 assert kernels._prune_weight(weights, args, CDT=cdt)
 
 
@@ -615,6 +616,31 @@ def test_ffn_token_gemm_tiles_compile_for_sm90(sm90_compile):
         "    assert res['shared'] <= SMEM_LIMIT, (label, cfg, res)\n"
     )
 
+
+
+def ffn_fwd_smem_sm90() -> None:
+    """The forward's shared-memory estimate, which prunes against the whole SM, bounds what Triton
+    allocates on sm_90 for every tile at paper-small, and is exact for the pipelined tiles of 64 samples
+    and more (where it decides), so no tile it keeps overflows the SM."""
+    import triton
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    from bench.sm90 import SMEM_LIMIT, ffn_fwd_rows
+
+    rows = list(ffn_fwd_rows(usage=False))
+    assert len(rows) >= 8
+    for label, (tile, warps, stages), res in rows:
+        cfg = triton.Config(tile, num_warps=warps, num_stages=stages)
+        estimate = kernels._tile_smem_bytes(cfg, 128, 2, True, forward=True)
+        assert res["shared"] <= estimate, (tile, stages, res)
+        assert res["shared"] == estimate or stages == 1 or tile["BLOCK_S"] < 64, (tile, stages, res)
+        assert res["shared"] <= SMEM_LIMIT, (label, tile, res)
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
+def test_ffn_fwd_smem_sm90(sm90_compile):
+    sm90_compile("import test_pswiglu as t; t.ffn_fwd_smem_sm90()")
 
 
 def ffn_weight_loop_sm90() -> None:

@@ -65,6 +65,21 @@ def test_a_slow_stretch_over_most_rounds_does_not_flip_the_choice():
     assert best == "fast"
 
 
+def test_a_candidate_out_of_resources_is_left_out():
+    from triton.runtime.errors import OutOfResources
+
+    clock = Clock({"a": 2.0, "big": 1.0, "b": 3.0})
+
+    def too_big():
+        raise OutOfResources(240 * 1024, 227 * 1024, "shared memory")
+
+    launches = dict(clock.launches(), big=too_big)
+    best, times = fastest(launches, rounds=2, bench=clock.bench)
+    assert best == "a" and set(times) == {"a", "b"} and "big" not in clock.timed
+    with pytest.raises(RuntimeError, match="every candidate ran out of resources"):
+        fastest({"big": too_big}, bench=clock.bench)
+
+
 def test_the_default_bench_is_read_when_called(monkeypatch):
     clock = Clock({"x": 1.0, "y": 0.5})
     monkeypatch.setattr(_tuning, "_bench", clock.bench)
