@@ -232,7 +232,7 @@ def ffn_fwd_rows(usage: bool = True):
     ptrs = {a: "*bf16" for a in "U W1 W3 W2 B1 B3 B2 OUT G V".split()}
     consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, HAS_B2=True, SAVE=False, CDT=tl.bfloat16, PREC="tf32",
                   BLOCK_D=128, stride_ud=1)
-    for cfg in k._prune_fwd(k._tile_configs(k._FWD_SHAPES), dict(BS_KEY=2048), **consts):
+    for cfg in k._prune_fwd(k._fwd_configs(), dict(BS_KEY=2048), **consts):
         res = compile_sm90(k.ffn_fwd_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps, cfg.num_stages,
                            usage=usage, floats=(),
                            divisible=("BS", "D", "H", "BS_KEY", "stride_us", "stride_ut"))

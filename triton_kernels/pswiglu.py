@@ -120,9 +120,14 @@ from .rms_norm import TokenPassNorm, rms_norm_fwd
 _ACT_SHAPES = [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3), (128, 32, 8, 2),
                (128, 32, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2), (64, 16, 4, 3), (128, 16, 8, 3),
                (64, 32, 8, 2), (32, 32, 4, 2), (32, 64, 4, 1), (16, 32, 4, 1)]
+# the forward's, one tile a program: its former autotuner's list with the eight-warp 128-sample tiles that
+# list's shared-memory estimate dropped (it counted a second activation tile and the hidden chunk); and
+# persistent, (..., programs an SM), its fastest tiles at paper-small walking the tiles (run258)
 _FWD_SHAPES = [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 4, 3),
-               (64, 64, 8, 2), (128, 32, 8, 2), (128, 32, 8, 3), (128, 64, 8, 1), (128, 64, 8, 2),
-               (128, 64, 8, 3), (32, 32, 4, 2), (32, 64, 4, 1), (16, 32, 4, 1)]
+               (64, 64, 8, 2), (128, 32, 8, 2), (128, 32, 8, 3), (128, 64, 8, 2), (128, 64, 8, 3),
+               (32, 32, 4, 2), (32, 64, 4, 1), (16, 32, 4, 1)]
+_FWD_PERSISTENT = [(64, 64, 4, 2, 1), (64, 64, 4, 2, 2), (64, 32, 4, 3, 2), (64, 32, 4, 2, 2),
+                   (64, 64, 4, 3, 1), (128, 64, 8, 2, 1), (128, 64, 8, 3, 1), (128, 32, 8, 3, 1)]
 
 
 def _tile_configs(shapes: list) -> list:
@@ -133,19 +138,35 @@ def _tile_configs(shapes: list) -> list:
     return [triton.Config({"BLOCK_S": s, "BLOCK_H": h}, num_warps=w, num_stages=st) for s, h, w, st in shapes]
 
 
+def _fwd_configs() -> list:
+    """The forward kernel's: :data:`_FWD_SHAPES` one tile a program, :data:`_FWD_PERSISTENT` persistent;
+    the interpreter's one small tile with two programs walking the tiles."""
+    if interpreting():
+        return [triton.Config({"BLOCK_S": 32, "BLOCK_H": 32, "SM_PROGRAMS": 2}, num_warps=4, num_stages=1)]
+    return ([triton.Config({"BLOCK_S": s, "BLOCK_H": h, "SM_PROGRAMS": 0}, num_warps=w, num_stages=st)
+             for s, h, w, st in _FWD_SHAPES]
+            + [triton.Config({"BLOCK_S": s, "BLOCK_H": h, "SM_PROGRAMS": p}, num_warps=w, num_stages=st)
+               for s, h, w, st, p in _FWD_PERSISTENT])
+
+
 _SMEM_BUDGET = 160 * 1024  # bytes: an H100/H200 SM has 227 KiB; leave room for layout scratch
 _SMEM_FWD = 227 * 1024     # the forward's estimate bounds sm_90's (python -m bench sm90): the SM's
 
 
 def _tile_smem_bytes(cfg, block_d: int, elem: int, gated: bool, forward: bool = False) -> int:
     """The shared memory of the (token, sample tile) kernels: one set of weight tiles per pipeline stage,
-    and the act kernel's ``[BLOCK_S, D]`` rows of ``u`` and ``dO`` and its hidden chunk (an estimate) or
-    the forward's rows of ``u`` (an upper bound of what Triton allocates for the forward on sm_90, exact
-    for its pipelined tiles of 64 samples and more)."""
+    and the act kernel's ``[BLOCK_S, D]`` rows of ``u`` and ``dO`` and its hidden chunk (an estimate), or
+    the forward's rows of ``u``: once, or per stage where it walks tiles (``SM_PROGRAMS``) and loads them
+    each step, then with its store's layout change. The forward's bounds what Triton allocates on sm_90,
+    exact for its one-tile pipelined tiles of 64 samples and more and its eight-warp persistent ones."""
     bs, bh = cfg.kwargs["BLOCK_S"], cfg.kwargs["BLOCK_H"]
+    stages = max(cfg.num_stages, 1)
     weights = (3 if gated else 2) * block_d * bh
-    rows = bs * block_d if forward else 2 * bs * block_d + bs * bh
-    return elem * (rows + max(cfg.num_stages, 1) * weights)
+    if not forward:
+        return elem * (2 * bs * block_d + bs * bh + stages * weights)
+    if not cfg.kwargs.get("SM_PROGRAMS", 0):
+        return elem * (bs * block_d + stages * weights)
+    return elem * (stages * (bs * block_d + weights) + bs * block_d)
 
 
 def _prune_tiles(configs, named_args, forward: bool = False, **kwargs) -> list:
@@ -329,40 +350,97 @@ def _activation_bwd(g, v, da, GATED: tl.constexpr, POLY: tl.constexpr):
 
 
 @triton.jit
+def _fwd_tile(tile, T, BS, BLOCK_S: tl.constexpr):
+    """Tile ``tile`` of the forward, token fastest: ``(t, sample offsets, their mask)``."""
+    offs_s = (tile // T).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    return (tile % T).to(tl.int64), offs_s, offs_s < BS
+
+
+@triton.jit
+def _fwd_chunk(u, acc, t, h0, offs_s, mask_s, offs_d, mask_d, W1, W3, W2, B1, B3, G, V, BS, D, H,
+               GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr, SAVE: tl.constexpr,
+               CDT: tl.constexpr, PREC: tl.constexpr, BLOCK_H: tl.constexpr):
+    """``acc + A W2`` for the hidden chunk at ``h0`` (``G``, ``V`` stored with ``SAVE``)."""
+    offs_h = h0 + tl.arange(0, BLOCK_H)
+    mask_h = offs_h < H
+    g, v, _, _ = _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
+                         GATED, HAS_B1, HAS_B3, CDT, PREC)
+    if SAVE:
+        hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
+        hmask = mask_s[:, None] & mask_h[None, :]
+        tl.store(G + hid, g.to(G.dtype.element_ty), mask=hmask)
+        if GATED:
+            tl.store(V + hid, v.to(V.dtype.element_ty), mask=hmask)
+    a = _activation(g, v, GATED, (CDT == tl.float16) or (CDT == tl.bfloat16))
+    w2 = tl.load(W2 + t * H * D + offs_h[:, None] * D + offs_d[None, :],
+                 mask=mask_h[:, None] & mask_d[None, :], other=0.0)
+    return tl.dot(a.to(CDT), w2.to(CDT), acc, input_precision=PREC)
+
+
+@triton.jit
+def _fwd_store(acc, t, offs_s, mask_s, offs_d, mask_d, B2, OUT, T, D, HAS_B2: tl.constexpr):
+    if HAS_B2:
+        acc += tl.load(B2 + t * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+    tl.store(OUT + offs_s[:, None] * (D * T) + t * D + offs_d[None, :], acc.to(OUT.dtype.element_ty),
+             mask=mask_s[:, None] & mask_d[None, :])
+
+
+@triton.jit
 def ffn_fwd_kernel(
     U, W1, W3, W2, B1, B3, B2, OUT, G, V,
-    BS, D, H, BS_KEY,
+    BS, T, D, H, BS_KEY,
     stride_us, stride_ut, stride_ud,
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr, HAS_B2: tl.constexpr,
     SAVE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, SM_PROGRAMS: tl.constexpr,
 ):
-    t, offs_s, offs_d, mask_s, mask_d, io_mask = _token_tile(BS, D, BLOCK_S, BLOCK_D)
-    u = _load_token_rows(U, t, offs_s, offs_d, io_mask, stride_us, stride_ut, stride_ud, CDT)
+    """Tiles ``(t, sample tile)``, token fastest (:func:`_fwd_grid`). ``SM_PROGRAMS`` 0: program ``pid``
+    owns tile ``pid``, its rows of ``u`` loaded once before its loop over the hidden chunks. Else
+    (persistent) program ``pid`` of ``P`` owns tiles ``pid``, ``pid + P``, ..., in one loop over its
+    (tile, chunk) steps, so that the pipeline loads the next tile's rows and weights while a tile's last
+    chunk computes (the rows loaded again each chunk); ``acc`` is stored and cleared after a tile's last
+    chunk. The chunks of a tile are summed in the same order either way."""
+    pid = tl.program_id(0)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
     acc = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
-    for h0 in range(0, H, BLOCK_H):
-        offs_h = h0 + tl.arange(0, BLOCK_H)
-        mask_h = offs_h < H
-        g, v, _, _ = _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
-                             GATED, HAS_B1, HAS_B3, CDT, PREC)
-        if SAVE:
-            hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
-            hmask = mask_s[:, None] & mask_h[None, :]
-            tl.store(G + hid, g.to(G.dtype.element_ty), mask=hmask)
-            if GATED:
-                tl.store(V + hid, v.to(V.dtype.element_ty), mask=hmask)
-        a = _activation(g, v, GATED, (CDT == tl.float16) or (CDT == tl.bfloat16))
-        w2 = tl.load(W2 + t * H * D + offs_h[:, None] * D + offs_d[None, :],
-                     mask=mask_h[:, None] & mask_d[None, :], other=0.0)
-        acc = tl.dot(a.to(CDT), w2.to(CDT), acc, input_precision=PREC)
-    if HAS_B2:
-        acc += tl.load(B2 + t * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-    tl.store(OUT + offs_s[:, None] * (D * tl.num_programs(0)) + t * D + offs_d[None, :],
-             acc.to(OUT.dtype.element_ty), mask=io_mask)
+    if SM_PROGRAMS == 0:
+        t, offs_s, mask_s = _fwd_tile(pid, T, BS, BLOCK_S)
+        u = _load_token_rows(U, t, offs_s, offs_d, mask_s[:, None] & mask_d[None, :], stride_us, stride_ut,
+                             stride_ud, CDT)
+        for h0 in range(0, H, BLOCK_H):
+            acc = _fwd_chunk(u, acc, t, h0, offs_s, mask_s, offs_d, mask_d, W1, W3, W2, B1, B3, G, V, BS, D,
+                             H, GATED, HAS_B1, HAS_B3, SAVE, CDT, PREC, BLOCK_H)
+        _fwd_store(acc, t, offs_s, mask_s, offs_d, mask_d, B2, OUT, T, D, HAS_B2)
+    else:
+        progs = tl.num_programs(0)
+        n_chunks = tl.cdiv(H, BLOCK_H)
+        steps = tl.cdiv(T * tl.cdiv(BS, BLOCK_S) - pid, progs) * n_chunks
+        for step in range(0, steps):
+            chunk = step % n_chunks
+            t, offs_s, mask_s = _fwd_tile(pid + (step // n_chunks) * progs, T, BS, BLOCK_S)
+            u = _load_token_rows(U, t, offs_s, offs_d, mask_s[:, None] & mask_d[None, :], stride_us,
+                                 stride_ut, stride_ud, CDT)
+            acc = _fwd_chunk(u, acc, t, chunk * BLOCK_H, offs_s, mask_s, offs_d, mask_d, W1, W3, W2, B1, B3,
+                             G, V, BS, D, H, GATED, HAS_B1, HAS_B3, SAVE, CDT, PREC, BLOCK_H)
+            if chunk == n_chunks - 1:
+                _fwd_store(acc, t, offs_s, mask_s, offs_d, mask_d, B2, OUT, T, D, HAS_B2)
+                acc = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
+
+
+def _fwd_grid(t: int, bs: int, device: torch.device):
+    """The forward kernel's grid for its tile: one program a tile (``SM_PROGRAMS`` 0), else at most
+    ``SM_PROGRAMS`` programs an SM (persistent)."""
+    def grid(meta):
+        tiles = t * triton.cdiv(bs, meta["BLOCK_S"])
+        per_sm = meta["SM_PROGRAMS"]
+        return (tiles if per_sm == 0 else max(1, min(tiles, per_sm * sm_count(device))),)
+
+    return grid
 
 
 # the forward writes only outputs that every launch writes again: tuned on its real arguments
-ffn_fwd_tuned = TileTuner(ffn_fwd_kernel, _tile_configs(_FWD_SHAPES), prune=_prune_fwd,
+ffn_fwd_tuned = TileTuner(ffn_fwd_kernel, _fwd_configs(), prune=_prune_fwd,
                           key=["D", "H", "BS_KEY", "GATED", "SAVE", "CDT", "PREC"])
 
 
@@ -1141,11 +1219,11 @@ def ffn_fwd(
     if bs == 0 or t == 0:
         return o, g, v
     dummy = w1
-    ffn_fwd_tuned[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
+    ffn_fwd_tuned[_fwd_grid(t, bs, u.device)](
         u, w1, w3 if gated else dummy, w2,
         b1 if b1 is not None else dummy, b3 if b3 is not None else dummy, b2 if b2 is not None else dummy,
         o, g if save else o, v if v is not None else o,
-        bs, d, h, bucket(bs),
+        bs, t, d, h, bucket(bs),
         u.stride(0), u.stride(1), u.stride(2),
         GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None, HAS_B2=b2 is not None,
         SAVE=save, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
