@@ -225,14 +225,14 @@ def ffn_weight_rows(usage: bool = True, ptx: bool = False):
 
 def ffn_fwd_rows(usage: bool = True):
     """``(label, config, result)`` for the fused path's forward kernel at ``paper-small`` (``D = 128``,
-    ``h = 176``, bf16, gated, nothing saved): the tiles its tuner keeps for a large batch."""
+    ``h = 176``, bf16, gated, nothing saved): the tiles its autotuner keeps for a large batch."""
     import triton.language as tl
     from unimixer_kernels.triton_kernels import pswiglu as k
 
     ptrs = {a: "*bf16" for a in "U W1 W3 W2 B1 B3 B2 OUT G V".split()}
     consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, HAS_B2=True, SAVE=False, CDT=tl.bfloat16, PREC="tf32",
                   BLOCK_D=128, stride_ud=1)
-    for cfg in k._prune_fwd(k._fwd_configs(), dict(BS_KEY=2048), **consts):
+    for cfg in k._prune_tiles(k._tile_configs(), dict(BS_KEY=2048), **consts):
         res = compile_sm90(k.ffn_fwd_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps, cfg.num_stages,
                            usage=usage, floats=(),
                            divisible=("BS", "D", "H", "BS_KEY", "stride_us", "stride_ut"))
@@ -252,7 +252,7 @@ def ffn_act_rows(usage: bool = True):
         consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, SAVED=False, STORE=True, PRENORM=prenorm,
                       ACCUMULATE=False, GRANULE=k.PARTIAL_GRANULE, CDT=tl.bfloat16, PREC="tf32",
                       BLOCK_D=128, stride_dod=1, stride_ud=1)
-        for cfg in k._prune_tiles(k._tile_configs(k._ACT_SHAPES), dict(BS_KEY=2048), **consts):
+        for cfg in k._prune_tiles(k._tile_configs(), dict(BS_KEY=2048), **consts):
             res = compile_sm90(k.ffn_bwd_act_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps,
                                cfg.num_stages, usage=usage, floats=(),
                                divisible=("BS", "D", "H", "BS_KEY", "stride_dos", "stride_dot", "stride_us",

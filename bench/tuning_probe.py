@@ -27,8 +27,7 @@ import sys
 
 def _tile(cfg) -> str:
     sizes = "x".join(str(cfg.kwargs[n]) for n in ("BLOCK_S", "BLOCK_H") if n in cfg.kwargs)
-    walk = f" p{cfg.kwargs['SM_PROGRAMS']}" if cfg.kwargs.get("SM_PROGRAMS") else ""  # programs an SM
-    return f"{sizes} w{cfg.num_warps} s{cfg.num_stages}{walk}"
+    return f"{sizes} w{cfg.num_warps} s{cfg.num_stages}"
 
 
 def _times(tuner) -> dict[str, list[float]]:

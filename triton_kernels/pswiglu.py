@@ -111,65 +111,32 @@ from ._tiles import grouped_tile
 from ._tuning import TileTuner
 from .rms_norm import TokenPassNorm, rms_norm_fwd
 
-# (sample tile, hidden chunk, warps, stages) candidates of the (token, sample tile) kernels. The act
-# kernel's: (64, 32, 4, 3) and (128, 32, 8, 3) its fastest tiles at paper-small, with the norm in front and
-# without (run216, bench/ffn_act_probe.py); (64, 16, 4, 3), (128, 16, 8, 3) and (64, 32, 8, 2) the tiles
-# ptxas compiles for sm_90 without spills with the norm in front (`python -m bench sm90`). The forward's:
-# its former autotuner's list, and the eight-warp 128-sample tiles that list's shared-memory estimate
-# dropped (it counted a second activation tile and the hidden chunk, 180 against 131 KiB at 128 x 64 x 2)
-_ACT_SHAPES = [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3), (128, 32, 8, 2),
-               (128, 32, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2), (64, 16, 4, 3), (128, 16, 8, 3),
-               (64, 32, 8, 2), (32, 32, 4, 2), (32, 64, 4, 1), (16, 32, 4, 1)]
-# the forward's, one tile a program: its former autotuner's list with the eight-warp 128-sample tiles that
-# list's shared-memory estimate dropped (it counted a second activation tile and the hidden chunk); and
-# persistent, (..., programs an SM), its fastest tiles at paper-small walking the tiles (run258)
-_FWD_SHAPES = [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 4, 3),
-               (64, 64, 8, 2), (128, 32, 8, 2), (128, 32, 8, 3), (128, 64, 8, 2), (128, 64, 8, 3),
-               (32, 32, 4, 2), (32, 64, 4, 1), (16, 32, 4, 1)]
-_FWD_PERSISTENT = [(64, 64, 4, 2, 1), (64, 64, 4, 2, 2), (64, 32, 4, 3, 2), (64, 32, 4, 2, 2),
-                   (64, 64, 4, 3, 1), (128, 64, 8, 2, 1), (128, 64, 8, 3, 1), (128, 32, 8, 3, 1)]
 
-
-def _tile_configs(shapes: list) -> list:
-    """(token, sample tile) kernels' ``triton.Config`` s of ``shapes`` (sample tile, hidden chunk, warps,
-    stages); the interpreter takes one small configuration."""
+def _tile_configs() -> list:
+    """(token, sample tile) kernels: sample tile, hidden chunk, warps, pipeline stages. Configs
+    that do not fit in shared memory for a given ``D`` are skipped by the autotuner."""
     if interpreting():
         return [triton.Config({"BLOCK_S": 32, "BLOCK_H": 32}, num_warps=4, num_stages=1)]
+    # (64, 32, 4, 3) and (128, 32, 8, 3): the act kernel's fastest tiles at paper-small, with the norm
+    # in front and without (run216, bench/ffn_act_probe.py)
+    shapes = [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3), (128, 32, 8, 2),
+              (128, 32, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2), (32, 32, 4, 2), (32, 64, 4, 1),
+              (16, 32, 4, 1)]
     return [triton.Config({"BLOCK_S": s, "BLOCK_H": h}, num_warps=w, num_stages=st) for s, h, w, st in shapes]
 
 
-def _fwd_configs() -> list:
-    """The forward kernel's: :data:`_FWD_SHAPES` one tile a program, :data:`_FWD_PERSISTENT` persistent;
-    the interpreter's one small tile with two programs walking the tiles."""
-    if interpreting():
-        return [triton.Config({"BLOCK_S": 32, "BLOCK_H": 32, "SM_PROGRAMS": 2}, num_warps=4, num_stages=1)]
-    return ([triton.Config({"BLOCK_S": s, "BLOCK_H": h, "SM_PROGRAMS": 0}, num_warps=w, num_stages=st)
-             for s, h, w, st in _FWD_SHAPES]
-            + [triton.Config({"BLOCK_S": s, "BLOCK_H": h, "SM_PROGRAMS": p}, num_warps=w, num_stages=st)
-               for s, h, w, st, p in _FWD_PERSISTENT])
-
-
 _SMEM_BUDGET = 160 * 1024  # bytes: an H100/H200 SM has 227 KiB; leave room for layout scratch
-_SMEM_FWD = 227 * 1024     # the forward's estimate bounds sm_90's (python -m bench sm90): the SM's
 
 
-def _tile_smem_bytes(cfg, block_d: int, elem: int, gated: bool, forward: bool = False) -> int:
-    """The shared memory of the (token, sample tile) kernels: one set of weight tiles per pipeline stage,
-    and the act kernel's ``[BLOCK_S, D]`` rows of ``u`` and ``dO`` and its hidden chunk (an estimate), or
-    the forward's rows of ``u``: once, or per stage where it walks tiles (``SM_PROGRAMS``) and loads them
-    each step, then with its store's layout change. The forward's bounds what Triton allocates on sm_90,
-    exact for its one-tile pipelined tiles of 64 samples and more and its eight-warp persistent ones."""
+def _tile_smem_bytes(cfg, block_d: int, elem: int, gated: bool) -> int:
+    """A rough shared-memory estimate of the (token, sample tile) kernels: the activation rows,
+    the hidden chunk, and one set of weight tiles per pipeline stage."""
     bs, bh = cfg.kwargs["BLOCK_S"], cfg.kwargs["BLOCK_H"]
-    stages = max(cfg.num_stages, 1)
     weights = (3 if gated else 2) * block_d * bh
-    if not forward:
-        return elem * (2 * bs * block_d + bs * bh + stages * weights)
-    if not cfg.kwargs.get("SM_PROGRAMS", 0):
-        return elem * (bs * block_d + stages * weights)
-    return elem * (stages * (bs * block_d + weights) + bs * block_d)
+    return elem * (2 * bs * block_d + bs * bh + max(cfg.num_stages, 1) * weights)
 
 
-def _prune_tiles(configs, named_args, forward: bool = False, **kwargs) -> list:
+def _prune_tiles(configs, named_args, **kwargs) -> list:
     """Drop configurations whose tiles would overflow shared memory for this ``D`` and dtype.
     Small batches (tests, tiny models) take the smallest remaining one instead of tuning: the
     tuning would cost more than it saves."""
@@ -179,19 +146,13 @@ def _prune_tiles(configs, named_args, forward: bool = False, **kwargs) -> list:
     cdt = kwargs.get("CDT", tl.float16)
     elem = max(cdt.primitive_bitwidth // 8, 1) if hasattr(cdt, "primitive_bitwidth") else 4
     gated = bool(kwargs.get("GATED", True))
-    size = lambda c: _tile_smem_bytes(c, block_d, elem, gated, forward)  # noqa: E731
-    fits = [c for c in configs if size(c) <= (_SMEM_FWD if forward else _SMEM_BUDGET)]
+    fits = [c for c in configs if _tile_smem_bytes(c, block_d, elem, gated) <= _SMEM_BUDGET]
     if not fits:
-        fits = [min(configs, key=size)]
+        fits = [min(configs, key=lambda c: _tile_smem_bytes(c, block_d, elem, gated))]
     if named_args["BS_KEY"] >= 1024:
         return fits
     return [min(fits, key=lambda c: abs(c.kwargs["BLOCK_S"] - 32) + abs(c.kwargs["BLOCK_H"] - 32)
                 + 8 * abs(c.num_stages - 2))]
-
-
-def _prune_fwd(configs, named_args, **kwargs) -> list:
-    """:func:`_prune_tiles` with the forward kernel's shared memory."""
-    return _prune_tiles(configs, named_args, forward=True, **kwargs)
 
 
 def _prune_weight(configs, named_args, **kwargs) -> list:
@@ -350,97 +311,46 @@ def _activation_bwd(g, v, da, GATED: tl.constexpr, POLY: tl.constexpr):
 
 
 @triton.jit
-def _fwd_tile(tile, T, BS, BLOCK_S: tl.constexpr):
-    """Tile ``tile`` of the forward, token fastest: ``(t, sample offsets, their mask)``."""
-    offs_s = (tile // T).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
-    return (tile % T).to(tl.int64), offs_s, offs_s < BS
-
-
-@triton.jit
-def _fwd_chunk(u, acc, t, h0, offs_s, mask_s, offs_d, mask_d, W1, W3, W2, B1, B3, G, V, BS, D, H,
-               GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr, SAVE: tl.constexpr,
-               CDT: tl.constexpr, PREC: tl.constexpr, BLOCK_H: tl.constexpr):
-    """``acc + A W2`` for the hidden chunk at ``h0`` (``G``, ``V`` stored with ``SAVE``)."""
-    offs_h = h0 + tl.arange(0, BLOCK_H)
-    mask_h = offs_h < H
-    g, v, _, _ = _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
-                         GATED, HAS_B1, HAS_B3, CDT, PREC)
-    if SAVE:
-        hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
-        hmask = mask_s[:, None] & mask_h[None, :]
-        tl.store(G + hid, g.to(G.dtype.element_ty), mask=hmask)
-        if GATED:
-            tl.store(V + hid, v.to(V.dtype.element_ty), mask=hmask)
-    a = _activation(g, v, GATED, (CDT == tl.float16) or (CDT == tl.bfloat16))
-    w2 = tl.load(W2 + t * H * D + offs_h[:, None] * D + offs_d[None, :],
-                 mask=mask_h[:, None] & mask_d[None, :], other=0.0)
-    return tl.dot(a.to(CDT), w2.to(CDT), acc, input_precision=PREC)
-
-
-@triton.jit
-def _fwd_store(acc, t, offs_s, mask_s, offs_d, mask_d, B2, OUT, T, D, HAS_B2: tl.constexpr):
-    if HAS_B2:
-        acc += tl.load(B2 + t * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-    tl.store(OUT + offs_s[:, None] * (D * T) + t * D + offs_d[None, :], acc.to(OUT.dtype.element_ty),
-             mask=mask_s[:, None] & mask_d[None, :])
-
-
-@triton.jit
 def ffn_fwd_kernel(
     U, W1, W3, W2, B1, B3, B2, OUT, G, V,
-    BS, T, D, H, BS_KEY,
+    BS, D, H, BS_KEY,
     stride_us, stride_ut, stride_ud,
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr, HAS_B2: tl.constexpr,
     SAVE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, SM_PROGRAMS: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    """Tiles ``(t, sample tile)``, token fastest (:func:`_fwd_grid`). ``SM_PROGRAMS`` 0: program ``pid``
-    owns tile ``pid``, its rows of ``u`` loaded once before its loop over the hidden chunks. Else
-    (persistent) program ``pid`` of ``P`` owns tiles ``pid``, ``pid + P``, ..., in one loop over its
-    (tile, chunk) steps, so that the pipeline loads the next tile's rows and weights while a tile's last
-    chunk computes (the rows loaded again each chunk); ``acc`` is stored and cleared after a tile's last
-    chunk. The chunks of a tile are summed in the same order either way."""
-    pid = tl.program_id(0)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
+    t, offs_s, offs_d, mask_s, mask_d, io_mask = _token_tile(BS, D, BLOCK_S, BLOCK_D)
+    u = _load_token_rows(U, t, offs_s, offs_d, io_mask, stride_us, stride_ut, stride_ud, CDT)
     acc = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
-    if SM_PROGRAMS == 0:
-        t, offs_s, mask_s = _fwd_tile(pid, T, BS, BLOCK_S)
-        u = _load_token_rows(U, t, offs_s, offs_d, mask_s[:, None] & mask_d[None, :], stride_us, stride_ut,
-                             stride_ud, CDT)
-        for h0 in range(0, H, BLOCK_H):
-            acc = _fwd_chunk(u, acc, t, h0, offs_s, mask_s, offs_d, mask_d, W1, W3, W2, B1, B3, G, V, BS, D,
-                             H, GATED, HAS_B1, HAS_B3, SAVE, CDT, PREC, BLOCK_H)
-        _fwd_store(acc, t, offs_s, mask_s, offs_d, mask_d, B2, OUT, T, D, HAS_B2)
-    else:
-        progs = tl.num_programs(0)
-        n_chunks = tl.cdiv(H, BLOCK_H)
-        steps = tl.cdiv(T * tl.cdiv(BS, BLOCK_S) - pid, progs) * n_chunks
-        for step in range(0, steps):
-            chunk = step % n_chunks
-            t, offs_s, mask_s = _fwd_tile(pid + (step // n_chunks) * progs, T, BS, BLOCK_S)
-            u = _load_token_rows(U, t, offs_s, offs_d, mask_s[:, None] & mask_d[None, :], stride_us,
-                                 stride_ut, stride_ud, CDT)
-            acc = _fwd_chunk(u, acc, t, chunk * BLOCK_H, offs_s, mask_s, offs_d, mask_d, W1, W3, W2, B1, B3,
-                             G, V, BS, D, H, GATED, HAS_B1, HAS_B3, SAVE, CDT, PREC, BLOCK_H)
-            if chunk == n_chunks - 1:
-                _fwd_store(acc, t, offs_s, mask_s, offs_d, mask_d, B2, OUT, T, D, HAS_B2)
-                acc = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        offs_h = h0 + tl.arange(0, BLOCK_H)
+        mask_h = offs_h < H
+        g, v, _, _ = _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
+                             GATED, HAS_B1, HAS_B3, CDT, PREC)
+        if SAVE:
+            hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
+            hmask = mask_s[:, None] & mask_h[None, :]
+            tl.store(G + hid, g.to(G.dtype.element_ty), mask=hmask)
+            if GATED:
+                tl.store(V + hid, v.to(V.dtype.element_ty), mask=hmask)
+        a = _activation(g, v, GATED, (CDT == tl.float16) or (CDT == tl.bfloat16))
+        w2 = tl.load(W2 + t * H * D + offs_h[:, None] * D + offs_d[None, :],
+                     mask=mask_h[:, None] & mask_d[None, :], other=0.0)
+        acc = tl.dot(a.to(CDT), w2.to(CDT), acc, input_precision=PREC)
+    if HAS_B2:
+        acc += tl.load(B2 + t * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+    tl.store(OUT + offs_s[:, None] * (D * tl.num_programs(0)) + t * D + offs_d[None, :],
+             acc.to(OUT.dtype.element_ty), mask=io_mask)
 
 
-def _fwd_grid(t: int, bs: int, device: torch.device):
-    """The forward kernel's grid for its tile: one program a tile (``SM_PROGRAMS`` 0), else at most
-    ``SM_PROGRAMS`` programs an SM (persistent)."""
-    def grid(meta):
-        tiles = t * triton.cdiv(bs, meta["BLOCK_S"])
-        per_sm = meta["SM_PROGRAMS"]
-        return (tiles if per_sm == 0 else max(1, min(tiles, per_sm * sm_count(device))),)
-
-    return grid
-
-
-# the forward writes only outputs that every launch writes again: tuned on its real arguments
-ffn_fwd_tuned = TileTuner(ffn_fwd_kernel, _fwd_configs(), prune=_prune_fwd,
+# the forward writes only outputs that every launch writes again: tuned on its real arguments, as the
+# backward's kernels, so that no host-bound timing decides its tile (``_tuning``). Tried at paper-small and
+# not kept (run258, run259): the eight-warp 128-sample tiles its shared-memory estimate drops (128 x 64 x 8
+# warps x 2 and 3 stages, 131 and 180 KiB on sm_90: 48.2 and 45.9 µs against 64 x 64 x 4 x 2's 45.0) and
+# a persistent form, one or two programs an SM walking the tiles in one loop over (tile, chunk) steps
+# (54-88 µs; its rows, loaded each step, pipelined with the weights: 139 against 115 KiB at 64 x 64 x 2,
+# room for one program an SM where the one-tile form fits two)
+ffn_fwd_tuned = TileTuner(ffn_fwd_kernel, _tile_configs(), prune=_prune_tiles,
                           key=["D", "H", "BS_KEY", "GATED", "SAVE", "CDT", "PREC"])
 
 
@@ -551,7 +461,7 @@ def ffn_bwd_act_kernel(
 # kernel's 128 x 32 tiles, 22.9 µs a pass, against the best tile's 18.3 (run216). With the norm in front
 # the kernel writes ``ds`` over ``s`` and adds to the partials of earlier passes, so it is tuned on scratch
 # copies of those (:func:`_prenorm_scratch`)
-ffn_bwd_act = TileTuner(ffn_bwd_act_kernel, _tile_configs(_ACT_SHAPES), prune=_prune_tiles,
+ffn_bwd_act = TileTuner(ffn_bwd_act_kernel, _tile_configs(), prune=_prune_tiles,
                         key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM", "CDT", "PREC"])
 
 
@@ -1219,11 +1129,11 @@ def ffn_fwd(
     if bs == 0 or t == 0:
         return o, g, v
     dummy = w1
-    ffn_fwd_tuned[_fwd_grid(t, bs, u.device)](
+    ffn_fwd_tuned[lambda meta: (t, triton.cdiv(bs, meta["BLOCK_S"]))](
         u, w1, w3 if gated else dummy, w2,
         b1 if b1 is not None else dummy, b3 if b3 is not None else dummy, b2 if b2 is not None else dummy,
         o, g if save else o, v if v is not None else o,
-        bs, t, d, h, bucket(bs),
+        bs, d, h, bucket(bs),
         u.stride(0), u.stride(1), u.stride(2),
         GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None, HAS_B2=b2 is not None,
         SAVE=save, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),

@@ -243,54 +243,6 @@ def test_ffn_tma_path_gpu(op, recompute, persistent, monkeypatch):
     _check_ffn(op, u, torch.bfloat16, "cuda", h, recompute=recompute)
 
 
-def _ffn_fwd_grids_agree(monkeypatch, device, dtype, shape, tiles, gated):
-    """``ffn_fwd`` (saving ``G``, ``V``) with each of ``tiles`` ((BLOCK_S, BLOCK_H, warps, stages,
-    SM_PROGRAMS)) as the forward's only tile: outputs equal bit for bit."""
-    import triton
-    from unimixer_kernels.triton_kernels import _tuning
-    from unimixer_kernels.triton_kernels import pswiglu as kernels
-
-    real = kernels.ffn_fwd_tuned
-    bs, t, d, h = shape
-    u = random_input((bs, t, d), dtype, device)
-    w1, w3, w2, b1, b3, b2 = (x.detach() if x is not None else None
-                              for x in _weights(t, d, h, dtype, device, True))
-    if not gated:
-        w3 = b3 = None
-    outs = []
-    for s, bh, warps, stages, per_sm in tiles:
-        tile = triton.Config({"BLOCK_S": s, "BLOCK_H": bh, "SM_PROGRAMS": per_sm}, num_warps=warps,
-                             num_stages=stages)
-        monkeypatch.setattr(kernels, "ffn_fwd_tuned",
-                            _tuning.TileTuner(real.kernel, [tile], key=real.key, prune=lambda c, *a, **k: c))
-        outs.append(kernels.ffn_fwd(u, w1, w3, w2, b1, b3, b2, save=True))
-    for other in outs[1:]:
-        for a, b in zip(outs[0], other):
-            assert (a is None and b is None) or torch.equal(a, b)
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("gated", [True, False], ids=["swiglu", "gelu"])
-def test_ffn_fwd_grids_agree_bit_for_bit(device, monkeypatch, gated):
-    """The fused forward one tile a program and persistent (programs walking several tiles, the last
-    tile's rows clipped, h not a multiple of the hidden chunk) sum the same chunks in the same order:
-    equal outputs and saved pre-activations, bit for bit, which the reference tests then cover."""
-    # 3 sample tiles of 32 a token, 9 tiles; two hidden chunks, one clipped; 1 and 4 programs (CPU: 1 "SM")
-    tiles = [(32, 32, 4, 1, per_sm) for per_sm in (0, 1, 4)]
-    _ffn_fwd_grids_agree(monkeypatch, device, torch.float32, (70, 3, 16, 40), tiles, gated)
-
-
-@pytest.mark.gpu
-@pytest.mark.triton
-@pytest.mark.parametrize("gated", [True, False], ids=["swiglu", "gelu"])
-def test_ffn_fwd_grids_agree_bit_for_bit_gpu(monkeypatch, gated):
-    """As the CPU test at paper-small in bf16 with the GPU's tiles: one tile a program, one and two
-    programs an SM walking the 1024 tiles (bs not a multiple of the sample tile: 2040)."""
-    tiles = [(64, 64, 4, 2, 0), (64, 64, 4, 2, 1), (64, 64, 4, 2, 2), (64, 32, 4, 3, 0), (64, 32, 4, 3, 2)]
-    _ffn_fwd_grids_agree(monkeypatch, "cuda", torch.bfloat16, (2040, 32, 128, 176), tiles[:3], gated)
-    _ffn_fwd_grids_agree(monkeypatch, "cuda", torch.bfloat16, (2040, 32, 128, 176), tiles[3:], gated)
-
-
 @pytest.mark.triton
 def test_pswiglu_weight_grad_split_matches_single_pass(device):
     """The weight gradients reduced over sample ranges (fp32 partials) equal the one-range ones."""
@@ -624,9 +576,8 @@ def test_pswiglu_tile_pruning_always_leaves_a_config():
         for cdt in (tl.float16, tl.bfloat16, tl.float32):
             for bs_key in (1, 256, 4096):
                 args = {"BS_KEY": bs_key}
-                for prune in (kernels._prune_tiles, kernels._prune_fwd):
-                    kept = prune(tiles, args, BLOCK_D=block_d, CDT=cdt, GATED=True)
-                    assert kept and (bs_key >= 1024 or len(kept) == 1)
+                kept = kernels._prune_tiles(tiles, args, BLOCK_D=block_d, CDT=cdt, GATED=True)
+                assert kept and (bs_key >= 1024 or len(kept) == 1)
                 assert kernels._prune_weight(weights, args, CDT=cdt)
 
 
@@ -664,31 +615,6 @@ def test_ffn_token_gemm_tiles_compile_for_sm90(sm90_compile):
         "    assert res['shared'] <= SMEM_LIMIT, (label, cfg, res)\n"
     )
 
-
-
-def ffn_fwd_smem_sm90() -> None:
-    """The forward's shared-memory estimate, which prunes against the whole SM, bounds what Triton
-    allocates on sm_90 for every tile at paper-small, within 8 KiB for the pipelined tiles of 64 samples
-    and more (where it decides), so no tile it keeps overflows the SM."""
-    import triton
-    from unimixer_kernels.triton_kernels import pswiglu as kernels
-
-    from bench.sm90 import SMEM_LIMIT, ffn_fwd_rows
-
-    rows = list(ffn_fwd_rows(usage=False))
-    assert len(rows) >= 8 and any(tile["SM_PROGRAMS"] for _, (tile, _, _), _ in rows)
-    for label, (tile, warps, stages), res in rows:
-        cfg = triton.Config(tile, num_warps=warps, num_stages=stages)
-        estimate = kernels._tile_smem_bytes(cfg, 128, 2, True, forward=True)
-        assert res["shared"] <= estimate, (tile, stages, res)
-        assert estimate - res["shared"] <= 8192 or stages == 1 or tile["BLOCK_S"] < 64, (tile, stages, res)
-        assert res["shared"] <= SMEM_LIMIT, (label, tile, res)
-
-
-@pytest.mark.triton
-@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
-def test_ffn_fwd_smem_sm90(sm90_compile):
-    sm90_compile("import test_pswiglu as t; t.ffn_fwd_smem_sm90()")
 
 
 def ffn_weight_loop_sm90() -> None:
