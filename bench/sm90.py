@@ -230,8 +230,8 @@ def ffn_fwd_rows(usage: bool = True):
     from unimixer_kernels.triton_kernels import pswiglu as k
 
     ptrs = {a: "*bf16" for a in "U W1 W3 W2 B1 B3 B2 OUT G V".split()}
-    consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, HAS_B2=True, SAVE=False, PREFETCH=True,
-                  CDT=tl.bfloat16, PREC="tf32", BLOCK_D=128, stride_ud=1)
+    consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, HAS_B2=True, SAVE=False, CDT=tl.bfloat16, PREC="tf32",
+                  BLOCK_D=128, stride_ud=1)
     for cfg in k._prune_tiles(k._tile_configs(), dict(BS_KEY=2048), **consts):
         res = compile_sm90(k.ffn_fwd_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps, cfg.num_stages,
                            usage=usage, floats=(),
@@ -250,8 +250,8 @@ def ffn_act_rows(usage: bool = True):
     ptrs.update(RSTD="*fp32", DW_PART="*fp32")
     for prenorm in (False, True):
         consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, SAVED=False, STORE=True, PRENORM=prenorm,
-                      ACCUMULATE=False, GRANULE=k.PARTIAL_GRANULE, PREFETCH=True, CDT=tl.bfloat16,
-                      PREC="tf32", BLOCK_D=128, stride_dod=1, stride_ud=1)
+                      ACCUMULATE=False, GRANULE=k.PARTIAL_GRANULE, CDT=tl.bfloat16, PREC="tf32",
+                      BLOCK_D=128, stride_dod=1, stride_ud=1)
         for cfg in k._prune_tiles(k._tile_configs(), dict(BS_KEY=2048), **consts):
             res = compile_sm90(k.ffn_bwd_act_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps,
                                cfg.num_stages, usage=usage, floats=(),

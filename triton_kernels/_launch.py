@@ -30,10 +30,7 @@ FFN_CHUNK_SWITCH = "UNIMIXER_FFN_TOKEN_CHUNK"
 LITE_GEMM_SWITCH = "UNIMIXER_LITE_GEMM"
 UNIMIXING_SAVE_H_SWITCH = "UNIMIXER_UNIMIXING_SAVE_H"
 UNIMIXING_BWD_GLOBAL_SWITCH = "UNIMIXER_UNIMIXING_BWD_GLOBAL"
-FFN_BIAS_PREFETCH_SWITCH = "UNIMIXER_FFN_BIAS_PREFETCH"
 SWITCHES = {
-    FFN_BIAS_PREFETCH_SWITCH: ("1", "the fused per-token FFN's forward and act kernels: '1' (each hidden "
-                                    "chunk's biases loaded one chunk ahead) or '0' (at the chunk)"),
     NORM_SWITCH: ("composed", "unimixing_rmsnorm: 'composed' (the mixing with its residual, then one RMSNorm "
                               "pass, as two autograd nodes so that the norm's backward frees its input and "
                               "gradient before the mixing backward) or 'fused' (the RMSNorm in the mixing "

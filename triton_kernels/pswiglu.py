@@ -95,7 +95,6 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ._launch import (
     FFN_BACKWARD_SWITCH,
-    FFN_BIAS_PREFETCH_SWITCH,
     FFN_CHUNK_SWITCH,
     FFN_GEMM_SWITCH,
     FFN_TMA_SWITCH,
@@ -193,50 +192,33 @@ def _weight_configs() -> list:
 
 
 @triton.jit
-def _chunk_bias(B1, B3, t, offs_h, H, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr, BLOCK_H: tl.constexpr):
-    """The biases ``(b1, b3)`` of the hidden chunk at ``offs_h`` as stored (0 where absent or past ``H``),
-    widened where they are used: loaded by the kernels one chunk ahead of their use, as a global load that
-    fed the chunk's first dot stalled it on its whole latency (the forward's stall samples, run260)."""
-    mask_h = offs_h < H
-    b1 = tl.zeros([BLOCK_H], dtype=B1.dtype.element_ty)
-    b3 = tl.zeros([BLOCK_H], dtype=B3.dtype.element_ty)
-    if HAS_B1:
-        b1 = tl.load(B1 + t * H + offs_h, mask=mask_h, other=0.0)
-    if HAS_B3:
-        b3 = tl.load(B3 + t * H + offs_h, mask=mask_h, other=0.0)
-    return b1, b3
-
-
-@triton.jit
-def _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, b1, b3, D, H,
+def _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
             GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr,
             CDT: tl.constexpr, PREC: tl.constexpr):
     """``(G, V, w1, w3)`` of one hidden chunk: ``G`` and ``V`` fp32 (``V`` is ``G`` when not gated),
-    and the chunk's ``[D, h-chunk]`` weight tiles, which a backward reuses transposed. ``b1``, ``b3``:
-    the chunk's biases (:func:`_chunk_bias`)."""
+    and the chunk's ``[D, h-chunk]`` weight tiles, which a backward reuses transposed."""
     wmask = mask_d[:, None] & mask_h[None, :]
     w1 = tl.load(W1 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
     g = tl.dot(u, w1.to(CDT), input_precision=PREC)
     if HAS_B1:
-        g += b1.to(tl.float32)[None, :]
+        g += tl.load(B1 + t * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
     v = g
     w3 = w1
     if GATED:
         w3 = tl.load(W3 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
         v = tl.dot(u, w3.to(CDT), input_precision=PREC)
         if HAS_B3:
-            v += b3.to(tl.float32)[None, :]
+            v += tl.load(B3 + t * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
     return g, v, w1, w3
 
 
 @triton.jit
-def _hidden_grads(u, do, G, V, hid, hmask, t, offs_d, offs_h, mask_d, mask_h, W1, W3, W2, b1, b3, D, H,
+def _hidden_grads(u, do, G, V, hid, hmask, t, offs_d, offs_h, mask_d, mask_h, W1, W3, W2, B1, B3, D, H,
                   SAVED: tl.constexpr, GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr,
                   CDT: tl.constexpr, PREC: tl.constexpr):
     """``(A, dG, dV)`` fp32 of one hidden chunk: ``G, V`` loaded (``SAVED``) or recomputed from the
-    ``u`` rows and the chunk's biases ``b1``, ``b3``, and ``dA = dO W2^T`` from the ``dO`` rows (both
-    ``[samples, whole D]``); then the chunk's ``[D, h-chunk]`` tiles of ``W1`` and ``W3`` (loaded here
-    either way).
+    ``u`` rows, and ``dA = dO W2^T`` from the ``dO`` rows (both ``[samples, whole D]``); then the
+    chunk's ``[D, h-chunk]`` tiles of ``W1`` and ``W3`` (loaded here either way).
 
     Every weight tile is loaded along its rows (``h`` for ``W1``, ``W3``; ``D`` for ``W2``) and
     transposed in the dot: the transposed loads these replaced (element strides of ``h`` and ``D``)
@@ -252,7 +234,7 @@ def _hidden_grads(u, do, G, V, hid, hmask, t, offs_d, offs_h, mask_d, mask_h, W1
         if GATED:
             w3 = tl.load(W3 + t * D * H + offs_d[:, None] * H + offs_h[None, :], mask=wmask, other=0.0)
     else:
-        g, v, w1, w3 = _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, b1, b3, D, H,
+        g, v, w1, w3 = _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
                                GATED, HAS_B1, HAS_B3, CDT, PREC)
     # W2[t] as an [h-chunk, D] tile, transposed: dA = dO W2^T
     w2 = tl.load(W2 + t * H * D + offs_h[:, None] * D + offs_d[None, :],
@@ -334,24 +316,17 @@ def ffn_fwd_kernel(
     BS, D, H, BS_KEY,
     stride_us, stride_ut, stride_ud,
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr, HAS_B2: tl.constexpr,
-    SAVE: tl.constexpr, PREFETCH: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
+    SAVE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     t, offs_s, offs_d, mask_s, mask_d, io_mask = _token_tile(BS, D, BLOCK_S, BLOCK_D)
     u = _load_token_rows(U, t, offs_s, offs_d, io_mask, stride_us, stride_ut, stride_ud, CDT)
     acc = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
-    b1, b3 = _chunk_bias(B1, B3, t, tl.arange(0, BLOCK_H), H, HAS_B1, HAS_B3, BLOCK_H)
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
         mask_h = offs_h < H
-        if PREFETCH:
-            b1_next, b3_next = _chunk_bias(B1, B3, t, offs_h + BLOCK_H, H, HAS_B1, HAS_B3, BLOCK_H)
-        else:
-            b1, b3 = _chunk_bias(B1, B3, t, offs_h, H, HAS_B1, HAS_B3, BLOCK_H)
-        g, v, _, _ = _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, b1, b3, D, H,
+        g, v, _, _ = _hidden(u, t, offs_d, offs_h, mask_d, mask_h, W1, W3, B1, B3, D, H,
                              GATED, HAS_B1, HAS_B3, CDT, PREC)
-        if PREFETCH:
-            b1, b3 = b1_next, b3_next
         if SAVE:
             hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
             hmask = mask_s[:, None] & mask_h[None, :]
@@ -376,7 +351,7 @@ def ffn_fwd_kernel(
 # (54-88 µs; its rows, loaded each step, pipelined with the weights: 139 against 115 KiB at 64 x 64 x 2,
 # room for one program an SM where the one-tile form fits two)
 ffn_fwd_tuned = TileTuner(ffn_fwd_kernel, _tile_configs(), prune=_prune_tiles,
-                          key=["D", "H", "BS_KEY", "GATED", "SAVE", "PREFETCH", "CDT", "PREC"])
+                          key=["D", "H", "BS_KEY", "GATED", "SAVE", "CDT", "PREC"])
 
 
 # the norm weight's partial rows of the act kernel with a norm in front (PRENORM): one row per
@@ -437,7 +412,7 @@ def ffn_bwd_act_kernel(
     stride_rs, stride_rt,
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr,
     SAVED: tl.constexpr, STORE: tl.constexpr, PRENORM: tl.constexpr, ACCUMULATE: tl.constexpr,
-    GRANULE: tl.constexpr, PREFETCH: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
+    GRANULE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     """``du`` for program ``(t, sample tile)``; with ``STORE`` also ``A, dG, dV`` for
@@ -457,22 +432,13 @@ def ffn_bwd_act_kernel(
     else:
         u = _load_token_rows(U, t, offs_s, offs_d, io_mask, stride_us, stride_ut, stride_ud, CDT)
     du = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
-    b1, b3 = _chunk_bias(B1, B3, t, tl.arange(0, BLOCK_H), H, HAS_B1 and not SAVED, HAS_B3 and not SAVED,
-                         BLOCK_H)
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
         mask_h = offs_h < H
         hid = t * BS * H + offs_s[:, None] * H + offs_h[None, :]
         hmask = mask_s[:, None] & mask_h[None, :]
-        if PREFETCH:
-            b1_next, b3_next = _chunk_bias(B1, B3, t, offs_h + BLOCK_H, H, HAS_B1 and not SAVED,
-                                           HAS_B3 and not SAVED, BLOCK_H)
-        else:
-            b1, b3 = _chunk_bias(B1, B3, t, offs_h, H, HAS_B1 and not SAVED, HAS_B3 and not SAVED, BLOCK_H)
         a, dg, dv, w1, w3 = _hidden_grads(u, do, G, V, hid, hmask, t, offs_d, offs_h, mask_d, mask_h, W1, W3,
-                                          W2, b1, b3, D, H, SAVED, GATED, HAS_B1, HAS_B3, CDT, PREC)
-        if PREFETCH:
-            b1, b3 = b1_next, b3_next
+                                          W2, B1, B3, D, H, SAVED, GATED, HAS_B1, HAS_B3, CDT, PREC)
         if STORE:
             if GATED:
                 tl.store(DV + hid, dv.to(DV.dtype.element_ty), mask=hmask)
@@ -496,8 +462,7 @@ def ffn_bwd_act_kernel(
 # the kernel writes ``ds`` over ``s`` and adds to the partials of earlier passes, so it is tuned on scratch
 # copies of those (:func:`_prenorm_scratch`)
 ffn_bwd_act = TileTuner(ffn_bwd_act_kernel, _tile_configs(), prune=_prune_tiles,
-                        key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM", "PREFETCH", "CDT",
-                             "PREC"])
+                        key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM", "CDT", "PREC"])
 
 
 @triton.jit
@@ -537,8 +502,6 @@ def ffn_bwd_weight_kernel(
     acc_b1 = tl.zeros([BLOCK_S, BLOCK_H], dtype=tl.float32)
     acc_b3 = tl.zeros([BLOCK_S, BLOCK_H], dtype=tl.float32)
     acc_b2 = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
-    b1, b3 = _chunk_bias(B1, B3, t, offs_h, H, HAS_B1 and RECOMPUTE and not SAVED,
-                         HAS_B3 and RECOMPUTE and not SAVED, BLOCK_H)
     for s0 in range(s_begin, s_end, BLOCK_S):
         offs_s = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
         mask_s = offs_s < s_end
@@ -549,7 +512,7 @@ def ffn_bwd_weight_kernel(
         hmask = mask_s[:, None] & mask_h[None, :]
         if RECOMPUTE:
             a32, dg32, dv32, _, _ = _hidden_grads(u, do, G, V, hid, hmask, t, offs_d, offs_h, mask_d, mask_h,
-                                                  W1, W3, W2, b1, b3, D, H, SAVED, GATED, HAS_B1, HAS_B3, CDT,
+                                                  W1, W3, W2, B1, B3, D, H, SAVED, GATED, HAS_B1, HAS_B3, CDT,
                                                   PREC)
             # rounded to the compute dtype as the stored buffers are; rows past the range are 0
             dg = tl.where(mask_s[:, None], dg32, 0.0).to(CDT)
@@ -1173,16 +1136,9 @@ def ffn_fwd(
         bs, d, h, bucket(bs),
         u.stride(0), u.stride(1), u.stride(2),
         GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None, HAS_B2=b2 is not None,
-        SAVE=save, PREFETCH=_bias_prefetch(), CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
+        SAVE=save, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
     )
     return o, g, v
-
-
-def _bias_prefetch() -> bool:
-    mode = switch(FFN_BIAS_PREFETCH_SWITCH)
-    if mode not in ("0", "1"):
-        raise ValueError(f"{FFN_BIAS_PREFETCH_SWITCH}: expected '0' or '1', got {mode!r}")
-    return mode == "1"
 
 
 def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store: bool, norm=None):
@@ -1207,8 +1163,7 @@ def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, stor
             *rstd_strides]
     meta = dict(GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None,
                 SAVED=saved, STORE=store, PRENORM=norm is not None, ACCUMULATE=accumulate,
-                GRANULE=PARTIAL_GRANULE, PREFETCH=_bias_prefetch(), CDT=_TL_DTYPES[cdt], PREC=_prec(cdt),
-                BLOCK_D=_block_d(d))
+                GRANULE=PARTIAL_GRANULE, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d))
 
     def grid(m):
         return (t, triton.cdiv(bs, m["BLOCK_S"]))
