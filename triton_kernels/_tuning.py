@@ -82,7 +82,8 @@ def fastest(launches: dict[Hashable, Callable[[], object]], rounds: int = ROUNDS
             continue
         keys.append(key)
     if not keys:
-        raise RuntimeError(f"fastest: every candidate ran out of resources on this device: {list(launches)}")
+        raise RuntimeError(f"fastest: every candidate ran out of resources on this device "
+                           f"({list(launches)}); give the kernel's tuner a smaller tile")
     times: dict[Hashable, list[float]] = {key: [] for key in keys}
     for r in range(rounds):
         for key in keys if r % 2 == 0 else reversed(keys):
