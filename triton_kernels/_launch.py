@@ -84,11 +84,12 @@ SWITCHES = {
                                 "'auto' (4 warps, with 2 samples per loop step in the forward and 4 in "
                                 "the backward, the fastest of eight tiles each on the H200) or "
                                 "'WARPSxSAMPLES' (powers of two, 1..16) for both"),
-    PDL_SWITCH: ("auto", "launch the tiled Sinkhorn kernels with programmatic dependent launch (sm_90+, "
-                         "CUDA): each waits for its predecessor inside the kernel, so its launch, and its "
-                         "read of the logits tile where the previous launch does not write it, overlap the "
-                         "previous kernel's tail. 'auto' while capturing a CUDA graph (eager PDL launches "
-                         "cost host time), '1' always, '0' never"),
+    PDL_SWITCH: ("auto", "launch the tiled Sinkhorn kernels and the per-token FFN backward's token passes "
+                         "(fused path) with programmatic dependent launch (sm_90+, CUDA): each waits for "
+                         "its predecessor inside the kernel, so its launch, and its reads of what no kernel "
+                         "in flight writes (a Sinkhorn launch's logits tile; a later FFN pass's rows of "
+                         "dO and s), overlap the previous kernel's tail. 'auto' while capturing a CUDA "
+                         "graph (eager PDL launches cost host time), '1' always, '0' never"),
     POLL_SWITCH: ("thread", "the resident Sinkhorn kernels' wait for the other programs' partials: 'thread' "
                             "(each thread polls its own words, inline PTX) or 'block' (the program polls as "
                             "a whole, a block-wide count of missing words per round; the CPU interpreter, "

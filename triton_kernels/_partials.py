@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from ._launch import new_output
+from ._pdl import pdl_prologue
 
 MAX_SEGMENTS = 7
 # values per program tile: a [BP, BM] tile of this many fp32 values, with BP up to MAX_ROWS partial
@@ -50,10 +51,12 @@ def sum_partials_kernel(
     BP0: tl.constexpr, BM0: tl.constexpr, BP1: tl.constexpr, BM1: tl.constexpr,
     BP2: tl.constexpr, BM2: tl.constexpr, BP3: tl.constexpr, BM3: tl.constexpr,
     BP4: tl.constexpr, BM4: tl.constexpr, BP5: tl.constexpr, BM5: tl.constexpr,
-    BP6: tl.constexpr, BM6: tl.constexpr,
+    BP6: tl.constexpr, BM6: tl.constexpr, PDL: tl.constexpr = False, RELEASE_FIRST: tl.constexpr = False,
 ):
     """``D_k[j] = sum_p S_k[p, j]`` (fp32, fixed order, cast to ``D_k``'s dtype) for the ``NSEG``
-    segments ``k``; segment ``k`` owns programs ``[E_{k-1}, E_k)`` (``E_{-1} = 0``)."""
+    segments ``k``; segment ``k`` owns programs ``[E_{k-1}, E_k)`` (``E_{-1} = 0``). ``PDL``,
+    ``RELEASE_FIRST``: launched with programmatic dependent launch (``_pdl.pdl_prologue``)."""
+    pdl_prologue(PDL, RELEASE_FIRST)
     pid = tl.program_id(0)
     if pid < E0:
         _sum_segment(pid, S0, D0, P0, M0, BP0, BM0)
@@ -95,19 +98,21 @@ def _rows_cols(p: int, m: int) -> tuple[int, int]:
     return min(rows, TILE // bm), bm
 
 
-def sum_partials(*pairs: tuple[torch.Tensor, torch.Tensor]) -> None:
+def sum_partials(*pairs: tuple[torch.Tensor, torch.Tensor], launch: dict | None = None) -> None:
     """For each ``(partial, out)``: ``out = partial.sum(0)``, summed in fp32 in a fixed order and
     cast to ``out``'s dtype, all in one launch. ``partial`` is a contiguous floating ``[P, ...]``
     tensor (fp32 partials, or 16-bit rows to be summed, as a bias gradient's), ``out`` a contiguous
     tensor of ``partial.shape[1:]``; :data:`MAX_SEGMENTS` pairs a launch (more take more
-    launches)."""
+    launches). ``launch``: :func:`._pdl.pdl_options`' keywords, for a caller whose chain of launches
+    uses programmatic dependent launch."""
     if not pairs:
         raise ValueError("pairs: expected at least one (partial, out) pair")
     for first in range(0, len(pairs), MAX_SEGMENTS):
-        _sum_partials_launch(pairs[first:first + MAX_SEGMENTS], first)
+        _sum_partials_launch(pairs[first:first + MAX_SEGMENTS], first, launch or {})
 
 
-def _sum_partials_launch(pairs: tuple[tuple[torch.Tensor, torch.Tensor], ...], first: int) -> None:
+def _sum_partials_launch(pairs: tuple[tuple[torch.Tensor, torch.Tensor], ...], first: int,
+                         launch: dict) -> None:
     args, consts, ends, total = [], {}, [], 0
     for k, (part, out) in enumerate(pairs):
         if not part.is_floating_point() or not part.is_contiguous() or not out.is_contiguous():
@@ -129,7 +134,7 @@ def _sum_partials_launch(pairs: tuple[tuple[torch.Tensor, torch.Tensor], ...], f
     ends += [total] * (MAX_SEGMENTS - len(ends))
     if total == 0:
         return
-    sum_partials_kernel[(total,)](*args, *ends[:-1], NSEG=len(pairs), **consts, num_warps=4)
+    sum_partials_kernel[(total,)](*args, *ends[:-1], NSEG=len(pairs), **consts, **launch, num_warps=4)
 
 
 def cast_all(xs: list[torch.Tensor], dtype: torch.dtype, contiguous: bool = False) -> list[torch.Tensor]:

@@ -107,6 +107,7 @@ from ._launch import (
     switch,
 )
 from ._partials import sum_partials
+from ._pdl import pdl_options, pdl_prologue
 from ._tiles import grouped_tile
 from ._tuning import TileTuner
 from .rms_norm import TokenPassNorm, rms_norm_fwd
@@ -361,19 +362,16 @@ PARTIAL_GRANULE = 16
 
 
 @triton.jit
-def _prenorm_rows(S, RSTD, NW, U_OUT, t, offs_s, offs_d, mask_s, mask_d, io_mask,
-                  stride_ss, stride_st, stride_sd, stride_rs, stride_rt, stride_os, stride_ot,
-                  CDT: tl.constexpr):
+def _prenorm_rows(S, RSTD, NW, t, offs_s, offs_d, mask_s, mask_d, io_mask,
+                  stride_ss, stride_st, stride_sd, stride_rs, stride_rt, UDT: tl.constexpr):
     """``u = RMSNorm(s)`` of the program's rows from the forward's ``rstd``, in the norm kernel's
-    order of products (``s * rstd * w``, rounded to ``s``'s dtype: the forward's ``u`` bit for bit),
-    also stored to ``U_OUT`` for the weight kernel. Returns ``(u in CDT, rstd, w)``."""
+    order of products (``s * rstd * w``, rounded to ``UDT``, ``s``'s dtype: the forward's ``u`` bit for
+    bit). Returns ``(u, rstd, w)``."""
     s = tl.load(S + offs_s[:, None] * stride_ss + t * stride_st + offs_d[None, :] * stride_sd,
                 mask=io_mask, other=0.0).to(tl.float32)
     rstd = tl.load(RSTD + offs_s * stride_rs + t * stride_rt, mask=mask_s, other=0.0)
     nw = tl.load(NW + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    u = (s * rstd[:, None] * nw[None, :]).to(U_OUT.dtype.element_ty)
-    tl.store(U_OUT + offs_s[:, None] * stride_os + t * stride_ot + offs_d[None, :], u, mask=io_mask)
-    return u.to(CDT), rstd, nw
+    return (s * rstd[:, None] * nw[None, :]).to(UDT), rstd, nw
 
 
 @triton.jit
@@ -414,6 +412,7 @@ def ffn_bwd_act_kernel(
     SAVED: tl.constexpr, STORE: tl.constexpr, PRENORM: tl.constexpr, ACCUMULATE: tl.constexpr,
     GRANULE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+    PDL: tl.constexpr = False, EARLY: tl.constexpr = False,
 ):
     """``du`` for program ``(t, sample tile)``; with ``STORE`` also ``A, dG, dV`` for
     ``ffn_bwd_weight_kernel`` (without it, that kernel recomputes them). ``DU``'s rows are
@@ -423,14 +422,27 @@ def ffn_bwd_act_kernel(
     ``[bs, T]`` fp32 statistics (strides ``stride_rs``, ``stride_rt``): the program forms its rows
     of ``u`` (:func:`_prenorm_rows`), writes them to ``DU`` (``[bs, tokens, D]`` contiguous, rows
     ``stride_dus`` apart) for the weight kernel, and turns its ``du`` into ``ds`` and the norm
-    weight's partials (:func:`_prenorm_grads`) instead of storing ``du``."""
+    weight's partials (:func:`_prenorm_grads`) instead of storing ``du``.
+
+    ``PDL`` (programmatic dependent launch, ``_pdl.pdl_prologue``): the program waits for the
+    previous kernel before its first read, then releases the next one; or with ``EARLY`` it first reads
+    its rows of ``dO`` and ``u`` (or ``s``, ``rstd`` and the norm weight), which the caller guarantees no
+    kernel still in flight writes, then releases the next kernel and waits. It writes nothing before
+    the wait."""
     t, offs_s, offs_d, mask_s, mask_d, io_mask = _token_tile(BS, D, BLOCK_S, BLOCK_D)
+    if not EARLY:
+        pdl_prologue(PDL)
     do = _load_token_rows(DO, t, offs_s, offs_d, io_mask, stride_dos, stride_dot, stride_dod, CDT)
     if PRENORM:
-        u, rstd, nw = _prenorm_rows(U, RSTD, NW, DU, t, offs_s, offs_d, mask_s, mask_d, io_mask,
-                                    stride_us, stride_ut, stride_ud, stride_rs, stride_rt, stride_dus, D, CDT)
+        u_rows, rstd, nw = _prenorm_rows(U, RSTD, NW, t, offs_s, offs_d, mask_s, mask_d, io_mask, stride_us,
+                                         stride_ut, stride_ud, stride_rs, stride_rt, DU.dtype.element_ty)
+        u = u_rows.to(CDT)
     else:
         u = _load_token_rows(U, t, offs_s, offs_d, io_mask, stride_us, stride_ut, stride_ud, CDT)
+    if EARLY:
+        pdl_prologue(PDL, True)
+    if PRENORM:
+        tl.store(DU + offs_s[:, None] * stride_dus + t * D + offs_d[None, :], u_rows, mask=io_mask)
     du = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
@@ -473,14 +485,17 @@ def ffn_bwd_weight_kernel(
     stride_us, stride_ut, stride_ud,
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr, SAVED: tl.constexpr,
     RECOMPUTE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """Program ``(t * NSPLIT + split, d tile, h tile)`` reduces one contiguous range of samples
     into its fp32 partial ``[NSPLIT, T, ...]`` slot; the caller sums the ``NSPLIT`` axis.
 
     ``RECOMPUTE``: ``A, dG, dV`` of the program's hidden tile are formed here from ``u``, ``dO`` and
     the weights (``G, V`` loaded when ``SAVED``), as ``ffn_bwd_act_kernel`` forms them, instead of
-    read from its ``[T, bs, h]`` buffers; ``BLOCK_D`` then spans all of ``D`` (one d tile)."""
+    read from its ``[T, bs, h]`` buffers; ``BLOCK_D`` then spans all of ``D`` (one d tile). ``PDL``:
+    launched with programmatic dependent launch, it releases the next kernel, then waits
+    (``_pdl.pdl_prologue``; never the last kernel of its chain)."""
+    pdl_prologue(PDL, True)
     pid0 = tl.program_id(0)
     t = (pid0 // NSPLIT).to(tl.int64)
     split = pid0 % NSPLIT
@@ -1141,11 +1156,13 @@ def ffn_fwd(
     return o, g, v
 
 
-def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store: bool, norm=None):
+def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store: bool, norm=None,
+                       launch: dict | None = None):
     """``ffn_bwd_act_kernel`` over the tokens of ``u``; returns the launch's compiled kernel.
     ``norm``: ``(ds, rstd, weight, partial, accumulate)`` when ``u`` is the norm's input ``s``
     (``PRENORM``, its tile tuned on :func:`_prenorm_scratch`); ``du`` then receives the pass's ``u``
-    (``[bs, tokens, D]`` contiguous) for the weight kernel."""
+    (``[bs, tokens, D]`` contiguous) for the weight kernel. ``launch``: the kernel's ``PDL`` and
+    ``EARLY`` keywords with Triton's ``launch_pdl`` (:func:`ffn_bwd`)."""
     bs, t, d = u.shape
     h = w1.shape[-1]
     gated = w3 is not None
@@ -1163,7 +1180,8 @@ def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, stor
             *rstd_strides]
     meta = dict(GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None,
                 SAVED=saved, STORE=store, PRENORM=norm is not None, ACCUMULATE=accumulate,
-                GRANULE=PARTIAL_GRANULE, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d))
+                GRANULE=PARTIAL_GRANULE, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
+                **(launch or {}))
 
     def grid(m):
         return (t, triton.cdiv(bs, m["BLOCK_S"]))
@@ -1327,11 +1345,20 @@ def ffn_bwd(
     db3 = new_output((t, h), like=u, dtype=db3_dt) if gated else None
     f32 = dict(device=u.device, dtype=torch.float32)
     dummy = w1
-    # token passes (_token_chunk): each pass's buffers and partials are freed before the next's
+    # token passes (_token_chunk): each pass's buffers and partials are freed before the next's. Pass k's
+    # partials are summed after pass k + 1's act kernel, so that this kernel follows pass k's weight kernel
+    # in the stream: with programmatic dependent launch (UNIMIXER_PDL, _pdl.py) its programs read their
+    # rows while that kernel's last programs run (the peak is unchanged: one pass's buffers beside one
+    # pass's partials, as at the weight kernel). The first act kernel waits before any read (the kernel
+    # before this op may have written dO) and the last sum before its release; every launch between
+    # releases the next one before its wait, and reads before it only the op's inputs (EARLY)
     chunks = _chunks(t, _token_chunk(t, fused=True))
     if prenorm is not None:  # the act kernel does the norm: its partial rows (_prenorm_grads)
         prenorm.plan(chunks, rows_per_token=triton.cdiv(bs, PARTIAL_GRANULE))
-    for sl in chunks:
+    pdl = pdl_options(u.device)
+    chain = pdl_options(u.device, release_first=True)
+    pending = None  # the previous pass's (partial, output) pairs, still to sum
+    for i, sl in enumerate(chunks):
         n = sl.stop - sl.start
         w1_c, w3_c, w2_c, b1_c, b3_c, g_c, v_c = (_part(x, sl) for x in (w1, w3, w2, b1, b3, g, v))
         if lean:
@@ -1341,16 +1368,23 @@ def ffn_bwd(
             dg = torch.empty((n, bs, h), device=u.device, dtype=cdt)
             dv = torch.empty((n, bs, h), device=u.device, dtype=cdt) if gated else dg
         do_c = _part(do, sl, 1)
+        # EARLY: dO's, s's (or u's) rows of this pass's tokens, rstd and the norm weight read before the
+        # wait; only the kernels before this op write them, and the first act kernel waited for those
+        act_launch = dict(pdl, EARLY=pdl["PDL"] and i > 0)
         if prenorm is None:
             u_c = _part(u, sl, 1)
             _ffn_bwd_act_fused(do_c, u_c, w1_c, w3_c, w2_c, b1_c, b3_c, g_c, v_c, _part(du, sl, 1), a, dg, dv,
-                               cdt, store=not lean)
+                               cdt, store=not lean, launch=act_launch)
         else:  # the kernel forms the pass's u from s into u_c, and writes ds over the pass's s
             s_c, ds_c, rstd_c, accumulate = prenorm.fused_pass(sl)
             u_c = new_output(s_c.shape, like=s_c)
             _ffn_bwd_act_fused(do_c, s_c, w1_c, w3_c, w2_c, b1_c, b3_c, g_c, v_c, u_c, a, dg, dv, cdt,
                                store=not lean,
-                               norm=(ds_c, rstd_c, prenorm.weight, prenorm.partial, accumulate))
+                               norm=(ds_c, rstd_c, prenorm.weight, prenorm.partial, accumulate),
+                               launch=act_launch)
+        if pending is not None:
+            sum_partials(*pending, launch=chain)
+            pending = None  # its partials go back to the allocator before this pass's
         splits = n_split if n_split is not None else _num_splits(bs, n * d_tiles * h_tiles, u.device)
         dw1_p = new_output((splits, n, d, h), **f32)
         dw3_p = new_output((splits, n, d, h), **f32) if gated else dw1_p
@@ -1367,15 +1401,15 @@ def ffn_bwd(
             do.stride(0), do.stride(1), do.stride(2),
             u_c.stride(0), u_c.stride(1), u_c.stride(2),
             GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None, SAVED=saved, RECOMPUTE=lean,
-            CDT=tdt, PREC=_prec(cdt), BLOCK_D=bd, BLOCK_H=bh,
+            CDT=tdt, PREC=_prec(cdt), BLOCK_D=bd, BLOCK_H=bh, **pdl,
         )
-        del a, dg, dv  # this pass's buffers go back to the allocator before the next pass's
-        pairs = [(dw1_p, _part(dw1, sl)), (dw2_p, _part(dw2, sl)), (db1_p, _part(db1, sl)),
-                 (db2_p, _part(db2, sl))]
+        del a, dg, dv, u_c  # this pass's buffers go back to the allocator before the next pass's
+        pending = [(dw1_p, _part(dw1, sl)), (dw2_p, _part(dw2, sl)), (db1_p, _part(db1, sl)),
+                   (db2_p, _part(db2, sl))]
         if gated:
-            pairs += [(dw3_p, _part(dw3, sl)), (db3_p, _part(db3, sl))]
-        sum_partials(*pairs, *(_prenorm_pair(prenorm) if sl is chunks[-1] else ()))
-        del pairs, dw1_p, dw3_p, dw2_p, db1_p, db3_p, db2_p, u_c  # likewise the partials
+            pending += [(dw3_p, _part(dw3, sl)), (db3_p, _part(db3, sl))]
+        del dw1_p, dw3_p, dw2_p, db1_p, db3_p, db2_p  # held by pending alone
+    sum_partials(*pending, *_prenorm_pair(prenorm), launch=pdl)
     return du, dw1, dw3, dw2, db1, db3, db2
 
 

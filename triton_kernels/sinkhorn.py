@@ -108,7 +108,6 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ._launch import (
     LITE_GEMM_SWITCH,
@@ -117,12 +116,12 @@ from ._launch import (
     POLL_SWITCH,
     TILE_SWITCH,
     new_output,
-    pdl_launch,
     sm_count,
     switch,
     triton_launch_option,
 )
 from ._partials import sum_partials
+from ._pdl import pdl_options, pdl_prologue
 from .gemm_fp32 import mm_parts, split_parts, store_parts
 
 # matrices up to this size run the batched in-register kernels; larger ones the tiled kernels
@@ -846,17 +845,6 @@ def _program_tile(flip):
 
 
 @triton.jit
-def _pdl_prologue(PDL: tl.constexpr):
-    """With programmatic dependent launch (``PDL``): wait until the previous kernel in the stream
-    has finished and its writes are visible, before this program reads anything that kernel may
-    write or writes anything, then let the next kernel launch. Without it, nothing (stream order
-    already serialises the kernels)."""
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
-
-
-@triton.jit
 def sinkhorn_tile_fwd_kernel(
     SRC, A, B, WS, P, U, V, PR, PC, CNT,
     n, rank, K, k, n_rt, n_ct, flip,
@@ -875,7 +863,7 @@ def sinkhorn_tile_fwd_kernel(
     tile, mat = _program_tile(flip)
     x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
                    MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN, PAIRS)
-    _pdl_prologue(PDL)
+    pdl_prologue(PDL)
     _fwd_tile(x, tile, mat, SRC, A, B, WS, P, U, V, PR, PC, CNT,
               n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
               PHASE, MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY, PLAIN, EVEN, FAST_EXP, PAIRS)
@@ -896,7 +884,7 @@ def sinkhorn_tile_bwd_kernel(
     tile, mat = _program_tile(flip)
     x = _held_tile(tile, mat, SRC, A, B, WS, n, rank, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, scale,
                    MODE, SYMMETRIC, BM, BN, BK, DOT_IEEE, EARLY, EVEN, PAIRS)
-    _pdl_prologue(PDL)
+    pdl_prologue(PDL)
     _bwd_tile(x, tile, mat, SRC, A, B, WS, DP, U, V, CS, RS, G, DX, PR, PC, QR, QC, CNT,
               n, rank, K, k, n_rt, n_ct, s0, s1, s2, sa0, sa1, sb0, sb1, sd0, sd1, sd2, scale,
               grad_scale, PHASE, MODE, SYMMETRIC, LAST, BM, BN, BK, DOT_IEEE, RT_P, CT_P, EARLY, FIRST,
@@ -932,7 +920,7 @@ def sinkhorn_tile_sym_kernel(G, DX, n, n_ct, grad_scale, flip, BM: tl.constexpr,
                              PDL: tl.constexpr, EVEN: tl.constexpr = False, PARTS: tl.constexpr = False):
     """``dM = (G + G^T) * grad_scale``, tile by tile (``PARTS``: :func:`_store_dm`); grid
     ``(n_rt * n_ct, n_mat)``."""
-    _pdl_prologue(PDL)
+    pdl_prologue(PDL)
     tile, mat = _program_tile(flip)
     _sym_tile(tile, mat, G, DX, n, n_ct, grad_scale, BM, BN, EVEN, PARTS)
 
@@ -1312,12 +1300,6 @@ def _check_fail(fail: torch.Tensor) -> None:
                            "(programs not co-resident)")
 
 
-def _pdl_options(device: torch.device) -> dict:
-    """Launch options of the tiled kernels' ``PDL`` constexpr (``UNIMIXER_PDL``)."""
-    on = pdl_launch(device)
-    return dict(PDL=True, launch_pdl=True) if on else dict(PDL=False)
-
-
 def _as_batch(t: torch.Tensor) -> torch.Tensor:
     """``[..., n, n]`` as ``[n_mat, n, n]``: a view when the leading dims allow it (any strides of
     the last two dims are read as they are), else one copy."""
@@ -1479,7 +1461,7 @@ def tiled_fwd(src, a, b, n_mat, n, iters, tau, symmetric):
     pr, pc, _, _, _, _, cnt = _tiled_buffers(n_mat, n_rt, n_ct, n, 0, like.device)
     pairs = _pairs(symmetric, bm, bn)
     grid = (_tile_programs(n_rt, n_ct, pairs), n_mat)
-    pdl = _pdl_options(like.device)
+    pdl = pdl_options(like.device)
     flips = _flips()
 
     def launch(phase, k, m):
@@ -1557,7 +1539,7 @@ def tiled_bwd(dp, src, a, b, u, v, n_mat, n, iters, tau, symmetric, out_dtype, p
     # column and row sums of G (O(K n) per matrix)
     pr, pc, qr, qc, cs, rs, cnt = _tiled_buffers(n_mat, n_rt, n_ct, n, iters, like.device)
     grid = (_tile_programs(n_rt, n_ct, pairs), n_mat)
-    pdl = _pdl_options(like.device)
+    pdl = pdl_options(like.device)
     flips = _flips()
     last_meta = dict(meta, num_warps=LAST_WARPS)
 

@@ -689,8 +689,8 @@ from unimixer_kernels.triton_kernels import sinkhorn as k
 from bench.timing import capture_graph
 
 seen = []
-plain = k._pdl_options
-k._pdl_options = lambda device: seen.append(plain(device)["PDL"]) or plain(device)
+plain = k.pdl_options
+k.pdl_options = lambda device: seen.append(plain(device)["PDL"]) or plain(device)
 x = torch.randn(1024, 1024, device="cuda")
 g_out = torch.randn(1024, 1024, device="cuda")
 

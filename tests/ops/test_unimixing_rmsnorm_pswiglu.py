@@ -415,3 +415,97 @@ def test_a_pending_w_global_is_waited_for_once_and_the_result_is_the_ops(device,
     _pending.settled(inputs[2], "unimixing_rmsnorm_pswiglu")
     assert log == (["local", "wait"] if backend == "triton" else ["wait"])
     torch.testing.assert_close(got, expect, rtol=0, atol=0)
+
+
+# --- programmatic dependent launch in the FFN backward's token passes (UNIMIXER_PDL) ---------------
+
+
+def ffn_pdl_compile_for_sm90() -> None:
+    """The FFN backward's chain compiled for sm_90 (bf16, paper-small's tiles): with ``PDL`` each kernel
+    waits on the previous grid and releases the next; the act kernel's ``EARLY`` build loads before its
+    wait and the plain one does not; no kernel stores before its wait; the weight kernel and the
+    ``RELEASE_FIRST`` sums release before they wait, the first act kernel and the last sum after."""
+    import triton.language as tl
+    from unimixer_kernels.triton_kernels import _partials
+    from unimixer_kernels.triton_kernels import pswiglu as k
+
+    from bench.sm90 import compile_sm90
+
+    def before_wait(ptx):
+        head = ptx[:ptx.index("griddepcontrol.wait")]
+        return "ld.global" in head, "st.global" in head, "griddepcontrol.launch_dependents" in head
+
+    act_ptrs = {a: "*bf16" for a in "DO U W1 W3 W2 B1 B3 G V DU A DG DV NW DS".split()}
+    act_ptrs.update(RSTD="*fp32", DW_PART="*fp32")
+    act = dict(GATED=True, HAS_B1=True, HAS_B3=True, SAVED=False, STORE=True, ACCUMULATE=True,
+               GRANULE=k.PARTIAL_GRANULE, CDT=tl.bfloat16, PREC="tf32", BLOCK_S=64, BLOCK_D=128, BLOCK_H=32,
+               stride_dod=1, stride_ud=1)
+    weight_ptrs = {a: "*bf16" for a in "DO U A DG DV W1 W3 W2 B1 B3 G V".split()}
+    weight_ptrs.update({a: "*fp32" for a in "DW1 DW3 DW2 DB1 DB3 DB2".split()})
+    weight = dict(GATED=True, HAS_B1=True, HAS_B3=True, SAVED=False, RECOMPUTE=False, CDT=tl.bfloat16,
+                  PREC="tf32", BLOCK_S=64, BLOCK_D=64, BLOCK_H=64, stride_dod=1, stride_ud=1)
+    sums_ptrs = {f"{a}{i}": "*fp32" for i in range(7) for a in "SD"}
+    sums = {f"{a}{i}": 1 for i in range(7) for a in ("BP", "BM")}
+    sums.update(NSEG=2, BP0=8, BM0=512, BP1=8, BM1=512)
+    builds = [(k.ffn_bwd_act_kernel, act_ptrs, dict(act, PRENORM=prenorm, PDL=pdl, EARLY=early), 4, 3,
+               (early, False, early) if pdl else None)
+              for prenorm in (False, True) for pdl, early in ((False, False), (True, False), (True, True))]
+    builds += [(k.ffn_bwd_weight_kernel, weight_ptrs, dict(weight, PDL=pdl), 4, 3,
+                (False, False, True) if pdl else None) for pdl in (False, True)]
+    builds += [(_partials.sum_partials_kernel, sums_ptrs, dict(sums, PDL=pdl, RELEASE_FIRST=first), 4, 1,
+                (False, False, first) if pdl else None) for pdl, first in ((False, False), (True, False),
+                                                                            (True, True))]
+    for kernel, ptrs, consts, warps, stages, expect in builds:
+        ptx = compile_sm90(kernel, ptrs, consts, warps, stages, ptx=True, floats=())["ptx"]
+        has = "griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx
+        assert has == (expect is not None), (kernel.__name__, consts)
+        if expect is not None:
+            # (a load, a store, the release) before the wait
+            assert before_wait(ptx) == expect, (kernel.__name__, consts, before_wait(ptx))
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run for real")
+def test_ffn_pdl_compiles_for_sm90(sm90_compile):
+    sm90_compile("import test_unimixing_rmsnorm_pswiglu as t; t.ffn_pdl_compile_for_sm90()")
+
+
+def _step(op, inputs):
+    """The op's output and every input's gradient, for a fixed output gradient."""
+    leaves = [x for x in inputs if x is not None]
+    out = op(*inputs, backend="triton")
+    g_out = torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out).to(out.dtype)
+    return [out, *torch.autograd.grad(out, leaves, g_out)]
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("op", ["pswiglu", "unimixing_rmsnorm_pswiglu"])
+def test_ffn_backward_pdl_gpu(monkeypatch, op):
+    # the token passes' launches with programmatic dependent launch (UNIMIXER_PDL=1, eager; and 'auto'
+    # inside a CUDA graph capture) give the plain launches' numbers bit for bit: four passes at T = 32,
+    # so that three act kernels read their rows before their wait
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("programmatic dependent launch needs sm_90 or newer")
+    from bench.timing import capture_graph
+
+    shape = (512, 32, 128, 4, 176)
+    inputs = _inputs(shape, torch.bfloat16, "cuda")
+    if op == "pswiglu":
+        inputs = [inputs[0]] + inputs[4:]
+    fn = getattr(uk, op)
+    monkeypatch.setenv("UNIMIXER_PDL", "0")
+    expect = _step(fn, inputs)
+    monkeypatch.setenv("UNIMIXER_PDL", "1")
+    for got in (_step(fn, inputs), _step(fn, inputs)):
+        for g, e in zip(got, expect):
+            torch.testing.assert_close(g, e, rtol=0, atol=0)
+    monkeypatch.setenv("UNIMIXER_PDL", "auto")
+    # fresh leaves for the graph: the eager calls' AccumulateGrad nodes are bound to their stream
+    leaves = [x.detach().requires_grad_() if x is not None else None for x in inputs]
+    graph, got = capture_graph(lambda: _step(fn, leaves))
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    for g, e in zip(got, expect):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
