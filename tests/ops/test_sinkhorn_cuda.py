@@ -430,7 +430,10 @@ def test_lite_global_weights_cuda(kernel_dtype, n, r, symmetric):
 def test_lite_global_weights_cuda_equals_its_logits_on_the_cuda_sinkhorn(n, r, symmetric):
     # the logits by the Triton backend's GEMM for them (split GEMM by default), formed again by the
     # backward rather than saved: output and gradients equal, bit for bit, those logits on the cuda
-    # Sinkhorn under autograd, then dL's two IEEE fp32 GEMMs
+    # Sinkhorn under autograd, then dL's two GEMMs: the split GEMM up to SPLIT_GRADIENTS_MAX_N, IEEE fp32
+    # cuBLAS above
+    from unimixer_kernels.ops import sinkhorn_cuda
+
     a_g, b_g = lite_weights_inputs(n, 2, 2, r, torch.float32, "cuda")[2:]
     out = uk.lite_global_weights(a_g, b_g, 0.05, 20, symmetric, backend="cuda")
     logits = sk_kernels.lowrank_logits(a_g.detach(), b_g.detach())[0].requires_grad_()
@@ -438,7 +441,8 @@ def test_lite_global_weights_cuda_equals_its_logits_on_the_cuda_sinkhorn(n, r, s
     assert torch.equal(out, expect)
     g = torch.randn_like(out)
     (dl,) = torch.autograd.grad(expect, logits, g)
-    da, db = sk_kernels.Fp32Products("cublas")((dl, b_g.detach().t()), (a_g.detach().t(), dl))
+    mode = "split" if n <= sinkhorn_cuda.SPLIT_GRADIENTS_MAX_N else "cublas"
+    da, db = sk_kernels.Fp32Products(mode)((dl, b_g.detach().t()), (a_g.detach().t(), dl))
     for got, want in zip(torch.autograd.grad(out, (a_g, b_g), g), (da, db)):
         assert torch.equal(got, want)
     # and the logits are A_G @ B_G to fp32's accuracy: no further from fp64's than cuBLAS's IEEE fp32

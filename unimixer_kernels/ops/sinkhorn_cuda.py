@@ -196,11 +196,20 @@ def _lite_global_auto_accepts(a_g: Tensor, b_g: Tensor, tau: float, iters: int, 
 # gradient over them, the paired kernels (N > 1024) in place.
 
 
-def _logits(a_g: Tensor, b_g: Tensor) -> Tensor:
+def _logits(a_g: Tensor, b_g: Tensor, mm=None) -> Tensor:
     """``A_G @ B_G`` in fp32 by the Triton backend's GEMM for these logits (``UNIMIXER_LITE_GEMM``: the
     split GEMM on bf16 tensor cores, or cuBLAS in IEEE fp32), whatever torch's TF32 flag: the forward and
-    the backward form the same bits, and the same as the Triton backend's where it forms them once."""
-    return _triton_sinkhorn().lowrank_logits(a_g.float(), b_g.float())[0]
+    the backward form the same bits, and the same as the Triton backend's where it forms them once.
+    ``mm``: the call's ``Fp32Products`` (default a new one), which keeps the factors' bf16 parts."""
+    return _triton_sinkhorn().lowrank_logits(a_g.float(), b_g.float(), mm)[0]
+
+
+# dL's gradient GEMMs on the split GEMM (UNIMIXER_LITE_GEMM=split, the default) up to this N: they then need
+# dL's three bf16 parts beside it, 6 N^2 bytes (6 MiB at paper-small's N = 1024), and take the factors'
+# parts from the logits' GEMM. Above it (96 MiB at paper-100m's N = 4096, over the Lite block's peak
+# margin there, bench/NOTES.md) cuBLAS in IEEE fp32. At N = 1024 cuBLAS's two fp32 GEMMs fill a fraction of
+# the GPU (32 output tiles each) and run one after the other at the end of the Lite block's step.
+SPLIT_GRADIENTS_MAX_N = 1024
 
 
 @torch.library.custom_op("unimixer::lite_global_cuda_fwd", mutates_args=())
@@ -221,12 +230,16 @@ def _(a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool) -> tupl
 def lite_global_cuda_bwd(dw: Tensor, a_g: Tensor, b_g: Tensor, u: Tensor, v: Tensor, tau: float, iters: int,
                          symmetric: bool) -> tuple[Tensor, Tensor]:
     """``(dA_G, dB_G)``: the logits formed again (the forward's GEMM, so bit for bit its logits), their
-    gradient ``dL`` written over them, then ``dL @ B_G^T`` and ``A_G^T @ dL`` by cuBLAS in IEEE fp32 (one
-    ``N x N`` buffer alive, besides ``dW_G``; the split GEMM would need ``dL``'s bf16 parts, 1.5x more)."""
-    dl = _logits(a_g, b_g)
+    gradient ``dL`` written over them, then ``dL @ B_G^T`` and ``A_G^T @ dL``: by the logits' GEMM where
+    it is the split GEMM and ``N <= SPLIT_GRADIENTS_MAX_N`` (one launch splitting ``dL``, one for both
+    products), else by cuBLAS in IEEE fp32 (one ``N x N`` buffer alive, besides ``dW_G``)."""
+    mm = _triton_sinkhorn().Fp32Products()
+    dl = _logits(a_g, b_g, mm)
     cuda_ops().sinkhorn_bwd_(dw.to(torch.float32), dl, u, v, tau, iters, symmetric)
     a32, b32 = a_g.float(), b_g.float()
-    da, db = _triton_sinkhorn().Fp32Products("cublas")((dl, b32.t()), (a32.t(), dl))
+    if mm.mode != "split" or dl.shape[0] > SPLIT_GRADIENTS_MAX_N:
+        mm = _triton_sinkhorn().Fp32Products("cublas")
+    da, db = mm((dl, b32.t()), (a32.t(), dl))
     return da.to(a_g.dtype), db.to(b_g.dtype)
 
 
