@@ -230,12 +230,16 @@ def _(a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool) -> tupl
 def lite_global_cuda_bwd(dw: Tensor, a_g: Tensor, b_g: Tensor, u: Tensor, v: Tensor, tau: float, iters: int,
                          symmetric: bool) -> tuple[Tensor, Tensor]:
     """``(dA_G, dB_G)``: the logits formed again (the forward's GEMM, so bit for bit its logits), their
-    gradient ``dL`` written over them, then ``dL @ B_G^T`` and ``A_G^T @ dL``: by the logits' GEMM where
-    it is the split GEMM and ``N <= SPLIT_GRADIENTS_MAX_N`` (one launch splitting ``dL``, one for both
-    products), else by cuBLAS in IEEE fp32 (one ``N x N`` buffer alive, besides ``dW_G``)."""
+    gradient ``dL`` (at ``N <= MAX_N`` a new buffer, as the cluster kernels' in-place form writes to one and
+    copies it over the logits; above, the paired kernels' written over the logits), then ``dL @ B_G^T`` and
+    ``A_G^T @ dL``: by the logits' GEMM where it is the split GEMM and ``N <= SPLIT_GRADIENTS_MAX_N`` (one
+    launch splitting ``dL``, one for both products), else by cuBLAS in IEEE fp32."""
     mm = _triton_sinkhorn().Fp32Products()
     dl = _logits(a_g, b_g, mm)
-    cuda_ops().sinkhorn_bwd_(dw.to(torch.float32), dl, u, v, tau, iters, symmetric)
+    if dl.shape[0] <= MAX_N:
+        dl = cuda_ops().sinkhorn_bwd(dw.to(torch.float32), dl, u, v, tau, iters, symmetric)
+    else:
+        cuda_ops().sinkhorn_bwd_(dw.to(torch.float32), dl, u, v, tau, iters, symmetric)
     a32, b32 = a_g.float(), b_g.float()
     if mm.mode != "split" or dl.shape[0] > SPLIT_GRADIENTS_MAX_N:
         mm = _triton_sinkhorn().Fp32Products("cublas")
