@@ -112,9 +112,12 @@ def test_lite_global_cuda_ops_fakes_and_autograd_on_meta_tensors():
 
     a_g = torch.empty(40, 6, device="meta", dtype=torch.bfloat16, requires_grad=True)
     b_g = torch.empty(6, 40, device="meta", dtype=torch.bfloat16, requires_grad=True)
-    w, u, v = sinkhorn_cuda.lite_global_cuda_fwd(a_g, b_g, 0.05, 7, True)
+    w, u, v, logits, pa, pb = sinkhorn_cuda.lite_global_cuda_fwd(a_g, b_g, 0.05, 7, True)
     assert (w.shape, w.dtype) == ((40, 40), torch.float32)
     assert u.shape == v.shape == (7, 40) and u.dtype == v.dtype == torch.float32
+    # n <= SAVED_LOGITS_MAX_N: the logits and the factors' bf16 parts saved for the backward
+    assert (logits.shape, logits.dtype) == ((40, 40), torch.float32)
+    assert (pa.shape, pb.shape, pa.dtype) == ((3, 40, 6), (3, 6, 40), torch.bfloat16)
     da, db = torch.autograd.grad(w, (a_g, b_g), torch.empty_like(w))
     assert (da.shape, da.dtype, db.shape, db.dtype) == (a_g.shape, a_g.dtype, b_g.shape, b_g.dtype)
 

@@ -16,9 +16,10 @@ on chip (shared memory, or a workspace that stays in L2) for the whole call, one
 block per SM, exchanging partial sums as tagged words through global memory. This file registers the
 fakes and the autograd formula (shared with the Triton backend, ``ops/sinkhorn.py``) and the backend,
 and the ``cuda`` backend of ``lite_global_weights``: ``A_G @ B_G`` by the Triton backend's fp32 GEMM for
-these logits (``UNIMIXER_LITE_GEMM``), then these kernels, as forward and backward ops of their own that
-never save the ``N x N`` logits (the backward forms them again and writes their gradient over them with
-``sinkhorn_bwd_``).
+these logits (``UNIMIXER_LITE_GEMM``), then these kernels, as forward and backward ops of their own. Up
+to ``SAVED_LOGITS_MAX_N`` (with the split GEMM) the forward saves the logits and the factors' bf16 parts
+for the backward (5.5 MiB at N = 1024); above, it saves no ``N x N`` logits: the backward forms them again
+and writes their gradient over them with ``sinkhorn_bwd_``.
 
 Environment: ``UNIMIXER_SINKHORN_CUDA_TILE`` = ``auto`` | ``128x64`` | ``64x128`` | ``128x128`` (rows x
 columns of a block's tile; ``auto`` takes the first in that order whose clusters all fit the device at
@@ -52,7 +53,6 @@ from .sinkhorn import (
     SINKHORN,
     lite_setup,
     make_backward,
-    make_lite_backward,
     potentials_like,
     sinkhorn_bwd_fake,
     sinkhorn_fwd_fake,
@@ -191,9 +191,9 @@ def _lite_global_auto_accepts(a_g: Tensor, b_g: Tensor, tau: float, iters: int, 
     return _lite_global_refusal(a_g, symmetric) is None
 
 
-# The Lite global weight: forward and backward ops of their own, so that the N x N logits are never saved:
-# the backward forms them again (the same fp32 GEMM, bit for bit) and the Sinkhorn backward writes their
-# gradient over them, the paired kernels (N > 1024) in place.
+# The Lite global weight: forward and backward ops of their own. At large N the N x N logits are never
+# saved (paper-100m's peak has no room for them): the backward forms them again (the same fp32 GEMM, bit for
+# bit) and the Sinkhorn backward writes their gradient over them, the paired kernels (N > 1024) in place.
 
 
 def _logits(a_g: Tensor, b_g: Tensor, mm=None) -> Tensor:
@@ -204,60 +204,96 @@ def _logits(a_g: Tensor, b_g: Tensor, mm=None) -> Tensor:
     return _triton_sinkhorn().lowrank_logits(a_g.float(), b_g.float(), mm)[0]
 
 
-# dL's gradient GEMMs on the split GEMM (UNIMIXER_LITE_GEMM=split, the default) up to this N: they then need
-# dL's three bf16 parts beside it, 6 N^2 bytes (6 MiB at paper-small's N = 1024), and take the factors'
-# parts from the logits' GEMM. Above it (96 MiB at paper-100m's N = 4096, over the Lite block's peak
-# margin there, bench/NOTES.md) cuBLAS in IEEE fp32. At N = 1024 cuBLAS's two fp32 GEMMs fill a fraction of
-# the GPU (32 output tiles each) and run one after the other at the end of the Lite block's step.
-SPLIT_GRADIENTS_MAX_N = 1024
+# With the split GEMM (UNIMIXER_LITE_GEMM=split, the default) and N up to this, the forward saves the logits
+# and the factors' bf16 parts (4 MiB and 1.5 MiB at paper-small's N = 1024, r = 128), so that the backward,
+# which runs at the end of the Lite block's step, neither splits the factors nor forms the logits again, and
+# forms its two gradient GEMMs on the split GEMM too (dL's parts, 6 MiB there, at the step's end). Above it
+# (64 MiB of logits and 96 MiB of dL's parts at paper-100m's N = 4096, over the Lite block's peak margin
+# there, bench/NOTES.md) nothing N x N is saved and the gradients run on cuBLAS in IEEE fp32. At N = 1024
+# cuBLAS's two fp32 GEMMs fill a fraction of the GPU (32 output tiles each), one after the other.
+SAVED_LOGITS_MAX_N = 1024
+
+
+def _saves_logits(n: int, mm) -> bool:
+    return mm.mode == "split" and n <= SAVED_LOGITS_MAX_N
 
 
 @torch.library.custom_op("unimixer::lite_global_cuda_fwd", mutates_args=())
 def lite_global_cuda_fwd(a_g: Tensor, b_g: Tensor, tau: float, iters: int,
-                         symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """``(W_G, U, V)`` of ``SK(A_G @ B_G)``, the logits formed by :func:`_logits`; they die here."""
-    return cuda_ops().sinkhorn_fwd(_logits(a_g, b_g), tau, iters, symmetric)
+                         symmetric: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(W_G, U, V, L, A_G parts, B_G parts)`` of ``SK(A_G @ B_G)``, the logits ``L`` formed by
+    :func:`_logits`; ``L`` and the parts for the backward where :func:`_saves_logits`, else empty."""
+    mm = _triton_sinkhorn().Fp32Products()
+    a32, b32 = a_g.float(), b_g.float()
+    logits = _logits(a32, b32, mm)
+    w, u, v = cuda_ops().sinkhorn_fwd(logits, tau, iters, symmetric)
+    if not _saves_logits(logits.shape[0], mm):
+        empty = a_g.new_empty((0,), dtype=torch.bfloat16)
+        return w, u, v, logits.new_empty((0,)), empty, empty.clone()
+    pa, pb = mm.parts_of(a32), mm.parts_of(b32)
+    if pa is None or pb is None:  # the split GEMM splits every operand it is given
+        raise RuntimeError("lite_global_cuda_fwd: the split GEMM kept no parts of A_G, B_G; this is a bug")
+    return w, u, v, logits, pa, pb
 
 
 @lite_global_cuda_fwd.register_fake
-def _(a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _(a_g: Tensor, b_g: Tensor, tau: float, iters: int,
+      symmetric: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     n = a_g.shape[0]
+    saved = _saves_logits(n, _triton_sinkhorn().Fp32Products())
+    logits = a_g.new_empty((n, n) if saved else (0,), dtype=torch.float32)
+    pa, pb = (a_g.new_empty((3, *x.shape) if saved else (0,), dtype=torch.bfloat16) for x in (a_g, b_g))
     return (a_g.new_empty((n, n), dtype=torch.float32), potentials_like(a_g, (), iters, n),
-            potentials_like(a_g, (), iters, n))
+            potentials_like(a_g, (), iters, n), logits, pa, pb)
 
 
 @torch.library.custom_op("unimixer::lite_global_cuda_bwd", mutates_args=())
-def lite_global_cuda_bwd(dw: Tensor, a_g: Tensor, b_g: Tensor, u: Tensor, v: Tensor, tau: float, iters: int,
+def lite_global_cuda_bwd(dw: Tensor, a_g: Tensor, b_g: Tensor, u: Tensor, v: Tensor, logits: Tensor,
+                         a_parts: Tensor, b_parts: Tensor, tau: float, iters: int,
                          symmetric: bool) -> tuple[Tensor, Tensor]:
-    """``(dA_G, dB_G)``: the logits formed again (the forward's GEMM, so bit for bit its logits), their
-    gradient ``dL`` (at ``N <= MAX_N`` a new buffer, as the cluster kernels' in-place form writes to one and
-    copies it over the logits; above, the paired kernels' written over the logits), then ``dL @ B_G^T`` and
-    ``A_G^T @ dL``: by the logits' GEMM where it is the split GEMM and ``N <= SPLIT_GRADIENTS_MAX_N`` (one
-    launch splitting ``dL``, one for both products), else by cuBLAS in IEEE fp32."""
-    mm = _triton_sinkhorn().Fp32Products()
-    dl = _logits(a_g, b_g, mm)
-    if dl.shape[0] <= MAX_N:
-        dl = cuda_ops().sinkhorn_bwd(dw.to(torch.float32), dl, u, v, tau, iters, symmetric)
+    """``(dA_G, dB_G)``: ``dL`` from the forward's logits where it saved them (``logits`` not empty), else
+    from the logits formed again (the forward's GEMM, so bit for bit its logits); then ``dL @ B_G^T`` and
+    ``A_G^T @ dL``, on the split GEMM from the forward's parts of the factors where it saved them (one
+    launch splitting ``dL``, one for both products), else by cuBLAS in IEEE fp32. At ``N > MAX_N`` the
+    paired kernels write ``dL`` over the logits formed again; below, the cluster kernels' in-place form
+    would compute it into a new buffer and copy it over them, so it is taken from that buffer."""
+    saved = logits.numel() > 0
+    if not saved:
+        logits = _logits(a_g, b_g)
+    dw32 = dw.to(torch.float32)
+    if logits.shape[0] <= MAX_N:
+        dl = cuda_ops().sinkhorn_bwd(dw32, logits, u, v, tau, iters, symmetric)
     else:
-        cuda_ops().sinkhorn_bwd_(dw.to(torch.float32), dl, u, v, tau, iters, symmetric)
+        cuda_ops().sinkhorn_bwd_(dw32, logits, u, v, tau, iters, symmetric)
+        dl = logits
     a32, b32 = a_g.float(), b_g.float()
-    if mm.mode != "split" or dl.shape[0] > SPLIT_GRADIENTS_MAX_N:
-        mm = _triton_sinkhorn().Fp32Products("cublas")
+    mm = _triton_sinkhorn().Fp32Products("split" if saved else "cublas")
+    if saved:
+        mm.adopt(a32, a_parts)
+        mm.adopt(b32, b_parts)
     da, db = mm((dl, b32.t()), (a32.t(), dl))
     return da.to(a_g.dtype), db.to(b_g.dtype)
 
 
 @lite_global_cuda_bwd.register_fake
-def _(dw, a_g, b_g, u, v, tau, iters, symmetric) -> tuple[Tensor, Tensor]:
+def _(dw, a_g, b_g, u, v, logits, a_parts, b_parts, tau, iters, symmetric) -> tuple[Tensor, Tensor]:
     return a_g.new_empty(a_g.shape), b_g.new_empty(b_g.shape)
 
 
-lite_global_cuda_fwd.register_autograd(make_lite_backward(lite_global_cuda_bwd), setup_context=lite_setup)
+def _lite_global_cuda_backward(ctx, dw: Tensor | None, *_):
+    a_g, b_g, u, v, logits, a_parts, b_parts = ctx.saved_tensors
+    if dw is None:
+        return None, None, None, None, None
+    return (*lite_global_cuda_bwd(dw, a_g, b_g, u, v, logits, a_parts, b_parts, *ctx.args), None, None, None)
+
+
+lite_global_cuda_fwd.register_autograd(_lite_global_cuda_backward, setup_context=lite_setup)
 
 
 @LITE_GLOBAL_WEIGHTS.register("cuda", auto_accepts=_lite_global_auto_accepts)
 def _lite_global_weights_cuda(a_g: Tensor, b_g: Tensor, tau: float, iters: int, symmetric: bool) -> Tensor:
-    """``SK(A_G @ B_G)`` on the kernels, saving ``A_G``, ``B_G`` and the potentials (no ``N x N`` logits)."""
+    """``SK(A_G @ B_G)`` on the kernels, saving ``A_G``, ``B_G`` and the potentials, and up to
+    ``SAVED_LOGITS_MAX_N`` the logits and the factors' parts (:func:`lite_global_cuda_fwd`)."""
     tile = _tile_switch()
     refusal = _lite_global_refusal(a_g, symmetric)
     if refusal is not None:
