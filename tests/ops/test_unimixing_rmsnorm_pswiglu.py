@@ -470,6 +470,59 @@ def test_ffn_pdl_compiles_for_sm90(sm90_compile):
     sm90_compile("import test_unimixing_rmsnorm_pswiglu as t; t.ffn_pdl_compile_for_sm90()")
 
 
+@pytest.mark.triton
+def test_ffn_backward_pdl_chain_order_and_flags(device, monkeypatch):
+    # the token passes' launches as the PDL chain needs them (pswiglu.ffn_bwd): pass k's sums after pass
+    # k + 1's act kernel; the first act kernel waits before it reads, the later ones read first (EARLY);
+    # every weight kernel and every sum but the last releases the next kernel before its wait, the last sum
+    # after it. PDL itself needs a GPU: here the chain is planned as on one (pdl_options stands in) and
+    # each launch runs without it, so the numbers are the plain launches'
+    from unimixer_kernels.triton_kernels import pswiglu as kernels
+
+    seen = []
+
+    def on(device, release_first=False):
+        return dict(PDL=True, launch_pdl=True) | (dict(RELEASE_FIRST=True) if release_first else {})
+
+    def plain(meta):
+        return {k: v for k, v in meta.items() if k not in ("PDL", "EARLY", "RELEASE_FIRST", "launch_pdl")}
+
+    act, weight, sums = kernels.ffn_bwd_act, kernels.ffn_bwd_weight, kernels.sum_partials
+
+    class Act:
+        def run(self, grid, args, meta, scratch=None):
+            seen.append(("act", meta["PDL"], meta["EARLY"]))
+            return act.run(grid, args, plain(meta), scratch)
+
+    class Weight:
+        def __getitem__(self, grid):
+            def launch(*args, **meta):
+                seen.append(("weight", meta["PDL"], False))
+                return weight[grid](*args, **plain(meta))
+            return launch
+
+    def summed(*pairs, launch=None):
+        seen.append(("sum", launch["PDL"], launch.get("RELEASE_FIRST", False)))
+        return sums(*pairs)
+
+    monkeypatch.setattr(kernels, "pdl_options", on)
+    monkeypatch.setattr(kernels, "ffn_bwd_act", Act())
+    monkeypatch.setattr(kernels, "ffn_bwd_weight", Weight())
+    monkeypatch.setattr(kernels, "sum_partials", summed)
+    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "2")
+    inputs = _inputs((3, 5, 12, 4, 10), torch.float32, device)  # T = 5: passes of 2, 2 and 1 tokens
+    got = _step(uk.unimixing_rmsnorm_pswiglu, inputs)
+    chain = [("act", True, False), ("weight", True, False),
+             ("act", True, True), ("sum", True, True), ("weight", True, False),
+             ("act", True, True), ("sum", True, True), ("weight", True, False),
+             ("sum", True, False)]
+    assert seen == chain, seen
+    monkeypatch.undo()
+    monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", "2")
+    for g, e in zip(got, _step(uk.unimixing_rmsnorm_pswiglu, inputs)):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
 def _step(op, inputs):
     """The op's output and every input's gradient, for a fixed output gradient."""
     leaves = [x for x in inputs if x is not None]
