@@ -38,8 +38,8 @@ def test_widen_cast_takes_many_tensors_in_launches_of_seven(device, monkeypatch)
 
     launches = []
     real = _partials._sum_partials_launch
-    monkeypatch.setattr(_partials, "_sum_partials_launch", lambda pairs, first: launches.append(len(pairs))
-                        or real(pairs, first))
+    monkeypatch.setattr(_partials, "_sum_partials_launch", lambda pairs, *rest: launches.append(len(pairs))
+                        or real(pairs, *rest))
     xs = [random_input((k + 1, 3), torch.float32, device).to(torch.float16) for k in range(9)]
     outs = widen_cast(xs, torch.float32)
     assert launches == [7, 2]
@@ -58,8 +58,8 @@ def test_lower_cast_forward_is_to_in_one_launch_and_backward_widens_in_one(devic
         return widen_cast(xs, dtype)
 
     real = _partials._sum_partials_launch
-    monkeypatch.setattr(_partials, "_sum_partials_launch", lambda pairs, first: launches.append(len(pairs))
-                        or real(pairs, first))
+    monkeypatch.setattr(_partials, "_sum_partials_launch", lambda pairs, *rest: launches.append(len(pairs))
+                        or real(pairs, *rest))
     monkeypatch.setattr(lowering, "widen_cast", counted)
     shapes = [(3, 5, 7), (1,), (4, 6)]
     xs = [random_input(s, torch.float32, device, requires_grad=True) for s in shapes]
