@@ -41,10 +41,8 @@ def pdl_prologue(PDL: tl.constexpr, RELEASE_FIRST: tl.constexpr = False):
             gdc_launch_dependents()
 
 
-def pdl_options(device: torch.device, release_first: bool = False) -> dict:
-    """A PDL-capable kernel's launch keywords: its ``PDL`` and ``RELEASE_FIRST`` constexprs and Triton's
-    ``launch_pdl`` where ``UNIMIXER_PDL`` asks for it on ``device`` (:func:`._launch.pdl_launch`), else
-    ``PDL=False``."""
-    if not pdl_launch(device):
-        return dict(PDL=False)
-    return dict(PDL=True, launch_pdl=True) | (dict(RELEASE_FIRST=True) if release_first else {})
+def pdl_options(device: torch.device) -> dict:
+    """A PDL-capable kernel's launch keywords: its ``PDL`` constexpr and Triton's ``launch_pdl`` where
+    ``UNIMIXER_PDL`` asks for it on ``device`` (:func:`._launch.pdl_launch`), else ``PDL=False``. A
+    launch that releases before it waits adds ``RELEASE_FIRST=True`` where ``PDL`` is on."""
+    return dict(PDL=True, launch_pdl=True) if pdl_launch(device) else dict(PDL=False)

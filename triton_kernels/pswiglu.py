@@ -1356,7 +1356,7 @@ def ffn_bwd(
     if prenorm is not None:  # the act kernel does the norm: its partial rows (_prenorm_grads)
         prenorm.plan(chunks, rows_per_token=triton.cdiv(bs, PARTIAL_GRANULE))
     pdl = pdl_options(u.device)
-    chain = pdl_options(u.device, release_first=True)
+    chain = dict(pdl, RELEASE_FIRST=True) if pdl["PDL"] else pdl
     pending = None  # the previous pass's (partial, output) pairs, still to sum
     for i, sl in enumerate(chunks):
         n = sl.stop - sl.start

@@ -481,8 +481,8 @@ def test_ffn_backward_pdl_chain_order_and_flags(device, monkeypatch):
 
     seen = []
 
-    def on(device, release_first=False):
-        return dict(PDL=True, launch_pdl=True) | (dict(RELEASE_FIRST=True) if release_first else {})
+    def on(device):
+        return dict(PDL=True, launch_pdl=True)
 
     def plain(meta):
         return {k: v for k, v in meta.items() if k not in ("PDL", "EARLY", "RELEASE_FIRST", "launch_pdl")}
