@@ -84,7 +84,7 @@ def main(weight_only: bool = False, act_only: bool = False) -> None:
     hidden = [torch.empty(PASS, BS, H, device=s.device, dtype=s.dtype) for _ in range(3)]
     ds = torch.empty_like(s)
     fused = TokenPassNorm(s, nw, 1e-6, ds, rstd=rstd)
-    fused.plan([sl], rows_per_token=triton.cdiv(BS, k.PARTIAL_GRANULE))
+    fused.plan([sl], rows_per_token=triton.cdiv(BS, k._MIN_BLOCK_S))
     split = TokenPassNorm(s, nw, 1e-6, ds)
     split.plan([sl])
     u_c = split.rows(sl)  # the pass's u: the plain kernel's input, the PRENORM kernel's output

@@ -77,6 +77,12 @@ def _variants(name: str) -> list[tuple[str, contextlib.AbstractContextManager]]:
                           f"{FFN_CHUNK_SWITCH}=1]", _patched(pswiglu, dict(FUSED_MAX_D=0), env)))
         paths.append((f" [{FFN_BACKWARD_SWITCH}=recompute]",
                       mock.patch.dict(os.environ, {FFN_BACKWARD_SWITCH: "recompute"})))
+    if name in ("pswiglu", "unimixing_rmsnorm_pswiglu") and torch.cuda.is_available() \
+            and torch.cuda.get_device_capability() >= (9, 0):
+        # the backward's token passes chained by programmatic dependent launch (three passes at T = 5):
+        # the act kernels that read their rows before the wait, the sums that release first
+        paths.append((f" [{PDL_SWITCH}=1, {FFN_CHUNK_SWITCH}=2]",
+                      mock.patch.dict(os.environ, {PDL_SWITCH: "1", FFN_CHUNK_SWITCH: "2"})))
     if name == "token_mixer_residual_norm":
         # several samples a program in the backward, so that its workspace's two slots alternate
         paths.append((" [300 samples, 1 backward program an SM]",

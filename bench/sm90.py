@@ -250,7 +250,7 @@ def ffn_act_rows(usage: bool = True):
     ptrs.update(RSTD="*fp32", DW_PART="*fp32")
     for prenorm in (False, True):
         consts = dict(GATED=True, HAS_B1=True, HAS_B3=True, SAVED=False, STORE=True, PRENORM=prenorm,
-                      ACCUMULATE=False, GRANULE=k.PARTIAL_GRANULE, CDT=tl.bfloat16, PREC="tf32",
+                      ACCUMULATE=False, CDT=tl.bfloat16, PREC="tf32",
                       BLOCK_D=128, stride_dod=1, stride_ud=1)
         for cfg in k._prune_tiles(k._tile_configs(), dict(BS_KEY=2048), **consts):
             res = compile_sm90(k.ffn_bwd_act_kernel, ptrs, dict(consts, **cfg.kwargs), cfg.num_warps,

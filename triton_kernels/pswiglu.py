@@ -80,10 +80,9 @@ again and turn their ``du`` into ``ds`` at once (``rms_norm.TokenPassNorm``), wr
 that neither ``u`` nor ``du`` is ever whole. On the fused path the act kernel does both itself
 (``PRENORM``): ``u = s * rstd * w`` (the forward's bits) is formed from its rows of ``s`` and stored for
 the weight kernel, and its fp32 ``du`` becomes ``ds`` and the norm weight's partials, one fp32 row per
-``PARTIAL_GRANULE`` samples of a token (so that the buffer does not depend on the tuned sample tile;
-a tile of more samples writes zeros into its other rows): two norm launches a pass fewer (run214:
-26.7 against 34.9 µs a pass at ``paper-small``). The wide-token path runs the norm's kernels around
-its GEMMs.
+program (the buffer is sized for the smallest sample tile, and the sum reads the rows the tuned tile
+wrote): two norm launches a pass fewer (run214: 26.7 against 34.9 µs a pass at ``paper-small``). The
+wide-token path runs the norm's kernels around its GEMMs.
 """
 
 from __future__ import annotations
@@ -355,12 +354,6 @@ ffn_fwd_tuned = TileTuner(ffn_fwd_kernel, _tile_configs(), prune=_prune_tiles,
                           key=["D", "H", "BS_KEY", "GATED", "SAVE", "CDT", "PREC"])
 
 
-# the norm weight's partial rows of the act kernel with a norm in front (PRENORM): one row per
-# PARTIAL_GRANULE samples of a token (the smallest sample tile), so that the buffer's shape does
-# not depend on the tuned tile
-PARTIAL_GRANULE = 16
-
-
 @triton.jit
 def _prenorm_rows(S, RSTD, NW, t, offs_s, offs_d, mask_s, mask_d, io_mask,
                   stride_ss, stride_st, stride_sd, stride_rs, stride_rt, UDT: tl.constexpr):
@@ -375,17 +368,18 @@ def _prenorm_rows(S, RSTD, NW, t, offs_s, offs_d, mask_s, mask_d, io_mask,
 
 
 @triton.jit
-def _prenorm_grads(du, rstd, nw, S, DS, DW_PART, t, offs_s, offs_d, mask_d, io_mask, D, N_GRAN,
-                   stride_ss, stride_st, stride_sd, ACCUMULATE: tl.constexpr, GRANULE: tl.constexpr,
-                   BLOCK_S: tl.constexpr):
+def _prenorm_grads(du, rstd, nw, S, DS, DW_PART, t, offs_s, offs_d, mask_d, io_mask, BS, D,
+                   stride_ss, stride_st, stride_sd, ACCUMULATE: tl.constexpr, BLOCK_S: tl.constexpr):
     """The norm's backward on the program's rows (``du`` fp32, whole rows): ``ds`` (into ``DS``,
     ``S``'s strides; ``DS`` may be ``S``, whose rows only this program reads) and the norm weight's
-    partial ``sum_rows du * xhat`` into its first ``GRANULE``-sample row, zeros into the other rows
-    of its sample tile (``ACCUMULATE``: added to what an earlier token pass left there)."""
-    j = tl.arange(0, BLOCK_S // GRANULE)
-    first = tl.program_id(1) * (BLOCK_S // GRANULE)
-    pmask = ((first + j) < N_GRAN)[:, None] & mask_d[None, :]
-    ptrs = DW_PART + (t * N_GRAN + first + j).to(tl.int64)[:, None] * D + offs_d[None, :]
+    partial ``sum_rows du * xhat`` into the program's own row of ``DW_PART``, ``t * (sample tiles) +
+    tile`` (``ACCUMULATE``: added to what an earlier token pass left there)."""
+    # the row goes through a [4, BLOCK_D] tile whose other rows are masked off: stored as a [BLOCK_D] or
+    # [1, BLOCK_D] tile, the kernel spilled up to 32 bytes a thread on sm_90 (ptxas, Triton 3.6; none so)
+    j = tl.arange(0, 4)
+    pmask = (j == 0)[:, None] & mask_d[None, :]
+    row = t * tl.cdiv(BS, BLOCK_S) + tl.program_id(1)
+    ptrs = DW_PART + (row + j).to(tl.int64)[:, None] * D + offs_d[None, :]
     # the earlier pass's partials loaded first, beside xhat's rows: loaded after the column sum's
     # barrier, the sum waited out its whole latency (4% of the kernel's stall samples, run232)
     earlier = tl.load(ptrs, mask=pmask, other=0.0) if ACCUMULATE else None
@@ -394,8 +388,7 @@ def _prenorm_grads(du, rstd, nw, S, DS, DW_PART, t, offs_s, offs_d, mask_d, io_m
     g = du * nw[None, :]
     ds = rstd[:, None] * (g - xhat * (tl.sum(g * xhat, axis=1) / D)[:, None])
     tl.store(DS + rows, ds.to(DS.dtype.element_ty), mask=io_mask)
-    part = tl.sum(du * xhat, axis=0)
-    tile = tl.where((j == 0)[:, None], part[None, :], 0.0)
+    tile = tl.where((j == 0)[:, None], tl.sum(du * xhat, axis=0)[None, :], 0.0)
     if ACCUMULATE:
         tile += earlier
     tl.store(ptrs, tile, mask=pmask)
@@ -404,13 +397,13 @@ def _prenorm_grads(du, rstd, nw, S, DS, DW_PART, t, offs_s, offs_d, mask_d, io_m
 @triton.jit
 def ffn_bwd_act_kernel(
     DO, U, W1, W3, W2, B1, B3, G, V, DU, A, DG, DV, RSTD, NW, DS, DW_PART,
-    BS, D, H, BS_KEY, N_GRAN,
+    BS, D, H, BS_KEY,
     stride_dos, stride_dot, stride_dod,
     stride_us, stride_ut, stride_ud, stride_dus,
     stride_rs, stride_rt,
     GATED: tl.constexpr, HAS_B1: tl.constexpr, HAS_B3: tl.constexpr,
     SAVED: tl.constexpr, STORE: tl.constexpr, PRENORM: tl.constexpr, ACCUMULATE: tl.constexpr,
-    GRANULE: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr,
+    CDT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
     PDL: tl.constexpr = False, EARLY: tl.constexpr = False,
 ):
@@ -461,8 +454,8 @@ def ffn_bwd_act_kernel(
         if GATED:
             du = tl.dot(dv.to(CDT), tl.trans(w3.to(CDT)), du, input_precision=PREC)
     if PRENORM:
-        _prenorm_grads(du, rstd, nw, U, DS, DW_PART, t, offs_s, offs_d, mask_d, io_mask, D, N_GRAN,
-                       stride_us, stride_ut, stride_ud, ACCUMULATE, GRANULE, BLOCK_S)
+        _prenorm_grads(du, rstd, nw, U, DS, DW_PART, t, offs_s, offs_d, mask_d, io_mask, BS, D,
+                       stride_us, stride_ut, stride_ud, ACCUMULATE, BLOCK_S)
     else:
         tl.store(DU + offs_s[:, None] * stride_dus + t * D + offs_d[None, :],
                  du.to(DU.dtype.element_ty), mask=io_mask)
@@ -475,6 +468,8 @@ def ffn_bwd_act_kernel(
 # copies of those (:func:`_prenorm_scratch`)
 ffn_bwd_act = TileTuner(ffn_bwd_act_kernel, _tile_configs(), prune=_prune_tiles,
                         key=["D", "H", "BS_KEY", "GATED", "SAVED", "STORE", "PRENORM", "CDT", "PREC"])
+# the smallest sample tile the act kernel may take: the PRENORM partial buffer holds a row per program of it
+_MIN_BLOCK_S = min(c.kwargs["BLOCK_S"] for c in ffn_bwd_act.configs)
 
 
 @triton.jit
@@ -1158,7 +1153,7 @@ def ffn_fwd(
 
 def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, store: bool, norm=None,
                        launch: dict | None = None):
-    """``ffn_bwd_act_kernel`` over the tokens of ``u``; returns the launch's compiled kernel.
+    """``ffn_bwd_act_kernel`` over the tokens of ``u``; returns the launch's sample tiles per token.
     ``norm``: ``(ds, rstd, weight, partial, accumulate)`` when ``u`` is the norm's input ``s``
     (``PRENORM``, its tile tuned on :func:`_prenorm_scratch`); ``du`` then receives the pass's ``u``
     (``[bs, tokens, D]`` contiguous) for the weight kernel. ``launch``: the kernel's ``PDL`` and
@@ -1174,19 +1169,21 @@ def _ffn_bwd_act_fused(do, u, w1, w3, w2, b1, b3, g, v, du, a, dg, dv, cdt, stor
             b1 if b1 is not None else dummy, b3 if b3 is not None else dummy,
             g if saved else dummy, v if (saved and gated) else dummy,
             du, a, dg, dv, rstd, nw, ds, partial,
-            bs, d, h, bucket(bs), triton.cdiv(bs, PARTIAL_GRANULE),
+            bs, d, h, bucket(bs),
             do.stride(0), do.stride(1), do.stride(2),
             u.stride(0), u.stride(1), u.stride(2), du.stride(0),
             *rstd_strides]
     meta = dict(GATED=gated, HAS_B1=b1 is not None, HAS_B3=b3 is not None,
                 SAVED=saved, STORE=store, PRENORM=norm is not None, ACCUMULATE=accumulate,
-                GRANULE=PARTIAL_GRANULE, CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d),
-                **(launch or {}))
+                CDT=_TL_DTYPES[cdt], PREC=_prec(cdt), BLOCK_D=_block_d(d), **(launch or {}))
+    tiles = []  # the sample tiles of each grid asked for: tuning's timed launches', then the launch's
 
     def grid(m):
-        return (t, triton.cdiv(bs, m["BLOCK_S"]))
+        tiles.append(triton.cdiv(bs, m["BLOCK_S"]))
+        return (t, tiles[-1])
 
-    return ffn_bwd_act.run(grid, args, meta, scratch=None if norm is None else _prenorm_scratch)
+    ffn_bwd_act.run(grid, args, meta, scratch=None if norm is None else _prenorm_scratch)
+    return tiles[-1]
 
 
 # where the act kernel's arguments ``DS`` and ``DW_PART`` sit in its list
@@ -1354,7 +1351,7 @@ def ffn_bwd(
     # releases the next one before its wait, and reads before it only the op's inputs (EARLY)
     chunks = _chunks(t, _token_chunk(t, fused=True))
     if prenorm is not None:  # the act kernel does the norm: its partial rows (_prenorm_grads)
-        prenorm.plan(chunks, rows_per_token=triton.cdiv(bs, PARTIAL_GRANULE))
+        prenorm.plan(chunks, rows_per_token=triton.cdiv(bs, _MIN_BLOCK_S))
     pdl = pdl_options(u.device)
     chain = dict(pdl, RELEASE_FIRST=True) if pdl["PDL"] else pdl
     pending = None  # the previous pass's (partial, output) pairs, still to sum
@@ -1378,10 +1375,11 @@ def ffn_bwd(
         else:  # the kernel forms the pass's u from s into u_c, and writes ds over the pass's s
             s_c, ds_c, rstd_c, accumulate = prenorm.fused_pass(sl)
             u_c = new_output(s_c.shape, like=s_c)
-            _ffn_bwd_act_fused(do_c, s_c, w1_c, w3_c, w2_c, b1_c, b3_c, g_c, v_c, u_c, a, dg, dv, cdt,
-                               store=not lean,
-                               norm=(ds_c, rstd_c, prenorm.weight, prenorm.partial, accumulate),
-                               launch=act_launch)
+            tiles = _ffn_bwd_act_fused(do_c, s_c, w1_c, w3_c, w2_c, b1_c, b3_c, g_c, v_c, u_c, a, dg, dv, cdt,
+                                       store=not lean,
+                                       norm=(ds_c, rstd_c, prenorm.weight, prenorm.partial, accumulate),
+                                       launch=act_launch)
+            prenorm.wrote(n * tiles)  # one partial row per program
         if pending is not None:
             sum_partials(*pending, launch=chain)
             pending = None  # its partials go back to the allocator before this pass's

@@ -305,18 +305,19 @@ class TokenPassNorm:
         self.s, self.weight, self.eps, self.ds, self.saved_rstd = s, weight, eps, ds, rstd
         self._rstd: dict[int, torch.Tensor] = {}
         self._accumulate = False  # whether a pass has written the partial rows (plan resets it)
+        self._rows_written: int | None = None
         self.partial: torch.Tensor | None = None
         self.dw: torch.Tensor | None = None
 
     def plan(self, chunks: list[slice], rows_per_token: int | None = None) -> None:
         """Size the norm weight's partial buffer for the passes ``chunks`` (the first the longest, as
-        :func:`.pswiglu._chunks` makes them). ``rows_per_token``: the fused route's, ``rows_per_token``
-        rows for each token of the first pass. Else one row per program of the first pass's
-        backward grid, which every pass takes (each pass fills the GPU), the later passes adding
-        their partials to the rows the first wrote. (Partials of the whole tensor's grid split among
-        the passes left each of eight passes an eighth of the GPU, 21 µs a pass at paper-100m,
-        run85; a grid per pass with rows of its own made the sum of 2048 partial rows a 32 µs launch
-        at paper-small, run81.)"""
+        :func:`.pswiglu._chunks` makes them). ``rows_per_token``: the fused route's, at most
+        ``rows_per_token`` rows for each token of the first pass (its kernel's grid, :meth:`wrote`).
+        Else one row per program of the first pass's backward grid, which every pass takes (each pass
+        fills the GPU), the later passes adding their partials to the rows the first wrote. (Partials
+        of the whole tensor's grid split among the passes left each of eight passes an eighth of the
+        GPU, 21 µs a pass at paper-100m, run85; a grid per pass with rows of its own made the sum of
+        2048 partial rows a 32 µs launch at paper-small, run81.)"""
         bs, t, d = self.s.shape
         first = chunks[0].stop - chunks[0].start if chunks else 0
         if any(c.stop - c.start > first for c in chunks):
@@ -326,6 +327,7 @@ class TokenPassNorm:
         else:
             self._rows_per_program, programs = _bwd_grid(bs * first, d, self.s.device)
         self._accumulate = False
+        self._rows_written = None  # the fused route's: the rows its first pass wrote (wrote)
         self.partial = new_output((programs if chunks else 0, d), like=self.s, dtype=torch.float32)
         self.dw = new_output(self.weight.shape, like=self.weight)
 
@@ -338,6 +340,17 @@ class TokenPassNorm:
         accumulate, self._accumulate = self._accumulate, True
         return (self.s.narrow(1, sl.start, n), self.ds.narrow(1, sl.start, n),
                 self.saved_rstd.narrow(1, sl.start, n), accumulate)
+
+    def wrote(self, rows: int) -> None:
+        """After a :meth:`fused_pass`'s kernel: it wrote (or, after the first pass, added to) the first
+        ``rows`` partial rows, a row per program of its grid, which :meth:`plan`'s ``rows_per_token``
+        sized for the smallest tile. The sum reads the rows the first pass wrote, which every later
+        pass must stay within."""
+        if rows > self.partial.shape[0] or (self._rows_written is not None and rows > self._rows_written):
+            raise RuntimeError(f"TokenPassNorm.wrote: a pass wrote {rows} partial rows, past the "
+                               f"{self._rows_written or self.partial.shape[0]} the first pass initialised")
+        if self._rows_written is None:
+            self._rows_written = rows
 
     def rows(self, sl: slice) -> torch.Tensor:
         """``u`` of the tokens ``sl``, ``[bs, n, D]`` contiguous, as the forward computed it."""
@@ -371,5 +384,7 @@ class TokenPassNorm:
         self._accumulate = True
 
     def weight_grad_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(partials, dw)`` for :func:`._partials.sum_partials`."""
+        """``(partials, dw)`` for :func:`._partials.sum_partials`: the rows the passes wrote."""
+        if self._rows_written is not None:
+            return self.partial[:self._rows_written], self.dw
         return self.partial, self.dw

@@ -245,6 +245,27 @@ def test_token_pass_norm_matches_the_norm_kernels(device):
         norm.plan([slice(0, 1), slice(1, 7)])
 
 
+def test_token_pass_norm_sums_the_rows_the_fused_passes_wrote(device):
+    # the fused route's kernel writes a row per program of its grid into a buffer sized for the smallest
+    # tile: the sum reads the first pass's rows, and a later pass that would add to rows the first never
+    # wrote (a tile smaller than the first pass's) is an error, not a sum of poison
+    from unimixer_kernels.triton_kernels import rms_norm as kernels
+
+    s = torch.randn(40, 5, 12, device=device)
+    norm = kernels.TokenPassNorm(s, torch.randn(12, device=device), 1e-6, s.clone(),
+                                 rstd=torch.ones(40, 5, device=device))
+    norm.plan([slice(0, 3), slice(3, 5)], rows_per_token=5)
+    assert norm.partial.shape[0] == 15 and norm.weight_grad_pair()[0].shape[0] == 15
+    norm.wrote(6)  # the first pass: 3 tokens x 2 tiles
+    norm.wrote(4)  # the second: 2 tokens x 2 tiles
+    assert norm.weight_grad_pair()[0].shape[0] == 6
+    with pytest.raises(RuntimeError, match="past the 6 the first pass initialised"):
+        norm.wrote(8)
+    norm.plan([slice(0, 5)], rows_per_token=5)
+    with pytest.raises(RuntimeError, match="past the 25"):
+        norm.wrote(30)
+
+
 def test_unimixing_rmsnorm_pswiglu_bad_input():
     z, wl, wg, nw, wgate, wup, wdown, *_ = _inputs((2, 3, 8, 4, 6), torch.float32, "cpu", bias=False)
     with pytest.raises(ValueError, match="norm_weight: expected shape"):
@@ -364,17 +385,35 @@ def test_prenorm_act_kernel_is_tuned_on_scratch_once_per_kind(device, monkeypatc
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("buffer", ["tile", "smaller tile"])
 @pytest.mark.parametrize("chunk", ["all", "2"])
-def test_fused_ffn_pass_does_the_norm_as_the_norm_kernels(device, monkeypatch, chunk):
+def test_fused_ffn_pass_does_the_norm_as_the_norm_kernels(device, monkeypatch, chunk, buffer):
     # the fused FFN's act kernel with the norm in front (PRENORM): u from the forward's rstd (the
     # weight gradients then equal those from the norm kernel's u bit for bit), ds written over s and
-    # the norm weight's partials (one row per 16 samples of a token, zeros where a sample tile owns
-    # more), as the FFN backward on u followed by the norm's backward. bs = 40: sample tiles that
-    # end inside a 16-sample row, and a last row past the batch
+    # the norm weight's partials (a row per program, later passes adding to the first's), as the FFN
+    # backward on u followed by the norm's backward. bs = 40 on 32-sample tiles: a tile past the batch.
+    # The partial buffer is sized for the smallest tile; "smaller tile" sizes it for 8-sample tiles, so
+    # that it holds rows no program writes (poisoned, tests/conftest.py): the sum must read only the rows
+    # the first pass wrote
     from unimixer_kernels.triton_kernels import pswiglu as kernels
     from unimixer_kernels.triton_kernels import rms_norm as norms
 
     monkeypatch.setenv("UNIMIXER_FFN_TOKEN_CHUNK", chunk)
+    if buffer == "smaller tile":
+        monkeypatch.setattr(kernels, "_MIN_BLOCK_S", 8)
+    sums, planned = [], []
+    real_sum, real_plan = kernels.sum_partials, norms.TokenPassNorm.plan
+
+    def spy_sum(*pairs, **kwargs):
+        sums.append(pairs)
+        return real_sum(*pairs, **kwargs)
+
+    def spy_plan(self, chunks, rows_per_token=None):
+        real_plan(self, chunks, rows_per_token)
+        planned.append((chunks[0].stop - chunks[0].start, self.partial.shape[0]))
+
+    monkeypatch.setattr(kernels, "sum_partials", spy_sum)
+    monkeypatch.setattr(norms.TokenPassNorm, "plan", spy_plan)
     bs, t, d, h = 40, 5, 12, 10
     s = torch.randn(bs, t, d, device=device)
     nw = torch.randn(d, device=device)
@@ -386,11 +425,17 @@ def test_fused_ffn_pass_does_the_norm_as_the_norm_kernels(device, monkeypatch, c
     du, *want = kernels.ffn_bwd(do, u, w1, w3, w2, b1, b3, None, None)
     ds_want, dnw_want = norms.rms_norm_bwd(du, None, s, nw, rstd)
     ds = s.clone()
+    sums.clear()
     dnw, *got = kernels.rms_norm_ffn_bwd_(do, ds, rstd.view(bs, t), nw, 1e-6, w1, w3, w2, b1, b3)
     for k, (a, e) in enumerate(zip(got, want)):
         assert torch.equal(a, e), f"FFN gradient {k}"
     torch.testing.assert_close(ds, ds_want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(dnw, dnw_want, rtol=1e-5, atol=1e-5)
+    # the last sum's last pair is the norm weight's: the first pass's tokens x 2 sample tiles of 32
+    (first, buffer_rows), = planned
+    read = sums[-1][-1][0]
+    assert read.shape[0] == first * 2
+    assert buffer_rows == first * -(-bs // kernels._MIN_BLOCK_S)
 
 
 @pytest.mark.triton
@@ -438,7 +483,7 @@ def ffn_pdl_compile_for_sm90() -> None:
     act_ptrs = {a: "*bf16" for a in "DO U W1 W3 W2 B1 B3 G V DU A DG DV NW DS".split()}
     act_ptrs.update(RSTD="*fp32", DW_PART="*fp32")
     act = dict(GATED=True, HAS_B1=True, HAS_B3=True, SAVED=False, STORE=True, ACCUMULATE=True,
-               GRANULE=k.PARTIAL_GRANULE, CDT=tl.bfloat16, PREC="tf32", BLOCK_S=64, BLOCK_D=128, BLOCK_H=32,
+               CDT=tl.bfloat16, PREC="tf32", BLOCK_S=64, BLOCK_D=128, BLOCK_H=32,
                stride_dod=1, stride_ud=1)
     weight_ptrs = {a: "*bf16" for a in "DO U A DG DV W1 W3 W2 B1 B3 G V".split()}
     weight_ptrs.update({a: "*fp32" for a in "DW1 DW3 DW2 DB1 DB3 DB2".split()})
