@@ -9,7 +9,11 @@ Each child process builds the block (``bench.overlap_probe._module``), times its
 with the norm in front (``PRENORM``) chose (``triton_kernels/_tuning.py``), with every tile's times round
 by round.
 With ``--switch`` the children alternate its values (an environment switch, read by the kernels),
-``processes`` children each.
+``processes`` children each. With ``--tree DIR`` they alternate between this checkout and another one
+(e.g. ``git archive BASE | tar -x -C DIR``), each child run from its tree with ``PYTHONPATH`` set to it:
+a change timed against its base with no switch left behind. Neither tree may be installed (an
+installed package's import hook could map the kernels to its own tree); each tree's kernel folder is
+checked before the first child.
 
 Run251 to run253 used it with switches since removed (the two kernels' tiles timed with L2 warm, in a
 CUDA graph, by Triton's autotuner, or in rounds with the least median taken): Triton's autotuner's
@@ -63,10 +67,34 @@ def _child() -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
+def _tree_env(tree: str | None) -> tuple[dict, str | None]:
+    """``(environment, cwd)`` of a child run from ``tree`` (``None``: this process's own)."""
+    if tree is None:
+        return {}, None
+    path = os.environ.get("PYTHONPATH", "")
+    return {"PYTHONPATH": tree + (os.pathsep + path if path else "")}, tree
+
+
+def _check_tree(tree: str) -> None:
+    """Refuse to time ``tree`` unless its own kernels are the ones a child run from it imports."""
+    env, cwd = _tree_env(tree)
+    code = "import unimixer_kernels.triton_kernels as k; print(k.__file__)"
+    done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env), cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+    got = done.stdout.strip().splitlines()[-1:] or [done.stderr.strip()[-300:]]
+    want = os.path.join(os.path.realpath(tree), "triton_kernels")
+    if done.returncode != 0 or not os.path.realpath(got[0]).startswith(want + os.sep):
+        raise SystemExit(f"bench.tuning_probe: --tree {tree}: a child run from it imports the kernels from "
+                         f"{got[0]!r}, not {want}; uninstall unimixer-kernels (pip uninstall) and run both "
+                         "trees from their folders")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.tuning_probe", description=__doc__.splitlines()[0])
     ap.add_argument("--processes", type=int, default=3)
     ap.add_argument("--switch", default=None, help="NAME=value1,value2,...: alternate its values")
+    ap.add_argument("--tree", default=None,
+                    help="another checkout (a folder): alternate between it and this one")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -78,6 +106,14 @@ def main(argv: list[str] | None = None) -> None:
         values = [v for v in rest.split(",") if v]
         if not name or not values:
             ap.error(f"--switch: expected NAME=value1,value2,..., got {args.switch!r}")
+    trees = [None]
+    if args.tree:
+        if not os.path.isfile(os.path.join(args.tree, "bench", "tuning_probe.py")):
+            ap.error(f"--tree: {args.tree!r} is not a checkout of this project (no bench/tuning_probe.py)")
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        trees = [here, os.path.abspath(args.tree)]
+        for tree in trees:
+            _check_tree(tree)
     import torch
 
     from .env import header
@@ -87,22 +123,28 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# env {json.dumps(header(torch.device('cuda')))}")
     print("\nUniMixerBlock at paper-small, all-Triton, graphed fwd+bwd, one fresh process a row "
           "(TRITON_CACHE_AUTOTUNING=0)\n")
-    print(f"| process | {name or 'switch'} | step ms | forward kernel: tile (µs a tile, in the order timed, "
-          "the fastest round [rounds]) | weight kernel: likewise | act kernel (PRENORM): likewise |\n"
-          "|---:|---|---:|---|---|---|")
+    print(f"| process | tree | {name or 'switch'} | step ms | forward kernel: tile (µs a tile, in the order "
+          "timed, the fastest round [rounds]) | weight kernel: likewise | act kernel (PRENORM): likewise |\n"
+          "|---:|---|---|---:|---|---|---|")
     for i in range(args.processes):
-        for value in values:
-            env = dict(os.environ, TRITON_CACHE_AUTOTUNING="0", **({name: value} if name else {}))
-            done = subprocess.run([sys.executable, "-m", "bench.tuning_probe", "--child"], env=env,
-                                  capture_output=True, text=True, timeout=600)
-            lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
-            if done.returncode != 0 or not lines:
-                tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-                print(f"| {i} | {value or '–'} | failed: {tail[0][:200]} | | | | |", flush=True)
-                continue
-            r = json.loads(lines[-1][len("RESULT "):])
-            cells = [f"{', '.join(r[n])} ({_ranked(r[n + '_us'])})" for n in _TUNERS]
-            print(f"| {i} | {value or '–'} | {r['ms']:.4f} | {' | '.join(cells)} |", flush=True)
+        for tree in trees:
+            for value in values:
+                print(f"| {i} | {tree or '–'} | {value or '–'} | {_row(tree, name, value)} |", flush=True)
+
+
+def _row(tree: str | None, name: str | None, value: str | None) -> str:
+    """One fresh child's cells: its step's ms and each tuner's tiles, or why it failed."""
+    extra, cwd = _tree_env(tree)
+    env = dict(os.environ, TRITON_CACHE_AUTOTUNING="0", **extra, **({name: value} if name else {}))
+    done = subprocess.run([sys.executable, "-m", "bench.tuning_probe", "--child"], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+    lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        return f"failed: {tail[0][:200]} | | |"
+    r = json.loads(lines[-1][len("RESULT "):])
+    cells = [f"{', '.join(r[n])} ({_ranked(r[n + '_us'])})" for n in _TUNERS]
+    return f"{r['ms']:.4f} | {' | '.join(cells)}"
 
 
 if __name__ == "__main__":

@@ -481,6 +481,33 @@ def test_profile_timeline_splits_the_span_by_stream():
     assert timeline([]).strip() == "no device kernels in the step"
 
 
+def test_tuning_probe_times_another_tree_only_on_its_own_kernels(tmp_path, capsys):
+    """``--tree``: a folder that is no checkout is refused at once; a tree whose children would import
+    the kernels from elsewhere (here a ``unimixer_kernels/triton_kernels`` package inside the package,
+    as an install's mapping would give) is refused with the fix, before any GPU is looked for; a tree
+    whose children import its own ``triton_kernels/`` passes the check."""
+    from bench import tuning_probe
+
+    with pytest.raises(SystemExit) as exit_info:
+        tuning_probe.main(["--tree", str(tmp_path)])
+    assert exit_info.value.code == 2 and "not a checkout of this project" in capsys.readouterr().err
+    for tree, mapped in (("elsewhere", False), ("own", True)):
+        root = tmp_path / tree
+        (root / "bench").mkdir(parents=True)
+        (root / "bench" / "tuning_probe.py").write_text("")
+        (root / "triton_kernels").mkdir()
+        (root / "triton_kernels" / "__init__.py").write_text("")
+        (root / "unimixer_kernels" / "triton_kernels").mkdir(parents=True)
+        (root / "unimixer_kernels" / "triton_kernels" / "__init__.py").write_text("")
+        init = "import sys; sys.modules[__name__ + '.triton_kernels'] = __import__('triton_kernels')\n"
+        (root / "unimixer_kernels" / "__init__.py").write_text(init if mapped else "")
+        if mapped:
+            tuning_probe._check_tree(str(root))
+        else:
+            with pytest.raises(SystemExit, match="uninstall unimixer-kernels"):
+                tuning_probe._check_tree(str(root))
+
+
 @pytest.mark.parametrize("module, argv", [("switch_ab", ["UNIMIXER_FFN_BACKWARD=buffers"]),
                                           ("switch_ab", ["=a,b"]),
                                           ("tuning_probe", ["--switch", "UNIMIXER_FFN_BACKWARD"])])
