@@ -2,6 +2,9 @@
 # One GPU run, from the repo root:   OUT=/some/folder bash bench/gpu_run.sh
 #
 # Stages (each under `timeout`, so one cannot eat the others):
+#   ab        before anything is installed: python -m bench.tuning_probe --tree "$AB_TREE" (another checkout,
+#             e.g. `git archive BASE` unpacked), the all-Triton block's step from this tree and that one in
+#             alternating fresh processes, AB_PROCESSES each (default 2): ab.md
 #   install   pip install -e . --no-build-isolation --no-deps
 #   info      nvidia-smi, versions, python -m unimixer_kernels.info
 #   prepare   in parallel, since all of it is compile-bound (CPU) rather than timed:
@@ -94,6 +97,12 @@ stage() {
 
 echo "gpu_run: OUT=$OUT stages: $STAGES"
 
+if want ab; then
+    # no install yet: each tree's children import their own kernels from PYTHONPATH (tuning_probe checks it)
+    stage ab "${T_AB:-400}" env PYTHONPATH="$PWD" "$PY" -m bench.tuning_probe \
+        --processes "${AB_PROCESSES:-2}" --tree "${AB_TREE:?the ab stage needs AB_TREE=<another checkout>}"
+    sed -n '/^===== ab /,/^===== ab:/p' "$LOG" >"$OUT/ab.md"
+fi
 if want install; then
     stage install "$T_INSTALL" "$PY" -m pip install -e . --no-build-isolation --no-deps
 fi
