@@ -346,10 +346,15 @@ class TokenPassNorm:
         ``rows`` partial rows, a row per program of its grid, which :meth:`plan`'s ``rows_per_token``
         sized for the smallest tile. The sum reads the rows the first pass wrote, which every later
         pass must stay within."""
-        if rows > self.partial.shape[0] or (self._rows_written is not None and rows > self._rows_written):
-            raise RuntimeError(f"TokenPassNorm.wrote: a pass wrote {rows} partial rows, past the "
-                               f"{self._rows_written or self.partial.shape[0]} the first pass initialised")
-        if self._rows_written is None:
+        first = self._rows_written is None
+        if first:
+            limit, what = self.partial.shape[0], "the buffer holds"
+        else:
+            limit, what = self._rows_written, "the first pass wrote"
+        if rows > limit:
+            raise RuntimeError(f"TokenPassNorm.wrote: a pass wrote {rows} partial rows, past the {limit} "
+                               f"{what}")
+        if first:
             self._rows_written = rows
 
     def rows(self, sl: slice) -> torch.Tensor:

@@ -259,10 +259,10 @@ def test_token_pass_norm_sums_the_rows_the_fused_passes_wrote(device):
     norm.wrote(6)  # the first pass: 3 tokens x 2 tiles
     norm.wrote(4)  # the second: 2 tokens x 2 tiles
     assert norm.weight_grad_pair()[0].shape[0] == 6
-    with pytest.raises(RuntimeError, match="past the 6 the first pass initialised"):
+    with pytest.raises(RuntimeError, match="past the 6 the first pass wrote"):
         norm.wrote(8)
     norm.plan([slice(0, 5)], rows_per_token=5)
-    with pytest.raises(RuntimeError, match="past the 25"):
+    with pytest.raises(RuntimeError, match="past the 25 the buffer holds"):
         norm.wrote(30)
 
 
