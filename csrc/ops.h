@@ -37,4 +37,13 @@ void sinkhorn_bwd_(const at::Tensor& dp, const at::Tensor& logits, const at::Ten
 // where none fits the device at once. Raises nothing but for a bad UNIMIXER_SINKHORN_CUDA_TILE.
 std::vector<int64_t> sinkhorn_plan(const at::Tensor& logits, bool symmetric);
 
+// pswiglu.cu: the per-token SwiGLU's forward on tensor cores, u [bs, T, D], w_gate and w_up [T, D, h],
+// w_down [T, h, D], optional biases [T, h] / [T, D], all of one 16-bit dtype, D <= 128 and D, h multiples of
+// 8: (o [bs, T, D], g, v), where g and v are the pre-activations [T, bs, h] with their biases when `save`,
+// else empty.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pswiglu_fwd(
+    const at::Tensor& u, const at::Tensor& w_gate, const at::Tensor& w_up, const at::Tensor& w_down,
+    const std::optional<at::Tensor>& b_gate, const std::optional<at::Tensor>& b_up,
+    const std::optional<at::Tensor>& b_down, bool save);
+
 }  // namespace unimixer

@@ -31,6 +31,13 @@ TORCH_LIBRARY_FRAGMENT(unimixer_C, m) {
   m.def("sinkhorn_plan(Tensor logits, bool symmetric) -> int[]");
 }
 
+TORCH_LIBRARY_FRAGMENT(unimixer_C, m) {
+  const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
+  m.set_python_module("unimixer_kernels.ops.pswiglu_cuda");
+  m.def("pswiglu_fwd(Tensor u, Tensor w_gate, Tensor w_up, Tensor w_down, Tensor? b_gate, Tensor? b_up, "
+        "Tensor? b_down, bool save) -> (Tensor, Tensor, Tensor)", tags);
+}
+
 TORCH_LIBRARY_IMPL(unimixer_C, CUDA, m) {
   m.impl("rms_norm_fwd", &unimixer::rms_norm_fwd);
   m.impl("add_rms_norm_fwd", &unimixer::add_rms_norm_fwd);
@@ -39,6 +46,7 @@ TORCH_LIBRARY_IMPL(unimixer_C, CUDA, m) {
   m.impl("sinkhorn_bwd", &unimixer::sinkhorn_bwd);
   m.impl("sinkhorn_bwd_", &unimixer::sinkhorn_bwd_);
   m.impl("sinkhorn_plan", &unimixer::sinkhorn_plan);
+  m.impl("pswiglu_fwd", &unimixer::pswiglu_fwd);
 }
 
 // Importing `unimixer_kernels._C` as a Python module only loads the library (which registers the

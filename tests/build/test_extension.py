@@ -39,6 +39,10 @@ SCHEMAS = {
         "unimixer_C::sinkhorn_bwd_(Tensor dp, Tensor(a!) logits, Tensor u, Tensor v, float tau, int iters, "
         "bool symmetric) -> ()"
     ),
+    "pswiglu_fwd": (
+        "unimixer_C::pswiglu_fwd(Tensor u, Tensor w_gate, Tensor w_up, Tensor w_down, Tensor? b_gate, "
+        "Tensor? b_up, Tensor? b_down, bool save) -> (Tensor, Tensor, Tensor)"
+    ),
 }
 
 
@@ -120,6 +124,25 @@ def test_lite_global_cuda_ops_fakes_and_autograd_on_meta_tensors():
     assert (pa.shape, pb.shape, pa.dtype) == ((3, 40, 6), (3, 6, 40), torch.bfloat16)
     da, db = torch.autograd.grad(w, (a_g, b_g), torch.empty_like(w))
     assert (da.shape, da.dtype, db.shape, db.dtype) == (a_g.shape, a_g.dtype, b_g.shape, b_g.dtype)
+
+
+def test_pswiglu_cuda_fake_kernel_and_autograd_on_meta_tensors():
+    # the compiled forward's fake, and its autograd formula (the Triton backward's op and fake)
+    built_library()
+    from unimixer_kernels.ops import pswiglu_cuda
+
+    ops = pswiglu_cuda.cuda_ops()
+    bs, t, d, h = 5, 3, 40, 24
+    meta = dict(device="meta", dtype=torch.bfloat16, requires_grad=True)
+    u = torch.empty(bs, t, d, **meta)
+    ws = [torch.empty(t, d, h, **meta), torch.empty(t, d, h, **meta), torch.empty(t, h, d, **meta),
+          torch.empty(t, h, **meta), torch.empty(t, h, **meta), torch.empty(t, d, **meta)]
+    for save in (False, True):
+        o, g, v = ops.pswiglu_fwd(u, *ws, save)
+        assert (o.shape, o.dtype) == (u.shape, u.dtype)
+        assert g.shape == v.shape == ((t, bs, h) if save else (0,))
+        grads = torch.autograd.grad(o, (u, *ws), torch.empty_like(o))
+        assert [x.shape for x in grads] == [x.shape for x in (u, *ws)]
 
 
 def test_library_loads_under_the_cuda_backend_status():

@@ -2,7 +2,7 @@
 
 # imported for what they register: the Triton backend's autocast cast, and the "cuda" backends of
 # rms_norm / add_rms_norm and sinkhorn
-from . import lowering, rms_norm_cuda, sinkhorn_cuda  # noqa: F401
+from . import lowering, pswiglu_cuda, rms_norm_cuda, sinkhorn_cuda  # noqa: F401
 from .interactions import dot_interaction, fm_interaction
 from .pgelu_ffn import pgelu_ffn
 from .pswiglu import pswiglu

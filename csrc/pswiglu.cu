@@ -1,0 +1,382 @@
+// The per-token SwiGLU's forward, o_t = W_down[t] (SiLU(W_gate[t] u_t + b_g) * (W_up[t] u_t + b_u)) + b_d
+// for each token t (SPEC §4), on warp-level tensor-core instructions (mma.sync m16n8k16, sm_80 and
+// later). One block of four warps takes one token and 64 samples; each warp owns 16 of them:
+//
+//   - the block's u rows ([64, D]) come into shared memory once, and each warp keeps its 16 rows as
+//     A fragments in registers for the whole hidden loop;
+//   - the hidden dimension is walked in chunks of 16 units: the chunk's gate and up columns ([D, 16]
+//     each) and down rows ([16, D]) stream through a three-stage cp.async pipeline, so the next chunks'
+//     weights load while this one's products run;
+//   - a chunk's gate and up products land in registers as two 16 x 8 accumulator tiles each, and
+//     SiLU(g) * v, rounded to the compute dtype, is already the A fragment of the down product (the
+//     accumulator layout of m16n8 is the operand layout of k16): the hidden activation never leaves
+//     the registers;
+//   - the [16, D] output rows accumulate in fp32 across the chunks and are stored once, with b_d.
+//
+// The rounding is the Triton kernel's (triton_kernels/pswiglu.py): fp32 products and biases, the
+// activation rounded to the compute dtype before the down product, the output rounded once.
+// Constraints (checked on the host): u, weights and biases of one 16-bit dtype, D <= 128 and D and h
+// multiples of 8 (16-byte vectors), T <= 65535. Shared-memory rows are padded by 8 elements, which makes
+// every ldmatrix of eight rows conflict-free.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "common.cuh"
+#include "ops.h"
+
+namespace unimixer {
+namespace {
+
+constexpr int kRows = 64;    // samples a block
+constexpr int kWarps = 4;    // 16 samples a warp
+constexpr int kThreads = kWarps * kWarpSize;
+constexpr int kChunk = 16;   // hidden units a pipeline step
+constexpr int kStages = 3;   // cp.async pipeline depth
+constexpr int kPad = 8;      // elements appended to each shared-memory row
+constexpr int kMaxD = 128;
+
+template <typename T>
+struct Dtype;
+
+template <>
+struct Dtype<__nv_bfloat16> {
+  static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+};
+
+template <>
+struct Dtype<__half> {
+  static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared without passing through registers; `ok == false` writes zeros (src-size 0,
+// nothing is read from `src`).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(ok ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Four 8 x 8 tiles of 16-bit elements; lane l gives the address of row l % 8 of tile l / 8. Plain: the
+// A operand of m16n8k16 from row-major [rows, k]; transposed: two B operands (n 0-7, n 8-15) from
+// row-major [k, n].
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// The element lane `lane` addresses in a 16 x 16 operand at (r0, c0) of a row-major tile with row
+// stride `stride`, for ldmatrix_x4 (rows 0-7 / 8-15 of columns 0-7, then of columns 8-15).
+__device__ __forceinline__ int frag_offset(int lane, int r0, int c0, int stride) {
+  return (r0 + (lane & 7) + ((lane >> 3) & 1) * 8) * stride + c0 + (lane >> 4) * 8;
+}
+
+template <int BD>
+constexpr int smem_elems() {
+  return kRows * (BD + kPad) + kStages * (2 * BD * (kChunk + kPad) + kChunk * (BD + kPad));
+}
+
+__device__ __forceinline__ float silu(float g) { return g / (1.f + __expf(-g)); }
+
+template <typename T, int BD>
+__global__ void __launch_bounds__(kThreads, 3) pswiglu_fwd_kernel(
+    const T* __restrict__ u, int64_t stride_us, int64_t stride_ut, const T* __restrict__ w_gate,
+    const T* __restrict__ w_up, const T* __restrict__ w_down, const T* __restrict__ b_gate,
+    const T* __restrict__ b_up, const T* __restrict__ b_down, T* __restrict__ out, T* __restrict__ g_out,
+    T* __restrict__ v_out, int bs, int tokens, int d, int h) {
+  using Ops = Dtype<T>;
+  constexpr int kUStride = BD + kPad;      // u rows [64, BD]
+  constexpr int kWStride = kChunk + kPad;  // gate / up chunk [BD, 16]
+  constexpr int kDStride = BD + kPad;      // down chunk [16, BD]
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* us = reinterpret_cast<T*>(smem_raw);
+  T* gate_s = us + kRows * kUStride;
+  T* up_s = gate_s + kStages * BD * kWStride;
+  T* down_s = up_s + kStages * BD * kWStride;
+
+  const int tid = threadIdx.x;
+  const int warp = tid / kWarpSize;
+  const int lane = tid % kWarpSize;
+  const int group = lane >> 2;   // the accumulator row (and row + 8) this lane holds
+  const int quad = lane & 3;     // its column pair
+  const int64_t t = blockIdx.y;
+  const int64_t s0 = static_cast<int64_t>(blockIdx.x) * kRows;
+  const int chunks = (h + kChunk - 1) / kChunk;
+
+  // the block's u rows; rows past bs and columns past D are zeros
+  for (int i = tid; i < kRows * BD / 8; i += kThreads) {
+    const int r = i / (BD / 8);
+    const int c = (i % (BD / 8)) * 8;
+    const bool ok = s0 + r < bs && c < d;
+    cp_async16(us + r * kUStride + c, ok ? u + (s0 + r) * stride_us + t * stride_ut + c : u, ok);
+  }
+  // hidden chunk `chunk` into pipeline stage `stage`; units past h and rows past D are zeros, so they add
+  // nothing to the output
+  auto load_chunk = [&](int chunk, int stage) {
+    const int h0 = chunk * kChunk;
+    T* gs = gate_s + stage * BD * kWStride;
+    T* vs = up_s + stage * BD * kWStride;
+    T* ds = down_s + stage * kChunk * kDStride;
+    for (int i = tid; i < BD * kChunk / 8; i += kThreads) {
+      const int r = i / (kChunk / 8);
+      const int c = (i % (kChunk / 8)) * 8;
+      const bool ok = r < d && h0 + c < h;
+      const int64_t off = (t * d + r) * h + h0 + c;
+      cp_async16(gs + r * kWStride + c, ok ? w_gate + off : w_gate, ok);
+      cp_async16(vs + r * kWStride + c, ok ? w_up + off : w_up, ok);
+    }
+    for (int i = tid; i < kChunk * BD / 8; i += kThreads) {
+      const int r = i / (BD / 8);
+      const int c = (i % (BD / 8)) * 8;
+      const bool ok = h0 + r < h && c < d;
+      cp_async16(ds + r * kDStride + c, ok ? w_down + (t * h + h0 + r) * d + c : w_down, ok);
+    }
+  };
+  // group 0: the rows and chunk 0; then one group per chunk, empty past the last, so that
+  // cp_async_wait<kStages - 2> at chunk c always means "chunk c has landed"
+  load_chunk(0, 0);
+  cp_async_commit();
+#pragma unroll
+  for (int s = 1; s < kStages - 1; ++s) {
+    if (s < chunks) load_chunk(s, s);
+    cp_async_commit();
+  }
+
+  const int row0 = warp * 16;
+  const int64_t row_a = s0 + row0 + group;  // this lane's two output rows
+  const int64_t row_b = row_a + 8;
+  uint32_t ua[BD / 16][4];
+  float acc[BD / 8][4];
+#pragma unroll
+  for (int n = 0; n < BD / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+
+  cp_async_wait<kStages - 2>();  // group 0: the rows (and chunk 0)
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < BD / 16; ++k) ldmatrix_x4(ua[k], us + frag_offset(lane, row0, k * 16, kUStride));
+
+  for (int c = 0; c < chunks; ++c) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // chunk c is visible to every warp, and every warp is done with chunk c - 1
+    if (c + kStages - 1 < chunks) load_chunk(c + kStages - 1, (c + kStages - 1) % kStages);
+    cp_async_commit();
+
+    const int stage = c % kStages;
+    const T* gs = gate_s + stage * BD * kWStride;
+    const T* vs = up_s + stage * BD * kWStride;
+    const T* ds = down_s + stage * kChunk * kDStride;
+    float gacc[2][4] = {};
+    float vacc[2][4] = {};
+#pragma unroll
+    for (int k = 0; k < BD / 16; ++k) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, gs + frag_offset(lane, k * 16, 0, kWStride));
+      Ops::mma(gacc[0], ua[k], b[0], b[1]);
+      Ops::mma(gacc[1], ua[k], b[2], b[3]);
+      ldmatrix_x4_trans(b, vs + frag_offset(lane, k * 16, 0, kWStride));
+      Ops::mma(vacc[0], ua[k], b[0], b[1]);
+      Ops::mma(vacc[1], ua[k], b[2], b[3]);
+    }
+    // biases, the saved pre-activations, and SiLU(g) * v as the down product's A fragment
+    uint32_t act[4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int col = c * kChunk + j * 8 + quad * 2;
+      const bool in_h = col < h;  // h is a multiple of 8: both columns of the pair, or neither
+      if (in_h && b_gate != nullptr) {
+        const float b0 = Ops::to_float(b_gate[t * h + col]), b1 = Ops::to_float(b_gate[t * h + col + 1]);
+        gacc[j][0] += b0; gacc[j][1] += b1; gacc[j][2] += b0; gacc[j][3] += b1;
+      }
+      if (in_h && b_up != nullptr) {
+        const float b0 = Ops::to_float(b_up[t * h + col]), b1 = Ops::to_float(b_up[t * h + col + 1]);
+        vacc[j][0] += b0; vacc[j][1] += b1; vacc[j][2] += b0; vacc[j][3] += b1;
+      }
+      if (g_out != nullptr && in_h) {  // [T, bs, h]
+        if (row_a < bs) {
+          *reinterpret_cast<uint32_t*>(g_out + (t * bs + row_a) * h + col) = Ops::pack(gacc[j][0], gacc[j][1]);
+          *reinterpret_cast<uint32_t*>(v_out + (t * bs + row_a) * h + col) = Ops::pack(vacc[j][0], vacc[j][1]);
+        }
+        if (row_b < bs) {
+          *reinterpret_cast<uint32_t*>(g_out + (t * bs + row_b) * h + col) = Ops::pack(gacc[j][2], gacc[j][3]);
+          *reinterpret_cast<uint32_t*>(v_out + (t * bs + row_b) * h + col) = Ops::pack(vacc[j][2], vacc[j][3]);
+        }
+      }
+      act[2 * j] = Ops::pack(silu(gacc[j][0]) * vacc[j][0], silu(gacc[j][1]) * vacc[j][1]);
+      act[2 * j + 1] = Ops::pack(silu(gacc[j][2]) * vacc[j][2], silu(gacc[j][3]) * vacc[j][3]);
+    }
+#pragma unroll
+    for (int n = 0; n < BD / 8; n += 2) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, ds + frag_offset(lane, 0, n * 8, kDStride));
+      Ops::mma(acc[n], act, b[0], b[1]);
+      Ops::mma(acc[n + 1], act, b[2], b[3]);
+    }
+  }
+  cp_async_wait<0>();  // no copy in flight when the block retires (the trailing groups are empty)
+
+  // [bs, T, D], contiguous
+#pragma unroll
+  for (int n = 0; n < BD / 8; ++n) {
+    const int col = n * 8 + quad * 2;
+    if (col >= d) continue;  // D is a multiple of 8: both columns of the pair, or neither
+    float b0 = 0.f, b1 = 0.f;
+    if (b_down != nullptr) {
+      b0 = Ops::to_float(b_down[t * d + col]);
+      b1 = Ops::to_float(b_down[t * d + col + 1]);
+    }
+    if (row_a < bs) {
+      *reinterpret_cast<uint32_t*>(out + (row_a * tokens + t) * d + col) = Ops::pack(acc[n][0] + b0, acc[n][1] + b1);
+    }
+    if (row_b < bs) {
+      *reinterpret_cast<uint32_t*>(out + (row_b * tokens + t) * d + col) = Ops::pack(acc[n][2] + b0, acc[n][3] + b1);
+    }
+  }
+}
+
+// A contiguous copy where `t` is not contiguous or not 16-byte aligned (a no-op for parameters).
+at::Tensor dense(const at::Tensor& t) {
+  at::Tensor c = t.contiguous();
+  return is_aligned(c.data_ptr(), 16) ? c : c.clone();
+}
+
+void check_weight(const at::Tensor& w, const char* name, const at::Tensor& u, at::IntArrayRef shape) {
+  check_cuda(w, name, u);
+  TORCH_CHECK(w.sizes() == shape, name, ": expected shape ", shape, ", got ", w.sizes());
+  TORCH_CHECK_TYPE(w.scalar_type() == u.scalar_type(), name, ": expected dtype ", u.scalar_type(),
+                   " (u's; the cuda backend computes in one 16-bit dtype), got ", w.scalar_type());
+}
+
+template <typename T, int BD>
+void launch(const at::Tensor& u, const at::Tensor& w_gate, const at::Tensor& w_up, const at::Tensor& w_down,
+            const at::Tensor* b_gate, const at::Tensor* b_up, const at::Tensor* b_down, at::Tensor& out,
+            at::Tensor* g, at::Tensor* v) {
+  const int bs = static_cast<int>(u.size(0));
+  const int tokens = static_cast<int>(u.size(1));
+  const int d = static_cast<int>(u.size(2));
+  const int h = static_cast<int>(w_gate.size(2));
+  auto ptr = [](const at::Tensor* x) { return x == nullptr ? nullptr : static_cast<const T*>(x->data_ptr()); };
+  auto out_ptr = [](at::Tensor* x) { return x == nullptr ? nullptr : static_cast<T*>(x->data_ptr()); };
+  const auto kernel = pswiglu_fwd_kernel<T, BD>;
+  constexpr int smem = smem_elems<BD>() * static_cast<int>(sizeof(T));
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const dim3 grid(static_cast<unsigned>(ceil_div(bs, kRows)), static_cast<unsigned>(tokens));
+  kernel<<<grid, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+      static_cast<const T*>(u.data_ptr()), u.stride(0), u.stride(1), static_cast<const T*>(w_gate.data_ptr()),
+      static_cast<const T*>(w_up.data_ptr()), static_cast<const T*>(w_down.data_ptr()), ptr(b_gate), ptr(b_up),
+      ptr(b_down), static_cast<T*>(out.data_ptr()), out_ptr(g), out_ptr(v), bs, tokens, d, h);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void launch_for_width(int d, const at::Tensor& u, const at::Tensor& w_gate, const at::Tensor& w_up,
+                      const at::Tensor& w_down, const at::Tensor* b_gate, const at::Tensor* b_up,
+                      const at::Tensor* b_down, at::Tensor& out, at::Tensor* g, at::Tensor* v) {
+  if (d <= 32) {
+    launch<T, 32>(u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
+  } else if (d <= 64) {
+    launch<T, 64>(u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
+  } else {
+    launch<T, kMaxD>(u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pswiglu_fwd(
+    const at::Tensor& u_in, const at::Tensor& w_gate_in, const at::Tensor& w_up_in, const at::Tensor& w_down_in,
+    const std::optional<at::Tensor>& b_gate_in, const std::optional<at::Tensor>& b_up_in,
+    const std::optional<at::Tensor>& b_down_in, bool save) {
+  TORCH_CHECK(u_in.is_cuda(), "u: expected a CUDA tensor, got one on ", u_in.device());
+  TORCH_CHECK(u_in.dim() == 3, "u: expected [bs, T, D], got shape ", u_in.sizes());
+  TORCH_CHECK_TYPE(u_in.scalar_type() == at::kBFloat16 || u_in.scalar_type() == at::kHalf,
+                   "u: the cuda backend's pswiglu computes in bfloat16 or float16, got ", u_in.scalar_type());
+  const int64_t bs = u_in.size(0), tokens = u_in.size(1), d = u_in.size(2);
+  TORCH_CHECK(w_gate_in.dim() == 3, "w_gate: expected [T, D, h], got shape ", w_gate_in.sizes());
+  const int64_t h = w_gate_in.size(2);
+  check_weight(w_gate_in, "w_gate", u_in, {tokens, d, h});
+  check_weight(w_up_in, "w_up", u_in, {tokens, d, h});
+  check_weight(w_down_in, "w_down", u_in, {tokens, h, d});
+  if (b_gate_in) check_weight(*b_gate_in, "b_gate", u_in, {tokens, h});
+  if (b_up_in) check_weight(*b_up_in, "b_up", u_in, {tokens, h});
+  if (b_down_in) check_weight(*b_down_in, "b_down", u_in, {tokens, d});
+  TORCH_CHECK(d <= kMaxD && d % 8 == 0, "u: the cuda backend's pswiglu needs D <= ", kMaxD,
+              " and a multiple of 8, got D=", d);
+  TORCH_CHECK(h % 8 == 0, "w_gate: the cuda backend's pswiglu needs h a multiple of 8, got h=", h);
+  TORCH_CHECK(tokens <= 65535, "u: the cuda backend's pswiglu takes at most 65535 tokens, got T=", tokens);
+  TORCH_CHECK(bs < (int64_t{1} << 31) / kRows, "u: batch size ", bs, " is too large for the cuda backend");
+
+  const c10::cuda::CUDAGuard guard(u_in.device());
+  // u is read in place where its rows are 16-byte vectors (unit stride along D, other strides and the
+  // start 16-byte aligned), else through one contiguous copy
+  const int64_t vec = 16 / static_cast<int64_t>(u_in.element_size());
+  const bool in_place = u_in.stride(2) == 1 && u_in.stride(0) % vec == 0 && u_in.stride(1) % vec == 0 &&
+                        is_aligned(u_in.data_ptr(), 16);
+  const at::Tensor u = in_place ? u_in : dense(u_in);
+  const at::Tensor w_gate = dense(w_gate_in), w_up = dense(w_up_in), w_down = dense(w_down_in);
+  std::optional<at::Tensor> b_gate, b_up, b_down;
+  if (b_gate_in) b_gate = b_gate_in->contiguous();
+  if (b_up_in) b_up = b_up_in->contiguous();
+  if (b_down_in) b_down = b_down_in->contiguous();
+
+  at::Tensor out = new_output({bs, tokens, d}, u.options());
+  at::Tensor g = save ? new_output({tokens, bs, h}, u.options()) : at::empty({0}, u.options());
+  at::Tensor v = save ? new_output({tokens, bs, h}, u.options()) : at::empty({0}, u.options());
+  if (bs == 0 || tokens == 0 || d == 0) return {out, g, v};
+  if (h == 0) {
+    out.zero_();
+    if (b_down) out.add_(b_down->unsqueeze(0));
+    return {out, g, v};
+  }
+  const at::Tensor* bg = b_gate ? &*b_gate : nullptr;
+  const at::Tensor* bu = b_up ? &*b_up : nullptr;
+  const at::Tensor* bd = b_down ? &*b_down : nullptr;
+  if (u.scalar_type() == at::kBFloat16) {
+    launch_for_width<__nv_bfloat16>(static_cast<int>(d), u, w_gate, w_up, w_down, bg, bu, bd, out,
+                                    save ? &g : nullptr, save ? &v : nullptr);
+  } else {
+    launch_for_width<__half>(static_cast<int>(d), u, w_gate, w_up, w_down, bg, bu, bd, out,
+                             save ? &g : nullptr, save ? &v : nullptr);
+  }
+  return {out, g, v};
+}
+
+}  // namespace unimixer
