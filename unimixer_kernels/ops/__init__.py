@@ -1,7 +1,7 @@
 """Public functional ops: validation, then dispatch to reference / Triton / CUDA (one file per op)."""
 
 # imported for what they register: the Triton backend's autocast cast, and the "cuda" backends of
-# rms_norm / add_rms_norm and sinkhorn
+# pswiglu, rms_norm / add_rms_norm and sinkhorn
 from . import lowering, pswiglu_cuda, rms_norm_cuda, sinkhorn_cuda  # noqa: F401
 from .interactions import dot_interaction, fm_interaction
 from .pgelu_ffn import pgelu_ffn
