@@ -4,9 +4,9 @@
 //
 //   - the block's u rows ([64, D]) come into shared memory once, and each warp keeps its 16 rows as
 //     A fragments in registers for the whole hidden loop;
-//   - the hidden dimension is walked in chunks of 16 units: the chunk's gate and up columns ([D, 16]
-//     each) and down rows ([16, D]) stream through a three-stage cp.async pipeline, so the next chunks'
-//     weights load while this one's products run;
+//   - the hidden dimension is walked in chunks of CH = 16 units (32 with UNIMIXER_PSWIGLU_CUDA_CHUNK=32): the
+//     chunk's gate and up columns ([D, CH] each) and down rows ([CH, D]) stream through a three-stage
+//     cp.async pipeline, so the next chunks' weights load while this one's products run;
 //   - a chunk's gate and up products land in registers as two 16 x 8 accumulator tiles each, and
 //     SiLU(g) * v, rounded to the compute dtype, is already the A fragment of the down product (the
 //     accumulator layout of m16n8 is the operand layout of k16): the hidden activation never leaves
@@ -31,7 +31,6 @@ namespace {
 constexpr int kRows = 64;    // samples a block
 constexpr int kWarps = 4;    // 16 samples a warp
 constexpr int kThreads = kWarps * kWarpSize;
-constexpr int kChunk = 16;   // hidden units a pipeline step
 constexpr int kStages = 3;   // cp.async pipeline depth
 constexpr int kPad = 8;      // elements appended to each shared-memory row
 constexpr int kMaxD = 128;
@@ -110,23 +109,26 @@ __device__ __forceinline__ int frag_offset(int lane, int r0, int c0, int stride)
   return (r0 + (lane & 7) + ((lane >> 3) & 1) * 8) * stride + c0 + (lane >> 4) * 8;
 }
 
-template <int BD>
+template <int BD, int CH>
 constexpr int smem_elems() {
-  return kRows * (BD + kPad) + kStages * (2 * BD * (kChunk + kPad) + kChunk * (BD + kPad));
+  return kRows * (BD + kPad) + kStages * (2 * BD * (CH + kPad) + CH * (BD + kPad));
 }
 
 __device__ __forceinline__ float silu(float g) { return g / (1.f + __expf(-g)); }
 
-template <typename T, int BD>
-__global__ void __launch_bounds__(kThreads, 3) pswiglu_fwd_kernel(
+// CH: hidden units a pipeline step (16 or 32). A warp's gate and up products of a step are CH / 4 independent
+// accumulator chains over D / 16 k-steps: 32 doubles them (run268 found 16's four chains latency-bound) at
+// the cost of 16 registers and two blocks an SM instead of three.
+template <typename T, int BD, int CH>
+__global__ void __launch_bounds__(kThreads, CH == 16 ? 3 : 2) pswiglu_fwd_kernel(
     const T* __restrict__ u, int64_t stride_us, int64_t stride_ut, const T* __restrict__ w_gate,
     const T* __restrict__ w_up, const T* __restrict__ w_down, const T* __restrict__ b_gate,
     const T* __restrict__ b_up, const T* __restrict__ b_down, T* __restrict__ out, T* __restrict__ g_out,
     T* __restrict__ v_out, int bs, int tokens, int d, int h) {
   using Ops = Dtype<T>;
   constexpr int kUStride = BD + kPad;      // u rows [64, BD]
-  constexpr int kWStride = kChunk + kPad;  // gate / up chunk [BD, 16]
-  constexpr int kDStride = BD + kPad;      // down chunk [16, BD]
+  constexpr int kWStride = CH + kPad;      // gate / up chunk [BD, CH]
+  constexpr int kDStride = BD + kPad;      // down chunk [CH, BD]
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* us = reinterpret_cast<T*>(smem_raw);
   T* gate_s = us + kRows * kUStride;
@@ -140,7 +142,7 @@ __global__ void __launch_bounds__(kThreads, 3) pswiglu_fwd_kernel(
   const int quad = lane & 3;     // its column pair
   const int64_t t = blockIdx.y;
   const int64_t s0 = static_cast<int64_t>(blockIdx.x) * kRows;
-  const int chunks = (h + kChunk - 1) / kChunk;
+  const int chunks = (h + CH - 1) / CH;
 
   // the block's u rows; rows past bs and columns past D are zeros
   for (int i = tid; i < kRows * BD / 8; i += kThreads) {
@@ -152,19 +154,19 @@ __global__ void __launch_bounds__(kThreads, 3) pswiglu_fwd_kernel(
   // hidden chunk `chunk` into pipeline stage `stage`; units past h and rows past D are zeros, so they add
   // nothing to the output
   auto load_chunk = [&](int chunk, int stage) {
-    const int h0 = chunk * kChunk;
+    const int h0 = chunk * CH;
     T* gs = gate_s + stage * BD * kWStride;
     T* vs = up_s + stage * BD * kWStride;
-    T* ds = down_s + stage * kChunk * kDStride;
-    for (int i = tid; i < BD * kChunk / 8; i += kThreads) {
-      const int r = i / (kChunk / 8);
-      const int c = (i % (kChunk / 8)) * 8;
+    T* ds = down_s + stage * CH * kDStride;
+    for (int i = tid; i < BD * CH / 8; i += kThreads) {
+      const int r = i / (CH / 8);
+      const int c = (i % (CH / 8)) * 8;
       const bool ok = r < d && h0 + c < h;
       const int64_t off = (t * d + r) * h + h0 + c;
       cp_async16(gs + r * kWStride + c, ok ? w_gate + off : w_gate, ok);
       cp_async16(vs + r * kWStride + c, ok ? w_up + off : w_up, ok);
     }
-    for (int i = tid; i < kChunk * BD / 8; i += kThreads) {
+    for (int i = tid; i < CH * BD / 8; i += kThreads) {
       const int r = i / (BD / 8);
       const int c = (i % (BD / 8)) * 8;
       const bool ok = h0 + r < h && c < d;
@@ -203,24 +205,28 @@ __global__ void __launch_bounds__(kThreads, 3) pswiglu_fwd_kernel(
     const int stage = c % kStages;
     const T* gs = gate_s + stage * BD * kWStride;
     const T* vs = up_s + stage * BD * kWStride;
-    const T* ds = down_s + stage * kChunk * kDStride;
-    float gacc[2][4] = {};
-    float vacc[2][4] = {};
+    const T* ds = down_s + stage * CH * kDStride;
+    float gacc[CH / 8][4] = {};
+    float vacc[CH / 8][4] = {};
 #pragma unroll
     for (int k = 0; k < BD / 16; ++k) {
-      uint32_t b[4];
-      ldmatrix_x4_trans(b, gs + frag_offset(lane, k * 16, 0, kWStride));
-      Ops::mma(gacc[0], ua[k], b[0], b[1]);
-      Ops::mma(gacc[1], ua[k], b[2], b[3]);
-      ldmatrix_x4_trans(b, vs + frag_offset(lane, k * 16, 0, kWStride));
-      Ops::mma(vacc[0], ua[k], b[0], b[1]);
-      Ops::mma(vacc[1], ua[k], b[2], b[3]);
-    }
-    // biases, the saved pre-activations, and SiLU(g) * v as the down product's A fragment
-    uint32_t act[4];
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int col = c * kChunk + j * 8 + quad * 2;
+      for (int q = 0; q < CH / 16; ++q) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, gs + frag_offset(lane, k * 16, q * 16, kWStride));
+        Ops::mma(gacc[2 * q], ua[k], b[0], b[1]);
+        Ops::mma(gacc[2 * q + 1], ua[k], b[2], b[3]);
+        ldmatrix_x4_trans(b, vs + frag_offset(lane, k * 16, q * 16, kWStride));
+        Ops::mma(vacc[2 * q], ua[k], b[0], b[1]);
+        Ops::mma(vacc[2 * q + 1], ua[k], b[2], b[3]);
+      }
+    }
+    // biases, the saved pre-activations, and SiLU(g) * v as the down product's A fragments (one per 16
+    // units: act[q][0..1] from 8-unit tile 2q, act[q][2..3] from tile 2q + 1)
+    uint32_t act[CH / 16][4];
+#pragma unroll
+    for (int j = 0; j < CH / 8; ++j) {
+      const int col = c * CH + j * 8 + quad * 2;
       const bool in_h = col < h;  // h is a multiple of 8: both columns of the pair, or neither
       if (in_h && b_gate != nullptr) {
         const float b0 = Ops::to_float(b_gate[t * h + col]), b1 = Ops::to_float(b_gate[t * h + col + 1]);
@@ -240,15 +246,18 @@ __global__ void __launch_bounds__(kThreads, 3) pswiglu_fwd_kernel(
           *reinterpret_cast<uint32_t*>(v_out + (t * bs + row_b) * h + col) = Ops::pack(vacc[j][2], vacc[j][3]);
         }
       }
-      act[2 * j] = Ops::pack(silu(gacc[j][0]) * vacc[j][0], silu(gacc[j][1]) * vacc[j][1]);
-      act[2 * j + 1] = Ops::pack(silu(gacc[j][2]) * vacc[j][2], silu(gacc[j][3]) * vacc[j][3]);
+      act[j / 2][2 * (j % 2)] = Ops::pack(silu(gacc[j][0]) * vacc[j][0], silu(gacc[j][1]) * vacc[j][1]);
+      act[j / 2][2 * (j % 2) + 1] = Ops::pack(silu(gacc[j][2]) * vacc[j][2], silu(gacc[j][3]) * vacc[j][3]);
     }
 #pragma unroll
-    for (int n = 0; n < BD / 8; n += 2) {
-      uint32_t b[4];
-      ldmatrix_x4_trans(b, ds + frag_offset(lane, 0, n * 8, kDStride));
-      Ops::mma(acc[n], act, b[0], b[1]);
-      Ops::mma(acc[n + 1], act, b[2], b[3]);
+    for (int q = 0; q < CH / 16; ++q) {
+#pragma unroll
+      for (int n = 0; n < BD / 8; n += 2) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, ds + frag_offset(lane, q * 16, n * 8, kDStride));
+        Ops::mma(acc[n], act[q], b[0], b[1]);
+        Ops::mma(acc[n + 1], act[q], b[2], b[3]);
+      }
     }
   }
   cp_async_wait<0>();  // no copy in flight when the block retires (the trailing groups are empty)
@@ -285,7 +294,7 @@ void check_weight(const at::Tensor& w, const char* name, const at::Tensor& u, at
                    " (u's; the cuda backend computes in one 16-bit dtype), got ", w.scalar_type());
 }
 
-template <typename T, int BD>
+template <typename T, int BD, int CH>
 void launch(const at::Tensor& u, const at::Tensor& w_gate, const at::Tensor& w_up, const at::Tensor& w_down,
             const at::Tensor* b_gate, const at::Tensor* b_up, const at::Tensor* b_down, at::Tensor& out,
             at::Tensor* g, at::Tensor* v) {
@@ -295,8 +304,8 @@ void launch(const at::Tensor& u, const at::Tensor& w_gate, const at::Tensor& w_u
   const int h = static_cast<int>(w_gate.size(2));
   auto ptr = [](const at::Tensor* x) { return x == nullptr ? nullptr : static_cast<const T*>(x->data_ptr()); };
   auto out_ptr = [](at::Tensor* x) { return x == nullptr ? nullptr : static_cast<T*>(x->data_ptr()); };
-  const auto kernel = pswiglu_fwd_kernel<T, BD>;
-  constexpr int smem = smem_elems<BD>() * static_cast<int>(sizeof(T));
+  const auto kernel = pswiglu_fwd_kernel<T, BD, CH>;
+  constexpr int smem = smem_elems<BD, CH>() * static_cast<int>(sizeof(T));
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const dim3 grid(static_cast<unsigned>(ceil_div(bs, kRows)), static_cast<unsigned>(tokens));
   kernel<<<grid, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
@@ -306,16 +315,36 @@ void launch(const at::Tensor& u, const at::Tensor& w_gate, const at::Tensor& w_u
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename T>
+// The hidden units a pipeline step, from UNIMIXER_PSWIGLU_CUDA_CHUNK (read at each call): 16 (default) or 32.
+int chunk_switch() {
+  const char* v = std::getenv("UNIMIXER_PSWIGLU_CUDA_CHUNK");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "16") == 0) return 16;
+  if (std::strcmp(v, "32") == 0) return 32;
+  TORCH_CHECK(false, "UNIMIXER_PSWIGLU_CUDA_CHUNK: expected 16 or 32, got '", v, "'");
+  return 16;  // not reached
+}
+
+template <typename T, int CH>
 void launch_for_width(int d, const at::Tensor& u, const at::Tensor& w_gate, const at::Tensor& w_up,
                       const at::Tensor& w_down, const at::Tensor* b_gate, const at::Tensor* b_up,
                       const at::Tensor* b_down, at::Tensor& out, at::Tensor* g, at::Tensor* v) {
   if (d <= 32) {
-    launch<T, 32>(u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
+    launch<T, 32, CH>(u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
   } else if (d <= 64) {
-    launch<T, 64>(u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
+    launch<T, 64, CH>(u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
   } else {
-    launch<T, kMaxD>(u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
+    launch<T, kMaxD, CH>(u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
+  }
+}
+
+template <typename T>
+void launch_for_dtype(int d, const at::Tensor& u, const at::Tensor& w_gate, const at::Tensor& w_up,
+                      const at::Tensor& w_down, const at::Tensor* b_gate, const at::Tensor* b_up,
+                      const at::Tensor* b_down, at::Tensor& out, at::Tensor* g, at::Tensor* v) {
+  if (chunk_switch() == 32) {
+    launch_for_width<T, 32>(d, u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
+  } else {
+    launch_for_width<T, 16>(d, u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
   }
 }
 
@@ -370,10 +399,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pswiglu_fwd(
   const at::Tensor* bu = b_up ? &*b_up : nullptr;
   const at::Tensor* bd = b_down ? &*b_down : nullptr;
   if (u.scalar_type() == at::kBFloat16) {
-    launch_for_width<__nv_bfloat16>(static_cast<int>(d), u, w_gate, w_up, w_down, bg, bu, bd, out,
+    launch_for_dtype<__nv_bfloat16>(static_cast<int>(d), u, w_gate, w_up, w_down, bg, bu, bd, out,
                                     save ? &g : nullptr, save ? &v : nullptr);
   } else {
-    launch_for_width<__half>(static_cast<int>(d), u, w_gate, w_up, w_down, bg, bu, bd, out,
+    launch_for_dtype<__half>(static_cast<int>(d), u, w_gate, w_up, w_down, bg, bu, bd, out,
                              save ? &g : nullptr, save ? &v : nullptr);
   }
   return {out, g, v};

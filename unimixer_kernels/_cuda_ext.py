@@ -26,6 +26,9 @@ SWITCHES = {
         "auto", "the cuda backend's Sinkhorn (csrc/sinkhorn.cu), a block's tile: 'auto' (the first of "
                 "128x64, 64x128 and 128x128 whose thread-block clusters all fit the device at once), "
                 "or one of them (an error where it does not fit)"),
+    "UNIMIXER_PSWIGLU_CUDA_CHUNK": (
+        "16", "the cuda backend's pswiglu forward (csrc/pswiglu.cu): hidden units a pipeline step, '16' or "
+              "'32' (twice the independent accumulator chains a warp, two blocks an SM instead of three)"),
     "UNIMIXER_SINKHORN_CHECK": ("0", "the cuda backend's Sinkhorn: '1' synchronises after each launch and "
                                      "raises if a wait for another block's partials timed out (the tests; "
                                      "not while a CUDA graph is captured)"),

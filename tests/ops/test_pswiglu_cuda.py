@@ -20,6 +20,7 @@ from unimixer_kernels.testing import check_against_reference, random_input
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("cuda_extension")]
 
 DTYPES = [torch.bfloat16, torch.float16]
+CHUNK_SWITCH = "UNIMIXER_PSWIGLU_CUDA_CHUNK"
 
 # (bs, T, D, h): bs = 1, a sample tile's tail (bs not a multiple of 64), D of each compiled width (32,
 # 64, 128) and between them, h not a multiple of the 16-unit chunk (a half-empty last chunk), a single
@@ -43,7 +44,9 @@ def _weights(t, d, h, dtype, device, bias=True):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
-def test_pswiglu_cuda(device, dtype, shape, bias, recompute):
+@pytest.mark.parametrize("chunk", ["16", "32"], ids=["chunk16", "chunk32"])
+def test_pswiglu_cuda(device, dtype, shape, bias, recompute, chunk, monkeypatch):
+    monkeypatch.setenv(CHUNK_SWITCH, chunk)  # read by the compiled op at each call
     bs, t, d, h = shape
     u = random_input((bs, t, d), dtype, device, requires_grad=True)
     check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, dtype, device, bias)), backend="cuda",
@@ -74,9 +77,11 @@ def test_pswiglu_cuda_some_biases(device):
                             kwargs={"recompute": False})
 
 
-def test_pswiglu_cuda_matches_triton_forward(device):
+@pytest.mark.parametrize("chunk", ["16", "32"], ids=["chunk16", "chunk32"])
+def test_pswiglu_cuda_matches_triton_forward(device, chunk, monkeypatch):
     """The compiled forward rounds as the Triton forward does (fp32 products, the activation rounded
     before the down product): the outputs and the saved pre-activations agree to a few ulps."""
+    monkeypatch.setenv(CHUNK_SWITCH, chunk)
     bs, t, d, h = 200, 4, 128, 176
     dtype = torch.bfloat16
     u = random_input((bs, t, d), dtype, device)
@@ -136,6 +141,13 @@ def test_pswiglu_cuda_refuses_with_the_argument_named(device, case, error, match
     # a per-op list hands the calls the kernel refuses to the next backend
     o = uk.pswiglu(u, *ws, backend="auto+pswiglu=cuda/triton")
     assert o.shape == u.shape
+
+
+def test_pswiglu_cuda_chunk_switch_names_its_values(device, monkeypatch):
+    monkeypatch.setenv(CHUNK_SWITCH, "24")
+    u = random_input((4, 2, 16), torch.bfloat16, device)
+    with pytest.raises(RuntimeError, match="UNIMIXER_PSWIGLU_CUDA_CHUNK: expected 16 or 32, got '24'"):
+        uk.pswiglu(u, *_weights(2, 16, 8, torch.bfloat16, device), backend="cuda")
 
 
 def test_pswiglu_cuda_opcheck(device):
