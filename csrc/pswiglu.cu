@@ -7,7 +7,7 @@
 //   - the hidden dimension is walked in chunks of CH = 16 units (32 with UNIMIXER_PSWIGLU_CUDA_CHUNK=32): the
 //     chunk's gate and up columns ([D, CH] each) and down rows ([CH, D]) stream through a three-stage
 //     cp.async pipeline, so the next chunks' weights load while this one's products run;
-//   - a chunk's gate and up products land in registers as two 16 x 8 accumulator tiles each, and
+//   - a chunk's gate and up products land in registers as CH / 8 accumulator tiles of 16 x 8 each, and
 //     SiLU(g) * v, rounded to the compute dtype, is already the A fragment of the down product (the
 //     accumulator layout of m16n8 is the operand layout of k16): the hidden activation never leaves
 //     the registers;
@@ -18,6 +18,9 @@
 // Constraints (checked on the host): u, weights and biases of one 16-bit dtype, D <= 128 and D and h
 // multiples of 8 (16-byte vectors), T <= 65535. Shared-memory rows are padded by 8 elements, which makes
 // every ldmatrix of eight rows conflict-free.
+//
+// Measured (bench/results run267-268, H100, paper-small): 85.5 µs alone at CH = 16, 1.9x the Triton
+// forward's time through the op, latency-bound on its accumulator chains (bench/NOTES.md).
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
