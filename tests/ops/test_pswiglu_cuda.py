@@ -1,13 +1,15 @@
 """pswiglu on the ``cuda`` backend (csrc/pswiglu.cu's forward, the Triton backward) against the fp64
 reference (SPEC §4, §8), forward and every gradient.
 
-Every test runs the compiled kernel, so all of them need a GPU (``-m gpu``) and the built extension;
-without the build they skip, unless ``UNIMIXER_REQUIRE_CUDA_EXT=1`` makes that a failure.
+The tests marked ``on_gpu`` run the compiled kernel, so they need a GPU (``-m gpu``) and the built
+extension; without the build they skip, unless ``UNIMIXER_REQUIRE_CUDA_EXT=1`` makes that a failure. The
+backend's refusals are plain Python and run anywhere.
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -17,7 +19,11 @@ import unimixer_kernels.ops.pswiglu_cuda as pswiglu_cuda
 from unimixer_kernels.ops.pswiglu import pswiglu_fwd
 from unimixer_kernels.testing import check_against_reference, random_input
 
-pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("cuda_extension")]
+
+def on_gpu(test):
+    """Marks a test that runs the compiled kernel: GPU only, and the built extension."""
+    return pytest.mark.gpu(pytest.mark.usefixtures("cuda_extension")(test))
+
 
 DTYPES = [torch.bfloat16, torch.float16]
 CHUNK_SWITCH = "UNIMIXER_PSWIGLU_CUDA_CHUNK"
@@ -40,6 +46,7 @@ def _weights(t, d, h, dtype, device, bias=True):
             random_input((t, d), dtype, device, requires_grad=True)]
 
 
+@on_gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
@@ -53,6 +60,7 @@ def test_pswiglu_cuda(device, dtype, shape, bias, recompute, chunk, monkeypatch)
                             kwargs={"recompute": recompute})
 
 
+@on_gpu
 @pytest.mark.parametrize("layout", ["strided", "token_major", "unaligned"])
 def test_pswiglu_cuda_noncontiguous(device, layout):
     bs, t, d, h = 9, 3, 48, 32
@@ -67,6 +75,7 @@ def test_pswiglu_cuda_noncontiguous(device, layout):
     check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, dtype, device)), backend="cuda")
 
 
+@on_gpu
 def test_pswiglu_cuda_some_biases(device):
     bs, t, d, h = 5, 2, 32, 24
     dtype = torch.float16
@@ -77,6 +86,7 @@ def test_pswiglu_cuda_some_biases(device):
                             kwargs={"recompute": False})
 
 
+@on_gpu
 @pytest.mark.parametrize("chunk", ["16", "32"], ids=["chunk16", "chunk32"])
 def test_pswiglu_cuda_matches_triton_forward(device, chunk, monkeypatch):
     """The compiled forward rounds as the Triton forward does (fp32 products, the activation rounded
@@ -93,6 +103,7 @@ def test_pswiglu_cuda_matches_triton_forward(device, chunk, monkeypatch):
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2, msg=name)
 
 
+@on_gpu
 def test_pswiglu_cuda_empty(device):
     dtype = torch.bfloat16
     for bs, t in ((0, 3), (4, 0)):
@@ -104,6 +115,7 @@ def test_pswiglu_cuda_empty(device):
         assert u.grad.shape == u.shape
 
 
+@on_gpu
 def test_pswiglu_cuda_under_autocast(device):
     """fp32 parameters under autocast: the op's "lower" policy casts them to bf16 for the kernel."""
     bs, t, d, h = 33, 2, 64, 40
@@ -118,6 +130,7 @@ def test_pswiglu_cuda_under_autocast(device):
     assert all(w.grad is not None and w.grad.dtype == torch.float32 for w in ws)
 
 
+@on_gpu
 @pytest.mark.parametrize(
     "case, error, match",
     [
@@ -143,6 +156,7 @@ def test_pswiglu_cuda_refuses_with_the_argument_named(device, case, error, match
     assert o.shape == u.shape
 
 
+@on_gpu
 def test_pswiglu_cuda_chunk_switch_names_its_values(device, monkeypatch):
     monkeypatch.setenv(CHUNK_SWITCH, "24")
     u = random_input((4, 2, 16), torch.bfloat16, device)
@@ -150,6 +164,7 @@ def test_pswiglu_cuda_chunk_switch_names_its_values(device, monkeypatch):
         uk.pswiglu(u, *_weights(2, 16, 8, torch.bfloat16, device), backend="cuda")
 
 
+@on_gpu
 def test_pswiglu_cuda_opcheck(device):
     bs, t, d, h = 6, 2, 32, 24
     dtype = torch.bfloat16
@@ -157,3 +172,28 @@ def test_pswiglu_cuda_opcheck(device):
     ws = [w.detach().requires_grad_() for w in _weights(t, d, h, dtype, device)]
     for save in (False, True):
         torch.library.opcheck(pswiglu_cuda.cuda_ops().pswiglu_fwd.default, (u.requires_grad_(), *ws, save))
+
+
+@pytest.mark.parametrize(
+    "dtype, d, h, t, error, match",
+    [
+        (torch.float32, 16, 16, 2, TypeError, "u: the cuda backend computes in bfloat16 or float16"),
+        (torch.bfloat16, 136, 16, 2, ValueError, "D <= 128"),
+        (torch.bfloat16, 20, 16, 2, ValueError, "a multiple of 8, got D=20"),
+        (torch.bfloat16, 16, 12, 2, ValueError, "h a multiple of 8, got h=12"),
+        (torch.bfloat16, 16, 16, 65536, ValueError, "at most 65535 tokens"),
+    ],
+)
+def test_pswiglu_cuda_refusal_on_any_machine(dtype, d, h, t, error, match):
+    # meta tensors: the refusal reads shapes and dtypes only
+    u = torch.empty(3, t, d, device="meta", dtype=dtype)
+    ws = [torch.empty(t, d, h, device="meta", dtype=dtype), torch.empty(t, d, h, device="meta", dtype=dtype),
+          torch.empty(t, h, d, device="meta", dtype=dtype), None, None, None]
+    refusal = pswiglu_cuda.refusal(u, *ws)
+    assert isinstance(refusal, error) and re.search(match, str(refusal))
+    assert not pswiglu_cuda._auto_accepts(u, *ws)
+    shapes = ((3, 2, 128), (2, 128, 176), (2, 128, 176), (2, 176, 128))
+    ok = [torch.empty(s, device="meta", dtype=torch.bfloat16) for s in shapes]
+    assert pswiglu_cuda.refusal(*ok, None, None, None) is None
+    mixed = ok[:3] + [ok[3].float()]
+    assert isinstance(pswiglu_cuda.refusal(*mixed, None, None, None), TypeError)
