@@ -11,6 +11,9 @@ It takes a call whose ``u``, weights and biases share one 16-bit dtype (bfloat16
 ``torch.autocast`` the op's ``"lower"`` policy casts them to it), with ``D <= 128`` and ``D`` and ``h``
 multiples of 8; anything else raises, naming the argument. ``u`` is read in place where its rows are
 16-byte vectors (unit stride along ``D``, the other strides multiples of 8 elements), else copied once.
+
+At ``paper-small`` it is slower than the Triton forward (0.101 against 0.053 ms on an H100, bench/results
+run267; latency-bound, bench/NOTES.md), so it runs only when asked for by name, in no ``"auto"`` list.
 """
 
 from __future__ import annotations
