@@ -22,6 +22,9 @@
 // Measured (bench/results run267-268, H100, paper-small): 85.5 µs alone at CH = 16, 1.9x the Triton
 // forward's time through the op, latency-bound on its accumulator chains (bench/NOTES.md).
 
+#include <mutex>
+#include <set>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -309,7 +312,18 @@ void launch(const at::Tensor& u, const at::Tensor& w_gate, const at::Tensor& w_u
   auto out_ptr = [](at::Tensor* x) { return x == nullptr ? nullptr : static_cast<T*>(x->data_ptr()); };
   const auto kernel = pswiglu_fwd_kernel<T, BD, CH>;
   constexpr int smem = smem_elems<BD, CH>() * static_cast<int>(sizeof(T));
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  {
+    // the shared-memory limit is raised once per kernel and device, not on every call (as
+    // sinkhorn_paired.cu's launch does)
+    static std::mutex mutex;
+    static std::set<int> ready;
+    const int device = u.get_device();
+    const std::lock_guard<std::mutex> lock(mutex);
+    if (ready.count(device) == 0) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      ready.insert(device);
+    }
+  }
   const dim3 grid(static_cast<unsigned>(ceil_div(bs, kRows)), static_cast<unsigned>(tokens));
   kernel<<<grid, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
       static_cast<const T*>(u.data_ptr()), u.stride(0), u.stride(1), static_cast<const T*>(w_gate.data_ptr()),

@@ -8,7 +8,6 @@ backend's refusals are plain Python and run anywhere.
 
 from __future__ import annotations
 
-import math
 import re
 
 import pytest
@@ -18,6 +17,8 @@ import unimixer_kernels as uk
 import unimixer_kernels.ops.pswiglu_cuda as pswiglu_cuda
 from unimixer_kernels.ops.pswiglu import pswiglu_fwd
 from unimixer_kernels.testing import check_against_reference, random_input
+
+from test_pswiglu import _weights  # isort: skip
 
 
 def on_gpu(test):
@@ -33,17 +34,6 @@ CHUNK_SWITCH = "UNIMIXER_PSWIGLU_CUDA_CHUNK"
 # token, paper-small's D and h
 SHAPES = [(1, 1, 8, 8), (3, 2, 24, 40), (67, 3, 40, 24), (130, 2, 64, 16), (5, 3, 96, 56), (70, 2, 128, 176),
           (2, 5, 128, 8)]
-
-
-def _weights(t, d, h, dtype, device, bias=True):
-    wg = random_input((t, d, h), dtype, device, requires_grad=True, scale=1 / math.sqrt(d))
-    wu = random_input((t, d, h), dtype, device, requires_grad=True, scale=1 / math.sqrt(d))
-    wd = random_input((t, h, d), dtype, device, requires_grad=True, scale=1 / math.sqrt(h))
-    if not bias:
-        return [wg, wu, wd, None, None, None]
-    return [wg, wu, wd, random_input((t, h), dtype, device, requires_grad=True),
-            random_input((t, h), dtype, device, requires_grad=True),
-            random_input((t, d), dtype, device, requires_grad=True)]
 
 
 @on_gpu
@@ -72,7 +62,7 @@ def test_pswiglu_cuda_noncontiguous(device, layout):
     else:  # rows that start off a 16-byte boundary: copied once
         u = torch.randn(bs, t, d + 1, device=device).to(dtype)[..., 1:].detach().requires_grad_()
     assert not u.is_contiguous()
-    check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, dtype, device)), backend="cuda")
+    check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, dtype, device, True)), backend="cuda")
 
 
 @on_gpu
@@ -80,7 +70,7 @@ def test_pswiglu_cuda_some_biases(device):
     bs, t, d, h = 5, 2, 32, 24
     dtype = torch.float16
     u = random_input((bs, t, d), dtype, device, requires_grad=True)
-    wg, wu, wd, bg, bu, bd = _weights(t, d, h, dtype, device)
+    wg, wu, wd, bg, bu, bd = _weights(t, d, h, dtype, device, True)
     check_against_reference(uk.pswiglu, (u, wg, wu, wd, None, bu, None), backend="cuda")
     check_against_reference(uk.pswiglu, (u, wg, wu, wd, bg, None, bd), backend="cuda",
                             kwargs={"recompute": False})
@@ -95,7 +85,7 @@ def test_pswiglu_cuda_matches_triton_forward(device, chunk, monkeypatch):
     bs, t, d, h = 200, 4, 128, 176
     dtype = torch.bfloat16
     u = random_input((bs, t, d), dtype, device)
-    ws = [w.detach() for w in _weights(t, d, h, dtype, device)]
+    ws = [w.detach() for w in _weights(t, d, h, dtype, device, True)]
     o_c, g_c, v_c = pswiglu_cuda.cuda_ops().pswiglu_fwd(u, *ws, True)
     o_t, g_t, v_t = pswiglu_fwd(u, *ws, True)
     for name, a, b in (("o", o_c, o_t), ("g", g_c, g_t), ("v", v_c, v_t)):
@@ -108,7 +98,7 @@ def test_pswiglu_cuda_empty(device):
     dtype = torch.bfloat16
     for bs, t in ((0, 3), (4, 0)):
         u = random_input((bs, t, 16), dtype, device, requires_grad=True)
-        ws = _weights(t, 16, 8, dtype, device)
+        ws = _weights(t, 16, 8, dtype, device, True)
         o = uk.pswiglu(u, *ws, backend="cuda")
         assert o.shape == (bs, t, 16)
         o.sum().backward()
@@ -120,7 +110,7 @@ def test_pswiglu_cuda_under_autocast(device):
     """fp32 parameters under autocast: the op's "lower" policy casts them to bf16 for the kernel."""
     bs, t, d, h = 33, 2, 64, 40
     u = random_input((bs, t, d), torch.float32, device, requires_grad=True)
-    ws = _weights(t, d, h, torch.float32, device)
+    ws = _weights(t, d, h, torch.float32, device, True)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         o = uk.pswiglu(u, *ws, backend="cuda")
         ref = uk.pswiglu(u, *ws, backend="triton")
@@ -146,7 +136,7 @@ def test_pswiglu_cuda_refuses_with_the_argument_named(device, case, error, match
     d = {"wide": 136, "odd_d": 20}.get(case, 16)
     h = 12 if case == "odd_h" else 16
     u = random_input((4, 2, d), dtype, device)
-    ws = _weights(2, d, h, dtype, device, bias=False)
+    ws = _weights(2, d, h, dtype, device, False)
     if case == "mixed":
         ws[2] = ws[2].detach().float()
     with pytest.raises(error, match=match):
@@ -161,7 +151,7 @@ def test_pswiglu_cuda_chunk_switch_names_its_values(device, monkeypatch):
     monkeypatch.setenv(CHUNK_SWITCH, "24")
     u = random_input((4, 2, 16), torch.bfloat16, device)
     with pytest.raises(RuntimeError, match="UNIMIXER_PSWIGLU_CUDA_CHUNK: expected 16 or 32, got '24'"):
-        uk.pswiglu(u, *_weights(2, 16, 8, torch.bfloat16, device), backend="cuda")
+        uk.pswiglu(u, *_weights(2, 16, 8, torch.bfloat16, device, True), backend="cuda")
 
 
 @on_gpu
@@ -169,7 +159,7 @@ def test_pswiglu_cuda_opcheck(device):
     bs, t, d, h = 6, 2, 32, 24
     dtype = torch.bfloat16
     u = random_input((bs, t, d), dtype, device)
-    ws = [w.detach().requires_grad_() for w in _weights(t, d, h, dtype, device)]
+    ws = [w.detach().requires_grad_() for w in _weights(t, d, h, dtype, device, True)]
     for save in (False, True):
         torch.library.opcheck(pswiglu_cuda.cuda_ops().pswiglu_fwd.default, (u.requires_grad_(), *ws, save))
 
