@@ -9,7 +9,8 @@ torch is a CUDA build and a CUDA toolkit is found; build with ``--no-build-isola
 installed torch is the one compiled against. Environment:
 
 * ``UNIMIXER_SKIP_CUDA_BUILD=1``: build no extension (the pure-Python and Triton parts still work);
-* ``UNIMIXER_CUDA_ARCH``: compute capabilities, e.g. ``"9.0"`` (default) or ``"8.0;9.0+PTX"``;
+* ``UNIMIXER_CUDA_ARCH``: compute capabilities, e.g. ``"9.0a"`` (default: Hopper,
+  with its arch-specific instructions such as ``wgmma``), ``"9.0"`` or ``"8.0;9.0+PTX"``;
 * ``MAX_JOBS``: parallel compile jobs for ninja (default: sized to the free memory);
 * ``CUDA_HOME``: the toolkit (default: ``/usr/local/cuda``, else found from ``nvcc`` on PATH).
 
@@ -54,7 +55,8 @@ def _git_commit() -> str:
 
 
 def gencode_flags(arch_list: str) -> list[str]:
-    """``"9.0;8.0+PTX"`` -> nvcc ``-gencode`` flags (SASS per arch; ``+PTX`` also embeds PTX)."""
+    """``"9.0;8.0+PTX"`` -> nvcc ``-gencode`` flags (SASS per arch; ``+PTX`` also embeds PTX), and
+    ``-DUNIMIXER_SM90A`` where the list has ``9.0a``."""
     flags: list[str] = []
     for item in re.split(r"[;,\s]+", arch_list.strip()):
         if not item:
@@ -70,6 +72,8 @@ def gencode_flags(arch_list: str) -> list[str]:
             flags += ["-gencode", f"arch=compute_{num},code=compute_{num}"]
     if not flags:
         raise ValueError(f"{ARCH_ENV}: no compute capability in {arch_list!r}")
+    if "arch=compute_90a,code=sm_90a" in flags:
+        flags.append("-DUNIMIXER_SM90A")  # the host code may launch the kernels that need sm_90a (wgmma)
     return flags
 
 

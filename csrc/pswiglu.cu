@@ -21,6 +21,12 @@
 //
 // Measured (bench/results run267-268, H100, paper-small): 85.5 µs alone at CH = 16, 1.9x the Triton
 // forward's time through the op, latency-bound on its accumulator chains (bench/NOTES.md).
+//
+// A second kernel, pswiglu_fwd_wgmma_kernel below, does the same work with Hopper's warpgroup
+// instructions (csrc/wgmma.cuh): UNIMIXER_PSWIGLU_CUDA_MMA=wgmma picks it, where the extension was built
+// for sm_90a (the default). Its operands are read by the tensor cores from shared memory, not through
+// ldmatrix into registers, and one instruction a k-step forms a chunk's gate and up products together.
+// Where D <= 32, ptxas serialises its wgmma instructions (warning C7515): correct, not tuned.
 
 #include <mutex>
 #include <set>
@@ -30,6 +36,7 @@
 
 #include "common.cuh"
 #include "ops.h"
+#include "wgmma.cuh"
 
 namespace unimixer {
 namespace {
@@ -287,6 +294,196 @@ __global__ void __launch_bounds__(kThreads, CH == 16 ? 3 : 2) pswiglu_fwd_kernel
   }
 }
 
+// --- the wgmma form (sm_90a) --------------------------------------------------------------------
+//
+// One warpgroup (four warps) a block, one token and 64 samples, as above; the products are warpgroup
+// instructions (wgmma.mma_async, csrc/wgmma.cuh) that read their operands from shared memory:
+//
+//   - u's 64 rows stay in shared memory as the A operand of the gate/up product (K-major core matrices);
+//   - a chunk's gate and up columns sit side by side as one [D, 2 CH] B operand (N-major), so one
+//     m64n(2 CH)k16 instruction a k-step forms both: the accumulator holds g in its first CH columns and v
+//     in the rest;
+//   - SiLU(g) * v, rounded, is the A operand of the down product straight from those registers
+//     (m64n(D)k16 with A in registers), accumulated in fp32 over the chunks;
+//   - the weights stream through kWgStages stages, kWgAhead chunks ahead: the stage a copy overwrites was
+//     last read by the down product of the chunk kWgStages - kWgAhead before, which the wait on the
+//     previous chunk's gate/up product (wgmma groups complete in order) and the barrier that follows have
+//     retired in every thread.
+constexpr int kWgStages = 4;
+
+template <int BD, int CH>
+constexpr int wg_smem_elems() {
+  return kRows * BD + kWgStages * (BD * 2 * CH + CH * BD);
+}
+
+template <typename T, int BD, int CH>
+__global__ void __launch_bounds__(kThreads) pswiglu_fwd_wgmma_kernel(
+    const T* __restrict__ u, int64_t stride_us, int64_t stride_ut, const T* __restrict__ w_gate,
+    const T* __restrict__ w_up, const T* __restrict__ w_down, const T* __restrict__ b_gate,
+    const T* __restrict__ b_up, const T* __restrict__ b_down, T* __restrict__ out, T* __restrict__ g_out,
+    T* __restrict__ v_out, int bs, int tokens, int d, int h) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Ops = Dtype<T>;
+  constexpr int kWgAhead = 2;  // chunks loaded ahead
+  constexpr int kGU = 2 * CH;  // N of the gate/up product
+  // element offsets of core matrices (8 x 8 elements, 64 contiguous), no padding:
+  //   u     [64, BD]   K-major: (m, k) at (m / 8) * 8 BD + (k / 8) * 64 + (m % 8) * 8 + k % 8
+  //   gu    [BD, kGU]  N-major: (k, n) at (k / 8) * 8 kGU + (n / 8) * 64 + (k % 8) * 8 + n % 8
+  //   down  [CH, BD]   N-major: (k, n) at (k / 8) * 8 BD + (n / 8) * 64 + (k % 8) * 8 + n % 8
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* us = reinterpret_cast<T*>(smem_raw);
+  T* gu_s = us + kRows * BD;
+  T* down_s = gu_s + kWgStages * BD * kGU;
+
+  const int tid = threadIdx.x;
+  const int warp = tid / kWarpSize;
+  const int lane = tid % kWarpSize;
+  const int group = lane >> 2;
+  const int quad = lane & 3;
+  const int64_t t = blockIdx.y;
+  const int64_t s0 = static_cast<int64_t>(blockIdx.x) * kRows;
+  const int chunks = (h + CH - 1) / CH;
+
+  // 16-byte pieces: consecutive threads take consecutive rows of one core matrix (conflict-free stores)
+  for (int i = tid; i < kRows * BD / 8; i += kThreads) {
+    const int m = (i / BD) * 8 + i % 8;
+    const int k = ((i / 8) % (BD / 8)) * 8;
+    const bool ok = s0 + m < bs && k < d;
+    cp_async16(us + (m / 8) * 8 * BD + (k / 8) * 64 + (m % 8) * 8, ok ? u + (s0 + m) * stride_us + t * stride_ut + k : u,
+               ok);
+  }
+  auto load_chunk = [&](int chunk, int stage) {
+    const int h0 = chunk * CH;
+    T* gs = gu_s + stage * BD * kGU;
+    T* ds = down_s + stage * CH * BD;
+    for (int i = tid; i < BD * kGU / 8; i += kThreads) {
+      const int k = (i / kGU) * 8 + i % 8;
+      const int n = ((i / 8) % (kGU / 8)) * 8;
+      const int unit = n < CH ? n : n - CH;  // gate columns, then up columns
+      const bool ok = k < d && h0 + unit < h;
+      const int64_t off = (t * d + k) * h + h0 + unit;
+      const T* src = n < CH ? w_gate : w_up;
+      cp_async16(gs + (k / 8) * 8 * kGU + (n / 8) * 64 + (k % 8) * 8, ok ? src + off : src, ok);
+    }
+    for (int i = tid; i < CH * BD / 8; i += kThreads) {
+      const int k = (i / BD) * 8 + i % 8;
+      const int n = ((i / 8) % (BD / 8)) * 8;
+      const bool ok = h0 + k < h && n < d;
+      cp_async16(ds + (k / 8) * 8 * BD + (n / 8) * 64 + (k % 8) * 8, ok ? w_down + (t * h + h0 + k) * d + n : w_down,
+                 ok);
+    }
+  };
+  // group 0: the rows and chunk 0; then one group a chunk (empty past the last), so that at chunk c,
+  // cp_async_wait<kWgAhead - 1> means "chunk c has landed"
+  load_chunk(0, 0);
+  cp_async_commit();
+#pragma unroll
+  for (int s = 1; s < kWgAhead; ++s) {
+    if (s < chunks) load_chunk(s, s);
+    cp_async_commit();
+  }
+
+  const uint32_t us_addr = smem_addr(us);
+  const uint32_t gu_addr = smem_addr(gu_s);
+  const uint32_t down_addr = smem_addr(down_s);
+  constexpr int kBytes = static_cast<int>(sizeof(T));
+  const int64_t row_a = s0 + warp * 16 + group;
+  const int64_t row_b = row_a + 8;
+
+  float acc[BD / 2];
+#pragma unroll
+  for (int i = 0; i < BD / 2; ++i) acc[i] = 0.f;
+
+  for (int c = 0; c < chunks; ++c) {
+    cp_async_wait<kWgAhead - 1>();
+    wgmma::fence_operands();
+    __syncthreads();
+    if (c + kWgAhead < chunks) load_chunk(c + kWgAhead, (c + kWgAhead) % kWgStages);
+    cp_async_commit();
+
+    const int stage = c % kWgStages;
+    float gu[kGU / 2];  // written first by the k-step 0 product, which does not read it
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < BD / 16; ++kk) {
+      // k-step kk: two core matrices along K
+      const uint64_t a = wgmma::descriptor(us_addr + kk * 2 * 64 * kBytes, 64 * kBytes, 8 * BD * kBytes);
+      const uint64_t b = wgmma::descriptor(gu_addr + (stage * BD * kGU + kk * 2 * 8 * kGU) * kBytes,
+                                           8 * kGU * kBytes, 64 * kBytes);
+      wgmma::Wgmma<T, kGU>::ss(gu, a, b, kk > 0);
+    }
+    wgmma::commit();
+    wgmma::wait<0>();  // also retires the previous chunk's down product
+#pragma unroll
+    for (int i = 0; i < kGU / 2; ++i) wgmma::pin(gu[i]);
+
+    uint32_t act[CH / 16][4];
+#pragma unroll
+    for (int j = 0; j < CH / 8; ++j) {
+      float* g = gu + 4 * j;
+      float* v = gu + 4 * (CH / 8 + j);
+      const int col = c * CH + j * 8 + quad * 2;
+      const bool in_h = col < h;
+      if (in_h && b_gate != nullptr) {
+        const float b0 = Ops::to_float(b_gate[t * h + col]), b1 = Ops::to_float(b_gate[t * h + col + 1]);
+        g[0] += b0; g[1] += b1; g[2] += b0; g[3] += b1;
+      }
+      if (in_h && b_up != nullptr) {
+        const float b0 = Ops::to_float(b_up[t * h + col]), b1 = Ops::to_float(b_up[t * h + col + 1]);
+        v[0] += b0; v[1] += b1; v[2] += b0; v[3] += b1;
+      }
+      if (g_out != nullptr && in_h) {  // [T, bs, h]
+        if (row_a < bs) {
+          *reinterpret_cast<uint32_t*>(g_out + (t * bs + row_a) * h + col) = Ops::pack(g[0], g[1]);
+          *reinterpret_cast<uint32_t*>(v_out + (t * bs + row_a) * h + col) = Ops::pack(v[0], v[1]);
+        }
+        if (row_b < bs) {
+          *reinterpret_cast<uint32_t*>(g_out + (t * bs + row_b) * h + col) = Ops::pack(g[2], g[3]);
+          *reinterpret_cast<uint32_t*>(v_out + (t * bs + row_b) * h + col) = Ops::pack(v[2], v[3]);
+        }
+      }
+      act[j / 2][2 * (j % 2)] = Ops::pack(silu(g[0]) * v[0], silu(g[1]) * v[1]);
+      act[j / 2][2 * (j % 2) + 1] = Ops::pack(silu(g[2]) * v[2], silu(g[3]) * v[3]);
+    }
+
+    wgmma::fence();
+#pragma unroll
+    for (int q = 0; q < CH / 16; ++q) {
+      const uint64_t b = wgmma::descriptor(down_addr + (stage * CH * BD + q * 2 * 8 * BD) * kBytes, 8 * BD * kBytes,
+                                           64 * kBytes);
+      wgmma::Wgmma<T, BD>::rs(acc, act[q], b);
+    }
+    wgmma::commit();
+  }
+  wgmma::wait<0>();
+#pragma unroll
+  for (int i = 0; i < BD / 2; ++i) wgmma::pin(acc[i]);
+  cp_async_wait<0>();
+
+  // [bs, T, D], contiguous
+#pragma unroll
+  for (int n = 0; n < BD / 8; ++n) {
+    const int col = n * 8 + quad * 2;
+    if (col >= d) continue;
+    float b0 = 0.f, b1 = 0.f;
+    if (b_down != nullptr) {
+      b0 = Ops::to_float(b_down[t * d + col]);
+      b1 = Ops::to_float(b_down[t * d + col + 1]);
+    }
+    if (row_a < bs) {
+      *reinterpret_cast<uint32_t*>(out + (row_a * tokens + t) * d + col) =
+          Ops::pack(acc[4 * n] + b0, acc[4 * n + 1] + b1);
+    }
+    if (row_b < bs) {
+      *reinterpret_cast<uint32_t*>(out + (row_b * tokens + t) * d + col) =
+          Ops::pack(acc[4 * n + 2] + b0, acc[4 * n + 3] + b1);
+    }
+  }
+#else
+  __trap();  // not compiled for sm_90a: the host refuses the call before it gets here
+#endif
+}
+
 // A contiguous copy where `t` is not contiguous or not 16-byte aligned (a no-op for parameters).
 at::Tensor dense(const at::Tensor& t) {
   at::Tensor c = t.contiguous();
@@ -300,7 +497,7 @@ void check_weight(const at::Tensor& w, const char* name, const at::Tensor& u, at
                    " (u's; the cuda backend computes in one 16-bit dtype), got ", w.scalar_type());
 }
 
-template <typename T, int BD, int CH>
+template <typename T, int BD, int CH, bool WG>
 void launch(const at::Tensor& u, const at::Tensor& w_gate, const at::Tensor& w_up, const at::Tensor& w_down,
             const at::Tensor* b_gate, const at::Tensor* b_up, const at::Tensor* b_down, at::Tensor& out,
             at::Tensor* g, at::Tensor* v) {
@@ -310,8 +507,8 @@ void launch(const at::Tensor& u, const at::Tensor& w_gate, const at::Tensor& w_u
   const int h = static_cast<int>(w_gate.size(2));
   auto ptr = [](const at::Tensor* x) { return x == nullptr ? nullptr : static_cast<const T*>(x->data_ptr()); };
   auto out_ptr = [](at::Tensor* x) { return x == nullptr ? nullptr : static_cast<T*>(x->data_ptr()); };
-  const auto kernel = pswiglu_fwd_kernel<T, BD, CH>;
-  constexpr int smem = smem_elems<BD, CH>() * static_cast<int>(sizeof(T));
+  const auto kernel = WG ? pswiglu_fwd_wgmma_kernel<T, BD, CH> : pswiglu_fwd_kernel<T, BD, CH>;
+  constexpr int smem = (WG ? wg_smem_elems<BD, CH>() : smem_elems<BD, CH>()) * static_cast<int>(sizeof(T));
   {
     // the shared-memory limit is raised once per kernel and device, not on every call (as
     // sinkhorn_paired.cu's launch does)
@@ -341,16 +538,36 @@ int chunk_switch() {
   return 16;  // not reached
 }
 
-template <typename T, int CH>
+// The kernel, from UNIMIXER_PSWIGLU_CUDA_MMA (read at each call): "sync" (mma.sync, any build; the default)
+// or "wgmma" (warpgroup instructions: a build for sm_90a and a device of compute capability 9.0).
+bool wgmma_switch(const at::Tensor& u) {
+  const char* v = std::getenv("UNIMIXER_PSWIGLU_CUDA_MMA");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "sync") == 0) return false;
+  TORCH_CHECK(std::strcmp(v, "wgmma") == 0, "UNIMIXER_PSWIGLU_CUDA_MMA: expected sync or wgmma, got '", v, "'");
+#if defined(UNIMIXER_SM90A)
+  int major = 0, minor = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, u.get_device()));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, u.get_device()));
+  TORCH_CHECK(major == 9 && minor == 0, "UNIMIXER_PSWIGLU_CUDA_MMA=wgmma: the wgmma kernel runs on compute "
+              "capability 9.0 (Hopper), this device is ", major, ".", minor, "; unset the switch");
+  return true;
+#else
+  TORCH_CHECK(false, "UNIMIXER_PSWIGLU_CUDA_MMA=wgmma: unimixer_kernels._C was built without sm_90a; rebuild "
+              "with UNIMIXER_CUDA_ARCH=9.0a (the default) or unset the switch");
+  return false;
+#endif
+}
+
+template <typename T, int CH, bool WG>
 void launch_for_width(int d, const at::Tensor& u, const at::Tensor& w_gate, const at::Tensor& w_up,
                       const at::Tensor& w_down, const at::Tensor* b_gate, const at::Tensor* b_up,
                       const at::Tensor* b_down, at::Tensor& out, at::Tensor* g, at::Tensor* v) {
   if (d <= 32) {
-    launch<T, 32, CH>(u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
+    launch<T, 32, CH, WG>(u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
   } else if (d <= 64) {
-    launch<T, 64, CH>(u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
+    launch<T, 64, CH, WG>(u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
   } else {
-    launch<T, kMaxD, CH>(u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
+    launch<T, kMaxD, CH, WG>(u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
   }
 }
 
@@ -358,10 +575,16 @@ template <typename T>
 void launch_for_dtype(int d, const at::Tensor& u, const at::Tensor& w_gate, const at::Tensor& w_up,
                       const at::Tensor& w_down, const at::Tensor* b_gate, const at::Tensor* b_up,
                       const at::Tensor* b_down, at::Tensor& out, at::Tensor* g, at::Tensor* v) {
-  if (chunk_switch() == 32) {
-    launch_for_width<T, 32>(d, u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
+  const bool wg = wgmma_switch(u);
+  const bool wide = chunk_switch() == 32;
+  if (wg && wide) {
+    launch_for_width<T, 32, true>(d, u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
+  } else if (wg) {
+    launch_for_width<T, 16, true>(d, u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
+  } else if (wide) {
+    launch_for_width<T, 32, false>(d, u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
   } else {
-    launch_for_width<T, 16>(d, u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
+    launch_for_width<T, 16, false>(d, u, w_gate, w_up, w_down, b_gate, b_up, b_down, out, g, v);
   }
 }
 

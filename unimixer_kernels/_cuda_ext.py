@@ -29,6 +29,10 @@ SWITCHES = {
     "UNIMIXER_PSWIGLU_CUDA_CHUNK": (
         "16", "the cuda backend's pswiglu forward (csrc/pswiglu.cu): hidden units a pipeline step, '16' or "
               "'32' (twice the independent accumulator chains a warp, two blocks an SM instead of three)"),
+    "UNIMIXER_PSWIGLU_CUDA_MMA": (
+        "sync", "the cuda backend's pswiglu forward: 'sync' (mma.sync, four warps of 16 samples) or 'wgmma' "
+                "(warpgroup instructions; needs the extension built for 9.0a, the default, and a compute "
+                "capability 9.0 device)"),
     "UNIMIXER_SINKHORN_CHECK": ("0", "the cuda backend's Sinkhorn: '1' synchronises after each launch and "
                                      "raises if a wait for another block's partials timed out (the tests; "
                                      "not while a CUDA graph is captured)"),

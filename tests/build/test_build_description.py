@@ -3,8 +3,12 @@ and it lists every CUDA/C++ source in ``csrc/`` (a new op file that is not liste
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = json.loads((ROOT / "csrc" / "build.json").read_text())
@@ -27,3 +31,25 @@ def test_setup_and_cmake_read_the_description():
     assert "csrc/build.json" in cmake
     for source in SPEC["sources"]:
         assert source not in cmake, f"{source} is listed in CMakeLists.txt too"
+
+
+def _setup_function(name: str):
+    """One function of setup.py, without running the build that importing setup.py starts."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    namespace = {"re": re, "ARCH_ENV": "UNIMIXER_CUDA_ARCH"}
+    exec(compile(ast.Module([node], type_ignores=[]), "setup.py", "exec"), namespace)
+    return namespace[name]
+
+
+@pytest.mark.parametrize("arch, sm90a", [("9.0a", True), ("9.0", False), ("8.0;9.0a+PTX", True), ("8.0 9.0", False)])
+def test_sm90a_builds_tell_the_host_code(arch, sm90a):
+    """The wgmma kernels exist only in sm_90a code; the host code may launch them only where the build
+    says so (-DUNIMIXER_SM90A, from setup.py and CMakeLists.txt alike)."""
+    flags = _setup_function("gencode_flags")(arch)
+    assert ("-DUNIMIXER_SM90A" in flags) == sm90a
+    assert "UNIMIXER_SM90A" in (ROOT / "CMakeLists.txt").read_text()
+
+
+def test_the_default_build_is_sm90a():
+    assert SPEC["default_cuda_arch"] == "9.0a"

@@ -28,6 +28,9 @@ def on_gpu(test):
 
 DTYPES = [torch.bfloat16, torch.float16]
 CHUNK_SWITCH = "UNIMIXER_PSWIGLU_CUDA_CHUNK"
+MMA_SWITCH = "UNIMIXER_PSWIGLU_CUDA_MMA"
+# both kernels: mma.sync, and the warpgroup (wgmma) form the default sm_90a build carries
+MMA = pytest.mark.parametrize("mma", ["sync", "wgmma"])
 
 # (bs, T, D, h): bs = 1, a sample tile's tail (bs not a multiple of 64), D of each compiled width (32,
 # 64, 128) and between them, h not a multiple of the 16-unit chunk (a half-empty last chunk), a single
@@ -42,8 +45,10 @@ SHAPES = [(1, 1, 8, 8), (3, 2, 24, 40), (67, 3, 40, 24), (130, 2, 64, 16), (5, 3
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "save"])
 @pytest.mark.parametrize("chunk", ["16", "32"], ids=["chunk16", "chunk32"])
-def test_pswiglu_cuda(device, dtype, shape, bias, recompute, chunk, monkeypatch):
+@MMA
+def test_pswiglu_cuda(device, dtype, shape, bias, recompute, chunk, mma, monkeypatch):
     monkeypatch.setenv(CHUNK_SWITCH, chunk)  # read by the compiled op at each call
+    monkeypatch.setenv(MMA_SWITCH, mma)
     bs, t, d, h = shape
     u = random_input((bs, t, d), dtype, device, requires_grad=True)
     check_against_reference(uk.pswiglu, (u, *_weights(t, d, h, dtype, device, bias)), backend="cuda",
@@ -52,7 +57,9 @@ def test_pswiglu_cuda(device, dtype, shape, bias, recompute, chunk, monkeypatch)
 
 @on_gpu
 @pytest.mark.parametrize("layout", ["strided", "token_major", "unaligned"])
-def test_pswiglu_cuda_noncontiguous(device, layout):
+@MMA
+def test_pswiglu_cuda_noncontiguous(device, layout, mma, monkeypatch):
+    monkeypatch.setenv(MMA_SWITCH, mma)
     bs, t, d, h = 9, 3, 48, 32
     dtype = torch.bfloat16
     if layout == "strided":  # every other element along D: copied once
@@ -66,7 +73,9 @@ def test_pswiglu_cuda_noncontiguous(device, layout):
 
 
 @on_gpu
-def test_pswiglu_cuda_some_biases(device):
+@MMA
+def test_pswiglu_cuda_some_biases(device, mma, monkeypatch):
+    monkeypatch.setenv(MMA_SWITCH, mma)
     bs, t, d, h = 5, 2, 32, 24
     dtype = torch.float16
     u = random_input((bs, t, d), dtype, device, requires_grad=True)
@@ -78,10 +87,12 @@ def test_pswiglu_cuda_some_biases(device):
 
 @on_gpu
 @pytest.mark.parametrize("chunk", ["16", "32"], ids=["chunk16", "chunk32"])
-def test_pswiglu_cuda_matches_triton_forward(device, chunk, monkeypatch):
+@MMA
+def test_pswiglu_cuda_matches_triton_forward(device, chunk, mma, monkeypatch):
     """The compiled forward rounds as the Triton forward does (fp32 products, the activation rounded
     before the down product): the outputs and the saved pre-activations agree to a few ulps."""
     monkeypatch.setenv(CHUNK_SWITCH, chunk)
+    monkeypatch.setenv(MMA_SWITCH, mma)
     bs, t, d, h = 200, 4, 128, 176
     dtype = torch.bfloat16
     u = random_input((bs, t, d), dtype, device)
@@ -152,6 +163,31 @@ def test_pswiglu_cuda_chunk_switch_names_its_values(device, monkeypatch):
     u = random_input((4, 2, 16), torch.bfloat16, device)
     with pytest.raises(RuntimeError, match="UNIMIXER_PSWIGLU_CUDA_CHUNK: expected 16 or 32, got '24'"):
         uk.pswiglu(u, *_weights(2, 16, 8, torch.bfloat16, device, True), backend="cuda")
+
+
+@on_gpu
+def test_pswiglu_cuda_mma_switch_names_its_values(device, monkeypatch):
+    monkeypatch.setenv(MMA_SWITCH, "tensor")
+    u = random_input((4, 2, 16), torch.bfloat16, device)
+    with pytest.raises(RuntimeError, match="UNIMIXER_PSWIGLU_CUDA_MMA: expected sync or wgmma, got 'tensor'"):
+        uk.pswiglu(u, *_weights(2, 16, 8, torch.bfloat16, device, True), backend="cuda")
+
+
+@on_gpu
+@pytest.mark.parametrize("chunk", ["16", "32"], ids=["chunk16", "chunk32"])
+def test_pswiglu_cuda_wgmma_matches_sync(device, chunk, monkeypatch):
+    """The two kernels round alike (fp32 products, the activation rounded once); only the order of the
+    fp32 sums differs: the outputs agree to an ulp or so of bf16, whatever the tile's tail and D's padding."""
+    monkeypatch.setenv(CHUNK_SWITCH, chunk)
+    for bs, t, d, h in ((200, 4, 128, 176), (67, 3, 40, 24), (1, 2, 8, 8)):
+        u = random_input((bs, t, d), torch.bfloat16, device)
+        ws = [w.detach() for w in _weights(t, d, h, torch.bfloat16, device, True)]
+        outs = {}
+        for mma in ("sync", "wgmma"):
+            monkeypatch.setenv(MMA_SWITCH, mma)
+            outs[mma] = pswiglu_cuda.cuda_ops().pswiglu_fwd(u, *ws, True)
+        for name, a, b in zip("ogv", outs["wgmma"], outs["sync"]):
+            torch.testing.assert_close(a.float(), b.float(), rtol=1.6e-2, atol=1e-2, msg=f"{name} at {(bs, t, d, h)}")
 
 
 @on_gpu

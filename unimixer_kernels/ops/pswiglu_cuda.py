@@ -1,8 +1,11 @@
 """The ``cuda`` backend of ``pswiglu``: glue for the compiled forward.
 
 ``csrc/pswiglu.cu`` defines ``unimixer_C::pswiglu_fwd(u, w_gate, w_up, w_down, b_gate?, b_up?, b_down?,
-save) -> (o, g, v)``: the per-token SwiGLU's forward on warp-level tensor-core instructions, the hidden
-activation kept in registers between the gate/up and the down products. Its backward is the Triton
+save) -> (o, g, v)``: the per-token SwiGLU's forward on tensor-core instructions, the hidden activation
+kept in registers between the gate/up and the down products. It has two kernels, chosen by
+``UNIMIXER_PSWIGLU_CUDA_MMA``: ``sync`` (warp-level ``mma.sync``, the default) and ``wgmma`` (Hopper's
+warpgroup instructions, operands read from shared memory; the extension must be built for ``9.0a``, its
+default). Its backward is the Triton
 backend's (``pswiglu_bwd``, ``triton_kernels/pswiglu.py``), registered here as the compiled op's autograd
 formula, so this backend needs Triton as well as the extension. ``recompute=False`` saves ``g`` and ``v``
 from the compiled forward, as the Triton forward does.
