@@ -42,7 +42,9 @@ def _setup_function(name: str):
     return namespace[name]
 
 
-@pytest.mark.parametrize("arch, sm90a", [("9.0a", True), ("9.0", False), ("8.0;9.0a+PTX", True), ("8.0 9.0", False)])
+@pytest.mark.parametrize(
+    "arch, sm90a", [("9.0a", True), ("9.0", False), ("8.0;9.0a+PTX", True), ("8.0 9.0", False)]
+)
 def test_sm90a_builds_tell_the_host_code(arch, sm90a):
     """The wgmma kernels exist only in sm_90a code; the host code may launch them only where the build
     says so (-DUNIMIXER_SM90A, from setup.py and CMakeLists.txt alike)."""

@@ -187,7 +187,8 @@ def test_pswiglu_cuda_wgmma_matches_sync(device, chunk, monkeypatch):
             monkeypatch.setenv(MMA_SWITCH, mma)
             outs[mma] = pswiglu_cuda.cuda_ops().pswiglu_fwd(u, *ws, True)
         for name, a, b in zip("ogv", outs["wgmma"], outs["sync"]):
-            torch.testing.assert_close(a.float(), b.float(), rtol=1.6e-2, atol=1e-2, msg=f"{name} at {(bs, t, d, h)}")
+            torch.testing.assert_close(a.float(), b.float(), rtol=1.6e-2, atol=1e-2,
+                                       msg=f"{name} at {(bs, t, d, h)}")
 
 
 @on_gpu
