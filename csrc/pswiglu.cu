@@ -352,25 +352,41 @@ __global__ void __launch_bounds__(kThreads) pswiglu_fwd_wgmma_kernel(
     cp_async16(us + (m / 8) * 8 * BD + (k / 8) * 64 + (m % 8) * 8, ok ? u + (s0 + m) * stride_us + t * stride_ut + k : u,
                ok);
   }
+  // A thread's weight pieces keep their column and their smem place from chunk to chunk: its gate/up
+  // column (gate or up, the unit in the chunk) and its down column are the same for all its pieces (the
+  // thread count is a multiple of the pieces a row of core matrices holds), and piece j lies 1024 / kGU
+  // (gate/up) or 1024 / BD (down) rows below piece 0. So the addresses are worked out once, here, and a
+  // chunk adds h0 (gate/up) or h0 rows (down): the loop's address arithmetic is a few adds a piece.
+  constexpr int kGuPieces = BD * kGU / 8 / kThreads;                   // 1 to 8, exact
+  constexpr int kDownTotal = CH * BD / 8;
+  constexpr int kDownPieces = (kDownTotal + kThreads - 1) / kThreads;  // 1 to 4 (half the threads idle at 64)
+  const int gu_unit = ((tid / 8) % (kGU / 8)) * 8;                     // gate columns, then up columns
+  const T* gu_src = (gu_unit < CH ? w_gate : w_up) + t * d * h + (gu_unit < CH ? gu_unit : gu_unit - CH);
+  const int gu_h = h - (gu_unit < CH ? gu_unit : gu_unit - CH);        // chunks with h0 < gu_h hold the column
+  const int gu_k0 = (tid / kGU) * 8 + tid % 8;
+  const int gu_smem0 = (gu_k0 / 8) * 8 * kGU + (gu_unit / 8) * 64 + (gu_k0 % 8) * 8;
+  const int dn_n = ((tid / 8) % (BD / 8)) * 8;
+  const int dn_k0 = (tid / BD) * 8 + tid % 8;
+  const T* dn_src = w_down + t * h * d + static_cast<int64_t>(dn_k0) * d + dn_n;
+  const int dn_smem0 = (dn_k0 / 8) * 8 * BD + (dn_n / 8) * 64 + (dn_k0 % 8) * 8;
   auto load_chunk = [&](int chunk, int stage) {
     const int h0 = chunk * CH;
-    T* gs = gu_s + stage * BD * kGU;
-    T* ds = down_s + stage * CH * BD;
-    for (int i = tid; i < BD * kGU / 8; i += kThreads) {
-      const int k = (i / kGU) * 8 + i % 8;
-      const int n = ((i / 8) % (kGU / 8)) * 8;
-      const int unit = n < CH ? n : n - CH;  // gate columns, then up columns
-      const bool ok = k < d && h0 + unit < h;
-      const int64_t off = (t * d + k) * h + h0 + unit;
-      const T* src = n < CH ? w_gate : w_up;
-      cp_async16(gs + (k / 8) * 8 * kGU + (n / 8) * 64 + (k % 8) * 8, ok ? src + off : src, ok);
+    T* gs = gu_s + stage * BD * kGU + gu_smem0;
+    const bool gu_in = h0 < gu_h;
+#pragma unroll
+    for (int j = 0; j < kGuPieces; ++j) {
+      const int k = gu_k0 + j * (1024 / kGU);
+      const bool ok = gu_in && k < d;
+      cp_async16(gs + j * 1024, ok ? gu_src + static_cast<int64_t>(k) * h + h0 : gu_src, ok);
     }
-    for (int i = tid; i < CH * BD / 8; i += kThreads) {
-      const int k = (i / BD) * 8 + i % 8;
-      const int n = ((i / 8) % (BD / 8)) * 8;
-      const bool ok = h0 + k < h && n < d;
-      cp_async16(ds + (k / 8) * 8 * BD + (n / 8) * 64 + (k % 8) * 8, ok ? w_down + (t * h + h0 + k) * d + n : w_down,
-                 ok);
+    T* ds = down_s + stage * CH * BD + dn_smem0;
+    const T* dsrc = dn_src + static_cast<int64_t>(h0) * d;
+#pragma unroll
+    for (int j = 0; j < kDownPieces; ++j) {
+      if (kDownTotal % kThreads != 0 && tid + j * kThreads >= kDownTotal) break;
+      const int k = dn_k0 + j * (1024 / BD);
+      const bool ok = h0 + k < h && dn_n < d;
+      cp_async16(ds + j * 1024, ok ? dsrc + static_cast<int64_t>(j) * (1024 / BD) * d : w_down, ok);
     }
   };
   // group 0: the rows and chunk 0; then one group a chunk (empty past the last), so that at chunk c,
@@ -383,10 +399,12 @@ __global__ void __launch_bounds__(kThreads) pswiglu_fwd_wgmma_kernel(
     cp_async_commit();
   }
 
-  const uint32_t us_addr = smem_addr(us);
-  const uint32_t gu_addr = smem_addr(gu_s);
-  const uint32_t down_addr = smem_addr(down_s);
   constexpr int kBytes = static_cast<int>(sizeof(T));
+  // the descriptors of each operand's first k-step in stage 0; a k-step or a stage further is an add to
+  // the encoded address (shared addresses stay below 2^18 bytes, so the 14-bit field never carries)
+  const uint64_t u_desc = wgmma::descriptor(smem_addr(us), 64 * kBytes, 8 * BD * kBytes);
+  const uint64_t gu_desc = wgmma::descriptor(smem_addr(gu_s), 8 * kGU * kBytes, 64 * kBytes);
+  const uint64_t down_desc = wgmma::descriptor(smem_addr(down_s), 8 * BD * kBytes, 64 * kBytes);
   const int64_t row_a = s0 + warp * 16 + group;
   const int64_t row_b = row_a + 8;
 
@@ -404,13 +422,12 @@ __global__ void __launch_bounds__(kThreads) pswiglu_fwd_wgmma_kernel(
     const int stage = c % kWgStages;
     float gu[kGU / 2];  // written first by the k-step 0 product, which does not read it
     wgmma::fence();
+    const uint64_t gu_desc_stage = gu_desc + ((stage * BD * kGU * kBytes) >> 4);
 #pragma unroll
     for (int kk = 0; kk < BD / 16; ++kk) {
-      // k-step kk: two core matrices along K
-      const uint64_t a = wgmma::descriptor(us_addr + kk * 2 * 64 * kBytes, 64 * kBytes, 8 * BD * kBytes);
-      const uint64_t b = wgmma::descriptor(gu_addr + (stage * BD * kGU + kk * 2 * 8 * kGU) * kBytes,
-                                           8 * kGU * kBytes, 64 * kBytes);
-      wgmma::Wgmma<T, kGU>::ss(gu, a, b, kk > 0);
+      // k-step kk: two core matrices along K (the encoded address counts 16-byte units)
+      wgmma::Wgmma<T, kGU>::ss(gu, u_desc + ((kk * 2 * 64 * kBytes) >> 4),
+                               gu_desc_stage + ((kk * 2 * 8 * kGU * kBytes) >> 4), kk > 0);
     }
     wgmma::commit();
     wgmma::wait<0>();  // also retires the previous chunk's down product
@@ -449,9 +466,7 @@ __global__ void __launch_bounds__(kThreads) pswiglu_fwd_wgmma_kernel(
     wgmma::fence();
 #pragma unroll
     for (int q = 0; q < CH / 16; ++q) {
-      const uint64_t b = wgmma::descriptor(down_addr + (stage * CH * BD + q * 2 * 8 * BD) * kBytes, 8 * BD * kBytes,
-                                           64 * kBytes);
-      wgmma::Wgmma<T, BD>::rs(acc, act[q], b);
+      wgmma::Wgmma<T, BD>::rs(acc, act[q], down_desc + (((stage * CH * BD + q * 2 * 8 * BD) * kBytes) >> 4));
     }
     wgmma::commit();
   }
