@@ -158,18 +158,14 @@ def test_pswiglu_cuda_refuses_with_the_argument_named(device, case, error, match
 
 
 @on_gpu
-def test_pswiglu_cuda_chunk_switch_names_its_values(device, monkeypatch):
-    monkeypatch.setenv(CHUNK_SWITCH, "24")
+@pytest.mark.parametrize("switch, value, match", [
+    (CHUNK_SWITCH, "24", "UNIMIXER_PSWIGLU_CUDA_CHUNK: expected 16 or 32, got '24'"),
+    (MMA_SWITCH, "tensor", "UNIMIXER_PSWIGLU_CUDA_MMA: expected sync or wgmma, got 'tensor'"),
+], ids=["chunk", "mma"])
+def test_pswiglu_cuda_switches_name_their_values(device, switch, value, match, monkeypatch):
+    monkeypatch.setenv(switch, value)
     u = random_input((4, 2, 16), torch.bfloat16, device)
-    with pytest.raises(RuntimeError, match="UNIMIXER_PSWIGLU_CUDA_CHUNK: expected 16 or 32, got '24'"):
-        uk.pswiglu(u, *_weights(2, 16, 8, torch.bfloat16, device, True), backend="cuda")
-
-
-@on_gpu
-def test_pswiglu_cuda_mma_switch_names_its_values(device, monkeypatch):
-    monkeypatch.setenv(MMA_SWITCH, "tensor")
-    u = random_input((4, 2, 16), torch.bfloat16, device)
-    with pytest.raises(RuntimeError, match="UNIMIXER_PSWIGLU_CUDA_MMA: expected sync or wgmma, got 'tensor'"):
+    with pytest.raises(RuntimeError, match=match):
         uk.pswiglu(u, *_weights(2, 16, 8, torch.bfloat16, device, True), backend="cuda")
 
 
