@@ -306,10 +306,11 @@ __global__ void __launch_bounds__(kThreads, CH == 16 ? 3 : 2) pswiglu_fwd_kernel
 //     in the rest;
 //   - SiLU(g) * v, rounded, is the A operand of the down product straight from those registers
 //     (m64n(D)k16 with A in registers), accumulated in fp32 over the chunks;
-//   - the weights stream through kWgStages stages, kWgAhead chunks ahead: the stage a copy overwrites was
-//     last read by the down product of the chunk kWgStages - kWgAhead before, which the wait on the
-//     previous chunk's gate/up product (wgmma groups complete in order) and the barrier that follows have
-//     retired in every thread.
+//   - the weights stream through kWgStages stages, kWgStages - 1 chunks ahead: a chunk's down product is
+//     waited for at the end of its iteration, so the barrier at the top of the next one has retired every
+//     thread's reads of the stage that iteration's copy overwrites (the chunk before). Waiting there costs
+//     one small product's latency a chunk; it buys a third chunk in flight per block where the copies'
+//     arrival is what the warps wait on (bench/NOTES.md, run270).
 constexpr int kWgStages = 4;
 
 template <int BD, int CH>
@@ -325,7 +326,7 @@ __global__ void __launch_bounds__(kThreads) pswiglu_fwd_wgmma_kernel(
     T* __restrict__ v_out, int bs, int tokens, int d, int h) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Ops = Dtype<T>;
-  constexpr int kWgAhead = 2;  // chunks loaded ahead
+  constexpr int kWgAhead = kWgStages - 1;  // chunks loaded ahead
   constexpr int kGU = 2 * CH;  // N of the gate/up product
   // element offsets of core matrices (8 x 8 elements, 64 contiguous), no padding:
   //   u     [64, BD]   K-major: (m, k) at (m / 8) * 8 BD + (k / 8) * 64 + (m % 8) * 8 + k % 8
@@ -431,7 +432,7 @@ __global__ void __launch_bounds__(kThreads) pswiglu_fwd_wgmma_kernel(
                                gu_desc_stage + ((kk * 2 * 8 * kGU * kBytes) >> 4), kk > 0);
     }
     wgmma::commit();
-    wgmma::wait<0>();  // also retires the previous chunk's down product
+    wgmma::wait<0>();
 #pragma unroll
     for (int i = 0; i < kGU / 2; ++i) wgmma::pin(gu[i]);
 
@@ -470,8 +471,8 @@ __global__ void __launch_bounds__(kThreads) pswiglu_fwd_wgmma_kernel(
       wgmma::Wgmma<T, BD>::rs(acc, act[q], down_desc + (((stage * CH * BD + q * 2 * 8 * BD) * kBytes) >> 4));
     }
     wgmma::commit();
+    wgmma::wait<0>();  // this stage is overwritten by the copy issued after the next barrier
   }
-  wgmma::wait<0>();
 #pragma unroll
   for (int i = 0; i < BD / 2; ++i) wgmma::pin(acc[i]);
   cp_async_wait<0>();
